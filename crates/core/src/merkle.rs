@@ -1,0 +1,228 @@
+//! The binary keccak Merkle tree used for every commitment in Verity (model IDs, tensors, traces).
+//!
+//! Rules (see `docs/spec/canonical.md`, "Commitments"):
+//! - `n` leaves are padded with [`Hash::ZERO`] up to the next power of two; an inner node is
+//!   `keccak256(left ‖ right)`; the root of one leaf is that leaf; the root of zero leaves is `Hash::ZERO`.
+//! - A tensor of `i32` elements is packed row-major into 32-byte words, 8 elements per word, each element
+//!   big-endian two's complement, the last word zero-padded. A word's leaf is `keccak256(word)`.
+//!   The tensor's *elements root* is `keccak256(u64_be(len) ‖ merkle_root(leaves))`.
+
+use crate::hash::{keccak256, Hash, Keccak};
+
+/// Number of `i32` elements packed in one 32-byte leaf word.
+pub const ELEMENTS_PER_LEAF: usize = 8;
+
+fn parent(l: &Hash, r: &Hash) -> Hash {
+    let mut k = Keccak::new();
+    k.update(&l.0);
+    k.update(&r.0);
+    k.finalize()
+}
+
+/// Merkle root of `leaves` (padded with zero hashes to a power of two).
+pub fn merkle_root(leaves: &[Hash]) -> Hash {
+    match leaves.len() {
+        0 => Hash::ZERO,
+        1 => leaves[0],
+        _ => {
+            let mut level: Vec<Hash> = leaves.to_vec();
+            while level.len() > 1 {
+                let mut next = Vec::with_capacity(level.len().div_ceil(2));
+                for pair in level.chunks(2) {
+                    let r = pair.get(1).copied().unwrap_or(Hash::ZERO);
+                    next.push(parent(&pair[0], &r));
+                }
+                level = next;
+            }
+            level[0]
+        }
+    }
+}
+
+/// The sibling path for leaf `index`, bottom-up. Returns `None` if `index` is out of range.
+pub fn merkle_proof(leaves: &[Hash], index: usize) -> Option<Vec<Hash>> {
+    if index >= leaves.len() {
+        return None;
+    }
+    let mut path = Vec::new();
+    let mut level: Vec<Hash> = leaves.to_vec();
+    let mut i = index;
+    while level.len() > 1 {
+        let sib = i ^ 1;
+        path.push(level.get(sib).copied().unwrap_or(Hash::ZERO));
+        let mut next = Vec::with_capacity(level.len().div_ceil(2));
+        for pair in level.chunks(2) {
+            let r = pair.get(1).copied().unwrap_or(Hash::ZERO);
+            next.push(parent(&pair[0], &r));
+        }
+        level = next;
+        i /= 2;
+    }
+    Some(path)
+}
+
+/// Check that `leaf` sits at `index` under `root` with sibling path `path` (bottom-up).
+pub fn verify_proof(leaf: Hash, index: usize, path: &[Hash], root: Hash) -> bool {
+    if path.len() < usize::BITS as usize && index >> path.len() != 0 {
+        return false;
+    }
+    let mut acc = leaf;
+    let mut i = index;
+    for sib in path {
+        acc = if i & 1 == 0 { parent(&acc, sib) } else { parent(sib, &acc) };
+        i >>= 1;
+    }
+    acc == root
+}
+
+/// Pack elements `8*w .. 8*w+8` into word `w` (big-endian, zero padded).
+pub fn pack_word(elems: &[i32], w: usize) -> [u8; 32] {
+    let mut word = [0u8; 32];
+    let start = w * ELEMENTS_PER_LEAF;
+    for (j, e) in elems.iter().skip(start).take(ELEMENTS_PER_LEAF).enumerate() {
+        word[4 * j..4 * j + 4].copy_from_slice(&e.to_be_bytes());
+    }
+    word
+}
+
+fn element_leaves(elems: &[i32]) -> Vec<Hash> {
+    let words = elems.len().div_ceil(ELEMENTS_PER_LEAF);
+    (0..words).map(|w| keccak256(&pack_word(elems, w))).collect()
+}
+
+fn bind_len(len: usize, tree: Hash) -> Hash {
+    let mut k = Keccak::new();
+    k.update(&(len as u64).to_be_bytes());
+    k.update(&tree.0);
+    k.finalize()
+}
+
+/// The elements root of a flat row-major `i32` tensor.
+pub fn elements_root(elems: &[i32]) -> Hash {
+    bind_len(elems.len(), merkle_root(&element_leaves(elems)))
+}
+
+/// A proof that one element of a tensor has a given value, against the tensor's elements root.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ElementProof {
+    /// Number of elements in the tensor.
+    pub len: u64,
+    /// Index of the element (row-major).
+    pub index: u64,
+    /// The 32-byte word holding the element and its 7 neighbours.
+    pub word: Hash,
+    /// Sibling path of the word's leaf, bottom-up.
+    pub path: Vec<Hash>,
+}
+
+impl ElementProof {
+    /// Build the proof for element `index` of `elems`.
+    pub fn new(elems: &[i32], index: usize) -> Option<ElementProof> {
+        if index >= elems.len() {
+            return None;
+        }
+        let leaves = element_leaves(elems);
+        let w = index / ELEMENTS_PER_LEAF;
+        Some(ElementProof {
+            len: elems.len() as u64,
+            index: index as u64,
+            word: Hash(pack_word(elems, w)),
+            path: merkle_proof(&leaves, w)?,
+        })
+    }
+
+    /// The element value this proof carries.
+    pub fn value(&self) -> i32 {
+        let j = (self.index as usize % ELEMENTS_PER_LEAF) * 4;
+        let b = &self.word.0[j..j + 4];
+        i32::from_be_bytes([b[0], b[1], b[2], b[3]])
+    }
+}
+
+/// Verify an element proof against an elements root; returns the proven value.
+pub fn verify_element(proof: &ElementProof, root: Hash) -> Option<i32> {
+    if proof.index >= proof.len {
+        return None;
+    }
+    let w = (proof.index as usize) / ELEMENTS_PER_LEAF;
+    let tree = {
+        let mut acc = keccak256(&proof.word.0);
+        let mut i = w;
+        for sib in &proof.path {
+            acc = if i & 1 == 0 { parent(&acc, sib) } else { parent(sib, &acc) };
+            i >>= 1;
+        }
+        if i != 0 {
+            return None;
+        }
+        acc
+    };
+    let words = (proof.len as usize).div_ceil(ELEMENTS_PER_LEAF);
+    // The path length must be exactly the tree depth for `words` leaves.
+    let depth = if words <= 1 { 0 } else { (usize::BITS - (words - 1).leading_zeros()) as usize };
+    if proof.path.len() != depth {
+        return None;
+    }
+    (bind_len(proof.len as usize, tree) == root).then(|| proof.value())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn small_trees() {
+        assert_eq!(merkle_root(&[]), Hash::ZERO);
+        let a = keccak256(b"a");
+        let b = keccak256(b"b");
+        let c = keccak256(b"c");
+        assert_eq!(merkle_root(&[a]), a);
+        assert_eq!(merkle_root(&[a, b]), parent(&a, &b));
+        assert_eq!(
+            merkle_root(&[a, b, c]),
+            parent(&parent(&a, &b), &parent(&c, &Hash::ZERO))
+        );
+    }
+
+    #[test]
+    fn packing_is_big_endian() {
+        let w = pack_word(&[1, -1, 0x01020304], 0);
+        assert_eq!(&w[0..4], &[0, 0, 0, 1]);
+        assert_eq!(&w[4..8], &[0xff, 0xff, 0xff, 0xff]);
+        assert_eq!(&w[8..12], &[1, 2, 3, 4]);
+        assert_eq!(&w[12..], &[0u8; 20]);
+    }
+
+    #[test]
+    fn length_is_bound() {
+        // A trailing zero element changes the root even though the packed words are equal.
+        assert_ne!(elements_root(&[5, 6]), elements_root(&[5, 6, 0]));
+    }
+
+    proptest! {
+        #[test]
+        fn proofs_verify_and_tampering_fails(elems in prop::collection::vec(any::<i32>(), 1..200), pick in any::<usize>()) {
+            let root = elements_root(&elems);
+            let i = pick % elems.len();
+            let p = ElementProof::new(&elems, i).unwrap();
+            prop_assert_eq!(verify_element(&p, root), Some(elems[i]));
+            let mut bad = p.clone();
+            bad.word.0[(i % 8) * 4 + 3] ^= 1;
+            prop_assert_eq!(verify_element(&bad, root), None);
+            let mut bad = p.clone();
+            bad.len += 1;
+            prop_assert_eq!(verify_element(&bad, root), None);
+        }
+
+        #[test]
+        fn generic_proofs(n in 1usize..70, pick in any::<usize>()) {
+            let leaves: Vec<Hash> = (0..n).map(|i| keccak256(&i.to_be_bytes())).collect();
+            let root = merkle_root(&leaves);
+            let i = pick % n;
+            let p = merkle_proof(&leaves, i).unwrap();
+            prop_assert!(verify_proof(leaves[i], i, &p, root));
+            prop_assert!(!verify_proof(leaves[(i + 1) % n], i, &p, root) || n == 1);
+        }
+    }
+}

@@ -1,0 +1,668 @@
+//! Executing a canonical model: a reference executor (plain loops over exact `i128` arithmetic, written to
+//! mirror the spec) and a fast executor (packed, blocked `i64` GEMM and im2col convolution, AVX2 when the
+//! CPU has it, optional threads). Both give identical bits; property tests and the fixtures check it.
+
+use crate::arith::{div_round, fit, isqrt_round, rshift};
+use crate::error::ExecError;
+use crate::ir::*;
+use crate::kernels;
+
+/// Which implementation runs the heavy ops (`EinSum`, `Conv2d`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Plain loops that follow the spec's definitions literally.
+    Reference,
+    /// Packed kernels on up to `threads` threads (1 = current thread only).
+    Fast {
+        /// Worker threads for large contractions.
+        threads: usize,
+    },
+}
+
+impl Default for Mode {
+    fn default() -> Self {
+        Mode::Fast { threads: 1 }
+    }
+}
+
+/// Row-major strides of a shape.
+pub fn strides(shape: &[usize]) -> Vec<usize> {
+    let mut s = vec![1; shape.len()];
+    for i in (0..shape.len().saturating_sub(1)).rev() {
+        s[i] = s[i + 1] * shape[i + 1];
+    }
+    s
+}
+
+fn us(shape: &[u32]) -> Vec<usize> {
+    shape.iter().map(|&d| d as usize).collect()
+}
+
+/// Strides of `in_shape` as seen from `out_shape` under numpy broadcasting (0 on broadcast axes).
+fn broadcast_strides(out: &[usize], inp: &[usize]) -> Vec<usize> {
+    let s = strides(inp);
+    let off = out.len() - inp.len();
+    (0..out.len())
+        .map(|i| if i < off || inp[i - off] == 1 { 0 } else { s[i - off] })
+        .collect()
+}
+
+/// Visit every output multi-index in row-major order with the matching offsets of several inputs.
+fn for_each_index(out: &[usize], ins: &[Vec<usize>], mut f: impl FnMut(usize, &[usize])) {
+    let n: usize = out.iter().product();
+    if n == 0 {
+        return;
+    }
+    let r = out.len();
+    let mut idx = vec![0usize; r];
+    let mut offs = vec![0usize; ins.len()];
+    for flat in 0..n {
+        f(flat, &offs);
+        // odometer increment
+        let mut ax = r;
+        while ax > 0 {
+            ax -= 1;
+            idx[ax] += 1;
+            for (o, st) in offs.iter_mut().zip(ins) {
+                *o += st[ax];
+            }
+            if idx[ax] < out[ax] {
+                break;
+            }
+            for (o, st) in offs.iter_mut().zip(ins) {
+                *o -= st[ax] * out[ax];
+            }
+            idx[ax] = 0;
+        }
+    }
+}
+
+fn map_rescale(x: &[i32], k: i32) -> Result<Vec<i32>, ExecError> {
+    if k == 0 {
+        return Ok(x.to_vec());
+    }
+    x.iter().map(|&v| fit(rshift(v as i128, k))).collect()
+}
+
+/// The result of a traced run: every input and node output, in value order (constants excluded).
+#[derive(Clone, Debug)]
+pub struct Trace {
+    /// Model inputs then node outputs, each row-major.
+    pub tensors: Vec<Vec<i32>>,
+}
+
+/// Runs models.
+pub struct Executor<'m> {
+    model: &'m Model,
+    mode: Mode,
+}
+
+impl<'m> Executor<'m> {
+    /// An executor for a validated model.
+    pub fn new(model: &'m Model, mode: Mode) -> Self {
+        Executor { model, mode }
+    }
+
+    fn check_inputs(&self, inputs: &[Vec<i32>]) -> Result<(), ExecError> {
+        let m = self.model;
+        if inputs.len() != m.inputs.len() {
+            return Err(ExecError::InputCount { expected: m.inputs.len(), got: inputs.len() });
+        }
+        for (spec, t) in m.inputs.iter().zip(inputs) {
+            if numel(&spec.shape) != t.len() as u64 {
+                return Err(ExecError::InputShape {
+                    name: spec.name.clone(),
+                    expected: us(&spec.shape),
+                    got: vec![t.len()],
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Run on quantized inputs (one flat row-major vector per model input); returns the outputs.
+    pub fn run(&self, inputs: Vec<Vec<i32>>) -> Result<Vec<Vec<i32>>, ExecError> {
+        let vals = self.eval(inputs)?;
+        Ok(self.collect_outputs(&vals))
+    }
+
+    /// Run and keep every intermediate tensor.
+    pub fn run_trace(&self, inputs: Vec<Vec<i32>>) -> Result<(Vec<Vec<i32>>, Trace), ExecError> {
+        let vals = self.eval(inputs)?;
+        let outs = self.collect_outputs(&vals);
+        let ni = self.model.inputs.len();
+        let first = self.model.first_node_value();
+        let mut tensors = Vec::with_capacity(ni + self.model.nodes.len());
+        let mut vals = vals;
+        for (i, v) in vals.iter_mut().enumerate() {
+            if i < ni || i >= first {
+                tensors.push(std::mem::take(v).unwrap_or_default());
+            }
+        }
+        Ok((outs, Trace { tensors }))
+    }
+
+    fn collect_outputs(&self, vals: &[Option<Vec<i32>>]) -> Vec<Vec<i32>> {
+        self.model
+            .outputs
+            .iter()
+            .map(|o| match self.model.const_of(o.value) {
+                Some(c) => c.data.clone(),
+                None => vals[o.value as usize].clone().unwrap_or_default(),
+            })
+            .collect()
+    }
+
+    fn eval(&self, inputs: Vec<Vec<i32>>) -> Result<Vec<Option<Vec<i32>>>, ExecError> {
+        self.check_inputs(&inputs)?;
+        let m = self.model;
+        let mut vals: Vec<Option<Vec<i32>>> = Vec::with_capacity(m.value_count());
+        vals.extend(inputs.into_iter().map(Some));
+        vals.extend(m.consts.iter().map(|_| None));
+        for node in &m.nodes {
+            let out = self.eval_node(node, &vals).map_err(|e| ExecError::AtNode {
+                node: node.name.clone(),
+                op: node.op.name(),
+                source: Box::new(e),
+            })?;
+            vals.push(Some(out));
+        }
+        Ok(vals)
+    }
+
+    fn eval_node(&self, node: &Node, vals: &[Option<Vec<i32>>]) -> Result<Vec<i32>, ExecError> {
+        let m = self.model;
+        let get = |v: ValueId| -> &[i32] {
+            match m.const_of(v) {
+                Some(c) => &c.data,
+                None => vals[v as usize].as_deref().unwrap_or(&[]),
+            }
+        };
+        let info = |v: ValueId| m.value(v).map(|i| (us(i.shape), i.scale as i32)).unwrap_or_default();
+        let xs: Vec<&[i32]> = node.inputs.iter().map(|&v| get(v)).collect();
+        let infos: Vec<(Vec<usize>, i32)> = node.inputs.iter().map(|&v| info(v)).collect();
+        let out_shape = us(&node.shape);
+        let so = node.scale as i32;
+        let (s0, sc0) = (&infos[0].0, infos[0].1);
+        match &node.op {
+            Op::EinSum { a, b, out } => {
+                let acc = sc0 + infos[1].1;
+                let bias = xs.get(2).map(|d| (*d, infos[2].0.as_slice(), acc - infos[2].1));
+                let spec = EinSpec { a, b, out, a_shape: s0, b_shape: &infos[1].0, out_shape: &out_shape };
+                let shift = acc - so;
+                match self.mode {
+                    Mode::Reference => einsum_reference(&spec, xs[0], xs[1], bias, shift),
+                    Mode::Fast { threads } => kernels::einsum(&spec, xs[0], xs[1], bias, shift, threads),
+                }
+            }
+            Op::Conv2d { window, groups } => {
+                let bias = xs.get(2).map(|d| (*d, sc0 + infos[1].1 - infos[2].1));
+                let spec = ConvSpec { x: s0, w: &infos[1].0, window, groups: *groups as usize, out: &out_shape };
+                let shift = sc0 + infos[1].1 - so;
+                match self.mode {
+                    Mode::Reference => conv_reference(&spec, xs[0], xs[1], bias, shift),
+                    Mode::Fast { threads } => kernels::conv2d(&spec, xs[0], xs[1], bias, shift, threads),
+                }
+            }
+            Op::Add | Op::Sub | Op::Mul | Op::Div | Op::Max | Op::Min => {
+                binary(&node.op, xs[0], s0, sc0, xs[1], &infos[1].0, infos[1].1, &out_shape, so)
+            }
+            Op::Clamp { lo, hi } => {
+                let k = sc0 - so;
+                Ok(xs[0].iter().map(|&v| rshift(v as i128, k).clamp(*lo as i128, *hi as i128) as i32).collect())
+            }
+            Op::LeakyRelu { alpha_q, alpha_scale } => {
+                let kp = sc0 - so;
+                let kn = sc0 + *alpha_scale as i32 - so;
+                xs[0]
+                    .iter()
+                    .map(|&v| {
+                        let v = v as i128;
+                        fit(if v >= 0 { rshift(v, kp) } else { rshift(v * *alpha_q as i128, kn) })
+                    })
+                    .collect()
+            }
+            Op::Lookup { shift, lo } => {
+                let t = xs[1];
+                Ok(xs[0].iter().map(|&v| t[table_index(v as i128, *shift, *lo, t.len())]).collect())
+            }
+            Op::Rescale => map_rescale(xs[0], sc0 - so),
+            Op::Sqrt => {
+                let e = 2 * so - sc0;
+                xs[0]
+                    .iter()
+                    .map(|&v| {
+                        if v < 0 {
+                            return Err(ExecError::NegativeSqrt);
+                        }
+                        let n = rshift(v as i128, -e);
+                        fit(isqrt_round(n.max(0) as u128) as i128)
+                    })
+                    .collect()
+            }
+            Op::Rsqrt => {
+                let e = 2 * so + sc0;
+                xs[0]
+                    .iter()
+                    .map(|&v| {
+                        if v < 0 {
+                            return Err(ExecError::NegativeSqrt);
+                        }
+                        if v == 0 {
+                            return Err(ExecError::DivisionByZero);
+                        }
+                        let q = if e >= 0 { (1i128 << e) / v as i128 } else { 0 };
+                        fit(isqrt_round(q as u128) as i128)
+                    })
+                    .collect()
+            }
+            Op::Recip => {
+                let e = so + sc0;
+                xs[0]
+                    .iter()
+                    .map(|&v| {
+                        let (num, den) = if e >= 0 { (1i128 << e, v as i128) } else { (1, (v as i128) << -e) };
+                        fit(div_round(num, den)?)
+                    })
+                    .collect()
+            }
+            Op::Reduce { kind, axes } => reduce(*kind, axes, xs[0], s0, sc0, so),
+            Op::Softmax { axis, shift, lo } => softmax(xs[0], s0, *axis as usize, *shift, *lo, xs[1], so),
+            Op::MaxPool2d { window } => pool(xs[0], s0, window, &out_shape, None, sc0 - so),
+            Op::AvgPool2d { window, count_include_pad } => {
+                pool(xs[0], s0, window, &out_shape, Some(*count_include_pad), sc0 - so)
+            }
+            Op::Reshape => map_rescale(xs[0], sc0 - so),
+            Op::Transpose { perm } => {
+                let st = strides(s0);
+                let perm_strides: Vec<usize> = perm.iter().map(|&p| st[p as usize]).collect();
+                let mut out = vec![0i32; out_shape.iter().product()];
+                for_each_index(&out_shape, &[perm_strides], |flat, o| out[flat] = xs[0][o[0]]);
+                map_rescale(&out, sc0 - so)
+            }
+            Op::Concat { axis } => {
+                let ax = *axis as usize;
+                let outer: usize = out_shape[..ax].iter().product();
+                let inner: usize = out_shape[ax + 1..].iter().product();
+                let parts: Vec<Vec<i32>> = xs
+                    .iter()
+                    .zip(&infos)
+                    .map(|(d, (_, s))| map_rescale(d, s - so))
+                    .collect::<Result<_, _>>()?;
+                let mut out = Vec::with_capacity(out_shape.iter().product());
+                for o in 0..outer {
+                    for (p, (shape, _)) in parts.iter().zip(&infos) {
+                        let len = shape[ax] * inner;
+                        out.extend_from_slice(&p[o * len..(o + 1) * len]);
+                    }
+                }
+                Ok(out)
+            }
+            Op::Slice { axis, start, step, .. } => {
+                let ax = *axis as usize;
+                let mut st = strides(s0);
+                let base = *start as usize * st[ax];
+                st[ax] *= *step as usize;
+                let mut out = vec![0i32; out_shape.iter().product()];
+                for_each_index(&out_shape, &[st], |flat, o| out[flat] = xs[0][base + o[0]]);
+                map_rescale(&out, sc0 - so)
+            }
+            Op::Gather { axis } => {
+                let ax = *axis as usize;
+                let outer: usize = s0[..ax].iter().product();
+                let inner: usize = s0[ax + 1..].iter().product();
+                let dim = s0[ax];
+                let mut out = Vec::with_capacity(out_shape.iter().product());
+                for o in 0..outer {
+                    for &i in xs[1] {
+                        let j = if i < 0 { i as i64 + dim as i64 } else { i as i64 };
+                        if j < 0 || j >= dim as i64 {
+                            return Err(ExecError::IndexOutOfRange { index: i as i64, size: dim });
+                        }
+                        let at = (o * dim + j as usize) * inner;
+                        out.extend_from_slice(&xs[0][at..at + inner]);
+                    }
+                }
+                map_rescale(&out, sc0 - so)
+            }
+            Op::Broadcast => {
+                let st = broadcast_strides(&out_shape, s0);
+                let mut out = vec![0i32; out_shape.iter().product()];
+                for_each_index(&out_shape, &[st], |flat, o| out[flat] = xs[0][o[0]]);
+                map_rescale(&out, sc0 - so)
+            }
+        }
+    }
+}
+
+/// `clamp(rshift(x, shift) - lo, 0, len - 1)`.
+pub fn table_index(x: i128, shift: i32, lo: i32, len: usize) -> usize {
+    (rshift(x, shift) - lo as i128).clamp(0, len as i128 - 1) as usize
+}
+
+#[allow(clippy::too_many_arguments)]
+fn binary(
+    op: &Op,
+    a: &[i32],
+    sa_shape: &[usize],
+    sa: i32,
+    b: &[i32],
+    sb_shape: &[usize],
+    sb: i32,
+    out_shape: &[usize],
+    so: i32,
+) -> Result<Vec<i32>, ExecError> {
+    let n: usize = out_shape.iter().product();
+    let mut out = vec![0i32; n];
+    let st = [broadcast_strides(out_shape, sa_shape), broadcast_strides(out_shape, sb_shape)];
+    let s = sa.max(sb);
+    let (la, lb) = (s - sa, s - sb);
+    let mut err = None;
+    for_each_index(out_shape, &st, |flat, o| {
+        let x = a[o[0]] as i128;
+        let y = b[o[1]] as i128;
+        let r = match op {
+            Op::Add => fit(rshift((x << la) + (y << lb), s - so)),
+            Op::Sub => fit(rshift((x << la) - (y << lb), s - so)),
+            Op::Max => fit(rshift((x << la).max(y << lb), s - so)),
+            Op::Min => fit(rshift((x << la).min(y << lb), s - so)),
+            Op::Mul => fit(rshift(x * y, sa + sb - so)),
+            _ => {
+                let e = so + sb - sa;
+                let (num, den) = if e >= 0 { (x << e, y) } else { (x, y << -e) };
+                div_round(num, den).and_then(fit)
+            }
+        };
+        match r {
+            Ok(v) => out[flat] = v,
+            Err(e) => {
+                err.get_or_insert(e);
+            }
+        }
+    });
+    match err {
+        Some(e) => Err(e),
+        None => Ok(out),
+    }
+}
+
+fn reduce(kind: ReduceKind, axes: &[u32], x: &[i32], shape: &[usize], si: i32, so: i32) -> Result<Vec<i32>, ExecError> {
+    let out_shape: Vec<usize> =
+        shape.iter().enumerate().map(|(i, &d)| if axes.contains(&(i as u32)) { 1 } else { d }).collect();
+    let n_out: usize = out_shape.iter().product();
+    let count: usize = axes.iter().map(|&a| shape[a as usize]).product();
+    // Accumulate in input order; the result of each reduction is order-independent.
+    let init = match kind {
+        ReduceKind::Max => i128::MIN,
+        ReduceKind::Min => i128::MAX,
+        _ => 0,
+    };
+    let mut acc = vec![init; n_out];
+    let ost = strides(&out_shape);
+    let to_out: Vec<usize> = (0..shape.len()).map(|i| if out_shape[i] == 1 { 0 } else { ost[i] }).collect();
+    for_each_index(shape, &[to_out], |flat, o| {
+        let v = x[flat] as i128;
+        let a = &mut acc[o[0]];
+        *a = match kind {
+            ReduceKind::Sum | ReduceKind::Mean => *a + v,
+            ReduceKind::Max => (*a).max(v),
+            ReduceKind::Min => (*a).min(v),
+        };
+    });
+    acc.into_iter()
+        .map(|a| {
+            if count == 0 {
+                return Ok(0);
+            }
+            match kind {
+                ReduceKind::Mean => {
+                    let e = so - si;
+                    let (num, den) = if e >= 0 { (a << e, count as i128) } else { (a, (count as i128) << -e) };
+                    fit(div_round(num, den)?)
+                }
+                _ => fit(rshift(a, si - so)),
+            }
+        })
+        .collect()
+}
+
+fn softmax(
+    x: &[i32],
+    shape: &[usize],
+    axis: usize,
+    shift: i32,
+    lo: i32,
+    table: &[i32],
+    so: i32,
+) -> Result<Vec<i32>, ExecError> {
+    let n = shape[axis];
+    let inner: usize = shape[axis + 1..].iter().product();
+    let outer: usize = shape[..axis].iter().product();
+    let mut out = vec![0i32; x.len()];
+    let mut e = vec![0i128; n];
+    for o in 0..outer {
+        for i in 0..inner {
+            let at = |j: usize| (o * n + j) * inner + i;
+            let mx = (0..n).map(|j| x[at(j)]).max().unwrap_or(0) as i128;
+            let mut sum = 0i128;
+            for (j, ej) in e.iter_mut().enumerate() {
+                *ej = table[table_index(x[at(j)] as i128 - mx, shift, lo, table.len())] as i128;
+                sum += *ej;
+            }
+            for (j, ej) in e.iter().enumerate() {
+                out[at(j)] = fit(div_round(*ej << so, sum)?)?;
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn pool(
+    x: &[i32],
+    xs: &[usize],
+    w: &Window,
+    out_shape: &[usize],
+    avg: Option<bool>,
+    k: i32,
+) -> Result<Vec<i32>, ExecError> {
+    let (c_all, h, wd) = (xs[0] * xs[1], xs[2] as i64, xs[3] as i64);
+    let (oh, ow) = (out_shape[2], out_shape[3]);
+    let mut out = Vec::with_capacity(c_all * oh * ow);
+    let area = (w.kernel[0] * w.kernel[1]) as i128;
+    for c in 0..c_all {
+        let plane = &x[c * xs[2] * xs[3]..(c + 1) * xs[2] * xs[3]];
+        for oy in 0..oh {
+            for ox in 0..ow {
+                let mut acc: Option<i128> = None;
+                let mut sum = 0i128;
+                let mut valid = 0i128;
+                for ky in 0..w.kernel[0] as i64 {
+                    let iy = oy as i64 * w.stride[0] as i64 + ky * w.dilation[0] as i64 - w.pads[0] as i64;
+                    if iy < 0 || iy >= h {
+                        continue;
+                    }
+                    for kx in 0..w.kernel[1] as i64 {
+                        let ix = ox as i64 * w.stride[1] as i64 + kx * w.dilation[1] as i64 - w.pads[1] as i64;
+                        if ix < 0 || ix >= wd {
+                            continue;
+                        }
+                        let v = plane[(iy * wd + ix) as usize] as i128;
+                        acc = Some(acc.map_or(v, |a: i128| a.max(v)));
+                        sum += v;
+                        valid += 1;
+                    }
+                }
+                let v = match avg {
+                    None => fit(rshift(acc.unwrap_or(0), k))?,
+                    Some(include_pad) => {
+                        let count = if include_pad { area } else { valid };
+                        if count == 0 {
+                            0
+                        } else {
+                            let e = -k;
+                            let (num, den) = if e >= 0 { (sum << e, count) } else { (sum, count << -e) };
+                            fit(div_round(num, den)?)?
+                        }
+                    }
+                };
+                out.push(v);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Shapes and labels of an `EinSum` node.
+pub struct EinSpec<'a> {
+    /// Labels of `a`.
+    pub a: &'a [u8],
+    /// Labels of `b`.
+    pub b: &'a [u8],
+    /// Labels of the output.
+    pub out: &'a [u8],
+    /// Shape of `a`.
+    pub a_shape: &'a [usize],
+    /// Shape of `b`.
+    pub b_shape: &'a [usize],
+    /// Output shape.
+    pub out_shape: &'a [usize],
+}
+
+impl EinSpec<'_> {
+    /// Size of every label (max over operands, so size-1 axes broadcast).
+    pub fn label_sizes(&self) -> [usize; 256] {
+        let mut size = [1usize; 256];
+        for (labels, shape) in [(self.a, self.a_shape), (self.b, self.b_shape), (self.out, self.out_shape)] {
+            for (&l, &d) in labels.iter().zip(shape) {
+                size[l as usize] = size[l as usize].max(d);
+            }
+        }
+        size
+    }
+
+    /// Labels summed over (in `a` or `b` but not in the output), in first-appearance order.
+    pub fn summed(&self) -> Vec<u8> {
+        let mut s = Vec::new();
+        for &l in self.a.iter().chain(self.b) {
+            if !self.out.contains(&l) && !s.contains(&l) {
+                s.push(l);
+            }
+        }
+        s
+    }
+}
+
+/// Strides of an operand indexed by a list of labels (0 where the operand lacks the label or broadcasts).
+pub fn label_strides(labels: &[u8], shape: &[usize], by: &[u8]) -> Vec<usize> {
+    let st = strides(shape);
+    by.iter()
+        .map(|l| match labels.iter().position(|x| x == l) {
+            Some(p) if shape[p] > 1 => st[p],
+            _ => 0,
+        })
+        .collect()
+}
+
+pub(crate) fn einsum_reference(
+    s: &EinSpec<'_>,
+    a: &[i32],
+    b: &[i32],
+    bias: Option<(&[i32], &[usize], i32)>,
+    shift: i32,
+) -> Result<Vec<i32>, ExecError> {
+    let sizes = s.label_sizes();
+    let summed = s.summed();
+    let sum_shape: Vec<usize> = summed.iter().map(|&l| sizes[l as usize]).collect();
+    let a_out = label_strides(s.a, s.a_shape, s.out);
+    let b_out = label_strides(s.b, s.b_shape, s.out);
+    let a_sum = label_strides(s.a, s.a_shape, &summed);
+    let b_sum = label_strides(s.b, s.b_shape, &summed);
+    let bias_st = bias.map(|(_, bs, _)| broadcast_strides(s.out_shape, bs));
+    let out_strides = strides(s.out_shape);
+    let mut out = vec![0i32; s.out_shape.iter().product()];
+    let mut err = None;
+    for_each_index(s.out_shape, &[a_out, b_out], |flat, o| {
+        let mut acc = 0i128;
+        for_each_index(&sum_shape, &[a_sum.clone(), b_sum.clone()], |_, k| {
+            acc += a[o[0] + k[0]] as i128 * b[o[1] + k[1]] as i128;
+        });
+        if let (Some((bd, _, bshift)), Some(bst)) = (bias, &bias_st) {
+            // bias element for this output element
+            let mut bi = 0;
+            let mut rem = flat;
+            for (ax, st) in out_strides.iter().enumerate() {
+                bi += (rem / st) * bst[ax];
+                rem %= st;
+            }
+            acc += (bd[bi] as i128) << bshift;
+        }
+        match fit(rshift(acc, shift)) {
+            Ok(v) => out[flat] = v,
+            Err(e) => {
+                err.get_or_insert(e);
+            }
+        }
+    });
+    err.map_or(Ok(out), Err)
+}
+
+/// Shapes of a `Conv2d` node.
+pub struct ConvSpec<'a> {
+    /// Input shape NCHW.
+    pub x: &'a [usize],
+    /// Weight shape OIHW (I = C / groups).
+    pub w: &'a [usize],
+    /// Geometry.
+    pub window: &'a Window,
+    /// Groups.
+    pub groups: usize,
+    /// Output shape.
+    pub out: &'a [usize],
+}
+
+pub(crate) fn conv_reference(
+    s: &ConvSpec<'_>,
+    x: &[i32],
+    w: &[i32],
+    bias: Option<(&[i32], i32)>,
+    shift: i32,
+) -> Result<Vec<i32>, ExecError> {
+    let (n, c, h, wd) = (s.x[0], s.x[1], s.x[2] as i64, s.x[3] as i64);
+    let (o_ch, cg, kh, kw) = (s.w[0], s.w[1], s.w[2], s.w[3]);
+    let (oh, ow) = (s.out[2], s.out[3]);
+    let og = o_ch / s.groups;
+    let win = s.window;
+    let mut out = Vec::with_capacity(n * o_ch * oh * ow);
+    for b in 0..n {
+        for o in 0..o_ch {
+            let g = o / og;
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let mut acc = 0i128;
+                    for ci in 0..cg {
+                        let ch = g * cg + ci;
+                        for ky in 0..kh {
+                            let iy = oy as i64 * win.stride[0] as i64 + ky as i64 * win.dilation[0] as i64
+                                - win.pads[0] as i64;
+                            for kx in 0..kw {
+                                let ix = ox as i64 * win.stride[1] as i64 + kx as i64 * win.dilation[1] as i64
+                                    - win.pads[1] as i64;
+                                if iy < 0 || iy >= h || ix < 0 || ix >= wd {
+                                    continue; // zero padding
+                                }
+                                let xv = x[((b * c + ch) * s.x[2] + iy as usize) * s.x[3] + ix as usize];
+                                let wv = w[((o * cg + ci) * kh + ky) * kw + kx];
+                                acc += xv as i128 * wv as i128;
+                            }
+                        }
+                    }
+                    if let Some((bd, bshift)) = bias {
+                        acc += (bd[o] as i128) << bshift;
+                    }
+                    out.push(fit(rshift(acc, shift))?);
+                }
+            }
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,262 @@
+//! Fast kernels for the heavy ops. They compute exactly what the reference executor computes: operands
+//! are packed into contiguous blocks and multiplied with `i64` accumulation, which is exact whenever
+//! `K * max|a| * max|b| + |bias| < 2^62` — checked on every call; otherwise the exact `i128` reference
+//! path runs. The AVX2 build of the inner loop is chosen at run time; integer results do not depend on it.
+
+use crate::arith::{fit, rshift};
+use crate::error::ExecError;
+use crate::exec::{label_strides, ConvSpec, EinSpec};
+
+const I64_SAFE: u128 = 1 << 62;
+
+fn max_abs(x: &[i32]) -> u128 {
+    x.iter().map(|v| v.unsigned_abs()).max().unwrap_or(0) as u128
+}
+
+/// `c[m×n] += a[m×k] · b[k×n]` over rows `rows` of `a`/`c`.
+#[inline(always)]
+fn gemm_body(a: &[i32], b: &[i32], c: &mut [i64], k: usize, n: usize) {
+    const NB: usize = 256;
+    let m = c.len() / n.max(1);
+    for j0 in (0..n).step_by(NB) {
+        let j1 = (j0 + NB).min(n);
+        for i in 0..m {
+            let crow = &mut c[i * n + j0..i * n + j1];
+            let arow = &a[i * k..(i + 1) * k];
+            for (kk, &av) in arow.iter().enumerate() {
+                if av == 0 {
+                    continue;
+                }
+                let av = av as i64;
+                let brow = &b[kk * n + j0..kk * n + j1];
+                for (cv, &bv) in crow.iter_mut().zip(brow) {
+                    *cv += av * bv as i64;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn gemm_avx2(a: &[i32], b: &[i32], c: &mut [i64], k: usize, n: usize) {
+    gemm_body(a, b, c, k, n)
+}
+
+fn gemm(a: &[i32], b: &[i32], c: &mut [i64], k: usize, n: usize) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU supports AVX2, checked just above; the function is otherwise safe Rust.
+            unsafe { gemm_avx2(a, b, c, k, n) };
+            return;
+        }
+    }
+    gemm_body(a, b, c, k, n)
+}
+
+/// `c = a · b` for `batch` independent products, split across `threads` by rows.
+fn batched_gemm(a: &[i32], b: &[i32], batch: usize, m: usize, k: usize, n: usize, threads: usize) -> Vec<i64> {
+    let mut c = vec![0i64; batch * m * n];
+    if n == 0 || m == 0 {
+        return c;
+    }
+    let work = batch * m * k * n;
+    let rows = batch * m;
+    let threads = if work >= 1 << 18 { threads.clamp(1, rows) } else { 1 };
+    let run_rows = |r0: usize, c: &mut [i64]| {
+        // rows r0.. of the flattened (batch, m) space; split at batch boundaries
+        let mut r = r0;
+        let mut off = 0;
+        let total = c.len() / n;
+        while off < total {
+            let bi = r / m;
+            let i = r % m;
+            let len = (m - i).min(total - off);
+            gemm(
+                &a[(bi * m + i) * k..(bi * m + i + len) * k],
+                &b[bi * k * n..(bi + 1) * k * n],
+                &mut c[off * n..(off + len) * n],
+                k,
+                n,
+            );
+            r += len;
+            off += len;
+        }
+    };
+    if threads <= 1 {
+        run_rows(0, &mut c);
+    } else {
+        let per = rows.div_ceil(threads);
+        std::thread::scope(|s| {
+            for (t, chunk) in c.chunks_mut(per * n).enumerate() {
+                let run_rows = &run_rows;
+                s.spawn(move || run_rows(t * per, chunk));
+            }
+        });
+    }
+    c
+}
+
+/// Copy `x` (with `labels` over `shape`) into the row-major order of labels `order` with `sizes`.
+fn pack(x: &[i32], labels: &[u8], shape: &[usize], order: &[u8], sizes: &[usize; 256]) -> Vec<i32> {
+    let st = label_strides(labels, shape, order);
+    let dims: Vec<usize> = order.iter().map(|&l| sizes[l as usize]).collect();
+    let mut out = vec![0i32; dims.iter().product()];
+    let mut idx = vec![0usize; dims.len()];
+    for o in out.iter_mut() {
+        let mut off = 0;
+        for (ax, &i) in idx.iter().enumerate() {
+            off += i * st[ax];
+        }
+        *o = x[off];
+        for ax in (0..dims.len()).rev() {
+            idx[ax] += 1;
+            if idx[ax] < dims[ax] {
+                break;
+            }
+            idx[ax] = 0;
+        }
+    }
+    out
+}
+
+/// Fast `EinSum`; falls back to the reference for label patterns it does not pack.
+pub fn einsum(
+    s: &EinSpec<'_>,
+    a: &[i32],
+    b: &[i32],
+    bias: Option<(&[i32], &[usize], i32)>,
+    shift: i32,
+    threads: usize,
+) -> Result<Vec<i32>, ExecError> {
+    let sizes = s.label_sizes();
+    let (mut bl, mut ml, mut nl, mut kl) = (vec![], vec![], vec![], vec![]);
+    let mut packable = true;
+    for &l in s.a.iter().chain(s.b).chain(s.out) {
+        if bl.contains(&l) || ml.contains(&l) || nl.contains(&l) || kl.contains(&l) {
+            continue;
+        }
+        match (s.a.contains(&l), s.b.contains(&l), s.out.contains(&l)) {
+            (true, true, true) => bl.push(l),
+            (true, false, true) => ml.push(l),
+            (false, true, true) => nl.push(l),
+            (true, true, false) => kl.push(l),
+            // a size-1 label outside the four roles changes nothing
+            _ => packable &= sizes[l as usize] == 1,
+        }
+    }
+    let dim = |ls: &[u8]| ls.iter().map(|&l| sizes[l as usize]).product::<usize>();
+    let (bt, m, n, k) = (dim(&bl), dim(&ml), dim(&nl), dim(&kl));
+    let bias_shift = bias.map_or(0, |(_, _, sh)| sh);
+    let bias_max = bias.map_or(0, |(d, _, _)| max_abs(d) << bias_shift.clamp(0, 64));
+    let bound = (k as u128)
+        .saturating_mul(max_abs(a))
+        .saturating_mul(max_abs(b))
+        .saturating_add(bias_max);
+    if !packable || bound >= I64_SAFE {
+        return crate::exec::einsum_reference(s, a, b, bias, shift);
+    }
+    let a_order: Vec<u8> = bl.iter().chain(&ml).chain(&kl).copied().collect();
+    let b_order: Vec<u8> = bl.iter().chain(&kl).chain(&nl).copied().collect();
+    let ap = pack(a, s.a, s.a_shape, &a_order, &sizes);
+    let bp = pack(b, s.b, s.b_shape, &b_order, &sizes);
+    let c = batched_gemm(&ap, &bp, bt, m, k, n, threads);
+    // scatter C (labels batch, m, n) into the output order, adding the bias
+    let c_order: Vec<u8> = bl.iter().chain(&ml).chain(&nl).copied().collect();
+    let out_st = label_strides(s.out, s.out_shape, &c_order);
+    let bias_st = bias.map(|(_, bshape, _)| {
+        // bias axes align with the output's trailing axes
+        let off = s.out.len() - bshape.len();
+        let blabels: Vec<u8> = s.out[off..].to_vec();
+        label_strides(&blabels, bshape, &c_order)
+    });
+    let dims: Vec<usize> = c_order.iter().map(|&l| sizes[l as usize]).collect();
+    let mut out = vec![0i32; s.out_shape.iter().product()];
+    let mut idx = vec![0usize; dims.len()];
+    for &acc in &c {
+        let mut o = 0;
+        let mut bi = 0;
+        for (ax, &i) in idx.iter().enumerate() {
+            o += i * out_st[ax];
+            if let Some(bs) = &bias_st {
+                bi += i * bs[ax];
+            }
+        }
+        let mut v = acc as i128;
+        if let Some((bd, _, sh)) = bias {
+            v += (bd[bi] as i128) << sh;
+        }
+        out[o] = fit(rshift(v, shift))?;
+        for ax in (0..dims.len()).rev() {
+            idx[ax] += 1;
+            if idx[ax] < dims[ax] {
+                break;
+            }
+            idx[ax] = 0;
+        }
+    }
+    Ok(out)
+}
+
+/// Fast `Conv2d` by im2col and GEMM.
+pub fn conv2d(
+    s: &ConvSpec<'_>,
+    x: &[i32],
+    w: &[i32],
+    bias: Option<(&[i32], i32)>,
+    shift: i32,
+    threads: usize,
+) -> Result<Vec<i32>, ExecError> {
+    let (n, c, h, wd) = (s.x[0], s.x[1], s.x[2], s.x[3]);
+    let (o_ch, cg, kh, kw) = (s.w[0], s.w[1], s.w[2], s.w[3]);
+    let (oh, ow) = (s.out[2], s.out[3]);
+    let og = o_ch / s.groups;
+    let kk = cg * kh * kw;
+    let p = oh * ow;
+    let bias_max = bias.map_or(0, |(d, sh)| max_abs(d) << sh.clamp(0, 64));
+    let bound = (kk as u128).saturating_mul(max_abs(x)).saturating_mul(max_abs(w)).saturating_add(bias_max);
+    if bound >= I64_SAFE {
+        return crate::exec::conv_reference(s, x, w, bias, shift);
+    }
+    let win = s.window;
+    let mut out = vec![0i32; n * o_ch * p];
+    let mut cols = vec![0i32; kk * p];
+    for b in 0..n {
+        for g in 0..s.groups {
+            // im2col: row (ci, ky, kx), column (oy, ox)
+            for ci in 0..cg {
+                let plane = &x[(b * c + g * cg + ci) * h * wd..(b * c + g * cg + ci + 1) * h * wd];
+                for ky in 0..kh {
+                    for kx in 0..kw {
+                        let row = &mut cols[((ci * kh + ky) * kw + kx) * p..((ci * kh + ky) * kw + kx + 1) * p];
+                        for oy in 0..oh {
+                            let iy = (oy * win.stride[0] as usize + ky * win.dilation[0] as usize) as i64 - win.pads[0] as i64;
+                            let dst = &mut row[oy * ow..(oy + 1) * ow];
+                            if iy < 0 || iy >= h as i64 {
+                                dst.fill(0);
+                                continue;
+                            }
+                            let src = &plane[iy as usize * wd..(iy as usize + 1) * wd];
+                            for (ox, d) in dst.iter_mut().enumerate() {
+                                let ix = (ox * win.stride[1] as usize + kx * win.dilation[1] as usize) as i64 - win.pads[1] as i64;
+                                *d = if ix < 0 || ix >= wd as i64 { 0 } else { src[ix as usize] };
+                            }
+                        }
+                    }
+                }
+            }
+            let wg = &w[g * og * kk..(g + 1) * og * kk];
+            let acc = batched_gemm(wg, &cols, 1, og, kk, p, threads);
+            for o in 0..og {
+                let oc = g * og + o;
+                let bv = bias.map_or(0i128, |(d, sh)| (d[oc] as i128) << sh);
+                let dst = &mut out[(b * o_ch + oc) * p..(b * o_ch + oc + 1) * p];
+                for (d, &a) in dst.iter_mut().zip(&acc[o * p..(o + 1) * p]) {
+                    *d = fit(rshift(a as i128 + bv, shift))?;
+                }
+            }
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,16 @@
+//! Verity's canonical integer IR: the model structure, its `.vty` encoding and Merkle model ID, the
+//! fast and reference executors, traces and their commitments. Independent of any ONNX front-end.
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
+pub mod arith;
+pub mod commit;
+pub mod error;
+pub mod exec;
+pub mod io;
+pub mod ir;
+mod kernels;
+pub mod vty;
+
+pub use error::{ExecError, ModelError};
+pub use exec::{Executor, Mode, Trace};
+pub use ir::Model;
