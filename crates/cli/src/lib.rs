@@ -1,1 +1,385 @@
+//! The `verity` command-line tool: compile ONNX models to canonical `.vty` files, inspect them, and run
+//! them with output hashes and traces.
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use serde_json::{json, Value};
+use verity_compiler::{compile, CompileOptions, ImportOptions};
+use verity_engine::commit::{tensors_hash, trace_roots};
+use verity_engine::io::{dequantize, inputs_from_json, quantize_inputs, tensor_from_json, tensor_from_npy, FloatTensor};
+use verity_engine::ir::Model;
+use verity_engine::vty::{self, list_root};
+use verity_engine::{Executor, Mode};
+
+/// Verity: verifiable AI inference.
+#[derive(Parser, Debug)]
+#[command(name = "verity", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Compile, inspect and manage models.
+    #[command(subcommand)]
+    Model(ModelCmd),
+    /// Run a canonical model on an input.
+    Run(RunArgs),
+}
+
+#[derive(Subcommand, Debug)]
+enum ModelCmd {
+    /// Compile an ONNX model into a canonical `.vty` model and print the accuracy report.
+    Compile(CompileArgs),
+    /// Show a `.vty` model's ID, inputs, outputs, ops, scales and sizes.
+    Inspect(InspectArgs),
+}
+
+#[derive(Args, Debug)]
+struct CompileArgs {
+    /// The ONNX model.
+    model: PathBuf,
+    /// Where to write the `.vty` model.
+    #[arg(short, long)]
+    output: PathBuf,
+    /// Calibration inputs: `.npy` (leading axis = samples) or JSON; `name=file` for one input of several.
+    #[arg(long)]
+    calibration: Vec<String>,
+    /// Held-out inputs for the accuracy report (same formats as --calibration).
+    #[arg(long)]
+    eval: Vec<String>,
+    /// Most fractional bits of any scale.
+    #[arg(long, default_value_t = 16)]
+    scale_bits: i8,
+    /// Random calibration samples when no --calibration is given.
+    #[arg(long, default_value_t = 16)]
+    samples: usize,
+    /// Seed for random calibration inputs.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Range of random real inputs: `lo:hi` for all, or `name=lo:hi`.
+    #[arg(long)]
+    input_range: Vec<String>,
+    /// Fixed shape for an input with dynamic dimensions: `name=1,3,224,224`.
+    #[arg(long)]
+    input_shape: Vec<String>,
+    /// Also write the report as JSON.
+    #[arg(long)]
+    report: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+struct InspectArgs {
+    /// The `.vty` model.
+    model: PathBuf,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+struct RunArgs {
+    /// The `.vty` model.
+    model: PathBuf,
+    /// Input: JSON (`{"name": {"shape": [...], "data": [...]}}` or a nested array) or `.npy`;
+    /// `name=file.npy` per input for models with several.
+    #[arg(long, required = true)]
+    input: Vec<String>,
+    /// Write every intermediate tensor with its Merkle root and the trace root to this JSON file.
+    #[arg(long)]
+    trace: Option<PathBuf>,
+    /// Also write the result JSON to this file.
+    #[arg(long)]
+    output: Option<PathBuf>,
+    /// Worker threads for the fast executor.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// Use the plain reference executor instead of the fast one.
+    #[arg(long)]
+    reference: bool,
+}
+
+fn read(path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
+}
+
+/// Load and validate a `.vty` file.
+pub fn load_model(path: &Path) -> Result<(Model, verity_core::Hash)> {
+    let bytes = read(path)?;
+    vty::decode(&bytes).with_context(|| format!("{} is not a valid model", path.display()))
+}
+
+fn parse_range(s: &str) -> Result<(f64, f64)> {
+    let (a, b) = s.split_once(':').ok_or_else(|| anyhow!("range '{s}' must be lo:hi"))?;
+    let (a, b): (f64, f64) = (a.trim().parse()?, b.trim().parse()?);
+    if !(a.is_finite() && b.is_finite() && a < b) {
+        bail!("range '{s}' must have finite lo < hi");
+    }
+    Ok((a, b))
+}
+
+/// Split a tensor into samples for an input of shape `shape`: one sample if the sizes match, else the
+/// leading axis indexes samples.
+fn split_samples(t: FloatTensor, shape: &[usize], what: &str) -> Result<Vec<FloatTensor>> {
+    let n: usize = shape.iter().product();
+    if t.data.len() == n {
+        return Ok(vec![FloatTensor { shape: shape.to_vec(), data: t.data }]);
+    }
+    let rows = t.shape.first().copied().unwrap_or(0);
+    if n == 0 || rows == 0 || rows * n != t.data.len() {
+        bail!("{what}: a tensor of shape {:?} is neither one sample nor a stack of samples for an input of shape {shape:?}", t.shape);
+    }
+    Ok(t.data.chunks(n).map(|c| FloatTensor { shape: shape.to_vec(), data: c.to_vec() }).collect())
+}
+
+fn load_samples(specs: &[String], inputs: &[(String, Vec<usize>)], what: &str) -> Result<Vec<Vec<FloatTensor>>> {
+    if specs.is_empty() {
+        return Ok(vec![]);
+    }
+    // JSON: a list of sample objects, or one object; npy: stacked samples (per input with name=).
+    let mut per_input: Vec<Option<Vec<FloatTensor>>> = vec![None; inputs.len()];
+    let mut whole: Vec<Vec<FloatTensor>> = Vec::new();
+    for spec in specs {
+        let (name, file) = match spec.split_once('=') {
+            Some((n, f)) if inputs.iter().any(|(i, _)| i == n) => (Some(n.to_string()), f.to_string()),
+            _ => (None, spec.clone()),
+        };
+        let bytes = read(Path::new(&file))?;
+        if file.ends_with(".npy") {
+            let idx = match &name {
+                Some(n) => inputs.iter().position(|(i, _)| i == n).unwrap_or(0),
+                None if inputs.len() == 1 => 0,
+                None => bail!("{what}: the model has several inputs; give .npy files as name=file.npy"),
+            };
+            let t = tensor_from_npy(&bytes).with_context(|| format!("{what}: {file}"))?;
+            per_input[idx] = Some(split_samples(t, &inputs[idx].1, what)?);
+        } else {
+            let v: Value = serde_json::from_slice(&bytes).with_context(|| format!("{what}: {file} is not JSON"))?;
+            let docs: Vec<Value> = match v {
+                Value::Array(items) if items.first().is_some_and(|x| x.is_object()) => items,
+                other => vec![other],
+            };
+            for d in docs {
+                let sample: Vec<FloatTensor> = if inputs.len() == 1 && !d.get(&inputs[0].0).is_some() {
+                    vec![tensor_from_json(&d)?]
+                } else {
+                    inputs
+                        .iter()
+                        .map(|(n, _)| {
+                            d.get(n).ok_or_else(|| anyhow!("{what}: sample lacks input '{n}'")).and_then(|t| Ok(tensor_from_json(t)?))
+                        })
+                        .collect::<Result<_>>()?
+                };
+                let sample = sample
+                    .into_iter()
+                    .zip(inputs)
+                    .map(|(t, (_, s))| split_samples(t, s, what).map(|mut v| v.remove(0)))
+                    .collect::<Result<_>>()?;
+                whole.push(sample);
+            }
+        }
+    }
+    if per_input.iter().any(Option::is_some) {
+        let counts: Vec<usize> = per_input.iter().map(|p| p.as_ref().map_or(0, Vec::len)).collect();
+        if counts.iter().any(|&c| c != counts[0]) {
+            bail!("{what}: every input needs the same number of samples (got {counts:?})");
+        }
+        let mut cols: Vec<std::vec::IntoIter<FloatTensor>> =
+            per_input.into_iter().map(|p| p.unwrap_or_default().into_iter()).collect();
+        for _ in 0..counts[0] {
+            whole.push(cols.iter_mut().filter_map(Iterator::next).collect());
+        }
+    }
+    Ok(whole)
+}
+
+fn model_input_shapes(onnx: &[u8], import: &ImportOptions) -> Result<Vec<(String, Vec<usize>)>> {
+    let imp = verity_compiler::import::import_onnx(onnx, import)?;
+    Ok(imp.graph.inputs.iter().map(|i| (i.name.clone(), i.shape.iter().map(|&d| d as usize).collect())).collect())
+}
+
+fn cmd_compile(a: CompileArgs) -> Result<()> {
+    let onnx = read(&a.model)?;
+    let mut opts = CompileOptions { scale_bits: a.scale_bits, random_samples: a.samples, seed: a.seed, ..Default::default() };
+    for s in &a.input_shape {
+        let (n, dims) = s.split_once('=').ok_or_else(|| anyhow!("--input-shape '{s}' must be name=d1,d2,..."))?;
+        let dims = dims.split(',').map(|d| d.trim().parse::<usize>()).collect::<Result<Vec<_>, _>>()
+            .map_err(|_| anyhow!("--input-shape '{s}': dimensions must be positive integers"))?;
+        opts.import.input_shapes.push((n.to_string(), dims));
+    }
+    for r in &a.input_range {
+        match r.split_once('=') {
+            Some((n, range)) => {
+                let (lo, hi) = parse_range(range)?;
+                opts.input_ranges.push((n.to_string(), lo, hi));
+            }
+            None => opts.default_range = parse_range(r)?,
+        }
+    }
+    if !a.calibration.is_empty() || !a.eval.is_empty() {
+        let shapes = model_input_shapes(&onnx, &opts.import)?;
+        opts.calibration = Some(load_samples(&a.calibration, &shapes, "calibration")?);
+        opts.eval = Some(load_samples(&a.eval, &shapes, "evaluation")?);
+    }
+    let (model, report) = compile(&onnx, &opts).with_context(|| format!("cannot compile {}", a.model.display()))?;
+    let bytes = vty::encode(&model);
+    let id = vty::model_id(&model);
+    std::fs::write(&a.output, &bytes).with_context(|| format!("cannot write {}", a.output.display()))?;
+    println!("model id     {id}");
+    println!("written      {} ({} bytes)", a.output.display(), bytes.len());
+    println!("nodes        {} ({} parameters incl. tables)", model.nodes.len(), report.parameters);
+    println!("scale bits   {} (max), {} evaluation samples", report.scale_bits, report.samples);
+    println!("import check max |lowered - tract| = {:.3e}", report.import_check_max_abs_diff);
+    for o in &report.outputs {
+        let top1 = o.top1_agreement.map_or("n/a".to_string(), |t| format!("{:.2}%", t * 100.0));
+        println!(
+            "output {:<12} max abs err {:.3e}  max rel err {:.3e}  mean abs err {:.3e}  top-1 agreement {}",
+            o.name, o.max_abs_error, o.max_relative_error, o.mean_abs_error, top1
+        );
+    }
+    if let Some(p) = &a.report {
+        let doc = json!({ "model_id": id, "report": report });
+        std::fs::write(p, serde_json::to_vec_pretty(&doc)?).with_context(|| format!("cannot write {}", p.display()))?;
+    }
+    Ok(())
+}
+
+fn cmd_inspect(a: InspectArgs) -> Result<()> {
+    let (m, id) = load_model(&a.model)?;
+    let size = std::fs::metadata(&a.model).map(|m| m.len()).unwrap_or(0);
+    let io = |name: &str, v: u32| -> Value {
+        let info = m.value(v);
+        json!({"name": name, "shape": info.map(|i| i.shape.to_vec()), "scale": info.map(|i| i.scale)})
+    };
+    let doc = json!({
+        "model_id": id,
+        "size_bytes": size,
+        "parameters": m.parameter_count(),
+        "inputs": m.inputs.iter().map(|i| json!({"name": i.name, "shape": i.shape, "scale": i.scale, "kind": i.kind})).collect::<Vec<_>>(),
+        "outputs": m.outputs.iter().map(|o| io(&o.name, o.value)).collect::<Vec<_>>(),
+        "nodes": m.nodes.iter().map(|n| json!({
+            "name": n.name, "op": n.op.name(), "inputs": n.inputs, "shape": n.shape, "scale": n.scale
+        })).collect::<Vec<_>>(),
+    });
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+        return Ok(());
+    }
+    println!("model id    {id}");
+    println!("size        {size} bytes, {} constant elements in {} tensors", m.parameter_count(), m.consts.len());
+    for i in &m.inputs {
+        println!("input       {} {:?} scale 2^-{} ({:?})", i.name, i.shape, i.scale, i.kind);
+    }
+    for o in &m.outputs {
+        let v = m.value(o.value);
+        println!("output      {} {:?} scale 2^-{}", o.name, v.map(|v| v.shape.to_vec()), v.map_or(0, |v| v.scale));
+    }
+    println!("nodes       {}", m.nodes.len());
+    for (k, n) in m.nodes.iter().enumerate() {
+        println!("  {k:>4} {:<10} {:<32} -> {:?} scale 2^-{} inputs {:?}", n.op.name(), n.name, n.shape, n.scale, n.inputs);
+    }
+    Ok(())
+}
+
+fn load_inputs(m: &Model, specs: &[String]) -> Result<Vec<FloatTensor>> {
+    if specs.len() == 1 && !specs[0].ends_with(".npy") && !specs[0].contains('=') {
+        let text = std::fs::read_to_string(&specs[0]).with_context(|| format!("cannot read {}", specs[0]))?;
+        return Ok(inputs_from_json(m, &text)?);
+    }
+    let mut out: Vec<Option<FloatTensor>> = vec![None; m.inputs.len()];
+    for spec in specs {
+        let (idx, file) = match spec.split_once('=') {
+            Some((n, f)) => {
+                let i = m.inputs.iter().position(|i| i.name == n).ok_or_else(|| anyhow!("the model has no input named '{n}'"))?;
+                (i, f)
+            }
+            None if m.inputs.len() == 1 => (0, spec.as_str()),
+            None => bail!("the model has {} inputs; give each as name=file.npy", m.inputs.len()),
+        };
+        let bytes = read(Path::new(file))?;
+        out[idx] = Some(if file.ends_with(".npy") {
+            tensor_from_npy(&bytes).with_context(|| file.to_string())?
+        } else {
+            let v: Value = serde_json::from_slice(&bytes).with_context(|| format!("{file} is not JSON"))?;
+            tensor_from_json(&v)?
+        });
+    }
+    out.into_iter()
+        .zip(&m.inputs)
+        .map(|(t, i)| t.ok_or_else(|| anyhow!("missing input '{}'", i.name)))
+        .collect()
+}
+
+fn tensor_json(shape: &[u32], data: &[f64]) -> Value {
+    json!({"shape": shape, "data": data})
+}
+
+fn cmd_run(a: RunArgs) -> Result<()> {
+    let (m, id) = load_model(&a.model)?;
+    let inputs = load_inputs(&m, &a.input)?;
+    let q = quantize_inputs(&m, &inputs)?;
+    let input_hash = tensors_hash(&q);
+    let mode = if a.reference { Mode::Reference } else { Mode::Fast { threads: a.threads.max(1) } };
+    let exec = Executor::new(&m, mode);
+    let (outs, trace) = if a.trace.is_some() {
+        let (o, t) = exec.run_trace(q)?;
+        (o, Some(t))
+    } else {
+        (exec.run(q)?, None)
+    };
+    let mut outputs = serde_json::Map::new();
+    for (o, data) in m.outputs.iter().zip(&outs) {
+        let info = m.value(o.value).ok_or_else(|| anyhow!("output refers to no value"))?;
+        outputs.insert(o.name.clone(), tensor_json(info.shape, &dequantize(data, info.scale)));
+    }
+    let mut doc = json!({
+        "model_id": id,
+        "input_hash": input_hash,
+        "output_hash": tensors_hash(&outs),
+        "outputs": outputs,
+    });
+    if let (Some(path), Some(t)) = (&a.trace, trace) {
+        let roots = trace_roots(&t);
+        let root = list_root(&roots);
+        let ni = m.inputs.len();
+        let entries: Vec<Value> = t
+            .tensors
+            .iter()
+            .zip(&roots)
+            .enumerate()
+            .map(|(i, (data, r))| {
+                let (name, v) = if i < ni {
+                    (m.inputs[i].name.clone(), i as u32)
+                } else {
+                    let k = i - ni;
+                    (m.nodes[k].name.clone(), (m.first_node_value() + k) as u32)
+                };
+                let info = m.value(v);
+                json!({"value": v, "name": name, "shape": info.map(|x| x.shape.to_vec()), "scale": info.map(|x| x.scale),
+                       "root": r, "data": data})
+            })
+            .collect();
+        doc["trace_root"] = json!(root);
+        let tdoc = json!({"model_id": id, "trace_root": root, "tensors": entries});
+        std::fs::write(path, serde_json::to_vec(&tdoc)?).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    let text = serde_json::to_string_pretty(&doc)?;
+    if let Some(p) = &a.output {
+        std::fs::write(p, &text).with_context(|| format!("cannot write {}", p.display()))?;
+    }
+    println!("{text}");
+    Ok(())
+}
+
+/// Run a parsed command line.
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.cmd {
+        Cmd::Model(ModelCmd::Compile(a)) => cmd_compile(a),
+        Cmd::Model(ModelCmd::Inspect(a)) => cmd_inspect(a),
+        Cmd::Run(a) => cmd_run(a),
+    }
+}

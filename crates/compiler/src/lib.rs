@@ -1,1 +1,223 @@
+//! Imports ONNX models through tract-onnx and compiles them into Verity's canonical integer form:
+//! lowering ([`import`]), calibration and quantization ([`quantize`]), and the accuracy report.
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
+pub mod fgraph;
+pub mod import;
+pub mod quantize;
+pub mod report;
+
+pub use import::ImportOptions;
+pub use report::{CompileReport, OutputAccuracy};
+
+use verity_engine::io::FloatTensor;
+use verity_engine::ir::{InputKind, Model, Op};
+
+/// Why a model could not be compiled.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CompileError {
+    /// The file is not a loadable ONNX model.
+    #[error("cannot load the ONNX model: {0}")]
+    Onnx(String),
+    /// tract failed while analysing the model.
+    #[error("model analysis failed: {0}")]
+    Tract(String),
+    /// An op with no canonical lowering.
+    #[error("unsupported op {op} at node '{node}': {why}")]
+    Unsupported {
+        /// tract op name.
+        op: String,
+        /// Node name.
+        node: String,
+        /// Detail.
+        why: String,
+    },
+    /// A shape that stays symbolic after fixing the inputs.
+    #[error("node '{node}' has a dynamic shape ({shape}); give fixed input shapes with --input-shape")]
+    DynamicShape {
+        /// Node name.
+        node: String,
+        /// The shape as tract sees it.
+        shape: String,
+    },
+    /// Calibration inputs do not fit the model, or calibration found values it cannot represent.
+    #[error("calibration: {0}")]
+    Calibration(String),
+    /// The lowered graph disagrees with tract: an importer bug, reported instead of a wrong model.
+    #[error("import check failed: output '{output}' differs from tract by {diff:e} (tolerance {tol:e})")]
+    ImportMismatch {
+        /// Output name.
+        output: String,
+        /// Largest absolute difference.
+        diff: f64,
+        /// Allowed difference.
+        tol: f64,
+    },
+    /// The canonical model failed on a calibration input (overflow, division by zero…).
+    #[error("canonical execution failed on calibration sample {sample}: {error}")]
+    Execution {
+        /// Sample index.
+        sample: usize,
+        /// The error.
+        error: verity_engine::ExecError,
+    },
+}
+
+/// Compile options.
+#[derive(Clone, Debug)]
+pub struct CompileOptions {
+    /// Most fractional bits of any scale (activations and weights); narrower where ranges demand.
+    pub scale_bits: i8,
+    /// Calibration samples (each one tensor per model input). `None`: random inputs.
+    pub calibration: Option<Vec<Vec<FloatTensor>>>,
+    /// Held-out samples for the accuracy report. `None`: the calibration samples.
+    pub eval: Option<Vec<Vec<FloatTensor>>>,
+    /// Number of random calibration samples when none are given.
+    pub random_samples: usize,
+    /// Value ranges for random real inputs, by name; others use `default_range`.
+    pub input_ranges: Vec<(String, f64, f64)>,
+    /// Range for random real inputs without their own.
+    pub default_range: (f64, f64),
+    /// Seed for random calibration inputs.
+    pub seed: u64,
+    /// ONNX loading options.
+    pub import: ImportOptions,
+}
+
+impl Default for CompileOptions {
+    fn default() -> Self {
+        CompileOptions {
+            scale_bits: 16,
+            calibration: None,
+            eval: None,
+            random_samples: 16,
+            input_ranges: Vec::new(),
+            default_range: (-1.0, 1.0),
+            seed: 0,
+            import: ImportOptions::default(),
+        }
+    }
+}
+
+/// SplitMix64: the deterministic generator for random calibration inputs.
+pub struct SplitMix64(pub u64);
+
+impl SplitMix64 {
+    /// Next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    /// Uniform in `[lo, hi)`, exact dyadic arithmetic.
+    pub fn uniform(&mut self, lo: f64, hi: f64) -> f64 {
+        let u = (self.next_u64() >> 11) as f64 * libm::ldexp(1.0, -53);
+        lo + (hi - lo) * u
+    }
+}
+
+fn random_samples(g: &fgraph::FGraph, opts: &CompileOptions) -> Vec<Vec<FloatTensor>> {
+    let mut rng = SplitMix64(opts.seed);
+    let ni = g.inputs.len();
+    (0..opts.random_samples.max(1))
+        .map(|_| {
+            g.inputs
+                .iter()
+                .enumerate()
+                .map(|(i, inp)| {
+                    let shape: Vec<usize> = inp.shape.iter().map(|&d| d as usize).collect();
+                    let n: usize = shape.iter().product();
+                    let data = match inp.kind {
+                        InputKind::Int => {
+                            // indices into a gathered axis take its range; other integers 0..2
+                            let bound = g
+                                .nodes
+                                .iter()
+                                .find_map(|node| match node.op {
+                                    fgraph::FOp::Canon(Op::Gather { axis }) if node.inputs.get(1) == Some(&(i as u32)) => {
+                                        Some(g.shape(node.inputs[0])[axis as usize] as f64)
+                                    }
+                                    _ => None,
+                                })
+                                .unwrap_or(2.0);
+                            (0..n).map(|_| rng.uniform(0.0, bound).floor()).collect()
+                        }
+                        InputKind::Fixed => {
+                            let (lo, hi) = opts
+                                .input_ranges
+                                .iter()
+                                .find(|(name, _, _)| *name == inp.name)
+                                .map_or(opts.default_range, |(_, lo, hi)| (*lo, *hi));
+                            (0..n).map(|_| rng.uniform(lo, hi)).collect()
+                        }
+                    };
+                    let _ = ni;
+                    FloatTensor { shape, data }
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// Check each sample against the graph's inputs and flatten it.
+fn flatten_samples(g: &fgraph::FGraph, samples: &[Vec<FloatTensor>], what: &str) -> Result<Vec<Vec<Vec<f64>>>, CompileError> {
+    samples
+        .iter()
+        .enumerate()
+        .map(|(si, s)| {
+            if s.len() != g.inputs.len() {
+                return Err(CompileError::Calibration(format!(
+                    "{what} sample {si} has {} tensors, the model has {} inputs",
+                    s.len(),
+                    g.inputs.len()
+                )));
+            }
+            s.iter()
+                .zip(&g.inputs)
+                .map(|(t, inp)| {
+                    let n: u64 = inp.shape.iter().map(|&d| d as u64).product();
+                    if t.data.len() as u64 != n {
+                        return Err(CompileError::Calibration(format!(
+                            "{what} sample {si}: input '{}' needs {n} values (shape {:?}), got {}",
+                            inp.name,
+                            inp.shape,
+                            t.data.len()
+                        )));
+                    }
+                    if let Some(bad) = t.data.iter().find(|x| !x.is_finite()) {
+                        return Err(CompileError::Calibration(format!(
+                            "{what} sample {si}: input '{}' holds {bad}",
+                            inp.name
+                        )));
+                    }
+                    Ok(t.data.clone())
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// Compile ONNX bytes into a canonical model and its accuracy report.
+pub fn compile(onnx: &[u8], opts: &CompileOptions) -> Result<(Model, CompileReport), CompileError> {
+    if !(1..=30).contains(&opts.scale_bits) {
+        return Err(CompileError::Calibration(format!("scale bits must be in 1..=30, got {}", opts.scale_bits)));
+    }
+    let imported = import::import_onnx(onnx, &opts.import)?;
+    let g = &imported.graph;
+    let calib = match &opts.calibration {
+        Some(c) if !c.is_empty() => c.clone(),
+        _ => random_samples(g, opts),
+    };
+    let calib_flat = flatten_samples(g, &calib, "calibration")?;
+    let stats = quantize::calibrate(g, &calib_flat)?;
+    let model = quantize::quantize(g, &stats, opts.scale_bits)?;
+    let (eval, eval_flat) = match &opts.eval {
+        Some(e) if !e.is_empty() => (e.clone(), flatten_samples(g, e, "evaluation")?),
+        _ => (calib.clone(), calib_flat),
+    };
+    let report = report::evaluate(&imported, &model, &eval, &eval_flat, opts)?;
+    Ok((model, report))
+}

@@ -38,8 +38,8 @@ fn us(shape: &[u32]) -> Vec<usize> {
     shape.iter().map(|&d| d as usize).collect()
 }
 
-/// Strides of `in_shape` as seen from `out_shape` under numpy broadcasting (0 on broadcast axes).
-fn broadcast_strides(out: &[usize], inp: &[usize]) -> Vec<usize> {
+/// Strides of `inp` as seen from `out_shape` under numpy broadcasting (0 on broadcast axes).
+pub fn broadcast_strides(out: &[usize], inp: &[usize]) -> Vec<usize> {
     let s = strides(inp);
     let off = out.len() - inp.len();
     (0..out.len())
@@ -48,7 +48,7 @@ fn broadcast_strides(out: &[usize], inp: &[usize]) -> Vec<usize> {
 }
 
 /// Visit every output multi-index in row-major order with the matching offsets of several inputs.
-fn for_each_index(out: &[usize], ins: &[Vec<usize>], mut f: impl FnMut(usize, &[usize])) {
+pub fn for_each_index(out: &[usize], ins: &[Vec<usize>], mut f: impl FnMut(usize, &[usize])) {
     let n: usize = out.iter().product();
     if n == 0 {
         return;

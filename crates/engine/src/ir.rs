@@ -546,7 +546,9 @@ impl Model {
                     Op::Rescale => shift_ok(si - s_out),
                     Op::Sqrt => shift_ok(2 * s_out - si),
                     Op::Recip => shift_ok(s_out + si),
-                    _ => shift_ok(2 * s_out + si),
+                    // 2^(2 s_out + s_in) / x stays far inside i128 up to 2^96
+                    _ if (2 * s_out + si).abs() > 96 => Err(format!("rsqrt shift {} outside ±96", 2 * s_out + si)),
+                    _ => Ok(()),
                 }
             }
             Op::Reduce { axes, .. } => {

@@ -1,0 +1,434 @@
+//! The float graph: the imported model in Verity's op vocabulary with real-valued constants, before
+//! quantization. Its evaluator (exact `f64` loops, transcendental functions from the pure-Rust `libm`)
+//! drives calibration and is checked against tract to catch import mistakes.
+
+use verity_engine::exec::{broadcast_strides, for_each_index, label_strides, strides, EinSpec};
+use verity_engine::ir::{numel, InputKind, Op, ReduceKind, Window};
+
+/// A scalar function implemented canonically by a lookup table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Func {
+    /// `1 / (1 + e^-x)`.
+    Sigmoid,
+    /// `tanh(x)`.
+    Tanh,
+    /// `erf(x)`.
+    Erf,
+    /// `e^x`.
+    Exp,
+    /// The standard normal CDF `Φ(x) = (1 + erf(x / √2)) / 2` (GELU is `x · Φ(x)`).
+    NormCdf,
+}
+
+impl Func {
+    /// Evaluate in `f64` with `libm` (bit-identical on every platform).
+    pub fn eval(self, x: f64) -> f64 {
+        match self {
+            Func::Sigmoid => 1.0 / (1.0 + libm::exp(-x)),
+            Func::Tanh => libm::tanh(x),
+            Func::Erf => libm::erf(x),
+            Func::Exp => libm::exp(x),
+            Func::NormCdf => 0.5 * (1.0 + libm::erf(x * std::f64::consts::FRAC_1_SQRT_2)),
+        }
+    }
+
+    /// The input interval outside which the function is constant to well below any table resolution
+    /// (`None` for functions that do not saturate on both sides).
+    pub fn saturation(self) -> Option<(f64, f64)> {
+        match self {
+            Func::Sigmoid => Some((-17.0, 17.0)),
+            Func::Tanh => Some((-10.0, 10.0)),
+            Func::Erf => Some((-6.0, 6.0)),
+            Func::NormCdf => Some((-9.0, 9.0)),
+            Func::Exp => None,
+        }
+    }
+
+    /// Name for reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Func::Sigmoid => "sigmoid",
+            Func::Tanh => "tanh",
+            Func::Erf => "erf",
+            Func::Exp => "exp",
+            Func::NormCdf => "normal-cdf",
+        }
+    }
+}
+
+/// A float op.
+#[derive(Clone, Debug, PartialEq)]
+pub enum FOp {
+    /// An op whose canonical form needs no parameters beyond scales: EinSum, Conv2d, binary arithmetic,
+    /// Sqrt/Rsqrt/Recip, Reduce, pooling and shape ops, and `Rescale` (a cast; identity on reals).
+    Canon(Op),
+    /// `min(max(x, lo), hi)`.
+    Clamp {
+        /// Lower bound.
+        lo: f64,
+        /// Upper bound.
+        hi: f64,
+    },
+    /// `x >= 0 ? x : alpha x`.
+    LeakyRelu {
+        /// Slope.
+        alpha: f64,
+    },
+    /// A table function.
+    Func(Func),
+    /// Softmax along an axis.
+    Softmax {
+        /// Axis.
+        axis: u32,
+    },
+}
+
+/// A float node.
+#[derive(Clone, Debug)]
+pub struct FNode {
+    /// Name.
+    pub name: String,
+    /// The tract op it came from (for reports and errors).
+    pub origin: String,
+    /// Op.
+    pub op: FOp,
+    /// Inputs (value ids, same numbering as the canonical model).
+    pub inputs: Vec<u32>,
+    /// Output shape.
+    pub shape: Vec<u32>,
+}
+
+/// A float input.
+#[derive(Clone, Debug)]
+pub struct FInput {
+    /// Name.
+    pub name: String,
+    /// Shape.
+    pub shape: Vec<u32>,
+    /// Real or integer.
+    pub kind: InputKind,
+}
+
+/// A float constant.
+#[derive(Clone, Debug)]
+pub struct FConst {
+    /// Shape.
+    pub shape: Vec<u32>,
+    /// Values.
+    pub data: Vec<f64>,
+    /// Holds integers that must stay exact (indices).
+    pub int: bool,
+}
+
+/// The imported graph.
+#[derive(Clone, Debug, Default)]
+pub struct FGraph {
+    /// Inputs.
+    pub inputs: Vec<FInput>,
+    /// Constants.
+    pub consts: Vec<FConst>,
+    /// Nodes, in execution order.
+    pub nodes: Vec<FNode>,
+    /// Outputs: name and value.
+    pub outputs: Vec<(String, u32)>,
+}
+
+impl FGraph {
+    /// Shape of value `v`.
+    pub fn shape(&self, v: u32) -> &[u32] {
+        let v = v as usize;
+        let (ni, nc) = (self.inputs.len(), self.consts.len());
+        if v < ni {
+            &self.inputs[v].shape
+        } else if v < ni + nc {
+            &self.consts[v - ni].shape
+        } else {
+            &self.nodes[v - ni - nc].shape
+        }
+    }
+
+    /// The constant behind value `v`.
+    pub fn const_of(&self, v: u32) -> Option<&FConst> {
+        (v as usize).checked_sub(self.inputs.len()).and_then(|i| self.consts.get(i))
+    }
+
+    /// Whether value `v` holds integers (an `Int` input, an int constant, or computed from them by
+    /// shape-only ops).
+    pub fn is_int(&self, v: u32) -> bool {
+        let vi = v as usize;
+        let (ni, nc) = (self.inputs.len(), self.consts.len());
+        if vi < ni {
+            return self.inputs[vi].kind == InputKind::Int;
+        }
+        if vi < ni + nc {
+            return self.consts[vi - ni].int;
+        }
+        let n = &self.nodes[vi - ni - nc];
+        match &n.op {
+            FOp::Canon(Op::Reshape | Op::Transpose { .. } | Op::Slice { .. } | Op::Broadcast | Op::Concat { .. }) => {
+                n.inputs.iter().all(|&i| self.is_int(i))
+            }
+            FOp::Canon(Op::Gather { .. }) => self.is_int(n.inputs[0]),
+            _ => false,
+        }
+    }
+
+    /// Evaluate on real inputs; returns every value (inputs, constants, nodes).
+    pub fn eval(&self, inputs: &[Vec<f64>]) -> Vec<Vec<f64>> {
+        let mut vals: Vec<Vec<f64>> = Vec::with_capacity(self.inputs.len() + self.consts.len() + self.nodes.len());
+        vals.extend(inputs.iter().cloned());
+        vals.extend(self.consts.iter().map(|c| c.data.clone()));
+        for n in &self.nodes {
+            let out = self.eval_node(n, &vals);
+            vals.push(out);
+        }
+        vals
+    }
+
+    fn eval_node(&self, n: &FNode, vals: &[Vec<f64>]) -> Vec<f64> {
+        let sh = |v: u32| -> Vec<usize> { self.shape(v).iter().map(|&d| d as usize).collect() };
+        let x = &vals[n.inputs[0] as usize];
+        let out_shape: Vec<usize> = n.shape.iter().map(|&d| d as usize).collect();
+        let count = numel(&n.shape) as usize;
+        match &n.op {
+            FOp::Clamp { lo, hi } => x.iter().map(|v| v.max(*lo).min(*hi)).collect(),
+            FOp::LeakyRelu { alpha } => x.iter().map(|&v| if v >= 0.0 { v } else { alpha * v }).collect(),
+            FOp::Func(f) => x.iter().map(|&v| f.eval(v)).collect(),
+            FOp::Softmax { axis } => {
+                let s = sh(n.inputs[0]);
+                let ax = *axis as usize;
+                let (len, inner) = (s[ax], s[ax + 1..].iter().product::<usize>());
+                let outer: usize = s[..ax].iter().product();
+                let mut out = vec![0.0; x.len()];
+                for o in 0..outer {
+                    for i in 0..inner {
+                        let at = |j: usize| (o * len + j) * inner + i;
+                        let m = (0..len).map(|j| x[at(j)]).fold(f64::NEG_INFINITY, f64::max);
+                        let e: Vec<f64> = (0..len).map(|j| libm::exp(x[at(j)] - m)).collect();
+                        let sum: f64 = e.iter().sum();
+                        for (j, ej) in e.iter().enumerate() {
+                            out[at(j)] = ej / sum;
+                        }
+                    }
+                }
+                out
+            }
+            FOp::Canon(op) => match op {
+                Op::EinSum { a, b, out } => {
+                    let (sa, sb) = (sh(n.inputs[0]), sh(n.inputs[1]));
+                    let spec = EinSpec { a, b, out, a_shape: &sa, b_shape: &sb, out_shape: &out_shape };
+                    let sizes = spec.label_sizes();
+                    let summed = spec.summed();
+                    let sum_shape: Vec<usize> = summed.iter().map(|&l| sizes[l as usize]).collect();
+                    let (av, bv) = (x, &vals[n.inputs[1] as usize]);
+                    let a_sum = label_strides(a, &sa, &summed);
+                    let b_sum = label_strides(b, &sb, &summed);
+                    let mut res = vec![0.0; count];
+                    let bias = n.inputs.get(2).map(|&v| (&vals[v as usize], broadcast_strides(&out_shape, &sh(v))));
+                    let mut ins = vec![label_strides(a, &sa, out), label_strides(b, &sb, out)];
+                    if let Some((_, bst)) = &bias {
+                        ins.push(bst.clone());
+                    }
+                    for_each_index(&out_shape, &ins, |flat, o| {
+                        let mut acc = 0.0;
+                        for_each_index(&sum_shape, &[a_sum.clone(), b_sum.clone()], |_, k| {
+                            acc += av[o[0] + k[0]] * bv[o[1] + k[1]];
+                        });
+                        if let Some((bd, _)) = &bias {
+                            acc += bd[o[2]];
+                        }
+                        res[flat] = acc;
+                    });
+                    res
+                }
+                Op::Conv2d { window, groups } => {
+                    let (xs, ws) = (sh(n.inputs[0]), sh(n.inputs[1]));
+                    let w = &vals[n.inputs[1] as usize];
+                    let bias = n.inputs.get(2).map(|&v| &vals[v as usize]);
+                    conv_f64(x, &xs, w, &ws, bias, window, *groups as usize, &out_shape)
+                }
+                Op::Add | Op::Sub | Op::Mul | Op::Div | Op::Max | Op::Min => {
+                    let y = &vals[n.inputs[1] as usize];
+                    let st = [broadcast_strides(&out_shape, &sh(n.inputs[0])), broadcast_strides(&out_shape, &sh(n.inputs[1]))];
+                    let mut res = vec![0.0; count];
+                    for_each_index(&out_shape, &st, |flat, o| {
+                        let (p, q) = (x[o[0]], y[o[1]]);
+                        res[flat] = match op {
+                            Op::Add => p + q,
+                            Op::Sub => p - q,
+                            Op::Mul => p * q,
+                            Op::Div => p / q,
+                            Op::Max => p.max(q),
+                            _ => p.min(q),
+                        };
+                    });
+                    res
+                }
+                Op::Sqrt => x.iter().map(|&v| libm::sqrt(v)).collect(),
+                Op::Rsqrt => x.iter().map(|&v| 1.0 / libm::sqrt(v)).collect(),
+                Op::Recip => x.iter().map(|&v| 1.0 / v).collect(),
+                Op::Rescale | Op::Reshape => x.clone(),
+                Op::Reduce { kind, axes } => {
+                    let s = sh(n.inputs[0]);
+                    let ost = strides(&out_shape);
+                    let to_out: Vec<usize> = (0..s.len()).map(|i| if out_shape[i] == 1 { 0 } else { ost[i] }).collect();
+                    let init = match kind {
+                        ReduceKind::Max => f64::NEG_INFINITY,
+                        ReduceKind::Min => f64::INFINITY,
+                        _ => 0.0,
+                    };
+                    let mut acc = vec![init; count];
+                    for_each_index(&s, &[to_out], |flat, o| {
+                        let a = &mut acc[o[0]];
+                        *a = match kind {
+                            ReduceKind::Max => a.max(x[flat]),
+                            ReduceKind::Min => a.min(x[flat]),
+                            _ => *a + x[flat],
+                        };
+                    });
+                    if *kind == ReduceKind::Mean {
+                        let c: usize = axes.iter().map(|&a| s[a as usize]).product();
+                        acc.iter_mut().for_each(|a| *a /= c as f64);
+                    }
+                    acc
+                }
+                Op::MaxPool2d { window } => pool_f64(x, &sh(n.inputs[0]), window, &out_shape, None),
+                Op::AvgPool2d { window, count_include_pad } => {
+                    pool_f64(x, &sh(n.inputs[0]), window, &out_shape, Some(*count_include_pad))
+                }
+                Op::Transpose { perm } => {
+                    let st = strides(&sh(n.inputs[0]));
+                    let ps: Vec<usize> = perm.iter().map(|&p| st[p as usize]).collect();
+                    let mut res = vec![0.0; count];
+                    for_each_index(&out_shape, &[ps], |flat, o| res[flat] = x[o[0]]);
+                    res
+                }
+                Op::Concat { axis } => {
+                    let ax = *axis as usize;
+                    let outer: usize = out_shape[..ax].iter().product();
+                    let inner: usize = out_shape[ax + 1..].iter().product();
+                    let mut res = Vec::with_capacity(count);
+                    for o in 0..outer {
+                        for &v in &n.inputs {
+                            let len = self.shape(v)[ax] as usize * inner;
+                            res.extend_from_slice(&vals[v as usize][o * len..(o + 1) * len]);
+                        }
+                    }
+                    res
+                }
+                Op::Slice { axis, start, step, .. } => {
+                    let ax = *axis as usize;
+                    let mut st = strides(&sh(n.inputs[0]));
+                    let base = *start as usize * st[ax];
+                    st[ax] *= *step as usize;
+                    let mut res = vec![0.0; count];
+                    for_each_index(&out_shape, &[st], |flat, o| res[flat] = x[base + o[0]]);
+                    res
+                }
+                Op::Gather { axis } => {
+                    let s = sh(n.inputs[0]);
+                    let ax = *axis as usize;
+                    let outer: usize = s[..ax].iter().product();
+                    let inner: usize = s[ax + 1..].iter().product();
+                    let idx = &vals[n.inputs[1] as usize];
+                    let mut res = Vec::with_capacity(count);
+                    for o in 0..outer {
+                        for &i in idx {
+                            let j = if i < 0.0 { i + s[ax] as f64 } else { i };
+                            let j = (j.max(0.0) as usize).min(s[ax].saturating_sub(1));
+                            let at = (o * s[ax] + j) * inner;
+                            res.extend_from_slice(&x[at..at + inner]);
+                        }
+                    }
+                    res
+                }
+                Op::Broadcast => {
+                    let st = broadcast_strides(&out_shape, &sh(n.inputs[0]));
+                    let mut res = vec![0.0; count];
+                    for_each_index(&out_shape, &[st], |flat, o| res[flat] = x[o[0]]);
+                    res
+                }
+                Op::Clamp { .. } | Op::LeakyRelu { .. } | Op::Lookup { .. } | Op::Softmax { .. } => {
+                    unreachable!("parameterised ops are never wrapped in FOp::Canon")
+                }
+            },
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn conv_f64(
+    x: &[f64],
+    xs: &[usize],
+    w: &[f64],
+    ws: &[usize],
+    bias: Option<&Vec<f64>>,
+    win: &Window,
+    groups: usize,
+    out: &[usize],
+) -> Vec<f64> {
+    let (n, c, h, wd) = (xs[0], xs[1], xs[2] as i64, xs[3] as i64);
+    let (oc, cg, kh, kw) = (ws[0], ws[1], ws[2], ws[3]);
+    let og = oc / groups;
+    let mut res = Vec::with_capacity(out.iter().product());
+    for b in 0..n {
+        for o in 0..oc {
+            let g = o / og;
+            for oy in 0..out[2] {
+                for ox in 0..out[3] {
+                    let mut acc = bias.map_or(0.0, |bd| bd[o]);
+                    for ci in 0..cg {
+                        for ky in 0..kh {
+                            let iy = (oy * win.stride[0] as usize + ky * win.dilation[0] as usize) as i64 - win.pads[0] as i64;
+                            for kx in 0..kw {
+                                let ix = (ox * win.stride[1] as usize + kx * win.dilation[1] as usize) as i64 - win.pads[1] as i64;
+                                if iy < 0 || iy >= h || ix < 0 || ix >= wd {
+                                    continue;
+                                }
+                                acc += x[((b * c + g * cg + ci) * xs[2] + iy as usize) * xs[3] + ix as usize]
+                                    * w[((o * cg + ci) * kh + ky) * kw + kx];
+                            }
+                        }
+                    }
+                    res.push(acc);
+                }
+            }
+        }
+    }
+    res
+}
+
+fn pool_f64(x: &[f64], xs: &[usize], win: &Window, out: &[usize], avg: Option<bool>) -> Vec<f64> {
+    let (h, wd) = (xs[2] as i64, xs[3] as i64);
+    let area = (win.kernel[0] * win.kernel[1]) as f64;
+    let mut res = Vec::with_capacity(out.iter().product());
+    for c in 0..xs[0] * xs[1] {
+        let plane = &x[c * xs[2] * xs[3]..(c + 1) * xs[2] * xs[3]];
+        for oy in 0..out[2] {
+            for ox in 0..out[3] {
+                let (mut mx, mut sum, mut valid) = (f64::NEG_INFINITY, 0.0, 0.0);
+                for ky in 0..win.kernel[0] as usize {
+                    let iy = (oy * win.stride[0] as usize + ky * win.dilation[0] as usize) as i64 - win.pads[0] as i64;
+                    for kx in 0..win.kernel[1] as usize {
+                        let ix = (ox * win.stride[1] as usize + kx * win.dilation[1] as usize) as i64 - win.pads[1] as i64;
+                        if iy < 0 || iy >= h || ix < 0 || ix >= wd {
+                            continue;
+                        }
+                        let v = plane[(iy * wd + ix) as usize];
+                        mx = mx.max(v);
+                        sum += v;
+                        valid += 1.0;
+                    }
+                }
+                res.push(match avg {
+                    None if valid == 0.0 => 0.0,
+                    None => mx,
+                    Some(true) => sum / area,
+                    Some(false) if valid == 0.0 => 0.0,
+                    Some(false) => sum / valid,
+                });
+            }
+        }
+    }
+    res
+}

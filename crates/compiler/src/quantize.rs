@@ -1,0 +1,276 @@
+//! Calibration and quantization: choose a power-of-two scale for every value from the ranges seen on
+//! calibration inputs, quantize constants, and build lookup tables. Everything here is deterministic:
+//! ranges come from the `f64` evaluator, exponents are found with exact power-of-two arithmetic, and
+//! tables are filled with `libm`.
+
+use verity_engine::io::quantize_value;
+use verity_engine::ir::{Const, Input, InputKind, Model, Node, Op, Output};
+
+use crate::fgraph::{FGraph, FOp, Func};
+use crate::CompileError;
+
+/// Calibrated activations may use up to this many bits of magnitude (|q| < 2^23), leaving 8 bits of the
+/// 32-bit element type as headroom for inputs beyond the calibration range.
+pub const ACTIVATION_BITS: i32 = 23;
+/// Constants may use up to 30 bits of magnitude.
+pub const CONST_BITS: i32 = 30;
+/// Largest number of entries in a function table.
+pub const MAX_TABLE: f64 = 32768.0;
+/// Softmax's exp table covers `x - max` in `[-SOFTMAX_RANGE, 0]`.
+pub const SOFTMAX_RANGE: f64 = 24.0;
+/// Fractional bits of the softmax exp table index.
+pub const SOFTMAX_INDEX_BITS: i32 = 9;
+/// Scale of softmax exp table entries.
+pub const SOFTMAX_EXP_SCALE: i8 = 30;
+
+/// Per-value statistics gathered by calibration.
+#[derive(Clone, Debug)]
+pub struct Stats {
+    /// Smallest value seen.
+    pub min: f64,
+    /// Largest value seen.
+    pub max: f64,
+}
+
+impl Stats {
+    fn abs(&self) -> f64 {
+        self.min.abs().max(self.max.abs())
+    }
+}
+
+/// Run the float graph on every sample and record the range of every value.
+pub fn calibrate(g: &FGraph, samples: &[Vec<Vec<f64>>]) -> Result<Vec<Stats>, CompileError> {
+    let n = g.inputs.len() + g.consts.len() + g.nodes.len();
+    let mut stats = vec![Stats { min: f64::INFINITY, max: f64::NEG_INFINITY }; n];
+    for s in samples {
+        let vals = g.eval(s);
+        for (st, v) in stats.iter_mut().zip(&vals) {
+            for &x in v {
+                if !x.is_finite() {
+                    continue;
+                }
+                st.min = st.min.min(x);
+                st.max = st.max.max(x);
+            }
+        }
+        // a non-finite node output on calibration data is an error worth reporting
+        for (k, node) in g.nodes.iter().enumerate() {
+            let v = &vals[g.inputs.len() + g.consts.len() + k];
+            if v.iter().any(|x| !x.is_finite()) {
+                return Err(CompileError::Calibration(format!(
+                    "node '{}' ({}) produces a non-finite value on the calibration data",
+                    node.name, node.origin
+                )));
+            }
+        }
+    }
+    for st in &mut stats {
+        if st.min > st.max {
+            *st = Stats { min: 0.0, max: 0.0 };
+        }
+    }
+    Ok(stats)
+}
+
+/// The smallest `e` with `2^e >= m` (for `m > 0`), by exact power-of-two arithmetic.
+pub fn ceil_log2(m: f64) -> i32 {
+    let mut e = 0i32;
+    while libm::ldexp(1.0, e) < m && e < 1100 {
+        e += 1;
+    }
+    while e > -1100 && libm::ldexp(1.0, e - 1) >= m {
+        e -= 1;
+    }
+    e
+}
+
+fn scale_for(m: f64, bits: i32, max_scale: i8) -> i8 {
+    if m.is_nan() || m <= 0.0 || m.is_infinite() {
+        return max_scale;
+    }
+    (bits - ceil_log2(m)).clamp(-30, max_scale as i32) as i8
+}
+
+fn quantize_slice(data: &[f64], scale: i8, what: &str) -> Result<Vec<i32>, CompileError> {
+    data.iter()
+        .map(|&x| quantize_value(x, scale).map_err(|e| CompileError::Calibration(format!("{what}: {e}"))))
+        .collect()
+}
+
+fn clamp_bound(x: f64, scale: i8) -> i32 {
+    if x == f64::INFINITY {
+        i32::MAX
+    } else if x == f64::NEG_INFINITY {
+        i32::MIN
+    } else {
+        let v = (x * libm::ldexp(1.0, scale as i32) + 0.5).floor();
+        v.clamp(i32::MIN as f64, i32::MAX as f64) as i32
+    }
+}
+
+struct Table {
+    shift: i32,
+    lo: i32,
+    scale: i8,
+    data: Vec<i32>,
+}
+
+/// A table for `f` over `[a, b]`, indexed by an input at scale `s_in`.
+fn build_table(f: impl Fn(f64) -> f64, a: f64, b: f64, s_in: i8, max_index_bits: i32, out_scale: Option<i8>, scale_bits: i8) -> Table {
+    let width = (b - a).max(libm::ldexp(1.0, -20));
+    let mut t = (s_in as i32).min(max_index_bits);
+    while t > -20 && width * libm::ldexp(1.0, t) > MAX_TABLE {
+        t -= 1;
+    }
+    let step = libm::ldexp(1.0, -t);
+    let lo = (a * libm::ldexp(1.0, t)).floor() as i32;
+    let hi = (b * libm::ldexp(1.0, t)).ceil() as i32;
+    let points: Vec<f64> = (lo..=hi).map(|i| f(i as f64 * step)).collect();
+    let scale = out_scale.unwrap_or_else(|| {
+        let m = points.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+        scale_for(m, CONST_BITS, scale_bits)
+    });
+    let data = points.iter().map(|&v| clamp_bound(v, scale)).collect();
+    Table { shift: s_in as i32 - t, lo, scale, data }
+}
+
+/// Quantize the float graph with the calibrated statistics.
+pub fn quantize(g: &FGraph, stats: &[Stats], scale_bits: i8) -> Result<Model, CompileError> {
+    let ni = g.inputs.len();
+    let nc = g.consts.len();
+    let act = |v: usize| -> i8 { scale_for(stats[v].abs(), ACTIVATION_BITS, scale_bits) };
+    let inputs: Vec<Input> = g
+        .inputs
+        .iter()
+        .enumerate()
+        .map(|(i, inp)| Input {
+            name: inp.name.clone(),
+            shape: inp.shape.clone(),
+            scale: if inp.kind == InputKind::Int { 0 } else { act(i) },
+            kind: inp.kind,
+        })
+        .collect();
+    // Constant scales: integer constants stay exact; biases are capped by their accumulator's scale,
+    // which is known only once operand scales are, so constants are quantized after node scales.
+    let mut scales: Vec<i8> = vec![0; ni + nc + g.nodes.len()];
+    for (i, inp) in inputs.iter().enumerate() {
+        scales[i] = inp.scale;
+    }
+    for (i, c) in g.consts.iter().enumerate() {
+        scales[ni + i] = if c.int { 0 } else { scale_for(stats[ni + i].abs(), CONST_BITS, scale_bits) };
+    }
+    let node_base = ni + nc;
+    // Pass 1: node scales with the default constant scales; then cap each bias at its accumulator scale.
+    for k in 0..g.nodes.len() {
+        let (_, scale, _) = lower_node(g, stats, &scales, k, scale_bits);
+        scales[node_base + k] = scale;
+    }
+    for n in &g.nodes {
+        if let FOp::Canon(Op::EinSum { .. } | Op::Conv2d { .. }) = n.op {
+            if let Some(&b) = n.inputs.get(2) {
+                let acc = scales[n.inputs[0] as usize] as i32 + scales[n.inputs[1] as usize] as i32;
+                let b = b as usize;
+                scales[b] = (scales[b] as i32).min(acc) as i8;
+            }
+        }
+    }
+    let mut consts: Vec<Const> = Vec::with_capacity(nc);
+    for (i, c) in g.consts.iter().enumerate() {
+        let s = scales[ni + i];
+        if c.int && c.data.iter().any(|x| x.fract() != 0.0) {
+            return Err(CompileError::Calibration("an integer constant holds a fraction".into()));
+        }
+        consts.push(Const { shape: c.shape.clone(), scale: s, data: quantize_slice(&c.data, s, "constant")? });
+    }
+    // Pass 2: build the canonical nodes. Tables become constants after the graph's own constants.
+    let mut tables: Vec<Const> = Vec::new();
+    let mut nodes: Vec<Node> = Vec::with_capacity(g.nodes.len());
+    for (k, n) in g.nodes.iter().enumerate() {
+        let (op, scale, extra) = lower_node(g, stats, &scales, k, scale_bits);
+        scales[node_base + k] = scale;
+        let mut inputs = n.inputs.clone();
+        if let Some(t) = extra {
+            tables.push(Const { shape: vec![t.data.len() as u32], scale: t.scale, data: t.data });
+            // placeholder id, renumbered below
+            inputs.push(u32::MAX - (tables.len() as u32 - 1));
+        }
+        nodes.push(Node { name: n.name.clone(), op, inputs, shape: n.shape.clone(), scale });
+    }
+    // Renumber: tables become constants nc.., node ids shift by the number of tables.
+    let nt = tables.len() as u32;
+    let remap = |v: u32| -> u32 {
+        if v > u32::MAX - nt {
+            (ni + nc) as u32 + (u32::MAX - v)
+        } else if (v as usize) >= node_base {
+            v + nt
+        } else {
+            v
+        }
+    };
+    for n in &mut nodes {
+        for i in &mut n.inputs {
+            *i = remap(*i);
+        }
+    }
+    consts.extend(tables);
+    let outputs = g.outputs.iter().map(|(name, v)| Output { name: name.clone(), value: remap(*v) }).collect();
+    let model = Model { inputs, consts, nodes, outputs };
+    model.validate().map_err(|e| CompileError::Calibration(format!("quantized model is invalid: {e}")))?;
+    Ok(model)
+}
+
+/// The canonical op, output scale and (for table ops) table of float node `k`, given the scales chosen
+/// so far.
+fn lower_node(g: &FGraph, stats: &[Stats], scales: &[i8], k: usize, scale_bits: i8) -> (Op, i8, Option<Table>) {
+    let n = &g.nodes[k];
+    let v = g.inputs.len() + g.consts.len() + k;
+    let act = |v: usize| -> i8 { scale_for(stats[v].abs(), ACTIVATION_BITS, scale_bits) };
+    let s_in = n.inputs.first().map_or(0, |&i| scales[i as usize]);
+    match &n.op {
+        FOp::Canon(op) => {
+            let keeps_scale = matches!(
+                op,
+                Op::MaxPool2d { .. } | Op::Reshape | Op::Transpose { .. } | Op::Slice { .. } | Op::Gather { .. } | Op::Broadcast
+            );
+            let s = if keeps_scale {
+                s_in
+            } else if g.is_int(v as u32) {
+                0
+            } else if let Op::Concat { .. } = op {
+                n.inputs.iter().map(|&i| scales[i as usize]).min().unwrap_or(0).min(act(v))
+            } else {
+                act(v)
+            };
+            (op.clone(), s, None)
+        }
+        FOp::Clamp { lo, hi } => (Op::Clamp { lo: clamp_bound(*lo, s_in), hi: clamp_bound(*hi, s_in) }, s_in, None),
+        FOp::LeakyRelu { alpha } => {
+            let a_s = scale_for(alpha.abs(), CONST_BITS, 16);
+            (Op::LeakyRelu { alpha_q: clamp_bound(*alpha, a_s), alpha_scale: a_s }, act(v), None)
+        }
+        FOp::Func(f) => {
+            let st = &stats[n.inputs[0] as usize];
+            let (a, b) = match f.saturation() {
+                Some(dom) => dom,
+                None => {
+                    let pad = ((st.max - st.min) * 0.5).max(1.0);
+                    ((st.min - pad).max(-40.0), (st.max + pad).min(40.0))
+                }
+            };
+            let t = build_table(|x| f.eval(x), a, b, s_in, 16, None, scale_bits);
+            (Op::Lookup { shift: t.shift, lo: t.lo }, t.scale, Some(t))
+        }
+        FOp::Softmax { axis } => {
+            let t = build_table(
+                |x| Func::Exp.eval(x),
+                -SOFTMAX_RANGE,
+                0.0,
+                s_in,
+                SOFTMAX_INDEX_BITS,
+                Some(SOFTMAX_EXP_SCALE),
+                scale_bits,
+            );
+            (Op::Softmax { axis: *axis, shift: t.shift, lo: t.lo }, act(v).min(30), Some(t))
+        }
+    }
+}
