@@ -139,31 +139,46 @@ impl ElementProof {
     }
 }
 
-/// Verify an element proof against an elements root; returns the proven value.
-pub fn verify_element(proof: &ElementProof, root: Hash) -> Option<i32> {
-    if proof.index >= proof.len {
+/// Depth of the padded tree over `n` leaves.
+pub fn tree_depth(n: usize) -> usize {
+    if n <= 1 {
+        0
+    } else {
+        (usize::BITS - (n - 1).leading_zeros()) as usize
+    }
+}
+
+/// The root reached from `leaf` at `index` through `path`, if the path has exactly the depth of a tree
+/// of `n` leaves and `index < n`.
+pub fn root_from_path(leaf: Hash, index: usize, n: usize, path: &[Hash]) -> Option<Hash> {
+    if index >= n || path.len() != tree_depth(n) {
         return None;
     }
-    let w = (proof.index as usize) / ELEMENTS_PER_LEAF;
-    let tree = {
-        let mut acc = keccak256(&proof.word.0);
-        let mut i = w;
-        for sib in &proof.path {
-            acc = if i & 1 == 0 { parent(&acc, sib) } else { parent(sib, &acc) };
-            i >>= 1;
-        }
-        if i != 0 {
+    let mut acc = leaf;
+    let mut i = index;
+    for sib in path {
+        acc = if i & 1 == 0 { parent(&acc, sib) } else { parent(sib, &acc) };
+        i >>= 1;
+    }
+    Some(acc)
+}
+
+impl ElementProof {
+    /// The elements root this proof leads to, if it is well-formed.
+    pub fn root(&self) -> Option<Hash> {
+        if self.index >= self.len {
             return None;
         }
-        acc
-    };
-    let words = (proof.len as usize).div_ceil(ELEMENTS_PER_LEAF);
-    // The path length must be exactly the tree depth for `words` leaves.
-    let depth = if words <= 1 { 0 } else { (usize::BITS - (words - 1).leading_zeros()) as usize };
-    if proof.path.len() != depth {
-        return None;
+        let words = (self.len as usize).div_ceil(ELEMENTS_PER_LEAF);
+        let w = (self.index as usize) / ELEMENTS_PER_LEAF;
+        let tree = root_from_path(keccak256(&self.word.0), w, words, &self.path)?;
+        Some(bind_len(self.len as usize, tree))
     }
-    (bind_len(proof.len as usize, tree) == root).then(|| proof.value())
+}
+
+/// Verify an element proof against an elements root; returns the proven value.
+pub fn verify_element(proof: &ElementProof, root: Hash) -> Option<i32> {
+    (proof.root()? == root).then(|| proof.value())
 }
 
 #[cfg(test)]

@@ -8,7 +8,9 @@
 //! File layout: `b"VTY"`, format version byte, `u64` item count, each item as `u32` length + bytes, then the
 //! 32-byte model ID.
 
-use verity_core::{elements_root, keccak256, merkle_root, Hash, Keccak, Reader, Writer};
+use verity_core::{
+    elements_root, keccak256, merkle_proof, merkle_root, root_from_path, ElementProof, Hash, Keccak, Reader, Writer,
+};
 
 use crate::error::ModelError;
 use crate::ir::*;
@@ -382,4 +384,51 @@ pub fn decode(bytes: &[u8]) -> Result<(Model, Hash), ModelError> {
         return Err(ModelError::IdMismatch { stored: stored.to_hex(), computed: computed.to_hex() });
     }
     Ok((model, computed))
+}
+
+/// A proof that one element of one constant (a weight, a bias, a table entry) has a given value in the
+/// model with a given ID: the constant's descriptor, the element's path to the constant's elements root,
+/// and the constant's leaf path to the model ID.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ConstElementProof {
+    /// Number of items in the model (header + nodes + constants).
+    pub item_count: u64,
+    /// Index of the constant's item.
+    pub item_index: u64,
+    /// The constant's descriptor bytes (tag, shape, scale).
+    pub descriptor: Vec<u8>,
+    /// Path from the element to the constant's elements root.
+    pub element: ElementProof,
+    /// Path from the constant's leaf to the items' Merkle root.
+    pub item_path: Vec<Hash>,
+}
+
+/// Prove element `index` of constant `c`.
+pub fn prove_const_element(m: &Model, c: usize, index: usize) -> Option<ConstElementProof> {
+    let k = m.consts.get(c)?;
+    let leaves = leaves(m);
+    let item_index = 1 + m.nodes.len() + c;
+    Some(ConstElementProof {
+        item_count: leaves.len() as u64,
+        item_index: item_index as u64,
+        descriptor: encode_const_desc(k),
+        element: ElementProof::new(&k.data, index)?,
+        item_path: merkle_proof(&leaves, item_index)?,
+    })
+}
+
+/// Check a constant-element proof against a model ID; returns the proven value.
+pub fn verify_const_element(id: Hash, p: &ConstElementProof) -> Option<i32> {
+    if p.descriptor.first() != Some(&TAG_CONST) {
+        return None;
+    }
+    let mut k = Keccak::new();
+    k.update(&p.descriptor);
+    k.update(&p.element.root()?.0);
+    let leaf = k.finalize();
+    let root = root_from_path(leaf, usize::try_from(p.item_index).ok()?, usize::try_from(p.item_count).ok()?, &p.item_path)?;
+    let mut h = Keccak::new();
+    h.update(&p.item_count.to_be_bytes());
+    h.update(&root.0);
+    (h.finalize() == id).then(|| p.element.value())
 }

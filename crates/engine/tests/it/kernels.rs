@@ -1,0 +1,186 @@
+//! The fast executor equals the reference executor bit for bit, errors included.
+
+use proptest::prelude::*;
+use verity_engine::ir::*;
+use verity_engine::{Executor, Mode};
+
+use crate::{input, one_node};
+
+fn run_all(m: &Model, inputs: Vec<Vec<i32>>) -> Vec<Result<Vec<Vec<i32>>, verity_engine::ExecError>> {
+    m.validate().expect("test model is valid");
+    [Mode::Reference, Mode::Fast { threads: 1 }, Mode::Fast { threads: 3 }]
+        .into_iter()
+        .map(|mode| Executor::new(m, mode).run(inputs.clone()))
+        .collect()
+}
+
+fn values(n: usize, mag: i32) -> impl Strategy<Value = Vec<i32>> {
+    prop::collection::vec(-mag..=mag, n)
+}
+
+#[derive(Debug, Clone)]
+struct EinCase {
+    a: Vec<u8>,
+    b: Vec<u8>,
+    out: Vec<u8>,
+    sizes: [u32; 5],
+    a_bcast: bool,
+    bias: u8,
+}
+
+fn ein_case() -> impl Strategy<Value = EinCase> {
+    (
+        Just(vec![0u8, 1, 2]).prop_shuffle(),
+        Just(vec![0u8, 2, 3]).prop_shuffle(),
+        Just(vec![0u8, 1, 3]).prop_shuffle(),
+        [1u32..4, 1u32..6, 1u32..9, 1u32..7, 1u32..3],
+        any::<bool>(),
+        0u8..3,
+        any::<bool>(),
+    )
+        .prop_map(|(mut a, b, out, sizes, a_bcast, bias, extra)| {
+            // label 4 appears only in `a` and is summed: exercises the reference fallback
+            if extra {
+                a.push(4);
+            }
+            EinCase { a, b, out, sizes, a_bcast, bias }
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(96))]
+
+    #[test]
+    fn einsum_fast_equals_reference(c in ein_case(), seed in any::<u64>(), big in prop::bool::weighted(0.15), sa in 0i8..8, sb in 0i8..8, so in 0i8..10) {
+        let shape = |ls: &[u8], bcast: bool| -> Vec<u32> {
+            ls.iter().map(|&l| if bcast && l == 0 { 1 } else { c.sizes[l as usize] }).collect()
+        };
+        let (ash, bsh, osh) = (shape(&c.a, c.a_bcast), shape(&c.b, false), shape(&c.out, false));
+        let mag = if big { i32::MAX } else { 1 << 12 };
+        let mut gen = crate::gen(seed, mag);
+        let mut gen = |n: u64| gen(n as usize);
+        let a = gen(numel(&ash));
+        let b = gen(numel(&bsh));
+        let mut consts = vec![];
+        let mut node_inputs = vec![0, 1];
+        if c.bias > 0 {
+            let bshape = if c.bias == 1 { vec![*osh.last().unwrap()] } else { osh.clone() };
+            let data = gen(numel(&bshape)).into_iter().map(|v| v >> 8).collect();
+            consts.push(Const { shape: bshape, scale: (sa + sb).min(6), data });
+            node_inputs.push(2);
+        }
+        let m = one_node(
+            vec![input("a", ash, sa), input("b", bsh, sb)],
+            consts,
+            Op::EinSum { a: c.a.clone(), b: c.b.clone(), out: c.out.clone() },
+            node_inputs,
+            osh,
+            so,
+        );
+        let r = run_all(&m, vec![a, b]);
+        prop_assert_eq!(&r[0], &r[1]);
+        prop_assert_eq!(&r[0], &r[2]);
+    }
+
+    #[test]
+    fn conv_fast_equals_reference(
+        n in 1u32..3, groups in 1u32..3, cg in 1u32..4, og in 1u32..4, h in 1u32..10, w in 1u32..10,
+        k in [1u32..4, 1u32..4], s in [1u32..3, 1u32..3], d in [1u32..3, 1u32..3], p in [0u32..3, 0u32..3, 0u32..3, 0u32..3],
+        bias in any::<bool>(), seed in any::<u64>(), big in prop::bool::weighted(0.1),
+    ) {
+        let window = Window { kernel: k, stride: s, dilation: d, pads: p };
+        let Some((oh, ow)) = window.output_hw(h, w) else { return Ok(()) };
+        let c = groups * cg;
+        let o = groups * og;
+        let mag = if big { i32::MAX } else { 1 << 14 };
+        let mut gen = crate::gen(seed, mag);
+        let mut gen = |n: u32| gen(n as usize);
+        let x = gen(n * c * h * w);
+        let mut consts = vec![Const { shape: vec![o, cg, k[0], k[1]], scale: 8, data: gen(o * cg * k[0] * k[1]) }];
+        let mut ins = vec![0, 1];
+        if bias {
+            consts.push(Const { shape: vec![o], scale: 10, data: gen(o) });
+            ins.push(2);
+        }
+        let m = one_node(vec![input("x", vec![n, c, h, w], 6)], consts, Op::Conv2d { window, groups }, ins, vec![n, o, oh, ow], 7);
+        let r = run_all(&m, vec![x]);
+        prop_assert_eq!(&r[0], &r[1]);
+        prop_assert_eq!(&r[0], &r[2]);
+    }
+
+    #[test]
+    fn binary_ops_follow_the_definitions(a in values(6, 1 << 20), b in values(3, 1 << 20), sa in 0i8..12, sb in 0i8..12, so in 0i8..12) {
+        for op in [Op::Add, Op::Sub, Op::Mul, Op::Max, Op::Min] {
+            let m = one_node(vec![input("a", vec![2, 3], sa), input("b", vec![3], sb)], vec![], op.clone(), vec![0, 1], vec![2, 3], so);
+            let r = run_all(&m, vec![a.clone(), b.clone()]);
+            prop_assert_eq!(&r[0], &r[1]);
+            if let Ok(out) = &r[0] {
+                // exact check against the real numbers: the result is the rounded real result
+                for i in 0..6 {
+                    let x = a[i] as f64 / 2f64.powi(sa as i32);
+                    let y = b[i % 3] as f64 / 2f64.powi(sb as i32);
+                    let real = match op { Op::Add => x + y, Op::Sub => x - y, Op::Mul => x * y, Op::Max => x.max(y), _ => x.min(y) };
+                    let got = out[0][i] as f64 / 2f64.powi(so as i32);
+                    prop_assert!((got - real).abs() <= 0.5 / 2f64.powi(so as i32) + 1e-9, "{op:?}: {got} vs {real}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn overflow_is_an_error_not_wraparound() {
+    let m = one_node(vec![input("a", vec![2], 0), input("b", vec![2], 0)], vec![], Op::Mul, vec![0, 1], vec![2], 0);
+    let r = run_all(&m, vec![vec![1 << 20, 3], vec![1 << 20, 3]]);
+    for x in &r {
+        let e = x.as_ref().unwrap_err();
+        assert!(e.to_string().contains("overflow"), "{e}");
+    }
+}
+
+#[test]
+fn division_by_zero_and_negative_sqrt_are_errors() {
+    let m = one_node(vec![input("a", vec![1], 4)], vec![], Op::Recip, vec![0], vec![1], 4);
+    assert!(Executor::new(&m, Mode::default()).run(vec![vec![0]]).unwrap_err().to_string().contains("division by zero"));
+    let m = one_node(vec![input("a", vec![1], 4)], vec![], Op::Sqrt, vec![0], vec![1], 4);
+    assert!(Executor::new(&m, Mode::default()).run(vec![vec![-1]]).unwrap_err().to_string().contains("negative"));
+    // sqrt(2.25) = 1.5 exactly
+    assert_eq!(Executor::new(&m, Mode::default()).run(vec![vec![36]]).unwrap(), vec![vec![24]]);
+}
+
+#[test]
+fn softmax_rows_sum_to_one() {
+    // exp table over [-8, 0] at 2 fractional index bits, entries at scale 16
+    let lo = -32;
+    let table: Vec<i32> = (lo..=0).map(|i| ((i as f64 / 4.0).exp() * 65536.0).round() as i32).collect();
+    let n = table.len() as u32;
+    let m = one_node(
+        vec![input("x", vec![2, 4], 4)],
+        vec![Const { shape: vec![n], scale: 16, data: table }],
+        Op::Softmax { axis: 1, shift: 2, lo },
+        vec![0, 1],
+        vec![2, 4],
+        12,
+    );
+    let out = &Executor::new(&m, Mode::default()).run(vec![vec![0, 16, 32, -16, 5, 5, 5, 5]]).unwrap()[0];
+    for row in out.chunks(4) {
+        let s: i32 = row.iter().sum();
+        assert!((s - 4096).abs() <= 2, "{row:?}");
+    }
+    assert_eq!(&out[4..], &[1024, 1024, 1024, 1024]);
+}
+
+#[test]
+fn gather_rejects_out_of_range_indices() {
+    let m = one_node(
+        vec![Input { name: "i".into(), shape: vec![2], scale: 0, kind: InputKind::Int }],
+        vec![Const { shape: vec![3, 2], scale: 0, data: vec![1, 2, 3, 4, 5, 6] }],
+        Op::Gather { axis: 0 },
+        vec![1, 0],
+        vec![2, 2],
+        0,
+    );
+    let e = Executor::new(&m, Mode::default());
+    assert_eq!(e.run(vec![vec![2, -3]]).unwrap(), vec![vec![5, 6, 1, 2]]);
+    assert!(e.run(vec![vec![3, 0]]).unwrap_err().to_string().contains("out of range"));
+}
