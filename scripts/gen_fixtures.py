@@ -239,6 +239,27 @@ def digits(out_dir):
     return model, {"input": Xte[:1]}, acc
 
 
+def edge_cases(rng):
+    """Models for error paths and shape handling: an op without a canonical lowering, a symbolic batch
+    dimension, and an input without a declared shape."""
+    n = helper.make_node
+    w = init("w", rng.normal(0, 0.5, size=(8, 4)).astype(np.float32))
+    unsupported = helper.make_graph(
+        [n("MatMul", ["x", "w"], ["m"], name="matmul"), n("Cos", ["m"], ["y"], name="the_cosine")],
+        "unsupported", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4])], [w])
+    dynamic = helper.make_graph(
+        [n("MatMul", ["x", "w"], ["m"], name="matmul"), n("Relu", ["m"], ["y"], name="relu")],
+        "dynamic_batch", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])], [w])
+    no_shape = helper.make_graph(
+        [n("Relu", ["x"], ["y"], name="relu")],
+        "no_shape", [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    mk = lambda g: helper.make_model(g, opset_imports=[helper.make_opsetid("", OPSET)])
+    return {"unsupported_op": mk(unsupported), "dynamic_batch": mk(dynamic), "no_shape": mk(no_shape)}
+
+
 def write_inputs(path, inputs):
     doc = {k: {"shape": list(v.shape), "data": v.reshape(-1).tolist()} for k, v in inputs.items()}
     with open(path, "w") as f:
@@ -256,6 +277,9 @@ def main():
     m, inp, acc = digits(out_dir)
     built["digits"] = (m, inp)
     print(f"digits: scikit-learn test accuracy {acc:.4f}")
+    for name, model in edge_cases(np.random.default_rng(5)).items():
+        model.producer_name = "verity-fixtures"
+        onnx.save(model, os.path.join(out_dir, f"{name}.onnx"))  # no_shape fails the full checker on purpose
     for name, (model, inputs) in built.items():
         model.producer_name = "verity-fixtures"
         path = os.path.join(out_dir, f"{name}.onnx")

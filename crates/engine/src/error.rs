@@ -8,7 +8,7 @@ use verity_core::DecodeError;
 pub enum ModelError {
     /// The bytes are not a well-formed encoding.
     #[error("malformed .vty: {0}")]
-    Decode(#[from] DecodeError),
+    Decode(DecodeError),
     /// The file does not start with the `.vty` magic bytes.
     #[error("not a .vty file (bad magic bytes)")]
     BadMagic,
@@ -31,6 +31,12 @@ pub enum ModelError {
         /// The rule that failed.
         what: String,
     },
+}
+
+impl From<DecodeError> for ModelError {
+    fn from(e: DecodeError) -> Self {
+        ModelError::Decode(e)
+    }
 }
 
 /// A failure while executing a model on some input.
@@ -84,13 +90,13 @@ pub enum ExecError {
         size: usize,
     },
     /// An error at a specific node, wrapping one of the above.
-    #[error("node '{node}' ({op}): {source}")]
+    #[error("node '{node}' ({op}): {error}")]
     AtNode {
         /// Node name.
         node: String,
         /// Op name.
         op: &'static str,
         /// The underlying error.
-        source: Box<ExecError>,
+        error: Box<ExecError>,
     },
 }

@@ -163,7 +163,7 @@ impl<'m> Executor<'m> {
             let out = self.eval_node(node, &vals).map_err(|e| ExecError::AtNode {
                 node: node.name.clone(),
                 op: node.op.name(),
-                source: Box::new(e),
+                error: Box::new(e),
             })?;
             vals.push(Some(out));
         }

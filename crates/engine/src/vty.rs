@@ -365,7 +365,7 @@ pub fn decode(bytes: &[u8]) -> Result<(Model, Hash), ModelError> {
     }
     // Each item needs at least its 4-byte length; reject impossible counts before allocating.
     if (n_nodes + n_consts).saturating_mul(4) > r.remaining() as u64 {
-        return Err(r.invalid("item count exceeds the file size").into());
+        return Err(r.invalid("item count exceeds the file size (truncated file?)").into());
     }
     let mut nodes = Vec::with_capacity(n_nodes as usize);
     for _ in 0..n_nodes {
