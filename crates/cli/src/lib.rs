@@ -9,7 +9,9 @@ use clap::{Args, Parser, Subcommand};
 use serde_json::{json, Value};
 use verity_compiler::{compile, CompileOptions, ImportOptions};
 use verity_engine::commit::{tensors_hash, trace_roots};
-use verity_engine::io::{dequantize, inputs_from_json, quantize_inputs, tensor_from_json, tensor_from_npy, FloatTensor};
+use verity_engine::io::{
+    dequantize, inputs_from_json, quantize_inputs, tensor_from_json, tensor_from_npy, FloatTensor,
+};
 use verity_engine::ir::Model;
 use verity_engine::vty::{self, list_root};
 use verity_engine::{Executor, Mode};
@@ -101,6 +103,9 @@ struct RunArgs {
     /// Use the plain reference executor instead of the fast one.
     #[arg(long)]
     reference: bool,
+    /// Also time this many runs (after one warm-up) and report latency in microseconds.
+    #[arg(long, default_value_t = 0)]
+    bench: usize,
 }
 
 fn read(path: &Path) -> Result<Vec<u8>> {
@@ -114,7 +119,9 @@ pub fn load_model(path: &Path) -> Result<(Model, verity_core::Hash)> {
 }
 
 fn parse_range(s: &str) -> Result<(f64, f64)> {
-    let (a, b) = s.split_once(':').ok_or_else(|| anyhow!("range '{s}' must be lo:hi"))?;
+    let (a, b) = s
+        .split_once(':')
+        .ok_or_else(|| anyhow!("range '{s}' must be lo:hi"))?;
     let (a, b): (f64, f64) = (a.trim().parse()?, b.trim().parse()?);
     if !(a.is_finite() && b.is_finite() && a < b) {
         bail!("range '{s}' must have finite lo < hi");
@@ -127,16 +134,29 @@ fn parse_range(s: &str) -> Result<(f64, f64)> {
 fn split_samples(t: FloatTensor, shape: &[usize], what: &str) -> Result<Vec<FloatTensor>> {
     let n: usize = shape.iter().product();
     if t.data.len() == n {
-        return Ok(vec![FloatTensor { shape: shape.to_vec(), data: t.data }]);
+        return Ok(vec![FloatTensor {
+            shape: shape.to_vec(),
+            data: t.data,
+        }]);
     }
     let rows = t.shape.first().copied().unwrap_or(0);
     if n == 0 || rows == 0 || rows * n != t.data.len() {
         bail!("{what}: a tensor of shape {:?} is neither one sample nor a stack of samples for an input of shape {shape:?}", t.shape);
     }
-    Ok(t.data.chunks(n).map(|c| FloatTensor { shape: shape.to_vec(), data: c.to_vec() }).collect())
+    Ok(t.data
+        .chunks(n)
+        .map(|c| FloatTensor {
+            shape: shape.to_vec(),
+            data: c.to_vec(),
+        })
+        .collect())
 }
 
-fn load_samples(specs: &[String], inputs: &[(String, Vec<usize>)], what: &str) -> Result<Vec<Vec<FloatTensor>>> {
+fn load_samples(
+    specs: &[String],
+    inputs: &[(String, Vec<usize>)],
+    what: &str,
+) -> Result<Vec<Vec<FloatTensor>>> {
     if specs.is_empty() {
         return Ok(vec![]);
     }
@@ -145,7 +165,9 @@ fn load_samples(specs: &[String], inputs: &[(String, Vec<usize>)], what: &str) -
     let mut whole: Vec<Vec<FloatTensor>> = Vec::new();
     for spec in specs {
         let (name, file) = match spec.split_once('=') {
-            Some((n, f)) if inputs.iter().any(|(i, _)| i == n) => (Some(n.to_string()), f.to_string()),
+            Some((n, f)) if inputs.iter().any(|(i, _)| i == n) => {
+                (Some(n.to_string()), f.to_string())
+            }
             _ => (None, spec.clone()),
         };
         let bytes = read(Path::new(&file))?;
@@ -153,27 +175,33 @@ fn load_samples(specs: &[String], inputs: &[(String, Vec<usize>)], what: &str) -
             let idx = match &name {
                 Some(n) => inputs.iter().position(|(i, _)| i == n).unwrap_or(0),
                 None if inputs.len() == 1 => 0,
-                None => bail!("{what}: the model has several inputs; give .npy files as name=file.npy"),
+                None => {
+                    bail!("{what}: the model has several inputs; give .npy files as name=file.npy")
+                }
             };
             let t = tensor_from_npy(&bytes).with_context(|| format!("{what}: {file}"))?;
             per_input[idx] = Some(split_samples(t, &inputs[idx].1, what)?);
         } else {
-            let v: Value = serde_json::from_slice(&bytes).with_context(|| format!("{what}: {file} is not JSON"))?;
+            let v: Value = serde_json::from_slice(&bytes)
+                .with_context(|| format!("{what}: {file} is not JSON"))?;
             let docs: Vec<Value> = match v {
                 Value::Array(items) if items.first().is_some_and(|x| x.is_object()) => items,
                 other => vec![other],
             };
             for d in docs {
-                let sample: Vec<FloatTensor> = if inputs.len() == 1 && !d.get(&inputs[0].0).is_some() {
-                    vec![tensor_from_json(&d)?]
-                } else {
-                    inputs
-                        .iter()
-                        .map(|(n, _)| {
-                            d.get(n).ok_or_else(|| anyhow!("{what}: sample lacks input '{n}'")).and_then(|t| Ok(tensor_from_json(t)?))
-                        })
-                        .collect::<Result<_>>()?
-                };
+                let sample: Vec<FloatTensor> =
+                    if inputs.len() == 1 && d.get(&inputs[0].0).is_none() {
+                        vec![tensor_from_json(&d)?]
+                    } else {
+                        inputs
+                            .iter()
+                            .map(|(n, _)| {
+                                d.get(n)
+                                    .ok_or_else(|| anyhow!("{what}: sample lacks input '{n}'"))
+                                    .and_then(|t| Ok(tensor_from_json(t)?))
+                            })
+                            .collect::<Result<_>>()?
+                    };
                 let sample = sample
                     .into_iter()
                     .zip(inputs)
@@ -184,12 +212,17 @@ fn load_samples(specs: &[String], inputs: &[(String, Vec<usize>)], what: &str) -
         }
     }
     if per_input.iter().any(Option::is_some) {
-        let counts: Vec<usize> = per_input.iter().map(|p| p.as_ref().map_or(0, Vec::len)).collect();
+        let counts: Vec<usize> = per_input
+            .iter()
+            .map(|p| p.as_ref().map_or(0, Vec::len))
+            .collect();
         if counts.iter().any(|&c| c != counts[0]) {
             bail!("{what}: every input needs the same number of samples (got {counts:?})");
         }
-        let mut cols: Vec<std::vec::IntoIter<FloatTensor>> =
-            per_input.into_iter().map(|p| p.unwrap_or_default().into_iter()).collect();
+        let mut cols: Vec<std::vec::IntoIter<FloatTensor>> = per_input
+            .into_iter()
+            .map(|p| p.unwrap_or_default().into_iter())
+            .collect();
         for _ in 0..counts[0] {
             whole.push(cols.iter_mut().filter_map(Iterator::next).collect());
         }
@@ -199,15 +232,35 @@ fn load_samples(specs: &[String], inputs: &[(String, Vec<usize>)], what: &str) -
 
 fn model_input_shapes(onnx: &[u8], import: &ImportOptions) -> Result<Vec<(String, Vec<usize>)>> {
     let imp = verity_compiler::import::import_onnx(onnx, import)?;
-    Ok(imp.graph.inputs.iter().map(|i| (i.name.clone(), i.shape.iter().map(|&d| d as usize).collect())).collect())
+    Ok(imp
+        .graph
+        .inputs
+        .iter()
+        .map(|i| {
+            (
+                i.name.clone(),
+                i.shape.iter().map(|&d| d as usize).collect(),
+            )
+        })
+        .collect())
 }
 
 fn cmd_compile(a: CompileArgs) -> Result<()> {
     let onnx = read(&a.model)?;
-    let mut opts = CompileOptions { scale_bits: a.scale_bits, random_samples: a.samples, seed: a.seed, ..Default::default() };
+    let mut opts = CompileOptions {
+        scale_bits: a.scale_bits,
+        random_samples: a.samples,
+        seed: a.seed,
+        ..Default::default()
+    };
     for s in &a.input_shape {
-        let (n, dims) = s.split_once('=').ok_or_else(|| anyhow!("--input-shape '{s}' must be name=d1,d2,..."))?;
-        let dims = dims.split(',').map(|d| d.trim().parse::<usize>()).collect::<Result<Vec<_>, _>>()
+        let (n, dims) = s
+            .split_once('=')
+            .ok_or_else(|| anyhow!("--input-shape '{s}' must be name=d1,d2,..."))?;
+        let dims = dims
+            .split(',')
+            .map(|d| d.trim().parse::<usize>())
+            .collect::<Result<Vec<_>, _>>()
             .map_err(|_| anyhow!("--input-shape '{s}': dimensions must be positive integers"))?;
         opts.import.input_shapes.push((n.to_string(), dims));
     }
@@ -225,17 +278,35 @@ fn cmd_compile(a: CompileArgs) -> Result<()> {
         opts.calibration = Some(load_samples(&a.calibration, &shapes, "calibration")?);
         opts.eval = Some(load_samples(&a.eval, &shapes, "evaluation")?);
     }
-    let (model, report) = compile(&onnx, &opts).with_context(|| format!("cannot compile {}", a.model.display()))?;
+    let (model, report) =
+        compile(&onnx, &opts).with_context(|| format!("cannot compile {}", a.model.display()))?;
     let bytes = vty::encode(&model);
     let id = vty::model_id(&model);
-    std::fs::write(&a.output, &bytes).with_context(|| format!("cannot write {}", a.output.display()))?;
+    std::fs::write(&a.output, &bytes)
+        .with_context(|| format!("cannot write {}", a.output.display()))?;
     println!("model id     {id}");
-    println!("written      {} ({} bytes)", a.output.display(), bytes.len());
-    println!("nodes        {} ({} parameters incl. tables)", model.nodes.len(), report.parameters);
-    println!("scale bits   {} (max), {} evaluation samples", report.scale_bits, report.samples);
-    println!("import check max |lowered - tract| = {:.3e}", report.import_check_max_abs_diff);
+    println!(
+        "written      {} ({} bytes)",
+        a.output.display(),
+        bytes.len()
+    );
+    println!(
+        "nodes        {} ({} parameters incl. tables)",
+        model.nodes.len(),
+        report.parameters
+    );
+    println!(
+        "scale bits   {} (max), {} evaluation samples",
+        report.scale_bits, report.samples
+    );
+    println!(
+        "import check max |lowered - tract| = {:.3e}",
+        report.import_check_max_abs_diff
+    );
     for o in &report.outputs {
-        let top1 = o.top1_agreement.map_or("n/a".to_string(), |t| format!("{:.2}%", t * 100.0));
+        let top1 = o
+            .top1_agreement
+            .map_or("n/a".to_string(), |t| format!("{:.2}%", t * 100.0));
         println!(
             "output {:<12} max abs err {:.3e}  max rel err {:.3e}  mean abs err {:.3e}  top-1 agreement {}",
             o.name, o.max_abs_error, o.max_relative_error, o.mean_abs_error, top1
@@ -243,7 +314,8 @@ fn cmd_compile(a: CompileArgs) -> Result<()> {
     }
     if let Some(p) = &a.report {
         let doc = json!({ "model_id": id, "report": report });
-        std::fs::write(p, serde_json::to_vec_pretty(&doc)?).with_context(|| format!("cannot write {}", p.display()))?;
+        std::fs::write(p, serde_json::to_vec_pretty(&doc)?)
+            .with_context(|| format!("cannot write {}", p.display()))?;
     }
     Ok(())
 }
@@ -270,41 +342,69 @@ fn cmd_inspect(a: InspectArgs) -> Result<()> {
         return Ok(());
     }
     println!("model id    {id}");
-    println!("size        {size} bytes, {} constant elements in {} tensors", m.parameter_count(), m.consts.len());
+    println!(
+        "size        {size} bytes, {} constant elements in {} tensors",
+        m.parameter_count(),
+        m.consts.len()
+    );
     for i in &m.inputs {
-        println!("input       {} {:?} scale 2^-{} ({:?})", i.name, i.shape, i.scale, i.kind);
+        println!(
+            "input       {} {:?} scale 2^-{} ({:?})",
+            i.name, i.shape, i.scale, i.kind
+        );
     }
     for o in &m.outputs {
         let v = m.value(o.value);
-        println!("output      {} {:?} scale 2^-{}", o.name, v.map(|v| v.shape.to_vec()), v.map_or(0, |v| v.scale));
+        println!(
+            "output      {} {:?} scale 2^-{}",
+            o.name,
+            v.map(|v| v.shape.to_vec()),
+            v.map_or(0, |v| v.scale)
+        );
     }
     println!("nodes       {}", m.nodes.len());
     for (k, n) in m.nodes.iter().enumerate() {
-        println!("  {k:>4} {:<10} {:<32} -> {:?} scale 2^-{} inputs {:?}", n.op.name(), n.name, n.shape, n.scale, n.inputs);
+        println!(
+            "  {k:>4} {:<10} {:<32} -> {:?} scale 2^-{} inputs {:?}",
+            n.op.name(),
+            n.name,
+            n.shape,
+            n.scale,
+            n.inputs
+        );
     }
     Ok(())
 }
 
 fn load_inputs(m: &Model, specs: &[String]) -> Result<Vec<FloatTensor>> {
     if specs.len() == 1 && !specs[0].ends_with(".npy") && !specs[0].contains('=') {
-        let text = std::fs::read_to_string(&specs[0]).with_context(|| format!("cannot read {}", specs[0]))?;
+        let text = std::fs::read_to_string(&specs[0])
+            .with_context(|| format!("cannot read {}", specs[0]))?;
         return Ok(inputs_from_json(m, &text)?);
     }
     let mut out: Vec<Option<FloatTensor>> = vec![None; m.inputs.len()];
     for spec in specs {
         let (idx, file) = match spec.split_once('=') {
             Some((n, f)) => {
-                let i = m.inputs.iter().position(|i| i.name == n).ok_or_else(|| anyhow!("the model has no input named '{n}'"))?;
+                let i = m
+                    .inputs
+                    .iter()
+                    .position(|i| i.name == n)
+                    .ok_or_else(|| anyhow!("the model has no input named '{n}'"))?;
                 (i, f)
             }
             None if m.inputs.len() == 1 => (0, spec.as_str()),
-            None => bail!("the model has {} inputs; give each as name=file.npy", m.inputs.len()),
+            None => bail!(
+                "the model has {} inputs; give each as name=file.npy",
+                m.inputs.len()
+            ),
         };
         let bytes = read(Path::new(file))?;
         out[idx] = Some(if file.ends_with(".npy") {
             tensor_from_npy(&bytes).with_context(|| file.to_string())?
         } else {
-            let v: Value = serde_json::from_slice(&bytes).with_context(|| format!("{file} is not JSON"))?;
+            let v: Value =
+                serde_json::from_slice(&bytes).with_context(|| format!("{file} is not JSON"))?;
             tensor_from_json(&v)?
         });
     }
@@ -323,8 +423,28 @@ fn cmd_run(a: RunArgs) -> Result<()> {
     let inputs = load_inputs(&m, &a.input)?;
     let q = quantize_inputs(&m, &inputs)?;
     let input_hash = tensors_hash(&q);
-    let mode = if a.reference { Mode::Reference } else { Mode::Fast { threads: a.threads.max(1) } };
+    let mode = if a.reference {
+        Mode::Reference
+    } else {
+        Mode::Fast {
+            threads: a.threads.max(1),
+        }
+    };
     let exec = Executor::new(&m, mode);
+    let timing = if a.bench > 0 {
+        let mut us: Vec<f64> = Vec::with_capacity(a.bench);
+        exec.run(q.clone())?;
+        for _ in 0..a.bench {
+            let t = std::time::Instant::now();
+            std::hint::black_box(exec.run(q.clone())?);
+            us.push(t.elapsed().as_secs_f64() * 1e6);
+        }
+        us.sort_by(f64::total_cmp);
+        let mean = us.iter().sum::<f64>() / us.len() as f64;
+        Some(json!({"runs": us.len(), "min_us": us[0], "median_us": us[us.len() / 2], "mean_us": mean}))
+    } else {
+        None
+    };
     let (outs, trace) = if a.trace.is_some() {
         let (o, t) = exec.run_trace(q)?;
         (o, Some(t))
@@ -333,8 +453,13 @@ fn cmd_run(a: RunArgs) -> Result<()> {
     };
     let mut outputs = serde_json::Map::new();
     for (o, data) in m.outputs.iter().zip(&outs) {
-        let info = m.value(o.value).ok_or_else(|| anyhow!("output refers to no value"))?;
-        outputs.insert(o.name.clone(), tensor_json(info.shape, &dequantize(data, info.scale)));
+        let info = m
+            .value(o.value)
+            .ok_or_else(|| anyhow!("output refers to no value"))?;
+        outputs.insert(
+            o.name.clone(),
+            tensor_json(info.shape, &dequantize(data, info.scale)),
+        );
     }
     let mut doc = json!({
         "model_id": id,
@@ -342,6 +467,9 @@ fn cmd_run(a: RunArgs) -> Result<()> {
         "output_hash": tensors_hash(&outs),
         "outputs": outputs,
     });
+    if let Some(t) = timing {
+        doc["latency"] = t;
+    }
     if let (Some(path), Some(t)) = (&a.trace, trace) {
         let roots = trace_roots(&t);
         let root = list_root(&roots);
@@ -365,7 +493,8 @@ fn cmd_run(a: RunArgs) -> Result<()> {
             .collect();
         doc["trace_root"] = json!(root);
         let tdoc = json!({"model_id": id, "trace_root": root, "tensors": entries});
-        std::fs::write(path, serde_json::to_vec(&tdoc)?).with_context(|| format!("cannot write {}", path.display()))?;
+        std::fs::write(path, serde_json::to_vec(&tdoc)?)
+            .with_context(|| format!("cannot write {}", path.display()))?;
     }
     let text = serde_json::to_string_pretty(&doc)?;
     if let Some(p) = &a.output {

@@ -149,7 +149,9 @@ impl FGraph {
 
     /// The constant behind value `v`.
     pub fn const_of(&self, v: u32) -> Option<&FConst> {
-        (v as usize).checked_sub(self.inputs.len()).and_then(|i| self.consts.get(i))
+        (v as usize)
+            .checked_sub(self.inputs.len())
+            .and_then(|i| self.consts.get(i))
     }
 
     /// Whether value `v` holds integers (an `Int` input, an int constant, or computed from them by
@@ -165,9 +167,13 @@ impl FGraph {
         }
         let n = &self.nodes[vi - ni - nc];
         match &n.op {
-            FOp::Canon(Op::Reshape | Op::Transpose { .. } | Op::Slice { .. } | Op::Broadcast | Op::Concat { .. }) => {
-                n.inputs.iter().all(|&i| self.is_int(i))
-            }
+            FOp::Canon(
+                Op::Reshape
+                | Op::Transpose { .. }
+                | Op::Slice { .. }
+                | Op::Broadcast
+                | Op::Concat { .. },
+            ) => n.inputs.iter().all(|&i| self.is_int(i)),
             FOp::Canon(Op::Gather { .. }) => self.is_int(n.inputs[0]),
             _ => false,
         }
@@ -175,7 +181,8 @@ impl FGraph {
 
     /// Evaluate on real inputs; returns every value (inputs, constants, nodes).
     pub fn eval(&self, inputs: &[Vec<f64>]) -> Vec<Vec<f64>> {
-        let mut vals: Vec<Vec<f64>> = Vec::with_capacity(self.inputs.len() + self.consts.len() + self.nodes.len());
+        let mut vals: Vec<Vec<f64>> =
+            Vec::with_capacity(self.inputs.len() + self.consts.len() + self.nodes.len());
         vals.extend(inputs.iter().cloned());
         vals.extend(self.consts.iter().map(|c| c.data.clone()));
         for n in &self.nodes {
@@ -192,7 +199,10 @@ impl FGraph {
         let count = numel(&n.shape) as usize;
         match &n.op {
             FOp::Clamp { lo, hi } => x.iter().map(|v| v.max(*lo).min(*hi)).collect(),
-            FOp::LeakyRelu { alpha } => x.iter().map(|&v| if v >= 0.0 { v } else { alpha * v }).collect(),
+            FOp::LeakyRelu { alpha } => x
+                .iter()
+                .map(|&v| if v >= 0.0 { v } else { alpha * v })
+                .collect(),
             FOp::Func(f) => x.iter().map(|&v| f.eval(v)).collect(),
             FOp::Softmax { axis } => {
                 let s = sh(n.inputs[0]);
@@ -216,7 +226,14 @@ impl FGraph {
             FOp::Canon(op) => match op {
                 Op::EinSum { a, b, out } => {
                     let (sa, sb) = (sh(n.inputs[0]), sh(n.inputs[1]));
-                    let spec = EinSpec { a, b, out, a_shape: &sa, b_shape: &sb, out_shape: &out_shape };
+                    let spec = EinSpec {
+                        a,
+                        b,
+                        out,
+                        a_shape: &sa,
+                        b_shape: &sb,
+                        out_shape: &out_shape,
+                    };
                     let sizes = spec.label_sizes();
                     let summed = spec.summed();
                     let sum_shape: Vec<usize> = summed.iter().map(|&l| sizes[l as usize]).collect();
@@ -224,7 +241,10 @@ impl FGraph {
                     let a_sum = label_strides(a, &sa, &summed);
                     let b_sum = label_strides(b, &sb, &summed);
                     let mut res = vec![0.0; count];
-                    let bias = n.inputs.get(2).map(|&v| (&vals[v as usize], broadcast_strides(&out_shape, &sh(v))));
+                    let bias = n
+                        .inputs
+                        .get(2)
+                        .map(|&v| (&vals[v as usize], broadcast_strides(&out_shape, &sh(v))));
                     let mut ins = vec![label_strides(a, &sa, out), label_strides(b, &sb, out)];
                     if let Some((_, bst)) = &bias {
                         ins.push(bst.clone());
@@ -249,7 +269,10 @@ impl FGraph {
                 }
                 Op::Add | Op::Sub | Op::Mul | Op::Div | Op::Max | Op::Min => {
                     let y = &vals[n.inputs[1] as usize];
-                    let st = [broadcast_strides(&out_shape, &sh(n.inputs[0])), broadcast_strides(&out_shape, &sh(n.inputs[1]))];
+                    let st = [
+                        broadcast_strides(&out_shape, &sh(n.inputs[0])),
+                        broadcast_strides(&out_shape, &sh(n.inputs[1])),
+                    ];
                     let mut res = vec![0.0; count];
                     for_each_index(&out_shape, &st, |flat, o| {
                         let (p, q) = (x[o[0]], y[o[1]]);
@@ -271,7 +294,9 @@ impl FGraph {
                 Op::Reduce { kind, axes } => {
                     let s = sh(n.inputs[0]);
                     let ost = strides(&out_shape);
-                    let to_out: Vec<usize> = (0..s.len()).map(|i| if out_shape[i] == 1 { 0 } else { ost[i] }).collect();
+                    let to_out: Vec<usize> = (0..s.len())
+                        .map(|i| if out_shape[i] == 1 { 0 } else { ost[i] })
+                        .collect();
                     let init = match kind {
                         ReduceKind::Max => f64::NEG_INFINITY,
                         ReduceKind::Min => f64::INFINITY,
@@ -293,9 +318,16 @@ impl FGraph {
                     acc
                 }
                 Op::MaxPool2d { window } => pool_f64(x, &sh(n.inputs[0]), window, &out_shape, None),
-                Op::AvgPool2d { window, count_include_pad } => {
-                    pool_f64(x, &sh(n.inputs[0]), window, &out_shape, Some(*count_include_pad))
-                }
+                Op::AvgPool2d {
+                    window,
+                    count_include_pad,
+                } => pool_f64(
+                    x,
+                    &sh(n.inputs[0]),
+                    window,
+                    &out_shape,
+                    Some(*count_include_pad),
+                ),
                 Op::Transpose { perm } => {
                     let st = strides(&sh(n.inputs[0]));
                     let ps: Vec<usize> = perm.iter().map(|&p| st[p as usize]).collect();
@@ -316,7 +348,9 @@ impl FGraph {
                     }
                     res
                 }
-                Op::Slice { axis, start, step, .. } => {
+                Op::Slice {
+                    axis, start, step, ..
+                } => {
                     let ax = *axis as usize;
                     let mut st = strides(&sh(n.inputs[0]));
                     let base = *start as usize * st[ax];
@@ -348,7 +382,10 @@ impl FGraph {
                     for_each_index(&out_shape, &[st], |flat, o| res[flat] = x[o[0]]);
                     res
                 }
-                Op::Clamp { .. } | Op::LeakyRelu { .. } | Op::Lookup { .. } | Op::Softmax { .. } => {
+                Op::Clamp { .. }
+                | Op::LeakyRelu { .. }
+                | Op::Lookup { .. }
+                | Op::Softmax { .. } => {
                     unreachable!("parameterised ops are never wrapped in FOp::Canon")
                 }
             },
@@ -379,13 +416,19 @@ fn conv_f64(
                     let mut acc = bias.map_or(0.0, |bd| bd[o]);
                     for ci in 0..cg {
                         for ky in 0..kh {
-                            let iy = (oy * win.stride[0] as usize + ky * win.dilation[0] as usize) as i64 - win.pads[0] as i64;
+                            let iy = (oy * win.stride[0] as usize + ky * win.dilation[0] as usize)
+                                as i64
+                                - win.pads[0] as i64;
                             for kx in 0..kw {
-                                let ix = (ox * win.stride[1] as usize + kx * win.dilation[1] as usize) as i64 - win.pads[1] as i64;
+                                let ix = (ox * win.stride[1] as usize
+                                    + kx * win.dilation[1] as usize)
+                                    as i64
+                                    - win.pads[1] as i64;
                                 if iy < 0 || iy >= h || ix < 0 || ix >= wd {
                                     continue;
                                 }
-                                acc += x[((b * c + g * cg + ci) * xs[2] + iy as usize) * xs[3] + ix as usize]
+                                acc += x[((b * c + g * cg + ci) * xs[2] + iy as usize) * xs[3]
+                                    + ix as usize]
                                     * w[((o * cg + ci) * kh + ky) * kw + kx];
                             }
                         }
@@ -408,9 +451,12 @@ fn pool_f64(x: &[f64], xs: &[usize], win: &Window, out: &[usize], avg: Option<bo
             for ox in 0..out[3] {
                 let (mut mx, mut sum, mut valid) = (f64::NEG_INFINITY, 0.0, 0.0);
                 for ky in 0..win.kernel[0] as usize {
-                    let iy = (oy * win.stride[0] as usize + ky * win.dilation[0] as usize) as i64 - win.pads[0] as i64;
+                    let iy = (oy * win.stride[0] as usize + ky * win.dilation[0] as usize) as i64
+                        - win.pads[0] as i64;
                     for kx in 0..win.kernel[1] as usize {
-                        let ix = (ox * win.stride[1] as usize + kx * win.dilation[1] as usize) as i64 - win.pads[1] as i64;
+                        let ix = (ox * win.stride[1] as usize + kx * win.dilation[1] as usize)
+                            as i64
+                            - win.pads[1] as i64;
                         if iy < 0 || iy >= h || ix < 0 || ix >= wd {
                             continue;
                         }

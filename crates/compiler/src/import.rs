@@ -4,11 +4,11 @@
 use std::collections::HashMap;
 
 use tract_onnx::prelude::*;
-use tract_onnx::tract_hir::infer::Factoid;
 use tract_onnx::tract_core::ops;
 use tract_onnx::tract_core::ops::change_axes::AxisOp;
 use tract_onnx::tract_core::ops::cnn::{Conv, KernelFormat, MaxPool, PoolSpec, SumPool};
 use tract_onnx::tract_core::ops::nn::{DataFormat, Reduce, Reducer, RmsNorm, Softmax, SoftmaxKind};
+use tract_onnx::tract_hir::infer::Factoid;
 use verity_engine::ir::{InputKind, Op, ReduceKind, Window};
 
 use crate::fgraph::{FConst, FGraph, FInput, FNode, FOp, Func};
@@ -30,14 +30,21 @@ struct Builder<'a> {
 }
 
 fn unsupported(node: &TypedNode, why: impl std::fmt::Display) -> CompileError {
-    CompileError::Unsupported { op: node.op.name().to_string(), node: node.name.clone(), why: why.to_string() }
+    CompileError::Unsupported {
+        op: node.op.name().to_string(),
+        node: node.name.clone(),
+        why: why.to_string(),
+    }
 }
 
 fn concrete(fact: &TypedFact, node: &TypedNode) -> Result<Vec<u32>, CompileError> {
-    let s = fact.shape.as_concrete().ok_or_else(|| CompileError::DynamicShape {
-        node: node.name.clone(),
-        shape: format!("{:?}", fact.shape),
-    })?;
+    let s = fact
+        .shape
+        .as_concrete()
+        .ok_or_else(|| CompileError::DynamicShape {
+            node: node.name.clone(),
+            shape: format!("{:?}", fact.shape),
+        })?;
     s.iter()
         .map(|&d| u32::try_from(d).map_err(|_| unsupported(node, "dimension too large")))
         .collect()
@@ -54,8 +61,21 @@ impl<'a> Builder<'a> {
         Ref::C(self.consts.len() - 1)
     }
 
-    fn push(&mut self, name: String, origin: &str, op: FOp, inputs: Vec<Ref>, shape: Vec<u32>) -> Ref {
-        let node = FNode { name, origin: origin.to_string(), op, inputs: vec![], shape };
+    fn push(
+        &mut self,
+        name: String,
+        origin: &str,
+        op: FOp,
+        inputs: Vec<Ref>,
+        shape: Vec<u32>,
+    ) -> Ref {
+        let node = FNode {
+            name,
+            origin: origin.to_string(),
+            op,
+            inputs: vec![],
+            shape,
+        };
         self.nodes.push((node, inputs));
         Ref::N(self.nodes.len() - 1)
     }
@@ -80,12 +100,20 @@ impl<'a> Builder<'a> {
         if let Some(r) = self.map.get(&outlet) {
             return Ok(*r);
         }
-        let fact = self.model.outlet_fact(outlet).map_err(|e| CompileError::Tract(e.to_string()))?;
+        let fact = self
+            .model
+            .outlet_fact(outlet)
+            .map_err(|e| CompileError::Tract(e.to_string()))?;
         let Some(k) = fact.konst.clone() else {
-            return Err(unsupported(user, format!("input {outlet:?} was never computed")));
+            return Err(unsupported(
+                user,
+                format!("input {outlet:?} was never computed"),
+            ));
         };
         let shape: Vec<u32> = k.shape().iter().map(|&d| d as u32).collect();
-        let data = tensor_f64(&k).map_err(|e| unsupported(user, format!("constant of type {:?}: {e}", k.datum_type())))?;
+        let data = tensor_f64(&k).map_err(|e| {
+            unsupported(user, format!("constant of type {:?}: {e}", k.datum_type()))
+        })?;
         let r = self.konst(shape, data, k.datum_type().is_integer());
         self.map.insert(outlet, r);
         Ok(r)
@@ -94,7 +122,9 @@ impl<'a> Builder<'a> {
     fn lower_node(&mut self, id: usize) -> Result<(), CompileError> {
         let model = self.model;
         let node = model.node(id);
-        let facts = model.node_output_facts(id).map_err(|e| CompileError::Tract(e.to_string()))?;
+        let facts = model
+            .node_output_facts(id)
+            .map_err(|e| CompileError::Tract(e.to_string()))?;
         if node.op_is::<ops::source::TypedSource>() || node.op_is::<ops::konst::Const>() {
             return Ok(());
         }
@@ -103,7 +133,10 @@ impl<'a> Builder<'a> {
             return Ok(());
         }
         if facts.len() != 1 {
-            return Err(unsupported(node, "ops with several outputs are not supported"));
+            return Err(unsupported(
+                node,
+                "ops with several outputs are not supported",
+            ));
         }
         let out_shape = concrete(facts[0], node)?;
         let origin = node.op.name().to_string();
@@ -116,7 +149,10 @@ impl<'a> Builder<'a> {
         let canon = |op: Op| FOp::Canon(op);
         let result: Ref = if let Some(e) = op.downcast_ref::<ops::einsum::EinSum>() {
             if e.q_params.is_some() || ins.len() != 2 {
-                return Err(unsupported(node, "only float two-operand EinSum is supported"));
+                return Err(unsupported(
+                    node,
+                    "only float two-operand EinSum is supported",
+                ));
             }
             let (ins_s, outs_s) = e.axes.to_strs();
             // relabel characters to small integers in order of appearance (deterministic)
@@ -133,19 +169,31 @@ impl<'a> Builder<'a> {
                     .collect()
             };
             let (a, b, out) = (lab(&ins_s[0]), lab(&ins_s[1]), lab(&outs_s[0]));
-            self.push(name, &origin, canon(Op::EinSum { a, b, out }), ins, out_shape)
+            self.push(
+                name,
+                &origin,
+                canon(Op::EinSum { a, b, out }),
+                ins,
+                out_shape,
+            )
         } else if let Some(c) = op.downcast_ref::<Conv>() {
             if c.q_params.is_some() {
                 return Err(unsupported(node, "quantized convolution"));
             }
             if c.kernel_fmt != KernelFormat::OIHW {
-                return Err(unsupported(node, format!("kernel format {:?}", c.kernel_fmt)));
+                return Err(unsupported(
+                    node,
+                    format!("kernel format {:?}", c.kernel_fmt),
+                ));
             }
             let window = self.window(&c.pool_spec, &self.shape_of(ins[0]), node)?;
             let o = out_shape[1];
             let mut conv_ins = vec![ins[0], ins[1]];
             if let Some(&b) = ins.get(2) {
-                match self.const_data(b).map(|c| (c.shape.clone(), c.data.clone())) {
+                match self
+                    .const_data(b)
+                    .map(|c| (c.shape.clone(), c.data.clone()))
+                {
                     Some((_, d)) if d.iter().all(|&v| v == 0.0) => {}
                     Some((s, d)) if s.iter().product::<u32>() == 1 => {
                         let r = self.konst(vec![o], vec![d[0]; o as usize], false);
@@ -155,22 +203,45 @@ impl<'a> Builder<'a> {
                         let r = self.konst(vec![o], d, false);
                         conv_ins.push(r);
                     }
-                    _ => return Err(unsupported(node, "convolution bias must be a constant per output channel")),
+                    _ => {
+                        return Err(unsupported(
+                            node,
+                            "convolution bias must be a constant per output channel",
+                        ))
+                    }
                 }
             }
-            self.push(name, &origin, canon(Op::Conv2d { window, groups: c.group as u32 }), conv_ins, out_shape)
+            self.push(
+                name,
+                &origin,
+                canon(Op::Conv2d {
+                    window,
+                    groups: c.group as u32,
+                }),
+                conv_ins,
+                out_shape,
+            )
         } else if let Some(p) = op.downcast_ref::<MaxPool>() {
             if p.with_index_outputs.is_some() {
                 return Err(unsupported(node, "MaxPool with index outputs"));
             }
             let window = self.window(&p.pool_spec, &self.shape_of(ins[0]), node)?;
-            self.push(name, &origin, canon(Op::MaxPool2d { window }), ins, out_shape)
+            self.push(
+                name,
+                &origin,
+                canon(Op::MaxPool2d { window }),
+                ins,
+                out_shape,
+            )
         } else if let Some(p) = op.downcast_ref::<SumPool>() {
             if !p.normalize {
                 return Err(unsupported(node, "un-normalized sum pooling"));
             }
             let window = self.window(&p.pool_spec, &self.shape_of(ins[0]), node)?;
-            let op = Op::AvgPool2d { window, count_include_pad: p.count_include_pad };
+            let op = Op::AvgPool2d {
+                window,
+                count_include_pad: p.count_include_pad,
+            };
             self.push(name, &origin, canon(op), ins, out_shape)
         } else if let Some(b) = op.downcast_ref::<ops::binary::TypedBinOp>() {
             self.lower_binary(node, b.0.name(), ins, out_shape)?
@@ -183,19 +254,38 @@ impl<'a> Builder<'a> {
                 "Erf" => self.push(name, &origin, FOp::Func(Func::Erf), vec![x], out_shape),
                 "Exp" => self.push(name, &origin, FOp::Func(Func::Exp), vec![x], out_shape),
                 "GeluExact" => {
-                    let phi = self.push(format!("{name}.cdf"), &origin, FOp::Func(Func::NormCdf), vec![x], out_shape.clone());
+                    let phi = self.push(
+                        format!("{name}.cdf"),
+                        &origin,
+                        FOp::Func(Func::NormCdf),
+                        vec![x],
+                        out_shape.clone(),
+                    );
                     self.push(name, &origin, canon(Op::Mul), vec![x, phi], out_shape)
                 }
                 "Silu" => {
-                    let s = self.push(format!("{name}.sigmoid"), &origin, FOp::Func(Func::Sigmoid), vec![x], out_shape.clone());
+                    let s = self.push(
+                        format!("{name}.sigmoid"),
+                        &origin,
+                        FOp::Func(Func::Sigmoid),
+                        vec![x],
+                        out_shape.clone(),
+                    );
                     self.push(name, &origin, canon(Op::Mul), vec![x, s], out_shape)
                 }
                 "LeakyRelu" => {
-                    let l = e
-                        .0
-                        .downcast_ref::<ops::nn::LeakyRelu>()
-                        .ok_or_else(|| unsupported(node, "unexpected LeakyRelu form"))?;
-                    self.push(name, &origin, FOp::LeakyRelu { alpha: l.alpha as f64 }, vec![x], out_shape)
+                    let l =
+                        e.0.downcast_ref::<ops::nn::LeakyRelu>()
+                            .ok_or_else(|| unsupported(node, "unexpected LeakyRelu form"))?;
+                    self.push(
+                        name,
+                        &origin,
+                        FOp::LeakyRelu {
+                            alpha: l.alpha as f64,
+                        },
+                        vec![x],
+                        out_shape,
+                    )
                 }
                 "Recip" => self.push(name, &origin, canon(Op::Recip), vec![x], out_shape),
                 "Rsqrt" => self.push(name, &origin, canon(Op::Rsqrt), vec![x], out_shape),
@@ -211,7 +301,15 @@ impl<'a> Builder<'a> {
             if s.kind != SoftmaxKind::Softmax || s.axes.len() != 1 || s.quant_output_dt.is_some() {
                 return Err(unsupported(node, "only float softmax over one axis"));
             }
-            self.push(name, &origin, FOp::Softmax { axis: s.axes[0] as u32 }, ins, out_shape)
+            self.push(
+                name,
+                &origin,
+                FOp::Softmax {
+                    axis: s.axes[0] as u32,
+                },
+                ins,
+                out_shape,
+            )
         } else if let Some(r) = op.downcast_ref::<Reduce>() {
             let mut axes: Vec<u32> = r.axes.iter().map(|&a| a as u32).collect();
             axes.sort_unstable();
@@ -222,14 +320,35 @@ impl<'a> Builder<'a> {
                 Reducer::Min => ReduceKind::Min,
                 Reducer::MeanOfSquares => {
                     let in_shape = self.shape_of(ins[0]);
-                    let sq = self.push(format!("{name}.square"), &origin, canon(Op::Mul), vec![ins[0], ins[0]], in_shape);
-                    let r = self.push(name, &origin, canon(Op::Reduce { kind: ReduceKind::Mean, axes }), vec![sq], out_shape);
+                    let sq = self.push(
+                        format!("{name}.square"),
+                        &origin,
+                        canon(Op::Mul),
+                        vec![ins[0], ins[0]],
+                        in_shape,
+                    );
+                    let r = self.push(
+                        name,
+                        &origin,
+                        canon(Op::Reduce {
+                            kind: ReduceKind::Mean,
+                            axes,
+                        }),
+                        vec![sq],
+                        out_shape,
+                    );
                     self.map.insert(OutletId::new(id, 0), r);
                     return Ok(());
                 }
                 other => return Err(unsupported(node, format!("reducer {other:?}"))),
             };
-            self.push(name, &origin, canon(Op::Reduce { kind, axes }), ins, out_shape)
+            self.push(
+                name,
+                &origin,
+                canon(Op::Reduce { kind, axes }),
+                ins,
+                out_shape,
+            )
         } else if let Some(r) = op.downcast_ref::<RmsNorm>() {
             // y = x / sqrt(mean(x^2 over axis) + eps)
             let x = ins[0];
@@ -237,17 +356,38 @@ impl<'a> Builder<'a> {
             let mut red = in_shape.clone();
             red[r.axis] = 1;
             let eps = tensor_f64(&r.eps).map_err(|e| unsupported(node, e))?;
-            let sq = self.push(format!("{name}.square"), &origin, canon(Op::Mul), vec![x, x], in_shape.clone());
+            let sq = self.push(
+                format!("{name}.square"),
+                &origin,
+                canon(Op::Mul),
+                vec![x, x],
+                in_shape.clone(),
+            );
             let ms = self.push(
                 format!("{name}.mean_sq"),
                 &origin,
-                canon(Op::Reduce { kind: ReduceKind::Mean, axes: vec![r.axis as u32] }),
+                canon(Op::Reduce {
+                    kind: ReduceKind::Mean,
+                    axes: vec![r.axis as u32],
+                }),
                 vec![sq],
                 red.clone(),
             );
             let e = self.konst(vec![], vec![eps.first().copied().unwrap_or(0.0)], false);
-            let me = self.push(format!("{name}.var_eps"), &origin, canon(Op::Add), vec![ms, e], red.clone());
-            let rs = self.push(format!("{name}.rsqrt"), &origin, canon(Op::Rsqrt), vec![me], red);
+            let me = self.push(
+                format!("{name}.var_eps"),
+                &origin,
+                canon(Op::Add),
+                vec![ms, e],
+                red.clone(),
+            );
+            let rs = self.push(
+                format!("{name}.rsqrt"),
+                &origin,
+                canon(Op::Rsqrt),
+                vec![me],
+                red,
+            );
             self.push(name, &origin, canon(Op::Mul), vec![x, rs], out_shape)
         } else if let Some(a) = op.downcast_ref::<AxisOp>() {
             match a {
@@ -261,20 +401,38 @@ impl<'a> Builder<'a> {
                 _ => self.push(name, &origin, canon(Op::Reshape), ins, out_shape),
             }
         } else if let Some(c) = op.downcast_ref::<ops::array::TypedConcat>() {
-            self.push(name, &origin, canon(Op::Concat { axis: c.axis as u32 }), ins, out_shape)
+            self.push(
+                name,
+                &origin,
+                canon(Op::Concat {
+                    axis: c.axis as u32,
+                }),
+                ins,
+                out_shape,
+            )
         } else if let Some(s) = op.downcast_ref::<ops::array::Slice>() {
             let (start, end) = (s.start.to_i64(), s.end.to_i64());
             let (Ok(start), Ok(end)) = (start, end) else {
                 return Err(unsupported(node, "symbolic slice bounds"));
             };
-            let op = Op::Slice { axis: s.axis as u32, start: start as u32, end: end as u32, step: 1 };
+            let op = Op::Slice {
+                axis: s.axis as u32,
+                start: start as u32,
+                end: end as u32,
+                step: 1,
+            };
             self.push(name, &origin, canon(op), ins, out_shape)
         } else if let Some(d) = op.downcast_ref::<ops::downsample::Downsample>() {
             if d.stride <= 0 {
                 return Err(unsupported(node, "negative-stride slicing"));
             }
             let dim = self.shape_of(ins[0])[d.axis];
-            let op = Op::Slice { axis: d.axis as u32, start: d.modulo as u32, end: dim, step: d.stride as u32 };
+            let op = Op::Slice {
+                axis: d.axis as u32,
+                start: d.modulo as u32,
+                end: dim,
+                step: d.stride as u32,
+            };
             self.push(name, &origin, canon(op), ins, out_shape)
         } else if let Some(g) = op.downcast_ref::<ops::array::Gather>() {
             let idx_int = match ins[1] {
@@ -285,14 +443,25 @@ impl<'a> Builder<'a> {
             if !idx_int {
                 return Err(unsupported(node, "gather indices must be integers"));
             }
-            self.push(name, &origin, canon(Op::Gather { axis: g.axis as u32 }), ins, out_shape)
+            self.push(
+                name,
+                &origin,
+                canon(Op::Gather {
+                    axis: g.axis as u32,
+                }),
+                ins,
+                out_shape,
+            )
         } else if op.downcast_ref::<ops::array::MultiBroadcastTo>().is_some() {
             self.push(name, &origin, canon(Op::Broadcast), ins, out_shape)
         } else if let Some(c) = op.downcast_ref::<ops::cast::Cast>() {
             if !(c.to.is_float() || c.to.is_integer()) {
                 return Err(unsupported(node, format!("cast to {:?}", c.to)));
             }
-            let from = model.outlet_fact(node.inputs[0]).map_err(|e| CompileError::Tract(e.to_string()))?.datum_type;
+            let from = model
+                .outlet_fact(node.inputs[0])
+                .map_err(|e| CompileError::Tract(e.to_string()))?
+                .datum_type;
             if from.is_float() && c.to.is_integer() {
                 return Err(unsupported(node, "casting real values to integers"));
             }
@@ -306,7 +475,13 @@ impl<'a> Builder<'a> {
         Ok(())
     }
 
-    fn lower_binary(&mut self, node: &TypedNode, mini: &str, ins: Vec<Ref>, out_shape: Vec<u32>) -> Result<Ref, CompileError> {
+    fn lower_binary(
+        &mut self,
+        node: &TypedNode,
+        mini: &str,
+        ins: Vec<Ref>,
+        out_shape: Vec<u32>,
+    ) -> Result<Ref, CompileError> {
         let name = node.name.clone();
         let origin = node.op.name().to_string();
         let scalar = |b: &Builder<'_>, r: Ref| -> Option<f64> {
@@ -324,7 +499,10 @@ impl<'a> Builder<'a> {
             }
             "Sub" => self.push(name, &origin, FOp::Canon(Op::Sub), ins, out_shape),
             "Mul" => self.push(name, &origin, FOp::Canon(Op::Mul), ins, out_shape),
-            "Div" => match self.const_data(y).map(|c| (c.shape.clone(), c.data.clone())) {
+            "Div" => match self
+                .const_data(y)
+                .map(|c| (c.shape.clone(), c.data.clone()))
+            {
                 // division by a constant is multiplication by its reciprocal
                 Some((s, d)) if d.iter().all(|&v| v != 0.0) => {
                     let r = self.konst(s, d.iter().map(|v| 1.0 / v).collect(), false);
@@ -340,8 +518,26 @@ impl<'a> Builder<'a> {
                     _ => (x, None),
                 };
                 match (c, mini) {
-                    (Some(c), "Max") => self.push(name, &origin, FOp::Clamp { lo: c, hi: f64::INFINITY }, vec![v], out_shape),
-                    (Some(c), _) => self.push(name, &origin, FOp::Clamp { lo: f64::NEG_INFINITY, hi: c }, vec![v], out_shape),
+                    (Some(c), "Max") => self.push(
+                        name,
+                        &origin,
+                        FOp::Clamp {
+                            lo: c,
+                            hi: f64::INFINITY,
+                        },
+                        vec![v],
+                        out_shape,
+                    ),
+                    (Some(c), _) => self.push(
+                        name,
+                        &origin,
+                        FOp::Clamp {
+                            lo: f64::NEG_INFINITY,
+                            hi: c,
+                        },
+                        vec![v],
+                        out_shape,
+                    ),
                     (None, "Max") => self.push(name, &origin, FOp::Canon(Op::Max), ins, out_shape),
                     (None, _) => self.push(name, &origin, FOp::Canon(Op::Min), ins, out_shape),
                 }
@@ -352,24 +548,38 @@ impl<'a> Builder<'a> {
 
     /// `EinSum(a, b) + const` (or `Conv2d + const`) where the product has no other consumer becomes the
     /// product with a bias input: the bias is then added in the exact accumulator.
-    fn fuse_bias(&mut self, node: &TypedNode, x: Ref, y: Ref, out_shape: &[u32]) -> Result<Option<Ref>, CompileError> {
+    fn fuse_bias(
+        &mut self,
+        node: &TypedNode,
+        x: Ref,
+        y: Ref,
+        out_shape: &[u32],
+    ) -> Result<Option<Ref>, CompileError> {
         let model = self.model;
         for (prod, bias) in [(x, y), (y, x)] {
-            let (Ref::N(pi), Some(bc)) = (prod, self.const_data(bias).cloned()) else { continue };
+            let (Ref::N(pi), Some(bc)) = (prod, self.const_data(bias).cloned()) else {
+                continue;
+            };
             let (pnode, pins) = &self.nodes[pi];
             if pins.len() != 2 || pnode.shape != out_shape {
                 continue;
             }
             // the product must feed only this Add
-            let Some(outlet) = self.map.iter().find(|(_, r)| **r == prod).map(|(o, _)| *o) else { continue };
+            let Some(outlet) = self.map.iter().find(|(_, r)| **r == prod).map(|(o, _)| *o) else {
+                continue;
+            };
             let succ = model.outlet_successors(outlet).len();
-            let is_output = model.output_outlets().map_err(|e| CompileError::Tract(e.to_string()))?.contains(&outlet);
+            let is_output = model
+                .output_outlets()
+                .map_err(|e| CompileError::Tract(e.to_string()))?
+                .contains(&outlet);
             if succ != 1 || is_output {
                 continue;
             }
             let bias_ref = match &pnode.op {
                 FOp::Canon(Op::EinSum { .. }) => {
-                    let ok = verity_engine::ir::broadcast_shapes(out_shape, &bc.shape).as_deref() == Some(out_shape);
+                    let ok = verity_engine::ir::broadcast_shapes(out_shape, &bc.shape).as_deref()
+                        == Some(out_shape);
                     if !ok {
                         continue;
                     }
@@ -399,8 +609,16 @@ impl<'a> Builder<'a> {
         Ok(None)
     }
 
-    fn window(&self, spec: &PoolSpec, in_shape: &[u32], node: &TypedNode) -> Result<Window, CompileError> {
-        if spec.data_format != DataFormat::NCHW || spec.kernel_shape.len() != 2 || in_shape.len() != 4 {
+    fn window(
+        &self,
+        spec: &PoolSpec,
+        in_shape: &[u32],
+        node: &TypedNode,
+    ) -> Result<Window, CompileError> {
+        if spec.data_format != DataFormat::NCHW
+            || spec.kernel_shape.len() != 2
+            || in_shape.len() != 4
+        {
             return Err(unsupported(node, "only 2-D windows over NCHW data"));
         }
         let k = [spec.kernel_shape[0], spec.kernel_shape[1]];
@@ -412,7 +630,12 @@ impl<'a> Builder<'a> {
             kernel: [k[0] as u32, k[1] as u32],
             stride: [s[0] as u32, s[1] as u32],
             dilation: [d[0] as u32, d[1] as u32],
-            pads: [pads[0].pad_before as u32, pads[1].pad_before as u32, pads[0].pad_after as u32, pads[1].pad_after as u32],
+            pads: [
+                pads[0].pad_before as u32,
+                pads[1].pad_before as u32,
+                pads[0].pad_after as u32,
+                pads[1].pad_after as u32,
+            ],
         })
     }
 
@@ -460,31 +683,59 @@ pub struct Imported {
 /// Load an ONNX model from bytes and lower it.
 pub fn import_onnx(bytes: &[u8], opts: &ImportOptions) -> Result<Imported, CompileError> {
     let terr = |e: TractError| CompileError::Onnx(format!("{e:#}"));
-    let mut model = tract_onnx::onnx().model_for_read(&mut std::io::Cursor::new(bytes)).map_err(terr)?;
+    let mut model = tract_onnx::onnx()
+        .model_for_read(&mut std::io::Cursor::new(bytes))
+        .map_err(terr)?;
     let n_inputs = model.inputs.len();
     for i in 0..n_inputs {
         let fact = model.input_fact(i).map_err(terr)?.clone();
         let name = model.node(model.inputs[i].node).name.clone();
         if fact.shape.is_open() {
-            return Err(CompileError::DynamicShape { node: name, shape: "unknown rank".into() });
+            return Err(CompileError::DynamicShape {
+                node: name,
+                shape: "unknown rank".into(),
+            });
         }
-        let dt = fact.datum_type.concretize().ok_or_else(|| CompileError::DynamicShape {
-            node: name.clone(),
-            shape: "unknown element type".into(),
-        })?;
-        let user = opts.input_shapes.iter().find(|(n, _)| *n == name).map(|(_, s)| s.clone());
+        let dt = fact
+            .datum_type
+            .concretize()
+            .ok_or_else(|| CompileError::DynamicShape {
+                node: name.clone(),
+                shape: "unknown element type".into(),
+            })?;
+        let user = opts
+            .input_shapes
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, s)| s.clone());
         let dims: Vec<usize> = match user {
             Some(s) => s,
             None => fact
                 .shape
                 .dims()
-                .map(|d| d.concretize().and_then(|t| t.as_i64()).map_or(1, |v| v.max(1) as usize))
+                .map(|d| {
+                    d.concretize()
+                        .and_then(|t| t.as_i64())
+                        .map_or(1, |v| v.max(1) as usize)
+                })
                 .collect(),
         };
-        model.set_input_fact(i, InferenceFact::dt_shape(dt, dims)).map_err(terr)?;
+        model
+            .set_input_fact(i, InferenceFact::dt_shape(dt, dims))
+            .map_err(terr)?;
     }
-    let typed = model.into_typed().map_err(terr)?.into_decluttered().map_err(terr)?;
-    let mut b = Builder { model: &typed, inputs: vec![], consts: vec![], nodes: vec![], map: HashMap::new() };
+    let typed = model
+        .into_typed()
+        .map_err(terr)?
+        .into_decluttered()
+        .map_err(terr)?;
+    let mut b = Builder {
+        model: &typed,
+        inputs: vec![],
+        consts: vec![],
+        nodes: vec![],
+        map: HashMap::new(),
+    };
     for (i, outlet) in typed.input_outlets().map_err(terr)?.iter().enumerate() {
         let node = typed.node(outlet.node);
         let fact = typed.outlet_fact(*outlet).map_err(terr)?;
@@ -494,9 +745,16 @@ pub fn import_onnx(bytes: &[u8], opts: &ImportOptions) -> Result<Imported, Compi
         } else if fact.datum_type.is_float() {
             InputKind::Fixed
         } else {
-            return Err(unsupported(node, format!("input of type {:?}", fact.datum_type)));
+            return Err(unsupported(
+                node,
+                format!("input of type {:?}", fact.datum_type),
+            ));
         };
-        b.inputs.push(FInput { name: node.name.clone(), shape, kind });
+        b.inputs.push(FInput {
+            name: node.name.clone(),
+            shape,
+            kind,
+        });
         b.map.insert(*outlet, Ref::In(i));
     }
     for id in typed.eval_order().map_err(terr)? {
@@ -505,10 +763,16 @@ pub fn import_onnx(bytes: &[u8], opts: &ImportOptions) -> Result<Imported, Compi
     let mut outputs = Vec::new();
     for outlet in typed.output_outlets().map_err(terr)? {
         let node = typed.node(outlet.node);
-        let name = typed.outlet_label(*outlet).unwrap_or(&node.name).to_string();
+        let name = typed
+            .outlet_label(*outlet)
+            .unwrap_or(&node.name)
+            .to_string();
         let r = b.get(*outlet, node)?;
         outputs.push((name, r));
     }
     let graph = b.finish(outputs);
-    Ok(Imported { tract: typed, graph })
+    Ok(Imported {
+        tract: typed,
+        graph,
+    })
 }

@@ -34,7 +34,9 @@ pub enum CompileError {
         why: String,
     },
     /// A shape that stays symbolic after fixing the inputs.
-    #[error("node '{node}' has a dynamic shape ({shape}); give fixed input shapes with --input-shape")]
+    #[error(
+        "node '{node}' has a dynamic shape ({shape}); give fixed input shapes with --input-shape"
+    )]
     DynamicShape {
         /// Node name.
         node: String,
@@ -45,7 +47,9 @@ pub enum CompileError {
     #[error("calibration: {0}")]
     Calibration(String),
     /// The lowered graph disagrees with tract: an importer bug, reported instead of a wrong model.
-    #[error("import check failed: output '{output}' differs from tract by {diff:e} (tolerance {tol:e})")]
+    #[error(
+        "import check failed: output '{output}' differs from tract by {diff:e} (tolerance {tol:e})"
+    )]
     ImportMismatch {
         /// Output name.
         output: String,
@@ -137,7 +141,9 @@ fn random_samples(g: &fgraph::FGraph, opts: &CompileOptions) -> Vec<Vec<FloatTen
                                 .nodes
                                 .iter()
                                 .find_map(|node| match node.op {
-                                    fgraph::FOp::Canon(Op::Gather { axis }) if node.inputs.get(1) == Some(&(i as u32)) => {
+                                    fgraph::FOp::Canon(Op::Gather { axis })
+                                        if node.inputs.get(1) == Some(&(i as u32)) =>
+                                    {
                                         Some(g.shape(node.inputs[0])[axis as usize] as f64)
                                     }
                                     _ => None,
@@ -163,7 +169,11 @@ fn random_samples(g: &fgraph::FGraph, opts: &CompileOptions) -> Vec<Vec<FloatTen
 }
 
 /// Check each sample against the graph's inputs and flatten it.
-fn flatten_samples(g: &fgraph::FGraph, samples: &[Vec<FloatTensor>], what: &str) -> Result<Vec<Vec<Vec<f64>>>, CompileError> {
+fn flatten_samples(
+    g: &fgraph::FGraph,
+    samples: &[Vec<FloatTensor>],
+    what: &str,
+) -> Result<Vec<Vec<Vec<f64>>>, CompileError> {
     samples
         .iter()
         .enumerate()
@@ -203,7 +213,10 @@ fn flatten_samples(g: &fgraph::FGraph, samples: &[Vec<FloatTensor>], what: &str)
 /// Compile ONNX bytes into a canonical model and its accuracy report.
 pub fn compile(onnx: &[u8], opts: &CompileOptions) -> Result<(Model, CompileReport), CompileError> {
     if !(1..=30).contains(&opts.scale_bits) {
-        return Err(CompileError::Calibration(format!("scale bits must be in 1..=30, got {}", opts.scale_bits)));
+        return Err(CompileError::Calibration(format!(
+            "scale bits must be in 1..=30, got {}",
+            opts.scale_bits
+        )));
     }
     let imported = import::import_onnx(onnx, &opts.import)?;
     let g = &imported.graph;

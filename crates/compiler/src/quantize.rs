@@ -41,7 +41,13 @@ impl Stats {
 /// Run the float graph on every sample and record the range of every value.
 pub fn calibrate(g: &FGraph, samples: &[Vec<Vec<f64>>]) -> Result<Vec<Stats>, CompileError> {
     let n = g.inputs.len() + g.consts.len() + g.nodes.len();
-    let mut stats = vec![Stats { min: f64::INFINITY, max: f64::NEG_INFINITY }; n];
+    let mut stats = vec![
+        Stats {
+            min: f64::INFINITY,
+            max: f64::NEG_INFINITY
+        };
+        n
+    ];
     for s in samples {
         let vals = g.eval(s);
         for (st, v) in stats.iter_mut().zip(&vals) {
@@ -93,7 +99,9 @@ fn scale_for(m: f64, bits: i32, max_scale: i8) -> i8 {
 
 fn quantize_slice(data: &[f64], scale: i8, what: &str) -> Result<Vec<i32>, CompileError> {
     data.iter()
-        .map(|&x| quantize_value(x, scale).map_err(|e| CompileError::Calibration(format!("{what}: {e}"))))
+        .map(|&x| {
+            quantize_value(x, scale).map_err(|e| CompileError::Calibration(format!("{what}: {e}")))
+        })
         .collect()
 }
 
@@ -116,7 +124,15 @@ struct Table {
 }
 
 /// A table for `f` over `[a, b]`, indexed by an input at scale `s_in`.
-fn build_table(f: impl Fn(f64) -> f64, a: f64, b: f64, s_in: i8, max_index_bits: i32, out_scale: Option<i8>, scale_bits: i8) -> Table {
+fn build_table(
+    f: impl Fn(f64) -> f64,
+    a: f64,
+    b: f64,
+    s_in: i8,
+    max_index_bits: i32,
+    out_scale: Option<i8>,
+    scale_bits: i8,
+) -> Table {
     let width = (b - a).max(libm::ldexp(1.0, -20));
     let mut t = (s_in as i32).min(max_index_bits);
     while t > -20 && width * libm::ldexp(1.0, t) > MAX_TABLE {
@@ -131,7 +147,12 @@ fn build_table(f: impl Fn(f64) -> f64, a: f64, b: f64, s_in: i8, max_index_bits:
         scale_for(m, CONST_BITS, scale_bits)
     });
     let data = points.iter().map(|&v| clamp_bound(v, scale)).collect();
-    Table { shift: s_in as i32 - t, lo, scale, data }
+    Table {
+        shift: s_in as i32 - t,
+        lo,
+        scale,
+        data,
+    }
 }
 
 /// Quantize the float graph with the calibrated statistics.
@@ -146,7 +167,11 @@ pub fn quantize(g: &FGraph, stats: &[Stats], scale_bits: i8) -> Result<Model, Co
         .map(|(i, inp)| Input {
             name: inp.name.clone(),
             shape: inp.shape.clone(),
-            scale: if inp.kind == InputKind::Int { 0 } else { act(i) },
+            scale: if inp.kind == InputKind::Int {
+                0
+            } else {
+                act(i)
+            },
             kind: inp.kind,
         })
         .collect();
@@ -157,7 +182,11 @@ pub fn quantize(g: &FGraph, stats: &[Stats], scale_bits: i8) -> Result<Model, Co
         scales[i] = inp.scale;
     }
     for (i, c) in g.consts.iter().enumerate() {
-        scales[ni + i] = if c.int { 0 } else { scale_for(stats[ni + i].abs(), CONST_BITS, scale_bits) };
+        scales[ni + i] = if c.int {
+            0
+        } else {
+            scale_for(stats[ni + i].abs(), CONST_BITS, scale_bits)
+        };
     }
     let node_base = ni + nc;
     // Pass 1: node scales with the default constant scales; then cap each bias at its accumulator scale.
@@ -178,9 +207,15 @@ pub fn quantize(g: &FGraph, stats: &[Stats], scale_bits: i8) -> Result<Model, Co
     for (i, c) in g.consts.iter().enumerate() {
         let s = scales[ni + i];
         if c.int && c.data.iter().any(|x| x.fract() != 0.0) {
-            return Err(CompileError::Calibration("an integer constant holds a fraction".into()));
+            return Err(CompileError::Calibration(
+                "an integer constant holds a fraction".into(),
+            ));
         }
-        consts.push(Const { shape: c.shape.clone(), scale: s, data: quantize_slice(&c.data, s, "constant")? });
+        consts.push(Const {
+            shape: c.shape.clone(),
+            scale: s,
+            data: quantize_slice(&c.data, s, "constant")?,
+        });
     }
     // Pass 2: build the canonical nodes. Tables become constants after the graph's own constants.
     let mut tables: Vec<Const> = Vec::new();
@@ -190,11 +225,21 @@ pub fn quantize(g: &FGraph, stats: &[Stats], scale_bits: i8) -> Result<Model, Co
         scales[node_base + k] = scale;
         let mut inputs = n.inputs.clone();
         if let Some(t) = extra {
-            tables.push(Const { shape: vec![t.data.len() as u32], scale: t.scale, data: t.data });
+            tables.push(Const {
+                shape: vec![t.data.len() as u32],
+                scale: t.scale,
+                data: t.data,
+            });
             // placeholder id, renumbered below
             inputs.push(u32::MAX - (tables.len() as u32 - 1));
         }
-        nodes.push(Node { name: n.name.clone(), op, inputs, shape: n.shape.clone(), scale });
+        nodes.push(Node {
+            name: n.name.clone(),
+            op,
+            inputs,
+            shape: n.shape.clone(),
+            scale,
+        });
     }
     // Renumber: tables become constants nc.., node ids shift by the number of tables.
     let nt = tables.len() as u32;
@@ -213,15 +258,35 @@ pub fn quantize(g: &FGraph, stats: &[Stats], scale_bits: i8) -> Result<Model, Co
         }
     }
     consts.extend(tables);
-    let outputs = g.outputs.iter().map(|(name, v)| Output { name: name.clone(), value: remap(*v) }).collect();
-    let model = Model { inputs, consts, nodes, outputs };
-    model.validate().map_err(|e| CompileError::Calibration(format!("quantized model is invalid: {e}")))?;
+    let outputs = g
+        .outputs
+        .iter()
+        .map(|(name, v)| Output {
+            name: name.clone(),
+            value: remap(*v),
+        })
+        .collect();
+    let model = Model {
+        inputs,
+        consts,
+        nodes,
+        outputs,
+    };
+    model
+        .validate()
+        .map_err(|e| CompileError::Calibration(format!("quantized model is invalid: {e}")))?;
     Ok(model)
 }
 
 /// The canonical op, output scale and (for table ops) table of float node `k`, given the scales chosen
 /// so far.
-fn lower_node(g: &FGraph, stats: &[Stats], scales: &[i8], k: usize, scale_bits: i8) -> (Op, i8, Option<Table>) {
+fn lower_node(
+    g: &FGraph,
+    stats: &[Stats],
+    scales: &[i8],
+    k: usize,
+    scale_bits: i8,
+) -> (Op, i8, Option<Table>) {
     let n = &g.nodes[k];
     let v = g.inputs.len() + g.consts.len() + k;
     let act = |v: usize| -> i8 { scale_for(stats[v].abs(), ACTIVATION_BITS, scale_bits) };
@@ -230,23 +295,47 @@ fn lower_node(g: &FGraph, stats: &[Stats], scales: &[i8], k: usize, scale_bits: 
         FOp::Canon(op) => {
             let keeps_scale = matches!(
                 op,
-                Op::MaxPool2d { .. } | Op::Reshape | Op::Transpose { .. } | Op::Slice { .. } | Op::Gather { .. } | Op::Broadcast
+                Op::MaxPool2d { .. }
+                    | Op::Reshape
+                    | Op::Transpose { .. }
+                    | Op::Slice { .. }
+                    | Op::Gather { .. }
+                    | Op::Broadcast
             );
             let s = if keeps_scale {
                 s_in
             } else if g.is_int(v as u32) {
                 0
             } else if let Op::Concat { .. } = op {
-                n.inputs.iter().map(|&i| scales[i as usize]).min().unwrap_or(0).min(act(v))
+                n.inputs
+                    .iter()
+                    .map(|&i| scales[i as usize])
+                    .min()
+                    .unwrap_or(0)
+                    .min(act(v))
             } else {
                 act(v)
             };
             (op.clone(), s, None)
         }
-        FOp::Clamp { lo, hi } => (Op::Clamp { lo: clamp_bound(*lo, s_in), hi: clamp_bound(*hi, s_in) }, s_in, None),
+        FOp::Clamp { lo, hi } => (
+            Op::Clamp {
+                lo: clamp_bound(*lo, s_in),
+                hi: clamp_bound(*hi, s_in),
+            },
+            s_in,
+            None,
+        ),
         FOp::LeakyRelu { alpha } => {
             let a_s = scale_for(alpha.abs(), CONST_BITS, 16);
-            (Op::LeakyRelu { alpha_q: clamp_bound(*alpha, a_s), alpha_scale: a_s }, act(v), None)
+            (
+                Op::LeakyRelu {
+                    alpha_q: clamp_bound(*alpha, a_s),
+                    alpha_scale: a_s,
+                },
+                act(v),
+                None,
+            )
         }
         FOp::Func(f) => {
             let st = &stats[n.inputs[0] as usize];
@@ -258,7 +347,14 @@ fn lower_node(g: &FGraph, stats: &[Stats], scales: &[i8], k: usize, scale_bits: 
                 }
             };
             let t = build_table(|x| f.eval(x), a, b, s_in, 16, None, scale_bits);
-            (Op::Lookup { shift: t.shift, lo: t.lo }, t.scale, Some(t))
+            (
+                Op::Lookup {
+                    shift: t.shift,
+                    lo: t.lo,
+                },
+                t.scale,
+                Some(t),
+            )
         }
         FOp::Softmax { axis } => {
             let t = build_table(
@@ -270,7 +366,15 @@ fn lower_node(g: &FGraph, stats: &[Stats], scales: &[i8], k: usize, scale_bits: 
                 Some(SOFTMAX_EXP_SCALE),
                 scale_bits,
             );
-            (Op::Softmax { axis: *axis, shift: t.shift, lo: t.lo }, act(v).min(30), Some(t))
+            (
+                Op::Softmax {
+                    axis: *axis,
+                    shift: t.shift,
+                    lo: t.lo,
+                },
+                act(v).min(30),
+                Some(t),
+            )
         }
     }
 }

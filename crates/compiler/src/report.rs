@@ -46,11 +46,17 @@ pub struct CompileReport {
 
 fn to_tract_input(t: &FloatTensor, fact: &TypedFact) -> TractResult<TValue> {
     let arr = tract_ndarray::ArrayD::from_shape_vec(
-        fact.shape.as_concrete().map(|s| s.to_vec()).unwrap_or_default(),
+        fact.shape
+            .as_concrete()
+            .map(|s| s.to_vec())
+            .unwrap_or_default(),
         t.data.clone(),
     )?;
     let tensor: Tensor = arr.into();
-    Ok(tensor.cast_to_dt(fact.datum_type)?.into_owned().into_tvalue())
+    Ok(tensor
+        .cast_to_dt(fact.datum_type)?
+        .into_owned()
+        .into_tvalue())
 }
 
 /// Run tract, the lowered float graph and the canonical model on every sample and compare.
@@ -76,24 +82,43 @@ pub fn evaluate(
     let mut acc: Vec<(f64, f64, f64, usize, usize, usize)> = vec![(0.0, 0.0, 0.0, 0, 0, 0); nout];
     let mut import_diff = 0.0f64;
     for (si, (sample, fl)) in samples.iter().zip(flat).enumerate() {
-        let inputs: TVec<TValue> =
-            sample.iter().zip(&in_facts).map(|(t, f)| to_tract_input(t, f)).collect::<TractResult<_>>().map_err(terr)?;
+        let inputs: TVec<TValue> = sample
+            .iter()
+            .zip(&in_facts)
+            .map(|(t, f)| to_tract_input(t, f))
+            .collect::<TractResult<_>>()
+            .map_err(terr)?;
         let reference = plan.run(inputs).map_err(terr)?;
         let fvals = imp.graph.eval(fl);
-        let q = quantize_inputs(model, sample).map_err(|error| CompileError::Execution { sample: si, error })?;
-        let outs = exec.run(q).map_err(|error| CompileError::Execution { sample: si, error })?;
+        let q = quantize_inputs(model, sample)
+            .map_err(|error| CompileError::Execution { sample: si, error })?;
+        let outs = exec
+            .run(q)
+            .map_err(|error| CompileError::Execution { sample: si, error })?;
         for (k, o) in model.outputs.iter().enumerate() {
             let r = reference[k].cast_to::<f64>().map_err(terr)?;
-            let r: Vec<f64> = r.to_plain_array_view::<f64>().map_err(terr)?.iter().copied().collect();
+            let r: Vec<f64> = r
+                .to_plain_array_view::<f64>()
+                .map_err(terr)?
+                .iter()
+                .copied()
+                .collect();
             let r = &r[..];
             let scale = model.value(o.value).map_or(0, |v| v.scale);
             let got = dequantize(&outs[k], scale);
             let lowered = &fvals[imp.graph.outputs[k].1 as usize];
             let ref_max = r.iter().fold(0.0f64, |m, v| m.max(v.abs()));
-            let d_import = lowered.iter().zip(r).fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
+            let d_import = lowered
+                .iter()
+                .zip(r)
+                .fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
             let tol = 1e-3 * ref_max.max(1.0);
             if d_import > tol || lowered.len() != r.len() {
-                return Err(CompileError::ImportMismatch { output: o.name.clone(), diff: d_import, tol });
+                return Err(CompileError::ImportMismatch {
+                    output: o.name.clone(),
+                    diff: d_import,
+                    tol,
+                });
             }
             import_diff = import_diff.max(d_import);
             let a = &mut acc[k];
@@ -104,11 +129,23 @@ pub fn evaluate(
                 a.2 += e;
                 a.3 += 1;
             }
-            let row = model.value(o.value).and_then(|v| v.shape.last().copied()).unwrap_or(1) as usize;
+            let row = model
+                .value(o.value)
+                .and_then(|v| v.shape.last().copied())
+                .unwrap_or(1) as usize;
             if row >= 2 {
                 for (gr, tr) in got.chunks(row).zip(r.chunks(row)) {
                     let am = |x: &[f64]| {
-                        x.iter().enumerate().fold((0usize, f64::NEG_INFINITY), |b, (i, &v)| if v > b.1 { (i, v) } else { b }).0
+                        x.iter()
+                            .enumerate()
+                            .fold((0usize, f64::NEG_INFINITY), |b, (i, &v)| {
+                                if v > b.1 {
+                                    (i, v)
+                                } else {
+                                    b
+                                }
+                            })
+                            .0
                     };
                     a.4 += (am(gr) == am(tr)) as usize;
                     a.5 += 1;

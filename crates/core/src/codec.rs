@@ -124,12 +124,18 @@ impl<'a> Reader<'a> {
     }
     /// An [`DecodeError::Invalid`] at the current offset.
     pub fn invalid(&self, what: impl Into<String>) -> DecodeError {
-        DecodeError::Invalid { at: self.pos, what: what.into() }
+        DecodeError::Invalid {
+            at: self.pos,
+            what: what.into(),
+        }
     }
     /// Take `n` raw bytes.
     pub fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
         if self.remaining() < n {
-            return Err(DecodeError::Truncated { at: self.pos, need: n - self.remaining() });
+            return Err(DecodeError::Truncated {
+                at: self.pos,
+                need: n - self.remaining(),
+            });
         }
         let s = &self.buf[self.pos..self.pos + n];
         self.pos += n;
@@ -178,8 +184,10 @@ impl<'a> Reader<'a> {
     pub fn str(&mut self) -> Result<String, DecodeError> {
         let at = self.pos;
         let b = self.bytes()?;
-        String::from_utf8(b.to_vec())
-            .map_err(|_| DecodeError::Invalid { at, what: "string is not UTF-8".into() })
+        String::from_utf8(b.to_vec()).map_err(|_| DecodeError::Invalid {
+            at,
+            what: "string is not UTF-8".into(),
+        })
     }
     /// Read a count then that many elements; the count is checked against the bytes left first.
     pub fn i32s(&mut self) -> Result<Vec<i32>, DecodeError> {
@@ -197,7 +205,10 @@ impl<'a> Reader<'a> {
         let n = self.u32()? as usize;
         let need = n.saturating_mul(elem_size);
         if need > self.remaining() {
-            return Err(DecodeError::Truncated { at, need: need - self.remaining() });
+            return Err(DecodeError::Truncated {
+                at,
+                need: need - self.remaining(),
+            });
         }
         Ok(n)
     }
@@ -242,6 +253,9 @@ mod tests {
     fn huge_count_is_truncation_not_allocation() {
         let bytes = [0xff, 0xff, 0xff, 0xff, 1, 2];
         let mut r = Reader::new(&bytes);
-        assert!(matches!(r.i32s(), Err(DecodeError::Truncated { at: 0, .. })));
+        assert!(matches!(
+            r.i32s(),
+            Err(DecodeError::Truncated { at: 0, .. })
+        ));
     }
 }

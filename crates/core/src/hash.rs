@@ -131,6 +131,9 @@ mod tests {
         assert_eq!(h.to_hex().parse::<Hash>(), Ok(h));
         assert_eq!(h.to_hex()[2..].parse::<Hash>(), Ok(h));
         assert_eq!("0x12".parse::<Hash>(), Err(ParseHashError));
-        assert_eq!(format!("0x{}", "zz".repeat(32)).parse::<Hash>(), Err(ParseHashError));
+        assert_eq!(
+            format!("0x{}", "zz".repeat(32)).parse::<Hash>(),
+            Err(ParseHashError)
+        );
     }
 }

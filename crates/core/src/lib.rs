@@ -12,7 +12,6 @@ pub mod merkle;
 pub use codec::{DecodeError, Reader, Writer};
 pub use hash::{keccak256, Hash, Keccak};
 pub use merkle::{
-    elements_root, merkle_proof, merkle_root, root_from_path, tree_depth, verify_element, verify_proof,
-    ElementProof,
-    ELEMENTS_PER_LEAF,
+    elements_root, merkle_proof, merkle_root, root_from_path, tree_depth, verify_element,
+    verify_proof, ElementProof, ELEMENTS_PER_LEAF,
 };

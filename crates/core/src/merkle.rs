@@ -69,7 +69,11 @@ pub fn verify_proof(leaf: Hash, index: usize, path: &[Hash], root: Hash) -> bool
     let mut acc = leaf;
     let mut i = index;
     for sib in path {
-        acc = if i & 1 == 0 { parent(&acc, sib) } else { parent(sib, &acc) };
+        acc = if i & 1 == 0 {
+            parent(&acc, sib)
+        } else {
+            parent(sib, &acc)
+        };
         i >>= 1;
     }
     acc == root
@@ -87,7 +91,9 @@ pub fn pack_word(elems: &[i32], w: usize) -> [u8; 32] {
 
 fn element_leaves(elems: &[i32]) -> Vec<Hash> {
     let words = elems.len().div_ceil(ELEMENTS_PER_LEAF);
-    (0..words).map(|w| keccak256(&pack_word(elems, w))).collect()
+    (0..words)
+        .map(|w| keccak256(&pack_word(elems, w)))
+        .collect()
 }
 
 fn bind_len(len: usize, tree: Hash) -> Hash {
@@ -157,7 +163,11 @@ pub fn root_from_path(leaf: Hash, index: usize, n: usize, path: &[Hash]) -> Opti
     let mut acc = leaf;
     let mut i = index;
     for sib in path {
-        acc = if i & 1 == 0 { parent(&acc, sib) } else { parent(sib, &acc) };
+        acc = if i & 1 == 0 {
+            parent(&acc, sib)
+        } else {
+            parent(sib, &acc)
+        };
         i >>= 1;
     }
     Some(acc)

@@ -43,7 +43,13 @@ pub fn broadcast_strides(out: &[usize], inp: &[usize]) -> Vec<usize> {
     let s = strides(inp);
     let off = out.len() - inp.len();
     (0..out.len())
-        .map(|i| if i < off || inp[i - off] == 1 { 0 } else { s[i - off] })
+        .map(|i| {
+            if i < off || inp[i - off] == 1 {
+                0
+            } else {
+                s[i - off]
+            }
+        })
         .collect()
 }
 
@@ -91,22 +97,51 @@ pub struct Trace {
     pub tensors: Vec<Vec<i32>>,
 }
 
+/// Per-node preparation of the fast executor (constant operands packed once).
+enum Prepared {
+    None,
+    Ein(kernels::EinPlan, Option<kernels::Packed>, Option<kernels::Packed>),
+}
+
 /// Runs models.
 pub struct Executor<'m> {
     model: &'m Model,
     mode: Mode,
+    prepared: Vec<Prepared>,
 }
 
 impl<'m> Executor<'m> {
-    /// An executor for a validated model.
+    /// An executor for a validated model. In fast mode, constant matrix operands are packed here, once.
     pub fn new(model: &'m Model, mode: Mode) -> Self {
-        Executor { model, mode }
+        let prepared = match mode {
+            Mode::Reference => Vec::new(),
+            Mode::Fast { .. } => model
+                .nodes
+                .iter()
+                .map(|node| match &node.op {
+                    Op::EinSum { a, b, out } => {
+                        let shape = |v: ValueId| model.value(v).map(|i| us(i.shape)).unwrap_or_default();
+                        let (sa, sb, so) = (shape(node.inputs[0]), shape(node.inputs[1]), us(&node.shape));
+                        let spec = EinSpec { a, b, out, a_shape: &sa, b_shape: &sb, out_shape: &so };
+                        let plan = kernels::EinPlan::new(&spec);
+                        let pa = model.const_of(node.inputs[0]).and_then(|c| plan.pack_a(&spec, &c.data));
+                        let pb = model.const_of(node.inputs[1]).and_then(|c| plan.pack_b(&spec, &c.data));
+                        Prepared::Ein(plan, pa, pb)
+                    }
+                    _ => Prepared::None,
+                })
+                .collect(),
+        };
+        Executor { model, mode, prepared }
     }
 
     fn check_inputs(&self, inputs: &[Vec<i32>]) -> Result<(), ExecError> {
         let m = self.model;
         if inputs.len() != m.inputs.len() {
-            return Err(ExecError::InputCount { expected: m.inputs.len(), got: inputs.len() });
+            return Err(ExecError::InputCount {
+                expected: m.inputs.len(),
+                got: inputs.len(),
+            });
         }
         for (spec, t) in m.inputs.iter().zip(inputs) {
             if numel(&spec.shape) != t.len() as u64 {
@@ -159,18 +194,23 @@ impl<'m> Executor<'m> {
         let mut vals: Vec<Option<Vec<i32>>> = Vec::with_capacity(m.value_count());
         vals.extend(inputs.into_iter().map(Some));
         vals.extend(m.consts.iter().map(|_| None));
-        for node in &m.nodes {
-            let out = self.eval_node(node, &vals).map_err(|e| ExecError::AtNode {
+        let profile = std::env::var_os("VERITY_PROFILE").is_some();
+        for (k, node) in m.nodes.iter().enumerate() {
+            let t0 = profile.then(std::time::Instant::now);
+            let out = self.eval_node(k, node, &vals).map_err(|e| ExecError::AtNode {
                 node: node.name.clone(),
                 op: node.op.name(),
                 error: Box::new(e),
             })?;
+            if let Some(t0) = t0 {
+                eprintln!("{:>10.1} us  {:<10} {}", t0.elapsed().as_secs_f64() * 1e6, node.op.name(), node.name);
+            }
             vals.push(Some(out));
         }
         Ok(vals)
     }
 
-    fn eval_node(&self, node: &Node, vals: &[Option<Vec<i32>>]) -> Result<Vec<i32>, ExecError> {
+    fn eval_node(&self, k: usize, node: &Node, vals: &[Option<Vec<i32>>]) -> Result<Vec<i32>, ExecError> {
         let m = self.model;
         let get = |v: ValueId| -> &[i32] {
             match m.const_of(v) {
@@ -178,7 +218,11 @@ impl<'m> Executor<'m> {
                 None => vals[v as usize].as_deref().unwrap_or(&[]),
             }
         };
-        let info = |v: ValueId| m.value(v).map(|i| (us(i.shape), i.scale as i32)).unwrap_or_default();
+        let info = |v: ValueId| {
+            m.value(v)
+                .map(|i| (us(i.shape), i.scale as i32))
+                .unwrap_or_default()
+        };
         let xs: Vec<&[i32]> = node.inputs.iter().map(|&v| get(v)).collect();
         let infos: Vec<(Vec<usize>, i32)> = node.inputs.iter().map(|&v| info(v)).collect();
         let out_shape = us(&node.shape);
@@ -187,44 +231,87 @@ impl<'m> Executor<'m> {
         match &node.op {
             Op::EinSum { a, b, out } => {
                 let acc = sc0 + infos[1].1;
-                let bias = xs.get(2).map(|d| (*d, infos[2].0.as_slice(), acc - infos[2].1));
-                let spec = EinSpec { a, b, out, a_shape: s0, b_shape: &infos[1].0, out_shape: &out_shape };
+                let bias = xs
+                    .get(2)
+                    .map(|d| (*d, infos[2].0.as_slice(), acc - infos[2].1));
+                let spec = EinSpec {
+                    a,
+                    b,
+                    out,
+                    a_shape: s0,
+                    b_shape: &infos[1].0,
+                    out_shape: &out_shape,
+                };
                 let shift = acc - so;
                 match self.mode {
                     Mode::Reference => einsum_reference(&spec, xs[0], xs[1], bias, shift),
-                    Mode::Fast { threads } => kernels::einsum(&spec, xs[0], xs[1], bias, shift, threads),
+                    Mode::Fast { threads } => match self.prepared.get(k) {
+                        Some(Prepared::Ein(plan, pa, pb)) => {
+                            plan.run(&spec, xs[0], xs[1], pa.as_ref(), pb.as_ref(), bias, shift, threads)
+                        }
+                        _ => kernels::EinPlan::new(&spec).run(&spec, xs[0], xs[1], None, None, bias, shift, threads),
+                    },
                 }
             }
             Op::Conv2d { window, groups } => {
                 let bias = xs.get(2).map(|d| (*d, sc0 + infos[1].1 - infos[2].1));
-                let spec = ConvSpec { x: s0, w: &infos[1].0, window, groups: *groups as usize, out: &out_shape };
+                let spec = ConvSpec {
+                    x: s0,
+                    w: &infos[1].0,
+                    window,
+                    groups: *groups as usize,
+                    out: &out_shape,
+                };
                 let shift = sc0 + infos[1].1 - so;
                 match self.mode {
                     Mode::Reference => conv_reference(&spec, xs[0], xs[1], bias, shift),
-                    Mode::Fast { threads } => kernels::conv2d(&spec, xs[0], xs[1], bias, shift, threads),
+                    Mode::Fast { threads } => {
+                        kernels::conv2d(&spec, xs[0], xs[1], bias, shift, threads)
+                    }
                 }
             }
-            Op::Add | Op::Sub | Op::Mul | Op::Div | Op::Max | Op::Min => {
-                binary(&node.op, xs[0], s0, sc0, xs[1], &infos[1].0, infos[1].1, &out_shape, so)
-            }
+            Op::Add | Op::Sub | Op::Mul | Op::Div | Op::Max | Op::Min => binary(
+                &node.op,
+                xs[0],
+                s0,
+                sc0,
+                xs[1],
+                &infos[1].0,
+                infos[1].1,
+                &out_shape,
+                so,
+            ),
             Op::Clamp { lo, hi } => {
                 let k = sc0 - so;
-                Ok(xs[0].iter().map(|&v| rshift(v as i128, k).clamp(*lo as i128, *hi as i128) as i32).collect())
+                Ok(xs[0]
+                    .iter()
+                    .map(|&v| rshift(v as i128, k).clamp(*lo as i128, *hi as i128) as i32)
+                    .collect())
             }
-            Op::LeakyRelu { alpha_q, alpha_scale } => {
+            Op::LeakyRelu {
+                alpha_q,
+                alpha_scale,
+            } => {
                 let kp = sc0 - so;
                 let kn = sc0 + *alpha_scale as i32 - so;
                 xs[0]
                     .iter()
                     .map(|&v| {
                         let v = v as i128;
-                        fit(if v >= 0 { rshift(v, kp) } else { rshift(v * *alpha_q as i128, kn) })
+                        fit(if v >= 0 {
+                            rshift(v, kp)
+                        } else {
+                            rshift(v * *alpha_q as i128, kn)
+                        })
                     })
                     .collect()
             }
             Op::Lookup { shift, lo } => {
                 let t = xs[1];
-                Ok(xs[0].iter().map(|&v| t[table_index(v as i128, *shift, *lo, t.len())]).collect())
+                Ok(xs[0]
+                    .iter()
+                    .map(|&v| t[table_index(v as i128, *shift, *lo, t.len())])
+                    .collect())
             }
             Op::Rescale => map_rescale(xs[0], sc0 - so),
             Op::Sqrt => {
@@ -261,23 +348,39 @@ impl<'m> Executor<'m> {
                 xs[0]
                     .iter()
                     .map(|&v| {
-                        let (num, den) = if e >= 0 { (1i128 << e, v as i128) } else { (1, (v as i128) << -e) };
+                        let (num, den) = if e >= 0 {
+                            (1i128 << e, v as i128)
+                        } else {
+                            (1, (v as i128) << -e)
+                        };
                         fit(div_round(num, den)?)
                     })
                     .collect()
             }
             Op::Reduce { kind, axes } => reduce(*kind, axes, xs[0], s0, sc0, so),
-            Op::Softmax { axis, shift, lo } => softmax(xs[0], s0, *axis as usize, *shift, *lo, xs[1], so),
-            Op::MaxPool2d { window } => pool(xs[0], s0, window, &out_shape, None, sc0 - so),
-            Op::AvgPool2d { window, count_include_pad } => {
-                pool(xs[0], s0, window, &out_shape, Some(*count_include_pad), sc0 - so)
+            Op::Softmax { axis, shift, lo } => {
+                softmax(xs[0], s0, *axis as usize, *shift, *lo, xs[1], so)
             }
+            Op::MaxPool2d { window } => pool(xs[0], s0, window, &out_shape, None, sc0 - so),
+            Op::AvgPool2d {
+                window,
+                count_include_pad,
+            } => pool(
+                xs[0],
+                s0,
+                window,
+                &out_shape,
+                Some(*count_include_pad),
+                sc0 - so,
+            ),
             Op::Reshape => map_rescale(xs[0], sc0 - so),
             Op::Transpose { perm } => {
                 let st = strides(s0);
                 let perm_strides: Vec<usize> = perm.iter().map(|&p| st[p as usize]).collect();
                 let mut out = vec![0i32; out_shape.iter().product()];
-                for_each_index(&out_shape, &[perm_strides], |flat, o| out[flat] = xs[0][o[0]]);
+                for_each_index(&out_shape, &[perm_strides], |flat, o| {
+                    out[flat] = xs[0][o[0]]
+                });
                 map_rescale(&out, sc0 - so)
             }
             Op::Concat { axis } => {
@@ -298,7 +401,9 @@ impl<'m> Executor<'m> {
                 }
                 Ok(out)
             }
-            Op::Slice { axis, start, step, .. } => {
+            Op::Slice {
+                axis, start, step, ..
+            } => {
                 let ax = *axis as usize;
                 let mut st = strides(s0);
                 let base = *start as usize * st[ax];
@@ -315,9 +420,16 @@ impl<'m> Executor<'m> {
                 let mut out = Vec::with_capacity(out_shape.iter().product());
                 for o in 0..outer {
                     for &i in xs[1] {
-                        let j = if i < 0 { i as i64 + dim as i64 } else { i as i64 };
+                        let j = if i < 0 {
+                            i as i64 + dim as i64
+                        } else {
+                            i as i64
+                        };
                         if j < 0 || j >= dim as i64 {
-                            return Err(ExecError::IndexOutOfRange { index: i as i64, size: dim });
+                            return Err(ExecError::IndexOutOfRange {
+                                index: i as i64,
+                                size: dim,
+                            });
                         }
                         let at = (o * dim + j as usize) * inner;
                         out.extend_from_slice(&xs[0][at..at + inner]);
@@ -354,7 +466,10 @@ fn binary(
 ) -> Result<Vec<i32>, ExecError> {
     let n: usize = out_shape.iter().product();
     let mut out = vec![0i32; n];
-    let st = [broadcast_strides(out_shape, sa_shape), broadcast_strides(out_shape, sb_shape)];
+    let st = [
+        broadcast_strides(out_shape, sa_shape),
+        broadcast_strides(out_shape, sb_shape),
+    ];
     let s = sa.max(sb);
     let (la, lb) = (s - sa, s - sb);
     let mut err = None;
@@ -386,9 +501,19 @@ fn binary(
     }
 }
 
-fn reduce(kind: ReduceKind, axes: &[u32], x: &[i32], shape: &[usize], si: i32, so: i32) -> Result<Vec<i32>, ExecError> {
-    let out_shape: Vec<usize> =
-        shape.iter().enumerate().map(|(i, &d)| if axes.contains(&(i as u32)) { 1 } else { d }).collect();
+fn reduce(
+    kind: ReduceKind,
+    axes: &[u32],
+    x: &[i32],
+    shape: &[usize],
+    si: i32,
+    so: i32,
+) -> Result<Vec<i32>, ExecError> {
+    let out_shape: Vec<usize> = shape
+        .iter()
+        .enumerate()
+        .map(|(i, &d)| if axes.contains(&(i as u32)) { 1 } else { d })
+        .collect();
     let n_out: usize = out_shape.iter().product();
     let count: usize = axes.iter().map(|&a| shape[a as usize]).product();
     // Accumulate in input order; the result of each reduction is order-independent.
@@ -399,7 +524,9 @@ fn reduce(kind: ReduceKind, axes: &[u32], x: &[i32], shape: &[usize], si: i32, s
     };
     let mut acc = vec![init; n_out];
     let ost = strides(&out_shape);
-    let to_out: Vec<usize> = (0..shape.len()).map(|i| if out_shape[i] == 1 { 0 } else { ost[i] }).collect();
+    let to_out: Vec<usize> = (0..shape.len())
+        .map(|i| if out_shape[i] == 1 { 0 } else { ost[i] })
+        .collect();
     for_each_index(shape, &[to_out], |flat, o| {
         let v = x[flat] as i128;
         let a = &mut acc[o[0]];
@@ -417,7 +544,11 @@ fn reduce(kind: ReduceKind, axes: &[u32], x: &[i32], shape: &[usize], si: i32, s
             match kind {
                 ReduceKind::Mean => {
                     let e = so - si;
-                    let (num, den) = if e >= 0 { (a << e, count as i128) } else { (a, (count as i128) << -e) };
+                    let (num, den) = if e >= 0 {
+                        (a << e, count as i128)
+                    } else {
+                        (a, (count as i128) << -e)
+                    };
                     fit(div_round(num, den)?)
                 }
                 _ => fit(rshift(a, si - so)),
@@ -477,12 +608,14 @@ fn pool(
                 let mut sum = 0i128;
                 let mut valid = 0i128;
                 for ky in 0..w.kernel[0] as i64 {
-                    let iy = oy as i64 * w.stride[0] as i64 + ky * w.dilation[0] as i64 - w.pads[0] as i64;
+                    let iy = oy as i64 * w.stride[0] as i64 + ky * w.dilation[0] as i64
+                        - w.pads[0] as i64;
                     if iy < 0 || iy >= h {
                         continue;
                     }
                     for kx in 0..w.kernel[1] as i64 {
-                        let ix = ox as i64 * w.stride[1] as i64 + kx * w.dilation[1] as i64 - w.pads[1] as i64;
+                        let ix = ox as i64 * w.stride[1] as i64 + kx * w.dilation[1] as i64
+                            - w.pads[1] as i64;
                         if ix < 0 || ix >= wd {
                             continue;
                         }
@@ -500,7 +633,11 @@ fn pool(
                             0
                         } else {
                             let e = -k;
-                            let (num, den) = if e >= 0 { (sum << e, count) } else { (sum, count << -e) };
+                            let (num, den) = if e >= 0 {
+                                (sum << e, count)
+                            } else {
+                                (sum, count << -e)
+                            };
                             fit(div_round(num, den)?)?
                         }
                     }
@@ -532,7 +669,11 @@ impl EinSpec<'_> {
     /// Size of every label (max over operands, so size-1 axes broadcast).
     pub fn label_sizes(&self) -> [usize; 256] {
         let mut size = [1usize; 256];
-        for (labels, shape) in [(self.a, self.a_shape), (self.b, self.b_shape), (self.out, self.out_shape)] {
+        for (labels, shape) in [
+            (self.a, self.a_shape),
+            (self.b, self.b_shape),
+            (self.out, self.out_shape),
+        ] {
             for (&l, &d) in labels.iter().zip(shape) {
                 size[l as usize] = size[l as usize].max(d);
             }
@@ -642,15 +783,18 @@ pub(crate) fn conv_reference(
                     for ci in 0..cg {
                         let ch = g * cg + ci;
                         for ky in 0..kh {
-                            let iy = oy as i64 * win.stride[0] as i64 + ky as i64 * win.dilation[0] as i64
+                            let iy = oy as i64 * win.stride[0] as i64
+                                + ky as i64 * win.dilation[0] as i64
                                 - win.pads[0] as i64;
                             for kx in 0..kw {
-                                let ix = ox as i64 * win.stride[1] as i64 + kx as i64 * win.dilation[1] as i64
+                                let ix = ox as i64 * win.stride[1] as i64
+                                    + kx as i64 * win.dilation[1] as i64
                                     - win.pads[1] as i64;
                                 if iy < 0 || iy >= h || ix < 0 || ix >= wd {
                                     continue; // zero padding
                                 }
-                                let xv = x[((b * c + ch) * s.x[2] + iy as usize) * s.x[3] + ix as usize];
+                                let xv =
+                                    x[((b * c + ch) * s.x[2] + iy as usize) * s.x[3] + ix as usize];
                                 let wv = w[((o * cg + ci) * kh + ky) * kw + kx];
                                 acc += xv as i128 * wv as i128;
                             }

@@ -24,7 +24,12 @@ pub enum TensorIoError {
     Npy(String),
 }
 
-fn nested(v: &serde_json::Value, shape: &mut Vec<usize>, depth: usize, out: &mut Vec<f64>) -> Result<(), String> {
+fn nested(
+    v: &serde_json::Value,
+    shape: &mut Vec<usize>,
+    depth: usize,
+    out: &mut Vec<f64>,
+) -> Result<(), String> {
     match v {
         serde_json::Value::Array(items) => {
             if depth == shape.len() {
@@ -61,17 +66,28 @@ pub fn tensor_from_json(v: &serde_json::Value) -> Result<FloatTensor, TensorIoEr
         let shape = obj
             .get("shape")
             .and_then(|s| s.as_array())
-            .ok_or_else(|| TensorIoError::Json("tensor object needs \"shape\" and \"data\"".into()))?
+            .ok_or_else(|| {
+                TensorIoError::Json("tensor object needs \"shape\" and \"data\"".into())
+            })?
             .iter()
-            .map(|d| d.as_u64().map(|d| d as usize).ok_or_else(|| TensorIoError::Json("shape must hold non-negative integers".into())))
+            .map(|d| {
+                d.as_u64().map(|d| d as usize).ok_or_else(|| {
+                    TensorIoError::Json("shape must hold non-negative integers".into())
+                })
+            })
             .collect::<Result<Vec<_>, _>>()?;
-        let data_v = obj.get("data").ok_or_else(|| TensorIoError::Json("tensor object needs \"data\"".into()))?;
+        let data_v = obj
+            .get("data")
+            .ok_or_else(|| TensorIoError::Json("tensor object needs \"data\"".into()))?;
         let mut data = Vec::new();
         let mut flat_shape = Vec::new();
         nested(data_v, &mut flat_shape, 0, &mut data).map_err(TensorIoError::Json)?;
         let n = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
         if n != Some(data.len()) {
-            return Err(TensorIoError::Json(format!("shape {shape:?} needs {n:?} values, data has {}", data.len())));
+            return Err(TensorIoError::Json(format!(
+                "shape {shape:?} needs {n:?} values, data has {}",
+                data.len()
+            )));
         }
         return Ok(FloatTensor { shape, data });
     }
@@ -84,8 +100,11 @@ pub fn tensor_from_json(v: &serde_json::Value) -> Result<FloatTensor, TensorIoEr
 /// Parse a JSON document of named inputs: `{"name": tensor, ...}`; a single bare tensor is accepted for
 /// one-input models. Returns the tensors in the model's input order.
 pub fn inputs_from_json(model: &Model, text: &str) -> Result<Vec<FloatTensor>, TensorIoError> {
-    let v: serde_json::Value = serde_json::from_str(text).map_err(|e| TensorIoError::Json(e.to_string()))?;
-    let is_tensor_obj = v.as_object().is_some_and(|o| o.contains_key("shape") && o.contains_key("data"));
+    let v: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| TensorIoError::Json(e.to_string()))?;
+    let is_tensor_obj = v
+        .as_object()
+        .is_some_and(|o| o.contains_key("shape") && o.contains_key("data"));
     if v.is_array() || is_tensor_obj {
         if model.inputs.len() != 1 {
             return Err(TensorIoError::Json(format!(
@@ -95,10 +114,14 @@ pub fn inputs_from_json(model: &Model, text: &str) -> Result<Vec<FloatTensor>, T
         }
         return Ok(vec![tensor_from_json(&v)?]);
     }
-    let obj = v.as_object().ok_or_else(|| TensorIoError::Json("expected an object keyed by input name".into()))?;
+    let obj = v
+        .as_object()
+        .ok_or_else(|| TensorIoError::Json("expected an object keyed by input name".into()))?;
     for k in obj.keys() {
         if !model.inputs.iter().any(|i| &i.name == k) {
-            return Err(TensorIoError::Json(format!("the model has no input named '{k}'")));
+            return Err(TensorIoError::Json(format!(
+                "the model has no input named '{k}'"
+            )));
         }
     }
     model
@@ -120,10 +143,15 @@ pub fn tensor_from_npy(bytes: &[u8]) -> Result<FloatTensor, TensorIoError> {
     }
     let (hlen, start): (usize, usize) = match bytes[6] {
         1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
-        2 | 3 if bytes.len() >= 12 => (u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize, 12),
+        2 | 3 if bytes.len() >= 12 => (
+            u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
+            12,
+        ),
         _ => return Err(err("unsupported format version")),
     };
-    let header = bytes.get(start..start.saturating_add(hlen)).ok_or_else(|| err("truncated header"))?;
+    let header = bytes
+        .get(start..start.saturating_add(hlen))
+        .ok_or_else(|| err("truncated header"))?;
     let header = std::str::from_utf8(header).map_err(|_| err("header is not text"))?;
     let field = |key: &str| -> Option<&str> {
         let at = header.find(&format!("'{key}'"))? + key.len() + 2;
@@ -131,20 +159,29 @@ pub fn tensor_from_npy(bytes: &[u8]) -> Result<FloatTensor, TensorIoError> {
         Some(rest)
     };
     let descr = field("descr").ok_or_else(|| err("header lacks descr"))?;
-    let descr = descr.strip_prefix('\'').and_then(|d| d.split('\'').next()).ok_or_else(|| err("bad descr"))?;
+    let descr = descr
+        .strip_prefix('\'')
+        .and_then(|d| d.split('\'').next())
+        .ok_or_else(|| err("bad descr"))?;
     let fortran = field("fortran_order").ok_or_else(|| err("header lacks fortran_order"))?;
     if fortran.starts_with("True") {
         return Err(err("Fortran-ordered arrays are not supported"));
     }
     let shape_s = field("shape").ok_or_else(|| err("header lacks shape"))?;
-    let shape_s = shape_s.strip_prefix('(').and_then(|s| s.split(')').next()).ok_or_else(|| err("bad shape"))?;
+    let shape_s = shape_s
+        .strip_prefix('(')
+        .and_then(|s| s.split(')').next())
+        .ok_or_else(|| err("bad shape"))?;
     let shape = shape_s
         .split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())
         .map(|s| s.parse::<usize>().map_err(|_| err("bad shape")))
         .collect::<Result<Vec<_>, _>>()?;
-    let n = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or_else(|| err("shape too large"))?;
+    let n = shape
+        .iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .ok_or_else(|| err("shape too large"))?;
     let body = &bytes[start + hlen..];
     let (endian, kind) = descr.split_at(1);
     let little = match endian {
@@ -152,9 +189,16 @@ pub fn tensor_from_npy(bytes: &[u8]) -> Result<FloatTensor, TensorIoError> {
         ">" => false,
         _ => return Err(err("bad byte order")),
     };
-    let width: usize = kind.get(1..).and_then(|w| w.parse().ok()).ok_or_else(|| err("bad dtype"))?;
+    let width: usize = kind
+        .get(1..)
+        .and_then(|w| w.parse().ok())
+        .ok_or_else(|| err("bad dtype"))?;
     if body.len() != n.saturating_mul(width) {
-        return Err(err(&format!("shape {shape:?} of {descr} needs {} data bytes, file has {}", n * width, body.len())));
+        return Err(err(&format!(
+            "shape {shape:?} of {descr} needs {} data bytes, file has {}",
+            n * width,
+            body.len()
+        )));
     }
     let mut data = Vec::with_capacity(n);
     for c in body.chunks_exact(width.max(1)) {
@@ -200,7 +244,14 @@ fn half_to_f64(h: u16) -> f64 {
 pub fn tensor_to_npy(t: &FloatTensor) -> Vec<u8> {
     let shape = match t.shape.len() {
         1 => format!("({},)", t.shape[0]),
-        _ => format!("({})", t.shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")),
+        _ => format!(
+            "({})",
+            t.shape
+                .iter()
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
     };
     let mut header = format!("{{'descr': '<f8', 'fortran_order': False, 'shape': {shape}, }}");
     while (10 + header.len() + 1) % 64 != 0 {
@@ -223,7 +274,10 @@ pub fn quantize_value(x: f64, scale: i8) -> Result<i32, String> {
     }
     let v = (x * 2f64.powi(scale as i32) + 0.5).floor();
     if v < i32::MIN as f64 || v > i32::MAX as f64 {
-        return Err(format!("{x} is outside the representable range ±{} at scale 2^-{scale}", 2f64.powi(31 - scale as i32)));
+        return Err(format!(
+            "{x} is outside the representable range ±{} at scale 2^-{scale}",
+            2f64.powi(31 - scale as i32)
+        ));
     }
     Ok(v as i32)
 }
@@ -231,7 +285,10 @@ pub fn quantize_value(x: f64, scale: i8) -> Result<i32, String> {
 /// Quantize user inputs onto the model's inputs (shapes must match exactly; a missing leading 1 is tolerated).
 pub fn quantize_inputs(model: &Model, inputs: &[FloatTensor]) -> Result<Vec<Vec<i32>>, ExecError> {
     if inputs.len() != model.inputs.len() {
-        return Err(ExecError::InputCount { expected: model.inputs.len(), got: inputs.len() });
+        return Err(ExecError::InputCount {
+            expected: model.inputs.len(),
+            got: inputs.len(),
+        });
     }
     model
         .inputs
@@ -242,13 +299,21 @@ pub fn quantize_inputs(model: &Model, inputs: &[FloatTensor]) -> Result<Vec<Vec<
             let squeezed: Vec<usize> = want.iter().copied().skip_while(|&d| d == 1).collect();
             let got_sq: Vec<usize> = t.shape.iter().copied().skip_while(|&d| d == 1).collect();
             if t.shape != want && squeezed != got_sq {
-                return Err(ExecError::InputShape { name: spec.name.clone(), expected: want, got: t.shape.clone() });
+                return Err(ExecError::InputShape {
+                    name: spec.name.clone(),
+                    expected: want,
+                    got: t.shape.clone(),
+                });
             }
             t.data
                 .iter()
                 .enumerate()
                 .map(|(i, &x)| {
-                    let bad = |what: String| ExecError::InputValue { name: spec.name.clone(), index: i, what };
+                    let bad = |what: String| ExecError::InputValue {
+                        name: spec.name.clone(),
+                        index: i,
+                        what,
+                    };
                     match spec.kind {
                         InputKind::Int => {
                             if !x.is_finite() || x.fract() != 0.0 || x.abs() > i32::MAX as f64 {

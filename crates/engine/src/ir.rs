@@ -90,8 +90,22 @@ impl Window {
             u32::try_from((padded - span) / s as u64 + 1).ok()
         };
         Some((
-            dim(h, self.kernel[0], self.stride[0], self.dilation[0], self.pads[0], self.pads[2])?,
-            dim(w, self.kernel[1], self.stride[1], self.dilation[1], self.pads[1], self.pads[3])?,
+            dim(
+                h,
+                self.kernel[0],
+                self.stride[0],
+                self.dilation[0],
+                self.pads[0],
+                self.pads[2],
+            )?,
+            dim(
+                w,
+                self.kernel[1],
+                self.stride[1],
+                self.dilation[1],
+                self.pads[1],
+                self.pads[3],
+            )?,
         ))
     }
 }
@@ -303,8 +317,16 @@ pub fn broadcast_shapes(a: &[u32], b: &[u32]) -> Option<Vec<u32>> {
     let r = a.len().max(b.len());
     let mut out = vec![0; r];
     for i in 0..r {
-        let da = if i + a.len() >= r { a[i + a.len() - r] } else { 1 };
-        let db = if i + b.len() >= r { b[i + b.len() - r] } else { 1 };
+        let da = if i + a.len() >= r {
+            a[i + a.len() - r]
+        } else {
+            1
+        };
+        let db = if i + b.len() >= r {
+            b[i + b.len() - r]
+        } else {
+            1
+        };
         out[i] = if da == db || db == 1 {
             da
         } else if da == 1 {
@@ -334,19 +356,30 @@ impl Model {
         let nc = self.consts.len();
         if v < ni {
             let i = &self.inputs[v];
-            Some(ValueInfo { shape: &i.shape, scale: i.scale })
+            Some(ValueInfo {
+                shape: &i.shape,
+                scale: i.scale,
+            })
         } else if v < ni + nc {
             let c = &self.consts[v - ni];
-            Some(ValueInfo { shape: &c.shape, scale: c.scale })
+            Some(ValueInfo {
+                shape: &c.shape,
+                scale: c.scale,
+            })
         } else {
             let n = self.nodes.get(v - ni - nc)?;
-            Some(ValueInfo { shape: &n.shape, scale: n.scale })
+            Some(ValueInfo {
+                shape: &n.shape,
+                scale: n.scale,
+            })
         }
     }
 
     /// The constant behind value `v`, if it is one.
     pub fn const_of(&self, v: ValueId) -> Option<&Const> {
-        (v as usize).checked_sub(self.inputs.len()).and_then(|i| self.consts.get(i))
+        (v as usize)
+            .checked_sub(self.inputs.len())
+            .and_then(|i| self.consts.get(i))
     }
 
     /// Number of weight parameters (constant elements).
@@ -360,7 +393,10 @@ impl Model {
         let bad = |at: String, what: String| ModelError::Invalid { at, what };
         let check_shape = |at: &str, shape: &[u32]| -> Result<(), ModelError> {
             if shape.len() > MAX_RANK {
-                return Err(bad(at.into(), format!("rank {} exceeds {MAX_RANK}", shape.len())));
+                return Err(bad(
+                    at.into(),
+                    format!("rank {} exceeds {MAX_RANK}", shape.len()),
+                ));
             }
             if numel(shape) > MAX_ELEMENTS {
                 return Err(bad(at.into(), "tensor too large".into()));
@@ -368,18 +404,27 @@ impl Model {
             Ok(())
         };
         if self.inputs.is_empty() || self.outputs.is_empty() {
-            return Err(bad("model".into(), "needs at least one input and one output".into()));
+            return Err(bad(
+                "model".into(),
+                "needs at least one input and one output".into(),
+            ));
         }
         for (i, inp) in self.inputs.iter().enumerate() {
             check_shape(&format!("input {i}"), &inp.shape)?;
             if inp.kind == InputKind::Int && inp.scale != 0 {
-                return Err(bad(format!("input {i}"), "integer inputs have scale 0".into()));
+                return Err(bad(
+                    format!("input {i}"),
+                    "integer inputs have scale 0".into(),
+                ));
             }
         }
         for (i, c) in self.consts.iter().enumerate() {
             check_shape(&format!("const {i}"), &c.shape)?;
             if numel(&c.shape) != c.data.len() as u64 {
-                return Err(bad(format!("const {i}"), "element count does not match shape".into()));
+                return Err(bad(
+                    format!("const {i}"),
+                    "element count does not match shape".into(),
+                ));
             }
         }
         let first = self.first_node_value();
@@ -390,15 +435,25 @@ impl Model {
             let mut ins = Vec::with_capacity(node.inputs.len());
             for &v in &node.inputs {
                 if v >= me {
-                    return Err(bad(at, format!("input value {v} is not computed before this node")));
+                    return Err(bad(
+                        at,
+                        format!("input value {v} is not computed before this node"),
+                    ));
                 }
-                ins.push(self.value(v).ok_or_else(|| bad(at.clone(), "dangling input".into()))?);
+                ins.push(
+                    self.value(v)
+                        .ok_or_else(|| bad(at.clone(), "dangling input".into()))?,
+                );
             }
-            self.validate_node(node, &ins).map_err(|what| bad(at.clone(), what))?;
+            self.validate_node(node, &ins)
+                .map_err(|what| bad(at.clone(), what))?;
         }
         for o in &self.outputs {
             if o.value as usize >= self.value_count() {
-                return Err(bad(format!("output '{}'", o.name), "refers to no value".into()));
+                return Err(bad(
+                    format!("output '{}'", o.name),
+                    "refers to no value".into(),
+                ));
             }
         }
         Ok(())
@@ -430,12 +485,16 @@ impl Model {
         match &node.op {
             Op::EinSum { a, b, out } => {
                 arity(2, 3)?;
-                if a.len() != ins[0].shape.len() || b.len() != ins[1].shape.len() || out.len() != node.shape.len()
+                if a.len() != ins[0].shape.len()
+                    || b.len() != ins[1].shape.len()
+                    || out.len() != node.shape.len()
                 {
                     return Err("label count differs from rank".into());
                 }
                 let mut size = [0u32; 256];
-                for (labels, shape) in [(a, ins[0].shape), (b, ins[1].shape), (out, &node.shape[..])] {
+                for (labels, shape) in
+                    [(a, ins[0].shape), (b, ins[1].shape), (out, &node.shape[..])]
+                {
                     for (i, (&l, &d)) in labels.iter().zip(shape).enumerate() {
                         if labels[..i].contains(&l) {
                             return Err(format!("label {l} repeated within one operand"));
@@ -450,16 +509,22 @@ impl Model {
                 }
                 for (&l, &d) in out.iter().zip(&node.shape) {
                     if d != size[l as usize] {
-                        return Err(format!("output axis with label {l} must have size {}", size[l as usize]));
+                        return Err(format!(
+                            "output axis with label {l} must have size {}",
+                            size[l as usize]
+                        ));
                     }
                     if !a.contains(&l) && !b.contains(&l) && d != 1 {
-                        return Err(format!("output label {l} is in neither operand and has size {d}"));
+                        return Err(format!(
+                            "output label {l} is in neither operand and has size {d}"
+                        ));
                     }
                 }
                 let acc = ins[0].scale as i32 + ins[1].scale as i32;
                 shift_ok(acc - s_out)?;
                 if let Some(bias) = ins.get(2) {
-                    if broadcast_shapes(&node.shape, bias.shape).as_deref() != Some(&node.shape[..]) {
+                    if broadcast_shapes(&node.shape, bias.shape).as_deref() != Some(&node.shape[..])
+                    {
                         return Err("bias does not broadcast to the output".into());
                     }
                     if (bias.scale as i32) > acc {
@@ -482,7 +547,9 @@ impl Model {
                 if [w[2], w[3]] != window.kernel {
                     return Err("weight kernel size differs from the window".into());
                 }
-                let (oh, ow) = window.output_hw(x[2], x[3]).ok_or("window does not fit the input")?;
+                let (oh, ow) = window
+                    .output_hw(x[2], x[3])
+                    .ok_or("window does not fit the input")?;
                 same_shape(&[x[0], w[0], oh, ow])?;
                 let acc = ins[0].scale as i32 + ins[1].scale as i32;
                 shift_ok(acc - s_out)?;
@@ -499,7 +566,8 @@ impl Model {
             }
             Op::Add | Op::Sub | Op::Mul | Op::Div | Op::Max | Op::Min => {
                 arity(2, 2)?;
-                let shape = broadcast_shapes(ins[0].shape, ins[1].shape).ok_or("operands do not broadcast")?;
+                let shape = broadcast_shapes(ins[0].shape, ins[1].shape)
+                    .ok_or("operands do not broadcast")?;
                 same_shape(&shape)?;
                 let (sa, sb) = (ins[0].scale as i32, ins[1].scale as i32);
                 match node.op {
@@ -529,7 +597,9 @@ impl Model {
                 arity(2, 2)?;
                 same_shape(ins[0].shape)?;
                 shift_ok(*shift)?;
-                let t = self.const_of(node.inputs[1]).ok_or("the table must be a constant")?;
+                let t = self
+                    .const_of(node.inputs[1])
+                    .ok_or("the table must be a constant")?;
                 if t.shape.len() != 1 || t.data.is_empty() {
                     return Err("the table must be a non-empty vector".into());
                 }
@@ -547,19 +617,28 @@ impl Model {
                     Op::Sqrt => shift_ok(2 * s_out - si),
                     Op::Recip => shift_ok(s_out + si),
                     // 2^(2 s_out + s_in) / x stays far inside i128 up to 2^96
-                    _ if (2 * s_out + si).abs() > 96 => Err(format!("rsqrt shift {} outside ±96", 2 * s_out + si)),
+                    _ if (2 * s_out + si).abs() > 96 => {
+                        Err(format!("rsqrt shift {} outside ±96", 2 * s_out + si))
+                    }
                     _ => Ok(()),
                 }
             }
             Op::Reduce { axes, .. } => {
                 arity(1, 1)?;
                 let x = ins[0].shape;
-                if axes.is_empty() || axes.windows(2).any(|w| w[0] >= w[1]) || axes.iter().any(|&a| a as usize >= x.len())
+                if axes.is_empty()
+                    || axes.windows(2).any(|w| w[0] >= w[1])
+                    || axes.iter().any(|&a| a as usize >= x.len())
                 {
-                    return Err("reduce axes must be strictly increasing and within the rank".into());
+                    return Err(
+                        "reduce axes must be strictly increasing and within the rank".into(),
+                    );
                 }
-                let shape: Vec<u32> =
-                    x.iter().enumerate().map(|(i, &d)| if axes.contains(&(i as u32)) { 1 } else { d }).collect();
+                let shape: Vec<u32> = x
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &d)| if axes.contains(&(i as u32)) { 1 } else { d })
+                    .collect();
                 same_shape(&shape)?;
                 shift_ok(ins[0].scale as i32 - s_out)
             }
@@ -570,7 +649,9 @@ impl Model {
                     return Err("axis out of range".into());
                 }
                 shift_ok(*shift)?;
-                let t = self.const_of(node.inputs[1]).ok_or("the exp table must be a constant")?;
+                let t = self
+                    .const_of(node.inputs[1])
+                    .ok_or("the exp table must be a constant")?;
                 if t.shape.len() != 1 || t.data.is_empty() {
                     return Err("the exp table must be a non-empty vector".into());
                 }
@@ -588,7 +669,9 @@ impl Model {
                 if x.len() != 4 {
                     return Err("pooling takes NCHW data".into());
                 }
-                let (oh, ow) = window.output_hw(x[2], x[3]).ok_or("window does not fit the input")?;
+                let (oh, ow) = window
+                    .output_hw(x[2], x[3])
+                    .ok_or("window does not fit the input")?;
                 same_shape(&[x[0], x[1], oh, ow])?;
                 shift_ok(ins[0].scale as i32 - s_out)
             }
@@ -628,7 +711,10 @@ impl Model {
                 shape[ax] = 0;
                 for i in ins {
                     if i.shape.len() != r
-                        || i.shape.iter().enumerate().any(|(k, &d)| k != ax && d != ins[0].shape[k])
+                        || i.shape
+                            .iter()
+                            .enumerate()
+                            .any(|(k, &d)| k != ax && d != ins[0].shape[k])
                     {
                         return Err("inputs differ outside the concatenation axis".into());
                     }
@@ -637,7 +723,12 @@ impl Model {
                 }
                 same_shape(&shape)
             }
-            Op::Slice { axis, start, end, step } => {
+            Op::Slice {
+                axis,
+                start,
+                end,
+                step,
+            } => {
                 arity(1, 1)?;
                 let ax = *axis as usize;
                 let x = ins[0].shape;
@@ -659,7 +750,12 @@ impl Model {
                 if ins[1].scale != 0 {
                     return Err("indices must have scale 0".into());
                 }
-                let shape: Vec<u32> = d[..ax].iter().chain(i.iter()).chain(d[ax + 1..].iter()).copied().collect();
+                let shape: Vec<u32> = d[..ax]
+                    .iter()
+                    .chain(i.iter())
+                    .chain(d[ax + 1..].iter())
+                    .copied()
+                    .collect();
                 same_shape(&shape)?;
                 shift_ok(ins[0].scale as i32 - s_out)
             }

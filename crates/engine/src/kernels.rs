@@ -56,14 +56,26 @@ fn gemm(a: &[i32], b: &[i32], c: &mut [i64], k: usize, n: usize) {
 }
 
 /// `c = a · b` for `batch` independent products, split across `threads` by rows.
-fn batched_gemm(a: &[i32], b: &[i32], batch: usize, m: usize, k: usize, n: usize, threads: usize) -> Vec<i64> {
+fn batched_gemm(
+    a: &[i32],
+    b: &[i32],
+    batch: usize,
+    m: usize,
+    k: usize,
+    n: usize,
+    threads: usize,
+) -> Vec<i64> {
     let mut c = vec![0i64; batch * m * n];
     if n == 0 || m == 0 {
         return c;
     }
     let work = batch * m * k * n;
     let rows = batch * m;
-    let threads = if work >= 1 << 18 { threads.clamp(1, rows) } else { 1 };
+    let threads = if work >= 1 << 18 {
+        threads.clamp(1, rows)
+    } else {
+        1
+    };
     let run_rows = |r0: usize, c: &mut [i64]| {
         // rows r0.. of the flattened (batch, m) space; split at batch boundaries
         let mut r = r0;
@@ -102,17 +114,25 @@ fn batched_gemm(a: &[i32], b: &[i32], batch: usize, m: usize, k: usize, n: usize
 fn pack(x: &[i32], labels: &[u8], shape: &[usize], order: &[u8], sizes: &[usize; 256]) -> Vec<i32> {
     let st = label_strides(labels, shape, order);
     let dims: Vec<usize> = order.iter().map(|&l| sizes[l as usize]).collect();
-    let mut out = vec![0i32; dims.iter().product()];
-    let mut idx = vec![0usize; dims.len()];
-    for o in out.iter_mut() {
-        let mut off = 0;
-        for (ax, &i) in idx.iter().enumerate() {
-            off += i * st[ax];
+    let total: usize = dims.iter().product();
+    let mut out = Vec::with_capacity(total);
+    if total == 0 {
+        return out;
+    }
+    // the innermost axis is copied as a run (contiguous when its stride is 1)
+    let (inner, inner_st) = (dims.last().copied().unwrap_or(1), st.last().copied().unwrap_or(0));
+    let outer_dims = &dims[..dims.len().saturating_sub(1)];
+    let mut idx = vec![0usize; outer_dims.len()];
+    for _ in 0..total / inner {
+        let off: usize = idx.iter().zip(&st).map(|(i, s)| i * s).sum();
+        if inner_st == 1 {
+            out.extend_from_slice(&x[off..off + inner]);
+        } else {
+            out.extend((0..inner).map(|j| x[off + j * inner_st]));
         }
-        *o = x[off];
-        for ax in (0..dims.len()).rev() {
+        for ax in (0..outer_dims.len()).rev() {
             idx[ax] += 1;
-            if idx[ax] < dims[ax] {
+            if idx[ax] < outer_dims[ax] {
                 break;
             }
             idx[ax] = 0;
@@ -121,82 +141,158 @@ fn pack(x: &[i32], labels: &[u8], shape: &[usize], order: &[u8], sizes: &[usize;
     out
 }
 
-/// Fast `EinSum`; falls back to the reference for label patterns it does not pack.
-pub fn einsum(
-    s: &EinSpec<'_>,
-    a: &[i32],
-    b: &[i32],
-    bias: Option<(&[i32], &[usize], i32)>,
-    shift: i32,
-    threads: usize,
-) -> Result<Vec<i32>, ExecError> {
-    let sizes = s.label_sizes();
-    let (mut bl, mut ml, mut nl, mut kl) = (vec![], vec![], vec![], vec![]);
-    let mut packable = true;
-    for &l in s.a.iter().chain(s.b).chain(s.out) {
-        if bl.contains(&l) || ml.contains(&l) || nl.contains(&l) || kl.contains(&l) {
-            continue;
-        }
-        match (s.a.contains(&l), s.b.contains(&l), s.out.contains(&l)) {
-            (true, true, true) => bl.push(l),
-            (true, false, true) => ml.push(l),
-            (false, true, true) => nl.push(l),
-            (true, true, false) => kl.push(l),
-            // a size-1 label outside the four roles changes nothing
-            _ => packable &= sizes[l as usize] == 1,
-        }
-    }
-    let dim = |ls: &[u8]| ls.iter().map(|&l| sizes[l as usize]).product::<usize>();
-    let (bt, m, n, k) = (dim(&bl), dim(&ml), dim(&nl), dim(&kl));
-    let bias_shift = bias.map_or(0, |(_, _, sh)| sh);
-    let bias_max = bias.map_or(0, |(d, _, _)| max_abs(d) << bias_shift.clamp(0, 64));
-    let bound = (k as u128)
-        .saturating_mul(max_abs(a))
-        .saturating_mul(max_abs(b))
-        .saturating_add(bias_max);
-    if !packable || bound >= I64_SAFE {
-        return crate::exec::einsum_reference(s, a, b, bias, shift);
-    }
-    let a_order: Vec<u8> = bl.iter().chain(&ml).chain(&kl).copied().collect();
-    let b_order: Vec<u8> = bl.iter().chain(&kl).chain(&nl).copied().collect();
-    let ap = pack(a, s.a, s.a_shape, &a_order, &sizes);
-    let bp = pack(b, s.b, s.b_shape, &b_order, &sizes);
-    let c = batched_gemm(&ap, &bp, bt, m, k, n, threads);
-    // scatter C (labels batch, m, n) into the output order, adding the bias
-    let c_order: Vec<u8> = bl.iter().chain(&ml).chain(&nl).copied().collect();
-    let out_st = label_strides(s.out, s.out_shape, &c_order);
-    let bias_st = bias.map(|(_, bshape, _)| {
-        // bias axes align with the output's trailing axes
-        let off = s.out.len() - bshape.len();
-        let blabels: Vec<u8> = s.out[off..].to_vec();
-        label_strides(&blabels, bshape, &c_order)
-    });
-    let dims: Vec<usize> = c_order.iter().map(|&l| sizes[l as usize]).collect();
-    let mut out = vec![0i32; s.out_shape.iter().product()];
-    let mut idx = vec![0usize; dims.len()];
-    for &acc in &c {
-        let mut o = 0;
-        let mut bi = 0;
-        for (ax, &i) in idx.iter().enumerate() {
-            o += i * out_st[ax];
-            if let Some(bs) = &bias_st {
-                bi += i * bs[ax];
+/// An operand packed ahead of time (constant weights), with its largest magnitude.
+#[derive(Clone, Debug)]
+pub struct Packed {
+    data: Vec<i32>,
+    max_abs: u128,
+}
+
+/// How an `EinSum` maps onto a batched matrix product; depends only on labels and shapes.
+#[derive(Clone, Debug)]
+pub struct EinPlan {
+    sizes: [usize; 256],
+    packable: bool,
+    a_order: Vec<u8>,
+    b_order: Vec<u8>,
+    c_order: Vec<u8>,
+    bt: usize,
+    m: usize,
+    n: usize,
+    k: usize,
+}
+
+impl EinPlan {
+    /// Classify labels into batch, row, column and contracted roles.
+    pub fn new(s: &EinSpec<'_>) -> EinPlan {
+        let sizes = s.label_sizes();
+        let (mut bl, mut ml, mut nl, mut kl) = (vec![], vec![], vec![], vec![]);
+        let mut packable = true;
+        for &l in s.a.iter().chain(s.b).chain(s.out) {
+            if bl.contains(&l) || ml.contains(&l) || nl.contains(&l) || kl.contains(&l) {
+                continue;
+            }
+            match (s.a.contains(&l), s.b.contains(&l), s.out.contains(&l)) {
+                (true, true, true) => bl.push(l),
+                (true, false, true) => ml.push(l),
+                (false, true, true) => nl.push(l),
+                (true, true, false) => kl.push(l),
+                // a size-1 label outside the four roles changes nothing
+                _ => packable &= sizes[l as usize] == 1,
             }
         }
-        let mut v = acc as i128;
-        if let Some((bd, _, sh)) = bias {
-            v += (bd[bi] as i128) << sh;
-        }
-        out[o] = fit(rshift(v, shift))?;
-        for ax in (0..dims.len()).rev() {
-            idx[ax] += 1;
-            if idx[ax] < dims[ax] {
-                break;
-            }
-            idx[ax] = 0;
+        let dim = |ls: &[u8]| ls.iter().map(|&l| sizes[l as usize]).product::<usize>();
+        EinPlan {
+            sizes,
+            packable,
+            bt: dim(&bl),
+            m: dim(&ml),
+            n: dim(&nl),
+            k: dim(&kl),
+            a_order: bl.iter().chain(&ml).chain(&kl).copied().collect(),
+            b_order: bl.iter().chain(&kl).chain(&nl).copied().collect(),
+            c_order: bl.iter().chain(&ml).chain(&nl).copied().collect(),
         }
     }
-    Ok(out)
+
+    /// Pack a constant `a` operand ahead of time.
+    pub fn pack_a(&self, s: &EinSpec<'_>, a: &[i32]) -> Option<Packed> {
+        self.packable.then(|| Packed { data: pack(a, s.a, s.a_shape, &self.a_order, &self.sizes), max_abs: max_abs(a) })
+    }
+
+    /// Pack a constant `b` operand ahead of time.
+    pub fn pack_b(&self, s: &EinSpec<'_>, b: &[i32]) -> Option<Packed> {
+        self.packable.then(|| Packed { data: pack(b, s.b, s.b_shape, &self.b_order, &self.sizes), max_abs: max_abs(b) })
+    }
+
+    /// Run; `pa`/`pb` are the pre-packed operands when constant.
+    #[allow(clippy::too_many_arguments)]
+    pub fn run(
+        &self,
+        s: &EinSpec<'_>,
+        a: &[i32],
+        b: &[i32],
+        pa: Option<&Packed>,
+        pb: Option<&Packed>,
+        bias: Option<(&[i32], &[usize], i32)>,
+        shift: i32,
+        threads: usize,
+    ) -> Result<Vec<i32>, ExecError> {
+        let (ma, mb) = (pa.map_or_else(|| max_abs(a), |p| p.max_abs), pb.map_or_else(|| max_abs(b), |p| p.max_abs));
+        let bias_shift = bias.map_or(0, |(_, _, sh)| sh);
+        let bias_max = bias.map_or(0, |(d, _, _)| max_abs(d) << bias_shift.clamp(0, 64));
+        let bound = (self.k as u128).saturating_mul(ma).saturating_mul(mb).saturating_add(bias_max);
+        if !self.packable || bound >= I64_SAFE {
+            return crate::exec::einsum_reference(s, a, b, bias, shift);
+        }
+        let own_a;
+        let ap = match pa {
+            Some(p) => &p.data,
+            None => {
+                own_a = pack(a, s.a, s.a_shape, &self.a_order, &self.sizes);
+                &own_a
+            }
+        };
+        let own_b;
+        let bp = match pb {
+            Some(p) => &p.data,
+            None => {
+                own_b = pack(b, s.b, s.b_shape, &self.b_order, &self.sizes);
+                &own_b
+            }
+        };
+        let c = batched_gemm(ap, bp, self.bt, self.m, self.k, self.n, threads);
+        // scatter C (labels batch, m, n) into the output order, adding the bias
+        let out_st = label_strides(s.out, s.out_shape, &self.c_order);
+        let bias_st = bias.map(|(_, bshape, _)| {
+            // bias axes align with the output's trailing axes
+            let off = s.out.len() - bshape.len();
+            label_strides(&s.out[off..], bshape, &self.c_order)
+        });
+        let dims: Vec<usize> = self.c_order.iter().map(|&l| self.sizes[l as usize]).collect();
+        let identity = out_st == crate::exec::strides(&dims) || dims.is_empty();
+        let mut out = vec![0i32; s.out_shape.iter().product()];
+        let mut idx = vec![0usize; dims.len()];
+        for (flat, &acc) in c.iter().enumerate() {
+            let mut o = flat;
+            let mut bi = 0;
+            if !identity || bias_st.is_some() {
+                o = 0;
+                for (ax, &i) in idx.iter().enumerate() {
+                    o += i * out_st[ax];
+                    if let Some(bs) = &bias_st {
+                        bi += i * bs[ax];
+                    }
+                }
+                for ax in (0..dims.len()).rev() {
+                    idx[ax] += 1;
+                    if idx[ax] < dims[ax] {
+                        break;
+                    }
+                    idx[ax] = 0;
+                }
+                if identity {
+                    o = flat;
+                }
+            }
+            let v = match bias {
+                Some((bd, _, sh)) => ((bd[bi] as i64) << sh) + acc,
+                None => acc,
+            };
+            out[o] = requantize(v, shift)?;
+        }
+        Ok(out)
+    }
+}
+
+/// `fit(rshift(v, shift))` on `i64` when the shift keeps it exact, else through `i128`.
+#[inline]
+fn requantize(v: i64, shift: i32) -> Result<i32, ExecError> {
+    if (1..63).contains(&shift) && v.checked_add(1i64 << (shift - 1)).is_some() {
+        i32::try_from(crate::arith::rshift64(v, shift as u32)).map_err(|_| ExecError::Overflow)
+    } else {
+        fit(rshift(v as i128, shift))
+    }
 }
 
 /// Fast `Conv2d` by im2col and GEMM.
@@ -215,7 +311,10 @@ pub fn conv2d(
     let kk = cg * kh * kw;
     let p = oh * ow;
     let bias_max = bias.map_or(0, |(d, sh)| max_abs(d) << sh.clamp(0, 64));
-    let bound = (kk as u128).saturating_mul(max_abs(x)).saturating_mul(max_abs(w)).saturating_add(bias_max);
+    let bound = (kk as u128)
+        .saturating_mul(max_abs(x))
+        .saturating_mul(max_abs(w))
+        .saturating_add(bias_max);
     if bound >= I64_SAFE {
         return crate::exec::conv_reference(s, x, w, bias, shift);
     }
@@ -229,9 +328,12 @@ pub fn conv2d(
                 let plane = &x[(b * c + g * cg + ci) * h * wd..(b * c + g * cg + ci + 1) * h * wd];
                 for ky in 0..kh {
                     for kx in 0..kw {
-                        let row = &mut cols[((ci * kh + ky) * kw + kx) * p..((ci * kh + ky) * kw + kx + 1) * p];
+                        let row = &mut cols
+                            [((ci * kh + ky) * kw + kx) * p..((ci * kh + ky) * kw + kx + 1) * p];
                         for oy in 0..oh {
-                            let iy = (oy * win.stride[0] as usize + ky * win.dilation[0] as usize) as i64 - win.pads[0] as i64;
+                            let iy = (oy * win.stride[0] as usize + ky * win.dilation[0] as usize)
+                                as i64
+                                - win.pads[0] as i64;
                             let dst = &mut row[oy * ow..(oy + 1) * ow];
                             if iy < 0 || iy >= h as i64 {
                                 dst.fill(0);
@@ -239,8 +341,15 @@ pub fn conv2d(
                             }
                             let src = &plane[iy as usize * wd..(iy as usize + 1) * wd];
                             for (ox, d) in dst.iter_mut().enumerate() {
-                                let ix = (ox * win.stride[1] as usize + kx * win.dilation[1] as usize) as i64 - win.pads[1] as i64;
-                                *d = if ix < 0 || ix >= wd as i64 { 0 } else { src[ix as usize] };
+                                let ix = (ox * win.stride[1] as usize
+                                    + kx * win.dilation[1] as usize)
+                                    as i64
+                                    - win.pads[1] as i64;
+                                *d = if ix < 0 || ix >= wd as i64 {
+                                    0
+                                } else {
+                                    src[ix as usize]
+                                };
                             }
                         }
                     }

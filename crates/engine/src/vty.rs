@@ -9,7 +9,8 @@
 //! 32-byte model ID.
 
 use verity_core::{
-    elements_root, keccak256, merkle_proof, merkle_root, root_from_path, ElementProof, Hash, Keccak, Reader, Writer,
+    elements_root, keccak256, merkle_proof, merkle_root, root_from_path, ElementProof, Hash,
+    Keccak, Reader, Writer,
 };
 
 use crate::error::ModelError;
@@ -40,7 +41,13 @@ fn get_shape(r: &mut Reader<'_>) -> Result<Vec<u32>, ModelError> {
 }
 
 fn put_window(w: &mut Writer, win: &Window) {
-    for v in win.kernel.iter().chain(&win.stride).chain(&win.dilation).chain(&win.pads) {
+    for v in win
+        .kernel
+        .iter()
+        .chain(&win.stride)
+        .chain(&win.dilation)
+        .chain(&win.pads)
+    {
         w.u32(*v);
     }
 }
@@ -121,7 +128,10 @@ pub fn encode_node(n: &Node) -> Vec<u8> {
             w.i32(*lo);
             w.i32(*hi);
         }
-        Op::LeakyRelu { alpha_q, alpha_scale } => {
+        Op::LeakyRelu {
+            alpha_q,
+            alpha_scale,
+        } => {
             w.u8(10);
             w.i32(*alpha_q);
             w.i8(*alpha_scale);
@@ -150,7 +160,10 @@ pub fn encode_node(n: &Node) -> Vec<u8> {
             w.u8(18);
             put_window(&mut w, window);
         }
-        Op::AvgPool2d { window, count_include_pad } => {
+        Op::AvgPool2d {
+            window,
+            count_include_pad,
+        } => {
             w.u8(19);
             put_window(&mut w, window);
             w.u8(*count_include_pad as u8);
@@ -164,7 +177,12 @@ pub fn encode_node(n: &Node) -> Vec<u8> {
             w.u8(22);
             w.u32(*axis);
         }
-        Op::Slice { axis, start, end, step } => {
+        Op::Slice {
+            axis,
+            start,
+            end,
+            step,
+        } => {
             w.u8(23);
             w.u32(*axis);
             w.u32(*start);
@@ -253,17 +271,33 @@ fn decode_node(bytes: &[u8]) -> Result<Node, ModelError> {
     let name = r.str()?;
     let tag = r.u8()?;
     let op = match tag {
-        1 => Op::EinSum { a: get_labels(&mut r)?, b: get_labels(&mut r)?, out: get_labels(&mut r)? },
-        2 => Op::Conv2d { window: get_window(&mut r)?, groups: r.u32()? },
+        1 => Op::EinSum {
+            a: get_labels(&mut r)?,
+            b: get_labels(&mut r)?,
+            out: get_labels(&mut r)?,
+        },
+        2 => Op::Conv2d {
+            window: get_window(&mut r)?,
+            groups: r.u32()?,
+        },
         3 => Op::Add,
         4 => Op::Sub,
         5 => Op::Mul,
         6 => Op::Div,
         7 => Op::Max,
         8 => Op::Min,
-        9 => Op::Clamp { lo: r.i32()?, hi: r.i32()? },
-        10 => Op::LeakyRelu { alpha_q: r.i32()?, alpha_scale: r.i8()? },
-        11 => Op::Lookup { shift: r.i32()?, lo: r.i32()? },
+        9 => Op::Clamp {
+            lo: r.i32()?,
+            hi: r.i32()?,
+        },
+        10 => Op::LeakyRelu {
+            alpha_q: r.i32()?,
+            alpha_scale: r.i8()?,
+        },
+        11 => Op::Lookup {
+            shift: r.i32()?,
+            lo: r.i32()?,
+        },
         12 => Op::Rescale,
         13 => Op::Sqrt,
         14 => Op::Rsqrt,
@@ -276,10 +310,19 @@ fn decode_node(bytes: &[u8]) -> Result<Node, ModelError> {
                 3 => ReduceKind::Min,
                 k => return Err(r.invalid(format!("unknown reduce kind {k}")).into()),
             };
-            Op::Reduce { kind, axes: r.u32s()? }
+            Op::Reduce {
+                kind,
+                axes: r.u32s()?,
+            }
         }
-        17 => Op::Softmax { axis: r.u32()?, shift: r.i32()?, lo: r.i32()? },
-        18 => Op::MaxPool2d { window: get_window(&mut r)? },
+        17 => Op::Softmax {
+            axis: r.u32()?,
+            shift: r.i32()?,
+            lo: r.i32()?,
+        },
+        18 => Op::MaxPool2d {
+            window: get_window(&mut r)?,
+        },
         19 => {
             let window = get_window(&mut r)?;
             let cip = match r.u8()? {
@@ -287,12 +330,20 @@ fn decode_node(bytes: &[u8]) -> Result<Node, ModelError> {
                 1 => true,
                 _ => return Err(r.invalid("count_include_pad must be 0 or 1").into()),
             };
-            Op::AvgPool2d { window, count_include_pad: cip }
+            Op::AvgPool2d {
+                window,
+                count_include_pad: cip,
+            }
         }
         20 => Op::Reshape,
         21 => Op::Transpose { perm: r.u32s()? },
         22 => Op::Concat { axis: r.u32()? },
-        23 => Op::Slice { axis: r.u32()?, start: r.u32()?, end: r.u32()?, step: r.u32()? },
+        23 => Op::Slice {
+            axis: r.u32()?,
+            start: r.u32()?,
+            end: r.u32()?,
+            step: r.u32()?,
+        },
         24 => Op::Gather { axis: r.u32()? },
         25 => Op::Broadcast,
         t => return Err(r.invalid(format!("unknown op tag {t}")).into()),
@@ -301,7 +352,13 @@ fn decode_node(bytes: &[u8]) -> Result<Node, ModelError> {
     let shape = get_shape(&mut r)?;
     let scale = r.i8()?;
     r.finish()?;
-    Ok(Node { name, op, inputs, shape, scale })
+    Ok(Node {
+        name,
+        op,
+        inputs,
+        shape,
+        scale,
+    })
 }
 
 fn decode_const(bytes: &[u8]) -> Result<Const, ModelError> {
@@ -313,9 +370,18 @@ fn decode_const(bytes: &[u8]) -> Result<Const, ModelError> {
     let scale = r.i8()?;
     let n = numel(&shape);
     if n.saturating_mul(4) != r.remaining() as u64 {
-        return Err(r.invalid(format!("constant of shape {shape:?} needs {} bytes of data", n * 4)).into());
+        return Err(r
+            .invalid(format!(
+                "constant of shape {shape:?} needs {} bytes of data",
+                n * 4
+            ))
+            .into());
     }
-    let data = r.take(r.remaining())?.chunks_exact(4).map(|c| i32::from_be_bytes([c[0], c[1], c[2], c[3]])).collect();
+    let data = r
+        .take(r.remaining())?
+        .chunks_exact(4)
+        .map(|c| i32::from_be_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
     Ok(Const { shape, scale, data })
 }
 
@@ -350,14 +416,22 @@ pub fn decode(bytes: &[u8]) -> Result<(Model, Hash), ModelError> {
             1 => InputKind::Int,
             k => return Err(h.invalid(format!("unknown input kind {k}")).into()),
         };
-        inputs.push(Input { name, shape, scale, kind });
+        inputs.push(Input {
+            name,
+            shape,
+            scale,
+            kind,
+        });
     }
     let n_consts = h.u32()? as u64;
     let n_nodes = h.u32()? as u64;
     let n_outputs = h.count(8)?;
     let mut outputs = Vec::with_capacity(n_outputs);
     for _ in 0..n_outputs {
-        outputs.push(Output { name: h.str()?, value: h.u32()? });
+        outputs.push(Output {
+            name: h.str()?,
+            value: h.u32()?,
+        });
     }
     h.finish()?;
     if items != 1 + n_nodes + n_consts {
@@ -365,7 +439,9 @@ pub fn decode(bytes: &[u8]) -> Result<(Model, Hash), ModelError> {
     }
     // Each item needs at least its 4-byte length; reject impossible counts before allocating.
     if (n_nodes + n_consts).saturating_mul(4) > r.remaining() as u64 {
-        return Err(r.invalid("item count exceeds the file size (truncated file?)").into());
+        return Err(r
+            .invalid("item count exceeds the file size (truncated file?)")
+            .into());
     }
     let mut nodes = Vec::with_capacity(n_nodes as usize);
     for _ in 0..n_nodes {
@@ -377,11 +453,19 @@ pub fn decode(bytes: &[u8]) -> Result<(Model, Hash), ModelError> {
     }
     let stored = Hash(r.take(32)?.try_into().map_err(|_| r.invalid("bad id"))?);
     r.finish()?;
-    let model = Model { inputs, consts, nodes, outputs };
+    let model = Model {
+        inputs,
+        consts,
+        nodes,
+        outputs,
+    };
     model.validate()?;
     let computed = model_id(&model);
     if computed != stored {
-        return Err(ModelError::IdMismatch { stored: stored.to_hex(), computed: computed.to_hex() });
+        return Err(ModelError::IdMismatch {
+            stored: stored.to_hex(),
+            computed: computed.to_hex(),
+        });
     }
     Ok((model, computed))
 }
@@ -426,7 +510,12 @@ pub fn verify_const_element(id: Hash, p: &ConstElementProof) -> Option<i32> {
     k.update(&p.descriptor);
     k.update(&p.element.root()?.0);
     let leaf = k.finalize();
-    let root = root_from_path(leaf, usize::try_from(p.item_index).ok()?, usize::try_from(p.item_count).ok()?, &p.item_path)?;
+    let root = root_from_path(
+        leaf,
+        usize::try_from(p.item_index).ok()?,
+        usize::try_from(p.item_count).ok()?,
+        &p.item_path,
+    )?;
     let mut h = Keccak::new();
     h.update(&p.item_count.to_be_bytes());
     h.update(&root.0);

@@ -8,27 +8,45 @@ use serde_json::Value;
 use verity_core::{elements_root, Hash};
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("repo root")
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .expect("repo root")
 }
 
 fn verity(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_verity")).args(args).current_dir(root()).output().expect("run verity")
+    Command::new(env!("CARGO_BIN_EXE_verity"))
+        .args(args)
+        .current_dir(root())
+        .output()
+        .expect("run verity")
 }
 
 fn ok(args: &[&str]) -> String {
     let o = verity(args);
-    assert!(o.status.success(), "verity {args:?} failed: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "verity {args:?} failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     String::from_utf8(o.stdout).expect("utf-8 output")
 }
 
 /// Run a command that must fail; return its one-line error.
 fn fails(args: &[&str]) -> String {
     let o = verity(args);
-    assert!(!o.status.success(), "verity {args:?} unexpectedly succeeded");
+    assert!(
+        !o.status.success(),
+        "verity {args:?} unexpectedly succeeded"
+    );
     assert_eq!(o.status.code(), Some(1));
     let err = String::from_utf8(o.stderr).expect("utf-8");
     assert!(err.starts_with("error: "), "{err}");
-    assert_eq!(err.trim_end().lines().count(), 1, "error is not one line: {err}");
+    assert_eq!(
+        err.trim_end().lines().count(),
+        1,
+        "error is not one line: {err}"
+    );
     assert!(!err.contains("panicked"), "{err}");
     err
 }
@@ -43,7 +61,12 @@ fn manifest() -> Vec<(String, Vec<String>, bool)> {
         .expect("manifest object")
         .iter()
         .map(|(k, v)| {
-            let flags = v["flags"].as_array().expect("flags").iter().map(|f| f.as_str().expect("str").to_string()).collect();
+            let flags = v["flags"]
+                .as_array()
+                .expect("flags")
+                .iter()
+                .map(|f| f.as_str().expect("str").to_string())
+                .collect();
             (k.clone(), flags, v["classifier"].as_bool().unwrap_or(false))
         })
         .collect()
@@ -53,14 +76,28 @@ fn compile_fixture(dir: &Path, name: &str, flags: &[String]) -> PathBuf {
     let out = dir.join(format!("{name}.vty"));
     let onnx = format!("fixtures/{name}.onnx");
     let report = dir.join(format!("{name}.report.json"));
-    let mut args = vec!["model", "compile", &onnx, "-o", out.to_str().expect("path"), "--report", report.to_str().expect("path")];
+    let mut args = vec![
+        "model",
+        "compile",
+        &onnx,
+        "-o",
+        out.to_str().expect("path"),
+        "--report",
+        report.to_str().expect("path"),
+    ];
     args.extend(flags.iter().map(String::as_str));
     ok(&args);
     out
 }
 
 fn argmax(x: &[f64]) -> usize {
-    x.iter().enumerate().fold((0, f64::NEG_INFINITY), |b, (i, &v)| if v > b.1 { (i, v) } else { b }).0
+    x.iter()
+        .enumerate()
+        .fold(
+            (0, f64::NEG_INFINITY),
+            |b, (i, &v)| if v > b.1 { (i, v) } else { b },
+        )
+        .0
 }
 
 #[test]
@@ -70,26 +107,55 @@ fn fixtures_match_golden_vectors_and_onnxruntime() {
     for (name, flags, classifier) in manifest() {
         let vty = compile_fixture(dir.path(), &name, &flags);
         let input = format!("fixtures/{name}.input.json");
-        let r: Value = serde_json::from_str(&ok(&["run", vty.to_str().unwrap(), "--input", &input])).unwrap();
+        let r: Value =
+            serde_json::from_str(&ok(&["run", vty.to_str().unwrap(), "--input", &input])).unwrap();
         let g = &golden[&name];
         for key in ["model_id", "input_hash", "output_hash"] {
-            assert_eq!(r[key], g[key], "{name}: {key} differs from the golden vector");
+            assert_eq!(
+                r[key], g[key],
+                "{name}: {key} differs from the golden vector"
+            );
         }
         // onnxruntime's float outputs, within the quantization tolerance
         let expected = json_file(&root().join(format!("fixtures/{name}.expected.json")));
         let report = json_file(&dir.path().join(format!("{name}.report.json")));
         for (out, want) in expected.as_object().unwrap() {
-            let got: Vec<f64> = r["outputs"][out]["data"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
-            let want: Vec<f64> = want["data"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+            let got: Vec<f64> = r["outputs"][out]["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap())
+                .collect();
+            let want: Vec<f64> = want["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap())
+                .collect();
             assert_eq!(got.len(), want.len());
             let scale = want.iter().fold(1.0f64, |m, v| m.max(v.abs()));
-            let err = got.iter().zip(&want).fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
-            assert!(err <= 2e-3 * scale, "{name}/{out}: max error {err} against onnxruntime");
+            let err = got
+                .iter()
+                .zip(&want)
+                .fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
+            assert!(
+                err <= 2e-3 * scale,
+                "{name}/{out}: max error {err} against onnxruntime"
+            );
             if classifier {
-                assert_eq!(argmax(&got), argmax(&want), "{name}/{out}: top-1 differs from onnxruntime");
+                assert_eq!(
+                    argmax(&got),
+                    argmax(&want),
+                    "{name}/{out}: top-1 differs from onnxruntime"
+                );
             }
-            let reported = report["report"]["outputs"][0]["max_relative_error"].as_f64().unwrap();
-            assert!(reported < 2e-3, "{name}: reported relative error {reported}");
+            let reported = report["report"]["outputs"][0]["max_relative_error"]
+                .as_f64()
+                .unwrap();
+            assert!(
+                reported < 2e-3,
+                "{name}: reported relative error {reported}"
+            );
         }
     }
 }
@@ -103,7 +169,13 @@ fn identical_bits_across_executors_threads_and_repeats() {
         let input = format!("fixtures/{name}.input.json");
         let mut hashes = std::collections::BTreeSet::new();
         let mut traces = std::collections::BTreeSet::new();
-        for extra in [vec!["--reference"], vec!["--threads", "1"], vec!["--threads", "2"], vec!["--threads", "4"], vec![]] {
+        for extra in [
+            vec!["--reference"],
+            vec!["--threads", "1"],
+            vec!["--threads", "2"],
+            vec!["--threads", "4"],
+            vec![],
+        ] {
             let t = dir.path().join("t.json");
             let mut args = vec!["run", v, "--input", &input, "--trace", t.to_str().unwrap()];
             args.extend(extra);
@@ -122,7 +194,12 @@ fn trace_file_commits_to_every_tensor() {
     let vty = compile_fixture(dir.path(), "transformer", &[]);
     let t = dir.path().join("trace.json");
     let r: Value = serde_json::from_str(&ok(&[
-        "run", vty.to_str().unwrap(), "--input", "fixtures/transformer.input.json", "--trace", t.to_str().unwrap(),
+        "run",
+        vty.to_str().unwrap(),
+        "--input",
+        "fixtures/transformer.input.json",
+        "--trace",
+        t.to_str().unwrap(),
     ]))
     .unwrap();
     let trace = json_file(&t);
@@ -130,12 +207,26 @@ fn trace_file_commits_to_every_tensor() {
     assert_eq!(trace["trace_root"], golden["transformer"]["trace_root"]);
     assert_eq!(trace["trace_root"], r["trace_root"]);
     let tensors = trace["tensors"].as_array().unwrap();
-    let inspect: Value = serde_json::from_str(&ok(&["model", "inspect", vty.to_str().unwrap(), "--json"])).unwrap();
-    assert_eq!(tensors.len(), 1 + inspect["nodes"].as_array().unwrap().len());
+    let inspect: Value =
+        serde_json::from_str(&ok(&["model", "inspect", vty.to_str().unwrap(), "--json"])).unwrap();
+    assert_eq!(
+        tensors.len(),
+        1 + inspect["nodes"].as_array().unwrap().len()
+    );
     let mut roots = Vec::new();
     for t in tensors {
-        let data: Vec<i32> = t["data"].as_array().unwrap().iter().map(|v| v.as_i64().unwrap() as i32).collect();
-        let n: u64 = t["shape"].as_array().unwrap().iter().map(|d| d.as_u64().unwrap()).product();
+        let data: Vec<i32> = t["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_i64().unwrap() as i32)
+            .collect();
+        let n: u64 = t["shape"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d.as_u64().unwrap())
+            .product();
         assert_eq!(data.len() as u64, n);
         let root = elements_root(&data);
         assert_eq!(Value::String(root.to_hex()), t["root"]);
@@ -163,8 +254,10 @@ fn npy_and_json_inputs_agree_and_inspect_describes_the_model() {
     let t = verity_engine::io::tensor_from_json(&doc["input"]).unwrap();
     let npy = dir.path().join("in.npy");
     std::fs::write(&npy, verity_engine::io::tensor_to_npy(&t)).unwrap();
-    let a: Value = serde_json::from_str(&ok(&["run", v, "--input", "fixtures/mlp.input.json"])).unwrap();
-    let b: Value = serde_json::from_str(&ok(&["run", v, "--input", npy.to_str().unwrap()])).unwrap();
+    let a: Value =
+        serde_json::from_str(&ok(&["run", v, "--input", "fixtures/mlp.input.json"])).unwrap();
+    let b: Value =
+        serde_json::from_str(&ok(&["run", v, "--input", npy.to_str().unwrap()])).unwrap();
     assert_eq!(a["output_hash"], b["output_hash"]);
     let text = ok(&["model", "inspect", v]);
     assert!(text.contains(a["model_id"].as_str().unwrap()));
@@ -179,18 +272,51 @@ fn bad_models_and_inputs_get_one_clear_sentence() {
     let out = d("x.vty");
     // malformed, truncated, unsupported, unfixable shapes
     std::fs::write(d("garbage.onnx"), b"definitely not protobuf").unwrap();
-    assert!(fails(&["model", "compile", &d("garbage.onnx"), "-o", &out]).contains("cannot load the ONNX model"));
+    assert!(fails(&["model", "compile", &d("garbage.onnx"), "-o", &out])
+        .contains("cannot load the ONNX model"));
     let mlp = std::fs::read(root().join("fixtures/mlp.onnx")).unwrap();
     std::fs::write(d("trunc.onnx"), &mlp[..mlp.len() / 3]).unwrap();
-    assert!(fails(&["model", "compile", &d("trunc.onnx"), "-o", &out]).contains("cannot load the ONNX model"));
-    let e = fails(&["model", "compile", "fixtures/unsupported_op.onnx", "-o", &out]);
+    assert!(fails(&["model", "compile", &d("trunc.onnx"), "-o", &out])
+        .contains("cannot load the ONNX model"));
+    let e = fails(&[
+        "model",
+        "compile",
+        "fixtures/unsupported_op.onnx",
+        "-o",
+        &out,
+    ]);
     assert!(e.contains("Cos") && e.contains("the_cosine"), "{e}");
-    assert!(fails(&["model", "compile", "fixtures/no_shape.onnx", "-o", &out]).contains("dynamic shape"));
-    assert!(fails(&["model", "compile", "fixtures/missing.onnx", "-o", &out]).contains("cannot read"));
-    assert!(fails(&["model", "compile", "fixtures/mlp.onnx", "-o", &out, "--scale-bits", "40"]).contains("scale bits"));
-    assert!(!Path::new(&out).exists(), "a failed compile left a file behind");
+    assert!(
+        fails(&["model", "compile", "fixtures/no_shape.onnx", "-o", &out])
+            .contains("dynamic shape")
+    );
+    assert!(
+        fails(&["model", "compile", "fixtures/missing.onnx", "-o", &out]).contains("cannot read")
+    );
+    assert!(fails(&[
+        "model",
+        "compile",
+        "fixtures/mlp.onnx",
+        "-o",
+        &out,
+        "--scale-bits",
+        "40"
+    ])
+    .contains("scale bits"));
+    assert!(
+        !Path::new(&out).exists(),
+        "a failed compile left a file behind"
+    );
     // a symbolic batch dimension is fixed to 1, or to what --input-shape says
-    ok(&["model", "compile", "fixtures/dynamic_batch.onnx", "-o", &out, "--input-shape", "x=3,8"]);
+    ok(&[
+        "model",
+        "compile",
+        "fixtures/dynamic_batch.onnx",
+        "-o",
+        &out,
+        "--input-shape",
+        "x=3,8",
+    ]);
     let i: Value = serde_json::from_str(&ok(&["model", "inspect", &out, "--json"])).unwrap();
     assert_eq!(i["inputs"][0]["shape"], serde_json::json!([3, 8]));
 
@@ -204,15 +330,29 @@ fn bad_models_and_inputs_get_one_clear_sentence() {
     assert!(fails(&["run", v, "--input", &wrong_shape]).contains("must have shape [1, 784]"));
     let wrong_name = write("wn.json", r#"{"pixels": [[1]]}"#.into());
     assert!(fails(&["run", v, "--input", &wrong_name]).contains("no input named 'pixels'"));
-    let nan = write("nan.json", format!(r#"{{"input": {{"shape": [1, 784], "data": ["NaN"{}]}}}}"#, ", 0".repeat(783)));
+    let nan = write(
+        "nan.json",
+        format!(
+            r#"{{"input": {{"shape": [1, 784], "data": ["NaN"{}]}}}}"#,
+            ", 0".repeat(783)
+        ),
+    );
     assert!(fails(&["run", v, "--input", &nan]).contains("not a finite number"));
-    let big = write("big.json", format!(r#"{{"input": {{"shape": [1, 784], "data": [1e12{}]}}}}"#, ", 0".repeat(783)));
+    let big = write(
+        "big.json",
+        format!(
+            r#"{{"input": {{"shape": [1, 784], "data": [1e12{}]}}}}"#,
+            ", 0".repeat(783)
+        ),
+    );
     assert!(fails(&["run", v, "--input", &big]).contains("representable range"));
     let garbage = write("g.json", "{not json".into());
     assert!(fails(&["run", v, "--input", &garbage]).contains("bad tensor JSON"));
     let ints = write("ints.json", r#"{"tokens": {"shape": [1, 16], "data": [0.5, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15]}}"#.into());
     let tvty = compile_fixture(dir.path(), "transformer", &[]);
-    assert!(fails(&["run", tvty.to_str().unwrap(), "--input", &ints]).contains("not a 32-bit integer"));
+    assert!(
+        fails(&["run", tvty.to_str().unwrap(), "--input", &ints]).contains("not a 32-bit integer")
+    );
     let oob = write("oob.json", r#"{"tokens": {"shape": [1, 16], "data": [500, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15]}}"#.into());
     assert!(fails(&["run", tvty.to_str().unwrap(), "--input", &oob]).contains("out of range"));
     // corrupted and truncated .vty files
@@ -220,8 +360,17 @@ fn bad_models_and_inputs_get_one_clear_sentence() {
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0x10;
     std::fs::write(d("corrupt.vty"), &bytes).unwrap();
-    assert!(fails(&["run", &d("corrupt.vty"), "--input", "fixtures/mlp.input.json"]).contains("not a valid model"));
+    assert!(fails(&[
+        "run",
+        &d("corrupt.vty"),
+        "--input",
+        "fixtures/mlp.input.json"
+    ])
+    .contains("not a valid model"));
     std::fs::write(d("short.vty"), &bytes[..100]).unwrap();
-    assert!(fails(&["run", &d("short.vty"), "--input", "fixtures/mlp.input.json"]).contains("malformed .vty"));
+    assert!(
+        fails(&["run", &d("short.vty"), "--input", "fixtures/mlp.input.json"])
+            .contains("malformed .vty")
+    );
     assert!(fails(&["model", "inspect", "fixtures/mlp.onnx"]).contains("not a .vty file"));
 }

@@ -13,17 +13,32 @@ pub fn sample_model() -> Model {
     let mut m = one_node(
         vec![input("x", vec![1, 4], 8)],
         vec![
-            Const { shape: vec![4, 3], scale: 10, data: (0..12).map(|i| i * 37 - 200).collect() },
-            Const { shape: vec![3], scale: 12, data: vec![5, -6, 7] },
+            Const {
+                shape: vec![4, 3],
+                scale: 10,
+                data: (0..12).map(|i| i * 37 - 200).collect(),
+            },
+            Const {
+                shape: vec![3],
+                scale: 12,
+                data: vec![5, -6, 7],
+            },
         ],
-        Op::EinSum { a: vec![0, 1], b: vec![1, 2], out: vec![0, 2] },
+        Op::EinSum {
+            a: vec![0, 1],
+            b: vec![1, 2],
+            out: vec![0, 2],
+        },
         vec![0, 1, 2],
         vec![1, 3],
         9,
     );
     m.nodes.push(Node {
         name: "relu".into(),
-        op: Op::Clamp { lo: 0, hi: i32::MAX },
+        op: Op::Clamp {
+            lo: 0,
+            hi: i32::MAX,
+        },
         inputs: vec![3],
         shape: vec![1, 3],
         scale: 9,
@@ -35,7 +50,10 @@ pub fn sample_model() -> Model {
         shape: vec![3, 1],
         scale: 9,
     });
-    m.outputs = vec![Output { name: "y".into(), value: 5 }];
+    m.outputs = vec![Output {
+        name: "y".into(),
+        value: 5,
+    }];
     m.validate().unwrap();
     m
 }
@@ -48,14 +66,20 @@ fn round_trip_and_pinned_id() {
     assert_eq!(back, m);
     assert_eq!(id, vty::model_id(&m));
     // Golden vector: changing this value changes every model ID; it is a reviewed format decision.
-    assert_eq!(id.to_hex(), include_str!("../golden/sample_model_id.txt").trim());
+    assert_eq!(
+        id.to_hex(),
+        include_str!("../golden/sample_model_id.txt").trim()
+    );
 }
 
 #[test]
 fn every_truncation_is_an_error() {
     let bytes = vty::encode(&sample_model());
     for n in 0..bytes.len() {
-        assert!(vty::decode(&bytes[..n]).is_err(), "prefix of {n} bytes decoded");
+        assert!(
+            vty::decode(&bytes[..n]).is_err(),
+            "prefix of {n} bytes decoded"
+        );
     }
 }
 
@@ -80,7 +104,10 @@ fn corrupted_weights_report_an_id_mismatch() {
         Err(ModelError::IdMismatch { .. }) => {}
         other => panic!("expected an ID mismatch, got {other:?}"),
     }
-    assert!(matches!(vty::decode(b"ONNX...."), Err(ModelError::BadMagic)));
+    assert!(matches!(
+        vty::decode(b"ONNX...."),
+        Err(ModelError::BadMagic)
+    ));
 }
 
 #[test]

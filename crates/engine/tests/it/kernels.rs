@@ -6,12 +6,19 @@ use verity_engine::{Executor, Mode};
 
 use crate::{input, one_node};
 
-fn run_all(m: &Model, inputs: Vec<Vec<i32>>) -> Vec<Result<Vec<Vec<i32>>, verity_engine::ExecError>> {
+fn run_all(
+    m: &Model,
+    inputs: Vec<Vec<i32>>,
+) -> Vec<Result<Vec<Vec<i32>>, verity_engine::ExecError>> {
     m.validate().expect("test model is valid");
-    [Mode::Reference, Mode::Fast { threads: 1 }, Mode::Fast { threads: 3 }]
-        .into_iter()
-        .map(|mode| Executor::new(m, mode).run(inputs.clone()))
-        .collect()
+    [
+        Mode::Reference,
+        Mode::Fast { threads: 1 },
+        Mode::Fast { threads: 3 },
+    ]
+    .into_iter()
+    .map(|mode| Executor::new(m, mode).run(inputs.clone()))
+    .collect()
 }
 
 fn values(n: usize, mag: i32) -> impl Strategy<Value = Vec<i32>> {
@@ -43,7 +50,14 @@ fn ein_case() -> impl Strategy<Value = EinCase> {
             if extra {
                 a.push(4);
             }
-            EinCase { a, b, out, sizes, a_bcast, bias }
+            EinCase {
+                a,
+                b,
+                out,
+                sizes,
+                a_bcast,
+                bias,
+            }
         })
 }
 
@@ -130,7 +144,14 @@ proptest! {
 
 #[test]
 fn overflow_is_an_error_not_wraparound() {
-    let m = one_node(vec![input("a", vec![2], 0), input("b", vec![2], 0)], vec![], Op::Mul, vec![0, 1], vec![2], 0);
+    let m = one_node(
+        vec![input("a", vec![2], 0), input("b", vec![2], 0)],
+        vec![],
+        Op::Mul,
+        vec![0, 1],
+        vec![2],
+        0,
+    );
     let r = run_all(&m, vec![vec![1 << 20, 3], vec![1 << 20, 3]]);
     for x in &r {
         let e = x.as_ref().unwrap_err();
@@ -140,29 +161,68 @@ fn overflow_is_an_error_not_wraparound() {
 
 #[test]
 fn division_by_zero_and_negative_sqrt_are_errors() {
-    let m = one_node(vec![input("a", vec![1], 4)], vec![], Op::Recip, vec![0], vec![1], 4);
-    assert!(Executor::new(&m, Mode::default()).run(vec![vec![0]]).unwrap_err().to_string().contains("division by zero"));
-    let m = one_node(vec![input("a", vec![1], 4)], vec![], Op::Sqrt, vec![0], vec![1], 4);
-    assert!(Executor::new(&m, Mode::default()).run(vec![vec![-1]]).unwrap_err().to_string().contains("negative"));
+    let m = one_node(
+        vec![input("a", vec![1], 4)],
+        vec![],
+        Op::Recip,
+        vec![0],
+        vec![1],
+        4,
+    );
+    assert!(Executor::new(&m, Mode::default())
+        .run(vec![vec![0]])
+        .unwrap_err()
+        .to_string()
+        .contains("division by zero"));
+    let m = one_node(
+        vec![input("a", vec![1], 4)],
+        vec![],
+        Op::Sqrt,
+        vec![0],
+        vec![1],
+        4,
+    );
+    assert!(Executor::new(&m, Mode::default())
+        .run(vec![vec![-1]])
+        .unwrap_err()
+        .to_string()
+        .contains("negative"));
     // sqrt(2.25) = 1.5 exactly
-    assert_eq!(Executor::new(&m, Mode::default()).run(vec![vec![36]]).unwrap(), vec![vec![24]]);
+    assert_eq!(
+        Executor::new(&m, Mode::default())
+            .run(vec![vec![36]])
+            .unwrap(),
+        vec![vec![24]]
+    );
 }
 
 #[test]
 fn softmax_rows_sum_to_one() {
     // exp table over [-8, 0] at 2 fractional index bits, entries at scale 16
     let lo = -32;
-    let table: Vec<i32> = (lo..=0).map(|i| ((i as f64 / 4.0).exp() * 65536.0).round() as i32).collect();
+    let table: Vec<i32> = (lo..=0)
+        .map(|i| ((i as f64 / 4.0).exp() * 65536.0).round() as i32)
+        .collect();
     let n = table.len() as u32;
     let m = one_node(
         vec![input("x", vec![2, 4], 4)],
-        vec![Const { shape: vec![n], scale: 16, data: table }],
-        Op::Softmax { axis: 1, shift: 2, lo },
+        vec![Const {
+            shape: vec![n],
+            scale: 16,
+            data: table,
+        }],
+        Op::Softmax {
+            axis: 1,
+            shift: 2,
+            lo,
+        },
         vec![0, 1],
         vec![2, 4],
         12,
     );
-    let out = &Executor::new(&m, Mode::default()).run(vec![vec![0, 16, 32, -16, 5, 5, 5, 5]]).unwrap()[0];
+    let out = &Executor::new(&m, Mode::default())
+        .run(vec![vec![0, 16, 32, -16, 5, 5, 5, 5]])
+        .unwrap()[0];
     for row in out.chunks(4) {
         let s: i32 = row.iter().sum();
         assert!((s - 4096).abs() <= 2, "{row:?}");
@@ -173,8 +233,17 @@ fn softmax_rows_sum_to_one() {
 #[test]
 fn gather_rejects_out_of_range_indices() {
     let m = one_node(
-        vec![Input { name: "i".into(), shape: vec![2], scale: 0, kind: InputKind::Int }],
-        vec![Const { shape: vec![3, 2], scale: 0, data: vec![1, 2, 3, 4, 5, 6] }],
+        vec![Input {
+            name: "i".into(),
+            shape: vec![2],
+            scale: 0,
+            kind: InputKind::Int,
+        }],
+        vec![Const {
+            shape: vec![3, 2],
+            scale: 0,
+            data: vec![1, 2, 3, 4, 5, 6],
+        }],
         Op::Gather { axis: 0 },
         vec![1, 0],
         vec![2, 2],
@@ -182,5 +251,9 @@ fn gather_rejects_out_of_range_indices() {
     );
     let e = Executor::new(&m, Mode::default());
     assert_eq!(e.run(vec![vec![2, -3]]).unwrap(), vec![vec![5, 6, 1, 2]]);
-    assert!(e.run(vec![vec![3, 0]]).unwrap_err().to_string().contains("out of range"));
+    assert!(e
+        .run(vec![vec![3, 0]])
+        .unwrap_err()
+        .to_string()
+        .contains("out of range"));
 }

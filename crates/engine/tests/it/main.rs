@@ -7,19 +7,40 @@ mod kernels;
 use verity_engine::ir::*;
 
 /// A one-node model over the given inputs and constants.
-pub fn one_node(inputs: Vec<Input>, consts: Vec<Const>, op: Op, node_inputs: Vec<u32>, shape: Vec<u32>, scale: i8) -> Model {
+pub fn one_node(
+    inputs: Vec<Input>,
+    consts: Vec<Const>,
+    op: Op,
+    node_inputs: Vec<u32>,
+    shape: Vec<u32>,
+    scale: i8,
+) -> Model {
     let v = (inputs.len() + consts.len()) as u32;
     Model {
         inputs,
         consts,
-        nodes: vec![Node { name: "n".into(), op, inputs: node_inputs, shape, scale }],
-        outputs: vec![Output { name: "y".into(), value: v }],
+        nodes: vec![Node {
+            name: "n".into(),
+            op,
+            inputs: node_inputs,
+            shape,
+            scale,
+        }],
+        outputs: vec![Output {
+            name: "y".into(),
+            value: v,
+        }],
     }
 }
 
 /// A fixed-point input.
 pub fn input(name: &str, shape: Vec<u32>, scale: i8) -> Input {
-    Input { name: name.into(), shape, scale, kind: InputKind::Fixed }
+    Input {
+        name: name.into(),
+        shape,
+        scale,
+        kind: InputKind::Fixed,
+    }
 }
 
 /// A seeded generator of `n` values in `[-mag, mag]`.
@@ -28,7 +49,9 @@ pub fn gen(seed: u64, mag: i32) -> impl FnMut(usize) -> Vec<i32> {
     move |n| {
         (0..n)
             .map(|_| {
-                state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                state = state
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 let r = (state >> 32) as i64 % (2 * mag as i64 + 1);
                 (r.rem_euclid(2 * mag as i64 + 1) - mag as i64) as i32
             })
