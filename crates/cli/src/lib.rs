@@ -189,19 +189,19 @@ fn load_samples(
                 other => vec![other],
             };
             for d in docs {
-                let sample: Vec<FloatTensor> =
-                    if inputs.len() == 1 && d.get(&inputs[0].0).is_none() {
-                        vec![tensor_from_json(&d)?]
-                    } else {
-                        inputs
-                            .iter()
-                            .map(|(n, _)| {
-                                d.get(n)
-                                    .ok_or_else(|| anyhow!("{what}: sample lacks input '{n}'"))
-                                    .and_then(|t| Ok(tensor_from_json(t)?))
-                            })
-                            .collect::<Result<_>>()?
-                    };
+                let sample: Vec<FloatTensor> = if inputs.len() == 1 && d.get(&inputs[0].0).is_none()
+                {
+                    vec![tensor_from_json(&d)?]
+                } else {
+                    inputs
+                        .iter()
+                        .map(|(n, _)| {
+                            d.get(n)
+                                .ok_or_else(|| anyhow!("{what}: sample lacks input '{n}'"))
+                                .and_then(|t| Ok(tensor_from_json(t)?))
+                        })
+                        .collect::<Result<_>>()?
+                };
                 let sample = sample
                     .into_iter()
                     .zip(inputs)
@@ -441,7 +441,9 @@ fn cmd_run(a: RunArgs) -> Result<()> {
         }
         us.sort_by(f64::total_cmp);
         let mean = us.iter().sum::<f64>() / us.len() as f64;
-        Some(json!({"runs": us.len(), "min_us": us[0], "median_us": us[us.len() / 2], "mean_us": mean}))
+        Some(
+            json!({"runs": us.len(), "min_us": us[0], "median_us": us[us.len() / 2], "mean_us": mean}),
+        )
     } else {
         None
     };

@@ -100,7 +100,11 @@ pub struct Trace {
 /// Per-node preparation of the fast executor (constant operands packed once).
 enum Prepared {
     None,
-    Ein(kernels::EinPlan, Option<kernels::Packed>, Option<kernels::Packed>),
+    Ein(
+        kernels::EinPlan,
+        Option<kernels::Packed>,
+        Option<kernels::Packed>,
+    ),
 }
 
 /// Runs models.
@@ -120,19 +124,39 @@ impl<'m> Executor<'m> {
                 .iter()
                 .map(|node| match &node.op {
                     Op::EinSum { a, b, out } => {
-                        let shape = |v: ValueId| model.value(v).map(|i| us(i.shape)).unwrap_or_default();
-                        let (sa, sb, so) = (shape(node.inputs[0]), shape(node.inputs[1]), us(&node.shape));
-                        let spec = EinSpec { a, b, out, a_shape: &sa, b_shape: &sb, out_shape: &so };
+                        let shape =
+                            |v: ValueId| model.value(v).map(|i| us(i.shape)).unwrap_or_default();
+                        let (sa, sb, so) = (
+                            shape(node.inputs[0]),
+                            shape(node.inputs[1]),
+                            us(&node.shape),
+                        );
+                        let spec = EinSpec {
+                            a,
+                            b,
+                            out,
+                            a_shape: &sa,
+                            b_shape: &sb,
+                            out_shape: &so,
+                        };
                         let plan = kernels::EinPlan::new(&spec);
-                        let pa = model.const_of(node.inputs[0]).and_then(|c| plan.pack_a(&spec, &c.data));
-                        let pb = model.const_of(node.inputs[1]).and_then(|c| plan.pack_b(&spec, &c.data));
+                        let pa = model
+                            .const_of(node.inputs[0])
+                            .and_then(|c| plan.pack_a(&spec, &c.data));
+                        let pb = model
+                            .const_of(node.inputs[1])
+                            .and_then(|c| plan.pack_b(&spec, &c.data));
                         Prepared::Ein(plan, pa, pb)
                     }
                     _ => Prepared::None,
                 })
                 .collect(),
         };
-        Executor { model, mode, prepared }
+        Executor {
+            model,
+            mode,
+            prepared,
+        }
     }
 
     fn check_inputs(&self, inputs: &[Vec<i32>]) -> Result<(), ExecError> {
@@ -197,20 +221,32 @@ impl<'m> Executor<'m> {
         let profile = std::env::var_os("VERITY_PROFILE").is_some();
         for (k, node) in m.nodes.iter().enumerate() {
             let t0 = profile.then(std::time::Instant::now);
-            let out = self.eval_node(k, node, &vals).map_err(|e| ExecError::AtNode {
-                node: node.name.clone(),
-                op: node.op.name(),
-                error: Box::new(e),
-            })?;
+            let out = self
+                .eval_node(k, node, &vals)
+                .map_err(|e| ExecError::AtNode {
+                    node: node.name.clone(),
+                    op: node.op.name(),
+                    error: Box::new(e),
+                })?;
             if let Some(t0) = t0 {
-                eprintln!("{:>10.1} us  {:<10} {}", t0.elapsed().as_secs_f64() * 1e6, node.op.name(), node.name);
+                eprintln!(
+                    "{:>10.1} us  {:<10} {}",
+                    t0.elapsed().as_secs_f64() * 1e6,
+                    node.op.name(),
+                    node.name
+                );
             }
             vals.push(Some(out));
         }
         Ok(vals)
     }
 
-    fn eval_node(&self, k: usize, node: &Node, vals: &[Option<Vec<i32>>]) -> Result<Vec<i32>, ExecError> {
+    fn eval_node(
+        &self,
+        k: usize,
+        node: &Node,
+        vals: &[Option<Vec<i32>>],
+    ) -> Result<Vec<i32>, ExecError> {
         let m = self.model;
         let get = |v: ValueId| -> &[i32] {
             match m.const_of(v) {
@@ -246,10 +282,18 @@ impl<'m> Executor<'m> {
                 match self.mode {
                     Mode::Reference => einsum_reference(&spec, xs[0], xs[1], bias, shift),
                     Mode::Fast { threads } => match self.prepared.get(k) {
-                        Some(Prepared::Ein(plan, pa, pb)) => {
-                            plan.run(&spec, xs[0], xs[1], pa.as_ref(), pb.as_ref(), bias, shift, threads)
-                        }
-                        _ => kernels::EinPlan::new(&spec).run(&spec, xs[0], xs[1], None, None, bias, shift, threads),
+                        Some(Prepared::Ein(plan, pa, pb)) => plan.run(
+                            &spec,
+                            xs[0],
+                            xs[1],
+                            pa.as_ref(),
+                            pb.as_ref(),
+                            bias,
+                            shift,
+                            threads,
+                        ),
+                        _ => kernels::EinPlan::new(&spec)
+                            .run(&spec, xs[0], xs[1], None, None, bias, shift, threads),
                     },
                 }
             }
@@ -281,6 +325,9 @@ impl<'m> Executor<'m> {
                 &out_shape,
                 so,
             ),
+            Op::Clamp { lo, hi } if sc0 == so => {
+                Ok(xs[0].iter().map(|&v| v.clamp(*lo, *hi)).collect())
+            }
             Op::Clamp { lo, hi } => {
                 let k = sc0 - so;
                 Ok(xs[0]
@@ -452,6 +499,109 @@ pub fn table_index(x: i128, shift: i32, lo: i32, len: usize) -> usize {
     (rshift(x, shift) - lo as i128).clamp(0, len as i128 - 1) as usize
 }
 
+/// Visit the output in runs along merged trailing axes: `f(flat_start, offsets, len, inner_strides)`.
+/// Axes are merged where every operand's strides are contiguous across them, so broadcasting a
+/// per-channel or scalar operand runs over long stretches.
+pub fn for_each_run(
+    out: &[usize],
+    ins: &[Vec<usize>],
+    mut f: impl FnMut(usize, &[usize], usize, &[usize]),
+) {
+    // merge axis pairs (i, i+1) from the back while every operand is contiguous across them
+    let mut dims: Vec<usize> = out.to_vec();
+    let mut sts: Vec<Vec<usize>> = ins.to_vec();
+    let mut i = dims.len();
+    while i >= 2 {
+        let (a, b) = (i - 2, i - 1);
+        if sts.iter().all(|st| st[a] == st[b] * dims[b]) {
+            dims[a] *= dims[b];
+            dims.remove(b);
+            for st in sts.iter_mut() {
+                st.remove(a);
+            }
+        }
+        i -= 1;
+    }
+    let (len, inner): (usize, Vec<usize>) = match dims.last() {
+        Some(&d) => (d, sts.iter().map(|s| *s.last().unwrap_or(&0)).collect()),
+        None => (1, vec![0; ins.len()]),
+    };
+    let outer: Vec<usize> = dims[..dims.len().saturating_sub(1)].to_vec();
+    let outer_st: Vec<Vec<usize>> = sts
+        .iter()
+        .map(|s| s[..s.len().saturating_sub(1)].to_vec())
+        .collect();
+    let mut flat = 0;
+    if outer.is_empty() {
+        if len > 0 {
+            f(0, &vec![0; ins.len()], len, &inner);
+        }
+        return;
+    }
+    for_each_index(&outer, &outer_st, |_, offs| {
+        f(flat, offs, len, &inner);
+        flat += len;
+    });
+}
+
+/// `rshift` on `i64` for the ranges the fast paths allow (see callers).
+#[inline(always)]
+fn rq(v: i64, k: i32) -> i64 {
+    if k > 0 {
+        (v + (1i64 << (k - 1))) >> k
+    } else {
+        v << -k
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn binary_i64(
+    a: &[i32],
+    b: &[i32],
+    st: &[Vec<usize>; 2],
+    out_shape: &[usize],
+    k: i32,
+    f: impl Fn(i64, i64) -> i64,
+) -> Result<Vec<i32>, ExecError> {
+    let mut out = vec![0i32; out_shape.iter().product()];
+    let mut ok = true;
+    for_each_run(out_shape, st, |start, offs, len, inner| {
+        let dst = &mut out[start..start + len];
+        let (oa, ob) = (offs[0], offs[1]);
+        let mut put = |d: &mut i32, x: i32, y: i32| {
+            let r = rq(f(x as i64, y as i64), k);
+            ok &= r == r as i32 as i64;
+            *d = r as i32;
+        };
+        // the common layouts get loops without index arithmetic (they vectorize)
+        match (inner[0], inner[1]) {
+            (1, 1) => dst
+                .iter_mut()
+                .zip(&a[oa..oa + len])
+                .zip(&b[ob..ob + len])
+                .for_each(|((d, &x), &y)| put(d, x, y)),
+            (1, 0) => dst
+                .iter_mut()
+                .zip(&a[oa..oa + len])
+                .for_each(|(d, &x)| put(d, x, b[ob])),
+            (0, 1) => dst
+                .iter_mut()
+                .zip(&b[ob..ob + len])
+                .for_each(|(d, &y)| put(d, a[oa], y)),
+            (sa, sb) => {
+                for (j, d) in dst.iter_mut().enumerate() {
+                    put(d, a[oa + j * sa], b[ob + j * sb]);
+                }
+            }
+        }
+    });
+    if ok {
+        Ok(out)
+    } else {
+        Err(ExecError::Overflow)
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 fn binary(
     op: &Op,
@@ -464,14 +614,38 @@ fn binary(
     out_shape: &[usize],
     so: i32,
 ) -> Result<Vec<i32>, ExecError> {
-    let n: usize = out_shape.iter().product();
-    let mut out = vec![0i32; n];
     let st = [
         broadcast_strides(out_shape, sa_shape),
         broadcast_strides(out_shape, sb_shape),
     ];
     let s = sa.max(sb);
     let (la, lb) = (s - sa, s - sb);
+    // i64 fast paths, exact under the stated bounds: |x << l| < 2^59, sums < 2^60, products < 2^62;
+    // a left shift at the end only when operands were not shifted (|v| < 2^33, shift <= 29).
+    let k_add = s - so;
+    let add_ok =
+        la <= 28 && lb <= 28 && (k_add > 0 || (la == 0 && lb == 0 && k_add >= -29)) && k_add < 62;
+    let k_mul = sa + sb - so;
+    match op {
+        Op::Add if add_ok => {
+            return binary_i64(a, b, &st, out_shape, k_add, |x, y| (x << la) + (y << lb))
+        }
+        Op::Sub if add_ok => {
+            return binary_i64(a, b, &st, out_shape, k_add, |x, y| (x << la) - (y << lb))
+        }
+        Op::Max if add_ok => {
+            return binary_i64(a, b, &st, out_shape, k_add, |x, y| (x << la).max(y << lb))
+        }
+        Op::Min if add_ok => {
+            return binary_i64(a, b, &st, out_shape, k_add, |x, y| (x << la).min(y << lb))
+        }
+        Op::Mul if (0..62).contains(&k_mul) => {
+            return binary_i64(a, b, &st, out_shape, k_mul, |x, y| x * y)
+        }
+        _ => {}
+    }
+    let n: usize = out_shape.iter().product();
+    let mut out = vec![0i32; n];
     let mut err = None;
     for_each_index(out_shape, &st, |flat, o| {
         let x = a[o[0]] as i128;
@@ -596,43 +770,61 @@ fn pool(
     avg: Option<bool>,
     k: i32,
 ) -> Result<Vec<i32>, ExecError> {
-    let (c_all, h, wd) = (xs[0] * xs[1], xs[2] as i64, xs[3] as i64);
+    let (c_all, h, wd) = (xs[0] * xs[1], xs[2], xs[3]);
     let (oh, ow) = (out_shape[2], out_shape[3]);
-    let mut out = Vec::with_capacity(c_all * oh * ow);
+    // valid (non-padding) input rows/columns of every output row/column
+    let taps = |o: usize, n: usize, ax: usize| -> Vec<usize> {
+        (0..w.kernel[ax] as usize)
+            .filter_map(|t| {
+                let i = (o * w.stride[ax] as usize + t * w.dilation[ax] as usize) as i64
+                    - w.pads[ax] as i64;
+                (i >= 0 && (i as usize) < n).then_some(i as usize)
+            })
+            .collect()
+    };
+    let rows: Vec<Vec<usize>> = (0..oh).map(|o| taps(o, h, 0)).collect();
+    let cols: Vec<Vec<usize>> = (0..ow).map(|o| taps(o, wd, 1)).collect();
     let area = (w.kernel[0] * w.kernel[1]) as i128;
+    let mut out = Vec::with_capacity(c_all * oh * ow);
     for c in 0..c_all {
-        let plane = &x[c * xs[2] * xs[3]..(c + 1) * xs[2] * xs[3]];
-        for oy in 0..oh {
-            for ox in 0..ow {
-                let mut acc: Option<i128> = None;
-                let mut sum = 0i128;
-                let mut valid = 0i128;
-                for ky in 0..w.kernel[0] as i64 {
-                    let iy = oy as i64 * w.stride[0] as i64 + ky * w.dilation[0] as i64
-                        - w.pads[0] as i64;
-                    if iy < 0 || iy >= h {
-                        continue;
-                    }
-                    for kx in 0..w.kernel[1] as i64 {
-                        let ix = ox as i64 * w.stride[1] as i64 + kx * w.dilation[1] as i64
-                            - w.pads[1] as i64;
-                        if ix < 0 || ix >= wd {
-                            continue;
-                        }
-                        let v = plane[(iy * wd + ix) as usize] as i128;
-                        acc = Some(acc.map_or(v, |a: i128| a.max(v)));
-                        sum += v;
-                        valid += 1;
-                    }
-                }
+        let plane = &x[c * h * wd..(c + 1) * h * wd];
+        for ry in &rows {
+            for cx in &cols {
                 let v = match avg {
-                    None => fit(rshift(acc.unwrap_or(0), k))?,
+                    None => {
+                        // max over the valid taps; a window with none yields 0
+                        let mut m = i32::MIN;
+                        for &iy in ry {
+                            let row = &plane[iy * wd..(iy + 1) * wd];
+                            for &ix in cx {
+                                m = m.max(row[ix]);
+                            }
+                        }
+                        let m = if ry.is_empty() || cx.is_empty() { 0 } else { m };
+                        if k == 0 {
+                            m
+                        } else {
+                            fit(rshift(m as i128, k))?
+                        }
+                    }
                     Some(include_pad) => {
-                        let count = if include_pad { area } else { valid };
+                        let mut sum = 0i64;
+                        for &iy in ry {
+                            let row = &plane[iy * wd..(iy + 1) * wd];
+                            for &ix in cx {
+                                sum += row[ix] as i64;
+                            }
+                        }
+                        let count = if include_pad {
+                            area
+                        } else {
+                            (ry.len() * cx.len()) as i128
+                        };
                         if count == 0 {
                             0
                         } else {
                             let e = -k;
+                            let sum = sum as i128;
                             let (num, den) = if e >= 0 {
                                 (sum << e, count)
                             } else {

@@ -13,25 +13,52 @@ fn max_abs(x: &[i32]) -> u128 {
     x.iter().map(|v| v.unsigned_abs()).max().unwrap_or(0) as u128
 }
 
-/// `c[m×n] += a[m×k] · b[k×n]` over rows `rows` of `a`/`c`.
+/// `c[m×n] += a[m×k] · b[k×n]` (`m = c.len() / n`), exact `i64` accumulation. Rows are processed four
+/// at a time against column strips so each loaded strip of `b` feeds four accumulator rows.
 #[inline(always)]
 fn gemm_body(a: &[i32], b: &[i32], c: &mut [i64], k: usize, n: usize) {
-    const NB: usize = 256;
+    const NB: usize = 64;
     let m = c.len() / n.max(1);
-    for j0 in (0..n).step_by(NB) {
-        let j1 = (j0 + NB).min(n);
-        for i in 0..m {
-            let crow = &mut c[i * n + j0..i * n + j1];
-            let arow = &a[i * k..(i + 1) * k];
-            for (kk, &av) in arow.iter().enumerate() {
-                if av == 0 {
-                    continue;
+    let mut i = 0;
+    while i + 4 <= m {
+        for j0 in (0..n).step_by(NB) {
+            let w = NB.min(n - j0);
+            let mut acc = [[0i64; NB]; 4];
+            for kk in 0..k {
+                let brow = &b[kk * n + j0..kk * n + j0 + w];
+                let av = [
+                    a[i * k + kk],
+                    a[(i + 1) * k + kk],
+                    a[(i + 2) * k + kk],
+                    a[(i + 3) * k + kk],
+                ];
+                for (r, accr) in acc.iter_mut().enumerate() {
+                    let ar = av[r];
+                    // both factors visibly sign-extended from i32: one vpmuldq per lane pair on AVX2
+                    for (cv, &bv) in accr[..w].iter_mut().zip(brow) {
+                        *cv += ar as i64 * bv as i64;
+                    }
                 }
-                let av = av as i64;
-                let brow = &b[kk * n + j0..kk * n + j1];
-                for (cv, &bv) in crow.iter_mut().zip(brow) {
-                    *cv += av * bv as i64;
+            }
+            for (r, accr) in acc.iter().enumerate() {
+                for (cv, &v) in c[(i + r) * n + j0..(i + r) * n + j0 + w]
+                    .iter_mut()
+                    .zip(&accr[..w])
+                {
+                    *cv += v;
                 }
+            }
+        }
+        i += 4;
+    }
+    for i in i..m {
+        let crow = &mut c[i * n..(i + 1) * n];
+        for (kk, &av) in a[i * k..(i + 1) * k].iter().enumerate() {
+            if av == 0 {
+                continue;
+            }
+            for (cv, &bv) in crow.iter_mut().zip(&b[kk * n..(kk + 1) * n]) {
+                *cv += av as i64 * bv as i64;
             }
         }
     }
@@ -120,7 +147,10 @@ fn pack(x: &[i32], labels: &[u8], shape: &[usize], order: &[u8], sizes: &[usize;
         return out;
     }
     // the innermost axis is copied as a run (contiguous when its stride is 1)
-    let (inner, inner_st) = (dims.last().copied().unwrap_or(1), st.last().copied().unwrap_or(0));
+    let (inner, inner_st) = (
+        dims.last().copied().unwrap_or(1),
+        st.last().copied().unwrap_or(0),
+    );
     let outer_dims = &dims[..dims.len().saturating_sub(1)];
     let mut idx = vec![0usize; outer_dims.len()];
     for _ in 0..total / inner {
@@ -197,12 +227,18 @@ impl EinPlan {
 
     /// Pack a constant `a` operand ahead of time.
     pub fn pack_a(&self, s: &EinSpec<'_>, a: &[i32]) -> Option<Packed> {
-        self.packable.then(|| Packed { data: pack(a, s.a, s.a_shape, &self.a_order, &self.sizes), max_abs: max_abs(a) })
+        self.packable.then(|| Packed {
+            data: pack(a, s.a, s.a_shape, &self.a_order, &self.sizes),
+            max_abs: max_abs(a),
+        })
     }
 
     /// Pack a constant `b` operand ahead of time.
     pub fn pack_b(&self, s: &EinSpec<'_>, b: &[i32]) -> Option<Packed> {
-        self.packable.then(|| Packed { data: pack(b, s.b, s.b_shape, &self.b_order, &self.sizes), max_abs: max_abs(b) })
+        self.packable.then(|| Packed {
+            data: pack(b, s.b, s.b_shape, &self.b_order, &self.sizes),
+            max_abs: max_abs(b),
+        })
     }
 
     /// Run; `pa`/`pb` are the pre-packed operands when constant.
@@ -218,10 +254,16 @@ impl EinPlan {
         shift: i32,
         threads: usize,
     ) -> Result<Vec<i32>, ExecError> {
-        let (ma, mb) = (pa.map_or_else(|| max_abs(a), |p| p.max_abs), pb.map_or_else(|| max_abs(b), |p| p.max_abs));
+        let (ma, mb) = (
+            pa.map_or_else(|| max_abs(a), |p| p.max_abs),
+            pb.map_or_else(|| max_abs(b), |p| p.max_abs),
+        );
         let bias_shift = bias.map_or(0, |(_, _, sh)| sh);
         let bias_max = bias.map_or(0, |(d, _, _)| max_abs(d) << bias_shift.clamp(0, 64));
-        let bound = (self.k as u128).saturating_mul(ma).saturating_mul(mb).saturating_add(bias_max);
+        let bound = (self.k as u128)
+            .saturating_mul(ma)
+            .saturating_mul(mb)
+            .saturating_add(bias_max);
         if !self.packable || bound >= I64_SAFE {
             return crate::exec::einsum_reference(s, a, b, bias, shift);
         }
@@ -249,7 +291,11 @@ impl EinPlan {
             let off = s.out.len() - bshape.len();
             label_strides(&s.out[off..], bshape, &self.c_order)
         });
-        let dims: Vec<usize> = self.c_order.iter().map(|&l| self.sizes[l as usize]).collect();
+        let dims: Vec<usize> = self
+            .c_order
+            .iter()
+            .map(|&l| self.sizes[l as usize])
+            .collect();
         let identity = out_st == crate::exec::strides(&dims) || dims.is_empty();
         let mut out = vec![0i32; s.out_shape.iter().product()];
         let mut idx = vec![0usize; dims.len()];
@@ -330,6 +376,15 @@ pub fn conv2d(
                     for kx in 0..kw {
                         let row = &mut cols
                             [((ci * kh + ky) * kw + kx) * p..((ci * kh + ky) * kw + kx + 1) * p];
+                        // output columns whose input column is inside the image: [x0, x1)
+                        let (sx, dx, px) = (
+                            win.stride[1] as usize,
+                            win.dilation[1] as usize,
+                            win.pads[1] as usize,
+                        );
+                        let first_in = |ox: usize| ox * sx + kx * dx;
+                        let x0 = (0..ow).find(|&ox| first_in(ox) >= px).unwrap_or(ow);
+                        let x1 = (x0..ow).find(|&ox| first_in(ox) >= px + wd).unwrap_or(ow);
                         for oy in 0..oh {
                             let iy = (oy * win.stride[0] as usize + ky * win.dilation[0] as usize)
                                 as i64
@@ -340,16 +395,17 @@ pub fn conv2d(
                                 continue;
                             }
                             let src = &plane[iy as usize * wd..(iy as usize + 1) * wd];
-                            for (ox, d) in dst.iter_mut().enumerate() {
-                                let ix = (ox * win.stride[1] as usize
-                                    + kx * win.dilation[1] as usize)
-                                    as i64
-                                    - win.pads[1] as i64;
-                                *d = if ix < 0 || ix >= wd as i64 {
-                                    0
+                            dst[..x0].fill(0);
+                            dst[x1..].fill(0);
+                            if x1 > x0 {
+                                let start = first_in(x0) - px;
+                                if sx == 1 {
+                                    dst[x0..x1].copy_from_slice(&src[start..start + (x1 - x0)]);
                                 } else {
-                                    src[ix as usize]
-                                };
+                                    for (j, d) in dst[x0..x1].iter_mut().enumerate() {
+                                        *d = src[start + j * sx];
+                                    }
+                                }
                             }
                         }
                     }
