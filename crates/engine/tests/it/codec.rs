@@ -145,6 +145,9 @@ proptest! {
         let mut bytes = vty::encode(&sample_model());
         let i = pos.index(bytes.len());
         bytes[i] = val;
-        let _ = vty::decode(&bytes);
+        // the encoding is canonical: whatever decodes re-encodes to the same bytes
+        if let Ok((m, _)) = vty::decode(&bytes) {
+            prop_assert_eq!(vty::encode(&m), bytes);
+        }
     }
 }

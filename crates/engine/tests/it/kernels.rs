@@ -62,7 +62,7 @@ fn ein_case() -> impl Strategy<Value = EinCase> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(96))]
+    #![proptest_config(ProptestConfig::with_cases(256))]
 
     #[test]
     fn einsum_fast_equals_reference(c in ein_case(), seed in any::<u64>(), big in prop::bool::weighted(0.15), sa in 0i8..8, sb in 0i8..8, so in 0i8..10) {

@@ -1,0 +1,113 @@
+//! Kernel benchmarks: the fast executor against the reference on the heavy ops.
+use criterion::{criterion_group, criterion_main, Criterion};
+use std::hint::black_box;
+use verity_engine::ir::*;
+use verity_engine::{Executor, Mode};
+
+fn values(n: usize, seed: u64, mag: i32) -> Vec<i32> {
+    let mut s = seed;
+    (0..n)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 33) as i64 % (2 * mag as i64 + 1) - mag as i64) as i32
+        })
+        .collect()
+}
+
+fn one_node(x_shape: Vec<u32>, w: Const, op: Op, out: Vec<u32>) -> Model {
+    Model {
+        inputs: vec![Input {
+            name: "x".into(),
+            shape: x_shape,
+            scale: 16,
+            kind: InputKind::Fixed,
+        }],
+        consts: vec![w],
+        nodes: vec![Node {
+            name: "n".into(),
+            op,
+            inputs: vec![0, 1],
+            shape: out,
+            scale: 16,
+        }],
+        outputs: vec![Output {
+            name: "y".into(),
+            value: 2,
+        }],
+    }
+}
+
+fn bench(c: &mut Criterion) {
+    let gemv = one_node(
+        vec![1, 784],
+        Const {
+            shape: vec![128, 784],
+            scale: 16,
+            data: values(128 * 784, 1, 1 << 15),
+        },
+        Op::EinSum {
+            a: vec![0, 1],
+            b: vec![2, 1],
+            out: vec![0, 2],
+        },
+        vec![1, 128],
+    );
+    let gemm = one_node(
+        vec![64, 256],
+        Const {
+            shape: vec![256, 256],
+            scale: 16,
+            data: values(256 * 256, 2, 1 << 15),
+        },
+        Op::EinSum {
+            a: vec![0, 1],
+            b: vec![1, 2],
+            out: vec![0, 2],
+        },
+        vec![64, 256],
+    );
+    let window = Window {
+        kernel: [3, 3],
+        stride: [1, 1],
+        dilation: [1, 1],
+        pads: [1, 1, 1, 1],
+    };
+    let conv = one_node(
+        vec![1, 16, 28, 28],
+        Const {
+            shape: vec![32, 16, 3, 3],
+            scale: 16,
+            data: values(32 * 16 * 9, 3, 1 << 15),
+        },
+        Op::Conv2d { window, groups: 1 },
+        vec![1, 32, 28, 28],
+    );
+    for (name, m) in [
+        ("kernels::einsum/m=1,k=784,n=128", &gemv),
+        ("kernels::einsum/m=64,k=256,n=256", &gemm),
+        ("kernels::conv2d/c=16,o=32,hw=28,k=3", &conv),
+    ] {
+        m.validate().expect("valid bench model");
+        let n = m.inputs[0].shape.iter().product::<u32>() as usize;
+        let x = values(n, 9, 1 << 16);
+        for (mode, label) in [
+            (Mode::Fast { threads: 1 }, "fast"),
+            (Mode::Fast { threads: 2 }, "fast2"),
+            (Mode::Reference, "reference"),
+        ] {
+            let exec = Executor::new(m, mode);
+            c.bench_function(&format!("{name},exec={label}"), |b| {
+                b.iter(|| black_box(exec.run(vec![x.clone()]).unwrap()))
+            });
+        }
+    }
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().sample_size(20);
+    targets = bench
+}
+criterion_main!(benches);
