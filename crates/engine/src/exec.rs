@@ -101,7 +101,7 @@ pub struct Trace {
 enum Prepared {
     None,
     Ein(
-        kernels::EinPlan,
+        Box<kernels::EinPlan>,
         Option<kernels::Packed>,
         Option<kernels::Packed>,
     ),
@@ -146,7 +146,7 @@ impl<'m> Executor<'m> {
                         let pb = model
                             .const_of(node.inputs[1])
                             .and_then(|c| plan.pack_b(&spec, &c.data));
-                        Prepared::Ein(plan, pa, pb)
+                        Prepared::Ein(Box::new(plan), pa, pb)
                     }
                     _ => Prepared::None,
                 })
