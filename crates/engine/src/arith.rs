@@ -34,6 +34,31 @@ pub fn div_round(a: i128, b: i128) -> Result<i128, ExecError> {
     Ok((2 * a + b).div_euclid(2 * b))
 }
 
+/// [`div_round`] in `i64` for `|a| < 2^61` and `0 < b < 2^61` (the caller checks); a power-of-two `b`
+/// is a rounding shift.
+#[inline]
+pub fn div_round_i64(a: i64, b: i64) -> i64 {
+    if b & (b - 1) == 0 {
+        let p = b.trailing_zeros();
+        if p == 0 {
+            return a;
+        }
+        return (a + (1 << (p - 1))) >> p;
+    }
+    (2 * a + b).div_euclid(2 * b)
+}
+
+/// `div_round` choosing the `i64` path when the operands allow it.
+#[inline]
+pub fn div_round_fast(a: i128, b: i128) -> Result<i128, ExecError> {
+    const LIM: i128 = 1 << 61;
+    if b > 0 && b < LIM && a > -LIM && a < LIM {
+        Ok(div_round_i64(a as i64, b as i64) as i128)
+    } else {
+        div_round(a, b)
+    }
+}
+
 /// `floor(sqrt(n))` for `n >= 0`.
 pub fn isqrt_floor(n: u128) -> u128 {
     if n < 2 {
@@ -103,6 +128,14 @@ mod tests {
         fn isqrt_is_exact(n in any::<u64>()) {
             let r = isqrt_floor(n as u128);
             prop_assert!(r * r <= n as u128 && (r + 1) * (r + 1) > n as u128);
+        }
+
+        #[test]
+        fn fast_division_equals_exact(a in any::<i64>(), b in 1i64..(1 << 40), p in 0u32..40) {
+            let a = (a >> 3) as i128;
+            prop_assert_eq!(div_round_fast(a, b as i128).unwrap(), div_round(a, b as i128).unwrap());
+            let pow = 1i128 << p;
+            prop_assert_eq!(div_round_fast(a, pow).unwrap(), div_round(a, pow).unwrap());
         }
 
         #[test]

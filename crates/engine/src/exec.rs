@@ -2,7 +2,7 @@
 //! mirror the spec) and a fast executor (packed, blocked `i64` GEMM and im2col convolution, AVX2 when the
 //! CPU has it, optional threads). Both give identical bits; property tests and the fixtures check it.
 
-use crate::arith::{div_round, fit, isqrt_round, rshift};
+use crate::arith::{div_round, div_round_fast, fit, isqrt_round, rshift};
 use crate::error::ExecError;
 use crate::ir::*;
 use crate::kernels;
@@ -544,61 +544,73 @@ pub fn for_each_run(
     });
 }
 
-/// `rshift` on `i64` for the ranges the fast paths allow (see callers).
-#[inline(always)]
-fn rq(v: i64, k: i32) -> i64 {
-    if k > 0 {
-        (v + (1i64 << (k - 1))) >> k
-    } else {
-        v << -k
-    }
-}
-
-#[allow(clippy::too_many_arguments)]
 fn binary_i64(
     a: &[i32],
     b: &[i32],
     st: &[Vec<usize>; 2],
     out_shape: &[usize],
     k: i32,
-    f: impl Fn(i64, i64) -> i64,
+    f: impl Fn(i64, i64) -> i64 + Copy,
+) -> Result<Vec<i32>, ExecError> {
+    if k > 0 {
+        let half = 1i64 << (k - 1);
+        binary_runs(a, b, st, out_shape, move |x, y| (f(x, y) + half) >> k)
+    } else {
+        binary_runs(a, b, st, out_shape, move |x, y| f(x, y) << -k)
+    }
+}
+
+/// Apply `g` over broadcast runs, tracking the result range so the `i32` check is one comparison at the
+/// end (keeps the loops branch-free so they vectorize).
+fn binary_runs(
+    a: &[i32],
+    b: &[i32],
+    st: &[Vec<usize>; 2],
+    out_shape: &[usize],
+    g: impl Fn(i64, i64) -> i64 + Copy,
 ) -> Result<Vec<i32>, ExecError> {
     let mut out = vec![0i32; out_shape.iter().product()];
-    let mut ok = true;
+    let (mut lo, mut hi) = (0i64, 0i64);
     for_each_run(out_shape, st, |start, offs, len, inner| {
         let dst = &mut out[start..start + len];
         let (oa, ob) = (offs[0], offs[1]);
-        let mut put = |d: &mut i32, x: i32, y: i32| {
-            let r = rq(f(x as i64, y as i64), k);
-            ok &= r == r as i32 as i64;
-            *d = r as i32;
-        };
-        // the common layouts get loops without index arithmetic (they vectorize)
-        match (inner[0], inner[1]) {
-            (1, 1) => dst
-                .iter_mut()
-                .zip(&a[oa..oa + len])
-                .zip(&b[ob..ob + len])
-                .for_each(|((d, &x), &y)| put(d, x, y)),
-            (1, 0) => dst
-                .iter_mut()
-                .zip(&a[oa..oa + len])
-                .for_each(|(d, &x)| put(d, x, b[ob])),
-            (0, 1) => dst
-                .iter_mut()
-                .zip(&b[ob..ob + len])
-                .for_each(|(d, &y)| put(d, a[oa], y)),
-            (sa, sb) => {
-                for (j, d) in dst.iter_mut().enumerate() {
-                    put(d, a[oa + j * sa], b[ob + j * sb]);
+        // the common layouts get loops without index arithmetic; range tracking stays in locals
+        let (mut l, mut h) = (lo, hi);
+        macro_rules! body {
+            ($iter:expr) => {
+                for (d, (x, y)) in $iter {
+                    let r = g(x as i64, y as i64);
+                    l = l.min(r);
+                    h = h.max(r);
+                    *d = r as i32;
                 }
-            }
+            };
         }
+        match (inner[0], inner[1]) {
+            (1, 1) => body!(dst.iter_mut().zip(
+                a[oa..oa + len]
+                    .iter()
+                    .copied()
+                    .zip(b[ob..ob + len].iter().copied())
+            )),
+            (1, 0) => body!(dst
+                .iter_mut()
+                .zip(a[oa..oa + len].iter().map(|&x| (x, b[ob])))),
+            (0, 1) => body!(dst
+                .iter_mut()
+                .zip(b[ob..ob + len].iter().map(|&y| (a[oa], y)))),
+            (sa, sb) => body!(dst
+                .iter_mut()
+                .enumerate()
+                .map(|(j, d)| (d, (a[oa + j * sa], b[ob + j * sb])))),
+        }
+        lo = l;
+        hi = h;
     });
-    if ok {
-        Ok(out)
-    } else {
+    if lo < i32::MIN as i64 || hi > i32::MAX as i64 {
         Err(ExecError::Overflow)
+    } else {
+        Ok(out)
     }
 }
 
@@ -723,7 +735,7 @@ fn reduce(
                     } else {
                         (a, (count as i128) << -e)
                     };
-                    fit(div_round(num, den)?)
+                    fit(div_round_fast(num, den)?)
                 }
                 _ => fit(rshift(a, si - so)),
             }
@@ -755,7 +767,7 @@ fn softmax(
                 sum += *ej;
             }
             for (j, ej) in e.iter().enumerate() {
-                out[at(j)] = fit(div_round(*ej << so, sum)?)?;
+                out[at(j)] = fit(div_round_fast(*ej << so, sum)?)?;
             }
         }
     }
@@ -830,7 +842,7 @@ fn pool(
                             } else {
                                 (sum, count << -e)
                             };
-                            fit(div_round(num, den)?)?
+                            fit(div_round_fast(num, den)?)?
                         }
                     }
                 };

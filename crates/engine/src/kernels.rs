@@ -64,10 +64,96 @@ fn gemm_body(a: &[i32], b: &[i32], c: &mut [i64], k: usize, n: usize) {
     }
 }
 
+/// An AVX2 register tile: rows `i..i+R`, columns `j..j+8` of `c += a · b`, 64-bit lanes.
+/// `_mm256_mul_epi32` multiplies the low signed 32 bits of each lane: `a` is broadcast as a
+/// sign-extended `i64` and `b` is sign-extended from `i32`, so every product is exact.
+///
+/// # Safety
+/// The CPU must support AVX2; `a` holds at least `(i+R)·k` and `b` at least `k·n` elements,
+/// `c` at least `(i+R)·n`, and `j + 8 <= n`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn tile_avx2<const R: usize>(
+    a: &[i32],
+    b: &[i32],
+    c: &mut [i64],
+    k: usize,
+    n: usize,
+    i: usize,
+    j: usize,
+) {
+    use std::arch::x86_64::*;
+    let mut acc = [[_mm256_setzero_si256(); 2]; R];
+    let (ap, bp) = (a.as_ptr(), b.as_ptr());
+    for kk in 0..k {
+        // SAFETY (all pointer reads): indices are within the bounds the caller guarantees.
+        let row = bp.add(kk * n + j);
+        let b0 = _mm256_cvtepi32_epi64(_mm_loadu_si128(row as *const __m128i));
+        let b1 = _mm256_cvtepi32_epi64(_mm_loadu_si128(row.add(4) as *const __m128i));
+        for (r, accr) in acc.iter_mut().enumerate() {
+            let av = _mm256_set1_epi64x(*ap.add((i + r) * k + kk) as i64);
+            accr[0] = _mm256_add_epi64(accr[0], _mm256_mul_epi32(av, b0));
+            accr[1] = _mm256_add_epi64(accr[1], _mm256_mul_epi32(av, b1));
+        }
+    }
+    let cp = c.as_mut_ptr();
+    for (r, accr) in acc.iter().enumerate() {
+        let dst = cp.add((i + r) * n + j) as *mut __m256i;
+        _mm256_storeu_si256(dst, _mm256_add_epi64(_mm256_loadu_si256(dst), accr[0]));
+        let dst = dst.add(1);
+        _mm256_storeu_si256(dst, _mm256_add_epi64(_mm256_loadu_si256(dst), accr[1]));
+    }
+}
+
+/// `c += a · b` with AVX2 register tiles of up to 4 rows × 8 columns; the leftover columns run the
+/// portable loop.
+///
+/// # Safety
+/// The CPU must support AVX2.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn gemm_avx2(a: &[i32], b: &[i32], c: &mut [i64], k: usize, n: usize) {
-    gemm_body(a, b, c, k, n)
+    let m = c.len() / n.max(1);
+    if a.len() < m * k || b.len() < k * n || n < 8 {
+        return gemm_body(a, b, c, k, n);
+    }
+    let full = n / 8 * 8;
+    let mut i = 0;
+    while i < m {
+        let rows = (m - i).min(4);
+        for j in (0..full).step_by(8) {
+            match rows {
+                4 => tile_avx2::<4>(a, b, c, k, n, i, j),
+                3 => tile_avx2::<3>(a, b, c, k, n, i, j),
+                2 => tile_avx2::<2>(a, b, c, k, n, i, j),
+                _ => tile_avx2::<1>(a, b, c, k, n, i, j),
+            }
+        }
+        if full < n {
+            // leftover columns: run the same tile on zero-padded copies of the strips
+            let tail = n - full;
+            let mut bt = vec![0i32; k * 8];
+            for kk in 0..k {
+                bt[kk * 8..kk * 8 + tail].copy_from_slice(&b[kk * n + full..(kk + 1) * n]);
+            }
+            let mut ct = vec![0i64; (i + rows) * 8];
+            match rows {
+                4 => tile_avx2::<4>(a, &bt, &mut ct, k, 8, i, 0),
+                3 => tile_avx2::<3>(a, &bt, &mut ct, k, 8, i, 0),
+                2 => tile_avx2::<2>(a, &bt, &mut ct, k, 8, i, 0),
+                _ => tile_avx2::<1>(a, &bt, &mut ct, k, 8, i, 0),
+            }
+            for r in i..i + rows {
+                for (dst, &v) in c[r * n + full..(r + 1) * n]
+                    .iter_mut()
+                    .zip(&ct[r * 8..r * 8 + tail])
+                {
+                    *dst += v;
+                }
+            }
+        }
+        i += rows;
+    }
 }
 
 fn gemm(a: &[i32], b: &[i32], c: &mut [i64], k: usize, n: usize) {
@@ -417,8 +503,17 @@ pub fn conv2d(
                 let oc = g * og + o;
                 let bv = bias.map_or(0i128, |(d, sh)| (d[oc] as i128) << sh);
                 let dst = &mut out[(b * o_ch + oc) * p..(b * o_ch + oc + 1) * p];
-                for (d, &a) in dst.iter_mut().zip(&acc[o * p..(o + 1) * p]) {
-                    *d = fit(rshift(a as i128 + bv, shift))?;
+                match i64::try_from(bv) {
+                    Ok(bv) if bv.unsigned_abs() < 1 << 62 => {
+                        for (d, &a) in dst.iter_mut().zip(&acc[o * p..(o + 1) * p]) {
+                            *d = requantize(a + bv, shift)?;
+                        }
+                    }
+                    _ => {
+                        for (d, &a) in dst.iter_mut().zip(&acc[o * p..(o + 1) * p]) {
+                            *d = fit(rshift(a as i128 + bv, shift))?;
+                        }
+                    }
                 }
             }
         }
