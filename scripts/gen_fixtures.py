@@ -207,6 +207,57 @@ def ops(rng):
         "x": rng.uniform(-1, 1, size=(4, 6)).astype(np.float32)}
 
 
+def ops2(rng):
+    """More ops, opset 20: padded max/average pooling, Abs, Sqrt, HardSwish, ReduceMax/ReduceMin,
+    Flatten, a LayerNorm written out as ReduceMean/Sub/Pow/Sqrt/Div, tanh-approximate GELU,
+    Reciprocal and Neg."""
+    n = helper.make_node
+    inits = [
+        init("w", rng.normal(0, 0.4, size=(48, 6)).astype(np.float32)),
+        init("hw_axes", np.array([2, 3], dtype=np.int64)),
+        init("last", np.array([1], dtype=np.int64)),
+        init("two", np.array(2.0, dtype=np.float32)),
+        init("eps", np.array(1e-5, dtype=np.float32)),
+        init("one", np.array(1.0, dtype=np.float32)),
+    ]
+    nodes = [
+        n("MaxPool", ["x"], ["mp"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1], name="maxpool_pad"),
+        n("AveragePool", ["x"], ["ap"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1],
+          count_include_pad=1, name="avgpool_pad"),
+        n("Sub", ["mp", "ap"], ["d"], name="pool_diff"),
+        n("Abs", ["d"], ["ad"], name="abs"),
+        n("Sqrt", ["ad"], ["sq"], name="sqrt"),
+        n("HardSwish", ["ap"], ["hs"], name="hardswish"),
+        n("Add", ["sq", "hs"], ["s"], name="add"),
+        n("ReduceMax", ["s", "hw_axes"], ["rmax"], keepdims=1, name="reduce_max"),
+        n("ReduceMin", ["s", "hw_axes"], ["rmin"], keepdims=1, name="reduce_min"),
+        n("Sub", ["s", "rmin"], ["s0"], name="shift_min"),
+        n("Add", ["s0", "rmax"], ["s1"], name="add_max"),
+        n("Flatten", ["s1"], ["f"], axis=1, name="flatten"),
+        n("MatMul", ["f", "w"], ["m"], name="matmul"),
+        n("ReduceMean", ["m", "last"], ["mu"], keepdims=1, name="ln_mean"),
+        n("Sub", ["m", "mu"], ["dc"], name="ln_center"),
+        n("Pow", ["dc", "two"], ["dc2"], name="ln_square"),
+        n("ReduceMean", ["dc2", "last"], ["var"], keepdims=1, name="ln_var"),
+        n("Add", ["var", "eps"], ["ve"], name="ln_eps"),
+        n("Sqrt", ["ve"], ["sd"], name="ln_std"),
+        n("Div", ["dc", "sd"], ["ln"], name="ln_div"),
+        n("Gelu", ["ln"], ["g"], approximate="tanh", name="gelu_tanh"),
+        n("Abs", ["g"], ["ag"], name="abs2"),
+        n("Add", ["ag", "one"], ["ag1"], name="add_one"),
+        n("Reciprocal", ["ag1"], ["r"], name="reciprocal"),
+        n("Neg", ["r"], ["nr"], name="neg"),
+        n("Add", ["nr", "g"], ["out"], name="out"),
+    ]
+    g = helper.make_graph(
+        nodes, "ops2",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 8, 8])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [2, 6])],
+        inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 20)]), {
+        "x": rng.uniform(-1, 1, size=(2, 3, 8, 8)).astype(np.float32)}
+
+
 def digits(out_dir):
     """scikit-learn MLPClassifier trained on the bundled digits data, exported by hand to ONNX
     (Gemm/Relu/Gemm/Softmax). Also writes a calibration set and a held-out evaluation set."""
@@ -272,7 +323,8 @@ def main():
     import onnxruntime as ort
 
     built = {}
-    for name, fn, seed in [("mlp", mlp, 1), ("cnn", cnn, 2), ("transformer", transformer, 3), ("ops", ops, 4)]:
+    for name, fn, seed in [("mlp", mlp, 1), ("cnn", cnn, 2), ("transformer", transformer, 3), ("ops", ops, 4),
+                           ("ops2", ops2, 6)]:
         built[name] = fn(np.random.default_rng(seed))
     m, inp, acc = digits(out_dir)
     built["digits"] = (m, inp)

@@ -5,6 +5,9 @@
 use verity_engine::exec::{broadcast_strides, for_each_index, label_strides, strides, EinSpec};
 use verity_engine::ir::{numel, InputKind, Op, ReduceKind, Window};
 
+/// `√(2/π)` as the nearest `f64`.
+const SQRT_2_OVER_PI: f64 = 0.797_884_560_802_865_4;
+
 /// A scalar function implemented canonically by a lookup table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Func {
@@ -18,6 +21,10 @@ pub enum Func {
     Exp,
     /// The standard normal CDF `Φ(x) = (1 + erf(x / √2)) / 2` (GELU is `x · Φ(x)`).
     NormCdf,
+    /// The tanh approximation of `Φ`: `(1 + tanh(√(2/π)(x + 0.044715 x³))) / 2`.
+    TanhCdf,
+    /// The same with `x²` in place of `x³` (tract's fast GELU variant).
+    TanhCdfFast,
 }
 
 impl Func {
@@ -29,6 +36,8 @@ impl Func {
             Func::Erf => libm::erf(x),
             Func::Exp => libm::exp(x),
             Func::NormCdf => 0.5 * (1.0 + libm::erf(x * std::f64::consts::FRAC_1_SQRT_2)),
+            Func::TanhCdf => 0.5 * (1.0 + libm::tanh(SQRT_2_OVER_PI * (x + 0.044715 * x * x * x))),
+            Func::TanhCdfFast => 0.5 * (1.0 + libm::tanh(SQRT_2_OVER_PI * (x + 0.044715 * x * x))),
         }
     }
 
@@ -39,8 +48,8 @@ impl Func {
             Func::Sigmoid => Some((-17.0, 17.0)),
             Func::Tanh => Some((-10.0, 10.0)),
             Func::Erf => Some((-6.0, 6.0)),
-            Func::NormCdf => Some((-9.0, 9.0)),
-            Func::Exp => None,
+            Func::NormCdf | Func::TanhCdf => Some((-9.0, 9.0)),
+            Func::TanhCdfFast | Func::Exp => None,
         }
     }
 
@@ -52,6 +61,8 @@ impl Func {
             Func::Erf => "erf",
             Func::Exp => "exp",
             Func::NormCdf => "normal-cdf",
+            Func::TanhCdf => "tanh-cdf",
+            Func::TanhCdfFast => "tanh-cdf-fast",
         }
     }
 }

@@ -295,6 +295,68 @@ impl<'a> Builder<'a> {
                     let m1 = self.konst(vec![], vec![-1.0], false);
                     self.push(name, &origin, canon(Op::Mul), vec![x, m1], out_shape)
                 }
+                "Abs" => {
+                    let m1 = self.konst(vec![], vec![-1.0], false);
+                    let neg = self.push(
+                        format!("{name}.neg"),
+                        &origin,
+                        canon(Op::Mul),
+                        vec![x, m1],
+                        out_shape.clone(),
+                    );
+                    self.push(name, &origin, canon(Op::Max), vec![x, neg], out_shape)
+                }
+                "HardSwish" => {
+                    // x · clamp(x + 3, 0, 6) / 6
+                    let three = self.konst(vec![], vec![3.0], false);
+                    let t = self.push(
+                        format!("{name}.shift"),
+                        &origin,
+                        canon(Op::Add),
+                        vec![x, three],
+                        out_shape.clone(),
+                    );
+                    let c = self.push(
+                        format!("{name}.relu6"),
+                        &origin,
+                        FOp::Clamp { lo: 0.0, hi: 6.0 },
+                        vec![t],
+                        out_shape.clone(),
+                    );
+                    let m = self.push(
+                        format!("{name}.gate"),
+                        &origin,
+                        canon(Op::Mul),
+                        vec![x, c],
+                        out_shape.clone(),
+                    );
+                    let sixth = self.konst(vec![], vec![1.0 / 6.0], false);
+                    self.push(name, &origin, canon(Op::Mul), vec![m, sixth], out_shape)
+                }
+                "GeluApproximate" => {
+                    let g =
+                        e.0.downcast_ref::<ops::nn::GeluApproximate>()
+                            .ok_or_else(|| unsupported(node, "unexpected GeluApproximate form"))?;
+                    let f = if g.fast_impl {
+                        Func::TanhCdfFast
+                    } else {
+                        Func::TanhCdf
+                    };
+                    let phi = self.push(
+                        format!("{name}.cdf"),
+                        &origin,
+                        FOp::Func(f),
+                        vec![x],
+                        out_shape.clone(),
+                    );
+                    self.push(name, &origin, canon(Op::Mul), vec![x, phi], out_shape)
+                }
+                "PowConst" => {
+                    let p =
+                        e.0.downcast_ref::<ops::math::PowConst>()
+                            .ok_or_else(|| unsupported(node, "unexpected PowConst form"))?;
+                    self.lower_pow(node, x, p.exponent as f64, out_shape)?
+                }
                 other => return Err(unsupported(node, format!("element-wise function {other}"))),
             }
         } else if let Some(s) = op.downcast_ref::<Softmax>() {
@@ -499,6 +561,14 @@ impl<'a> Builder<'a> {
             }
             "Sub" => self.push(name, &origin, FOp::Canon(Op::Sub), ins, out_shape),
             "Mul" => self.push(name, &origin, FOp::Canon(Op::Mul), ins, out_shape),
+            // tract's flipped subtraction: y - x
+            "SubF" => self.push(name, &origin, FOp::Canon(Op::Sub), vec![y, x], out_shape),
+            "Pow" => match scalar(self, y) {
+                Some(e) if self.shape_of(x) == out_shape => {
+                    self.lower_pow(node, x, e, out_shape)?
+                }
+                _ => return Err(unsupported(node, "Pow needs a constant, uniform exponent")),
+            },
             "Div" => match self
                 .const_data(y)
                 .map(|c| (c.shape.clone(), c.data.clone()))
@@ -543,6 +613,44 @@ impl<'a> Builder<'a> {
                 }
             }
             other => return Err(unsupported(node, format!("binary operator {other}"))),
+        })
+    }
+
+    /// `x^e` for the exponents with an exact canonical form.
+    fn lower_pow(
+        &mut self,
+        node: &TypedNode,
+        x: Ref,
+        e: f64,
+        out_shape: Vec<u32>,
+    ) -> Result<Ref, CompileError> {
+        let name = node.name.clone();
+        let origin = node.op.name().to_string();
+        let c = |op: Op| FOp::Canon(op);
+        Ok(if e == 1.0 {
+            self.push(name, &origin, c(Op::Rescale), vec![x], out_shape)
+        } else if e == 2.0 {
+            self.push(name, &origin, c(Op::Mul), vec![x, x], out_shape)
+        } else if e == 3.0 {
+            let sq = self.push(
+                format!("{name}.square"),
+                &origin,
+                c(Op::Mul),
+                vec![x, x],
+                out_shape.clone(),
+            );
+            self.push(name, &origin, c(Op::Mul), vec![sq, x], out_shape)
+        } else if e == 0.5 {
+            self.push(name, &origin, c(Op::Sqrt), vec![x], out_shape)
+        } else if e == -0.5 {
+            self.push(name, &origin, c(Op::Rsqrt), vec![x], out_shape)
+        } else if e == -1.0 {
+            self.push(name, &origin, c(Op::Recip), vec![x], out_shape)
+        } else {
+            return Err(unsupported(
+                node,
+                format!("power with exponent {e} (supported: -1, -0.5, 0.5, 1, 2, 3)"),
+            ));
         })
     }
 
