@@ -31,7 +31,13 @@ pub fn div_round(a: i128, b: i128) -> Result<i128, ExecError> {
         return Err(ExecError::DivisionByZero);
     }
     let (a, b) = if b < 0 { (-a, -b) } else { (a, b) };
-    Ok((2 * a + b).div_euclid(2 * b))
+    // operands are bounded by validation, but stay total: an intermediate beyond i128 cannot fit i32
+    let num = a
+        .checked_mul(2)
+        .and_then(|x| x.checked_add(b))
+        .ok_or(ExecError::Overflow)?;
+    let den = b.checked_mul(2).ok_or(ExecError::Overflow)?;
+    Ok(num.div_euclid(den))
 }
 
 /// [`div_round`] in `i64` for `|a| < 2^61` and `0 < b < 2^61` (the caller checks); a power-of-two `b`

@@ -79,7 +79,10 @@ impl Window {
     /// Output spatial size for input spatial size `(h, w)`, or `None` if the window does not fit.
     pub fn output_hw(&self, h: u32, w: u32) -> Option<(u32, u32)> {
         let dim = |size: u32, k: u32, s: u32, d: u32, p0: u32, p1: u32| -> Option<u32> {
-            if k == 0 || s == 0 || d == 0 {
+            if k == 0 || s == 0 || d == 0 || k > MAX_WINDOW || s > MAX_WINDOW || d > MAX_WINDOW {
+                return None;
+            }
+            if p0 > MAX_WINDOW || p1 > MAX_WINDOW {
                 return None;
             }
             let padded = size as u64 + p0 as u64 + p1 as u64;
@@ -301,6 +304,9 @@ pub struct ValueInfo<'a> {
     /// Fractional bits.
     pub scale: i8,
 }
+
+/// Largest kernel size, stride, dilation or padding of a window.
+pub const MAX_WINDOW: u32 = 1 << 16;
 
 /// Maximum elements in one tensor.
 pub const MAX_ELEMENTS: u64 = 1 << 31;

@@ -3,6 +3,7 @@
 
 mod codec;
 mod kernels;
+mod random_models;
 
 use verity_engine::ir::*;
 

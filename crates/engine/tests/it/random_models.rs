@@ -1,0 +1,140 @@
+//! Random single-node models with random parameters, scales and extreme values: whatever passes
+//! validation runs without panicking, and the fast and reference executors agree.
+
+use proptest::prelude::*;
+use verity_engine::ir::*;
+use verity_engine::{Executor, Mode};
+
+use crate::{gen, input, one_node};
+
+fn check(m: &Model, inputs: Vec<Vec<i32>>) -> Result<(), TestCaseError> {
+    if m.validate().is_err() {
+        return Ok(());
+    }
+    let r = Executor::new(m, Mode::Reference).run(inputs.clone());
+    for mode in [Mode::Fast { threads: 1 }, Mode::Fast { threads: 2 }] {
+        let f = Executor::new(m, mode).run(inputs.clone());
+        match (&r, &f) {
+            (Ok(a), Ok(b)) => prop_assert_eq!(a, b),
+            (Err(_), Err(_)) => {}
+            _ => prop_assert!(
+                false,
+                "reference {r:?} vs fast {f:?} for {:?}",
+                m.nodes[0].op
+            ),
+        }
+    }
+    Ok(())
+}
+
+fn unary_op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        (any::<i32>(), any::<i32>()).prop_map(|(a, b)| Op::Clamp {
+            lo: a.min(b),
+            hi: a.max(b)
+        }),
+        (any::<i32>(), -20i8..40).prop_map(|(alpha_q, alpha_scale)| Op::LeakyRelu {
+            alpha_q,
+            alpha_scale
+        }),
+        Just(Op::Rescale),
+        Just(Op::Sqrt),
+        Just(Op::Rsqrt),
+        Just(Op::Recip),
+        Just(Op::Reshape),
+        Just(Op::Transpose { perm: vec![1, 0] }),
+        (0u32..2, 0u32..3, 1u32..4).prop_map(|(axis, start, step)| Op::Slice {
+            axis,
+            start,
+            end: 2,
+            step
+        }),
+        prop::sample::subsequence(vec![0u32, 1], 1..=2).prop_flat_map(|axes| {
+            prop_oneof![
+                Just(ReduceKind::Sum),
+                Just(ReduceKind::Mean),
+                Just(ReduceKind::Max),
+                Just(ReduceKind::Min)
+            ]
+            .prop_map(move |kind| Op::Reduce {
+                kind,
+                axes: axes.clone(),
+            })
+        }),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn unary_ops(op in unary_op(), si in -40i8..45, so in -40i8..45, seed in any::<u64>(), mag in prop::sample::select(vec![16, 1 << 16, i32::MAX])) {
+        let shape = match &op {
+            Op::Reshape => vec![3, 2],
+            Op::Transpose { .. } => vec![3, 2],
+            Op::Slice { axis, start, step, .. } => {
+                let mut s = vec![2, 3];
+                s[*axis as usize] = (2 - (*start).min(2)).div_ceil(*step);
+                s
+            }
+            Op::Reduce { axes, .. } => (0..2).map(|i| if axes.contains(&i) { 1 } else { [2, 3][i as usize] }).collect(),
+            _ => vec![2, 3],
+        };
+        let m = one_node(vec![input("x", vec![2, 3], si)], vec![], op, vec![0], shape, so);
+        check(&m, vec![gen(seed, mag)(6)])?;
+    }
+
+    #[test]
+    fn binary_ops(k in 0usize..6, bshape in prop::sample::select(vec![vec![3u32], vec![1], vec![2, 3], vec![2, 1]]),
+                  sa in -40i8..45, sb in -40i8..45, so in -40i8..45, seed in any::<u64>(),
+                  mag in prop::sample::select(vec![16, 1 << 16, i32::MAX])) {
+        let op = [Op::Add, Op::Sub, Op::Mul, Op::Div, Op::Max, Op::Min][k].clone();
+        let nb = bshape.iter().product::<u32>() as usize;
+        let m = one_node(vec![input("a", vec![2, 3], sa), input("b", bshape, sb)], vec![], op, vec![0, 1], vec![2, 3], so);
+        let mut g = gen(seed, mag);
+        check(&m, vec![g(6), g(nb)])?;
+    }
+
+    #[test]
+    fn table_ops(len in 1usize..40, shift in -70i32..70, lo in any::<i32>(), si in -40i8..45, so in 0i8..31,
+                 axis in 0u32..2, seed in any::<u64>(), mag in prop::sample::select(vec![16, 1 << 16, i32::MAX])) {
+        let mut g = gen(seed, mag);
+        let table: Vec<i32> = g(len);
+        let x = g(6);
+        let m = one_node(vec![input("x", vec![2, 3], si)], vec![Const { shape: vec![len as u32], scale: so, data: table.clone() }],
+            Op::Lookup { shift, lo }, vec![0, 1], vec![2, 3], so);
+        check(&m, vec![x.clone()])?;
+        let positive: Vec<i32> = table.iter().map(|v| v.saturating_abs()).collect();
+        let m = one_node(vec![input("x", vec![2, 3], si)], vec![Const { shape: vec![len as u32], scale: 30, data: positive }],
+            Op::Softmax { axis, shift, lo }, vec![0, 1], vec![2, 3], so);
+        check(&m, vec![x])?;
+    }
+
+    #[test]
+    fn pools_and_shape_ops(k in [1u32..4, 1u32..4], s in [1u32..3, 1u32..3], d in [1u32..3, 1u32..3], p in [0u32..4, 0u32..4, 0u32..4, 0u32..4],
+                           cip in any::<bool>(), si in -10i8..30, so in -10i8..30, seed in any::<u64>(),
+                           mag in prop::sample::select(vec![16, 1 << 16, i32::MAX])) {
+        let window = Window { kernel: k, stride: s, dilation: d, pads: p };
+        let mut g = gen(seed, mag);
+        let x = g(2 * 2 * 5 * 5);
+        if let Some((oh, ow)) = window.output_hw(5, 5) {
+            for op in [Op::MaxPool2d { window }, Op::AvgPool2d { window, count_include_pad: cip }] {
+                let m = one_node(vec![input("x", vec![2, 2, 5, 5], si)], vec![], op, vec![0], vec![2, 2, oh, ow], so);
+                check(&m, vec![x.clone()])?;
+            }
+        }
+        // concat, broadcast and gather with integer indices (some out of range)
+        let m = Model {
+            inputs: vec![input("a", vec![2, 3], si), input("b", vec![2, 2], so)],
+            consts: vec![],
+            nodes: vec![Node { name: "c".into(), op: Op::Concat { axis: 1 }, inputs: vec![0, 1], shape: vec![2, 5], scale: so }],
+            outputs: vec![Output { name: "y".into(), value: 2 }],
+        };
+        check(&m, vec![g(6), g(4)])?;
+        let m = one_node(vec![input("a", vec![1, 3], si)], vec![], Op::Broadcast, vec![0], vec![4, 2, 3], so);
+        check(&m, vec![g(3)])?;
+        let idx = Input { name: "i".into(), shape: vec![3], scale: 0, kind: InputKind::Int };
+        let m = one_node(vec![idx], vec![Const { shape: vec![4, 2], scale: si, data: g(8) }], Op::Gather { axis: 0 }, vec![1, 0], vec![3, 2], so);
+        check(&m, vec![gen(seed, 5)(3)])?;
+    }
+}
