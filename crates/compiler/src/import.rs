@@ -186,9 +186,8 @@ impl<'a> Builder<'a> {
                     format!("kernel format {:?}", c.kernel_fmt),
                 ));
             }
-            let window = self.window(&c.pool_spec, &self.shape_of(ins[0]), node)?;
             let o = out_shape[1];
-            let mut conv_ins = vec![ins[0], ins[1]];
+            let mut extra = vec![];
             if let Some(&b) = ins.get(2) {
                 match self
                     .const_data(b)
@@ -196,12 +195,10 @@ impl<'a> Builder<'a> {
                 {
                     Some((_, d)) if d.iter().all(|&v| v == 0.0) => {}
                     Some((s, d)) if s.iter().product::<u32>() == 1 => {
-                        let r = self.konst(vec![o], vec![d[0]; o as usize], false);
-                        conv_ins.push(r);
+                        extra.push(self.konst(vec![o], vec![d[0]; o as usize], false))
                     }
                     Some((s, d)) if s.iter().product::<u32>() == o => {
-                        let r = self.konst(vec![o], d, false);
-                        conv_ins.push(r);
+                        extra.push(self.konst(vec![o], d, false))
                     }
                     _ => {
                         return Err(unsupported(
@@ -211,38 +208,49 @@ impl<'a> Builder<'a> {
                     }
                 }
             }
-            self.push(
-                name,
-                &origin,
-                canon(Op::Conv2d {
-                    window,
-                    groups: c.group as u32,
-                }),
-                conv_ins,
+            let groups = c.group as u32;
+            self.windowed(
+                node,
+                &c.pool_spec,
+                ins[0],
+                Some(ins[1]),
+                extra,
                 out_shape,
-            )
+                false,
+                move |window| Op::Conv2d { window, groups },
+            )?
         } else if let Some(p) = op.downcast_ref::<MaxPool>() {
             if p.with_index_outputs.is_some() {
                 return Err(unsupported(node, "MaxPool with index outputs"));
             }
-            let window = self.window(&p.pool_spec, &self.shape_of(ins[0]), node)?;
-            self.push(
-                name,
-                &origin,
-                canon(Op::MaxPool2d { window }),
-                ins,
+            self.windowed(
+                node,
+                &p.pool_spec,
+                ins[0],
+                None,
+                vec![],
                 out_shape,
-            )
+                false,
+                |window| Op::MaxPool2d { window },
+            )?
         } else if let Some(p) = op.downcast_ref::<SumPool>() {
             if !p.normalize {
                 return Err(unsupported(node, "un-normalized sum pooling"));
             }
-            let window = self.window(&p.pool_spec, &self.shape_of(ins[0]), node)?;
-            let op = Op::AvgPool2d {
-                window,
-                count_include_pad: p.count_include_pad,
-            };
-            self.push(name, &origin, canon(op), ins, out_shape)
+            let cip = p.count_include_pad;
+            self.windowed(
+                node,
+                &p.pool_spec,
+                ins[0],
+                None,
+                vec![],
+                out_shape,
+                cip,
+                move |window| Op::AvgPool2d {
+                    window,
+                    count_include_pad: cip,
+                },
+            )?
         } else if let Some(b) = op.downcast_ref::<ops::binary::TypedBinOp>() {
             self.lower_binary(node, b.0.name(), ins, out_shape)?
         } else if let Some(e) = op.downcast_ref::<ops::element_wise::ElementWiseOp>() {
@@ -376,6 +384,12 @@ impl<'a> Builder<'a> {
             let mut axes: Vec<u32> = r.axes.iter().map(|&a| a as u32).collect();
             axes.sort_unstable();
             axes.dedup();
+            if axes.is_empty() {
+                // reducing over no axis is the identity
+                let r = self.push(name, &origin, canon(Op::Rescale), ins, out_shape);
+                self.map.insert(OutletId::new(id, 0), r);
+                return Ok(());
+            }
             let kind = match r.reducer {
                 Reducer::Sum => ReduceKind::Sum,
                 Reducer::Max => ReduceKind::Max,
@@ -672,16 +686,19 @@ impl<'a> Builder<'a> {
             if pins.len() != 2 || pnode.shape != out_shape {
                 continue;
             }
-            // the product must feed only this Add
-            let Some(outlet) = self.map.iter().find(|(_, r)| **r == prod).map(|(o, _)| *o) else {
+            // the product must be computed by the tract node feeding this Add, and feed nothing else
+            let Some(&outlet) = node.inputs.iter().find(|o| self.map.get(o) == Some(&prod)) else {
                 continue;
             };
-            let succ = model.outlet_successors(outlet).len();
+            let succ = model.outlet_successors(outlet);
             let is_output = model
                 .output_outlets()
                 .map_err(|e| CompileError::Tract(e.to_string()))?
                 .contains(&outlet);
-            if succ != 1 || is_output {
+            let direct = model.node(outlet.node).outputs.len() == 1
+                && !model.node(outlet.node).op_is::<ops::identity::Identity>()
+                && matches!(&pnode.op, FOp::Canon(Op::EinSum { .. } | Op::Conv2d { .. }));
+            if succ.len() != 1 || succ[0].node != node.id || is_output || !direct {
                 continue;
             }
             let bias_ref = match &pnode.op {
@@ -717,34 +734,122 @@ impl<'a> Builder<'a> {
         Ok(None)
     }
 
-    fn window(
-        &self,
-        spec: &PoolSpec,
-        in_shape: &[u32],
+    /// Lower a convolution or pooling over 1 or 2 spatial axes (NCHW / NCL) to the 2-D canonical op:
+    /// 1-D data is reshaped to height 1 and back. Ceil-mode outputs get extra bottom/right padding
+    /// (ignored taps), except for average pooling that counts padding, whose divisor would differ.
+    #[allow(clippy::too_many_arguments)]
+    fn windowed(
+        &mut self,
         node: &TypedNode,
-    ) -> Result<Window, CompileError> {
+        spec: &PoolSpec,
+        x: Ref,
+        weights: Option<Ref>,
+        extra: Vec<Ref>,
+        out_shape: Vec<u32>,
+        counts_padding: bool,
+        make: impl Fn(Window) -> Op,
+    ) -> Result<Ref, CompileError> {
+        let name = node.name.clone();
+        let origin = node.op.name().to_string();
+        let in_shape = self.shape_of(x);
+        let rank = spec.kernel_shape.len();
         if spec.data_format != DataFormat::NCHW
-            || spec.kernel_shape.len() != 2
-            || in_shape.len() != 4
+            || !(rank == 1 || rank == 2)
+            || in_shape.len() != rank + 2
+            || out_shape.len() != rank + 2
         {
-            return Err(unsupported(node, "only 2-D windows over NCHW data"));
+            return Err(unsupported(
+                node,
+                "only 1-D and 2-D windows over channels-first data",
+            ));
         }
-        let k = [spec.kernel_shape[0], spec.kernel_shape[1]];
-        let d = spec.dilations.as_ref().map_or([1, 1], |d| [d[0], d[1]]);
-        let s = spec.strides.as_ref().map_or([1, 1], |s| [s[0], s[1]]);
-        let hw = [in_shape[2] as usize, in_shape[3] as usize];
-        let pads = spec.padding.compute(&hw, &k, &d, &s);
-        Ok(Window {
-            kernel: [k[0] as u32, k[1] as u32],
-            stride: [s[0] as u32, s[1] as u32],
-            dilation: [d[0] as u32, d[1] as u32],
-            pads: [
-                pads[0].pad_before as u32,
-                pads[1].pad_before as u32,
-                pads[0].pad_after as u32,
-                pads[1].pad_after as u32,
-            ],
-        })
+        let k = &spec.kernel_shape;
+        let d: Vec<usize> = spec
+            .dilations
+            .as_ref()
+            .map_or(vec![1; rank], |d| d.to_vec());
+        let st: Vec<usize> = spec.strides.as_ref().map_or(vec![1; rank], |s| s.to_vec());
+        let spatial: Vec<usize> = in_shape[2..].iter().map(|&v| v as usize).collect();
+        let pads = spec.padding.compute(&spatial, k, &d, &st);
+        let mut before: Vec<u32> = pads.iter().map(|p| p.pad_before as u32).collect();
+        let mut after: Vec<u32> = pads.iter().map(|p| p.pad_after as u32).collect();
+        // ceil mode: extend the padding after so the last (partial) window exists
+        for ax in 0..rank {
+            let span = (k[ax] - 1) * d[ax] + 1;
+            let want = out_shape[2 + ax] as usize;
+            let padded = spatial[ax] + before[ax] as usize + after[ax] as usize;
+            let have = if padded >= span {
+                (padded - span) / st[ax] + 1
+            } else {
+                0
+            };
+            if want > have {
+                if counts_padding {
+                    return Err(unsupported(
+                        node,
+                        "ceil-mode average pooling that counts padding",
+                    ));
+                }
+                after[ax] += ((want - 1) * st[ax] + span - padded) as u32;
+            }
+        }
+        if rank == 1 {
+            before.insert(0, 0);
+            after.insert(0, 0);
+        }
+        let two = |v: &[usize]| -> [u32; 2] {
+            if v.len() == 1 {
+                [1, v[0] as u32]
+            } else {
+                [v[0] as u32, v[1] as u32]
+            }
+        };
+        let window = Window {
+            kernel: two(k),
+            stride: two(&st),
+            dilation: two(&d),
+            pads: [before[0], before[1], after[0], after[1]],
+        };
+        let op = FOp::Canon(make(window));
+        if rank == 2 {
+            let mut ins = vec![x];
+            ins.extend(weights);
+            ins.extend(extra);
+            return Ok(self.push(name, &origin, op, ins, out_shape));
+        }
+        // 1-D: [N, C, L] -> [N, C, 1, L]
+        let x4 = self.push(
+            format!("{name}.as_2d"),
+            &origin,
+            FOp::Canon(Op::Reshape),
+            vec![x],
+            vec![in_shape[0], in_shape[1], 1, in_shape[2]],
+        );
+        let mut ins = vec![x4];
+        if let Some(w) = weights {
+            let ws = self.shape_of(w);
+            let w4_shape = vec![ws[0], ws[1], 1, ws[2]];
+            let w4 = match self.const_data(w).cloned() {
+                Some(c) => self.konst(w4_shape, c.data, c.int),
+                None => self.push(
+                    format!("{name}.kernel_2d"),
+                    &origin,
+                    FOp::Canon(Op::Reshape),
+                    vec![w],
+                    w4_shape,
+                ),
+            };
+            ins.push(w4);
+        }
+        ins.extend(extra);
+        let y4 = self.push(
+            format!("{name}.2d"),
+            &origin,
+            op,
+            ins,
+            vec![out_shape[0], out_shape[1], 1, out_shape[2]],
+        );
+        Ok(self.push(name, &origin, FOp::Canon(Op::Reshape), vec![y4], out_shape))
     }
 
     fn finish(self, outputs: Vec<(String, Ref)>) -> FGraph {
