@@ -261,26 +261,8 @@ impl<'a> Builder<'a> {
                 "Tanh" => self.push(name, &origin, FOp::Func(Func::Tanh), vec![x], out_shape),
                 "Erf" => self.push(name, &origin, FOp::Func(Func::Erf), vec![x], out_shape),
                 "Exp" => self.push(name, &origin, FOp::Func(Func::Exp), vec![x], out_shape),
-                "GeluExact" => {
-                    let phi = self.push(
-                        format!("{name}.cdf"),
-                        &origin,
-                        FOp::Func(Func::NormCdf),
-                        vec![x],
-                        out_shape.clone(),
-                    );
-                    self.push(name, &origin, canon(Op::Mul), vec![x, phi], out_shape)
-                }
-                "Silu" => {
-                    let s = self.push(
-                        format!("{name}.sigmoid"),
-                        &origin,
-                        FOp::Func(Func::Sigmoid),
-                        vec![x],
-                        out_shape.clone(),
-                    );
-                    self.push(name, &origin, canon(Op::Mul), vec![x, s], out_shape)
-                }
+                "GeluExact" => self.gated(name, &origin, x, Func::NormCdf, "cdf", out_shape),
+                "Silu" => self.gated(name, &origin, x, Func::Sigmoid, "sigmoid", out_shape),
                 "LeakyRelu" => {
                     let l =
                         e.0.downcast_ref::<ops::nn::LeakyRelu>()
@@ -350,14 +332,7 @@ impl<'a> Builder<'a> {
                     } else {
                         Func::TanhCdf
                     };
-                    let phi = self.push(
-                        format!("{name}.cdf"),
-                        &origin,
-                        FOp::Func(f),
-                        vec![x],
-                        out_shape.clone(),
-                    );
-                    self.push(name, &origin, canon(Op::Mul), vec![x, phi], out_shape)
+                    self.gated(name, &origin, x, f, "cdf", out_shape)
                 }
                 "PowConst" => {
                     let p =
@@ -628,6 +603,26 @@ impl<'a> Builder<'a> {
             }
             other => return Err(unsupported(node, format!("binary operator {other}"))),
         })
+    }
+
+    /// `x · f(x)` (GELU, SiLU): a table for `f`, then a product.
+    fn gated(
+        &mut self,
+        name: String,
+        origin: &str,
+        x: Ref,
+        f: Func,
+        gate: &str,
+        out_shape: Vec<u32>,
+    ) -> Ref {
+        let gate = self.push(
+            format!("{name}.{gate}"),
+            origin,
+            FOp::Func(f),
+            vec![x],
+            out_shape.clone(),
+        );
+        self.push(name, origin, FOp::Canon(Op::Mul), vec![x, gate], out_shape)
     }
 
     /// `x^e` for the exponents with an exact canonical form.

@@ -19,6 +19,14 @@ fn parent(l: &Hash, r: &Hash) -> Hash {
     k.finalize()
 }
 
+/// The parents of one tree level (an odd last node is paired with the zero hash).
+fn next_level(level: &[Hash]) -> Vec<Hash> {
+    level
+        .chunks(2)
+        .map(|pair| parent(&pair[0], pair.get(1).unwrap_or(&Hash::ZERO)))
+        .collect()
+}
+
 /// Merkle root of `leaves` (padded with zero hashes to a power of two).
 pub fn merkle_root(leaves: &[Hash]) -> Hash {
     match leaves.len() {
@@ -27,12 +35,7 @@ pub fn merkle_root(leaves: &[Hash]) -> Hash {
         _ => {
             let mut level: Vec<Hash> = leaves.to_vec();
             while level.len() > 1 {
-                let mut next = Vec::with_capacity(level.len().div_ceil(2));
-                for pair in level.chunks(2) {
-                    let r = pair.get(1).copied().unwrap_or(Hash::ZERO);
-                    next.push(parent(&pair[0], &r));
-                }
-                level = next;
+                level = next_level(&level);
             }
             level[0]
         }
@@ -50,12 +53,7 @@ pub fn merkle_proof(leaves: &[Hash], index: usize) -> Option<Vec<Hash>> {
     while level.len() > 1 {
         let sib = i ^ 1;
         path.push(level.get(sib).copied().unwrap_or(Hash::ZERO));
-        let mut next = Vec::with_capacity(level.len().div_ceil(2));
-        for pair in level.chunks(2) {
-            let r = pair.get(1).copied().unwrap_or(Hash::ZERO);
-            next.push(parent(&pair[0], &r));
-        }
-        level = next;
+        level = next_level(&level);
         i /= 2;
     }
     Some(path)
@@ -66,6 +64,11 @@ pub fn verify_proof(leaf: Hash, index: usize, path: &[Hash], root: Hash) -> bool
     if path.len() < usize::BITS as usize && index >> path.len() != 0 {
         return false;
     }
+    fold_path(leaf, index, path) == root
+}
+
+/// Hash `leaf` up through its bottom-up sibling `path`; bit `k` of `index` says which side it is on.
+fn fold_path(leaf: Hash, index: usize, path: &[Hash]) -> Hash {
     let mut acc = leaf;
     let mut i = index;
     for sib in path {
@@ -76,7 +79,7 @@ pub fn verify_proof(leaf: Hash, index: usize, path: &[Hash], root: Hash) -> bool
         };
         i >>= 1;
     }
-    acc == root
+    acc
 }
 
 /// Pack elements `8*w .. 8*w+8` into word `w` (big-endian, zero padded).
@@ -160,17 +163,7 @@ pub fn root_from_path(leaf: Hash, index: usize, n: usize, path: &[Hash]) -> Opti
     if index >= n || path.len() != tree_depth(n) {
         return None;
     }
-    let mut acc = leaf;
-    let mut i = index;
-    for sib in path {
-        acc = if i & 1 == 0 {
-            parent(&acc, sib)
-        } else {
-            parent(sib, &acc)
-        };
-        i >>= 1;
-    }
-    Some(acc)
+    Some(fold_path(leaf, index, path))
 }
 
 impl ElementProof {

@@ -264,8 +264,16 @@ fn threaded_kernels_equal_reference() {
     let mut g = crate::gen(42, 1 << 15);
     let m = one_node(
         vec![input("a", vec![2, 48, 96], 12)],
-        vec![Const { shape: vec![96, 80], scale: 14, data: g(96 * 80) }],
-        Op::EinSum { a: vec![0, 1, 2], b: vec![2, 3], out: vec![0, 1, 3] },
+        vec![Const {
+            shape: vec![96, 80],
+            scale: 14,
+            data: g(96 * 80),
+        }],
+        Op::EinSum {
+            a: vec![0, 1, 2],
+            b: vec![2, 3],
+            out: vec![0, 1, 3],
+        },
         vec![0, 1],
         vec![2, 48, 80],
         11,
@@ -274,18 +282,34 @@ fn threaded_kernels_equal_reference() {
     assert!(r[0].is_ok());
     assert_eq!(r[0], r[1]);
     assert_eq!(r[0], r[2]);
-    let window = Window { kernel: [3, 3], stride: [1, 1], dilation: [1, 1], pads: [1, 1, 1, 1] };
+    let window = Window {
+        kernel: [3, 3],
+        stride: [1, 1],
+        dilation: [1, 1],
+        pads: [1, 1, 1, 1],
+    };
     let m = one_node(
         vec![input("x", vec![1, 16, 20, 20], 10)],
-        vec![Const { shape: vec![32, 16, 3, 3], scale: 12, data: g(32 * 16 * 9) }],
+        vec![Const {
+            shape: vec![32, 16, 3, 3],
+            scale: 12,
+            data: g(32 * 16 * 9),
+        }],
         Op::Conv2d { window, groups: 1 },
         vec![0, 1],
         vec![1, 32, 20, 20],
         9,
     );
     let x = g(16 * 400);
-    let reference = Executor::new(&m, Mode::Reference).run(vec![x.clone()]).unwrap();
+    let reference = Executor::new(&m, Mode::Reference)
+        .run(vec![x.clone()])
+        .unwrap();
     for threads in [1, 2, 4] {
-        assert_eq!(Executor::new(&m, Mode::Fast { threads }).run(vec![x.clone()]).unwrap(), reference);
+        assert_eq!(
+            Executor::new(&m, Mode::Fast { threads })
+                .run(vec![x.clone()])
+                .unwrap(),
+            reference
+        );
     }
 }
