@@ -784,6 +784,55 @@ fn pool(
 ) -> Result<Vec<i32>, ExecError> {
     let (c_all, h, wd) = (xs[0] * xs[1], xs[2], xs[3]);
     let (oh, ow) = (out_shape[2], out_shape[3]);
+    let (kh, kw) = (w.kernel[0] as usize, w.kernel[1] as usize);
+    let area = kh * kw;
+    // Fast path: no padding, no dilation (every tap is valid, the divisor is the area), bounds that
+    // keep the average's numerator inside i64.
+    if w.pads == [0; 4] && w.dilation == [1, 1] && area <= 1 << 16 && (-16..=0).contains(&k) {
+        let (sh, sw) = (w.stride[0] as usize, w.stride[1] as usize);
+        let mut out = Vec::with_capacity(c_all * oh * ow);
+        let (mut lo, mut hi) = (0i64, 0i64);
+        for c in 0..c_all {
+            let plane = &x[c * h * wd..(c + 1) * h * wd];
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let base = oy * sh * wd + ox * sw;
+                    let v = match avg {
+                        None => {
+                            let mut m = i32::MIN;
+                            for ky in 0..kh {
+                                for &v in &plane[base + ky * wd..base + ky * wd + kw] {
+                                    m = m.max(v);
+                                }
+                            }
+                            m as i64
+                        }
+                        Some(_) => {
+                            let mut sum = 0i64;
+                            for ky in 0..kh {
+                                for &v in &plane[base + ky * wd..base + ky * wd + kw] {
+                                    sum += v as i64;
+                                }
+                            }
+                            crate::arith::div_round_i64(sum << -k, area as i64)
+                        }
+                    };
+                    lo = lo.min(v);
+                    hi = hi.max(v);
+                    out.push(v as i32);
+                }
+            }
+        }
+        if avg.is_none() && k < 0 {
+            // max pooling that only rescales upward: apply the shift exactly
+            return out.into_iter().map(|v| fit(rshift(v as i128, k))).collect();
+        }
+        return if lo < i32::MIN as i64 || hi > i32::MAX as i64 {
+            Err(ExecError::Overflow)
+        } else {
+            Ok(out)
+        };
+    }
     // valid (non-padding) input rows/columns of every output row/column
     let taps = |o: usize, n: usize, ax: usize| -> Vec<usize> {
         (0..w.kernel[ax] as usize)
@@ -796,7 +845,7 @@ fn pool(
     };
     let rows: Vec<Vec<usize>> = (0..oh).map(|o| taps(o, h, 0)).collect();
     let cols: Vec<Vec<usize>> = (0..ow).map(|o| taps(o, wd, 1)).collect();
-    let area = (w.kernel[0] * w.kernel[1]) as i128;
+    let area = area as i128;
     let mut out = Vec::with_capacity(c_all * oh * ow);
     for c in 0..c_all {
         let plane = &x[c * h * wd..(c + 1) * h * wd];

@@ -74,7 +74,7 @@ fn gemm_body(a: &[i32], b: &[i32], c: &mut [i64], k: usize, n: usize) {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn tile_avx2<const R: usize>(
-    a: &[i32],
+    a: &[i64],
     b: &[i32],
     c: &mut [i64],
     k: usize,
@@ -91,7 +91,8 @@ unsafe fn tile_avx2<const R: usize>(
         let b0 = _mm256_cvtepi32_epi64(_mm_loadu_si128(row as *const __m128i));
         let b1 = _mm256_cvtepi32_epi64(_mm_loadu_si128(row.add(4) as *const __m128i));
         for (r, accr) in acc.iter_mut().enumerate() {
-            let av = _mm256_set1_epi64x(*ap.add((i + r) * k + kk) as i64);
+            // `a` is pre-widened to i64, so this is one broadcast load
+            let av = _mm256_set1_epi64x(*ap.add((i + r) * k + kk));
             accr[0] = _mm256_add_epi64(accr[0], _mm256_mul_epi32(av, b0));
             accr[1] = _mm256_add_epi64(accr[1], _mm256_mul_epi32(av, b1));
         }
@@ -105,7 +106,7 @@ unsafe fn tile_avx2<const R: usize>(
     }
 }
 
-/// `c += a · b` with AVX2 register tiles of up to 4 rows × 8 columns; the leftover columns run the
+/// `c += a · b` with AVX2 register tiles of up to 6 rows × 8 columns; the leftover columns run the
 /// portable loop.
 ///
 /// # Safety
@@ -118,11 +119,15 @@ unsafe fn gemm_avx2(a: &[i32], b: &[i32], c: &mut [i64], k: usize, n: usize) {
         return gemm_body(a, b, c, k, n);
     }
     let full = n / 8 * 8;
+    let a: Vec<i64> = a[..m * k].iter().map(|&v| v as i64).collect();
+    let a = &a[..];
     let mut i = 0;
     while i < m {
-        let rows = (m - i).min(4);
+        let rows = (m - i).min(6);
         for j in (0..full).step_by(8) {
             match rows {
+                6 => tile_avx2::<6>(a, b, c, k, n, i, j),
+                5 => tile_avx2::<5>(a, b, c, k, n, i, j),
                 4 => tile_avx2::<4>(a, b, c, k, n, i, j),
                 3 => tile_avx2::<3>(a, b, c, k, n, i, j),
                 2 => tile_avx2::<2>(a, b, c, k, n, i, j),
@@ -138,6 +143,8 @@ unsafe fn gemm_avx2(a: &[i32], b: &[i32], c: &mut [i64], k: usize, n: usize) {
             }
             let mut ct = vec![0i64; (i + rows) * 8];
             match rows {
+                6 => tile_avx2::<6>(a, &bt, &mut ct, k, 8, i, 0),
+                5 => tile_avx2::<5>(a, &bt, &mut ct, k, 8, i, 0),
                 4 => tile_avx2::<4>(a, &bt, &mut ct, k, 8, i, 0),
                 3 => tile_avx2::<3>(a, &bt, &mut ct, k, 8, i, 0),
                 2 => tile_avx2::<2>(a, &bt, &mut ct, k, 8, i, 0),
