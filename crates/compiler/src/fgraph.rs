@@ -251,6 +251,7 @@ impl FGraph {
                     let (av, bv) = (x, &vals[n.inputs[1] as usize]);
                     let a_sum = label_strides(a, &sa, &summed);
                     let b_sum = label_strides(b, &sb, &summed);
+                    let sum_st = [a_sum, b_sum];
                     let mut res = vec![0.0; count];
                     let bias = n
                         .inputs
@@ -262,7 +263,7 @@ impl FGraph {
                     }
                     for_each_index(&out_shape, &ins, |flat, o| {
                         let mut acc = 0.0;
-                        for_each_index(&sum_shape, &[a_sum.clone(), b_sum.clone()], |_, k| {
+                        for_each_index(&sum_shape, &sum_st, |_, k| {
                             acc += av[o[0] + k[0]] * bv[o[1] + k[1]];
                         });
                         if let Some((bd, _)) = &bias {

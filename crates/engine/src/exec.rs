@@ -971,13 +971,14 @@ pub(crate) fn einsum_reference(
     let b_out = label_strides(s.b, s.b_shape, s.out);
     let a_sum = label_strides(s.a, s.a_shape, &summed);
     let b_sum = label_strides(s.b, s.b_shape, &summed);
+    let sum_st = [a_sum, b_sum];
     let bias_st = bias.map(|(_, bs, _)| broadcast_strides(s.out_shape, bs));
     let out_strides = strides(s.out_shape);
     let mut out = vec![0i32; s.out_shape.iter().product()];
     let mut err = None;
     for_each_index(s.out_shape, &[a_out, b_out], |flat, o| {
         let mut acc = 0i128;
-        for_each_index(&sum_shape, &[a_sum.clone(), b_sum.clone()], |_, k| {
+        for_each_index(&sum_shape, &sum_st, |_, k| {
             acc += a[o[0] + k[0]] as i128 * b[o[1] + k[1]] as i128;
         });
         if let (Some((bd, _, bshift)), Some(bst)) = (bias, &bias_st) {
