@@ -329,6 +329,11 @@ def main():
     m, inp, acc = digits(out_dir)
     built["digits"] = (m, inp)
     print(f"digits: scikit-learn test accuracy {acc:.4f}")
+    # the digits model again, with its weights stored as external data next to the .onnx file
+    ext = onnx.ModelProto()
+    ext.CopyFrom(built["digits"][0])
+    onnx.save(ext, os.path.join(out_dir, "digits_external.onnx"), save_as_external_data=True,
+              all_tensors_to_one_file=True, location="digits_external.onnx.data", size_threshold=0)
     for name, model in edge_cases(np.random.default_rng(5)).items():
         model.producer_name = "verity-fixtures"
         onnx.save(model, os.path.join(out_dir, f"{name}.onnx"))  # no_shape fails the full checker on purpose

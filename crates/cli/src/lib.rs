@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use serde_json::{json, Value};
-use verity_compiler::{compile, CompileOptions, ImportOptions};
+use verity_compiler::{compile_path, CompileOptions, ImportOptions};
 use verity_engine::commit::{tensors_hash, trace_roots};
 use verity_engine::io::{
     dequantize, inputs_from_json, quantize_inputs, tensor_from_json, tensor_from_npy, FloatTensor,
@@ -230,8 +230,8 @@ fn load_samples(
     Ok(whole)
 }
 
-fn model_input_shapes(onnx: &[u8], import: &ImportOptions) -> Result<Vec<(String, Vec<usize>)>> {
-    let imp = verity_compiler::import::import_onnx(onnx, import)?;
+fn model_input_shapes(onnx: &Path, import: &ImportOptions) -> Result<Vec<(String, Vec<usize>)>> {
+    let imp = verity_compiler::import::import_onnx_path(onnx, import)?;
     Ok(imp
         .graph
         .inputs
@@ -246,7 +246,9 @@ fn model_input_shapes(onnx: &[u8], import: &ImportOptions) -> Result<Vec<(String
 }
 
 fn cmd_compile(a: CompileArgs) -> Result<()> {
-    let onnx = read(&a.model)?;
+    if !a.model.is_file() {
+        bail!("cannot read {}: no such file", a.model.display());
+    }
     let mut opts = CompileOptions {
         scale_bits: a.scale_bits,
         random_samples: a.samples,
@@ -274,12 +276,12 @@ fn cmd_compile(a: CompileArgs) -> Result<()> {
         }
     }
     if !a.calibration.is_empty() || !a.eval.is_empty() {
-        let shapes = model_input_shapes(&onnx, &opts.import)?;
+        let shapes = model_input_shapes(&a.model, &opts.import)?;
         opts.calibration = Some(load_samples(&a.calibration, &shapes, "calibration")?);
         opts.eval = Some(load_samples(&a.eval, &shapes, "evaluation")?);
     }
-    let (model, report) =
-        compile(&onnx, &opts).with_context(|| format!("cannot compile {}", a.model.display()))?;
+    let (model, report) = compile_path(&a.model, &opts)
+        .with_context(|| format!("cannot compile {}", a.model.display()))?;
     let bytes = vty::encode(&model);
     let id = vty::model_id(&model);
     std::fs::write(&a.output, &bytes)

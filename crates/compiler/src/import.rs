@@ -890,10 +890,25 @@ pub struct Imported {
 
 /// Load an ONNX model from bytes and lower it.
 pub fn import_onnx(bytes: &[u8], opts: &ImportOptions) -> Result<Imported, CompileError> {
-    let terr = |e: TractError| CompileError::Onnx(format!("{e:#}"));
-    let mut model = tract_onnx::onnx()
+    let model = tract_onnx::onnx()
         .model_for_read(&mut std::io::Cursor::new(bytes))
-        .map_err(terr)?;
+        .map_err(|e| CompileError::Onnx(format!("{e:#}")))?;
+    import_model(model, opts)
+}
+
+/// Load an ONNX model from a file (tensors stored as external data next to it are found) and lower it.
+pub fn import_onnx_path(
+    path: &std::path::Path,
+    opts: &ImportOptions,
+) -> Result<Imported, CompileError> {
+    let model = tract_onnx::onnx()
+        .model_for_path(path)
+        .map_err(|e| CompileError::Onnx(format!("{e:#}")))?;
+    import_model(model, opts)
+}
+
+fn import_model(mut model: InferenceModel, opts: &ImportOptions) -> Result<Imported, CompileError> {
+    let terr = |e: TractError| CompileError::Onnx(format!("{e:#}"));
     let n_inputs = model.inputs.len();
     for i in 0..n_inputs {
         let fact = model.input_fact(i).map_err(terr)?.clone();

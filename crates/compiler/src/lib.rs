@@ -212,13 +212,33 @@ fn flatten_samples(
 
 /// Compile ONNX bytes into a canonical model and its accuracy report.
 pub fn compile(onnx: &[u8], opts: &CompileOptions) -> Result<(Model, CompileReport), CompileError> {
+    check_options(opts)?;
+    compile_imported(import::import_onnx(onnx, &opts.import)?, opts)
+}
+
+/// Compile an ONNX file (external tensor data next to it is supported).
+pub fn compile_path(
+    path: &std::path::Path,
+    opts: &CompileOptions,
+) -> Result<(Model, CompileReport), CompileError> {
+    check_options(opts)?;
+    compile_imported(import::import_onnx_path(path, &opts.import)?, opts)
+}
+
+fn check_options(opts: &CompileOptions) -> Result<(), CompileError> {
     if !(1..=30).contains(&opts.scale_bits) {
         return Err(CompileError::Calibration(format!(
             "scale bits must be in 1..=30, got {}",
             opts.scale_bits
         )));
     }
-    let imported = import::import_onnx(onnx, &opts.import)?;
+    Ok(())
+}
+
+fn compile_imported(
+    imported: import::Imported,
+    opts: &CompileOptions,
+) -> Result<(Model, CompileReport), CompileError> {
     let g = &imported.graph;
     let calib = match &opts.calibration {
         Some(c) if !c.is_empty() => c.clone(),

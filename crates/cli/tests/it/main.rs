@@ -374,3 +374,25 @@ fn bad_models_and_inputs_get_one_clear_sentence() {
     );
     assert!(fails(&["model", "inspect", "fixtures/mlp.onnx"]).contains("not a .vty file"));
 }
+
+#[test]
+fn external_tensor_data_compiles_to_the_same_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("ext.vty");
+    let text = ok(&[
+        "model",
+        "compile",
+        "fixtures/digits_external.onnx",
+        "-o",
+        out.to_str().unwrap(),
+        "--calibration",
+        "fixtures/digits.calibration.npy",
+        "--eval",
+        "fixtures/digits.eval.npy",
+    ]);
+    let golden = json_file(&root().join("fixtures/golden.json"));
+    assert!(
+        text.contains(golden["digits"]["model_id"].as_str().unwrap()),
+        "{text}"
+    );
+}
