@@ -415,7 +415,8 @@ impl EinPlan {
                 }
             }
             let v = match bias {
-                Some((bd, _, sh)) => ((bd[bi] as i64) << sh) + acc,
+                // fits i64: the bound above covers |bias| · 2^sh
+                Some((bd, _, sh)) => (((bd[bi] as i128) << sh) as i64) + acc,
                 None => acc,
             };
             out[o] = requantize(v, shift)?;
