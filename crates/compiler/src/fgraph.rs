@@ -52,19 +52,6 @@ impl Func {
             Func::TanhCdfFast | Func::Exp => None,
         }
     }
-
-    /// Name for reports.
-    pub fn name(self) -> &'static str {
-        match self {
-            Func::Sigmoid => "sigmoid",
-            Func::Tanh => "tanh",
-            Func::Erf => "erf",
-            Func::Exp => "exp",
-            Func::NormCdf => "normal-cdf",
-            Func::TanhCdf => "tanh-cdf",
-            Func::TanhCdfFast => "tanh-cdf-fast",
-        }
-    }
 }
 
 /// A float op.

@@ -125,7 +125,6 @@ impl SplitMix64 {
 
 fn random_samples(g: &fgraph::FGraph, opts: &CompileOptions) -> Vec<Vec<FloatTensor>> {
     let mut rng = SplitMix64(opts.seed);
-    let ni = g.inputs.len();
     (0..opts.random_samples.max(1))
         .map(|_| {
             g.inputs
@@ -160,7 +159,6 @@ fn random_samples(g: &fgraph::FGraph, opts: &CompileOptions) -> Vec<Vec<FloatTen
                             (0..n).map(|_| rng.uniform(lo, hi)).collect()
                         }
                     };
-                    let _ = ni;
                     FloatTensor { shape, data }
                 })
                 .collect()

@@ -3,6 +3,8 @@
 //! `K * max|a| * max|b| + |bias| < 2^62` — checked on every call; otherwise the exact `i128` reference
 //! path runs. The AVX2 build of the inner loop is chosen at run time; integer results do not depend on it.
 
+use std::borrow::Cow;
+
 use crate::arith::{fit, rshift};
 use crate::error::ExecError;
 use crate::exec::{label_strides, ConvSpec, EinSpec};
@@ -106,6 +108,33 @@ unsafe fn tile_avx2<const R: usize>(
     }
 }
 
+/// The register tile for `rows` (1..=6) rows.
+///
+/// # Safety
+/// As for [`tile_avx2`] with `R = rows`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile_rows_avx2(
+    rows: usize,
+    a: &[i64],
+    b: &[i32],
+    c: &mut [i64],
+    k: usize,
+    n: usize,
+    i: usize,
+    j: usize,
+) {
+    match rows {
+        6 => tile_avx2::<6>(a, b, c, k, n, i, j),
+        5 => tile_avx2::<5>(a, b, c, k, n, i, j),
+        4 => tile_avx2::<4>(a, b, c, k, n, i, j),
+        3 => tile_avx2::<3>(a, b, c, k, n, i, j),
+        2 => tile_avx2::<2>(a, b, c, k, n, i, j),
+        _ => tile_avx2::<1>(a, b, c, k, n, i, j),
+    }
+}
+
 /// `c += a · b` with AVX2 register tiles of up to 6 rows × 8 columns; the leftover columns run the
 /// portable loop.
 ///
@@ -125,14 +154,7 @@ unsafe fn gemm_avx2(a: &[i32], b: &[i32], c: &mut [i64], k: usize, n: usize) {
     while i < m {
         let rows = (m - i).min(6);
         for j in (0..full).step_by(8) {
-            match rows {
-                6 => tile_avx2::<6>(a, b, c, k, n, i, j),
-                5 => tile_avx2::<5>(a, b, c, k, n, i, j),
-                4 => tile_avx2::<4>(a, b, c, k, n, i, j),
-                3 => tile_avx2::<3>(a, b, c, k, n, i, j),
-                2 => tile_avx2::<2>(a, b, c, k, n, i, j),
-                _ => tile_avx2::<1>(a, b, c, k, n, i, j),
-            }
+            tile_rows_avx2(rows, a, b, c, k, n, i, j);
         }
         if full < n {
             // leftover columns: run the same tile on zero-padded copies of the strips
@@ -142,14 +164,7 @@ unsafe fn gemm_avx2(a: &[i32], b: &[i32], c: &mut [i64], k: usize, n: usize) {
                 bt[kk * 8..kk * 8 + tail].copy_from_slice(&b[kk * n + full..(kk + 1) * n]);
             }
             let mut ct = vec![0i64; (i + rows) * 8];
-            match rows {
-                6 => tile_avx2::<6>(a, &bt, &mut ct, k, 8, i, 0),
-                5 => tile_avx2::<5>(a, &bt, &mut ct, k, 8, i, 0),
-                4 => tile_avx2::<4>(a, &bt, &mut ct, k, 8, i, 0),
-                3 => tile_avx2::<3>(a, &bt, &mut ct, k, 8, i, 0),
-                2 => tile_avx2::<2>(a, &bt, &mut ct, k, 8, i, 0),
-                _ => tile_avx2::<1>(a, &bt, &mut ct, k, 8, i, 0),
-            }
+            tile_rows_avx2(rows, a, &bt, &mut ct, k, 8, i, 0);
             for r in i..i + rows {
                 for (dst, &v) in c[r * n + full..(r + 1) * n]
                     .iter_mut()
@@ -360,23 +375,15 @@ impl EinPlan {
         if !self.packable || bound >= I64_SAFE {
             return crate::exec::einsum_reference(s, a, b, bias, shift);
         }
-        let own_a;
-        let ap = match pa {
-            Some(p) => &p.data,
-            None => {
-                own_a = pack(a, s.a, s.a_shape, &self.a_order, &self.sizes);
-                &own_a
-            }
+        let ap: Cow<'_, [i32]> = match pa {
+            Some(p) => Cow::Borrowed(&p.data),
+            None => Cow::Owned(pack(a, s.a, s.a_shape, &self.a_order, &self.sizes)),
         };
-        let own_b;
-        let bp = match pb {
-            Some(p) => &p.data,
-            None => {
-                own_b = pack(b, s.b, s.b_shape, &self.b_order, &self.sizes);
-                &own_b
-            }
+        let bp: Cow<'_, [i32]> = match pb {
+            Some(p) => Cow::Borrowed(&p.data),
+            None => Cow::Owned(pack(b, s.b, s.b_shape, &self.b_order, &self.sizes)),
         };
-        let c = batched_gemm(ap, bp, self.bt, self.m, self.k, self.n, threads);
+        let c = batched_gemm(&ap, &bp, self.bt, self.m, self.k, self.n, threads);
         // scatter C (labels batch, m, n) into the output order, adding the bias
         let out_st = label_strides(s.out, s.out_shape, &self.c_order);
         let bias_st = bias.map(|(_, bshape, _)| {
