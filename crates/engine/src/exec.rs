@@ -6,6 +6,7 @@ use crate::arith::{div_round, div_round_fast, fit, isqrt_round, rshift};
 use crate::error::ExecError;
 use crate::ir::*;
 use crate::kernels;
+use std::borrow::Borrow;
 
 /// Which implementation runs the heavy ops (`EinSum`, `Conv2d`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -108,15 +109,19 @@ enum Prepared {
 }
 
 /// Runs models.
-pub struct Executor<'m> {
-    model: &'m Model,
+///
+/// `M` is how the executor holds its model: `&Model` for a borrowed one, `Arc<Model>` (or `Model`) for an
+/// executor that owns or shares it, e.g. in a server's model cache.
+pub struct Executor<M: Borrow<Model>> {
+    model: M,
     mode: Mode,
     prepared: Vec<Prepared>,
 }
 
-impl<'m> Executor<'m> {
+impl<M: Borrow<Model>> Executor<M> {
     /// An executor for a validated model. In fast mode, constant matrix operands are packed here, once.
-    pub fn new(model: &'m Model, mode: Mode) -> Self {
+    pub fn new(model_ref: M, mode: Mode) -> Self {
+        let model: &Model = model_ref.borrow();
         let prepared = match mode {
             Mode::Reference => Vec::new(),
             Mode::Fast { .. } => model
@@ -153,14 +158,14 @@ impl<'m> Executor<'m> {
                 .collect(),
         };
         Executor {
-            model,
+            model: model_ref,
             mode,
             prepared,
         }
     }
 
     fn check_inputs(&self, inputs: &[Vec<i32>]) -> Result<(), ExecError> {
-        let m = self.model;
+        let m: &Model = self.model.borrow();
         if inputs.len() != m.inputs.len() {
             return Err(ExecError::InputCount {
                 expected: m.inputs.len(),
@@ -179,6 +184,11 @@ impl<'m> Executor<'m> {
         Ok(())
     }
 
+    /// The model this executor runs.
+    pub fn model(&self) -> &Model {
+        self.model.borrow()
+    }
+
     /// Run on quantized inputs (one flat row-major vector per model input); returns the outputs.
     pub fn run(&self, inputs: Vec<Vec<i32>>) -> Result<Vec<Vec<i32>>, ExecError> {
         let vals = self.eval(inputs)?;
@@ -189,9 +199,9 @@ impl<'m> Executor<'m> {
     pub fn run_trace(&self, inputs: Vec<Vec<i32>>) -> Result<(Vec<Vec<i32>>, Trace), ExecError> {
         let vals = self.eval(inputs)?;
         let outs = self.collect_outputs(&vals);
-        let ni = self.model.inputs.len();
-        let first = self.model.first_node_value();
-        let mut tensors = Vec::with_capacity(ni + self.model.nodes.len());
+        let ni = self.model.borrow().inputs.len();
+        let first = self.model.borrow().first_node_value();
+        let mut tensors = Vec::with_capacity(ni + self.model.borrow().nodes.len());
         let mut vals = vals;
         for (i, v) in vals.iter_mut().enumerate() {
             if i < ni || i >= first {
@@ -203,9 +213,10 @@ impl<'m> Executor<'m> {
 
     fn collect_outputs(&self, vals: &[Option<Vec<i32>>]) -> Vec<Vec<i32>> {
         self.model
+            .borrow()
             .outputs
             .iter()
-            .map(|o| match self.model.const_of(o.value) {
+            .map(|o| match self.model.borrow().const_of(o.value) {
                 Some(c) => c.data.clone(),
                 None => vals[o.value as usize].clone().unwrap_or_default(),
             })
@@ -214,7 +225,7 @@ impl<'m> Executor<'m> {
 
     fn eval(&self, inputs: Vec<Vec<i32>>) -> Result<Vec<Option<Vec<i32>>>, ExecError> {
         self.check_inputs(&inputs)?;
-        let m = self.model;
+        let m: &Model = self.model.borrow();
         let mut vals: Vec<Option<Vec<i32>>> = Vec::with_capacity(m.value_count());
         vals.extend(inputs.into_iter().map(Some));
         vals.extend(m.consts.iter().map(|_| None));
@@ -247,7 +258,7 @@ impl<'m> Executor<'m> {
         node: &Node,
         vals: &[Option<Vec<i32>>],
     ) -> Result<Vec<i32>, ExecError> {
-        let m = self.model;
+        let m: &Model = self.model.borrow();
         let get = |v: ValueId| -> &[i32] {
             match m.const_of(v) {
                 Some(c) => &c.data,
