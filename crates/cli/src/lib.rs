@@ -1,5 +1,5 @@
-//! The `verity` command-line tool: compile ONNX models to canonical `.vty` files, inspect them, and run
-//! them with output hashes and traces.
+//! The `verity` command-line tool: compile ONNX models to canonical `.vty` files, inspect and run them,
+//! run a node, publish models to a node, request inferences, and verify receipts offline.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 use std::path::{Path, PathBuf};
@@ -16,6 +16,9 @@ use verity_engine::ir::Model;
 use verity_engine::vty::{self, list_root};
 use verity_engine::{Executor, Mode};
 
+mod net;
+mod verify;
+
 /// Verity: verifiable AI inference.
 #[derive(Parser, Debug)]
 #[command(name = "verity", version, about)]
@@ -31,6 +34,16 @@ enum Cmd {
     Model(ModelCmd),
     /// Run a canonical model on an input.
     Run(RunArgs),
+    /// Run a node: host models, serve inference (native and KServe v2 APIs), sign receipts.
+    Node(net::NodeArgs),
+    /// Create or show a signing key.
+    #[command(subcommand)]
+    Key(net::KeyCmd),
+    /// Request an inference from a node and get its signed receipt.
+    Infer(net::InferArgs),
+    /// Check a receipt offline: signature, signer, input/output hashes, and re-execution with the model.
+    /// Exit code 0 only if everything holds, 1 if a check fails, 2 if the files cannot be read.
+    Verify(verify::VerifyArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -39,6 +52,14 @@ enum ModelCmd {
     Compile(CompileArgs),
     /// Show a `.vty` model's ID, inputs, outputs, ops, scales and sizes.
     Inspect(InspectArgs),
+    /// Publish an ONNX or `.vty` model to a node with a manifest signed by your key.
+    Publish(net::PublishArgs),
+    /// List the models a node hosts.
+    Ls(net::LsArgs),
+    /// Show a hosted model: ID, IO schema, manifest, report.
+    Show(net::ShowArgs),
+    /// Download a hosted model (its ID is verified).
+    Pull(net::PullArgs),
 }
 
 #[derive(Args, Debug)]
@@ -116,17 +137,6 @@ fn read(path: &Path) -> Result<Vec<u8>> {
 pub fn load_model(path: &Path) -> Result<(Model, verity_core::Hash)> {
     let bytes = read(path)?;
     vty::decode(&bytes).with_context(|| format!("{} is not a valid model", path.display()))
-}
-
-fn parse_range(s: &str) -> Result<(f64, f64)> {
-    let (a, b) = s
-        .split_once(':')
-        .ok_or_else(|| anyhow!("range '{s}' must be lo:hi"))?;
-    let (a, b): (f64, f64) = (a.trim().parse()?, b.trim().parse()?);
-    if !(a.is_finite() && b.is_finite() && a < b) {
-        bail!("range '{s}' must have finite lo < hi");
-    }
-    Ok((a, b))
 }
 
 /// Split a tensor into samples for an input of shape `shape`: one sample if the sizes match, else the
@@ -255,26 +265,8 @@ fn cmd_compile(a: CompileArgs) -> Result<()> {
         seed: a.seed,
         ..Default::default()
     };
-    for s in &a.input_shape {
-        let (n, dims) = s
-            .split_once('=')
-            .ok_or_else(|| anyhow!("--input-shape '{s}' must be name=d1,d2,..."))?;
-        let dims = dims
-            .split(',')
-            .map(|d| d.trim().parse::<usize>())
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|_| anyhow!("--input-shape '{s}': dimensions must be positive integers"))?;
-        opts.import.input_shapes.push((n.to_string(), dims));
-    }
-    for r in &a.input_range {
-        match r.split_once('=') {
-            Some((n, range)) => {
-                let (lo, hi) = parse_range(range)?;
-                opts.input_ranges.push((n.to_string(), lo, hi));
-            }
-            None => opts.default_range = parse_range(r)?,
-        }
-    }
+    opts.apply_input_specs(&a.input_range, &a.input_shape)
+        .map_err(|e| anyhow!(e))?;
     if !a.calibration.is_empty() || !a.eval.is_empty() {
         let shapes = model_input_shapes(&a.model, &opts.import)?;
         opts.calibration = Some(load_samples(&a.calibration, &shapes, "calibration")?);
@@ -378,7 +370,7 @@ fn cmd_inspect(a: InspectArgs) -> Result<()> {
     Ok(())
 }
 
-fn load_inputs(m: &Model, specs: &[String]) -> Result<Vec<FloatTensor>> {
+pub(crate) fn load_inputs(m: &Model, specs: &[String]) -> Result<Vec<FloatTensor>> {
     if specs.len() == 1 && !specs[0].ends_with(".npy") && !specs[0].contains('=') {
         let text = std::fs::read_to_string(&specs[0])
             .with_context(|| format!("cannot read {}", specs[0]))?;
@@ -513,6 +505,27 @@ pub fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
         Cmd::Model(ModelCmd::Compile(a)) => cmd_compile(a),
         Cmd::Model(ModelCmd::Inspect(a)) => cmd_inspect(a),
+        Cmd::Model(ModelCmd::Publish(a)) => net::cmd_publish(a),
+        Cmd::Model(ModelCmd::Ls(a)) => net::cmd_ls(a),
+        Cmd::Model(ModelCmd::Show(a)) => net::cmd_show(a),
+        Cmd::Model(ModelCmd::Pull(a)) => net::cmd_pull(a),
         Cmd::Run(a) => cmd_run(a),
+        Cmd::Node(a) => net::cmd_node(a),
+        Cmd::Key(c) => net::cmd_key(c),
+        Cmd::Infer(a) => net::cmd_infer(a),
+        Cmd::Verify(a) => match verify::check(&a) {
+            Ok(verify::Verdict::Valid(s)) => {
+                println!("{s}");
+                Ok(())
+            }
+            Ok(verify::Verdict::Invalid(s)) => {
+                println!("invalid: {s}");
+                std::process::exit(1);
+            }
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                std::process::exit(2);
+            }
+        },
     }
 }

@@ -104,6 +104,52 @@ impl Default for CompileOptions {
     }
 }
 
+impl CompileOptions {
+    /// Apply textual input specs: ranges `lo:hi` (the default range) or `name=lo:hi`, and shapes
+    /// `name=d1,d2,…` (fixing dynamic dimensions). Shared by the CLI and the node.
+    pub fn apply_input_specs(
+        &mut self,
+        ranges: &[String],
+        shapes: &[String],
+    ) -> Result<(), String> {
+        for s in shapes {
+            let (n, dims) = s
+                .split_once('=')
+                .ok_or_else(|| format!("input shape '{s}' must be name=d1,d2,..."))?;
+            let dims = dims
+                .split(',')
+                .map(|d| d.trim().parse::<usize>())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|_| format!("input shape '{s}': dimensions must be positive integers"))?;
+            self.import.input_shapes.push((n.to_string(), dims));
+        }
+        for r in ranges {
+            match r.split_once('=') {
+                Some((n, range)) => {
+                    let (lo, hi) = parse_range(range)?;
+                    self.input_ranges.push((n.to_string(), lo, hi));
+                }
+                None => self.default_range = parse_range(r)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Parse `lo:hi` with finite `lo < hi`.
+pub fn parse_range(s: &str) -> Result<(f64, f64), String> {
+    let (a, b) = s
+        .split_once(':')
+        .ok_or_else(|| format!("range '{s}' must be lo:hi"))?;
+    let bad = || format!("range '{s}' must have finite numbers lo < hi");
+    let a: f64 = a.trim().parse().map_err(|_| bad())?;
+    let b: f64 = b.trim().parse().map_err(|_| bad())?;
+    if !(a.is_finite() && b.is_finite() && a < b) {
+        return Err(bad());
+    }
+    Ok((a, b))
+}
+
 /// SplitMix64: the deterministic generator for random calibration inputs.
 pub struct SplitMix64(pub u64);
 

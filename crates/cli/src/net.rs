@@ -1,0 +1,658 @@
+//! Commands that talk to a node (`model publish|ls|show|pull`, `infer`), run one (`node`), and manage
+//! keys (`key new|show`).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::{Args, Subcommand};
+use serde_json::{json, Value};
+use verity_core::{keccak256, Hash, Manifest, SecretKey};
+use verity_engine::vty;
+
+/// Where the node is.
+#[derive(Args, Debug, Clone)]
+pub struct NodeUrl {
+    /// Node URL.
+    #[arg(
+        long = "node",
+        env = "VERITY_NODE",
+        default_value = "http://127.0.0.1:7070"
+    )]
+    pub url: String,
+}
+
+impl NodeUrl {
+    fn base(&self) -> String {
+        self.url.trim_end_matches('/').to_string()
+    }
+}
+
+/// Which key signs.
+#[derive(Args, Debug, Clone)]
+pub struct KeyArgs {
+    /// Key file (64 hex digits). Default: `$VERITY_KEY_FILE`, else `~/.verity/key`.
+    #[arg(long = "key", env = "VERITY_KEY_FILE")]
+    pub key_file: Option<PathBuf>,
+}
+
+fn default_key_path() -> PathBuf {
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_default();
+    home.join(".verity").join("key")
+}
+
+impl KeyArgs {
+    fn path(&self) -> PathBuf {
+        self.key_file.clone().unwrap_or_else(default_key_path)
+    }
+
+    /// The key: `$VERITY_KEY` (hex) if set, else the key file.
+    pub fn load(&self) -> Result<SecretKey> {
+        if let Ok(h) = std::env::var("VERITY_KEY") {
+            return SecretKey::from_hex(&h).map_err(|e| anyhow!("VERITY_KEY: {e}"));
+        }
+        let p = self.path();
+        if !p.exists() {
+            bail!(
+                "no key at {} (create one with `verity key new`, or set VERITY_KEY)",
+                p.display()
+            );
+        }
+        verity_node::key::read_key_file(&p).map_err(|e| anyhow!(e))
+    }
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KeyCmd {
+    /// Create a secp256k1 key (file mode 0600) and print its address.
+    New(KeyNewArgs),
+    /// Print the address of a key.
+    Show(KeyArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct KeyNewArgs {
+    #[command(flatten)]
+    key: KeyArgs,
+}
+
+pub fn cmd_key(c: KeyCmd) -> Result<()> {
+    match c {
+        KeyCmd::New(a) => {
+            let p = a.key.path();
+            if p.exists() {
+                bail!(
+                    "{} already exists; refusing to overwrite a key",
+                    p.display()
+                );
+            }
+            let k = SecretKey::random();
+            verity_node::key::write_key_file(&p, &k)
+                .with_context(|| format!("cannot write {}", p.display()))?;
+            println!("{}", k.address());
+            eprintln!("key written to {}", p.display());
+            Ok(())
+        }
+        KeyCmd::Show(a) => {
+            println!("{}", a.load()?.address());
+            Ok(())
+        }
+    }
+}
+
+fn client(timeout: Duration) -> Result<reqwest::blocking::Client> {
+    reqwest::blocking::Client::builder()
+        .timeout(timeout)
+        .connect_timeout(Duration::from_secs(10))
+        .build()
+        .context("cannot build an HTTP client")
+}
+
+/// Turn a response into JSON, or an error carrying the node's error code and message.
+fn json_or_error(resp: reqwest::blocking::Response, what: &str) -> Result<Value> {
+    let status = resp.status();
+    let text = resp.text().context("cannot read the node's response")?;
+    let v: Value = serde_json::from_str(&text).unwrap_or(Value::String(text.clone()));
+    if !status.is_success() {
+        let code = v["error"]["code"].as_str().unwrap_or("error");
+        let msg = v["error"]["message"].as_str().unwrap_or(text.as_str());
+        bail!("{what} failed: HTTP {} {code}: {msg}", status.as_u16());
+    }
+    Ok(v)
+}
+
+fn send(req: reqwest::blocking::RequestBuilder, url: &str) -> Result<reqwest::blocking::Response> {
+    req.send()
+        .with_context(|| format!("cannot reach the node at {url}"))
+}
+
+#[derive(Args, Debug)]
+pub struct PublishArgs {
+    /// The model: an ONNX file (the node compiles it and checks the ID) or a `.vty` file.
+    file: PathBuf,
+    /// Model name.
+    #[arg(long)]
+    name: String,
+    /// Version.
+    #[arg(long)]
+    version: String,
+    /// Description.
+    #[arg(long, default_value = "")]
+    description: String,
+    /// Task, e.g. `image-classification`.
+    #[arg(long, default_value = "")]
+    task: String,
+    /// License.
+    #[arg(long, default_value = "")]
+    license: String,
+    /// Tags (repeat).
+    #[arg(long = "tag")]
+    tags: Vec<String>,
+    /// Compile report JSON to attach (signed by hash); for ONNX files one is made here if not given.
+    #[arg(long)]
+    report: Option<PathBuf>,
+    /// For `.vty` files: the ONNX file it was compiled from (its hash goes in the manifest).
+    #[arg(long)]
+    source: Option<PathBuf>,
+    /// ONNX compile option (as for `verity model compile`).
+    #[arg(long, default_value_t = 16)]
+    scale_bits: i8,
+    /// ONNX compile option.
+    #[arg(long, default_value_t = 16)]
+    samples: usize,
+    /// ONNX compile option.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// ONNX compile option: `lo:hi` or `name=lo:hi`.
+    #[arg(long)]
+    input_range: Vec<String>,
+    /// ONNX compile option: `name=d1,d2,…`.
+    #[arg(long)]
+    input_shape: Vec<String>,
+    #[command(flatten)]
+    key: KeyArgs,
+    #[command(flatten)]
+    node: NodeUrl,
+}
+
+pub fn cmd_publish(a: PublishArgs) -> Result<()> {
+    let key = a.key.load()?;
+    let bytes =
+        std::fs::read(&a.file).with_context(|| format!("cannot read {}", a.file.display()))?;
+    let is_vty = bytes.starts_with(b"VTY");
+    let mut options = None;
+    let (model_id, source_hash, mut report) = if is_vty {
+        let (_, id) = vty::decode(&bytes)
+            .with_context(|| format!("{} is not a valid model", a.file.display()))?;
+        let source = match &a.source {
+            Some(p) => keccak256(
+                &std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))?,
+            ),
+            None => Hash::ZERO,
+        };
+        (id, source, None)
+    } else {
+        // Compile here with the same options the node will use, to learn the ID the manifest signs.
+        let mut co = verity_compiler::CompileOptions {
+            scale_bits: a.scale_bits,
+            random_samples: a.samples,
+            seed: a.seed,
+            ..Default::default()
+        };
+        co.apply_input_specs(&a.input_range, &a.input_shape)
+            .map_err(|e| anyhow!(e))?;
+        let (m, rep) = verity_compiler::compile(&bytes, &co)
+            .with_context(|| format!("cannot compile {}", a.file.display()))?;
+        options = Some(json!({
+            "scale_bits": a.scale_bits, "samples": a.samples, "seed": a.seed,
+            "input_ranges": a.input_range, "input_shapes": a.input_shape,
+        }));
+        (
+            vty::model_id(&m),
+            keccak256(&bytes),
+            Some(serde_json::to_vec(&rep)?),
+        )
+    };
+    if let Some(p) = &a.report {
+        report = Some(std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))?);
+    }
+    let manifest = Manifest {
+        model_id,
+        name: a.name.clone(),
+        version: a.version.clone(),
+        description: a.description,
+        task: a.task,
+        license: a.license,
+        tags: a.tags,
+        owner: key.address(),
+        source_hash,
+        report_hash: report.as_deref().map(keccak256).unwrap_or(Hash::ZERO),
+    };
+    manifest.validate().map_err(|e| anyhow!(e))?;
+    let signed = manifest.sign(&key);
+    let file_name = a
+        .file
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("model")
+        .to_string();
+    let mut form = reqwest::blocking::multipart::Form::new()
+        .text("manifest", serde_json::to_string(&signed)?)
+        .part(
+            "model",
+            reqwest::blocking::multipart::Part::bytes(bytes).file_name(file_name),
+        );
+    if let Some(r) = report {
+        form = form.part("report", reqwest::blocking::multipart::Part::bytes(r));
+    }
+    if let Some(o) = options {
+        form = form.text("options", o.to_string());
+    }
+    let url = format!("{}/v1/models", a.node.base());
+    let resp = send(
+        client(Duration::from_secs(1800))?
+            .post(&url)
+            .multipart(form),
+        &url,
+    )?;
+    let v = json_or_error(resp, "publish")?;
+    println!("{}", serde_json::to_string_pretty(&v)?);
+    Ok(())
+}
+
+#[derive(Args, Debug)]
+pub struct LsArgs {
+    /// Only names or descriptions containing this text.
+    #[arg(long)]
+    query: Option<String>,
+    /// Only models with this tag.
+    #[arg(long)]
+    tag: Option<String>,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    node: NodeUrl,
+}
+
+pub fn cmd_ls(a: LsArgs) -> Result<()> {
+    let url = format!("{}/v1/models", a.node.base());
+    let mut q = Vec::new();
+    if let Some(s) = &a.query {
+        q.push(("q", s.clone()));
+    }
+    if let Some(t) = &a.tag {
+        q.push(("tag", t.clone()));
+    }
+    let req = client(Duration::from_secs(60))?.get(&url).query(&q);
+    let v = json_or_error(send(req, &url)?, "list")?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    for m in v["models"].as_array().into_iter().flatten() {
+        println!(
+            "{}@{}{}  {}  {}",
+            m["name"].as_str().unwrap_or(""),
+            m["version"].as_str().unwrap_or(""),
+            if m["latest"].as_bool() == Some(true) {
+                " (latest)"
+            } else {
+                ""
+            },
+            m["model_id"].as_str().unwrap_or(""),
+            m["tags"]
+                .as_array()
+                .map(|t| t
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .collect::<Vec<_>>()
+                    .join(","))
+                .unwrap_or_default()
+        );
+    }
+    Ok(())
+}
+
+#[derive(Args, Debug)]
+pub struct ShowArgs {
+    /// `0x<model id>`, `name@version` or `name` (latest).
+    model: String,
+    #[command(flatten)]
+    node: NodeUrl,
+}
+
+pub fn cmd_show(a: ShowArgs) -> Result<()> {
+    let url = format!("{}/v1/models/{}", a.node.base(), a.model);
+    let v = json_or_error(
+        send(client(Duration::from_secs(60))?.get(&url), &url)?,
+        "show",
+    )?;
+    println!("{}", serde_json::to_string_pretty(&v)?);
+    Ok(())
+}
+
+#[derive(Args, Debug)]
+pub struct PullArgs {
+    /// `0x<model id>`, `name@version` or `name` (latest).
+    model: String,
+    /// Where to write the `.vty` file.
+    #[arg(short, long)]
+    output: PathBuf,
+    #[command(flatten)]
+    node: NodeUrl,
+}
+
+pub fn cmd_pull(a: PullArgs) -> Result<()> {
+    let base = a.node.base();
+    let info_url = format!("{base}/v1/models/{}", a.model);
+    let info = json_or_error(
+        send(client(Duration::from_secs(60))?.get(&info_url), &info_url)?,
+        "pull",
+    )?;
+    let want: Hash = info["model_id"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| anyhow!("the node's answer has no model_id"))?;
+    let url = format!("{base}/v1/models/{want}/download");
+    let resp = send(client(Duration::from_secs(3600))?.get(&url), &url)?;
+    if !resp.status().is_success() {
+        json_or_error(resp, "download")?;
+        bail!("download failed");
+    }
+    let bytes = resp.bytes().context("download interrupted")?;
+    let (_, got) = vty::decode(&bytes).context("the downloaded model does not decode")?;
+    if got != want {
+        bail!("the node served model {got}, not {want}: refusing it");
+    }
+    let tmp = a.output.with_extension("vty.part");
+    std::fs::write(&tmp, &bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, &a.output)
+        .with_context(|| format!("cannot write {}", a.output.display()))?;
+    println!(
+        "{want}  {} ({} bytes, ID verified)",
+        a.output.display(),
+        bytes.len()
+    );
+    Ok(())
+}
+
+#[derive(Args, Debug)]
+pub struct InferArgs {
+    /// `0x<model id>`, `name@version` or `name` (latest).
+    model: String,
+    /// Input: JSON (`{"name": tensor}` or one tensor) or `.npy`; `name=file.npy` per input.
+    #[arg(long, required = true)]
+    input: Vec<String>,
+    /// Bind the receipt to this request ID (32 bytes hex); default: the node picks one.
+    #[arg(long)]
+    request_id: Option<Hash>,
+    /// Write the signed receipt here (for `verity verify`).
+    #[arg(long)]
+    save_receipt: Option<PathBuf>,
+    /// Write the full response (outputs with scales, receipt) here.
+    #[arg(long)]
+    output: Option<PathBuf>,
+    #[command(flatten)]
+    node: NodeUrl,
+}
+
+/// Read inputs for a model whose IO schema is `inputs` (from the node): returns name → (shape, data).
+fn read_inputs(specs: &[String], inputs: &[Value]) -> Result<Vec<(String, Vec<usize>, Vec<f64>)>> {
+    let names: Vec<String> = inputs
+        .iter()
+        .filter_map(|i| i["name"].as_str().map(str::to_string))
+        .collect();
+    let mut out = Vec::new();
+    for s in specs {
+        let (name, file) = match s.split_once('=') {
+            Some((n, f)) if !Path::new(s).exists() => (Some(n.to_string()), f),
+            _ => (None, s.as_str()),
+        };
+        let bytes = std::fs::read(file).with_context(|| format!("cannot read {file}"))?;
+        if file.ends_with(".npy") {
+            let t = verity_engine::io::tensor_from_npy(&bytes).with_context(|| file.to_string())?;
+            let name = match name {
+                Some(n) => n,
+                None if names.len() == 1 => names[0].clone(),
+                None => bail!(
+                    "the model has {} inputs; give each as name=file.npy",
+                    names.len()
+                ),
+            };
+            out.push((name, t.shape, t.data));
+            continue;
+        }
+        let v: Value =
+            serde_json::from_slice(&bytes).with_context(|| format!("{file} is not JSON"))?;
+        let is_tensor = v.is_array()
+            || v.as_object()
+                .is_some_and(|o| o.contains_key("shape") && o.contains_key("data"));
+        if is_tensor {
+            let t = verity_engine::io::tensor_from_json(&v)?;
+            let name = match name {
+                Some(n) => n,
+                None if names.len() == 1 => names[0].clone(),
+                None => bail!(
+                    "the model has {} inputs; give them as an object keyed by input name",
+                    names.len()
+                ),
+            };
+            out.push((name, t.shape, t.data));
+        } else {
+            let obj = v
+                .as_object()
+                .ok_or_else(|| anyhow!("{file}: expected an object keyed by input name"))?;
+            for (k, t) in obj {
+                let t = verity_engine::io::tensor_from_json(t)
+                    .with_context(|| format!("{file}: input '{k}'"))?;
+                out.push((k.clone(), t.shape, t.data));
+            }
+        }
+    }
+    Ok(out)
+}
+
+pub fn cmd_infer(a: InferArgs) -> Result<()> {
+    let base = a.node.base();
+    let info_url = format!("{base}/v1/models/{}", a.model);
+    let http = client(Duration::from_secs(300))?;
+    let info = json_or_error(send(http.get(&info_url), &info_url)?, "infer")?;
+    let inputs = read_inputs(
+        &a.input,
+        info["inputs"].as_array().map(Vec::as_slice).unwrap_or(&[]),
+    )?;
+    let url = format!("{base}/v1/models/{}/infer", a.model);
+    let total: usize = inputs.iter().map(|t| t.2.len()).sum();
+    let req = if total > 4096 {
+        // The binary form: a JSON header, then FP64 little-endian data.
+        let mut raw = Vec::with_capacity(total * 8);
+        let header_inputs: Vec<Value> = inputs
+            .iter()
+            .map(|(n, s, d)| {
+                for x in d {
+                    raw.extend_from_slice(&x.to_le_bytes());
+                }
+                json!({"name": n, "shape": s, "datatype": "FP64", "parameters": {"binary_data_size": d.len() * 8}})
+            })
+            .collect();
+        let mut header = json!({"inputs": header_inputs});
+        if let Some(r) = a.request_id {
+            header["request_id"] = json!(r);
+        }
+        let h = serde_json::to_vec(&header)?;
+        let hlen = h.len();
+        let mut body = h;
+        body.extend_from_slice(&raw);
+        http.post(&url)
+            .header("Inference-Header-Content-Length", hlen.to_string())
+            .header("Content-Type", "application/octet-stream")
+            .body(body)
+    } else {
+        let mut obj = serde_json::Map::new();
+        for (n, s, d) in &inputs {
+            obj.insert(n.clone(), json!({"shape": s, "data": d}));
+        }
+        let mut doc = json!({"inputs": obj});
+        if let Some(r) = a.request_id {
+            doc["request_id"] = json!(r);
+        }
+        http.post(&url).json(&doc)
+    };
+    let v = json_or_error(send(req, &url)?, "inference")?;
+    if let Some(p) = &a.save_receipt {
+        std::fs::write(p, serde_json::to_vec_pretty(&v["receipt"])?)
+            .with_context(|| format!("cannot write {}", p.display()))?;
+    }
+    if let Some(p) = &a.output {
+        std::fs::write(p, serde_json::to_vec_pretty(&v)?)
+            .with_context(|| format!("cannot write {}", p.display()))?;
+    }
+    println!("{}", serde_json::to_string_pretty(&v)?);
+    Ok(())
+}
+
+/// Flags of `verity node` (each overrides the config file).
+#[derive(Args, Debug)]
+pub struct NodeArgs {
+    /// TOML config file (default: `<data-dir>/config.toml` if present).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Data directory.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Listen address (`127.0.0.1:0` picks a free port).
+    #[arg(long)]
+    listen: Option<String>,
+    /// Node key file (created if missing). `VERITY_NODE_KEY` (hex) takes precedence.
+    #[arg(long)]
+    key_file: Option<PathBuf>,
+    /// EIP-712 chain ID of receipts.
+    #[arg(long)]
+    chain_id: Option<u64>,
+    /// EIP-712 verifying contract of receipts.
+    #[arg(long)]
+    verifying_contract: Option<verity_core::Address>,
+    /// Inference worker threads.
+    #[arg(long)]
+    workers: Option<usize>,
+    /// Largest request body (bytes).
+    #[arg(long)]
+    max_body_bytes: Option<u64>,
+    /// Largest model upload (bytes).
+    #[arg(long)]
+    max_model_bytes: Option<u64>,
+    /// Most elements per input tensor.
+    #[arg(long)]
+    max_tensor_elements: Option<u64>,
+    /// Whole-request timeout in seconds (uploads excepted).
+    #[arg(long)]
+    request_timeout: Option<u64>,
+    /// Log format: text or json.
+    #[arg(long)]
+    log_format: Option<String>,
+    /// Log filter, e.g. `info` or `verity_node=debug`.
+    #[arg(long, env = "VERITY_LOG", default_value = "info")]
+    log: String,
+}
+
+pub fn cmd_node(a: NodeArgs) -> Result<()> {
+    use verity_node::NodeConfig;
+    let data_dir = a.data_dir.clone();
+    let mut cfg = match (&a.config, &data_dir) {
+        (Some(p), _) => NodeConfig::load(p).map_err(|e| anyhow!(e))?,
+        (None, Some(d)) if d.join("config.toml").exists() => {
+            NodeConfig::load(&d.join("config.toml")).map_err(|e| anyhow!(e))?
+        }
+        _ => NodeConfig::default(),
+    };
+    if let Some(d) = data_dir {
+        cfg.data_dir = d;
+    }
+    if let Some(v) = a.listen {
+        cfg.listen = v;
+    }
+    if let Some(v) = a.key_file {
+        cfg.key_file = Some(v);
+    }
+    if let Some(v) = a.chain_id {
+        cfg.chain_id = v;
+    }
+    if let Some(v) = a.verifying_contract {
+        cfg.verifying_contract = v;
+    }
+    if let Some(v) = a.workers {
+        cfg.workers = v;
+    }
+    if let Some(v) = a.max_body_bytes {
+        cfg.limits.max_body_bytes = v;
+    }
+    if let Some(v) = a.max_model_bytes {
+        cfg.limits.max_model_bytes = v;
+    }
+    if let Some(v) = a.max_tensor_elements {
+        cfg.limits.max_tensor_elements = v;
+    }
+    if let Some(v) = a.request_timeout {
+        cfg.timeouts.request_secs = v;
+    }
+    if let Some(v) = a.log_format {
+        cfg.log_format = v;
+    }
+    cfg.validate().map_err(|e| anyhow!(e))?;
+    init_logs(&cfg.log_format, &a.log)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let env_key = std::env::var("VERITY_NODE_KEY").ok();
+    rt.block_on(verity_node::run(
+        cfg,
+        env_key,
+        shutdown_signal(),
+        |addr, who| {
+            println!("verity node listening on http://{addr} as {who}");
+            use std::io::Write;
+            let _ = std::io::stdout().flush();
+        },
+    ))
+    .map_err(|e| anyhow!(e))
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutdown requested");
+}
+
+fn init_logs(format: &str, filter: &str) -> Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .map_err(|e| anyhow!("bad log filter '{filter}': {e}"))?;
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let r = if format == "json" {
+        b.json().try_init()
+    } else {
+        b.try_init()
+    };
+    r.map_err(|e| anyhow!("cannot start logging: {e}"))
+}

@@ -1,0 +1,235 @@
+//! `verity verify`: check a signed receipt offline — signature and signer, and, given the data, the input
+//! hash, the output hash and (with the model) a re-execution that must reproduce the trace root.
+
+use std::path::PathBuf;
+
+use anyhow::{anyhow, Context, Result};
+use clap::Args;
+use serde_json::Value;
+use verity_core::{Address, SignedReceipt};
+use verity_engine::commit::{tensors_hash, trace_root};
+use verity_engine::io::{inputs_from_json, quantize_inputs};
+use verity_engine::ir::Model;
+use verity_engine::{Executor, Mode};
+
+#[derive(Args, Debug)]
+pub struct VerifyArgs {
+    /// The receipt (as saved by `verity infer --save-receipt`, or a full `/v1/.../infer` response).
+    receipt: PathBuf,
+    /// The input it claims (JSON or `.npy`, as for `verity run`); needs --model for the input scales.
+    #[arg(long)]
+    input: Vec<String>,
+    /// The output it claims: an infer response, or `verity run` output (with --model).
+    #[arg(long)]
+    output: Option<PathBuf>,
+    /// The model (`.vty`): its ID must match, and with --input the result is re-executed.
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Require this signer address.
+    #[arg(long)]
+    signer: Option<Address>,
+}
+
+/// The outcome: `Ok(summary)` if everything holds, `Err(reason)` otherwise.
+pub enum Verdict {
+    /// Every check held.
+    Valid(String),
+    /// Something failed.
+    Invalid(String),
+}
+
+fn read_json(p: &PathBuf) -> Result<Value> {
+    let b = std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))?;
+    serde_json::from_slice(&b).with_context(|| format!("{} is not JSON", p.display()))
+}
+
+/// Quantized outputs from a claimed output file, in model order.
+fn claimed_outputs(doc: &Value, model: Option<&Model>) -> Result<Vec<Vec<i32>>, String> {
+    let outs = doc.get("outputs").unwrap_or(doc);
+    // name -> (scale, data)
+    let mut named: Vec<(String, Option<i8>, Vec<f64>)> = Vec::new();
+    let nums = |v: &Value| -> Result<Vec<f64>, String> {
+        let mut out = Vec::new();
+        fn walk(v: &Value, out: &mut Vec<f64>) -> Result<(), String> {
+            match v {
+                Value::Array(a) => a.iter().try_for_each(|x| walk(x, out)),
+                Value::Number(n) => {
+                    out.push(n.as_f64().ok_or("number out of range")?);
+                    Ok(())
+                }
+                _ => Err("output data must be numbers".into()),
+            }
+        }
+        walk(v, &mut out)?;
+        Ok(out)
+    };
+    match outs {
+        Value::Array(list) => {
+            for o in list {
+                let name = o["name"]
+                    .as_str()
+                    .ok_or("an output has no name")?
+                    .to_string();
+                let scale = o
+                    .get("scale")
+                    .or_else(|| o.get("parameters").and_then(|p| p.get("scale")))
+                    .and_then(Value::as_i64)
+                    .map(|s| s as i8);
+                let data = nums(o.get("data").ok_or("an output has no data")?)?;
+                named.push((name, scale, data));
+            }
+        }
+        Value::Object(map) => {
+            for (name, t) in map {
+                let data = nums(t.get("data").unwrap_or(t))?;
+                let scale = t.get("scale").and_then(Value::as_i64).map(|s| s as i8);
+                named.push((name.clone(), scale, data));
+            }
+        }
+        _ => return Err("no outputs in the output file".into()),
+    }
+    let order: Vec<(String, Option<i8>)> = match model {
+        Some(m) => m
+            .outputs
+            .iter()
+            .map(|o| (o.name.clone(), m.value(o.value).map(|i| i.scale)))
+            .collect(),
+        None => {
+            if !outs.is_array() {
+                return Err("this output file lists outputs by name only; give --model for their order and scales".into());
+            }
+            named.iter().map(|(n, _, _)| (n.clone(), None)).collect()
+        }
+    };
+    order
+        .iter()
+        .map(|(name, model_scale)| {
+            let (_, file_scale, data) = named
+                .iter()
+                .find(|(n, _, _)| n == name)
+                .ok_or_else(|| format!("the output file has no output '{name}'"))?;
+            let scale = model_scale
+                .or(*file_scale)
+                .ok_or_else(|| format!("output '{name}' has no scale; give --model"))?;
+            data.iter()
+                .map(|&x| {
+                    let q = x * 2f64.powi(scale as i32);
+                    if q.fract() != 0.0 || q.abs() > i32::MAX as f64 + 1.0 {
+                        Err(format!(
+                            "output '{name}' holds {x}, which is not a value at scale 2^-{scale}"
+                        ))
+                    } else {
+                        Ok(q as i32)
+                    }
+                })
+                .collect()
+        })
+        .collect()
+}
+
+pub fn check(a: &VerifyArgs) -> Result<Verdict> {
+    let doc = read_json(&a.receipt)?;
+    let receipt_v = if doc
+        .get("receipt")
+        .is_some_and(|r| r.get("receipt").is_some())
+    {
+        doc["receipt"].clone()
+    } else {
+        doc.clone()
+    };
+    let signed: SignedReceipt = serde_json::from_value(receipt_v)
+        .with_context(|| format!("{} is not a signed receipt", a.receipt.display()))?;
+    let r = &signed.receipt;
+    let mut checked = vec!["signature"];
+    let signer = match signed.verify() {
+        Ok(s) => s,
+        Err(e) => return Ok(Verdict::Invalid(format!("signature: {e}"))),
+    };
+    if let Some(want) = a.signer {
+        if want != signer {
+            return Ok(Verdict::Invalid(format!(
+                "signed by {signer}, not by the required {want}"
+            )));
+        }
+        checked.push("signer");
+    }
+    let model = match &a.model {
+        Some(p) => {
+            let (m, id) = crate::load_model(p)?;
+            if id != r.model_id {
+                return Ok(Verdict::Invalid(format!(
+                    "the model file's ID is {id}, the receipt is for {}",
+                    r.model_id
+                )));
+            }
+            checked.push("model ID");
+            Some(m)
+        }
+        None => None,
+    };
+    let mut q_inputs = None;
+    if !a.input.is_empty() {
+        let m = model.as_ref().ok_or_else(|| {
+            anyhow!("--input needs --model (the input scales come from the model)")
+        })?;
+        let inputs = if a.input.len() == 1 && a.input[0].ends_with(".json") {
+            let text = std::fs::read_to_string(&a.input[0])
+                .with_context(|| format!("cannot read {}", a.input[0]))?;
+            inputs_from_json(m, &text)?
+        } else {
+            crate::load_inputs(m, &a.input)?
+        };
+        let q = quantize_inputs(m, &inputs)?;
+        let h = tensors_hash(&q);
+        if h != r.input_hash {
+            return Ok(Verdict::Invalid(format!(
+                "input hash {h} of the given input differs from the receipt's {}",
+                r.input_hash
+            )));
+        }
+        checked.push("input hash");
+        q_inputs = Some(q);
+    }
+    if let Some(p) = &a.output {
+        let out_doc = read_json(p)?;
+        let q = match claimed_outputs(&out_doc, model.as_ref()) {
+            Ok(q) => q,
+            Err(e) => return Ok(Verdict::Invalid(format!("output file: {e}"))),
+        };
+        let h = tensors_hash(&q);
+        if h != r.output_hash {
+            return Ok(Verdict::Invalid(format!(
+                "output hash {h} of the given output differs from the receipt's {}",
+                r.output_hash
+            )));
+        }
+        checked.push("output hash");
+    }
+    if let (Some(m), Some(q)) = (&model, q_inputs) {
+        let exec = Executor::new(m, Mode::Fast { threads: 1 });
+        let (outs, trace) = exec.run_trace(q)?;
+        let oh = tensors_hash(&outs);
+        if oh != r.output_hash {
+            return Ok(Verdict::Invalid(format!(
+                "re-execution gives output hash {oh}, the receipt claims {}",
+                r.output_hash
+            )));
+        }
+        let tr = trace_root(&trace);
+        if tr != r.trace_root {
+            return Ok(Verdict::Invalid(format!(
+                "re-execution gives trace root {tr}, the receipt claims {}",
+                r.trace_root
+            )));
+        }
+        checked.push("re-execution (output hash, trace root)");
+    }
+    Ok(Verdict::Valid(format!(
+        "valid: model {} request {} signed by {} at {}; checked {}",
+        r.model_id,
+        r.request_id,
+        signer,
+        r.timestamp,
+        checked.join(", ")
+    )))
+}

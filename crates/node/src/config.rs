@@ -1,0 +1,156 @@
+//! Node configuration: defaults in one place ([`NodeConfig::default`]), overridden by a TOML file, then by
+//! command-line flags (applied by the caller).
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use verity_core::Address;
+
+/// Size limits. Anything beyond them is refused with HTTP 413.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Largest request body other than a model upload (bytes).
+    pub max_body_bytes: u64,
+    /// Largest model upload (bytes, the whole multipart body).
+    pub max_model_bytes: u64,
+    /// Most elements in one input tensor.
+    pub max_tensor_elements: u64,
+    /// Most requests waiting for an inference worker before new ones get 503.
+    pub max_queue: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_body_bytes: 64 << 20,
+            max_model_bytes: 1 << 30,
+            max_tensor_elements: 1 << 24,
+            max_queue: 1024,
+        }
+    }
+}
+
+/// Timeouts, in seconds.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Timeouts {
+    /// Time allowed to send request headers.
+    pub header_secs: u64,
+    /// Whole-request time for everything except uploads (including reading the body).
+    pub request_secs: u64,
+    /// Whole-request time for model uploads (including compiling an ONNX file).
+    pub upload_secs: u64,
+    /// Time allowed for connections to finish on shutdown.
+    pub shutdown_secs: u64,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            header_secs: 10,
+            request_secs: 60,
+            upload_secs: 900,
+            shutdown_secs: 10,
+        }
+    }
+}
+
+/// Everything a node needs to start.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Listen address.
+    pub listen: String,
+    /// Data directory (key, index, chunks).
+    pub data_dir: PathBuf,
+    /// Node key file; default `<data_dir>/node.key`, created (mode 0600) on first start.
+    pub key_file: Option<PathBuf>,
+    /// EIP-712 `chainId` of receipts.
+    pub chain_id: u64,
+    /// EIP-712 `verifyingContract` of receipts (the settlement contract; zero before one exists).
+    pub verifying_contract: Address,
+    /// Inference worker threads (default: all cores).
+    pub workers: usize,
+    /// Models kept loaded in memory.
+    pub model_cache: usize,
+    /// `text` or `json` log lines.
+    pub log_format: String,
+    /// Size limits.
+    pub limits: Limits,
+    /// Timeouts.
+    pub timeouts: Timeouts,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            listen: "127.0.0.1:7070".into(),
+            data_dir: PathBuf::from("verity-data"),
+            key_file: None,
+            chain_id: 31337,
+            verifying_contract: Address::ZERO,
+            workers: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
+            model_cache: 16,
+            log_format: "text".into(),
+            limits: Limits::default(),
+            timeouts: Timeouts::default(),
+        }
+    }
+}
+
+impl NodeConfig {
+    /// Parse a TOML document over the defaults (unknown keys are an error).
+    pub fn from_toml(text: &str) -> Result<NodeConfig, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    /// Read a TOML file over the defaults.
+    pub fn load(path: &Path) -> Result<NodeConfig, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read config {}: {e}", path.display()))?;
+        Self::from_toml(&text).map_err(|e| format!("config {}: {e}", path.display()))
+    }
+
+    /// The key file path in effect.
+    pub fn key_path(&self) -> PathBuf {
+        self.key_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("node.key"))
+    }
+
+    /// Check values that would make the node misbehave.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.workers == 0 {
+            return Err("workers must be at least 1".into());
+        }
+        if self.model_cache == 0 {
+            return Err("model_cache must be at least 1".into());
+        }
+        if !matches!(self.log_format.as_str(), "text" | "json") {
+            return Err("log_format must be \"text\" or \"json\"".into());
+        }
+        if self.timeouts.request_secs == 0 || self.timeouts.header_secs == 0 {
+            return Err("timeouts must be at least 1 second".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn toml_overrides_defaults_and_rejects_unknown_keys() {
+        let c =
+            NodeConfig::from_toml("listen = \"127.0.0.1:9\"\n[limits]\nmax_queue = 3\n").unwrap();
+        assert_eq!(c.listen, "127.0.0.1:9");
+        assert_eq!(c.limits.max_queue, 3);
+        assert_eq!(c.limits.max_body_bytes, Limits::default().max_body_bytes);
+        assert!(NodeConfig::from_toml("lisen = 1").is_err());
+        assert!(NodeConfig::from_toml("[limits]\nmax_queue = \"x\"").is_err());
+    }
+}

@@ -1,0 +1,1021 @@
+//! HTTP routes (native `/v1`, KServe v2 `/v2`, `/metrics`) and the connection loop with header timeouts
+//! and graceful shutdown.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Multipart, Path, Query, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use verity_core::{Hash, SignedManifest};
+use verity_engine::vty;
+use verity_store::{ModelRecord, Published, Version};
+
+use crate::error::ApiError;
+use crate::state::{record_for, Inference, Node};
+use crate::tensors::{decode_kserve, decode_native, split_binary, InferRequest};
+
+/// Header of the KServe binary tensor extension.
+pub const BINARY_HEADER: &str = "inference-header-content-length";
+
+/// The router for a node.
+pub fn router(node: Arc<Node>) -> Router {
+    let limits = &node.config.limits;
+    let upload_limit = (limits.max_model_bytes + (16 << 20)) as usize;
+    let body_limit = limits.max_body_bytes as usize;
+    Router::new()
+        .route("/v1/node", get(node_info))
+        .route(
+            "/v1/models",
+            get(list_models)
+                .post(publish)
+                .layer(DefaultBodyLimit::max(upload_limit)),
+        )
+        .route("/v1/models/{model}", get(model_info))
+        .route("/v1/models/{model}/manifest", get(model_manifest))
+        .route("/v1/models/{model}/download", get(download))
+        .route("/v1/models/{model}/infer", post(infer_native))
+        .route("/v1/receipts/{request_id}", get(get_receipt))
+        .route("/v2", get(v2_server))
+        .route("/v2/health/live", get(v2_live))
+        .route("/v2/health/ready", get(v2_ready))
+        .route("/v2/models/{model}", get(v2_model))
+        .route("/v2/models/{model}/ready", get(v2_model_ready))
+        .route("/v2/models/{model}/infer", post(v2_infer))
+        .route(
+            "/v2/models/{model}/versions/{version}",
+            get(v2_model_version),
+        )
+        .route(
+            "/v2/models/{model}/versions/{version}/ready",
+            get(v2_model_version_ready),
+        )
+        .route(
+            "/v2/models/{model}/versions/{version}/infer",
+            post(v2_infer_version),
+        )
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(middleware::from_fn_with_state(node.clone(), track))
+        .with_state(node)
+}
+
+async fn not_found(method: Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::not_found("no_route", format!("no route for {method} {}", uri.path()))
+}
+
+/// Per-request timeout, metrics and logging.
+async fn track(State(node): State<Arc<Node>>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".into());
+    let method = req.method().clone();
+    let upload = method == Method::POST && route == "/v1/models";
+    let t = &node.config.timeouts;
+    let secs = if upload {
+        t.upload_secs
+    } else {
+        t.request_secs
+    };
+    let start = std::time::Instant::now();
+    let resp = match tokio::time::timeout(Duration::from_secs(secs), next.run(req)).await {
+        Ok(r) => r,
+        Err(_) => ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "timeout",
+            format!("the request did not complete within {secs} s"),
+        )
+        .into_response(),
+    };
+    let status = resp.status().as_u16();
+    node.metrics.http(&route, status);
+    let micros = start.elapsed().as_micros() as u64;
+    if status >= 400 {
+        tracing::info!(%method, route, status, micros, "request failed");
+    } else {
+        tracing::debug!(%method, route, status, micros, "request");
+    }
+    resp
+}
+
+fn body_error(e: BytesRejection) -> ApiError {
+    let status = e.status();
+    if status == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::too_large(format!("request body is too large: {}", e.body_text()))
+    } else {
+        ApiError::new(status, "bad_body", e.body_text())
+    }
+}
+
+async fn node_info(State(node): State<Arc<Node>>) -> Result<Json<Value>, ApiError> {
+    let store = node.store.clone();
+    let (models, versions, receipts) = node
+        .blocking(move || -> Result<_, verity_store::StoreError> {
+            Ok((
+                store.models()?.len(),
+                store.versions()?.len(),
+                store.receipt_count()?,
+            ))
+        })
+        .await??;
+    let c = &node.config;
+    Ok(Json(json!({
+        "address": node.address(),
+        "version": env!("CARGO_PKG_VERSION"),
+        "chain_id": c.chain_id,
+        "verifying_contract": c.verifying_contract,
+        "receipt_domain": verity_core::receipt::receipt_domain(c.chain_id, c.verifying_contract),
+        "workers": c.workers,
+        "models": models,
+        "versions": versions,
+        "receipts": receipts,
+        "limits": c.limits,
+    })))
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    q: Option<String>,
+    tag: Option<String>,
+}
+
+fn version_summary(v: &Version, latest: bool) -> Value {
+    let m = &v.manifest.manifest;
+    json!({
+        "name": m.name, "version": m.version, "model_id": m.model_id, "owner": m.owner,
+        "task": m.task, "tags": m.tags, "license": m.license, "description": m.description,
+        "published_at": v.published_at, "latest": latest,
+    })
+}
+
+async fn list_models(
+    State(node): State<Arc<Node>>,
+    q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(q) = q.map_err(|e| ApiError::bad_request("bad_query", e.body_text()))?;
+    let store = node.store.clone();
+    let versions = node.blocking(move || store.versions()).await??;
+    let needle = q.q.map(|s| s.to_lowercase());
+    let mut out = Vec::new();
+    for (i, v) in versions.iter().enumerate() {
+        let m = &v.manifest.manifest;
+        let latest = versions
+            .get(i + 1)
+            .is_none_or(|n| n.manifest.manifest.name != m.name);
+        if let Some(n) = &needle {
+            if !m.name.to_lowercase().contains(n.as_str())
+                && !m.description.to_lowercase().contains(n.as_str())
+            {
+                continue;
+            }
+        }
+        if let Some(t) = &q.tag {
+            if !m.tags.iter().any(|x| x.eq_ignore_ascii_case(t)) {
+                continue;
+            }
+        }
+        out.push(version_summary(v, latest));
+    }
+    Ok(Json(json!({ "models": out })))
+}
+
+fn record_json(rec: &ModelRecord) -> Value {
+    json!({
+        "model_id": rec.id, "size": rec.size, "chunk_size": rec.chunk_size, "chunks": rec.chunks,
+        "inputs": rec.inputs, "outputs": rec.outputs, "nodes": rec.nodes,
+        "parameters": rec.parameters, "stored_at": rec.stored_at,
+    })
+}
+
+/// The versions naming a model (for ID lookups).
+async fn names_of(node: &Arc<Node>, id: Hash) -> Result<Vec<Version>, ApiError> {
+    let store = node.store.clone();
+    let all = node.blocking(move || store.versions()).await??;
+    Ok(all
+        .into_iter()
+        .filter(|v| v.manifest.manifest.model_id == id)
+        .collect())
+}
+
+async fn model_info(
+    State(node): State<Arc<Node>>,
+    Path(model): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let (rec, version) = node.resolve(&model).await?;
+    let names = names_of(&node, rec.id).await?;
+    let version = version.or_else(|| names.last().cloned());
+    let mut doc = record_json(&rec);
+    doc["names"] = json!(names
+        .iter()
+        .map(|v| format!(
+            "{}@{}",
+            v.manifest.manifest.name, v.manifest.manifest.version
+        ))
+        .collect::<Vec<_>>());
+    if let Some(v) = version {
+        doc["manifest"] = json!(v.manifest);
+        doc["report"] = v.report.clone().unwrap_or(Value::Null);
+        doc["report_by"] = json!(v.report_by);
+        doc["published_at"] = json!(v.published_at);
+    }
+    Ok(Json(doc))
+}
+
+async fn model_manifest(
+    State(node): State<Arc<Node>>,
+    Path(model): Path<String>,
+) -> Result<Json<SignedManifest>, ApiError> {
+    let (rec, version) = node.resolve(&model).await?;
+    let version = match version {
+        Some(v) => v,
+        None => names_of(&node, rec.id)
+            .await?
+            .pop()
+            .ok_or_else(|| ApiError::not_found("manifest_not_found", "no manifest"))?,
+    };
+    Ok(Json(version.manifest))
+}
+
+/// Parse a single `bytes=` range against a length: `Ok(None)` = whole file.
+fn parse_range(h: Option<&HeaderValue>, len: u64) -> Result<Option<(u64, u64)>, ()> {
+    let Some(h) = h else { return Ok(None) };
+    let s = h.to_str().map_err(|_| ())?.trim();
+    let spec = s.strip_prefix("bytes=").ok_or(())?;
+    if spec.contains(',') {
+        return Err(());
+    }
+    let (a, b) = spec.split_once('-').ok_or(())?;
+    let (start, end) = if a.is_empty() {
+        let n: u64 = b.parse().map_err(|_| ())?;
+        if n == 0 {
+            return Err(());
+        }
+        (len.saturating_sub(n), len)
+    } else {
+        let start: u64 = a.parse().map_err(|_| ())?;
+        let end = if b.is_empty() {
+            len
+        } else {
+            b.parse::<u64>().map_err(|_| ())?.saturating_add(1).min(len)
+        };
+        (start, end)
+    };
+    if start >= len || start >= end {
+        return Err(());
+    }
+    Ok(Some((start, end)))
+}
+
+async fn download(
+    State(node): State<Arc<Node>>,
+    Path(model): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let (rec, _) = node.resolve(&model).await?;
+    let len = rec.size;
+    let range = match parse_range(headers.get(header::RANGE), len) {
+        Ok(r) => r,
+        Err(()) => {
+            let mut r = ApiError::new(
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                "bad_range",
+                format!("Range must be one 'bytes=a-b' within 0..{len}"),
+            )
+            .into_response();
+            if let Ok(v) = HeaderValue::from_str(&format!("bytes */{len}")) {
+                r.headers_mut().insert(header::CONTENT_RANGE, v);
+            }
+            return Ok(r);
+        }
+    };
+    let (start, end) = range.unwrap_or((0, len));
+    let cs = rec.chunk_size.max(1);
+    let store = node.store.clone();
+    let rec2 = rec.clone();
+    let stream = futures_util::stream::unfold(start, move |pos| {
+        let store = store.clone();
+        let rec = rec2.clone();
+        async move {
+            if pos >= end {
+                return None;
+            }
+            let ci = (pos / cs) as usize;
+            let res = tokio::task::spawn_blocking(move || store.read_chunk(&rec, ci)).await;
+            let chunk = match res {
+                Ok(Ok(c)) => c,
+                Ok(Err(e)) => return Some((Err(std::io::Error::other(e.to_string())), end)),
+                Err(e) => return Some((Err(std::io::Error::other(e.to_string())), end)),
+            };
+            let within = (pos - ci as u64 * cs) as usize;
+            let take = ((end - pos) as usize).min(chunk.len().saturating_sub(within));
+            if take == 0 {
+                return Some((Err(std::io::Error::other("short chunk")), end));
+            }
+            let piece = Bytes::copy_from_slice(&chunk[within..within + take]);
+            Some((Ok(piece), pos + take as u64))
+        }
+    });
+    let mut resp = Response::new(Body::from_stream(stream));
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    if let Ok(v) = HeaderValue::from_str(&format!("\"{}\"", rec.id)) {
+        h.insert(header::ETAG, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&(end - start).to_string()) {
+        h.insert(header::CONTENT_LENGTH, v);
+    }
+    if range.is_some() {
+        *resp.status_mut() = StatusCode::PARTIAL_CONTENT;
+        if let Ok(v) = HeaderValue::from_str(&format!("bytes {start}-{}/{len}", end - 1)) {
+            resp.headers_mut().insert(header::CONTENT_RANGE, v);
+        }
+    }
+    Ok(resp)
+}
+
+async fn get_receipt(
+    State(node): State<Arc<Node>>,
+    Path(request_id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let id: Hash = request_id.parse().map_err(|_| {
+        ApiError::bad_request(
+            "bad_request_id",
+            "request ID must be 32 bytes as 0x-prefixed hex",
+        )
+    })?;
+    node.flush_receipts().await;
+    let store = node.store.clone();
+    let r = node.blocking(move || store.receipt(&id)).await??;
+    let r = r.ok_or_else(|| {
+        ApiError::not_found("receipt_not_found", format!("no receipt for request {id}"))
+    })?;
+    Ok(Json(json!(r)))
+}
+
+/// Decode an inference body in any of the accepted forms.
+fn decode_body(
+    headers: &HeaderMap,
+    body: &[u8],
+    max_elements: u64,
+    native: bool,
+) -> Result<InferRequest, ApiError> {
+    if let Some(h) = headers.get(BINARY_HEADER) {
+        let h = h.to_str().map_err(|_| {
+            ApiError::bad_request("malformed_request", "bad Inference-Header-Content-Length")
+        })?;
+        let (json, bin) = split_binary(body, h)?;
+        let mut r = decode_kserve(json, Some(bin), max_elements)?;
+        if native {
+            if let Ok(v) = serde_json::from_slice::<Value>(json) {
+                if let Some(s) = v.get("request_id").and_then(Value::as_str) {
+                    r.request_id = Some(s.parse().map_err(|_| {
+                        ApiError::bad_request(
+                            "malformed_request",
+                            "request_id must be 32 bytes as 0x-prefixed hex",
+                        )
+                    })?);
+                }
+            }
+        }
+        return Ok(r);
+    }
+    Ok(if native {
+        decode_native(body, max_elements)?
+    } else {
+        decode_kserve(body, None, max_elements)?
+    })
+}
+
+/// Resolve, load, run on a worker, sign.
+async fn run_inference(
+    node: &Arc<Node>,
+    model: &str,
+    req: InferRequest,
+) -> Result<
+    (
+        ModelRecord,
+        Option<Version>,
+        Arc<crate::state::Loaded>,
+        Inference,
+    ),
+    ApiError,
+> {
+    let (rec, version) = node.resolve(model).await?;
+    let loaded = node.load(&rec).await?;
+    let request_id = req.request_id.unwrap_or_else(|| node.new_request_id());
+    let n2 = node.clone();
+    let l2 = loaded.clone();
+    let inputs = req.inputs;
+    let res = node
+        .on_worker(move || n2.infer_blocking(&l2, inputs, request_id))
+        .await
+        .and_then(|r| r);
+    match res {
+        Ok(inf) => {
+            node.metrics
+                .inferences
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Ok((rec, version, loaded, inf))
+        }
+        Err(e) => {
+            node.metrics
+                .inference_errors
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Err(e)
+        }
+    }
+}
+
+async fn infer_native(
+    State(node): State<Arc<Node>>,
+    Path(model): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let body = body.map_err(body_error)?;
+    let req = decode_body(
+        &headers,
+        &body,
+        node.config.limits.max_tensor_elements,
+        true,
+    )?;
+    let (_, version, loaded, inf) = run_inference(&node, &model, req).await?;
+    let outs = Node::describe_outputs(loaded.exec.model(), &inf.outputs);
+    let outputs: Vec<Value> = outs
+        .into_iter()
+        .map(|(name, shape, scale, data)| {
+            json!({"name": name, "shape": shape, "scale": scale, "data": data})
+        })
+        .collect();
+    let mut doc = json!({
+        "model_id": loaded.id,
+        "request_id": inf.receipt.receipt.request_id,
+        "outputs": outputs,
+        "receipt": inf.receipt,
+        "result_hash": inf.receipt.receipt.result_hash(),
+        "latency_us": inf.micros,
+    });
+    if let Some(v) = version {
+        doc["name"] = json!(v.manifest.manifest.name);
+        doc["version"] = json!(v.manifest.manifest.version);
+    }
+    Ok(Json(doc))
+}
+
+/// Part of a multipart body, read with a size cap.
+async fn read_field(
+    field: &mut axum::extract::multipart::Field<'_>,
+    limit: u64,
+    what: &str,
+) -> Result<Vec<u8>, ApiError> {
+    let mut out = Vec::new();
+    loop {
+        match field.chunk().await {
+            Ok(Some(c)) => {
+                if out.len() as u64 + c.len() as u64 > limit {
+                    return Err(ApiError::too_large(format!(
+                        "{what} is larger than the limit of {limit} bytes"
+                    )));
+                }
+                out.extend_from_slice(&c);
+            }
+            Ok(None) => return Ok(out),
+            Err(e) => {
+                let status = e.status();
+                return Err(if status == StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::too_large(format!("{what}: {}", e.body_text()))
+                } else {
+                    ApiError::new(status, "bad_upload", format!("{what}: {}", e.body_text()))
+                });
+            }
+        }
+    }
+}
+
+/// Compile options sent with an ONNX upload (the `options` part).
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct PublishOptions {
+    #[serde(default)]
+    scale_bits: Option<i8>,
+    #[serde(default)]
+    samples: Option<usize>,
+    #[serde(default)]
+    seed: Option<u64>,
+    #[serde(default)]
+    input_ranges: Vec<String>,
+    #[serde(default)]
+    input_shapes: Vec<String>,
+}
+
+async fn publish(
+    State(node): State<Arc<Node>>,
+    multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
+) -> Result<Response, ApiError> {
+    let res = publish_inner(&node, multipart).await;
+    let counter = if res.is_ok() {
+        &node.metrics.publishes
+    } else {
+        &node.metrics.publish_errors
+    };
+    counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    res
+}
+
+async fn publish_inner(
+    node: &Arc<Node>,
+    multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
+) -> Result<Response, ApiError> {
+    let mut mp = multipart.map_err(|e| {
+        ApiError::bad_request(
+            "bad_upload",
+            format!(
+                "publish takes multipart/form-data with parts 'manifest' and 'model': {}",
+                e.body_text()
+            ),
+        )
+    })?;
+    let max_model = node.config.limits.max_model_bytes;
+    let (mut manifest, mut model, mut report, mut options) = (None, None, None, None);
+    loop {
+        let field = mp.next_field().await.map_err(|e| {
+            let s = e.status();
+            if s == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::too_large(e.body_text())
+            } else {
+                ApiError::new(s, "bad_upload", e.body_text())
+            }
+        })?;
+        let Some(mut field) = field else { break };
+        let name = field.name().unwrap_or("").to_string();
+        match name.as_str() {
+            "manifest" => manifest = Some(read_field(&mut field, 1 << 20, "manifest").await?),
+            "report" => report = Some(read_field(&mut field, 16 << 20, "report").await?),
+            "options" => options = Some(read_field(&mut field, 1 << 16, "options").await?),
+            "model" => model = Some(read_field(&mut field, max_model, "model").await?),
+            other => {
+                return Err(ApiError::bad_request(
+                    "bad_upload",
+                    format!(
+                        "unexpected part '{other}' (expected manifest, model, report, options)"
+                    ),
+                ))
+            }
+        }
+    }
+    let manifest =
+        manifest.ok_or_else(|| ApiError::bad_request("bad_upload", "missing part 'manifest'"))?;
+    let model = model.ok_or_else(|| ApiError::bad_request("bad_upload", "missing part 'model'"))?;
+
+    // The manifest and its signature.
+    let mv: Value = serde_json::from_slice(&manifest).map_err(|e| {
+        ApiError::bad_request("bad_manifest", format!("manifest is not valid JSON: {e}"))
+    })?;
+    if mv.get("signature").is_none_or(Value::is_null) {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "missing_signature",
+            "the manifest is not signed: send {\"manifest\": {...}, \"signature\": \"0x...\"} signed by the owner (EIP-712)",
+        ));
+    }
+    let signed: SignedManifest = serde_json::from_value(mv)
+        .map_err(|e| ApiError::bad_request("bad_manifest", format!("manifest: {e}")))?;
+    signed.verify().map_err(|e| match e {
+        verity_core::manifest::ManifestError::Field { .. } => {
+            ApiError::unprocessable("bad_manifest", e.to_string())
+        }
+        verity_core::manifest::ManifestError::Signature(_) => {
+            ApiError::new(StatusCode::UNAUTHORIZED, "bad_signature", e.to_string())
+        }
+        _ => ApiError::new(StatusCode::FORBIDDEN, "wrong_signer", e.to_string()),
+    })?;
+    let m = signed.manifest.clone();
+
+    // The report, bound by the manifest's report hash.
+    let report_hash = report.as_deref().map(verity_core::keccak256);
+    let report_value = match &report {
+        Some(r) => {
+            if report_hash != Some(m.report_hash) {
+                return Err(ApiError::unprocessable(
+                    "report_mismatch",
+                    "keccak256 of the report part does not equal the manifest's report_hash",
+                ));
+            }
+            Some(serde_json::from_slice::<Value>(r).map_err(|e| {
+                ApiError::bad_request("bad_report", format!("report is not valid JSON: {e}"))
+            })?)
+        }
+        None if m.report_hash != Hash::ZERO => {
+            return Err(ApiError::unprocessable(
+                "report_missing",
+                "the manifest signs a report_hash but no 'report' part was sent",
+            ))
+        }
+        None => None,
+    };
+
+    // The model: a .vty (ID checked) or an ONNX file (compiled here, ID checked).
+    let is_vty = model.starts_with(b"VTY");
+    let (record, bytes, node_report) = if is_vty {
+        let n2 = node.clone();
+        let (model_bytes, decoded) = n2
+            .on_worker(move || {
+                let d = vty::decode(&model).map(|(mm, id)| (record_for(&mm, id), id));
+                (model, d)
+            })
+            .await?;
+        let (rec, id) = decoded.map_err(|e| {
+            ApiError::unprocessable("bad_model", format!("not a valid .vty model: {e}"))
+        })?;
+        if id != m.model_id {
+            return Err(ApiError::unprocessable(
+                "model_id_mismatch",
+                format!(
+                    "the uploaded model's ID is {id}, the manifest says {}",
+                    m.model_id
+                ),
+            ));
+        }
+        (rec, model_bytes, None)
+    } else {
+        let source = verity_core::keccak256(&model);
+        if m.source_hash != Hash::ZERO && m.source_hash != source {
+            return Err(ApiError::unprocessable(
+                "source_mismatch",
+                format!(
+                    "keccak256 of the uploaded ONNX file is {source}, the manifest's source_hash is {}",
+                    m.source_hash
+                ),
+            ));
+        }
+        let opts: PublishOptions = match &options {
+            Some(o) => serde_json::from_slice(o)
+                .map_err(|e| ApiError::bad_request("bad_options", format!("options: {e}")))?,
+            None => PublishOptions::default(),
+        };
+        let mut co = verity_compiler::CompileOptions::default();
+        if let Some(b) = opts.scale_bits {
+            co.scale_bits = b;
+        }
+        if let Some(s) = opts.samples {
+            if s == 0 || s > 1024 {
+                return Err(ApiError::bad_request(
+                    "bad_options",
+                    "samples must be 1..=1024",
+                ));
+            }
+            co.random_samples = s;
+        }
+        if let Some(s) = opts.seed {
+            co.seed = s;
+        }
+        co.apply_input_specs(&opts.input_ranges, &opts.input_shapes)
+            .map_err(|e| ApiError::bad_request("bad_options", e))?;
+        let _slot = node
+            .compile_slot()
+            .acquire_owned()
+            .await
+            .map_err(|_| ApiError::internal("compile slot closed"))?;
+        let compiled = node
+            .blocking(move || verity_compiler::compile(&model, &co))
+            .await?
+            .map_err(|e| {
+                ApiError::unprocessable("compile_failed", format!("cannot compile: {e}"))
+            })?;
+        let (mm, rep) = compiled;
+        let id = vty::model_id(&mm);
+        if id != m.model_id {
+            return Err(ApiError::unprocessable(
+                "model_id_mismatch",
+                format!(
+                    "the ONNX file compiles (with the given options) to model {id}, the manifest says {}",
+                    m.model_id
+                ),
+            ));
+        }
+        let bytes = vty::encode(&mm);
+        (record_for(&mm, id), bytes, serde_json::to_value(&rep).ok())
+    };
+    let (report, report_by) = match (report_value, node_report) {
+        (Some(r), _) => (Some(r), Some("owner".to_string())),
+        (None, Some(r)) => (Some(r), Some("node".to_string())),
+        (None, None) => (None, None),
+    };
+    let version = Version {
+        manifest: signed,
+        report,
+        report_by,
+        published_at: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+    };
+    let store = node.store.clone();
+    let size = bytes.len();
+    let outcome = node
+        .blocking(move || store.publish(&bytes, record, version))
+        .await??;
+    let status = match outcome {
+        Published::Created => StatusCode::CREATED,
+        Published::Existing => StatusCode::OK,
+    };
+    tracing::info!(name = %m.name, version = %m.version, model_id = %m.model_id, size, ?outcome, "published");
+    Ok((
+        status,
+        Json(json!({
+            "model_id": m.model_id, "name": m.name, "version": m.version, "size": size,
+            "status": if outcome == Published::Created { "created" } else { "exists" },
+        })),
+    )
+        .into_response())
+}
+
+// ---------------------------------------------------------------- KServe v2
+
+async fn v2_server() -> Json<Value> {
+    Json(json!({
+        "name": "verity",
+        "version": env!("CARGO_PKG_VERSION"),
+        "extensions": ["binary_tensor_data", "verity_receipts"],
+    }))
+}
+
+async fn v2_live() -> Json<Value> {
+    Json(json!({"live": true}))
+}
+
+async fn v2_ready() -> Json<Value> {
+    Json(json!({"ready": true}))
+}
+
+fn v2_datatype(kind: &str) -> &'static str {
+    if kind == "int" {
+        "INT64"
+    } else {
+        "FP32"
+    }
+}
+
+async fn v2_metadata(node: &Arc<Node>, reference: &str) -> Result<Json<Value>, ApiError> {
+    let (rec, version) = node.resolve(reference).await?;
+    let names = names_of(node, rec.id).await?;
+    let name = version
+        .as_ref()
+        .map(|v| v.manifest.manifest.name.clone())
+        .unwrap_or_else(|| reference.to_string());
+    let versions: Vec<String> = match &version {
+        Some(v) => {
+            let store = node.store.clone();
+            let all = node.blocking(move || store.versions()).await??;
+            let n = v.manifest.manifest.name.clone();
+            all.iter()
+                .filter(|x| x.manifest.manifest.name == n)
+                .map(|x| x.manifest.manifest.version.clone())
+                .collect()
+        }
+        None => names
+            .iter()
+            .map(|v| v.manifest.manifest.version.clone())
+            .collect(),
+    };
+    Ok(Json(json!({
+        "name": name,
+        "versions": versions,
+        "platform": "verity_canonical",
+        "inputs": rec.inputs.iter().map(|t| json!({"name": t.name, "datatype": v2_datatype(&t.kind), "shape": t.shape})).collect::<Vec<_>>(),
+        "outputs": rec.outputs.iter().map(|t| json!({"name": t.name, "datatype": "FP64", "shape": t.shape})).collect::<Vec<_>>(),
+        "parameters": {"model_id": rec.id.to_hex()},
+    })))
+}
+
+async fn v2_model(
+    State(node): State<Arc<Node>>,
+    Path(model): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    v2_metadata(&node, &model).await
+}
+
+async fn v2_model_version(
+    State(node): State<Arc<Node>>,
+    Path((model, version)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    v2_metadata(&node, &format!("{model}@{version}")).await
+}
+
+async fn v2_model_ready(
+    State(node): State<Arc<Node>>,
+    Path(model): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let (rec, _) = node.resolve(&model).await?;
+    node.load(&rec).await?;
+    Ok(Json(json!({"name": model, "ready": true})))
+}
+
+async fn v2_model_version_ready(
+    State(node): State<Arc<Node>>,
+    Path((model, version)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let (rec, _) = node.resolve(&format!("{model}@{version}")).await?;
+    node.load(&rec).await?;
+    Ok(Json(
+        json!({"name": model, "version": version, "ready": true}),
+    ))
+}
+
+async fn v2_infer(
+    State(node): State<Arc<Node>>,
+    Path(model): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    v2_infer_ref(node, model, headers, body).await
+}
+
+async fn v2_infer_version(
+    State(node): State<Arc<Node>>,
+    Path((model, version)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    v2_infer_ref(node, format!("{model}@{version}"), headers, body).await
+}
+
+async fn v2_infer_ref(
+    node: Arc<Node>,
+    reference: String,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = body.map_err(body_error)?;
+    let req = decode_body(
+        &headers,
+        &body,
+        node.config.limits.max_tensor_elements,
+        false,
+    )?;
+    let requested = req.outputs.clone();
+    let binary_all = req.binary_output;
+    let kserve_id = req.id.clone();
+    let (rec, version, loaded, inf) = run_inference(&node, &reference, req).await?;
+    let outs = Node::describe_outputs(loaded.exec.model(), &inf.outputs);
+    // Which outputs to return, and how.
+    let selection: Vec<(usize, bool)> = match &requested {
+        None => (0..outs.len()).map(|i| (i, binary_all)).collect(),
+        Some(list) => list
+            .iter()
+            .map(|r| {
+                outs.iter()
+                    .position(|o| o.0 == r.name)
+                    .map(|i| (i, r.binary))
+                    .ok_or_else(|| {
+                        ApiError::bad_request(
+                            "unknown_output",
+                            format!("the model has no output named '{}'", r.name),
+                        )
+                    })
+            })
+            .collect::<Result<_, _>>()?,
+    };
+    let mut binary = Vec::new();
+    let mut outputs = Vec::new();
+    for (i, bin) in selection {
+        let (name, shape, scale, data) = &outs[i];
+        let mut o = json!({"name": name, "datatype": "FP64", "shape": shape,
+                           "parameters": {"scale": scale}});
+        if bin {
+            let before = binary.len();
+            for v in data {
+                binary.extend_from_slice(&v.to_le_bytes());
+            }
+            o["parameters"]["binary_data_size"] = json!(binary.len() - before);
+        } else {
+            o["data"] = json!(data);
+        }
+        outputs.push(o);
+    }
+    let receipt_json =
+        serde_json::to_string(&inf.receipt).map_err(|e| ApiError::internal(e.to_string()))?;
+    let mut doc = json!({
+        "model_name": version.as_ref().map(|v| v.manifest.manifest.name.clone()).unwrap_or_else(|| reference.clone()),
+        "model_version": version.as_ref().map(|v| v.manifest.manifest.version.clone()).unwrap_or_default(),
+        "outputs": outputs,
+        "parameters": {
+            "verity_model_id": rec.id.to_hex(),
+            "verity_request_id": inf.receipt.receipt.request_id.to_hex(),
+            "verity_receipt": receipt_json,
+        },
+    });
+    if let Some(id) = kserve_id {
+        doc["id"] = json!(id);
+    }
+    let header_bytes = serde_json::to_vec(&doc).map_err(|e| ApiError::internal(e.to_string()))?;
+    if binary.is_empty() {
+        let mut r = Response::new(Body::from(header_bytes));
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        return Ok(r);
+    }
+    let hlen = header_bytes.len();
+    let mut all = header_bytes;
+    all.extend_from_slice(&binary);
+    let mut r = Response::new(Body::from(all));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    if let Ok(v) = HeaderValue::from_str(&hlen.to_string()) {
+        r.headers_mut().insert(BINARY_HEADER, v);
+    }
+    Ok(r)
+}
+
+async fn metrics(State(node): State<Arc<Node>>) -> Result<Response, ApiError> {
+    let store = node.store.clone();
+    let (models, versions) = node
+        .blocking(move || -> Result<_, verity_store::StoreError> {
+            Ok((store.models()?.len(), store.versions()?.len()))
+        })
+        .await??;
+    let text = node.metrics.render(&[
+        ("verity_models_stored", models as f64),
+        ("verity_versions_published", versions as f64),
+        ("verity_workers", node.config.workers as f64),
+    ]);
+    let mut r = Response::new(Body::from(text));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
+    Ok(r)
+}
+
+/// Serve `router` on `listener` until `shutdown` resolves, then let open connections finish (bounded by
+/// the configured shutdown timeout).
+pub async fn serve(
+    node: Arc<Node>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use hyper_util::server::conn::auto;
+    use hyper_util::service::TowerToHyperService;
+
+    let app = router(node.clone());
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(node.config.timeouts.header_secs))
+        .keep_alive(true);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            conn = listener.accept() => {
+                let (stream, _) = match conn {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let svc = TowerToHyperService::new(app.clone());
+                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+                let fut = graceful.watch(conn.into_owned());
+                tokio::spawn(async move {
+                    let _ = fut.await;
+                });
+            }
+            _ = &mut shutdown => break,
+        }
+    }
+    drop(listener);
+    let wait = Duration::from_secs(node.config.timeouts.shutdown_secs);
+    if tokio::time::timeout(wait, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("connections still open after the shutdown timeout; closing them");
+    }
+    node.flush_receipts().await;
+    Ok(())
+}

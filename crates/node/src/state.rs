@@ -1,0 +1,439 @@
+//! The node's shared state: store, key, loaded-model cache, worker pool, receipt log.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{mpsc, OnceCell, Semaphore};
+use verity_core::eth::Address;
+use verity_core::receipt::receipt_domain;
+use verity_core::{keccak256, Hash, Keccak, Receipt, SecretKey, SignedReceipt};
+use verity_engine::io::{dequantize, quantize_inputs, FloatTensor};
+use verity_engine::ir::{InputKind, Model};
+use verity_engine::vty;
+use verity_engine::ExecError;
+use verity_engine::{Executor, Mode};
+use verity_store::{ModelRecord, Store, TensorInfo};
+
+use crate::config::NodeConfig;
+use crate::error::ApiError;
+use crate::metrics::Metrics;
+use crate::tensors::NamedTensor;
+
+/// A model decoded, validated and ready to run (constants packed once).
+pub struct Loaded {
+    /// Model ID (recomputed from the bytes when loaded).
+    pub id: Hash,
+    /// The executor, owning the model.
+    pub exec: Executor<Arc<Model>>,
+}
+
+type Slot = Arc<OnceCell<Arc<Loaded>>>;
+
+/// Outputs of one inference with its receipt.
+pub struct Inference {
+    /// Raw integer outputs in model order.
+    pub outputs: Vec<Vec<i32>>,
+    /// The signed receipt.
+    pub receipt: SignedReceipt,
+    /// Engine time in microseconds.
+    pub micros: u64,
+}
+
+/// Shared node state.
+pub struct Node {
+    /// Configuration in effect.
+    pub config: NodeConfig,
+    /// The model store.
+    pub store: Arc<Store>,
+    /// The node key.
+    pub key: SecretKey,
+    /// Metrics.
+    pub metrics: Metrics,
+    cache: Mutex<Vec<(Hash, Slot)>>,
+    workers: Arc<Semaphore>,
+    compile_slot: Arc<Semaphore>,
+    receipts: mpsc::UnboundedSender<LogMsg>,
+    seq: AtomicU64,
+    nonce: [u8; 16],
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// The IO schema of a model (for the index and API metadata).
+pub fn io_schema(m: &Model) -> (Vec<TensorInfo>, Vec<TensorInfo>) {
+    let inputs = m
+        .inputs
+        .iter()
+        .map(|i| TensorInfo {
+            name: i.name.clone(),
+            shape: i.shape.iter().map(|&d| d as u64).collect(),
+            scale: i.scale,
+            kind: match i.kind {
+                InputKind::Int => "int".into(),
+                _ => "fixed".into(),
+            },
+        })
+        .collect();
+    let outputs = m
+        .outputs
+        .iter()
+        .map(|o| {
+            let info = m.value(o.value);
+            TensorInfo {
+                name: o.name.clone(),
+                shape: info
+                    .map(|i| i.shape.iter().map(|&d| d as u64).collect())
+                    .unwrap_or_default(),
+                scale: info.map(|i| i.scale).unwrap_or(0),
+                kind: "fixed".into(),
+            }
+        })
+        .collect();
+    (inputs, outputs)
+}
+
+/// A store record for a decoded model (chunks are filled in by the store).
+pub fn record_for(m: &Model, id: Hash) -> ModelRecord {
+    let (inputs, outputs) = io_schema(m);
+    ModelRecord {
+        id,
+        size: 0,
+        chunk_size: 0,
+        chunks: Vec::new(),
+        inputs,
+        outputs,
+        nodes: m.nodes.len() as u64,
+        parameters: m.consts.iter().map(|c| c.data.len() as u64).sum(),
+        stored_at: 0,
+    }
+}
+
+impl Node {
+    /// Open the store and start the receipt writer. Must be called inside a tokio runtime.
+    pub fn new(config: NodeConfig, store: Store, key: SecretKey) -> Arc<Node> {
+        let store = Arc::new(store);
+        let (tx, mut rx) = mpsc::unbounded_channel::<LogMsg>();
+        let writer_store = store.clone();
+        tokio::spawn(async move {
+            // Batch receipts into one durable transaction per burst.
+            while let Some(first) = rx.recv().await {
+                let mut batch = Vec::new();
+                let mut flushes = Vec::new();
+                let mut next = Some(first);
+                while let Some(m) = next.take() {
+                    match m {
+                        LogMsg::Receipt(r) => batch.push(*r),
+                        LogMsg::Flush(f) => flushes.push(f),
+                    }
+                    if batch.len() < 1024 {
+                        next = rx.try_recv().ok();
+                    }
+                }
+                let s = writer_store.clone();
+                let res = tokio::task::spawn_blocking(move || s.put_receipts(&batch)).await;
+                if let Ok(Err(e)) = res {
+                    tracing::error!(error = %e, "cannot persist receipts");
+                }
+                for f in flushes {
+                    let _ = f.send(());
+                }
+            }
+        });
+        let mut nonce = [0u8; 16];
+        let _ = getrandom::getrandom(&mut nonce);
+        Arc::new(Node {
+            workers: Arc::new(Semaphore::new(config.workers)),
+            compile_slot: Arc::new(Semaphore::new(1)),
+            config,
+            store,
+            key,
+            metrics: Metrics::default(),
+            cache: Mutex::new(Vec::new()),
+            receipts: tx,
+            seq: AtomicU64::new(0),
+            nonce,
+        })
+    }
+
+    /// This node's address.
+    pub fn address(&self) -> Address {
+        self.key.address()
+    }
+
+    /// Run blocking work on the inference pool, refusing with 503 when the queue is full.
+    pub async fn on_worker<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let waiting = self.metrics.in_flight.fetch_add(1, Ordering::Relaxed);
+        let _guard = Decrement(&self.metrics.in_flight);
+        if waiting as usize >= self.config.limits.max_queue + self.config.workers {
+            self.metrics.rejected_busy.fetch_add(1, Ordering::Relaxed);
+            return Err(ApiError::new(
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                "busy",
+                "the node's inference queue is full; retry later",
+            ));
+        }
+        let permit = self
+            .workers
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| ApiError::internal("worker pool closed"))?;
+        let out = tokio::task::spawn_blocking(move || {
+            let r = f();
+            drop(permit);
+            r
+        })
+        .await
+        .map_err(|e| ApiError::internal(format!("worker failed: {e}")))?;
+        Ok(out)
+    }
+
+    /// Run blocking work that is not inference (store I/O), off the async threads.
+    pub async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, ApiError> {
+        tokio::task::spawn_blocking(f)
+            .await
+            .map_err(|e| ApiError::internal(format!("task failed: {e}")))
+    }
+
+    /// Compile slot: one ONNX compilation at a time.
+    pub fn compile_slot(&self) -> Arc<Semaphore> {
+        self.compile_slot.clone()
+    }
+
+    /// Resolve a model reference (`0x<id>`, `name@version`, `name`) to its record and version, or 404.
+    pub async fn resolve(
+        &self,
+        reference: &str,
+    ) -> Result<(ModelRecord, Option<verity_store::Version>), ApiError> {
+        let store = self.store.clone();
+        let r = reference.to_string();
+        self.blocking(move || store.resolve(&r))
+            .await??
+            .ok_or_else(|| {
+                ApiError::not_found(
+                    "model_not_found",
+                    format!("no model '{reference}' on this node"),
+                )
+            })
+    }
+
+    /// The loaded model for a record (decoded and checked on first use; kept in an LRU cache).
+    pub async fn load(self: &Arc<Self>, rec: &ModelRecord) -> Result<Arc<Loaded>, ApiError> {
+        let slot = {
+            let mut cache = self
+                .cache
+                .lock()
+                .map_err(|_| ApiError::internal("model cache poisoned"))?;
+            let slot = match cache.iter().position(|(id, _)| *id == rec.id) {
+                Some(i) => cache.remove(i).1,
+                None => Arc::new(OnceCell::new()),
+            };
+            cache.push((rec.id, slot.clone()));
+            let cap = self.config.model_cache;
+            if cache.len() > cap {
+                let extra = cache.len() - cap;
+                cache.drain(..extra);
+            }
+            slot
+        };
+        let node = self.clone();
+        let rec = rec.clone();
+        slot.get_or_try_init(|| async move {
+            let store = node.store.clone();
+            let id = rec.id;
+            let loaded = node
+                .blocking(move || -> Result<Loaded, ApiError> {
+                    let bytes = store.read_model(&rec)?;
+                    let (model, got) = vty::decode(&bytes).map_err(|e| {
+                        ApiError::internal(format!("stored model {id} does not decode: {e}"))
+                    })?;
+                    if got != id {
+                        return Err(ApiError::internal(format!(
+                            "stored model {id} decodes to a different ID {got}"
+                        )));
+                    }
+                    Ok(Loaded {
+                        id,
+                        exec: Executor::new(Arc::new(model), Mode::Fast { threads: 1 }),
+                    })
+                })
+                .await??;
+            node.metrics.model_loads.fetch_add(1, Ordering::Relaxed);
+            Ok(Arc::new(loaded))
+        })
+        .await
+        .cloned()
+    }
+
+    /// A fresh request ID: keccak256(node address ‖ process nonce ‖ counter ‖ time).
+    pub fn new_request_id(&self) -> Hash {
+        let mut k = Keccak::new();
+        k.update(&self.address().0);
+        k.update(&self.nonce);
+        k.update(&self.seq.fetch_add(1, Ordering::Relaxed).to_be_bytes());
+        k.update(
+            &std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0)
+                .to_be_bytes(),
+        );
+        k.finalize()
+    }
+
+    /// Quantize, execute with a trace, commit, and sign. Runs on a worker thread.
+    pub fn infer_blocking(
+        &self,
+        loaded: &Loaded,
+        inputs: Vec<NamedTensor>,
+        request_id: Hash,
+    ) -> Result<Inference, ApiError> {
+        let start = std::time::Instant::now();
+        let model = loaded.exec.model();
+        let q = bind_inputs(model, inputs)?;
+        let ni = q.len();
+        let (outputs, trace) = loaded.exec.run_trace(q).map_err(|e| {
+            ApiError::unprocessable(
+                "execution_failed",
+                format!("the canonical execution failed: {e}"),
+            )
+        })?;
+        let roots = verity_engine::commit::trace_roots(&trace);
+        let receipt = Receipt {
+            request_id,
+            model_id: loaded.id,
+            input_hash: vty::list_root(&roots[..ni]),
+            output_hash: verity_engine::commit::tensors_hash(&outputs),
+            trace_root: vty::list_root(&roots),
+            node: self.address(),
+            timestamp: unix_now(),
+        }
+        .sign(
+            receipt_domain(self.config.chain_id, self.config.verifying_contract),
+            &self.key,
+        );
+        let _ = self
+            .receipts
+            .send(LogMsg::Receipt(Box::new(receipt.clone())));
+        let micros = start.elapsed().as_micros() as u64;
+        self.metrics.inference_seconds.observe(micros as f64 / 1e6);
+        Ok(Inference {
+            outputs,
+            receipt,
+            micros,
+        })
+    }
+
+    /// Output tensors as (name, shape, scale, real values) in model order.
+    pub fn describe_outputs(
+        model: &Model,
+        outputs: &[Vec<i32>],
+    ) -> Vec<(String, Vec<u64>, i8, Vec<f64>)> {
+        model
+            .outputs
+            .iter()
+            .zip(outputs)
+            .map(|(o, q)| {
+                let info = model.value(o.value);
+                let scale = info.map(|i| i.scale).unwrap_or(0);
+                let shape = info
+                    .map(|i| i.shape.iter().map(|&d| d as u64).collect())
+                    .unwrap_or_default();
+                (o.name.clone(), shape, scale, dequantize(q, scale))
+            })
+            .collect()
+    }
+}
+
+enum LogMsg {
+    Receipt(Box<SignedReceipt>),
+    Flush(tokio::sync::oneshot::Sender<()>),
+}
+
+impl Node {
+    /// Wait until every receipt signed so far is durable in the store.
+    pub async fn flush_receipts(&self) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if self.receipts.send(LogMsg::Flush(tx)).is_ok() {
+            let _ = rx.await;
+        }
+    }
+}
+
+struct Decrement<'a>(&'a AtomicU64);
+impl Drop for Decrement<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Match request tensors to the model's inputs by name, check shapes (422), and quantize (422 for values
+/// that do not fit, NaN or infinity).
+pub fn bind_inputs(model: &Model, inputs: Vec<NamedTensor>) -> Result<Vec<Vec<i32>>, ApiError> {
+    for t in &inputs {
+        if !model.inputs.iter().any(|i| i.name == t.name) {
+            return Err(ApiError::unprocessable(
+                "unknown_input",
+                format!(
+                    "the model has no input named '{}' (inputs: {})",
+                    t.name,
+                    model
+                        .inputs
+                        .iter()
+                        .map(|i| i.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ));
+        }
+    }
+    let mut by_name: Vec<Option<NamedTensor>> = inputs.into_iter().map(Some).collect();
+    let mut out = Vec::with_capacity(model.inputs.len());
+    for spec in &model.inputs {
+        let pos = by_name
+            .iter()
+            .position(|t| t.as_ref().is_some_and(|t| t.name == spec.name))
+            .ok_or_else(|| {
+                ApiError::unprocessable("missing_input", format!("missing input '{}'", spec.name))
+            })?;
+        let t = by_name[pos]
+            .take()
+            .ok_or_else(|| ApiError::internal("input taken twice"))?;
+        if by_name
+            .iter()
+            .any(|o| o.as_ref().is_some_and(|o| o.name == spec.name))
+        {
+            return Err(ApiError::bad_request(
+                "duplicate_input",
+                format!("input '{}' is given twice", spec.name),
+            ));
+        }
+        out.push(FloatTensor {
+            shape: t.shape,
+            data: t.data,
+        });
+    }
+    quantize_inputs(model, &out).map_err(|e| match e {
+        ExecError::InputShape { .. } => ApiError::unprocessable("shape_mismatch", e.to_string()),
+        ExecError::InputValue { .. } => {
+            ApiError::unprocessable("value_out_of_range", e.to_string())
+        }
+        other => ApiError::unprocessable("bad_input", other.to_string()),
+    })
+}
+
+/// keccak256 of arbitrary bytes (re-exported for handlers).
+pub fn hash_bytes(b: &[u8]) -> Hash {
+    keccak256(b)
+}

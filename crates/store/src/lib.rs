@@ -1,0 +1,529 @@
+//! Verity's model store: model files kept as content-addressed chunks (named by their keccak256) under a
+//! data directory, and a redb index mapping model IDs to their chunk lists, `name@version` to model IDs
+//! with the owner's signed manifest, and request IDs to the receipts this node signed.
+//!
+//! Crash safety: chunks are written to a temporary file, synced and renamed into place before the index
+//! transaction that makes a model visible commits (redb commits are durable). A crash before the commit
+//! leaves only unreferenced chunks, which [`Store::open`] removes; a crash after it leaves a complete model.
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
+use std::cmp::Ordering;
+use std::fs;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering as AtOrd};
+
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use serde::{Deserialize, Serialize};
+use verity_core::eth::Address;
+use verity_core::{keccak256, Hash, SignedManifest, SignedReceipt};
+
+/// Bytes per chunk for newly stored models.
+pub const CHUNK_SIZE: usize = 1 << 20;
+
+const MODELS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("models");
+const NAMES: TableDefinition<&str, &[u8]> = TableDefinition::new("names");
+const RECEIPTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("receipts");
+
+/// Store errors.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// Filesystem failure.
+    #[error("store I/O error: {0}")]
+    Io(#[from] std::io::Error),
+    /// Index database failure.
+    #[error("store index error: {0}")]
+    Db(String),
+    /// A stored record or chunk does not match what was written (disk corruption or tampering).
+    #[error("store corrupted: {0}")]
+    Corrupt(String),
+    /// `name@version` already names a different model.
+    #[error("{name}@{version} is already published as model {existing}")]
+    VersionTaken {
+        /// Name.
+        name: String,
+        /// Version.
+        version: String,
+        /// The model it names.
+        existing: Hash,
+    },
+    /// The name belongs to another owner.
+    #[error("the name '{name}' belongs to {owner}")]
+    NameOwned {
+        /// Name.
+        name: String,
+        /// Its owner.
+        owner: Address,
+    },
+    /// The data given does not hash to the model ID claimed.
+    #[error("model bytes do not match: {0}")]
+    Mismatch(String),
+}
+
+macro_rules! db_err {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StoreError {
+            fn from(e: $t) -> Self {
+                StoreError::Db(e.to_string())
+            }
+        }
+    )*};
+}
+db_err!(
+    redb::Error,
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
+
+/// One tensor of a model's IO schema.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TensorInfo {
+    /// Name.
+    pub name: String,
+    /// Shape.
+    pub shape: Vec<u64>,
+    /// Fixed-point scale (`value = q · 2^-scale`).
+    pub scale: i8,
+    /// `fixed` (real-valued) or `int` (integer, e.g. token IDs).
+    pub kind: String,
+}
+
+/// A stored model: its content and IO schema.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModelRecord {
+    /// Model ID (keccak Merkle commitment of the canonical encoding).
+    pub id: Hash,
+    /// Size of the `.vty` file in bytes.
+    pub size: u64,
+    /// Chunk size used.
+    pub chunk_size: u64,
+    /// keccak256 of each chunk, in order.
+    pub chunks: Vec<Hash>,
+    /// Inputs.
+    pub inputs: Vec<TensorInfo>,
+    /// Outputs.
+    pub outputs: Vec<TensorInfo>,
+    /// Number of graph nodes.
+    pub nodes: u64,
+    /// Number of constant elements (weights and tables).
+    pub parameters: u64,
+    /// Unix seconds when first stored.
+    pub stored_at: u64,
+}
+
+/// A published `name@version`: the model it names and the owner's signed manifest.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Version {
+    /// The signed manifest (its `model_id`, `name`, `version` are the key and target).
+    pub manifest: SignedManifest,
+    /// The compile report, as given by the owner (hash signed in the manifest) or computed by this node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report: Option<serde_json::Value>,
+    /// Who produced `report`: `owner` (bound by the manifest's `report_hash`) or `node`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report_by: Option<String>,
+    /// Unix seconds when published here.
+    pub published_at: u64,
+}
+
+/// What [`Store::publish`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Published {
+    /// A new `name@version`.
+    Created,
+    /// Exactly this `name@version` → model was already published (idempotent retry).
+    Existing,
+}
+
+/// Compare versions: dot/dash/plus-separated parts, numerically where both parts are numbers.
+pub fn compare_versions(a: &str, b: &str) -> Ordering {
+    let split =
+        |s: &str| -> Vec<String> { s.split(['.', '-', '+', '_']).map(str::to_string).collect() };
+    let (pa, pb) = (split(a), split(b));
+    for (x, y) in pa.iter().zip(&pb) {
+        let o = match (x.parse::<u64>(), y.parse::<u64>()) {
+            (Ok(i), Ok(j)) => i.cmp(&j),
+            _ => x.cmp(y),
+        };
+        if o != Ordering::Equal {
+            return o;
+        }
+    }
+    pa.len().cmp(&pb.len()).then_with(|| a.cmp(b))
+}
+
+fn name_key(name: &str, version: &str) -> String {
+    format!("{name}\u{0}{version}")
+}
+
+/// The model store rooted at a data directory.
+pub struct Store {
+    root: PathBuf,
+    db: Database,
+    tmp_seq: AtomicU64,
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn sync_dir(p: &Path) -> std::io::Result<()> {
+    fs::File::open(p)?.sync_all()
+}
+
+impl Store {
+    /// Open (or create) the store under `root`; removes temporary files and chunks no model references.
+    pub fn open(root: impl AsRef<Path>) -> Result<Store, StoreError> {
+        let root = root.as_ref().to_path_buf();
+        fs::create_dir_all(root.join("chunks"))?;
+        let tmp = root.join("tmp");
+        if tmp.exists() {
+            fs::remove_dir_all(&tmp)?;
+        }
+        fs::create_dir_all(&tmp)?;
+        let db = Database::create(root.join("index.redb"))?;
+        {
+            let w = db.begin_write()?;
+            w.open_table(MODELS)?;
+            w.open_table(NAMES)?;
+            w.open_table(RECEIPTS)?;
+            w.commit()?;
+        }
+        let store = Store {
+            root,
+            db,
+            tmp_seq: AtomicU64::new(0),
+        };
+        store.collect_garbage()?;
+        Ok(store)
+    }
+
+    /// The data directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn chunk_path(&self, h: &Hash) -> PathBuf {
+        let hex = h.to_hex();
+        self.root.join("chunks").join(&hex[2..4]).join(&hex[2..])
+    }
+
+    /// A fresh path under the store's temporary directory (removed on the next open).
+    pub fn temp_path(&self, what: &str) -> PathBuf {
+        let n = self.tmp_seq.fetch_add(1, AtOrd::Relaxed);
+        self.root
+            .join("tmp")
+            .join(format!("{what}-{}-{n}", std::process::id()))
+    }
+
+    /// Remove chunk files that no stored model references. Returns how many were removed.
+    pub fn collect_garbage(&self) -> Result<usize, StoreError> {
+        let mut live = std::collections::BTreeSet::new();
+        for r in self.models()? {
+            live.extend(r.chunks);
+        }
+        let mut removed = 0;
+        for dir in fs::read_dir(self.root.join("chunks"))? {
+            let dir = dir?.path();
+            if !dir.is_dir() {
+                continue;
+            }
+            for f in fs::read_dir(&dir)? {
+                let p = f?.path();
+                let keep = p
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .and_then(|n| n.parse::<Hash>().ok())
+                    .is_some_and(|h| live.contains(&h));
+                if !keep {
+                    fs::remove_file(&p)?;
+                    removed += 1;
+                }
+            }
+        }
+        Ok(removed)
+    }
+
+    fn write_chunk(&self, data: &[u8]) -> Result<Hash, StoreError> {
+        let h = keccak256(data);
+        let path = self.chunk_path(&h);
+        if path.exists() {
+            if fs::metadata(&path)?.len() == data.len() as u64 {
+                return Ok(h);
+            }
+            fs::remove_file(&path)?;
+        }
+        let dir = path.parent().unwrap_or(&self.root).to_path_buf();
+        fs::create_dir_all(&dir)?;
+        let tmp = self.temp_path("chunk");
+        {
+            let mut f = fs::File::create(&tmp)?;
+            f.write_all(data)?;
+            f.sync_all()?;
+        }
+        fs::rename(&tmp, &path)?;
+        sync_dir(&dir)?;
+        Ok(h)
+    }
+
+    /// Store a model's bytes (whose ID the caller has verified) and publish `name@version` for it, in one
+    /// index transaction. Chunks are durable before the transaction commits.
+    pub fn publish(
+        &self,
+        bytes: &[u8],
+        mut record: ModelRecord,
+        version: Version,
+    ) -> Result<Published, StoreError> {
+        let m = &version.manifest.manifest;
+        if m.model_id != record.id {
+            return Err(StoreError::Mismatch(format!(
+                "manifest names model {}, the record is {}",
+                m.model_id, record.id
+            )));
+        }
+        // Fail fast on naming conflicts before writing any chunk.
+        if let Some(p) = self.check_name(m, &self.db.begin_read()?.open_table(NAMES)?)? {
+            return Ok(p);
+        }
+        let exists = self.model(&record.id)?.is_some();
+        if !exists {
+            record.chunk_size = CHUNK_SIZE as u64;
+            record.size = bytes.len() as u64;
+            record.chunks = bytes
+                .chunks(CHUNK_SIZE)
+                .map(|c| self.write_chunk(c))
+                .collect::<Result<_, _>>()?;
+            record.stored_at = now();
+        }
+        let w = self.db.begin_write()?;
+        {
+            let mut names = w.open_table(NAMES)?;
+            if let Some(p) = self.check_name(m, &names)? {
+                return Ok(p);
+            }
+            let mut models = w.open_table(MODELS)?;
+            if models.get(record.id.0.as_slice())?.is_none() {
+                if exists {
+                    return Err(StoreError::Corrupt("model vanished during publish".into()));
+                }
+                let v = serde_json::to_vec(&record).map_err(|e| StoreError::Db(e.to_string()))?;
+                models.insert(record.id.0.as_slice(), v.as_slice())?;
+            }
+            let v = serde_json::to_vec(&version).map_err(|e| StoreError::Db(e.to_string()))?;
+            names.insert(name_key(&m.name, &m.version).as_str(), v.as_slice())?;
+        }
+        w.commit()?;
+        Ok(Published::Created)
+    }
+
+    /// `Some(Existing)` for an identical re-publish, an error for a conflict, `None` if free.
+    fn check_name(
+        &self,
+        m: &verity_core::Manifest,
+        names: &impl ReadableTable<&'static str, &'static [u8]>,
+    ) -> Result<Option<Published>, StoreError> {
+        let prefix = format!("{}\u{0}", m.name);
+        for e in names.range(prefix.as_str()..)? {
+            let (k, v) = e?;
+            if !k.value().starts_with(&prefix) {
+                break;
+            }
+            let v: Version = decode(v.value())?;
+            let other = &v.manifest.manifest;
+            if other.owner != m.owner {
+                return Err(StoreError::NameOwned {
+                    name: m.name.clone(),
+                    owner: other.owner,
+                });
+            }
+            if other.version == m.version {
+                if other.model_id == m.model_id {
+                    return Ok(Some(Published::Existing));
+                }
+                return Err(StoreError::VersionTaken {
+                    name: m.name.clone(),
+                    version: m.version.clone(),
+                    existing: other.model_id,
+                });
+            }
+        }
+        Ok(None)
+    }
+
+    /// The record of a stored model.
+    pub fn model(&self, id: &Hash) -> Result<Option<ModelRecord>, StoreError> {
+        let r = self.db.begin_read()?;
+        let t = r.open_table(MODELS)?;
+        let v = t.get(id.0.as_slice())?;
+        v.map(|v| decode(v.value())).transpose()
+    }
+
+    /// Every stored model.
+    pub fn models(&self) -> Result<Vec<ModelRecord>, StoreError> {
+        let r = self.db.begin_read()?;
+        let t = r.open_table(MODELS)?;
+        let mut out = Vec::new();
+        for e in t.iter()? {
+            out.push(decode(e?.1.value())?);
+        }
+        Ok(out)
+    }
+
+    /// Every published version, ordered by name then version (ascending).
+    pub fn versions(&self) -> Result<Vec<Version>, StoreError> {
+        let r = self.db.begin_read()?;
+        let t = r.open_table(NAMES)?;
+        let mut out: Vec<Version> = Vec::new();
+        for e in t.iter()? {
+            out.push(decode(e?.1.value())?);
+        }
+        out.sort_by(|a, b| {
+            let (a, b) = (&a.manifest.manifest, &b.manifest.manifest);
+            a.name
+                .cmp(&b.name)
+                .then_with(|| compare_versions(&a.version, &b.version))
+        });
+        Ok(out)
+    }
+
+    /// One published version.
+    pub fn version(&self, name: &str, version: &str) -> Result<Option<Version>, StoreError> {
+        let r = self.db.begin_read()?;
+        let t = r.open_table(NAMES)?;
+        let v = t.get(name_key(name, version).as_str())?;
+        v.map(|v| decode(v.value())).transpose()
+    }
+
+    /// The highest version (by [`compare_versions`]) published under `name`.
+    pub fn latest(&self, name: &str) -> Result<Option<Version>, StoreError> {
+        let r = self.db.begin_read()?;
+        let t = r.open_table(NAMES)?;
+        let prefix = format!("{name}\u{0}");
+        let mut best: Option<Version> = None;
+        for e in t.range(prefix.as_str()..)? {
+            let (k, v) = e?;
+            if !k.value().starts_with(&prefix) {
+                break;
+            }
+            let v: Version = decode(v.value())?;
+            if best.as_ref().is_none_or(|b| {
+                compare_versions(&v.manifest.manifest.version, &b.manifest.manifest.version)
+                    == Ordering::Greater
+            }) {
+                best = Some(v);
+            }
+        }
+        Ok(best)
+    }
+
+    /// Resolve `0x<id>`, `name@version` or `name` (latest) to a stored model and, for names, its version.
+    pub fn resolve(
+        &self,
+        reference: &str,
+    ) -> Result<Option<(ModelRecord, Option<Version>)>, StoreError> {
+        let version = if reference.starts_with("0x") && reference.len() == 66 {
+            let Ok(id) = reference.parse::<Hash>() else {
+                return Ok(None);
+            };
+            return Ok(self.model(&id)?.map(|r| (r, None)));
+        } else if let Some((n, v)) = reference.split_once('@') {
+            self.version(n, v)?
+        } else {
+            self.latest(reference)?
+        };
+        let Some(v) = version else { return Ok(None) };
+        let rec = self.model(&v.manifest.manifest.model_id)?.ok_or_else(|| {
+            StoreError::Corrupt(format!("{reference} names a model that is not stored"))
+        })?;
+        Ok(Some((rec, Some(v))))
+    }
+
+    /// Read `len` bytes of a stored model starting at `offset`, checking every chunk it touches.
+    pub fn read_range(
+        &self,
+        rec: &ModelRecord,
+        offset: u64,
+        len: u64,
+    ) -> Result<Vec<u8>, StoreError> {
+        let end = offset.saturating_add(len).min(rec.size);
+        let mut out = Vec::with_capacity(end.saturating_sub(offset) as usize);
+        let cs = rec.chunk_size.max(1);
+        let mut pos = offset;
+        while pos < end {
+            let ci = (pos / cs) as usize;
+            let chunk = self.read_chunk(rec, ci)?;
+            let within = (pos - ci as u64 * cs) as usize;
+            let take = ((end - pos) as usize).min(chunk.len().saturating_sub(within));
+            if take == 0 {
+                return Err(StoreError::Corrupt(format!("chunk {ci} is short")));
+            }
+            out.extend_from_slice(&chunk[within..within + take]);
+            pos += take as u64;
+        }
+        Ok(out)
+    }
+
+    /// Read and check chunk `i` of a stored model.
+    pub fn read_chunk(&self, rec: &ModelRecord, i: usize) -> Result<Vec<u8>, StoreError> {
+        let h = rec
+            .chunks
+            .get(i)
+            .ok_or_else(|| StoreError::Corrupt(format!("no chunk {i}")))?;
+        let mut data = Vec::new();
+        fs::File::open(self.chunk_path(h))?.read_to_end(&mut data)?;
+        if keccak256(&data) != *h {
+            return Err(StoreError::Corrupt(format!(
+                "chunk {i} of model {} does not match its hash",
+                rec.id
+            )));
+        }
+        Ok(data)
+    }
+
+    /// The whole `.vty` file of a stored model.
+    pub fn read_model(&self, rec: &ModelRecord) -> Result<Vec<u8>, StoreError> {
+        self.read_range(rec, 0, rec.size)
+    }
+
+    /// Append receipts (one durable transaction for the batch).
+    pub fn put_receipts(&self, receipts: &[SignedReceipt]) -> Result<(), StoreError> {
+        if receipts.is_empty() {
+            return Ok(());
+        }
+        let w = self.db.begin_write()?;
+        {
+            let mut t = w.open_table(RECEIPTS)?;
+            for r in receipts {
+                let v = serde_json::to_vec(r).map_err(|e| StoreError::Db(e.to_string()))?;
+                t.insert(r.receipt.request_id.0.as_slice(), v.as_slice())?;
+            }
+        }
+        w.commit()?;
+        Ok(())
+    }
+
+    /// The receipt this node signed for a request ID.
+    pub fn receipt(&self, request_id: &Hash) -> Result<Option<SignedReceipt>, StoreError> {
+        let r = self.db.begin_read()?;
+        let t = r.open_table(RECEIPTS)?;
+        let v = t.get(request_id.0.as_slice())?;
+        v.map(|v| decode(v.value())).transpose()
+    }
+
+    /// Number of receipts kept.
+    pub fn receipt_count(&self) -> Result<u64, StoreError> {
+        let r = self.db.begin_read()?;
+        Ok(r.open_table(RECEIPTS)?.len()?)
+    }
+}
+
+fn decode<T: for<'a> Deserialize<'a>>(b: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(b).map_err(|e| StoreError::Corrupt(format!("bad index record: {e}")))
+}
