@@ -1,8 +1,9 @@
 //! The binary keccak Merkle tree used for every commitment in Verity (model IDs, tensors, traces).
 //!
 //! Rules (see `docs/spec/canonical.md`, "Commitments"):
-//! - `n` leaves are padded with [`Hash::ZERO`] up to the next power of two; an inner node is
-//!   `keccak256(left ‖ right)`; the root of one leaf is that leaf; the root of zero leaves is `Hash::ZERO`.
+//! - The tree is built level by level: an inner node is `keccak256(left ‖ right)`, and a node without a
+//!   partner at the end of a level is paired with [`Hash::ZERO`] (so a subtree of padding counts as
+//!   `Hash::ZERO`); the root of one leaf is that leaf; the root of zero leaves is `Hash::ZERO`.
 //! - A tensor of `i32` elements is packed row-major into 32-byte words, 8 elements per word, each element
 //!   big-endian two's complement, the last word zero-padded. A word's leaf is `keccak256(word)`.
 //!   The tensor's *elements root* is `keccak256(u64_be(len) ‖ merkle_root(leaves))`.
@@ -27,7 +28,7 @@ fn next_level(level: &[Hash]) -> Vec<Hash> {
         .collect()
 }
 
-/// Merkle root of `leaves` (padded with zero hashes to a power of two).
+/// Merkle root of `leaves` (an unpaired node at the end of a level is paired with the zero hash).
 pub fn merkle_root(leaves: &[Hash]) -> Hash {
     match leaves.len() {
         0 => Hash::ZERO,

@@ -7,6 +7,8 @@ use std::process::{Command, Output};
 use serde_json::Value;
 use verity_core::{elements_root, Hash};
 
+mod node;
+
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../..")
