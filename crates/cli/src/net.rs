@@ -400,7 +400,10 @@ pub struct InferArgs {
 }
 
 /// Read inputs for a model whose IO schema is `inputs` (from the node): returns name → (shape, data).
-fn read_inputs(specs: &[String], inputs: &[Value]) -> Result<Vec<(String, Vec<usize>, Vec<f64>)>> {
+/// A named input: name, shape, values.
+type Named = (String, Vec<usize>, Vec<f64>);
+
+fn read_inputs(specs: &[String], inputs: &[Value]) -> Result<Vec<Named>> {
     let names: Vec<String> = inputs
         .iter()
         .filter_map(|i| i["name"].as_str().map(str::to_string))

@@ -45,7 +45,7 @@ pub fn to_hex(bytes: &[u8]) -> String {
 /// Decode hex (optional `0x`) of any even length.
 pub fn from_hex(s: &str) -> Option<Vec<u8>> {
     let s = s.strip_prefix("0x").unwrap_or(s);
-    if s.len() % 2 != 0 || !s.is_ascii() {
+    if !s.len().is_multiple_of(2) || !s.is_ascii() {
         return None;
     }
     (0..s.len() / 2)

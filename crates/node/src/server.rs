@@ -99,6 +99,11 @@ async fn track(State(node): State<Arc<Node>>, req: Request, next: Next) -> Respo
         .into_response(),
     };
     let status = resp.status().as_u16();
+    let resp = if status >= 400 && route.starts_with("/v2") {
+        kserve_error(resp).await
+    } else {
+        resp
+    };
     node.metrics.http(&route, status);
     let micros = start.elapsed().as_micros() as u64;
     if status >= 400 {
@@ -107,6 +112,25 @@ async fn track(State(node): State<Arc<Node>>, req: Request, next: Next) -> Respo
         tracing::debug!(%method, route, status, micros, "request");
     }
     resp
+}
+
+/// KServe v2 clients expect `{"error": "<message>"}`; keep the stable code beside it.
+async fn kserve_error(resp: Response) -> Response {
+    let (mut parts, body) = resp.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, 1 << 16).await else {
+        return Response::from_parts(parts, Body::empty());
+    };
+    let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    let (code, message) = match &v["error"] {
+        Value::Object(e) => (
+            e.get("code").cloned().unwrap_or(Value::Null),
+            e.get("message").cloned().unwrap_or(Value::Null),
+        ),
+        _ => return Response::from_parts(parts, Body::from(bytes)),
+    };
+    let out = json!({"error": message, "code": code}).to_string();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(parts, Body::from(out))
 }
 
 fn body_error(e: BytesRejection) -> ApiError {

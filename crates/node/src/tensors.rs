@@ -85,7 +85,7 @@ pub fn decode_raw(dt: &str, bytes: &[u8]) -> Result<Vec<f64>, TensorError> {
             "datatype {dt} is not supported (numeric and BOOL only)"
         ))
     })?;
-    if bytes.len() % size != 0 {
+    if !bytes.len().is_multiple_of(size) {
         return Err(TensorError::Malformed(format!(
             "{} bytes is not a whole number of {dt} elements",
             bytes.len()
@@ -380,7 +380,7 @@ mod tests {
                     "outputs":[{"name":"y","parameters":{"binary_data":true}}]}"#;
         let r = decode_kserve(j, None, 100).unwrap();
         assert_eq!(r.inputs[0].data, vec![1.0, 2.0, 3.0, 4.5]);
-        assert_eq!(r.outputs.unwrap()[0].binary, true);
+        assert!(r.outputs.unwrap()[0].binary);
         assert_eq!(r.id.as_deref(), Some("a"));
 
         let header = br#"{"inputs":[{"name":"x","shape":[3],"datatype":"FP16","parameters":{"binary_data_size":6}}]}"#;

@@ -777,6 +777,20 @@ fn errors_have_status_code_and_message_and_nothing_panics() {
         "bad_request_id"
     );
 
+    // KServe v2 errors use the protocol's `{"error": "<message>"}` with the stable code beside it.
+    let r = c
+        .post(format!("{u}/v2/models/nope/infer"))
+        .body(json!({"inputs": []}).to_string())
+        .send()
+        .expect("send");
+    assert_eq!(r.status().as_u16(), 404);
+    let v: Value = r.json().expect("json");
+    assert!(
+        v["error"].as_str().is_some_and(|m| m.contains("nope")),
+        "{v}"
+    );
+    assert_eq!(v["code"], "model_not_found");
+
     // A client that never finishes its headers is cut off after the header timeout.
     let addr = u.trim_start_matches("http://");
     let mut s = TcpStream::connect(addr).expect("connect");
