@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Multipart, Path, Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
@@ -133,13 +132,32 @@ async fn kserve_error(resp: Response) -> Response {
     Response::from_parts(parts, Body::from(out))
 }
 
-fn body_error(e: BytesRejection) -> ApiError {
-    let status = e.status();
-    if status == StatusCode::PAYLOAD_TOO_LARGE {
-        ApiError::too_large(format!("request body is too large: {}", e.body_text()))
-    } else {
-        ApiError::new(status, "bad_body", e.body_text())
+/// Read a request body up to `limit` bytes. Beyond it, keep reading and discarding (up to a bound) so
+/// that the client, still sending, receives the 413 instead of a reset connection.
+async fn read_limited(body: Body, limit: u64) -> Result<Bytes, ApiError> {
+    use futures_util::StreamExt;
+    let mut stream = body.into_data_stream();
+    let mut buf = Vec::new();
+    let mut total: u64 = 0;
+    let drain_cap = limit.saturating_mul(4).max(limit.saturating_add(64 << 20));
+    while let Some(chunk) = stream.next().await {
+        let c = chunk
+            .map_err(|e| ApiError::bad_request("bad_body", format!("cannot read the body: {e}")))?;
+        total = total.saturating_add(c.len() as u64);
+        if total > limit {
+            if total > drain_cap {
+                break;
+            }
+            continue;
+        }
+        buf.extend_from_slice(&c);
     }
+    if total > limit {
+        return Err(ApiError::too_large(format!(
+            "request body is larger than the limit of {limit} bytes"
+        )));
+    }
+    Ok(Bytes::from(buf))
 }
 
 async fn node_info(State(node): State<Arc<Node>>) -> Result<Json<Value>, ApiError> {
@@ -469,9 +487,9 @@ async fn infer_native(
     State(node): State<Arc<Node>>,
     Path(model): Path<String>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Result<Json<Value>, ApiError> {
-    let body = body.map_err(body_error)?;
+    let body = read_limited(body, node.config.limits.max_body_bytes).await?;
     let req = decode_body(
         &headers,
         &body,
@@ -591,7 +609,17 @@ async fn publish_inner(
             "manifest" => manifest = Some(read_field(&mut field, 1 << 20, "manifest").await?),
             "report" => report = Some(read_field(&mut field, 16 << 20, "report").await?),
             "options" => options = Some(read_field(&mut field, 1 << 16, "options").await?),
-            "model" => model = Some(read_field(&mut field, max_model, "model").await?),
+            "model" => match read_field(&mut field, max_model, "model").await {
+                Ok(b) => model = Some(b),
+                Err(e) => {
+                    // Let the client finish sending (bounded by the body limit) so it sees the error.
+                    drop(field);
+                    while let Ok(Some(mut f)) = mp.next_field().await {
+                        while let Ok(Some(_)) = f.chunk().await {}
+                    }
+                    return Err(e);
+                }
+            },
             other => {
                 return Err(ApiError::bad_request(
                     "bad_upload",
@@ -865,7 +893,7 @@ async fn v2_infer(
     State(node): State<Arc<Node>>,
     Path(model): Path<String>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Result<Response, ApiError> {
     v2_infer_ref(node, model, headers, body).await
 }
@@ -874,7 +902,7 @@ async fn v2_infer_version(
     State(node): State<Arc<Node>>,
     Path((model, version)): Path<(String, String)>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Result<Response, ApiError> {
     v2_infer_ref(node, format!("{model}@{version}"), headers, body).await
 }
@@ -883,9 +911,9 @@ async fn v2_infer_ref(
     node: Arc<Node>,
     reference: String,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Result<Response, ApiError> {
-    let body = body.map_err(body_error)?;
+    let body = read_limited(body, node.config.limits.max_body_bytes).await?;
     let req = decode_body(
         &headers,
         &body,
