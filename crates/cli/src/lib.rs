@@ -444,8 +444,10 @@ fn cmd_run(a: RunArgs) -> Result<()> {
             ts.push(t.elapsed().as_secs_f64() * 1e6);
         }
         ts.sort_by(f64::total_cmp);
-        Some(json!({"runs": us.len(), "min_us": us[0], "median_us": us[us.len() / 2], "mean_us": mean,
-                    "with_trace_commit_median_us": ts[ts.len() / 2]}))
+        Some(
+            json!({"runs": us.len(), "min_us": us[0], "median_us": us[us.len() / 2], "mean_us": mean,
+                    "with_trace_commit_median_us": ts[ts.len() / 2]}),
+        )
     } else {
         None
     };

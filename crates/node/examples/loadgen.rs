@@ -89,7 +89,9 @@ fn main() {
                 })
             })
             .collect();
-        hs.into_iter().map(|h| h.join().unwrap_or_default()).collect()
+        hs.into_iter()
+            .map(|h| h.join().unwrap_or_default())
+            .collect()
     });
     let elapsed = start.elapsed().as_secs_f64();
     let mut all: Vec<u32> = results.iter().flat_map(|r| r.0.iter().copied()).collect();
