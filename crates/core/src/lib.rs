@@ -12,6 +12,7 @@ pub mod codec;
 pub mod eip712;
 pub mod eth;
 pub mod hash;
+pub mod keccak_batch;
 pub mod manifest;
 pub mod merkle;
 pub mod receipt;

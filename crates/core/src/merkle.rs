@@ -9,6 +9,7 @@
 //!   The tensor's *elements root* is `keccak256(u64_be(len) ‖ merkle_root(leaves))`.
 
 use crate::hash::{keccak256, Hash, Keccak};
+use crate::keccak_batch::keccak256_batch;
 
 /// Number of `i32` elements packed in one 32-byte leaf word.
 pub const ELEMENTS_PER_LEAF: usize = 8;
@@ -22,10 +23,16 @@ fn parent(l: &Hash, r: &Hash) -> Hash {
 
 /// The parents of one tree level (an odd last node is paired with the zero hash).
 fn next_level(level: &[Hash]) -> Vec<Hash> {
-    level
+    let pairs: Vec<[u8; 64]> = level
         .chunks(2)
-        .map(|pair| parent(&pair[0], pair.get(1).unwrap_or(&Hash::ZERO)))
-        .collect()
+        .map(|pair| {
+            let mut m = [0u8; 64];
+            m[..32].copy_from_slice(&pair[0].0);
+            m[32..].copy_from_slice(&pair.get(1).unwrap_or(&Hash::ZERO).0);
+            m
+        })
+        .collect();
+    keccak256_batch(&pairs)
 }
 
 /// Merkle root of `leaves` (an unpaired node at the end of a level is paired with the zero hash).
@@ -94,10 +101,17 @@ pub fn pack_word(elems: &[i32], w: usize) -> [u8; 32] {
 }
 
 fn element_leaves(elems: &[i32]) -> Vec<Hash> {
-    let words = elems.len().div_ceil(ELEMENTS_PER_LEAF);
-    (0..words)
-        .map(|w| keccak256(&pack_word(elems, w)))
-        .collect()
+    let words: Vec<[u8; 32]> = elems
+        .chunks(ELEMENTS_PER_LEAF)
+        .map(|c| {
+            let mut word = [0u8; 32];
+            for (j, e) in c.iter().enumerate() {
+                word[4 * j..4 * j + 4].copy_from_slice(&e.to_be_bytes());
+            }
+            word
+        })
+        .collect();
+    keccak256_batch(&words)
 }
 
 fn bind_len(len: usize, tree: Hash) -> Hash {

@@ -1,0 +1,34 @@
+//! keccak256 throughput for Merkle leaves: the incremental hasher one message at a time against the
+//! batched single-block path (four lanes with AVX2).
+
+use std::hint::black_box;
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use verity_core::keccak_batch::{keccak256_batch, keccak256_short};
+use verity_core::{elements_root, keccak256};
+
+fn bench(c: &mut Criterion) {
+    let words: Vec<[u8; 64]> = (0..1024u32)
+        .map(|i| {
+            let mut w = [0u8; 64];
+            w[..4].copy_from_slice(&i.to_be_bytes());
+            w
+        })
+        .collect();
+    c.bench_function("keccak::incremental/msgs=1024,len=64", |b| {
+        b.iter(|| black_box(words.iter().map(|w| keccak256(w)).collect::<Vec<_>>()))
+    });
+    c.bench_function("keccak::short/msgs=1024,len=64", |b| {
+        b.iter(|| black_box(words.iter().map(|w| keccak256_short(w)).collect::<Vec<_>>()))
+    });
+    c.bench_function("keccak::batch/msgs=1024,len=64", |b| {
+        b.iter(|| black_box(keccak256_batch(&words)))
+    });
+    let elems: Vec<i32> = (0..8192).collect();
+    c.bench_function("merkle::elements_root/n=8192", |b| {
+        b.iter(|| black_box(elements_root(&elems)))
+    });
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
