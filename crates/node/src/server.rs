@@ -464,7 +464,9 @@ async fn run_inference(
     let l2 = loaded.clone();
     let inputs = req.inputs;
     let res = node
-        .on_worker(move || n2.infer_blocking(&l2, inputs, request_id))
+        .on_worker(loaded.run_inline(), move || {
+            n2.infer_blocking(&l2, inputs, request_id)
+        })
         .await
         .and_then(|r| r);
     match res {
@@ -686,7 +688,7 @@ async fn publish_inner(
     let (record, bytes, node_report) = if is_vty {
         let n2 = node.clone();
         let (model_bytes, decoded) = n2
-            .on_worker(move || {
+            .on_worker(false, move || {
                 let d = vty::decode(&model).map(|(mm, id)| (record_for(&mm, id), id));
                 (model, d)
             })

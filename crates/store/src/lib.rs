@@ -527,3 +527,114 @@ impl Store {
 fn decode<T: for<'a> Deserialize<'a>>(b: &[u8]) -> Result<T, StoreError> {
     serde_json::from_slice(b).map_err(|e| StoreError::Corrupt(format!("bad index record: {e}")))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use verity_core::{Manifest, SecretKey};
+
+    fn version(key: &SecretKey, id: Hash, name: &str, v: &str) -> Version {
+        let m = Manifest {
+            model_id: id,
+            name: name.into(),
+            version: v.into(),
+            description: String::new(),
+            task: String::new(),
+            license: String::new(),
+            tags: vec![],
+            owner: key.address(),
+            source_hash: Hash::ZERO,
+            report_hash: Hash::ZERO,
+        };
+        Version {
+            manifest: m.sign(key),
+            report: None,
+            report_by: None,
+            published_at: 1,
+        }
+    }
+
+    fn record(id: Hash) -> ModelRecord {
+        ModelRecord {
+            id,
+            size: 0,
+            chunk_size: 0,
+            chunks: vec![],
+            inputs: vec![],
+            outputs: vec![],
+            nodes: 0,
+            parameters: 0,
+            stored_at: 0,
+        }
+    }
+
+    #[test]
+    fn publish_resolve_conflicts_ranges_and_gc() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = SecretKey::random();
+        let bytes: Vec<u8> = (0..(CHUNK_SIZE * 2 + 1000))
+            .map(|i| (i % 251) as u8)
+            .collect();
+        let id = keccak256(&bytes);
+        {
+            let s = Store::open(dir.path()).unwrap();
+            let p = s
+                .publish(&bytes, record(id), version(&key, id, "m", "1.2"))
+                .unwrap();
+            assert_eq!(p, Published::Created);
+            let p = s
+                .publish(&bytes, record(id), version(&key, id, "m", "1.2"))
+                .unwrap();
+            assert_eq!(p, Published::Existing);
+            s.publish(&bytes, record(id), version(&key, id, "m", "1.10"))
+                .unwrap();
+            // latest is by version order, not by text
+            let (r, v) = s.resolve("m").unwrap().unwrap();
+            assert_eq!(v.unwrap().manifest.manifest.version, "1.10");
+            assert_eq!(r.chunks.len(), 3);
+            assert_eq!(s.read_model(&r).unwrap(), bytes);
+            let mid = s.read_range(&r, CHUNK_SIZE as u64 - 5, 10).unwrap();
+            assert_eq!(mid, bytes[CHUNK_SIZE - 5..CHUNK_SIZE + 5]);
+            assert!(s.resolve(&id.to_hex()).unwrap().is_some());
+            assert!(s.resolve("m@9").unwrap().is_none());
+            // another model under a taken version; another owner under a taken name
+            let other = keccak256(b"other");
+            assert!(matches!(
+                s.publish(b"other", record(other), version(&key, other, "m", "1.2")),
+                Err(StoreError::VersionTaken { .. })
+            ));
+            assert!(matches!(
+                s.publish(
+                    b"other",
+                    record(other),
+                    version(&SecretKey::random(), other, "m", "7")
+                ),
+                Err(StoreError::NameOwned { .. })
+            ));
+            // a corrupted chunk is detected on read
+            let p = s.chunk_path(&r.chunks[1]);
+            let mut data = fs::read(&p).unwrap();
+            data[0] ^= 1;
+            fs::write(&p, &data).unwrap();
+            assert!(matches!(s.read_chunk(&r, 1), Err(StoreError::Corrupt(_))));
+            data[0] ^= 1;
+            fs::write(&p, &data).unwrap();
+        }
+        // A stray chunk (as a crash before the index commit leaves) is removed on open.
+        let stray = dir.path().join("chunks").join("ab").join("ab".repeat(32));
+        fs::create_dir_all(stray.parent().unwrap()).unwrap();
+        fs::write(&stray, b"x").unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        assert!(!stray.exists());
+        let (r, _) = s.resolve("m@1.2").unwrap().unwrap();
+        assert_eq!(s.read_model(&r).unwrap(), bytes);
+    }
+
+    #[test]
+    fn version_order() {
+        assert_eq!(compare_versions("1.10", "1.9"), Ordering::Greater);
+        assert_eq!(compare_versions("2", "10"), Ordering::Less);
+        assert_eq!(compare_versions("1.0", "1.0.1"), Ordering::Less);
+        assert_eq!(compare_versions("a", "b"), Ordering::Less);
+    }
+}
