@@ -257,7 +257,25 @@ fn flatten_samples(
 /// Compile ONNX bytes into a canonical model and its accuracy report.
 pub fn compile(onnx: &[u8], opts: &CompileOptions) -> Result<(Model, CompileReport), CompileError> {
     check_options(opts)?;
-    compile_imported(import::import_onnx(onnx, &opts.import)?, opts)
+    guarded(|| compile_imported(import::import_onnx(onnx, &opts.import)?, opts))
+}
+
+/// Run a compilation step, turning a panic inside the ONNX front-end (a hostile or broken file can trip
+/// one deep in tract) into an error instead of unwinding into the caller.
+fn guarded<T>(f: impl FnOnce() -> Result<T, CompileError>) -> Result<T, CompileError> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(r) => r,
+        Err(p) => {
+            let what = p
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| p.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown cause".into());
+            Err(CompileError::Tract(format!(
+                "the ONNX front-end failed: {what}"
+            )))
+        }
+    }
 }
 
 /// Compile an ONNX file (external tensor data next to it is supported).
@@ -266,7 +284,7 @@ pub fn compile_path(
     opts: &CompileOptions,
 ) -> Result<(Model, CompileReport), CompileError> {
     check_options(opts)?;
-    compile_imported(import::import_onnx_path(path, &opts.import)?, opts)
+    guarded(|| compile_imported(import::import_onnx_path(path, &opts.import)?, opts))
 }
 
 fn check_options(opts: &CompileOptions) -> Result<(), CompileError> {
@@ -297,4 +315,19 @@ fn compile_imported(
     };
     let report = report::evaluate(&imported, &model, &eval, &eval_flat, opts)?;
     Ok((model, report))
+}
+
+#[cfg(test)]
+mod guard_tests {
+    use super::*;
+
+    #[test]
+    fn a_panic_in_the_front_end_becomes_an_error() {
+        let r: Result<(), CompileError> = guarded(|| panic!("deep inside"));
+        match r {
+            Err(CompileError::Tract(m)) => assert!(m.contains("deep inside"), "{m}"),
+            other => panic!("expected an error, got {other:?}"),
+        }
+        assert_eq!(guarded(|| Ok::<_, CompileError>(3)).ok(), Some(3));
+    }
 }
