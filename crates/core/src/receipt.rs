@@ -184,3 +184,51 @@ mod tests {
         assert_eq!(t.verify(), Err(ReceiptError::Domain));
     }
 }
+
+/// A fixed receipt signed by a fixed key: the cross-language vector `contracts/test/VerityReceipts.t.sol`
+/// checks with `ecrecover` (signatures are deterministic, RFC 6979).
+#[cfg(test)]
+mod golden {
+    use super::*;
+
+    pub const KEY: &str = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80";
+
+    pub fn receipt(node: Address) -> Receipt {
+        Receipt {
+            request_id: keccak256(b"verity golden request"),
+            model_id: keccak256(b"verity golden model"),
+            input_hash: keccak256(b"verity golden input"),
+            output_hash: keccak256(b"verity golden output"),
+            trace_root: keccak256(b"verity golden trace"),
+            node,
+            timestamp: 1_800_000_000,
+        }
+    }
+
+    #[test]
+    fn golden_receipt_vector() {
+        let key = SecretKey::from_hex(KEY).unwrap();
+        let verifying: Address = "0x5FbDB2315678afecb367f032d93F642f64180aa3"
+            .parse()
+            .unwrap();
+        let s = receipt(key.address()).sign(receipt_domain(31337, verifying), &key);
+        // The same values are pinned in contracts/test/VerityReceipts.t.sol, which recomputes them in
+        // Solidity and recovers the signer with ecrecover.
+        assert_eq!(
+            s.domain.separator().to_hex(),
+            "0x8ed4e4b852ed82a574407ca5418d251167fa8f5cd1ec66dda73ba1ae5ecef281"
+        );
+        assert_eq!(
+            s.receipt.struct_hash().to_hex(),
+            "0xa051943aac8471320a1ff7993ff35785ebe3914c35f5001905605024645b90b3"
+        );
+        assert_eq!(
+            s.digest().to_hex(),
+            "0x2fb427e3c1bcf93e5b859048999f753c06cf2494e4a6490388876b6e292b91dd"
+        );
+        assert_eq!(
+            format!("{:?}", s.signature),
+            "0xc0e09138f4abf58dff61372f598f6faca7fe18afa18730e10d6c15332f77636d1d86440480585936ba14528e396537c34990e98dba8375fd698e5e7b6359971b1b"
+        );
+    }
+}
