@@ -1,0 +1,160 @@
+// SPDX-License-Identifier: Apache-2.0
+pragma solidity ^0.8.24;
+
+/// @title Verity node registry
+/// @notice Nodes register an HTTP endpoint and put up stake (native currency). Stake leaves only through
+///         unbonding, after a delay fixed at deployment, and stays slashable while it unbonds. Stake can be
+///         slashed only by Verity's verification contracts, wired once by the deploying factory in the
+///         deployment itself; no account holds any power afterwards.
+contract NodeRegistry {
+    struct Node {
+        bool registered;
+        uint64 registeredAt;
+        uint64 unbondAt;
+        uint256 stake;
+        uint256 unbonding;
+        string endpoint;
+    }
+
+    uint256 public immutable minStake;
+    uint64 public immutable unbondingDelay;
+    address public immutable wirer;
+    bool public wired;
+    mapping(address => bool) public isSlasher;
+
+    mapping(address => Node) private nodes;
+    address[] private nodeList;
+
+    event NodeRegistered(address indexed node, string endpoint, uint256 stake);
+    event EndpointChanged(address indexed node, string endpoint);
+    event StakeAdded(address indexed node, uint256 amount, uint256 stake);
+    event UnbondRequested(address indexed node, uint256 amount, uint64 unbondAt);
+    event Withdrawn(address indexed node, uint256 amount);
+    event Slashed(address indexed node, uint256 amount, address indexed by);
+    event SlashersWired(address[] slashers);
+
+    error AlreadyRegistered();
+    error NotRegistered();
+    error StakeTooLow(uint256 minStake);
+    error BadEndpoint();
+    error AmountTooLarge(uint256 available);
+    error StillUnbonding(uint64 unbondAt);
+    error NothingToWithdraw();
+    error NotSlasher();
+    error AlreadyWired();
+    error NotWirer();
+    error TransferFailed();
+
+    constructor(uint256 minStake_, uint64 unbondingDelay_) {
+        minStake = minStake_;
+        unbondingDelay = unbondingDelay_;
+        wirer = msg.sender;
+    }
+
+    /// @notice Name the contracts allowed to slash; callable once, by the deployer, at deployment.
+    function wireSlashers(address[] calldata slashers) external {
+        if (msg.sender != wirer) revert NotWirer();
+        if (wired) revert AlreadyWired();
+        wired = true;
+        for (uint256 i = 0; i < slashers.length; i++) {
+            isSlasher[slashers[i]] = true;
+        }
+        emit SlashersWired(slashers);
+    }
+
+    function register(string calldata endpoint) external payable {
+        Node storage n = nodes[msg.sender];
+        if (n.registered) revert AlreadyRegistered();
+        if (msg.value < minStake) revert StakeTooLow(minStake);
+        checkEndpoint(endpoint);
+        n.registered = true;
+        n.registeredAt = uint64(block.timestamp);
+        n.stake = msg.value;
+        n.endpoint = endpoint;
+        nodeList.push(msg.sender);
+        emit NodeRegistered(msg.sender, endpoint, msg.value);
+    }
+
+    function setEndpoint(string calldata endpoint) external {
+        Node storage n = nodes[msg.sender];
+        if (!n.registered) revert NotRegistered();
+        checkEndpoint(endpoint);
+        n.endpoint = endpoint;
+        emit EndpointChanged(msg.sender, endpoint);
+    }
+
+    function addStake() external payable {
+        Node storage n = nodes[msg.sender];
+        if (!n.registered) revert NotRegistered();
+        n.stake += msg.value;
+        emit StakeAdded(msg.sender, msg.value, n.stake);
+    }
+
+    /// @notice Move `amount` of stake to unbonding; it can be withdrawn `unbondingDelay` seconds after the
+    ///         latest request, and remains slashable until then.
+    function requestUnbond(uint256 amount) external {
+        Node storage n = nodes[msg.sender];
+        if (!n.registered) revert NotRegistered();
+        if (amount > n.stake) revert AmountTooLarge(n.stake);
+        n.stake -= amount;
+        n.unbonding += amount;
+        n.unbondAt = uint64(block.timestamp) + unbondingDelay;
+        emit UnbondRequested(msg.sender, amount, n.unbondAt);
+    }
+
+    function withdraw() external {
+        Node storage n = nodes[msg.sender];
+        uint256 amount = n.unbonding;
+        if (amount == 0) revert NothingToWithdraw();
+        if (block.timestamp < n.unbondAt) revert StillUnbonding(n.unbondAt);
+        n.unbonding = 0;
+        (bool ok,) = msg.sender.call{value: amount}("");
+        if (!ok) revert TransferFailed();
+        emit Withdrawn(msg.sender, amount);
+    }
+
+    /// @notice Take up to `amount` from a node's stake, then from its unbonding funds, and send it to the
+    ///         calling verification contract (which pays the winner of a dispute). Returns what was taken.
+    function slash(address node, uint256 amount) external returns (uint256 taken) {
+        if (!isSlasher[msg.sender]) revert NotSlasher();
+        Node storage n = nodes[node];
+        uint256 fromStake = amount < n.stake ? amount : n.stake;
+        n.stake -= fromStake;
+        uint256 rest = amount - fromStake;
+        uint256 fromUnbonding = rest < n.unbonding ? rest : n.unbonding;
+        n.unbonding -= fromUnbonding;
+        taken = fromStake + fromUnbonding;
+        if (taken > 0) {
+            (bool ok,) = msg.sender.call{value: taken}("");
+            if (!ok) revert TransferFailed();
+        }
+        emit Slashed(node, taken, msg.sender);
+    }
+
+    function node(address who) external view returns (Node memory) {
+        return nodes[who];
+    }
+
+    function stakeOf(address who) external view returns (uint256) {
+        return nodes[who].stake;
+    }
+
+    /// @notice Registered with at least the minimum stake.
+    function isActive(address who) public view returns (bool) {
+        return nodes[who].registered && nodes[who].stake >= minStake;
+    }
+
+    /// @notice Every node ever registered, in registration order (filter with `isActive`).
+    function allNodes() external view returns (address[] memory) {
+        return nodeList;
+    }
+
+    function nodeCount() external view returns (uint256) {
+        return nodeList.length;
+    }
+
+    function checkEndpoint(string calldata endpoint) internal pure {
+        uint256 len = bytes(endpoint).length;
+        if (len == 0 || len > 256) revert BadEndpoint();
+    }
+}
