@@ -18,6 +18,9 @@ pub struct Limits {
     pub max_tensor_elements: u64,
     /// Most requests waiting for an inference worker before new ones get 503.
     pub max_queue: usize,
+    /// Model uploads received at the same time (each is buffered in memory up to `max_model_bytes`);
+    /// more get 503.
+    pub max_concurrent_uploads: usize,
 }
 
 impl Default for Limits {
@@ -27,6 +30,7 @@ impl Default for Limits {
             max_model_bytes: 1 << 30,
             max_tensor_elements: 1 << 24,
             max_queue: 1024,
+            max_concurrent_uploads: 2,
         }
     }
 }
@@ -125,6 +129,9 @@ impl NodeConfig {
     pub fn validate(&self) -> Result<(), String> {
         if self.workers == 0 {
             return Err("workers must be at least 1".into());
+        }
+        if self.limits.max_concurrent_uploads == 0 {
+            return Err("limits.max_concurrent_uploads must be at least 1".into());
         }
         if self.model_cache == 0 {
             return Err("model_cache must be at least 1".into());

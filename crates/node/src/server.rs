@@ -585,6 +585,24 @@ async fn publish_inner(
     node: &Arc<Node>,
     multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
 ) -> Result<Response, ApiError> {
+    let _upload = match node.upload_slot() {
+        Ok(p) => p,
+        Err(e) => {
+            // Read (and drop) up to 16 MiB so a small upload's client sees the 503 rather than a reset.
+            if let Ok(mut mp) = multipart {
+                let mut seen = 0usize;
+                'drain: while let Ok(Some(mut f)) = mp.next_field().await {
+                    while let Ok(Some(c)) = f.chunk().await {
+                        seen += c.len();
+                        if seen > 16 << 20 {
+                            break 'drain;
+                        }
+                    }
+                }
+            }
+            return Err(e);
+        }
+    };
     let mut mp = multipart.map_err(|e| {
         ApiError::bad_request(
             "bad_upload",

@@ -65,6 +65,7 @@ pub struct Node {
     cache: Mutex<Vec<(Hash, Slot)>>,
     workers: Arc<Semaphore>,
     compile_slot: Arc<Semaphore>,
+    upload_slots: Arc<Semaphore>,
     receipts: mpsc::UnboundedSender<LogMsg>,
     seq: AtomicU64,
     nonce: [u8; 16],
@@ -164,6 +165,7 @@ impl Node {
         Arc::new(Node {
             workers: Arc::new(Semaphore::new(config.workers)),
             compile_slot: Arc::new(Semaphore::new(1)),
+            upload_slots: Arc::new(Semaphore::new(config.limits.max_concurrent_uploads)),
             config,
             store,
             key,
@@ -232,6 +234,20 @@ impl Node {
     /// Compile slot: one ONNX compilation at a time.
     pub fn compile_slot(&self) -> Arc<Semaphore> {
         self.compile_slot.clone()
+    }
+
+    /// A slot for receiving one upload, or 503 if all are taken.
+    pub fn upload_slot(&self) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+        self.upload_slots.clone().try_acquire_owned().map_err(|_| {
+            ApiError::new(
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                "busy",
+                format!(
+                    "the node is already receiving {} uploads; retry later",
+                    self.config.limits.max_concurrent_uploads
+                ),
+            )
+        })
     }
 
     /// Resolve a model reference (`0x<id>`, `name@version`, `name`) to its record and version, or 404.

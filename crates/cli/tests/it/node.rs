@@ -817,7 +817,12 @@ fn errors_have_status_code_and_message_and_nothing_panics() {
 #[test]
 fn concurrent_requests_and_publishes() {
     let tmp = tempfile::tempdir().expect("tmp");
-    let node = NodeProc::start(&tmp.path().join("node"), &[]);
+    let cfg = tmp.path().join("config.toml");
+    std::fs::write(&cfg, "[limits]\nmax_concurrent_uploads = 8\n").expect("cfg");
+    let node = NodeProc::start(
+        &tmp.path().join("node"),
+        &["--config", cfg.to_str().expect("p")],
+    );
     let owner = SecretKey::random();
     let cnn = compile(tmp.path(), "cnn");
     let id = model_id_of(&cnn);
@@ -950,9 +955,39 @@ fn restart_keeps_models_and_kill9_during_upload_loses_nothing() {
         before["receipt"]["receipt"]["output_hash"]
     );
 
-    // kill -9 in the middle of a 40 MB upload.
+    // While one upload is in progress (and the limit is one), another is refused with 503, not queued
+    // in memory; the first is unaffected.
+    assert_eq!(node.terminate(), Some(0));
+    std::fs::write(
+        dir.join("config.toml"),
+        "[limits]\nmax_concurrent_uploads = 1\n",
+    )
+    .expect("cfg");
+    let mut node = NodeProc::start(&dir, &[]);
     let cnn = compile(tmp.path(), "cnn");
     let cnn_id = model_id_of(&cnn);
+    let slow = start_partial_upload(
+        &node.url,
+        &signed_manifest(&owner, cnn_id, "slow", "1"),
+        1 << 20,
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let busy = publish_raw(
+        &node.url,
+        signed_manifest(&owner, cnn_id, "cnn", "1"),
+        std::fs::read(&cnn).expect("r"),
+    );
+    assert_eq!(error_code(busy, 503), "busy");
+    drop(slow);
+    std::thread::sleep(Duration::from_millis(300));
+    let ok = publish_raw(
+        &node.url,
+        signed_manifest(&owner, cnn_id, "cnn", "1"),
+        std::fs::read(&cnn).expect("r"),
+    );
+    assert_eq!(ok.status().as_u16(), 201);
+
+    // kill -9 in the middle of a 40 MB upload.
     let _conn = start_partial_upload(
         &node.url,
         &signed_manifest(&owner, cnn_id, "big", "1"),
@@ -974,22 +1009,25 @@ fn restart_keeps_models_and_kill9_during_upload_loses_nothing() {
         .iter()
         .filter_map(|m| m["name"].as_str())
         .collect();
-    assert_eq!(names, vec!["mlp"], "exactly the acknowledged models");
+    assert_eq!(names, vec!["cnn", "mlp"], "exactly the acknowledged models");
     assert_eq!(
         walk_files(&dir.join("tmp")),
         0,
         "temporary files left behind"
     );
     // Chunks: only those of acknowledged models remain.
-    let info: Value = http()
-        .get(format!("{}/v1/models/mlp", node.url))
-        .send()
-        .expect("s")
-        .json()
-        .expect("j");
+    let chunks_of = |m: &str| -> usize {
+        let info: Value = http()
+            .get(format!("{}/v1/models/{m}", node.url))
+            .send()
+            .expect("s")
+            .json()
+            .expect("j");
+        info["chunks"].as_array().expect("c").len()
+    };
     assert_eq!(
         walk_files(&dir.join("chunks")),
-        info["chunks"].as_array().expect("c").len()
+        chunks_of("mlp") + chunks_of("cnn")
     );
     assert!(chunks_before >= walk_files(&dir.join("chunks")));
     let again = http()
