@@ -1,0 +1,284 @@
+// SPDX-License-Identifier: Apache-2.0
+pragma solidity ^0.8.24;
+
+import "./ModelRegistry.sol";
+import "./NodeRegistry.sol";
+import "./VerityReceipts.sol";
+
+/// @notice Implemented by contracts that want the result of their request pushed to them.
+interface IVerityConsumer {
+    function onVerityResult(uint256 requestId, bytes32 outputHash) external;
+}
+
+/// @title Verity inference hub
+/// @notice Clients request inferences; nodes are assigned by a public stake-weighted rule from a seed that
+///         is the hash of a block mined after the request (the client cannot pick it); assigned nodes submit
+///         EIP-712 receipts that this contract checks with `ecrecover`. Mode `signed` finalizes on one
+///         valid receipt, `quorum` on k receipts with equal output hashes from distinct assigned nodes.
+///         Receipts that disagree are recorded as evidence. After the response window an unfinished request
+///         refunds the client and slashes the assigned nodes that never answered.
+contract InferenceHub {
+    using VerityReceipts for VerityReceipts.Receipt;
+
+    enum Mode {
+        Signed,
+        Quorum
+    }
+
+    enum Status {
+        None,
+        Pending,
+        Finalized,
+        Refunded
+    }
+
+    struct Request {
+        address client;
+        Mode mode;
+        uint8 k;
+        Status status;
+        uint64 seedBlock;
+        uint64 deadline;
+        bytes32 modelId;
+        bytes32 inputHash;
+        bytes32 outputHash;
+        uint256 fee;
+        string inputUri;
+    }
+
+    uint8 public constant MAX_QUORUM = 7;
+    uint256 public constant CALLBACK_GAS = 200_000;
+
+    ModelRegistry public immutable models;
+    NodeRegistry public immutable nodes;
+    uint64 public immutable responseWindow;
+    uint256 public immutable timeoutPenalty;
+    bytes32 public immutable domainSeparator;
+
+    uint256 public requestCount;
+    mapping(uint256 => Request) private requests;
+    /// request => node => output hash it submitted (zero: none)
+    mapping(uint256 => mapping(address => bytes32)) public submitted;
+    /// request => output hash => how many assigned nodes submitted it
+    mapping(uint256 => mapping(bytes32 => uint256)) public votes;
+    mapping(uint256 => address[]) private submitters;
+
+    event Requested(
+        uint256 indexed requestId,
+        address indexed client,
+        bytes32 indexed modelId,
+        bytes32 inputHash,
+        string inputUri,
+        Mode mode,
+        uint8 k,
+        uint256 fee,
+        uint64 seedBlock,
+        uint64 deadline
+    );
+    event ReceiptAccepted(uint256 indexed requestId, address indexed node, bytes32 outputHash, bytes32 traceRoot);
+    event Conflict(uint256 indexed requestId, address nodeA, bytes32 outputA, address nodeB, bytes32 outputB);
+    event Finalized(uint256 indexed requestId, bytes32 outputHash, address[] nodes);
+    event Refunded(uint256 indexed requestId, uint256 amount, address[] silent);
+    event CallbackFailed(uint256 indexed requestId);
+
+    error UnknownModel();
+    error BadMode();
+    error FeeTooLow(uint256 required);
+    error NotPending();
+    error TooLate();
+    error TooEarly();
+    error SeedNotReady(uint64 seedBlock);
+    error SeedExpired();
+    error WrongRequest();
+    error BadSignature();
+    error NotAssigned(address node);
+    error AlreadySubmitted();
+    error TransferFailed();
+
+    constructor(ModelRegistry models_, NodeRegistry nodes_, uint64 responseWindow_, uint256 timeoutPenalty_) {
+        models = models_;
+        nodes = nodes_;
+        responseWindow = responseWindow_;
+        timeoutPenalty = timeoutPenalty_;
+        domainSeparator = VerityReceipts.domainSeparator(block.chainid, address(this));
+    }
+
+    /// @notice Ask for an inference of `modelId` on the input with hash `inputHash`, fetchable at
+    ///         `inputUri`. The fee must cover the model's price times the number of nodes needed.
+    function request(bytes32 modelId, bytes32 inputHash, string calldata inputUri, Mode mode, uint8 k)
+        external
+        payable
+        returns (uint256 id)
+    {
+        if (!models.exists(modelId)) revert UnknownModel();
+        if (mode == Mode.Signed) {
+            k = 1;
+        } else if (k < 2 || k > MAX_QUORUM) {
+            revert BadMode();
+        }
+        uint256 required = models.priceOf(modelId) * k;
+        if (msg.value < required) revert FeeTooLow(required);
+        id = ++requestCount;
+        Request storage r = requests[id];
+        r.client = msg.sender;
+        r.mode = mode;
+        r.k = k;
+        r.status = Status.Pending;
+        r.seedBlock = uint64(block.number + 1);
+        r.deadline = uint64(block.timestamp) + responseWindow;
+        r.modelId = modelId;
+        r.inputHash = inputHash;
+        r.fee = msg.value;
+        r.inputUri = inputUri;
+        emit Requested(id, msg.sender, modelId, inputHash, inputUri, mode, k, msg.value, r.seedBlock, r.deadline);
+    }
+
+    function getRequest(uint256 id) external view returns (Request memory) {
+        return requests[id];
+    }
+
+    /// @notice The seed of a request: keccak256(blockhash(seedBlock) ‖ id), known once seedBlock is mined.
+    function seedOf(uint256 id) public view returns (bytes32) {
+        Request storage r = requests[id];
+        if (r.status == Status.None) revert WrongRequest();
+        if (block.number <= r.seedBlock) revert SeedNotReady(r.seedBlock);
+        bytes32 h = blockhash(r.seedBlock);
+        if (h == bytes32(0)) revert SeedExpired();
+        return keccak256(abi.encodePacked(h, id));
+    }
+
+    /// @notice The nodes assigned to a request: `min(count, active nodes)` draws without replacement, each
+    ///         picking node i with probability stake_i / remaining stake, using keccak256(seed ‖ draw) mod
+    ///         the remaining stake and walking the registry's node list in order. Count is k + 2 for
+    ///         quorum requests (spares for nodes that do not answer) and 1 for signed ones.
+    function assignment(uint256 id) public view returns (address[] memory picked) {
+        Request storage r = requests[id];
+        bytes32 seed = seedOf(id);
+        address[] memory all = nodes.allNodes();
+        uint256[] memory stake = new uint256[](all.length);
+        uint256 total;
+        uint256 active;
+        for (uint256 i = 0; i < all.length; i++) {
+            if (nodes.isActive(all[i])) {
+                stake[i] = nodes.stakeOf(all[i]);
+                total += stake[i];
+                active++;
+            }
+        }
+        uint256 count = r.mode == Mode.Signed ? 1 : uint256(r.k) + 2;
+        if (count > active) count = active;
+        picked = new address[](count);
+        for (uint256 d = 0; d < count; d++) {
+            uint256 x = uint256(keccak256(abi.encodePacked(seed, d))) % total;
+            for (uint256 i = 0; i < all.length; i++) {
+                if (stake[i] == 0) continue;
+                if (x < stake[i]) {
+                    picked[d] = all[i];
+                    total -= stake[i];
+                    stake[i] = 0;
+                    break;
+                }
+                x -= stake[i];
+            }
+        }
+    }
+
+    function isAssigned(uint256 id, address node) public view returns (bool) {
+        address[] memory a = assignment(id);
+        for (uint256 i = 0; i < a.length; i++) {
+            if (a[i] == node) return true;
+        }
+        return false;
+    }
+
+    /// @notice Submit a node's signed receipt for request `id` (anyone may relay it).
+    function submit(uint256 id, VerityReceipts.Receipt calldata receipt, bytes calldata signature) external {
+        Request storage r = requests[id];
+        if (r.status != Status.Pending) revert NotPending();
+        if (block.timestamp > r.deadline) revert TooLate();
+        if (receipt.requestId != bytes32(id) || receipt.modelId != r.modelId || receipt.inputHash != r.inputHash) {
+            revert WrongRequest();
+        }
+        if (!receipt.isSignedByNode(domainSeparator, signature)) revert BadSignature();
+        address node = receipt.node;
+        if (!isAssigned(id, node)) revert NotAssigned(node);
+        if (submitted[id][node] != bytes32(0)) revert AlreadySubmitted();
+        bytes32 out = receipt.outputHash;
+        // Record disagreement with earlier receipts as evidence.
+        address[] storage prev = submitters[id];
+        for (uint256 i = 0; i < prev.length; i++) {
+            bytes32 o = submitted[id][prev[i]];
+            if (o != out) emit Conflict(id, prev[i], o, node, out);
+        }
+        submitted[id][node] = out;
+        prev.push(node);
+        uint256 n = ++votes[id][out];
+        emit ReceiptAccepted(id, node, out, receipt.traceRoot);
+        if (n >= r.k) finalize(id, out);
+    }
+
+    function finalize(uint256 id, bytes32 out) internal {
+        Request storage r = requests[id];
+        r.status = Status.Finalized;
+        r.outputHash = out;
+        address[] memory winners = new address[](r.k);
+        address[] storage subs = submitters[id];
+        uint256 w;
+        for (uint256 i = 0; i < subs.length && w < r.k; i++) {
+            if (submitted[id][subs[i]] == out) winners[w++] = subs[i];
+        }
+        uint256 price = models.priceOf(r.modelId);
+        ModelRegistry.Model memory m = models.model(r.modelId);
+        uint256 rest = r.fee - price;
+        uint256 each = rest / r.k;
+        pay(m.owner, price);
+        for (uint256 i = 0; i < winners.length; i++) {
+            pay(winners[i], i == 0 ? rest - each * (r.k - 1) : each);
+        }
+        emit Finalized(id, out, winners);
+        if (r.client.code.length > 0) {
+            try IVerityConsumer(r.client).onVerityResult{gas: CALLBACK_GAS}(id, out) {}
+            catch {
+                emit CallbackFailed(id);
+            }
+        }
+    }
+
+    /// @notice After the deadline, refund an unfinished request and slash the assigned nodes that sent no
+    ///         receipt (the slashed stake goes to the client as well).
+    function timeout(uint256 id) external {
+        Request storage r = requests[id];
+        if (r.status != Status.Pending) revert NotPending();
+        if (block.timestamp <= r.deadline) revert TooEarly();
+        r.status = Status.Refunded;
+        address[] memory a;
+        // If the seed block has fallen out of reach, nobody can be held responsible.
+        if (block.number > r.seedBlock && blockhash(r.seedBlock) != bytes32(0)) a = assignment(id);
+        uint256 silentCount;
+        address[] memory silent = new address[](a.length);
+        uint256 compensation;
+        for (uint256 i = 0; i < a.length; i++) {
+            if (submitted[id][a[i]] == bytes32(0) && (r.mode == Mode.Signed || i < r.k)) {
+                silent[silentCount++] = a[i];
+                compensation += nodes.slash(a[i], timeoutPenalty);
+            }
+        }
+        assembly {
+            mstore(silent, silentCount)
+        }
+        uint256 amount = r.fee + compensation;
+        pay(r.client, amount);
+        emit Refunded(id, amount, silent);
+    }
+
+    function pay(address to, uint256 amount) internal {
+        if (amount == 0) return;
+        (bool ok,) = to.call{value: amount}("");
+        if (!ok) revert TransferFailed();
+    }
+
+    /// Receives slashed stake from the node registry.
+    receive() external payable {
+        if (msg.sender != address(nodes)) revert TransferFailed();
+    }
+}
