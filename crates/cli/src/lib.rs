@@ -75,6 +75,16 @@ struct CompileArgs {
     /// Held-out inputs for the accuracy report (same formats as --calibration).
     #[arg(long)]
     eval: Vec<String>,
+    #[command(flatten)]
+    flags: CompileFlags,
+    /// Also write the report as JSON.
+    #[arg(long)]
+    report: Option<PathBuf>,
+}
+
+/// Compile options given as flags (shared by `model compile` and `model publish`).
+#[derive(Args, Debug, Clone)]
+pub(crate) struct CompileFlags {
     /// Most fractional bits of any scale.
     #[arg(long, default_value_t = 16)]
     scale_bits: i8,
@@ -90,9 +100,29 @@ struct CompileArgs {
     /// Fixed shape for an input with dynamic dimensions: `name=1,3,224,224`.
     #[arg(long)]
     input_shape: Vec<String>,
-    /// Also write the report as JSON.
-    #[arg(long)]
-    report: Option<PathBuf>,
+}
+
+impl CompileFlags {
+    /// The compile options these flags give (no calibration data).
+    pub(crate) fn options(&self) -> Result<CompileOptions> {
+        let mut opts = CompileOptions {
+            scale_bits: self.scale_bits,
+            random_samples: self.samples,
+            seed: self.seed,
+            ..Default::default()
+        };
+        opts.apply_input_specs(&self.input_range, &self.input_shape)
+            .map_err(|e| anyhow!(e))?;
+        Ok(opts)
+    }
+
+    /// The same options as the JSON `options` part of a publish request.
+    pub(crate) fn to_json(&self) -> Value {
+        json!({
+            "scale_bits": self.scale_bits, "samples": self.samples, "seed": self.seed,
+            "input_ranges": self.input_range, "input_shapes": self.input_shape,
+        })
+    }
 }
 
 #[derive(Args, Debug)]
@@ -259,14 +289,7 @@ fn cmd_compile(a: CompileArgs) -> Result<()> {
     if !a.model.is_file() {
         bail!("cannot read {}: no such file", a.model.display());
     }
-    let mut opts = CompileOptions {
-        scale_bits: a.scale_bits,
-        random_samples: a.samples,
-        seed: a.seed,
-        ..Default::default()
-    };
-    opts.apply_input_specs(&a.input_range, &a.input_shape)
-        .map_err(|e| anyhow!(e))?;
+    let mut opts = a.flags.options()?;
     if !a.calibration.is_empty() || !a.eval.is_empty() {
         let shapes = model_input_shapes(&a.model, &opts.import)?;
         opts.calibration = Some(load_samples(&a.calibration, &shapes, "calibration")?);

@@ -156,21 +156,9 @@ pub struct PublishArgs {
     /// For `.vty` files: the ONNX file it was compiled from (its hash goes in the manifest).
     #[arg(long)]
     source: Option<PathBuf>,
-    /// ONNX compile option (as for `verity model compile`).
-    #[arg(long, default_value_t = 16)]
-    scale_bits: i8,
-    /// ONNX compile option.
-    #[arg(long, default_value_t = 16)]
-    samples: usize,
-    /// ONNX compile option.
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
-    /// ONNX compile option: `lo:hi` or `name=lo:hi`.
-    #[arg(long)]
-    input_range: Vec<String>,
-    /// ONNX compile option: `name=d1,d2,…`.
-    #[arg(long)]
-    input_shape: Vec<String>,
+    /// Compile options for ONNX files (as for `verity model compile`; the node compiles with the same).
+    #[command(flatten)]
+    compile: crate::CompileFlags,
     #[command(flatten)]
     key: KeyArgs,
     #[command(flatten)]
@@ -195,20 +183,10 @@ pub fn cmd_publish(a: PublishArgs) -> Result<()> {
         (id, source, None)
     } else {
         // Compile here with the same options the node will use, to learn the ID the manifest signs.
-        let mut co = verity_compiler::CompileOptions {
-            scale_bits: a.scale_bits,
-            random_samples: a.samples,
-            seed: a.seed,
-            ..Default::default()
-        };
-        co.apply_input_specs(&a.input_range, &a.input_shape)
-            .map_err(|e| anyhow!(e))?;
+        let co = a.compile.options()?;
         let (m, rep) = verity_compiler::compile(&bytes, &co)
             .with_context(|| format!("cannot compile {}", a.file.display()))?;
-        options = Some(json!({
-            "scale_bits": a.scale_bits, "samples": a.samples, "seed": a.seed,
-            "input_ranges": a.input_range, "input_shapes": a.input_shape,
-        }));
+        options = Some(a.compile.to_json());
         (
             vty::model_id(&m),
             keccak256(&bytes),

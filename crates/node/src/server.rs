@@ -409,6 +409,22 @@ async fn get_receipt(
     Ok(Json(json!(r)))
 }
 
+/// Read an inference body (within the body limit) and decode it in any of the accepted forms.
+async fn read_request(
+    node: &Node,
+    headers: &HeaderMap,
+    body: Body,
+    native: bool,
+) -> Result<InferRequest, ApiError> {
+    let body = read_limited(body, node.config.limits.max_body_bytes).await?;
+    decode_body(
+        headers,
+        &body,
+        node.config.limits.max_tensor_elements,
+        native,
+    )
+}
+
 /// Decode an inference body in any of the accepted forms.
 fn decode_body(
     headers: &HeaderMap,
@@ -491,13 +507,7 @@ async fn infer_native(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
-    let body = read_limited(body, node.config.limits.max_body_bytes).await?;
-    let req = decode_body(
-        &headers,
-        &body,
-        node.config.limits.max_tensor_elements,
-        true,
-    )?;
+    let req = read_request(&node, &headers, body, true).await?;
     let (_, version, loaded, inf) = run_inference(&node, &model, req).await?;
     let outs = Node::describe_outputs(loaded.exec.model(), &inf.outputs);
     let outputs: Vec<Value> = outs
@@ -845,26 +855,22 @@ fn v2_datatype(kind: &str) -> &'static str {
 
 async fn v2_metadata(node: &Arc<Node>, reference: &str) -> Result<Json<Value>, ApiError> {
     let (rec, version) = node.resolve(reference).await?;
-    let names = names_of(node, rec.id).await?;
+    // One read of the index: the versions under the resolved name, or those naming the model for an ID.
+    let store = node.store.clone();
+    let all = node.blocking(move || store.versions()).await??;
     let name = version
         .as_ref()
         .map(|v| v.manifest.manifest.name.clone())
         .unwrap_or_else(|| reference.to_string());
-    let versions: Vec<String> = match &version {
-        Some(v) => {
-            let store = node.store.clone();
-            let all = node.blocking(move || store.versions()).await??;
-            let n = v.manifest.manifest.name.clone();
-            all.iter()
-                .filter(|x| x.manifest.manifest.name == n)
-                .map(|x| x.manifest.manifest.version.clone())
-                .collect()
-        }
-        None => names
-            .iter()
-            .map(|v| v.manifest.manifest.version.clone())
-            .collect(),
-    };
+    let versions: Vec<String> = all
+        .iter()
+        .map(|x| &x.manifest.manifest)
+        .filter(|m| match &version {
+            Some(v) => m.name == v.manifest.manifest.name,
+            None => m.model_id == rec.id,
+        })
+        .map(|m| m.version.clone())
+        .collect();
     Ok(Json(json!({
         "name": name,
         "versions": versions,
@@ -933,13 +939,7 @@ async fn v2_infer_ref(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let body = read_limited(body, node.config.limits.max_body_bytes).await?;
-    let req = decode_body(
-        &headers,
-        &body,
-        node.config.limits.max_tensor_elements,
-        false,
-    )?;
+    let req = read_request(&node, &headers, body, false).await?;
     let requested = req.outputs.clone();
     let binary_all = req.binary_output;
     let kserve_id = req.id.clone();
