@@ -11,11 +11,19 @@ import os
 import sys
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
-CONTRACTS = ["ModelRegistry", "NodeRegistry", "InferenceHub", "VerityDeployer"]
+# contract name -> the source file (under contracts/src) that defines it
+CONTRACTS = {
+    "ModelRegistry": "ModelRegistry.sol",
+    "NodeRegistry": "NodeRegistry.sol",
+    "InferenceHub": "InferenceHub.sol",
+    "VerityDeployer": "VerityDeployer.sol",
+    "OpenGradientInference": "OpenGradient.sol",
+    "OpenGradientEvents": "OpenGradient.sol",
+}
 
 
 def artifact(name):
-    with open(os.path.join(ROOT, "contracts", "out", f"{name}.sol", f"{name}.json")) as f:
+    with open(os.path.join(ROOT, "contracts", "out", CONTRACTS[name], f"{name}.json")) as f:
         out = json.load(f)
     doc = {"contract": name, "abi": out["abi"], "bytecode": out["bytecode"]["object"],
            "deployedBytecode": out["deployedBytecode"]["object"]}

@@ -14,8 +14,11 @@ interface IVerityConsumer {
 /// @notice Clients request inferences; nodes are assigned by a public stake-weighted rule from a seed that
 ///         is the hash of a block mined after the request (the client cannot pick it); assigned nodes submit
 ///         EIP-712 receipts that this contract checks with `ecrecover`. Mode `signed` finalizes on one
-///         valid receipt, `quorum` on k receipts with equal output hashes from distinct assigned nodes.
-///         Receipts that disagree are recorded as evidence. After the response window an unfinished request
+///         valid receipt, `quorum` on k receipts with equal (input hash, output hash) from distinct assigned
+///         nodes. Every accepted receipt's hashes stay in storage and receipts that disagree emit `Conflict`:
+///         the evidence a dispute starts from. A request may leave `inputHash` zero when its input is fully
+///         given by `inputUri` (e.g. carried on-chain) and its canonical hash is not known to the requester;
+///         the nodes' receipts then name it, and a quorum must agree on it too. After the response window an unfinished request
 ///         refunds the client and slashes the assigned nodes that never answered.
 contract InferenceHub {
     using VerityReceipts for VerityReceipts.Receipt;
@@ -57,9 +60,17 @@ contract InferenceHub {
 
     uint256 public requestCount;
     mapping(uint256 => Request) private requests;
+    /// What one node's accepted receipt said.
+    struct Vote {
+        bytes32 inputHash;
+        bytes32 outputHash;
+    }
+
     /// request => node => output hash it submitted (zero: none)
     mapping(uint256 => mapping(address => bytes32)) public submitted;
-    /// request => output hash => how many assigned nodes submitted it
+    /// request => node => the input hash its receipt named (equal to the request's unless that was zero)
+    mapping(uint256 => mapping(address => bytes32)) public submittedInput;
+    /// request => keccak256(inputHash ‖ outputHash) => how many assigned nodes submitted it
     mapping(uint256 => mapping(bytes32 => uint256)) public votes;
     mapping(uint256 => address[]) private submitters;
 
@@ -76,8 +87,16 @@ contract InferenceHub {
         uint64 deadline
     );
     event ReceiptAccepted(uint256 indexed requestId, address indexed node, bytes32 outputHash, bytes32 traceRoot);
-    event Conflict(uint256 indexed requestId, address nodeA, bytes32 outputA, address nodeB, bytes32 outputB);
-    event Finalized(uint256 indexed requestId, bytes32 outputHash, address[] nodes);
+    event Conflict(
+        uint256 indexed requestId,
+        address nodeA,
+        bytes32 inputA,
+        bytes32 outputA,
+        address nodeB,
+        bytes32 inputB,
+        bytes32 outputB
+    );
+    event Finalized(uint256 indexed requestId, bytes32 inputHash, bytes32 outputHash, address[] nodes);
     event Refunded(uint256 indexed requestId, uint256 amount, address[] silent);
     event CallbackFailed(uint256 indexed requestId);
 
@@ -103,8 +122,9 @@ contract InferenceHub {
         domainSeparator = VerityReceipts.domainSeparator(block.chainid, address(this));
     }
 
-    /// @notice Ask for an inference of `modelId` on the input with hash `inputHash`, fetchable at
-    ///         `inputUri`. The fee must cover the model's price times the number of nodes needed.
+    /// @notice Ask for an inference of `modelId` on the input with canonical hash `inputHash` (or zero when
+    ///         unknown), fetchable at `inputUri`. The fee must cover the model's price times the number of
+    ///         nodes needed.
     function request(bytes32 modelId, bytes32 inputHash, string calldata inputUri, Mode mode, uint8 k)
         external
         payable
@@ -196,7 +216,10 @@ contract InferenceHub {
         Request storage r = requests[id];
         if (r.status != Status.Pending) revert NotPending();
         if (block.timestamp > r.deadline) revert TooLate();
-        if (receipt.requestId != bytes32(id) || receipt.modelId != r.modelId || receipt.inputHash != r.inputHash) {
+        if (
+            receipt.requestId != bytes32(id) || receipt.modelId != r.modelId
+                || (r.inputHash != bytes32(0) && receipt.inputHash != r.inputHash) || receipt.outputHash == bytes32(0)
+        ) {
             revert WrongRequest();
         }
         if (!receipt.isSignedByNode(domainSeparator, signature)) revert BadSignature();
@@ -204,28 +227,34 @@ contract InferenceHub {
         if (!isAssigned(id, node)) revert NotAssigned(node);
         if (submitted[id][node] != bytes32(0)) revert AlreadySubmitted();
         bytes32 out = receipt.outputHash;
+        bytes32 inp = receipt.inputHash;
         // Record disagreement with earlier receipts as evidence.
         address[] storage prev = submitters[id];
         for (uint256 i = 0; i < prev.length; i++) {
             bytes32 o = submitted[id][prev[i]];
-            if (o != out) emit Conflict(id, prev[i], o, node, out);
+            bytes32 pi = r.inputHash == bytes32(0) ? submittedInput[id][prev[i]] : inp;
+            if (o != out || pi != inp) emit Conflict(id, prev[i], pi, o, node, inp, out);
         }
         submitted[id][node] = out;
+        if (r.inputHash == bytes32(0)) submittedInput[id][node] = inp;
         prev.push(node);
-        uint256 n = ++votes[id][out];
+        uint256 n = ++votes[id][keccak256(abi.encodePacked(inp, out))];
         emit ReceiptAccepted(id, node, out, receipt.traceRoot);
-        if (n >= r.k) finalize(id, out);
+        if (n >= r.k) finalize(id, inp, out);
     }
 
-    function finalize(uint256 id, bytes32 out) internal {
+    function finalize(uint256 id, bytes32 inp, bytes32 out) internal {
         Request storage r = requests[id];
+        bool unbound = r.inputHash == bytes32(0);
         r.status = Status.Finalized;
         r.outputHash = out;
+        r.inputHash = inp;
         address[] memory winners = new address[](r.k);
         address[] storage subs = submitters[id];
         uint256 w;
         for (uint256 i = 0; i < subs.length && w < r.k; i++) {
-            if (submitted[id][subs[i]] == out) winners[w++] = subs[i];
+            address s = subs[i];
+            if (submitted[id][s] == out && (!unbound || submittedInput[id][s] == inp)) winners[w++] = s;
         }
         uint256 price = models.priceOf(r.modelId);
         ModelRegistry.Model memory m = models.model(r.modelId);
@@ -235,7 +264,7 @@ contract InferenceHub {
         for (uint256 i = 0; i < winners.length; i++) {
             pay(winners[i], i == 0 ? rest - each * (r.k - 1) : each);
         }
-        emit Finalized(id, out, winners);
+        emit Finalized(id, inp, out, winners);
         if (r.client.code.length > 0) {
             try IVerityConsumer(r.client).onVerityResult{gas: CALLBACK_GAS}(id, out) {}
             catch {

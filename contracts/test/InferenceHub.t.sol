@@ -103,7 +103,8 @@ contract InferenceHubTest is Test {
         (VerityReceipts.Receipt memory r2, bytes memory s2) = receipt(id, a[2], keccak256("good"));
         hub.submit(id, r2, s2);
         assertTrue(hub.getRequest(id).status == InferenceHub.Status.Pending, "2 of 3 is not enough");
-        assertEq(hub.votes(id, keccak256("bad")), 1, "the lie is recorded");
+        assertEq(hub.votes(id, keccak256(abi.encodePacked(INPUT, keccak256("bad")))), 1, "the lie is recorded");
+        assertEq(hub.submitted(id, a[1]), keccak256("bad"), "the lying receipt stays in storage");
         (VerityReceipts.Receipt memory r3, bytes memory s3) = receipt(id, a[3], keccak256("good"));
         hub.submit(id, r3, s3);
         assertTrue(hub.getRequest(id).status == InferenceHub.Status.Finalized, "finalized at 3");

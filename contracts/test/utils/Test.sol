@@ -14,6 +14,15 @@ interface Vm {
     function expectRevert() external;
     function addr(uint256 privateKey) external pure returns (address);
     function sign(uint256 privateKey, bytes32 digest) external pure returns (uint8 v, bytes32 r, bytes32 s);
+    function etch(address who, bytes calldata code) external;
+    function recordLogs() external;
+    function getRecordedLogs() external returns (Log[] memory);
+
+    struct Log {
+        bytes32[] topics;
+        bytes data;
+        address emitter;
+    }
 }
 
 /// A minimal base for tests: the cheatcodes and equality assertions with messages.
