@@ -227,6 +227,11 @@ impl SecretKey {
         SecretKey::from_bytes(&from_hex_n::<32>(s.trim())?)
     }
 
+    /// The 32 secret bytes (handle with care).
+    pub fn to_bytes(&self) -> [u8; 32] {
+        self.key.to_bytes().into()
+    }
+
     /// The 32 secret bytes as `0x` hex (handle with care).
     pub fn to_hex(&self) -> String {
         to_hex(&self.key.to_bytes())

@@ -24,6 +24,9 @@ pub const CHUNK_SIZE: usize = 1 << 20;
 const MODELS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("models");
 const NAMES: TableDefinition<&str, &[u8]> = TableDefinition::new("names");
 const RECEIPTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("receipts");
+/// Small records of other parts of the node (chain cursor, jobs, input documents), keyed by
+/// namespace ‖ 0x00 ‖ key.
+const KV: TableDefinition<&[u8], &[u8]> = TableDefinition::new("kv");
 
 /// Store errors.
 #[derive(Debug, thiserror::Error)]
@@ -194,6 +197,7 @@ impl Store {
             w.open_table(MODELS)?;
             w.open_table(NAMES)?;
             w.open_table(RECEIPTS)?;
+            w.open_table(KV)?;
             w.commit()?;
         }
         let store = Store {
@@ -524,6 +528,65 @@ impl Store {
     }
 }
 
+fn kv_key(ns: &str, key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(ns.len() + 1 + key.len());
+    k.extend_from_slice(ns.as_bytes());
+    k.push(0);
+    k.extend_from_slice(key);
+    k
+}
+
+impl Store {
+    /// Durably set several records of namespace `ns` in one transaction (`None` deletes).
+    pub fn kv_write(&self, ns: &str, entries: &[(&[u8], Option<&[u8]>)]) -> Result<(), StoreError> {
+        let w = self.db.begin_write()?;
+        {
+            let mut t = w.open_table(KV)?;
+            for (k, v) in entries {
+                let key = kv_key(ns, k);
+                match v {
+                    Some(v) => {
+                        t.insert(key.as_slice(), *v)?;
+                    }
+                    None => {
+                        t.remove(key.as_slice())?;
+                    }
+                }
+            }
+        }
+        w.commit()?;
+        Ok(())
+    }
+
+    /// Durably set one record.
+    pub fn kv_put(&self, ns: &str, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+        self.kv_write(ns, &[(key, Some(value))])
+    }
+
+    /// One record.
+    pub fn kv_get(&self, ns: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        let r = self.db.begin_read()?;
+        let t = r.open_table(KV)?;
+        Ok(t.get(kv_key(ns, key).as_slice())?
+            .map(|v| v.value().to_vec()))
+    }
+
+    /// Every record of a namespace, in key order, as (key, value).
+    pub fn kv_scan(&self, ns: &str) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+        let r = self.db.begin_read()?;
+        let t = r.open_table(KV)?;
+        let lo = kv_key(ns, &[]);
+        let mut hi = ns.as_bytes().to_vec();
+        hi.push(1);
+        let mut out = Vec::new();
+        for e in t.range(lo.as_slice()..hi.as_slice())? {
+            let (k, v) = e?;
+            out.push((k.value()[lo.len()..].to_vec(), v.value().to_vec()));
+        }
+        Ok(out)
+    }
+}
+
 fn decode<T: for<'a> Deserialize<'a>>(b: &[u8]) -> Result<T, StoreError> {
     serde_json::from_slice(b).map_err(|e| StoreError::Corrupt(format!("bad index record: {e}")))
 }
@@ -532,6 +595,41 @@ fn decode<T: for<'a> Deserialize<'a>>(b: &[u8]) -> Result<T, StoreError> {
 mod tests {
     use super::*;
     use verity_core::{Manifest, SecretKey};
+
+    #[test]
+    fn kv_namespaces_are_separate_ordered_and_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = Store::open(dir.path()).unwrap();
+            s.kv_put("jobs", &2u64.to_be_bytes(), b"two").unwrap();
+            s.kv_put("jobs", &1u64.to_be_bytes(), b"one").unwrap();
+            s.kv_put("job", b"x", b"other namespace").unwrap();
+            s.kv_put("jobsx", b"y", b"prefix-sharing namespace")
+                .unwrap();
+            s.kv_write(
+                "jobs",
+                &[
+                    (&3u64.to_be_bytes(), Some(b"three")),
+                    (&2u64.to_be_bytes(), None),
+                ],
+            )
+            .unwrap();
+        }
+        let s = Store::open(dir.path()).unwrap();
+        let all = s.kv_scan("jobs").unwrap();
+        assert_eq!(
+            all,
+            vec![
+                (1u64.to_be_bytes().to_vec(), b"one".to_vec()),
+                (3u64.to_be_bytes().to_vec(), b"three".to_vec())
+            ]
+        );
+        assert_eq!(
+            s.kv_get("job", b"x").unwrap().as_deref(),
+            Some(&b"other namespace"[..])
+        );
+        assert_eq!(s.kv_get("jobs", b"x").unwrap(), None);
+    }
 
     fn version(key: &SecretKey, id: Hash, name: &str, v: &str) -> Version {
         let m = Manifest {

@@ -1,0 +1,142 @@
+//! Typed bindings generated from the committed contract artifacts (`contracts/artifacts/*.json`).
+#![allow(missing_docs, clippy::too_many_arguments)]
+use alloy::sol;
+
+sol!(
+    #[sol(rpc)]
+    #[derive(Debug)]
+    InferenceHub,
+    "../../contracts/artifacts/InferenceHub.json"
+);
+sol!(
+    #[sol(rpc)]
+    #[derive(Debug)]
+    ModelRegistry,
+    "../../contracts/artifacts/ModelRegistry.json"
+);
+sol!(
+    #[sol(rpc)]
+    #[derive(Debug)]
+    NodeRegistry,
+    "../../contracts/artifacts/NodeRegistry.json"
+);
+sol!(
+    #[sol(rpc)]
+    #[derive(Debug)]
+    VerityDeployer,
+    "../../contracts/artifacts/VerityDeployer.json"
+);
+/// The OpenGradient front door (its tensor types live in this module).
+pub mod og_inference {
+    #![allow(missing_docs, clippy::too_many_arguments)]
+    alloy::sol!(
+        #[sol(rpc)]
+        #[derive(Debug)]
+        OpenGradientInference,
+        "../../contracts/artifacts/OpenGradientInference.json"
+    );
+}
+/// The OpenGradient event source placed at 0x…F4.
+pub mod og_events {
+    #![allow(missing_docs, clippy::too_many_arguments)]
+    alloy::sol!(
+        #[sol(rpc)]
+        #[derive(Debug, PartialEq)]
+        OpenGradientEvents,
+        "../../contracts/artifacts/OpenGradientEvents.json"
+    );
+}
+pub use og_events::OpenGradientEvents;
+pub use og_inference::OpenGradientInference;
+
+/// Where OpenGradient clients look for `ModelInferenceEvent` logs.
+pub const OPENGRADIENT_EVENTS: alloy::primitives::Address =
+    alloy::primitives::address!("00000000000000000000000000000000000000F4");
+
+/// A revert's reason as a sentence, decoded against every Verity contract's custom errors.
+pub fn revert_sentence(data: &[u8]) -> Option<String> {
+    use alloy::sol_types::SolInterface;
+    use InferenceHub::InferenceHubErrors as H;
+    use ModelRegistry::ModelRegistryErrors as M;
+    use NodeRegistry::NodeRegistryErrors as N;
+    use OpenGradientInference::OpenGradientInferenceErrors as O;
+    if let Ok(e) = H::abi_decode(data) {
+        return Some(match e {
+            H::UnknownModel(_) => "InferenceHub: the model is not registered".into(),
+            H::BadMode(_) => {
+                "InferenceHub: bad mode or quorum size (quorum needs 2 to 7 nodes)".into()
+            }
+            H::FeeTooLow(e) => format!(
+                "InferenceHub: the fee is too low; {} wei required",
+                e.required
+            ),
+            H::NotPending(_) => {
+                "InferenceHub: the request is not pending (already finalized or refunded)".into()
+            }
+            H::TooLate(_) => "InferenceHub: the request's deadline has passed".into(),
+            H::TooEarly(_) => "InferenceHub: the request's deadline has not passed yet".into(),
+            H::SeedNotReady(e) => format!(
+                "InferenceHub: the seed block {} is not mined yet",
+                e.seedBlock
+            ),
+            H::SeedExpired(_) => "InferenceHub: the seed block is older than 256 blocks".into(),
+            H::WrongRequest(_) => {
+                "InferenceHub: the receipt is for another request, model or input".into()
+            }
+            H::BadSignature(_) => "InferenceHub: the receipt's signature is not the node's".into(),
+            H::NotAssigned(e) => format!(
+                "InferenceHub: node {} is not assigned to this request",
+                e.node
+            ),
+            H::AlreadySubmitted(_) => "InferenceHub: this node already submitted a receipt".into(),
+            H::TransferFailed(_) => "InferenceHub: a payment transfer failed".into(),
+        });
+    }
+    if let Ok(e) = N::abi_decode(data) {
+        return Some(match e {
+            N::AlreadyRegistered(_) => "NodeRegistry: the node is already registered".into(),
+            N::NotRegistered(_) => "NodeRegistry: the node is not registered".into(),
+            N::StakeTooLow(e) => format!(
+                "NodeRegistry: the stake is below the minimum of {} wei",
+                e.minStake
+            ),
+            N::BadEndpoint(_) => {
+                "NodeRegistry: the endpoint must be an http(s) URL of at most 256 bytes".into()
+            }
+            N::AmountTooLarge(e) => format!("NodeRegistry: only {} wei is available", e.available),
+            N::StillUnbonding(e) => format!("NodeRegistry: the stake unbonds at {}", e.unbondAt),
+            N::NothingToWithdraw(_) => "NodeRegistry: nothing to withdraw".into(),
+            N::NotSlasher(_) => {
+                "NodeRegistry: only Verity's verification contracts may slash".into()
+            }
+            other => format!("NodeRegistry: {other:?}"),
+        });
+    }
+    if let Ok(e) = M::abi_decode(data) {
+        return Some(match e {
+            M::ZeroModelId(_) => "ModelRegistry: the model ID is zero".into(),
+            M::AlreadyRegistered(e) => {
+                format!("ModelRegistry: model {} is already registered", e.modelId)
+            }
+            M::VersionTaken(e) => format!(
+                "ModelRegistry: that version is already model {}",
+                e.existing
+            ),
+            M::NotNameOwner(e) => format!("ModelRegistry: the name belongs to {}", e.owner),
+            M::NotModelOwner(e) => format!("ModelRegistry: the model belongs to {}", e.owner),
+            M::UnknownModel(e) => format!("ModelRegistry: model {} is not registered", e.modelId),
+            M::BadName(_) => "ModelRegistry: bad name or version".into(),
+        });
+    }
+    if let Ok(e) = O::abi_decode(data) {
+        return Some(match e {
+            O::UnknownModel(e) => format!("OpenGradientInference: unknown model '{}'", e.modelId),
+            O::InsufficientFunds(e) => format!(
+                "OpenGradientInference: the fee is {} wei but only {} wei was sent or deposited",
+                e.required, e.available
+            ),
+            other => format!("OpenGradientInference: {other:?}"),
+        });
+    }
+    None
+}

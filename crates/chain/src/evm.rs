@@ -1,0 +1,661 @@
+//! [`Chain`] over JSON-RPC with alloy: deployment, calls with retries, transactions with serialized nonces.
+
+use std::path::Path;
+use std::time::Duration;
+
+use alloy::network::EthereumWallet;
+use alloy::primitives::{Address as A, Bytes, U256};
+use alloy::providers::{DynProvider, Provider, ProviderBuilder};
+use alloy::rpc::types::{BlockNumberOrTag, Filter};
+use alloy::signers::local::PrivateKeySigner;
+use alloy::sol_types::{SolEvent, SolValue};
+use serde::{Deserialize, Serialize};
+use tokio::sync::Mutex;
+use verity_core::{Hash, SecretKey, SignedReceipt};
+
+use crate::bindings::{
+    revert_sentence, InferenceHub, ModelRegistry, NodeRegistry, OpenGradientEvents,
+    OpenGradientInference, VerityDeployer, OPENGRADIENT_EVENTS,
+};
+use crate::{
+    from_b256, from_evm, to_b256, to_evm, Assignment, BlockRef, Chain, ChainError, HubEvent,
+    HubEventKind, Mode, NodeInfo, RequestInfo, Status,
+};
+
+/// Where Verity's contracts live on a chain; written by `deploy`, read by nodes and clients
+/// (`--contracts <file>`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Deployment {
+    /// Chain ID the contracts are on.
+    pub chain_id: u64,
+    /// ModelRegistry.
+    pub models: verity_core::Address,
+    /// NodeRegistry.
+    pub nodes: verity_core::Address,
+    /// InferenceHub (receipts are signed for this verifying contract).
+    pub hub: verity_core::Address,
+    /// The OpenGradient-compatible front door (`run`), if deployed.
+    pub opengradient: Option<verity_core::Address>,
+    /// Block of the deployment (watchers start here).
+    pub deploy_block: u64,
+}
+
+impl Deployment {
+    /// Read a deployment file.
+    pub fn load(path: &Path) -> Result<Deployment, ChainError> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ChainError::Other(format!(
+                "cannot read the contracts file {}: {e}",
+                path.display()
+            ))
+        })?;
+        serde_json::from_str(&text).map_err(|e| {
+            ChainError::Other(format!(
+                "the contracts file {} is not valid: {e}",
+                path.display()
+            ))
+        })
+    }
+
+    /// Write it (pretty JSON).
+    pub fn save(&self, path: &Path) -> Result<(), ChainError> {
+        let text =
+            serde_json::to_string_pretty(self).map_err(|e| ChainError::Other(e.to_string()))?;
+        std::fs::write(path, text + "\n")
+            .map_err(|e| ChainError::Other(format!("cannot write {}: {e}", path.display())))
+    }
+}
+
+/// Deployment parameters.
+#[derive(Debug, Clone)]
+pub struct DeployParams {
+    /// Minimum node stake, wei.
+    pub min_stake: U256,
+    /// Unbonding delay, seconds.
+    pub unbonding_delay: u64,
+    /// How long nodes have to answer a request, seconds.
+    pub response_window: u64,
+    /// Stake taken from an assigned node that never answers, wei.
+    pub timeout_penalty: U256,
+    /// Quorum size the OpenGradient front door uses for its non-VANILLA modes (0: no front door).
+    pub opengradient_quorum: u8,
+}
+
+impl Default for DeployParams {
+    fn default() -> Self {
+        DeployParams {
+            min_stake: U256::from(10u64).pow(U256::from(18)),
+            unbonding_delay: 7 * 24 * 3600,
+            response_window: 600,
+            timeout_penalty: U256::from(10u64).pow(U256::from(17)),
+            opengradient_quorum: 2,
+        }
+    }
+}
+
+fn rpc_err(e: impl std::fmt::Display) -> ChainError {
+    ChainError::Rpc(e.to_string())
+}
+
+/// Turn a contract call error into a [`ChainError`], decoding custom errors.
+fn contract_err(e: alloy::contract::Error) -> ChainError {
+    if let Some(data) = e.as_revert_data() {
+        if let Some(s) = revert_sentence(&data) {
+            return ChainError::Reverted(s);
+        }
+        return ChainError::Reverted(format!("the contract reverted (data 0x{})", hex(&data)));
+    }
+    let msg = e.to_string();
+    if msg.contains("revert") {
+        return ChainError::Reverted(msg);
+    }
+    ChainError::Rpc(msg)
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// An RPC connection to a chain with Verity's contracts, optionally with a key for transactions.
+pub struct EvmChain {
+    provider: DynProvider,
+    deployment: Deployment,
+    sender: Option<A>,
+    send_lock: Mutex<()>,
+    /// How many times transient RPC failures are retried.
+    pub retries: u32,
+}
+
+/// Connect a provider (wallet optional) to `rpc`.
+fn provider(rpc: &str, key: Option<&SecretKey>) -> Result<(DynProvider, Option<A>), ChainError> {
+    let url: alloy::transports::http::reqwest::Url = rpc
+        .parse()
+        .map_err(|e| ChainError::Other(format!("bad RPC URL '{rpc}': {e}")))?;
+    match key {
+        Some(k) => {
+            let signer = PrivateKeySigner::from_bytes(&alloy::primitives::B256::from(k.to_bytes()))
+                .map_err(|e| ChainError::Other(format!("bad key: {e}")))?;
+            let addr = signer.address();
+            let p = ProviderBuilder::new()
+                .wallet(EthereumWallet::from(signer))
+                .connect_http(url)
+                .erased();
+            Ok((p, Some(addr)))
+        }
+        None => Ok((ProviderBuilder::new().connect_http(url).erased(), None)),
+    }
+}
+
+/// Deploy Verity's contracts with `key`; on anvil also place the OpenGradient event source at 0x…F4.
+pub async fn deploy(
+    rpc: &str,
+    key: &SecretKey,
+    params: &DeployParams,
+) -> Result<Deployment, ChainError> {
+    let (p, _) = provider(rpc, Some(key))?;
+    let chain_id = p.get_chain_id().await.map_err(rpc_err)?;
+    let d = VerityDeployer::deploy(
+        p.clone(),
+        params.min_stake,
+        params.unbonding_delay,
+        params.response_window,
+        params.timeout_penalty,
+    )
+    .await
+    .map_err(contract_err)?;
+    let models = d.models().call().await.map_err(contract_err)?;
+    let nodes = d.nodes().call().await.map_err(contract_err)?;
+    let hub = d.hub().call().await.map_err(contract_err)?;
+    let mut opengradient = None;
+    if params.opengradient_quorum > 0 {
+        let og = OpenGradientInference::deploy(p.clone(), hub, params.opengradient_quorum)
+            .await
+            .map_err(contract_err)?;
+        let code = OpenGradientEvents::DEPLOYED_BYTECODE.clone();
+        let r: Result<(), _> = p
+            .raw_request::<_, ()>("anvil_setCode".into(), (OPENGRADIENT_EVENTS, code))
+            .await;
+        if let Err(e) = r {
+            tracing::warn!("could not place the OpenGradient event source at 0x…F4 ({e}); SDK clients that wait for node results will not find their inference IDs");
+        }
+        opengradient = Some(from_evm(og.address()));
+    }
+    let deploy_block = p.get_block_number().await.map_err(rpc_err)?;
+    Ok(Deployment {
+        chain_id,
+        models: from_evm(&models),
+        nodes: from_evm(&nodes),
+        hub: from_evm(&hub),
+        opengradient,
+        deploy_block,
+    })
+}
+
+impl EvmChain {
+    /// Connect to `rpc` for the contracts in `deployment`; `key` signs transactions.
+    pub async fn connect(
+        rpc: &str,
+        deployment: Deployment,
+        key: Option<&SecretKey>,
+    ) -> Result<EvmChain, ChainError> {
+        let (provider, sender) = provider(rpc, key)?;
+        let chain = EvmChain {
+            provider,
+            deployment,
+            sender,
+            send_lock: Mutex::new(()),
+            retries: 5,
+        };
+        let id = chain
+            .retry(|| async { chain.provider.get_chain_id().await.map_err(rpc_err) })
+            .await?;
+        if id != chain.deployment.chain_id {
+            return Err(ChainError::Other(format!(
+                "the RPC endpoint is chain {id} but the contracts file is for chain {}",
+                chain.deployment.chain_id
+            )));
+        }
+        let code = chain
+            .retry(|| async {
+                chain
+                    .provider
+                    .get_code_at(to_evm(&chain.deployment.hub))
+                    .await
+                    .map_err(rpc_err)
+            })
+            .await?;
+        if code.is_empty() {
+            return Err(ChainError::Other(format!(
+                "there is no InferenceHub at {} on this chain (stale contracts file?)",
+                chain.deployment.hub
+            )));
+        }
+        Ok(chain)
+    }
+
+    /// The deployment.
+    pub fn deployment(&self) -> &Deployment {
+        &self.deployment
+    }
+
+    /// The raw provider.
+    pub fn provider(&self) -> &DynProvider {
+        &self.provider
+    }
+
+    /// The sender's address, if a key was given.
+    pub fn sender(&self) -> Option<verity_core::Address> {
+        self.sender.as_ref().map(from_evm)
+    }
+
+    fn hub_contract(&self) -> InferenceHub::InferenceHubInstance<DynProvider> {
+        InferenceHub::new(to_evm(&self.deployment.hub), self.provider.clone())
+    }
+
+    fn nodes_contract(&self) -> NodeRegistry::NodeRegistryInstance<DynProvider> {
+        NodeRegistry::new(to_evm(&self.deployment.nodes), self.provider.clone())
+    }
+
+    /// The model registry.
+    pub fn models_contract(&self) -> ModelRegistry::ModelRegistryInstance<DynProvider> {
+        ModelRegistry::new(to_evm(&self.deployment.models), self.provider.clone())
+    }
+
+    /// The OpenGradient front door, if deployed.
+    pub fn opengradient_contract(
+        &self,
+    ) -> Option<OpenGradientInference::OpenGradientInferenceInstance<DynProvider>> {
+        self.deployment
+            .opengradient
+            .map(|a| OpenGradientInference::new(to_evm(&a), self.provider.clone()))
+    }
+
+    /// Run `f` until it succeeds, fails for good, or transient failures exhaust the retries
+    /// (backoff 200 ms doubling to 3.2 s).
+    pub async fn retry<T, F, Fut>(&self, mut f: F) -> Result<T, ChainError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, ChainError>>,
+    {
+        let mut delay = Duration::from_millis(200);
+        let mut attempt = 0;
+        loop {
+            match f().await {
+                Err(e) if e.is_transient() && attempt < self.retries => {
+                    tracing::debug!("retrying after a transient chain error: {e}");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_millis(3200));
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Send a transaction built by `build` (one at a time per chain client, so nonces never collide) and
+    /// wait for it to be mined; a mined revert or a gas-estimation revert is decoded into a sentence.
+    pub async fn send<F>(&self, what: &str, build: F) -> Result<(Hash, u64), ChainError>
+    where
+        F: Fn() -> alloy::rpc::types::TransactionRequest,
+    {
+        if self.sender.is_none() {
+            return Err(ChainError::Other(format!("{what} needs a key")));
+        }
+        let mut attempt = 0;
+        loop {
+            let pending = {
+                let _g = self.send_lock.lock().await;
+                self.provider.send_transaction(build()).await
+            };
+            let pending = match pending {
+                Ok(p) => p,
+                Err(e) => {
+                    let err = transport_err(e);
+                    let msg = err.to_string();
+                    let nonce = msg.contains("nonce") || msg.contains("replacement transaction");
+                    if (err.is_transient() || nonce) && attempt < self.retries {
+                        attempt += 1;
+                        tokio::time::sleep(Duration::from_millis(200 << attempt.min(4))).await;
+                        continue;
+                    }
+                    return Err(match err {
+                        ChainError::Reverted(m) => ChainError::Reverted(format!("{what}: {m}")),
+                        other => other,
+                    });
+                }
+            };
+            let receipt = pending
+                .with_timeout(Some(Duration::from_secs(120)))
+                .get_receipt()
+                .await
+                .map_err(|e| {
+                    ChainError::Rpc(format!("{what}: waiting for the transaction failed: {e}"))
+                })?;
+            let tx = from_b256(&receipt.transaction_hash);
+            if !receipt.status() {
+                // Replay at the mined block for the reason.
+                let reason = match self
+                    .provider
+                    .call(build())
+                    .block(receipt.block_number.unwrap_or_default().into())
+                    .await
+                {
+                    Err(e) => transport_err(e).to_string(),
+                    Ok(_) => "reverted".into(),
+                };
+                return Err(ChainError::Reverted(format!(
+                    "{what} (tx {tx}) failed: {reason}"
+                )));
+            }
+            return Ok((tx, receipt.gas_used));
+        }
+    }
+}
+
+/// Transport errors from eth_call / eth_estimateGas / eth_sendTransaction, decoding revert data.
+fn transport_err(e: alloy::transports::TransportError) -> ChainError {
+    if let Some(resp) = e.as_error_resp() {
+        if let Some(data) = resp.as_revert_data() {
+            if let Some(s) = revert_sentence(&data) {
+                return ChainError::Reverted(s);
+            }
+            return ChainError::Reverted(format!("reverted (data 0x{})", hex(&data)));
+        }
+        return ChainError::Reverted(resp.message.to_string());
+    }
+    ChainError::Rpc(e.to_string())
+}
+
+fn request_info(id: u64, r: InferenceHub::Request) -> RequestInfo {
+    RequestInfo {
+        id,
+        client: from_evm(&r.client),
+        mode: Mode::from_u8(r.mode).unwrap_or(Mode::Signed),
+        k: r.k,
+        status: Status::from_u8(r.status),
+        seed_block: r.seedBlock,
+        deadline: r.deadline,
+        model_id: from_b256(&r.modelId),
+        input_hash: from_b256(&r.inputHash),
+        output_hash: from_b256(&r.outputHash),
+        fee: r.fee.to_string(),
+        input_uri: r.inputUri,
+    }
+}
+
+fn u64_of(v: U256) -> u64 {
+    u64::try_from(v).unwrap_or(u64::MAX)
+}
+
+/// Hub logs → events.
+pub fn decode_hub_log(log: &alloy::rpc::types::Log) -> Option<HubEvent> {
+    let kind = if let Ok(e) = InferenceHub::Requested::decode_log(&log.inner) {
+        HubEventKind::Requested {
+            id: u64_of(e.requestId),
+            model_id: from_b256(&e.modelId),
+            input_hash: from_b256(&e.inputHash),
+            input_uri: e.inputUri.clone(),
+            mode: Mode::from_u8(e.mode)?,
+            k: e.k,
+            seed_block: e.seedBlock,
+            deadline: e.deadline,
+        }
+    } else if let Ok(e) = InferenceHub::ReceiptAccepted::decode_log(&log.inner) {
+        HubEventKind::ReceiptAccepted {
+            id: u64_of(e.requestId),
+            node: from_evm(&e.node),
+            output_hash: from_b256(&e.outputHash),
+        }
+    } else if let Ok(e) = InferenceHub::Conflict::decode_log(&log.inner) {
+        HubEventKind::Conflict {
+            id: u64_of(e.requestId),
+            node_a: from_evm(&e.nodeA),
+            node_b: from_evm(&e.nodeB),
+        }
+    } else if let Ok(e) = InferenceHub::Finalized::decode_log(&log.inner) {
+        HubEventKind::Finalized {
+            id: u64_of(e.requestId),
+            input_hash: from_b256(&e.inputHash),
+            output_hash: from_b256(&e.outputHash),
+        }
+    } else if let Ok(e) = InferenceHub::Refunded::decode_log(&log.inner) {
+        HubEventKind::Refunded {
+            id: u64_of(e.requestId),
+        }
+    } else {
+        return None;
+    };
+    Some(HubEvent {
+        block: log.block_number?,
+        block_hash: from_b256(&log.block_hash?),
+        tx: from_b256(&log.transaction_hash?),
+        log_index: log.log_index.unwrap_or(0),
+        kind,
+    })
+}
+
+impl Chain for EvmChain {
+    fn chain_id(&self) -> u64 {
+        self.deployment.chain_id
+    }
+
+    fn hub(&self) -> verity_core::Address {
+        self.deployment.hub
+    }
+
+    async fn head(&self) -> Result<BlockRef, ChainError> {
+        self.retry(|| async {
+            let b = self
+                .provider
+                .get_block_by_number(BlockNumberOrTag::Latest)
+                .await
+                .map_err(rpc_err)?
+                .ok_or_else(|| ChainError::Rpc("no latest block".into()))?;
+            Ok(BlockRef {
+                number: b.header.number,
+                hash: from_b256(&b.header.hash),
+                timestamp: b.header.timestamp,
+            })
+        })
+        .await
+    }
+
+    async fn block_hash(&self, n: u64) -> Result<Option<Hash>, ChainError> {
+        self.retry(|| async {
+            let b = self
+                .provider
+                .get_block_by_number(BlockNumberOrTag::Number(n))
+                .await
+                .map_err(rpc_err)?;
+            Ok(b.map(|b| from_b256(&b.header.hash)))
+        })
+        .await
+    }
+
+    async fn hub_events(&self, from: u64, to: u64) -> Result<Vec<HubEvent>, ChainError> {
+        let filter = Filter::new()
+            .address(to_evm(&self.deployment.hub))
+            .from_block(from)
+            .to_block(to);
+        let logs = self
+            .retry(|| async { self.provider.get_logs(&filter).await.map_err(rpc_err) })
+            .await?;
+        Ok(logs
+            .iter()
+            .filter(|l| !l.removed)
+            .filter_map(decode_hub_log)
+            .collect())
+    }
+
+    async fn request(&self, id: u64) -> Result<Option<RequestInfo>, ChainError> {
+        let hub = self.hub_contract();
+        let r = self
+            .retry(|| async {
+                hub.getRequest(U256::from(id))
+                    .call()
+                    .await
+                    .map_err(contract_err)
+            })
+            .await?;
+        if r.status == 0 {
+            return Ok(None);
+        }
+        Ok(Some(request_info(id, r)))
+    }
+
+    async fn assignment(&self, id: u64) -> Result<Assignment, ChainError> {
+        let hub = self.hub_contract();
+        match self
+            .retry(|| async {
+                hub.assignment(U256::from(id))
+                    .call()
+                    .await
+                    .map_err(contract_err)
+            })
+            .await
+        {
+            Ok(v) => Ok(Assignment::Nodes(v.iter().map(from_evm).collect())),
+            Err(ChainError::Reverted(m)) if m.contains("not mined yet") => Ok(Assignment::NotReady),
+            Err(ChainError::Reverted(m)) if m.contains("older than 256") => Ok(Assignment::Expired),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn submitted(
+        &self,
+        id: u64,
+        node: verity_core::Address,
+    ) -> Result<Option<Hash>, ChainError> {
+        let hub = self.hub_contract();
+        let h = self
+            .retry(|| async {
+                hub.submitted(U256::from(id), to_evm(&node))
+                    .call()
+                    .await
+                    .map_err(contract_err)
+            })
+            .await?;
+        Ok(if h.is_zero() {
+            None
+        } else {
+            Some(from_b256(&h))
+        })
+    }
+
+    async fn submit(&self, id: u64, receipt: &SignedReceipt) -> Result<Hash, ChainError> {
+        let hub = self.hub_contract();
+        let r = &receipt.receipt;
+        let rec = crate::bindings::VerityReceipts::Receipt {
+            requestId: to_b256(&r.request_id),
+            modelId: to_b256(&r.model_id),
+            inputHash: to_b256(&r.input_hash),
+            outputHash: to_b256(&r.output_hash),
+            traceRoot: to_b256(&r.trace_root),
+            node: to_evm(&r.node),
+            timestamp: r.timestamp,
+        };
+        let sig = Bytes::from(receipt.signature.0.to_vec());
+        let from = self.sender;
+        let (tx, _) = self
+            .send("submitting the receipt", || {
+                let mut t = hub
+                    .submit(U256::from(id), rec.clone(), sig.clone())
+                    .into_transaction_request();
+                t.from = from;
+                t
+            })
+            .await?;
+        Ok(tx)
+    }
+
+    async fn node_info(&self, node: verity_core::Address) -> Result<Option<NodeInfo>, ChainError> {
+        let reg = self.nodes_contract();
+        let n = self
+            .retry(|| async { reg.node(to_evm(&node)).call().await.map_err(contract_err) })
+            .await?;
+        if n.endpoint.is_empty() {
+            return Ok(None);
+        }
+        let active = self
+            .retry(|| async {
+                reg.isActive(to_evm(&node))
+                    .call()
+                    .await
+                    .map_err(contract_err)
+            })
+            .await?;
+        Ok(Some(NodeInfo {
+            endpoint: n.endpoint,
+            stake: n.stake.to_string(),
+            active,
+        }))
+    }
+
+    async fn register_node(&self, endpoint: &str, stake: U256) -> Result<Hash, ChainError> {
+        let reg = self.nodes_contract();
+        let from = self.sender;
+        let (tx, _) = self
+            .send("registering the node", || {
+                let mut t = reg
+                    .register(endpoint.to_string())
+                    .value(stake)
+                    .into_transaction_request();
+                t.from = from;
+                t
+            })
+            .await?;
+        Ok(tx)
+    }
+
+    async fn opengradient_request(
+        &self,
+        id: u64,
+    ) -> Result<Option<OpenGradientEvents::ModelInferenceRequest>, ChainError> {
+        // The request's transaction, from its Requested event.
+        let topic = alloy::primitives::B256::from(U256::from(id));
+        let filter = Filter::new()
+            .address(to_evm(&self.deployment.hub))
+            .event_signature(InferenceHub::Requested::SIGNATURE_HASH)
+            .topic1(topic)
+            .from_block(self.deployment.deploy_block);
+        let logs = self
+            .retry(|| async { self.provider.get_logs(&filter).await.map_err(rpc_err) })
+            .await?;
+        let Some(tx) = logs
+            .iter()
+            .rev()
+            .find(|l| !l.removed)
+            .and_then(|l| l.transaction_hash)
+        else {
+            return Ok(None);
+        };
+        let receipt = self
+            .retry(|| async {
+                self.provider
+                    .get_transaction_receipt(tx)
+                    .await
+                    .map_err(rpc_err)
+            })
+            .await?;
+        let Some(receipt) = receipt else {
+            return Ok(None);
+        };
+        let want = id.to_string();
+        for log in receipt.inner.logs() {
+            if log.address() != OPENGRADIENT_EVENTS {
+                continue;
+            }
+            if let Ok(e) = OpenGradientEvents::ModelInferenceEvent::decode_log(&log.inner) {
+                if e.inferenceID == want {
+                    return Ok(Some(e.data.request.clone()));
+                }
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// ABI-encode a value (re-export for tests).
+pub fn abi_encode<T: SolValue>(v: &T) -> Vec<u8> {
+    v.abi_encode()
+}
