@@ -16,6 +16,7 @@ use verity_engine::ir::Model;
 use verity_engine::vty::{self, list_root};
 use verity_engine::{Executor, Mode};
 
+mod devnet;
 mod net;
 mod verify;
 
@@ -41,6 +42,8 @@ enum Cmd {
     Key(net::KeyCmd),
     /// Request an inference from a node and get its signed receipt.
     Infer(net::InferArgs),
+    /// Run a local Verity network: anvil, the contracts, N nodes, the demo models (`--demo`: the story).
+    Devnet(devnet::DevnetArgs),
     /// Check a receipt offline: signature, signer, input/output hashes, and re-execution with the model.
     /// Exit code 0 only if everything holds, 1 if a check fails, 2 if the files cannot be read.
     Verify(verify::VerifyArgs),
@@ -546,6 +549,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Cmd::Node(a) => net::cmd_node(a),
         Cmd::Key(c) => net::cmd_key(c),
         Cmd::Infer(a) => net::cmd_infer(a),
+        Cmd::Devnet(a) => devnet::cmd_devnet(a),
         Cmd::Verify(a) => match verify::check(&a) {
             Ok(verify::Verdict::Valid(s)) => {
                 println!("{s}");

@@ -534,6 +534,18 @@ pub struct NodeArgs {
     /// Log format: text or json.
     #[arg(long)]
     log_format: Option<String>,
+    /// Take part in settlement: the chain's JSON-RPC URL (needs --contracts).
+    #[arg(long, requires = "contracts")]
+    chain: Option<String>,
+    /// The deployment file (contract addresses), e.g. `.verity-devnet/contracts.json`.
+    #[arg(long, requires = "chain")]
+    contracts: Option<PathBuf>,
+    /// Public URL to register on-chain (default `http://<listen address>`).
+    #[arg(long)]
+    endpoint: Option<String>,
+    /// Stake to put up when registering, in wei.
+    #[arg(long)]
+    stake: Option<String>,
     /// Log filter, e.g. `info` or `verity_node=debug`.
     #[arg(long, env = "VERITY_LOG", default_value = "info")]
     log: String,
@@ -581,6 +593,20 @@ pub fn cmd_node(a: NodeArgs) -> Result<()> {
     }
     if let Some(v) = a.log_format {
         cfg.log_format = v;
+    }
+    if let (Some(rpc), Some(file)) = (a.chain, a.contracts) {
+        let mut c = cfg.chain.take().unwrap_or_default();
+        c.rpc = rpc;
+        c.contracts = file;
+        cfg.chain = Some(c);
+    }
+    if let Some(c) = cfg.chain.as_mut() {
+        if let Some(e) = a.endpoint {
+            c.endpoint = Some(e);
+        }
+        if let Some(s) = a.stake {
+            c.stake = s;
+        }
     }
     cfg.validate().map_err(|e| anyhow!(e))?;
     init_logs(&cfg.log_format, &a.log)?;

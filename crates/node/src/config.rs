@@ -84,6 +84,8 @@ pub struct NodeConfig {
     pub limits: Limits,
     /// Timeouts.
     pub timeouts: Timeouts,
+    /// Chain participation (absent: an off-chain node).
+    pub chain: Option<crate::chain::ChainConfig>,
 }
 
 impl Default for NodeConfig {
@@ -101,6 +103,7 @@ impl Default for NodeConfig {
             log_format: "text".into(),
             limits: Limits::default(),
             timeouts: Timeouts::default(),
+            chain: None,
         }
     }
 }

@@ -3,10 +3,13 @@
 //! EIP-712 receipt for every result.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
+pub mod chain;
+pub mod chain_api;
 pub mod config;
 pub mod error;
 pub mod key;
 pub mod metrics;
+pub mod opengradient;
 pub mod server;
 pub mod state;
 pub mod tensors;
@@ -18,7 +21,7 @@ pub use state::Node;
 /// Open the store and key for `config`, bind the listener, and serve until `shutdown` resolves.
 /// `on_ready` is called with the bound address and the node's address once accepting.
 pub async fn run(
-    config: NodeConfig,
+    mut config: NodeConfig,
     env_key: Option<String>,
     shutdown: impl std::future::Future<Output = ()>,
     on_ready: impl FnOnce(std::net::SocketAddr, verity_core::Address),
@@ -30,6 +33,16 @@ pub async fn run(
     if created {
         tracing::info!(path = %config.key_path().display(), address = %key.address(), "created node key");
     }
+    // In chain mode receipts are signed for the hub (its chain ID and address).
+    let deployment = match &config.chain {
+        Some(c) => {
+            let d = verity_chain::Deployment::load(&c.contracts).map_err(|e| e.to_string())?;
+            config.chain_id = d.chain_id;
+            config.verifying_contract = d.hub;
+            Some(d)
+        }
+        None => None,
+    };
     let store = verity_store::Store::open(&config.data_dir).map_err(|e| {
         format!(
             "cannot open the store in {}: {e}",
@@ -42,12 +55,35 @@ pub async fn run(
     let addr = listener
         .local_addr()
         .map_err(|e| format!("cannot read the bound address: {e}"))?;
+    let chain_cfg = config.chain.clone();
     let node = Node::new(config, store, key);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut chain_task = None;
+    if let (Some(cfg), Some(dep)) = (chain_cfg, deployment) {
+        let chain = std::sync::Arc::new(chain::connect(&cfg, &node.key).await?);
+        let endpoint = cfg
+            .endpoint
+            .clone()
+            .unwrap_or_else(|| format!("http://{addr}"));
+        chain::ensure_registered(chain.as_ref(), &node, &endpoint, &cfg.stake).await?;
+        let _ = node.chain.set(chain.clone());
+        tracing::info!(hub = %dep.hub, chain_id = dep.chain_id, "watching the InferenceHub");
+        chain_task = Some(tokio::spawn(chain::run_loop(
+            node.clone(),
+            chain,
+            dep.deploy_block,
+            std::time::Duration::from_millis(cfg.poll_ms.max(50)),
+            stop_rx,
+        )));
+    }
     tracing::info!(listen = %addr, address = %node.address(), "node started");
     on_ready(addr, node.address());
-    server::serve(node, listener, shutdown)
-        .await
-        .map_err(|e| format!("server error: {e}"))?;
+    let served = server::serve(node, listener, shutdown).await;
+    let _ = stop_tx.send(true);
+    if let Some(t) = chain_task {
+        let _ = t.await;
+    }
+    served.map_err(|e| format!("server error: {e}"))?;
     tracing::info!("node stopped");
     Ok(())
 }

@@ -62,6 +62,14 @@ pub fn router(node: Arc<Node>) -> Router {
             post(v2_infer_version),
         )
         .route("/metrics", get(metrics))
+        .route("/v1/inputs", post(crate::chain_api::post_input))
+        .route("/v1/inputs/{hash}", get(crate::chain_api::get_input))
+        .route("/v1/requests/{id}", get(crate::chain_api::get_request))
+        .route("/v1/jobs", get(crate::chain_api::get_jobs))
+        .route(
+            "/artela-network/artela-rollkit/inference/tx/{id}",
+            get(crate::chain_api::opengradient_result),
+        )
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(middleware::from_fn_with_state(node.clone(), track))

@@ -69,6 +69,8 @@ pub struct Node {
     receipts: mpsc::UnboundedSender<LogMsg>,
     seq: AtomicU64,
     nonce: [u8; 16],
+    /// The chain connection, in chain mode.
+    pub chain: std::sync::OnceLock<Arc<verity_chain::EvmChain>>,
 }
 
 fn unix_now() -> u64 {
@@ -174,6 +176,7 @@ impl Node {
             receipts: tx,
             seq: AtomicU64::new(0),
             nonce,
+            chain: std::sync::OnceLock::new(),
         })
     }
 

@@ -1,0 +1,713 @@
+//! `verity devnet`: a local Verity network (anvil, the contracts, N node processes, the demo models) and
+//! `--demo`, the publish → on-chain request → result → verify → fee story.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use alloy::providers::Provider;
+use anyhow::{anyhow, bail, Context, Result};
+use clap::Args;
+use serde_json::{json, Value};
+use verity_chain::bindings::{InferenceHub, ModelRegistry};
+use verity_chain::evm::{deploy, DeployParams};
+use verity_chain::{from_b256, to_b256, Chain, Deployment, EvmChain, Status, U256};
+use verity_core::{Hash, SecretKey};
+
+/// Anvil's well-known development keys (accounts #0–#3): deployer, model publisher, client, SDK user.
+const DEV_KEYS: [&str; 4] = [
+    "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80",
+    "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d",
+    "0x5de4111afa1a4b94908f83103eb1f1706367c2e68ca870fc3fb9a804cdab365a",
+    "0x7c852118294e51e653712a81e05800f419141751be58f605c371e15141b007a6",
+];
+
+/// `verity devnet` arguments.
+#[derive(Args, Debug)]
+pub struct DevnetArgs {
+    /// Number of nodes.
+    #[arg(long, default_value_t = 3)]
+    nodes: usize,
+    /// State directory (chain state, contracts file, node data, logs).
+    #[arg(long, default_value = ".verity-devnet")]
+    dir: PathBuf,
+    /// Start clean (delete the state directory first). Without it an existing devnet resumes.
+    #[arg(long)]
+    fresh: bool,
+    /// Anvil's port; nodes listen on the following ports.
+    #[arg(long, default_value_t = 8545)]
+    port: u16,
+    /// Run the demo story once the network is up.
+    #[arg(long)]
+    demo: bool,
+    /// Stop after starting up (and the demo) instead of running until Ctrl-C.
+    #[arg(long)]
+    once: bool,
+    /// Directory with the demo models (`mlp.onnx`, `cnn.onnx` and their `.input.json`).
+    #[arg(long, default_value = "fixtures")]
+    models: PathBuf,
+    /// The anvil binary (default: `.tools/node_modules/.bin/anvil` as set up by `scripts/setup-chain`, else
+    /// `anvil` on PATH).
+    #[arg(long, env = "VERITY_ANVIL")]
+    anvil: Option<PathBuf>,
+}
+
+struct Procs(Vec<(String, Child)>);
+
+impl Drop for Procs {
+    fn drop(&mut self) {
+        // Nodes first (SIGTERM: they drain and flush), then anvil (SIGINT: it saves its state).
+        for (name, c) in self.0.iter_mut().rev() {
+            let sig = if name == "anvil" { "-INT" } else { "-TERM" };
+            let _ = Command::new("kill")
+                .arg(sig)
+                .arg(c.id().to_string())
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                match c.try_wait() {
+                    Ok(Some(_)) => break,
+                    _ if Instant::now() > deadline => {
+                        let _ = c.kill();
+                        let _ = c.wait();
+                        break;
+                    }
+                    _ => std::thread::sleep(Duration::from_millis(50)),
+                }
+            }
+        }
+    }
+}
+
+fn anvil_path(a: &DevnetArgs) -> PathBuf {
+    if let Some(p) = &a.anvil {
+        return p.clone();
+    }
+    let local = PathBuf::from(".tools/node_modules/.bin/anvil");
+    if local.exists() {
+        return local;
+    }
+    PathBuf::from("anvil")
+}
+
+fn wait_http(url: &str, what: &str, child: &mut Child, log: &Path) -> Result<()> {
+    let client = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            let tail = std::fs::read_to_string(log).unwrap_or_default();
+            let tail: Vec<&str> = tail.lines().rev().take(8).collect();
+            bail!(
+                "{what} exited ({status}) during startup; last log lines:\n{}",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
+        let ok = if url.ends_with("/rpc") {
+            client
+                .post(url.trim_end_matches("/rpc"))
+                .json(&json!({"jsonrpc":"2.0","id":1,"method":"eth_chainId","params":[]}))
+                .send()
+                .is_ok_and(|r| r.status().is_success())
+        } else {
+            client
+                .get(url)
+                .send()
+                .is_ok_and(|r| r.status().is_success())
+        };
+        if ok {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "{what} did not come up within 60 s (log: {})",
+                log.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn spawn_logged(name: &str, cmd: &mut Command, log: &Path) -> Result<Child> {
+    let f =
+        std::fs::File::create(log).with_context(|| format!("cannot create {}", log.display()))?;
+    let f2 = f.try_clone()?;
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::from(f))
+        .stderr(Stdio::from(f2))
+        .spawn()
+        .with_context(|| format!("cannot start {name} ({:?})", cmd.get_program()))
+}
+
+fn verity(args: &[&str], envs: &[(&str, &str)]) -> Result<String> {
+    let exe = std::env::current_exe().context("cannot find the verity binary")?;
+    let mut c = Command::new(exe);
+    c.args(args);
+    for (k, v) in envs {
+        c.env(k, v);
+    }
+    let out = c.output().context("cannot run verity")?;
+    if !out.status.success() {
+        bail!(
+            "verity {} failed: {}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim(),
+            String::from_utf8_lossy(&out.stdout).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).to_string())
+}
+
+fn eth(wei: U256) -> String {
+    let e = U256::from(10u64).pow(U256::from(18));
+    let whole = wei / e;
+    let frac = (wei % e) / U256::from(10u64).pow(U256::from(12));
+    format!("{whole}.{frac:06} ETH")
+}
+
+/// Run the devnet.
+pub fn cmd_devnet(a: DevnetArgs) -> Result<()> {
+    if a.nodes == 0 || a.nodes > 16 {
+        bail!("--nodes must be between 1 and 16");
+    }
+    if a.fresh && a.dir.exists() {
+        std::fs::remove_dir_all(&a.dir)
+            .with_context(|| format!("cannot remove {}", a.dir.display()))?;
+    }
+    std::fs::create_dir_all(&a.dir)
+        .with_context(|| format!("cannot create {}", a.dir.display()))?;
+    let dir = a.dir.canonicalize()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let mut procs = Procs(Vec::new());
+    let rpc = format!("http://127.0.0.1:{}", a.port);
+
+    // 1. anvil, with its state saved in the devnet directory (a second run resumes from it).
+    let state = dir.join("anvil-state.json");
+    let resuming = state.exists() && dir.join("contracts.json").exists();
+    let anvil = anvil_path(&a);
+    let mut cmd = Command::new(&anvil);
+    cmd.args([
+        "--host",
+        "127.0.0.1",
+        "--port",
+        &a.port.to_string(),
+        "--block-time",
+        "1",
+        "--silent",
+    ])
+    .arg("--state")
+    .arg(&state)
+    .args(["--state-interval", "5"]);
+    let log = dir.join("anvil.log");
+    let child = spawn_logged("anvil", &mut cmd, &log).map_err(|e| {
+        anyhow!(
+            "{e:#}; run scripts/setup-chain first (it installs anvil into .tools/) or pass --anvil"
+        )
+    })?;
+    procs.0.push(("anvil".into(), child));
+    wait_http(&format!("{rpc}/rpc"), "anvil", &mut procs.0[0].1, &log)?;
+    println!(
+        "chain      anvil at {rpc} (chain 31337, 1 s blocks){}",
+        if resuming { ", resumed" } else { "" }
+    );
+
+    // 2. contracts.
+    let deployer = SecretKey::from_hex(DEV_KEYS[0])?;
+    let contracts = dir.join("contracts.json");
+    let dep = match Deployment::load(&contracts) {
+        Ok(d) if resuming => d,
+        _ => {
+            let params = DeployParams {
+                min_stake: U256::from(10u64).pow(U256::from(18)),
+                unbonding_delay: 24 * 3600,
+                response_window: 120,
+                timeout_penalty: U256::from(10u64).pow(U256::from(17)),
+                opengradient_quorum: 2,
+            };
+            let d = rt
+                .block_on(deploy(&rpc, &deployer, &params))
+                .map_err(|e| anyhow!("deploying: {e}"))?;
+            d.save(&contracts)?;
+            d
+        }
+    };
+    println!("contracts  {}", contracts.display());
+    println!("           ModelRegistry  {}", dep.models);
+    println!("           NodeRegistry   {}", dep.nodes);
+    println!("           InferenceHub   {}", dep.hub);
+    if let Some(og) = dep.opengradient {
+        println!(
+            "           OpenGradient   {og} (events at 0x00000000000000000000000000000000000000F4)"
+        );
+    }
+
+    // 3. nodes: own keys and data dirs, funded, started as processes; they register and stake themselves.
+    let admin = rt
+        .block_on(EvmChain::connect(&rpc, dep.clone(), Some(&deployer)))
+        .map_err(|e| anyhow!("{e}"))?;
+    let mut endpoints = Vec::new();
+    for i in 0..a.nodes {
+        let nd = dir.join(format!("node-{i}"));
+        std::fs::create_dir_all(&nd)?;
+        let (key, _) =
+            verity_node::key::load_or_create(&nd.join("node.key"), None).map_err(|e| anyhow!(e))?;
+        let addr = key.address();
+        rt.block_on(async {
+            admin
+                .provider()
+                .raw_request::<_, ()>(
+                    "anvil_setBalance".into(),
+                    (
+                        verity_chain::to_evm(&addr),
+                        U256::from(10u64).pow(U256::from(22)),
+                    ),
+                )
+                .await
+        })
+        .map_err(|e| anyhow!("cannot fund node {i}: {e}"))?;
+        let port = a.port as usize + 1 + i;
+        let url = format!("http://127.0.0.1:{port}");
+        let exe = std::env::current_exe()?;
+        let mut cmd = Command::new(exe);
+        cmd.arg("node")
+            .arg("--data-dir")
+            .arg(&nd)
+            .args(["--listen", &format!("127.0.0.1:{port}"), "--chain", &rpc])
+            .arg("--contracts")
+            .arg(&contracts)
+            .args([
+                "--stake",
+                &format!(
+                    "{}",
+                    U256::from(2u64 + i as u64) * U256::from(10u64).pow(U256::from(18))
+                ),
+            ])
+            .env("VERITY_LOG", "info");
+        let log = nd.join("node.log");
+        let child = spawn_logged(&format!("node {i}"), &mut cmd, &log)?;
+        procs.0.push((format!("node-{i}"), child));
+        let last = procs.0.len() - 1;
+        wait_http(
+            &format!("{url}/v2/health/ready"),
+            &format!("node {i}"),
+            &mut procs.0[last].1,
+            &log,
+        )?;
+        println!(
+            "node {i}     {url}  {addr}  (data {}, log {})",
+            nd.display(),
+            log.display()
+        );
+        endpoints.push((url, addr));
+    }
+
+    // 4. demo models on every node and in the ModelRegistry (publisher: anvil account #1).
+    let publisher = SecretKey::from_hex(DEV_KEYS[1])?;
+    let pub_chain = rt
+        .block_on(EvmChain::connect(&rpc, dep.clone(), Some(&publisher)))
+        .map_err(|e| anyhow!("{e}"))?;
+    let key_file = dir.join("publisher.key");
+    std::fs::write(&key_file, DEV_KEYS[1])?;
+    let mdir = dir.join("models");
+    std::fs::create_dir_all(&mdir)?;
+    let mut models = Vec::new();
+    for name in ["mlp", "cnn"] {
+        let onnx = a.models.join(format!("{name}.onnx"));
+        if !onnx.exists() {
+            println!("model      {name}: {} not found, skipped", onnx.display());
+            continue;
+        }
+        let vty = mdir.join(format!("{name}.vty"));
+        if !vty.exists() {
+            verity(
+                &[
+                    "model",
+                    "compile",
+                    onnx.to_str().unwrap_or_default(),
+                    "-o",
+                    vty.to_str().unwrap_or_default(),
+                ],
+                &[],
+            )?;
+        }
+        let (_, id) = crate::load_model(&vty)?;
+        for (url, _) in &endpoints {
+            verity(
+                &[
+                    "model",
+                    "publish",
+                    vty.to_str().unwrap_or_default(),
+                    "--name",
+                    name,
+                    "--version",
+                    "1.0.0",
+                    "--node",
+                    url,
+                ],
+                &[("VERITY_KEY_FILE", key_file.to_str().unwrap_or_default())],
+            )?;
+        }
+        let reg = ModelRegistry::new(
+            verity_chain::to_evm(&dep.models),
+            pub_chain.provider().clone(),
+        );
+        let exists = rt
+            .block_on(async { reg.exists(to_b256(&id)).call().await })
+            .unwrap_or(false);
+        let price = U256::from(10u64).pow(U256::from(15));
+        let tx = if exists {
+            "already registered".to_string()
+        } else {
+            let from = pub_chain.sender().map(|a| verity_chain::to_evm(&a));
+            let (tx, gas) = rt
+                .block_on(pub_chain.send("registering the model", || {
+                    let mut t = reg
+                        .register(
+                            to_b256(&id),
+                            name.to_string(),
+                            "1.0.0".to_string(),
+                            to_b256(&Hash::ZERO),
+                            price,
+                        )
+                        .into_transaction_request();
+                    t.from = from;
+                    t
+                }))
+                .map_err(|e| anyhow!("{e}"))?;
+            format!("tx {tx}, gas {gas}")
+        };
+        println!(
+            "model      {name}@1.0.0  {id}  price {} per node  (on every node; registered: {tx})",
+            eth(price)
+        );
+        models.push((name, id, vty));
+    }
+    // Deposits in the OpenGradient front door for the client and SDK accounts (#2, #3).
+    if let Some(og) = dep.opengradient {
+        for k in &DEV_KEYS[2..] {
+            let key = SecretKey::from_hex(k)?;
+            let c = rt
+                .block_on(EvmChain::connect(&rpc, dep.clone(), Some(&key)))
+                .map_err(|e| anyhow!("{e}"))?;
+            let front = verity_chain::bindings::OpenGradientInference::new(
+                verity_chain::to_evm(&og),
+                c.provider().clone(),
+            );
+            let have = rt
+                .block_on(async {
+                    front
+                        .deposits(verity_chain::to_evm(&key.address()))
+                        .call()
+                        .await
+                })
+                .unwrap_or_default();
+            if have < U256::from(10u64).pow(U256::from(17)) {
+                let from = c.sender().map(|a| verity_chain::to_evm(&a));
+                rt.block_on(c.send("depositing", || {
+                    let mut t = front
+                        .deposit()
+                        .value(U256::from(10u64).pow(U256::from(18)))
+                        .into_transaction_request();
+                    t.from = from;
+                    t
+                }))
+                .map_err(|e| anyhow!("{e}"))?;
+            }
+        }
+        println!("opengradient  accounts #2 and #3 have 1 ETH deposited; SDK: opengradient.Alpha(private_key, rpc_url=\"{rpc}\", inference_contract_address=\"{og}\", api_url=\"{}\")", endpoints[0].0);
+    }
+    let summary = json!({
+        "rpc": rpc,
+        "contracts": dep,
+        "nodes": endpoints.iter().map(|(u, a)| json!({"url": u, "address": a})).collect::<Vec<_>>(),
+        "models": models.iter().map(|(n, id, _)| json!({"name": n, "version": "1.0.0", "model_id": id})).collect::<Vec<_>>(),
+        "client_key": DEV_KEYS[2],
+        "sdk_key": DEV_KEYS[3],
+    });
+    std::fs::write(
+        dir.join("devnet.json"),
+        serde_json::to_string_pretty(&summary)? + "\n",
+    )?;
+    println!(
+        "devnet     ready; summary in {}",
+        dir.join("devnet.json").display()
+    );
+
+    if a.demo {
+        let (name, id, vty) = models
+            .first()
+            .cloned()
+            .ok_or_else(|| anyhow!("no demo model was published"))?;
+        demo(
+            &rt,
+            &rpc,
+            &dep,
+            &endpoints,
+            name,
+            id,
+            &vty,
+            &a.models.join(format!("{name}.input.json")),
+            &dir,
+        )?;
+    }
+    if a.once {
+        println!("stopping (--once)");
+        return Ok(());
+    }
+    println!(
+        "running; Ctrl-C stops every process (state is kept in {} for the next run)",
+        dir.display()
+    );
+    rt.block_on(async {
+        let _ = tokio::signal::ctrl_c().await;
+    });
+    println!("stopping");
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn demo(
+    rt: &tokio::runtime::Runtime,
+    rpc: &str,
+    dep: &Deployment,
+    endpoints: &[(String, verity_core::Address)],
+    name: &str,
+    model_id: Hash,
+    vty: &Path,
+    input: &Path,
+    dir: &Path,
+) -> Result<()> {
+    println!("\n== demo: an on-chain inference, verified ==");
+    let client_key = SecretKey::from_hex(DEV_KEYS[2])?;
+    let client = rt
+        .block_on(EvmChain::connect(rpc, dep.clone(), Some(&client_key)))
+        .map_err(|e| anyhow!("{e}"))?;
+    let http = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(90))
+        .build()?;
+    // 1. The input, hashed locally under the model's canonical quantization, and hosted on node 0.
+    let (m, _) = crate::load_model(vty)?;
+    let spec = input.to_str().unwrap_or_default().to_string();
+    let inputs = crate::load_inputs(&m, std::slice::from_ref(&spec))?;
+    let q = verity_engine::io::quantize_inputs(&m, &inputs)?;
+    let input_hash = verity_engine::commit::tensors_hash(&q);
+    let mut doc = serde_json::Map::new();
+    for (t, i) in inputs.iter().zip(&m.inputs) {
+        doc.insert(i.name.clone(), json!({"shape": t.shape, "data": t.data}));
+    }
+    let body = serde_json::to_vec(&json!({"inputs": doc}))?;
+    let r: Value = http
+        .post(format!("{}/v1/inputs", endpoints[0].0))
+        .body(body.clone())
+        .send()?
+        .error_for_status()?
+        .json()?;
+    let uri = r["uri"]
+        .as_str()
+        .ok_or_else(|| anyhow!("node gave no input URI"))?
+        .to_string();
+    println!(
+        "1. input    {} → canonical input hash {input_hash}, hosted at {uri}",
+        input.display()
+    );
+    // 2. The request: quorum of 2, fee = price × 2.
+    let hub = InferenceHub::new(verity_chain::to_evm(&dep.hub), client.provider().clone());
+    let reg = ModelRegistry::new(verity_chain::to_evm(&dep.models), client.provider().clone());
+    let price = rt
+        .block_on(async { reg.priceOf(to_b256(&model_id)).call().await })
+        .map_err(|e| anyhow!("{e}"))?;
+    let owner = rt
+        .block_on(async { reg.model(to_b256(&model_id)).call().await })
+        .map_err(|e| anyhow!("{e}"))?
+        .owner;
+    let k = 2u8.min(endpoints.len().max(1) as u8);
+    let mode = if k >= 2 { 1u8 } else { 0u8 };
+    let fee = price * U256::from(k);
+    let p = client.provider();
+    let balances = |addrs: &[verity_chain::EvmAddress]| -> Vec<U256> {
+        addrs
+            .iter()
+            .map(|a| {
+                rt.block_on(async { p.get_balance(*a).await })
+                    .unwrap_or_default()
+            })
+            .collect()
+    };
+    let mut watch: Vec<verity_chain::EvmAddress> = vec![owner];
+    watch.extend(endpoints.iter().map(|e| verity_chain::to_evm(&e.1)));
+    let before = balances(&watch);
+    let from = client.sender().map(|a| verity_chain::to_evm(&a));
+    let next_id = rt
+        .block_on(async { hub.requestCount().call().await })
+        .map_err(|e| anyhow!("{e}"))?
+        + U256::from(1);
+    let (tx, gas) = rt
+        .block_on(client.send("requesting the inference", || {
+            let mut t = hub
+                .request(
+                    to_b256(&model_id),
+                    to_b256(&input_hash),
+                    uri.clone(),
+                    mode,
+                    k,
+                )
+                .value(fee)
+                .into_transaction_request();
+            t.from = from;
+            t
+        }))
+        .map_err(|e| anyhow!("{e}"))?;
+    let id: u64 = next_id
+        .try_into()
+        .map_err(|_| anyhow!("request ID overflow"))?;
+    println!(
+        "2. request  #{id} for {name} ({}, k = {k}), fee {} — tx {tx}, gas {gas}",
+        if mode == 1 { "quorum" } else { "signed" },
+        eth(fee)
+    );
+    // 3. Wait for the nodes' receipts and finalization.
+    let start = Instant::now();
+    let req = loop {
+        let r = rt
+            .block_on(client.request(id))
+            .map_err(|e| anyhow!("{e}"))?
+            .ok_or_else(|| anyhow!("request vanished"))?;
+        if r.status != Status::Pending {
+            break r;
+        }
+        if start.elapsed() > Duration::from_secs(100) {
+            bail!(
+                "request {id} was not finalized within 100 s (see the node logs in {})",
+                dir.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    if req.status != Status::Finalized {
+        bail!("request {id} ended {:?}", req.status);
+    }
+    let head = rt
+        .block_on(client.head())
+        .map_err(|e| anyhow!("{e}"))?
+        .number;
+    let events = rt
+        .block_on(client.hub_events(dep.deploy_block, head))
+        .map_err(|e| anyhow!("{e}"))?;
+    let mut signers = Vec::new();
+    for e in &events {
+        match &e.kind {
+            verity_chain::HubEventKind::ReceiptAccepted {
+                id: rid,
+                node,
+                output_hash,
+            } if *rid == id => {
+                println!("3. receipt  node {node} output {output_hash} — tx {}", e.tx);
+                signers.push(*node);
+            }
+            verity_chain::HubEventKind::Finalized {
+                id: rid,
+                output_hash,
+                ..
+            } if *rid == id => {
+                println!(
+                    "   final    output hash {output_hash} after {:.1} s — tx {}",
+                    start.elapsed().as_secs_f64(),
+                    e.tx
+                );
+            }
+            _ => {}
+        }
+    }
+    // 4. The result from a node that re-executes and checks it against the finalized hashes.
+    let reader = &endpoints[endpoints.len() - 1].0;
+    let res: Value = http
+        .get(format!("{reader}/v1/requests/{id}?wait=10"))
+        .send()?
+        .error_for_status()?
+        .json()?;
+    if res["verified"] != json!(true) {
+        bail!("node {reader} did not return a verified result: {res}");
+    }
+    let out = &res["outputs"][0];
+    let data: Vec<f64> = serde_json::from_value(out["data"].clone()).unwrap_or_default();
+    let top = data
+        .iter()
+        .enumerate()
+        .fold((0, f64::MIN), |b, (i, &v)| if v > b.1 { (i, v) } else { b });
+    println!(
+        "4. result   from {reader}: output '{}' shape {} — argmax {} ({:.4})",
+        out["name"].as_str().unwrap_or(""),
+        out["shape"],
+        top.0,
+        top.1
+    );
+    // 5. Verify a signer's receipt offline: signature, hub domain, model, input, output, re-execution.
+    let signer = signers
+        .first()
+        .ok_or_else(|| anyhow!("no receipt was accepted"))?;
+    let signer_url = &endpoints
+        .iter()
+        .find(|e| e.1 == *signer)
+        .ok_or_else(|| anyhow!("signer is not a devnet node"))?
+        .0;
+    let rid = verity_node::chain::request_hash(id);
+    let receipt: Value = http
+        .get(format!("{signer_url}/v1/receipts/{rid}"))
+        .send()?
+        .error_for_status()?
+        .json()?;
+    let ddir = dir.join("demo");
+    std::fs::create_dir_all(&ddir)?;
+    let rpath = ddir.join(format!("receipt-{id}.json"));
+    let opath = ddir.join(format!("result-{id}.json"));
+    std::fs::write(&rpath, serde_json::to_vec_pretty(&receipt)?)?;
+    std::fs::write(&opath, serde_json::to_vec_pretty(&res)?)?;
+    let verdict = verity(
+        &[
+            "verify",
+            rpath.to_str().unwrap_or_default(),
+            "--input",
+            &spec,
+            "--output",
+            opath.to_str().unwrap_or_default(),
+            "--model",
+            vty.to_str().unwrap_or_default(),
+            "--signer",
+            &signer.to_string(),
+        ],
+        &[],
+    )?;
+    let onchain_out = from_b256(&to_b256(&req.output_hash));
+    let r_out: Hash =
+        serde_json::from_value(receipt["receipt"]["output_hash"].clone()).unwrap_or(Hash::ZERO);
+    if r_out != onchain_out {
+        bail!("the receipt's output hash {r_out} is not the finalized {onchain_out}");
+    }
+    println!(
+        "5. verify   verity verify {} → {}",
+        rpath.display(),
+        verdict.trim()
+    );
+    // 6. Fees.
+    let after = balances(&watch);
+    println!(
+        "6. fees     model owner {owner} +{}",
+        eth(after[0] - before[0])
+    );
+    for (i, e) in endpoints.iter().enumerate() {
+        let d = after[i + 1].saturating_sub(before[i + 1]);
+        if !d.is_zero() || signers.contains(&e.1) {
+            println!(
+                "           node {} {} +{} (receipt gas paid by the node is netted in)",
+                i,
+                e.1,
+                eth(d)
+            );
+        }
+    }
+    println!("== demo done ==\n");
+    Ok(())
+}

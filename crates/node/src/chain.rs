@@ -1,0 +1,560 @@
+//! The node as a chain participant (`--chain <rpc> --contracts <file>`): registers and stakes, watches
+//! the InferenceHub for requests it is assigned, fetches their inputs, runs the canonical engine, and
+//! submits receipts. Jobs and the watcher's cursor are kept in the store, so a restarted node resumes
+//! where it stopped; before every submission it asks the hub whether its receipt is already there, so it
+//! never submits twice.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use verity_chain::{
+    Assignment, Chain, ChainError, Deployment, EvmChain, HubEventKind, Mode, RequestInfo, Status,
+    WatchItem, Watcher, WatcherState, U256,
+};
+use verity_core::{Hash, SignedReceipt};
+
+use crate::error::ApiError;
+use crate::state::{Loaded, Node};
+use crate::tensors::{decode_native, NamedTensor};
+
+/// Chain settings of a node.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ChainConfig {
+    /// JSON-RPC URL.
+    pub rpc: String,
+    /// Deployment file (contract addresses) written by `verity devnet` / `verity chain deploy`.
+    pub contracts: std::path::PathBuf,
+    /// Public URL registered in the NodeRegistry (default `http://<listen>`).
+    pub endpoint: Option<String>,
+    /// Stake put up at registration, in wei (decimal).
+    pub stake: String,
+    /// Poll interval in milliseconds.
+    pub poll_ms: u64,
+}
+
+impl Default for ChainConfig {
+    fn default() -> Self {
+        ChainConfig {
+            rpc: String::new(),
+            contracts: "contracts.json".into(),
+            endpoint: None,
+            stake: "1000000000000000000".into(),
+            poll_ms: 500,
+        }
+    }
+}
+
+/// A job: one hub request this node saw.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Job {
+    /// Hub request ID.
+    pub id: u64,
+    /// Block of the Requested event.
+    pub block: u64,
+    /// Model.
+    pub model_id: Hash,
+    /// Input hash (zero: named by receipts).
+    pub input_hash: Hash,
+    /// Input URI.
+    pub input_uri: String,
+    /// Deadline (unix seconds).
+    pub deadline: u64,
+    /// `pending`, `submitted`, `done` or `skipped`.
+    pub state: String,
+    /// Why it ended (for the log and `/v1/jobs`).
+    pub note: String,
+}
+
+const JOBS: &str = "chain.jobs";
+const CURSOR: &str = "chain.cursor";
+
+fn job_key(id: u64) -> [u8; 8] {
+    id.to_be_bytes()
+}
+
+/// Request ID as a receipt's bytes32.
+pub fn request_hash(id: u64) -> Hash {
+    Hash(U256::from(id).to_be_bytes::<32>())
+}
+
+fn api(e: ChainError) -> ApiError {
+    match e {
+        ChainError::Rpc(m) => {
+            ApiError::new(axum::http::StatusCode::BAD_GATEWAY, "chain_unreachable", m)
+        }
+        ChainError::Reverted(m) | ChainError::Other(m) => ApiError::unprocessable("chain_error", m),
+    }
+}
+
+/// Connect to the chain named in `cfg` (the node's key sends transactions).
+pub async fn connect(cfg: &ChainConfig, key: &verity_core::SecretKey) -> Result<EvmChain, String> {
+    let dep = Deployment::load(&cfg.contracts).map_err(|e| e.to_string())?;
+    EvmChain::connect(&cfg.rpc, dep, Some(key))
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// Register (and stake) unless already registered.
+pub async fn ensure_registered<C: Chain>(
+    chain: &C,
+    node: &Node,
+    endpoint: &str,
+    stake: &str,
+) -> Result<(), String> {
+    let me = node.address();
+    match chain.node_info(me).await.map_err(|e| e.to_string())? {
+        Some(info) => {
+            tracing::info!(endpoint = %info.endpoint, stake = %info.stake, active = info.active, "node is registered");
+            if !info.active {
+                tracing::warn!(
+                    "the node is registered but not active (stake below the minimum or unbonding)"
+                );
+            }
+            Ok(())
+        }
+        None => {
+            let stake: U256 = stake
+                .parse()
+                .map_err(|_| format!("bad stake '{stake}' (wei, decimal)"))?;
+            let tx = chain
+                .register_node(endpoint, stake)
+                .await
+                .map_err(|e| format!("cannot register node {me} on-chain: {e}"))?;
+            tracing::info!(%tx, endpoint, %stake, "registered in the NodeRegistry");
+            Ok(())
+        }
+    }
+}
+
+fn load_jobs(node: &Node) -> Vec<Job> {
+    node.store
+        .kv_scan(JOBS)
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|(_, v)| serde_json::from_slice(&v).ok())
+        .collect()
+}
+
+fn save_job(node: &Node, job: &Job) {
+    if let Ok(v) = serde_json::to_vec(job) {
+        if let Err(e) = node.store.kv_put(JOBS, &job_key(job.id), &v) {
+            tracing::error!("cannot persist job {}: {e}", job.id);
+        }
+    }
+}
+
+/// Every job this node knows, newest first.
+pub fn jobs(node: &Node) -> Vec<Job> {
+    let mut j = load_jobs(node);
+    j.reverse();
+    j
+}
+
+/// The watch-and-serve loop; returns when `stop` fires.
+pub async fn run_loop<C: Chain>(
+    node: Arc<Node>,
+    chain: Arc<C>,
+    start_block: u64,
+    poll: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let saved: Option<WatcherState> = node
+        .store
+        .kv_get(CURSOR, b"hub")
+        .ok()
+        .flatten()
+        .and_then(|v| serde_json::from_slice(&v).ok());
+    let mut watcher = Watcher::new(start_block, saved);
+    let mut was_down = false;
+    loop {
+        match step(&node, chain.as_ref(), &mut watcher).await {
+            Ok(()) => {
+                if was_down {
+                    tracing::info!("chain connection restored; caught up");
+                    was_down = false;
+                }
+            }
+            Err(e) if e.is_transient() => {
+                if !was_down {
+                    tracing::warn!("chain unreachable, retrying: {e}");
+                }
+                was_down = true;
+            }
+            Err(e) => tracing::error!("chain step failed: {e}"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(poll) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+/// One round: read new events (handling reorgs), persist, then work on pending jobs.
+pub async fn step<C: Chain>(
+    node: &Arc<Node>,
+    chain: &C,
+    watcher: &mut Watcher,
+) -> Result<(), ChainError> {
+    let items = watcher.poll(chain).await?;
+    for item in items {
+        match item {
+            WatchItem::Reorg { from } => {
+                // Forget jobs first seen in replaced blocks; the new branch's events follow.
+                for j in load_jobs(node) {
+                    if j.block >= from && j.state != "done" {
+                        let _ = node.store.kv_write(JOBS, &[(&job_key(j.id), None)]);
+                    }
+                }
+                tracing::warn!(from, "chain reorganisation; re-reading replaced blocks");
+            }
+            WatchItem::Events(events) => {
+                for e in events {
+                    match e.kind {
+                        HubEventKind::Requested {
+                            id,
+                            model_id,
+                            input_hash,
+                            input_uri,
+                            deadline,
+                            ..
+                        } => {
+                            let job = Job {
+                                id,
+                                block: e.block,
+                                model_id,
+                                input_hash,
+                                input_uri,
+                                deadline,
+                                state: "pending".into(),
+                                note: String::new(),
+                            };
+                            let known = node.store.kv_get(JOBS, &job_key(id)).ok().flatten();
+                            let same = known
+                                .and_then(|v| serde_json::from_slice::<Job>(&v).ok())
+                                .is_some_and(|k| {
+                                    k.block == job.block && k.model_id == job.model_id
+                                });
+                            if !same {
+                                save_job(node, &job);
+                            }
+                        }
+                        HubEventKind::Finalized { id, .. } | HubEventKind::Refunded { id } => {
+                            if let Some(mut j) = load_job(node, id) {
+                                if j.state == "pending" {
+                                    j.state = "done".into();
+                                    j.note = "settled before this node answered".into();
+                                }
+                                save_job(node, &j);
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
+    if let Ok(v) = serde_json::to_vec(&watcher.state) {
+        let _ = node.store.kv_put(CURSOR, b"hub", &v);
+    }
+    for job in load_jobs(node).into_iter().filter(|j| j.state == "pending") {
+        work(node, chain, job).await?;
+    }
+    Ok(())
+}
+
+fn load_job(node: &Node, id: u64) -> Option<Job> {
+    node.store
+        .kv_get(JOBS, &job_key(id))
+        .ok()
+        .flatten()
+        .and_then(|v| serde_json::from_slice(&v).ok())
+}
+
+fn finish(node: &Node, mut job: Job, state: &str, note: String) {
+    tracing::info!(request = job.id, state, "{note}");
+    job.state = state.into();
+    job.note = note;
+    save_job(node, &job);
+}
+
+async fn work<C: Chain>(node: &Arc<Node>, chain: &C, job: Job) -> Result<(), ChainError> {
+    let me = node.address();
+    let Some(req) = chain.request(job.id).await? else {
+        finish(
+            node,
+            job,
+            "skipped",
+            "the request is no longer on the chain".into(),
+        );
+        return Ok(());
+    };
+    if req.status != Status::Pending {
+        finish(
+            node,
+            job,
+            "done",
+            format!("the request is already {:?}", req.status).to_lowercase(),
+        );
+        return Ok(());
+    }
+    if chain.head().await?.timestamp > req.deadline {
+        finish(node, job, "skipped", "the deadline passed".into());
+        return Ok(());
+    }
+    let assigned = match chain.assignment(job.id).await? {
+        Assignment::NotReady => return Ok(()),
+        Assignment::Expired => {
+            finish(node, job, "skipped", "the seed block expired".into());
+            return Ok(());
+        }
+        Assignment::Nodes(a) => a,
+    };
+    if !assigned.contains(&me) {
+        finish(node, job, "skipped", "not assigned to this node".into());
+        return Ok(());
+    }
+    if chain.submitted(job.id, me).await?.is_some() {
+        finish(
+            node,
+            job,
+            "submitted",
+            "the receipt is already on-chain".into(),
+        );
+        return Ok(());
+    }
+    let receipt = match execute(node, chain, &req).await {
+        Ok(r) => r,
+        Err(e) => {
+            finish(
+                node,
+                job,
+                "skipped",
+                format!("cannot run the request: {}", e.message),
+            );
+            return Ok(());
+        }
+    };
+    match chain.submit(job.id, &receipt).await {
+        Ok(tx) => {
+            finish(
+                node,
+                job,
+                "submitted",
+                format!("receipt submitted in tx {tx}"),
+            );
+            Ok(())
+        }
+        Err(ChainError::Reverted(m)) => {
+            finish(node, job, "done", format!("receipt refused: {m}"));
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Fetch the input of a request, run it, and sign the receipt (request ID = hub request ID).
+async fn execute<C: Chain>(
+    node: &Arc<Node>,
+    chain: &C,
+    req: &RequestInfo,
+) -> Result<SignedReceipt, ApiError> {
+    let inputs = fetch_input(node, chain, req).await?;
+    let loaded = load_model(node, &req.model_id).await?;
+    let n2 = node.clone();
+    let l2 = loaded.clone();
+    let rid = request_hash(req.id);
+    let inf = node
+        .on_worker(false, move || n2.infer_blocking(&l2, inputs, rid))
+        .await??;
+    if req.input_hash != Hash::ZERO && inf.receipt.receipt.input_hash != req.input_hash {
+        return Err(ApiError::unprocessable(
+            "input_mismatch",
+            format!(
+                "the input at {} hashes to {}, not the requested {}",
+                req.input_uri, inf.receipt.receipt.input_hash, req.input_hash
+            ),
+        ));
+    }
+    Ok(inf.receipt)
+}
+
+async fn load_model(node: &Arc<Node>, id: &Hash) -> Result<Arc<Loaded>, ApiError> {
+    let (rec, _) = node.resolve(&id.to_string()).await?;
+    node.load(&rec).await
+}
+
+/// The input tensors behind a request's input URI: `http(s)://…` (a native inference body),
+/// `data:application/json;base64,…`, or `opengradient:<id>` (the OpenGradient request in the
+/// request's transaction).
+pub async fn fetch_input<C: Chain>(
+    node: &Arc<Node>,
+    chain: &C,
+    req: &RequestInfo,
+) -> Result<Vec<NamedTensor>, ApiError> {
+    let uri = req.input_uri.as_str();
+    let max = node.config.limits.max_tensor_elements;
+    let body: Vec<u8> = if let Some(rest) = uri.strip_prefix("opengradient:") {
+        let want: u64 = rest.parse().map_err(|_| {
+            ApiError::unprocessable(
+                "bad_input_uri",
+                format!("bad OpenGradient inference ID in '{uri}'"),
+            )
+        })?;
+        if want != req.id {
+            return Err(ApiError::unprocessable(
+                "bad_input_uri",
+                format!("'{uri}' names another request"),
+            ));
+        }
+        let og = chain
+            .opengradient_request(req.id)
+            .await
+            .map_err(api)?
+            .ok_or_else(|| {
+                ApiError::unprocessable(
+                    "input_unavailable",
+                    format!("no OpenGradient request {want} in its transaction"),
+                )
+            })?;
+        return crate::opengradient::input_tensors(&og.input, max);
+    } else if let Some(rest) = uri.strip_prefix("data:application/json;base64,") {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD
+            .decode(rest)
+            .map_err(|e| {
+                ApiError::unprocessable("bad_input_uri", format!("bad base64 in the data URI: {e}"))
+            })?
+    } else if uri.starts_with("http://") || uri.starts_with("https://") {
+        fetch_http(uri, node.config.limits.max_body_bytes).await?
+    } else {
+        return Err(ApiError::unprocessable(
+            "bad_input_uri",
+            format!("unsupported input URI '{uri}' (http(s)://, data:application/json;base64, or opengradient:)"),
+        ));
+    };
+    let r = decode_native(&body, max)
+        .map_err(|e| ApiError::unprocessable("bad_input", e.to_string()))?;
+    Ok(r.inputs)
+}
+
+async fn fetch_http(uri: &str, limit: u64) -> Result<Vec<u8>, ApiError> {
+    let bad =
+        |m: String| ApiError::new(axum::http::StatusCode::BAD_GATEWAY, "input_unavailable", m);
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .map_err(|e| bad(e.to_string()))?;
+    let mut resp = client
+        .get(uri)
+        .send()
+        .await
+        .map_err(|e| bad(format!("cannot fetch {uri}: {e}")))?;
+    if !resp.status().is_success() {
+        return Err(bad(format!("fetching {uri} gave HTTP {}", resp.status())));
+    }
+    let mut out = Vec::new();
+    while let Some(c) = resp
+        .chunk()
+        .await
+        .map_err(|e| bad(format!("reading {uri}: {e}")))?
+    {
+        if out.len() as u64 + c.len() as u64 > limit {
+            return Err(ApiError::unprocessable(
+                "input_too_large",
+                format!("the input at {uri} is over {limit} bytes"),
+            ));
+        }
+        out.extend_from_slice(&c);
+    }
+    Ok(out)
+}
+
+/// A finalized request's output, re-executed here and checked against the hashes the chain finalized.
+pub struct Verified {
+    /// The request.
+    pub request: RequestInfo,
+    /// Output tensors (name, shape, scale, values).
+    pub outputs: Vec<(String, Vec<u64>, i8, Vec<f64>)>,
+    /// Output tensors as canonical integers.
+    pub raw: Vec<Vec<i32>>,
+}
+
+/// Wait (up to `wait`) for request `id` to finalize, then re-execute it and return the output only if
+/// its input and output hashes equal the finalized ones.
+pub async fn verified_result<C: Chain>(
+    node: &Arc<Node>,
+    chain: &C,
+    id: u64,
+    wait: Duration,
+) -> Result<Verified, ApiError> {
+    let start = tokio::time::Instant::now();
+    let req = loop {
+        let r = chain.request(id).await.map_err(api)?;
+        let Some(r) = r else {
+            return Err(ApiError::not_found(
+                "unknown_request",
+                format!("no request {id} on the hub"),
+            ));
+        };
+        match r.status {
+            Status::Finalized => break r,
+            Status::Refunded => {
+                return Err(ApiError::new(
+                    axum::http::StatusCode::GONE,
+                    "request_refunded",
+                    format!("request {id} timed out and was refunded"),
+                ))
+            }
+            _ if start.elapsed() >= wait => {
+                return Err(ApiError::new(
+                    axum::http::StatusCode::ACCEPTED,
+                    "pending",
+                    format!("request {id} is not finalized yet; ask again"),
+                ))
+            }
+            _ => tokio::time::sleep(Duration::from_millis(250)).await,
+        }
+    };
+    let inputs = fetch_input(node, chain, &req).await?;
+    let loaded = load_model(node, &req.model_id).await?;
+    let l2 = loaded.clone();
+    let (input_hash, raw) = node
+        .on_worker(false, move || -> Result<(Hash, Vec<Vec<i32>>), ApiError> {
+            let model = l2.exec.model();
+            let q = crate::state::bind_inputs(model, inputs)?;
+            let ih = verity_engine::commit::tensors_hash(&q);
+            let out = l2
+                .exec
+                .run(q)
+                .map_err(|e| ApiError::unprocessable("execution_failed", e.to_string()))?;
+            Ok((ih, out))
+        })
+        .await??;
+    let output_hash = verity_engine::commit::tensors_hash(&raw);
+    if input_hash != req.input_hash || output_hash != req.output_hash {
+        return Err(ApiError::new(
+            axum::http::StatusCode::BAD_GATEWAY,
+            "result_mismatch",
+            format!(
+                "request {id} finalized input {} output {}, but re-execution here gives input {input_hash} output {output_hash}",
+                req.input_hash, req.output_hash
+            ),
+        ));
+    }
+    let outputs = Node::describe_outputs(loaded.exec.model(), &raw);
+    Ok(Verified {
+        request: req,
+        outputs,
+        raw,
+    })
+}
+
+/// Whether a request asks for quorum.
+pub fn mode_name(m: Mode) -> &'static str {
+    match m {
+        Mode::Signed => "signed",
+        Mode::Quorum => "quorum",
+    }
+}
