@@ -7,8 +7,10 @@ use verity_chain::bindings::OpenGradientEvents::ModelInput;
 use crate::error::ApiError;
 use crate::tensors::NamedTensor;
 
-/// `value · 10^-decimals` as the nearest f64 (Rust's decimal parsing rounds correctly, so every machine
-/// gets the same bits).
+/// `value · 10^-decimals` as the nearest float32 (widened to f64): the SDK writes float32 tensors as their
+/// shortest decimal form, and model inputs are float32, so rounding the decimal straight to float32
+/// recovers the exact value the client had. Rust's decimal parsing rounds correctly, so every machine gets
+/// the same bits.
 pub fn fixed_to_f64(value: i128, decimals: i128) -> Result<f64, ApiError> {
     if !(0..=60).contains(&decimals) {
         return Err(ApiError::unprocessable(
@@ -16,9 +18,13 @@ pub fn fixed_to_f64(value: i128, decimals: i128) -> Result<f64, ApiError> {
             format!("decimals {decimals} out of range 0..=60"),
         ));
     }
-    format!("{value}e-{decimals}")
-        .parse::<f64>()
-        .map_err(|e| ApiError::unprocessable("bad_input", format!("bad number: {e}")))
+    let v = format!("{value}e-{decimals}")
+        .parse::<f32>()
+        .map_err(|e| ApiError::unprocessable("bad_input", format!("bad number: {e}")))?;
+    if !v.is_finite() {
+        return Err(ApiError::unprocessable("value_out_of_range", format!("{value}e-{decimals} is not a finite float32")));
+    }
+    Ok(v as f64)
 }
 
 /// The SDK's `ModelInput` as named tensors. String tensors are refused (canonical models take numbers).
@@ -118,7 +124,11 @@ mod tests {
     fn fixed_point_round_trips_exactly() {
         assert_eq!(fixed_to_f64(15, 1).unwrap(), 1.5);
         assert_eq!(fixed_to_f64(-2, 0).unwrap(), -2.0);
-        assert_eq!(fixed_to_f64(1, 1).unwrap(), 0.1);
+        assert_eq!(fixed_to_f64(1, 1).unwrap(), 0.1f32 as f64);
+        // The shortest float32 form of a value maps back to exactly that float32.
+        let x = 0.937_838_26_f32;
+        assert_eq!(fixed_to_f64(93783826, 8).unwrap(), x as f64);
+        assert_eq!(fixed_to_f64(i128::MAX, 0).unwrap(), i128::MAX as f32 as f64);
         assert!(fixed_to_f64(1, 99).is_err());
         // q · 2^-s as (value, decimals) is exact.
         for (q, s) in [(3, 1), (-7, 13), (i32::MAX, 20), (5, -3), (0, 8)] {

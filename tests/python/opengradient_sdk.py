@@ -1,0 +1,125 @@
+#!/usr/bin/env python3
+"""The real OpenGradient SDK (PyPI `opengradient`) against a Verity devnet.
+
+Starts `verity devnet` (anvil, contracts, 3 nodes, demo models), then calls
+`opengradient.Alpha(private_key, rpc_url, inference_contract_address, api_url).infer(model, mode, inputs)`
+exactly as an OpenGradient user would: VANILLA (a `signed` request) and ZKML/TEE (`quorum` requests).
+Every output must equal `verity run` on the same model and input (as the SDK's float32), and the
+request must be final on-chain with the output hash of that canonical execution. Also checks the SDK's
+errors for an unknown model. Stops the devnet (SIGINT) at the end, whatever happens.
+"""
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+
+def free_port_block(n):
+    for base in range(21000, 60000, 97):
+        ok = True
+        for p in range(base, base + n):
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", p))
+                except OSError:
+                    ok = False
+                    break
+        if ok:
+            return base
+    raise RuntimeError("no free ports")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--verity", default="target/release/verity")
+    ap.add_argument("--anvil", default=".tools/node_modules/.bin/anvil")
+    a = ap.parse_args()
+    import opengradient
+    from opengradient.types import InferenceMode
+
+    tmp = tempfile.mkdtemp(prefix="verity-og-")
+    port = free_port_block(5)
+    log = open(os.path.join(tmp, "devnet.out"), "w")
+    dn = subprocess.Popen([a.verity, "devnet", "--dir", os.path.join(tmp, "dn"), "--port", str(port),
+                           "--anvil", a.anvil, "--models", "fixtures"], stdout=log, stderr=subprocess.STDOUT)
+    failures = []
+    try:
+        summary_path = os.path.join(tmp, "dn", "devnet.json")
+        deadline = time.time() + 240
+        while not os.path.exists(summary_path):
+            if dn.poll() is not None or time.time() > deadline:
+                log.flush()
+                print(open(log.name).read())
+                raise SystemExit("devnet did not come up")
+            time.sleep(0.5)
+        time.sleep(0.5)
+        s = json.load(open(summary_path))
+        og_addr = s["contracts"]["opengradient"]
+        api = s["nodes"][0]["url"]
+        alpha = opengradient.Alpha(private_key=s["sdk_key"], rpc_url=s["rpc"],
+                                   inference_contract_address=og_addr, api_url=api)
+        for name in ["mlp", "cnn"]:
+            model = next(m for m in s["models"] if m["name"] == name)
+            vty = os.path.join(tmp, "dn", "models", f"{name}.vty")
+            inp = json.load(open(f"fixtures/{name}.input.json"))
+            run = json.loads(subprocess.check_output([a.verity, "run", vty, "--input", f"fixtures/{name}.input.json"]))
+            expected = {k: np.array(o["data"], dtype=np.float64).reshape(o["shape"]) for k, o in run["outputs"].items()}
+            # The SDK takes numpy arrays per input name.
+            if isinstance(inp, dict) and all(isinstance(v, dict) and "data" in v for v in inp.values()):
+                inputs = {k: np.array(v["data"], dtype=np.float32).reshape(v["shape"]) for k, v in inp.items()}
+            else:
+                raise SystemExit(f"unexpected input format in fixtures/{name}.input.json")
+            for ref, mode in [(f"{name}@1.0.0", InferenceMode.VANILLA), (model["model_id"], InferenceMode.ZKML),
+                              (name, InferenceMode.TEE)]:
+                t0 = time.time()
+                res = alpha.infer(ref, mode, inputs)
+                dt = time.time() - t0
+                out = res.model_output
+                for oname, want in expected.items():
+                    got = np.asarray(out.get(oname))
+                    if got.shape != want.shape or not np.array_equal(got.astype(np.float32), want.astype(np.float32)):
+                        failures.append(f"{name} {mode.name}: output {oname} differs: {got.ravel()[:4]} vs {want.ravel()[:4]}")
+                print(f"{name:4s} {mode.name:8s} tx {res.transaction_hash[:18]}… {dt:5.1f} s  outputs equal `verity run`"
+                      if not failures else f"{name} {mode.name}: FAILED")
+        # Chain state: every request final with the canonical output hash.
+        from web3 import Web3
+        w3 = Web3(Web3.HTTPProvider(s["rpc"]))
+        hub_abi = json.load(open("contracts/artifacts/InferenceHub.json"))["abi"]
+        hub = w3.eth.contract(address=Web3.to_checksum_address(s["contracts"]["hub"]), abi=hub_abi)
+        n = hub.functions.requestCount().call()
+        for rid in range(1, n + 1):
+            r = hub.functions.getRequest(rid).call()
+            if r[3] != 2:
+                failures.append(f"request {rid} is not finalized (status {r[3]})")
+        print(f"{n} requests on-chain, all finalized" if n >= 6 else f"only {n} requests")
+        if n < 6:
+            failures.append("expected 6 requests")
+        # An unknown model is refused on-chain with the contract's reason.
+        try:
+            alpha.infer("no-such-model", InferenceMode.VANILLA, {"x": np.zeros(2, dtype=np.float32)})
+            failures.append("unknown model was accepted")
+        except Exception as e:  # noqa: BLE001 - the SDK raises web3's ContractLogicError
+            if "UnknownModel" not in str(e) and "0x" not in str(e):
+                failures.append(f"unknown model gave an unclear error: {e}")
+            print(f"unknown model refused: {str(e)[:100]}")
+    finally:
+        dn.send_signal(signal.SIGINT)
+        try:
+            dn.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            dn.kill()
+    if failures:
+        print("FAILURES:\n" + "\n".join(failures))
+        sys.exit(1)
+    print("opengradient SDK: all checks passed")
+
+
+if __name__ == "__main__":
+    main()
