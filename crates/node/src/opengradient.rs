@@ -22,7 +22,10 @@ pub fn fixed_to_f64(value: i128, decimals: i128) -> Result<f64, ApiError> {
         .parse::<f32>()
         .map_err(|e| ApiError::unprocessable("bad_input", format!("bad number: {e}")))?;
     if !v.is_finite() {
-        return Err(ApiError::unprocessable("value_out_of_range", format!("{value}e-{decimals} is not a finite float32")));
+        return Err(ApiError::unprocessable(
+            "value_out_of_range",
+            format!("{value}e-{decimals} is not a finite float32"),
+        ));
     }
     Ok(v as f64)
 }

@@ -528,6 +528,9 @@ impl Store {
     }
 }
 
+/// A (key, value) record of a KV namespace.
+pub type KvEntry = (Vec<u8>, Vec<u8>);
+
 fn kv_key(ns: &str, key: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(ns.len() + 1 + key.len());
     k.extend_from_slice(ns.as_bytes());
@@ -572,7 +575,7 @@ impl Store {
     }
 
     /// Every record of a namespace, in key order, as (key, value).
-    pub fn kv_scan(&self, ns: &str) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    pub fn kv_scan(&self, ns: &str) -> Result<Vec<KvEntry>, StoreError> {
         let r = self.db.begin_read()?;
         let t = r.open_table(KV)?;
         let lo = kv_key(ns, &[]);
