@@ -84,10 +84,10 @@ pub struct DeployParams {
 impl Default for DeployParams {
     fn default() -> Self {
         DeployParams {
-            min_stake: U256::from(10u64).pow(U256::from(18)),
+            min_stake: crate::ether(1),
             unbonding_delay: 7 * 24 * 3600,
             response_window: 600,
-            timeout_penalty: U256::from(10u64).pow(U256::from(17)),
+            timeout_penalty: crate::ether(1) / U256::from(10),
             opengradient_quorum: 2,
         }
     }
@@ -292,8 +292,9 @@ impl EvmChain {
         }
     }
 
-    /// Send a transaction built by `build` (one at a time per chain client, so nonces never collide) and
-    /// wait for it to be mined; a mined revert or a gas-estimation revert is decoded into a sentence.
+    /// Send a transaction built by `build` from this client's key (one at a time per chain client, so
+    /// nonces never collide) and wait for it to be mined; a mined revert or a gas-estimation revert is
+    /// decoded into a sentence.
     pub async fn send<F>(&self, what: &str, build: F) -> Result<(Hash, u64), ChainError>
     where
         F: Fn() -> alloy::rpc::types::TransactionRequest,
@@ -301,6 +302,11 @@ impl EvmChain {
         if self.sender.is_none() {
             return Err(ChainError::Other(format!("{what} needs a key")));
         }
+        let build = || {
+            let mut t = build();
+            t.from = self.sender;
+            t
+        };
         let mut attempt = 0;
         loop {
             let pending = {
@@ -555,14 +561,10 @@ impl Chain for EvmChain {
             timestamp: r.timestamp,
         };
         let sig = Bytes::from(receipt.signature.0.to_vec());
-        let from = self.sender;
         let (tx, _) = self
             .send("submitting the receipt", || {
-                let mut t = hub
-                    .submit(U256::from(id), rec.clone(), sig.clone())
-                    .into_transaction_request();
-                t.from = from;
-                t
+                hub.submit(U256::from(id), rec.clone(), sig.clone())
+                    .into_transaction_request()
             })
             .await?;
         Ok(tx)
@@ -593,15 +595,11 @@ impl Chain for EvmChain {
 
     async fn register_node(&self, endpoint: &str, stake: U256) -> Result<Hash, ChainError> {
         let reg = self.nodes_contract();
-        let from = self.sender;
         let (tx, _) = self
             .send("registering the node", || {
-                let mut t = reg
-                    .register(endpoint.to_string())
+                reg.register(endpoint.to_string())
                     .value(stake)
-                    .into_transaction_request();
-                t.from = from;
-                t
+                    .into_transaction_request()
             })
             .await?;
         Ok(tx)

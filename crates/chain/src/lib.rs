@@ -284,6 +284,11 @@ pub trait Chain: Send + Sync + 'static {
     > + Send;
 }
 
+/// `n` ether in wei.
+pub fn ether(n: u64) -> U256 {
+    U256::from(n) * U256::from(10u64).pow(U256::from(18))
+}
+
 /// Convert between Verity's and alloy's byte types.
 pub fn to_b256(h: &Hash) -> B256 {
     B256::from(h.0)

@@ -159,8 +159,19 @@ fn verity(args: &[&str], envs: &[(&str, &str)]) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).to_string())
 }
 
+/// An RPC connection to the devnet's contracts that sends as `key`.
+fn connect(
+    rt: &tokio::runtime::Runtime,
+    rpc: &str,
+    dep: &Deployment,
+    key: &SecretKey,
+) -> Result<EvmChain> {
+    rt.block_on(EvmChain::connect(rpc, dep.clone(), Some(key)))
+        .map_err(|e| anyhow!("{e}"))
+}
+
 fn eth(wei: U256) -> String {
-    let e = U256::from(10u64).pow(U256::from(18));
+    let e = verity_chain::ether(1);
     let whole = wei / e;
     let frac = (wei % e) / U256::from(10u64).pow(U256::from(12));
     format!("{whole}.{frac:06} ETH")
@@ -221,11 +232,9 @@ pub fn cmd_devnet(a: DevnetArgs) -> Result<()> {
         Ok(d) if resuming => d,
         _ => {
             let params = DeployParams {
-                min_stake: U256::from(10u64).pow(U256::from(18)),
                 unbonding_delay: 24 * 3600,
                 response_window: 120,
-                timeout_penalty: U256::from(10u64).pow(U256::from(17)),
-                opengradient_quorum: 2,
+                ..DeployParams::default()
             };
             let d = rt
                 .block_on(deploy(&rpc, &deployer, &params))
@@ -245,9 +254,7 @@ pub fn cmd_devnet(a: DevnetArgs) -> Result<()> {
     }
 
     // 3. nodes: own keys and data dirs, funded, started as processes; they register and stake themselves.
-    let admin = rt
-        .block_on(EvmChain::connect(&rpc, dep.clone(), Some(&deployer)))
-        .map_err(|e| anyhow!("{e}"))?;
+    let admin = connect(&rt, &rpc, &dep, &deployer)?;
     let mut endpoints = Vec::new();
     for i in 0..a.nodes {
         let nd = dir.join(format!("node-{i}"));
@@ -260,10 +267,7 @@ pub fn cmd_devnet(a: DevnetArgs) -> Result<()> {
                 .provider()
                 .raw_request::<_, ()>(
                     "anvil_setBalance".into(),
-                    (
-                        verity_chain::to_evm(&addr),
-                        U256::from(10u64).pow(U256::from(22)),
-                    ),
+                    (verity_chain::to_evm(&addr), verity_chain::ether(10_000)),
                 )
                 .await
         })
@@ -278,13 +282,7 @@ pub fn cmd_devnet(a: DevnetArgs) -> Result<()> {
             .args(["--listen", &format!("127.0.0.1:{port}"), "--chain", &rpc])
             .arg("--contracts")
             .arg(&contracts)
-            .args([
-                "--stake",
-                &format!(
-                    "{}",
-                    U256::from(2u64 + i as u64) * U256::from(10u64).pow(U256::from(18))
-                ),
-            ])
+            .args(["--stake", &format!("{}", verity_chain::ether(2 + i as u64))])
             .env("VERITY_LOG", "info");
         let log = nd.join("node.log");
         let child = spawn_logged(&format!("node {i}"), &mut cmd, &log)?;
@@ -306,9 +304,7 @@ pub fn cmd_devnet(a: DevnetArgs) -> Result<()> {
 
     // 4. demo models on every node and in the ModelRegistry (publisher: anvil account #1).
     let publisher = SecretKey::from_hex(DEV_KEYS[1])?;
-    let pub_chain = rt
-        .block_on(EvmChain::connect(&rpc, dep.clone(), Some(&publisher)))
-        .map_err(|e| anyhow!("{e}"))?;
+    let pub_chain = connect(&rt, &rpc, &dep, &publisher)?;
     let key_file = dir.join("publisher.key");
     std::fs::write(&key_file, DEV_KEYS[1])?;
     let mdir = dir.join("models");
@@ -357,24 +353,20 @@ pub fn cmd_devnet(a: DevnetArgs) -> Result<()> {
         let exists = rt
             .block_on(async { reg.exists(to_b256(&id)).call().await })
             .unwrap_or(false);
-        let price = U256::from(10u64).pow(U256::from(15));
+        let price = verity_chain::ether(1) / U256::from(1000);
         let tx = if exists {
             "already registered".to_string()
         } else {
-            let from = pub_chain.sender().map(|a| verity_chain::to_evm(&a));
             let (tx, gas) = rt
                 .block_on(pub_chain.send("registering the model", || {
-                    let mut t = reg
-                        .register(
-                            to_b256(&id),
-                            name.to_string(),
-                            "1.0.0".to_string(),
-                            to_b256(&Hash::ZERO),
-                            price,
-                        )
-                        .into_transaction_request();
-                    t.from = from;
-                    t
+                    reg.register(
+                        to_b256(&id),
+                        name.to_string(),
+                        "1.0.0".to_string(),
+                        to_b256(&Hash::ZERO),
+                        price,
+                    )
+                    .into_transaction_request()
                 }))
                 .map_err(|e| anyhow!("{e}"))?;
             format!("tx {tx}, gas {gas}")
@@ -389,9 +381,7 @@ pub fn cmd_devnet(a: DevnetArgs) -> Result<()> {
     if let Some(og) = dep.opengradient {
         for k in &DEV_KEYS[2..] {
             let key = SecretKey::from_hex(k)?;
-            let c = rt
-                .block_on(EvmChain::connect(&rpc, dep.clone(), Some(&key)))
-                .map_err(|e| anyhow!("{e}"))?;
+            let c = connect(&rt, &rpc, &dep, &key)?;
             let front = verity_chain::bindings::OpenGradientInference::new(
                 verity_chain::to_evm(&og),
                 c.provider().clone(),
@@ -404,15 +394,12 @@ pub fn cmd_devnet(a: DevnetArgs) -> Result<()> {
                         .await
                 })
                 .unwrap_or_default();
-            if have < U256::from(10u64).pow(U256::from(17)) {
-                let from = c.sender().map(|a| verity_chain::to_evm(&a));
+            if have < verity_chain::ether(1) / U256::from(10) {
                 rt.block_on(c.send("depositing", || {
-                    let mut t = front
+                    front
                         .deposit()
-                        .value(U256::from(10u64).pow(U256::from(18)))
-                        .into_transaction_request();
-                    t.from = from;
-                    t
+                        .value(verity_chain::ether(1))
+                        .into_transaction_request()
                 }))
                 .map_err(|e| anyhow!("{e}"))?;
             }
@@ -482,9 +469,7 @@ fn demo(
 ) -> Result<()> {
     println!("\n== demo: an on-chain inference, verified ==");
     let client_key = SecretKey::from_hex(DEV_KEYS[2])?;
-    let client = rt
-        .block_on(EvmChain::connect(rpc, dep.clone(), Some(&client_key)))
-        .map_err(|e| anyhow!("{e}"))?;
+    let client = connect(rt, rpc, dep, &client_key)?;
     let http = reqwest::blocking::Client::builder()
         .timeout(Duration::from_secs(90))
         .build()?;
@@ -539,25 +524,21 @@ fn demo(
     let mut watch: Vec<verity_chain::EvmAddress> = vec![owner];
     watch.extend(endpoints.iter().map(|e| verity_chain::to_evm(&e.1)));
     let before = balances(&watch);
-    let from = client.sender().map(|a| verity_chain::to_evm(&a));
     let next_id = rt
         .block_on(async { hub.requestCount().call().await })
         .map_err(|e| anyhow!("{e}"))?
         + U256::from(1);
     let (tx, gas) = rt
         .block_on(client.send("requesting the inference", || {
-            let mut t = hub
-                .request(
-                    to_b256(&model_id),
-                    to_b256(&input_hash),
-                    uri.clone(),
-                    mode,
-                    k,
-                )
-                .value(fee)
-                .into_transaction_request();
-            t.from = from;
-            t
+            hub.request(
+                to_b256(&model_id),
+                to_b256(&input_hash),
+                uri.clone(),
+                mode,
+                k,
+            )
+            .value(fee)
+            .into_transaction_request()
         }))
         .map_err(|e| anyhow!("{e}"))?;
     let id: u64 = next_id

@@ -230,12 +230,9 @@ pub async fn step<C: Chain>(
                                 state: "pending".into(),
                                 note: String::new(),
                             };
-                            let known = node.store.kv_get(JOBS, &job_key(id)).ok().flatten();
-                            let same = known
-                                .and_then(|v| serde_json::from_slice::<Job>(&v).ok())
-                                .is_some_and(|k| {
-                                    k.block == job.block && k.model_id == job.model_id
-                                });
+                            let same = load_job(node, id).is_some_and(|k| {
+                                k.block == job.block && k.model_id == job.model_id
+                            });
                             if !same {
                                 save_job(node, &job);
                             }
