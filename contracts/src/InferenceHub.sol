@@ -51,6 +51,8 @@ contract InferenceHub {
 
     uint8 public constant MAX_QUORUM = 7;
     uint256 public constant CALLBACK_GAS = 200_000;
+    /// Gas forwarded with a payment; a recipient that needs more (or refuses) is credited in `owed`.
+    uint256 public constant PAY_GAS = 50_000;
 
     ModelRegistry public immutable models;
     NodeRegistry public immutable nodes;
@@ -73,6 +75,10 @@ contract InferenceHub {
     /// request => keccak256(inputHash ‖ outputHash) => how many assigned nodes submitted it
     mapping(uint256 => mapping(bytes32 => uint256)) public votes;
     mapping(uint256 => address[]) private submitters;
+    /// Payments a recipient refused or could not take within PAY_GAS, to be pulled with `withdraw`.
+    mapping(address => uint256) public owed;
+    /// request => what `timeout` paid its client (fee plus penalties)
+    mapping(uint256 => uint256) public refundOf;
 
     event Requested(
         uint256 indexed requestId,
@@ -99,6 +105,8 @@ contract InferenceHub {
     event Finalized(uint256 indexed requestId, bytes32 inputHash, bytes32 outputHash, address[] nodes);
     event Refunded(uint256 indexed requestId, uint256 amount, address[] silent);
     event CallbackFailed(uint256 indexed requestId);
+    event PaymentDeferred(address indexed to, uint256 amount);
+    event Withdrawn(address indexed to, uint256 amount);
 
     error UnknownModel();
     error BadMode();
@@ -113,6 +121,7 @@ contract InferenceHub {
     error NotAssigned(address node);
     error AlreadySubmitted();
     error TransferFailed();
+    error NothingOwed();
 
     constructor(ModelRegistry models_, NodeRegistry nodes_, uint64 responseWindow_, uint256 timeoutPenalty_) {
         models = models_;
@@ -296,14 +305,31 @@ contract InferenceHub {
             mstore(silent, silentCount)
         }
         uint256 amount = r.fee + compensation;
+        refundOf[id] = amount;
         pay(r.client, amount);
         emit Refunded(id, amount, silent);
     }
 
+    /// Push a payment with bounded gas. A recipient that reverts or needs more gas cannot block
+    /// finalization or a refund (nor make nodes miss their deadline): the amount is credited to it instead.
+    /// State is settled before any payment, so a recipient that re-enters finds the request closed.
     function pay(address to, uint256 amount) internal {
         if (amount == 0) return;
-        (bool ok,) = to.call{value: amount}("");
+        (bool ok,) = to.call{value: amount, gas: PAY_GAS}("");
+        if (!ok) {
+            owed[to] += amount;
+            emit PaymentDeferred(to, amount);
+        }
+    }
+
+    /// @notice Pull payments that could not be pushed.
+    function withdraw() external {
+        uint256 amount = owed[msg.sender];
+        if (amount == 0) revert NothingOwed();
+        owed[msg.sender] = 0;
+        (bool ok,) = msg.sender.call{value: amount}("");
         if (!ok) revert TransferFailed();
+        emit Withdrawn(msg.sender, amount);
     }
 
     /// Receives slashed stake from the node registry.

@@ -1,8 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 pragma solidity ^0.8.24;
 
-import "./utils/Test.sol";
-import "../src/VerityDeployer.sol";
+import "./utils/HubFixture.sol";
 
 contract Consumer is IVerityConsumer {
     uint256 public lastId;
@@ -18,64 +17,7 @@ contract Consumer is IVerityConsumer {
     }
 }
 
-contract InferenceHubTest is Test {
-    VerityDeployer d;
-    InferenceHub hub;
-    NodeRegistry nodes;
-    ModelRegistry models;
-    bytes32 constant MODEL = keccak256("model");
-    bytes32 constant INPUT = keccak256("input");
-    uint256[5] keys = [uint256(0xA1), 0xA2, 0xA3, 0xA4, 0xA5];
-    address client = address(0xC11E);
-    address owner = address(0x0EE);
-
-    function setUp() public {
-        d = new VerityDeployer(1 ether, 1 days, 1 hours, 0.5 ether);
-        hub = d.hub();
-        nodes = d.nodes();
-        models = d.models();
-        vm.prank(owner);
-        models.register(MODEL, "mlp", "1", bytes32(0), 0.01 ether);
-        for (uint256 i = 0; i < keys.length; i++) {
-            address n = vm.addr(keys[i]);
-            vm.deal(n, 10 ether);
-            vm.prank(n);
-            nodes.register{value: 1 ether + i * 1 ether}("http://node");
-        }
-        vm.deal(client, 10 ether);
-    }
-
-    function keyOf(address n) internal view returns (uint256) {
-        for (uint256 i = 0; i < keys.length; i++) {
-            if (vm.addr(keys[i]) == n) return keys[i];
-        }
-        revert("no key");
-    }
-
-    function receipt(uint256 id, address node, bytes32 out)
-        internal
-        view
-        returns (VerityReceipts.Receipt memory r, bytes memory sig)
-    {
-        r = VerityReceipts.Receipt({
-            requestId: bytes32(id),
-            modelId: MODEL,
-            inputHash: INPUT,
-            outputHash: out,
-            traceRoot: keccak256(abi.encodePacked(out)),
-            node: node,
-            timestamp: uint64(block.timestamp)
-        });
-        (uint8 v, bytes32 rr, bytes32 s) = vm.sign(keyOf(node), VerityReceipts.digest(r, hub.domainSeparator()));
-        sig = abi.encodePacked(rr, s, v);
-    }
-
-    function ask(InferenceHub.Mode mode, uint8 k, uint256 fee) internal returns (uint256 id) {
-        vm.prank(client);
-        id = hub.request{value: fee}(MODEL, INPUT, "http://inputs/1", mode, k);
-        vm.roll(block.number + 2);
-    }
-
+contract InferenceHubTest is HubFixture {
     function test_signed_mode_finalizes_on_one_receipt_and_pays() public {
         uint256 id = ask(InferenceHub.Mode.Signed, 0, 0.05 ether);
         address[] memory a = hub.assignment(id);

@@ -45,6 +45,7 @@ def main():
     from opengradient.types import InferenceMode
 
     tmp = tempfile.mkdtemp(prefix="verity-og-")
+    print(f"devnet directory (logs): {tmp}")
     port = free_port_block(5)
     log = open(os.path.join(tmp, "devnet.out"), "w")
     dn = subprocess.Popen([a.verity, "devnet", "--dir", os.path.join(tmp, "dn"), "--port", str(port),

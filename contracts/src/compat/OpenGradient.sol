@@ -158,13 +158,13 @@ contract OpenGradientInference is IVerityConsumer {
     }
 
     /// @notice Time out an unanswered request (if still pending) and credit its refund, including the
-    ///         penalties taken from silent nodes, to the deposit of whoever asked.
+    ///         penalties taken from silent nodes, to the deposit of whoever asked. Works whoever called
+    ///         the hub's `timeout`: the amount is the hub's record of what it refunded.
     function reclaim(uint256 requestId) external {
-        uint256 before = address(this).balance;
         if (hub.getRequest(requestId).status == InferenceHub.Status.Pending) hub.timeout(requestId);
         if (hub.getRequest(requestId).status != InferenceHub.Status.Refunded) revert NotRefunded();
-        uint256 amount = address(this).balance - before;
         address who = requester[requestId];
+        uint256 amount = hub.refundOf(requestId);
         if (amount == 0 || who == address(0)) revert NotRefunded();
         requester[requestId] = address(0);
         deposits[who] += amount;

@@ -90,6 +90,7 @@ pub fn revert_sentence(data: &[u8]) -> Option<String> {
             ),
             H::AlreadySubmitted(_) => "InferenceHub: this node already submitted a receipt".into(),
             H::TransferFailed(_) => "InferenceHub: a payment transfer failed".into(),
+            H::NothingOwed(_) => "InferenceHub: nothing is owed to this account".into(),
         });
     }
     if let Ok(e) = N::abi_decode(data) {

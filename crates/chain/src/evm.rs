@@ -128,22 +128,54 @@ pub struct EvmChain {
 
 /// Connect a provider (wallet optional) to `rpc`.
 fn provider(rpc: &str, key: Option<&SecretKey>) -> Result<(DynProvider, Option<A>), ChainError> {
-    let url: alloy::transports::http::reqwest::Url = rpc
+    use alloy::transports::http::reqwest;
+    let url: reqwest::Url = rpc
         .parse()
         .map_err(|e| ChainError::Other(format!("bad RPC URL '{rpc}': {e}")))?;
+    // No RPC call may hang forever (a stalled endpoint becomes a transient error and is retried).
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .connect_timeout(Duration::from_secs(5))
+        .build()
+        .map_err(|e| ChainError::Other(format!("cannot build the HTTP client: {e}")))?;
     match key {
         Some(k) => {
             let signer = PrivateKeySigner::from_bytes(&alloy::primitives::B256::from(k.to_bytes()))
                 .map_err(|e| ChainError::Other(format!("bad key: {e}")))?;
             let addr = signer.address();
+            // The nonce is read from the chain (pending count) for every transaction. A cached
+            // counter reserves a nonce even when gas estimation then refuses the transaction (e.g. a
+            // receipt for a request that just finalized), which leaves a gap that blocks every later
+            // transaction from this key. Sends are serialized per client (`send_lock`), so the chain's
+            // count is always right.
             let p = ProviderBuilder::new()
+                .disable_recommended_fillers()
+                .with_gas_estimation()
+                .with_simple_nonce_management()
+                .fetch_chain_id()
                 .wallet(EthereumWallet::from(signer))
-                .connect_http(url)
+                .connect_reqwest(http, url)
                 .erased();
             Ok((p, Some(addr)))
         }
-        None => Ok((ProviderBuilder::new().connect_http(url).erased(), None)),
+        None => Ok((
+            ProviderBuilder::new().connect_reqwest(http, url).erased(),
+            None,
+        )),
     }
+}
+
+/// A request placed on the hub.
+#[derive(Clone, Debug)]
+pub struct Placed {
+    /// Hub request ID.
+    pub id: u64,
+    /// Transaction.
+    pub tx: Hash,
+    /// Gas it used.
+    pub gas: u64,
+    /// Block it was mined in.
+    pub block: u64,
 }
 
 /// Deploy Verity's contracts with `key`; on anvil also place the OpenGradient event source at 0x…F4.
@@ -248,6 +280,103 @@ impl EvmChain {
         self.sender.as_ref().map(from_evm)
     }
 
+    /// A model named as `0x<model id>`, `name@version` or `name` (its latest version), checked to be
+    /// registered.
+    pub async fn resolve_model(&self, name: &str) -> Result<Hash, ChainError> {
+        let reg = self.models_contract();
+        let id = if let Ok(h) = name.parse::<Hash>() {
+            to_b256(&h)
+        } else if let Some((n, v)) = name.split_once('@') {
+            self.retry(|| async {
+                reg.resolve(n.to_string(), v.to_string())
+                    .call()
+                    .await
+                    .map_err(contract_err)
+            })
+            .await?
+        } else {
+            self.retry(|| async {
+                reg.latest(name.to_string())
+                    .call()
+                    .await
+                    .map_err(contract_err)
+            })
+            .await?
+        };
+        let known = !id.is_zero()
+            && self
+                .retry(|| async { reg.exists(id).call().await.map_err(contract_err) })
+                .await?;
+        if !known {
+            return Err(ChainError::Other(format!(
+                "no model '{name}' is registered in the ModelRegistry at {}",
+                self.deployment.models
+            )));
+        }
+        Ok(from_b256(&id))
+    }
+
+    /// The price per inference of a model, in wei.
+    pub async fn price_of(&self, model: &Hash) -> Result<U256, ChainError> {
+        let reg = self.models_contract();
+        self.retry(|| async {
+            reg.priceOf(to_b256(model))
+                .call()
+                .await
+                .map_err(contract_err)
+        })
+        .await
+    }
+
+    /// Ask the hub for an inference; the request ID is read from the `Requested` event of the
+    /// transaction itself.
+    pub async fn request_inference(
+        &self,
+        model: &Hash,
+        input_hash: &Hash,
+        input_uri: &str,
+        mode: Mode,
+        k: u8,
+        fee: U256,
+    ) -> Result<Placed, ChainError> {
+        let hub = self.hub_contract();
+        let m = match mode {
+            Mode::Signed => 0u8,
+            Mode::Quorum => 1u8,
+        };
+        let receipt = self
+            .send_receipt("requesting the inference", || {
+                hub.request(
+                    to_b256(model),
+                    to_b256(input_hash),
+                    input_uri.to_string(),
+                    m,
+                    k,
+                )
+                .value(fee)
+                .into_transaction_request()
+            })
+            .await?;
+        let tx = from_b256(&receipt.transaction_hash);
+        let hub_addr = to_evm(&self.deployment.hub);
+        let id = receipt
+            .inner
+            .logs()
+            .iter()
+            .filter(|l| l.address() == hub_addr)
+            .find_map(|l| InferenceHub::Requested::decode_log(&l.inner).ok())
+            .ok_or_else(|| ChainError::Other(format!("tx {tx} has no Requested event")))?
+            .requestId;
+        let id = u64::try_from(id)
+            .map_err(|_| ChainError::Other(format!("request ID {id} is out of range")))?;
+        Ok(Placed {
+            id,
+            tx,
+            gas: receipt.gas_used,
+            block: receipt.block_number.unwrap_or_default(),
+        })
+    }
+
     fn hub_contract(&self) -> InferenceHub::InferenceHubInstance<DynProvider> {
         InferenceHub::new(to_evm(&self.deployment.hub), self.provider.clone())
     }
@@ -296,6 +425,19 @@ impl EvmChain {
     /// nonces never collide) and wait for it to be mined; a mined revert or a gas-estimation revert is
     /// decoded into a sentence.
     pub async fn send<F>(&self, what: &str, build: F) -> Result<(Hash, u64), ChainError>
+    where
+        F: Fn() -> alloy::rpc::types::TransactionRequest,
+    {
+        let r = self.send_receipt(what, build).await?;
+        Ok((from_b256(&r.transaction_hash), r.gas_used))
+    }
+
+    /// Like [`EvmChain::send`], returning the whole (successful) transaction receipt with its logs.
+    pub async fn send_receipt<F>(
+        &self,
+        what: &str,
+        build: F,
+    ) -> Result<alloy::rpc::types::TransactionReceipt, ChainError>
     where
         F: Fn() -> alloy::rpc::types::TransactionRequest,
     {
@@ -353,7 +495,7 @@ impl EvmChain {
                     "{what} (tx {tx}) failed: {reason}"
                 )));
             }
-            return Ok((tx, receipt.gas_used));
+            return Ok(receipt);
         }
     }
 }

@@ -9,9 +9,9 @@ use alloy::providers::Provider;
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
 use serde_json::{json, Value};
-use verity_chain::bindings::{InferenceHub, ModelRegistry};
+use verity_chain::bindings::ModelRegistry;
 use verity_chain::evm::{deploy, DeployParams};
-use verity_chain::{from_b256, to_b256, Chain, Deployment, EvmChain, Status, U256};
+use verity_chain::{from_b256, to_b256, Chain, Deployment, EvmChain, Mode, Status, U256};
 use verity_core::{Hash, SecretKey};
 
 /// Anvil's well-known development keys (accounts #0–#3): deployer, model publisher, client, SDK user.
@@ -283,7 +283,10 @@ pub fn cmd_devnet(a: DevnetArgs) -> Result<()> {
             .arg("--contracts")
             .arg(&contracts)
             .args(["--stake", &format!("{}", verity_chain::ether(2 + i as u64))])
-            .env("VERITY_LOG", "info");
+            .env(
+                "VERITY_LOG",
+                std::env::var("VERITY_LOG").unwrap_or_else(|_| "info".into()),
+            );
         let log = nd.join("node.log");
         let child = spawn_logged(&format!("node {i}"), &mut cmd, &log)?;
         procs.0.push((format!("node-{i}"), child));
@@ -476,40 +479,25 @@ fn demo(
     // 1. The input, hashed locally under the model's canonical quantization, and hosted on node 0.
     let (m, _) = crate::load_model(vty)?;
     let spec = input.to_str().unwrap_or_default().to_string();
-    let inputs = crate::load_inputs(&m, std::slice::from_ref(&spec))?;
-    let q = verity_engine::io::quantize_inputs(&m, &inputs)?;
-    let input_hash = verity_engine::commit::tensors_hash(&q);
-    let mut doc = serde_json::Map::new();
-    for (t, i) in inputs.iter().zip(&m.inputs) {
-        doc.insert(i.name.clone(), json!({"shape": t.shape, "data": t.data}));
-    }
-    let body = serde_json::to_vec(&json!({"inputs": doc}))?;
-    let r: Value = http
-        .post(format!("{}/v1/inputs", endpoints[0].0))
-        .body(body.clone())
-        .send()?
-        .error_for_status()?
-        .json()?;
-    let uri = r["uri"]
-        .as_str()
-        .ok_or_else(|| anyhow!("node gave no input URI"))?
-        .to_string();
+    let hosted =
+        crate::request::host_input(&http, &endpoints[0].0, &m, std::slice::from_ref(&spec))?;
     println!(
-        "1. input    {} → canonical input hash {input_hash}, hosted at {uri}",
-        input.display()
+        "1. input    {} → canonical input hash {}, hosted at {}",
+        input.display(),
+        hosted.input_hash,
+        hosted.uri
     );
     // 2. The request: quorum of 2, fee = price × 2.
-    let hub = InferenceHub::new(verity_chain::to_evm(&dep.hub), client.provider().clone());
     let reg = ModelRegistry::new(verity_chain::to_evm(&dep.models), client.provider().clone());
     let price = rt
-        .block_on(async { reg.priceOf(to_b256(&model_id)).call().await })
+        .block_on(client.price_of(&model_id))
         .map_err(|e| anyhow!("{e}"))?;
     let owner = rt
         .block_on(async { reg.model(to_b256(&model_id)).call().await })
         .map_err(|e| anyhow!("{e}"))?
         .owner;
     let k = 2u8.min(endpoints.len().max(1) as u8);
-    let mode = if k >= 2 { 1u8 } else { 0u8 };
+    let mode = if k >= 2 { Mode::Quorum } else { Mode::Signed };
     let fee = price * U256::from(k);
     let p = client.provider();
     let balances = |addrs: &[verity_chain::EvmAddress]| -> Vec<U256> {
@@ -524,49 +512,28 @@ fn demo(
     let mut watch: Vec<verity_chain::EvmAddress> = vec![owner];
     watch.extend(endpoints.iter().map(|e| verity_chain::to_evm(&e.1)));
     let before = balances(&watch);
-    let next_id = rt
-        .block_on(async { hub.requestCount().call().await })
-        .map_err(|e| anyhow!("{e}"))?
-        + U256::from(1);
-    let (tx, gas) = rt
-        .block_on(client.send("requesting the inference", || {
-            hub.request(
-                to_b256(&model_id),
-                to_b256(&input_hash),
-                uri.clone(),
-                mode,
-                k,
-            )
-            .value(fee)
-            .into_transaction_request()
-        }))
+    let placed = rt
+        .block_on(client.request_inference(
+            &model_id,
+            &hosted.input_hash,
+            &hosted.uri,
+            mode,
+            k,
+            fee,
+        ))
         .map_err(|e| anyhow!("{e}"))?;
-    let id: u64 = next_id
-        .try_into()
-        .map_err(|_| anyhow!("request ID overflow"))?;
+    let id = placed.id;
     println!(
-        "2. request  #{id} for {name} ({}, k = {k}), fee {} — tx {tx}, gas {gas}",
-        if mode == 1 { "quorum" } else { "signed" },
-        eth(fee)
+        "2. request  #{id} for {name} ({}, k = {k}), fee {} — tx {}, gas {}",
+        verity_node::chain::mode_name(mode),
+        eth(fee),
+        placed.tx,
+        placed.gas
     );
     // 3. Wait for the nodes' receipts and finalization.
     let start = Instant::now();
-    let req = loop {
-        let r = rt
-            .block_on(client.request(id))
-            .map_err(|e| anyhow!("{e}"))?
-            .ok_or_else(|| anyhow!("request vanished"))?;
-        if r.status != Status::Pending {
-            break r;
-        }
-        if start.elapsed() > Duration::from_secs(100) {
-            bail!(
-                "request {id} was not finalized within 100 s (see the node logs in {})",
-                dir.display()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(300));
-    };
+    let req = crate::request::wait_settled(rt, &client, id, Duration::from_secs(100))
+        .with_context(|| format!("see the node logs in {}", dir.display()))?;
     if req.status != Status::Finalized {
         bail!("request {id} ended {:?}", req.status);
     }
@@ -575,7 +542,7 @@ fn demo(
         .map_err(|e| anyhow!("{e}"))?
         .number;
     let events = rt
-        .block_on(client.hub_events(dep.deploy_block, head))
+        .block_on(client.hub_events(placed.block, head))
         .map_err(|e| anyhow!("{e}"))?;
     let mut signers = Vec::new();
     for e in &events {
@@ -604,14 +571,7 @@ fn demo(
     }
     // 4. The result from a node that re-executes and checks it against the finalized hashes.
     let reader = &endpoints[endpoints.len() - 1].0;
-    let res: Value = http
-        .get(format!("{reader}/v1/requests/{id}?wait=10"))
-        .send()?
-        .error_for_status()?
-        .json()?;
-    if res["verified"] != json!(true) {
-        bail!("node {reader} did not return a verified result: {res}");
-    }
+    let res = crate::request::verified_result(&http, reader, id)?;
     let out = &res["outputs"][0];
     let data: Vec<f64> = serde_json::from_value(out["data"].clone()).unwrap_or_default();
     let top = data

@@ -18,6 +18,7 @@ use verity_engine::{Executor, Mode};
 
 mod devnet;
 mod net;
+mod request;
 mod verify;
 
 /// Verity: verifiable AI inference.
@@ -42,6 +43,9 @@ enum Cmd {
     Key(net::KeyCmd),
     /// Request an inference from a node and get its signed receipt.
     Infer(net::InferArgs),
+    /// Request an inference on-chain (InferenceHub), wait for it to finalize, and print the result
+    /// re-executed and checked by a node against the finalized hashes.
+    Request(request::RequestArgs),
     /// Run a local Verity network: anvil, the contracts, N nodes, the demo models (`--demo`: the story).
     Devnet(devnet::DevnetArgs),
     /// Check a receipt offline: signature, signer, input/output hashes, and re-execution with the model.
@@ -550,6 +554,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Cmd::Key(c) => net::cmd_key(c),
         Cmd::Infer(a) => net::cmd_infer(a),
         Cmd::Devnet(a) => devnet::cmd_devnet(a),
+        Cmd::Request(a) => request::cmd_request(a),
         Cmd::Verify(a) => match verify::check(&a) {
             Ok(verify::Verdict::Valid(s)) => {
                 println!("{s}");

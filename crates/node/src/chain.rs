@@ -32,6 +32,10 @@ pub struct ChainConfig {
     pub stake: String,
     /// Poll interval in milliseconds.
     pub poll_ms: u64,
+    /// A spare node of a quorum (assigned beyond the first k) waits this long (milliseconds) after
+    /// first seeing a request before it answers, so it only spends gas when a primary node is slow or
+    /// down.
+    pub spare_grace_ms: u64,
 }
 
 impl Default for ChainConfig {
@@ -42,6 +46,7 @@ impl Default for ChainConfig {
             endpoint: None,
             stake: "1000000000000000000".into(),
             poll_ms: 500,
+            spare_grace_ms: 5000,
         }
     }
 }
@@ -65,10 +70,22 @@ pub struct Job {
     pub state: String,
     /// Why it ended (for the log and `/v1/jobs`).
     pub note: String,
+    /// When this node first saw it (unix milliseconds, local clock).
+    #[serde(default)]
+    pub seen_ms: u64,
 }
 
 const JOBS: &str = "chain.jobs";
+/// IDs of the jobs still `pending` (kept with each job write, so a poll reads only these).
+const PENDING: &str = "chain.pending";
 const CURSOR: &str = "chain.cursor";
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
 
 fn job_key(id: u64) -> [u8; 8] {
     id.to_be_bytes()
@@ -137,11 +154,39 @@ fn load_jobs(node: &Node) -> Vec<Job> {
         .collect()
 }
 
+fn pending_jobs(node: &Node) -> Vec<Job> {
+    node.store
+        .kv_scan(PENDING)
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|(k, _)| <[u8; 8]>::try_from(k.as_slice()).ok())
+        .filter_map(|k| load_job(node, u64::from_be_bytes(k)))
+        .filter(|j| j.state == "pending")
+        .collect()
+}
+
+/// Write a job and its entry in the pending index in one transaction.
 fn save_job(node: &Node, job: &Job) {
-    if let Ok(v) = serde_json::to_vec(job) {
-        if let Err(e) = node.store.kv_put(JOBS, &job_key(job.id), &v) {
-            tracing::error!("cannot persist job {}: {e}", job.id);
-        }
+    let Ok(v) = serde_json::to_vec(job) else {
+        return;
+    };
+    let key = job_key(job.id);
+    let pending: Option<&[u8]> = (job.state == "pending").then_some(&[]);
+    if let Err(e) = node
+        .store
+        .kv_batch(&[(JOBS, &key, Some(&v)), (PENDING, &key, pending)])
+    {
+        tracing::error!("cannot persist job {}: {e}", job.id);
+    }
+}
+
+fn forget_job(node: &Node, id: u64) {
+    let key = job_key(id);
+    if let Err(e) = node
+        .store
+        .kv_batch(&[(JOBS, &key, None), (PENDING, &key, None)])
+    {
+        tracing::error!("cannot forget job {id}: {e}");
     }
 }
 
@@ -167,9 +212,22 @@ pub async fn run_loop<C: Chain>(
         .flatten()
         .and_then(|v| serde_json::from_slice(&v).ok());
     let mut watcher = Watcher::new(start_block, saved);
+    // The pending index is derived data: rebuild it from the jobs once at start.
+    for j in load_jobs(&node)
+        .into_iter()
+        .filter(|j| j.state == "pending")
+    {
+        save_job(&node, &j);
+    }
     let mut was_down = false;
     loop {
-        match step(&node, chain.as_ref(), &mut watcher).await {
+        // A step can wait on the chain (a transaction being mined); stopping does not wait for it.
+        // Whatever it had not persisted is redone after a restart (the hub is asked first).
+        let r = tokio::select! {
+            r = step(&node, chain.as_ref(), &mut watcher) => r,
+            _ = stop.changed() => return,
+        };
+        match r {
             Ok(()) => {
                 if was_down {
                     tracing::info!("chain connection restored; caught up");
@@ -204,7 +262,7 @@ pub async fn step<C: Chain>(
                 // Forget jobs first seen in replaced blocks; the new branch's events follow.
                 for j in load_jobs(node) {
                     if j.block >= from && j.state != "done" {
-                        let _ = node.store.kv_write(JOBS, &[(&job_key(j.id), None)]);
+                        forget_job(node, j.id);
                     }
                 }
                 tracing::warn!(from, "chain reorganisation; re-reading replaced blocks");
@@ -229,6 +287,7 @@ pub async fn step<C: Chain>(
                                 deadline,
                                 state: "pending".into(),
                                 note: String::new(),
+                                seen_ms: now_ms(),
                             };
                             let same = load_job(node, id).is_some_and(|k| {
                                 k.block == job.block && k.model_id == job.model_id
@@ -255,7 +314,7 @@ pub async fn step<C: Chain>(
     if let Ok(v) = serde_json::to_vec(&watcher.state) {
         let _ = node.store.kv_put(CURSOR, b"hub", &v);
     }
-    for job in load_jobs(node).into_iter().filter(|j| j.state == "pending") {
+    for job in pending_jobs(node) {
         work(node, chain, job).await?;
     }
     Ok(())
@@ -308,9 +367,24 @@ async fn work<C: Chain>(node: &Arc<Node>, chain: &C, job: Job) -> Result<(), Cha
         }
         Assignment::Nodes(a) => a,
     };
-    if !assigned.contains(&me) {
+    let Some(position) = assigned.iter().position(|a| *a == me) else {
         finish(node, job, "skipped", "not assigned to this node".into());
         return Ok(());
+    };
+    if req.mode == Mode::Quorum && position >= req.k as usize {
+        let grace = node
+            .config
+            .chain
+            .as_ref()
+            .map_or(ChainConfig::default().spare_grace_ms, |c| c.spare_grace_ms);
+        if now_ms() < job.seen_ms.saturating_add(grace) {
+            tracing::debug!(
+                request = job.id,
+                position,
+                "spare node for this quorum; waiting for the primary nodes first"
+            );
+            return Ok(());
+        }
     }
     if chain.submitted(job.id, me).await?.is_some() {
         finish(
@@ -321,6 +395,11 @@ async fn work<C: Chain>(node: &Arc<Node>, chain: &C, job: Job) -> Result<(), Cha
         );
         return Ok(());
     }
+    tracing::debug!(
+        request = job.id,
+        position,
+        "assigned; fetching the input and running"
+    );
     let receipt = match execute(node, chain, &req).await {
         Ok(r) => r,
         Err(e) => {
@@ -333,6 +412,7 @@ async fn work<C: Chain>(node: &Arc<Node>, chain: &C, job: Job) -> Result<(), Cha
             return Ok(());
         }
     };
+    tracing::debug!(request = job.id, output = %receipt.receipt.output_hash, "submitting the receipt");
     match chain.submit(job.id, &receipt).await {
         Ok(tx) => {
             finish(

@@ -531,6 +531,9 @@ impl Store {
 /// A (key, value) record of a KV namespace.
 pub type KvEntry = (Vec<u8>, Vec<u8>);
 
+/// One write of a KV batch: (namespace, key, value or `None` to delete).
+pub type KvOp<'a> = (&'a str, &'a [u8], Option<&'a [u8]>);
+
 fn kv_key(ns: &str, key: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(ns.len() + 1 + key.len());
     k.extend_from_slice(ns.as_bytes());
@@ -542,10 +545,16 @@ fn kv_key(ns: &str, key: &[u8]) -> Vec<u8> {
 impl Store {
     /// Durably set several records of namespace `ns` in one transaction (`None` deletes).
     pub fn kv_write(&self, ns: &str, entries: &[(&[u8], Option<&[u8]>)]) -> Result<(), StoreError> {
+        let batch: Vec<KvOp> = entries.iter().map(|(k, v)| (ns, *k, *v)).collect();
+        self.kv_batch(&batch)
+    }
+
+    /// Durably apply records of several namespaces in one transaction: all or none.
+    pub fn kv_batch(&self, ops: &[KvOp]) -> Result<(), StoreError> {
         let w = self.db.begin_write()?;
         {
             let mut t = w.open_table(KV)?;
-            for (k, v) in entries {
+            for (ns, k, v) in ops {
                 let key = kv_key(ns, k);
                 match v {
                     Some(v) => {
@@ -632,6 +641,14 @@ mod tests {
             Some(&b"other namespace"[..])
         );
         assert_eq!(s.kv_get("jobs", b"x").unwrap(), None);
+        // One batch over two namespaces.
+        s.kv_batch(&[
+            ("jobs", &1u64.to_be_bytes(), None),
+            ("pending", &1u64.to_be_bytes(), Some(b"")),
+        ])
+        .unwrap();
+        assert_eq!(s.kv_scan("jobs").unwrap().len(), 1);
+        assert_eq!(s.kv_scan("pending").unwrap().len(), 1);
     }
 
     fn version(key: &SecretKey, id: Hash, name: &str, v: &str) -> Version {
