@@ -45,7 +45,7 @@ pub struct RequestArgs {
     #[arg(long, default_value_t = 180)]
     pub wait: u64,
     /// Write the verified result here.
-    #[arg(long)]
+    #[arg(long, short = 'o')]
     pub output: Option<PathBuf>,
     #[command(flatten)]
     pub node: NodeUrl,

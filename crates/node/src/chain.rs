@@ -259,9 +259,12 @@ pub async fn step<C: Chain>(
     for item in items {
         match item {
             WatchItem::Reorg { from } => {
-                // Forget jobs first seen in replaced blocks; the new branch's events follow.
+                // Forget every job first seen in replaced blocks, finished or not: the new branch's
+                // events follow, and a request ID can be reused there for another request. Nothing is
+                // sent twice: before sending, the hub itself is asked for the request and this node's
+                // receipt.
                 for j in load_jobs(node) {
-                    if j.block >= from && j.state != "done" {
+                    if j.block >= from {
                         forget_job(node, j.id);
                     }
                 }
@@ -290,7 +293,10 @@ pub async fn step<C: Chain>(
                                 seen_ms: now_ms(),
                             };
                             let same = load_job(node, id).is_some_and(|k| {
-                                k.block == job.block && k.model_id == job.model_id
+                                k.block == job.block
+                                    && k.model_id == job.model_id
+                                    && k.input_hash == job.input_hash
+                                    && k.input_uri == job.input_uri
                             });
                             if !same {
                                 save_job(node, &job);

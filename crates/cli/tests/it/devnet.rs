@@ -95,3 +95,242 @@ fn devnet_demo_runs_end_to_end_and_resumes() {
         );
     }
 }
+
+/// A running `verity devnet` (no demo), stopped with SIGINT (then killed) when dropped, with any anvil
+/// the test restarted itself.
+struct Running {
+    devnet: std::process::Child,
+    extra: Vec<std::process::Child>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-INT", &self.devnet.id().to_string()])
+            .status();
+        let start = std::time::Instant::now();
+        while start.elapsed() < std::time::Duration::from_secs(30) {
+            if let Ok(Some(_)) = self.devnet.try_wait() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+        let _ = self.devnet.kill();
+        let _ = self.devnet.wait();
+        for c in &mut self.extra {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn rpc_call(url: &str, method: &str, params: serde_json::Value) -> serde_json::Value {
+    let r: serde_json::Value = reqwest::blocking::Client::new()
+        .post(url)
+        .json(&serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params}))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert!(r.get("error").is_none(), "{method}: {r}");
+    r["result"].clone()
+}
+
+/// The anvil process listening on `port`: (pid, its command line).
+fn anvil_process(port: u16) -> (u32, Vec<String>) {
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(raw) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<String> = raw
+            .split(|b| *b == 0)
+            .filter(|a| !a.is_empty())
+            .map(|a| String::from_utf8_lossy(a).to_string())
+            .collect();
+        let is_anvil = args.first().is_some_and(|a| a.ends_with("anvil"));
+        let on_port = args
+            .windows(2)
+            .any(|w| w[0] == "--port" && w[1] == port.to_string());
+        if is_anvil && on_port {
+            return (pid, args);
+        }
+    }
+    panic!("no anvil on port {port}");
+}
+
+fn wait_for(what: &str, secs: u64, mut ok: impl FnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while !ok() {
+        assert!(start.elapsed().as_secs() < secs, "{what} within {secs} s");
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+}
+
+#[test]
+fn verity_request_gets_verified_results_through_an_rpc_outage_and_a_reorg() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("dn");
+    let port = free_base(5);
+    let rpc = format!("http://127.0.0.1:{port}");
+    let anvil = root().join(".tools/node_modules/.bin/anvil");
+    assert!(anvil.exists(), "anvil is missing: run scripts/setup-chain");
+    let log = std::fs::File::create(tmp.path().join("devnet.out")).unwrap();
+    let devnet = Command::new(env!("CARGO_BIN_EXE_verity"))
+        .args(["devnet", "--fresh", "--dir", dir.to_str().unwrap()])
+        .args([
+            "--port",
+            &port.to_string(),
+            "--anvil",
+            anvil.to_str().unwrap(),
+        ])
+        .current_dir(root())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let mut running = Running {
+        devnet,
+        extra: vec![],
+    };
+    wait_for("the devnet to come up", 240, || {
+        dir.join("devnet.json").exists()
+    });
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("devnet.json")).unwrap()).unwrap();
+    let key = summary["client_key"].as_str().unwrap().to_string();
+    let contracts = dir.join("contracts.json");
+    let node0 = summary["nodes"][0]["url"].as_str().unwrap().to_string();
+    let request = |extra: &[&str]| {
+        let o = Command::new(env!("CARGO_BIN_EXE_verity"))
+            .arg("request")
+            .args(extra)
+            .args(["--chain", &rpc, "--contracts", contracts.to_str().unwrap()])
+            .args(["--node", &node0, "--wait", "90"])
+            .env("VERITY_KEY", &key)
+            .current_dir(root())
+            .output()
+            .unwrap();
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stdout).to_string(),
+            String::from_utf8_lossy(&o.stderr).to_string(),
+        )
+    };
+    let expected = |model: &str| -> serde_json::Value {
+        let vty = dir.join(format!("models/{model}.vty"));
+        let input = format!("fixtures/{model}.input.json");
+        let o = Command::new(env!("CARGO_BIN_EXE_verity"))
+            .args(["run", vty.to_str().unwrap(), "--input", &input])
+            .current_dir(root())
+            .output()
+            .unwrap();
+        assert!(o.status.success());
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        v["outputs"].as_object().unwrap().values().next().unwrap()["data"].clone()
+    };
+    let check = |r: &(Option<i32>, String, String), model: &str, receipts: usize| -> u64 {
+        assert_eq!(r.0, Some(0), "verity request failed:\n{}\n{}", r.1, r.2);
+        let v: serde_json::Value = serde_json::from_str(&r.1).unwrap();
+        assert_eq!(v["verified"], true, "{v}");
+        assert_eq!(v["outputs"][0]["data"], expected(model), "{model} output");
+        assert_eq!(v["receipts"].as_array().unwrap().len(), receipts, "{v}");
+        v["request"]["id"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no request id in {v}"))
+    };
+
+    // Signed and quorum requests from the CLI; bad requests refused with the contract's reason.
+    let signed = request(&["mlp@1.0.0", "--input", "fixtures/mlp.input.json"]);
+    let id1 = check(&signed, "mlp", 1);
+    let quorum = request(&["cnn", "--input", "fixtures/cnn.input.json", "--quorum", "2"]);
+    let id2 = check(&quorum, "cnn", 2);
+    assert_eq!(id2, id1 + 1);
+    let unknown = request(&["no-such-model", "--input", "fixtures/mlp.input.json"]);
+    assert_eq!(unknown.0, Some(1));
+    assert!(
+        unknown.2.contains("no model 'no-such-model' is registered"),
+        "{}",
+        unknown.2
+    );
+    let cheap = request(&["mlp", "--input", "fixtures/mlp.input.json", "--fee", "1"]);
+    assert_eq!(cheap.0, Some(1));
+    assert!(cheap.2.contains("the fee is too low"), "{}", cheap.2);
+    let shape = request(&["mlp", "--input", "fixtures/cnn.input.json"]);
+    assert_eq!(shape.0, Some(1));
+    assert!(shape.2.contains("must have shape"), "{}", shape.2);
+
+    // The RPC endpoint goes away (anvil stops, saving its state) and comes back on the same port.
+    let (pid, args) = anvil_process(port);
+    Command::new("kill")
+        .args(["-INT", &pid.to_string()])
+        .status()
+        .unwrap();
+    wait_for("anvil to stop", 30, || {
+        !std::path::Path::new(&format!("/proc/{pid}")).exists()
+            || std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .is_ok_and(|s| s.contains(") Z "))
+    });
+    let down = request(&["mlp", "--input", "fixtures/mlp.input.json"]);
+    assert_eq!(down.0, Some(1), "a request without a chain fails");
+    assert!(
+        down.2.contains("RPC"),
+        "clear error without a chain: {}",
+        down.2
+    );
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let restarted = Command::new(&args[0])
+        .args(&args[1..])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    running.extra.push(restarted);
+    wait_for("anvil to restart", 60, || {
+        reqwest::blocking::Client::new()
+            .post(&rpc)
+            .json(&serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "eth_blockNumber", "params": []}))
+            .send()
+            .is_ok()
+    });
+    let after = request(&["mlp", "--input", "fixtures/mlp.input.json", "--quorum", "2"]);
+    let id3 = check(&after, "mlp", 2);
+    assert!(id3 > id2, "request IDs continue after the restart");
+    let logs = || -> String {
+        (0..3)
+            .map(|i| std::fs::read_to_string(dir.join(format!("node-{i}/node.log"))).unwrap())
+            .collect()
+    };
+    let l = logs();
+    assert!(
+        l.contains("chain unreachable"),
+        "nodes noticed the outage:\n{l}"
+    );
+    assert!(
+        l.contains("chain connection restored"),
+        "nodes reconnected:\n{l}"
+    );
+
+    // A reorganisation: a finalized request is undone, and its ID is reused by another request.
+    let snap = rpc_call(&rpc, "evm_snapshot", serde_json::json!([]));
+    let gone = request(&["mlp", "--input", "fixtures/mlp.input.json"]);
+    let id4 = check(&gone, "mlp", 1);
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    assert_eq!(
+        rpc_call(&rpc, "evm_revert", serde_json::json!([snap])),
+        true
+    );
+    let again = request(&["cnn", "--input", "fixtures/cnn.input.json", "--quorum", "2"]);
+    let id5 = check(&again, "cnn", 2);
+    assert_eq!(
+        id5, id4,
+        "the replaced request's ID is reused on the new branch"
+    );
+    let l = logs();
+    assert!(
+        l.contains("chain reorganisation"),
+        "nodes saw the reorg:\n{l}"
+    );
+}
