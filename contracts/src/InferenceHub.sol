@@ -222,6 +222,23 @@ contract InferenceHub {
 
     /// @notice Submit a node's signed receipt for request `id` (anyone may relay it).
     function submit(uint256 id, VerityReceipts.Receipt calldata receipt, bytes calldata signature) external {
+        accept(id, receipt, signature);
+    }
+
+    /// @notice Submit several receipts for request `id` in one transaction — e.g. the receipts of a quorum
+    ///         certificate gathered off-chain. Each is checked exactly as by `submit`; the request
+    ///         finalizes as soon as k of them agree, and receipts after that are ignored.
+    function submitAll(uint256 id, VerityReceipts.Receipt[] calldata receipts, bytes[] calldata signatures)
+        external
+    {
+        if (receipts.length != signatures.length || receipts.length == 0) revert WrongRequest();
+        for (uint256 i = 0; i < receipts.length; i++) {
+            if (i > 0 && requests[id].status != Status.Pending) break;
+            accept(id, receipts[i], signatures[i]);
+        }
+    }
+
+    function accept(uint256 id, VerityReceipts.Receipt calldata receipt, bytes calldata signature) internal {
         Request storage r = requests[id];
         if (r.status != Status.Pending) revert NotPending();
         if (block.timestamp > r.deadline) revert TooLate();

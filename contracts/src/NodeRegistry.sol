@@ -24,6 +24,10 @@ contract NodeRegistry {
 
     mapping(address => Node) private nodes;
     address[] private nodeList;
+    /// model ID => nodes that announced they host it (any order)
+    mapping(bytes32 => address[]) private hostList;
+    /// model ID => node => position in hostList + 1 (0: not hosting)
+    mapping(bytes32 => mapping(address => uint256)) private hostSlot;
 
     event NodeRegistered(address indexed node, string endpoint, uint256 stake);
     event EndpointChanged(address indexed node, string endpoint);
@@ -32,6 +36,7 @@ contract NodeRegistry {
     event Withdrawn(address indexed node, uint256 amount);
     event Slashed(address indexed node, uint256 amount, address indexed by);
     event SlashersWired(address[] slashers);
+    event HostingChanged(address indexed node, bytes32 indexed modelId, bool hosting);
 
     error AlreadyRegistered();
     error NotRegistered();
@@ -151,6 +156,36 @@ contract NodeRegistry {
 
     function nodeCount() external view returns (uint256) {
         return nodeList.length;
+    }
+
+    /// @notice Announce that this node serves model `modelId` (its chunks, for replication, and
+    ///         inference), or stop announcing it. Only registered nodes announce.
+    function setHosting(bytes32 modelId, bool hosting) external {
+        if (!nodes[msg.sender].registered) revert NotRegistered();
+        uint256 slot = hostSlot[modelId][msg.sender];
+        address[] storage list = hostList[modelId];
+        if (hosting && slot == 0) {
+            list.push(msg.sender);
+            hostSlot[modelId][msg.sender] = list.length;
+        } else if (!hosting && slot != 0) {
+            address last = list[list.length - 1];
+            list[slot - 1] = last;
+            hostSlot[modelId][last] = slot;
+            list.pop();
+            hostSlot[modelId][msg.sender] = 0;
+        } else {
+            return;
+        }
+        emit HostingChanged(msg.sender, modelId, hosting);
+    }
+
+    /// @notice The nodes announcing model `modelId` (filter with `isActive`).
+    function hostsOf(bytes32 modelId) external view returns (address[] memory) {
+        return hostList[modelId];
+    }
+
+    function isHosting(bytes32 modelId, address who) external view returns (bool) {
+        return hostSlot[modelId][who] != 0;
     }
 
     function checkEndpoint(string calldata endpoint) internal pure {

@@ -34,6 +34,34 @@ contract InferenceHubTest is HubFixture {
         assertEq(address(hub).balance, 0, "nothing left in the hub");
     }
 
+    function test_a_certificate_finalizes_in_one_transaction() public {
+        uint256 id = ask(InferenceHub.Mode.Quorum, 3, 0.03 ether);
+        address[] memory a = hub.assignment(id);
+        VerityReceipts.Receipt[] memory rs = new VerityReceipts.Receipt[](5);
+        bytes[] memory ss = new bytes[](5);
+        (rs[0], ss[0]) = receipt(id, a[0], keccak256("good"));
+        (rs[1], ss[1]) = receipt(id, a[1], keccak256("bad"));
+        (rs[2], ss[2]) = receipt(id, a[2], keccak256("good"));
+        (rs[3], ss[3]) = receipt(id, a[3], keccak256("good"));
+        (rs[4], ss[4]) = receipt(id, a[4], keccak256("good"));
+        vm.expectRevert(InferenceHub.WrongRequest.selector);
+        hub.submitAll(id, rs, new bytes[](4));
+        // A forged receipt in the batch reverts the whole batch.
+        bytes memory keep = ss[2];
+        ss[2] = ss[0];
+        vm.expectRevert(InferenceHub.BadSignature.selector);
+        hub.submitAll(id, rs, ss);
+        ss[2] = keep;
+        hub.submitAll(id, rs, ss);
+        InferenceHub.Request memory q = hub.getRequest(id);
+        assertTrue(q.status == InferenceHub.Status.Finalized, "finalized by the batch");
+        assertEq(q.outputHash, keccak256("good"), "the agreed output");
+        assertEq(hub.submitted(id, a[1]), keccak256("bad"), "the dissent is kept as evidence");
+        assertEq(hub.submitted(id, a[4]), bytes32(0), "receipts after finality are ignored");
+        vm.expectRevert(InferenceHub.NotPending.selector);
+        hub.submitAll(id, rs, ss);
+    }
+
     function test_quorum_needs_k_matching_receipts_and_records_conflicts() public {
         uint256 id = ask(InferenceHub.Mode.Quorum, 3, 0.03 ether);
         address[] memory a = hub.assignment(id);

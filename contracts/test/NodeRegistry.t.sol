@@ -129,4 +129,47 @@ contract NodeRegistryTest is Test {
         assertEq(n.stake + n.unbonding + taken, s, "conservation");
         assertEq(address(reg).balance, n.stake + n.unbonding, "registry holds exactly what it owes");
     }
+
+    function test_hosting_announcements() public {
+        bytes32 m = keccak256("model");
+        vm.prank(n1);
+        vm.expectRevert(NodeRegistry.NotRegistered.selector);
+        reg.setHosting(m, true);
+        vm.prank(n1);
+        reg.register{value: 1 ether}("http://n1");
+        vm.prank(n2);
+        reg.register{value: 1 ether}("http://n2");
+        address n3 = address(0x1003);
+        vm.deal(n3, 2 ether);
+        vm.prank(n3);
+        reg.register{value: 1 ether}("http://n3");
+        vm.prank(n1);
+        reg.setHosting(m, true);
+        vm.prank(n2);
+        reg.setHosting(m, true);
+        vm.prank(n2);
+        reg.setHosting(m, true); // idempotent
+        vm.prank(n3);
+        reg.setHosting(m, true);
+        assertEq(reg.hostsOf(m).length, 3, "three hosts");
+        assertTrue(reg.isHosting(m, n2), "n2 hosts");
+        // n1 (the first) withdraws: the list stays consistent.
+        vm.prank(n1);
+        reg.setHosting(m, false);
+        address[] memory h = reg.hostsOf(m);
+        assertEq(h.length, 2, "two hosts");
+        assertTrue(!reg.isHosting(m, n1), "n1 no longer hosts");
+        assertTrue((h[0] == n3 && h[1] == n2) || (h[0] == n2 && h[1] == n3), "n2 and n3 remain");
+        vm.prank(n3);
+        reg.setHosting(m, false);
+        vm.prank(n3);
+        reg.setHosting(m, false); // idempotent
+        h = reg.hostsOf(m);
+        assertEq(h.length, 1, "one host");
+        assertEq(h[0], n2, "n2 remains");
+        vm.prank(n1);
+        reg.setHosting(m, true);
+        assertEq(reg.hostsOf(m).length, 2, "n1 back");
+        assertEq(reg.hostsOf(keccak256("other")).length, 0, "other models unaffected");
+    }
 }
