@@ -570,6 +570,12 @@ pub fn decode_hub_log(log: &alloy::rpc::types::Log) -> Option<HubEvent> {
         HubEventKind::Refunded {
             id: u64_of(e.requestId),
         }
+    } else if let Ok(e) = ModelRegistry::ModelRegistered::decode_log(&log.inner) {
+        HubEventKind::ModelRegistered {
+            model_id: from_b256(&e.modelId),
+            name: e.name.clone(),
+            version: e.version.clone(),
+        }
     } else {
         return None;
     };
@@ -622,7 +628,10 @@ impl Chain for EvmChain {
 
     async fn hub_events(&self, from: u64, to: u64) -> Result<Vec<HubEvent>, ChainError> {
         let filter = Filter::new()
-            .address(to_evm(&self.deployment.hub))
+            .address(vec![
+                to_evm(&self.deployment.hub),
+                to_evm(&self.deployment.models),
+            ])
             .from_block(from)
             .to_block(to);
         let logs = self
@@ -741,6 +750,45 @@ impl Chain for EvmChain {
             .send("registering the node", || {
                 reg.register(endpoint.to_string())
                     .value(stake)
+                    .into_transaction_request()
+            })
+            .await?;
+        Ok(tx)
+    }
+
+    async fn nodes(&self) -> Result<Vec<(verity_core::Address, NodeInfo)>, ChainError> {
+        let reg = self.nodes_contract();
+        let all = self
+            .retry(|| async { reg.allNodes().call().await.map_err(contract_err) })
+            .await?;
+        let mut out = Vec::with_capacity(all.len());
+        for a in all {
+            let a = from_evm(&a);
+            if let Some(info) = self.node_info(a).await? {
+                out.push((a, info));
+            }
+        }
+        Ok(out)
+    }
+
+    async fn hosts_of(&self, model: Hash) -> Result<Vec<verity_core::Address>, ChainError> {
+        let reg = self.nodes_contract();
+        let hosts = self
+            .retry(|| async {
+                reg.hostsOf(to_b256(&model))
+                    .call()
+                    .await
+                    .map_err(contract_err)
+            })
+            .await?;
+        Ok(hosts.iter().map(from_evm).collect())
+    }
+
+    async fn set_hosting(&self, model: Hash, on: bool) -> Result<Hash, ChainError> {
+        let reg = self.nodes_contract();
+        let (tx, _) = self
+            .send("announcing hosting", || {
+                reg.setHosting(to_b256(&model), on)
                     .into_transaction_request()
             })
             .await?;

@@ -204,6 +204,15 @@ pub enum HubEventKind {
         /// Request ID.
         id: u64,
     },
+    /// A model was registered in the ModelRegistry.
+    ModelRegistered {
+        /// Model ID.
+        model_id: Hash,
+        /// Name.
+        name: String,
+        /// Version.
+        version: String,
+    },
 }
 
 /// A block reference.
@@ -273,6 +282,21 @@ pub trait Chain: Send + Sync + 'static {
         &self,
         endpoint: &str,
         stake: U256,
+    ) -> impl Future<Output = Result<Hash, ChainError>> + Send;
+    /// Every registered node with its registration, in registration order.
+    fn nodes(
+        &self,
+    ) -> impl Future<Output = Result<Vec<(verity_core::Address, NodeInfo)>, ChainError>> + Send;
+    /// The nodes announcing that they host `model`.
+    fn hosts_of(
+        &self,
+        model: Hash,
+    ) -> impl Future<Output = Result<Vec<verity_core::Address>, ChainError>> + Send;
+    /// Announce (or withdraw) that the sender hosts `model`.
+    fn set_hosting(
+        &self,
+        model: Hash,
+        on: bool,
     ) -> impl Future<Output = Result<Hash, ChainError>> + Send;
     /// The ABI-encoded OpenGradient `ModelInferenceRequest` behind an `opengradient:<id>` input URI (the
     /// `ModelInferenceEvent` with that ID in the request's transaction), or None if absent.

@@ -26,6 +26,7 @@ struct State {
     salt: u64,
     fail_rpc: bool,
     og: BTreeMap<u64, ModelInferenceRequest>,
+    hosts: BTreeMap<Hash, Vec<Address>>,
 }
 
 /// An in-memory chain; clones share state. `as_sender` gives a handle that sends as another account.
@@ -125,6 +126,21 @@ impl MemChain {
         };
         push_event(&mut s, block, kind);
         id
+    }
+
+    /// Register a model (mined in a new block, with its `ModelRegistered` event).
+    pub fn register_model(&self, model_id: Hash, name: &str, version: &str) {
+        let mut s = self.lock();
+        let block = mine(&mut s);
+        push_event(
+            &mut s,
+            block,
+            HubEventKind::ModelRegistered {
+                model_id,
+                name: name.into(),
+                version: version.into(),
+            },
+        );
     }
 
     /// Attach an OpenGradient request to a hub request (what the 0x…F4 event carries on a real chain).
@@ -359,6 +375,30 @@ impl Chain for MemChain {
                 active: true,
             },
         ));
+        Ok(s.blocks[block as usize].hash)
+    }
+
+    async fn nodes(&self) -> Result<Vec<(Address, NodeInfo)>, ChainError> {
+        Ok(self.check()?.nodes.clone())
+    }
+
+    async fn hosts_of(&self, model: Hash) -> Result<Vec<Address>, ChainError> {
+        Ok(self.check()?.hosts.get(&model).cloned().unwrap_or_default())
+    }
+
+    async fn set_hosting(&self, model: Hash, on: bool) -> Result<Hash, ChainError> {
+        let mut s = self.check()?;
+        if !s.nodes.iter().any(|n| n.0 == self.sender) {
+            return Err(ChainError::Reverted(
+                "NodeRegistry: the node is not registered".into(),
+            ));
+        }
+        let list = s.hosts.entry(model).or_default();
+        list.retain(|a| *a != self.sender);
+        if on {
+            list.push(self.sender);
+        }
+        let block = mine(&mut s);
         Ok(s.blocks[block as usize].hash)
     }
 

@@ -333,22 +333,21 @@ pub fn cmd_devnet(a: DevnetArgs) -> Result<()> {
             )?;
         }
         let (_, id) = crate::load_model(&vty)?;
-        for (url, _) in &endpoints {
-            verity(
-                &[
-                    "model",
-                    "publish",
-                    vty.to_str().unwrap_or_default(),
-                    "--name",
-                    name,
-                    "--version",
-                    "1.0.0",
-                    "--node",
-                    url,
-                ],
-                &[("VERITY_KEY_FILE", key_file.to_str().unwrap_or_default())],
-            )?;
-        }
+        // Published on node 0 only: the others replicate it once it is registered on-chain.
+        verity(
+            &[
+                "model",
+                "publish",
+                vty.to_str().unwrap_or_default(),
+                "--name",
+                name,
+                "--version",
+                "1.0.0",
+                "--node",
+                &endpoints[0].0,
+            ],
+            &[("VERITY_KEY_FILE", key_file.to_str().unwrap_or_default())],
+        )?;
         let reg = ModelRegistry::new(
             verity_chain::to_evm(&dep.models),
             pub_chain.provider().clone(),
@@ -375,10 +374,34 @@ pub fn cmd_devnet(a: DevnetArgs) -> Result<()> {
             format!("tx {tx}, gas {gas}")
         };
         println!(
-            "model      {name}@1.0.0  {id}  price {} per node  (on every node; registered: {tx})",
+            "model      {name}@1.0.0  {id}  price {} per node  (published on node 0; registered: {tx})",
             eth(price)
         );
         models.push((name, id, vty));
+    }
+    // Every node hosts every model (policy `all`): wait until all announce them in the NodeRegistry.
+    let start = Instant::now();
+    for (name, id, _) in &models {
+        loop {
+            let hosts = rt
+                .block_on(pub_chain.hosts_of(*id))
+                .map_err(|e| anyhow!("{e}"))?;
+            if endpoints.iter().all(|e| hosts.contains(&e.1)) {
+                println!(
+                    "replicated {name} on all {} nodes, announced in the NodeRegistry ({:.1} s)",
+                    endpoints.len(),
+                    start.elapsed().as_secs_f64()
+                );
+                break;
+            }
+            if start.elapsed() > Duration::from_secs(120) {
+                bail!(
+                    "{name} was not replicated to every node within 120 s (hosts: {hosts:?}; see the node logs in {})",
+                    dir.display()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
     }
     // Deposits in the OpenGradient front door for the client and SDK accounts (#2, #3).
     if let Some(og) = dep.opengradient {

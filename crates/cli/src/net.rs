@@ -546,6 +546,15 @@ pub struct NodeArgs {
     /// Stake to put up when registering, in wei.
     #[arg(long)]
     stake: Option<String>,
+    /// Which models to host: all, list, target or none (see `hosting` in the config).
+    #[arg(long)]
+    hosting: Option<String>,
+    /// A peer to fetch models from (base URL; repeatable), besides those in the NodeRegistry.
+    #[arg(long = "peer")]
+    peers: Vec<String>,
+    /// Test-only misbehaviour for fault tests: corrupt-chunks, perturb-output, stall=<ms>.
+    #[arg(long = "fault", hide = true)]
+    faults: Vec<String>,
     /// Log filter, e.g. `info` or `verity_node=debug`.
     #[arg(long, env = "VERITY_LOG", default_value = "info")]
     log: String,
@@ -608,8 +617,27 @@ pub fn cmd_node(a: NodeArgs) -> Result<()> {
             c.stake = s;
         }
     }
+    if let Some(h) = a.hosting {
+        cfg.hosting.policy = h;
+    }
+    cfg.hosting.peers.extend(a.peers);
+    for f in &a.faults {
+        match f.split_once('=') {
+            None if f == "corrupt-chunks" => cfg.faults.corrupt_chunks = true,
+            None if f == "perturb-output" => cfg.faults.perturb_output = true,
+            Some(("stall", ms)) => {
+                cfg.faults.stall_ms = ms
+                    .parse()
+                    .map_err(|_| anyhow!("--fault stall=<milliseconds>, got '{f}'"))?
+            }
+            _ => bail!("unknown --fault '{f}' (corrupt-chunks, perturb-output, stall=<ms>)"),
+        }
+    }
     cfg.validate().map_err(|e| anyhow!(e))?;
     init_logs(&cfg.log_format, &a.log)?;
+    if cfg.faults != verity_node::config::Faults::default() {
+        tracing::warn!(faults = ?cfg.faults, "TEST-ONLY FAULTS ENABLED: this node misbehaves on purpose");
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

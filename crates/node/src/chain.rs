@@ -79,6 +79,8 @@ const JOBS: &str = "chain.jobs";
 /// IDs of the jobs still `pending` (kept with each job write, so a poll reads only these).
 const PENDING: &str = "chain.pending";
 const CURSOR: &str = "chain.cursor";
+/// Models registered on-chain that this node's hosting policy wants (model ID → empty).
+const WANTED: &str = "chain.wanted";
 
 fn now_ms() -> u64 {
     std::time::SystemTime::now()
@@ -212,6 +214,9 @@ pub async fn run_loop<C: Chain>(
         .flatten()
         .and_then(|v| serde_json::from_slice(&v).ok());
     let mut watcher = Watcher::new(start_block, saved);
+    node.replication
+        .announce_pending
+        .store(true, std::sync::atomic::Ordering::Relaxed);
     // The pending index is derived data: rebuild it from the jobs once at start.
     for j in load_jobs(&node)
         .into_iter()
@@ -302,6 +307,14 @@ pub async fn step<C: Chain>(
                                 save_job(node, &job);
                             }
                         }
+                        HubEventKind::ModelRegistered { model_id, name, version } => {
+                            if wants(node, chain, &model_id).await? {
+                                tracing::info!(model = %model_id, %name, %version, "registered on-chain; hosting it");
+                                if let Err(e) = node.store.kv_put(WANTED, &model_id.0, &[]) {
+                                    tracing::error!("cannot record wanted model {model_id}: {e}");
+                                }
+                            }
+                        }
                         HubEventKind::Finalized { id, .. } | HubEventKind::Refunded { id } => {
                             if let Some(mut j) = load_job(node, id) {
                                 if j.state == "pending" {
@@ -320,8 +333,110 @@ pub async fn step<C: Chain>(
     if let Ok(v) = serde_json::to_vec(&watcher.state) {
         let _ = node.store.kv_put(CURSOR, b"hub", &v);
     }
+    replicate_wanted(node);
+    announce_hosting(node, chain).await?;
     for job in pending_jobs(node) {
         work(node, chain, job).await?;
+    }
+    Ok(())
+}
+
+/// Whether this node's hosting policy takes a model registered on-chain.
+async fn wants<C: Chain>(node: &Arc<Node>, chain: &C, model: &Hash) -> Result<bool, ChainError> {
+    let h = &node.config.hosting;
+    Ok(match h.policy.as_str() {
+        "all" => true,
+        "list" => h.models.contains(model),
+        "target" => {
+            let nodes: Vec<(verity_core::Address, U256)> = chain
+                .nodes()
+                .await?
+                .into_iter()
+                .map(|(a, i)| {
+                    let stake = if i.active {
+                        i.stake.parse().unwrap_or(U256::ZERO)
+                    } else {
+                        U256::ZERO
+                    };
+                    (a, stake)
+                })
+                .collect();
+            verity_chain::assign(*model, &nodes, h.target).contains(&node.address())
+        }
+        _ => false,
+    })
+}
+
+/// Start a background pull for each wanted model that is neither stored nor being pulled (a failed
+/// pull is retried after 15 s).
+fn replicate_wanted(node: &Arc<Node>) {
+    let Ok(wanted) = node.store.kv_scan(WANTED) else {
+        return;
+    };
+    for (k, _) in wanted {
+        let Ok(id) = <[u8; 32]>::try_from(k.as_slice()).map(Hash) else {
+            continue;
+        };
+        if node.store.model(&id).ok().flatten().is_some() {
+            let _ = node.store.kv_write(WANTED, &[(&id.0, None)]);
+            continue;
+        }
+        {
+            let Ok(mut inflight) = node.replication.inflight.lock() else {
+                return;
+            };
+            if inflight
+                .get(&id)
+                .is_some_and(|t| t.elapsed() < Duration::from_secs(15))
+            {
+                continue;
+            }
+            inflight.insert(id, std::time::Instant::now());
+        }
+        let n = node.clone();
+        tokio::spawn(async move {
+            match crate::replicate::ensure(&n, id).await {
+                Ok(_) => {
+                    if let Ok(mut inflight) = n.replication.inflight.lock() {
+                        inflight.remove(&id);
+                    }
+                }
+                Err(e) => tracing::warn!(model = %id, "replication failed (retrying): {}", e.message),
+            }
+        });
+    }
+}
+
+/// Announce in the NodeRegistry every stored model this node does not announce yet.
+async fn announce_hosting<C: Chain>(node: &Arc<Node>, chain: &C) -> Result<(), ChainError> {
+    use std::sync::atomic::Ordering;
+    if !node
+        .replication
+        .announce_pending
+        .swap(false, Ordering::Relaxed)
+    {
+        return Ok(());
+    }
+    let me = node.address();
+    let models = node.store.models().unwrap_or_default();
+    for m in models {
+        let done = match chain.hosts_of(m.id).await {
+            Ok(h) if h.contains(&me) => Ok(()),
+            Ok(_) => chain.set_hosting(m.id, true).await.map(|tx| {
+                tracing::info!(model = %m.id, %tx, "announced hosting");
+            }),
+            Err(e) => Err(e),
+        };
+        match done {
+            Err(e) if e.is_transient() => {
+                node.replication
+                    .announce_pending
+                    .store(true, Ordering::Relaxed);
+                return Err(e);
+            }
+            Err(e) => tracing::warn!(model = %m.id, "cannot announce hosting: {e}"),
+            Ok(()) => {}
+        }
     }
     Ok(())
 }

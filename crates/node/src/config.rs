@@ -60,6 +60,48 @@ impl Default for Timeouts {
     }
 }
 
+/// Which models a node hosts (fetching them from peers when they are registered on-chain).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Hosting {
+    /// `all` (every registered model), `list` (the IDs in `models`), `target` (a model is hosted by the
+    /// `target` nodes the public stake-weighted rule draws with the model ID as seed), or `none` (only
+    /// what is published here or asked for).
+    pub policy: String,
+    /// Model IDs for `list`.
+    pub models: Vec<verity_core::Hash>,
+    /// Replication target for `target`.
+    pub target: usize,
+    /// Peers to fetch from besides those found in the NodeRegistry (base URLs).
+    pub peers: Vec<String>,
+    /// Chunks fetched at once while replicating.
+    pub parallel_chunks: usize,
+}
+
+impl Default for Hosting {
+    fn default() -> Self {
+        Hosting {
+            policy: "all".into(),
+            models: vec![],
+            target: 3,
+            peers: vec![],
+            parallel_chunks: 8,
+        }
+    }
+}
+
+/// Misbehaviour for fault tests only (never set in production): each makes the node a faulty peer.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Faults {
+    /// Serve model chunks with one byte flipped.
+    pub corrupt_chunks: bool,
+    /// Add 1 to the first element of every output before hashing and signing it.
+    pub perturb_output: bool,
+    /// Wait this many milliseconds before answering each inference.
+    pub stall_ms: u64,
+}
+
 /// Everything a node needs to start.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -86,6 +128,10 @@ pub struct NodeConfig {
     pub timeouts: Timeouts,
     /// Chain participation (absent: an off-chain node).
     pub chain: Option<crate::chain::ChainConfig>,
+    /// Model hosting and replication.
+    pub hosting: Hosting,
+    /// Test-only faults.
+    pub faults: Faults,
 }
 
 impl Default for NodeConfig {
@@ -104,6 +150,8 @@ impl Default for NodeConfig {
             limits: Limits::default(),
             timeouts: Timeouts::default(),
             chain: None,
+            hosting: Hosting::default(),
+            faults: Faults::default(),
         }
     }
 }
@@ -144,6 +192,15 @@ impl NodeConfig {
         }
         if self.timeouts.request_secs == 0 || self.timeouts.header_secs == 0 {
             return Err("timeouts must be at least 1 second".into());
+        }
+        if !matches!(
+            self.hosting.policy.as_str(),
+            "all" | "list" | "target" | "none"
+        ) {
+            return Err("hosting.policy must be \"all\", \"list\", \"target\" or \"none\"".into());
+        }
+        if self.hosting.parallel_chunks == 0 {
+            return Err("hosting.parallel_chunks must be at least 1".into());
         }
         Ok(())
     }

@@ -41,6 +41,15 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/models/{model}", get(model_info))
         .route("/v1/models/{model}/manifest", get(model_manifest))
         .route("/v1/models/{model}/download", get(download))
+        .route(
+            "/v1/models/{model}/chunks",
+            get(crate::replicate::get_chunk_list),
+        )
+        .route(
+            "/v1/models/{model}/chunks/{i}",
+            get(crate::replicate::get_chunk),
+        )
+        .route("/v1/models/{model}/pull", post(crate::replicate::post_pull))
         .route("/v1/models/{model}/infer", post(infer_native))
         .route("/v1/receipts/{request_id}", get(get_receipt))
         .route("/v2", get(v2_server))
@@ -825,6 +834,9 @@ async fn publish_inner(
         Published::Existing => StatusCode::OK,
     };
     tracing::info!(name = %m.name, version = %m.version, model_id = %m.model_id, size, ?outcome, "published");
+    node.replication
+        .announce_pending
+        .store(true, std::sync::atomic::Ordering::Relaxed);
     Ok((
         status,
         Json(json!({

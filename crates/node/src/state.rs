@@ -71,6 +71,8 @@ pub struct Node {
     nonce: [u8; 16],
     /// The chain connection, in chain mode.
     pub chain: std::sync::OnceLock<Arc<verity_chain::EvmChain>>,
+    /// Replication between nodes.
+    pub replication: crate::replicate::Replication,
 }
 
 fn unix_now() -> u64 {
@@ -177,6 +179,7 @@ impl Node {
             seq: AtomicU64::new(0),
             nonce,
             chain: std::sync::OnceLock::new(),
+            replication: Default::default(),
         })
     }
 
@@ -253,8 +256,45 @@ impl Node {
         })
     }
 
-    /// Resolve a model reference (`0x<id>`, `name@version`, `name`) to its record and version, or 404.
+    /// Resolve a model reference (`0x<id>`, `name@version`, `name`) to its record and version. A model
+    /// this node does not store is fetched from its peers first when it can be found: an ID directly,
+    /// a name through the on-chain ModelRegistry. Otherwise 404.
     pub async fn resolve(
+        self: &Arc<Self>,
+        reference: &str,
+    ) -> Result<(ModelRecord, Option<verity_store::Version>), ApiError> {
+        let local = self.resolve_local(reference).await;
+        let Err(e) = &local else { return local };
+        if e.status != axum::http::StatusCode::NOT_FOUND {
+            return local;
+        }
+        let id = match reference.parse::<Hash>() {
+            Ok(id) => Some(id),
+            Err(_) => match self.chain.get() {
+                Some(c) => c.resolve_model(reference).await.ok(),
+                None => None,
+            },
+        };
+        let Some(id) = id else { return local };
+        if self.chain.get().is_none() && self.config.hosting.peers.is_empty() {
+            return local;
+        }
+        crate::replicate::ensure(self, id).await.map_err(|e| {
+            ApiError::new(
+                e.status,
+                e.code,
+                format!("no model '{reference}' on this node, and fetching it from peers failed: {}", e.message),
+            )
+        })?;
+        match self.resolve_local(reference).await {
+            Ok(r) => Ok(r),
+            // A name whose version was not carried over (e.g. held by another owner here): by ID.
+            Err(_) => self.resolve_local(&id.to_string()).await,
+        }
+    }
+
+    /// Resolve a model reference among the models stored here, or 404.
+    pub async fn resolve_local(
         &self,
         reference: &str,
     ) -> Result<(ModelRecord, Option<verity_store::Version>), ApiError> {

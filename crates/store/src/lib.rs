@@ -233,6 +233,12 @@ impl Store {
         for r in self.models()? {
             live.extend(r.chunks);
         }
+        // Chunks of interrupted replications stay, so the pull resumes where it stopped.
+        for (_, v) in self.kv_scan(PULLS)? {
+            if let Ok(chunks) = serde_json::from_slice::<Vec<Hash>>(&v) {
+                live.extend(chunks);
+            }
+        }
         let mut removed = 0;
         for dir in fs::read_dir(self.root.join("chunks"))? {
             let dir = dir?.path();
@@ -275,6 +281,84 @@ impl Store {
         fs::rename(&tmp, &path)?;
         sync_dir(&dir)?;
         Ok(h)
+    }
+
+    /// Whether chunk `h` is stored intact (its bytes hash to `h`).
+    pub fn has_chunk(&self, h: &Hash) -> bool {
+        fs::read(self.chunk_path(h)).is_ok_and(|d| keccak256(&d) == *h)
+    }
+
+    /// Store one chunk received from elsewhere; refused unless its bytes hash to `expected`.
+    pub fn put_chunk(&self, expected: &Hash, data: &[u8]) -> Result<(), StoreError> {
+        let got = keccak256(data);
+        if got != *expected {
+            return Err(StoreError::Mismatch(format!(
+                "chunk bytes hash to {got}, not {expected}"
+            )));
+        }
+        self.write_chunk(data).map(|_| ())
+    }
+
+    /// Record that model `id` is being assembled from `chunks` (they survive garbage collection until
+    /// [`Store::end_pull`]).
+    pub fn begin_pull(&self, id: &Hash, chunks: &[Hash]) -> Result<(), StoreError> {
+        let v = serde_json::to_vec(chunks).map_err(|e| StoreError::Db(e.to_string()))?;
+        self.kv_put(PULLS, &id.0, &v)
+    }
+
+    /// Forget an assembly record (after the model is stored or given up).
+    pub fn end_pull(&self, id: &Hash) -> Result<(), StoreError> {
+        self.kv_write(PULLS, &[(&id.0, None)])
+    }
+
+    /// Add a model whose chunks are all stored (e.g. replicated from peers, ID verified by the caller)
+    /// with the owners' signed versions, in one index transaction. A version whose name another owner
+    /// holds here, or whose version number names another model here, is skipped; returns the versions
+    /// added or already present.
+    pub fn adopt(
+        &self,
+        mut record: ModelRecord,
+        versions: &[Version],
+    ) -> Result<Vec<Version>, StoreError> {
+        for (i, h) in record.chunks.iter().enumerate() {
+            if !self.chunk_path(h).exists() {
+                return Err(StoreError::Corrupt(format!(
+                    "chunk {i} of model {} is not stored",
+                    record.id
+                )));
+            }
+        }
+        if record.stored_at == 0 {
+            record.stored_at = now();
+        }
+        let mut kept = Vec::new();
+        let w = self.db.begin_write()?;
+        {
+            let mut models = w.open_table(MODELS)?;
+            if models.get(record.id.0.as_slice())?.is_none() {
+                let v = serde_json::to_vec(&record).map_err(|e| StoreError::Db(e.to_string()))?;
+                models.insert(record.id.0.as_slice(), v.as_slice())?;
+            }
+            let mut names = w.open_table(NAMES)?;
+            for version in versions {
+                let m = &version.manifest.manifest;
+                if m.model_id != record.id {
+                    continue;
+                }
+                match self.check_name(m, &names) {
+                    Ok(Some(_)) => kept.push(version.clone()),
+                    Ok(None) => {
+                        let v =
+                            serde_json::to_vec(version).map_err(|e| StoreError::Db(e.to_string()))?;
+                        names.insert(name_key(&m.name, &m.version).as_str(), v.as_slice())?;
+                        kept.push(version.clone());
+                    }
+                    Err(_) => {}
+                }
+            }
+        }
+        w.commit()?;
+        Ok(kept)
     }
 
     /// Store a model's bytes (whose ID the caller has verified) and publish `name@version` for it, in one
@@ -534,6 +618,9 @@ pub type KvEntry = (Vec<u8>, Vec<u8>);
 /// One write of a KV batch: (namespace, key, value or `None` to delete).
 pub type KvOp<'a> = (&'a str, &'a [u8], Option<&'a [u8]>);
 
+/// KV namespace of models being assembled from peers: model ID → chunk hashes (JSON).
+const PULLS: &str = "store.pulls";
+
 fn kv_key(ns: &str, key: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(ns.len() + 1 + key.len());
     k.extend_from_slice(ns.as_bytes());
@@ -684,6 +771,62 @@ mod tests {
             parameters: 0,
             stored_at: 0,
         }
+    }
+
+    #[test]
+    fn replicated_chunks_are_checked_survive_restarts_mid_pull_and_adopt() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = SecretKey::from_bytes(&[7u8; 32]).unwrap();
+        let other = SecretKey::from_bytes(&[8u8; 32]).unwrap();
+        let id = Hash([9u8; 32]);
+        let a = vec![1u8; 1000];
+        let b = vec![2u8; 500];
+        let (ha, hb) = (keccak256(&a), keccak256(&b));
+        {
+            let s = Store::open(dir.path()).unwrap();
+            assert!(matches!(
+                s.put_chunk(&ha, &b),
+                Err(StoreError::Mismatch(_))
+            ));
+            assert!(!s.has_chunk(&ha));
+            s.begin_pull(&id, &[ha, hb]).unwrap();
+            s.put_chunk(&ha, &a).unwrap();
+            assert!(s.has_chunk(&ha));
+            let mut rec = record(id);
+            rec.chunks = vec![ha, hb];
+            assert!(s.adopt(rec, &[]).is_err(), "a missing chunk is refused");
+        }
+        // Reopening (garbage collection) keeps the half-pulled model's chunk.
+        let s = Store::open(dir.path()).unwrap();
+        assert!(s.has_chunk(&ha));
+        s.put_chunk(&hb, &b).unwrap();
+        let mut rec = record(id);
+        rec.size = 1500;
+        rec.chunk_size = 1000;
+        rec.chunks = vec![ha, hb];
+        // Someone else holds "m" here already: that version is skipped, the others are kept.
+        let taken = version(&other, Hash([5u8; 32]), "m", "1");
+        let mut r5 = record(Hash([5u8; 32]));
+        r5.chunks = vec![];
+        s.adopt(r5, std::slice::from_ref(&taken)).unwrap();
+        let kept = s
+            .adopt(
+                rec.clone(),
+                &[version(&key, id, "m", "2"), version(&key, id, "n", "1")],
+            )
+            .unwrap();
+        assert_eq!(kept.len(), 1);
+        assert_eq!(kept[0].manifest.manifest.name, "n");
+        s.end_pull(&id).unwrap();
+        assert_eq!(s.read_model(&s.model(&id).unwrap().unwrap()).unwrap().len(), 1500);
+        assert_eq!(
+            s.resolve("n@1").unwrap().unwrap().0.id,
+            id,
+            "the adopted version resolves"
+        );
+        drop(s);
+        let s = Store::open(dir.path()).unwrap();
+        assert!(s.has_chunk(&hb), "an adopted model's chunks are live");
     }
 
     #[test]
