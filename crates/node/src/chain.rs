@@ -307,7 +307,11 @@ pub async fn step<C: Chain>(
                                 save_job(node, &job);
                             }
                         }
-                        HubEventKind::ModelRegistered { model_id, name, version } => {
+                        HubEventKind::ModelRegistered {
+                            model_id,
+                            name,
+                            version,
+                        } => {
                             if wants(node, chain, &model_id).await? {
                                 tracing::info!(model = %model_id, %name, %version, "registered on-chain; hosting it");
                                 if let Err(e) = node.store.kv_put(WANTED, &model_id.0, &[]) {
@@ -401,7 +405,9 @@ fn replicate_wanted(node: &Arc<Node>) {
                         inflight.remove(&id);
                     }
                 }
-                Err(e) => tracing::warn!(model = %id, "replication failed (retrying): {}", e.message),
+                Err(e) => {
+                    tracing::warn!(model = %id, "replication failed (retrying): {}", e.message)
+                }
             }
         });
     }

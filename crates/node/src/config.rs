@@ -98,7 +98,7 @@ pub struct Faults {
     pub corrupt_chunks: bool,
     /// Add 1 to the first element of every output before hashing and signing it.
     pub perturb_output: bool,
-    /// Wait this many milliseconds before answering each inference.
+    /// Wait this many milliseconds before answering each inference or model chunk.
     pub stall_ms: u64,
 }
 

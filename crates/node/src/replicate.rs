@@ -143,16 +143,15 @@ pub async fn get_chunk(
             format!("model {} has {} chunks", rec.id, rec.chunks.len()),
         ));
     }
+    if node.config.faults.stall_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(node.config.faults.stall_ms)).await;
+    }
     let store = node.store.clone();
     let mut data = node.blocking(move || store.read_chunk(&rec, i)).await??;
     if node.config.faults.corrupt_chunks && !data.is_empty() {
         data[0] ^= 0x5a;
     }
-    Ok((
-        [(header::CONTENT_TYPE, "application/octet-stream")],
-        data,
-    )
-        .into_response())
+    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], data).into_response())
 }
 
 /// Body of `POST /v1/models/{id}/pull`.
@@ -322,10 +321,7 @@ pub async fn pull(node: &Arc<Node>, id: Hash, peers: &[String]) -> Result<PullRe
         futures_util::future::join_all(peers.iter().map(|p| fetch_list(&http, p, &id))).await;
     let mut groups: Vec<(ChunkList, Vec<String>)> = Vec::new();
     for (p, l) in peers.iter().zip(lists) {
-        match l.and_then(|l| {
-            l.check(&id, node.config.limits.max_model_bytes)
-                .map(|_| l)
-        }) {
+        match l.and_then(|l| l.check(&id, node.config.limits.max_model_bytes).map(|_| l)) {
             Ok(l) => match groups.iter_mut().find(|g| g.0.same_content(&l)) {
                 Some(g) => {
                     g.0.versions.extend(l.versions);
@@ -340,10 +336,7 @@ pub async fn pull(node: &Arc<Node>, id: Hash, peers: &[String]) -> Result<PullRe
     if groups.is_empty() {
         return Err(ApiError::not_found(
             "model_not_found",
-            format!(
-                "none of {} peers serves model {id}",
-                peers.len()
-            ),
+            format!("none of {} peers serves model {id}", peers.len()),
         ));
     }
     let mut last_err = None;
@@ -461,7 +454,11 @@ async fn pull_list(
     report.fetched += served.iter().sum::<usize>();
     report.refused.extend(notes);
     if let Some(e) = error {
-        return Err(ApiError::new(StatusCode::BAD_GATEWAY, "replication_failed", e));
+        return Err(ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "replication_failed",
+            e,
+        ));
     }
     // Assemble, decode and check the ID: the one thing not taken from the peers.
     let mut rec = ModelRecord {
@@ -492,9 +489,9 @@ async fn pull_list(
             None
         }
         Err(e) => {
-            report
-                .refused
-                .push(format!("{peers:?}: their chunk list assembles no model ({e})"));
+            report.refused.push(format!(
+                "{peers:?}: their chunk list assembles no model ({e})"
+            ));
             None
         }
     };

@@ -283,7 +283,10 @@ impl Node {
             ApiError::new(
                 e.status,
                 e.code,
-                format!("no model '{reference}' on this node, and fetching it from peers failed: {}", e.message),
+                format!(
+                    "no model '{reference}' on this node, and fetching it from peers failed: {}",
+                    e.message
+                ),
             )
         })?;
         match self.resolve_local(reference).await {

@@ -348,8 +348,8 @@ impl Store {
                 match self.check_name(m, &names) {
                     Ok(Some(_)) => kept.push(version.clone()),
                     Ok(None) => {
-                        let v =
-                            serde_json::to_vec(version).map_err(|e| StoreError::Db(e.to_string()))?;
+                        let v = serde_json::to_vec(version)
+                            .map_err(|e| StoreError::Db(e.to_string()))?;
                         names.insert(name_key(&m.name, &m.version).as_str(), v.as_slice())?;
                         kept.push(version.clone());
                     }
@@ -784,10 +784,7 @@ mod tests {
         let (ha, hb) = (keccak256(&a), keccak256(&b));
         {
             let s = Store::open(dir.path()).unwrap();
-            assert!(matches!(
-                s.put_chunk(&ha, &b),
-                Err(StoreError::Mismatch(_))
-            ));
+            assert!(matches!(s.put_chunk(&ha, &b), Err(StoreError::Mismatch(_))));
             assert!(!s.has_chunk(&ha));
             s.begin_pull(&id, &[ha, hb]).unwrap();
             s.put_chunk(&ha, &a).unwrap();
@@ -818,7 +815,10 @@ mod tests {
         assert_eq!(kept.len(), 1);
         assert_eq!(kept[0].manifest.manifest.name, "n");
         s.end_pull(&id).unwrap();
-        assert_eq!(s.read_model(&s.model(&id).unwrap().unwrap()).unwrap().len(), 1500);
+        assert_eq!(
+            s.read_model(&s.model(&id).unwrap().unwrap()).unwrap().len(),
+            1500
+        );
         assert_eq!(
             s.resolve("n@1").unwrap().unwrap().0.id,
             id,

@@ -9,6 +9,7 @@ use verity_core::{elements_root, Hash};
 
 mod devnet;
 mod node;
+mod replicate;
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -72,7 +72,7 @@ impl Drop for NodeProc {
     }
 }
 
-fn http() -> reqwest::blocking::Client {
+pub fn http() -> reqwest::blocking::Client {
     reqwest::blocking::Client::builder()
         .timeout(Duration::from_secs(120))
         .build()
@@ -126,7 +126,7 @@ fn compile(dir: &Path, name: &str) -> PathBuf {
     out
 }
 
-fn signed_manifest(key: &SecretKey, id: Hash, name: &str, version: &str) -> String {
+pub fn signed_manifest(key: &SecretKey, id: Hash, name: &str, version: &str) -> String {
     let m = Manifest {
         model_id: id,
         name: name.into(),
@@ -142,7 +142,7 @@ fn signed_manifest(key: &SecretKey, id: Hash, name: &str, version: &str) -> Stri
     serde_json::to_string(&m.sign(key)).expect("json")
 }
 
-fn publish_raw(url: &str, manifest: String, model: Vec<u8>) -> reqwest::blocking::Response {
+pub fn publish_raw(url: &str, manifest: String, model: Vec<u8>) -> reqwest::blocking::Response {
     let form = reqwest::blocking::multipart::Form::new()
         .text("manifest", manifest)
         .part("model", reqwest::blocking::multipart::Part::bytes(model));
@@ -153,7 +153,7 @@ fn publish_raw(url: &str, manifest: String, model: Vec<u8>) -> reqwest::blocking
         .expect("publish")
 }
 
-fn model_id_of(vty: &Path) -> Hash {
+pub fn model_id_of(vty: &Path) -> Hash {
     let bytes = std::fs::read(vty).expect("read vty");
     verity_engine::vty::decode(&bytes).expect("decode").1
 }
