@@ -316,6 +316,49 @@ impl EvmChain {
         Ok(from_b256(&id))
     }
 
+    /// The NodeRegistry's active nodes as of block `block` (read at that block), for quorum selection.
+    pub async fn registry_at(&self, block: u64) -> Result<crate::cert::RegistrySnapshot, ChainError> {
+        use alloy::eips::BlockId;
+        let at = BlockId::number(block);
+        let reg = self.nodes_contract();
+        let hash = self
+            .block_hash(block)
+            .await?
+            .ok_or_else(|| ChainError::Other(format!("block {block} is not on the chain")))?;
+        let all = self
+            .retry(|| async {
+                reg.allNodes()
+                    .call()
+                    .block(at)
+                    .await
+                    .map_err(contract_err)
+            })
+            .await?;
+        let mut nodes = Vec::new();
+        for a in all {
+            let active = self
+                .retry(|| async { reg.isActive(a).call().block(at).await.map_err(contract_err) })
+                .await?;
+            if !active {
+                continue;
+            }
+            let n = self
+                .retry(|| async { reg.node(a).call().block(at).await.map_err(contract_err) })
+                .await?;
+            nodes.push(crate::cert::SnapshotNode {
+                address: from_evm(&a),
+                stake: n.stake.to_string(),
+                endpoint: n.endpoint,
+            });
+        }
+        Ok(crate::cert::RegistrySnapshot {
+            chain_id: self.deployment.chain_id,
+            block,
+            block_hash: hash,
+            nodes,
+        })
+    }
+
     /// The price per inference of a model, in wei.
     pub async fn price_of(&self, model: &Hash) -> Result<U256, ChainError> {
         let reg = self.models_contract();

@@ -7,6 +7,7 @@
 //! endpoint; anvil locally) and [`MemChain`].
 
 pub mod bindings;
+pub mod cert;
 pub mod evm;
 pub mod mem;
 pub mod watch;

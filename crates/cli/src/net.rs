@@ -373,8 +373,116 @@ pub struct InferArgs {
     /// Write the full response (outputs with scales, receipt) here.
     #[arg(long)]
     output: Option<PathBuf>,
+    /// Ask k nodes drawn from the on-chain registry (the node coordinates) and require a quorum
+    /// certificate, checked here before anything is printed.
+    #[arg(long)]
+    quorum: Option<u8>,
+    /// With --quorum: write the certificate here (for `verity verify`).
+    #[arg(long)]
+    certificate: Option<PathBuf>,
+    /// With --quorum: if the nodes disagree, write the evidence (every signed receipt) here.
+    #[arg(long)]
+    evidence: Option<PathBuf>,
+    /// With --quorum: fail on the first disagreement instead of asking more nodes.
+    #[arg(long)]
+    no_widen: bool,
+    /// With --quorum: per-node time limit in milliseconds.
+    #[arg(long, default_value_t = 15000)]
+    timeout_ms: u64,
     #[command(flatten)]
     node: NodeUrl,
+}
+
+fn infer_quorum(a: &InferArgs, k: u8, inputs: &[Named]) -> Result<()> {
+    let base = a.node.base();
+    let http = client(Duration::from_secs(300))?;
+    let mut obj = serde_json::Map::new();
+    for (n, s, d) in inputs {
+        obj.insert(n.clone(), json!({"shape": s, "data": d}));
+    }
+    let mut doc = json!({ "inputs": obj });
+    if let Some(r) = a.request_id {
+        doc["request_id"] = json!(r);
+    }
+    let url = format!(
+        "{base}/v1/models/{}/quorum?k={k}&widen={}&timeout_ms={}",
+        a.model, !a.no_widen, a.timeout_ms
+    );
+    let resp = send(http.post(&url).json(&doc), &url)?;
+    let status = resp.status();
+    let v: Value = resp
+        .json()
+        .with_context(|| format!("{url} answered {status} without JSON"))?;
+    if !status.is_success() {
+        if let (Some(p), Some(e)) = (&a.evidence, v.get("evidence")) {
+            std::fs::write(p, serde_json::to_vec_pretty(e)?)
+                .with_context(|| format!("cannot write {}", p.display()))?;
+        }
+        let mut msg = v["error"]["message"]
+            .as_str()
+            .unwrap_or("no message")
+            .to_string();
+        if let Some(groups) = v["evidence"]["groups"].as_array() {
+            for g in groups {
+                msg.push_str(&format!(
+                    "\n  output {} from nodes {}",
+                    g["output_hash"].as_str().unwrap_or("?"),
+                    g["nodes"]
+                        .as_array()
+                        .map(|n| n.iter().filter_map(|x| x.as_str()).collect::<Vec<_>>().join(", "))
+                        .unwrap_or_default()
+                ));
+            }
+            if let Some(p) = &a.evidence {
+                msg.push_str(&format!("\n  evidence (signed receipts) written to {}", p.display()));
+            }
+        }
+        if let Some(att) = v["attempts"].as_array() {
+            for t in att {
+                let o = t["outcome"].as_str().unwrap_or("");
+                if o != "agreed" && o != "dissented" {
+                    msg.push_str(&format!(
+                        "\n  node {} ({}): {o}",
+                        t["node"].as_str().unwrap_or("?"),
+                        t["endpoint"].as_str().unwrap_or("?")
+                    ));
+                }
+            }
+        }
+        bail!("quorum of {k} not reached (HTTP {status}): {msg}");
+    }
+    // Trust nothing the coordinator said: check the certificate and the outputs here.
+    let cert: verity_chain::cert::QuorumCertificate =
+        serde_json::from_value(v["certificate"].clone())
+            .context("the coordinator's answer has no quorum certificate")?;
+    let summary = verity_chain::cert::verify_certificate(&cert)
+        .map_err(|e| anyhow!("the coordinator's certificate does not verify: {e}"))?;
+    if cert.k != k {
+        bail!("the certificate is for k = {}, not {k}", cert.k);
+    }
+    let h = verity_node::quorum::outputs_hash(&v["outputs"])
+        .map_err(|e| anyhow!("the coordinator's outputs: {e}"))?;
+    if h != cert.output_hash {
+        bail!(
+            "the coordinator's outputs hash to {h}, its certificate says {}",
+            cert.output_hash
+        );
+    }
+    if let Some(p) = &a.certificate {
+        std::fs::write(p, serde_json::to_vec_pretty(&cert)?)
+            .with_context(|| format!("cannot write {}", p.display()))?;
+    }
+    if let Some(p) = &a.output {
+        std::fs::write(p, serde_json::to_vec_pretty(&v)?)
+            .with_context(|| format!("cannot write {}", p.display()))?;
+    }
+    eprintln!(
+        "quorum    {k} of {} nodes agree (draw positions {:?}); certificate checked",
+        cert.registry.nodes.len(),
+        summary.positions
+    );
+    println!("{}", serde_json::to_string_pretty(&v)?);
+    Ok(())
 }
 
 /// Read inputs for a model whose IO schema is `inputs` (from the node): returns name → (shape, data).
@@ -445,6 +553,9 @@ pub fn cmd_infer(a: InferArgs) -> Result<()> {
         &a.input,
         info["inputs"].as_array().map(Vec::as_slice).unwrap_or(&[]),
     )?;
+    if let Some(k) = a.quorum {
+        return infer_quorum(&a, k, &inputs);
+    }
     let url = format!("{base}/v1/models/{}/infer", a.model);
     let total: usize = inputs.iter().map(|t| t.2.len()).sum();
     let req = if total > 4096 {

@@ -25,9 +25,19 @@ pub struct VerifyArgs {
     /// The model (`.vty`): its ID must match, and with --input the result is re-executed.
     #[arg(long)]
     model: Option<PathBuf>,
-    /// Require this signer address.
+    /// Require this signer address (receipts only).
     #[arg(long)]
     signer: Option<Address>,
+    /// For a quorum certificate: compare its registry snapshot with the chain at the same block
+    /// (JSON-RPC URL; needs --contracts).
+    #[arg(long, requires = "contracts")]
+    chain: Option<String>,
+    /// The deployment file for --chain.
+    #[arg(long, requires = "chain")]
+    contracts: Option<PathBuf>,
+    /// For a quorum certificate: compare its registry snapshot with this snapshot file.
+    #[arg(long)]
+    registry: Option<PathBuf>,
 }
 
 /// The outcome: `Ok(summary)` if everything holds, `Err(reason)` otherwise.
@@ -137,8 +147,112 @@ pub fn check(a: &VerifyArgs) -> Result<Verdict> {
     } else {
         doc.clone()
     };
+    let cert_v = doc
+        .get("certificate")
+        .cloned()
+        .or_else(|| (doc.get("registry").is_some() && doc.get("receipts").is_some()).then(|| doc.clone()));
+    if let Some(cv) = cert_v {
+        return check_certificate(a, &doc, cv);
+    }
     let signed: SignedReceipt = serde_json::from_value(receipt_v)
         .with_context(|| format!("{} is not a signed receipt", a.receipt.display()))?;
+    check_receipt(a, &signed)
+}
+
+/// A quorum certificate: the certificate itself, its snapshot against the chain or a file when given, the
+/// outputs of a full response, then the receipt checks (model, input, output, re-execution) on its first
+/// receipt, which all k share.
+fn check_certificate(a: &VerifyArgs, doc: &Value, cv: Value) -> Result<Verdict> {
+    use verity_chain::cert::{check_snapshot, verify_certificate, QuorumCertificate, RegistrySnapshot};
+    let cert: QuorumCertificate = serde_json::from_value(cv)
+        .with_context(|| format!("{} is not a quorum certificate", a.receipt.display()))?;
+    let summary = match verify_certificate(&cert) {
+        Ok(s) => s,
+        Err(e) => return Ok(Verdict::Invalid(format!("certificate: {e}"))),
+    };
+    let mut checked = vec![format!(
+        "{} signatures from distinct drawn nodes (positions {:?})",
+        cert.k, summary.positions
+    )];
+    if let Some(p) = &a.registry {
+        let b = std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))?;
+        let trusted: RegistrySnapshot = serde_json::from_slice(&b)
+            .with_context(|| format!("{} is not a registry snapshot", p.display()))?;
+        if let Err(e) = check_snapshot(&cert.registry, &trusted) {
+            return Ok(Verdict::Invalid(e.to_string()));
+        }
+        checked.push(format!("registry snapshot = {}", p.display()));
+    }
+    if let (Some(rpc), Some(file)) = (&a.chain, &a.contracts) {
+        let dep = verity_chain::Deployment::load(file).map_err(|e| anyhow!("{e}"))?;
+        let hub = dep.hub;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let trusted = rt
+            .block_on(async {
+                let c = verity_chain::EvmChain::connect(rpc, dep, None).await?;
+                c.registry_at(cert.registry.block).await
+            })
+            .map_err(|e| anyhow!("{e}"))?;
+        if let Err(e) = check_snapshot(&cert.registry, &trusted) {
+            return Ok(Verdict::Invalid(e.to_string()));
+        }
+        if cert.receipts[0].domain.verifying_contract != Some(hub) {
+            return Ok(Verdict::Invalid(format!(
+                "the receipts are signed for contract {:?}, this deployment's hub is {hub}",
+                cert.receipts[0].domain.verifying_contract
+            )));
+        }
+        checked.push(format!("registry at block {} on the chain", cert.registry.block));
+    }
+    if let Some(outs) = doc.get("outputs").filter(|_| doc.get("certificate").is_some()) {
+        match verity_node::quorum::outputs_hash(outs) {
+            Ok(h) if h == cert.output_hash => checked.push("the response's outputs".into()),
+            Ok(h) => {
+                return Ok(Verdict::Invalid(format!(
+                    "the response's outputs hash to {h}, the certificate says {}",
+                    cert.output_hash
+                )))
+            }
+            Err(e) => return Ok(Verdict::Invalid(format!("the response's outputs: {e}"))),
+        }
+    }
+    let first = VerifyArgs {
+        receipt: a.receipt.clone(),
+        input: a.input.clone(),
+        output: a.output.clone(),
+        model: a.model.clone(),
+        signer: None,
+        chain: None,
+        contracts: None,
+        registry: None,
+    };
+    match check_receipt(&first, &cert.receipts[0])? {
+        Verdict::Invalid(e) => Ok(Verdict::Invalid(e)),
+        Verdict::Valid(v) => {
+            let extra = v.split("; checked ").nth(1).unwrap_or("signature");
+            Ok(Verdict::Valid(format!(
+                "valid quorum certificate: {} nodes ({}) agree on output {} for model {} input {} request {}; checked {}, {}",
+                cert.k,
+                summary
+                    .signers
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                cert.output_hash,
+                cert.model_id,
+                cert.input_hash,
+                cert.request_id,
+                checked.join(", "),
+                extra
+            )))
+        }
+    }
+}
+
+fn check_receipt(a: &VerifyArgs, signed: &SignedReceipt) -> Result<Verdict> {
     let r = &signed.receipt;
     let mut checked = vec!["signature"];
     let signer = match signed.verify() {

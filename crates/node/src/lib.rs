@@ -10,6 +10,7 @@ pub mod error;
 pub mod key;
 pub mod metrics;
 pub mod opengradient;
+pub mod quorum;
 pub mod replicate;
 pub mod server;
 pub mod state;

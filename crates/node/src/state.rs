@@ -389,12 +389,18 @@ impl Node {
         let model = loaded.exec.model();
         let q = bind_inputs(model, inputs)?;
         let ni = q.len();
-        let (outputs, trace) = loaded.exec.run_trace(q).map_err(|e| {
+        let (mut outputs, trace) = loaded.exec.run_trace(q).map_err(|e| {
             ApiError::unprocessable(
                 "execution_failed",
                 format!("the canonical execution failed: {e}"),
             )
         })?;
+        if self.config.faults.perturb_output {
+            // Test-only: a node that lies about the output and signs the lie.
+            if let Some(x) = outputs.first_mut().and_then(|o| o.first_mut()) {
+                *x = x.wrapping_add(1);
+            }
+        }
         let roots = verity_engine::commit::trace_roots(&trace);
         let receipt = Receipt {
             request_id,

@@ -1,0 +1,458 @@
+//! Quorum inference off-chain, with this node as coordinator: `POST /v1/models/{model}/quorum?k=3`.
+//!
+//! The coordinator reads the NodeRegistry at the current block, draws the candidates for the request with
+//! the hub's stake-weighted rule (seed `keccak256(blockhash ‖ request ID)`, see `verity_chain::cert`), and
+//! sends the same request (same request ID) to the first k. Every answer is checked: the receipt must be
+//! signed by the node asked, for this request and model, under this chain's receipt domain, and the
+//! outputs sent must hash to the receipt's output hash. A node that fails, stalls past the timeout or
+//! answers badly is replaced by the next drawn (up to k + 2 candidates). When k receipts agree on (input
+//! hash, output hash) the answer comes back with a quorum certificate anyone can check offline. When
+//! receipts disagree the result is never returned as verified: with `widen` (the default) more candidates
+//! are asked while they last; otherwise, or when they run out, the answer is HTTP 409 with the evidence —
+//! every signed receipt grouped by what it claims.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use verity_chain::cert::{candidates, QuorumCertificate, RegistrySnapshot, CERT_VERSION, MAX_K};
+use verity_chain::Chain;
+use verity_core::receipt::receipt_domain;
+use verity_core::{Address, Hash, SignedReceipt};
+
+use crate::error::ApiError;
+use crate::state::Node;
+use crate::tensors::decode_native;
+
+/// Query of the quorum endpoint.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuorumQuery {
+    /// Receipts that must agree (1 to 7).
+    pub k: u8,
+    /// Ask further candidates when receipts disagree (default true).
+    #[serde(default)]
+    pub widen: Option<bool>,
+    /// Per-node time limit in milliseconds (default 15000).
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+}
+
+/// One node asked.
+#[derive(Clone, Debug, Serialize)]
+pub struct Attempt {
+    /// Node.
+    pub node: Address,
+    /// Its endpoint.
+    pub endpoint: String,
+    /// Its position in the draw.
+    pub position: usize,
+    /// `agreed`, `dissented`, or what went wrong.
+    pub outcome: String,
+    /// Milliseconds until it answered or failed.
+    pub millis: u64,
+}
+
+/// A checked answer.
+struct Answer {
+    receipt: SignedReceipt,
+    outputs: Value,
+}
+
+fn hex_error(status: StatusCode, code: &str, message: String, extra: Value) -> Response {
+    let mut body = json!({"error": {"code": code, "message": message}});
+    if let Value::Object(m) = extra {
+        for (k, v) in m {
+            body[k] = v;
+        }
+    }
+    (status, Json(body)).into_response()
+}
+
+/// `POST /v1/models/{model}/quorum?k=K[&widen=false][&timeout_ms=N]` with a native JSON inference body.
+pub async fn post_quorum(
+    State(node): State<Arc<Node>>,
+    Path(model): Path<String>,
+    Query(q): Query<QuorumQuery>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    if q.k == 0 || q.k > MAX_K {
+        return Err(ApiError::bad_request(
+            "bad_quorum",
+            format!("k must be between 1 and {MAX_K}"),
+        ));
+    }
+    let Some(chain) = node.chain.get().cloned() else {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "no_chain",
+            "quorum inference draws nodes from the on-chain registry: start this node with --chain and --contracts",
+        ));
+    };
+    if body.len() as u64 > node.config.limits.max_body_bytes {
+        return Err(ApiError::too_large(format!(
+            "the body is larger than {} bytes",
+            node.config.limits.max_body_bytes
+        )));
+    }
+    // The body must be a valid native request; the same document (with one request ID) goes to every
+    // node.
+    decode_native(&body, node.config.limits.max_tensor_elements)?;
+    let mut doc: Value = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request("bad_json", format!("the body is not JSON: {e}")))?;
+    let request_id: Hash = match doc.get("request_id") {
+        Some(v) => serde_json::from_value(v.clone()).map_err(|_| {
+            ApiError::bad_request("bad_request_id", "request_id must be 32 bytes as 0x-hex")
+        })?,
+        None => node.new_request_id(),
+    };
+    doc["request_id"] = json!(request_id);
+    let (rec, _) = node.resolve(&model).await?;
+    let model_id = rec.id;
+
+    let head = chain
+        .head()
+        .await
+        .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, "chain_unreachable", e.to_string()))?;
+    let registry = chain
+        .registry_at(head.number)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, "chain_unreachable", e.to_string()))?;
+    let outcome = coordinate(
+        &node,
+        CoordinateArgs {
+            model_id,
+            request_id,
+            doc,
+            k: q.k,
+            widen: q.widen.unwrap_or(true),
+            timeout: Duration::from_millis(q.timeout_ms.unwrap_or(15_000).clamp(100, 600_000)),
+            registry,
+            domain: receipt_domain(chain.chain_id(), chain.hub()),
+        },
+    )
+    .await;
+    Ok(outcome)
+}
+
+/// Everything a coordination needs.
+pub struct CoordinateArgs {
+    /// Model.
+    pub model_id: Hash,
+    /// Request ID sent to every node.
+    pub request_id: Hash,
+    /// The native request document.
+    pub doc: Value,
+    /// Quorum.
+    pub k: u8,
+    /// Ask more candidates on disagreement.
+    pub widen: bool,
+    /// Per-node time limit.
+    pub timeout: Duration,
+    /// Registry snapshot the candidates are drawn from.
+    pub registry: RegistrySnapshot,
+    /// The receipt domain every receipt must use.
+    pub domain: verity_core::eip712::Domain,
+}
+
+/// Run one quorum request; the response is the certified answer or a 409/503 with the evidence.
+pub async fn coordinate(_node: &Arc<Node>, a: CoordinateArgs) -> Response {
+    let start = Instant::now();
+    let active = a.registry.nodes.len();
+    if active < a.k as usize {
+        return hex_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "quorum_unavailable",
+            format!("only {active} active nodes for a quorum of {}", a.k),
+            json!({}),
+        );
+    }
+    let order = match a.registry.draw(&a.request_id, candidates(a.k, active)) {
+        Ok(o) => o,
+        Err(e) => {
+            return hex_error(
+                StatusCode::BAD_GATEWAY,
+                "bad_registry",
+                e.to_string(),
+                json!({}),
+            )
+        }
+    };
+    let endpoint_of = |addr: &Address| -> String {
+        a.registry
+            .nodes
+            .iter()
+            .find(|n| n.address == *addr)
+            .map(|n| n.endpoint.trim_end_matches('/').to_string())
+            .unwrap_or_default()
+    };
+    let http = match reqwest::Client::builder()
+        .timeout(a.timeout)
+        .connect_timeout(Duration::from_secs(3))
+        .build()
+    {
+        Ok(h) => h,
+        Err(e) => {
+            return hex_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                e.to_string(),
+                json!({}),
+            )
+        }
+    };
+    let body = Arc::new(serde_json::to_vec(&a.doc).unwrap_or_default());
+    let mut attempts: Vec<Attempt> = Vec::new();
+    let mut groups: BTreeMap<(Hash, Hash), Vec<(usize, Answer)>> = BTreeMap::new();
+    let mut in_flight = FuturesUnordered::new();
+    let mut next = 0usize;
+    let launch = |pos: usize| {
+        let addr = order[pos];
+        let url = format!("{}/v1/models/{}/infer", endpoint_of(&addr), a.model_id);
+        let http = http.clone();
+        let body = body.clone();
+        let t0 = Instant::now();
+        async move {
+            let r = ask(&http, &url, body.as_ref().clone()).await;
+            (pos, r, t0.elapsed().as_millis() as u64)
+        }
+    };
+    while next < a.k as usize {
+        in_flight.push(launch(next));
+        next += 1;
+    }
+    let mut winner: Option<(Hash, Hash)> = None;
+    while let Some((pos, r, millis)) = in_flight.next().await {
+        let addr = order[pos];
+        let checked = r.and_then(|(receipt, outputs)| {
+            check_answer(&a, addr, receipt, outputs).map_err(|e| format!("bad answer: {e}"))
+        });
+        let outcome = match checked {
+            Ok(ans) => {
+                let key = (ans.receipt.receipt.input_hash, ans.receipt.receipt.output_hash);
+                let g = groups.entry(key).or_default();
+                g.push((pos, ans));
+                if g.len() >= a.k as usize {
+                    winner = Some(key);
+                }
+                "answered".to_string()
+            }
+            Err(e) => e,
+        };
+        attempts.push(Attempt {
+            node: addr,
+            endpoint: endpoint_of(&addr),
+            position: pos,
+            outcome,
+            millis,
+        });
+        if winner.is_some() {
+            break;
+        }
+        let disagreement = groups.len() > 1;
+        if disagreement && !a.widen {
+            break;
+        }
+        let best = groups.values().map(Vec::len).max().unwrap_or(0);
+        let needed = a.k as usize - best;
+        while in_flight.len() < needed && next < order.len() {
+            in_flight.push(launch(next));
+            next += 1;
+        }
+        if in_flight.is_empty() {
+            break;
+        }
+    }
+    // Label every answer by whether it joined the agreed result.
+    for at in &mut attempts {
+        if at.outcome == "answered" {
+            let agreed = winner.is_some_and(|w| {
+                groups
+                    .get(&w)
+                    .is_some_and(|g| g.iter().any(|(p, _)| *p == at.position))
+            });
+            at.outcome = if agreed { "agreed" } else { "dissented" }.into();
+        }
+    }
+    let elapsed = start.elapsed().as_millis() as u64;
+    let Some(w) = winner else {
+        let evidence = json!({
+            "request_id": a.request_id,
+            "model_id": a.model_id,
+            "k": a.k,
+            "registry": a.registry,
+            "groups": groups.iter().map(|((i, o), g)| json!({
+                "input_hash": i,
+                "output_hash": o,
+                "nodes": g.iter().map(|(p, _)| order[*p]).collect::<Vec<_>>(),
+                "receipts": g.iter().map(|(_, x)| &x.receipt).collect::<Vec<_>>(),
+            })).collect::<Vec<_>>(),
+        });
+        let (status, code, msg) = if groups.len() > 1 {
+            (
+                StatusCode::CONFLICT,
+                "quorum_disagreement",
+                format!(
+                    "the nodes disagree: {} different results among {} receipts, none reached k = {}; no result is returned as verified",
+                    groups.len(),
+                    groups.values().map(Vec::len).sum::<usize>(),
+                    a.k
+                ),
+            )
+        } else {
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "quorum_unavailable",
+                format!(
+                    "only {} of the {} candidates answered validly, k = {} needed",
+                    groups.values().map(Vec::len).sum::<usize>(),
+                    order.len(),
+                    a.k
+                ),
+            )
+        };
+        tracing::warn!(request = %a.request_id, model = %a.model_id, "{msg}");
+        return hex_error(
+            status,
+            code,
+            msg,
+            json!({"attempts": attempts, "evidence": evidence, "latency_ms": elapsed}),
+        );
+    };
+    let mut agreed = groups.remove(&w).unwrap_or_default();
+    agreed.sort_by_key(|(p, _)| *p);
+    agreed.truncate(a.k as usize);
+    let outputs = agreed[0].1.outputs.clone();
+    let cert = QuorumCertificate {
+        version: CERT_VERSION,
+        request_id: a.request_id,
+        model_id: a.model_id,
+        input_hash: w.0,
+        output_hash: w.1,
+        k: a.k,
+        registry: a.registry.clone(),
+        receipts: agreed.into_iter().map(|(_, x)| x.receipt).collect(),
+        dissent: groups
+            .into_values()
+            .flatten()
+            .map(|(_, x)| x.receipt)
+            .collect(),
+    };
+    if let Err(e) = verity_chain::cert::verify_certificate(&cert) {
+        // Every receipt was checked on arrival; this would be a coordinator bug.
+        return hex_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            format!("the assembled certificate does not verify: {e}"),
+            json!({}),
+        );
+    }
+    tracing::info!(request = %a.request_id, model = %a.model_id, k = a.k, asked = attempts.len(), ms = elapsed, "quorum reached");
+    (
+        StatusCode::OK,
+        Json(json!({
+            "verified": true,
+            "model_id": a.model_id,
+            "request_id": a.request_id,
+            "input_hash": w.0,
+            "output_hash": w.1,
+            "outputs": outputs,
+            "certificate": cert,
+            "attempts": attempts,
+            "latency_ms": elapsed,
+        })),
+    )
+        .into_response()
+}
+
+/// Send the request to one node: its receipt and outputs, or why not.
+async fn ask(
+    http: &reqwest::Client,
+    url: &str,
+    body: Vec<u8>,
+) -> Result<(SignedReceipt, Value), String> {
+    let r = http
+        .post(url)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .map_err(|e| {
+            if e.is_timeout() {
+                "timed out".to_string()
+            } else {
+                format!("unreachable ({e})")
+            }
+        })?;
+    let status = r.status();
+    let bytes = r.bytes().await.map_err(|e| format!("cut off ({e})"))?;
+    if !status.is_success() {
+        let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        return Err(format!(
+            "HTTP {status}: {}",
+            v["error"]["message"].as_str().unwrap_or("no message")
+        ));
+    }
+    let v: Value = serde_json::from_slice(&bytes).map_err(|e| format!("bad JSON ({e})"))?;
+    let receipt: SignedReceipt =
+        serde_json::from_value(v["receipt"].clone()).map_err(|e| format!("no receipt ({e})"))?;
+    Ok((receipt, v["outputs"].clone()))
+}
+
+/// An answer counts only if its receipt is the asked node's, for this request, model and domain, and the
+/// outputs it sent hash to the receipt's output hash.
+fn check_answer(
+    a: &CoordinateArgs,
+    asked: Address,
+    receipt: SignedReceipt,
+    outputs: Value,
+) -> Result<Answer, String> {
+    let signer = receipt.verify().map_err(|e| e.to_string())?;
+    if signer != asked {
+        return Err(format!("the receipt is signed by {signer}, not the node asked"));
+    }
+    if receipt.domain != a.domain {
+        return Err("the receipt is signed under another domain".into());
+    }
+    let r = &receipt.receipt;
+    if r.request_id != a.request_id || r.model_id != a.model_id {
+        return Err("the receipt is for another request or model".into());
+    }
+    let got = outputs_hash(&outputs)?;
+    if got != r.output_hash {
+        return Err(format!(
+            "the outputs sent hash to {got}, the receipt says {}",
+            r.output_hash
+        ));
+    }
+    Ok(Answer { receipt, outputs })
+}
+
+/// The canonical output hash of a native response's `outputs` (values `q · 2^-scale`, exact in f64).
+pub fn outputs_hash(outputs: &Value) -> Result<Hash, String> {
+    let arr = outputs.as_array().ok_or("no outputs")?;
+    let mut tensors = Vec::with_capacity(arr.len());
+    for o in arr {
+        let scale = o["scale"].as_i64().ok_or("output without a scale")? as i32;
+        let data = o["data"].as_array().ok_or("output without data")?;
+        let f = (2f64).powi(scale);
+        let mut q = Vec::with_capacity(data.len());
+        for x in data {
+            let v = x.as_f64().ok_or("a non-numeric output value")? * f;
+            if v.fract() != 0.0 || v < i32::MIN as f64 || v > i32::MAX as f64 {
+                return Err("an output value is not on the output's fixed-point grid".into());
+            }
+            q.push(v as i32);
+        }
+        tensors.push(q);
+    }
+    Ok(verity_engine::commit::tensors_hash(&tensors))
+}
