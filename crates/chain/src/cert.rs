@@ -173,9 +173,7 @@ pub fn verify_certificate(c: &QuorumCertificate) -> Result<CertSummary, CertErro
             c.k
         )));
     }
-    let order = c
-        .registry
-        .draw(&c.request_id, candidates(c.k, active))?;
+    let order = c.registry.draw(&c.request_id, candidates(c.k, active))?;
     let domain = &c.receipts[0].domain;
     let mut seen = BTreeSet::new();
     let mut signers = Vec::with_capacity(c.receipts.len());
@@ -187,7 +185,9 @@ pub fn verify_certificate(c: &QuorumCertificate) -> Result<CertSummary, CertErro
             why,
         };
         if r.domain != *domain {
-            return Err(bad("signed under another domain than the first receipt".into()));
+            return Err(bad(
+                "signed under another domain than the first receipt".into()
+            ));
         }
         if r.domain.chain_id != Some(c.registry.chain_id) {
             return Err(bad(format!(
@@ -350,10 +350,16 @@ mod tests {
 
         let mut t = c.clone();
         t.output_hash = keccak256(b"other");
-        assert!(verify_certificate(&t).is_err(), "certificate output changed");
+        assert!(
+            verify_certificate(&t).is_err(),
+            "certificate output changed"
+        );
         let mut t = c.clone();
         t.receipts[1].receipt.output_hash = keccak256(b"other");
-        assert!(verify_certificate(&t).is_err(), "receipt changed after signing");
+        assert!(
+            verify_certificate(&t).is_err(),
+            "receipt changed after signing"
+        );
         let mut t = c.clone();
         t.receipts[1].receipt.output_hash = keccak256(b"other");
         resign(&mut t, 1, &keys);
@@ -372,8 +378,13 @@ mod tests {
             "another seed draws other nodes"
         );
         let mut t = c.clone();
-        t.registry.nodes.retain(|n| n.address != c.receipts[0].receipt.node);
-        assert!(verify_certificate(&t).is_err(), "a signer not in the registry");
+        t.registry
+            .nodes
+            .retain(|n| n.address != c.receipts[0].receipt.node);
+        assert!(
+            verify_certificate(&t).is_err(),
+            "a signer not in the registry"
+        );
         let mut t = c.clone();
         t.receipts[0].domain.chain_id = Some(1);
         resign(&mut t, 0, &keys);

@@ -317,7 +317,10 @@ impl EvmChain {
     }
 
     /// The NodeRegistry's active nodes as of block `block` (read at that block), for quorum selection.
-    pub async fn registry_at(&self, block: u64) -> Result<crate::cert::RegistrySnapshot, ChainError> {
+    pub async fn registry_at(
+        &self,
+        block: u64,
+    ) -> Result<crate::cert::RegistrySnapshot, ChainError> {
         use alloy::eips::BlockId;
         let at = BlockId::number(block);
         let reg = self.nodes_contract();
@@ -326,13 +329,7 @@ impl EvmChain {
             .await?
             .ok_or_else(|| ChainError::Other(format!("block {block} is not on the chain")))?;
         let all = self
-            .retry(|| async {
-                reg.allNodes()
-                    .call()
-                    .block(at)
-                    .await
-                    .map_err(contract_err)
-            })
+            .retry(|| async { reg.allNodes().call().block(at).await.map_err(contract_err) })
             .await?;
         let mut nodes = Vec::new();
         for a in all {

@@ -429,12 +429,19 @@ fn infer_quorum(a: &InferArgs, k: u8, inputs: &[Named]) -> Result<()> {
                     g["output_hash"].as_str().unwrap_or("?"),
                     g["nodes"]
                         .as_array()
-                        .map(|n| n.iter().filter_map(|x| x.as_str()).collect::<Vec<_>>().join(", "))
+                        .map(|n| n
+                            .iter()
+                            .filter_map(|x| x.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", "))
                         .unwrap_or_default()
                 ));
             }
             if let Some(p) = &a.evidence {
-                msg.push_str(&format!("\n  evidence (signed receipts) written to {}", p.display()));
+                msg.push_str(&format!(
+                    "\n  evidence (signed receipts) written to {}",
+                    p.display()
+                ));
             }
         }
         if let Some(att) = v["attempts"].as_array() {

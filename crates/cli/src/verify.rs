@@ -147,10 +147,9 @@ pub fn check(a: &VerifyArgs) -> Result<Verdict> {
     } else {
         doc.clone()
     };
-    let cert_v = doc
-        .get("certificate")
-        .cloned()
-        .or_else(|| (doc.get("registry").is_some() && doc.get("receipts").is_some()).then(|| doc.clone()));
+    let cert_v = doc.get("certificate").cloned().or_else(|| {
+        (doc.get("registry").is_some() && doc.get("receipts").is_some()).then(|| doc.clone())
+    });
     if let Some(cv) = cert_v {
         return check_certificate(a, &doc, cv);
     }
@@ -163,7 +162,9 @@ pub fn check(a: &VerifyArgs) -> Result<Verdict> {
 /// outputs of a full response, then the receipt checks (model, input, output, re-execution) on its first
 /// receipt, which all k share.
 fn check_certificate(a: &VerifyArgs, doc: &Value, cv: Value) -> Result<Verdict> {
-    use verity_chain::cert::{check_snapshot, verify_certificate, QuorumCertificate, RegistrySnapshot};
+    use verity_chain::cert::{
+        check_snapshot, verify_certificate, QuorumCertificate, RegistrySnapshot,
+    };
     let cert: QuorumCertificate = serde_json::from_value(cv)
         .with_context(|| format!("{} is not a quorum certificate", a.receipt.display()))?;
     let summary = match verify_certificate(&cert) {
@@ -204,9 +205,15 @@ fn check_certificate(a: &VerifyArgs, doc: &Value, cv: Value) -> Result<Verdict> 
                 cert.receipts[0].domain.verifying_contract
             )));
         }
-        checked.push(format!("registry at block {} on the chain", cert.registry.block));
+        checked.push(format!(
+            "registry at block {} on the chain",
+            cert.registry.block
+        ));
     }
-    if let Some(outs) = doc.get("outputs").filter(|_| doc.get("certificate").is_some()) {
+    if let Some(outs) = doc
+        .get("outputs")
+        .filter(|_| doc.get("certificate").is_some())
+    {
         match verity_node::quorum::outputs_hash(outs) {
             Ok(h) if h == cert.output_hash => checked.push("the response's outputs".into()),
             Ok(h) => {

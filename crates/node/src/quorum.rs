@@ -237,7 +237,10 @@ pub async fn coordinate(_node: &Arc<Node>, a: CoordinateArgs) -> Response {
         });
         let outcome = match checked {
             Ok(ans) => {
-                let key = (ans.receipt.receipt.input_hash, ans.receipt.receipt.output_hash);
+                let key = (
+                    ans.receipt.receipt.input_hash,
+                    ans.receipt.receipt.output_hash,
+                );
                 let g = groups.entry(key).or_default();
                 g.push((pos, ans));
                 if g.len() >= a.k as usize {
@@ -417,7 +420,9 @@ fn check_answer(
 ) -> Result<Answer, String> {
     let signer = receipt.verify().map_err(|e| e.to_string())?;
     if signer != asked {
-        return Err(format!("the receipt is signed by {signer}, not the node asked"));
+        return Err(format!(
+            "the receipt is signed by {signer}, not the node asked"
+        ));
     }
     if receipt.domain != a.domain {
         return Err("the receipt is signed under another domain".into());

@@ -50,7 +50,10 @@ pub fn router(node: Arc<Node>) -> Router {
             get(crate::replicate::get_chunk),
         )
         .route("/v1/models/{model}/pull", post(crate::replicate::post_pull))
-        .route("/v1/models/{model}/quorum", post(crate::quorum::post_quorum))
+        .route(
+            "/v1/models/{model}/quorum",
+            post(crate::quorum::post_quorum),
+        )
         .route("/v1/models/{model}/infer", post(infer_native))
         .route("/v1/receipts/{request_id}", get(get_receipt))
         .route("/v2", get(v2_server))
@@ -494,7 +497,10 @@ async fn run_inference(
     let (rec, version) = node.resolve(model).await?;
     let loaded = node.load(&rec).await?;
     if node.config.faults.stall_ms > 0 {
-        tokio::time::sleep(std::time::Duration::from_millis(node.config.faults.stall_ms)).await;
+        tokio::time::sleep(std::time::Duration::from_millis(
+            node.config.faults.stall_ms,
+        ))
+        .await;
     }
     let request_id = req.request_id.unwrap_or_else(|| node.new_request_id());
     let n2 = node.clone();

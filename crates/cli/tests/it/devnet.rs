@@ -6,7 +6,7 @@
 use super::root;
 use std::process::Command;
 
-fn free_base(n: u16) -> u16 {
+pub fn free_base(n: u16) -> u16 {
     let start = 30000 + (std::process::id() % 2000) as u16 * 10;
     (0..400)
         .map(|i| start + i * 13)
@@ -98,9 +98,9 @@ fn devnet_demo_runs_end_to_end_and_resumes() {
 
 /// A running `verity devnet` (no demo), stopped with SIGINT (then killed) when dropped, with any anvil
 /// the test restarted itself.
-struct Running {
-    devnet: std::process::Child,
-    extra: Vec<std::process::Child>,
+pub struct Running {
+    pub devnet: std::process::Child,
+    pub extra: Vec<std::process::Child>,
 }
 
 impl Drop for Running {
@@ -161,7 +161,7 @@ fn anvil_process(port: u16) -> (u32, Vec<String>) {
     panic!("no anvil on port {port}");
 }
 
-fn wait_for(what: &str, secs: u64, mut ok: impl FnMut() -> bool) {
+pub fn wait_for(what: &str, secs: u64, mut ok: impl FnMut() -> bool) {
     let start = std::time::Instant::now();
     while !ok() {
         assert!(start.elapsed().as_secs() < secs, "{what} within {secs} s");

@@ -9,6 +9,7 @@ use verity_core::{elements_root, Hash};
 
 mod devnet;
 mod node;
+mod quorum;
 mod replicate;
 
 fn root() -> PathBuf {

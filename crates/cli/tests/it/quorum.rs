@@ -1,0 +1,445 @@
+//! Quorum inference (k = 3) on a 5-node devnet under faults, each scenario a bounded load run through a
+//! coordinator node whose every answer is checked here (certificate and outputs) against `verity run`:
+//! two nodes killed with SIGKILL mid-run, the same nodes restarted (they rejoin and sign again), a node
+//! that perturbs its outputs (caught: never in a certificate, its signed lie kept as evidence), and a node
+//! that stalls (timed out and replaced). Counts are printed per scenario.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use verity_chain::cert::{verify_certificate, QuorumCertificate};
+use verity_core::{Address, Hash};
+
+use super::devnet::{free_base, wait_for, Running};
+use super::root;
+
+/// A node process of the devnet: its command line, so it can be killed and started again.
+struct NodeCmd {
+    addr: Address,
+    url: String,
+    args: Vec<String>,
+}
+
+fn node_pid(data_dir: &Path) -> Option<u32> {
+    let want = data_dir.to_str()?.to_string();
+    for e in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(raw) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<String> = raw
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).to_string())
+            .collect();
+        let is_node = args.get(1).is_some_and(|a| a == "node");
+        if is_node
+            && args
+                .windows(2)
+                .any(|w| w[0] == "--data-dir" && w[1] == want)
+        {
+            let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+            if !stat.contains(") Z ") {
+                return Some(pid);
+            }
+        }
+    }
+    None
+}
+
+fn node_cmd(data_dir: &Path, addr: Address, url: String) -> NodeCmd {
+    let pid = node_pid(data_dir).expect("node process");
+    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+    let args = raw
+        .split(|b| *b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a).to_string())
+        .collect();
+    NodeCmd { addr, url, args }
+}
+
+fn kill9(data_dir: &Path) {
+    let pid = node_pid(data_dir).expect("node to kill");
+    Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .unwrap();
+    wait_for("the node to die", 20, || node_pid(data_dir).is_none());
+}
+
+fn start(n: &NodeCmd, extra: &[&str], log: &Path) -> Child {
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    let c = Command::new(&n.args[0])
+        .args(&n.args[1..])
+        .args(extra)
+        .stdout(f.try_clone().unwrap())
+        .stderr(f)
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let url = format!("{}/v2/health/ready", n.url);
+    wait_for("the node to come back", 60, || {
+        reqwest::blocking::get(&url).is_ok_and(|r| r.status().is_success())
+    });
+    c
+}
+
+/// What a load run saw.
+#[derive(Default, Debug)]
+struct Tally {
+    ok: usize,
+    failed: usize,
+    /// Certificates each node signed.
+    signed: std::collections::BTreeMap<Address, usize>,
+    /// Dissenting receipts each node left in certificates.
+    dissent: std::collections::BTreeMap<Address, usize>,
+    /// Attempts per outcome ("timed out", "unreachable", ...).
+    outcomes: std::collections::BTreeMap<String, usize>,
+    errors: Vec<String>,
+}
+
+/// `n` requests over `threads` client threads (bounded by `limit`); `during(i)` runs before request i of
+/// thread 0. Every success is checked: certificate valid, k = 3, output hash = the canonical one, outputs
+/// hash to it.
+fn load(
+    coordinator: &str,
+    n: usize,
+    threads: usize,
+    limit: Duration,
+    expected: Hash,
+    timeout_ms: u64,
+    mut during: impl FnMut(usize),
+) -> Tally {
+    let doc: Value = serde_json::from_str(
+        &std::fs::read_to_string(root().join("fixtures/mlp.input.json")).unwrap(),
+    )
+    .unwrap();
+    let body = json!({ "inputs": doc });
+    let next = Arc::new(AtomicUsize::new(0));
+    let start = Instant::now();
+    let worker = |first: bool| {
+        let next = next.clone();
+        let body = body.clone();
+        let url = format!("{coordinator}/v1/models/mlp/quorum?k=3&timeout_ms={timeout_ms}");
+        move |during: &mut dyn FnMut(usize)| {
+            let http = reqwest::blocking::Client::builder()
+                .timeout(Duration::from_secs(60))
+                .build()
+                .unwrap();
+            let mut t = Tally::default();
+            loop {
+                let i = next.fetch_add(1, Ordering::SeqCst);
+                if i >= n || start.elapsed() > limit {
+                    break;
+                }
+                if first {
+                    during(i);
+                }
+                let r = http.post(&url).json(&body).send();
+                let (status, v) = match r {
+                    Ok(r) => (
+                        r.status().as_u16(),
+                        r.json::<Value>().unwrap_or(Value::Null),
+                    ),
+                    Err(e) => (0, json!({"error": {"message": e.to_string()}})),
+                };
+                for a in v["attempts"].as_array().into_iter().flatten() {
+                    let o = a["outcome"].as_str().unwrap_or("").to_string();
+                    let key = if o.starts_with("unreachable") {
+                        "unreachable".to_string()
+                    } else {
+                        o
+                    };
+                    *t.outcomes.entry(key).or_default() += 1;
+                }
+                if status != 200 {
+                    t.failed += 1;
+                    t.errors
+                        .push(format!("{status}: {}", v["error"]["message"]));
+                    continue;
+                }
+                let cert: QuorumCertificate =
+                    serde_json::from_value(v["certificate"].clone()).expect("certificate");
+                let s = verify_certificate(&cert).expect("the certificate verifies");
+                assert_eq!(cert.k, 3);
+                assert_eq!(
+                    cert.output_hash, expected,
+                    "the certified output is the canonical one"
+                );
+                assert_eq!(
+                    verity_node::quorum::outputs_hash(&v["outputs"]).unwrap(),
+                    expected,
+                    "the returned outputs are the certified ones"
+                );
+                for a in s.signers {
+                    *t.signed.entry(a).or_default() += 1;
+                }
+                for d in &cert.dissent {
+                    *t.dissent.entry(d.receipt.node).or_default() += 1;
+                }
+                t.ok += 1;
+            }
+            t
+        }
+    };
+    let mut tallies = Vec::new();
+    std::thread::scope(|s| {
+        let mut hs = Vec::new();
+        for _ in 1..threads {
+            let w = worker(false);
+            hs.push(s.spawn(move || w(&mut |_| {})));
+        }
+        let w = worker(true);
+        tallies.push(w(&mut during));
+        for h in hs {
+            tallies.push(h.join().unwrap());
+        }
+    });
+    let mut t = Tally::default();
+    for x in tallies {
+        t.ok += x.ok;
+        t.failed += x.failed;
+        t.errors.extend(x.errors);
+        for (k, v) in x.signed {
+            *t.signed.entry(k).or_default() += v;
+        }
+        for (k, v) in x.dissent {
+            *t.dissent.entry(k).or_default() += v;
+        }
+        for (k, v) in x.outcomes {
+            *t.outcomes.entry(k).or_default() += v;
+        }
+    }
+    t
+}
+
+#[test]
+fn quorum_of_3_on_5_nodes_survives_crashes_liars_and_stalls() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir: PathBuf = tmp.path().join("dn");
+    let port = free_base(7);
+    let anvil = root().join(".tools/node_modules/.bin/anvil");
+    assert!(anvil.exists(), "anvil is missing: run scripts/setup-chain");
+    let log = std::fs::File::create(tmp.path().join("devnet.out")).unwrap();
+    let devnet = Command::new(env!("CARGO_BIN_EXE_verity"))
+        .args([
+            "devnet",
+            "--fresh",
+            "--nodes",
+            "5",
+            "--dir",
+            dir.to_str().unwrap(),
+        ])
+        .args([
+            "--port",
+            &port.to_string(),
+            "--anvil",
+            anvil.to_str().unwrap(),
+        ])
+        .current_dir(root())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let mut running = Running {
+        devnet,
+        extra: vec![],
+    };
+    wait_for("the devnet to come up", 300, || {
+        dir.join("devnet.json").exists()
+    });
+    let summary: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("devnet.json")).unwrap()).unwrap();
+    let nodes: Vec<NodeCmd> = (0..5)
+        .map(|i| {
+            let n = &summary["nodes"][i];
+            node_cmd(
+                &dir.join(format!("node-{i}")),
+                n["address"].as_str().unwrap().parse().unwrap(),
+                n["url"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let o = Command::new(env!("CARGO_BIN_EXE_verity"))
+        .args(["run", dir.join("models/mlp.vty").to_str().unwrap()])
+        .args(["--input", "fixtures/mlp.input.json"])
+        .current_dir(root())
+        .output()
+        .unwrap();
+    let run: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let expected: Hash = run["output_hash"].as_str().unwrap().parse().unwrap();
+    let coord = nodes[0].url.clone();
+    let report = |name: &str, t: &Tally| {
+        println!(
+            "scenario {name}: {} requests, {} verified, {} failed; attempts {:?}; signed {:?}; dissent {:?}",
+            t.ok + t.failed,
+            t.ok,
+            t.failed,
+            t.outcomes,
+            t.signed,
+            t.dissent
+        );
+    };
+
+    // 1. Healthy baseline.
+    let t = load(
+        &coord,
+        20,
+        2,
+        Duration::from_secs(120),
+        expected,
+        5000,
+        |_| {},
+    );
+    report("healthy", &t);
+    assert_eq!((t.ok, t.failed), (20, 0), "{:?}", t.errors);
+
+    // 2. Two nodes killed with SIGKILL during the run: every request still completes and verifies.
+    let (d3, d4) = (dir.join("node-3"), dir.join("node-4"));
+    let t = load(
+        &coord,
+        40,
+        2,
+        Duration::from_secs(180),
+        expected,
+        5000,
+        |i| {
+            if i == 8 {
+                kill9(&d3);
+                kill9(&d4);
+            }
+        },
+    );
+    report("kill -9 two nodes", &t);
+    assert_eq!((t.ok, t.failed), (40, 0), "{:?}", t.errors);
+    assert!(
+        t.outcomes.get("unreachable").copied().unwrap_or(0) > 0,
+        "the dead nodes were drawn and replaced: {:?}",
+        t.outcomes
+    );
+
+    // 3. They restart (same keys, data and port) and rejoin: they sign certificates again.
+    let logs = tmp.path();
+    running
+        .extra
+        .push(start(&nodes[3], &[], &logs.join("n3.log")));
+    running
+        .extra
+        .push(start(&nodes[4], &[], &logs.join("n4.log")));
+    let t = load(
+        &coord,
+        30,
+        2,
+        Duration::from_secs(180),
+        expected,
+        5000,
+        |_| {},
+    );
+    report("restarted nodes rejoin", &t);
+    assert_eq!((t.ok, t.failed), (30, 0), "{:?}", t.errors);
+    assert!(
+        t.signed.get(&nodes[3].addr).is_some() || t.signed.get(&nodes[4].addr).is_some(),
+        "a restarted node signs again: {:?}",
+        t.signed
+    );
+    // Their chain loops caught up: the restarted nodes' logs show them watching again.
+    let l3 = std::fs::read_to_string(logs.join("n3.log")).unwrap();
+    assert!(l3.contains("node is registered"), "{l3}");
+
+    // 4. A lying node (outputs perturbed, lies signed): never in a certificate, its lie kept as evidence.
+    let liar = &nodes[2];
+    kill9(&dir.join("node-2"));
+    running.extra.push(start(
+        liar,
+        &["--fault", "perturb-output"],
+        &logs.join("n2.log"),
+    ));
+    let t = load(
+        &coord,
+        30,
+        2,
+        Duration::from_secs(180),
+        expected,
+        5000,
+        |_| {},
+    );
+    report("a lying node", &t);
+    assert_eq!((t.ok, t.failed), (30, 0), "{:?}", t.errors);
+    assert!(
+        !t.signed.contains_key(&liar.addr),
+        "the liar never signs a certificate: {:?}",
+        t.signed
+    );
+    assert!(
+        t.dissent.get(&liar.addr).copied().unwrap_or(0) > 0,
+        "the liar was drawn and its signed lie kept: {:?}",
+        t.dissent
+    );
+    // Without widening, a request that draws the liar fails with the evidence.
+    let doc: Value = serde_json::from_str(
+        &std::fs::read_to_string(root().join("fixtures/mlp.input.json")).unwrap(),
+    )
+    .unwrap();
+    let mut caught = None;
+    for _ in 0..40 {
+        let r = reqwest::blocking::Client::new()
+            .post(format!("{coord}/v1/models/mlp/quorum?k=3&widen=false"))
+            .json(&json!({ "inputs": doc }))
+            .send()
+            .unwrap();
+        if r.status().as_u16() == 409 {
+            caught = Some(r.json::<Value>().unwrap());
+            break;
+        }
+        assert_eq!(r.status().as_u16(), 200);
+    }
+    let ev = caught.expect("within 40 requests the liar is drawn among the first 3");
+    assert_eq!(ev["error"]["code"], "quorum_disagreement", "{ev}");
+    let groups = ev["evidence"]["groups"].as_array().unwrap();
+    assert_eq!(groups.len(), 2, "{ev}");
+    let lie = groups
+        .iter()
+        .find(|g| g["output_hash"] != json!(expected))
+        .expect("the lying group");
+    let r: verity_core::SignedReceipt = serde_json::from_value(lie["receipts"][0].clone()).unwrap();
+    assert_eq!(
+        r.verify().unwrap(),
+        liar.addr,
+        "the evidence is the liar's own signature"
+    );
+
+    // 5. A stalling node (answers after 5 s) is timed out after 1 s and replaced.
+    let staller = &nodes[1];
+    kill9(&dir.join("node-1"));
+    running.extra.push(start(
+        staller,
+        &["--fault", "stall=5000"],
+        &logs.join("n1.log"),
+    ));
+    let t = load(
+        &coord,
+        12,
+        2,
+        Duration::from_secs(180),
+        expected,
+        1000,
+        |_| {},
+    );
+    report("a stalling node (and the liar)", &t);
+    assert_eq!((t.ok, t.failed), (12, 0), "{:?}", t.errors);
+    assert!(
+        t.outcomes.get("timed out").copied().unwrap_or(0) > 0,
+        "the staller was drawn and timed out: {:?}",
+        t.outcomes
+    );
+    assert!(!t.signed.contains_key(&staller.addr), "{:?}", t.signed);
+}
