@@ -275,61 +275,70 @@ pub fn check_snapshot(
     Ok(())
 }
 
+/// A valid certificate over `n` nodes (stakes 1..n ETH) with keys derived from their index, for tests
+/// and benchmarks.
+#[doc(hidden)]
+#[allow(clippy::unwrap_used)]
+pub fn example_certificate(n: usize, k: u8) -> (Vec<verity_core::SecretKey>, QuorumCertificate) {
+use verity_core::receipt::receipt_domain;
+use verity_core::{Receipt, SecretKey};
+    let keys: Vec<SecretKey> = (0..n)
+        .map(|i| SecretKey::from_bytes(&[i as u8 + 1; 32]).unwrap())
+        .collect();
+    let registry = RegistrySnapshot {
+        chain_id: 31337,
+        block: 12,
+        block_hash: keccak256(b"block 12"),
+        nodes: keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| SnapshotNode {
+                address: k.address(),
+                stake: crate::ether(1 + i as u64).to_string(),
+                endpoint: format!("http://n{i}"),
+            })
+            .collect(),
+    };
+    let request_id = keccak256(b"request");
+    let order = registry.draw(&request_id, n).unwrap();
+    let domain = receipt_domain(31337, Address([0x4b; 20]));
+    let receipts = order[..k as usize]
+        .iter()
+        .map(|a| {
+            let key = keys.iter().find(|k| k.address() == *a).unwrap();
+            Receipt {
+                request_id,
+                model_id: keccak256(b"model"),
+                input_hash: keccak256(b"in"),
+                output_hash: keccak256(b"out"),
+                trace_root: keccak256(b"trace"),
+                node: *a,
+                timestamp: 1,
+            }
+            .sign(domain.clone(), key)
+        })
+        .collect();
+    let cert = QuorumCertificate {
+        version: CERT_VERSION,
+        request_id,
+        model_id: keccak256(b"model"),
+        input_hash: keccak256(b"in"),
+        output_hash: keccak256(b"out"),
+        k,
+        registry,
+        receipts,
+        dissent: vec![],
+    };
+    (keys, cert)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use verity_core::receipt::receipt_domain;
-    use verity_core::{Receipt, SecretKey};
+    use verity_core::SecretKey;
 
     fn setup(n: usize, k: u8) -> (Vec<SecretKey>, QuorumCertificate) {
-        let keys: Vec<SecretKey> = (0..n)
-            .map(|i| SecretKey::from_bytes(&[i as u8 + 1; 32]).unwrap())
-            .collect();
-        let registry = RegistrySnapshot {
-            chain_id: 31337,
-            block: 12,
-            block_hash: keccak256(b"block 12"),
-            nodes: keys
-                .iter()
-                .enumerate()
-                .map(|(i, k)| SnapshotNode {
-                    address: k.address(),
-                    stake: crate::ether(1 + i as u64).to_string(),
-                    endpoint: format!("http://n{i}"),
-                })
-                .collect(),
-        };
-        let request_id = keccak256(b"request");
-        let order = registry.draw(&request_id, n).unwrap();
-        let domain = receipt_domain(31337, Address([0x4b; 20]));
-        let receipts = order[..k as usize]
-            .iter()
-            .map(|a| {
-                let key = keys.iter().find(|k| k.address() == *a).unwrap();
-                Receipt {
-                    request_id,
-                    model_id: keccak256(b"model"),
-                    input_hash: keccak256(b"in"),
-                    output_hash: keccak256(b"out"),
-                    trace_root: keccak256(b"trace"),
-                    node: *a,
-                    timestamp: 1,
-                }
-                .sign(domain.clone(), key)
-            })
-            .collect();
-        let cert = QuorumCertificate {
-            version: CERT_VERSION,
-            request_id,
-            model_id: keccak256(b"model"),
-            input_hash: keccak256(b"in"),
-            output_hash: keccak256(b"out"),
-            k,
-            registry,
-            receipts,
-            dissent: vec![],
-        };
-        (keys, cert)
+        example_certificate(n, k)
     }
 
     fn resign(c: &mut QuorumCertificate, i: usize, keys: &[SecretKey]) {

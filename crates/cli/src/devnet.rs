@@ -672,6 +672,55 @@ fn demo(
             );
         }
     }
+    // 7. Off-chain: a quorum of nodes drawn from the registry, certified, checked offline.
+    let k = endpoints.len().min(3);
+    let cpath = ddir.join(format!("certificate-{id}.json"));
+    let coordinator = &endpoints[endpoints.len() - 1].0;
+    let t0 = Instant::now();
+    verity(
+        &[
+            "infer",
+            name,
+            "--input",
+            &spec,
+            "--quorum",
+            &k.to_string(),
+            "--node",
+            coordinator,
+            "--certificate",
+            cpath.to_str().unwrap_or_default(),
+        ],
+        &[],
+    )?;
+    let ms = t0.elapsed().as_millis();
+    let verdict = verity(
+        &[
+            "verify",
+            cpath.to_str().unwrap_or_default(),
+            "--chain",
+            rpc,
+            "--contracts",
+            dir.join("contracts.json").to_str().unwrap_or_default(),
+            "--model",
+            vty.to_str().unwrap_or_default(),
+            "--input",
+            &spec,
+        ],
+        &[],
+    )?;
+    println!(
+        "7. quorum   off-chain: {k} nodes drawn from the registry agree ({ms} ms via {coordinator}); certificate {}",
+        cpath.display()
+    );
+    println!(
+        "           verity verify {} --chain … --model … --input … → {}",
+        cpath.display(),
+        verdict
+            .trim()
+            .split(';')
+            .next()
+            .unwrap_or_default()
+    );
     println!("== demo done ==\n");
     Ok(())
 }

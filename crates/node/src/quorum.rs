@@ -118,14 +118,7 @@ pub async fn post_quorum(
     let (rec, _) = node.resolve(&model).await?;
     let model_id = rec.id;
 
-    let head = chain
-        .head()
-        .await
-        .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, "chain_unreachable", e.to_string()))?;
-    let registry = chain
-        .registry_at(head.number)
-        .await
-        .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, "chain_unreachable", e.to_string()))?;
+    let registry = registry(&node, &chain).await?;
     let outcome = coordinate(
         &node,
         CoordinateArgs {
@@ -141,6 +134,33 @@ pub async fn post_quorum(
     )
     .await;
     Ok(outcome)
+}
+
+/// How long a registry snapshot is reused (the chain's newest block changes about once a block time;
+/// a certificate names the block it drew from, so a snapshot a second old is as good as a new one).
+const SNAPSHOT_TTL: Duration = Duration::from_millis(1000);
+
+/// The registry at the newest block, read at most once per [`SNAPSHOT_TTL`].
+async fn registry(
+    node: &Arc<Node>,
+    chain: &verity_chain::EvmChain,
+) -> Result<RegistrySnapshot, ApiError> {
+    if let Ok(c) = node.replication.snapshot.lock() {
+        if let Some((t, s)) = c.as_ref() {
+            if t.elapsed() < SNAPSHOT_TTL {
+                return Ok(s.clone());
+            }
+        }
+    }
+    let down = |e: verity_chain::ChainError| {
+        ApiError::new(StatusCode::BAD_GATEWAY, "chain_unreachable", e.to_string())
+    };
+    let head = chain.head().await.map_err(down)?;
+    let snap = chain.registry_at(head.number).await.map_err(down)?;
+    if let Ok(mut c) = node.replication.snapshot.lock() {
+        *c = Some((Instant::now(), snap.clone()));
+    }
+    Ok(snap)
 }
 
 /// Everything a coordination needs.
@@ -164,7 +184,7 @@ pub struct CoordinateArgs {
 }
 
 /// Run one quorum request; the response is the certified answer or a 409/503 with the evidence.
-pub async fn coordinate(_node: &Arc<Node>, a: CoordinateArgs) -> Response {
+pub async fn coordinate(node: &Arc<Node>, a: CoordinateArgs) -> Response {
     let start = Instant::now();
     let active = a.registry.nodes.len();
     if active < a.k as usize {
@@ -194,17 +214,13 @@ pub async fn coordinate(_node: &Arc<Node>, a: CoordinateArgs) -> Response {
             .map(|n| n.endpoint.trim_end_matches('/').to_string())
             .unwrap_or_default()
     };
-    let http = match reqwest::Client::builder()
-        .timeout(a.timeout)
-        .connect_timeout(Duration::from_secs(3))
-        .build()
-    {
+    let http = match node.replication.client() {
         Ok(h) => h,
         Err(e) => {
             return hex_error(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal",
-                e.to_string(),
+                e.message,
                 json!({}),
             )
         }
@@ -220,8 +236,9 @@ pub async fn coordinate(_node: &Arc<Node>, a: CoordinateArgs) -> Response {
         let http = http.clone();
         let body = body.clone();
         let t0 = Instant::now();
+        let timeout = a.timeout;
         async move {
-            let r = ask(&http, &url, body.as_ref().clone()).await;
+            let r = ask(&http, &url, body.as_ref().clone(), timeout).await;
             (pos, r, t0.elapsed().as_millis() as u64)
         }
     };
@@ -381,9 +398,11 @@ async fn ask(
     http: &reqwest::Client,
     url: &str,
     body: Vec<u8>,
+    timeout: Duration,
 ) -> Result<(SignedReceipt, Value), String> {
     let r = http
         .post(url)
+        .timeout(timeout)
         .header("content-type", "application/json")
         .body(body)
         .send()

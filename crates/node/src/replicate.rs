@@ -85,6 +85,25 @@ pub struct Replication {
     pub announce_pending: AtomicBool,
     /// Background pulls started by the chain loop: model → when.
     pub inflight: Mutex<BTreeMap<Hash, Instant>>,
+    /// The last registry snapshot read for quorum coordination, and when.
+    pub snapshot: Mutex<Option<(Instant, verity_chain::cert::RegistrySnapshot)>>,
+    /// HTTP client for peers (connection pool shared by pulls and quorum requests).
+    http: std::sync::OnceLock<reqwest::Client>,
+}
+
+impl Replication {
+    /// The shared peer client (no overall timeout: callers set one per request).
+    pub fn client(&self) -> Result<reqwest::Client, ApiError> {
+        if let Some(c) = self.http.get() {
+            return Ok(c.clone());
+        }
+        let c = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(3))
+            .pool_max_idle_per_host(32)
+            .build()
+            .map_err(|e| ApiError::internal(format!("cannot build an HTTP client: {e}")))?;
+        Ok(self.http.get_or_init(|| c).clone())
+    }
 }
 
 /// How a pull went.
@@ -274,14 +293,6 @@ async fn stored(node: &Arc<Node>, id: &Hash) -> Result<bool, ApiError> {
     Ok(node.blocking(move || store.model(&id)).await??.is_some())
 }
 
-fn http_client() -> Result<reqwest::Client, ApiError> {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(60))
-        .connect_timeout(Duration::from_secs(5))
-        .build()
-        .map_err(|e| ApiError::internal(format!("cannot build an HTTP client: {e}")))
-}
-
 async fn fetch_list(http: &reqwest::Client, peer: &str, id: &Hash) -> Result<ChunkList, String> {
     let url = format!("{peer}/v1/models/{id}/chunks");
     let r = http
@@ -311,7 +322,7 @@ async fn body_limited(mut r: reqwest::Response, limit: u64) -> Result<Vec<u8>, S
 /// Pull model `id` from `peers` (base URLs) and store it with its verified versions.
 pub async fn pull(node: &Arc<Node>, id: Hash, peers: &[String]) -> Result<PullReport, ApiError> {
     let start = Instant::now();
-    let http = http_client()?;
+    let http = node.replication.client()?;
     let mut report = PullReport {
         model_id: id,
         ..PullReport::default()
@@ -631,6 +642,7 @@ async fn fetch_chunk(
     let url = format!("{peer}/v1/models/{}/chunks/{i}", list.model_id);
     let r = http
         .get(&url)
+        .timeout(Duration::from_secs(60))
         .send()
         .await
         .map_err(|e| Fetch::Failed(format!("unreachable ({e})")))?;

@@ -49,6 +49,9 @@ fn devnet_demo_runs_end_to_end_and_resumes() {
         "2. request  #1",
         "final    output hash",
         "5. verify",
+        "7. quorum   off-chain: 3 nodes drawn from the registry agree",
+        "valid quorum certificate: 3 nodes",
+        "replicated mlp on all 3 nodes",
     ] {
         assert!(out.contains(want), "missing '{want}' in:\n{out}");
     }
