@@ -280,8 +280,8 @@ pub fn check_snapshot(
 #[doc(hidden)]
 #[allow(clippy::unwrap_used)]
 pub fn example_certificate(n: usize, k: u8) -> (Vec<verity_core::SecretKey>, QuorumCertificate) {
-use verity_core::receipt::receipt_domain;
-use verity_core::{Receipt, SecretKey};
+    use verity_core::receipt::receipt_domain;
+    use verity_core::{Receipt, SecretKey};
     let keys: Vec<SecretKey> = (0..n)
         .map(|i| SecretKey::from_bytes(&[i as u8 + 1; 32]).unwrap())
         .collect();

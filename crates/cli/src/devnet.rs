@@ -715,11 +715,7 @@ fn demo(
     println!(
         "           verity verify {} --chain … --model … --input … → {}",
         cpath.display(),
-        verdict
-            .trim()
-            .split(';')
-            .next()
-            .unwrap_or_default()
+        verdict.trim().split(';').next().unwrap_or_default()
     );
     println!("== demo done ==\n");
     Ok(())

@@ -297,9 +297,45 @@ fn force_portable() -> bool {
     *FORCE.get_or_init(|| std::env::var_os("VERITY_PORTABLE_KECCAK").is_some_and(|v| v == "1"))
 }
 
+/// Batches at least this long are split across the machine's cores.
+const PARALLEL_MIN: usize = 1 << 16;
+
+fn cores() -> usize {
+    static N: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *N.get_or_init(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+            .min(8)
+    })
+}
+
 /// keccak256 of each message (in order). Messages shorter than 136 bytes take the batched single-block
-/// path (eight at a time with AVX-512F, four with AVX2); longer ones the incremental hasher.
-pub fn keccak256_batch<M: AsRef<[u8]>>(msgs: &[M]) -> Vec<Hash> {
+/// path (eight at a time with AVX-512F, four with AVX2); longer ones the incremental hasher. Large
+/// batches are split into contiguous parts hashed on scoped threads (same output, in order).
+pub fn keccak256_batch<M: AsRef<[u8]> + Sync>(msgs: &[M]) -> Vec<Hash> {
+    let threads = cores();
+    if msgs.len() < PARALLEL_MIN || threads < 2 {
+        return keccak256_batch_serial(msgs);
+    }
+    let part = msgs.len().div_ceil(threads);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = msgs
+            .chunks(part)
+            .map(|c| s.spawn(move || keccak256_batch_serial(c)))
+            .collect();
+        let mut out = Vec::with_capacity(msgs.len());
+        for h in handles {
+            match h.join() {
+                Ok(v) => out.extend(v),
+                Err(p) => std::panic::resume_unwind(p),
+            }
+        }
+        out
+    })
+}
+
+fn keccak256_batch_serial<M: AsRef<[u8]>>(msgs: &[M]) -> Vec<Hash> {
     let mut out = Vec::with_capacity(msgs.len());
     let mut rest = msgs;
     #[cfg(target_arch = "x86_64")]
@@ -333,6 +369,20 @@ pub fn keccak256_batch<M: AsRef<[u8]>>(msgs: &[M]) -> Vec<Hash> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn a_large_batch_split_across_threads_is_the_same() {
+        let msgs: Vec<[u8; 32]> = (0..PARALLEL_MIN as u32 + 12345)
+            .map(|i| {
+                let mut m = [0u8; 32];
+                m[..4].copy_from_slice(&i.to_le_bytes());
+                m
+            })
+            .collect();
+        let want: Vec<Hash> = msgs.iter().map(|m| crate::hash::keccak256(m)).collect();
+        assert_eq!(keccak256_batch(&msgs), want);
+        assert_eq!(keccak256_batch_serial(&msgs), want);
+    }
 
     proptest! {
         #[test]

@@ -311,12 +311,10 @@ pub async fn step<C: Chain>(
                             model_id,
                             name,
                             version,
-                        } => {
-                            if wants(node, chain, &model_id).await? {
-                                tracing::info!(model = %model_id, %name, %version, "registered on-chain; hosting it");
-                                if let Err(e) = node.store.kv_put(WANTED, &model_id.0, &[]) {
-                                    tracing::error!("cannot record wanted model {model_id}: {e}");
-                                }
+                        } if wants(node, chain, &model_id).await? => {
+                            tracing::info!(model = %model_id, %name, %version, "registered on-chain; hosting it");
+                            if let Err(e) = node.store.kv_put(WANTED, &model_id.0, &[]) {
+                                tracing::error!("cannot record wanted model {model_id}: {e}");
                             }
                         }
                         HubEventKind::Finalized { id, .. } | HubEventKind::Refunded { id } => {

@@ -575,6 +575,36 @@ impl Store {
         Ok(data)
     }
 
+    /// Chunk `i` of a stored model as it is on disk, not re-hashed — for serving to a peer, which checks
+    /// every chunk against the list itself.
+    pub fn read_chunk_unchecked(&self, rec: &ModelRecord, i: usize) -> Result<Vec<u8>, StoreError> {
+        let h = rec
+            .chunks
+            .get(i)
+            .ok_or_else(|| StoreError::Corrupt(format!("no chunk {i}")))?;
+        Ok(fs::read(self.chunk_path(h))?)
+    }
+
+    /// A model's file assembled from its chunk files without re-hashing each chunk — for a caller that
+    /// checks the whole content itself (a pull decodes it and compares the model ID).
+    pub fn assemble_unchecked(&self, rec: &ModelRecord) -> Result<Vec<u8>, StoreError> {
+        let mut out = Vec::with_capacity(rec.size as usize);
+        for (i, h) in rec.chunks.iter().enumerate() {
+            let mut f = fs::File::open(self.chunk_path(h))
+                .map_err(|e| StoreError::Corrupt(format!("chunk {i} of model {}: {e}", rec.id)))?;
+            f.read_to_end(&mut out)?;
+        }
+        if out.len() as u64 != rec.size {
+            return Err(StoreError::Corrupt(format!(
+                "model {} assembles to {} bytes, not {}",
+                rec.id,
+                out.len(),
+                rec.size
+            )));
+        }
+        Ok(out)
+    }
+
     /// The whole `.vty` file of a stored model.
     pub fn read_model(&self, rec: &ModelRecord) -> Result<Vec<u8>, StoreError> {
         self.read_range(rec, 0, rec.size)

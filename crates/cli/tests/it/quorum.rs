@@ -347,7 +347,7 @@ fn quorum_of_3_on_5_nodes_survives_crashes_liars_and_stalls() {
     report("restarted nodes rejoin", &t);
     assert_eq!((t.ok, t.failed), (30, 0), "{:?}", t.errors);
     assert!(
-        t.signed.get(&nodes[3].addr).is_some() || t.signed.get(&nodes[4].addr).is_some(),
+        t.signed.contains_key(&nodes[3].addr) || t.signed.contains_key(&nodes[4].addr),
         "a restarted node signs again: {:?}",
         t.signed
     );
