@@ -6,12 +6,25 @@
 use super::root;
 use std::process::Command;
 
+/// A block of `n` free loopback ports, different on every call in this process (tests run in parallel).
 pub fn free_base(n: u16) -> u16 {
-    let start = 30000 + (std::process::id() % 2000) as u16 * 10;
-    (0..400)
-        .map(|i| start + i * 13)
-        .find(|&b| (b..b + n).all(|p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok()))
-        .expect("free ports")
+    static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+    let start = (std::process::id() % 600) as u16 * 20;
+    loop {
+        let k = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        assert!(k < 1000, "no free ports");
+        let b = start.wrapping_add(k.wrapping_mul(23)) % 12000 + 20000;
+        if (b..b + n).all(|p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok()) {
+            return b;
+        }
+    }
+}
+
+/// Devnet tests run one at a time: each starts anvil and several node processes, and two at once on a
+/// small machine only slow each other down.
+pub fn exclusive() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn devnet(dir: &std::path::Path, port: u16, extra: &[&str]) -> String {
@@ -38,6 +51,7 @@ fn devnet(dir: &std::path::Path, port: u16, extra: &[&str]) -> String {
 
 #[test]
 fn devnet_demo_runs_end_to_end_and_resumes() {
+    let _one = exclusive();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("dn");
     let port = free_base(5);
@@ -174,6 +188,7 @@ pub fn wait_for(what: &str, secs: u64, mut ok: impl FnMut() -> bool) {
 
 #[test]
 fn verity_request_gets_verified_results_through_an_rpc_outage_and_a_reorg() {
+    let _one = exclusive();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("dn");
     let port = free_base(5);
