@@ -226,14 +226,17 @@ contract InferenceHub {
     }
 
     /// @notice Submit several receipts for request `id` in one transaction — e.g. the receipts of a quorum
-    ///         certificate gathered off-chain. Each is checked exactly as by `submit`; the request
-    ///         finalizes as soon as k of them agree, and receipts after that are ignored.
+    ///         certificate gathered off-chain. Each is checked exactly as by `submit`, except that a
+    ///         receipt from a node whose receipt is already recorded is skipped (the node may have sent it
+    ///         itself); the request finalizes as soon as k agree, and receipts after that are ignored.
     function submitAll(uint256 id, VerityReceipts.Receipt[] calldata receipts, bytes[] calldata signatures)
         external
     {
         if (receipts.length != signatures.length || receipts.length == 0) revert WrongRequest();
+        if (requests[id].status != Status.Pending) revert NotPending();
         for (uint256 i = 0; i < receipts.length; i++) {
-            if (i > 0 && requests[id].status != Status.Pending) break;
+            if (requests[id].status != Status.Pending) break;
+            if (submitted[id][receipts[i].node] != bytes32(0)) continue;
             accept(id, receipts[i], signatures[i]);
         }
     }

@@ -52,6 +52,8 @@ contract InferenceHubTest is HubFixture {
         vm.expectRevert(InferenceHub.BadSignature.selector);
         hub.submitAll(id, rs, ss);
         ss[2] = keep;
+        // A node that already sent its own receipt is skipped, not refused.
+        hub.submit(id, rs[0], ss[0]);
         hub.submitAll(id, rs, ss);
         InferenceHub.Request memory q = hub.getRequest(id);
         assertTrue(q.status == InferenceHub.Status.Finalized, "finalized by the batch");

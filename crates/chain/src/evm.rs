@@ -356,6 +356,42 @@ impl EvmChain {
         })
     }
 
+    /// Submit a quorum certificate's receipts for hub request `id` in one transaction (`submitAll`);
+    /// returns (tx, gas).
+    pub async fn submit_certificate(
+        &self,
+        id: u64,
+        cert: &crate::cert::QuorumCertificate,
+    ) -> Result<(Hash, u64), ChainError> {
+        let hub = self.hub_contract();
+        let recs: Vec<crate::bindings::VerityReceipts::Receipt> = cert
+            .receipts
+            .iter()
+            .map(|s| {
+                let r = &s.receipt;
+                crate::bindings::VerityReceipts::Receipt {
+                    requestId: to_b256(&r.request_id),
+                    modelId: to_b256(&r.model_id),
+                    inputHash: to_b256(&r.input_hash),
+                    outputHash: to_b256(&r.output_hash),
+                    traceRoot: to_b256(&r.trace_root),
+                    node: to_evm(&r.node),
+                    timestamp: r.timestamp,
+                }
+            })
+            .collect();
+        let sigs: Vec<Bytes> = cert
+            .receipts
+            .iter()
+            .map(|s| Bytes::from(s.signature.0.to_vec()))
+            .collect();
+        self.send("submitting the certificate", || {
+            hub.submitAll(U256::from(id), recs.clone(), sigs.clone())
+                .into_transaction_request()
+        })
+        .await
+    }
+
     /// The price per inference of a model, in wei.
     pub async fn price_of(&self, model: &Hash) -> Result<U256, ChainError> {
         let reg = self.models_contract();

@@ -48,7 +48,9 @@ enum Cmd {
     Request(request::RequestArgs),
     /// Run a local Verity network: anvil, the contracts, N nodes, the demo models (`--demo`: the story).
     Devnet(devnet::DevnetArgs),
-    /// Check a receipt offline: signature, signer, input/output hashes, and re-execution with the model.
+    /// Check a receipt or a quorum certificate offline: signatures, signers (for a certificate: k distinct
+    /// nodes drawn from its registry snapshot, optionally checked against the chain), input/output
+    /// hashes, and re-execution with the model.
     /// Exit code 0 only if everything holds, 1 if a check fails, 2 if the files cannot be read.
     Verify(verify::VerifyArgs),
 }

@@ -44,6 +44,10 @@ pub struct QuorumQuery {
     /// Per-node time limit in milliseconds (default 15000).
     #[serde(default)]
     pub timeout_ms: Option<u64>,
+    /// Certify on-chain request N: request ID `bytes32(N)` and the registry at its seed block, so the
+    /// signers are the hub's assignment and the certificate can finalize it (`submitAll`).
+    #[serde(default)]
+    pub onchain: Option<u64>,
 }
 
 /// One node asked.
@@ -108,17 +112,53 @@ pub async fn post_quorum(
     decode_native(&body, node.config.limits.max_tensor_elements)?;
     let mut doc: Value = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request("bad_json", format!("the body is not JSON: {e}")))?;
-    let request_id: Hash = match doc.get("request_id") {
-        Some(v) => serde_json::from_value(v.clone()).map_err(|_| {
-            ApiError::bad_request("bad_request_id", "request_id must be 32 bytes as 0x-hex")
-        })?,
-        None => node.new_request_id(),
-    };
-    doc["request_id"] = json!(request_id);
     let (rec, _) = node.resolve(&model).await?;
     let model_id = rec.id;
-
-    let registry = registry(&node, &chain).await?;
+    let down = |e: verity_chain::ChainError| {
+        ApiError::new(StatusCode::BAD_GATEWAY, "chain_unreachable", e.to_string())
+    };
+    let (request_id, registry) = match q.onchain {
+        Some(n) => {
+            let req = chain.request(n).await.map_err(down)?.ok_or_else(|| {
+                ApiError::not_found("unknown_request", format!("no request {n} on the hub"))
+            })?;
+            if req.model_id != model_id {
+                return Err(ApiError::unprocessable(
+                    "wrong_model",
+                    format!("request {n} is for model {}, not {model_id}", req.model_id),
+                ));
+            }
+            if req.k != q.k {
+                return Err(ApiError::unprocessable(
+                    "wrong_quorum",
+                    format!("request {n} needs k = {}", req.k),
+                ));
+            }
+            let head = chain.head().await.map_err(down)?;
+            if head.number <= req.seed_block {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "seed_not_ready",
+                    format!(
+                        "request {n}'s seed block {} is not mined yet",
+                        req.seed_block
+                    ),
+                ));
+            }
+            let snap = chain.registry_at(req.seed_block).await.map_err(down)?;
+            (crate::chain::request_hash(n), snap)
+        }
+        None => {
+            let id: Hash = match doc.get("request_id") {
+                Some(v) => serde_json::from_value(v.clone()).map_err(|_| {
+                    ApiError::bad_request("bad_request_id", "request_id must be 32 bytes as 0x-hex")
+                })?,
+                None => node.new_request_id(),
+            };
+            (id, registry(&node, &chain).await?)
+        }
+    };
+    doc["request_id"] = json!(request_id);
     let outcome = coordinate(
         &node,
         CoordinateArgs {

@@ -266,6 +266,25 @@ fn verity_request_gets_verified_results_through_an_rpc_outage_and_a_reorg() {
     let quorum = request(&["cnn", "--input", "fixtures/cnn.input.json", "--quorum", "2"]);
     let id2 = check(&quorum, "cnn", 2);
     assert_eq!(id2, id1 + 1);
+    // A quorum request certified off-chain through the node and submitted in one transaction (or, if
+    // the nodes' own receipts land first, gathered and found unnecessary).
+    let certified = request(&[
+        "mlp",
+        "--input",
+        "fixtures/mlp.input.json",
+        "--quorum",
+        "2",
+        "--certify",
+    ]);
+    let idc = check(&certified, "mlp", 2);
+    assert_eq!(idc, id2 + 1);
+    assert!(
+        certified.2.contains("receipts (nodes at draw positions")
+            || certified.2.contains("but not needed"),
+        "the certificate was gathered and checked:\n{}",
+        certified.2
+    );
+    let id2 = idc;
     let unknown = request(&["no-such-model", "--input", "fixtures/mlp.input.json"]);
     assert_eq!(unknown.0, Some(1));
     assert!(
