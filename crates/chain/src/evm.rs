@@ -367,18 +367,7 @@ impl EvmChain {
         let recs: Vec<crate::bindings::VerityReceipts::Receipt> = cert
             .receipts
             .iter()
-            .map(|s| {
-                let r = &s.receipt;
-                crate::bindings::VerityReceipts::Receipt {
-                    requestId: to_b256(&r.request_id),
-                    modelId: to_b256(&r.model_id),
-                    inputHash: to_b256(&r.input_hash),
-                    outputHash: to_b256(&r.output_hash),
-                    traceRoot: to_b256(&r.trace_root),
-                    node: to_evm(&r.node),
-                    timestamp: r.timestamp,
-                }
-            })
+            .map(|s| receipt_struct(&s.receipt))
             .collect();
         let sigs: Vec<Bytes> = cert
             .receipts
@@ -573,6 +562,19 @@ impl EvmChain {
             }
             return Ok(receipt);
         }
+    }
+}
+
+/// A receipt as the hub's `Receipt` struct.
+fn receipt_struct(r: &verity_core::Receipt) -> crate::bindings::VerityReceipts::Receipt {
+    crate::bindings::VerityReceipts::Receipt {
+        requestId: to_b256(&r.request_id),
+        modelId: to_b256(&r.model_id),
+        inputHash: to_b256(&r.input_hash),
+        outputHash: to_b256(&r.output_hash),
+        traceRoot: to_b256(&r.trace_root),
+        node: to_evm(&r.node),
+        timestamp: r.timestamp,
     }
 }
 
@@ -777,16 +779,7 @@ impl Chain for EvmChain {
 
     async fn submit(&self, id: u64, receipt: &SignedReceipt) -> Result<Hash, ChainError> {
         let hub = self.hub_contract();
-        let r = &receipt.receipt;
-        let rec = crate::bindings::VerityReceipts::Receipt {
-            requestId: to_b256(&r.request_id),
-            modelId: to_b256(&r.model_id),
-            inputHash: to_b256(&r.input_hash),
-            outputHash: to_b256(&r.output_hash),
-            traceRoot: to_b256(&r.trace_root),
-            node: to_evm(&r.node),
-            timestamp: r.timestamp,
-        };
+        let rec = receipt_struct(&receipt.receipt);
         let sig = Bytes::from(receipt.signature.0.to_vec());
         let (tx, _) = self
             .send("submitting the receipt", || {
