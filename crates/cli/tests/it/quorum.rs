@@ -2,7 +2,8 @@
 //! coordinator node whose every answer is checked here (certificate and outputs) against `verity run`:
 //! two nodes killed with SIGKILL mid-run, the same nodes restarted (they rejoin and sign again), a node
 //! that perturbs its outputs (caught: never in a certificate, its signed lie kept as evidence), and a node
-//! that stalls (timed out and replaced). Counts are printed per scenario.
+//! that stalls (timed out and replaced); then a node serving corrupted chunks while the others replicate a
+//! newly registered model (refused, the model stored intact). Counts are printed per scenario.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -12,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use verity_chain::cert::{verify_certificate, QuorumCertificate};
+use verity_chain::Chain;
 use verity_core::{Address, Hash};
 
 use super::devnet::{exclusive, free_base, wait_for, Running};
@@ -447,4 +449,79 @@ fn quorum_of_3_on_5_nodes_survives_crashes_liars_and_stalls() {
         t.outcomes
     );
     assert!(!t.signed.contains_key(&staller.addr), "{:?}", t.signed);
+
+    // 6. A node serving corrupted chunks: a new model is published on node 0 and on it, then registered
+    //    on-chain; the other nodes replicate it from both hosts, refuse the corrupt one at its first bad
+    //    chunk, and store the exact model.
+    let bad = &nodes[4];
+    kill9(&dir.join("node-4"));
+    running.extra.push(start(
+        bad,
+        &["--fault", "corrupt-chunks"],
+        &logs.join("n4b.log"),
+    ));
+    let (_, bytes, id) = super::replicate::big_model(tmp.path(), 2_600_000);
+    let publisher = verity_core::SecretKey::from_hex(
+        "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d",
+    )
+    .unwrap();
+    let manifest = super::node::signed_manifest(&publisher, id, "big", "1.0.0");
+    for n in [&nodes[0], bad] {
+        let r = super::node::publish_raw(&n.url, manifest.clone(), bytes.clone());
+        assert!(r.status().is_success(), "publish: {}", r.status());
+    }
+    let rpc = format!("http://127.0.0.1:{port}");
+    let dep = verity_chain::Deployment::load(&dir.join("contracts.json")).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let chain = rt
+        .block_on(verity_chain::EvmChain::connect(&rpc, dep, Some(&publisher)))
+        .unwrap();
+    // Both hosts announce it before it is registered, so every replica sees two peers.
+    wait_for("both hosts to announce the model", 60, || {
+        let h = rt.block_on(chain.hosts_of(id)).unwrap_or_default();
+        h.contains(&nodes[0].addr) && h.contains(&bad.addr)
+    });
+    let reg = chain.models_contract();
+    rt.block_on(chain.send("registering the model", || {
+        reg.register(
+            verity_chain::to_b256(&id),
+            "big".into(),
+            "1.0.0".into(),
+            verity_chain::to_b256(&Hash::ZERO),
+            verity_chain::U256::from(1u64),
+        )
+        .into_transaction_request()
+    }))
+    .unwrap();
+    wait_for("nodes 1-3 to replicate and announce the model", 120, || {
+        let h = rt.block_on(chain.hosts_of(id)).unwrap_or_default();
+        nodes[1..4].iter().all(|n| h.contains(&n.addr))
+    });
+    for n in &nodes[1..4] {
+        let got = reqwest::blocking::get(format!("{}/v1/models/{id}/download", n.url))
+            .unwrap()
+            .bytes()
+            .unwrap();
+        assert!(
+            got.as_ref() == bytes.as_slice(),
+            "node {} stores the exact model",
+            n.url
+        );
+    }
+    let mut refusals = 0;
+    for f in ["n1.log", "n2.log", "n3.log"] {
+        let log = std::fs::read_to_string(logs.join(f)).unwrap_or_default();
+        refusals += log
+            .lines()
+            .filter(|l| l.contains("refusing peer") && l.contains(&bad.url))
+            .count();
+    }
+    println!(
+        "scenario a node serving corrupted chunks: 3 replicas of a {}-byte model stored intact, {refusals} refusals of the corrupt peer",
+        bytes.len()
+    );
+    assert!(refusals >= 1, "the corrupt peer was detected and refused");
 }

@@ -14,7 +14,7 @@ use super::node::{http, model_id_of, publish_raw, signed_manifest, NodeProc};
 use super::verity;
 
 /// A one-node model `y = x + c` with `n` constants: about 4n bytes, so several 1 MiB chunks.
-fn big_model(dir: &Path, n: u32) -> (std::path::PathBuf, Vec<u8>, Hash) {
+pub fn big_model(dir: &Path, n: u32) -> (std::path::PathBuf, Vec<u8>, Hash) {
     let mut state = 0x9e3779b97f4a7c15u64;
     let data: Vec<i32> = (0..n)
         .map(|_| {
