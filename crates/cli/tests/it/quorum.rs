@@ -80,7 +80,7 @@ fn start(n: &NodeCmd, extra: &[&str], log: &Path) -> Child {
         .append(true)
         .open(log)
         .unwrap();
-    let c = Command::new(&n.args[0])
+    let mut c = Command::new(&n.args[0])
         .args(&n.args[1..])
         .args(extra)
         .stdout(f.try_clone().unwrap())
@@ -89,10 +89,28 @@ fn start(n: &NodeCmd, extra: &[&str], log: &Path) -> Child {
         .spawn()
         .unwrap();
     let url = format!("{}/v2/health/ready", n.url);
-    wait_for("the node to come back", 60, || {
-        reqwest::blocking::get(&url).is_ok_and(|r| r.status().is_success())
-    });
-    c
+    let t0 = Instant::now();
+    loop {
+        if reqwest::blocking::get(&url).is_ok_and(|r| r.status().is_success()) {
+            return c;
+        }
+        if let Ok(Some(status)) = c.try_wait() {
+            panic!(
+                "node {} exited ({status}) while starting:\n{}",
+                n.url,
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+        if t0.elapsed() > Duration::from_secs(120) {
+            let _ = c.kill();
+            panic!(
+                "node {} did not come back within 120 s:\n{}",
+                n.url,
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
 }
 
 /// What a load run saw.
