@@ -205,26 +205,13 @@ pub async fn post_pull(
         serde_json::from_slice(&body)
             .map_err(|e| ApiError::bad_request("bad_body", format!("bad pull request: {e}")))?
     };
-    if b.peers.is_empty() {
-        return Ok(Json(ensure(&node, id).await?));
-    }
-    if stored(&node, &id).await? {
-        return Ok(Json(PullReport {
-            model_id: id,
-            already_stored: true,
-            ..PullReport::default()
-        }));
-    }
-    let peers: Vec<String> = b
-        .peers
-        .iter()
-        .map(|p| p.trim_end_matches('/').to_string())
-        .collect();
-    let r = pull(&node, id, &peers).await?;
-    node.replication
-        .announce_pending
-        .store(true, Ordering::Relaxed);
-    Ok(Json(r))
+    let peers = (!b.peers.is_empty()).then(|| {
+        b.peers
+            .iter()
+            .map(|p| p.trim_end_matches('/').to_string())
+            .collect()
+    });
+    Ok(Json(ensure_from(&node, id, peers).await?))
 }
 
 /// Base URLs of the peers to pull `id` from: the configured peers, then the nodes announcing it in
@@ -265,6 +252,16 @@ pub async fn peers_for(node: &Arc<Node>, id: &Hash) -> Vec<String> {
 
 /// Make sure model `id` is stored here, pulling it from peers if not.
 pub async fn ensure(node: &Arc<Node>, id: Hash) -> Result<PullReport, ApiError> {
+    ensure_from(node, id, None).await
+}
+
+/// [`ensure`] from the given peers (`None`: the configured and on-chain ones). One pull per model at a
+/// time: a second caller waits and finds the model stored.
+pub async fn ensure_from(
+    node: &Arc<Node>,
+    id: Hash,
+    peers: Option<Vec<String>>,
+) -> Result<PullReport, ApiError> {
     let lock = {
         let mut locks = node
             .replication
@@ -281,7 +278,10 @@ pub async fn ensure(node: &Arc<Node>, id: Hash) -> Result<PullReport, ApiError> 
             ..PullReport::default()
         });
     }
-    let peers = peers_for(node, &id).await;
+    let peers = match peers {
+        Some(p) => p,
+        None => peers_for(node, &id).await,
+    };
     if peers.is_empty() {
         return Err(ApiError::not_found(
             "model_not_found",
