@@ -560,29 +560,16 @@ fn demo(
     if req.status != Status::Finalized {
         bail!("request {id} ended {:?}", req.status);
     }
-    let head = rt
-        .block_on(client.head())
-        .map_err(|e| anyhow!("{e}"))?
-        .number;
-    let events = rt
-        .block_on(client.hub_events(placed.block, head))
-        .map_err(|e| anyhow!("{e}"))?;
     let mut signers = Vec::new();
-    for e in &events {
+    for e in crate::request::request_events(rt, &client, placed.block, id)? {
         match &e.kind {
             verity_chain::HubEventKind::ReceiptAccepted {
-                id: rid,
-                node,
-                output_hash,
-            } if *rid == id => {
+                node, output_hash, ..
+            } => {
                 println!("3. receipt  node {node} output {output_hash} — tx {}", e.tx);
                 signers.push(*node);
             }
-            verity_chain::HubEventKind::Finalized {
-                id: rid,
-                output_hash,
-                ..
-            } if *rid == id => {
+            verity_chain::HubEventKind::Finalized { output_hash, .. } => {
                 println!(
                     "   final    output hash {output_hash} after {:.1} s — tx {}",
                     start.elapsed().as_secs_f64(),

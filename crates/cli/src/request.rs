@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
 use serde_json::{json, Value};
-use verity_chain::{Chain, Deployment, EvmChain, HubEventKind, Mode, RequestInfo, Status, U256};
+use verity_chain::{
+    Chain, Deployment, EvmChain, HubEvent, HubEventKind, Mode, RequestInfo, Status, U256,
+};
 use verity_core::Hash;
 use verity_engine::ir::Model;
 use verity_engine::vty;
@@ -58,6 +60,43 @@ pub struct RequestArgs {
     pub key: KeyArgs,
 }
 
+/// Send `req` to `url`: the status and the JSON body (`null` if there is none).
+fn send_json(
+    req: reqwest::blocking::RequestBuilder,
+    url: &str,
+) -> Result<(reqwest::StatusCode, Value)> {
+    let r = req.send().with_context(|| format!("cannot reach {url}"))?;
+    let status = r.status();
+    Ok((status, r.json().unwrap_or(Value::Null)))
+}
+
+/// The hub events of request `id` from block `from` to the newest block, in chain order.
+pub fn request_events(
+    rt: &tokio::runtime::Runtime,
+    chain: &EvmChain,
+    from: u64,
+    id: u64,
+) -> Result<Vec<HubEvent>> {
+    let head = rt
+        .block_on(chain.head())
+        .map_err(|e| anyhow!("{e}"))?
+        .number;
+    let events = rt
+        .block_on(chain.hub_events(from, head))
+        .map_err(|e| anyhow!("{e}"))?;
+    Ok(events
+        .into_iter()
+        .filter(|e| match &e.kind {
+            HubEventKind::Requested { id: r, .. }
+            | HubEventKind::ReceiptAccepted { id: r, .. }
+            | HubEventKind::Conflict { id: r, .. }
+            | HubEventKind::Finalized { id: r, .. }
+            | HubEventKind::Refunded { id: r } => *r == id,
+            HubEventKind::ModelRegistered { .. } => false,
+        })
+        .collect())
+}
+
 /// An input ready for an on-chain request: its canonical hash and where nodes fetch it.
 pub struct HostedInput {
     pub input_hash: Hash,
@@ -82,13 +121,7 @@ pub fn host_input(
     }
     let doc = json!({ "inputs": doc });
     let url = format!("{base}/v1/inputs");
-    let r = http
-        .post(&url)
-        .json(&doc)
-        .send()
-        .with_context(|| format!("cannot reach {url}"))?;
-    let status = r.status();
-    let v: Value = r.json().unwrap_or(Value::Null);
+    let (status, v) = send_json(http.post(&url).json(&doc), &url)?;
     if !status.is_success() {
         bail!(
             "the node refused the input (HTTP {status}): {}",
@@ -157,12 +190,7 @@ pub fn wait_settled(
 /// against the finalized hashes).
 pub fn verified_result(http: &reqwest::blocking::Client, base: &str, id: u64) -> Result<Value> {
     let url = format!("{base}/v1/requests/{id}?wait=30");
-    let r = http
-        .get(&url)
-        .send()
-        .with_context(|| format!("cannot reach {url}"))?;
-    let status = r.status();
-    let v: Value = r.json().unwrap_or(Value::Null);
+    let (status, v) = send_json(http.get(&url), &url)?;
     if !status.is_success() || v["verified"] != json!(true) {
         bail!(
             "the node at {base} gave no verified result for request {id} (HTTP {status}): {}",
@@ -202,13 +230,7 @@ fn certify(
         std::thread::sleep(Duration::from_millis(200));
     }
     let url = format!("{base}/v1/models/{model}/quorum?k={k}&onchain={id}");
-    let r = http
-        .post(&url)
-        .json(&hosted.doc)
-        .send()
-        .with_context(|| format!("cannot reach {url}"))?;
-    let status = r.status();
-    let v: Value = r.json().unwrap_or(Value::Null);
+    let (status, v) = send_json(http.post(&url).json(&hosted.doc), &url)?;
     if !status.is_success() {
         eprintln!(
             "certificate  not gathered (HTTP {status}): {}",
@@ -311,25 +333,14 @@ pub fn cmd_request(a: RequestArgs) -> Result<()> {
     if req.status != Status::Finalized {
         bail!("request {id} was refunded: no assigned node answered before the deadline");
     }
-    let head = rt
-        .block_on(chain.head())
-        .map_err(|e| anyhow!("{e}"))?
-        .number;
-    let events = rt
-        .block_on(chain.hub_events(placed.block, head))
-        .map_err(|e| anyhow!("{e}"))?;
     let mut receipts = Vec::new();
-    for e in &events {
+    for e in request_events(&rt, &chain, placed.block, id)? {
         if let HubEventKind::ReceiptAccepted {
-            id: rid,
-            node,
-            output_hash,
+            node, output_hash, ..
         } = &e.kind
         {
-            if *rid == id {
-                eprintln!("receipt  node {node} output {output_hash} — tx {}", e.tx);
-                receipts.push(json!({"node": node, "output_hash": output_hash, "tx": e.tx}));
-            }
+            eprintln!("receipt  node {node} output {output_hash} — tx {}", e.tx);
+            receipts.push(json!({"node": node, "output_hash": output_hash, "tx": e.tx}));
         }
     }
     eprintln!(

@@ -12,7 +12,7 @@ use verity_engine::io::{inputs_from_json, quantize_inputs};
 use verity_engine::ir::Model;
 use verity_engine::{Executor, Mode};
 
-#[derive(Args, Debug)]
+#[derive(Args, Debug, Clone)]
 pub struct VerifyArgs {
     /// The receipt (as saved by `verity infer --save-receipt`, or a full `/v1/.../infer` response).
     receipt: PathBuf,
@@ -225,15 +225,13 @@ fn check_certificate(a: &VerifyArgs, doc: &Value, cv: Value) -> Result<Verdict> 
             Err(e) => return Ok(Verdict::Invalid(format!("the response's outputs: {e}"))),
         }
     }
+    // The receipt checks only (the snapshot checks are done above).
     let first = VerifyArgs {
-        receipt: a.receipt.clone(),
-        input: a.input.clone(),
-        output: a.output.clone(),
-        model: a.model.clone(),
         signer: None,
         chain: None,
         contracts: None,
         registry: None,
+        ..a.clone()
     };
     match check_receipt(&first, &cert.receipts[0])? {
         Verdict::Invalid(e) => Ok(Verdict::Invalid(e)),

@@ -69,8 +69,12 @@ impl Address {
 
     /// The address of a public key: the last 20 bytes of keccak256 of its uncompressed coordinates.
     pub fn from_public_key(k: &VerifyingKey) -> Address {
-        let point = k.to_encoded_point(false);
-        let h = keccak256(&point.as_bytes()[1..]);
+        Address::from_uncompressed_point(k.to_encoded_point(false).as_bytes())
+    }
+
+    /// The address of an uncompressed SEC1 point (`0x04 ‖ x ‖ y`): the last 20 bytes of keccak256(x ‖ y).
+    fn from_uncompressed_point(point: &[u8]) -> Address {
+        let h = keccak256(&point[1..]);
         let mut a = [0u8; 20];
         a.copy_from_slice(&h.0[12..]);
         Address(a)
@@ -146,8 +150,9 @@ impl<'de> Deserialize<'de> for Address {
 pub struct Signature(pub [u8; 65]);
 
 impl Signature {
-    /// Recover the signer's address of a 32-byte digest. Rejects high `s` (EIP-2) and bad `v`.
-    pub fn recover(&self, digest: &Hash) -> Result<Address, EthError> {
+    /// The recovery id and the parsed `(r, s)`, refusing a bad `v`, out-of-range `r`/`s` and high `s`
+    /// (EIP-2): the checks both recovery paths share.
+    fn checked(&self) -> Result<(u8, KSig), EthError> {
         let v = match self.0[64] {
             27 | 0 => 0u8,
             28 | 1 => 1u8,
@@ -160,6 +165,12 @@ impl Signature {
                 "s is in the upper half of the curve order",
             ));
         }
+        Ok((v, sig))
+    }
+
+    /// Recover the signer's address of a 32-byte digest. Rejects high `s` (EIP-2) and bad `v`.
+    pub fn recover(&self, digest: &Hash) -> Result<Address, EthError> {
+        let (v, _) = self.checked()?;
         // Recovery itself runs in libsecp256k1 (about 5x faster than the pure-Rust path, which
         // `recover_portable` keeps as the reference; the two are tested equal).
         let rid = secp256k1::ecdsa::RecoveryId::try_from(v as i32)
@@ -169,27 +180,14 @@ impl Signature {
         let key = SECP
             .recover_ecdsa(secp256k1::Message::from_digest(digest.0), &rsig)
             .map_err(|_| EthError::Recover)?;
-        let point = key.serialize_uncompressed();
-        let h = keccak256(&point[1..]);
-        let mut a = [0u8; 20];
-        a.copy_from_slice(&h.0[12..]);
-        Ok(Address(a))
+        Ok(Address::from_uncompressed_point(
+            &key.serialize_uncompressed(),
+        ))
     }
 
     /// [`Signature::recover`] in pure Rust (k256): the reference the fast path is tested against.
     pub fn recover_portable(&self, digest: &Hash) -> Result<Address, EthError> {
-        let v = match self.0[64] {
-            27 | 0 => 0u8,
-            28 | 1 => 1u8,
-            _ => return Err(EthError::Signature("v must be 27 or 28")),
-        };
-        let sig = KSig::from_slice(&self.0[..64])
-            .map_err(|_| EthError::Signature("r or s out of range"))?;
-        if sig.normalize_s().is_some() {
-            return Err(EthError::Signature(
-                "s is in the upper half of the curve order",
-            ));
-        }
+        let (v, sig) = self.checked()?;
         let rid = RecoveryId::from_byte(v).ok_or(EthError::Signature("bad recovery id"))?;
         let key = VerifyingKey::recover_from_prehash(&digest.0, &sig, rid)
             .map_err(|_| EthError::Recover)?;

@@ -595,6 +595,16 @@ pub async fn fetch_input<C: Chain>(
     chain: &C,
     req: &RequestInfo,
 ) -> Result<Vec<NamedTensor>, ApiError> {
+    Ok(fetch_input_and_mode(node, chain, req).await?.0)
+}
+
+/// [`fetch_input`], with the OpenGradient inference mode when the input came from an OpenGradient
+/// request.
+async fn fetch_input_and_mode<C: Chain>(
+    node: &Arc<Node>,
+    chain: &C,
+    req: &RequestInfo,
+) -> Result<(Vec<NamedTensor>, Option<u8>), ApiError> {
     let uri = req.input_uri.as_str();
     let max = node.config.limits.max_tensor_elements;
     let body: Vec<u8> = if let Some(rest) = uri.strip_prefix("opengradient:") {
@@ -620,7 +630,10 @@ pub async fn fetch_input<C: Chain>(
                     format!("no OpenGradient request {want} in its transaction"),
                 )
             })?;
-        return crate::opengradient::input_tensors(&og.input, max);
+        return Ok((
+            crate::opengradient::input_tensors(&og.input, max)?,
+            Some(og.mode),
+        ));
     } else if let Some(rest) = uri.strip_prefix("data:application/json;base64,") {
         use base64::Engine;
         base64::engine::general_purpose::STANDARD
@@ -638,7 +651,7 @@ pub async fn fetch_input<C: Chain>(
     };
     let r = decode_native(&body, max)
         .map_err(|e| ApiError::unprocessable("bad_input", e.to_string()))?;
-    Ok(r.inputs)
+    Ok((r.inputs, None))
 }
 
 async fn fetch_http(uri: &str, limit: u64) -> Result<Vec<u8>, ApiError> {
@@ -681,6 +694,8 @@ pub struct Verified {
     pub outputs: Vec<(String, Vec<u64>, i8, Vec<f64>)>,
     /// Output tensors as canonical integers.
     pub raw: Vec<Vec<i32>>,
+    /// The OpenGradient inference mode, for a request placed through the OpenGradient front door.
+    pub opengradient_mode: Option<u8>,
 }
 
 /// Wait (up to `wait`) for request `id` to finalize, then re-execute it and return the output only if
@@ -719,7 +734,7 @@ pub async fn verified_result<C: Chain>(
             _ => tokio::time::sleep(Duration::from_millis(250)).await,
         }
     };
-    let inputs = fetch_input(node, chain, &req).await?;
+    let (inputs, opengradient_mode) = fetch_input_and_mode(node, chain, &req).await?;
     let loaded = load_model(node, &req.model_id).await?;
     let l2 = loaded.clone();
     let (input_hash, raw) = node
@@ -750,6 +765,7 @@ pub async fn verified_result<C: Chain>(
         request: req,
         outputs,
         raw,
+        opengradient_mode,
     })
 }
 

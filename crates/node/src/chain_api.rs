@@ -149,13 +149,7 @@ pub async fn opengradient_result(
                 e
             }
         })?;
-    let og_mode = chain
-        .opengradient_request(id)
-        .await
-        .ok()
-        .flatten()
-        .map(|r| r.mode)
-        .unwrap_or(0);
+    let og_mode = v.opengradient_mode.unwrap_or(0);
     let outs: Vec<(String, Vec<u64>, i8, Vec<i32>)> = v
         .outputs
         .into_iter()

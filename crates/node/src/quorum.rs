@@ -71,14 +71,20 @@ struct Answer {
     outputs: Value,
 }
 
-fn hex_error(status: StatusCode, code: &str, message: String, extra: Value) -> Response {
-    let mut body = json!({"error": {"code": code, "message": message}});
+/// A failed chain read while coordinating.
+fn chain_down(e: verity_chain::ChainError) -> ApiError {
+    ApiError::new(StatusCode::BAD_GATEWAY, "chain_unreachable", e.to_string())
+}
+
+/// An API error response with more top-level fields next to `error` (the attempts and the evidence).
+fn error_with(e: ApiError, extra: Value) -> Response {
+    let mut body = json!({"error": {"code": e.code, "message": e.message}});
     if let Value::Object(m) = extra {
         for (k, v) in m {
             body[k] = v;
         }
     }
-    (status, Json(body)).into_response()
+    (e.status, Json(body)).into_response()
 }
 
 /// `POST /v1/models/{model}/quorum?k=K[&widen=false][&timeout_ms=N]` with a native JSON inference body.
@@ -114,12 +120,9 @@ pub async fn post_quorum(
         .map_err(|e| ApiError::bad_request("bad_json", format!("the body is not JSON: {e}")))?;
     let (rec, _) = node.resolve(&model).await?;
     let model_id = rec.id;
-    let down = |e: verity_chain::ChainError| {
-        ApiError::new(StatusCode::BAD_GATEWAY, "chain_unreachable", e.to_string())
-    };
     let (request_id, registry) = match q.onchain {
         Some(n) => {
-            let req = chain.request(n).await.map_err(down)?.ok_or_else(|| {
+            let req = chain.request(n).await.map_err(chain_down)?.ok_or_else(|| {
                 ApiError::not_found("unknown_request", format!("no request {n} on the hub"))
             })?;
             if req.model_id != model_id {
@@ -134,7 +137,7 @@ pub async fn post_quorum(
                     format!("request {n} needs k = {}", req.k),
                 ));
             }
-            let head = chain.head().await.map_err(down)?;
+            let head = chain.head().await.map_err(chain_down)?;
             if head.number <= req.seed_block {
                 return Err(ApiError::new(
                     StatusCode::CONFLICT,
@@ -145,7 +148,10 @@ pub async fn post_quorum(
                     ),
                 ));
             }
-            let snap = chain.registry_at(req.seed_block).await.map_err(down)?;
+            let snap = chain
+                .registry_at(req.seed_block)
+                .await
+                .map_err(chain_down)?;
             (crate::chain::request_hash(n), snap)
         }
         None => {
@@ -159,7 +165,7 @@ pub async fn post_quorum(
         }
     };
     doc["request_id"] = json!(request_id);
-    let outcome = coordinate(
+    coordinate(
         &node,
         CoordinateArgs {
             model_id,
@@ -172,8 +178,7 @@ pub async fn post_quorum(
             domain: receipt_domain(chain.chain_id(), chain.hub()),
         },
     )
-    .await;
-    Ok(outcome)
+    .await
 }
 
 /// How long a registry snapshot is reused (the chain's newest block changes about once a block time;
@@ -192,11 +197,8 @@ async fn registry(
             }
         }
     }
-    let down = |e: verity_chain::ChainError| {
-        ApiError::new(StatusCode::BAD_GATEWAY, "chain_unreachable", e.to_string())
-    };
-    let head = chain.head().await.map_err(down)?;
-    let snap = chain.registry_at(head.number).await.map_err(down)?;
+    let head = chain.head().await.map_err(chain_down)?;
+    let snap = chain.registry_at(head.number).await.map_err(chain_down)?;
     if let Ok(mut c) = node.replication.snapshot.lock() {
         *c = Some((Instant::now(), snap.clone()));
     }
@@ -224,28 +226,21 @@ pub struct CoordinateArgs {
 }
 
 /// Run one quorum request; the response is the certified answer or a 409/503 with the evidence.
-pub async fn coordinate(node: &Arc<Node>, a: CoordinateArgs) -> Response {
+/// Errors that carry no evidence (too few active nodes, a bad registry, a local failure) are `Err`.
+pub async fn coordinate(node: &Arc<Node>, a: CoordinateArgs) -> Result<Response, ApiError> {
     let start = Instant::now();
     let active = a.registry.nodes.len();
     if active < a.k as usize {
-        return hex_error(
+        return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "quorum_unavailable",
             format!("only {active} active nodes for a quorum of {}", a.k),
-            json!({}),
-        );
+        ));
     }
-    let order = match a.registry.draw(&a.request_id, candidates(a.k, active)) {
-        Ok(o) => o,
-        Err(e) => {
-            return hex_error(
-                StatusCode::BAD_GATEWAY,
-                "bad_registry",
-                e.to_string(),
-                json!({}),
-            )
-        }
-    };
+    let order = a
+        .registry
+        .draw(&a.request_id, candidates(a.k, active))
+        .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, "bad_registry", e.to_string()))?;
     let endpoint_of = |addr: &Address| -> String {
         a.registry
             .nodes
@@ -254,17 +249,7 @@ pub async fn coordinate(node: &Arc<Node>, a: CoordinateArgs) -> Response {
             .map(|n| n.endpoint.trim_end_matches('/').to_string())
             .unwrap_or_default()
     };
-    let http = match node.replication.client() {
-        Ok(h) => h,
-        Err(e) => {
-            return hex_error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                e.message,
-                json!({}),
-            )
-        }
-    };
+    let http = node.replication.client()?;
     let body = Arc::new(serde_json::to_vec(&a.doc).unwrap_or_default());
     let mut attempts: Vec<Attempt> = Vec::new();
     let mut groups: BTreeMap<(Hash, Hash), Vec<(usize, Answer)>> = BTreeMap::new();
@@ -380,12 +365,10 @@ pub async fn coordinate(node: &Arc<Node>, a: CoordinateArgs) -> Response {
             )
         };
         tracing::warn!(request = %a.request_id, model = %a.model_id, "{msg}");
-        return hex_error(
-            status,
-            code,
-            msg,
+        return Ok(error_with(
+            ApiError::new(status, code, msg),
             json!({"attempts": attempts, "evidence": evidence, "latency_ms": elapsed}),
-        );
+        ));
     };
     let mut agreed = groups.remove(&w).unwrap_or_default();
     agreed.sort_by_key(|(p, _)| *p);
@@ -408,15 +391,12 @@ pub async fn coordinate(node: &Arc<Node>, a: CoordinateArgs) -> Response {
     };
     if let Err(e) = verity_chain::cert::verify_certificate(&cert) {
         // Every receipt was checked on arrival; this would be a coordinator bug.
-        return hex_error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            format!("the assembled certificate does not verify: {e}"),
-            json!({}),
-        );
+        return Err(ApiError::internal(format!(
+            "the assembled certificate does not verify: {e}"
+        )));
     }
     tracing::info!(request = %a.request_id, model = %a.model_id, k = a.k, asked = attempts.len(), ms = elapsed, "quorum reached");
-    (
+    Ok((
         StatusCode::OK,
         Json(json!({
             "verified": true,
@@ -430,7 +410,7 @@ pub async fn coordinate(node: &Arc<Node>, a: CoordinateArgs) -> Response {
             "latency_ms": elapsed,
         })),
     )
-        .into_response()
+        .into_response())
 }
 
 /// Send the request to one node: its receipt and outputs, or why not.

@@ -141,6 +141,43 @@ impl Drop for Running {
     }
 }
 
+impl Running {
+    /// Start `verity devnet --fresh` with `nodes` nodes in `tmp/dn` on ports from `port` (no demo), its
+    /// output in `tmp/devnet.out`, and wait (up to `secs`) until it is ready; returns it with its
+    /// directory and `devnet.json`.
+    pub fn devnet(
+        tmp: &std::path::Path,
+        nodes: usize,
+        port: u16,
+        secs: u64,
+    ) -> (Running, std::path::PathBuf, serde_json::Value) {
+        let dir = tmp.join("dn");
+        let anvil = root().join(".tools/node_modules/.bin/anvil");
+        assert!(anvil.exists(), "anvil is missing: run scripts/setup-chain");
+        let log = std::fs::File::create(tmp.join("devnet.out")).unwrap();
+        let devnet = Command::new(env!("CARGO_BIN_EXE_verity"))
+            .args(["devnet", "--fresh", "--nodes", &nodes.to_string()])
+            .args(["--dir", dir.to_str().unwrap(), "--port", &port.to_string()])
+            .args(["--anvil", anvil.to_str().unwrap()])
+            .current_dir(root())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let running = Running {
+            devnet,
+            extra: vec![],
+        };
+        wait_for("the devnet to come up", secs, || {
+            dir.join("devnet.json").exists()
+        });
+        let summary =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("devnet.json")).unwrap())
+                .unwrap();
+        (running, dir, summary)
+    }
+}
+
 fn rpc_call(url: &str, method: &str, params: serde_json::Value) -> serde_json::Value {
     let r: serde_json::Value = reqwest::blocking::Client::new()
         .post(url)
@@ -153,9 +190,9 @@ fn rpc_call(url: &str, method: &str, params: serde_json::Value) -> serde_json::V
     r["result"].clone()
 }
 
-/// The anvil process listening on `port`: (pid, its command line).
-fn anvil_process(port: u16) -> (u32, Vec<String>) {
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+/// A live (not zombie) process whose command line satisfies `matches`: (pid, its arguments).
+pub fn find_process(matches: impl Fn(&[String]) -> bool) -> Option<(u32, Vec<String>)> {
+    for e in std::fs::read_dir("/proc").ok()?.flatten() {
         let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
             continue;
         };
@@ -167,15 +204,26 @@ fn anvil_process(port: u16) -> (u32, Vec<String>) {
             .filter(|a| !a.is_empty())
             .map(|a| String::from_utf8_lossy(a).to_string())
             .collect();
-        let is_anvil = args.first().is_some_and(|a| a.ends_with("anvil"));
-        let on_port = args
-            .windows(2)
-            .any(|w| w[0] == "--port" && w[1] == port.to_string());
-        if is_anvil && on_port {
-            return (pid, args);
+        if !matches(&args) {
+            continue;
+        }
+        let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+        if !stat.contains(") Z ") {
+            return Some((pid, args));
         }
     }
-    panic!("no anvil on port {port}");
+    None
+}
+
+/// The anvil process listening on `port`: (pid, its command line).
+fn anvil_process(port: u16) -> (u32, Vec<String>) {
+    find_process(|args| {
+        args.first().is_some_and(|a| a.ends_with("anvil"))
+            && args
+                .windows(2)
+                .any(|w| w[0] == "--port" && w[1] == port.to_string())
+    })
+    .unwrap_or_else(|| panic!("no anvil on port {port}"))
 }
 
 pub fn wait_for(what: &str, secs: u64, mut ok: impl FnMut() -> bool) {
@@ -190,34 +238,9 @@ pub fn wait_for(what: &str, secs: u64, mut ok: impl FnMut() -> bool) {
 fn verity_request_gets_verified_results_through_an_rpc_outage_and_a_reorg() {
     let _one = exclusive();
     let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("dn");
     let port = free_base(5);
     let rpc = format!("http://127.0.0.1:{port}");
-    let anvil = root().join(".tools/node_modules/.bin/anvil");
-    assert!(anvil.exists(), "anvil is missing: run scripts/setup-chain");
-    let log = std::fs::File::create(tmp.path().join("devnet.out")).unwrap();
-    let devnet = Command::new(env!("CARGO_BIN_EXE_verity"))
-        .args(["devnet", "--fresh", "--dir", dir.to_str().unwrap()])
-        .args([
-            "--port",
-            &port.to_string(),
-            "--anvil",
-            anvil.to_str().unwrap(),
-        ])
-        .current_dir(root())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let mut running = Running {
-        devnet,
-        extra: vec![],
-    };
-    wait_for("the devnet to come up", 240, || {
-        dir.join("devnet.json").exists()
-    });
-    let summary: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("devnet.json")).unwrap()).unwrap();
+    let (mut running, dir, summary) = Running::devnet(tmp.path(), 3, port, 240);
     let key = summary["client_key"].as_str().unwrap().to_string();
     let contracts = dir.join("contracts.json");
     let node0 = summary["nodes"][0]["url"].as_str().unwrap().to_string();

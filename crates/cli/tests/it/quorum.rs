@@ -5,7 +5,7 @@
 //! that stalls (timed out and replaced); then a node serving corrupted chunks while the others replicate a
 //! newly registered model (refused, the model stored intact). Counts are printed per scenario.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -16,7 +16,7 @@ use verity_chain::cert::{verify_certificate, QuorumCertificate};
 use verity_chain::Chain;
 use verity_core::{Address, Hash};
 
-use super::devnet::{exclusive, free_base, wait_for, Running};
+use super::devnet::{exclusive, find_process, free_base, wait_for, Running};
 use super::root;
 
 /// A node process of the devnet: its command line, so it can be killed and started again.
@@ -26,42 +26,23 @@ struct NodeCmd {
     args: Vec<String>,
 }
 
-fn node_pid(data_dir: &Path) -> Option<u32> {
+/// The node process running on `data_dir`: (pid, its arguments).
+fn node_process(data_dir: &Path) -> Option<(u32, Vec<String>)> {
     let want = data_dir.to_str()?.to_string();
-    for e in std::fs::read_dir("/proc").ok()?.flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(raw) = std::fs::read(e.path().join("cmdline")) else {
-            continue;
-        };
-        let args: Vec<String> = raw
-            .split(|b| *b == 0)
-            .map(|a| String::from_utf8_lossy(a).to_string())
-            .collect();
-        let is_node = args.get(1).is_some_and(|a| a == "node");
-        if is_node
+    find_process(|args| {
+        args.get(1).is_some_and(|a| a == "node")
             && args
                 .windows(2)
                 .any(|w| w[0] == "--data-dir" && w[1] == want)
-        {
-            let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
-            if !stat.contains(") Z ") {
-                return Some(pid);
-            }
-        }
-    }
-    None
+    })
+}
+
+fn node_pid(data_dir: &Path) -> Option<u32> {
+    node_process(data_dir).map(|p| p.0)
 }
 
 fn node_cmd(data_dir: &Path, addr: Address, url: String) -> NodeCmd {
-    let pid = node_pid(data_dir).expect("node process");
-    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
-    let args = raw
-        .split(|b| *b == 0)
-        .filter(|a| !a.is_empty())
-        .map(|a| String::from_utf8_lossy(a).to_string())
-        .collect();
+    let (_, args) = node_process(data_dir).expect("node process");
     NodeCmd { addr, url, args }
 }
 
@@ -113,6 +94,22 @@ fn start(n: &NodeCmd, extra: &[&str], log: &Path) -> Child {
     }
 }
 
+/// Kill node `i` of the devnet in `dir` with SIGKILL and start it again with `extra` flags, logging to
+/// `log`.
+fn restart(dir: &Path, i: usize, n: &NodeCmd, extra: &[&str], log: &Path) -> Child {
+    kill9(&dir.join(format!("node-{i}")));
+    start(n, extra, log)
+}
+
+/// The native request body for the MLP fixture.
+fn mlp_body() -> Value {
+    let doc: Value = serde_json::from_str(
+        &std::fs::read_to_string(root().join("fixtures/mlp.input.json")).unwrap(),
+    )
+    .unwrap();
+    json!({ "inputs": doc })
+}
+
 /// What a load run saw.
 #[derive(Default, Debug)]
 struct Tally {
@@ -139,11 +136,7 @@ fn load(
     timeout_ms: u64,
     mut during: impl FnMut(usize),
 ) -> Tally {
-    let doc: Value = serde_json::from_str(
-        &std::fs::read_to_string(root().join("fixtures/mlp.input.json")).unwrap(),
-    )
-    .unwrap();
-    let body = json!({ "inputs": doc });
+    let body = mlp_body();
     let next = Arc::new(AtomicUsize::new(0));
     let start = Instant::now();
     let worker = |first: bool| {
@@ -246,40 +239,8 @@ fn load(
 fn quorum_of_3_on_5_nodes_survives_crashes_liars_and_stalls() {
     let _one = exclusive();
     let tmp = tempfile::tempdir().unwrap();
-    let dir: PathBuf = tmp.path().join("dn");
     let port = free_base(7);
-    let anvil = root().join(".tools/node_modules/.bin/anvil");
-    assert!(anvil.exists(), "anvil is missing: run scripts/setup-chain");
-    let log = std::fs::File::create(tmp.path().join("devnet.out")).unwrap();
-    let devnet = Command::new(env!("CARGO_BIN_EXE_verity"))
-        .args([
-            "devnet",
-            "--fresh",
-            "--nodes",
-            "5",
-            "--dir",
-            dir.to_str().unwrap(),
-        ])
-        .args([
-            "--port",
-            &port.to_string(),
-            "--anvil",
-            anvil.to_str().unwrap(),
-        ])
-        .current_dir(root())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let mut running = Running {
-        devnet,
-        extra: vec![],
-    };
-    wait_for("the devnet to come up", 300, || {
-        dir.join("devnet.json").exists()
-    });
-    let summary: Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("devnet.json")).unwrap()).unwrap();
+    let (mut running, dir, summary) = Running::devnet(tmp.path(), 5, port, 300);
     let nodes: Vec<NodeCmd> = (0..5)
         .map(|i| {
             let n = &summary["nodes"][i];
@@ -382,8 +343,9 @@ fn quorum_of_3_on_5_nodes_survives_crashes_liars_and_stalls() {
 
     // 4. A lying node (outputs perturbed, lies signed): never in a certificate, its lie kept as evidence.
     let liar = &nodes[2];
-    kill9(&dir.join("node-2"));
-    running.extra.push(start(
+    running.extra.push(restart(
+        &dir,
+        2,
         liar,
         &["--fault", "perturb-output"],
         &logs.join("n2.log"),
@@ -410,15 +372,12 @@ fn quorum_of_3_on_5_nodes_survives_crashes_liars_and_stalls() {
         t.dissent
     );
     // Without widening, a request that draws the liar fails with the evidence.
-    let doc: Value = serde_json::from_str(
-        &std::fs::read_to_string(root().join("fixtures/mlp.input.json")).unwrap(),
-    )
-    .unwrap();
+    let body = mlp_body();
     let mut caught = None;
     for _ in 0..40 {
         let r = reqwest::blocking::Client::new()
             .post(format!("{coord}/v1/models/mlp/quorum?k=3&widen=false"))
-            .json(&json!({ "inputs": doc }))
+            .json(&body)
             .send()
             .unwrap();
         if r.status().as_u16() == 409 {
@@ -444,8 +403,9 @@ fn quorum_of_3_on_5_nodes_survives_crashes_liars_and_stalls() {
 
     // 5. A stalling node (answers after 5 s) is timed out after 1 s and replaced.
     let staller = &nodes[1];
-    kill9(&dir.join("node-1"));
-    running.extra.push(start(
+    running.extra.push(restart(
+        &dir,
+        1,
         staller,
         &["--fault", "stall=5000"],
         &logs.join("n1.log"),
@@ -472,8 +432,9 @@ fn quorum_of_3_on_5_nodes_survives_crashes_liars_and_stalls() {
     //    on-chain; the other nodes replicate it from both hosts, refuse the corrupt one at its first bad
     //    chunk, and store the exact model.
     let bad = &nodes[4];
-    kill9(&dir.join("node-4"));
-    running.extra.push(start(
+    running.extra.push(restart(
+        &dir,
+        4,
         bad,
         &["--fault", "corrupt-chunks"],
         &logs.join("n4b.log"),
