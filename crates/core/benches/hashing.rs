@@ -3,7 +3,7 @@
 
 use std::hint::black_box;
 
-use criterion::{criterion_group, criterion_main, Criterion};
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use verity_core::keccak_batch::{keccak256_batch, keccak256_short};
 use verity_core::{elements_root, keccak256};
 
@@ -28,6 +28,17 @@ fn bench(c: &mut Criterion) {
     c.bench_function("merkle::elements_root/n=8192", |b| {
         b.iter(|| black_box(elements_root(&elems)))
     });
+    // Bulk rates: one keccak pass over a 1 MiB chunk, and the elements root of the same bytes (what a
+    // replica recomputes for every weight); the floor on any keccak-verified transfer.
+    let mut g = c.benchmark_group("bulk");
+    g.throughput(Throughput::Bytes(1 << 20));
+    let chunk = vec![7u8; 1 << 20];
+    g.bench_function("keccak256/1MiB", |b| b.iter(|| black_box(keccak256(&chunk))));
+    let elems: Vec<i32> = (0..(1 << 18)).collect();
+    g.bench_function("elements_root/1MiB", |b| {
+        b.iter(|| black_box(elements_root(&elems)))
+    });
+    g.finish();
 }
 
 criterion_group!(benches, bench);
