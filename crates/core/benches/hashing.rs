@@ -33,7 +33,9 @@ fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("bulk");
     g.throughput(Throughput::Bytes(1 << 20));
     let chunk = vec![7u8; 1 << 20];
-    g.bench_function("keccak256/1MiB", |b| b.iter(|| black_box(keccak256(&chunk))));
+    g.bench_function("keccak256/1MiB", |b| {
+        b.iter(|| black_box(keccak256(&chunk)))
+    });
     let elems: Vec<i32> = (0..(1 << 18)).collect();
     g.bench_function("elements_root/1MiB", |b| {
         b.iter(|| black_box(elements_root(&elems)))

@@ -181,6 +181,99 @@ pub fn root_from_path(leaf: Hash, index: usize, n: usize, path: &[Hash]) -> Opti
     Some(fold_path(leaf, index, path))
 }
 
+/// Siblings that prove several leaves of one tree at once (a *multiproof*), in the order
+/// [`multiproof_root`] consumes them: level by level from the leaves up, left to right, one hash for every
+/// node whose sibling is neither known (a proven leaf or a node computed from them) nor padding.
+/// `indices` must be strictly increasing and below `leaves.len()`; otherwise `None`.
+pub fn multiproof(leaves: &[Hash], indices: &[usize]) -> Option<Vec<Hash>> {
+    if indices.is_empty() || indices.windows(2).any(|w| w[0] >= w[1]) {
+        return None;
+    }
+    if *indices.last()? >= leaves.len() {
+        return None;
+    }
+    let mut proof = Vec::new();
+    let mut level: Vec<Hash> = leaves.to_vec();
+    let mut known: Vec<usize> = indices.to_vec();
+    while level.len() > 1 {
+        let mut i = 0;
+        let mut next = Vec::with_capacity(known.len());
+        while i < known.len() {
+            let idx = known[i];
+            if idx % 2 == 0 && known.get(i + 1) == Some(&(idx + 1)) {
+                i += 2;
+            } else {
+                let sib = idx ^ 1;
+                if sib < level.len() {
+                    proof.push(level[sib]);
+                }
+                i += 1;
+            }
+            next.push(idx / 2);
+        }
+        known = next;
+        level = next_level(&level);
+    }
+    Some(proof)
+}
+
+/// The root of a tree of `width` leaves in which the leaves `items` (index, hash; strictly increasing
+/// indices) are proven by `proof` (from [`multiproof`]). `None` if the items are malformed or the proof has
+/// the wrong number of hashes. The Solidity `Merkle.multiRoot` computes exactly this.
+pub fn multiproof_root(width: usize, items: &[(usize, Hash)], proof: &[Hash]) -> Option<Hash> {
+    if items.is_empty() || items.windows(2).any(|w| w[0].0 >= w[1].0) {
+        return None;
+    }
+    if items.last()?.0 >= width {
+        return None;
+    }
+    let mut level: Vec<(usize, Hash)> = items.to_vec();
+    let mut width = width;
+    let mut p = 0;
+    while width > 1 {
+        let mut next = Vec::with_capacity(level.len());
+        let mut i = 0;
+        while i < level.len() {
+            let (idx, h) = level[i];
+            let parent_hash = if idx % 2 == 0 {
+                let sib = if level.get(i + 1).map(|x| x.0) == Some(idx + 1) {
+                    i += 1;
+                    level[i].1
+                } else if idx + 1 >= width {
+                    Hash::ZERO
+                } else {
+                    p += 1;
+                    *proof.get(p - 1)?
+                };
+                parent(&h, &sib)
+            } else {
+                p += 1;
+                parent(proof.get(p - 1)?, &h)
+            };
+            i += 1;
+            next.push((idx / 2, parent_hash));
+        }
+        level = next;
+        width = width.div_ceil(2);
+    }
+    (p == proof.len()).then_some(level[0].1)
+}
+
+/// The leaf of word `w` of a tensor: `keccak256(word)`.
+pub fn word_leaf(elems: &[i32], w: usize) -> Hash {
+    keccak256(&pack_word(elems, w))
+}
+
+/// The word leaves of a tensor (for proofs over many of its elements).
+pub fn word_leaves(elems: &[i32]) -> Vec<Hash> {
+    element_leaves(elems)
+}
+
+/// `keccak256(u64_be(len) ‖ tree)`: an elements root from its length and Merkle root.
+pub fn bind_length(len: usize, tree: Hash) -> Hash {
+    bind_len(len, tree)
+}
+
 impl ElementProof {
     /// The elements root this proof leads to, if it is well-formed.
     pub fn root(&self) -> Option<Hash> {
@@ -246,6 +339,29 @@ mod tests {
             let mut bad = p.clone();
             bad.len += 1;
             prop_assert_eq!(verify_element(&bad, root), None);
+        }
+
+        #[test]
+        fn multiproofs_verify(n in 1usize..90, picks in prop::collection::btree_set(any::<usize>(), 1..12)) {
+            let leaves: Vec<Hash> = (0..n).map(|i| keccak256(&i.to_be_bytes())).collect();
+            let root = merkle_root(&leaves);
+            let idx: Vec<usize> = picks.iter().map(|p| p % n).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
+            let proof = multiproof(&leaves, &idx).unwrap();
+            let items: Vec<(usize, Hash)> = idx.iter().map(|&i| (i, leaves[i])).collect();
+            prop_assert_eq!(multiproof_root(n, &items, &proof), Some(root));
+            // a changed leaf, a missing or extra sibling, or a moved index fails
+            let mut bad = items.clone();
+            bad[0].1 = keccak256(b"x");
+            prop_assert_ne!(multiproof_root(n, &bad, &proof), Some(root));
+            if !proof.is_empty() {
+                prop_assert_eq!(multiproof_root(n, &items, &proof[1..]), None);
+            }
+            let mut longer = proof.clone();
+            longer.push(Hash::ZERO);
+            prop_assert_eq!(multiproof_root(n, &items, &longer), None);
+            // one index alone gives exactly the single-leaf path minus padding siblings
+            let single = multiproof(&leaves, &idx[..1]).unwrap();
+            prop_assert_eq!(multiproof_root(n, &items[..1], &single), Some(root));
         }
 
         #[test]

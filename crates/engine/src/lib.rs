@@ -9,6 +9,7 @@ pub mod exec;
 pub mod io;
 pub mod ir;
 mod kernels;
+pub mod onestep;
 pub mod vty;
 
 pub use error::{ExecError, ModelError};

@@ -263,7 +263,8 @@ pub fn encode(m: &Model) -> Vec<u8> {
     w.into_bytes()
 }
 
-fn decode_node(bytes: &[u8]) -> Result<Node, ModelError> {
+/// Decode one node item (as proven against a model ID in a one-step check).
+pub fn decode_node(bytes: &[u8]) -> Result<Node, ModelError> {
     let mut r = Reader::new(bytes);
     if r.u8()? != TAG_NODE {
         return Err(r.invalid("expected a node item").into());

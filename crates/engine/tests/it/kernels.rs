@@ -11,6 +11,7 @@ fn run_all(
     inputs: Vec<Vec<i32>>,
 ) -> Vec<Result<Vec<Vec<i32>>, verity_engine::ExecError>> {
     m.validate().expect("test model is valid");
+    crate::onestep::agrees(m, inputs.clone());
     [
         Mode::Reference,
         Mode::Fast { threads: 1 },

@@ -3,6 +3,7 @@
 
 mod codec;
 mod kernels;
+mod onestep;
 mod random_models;
 
 use verity_engine::ir::*;

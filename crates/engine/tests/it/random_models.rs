@@ -11,6 +11,7 @@ fn check(m: &Model, inputs: Vec<Vec<i32>>) -> Result<(), TestCaseError> {
     if m.validate().is_err() {
         return Ok(());
     }
+    crate::onestep::agrees(m, inputs.clone());
     let r = Executor::new(m, Mode::Reference).run(inputs.clone());
     for mode in [Mode::Fast { threads: 1 }, Mode::Fast { threads: 2 }] {
         let f = Executor::new(m, mode).run(inputs.clone());
