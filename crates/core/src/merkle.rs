@@ -200,7 +200,7 @@ pub fn multiproof(leaves: &[Hash], indices: &[usize]) -> Option<Vec<Hash>> {
         let mut next = Vec::with_capacity(known.len());
         while i < known.len() {
             let idx = known[i];
-            if idx % 2 == 0 && known.get(i + 1) == Some(&(idx + 1)) {
+            if idx.is_multiple_of(2) && known.get(i + 1) == Some(&(idx + 1)) {
                 i += 2;
             } else {
                 let sib = idx ^ 1;
@@ -235,7 +235,7 @@ pub fn multiproof_root(width: usize, items: &[(usize, Hash)], proof: &[Hash]) ->
         let mut i = 0;
         while i < level.len() {
             let (idx, h) = level[i];
-            let parent_hash = if idx % 2 == 0 {
+            let parent_hash = if idx.is_multiple_of(2) {
                 let sib = if level.get(i + 1).map(|x| x.0) == Some(idx + 1) {
                     i += 1;
                     level[i].1

@@ -712,8 +712,8 @@ pub fn verify_step(
     for (o, (&v, ow)) in node.inputs.iter().zip(&w.operands).enumerate() {
         let v = v as u64;
         let info = if v < ni {
-            if !root_from_path(ow.root, v as usize, trace_count, &ow.trace_path)
-                .is_some_and(|r| r == w.trace_tree)
+            if root_from_path(ow.root, v as usize, trace_count, &ow.trace_path)
+                .is_none_or(|r| r != w.trace_tree)
             {
                 return Err(rejected(format!(
                     "operand {o}: input root not in the trace"
@@ -747,8 +747,8 @@ pub fn verify_step(
             if !item_ok(verity_core::keccak256(&ow.item), 1 + j, &ow.item_path) {
                 return Err(rejected(format!("operand {o}: node not in the model")));
             }
-            if !root_from_path(ow.root, (ni + j) as usize, trace_count, &ow.trace_path)
-                .is_some_and(|r| r == w.trace_tree)
+            if root_from_path(ow.root, (ni + j) as usize, trace_count, &ow.trace_path)
+                .is_none_or(|r| r != w.trace_tree)
             {
                 return Err(rejected(format!("operand {o}: node root not in the trace")));
             }
