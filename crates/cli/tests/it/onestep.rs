@@ -44,6 +44,11 @@ fn every_fixture_element_one_step_equals_the_run() {
                     panic!("{name} node {k} ({}) element {e}: {err}", node.op.name())
                 });
                 assert_eq!(again, v);
+                if std::env::var_os("VERITY_STEP_SIZES").is_some() && e == 0 {
+                    let words: usize = w.operands.iter().map(|o| o.words.len() + o.proof.len()).sum();
+                    eprintln!("{name} node {k} {}: {} operand words+siblings ({:?})", node.op.name(), words,
+                        w.operands.iter().map(|o| (o.words.len(), o.proof.len())).collect::<Vec<_>>());
+                }
             }
         }
         eprintln!("{name}: {n} elements checked alone");
