@@ -19,6 +19,7 @@ CONTRACTS = {
     "VerityDeployer": "VerityDeployer.sol",
     "OpenGradientInference": "OpenGradient.sol",
     "OpenGradientEvents": "OpenGradient.sol",
+    "OneStep": "OneStep.sol",
 }
 
 

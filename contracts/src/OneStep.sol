@@ -80,10 +80,11 @@ contract OneStep {
     /// @notice Check `s` against `modelId` and `traceRoot` and recompute its element.
     /// @return ok false if the canonical semantics stop at this element
     /// @return value the element (when ok)
+    /// @return len the element count of the node's output (the disputed tensor must have exactly this many)
     function evaluate(bytes32 modelId, bytes32 traceRoot, Step calldata s)
         external
         pure
-        returns (bool ok, int256 value)
+        returns (bool ok, int256 value, uint256 len)
     {
         if (Merkle.bindLength(s.itemCount, s.itemRoot) != modelId) revert BadWitness("item root");
         if (Merkle.rootOf(keccak256(s.header), 0, s.itemCount, s.headerPath) != s.itemRoot) {
@@ -96,7 +97,8 @@ contract OneStep {
         }
         if (Merkle.bindLength(h.inputs + h.nodes, s.traceTree) != traceRoot) revert BadWitness("trace root");
         Node memory n = parseNode(s.node);
-        if (s.element >= numel(n.shape)) revert BadWitness("element");
+        len = numel(n.shape);
+        if (s.element >= len) revert BadWitness("element");
         if (s.operands.length != n.inputs.length) revert BadWitness("operands");
         Tensor[] memory ts = new Tensor[](n.inputs.length);
         for (uint256 o = 0; o < n.inputs.length; o++) {

@@ -26,6 +26,12 @@ sol!(
     VerityDeployer,
     "../../contracts/artifacts/VerityDeployer.json"
 );
+sol!(
+    #[sol(rpc)]
+    #[derive(Debug)]
+    OneStep,
+    "../../contracts/artifacts/OneStep.json"
+);
 /// The OpenGradient front door (its tensor types live in this module).
 pub mod og_inference {
     #![allow(missing_docs, clippy::too_many_arguments)]

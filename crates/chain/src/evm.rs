@@ -93,12 +93,12 @@ impl Default for DeployParams {
     }
 }
 
-fn rpc_err(e: impl std::fmt::Display) -> ChainError {
+pub(crate) fn rpc_err(e: impl std::fmt::Display) -> ChainError {
     ChainError::Rpc(e.to_string())
 }
 
 /// Turn a contract call error into a [`ChainError`], decoding custom errors.
-fn contract_err(e: alloy::contract::Error) -> ChainError {
+pub(crate) fn contract_err(e: alloy::contract::Error) -> ChainError {
     if let Some(data) = e.as_revert_data() {
         if let Some(s) = revert_sentence(&data) {
             return ChainError::Reverted(s);
@@ -127,7 +127,10 @@ pub struct EvmChain {
 }
 
 /// Connect a provider (wallet optional) to `rpc`.
-fn provider(rpc: &str, key: Option<&SecretKey>) -> Result<(DynProvider, Option<A>), ChainError> {
+pub(crate) fn provider(
+    rpc: &str,
+    key: Option<&SecretKey>,
+) -> Result<(DynProvider, Option<A>), ChainError> {
     use alloy::transports::http::reqwest;
     let url: reqwest::Url = rpc
         .parse()

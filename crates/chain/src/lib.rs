@@ -8,6 +8,7 @@
 
 pub mod bindings;
 pub mod cert;
+pub mod dispute;
 pub mod evm;
 pub mod mem;
 pub mod watch;
