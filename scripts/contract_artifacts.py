@@ -20,6 +20,7 @@ CONTRACTS = {
     "OpenGradientInference": "OpenGradient.sol",
     "OpenGradientEvents": "OpenGradient.sol",
     "OneStep": "OneStep.sol",
+    "OptimisticHub": "OptimisticHub.sol",
 }
 
 

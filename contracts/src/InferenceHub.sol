@@ -4,6 +4,8 @@ pragma solidity ^0.8.24;
 import "./ModelRegistry.sol";
 import "./NodeRegistry.sol";
 import "./VerityReceipts.sol";
+import "./Assignment.sol";
+import "./Payouts.sol";
 
 /// @notice Implemented by contracts that want the result of their request pushed to them.
 interface IVerityConsumer {
@@ -20,7 +22,7 @@ interface IVerityConsumer {
 ///         given by `inputUri` (e.g. carried on-chain) and its canonical hash is not known to the requester;
 ///         the nodes' receipts then name it, and a quorum must agree on it too. After the response window an unfinished request
 ///         refunds the client and slashes the assigned nodes that never answered.
-contract InferenceHub {
+contract InferenceHub is Payouts {
     using VerityReceipts for VerityReceipts.Receipt;
 
     enum Mode {
@@ -51,8 +53,6 @@ contract InferenceHub {
 
     uint8 public constant MAX_QUORUM = 7;
     uint256 public constant CALLBACK_GAS = 200_000;
-    /// Gas forwarded with a payment; a recipient that needs more (or refuses) is credited in `owed`.
-    uint256 public constant PAY_GAS = 50_000;
 
     ModelRegistry public immutable models;
     NodeRegistry public immutable nodes;
@@ -75,8 +75,6 @@ contract InferenceHub {
     /// request => keccak256(inputHash ‖ outputHash) => how many assigned nodes submitted it
     mapping(uint256 => mapping(bytes32 => uint256)) public votes;
     mapping(uint256 => address[]) private submitters;
-    /// Payments a recipient refused or could not take within PAY_GAS, to be pulled with `withdraw`.
-    mapping(address => uint256) public owed;
     /// request => what `timeout` paid its client (fee plus penalties)
     mapping(uint256 => uint256) public refundOf;
 
@@ -105,8 +103,6 @@ contract InferenceHub {
     event Finalized(uint256 indexed requestId, bytes32 inputHash, bytes32 outputHash, address[] nodes);
     event Refunded(uint256 indexed requestId, uint256 amount, address[] silent);
     event CallbackFailed(uint256 indexed requestId);
-    event PaymentDeferred(address indexed to, uint256 amount);
-    event Withdrawn(address indexed to, uint256 amount);
 
     error UnknownModel();
     error BadMode();
@@ -120,8 +116,6 @@ contract InferenceHub {
     error BadSignature();
     error NotAssigned(address node);
     error AlreadySubmitted();
-    error TransferFailed();
-    error NothingOwed();
 
     constructor(ModelRegistry models_, NodeRegistry nodes_, uint64 responseWindow_, uint256 timeoutPenalty_) {
         models = models_;
@@ -180,36 +174,9 @@ contract InferenceHub {
     ///         picking node i with probability stake_i / remaining stake, using keccak256(seed ‖ draw) mod
     ///         the remaining stake and walking the registry's node list in order. Count is k + 2 for
     ///         quorum requests (spares for nodes that do not answer) and 1 for signed ones.
-    function assignment(uint256 id) public view returns (address[] memory picked) {
+    function assignment(uint256 id) public view returns (address[] memory) {
         Request storage r = requests[id];
-        bytes32 seed = seedOf(id);
-        address[] memory all = nodes.allNodes();
-        uint256[] memory stake = new uint256[](all.length);
-        uint256 total;
-        uint256 active;
-        for (uint256 i = 0; i < all.length; i++) {
-            if (nodes.isActive(all[i])) {
-                stake[i] = nodes.stakeOf(all[i]);
-                total += stake[i];
-                active++;
-            }
-        }
-        uint256 count = r.mode == Mode.Signed ? 1 : uint256(r.k) + 2;
-        if (count > active) count = active;
-        picked = new address[](count);
-        for (uint256 d = 0; d < count; d++) {
-            uint256 x = uint256(keccak256(abi.encodePacked(seed, d))) % total;
-            for (uint256 i = 0; i < all.length; i++) {
-                if (stake[i] == 0) continue;
-                if (x < stake[i]) {
-                    picked[d] = all[i];
-                    total -= stake[i];
-                    stake[i] = 0;
-                    break;
-                }
-                x -= stake[i];
-            }
-        }
+        return Assignment.draw(nodes, seedOf(id), r.mode == Mode.Signed ? 1 : uint256(r.k) + 2);
     }
 
     function isAssigned(uint256 id, address node) public view returns (bool) {
@@ -328,28 +295,6 @@ contract InferenceHub {
         refundOf[id] = amount;
         pay(r.client, amount);
         emit Refunded(id, amount, silent);
-    }
-
-    /// Push a payment with bounded gas. A recipient that reverts or needs more gas cannot block
-    /// finalization or a refund (nor make nodes miss their deadline): the amount is credited to it instead.
-    /// State is settled before any payment, so a recipient that re-enters finds the request closed.
-    function pay(address to, uint256 amount) internal {
-        if (amount == 0) return;
-        (bool ok,) = to.call{value: amount, gas: PAY_GAS}("");
-        if (!ok) {
-            owed[to] += amount;
-            emit PaymentDeferred(to, amount);
-        }
-    }
-
-    /// @notice Pull payments that could not be pushed.
-    function withdraw() external {
-        uint256 amount = owed[msg.sender];
-        if (amount == 0) revert NothingOwed();
-        owed[msg.sender] = 0;
-        (bool ok,) = msg.sender.call{value: amount}("");
-        if (!ok) revert TransferFailed();
-        emit Withdrawn(msg.sender, amount);
     }
 
     /// Receives slashed stake from the node registry.

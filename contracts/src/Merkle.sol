@@ -54,14 +54,14 @@ library Merkle {
         while (width > 1) {
             uint256 m;
             for (uint256 i = 0; i < n; i++) {
-                uint256 at = idx[i];
+                uint256 pos = idx[i];
                 bytes32 h = hashes[i];
                 bytes32 parent;
-                if (at & 1 == 0) {
+                if (pos & 1 == 0) {
                     bytes32 sib;
-                    if (i + 1 < n && idx[i + 1] == at + 1) {
+                    if (i + 1 < n && idx[i + 1] == pos + 1) {
                         sib = hashes[++i];
-                    } else if (at + 1 < width) {
+                    } else if (pos + 1 < width) {
                         if (p >= proof.length) revert BadProof();
                         sib = proof[p++];
                     }
@@ -70,7 +70,7 @@ library Merkle {
                     if (p >= proof.length) revert BadProof();
                     parent = hashPair(proof[p++], h);
                 }
-                idx[m] = at >> 1;
+                idx[m] = pos >> 1;
                 hashes[m] = parent;
                 m++;
             }

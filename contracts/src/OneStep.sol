@@ -66,6 +66,7 @@ contract OneStep {
         int256[] scales;
         uint256 consts;
         uint256 nodes;
+        uint256[] outputs;
     }
 
     error BadItem();
@@ -78,7 +79,7 @@ contract OneStep {
     int256 internal constant I32_MAX = 2 ** 31 - 1;
 
     /// @notice Check `s` against `modelId` and `traceRoot` and recompute its element.
-    /// @return ok false if the canonical semantics stop at this element
+    /// @return ok false if the canonical semantics stop at this element (or it is beyond the output)
     /// @return value the element (when ok)
     /// @return len the element count of the node's output (the disputed tensor must have exactly this many)
     function evaluate(bytes32 modelId, bytes32 traceRoot, Step calldata s)
@@ -98,7 +99,8 @@ contract OneStep {
         if (Merkle.bindLength(h.inputs + h.nodes, s.traceTree) != traceRoot) revert BadWitness("trace root");
         Node memory n = parseNode(s.node);
         len = numel(n.shape);
-        if (s.element >= len) revert BadWitness("element");
+        // An element beyond the node's output has no value: a tensor claimed longer is malformed.
+        if (s.element >= len) return (false, 0, len);
         if (s.operands.length != n.inputs.length) revert BadWitness("operands");
         Tensor[] memory ts = new Tensor[](n.inputs.length);
         for (uint256 o = 0; o < n.inputs.length; o++) {
@@ -236,6 +238,25 @@ contract OneStep {
         }
         (h.consts, pos) = rd(b, pos, 4);
         (h.nodes, pos) = rd(b, pos, 4);
+        uint256 n;
+        (n, pos) = rd(b, pos, 4);
+        if (n > b.length) revert BadItem();
+        h.outputs = new uint256[](n);
+        for (uint256 i = 0; i < n; i++) {
+            pos = skipStr(b, pos);
+            (h.outputs[i], pos) = rd(b, pos, 4);
+        }
+        if (pos != b.length) revert BadItem();
+    }
+
+    /// @notice What a header item says: input, constant and node counts and the outputs' value ids.
+    function headerInfo(bytes calldata header)
+        external
+        pure
+        returns (uint256 inputs, uint256 consts, uint256 nodes, uint256[] memory outputs)
+    {
+        Header memory h = parseHeader(header);
+        return (h.inputs, h.consts, h.nodes, h.outputs);
     }
 
     function rdWindow(bytes memory b, uint256 pos, int256[] memory p) internal pure returns (uint256 next) {
@@ -466,14 +487,14 @@ contract OneStep {
         }
         if (op == 22) {
             uint256 ax = uint256(n.p[0]);
-            uint256 at = oi[ax];
+            uint256 pos = oi[ax];
             for (uint256 p = 0; p < ts.length; p++) {
                 uint256 d = ts[p].shape[ax];
-                if (at < d) {
-                    oi[ax] = at;
+                if (pos < d) {
+                    oi[ax] = pos;
                     return rescaled(get(ts[p], p, ravel(oi, ts[p].shape)), ts[p].scale - so);
                 }
-                at -= d;
+                pos -= d;
             }
             return ERR;
         }

@@ -150,7 +150,7 @@ contract AttacksTest is HubFixture {
         assertTrue(deferred, "PaymentDeferred emitted");
         // On withdrawal it re-enters: withdraw again, submit a spare's receipt, submit its own again, timeout.
         bytes[] memory plan = new bytes[](4);
-        plan[0] = abi.encodeCall(InferenceHub.withdraw, ());
+        plan[0] = abi.encodeCall(Payouts.withdraw, ());
         plan[1] = submitCall(id, a[2], keccak256("o"));
         plan[2] = submitCall(id, a[0], keccak256("o"));
         plan[3] = abi.encodeCall(InferenceHub.timeout, (id));
@@ -158,7 +158,7 @@ contract AttacksTest is HubFixture {
         Reenterer(payable(a[0])).pull();
         Reenterer r = Reenterer(payable(a[0]));
         assertEq(r.outcomeCount(), 4, "every re-entry attempted");
-        assertSel(r.outcomes(0), InferenceHub.NothingOwed.selector, "second withdraw finds nothing");
+        assertSel(r.outcomes(0), Payouts.NothingOwed.selector, "second withdraw finds nothing");
         assertSel(r.outcomes(1), InferenceHub.NotPending.selector, "submit inside the payout is refused");
         assertSel(r.outcomes(2), InferenceHub.NotPending.selector, "own replay refused");
         assertSel(r.outcomes(3), InferenceHub.NotPending.selector, "timeout refused");
@@ -166,7 +166,7 @@ contract AttacksTest is HubFixture {
         assertEq(a[0].balance - start, share, "balance grew by the share only");
         assertEq(hub.owed(a[0]), 0, "nothing owed any more");
         assertEq(address(hub).balance, 0, "hub empty");
-        vm.expectRevert(InferenceHub.NothingOwed.selector);
+        vm.expectRevert(Payouts.NothingOwed.selector);
         r.pull();
     }
 
@@ -206,14 +206,14 @@ contract AttacksTest is HubFixture {
         assertEq(hub.owed(client), refund, "refused refund credited");
         bytes[] memory plan = new bytes[](3);
         plan[0] = abi.encodeCall(InferenceHub.timeout, (id));
-        plan[1] = abi.encodeCall(InferenceHub.withdraw, ());
+        plan[1] = abi.encodeCall(Payouts.withdraw, ());
         plan[2] = submitCall(id, a[1], keccak256("o"));
         Reenterer r = Reenterer(payable(client));
         r.arm(plan);
         uint256 before = client.balance;
         r.pull();
         assertSel(r.outcomes(0), InferenceHub.NotPending.selector, "no second refund");
-        assertSel(r.outcomes(1), InferenceHub.NothingOwed.selector, "no second withdrawal");
+        assertSel(r.outcomes(1), Payouts.NothingOwed.selector, "no second withdrawal");
         assertSel(r.outcomes(2), InferenceHub.NotPending.selector, "no late receipt");
         assertEq(client.balance - before, refund, "refunded once");
         assertEq(address(hub).balance, 0, "hub empty");
@@ -246,7 +246,7 @@ contract AttacksTest is HubFixture {
         vm.deal(address(this), 1 ether);
         (bool ok,) = address(hub).call{value: 1 wei}("");
         assertTrue(!ok, "stray ether refused");
-        vm.expectRevert(InferenceHub.NothingOwed.selector);
+        vm.expectRevert(Payouts.NothingOwed.selector);
         hub.withdraw();
     }
 }

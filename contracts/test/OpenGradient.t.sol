@@ -17,7 +17,9 @@ contract OpenGradientTest is Test {
     address owner = address(0x0EE);
 
     function setUp() public {
-        d = new VerityDeployer(1 ether, 1 days, 1 hours, 0.5 ether);
+        d = new VerityDeployer(
+            1 ether, 1 days, 1 hours, 0.5 ether, VerityDeployer.Optimistic(new OneStep(), 20, 10, 5, 0.1 ether, 0.1 ether, 0.5 ether)
+        );
         hub = d.hub();
         models = d.models();
         nodes = d.nodes();

@@ -32,6 +32,17 @@ sol!(
     OneStep,
     "../../contracts/artifacts/OneStep.json"
 );
+/// The optimistic hub (its ABI carries the `OneStep.Step` witness types, in this module).
+pub mod optimistic {
+    #![allow(missing_docs, clippy::too_many_arguments)]
+    alloy::sol!(
+        #[sol(rpc)]
+        #[derive(Debug)]
+        OptimisticHub,
+        "../../contracts/artifacts/OptimisticHub.json"
+    );
+}
+pub use optimistic::OptimisticHub;
 /// The OpenGradient front door (its tensor types live in this module).
 pub mod og_inference {
     #![allow(missing_docs, clippy::too_many_arguments)]

@@ -36,6 +36,12 @@ pub struct Deployment {
     pub hub: verity_core::Address,
     /// The OpenGradient-compatible front door (`run`), if deployed.
     pub opengradient: Option<verity_core::Address>,
+    /// OptimisticHub (optimistic mode: commitments, challenges, bisection games).
+    #[serde(default)]
+    pub optimistic: Option<verity_core::Address>,
+    /// The stateless OneStep judge the OptimisticHub calls.
+    #[serde(default)]
+    pub one_step: Option<verity_core::Address>,
     /// Block of the deployment (watchers start here).
     pub deploy_block: u64,
 }
@@ -79,6 +85,19 @@ pub struct DeployParams {
     pub timeout_penalty: U256,
     /// Quorum size the OpenGradient front door uses for its non-VANILLA modes (0: no front door).
     pub opengradient_quorum: u8,
+    /// Optimistic mode: blocks the assigned node has to commit.
+    pub response_blocks: u64,
+    /// Optimistic mode: blocks a commitment can be challenged (the challenge window).
+    pub challenge_blocks: u64,
+    /// Optimistic mode: blocks each side has for each move of a dispute.
+    pub move_blocks: u64,
+    /// Optimistic mode: bond posted with a commitment, wei.
+    pub commit_bond: U256,
+    /// Optimistic mode: bond posted with a challenge, wei.
+    pub challenge_bond: U256,
+    /// Optimistic mode: stake slashed from a node whose commitment is proven wrong (or that never
+    /// commits), wei.
+    pub slash_amount: U256,
 }
 
 impl Default for DeployParams {
@@ -89,6 +108,12 @@ impl Default for DeployParams {
             response_window: 600,
             timeout_penalty: crate::ether(1) / U256::from(10),
             opengradient_quorum: 2,
+            response_blocks: 100,
+            challenge_blocks: 50,
+            move_blocks: 25,
+            commit_bond: crate::ether(1) / U256::from(10),
+            challenge_bond: crate::ether(1) / U256::from(10),
+            slash_amount: crate::ether(1) / U256::from(2),
         }
     }
 }
@@ -189,15 +214,29 @@ pub async fn deploy(
 ) -> Result<Deployment, ChainError> {
     let (p, _) = provider(rpc, Some(key))?;
     let chain_id = p.get_chain_id().await.map_err(rpc_err)?;
+    // OneStep goes first and on its own: inside the factory the init code would pass the EVM's limit.
+    let one_step = crate::bindings::OneStep::deploy(p.clone())
+        .await
+        .map_err(contract_err)?;
     let d = VerityDeployer::deploy(
         p.clone(),
         params.min_stake,
         params.unbonding_delay,
         params.response_window,
         params.timeout_penalty,
+        VerityDeployer::Optimistic {
+            oneStep: *one_step.address(),
+            responseBlocks: params.response_blocks,
+            challengeBlocks: params.challenge_blocks,
+            moveBlocks: params.move_blocks,
+            commitBond: params.commit_bond,
+            challengeBond: params.challenge_bond,
+            slashAmount: params.slash_amount,
+        },
     )
     .await
     .map_err(contract_err)?;
+    let optimistic = d.optimistic().call().await.map_err(contract_err)?;
     let models = d.models().call().await.map_err(contract_err)?;
     let nodes = d.nodes().call().await.map_err(contract_err)?;
     let hub = d.hub().call().await.map_err(contract_err)?;
@@ -222,6 +261,8 @@ pub async fn deploy(
         nodes: from_evm(&nodes),
         hub: from_evm(&hub),
         opengradient,
+        optimistic: Some(from_evm(&optimistic)),
+        one_step: Some(from_evm(one_step.address())),
         deploy_block,
     })
 }
@@ -451,6 +492,37 @@ impl EvmChain {
 
     fn nodes_contract(&self) -> NodeRegistry::NodeRegistryInstance<DynProvider> {
         NodeRegistry::new(to_evm(&self.deployment.nodes), self.provider.clone())
+    }
+
+    /// Register a model (this key becomes its owner) unless it is registered already; the transaction
+    /// and its gas, or `None` when it was there.
+    pub async fn register_model(
+        &self,
+        id: &Hash,
+        name: &str,
+        version: &str,
+        manifest: &Hash,
+        price: U256,
+    ) -> Result<Option<(Hash, u64)>, ChainError> {
+        let reg = self.models_contract();
+        let exists = self
+            .retry(|| async { reg.exists(to_b256(id)).call().await.map_err(contract_err) })
+            .await?;
+        if exists {
+            return Ok(None);
+        }
+        self.send("registering the model", || {
+            reg.register(
+                to_b256(id),
+                name.to_string(),
+                version.to_string(),
+                to_b256(manifest),
+                price,
+            )
+            .into_transaction_request()
+        })
+        .await
+        .map(Some)
     }
 
     /// The model registry.

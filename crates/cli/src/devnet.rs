@@ -348,30 +348,13 @@ pub fn cmd_devnet(a: DevnetArgs) -> Result<()> {
             ],
             &[("VERITY_KEY_FILE", key_file.to_str().unwrap_or_default())],
         )?;
-        let reg = ModelRegistry::new(
-            verity_chain::to_evm(&dep.models),
-            pub_chain.provider().clone(),
-        );
-        let exists = rt
-            .block_on(async { reg.exists(to_b256(&id)).call().await })
-            .unwrap_or(false);
         let price = verity_chain::ether(1) / U256::from(1000);
-        let tx = if exists {
-            "already registered".to_string()
-        } else {
-            let (tx, gas) = rt
-                .block_on(pub_chain.send("registering the model", || {
-                    reg.register(
-                        to_b256(&id),
-                        name.to_string(),
-                        "1.0.0".to_string(),
-                        to_b256(&Hash::ZERO),
-                        price,
-                    )
-                    .into_transaction_request()
-                }))
-                .map_err(|e| anyhow!("{e}"))?;
-            format!("tx {tx}, gas {gas}")
+        let tx = match rt
+            .block_on(pub_chain.register_model(&id, name, "1.0.0", &Hash::ZERO, price))
+            .map_err(|e| anyhow!("{e}"))?
+        {
+            Some((tx, gas)) => format!("tx {tx}, gas {gas}"),
+            None => "already registered".to_string(),
         };
         println!(
             "model      {name}@1.0.0  {id}  price {} per node  (published on node 0; registered: {tx})",

@@ -197,7 +197,18 @@ impl<M: Borrow<Model>> Executor<M> {
 
     /// Run and keep every intermediate tensor.
     pub fn run_trace(&self, inputs: Vec<Vec<i32>>) -> Result<(Vec<Vec<i32>>, Trace), ExecError> {
-        let vals = self.eval(inputs)?;
+        self.run_trace_tampered(inputs, None)
+    }
+
+    /// Like [`Executor::run_trace`], but flips the lowest bit of element `tamper.1` of node `tamper.0`'s
+    /// output as soon as it is computed (later nodes compute from the changed value): a deliberately wrong
+    /// yet self-consistent execution, for fault-injection tests of fraud proofs. `None` is an honest run.
+    pub fn run_trace_tampered(
+        &self,
+        inputs: Vec<Vec<i32>>,
+        tamper: Option<(usize, usize)>,
+    ) -> Result<(Vec<Vec<i32>>, Trace), ExecError> {
+        let vals = self.eval_tampered(inputs, tamper)?;
         let outs = self.collect_outputs(&vals);
         let ni = self.model.borrow().inputs.len();
         let first = self.model.borrow().first_node_value();
@@ -224,6 +235,14 @@ impl<M: Borrow<Model>> Executor<M> {
     }
 
     fn eval(&self, inputs: Vec<Vec<i32>>) -> Result<Vec<Option<Vec<i32>>>, ExecError> {
+        self.eval_tampered(inputs, None)
+    }
+
+    fn eval_tampered(
+        &self,
+        inputs: Vec<Vec<i32>>,
+        tamper: Option<(usize, usize)>,
+    ) -> Result<Vec<Option<Vec<i32>>>, ExecError> {
         self.check_inputs(&inputs)?;
         let m: &Model = self.model.borrow();
         let mut vals: Vec<Option<Vec<i32>>> = Vec::with_capacity(m.value_count());
@@ -246,6 +265,13 @@ impl<M: Borrow<Model>> Executor<M> {
                     node.op.name(),
                     node.name
                 );
+            }
+            let mut out = out;
+            if let Some((tk, te)) = tamper {
+                if tk == k && !out.is_empty() {
+                    let e = te.min(out.len() - 1);
+                    out[e] ^= 1;
+                }
             }
             vals.push(Some(out));
         }

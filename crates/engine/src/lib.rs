@@ -4,6 +4,7 @@
 
 pub mod arith;
 pub mod commit;
+pub mod dispute;
 pub mod error;
 pub mod exec;
 pub mod io;

@@ -8,6 +8,7 @@ use serde_json::Value;
 use verity_core::{elements_root, Hash};
 
 mod devnet;
+mod dispute;
 mod node;
 mod onestep;
 mod quorum;

@@ -1,0 +1,39 @@
+// SPDX-License-Identifier: Apache-2.0
+pragma solidity ^0.8.24;
+
+import "./NodeRegistry.sol";
+
+/// @title Verity's public node-selection rule
+/// @notice `min(count, active nodes)` draws without replacement, each picking node i with probability
+///         stake_i / remaining stake, using keccak256(seed ‖ draw) mod the remaining stake and walking the
+///         registry's node list in order. Every hub and every off-chain coordinator uses exactly this rule.
+library Assignment {
+    function draw(NodeRegistry nodes, bytes32 seed, uint256 count) internal view returns (address[] memory picked) {
+        address[] memory all = nodes.allNodes();
+        uint256[] memory stake = new uint256[](all.length);
+        uint256 total;
+        uint256 active;
+        for (uint256 i = 0; i < all.length; i++) {
+            if (nodes.isActive(all[i])) {
+                stake[i] = nodes.stakeOf(all[i]);
+                total += stake[i];
+                active++;
+            }
+        }
+        if (count > active) count = active;
+        picked = new address[](count);
+        for (uint256 d = 0; d < count; d++) {
+            uint256 x = uint256(keccak256(abi.encodePacked(seed, d))) % total;
+            for (uint256 i = 0; i < all.length; i++) {
+                if (stake[i] == 0) continue;
+                if (x < stake[i]) {
+                    picked[d] = all[i];
+                    total -= stake[i];
+                    stake[i] = 0;
+                    break;
+                }
+                x -= stake[i];
+            }
+        }
+    }
+}

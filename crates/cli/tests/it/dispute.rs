@@ -1,0 +1,342 @@
+//! Optimistic mode on a real anvil, both sides of every dispute played from real traces through the
+//! contracts: a node whose trace is wrong at one element of one op is caught and slashed for every op kind
+//! of the fixtures; an honest node survives a false challenge; a missed move loses; a second challenger
+//! is refunded when the first wins. Rounds, gas per move and time per dispute are printed.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use alloy::primitives::U256;
+use alloy::providers::Provider;
+use verity_chain::dispute::Stage;
+use verity_chain::evm::{deploy, DeployParams, EvmChain};
+use verity_chain::Chain;
+use verity_core::{Hash, SecretKey};
+use verity_engine::commit::tensors_hash;
+use verity_engine::dispute::Side;
+use verity_engine::{Executor, Mode, Model, Trace};
+
+use crate::manifest;
+use crate::onestep::{traced, Anvil};
+
+/// anvil's development keys 0–3: client and model owner, node, two challengers.
+const KEYS: [&str; 4] = [
+    "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80",
+    "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d",
+    "0x5de4111afa1a4b94908f83103eb1f1706367c2e68ca870fc3fb9a804cdab365a",
+    "0x7c852118294e51e653712a81e05800f419141751be58f605c371e15141b007a6",
+];
+
+const MOVE_BLOCKS: u64 = 6;
+const CHALLENGE_BLOCKS: u64 = 12;
+
+struct Net {
+    anvil: Anvil,
+    client: EvmChain,
+    node: EvmChain,
+    challengers: Vec<EvmChain>,
+    rt: tokio::runtime::Runtime,
+}
+
+impl Net {
+    fn mine(&self, n: u64) {
+        self.rt
+            .block_on(
+                self.client
+                    .provider()
+                    .raw_request::<_, serde_json::Value>("anvil_mine".into(), (U256::from(n),)),
+            )
+            .unwrap();
+    }
+
+    fn stake(&self, who: verity_core::Address) -> u128 {
+        let info = self
+            .rt
+            .block_on(self.client.node_info(who))
+            .unwrap()
+            .unwrap();
+        info.stake.parse().unwrap()
+    }
+
+    /// Request an optimistic inference of `m` on `trace`'s inputs; the seed block is mined.
+    fn request(&self, m: &Model, trace: &Trace) -> u64 {
+        let id = verity_engine::vty::model_id(m);
+        let input = tensors_hash(&trace.tensors[..m.inputs.len()]);
+        let placed = self
+            .rt
+            .block_on(self.client.request_optimistic(
+                &id,
+                &input,
+                "data:,",
+                verity_chain::ether(1) / U256::from(100),
+            ))
+            .unwrap();
+        self.mine(1);
+        placed.id
+    }
+
+    /// Play game `g` to its end: the defender's side and the challenger's side move in turn. Returns the
+    /// moves made (name, gas) and whether the challenger could not make its last move.
+    fn play(
+        &self,
+        g: u64,
+        defender: &Side<'_>,
+        challenger: &Side<'_>,
+        ch: &EvmChain,
+    ) -> (Vec<(&'static str, u64)>, bool) {
+        let mut moves = Vec::new();
+        for _ in 0..200 {
+            let game = self.rt.block_on(self.node.game(g)).unwrap();
+            if game.stage == Stage::Done {
+                return (moves, false);
+            }
+            let (who, side, is_def) = if game.stage.defender_moves() {
+                (&self.node, defender, true)
+            } else {
+                (ch, challenger, false)
+            };
+            match self.rt.block_on(who.play_move(g, side, is_def)) {
+                Ok(Some(m)) => moves.push((m.name, m.gas)),
+                Ok(None) => {
+                    eprintln!(
+                        "game {g}: no move for the {} at {:?} after {moves:?}",
+                        if is_def { "defender" } else { "challenger" },
+                        game.stage
+                    );
+                    return (moves, true);
+                }
+                Err(e) if !is_def => {
+                    eprintln!(
+                        "game {g}: the challenger's move at {:?} was refused: {e}",
+                        game.stage
+                    );
+                    // the contract refused the challenger's proof: it has nothing true to show
+                    assert!(
+                        e.to_string().contains("DefenderRight")
+                            || e.to_string().contains("reverted"),
+                        "{e}"
+                    );
+                    return (moves, true);
+                }
+                Err(e) => panic!("defender move failed: {e}"),
+            }
+        }
+        panic!("game {g} did not end");
+    }
+}
+
+fn setup() -> Net {
+    let anvil = Anvil::start();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let keys: Vec<SecretKey> = KEYS
+        .iter()
+        .map(|k| SecretKey::from_hex(k).unwrap())
+        .collect();
+    let params = DeployParams {
+        challenge_blocks: CHALLENGE_BLOCKS,
+        move_blocks: MOVE_BLOCKS,
+        ..DeployParams::default()
+    };
+    let dep = rt.block_on(deploy(&anvil.url, &keys[0], &params)).unwrap();
+    let connect = |k: &SecretKey| {
+        rt.block_on(EvmChain::connect(&anvil.url, dep.clone(), Some(k)))
+            .unwrap()
+    };
+    let client = connect(&keys[0]);
+    let node = connect(&keys[1]);
+    let challengers = vec![connect(&keys[2]), connect(&keys[3])];
+    rt.block_on(node.register_node("http://127.0.0.1:1", verity_chain::ether(100)))
+        .unwrap();
+    Net {
+        anvil,
+        client,
+        node,
+        challengers,
+        rt,
+    }
+}
+
+#[test]
+fn optimistic_disputes_on_anvil() {
+    let _lock = crate::devnet::exclusive();
+    let net = setup();
+    let dir = tempfile::tempdir().unwrap();
+    let node_addr = net.node.sender().unwrap();
+    let ch_addr = net.challengers[0].sender().unwrap();
+    // The fixtures, registered; for each op kind the first node of that kind.
+    let mut fixtures: Vec<(String, Model, Trace)> = Vec::new();
+    for (name, flags, _) in manifest() {
+        let (m, t) = traced(dir.path(), &name, &flags);
+        let id = verity_engine::vty::model_id(&m);
+        net.rt
+            .block_on(
+                net.client
+                    .register_model(&id, &name, "1.0.0", &Hash::ZERO, U256::from(1000)),
+            )
+            .unwrap();
+        fixtures.push((name, m, t));
+    }
+    let mut targets: BTreeMap<&'static str, (usize, usize)> = BTreeMap::new();
+    for (f, (_, m, _)) in fixtures.iter().enumerate() {
+        for (k, n) in m.nodes.iter().enumerate() {
+            targets.entry(n.op.name()).or_insert((f, k));
+        }
+    }
+    let mut gas: BTreeMap<&'static str, u64> = BTreeMap::new();
+    println!(
+        "{:<10} {:<12} {:>5} {:>4} {:>7} {:>6} {:>9} {:>7}",
+        "op", "fixture", "node", "txs", "rounds", "bound", "step gas", "secs"
+    );
+    for (op, (f, k)) in &targets {
+        let (name, m, honest) = &fixtures[*f];
+        let start = Instant::now();
+        let inputs = honest.tensors[..m.inputs.len()].to_vec();
+        let len = honest.tensors[m.inputs.len() + k].len();
+        let (_, lie) = Executor::new(m, Mode::default())
+            .run_trace_tampered(inputs, Some((*k, len / 2)))
+            .unwrap();
+        let liar = Side::new(m, &lie).unwrap();
+        let truth = Side::new(m, honest).unwrap();
+        assert_ne!(liar.trace_root(), truth.trace_root());
+        let id = net.request(m, honest);
+        let stake_before = net.stake(node_addr);
+        net.rt
+            .block_on(net.node.commit(id, &liar.output_hash(), &liar.trace_root()))
+            .unwrap();
+        let (g, _) = net
+            .rt
+            .block_on(net.challengers[0].challenge(id, &truth.output_hash(), &truth.trace_root()))
+            .unwrap();
+        let (moves, stuck) = net.play(g, &liar, &truth, &net.challengers[0]);
+        assert!(!stuck, "{op}: the honest challenger always has a move");
+        let game = net.rt.block_on(net.node.game(g)).unwrap();
+        assert_eq!(game.stage, Stage::Done);
+        // the liar lost: slashed, and the honest claim is now the pending result
+        let claim = net.rt.block_on(net.node.claim(id)).unwrap();
+        assert_eq!(
+            claim.owner, ch_addr,
+            "{op}: the challenger's claim replaced the lie"
+        );
+        assert_eq!(claim.trace_root, truth.trace_root());
+        assert_eq!(
+            stake_before - net.stake(node_addr),
+            5 * 10u128.pow(17),
+            "{op}: half an ether slashed"
+        );
+        assert_eq!(
+            game.leaf as usize,
+            m.inputs.len() + k,
+            "{op}: the dispute found the tampered node"
+        );
+        net.mine(CHALLENGE_BLOCKS + 1);
+        net.rt.block_on(net.client.finalize_optimistic(id)).unwrap();
+        let r = net.rt.block_on(net.client.optimistic_request(id)).unwrap();
+        assert_eq!(r.status, 3, "finalized");
+        let log2 = |n: usize| (usize::BITS - (n.max(1) - 1).leading_zeros()) as u32;
+        let bound = log2(m.nodes.len()) + log2(len) + 1;
+        // moves: reveal + (split, choose) per trace level + open + (split, choose) per word level + word + step
+        let rounds = moves.iter().filter(|(n, _)| *n == "choose").count() as u32 + 1;
+        assert!(rounds <= bound, "{op}: {rounds} rounds vs bound {bound}");
+        for (n, g) in &moves {
+            let e = gas.entry(n).or_default();
+            *e = (*e).max(*g);
+        }
+        let step_gas = moves
+            .iter()
+            .find(|(n, _)| *n == "step")
+            .map(|m| m.1)
+            .unwrap_or(0);
+        println!(
+            "{op:<10} {name:<12} {k:>5} {:>4} {rounds:>7} {bound:>6} {step_gas:>9} {:>7.1}",
+            moves.len() + 2,
+            start.elapsed().as_secs_f64()
+        );
+    }
+    println!("most gas per move: {gas:?}");
+
+    // An honest node survives a false challenge: the challenger cannot prove anything and times out.
+    let (_, m, honest) = &fixtures.iter().find(|f| f.0 == "cnn").unwrap();
+    let truth = Side::new(m, honest).unwrap();
+    let inputs = honest.tensors[..m.inputs.len()].to_vec();
+    let (_, lie) = Executor::new(m, Mode::default())
+        .run_trace_tampered(inputs, Some((3, 5)))
+        .unwrap();
+    let liar = Side::new(m, &lie).unwrap();
+    let id = net.request(m, honest);
+    net.rt
+        .block_on(
+            net.node
+                .commit(id, &truth.output_hash(), &truth.trace_root()),
+        )
+        .unwrap();
+    let (g, _) = net
+        .rt
+        .block_on(net.challengers[0].challenge(id, &liar.output_hash(), &liar.trace_root()))
+        .unwrap();
+    let stake_before = net.stake(node_addr);
+    let (_, stuck) = net.play(g, &truth, &liar, &net.challengers[0]);
+    assert!(
+        stuck,
+        "a false challenger reaches the last step and cannot prove its element"
+    );
+    net.mine(MOVE_BLOCKS + 1);
+    net.rt.block_on(net.client.timeout_game(g)).unwrap();
+    assert_eq!(
+        net.rt.block_on(net.node.claim(id)).unwrap().owner,
+        node_addr
+    );
+    assert_eq!(
+        net.stake(node_addr),
+        stake_before,
+        "the honest node keeps its stake"
+    );
+    net.mine(CHALLENGE_BLOCKS + 1);
+    net.rt.block_on(net.client.finalize_optimistic(id)).unwrap();
+    assert_eq!(
+        net.rt
+            .block_on(net.client.optimistic_request(id))
+            .unwrap()
+            .status,
+        3
+    );
+
+    // A defender that misses its first move loses; a second challenger is refunded and its game closed.
+    let id = net.request(m, honest);
+    net.rt
+        .block_on(net.node.commit(id, &liar.output_hash(), &liar.trace_root()))
+        .unwrap();
+    let (g1, _) = net
+        .rt
+        .block_on(net.challengers[0].challenge(id, &truth.output_hash(), &truth.trace_root()))
+        .unwrap();
+    let (g2, _) = net
+        .rt
+        .block_on(net.challengers[1].challenge(id, &truth.output_hash(), &truth.trace_root()))
+        .unwrap();
+    // challenging too early is refused; so is the same claim again, and a move out of turn
+    assert!(net.rt.block_on(net.client.timeout_game(g1)).is_err());
+    assert!(net
+        .rt
+        .block_on(net.challengers[0].challenge(id, &liar.output_hash(), &liar.trace_root()))
+        .is_err());
+    assert!(
+        net.rt.block_on(net.client.finalize_optimistic(id)).is_err(),
+        "games are open"
+    );
+    net.mine(MOVE_BLOCKS + 1);
+    net.rt.block_on(net.client.timeout_game(g1)).unwrap();
+    assert_eq!(net.rt.block_on(net.node.claim(id)).unwrap().owner, ch_addr);
+    assert_eq!(
+        net.rt.block_on(net.node.game(g2)).unwrap().stage,
+        Stage::Done,
+        "the other game is closed"
+    );
+    assert!(net.rt.block_on(net.client.timeout_game(g2)).is_err());
+    // the replaced claim can itself be challenged in its new window (here it is honest: nobody does)
+    net.mine(CHALLENGE_BLOCKS + 1);
+    net.rt.block_on(net.client.finalize_optimistic(id)).unwrap();
+    drop(net.anvil);
+}
