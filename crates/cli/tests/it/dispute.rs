@@ -235,7 +235,7 @@ fn optimistic_disputes_on_anvil() {
         net.rt.block_on(net.client.finalize_optimistic(id)).unwrap();
         let r = net.rt.block_on(net.client.optimistic_request(id)).unwrap();
         assert_eq!(r.status, 3, "finalized");
-        let log2 = |n: usize| (usize::BITS - (n.max(1) - 1).leading_zeros()) as u32;
+        let log2 = |n: usize| usize::BITS - (n.max(1) - 1).leading_zeros();
         let bound = log2(m.nodes.len()) + log2(len) + 1;
         // moves: reveal + (split, choose) per trace level + open + (split, choose) per word level + word + step
         let rounds = moves.iter().filter(|(n, _)| *n == "choose").count() as u32 + 1;
