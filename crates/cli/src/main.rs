@@ -2,6 +2,13 @@
 use clap::Parser;
 
 fn main() {
+    // Like other command-line tools, stop quietly when the reader of our output goes away
+    // (`verity model inspect m.vty | head`) instead of panicking on the failed write.
+    #[cfg(unix)]
+    // SAFETY: resetting a signal's disposition to its default before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = verity_cli::Cli::parse();
     if let Err(e) = verity_cli::run(cli) {
         eprintln!("error: {e:#}");
