@@ -155,10 +155,7 @@ impl<'a> Side<'a> {
 
     /// The trace root this side commits to.
     pub fn trace_root(&self) -> Hash {
-        let mut k = Keccak::new();
-        k.update(&(self.trace.tensors.len() as u64).to_be_bytes());
-        k.update(&self.trace_levels.root().0);
-        k.finalize()
+        verity_core::bind_length(self.trace.tensors.len(), self.trace_levels.root())
     }
 
     /// The output hash this side commits to.
@@ -173,15 +170,7 @@ impl<'a> Side<'a> {
     }
 
     fn value(&self, v: u32) -> &[i32] {
-        let (ni, nc) = (self.model.inputs.len(), self.model.consts.len());
-        let v = v as usize;
-        if v < ni {
-            &self.trace.tensors[v]
-        } else if v < ni + nc {
-            &self.model.consts[v - ni].data
-        } else {
-            &self.trace.tensors[v - nc]
-        }
+        crate::onestep::value_data(self.model, self.trace, v)
     }
 
     /// The trace tree.
@@ -192,7 +181,6 @@ impl<'a> Side<'a> {
     /// The defender's first move.
     pub fn reveal(&self) -> RevealData {
         let ni = self.model.inputs.len();
-        let nc = self.model.consts.len();
         let nn = self.model.nodes.len();
         let troots = &self.trace_levels.0[0];
         let mut roots = Vec::new();
@@ -203,17 +191,19 @@ impl<'a> Side<'a> {
             paths.push(merkle_proof(troots, i).unwrap_or_default());
         }
         for o in &self.model.outputs {
-            let v = o.value as usize;
-            if v < ni || v >= ni + nc {
-                let leaf = if v < ni { v } else { v - nc };
-                roots.push(troots[leaf]);
-                paths.push(merkle_proof(troots, leaf).unwrap_or_default());
-                descriptors.push(Vec::new());
-            } else {
-                let c = &self.model.consts[v - ni];
-                roots.push(verity_core::elements_root(&c.data));
-                paths.push(merkle_proof(&self.items, 1 + nn + (v - ni)).unwrap_or_default());
-                descriptors.push(encode_const_desc(c));
+            match self.model.trace_leaf(o.value) {
+                Some(leaf) => {
+                    roots.push(troots[leaf]);
+                    paths.push(merkle_proof(troots, leaf).unwrap_or_default());
+                    descriptors.push(Vec::new());
+                }
+                None => {
+                    let c = o.value as usize - ni;
+                    let k = &self.model.consts[c];
+                    roots.push(verity_core::elements_root(&k.data));
+                    paths.push(merkle_proof(&self.items, 1 + nn + c).unwrap_or_default());
+                    descriptors.push(encode_const_desc(k));
+                }
             }
         }
         RevealData {
@@ -300,8 +290,6 @@ impl<'a> Side<'a> {
     ) -> Result<StepWitness, StepError> {
         let mut w = self.step(node, element)?;
         let d = self.trace_levels.depth();
-        let ni = self.model.inputs.len();
-        let nc = self.model.consts.len();
         let inputs = self
             .model
             .nodes
@@ -309,14 +297,10 @@ impl<'a> Side<'a> {
             .map(|n| n.inputs.clone())
             .unwrap_or_default();
         for (o, v) in w.operands.iter_mut().zip(inputs) {
-            let v = v as usize;
-            let leaf = if v < ni {
-                v
-            } else if v >= ni + nc {
-                v - nc
-            } else {
+            let Some(leaf) = self.model.trace_leaf(v) else {
                 continue;
-            } as u64;
+            };
+            let leaf = leaf as u64;
             for (h, sib) in o.trace_path.iter_mut().enumerate() {
                 let pos = (d - h, (leaf >> h) ^ 1);
                 if let Some(x) = theirs.nodes.get(&pos) {

@@ -381,6 +381,18 @@ impl Model {
         }
     }
 
+    /// Position of value `v` in a trace (the inputs, then the node outputs); `None` for a constant.
+    pub fn trace_leaf(&self, v: ValueId) -> Option<usize> {
+        let (v, ni, nc) = (v as usize, self.inputs.len(), self.consts.len());
+        if v < ni {
+            Some(v)
+        } else if v >= ni + nc && v < ni + nc + self.nodes.len() {
+            Some(v - nc)
+        } else {
+            None
+        }
+    }
+
     /// The constant behind value `v`, if it is one.
     pub fn const_of(&self, v: ValueId) -> Option<&Const> {
         (v as usize)

@@ -10,7 +10,7 @@
 
 use verity_core::{
     bind_length, merkle_proof, multiproof, multiproof_root, root_from_path, word_leaves, Hash,
-    Keccak, Reader, ELEMENTS_PER_LEAF,
+    Keccak, ELEMENTS_PER_LEAF,
 };
 
 use crate::arith::{div_round, fit, isqrt_round, rshift};
@@ -18,7 +18,10 @@ use crate::commit::trace_roots;
 use crate::error::ExecError;
 use crate::exec::{table_index, Trace};
 use crate::ir::*;
-use crate::vty::{decode_node, encode_const_desc, encode_header, encode_node, leaves, list_root};
+use crate::vty::{
+    decode_const_desc, decode_header, decode_node, encode_const_desc, encode_header, encode_node,
+    leaves,
+};
 
 /// Shape and scale of one operand of a node.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -504,6 +507,31 @@ fn words_of(elems: &[i32], indices: &[u64]) -> Vec<Hash> {
         .collect()
 }
 
+/// Shapes and scales of `node`'s inputs in `model`.
+pub fn operands_of(model: &Model, node: &Node) -> Vec<Operand> {
+    node.inputs
+        .iter()
+        .filter_map(|&v| model.value(v))
+        .map(|i| Operand {
+            shape: i.shape.to_vec(),
+            scale: i.scale,
+        })
+        .collect()
+}
+
+/// The elements of value `v` in a run of `model`: a constant's data, else its tensor in `trace` (empty
+/// if `v` is out of range).
+pub fn value_data<'a>(model: &'a Model, trace: &'a Trace, v: u32) -> &'a [i32] {
+    match model.const_of(v) {
+        Some(c) => &c.data,
+        None => model
+            .trace_leaf(v)
+            .and_then(|l| trace.tensors.get(l))
+            .map(|t| t.as_slice())
+            .unwrap_or(&[]),
+    }
+}
+
 /// Build the witness for element `element` of node `k` of `model` run with `trace`, and the value it
 /// evaluates to (an error if the canonical semantics stop at that element).
 pub fn prove_step(
@@ -532,27 +560,8 @@ pub fn prove_step(
     }
     let items = leaves(model);
     let troots = trace_roots(trace);
-    let data = |v: u32| -> &[i32] {
-        let v = v as usize;
-        if v < ni {
-            &trace.tensors[v]
-        } else if v < ni + nc {
-            &model.consts[v - ni].data
-        } else {
-            &trace.tensors[v - nc]
-        }
-    };
-    let ops: Vec<Operand> = node
-        .inputs
-        .iter()
-        .map(|&v| {
-            let i = model.value(v).expect("valid model");
-            Operand {
-                shape: i.shape.to_vec(),
-                scale: i.scale,
-            }
-        })
-        .collect();
+    let data = |v: u32| value_data(model, trace, v);
+    let ops = operands_of(model, node);
     let mut touched: Vec<std::collections::BTreeSet<u64>> = vec![Default::default(); ops.len()];
     let value = eval_element(node, &ops, element, &mut |o, i| {
         touched[o].insert(i / ELEMENTS_PER_LEAF as u64);
@@ -624,41 +633,6 @@ fn rejected(why: impl Into<String>) -> StepError {
     StepError::Rejected(why.into())
 }
 
-/// What a one-step check learns from the header: input shapes/scales and the counts.
-struct Header {
-    inputs: Vec<Operand>,
-    consts: u64,
-    nodes: u64,
-}
-
-fn parse_header(bytes: &[u8]) -> Result<Header, StepError> {
-    let bad = |e: verity_core::DecodeError| rejected(format!("header: {e}"));
-    let mut r = Reader::new(bytes);
-    if r.u8().map_err(bad)? != 0 || r.u8().map_err(bad)? != crate::vty::FORMAT_VERSION {
-        return Err(rejected("not a header item"));
-    }
-    let n = r.u32().map_err(bad)?;
-    let mut inputs = Vec::new();
-    for _ in 0..n {
-        r.str().map_err(bad)?;
-        let rank = r.u8().map_err(bad)?;
-        let shape = (0..rank)
-            .map(|_| r.u32())
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(bad)?;
-        let scale = r.i8().map_err(bad)?;
-        r.u8().map_err(bad)?;
-        inputs.push(Operand { shape, scale });
-    }
-    let consts = r.u32().map_err(bad)? as u64;
-    let nodes = r.u32().map_err(bad)? as u64;
-    Ok(Header {
-        inputs,
-        consts,
-        nodes,
-    })
-}
-
 fn keccak_concat(parts: &[&[u8]]) -> Hash {
     let mut k = Keccak::new();
     for p in parts {
@@ -675,7 +649,7 @@ pub fn verify_step(
     trace_root: Hash,
     w: &StepWitness,
 ) -> Result<Result<i32, ExecError>, StepError> {
-    if keccak_concat(&[&w.item_count.to_be_bytes(), &w.item_root.0]) != model_id {
+    if bind_length(w.item_count as usize, w.item_root) != model_id {
         return Err(rejected("item root does not give the model ID"));
     }
     let n_items = w.item_count as usize;
@@ -685,7 +659,7 @@ pub fn verify_step(
     if !item_ok(verity_core::keccak256(&w.header), 0, &w.header_path) {
         return Err(rejected("header not in the model"));
     }
-    let h = parse_header(&w.header)?;
+    let h = decode_header(&w.header).map_err(|e| rejected(format!("header: {e}")))?;
     let (ni, nc, nn) = (h.inputs.len() as u64, h.consts, h.nodes);
     if w.node_index >= nn
         || !item_ok(
@@ -698,7 +672,7 @@ pub fn verify_step(
     }
     let node = decode_node(&w.node).map_err(|e| rejected(format!("node item: {e}")))?;
     let trace_count = (ni + nn) as usize;
-    if keccak_concat(&[&(trace_count as u64).to_be_bytes(), &w.trace_tree.0]) != trace_root {
+    if bind_length(trace_count, w.trace_tree) != trace_root {
         return Err(rejected("trace tree does not give the trace root"));
     }
     if w.element >= numel(&node.shape) {
@@ -719,26 +693,19 @@ pub fn verify_step(
                     "operand {o}: input root not in the trace"
                 )));
             }
-            h.inputs[v as usize].clone()
+            let i = &h.inputs[v as usize];
+            Operand {
+                shape: i.shape.clone(),
+                scale: i.scale,
+            }
         } else if v < ni + nc {
             let leaf = keccak_concat(&[&ow.item, &ow.root.0]);
             if !item_ok(leaf, 1 + nn + (v - ni), &ow.item_path) {
                 return Err(rejected(format!("operand {o}: constant not in the model")));
             }
-            let mut r = Reader::new(&ow.item);
-            let bad = |e: verity_core::DecodeError| rejected(format!("descriptor: {e}"));
-            if r.u8().map_err(bad)? != 2 {
-                return Err(rejected("not a constant descriptor"));
-            }
-            let rank = r.u8().map_err(bad)?;
-            let shape = (0..rank)
-                .map(|_| r.u32())
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(bad)?;
-            Operand {
-                shape,
-                scale: r.i8().map_err(bad)?,
-            }
+            let (shape, scale) = decode_const_desc(&ow.item)
+                .map_err(|e| rejected(format!("operand {o}: descriptor: {e}")))?;
+            Operand { shape, scale }
         } else {
             let j = v - ni - nc;
             if j >= w.node_index {
@@ -802,41 +769,18 @@ pub fn verify_step(
     Ok(value)
 }
 
-/// `list_root` of the trace's tensor roots (re-exported for witnesses built elsewhere).
-pub fn trace_root_of(trace: &Trace) -> Hash {
-    list_root(&trace_roots(trace))
-}
-
 /// Evaluate every element of every node alone from the trace's operands and compare with the trace:
 /// the number of elements checked, or the first disagreement. (How the fixtures pin the one-step
 /// evaluator to the executors.)
 pub fn check_every_element(model: &Model, trace: &Trace) -> Result<u64, String> {
     let ni = model.inputs.len();
-    let nc = model.consts.len();
     if trace.tensors.len() != ni + model.nodes.len() {
         return Err("trace does not belong to this model".into());
     }
-    let data = |v: u32| -> &[i32] {
-        let v = v as usize;
-        if v < ni {
-            &trace.tensors[v]
-        } else if v < ni + nc {
-            &model.consts[v - ni].data
-        } else {
-            &trace.tensors[v - nc]
-        }
-    };
+    let data = |v: u32| value_data(model, trace, v);
     let mut checked = 0;
     for (k, node) in model.nodes.iter().enumerate() {
-        let ops: Vec<Operand> = node
-            .inputs
-            .iter()
-            .filter_map(|&v| model.value(v))
-            .map(|i| Operand {
-                shape: i.shape.to_vec(),
-                scale: i.scale,
-            })
-            .collect();
+        let ops = operands_of(model, node);
         let want = &trace.tensors[ni + k];
         for (e, &w) in want.iter().enumerate() {
             let got = eval_element(node, &ops, e as u64, &mut |o, i| {

@@ -362,13 +362,26 @@ pub fn decode_node(bytes: &[u8]) -> Result<Node, ModelError> {
     })
 }
 
-fn decode_const(bytes: &[u8]) -> Result<Const, ModelError> {
-    let mut r = Reader::new(bytes);
+/// Read a constant's descriptor (tag, shape, scale).
+fn read_const_desc(r: &mut Reader<'_>) -> Result<(Vec<u32>, i8), ModelError> {
     if r.u8()? != TAG_CONST {
         return Err(r.invalid("expected a constant item").into());
     }
-    let shape = get_shape(&mut r)?;
-    let scale = r.i8()?;
+    let shape = get_shape(r)?;
+    Ok((shape, r.i8()?))
+}
+
+/// Decode a constant's descriptor alone (as proven inside its leaf in a one-step check): shape, scale.
+pub fn decode_const_desc(bytes: &[u8]) -> Result<(Vec<u32>, i8), ModelError> {
+    let mut r = Reader::new(bytes);
+    let d = read_const_desc(&mut r)?;
+    r.finish()?;
+    Ok(d)
+}
+
+fn decode_const(bytes: &[u8]) -> Result<Const, ModelError> {
+    let mut r = Reader::new(bytes);
+    let (shape, scale) = read_const_desc(&mut r)?;
     let n = numel(&shape);
     if n.saturating_mul(4) != r.remaining() as u64 {
         return Err(r
@@ -386,18 +399,21 @@ fn decode_const(bytes: &[u8]) -> Result<Const, ModelError> {
     Ok(Const { shape, scale, data })
 }
 
-/// Decode and validate a `.vty` file; the stored ID must match the contents.
-pub fn decode(bytes: &[u8]) -> Result<(Model, Hash), ModelError> {
-    let mut r = Reader::new(bytes);
-    if r.take(3).map_err(|_| ModelError::BadMagic)? != MAGIC {
-        return Err(ModelError::BadMagic);
-    }
-    let version = r.u8()?;
-    if version != FORMAT_VERSION {
-        return Err(ModelError::Version(version as u16));
-    }
-    let items = r.u64()?;
-    let head = r.bytes()?;
+/// What the header item says: the inputs, the constant and node counts, the outputs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Header {
+    /// Model inputs.
+    pub inputs: Vec<Input>,
+    /// Number of constants.
+    pub consts: u64,
+    /// Number of nodes.
+    pub nodes: u64,
+    /// Outputs.
+    pub outputs: Vec<Output>,
+}
+
+/// Decode a header item (as in a file, or as proven against a model ID in a one-step check).
+pub fn decode_header(head: &[u8]) -> Result<Header, ModelError> {
     let mut h = Reader::new(head);
     if h.u8()? != TAG_HEADER {
         return Err(h.invalid("expected the header item").into());
@@ -435,6 +451,31 @@ pub fn decode(bytes: &[u8]) -> Result<(Model, Hash), ModelError> {
         });
     }
     h.finish()?;
+    Ok(Header {
+        inputs,
+        consts: n_consts,
+        nodes: n_nodes,
+        outputs,
+    })
+}
+
+/// Decode and validate a `.vty` file; the stored ID must match the contents.
+pub fn decode(bytes: &[u8]) -> Result<(Model, Hash), ModelError> {
+    let mut r = Reader::new(bytes);
+    if r.take(3).map_err(|_| ModelError::BadMagic)? != MAGIC {
+        return Err(ModelError::BadMagic);
+    }
+    let version = r.u8()?;
+    if version != FORMAT_VERSION {
+        return Err(ModelError::Version(version as u16));
+    }
+    let items = r.u64()?;
+    let Header {
+        inputs,
+        consts: n_consts,
+        nodes: n_nodes,
+        outputs,
+    } = decode_header(r.bytes()?)?;
     if items != 1 + n_nodes + n_consts {
         return Err(r.invalid("item count disagrees with the header").into());
     }

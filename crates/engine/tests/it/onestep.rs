@@ -4,7 +4,7 @@
 use verity_core::Hash;
 use verity_engine::commit::trace_root;
 use verity_engine::ir::*;
-use verity_engine::onestep::{eval_element, prove_step, verify_step, Operand};
+use verity_engine::onestep::{eval_element, operands_of, prove_step, verify_step};
 use verity_engine::vty::model_id;
 use verity_engine::{Executor, Mode};
 
@@ -13,25 +13,14 @@ use verity_engine::{Executor, Mode};
 /// Witnesses of a few elements per node verify (the first and last always).
 pub fn agrees(m: &Model, inputs: Vec<Vec<i32>>) {
     let ni = m.inputs.len();
-    let nc = m.consts.len();
     let mut vals: Vec<Vec<i32>> = inputs.clone();
     vals.extend(m.consts.iter().map(|c| c.data.clone()));
     let ex = Executor::new(m, Mode::Reference);
     let full = ex.run_trace(inputs.clone());
-    // node outputs from the full run when it succeeds; otherwise node by node with the reference executor
-    // on prefixes is not available, so evaluate element-wise and stop at the first failure
+    // node by node, element by element, from the values computed so far; a failing run stops at the
+    // first node with a failing element
     for (k, node) in m.nodes.iter().enumerate() {
-        let ops: Vec<Operand> = node
-            .inputs
-            .iter()
-            .map(|&v| {
-                let i = m.value(v).unwrap();
-                Operand {
-                    shape: i.shape.to_vec(),
-                    scale: i.scale,
-                }
-            })
-            .collect();
+        let ops = operands_of(m, node);
         let n = numel(&node.shape);
         let mut out = Vec::with_capacity(n as usize);
         let mut failed = false;
@@ -90,5 +79,4 @@ pub fn agrees(m: &Model, inputs: Vec<Vec<i32>>) {
             assert!(verify_step(id, root, &bad).is_err());
         }
     }
-    let _ = nc;
 }
