@@ -8,6 +8,23 @@ import "./NodeRegistry.sol";
 ///         stake_i / remaining stake, using keccak256(seed ‖ draw) mod the remaining stake and walking the
 ///         registry's node list in order. Every hub and every off-chain coordinator uses exactly this rule.
 library Assignment {
+    error SeedNotReady(uint64 seedBlock);
+    error SeedExpired();
+
+    /// The seed of request `id`: keccak256(blockhash(seedBlock) ‖ id), known once seedBlock is mined and
+    /// for 256 blocks after.
+    function seed(uint64 seedBlock, uint256 id) internal view returns (bytes32) {
+        if (block.number <= seedBlock) revert SeedNotReady(seedBlock);
+        bytes32 h = blockhash(seedBlock);
+        if (h == bytes32(0)) revert SeedExpired();
+        return keccak256(abi.encodePacked(h, id));
+    }
+
+    /// Whether the seed can still be computed (someone can be held to the assignment).
+    function seedKnown(uint64 seedBlock) internal view returns (bool) {
+        return block.number > seedBlock && blockhash(seedBlock) != bytes32(0);
+    }
+
     function draw(NodeRegistry nodes, bytes32 seed, uint256 count) internal view returns (address[] memory picked) {
         address[] memory all = nodes.allNodes();
         uint256[] memory stake = new uint256[](all.length);

@@ -110,8 +110,6 @@ contract InferenceHub is Payouts {
     error NotPending();
     error TooLate();
     error TooEarly();
-    error SeedNotReady(uint64 seedBlock);
-    error SeedExpired();
     error WrongRequest();
     error BadSignature();
     error NotAssigned(address node);
@@ -164,10 +162,7 @@ contract InferenceHub is Payouts {
     function seedOf(uint256 id) public view returns (bytes32) {
         Request storage r = requests[id];
         if (r.status == Status.None) revert WrongRequest();
-        if (block.number <= r.seedBlock) revert SeedNotReady(r.seedBlock);
-        bytes32 h = blockhash(r.seedBlock);
-        if (h == bytes32(0)) revert SeedExpired();
-        return keccak256(abi.encodePacked(h, id));
+        return Assignment.seed(r.seedBlock, id);
     }
 
     /// @notice The nodes assigned to a request: `min(count, active nodes)` draws without replacement, each
@@ -278,7 +273,7 @@ contract InferenceHub is Payouts {
         r.status = Status.Refunded;
         address[] memory a;
         // If the seed block has fallen out of reach, nobody can be held responsible.
-        if (block.number > r.seedBlock && blockhash(r.seedBlock) != bytes32(0)) a = assignment(id);
+        if (Assignment.seedKnown(r.seedBlock)) a = assignment(id);
         uint256 silentCount;
         address[] memory silent = new address[](a.length);
         uint256 compensation;

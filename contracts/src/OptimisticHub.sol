@@ -169,8 +169,6 @@ contract OptimisticHub is Payouts {
     error BadMove(string why);
     error DefenderRight();
     error TooEarly();
-    error SeedNotReady(uint64 seedBlock);
-    error SeedExpired();
 
     constructor(
         ModelRegistry models_,
@@ -236,10 +234,7 @@ contract OptimisticHub is Payouts {
     function seedOf(uint256 id) public view returns (bytes32) {
         Request storage r = requests[id];
         if (r.status == Status.None) revert WrongStatus();
-        if (block.number <= r.seedBlock) revert SeedNotReady(r.seedBlock);
-        bytes32 h = blockhash(r.seedBlock);
-        if (h == bytes32(0)) revert SeedExpired();
-        return keccak256(abi.encodePacked(h, id));
+        return Assignment.seed(r.seedBlock, id);
     }
 
     /// @notice The node that must answer: one draw of the public stake-weighted rule.
@@ -307,7 +302,7 @@ contract OptimisticHub is Payouts {
         if (block.number <= r.deadline) revert TooEarly();
         r.status = Status.Refunded;
         address a;
-        if (block.number > r.seedBlock && blockhash(r.seedBlock) != bytes32(0)) a = assigned(id);
+        if (Assignment.seedKnown(r.seedBlock)) a = assigned(id);
         uint256 taken = a == address(0) ? 0 : nodes.slash(a, slashAmount);
         emit Refunded(id, r.fee + taken, a);
         pay(r.client, r.fee + taken);

@@ -122,7 +122,7 @@ contract InferenceHubTest is HubFixture {
         hub.request{value: 1 ether}(keccak256("nope"), INPUT, "", InferenceHub.Mode.Signed, 1);
         vm.prank(client);
         uint256 id = hub.request{value: 0.01 ether}(MODEL, INPUT, "", InferenceHub.Mode.Signed, 1);
-        vm.expectRevert(abi.encodeWithSelector(InferenceHub.SeedNotReady.selector, uint64(block.number + 1)));
+        vm.expectRevert(abi.encodeWithSelector(Assignment.SeedNotReady.selector, uint64(block.number + 1)));
         hub.assignment(id);
     }
 
