@@ -101,7 +101,7 @@ pub async fn evaluate_step(
 }
 
 use crate::bindings::optimistic::OptimisticHub as Opt;
-use crate::evm::{contract_err, EvmChain, Placed};
+use crate::evm::{contract_err, event_in, EvmChain, Placed};
 use crate::{from_b256, from_evm, to_evm, ChainError};
 use alloy::providers::DynProvider;
 use alloy::sol_types::SolEvent;
@@ -268,12 +268,7 @@ impl EvmChain {
                     .into_transaction_request()
             })
             .await?;
-        let id = receipt
-            .inner
-            .logs()
-            .iter()
-            .filter(|l| l.address() == *c.address())
-            .find_map(|l| Opt::Requested::decode_log(&l.inner).ok())
+        let id = event_in::<Opt::Requested>(&receipt, c.address())
             .ok_or_else(|| ChainError::Other("no Requested event".into()))?
             .requestId;
         Ok(Placed {
@@ -364,12 +359,7 @@ impl EvmChain {
                     .into_transaction_request()
             })
             .await?;
-        let g = receipt
-            .inner
-            .logs()
-            .iter()
-            .filter(|l| l.address() == *c.address())
-            .find_map(|l| Opt::Challenged::decode_log(&l.inner).ok())
+        let g = event_in::<Opt::Challenged>(&receipt, c.address())
             .ok_or_else(|| ChainError::Other("no Challenged event".into()))?
             .gameId;
         Ok((

@@ -141,6 +141,19 @@ fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
+/// The first event of type `E` that contract `at` emitted in a mined transaction.
+pub(crate) fn event_in<E: alloy::sol_types::SolEvent>(
+    receipt: &alloy::rpc::types::TransactionReceipt,
+    at: &A,
+) -> Option<E> {
+    receipt
+        .inner
+        .logs()
+        .iter()
+        .filter(|l| l.address() == *at)
+        .find_map(|l| E::decode_log(&l.inner).ok().map(|e| e.data))
+}
+
 /// An RPC connection to a chain with Verity's contracts, optionally with a key for transactions.
 pub struct EvmChain {
     provider: DynProvider,
@@ -467,13 +480,7 @@ impl EvmChain {
             })
             .await?;
         let tx = from_b256(&receipt.transaction_hash);
-        let hub_addr = to_evm(&self.deployment.hub);
-        let id = receipt
-            .inner
-            .logs()
-            .iter()
-            .filter(|l| l.address() == hub_addr)
-            .find_map(|l| InferenceHub::Requested::decode_log(&l.inner).ok())
+        let id = event_in::<InferenceHub::Requested>(&receipt, &to_evm(&self.deployment.hub))
             .ok_or_else(|| ChainError::Other(format!("tx {tx} has no Requested event")))?
             .requestId;
         let id = u64::try_from(id)
