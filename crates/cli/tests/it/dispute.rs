@@ -75,6 +75,24 @@ impl Net {
         placed.id
     }
 
+    /// The node commits `side`'s claim for request `id`.
+    fn commit(&self, id: u64, side: &Side<'_>) {
+        self.rt
+            .block_on(
+                self.node
+                    .commit(id, &side.output_hash(), &side.trace_root()),
+            )
+            .unwrap();
+    }
+
+    /// Challenger `c` disputes request `id` with `side`'s claim; the game ID.
+    fn challenge(&self, id: u64, c: usize, side: &Side<'_>) -> u64 {
+        self.rt
+            .block_on(self.challengers[c].challenge(id, &side.output_hash(), &side.trace_root()))
+            .unwrap()
+            .0
+    }
+
     /// Play game `g` to its end: the defender's side and the challenger's side move in turn. Returns the
     /// moves made (name, gas) and whether the challenger could not make its last move.
     fn play(
@@ -203,13 +221,8 @@ fn optimistic_disputes_on_anvil() {
         assert_ne!(liar.trace_root(), truth.trace_root());
         let id = net.request(m, honest);
         let stake_before = net.stake(node_addr);
-        net.rt
-            .block_on(net.node.commit(id, &liar.output_hash(), &liar.trace_root()))
-            .unwrap();
-        let (g, _) = net
-            .rt
-            .block_on(net.challengers[0].challenge(id, &truth.output_hash(), &truth.trace_root()))
-            .unwrap();
+        net.commit(id, &liar);
+        let g = net.challenge(id, 0, &truth);
         let (moves, stuck) = net.play(g, &liar, &truth, &net.challengers[0]);
         assert!(!stuck, "{op}: the honest challenger always has a move");
         let game = net.rt.block_on(net.node.game(g)).unwrap();
@@ -266,16 +279,8 @@ fn optimistic_disputes_on_anvil() {
         .unwrap();
     let liar = Side::new(m, &lie).unwrap();
     let id = net.request(m, honest);
-    net.rt
-        .block_on(
-            net.node
-                .commit(id, &truth.output_hash(), &truth.trace_root()),
-        )
-        .unwrap();
-    let (g, _) = net
-        .rt
-        .block_on(net.challengers[0].challenge(id, &liar.output_hash(), &liar.trace_root()))
-        .unwrap();
+    net.commit(id, &truth);
+    let g = net.challenge(id, 0, &liar);
     let stake_before = net.stake(node_addr);
     let (_, stuck) = net.play(g, &truth, &liar, &net.challengers[0]);
     assert!(
@@ -305,18 +310,11 @@ fn optimistic_disputes_on_anvil() {
 
     // A defender that misses its first move loses; a second challenger is refunded and its game closed.
     let id = net.request(m, honest);
-    net.rt
-        .block_on(net.node.commit(id, &liar.output_hash(), &liar.trace_root()))
-        .unwrap();
-    let (g1, _) = net
-        .rt
-        .block_on(net.challengers[0].challenge(id, &truth.output_hash(), &truth.trace_root()))
-        .unwrap();
-    let (g2, _) = net
-        .rt
-        .block_on(net.challengers[1].challenge(id, &truth.output_hash(), &truth.trace_root()))
-        .unwrap();
-    // challenging too early is refused; so is the same claim again, and a move out of turn
+    net.commit(id, &liar);
+    let g1 = net.challenge(id, 0, &truth);
+    let g2 = net.challenge(id, 1, &truth);
+    // ending a game before its deadline is refused; so is challenging with the pending claim itself,
+    // and finalizing while games are open
     assert!(net.rt.block_on(net.client.timeout_game(g1)).is_err());
     assert!(net
         .rt
