@@ -79,24 +79,20 @@ pub fn revert_sentence(data: &[u8]) -> Option<String> {
     use OpenGradientInference::OpenGradientInferenceErrors as O;
     if let Ok(e) = H::abi_decode(data) {
         return Some(match e {
-            H::UnknownModel(_) => "InferenceHub: the model is not registered".into(),
+            H::UnknownModel(_) => "the model is not registered".into(),
             H::BadMode(_) => {
                 "InferenceHub: bad mode or quorum size (quorum needs 2 to 7 nodes)".into()
             }
-            H::FeeTooLow(e) => format!(
-                "InferenceHub: the fee is too low; {} wei required",
-                e.required
-            ),
+            H::FeeTooLow(e) => format!("the fee is too low; {} wei required", e.required),
             H::NotPending(_) => {
                 "InferenceHub: the request is not pending (already finalized or refunded)".into()
             }
             H::TooLate(_) => "InferenceHub: the request's deadline has passed".into(),
             H::TooEarly(_) => "InferenceHub: the request's deadline has not passed yet".into(),
-            H::SeedNotReady(e) => format!(
-                "InferenceHub: the seed block {} is not mined yet",
-                e.seedBlock
-            ),
-            H::SeedExpired(_) => "InferenceHub: the seed block is older than 256 blocks".into(),
+            H::SeedNotReady(e) => {
+                format!("the request's seed block {} is not mined yet", e.seedBlock)
+            }
+            H::SeedExpired(_) => "the request's seed block is older than 256 blocks".into(),
             H::WrongRequest(_) => {
                 "InferenceHub: the receipt is for another request, model or input".into()
             }
@@ -106,8 +102,8 @@ pub fn revert_sentence(data: &[u8]) -> Option<String> {
                 e.node
             ),
             H::AlreadySubmitted(_) => "InferenceHub: this node already submitted a receipt".into(),
-            H::TransferFailed(_) => "InferenceHub: a payment transfer failed".into(),
-            H::NothingOwed(_) => "InferenceHub: nothing is owed to this account".into(),
+            H::TransferFailed(_) => "a payment transfer failed".into(),
+            H::NothingOwed(_) => "nothing is owed to this account".into(),
         });
     }
     if let Ok(e) = N::abi_decode(data) {

@@ -230,6 +230,163 @@ pub struct Move {
     pub gas: u64,
 }
 
+/// What happened on the optimistic hub (the events a watcher and a serving node act on).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OptEventKind {
+    /// A request was placed.
+    Requested {
+        /// Request.
+        id: u64,
+        /// Model.
+        model_id: Hash,
+    },
+    /// A claim became the pending result: the assigned node's commitment, or a winning challenger's.
+    Claimed {
+        /// Request.
+        id: u64,
+        /// Who stands behind it.
+        owner: verity_core::Address,
+        /// Output hash.
+        output_hash: Hash,
+        /// Trace root.
+        trace_root: Hash,
+        /// Last block of its challenge window.
+        window_end: u64,
+    },
+    /// A game was opened against a claim.
+    Challenged {
+        /// Request.
+        id: u64,
+        /// Game.
+        game: u64,
+        /// Challenger.
+        challenger: verity_core::Address,
+        /// The claim's owner.
+        defender: verity_core::Address,
+    },
+    /// A game ended.
+    Resolved {
+        /// Request.
+        id: u64,
+        /// Game.
+        game: u64,
+        /// Winner.
+        winner: verity_core::Address,
+        /// Loser.
+        loser: verity_core::Address,
+        /// Moves made.
+        moves: u32,
+        /// Why.
+        reason: String,
+    },
+    /// The request finalized with this output.
+    Finalized {
+        /// Request.
+        id: u64,
+        /// Output hash.
+        output_hash: Hash,
+        /// Claim owner paid.
+        owner: verity_core::Address,
+    },
+    /// Nobody committed in time; the client was refunded.
+    Refunded {
+        /// Request.
+        id: u64,
+    },
+}
+
+/// An optimistic-hub event with where it was mined.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OptEvent {
+    /// Block.
+    pub block: u64,
+    /// Transaction.
+    pub tx: Hash,
+    /// What happened.
+    pub kind: OptEventKind,
+}
+
+impl OptEventKind {
+    /// The request it concerns.
+    pub fn request(&self) -> u64 {
+        match self {
+            OptEventKind::Requested { id, .. }
+            | OptEventKind::Claimed { id, .. }
+            | OptEventKind::Challenged { id, .. }
+            | OptEventKind::Resolved { id, .. }
+            | OptEventKind::Finalized { id, .. }
+            | OptEventKind::Refunded { id } => *id,
+        }
+    }
+}
+
+fn u64_of(v: U256) -> u64 {
+    u64::try_from(v).unwrap_or(u64::MAX)
+}
+
+/// An optimistic-hub log as an event (`None` for logs a watcher does not act on).
+pub fn decode_opt_log(log: &alloy::rpc::types::Log) -> Option<OptEvent> {
+    let l = &log.inner;
+    let kind = if let Ok(e) = Opt::Requested::decode_log(l) {
+        OptEventKind::Requested {
+            id: u64_of(e.requestId),
+            model_id: from_b256(&e.modelId),
+        }
+    } else if let Ok(e) = Opt::Committed::decode_log(l) {
+        OptEventKind::Claimed {
+            id: u64_of(e.requestId),
+            owner: from_evm(&e.node),
+            output_hash: from_b256(&e.outputHash),
+            trace_root: from_b256(&e.traceRoot),
+            window_end: e.windowEnd,
+        }
+    } else if let Ok(e) = Opt::ClaimReplaced::decode_log(l) {
+        OptEventKind::Claimed {
+            id: u64_of(e.requestId),
+            owner: from_evm(&e.owner),
+            output_hash: from_b256(&e.outputHash),
+            trace_root: from_b256(&e.traceRoot),
+            window_end: e.windowEnd,
+        }
+    } else if let Ok(e) = Opt::Challenged::decode_log(l) {
+        OptEventKind::Challenged {
+            id: u64_of(e.requestId),
+            game: u64_of(e.gameId),
+            challenger: from_evm(&e.challenger),
+            defender: from_evm(&e.defender),
+        }
+    } else if let Ok(e) = Opt::GameResolved::decode_log(l) {
+        OptEventKind::Resolved {
+            id: u64_of(e.requestId),
+            game: u64_of(e.gameId),
+            winner: from_evm(&e.winner),
+            loser: from_evm(&e.loser),
+            moves: e.moves,
+            reason: e.reason.clone(),
+        }
+    } else if let Ok(e) = Opt::Finalized::decode_log(l) {
+        OptEventKind::Finalized {
+            id: u64_of(e.requestId),
+            output_hash: from_b256(&e.outputHash),
+            owner: from_evm(&e.owner),
+        }
+    } else if let Ok(e) = Opt::Refunded::decode_log(l) {
+        OptEventKind::Refunded {
+            id: u64_of(e.requestId),
+        }
+    } else {
+        return None;
+    };
+    Some(OptEvent {
+        block: log.block_number.unwrap_or_default(),
+        tx: log
+            .transaction_hash
+            .map(|h| from_b256(&h))
+            .unwrap_or(Hash::ZERO),
+        kind,
+    })
+}
+
 impl EvmChain {
     fn optimistic(&self) -> Result<Opt::OptimisticHubInstance<DynProvider>, ChainError> {
         let a = self.deployment().optimistic.ok_or_else(|| {
@@ -238,6 +395,45 @@ impl EvmChain {
             )
         })?;
         Ok(Opt::new(to_evm(&a), self.provider().clone()))
+    }
+
+    /// Whether this deployment has an optimistic hub.
+    pub fn has_optimistic(&self) -> bool {
+        self.deployment().optimistic.is_some()
+    }
+
+    /// The optimistic hub's events in blocks `from..=to`, in chain order.
+    pub async fn optimistic_events(&self, from: u64, to: u64) -> Result<Vec<OptEvent>, ChainError> {
+        use alloy::providers::Provider;
+        let c = self.optimistic()?;
+        let f = alloy::rpc::types::Filter::new()
+            .address(*c.address())
+            .from_block(from)
+            .to_block(to);
+        let logs = self
+            .retry(|| async {
+                self.provider()
+                    .get_logs(&f)
+                    .await
+                    .map_err(crate::evm::rpc_err)
+            })
+            .await?;
+        Ok(logs
+            .iter()
+            .filter(|l| !l.removed)
+            .filter_map(decode_opt_log)
+            .collect())
+    }
+
+    /// Time out optimistic request `id` (nobody committed by its deadline): the client is refunded.
+    pub async fn timeout_optimistic(&self, id: u64) -> Result<u64, ChainError> {
+        let c = self.optimistic()?;
+        Ok(self
+            .send("timing out the request", || {
+                c.timeoutRequest(U256::from(id)).into_transaction_request()
+            })
+            .await?
+            .1)
     }
 
     /// The commit and challenge bonds (wei).

@@ -907,6 +907,17 @@ impl Chain for EvmChain {
         Ok(tx)
     }
 
+    async fn set_endpoint(&self, endpoint: &str) -> Result<Hash, ChainError> {
+        let reg = self.nodes_contract();
+        let (tx, _) = self
+            .send("updating the node's endpoint", || {
+                reg.setEndpoint(endpoint.to_string())
+                    .into_transaction_request()
+            })
+            .await?;
+        Ok(tx)
+    }
+
     async fn nodes(&self) -> Result<Vec<(verity_core::Address, NodeInfo)>, ChainError> {
         let reg = self.nodes_contract();
         let all = self

@@ -285,6 +285,9 @@ pub trait Chain: Send + Sync + 'static {
         endpoint: &str,
         stake: U256,
     ) -> impl Future<Output = Result<Hash, ChainError>> + Send;
+    /// Change the sender's registered endpoint.
+    fn set_endpoint(&self, endpoint: &str)
+        -> impl Future<Output = Result<Hash, ChainError>> + Send;
     /// Every registered node with its registration, in registration order.
     fn nodes(
         &self,

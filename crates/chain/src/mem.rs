@@ -378,6 +378,19 @@ impl Chain for MemChain {
         Ok(s.blocks[block as usize].hash)
     }
 
+    async fn set_endpoint(&self, endpoint: &str) -> Result<Hash, ChainError> {
+        let mut s = self.check()?;
+        let block = mine(&mut s);
+        let me = self.sender;
+        let n = s
+            .nodes
+            .iter_mut()
+            .find(|n| n.0 == me)
+            .ok_or_else(|| ChainError::Reverted("NodeRegistry: not registered".into()))?;
+        n.1.endpoint = endpoint.into();
+        Ok(s.blocks[block as usize].hash)
+    }
+
     async fn nodes(&self) -> Result<Vec<(Address, NodeInfo)>, ChainError> {
         Ok(self.check()?.nodes.clone())
     }

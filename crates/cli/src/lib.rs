@@ -46,6 +46,9 @@ enum Cmd {
     /// Request an inference on-chain (InferenceHub), wait for it to finalize, and print the result
     /// re-executed and checked by a node against the finalized hashes.
     Request(request::RequestArgs),
+    /// Watch optimistic results: re-execute every claim on the OptimisticHub (or a secret sample),
+    /// challenge any that is wrong with a bond, and play the dispute game to the end.
+    Watch(net::WatchArgs),
     /// Run a local Verity network: anvil, the contracts, N nodes, the demo models (`--demo`: the story).
     Devnet(devnet::DevnetArgs),
     /// Check a receipt or a quorum certificate offline: signatures, signers (for a certificate: k distinct
@@ -556,6 +559,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Cmd::Key(c) => net::cmd_key(c),
         Cmd::Infer(a) => net::cmd_infer(a),
         Cmd::Devnet(a) => devnet::cmd_devnet(a),
+        Cmd::Watch(a) => net::cmd_watch(a),
         Cmd::Request(a) => request::cmd_request(a),
         Cmd::Verify(a) => match verify::check(&a) {
             Ok(verify::Verdict::Valid(s)) => {

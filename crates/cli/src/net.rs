@@ -670,12 +670,125 @@ pub struct NodeArgs {
     /// A peer to fetch models from (base URL; repeatable), besides those in the NodeRegistry.
     #[arg(long = "peer")]
     peers: Vec<String>,
-    /// Test-only misbehaviour for fault tests: corrupt-chunks, perturb-output, stall=<ms>.
+    /// Also watch optimistic results: re-execute this fraction (0–1) of other nodes' claims and
+    /// challenge any that is wrong.
+    #[arg(long)]
+    watch_rate: Option<f64>,
+    /// Test-only misbehaviour for fault tests: corrupt-chunks, perturb-output, stall=<ms>,
+    /// corrupt-op=<Op>.
     #[arg(long = "fault", hide = true)]
     faults: Vec<String>,
     /// Log filter, e.g. `info` or `verity_node=debug`.
     #[arg(long, env = "VERITY_LOG", default_value = "info")]
     log: String,
+}
+
+/// Apply `--fault` flags.
+fn parse_faults(faults: &[String], cfg: &mut verity_node::config::Faults) -> Result<()> {
+    for f in faults {
+        match f.split_once('=') {
+            None if f == "corrupt-chunks" => cfg.corrupt_chunks = true,
+            None if f == "perturb-output" => cfg.perturb_output = true,
+            Some(("stall", ms)) => {
+                cfg.stall_ms = ms
+                    .parse()
+                    .map_err(|_| anyhow!("--fault stall=<milliseconds>, got '{f}'"))?
+            }
+            Some(("corrupt-op", op)) => cfg.corrupt_op = Some(op.to_string()),
+            _ => bail!(
+                "unknown --fault '{f}' (corrupt-chunks, perturb-output, stall=<ms>, corrupt-op=<Op>)"
+            ),
+        }
+    }
+    Ok(())
+}
+
+/// Start the node daemon with `cfg` until Ctrl-C or SIGTERM.
+fn run_daemon(cfg: verity_node::NodeConfig, log: &str, what: &str) -> Result<()> {
+    cfg.validate().map_err(|e| anyhow!(e))?;
+    init_logs(&cfg.log_format, log)?;
+    if cfg.faults != verity_node::config::Faults::default() {
+        tracing::warn!(faults = ?cfg.faults, "TEST-ONLY FAULTS ENABLED: this node misbehaves on purpose");
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let env_key = std::env::var("VERITY_NODE_KEY").ok();
+    rt.block_on(verity_node::run(
+        cfg,
+        env_key,
+        shutdown_signal(),
+        |addr, who| {
+            println!("verity {what} listening on http://{addr} as {who}");
+            use std::io::Write;
+            let _ = std::io::stdout().flush();
+        },
+    ))
+    .map_err(|e| anyhow!(e))
+}
+
+/// `verity watch` arguments.
+#[derive(Args, Debug)]
+pub struct WatchArgs {
+    /// JSON-RPC URL of the chain.
+    #[arg(long, env = "VERITY_CHAIN")]
+    chain: String,
+    /// The deployment file (contract addresses), e.g. `.verity-devnet/contracts.json`.
+    #[arg(long, env = "VERITY_CONTRACTS")]
+    contracts: PathBuf,
+    /// Fraction (0–1) of claims to re-execute; which ones is drawn with a secret seed.
+    #[arg(long, default_value_t = 1.0)]
+    rate: f64,
+    /// Data directory (key, sampling seed, fetched models, what was watched).
+    #[arg(long, default_value = ".verity-watch")]
+    data_dir: PathBuf,
+    /// Key file of the account that posts bonds and plays games (created if missing).
+    /// `VERITY_NODE_KEY` (hex) takes precedence.
+    #[arg(long)]
+    key_file: Option<PathBuf>,
+    /// Listen address of the watcher's HTTP API (health, metrics, `/v1/optimistic`).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: String,
+    /// A node to fetch models from (base URL; repeatable), besides the hosts in the NodeRegistry.
+    #[arg(long = "peer")]
+    peers: Vec<String>,
+    /// Poll interval in milliseconds.
+    #[arg(long, default_value_t = 500)]
+    poll_ms: u64,
+    /// Test-only misbehaviour (corrupt-op=<Op>: a watcher that challenges with a wrong trace).
+    #[arg(long = "fault", hide = true)]
+    faults: Vec<String>,
+    /// Log filter.
+    #[arg(long, env = "VERITY_LOG", default_value = "info")]
+    log: String,
+}
+
+pub fn cmd_watch(a: WatchArgs) -> Result<()> {
+    use verity_node::NodeConfig;
+    let mut cfg = NodeConfig {
+        data_dir: a.data_dir,
+        key_file: a.key_file,
+        listen: a.listen,
+        ..NodeConfig::default()
+    };
+    cfg.hosting.policy = "none".into();
+    cfg.hosting.peers = a.peers;
+    let mut c = verity_node::chain::ChainConfig {
+        rpc: a.chain,
+        contracts: a.contracts,
+        poll_ms: a.poll_ms,
+        watch_only: true,
+        ..Default::default()
+    };
+    c.optimistic.serve = false;
+    c.optimistic.watch_rate = a.rate;
+    if !(a.rate > 0.0 && a.rate <= 1.0) {
+        bail!("--rate must be above 0 and at most 1, got {}", a.rate);
+    }
+    cfg.chain = Some(c);
+    parse_faults(&a.faults, &mut cfg.faults)?;
+    run_daemon(cfg, &a.log, "watcher")
 }
 
 pub fn cmd_node(a: NodeArgs) -> Result<()> {
@@ -739,39 +852,14 @@ pub fn cmd_node(a: NodeArgs) -> Result<()> {
         cfg.hosting.policy = h;
     }
     cfg.hosting.peers.extend(a.peers);
-    for f in &a.faults {
-        match f.split_once('=') {
-            None if f == "corrupt-chunks" => cfg.faults.corrupt_chunks = true,
-            None if f == "perturb-output" => cfg.faults.perturb_output = true,
-            Some(("stall", ms)) => {
-                cfg.faults.stall_ms = ms
-                    .parse()
-                    .map_err(|_| anyhow!("--fault stall=<milliseconds>, got '{f}'"))?
-            }
-            _ => bail!("unknown --fault '{f}' (corrupt-chunks, perturb-output, stall=<ms>)"),
+    if let Some(r) = a.watch_rate {
+        match cfg.chain.as_mut() {
+            Some(c) => c.optimistic.watch_rate = r,
+            None => bail!("--watch-rate needs --chain and --contracts"),
         }
     }
-    cfg.validate().map_err(|e| anyhow!(e))?;
-    init_logs(&cfg.log_format, &a.log)?;
-    if cfg.faults != verity_node::config::Faults::default() {
-        tracing::warn!(faults = ?cfg.faults, "TEST-ONLY FAULTS ENABLED: this node misbehaves on purpose");
-    }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    let env_key = std::env::var("VERITY_NODE_KEY").ok();
-    rt.block_on(verity_node::run(
-        cfg,
-        env_key,
-        shutdown_signal(),
-        |addr, who| {
-            println!("verity node listening on http://{addr} as {who}");
-            use std::io::Write;
-            let _ = std::io::stdout().flush();
-        },
-    ))
-    .map_err(|e| anyhow!(e))
+    parse_faults(&a.faults, &mut cfg.faults)?;
+    run_daemon(cfg, &a.log, "node")
 }
 
 async fn shutdown_signal() {

@@ -235,6 +235,35 @@ pub enum Op {
     Broadcast,
 }
 
+/// Every op's name, as [`Op::name`] gives it.
+pub const OP_NAMES: [&str; 25] = [
+    "EinSum",
+    "Conv2d",
+    "Add",
+    "Sub",
+    "Mul",
+    "Div",
+    "Max",
+    "Min",
+    "Clamp",
+    "LeakyRelu",
+    "Lookup",
+    "Rescale",
+    "Sqrt",
+    "Rsqrt",
+    "Recip",
+    "Reduce",
+    "Softmax",
+    "MaxPool2d",
+    "AvgPool2d",
+    "Reshape",
+    "Transpose",
+    "Concat",
+    "Slice",
+    "Gather",
+    "Broadcast",
+];
+
 impl Op {
     /// The op's name, as written in the spec.
     pub fn name(&self) -> &'static str {

@@ -36,6 +36,11 @@ pub struct ChainConfig {
     /// first seeing a request before it answers, so it only spends gas when a primary node is slow or
     /// down.
     pub spare_grace_ms: u64,
+    /// Only watch optimistic results (what `verity watch` runs): no registration in the NodeRegistry,
+    /// no InferenceHub work, no hosting announcements.
+    pub watch_only: bool,
+    /// Optimistic mode (OptimisticHub).
+    pub optimistic: crate::optimistic::OptimisticConfig,
 }
 
 impl Default for ChainConfig {
@@ -47,6 +52,8 @@ impl Default for ChainConfig {
             stake: "1000000000000000000".into(),
             poll_ms: 500,
             spare_grace_ms: 5000,
+            watch_only: false,
+            optimistic: Default::default(),
         }
     }
 }
@@ -98,7 +105,7 @@ pub fn request_hash(id: u64) -> Hash {
     Hash(U256::from(id).to_be_bytes::<32>())
 }
 
-fn api(e: ChainError) -> ApiError {
+pub(crate) fn api(e: ChainError) -> ApiError {
     match e {
         ChainError::Rpc(m) => {
             ApiError::new(axum::http::StatusCode::BAD_GATEWAY, "chain_unreachable", m)
@@ -126,6 +133,13 @@ pub async fn ensure_registered<C: Chain>(
     match chain.node_info(me).await.map_err(|e| e.to_string())? {
         Some(info) => {
             tracing::info!(endpoint = %info.endpoint, stake = %info.stake, active = info.active, "node is registered");
+            if info.endpoint != endpoint {
+                let tx = chain
+                    .set_endpoint(endpoint)
+                    .await
+                    .map_err(|e| format!("cannot update the endpoint of node {me}: {e}"))?;
+                tracing::info!(%tx, old = %info.endpoint, new = endpoint, "endpoint updated in the NodeRegistry");
+            }
             if !info.active {
                 tracing::warn!(
                     "the node is registered but not active (stake below the minimum or unbonding)"
@@ -582,7 +596,7 @@ async fn execute<C: Chain>(
     Ok(inf.receipt)
 }
 
-async fn load_model(node: &Arc<Node>, id: &Hash) -> Result<Arc<Loaded>, ApiError> {
+pub(crate) async fn load_model(node: &Arc<Node>, id: &Hash) -> Result<Arc<Loaded>, ApiError> {
     let (rec, _) = node.resolve(&id.to_string()).await?;
     node.load(&rec).await
 }
@@ -595,17 +609,19 @@ pub async fn fetch_input<C: Chain>(
     chain: &C,
     req: &RequestInfo,
 ) -> Result<Vec<NamedTensor>, ApiError> {
-    Ok(fetch_input_and_mode(node, chain, req).await?.0)
+    Ok(fetch_input_and_mode(node, chain, req.id, &req.input_uri)
+        .await?
+        .0)
 }
 
-/// [`fetch_input`], with the OpenGradient inference mode when the input came from an OpenGradient
-/// request.
-async fn fetch_input_and_mode<C: Chain>(
+/// The input tensors behind input URI `uri` of request `id` (see [`fetch_input`]), with the OpenGradient
+/// inference mode when the input came from an OpenGradient request.
+pub async fn fetch_input_and_mode<C: Chain>(
     node: &Arc<Node>,
     chain: &C,
-    req: &RequestInfo,
+    id: u64,
+    uri: &str,
 ) -> Result<(Vec<NamedTensor>, Option<u8>), ApiError> {
-    let uri = req.input_uri.as_str();
     let max = node.config.limits.max_tensor_elements;
     let body: Vec<u8> = if let Some(rest) = uri.strip_prefix("opengradient:") {
         let want: u64 = rest.parse().map_err(|_| {
@@ -614,14 +630,14 @@ async fn fetch_input_and_mode<C: Chain>(
                 format!("bad OpenGradient inference ID in '{uri}'"),
             )
         })?;
-        if want != req.id {
+        if want != id {
             return Err(ApiError::unprocessable(
                 "bad_input_uri",
                 format!("'{uri}' names another request"),
             ));
         }
         let og = chain
-            .opengradient_request(req.id)
+            .opengradient_request(id)
             .await
             .map_err(api)?
             .ok_or_else(|| {
@@ -734,7 +750,7 @@ pub async fn verified_result<C: Chain>(
             _ => tokio::time::sleep(Duration::from_millis(250)).await,
         }
     };
-    let (inputs, opengradient_mode) = fetch_input_and_mode(node, chain, &req).await?;
+    let (inputs, opengradient_mode) = fetch_input_and_mode(node, chain, id, &req.input_uri).await?;
     let loaded = load_model(node, &req.model_id).await?;
     let l2 = loaded.clone();
     let (input_hash, raw) = node

@@ -128,6 +128,14 @@ pub async fn get_jobs(State(node): State<Arc<Node>>) -> Result<Json<Value>, ApiE
     Ok(Json(json!({"jobs": j})))
 }
 
+/// `GET /v1/optimistic`: what this node saw and did in optimistic mode (commitments, re-executions,
+/// challenges, games), newest request first.
+pub async fn get_optimistic(State(node): State<Arc<Node>>) -> Result<Json<Value>, ApiError> {
+    let n = node.clone();
+    let j = node.blocking(move || crate::optimistic::jobs(&n)).await?;
+    Ok(Json(json!({"requests": j})))
+}
+
 /// `GET /artela-network/artela-rollkit/inference/tx/{id}`: the OpenGradient SDK's result endpoint. Waits up
 /// to 25 s for finalization; answers only with an output whose hashes equal the finalized ones.
 pub async fn opengradient_result(

@@ -100,6 +100,10 @@ pub struct Faults {
     pub perturb_output: bool,
     /// Wait this many milliseconds before answering each inference or model chunk.
     pub stall_ms: u64,
+    /// Optimistic mode: execute with the middle element of the first node of this op kind (e.g.
+    /// `EinSum`) off by its lowest bit, and commit (or challenge with) that self-consistent but wrong
+    /// trace.
+    pub corrupt_op: Option<String>,
 }
 
 /// Everything a node needs to start.
@@ -201,6 +205,22 @@ impl NodeConfig {
         }
         if self.hosting.parallel_chunks == 0 {
             return Err("hosting.parallel_chunks must be at least 1".into());
+        }
+        if let Some(op) = &self.faults.corrupt_op {
+            if !verity_engine::ir::OP_NAMES.contains(&op.as_str()) {
+                return Err(format!(
+                    "faults.corrupt_op '{op}' is not an op (one of {})",
+                    verity_engine::ir::OP_NAMES.join(", ")
+                ));
+            }
+        }
+        if let Some(c) = &self.chain {
+            let r = c.optimistic.watch_rate;
+            if !(0.0..=1.0).contains(&r) {
+                return Err(format!(
+                    "chain.optimistic.watch_rate must be between 0 and 1, got {r}"
+                ));
+            }
         }
         Ok(())
     }

@@ -10,6 +10,7 @@ pub mod error;
 pub mod key;
 pub mod metrics;
 pub mod opengradient;
+pub mod optimistic;
 pub mod quorum;
 pub mod replicate;
 pub mod server;
@@ -61,28 +62,48 @@ pub async fn run(
     let node = Node::new(config, store, key);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut chain_task = None;
+    let mut opt_task = None;
     if let (Some(cfg), Some(dep)) = (chain_cfg, deployment) {
         let chain = std::sync::Arc::new(chain::connect(&cfg, &node.key).await?);
-        let endpoint = cfg
-            .endpoint
-            .clone()
-            .unwrap_or_else(|| format!("http://{addr}"));
-        chain::ensure_registered(chain.as_ref(), &node, &endpoint, &cfg.stake).await?;
         let _ = node.chain.set(chain.clone());
-        tracing::info!(hub = %dep.hub, chain_id = dep.chain_id, "watching the InferenceHub");
-        chain_task = Some(tokio::spawn(chain::run_loop(
-            node.clone(),
-            chain,
-            dep.deploy_block,
-            std::time::Duration::from_millis(cfg.poll_ms.max(50)),
-            stop_rx,
-        )));
+        let poll = std::time::Duration::from_millis(cfg.poll_ms.max(50));
+        if !cfg.watch_only {
+            let endpoint = cfg
+                .endpoint
+                .clone()
+                .unwrap_or_else(|| format!("http://{addr}"));
+            chain::ensure_registered(chain.as_ref(), &node, &endpoint, &cfg.stake).await?;
+            tracing::info!(hub = %dep.hub, chain_id = dep.chain_id, "watching the InferenceHub");
+            chain_task = Some(tokio::spawn(chain::run_loop(
+                node.clone(),
+                chain.clone(),
+                dep.deploy_block,
+                poll,
+                stop_rx.clone(),
+            )));
+        }
+        let o = &cfg.optimistic;
+        let active = (o.serve && !cfg.watch_only) || o.watch_rate > 0.0;
+        match dep.optimistic {
+            Some(hub) if active => {
+                tracing::info!(%hub, serve = o.serve && !cfg.watch_only, watch_rate = o.watch_rate, "taking part in optimistic mode");
+                let p = optimistic::Optimistic::new(node.clone(), chain, o.clone(), cfg.watch_only);
+                opt_task = Some(tokio::spawn(p.run_loop(dep.deploy_block, poll, stop_rx)));
+            }
+            None if cfg.watch_only => {
+                return Err(format!(
+                    "{} has no OptimisticHub: nothing to watch",
+                    cfg.contracts.display()
+                ))
+            }
+            _ => {}
+        }
     }
     tracing::info!(listen = %addr, address = %node.address(), "node started");
     on_ready(addr, node.address());
     let served = server::serve(node, listener, shutdown).await;
     let _ = stop_tx.send(true);
-    if let Some(t) = chain_task {
+    for t in [chain_task, opt_task].into_iter().flatten() {
         let _ = t.await;
     }
     served.map_err(|e| format!("server error: {e}"))?;

@@ -13,6 +13,7 @@ mod node;
 mod onestep;
 mod quorum;
 mod replicate;
+mod watch;
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

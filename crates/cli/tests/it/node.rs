@@ -20,11 +20,20 @@ pub struct NodeProc {
 
 impl NodeProc {
     pub fn start(dir: &Path, extra: &[&str]) -> NodeProc {
+        let dir = dir.to_str().expect("path");
+        let mut args = vec!["node", "--listen", "127.0.0.1:0", "--data-dir", dir];
+        args.extend_from_slice(extra);
+        NodeProc::spawn(&args)
+    }
+
+    /// Start `verity <args>` (a node or a watcher) and wait for its "listening on" line.
+    pub fn spawn(args: &[&str]) -> NodeProc {
         let mut child = Command::new(env!("CARGO_BIN_EXE_verity"))
-            .args(["node", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(dir)
-            .args(extra)
-            .env("VERITY_LOG", "warn")
+            .args(args)
+            .env(
+                "VERITY_LOG",
+                std::env::var("VERITY_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()

@@ -1,0 +1,356 @@
+//! Optimistic mode with real processes on anvil: a node started with `--fault corrupt-op=<Op>` commits a
+//! wrong trace and a `verity watch` process catches it, for every op kind of the fixtures — the watcher
+//! re-executes, challenges, plays the game through the contracts, wins, and finalizes the honest result;
+//! the liar is slashed. An honest node beats a lying watcher; a node that disappears after committing
+//! loses by timeout.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use alloy::primitives::U256;
+use alloy::providers::Provider;
+use verity_chain::dispute::Stage;
+use verity_chain::evm::{deploy, DeployParams, EvmChain};
+use verity_chain::Chain;
+use verity_core::{Address, Hash, SecretKey};
+use verity_engine::commit::tensors_hash;
+use verity_engine::dispute::Side;
+use verity_engine::{Model, Trace};
+
+use crate::node::NodeProc;
+use crate::onestep::{traced, Anvil};
+use crate::{compile_fixture, manifest, root};
+
+/// anvil's development keys 0–2: client and model owner, node, watcher.
+const KEYS: [&str; 3] = [
+    "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80",
+    "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d",
+    "0x5de4111afa1a4b94908f83103eb1f1706367c2e68ca870fc3fb9a804cdab365a",
+];
+const MOVE_BLOCKS: u64 = 8;
+const CHALLENGE_BLOCKS: u64 = 10;
+const SLASH: u128 = 5 * 10u128.pow(17);
+
+struct Net {
+    anvil: Anvil,
+    contracts: std::path::PathBuf,
+    client: EvmChain,
+    rt: tokio::runtime::Runtime,
+}
+
+impl Net {
+    fn mine(&self, n: u64) {
+        self.rt
+            .block_on(
+                self.client
+                    .provider()
+                    .raw_request::<_, serde_json::Value>("anvil_mine".into(), (U256::from(n),)),
+            )
+            .unwrap();
+    }
+
+    fn stake(&self, who: Address) -> u128 {
+        let info = self
+            .rt
+            .block_on(self.client.node_info(who))
+            .unwrap()
+            .unwrap();
+        info.stake.parse().unwrap()
+    }
+
+    /// Request an optimistic inference of fixture `name` (input given inline); the seed block and one
+    /// more are mined (a call sees a block's hash only from the next block on).
+    fn request(&self, name: &str, m: &Model, trace: &Trace) -> u64 {
+        use base64::Engine;
+        let id = verity_engine::vty::model_id(m);
+        let input = tensors_hash(&trace.tensors[..m.inputs.len()]);
+        let text =
+            std::fs::read_to_string(root().join(format!("fixtures/{name}.input.json"))).unwrap();
+        let body = format!("{{\"inputs\": {text}}}");
+        let uri = format!(
+            "data:application/json;base64,{}",
+            base64::engine::general_purpose::STANDARD.encode(body)
+        );
+        let placed = self
+            .rt
+            .block_on(self.client.request_optimistic(
+                &id,
+                &input,
+                &uri,
+                verity_chain::ether(1) / U256::from(100),
+            ))
+            .unwrap();
+        self.mine(2);
+        placed.id
+    }
+
+    /// Wait until request `id`'s pending claim is `owner`'s with `trace` and no game is open.
+    fn wait_claim(&self, id: u64, owner: Address, trace: &Hash, what: &str) {
+        let start = Instant::now();
+        loop {
+            let c = self.rt.block_on(self.client.claim(id)).unwrap();
+            let r = self
+                .rt
+                .block_on(self.client.optimistic_request(id))
+                .unwrap();
+            if c.owner == owner && c.trace_root == *trace && r.open_games == 0 {
+                return;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(120),
+                "{what}: claim of request {id} is {c:?} ({} games open), waiting for {owner}'s",
+                r.open_games
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Close request `id`'s window and wait until its claim's owner has finalized it.
+    fn wait_finalized(&self, id: u64, what: &str) {
+        self.mine(CHALLENGE_BLOCKS + 1);
+        let start = Instant::now();
+        while self
+            .rt
+            .block_on(self.client.optimistic_request(id))
+            .unwrap()
+            .status
+            != 3
+        {
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "{what}: request {id} finalized by its claim's owner"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn games(&self, id: u64) -> Vec<verity_chain::dispute::Game> {
+        let ids = self.rt.block_on(self.client.games_of(id)).unwrap();
+        ids.iter()
+            .map(|g| self.rt.block_on(self.client.game(*g)).unwrap())
+            .collect()
+    }
+}
+
+fn write_config(dir: &Path, net: &Net) {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(
+        dir.join("config.toml"),
+        format!(
+            "[chain]\nrpc = \"{}\"\ncontracts = \"{}\"\nstake = \"100000000000000000000\"\npoll_ms = 100\n",
+            net.anvil.url,
+            net.contracts.display()
+        ),
+    )
+    .unwrap();
+    std::fs::write(dir.join("node.key"), KEYS[1].trim_start_matches("0x")).unwrap();
+}
+
+fn watcher(dir: &Path, net: &Net, extra: &[&str]) -> NodeProc {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("node.key"), KEYS[2].trim_start_matches("0x")).unwrap();
+    let d = dir.to_str().unwrap();
+    let c = net.contracts.to_str().unwrap();
+    let mut args = vec![
+        "watch",
+        "--chain",
+        &net.anvil.url,
+        "--contracts",
+        c,
+        "--data-dir",
+        d,
+        "--poll-ms",
+        "100",
+    ];
+    args.extend_from_slice(extra);
+    NodeProc::spawn(&args)
+}
+
+#[test]
+fn a_watcher_catches_a_lying_node_for_every_op_kind() {
+    let _lock = crate::devnet::exclusive();
+    let anvil = Anvil::start();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let keys: Vec<SecretKey> = KEYS
+        .iter()
+        .map(|k| SecretKey::from_hex(k).unwrap())
+        .collect();
+    let params = DeployParams {
+        challenge_blocks: CHALLENGE_BLOCKS,
+        move_blocks: MOVE_BLOCKS,
+        ..DeployParams::default()
+    };
+    let dep = rt.block_on(deploy(&anvil.url, &keys[0], &params)).unwrap();
+    let contracts = dir.path().join("contracts.json");
+    dep.save(&contracts).unwrap();
+    let client = rt
+        .block_on(EvmChain::connect(&anvil.url, dep.clone(), Some(&keys[0])))
+        .unwrap();
+    let net = Net {
+        anvil,
+        contracts,
+        client,
+        rt,
+    };
+    let node_addr = keys[1].address();
+    let watch_addr = keys[2].address();
+
+    // The fixtures: compiled, registered on-chain; for each op kind the first node of that kind.
+    let mut fixtures: Vec<(String, std::path::PathBuf, Model, Trace)> = Vec::new();
+    for (name, flags, _) in manifest() {
+        let vty = compile_fixture(dir.path(), &name, &flags);
+        let (m, t) = traced(dir.path(), &name, &flags);
+        let id = verity_engine::vty::model_id(&m);
+        net.rt
+            .block_on(
+                net.client
+                    .register_model(&id, &name, "1.0.0", &Hash::ZERO, U256::from(1000)),
+            )
+            .unwrap();
+        fixtures.push((name, vty, m, t));
+    }
+    let mut targets: BTreeMap<&'static str, (usize, usize)> = BTreeMap::new();
+    for (f, (_, _, m, _)) in fixtures.iter().enumerate() {
+        for (k, n) in m.nodes.iter().enumerate() {
+            targets.entry(n.op.name()).or_insert((f, k));
+        }
+    }
+
+    // The node (the only one registered, so always assigned) holds every fixture; the watcher fetches
+    // them from it on demand.
+    let nd = dir.path().join("node");
+    write_config(&nd, &net);
+    let publisher = dir.path().join("publisher.key");
+    std::fs::write(&publisher, KEYS[0].trim_start_matches("0x")).unwrap();
+    {
+        let node = NodeProc::start(&nd, &[]);
+        for (name, vty, _, _) in &fixtures {
+            let o = std::process::Command::new(env!("CARGO_BIN_EXE_verity"))
+                .args(["model", "publish", vty.to_str().unwrap(), "--name", name])
+                .args(["--version", "1.0.0", "--node", &node.url])
+                .env("VERITY_KEY_FILE", &publisher)
+                .env_remove("VERITY_KEY")
+                .output()
+                .unwrap();
+            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        }
+    }
+    let wd = dir.path().join("watcher");
+    let _watcher = watcher(&wd, &net, &[]);
+
+    println!(
+        "{:<10} {:<12} {:>5} {:>6} {:>7}",
+        "op", "fixture", "node", "moves", "secs"
+    );
+    for (op, (f, k)) in &targets {
+        let (name, _, m, honest) = &fixtures[*f];
+        let mut node = NodeProc::start(&nd, &["--fault", &format!("corrupt-op={op}")]);
+        let start = Instant::now();
+        let stake_before = net.stake(node_addr);
+        let truth = Side::new(m, honest).unwrap();
+        let id = net.request(name, m, honest);
+        net.wait_claim(id, watch_addr, &truth.trace_root(), op);
+        let games = net.games(id);
+        assert_eq!(games.len(), 1, "{op}: one challenge");
+        let g = &games[0];
+        assert_eq!(g.stage, Stage::Done);
+        assert_eq!(g.challenger, watch_addr);
+        assert_eq!(
+            g.leaf as usize,
+            m.inputs.len() + k,
+            "{op}: the game ended on the corrupted node"
+        );
+        assert_eq!(
+            stake_before - net.stake(node_addr),
+            SLASH,
+            "{op}: the liar lost half an ether of stake"
+        );
+        net.wait_finalized(id, op);
+        let claim = net.rt.block_on(net.client.claim(id)).unwrap();
+        assert_eq!(
+            claim.output_hash,
+            truth.output_hash(),
+            "{op}: honest output"
+        );
+        println!(
+            "{op:<10} {name:<12} {k:>5} {:>6} {:>7.1}",
+            g.moves,
+            start.elapsed().as_secs_f64()
+        );
+        node.terminate();
+    }
+
+    // An honest node against a lying watcher: the watcher cannot prove its element, misses its last
+    // move, and the node claims the timeout; its result finalizes and it keeps its stake.
+    let (name, _, m, honest) = fixtures.iter().find(|f| f.0 == "mlp").unwrap();
+    drop(_watcher);
+    let liar_wd = dir.path().join("liar-watcher");
+    let _liar_watcher = watcher(&liar_wd, &net, &["--fault", "corrupt-op=EinSum"]);
+    let _node = NodeProc::start(&nd, &[]);
+    let truth = Side::new(m, honest).unwrap();
+    let stake_before = net.stake(node_addr);
+    let id = net.request(name, m, honest);
+    let start = Instant::now();
+    // the game reaches the challenger's last step, which it cannot make
+    loop {
+        let gs = net.games(id);
+        if gs.first().is_some_and(|g| g.stage == Stage::Step) {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "the false challenge reaches the last step: {gs:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    net.mine(MOVE_BLOCKS + 1);
+    net.wait_claim(id, node_addr, &truth.trace_root(), "false challenge");
+    assert_eq!(net.games(id)[0].stage, Stage::Done);
+    assert_eq!(
+        net.stake(node_addr),
+        stake_before,
+        "the honest node keeps its stake"
+    );
+    net.wait_finalized(id, "false challenge");
+    drop(_liar_watcher);
+    drop(_node);
+
+    // A lying node that disappears after committing loses the game by timeout.
+    let (name, _, m, honest) = fixtures.iter().find(|f| f.0 == "cnn").unwrap();
+    let mut node = NodeProc::start(&nd, &["--fault", "corrupt-op=Conv2d"]);
+    let truth = Side::new(m, honest).unwrap();
+    let stake_before = net.stake(node_addr);
+    let id = net.request(name, m, honest);
+    let start = Instant::now();
+    while net.rt.block_on(net.client.claim(id)).unwrap().owner != node_addr {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the node commits"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    node.kill9();
+    let _watcher = watcher(&wd, &net, &[]);
+    let start = Instant::now();
+    while net.games(id).is_empty() {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the watcher challenges"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    net.mine(MOVE_BLOCKS + 1);
+    net.wait_claim(id, watch_addr, &truth.trace_root(), "vanished node");
+    assert_eq!(
+        net.stake(node_addr),
+        stake_before - SLASH,
+        "the vanished liar is slashed"
+    );
+    net.wait_finalized(id, "vanished node");
+}

@@ -1,0 +1,652 @@
+//! Optimistic mode on the OptimisticHub (`docs/spec/disputes.md`). A serving node commits the output
+//! hash and trace root of its canonical execution for every request it is assigned, and defends its
+//! claims in the dispute game. A watcher (`verity watch`, or a node with `optimistic.watch_rate` > 0)
+//! re-executes claims — every one, or a secret random sample — challenges any claim that differs from its
+//! own execution, and plays the game to the end. Either side claims the other's missed moves and
+//! finalizes its own claims once their window closes.
+//!
+//! Every action is decided from the contract's current state (request, claim, game), never from memory
+//! alone, so a restarted node or watcher resumes where it stopped and nothing is sent twice on purpose;
+//! what it has seen and done is kept in the store.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use verity_chain::dispute::{OptEventKind, OptRequest, Stage};
+use verity_chain::{Chain, ChainError, EvmChain};
+use verity_core::{keccak256, Address, Hash};
+use verity_engine::dispute::Side;
+use verity_engine::Trace;
+
+use crate::state::{Loaded, Node};
+
+/// Optimistic-mode settings of a node.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OptimisticConfig {
+    /// Commit answers to the optimistic requests this node is assigned (and defend them).
+    pub serve: bool,
+    /// Fraction of other nodes' claims to re-execute and challenge if wrong (0: none, 1: all). Which
+    /// claims are checked is drawn with a secret seed kept in the store, so a committer cannot tell
+    /// which of its claims will be checked.
+    pub watch_rate: f64,
+    /// Finalize this node's own claims once their challenge window has passed (collecting the fee and
+    /// the bond).
+    pub finalize: bool,
+}
+
+impl Default for OptimisticConfig {
+    fn default() -> Self {
+        OptimisticConfig {
+            serve: true,
+            watch_rate: 0.0,
+            finalize: true,
+        }
+    }
+}
+
+/// What this node knows of one optimistic request and what it did about it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct OptJob {
+    /// Request ID.
+    pub id: u64,
+    /// `open` until the request is finalized or refunded, then `done`.
+    pub state: String,
+    /// The last claim examined (keccak of owner ‖ output hash ‖ trace root): each claim is checked once.
+    pub checked: Option<Hash>,
+    /// Whether this node committed its answer.
+    pub committed: bool,
+    /// Games this node plays: (game ID, as defender).
+    pub games: Vec<(u64, bool)>,
+    /// Games that are over.
+    pub over: Vec<u64>,
+    /// What happened, oldest first.
+    pub log: Vec<String>,
+}
+
+const JOBS: &str = "opt.jobs";
+const CURSOR: &str = "opt.cursor";
+const SALT: &str = "opt.salt";
+/// Blocks read again on every poll, so that events moved by a short reorganisation are seen again
+/// (acting on an event twice is harmless: every action checks the contract first).
+const REREAD: u64 = 12;
+/// Most blocks per log query.
+const SPAN: u64 = 2000;
+
+/// One execution of a request: the model and trace a claim is made from (and defended with).
+struct Run {
+    loaded: Arc<Loaded>,
+    trace: Trace,
+    output_hash: Hash,
+    trace_root: Hash,
+}
+
+/// The optimistic participant of a node.
+pub struct Optimistic {
+    node: Arc<Node>,
+    chain: Arc<EvmChain>,
+    cfg: OptimisticConfig,
+    watch_only: bool,
+    salt: Hash,
+    runs: Mutex<HashMap<u64, Arc<Run>>>,
+}
+
+fn job_key(id: u64) -> [u8; 8] {
+    id.to_be_bytes()
+}
+
+/// Every optimistic job of a node, newest first.
+pub fn jobs(node: &Node) -> Vec<OptJob> {
+    let mut v: Vec<OptJob> = node
+        .store
+        .kv_scan(JOBS)
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|(_, v)| serde_json::from_slice(&v).ok())
+        .collect();
+    v.reverse();
+    v
+}
+
+/// Whether a claim falls in the sample of a watcher with secret `salt` checking `rate` of all claims.
+pub fn sampled(salt: &Hash, id: u64, claim: &Hash, rate: f64) -> bool {
+    if rate >= 1.0 {
+        return true;
+    }
+    let mut b = Vec::with_capacity(72);
+    b.extend_from_slice(&salt.0);
+    b.extend_from_slice(&id.to_be_bytes());
+    b.extend_from_slice(&claim.0);
+    let h = keccak256(&b);
+    let x = u64::from_be_bytes(h.0[..8].try_into().unwrap_or([0; 8]));
+    (x as f64) < rate * (u64::MAX as f64)
+}
+
+fn claim_key(owner: &Address, output: &Hash, trace: &Hash) -> Hash {
+    let mut b = Vec::with_capacity(84);
+    b.extend_from_slice(&owner.0);
+    b.extend_from_slice(&output.0);
+    b.extend_from_slice(&trace.0);
+    keccak256(&b)
+}
+
+impl Optimistic {
+    /// The participant for `node` on `chain` (which must have an OptimisticHub).
+    pub fn new(
+        node: Arc<Node>,
+        chain: Arc<EvmChain>,
+        cfg: OptimisticConfig,
+        watch_only: bool,
+    ) -> Optimistic {
+        let salt = match node.store.kv_get(SALT, b"salt").ok().flatten() {
+            Some(v) if v.len() == 32 => Hash(v.try_into().unwrap_or([0; 32])),
+            _ => {
+                let mut b = [0u8; 32];
+                if let Err(e) = getrandom::getrandom(&mut b) {
+                    tracing::error!("no system randomness for the sampling seed: {e}");
+                }
+                let s = Hash(b);
+                if let Err(e) = node.store.kv_put(SALT, b"salt", &s.0) {
+                    tracing::error!("cannot persist the watcher's sampling seed: {e}");
+                }
+                s
+            }
+        };
+        Optimistic {
+            node,
+            chain,
+            cfg,
+            watch_only,
+            salt,
+            runs: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn me(&self) -> Address {
+        self.node.address()
+    }
+
+    fn load(&self, id: u64) -> Option<OptJob> {
+        self.node
+            .store
+            .kv_get(JOBS, &job_key(id))
+            .ok()
+            .flatten()
+            .and_then(|v| serde_json::from_slice(&v).ok())
+    }
+
+    fn save(&self, job: &OptJob) {
+        let Ok(v) = serde_json::to_vec(job) else {
+            return;
+        };
+        if let Err(e) = self.node.store.kv_put(JOBS, &job_key(job.id), &v) {
+            tracing::error!("cannot persist optimistic job {}: {e}", job.id);
+        }
+    }
+
+    fn job(&self, id: u64) -> OptJob {
+        self.load(id).unwrap_or_else(|| OptJob {
+            id,
+            state: "open".into(),
+            ..OptJob::default()
+        })
+    }
+
+    fn note(job: &mut OptJob, msg: String) {
+        tracing::info!(request = job.id, "optimistic: {msg}");
+        job.log.push(msg);
+        if job.log.len() > 64 {
+            job.log.remove(0);
+        }
+    }
+
+    /// Poll until `stop` fires.
+    pub async fn run_loop(
+        self,
+        start_block: u64,
+        poll: Duration,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) {
+        let mut was_down = false;
+        loop {
+            let r = tokio::select! {
+                r = self.step(start_block) => r,
+                _ = stop.changed() => return,
+            };
+            let busy = match r {
+                Ok(busy) => {
+                    if was_down {
+                        tracing::info!("optimistic hub reachable again");
+                        was_down = false;
+                    }
+                    busy
+                }
+                Err(e) if e.is_transient() => {
+                    if !was_down {
+                        tracing::warn!("chain unreachable, retrying: {e}");
+                    }
+                    was_down = true;
+                    false
+                }
+                Err(e) => {
+                    tracing::error!("optimistic step failed: {e}");
+                    false
+                }
+            };
+            // A game moves one transaction at a time: poll faster while one is on.
+            let wait = if busy {
+                (poll / 4).max(Duration::from_millis(50))
+            } else {
+                poll
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = stop.changed() => return,
+            }
+        }
+    }
+
+    /// One round: read new events, then act on every open request. Returns whether a game is on.
+    pub async fn step(&self, start_block: u64) -> Result<bool, ChainError> {
+        let head = self.chain.head().await?.number;
+        let cursor: u64 = self
+            .node
+            .store
+            .kv_get(CURSOR, b"hub")
+            .ok()
+            .flatten()
+            .and_then(|v| v.try_into().ok().map(u64::from_be_bytes))
+            .unwrap_or(start_block);
+        let mut from = cursor.saturating_sub(REREAD).max(start_block);
+        while from <= head {
+            let to = head.min(from + SPAN - 1);
+            for e in self.chain.optimistic_events(from, to).await? {
+                self.apply(e.kind);
+            }
+            from = to + 1;
+        }
+        let _ = self
+            .node
+            .store
+            .kv_put(CURSOR, b"hub", &(head + 1).to_be_bytes());
+        let mut busy = false;
+        for job in jobs(&self.node)
+            .into_iter()
+            .rev()
+            .filter(|j| j.state == "open")
+        {
+            busy |= self.act(job, head).await?;
+        }
+        Ok(busy)
+    }
+
+    fn apply(&self, e: OptEventKind) {
+        let me = self.me();
+        let id = e.request();
+        let mut job = self.job(id);
+        let before = job.clone();
+        match e {
+            OptEventKind::Challenged {
+                game,
+                challenger,
+                defender,
+                ..
+            } => {
+                for (mine, as_defender) in [(defender == me, true), (challenger == me, false)] {
+                    if mine && !job.games.iter().any(|g| g.0 == game) {
+                        job.games.push((game, as_defender));
+                        if as_defender {
+                            Self::note(
+                                &mut job,
+                                format!("{challenger} challenged this node's claim (game {game})"),
+                            );
+                        }
+                    }
+                }
+            }
+            OptEventKind::Resolved {
+                game,
+                winner,
+                loser,
+                moves,
+                reason,
+                ..
+            } if job.games.iter().any(|g| g.0 == game) && !job.over.contains(&game) => {
+                job.over.push(game);
+                let verdict = if winner == me {
+                    "won"
+                } else if loser == me {
+                    "lost"
+                } else {
+                    "ended"
+                };
+                Self::note(
+                    &mut job,
+                    format!("game {game} {verdict} after {moves} moves: {reason}"),
+                );
+            }
+            OptEventKind::Finalized {
+                output_hash, owner, ..
+            } if job.state == "open" => {
+                job.state = "done".into();
+                Self::note(
+                    &mut job,
+                    format!("finalized: output {output_hash} (claim of {owner})"),
+                );
+            }
+            OptEventKind::Refunded { .. } if job.state == "open" => {
+                job.state = "done".into();
+                Self::note(&mut job, "refunded: nobody committed in time".into());
+            }
+            _ => {}
+        }
+        if job.state == "done" {
+            if let Ok(mut r) = self.runs.lock() {
+                r.remove(&id);
+            }
+        }
+        if self.load(id).is_none() || job != before {
+            self.save(&job);
+        }
+    }
+
+    /// Act on one open request; returns whether a game of this node is on.
+    async fn act(&self, mut job: OptJob, head: u64) -> Result<bool, ChainError> {
+        let before = job.clone();
+        let r = self.act_inner(&mut job, head).await;
+        if job != before {
+            self.save(&job);
+        }
+        r
+    }
+
+    async fn act_inner(&self, job: &mut OptJob, head: u64) -> Result<bool, ChainError> {
+        let me = self.me();
+        let id = job.id;
+        let r = self.chain.optimistic_request(id).await?;
+        tracing::debug!(
+            request = id,
+            status = r.status,
+            head,
+            deadline = r.deadline,
+            window_end = r.window_end,
+            "optimistic request"
+        );
+        match r.status {
+            0 | 3 | 4 => {
+                job.state = "done".into();
+                return Ok(false);
+            }
+            1 if self.cfg.serve && !self.watch_only && !job.committed && head <= r.deadline => {
+                match self.chain.optimistic_assigned(id).await {
+                    Ok(a) if a == me => self.commit(job, &r).await?,
+                    Ok(a) => tracing::debug!(request = id, assigned = %a, "not assigned here"),
+                    // the seed block is not mined yet (or too old to draw from)
+                    Err(ChainError::Reverted(m)) => {
+                        tracing::debug!(request = id, "no assignment yet: {m}")
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            2 => {
+                let claim = self.chain.claim(id).await?;
+                if claim.owner == me {
+                    if self.cfg.finalize && head > r.window_end && r.open_games == 0 {
+                        match self.chain.finalize_optimistic(id).await {
+                            Ok(_) => Self::note(job, "finalized this node's claim".into()),
+                            Err(ChainError::Reverted(m)) => {
+                                tracing::debug!(request = id, "finalize refused: {m}")
+                            }
+                            Err(e) => return Err(e),
+                        }
+                    }
+                } else if self.cfg.watch_rate > 0.0 && head <= r.window_end {
+                    let key = claim_key(&claim.owner, &claim.output_hash, &claim.trace_root);
+                    if job.checked != Some(key) {
+                        let done = !sampled(&self.salt, id, &key, self.cfg.watch_rate)
+                            || self.check(job, &r, &claim).await?;
+                        if done {
+                            job.checked = Some(key);
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+        let mut busy = false;
+        for (g, defender) in job.games.clone() {
+            if !job.over.contains(&g) {
+                busy |= self.play(job, g, defender, head).await?;
+            }
+        }
+        Ok(busy)
+    }
+
+    /// Execute request `id` (once; the run is kept while the request is open).
+    async fn execute(&self, id: u64, r: &OptRequest) -> Result<Arc<Run>, String> {
+        if let Some(run) = self.runs.lock().ok().and_then(|m| m.get(&id).cloned()) {
+            return Ok(run);
+        }
+        let node = &self.node;
+        let (inputs, _) =
+            crate::chain::fetch_input_and_mode(node, self.chain.as_ref(), id, &r.input_uri)
+                .await
+                .map_err(|e| e.message)?;
+        let loaded = crate::chain::load_model(node, &r.model_id)
+            .await
+            .map_err(|e| e.message)?;
+        let corrupt = node.config.faults.corrupt_op.clone();
+        let l2 = loaded.clone();
+        let want_input = r.input_hash;
+        let run = node
+            .on_worker(false, move || -> Result<Run, String> {
+                let model = l2.exec.model();
+                let q = crate::state::bind_inputs(model, inputs).map_err(|e| e.message)?;
+                let input_hash = verity_engine::commit::tensors_hash(&q);
+                if input_hash != want_input {
+                    return Err(format!(
+                        "the input hashes to {input_hash}, not the requested {want_input}"
+                    ));
+                }
+                let tamper = corrupt.and_then(|op| {
+                    let k = model.nodes.iter().position(|n| n.op.name() == op)?;
+                    let len = verity_engine::ir::numel(&model.nodes[k].shape) as usize;
+                    Some((k, len / 2))
+                });
+                let (_, trace) = l2
+                    .exec
+                    .run_trace_tampered(q, tamper)
+                    .map_err(|e| format!("execution failed: {e}"))?;
+                let side = Side::new(model, &trace).map_err(|e| e.to_string())?;
+                let (output_hash, trace_root) = (side.output_hash(), side.trace_root());
+                drop(side);
+                Ok(Run {
+                    loaded: l2.clone(),
+                    trace,
+                    output_hash,
+                    trace_root,
+                })
+            })
+            .await
+            .map_err(|e| e.message)??;
+        let run = Arc::new(run);
+        if let Ok(mut m) = self.runs.lock() {
+            m.insert(id, run.clone());
+        }
+        Ok(run)
+    }
+
+    async fn commit(&self, job: &mut OptJob, r: &OptRequest) -> Result<(), ChainError> {
+        let id = job.id;
+        let run = match self.execute(id, r).await {
+            Ok(run) => run,
+            Err(m) => {
+                // Tried again on the next poll until the deadline (the input or the model may be
+                // unreachable for a moment); said once.
+                let m = format!("cannot run the request yet: {m}");
+                if job.log.last() != Some(&m) {
+                    Self::note(job, m);
+                }
+                return Ok(());
+            }
+        };
+        match self
+            .chain
+            .commit(id, &run.output_hash, &run.trace_root)
+            .await
+        {
+            Ok(gas) => {
+                job.committed = true;
+                Self::note(
+                    job,
+                    format!(
+                        "committed output {} trace {} (gas {gas})",
+                        run.output_hash, run.trace_root
+                    ),
+                );
+            }
+            Err(ChainError::Reverted(m)) => {
+                job.committed = true;
+                Self::note(job, format!("commit refused: {m}"));
+            }
+            Err(e) => return Err(e),
+        }
+        Ok(())
+    }
+
+    /// Re-execute a claim and challenge it if it differs from this node's own execution. Returns
+    /// whether the claim is dealt with (false: it could not be re-executed yet, e.g. the model or the
+    /// input is unreachable for now; tried again on the next poll while the window is open).
+    async fn check(
+        &self,
+        job: &mut OptJob,
+        r: &OptRequest,
+        claim: &verity_chain::dispute::Claim,
+    ) -> Result<bool, ChainError> {
+        let id = job.id;
+        let run = match self.execute(id, r).await {
+            Ok(run) => run,
+            Err(m) => {
+                let m = format!("cannot re-execute the claim yet: {m}");
+                if job.log.last() != Some(&m) {
+                    Self::note(job, m);
+                }
+                return Ok(false);
+            }
+        };
+        if run.output_hash == claim.output_hash && run.trace_root == claim.trace_root {
+            Self::note(
+                job,
+                format!(
+                    "re-executed: agrees with {}'s claim (output {})",
+                    claim.owner, claim.output_hash
+                ),
+            );
+            return Ok(true);
+        }
+        match self
+            .chain
+            .challenge(id, &run.output_hash, &run.trace_root)
+            .await
+        {
+            Ok((g, gas)) => {
+                if !job.games.iter().any(|x| x.0 == g) {
+                    job.games.push((g, false));
+                }
+                Self::note(
+                    job,
+                    format!(
+                        "re-executed: {}'s claim (output {}, trace {}) differs from output {}, trace {}; challenged (game {g}, gas {gas})",
+                        claim.owner, claim.output_hash, claim.trace_root, run.output_hash, run.trace_root
+                    ),
+                );
+            }
+            Err(ChainError::Reverted(m)) => {
+                Self::note(job, format!("challenge refused: {m}"));
+            }
+            Err(e) => return Err(e),
+        }
+        Ok(true)
+    }
+
+    /// Make this node's move in game `g` if it is its turn, or claim the other side's missed move.
+    /// Returns whether the game is still on.
+    async fn play(
+        &self,
+        job: &mut OptJob,
+        g: u64,
+        defender: bool,
+        head: u64,
+    ) -> Result<bool, ChainError> {
+        let gm = self.chain.game(g).await?;
+        if matches!(gm.stage, Stage::Done | Stage::None) {
+            if !job.over.contains(&g) {
+                job.over.push(g);
+            }
+            return Ok(false);
+        }
+        if gm.stage.defender_moves() != defender {
+            if head > gm.deadline {
+                match self.chain.timeout_game(g).await {
+                    Ok(_) => Self::note(
+                        job,
+                        format!("game {g}: the other side missed its move; claimed"),
+                    ),
+                    Err(ChainError::Reverted(m)) => {
+                        tracing::debug!(game = g, "timeout refused: {m}")
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            return Ok(true);
+        }
+        let r = self.chain.optimistic_request(job.id).await?;
+        let run = match self.execute(job.id, &r).await {
+            Ok(run) => run,
+            Err(m) => {
+                Self::note(job, format!("game {g}: cannot rebuild the trace: {m}"));
+                return Ok(true);
+            }
+        };
+        let side = match Side::new(run.loaded.exec.model(), &run.trace) {
+            Ok(s) => s,
+            Err(e) => {
+                Self::note(job, format!("game {g}: {e}"));
+                return Ok(true);
+            }
+        };
+        match self.chain.play_move(g, &side, defender).await {
+            Ok(Some(m)) => {
+                tracing::debug!(game = g, r#move = m.name, gas = m.gas, "played");
+                if m.name == "step" {
+                    Self::note(
+                        job,
+                        format!(
+                            "game {g}: proved the disputed element wrong on-chain (gas {})",
+                            m.gas
+                        ),
+                    );
+                }
+            }
+            Ok(None) => {
+                if gm.stage == Stage::Step && !job.over.contains(&g) {
+                    job.over.push(g);
+                    Self::note(
+                        job,
+                        format!("game {g}: the revealed element agrees with this node's execution; conceding"),
+                    );
+                }
+            }
+            Err(ChainError::Reverted(m)) => {
+                Self::note(job, format!("game {g}: move refused: {m}"));
+                if !defender && gm.stage == Stage::Step && !job.over.contains(&g) {
+                    job.over.push(g);
+                }
+            }
+            Err(e) => return Err(e),
+        }
+        Ok(true)
+    }
+}
