@@ -46,7 +46,7 @@ def main():
 
     tmp = tempfile.mkdtemp(prefix="verity-og-")
     print(f"devnet directory (logs): {tmp}")
-    port = free_port_block(5)
+    port = free_port_block(6)
     log = open(os.path.join(tmp, "devnet.out"), "w")
     dn = subprocess.Popen([a.verity, "devnet", "--dir", os.path.join(tmp, "dn"), "--port", str(port),
                            "--anvil", a.anvil, "--models", "fixtures"], stdout=log, stderr=subprocess.STDOUT)

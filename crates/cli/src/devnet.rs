@@ -177,6 +177,77 @@ fn eth(wei: U256) -> String {
     format!("{whole}.{frac:06} ETH")
 }
 
+/// Start `verity node` (or, with `port` 0, `verity watch`) as a process with its own key and data directory
+/// `nd`, its account funded; wait until it serves. Returns its URL and address.
+#[allow(clippy::too_many_arguments)]
+fn start_node(
+    rt: &tokio::runtime::Runtime,
+    admin: &EvmChain,
+    procs: &mut Procs,
+    name: &str,
+    nd: &Path,
+    port: u16,
+    rpc: &str,
+    contracts: &Path,
+    extra: &[&str],
+) -> Result<(String, verity_core::Address)> {
+    std::fs::create_dir_all(nd)?;
+    let (key, _) =
+        verity_node::key::load_or_create(&nd.join("node.key"), None).map_err(|e| anyhow!(e))?;
+    let addr = key.address();
+    rt.block_on(async {
+        admin
+            .provider()
+            .raw_request::<_, ()>(
+                "anvil_setBalance".into(),
+                (verity_chain::to_evm(&addr), verity_chain::ether(10_000)),
+            )
+            .await
+    })
+    .map_err(|e| anyhow!("cannot fund {name}: {e}"))?;
+    let exe = std::env::current_exe()?;
+    let mut cmd = Command::new(exe);
+    if port == 0 {
+        cmd.arg("watch").arg("--data-dir").arg(nd);
+    } else {
+        cmd.arg("node")
+            .arg("--data-dir")
+            .arg(nd)
+            .args(["--listen", &format!("127.0.0.1:{port}")]);
+    }
+    cmd.args(["--chain", rpc])
+        .arg("--contracts")
+        .arg(contracts)
+        .args(extra)
+        .env(
+            "VERITY_LOG",
+            std::env::var("VERITY_LOG").unwrap_or_else(|_| "info".into()),
+        );
+    let log = nd.join("node.log");
+    let child = spawn_logged(name, &mut cmd, &log)?;
+    procs.0.push((name.to_string(), child));
+    let last = procs.0.len() - 1;
+    // the listen address: given, or the watcher's `--listen` among `extra`
+    let listen = if port == 0 {
+        extra
+            .iter()
+            .position(|a| *a == "--listen")
+            .and_then(|i| extra.get(i + 1))
+            .map(|s| s.to_string())
+            .ok_or_else(|| anyhow!("{name}: no --listen"))?
+    } else {
+        format!("127.0.0.1:{port}")
+    };
+    let url = format!("http://{listen}");
+    wait_http(
+        &format!("{url}/v2/health/ready"),
+        name,
+        &mut procs.0[last].1,
+        &log,
+    )?;
+    Ok((url, addr))
+}
+
 /// Run the devnet.
 pub fn cmd_devnet(a: DevnetArgs) -> Result<()> {
     if a.nodes == 0 || a.nodes > 16 {
@@ -234,6 +305,10 @@ pub fn cmd_devnet(a: DevnetArgs) -> Result<()> {
             let params = DeployParams {
                 unbonding_delay: 24 * 3600,
                 response_window: 120,
+                // optimistic mode on 1 s blocks: commit within 30 s, challenge within 12 s, 10 s per move
+                response_blocks: 30,
+                challenge_blocks: 12,
+                move_blocks: 10,
                 ..DeployParams::default()
             };
             let d = rt
@@ -258,52 +333,50 @@ pub fn cmd_devnet(a: DevnetArgs) -> Result<()> {
     let mut endpoints = Vec::new();
     for i in 0..a.nodes {
         let nd = dir.join(format!("node-{i}"));
-        std::fs::create_dir_all(&nd)?;
-        let (key, _) =
-            verity_node::key::load_or_create(&nd.join("node.key"), None).map_err(|e| anyhow!(e))?;
-        let addr = key.address();
-        rt.block_on(async {
-            admin
-                .provider()
-                .raw_request::<_, ()>(
-                    "anvil_setBalance".into(),
-                    (verity_chain::to_evm(&addr), verity_chain::ether(10_000)),
-                )
-                .await
-        })
-        .map_err(|e| anyhow!("cannot fund node {i}: {e}"))?;
-        let port = a.port as usize + 1 + i;
-        let url = format!("http://127.0.0.1:{port}");
-        let exe = std::env::current_exe()?;
-        let mut cmd = Command::new(exe);
-        cmd.arg("node")
-            .arg("--data-dir")
-            .arg(&nd)
-            .args(["--listen", &format!("127.0.0.1:{port}"), "--chain", &rpc])
-            .arg("--contracts")
-            .arg(&contracts)
-            .args(["--stake", &format!("{}", verity_chain::ether(2 + i as u64))])
-            .env(
-                "VERITY_LOG",
-                std::env::var("VERITY_LOG").unwrap_or_else(|_| "info".into()),
-            );
-        let log = nd.join("node.log");
-        let child = spawn_logged(&format!("node {i}"), &mut cmd, &log)?;
-        procs.0.push((format!("node-{i}"), child));
-        let last = procs.0.len() - 1;
-        wait_http(
-            &format!("{url}/v2/health/ready"),
-            &format!("node {i}"),
-            &mut procs.0[last].1,
-            &log,
+        let port = a.port + 1 + i as u16;
+        let stake = verity_chain::ether(2 + i as u64).to_string();
+        let args = ["--stake", stake.as_str()];
+        let (url, addr) = start_node(
+            &rt,
+            &admin,
+            &mut procs,
+            &format!("node-{i}"),
+            &nd,
+            port,
+            &rpc,
+            &contracts,
+            &args,
         )?;
         println!(
             "node {i}     {url}  {addr}  (data {}, log {})",
             nd.display(),
-            log.display()
+            nd.join("node.log").display()
         );
         endpoints.push((url, addr));
     }
+    // A watcher: re-executes every optimistic claim and challenges wrong ones.
+    let wd = dir.join("watcher");
+    let watch_port = (a.port + 1 + a.nodes as u16).to_string();
+    let (wurl, waddr) = start_node(
+        &rt,
+        &admin,
+        &mut procs,
+        "watcher",
+        &wd,
+        0,
+        &rpc,
+        &contracts,
+        &[
+            "--listen",
+            &format!("127.0.0.1:{watch_port}"),
+            "--peer",
+            &endpoints[0].0,
+        ],
+    )?;
+    println!(
+        "watcher    {wurl}  {waddr}  re-executes every optimistic claim (verity watch; log {})",
+        wd.join("node.log").display()
+    );
 
     // 4. demo models on every node and in the ModelRegistry (publisher: anvil account #1).
     let publisher = SecretKey::from_hex(DEV_KEYS[1])?;
@@ -448,6 +521,21 @@ pub fn cmd_devnet(a: DevnetArgs) -> Result<()> {
             &a.models.join(format!("{name}.input.json")),
             &dir,
         )?;
+        if dep.optimistic.is_some() {
+            demo_dispute(
+                &rt,
+                &rpc,
+                &dep,
+                &admin,
+                &mut procs,
+                &endpoints,
+                (name, id, &vty),
+                &a.models.join(format!("{name}.input.json")),
+                &dir,
+                a.port + 2 + a.nodes as u16,
+                waddr,
+            )?;
+        }
     }
     if a.once {
         println!("stopping (--once)");
@@ -688,5 +776,244 @@ fn demo(
         verdict.trim().split(';').next().unwrap_or_default()
     );
     println!("== demo done ==\n");
+    Ok(())
+}
+
+/// The optimistic story: a node that lies (its traces are wrong at one element of the first EinSum) joins
+/// with a large stake; optimistic requests are placed until one is assigned to it; it commits its wrong
+/// result, the devnet's watcher re-executes, challenges and wins the bisection game on-chain; the liar is
+/// slashed and the honest result finalizes. Afterwards the liar is stopped and unbonds.
+#[allow(clippy::too_many_arguments)]
+fn demo_dispute(
+    rt: &tokio::runtime::Runtime,
+    rpc: &str,
+    dep: &Deployment,
+    admin: &EvmChain,
+    procs: &mut Procs,
+    endpoints: &[(String, verity_core::Address)],
+    (name, model_id, vty): (&str, Hash, &Path),
+    input: &Path,
+    dir: &Path,
+    port: u16,
+    watcher: verity_core::Address,
+) -> Result<()> {
+    use verity_chain::dispute::OptEventKind;
+    println!("== demo, part 2: optimistic mode, a lying node caught by a watcher ==");
+    // A fresh liar every run (earlier ones unbonded), staking enough to be drawn most of the time.
+    let ld = dir.join("node-liar");
+    if ld.exists() {
+        std::fs::remove_dir_all(&ld)?;
+    }
+    let stake = verity_chain::ether(50).to_string();
+    let (lurl, liar) = start_node(
+        rt,
+        admin,
+        procs,
+        "node-liar",
+        &ld,
+        port,
+        rpc,
+        &dir.join("contracts.json"),
+        &[
+            "--stake",
+            &stake,
+            "--peer",
+            &endpoints[0].0,
+            "--fault",
+            "corrupt-op=EinSum",
+        ],
+    )?;
+    println!(
+        "8. liar     {lurl}  {liar}  stake {}; started with --fault corrupt-op=EinSum (its traces flip one bit of the first EinSum's output)",
+        eth(verity_chain::ether(50))
+    );
+    let client = connect(rt, rpc, dep, &SecretKey::from_hex(DEV_KEYS[2])?)?;
+    let http = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()?;
+    let (m, _) = crate::load_model(vty)?;
+    let spec = input.to_str().unwrap_or_default().to_string();
+    let hosted =
+        crate::request::host_input(&http, &endpoints[0].0, &m, std::slice::from_ref(&spec))?;
+    let price = rt
+        .block_on(client.price_of(&model_id))
+        .map_err(|e| anyhow!("{e}"))?;
+    let stake_of = |a: verity_core::Address| -> Result<U256> {
+        let info = rt
+            .block_on(client.node_info(a))
+            .map_err(|e| anyhow!("{e}"))?
+            .ok_or_else(|| anyhow!("{a} is not registered"))?;
+        info.stake.parse().map_err(|_| anyhow!("bad stake"))
+    };
+    let before = stake_of(liar)?;
+    let name_of = |a: verity_core::Address| -> String {
+        match endpoints.iter().position(|e| e.1 == a) {
+            Some(i) => format!("node {i}"),
+            None if a == liar => "the liar".into(),
+            None if a == watcher => "the watcher".into(),
+            None => a.to_string(),
+        }
+    };
+    // Requests until one lands on the liar (each is drawn by stake from the request's seed block).
+    let mut found = None;
+    for attempt in 1..=12 {
+        let placed = rt
+            .block_on(client.request_optimistic(&model_id, &hosted.input_hash, &hosted.uri, price))
+            .map_err(|e| anyhow!("{e}"))?;
+        let start = Instant::now();
+        let who = loop {
+            match rt.block_on(client.optimistic_assigned(placed.id)) {
+                Ok(a) => break a,
+                Err(_) if start.elapsed() < Duration::from_secs(20) => {
+                    std::thread::sleep(Duration::from_millis(250))
+                }
+                Err(e) => bail!("no assignment for optimistic request {}: {e}", placed.id),
+            }
+        };
+        println!(
+            "   request  #{} for {name} (optimistic, fee {}) drawn: {}",
+            placed.id,
+            eth(price),
+            name_of(who)
+        );
+        if who == liar {
+            found = Some(placed);
+            break;
+        }
+        if attempt == 12 {
+            bail!("the liar was not drawn in 12 requests");
+        }
+    }
+    let placed = found.ok_or_else(|| anyhow!("the liar was not drawn"))?;
+    let id = placed.id;
+    // Follow the request's events until the honest result is final.
+    let start = Instant::now();
+    let mut from = placed.block;
+    let (mut t_commit, mut t_resolved) = (None, None);
+    let mut final_out = None;
+    while final_out.is_none() {
+        if start.elapsed() > Duration::from_secs(240) {
+            bail!(
+                "optimistic request {id} did not finalize within 240 s (logs in {})",
+                dir.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(250));
+        let head = rt
+            .block_on(client.head())
+            .map_err(|e| anyhow!("{e}"))?
+            .number;
+        if head < from {
+            continue;
+        }
+        let events = rt
+            .block_on(client.optimistic_events(from, head))
+            .map_err(|e| anyhow!("{e}"))?;
+        from = head + 1;
+        for e in events.into_iter().filter(|e| e.kind.request() == id) {
+            let t = start.elapsed().as_secs_f64();
+            match e.kind {
+                OptEventKind::Claimed {
+                    owner,
+                    output_hash,
+                    trace_root,
+                    window_end,
+                    ..
+                } => {
+                    if t_commit.is_none() {
+                        t_commit = Some(t);
+                    }
+                    println!(
+                        "   claim    {} says output {output_hash}, trace {trace_root}; window until block {window_end} — tx {} ({t:.1} s)",
+                        name_of(owner),
+                        e.tx
+                    );
+                }
+                OptEventKind::Challenged {
+                    game, challenger, ..
+                } => println!(
+                    "   watcher  {} re-executed, found another trace, challenged: game {game} — tx {} ({t:.1} s)",
+                    name_of(challenger),
+                    e.tx
+                ),
+                OptEventKind::Resolved {
+                    game,
+                    winner,
+                    loser,
+                    moves,
+                    reason,
+                    ..
+                } => {
+                    t_resolved = Some(t);
+                    let g = rt.block_on(client.game(game)).map_err(|e| anyhow!("{e}"))?;
+                    let node = g.leaf.saturating_sub(g.inputs);
+                    println!(
+                        "   game {game}   won by {} against {} after {moves} moves ({reason}): bisected to node {node} ({}), element word {} — tx {} ({t:.1} s)",
+                        name_of(winner),
+                        name_of(loser),
+                        m.nodes
+                            .get(node as usize)
+                            .map(|n| n.op.name())
+                            .unwrap_or("?"),
+                        g.index,
+                        e.tx
+                    );
+                }
+                OptEventKind::Finalized {
+                    output_hash, owner, ..
+                } => {
+                    println!(
+                        "   final    output {output_hash} (claim of {}) — tx {} ({t:.1} s)",
+                        name_of(owner),
+                        e.tx
+                    );
+                    final_out = Some(output_hash);
+                }
+                OptEventKind::Refunded { .. } => bail!("request {id} was refunded"),
+                OptEventKind::Requested { .. } => {}
+            }
+        }
+    }
+    // The final output is the honest one: the canonical execution here gives the same hash.
+    let inputs = crate::load_inputs(&m, std::slice::from_ref(&spec))?;
+    let q = verity_engine::io::quantize_inputs(&m, &inputs)?;
+    let out = verity_engine::Executor::new(&m, verity_engine::Mode::default())
+        .run(q)
+        .map_err(|e| anyhow!("{e}"))?;
+    let honest = verity_engine::commit::tensors_hash(&out);
+    if final_out != Some(honest) {
+        bail!("request {id} finalized {final_out:?}, not the honest output {honest}");
+    }
+    let after = stake_of(liar)?;
+    println!(
+        "   slashed  the liar's stake {} → {} (half of the stake taken and of its bond to the watcher, half burned)",
+        eth(before),
+        eth(after)
+    );
+    if let (Some(c), Some(r)) = (t_commit, t_resolved) {
+        println!(
+            "   time     lie committed → liar slashed {:.1} s; → honest result final {:.1} s (1 s blocks)",
+            r - c,
+            start.elapsed().as_secs_f64() - c
+        );
+    }
+    // The liar leaves: its process stops, its remaining stake unbonds (it is no longer drawn).
+    if let Some(i) = procs.0.iter().position(|p| p.0 == "node-liar") {
+        let (_, mut child) = procs.0.remove(i);
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let lkey = verity_node::key::read_key_file(&ld.join("node.key")).map_err(|e| anyhow!(e))?;
+    let lchain = connect(rt, rpc, dep, &lkey)?;
+    let reg = verity_chain::bindings::NodeRegistry::new(
+        verity_chain::to_evm(&dep.nodes),
+        lchain.provider().clone(),
+    );
+    rt.block_on(lchain.send("unbonding the liar", || {
+        reg.requestUnbond(after).into_transaction_request()
+    }))
+    .map_err(|e| anyhow!("{e}"))?;
+    println!("   the liar stopped and unbonded its remaining stake");
+    println!("== optimistic demo done ==\n");
     Ok(())
 }

@@ -54,7 +54,7 @@ fn devnet_demo_runs_end_to_end_and_resumes() {
     let _one = exclusive();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("dn");
-    let port = free_base(5);
+    let port = free_base(7);
     let out = devnet(&dir, port, &["--fresh"]);
     for want in [
         "InferenceHub",
@@ -77,6 +77,19 @@ fn devnet_demo_runs_end_to_end_and_resumes() {
         out.contains("model owner 0x70997970C51812dc3A010C7d01b50e0d17dc79C8 +0.001000 ETH"),
         "{out}"
     );
+    // optimistic mode: the lying node is drawn, caught by the watcher, slashed; the honest result is final
+    for want in [
+        "8. liar",
+        "the liar says output",
+        "watcher  the watcher re-executed, found another trace, challenged",
+        "won by the watcher against the liar",
+        "(EinSum)",
+        "claim of the watcher",
+        "slashed  the liar's stake 50.000000 ETH → 49.500000 ETH",
+        "optimistic demo done",
+    ] {
+        assert!(out.contains(want), "missing '{want}' in:\n{out}");
+    }
     let receipts = out.lines().filter(|l| l.starts_with("3. receipt")).count();
     assert_eq!(receipts, 2, "k = 2 receipts accepted:\n{out}");
     let summary: serde_json::Value =
@@ -91,6 +104,10 @@ fn devnet_demo_runs_end_to_end_and_resumes() {
         "request IDs continue:\n{out2}"
     );
     assert!(out2.contains("→ valid: model"), "{out2}");
+    assert!(
+        out2.contains("won by the watcher against the liar"),
+        "a new liar is caught again by the resumed watcher:\n{out2}"
+    );
     let summary2: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("devnet.json")).unwrap()).unwrap();
     assert_eq!(
@@ -238,7 +255,7 @@ pub fn wait_for(what: &str, secs: u64, mut ok: impl FnMut() -> bool) {
 fn verity_request_gets_verified_results_through_an_rpc_outage_and_a_reorg() {
     let _one = exclusive();
     let tmp = tempfile::tempdir().unwrap();
-    let port = free_base(5);
+    let port = free_base(7);
     let rpc = format!("http://127.0.0.1:{port}");
     let (mut running, dir, summary) = Running::devnet(tmp.path(), 3, port, 240);
     let key = summary["client_key"].as_str().unwrap().to_string();
