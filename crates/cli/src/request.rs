@@ -32,8 +32,13 @@ pub struct RequestArgs {
     #[arg(long, env = "VERITY_CONTRACTS")]
     pub contracts: PathBuf,
     /// Quorum size k (2–7); without it the request is `signed` (one node's receipt).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "optimistic")]
     pub quorum: Option<u8>,
+    /// Optimistic mode (OptimisticHub): one assigned node commits its output hash and trace root with a
+    /// bond; the result is final after the challenge window unless a watcher proves it wrong. The output
+    /// is then computed here and checked against the final hash.
+    #[arg(long)]
+    pub optimistic: bool,
     /// Fee in wei (default: the model's price times the receipts needed).
     #[arg(long)]
     pub fee: Option<String>,
@@ -287,7 +292,7 @@ pub fn cmd_request(a: RequestArgs) -> Result<()> {
         None => {
             rt.block_on(chain.price_of(&model))
                 .map_err(|e| anyhow!("{e}"))?
-                * U256::from(k)
+                * U256::from(if a.optimistic { 1 } else { k })
         }
     };
     let http = reqwest::blocking::Client::builder()
@@ -309,6 +314,9 @@ pub fn cmd_request(a: RequestArgs) -> Result<()> {
         "input    canonical hash {}, hosted at {}",
         hosted.input_hash, hosted.uri
     );
+    if a.optimistic {
+        return optimistic(&a, &rt, &chain, &m, model, &hosted);
+    }
     let placed = rt
         .block_on(chain.request_inference(&model, &hosted.input_hash, &hosted.uri, mode, k, fee))
         .map_err(|e| anyhow!("{e}"))?;
@@ -351,6 +359,143 @@ pub fn cmd_request(a: RequestArgs) -> Result<()> {
     let mut v = verified_result(&http, &base, id)?;
     v["receipts"] = json!(receipts);
     v["tx"] = json!(tx);
+    if let Some(p) = &a.output {
+        std::fs::write(p, serde_json::to_vec_pretty(&v)?)
+            .with_context(|| format!("cannot write {}", p.display()))?;
+    }
+    println!("{}", serde_json::to_string_pretty(&v)?);
+    Ok(())
+}
+
+/// `verity request --optimistic`: place the request, follow its claims and games to the end, then compute
+/// the output here and accept it only if its hash is the finalized one.
+fn optimistic(
+    a: &RequestArgs,
+    rt: &tokio::runtime::Runtime,
+    chain: &EvmChain,
+    m: &Model,
+    model: Hash,
+    hosted: &HostedInput,
+) -> Result<()> {
+    use verity_chain::dispute::OptEventKind;
+    let fee = match &a.fee {
+        Some(f) => f
+            .parse::<U256>()
+            .map_err(|_| anyhow!("--fee must be a whole number of wei (got '{f}')"))?,
+        None => rt
+            .block_on(chain.price_of(&model))
+            .map_err(|e| anyhow!("{e}"))?,
+    };
+    let placed = rt
+        .block_on(chain.request_optimistic(&model, &hosted.input_hash, &hosted.uri, fee))
+        .map_err(|e| anyhow!("{e}"))?;
+    let id = placed.id;
+    eprintln!(
+        "request  #{id} model {model} (optimistic), fee {fee} wei — tx {}, gas {}",
+        placed.tx, placed.gas
+    );
+    if a.no_wait {
+        println!(
+            "{}",
+            json!({"request": id, "mode": "optimistic", "tx": placed.tx, "model_id": model, "input_hash": hosted.input_hash})
+        );
+        return Ok(());
+    }
+    let start = Instant::now();
+    let mut from = placed.block;
+    let (mut final_out, mut owner, mut games) = (None, None, Vec::new());
+    while final_out.is_none() {
+        if start.elapsed() > Duration::from_secs(a.wait) {
+            bail!(
+                "optimistic request {id} was not final within {} s (its challenge window may still be open; ask again later)",
+                a.wait
+            );
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        let head = rt
+            .block_on(chain.head())
+            .map_err(|e| anyhow!("{e}"))?
+            .number;
+        if head < from {
+            continue;
+        }
+        let events = rt
+            .block_on(chain.optimistic_events(from, head))
+            .map_err(|e| anyhow!("{e}"))?;
+        from = head + 1;
+        for e in events.into_iter().filter(|e| e.kind.request() == id) {
+            match e.kind {
+                OptEventKind::Claimed {
+                    owner,
+                    output_hash,
+                    window_end,
+                    ..
+                } => eprintln!(
+                    "claim    {owner} output {output_hash}, open to challenges until block {window_end} — tx {}",
+                    e.tx
+                ),
+                OptEventKind::Challenged {
+                    game, challenger, ..
+                } => eprintln!("challenge  game {game} by {challenger} — tx {}", e.tx),
+                OptEventKind::Resolved {
+                    game,
+                    winner,
+                    loser,
+                    moves,
+                    reason,
+                    ..
+                } => {
+                    eprintln!(
+                        "game     {game}: {winner} beat {loser} after {moves} moves ({reason}) — tx {}",
+                        e.tx
+                    );
+                    games.push(json!({"game": game, "winner": winner, "loser": loser, "moves": moves, "reason": reason}));
+                }
+                OptEventKind::Finalized {
+                    output_hash,
+                    owner: o,
+                    ..
+                } => {
+                    final_out = Some(output_hash);
+                    owner = Some(o);
+                }
+                OptEventKind::Refunded { .. } => {
+                    bail!("request {id} was refunded: the assigned node did not commit before the deadline")
+                }
+                OptEventKind::Requested { .. } => {}
+            }
+        }
+    }
+    let final_out = final_out.unwrap_or(Hash::ZERO);
+    eprintln!(
+        "final    output hash {final_out} after {:.1} s",
+        start.elapsed().as_secs_f64()
+    );
+    let inputs = crate::load_inputs(m, &a.input)?;
+    let q = verity_engine::io::quantize_inputs(m, &inputs)?;
+    let raw = verity_engine::Executor::new(m, verity_engine::Mode::default())
+        .run(q)
+        .map_err(|e| anyhow!("{e}"))?;
+    let here = verity_engine::commit::tensors_hash(&raw);
+    if here != final_out {
+        bail!("request {id} finalized output {final_out}, but the canonical execution here gives {here}");
+    }
+    let outputs: Vec<Value> = verity_node::Node::describe_outputs(m, &raw)
+        .into_iter()
+        .map(|(name, shape, scale, data)| json!({"name": name, "shape": shape, "scale": scale, "data": data}))
+        .collect();
+    let v = json!({
+        "request": id,
+        "mode": "optimistic",
+        "tx": placed.tx,
+        "model_id": model,
+        "input_hash": hosted.input_hash,
+        "output_hash": final_out,
+        "claim_owner": owner,
+        "games": games,
+        "verified": true,
+        "outputs": outputs,
+    });
     if let Some(p) = &a.output {
         std::fs::write(p, serde_json::to_vec_pretty(&v)?)
             .with_context(|| format!("cannot write {}", p.display()))?;

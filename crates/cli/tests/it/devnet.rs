@@ -325,6 +325,57 @@ fn verity_request_gets_verified_results_through_an_rpc_outage_and_a_reorg() {
         certified.2
     );
     let id2 = idc;
+    // An optimistic request: one drawn node commits, the devnet's watcher re-executes and agrees, the
+    // result is final after the window; the CLI computes the output itself and checks the final hash.
+    let opt = request(&["mlp", "--input", "fixtures/mlp.input.json", "--optimistic"]);
+    assert_eq!(
+        opt.0,
+        Some(0),
+        "optimistic request failed:\n{}\n{}",
+        opt.1,
+        opt.2
+    );
+    let v: serde_json::Value = serde_json::from_str(&opt.1).unwrap();
+    assert_eq!(v["verified"], true, "{v}");
+    assert_eq!(
+        v["outputs"][0]["data"],
+        expected("mlp"),
+        "optimistic output"
+    );
+    assert_eq!(
+        v["games"].as_array().unwrap().len(),
+        0,
+        "nobody disputed: {v}"
+    );
+    let owner = v["claim_owner"].as_str().unwrap().to_lowercase();
+    assert!(
+        summary["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n["address"].as_str().unwrap().to_lowercase() == owner),
+        "a devnet node's claim: {v}"
+    );
+    let watched: serde_json::Value =
+        reqwest::blocking::get(format!("http://127.0.0.1:{}/v1/optimistic", port + 4))
+            .unwrap()
+            .json()
+            .unwrap();
+    let oid = v["request"].as_u64().unwrap();
+    let job = watched["requests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|j| j["id"].as_u64() == Some(oid))
+        .unwrap_or_else(|| panic!("the watcher saw request {oid}: {watched}"));
+    assert!(
+        job["log"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l.as_str().unwrap().contains("re-executed: agrees")),
+        "the watcher re-executed the claim and agreed: {job}"
+    );
     let unknown = request(&["no-such-model", "--input", "fixtures/mlp.input.json"]);
     assert_eq!(unknown.0, Some(1));
     assert!(
