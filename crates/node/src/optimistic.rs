@@ -650,3 +650,45 @@ impl Optimistic {
         Ok(true)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sampling_follows_the_rate_and_depends_on_the_secret_seed() {
+        let claim = |i: u64| keccak256(&i.to_be_bytes());
+        let (a, b) = (Hash([1; 32]), Hash([2; 32]));
+        let n = 4000u64;
+        for rate in [0.1, 0.25, 0.5] {
+            let hits = (0..n).filter(|&i| sampled(&a, i, &claim(i), rate)).count() as f64;
+            let want = rate * n as f64;
+            assert!(
+                (hits - want).abs() < 4.0 * (want * (1.0 - rate)).sqrt(),
+                "rate {rate}: {hits} of {n}"
+            );
+        }
+        assert!((0..n).all(|i| sampled(&a, i, &claim(i), 1.0)));
+        assert!(!(0..n).any(|i| sampled(&a, i, &claim(i), 0.0)));
+        // the same seed decides the same way; another seed picks other claims
+        let pick =
+            |s: &Hash| -> Vec<bool> { (0..200).map(|i| sampled(s, i, &claim(i), 0.5)).collect() };
+        assert_eq!(pick(&a), pick(&a));
+        assert_ne!(pick(&a), pick(&b));
+    }
+
+    #[test]
+    fn bad_optimistic_settings_are_refused() {
+        let mut c = crate::NodeConfig::default();
+        c.faults.corrupt_op = Some("Relu".into());
+        let e = c.validate().unwrap_err();
+        assert!(e.contains("'Relu' is not an op"), "{e}");
+        c.faults.corrupt_op = Some("EinSum".into());
+        assert!(c.validate().is_ok());
+        let mut chain = crate::chain::ChainConfig::default();
+        chain.optimistic.watch_rate = 1.5;
+        c.chain = Some(chain);
+        let e = c.validate().unwrap_err();
+        assert!(e.contains("watch_rate must be between 0 and 1"), "{e}");
+    }
+}
