@@ -67,6 +67,8 @@ pub struct OptJob {
 }
 
 const JOBS: &str = "opt.jobs";
+/// IDs of the jobs still `open` (written with each job, so a poll reads only these).
+const OPEN: &str = "opt.open";
 const CURSOR: &str = "opt.cursor";
 const SALT: &str = "opt.salt";
 /// Blocks read again on every poll, so that events moved by a short reorganisation are seen again
@@ -177,13 +179,38 @@ impl Optimistic {
             .and_then(|v| serde_json::from_slice(&v).ok())
     }
 
+    /// Write a job and its entry in the open index in one transaction; a finished job's run is dropped.
     fn save(&self, job: &OptJob) {
         let Ok(v) = serde_json::to_vec(job) else {
             return;
         };
-        if let Err(e) = self.node.store.kv_put(JOBS, &job_key(job.id), &v) {
+        let key = job_key(job.id);
+        let open: Option<&[u8]> = (job.state == "open").then_some(&[]);
+        if let Err(e) = self
+            .node
+            .store
+            .kv_batch(&[(JOBS, &key, Some(&v)), (OPEN, &key, open)])
+        {
             tracing::error!("cannot persist optimistic job {}: {e}", job.id);
         }
+        if open.is_none() {
+            if let Ok(mut r) = self.runs.lock() {
+                r.remove(&job.id);
+            }
+        }
+    }
+
+    /// The jobs still open, oldest first.
+    fn open_jobs(&self) -> Vec<OptJob> {
+        self.node
+            .store
+            .kv_scan(OPEN)
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|(k, _)| <[u8; 8]>::try_from(k.as_slice()).ok())
+            .filter_map(|k| self.load(u64::from_be_bytes(k)))
+            .filter(|j| j.state == "open")
+            .collect()
     }
 
     fn job(&self, id: u64) -> OptJob {
@@ -272,11 +299,7 @@ impl Optimistic {
             .store
             .kv_put(CURSOR, b"hub", &(head + 1).to_be_bytes());
         let mut busy = false;
-        for job in jobs(&self.node)
-            .into_iter()
-            .rev()
-            .filter(|j| j.state == "open")
-        {
+        for job in self.open_jobs() {
             busy |= self.act(job, head).await?;
         }
         Ok(busy)
@@ -341,11 +364,6 @@ impl Optimistic {
                 Self::note(&mut job, "refunded: nobody committed in time".into());
             }
             _ => {}
-        }
-        if job.state == "done" {
-            if let Ok(mut r) = self.runs.lock() {
-                r.remove(&id);
-            }
         }
         if self.load(id).is_none() || job != before {
             self.save(&job);
