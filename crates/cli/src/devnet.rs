@@ -887,32 +887,17 @@ fn demo_dispute(
     let placed = found.ok_or_else(|| anyhow!("the liar was not drawn"))?;
     let id = placed.id;
     // Follow the request's events until the honest result is final.
-    let start = Instant::now();
-    let mut from = placed.block;
-    let (mut t_commit, mut t_resolved) = (None, None);
-    let mut final_out = None;
-    while final_out.is_none() {
-        if start.elapsed() > Duration::from_secs(240) {
-            bail!(
-                "optimistic request {id} did not finalize within 240 s (logs in {})",
-                dir.display()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(250));
-        let head = rt
-            .block_on(client.head())
-            .map_err(|e| anyhow!("{e}"))?
-            .number;
-        if head < from {
-            continue;
-        }
-        let events = rt
-            .block_on(client.optimistic_events(from, head))
-            .map_err(|e| anyhow!("{e}"))?;
-        from = head + 1;
-        for e in events.into_iter().filter(|e| e.kind.request() == id) {
-            let t = start.elapsed().as_secs_f64();
-            match e.kind {
+    let (mut t_commit, mut t_resolved, mut t_final) = (None, None, None);
+    let hint = format!("logs in {}", dir.display());
+    let (final_out, _) = crate::request::follow_optimistic(
+        rt,
+        &client,
+        id,
+        placed.block,
+        Duration::from_secs(240),
+        &hint,
+        |e, t| {
+            match e.kind.clone() {
                 OptEventKind::Claimed {
                     owner,
                     output_hash,
@@ -962,27 +947,22 @@ fn demo_dispute(
                 OptEventKind::Finalized {
                     output_hash, owner, ..
                 } => {
+                    t_final = Some(t);
                     println!(
                         "   final    output {output_hash} (claim of {}) — tx {} ({t:.1} s)",
                         name_of(owner),
                         e.tx
                     );
-                    final_out = Some(output_hash);
                 }
-                OptEventKind::Refunded { .. } => bail!("request {id} was refunded"),
-                OptEventKind::Requested { .. } => {}
+                _ => {}
             }
-        }
-    }
+            Ok(())
+        },
+    )?;
     // The final output is the honest one: the canonical execution here gives the same hash.
-    let inputs = crate::load_inputs(&m, std::slice::from_ref(&spec))?;
-    let q = verity_engine::io::quantize_inputs(&m, &inputs)?;
-    let out = verity_engine::Executor::new(&m, verity_engine::Mode::default())
-        .run(q)
-        .map_err(|e| anyhow!("{e}"))?;
-    let honest = verity_engine::commit::tensors_hash(&out);
-    if final_out != Some(honest) {
-        bail!("request {id} finalized {final_out:?}, not the honest output {honest}");
+    let (_, honest) = crate::request::run_here(&m, std::slice::from_ref(&spec))?;
+    if final_out != honest {
+        bail!("request {id} finalized {final_out}, not the honest output {honest}");
     }
     let after = stake_of(liar)?;
     println!(
@@ -990,11 +970,11 @@ fn demo_dispute(
         eth(before),
         eth(after)
     );
-    if let (Some(c), Some(r)) = (t_commit, t_resolved) {
+    if let (Some(c), Some(r), Some(f)) = (t_commit, t_resolved, t_final) {
         println!(
             "   time     lie committed → liar slashed {:.1} s; → honest result final {:.1} s (1 s blocks)",
             r - c,
-            start.elapsed().as_secs_f64() - c
+            f - c
         );
     }
     // The liar leaves: its process stops, its remaining stake unbonds (it is no longer drawn).

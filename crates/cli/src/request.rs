@@ -402,29 +402,17 @@ fn optimistic(
         return Ok(());
     }
     let start = Instant::now();
-    let mut from = placed.block;
-    let (mut final_out, mut owner, mut games) = (None, None, Vec::new());
-    while final_out.is_none() {
-        if start.elapsed() > Duration::from_secs(a.wait) {
-            bail!(
-                "optimistic request {id} was not final within {} s (its challenge window may still be open; ask again later)",
-                a.wait
-            );
-        }
-        std::thread::sleep(Duration::from_millis(300));
-        let head = rt
-            .block_on(chain.head())
-            .map_err(|e| anyhow!("{e}"))?
-            .number;
-        if head < from {
-            continue;
-        }
-        let events = rt
-            .block_on(chain.optimistic_events(from, head))
-            .map_err(|e| anyhow!("{e}"))?;
-        from = head + 1;
-        for e in events.into_iter().filter(|e| e.kind.request() == id) {
-            match e.kind {
+    let mut games = Vec::new();
+    let hint = "its challenge window may still be open; ask again later";
+    let (final_out, owner) = follow_optimistic(
+        rt,
+        chain,
+        id,
+        placed.block,
+        Duration::from_secs(a.wait),
+        hint,
+        |e, _| {
+            match &e.kind {
                 OptEventKind::Claimed {
                     owner,
                     output_hash,
@@ -451,32 +439,16 @@ fn optimistic(
                     );
                     games.push(json!({"game": game, "winner": winner, "loser": loser, "moves": moves, "reason": reason}));
                 }
-                OptEventKind::Finalized {
-                    output_hash,
-                    owner: o,
-                    ..
-                } => {
-                    final_out = Some(output_hash);
-                    owner = Some(o);
-                }
-                OptEventKind::Refunded { .. } => {
-                    bail!("request {id} was refunded: the assigned node did not commit before the deadline")
-                }
-                OptEventKind::Requested { .. } => {}
+                _ => {}
             }
-        }
-    }
-    let final_out = final_out.unwrap_or(Hash::ZERO);
+            Ok(())
+        },
+    )?;
     eprintln!(
         "final    output hash {final_out} after {:.1} s",
         start.elapsed().as_secs_f64()
     );
-    let inputs = crate::load_inputs(m, &a.input)?;
-    let q = verity_engine::io::quantize_inputs(m, &inputs)?;
-    let raw = verity_engine::Executor::new(m, verity_engine::Mode::default())
-        .run(q)
-        .map_err(|e| anyhow!("{e}"))?;
-    let here = verity_engine::commit::tensors_hash(&raw);
+    let (raw, here) = run_here(m, &a.input)?;
     if here != final_out {
         bail!("request {id} finalized output {final_out}, but the canonical execution here gives {here}");
     }
@@ -502,4 +474,64 @@ fn optimistic(
     }
     println!("{}", serde_json::to_string_pretty(&v)?);
     Ok(())
+}
+
+/// Follow optimistic request `id`'s events from block `from` until it is final, handing each (the final
+/// one included) to `on` with the seconds since the start; returns the final output hash and the owner of
+/// the claim that was finalized. A refund is an error, and so is `timeout` passing (the error ends with
+/// `hint`).
+pub fn follow_optimistic(
+    rt: &tokio::runtime::Runtime,
+    chain: &EvmChain,
+    id: u64,
+    mut from: u64,
+    timeout: Duration,
+    hint: &str,
+    mut on: impl FnMut(&verity_chain::dispute::OptEvent, f64) -> Result<()>,
+) -> Result<(Hash, verity_core::Address)> {
+    use verity_chain::dispute::OptEventKind;
+    let start = Instant::now();
+    loop {
+        if start.elapsed() > timeout {
+            bail!(
+                "optimistic request {id} was not final within {} s ({hint})",
+                timeout.as_secs()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(250));
+        let head = rt
+            .block_on(chain.head())
+            .map_err(|e| anyhow!("{e}"))?
+            .number;
+        if head < from {
+            continue;
+        }
+        let events = rt
+            .block_on(chain.optimistic_events(from, head))
+            .map_err(|e| anyhow!("{e}"))?;
+        from = head + 1;
+        for e in events.iter().filter(|e| e.kind.request() == id) {
+            on(e, start.elapsed().as_secs_f64())?;
+            match e.kind {
+                OptEventKind::Finalized {
+                    output_hash, owner, ..
+                } => return Ok((output_hash, owner)),
+                OptEventKind::Refunded { .. } => bail!(
+                    "request {id} was refunded: the assigned node did not commit before the deadline"
+                ),
+                _ => {}
+            }
+        }
+    }
+}
+
+/// The canonical execution of `m` on the inputs `specs` here: the outputs and their hash.
+pub fn run_here(m: &Model, specs: &[String]) -> Result<(Vec<Vec<i32>>, Hash)> {
+    let inputs = crate::load_inputs(m, specs)?;
+    let q = verity_engine::io::quantize_inputs(m, &inputs)?;
+    let raw = verity_engine::Executor::new(m, verity_engine::Mode::default())
+        .run(q)
+        .map_err(|e| anyhow!("{e}"))?;
+    let h = verity_engine::commit::tensors_hash(&raw);
+    Ok((raw, h))
 }

@@ -96,10 +96,6 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-fn job_key(id: u64) -> [u8; 8] {
-    id.to_be_bytes()
-}
-
 /// Request ID as a receipt's bytes32.
 pub fn request_hash(id: u64) -> Hash {
     Hash(U256::from(id).to_be_bytes::<32>())
@@ -161,49 +157,31 @@ pub async fn ensure_registered<C: Chain>(
     }
 }
 
+/// The InferenceHub jobs, with an index of the `pending` ones.
+const TABLE: crate::jobs::JobTable = crate::jobs::JobTable {
+    records: JOBS,
+    open: PENDING,
+};
+
 fn load_jobs(node: &Node) -> Vec<Job> {
-    node.store
-        .kv_scan(JOBS)
-        .unwrap_or_default()
-        .into_iter()
-        .filter_map(|(_, v)| serde_json::from_slice(&v).ok())
-        .collect()
+    TABLE.all(&node.store)
 }
 
 fn pending_jobs(node: &Node) -> Vec<Job> {
-    node.store
-        .kv_scan(PENDING)
-        .unwrap_or_default()
+    TABLE
+        .open::<Job>(&node.store)
         .into_iter()
-        .filter_map(|(k, _)| <[u8; 8]>::try_from(k.as_slice()).ok())
-        .filter_map(|k| load_job(node, u64::from_be_bytes(k)))
         .filter(|j| j.state == "pending")
         .collect()
 }
 
 /// Write a job and its entry in the pending index in one transaction.
 fn save_job(node: &Node, job: &Job) {
-    let Ok(v) = serde_json::to_vec(job) else {
-        return;
-    };
-    let key = job_key(job.id);
-    let pending: Option<&[u8]> = (job.state == "pending").then_some(&[]);
-    if let Err(e) = node
-        .store
-        .kv_batch(&[(JOBS, &key, Some(&v)), (PENDING, &key, pending)])
-    {
-        tracing::error!("cannot persist job {}: {e}", job.id);
-    }
+    TABLE.put(&node.store, job.id, job, job.state == "pending");
 }
 
 fn forget_job(node: &Node, id: u64) {
-    let key = job_key(id);
-    if let Err(e) = node
-        .store
-        .kv_batch(&[(JOBS, &key, None), (PENDING, &key, None)])
-    {
-        tracing::error!("cannot forget job {id}: {e}");
-    }
+    TABLE.forget(&node.store, id);
 }
 
 /// Every job this node knows, newest first.
@@ -460,11 +438,7 @@ async fn announce_hosting<C: Chain>(node: &Arc<Node>, chain: &C) -> Result<(), C
 }
 
 fn load_job(node: &Node, id: u64) -> Option<Job> {
-    node.store
-        .kv_get(JOBS, &job_key(id))
-        .ok()
-        .flatten()
-        .and_then(|v| serde_json::from_slice(&v).ok())
+    TABLE.get(&node.store, id)
 }
 
 fn finish(node: &Node, mut job: Job, state: &str, note: String) {

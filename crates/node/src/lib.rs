@@ -7,6 +7,7 @@ pub mod chain;
 pub mod chain_api;
 pub mod config;
 pub mod error;
+pub mod jobs;
 pub mod key;
 pub mod metrics;
 pub mod opengradient;

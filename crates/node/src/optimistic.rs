@@ -95,19 +95,15 @@ pub struct Optimistic {
     runs: Mutex<HashMap<u64, Arc<Run>>>,
 }
 
-fn job_key(id: u64) -> [u8; 8] {
-    id.to_be_bytes()
-}
+/// The optimistic jobs, with an index of the `open` ones.
+const TABLE: crate::jobs::JobTable = crate::jobs::JobTable {
+    records: JOBS,
+    open: OPEN,
+};
 
 /// Every optimistic job of a node, newest first.
 pub fn jobs(node: &Node) -> Vec<OptJob> {
-    let mut v: Vec<OptJob> = node
-        .store
-        .kv_scan(JOBS)
-        .unwrap_or_default()
-        .into_iter()
-        .filter_map(|(_, v)| serde_json::from_slice(&v).ok())
-        .collect();
+    let mut v: Vec<OptJob> = TABLE.all(&node.store);
     v.reverse();
     v
 }
@@ -171,29 +167,14 @@ impl Optimistic {
     }
 
     fn load(&self, id: u64) -> Option<OptJob> {
-        self.node
-            .store
-            .kv_get(JOBS, &job_key(id))
-            .ok()
-            .flatten()
-            .and_then(|v| serde_json::from_slice(&v).ok())
+        TABLE.get(&self.node.store, id)
     }
 
     /// Write a job and its entry in the open index in one transaction; a finished job's run is dropped.
     fn save(&self, job: &OptJob) {
-        let Ok(v) = serde_json::to_vec(job) else {
-            return;
-        };
-        let key = job_key(job.id);
-        let open: Option<&[u8]> = (job.state == "open").then_some(&[]);
-        if let Err(e) = self
-            .node
-            .store
-            .kv_batch(&[(JOBS, &key, Some(&v)), (OPEN, &key, open)])
-        {
-            tracing::error!("cannot persist optimistic job {}: {e}", job.id);
-        }
-        if open.is_none() {
+        let open = job.state == "open";
+        TABLE.put(&self.node.store, job.id, job, open);
+        if !open {
             if let Ok(mut r) = self.runs.lock() {
                 r.remove(&job.id);
             }
@@ -202,13 +183,9 @@ impl Optimistic {
 
     /// The jobs still open, oldest first.
     fn open_jobs(&self) -> Vec<OptJob> {
-        self.node
-            .store
-            .kv_scan(OPEN)
-            .unwrap_or_default()
+        TABLE
+            .open::<OptJob>(&self.node.store)
             .into_iter()
-            .filter_map(|(k, _)| <[u8; 8]>::try_from(k.as_slice()).ok())
-            .filter_map(|k| self.load(u64::from_be_bytes(k)))
             .filter(|j| j.state == "open")
             .collect()
     }
@@ -226,6 +203,13 @@ impl Optimistic {
         job.log.push(msg);
         if job.log.len() > 64 {
             job.log.remove(0);
+        }
+    }
+
+    /// [`Optimistic::note`], unless it is the last thing noted (a retried failure is said once).
+    fn note_once(job: &mut OptJob, msg: String) {
+        if job.log.last() != Some(&msg) {
+            Self::note(job, msg);
         }
     }
 
@@ -436,7 +420,7 @@ impl Optimistic {
         let mut busy = false;
         for (g, defender) in job.games.clone() {
             if !job.over.contains(&g) {
-                busy |= self.play(job, g, defender, head).await?;
+                busy |= self.play(job, &r, g, defender, head).await?;
             }
         }
         Ok(busy)
@@ -503,10 +487,7 @@ impl Optimistic {
             Err(m) => {
                 // Tried again on the next poll until the deadline (the input or the model may be
                 // unreachable for a moment); said once.
-                let m = format!("cannot run the request yet: {m}");
-                if job.log.last() != Some(&m) {
-                    Self::note(job, m);
-                }
+                Self::note_once(job, format!("cannot run the request yet: {m}"));
                 return Ok(());
             }
         };
@@ -547,10 +528,7 @@ impl Optimistic {
         let run = match self.execute(id, r).await {
             Ok(run) => run,
             Err(m) => {
-                let m = format!("cannot re-execute the claim yet: {m}");
-                if job.log.last() != Some(&m) {
-                    Self::note(job, m);
-                }
+                Self::note_once(job, format!("cannot re-execute the claim yet: {m}"));
                 return Ok(false);
             }
         };
@@ -589,20 +567,19 @@ impl Optimistic {
         Ok(true)
     }
 
-    /// Make this node's move in game `g` if it is its turn, or claim the other side's missed move.
-    /// Returns whether the game is still on.
+    /// Make this node's move in game `g` (not yet over in `job`) if it is its turn, or claim the other
+    /// side's missed move. Returns whether the game is still on.
     async fn play(
         &self,
         job: &mut OptJob,
+        r: &OptRequest,
         g: u64,
         defender: bool,
         head: u64,
     ) -> Result<bool, ChainError> {
         let gm = self.chain.game(g).await?;
         if matches!(gm.stage, Stage::Done | Stage::None) {
-            if !job.over.contains(&g) {
-                job.over.push(g);
-            }
+            job.over.push(g);
             return Ok(false);
         }
         if gm.stage.defender_moves() != defender {
@@ -620,8 +597,7 @@ impl Optimistic {
             }
             return Ok(true);
         }
-        let r = self.chain.optimistic_request(job.id).await?;
-        let run = match self.execute(job.id, &r).await {
+        let run = match self.execute(job.id, r).await {
             Ok(run) => run,
             Err(m) => {
                 Self::note(job, format!("game {g}: cannot rebuild the trace: {m}"));
@@ -649,7 +625,7 @@ impl Optimistic {
                 }
             }
             Ok(None) => {
-                if gm.stage == Stage::Step && !job.over.contains(&g) {
+                if gm.stage == Stage::Step {
                     job.over.push(g);
                     Self::note(
                         job,
@@ -659,7 +635,7 @@ impl Optimistic {
             }
             Err(ChainError::Reverted(m)) => {
                 Self::note(job, format!("game {g}: move refused: {m}"));
-                if !defender && gm.stage == Stage::Step && !job.over.contains(&g) {
+                if !defender && gm.stage == Stage::Step {
                     job.over.push(g);
                 }
             }

@@ -20,7 +20,7 @@ use crate::manifest;
 use crate::onestep::{traced, Anvil};
 
 /// anvil's development keys 0–3: client and model owner, node, two challengers.
-const KEYS: [&str; 4] = [
+pub const KEYS: [&str; 4] = [
     "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80",
     "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d",
     "0x5de4111afa1a4b94908f83103eb1f1706367c2e68ca870fc3fb9a804cdab365a",
@@ -38,24 +38,85 @@ struct Net {
     rt: tokio::runtime::Runtime,
 }
 
+/// Mine `n` blocks on anvil.
+pub fn mine(rt: &tokio::runtime::Runtime, chain: &EvmChain, n: u64) {
+    rt.block_on(
+        chain
+            .provider()
+            .raw_request::<_, serde_json::Value>("anvil_mine".into(), (U256::from(n),)),
+    )
+    .unwrap();
+}
+
+/// A registered node's stake (wei).
+pub fn stake(rt: &tokio::runtime::Runtime, chain: &EvmChain, who: verity_core::Address) -> u128 {
+    let info = rt.block_on(chain.node_info(who)).unwrap().unwrap();
+    info.stake.parse().unwrap()
+}
+
+/// A fresh anvil with the contracts deployed (optimistic windows of `challenge_blocks` and
+/// `move_blocks`), a runtime to drive it, the deployment, and [`KEYS`] as keys.
+pub fn deployed(
+    challenge_blocks: u64,
+    move_blocks: u64,
+) -> (
+    Anvil,
+    tokio::runtime::Runtime,
+    verity_chain::Deployment,
+    Vec<SecretKey>,
+) {
+    let anvil = Anvil::start();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let keys: Vec<SecretKey> = KEYS
+        .iter()
+        .map(|k| SecretKey::from_hex(k).unwrap())
+        .collect();
+    let params = DeployParams {
+        challenge_blocks,
+        move_blocks,
+        ..DeployParams::default()
+    };
+    let dep = rt.block_on(deploy(&anvil.url, &keys[0], &params)).unwrap();
+    (anvil, rt, dep, keys)
+}
+
+/// A fixture compiled into a directory (`<dir>/<name>.vty`), its model and the trace of its input.
+pub type Fixture = (String, Model, Trace);
+
+/// The fixtures compiled into `dir` and registered on-chain by `client`, and for each op kind the first
+/// node of that kind (fixture index, node index).
+pub fn registered_fixtures(
+    rt: &tokio::runtime::Runtime,
+    client: &EvmChain,
+    dir: &std::path::Path,
+) -> (Vec<Fixture>, BTreeMap<&'static str, (usize, usize)>) {
+    let mut fixtures: Vec<Fixture> = Vec::new();
+    for (name, flags, _) in manifest() {
+        let (m, t) = traced(dir, &name, &flags);
+        let id = verity_engine::vty::model_id(&m);
+        rt.block_on(client.register_model(&id, &name, "1.0.0", &Hash::ZERO, U256::from(1000)))
+            .unwrap();
+        fixtures.push((name, m, t));
+    }
+    let mut targets = BTreeMap::new();
+    for (f, (_, m, _)) in fixtures.iter().enumerate() {
+        for (k, n) in m.nodes.iter().enumerate() {
+            targets.entry(n.op.name()).or_insert((f, k));
+        }
+    }
+    (fixtures, targets)
+}
+
 impl Net {
     fn mine(&self, n: u64) {
-        self.rt
-            .block_on(
-                self.client
-                    .provider()
-                    .raw_request::<_, serde_json::Value>("anvil_mine".into(), (U256::from(n),)),
-            )
-            .unwrap();
+        mine(&self.rt, &self.client, n)
     }
 
     fn stake(&self, who: verity_core::Address) -> u128 {
-        let info = self
-            .rt
-            .block_on(self.client.node_info(who))
-            .unwrap()
-            .unwrap();
-        info.stake.parse().unwrap()
+        stake(&self.rt, &self.client, who)
     }
 
     /// Request an optimistic inference of `m` on `trace`'s inputs; the seed block is mined.
@@ -144,21 +205,7 @@ impl Net {
 }
 
 fn setup() -> Net {
-    let anvil = Anvil::start();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let keys: Vec<SecretKey> = KEYS
-        .iter()
-        .map(|k| SecretKey::from_hex(k).unwrap())
-        .collect();
-    let params = DeployParams {
-        challenge_blocks: CHALLENGE_BLOCKS,
-        move_blocks: MOVE_BLOCKS,
-        ..DeployParams::default()
-    };
-    let dep = rt.block_on(deploy(&anvil.url, &keys[0], &params)).unwrap();
+    let (anvil, rt, dep, keys) = deployed(CHALLENGE_BLOCKS, MOVE_BLOCKS);
     let connect = |k: &SecretKey| {
         rt.block_on(EvmChain::connect(&anvil.url, dep.clone(), Some(k)))
             .unwrap()
@@ -185,24 +232,7 @@ fn optimistic_disputes_on_anvil() {
     let node_addr = net.node.sender().unwrap();
     let ch_addr = net.challengers[0].sender().unwrap();
     // The fixtures, registered; for each op kind the first node of that kind.
-    let mut fixtures: Vec<(String, Model, Trace)> = Vec::new();
-    for (name, flags, _) in manifest() {
-        let (m, t) = traced(dir.path(), &name, &flags);
-        let id = verity_engine::vty::model_id(&m);
-        net.rt
-            .block_on(
-                net.client
-                    .register_model(&id, &name, "1.0.0", &Hash::ZERO, U256::from(1000)),
-            )
-            .unwrap();
-        fixtures.push((name, m, t));
-    }
-    let mut targets: BTreeMap<&'static str, (usize, usize)> = BTreeMap::new();
-    for (f, (_, m, _)) in fixtures.iter().enumerate() {
-        for (k, n) in m.nodes.iter().enumerate() {
-            targets.entry(n.op.name()).or_insert((f, k));
-        }
-    }
+    let (fixtures, targets) = registered_fixtures(&net.rt, &net.client, dir.path());
     let mut gas: BTreeMap<&'static str, u64> = BTreeMap::new();
     println!(
         "{:<10} {:<12} {:>5} {:>4} {:>7} {:>6} {:>9} {:>7}",

@@ -4,30 +4,23 @@
 //! the liar is slashed. An honest node beats a lying watcher; a node that disappears after committing
 //! loses by timeout.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use alloy::primitives::U256;
-use alloy::providers::Provider;
 use verity_chain::dispute::Stage;
-use verity_chain::evm::{deploy, DeployParams, EvmChain};
-use verity_chain::Chain;
-use verity_core::{Address, Hash, SecretKey};
+use verity_chain::evm::EvmChain;
+use verity_core::{Address, Hash};
 use verity_engine::commit::tensors_hash;
 use verity_engine::dispute::Side;
 use verity_engine::{Model, Trace};
 
 use crate::node::NodeProc;
-use crate::onestep::{traced, Anvil};
-use crate::{compile_fixture, manifest, root};
+use crate::onestep::Anvil;
+// keys 0–2 of dispute::KEYS: client and model owner, node, watcher
+use crate::dispute::KEYS;
+use crate::root;
 
-/// anvil's development keys 0–2: client and model owner, node, watcher.
-const KEYS: [&str; 3] = [
-    "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80",
-    "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d",
-    "0x5de4111afa1a4b94908f83103eb1f1706367c2e68ca870fc3fb9a804cdab365a",
-];
 const MOVE_BLOCKS: u64 = 8;
 const CHALLENGE_BLOCKS: u64 = 10;
 const SLASH: u128 = 5 * 10u128.pow(17);
@@ -41,22 +34,11 @@ struct Net {
 
 impl Net {
     fn mine(&self, n: u64) {
-        self.rt
-            .block_on(
-                self.client
-                    .provider()
-                    .raw_request::<_, serde_json::Value>("anvil_mine".into(), (U256::from(n),)),
-            )
-            .unwrap();
+        crate::dispute::mine(&self.rt, &self.client, n)
     }
 
     fn stake(&self, who: Address) -> u128 {
-        let info = self
-            .rt
-            .block_on(self.client.node_info(who))
-            .unwrap()
-            .unwrap();
-        info.stake.parse().unwrap()
+        crate::dispute::stake(&self.rt, &self.client, who)
     }
 
     /// Request an optimistic inference of fixture `name` (input given inline); the seed block and one
@@ -170,22 +152,8 @@ fn watcher(dir: &Path, net: &Net, extra: &[&str]) -> NodeProc {
 #[test]
 fn a_watcher_catches_a_lying_node_for_every_op_kind() {
     let _lock = crate::devnet::exclusive();
-    let anvil = Anvil::start();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let (anvil, rt, dep, keys) = crate::dispute::deployed(CHALLENGE_BLOCKS, MOVE_BLOCKS);
     let dir = tempfile::tempdir().unwrap();
-    let keys: Vec<SecretKey> = KEYS
-        .iter()
-        .map(|k| SecretKey::from_hex(k).unwrap())
-        .collect();
-    let params = DeployParams {
-        challenge_blocks: CHALLENGE_BLOCKS,
-        move_blocks: MOVE_BLOCKS,
-        ..DeployParams::default()
-    };
-    let dep = rt.block_on(deploy(&anvil.url, &keys[0], &params)).unwrap();
     let contracts = dir.path().join("contracts.json");
     dep.save(&contracts).unwrap();
     let client = rt
@@ -200,26 +168,9 @@ fn a_watcher_catches_a_lying_node_for_every_op_kind() {
     let node_addr = keys[1].address();
     let watch_addr = keys[2].address();
 
-    // The fixtures: compiled, registered on-chain; for each op kind the first node of that kind.
-    let mut fixtures: Vec<(String, std::path::PathBuf, Model, Trace)> = Vec::new();
-    for (name, flags, _) in manifest() {
-        let vty = compile_fixture(dir.path(), &name, &flags);
-        let (m, t) = traced(dir.path(), &name, &flags);
-        let id = verity_engine::vty::model_id(&m);
-        net.rt
-            .block_on(
-                net.client
-                    .register_model(&id, &name, "1.0.0", &Hash::ZERO, U256::from(1000)),
-            )
-            .unwrap();
-        fixtures.push((name, vty, m, t));
-    }
-    let mut targets: BTreeMap<&'static str, (usize, usize)> = BTreeMap::new();
-    for (f, (_, _, m, _)) in fixtures.iter().enumerate() {
-        for (k, n) in m.nodes.iter().enumerate() {
-            targets.entry(n.op.name()).or_insert((f, k));
-        }
-    }
+    // The fixtures: compiled (into `dir`), registered on-chain; for each op kind the first node of that
+    // kind.
+    let (fixtures, targets) = crate::dispute::registered_fixtures(&net.rt, &net.client, dir.path());
 
     // The node (the only one registered, so always assigned) holds every fixture; the watcher fetches
     // them from it on demand.
@@ -229,7 +180,8 @@ fn a_watcher_catches_a_lying_node_for_every_op_kind() {
     std::fs::write(&publisher, KEYS[0].trim_start_matches("0x")).unwrap();
     {
         let node = NodeProc::start(&nd, &[]);
-        for (name, vty, _, _) in &fixtures {
+        for (name, _, _) in &fixtures {
+            let vty = dir.path().join(format!("{name}.vty"));
             let o = std::process::Command::new(env!("CARGO_BIN_EXE_verity"))
                 .args(["model", "publish", vty.to_str().unwrap(), "--name", name])
                 .args(["--version", "1.0.0", "--node", &node.url])
@@ -248,7 +200,7 @@ fn a_watcher_catches_a_lying_node_for_every_op_kind() {
         "op", "fixture", "node", "moves", "secs"
     );
     for (op, (f, k)) in &targets {
-        let (name, _, m, honest) = &fixtures[*f];
+        let (name, m, honest) = &fixtures[*f];
         let mut node = NodeProc::start(&nd, &["--fault", &format!("corrupt-op={op}")]);
         let start = Instant::now();
         let stake_before = net.stake(node_addr);
@@ -287,7 +239,7 @@ fn a_watcher_catches_a_lying_node_for_every_op_kind() {
 
     // An honest node against a lying watcher: the watcher cannot prove its element, misses its last
     // move, and the node claims the timeout; its result finalizes and it keeps its stake.
-    let (name, _, m, honest) = fixtures.iter().find(|f| f.0 == "mlp").unwrap();
+    let (name, m, honest) = fixtures.iter().find(|f| f.0 == "mlp").unwrap();
     drop(_watcher);
     let liar_wd = dir.path().join("liar-watcher");
     let _liar_watcher = watcher(&liar_wd, &net, &["--fault", "corrupt-op=EinSum"]);
@@ -322,7 +274,7 @@ fn a_watcher_catches_a_lying_node_for_every_op_kind() {
     drop(_node);
 
     // A lying node that disappears after committing loses the game by timeout.
-    let (name, _, m, honest) = fixtures.iter().find(|f| f.0 == "cnn").unwrap();
+    let (name, m, honest) = fixtures.iter().find(|f| f.0 == "cnn").unwrap();
     let mut node = NodeProc::start(&nd, &["--fault", "corrupt-op=Conv2d"]);
     let truth = Side::new(m, honest).unwrap();
     let stake_before = net.stake(node_addr);
