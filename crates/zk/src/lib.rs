@@ -5,16 +5,23 @@
 //! layer — sumchecks, the fractional-sum (logUp) range argument, the tensor-code commitment and the
 //! per-op reductions — is Verity's own. See `docs/spec/zk.md`.
 #![deny(missing_docs)]
+#![allow(clippy::needless_range_loop)]
 
 pub mod channel;
+pub mod circuit;
+pub mod dims;
 pub mod field;
 pub mod logup;
 pub mod mle;
 pub mod pcs;
+pub mod protocol;
 pub mod sumcheck;
 pub mod transcript;
+pub mod witness;
 
+pub use circuit::{keygen, ProvingKey, VerifyingKey};
 pub use field::{Ext, F};
+pub use protocol::{prove, verify};
 
 /// Why proving or verifying failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

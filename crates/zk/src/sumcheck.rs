@@ -91,7 +91,12 @@ pub fn run(
     let mut point = Vec::with_capacity(n);
     for round in 0..n {
         let vals = ch.ext(b"sumcheck round", degree + 1, || {
-            round_values(poly.as_ref().map(|p| p as &Poly).unwrap_or(&Poly::default()), degree)
+            round_values(
+                poly.as_ref()
+                    .map(|p| p as &Poly)
+                    .unwrap_or(&Poly::default()),
+                degree,
+            )
         })?;
         if vals[0] + vals[1] != claim {
             return Err(ZkError::rejected(format!(

@@ -1,0 +1,414 @@
+//! The prover's side of the circuit: every committed tensor computed from the operands with the canonical
+//! rules (and checked against the executor's outputs), then split into limbs to fill the trace table.
+
+use verity_engine::exec::{broadcast_strides, for_each_index, label_strides, strides};
+use verity_engine::{Executor, Mode};
+
+use crate::circuit::{Bound, Cand, Circuit, Lin, Post, ProvingKey, Src, Step, LIMB_BITS};
+use crate::field::F;
+use crate::ZkError;
+use p3_field::PrimeCharacteristicRing;
+
+/// Everything the prover computed.
+pub struct Witness {
+    /// Row-major values of every committed tensor.
+    pub vals: Vec<Vec<i128>>,
+    /// The trace table.
+    pub t: Vec<F>,
+    /// The model outputs.
+    pub outputs: Vec<Vec<i32>>,
+}
+
+pub(crate) fn src_shape(pk: &ProvingKey, s: Src) -> Vec<usize> {
+    match s {
+        Src::Input(i) => pk.circuit.inputs[i].dims.clone(),
+        Src::Weight(c) => pk.circuit.weights[c].0.dims.clone(),
+        Src::Num(n) => pk.circuit.nums[n].dims.dims.clone(),
+    }
+}
+
+pub(crate) fn src_dense(
+    pk: &ProvingKey,
+    inputs: &[Vec<i32>],
+    vals: &[Vec<i128>],
+    s: Src,
+) -> Vec<i128> {
+    match s {
+        Src::Input(i) => inputs[i].iter().map(|&v| v as i128).collect(),
+        Src::Weight(c) => pk.model.consts[c].data.iter().map(|&v| v as i128).collect(),
+        Src::Num(n) => vals[n].clone(),
+    }
+}
+
+fn broadcast(x: &[i128], from: &[usize], to: &[usize]) -> Vec<i128> {
+    let st = broadcast_strides(to, from);
+    let mut out = Vec::with_capacity(to.iter().product());
+    for_each_index(to, &[st], |_, o| out.push(x[o[0]]));
+    out
+}
+
+fn rshift(x: i128, k: i32) -> i128 {
+    if k > 0 {
+        (x + (1i128 << (k - 1))) >> k
+    } else {
+        x << -k
+    }
+}
+
+struct Ctx<'a> {
+    pk: &'a ProvingKey,
+    inputs: &'a [Vec<i32>],
+    vals: Vec<Vec<i128>>,
+}
+
+impl Ctx<'_> {
+    fn dense(&self, s: Src) -> Vec<i128> {
+        src_dense(self.pk, self.inputs, &self.vals, s)
+    }
+    fn shape(&self, s: Src) -> Vec<usize> {
+        src_shape(self.pk, s)
+    }
+
+    fn lin(&self, lin: &Lin, out: &[usize]) -> Result<Vec<i128>, ZkError> {
+        let n: usize = out.iter().product();
+        Ok(match lin {
+            Lin::Copy(s) => self.dense(*s),
+            Lin::AddSub { a, b, la, lb, sub } => {
+                let x = broadcast(&self.dense(*a), &self.shape(*a), out);
+                let y = broadcast(&self.dense(*b), &self.shape(*b), out);
+                x.iter()
+                    .zip(&y)
+                    .map(|(&x, &y)| {
+                        if *sub {
+                            (x << la) - (y << lb)
+                        } else {
+                            (x << la) + (y << lb)
+                        }
+                    })
+                    .collect()
+            }
+            Lin::Mul { a, b } => {
+                let x = broadcast(&self.dense(*a), &self.shape(*a), out);
+                let y = broadcast(&self.dense(*b), &self.shape(*b), out);
+                x.iter().zip(&y).map(|(&x, &y)| x * y).collect()
+            }
+            Lin::EinSum {
+                a,
+                b,
+                bias,
+                la,
+                lb,
+                lo,
+            } => {
+                let (sa, sb) = (self.shape(*a), self.shape(*b));
+                let (xa, xb) = (self.dense(*a), self.dense(*b));
+                let mut sizes = [1usize; 256];
+                for (ls, sh) in [(la, &sa), (lb, &sb)] {
+                    for (&l, &d) in ls.iter().zip(sh.iter()) {
+                        sizes[l as usize] = d;
+                    }
+                }
+                let mut summed: Vec<u8> = Vec::new();
+                for &l in la.iter().chain(lb.iter()) {
+                    if !lo.contains(&l) && !summed.contains(&l) {
+                        summed.push(l);
+                    }
+                }
+                let sum_shape: Vec<usize> = summed.iter().map(|&l| sizes[l as usize]).collect();
+                let a_out = label_strides(la, &sa, lo);
+                let b_out = label_strides(lb, &sb, lo);
+                let st = [
+                    label_strides(la, &sa, &summed),
+                    label_strides(lb, &sb, &summed),
+                ];
+                let mut acc = vec![0i128; n];
+                for_each_index(out, &[a_out, b_out], |flat, o| {
+                    let mut s = 0i128;
+                    for_each_index(&sum_shape, &st, |_, k| {
+                        s += xa[o[0] + k[0]] * xb[o[1] + k[1]];
+                    });
+                    acc[flat] = s;
+                });
+                if let Some((bs, sh)) = bias {
+                    let bv = broadcast(&self.dense(*bs), &self.shape(*bs), out);
+                    for (x, b) in acc.iter_mut().zip(bv) {
+                        *x += b << sh;
+                    }
+                }
+                acc
+            }
+            Lin::Conv {
+                x,
+                w,
+                bias,
+                window,
+                groups,
+            } => {
+                let (xs, ws) = (self.shape(*x), self.shape(*w));
+                let (xv, wv) = (self.dense(*x), self.dense(*w));
+                let bv = bias.map(|(b, sh)| (self.dense(b), sh));
+                let (cin, cg, h, wd) = (xs[1], ws[1], xs[2] as i64, xs[3] as i64);
+                let og = out[1] / groups;
+                let (kh, kw) = (ws[2], ws[3]);
+                let mut acc = Vec::with_capacity(n);
+                for bn in 0..out[0] {
+                    for o in 0..out[1] {
+                        for oy in 0..out[2] {
+                            for ox in 0..out[3] {
+                                let mut s = 0i128;
+                                for ci in 0..cg {
+                                    let ch = (o / og) * cg + ci;
+                                    for ky in 0..kh {
+                                        let iy = (oy * window.stride[0] as usize
+                                            + ky * window.dilation[0] as usize)
+                                            as i64
+                                            - window.pads[0] as i64;
+                                        if iy < 0 || iy >= h {
+                                            continue;
+                                        }
+                                        for kx in 0..kw {
+                                            let ix = (ox * window.stride[1] as usize
+                                                + kx * window.dilation[1] as usize)
+                                                as i64
+                                                - window.pads[1] as i64;
+                                            if ix < 0 || ix >= wd {
+                                                continue;
+                                            }
+                                            s += xv[((bn * cin + ch) * xs[2] + iy as usize)
+                                                * xs[3]
+                                                + ix as usize]
+                                                * wv[((o * cg + ci) * kh + ky) * kw + kx];
+                                        }
+                                    }
+                                }
+                                if let Some((b, sh)) = &bv {
+                                    s += b[o] << sh;
+                                }
+                                acc.push(s);
+                            }
+                        }
+                    }
+                }
+                acc
+            }
+            Lin::Reduce { x, axes } => {
+                let xs = self.shape(*x);
+                let xv = self.dense(*x);
+                let ost = strides(out);
+                let to: Vec<usize> = (0..xs.len())
+                    .map(|i| if axes.contains(&i) { 0 } else { ost[i] })
+                    .collect();
+                let mut acc = vec![0i128; n];
+                for_each_index(&xs, &[to], |flat, o| acc[o[0]] += xv[flat]);
+                acc
+            }
+            Lin::Wire { parts, map } => {
+                let mut acc = vec![0i128; n];
+                for (p, m) in parts.iter().zip(map) {
+                    let v = self.dense(*p);
+                    for &(o, s) in m {
+                        acc[o as usize] += v[s as usize];
+                    }
+                }
+                acc
+            }
+            Lin::Gather {
+                data,
+                indices,
+                axis,
+            } => {
+                let m = gather_map(&self.shape(*data), &self.dense(*indices), *axis)?;
+                let v = self.dense(*data);
+                let mut acc = vec![0i128; n];
+                for (o, s) in m {
+                    acc[o as usize] = v[s as usize];
+                }
+                acc
+            }
+        })
+    }
+
+    fn cand(&self, c: &Cand, out: &[usize]) -> Vec<i128> {
+        let n: usize = out.iter().product();
+        match c {
+            Cand::View(s, sh) => broadcast(&self.dense(*s), &self.shape(*s), out)
+                .into_iter()
+                .map(|v| v << sh)
+                .collect(),
+            Cand::Const(v) => vec![*v as i128; n],
+            Cand::Tap(s, m) => {
+                let v = self.dense(*s);
+                let mut o = vec![0i128; n];
+                for &(i, j) in m {
+                    o[i as usize] = v[j as usize];
+                }
+                o
+            }
+        }
+    }
+}
+
+/// (output, source) pairs of a gather by `idx` along `axis` of a tensor of shape `s0`.
+pub fn gather_map(s0: &[usize], idx: &[i128], axis: usize) -> Result<Vec<(u32, u32)>, ZkError> {
+    let outer: usize = s0[..axis].iter().product();
+    let inner: usize = s0[axis + 1..].iter().product();
+    let dim = s0[axis] as i128;
+    let mut m = Vec::with_capacity(outer * idx.len() * inner);
+    let mut flat = 0u32;
+    for o in 0..outer {
+        for &i in idx {
+            let j = if i < 0 { i + dim } else { i };
+            if j < 0 || j >= dim {
+                return Err(ZkError::Execution(format!(
+                    "gather index {i} is out of range for an axis of {dim}"
+                )));
+            }
+            let at = (o * dim as usize + j as usize) * inner;
+            for k in 0..inner {
+                m.push((flat, (at + k) as u32));
+                flat += 1;
+            }
+        }
+    }
+    Ok(m)
+}
+
+pub(crate) fn bound_values(b: &Bound, n: usize) -> Vec<u64> {
+    match b {
+        Bound::Const(c) => vec![*c; n],
+        Bound::Table(t) => t.clone(),
+    }
+}
+
+/// Compute the witness for `inputs` (quantized) and fill the trace table.
+pub fn witness(pk: &ProvingKey, inputs: &[Vec<i32>]) -> Result<Witness, ZkError> {
+    let c: &Circuit = &pk.circuit;
+    let exec = Executor::new(&pk.model, Mode::Fast { threads: 1 });
+    let (outputs, trace) = exec
+        .run_trace(inputs.to_vec())
+        .map_err(|e| ZkError::Execution(format!("the canonical execution failed: {e}")))?;
+    let mut cx = Ctx {
+        pk,
+        inputs,
+        vals: vec![Vec::new(); c.nums.len()],
+    };
+    let ni = inputs.len();
+    for (k, steps) in c.nodes.iter().enumerate() {
+        for step in steps {
+            let out_shape = c.nums[step.out()].dims.dims.clone();
+            let n: usize = out_shape.iter().product();
+            match step {
+                Step::Lin { out, lin, post } => {
+                    let pre = cx.lin(lin, &out_shape)?;
+                    let (y, rem): (Vec<i128>, Option<(Vec<i128>, &crate::circuit::Bounded)>) =
+                        match post {
+                            Post::Resc { k, rem } => {
+                                let y: Vec<i128> = pre.iter().map(|&p| rshift(p, *k)).collect();
+                                let r = rem.as_ref().map(|b| {
+                                    let r = pre
+                                        .iter()
+                                        .zip(&y)
+                                        .map(|(&p, &y)| p + (1i128 << (k - 1)) - (y << k))
+                                        .collect();
+                                    (r, b)
+                                });
+                                (y, r)
+                            }
+                            Post::Div { e, den, rem } => {
+                                let dens = bound_values(den, n);
+                                let mut y = Vec::with_capacity(n);
+                                let mut r = Vec::with_capacity(n);
+                                for (&p, &d) in pre.iter().zip(&dens) {
+                                    let (num, d) = (p << e, d as i128);
+                                    let q = (2 * num + d).div_euclid(2 * d);
+                                    y.push(q);
+                                    r.push(2 * num + d - 2 * d * q);
+                                }
+                                (y, Some((r, rem)))
+                            }
+                        };
+                    if let Some((r, b)) = rem {
+                        let bounds = bound_values(&b.bound, n);
+                        if let Some(comp) = b.comp {
+                            cx.vals[comp] = r
+                                .iter()
+                                .zip(&bounds)
+                                .map(|(&r, &bd)| bd as i128 - 1 - r)
+                                .collect();
+                        }
+                        cx.vals[b.num] = r;
+                    }
+                    cx.vals[*out] = y;
+                }
+                Step::Extreme {
+                    out,
+                    cands,
+                    min,
+                    diffs,
+                } => {
+                    let cv: Vec<Vec<i128>> = cands.iter().map(|c| cx.cand(c, &out_shape)).collect();
+                    let y: Vec<i128> = (0..n)
+                        .map(|i| {
+                            let it = cv.iter().map(|c| c[i]);
+                            if *min {
+                                it.min().unwrap_or(0)
+                            } else {
+                                it.max().unwrap_or(0)
+                            }
+                        })
+                        .collect();
+                    for (d, c) in diffs.iter().zip(&cv) {
+                        cx.vals[*d] = y
+                            .iter()
+                            .zip(c)
+                            .map(|(&y, &c)| if *min { c - y } else { y - c })
+                            .collect();
+                    }
+                    cx.vals[*out] = y;
+                }
+            }
+        }
+        let got = &cx.vals[c.node_out[k]];
+        let want = &trace.tensors[ni + k];
+        if got.len() != want.len() || got.iter().zip(want).any(|(&g, &w)| g != w as i128) {
+            return Err(ZkError::Execution(format!(
+                "node {:?}: the circuit's values differ from the canonical executor's",
+                pk.model.nodes[k].name
+            )));
+        }
+    }
+    // limbs into the trace table
+    let mut t = vec![F::ZERO; 1 << c.t_bits];
+    let mut counts = vec![0u64; 1 << LIMB_BITS];
+    for (id, spec) in c.nums.iter().enumerate() {
+        let l = spec.limbs.len() as u32;
+        let pos = spec.dims.positions();
+        for (&p, &v) in pos.iter().zip(&cx.vals[id]) {
+            let u = v - spec.offset as i128;
+            if u < 0 || (u >> (LIMB_BITS * l)) != 0 {
+                return Err(ZkError::Execution(format!(
+                    "a committed value ({v}) is outside its provable range"
+                )));
+            }
+            for (i, &slot) in spec.limbs.iter().enumerate() {
+                let limb = ((u >> (LIMB_BITS * i as u32)) & 0xffff) as u64;
+                t[c.slots[slot].offset + p] = F::from_u64(limb);
+            }
+        }
+    }
+    let ms = c.slots[c.mult];
+    for (i, x) in t.iter().enumerate() {
+        if i < ms.offset || i >= ms.offset + (1 << ms.bits) {
+            use p3_field::PrimeField64;
+            counts[x.as_canonical_u64() as usize] += 1;
+        }
+    }
+    for (i, &m) in counts.iter().enumerate() {
+        t[ms.offset + i] = F::from_u64(m);
+    }
+    Ok(Witness {
+        vals: cx.vals,
+        t,
+        outputs,
+    })
+}

@@ -1,0 +1,88 @@
+//! Proofs of the bundled fixtures end to end: compile the ONNX model, make its keys, prove the canonical
+//! execution on the fixture's input, verify, and check that tampering with any part fails.
+
+use std::path::PathBuf;
+
+use verity_compiler::{compile_path, CompileOptions};
+use verity_engine::io::{inputs_from_json, quantize_inputs};
+use verity_engine::vty::model_id;
+use verity_engine::Model;
+use verity_zk::{keygen, prove, verify, ZkError};
+
+fn fixture(name: &str) -> (Model, Vec<Vec<i32>>) {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures");
+    let (model, _) = compile_path(
+        &dir.join(format!("{name}.onnx")),
+        &CompileOptions::default(),
+    )
+    .expect("compiles");
+    let text = std::fs::read_to_string(dir.join(format!("{name}.input.json"))).expect("input");
+    let ins = inputs_from_json(&model, &text).expect("input json");
+    let q = quantize_inputs(&model, &ins).expect("quantize");
+    (model, q)
+}
+
+fn round_trip(name: &str) {
+    let (model, x) = fixture(name);
+    let id = model_id(&model);
+    let t = std::time::Instant::now();
+    let pk = keygen(&model, id).expect("keygen");
+    let tk = t.elapsed();
+    let t = std::time::Instant::now();
+    let (y, proof) = prove(&pk, &x).expect("prove");
+    let tp = t.elapsed();
+    let vk = pk.verifying_key();
+    let t = std::time::Instant::now();
+    verify(&model, &vk, &x, &y, &proof).expect("verify");
+    let tv = t.elapsed();
+    eprintln!(
+        "{name}: keygen {tk:?} prove {tp:?} verify {tv:?} proof {} bytes",
+        proof.len()
+    );
+    // a changed output
+    let mut y2 = y.clone();
+    y2[0][0] += 1;
+    assert!(matches!(
+        verify(&model, &vk, &x, &y2, &proof),
+        Err(ZkError::Rejected(_))
+    ));
+    // a changed input
+    let mut x2 = x.clone();
+    x2[0][0] += 1;
+    assert!(matches!(
+        verify(&model, &vk, &x2, &y, &proof),
+        Err(ZkError::Rejected(_))
+    ));
+    // flipped proof bytes at several places
+    for at in [0, proof.len() / 3, proof.len() / 2, proof.len() - 1] {
+        let mut p = proof.clone();
+        p[at] ^= 4;
+        assert!(verify(&model, &vk, &x, &y, &p).is_err(), "flip at {at}");
+    }
+    // truncated and extended
+    assert!(verify(&model, &vk, &x, &y, &proof[..proof.len() - 1]).is_err());
+    let mut longer = proof.clone();
+    longer.push(0);
+    assert!(verify(&model, &vk, &x, &y, &longer).is_err());
+    // a changed weight: another model (another ID and weights root)
+    let mut m2 = model.clone();
+    if let Some(c) = m2.consts.iter_mut().find(|c| !c.data.is_empty()) {
+        c.data[0] += 1;
+    }
+    let pk2 = keygen(&m2, model_id(&m2)).expect("keygen");
+    assert!(verify(&m2, &pk2.verifying_key(), &x, &y, &proof).is_err());
+    // the right model with the other weights root
+    let mut vk3 = vk.clone();
+    vk3.w_root = pk2.verifying_key().w_root;
+    assert!(verify(&model, &vk3, &x, &y, &proof).is_err());
+}
+
+#[test]
+fn mlp_proves_and_verifies() {
+    round_trip("mlp");
+}
+
+#[test]
+fn cnn_proves_and_verifies() {
+    round_trip("cnn");
+}
