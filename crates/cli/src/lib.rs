@@ -20,6 +20,7 @@ mod devnet;
 mod net;
 mod request;
 mod verify;
+mod zk;
 
 /// Verity: verifiable AI inference.
 #[derive(Parser, Debug)]
@@ -54,8 +55,12 @@ enum Cmd {
     /// Check a receipt or a quorum certificate offline: signatures, signers (for a certificate: k distinct
     /// nodes drawn from its registry snapshot, optionally checked against the chain), input/output
     /// hashes, and re-execution with the model.
+    /// A zk proof file (from `verity prove` or a node's `zk` mode) is checked against --model instead.
     /// Exit code 0 only if everything holds, 1 if a check fails, 2 if the files cannot be read.
     Verify(verify::VerifyArgs),
+    /// Prove a canonical inference in zero knowledge: writes a proof file that `verity verify` checks
+    /// offline with the model (statement: model ID, input hash, output hash).
+    Prove(zk::ProveArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -443,7 +448,7 @@ pub(crate) fn load_inputs(m: &Model, specs: &[String]) -> Result<Vec<FloatTensor
         .collect()
 }
 
-fn tensor_json(shape: &[u32], data: &[f64]) -> Value {
+pub(crate) fn tensor_json(shape: &[u32], data: &[f64]) -> Value {
     json!({"shape": shape, "data": data})
 }
 
@@ -561,6 +566,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Cmd::Devnet(a) => devnet::cmd_devnet(a),
         Cmd::Watch(a) => net::cmd_watch(a),
         Cmd::Request(a) => request::cmd_request(a),
+        Cmd::Prove(a) => zk::cmd_prove(a),
         Cmd::Verify(a) => match verify::check(&a) {
             Ok(verify::Verdict::Valid(s)) => {
                 println!("{s}");

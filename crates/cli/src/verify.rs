@@ -14,7 +14,8 @@ use verity_engine::{Executor, Mode};
 
 #[derive(Args, Debug, Clone)]
 pub struct VerifyArgs {
-    /// The receipt (as saved by `verity infer --save-receipt`, or a full `/v1/.../infer` response).
+    /// The receipt (as saved by `verity infer --save-receipt`, or a full `/v1/.../infer` response), or a
+    /// zk proof file.
     receipt: PathBuf,
     /// The input it claims (JSON or `.npy`, as for `verity run`); needs --model for the input scales.
     #[arg(long)]
@@ -38,6 +39,9 @@ pub struct VerifyArgs {
     /// For a quorum certificate: compare its registry snapshot with this snapshot file.
     #[arg(long)]
     registry: Option<PathBuf>,
+    /// For a zk proof: trust this constants root for the model (as registered) instead of recomputing it.
+    #[arg(long)]
+    weights_root: Option<verity_core::Hash>,
 }
 
 /// The outcome: `Ok(summary)` if everything holds, `Err(reason)` otherwise.
@@ -138,6 +142,11 @@ fn claimed_outputs(doc: &Value, model: Option<&Model>) -> Result<Vec<Vec<i32>>, 
 }
 
 pub fn check(a: &VerifyArgs) -> Result<Verdict> {
+    let raw = std::fs::read(&a.receipt)
+        .with_context(|| format!("cannot read {}", a.receipt.display()))?;
+    if verity_zk::file::is_proof_file(&raw) {
+        return crate::zk::check_proof(&raw, a.model.as_ref(), a.weights_root);
+    }
     let doc = read_json(&a.receipt)?;
     let receipt_v = if doc
         .get("receipt")

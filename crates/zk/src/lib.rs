@@ -11,6 +11,7 @@ pub mod channel;
 pub mod circuit;
 pub mod dims;
 pub mod field;
+pub mod file;
 pub mod logup;
 pub mod mle;
 pub mod pcs;
@@ -21,6 +22,7 @@ pub mod witness;
 
 pub use circuit::{keygen, ProvingKey, VerifyingKey};
 pub use field::{Ext, F};
+pub use file::ProofFile;
 pub use protocol::{prove, verify};
 
 /// Why proving or verifying failed.
