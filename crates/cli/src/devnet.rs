@@ -536,6 +536,14 @@ pub fn cmd_devnet(a: DevnetArgs) -> Result<()> {
                 waddr,
             )?;
         }
+        demo_zk(
+            &endpoints,
+            name,
+            id,
+            &vty,
+            &a.models.join(format!("{name}.input.json")),
+            &dir,
+        )?;
     }
     if a.once {
         println!("stopping (--once)");
@@ -776,6 +784,63 @@ fn demo(
         verdict.trim().split(';').next().unwrap_or_default()
     );
     println!("== demo done ==\n");
+    Ok(())
+}
+
+/// zk mode: a node proves an inference; the proof is checked offline with the model alone.
+fn demo_zk(
+    endpoints: &[(String, verity_core::Address)],
+    name: &str,
+    id: Hash,
+    vty: &Path,
+    input: &Path,
+    dir: &Path,
+) -> Result<()> {
+    println!("== demo, part 3: zk mode, a proof anyone can check offline ==");
+    let spec = input.display().to_string();
+    let ddir = dir.join("demo");
+    std::fs::create_dir_all(&ddir)?;
+    let zpath = ddir.join(format!("proof-{id}.zk"));
+    let resp = verity(
+        &[
+            "infer",
+            name,
+            "--input",
+            &spec,
+            "--node",
+            &endpoints[0].0,
+            "--zk-proof",
+            zpath.to_str().unwrap_or_default(),
+        ],
+        &[],
+    )?;
+    let resp: Value = serde_json::from_str(&resp).context("the zk inference response")?;
+    let verdict = verity(
+        &[
+            "verify",
+            zpath.to_str().unwrap_or_default(),
+            "--model",
+            vty.to_str().unwrap_or_default(),
+        ],
+        &[],
+    )?;
+    let v: Value = serde_json::from_str(&verdict).context("the proof verdict")?;
+    if v["valid"] != json!(true) || v["output_hash"] != resp["zk"]["output_hash"] {
+        bail!("the zk proof did not verify: {verdict}");
+    }
+    println!(
+        "1. prove    node {} proved the inference in {:.0} ms ({} kB proof, statement: model {id}, output {})",
+        endpoints[0].1,
+        resp["zk"]["prove_ms"].as_f64().unwrap_or(0.0),
+        resp["zk"]["proof_bytes"].as_u64().unwrap_or(0) / 1000,
+        v["output_hash"].as_str().unwrap_or_default()
+    );
+    println!(
+        "2. verify   verity verify {} --model … → valid, checked offline in {:.1} ms (no re-execution, no trust in the node)",
+        zpath.display(),
+        v["verify_ms"].as_f64().unwrap_or(0.0)
+    );
+    println!("== zk demo done ==\n");
     Ok(())
 }
 

@@ -389,6 +389,10 @@ pub struct InferArgs {
     /// With --quorum: per-node time limit in milliseconds.
     #[arg(long, default_value_t = 15000)]
     timeout_ms: u64,
+    /// zk mode: the node also proves the inference; the proof file is written here (check it with
+    /// `verity verify <file> --model <model.vty>`).
+    #[arg(long, conflicts_with = "quorum")]
+    zk_proof: Option<PathBuf>,
     #[command(flatten)]
     node: NodeUrl,
 }
@@ -581,6 +585,9 @@ pub fn cmd_infer(a: InferArgs) -> Result<()> {
         if let Some(r) = a.request_id {
             header["request_id"] = json!(r);
         }
+        if a.zk_proof.is_some() {
+            header["mode"] = json!("zk");
+        }
         let h = serde_json::to_vec(&header)?;
         let hlen = h.len();
         let mut body = h;
@@ -598,9 +605,23 @@ pub fn cmd_infer(a: InferArgs) -> Result<()> {
         if let Some(r) = a.request_id {
             doc["request_id"] = json!(r);
         }
+        if a.zk_proof.is_some() {
+            doc["mode"] = json!("zk");
+        }
         http.post(&url).json(&doc)
     };
-    let v = json_or_error(send(req, &url)?, "inference")?;
+    let mut v = json_or_error(send(req, &url)?, "inference")?;
+    if let Some(p) = &a.zk_proof {
+        use base64::Engine as _;
+        let b64 = v["zk"]["proof"]
+            .as_str()
+            .ok_or_else(|| anyhow!("the node returned no proof"))?;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .context("the node's proof is not base64")?;
+        std::fs::write(p, &bytes).with_context(|| format!("cannot write {}", p.display()))?;
+        v["zk"]["proof"] = json!(p.display().to_string());
+    }
     if let Some(p) = &a.save_receipt {
         std::fs::write(p, serde_json::to_vec_pretty(&v["receipt"])?)
             .with_context(|| format!("cannot write {}", p.display()))?;

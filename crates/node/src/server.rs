@@ -55,6 +55,7 @@ pub fn router(node: Arc<Node>) -> Router {
             post(crate::quorum::post_quorum),
         )
         .route("/v1/models/{model}/infer", post(infer_native))
+        .route("/v1/models/{model}/zk", get(zk_key))
         .route("/v1/receipts/{request_id}", get(get_receipt))
         .route("/v2", get(v2_server))
         .route("/v2/health/live", get(v2_live))
@@ -470,6 +471,7 @@ fn decode_body(
                         )
                     })?);
                 }
+                r.zk = crate::tensors::parse_mode(v.get("mode"))?;
             }
         }
         return Ok(r);
@@ -536,7 +538,18 @@ async fn infer_native(
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
     let req = read_request(&node, &headers, body, true).await?;
+    let zk_inputs = req.zk.then(|| req.inputs.clone());
     let (_, version, loaded, inf) = run_inference(&node, &model, req).await?;
+    let zk = match zk_inputs {
+        Some(inputs) => {
+            let l2 = loaded.clone();
+            Some(
+                node.on_worker(false, move || prove_inference(&l2, inputs))
+                    .await??,
+            )
+        }
+        None => None,
+    };
     let outs = Node::describe_outputs(loaded.exec.model(), &inf.outputs);
     let outputs: Vec<Value> = outs
         .into_iter()
@@ -552,11 +565,63 @@ async fn infer_native(
         "result_hash": inf.receipt.receipt.result_hash(),
         "latency_us": inf.micros,
     });
+    if let Some(z) = zk {
+        doc["zk"] = z;
+    }
     if let Some(v) = version {
         doc["name"] = json!(v.manifest.manifest.name);
         doc["version"] = json!(v.manifest.manifest.version);
     }
     Ok(Json(doc))
+}
+
+/// `zk` mode: prove the canonical execution on these inputs; the proof file (base64) with its statement.
+fn prove_inference(
+    loaded: &crate::state::Loaded,
+    inputs: Vec<crate::tensors::NamedTensor>,
+) -> Result<Value, ApiError> {
+    use base64::Engine as _;
+    let model = loaded.exec.model();
+    let q = crate::state::bind_inputs(model, inputs)?;
+    let pk = loaded
+        .zk_key()
+        .map_err(|e| ApiError::unprocessable("zk_unsupported", e))?;
+    let t = std::time::Instant::now();
+    let (outputs, proof) = verity_zk::prove(&pk, &q)
+        .map_err(|e| ApiError::unprocessable("zk_failed", e.to_string()))?;
+    let prove_ms = t.elapsed().as_secs_f64() * 1e3;
+    let file = verity_zk::ProofFile {
+        model_id: loaded.id,
+        w_root: pk.w.root,
+        inputs: q.clone(),
+        outputs: outputs.clone(),
+        proof,
+    };
+    Ok(json!({
+        "proof": base64::engine::general_purpose::STANDARD.encode(file.to_bytes()),
+        "proof_bytes": file.proof.len(),
+        "weights_root": pk.w.root,
+        "input_hash": verity_engine::commit::tensors_hash(&q),
+        "output_hash": verity_engine::commit::tensors_hash(&outputs),
+        "prove_ms": prove_ms,
+    }))
+}
+
+/// The model's zk verifying key (model ID and constants root), or why it cannot be proven.
+async fn zk_key(
+    State(node): State<Arc<Node>>,
+    Path(model): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let (rec, _) = node.resolve(&model).await?;
+    let loaded = node.load(&rec).await?;
+    let l2 = loaded.clone();
+    let pk = node
+        .on_worker(false, move || l2.zk_key())
+        .await?
+        .map_err(|e| ApiError::unprocessable("zk_unsupported", e))?;
+    Ok(Json(
+        json!({"model_id": loaded.id, "weights_root": pk.w.root}),
+    ))
 }
 
 /// Part of a multipart body, read with a size cap.

@@ -27,6 +27,21 @@ pub struct Loaded {
     pub exec: Executor<Arc<Model>>,
     /// Moving average of the time one inference takes here (µs; 0 = not measured yet).
     pub cost_us: AtomicU64,
+    /// The zk proving key, made once at the model's first zk request (or `Err`: why it cannot be proven).
+    pub zk: std::sync::OnceLock<Result<Arc<verity_zk::ProvingKey>, String>>,
+}
+
+impl Loaded {
+    /// The zk proving key (made and kept on first use).
+    pub fn zk_key(&self) -> Result<Arc<verity_zk::ProvingKey>, String> {
+        self.zk
+            .get_or_init(|| {
+                verity_zk::keygen(self.exec.model(), self.id)
+                    .map(Arc::new)
+                    .map_err(|e| e.to_string())
+            })
+            .clone()
+    }
 }
 
 /// Inferences measured below this many microseconds run on the async worker that received them.
@@ -352,6 +367,7 @@ impl Node {
                         id,
                         exec: Executor::new(Arc::new(model), Mode::Fast { threads: 1 }),
                         cost_us: AtomicU64::new(0),
+                        zk: std::sync::OnceLock::new(),
                     })
                 })
                 .await??;

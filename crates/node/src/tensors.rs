@@ -53,6 +53,20 @@ pub struct InferRequest {
     pub outputs: Option<Vec<RequestedOutput>>,
     /// KServe `parameters.binary_data_output`.
     pub binary_output: bool,
+    /// Native `"mode"`: `"zk"` asks for a proof with the result.
+    pub zk: bool,
+}
+
+/// Parse the native `"mode"` field.
+pub fn parse_mode(v: Option<&Value>) -> Result<bool, TensorError> {
+    match v {
+        None | Some(Value::Null) => Ok(false),
+        Some(Value::String(s)) if s == "zk" => Ok(true),
+        Some(Value::String(s)) if s == "vanilla" => Ok(false),
+        Some(other) => Err(TensorError::Malformed(format!(
+            "mode must be \"vanilla\" or \"zk\", got {other}"
+        ))),
+    }
 }
 
 /// Element size in bytes of a KServe datatype, or `None` if Verity does not take it.
@@ -315,6 +329,7 @@ pub fn decode_native(body: &[u8], max_elements: u64) -> Result<InferRequest, Ten
     if obj.get("inputs").is_some_and(Value::is_array) {
         let mut r = decode_kserve(body, None, max_elements)?;
         r.request_id = parse_request_id(obj.get("request_id"))?.or(r.request_id);
+        r.zk = parse_mode(obj.get("mode"))?;
         return Ok(r);
     }
     let inputs = obj
@@ -327,6 +342,7 @@ pub fn decode_native(body: &[u8], max_elements: u64) -> Result<InferRequest, Ten
         })?;
     let mut req = InferRequest {
         request_id: parse_request_id(obj.get("request_id"))?,
+        zk: parse_mode(obj.get("mode"))?,
         ..Default::default()
     };
     for (name, t) in inputs {

@@ -90,6 +90,16 @@ fn devnet_demo_runs_end_to_end_and_resumes() {
     ] {
         assert!(out.contains(want), "missing '{want}' in:\n{out}");
     }
+    // zk mode: a node proves the inference and the proof verifies offline against the model
+    for want in [
+        "part 3: zk mode",
+        "1. prove    node",
+        "2. verify   verity verify",
+        "→ valid, checked offline",
+        "zk demo done",
+    ] {
+        assert!(out.contains(want), "missing '{want}' in:\n{out}");
+    }
     let receipts = out.lines().filter(|l| l.starts_with("3. receipt")).count();
     assert_eq!(receipts, 2, "k = 2 receipts accepted:\n{out}");
     let summary: serde_json::Value =

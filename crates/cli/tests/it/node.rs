@@ -1063,3 +1063,126 @@ fn walk_files(p: &Path) -> usize {
         })
         .sum()
 }
+
+#[test]
+fn zk_mode_returns_a_proof_that_verifies_offline() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let node = NodeProc::start(&tmp.path().join("node"), &[]);
+    let key = tmp.path().join("user.key");
+    cli_ok(&node, &key, &["key", "new"]);
+    let cnn = compile(tmp.path(), "cnn");
+    let id = model_id_of(&cnn);
+    cli_ok(
+        &node,
+        &key,
+        &[
+            "model",
+            "publish",
+            cnn.to_str().expect("p"),
+            "--name",
+            "cnn",
+            "--version",
+            "1",
+        ],
+    );
+    // the verifying key: model ID and constants root
+    let vk: Value = http()
+        .get(format!("{}/v1/models/cnn/zk", node.url))
+        .send()
+        .expect("vk")
+        .json()
+        .expect("json");
+    assert_eq!(vk["model_id"], json!(id));
+    // HTTP: mode zk returns the outputs, the receipt and the proof of the same result
+    let mut body = json!({"inputs": input_doc("cnn"), "mode": "zk"});
+    let v: Value = http()
+        .post(format!("{}/v1/models/cnn/infer", node.url))
+        .json(&body)
+        .send()
+        .expect("infer")
+        .json()
+        .expect("json");
+    assert_eq!(v["zk"]["weights_root"], vk["weights_root"], "{v}");
+    assert_eq!(
+        v["zk"]["output_hash"],
+        v["receipt"]["receipt"]["output_hash"]
+    );
+    use base64::Engine as _;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(v["zk"]["proof"].as_str().expect("proof"))
+        .expect("base64");
+    let file = verity_zk::ProofFile::from_bytes(&bytes).expect("proof file");
+    let (model, mid) =
+        verity_engine::vty::decode(&std::fs::read(&cnn).expect("vty")).expect("model");
+    assert_eq!(file.model_id, mid);
+    let vkey = verity_zk::VerifyingKey {
+        model_id: mid,
+        w_root: file.w_root,
+    };
+    verity_zk::verify(&model, &vkey, &file.inputs, &file.outputs, &file.proof).expect("verifies");
+    // the CLI: infer --zk-proof writes the file; verify accepts it with the model and refuses a wrong one
+    let proof = tmp.path().join("cnn.zk");
+    cli_ok(
+        &node,
+        &key,
+        &[
+            "infer",
+            "cnn",
+            "--input",
+            "fixtures/cnn.input.json",
+            "--zk-proof",
+            proof.to_str().expect("p"),
+        ],
+    );
+    let ok: Value = serde_json::from_str(&cli_ok(
+        &node,
+        &key,
+        &[
+            "verify",
+            proof.to_str().expect("p"),
+            "--model",
+            cnn.to_str().expect("p"),
+        ],
+    ))
+    .expect("json");
+    assert_eq!(ok["valid"], json!(true));
+    let mlp = compile(tmp.path(), "mlp");
+    let bad = cli(
+        &node,
+        &key,
+        &[
+            "verify",
+            proof.to_str().expect("p"),
+            "--model",
+            mlp.to_str().expect("p"),
+        ],
+    );
+    assert_eq!(
+        bad.status.code(),
+        Some(1),
+        "a proof for another model is invalid"
+    );
+    let mut flipped = std::fs::read(&proof).expect("proof");
+    let at = flipped.len() - 1000;
+    flipped[at] ^= 1;
+    std::fs::write(&proof, flipped).expect("write");
+    let bad = cli(
+        &node,
+        &key,
+        &[
+            "verify",
+            proof.to_str().expect("p"),
+            "--model",
+            cnn.to_str().expect("p"),
+        ],
+    );
+    assert_eq!(bad.status.code(), Some(1), "a tampered proof is invalid");
+    // an unknown mode is a 400 with a message
+    body["mode"] = json!("fast");
+    let resp = http()
+        .post(format!("{}/v1/models/cnn/infer", node.url))
+        .json(&body)
+        .send()
+        .expect("infer");
+    assert_eq!(error_code(resp, 400), "malformed_request");
+}
