@@ -16,8 +16,10 @@ use crate::field::{from_i64, F};
 use crate::pcs::{self, Committed};
 use crate::ZkError;
 
-/// Bits per limb: every entry of the trace table is below `2^LIMB_BITS`.
-pub const LIMB_BITS: u32 = 16;
+/// Limb widths a circuit may use: every entry of its trace table is below `2^limb_bits`. Wide limbs need
+/// fewer entries per value but a larger range table; each model gets the width that makes its trace
+/// table smaller.
+pub const LIMB_CHOICES: [u32; 2] = [16, 8];
 /// Field relations are exact integer relations while every side stays below this magnitude.
 pub const EXACT: u128 = 1 << 62;
 
@@ -235,14 +237,20 @@ pub struct Circuit {
     pub nums: Vec<NumSpec>,
     /// Trace slots.
     pub slots: Vec<Slot>,
-    /// The multiplicity slot (2^16 entries).
+    /// The multiplicity slot (`2^limb_bits` entries).
     pub mult: usize,
+    /// Bits per limb.
+    pub limb_bits: u32,
     /// Variables of `T`.
     pub t_bits: usize,
+    /// Entries of `T` in use (the rest are zero).
+    pub t_len: usize,
     /// Constant shapes and their `W` slots `(offset, bits)`.
     pub weights: Vec<(Dims, usize)>,
     /// Variables of `W`.
     pub w_bits: usize,
+    /// Entries of `W` in use.
+    pub w_len: usize,
     /// The model outputs (sources).
     pub outputs: Vec<Src>,
 }
@@ -272,21 +280,23 @@ struct Builder<'m> {
     nums: Vec<NumSpec>,
     limb_bits: Vec<(usize, usize)>, // (num, bits) per limb, in creation order
     maxabs: Vec<u128>,              // per constant
+    limb: u32,
 }
 
 fn us(s: &[u32]) -> Vec<usize> {
     s.iter().map(|&d| d as usize).collect()
 }
 
-fn limbs_for(bits: u32) -> usize {
-    (bits.max(1)).div_ceil(LIMB_BITS) as usize
-}
 
 impl Builder<'_> {
+    fn limbs_for(&self, bits: u32) -> usize {
+        (bits.max(1)).div_ceil(self.limb) as usize
+    }
+
     fn num(&mut self, shape: &[usize], bits: u32, offset: i64) -> usize {
         let id = self.nums.len();
         let dims = Dims::new(shape);
-        let l = limbs_for(bits);
+        let l = self.limbs_for(bits);
         let mut limbs = Vec::with_capacity(l);
         for _ in 0..l {
             limbs.push(self.limb_bits.len());
@@ -312,7 +322,8 @@ impl Builder<'_> {
         };
         let bits = 64 - max.saturating_sub(1).leading_zeros();
         let num = self.num(shape, bits, 0);
-        let exact_pow = matches!(bound, Bound::Const(b) if b == 1u64 << (LIMB_BITS * limbs_for(bits) as u32).min(63));
+        let full = (self.limb * self.limbs_for(bits) as u32).min(63);
+        let exact_pow = matches!(bound, Bound::Const(b) if b == 1u64 << full);
         let comp = (!exact_pow).then(|| self.num(shape, bits, 0));
         Bounded { num, comp, bound }
     }
@@ -435,8 +446,20 @@ fn shape_map(op: &Op, s0: &[usize], out: &[usize]) -> Option<Vec<(u32, u32)>> {
     Some(m)
 }
 
-/// The circuit of a validated model (no commitment: cheap, what a verifier derives from the model).
+/// The circuit of a validated model (no commitment: cheap, what a verifier derives from the model), with
+/// the limb width that gives the smaller trace table (the wider one on a tie).
 pub fn circuit(model: &Model, model_id: Hash) -> Result<Circuit, ZkError> {
+    let mut best: Option<Circuit> = None;
+    for limb in LIMB_CHOICES {
+        let c = build(model, model_id, limb)?;
+        if best.as_ref().is_none_or(|b| c.t_bits < b.t_bits) {
+            best = Some(c);
+        }
+    }
+    best.ok_or_else(|| ZkError::Unsupported("no limb width".into()))
+}
+
+fn build(model: &Model, model_id: Hash, limb: u32) -> Result<Circuit, ZkError> {
     let maxabs = model
         .consts
         .iter()
@@ -453,6 +476,7 @@ pub fn circuit(model: &Model, model_id: Hash) -> Result<Circuit, ZkError> {
         nums: Vec::new(),
         limb_bits: Vec::new(),
         maxabs,
+        limb,
     };
     let mut nodes = Vec::with_capacity(model.nodes.len());
     let mut node_out: Vec<usize> = Vec::with_capacity(model.nodes.len());
@@ -479,7 +503,7 @@ pub fn circuit(model: &Model, model_id: Hash) -> Result<Circuit, ZkError> {
         .iter()
         .map(|&(num, bits)| (bits, 0, Some(num)))
         .collect();
-    order.push((LIMB_BITS as usize, 0, None));
+    order.push((limb as usize, 0, None));
     for (i, o) in order.iter_mut().enumerate() {
         o.1 = i;
     }
@@ -535,16 +559,19 @@ pub fn circuit(model: &Model, model_id: Hash) -> Result<Circuit, ZkError> {
         nums: b.nums,
         slots,
         mult,
+        limb_bits: limb,
         t_bits,
+        t_len: at,
         weights,
         w_bits,
+        w_len: wat.max(1),
         outputs,
     })
 }
 
 /// The constants table `W` of a circuit.
 pub fn w_table(model: &Model, c: &Circuit) -> Vec<F> {
-    let mut wtab = vec![F::default(); 1 << c.w_bits];
+    let mut wtab = vec![F::default(); c.w_len];
     for (k, (d, off)) in model.consts.iter().zip(&c.weights) {
         for (p, &v) in d.positions().into_iter().zip(&k.data) {
             wtab[off + p] = from_i64(v as i64);
@@ -556,7 +583,7 @@ pub fn w_table(model: &Model, c: &Circuit) -> Vec<F> {
 /// Build the circuit of a validated model and commit its constants (once per model).
 pub fn keygen(model: &Model, model_id: Hash) -> Result<ProvingKey, ZkError> {
     let circuit = circuit(model, model_id)?;
-    let w = pcs::commit(w_table(model, &circuit));
+    let w = pcs::commit(w_table(model, &circuit), circuit.w_bits);
     Ok(ProvingKey {
         circuit,
         model: model.clone(),

@@ -2,7 +2,8 @@
 //! Reed–Solomon rows and a keccak Merkle tree over columns. Transparent, hash-based, post-quantum.
 //!
 //! A table of `2ⁿ` base elements is laid out as a matrix of `2^a` rows by `2^b` columns (`a + b = n`,
-//! entry `i·2^b + j`). Each row, read as the coefficients of a polynomial of degree `< 2^b`, is evaluated on
+//! entry `i·2^b + j`); a table whose entries from `len` on are zero by construction (public) stores only
+//! its first `R = ⌈len/2^b⌉` rows — the others are zero and are neither encoded nor opened. Each row, read as the coefficients of a polynomial of degree `< 2^b`, is evaluated on
 //! the `2^(b+β)` roots of unity (rate `2^-β`); leaf `q` of the Merkle tree is the keccak-256 of column `q`
 //! of the encoded matrix (its `2^a` elements, 8 bytes little-endian each). The commitment is the root.
 //!
@@ -40,6 +41,7 @@ pub fn split(n: usize) -> (usize, usize) {
 #[derive(Clone, Debug)]
 pub struct Committed {
     n: usize,
+    r: usize,
     rows: Vec<F>,
     /// Encoded matrix, stored by column: column `q` is `encoded[q·2^a .. (q+1)·2^a]`.
     encoded: Vec<F>,
@@ -48,9 +50,9 @@ pub struct Committed {
     pub root: Hash,
 }
 
-fn encode_columns(rows: &[F], a: usize, b: usize) -> Vec<F> {
+fn encode_columns(rows: &[F], r: usize, b: usize) -> Vec<F> {
     // a matrix whose columns are the rows' coefficient vectors, zero-padded; one DFT per column
-    let width = 1usize << a;
+    let width = r;
     let height = 1usize << (b + BLOWUP_BITS);
     let mut m = vec![F::ZERO; height * width];
     for i in 0..width {
@@ -70,16 +72,24 @@ fn leaf(col: &[F]) -> Hash {
     keccak256(&bytes)
 }
 
-/// Commit to `values` (`2ⁿ` entries).
-pub fn commit(values: Vec<F>) -> Committed {
-    let n = crate::mle::vars(values.len());
-    assert_eq!(values.len(), 1 << n, "a table of 2^n entries");
+/// Stored rows of a table of `2ⁿ` entries that is zero from `len` on.
+pub fn stored_rows(n: usize, len: usize) -> usize {
     let (a, b) = split(n);
-    let encoded = encode_columns(&values, a, b);
-    let leaves: Vec<Hash> = encoded.chunks(1 << a).map(leaf).collect();
+    len.div_ceil(1 << b).clamp(1, 1 << a)
+}
+
+/// Commit to a table of `2ⁿ` entries given by its first `values.len()` (the rest are zero).
+pub fn commit(mut values: Vec<F>, n: usize) -> Committed {
+    assert!(values.len() <= 1 << n, "a table of at most 2^n entries");
+    let (_, b) = split(n);
+    let r = stored_rows(n, values.len());
+    values.resize(r << b, F::ZERO);
+    let encoded = encode_columns(&values, r, b);
+    let leaves: Vec<Hash> = encoded.chunks(r).map(leaf).collect();
     let root = verity_core::merkle_root(&leaves);
     Committed {
         n,
+        r,
         rows: values,
         encoded,
         leaves,
@@ -104,12 +114,13 @@ fn encode_ext(u: &[Ext]) -> Vec<Ext> {
         .collect()
 }
 
-/// Open the committed table at `point` to `value` (both sides; the prover passes its [`Committed`]).
+/// Open the committed table (`2ⁿ` entries, zero from `len` on) at `point` to `value` (both sides; the
+/// prover passes its [`Committed`]).
 pub fn open(
     ch: &mut Channel,
     prover: Option<&Committed>,
     root: &Hash,
-    n: usize,
+    (n, len): (usize, usize),
     point: &[Ext],
     value: Ext,
 ) -> Result<(), ZkError> {
@@ -117,11 +128,13 @@ pub fn open(
         return Err(ZkError::rejected("an opening point has the wrong length"));
     }
     let (a, b) = split(n);
+    let r = stored_rows(n, len);
     let (z_row, z_col) = point.split_at(a);
-    let eq_row = eq_table(z_row);
+    let mut eq_row = eq_table(z_row);
+    eq_row.truncate(r);
     let u = ch.ext(b"pcs row", 1 << b, || {
         let c = prover.expect("prover data");
-        debug_assert_eq!(c.n, n);
+        debug_assert_eq!((c.n, c.r), (n, r));
         let mut u = vec![Ext::ZERO; 1 << b];
         for (i, e) in eq_row.iter().enumerate() {
             for (j, x) in c.rows[i << b..(i + 1) << b].iter().enumerate() {
@@ -142,7 +155,7 @@ pub fn open(
     let mut qs: Vec<usize> = (0..QUERIES).map(|_| ch.index(bits)).collect();
     qs.sort_unstable();
     qs.dedup();
-    let width = 1usize << a;
+    let width = r;
     let cols = ch.base(b"pcs columns", qs.len() * width, || {
         let c = prover.expect("prover data");
         qs.iter()
@@ -187,35 +200,36 @@ mod tests {
 
     #[test]
     fn openings_verify_and_wrong_values_or_roots_fail() {
-        for n in [0usize, 1, 5, 10] {
-            let vals: Vec<F> = (0..1i64 << n).map(|i| from_i64(i * i - 77)).collect();
-            let c = commit(vals.clone());
+        for (n, len) in [(0usize, 1usize), (1, 2), (5, 32), (10, 1024), (10, 700), (12, 1)] {
+            let mut vals: Vec<F> = (0..len as i64).map(|i| from_i64(i * i - 77)).collect();
+            let c = commit(vals.clone(), n);
+            vals.resize(1 << n, F::ZERO);
             let mut chp = Channel::prover(b"pcs");
             let point = chp.challenges(n);
             let ext_vals: Vec<Ext> = vals.iter().map(|x| lift(*x)).collect();
             let v = eval(&ext_vals, &point);
-            open(&mut chp, Some(&c), &c.root, n, &point, v).unwrap();
+            open(&mut chp, Some(&c), &c.root, (n, len), &point, v).unwrap();
             let proof = chp.into_proof();
             let mut chv = Channel::verifier(b"pcs", proof.clone());
             let p2 = chv.challenges(n);
             assert_eq!(p2, point);
-            open(&mut chv, None, &c.root, n, &point, v).unwrap();
+            open(&mut chv, None, &c.root, (n, len), &point, v).unwrap();
             chv.finish().unwrap();
             // another value
             let mut chv = Channel::verifier(b"pcs", proof.clone());
             chv.challenges(n);
-            assert!(open(&mut chv, None, &c.root, n, &point, v + Ext::ONE).is_err());
+            assert!(open(&mut chv, None, &c.root, (n, len), &point, v + Ext::ONE).is_err());
             // another root
             let mut chv = Channel::verifier(b"pcs", proof.clone());
             chv.challenges(n);
-            assert!(open(&mut chv, None, &keccak256(b"x"), n, &point, v).is_err());
+            assert!(open(&mut chv, None, &keccak256(b"x"), (n, len), &point, v).is_err());
             // a flipped byte anywhere in the columns
             let mut bad = proof.clone();
             let at = bad.len() - 40;
             bad[at] ^= 1;
             let mut chv = Channel::verifier(b"pcs", bad);
             chv.challenges(n);
-            assert!(open(&mut chv, None, &c.root, n, &point, v).is_err());
+            assert!(open(&mut chv, None, &c.root, (n, len), &point, v).is_err());
         }
     }
 }

@@ -16,7 +16,7 @@ use verity_engine::Model;
 
 use crate::channel::{ext_i, Channel};
 use crate::circuit::{
-    self, Bound, Bounded, Cand, Circuit, Lin, Post, ProvingKey, Src, Step, VerifyingKey, LIMB_BITS,
+    self, Bound, Bounded, Cand, Circuit, Lin, Post, ProvingKey, Src, Step, VerifyingKey,
 };
 use crate::dims::{bits_point, eq_at, Dims};
 use crate::field::{lift, Ext, F};
@@ -176,7 +176,7 @@ impl<'a> Run<'a> {
         for (i, (&l, &x)) in limbs.iter().zip(&vals).enumerate() {
             let s = self.c.slots[l];
             self.tclaims.push((s.offset, s.bits, point.to_vec(), x));
-            v += x * pow2(LIMB_BITS * i as u32);
+            v += x * pow2(self.c.limb_bits * i as u32);
         }
         Ok(v)
     }
@@ -717,7 +717,7 @@ impl<'a> Run<'a> {
         &mut self,
         label: &[u8],
         claims: Vec<Claim>,
-        bits: usize,
+        (bits, len): (usize, usize),
         tab: Option<(&[Ext], &Committed)>,
         root: &Hash,
     ) -> Result<(), ZkError> {
@@ -740,7 +740,9 @@ impl<'a> Run<'a> {
                     g[c.0 + i] += k * e;
                 }
             }
-            Poly::new(vec![t.to_vec(), g]).term(Ext::ONE, &[0, 1])
+            let mut t = t.to_vec();
+            t.resize(1 << bits, Ext::ZERO);
+            Poly::new(vec![t, g]).term(Ext::ONE, &[0, 1])
         });
         let (z, end, finals) = sumcheck::run(&mut self.ch, bits, 2, claim, poly)?;
         let tz = self
@@ -752,7 +754,7 @@ impl<'a> Run<'a> {
             gz += k * eq_at(&bits_point(c.0 >> c.1, hi), &z[..hi]) * eq_at(&c.2, &z[hi..]);
         }
         check(tz * gz == end, "the batched claims do not hold")?;
-        pcs::open(&mut self.ch, tab.map(|(_, c)| c), root, bits, &z, tz)
+        pcs::open(&mut self.ch, tab.map(|(_, c)| c), root, (bits, len), &z, tz)
     }
 
     fn valid_at(&self, z: &[Ext]) -> Ext {
@@ -840,17 +842,17 @@ impl<'a> Run<'a> {
         self.tclaims.push((0, n, fw.point.clone(), alpha - fw.q_at));
         let table_leaves = self.proving().then(|| {
             let m = self.t_ext[ms.offset..ms.offset + (1 << ms.bits)].to_vec();
-            let q: Vec<Ext> = (0..1u64 << LIMB_BITS)
+            let q: Vec<Ext> = (0..1u64 << c.limb_bits)
                 .map(|t| alpha - Ext::from(F::from_u64(t)))
                 .collect();
             (m, q)
         });
-        let ft = fraction_sum(&mut self.ch, LIMB_BITS as usize, table_leaves)?;
+        let ft = fraction_sum(&mut self.ch, c.limb_bits as usize, table_leaves)?;
         let tval: Ext = ft
             .point
             .iter()
             .enumerate()
-            .map(|(i, z)| *z * pow2(LIMB_BITS - 1 - i as u32))
+            .map(|(i, z)| *z * pow2(c.limb_bits - 1 - i as u32))
             .sum();
         check(ft.q_at == alpha - tval, "the range table is wrong")?;
         self.tclaims
@@ -867,7 +869,7 @@ impl<'a> Run<'a> {
         self.open_batch(
             b"trace at the opening point",
             tclaims,
-            n,
+            (n, c.t_len),
             tcom.map(|c| (t_ext.as_slice(), c)),
             t_root,
         )?;
@@ -882,7 +884,7 @@ impl<'a> Run<'a> {
         self.open_batch(
             b"weights at the opening point",
             wclaims,
-            c.w_bits,
+            (c.w_bits, c.w_len),
             wcom.map(|c| (w_ext.as_slice(), c)),
             w_root,
         )?;
@@ -964,7 +966,7 @@ pub fn prove(pk: &ProvingKey, inputs: &[Vec<i32>]) -> Result<(Vec<Vec<i32>>, Vec
     let vk = pk.verifying_key();
     let mut ch = Channel::prover(DOMAIN);
     statement(&mut ch, &vk, inputs, &outputs);
-    let tcom = pcs::commit(wit.t.clone());
+    let tcom = pcs::commit(wit.t[..c.t_len].to_vec(), c.t_bits);
     ch.hashes(b"trace commitment", 1, || vec![tcom.root])?;
     let mut run = Run {
         ch,

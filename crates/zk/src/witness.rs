@@ -4,7 +4,7 @@
 use verity_engine::exec::{broadcast_strides, for_each_index, label_strides, strides};
 use verity_engine::{Executor, Mode};
 
-use crate::circuit::{Bound, Cand, Circuit, Lin, Post, ProvingKey, Src, Step, LIMB_BITS};
+use crate::circuit::{Bound, Cand, Circuit, Lin, Post, ProvingKey, Src, Step};
 use crate::field::F;
 use crate::ZkError;
 use p3_field::PrimeCharacteristicRing;
@@ -379,19 +379,20 @@ pub fn witness(pk: &ProvingKey, inputs: &[Vec<i32>]) -> Result<Witness, ZkError>
     }
     // limbs into the trace table
     let mut t = vec![F::ZERO; 1 << c.t_bits];
-    let mut counts = vec![0u64; 1 << LIMB_BITS];
+    let lb = c.limb_bits;
+    let mut counts = vec![0u64; 1 << lb];
     for (id, spec) in c.nums.iter().enumerate() {
         let l = spec.limbs.len() as u32;
         let pos = spec.dims.positions();
         for (&p, &v) in pos.iter().zip(&cx.vals[id]) {
             let u = v - spec.offset as i128;
-            if u < 0 || (u >> (LIMB_BITS * l)) != 0 {
+            if u < 0 || (u >> (lb * l)) != 0 {
                 return Err(ZkError::Execution(format!(
                     "a committed value ({v}) is outside its provable range"
                 )));
             }
             for (i, &slot) in spec.limbs.iter().enumerate() {
-                let limb = ((u >> (LIMB_BITS * i as u32)) & 0xffff) as u64;
+                let limb = ((u >> (lb * i as u32)) & ((1 << lb) - 1)) as u64;
                 t[c.slots[slot].offset + p] = F::from_u64(limb);
             }
         }

@@ -36,8 +36,11 @@ fn round_trip(name: &str) {
     verify(&model, &vk, &x, &y, &proof).expect("verify");
     let tv = t.elapsed();
     eprintln!(
-        "{name}: keygen {tk:?} prove {tp:?} verify {tv:?} proof {} bytes",
-        proof.len()
+        "{name}: keygen {tk:?} prove {tp:?} verify {tv:?} proof {} bytes (trace 2^{}, {}-bit limbs, constants 2^{})",
+        proof.len(),
+        pk.circuit.t_bits,
+        pk.circuit.limb_bits,
+        pk.circuit.w_bits
     );
     // a changed output
     let mut y2 = y.clone();
