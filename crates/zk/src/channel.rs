@@ -69,6 +69,28 @@ impl Channel {
         (w[0].as_canonical_u64() & ((1u64 << bits) - 1)) as usize
     }
 
+    /// Proof of work: the prover searches a nonce with `bits` leading zero bits (about 2^bits hashes),
+    /// the verifier checks it with one; either way it is absorbed. Adds `bits` bits of security to the
+    /// challenges drawn after it.
+    pub fn grind(&mut self, bits: u32) -> Result<(), ZkError> {
+        let nonce = if self.proving {
+            let mut n = 0u64;
+            while !self.t.pow_ok(n, bits) {
+                n += 1;
+            }
+            n
+        } else {
+            u64::from_le_bytes(self.take(8)?.try_into().unwrap_or([0; 8]))
+        };
+        if self.proving {
+            self.buf.extend_from_slice(&nonce.to_le_bytes());
+        } else if !self.t.pow_ok(nonce, bits) {
+            return Err(ZkError::rejected("the proof of work is missing"));
+        }
+        self.t.absorb(b"grind", &nonce.to_le_bytes());
+        Ok(())
+    }
+
     /// Exchange extension elements: the prover sends `make()`, the verifier reads `n` of them.
     pub fn ext(
         &mut self,

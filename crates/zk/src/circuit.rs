@@ -287,7 +287,6 @@ fn us(s: &[u32]) -> Vec<usize> {
     s.iter().map(|&d| d as usize).collect()
 }
 
-
 impl Builder<'_> {
     fn limbs_for(&self, bits: u32) -> usize {
         (bits.max(1)).div_ceil(self.limb) as usize

@@ -54,6 +54,18 @@ impl Transcript {
         }
     }
 
+    /// Whether `nonce` is a proof of work of `bits` bits on the current state: keccak256(state ‖ "grind"
+    /// ‖ u64le(nonce)) starts with `bits` zero bits.
+    pub fn pow_ok(&self, nonce: u64, bits: u32) -> bool {
+        let mut b = [0u8; 32 + 5 + 8];
+        b[..32].copy_from_slice(&self.state.0);
+        b[32..37].copy_from_slice(b"grind");
+        b[37..].copy_from_slice(&nonce.to_le_bytes());
+        let h = keccak256(&b);
+        let lead = u64::from_be_bytes(h.0[..8].try_into().unwrap_or([0xff; 8])).leading_zeros();
+        lead >= bits
+    }
+
     /// A uniform extension challenge.
     pub fn challenge(&mut self) -> Ext {
         let (lo, hi) = (self.word(), self.word());
