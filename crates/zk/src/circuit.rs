@@ -52,8 +52,10 @@ pub struct Slot {
     pub offset: usize,
     /// Variables.
     pub bits: usize,
-    /// The tensor whose limb it holds (`None`: the multiplicities).
+    /// The tensor whose limb it holds (`None`: multiplicities, not range-checked).
     pub num: Option<usize>,
+    /// For multiplicities: entries in use (a prefix).
+    pub len: usize,
 }
 
 /// An upper bound per element.
@@ -200,6 +202,35 @@ pub enum Step {
         /// Rounding.
         post: Post,
     },
+    /// `out[x] = table[idx[x] − lo]` for a constant 1-D table: the pairs are looked up (logUp).
+    Table {
+        /// Committed indices (already clamped to the table).
+        idx: usize,
+        /// Index of the table's first entry.
+        lo: i64,
+        /// Committed values.
+        out: usize,
+        /// The table (a constant).
+        table: usize,
+        /// Trace slot of the multiplicities.
+        mult: usize,
+    },
+    /// `out = div_round(num·2^shift, den)` with a committed, broadcast divisor:
+    /// `2·num·2^shift + den = 2·den·out + rem`, `0 ≤ rem < 2·den` (`rem + comp = 2·den − 1`).
+    DivBy {
+        /// Output, bounded.
+        out: Bounded,
+        /// Numerator.
+        num: usize,
+        /// Its left shift.
+        shift: u32,
+        /// Divisor (broadcast to the output).
+        den: usize,
+        /// Remainder.
+        rem: usize,
+        /// `2·den − 1 − rem`.
+        comp: usize,
+    },
     /// `out = max (or min) of cands`: `dᵢ = ±(out − candᵢ) ≥ 0` and `∏ dᵢ = 0`.
     Extreme {
         /// Output tensor.
@@ -217,7 +248,8 @@ impl Step {
     /// The committed output.
     pub fn out(&self) -> usize {
         match self {
-            Step::Lin { out, .. } | Step::Extreme { out, .. } => *out,
+            Step::Lin { out, .. } | Step::Extreme { out, .. } | Step::Table { out, .. } => *out,
+            Step::DivBy { out, .. } => out.num,
         }
     }
 }
@@ -278,8 +310,8 @@ pub struct VerifyingKey {
 struct Builder<'m> {
     model: &'m Model,
     nums: Vec<NumSpec>,
-    limb_bits: Vec<(usize, usize)>, // (num, bits) per limb, in creation order
-    maxabs: Vec<u128>,              // per constant
+    limb_bits: Vec<(Option<usize>, usize, usize)>, // (num, bits, len) per slot, in creation order
+    maxabs: Vec<u128>,                             // per constant
     limb: u32,
 }
 
@@ -299,7 +331,7 @@ impl Builder<'_> {
         let mut limbs = Vec::with_capacity(l);
         for _ in 0..l {
             limbs.push(self.limb_bits.len());
-            self.limb_bits.push((id, dims.nvars()));
+            self.limb_bits.push((Some(id), dims.nvars(), 0));
         }
         self.nums.push(NumSpec {
             dims,
@@ -307,6 +339,12 @@ impl Builder<'_> {
             offset,
         });
         id
+    }
+
+    /// A multiplicity slot of `len` entries (not range-checked).
+    fn mult_slot(&mut self, len: usize) -> usize {
+        self.limb_bits.push((None, crate::mle::vars(len), len));
+        self.limb_bits.len() - 1
     }
 
     /// An i32 tensor.
@@ -497,12 +535,12 @@ fn build(model: &Model, model_id: Hash, limb: u32) -> Result<Circuit, ZkError> {
         .collect::<Result<Vec<_>, _>>()?;
 
     // trace layout: limb slots by size (largest first) then the multiplicities, each aligned
-    let mut order: Vec<(usize, usize, Option<usize>)> = b
+    let mut order: Vec<(usize, usize, Option<usize>, usize)> = b
         .limb_bits
         .iter()
-        .map(|&(num, bits)| (bits, 0, Some(num)))
+        .map(|&(num, bits, len)| (bits, 0, num, len))
         .collect();
-    order.push((limb as usize, 0, None));
+    order.push((limb as usize, 0, None, 1 << limb));
     for (i, o) in order.iter_mut().enumerate() {
         o.1 = i;
     }
@@ -511,21 +549,23 @@ fn build(model: &Model, model_id: Hash, limb: u32) -> Result<Circuit, ZkError> {
         Slot {
             offset: 0,
             bits: 0,
-            num: None
+            num: None,
+            len: 0,
         };
         order.len()
     ];
     let mut at = 0usize;
-    for &(bits, i, num) in &order {
+    for &(bits, i, num, len) in &order {
         slots[i] = Slot {
             offset: at,
             bits,
             num,
+            len,
         };
         at += 1 << bits;
     }
     let t_bits = crate::mle::vars(at);
-    let mult = order.len() - 1;
+    let mult = order.len() - 1; // created last
 
     // W layout
     let mut worder: Vec<(usize, usize)> = model
@@ -901,6 +941,8 @@ fn node_steps(
                 opn,
                 ((area as u128 * b.maxabs(srcs[0])) << (ep + 1)) + ((area as u128) << (dsh + 1)),
             )?;
+            // the other side: 2·den·y + rem with y an i32
+            check_exact(name, opn, (area as u128) << (dsh + 34))?;
             let map = real_taps(&s0, window, &out_shape);
             let y = b.int(&out_shape);
             let den_b = Bound::Table(den.iter().map(|d| 2 * d).collect());
@@ -939,6 +981,7 @@ fn node_steps(
                         return Err(unsupported(name, opn, "the rescale is out of range"));
                     }
                     check_exact(name, opn, (count * b.maxabs(srcs[0])) << (ep + 1))?;
+                    check_exact(name, opn, count << (dsh + 34))?;
                     let den = (count.max(1) as u64) << dsh;
                     let rem = b.bounded(&out_shape, Bound::Const(2 * den));
                     Post::Div {
@@ -1024,6 +1067,134 @@ fn node_steps(
                 post,
             });
         }
+        Op::Lookup { shift, lo } => {
+            let (table, len, _) = table_of(b, name, opn, srcs[1])?;
+            let mut cur = srcs[0];
+            if *shift != 0 {
+                let t = b.int(&out_shape);
+                let post = post_resc(b, name, opn, &out_shape, *shift)?;
+                steps.push(Step::Lin {
+                    out: t,
+                    lin: Lin::Copy(cur),
+                    post,
+                });
+                cur = Src::Num(t);
+            }
+            let idx = clamp_steps(
+                b,
+                &mut steps,
+                &out_shape,
+                cur,
+                *lo as i64,
+                *lo as i64 + len as i64 - 1,
+            );
+            let e = b.int(&out_shape);
+            let mult = b.mult_slot(len);
+            steps.push(Step::Table {
+                idx,
+                lo: *lo as i64,
+                out: e,
+                table,
+                mult,
+            });
+        }
+        Op::Softmax { axis, shift, lo } => {
+            let (table, len, maxt) = table_of(b, name, opn, srcs[1])?;
+            if m.consts[table].data.iter().any(|&v| v < 0) {
+                return Err(unsupported(
+                    name,
+                    opn,
+                    "a softmax table with negative entries",
+                ));
+            }
+            let ax = *axis as usize;
+            let n = s0[ax];
+            let mut red = s0.clone();
+            red[ax] = 1;
+            let inner: usize = s0[ax + 1..].iter().product();
+            let outer: usize = s0[..ax].iter().product();
+            // 1. the maximum along the axis
+            let taps: Vec<Vec<(u32, u32)>> = (0..n)
+                .map(|j| {
+                    let mut t = Vec::with_capacity(outer * inner);
+                    for o in 0..outer {
+                        for i in 0..inner {
+                            t.push(((o * inner + i) as u32, ((o * n + j) * inner + i) as u32));
+                        }
+                    }
+                    t
+                })
+                .collect();
+            let mx = b.int(&red);
+            let diffs = (0..n).map(|_| b.num(&red, 32, 0)).collect();
+            steps.push(Step::Extreme {
+                out: mx,
+                cands: taps.into_iter().map(|t| Cand::Tap(srcs[0], t)).collect(),
+                min: false,
+                diffs,
+            });
+            // 2. x − max, shifted like a lookup index
+            let t = b.int(&s0);
+            let post = post_resc(b, name, opn, &s0, *shift)?;
+            steps.push(Step::Lin {
+                out: t,
+                lin: Lin::AddSub {
+                    a: srcs[0],
+                    b: Src::Num(mx),
+                    la: 0,
+                    lb: 0,
+                    sub: true,
+                },
+                post,
+            });
+            // 3. the table entry
+            let idx = clamp_steps(
+                b,
+                &mut steps,
+                &s0,
+                Src::Num(t),
+                *lo as i64,
+                *lo as i64 + len as i64 - 1,
+            );
+            let e = b.int(&s0);
+            let mult = b.mult_slot(len);
+            steps.push(Step::Table {
+                idx,
+                lo: *lo as i64,
+                out: e,
+                table,
+                mult,
+            });
+            // 4. the sum along the axis
+            check_exact(name, opn, n as u128 * maxt)?;
+            let sum = b.int(&red);
+            steps.push(Step::Lin {
+                out: sum,
+                lin: Lin::Reduce {
+                    x: Src::Num(e),
+                    axes: vec![ax],
+                },
+                post: Post::Resc { k: 0, rem: None },
+            });
+            // 5. e·2^so / sum, rounded; the output is at most 2^so (+1 by rounding)
+            if !(0..=28).contains(&so) {
+                return Err(unsupported(name, opn, "the output scale is out of range"));
+            }
+            let smax = n as u128 * maxt;
+            check_exact(name, opn, (maxt << (so + 1)) + smax)?;
+            check_exact(name, opn, (smax << (so + 3)) + 2 * smax)?;
+            let out = b.bounded(&s0, Bound::Const(1u64 << (so + 2)));
+            let rem = b.num(&s0, 32, 0);
+            let comp = b.num(&s0, 32, 0);
+            steps.push(Step::DivBy {
+                out,
+                num: e,
+                shift: so as u32,
+                den: sum,
+                rem,
+                comp,
+            });
+        }
         other => {
             return Err(unsupported(
                 name,
@@ -1033,6 +1204,45 @@ fn node_steps(
         }
     }
     Ok(steps)
+}
+
+/// A lookup table operand: a constant with one non-trivial axis. Returns (constant, length, max |entry|).
+fn table_of(b: &Builder, name: &str, op: &str, s: Src) -> Result<(usize, usize, u128), ZkError> {
+    let Src::Weight(c) = s else {
+        return Err(unsupported(name, op, "the table is not a constant"));
+    };
+    let k = &b.model.consts[c];
+    let len = k.data.len();
+    if len == 0 || k.shape.iter().rev().skip(1).any(|&d| d != 1) {
+        return Err(unsupported(name, op, "the table is not one-dimensional"));
+    }
+    Ok((c, len, b.maxabs[c]))
+}
+
+/// Steps clamping `cur` into `[lo, hi]` (both bounds active); returns the clamped tensor.
+fn clamp_steps(
+    b: &mut Builder,
+    steps: &mut Vec<Step>,
+    shape: &[usize],
+    cur: Src,
+    lo: i64,
+    hi: i64,
+) -> usize {
+    let mut cur = cur;
+    let mut last = 0;
+    for (bound, min) in [(lo, false), (hi, true)] {
+        let y = b.int(shape);
+        let diffs = vec![b.num(shape, 32, 0), b.num(shape, 32, 0)];
+        steps.push(Step::Extreme {
+            out: y,
+            cands: vec![Cand::View(cur, 0), Cand::Const(bound)],
+            min,
+            diffs,
+        });
+        cur = Src::Num(y);
+        last = y;
+    }
+    last
 }
 
 /// (output, source) pairs of every real tap of a pooling window.

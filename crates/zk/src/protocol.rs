@@ -335,6 +335,21 @@ impl<'a> Run<'a> {
                 };
                 self.lin(lin, &od, &r, pre)
             }
+            Step::Table {
+                idx,
+                lo,
+                out,
+                table,
+                mult,
+            } => self.table_step(*idx, *lo, *out, *table, *mult),
+            Step::DivBy {
+                out,
+                num,
+                shift,
+                den,
+                rem,
+                comp,
+            } => self.div_by(out, *num, *shift, *den, *rem, *comp),
             Step::Extreme {
                 out,
                 cands,
@@ -406,6 +421,116 @@ impl<'a> Run<'a> {
                 check(prod == end, "a maximum is not attained by any candidate")
             }
         }
+    }
+
+    fn table_step(
+        &mut self,
+        idx: usize,
+        lo: i64,
+        out: usize,
+        table: usize,
+        mult: usize,
+    ) -> Result<(), ZkError> {
+        let od = self.c.nums[out].dims.clone();
+        let beta = self.ch.challenge();
+        let gamma = self.ch.challenge();
+        let leaves = self.proving().then(|| {
+            let ind = od.ind_table();
+            let ti = self.num_table(idx);
+            let te = self.num_table(out);
+            let q: Vec<Ext> = (0..ind.len())
+                .map(|x| beta - (ti[x] - ext_i(lo) * ind[x]) - gamma * te[x])
+                .collect();
+            (ind, q)
+        });
+        let fw = fraction_sum(&mut self.ch, od.nvars(), leaves)?;
+        check(
+            fw.p_at == od.ind_at(&fw.point),
+            "a lookup's numerators are wrong",
+        )?;
+        let iv = self.num_at(idx, &fw.point)?;
+        let ev = self.num_at(out, &fw.point)?;
+        check(
+            fw.q_at == beta - (iv - ext_i(lo) * od.ind_at(&fw.point)) - gamma * ev,
+            "a lookup's denominators are wrong",
+        )?;
+        let ms = self.c.slots[mult];
+        let tlen = self.c.weights[table].0.len();
+        let tbits = crate::mle::vars(tlen);
+        let tab_leaves = self.proving().then(|| {
+            let m = self.slot_ext(mult)[..1 << tbits].to_vec();
+            let tab = self.table(Src::Weight(table));
+            let q: Vec<Ext> = (0..1usize << tbits)
+                .map(|i| beta - Ext::from(F::from_u64(i as u64)) - gamma * tab[i])
+                .collect();
+            (m, q)
+        });
+        let ft = fraction_sum(&mut self.ch, tbits, tab_leaves)?;
+        let ival: Ext = ft
+            .point
+            .iter()
+            .enumerate()
+            .map(|(i, z)| *z * pow2((tbits - 1 - i) as u32))
+            .sum();
+        let tv = self.src_at(Src::Weight(table), &ft.point)?;
+        check(
+            ft.q_at == beta - ival - gamma * tv,
+            "the lookup table side is wrong",
+        )?;
+        self.tclaims
+            .push((ms.offset, ms.bits, ft.point.clone(), ft.p_at));
+        check(
+            fw.root_q != Ext::ZERO
+                && ft.root_q != Ext::ZERO
+                && fw.root_p * ft.root_q == ft.root_p * fw.root_q,
+            "a looked-up pair is not in its table",
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn div_by(
+        &mut self,
+        out: &Bounded,
+        num: usize,
+        shift: u32,
+        den: usize,
+        rem: usize,
+        comp: usize,
+    ) -> Result<(), ZkError> {
+        let od = self.c.nums[out.num].dims.clone();
+        let r = self.ch.challenges(od.nvars());
+        self.bounded_at(out, &od, &r)?;
+        let rv = self.num_at(rem, &r)?;
+        let cv = self.num_at(comp, &r)?;
+        let dv = self.view_at(Src::Num(den), &od, &r)?;
+        let two = Ext::from(F::from_u64(2));
+        check(
+            rv + cv == two * dv - od.ind_at(&r),
+            "a division remainder is out of range",
+        )?;
+        let r2 = self.ch.challenges(od.nvars());
+        let poly = self.proving().then(|| {
+            Poly::new(vec![
+                eq_table(&r2),
+                self.num_table(num),
+                self.view_table(Src::Num(den), &od),
+                self.num_table(out.num),
+                self.num_table(rem),
+            ])
+            .term(pow2(shift + 1), &[0, 1])
+            .term(Ext::ONE, &[0, 2])
+            .term(-two, &[0, 2, 3])
+            .term(-Ext::ONE, &[0, 4])
+        });
+        let (pt, end, _) = sumcheck::run(&mut self.ch, od.nvars(), 3, Ext::ZERO, poly)?;
+        let ev = self.num_at(num, &pt)?;
+        let dv = self.view_at(Src::Num(den), &od, &pt)?;
+        let ov = self.num_at(out.num, &pt)?;
+        let rv = self.num_at(rem, &pt)?;
+        check(
+            eq_at(&r2, &pt) * (pow2(shift + 1) * ev + dv - two * dv * ov - rv) == end,
+            "a division does not hold",
+        )
     }
 
     fn lin(&mut self, lin: &Lin, od: &Dims, r: &[Ext], pre: Ext) -> Result<(), ZkError> {
@@ -763,10 +888,10 @@ impl<'a> Run<'a> {
         for (i, s) in self.c.slots.iter().enumerate() {
             let hi = n - s.bits;
             let e = eq_at(&bits_point(s.offset >> s.bits, hi), &z[..hi]);
-            v += e * if i == self.c.mult {
-                Ext::ONE
-            } else {
-                self.c.nums[s.num.unwrap_or(0)].dims.ind_at(&z[hi..])
+            let _ = i;
+            v += e * match s.num {
+                None => crate::dims::prefix_ind(s.len, &z[hi..]),
+                Some(n) => self.c.nums[n].dims.ind_at(&z[hi..]),
             };
         }
         v
@@ -799,14 +924,17 @@ impl<'a> Run<'a> {
         let r = self.ch.challenges(n);
         let poly = self.proving().then(|| {
             let mut inv = vec![Ext::ONE; 1 << n];
-            for (i, s) in c.slots.iter().enumerate() {
-                if i == c.mult {
-                    for x in &mut inv[s.offset..s.offset + (1 << s.bits)] {
-                        *x = Ext::ZERO;
+            for s in &c.slots {
+                match s.num {
+                    None => {
+                        for x in &mut inv[s.offset..s.offset + s.len] {
+                            *x = Ext::ZERO;
+                        }
                     }
-                } else {
-                    for p in c.nums[s.num.unwrap_or(0)].dims.positions() {
-                        inv[s.offset + p] = Ext::ZERO;
+                    Some(n) => {
+                        for p in c.nums[n].dims.positions() {
+                            inv[s.offset + p] = Ext::ZERO;
+                        }
                     }
                 }
             }
@@ -826,15 +954,20 @@ impl<'a> Run<'a> {
         let ms = c.slots[c.mult];
         let leaves = self.proving().then(|| {
             let mut p = vec![Ext::ONE; 1 << n];
-            for x in &mut p[ms.offset..ms.offset + (1 << ms.bits)] {
-                *x = Ext::ZERO;
+            for s in c.slots.iter().filter(|s| s.num.is_none()) {
+                for x in &mut p[s.offset..s.offset + (1 << s.bits)] {
+                    *x = Ext::ZERO;
+                }
             }
             let q: Vec<Ext> = self.t_ext.iter().map(|t| alpha - *t).collect();
             (p, q)
         });
         let fw = fraction_sum(&mut self.ch, n, leaves)?;
-        let hi = n - ms.bits;
-        let in_m = eq_at(&bits_point(ms.offset >> ms.bits, hi), &fw.point[..hi]);
+        let mut in_m = Ext::ZERO;
+        for s in c.slots.iter().filter(|s| s.num.is_none()) {
+            let hi = n - s.bits;
+            in_m += eq_at(&bits_point(s.offset >> s.bits, hi), &fw.point[..hi]);
+        }
         check(
             fw.p_at == Ext::ONE - in_m,
             "the range argument's numerators are wrong",

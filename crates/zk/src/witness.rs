@@ -293,6 +293,7 @@ pub fn witness(pk: &ProvingKey, inputs: &[Vec<i32>]) -> Result<Witness, ZkError>
         vals: vec![Vec::new(); c.nums.len()],
     };
     let ni = inputs.len();
+    let mut mults: Vec<(usize, usize)> = Vec::new();
     for (k, steps) in c.nodes.iter().enumerate() {
         for step in steps {
             let out_shape = c.nums[step.out()].dims.dims.clone();
@@ -366,6 +367,61 @@ pub fn witness(pk: &ProvingKey, inputs: &[Vec<i32>]) -> Result<Witness, ZkError>
                     }
                     cx.vals[*out] = y;
                 }
+                Step::Table {
+                    idx,
+                    lo,
+                    out,
+                    table,
+                    mult,
+                } => {
+                    let tab = &pk.model.consts[*table].data;
+                    let mut e = Vec::with_capacity(n);
+                    for &i in &cx.vals[*idx] {
+                        let j = usize::try_from(i - *lo as i128)
+                            .ok()
+                            .filter(|&j| j < tab.len())
+                            .ok_or_else(|| {
+                                ZkError::Execution("a table index is outside its table".into())
+                            })?;
+                        e.push(tab[j] as i128);
+                        mults.push((*mult, j));
+                    }
+                    cx.vals[*out] = e;
+                }
+                Step::DivBy {
+                    out,
+                    num,
+                    shift,
+                    den,
+                    rem,
+                    comp,
+                } => {
+                    let dshape = c.nums[*den].dims.dims.clone();
+                    let d = broadcast(&cx.vals[*den], &dshape, &out_shape);
+                    let (mut y, mut r, mut cm) = (Vec::new(), Vec::new(), Vec::new());
+                    for (&e, &d) in cx.vals[*num].iter().zip(&d) {
+                        if d <= 0 {
+                            return Err(ZkError::Execution("a softmax sum is not positive".into()));
+                        }
+                        let a = e << shift;
+                        let q = (2 * a + d).div_euclid(2 * d);
+                        let rr = 2 * a + d - 2 * d * q;
+                        y.push(q);
+                        r.push(rr);
+                        cm.push(2 * d - 1 - rr);
+                    }
+                    if let Some(k) = out.comp {
+                        let bounds = bound_values(&out.bound, n);
+                        cx.vals[k] = y
+                            .iter()
+                            .zip(&bounds)
+                            .map(|(&v, &b)| b as i128 - 1 - v)
+                            .collect();
+                    }
+                    cx.vals[out.num] = y;
+                    cx.vals[*rem] = r;
+                    cx.vals[*comp] = cm;
+                }
             }
         }
         let got = &cx.vals[c.node_out[k]];
@@ -398,11 +454,21 @@ pub fn witness(pk: &ProvingKey, inputs: &[Vec<i32>]) -> Result<Witness, ZkError>
         }
     }
     let ms = c.slots[c.mult];
+    let unchecked: Vec<(usize, usize)> = c
+        .slots
+        .iter()
+        .filter(|s| s.num.is_none())
+        .map(|s| (s.offset, s.offset + (1 << s.bits)))
+        .collect();
     for (i, x) in t.iter().enumerate() {
-        if i < ms.offset || i >= ms.offset + (1 << ms.bits) {
+        if !unchecked.iter().any(|&(a, b)| i >= a && i < b) {
             use p3_field::PrimeField64;
             counts[x.as_canonical_u64() as usize] += 1;
         }
+    }
+    for (slot, j) in mults {
+        let at = c.slots[slot].offset + j;
+        t[at] += F::ONE;
     }
     for (i, &m) in counts.iter().enumerate() {
         t[ms.offset + i] = F::from_u64(m);

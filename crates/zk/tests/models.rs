@@ -89,3 +89,19 @@ fn mlp_proves_and_verifies() {
 fn cnn_proves_and_verifies() {
     round_trip("cnn");
 }
+
+#[test]
+fn digits_with_softmax_proves_and_verifies() {
+    round_trip("digits");
+}
+
+#[test]
+fn ops_the_prover_cannot_handle_are_refused_at_key_time_with_the_node() {
+    let (model, _) = fixture("transformer");
+    match keygen(&model, model_id(&model)) {
+        Err(ZkError::Unsupported(m)) => {
+            assert!(m.contains("node \""), "{m}");
+        }
+        other => panic!("expected an unsupported-op error, got {other:?}"),
+    }
+}
