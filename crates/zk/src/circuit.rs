@@ -231,6 +231,13 @@ pub enum Step {
         /// `2·den − 1 − rem`.
         comp: usize,
     },
+    /// `out = src`, where `out` has a narrower range than `src`: bounds `src`.
+    Narrow {
+        /// The narrow copy.
+        out: Bounded,
+        /// The tensor bounded.
+        src: usize,
+    },
     /// `out = max (or min) of cands`: `dᵢ = ±(out − candᵢ) ≥ 0` and `∏ dᵢ = 0`.
     Extreme {
         /// Output tensor.
@@ -249,7 +256,7 @@ impl Step {
     pub fn out(&self) -> usize {
         match self {
             Step::Lin { out, .. } | Step::Extreme { out, .. } | Step::Table { out, .. } => *out,
-            Step::DivBy { out, .. } => out.num,
+            Step::DivBy { out, .. } | Step::Narrow { out, .. } => out.num,
         }
     }
 }
@@ -313,6 +320,7 @@ struct Builder<'m> {
     limb_bits: Vec<(Option<usize>, usize, usize)>, // (num, bits, len) per slot, in creation order
     maxabs: Vec<u128>,                             // per constant
     limb: u32,
+    num_max: Vec<u128>, // per committed tensor: the largest magnitude its range allows
 }
 
 fn us(s: &[u32]) -> Vec<usize> {
@@ -333,6 +341,9 @@ impl Builder<'_> {
             limbs.push(self.limb_bits.len());
             self.limb_bits.push((Some(id), dims.nvars(), 0));
         }
+        let span = 1i128 << (self.limb as usize * l).min(64);
+        let hi = (offset as i128 + span - 1).unsigned_abs();
+        self.num_max.push(hi.max(offset.unsigned_abs() as u128));
         self.nums.push(NumSpec {
             dims,
             limbs,
@@ -353,16 +364,57 @@ impl Builder<'_> {
     }
 
     fn bounded(&mut self, shape: &[usize], bound: Bound) -> Bounded {
+        self.bounded_from(shape, bound, 0)
+    }
+
+    /// A committed value in `[offset, offset + bound)`.
+    fn bounded_from(&mut self, shape: &[usize], bound: Bound, offset: i64) -> Bounded {
         let max = match &bound {
             Bound::Const(b) => *b,
             Bound::Table(t) => t.iter().copied().max().unwrap_or(1),
         };
         let bits = 64 - max.saturating_sub(1).leading_zeros();
-        let num = self.num(shape, bits, 0);
+        let num = self.num(shape, bits, offset);
         let full = (self.limb * self.limbs_for(bits) as u32).min(63);
         let exact_pow = matches!(bound, Bound::Const(b) if b == 1u64 << full);
         let comp = (!exact_pow).then(|| self.num(shape, bits, 0));
+        let top = (offset as i128 + max as i128 - 1).unsigned_abs();
+        self.num_max[num] = top.max(offset.unsigned_abs() as u128);
         Bounded { num, comp, bound }
+    }
+
+    /// Prove that committed tensor `v` lies in `[−2^(bits−1), 2^(bits−1))` (a narrower copy), so the
+    /// relations that use it may assume that bound.
+    fn narrow(&mut self, steps: &mut Vec<Step>, v: usize, bits: u32) {
+        if self.num_max[v] <= 1u128 << (bits - 1) {
+            return;
+        }
+        let shape = self.nums[v].dims.dims.clone();
+        let out = self.bounded_from(&shape, Bound::Const(1u64 << bits), -(1i64 << (bits - 1)));
+        steps.push(Step::Narrow { out, src: v });
+        self.num_max[v] = 1u128 << (bits - 1);
+    }
+
+    /// Narrow the committed operands of a relation until `bound(max a, max b)` is below [`EXACT`].
+    fn fit_operands(
+        &mut self,
+        steps: &mut Vec<Step>,
+        a: Src,
+        b: Src,
+        bound: impl Fn(u128, u128) -> u128,
+    ) {
+        for bits in (2..=31u32).rev() {
+            if bound(self.maxabs(a), self.maxabs(b)) < EXACT {
+                return;
+            }
+            for s in [a, b] {
+                if let Src::Num(n) = s {
+                    if self.num_max[n] > 1u128 << (bits - 1) {
+                        self.narrow(steps, n, bits);
+                    }
+                }
+            }
+        }
     }
 
     fn src(&self, v: ValueId, node_out: &[usize]) -> Src {
@@ -379,7 +431,8 @@ impl Builder<'_> {
     fn maxabs(&self, s: Src) -> u128 {
         match s {
             Src::Weight(c) => self.maxabs[c],
-            _ => 1 << 31,
+            Src::Num(n) => self.num_max[n],
+            Src::Input(_) => 1 << 31,
         }
     }
 }
@@ -514,6 +567,7 @@ fn build(model: &Model, model_id: Hash, limb: u32) -> Result<Circuit, ZkError> {
         limb_bits: Vec::new(),
         maxabs,
         limb,
+        num_max: Vec::new(),
     };
     let mut nodes = Vec::with_capacity(model.nodes.len());
     let mut node_out: Vec<usize> = Vec::with_capacity(model.nodes.len());
@@ -744,6 +798,7 @@ fn node_steps(
                 None => None,
             };
             let bb = bias.map_or(0, |(s, sh)| b.maxabs(s) << sh);
+            b.fit_operands(&mut steps, srcs[0], srcs[1], |x, y| k_sum * x * y + bb);
             check_exact(
                 name,
                 opn,
@@ -779,6 +834,7 @@ fn node_steps(
             let w = &ins[1].0;
             let k = (w[1] * w[2] * w[3]) as u128;
             let bb = bias.map_or(0, |(s, sh)| b.maxabs(s) << sh);
+            b.fit_operands(&mut steps, srcs[0], srcs[1], |x, y| k * x * y + bb);
             check_exact(name, opn, k * b.maxabs(srcs[0]) * b.maxabs(srcs[1]) + bb)?;
             let y = b.int(&out_shape);
             let post = post_resc(b, name, opn, &out_shape, acc - so)?;
@@ -800,6 +856,9 @@ fn node_steps(
             let (la, lb) = ((s - sa) as u32, (s - sb) as u32);
             if la > 30 || lb > 30 {
                 return Err(unsupported(name, opn, "operand scales are too far apart"));
+            }
+            if matches!(node.op, Op::Mul) {
+                b.fit_operands(&mut steps, srcs[0], srcs[1], |x, y| x * y);
             }
             let (ma, mb) = (b.maxabs(srcs[0]), b.maxabs(srcs[1]));
             match &node.op {

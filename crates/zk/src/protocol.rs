@@ -242,9 +242,10 @@ impl<'a> Run<'a> {
                 Bound::Const(x) => Ext::from(F::from_u64(*x)) * d.ind_at(r),
                 t => eval(&self.bound_table(t, d), r),
             };
+            let off = ext_i(self.c.nums[b.num].offset) * d.ind_at(r);
             check(
-                v + c == bound - d.ind_at(r),
-                "a remainder and its complement do not add up to the bound",
+                v - off + c == bound - d.ind_at(r),
+                "a value and its complement do not add up to its bound",
             )?;
         }
         Ok(v)
@@ -334,6 +335,13 @@ impl<'a> Run<'a> {
                     }
                 };
                 self.lin(lin, &od, &r, pre)
+            }
+            Step::Narrow { out, src } => {
+                let od = self.c.nums[out.num].dims.clone();
+                let r = self.ch.challenges(od.nvars());
+                let y = self.bounded_at(out, &od, &r)?;
+                let v = self.num_at(*src, &r)?;
+                check(y == v, "a tensor is outside the range its uses assume")
             }
             Step::Table {
                 idx,

@@ -367,6 +367,19 @@ pub fn witness(pk: &ProvingKey, inputs: &[Vec<i32>]) -> Result<Witness, ZkError>
                     }
                     cx.vals[*out] = y;
                 }
+                Step::Narrow { out, src } => {
+                    let v = cx.vals[*src].clone();
+                    if let Some(k) = out.comp {
+                        let off = c.nums[out.num].offset as i128;
+                        let bounds = bound_values(&out.bound, n);
+                        cx.vals[k] = v
+                            .iter()
+                            .zip(&bounds)
+                            .map(|(&x, &b)| b as i128 - 1 - (x - off))
+                            .collect();
+                    }
+                    cx.vals[out.num] = v;
+                }
                 Step::Table {
                     idx,
                     lo,
