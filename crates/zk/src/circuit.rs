@@ -178,6 +178,15 @@ pub enum Lin {
     },
 }
 
+/// A lookup table: a constant of the model, or a table fixed by the protocol (the verifier builds it).
+#[derive(Clone, Debug)]
+pub enum TableRef {
+    /// Constant `c` (in `W`).
+    Const(usize),
+    /// Public entries.
+    Public(Vec<i64>),
+}
+
 /// A candidate of a maximum or minimum, as a tensor of the output's shape.
 #[derive(Clone, Debug)]
 pub enum Cand {
@@ -210,8 +219,8 @@ pub enum Step {
         lo: i64,
         /// Committed values.
         out: usize,
-        /// The table (a constant).
-        table: usize,
+        /// The table.
+        table: TableRef,
         /// Trace slot of the multiplicities.
         mult: usize,
     },
@@ -230,6 +239,35 @@ pub enum Step {
         rem: usize,
         /// `2·den − 1 − rem`.
         comp: usize,
+    },
+    /// `y = isqrt_round(floor(2^e / v))` for `v ≥ 1` (the canonical Rsqrt), with the bit length `i + 1`
+    /// of `v` (`p = 2^i ≤ v < 2p`, looked up with `q = 2^⌊i/2⌋`) bounding `y·q < 2^ybits` so that every
+    /// product below stays exact: `d1 = 2^e − v·(y² − y + 1) ≥ 0`, `d2 = v·(y² + y + 1) − 2^e − 1 ≥ 0`.
+    Rsqrt {
+        /// The operand.
+        v: Src,
+        /// Output (non-negative).
+        y: usize,
+        /// Exponent.
+        e: u32,
+        /// `y·q < 2^ybits`.
+        ybits: u32,
+        /// Bit length minus one.
+        idx: usize,
+        /// `2^idx`.
+        p: usize,
+        /// `2^⌊idx/2⌋`.
+        q: usize,
+        /// `v − p`.
+        dlo: usize,
+        /// `2p − 1 − v`.
+        dhi: usize,
+        /// `2^ybits − 1 − y·q`.
+        r: usize,
+        /// Lower condition.
+        d1: Bounded,
+        /// Upper condition.
+        d2: Bounded,
     },
     /// `out = src`, where `out` has a narrower range than `src`: bounds `src`.
     Narrow {
@@ -257,6 +295,7 @@ impl Step {
         match self {
             Step::Lin { out, .. } | Step::Extreme { out, .. } | Step::Table { out, .. } => *out,
             Step::DivBy { out, .. } | Step::Narrow { out, .. } => out.num,
+            Step::Rsqrt { y, .. } => *y,
         }
     }
 }
@@ -572,8 +611,8 @@ fn build(model: &Model, model_id: Hash, limb: u32) -> Result<Circuit, ZkError> {
     let mut nodes = Vec::with_capacity(model.nodes.len());
     let mut node_out: Vec<usize> = Vec::with_capacity(model.nodes.len());
     for node in &model.nodes {
-        let steps = node_steps(&mut b, node, &node_out)?;
-        node_out.push(steps.last().map(Step::out).unwrap_or(0));
+        let (steps, out) = node_steps(&mut b, node, &node_out)?;
+        node_out.push(out);
         nodes.push(steps);
     }
     let outputs = model
@@ -730,7 +769,7 @@ fn node_steps(
     b: &mut Builder,
     node: &verity_engine::ir::Node,
     node_out: &[usize],
-) -> Result<Vec<Step>, ZkError> {
+) -> Result<(Vec<Step>, usize), ZkError> {
     let m = b.model;
     let name = node.name.as_str();
     let opn = node.op.name();
@@ -744,6 +783,7 @@ fn node_steps(
     let srcs: Vec<Src> = node.inputs.iter().map(|&v| b.src(v, node_out)).collect();
     let (s0, sc0) = (ins[0].0.clone(), ins[0].1);
     let mut steps = Vec::new();
+    let mut out_override: Option<usize> = None;
     match &node.op {
         Op::EinSum { a, b: lb, out } => {
             let acc = sc0 + ins[1].1;
@@ -1126,6 +1166,55 @@ fn node_steps(
                 post,
             });
         }
+        Op::Rsqrt => {
+            let e = 2 * so + sc0;
+            if !(31..=54).contains(&e) {
+                return Err(unsupported(
+                    name,
+                    opn,
+                    format!("an Rsqrt with exponent {e} (outside 31..=54) is not provable yet"),
+                ));
+            }
+            let e = e as u32;
+            let ybits = e.div_ceil(2) + 2;
+            let sh = out_shape.clone();
+            let y = b.num(&sh, 32, 0);
+            let idx = b.num(&sh, 8, 0);
+            let p = b.num(&sh, 32, 0);
+            let q = b.num(&sh, 16, 0);
+            let dlo = b.num(&sh, 32, 0);
+            let dhi = b.num(&sh, 32, 0);
+            let r = b.num(&sh, 32, 0);
+            let d1 = b.bounded(&sh, Bound::Const(1u64 << (e + 1)));
+            let d2 = b.bounded(&sh, Bound::Const(1u64 << (e + 1)));
+            steps.push(Step::Rsqrt {
+                v: srcs[0],
+                y,
+                e,
+                ybits,
+                idx,
+                p,
+                q,
+                dlo,
+                dhi,
+                r,
+                d1,
+                d2,
+            });
+            for (out, f) in [(p, 1u32), (q, 2)] {
+                let mult = b.mult_slot(31);
+                steps.push(Step::Table {
+                    idx,
+                    lo: 0,
+                    out,
+                    table: TableRef::Public((0..31).map(|i| 1i64 << (i / f)).collect()),
+                    mult,
+                });
+            }
+            // y·q < 2^ybits with q ≥ 1
+            b.num_max[y] = 1u128 << ybits;
+            out_override = Some(y);
+        }
         Op::Lookup { shift, lo } => {
             let (table, len, _) = table_of(b, name, opn, srcs[1])?;
             let mut cur = srcs[0];
@@ -1153,7 +1242,7 @@ fn node_steps(
                 idx,
                 lo: *lo as i64,
                 out: e,
-                table,
+                table: TableRef::Const(table),
                 mult,
             });
         }
@@ -1221,12 +1310,14 @@ fn node_steps(
                 idx,
                 lo: *lo as i64,
                 out: e,
-                table,
+                table: TableRef::Const(table),
                 mult,
             });
             // 4. the sum along the axis
-            check_exact(name, opn, n as u128 * maxt)?;
-            let sum = b.int(&red);
+            // the sum of n table entries (non-negative) can exceed i32: give it the bits it needs
+            let smax = n as u128 * maxt;
+            check_exact(name, opn, smax)?;
+            let sum = b.num(&red, (128 - smax.leading_zeros()).max(1), 0);
             steps.push(Step::Lin {
                 out: sum,
                 lin: Lin::Reduce {
@@ -1239,12 +1330,12 @@ fn node_steps(
             if !(0..=28).contains(&so) {
                 return Err(unsupported(name, opn, "the output scale is out of range"));
             }
-            let smax = n as u128 * maxt;
             check_exact(name, opn, (maxt << (so + 1)) + smax)?;
             check_exact(name, opn, (smax << (so + 3)) + 2 * smax)?;
             let out = b.bounded(&s0, Bound::Const(1u64 << (so + 2)));
-            let rem = b.num(&s0, 32, 0);
-            let comp = b.num(&s0, 32, 0);
+            let rbits = 128 - (2 * smax).leading_zeros();
+            let rem = b.num(&s0, rbits, 0);
+            let comp = b.num(&s0, rbits, 0);
             steps.push(Step::DivBy {
                 out,
                 num: e,
@@ -1262,7 +1353,8 @@ fn node_steps(
             ))
         }
     }
-    Ok(steps)
+    let out = out_override.or(steps.last().map(Step::out)).unwrap_or(0);
+    Ok((steps, out))
 }
 
 /// A lookup table operand: a constant with one non-trivial axis. Returns (constant, length, max |entry|).

@@ -16,7 +16,7 @@ use verity_engine::Model;
 
 use crate::channel::{ext_i, Channel};
 use crate::circuit::{
-    self, Bound, Bounded, Cand, Circuit, Lin, Post, ProvingKey, Src, Step, VerifyingKey,
+    self, Bound, Bounded, Cand, Circuit, Lin, Post, ProvingKey, Src, Step, TableRef, VerifyingKey,
 };
 use crate::dims::{bits_point, eq_at, Dims};
 use crate::field::{lift, Ext, F};
@@ -336,6 +336,76 @@ impl<'a> Run<'a> {
                 };
                 self.lin(lin, &od, &r, pre)
             }
+            Step::Rsqrt {
+                v,
+                y,
+                e,
+                ybits,
+                idx: _,
+                p,
+                q,
+                dlo,
+                dhi,
+                r,
+                d1,
+                d2,
+            } => {
+                let od = self.c.nums[*y].dims.clone();
+                let rr = self.ch.challenges(od.nvars());
+                let ind = od.ind_at(&rr);
+                let vv = self.src_at(*v, &rr)?;
+                let pv = self.num_at(*p, &rr)?;
+                let lo = self.num_at(*dlo, &rr)?;
+                let hi = self.num_at(*dhi, &rr)?;
+                let two = Ext::from(F::from_u64(2));
+                check(
+                    vv - pv == lo && two * pv - ind - vv == hi,
+                    "an Rsqrt operand is not within its bit length",
+                )?;
+                self.bounded_at(d1, &od, &rr)?;
+                self.bounded_at(d2, &od, &rr)?;
+                let lambda = self.ch.challenge();
+                let l2 = lambda * lambda;
+                let r2 = self.ch.challenges(od.nvars());
+                let ye = pow2(*ybits) - Ext::ONE;
+                let ee = pow2(*e);
+                let poly = self.proving().then(|| {
+                    Poly::new(vec![
+                        eq_table(&r2),
+                        self.num_table(*r),
+                        self.num_table(*y),
+                        self.num_table(*q),
+                        od.ind_table(),
+                        self.num_table(d1.num),
+                        self.table(*v),
+                        self.num_table(d2.num),
+                    ])
+                    .term(Ext::ONE, &[0, 1])
+                    .term(Ext::ONE, &[0, 2, 3])
+                    .term(-ye, &[0, 4])
+                    .term(lambda, &[0, 5])
+                    .term(lambda - l2, &[0, 6, 2, 2])
+                    .term(-lambda - l2, &[0, 6, 2])
+                    .term(lambda - l2, &[0, 6])
+                    .term(-ee * lambda + (ee + Ext::ONE) * l2, &[0, 4])
+                    .term(l2, &[0, 7])
+                });
+                let (pt, end, _) = sumcheck::run(&mut self.ch, od.nvars(), 4, Ext::ZERO, poly)?;
+                let ri = od.ind_at(&pt);
+                let rv = self.num_at(*r, &pt)?;
+                let yv = self.num_at(*y, &pt)?;
+                let qv = self.num_at(*q, &pt)?;
+                let a1 = self.num_at(d1.num, &pt)?;
+                let vv = self.src_at(*v, &pt)?;
+                let a2 = self.num_at(d2.num, &pt)?;
+                let f1 = rv + yv * qv - ye * ri;
+                let f2 = a1 + vv * yv * yv - vv * yv + vv - ee * ri;
+                let f3 = a2 - vv * yv * yv - vv * yv - vv + (ee + Ext::ONE) * ri;
+                check(
+                    eq_at(&r2, &pt) * (f1 + lambda * f2 + l2 * f3) == end,
+                    "an Rsqrt does not hold",
+                )
+            }
             Step::Narrow { out, src } => {
                 let od = self.c.nums[out.num].dims.clone();
                 let r = self.ch.challenges(od.nvars());
@@ -349,7 +419,7 @@ impl<'a> Run<'a> {
                 out,
                 table,
                 mult,
-            } => self.table_step(*idx, *lo, *out, *table, *mult),
+            } => self.table_step(*idx, *lo, *out, table, *mult),
             Step::DivBy {
                 out,
                 num,
@@ -436,7 +506,7 @@ impl<'a> Run<'a> {
         idx: usize,
         lo: i64,
         out: usize,
-        table: usize,
+        table: &TableRef,
         mult: usize,
     ) -> Result<(), ZkError> {
         let od = self.c.nums[out].dims.clone();
@@ -463,11 +533,26 @@ impl<'a> Run<'a> {
             "a lookup's denominators are wrong",
         )?;
         let ms = self.c.slots[mult];
-        let tlen = self.c.weights[table].0.len();
+        let public: Option<Vec<Ext>> = match table {
+            TableRef::Public(v) => {
+                let mut t: Vec<Ext> = v.iter().map(|&x| ext_i(x)).collect();
+                t.resize(1 << crate::mle::vars(v.len()), Ext::ZERO);
+                Some(t)
+            }
+            TableRef::Const(_) => None,
+        };
+        let tlen = match table {
+            TableRef::Const(k) => self.c.weights[*k].0.len(),
+            TableRef::Public(v) => v.len(),
+        };
         let tbits = crate::mle::vars(tlen);
         let tab_leaves = self.proving().then(|| {
             let m = self.slot_ext(mult)[..1 << tbits].to_vec();
-            let tab = self.table(Src::Weight(table));
+            let tab = match (table, &public) {
+                (TableRef::Const(k), _) => self.table(Src::Weight(*k)),
+                (_, Some(t)) => t.clone(),
+                _ => Vec::new(),
+            };
             let q: Vec<Ext> = (0..1usize << tbits)
                 .map(|i| beta - Ext::from(F::from_u64(i as u64)) - gamma * tab[i])
                 .collect();
@@ -480,7 +565,11 @@ impl<'a> Run<'a> {
             .enumerate()
             .map(|(i, z)| *z * pow2((tbits - 1 - i) as u32))
             .sum();
-        let tv = self.src_at(Src::Weight(table), &ft.point)?;
+        let tv = match (table, &public) {
+            (TableRef::Const(k), _) => self.src_at(Src::Weight(*k), &ft.point)?,
+            (_, Some(t)) => eval(t, &ft.point),
+            _ => Ext::ZERO,
+        };
         check(
             ft.q_at == beta - ival - gamma * tv,
             "the lookup table side is wrong",

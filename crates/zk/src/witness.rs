@@ -273,6 +273,47 @@ pub fn gather_map(s0: &[usize], idx: &[i128], axis: usize) -> Result<Vec<(u32, u
     Ok(m)
 }
 
+/// The node whose steps commit tensor `id`.
+fn owner(c: &Circuit, id: usize) -> Option<usize> {
+    c.nodes.iter().position(|steps| {
+        steps.iter().any(|s| {
+            let mut ids = vec![s.out()];
+            match s {
+                Step::Lin { post, .. } => match post {
+                    Post::Resc { rem: Some(b), .. } | Post::Div { rem: b, .. } => {
+                        ids.push(b.num);
+                        ids.extend(b.comp);
+                    }
+                    _ => {}
+                },
+                Step::Extreme { diffs, .. } => ids.extend(diffs),
+                Step::DivBy { out, rem, comp, .. } => {
+                    ids.extend([*rem, *comp]);
+                    ids.extend(out.comp);
+                }
+                Step::Narrow { out, .. } => ids.extend(out.comp),
+                Step::Rsqrt {
+                    idx,
+                    p,
+                    q,
+                    dlo,
+                    dhi,
+                    r,
+                    d1,
+                    d2,
+                    ..
+                } => {
+                    ids.extend([*idx, *p, *q, *dlo, *dhi, *r, d1.num, d2.num]);
+                    ids.extend(d1.comp);
+                    ids.extend(d2.comp);
+                }
+                Step::Table { .. } => {}
+            }
+            ids.contains(&id)
+        })
+    })
+}
+
 pub(crate) fn bound_values(b: &Bound, n: usize) -> Vec<u64> {
     match b {
         Bound::Const(c) => vec![*c; n],
@@ -367,6 +408,66 @@ pub fn witness(pk: &ProvingKey, inputs: &[Vec<i32>]) -> Result<Witness, ZkError>
                     }
                     cx.vals[*out] = y;
                 }
+                Step::Rsqrt {
+                    v,
+                    y,
+                    e,
+                    ybits,
+                    idx,
+                    p,
+                    q,
+                    dlo,
+                    dhi,
+                    r,
+                    d1,
+                    d2,
+                } => {
+                    let vs = cx.dense(*v);
+                    let mut cols: [Vec<i128>; 10] = Default::default();
+                    for &x in &vs {
+                        if x < 1 {
+                            return Err(ZkError::Execution("Rsqrt of a value below 1".into()));
+                        }
+                        let i = 127 - x.leading_zeros() as i128;
+                        let (pp, qq) = (1i128 << i, 1i128 << (i / 2));
+                        let quo = (1i128 << e) / x;
+                        let yy = verity_engine::arith::isqrt_round(quo as u128) as i128;
+                        let row = [
+                            yy,
+                            i,
+                            pp,
+                            qq,
+                            x - pp,
+                            2 * pp - 1 - x,
+                            (1i128 << ybits) - 1 - yy * qq,
+                            (1i128 << e) - x * (yy * yy - yy + 1),
+                            x * (yy * yy + yy + 1) - (1i128 << e) - 1,
+                            0,
+                        ];
+                        if row[4..9].iter().any(|&d| d < 0) {
+                            return Err(ZkError::Execution(
+                                "an Rsqrt value is outside the provable range".into(),
+                            ));
+                        }
+                        for (col, &val) in cols.iter_mut().zip(&row) {
+                            col.push(val);
+                        }
+                    }
+                    let [ys, is, ps, qs, los, his, rs, d1s, d2s, _] = cols;
+                    for (b, vals) in [(d1, &d1s), (d2, &d2s)] {
+                        if let Some(k) = b.comp {
+                            cx.vals[k] = vals.iter().map(|&x| (2i128 << e) - 1 - x).collect();
+                        }
+                        cx.vals[b.num] = vals.clone();
+                    }
+                    cx.vals[*y] = ys;
+                    cx.vals[*idx] = is;
+                    cx.vals[*p] = ps;
+                    cx.vals[*q] = qs;
+                    cx.vals[*dlo] = los;
+                    cx.vals[*dhi] = his;
+                    cx.vals[*r] = rs;
+                }
                 Step::Narrow { out, src } => {
                     let v = cx.vals[*src].clone();
                     if let Some(k) = out.comp {
@@ -387,7 +488,12 @@ pub fn witness(pk: &ProvingKey, inputs: &[Vec<i32>]) -> Result<Witness, ZkError>
                     table,
                     mult,
                 } => {
-                    let tab = &pk.model.consts[*table].data;
+                    let tab: Vec<i64> = match table {
+                        crate::circuit::TableRef::Const(k) => {
+                            pk.model.consts[*k].data.iter().map(|&v| v as i64).collect()
+                        }
+                        crate::circuit::TableRef::Public(v) => v.clone(),
+                    };
                     let mut e = Vec::with_capacity(n);
                     for &i in &cx.vals[*idx] {
                         let j = usize::try_from(i - *lo as i128)
@@ -457,7 +563,10 @@ pub fn witness(pk: &ProvingKey, inputs: &[Vec<i32>]) -> Result<Witness, ZkError>
             let u = v - spec.offset as i128;
             if u < 0 || (u >> (lb * l)) != 0 {
                 return Err(ZkError::Execution(format!(
-                    "a committed value ({v}) is outside its provable range"
+                    "a committed value ({v}) is outside its provable range [{}, {}) (tensor #{id} of node {:?})",
+                    spec.offset,
+                    spec.offset as i128 + (1i128 << (lb * l)),
+                    owner(c, id).map(|k| pk.model.nodes[k].name.as_str()).unwrap_or("?")
                 )));
             }
             for (i, &slot) in spec.limbs.iter().enumerate() {

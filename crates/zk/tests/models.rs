@@ -96,11 +96,16 @@ fn digits_with_softmax_proves_and_verifies() {
 }
 
 #[test]
+fn transformer_block_proves_and_verifies() {
+    round_trip("transformer");
+}
+
+#[test]
 fn ops_the_prover_cannot_handle_are_refused_at_key_time_with_the_node() {
-    let (model, _) = fixture("transformer");
+    let (model, _) = fixture("ops");
     match keygen(&model, model_id(&model)) {
         Err(ZkError::Unsupported(m)) => {
-            assert!(m.contains("node \""), "{m}");
+            assert!(m.contains("node \"leaky\" (LeakyRelu)"), "{m}");
         }
         other => panic!("expected an unsupported-op error, got {other:?}"),
     }
