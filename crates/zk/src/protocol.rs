@@ -362,8 +362,8 @@ impl<'a> Run<'a> {
                     vv - pv == lo && two * pv - ind - vv == hi,
                     "an Rsqrt operand is not within its bit length",
                 )?;
-                self.bounded_at(d1, &od, &rr)?;
-                self.bounded_at(d2, &od, &rr)?;
+                let _ = self.bounded_at(d1, &od, &rr)?;
+                let _ = self.bounded_at(d2, &od, &rr)?;
                 let lambda = self.ch.challenge();
                 let l2 = lambda * lambda;
                 let r2 = self.ch.challenges(od.nvars());
@@ -596,7 +596,7 @@ impl<'a> Run<'a> {
     ) -> Result<(), ZkError> {
         let od = self.c.nums[out.num].dims.clone();
         let r = self.ch.challenges(od.nvars());
-        self.bounded_at(out, &od, &r)?;
+        let _ = self.bounded_at(out, &od, &r)?;
         let rv = self.num_at(rem, &r)?;
         let cv = self.num_at(comp, &r)?;
         let dv = self.view_at(Src::Num(den), &od, &r)?;
