@@ -26,13 +26,22 @@ import time
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 
 
-def child_rss(cmd):
-    """Run `cmd` and return (stdout, seconds, max RSS MB) using wait4 on the child."""
+def child_rss(cmd, timeout=None):
+    """Run `cmd` and return (stdout, seconds, max RSS MB) using wait4 on the child; kill it after
+    `timeout` seconds."""
+    import threading
     t = time.perf_counter()
     with tempfile.TemporaryFile() as errf:
         p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=errf)
+        timer = threading.Timer(timeout, p.kill) if timeout else None
+        if timer:
+            timer.start()
         out = p.stdout.read()
         _, status, ru = os.wait4(p.pid, 0)
+        if timer:
+            timer.cancel()
+            if time.perf_counter() - t >= timeout:
+                raise RuntimeError(f"{' '.join(cmd[:3])} did not finish within {timeout} s (killed)")
         errf.seek(0)
         err = errf.read()
     secs = time.perf_counter() - t
@@ -172,7 +181,9 @@ def flat(v):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--verity", default=os.path.join(ROOT, "target", "release", "verity"))
-    ap.add_argument("--models", default="mlp,cnn")
+    ap.add_argument("--models", default="mlp,cnn,digits")
+    ap.add_argument("--ezkl-timeout", type=float, default=1200,
+                    help="seconds before an EZKL pipeline is killed and reported as failed")
     ap.add_argument("--ezkl-child", nargs=3, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.ezkl_child:
@@ -204,25 +215,35 @@ def main():
         verity = {
             "keygen_s": pv["keygen_ms"] / 1e3, "prove_s": pv["prove_ms"] / 1e3,
             "verify_s": vv["verify_ms"] / 1e3, "proof_bytes": pv["proof_bytes"],
-            "pk_bytes": 0, "vk_bytes": 64 + os.path.getsize(vty), "prove_rss_mb": prove_rss,
+            "pk_bytes": pv["proving_key_bytes"], "vk_bytes": 64 + os.path.getsize(vty),
+            "prove_rss_mb": prove_rss,
             "err": max(abs(x - y) for x, y in zip(v_out, ref)),
         }
-        # the proving key is the committed constants table, kept encoded in memory (rate 1/8)
-        verity["pk_bytes"] = 8 * 8 * (1 << max(1, (len(open(vty, "rb").read()) // 4 - 1).bit_length()))
         # EZKL
         data_path = os.path.join(tmp, "input.json")
         x = flat(list(inp.values())[0]["data"]) if isinstance(inp, dict) else flat(inp)
         json.dump({"input_data": [x]}, open(data_path, "w"))
-        out, ez_wall, ez_rss = child_rss([sys.executable, os.path.abspath(__file__), "--ezkl-child",
-                                          onnx_path, data_path, tmp])
-        ez = json.loads(out.strip().splitlines()[-1])
-        ez["err"] = max(abs(x - y) for x, y in zip(flat(ez["outputs"]), ref))
-        ez["rss_mb"] = ez_rss
+        try:
+            out, ez_wall, ez_rss = child_rss([sys.executable, os.path.abspath(__file__), "--ezkl-child",
+                                              onnx_path, data_path, tmp], timeout=a.ezkl_timeout)
+            ez = json.loads(out.strip().splitlines()[-1])
+            ez["err"] = max(abs(x - y) for x, y in zip(flat(ez["outputs"]), ref))
+            ez["rss_mb"] = ez_rss
+        except RuntimeError as e:
+            lines = [x for x in str(e).strip().splitlines() if x.strip()]
+            print(f"{name}: EZKL failed: {(lines[-1] if lines else 'no message')[:300]}")
+            ez = None
         rows.append((name, verity, ez))
     print()
     print(f"{'model':6} {'system':7} {'setup s':>8} {'prove s':>8} {'verify ms':>10} {'proof kB':>9} "
           f"{'pk MB':>8} {'vk kB':>8} {'peak MB':>8} {'max |err|':>10}")
     for name, v, e in rows:
+        if e is None:
+            print(f"{name:6} {'EZKL':7} (failed, see above)")
+            print(f"{'':6} {'Verity':7} {v['keygen_s']:8.2f} {v['prove_s']:8.2f} {v['verify_s'] * 1e3:10.1f} "
+                  f"{v['proof_bytes'] / 1e3:9.1f} {v['pk_bytes'] / 1e6:8.1f} {v['vk_bytes'] / 1e3:8.1f} "
+                  f"{v['prove_rss_mb']:8.0f} {v['err']:10.2e}")
+            continue
         print(f"{name:6} {'EZKL':7} {e['setup_s'] + e['srs_s']:8.2f} {e['prove_s']:8.2f} "
               f"{e['verify_s'] * 1e3:10.1f} {e['proof_bytes'] / 1e3:9.1f} {e['pk_bytes'] / 1e6:8.1f} "
               f"{e['vk_bytes'] / 1e3:8.1f} {e['rss_mb']:8.0f} {e['err']:10.2e}")

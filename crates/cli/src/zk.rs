@@ -71,6 +71,7 @@ pub fn cmd_prove(a: ProveArgs) -> Result<()> {
         "proof": a.output.display().to_string(),
         "proof_bytes": file.proof.len(),
         "file_bytes": bytes.len(),
+        "proving_key_bytes": pk.w.bytes(),
         "keygen_ms": keygen_ms,
         "prove_ms": prove_ms,
     });

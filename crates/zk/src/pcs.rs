@@ -101,6 +101,13 @@ pub fn commit(mut values: Vec<F>, n: usize) -> Committed {
     }
 }
 
+impl Committed {
+    /// Bytes the prover keeps for this commitment (the table, its encoding and the Merkle leaves).
+    pub fn bytes(&self) -> usize {
+        8 * (self.rows.len() + self.encoded.len()) + 32 * self.leaves.len()
+    }
+}
+
 fn encode_ext(u: &[Ext]) -> Vec<Ext> {
     let len = u.len() << BLOWUP_BITS;
     let mut m = vec![F::ZERO; len * 2];

@@ -110,3 +110,40 @@ fn ops_the_prover_cannot_handle_are_refused_at_key_time_with_the_node() {
         other => panic!("expected an unsupported-op error, got {other:?}"),
     }
 }
+
+/// The prover is deterministic and the encoding canonical: the same model and input give these exact
+/// proof bytes on every machine (a changed protocol must change this pin on purpose).
+#[test]
+fn proofs_are_byte_for_byte_reproducible() {
+    let (model, x) = fixture("digits");
+    let pk = keygen(&model, model_id(&model)).expect("keygen");
+    let (y, p1) = prove(&pk, &x).expect("prove");
+    let (_, p2) = prove(&pk, &x).expect("prove");
+    assert_eq!(p1, p2);
+    let file = verity_zk::ProofFile {
+        model_id: model_id(&model),
+        w_root: pk.w.root,
+        inputs: x.clone(),
+        outputs: y.clone(),
+        proof: p1,
+    };
+    let bytes = file.to_bytes();
+    // a proof read back from its file verifies
+    let back = verity_zk::ProofFile::from_bytes(&bytes).expect("parse");
+    verify(
+        &model,
+        &pk.verifying_key(),
+        &back.inputs,
+        &back.outputs,
+        &back.proof,
+    )
+    .expect("verifies");
+    assert_eq!(
+        verity_core::keccak256(&bytes).to_string(),
+        GOLDEN_DIGITS_PROOF,
+        "the digits proof file changed"
+    );
+}
+
+const GOLDEN_DIGITS_PROOF: &str =
+    "0x6ffbb8ebdcb8f05372c423a43fff3ffda1d5c5b97718e76276e18a806b1db3f0";
