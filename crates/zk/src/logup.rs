@@ -86,9 +86,9 @@ pub fn fraction_sum(
         let v = ch.ext(b"fraction children", 4, || finals[1..5].to_vec())?;
         let (p0, p1, q0, q1) = (v[0], v[1], v[2], v[3]);
         if eq_at(&point, &r) * (p0 * q1 + p1 * q0 + lambda * q0 * q1) != end {
-            return Err(ZkError::rejected(format!(
+            ch.reject(format!(
                 "fraction layer {k}: the children do not combine to the parent"
-            )));
+            ))?;
         }
         let mu = ch.challenge();
         cp = p0 + mu * (p1 - p0);

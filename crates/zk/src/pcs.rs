@@ -157,9 +157,7 @@ pub fn open(
     let eq_col = eq_table(z_col);
     let at: Ext = u.iter().zip(&eq_col).map(|(x, e)| *x * *e).sum();
     if at != value {
-        return Err(ZkError::rejected(
-            "the committed table does not have the claimed value at the point",
-        ));
+        ch.reject("the committed table does not have the claimed value at the point")?;
     }
     let enc = encode_ext(&u);
     ch.grind(GRIND_BITS)?;
@@ -189,16 +187,14 @@ pub fn open(
         .map(|(&q, col)| (q, leaf(col)))
         .collect();
     if multiproof_root(1 << (b + BLOWUP_BITS), &items, &path).as_ref() != Some(root) {
-        return Err(ZkError::rejected(
-            "an opened column is not in the commitment",
-        ));
+        ch.reject("an opened column is not in the commitment")?;
     }
     for (&q, col) in qs.iter().zip(cols.chunks(width)) {
         let combined: Ext = col.iter().zip(&eq_row).map(|(x, e)| *e * *x).sum();
         if combined != enc[q] {
-            return Err(ZkError::rejected(
+            ch.reject(
                 "an opened column does not match the combined row: the commitment is not to a codeword",
-            ));
+            )?;
         }
     }
     Ok(())

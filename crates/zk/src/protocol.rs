@@ -24,7 +24,7 @@ use crate::logup::fraction_sum;
 use crate::mle::{eq_table, eval};
 use crate::pcs::{self, Committed};
 use crate::sumcheck::{self, Poly};
-use crate::witness::{bound_values, gather_map, src_dense, src_shape, witness, Witness};
+use crate::witness::{bound_values, gather_map, src_dense, src_shape, Witness};
 use crate::ZkError;
 
 /// Protocol name and version (the transcript's domain).
@@ -48,14 +48,6 @@ struct Run<'a> {
 
 fn pow2(k: u32) -> Ext {
     Ext::from(F::from_u64(1u64 << k))
-}
-
-fn check(ok: bool, what: &str) -> Result<(), ZkError> {
-    if ok {
-        Ok(())
-    } else {
-        Err(ZkError::rejected(what))
-    }
 }
 
 fn exts(v: &[i128]) -> Vec<Ext> {
@@ -119,6 +111,14 @@ fn restrict(vals: &[Ext], dims: &Dims, roles: &[Role], groups: &[usize]) -> Vec<
 }
 
 impl<'a> Run<'a> {
+    fn check(&self, ok: bool, what: &str) -> Result<(), ZkError> {
+        if ok {
+            Ok(())
+        } else {
+            self.ch.reject(what)
+        }
+    }
+
     fn proving(&self) -> bool {
         self.wit.is_some()
     }
@@ -243,7 +243,7 @@ impl<'a> Run<'a> {
                 t => eval(&self.bound_table(t, d), r),
             };
             let off = ext_i(self.c.nums[b.num].offset) * d.ind_at(r);
-            check(
+            self.check(
                 v - off + c == bound - d.ind_at(r),
                 "a value and its complement do not add up to its bound",
             )?;
@@ -259,7 +259,7 @@ impl<'a> Run<'a> {
             .then(|| Poly::new(vec![self.table(s), m.clone()]).term(Ext::ONE, &[0, 1]));
         let (pt, end, _) = sumcheck::run(&mut self.ch, d.nvars(), 2, claim, poly)?;
         let v = self.src_at(s, &pt)?;
-        check(v * eval(&m, &pt) == end, "a wiring sum does not hold")
+        self.check(v * eval(&m, &pt) == end, "a wiring sum does not hold")
     }
 
     fn wire_weights(
@@ -322,7 +322,7 @@ impl<'a> Run<'a> {
                                 let (pt, end, _) =
                                     sumcheck::run(&mut self.ch, od.nvars(), 3, s, poly)?;
                                 let yv = self.num_at(*out, &pt)?;
-                                check(
+                                self.check(
                                     eq_at(&r, &pt) * eval(&dt, &pt) * yv == end,
                                     "a division's divisor-output sum does not hold",
                                 )?;
@@ -358,7 +358,7 @@ impl<'a> Run<'a> {
                 let lo = self.num_at(*dlo, &rr)?;
                 let hi = self.num_at(*dhi, &rr)?;
                 let two = Ext::from(F::from_u64(2));
-                check(
+                self.check(
                     vv - pv == lo && two * pv - ind - vv == hi,
                     "an Rsqrt operand is not within its bit length",
                 )?;
@@ -401,7 +401,7 @@ impl<'a> Run<'a> {
                 let f1 = rv + yv * qv - ye * ri;
                 let f2 = a1 + vv * yv * yv - vv * yv + vv - ee * ri;
                 let f3 = a2 - vv * yv * yv - vv * yv - vv + (ee + Ext::ONE) * ri;
-                check(
+                self.check(
                     eq_at(&r2, &pt) * (f1 + lambda * f2 + l2 * f3) == end,
                     "an Rsqrt does not hold",
                 )
@@ -411,7 +411,7 @@ impl<'a> Run<'a> {
                 let r = self.ch.challenges(od.nvars());
                 let y = self.bounded_at(out, &od, &r)?;
                 let v = self.num_at(*src, &r)?;
-                check(y == v, "a tensor is outside the range its uses assume")
+                self.check(y == v, "a tensor is outside the range its uses assume")
             }
             Step::Table {
                 idx,
@@ -450,13 +450,13 @@ impl<'a> Run<'a> {
                     match cand {
                         Cand::View(s, sh) => {
                             let v = self.view_at(*s, &od, &r)?;
-                            check(
+                            self.check(
                                 v * pow2(*sh) == c,
                                 "a candidate does not match its difference",
                             )?;
                         }
                         Cand::Const(k) => {
-                            check(
+                            self.check(
                                 ext_i(*k) * od.ind_at(&r) == c,
                                 "a constant candidate does not match its difference",
                             )?;
@@ -496,7 +496,7 @@ impl<'a> Run<'a> {
                 for &d in diffs {
                     prod *= self.num_at(d, &pt)?;
                 }
-                check(prod == end, "a maximum is not attained by any candidate")
+                self.check(prod == end, "a maximum is not attained by any candidate")
             }
         }
     }
@@ -522,13 +522,13 @@ impl<'a> Run<'a> {
             (ind, q)
         });
         let fw = fraction_sum(&mut self.ch, od.nvars(), leaves)?;
-        check(
+        self.check(
             fw.p_at == od.ind_at(&fw.point),
             "a lookup's numerators are wrong",
         )?;
         let iv = self.num_at(idx, &fw.point)?;
         let ev = self.num_at(out, &fw.point)?;
-        check(
+        self.check(
             fw.q_at == beta - (iv - ext_i(lo) * od.ind_at(&fw.point)) - gamma * ev,
             "a lookup's denominators are wrong",
         )?;
@@ -570,13 +570,13 @@ impl<'a> Run<'a> {
             (_, Some(t)) => eval(t, &ft.point),
             _ => Ext::ZERO,
         };
-        check(
+        self.check(
             ft.q_at == beta - ival - gamma * tv,
             "the lookup table side is wrong",
         )?;
         self.tclaims
             .push((ms.offset, ms.bits, ft.point.clone(), ft.p_at));
-        check(
+        self.check(
             fw.root_q != Ext::ZERO
                 && ft.root_q != Ext::ZERO
                 && fw.root_p * ft.root_q == ft.root_p * fw.root_q,
@@ -601,7 +601,7 @@ impl<'a> Run<'a> {
         let cv = self.num_at(comp, &r)?;
         let dv = self.view_at(Src::Num(den), &od, &r)?;
         let two = Ext::from(F::from_u64(2));
-        check(
+        self.check(
             rv + cv == two * dv - od.ind_at(&r),
             "a division remainder is out of range",
         )?;
@@ -624,7 +624,7 @@ impl<'a> Run<'a> {
         let dv = self.view_at(Src::Num(den), &od, &pt)?;
         let ov = self.num_at(out.num, &pt)?;
         let rv = self.num_at(rem, &pt)?;
-        check(
+        self.check(
             eq_at(&r2, &pt) * (pow2(shift + 1) * ev + dv - two * dv * ov - rv) == end,
             "a division does not hold",
         )
@@ -634,13 +634,13 @@ impl<'a> Run<'a> {
         match lin {
             Lin::Copy(s) => {
                 let v = self.src_at(*s, r)?;
-                check(v == pre, "a copied tensor differs from its source")
+                self.check(v == pre, "a copied tensor differs from its source")
             }
             Lin::AddSub { a, b, la, lb, sub } => {
                 let va = self.view_at(*a, od, r)?;
                 let vb = self.view_at(*b, od, r)?;
                 let (x, y) = (va * pow2(*la), vb * pow2(*lb));
-                check(
+                self.check(
                     pre == if *sub { x - y } else { x + y },
                     "a sum or difference does not hold",
                 )
@@ -657,7 +657,7 @@ impl<'a> Run<'a> {
                 let (pt, end, _) = sumcheck::run(&mut self.ch, od.nvars(), 3, pre, poly)?;
                 let va = self.view_at(*a, od, &pt)?;
                 let vb = self.view_at(*b, od, &pt)?;
-                check(eq_at(r, &pt) * va * vb == end, "a product does not hold")
+                self.check(eq_at(r, &pt) * va * vb == end, "a product does not hold")
             }
             Lin::EinSum {
                 a,
@@ -739,7 +739,7 @@ impl<'a> Run<'a> {
                 let (pa, pb) = (point_for(la), point_for(lb));
                 let va = self.src_at(*a, &pa)?;
                 let vb = self.src_at(*b, &pb)?;
-                check(
+                self.check(
                     eq_at(&r_batch, &pt[..bbits]) * va * vb == end,
                     "a contraction does not hold",
                 )
@@ -821,7 +821,7 @@ impl<'a> Run<'a> {
                     .ext1(b"patches", || finals.get(1).copied().unwrap_or(Ext::ZERO))?;
                 let wv = self.src_at(*w, &pt)?;
                 let ps = dw.split(&pt);
-                check(
+                self.check(
                     eq_at(ro, ps[0]) * xv * wv == end,
                     "a convolution does not hold",
                 )?;
@@ -872,7 +872,7 @@ impl<'a> Run<'a> {
                     }
                 }
                 let v = self.src_at(*x, &full)?;
-                check(v == end, "a reduction does not hold")
+                self.check(v == end, "a reduction does not hold")
             }
             Lin::Wire { parts, map } => self.wires(parts, map, od, r, pre),
             Lin::Gather {
@@ -922,7 +922,7 @@ impl<'a> Run<'a> {
                 Vec::new()
             };
             let v = self.ch.ext(b"parts", parts.len(), || computed)?;
-            check(
+            self.check(
                 v.iter().copied().sum::<Ext>() == pre,
                 "the parts do not add up",
             )?;
@@ -975,7 +975,7 @@ impl<'a> Run<'a> {
             let hi = bits - c.1;
             gz += k * eq_at(&bits_point(c.0 >> c.1, hi), &z[..hi]) * eq_at(&c.2, &z[hi..]);
         }
-        check(tz * gz == end, "the batched claims do not hold")?;
+        self.check(tz * gz == end, "the batched claims do not hold")?;
         pcs::open(&mut self.ch, tab.map(|(_, c)| c), root, (bits, len), &z, tz)
     }
 
@@ -1013,7 +1013,7 @@ impl<'a> Run<'a> {
                 let r = self.ch.challenges(d.nvars());
                 let want = self.output_tabs_at(j, &d, &r);
                 let got = self.num_at(*n, &r)?;
-                check(got == want, "the committed output is not the stated output")?;
+                self.check(got == want, "the committed output is not the stated output")?;
             }
         }
         // T vanishes off its real entries
@@ -1042,7 +1042,7 @@ impl<'a> Run<'a> {
             finals.get(2).copied().unwrap_or(Ext::ZERO)
         })?;
         self.tclaims.push((0, n, pt.clone(), tv));
-        check(
+        self.check(
             eq_at(&r, &pt) * (Ext::ONE - self.valid_at(&pt)) * tv == end,
             "the trace is not zero off its tensors",
         )?;
@@ -1065,7 +1065,7 @@ impl<'a> Run<'a> {
             let hi = n - s.bits;
             in_m += eq_at(&bits_point(s.offset >> s.bits, hi), &fw.point[..hi]);
         }
-        check(
+        self.check(
             fw.p_at == Ext::ONE - in_m,
             "the range argument's numerators are wrong",
         )?;
@@ -1084,10 +1084,10 @@ impl<'a> Run<'a> {
             .enumerate()
             .map(|(i, z)| *z * pow2(c.limb_bits - 1 - i as u32))
             .sum();
-        check(ft.q_at == alpha - tval, "the range table is wrong")?;
+        self.check(ft.q_at == alpha - tval, "the range table is wrong")?;
         self.tclaims
             .push((ms.offset, ms.bits, ft.point.clone(), ft.p_at));
-        check(
+        self.check(
             fw.root_q != Ext::ZERO
                 && ft.root_q != Ext::ZERO
                 && fw.root_p * ft.root_q == ft.root_p * fw.root_q,
@@ -1180,6 +1180,26 @@ fn input_tabs(c: &Circuit, inputs: &[Vec<i32>]) -> Vec<Vec<Ext>> {
 /// Prove the canonical execution of the key's model on `inputs` (quantized). Returns the outputs and the
 /// proof bytes.
 pub fn prove(pk: &ProvingKey, inputs: &[Vec<i32>]) -> Result<(Vec<Vec<i32>>, Vec<u8>), ZkError> {
+    prove_inner(pk, inputs, |_| {}, false)
+}
+
+/// [`prove`] from committed values changed by `tamper` (a cheating prover, for soundness tests): the
+/// outputs returned are the honest ones.
+#[doc(hidden)]
+pub fn prove_with(
+    pk: &ProvingKey,
+    inputs: &[Vec<i32>],
+    tamper: impl FnOnce(&mut Vec<Vec<i128>>),
+) -> Result<(Vec<Vec<i32>>, Vec<u8>), ZkError> {
+    prove_inner(pk, inputs, tamper, true)
+}
+
+fn prove_inner(
+    pk: &ProvingKey,
+    inputs: &[Vec<i32>],
+    tamper: impl FnOnce(&mut Vec<Vec<i128>>),
+    cheating: bool,
+) -> Result<(Vec<Vec<i32>>, Vec<u8>), ZkError> {
     let c = &pk.circuit;
     if inputs.len() != c.inputs.len()
         || inputs
@@ -1191,10 +1211,14 @@ pub fn prove(pk: &ProvingKey, inputs: &[Vec<i32>]) -> Result<(Vec<Vec<i32>>, Vec
             "the inputs do not match the model's input shapes".into(),
         ));
     }
-    let wit = witness(pk, inputs)?;
+    let wit = crate::witness::witness_with(pk, inputs, tamper)?;
     let outputs = wit.outputs.clone();
     let vk = pk.verifying_key();
-    let mut ch = Channel::prover(DOMAIN);
+    let mut ch = if cheating {
+        Channel::cheating_prover(DOMAIN)
+    } else {
+        Channel::prover(DOMAIN)
+    };
     statement(&mut ch, &vk, inputs, &outputs);
     let tcom = pcs::commit(wit.t[..c.t_len].to_vec(), c.t_bits);
     ch.hashes(b"trace commitment", 1, || vec![tcom.root])?;

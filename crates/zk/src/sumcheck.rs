@@ -99,9 +99,9 @@ pub fn run(
             )
         })?;
         if vals[0] + vals[1] != claim {
-            return Err(ZkError::rejected(format!(
+            ch.reject(format!(
                 "sumcheck round {round}: s(0) + s(1) is not the claim"
-            )));
+            ))?;
         }
         let r = ch.challenge();
         claim = interpolate(&vals, r);

@@ -323,6 +323,16 @@ pub(crate) fn bound_values(b: &Bound, n: usize) -> Vec<u64> {
 
 /// Compute the witness for `inputs` (quantized) and fill the trace table.
 pub fn witness(pk: &ProvingKey, inputs: &[Vec<i32>]) -> Result<Witness, ZkError> {
+    witness_with(pk, inputs, |_| {})
+}
+
+/// [`witness`] with the committed values changed by `tamper` before they are committed (tests use it to
+/// play a cheating prover).
+pub fn witness_with(
+    pk: &ProvingKey,
+    inputs: &[Vec<i32>],
+    tamper: impl FnOnce(&mut Vec<Vec<i128>>),
+) -> Result<Witness, ZkError> {
     let c: &Circuit = &pk.circuit;
     let exec = Executor::new(&pk.model, Mode::Fast { threads: 1 });
     let (outputs, trace) = exec
@@ -552,6 +562,7 @@ pub fn witness(pk: &ProvingKey, inputs: &[Vec<i32>]) -> Result<Witness, ZkError>
             )));
         }
     }
+    tamper(&mut cx.vals);
     // limbs into the trace table
     let mut t = vec![F::ZERO; 1 << c.t_bits];
     let lb = c.limb_bits;

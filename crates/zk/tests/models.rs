@@ -147,3 +147,48 @@ fn proofs_are_byte_for_byte_reproducible() {
 
 const GOLDEN_DIGITS_PROOF: &str =
     "0x6ffbb8ebdcb8f05372c423a43fff3ffda1d5c5b97718e76276e18a806b1db3f0";
+
+/// A cheating prover: every committed tensor of the model (node outputs, remainders, complements,
+/// differences, lookup values, …) changed at one element (first, middle or last), and the proof made
+/// from those values anyway, must not verify against the honest statement.
+fn tampering_any_committed_value_fails(name: &str) {
+    let (model, x) = fixture(name);
+    let pk = keygen(&model, model_id(&model)).expect("keygen");
+    let (y, honest) = prove(&pk, &x).expect("prove");
+    verify(&model, &pk.verifying_key(), &x, &y, &honest).expect("honest proof");
+    let n = pk.circuit.nums.len();
+    let mut tried = 0;
+    for id in 0..n {
+        let len = pk.circuit.nums[id].dims.len();
+        for (k, at) in [0, len / 2, len.saturating_sub(1)].into_iter().enumerate() {
+            let delta = if k == 1 { -1 } else { 1 };
+            match verity_zk::protocol::prove_with(&pk, &x, |vals| {
+                if let Some(v) = vals[id].get_mut(at) {
+                    *v += delta;
+                }
+            }) {
+                // the changed value left its committed range: no proof at all
+                Err(ZkError::Execution(_)) => continue,
+                Err(e) => panic!("tensor {id}: {e}"),
+                Ok((_, bad)) => {
+                    tried += 1;
+                    assert!(
+                        verify(&model, &pk.verifying_key(), &x, &y, &bad).is_err(),
+                        "{name}: a proof with tensor {id} changed at {at} verified"
+                    );
+                }
+            }
+        }
+    }
+    assert!(tried > n, "{name}: only {tried} tampered proofs were made");
+}
+
+#[test]
+fn a_cheating_prover_is_caught_on_the_mlp() {
+    tampering_any_committed_value_fails("mlp");
+}
+
+#[test]
+fn a_cheating_prover_is_caught_on_the_digits_classifier() {
+    tampering_any_committed_value_fails("digits");
+}
