@@ -146,7 +146,7 @@ fn proofs_are_byte_for_byte_reproducible() {
 }
 
 const GOLDEN_DIGITS_PROOF: &str =
-    "0x6ffbb8ebdcb8f05372c423a43fff3ffda1d5c5b97718e76276e18a806b1db3f0";
+    "0xe20c9b6ad43408834dbc6cedf0065e521750dfaf7e9436ed3a0c5ed2d3a7b58c";
 
 /// A cheating prover: every committed tensor of the model (node outputs, remainders, complements,
 /// differences, lookup values, …) changed at one element (first, middle or last), and the proof made
