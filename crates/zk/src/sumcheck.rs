@@ -99,7 +99,7 @@ pub fn run(
                     .unwrap_or(&Poly::default()),
                 degree,
             );
-            v.remove(1);
+            let _s1 = v.remove(1);
             v
         })?;
         let mut vals = Vec::with_capacity(degree + 1);
