@@ -429,6 +429,35 @@ impl Model {
             .and_then(|i| self.consts.get(i))
     }
 
+    /// A model of one node: `op` on `node_inputs` (value ids over `inputs` then `consts`), giving a
+    /// tensor of `shape` at `scale`, which is the model's one output `y`. For tests and tools; call
+    /// [`Model::validate`] before running it.
+    pub fn one_node(
+        inputs: Vec<Input>,
+        consts: Vec<Const>,
+        op: Op,
+        node_inputs: Vec<ValueId>,
+        shape: Vec<u32>,
+        scale: i8,
+    ) -> Model {
+        let v = (inputs.len() + consts.len()) as ValueId;
+        Model {
+            inputs,
+            consts,
+            nodes: vec![Node {
+                name: "n".into(),
+                op,
+                inputs: node_inputs,
+                shape,
+                scale,
+            }],
+            outputs: vec![Output {
+                name: "y".into(),
+                value: v,
+            }],
+        }
+    }
+
     /// Number of weight parameters (constant elements).
     pub fn parameter_count(&self) -> u64 {
         self.consts.iter().map(|c| c.data.len() as u64).sum()

@@ -1059,6 +1059,51 @@ fn node_steps(
                 },
             });
         }
+        Op::Reduce {
+            kind: kind @ (ReduceKind::Max | ReduceKind::Min),
+            axes,
+        } => {
+            // an extreme over the reduced positions (one tap each), then the rescale
+            let axes: Vec<usize> = axes.iter().map(|&a| a as usize).collect();
+            let count: usize = axes.iter().map(|&a| s0[a]).product();
+            if count > 64 {
+                return Err(unsupported(
+                    name,
+                    opn,
+                    "a max/min reduction over more than 64 elements is not provable yet",
+                ));
+            }
+            let mut taps = vec![Vec::new(); count];
+            let ost = verity_engine::exec::strides(&out_shape);
+            let rshape: Vec<usize> = axes.iter().map(|&a| s0[a]).collect();
+            let rst = verity_engine::exec::strides(&rshape);
+            let to_out: Vec<usize> = (0..s0.len())
+                .map(|i| if axes.contains(&i) { 0 } else { ost[i] })
+                .collect();
+            let to_tap: Vec<usize> = (0..s0.len())
+                .map(|i| axes.iter().position(|&a| a == i).map_or(0, |p| rst[p]))
+                .collect();
+            verity_engine::exec::for_each_index(&s0, &[to_out, to_tap], |flat, o| {
+                taps[o[1]].push((o[0] as u32, flat as u32));
+            });
+            let m = b.int(&out_shape);
+            let diffs = (0..count).map(|_| b.num(&out_shape, 32, 0)).collect();
+            steps.push(Step::Extreme {
+                out: m,
+                cands: taps.into_iter().map(|t| Cand::Tap(srcs[0], t)).collect(),
+                min: matches!(kind, ReduceKind::Min),
+                diffs,
+            });
+            if sc0 != so {
+                let z = b.int(&out_shape);
+                let post = post_resc(b, name, opn, &out_shape, sc0 - so)?;
+                steps.push(Step::Lin {
+                    out: z,
+                    lin: Lin::Copy(Src::Num(m)),
+                    post,
+                });
+            }
+        }
         Op::Reduce { kind, axes } => {
             let axes: Vec<usize> = axes.iter().map(|&a| a as usize).collect();
             let count: u128 = axes.iter().map(|&a| s0[a] as u128).product();

@@ -807,10 +807,14 @@ impl<'a> Run<'a> {
                     let per = dw.padded() >> dw.bits[0];
                     let mut te = vec![Ext::ZERO; dw.padded()];
                     let mut tx = vec![Ext::ZERO; dw.padded()];
-                    for o in 0..o_all {
+                    // eq over every (padded) output channel, as the verifier evaluates it; the
+                    // patches only for real ones (the weights are zero on the others)
+                    for (o, &e) in eo.iter().enumerate() {
                         for i in 0..per {
-                            te[(o * per) + i] = eo[o];
-                            tx[(o * per) + i] = xg[o / og][i];
+                            te[(o * per) + i] = e;
+                            if o < o_all {
+                                tx[(o * per) + i] = xg[o / og][i];
+                            }
                         }
                     }
                     Poly::new(vec![te, tx, self.table(*w)]).term(Ext::ONE, &[0, 1, 2])
