@@ -104,7 +104,9 @@ fn extremes_and_clamps() {
 
 #[test]
 fn shape_ops_and_gathers() {
-    let cases: Vec<(Op, Vec<u32>, Vec<u32>, Vec<Const>, Vec<u32>)> = vec![
+    // (op, input shape, output shape, constants, node inputs)
+    type Case = (Op, Vec<u32>, Vec<u32>, Vec<Const>, Vec<u32>);
+    let cases: Vec<Case> = vec![
         (
             Op::Transpose {
                 perm: vec![2, 0, 1],
@@ -239,7 +241,7 @@ fn contractions_with_batch_and_bias() {
 
 #[test]
 fn softmax_on_an_inner_axis_and_lookups_with_shifts() {
-    let exp: Vec<i32> = (0..64).map(|i| ((i * i + 3 * i + 1) * 16) as i32).collect();
+    let exp: Vec<i32> = (0..64).map(|i| (i * i + 3 * i + 1) * 16).collect();
     let m = Model::one_node(
         vec![input(vec![2, 5, 3], 8)],
         vec![konst(vec![64], 12, exp)],
