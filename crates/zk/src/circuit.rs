@@ -269,6 +269,35 @@ pub enum Step {
         /// Upper condition.
         d2: Bounded,
     },
+    /// Leaky ReLU: with the sign bit `b` of `x` (`a = x − 2·bx − b ≥ 0`, `bx = b·x`), the positive part
+    /// `p = rshift(x − bx, kp)` and the negative part `n = rshift(alpha·bx, kn)` (one of them is 0), and
+    /// `y = p + n`.
+    LeakyRelu {
+        /// Input.
+        x: Src,
+        /// Output.
+        y: usize,
+        /// Sign bit (1: negative).
+        b: Bounded,
+        /// `b·x`.
+        bx: usize,
+        /// `x − 2·bx − b` (non-negative).
+        a: usize,
+        /// Positive part.
+        p: usize,
+        /// Its shift and remainder.
+        kp: i32,
+        /// Remainder of the positive part.
+        rem_p: Option<Bounded>,
+        /// Negative part.
+        n: usize,
+        /// Its shift.
+        kn: i32,
+        /// Remainder of the negative part.
+        rem_n: Option<Bounded>,
+        /// Slope numerator.
+        alpha: i64,
+    },
     /// `out = src`, where `out` has a narrower range than `src`: bounds `src`.
     Narrow {
         /// The narrow copy.
@@ -295,7 +324,7 @@ impl Step {
         match self {
             Step::Lin { out, .. } | Step::Extreme { out, .. } | Step::Table { out, .. } => *out,
             Step::DivBy { out, .. } | Step::Narrow { out, .. } => out.num,
-            Step::Rsqrt { y, .. } => *y,
+            Step::Rsqrt { y, .. } | Step::LeakyRelu { y, .. } => *y,
         }
     }
 }
@@ -1209,6 +1238,52 @@ fn node_steps(
                     axis: *axis as usize,
                 },
                 post,
+            });
+        }
+        Op::LeakyRelu {
+            alpha_q,
+            alpha_scale,
+        } => {
+            let kp = sc0 - so;
+            let kn = sc0 + *alpha_scale as i32 - so;
+            for k in [kp, kn] {
+                if !(-30..=30).contains(&k) {
+                    return Err(unsupported(
+                        name,
+                        opn,
+                        format!("a rescale by 2^{k} is out of range"),
+                    ));
+                }
+            }
+            let mx = b.maxabs(srcs[0]);
+            check_exact(
+                name,
+                opn,
+                (mx * alpha_q.unsigned_abs() as u128) << kn.min(0).unsigned_abs(),
+            )?;
+            check_exact(name, opn, mx << kp.min(0).unsigned_abs())?;
+            let sh = out_shape.clone();
+            let y = b.int(&sh);
+            let sign = b.bounded(&sh, Bound::Const(2));
+            let bx = b.int(&sh);
+            let a = b.num(&sh, 32, 0);
+            let p = b.int(&sh);
+            let rem_p = (kp > 0).then(|| b.bounded(&sh, Bound::Const(1u64 << kp)));
+            let n = b.int(&sh);
+            let rem_n = (kn > 0).then(|| b.bounded(&sh, Bound::Const(1u64 << kn)));
+            steps.push(Step::LeakyRelu {
+                x: srcs[0],
+                y,
+                b: sign,
+                bx,
+                a,
+                p,
+                kp,
+                rem_p,
+                n,
+                kn,
+                rem_n,
+                alpha: *alpha_q as i64,
             });
         }
         Op::Rsqrt => {

@@ -406,6 +406,70 @@ impl<'a> Run<'a> {
                     "an Rsqrt does not hold",
                 )
             }
+            Step::LeakyRelu {
+                x,
+                y,
+                b,
+                bx,
+                a,
+                p,
+                kp,
+                rem_p,
+                n,
+                kn,
+                rem_n,
+                alpha,
+            } => {
+                let od = self.c.nums[*y].dims.clone();
+                let r = self.ch.challenges(od.nvars());
+                let ind = od.ind_at(&r);
+                let xv = self.src_at(*x, &r)?;
+                let yv = self.num_at(*y, &r)?;
+                let bv = self.bounded_at(b, &od, &r)?;
+                let bxv = self.num_at(*bx, &r)?;
+                let av = self.num_at(*a, &r)?;
+                let pv = self.num_at(*p, &r)?;
+                let nv = self.num_at(*n, &r)?;
+                let two = Ext::from(F::from_u64(2));
+                self.check(
+                    av == xv - two * bxv - bv,
+                    "a sign bit does not match its input",
+                )?;
+                self.check(yv == pv + nv, "a leaky ReLU is not the sum of its parts")?;
+                for (rem, k, out, pre) in [
+                    (rem_p, *kp, pv, xv - bxv),
+                    (rem_n, *kn, nv, ext_i(*alpha) * bxv),
+                ] {
+                    let want = match rem {
+                        Some(rb) => {
+                            let rv = self.bounded_at(rb, &od, &r)?;
+                            pow2(k as u32) * out + rv - pow2(k as u32 - 1) * ind
+                        }
+                        None => out * pow2((-k) as u32).inverse(),
+                    };
+                    self.check(want == pre, "a leaky ReLU part is not its rescaled input")?;
+                }
+                // bx = b·x everywhere
+                let r2 = self.ch.challenges(od.nvars());
+                let poly = self.proving().then(|| {
+                    Poly::new(vec![
+                        eq_table(&r2),
+                        self.num_table(*bx),
+                        self.num_table(b.num),
+                        self.table(*x),
+                    ])
+                    .term(Ext::ONE, &[0, 1])
+                    .term(-Ext::ONE, &[0, 2, 3])
+                });
+                let (pt, end, _) = sumcheck::run(&mut self.ch, od.nvars(), 3, Ext::ZERO, poly)?;
+                let bxv = self.num_at(*bx, &pt)?;
+                let bv = self.num_at(b.num, &pt)?;
+                let xv = self.src_at(*x, &pt)?;
+                self.check(
+                    eq_at(&r2, &pt) * (bxv - bv * xv) == end,
+                    "a sign bit times the input is wrong",
+                )
+            }
             Step::Narrow { out, src } => {
                 let od = self.c.nums[out.num].dims.clone();
                 let r = self.ch.challenges(od.nvars());

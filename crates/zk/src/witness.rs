@@ -292,6 +292,23 @@ fn owner(c: &Circuit, id: usize) -> Option<usize> {
                     ids.extend(out.comp);
                 }
                 Step::Narrow { out, .. } => ids.extend(out.comp),
+                Step::LeakyRelu {
+                    b,
+                    bx,
+                    a,
+                    p,
+                    rem_p,
+                    n,
+                    rem_n,
+                    ..
+                } => {
+                    ids.extend([b.num, *bx, *a, *p, *n]);
+                    ids.extend(b.comp);
+                    for r in [rem_p, rem_n].into_iter().flatten() {
+                        ids.push(r.num);
+                        ids.extend(r.comp);
+                    }
+                }
                 Step::Rsqrt {
                     idx,
                     p,
@@ -477,6 +494,55 @@ pub fn witness_with(
                     cx.vals[*dlo] = los;
                     cx.vals[*dhi] = his;
                     cx.vals[*r] = rs;
+                }
+                Step::LeakyRelu {
+                    x,
+                    y,
+                    b,
+                    bx,
+                    a,
+                    p,
+                    kp,
+                    rem_p,
+                    n: nn,
+                    kn,
+                    rem_n,
+                    alpha,
+                } => {
+                    let xs = cx.dense(*x);
+                    let sg: Vec<i128> = xs.iter().map(|&v| (v < 0) as i128).collect();
+                    let bxs: Vec<i128> = xs.iter().zip(&sg).map(|(&v, &s)| v * s).collect();
+                    let pos: Vec<i128> = xs.iter().zip(&bxs).map(|(&v, &q)| v - q).collect();
+                    let neg: Vec<i128> = bxs.iter().map(|&q| q * *alpha as i128).collect();
+                    let ps: Vec<i128> = pos.iter().map(|&v| rshift(v, *kp)).collect();
+                    let ns: Vec<i128> = neg.iter().map(|&v| rshift(v, *kn)).collect();
+                    for (rem, pre, out, k) in [(rem_p, &pos, &ps, *kp), (rem_n, &neg, &ns, *kn)] {
+                        if let Some(r) = rem {
+                            let rv: Vec<i128> = pre
+                                .iter()
+                                .zip(out)
+                                .map(|(&q, &o)| q + (1i128 << (k - 1)) - (o << k))
+                                .collect();
+                            if let Some(c) = r.comp {
+                                cx.vals[c] = rv.iter().map(|&v| (1i128 << k) - 1 - v).collect();
+                            }
+                            cx.vals[r.num] = rv;
+                        }
+                    }
+                    if let Some(c) = b.comp {
+                        cx.vals[c] = sg.iter().map(|&s| 1 - s).collect();
+                    }
+                    cx.vals[*a] = xs
+                        .iter()
+                        .zip(&bxs)
+                        .zip(&sg)
+                        .map(|((&v, &q), &s)| v - 2 * q - s)
+                        .collect();
+                    cx.vals[*y] = ps.iter().zip(&ns).map(|(&u, &v)| u + v).collect();
+                    cx.vals[b.num] = sg;
+                    cx.vals[*bx] = bxs;
+                    cx.vals[*p] = ps;
+                    cx.vals[*nn] = ns;
                 }
                 Step::Narrow { out, src } => {
                     let v = cx.vals[*src].clone();

@@ -266,3 +266,21 @@ fn softmax_on_an_inner_axis_and_lookups_with_shifts() {
     );
     check(m, 400);
 }
+
+#[test]
+fn leaky_relu_on_both_signs_with_rescales() {
+    for (alpha_q, alpha_scale, out_scale) in [(13, 7, 8), (-3, 2, 6), (200, 10, 9)] {
+        let m = Model::one_node(
+            vec![input(vec![5, 6], 8)],
+            vec![],
+            Op::LeakyRelu {
+                alpha_q,
+                alpha_scale,
+            },
+            vec![0],
+            vec![5, 6],
+            out_scale,
+        );
+        check(m, 3000);
+    }
+}
