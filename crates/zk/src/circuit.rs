@@ -298,6 +298,47 @@ pub enum Step {
         /// Slope numerator.
         alpha: i64,
     },
+    /// `y = div_round(2^ne, v·2^s)` for `v ≠ 0` (the canonical Recip), signs normalized like
+    /// `div_round`: with the sign bit `b` of `v`, `|v| = v − 2·bv ≥ 1` (`bv = b·v`), its bit length
+    /// (`p = 2^i ≤ |v| < 2p`, looked up) and `|y| = ya`, `y = ya − 2·by` (`by = b·ya`):
+    /// `2·(1 − 2b)·2^ne + D = 2·D·y + rem`, `rem + comp = 2D − 1` (`D = |v|·2^s`), and
+    /// `ya·p < 2^(ne+1)` keeps `D·y` below `2^(ne+s+2)`.
+    Recip {
+        /// The operand.
+        v: Src,
+        /// Output.
+        y: usize,
+        /// Numerator exponent.
+        ne: u32,
+        /// Denominator shift.
+        s: u32,
+        /// Sign bit of `v`.
+        b: Bounded,
+        /// `b·v`.
+        bv: usize,
+        /// `|v|` (≥ 1).
+        av: usize,
+        /// Bit length minus one of `|v|`.
+        idx: usize,
+        /// `2^idx`.
+        p: usize,
+        /// `|v| − p`.
+        dlo: usize,
+        /// `2p − 1 − |v|`.
+        dhi: usize,
+        /// `|y|`.
+        ya: usize,
+        /// `b·|y|`.
+        by: usize,
+        /// `2^rbits − 1 − |y|·p`.
+        r: usize,
+        /// Bound of `|y|·p`: `max(ne + 1, 32)` bits.
+        rbits: u32,
+        /// Division remainder.
+        rem: usize,
+        /// `2D − 1 − rem`.
+        comp: usize,
+    },
     /// `out = src`, where `out` has a narrower range than `src`: bounds `src`.
     Narrow {
         /// The narrow copy.
@@ -324,7 +365,7 @@ impl Step {
         match self {
             Step::Lin { out, .. } | Step::Extreme { out, .. } | Step::Table { out, .. } => *out,
             Step::DivBy { out, .. } | Step::Narrow { out, .. } => out.num,
-            Step::Rsqrt { y, .. } | Step::LeakyRelu { y, .. } => *y,
+            Step::Rsqrt { y, .. } | Step::LeakyRelu { y, .. } | Step::Recip { y, .. } => *y,
         }
     }
 }
@@ -1285,6 +1326,70 @@ fn node_steps(
                 rem_n,
                 alpha: *alpha_q as i64,
             });
+        }
+        Op::Recip => {
+            let e = so + sc0;
+            let (ne, sd) = if e >= 0 {
+                (e as u32, 0u32)
+            } else {
+                (0, (-e) as u32)
+            };
+            if ne > 58 || sd > 28 {
+                return Err(unsupported(
+                    name,
+                    opn,
+                    format!("a Recip with exponent {e} is not provable yet"),
+                ));
+            }
+            // |y|·p < 2^rbits bounds D·|y| < 2^(sd + rbits + 1); every relation stays below 2^62
+            let rbits = (ne + 1).max(32);
+            check_exact(
+                name,
+                opn,
+                (1u128 << (sd + rbits + 2)) + (1u128 << (ne + 1)) + (1u128 << (33 + sd)),
+            )?;
+            let sh = out_shape.clone();
+            let y = b.int(&sh);
+            let sign = b.bounded(&sh, Bound::Const(2));
+            let bv = b.int(&sh);
+            let av = b.num(&sh, 32, 0);
+            let idx = b.num(&sh, 8, 0);
+            let p = b.num(&sh, 32, 0);
+            let dlo = b.num(&sh, 32, 0);
+            let dhi = b.num(&sh, 32, 0);
+            let ya = b.num(&sh, 32, 0);
+            let by = b.num(&sh, 32, 0);
+            let r = b.num(&sh, rbits, 0);
+            let rem = b.num(&sh, 33 + sd, 0);
+            let comp = b.num(&sh, 33 + sd, 0);
+            steps.push(Step::Recip {
+                v: srcs[0],
+                y,
+                ne,
+                s: sd,
+                b: sign,
+                bv,
+                av,
+                idx,
+                p,
+                dlo,
+                dhi,
+                ya,
+                by,
+                r,
+                rbits,
+                rem,
+                comp,
+            });
+            let mult = b.mult_slot(31);
+            steps.push(Step::Table {
+                idx,
+                lo: 0,
+                out: p,
+                table: TableRef::Public((0..31).map(|i| 1i64 << i).collect()),
+                mult,
+            });
+            out_override = Some(y);
         }
         Op::Rsqrt => {
             let e = 2 * so + sc0;

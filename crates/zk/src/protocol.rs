@@ -470,6 +470,112 @@ impl<'a> Run<'a> {
                     "a sign bit times the input is wrong",
                 )
             }
+            Step::Recip {
+                v,
+                y,
+                ne,
+                s: sd,
+                b,
+                bv,
+                av,
+                idx: _,
+                p,
+                dlo,
+                dhi,
+                ya,
+                by,
+                r,
+                rbits,
+                rem,
+                comp,
+            } => {
+                let od = self.c.nums[*y].dims.clone();
+                let rr = self.ch.challenges(od.nvars());
+                let ind = od.ind_at(&rr);
+                let two = Ext::from(F::from_u64(2));
+                let vv = self.src_at(*v, &rr)?;
+                let bb = self.bounded_at(b, &od, &rr)?;
+                let _ = bb;
+                let bvv = self.num_at(*bv, &rr)?;
+                let avv = self.num_at(*av, &rr)?;
+                let pv = self.num_at(*p, &rr)?;
+                let lo = self.num_at(*dlo, &rr)?;
+                let hi = self.num_at(*dhi, &rr)?;
+                let yv = self.num_at(*y, &rr)?;
+                let yav = self.num_at(*ya, &rr)?;
+                let byv = self.num_at(*by, &rr)?;
+                let remv = self.num_at(*rem, &rr)?;
+                let compv = self.num_at(*comp, &rr)?;
+                self.check(
+                    avv == vv - two * bvv,
+                    "a Recip operand's magnitude is wrong",
+                )?;
+                self.check(
+                    avv - pv == lo && two * pv - ind - avv == hi,
+                    "a Recip operand is not within its bit length",
+                )?;
+                self.check(yv == yav - two * byv, "a Recip output's sign is wrong")?;
+                self.check(
+                    remv + compv == two * pow2(*sd) * avv - ind,
+                    "a Recip remainder is out of range",
+                )?;
+                // products: bv = b·v, by = b·|y|, r = 2^(ne+1) − 1 − |y|·p, and the division
+                let lambda = self.ch.challenge();
+                let (l2, l3) = (lambda * lambda, lambda * lambda * lambda);
+                let r2 = self.ch.challenges(od.nvars());
+                let big = pow2(*rbits) - Ext::ONE;
+                let n0 = pow2(*ne);
+                let d = pow2(*sd);
+                let poly = self.proving().then(|| {
+                    Poly::new(vec![
+                        eq_table(&r2),
+                        self.num_table(*bv),
+                        self.num_table(b.num),
+                        self.table(*v),
+                        self.num_table(*by),
+                        self.num_table(*ya),
+                        self.num_table(*r),
+                        self.num_table(*p),
+                        od.ind_table(),
+                        self.num_table(*av),
+                        self.num_table(*y),
+                        self.num_table(*rem),
+                    ])
+                    // bv − b·v
+                    .term(Ext::ONE, &[0, 1])
+                    .term(-Ext::ONE, &[0, 2, 3])
+                    // λ(by − b·ya)
+                    .term(lambda, &[0, 4])
+                    .term(-lambda, &[0, 2, 5])
+                    // λ²(r + ya·p − big)
+                    .term(l2, &[0, 6])
+                    .term(l2, &[0, 5, 7])
+                    .term(-l2 * big, &[0, 8])
+                    // λ³(2·n0·(ind − 2b) + D − 2·D·y − rem), D = 2^s·av
+                    .term(l3 * two * n0, &[0, 8])
+                    .term(-l3 * two * two * n0, &[0, 2])
+                    .term(l3 * d, &[0, 9])
+                    .term(-l3 * two * d, &[0, 9, 10])
+                    .term(-l3, &[0, 11])
+                });
+                let (pt, end, _) = sumcheck::run(&mut self.ch, od.nvars(), 3, Ext::ZERO, poly)?;
+                let pi = od.ind_at(&pt);
+                let bvv = self.num_at(*bv, &pt)?;
+                let bb = self.num_at(b.num, &pt)?;
+                let vv = self.src_at(*v, &pt)?;
+                let byv = self.num_at(*by, &pt)?;
+                let yav = self.num_at(*ya, &pt)?;
+                let rv = self.num_at(*r, &pt)?;
+                let pv = self.num_at(*p, &pt)?;
+                let avv = self.num_at(*av, &pt)?;
+                let yv = self.num_at(*y, &pt)?;
+                let remv = self.num_at(*rem, &pt)?;
+                let f = (bvv - bb * vv)
+                    + lambda * (byv - bb * yav)
+                    + l2 * (rv + yav * pv - big * pi)
+                    + l3 * (two * n0 * (pi - two * bb) + d * avv - two * d * avv * yv - remv);
+                self.check(eq_at(&r2, &pt) * f == end, "a Recip does not hold")
+            }
             Step::Narrow { out, src } => {
                 let od = self.c.nums[out.num].dims.clone();
                 let r = self.ch.challenges(od.nvars());

@@ -292,6 +292,26 @@ fn owner(c: &Circuit, id: usize) -> Option<usize> {
                     ids.extend(out.comp);
                 }
                 Step::Narrow { out, .. } => ids.extend(out.comp),
+                Step::Recip {
+                    b,
+                    bv,
+                    av,
+                    idx,
+                    p,
+                    dlo,
+                    dhi,
+                    ya,
+                    by,
+                    r,
+                    rem,
+                    comp,
+                    ..
+                } => {
+                    ids.extend([
+                        b.num, *bv, *av, *idx, *p, *dlo, *dhi, *ya, *by, *r, *rem, *comp,
+                    ]);
+                    ids.extend(b.comp);
+                }
                 Step::LeakyRelu {
                     b,
                     bx,
@@ -543,6 +563,84 @@ pub fn witness_with(
                     cx.vals[*bx] = bxs;
                     cx.vals[*p] = ps;
                     cx.vals[*nn] = ns;
+                }
+                Step::Recip {
+                    v,
+                    y,
+                    ne,
+                    s: sd,
+                    b,
+                    bv,
+                    av,
+                    idx,
+                    p,
+                    dlo,
+                    dhi,
+                    ya,
+                    by,
+                    r,
+                    rbits,
+                    rem,
+                    comp,
+                } => {
+                    let vs = cx.dense(*v);
+                    let mut cols: [Vec<i128>; 13] = Default::default();
+                    for &x in &vs {
+                        if x == 0 {
+                            return Err(ZkError::Execution("Recip of zero".into()));
+                        }
+                        let sg = (x < 0) as i128;
+                        let a = x.abs();
+                        let i = 127 - a.leading_zeros() as i128;
+                        let pp = 1i128 << i;
+                        let d = a << sd;
+                        let num = (1 - 2 * sg) << ne;
+                        let q = (2 * num + d).div_euclid(2 * d);
+                        let rr = 2 * num + d - 2 * d * q;
+                        let qa = q.abs();
+                        let row = [
+                            q,
+                            sg,
+                            sg * x,
+                            a,
+                            i,
+                            pp,
+                            a - pp,
+                            2 * pp - 1 - a,
+                            qa,
+                            sg * qa,
+                            (1i128 << rbits) - 1 - qa * pp,
+                            rr,
+                            2 * d - 1 - rr,
+                        ];
+                        if row[6..8].iter().chain(&row[10..13]).any(|&t| t < 0)
+                            || (q < 0) != (sg == 1 && q != 0)
+                        {
+                            return Err(ZkError::Execution(
+                                "a Recip value is outside the provable range".into(),
+                            ));
+                        }
+                        for (col, &val) in cols.iter_mut().zip(&row) {
+                            col.push(val);
+                        }
+                    }
+                    let [qs, sgs, bvs, avs, is, ps, los, his, yas, bys, rs, rems, comps] = cols;
+                    if let Some(c) = b.comp {
+                        cx.vals[c] = sgs.iter().map(|&t| 1 - t).collect();
+                    }
+                    cx.vals[b.num] = sgs;
+                    cx.vals[*y] = qs;
+                    cx.vals[*bv] = bvs;
+                    cx.vals[*av] = avs;
+                    cx.vals[*idx] = is;
+                    cx.vals[*p] = ps;
+                    cx.vals[*dlo] = los;
+                    cx.vals[*dhi] = his;
+                    cx.vals[*ya] = yas;
+                    cx.vals[*by] = bys;
+                    cx.vals[*r] = rs;
+                    cx.vals[*rem] = rems;
+                    cx.vals[*comp] = comps;
                 }
                 Step::Narrow { out, src } => {
                     let v = cx.vals[*src].clone();

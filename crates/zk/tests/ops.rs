@@ -284,3 +284,43 @@ fn leaky_relu_on_both_signs_with_rescales() {
         check(m, 3000);
     }
 }
+
+#[test]
+fn reciprocals_of_both_signs() {
+    // e = so + s_in: 16 (small outputs), 32 (the usual 16/16 scales), −2 (a shifted divisor)
+    for (in_scale, out_scale) in [(8, 8), (16, 16), (4, -6)] {
+        let m = Model::one_node(
+            vec![input(vec![4, 5], in_scale)],
+            vec![],
+            Op::Recip,
+            vec![0],
+            vec![4, 5],
+            out_scale,
+        );
+        model_check_nonzero(m);
+    }
+}
+
+/// [`check`] with inputs that are never zero and whose reciprocals fit.
+fn model_check_nonzero(model: Model) {
+    model.validate().expect("valid model");
+    let pk = keygen(&model, model_id(&model)).expect("keygen");
+    let exec = Executor::new(&model, Mode::Reference);
+    for seed in 1..=3u64 {
+        let x: Vec<Vec<i32>> = vec![values(20, seed, 40000)
+            .into_iter()
+            .map(|v| match v {
+                -299..=-1 => -300,
+                0..=299 => 300,
+                _ => v,
+            })
+            .collect()];
+        let want = exec.run(x.clone()).expect("runs");
+        let (y, proof) = prove(&pk, &x).expect("prove");
+        assert_eq!(y, want);
+        verify(&model, &pk.verifying_key(), &x, &y, &proof).expect("verifies");
+        let mut bad = y.clone();
+        bad[0][1] += 1;
+        assert!(verify(&model, &pk.verifying_key(), &x, &bad, &proof).is_err());
+    }
+}
