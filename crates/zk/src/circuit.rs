@@ -344,7 +344,23 @@ pub enum Step {
         /// The narrow copy.
         out: Bounded,
         /// The tensor bounded.
-        src: usize,
+        src: Src,
+    },
+    /// `y = isqrt_round(n)` with `n = src·2^shift`: `z = [y = 0]` (`z·y = 0`),
+    /// `d1 = n − y² + y − 1 + z ≥ 0`, `d2 = y² + y − n ≥ 0`.
+    Sqrt {
+        /// `n` before its shift.
+        n: Src,
+        /// Left shift of `n`.
+        shift: u32,
+        /// Output (`< 2^30`).
+        y: Bounded,
+        /// Zero flag.
+        z: Bounded,
+        /// Lower condition.
+        d1: Bounded,
+        /// Upper condition.
+        d2: Bounded,
     },
     /// `out = max (or min) of cands`: `dᵢ = ±(out − candᵢ) ≥ 0` and `∏ dᵢ = 0`.
     Extreme {
@@ -365,6 +381,7 @@ impl Step {
         match self {
             Step::Lin { out, .. } | Step::Extreme { out, .. } | Step::Table { out, .. } => *out,
             Step::DivBy { out, .. } | Step::Narrow { out, .. } => out.num,
+            Step::Sqrt { y, .. } => y.num,
             Step::Rsqrt { y, .. } | Step::LeakyRelu { y, .. } | Step::Recip { y, .. } => *y,
         }
     }
@@ -500,7 +517,10 @@ impl Builder<'_> {
         }
         let shape = self.nums[v].dims.dims.clone();
         let out = self.bounded_from(&shape, Bound::Const(1u64 << bits), -(1i64 << (bits - 1)));
-        steps.push(Step::Narrow { out, src: v });
+        steps.push(Step::Narrow {
+            out,
+            src: Src::Num(v),
+        });
         self.num_max[v] = 1u128 << (bits - 1);
     }
 
@@ -1326,6 +1346,49 @@ fn node_steps(
                 rem_n,
                 alpha: *alpha_q as i64,
             });
+        }
+        Op::Sqrt => {
+            let e = 2 * so - sc0;
+            if !(-30..=27).contains(&e) {
+                return Err(unsupported(
+                    name,
+                    opn,
+                    format!("a Sqrt with exponent {e} is not provable yet"),
+                ));
+            }
+            let sh = out_shape.clone();
+            // the operand is non-negative (a negative one has no canonical result)
+            let nonneg = b.bounded_from(&sh, Bound::Const(1u64 << 31), 0);
+            steps.push(Step::Narrow {
+                out: nonneg,
+                src: srcs[0],
+            });
+            let (n, shift) = if e < 0 {
+                let t = b.int(&sh);
+                let post = post_resc(b, name, opn, &sh, -e)?;
+                steps.push(Step::Lin {
+                    out: t,
+                    lin: Lin::Copy(srcs[0]),
+                    post,
+                });
+                (Src::Num(t), 0u32)
+            } else {
+                (srcs[0], e as u32)
+            };
+            let y = b.bounded(&sh, Bound::Const(1u64 << 30));
+            let z = b.bounded(&sh, Bound::Const(2));
+            let d1 = b.bounded(&sh, Bound::Const(1u64 << 60));
+            let d2 = b.bounded(&sh, Bound::Const(1u64 << 60));
+            let out = y.num;
+            steps.push(Step::Sqrt {
+                n,
+                shift,
+                y,
+                z,
+                d1,
+                d2,
+            });
+            out_override = Some(out);
         }
         Op::Recip => {
             let e = so + sc0;

@@ -576,11 +576,65 @@ impl<'a> Run<'a> {
                     + l3 * (two * n0 * (pi - two * bb) + d * avv - two * d * avv * yv - remv);
                 self.check(eq_at(&r2, &pt) * f == end, "a Recip does not hold")
             }
+            Step::Sqrt {
+                n,
+                shift,
+                y,
+                z,
+                d1,
+                d2,
+            } => {
+                let od = self.c.nums[y.num].dims.clone();
+                let r = self.ch.challenges(od.nvars());
+                for bd in [y, z, d1, d2] {
+                    let _ = self.bounded_at(bd, &od, &r)?;
+                }
+                let lambda = self.ch.challenge();
+                let l2 = lambda * lambda;
+                let r2 = self.ch.challenges(od.nvars());
+                let sh = pow2(*shift);
+                let poly = self.proving().then(|| {
+                    Poly::new(vec![
+                        eq_table(&r2),
+                        self.num_table(z.num),
+                        self.num_table(y.num),
+                        self.num_table(d1.num),
+                        self.table(*n),
+                        od.ind_table(),
+                        self.num_table(d2.num),
+                    ])
+                    // z·y
+                    .term(Ext::ONE, &[0, 1, 2])
+                    // λ(d1 − n·2^s + y² − y + ind − z)
+                    .term(lambda, &[0, 3])
+                    .term(-lambda * sh, &[0, 4])
+                    .term(lambda, &[0, 2, 2])
+                    .term(-lambda, &[0, 2])
+                    .term(lambda, &[0, 5])
+                    .term(-lambda, &[0, 1])
+                    // λ²(d2 − y² − y + n·2^s)
+                    .term(l2, &[0, 6])
+                    .term(-l2, &[0, 2, 2])
+                    .term(-l2, &[0, 2])
+                    .term(l2 * sh, &[0, 4])
+                });
+                let (pt, end, _) = sumcheck::run(&mut self.ch, od.nvars(), 3, Ext::ZERO, poly)?;
+                let pi = od.ind_at(&pt);
+                let zv = self.num_at(z.num, &pt)?;
+                let yv = self.num_at(y.num, &pt)?;
+                let a1 = self.num_at(d1.num, &pt)?;
+                let nv = self.src_at(*n, &pt)?;
+                let a2 = self.num_at(d2.num, &pt)?;
+                let f = zv * yv
+                    + lambda * (a1 - nv * sh + yv * yv - yv + pi - zv)
+                    + l2 * (a2 - yv * yv - yv + nv * sh);
+                self.check(eq_at(&r2, &pt) * f == end, "a square root does not hold")
+            }
             Step::Narrow { out, src } => {
                 let od = self.c.nums[out.num].dims.clone();
                 let r = self.ch.challenges(od.nvars());
                 let y = self.bounded_at(out, &od, &r)?;
-                let v = self.num_at(*src, &r)?;
+                let v = self.src_at(*src, &r)?;
                 self.check(y == v, "a tensor is outside the range its uses assume")
             }
             Step::Table {

@@ -292,6 +292,12 @@ fn owner(c: &Circuit, id: usize) -> Option<usize> {
                     ids.extend(out.comp);
                 }
                 Step::Narrow { out, .. } => ids.extend(out.comp),
+                Step::Sqrt { y, z, d1, d2, .. } => {
+                    for bd in [y, z, d1, d2] {
+                        ids.push(bd.num);
+                        ids.extend(bd.comp);
+                    }
+                }
                 Step::Recip {
                     b,
                     bv,
@@ -349,6 +355,10 @@ fn owner(c: &Circuit, id: usize) -> Option<usize> {
             ids.contains(&id)
         })
     })
+}
+
+fn n_elems(v: &[i128]) -> usize {
+    v.len().max(1)
 }
 
 pub(crate) fn bound_values(b: &Bound, n: usize) -> Vec<u64> {
@@ -642,8 +652,48 @@ pub fn witness_with(
                     cx.vals[*rem] = rems;
                     cx.vals[*comp] = comps;
                 }
+                Step::Sqrt {
+                    n,
+                    shift,
+                    y,
+                    z,
+                    d1,
+                    d2,
+                } => {
+                    let ns = cx.dense(*n);
+                    let mut cols: [Vec<i128>; 4] = Default::default();
+                    for &v in &ns {
+                        let nv = v << shift;
+                        if nv < 0 {
+                            return Err(ZkError::Execution("Sqrt of a negative value".into()));
+                        }
+                        let yy = verity_engine::arith::isqrt_round(nv as u128) as i128;
+                        let zz = (yy == 0) as i128;
+                        for (col, val) in cols.iter_mut().zip([
+                            yy,
+                            zz,
+                            nv - yy * yy + yy - 1 + zz,
+                            yy * yy + yy - nv,
+                        ]) {
+                            col.push(val);
+                        }
+                    }
+                    for (bd, vals) in [(y, &cols[0]), (z, &cols[1]), (d1, &cols[2]), (d2, &cols[3])]
+                    {
+                        let cap = bound_values(&bd.bound, n_elems(vals))[0] as i128;
+                        if vals.iter().any(|&v| v < 0 || v >= cap) {
+                            return Err(ZkError::Execution(
+                                "a Sqrt value is outside the provable range".into(),
+                            ));
+                        }
+                        if let Some(c) = bd.comp {
+                            cx.vals[c] = vals.iter().map(|&v| cap - 1 - v).collect();
+                        }
+                        cx.vals[bd.num] = vals.clone();
+                    }
+                }
                 Step::Narrow { out, src } => {
-                    let v = cx.vals[*src].clone();
+                    let v = cx.dense(*src);
                     if let Some(k) = out.comp {
                         let off = c.nums[out.num].offset as i128;
                         let bounds = bound_values(&out.bound, n);

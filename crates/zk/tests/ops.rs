@@ -324,3 +324,61 @@ fn model_check_nonzero(model: Model) {
         assert!(verify(&model, &pk.verifying_key(), &x, &bad, &proof).is_err());
     }
 }
+
+#[test]
+fn square_roots_with_both_shift_directions() {
+    // e = 2·so − s_in: 8 (left shift), −4 (rounded right shift), 0
+    for (in_scale, out_scale) in [(8, 8), (12, 4), (8, 4)] {
+        let model = Model::one_node(
+            vec![input(vec![3, 7], in_scale)],
+            vec![],
+            Op::Sqrt,
+            vec![0],
+            vec![3, 7],
+            out_scale,
+        );
+        model.validate().expect("valid model");
+        let pk = keygen(&model, model_id(&model)).expect("keygen");
+        let exec = Executor::new(&model, Mode::Reference);
+        for seed in 1..=3u64 {
+            let mut x: Vec<i32> = values(21, seed, 1 << 20).iter().map(|v| v.abs()).collect();
+            x[0] = 0;
+            x[1] = 1;
+            let x = vec![x];
+            let want = exec.run(x.clone()).expect("runs");
+            let (y, proof) = prove(&pk, &x).expect("prove");
+            assert_eq!(y, want);
+            verify(&model, &pk.verifying_key(), &x, &y, &proof).expect("verifies");
+            for at in [0, 1, 5] {
+                let mut bad = y.clone();
+                bad[0][at] += 1;
+                assert!(verify(&model, &pk.verifying_key(), &x, &bad, &proof).is_err());
+            }
+        }
+        // a negative operand has no proof
+        let mut neg = vec![values(21, 9, 1000)
+            .iter()
+            .map(|v| v.abs())
+            .collect::<Vec<i32>>()];
+        neg[0][3] = -5;
+        assert!(prove(&pk, &neg).is_err());
+    }
+}
+
+#[test]
+fn an_op_the_prover_cannot_handle_is_refused_at_key_time_naming_the_node() {
+    let m = Model::one_node(
+        vec![input(vec![2, 3], 8)],
+        vec![konst(vec![3], 8, vec![3, -4, 5])],
+        Op::Div,
+        vec![0, 1],
+        vec![2, 3],
+        8,
+    );
+    match keygen(&m, model_id(&m)) {
+        Err(verity_zk::ZkError::Unsupported(msg)) => {
+            assert!(msg.contains("node \"n\" (Div)"), "{msg}")
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
