@@ -106,33 +106,6 @@ impl Drop for Anvil {
 /// anvil's first development key.
 pub const ANVIL_KEY: &str = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80";
 
-fn one_node(
-    inputs: Vec<verity_engine::ir::Input>,
-    consts: Vec<verity_engine::ir::Const>,
-    op: verity_engine::ir::Op,
-    node_inputs: Vec<u32>,
-    shape: Vec<u32>,
-    scale: i8,
-) -> verity_engine::Model {
-    use verity_engine::ir::*;
-    let v = (inputs.len() + consts.len()) as u32;
-    Model {
-        inputs,
-        consts,
-        nodes: vec![Node {
-            name: "n".into(),
-            op,
-            inputs: node_inputs,
-            shape,
-            scale,
-        }],
-        outputs: vec![Output {
-            name: "y".into(),
-            value: v,
-        }],
-    }
-}
-
 fn fixed(name: &str, shape: Vec<u32>, scale: i8) -> verity_engine::ir::Input {
     verity_engine::ir::Input {
         name: name.into(),
@@ -152,7 +125,7 @@ fn extra_cases() -> Vec<(String, verity_engine::Model, Vec<Vec<i32>>)> {
     for (name, op) in [("div", Op::Div), ("min", Op::Min)] {
         v.push((
             name.to_string(),
-            one_node(
+            verity_engine::Model::one_node(
                 vec![fixed("a", vec![2, 3], 12), fixed("b", vec![3], 12)],
                 vec![],
                 op,
@@ -165,7 +138,7 @@ fn extra_cases() -> Vec<(String, verity_engine::Model, Vec<Vec<i32>>)> {
     }
     v.push((
         "rescale".into(),
-        one_node(
+        verity_engine::Model::one_node(
             vec![fixed("a", vec![2, 3], 12)],
             vec![],
             Op::Rescale,
@@ -177,7 +150,7 @@ fn extra_cases() -> Vec<(String, verity_engine::Model, Vec<Vec<i32>>)> {
     ));
     v.push((
         "broadcast".into(),
-        one_node(
+        verity_engine::Model::one_node(
             vec![fixed("b", vec![3], 12)],
             vec![],
             Op::Broadcast,
@@ -189,7 +162,7 @@ fn extra_cases() -> Vec<(String, verity_engine::Model, Vec<Vec<i32>>)> {
     ));
     v.push((
         "mean".into(),
-        one_node(
+        verity_engine::Model::one_node(
             vec![fixed("a", vec![2, 3], 12)],
             vec![],
             Op::Reduce {
@@ -214,7 +187,7 @@ fn extra_cases() -> Vec<(String, verity_engine::Model, Vec<Vec<i32>>)> {
     let (oh, ow) = window.output_hw(5, 5).unwrap();
     v.push((
         "grouped-conv".into(),
-        one_node(
+        verity_engine::Model::one_node(
             vec![fixed("x", vec![2, 4, 5, 5], 8)],
             vec![
                 Const {
@@ -237,7 +210,7 @@ fn extra_cases() -> Vec<(String, verity_engine::Model, Vec<Vec<i32>>)> {
     ));
     v.push((
         "avgpool-excluding-pads".into(),
-        one_node(
+        verity_engine::Model::one_node(
             vec![fixed("x", vec![2, 4, 5, 5], 8)],
             vec![],
             Op::AvgPool2d {
@@ -327,7 +300,7 @@ fn solidity_one_step_equals_the_rust_engine_on_every_op() {
         }
     }
     // an element whose canonical result is an error (division by zero) evaluates to "no result"
-    let m = one_node(
+    let m = verity_engine::Model::one_node(
         vec![fixed("a", vec![2], 4), fixed("b", vec![2], 4)],
         vec![],
         verity_engine::ir::Op::Div,

@@ -6,11 +6,11 @@ use verity_engine::ir::*;
 use verity_engine::vty::{self, prove_const_element, verify_const_element};
 use verity_engine::ModelError;
 
-use crate::{input, one_node};
+use crate::input;
 
 /// A small model touching several op encodings.
 pub fn sample_model() -> Model {
-    let mut m = one_node(
+    let mut m = Model::one_node(
         vec![input("x", vec![1, 4], 8)],
         vec![
             Const {

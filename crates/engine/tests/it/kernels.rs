@@ -4,7 +4,7 @@ use proptest::prelude::*;
 use verity_engine::ir::*;
 use verity_engine::{Executor, Mode};
 
-use crate::{input, one_node};
+use crate::input;
 
 fn run_all(
     m: &Model,
@@ -84,7 +84,7 @@ proptest! {
             consts.push(Const { shape: bshape, scale: (sa + sb).min(6), data });
             node_inputs.push(2);
         }
-        let m = one_node(
+        let m = Model::one_node(
             vec![input("a", ash, sa), input("b", bsh, sb)],
             consts,
             Op::EinSum { a: c.a.clone(), b: c.b.clone(), out: c.out.clone() },
@@ -117,7 +117,7 @@ proptest! {
             consts.push(Const { shape: vec![o], scale: 10, data: gen(o) });
             ins.push(2);
         }
-        let m = one_node(vec![input("x", vec![n, c, h, w], 6)], consts, Op::Conv2d { window, groups }, ins, vec![n, o, oh, ow], 7);
+        let m = Model::one_node(vec![input("x", vec![n, c, h, w], 6)], consts, Op::Conv2d { window, groups }, ins, vec![n, o, oh, ow], 7);
         let r = run_all(&m, vec![x]);
         prop_assert_eq!(&r[0], &r[1]);
         prop_assert_eq!(&r[0], &r[2]);
@@ -126,7 +126,7 @@ proptest! {
     #[test]
     fn binary_ops_follow_the_definitions(a in values(6, 1 << 20), b in values(3, 1 << 20), sa in 0i8..12, sb in 0i8..12, so in 0i8..12) {
         for op in [Op::Add, Op::Sub, Op::Mul, Op::Max, Op::Min] {
-            let m = one_node(vec![input("a", vec![2, 3], sa), input("b", vec![3], sb)], vec![], op.clone(), vec![0, 1], vec![2, 3], so);
+            let m = Model::one_node(vec![input("a", vec![2, 3], sa), input("b", vec![3], sb)], vec![], op.clone(), vec![0, 1], vec![2, 3], so);
             let r = run_all(&m, vec![a.clone(), b.clone()]);
             prop_assert_eq!(&r[0], &r[1]);
             if let Ok(out) = &r[0] {
@@ -145,7 +145,7 @@ proptest! {
 
 #[test]
 fn overflow_is_an_error_not_wraparound() {
-    let m = one_node(
+    let m = Model::one_node(
         vec![input("a", vec![2], 0), input("b", vec![2], 0)],
         vec![],
         Op::Mul,
@@ -162,7 +162,7 @@ fn overflow_is_an_error_not_wraparound() {
 
 #[test]
 fn division_by_zero_and_negative_sqrt_are_errors() {
-    let m = one_node(
+    let m = Model::one_node(
         vec![input("a", vec![1], 4)],
         vec![],
         Op::Recip,
@@ -175,7 +175,7 @@ fn division_by_zero_and_negative_sqrt_are_errors() {
         .unwrap_err()
         .to_string()
         .contains("division by zero"));
-    let m = one_node(
+    let m = Model::one_node(
         vec![input("a", vec![1], 4)],
         vec![],
         Op::Sqrt,
@@ -205,7 +205,7 @@ fn softmax_rows_sum_to_one() {
         .map(|i| ((i as f64 / 4.0).exp() * 65536.0).round() as i32)
         .collect();
     let n = table.len() as u32;
-    let m = one_node(
+    let m = Model::one_node(
         vec![input("x", vec![2, 4], 4)],
         vec![Const {
             shape: vec![n],
@@ -233,7 +233,7 @@ fn softmax_rows_sum_to_one() {
 
 #[test]
 fn gather_rejects_out_of_range_indices() {
-    let m = one_node(
+    let m = Model::one_node(
         vec![Input {
             name: "i".into(),
             shape: vec![2],
@@ -263,7 +263,7 @@ fn gather_rejects_out_of_range_indices() {
 fn threaded_kernels_equal_reference() {
     // large enough (over 2^18 multiply-adds) for the fast executor to split work across threads
     let mut g = crate::gen(42, 1 << 15);
-    let m = one_node(
+    let m = Model::one_node(
         vec![input("a", vec![2, 48, 96], 12)],
         vec![Const {
             shape: vec![96, 80],
@@ -289,7 +289,7 @@ fn threaded_kernels_equal_reference() {
         dilation: [1, 1],
         pads: [1, 1, 1, 1],
     };
-    let m = one_node(
+    let m = Model::one_node(
         vec![input("x", vec![1, 16, 20, 20], 10)],
         vec![Const {
             shape: vec![32, 16, 3, 3],

@@ -8,33 +8,6 @@ mod random_models;
 
 use verity_engine::ir::*;
 
-/// A one-node model over the given inputs and constants.
-pub fn one_node(
-    inputs: Vec<Input>,
-    consts: Vec<Const>,
-    op: Op,
-    node_inputs: Vec<u32>,
-    shape: Vec<u32>,
-    scale: i8,
-) -> Model {
-    let v = (inputs.len() + consts.len()) as u32;
-    Model {
-        inputs,
-        consts,
-        nodes: vec![Node {
-            name: "n".into(),
-            op,
-            inputs: node_inputs,
-            shape,
-            scale,
-        }],
-        outputs: vec![Output {
-            name: "y".into(),
-            value: v,
-        }],
-    }
-}
-
 /// A fixed-point input.
 pub fn input(name: &str, shape: Vec<u32>, scale: i8) -> Input {
     Input {

@@ -5,7 +5,7 @@ use proptest::prelude::*;
 use verity_engine::ir::*;
 use verity_engine::{Executor, Mode};
 
-use crate::{gen, input, one_node};
+use crate::{gen, input};
 
 fn check(m: &Model, inputs: Vec<Vec<i32>>) -> Result<(), TestCaseError> {
     if m.validate().is_err() {
@@ -81,7 +81,7 @@ proptest! {
             Op::Reduce { axes, .. } => (0..2).map(|i| if axes.contains(&i) { 1 } else { [2, 3][i as usize] }).collect(),
             _ => vec![2, 3],
         };
-        let m = one_node(vec![input("x", vec![2, 3], si)], vec![], op, vec![0], shape, so);
+        let m = Model::one_node(vec![input("x", vec![2, 3], si)], vec![], op, vec![0], shape, so);
         check(&m, vec![gen(seed, mag)(6)])?;
     }
 
@@ -91,7 +91,7 @@ proptest! {
                   mag in prop::sample::select(vec![16, 1 << 16, i32::MAX])) {
         let op = [Op::Add, Op::Sub, Op::Mul, Op::Div, Op::Max, Op::Min][k].clone();
         let nb = bshape.iter().product::<u32>() as usize;
-        let m = one_node(vec![input("a", vec![2, 3], sa), input("b", bshape, sb)], vec![], op, vec![0, 1], vec![2, 3], so);
+        let m = Model::one_node(vec![input("a", vec![2, 3], sa), input("b", bshape, sb)], vec![], op, vec![0, 1], vec![2, 3], so);
         let mut g = gen(seed, mag);
         check(&m, vec![g(6), g(nb)])?;
     }
@@ -102,11 +102,11 @@ proptest! {
         let mut g = gen(seed, mag);
         let table: Vec<i32> = g(len);
         let x = g(6);
-        let m = one_node(vec![input("x", vec![2, 3], si)], vec![Const { shape: vec![len as u32], scale: so, data: table.clone() }],
+        let m = Model::one_node(vec![input("x", vec![2, 3], si)], vec![Const { shape: vec![len as u32], scale: so, data: table.clone() }],
             Op::Lookup { shift, lo }, vec![0, 1], vec![2, 3], so);
         check(&m, vec![x.clone()])?;
         let positive: Vec<i32> = table.iter().map(|v| v.saturating_abs()).collect();
-        let m = one_node(vec![input("x", vec![2, 3], si)], vec![Const { shape: vec![len as u32], scale: 30, data: positive }],
+        let m = Model::one_node(vec![input("x", vec![2, 3], si)], vec![Const { shape: vec![len as u32], scale: 30, data: positive }],
             Op::Softmax { axis, shift, lo }, vec![0, 1], vec![2, 3], so);
         check(&m, vec![x])?;
     }
@@ -120,7 +120,7 @@ proptest! {
         let x = g(2 * 2 * 5 * 5);
         if let Some((oh, ow)) = window.output_hw(5, 5) {
             for op in [Op::MaxPool2d { window }, Op::AvgPool2d { window, count_include_pad: cip }] {
-                let m = one_node(vec![input("x", vec![2, 2, 5, 5], si)], vec![], op, vec![0], vec![2, 2, oh, ow], so);
+                let m = Model::one_node(vec![input("x", vec![2, 2, 5, 5], si)], vec![], op, vec![0], vec![2, 2, oh, ow], so);
                 check(&m, vec![x.clone()])?;
             }
         }
@@ -132,10 +132,10 @@ proptest! {
             outputs: vec![Output { name: "y".into(), value: 2 }],
         };
         check(&m, vec![g(6), g(4)])?;
-        let m = one_node(vec![input("a", vec![1, 3], si)], vec![], Op::Broadcast, vec![0], vec![4, 2, 3], so);
+        let m = Model::one_node(vec![input("a", vec![1, 3], si)], vec![], Op::Broadcast, vec![0], vec![4, 2, 3], so);
         check(&m, vec![g(3)])?;
         let idx = Input { name: "i".into(), shape: vec![3], scale: 0, kind: InputKind::Int };
-        let m = one_node(vec![idx], vec![Const { shape: vec![4, 2], scale: si, data: g(8) }], Op::Gather { axis: 0 }, vec![1, 0], vec![3, 2], so);
+        let m = Model::one_node(vec![idx], vec![Const { shape: vec![4, 2], scale: si, data: g(8) }], Op::Gather { axis: 0 }, vec![1, 0], vec![3, 2], so);
         check(&m, vec![gen(seed, 5)(3)])?;
     }
 }
