@@ -29,13 +29,14 @@ use crate::ZkError;
 pub const BLOWUP_BITS: usize = 3;
 /// Proof-of-work bits before the column queries.
 pub const GRIND_BITS: u32 = 16;
-/// Column queries per opening: with rate 1/8 each catches a table that is far from the code with
-/// probability at least 1 − (1 − 7/8)/3·… — see `docs/spec/zk.md` §7: 169 queries give 84 bits, the
-/// grinding 16 more.
+/// Column queries per opening: at rate 1/8 a table farther than δ = 7/24 (a third of the code's
+/// distance) from the code passes one query with probability at most 17/24, so 169 queries give 84 bits
+/// and the grinding 16 more (`docs/spec/zk.md` §7).
 pub const QUERIES: usize = 169;
 
-/// Row and column bits for a table of `2ⁿ` entries: columns ≈ √(2ⁿ·QUERIES/4), which balances the
-/// combined row against the opened columns in the proof.
+/// Row and column bits for a table of `2ⁿ` entries: about 8·√(2ⁿ) columns, which balances the combined
+/// row (one extension element per column) against the opened columns (one base element per row and
+/// query) in the proof.
 pub fn split(n: usize) -> (usize, usize) {
     let b = ((n + 6) / 2).min(n);
     (n - b, b)
