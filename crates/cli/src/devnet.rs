@@ -510,17 +510,8 @@ pub fn cmd_devnet(a: DevnetArgs) -> Result<()> {
             .first()
             .cloned()
             .ok_or_else(|| anyhow!("no demo model was published"))?;
-        demo(
-            &rt,
-            &rpc,
-            &dep,
-            &endpoints,
-            name,
-            id,
-            &vty,
-            &a.models.join(format!("{name}.input.json")),
-            &dir,
-        )?;
+        let input = a.models.join(format!("{name}.input.json"));
+        demo(&rt, &rpc, &dep, &endpoints, name, id, &vty, &input, &dir)?;
         if dep.optimistic.is_some() {
             demo_dispute(
                 &rt,
@@ -530,20 +521,13 @@ pub fn cmd_devnet(a: DevnetArgs) -> Result<()> {
                 &mut procs,
                 &endpoints,
                 (name, id, &vty),
-                &a.models.join(format!("{name}.input.json")),
+                &input,
                 &dir,
                 a.port + 2 + a.nodes as u16,
                 waddr,
             )?;
         }
-        demo_zk(
-            &endpoints,
-            name,
-            id,
-            &vty,
-            &a.models.join(format!("{name}.input.json")),
-            &dir,
-        )?;
+        demo_zk(&endpoints, name, id, &vty, &input, &dir)?;
     }
     if a.once {
         println!("stopping (--once)");

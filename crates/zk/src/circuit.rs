@@ -837,6 +837,34 @@ fn check_exact(node: &str, op: &str, bound: u128) -> Result<(), ZkError> {
     Ok(())
 }
 
+/// The bias of a contraction of `k` products (operands `srcs[0..2]`, optional bias `srcs[2]`, all with
+/// scales in `ins`) accumulated at scale `acc`, and its shift; the operands narrowed if needed so that
+/// `k·max|a|·max|b| + max|bias|·2^shift` stays exact.
+fn contraction(
+    b: &mut Builder,
+    steps: &mut Vec<Step>,
+    (name, opn): (&str, &str),
+    srcs: &[Src],
+    ins: &[(Vec<usize>, i32)],
+    acc: i32,
+    k: u128,
+) -> Result<Option<(Src, u32)>, ZkError> {
+    let bias = match srcs.get(2) {
+        Some(&s) => {
+            let sh = acc - ins[2].1;
+            if !(0..=30).contains(&sh) {
+                return Err(unsupported(name, opn, "the bias scale is out of range"));
+            }
+            Some((s, sh as u32))
+        }
+        None => None,
+    };
+    let bb = bias.map_or(0, |(s, sh)| b.maxabs(s) << sh);
+    b.fit_operands(steps, srcs[0], srcs[1], |x, y| k * x * y + bb);
+    check_exact(name, opn, k * b.maxabs(srcs[0]) * b.maxabs(srcs[1]) + bb)?;
+    Ok(bias)
+}
+
 fn post_resc(
     b: &mut Builder,
     name: &str,
@@ -917,23 +945,7 @@ fn node_steps(
                 .into_iter()
                 .map(|&l| size(l).unwrap_or(1) as u128)
                 .product();
-            let bias = match srcs.get(2) {
-                Some(&s) => {
-                    let sh = acc - ins[2].1;
-                    if !(0..=30).contains(&sh) {
-                        return Err(unsupported(name, opn, "the bias scale is out of range"));
-                    }
-                    Some((s, sh as u32))
-                }
-                None => None,
-            };
-            let bb = bias.map_or(0, |(s, sh)| b.maxabs(s) << sh);
-            b.fit_operands(&mut steps, srcs[0], srcs[1], |x, y| k_sum * x * y + bb);
-            check_exact(
-                name,
-                opn,
-                k_sum * b.maxabs(srcs[0]) * b.maxabs(srcs[1]) + bb,
-            )?;
+            let bias = contraction(b, &mut steps, (name, opn), &srcs, &ins, acc, k_sum)?;
             let y = b.int(&out_shape);
             let post = post_resc(b, name, opn, &out_shape, acc - so)?;
             steps.push(Step::Lin {
@@ -951,21 +963,9 @@ fn node_steps(
         }
         Op::Conv2d { window, groups } => {
             let acc = sc0 + ins[1].1;
-            let bias = match srcs.get(2) {
-                Some(&s) => {
-                    let sh = acc - ins[2].1;
-                    if !(0..=30).contains(&sh) {
-                        return Err(unsupported(name, opn, "the bias scale is out of range"));
-                    }
-                    Some((s, sh as u32))
-                }
-                None => None,
-            };
             let w = &ins[1].0;
             let k = (w[1] * w[2] * w[3]) as u128;
-            let bb = bias.map_or(0, |(s, sh)| b.maxabs(s) << sh);
-            b.fit_operands(&mut steps, srcs[0], srcs[1], |x, y| k * x * y + bb);
-            check_exact(name, opn, k * b.maxabs(srcs[0]) * b.maxabs(srcs[1]) + bb)?;
+            let bias = contraction(b, &mut steps, (name, opn), &srcs, &ins, acc, k)?;
             let y = b.int(&out_shape);
             let post = post_resc(b, name, opn, &out_shape, acc - so)?;
             steps.push(Step::Lin {

@@ -4,7 +4,7 @@
 use verity_engine::exec::{broadcast_strides, for_each_index, label_strides, strides};
 use verity_engine::{Executor, Mode};
 
-use crate::circuit::{Bound, Cand, Circuit, Lin, Post, ProvingKey, Src, Step};
+use crate::circuit::{Bound, Bounded, Cand, Circuit, Lin, Post, ProvingKey, Src, Step};
 use crate::field::F;
 use crate::ZkError;
 use p3_field::PrimeCharacteristicRing;
@@ -62,6 +62,20 @@ struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
+    /// Store a bounded value and, if it has one, its complement `bound − 1 − (value − offset)`.
+    fn set_bounded(&mut self, b: &Bounded, vals: Vec<i128>) {
+        if let Some(k) = b.comp {
+            let off = self.pk.circuit.nums[b.num].offset as i128;
+            let bounds = bound_values(&b.bound, vals.len());
+            self.vals[k] = vals
+                .iter()
+                .zip(&bounds)
+                .map(|(&v, &bd)| bd as i128 - 1 - (v - off))
+                .collect();
+        }
+        self.vals[b.num] = vals;
+    }
+
     fn dense(&self, s: Src) -> Vec<i128> {
         src_dense(self.pk, self.inputs, &self.vals, s)
     }
@@ -427,15 +441,7 @@ pub fn witness_with(
                             }
                         };
                     if let Some((r, b)) = rem {
-                        let bounds = bound_values(&b.bound, n);
-                        if let Some(comp) = b.comp {
-                            cx.vals[comp] = r
-                                .iter()
-                                .zip(&bounds)
-                                .map(|(&r, &bd)| bd as i128 - 1 - r)
-                                .collect();
-                        }
-                        cx.vals[b.num] = r;
+                        cx.set_bounded(b, r);
                     }
                     cx.vals[*out] = y;
                 }
@@ -511,12 +517,8 @@ pub fn witness_with(
                         }
                     }
                     let [ys, is, ps, qs, los, his, rs, d1s, d2s, _] = cols;
-                    for (b, vals) in [(d1, &d1s), (d2, &d2s)] {
-                        if let Some(k) = b.comp {
-                            cx.vals[k] = vals.iter().map(|&x| (2i128 << e) - 1 - x).collect();
-                        }
-                        cx.vals[b.num] = vals.clone();
-                    }
+                    cx.set_bounded(d1, d1s);
+                    cx.set_bounded(d2, d2s);
                     cx.vals[*y] = ys;
                     cx.vals[*idx] = is;
                     cx.vals[*p] = ps;
@@ -553,14 +555,8 @@ pub fn witness_with(
                                 .zip(out)
                                 .map(|(&q, &o)| q + (1i128 << (k - 1)) - (o << k))
                                 .collect();
-                            if let Some(c) = r.comp {
-                                cx.vals[c] = rv.iter().map(|&v| (1i128 << k) - 1 - v).collect();
-                            }
-                            cx.vals[r.num] = rv;
+                            cx.set_bounded(r, rv);
                         }
-                    }
-                    if let Some(c) = b.comp {
-                        cx.vals[c] = sg.iter().map(|&s| 1 - s).collect();
                     }
                     cx.vals[*a] = xs
                         .iter()
@@ -569,7 +565,7 @@ pub fn witness_with(
                         .map(|((&v, &q), &s)| v - 2 * q - s)
                         .collect();
                     cx.vals[*y] = ps.iter().zip(&ns).map(|(&u, &v)| u + v).collect();
-                    cx.vals[b.num] = sg;
+                    cx.set_bounded(b, sg);
                     cx.vals[*bx] = bxs;
                     cx.vals[*p] = ps;
                     cx.vals[*nn] = ns;
@@ -635,10 +631,7 @@ pub fn witness_with(
                         }
                     }
                     let [qs, sgs, bvs, avs, is, ps, los, his, yas, bys, rs, rems, comps] = cols;
-                    if let Some(c) = b.comp {
-                        cx.vals[c] = sgs.iter().map(|&t| 1 - t).collect();
-                    }
-                    cx.vals[b.num] = sgs;
+                    cx.set_bounded(b, sgs);
                     cx.vals[*y] = qs;
                     cx.vals[*bv] = bvs;
                     cx.vals[*av] = avs;
@@ -686,24 +679,12 @@ pub fn witness_with(
                                 "a Sqrt value is outside the provable range".into(),
                             ));
                         }
-                        if let Some(c) = bd.comp {
-                            cx.vals[c] = vals.iter().map(|&v| cap - 1 - v).collect();
-                        }
-                        cx.vals[bd.num] = vals.clone();
+                        cx.set_bounded(bd, vals.clone());
                     }
                 }
                 Step::Narrow { out, src } => {
                     let v = cx.dense(*src);
-                    if let Some(k) = out.comp {
-                        let off = c.nums[out.num].offset as i128;
-                        let bounds = bound_values(&out.bound, n);
-                        cx.vals[k] = v
-                            .iter()
-                            .zip(&bounds)
-                            .map(|(&x, &b)| b as i128 - 1 - (x - off))
-                            .collect();
-                    }
-                    cx.vals[out.num] = v;
+                    cx.set_bounded(out, v);
                 }
                 Step::Table {
                     idx,
@@ -753,15 +734,7 @@ pub fn witness_with(
                         r.push(rr);
                         cm.push(2 * d - 1 - rr);
                     }
-                    if let Some(k) = out.comp {
-                        let bounds = bound_values(&out.bound, n);
-                        cx.vals[k] = y
-                            .iter()
-                            .zip(&bounds)
-                            .map(|(&v, &b)| b as i128 - 1 - v)
-                            .collect();
-                    }
-                    cx.vals[out.num] = y;
+                    cx.set_bounded(out, y);
                     cx.vals[*rem] = r;
                     cx.vals[*comp] = cm;
                 }
