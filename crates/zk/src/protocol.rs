@@ -352,16 +352,8 @@ impl<'a> Run<'a> {
             } => {
                 let od = self.c.nums[*y].dims.clone();
                 let rr = self.ch.challenges(od.nvars());
-                let ind = od.ind_at(&rr);
                 let vv = self.src_at(*v, &rr)?;
-                let pv = self.num_at(*p, &rr)?;
-                let lo = self.num_at(*dlo, &rr)?;
-                let hi = self.num_at(*dhi, &rr)?;
-                let two = Ext::from(F::from_u64(2));
-                self.check(
-                    vv - pv == lo && two * pv - ind - vv == hi,
-                    "an Rsqrt operand is not within its bit length",
-                )?;
+                self.bit_length_at(vv, (*p, *dlo, *dhi), &rr, "an Rsqrt operand")?;
                 let _ = self.bounded_at(d1, &od, &rr)?;
                 let _ = self.bounded_at(d2, &od, &rr)?;
                 let lambda = self.ch.challenge();
@@ -494,13 +486,10 @@ impl<'a> Run<'a> {
                 let ind = od.ind_at(&rr);
                 let two = Ext::from(F::from_u64(2));
                 let vv = self.src_at(*v, &rr)?;
-                let bb = self.bounded_at(b, &od, &rr)?;
-                let _ = bb;
+                let _sign = self.bounded_at(b, &od, &rr)?;
                 let bvv = self.num_at(*bv, &rr)?;
                 let avv = self.num_at(*av, &rr)?;
-                let pv = self.num_at(*p, &rr)?;
-                let lo = self.num_at(*dlo, &rr)?;
-                let hi = self.num_at(*dhi, &rr)?;
+                self.bit_length_at(avv, (*p, *dlo, *dhi), &rr, "a Recip operand")?;
                 let yv = self.num_at(*y, &rr)?;
                 let yav = self.num_at(*ya, &rr)?;
                 let byv = self.num_at(*by, &rr)?;
@@ -509,10 +498,6 @@ impl<'a> Run<'a> {
                 self.check(
                     avv == vv - two * bvv,
                     "a Recip operand's magnitude is wrong",
-                )?;
-                self.check(
-                    avv - pv == lo && two * pv - ind - avv == hi,
-                    "a Recip operand is not within its bit length",
                 )?;
                 self.check(yv == yav - two * byv, "a Recip output's sign is wrong")?;
                 self.check(
@@ -723,6 +708,26 @@ impl<'a> Run<'a> {
                 self.check(prod == end, "a maximum is not attained by any candidate")
             }
         }
+    }
+
+    /// `v ∈ [p, 2p)` for the committed power of two `p` (found by lookup): the committed `v − p` and
+    /// `2p − 1 − v` are non-negative. Exchanges `p`, `v − p`, `2p − 1 − v` at `r`.
+    fn bit_length_at(
+        &mut self,
+        v: Ext,
+        (p, dlo, dhi): (usize, usize, usize),
+        r: &[Ext],
+        what: &str,
+    ) -> Result<(), ZkError> {
+        let ind = self.c.nums[p].dims.ind_at(r);
+        let pv = self.num_at(p, r)?;
+        let lo = self.num_at(dlo, r)?;
+        let hi = self.num_at(dhi, r)?;
+        let two = Ext::from(F::from_u64(2));
+        self.check(
+            v - pv == lo && two * pv - ind - v == hi,
+            &format!("{what} is not within its bit length"),
+        )
     }
 
     fn table_step(
