@@ -117,6 +117,10 @@ pub(crate) struct CompileFlags {
     /// Fixed shape for an input with dynamic dimensions: `name=1,3,224,224`.
     #[arg(long)]
     input_shape: Vec<String>,
+    /// Width of contractions: `i32` (32-bit weights and activations, format v1) or `int8` (8-bit
+    /// per-channel weights and 8-bit activations into every contraction with constant weights).
+    #[arg(long, default_value = "i32")]
+    precision: verity_compiler::Precision,
 }
 
 impl CompileFlags {
@@ -126,6 +130,7 @@ impl CompileFlags {
             scale_bits: self.scale_bits,
             random_samples: self.samples,
             seed: self.seed,
+            precision: self.precision,
             ..Default::default()
         };
         opts.apply_input_specs(&self.input_range, &self.input_shape)
@@ -138,6 +143,7 @@ impl CompileFlags {
         json!({
             "scale_bits": self.scale_bits, "samples": self.samples, "seed": self.seed,
             "input_ranges": self.input_range, "input_shapes": self.input_shape,
+            "precision": self.precision.to_string(),
         })
     }
 }
@@ -330,8 +336,8 @@ fn cmd_compile(a: CompileArgs) -> Result<()> {
         report.parameters
     );
     println!(
-        "scale bits   {} (max), {} evaluation samples",
-        report.scale_bits, report.samples
+        "scale bits   {} (max), precision {}, {} evaluation samples",
+        report.scale_bits, report.precision, report.samples
     );
     println!(
         "import check max |lowered - tract| = {:.3e}",

@@ -4,10 +4,12 @@
 
 pub mod fgraph;
 pub mod import;
+pub mod narrow;
 pub mod quantize;
 pub mod report;
 
 pub use import::ImportOptions;
+pub use quantize::Precision;
 pub use report::{CompileReport, OutputAccuracy};
 
 use verity_engine::io::FloatTensor;
@@ -87,6 +89,8 @@ pub struct CompileOptions {
     pub seed: u64,
     /// ONNX loading options.
     pub import: ImportOptions,
+    /// Width of weights and contraction operands.
+    pub precision: Precision,
 }
 
 impl Default for CompileOptions {
@@ -100,6 +104,7 @@ impl Default for CompileOptions {
             default_range: (-1.0, 1.0),
             seed: 0,
             import: ImportOptions::default(),
+            precision: Precision::default(),
         }
     }
 }
@@ -308,7 +313,7 @@ fn compile_imported(
     };
     let calib_flat = flatten_samples(g, &calib, "calibration")?;
     let stats = quantize::calibrate(g, &calib_flat)?;
-    let model = quantize::quantize(g, &stats, opts.scale_bits)?;
+    let model = quantize::quantize(g, &stats, opts.scale_bits, opts.precision)?;
     let (eval, eval_flat) = match &opts.eval {
         Some(e) if !e.is_empty() => (e.clone(), flatten_samples(g, e, "evaluation")?),
         _ => (calib.clone(), calib_flat),

@@ -23,6 +23,37 @@ pub const SOFTMAX_INDEX_BITS: i32 = 9;
 /// Scale of softmax exp table entries.
 pub const SOFTMAX_EXP_SCALE: i8 = 30;
 
+/// How wide the canonical model's contractions are.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Precision {
+    /// 32-bit activations and weights with one power-of-two scale per tensor (format v1 models).
+    #[default]
+    I32,
+    /// 8-bit weights per output channel and 8-bit activations into every contraction with constant
+    /// weights; the rest stays 32-bit (see [`crate::narrow`]).
+    Int8,
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Precision::I32 => "i32",
+            Precision::Int8 => "int8",
+        })
+    }
+}
+
+impl std::str::FromStr for Precision {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "i32" => Ok(Precision::I32),
+            "int8" => Ok(Precision::Int8),
+            _ => Err(format!("precision '{s}' must be i32 or int8")),
+        }
+    }
+}
+
 /// Per-value statistics gathered by calibration.
 #[derive(Clone, Debug)]
 pub struct Stats {
@@ -155,8 +186,13 @@ fn build_table(
     }
 }
 
-/// Quantize the float graph with the calibrated statistics.
-pub fn quantize(g: &FGraph, stats: &[Stats], scale_bits: i8) -> Result<Model, CompileError> {
+/// Quantize the float graph with the calibrated statistics, at the given precision.
+pub fn quantize(
+    g: &FGraph,
+    stats: &[Stats],
+    scale_bits: i8,
+    precision: Precision,
+) -> Result<Model, CompileError> {
     let ni = g.inputs.len();
     let nc = g.consts.len();
     let act = |v: usize| -> i8 { scale_for(stats[v].abs(), ACTIVATION_BITS, scale_bits) };
@@ -266,12 +302,27 @@ pub fn quantize(g: &FGraph, stats: &[Stats], scale_bits: i8) -> Result<Model, Co
             value: remap(*v),
         })
         .collect();
-    let model = Model {
+    let mut model = Model {
         inputs,
         consts,
         nodes,
         outputs,
     };
+    if precision == Precision::Int8 {
+        // canonical value → float value (function tables have none)
+        let float_of: Vec<Option<usize>> = (0..model.value_count())
+            .map(|v| {
+                if v < node_base {
+                    Some(v)
+                } else if v < node_base + nt as usize {
+                    None
+                } else {
+                    Some(v - nt as usize)
+                }
+            })
+            .collect();
+        model = crate::narrow::narrow(g, stats, &model, &float_of);
+    }
     model
         .validate()
         .map_err(|e| CompileError::Calibration(format!("quantized model is invalid: {e}")))?;

@@ -32,6 +32,9 @@ pub struct OutputAccuracy {
 pub struct CompileReport {
     /// Fractional bits requested.
     pub scale_bits: i8,
+    /// Width of contractions (`i32` or `int8`).
+    #[serde(default = "default_precision")]
+    pub precision: String,
     /// Number of evaluation samples.
     pub samples: usize,
     /// Largest difference between the lowered float graph and tract (import self-check).
@@ -42,6 +45,10 @@ pub struct CompileReport {
     pub ops: BTreeMap<String, usize>,
     /// Weight and table elements.
     pub parameters: u64,
+}
+
+fn default_precision() -> String {
+    "i32".into()
 }
 
 fn to_tract_input(t: &FloatTensor, fact: &TypedFact) -> TractResult<TValue> {
@@ -172,6 +179,7 @@ pub fn evaluate(
     }
     Ok(CompileReport {
         scale_bits: opts.scale_bits,
+        precision: opts.precision.to_string(),
         samples: samples.len(),
         import_check_max_abs_diff: import_diff,
         outputs,

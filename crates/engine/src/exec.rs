@@ -106,6 +106,8 @@ enum Prepared {
         Option<kernels::Packed>,
         Option<kernels::Packed>,
     ),
+    /// A convolution's weights in 8-bit form, one matrix per group.
+    Conv(Vec<crate::qgemm::PackedB>),
 }
 
 /// Runs models.
@@ -153,6 +155,12 @@ impl<M: Borrow<Model>> Executor<M> {
                             .and_then(|c| plan.pack_b(&spec, &c.data));
                         Prepared::Ein(Box::new(plan), pa, pb)
                     }
+                    Op::Conv2d { groups, .. } => model
+                        .const_of(node.inputs[1])
+                        .and_then(|w| {
+                            kernels::conv_weights(&us(&w.shape), *groups as usize, &w.data)
+                        })
+                        .map_or(Prepared::None, Prepared::Conv),
                     _ => Prepared::None,
                 })
                 .collect(),
@@ -347,7 +355,11 @@ impl<M: Borrow<Model>> Executor<M> {
                 match self.mode {
                     Mode::Reference => conv_reference(&spec, xs[0], xs[1], bias, shift),
                     Mode::Fast { threads } => {
-                        kernels::conv2d(&spec, xs[0], xs[1], bias, shift, threads)
+                        let qw = match self.prepared.get(k) {
+                            Some(Prepared::Conv(q)) => Some(q.as_slice()),
+                            _ => None,
+                        };
+                        kernels::conv2d(&spec, xs[0], xs[1], qw, bias, shift, threads)
                     }
                 }
             }

@@ -8,6 +8,7 @@ use std::borrow::Cow;
 use crate::arith::{fit, rshift};
 use crate::error::ExecError;
 use crate::exec::{label_strides, ConvSpec, EinSpec};
+use crate::qgemm::{self, Level, PackedA, PackedB};
 
 const I64_SAFE: u128 = 1 << 62;
 
@@ -279,11 +280,13 @@ fn pack(x: &[i32], labels: &[u8], shape: &[usize], order: &[u8], sizes: &[usize;
     out
 }
 
-/// An operand packed ahead of time (constant weights), with its largest magnitude.
+/// An operand packed ahead of time (constant weights), with its largest magnitude and, when every
+/// element fits `i8`, its per-batch form for the 8-bit kernels.
 #[derive(Clone, Debug)]
 pub struct Packed {
     data: Vec<i32>,
     max_abs: u128,
+    narrow: Option<Vec<PackedB>>,
 }
 
 /// How an `EinSum` maps onto a batched matrix product; depends only on labels and shapes.
@@ -333,20 +336,106 @@ impl EinPlan {
         }
     }
 
-    /// Pack a constant `a` operand ahead of time.
+    /// Pack a constant `a` operand ahead of time (its 8-bit form is `a`ᵀ per batch, for `C`ᵀ = `B`ᵀ`A`ᵀ).
     pub fn pack_a(&self, s: &EinSpec<'_>, a: &[i32]) -> Option<Packed> {
-        self.packable.then(|| Packed {
-            data: pack(a, s.a, s.a_shape, &self.a_order, &self.sizes),
-            max_abs: max_abs(a),
+        self.packable.then(|| {
+            let data = pack(a, s.a, s.a_shape, &self.a_order, &self.sizes);
+            let (m, k) = (self.m, self.k);
+            let narrow = (0..self.bt)
+                .map(|bi| {
+                    let a = &data[bi * m * k..(bi + 1) * m * k];
+                    PackedB::from_fn(k, m, |kk, i| a[i * k + kk])
+                })
+                .collect();
+            Packed {
+                max_abs: max_abs(a),
+                narrow,
+                data,
+            }
         })
     }
 
     /// Pack a constant `b` operand ahead of time.
     pub fn pack_b(&self, s: &EinSpec<'_>, b: &[i32]) -> Option<Packed> {
-        self.packable.then(|| Packed {
-            data: pack(b, s.b, s.b_shape, &self.b_order, &self.sizes),
-            max_abs: max_abs(b),
+        self.packable.then(|| {
+            let data = pack(b, s.b, s.b_shape, &self.b_order, &self.sizes);
+            let narrow = self.narrow_b(&data);
+            Packed {
+                max_abs: max_abs(b),
+                narrow,
+                data,
+            }
         })
+    }
+
+    /// The 8-bit form of a packed `b` (`[batch][k][n]`), if every element fits `i8`.
+    fn narrow_b(&self, b: &[i32]) -> Option<Vec<PackedB>> {
+        let (k, n) = (self.k, self.n);
+        if !b.iter().all(|v| (-128..=127).contains(v)) {
+            return None;
+        }
+        (0..self.bt)
+            .map(|bi| PackedB::new(&b[bi * k * n..(bi + 1) * k * n], k, n))
+            .collect()
+    }
+
+    /// The product by the 8-bit kernels when both operands have 8-bit values (`None` otherwise): the
+    /// constant side gives the `i8` operand, the other the activations.
+    fn narrow_product(
+        &self,
+        ap: &[i32],
+        bp: &[i32],
+        pa: Option<&Packed>,
+        pb: Option<&Packed>,
+        threads: usize,
+    ) -> Option<Vec<i64>> {
+        let (bt, m, k, n) = (self.bt, self.m, self.k, self.n);
+        let level = Level::detect();
+        let mut c = vec![0i64; bt * m * n];
+        if let (Some(qa), None) = (pa.and_then(|p| p.narrow.as_ref()), pb) {
+            // constant a: Cᵀ[n×m] = Bᵀ · Aᵀ
+            for bi in 0..bt {
+                let b = &bp[bi * k * n..(bi + 1) * k * n];
+                let act = PackedA::from_fn(n, k, |j, kk| b[kk * n + j])?;
+                let ct = qgemm::gemm(&act, &qa[bi], threads, level);
+                let ldc = qa[bi].ldc();
+                for i in 0..m {
+                    for j in 0..n {
+                        c[(bi * m + i) * n + j] = ct[j * ldc + i] as i64;
+                    }
+                }
+            }
+            return Some(c);
+        }
+        // both operands 8-bit, or nothing to do here (checked before any packing)
+        let (lo, hi) = ap
+            .iter()
+            .fold((0i32, 0i32), |(l, h), &v| (l.min(v), h.max(v)));
+        if hi - lo > 255 || lo < -128 || hi > 255 {
+            return None;
+        }
+        let built;
+        let qb = match pb.and_then(|p| p.narrow.as_ref()) {
+            Some(q) => q,
+            None => {
+                built = self.narrow_b(bp)?;
+                &built
+            }
+        };
+        for bi in 0..bt {
+            let act = PackedA::new(&ap[bi * m * k..(bi + 1) * m * k], m, k)?;
+            let cb = qgemm::gemm(&act, &qb[bi], threads, level);
+            let ldc = qb[bi].ldc();
+            for i in 0..m {
+                for (d, &v) in c[(bi * m + i) * n..(bi * m + i + 1) * n]
+                    .iter_mut()
+                    .zip(&cb[i * ldc..i * ldc + n])
+                {
+                    *d = v as i64;
+                }
+            }
+        }
+        Some(c)
     }
 
     /// Run; `pa`/`pb` are the pre-packed operands when constant.
@@ -383,7 +472,10 @@ impl EinPlan {
             Some(p) => Cow::Borrowed(&p.data),
             None => Cow::Owned(pack(b, s.b, s.b_shape, &self.b_order, &self.sizes)),
         };
-        let c = batched_gemm(&ap, &bp, self.bt, self.m, self.k, self.n, threads);
+        let c = match self.narrow_product(&ap, &bp, pa, pb, threads) {
+            Some(c) => c,
+            None => batched_gemm(&ap, &bp, self.bt, self.m, self.k, self.n, threads),
+        };
         // scatter C (labels batch, m, n) into the output order, adding the bias
         let out_st = label_strides(s.out, s.out_shape, &self.c_order);
         let bias_st = bias.map(|(_, bshape, _)| {
@@ -442,15 +534,121 @@ fn requantize(v: i64, shift: i32) -> Result<i32, ExecError> {
     }
 }
 
-/// Fast `Conv2d` by im2col and GEMM.
+/// A convolution's weights in the 8-bit kernels' form, one matrix `[cg·kh·kw × O/g]` per group; `None`
+/// unless every weight fits `i8`.
+pub fn conv_weights(w_shape: &[usize], groups: usize, w: &[i32]) -> Option<Vec<PackedB>> {
+    if w_shape.len() != 4 || groups == 0 || !w.iter().all(|v| (-128..=127).contains(v)) {
+        return None;
+    }
+    let og = w_shape[0] / groups;
+    let kk = w_shape[1] * w_shape[2] * w_shape[3];
+    (0..groups)
+        .map(|g| PackedB::from_fn(kk, og, |r, o| w[(g * og + o) * kk + r]))
+        .collect()
+}
+
+/// `Conv2d` by the 8-bit kernels when the input's values are 8-bit: patches as rows (`[OH·OW × cg·kh·kw]`)
+/// times the packed weights, then bias and requantization in the output's layout. `None` if the input
+/// has wider values.
+fn conv2d_narrow(
+    s: &ConvSpec<'_>,
+    x: &[i32],
+    qw: &[PackedB],
+    bias: Option<(&[i32], i32)>,
+    shift: i32,
+    threads: usize,
+) -> Option<Result<Vec<i32>, ExecError>> {
+    let (lo, hi) = x
+        .iter()
+        .fold((0i32, 0i32), |(l, h), &v| (l.min(v), h.max(v)));
+    let offset = PackedA::offset_for(lo, hi)?;
+    let (n, c, h, wd) = (s.x[0], s.x[1], s.x[2], s.x[3]);
+    let (o_ch, cg, kh, kw) = (s.w[0], s.w[1], s.w[2], s.w[3]);
+    let (oh, ow) = (s.out[2], s.out[3]);
+    let og = o_ch / s.groups;
+    let kk = cg * kh * kw;
+    let p = oh * ow;
+    let win = s.window;
+    let (sy, sx) = (win.stride[0] as usize, win.stride[1] as usize);
+    let (dy, dx) = (win.dilation[0] as usize, win.dilation[1] as usize);
+    let (py, px) = (win.pads[0] as i64, win.pads[1] as i64);
+    let level = Level::detect();
+    let mut out = vec![0i32; n * o_ch * p];
+    for b in 0..n {
+        for (g, qw) in qw.iter().enumerate() {
+            let mut rows = PackedA::zeros(p, kk, offset)?;
+            let zero = rows.encode(0);
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let row = rows.row_mut(oy * ow + ox);
+                    for ci in 0..cg {
+                        let plane = (b * c + g * cg + ci) * h * wd;
+                        for ky in 0..kh {
+                            let iy = (oy * sy + ky * dy) as i64 - py;
+                            let dst = &mut row[(ci * kh + ky) * kw..(ci * kh + ky + 1) * kw];
+                            if iy < 0 || iy >= h as i64 {
+                                dst.fill(zero);
+                                continue;
+                            }
+                            let src = &x[plane + iy as usize * wd..plane + (iy as usize + 1) * wd];
+                            for (kx, d) in dst.iter_mut().enumerate() {
+                                let ix = (ox * sx + kx * dx) as i64 - px;
+                                *d = if ix < 0 || ix >= wd as i64 {
+                                    zero
+                                } else if offset {
+                                    (src[ix as usize] + 128) as u8
+                                } else {
+                                    src[ix as usize] as u8
+                                };
+                            }
+                        }
+                    }
+                }
+            }
+            let acc = qgemm::gemm(&rows, qw, threads, level);
+            let ldc = qw.ldc();
+            for o in 0..og {
+                let oc = g * og + o;
+                let bv = bias.map_or(0i128, |(d, sh)| (d[oc] as i128) << sh);
+                let dst = &mut out[(b * o_ch + oc) * p..(b * o_ch + oc + 1) * p];
+                let col = acc[o..].iter().step_by(ldc);
+                let r: Result<(), ExecError> = match i64::try_from(bv) {
+                    // |acc| < 2^31, so acc + bias cannot leave i64
+                    Ok(bv) if bv.unsigned_abs() < 1 << 62 => {
+                        dst.iter_mut().zip(col).try_for_each(|(d, &a)| {
+                            *d = requantize(a as i64 + bv, shift)?;
+                            Ok(())
+                        })
+                    }
+                    _ => dst.iter_mut().zip(col).try_for_each(|(d, &a)| {
+                        *d = fit(rshift(a as i128 + bv, shift))?;
+                        Ok(())
+                    }),
+                };
+                if let Err(e) = r {
+                    return Some(Err(e));
+                }
+            }
+        }
+    }
+    Some(Ok(out))
+}
+
+/// Fast `Conv2d`: the 8-bit kernels when `qw` (the packed weights) is given and the input is 8-bit,
+/// else im2col and the `i64` GEMM.
+#[allow(clippy::too_many_arguments)]
 pub fn conv2d(
     s: &ConvSpec<'_>,
     x: &[i32],
     w: &[i32],
+    qw: Option<&[PackedB]>,
     bias: Option<(&[i32], i32)>,
     shift: i32,
     threads: usize,
 ) -> Result<Vec<i32>, ExecError> {
+    if let Some(r) = qw.and_then(|qw| conv2d_narrow(s, x, qw, bias, shift, threads)) {
+        return r;
+    }
     let (n, c, h, wd) = (s.x[0], s.x[1], s.x[2], s.x[3]);
     let (o_ch, cg, kh, kw) = (s.w[0], s.w[1], s.w[2], s.w[3]);
     let (oh, ow) = (s.out[2], s.out[3]);
@@ -534,4 +732,59 @@ pub fn conv2d(
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ir::Window;
+
+    #[test]
+    fn eight_bit_operands_take_the_eight_bit_kernels() {
+        let (a_l, b_l, o_l) = ([0u8, 1], [1u8, 2], [0u8, 2]);
+        let (ash, bsh, osh) = ([3usize, 5], [5usize, 4], [3usize, 4]);
+        let spec = EinSpec {
+            a: &a_l,
+            b: &b_l,
+            out: &o_l,
+            a_shape: &ash,
+            b_shape: &bsh,
+            out_shape: &osh,
+        };
+        let plan = EinPlan::new(&spec);
+        let a: Vec<i32> = (0..15).map(|i| i * 17 % 256).collect();
+        let b: Vec<i32> = (0..20).map(|i| i * 13 % 256 - 128).collect();
+        let pb = plan.pack_b(&spec, &b).expect("packable");
+        assert!(pb.narrow.is_some());
+        assert!(plan.narrow_product(&a, &b, None, Some(&pb), 1).is_some());
+        // one wide activation sends the product down the wide path
+        let mut wide = a.clone();
+        wide[7] = 300;
+        assert!(plan.narrow_product(&wide, &b, None, Some(&pb), 1).is_none());
+        // wide weights are not packed for the 8-bit kernels
+        let mut wb = b.clone();
+        wb[0] = 128;
+        assert!(plan.pack_b(&spec, &wb).expect("packable").narrow.is_none());
+        // a convolution's weights likewise
+        let w: Vec<i32> = (0..2 * 3 * 3).map(|i| i - 9).collect();
+        assert!(conv_weights(&[2, 1, 3, 3], 1, &w).is_some());
+        assert!(conv_weights(&[2, 1, 3, 3], 1, &[200; 18]).is_none());
+        let win = Window {
+            kernel: [3, 3],
+            stride: [1, 1],
+            dilation: [1, 1],
+            pads: [1, 1, 1, 1],
+        };
+        let cs = ConvSpec {
+            x: &[1, 1, 4, 4],
+            w: &[2, 1, 3, 3],
+            window: &win,
+            groups: 1,
+            out: &[1, 2, 4, 4],
+        };
+        let qw = conv_weights(&[2, 1, 3, 3], 1, &w).expect("8-bit");
+        let x: Vec<i32> = (0..16).collect();
+        assert!(conv2d_narrow(&cs, &x, &qw, None, 0, 1).is_some());
+        assert!(conv2d_narrow(&cs, &[1000; 16], &qw, None, 0, 1).is_none());
+    }
 }

@@ -11,6 +11,7 @@ pub mod io;
 pub mod ir;
 mod kernels;
 pub mod onestep;
+pub mod qgemm;
 pub mod vty;
 
 pub use error::{ExecError, ModelError};

@@ -5,8 +5,11 @@
 //! `keccak256(u64_be(item_count) ‖ merkle_root(leaves))`. A constant's leaf commits to its elements through
 //! their elements root, so a single weight is proven by two short Merkle paths.
 //!
-//! File layout: `b"VTY"`, format version byte, `u64` item count, each item as `u32` length + bytes, then the
-//! 32-byte model ID.
+//! File layout: `b"VTY"`, file version byte, `u64` item count, each item as `u32` length + bytes, then the
+//! 32-byte model ID. File version 2 stores each constant's elements at the narrowest width that holds them
+//! (`i4`, `i8`, `i16` or `i32`); version 1 stored every element as `i32`. The width is a property of the
+//! file only: a constant's leaf commits to its integer values, so the model ID, one-step checks and proofs
+//! are the same for a model written either way.
 
 use verity_core::{
     elements_root, keccak256, merkle_proof, merkle_root, root_from_path, ElementProof, Hash,
@@ -18,8 +21,129 @@ use crate::ir::*;
 
 /// Magic bytes at the start of every `.vty` file.
 pub const MAGIC: &[u8; 3] = b"VTY";
-/// The format version this build writes and reads.
+/// The version of the canonical semantics and item encodings (the header's version byte, part of the
+/// model ID).
 pub const FORMAT_VERSION: u8 = 1;
+/// The file container version this build writes; it reads this one and version 1.
+pub const FILE_VERSION: u8 = 2;
+
+/// Storage width of a constant's elements in a version-2 file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Width {
+    /// Two's-complement nibbles, two per byte, high nibble first; an odd count ends with a zero nibble.
+    I4 = 3,
+    /// One byte each.
+    I8 = 2,
+    /// Big-endian `i16`.
+    I16 = 1,
+    /// Big-endian `i32`.
+    I32 = 0,
+}
+
+impl Width {
+    /// The narrowest width holding every value of `data`.
+    pub fn of(data: &[i32]) -> Width {
+        let (lo, hi) = data
+            .iter()
+            .fold((0i32, 0i32), |(l, h), &v| (l.min(v), h.max(v)));
+        if lo >= -8 && hi <= 7 {
+            Width::I4
+        } else if lo >= -128 && hi <= 127 {
+            Width::I8
+        } else if lo >= -32768 && hi <= 32767 {
+            Width::I16
+        } else {
+            Width::I32
+        }
+    }
+
+    /// Bytes taken by `n` elements.
+    pub fn bytes(self, n: u64) -> u64 {
+        match self {
+            Width::I4 => n.div_ceil(2),
+            Width::I8 => n,
+            Width::I16 => 2 * n,
+            Width::I32 => 4 * n,
+        }
+    }
+
+    fn from_code(c: u8) -> Option<Width> {
+        [Width::I32, Width::I16, Width::I8, Width::I4]
+            .into_iter()
+            .find(|w| *w as u8 == c)
+    }
+}
+
+/// The elements of a constant as stored in a version-2 file: the width code, then the packed values.
+pub fn encode_elements(data: &[i32]) -> Vec<u8> {
+    let w = Width::of(data);
+    let mut out = Vec::with_capacity(1 + w.bytes(data.len() as u64) as usize);
+    out.push(w as u8);
+    match w {
+        Width::I4 => {
+            for pair in data.chunks(2) {
+                let hi = (pair[0] as u8) & 0x0f;
+                let lo = pair.get(1).map_or(0, |&v| (v as u8) & 0x0f);
+                out.push(hi << 4 | lo);
+            }
+        }
+        Width::I8 => out.extend(data.iter().map(|&v| v as i8 as u8)),
+        Width::I16 => {
+            for &v in data {
+                out.extend_from_slice(&(v as i16).to_be_bytes());
+            }
+        }
+        Width::I32 => {
+            for &v in data {
+                out.extend_from_slice(&v.to_be_bytes());
+            }
+        }
+    }
+    out
+}
+
+/// Read `n` elements stored by [`encode_elements`] (all of `bytes`); refuses a width that is not the
+/// narrowest for the values, or a non-zero padding nibble, so the encoding stays canonical.
+pub fn decode_elements(bytes: &[u8], n: u64) -> Result<Vec<i32>, String> {
+    let (&code, packed) = bytes.split_first().ok_or("missing element width")?;
+    let w = Width::from_code(code).ok_or_else(|| format!("unknown element width {code}"))?;
+    if w.bytes(n) != packed.len() as u64 {
+        return Err(format!(
+            "{n} elements of width {w:?} take {} bytes, found {}",
+            w.bytes(n),
+            packed.len()
+        ));
+    }
+    let data: Vec<i32> = match w {
+        Width::I4 => {
+            if n % 2 == 1 && packed.last().is_some_and(|b| b & 0x0f != 0) {
+                return Err("non-zero padding nibble".into());
+            }
+            let nib = |b: u8| ((b << 4) as i8 >> 4) as i32;
+            packed
+                .iter()
+                .flat_map(|&b| [nib(b >> 4), nib(b & 0x0f)])
+                .take(n as usize)
+                .collect()
+        }
+        Width::I8 => packed.iter().map(|&b| b as i8 as i32).collect(),
+        Width::I16 => packed
+            .chunks_exact(2)
+            .map(|c| i16::from_be_bytes([c[0], c[1]]) as i32)
+            .collect(),
+        Width::I32 => packed
+            .chunks_exact(4)
+            .map(|c| i32::from_be_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+    };
+    if Width::of(&data) != w {
+        return Err(format!(
+            "elements stored as {w:?} fit {:?}: the narrowest width is required",
+            Width::of(&data)
+        ));
+    }
+    Ok(data)
+}
 
 const TAG_HEADER: u8 = 0;
 const TAG_NODE: u8 = 1;
@@ -245,7 +369,7 @@ pub fn model_id(m: &Model) -> Hash {
 pub fn encode(m: &Model) -> Vec<u8> {
     let mut w = Writer::new();
     w.raw(MAGIC);
-    w.u8(FORMAT_VERSION);
+    w.u8(FILE_VERSION);
     w.u64((1 + m.nodes.len() + m.consts.len()) as u64);
     w.bytes(&encode_header(m));
     for n in &m.nodes {
@@ -253,10 +377,7 @@ pub fn encode(m: &Model) -> Vec<u8> {
     }
     for c in &m.consts {
         let mut item = encode_const_desc(c);
-        item.reserve(c.data.len() * 4);
-        for x in &c.data {
-            item.extend_from_slice(&x.to_be_bytes());
-        }
+        item.extend_from_slice(&encode_elements(&c.data));
         w.bytes(&item);
     }
     w.raw(&model_id(m).0);
@@ -379,10 +500,14 @@ pub fn decode_const_desc(bytes: &[u8]) -> Result<(Vec<u32>, i8), ModelError> {
     Ok(d)
 }
 
-fn decode_const(bytes: &[u8]) -> Result<Const, ModelError> {
+fn decode_const(bytes: &[u8], file_version: u8) -> Result<Const, ModelError> {
     let mut r = Reader::new(bytes);
     let (shape, scale) = read_const_desc(&mut r)?;
     let n = numel(&shape);
+    if file_version >= 2 {
+        let data = decode_elements(r.take(r.remaining())?, n).map_err(|e| r.invalid(e))?;
+        return Ok(Const { shape, scale, data });
+    }
     if n.saturating_mul(4) != r.remaining() as u64 {
         return Err(r
             .invalid(format!(
@@ -466,7 +591,7 @@ pub fn decode(bytes: &[u8]) -> Result<(Model, Hash), ModelError> {
         return Err(ModelError::BadMagic);
     }
     let version = r.u8()?;
-    if version != FORMAT_VERSION {
+    if !(1..=FILE_VERSION).contains(&version) {
         return Err(ModelError::Version(version as u16));
     }
     let items = r.u64()?;
@@ -491,7 +616,7 @@ pub fn decode(bytes: &[u8]) -> Result<(Model, Hash), ModelError> {
     }
     let mut consts = Vec::with_capacity(n_consts as usize);
     for _ in 0..n_consts {
-        consts.push(decode_const(r.bytes()?)?);
+        consts.push(decode_const(r.bytes()?, version)?);
     }
     let stored = Hash(r.take(32)?.try_into().map_err(|_| r.invalid("bad id"))?);
     r.finish()?;

@@ -668,6 +668,8 @@ struct PublishOptions {
     input_ranges: Vec<String>,
     #[serde(default)]
     input_shapes: Vec<String>,
+    #[serde(default)]
+    precision: Option<String>,
 }
 
 async fn publish(
@@ -846,6 +848,11 @@ async fn publish_inner(
         let mut co = verity_compiler::CompileOptions::default();
         if let Some(b) = opts.scale_bits {
             co.scale_bits = b;
+        }
+        if let Some(p) = &opts.precision {
+            co.precision = p
+                .parse()
+                .map_err(|e: String| ApiError::bad_request("bad_options", e))?;
         }
         if let Some(s) = opts.samples {
             if s == 0 || s > 1024 {

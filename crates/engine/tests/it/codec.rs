@@ -135,9 +135,28 @@ proptest! {
     #[test]
     fn decoding_garbage_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
         let _ = vty::decode(&bytes);
-        let mut with_magic = b"VTY\x01".to_vec();
-        with_magic.extend_from_slice(&bytes);
-        let _ = vty::decode(&with_magic);
+        for version in [1u8, 2] {
+            let mut with_magic = b"VTY".to_vec();
+            with_magic.push(version);
+            with_magic.extend_from_slice(&bytes);
+            let _ = vty::decode(&with_magic);
+        }
+    }
+
+    #[test]
+    fn element_widths_round_trip_at_the_narrowest(data in prop::collection::vec(prop_oneof![-8i32..=7, -128i32..=127, -40000i32..=40000, any::<i32>()], 0..40)) {
+        let bytes = vty::encode_elements(&data);
+        let w = vty::Width::of(&data);
+        prop_assert_eq!(bytes[0], w as u8);
+        prop_assert_eq!(bytes.len() as u64, 1 + w.bytes(data.len() as u64));
+        prop_assert_eq!(vty::decode_elements(&bytes, data.len() as u64).unwrap(), data.clone());
+        // the same values stored wider are refused: one encoding per constant
+        if w != vty::Width::I32 {
+            let mut wide = vec![vty::Width::I32 as u8];
+            for v in &data { wide.extend_from_slice(&v.to_be_bytes()); }
+            prop_assert!(vty::decode_elements(&wide, data.len() as u64).is_err());
+        }
+        prop_assert!(vty::decode_elements(&bytes, data.len() as u64 + 2).is_err());
     }
 
     #[test]
@@ -150,4 +169,74 @@ proptest! {
             prop_assert_eq!(vty::encode(&m), bytes);
         }
     }
+}
+
+#[test]
+fn narrow_constants_shrink_the_file_and_keep_the_id() {
+    // the same model stored with 8-bit and 4-bit weights: the file shrinks, the ID (which commits to
+    // the values) is what a version-1 file of the model gives
+    let big = Const {
+        shape: vec![64, 64],
+        scale: 0,
+        data: (0..4096).map(|i| (i * 37 % 255) - 127).collect(),
+    };
+    let small = Const {
+        shape: vec![3, 5],
+        scale: 0,
+        data: (0..15).map(|i| i % 16 - 8).collect(),
+    };
+    let m = Model::one_node(
+        vec![input("x", vec![1, 64], 4)],
+        vec![big, small],
+        Op::EinSum {
+            a: vec![0, 1],
+            b: vec![1, 2],
+            out: vec![0, 2],
+        },
+        vec![0, 1],
+        vec![1, 64],
+        4,
+    );
+    m.validate().expect("valid");
+    let bytes = vty::encode(&m);
+    assert_eq!(&bytes[..4], b"VTY\x02");
+    let (back, id) = vty::decode(&bytes).expect("decodes");
+    assert_eq!(back, m);
+    assert_eq!(id, vty::model_id(&m));
+    let v1 = encode_v1(&m);
+    assert!(
+        bytes.len() + 3 * 4096 - 100 < v1.len(),
+        "{} vs {}",
+        bytes.len(),
+        v1.len()
+    );
+    let (from_v1, id1) = vty::decode(&v1).expect("a version-1 file still decodes");
+    assert_eq!((from_v1, id1), (m.clone(), id));
+    // a non-zero padding nibble is refused (15 elements: the last byte's low nibble is padding)
+    let mut packed = vty::encode_elements(&m.consts.last().unwrap().data);
+    *packed.last_mut().unwrap() |= 1;
+    assert!(vty::decode_elements(&packed, 15)
+        .unwrap_err()
+        .contains("padding"));
+}
+
+/// A version-1 file of `m`: every constant element a big-endian `i32`.
+fn encode_v1(m: &Model) -> Vec<u8> {
+    let mut out = b"VTY\x01".to_vec();
+    out.extend_from_slice(&((1 + m.nodes.len() + m.consts.len()) as u64).to_be_bytes());
+    let mut items = vec![vty::encode_header(m)];
+    items.extend(m.nodes.iter().map(vty::encode_node));
+    for c in &m.consts {
+        let mut item = vty::encode_const_desc(c);
+        for v in &c.data {
+            item.extend_from_slice(&v.to_be_bytes());
+        }
+        items.push(item);
+    }
+    for it in items {
+        out.extend_from_slice(&(it.len() as u32).to_be_bytes());
+        out.extend_from_slice(&it);
+    }
+    out.extend_from_slice(&vty::model_id(m).0);
+    out
 }

@@ -314,3 +314,109 @@ fn threaded_kernels_equal_reference() {
         );
     }
 }
+
+/// Values for the 8-bit kernels: unsigned activations `0..=255`, signed `-128..=127`, or (rarely) one
+/// value just outside, which must send the contraction down the wide path with the same result.
+fn eight_bit(
+    gen: &mut impl FnMut(usize) -> Vec<i32>,
+    n: usize,
+    unsigned: bool,
+    spill: bool,
+) -> Vec<i32> {
+    let mut v: Vec<i32> = gen(n)
+        .into_iter()
+        .map(|x| {
+            if unsigned {
+                x.rem_euclid(256)
+            } else {
+                x.clamp(-128, 127)
+            }
+        })
+        .collect();
+    if spill && !v.is_empty() {
+        v[n / 2] = if unsigned { 256 } else { -129 };
+    }
+    v
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn einsum_8bit_fast_equals_reference(
+        m in 1u32..20, k in 1u32..70, n in 1u32..40, batch in 1u32..3, const_b in any::<bool>(), const_a in any::<bool>(),
+        unsigned in any::<bool>(), spill in prop::bool::weighted(0.1), bias in any::<bool>(), seed in any::<u64>(),
+        sa in 0i8..8, so in 0i8..10,
+    ) {
+        // a[z, i, k] · b[z, k, j] -> [z, i, j]; a constant operand is packed when the executor is built
+        let mut gen = crate::gen(seed, 255);
+        let (ash, bsh, osh) = (vec![batch, m, k], vec![batch, k, n], vec![batch, m, n]);
+        let a = eight_bit(&mut gen, (batch * m * k) as usize, unsigned && !const_a, spill);
+        let b = eight_bit(&mut gen, (batch * k * n) as usize, false, false);
+        let mut inputs = vec![];
+        let mut consts = vec![];
+        let mut run_inputs = vec![];
+        for (name, shape, data, is_const, scale) in [("a", ash, a, const_a && !const_b, sa), ("b", bsh, b, const_b, 0)] {
+            if is_const {
+                consts.push(Const { shape, scale, data });
+            } else {
+                inputs.push(input(name, shape, scale));
+                run_inputs.push(data);
+            }
+        }
+        if inputs.is_empty() {
+            return Ok(());
+        }
+        let ni = inputs.len() as u32;
+        // value ids: inputs first, then constants, each in a-then-b order
+        let a_const = const_a && !const_b;
+        let ia = if a_const { ni } else { 0 };
+        let ib = match (a_const, const_b) {
+            (_, true) => ni,
+            (true, false) => 0,
+            (false, false) => 1,
+        };
+        let mut node_inputs = vec![ia, ib];
+        if bias {
+            consts.push(Const { shape: vec![n], scale: sa, data: gen(n as usize) });
+            node_inputs.push(ni + consts.len() as u32 - 1);
+        }
+        let model = Model::one_node(
+            inputs,
+            consts,
+            Op::EinSum { a: vec![9, 0, 2], b: vec![9, 2, 1], out: vec![9, 0, 1] },
+            node_inputs,
+            osh,
+            so,
+        );
+        let r = run_all(&model, run_inputs);
+        prop_assert_eq!(&r[0], &r[1]);
+        prop_assert_eq!(&r[0], &r[2]);
+    }
+
+    #[test]
+    fn conv_8bit_fast_equals_reference(
+        n in 1u32..3, groups in 1u32..3, cg in 1u32..5, og in 1u32..20, h in 1u32..10, w in 1u32..10,
+        k in [1u32..4, 1u32..4], s in [1u32..3, 1u32..3], d in [1u32..3, 1u32..3], p in [0u32..3, 0u32..3, 0u32..3, 0u32..3],
+        bias in any::<bool>(), unsigned in any::<bool>(), spill in prop::bool::weighted(0.1), seed in any::<u64>(),
+        so in 0i8..10,
+    ) {
+        let window = Window { kernel: k, stride: s, dilation: d, pads: p };
+        let Some((oh, ow)) = window.output_hw(h, w) else { return Ok(()) };
+        let c = groups * cg;
+        let o = groups * og;
+        let mut gen = crate::gen(seed, 255);
+        let x = eight_bit(&mut gen, (n * c * h * w) as usize, unsigned, spill);
+        let wts = eight_bit(&mut gen, (o * cg * k[0] * k[1]) as usize, false, false);
+        let mut consts = vec![Const { shape: vec![o, cg, k[0], k[1]], scale: 0, data: wts }];
+        let mut ins = vec![0, 1];
+        if bias {
+            consts.push(Const { shape: vec![o], scale: 3, data: gen(o as usize) });
+            ins.push(2);
+        }
+        let m = Model::one_node(vec![input("x", vec![n, c, h, w], 6)], consts, Op::Conv2d { window, groups }, ins, vec![n, o, oh, ow], so);
+        let r = run_all(&m, vec![x]);
+        prop_assert_eq!(&r[0], &r[1]);
+        prop_assert_eq!(&r[0], &r[2]);
+    }
+}

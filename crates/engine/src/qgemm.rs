@@ -1,0 +1,463 @@
+//! Exact 8-bit matrix products: `C[m×n] = A[m×k] · B[k×n]` with `A` holding 8-bit activations (values in
+//! `0..=255` or `-128..=127`) and `B` holding `i8` weights, accumulated in `i32`.
+//!
+//! Every product of a `u8` and an `i8` is below `2^15` in magnitude, so a sum over `k ≤ MAX_K` terms stays
+//! below `2^31`: the `i32` accumulator never wraps and the result is the exact integer sum the reference
+//! executor computes with `i128`. Signed activations are offset by 128 into `0..=255` and the offset's
+//! contribution `128 · Σ_k B[k][j]` is subtracted per column (again exact). Which instruction set runs
+//! (AVX-512 VNNI `vpdpbusd`, or portable Rust) is chosen at run time and cannot change a bit.
+
+/// Largest reduction length for which the `i32` accumulator is exact: `k · 255 · 128 < 2^31`.
+pub const MAX_K: usize = 65_536;
+/// Columns per packed block (one 512-bit register of `i32` lanes).
+const NR: usize = 16;
+/// Rows per register tile.
+const MR: usize = 8;
+/// Reduction quads (4 values of `k`) per cache block.
+const KCQ: usize = 256;
+/// Rows per cache block of `A`.
+const MC: usize = 64;
+
+/// Which implementation runs the inner loop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Level {
+    /// Plain Rust loops, on every CPU.
+    Portable,
+    /// AVX-512 with VNNI (`vpdpbusd`).
+    Avx512Vnni,
+}
+
+impl Level {
+    /// The fastest level this CPU supports.
+    pub fn detect() -> Level {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f")
+                && std::arch::is_x86_feature_detected!("avx512bw")
+                && std::arch::is_x86_feature_detected!("avx512vnni")
+            {
+                return Level::Avx512Vnni;
+            }
+        }
+        Level::Portable
+    }
+
+    /// Whether this CPU can run the level.
+    pub fn supported(self) -> bool {
+        self == Level::Portable || Level::detect() == Level::Avx512Vnni
+    }
+}
+
+/// `B` (`k×n`, `i8`) packed for the kernels: blocks of 16 columns, each a run of `kq = ⌈k/4⌉` groups of
+/// 16 columns × 4 consecutive `k` (64 bytes); `k` and `n` are zero-padded.
+#[derive(Clone, Debug)]
+pub struct PackedB {
+    k: usize,
+    n: usize,
+    kq: usize,
+    data: Vec<i8>,
+    /// `Σ_k B[k][j]` per (padded) column, for the signed-activation offset.
+    colsum: Vec<i32>,
+}
+
+impl PackedB {
+    /// Pack a row-major `k×n` matrix whose elements all lie in `-128..=127`; `None` otherwise or when
+    /// `k` exceeds [`MAX_K`].
+    pub fn new(b: &[i32], k: usize, n: usize) -> Option<PackedB> {
+        Self::from_fn(k, n, |kk, j| b[kk * n + j])
+    }
+
+    /// Pack `B[kk][j] = f(kk, j)`; `None` if a value lies outside `-128..=127` or `k > MAX_K`.
+    pub fn from_fn(k: usize, n: usize, f: impl Fn(usize, usize) -> i32) -> Option<PackedB> {
+        if k > MAX_K {
+            return None;
+        }
+        let kq = k.div_ceil(4);
+        let nb = n.div_ceil(NR);
+        let mut data = vec![0i8; nb * kq * NR * 4];
+        let mut colsum = vec![0i32; nb * NR];
+        for kk in 0..k {
+            for j in 0..n {
+                let v = i8::try_from(f(kk, j)).ok()?;
+                let (blk, lane) = (j / NR, j % NR);
+                data[((blk * kq + kk / 4) * NR + lane) * 4 + kk % 4] = v;
+                colsum[j] += v as i32;
+            }
+        }
+        Some(PackedB {
+            k,
+            n,
+            kq,
+            data,
+            colsum,
+        })
+    }
+
+    /// Reduction length.
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
+    /// Columns.
+    pub fn n(&self) -> usize {
+        self.n
+    }
+
+    /// Row stride of the products [`gemm`] returns (`n` rounded up to 16).
+    pub fn ldc(&self) -> usize {
+        self.colsum.len()
+    }
+}
+
+/// Activations converted for the kernels: `m` rows of `4·kq` bytes.
+#[derive(Clone, Debug)]
+pub struct PackedA {
+    m: usize,
+    kq: usize,
+    data: Vec<u8>,
+    /// Values were signed and carry a +128 offset.
+    offset: bool,
+}
+
+impl PackedA {
+    /// Rows of `A[i][kk] = f(i, kk)` (`m×k`), if every value lies in `0..=255` or every value in
+    /// `-128..=127`; `None` otherwise (the caller takes a wider path).
+    pub fn from_fn(m: usize, k: usize, f: impl Fn(usize, usize) -> i32) -> Option<PackedA> {
+        if k > MAX_K {
+            return None;
+        }
+        let (mut lo, mut hi) = (0i32, 0i32);
+        for i in 0..m {
+            for kk in 0..k {
+                let v = f(i, kk);
+                lo = lo.min(v);
+                hi = hi.max(v);
+            }
+        }
+        let mut p = PackedA::zeros(m, k, PackedA::offset_for(lo, hi)?)?;
+        for i in 0..m {
+            for kk in 0..k {
+                let v = p.encode(f(i, kk));
+                p.row_mut(i)[kk] = v;
+            }
+        }
+        Some(p)
+    }
+
+    /// How values in `lo..=hi` are stored: `Some(false)` as `u8`, `Some(true)` as `i8` offset by 128,
+    /// `None` if they fit neither.
+    pub fn offset_for(lo: i32, hi: i32) -> Option<bool> {
+        if lo >= 0 && hi <= 255 {
+            Some(false)
+        } else if lo >= -128 && hi <= 127 {
+            Some(true)
+        } else {
+            None
+        }
+    }
+
+    /// `m×k` zeros (values 0) to be filled row by row with [`PackedA::row_mut`] and [`PackedA::encode`].
+    /// `None` if `k` exceeds [`MAX_K`].
+    pub fn zeros(m: usize, k: usize, offset: bool) -> Option<PackedA> {
+        if k > MAX_K {
+            return None;
+        }
+        let kq = k.div_ceil(4);
+        let pad = if offset { 128u8 } else { 0 };
+        Some(PackedA {
+            m,
+            kq,
+            data: vec![pad; m * kq * 4],
+            offset,
+        })
+    }
+
+    /// The stored byte of value `v` (which must lie in the range [`PackedA::offset_for`] chose).
+    #[inline]
+    pub fn encode(&self, v: i32) -> u8 {
+        if self.offset {
+            (v + 128) as u8
+        } else {
+            v as u8
+        }
+    }
+
+    /// Row `i` (its first `k` bytes are the row's values; the rest is padding of value 0).
+    pub fn row_mut(&mut self, i: usize) -> &mut [u8] {
+        let w = self.kq * 4;
+        &mut self.data[i * w..(i + 1) * w]
+    }
+
+    /// A row-major `m×k` matrix.
+    pub fn new(a: &[i32], m: usize, k: usize) -> Option<PackedA> {
+        Self::from_fn(m, k, |i, kk| a[i * k + kk])
+    }
+}
+
+/// `C = A · B` exactly, as `i32` with row stride [`PackedB::ldc`], on up to `threads` threads.
+/// `A` and `B` must agree on `k`.
+pub fn gemm(a: &PackedA, b: &PackedB, threads: usize, level: Level) -> Vec<i32> {
+    assert_eq!(a.kq, b.kq, "operands disagree on k");
+    let ldc = b.ldc();
+    let mut c = vec![0i32; a.m * ldc];
+    if a.m == 0 || ldc == 0 {
+        return c;
+    }
+    let level = if level.supported() {
+        level
+    } else {
+        Level::Portable
+    };
+    let work = a.m * b.kq * 4 * ldc;
+    let threads = if work >= 1 << 20 {
+        threads.clamp(1, a.m.div_ceil(MR))
+    } else {
+        1
+    };
+    if threads <= 1 {
+        gemm_rows(a, b, 0, &mut c, level);
+    } else {
+        let per = a.m.div_ceil(threads).div_ceil(MR) * MR;
+        std::thread::scope(|s| {
+            for (t, chunk) in c.chunks_mut(per * ldc).enumerate() {
+                s.spawn(move || gemm_rows(a, b, t * per, chunk, level));
+            }
+        });
+    }
+    if a.offset {
+        for row in c.chunks_mut(ldc) {
+            for (v, &cs) in row.iter_mut().zip(&b.colsum) {
+                *v -= 128 * cs;
+            }
+        }
+    }
+    c
+}
+
+/// Rows `r0 .. r0 + c.len() / ldc` of the product into `c`.
+fn gemm_rows(a: &PackedA, b: &PackedB, r0: usize, c: &mut [i32], level: Level) {
+    let ldc = b.ldc();
+    let rows = c.len() / ldc;
+    let nb = ldc / NR;
+    let lda = a.kq * 4;
+    for q0 in (0..a.kq).step_by(KCQ) {
+        let qn = KCQ.min(a.kq - q0);
+        let first = q0 == 0;
+        for m0 in (0..rows).step_by(MC) {
+            let mrows = MC.min(rows - m0);
+            let mut blk = 0;
+            while blk < nb {
+                let two = blk + 1 < nb;
+                let mut i = 0;
+                while i < mrows {
+                    let r = MR.min(mrows - i);
+                    let arow = &a.data[(r0 + m0 + i) * lda + q0 * 4..];
+                    let cpos = (m0 + i) * ldc + blk * NR;
+                    let bpos = (blk * b.kq + q0) * NR * 4;
+                    tile(
+                        level,
+                        r,
+                        two,
+                        arow,
+                        lda,
+                        &b.data[bpos..],
+                        b.kq * NR * 4,
+                        qn,
+                        &mut c[cpos..],
+                        ldc,
+                        first,
+                    );
+                    i += r;
+                }
+                blk += if two { 2 } else { 1 };
+            }
+        }
+    }
+}
+
+/// One register tile: `r` rows × 16 (or 32 when `two`) columns over `qn` quads of `k`, added to `c`
+/// (or stored when `first`). `b` points at the first column block, the second is `bstride` further.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+fn tile(
+    level: Level,
+    r: usize,
+    two: bool,
+    a: &[u8],
+    lda: usize,
+    b: &[i8],
+    bstride: usize,
+    qn: usize,
+    c: &mut [i32],
+    ldc: usize,
+    first: bool,
+) {
+    // bounds the unsafe kernel relies on
+    assert!(a.len() >= (r - 1) * lda + qn * 4);
+    assert!(b.len() >= if two { bstride } else { 0 } + qn * NR * 4);
+    assert!(c.len() >= (r - 1) * ldc + if two { 2 * NR } else { NR });
+    match level {
+        #[cfg(target_arch = "x86_64")]
+        Level::Avx512Vnni => {
+            // SAFETY: the level is only used when the CPU supports it (checked in `gemm`); the asserts
+            // above bound every access the kernel makes.
+            unsafe {
+                macro_rules! go {
+                    ($($n:literal)*) => {
+                        match (r, two) {
+                            $(($n, true) => vnni::<$n, 2>(a, lda, b, bstride, qn, c, ldc, first),
+                              ($n, false) => vnni::<$n, 1>(a, lda, b, bstride, qn, c, ldc, first),)*
+                            _ => unreachable!("tile rows are 1..=MR"),
+                        }
+                    };
+                }
+                go!(1 2 3 4 5 6 7 8)
+            }
+        }
+        _ => portable(r, two, a, lda, b, bstride, qn, c, ldc, first),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn portable(
+    r: usize,
+    two: bool,
+    a: &[u8],
+    lda: usize,
+    b: &[i8],
+    bstride: usize,
+    qn: usize,
+    c: &mut [i32],
+    ldc: usize,
+    first: bool,
+) {
+    for blk in 0..if two { 2 } else { 1 } {
+        let bb = &b[blk * bstride..];
+        for i in 0..r {
+            let mut acc = [0i32; NR];
+            let arow = &a[i * lda..];
+            for q in 0..qn {
+                let bq = &bb[q * NR * 4..(q + 1) * NR * 4];
+                let aq = &arow[q * 4..q * 4 + 4];
+                for (lane, acc) in acc.iter_mut().enumerate() {
+                    let bl = &bq[lane * 4..lane * 4 + 4];
+                    *acc += (0..4).map(|t| aq[t] as i32 * bl[t] as i32).sum::<i32>();
+                }
+            }
+            let dst = &mut c[i * ldc + blk * NR..i * ldc + blk * NR + NR];
+            for (d, v) in dst.iter_mut().zip(acc) {
+                *d = if first { v } else { *d + v };
+            }
+        }
+    }
+}
+
+/// The VNNI register tile: `R` rows × `NB` blocks of 16 columns.
+///
+/// # Safety
+/// The CPU must support AVX-512F/BW/VNNI; the slices must hold what [`tile`] asserts.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn vnni<const R: usize, const NB: usize>(
+    a: &[u8],
+    lda: usize,
+    b: &[i8],
+    bstride: usize,
+    qn: usize,
+    c: &mut [i32],
+    ldc: usize,
+    first: bool,
+) {
+    use std::arch::x86_64::*;
+    let mut acc = [[_mm512_setzero_si512(); NB]; R];
+    let (ap, bp) = (a.as_ptr(), b.as_ptr());
+    for q in 0..qn {
+        let mut vb = [_mm512_setzero_si512(); NB];
+        for (t, v) in vb.iter_mut().enumerate() {
+            *v = _mm512_loadu_si512(bp.add(t * bstride + q * NR * 4) as *const _);
+        }
+        for (i, accr) in acc.iter_mut().enumerate() {
+            let va = _mm512_set1_epi32((ap.add(i * lda + q * 4) as *const i32).read_unaligned());
+            for t in 0..NB {
+                accr[t] = _mm512_dpbusd_epi32(accr[t], va, vb[t]);
+            }
+        }
+    }
+    let cp = c.as_mut_ptr();
+    for (i, accr) in acc.iter().enumerate() {
+        for (t, &v) in accr.iter().enumerate() {
+            let dst = cp.add(i * ldc + t * NR) as *mut __m512i;
+            let v = if first {
+                v
+            } else {
+                _mm512_add_epi32(_mm512_loadu_si512(dst as *const _), v)
+            };
+            _mm512_storeu_si512(dst as *mut _, v);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn naive(a: &[i32], b: &[i32], m: usize, k: usize, n: usize) -> Vec<i64> {
+        let mut c = vec![0i64; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                c[i * n + j] = (0..k)
+                    .map(|t| a[i * k + t] as i64 * b[t * n + j] as i64)
+                    .sum();
+            }
+        }
+        c
+    }
+
+    fn check(a: &[i32], b: &[i32], m: usize, k: usize, n: usize, threads: usize) {
+        let pa = PackedA::new(a, m, k).expect("8-bit activations");
+        let pb = PackedB::new(b, k, n).expect("i8 weights");
+        let want = naive(a, b, m, k, n);
+        for level in [Level::Portable, Level::Avx512Vnni] {
+            let c = gemm(&pa, &pb, threads, level);
+            for i in 0..m {
+                for j in 0..n {
+                    assert_eq!(
+                        c[i * pb.ldc() + j] as i64,
+                        want[i * n + j],
+                        "{level:?} ({i},{j})"
+                    );
+                }
+            }
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn equals_the_exact_product(
+            m in 1usize..40, k in 1usize..300, n in 1usize..70, signed in any::<bool>(),
+            threads in 1usize..4, seed in any::<u64>(),
+        ) {
+            let mut s = seed;
+            let mut next = || { s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407); (s >> 33) as i32 };
+            let a: Vec<i32> = (0..m * k).map(|_| if signed { next().rem_euclid(256) - 128 } else { next().rem_euclid(256) }).collect();
+            let b: Vec<i32> = (0..k * n).map(|_| next().rem_euclid(256) - 128).collect();
+            check(&a, &b, m, k, n, threads);
+        }
+    }
+
+    #[test]
+    fn extremes_do_not_wrap() {
+        // the largest reduction at the largest magnitudes, both signs of activations
+        let (m, k, n) = (2, MAX_K, 17);
+        for (av, bv) in [(255, -128), (255, 127), (-128, -128), (127, -128)] {
+            check(&vec![av; m * k], &vec![bv; k * n], m, k, n, 2);
+        }
+        assert!(PackedA::new(&[256], 1, 1).is_none());
+        assert!(PackedA::new(&[-129], 1, 1).is_none());
+        assert!(PackedA::new(&[-1, 200], 1, 2).is_none());
+        assert!(PackedB::new(&[128], 1, 1).is_none());
+        assert!(PackedB::new(&vec![0; MAX_K + 1], MAX_K + 1, 1).is_none());
+    }
+}
