@@ -9,7 +9,7 @@ use tract_onnx::tract_core::ops::change_axes::AxisOp;
 use tract_onnx::tract_core::ops::cnn::{Conv, KernelFormat, MaxPool, PoolSpec, SumPool};
 use tract_onnx::tract_core::ops::nn::{DataFormat, Reduce, Reducer, RmsNorm, Softmax, SoftmaxKind};
 use tract_onnx::tract_hir::infer::Factoid;
-use verity_engine::ir::{InputKind, Op, ReduceKind, Window};
+use verity_engine::ir::{broadcast_shapes, InputKind, Op, ReduceKind, Window};
 
 use crate::fgraph::{FConst, FGraph, FInput, FNode, FOp, Func};
 use crate::CompileError;
@@ -92,6 +92,35 @@ impl<'a> Builder<'a> {
         match r {
             Ref::C(i) => self.consts.get(i),
             _ => None,
+        }
+    }
+
+    /// The constant value of `r`: a constant, or a node computed from constants alone (tract leaves some
+    /// such chains unfolded, e.g. a reshaped bias), evaluated here with the float evaluator.
+    fn fold(&self, r: Ref) -> Option<FConst> {
+        match r {
+            Ref::C(i) => self.consts.get(i).cloned(),
+            Ref::In(_) => None,
+            Ref::N(i) => {
+                let (node, ins) = self.nodes.get(i)?;
+                let consts: Vec<FConst> =
+                    ins.iter().map(|&r| self.fold(r)).collect::<Option<_>>()?;
+                let int = consts.iter().all(|c| c.int);
+                let mut n = node.clone();
+                n.inputs = (0..consts.len() as u32).collect();
+                let g = FGraph {
+                    inputs: vec![],
+                    consts,
+                    nodes: vec![n],
+                    outputs: vec![],
+                };
+                let data = g.eval(&[]).pop()?;
+                Some(FConst {
+                    shape: node.shape.clone(),
+                    data,
+                    int,
+                })
+            }
         }
     }
 
@@ -186,39 +215,58 @@ impl<'a> Builder<'a> {
                     format!("kernel format {:?}", c.kernel_fmt),
                 ));
             }
-            let o = out_shape[1];
+            let o = c.pool_spec.output_channels as u32;
             let mut extra = vec![];
+            // a bias that varies over positions too (tract moves the bias of a convolution into the next
+            // one through its padding) is added after the convolution
+            let mut added = None;
             if let Some(&b) = ins.get(2) {
-                match self
-                    .const_data(b)
-                    .map(|c| (c.shape.clone(), c.data.clone()))
-                {
-                    Some((_, d)) if d.iter().all(|&v| v == 0.0) => {}
-                    Some((s, d)) if s.iter().product::<u32>() == 1 => {
-                        extra.push(self.konst(vec![o], vec![d[0]; o as usize], false))
+                match self.fold(b) {
+                    Some(c) if c.data.iter().all(|&v| v == 0.0) => {}
+                    Some(c) if c.data.len() == 1 => {
+                        extra.push(self.konst(vec![o], vec![c.data[0]; o as usize], false))
                     }
-                    Some((s, d)) if s.iter().product::<u32>() == o => {
-                        extra.push(self.konst(vec![o], d, false))
+                    Some(c)
+                        if c.data.len() == o as usize
+                            && c.shape.iter().filter(|&&d| d != 1).count() <= 1 =>
+                    {
+                        extra.push(self.konst(vec![o], c.data, false))
+                    }
+                    Some(c)
+                        if broadcast_shapes(&out_shape, &c.shape).as_deref()
+                            == Some(&out_shape[..]) =>
+                    {
+                        added = Some(self.konst(c.shape, c.data, false))
                     }
                     _ => {
                         return Err(unsupported(
                             node,
-                            "convolution bias must be a constant per output channel",
+                            "convolution bias must be a constant that broadcasts to the output",
                         ))
                     }
                 }
             }
             let groups = c.group as u32;
-            self.windowed(
+            let conv = self.windowed(
                 node,
                 &c.pool_spec,
                 ins[0],
                 Some(ins[1]),
                 extra,
-                out_shape,
+                out_shape.clone(),
                 false,
                 move |window| Op::Conv2d { window, groups },
-            )?
+            )?;
+            match added {
+                Some(bias) => self.push(
+                    format!("{}/bias", node.name),
+                    &origin,
+                    canon(Op::Add),
+                    vec![conv, bias],
+                    out_shape,
+                ),
+                None => conv,
+            }
         } else if let Some(p) = op.downcast_ref::<MaxPool>() {
             if p.with_index_outputs.is_some() {
                 return Err(unsupported(node, "MaxPool with index outputs"));
@@ -748,6 +796,29 @@ impl<'a> Builder<'a> {
         let origin = node.op.name().to_string();
         let in_shape = self.shape_of(x);
         let rank = spec.kernel_shape.len();
+        if spec.data_format == DataFormat::CHW {
+            // tract drops a batch axis of 1: give it back around the window op
+            let mut nchw = spec.clone();
+            nchw.data_format = DataFormat::NCHW;
+            let x4 = self.push(
+                format!("{name}.batched"),
+                &origin,
+                FOp::Canon(Op::Reshape),
+                vec![x],
+                std::iter::once(1).chain(in_shape.iter().copied()).collect(),
+            );
+            let out4: Vec<u32> = std::iter::once(1)
+                .chain(out_shape.iter().copied())
+                .collect();
+            let y4 = self.windowed(node, &nchw, x4, weights, extra, out4, counts_padding, make)?;
+            return Ok(self.push(
+                format!("{name}.unbatched"),
+                &origin,
+                FOp::Canon(Op::Reshape),
+                vec![y4],
+                out_shape,
+            ));
+        }
         if spec.data_format != DataFormat::NCHW
             || !(rank == 1 || rank == 2)
             || in_shape.len() != rank + 2

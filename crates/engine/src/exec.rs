@@ -107,7 +107,7 @@ enum Prepared {
         Option<kernels::Packed>,
     ),
     /// A convolution's weights in 8-bit form, one matrix per group.
-    Conv(Vec<crate::qgemm::PackedB>),
+    Conv(Vec<crate::qgemm::PackedA>),
 }
 
 /// Runs models.
@@ -118,6 +118,9 @@ pub struct Executor<M: Borrow<Model>> {
     model: M,
     mode: Mode,
     prepared: Vec<Prepared>,
+    /// Per value: the index of the last node reading it (`usize::MAX` for model outputs and values no
+    /// node reads), so an untraced run can free intermediates early.
+    last_use: Vec<usize>,
 }
 
 impl<M: Borrow<Model>> Executor<M> {
@@ -165,10 +168,24 @@ impl<M: Borrow<Model>> Executor<M> {
                 })
                 .collect(),
         };
+        let mut last_use = vec![usize::MAX; model.value_count()];
+        for (k, node) in model.nodes.iter().enumerate() {
+            for &v in &node.inputs {
+                if let Some(l) = last_use.get_mut(v as usize) {
+                    *l = k;
+                }
+            }
+        }
+        for o in &model.outputs {
+            if let Some(l) = last_use.get_mut(o.value as usize) {
+                *l = usize::MAX;
+            }
+        }
         Executor {
             model: model_ref,
             mode,
             prepared,
+            last_use,
         }
     }
 
@@ -242,14 +259,25 @@ impl<M: Borrow<Model>> Executor<M> {
             .collect()
     }
 
+    /// Evaluate without a trace: each intermediate is dropped after the last node that reads it.
     fn eval(&self, inputs: Vec<Vec<i32>>) -> Result<Vec<Option<Vec<i32>>>, ExecError> {
-        self.eval_tampered(inputs, None)
+        self.eval_with(inputs, None, Some(&self.last_use))
     }
 
     fn eval_tampered(
         &self,
         inputs: Vec<Vec<i32>>,
         tamper: Option<(usize, usize)>,
+    ) -> Result<Vec<Option<Vec<i32>>>, ExecError> {
+        self.eval_with(inputs, tamper, None)
+    }
+
+    /// Evaluate every node; with `last_use`, free each value once no later node reads it.
+    fn eval_with(
+        &self,
+        inputs: Vec<Vec<i32>>,
+        tamper: Option<(usize, usize)>,
+        last_use: Option<&[usize]>,
     ) -> Result<Vec<Option<Vec<i32>>>, ExecError> {
         self.check_inputs(&inputs)?;
         let m: &Model = self.model.borrow();
@@ -282,6 +310,13 @@ impl<M: Borrow<Model>> Executor<M> {
                 }
             }
             vals.push(Some(out));
+            if let Some(last) = last_use {
+                for &v in &node.inputs {
+                    if last[v as usize] == k {
+                        vals[v as usize] = None;
+                    }
+                }
+            }
         }
         Ok(vals)
     }
@@ -379,10 +414,25 @@ impl<M: Borrow<Model>> Executor<M> {
             }
             Op::Clamp { lo, hi } => {
                 let k = sc0 - so;
-                Ok(xs[0]
-                    .iter()
-                    .map(|&v| rshift(v as i128, k).clamp(*lo as i128, *hi as i128) as i32)
-                    .collect())
+                let (lo, hi) = (*lo as i64, *hi as i64);
+                Ok(if (1..=62).contains(&k) {
+                    // (v + 2^(k-1)) >> k is rshift exactly, and stays inside i64
+                    let half = 1i64 << (k - 1);
+                    xs[0]
+                        .iter()
+                        .map(|&v| ((v as i64 + half) >> k).clamp(lo, hi) as i32)
+                        .collect()
+                } else if (-31..=0).contains(&k) {
+                    xs[0]
+                        .iter()
+                        .map(|&v| ((v as i64) << -k).clamp(lo, hi) as i32)
+                        .collect()
+                } else {
+                    xs[0]
+                        .iter()
+                        .map(|&v| rshift(v as i128, k).clamp(lo as i128, hi as i128) as i32)
+                        .collect()
+                })
             }
             Op::LeakyRelu {
                 alpha_q,

@@ -286,7 +286,16 @@ fn pack(x: &[i32], labels: &[u8], shape: &[usize], order: &[u8], sizes: &[usize;
 pub struct Packed {
     data: Vec<i32>,
     max_abs: u128,
-    narrow: Option<Vec<PackedB>>,
+    narrow: Option<Narrow>,
+}
+
+/// A constant operand in the 8-bit kernels' form, one matrix per batch.
+#[derive(Clone, Debug)]
+enum Narrow {
+    /// A constant `a` (`m×k`), the kernels' row side.
+    A(Vec<PackedA>),
+    /// A constant `b` (`k×n`), the kernels' column side.
+    B(Vec<PackedB>),
 }
 
 /// How an `EinSum` maps onto a batched matrix product; depends only on labels and shapes.
@@ -301,6 +310,8 @@ pub struct EinPlan {
     m: usize,
     n: usize,
     k: usize,
+    /// Axes of `c_order` that index C's rows (batch and m labels); the rest index its columns.
+    row_axes: usize,
 }
 
 impl EinPlan {
@@ -330,23 +341,22 @@ impl EinPlan {
             m: dim(&ml),
             n: dim(&nl),
             k: dim(&kl),
+            row_axes: bl.len() + ml.len(),
             a_order: bl.iter().chain(&ml).chain(&kl).copied().collect(),
             b_order: bl.iter().chain(&kl).chain(&nl).copied().collect(),
             c_order: bl.iter().chain(&ml).chain(&nl).copied().collect(),
         }
     }
 
-    /// Pack a constant `a` operand ahead of time (its 8-bit form is `a`ᵀ per batch, for `C`ᵀ = `B`ᵀ`A`ᵀ).
+    /// Pack a constant `a` operand ahead of time.
     pub fn pack_a(&self, s: &EinSpec<'_>, a: &[i32]) -> Option<Packed> {
         self.packable.then(|| {
             let data = pack(a, s.a, s.a_shape, &self.a_order, &self.sizes);
             let (m, k) = (self.m, self.k);
             let narrow = (0..self.bt)
-                .map(|bi| {
-                    let a = &data[bi * m * k..(bi + 1) * m * k];
-                    PackedB::from_fn(k, m, |kk, i| a[i * k + kk])
-                })
-                .collect();
+                .map(|bi| PackedA::weights(&data[bi * m * k..(bi + 1) * m * k], m, k))
+                .collect::<Option<_>>()
+                .map(Narrow::A);
             Packed {
                 max_abs: max_abs(a),
                 narrow,
@@ -359,7 +369,7 @@ impl EinPlan {
     pub fn pack_b(&self, s: &EinSpec<'_>, b: &[i32]) -> Option<Packed> {
         self.packable.then(|| {
             let data = pack(b, s.b, s.b_shape, &self.b_order, &self.sizes);
-            let narrow = self.narrow_b(&data);
+            let narrow = self.narrow_b(&data).map(Narrow::B);
             Packed {
                 max_abs: max_abs(b),
                 narrow,
@@ -392,18 +402,26 @@ impl EinPlan {
         let (bt, m, k, n) = (self.bt, self.m, self.k, self.n);
         let level = Level::detect();
         let mut c = vec![0i64; bt * m * n];
-        if let (Some(qa), None) = (pa.and_then(|p| p.narrow.as_ref()), pb) {
-            // constant a: Cᵀ[n×m] = Bᵀ · Aᵀ
-            for bi in 0..bt {
-                let b = &bp[bi * k * n..(bi + 1) * k * n];
-                let act = PackedA::from_fn(n, k, |j, kk| b[kk * n + j])?;
-                let ct = qgemm::gemm(&act, &qa[bi], threads, level);
-                let ldc = qa[bi].ldc();
-                for i in 0..m {
-                    for j in 0..n {
-                        c[(bi * m + i) * n + j] = ct[j * ldc + i] as i64;
-                    }
+        let copy = |c: &mut [i64], bi: usize, cb: &[i32], ldc: usize| {
+            for i in 0..m {
+                for (d, &v) in c[(bi * m + i) * n..(bi * m + i + 1) * n]
+                    .iter_mut()
+                    .zip(&cb[i * ldc..i * ldc + n])
+                {
+                    *d = v as i64;
                 }
+            }
+        };
+        if let (Some(Narrow::A(qa)), None) = (pa.and_then(|p| p.narrow.as_ref()), pb) {
+            // constant a (weights) times 8-bit activations b
+            for (bi, qa) in qa.iter().enumerate() {
+                let act = PackedB::activations(&bp[bi * k * n..(bi + 1) * k * n], k, n)?;
+                copy(
+                    &mut c,
+                    bi,
+                    &qgemm::gemm(qa, &act, threads, level),
+                    act.ldc(),
+                );
             }
             return Some(c);
         }
@@ -416,24 +434,15 @@ impl EinPlan {
         }
         let built;
         let qb = match pb.and_then(|p| p.narrow.as_ref()) {
-            Some(q) => q,
-            None => {
+            Some(Narrow::B(q)) => q,
+            _ => {
                 built = self.narrow_b(bp)?;
                 &built
             }
         };
-        for bi in 0..bt {
+        for (bi, qb) in qb.iter().enumerate() {
             let act = PackedA::new(&ap[bi * m * k..(bi + 1) * m * k], m, k)?;
-            let cb = qgemm::gemm(&act, &qb[bi], threads, level);
-            let ldc = qb[bi].ldc();
-            for i in 0..m {
-                for (d, &v) in c[(bi * m + i) * n..(bi * m + i + 1) * n]
-                    .iter_mut()
-                    .zip(&cb[i * ldc..i * ldc + n])
-                {
-                    *d = v as i64;
-                }
-            }
+            copy(&mut c, bi, &qgemm::gemm(&act, qb, threads, level), qb.ldc());
         }
         Some(c)
     }
@@ -488,37 +497,44 @@ impl EinPlan {
             .iter()
             .map(|&l| self.sizes[l as usize])
             .collect();
-        let identity = out_st == crate::exec::strides(&dims) || dims.is_empty();
+        // an offset into the output (or the bias) is a sum over C's axes, so it splits into a part for
+        // the row (batch and m axes) and a part for the column (n axes), each tabulated once
+        let n_axes = dims.len() - self.row_axes;
+        let offsets = |st: &[usize]| -> (Vec<usize>, Vec<usize>) {
+            let part = |ds: &[usize], ss: &[usize]| -> Vec<usize> {
+                let mut v = Vec::with_capacity(ds.iter().product());
+                let shape: Vec<usize> = ds.to_vec();
+                let ins = [ss.to_vec()];
+                crate::exec::for_each_index(&shape, &ins, |_, offs| v.push(offs[0]));
+                v
+            };
+            (
+                part(&dims[..self.row_axes], &st[..self.row_axes]),
+                part(&dims[self.row_axes..], &st[self.row_axes..]),
+            )
+        };
+        let (row_out, col_out) = offsets(&out_st);
+        let bias_offs = bias_st.as_deref().map(offsets);
+        let n = self.n;
+        debug_assert_eq!(col_out.len(), if n_axes == 0 { 1 } else { n });
         let mut out = vec![0i32; s.out_shape.iter().product()];
-        let mut idx = vec![0usize; dims.len()];
-        for (flat, &acc) in c.iter().enumerate() {
-            let mut o = flat;
-            let mut bi = 0;
-            if !identity || bias_st.is_some() {
-                o = 0;
-                for (ax, &i) in idx.iter().enumerate() {
-                    o += i * out_st[ax];
-                    if let Some(bs) = &bias_st {
-                        bi += i * bs[ax];
+        for (r, crow) in c.chunks(n.max(1)).enumerate() {
+            let ro = row_out[r];
+            match (bias, &bias_offs) {
+                (Some((bd, _, sh)), Some((brow, bcol))) => {
+                    let bo = brow[r];
+                    for (j, &acc) in crow.iter().enumerate() {
+                        // fits i64: the bound above covers |bias| · 2^sh
+                        let v = (((bd[bo + bcol[j]] as i128) << sh) as i64) + acc;
+                        out[ro + col_out[j]] = requantize(v, shift)?;
                     }
                 }
-                for ax in (0..dims.len()).rev() {
-                    idx[ax] += 1;
-                    if idx[ax] < dims[ax] {
-                        break;
+                _ => {
+                    for (j, &acc) in crow.iter().enumerate() {
+                        out[ro + col_out[j]] = requantize(acc, shift)?;
                     }
-                    idx[ax] = 0;
-                }
-                if identity {
-                    o = flat;
                 }
             }
-            let v = match bias {
-                // fits i64: the bound above covers |bias| · 2^sh
-                Some((bd, _, sh)) => (((bd[bi] as i128) << sh) as i64) + acc,
-                None => acc,
-            };
-            out[o] = requantize(v, shift)?;
         }
         Ok(out)
     }
@@ -534,26 +550,26 @@ fn requantize(v: i64, shift: i32) -> Result<i32, ExecError> {
     }
 }
 
-/// A convolution's weights in the 8-bit kernels' form, one matrix `[cg·kh·kw × O/g]` per group; `None`
+/// A convolution's weights in the 8-bit kernels' form, one matrix `[O/g × cg·kh·kw]` per group; `None`
 /// unless every weight fits `i8`.
-pub fn conv_weights(w_shape: &[usize], groups: usize, w: &[i32]) -> Option<Vec<PackedB>> {
+pub fn conv_weights(w_shape: &[usize], groups: usize, w: &[i32]) -> Option<Vec<PackedA>> {
     if w_shape.len() != 4 || groups == 0 || !w.iter().all(|v| (-128..=127).contains(v)) {
         return None;
     }
     let og = w_shape[0] / groups;
     let kk = w_shape[1] * w_shape[2] * w_shape[3];
     (0..groups)
-        .map(|g| PackedB::from_fn(kk, og, |r, o| w[(g * og + o) * kk + r]))
+        .map(|g| PackedA::weights(&w[g * og * kk..(g + 1) * og * kk], og, kk))
         .collect()
 }
 
-/// `Conv2d` by the 8-bit kernels when the input's values are 8-bit: patches as rows (`[OH·OW × cg·kh·kw]`)
-/// times the packed weights, then bias and requantization in the output's layout. `None` if the input
-/// has wider values.
+/// `Conv2d` by the 8-bit kernels when the input's values are 8-bit: the packed weights (`[O/g × cg·kh·kw]`)
+/// times the image patches as columns (`[cg·kh·kw × OH·OW]`), then bias and requantization row by row in
+/// the output's layout. `None` if the input has wider values.
 fn conv2d_narrow(
     s: &ConvSpec<'_>,
     x: &[i32],
-    qw: &[PackedB],
+    qw: &[PackedA],
     bias: Option<(&[i32], i32)>,
     shift: i32,
     threads: usize,
@@ -576,62 +592,89 @@ fn conv2d_narrow(
     let mut out = vec![0i32; n * o_ch * p];
     for b in 0..n {
         for (g, qw) in qw.iter().enumerate() {
-            let mut rows = PackedA::zeros(p, kk, offset)?;
-            let zero = rows.encode(0);
-            for oy in 0..oh {
-                for ox in 0..ow {
-                    let row = rows.row_mut(oy * ow + ox);
-                    for ci in 0..cg {
-                        let plane = (b * c + g * cg + ci) * h * wd;
-                        for ky in 0..kh {
+            let mut cols = PackedB::activation_zeros(kk, p, offset)?;
+            let col_off = cols.column_offsets();
+            let bases: Vec<usize> = (0..kk).map(|r| cols.row_base(r)).collect();
+            let (bytes, add) = cols.bytes_mut();
+            for ci in 0..cg {
+                let plane = &x[(b * c + g * cg + ci) * h * wd..(b * c + g * cg + ci + 1) * h * wd];
+                for ky in 0..kh {
+                    for kx in 0..kw {
+                        let r = (ci * kh + ky) * kw + kx;
+                        let base = bases[r];
+                        // output columns whose input column is inside the image: [x0, x1)
+                        let first_in = |ox: usize| ox * sx + kx * dx;
+                        let x0 = (0..ow).find(|&ox| first_in(ox) as i64 >= px).unwrap_or(ow);
+                        let x1 = (x0..ow)
+                            .find(|&ox| first_in(ox) as i64 >= px + wd as i64)
+                            .unwrap_or(ow);
+                        if x1 <= x0 {
+                            continue;
+                        }
+                        let start = (first_in(x0) as i64 - px) as usize;
+                        for oy in 0..oh {
                             let iy = (oy * sy + ky * dy) as i64 - py;
-                            let dst = &mut row[(ci * kh + ky) * kw..(ci * kh + ky + 1) * kw];
                             if iy < 0 || iy >= h as i64 {
-                                dst.fill(zero);
                                 continue;
                             }
-                            let src = &x[plane + iy as usize * wd..plane + (iy as usize + 1) * wd];
-                            for (kx, d) in dst.iter_mut().enumerate() {
-                                let ix = (ox * sx + kx * dx) as i64 - px;
-                                *d = if ix < 0 || ix >= wd as i64 {
-                                    zero
-                                } else if offset {
-                                    (src[ix as usize] + 128) as u8
-                                } else {
-                                    src[ix as usize] as u8
-                                };
+                            let src = &plane[iy as usize * wd..(iy as usize + 1) * wd];
+                            let offs = &col_off[oy * ow + x0..oy * ow + x1];
+                            if sx == 1 {
+                                for (&o, &v) in offs.iter().zip(&src[start..start + (x1 - x0)]) {
+                                    bytes[base + o] = (v + add) as u8;
+                                }
+                            } else {
+                                for (j, &o) in offs.iter().enumerate() {
+                                    bytes[base + o] = (src[start + j * sx] + add) as u8;
+                                }
                             }
                         }
                     }
                 }
             }
-            let acc = qgemm::gemm(&rows, qw, threads, level);
-            let ldc = qw.ldc();
+            let acc = qgemm::gemm(qw, &cols, threads, level);
+            let ldc = cols.ldc();
             for o in 0..og {
                 let oc = g * og + o;
                 let bv = bias.map_or(0i128, |(d, sh)| (d[oc] as i128) << sh);
                 let dst = &mut out[(b * o_ch + oc) * p..(b * o_ch + oc + 1) * p];
-                let col = acc[o..].iter().step_by(ldc);
-                let r: Result<(), ExecError> = match i64::try_from(bv) {
-                    // |acc| < 2^31, so acc + bias cannot leave i64
-                    Ok(bv) if bv.unsigned_abs() < 1 << 62 => {
-                        dst.iter_mut().zip(col).try_for_each(|(d, &a)| {
-                            *d = requantize(a as i64 + bv, shift)?;
-                            Ok(())
-                        })
-                    }
-                    _ => dst.iter_mut().zip(col).try_for_each(|(d, &a)| {
-                        *d = fit(rshift(a as i128 + bv, shift))?;
-                        Ok(())
-                    }),
-                };
-                if let Err(e) = r {
+                let row = &acc[o * ldc..o * ldc + p];
+                if let Err(e) = requantize_row(dst, row, bv, shift) {
                     return Some(Err(e));
                 }
             }
         }
     }
     Some(Ok(out))
+}
+
+/// `dst[j] = fit(rshift(acc[j] + bias, shift))`, in `i64` when that is exact.
+fn requantize_row(dst: &mut [i32], acc: &[i32], bias: i128, shift: i32) -> Result<(), ExecError> {
+    match i64::try_from(bias) {
+        // |acc| < 2^31, so acc + bias cannot leave i64
+        Ok(bv) if bv.unsigned_abs() < 1 << 62 => {
+            if (1..62).contains(&shift) {
+                let (half, lo, hi) = (1i64 << (shift - 1), i32::MIN as i64, i32::MAX as i64);
+                for (d, &a) in dst.iter_mut().zip(acc) {
+                    let v = (a as i64 + bv + half) >> shift;
+                    if v < lo || v > hi {
+                        return Err(ExecError::Overflow);
+                    }
+                    *d = v as i32;
+                }
+                return Ok(());
+            }
+            for (d, &a) in dst.iter_mut().zip(acc) {
+                *d = requantize(a as i64 + bv, shift)?;
+            }
+        }
+        _ => {
+            for (d, &a) in dst.iter_mut().zip(acc) {
+                *d = fit(rshift(a as i128 + bias, shift))?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Fast `Conv2d`: the 8-bit kernels when `qw` (the packed weights) is given and the input is 8-bit,
@@ -641,7 +684,7 @@ pub fn conv2d(
     s: &ConvSpec<'_>,
     x: &[i32],
     w: &[i32],
-    qw: Option<&[PackedB]>,
+    qw: Option<&[PackedA]>,
     bias: Option<(&[i32], i32)>,
     shift: i32,
     threads: usize,
@@ -755,7 +798,7 @@ mod tests {
         let a: Vec<i32> = (0..15).map(|i| i * 17 % 256).collect();
         let b: Vec<i32> = (0..20).map(|i| i * 13 % 256 - 128).collect();
         let pb = plan.pack_b(&spec, &b).expect("packable");
-        assert!(pb.narrow.is_some());
+        assert!(matches!(pb.narrow, Some(Narrow::B(_))));
         assert!(plan.narrow_product(&a, &b, None, Some(&pb), 1).is_some());
         // one wide activation sends the product down the wide path
         let mut wide = a.clone();

@@ -1,10 +1,11 @@
-//! Exact 8-bit matrix products: `C[m×n] = A[m×k] · B[k×n]` with `A` holding 8-bit activations (values in
-//! `0..=255` or `-128..=127`) and `B` holding `i8` weights, accumulated in `i32`.
+//! Exact 8-bit matrix products: `C[m×n] = A[m×k] · B[k×n]`, accumulated in `i32`, where one operand holds
+//! `i8` weights and the other 8-bit activations (values in `0..=255`, or in `-128..=127`). Either side may
+//! be the weights: `A` is read row by row (one broadcast per 4 values of `k`), `B` in blocks of 16 columns.
 //!
 //! Every product of a `u8` and an `i8` is below `2^15` in magnitude, so a sum over `k ≤ MAX_K` terms stays
 //! below `2^31`: the `i32` accumulator never wraps and the result is the exact integer sum the reference
 //! executor computes with `i128`. Signed activations are offset by 128 into `0..=255` and the offset's
-//! contribution `128 · Σ_k B[k][j]` is subtracted per column (again exact). Which instruction set runs
+//! contribution (128 times the weights' sum over `k`) is subtracted per row or column (again exact). Which instruction set runs
 //! (AVX-512 VNNI `vpdpbusd`, or portable Rust) is chosen at run time and cannot change a bit.
 
 /// Largest reduction length for which the `i32` accumulator is exact: `k · 255 · 128 < 2^31`.
@@ -55,8 +56,12 @@ pub struct PackedB {
     k: usize,
     n: usize,
     kq: usize,
-    data: Vec<i8>,
-    /// `Σ_k B[k][j]` per (padded) column, for the signed-activation offset.
+    data: Vec<u8>,
+    /// The bytes are `i8` weights (else 8-bit activations).
+    weights: bool,
+    /// Activations stored with a +128 offset.
+    offset: bool,
+    /// Weights: `Σ_k B[k][j]` per (padded) column, for an offset on the other side.
     colsum: Vec<i32>,
 }
 
@@ -67,30 +72,86 @@ impl PackedB {
         Self::from_fn(k, n, |kk, j| b[kk * n + j])
     }
 
-    /// Pack `B[kk][j] = f(kk, j)`; `None` if a value lies outside `-128..=127` or `k > MAX_K`.
+    /// Weights `B[kk][j] = f(kk, j)`; `None` if a value lies outside `-128..=127` or `k > MAX_K`.
     pub fn from_fn(k: usize, n: usize, f: impl Fn(usize, usize) -> i32) -> Option<PackedB> {
+        let mut p = PackedB::empty(k, n, true, false)?;
+        for kk in 0..k {
+            for j in 0..n {
+                let v = i8::try_from(f(kk, j)).ok()?;
+                p.put(kk, j, v as u8);
+                p.colsum[j] += v as i32;
+            }
+        }
+        Some(p)
+    }
+
+    /// Activations `B[kk][j] = x[kk·n + j]` (a row-major `k×n` matrix), if they are 8-bit.
+    pub fn activations(x: &[i32], k: usize, n: usize) -> Option<PackedB> {
+        let (lo, hi) = min_max(x);
+        let offset = PackedA::offset_for(lo, hi)?;
+        let mut p = PackedB::empty(k, n, false, offset)?;
+        let add = if offset { 128 } else { 0 };
+        for kk in 0..k {
+            for (j, &v) in x[kk * n..(kk + 1) * n].iter().enumerate() {
+                p.put(kk, j, (v + add) as u8);
+            }
+        }
+        Some(p)
+    }
+
+    fn empty(k: usize, n: usize, weights: bool, offset: bool) -> Option<PackedB> {
         if k > MAX_K {
             return None;
         }
         let kq = k.div_ceil(4);
         let nb = n.div_ceil(NR);
-        let mut data = vec![0i8; nb * kq * NR * 4];
-        let mut colsum = vec![0i32; nb * NR];
-        for kk in 0..k {
-            for j in 0..n {
-                let v = i8::try_from(f(kk, j)).ok()?;
-                let (blk, lane) = (j / NR, j % NR);
-                data[((blk * kq + kk / 4) * NR + lane) * 4 + kk % 4] = v;
-                colsum[j] += v as i32;
-            }
-        }
+        let pad = if offset { 128 } else { 0 };
         Some(PackedB {
             k,
             n,
             kq,
-            data,
-            colsum,
+            data: vec![pad; nb * kq * NR * 4],
+            weights,
+            offset,
+            colsum: vec![0; nb * NR],
         })
+    }
+
+    #[inline]
+    fn put(&mut self, kk: usize, j: usize, v: u8) {
+        let (blk, lane) = (j / NR, j % NR);
+        self.data[((blk * self.kq + kk / 4) * NR + lane) * 4 + kk % 4] = v;
+    }
+
+    /// Set activation `B[kk][j]` to value `v` (which must lie in the range the operand was made for).
+    #[inline]
+    pub fn set(&mut self, kk: usize, j: usize, v: i32) {
+        let add = if self.offset { 128 } else { 0 };
+        self.put(kk, j, (v + add) as u8);
+    }
+
+    /// Where activation `B[kk][j]` is stored: `row_base(kk) + column_offsets()[j]` in [`PackedB::bytes_mut`].
+    pub fn row_base(&self, kk: usize) -> usize {
+        (kk / 4) * NR * 4 + kk % 4
+    }
+
+    /// See [`PackedB::row_base`].
+    pub fn column_offsets(&self) -> Vec<usize> {
+        (0..self.n)
+            .map(|j| (j / NR) * self.kq * NR * 4 + (j % NR) * 4)
+            .collect()
+    }
+
+    /// The stored bytes and the value added to each activation before it is stored (128 for signed
+    /// activations, else 0).
+    pub fn bytes_mut(&mut self) -> (&mut [u8], i32) {
+        (&mut self.data, if self.offset { 128 } else { 0 })
+    }
+
+    /// Zero 8-bit activations of shape `k×n`, stored with a +128 offset when `offset` (signed values),
+    /// to be filled with [`PackedB::set`]; `None` if `k > MAX_K`.
+    pub fn activation_zeros(k: usize, n: usize, offset: bool) -> Option<PackedB> {
+        PackedB::empty(k, n, false, offset)
     }
 
     /// Reduction length.
@@ -115,8 +176,18 @@ pub struct PackedA {
     m: usize,
     kq: usize,
     data: Vec<u8>,
-    /// Values were signed and carry a +128 offset.
+    /// The bytes are `i8` weights (else 8-bit activations).
+    weights: bool,
+    /// Activations stored with a +128 offset.
     offset: bool,
+    /// Weights: `Σ_k A[i][k]` per row, for an offset on the other side.
+    rowsum: Vec<i32>,
+}
+
+/// Smallest and largest of `x` (0 and 0 for an empty slice... or any slice: the range always holds 0).
+fn min_max(x: &[i32]) -> (i32, i32) {
+    x.iter()
+        .fold((0i32, 0i32), |(l, h), &v| (l.min(v), h.max(v)))
 }
 
 impl PackedA {
@@ -168,8 +239,25 @@ impl PackedA {
             m,
             kq,
             data: vec![pad; m * kq * 4],
+            weights: false,
             offset,
+            rowsum: Vec::new(),
         })
+    }
+
+    /// Weights `A[i][kk] = w[i·k + kk]` (a row-major `m×k` matrix), if every value fits `i8`.
+    pub fn weights(w: &[i32], m: usize, k: usize) -> Option<PackedA> {
+        let mut p = PackedA::zeros(m, k, false)?;
+        p.weights = true;
+        p.rowsum = vec![0; m];
+        for i in 0..m {
+            for kk in 0..k {
+                let v = i8::try_from(w[i * k + kk]).ok()?;
+                p.row_mut(i)[kk] = v as u8;
+                p.rowsum[i] += v as i32;
+            }
+        }
+        Some(p)
     }
 
     /// The stored byte of value `v` (which must lie in the range [`PackedA::offset_for`] chose).
@@ -195,9 +283,13 @@ impl PackedA {
 }
 
 /// `C = A · B` exactly, as `i32` with row stride [`PackedB::ldc`], on up to `threads` threads.
-/// `A` and `B` must agree on `k`.
+/// `A` and `B` must agree on `k`, and exactly one of them must hold the weights.
 pub fn gemm(a: &PackedA, b: &PackedB, threads: usize, level: Level) -> Vec<i32> {
     assert_eq!(a.kq, b.kq, "operands disagree on k");
+    assert!(
+        a.weights != b.weights,
+        "one operand holds weights, the other activations"
+    );
     let ldc = b.ldc();
     let mut c = vec![0i32; a.m * ldc];
     if a.m == 0 || ldc == 0 {
@@ -231,6 +323,13 @@ pub fn gemm(a: &PackedA, b: &PackedB, threads: usize, level: Level) -> Vec<i32> 
             }
         }
     }
+    if b.offset {
+        for (row, &rs) in c.chunks_mut(ldc).zip(&a.rowsum) {
+            for v in row.iter_mut() {
+                *v -= 128 * rs;
+            }
+        }
+    }
     c
 }
 
@@ -256,6 +355,7 @@ fn gemm_rows(a: &PackedA, b: &PackedB, r0: usize, c: &mut [i32], level: Level) {
                     let bpos = (blk * b.kq + q0) * NR * 4;
                     tile(
                         level,
+                        !a.weights,
                         r,
                         two,
                         arow,
@@ -281,11 +381,12 @@ fn gemm_rows(a: &PackedA, b: &PackedB, r0: usize, c: &mut [i32], level: Level) {
 #[inline]
 fn tile(
     level: Level,
+    a_u8: bool,
     r: usize,
     two: bool,
     a: &[u8],
     lda: usize,
-    b: &[i8],
+    b: &[u8],
     bstride: usize,
     qn: usize,
     c: &mut [i32],
@@ -304,9 +405,11 @@ fn tile(
             unsafe {
                 macro_rules! go {
                     ($($n:literal)*) => {
-                        match (r, two) {
-                            $(($n, true) => vnni::<$n, 2>(a, lda, b, bstride, qn, c, ldc, first),
-                              ($n, false) => vnni::<$n, 1>(a, lda, b, bstride, qn, c, ldc, first),)*
+                        match (r, two, a_u8) {
+                            $(($n, true, true) => vnni::<$n, 2, true>(a, lda, b, bstride, qn, c, ldc, first),
+                              ($n, false, true) => vnni::<$n, 1, true>(a, lda, b, bstride, qn, c, ldc, first),
+                              ($n, true, false) => vnni::<$n, 2, false>(a, lda, b, bstride, qn, c, ldc, first),
+                              ($n, false, false) => vnni::<$n, 1, false>(a, lda, b, bstride, qn, c, ldc, first),)*
                             _ => unreachable!("tile rows are 1..=MR"),
                         }
                     };
@@ -314,17 +417,18 @@ fn tile(
                 go!(1 2 3 4 5 6 7 8)
             }
         }
-        _ => portable(r, two, a, lda, b, bstride, qn, c, ldc, first),
+        _ if a_u8 => portable::<true>(r, two, a, lda, b, bstride, qn, c, ldc, first),
+        _ => portable::<false>(r, two, a, lda, b, bstride, qn, c, ldc, first),
     }
 }
 
 #[allow(clippy::too_many_arguments)]
-fn portable(
+fn portable<const A_U8: bool>(
     r: usize,
     two: bool,
     a: &[u8],
     lda: usize,
-    b: &[i8],
+    b: &[u8],
     bstride: usize,
     qn: usize,
     c: &mut [i32],
@@ -341,7 +445,15 @@ fn portable(
                 let aq = &arow[q * 4..q * 4 + 4];
                 for (lane, acc) in acc.iter_mut().enumerate() {
                     let bl = &bq[lane * 4..lane * 4 + 4];
-                    *acc += (0..4).map(|t| aq[t] as i32 * bl[t] as i32).sum::<i32>();
+                    *acc += (0..4)
+                        .map(|t| {
+                            if A_U8 {
+                                aq[t] as i32 * bl[t] as i8 as i32
+                            } else {
+                                aq[t] as i8 as i32 * bl[t] as i32
+                            }
+                        })
+                        .sum::<i32>();
                 }
             }
             let dst = &mut c[i * ldc + blk * NR..i * ldc + blk * NR + NR];
@@ -359,10 +471,10 @@ fn portable(
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn vnni<const R: usize, const NB: usize>(
+unsafe fn vnni<const R: usize, const NB: usize, const A_U8: bool>(
     a: &[u8],
     lda: usize,
-    b: &[i8],
+    b: &[u8],
     bstride: usize,
     qn: usize,
     c: &mut [i32],
@@ -380,7 +492,12 @@ unsafe fn vnni<const R: usize, const NB: usize>(
         for (i, accr) in acc.iter_mut().enumerate() {
             let va = _mm512_set1_epi32((ap.add(i * lda + q * 4) as *const i32).read_unaligned());
             for t in 0..NB {
-                accr[t] = _mm512_dpbusd_epi32(accr[t], va, vb[t]);
+                // vpdpbusd multiplies unsigned bytes of its first operand by signed bytes of its second
+                accr[t] = if A_U8 {
+                    _mm512_dpbusd_epi32(accr[t], va, vb[t])
+                } else {
+                    _mm512_dpbusd_epi32(accr[t], vb[t], va)
+                };
             }
         }
     }
@@ -433,7 +550,38 @@ mod tests {
         }
     }
 
+    /// The same product with the weights on the `A` side and the activations on the `B` side.
+    fn check_swapped(w: &[i32], x: &[i32], m: usize, k: usize, n: usize, threads: usize) {
+        let pa = PackedA::weights(w, m, k).expect("i8 weights");
+        let pb = PackedB::activations(x, k, n).expect("8-bit activations");
+        let want = naive(w, x, m, k, n);
+        for level in [Level::Portable, Level::Avx512Vnni] {
+            let c = gemm(&pa, &pb, threads, level);
+            for i in 0..m {
+                for j in 0..n {
+                    assert_eq!(
+                        c[i * pb.ldc() + j] as i64,
+                        want[i * n + j],
+                        "{level:?} ({i},{j})"
+                    );
+                }
+            }
+        }
+    }
+
     proptest! {
+        #[test]
+        fn weights_on_either_side_give_the_exact_product(
+            m in 1usize..30, k in 1usize..200, n in 1usize..50, signed in any::<bool>(),
+            threads in 1usize..4, seed in any::<u64>(),
+        ) {
+            let mut s = seed;
+            let mut next = || { s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407); (s >> 33) as i32 };
+            let w: Vec<i32> = (0..m * k).map(|_| next().rem_euclid(256) - 128).collect();
+            let x: Vec<i32> = (0..k * n).map(|_| if signed { next().rem_euclid(256) - 128 } else { next().rem_euclid(256) }).collect();
+            check_swapped(&w, &x, m, k, n, threads);
+        }
+
         #[test]
         fn equals_the_exact_product(
             m in 1usize..40, k in 1usize..300, n in 1usize..70, signed in any::<bool>(),
@@ -453,6 +601,7 @@ mod tests {
         let (m, k, n) = (2, MAX_K, 17);
         for (av, bv) in [(255, -128), (255, 127), (-128, -128), (127, -128)] {
             check(&vec![av; m * k], &vec![bv; k * n], m, k, n, 2);
+            check_swapped(&vec![bv; 17 * k], &vec![av; k * 2], 17, k, 2, 2);
         }
         assert!(PackedA::new(&[256], 1, 1).is_none());
         assert!(PackedA::new(&[-129], 1, 1).is_none());
