@@ -431,3 +431,68 @@ fn a_closed_output_pipe_ends_quietly() {
     assert!(!err.contains("panicked"), "{err}");
     assert!(!out.status.success(), "the listing could not be written");
 }
+
+#[test]
+fn int8_precision_compiles_smaller_models_that_run_on_both_executors() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let wide = compile_fixture(dir.path(), "cnn", &["--input-range".into(), "0:1".into()]);
+    let out = dir.path().join("cnn8.vty");
+    let printed = ok(&[
+        "model",
+        "compile",
+        "fixtures/cnn.onnx",
+        "-o",
+        out.to_str().unwrap(),
+        "--input-range",
+        "0:1",
+        "--precision",
+        "int8",
+    ]);
+    assert!(printed.contains("precision int8"), "{printed}");
+    let (n8, n32) = (
+        std::fs::metadata(&out).unwrap().len(),
+        std::fs::metadata(&wide).unwrap().len(),
+    );
+    assert!(n8 < n32, "{n8} vs {n32}");
+    // the fast and the reference executor agree on the 8-bit model, and the answer is the fixture's class
+    let run = |extra: &[&str]| -> Value {
+        let mut a = vec![
+            "run",
+            out.to_str().unwrap(),
+            "--input",
+            "fixtures/cnn.input.json",
+        ];
+        a.extend_from_slice(extra);
+        serde_json::from_str(&ok(&a)).unwrap()
+    };
+    let (fast, reference) = (run(&["--threads", "2"]), run(&["--reference"]));
+    assert_eq!(fast["output_hash"], reference["output_hash"]);
+    let expected = json_file(&root().join("fixtures/cnn.expected.json"));
+    let (name, want) = expected.as_object().unwrap().iter().next().unwrap();
+    let got: Vec<f64> = fast["outputs"][name]["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    let want: Vec<f64> = want["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    assert_eq!(argmax(&got), argmax(&want));
+    // an unknown precision is a usage error that names the choices
+    let o = verity(&[
+        "model",
+        "compile",
+        "fixtures/cnn.onnx",
+        "-o",
+        out.to_str().unwrap(),
+        "--precision",
+        "int3",
+    ]);
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{e}");
+    assert!(e.contains("i32 or int8"), "{e}");
+}

@@ -231,6 +231,41 @@ fn publish_infer_verify_round_trip_cli_and_http() {
             "fixtures/cnn.onnx",
         ],
     );
+    // An ONNX file compiled by the node at 8-bit precision: the node compiles with the option the
+    // client signed for, so the IDs agree.
+    let cnn8: Value = serde_json::from_str(&cli_ok(
+        &node,
+        &key,
+        &[
+            "model",
+            "publish",
+            "fixtures/cnn.onnx",
+            "--name",
+            "cnn8",
+            "--version",
+            "1",
+            "--input-range",
+            "0:1",
+            "--precision",
+            "int8",
+        ],
+    ))
+    .expect("json");
+    let cnn8_local = tmp.path().join("cnn8.vty");
+    let o = verity(&[
+        "model",
+        "compile",
+        "fixtures/cnn.onnx",
+        "-o",
+        cnn8_local.to_str().expect("path"),
+        "--input-range",
+        "0:1",
+        "--precision",
+        "int8",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(cnn8["model_id"], json!(model_id_of(&cnn8_local)));
+    assert_ne!(cnn8["model_id"], json!(model_id_of(&cnn_vty)));
     // Re-publishing the same thing is idempotent.
     let again: Value = serde_json::from_str(&cli_ok(
         &node,

@@ -141,3 +141,152 @@ fn random_calibration_is_seeded() {
     };
     assert_eq!(id(7), id(7));
 }
+
+/// `--precision int8`: every contraction with constant weights gets 8-bit weights (one multiplier per
+/// output channel) and 8-bit activations; the file shrinks; the model stays accurate; both executors
+/// agree; compiling twice gives the same bytes.
+#[test]
+fn int8_precision_narrows_contractions_and_keeps_accuracy() {
+    use verity_compiler::Precision;
+    use verity_engine::ir::Op;
+    use verity_engine::vty;
+    let digits_calib = tensor_from_npy(&read("digits.calibration.npy")).unwrap();
+    let digits_eval = tensor_from_npy(&read("digits.eval.npy")).unwrap();
+    // (fixture, options, largest error relative to the output's magnitude, least top-1 agreement)
+    let cases: Vec<(&str, CompileOptions, f64, f64)> = vec![
+        (
+            "mlp.onnx",
+            CompileOptions {
+                default_range: (0.0, 1.0),
+                ..Default::default()
+            },
+            0.03,
+            1.0,
+        ),
+        (
+            "cnn.onnx",
+            CompileOptions {
+                default_range: (0.0, 1.0),
+                ..Default::default()
+            },
+            0.03,
+            1.0,
+        ),
+        ("transformer.onnx", CompileOptions::default(), 0.03, 1.0),
+        (
+            "digits.onnx",
+            CompileOptions {
+                calibration: Some(rows(digits_calib, &[1, 64])),
+                eval: Some(rows(digits_eval.clone(), &[1, 64])),
+                ..Default::default()
+            },
+            0.05,
+            0.99,
+        ),
+    ];
+    for (name, opts, max_rel, min_top1) in cases {
+        let wide = compile(&read(name), &opts).unwrap().0;
+        let opts = CompileOptions {
+            precision: Precision::Int8,
+            ..opts
+        };
+        let (model, report) = compile(&read(name), &opts).unwrap();
+        assert_eq!(report.precision, "int8");
+        let out = &report.outputs[0];
+        assert!(out.max_relative_error <= max_rel, "{name}: {out:?}");
+        assert!(out.top1_agreement.unwrap() >= min_top1, "{name}: {out:?}");
+        // every contraction reads an 8-bit requantized activation and 8-bit constant weights,
+        // followed by its per-channel multiply
+        let mut narrowed = 0;
+        for (k, node) in model.nodes.iter().enumerate() {
+            if !matches!(node.op, Op::EinSum { .. } | Op::Conv2d { .. }) {
+                continue;
+            }
+            let weights: Vec<_> = node.inputs[..2]
+                .iter()
+                .filter_map(|&v| model.const_of(v))
+                .collect();
+            if weights.is_empty() {
+                continue; // two activations (attention) stay 32-bit
+            }
+            assert!(
+                weights[0].data.iter().all(|v| (-127..=127).contains(v)),
+                "{name}: {}",
+                node.name
+            );
+            let act = node.inputs[..2]
+                .iter()
+                .find(|&&v| model.const_of(v).is_none())
+                .unwrap();
+            let producer = &model.nodes[*act as usize - model.first_node_value()];
+            assert!(
+                matches!(
+                    producer.op,
+                    Op::Clamp { lo: 0, hi: 255 } | Op::Clamp { lo: -128, hi: 127 }
+                ),
+                "{name}: {} reads {}",
+                node.name,
+                producer.name
+            );
+            let me = (model.first_node_value() + k) as u32;
+            assert!(
+                model
+                    .nodes
+                    .iter()
+                    .any(|n| n.op == Op::Mul && n.inputs[0] == me),
+                "{name}: {} has no multiplier",
+                node.name
+            );
+            narrowed += 1;
+        }
+        assert!(narrowed >= 1, "{name}");
+        // weights stored at 8 bits: the file is much smaller than the 32-bit model's
+        let (narrow_len, wide_len) = (vty::encode(&model).len(), vty::encode(&wide).len());
+        if name == "mlp.onnx" {
+            assert!(
+                narrow_len * 2 < wide_len,
+                "{name}: {narrow_len} vs {wide_len}"
+            );
+        } else {
+            assert!(narrow_len < wide_len, "{name}: {narrow_len} vs {wide_len}");
+        }
+        // deterministic compilation
+        assert_eq!(
+            vty::encode(&compile(&read(name), &opts).unwrap().0),
+            vty::encode(&model)
+        );
+        // the 8-bit kernels give the reference executor's bits
+        let x = if name == "digits.onnx" {
+            rows(digits_eval.clone(), &[1, 64]).swap_remove(3)
+        } else {
+            let m = &model.inputs[0];
+            let n: u64 = m.shape.iter().map(|&d| d as u64).product();
+            let int = m.kind == verity_engine::ir::InputKind::Int;
+            vec![FloatTensor {
+                shape: m.shape.iter().map(|&d| d as usize).collect(),
+                data: (0..n)
+                    .map(|i| {
+                        if int {
+                            (i % 4) as f64
+                        } else {
+                            ((i * 37 % 101) as f64) / 101.0
+                        }
+                    })
+                    .collect(),
+            }]
+        };
+        let q = quantize_inputs(&model, &x).unwrap();
+        let reference = Executor::new(&model, Mode::Reference)
+            .run(q.clone())
+            .unwrap();
+        for threads in [1, 2] {
+            assert_eq!(
+                Executor::new(&model, Mode::Fast { threads })
+                    .run(q.clone())
+                    .unwrap(),
+                reference,
+                "{name}"
+            );
+        }
+    }
+}
