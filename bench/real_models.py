@@ -62,7 +62,18 @@ def encoder():
             return self.norm(self.enc(x)).mean(dim=1)
 
     torch.manual_seed(0)
-    return Enc().eval(), (1, 16, 384), "embedding"
+    enc = Enc().eval()
+    # TransformerEncoder deep-copies one layer: give every layer weights of its own (the exporter
+    # would otherwise store the identical tensors once)
+    with torch.no_grad():
+        for name, p in enc.named_parameters():
+            if p.dim() >= 2:
+                torch.nn.init.xavier_uniform_(p)
+            elif "norm" in name and "weight" in name:
+                p.uniform_(0.8, 1.2)
+            else:
+                p.uniform_(-0.1, 0.1)
+    return enc, (1, 16, 384), "embedding"
 
 
 def archs():

@@ -398,32 +398,19 @@ impl EinPlan {
         pa: Option<&Packed>,
         pb: Option<&Packed>,
         threads: usize,
-    ) -> Option<Vec<i64>> {
+    ) -> Option<Vec<(Vec<i32>, usize)>> {
         let (bt, m, k, n) = (self.bt, self.m, self.k, self.n);
         let level = Level::detect();
-        let mut c = vec![0i64; bt * m * n];
-        let copy = |c: &mut [i64], bi: usize, cb: &[i32], ldc: usize| {
-            for i in 0..m {
-                for (d, &v) in c[(bi * m + i) * n..(bi * m + i + 1) * n]
-                    .iter_mut()
-                    .zip(&cb[i * ldc..i * ldc + n])
-                {
-                    *d = v as i64;
-                }
-            }
-        };
         if let (Some(Narrow::A(qa)), None) = (pa.and_then(|p| p.narrow.as_ref()), pb) {
             // constant a (weights) times 8-bit activations b
-            for (bi, qa) in qa.iter().enumerate() {
-                let act = PackedB::activations(&bp[bi * k * n..(bi + 1) * k * n], k, n)?;
-                copy(
-                    &mut c,
-                    bi,
-                    &qgemm::gemm(qa, &act, threads, level),
-                    act.ldc(),
-                );
-            }
-            return Some(c);
+            return qa
+                .iter()
+                .enumerate()
+                .map(|(bi, qa)| {
+                    let act = PackedB::activations(&bp[bi * k * n..(bi + 1) * k * n], k, n)?;
+                    Some((qgemm::gemm(qa, &act, threads, level), act.ldc()))
+                })
+                .collect();
         }
         // both operands 8-bit, or nothing to do here (checked before any packing)
         let (lo, hi) = ap
@@ -440,11 +427,14 @@ impl EinPlan {
                 &built
             }
         };
-        for (bi, qb) in qb.iter().enumerate() {
-            let act = PackedA::new(&ap[bi * m * k..(bi + 1) * m * k], m, k)?;
-            copy(&mut c, bi, &qgemm::gemm(&act, qb, threads, level), qb.ldc());
-        }
-        Some(c)
+        debug_assert_eq!(qb.len(), bt);
+        qb.iter()
+            .enumerate()
+            .map(|(bi, qb)| {
+                let act = PackedA::new(&ap[bi * m * k..(bi + 1) * m * k], m, k)?;
+                Some((qgemm::gemm(&act, qb, threads, level), qb.ldc()))
+            })
+            .collect()
     }
 
     /// Run; `pa`/`pb` are the pre-packed operands when constant.
@@ -475,15 +465,17 @@ impl EinPlan {
         }
         let ap: Cow<'_, [i32]> = match pa {
             Some(p) => Cow::Borrowed(&p.data),
-            None => Cow::Owned(pack(a, s.a, s.a_shape, &self.a_order, &self.sizes)),
+            None => packed(a, s.a, s.a_shape, &self.a_order, &self.sizes),
         };
         let bp: Cow<'_, [i32]> = match pb {
             Some(p) => Cow::Borrowed(&p.data),
-            None => Cow::Owned(pack(b, s.b, s.b_shape, &self.b_order, &self.sizes)),
+            None => packed(b, s.b, s.b_shape, &self.b_order, &self.sizes),
         };
         let c = match self.narrow_product(&ap, &bp, pa, pb, threads) {
-            Some(c) => c,
-            None => batched_gemm(&ap, &bp, self.bt, self.m, self.k, self.n, threads),
+            Some(c) => Acc::Narrow(c),
+            None => Acc::Wide(batched_gemm(
+                &ap, &bp, self.bt, self.m, self.k, self.n, threads,
+            )),
         };
         // scatter C (labels batch, m, n) into the output order, adding the bias
         let out_st = label_strides(s.out, s.out_shape, &self.c_order);
@@ -500,6 +492,7 @@ impl EinPlan {
         // an offset into the output (or the bias) is a sum over C's axes, so it splits into a part for
         // the row (batch and m axes) and a part for the column (n axes), each tabulated once
         let n_axes = dims.len() - self.row_axes;
+        let n = self.n;
         let offsets = |st: &[usize]| -> (Vec<usize>, Vec<usize>) {
             let part = |ds: &[usize], ss: &[usize]| -> Vec<usize> {
                 let mut v = Vec::with_capacity(ds.iter().product());
@@ -515,28 +508,105 @@ impl EinPlan {
         };
         let (row_out, col_out) = offsets(&out_st);
         let bias_offs = bias_st.as_deref().map(offsets);
-        let n = self.n;
         debug_assert_eq!(col_out.len(), if n_axes == 0 { 1 } else { n });
         let mut out = vec![0i32; s.out_shape.iter().product()];
-        for (r, crow) in c.chunks(n.max(1)).enumerate() {
-            let ro = row_out[r];
-            match (bias, &bias_offs) {
-                (Some((bd, _, sh)), Some((brow, bcol))) => {
-                    let bo = brow[r];
-                    for (j, &acc) in crow.iter().enumerate() {
-                        // fits i64: the bound above covers |bias| · 2^sh
-                        let v = (((bd[bo + bcol[j]] as i128) << sh) as i64) + acc;
-                        out[ro + col_out[j]] = requantize(v, shift)?;
-                    }
-                }
-                _ => {
-                    for (j, &acc) in crow.iter().enumerate() {
-                        out[ro + col_out[j]] = requantize(acc, shift)?;
-                    }
+        let rows = self.bt * self.m;
+        for r in 0..rows {
+            let bo = bias_offs
+                .as_ref()
+                .map(|(brow, bcol)| (brow[r], bcol.as_slice()));
+            let dst = (out.as_mut_slice(), row_out[r], col_out.as_slice());
+            match &c {
+                Acc::Wide(c) => epilogue(&c[r * n..(r + 1) * n], dst, bias, bo, shift)?,
+                Acc::Narrow(c) => {
+                    let (cb, ldc) = &c[r / self.m];
+                    let i = r % self.m;
+                    epilogue(&cb[i * ldc..i * ldc + n], dst, bias, bo, shift)?
                 }
             }
         }
         Ok(out)
+    }
+}
+
+/// The accumulators of an `EinSum`: `[batch·m × n]` in `i64`, or per batch in `i32` with a row stride.
+enum Acc {
+    Wide(Vec<i64>),
+    Narrow(Vec<(Vec<i32>, usize)>),
+}
+
+/// One row of accumulators into the output: `out[row_off + col_off[j]] = requantize(acc[j] + bias)`,
+/// with the bias element at `bias_offs.0 + bias_offs.1[j]`.
+fn epilogue<T: Copy + Into<i64>>(
+    acc: &[T],
+    (out, row_off, col_off): (&mut [i32], usize, &[usize]),
+    bias: Option<(&[i32], &[usize], i32)>,
+    bias_offs: Option<(usize, &[usize])>,
+    shift: i32,
+) -> Result<(), ExecError> {
+    let bias_at = |j: usize| -> i64 {
+        match (bias, bias_offs) {
+            // fits i64: the caller's bound covers |bias| · 2^sh
+            (Some((bd, _, sh)), Some((bo, bcol))) => ((bd[bo + bcol[j]] as i128) << sh) as i64,
+            _ => 0,
+        }
+    };
+    let contiguous = col_off.first().is_none_or(|&c0| {
+        col_off.len() <= 1 || col_off[col_off.len() - 1] == c0 + col_off.len() - 1
+    }) && col_off.windows(2).all(|w| w[1] == w[0] + 1);
+    if (1..=62).contains(&shift) && contiguous && !col_off.is_empty() {
+        // |acc| + |bias| < 2^62 (checked by the caller), so adding the half cannot overflow: the
+        // rounding shift runs branch-free and the range is checked once for the row
+        let half = 1i64 << (shift - 1);
+        let dst = &mut out[row_off + col_off[0]..row_off + col_off[0] + acc.len()];
+        let (mut lo, mut hi) = (0i64, 0i64);
+        // a bias constant along the row (per output channel, the usual case) is added once
+        let row_const = bias_offs.is_none_or(|(_, bcol)| bcol.iter().all(|&c| c == bcol[0]));
+        if row_const {
+            let b = if acc.is_empty() { 0 } else { bias_at(0) } + half;
+            for (d, &a) in dst.iter_mut().zip(acc) {
+                let v = (a.into() + b) >> shift;
+                lo = lo.min(v);
+                hi = hi.max(v);
+                *d = v as i32;
+            }
+        } else {
+            for (j, (d, &a)) in dst.iter_mut().zip(acc).enumerate() {
+                let v = (a.into() + bias_at(j) + half) >> shift;
+                lo = lo.min(v);
+                hi = hi.max(v);
+                *d = v as i32;
+            }
+        }
+        if lo < i32::MIN as i64 || hi > i32::MAX as i64 {
+            return Err(ExecError::Overflow);
+        }
+        return Ok(());
+    }
+    for (j, &a) in acc.iter().enumerate() {
+        out[row_off + col_off[j]] = requantize(a.into() + bias_at(j), shift)?;
+    }
+    Ok(())
+}
+
+/// `x` in the row-major order of labels `order`: borrowed when it already is (same label order, no
+/// broadcast axis), else packed.
+fn packed<'a>(
+    x: &'a [i32],
+    labels: &[u8],
+    shape: &[usize],
+    order: &[u8],
+    sizes: &[usize; 256],
+) -> Cow<'a, [i32]> {
+    let same = labels == order
+        && labels
+            .iter()
+            .zip(shape)
+            .all(|(&l, &d)| d == sizes[l as usize]);
+    if same {
+        Cow::Borrowed(x)
+    } else {
+        Cow::Owned(pack(x, labels, shape, order, sizes))
     }
 }
 
@@ -648,6 +718,191 @@ fn conv2d_narrow(
     Some(Ok(out))
 }
 
+/// A convolution with one input channel per group, tap by tap: each output channel accumulates
+/// `x · w[ky][kx]` over the valid positions of its one input plane in `i64` (exact: the caller checked
+/// `kh·kw · max|x| · max|w| + |bias| < 2^62`).
+fn conv2d_depthwise(
+    s: &ConvSpec<'_>,
+    x: &[i32],
+    w: &[i32],
+    bias: Option<(&[i32], i32)>,
+    shift: i32,
+) -> Result<Vec<i32>, ExecError> {
+    let (n, c, h, wd) = (s.x[0], s.x[1], s.x[2], s.x[3]);
+    let (o_ch, kh, kw) = (s.w[0], s.w[2], s.w[3]);
+    let (oh, ow) = (s.out[2], s.out[3]);
+    let og = o_ch / s.groups;
+    let p = oh * ow;
+    let win = s.window;
+    let (sy, sx) = (win.stride[0] as usize, win.stride[1] as usize);
+    let (dy, dx) = (win.dilation[0] as usize, win.dilation[1] as usize);
+    let (py, px) = (win.pads[0] as i64, win.pads[1] as i64);
+    // i32 accumulators when every sum is exact in them (8-bit models), else i64
+    let bound = (kh * kw) as u128 * max_abs(x) * max_abs(w)
+        + bias.map_or(0, |(d, sh)| max_abs(d) << sh.clamp(0, 64));
+    if bound < 1 << 31 {
+        let mut out = vec![0i32; n * o_ch * p];
+        let mut acc = vec![0i32; p];
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU supports AVX2, checked just above; the function is otherwise safe Rust.
+            unsafe { depthwise_i32_avx2(s, x, w, bias, &mut acc, &mut out) };
+            return requantize_all(out, shift);
+        }
+        depthwise_taps::<i32>(s, x, w, bias, &mut acc, &mut out, |v| v);
+        return requantize_all(out, shift);
+    }
+    let mut out = vec![0i32; n * o_ch * p];
+    let mut acc = vec![0i64; p];
+    for b in 0..n {
+        for oc in 0..o_ch {
+            let plane = &x[(b * c + oc / og) * h * wd..(b * c + oc / og + 1) * h * wd];
+            acc.fill(bias.map_or(0, |(d, sh)| ((d[oc] as i128) << sh) as i64));
+            for ky in 0..kh {
+                for kx in 0..kw {
+                    let wv = w[(oc * kh + ky) * kw + kx] as i64;
+                    if wv == 0 {
+                        continue;
+                    }
+                    let first_in = |ox: usize| ox * sx + kx * dx;
+                    let x0 = (0..ow).find(|&ox| first_in(ox) as i64 >= px).unwrap_or(ow);
+                    let x1 = (x0..ow)
+                        .find(|&ox| first_in(ox) as i64 >= px + wd as i64)
+                        .unwrap_or(ow);
+                    if x1 <= x0 {
+                        continue;
+                    }
+                    let start = (first_in(x0) as i64 - px) as usize;
+                    for oy in 0..oh {
+                        let iy = (oy * sy + ky * dy) as i64 - py;
+                        if iy < 0 || iy >= h as i64 {
+                            continue;
+                        }
+                        let src = &plane[iy as usize * wd..(iy as usize + 1) * wd];
+                        let dst = &mut acc[oy * ow + x0..oy * ow + x1];
+                        if sx == 1 {
+                            for (d, &v) in dst.iter_mut().zip(&src[start..start + (x1 - x0)]) {
+                                *d += v as i64 * wv;
+                            }
+                        } else {
+                            for (j, d) in dst.iter_mut().enumerate() {
+                                *d += src[start + j * sx] as i64 * wv;
+                            }
+                        }
+                    }
+                }
+            }
+            let dst = &mut out[(b * o_ch + oc) * p..(b * o_ch + oc + 1) * p];
+            for (d, &a) in dst.iter_mut().zip(&acc) {
+                *d = requantize(a, shift)?;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// `fit(rshift(v, shift))` for every accumulator, in place.
+fn requantize_all(mut acc: Vec<i32>, shift: i32) -> Result<Vec<i32>, ExecError> {
+    if shift == 0 {
+        return Ok(acc);
+    }
+    for v in acc.iter_mut() {
+        *v = requantize(*v as i64, shift)?;
+    }
+    Ok(acc)
+}
+
+/// [`depthwise_taps`] on `i32` accumulators, compiled for AVX2.
+///
+/// # Safety
+/// The CPU must support AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn depthwise_i32_avx2(
+    s: &ConvSpec<'_>,
+    x: &[i32],
+    w: &[i32],
+    bias: Option<(&[i32], i32)>,
+    acc: &mut [i32],
+    out: &mut [i32],
+) {
+    depthwise_taps::<i32>(s, x, w, bias, acc, out, |v| v);
+}
+
+/// The accumulators (before requantization) of a depthwise convolution, tap by tap, into `out`; `T` is
+/// the accumulator type, wide enough by the caller's bound.
+#[inline(always)]
+fn depthwise_taps<T>(
+    s: &ConvSpec<'_>,
+    x: &[i32],
+    w: &[i32],
+    bias: Option<(&[i32], i32)>,
+    acc: &mut [T],
+    out: &mut [i32],
+    to_i32: impl Fn(T) -> i32,
+) where
+    T: Copy + From<i32> + std::ops::Mul<Output = T> + std::ops::AddAssign,
+{
+    let (n, c, h, wd) = (s.x[0], s.x[1], s.x[2], s.x[3]);
+    let (o_ch, kh, kw) = (s.w[0], s.w[2], s.w[3]);
+    let (oh, ow) = (s.out[2], s.out[3]);
+    let og = o_ch / s.groups;
+    let p = oh * ow;
+    let win = s.window;
+    let (sy, sx) = (win.stride[0] as usize, win.stride[1] as usize);
+    let (dy, dx) = (win.dilation[0] as usize, win.dilation[1] as usize);
+    let (py, px) = (win.pads[0] as i64, win.pads[1] as i64);
+    for b in 0..n {
+        for oc in 0..o_ch {
+            let plane = &x[(b * c + oc / og) * h * wd..(b * c + oc / og + 1) * h * wd];
+            // the bias fits T: it is part of the caller's bound
+            let b0 = bias.map_or(0, |(d, sh)| ((d[oc] as i128) << sh) as i32);
+            acc.fill(T::from(b0));
+            for ky in 0..kh {
+                for kx in 0..kw {
+                    let wv = w[(oc * kh + ky) * kw + kx];
+                    if wv == 0 {
+                        continue;
+                    }
+                    let wv = T::from(wv);
+                    let first_in = |ox: usize| ox * sx + kx * dx;
+                    let x0 = (0..ow).find(|&ox| first_in(ox) as i64 >= px).unwrap_or(ow);
+                    let x1 = (x0..ow)
+                        .find(|&ox| first_in(ox) as i64 >= px + wd as i64)
+                        .unwrap_or(ow);
+                    if x1 <= x0 {
+                        continue;
+                    }
+                    let start = (first_in(x0) as i64 - px) as usize;
+                    for oy in 0..oh {
+                        let iy = (oy * sy + ky * dy) as i64 - py;
+                        if iy < 0 || iy >= h as i64 {
+                            continue;
+                        }
+                        let src = &plane[iy as usize * wd..(iy as usize + 1) * wd];
+                        let dst = &mut acc[oy * ow + x0..oy * ow + x1];
+                        if sx == 1 {
+                            for (d, &v) in dst.iter_mut().zip(&src[start..start + (x1 - x0)]) {
+                                *d += T::from(v) * wv;
+                            }
+                        } else {
+                            for (j, d) in dst.iter_mut().enumerate() {
+                                *d += T::from(src[start + j * sx]) * wv;
+                            }
+                        }
+                    }
+                }
+            }
+            for (o, &a) in out[(b * o_ch + oc) * p..(b * o_ch + oc + 1) * p]
+                .iter_mut()
+                .zip(acc.iter())
+            {
+                *o = to_i32(a);
+            }
+        }
+    }
+}
+
 /// `dst[j] = fit(rshift(acc[j] + bias, shift))`, in `i64` when that is exact.
 fn requantize_row(dst: &mut [i32], acc: &[i32], bias: i128, shift: i32) -> Result<(), ExecError> {
     match i64::try_from(bias) {
@@ -689,8 +944,12 @@ pub fn conv2d(
     shift: i32,
     threads: usize,
 ) -> Result<Vec<i32>, ExecError> {
-    if let Some(r) = qw.and_then(|qw| conv2d_narrow(s, x, qw, bias, shift, threads)) {
-        return r;
+    // one input channel per group (depthwise): a direct loop over the taps beats a product per group
+    let depthwise = s.w[1] == 1 && s.groups > 1;
+    if !depthwise {
+        if let Some(r) = qw.and_then(|qw| conv2d_narrow(s, x, qw, bias, shift, threads)) {
+            return r;
+        }
     }
     let (n, c, h, wd) = (s.x[0], s.x[1], s.x[2], s.x[3]);
     let (o_ch, cg, kh, kw) = (s.w[0], s.w[1], s.w[2], s.w[3]);
@@ -705,6 +964,9 @@ pub fn conv2d(
         .saturating_add(bias_max);
     if bound >= I64_SAFE {
         return crate::exec::conv_reference(s, x, w, bias, shift);
+    }
+    if depthwise {
+        return conv2d_depthwise(s, x, w, bias, shift);
     }
     let win = s.window;
     let mut out = vec![0i32; n * o_ch * p];
