@@ -8,8 +8,8 @@
 //!                                                               └─ Mul by m (per-channel multiplier, scale s_m) → y
 //! ```
 //!
-//! Weights are quantized per output channel: `w ≈ q · m_c · 2^-s_m` with `|q| ≤ 127` and a 30-bit
-//! multiplier `m_c`, so the channel's real scale is represented to 2^-30 relative precision. Activations
+//! Weights are quantized per output channel: `w ≈ q · m_c · 2^-s_m` with `|q| ≤ 127` and a 24-bit
+//! multiplier `m_c`, so the channel's real scale is represented to 2^-24 relative precision. Activations
 //! feeding a contraction are requantized by a saturating `Clamp` at a power-of-two scale chosen from
 //! calibration (unsigned when the calibrated values are non-negative, as after a ReLU, else signed).
 //! Everything else keeps the 32-bit path; every op used is a v1 op, so the semantics, one-step checks and
@@ -25,8 +25,9 @@ use crate::quantize::{ceil_log2, Stats};
 
 /// Largest magnitude of a quantized weight.
 const QMAX: f64 = 127.0;
-/// Bits of a per-channel multiplier.
-const MULT_BITS: i32 = 30;
+/// Bits of a per-channel multiplier: 2^-24 relative precision for a weight scale, and an accumulator
+/// times its multiplier stays below 2^56, well inside what the zk prover's exact products allow.
+const MULT_BITS: i32 = 24;
 /// Largest activation scale the lowering picks (a value range of zero would otherwise ask for any).
 const MAX_ACT_SCALE: i32 = 24;
 

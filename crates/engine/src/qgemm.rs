@@ -300,8 +300,9 @@ pub fn gemm(a: &PackedA, b: &PackedB, threads: usize, level: Level) -> Vec<i32> 
     } else {
         Level::Portable
     };
+    // a thread is started per call: only products big enough to repay it are split
     let work = a.m * b.kq * 4 * ldc;
-    let threads = if work >= 1 << 20 {
+    let threads = if work >= 1 << 24 {
         threads.clamp(1, a.m.div_ceil(MR))
     } else {
         1
@@ -592,6 +593,34 @@ mod tests {
             let a: Vec<i32> = (0..m * k).map(|_| if signed { next().rem_euclid(256) - 128 } else { next().rem_euclid(256) }).collect();
             let b: Vec<i32> = (0..k * n).map(|_| next().rem_euclid(256) - 128).collect();
             check(&a, &b, m, k, n, threads);
+        }
+    }
+
+    #[test]
+    fn products_split_across_threads_are_exact() {
+        // large enough to be split (at least 2^24 multiply-adds), odd sizes at every edge
+        let gen = |len: usize, mul: usize, lo: i32| -> Vec<i32> {
+            (0..len).map(|i| (i * mul % 256) as i32 + lo).collect()
+        };
+        let (m, k, n) = (201, 1029, 99);
+        for threads in [2, 3] {
+            // activations on the row side, weights on the column side, then the other way round
+            check(
+                &gen(m * k, 104729, 0),
+                &gen(k * n, 7919, -128),
+                m,
+                k,
+                n,
+                threads,
+            );
+            check_swapped(
+                &gen(n * k, 7919, -128),
+                &gen(k * m, 104729, -128),
+                n,
+                k,
+                m,
+                threads,
+            );
         }
     }
 

@@ -984,7 +984,8 @@ fn node_steps(
             let (sa, sb) = (sc0, ins[1].1);
             let s = sa.max(sb);
             let (la, lb) = ((s - sa) as u32, (s - sb) as u32);
-            if la > 30 || lb > 30 {
+            // a product does not align its operands' scales; the others shift one of them
+            if !matches!(node.op, Op::Mul) && (la > 30 || lb > 30) {
                 return Err(unsupported(name, opn, "operand scales are too far apart"));
             }
             if matches!(node.op, Op::Mul) {

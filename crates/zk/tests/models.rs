@@ -3,19 +3,23 @@
 
 use std::path::PathBuf;
 
-use verity_compiler::{compile_path, CompileOptions};
+use verity_compiler::{compile_path, CompileOptions, Precision};
 use verity_engine::io::{inputs_from_json, quantize_inputs};
 use verity_engine::vty::model_id;
 use verity_engine::Model;
 use verity_zk::{keygen, prove, verify, ZkError};
 
 fn fixture(name: &str) -> (Model, Vec<Vec<i32>>) {
+    fixture_at(name, Precision::I32)
+}
+
+fn fixture_at(name: &str, precision: Precision) -> (Model, Vec<Vec<i32>>) {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures");
-    let (model, _) = compile_path(
-        &dir.join(format!("{name}.onnx")),
-        &CompileOptions::default(),
-    )
-    .expect("compiles");
+    let opts = CompileOptions {
+        precision,
+        ..Default::default()
+    };
+    let (model, _) = compile_path(&dir.join(format!("{name}.onnx")), &opts).expect("compiles");
     let text = std::fs::read_to_string(dir.join(format!("{name}.input.json"))).expect("input");
     let ins = inputs_from_json(&model, &text).expect("input json");
     let q = quantize_inputs(&model, &ins).expect("quantize");
@@ -23,7 +27,11 @@ fn fixture(name: &str) -> (Model, Vec<Vec<i32>>) {
 }
 
 fn round_trip(name: &str) {
-    let (model, x) = fixture(name);
+    round_trip_at(name, Precision::I32)
+}
+
+fn round_trip_at(name: &str, precision: Precision) {
+    let (model, x) = fixture_at(name, precision);
     let id = model_id(&model);
     let t = std::time::Instant::now();
     let pk = keygen(&model, id).expect("keygen");
@@ -78,6 +86,14 @@ fn round_trip(name: &str) {
     let mut vk3 = vk.clone();
     vk3.w_root = pk2.verifying_key().w_root;
     assert!(verify(&model, &vk3, &x, &y, &proof).is_err());
+}
+
+#[test]
+fn int8_models_prove_and_verify() {
+    // 8-bit weights with per-channel multipliers and requantized 8-bit activations are v1 ops
+    for name in ["mlp", "cnn", "transformer", "digits"] {
+        round_trip_at(name, Precision::Int8);
+    }
 }
 
 #[test]
