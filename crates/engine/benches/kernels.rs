@@ -105,9 +105,64 @@ fn bench(c: &mut Criterion) {
     }
 }
 
+/// The 8-bit GEMM alone, on each instruction-set level this CPU has, and an 8-bit convolution through the
+/// fast executor.
+fn bench_qgemm(c: &mut Criterion) {
+    use verity_engine::qgemm::{gemm, Level, PackedA, PackedB};
+    for (m, k, n) in [
+        (784usize, 1152usize, 128usize),
+        (196, 4608, 512),
+        (16, 384, 1536),
+    ] {
+        let a: Vec<i32> = (0..m * k).map(|i| (i * 7 % 256) as i32).collect();
+        let b: Vec<i32> = (0..k * n).map(|i| (i * 13 % 256) as i32 - 128).collect();
+        let (pa, pb) = (
+            PackedA::new(&a, m, k).expect("u8 activations"),
+            PackedB::new(&b, k, n).expect("i8 weights"),
+        );
+        for level in [Level::Portable, Level::Avx512Vnni] {
+            if !level.supported() {
+                continue;
+            }
+            c.bench_function(
+                &format!("qgemm::gemm/m={m},k={k},n={n},level={level:?}"),
+                |bch| bch.iter(|| black_box(gemm(&pa, &pb, 1, level))),
+            );
+        }
+    }
+    let window = Window {
+        kernel: [3, 3],
+        stride: [1, 1],
+        dilation: [1, 1],
+        pads: [1, 1, 1, 1],
+    };
+    let mut m = one_node(
+        vec![1, 64, 56, 56],
+        Const {
+            shape: vec![64, 64, 3, 3],
+            scale: 0,
+            data: values(64 * 64 * 9, 5, 127),
+        },
+        Op::Conv2d { window, groups: 1 },
+        vec![1, 64, 56, 56],
+    );
+    m.inputs[0].scale = 4;
+    m.nodes[0].scale = 4;
+    m.validate().expect("valid bench model");
+    let x: Vec<i32> = values(64 * 56 * 56, 9, 127)
+        .into_iter()
+        .map(|v| v + 128)
+        .collect();
+    let exec = Executor::new(&m, Mode::Fast { threads: 1 });
+    c.bench_function(
+        "kernels::conv2d/c=64,o=64,hw=56,k=3,bits=8,exec=fast",
+        |b| b.iter(|| black_box(exec.run(vec![x.clone()]).unwrap())),
+    );
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(20);
-    targets = bench
+    targets = bench, bench_qgemm
 }
 criterion_main!(benches);

@@ -719,8 +719,9 @@ fn conv2d_narrow(
 }
 
 /// A convolution with one input channel per group, tap by tap: each output channel accumulates
-/// `x · w[ky][kx]` over the valid positions of its one input plane in `i64` (exact: the caller checked
-/// `kh·kw · max|x| · max|w| + |bias| < 2^62`).
+/// `x · w[ky][kx]` over the valid positions of its one input plane, in `i32` when every sum fits
+/// (`kh·kw · max|x| · max|w| + |bias| < 2^31`, as in 8-bit models) and otherwise in `i64` (the caller
+/// checked the same bound against `2^62`).
 fn conv2d_depthwise(
     s: &ConvSpec<'_>,
     x: &[i32],
@@ -728,77 +729,33 @@ fn conv2d_depthwise(
     bias: Option<(&[i32], i32)>,
     shift: i32,
 ) -> Result<Vec<i32>, ExecError> {
-    let (n, c, h, wd) = (s.x[0], s.x[1], s.x[2], s.x[3]);
-    let (o_ch, kh, kw) = (s.w[0], s.w[2], s.w[3]);
-    let (oh, ow) = (s.out[2], s.out[3]);
-    let og = o_ch / s.groups;
-    let p = oh * ow;
-    let win = s.window;
-    let (sy, sx) = (win.stride[0] as usize, win.stride[1] as usize);
-    let (dy, dx) = (win.dilation[0] as usize, win.dilation[1] as usize);
-    let (py, px) = (win.pads[0] as i64, win.pads[1] as i64);
-    // i32 accumulators when every sum is exact in them (8-bit models), else i64
-    let bound = (kh * kw) as u128 * max_abs(x) * max_abs(w)
+    let p = s.out[2] * s.out[3];
+    let mut out = vec![0i32; s.x[0] * s.w[0] * p];
+    let bias_at = |oc: usize| bias.map_or(0, |(d, sh)| ((d[oc] as i128) << sh) as i64);
+    let bound = (s.w[2] * s.w[3]) as u128 * max_abs(x) * max_abs(w)
         + bias.map_or(0, |(d, sh)| max_abs(d) << sh.clamp(0, 64));
     if bound < 1 << 31 {
-        let mut out = vec![0i32; n * o_ch * p];
-        let mut acc = vec![0i32; p];
         #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("avx2") {
             // SAFETY: the CPU supports AVX2, checked just above; the function is otherwise safe Rust.
-            unsafe { depthwise_i32_avx2(s, x, w, bias, &mut acc, &mut out) };
+            unsafe { depthwise_i32_avx2(s, x, w, &bias_at, &mut out) }?;
             return requantize_all(out, shift);
         }
-        depthwise_taps::<i32>(s, x, w, bias, &mut acc, &mut out, |v| v);
+        depthwise_taps::<i32>(s, x, w, |oc| bias_at(oc) as i32, &mut out, copy_row)?;
         return requantize_all(out, shift);
     }
-    let mut out = vec![0i32; n * o_ch * p];
-    let mut acc = vec![0i64; p];
-    for b in 0..n {
-        for oc in 0..o_ch {
-            let plane = &x[(b * c + oc / og) * h * wd..(b * c + oc / og + 1) * h * wd];
-            acc.fill(bias.map_or(0, |(d, sh)| ((d[oc] as i128) << sh) as i64));
-            for ky in 0..kh {
-                for kx in 0..kw {
-                    let wv = w[(oc * kh + ky) * kw + kx] as i64;
-                    if wv == 0 {
-                        continue;
-                    }
-                    let first_in = |ox: usize| ox * sx + kx * dx;
-                    let x0 = (0..ow).find(|&ox| first_in(ox) as i64 >= px).unwrap_or(ow);
-                    let x1 = (x0..ow)
-                        .find(|&ox| first_in(ox) as i64 >= px + wd as i64)
-                        .unwrap_or(ow);
-                    if x1 <= x0 {
-                        continue;
-                    }
-                    let start = (first_in(x0) as i64 - px) as usize;
-                    for oy in 0..oh {
-                        let iy = (oy * sy + ky * dy) as i64 - py;
-                        if iy < 0 || iy >= h as i64 {
-                            continue;
-                        }
-                        let src = &plane[iy as usize * wd..(iy as usize + 1) * wd];
-                        let dst = &mut acc[oy * ow + x0..oy * ow + x1];
-                        if sx == 1 {
-                            for (d, &v) in dst.iter_mut().zip(&src[start..start + (x1 - x0)]) {
-                                *d += v as i64 * wv;
-                            }
-                        } else {
-                            for (j, d) in dst.iter_mut().enumerate() {
-                                *d += src[start + j * sx] as i64 * wv;
-                            }
-                        }
-                    }
-                }
-            }
-            let dst = &mut out[(b * o_ch + oc) * p..(b * o_ch + oc + 1) * p];
-            for (d, &a) in dst.iter_mut().zip(&acc) {
-                *d = requantize(a, shift)?;
-            }
+    depthwise_taps::<i64>(s, x, w, bias_at, &mut out, |row, acc| {
+        for (d, &a) in row.iter_mut().zip(acc) {
+            *d = requantize(a, shift)?;
         }
-    }
+        Ok(())
+    })?;
     Ok(out)
+}
+
+fn copy_row(row: &mut [i32], acc: &[i32]) -> Result<(), ExecError> {
+    row.copy_from_slice(acc);
+    Ok(())
 }
 
 /// `fit(rshift(v, shift))` for every accumulator, in place.
@@ -812,7 +769,7 @@ fn requantize_all(mut acc: Vec<i32>, shift: i32) -> Result<Vec<i32>, ExecError> 
     Ok(acc)
 }
 
-/// [`depthwise_taps`] on `i32` accumulators, compiled for AVX2.
+/// [`depthwise_taps`] on `i32` accumulators, compiled for AVX2; the accumulators are copied to `out`.
 ///
 /// # Safety
 /// The CPU must support AVX2.
@@ -822,25 +779,24 @@ unsafe fn depthwise_i32_avx2(
     s: &ConvSpec<'_>,
     x: &[i32],
     w: &[i32],
-    bias: Option<(&[i32], i32)>,
-    acc: &mut [i32],
+    bias_at: &dyn Fn(usize) -> i64,
     out: &mut [i32],
-) {
-    depthwise_taps::<i32>(s, x, w, bias, acc, out, |v| v);
+) -> Result<(), ExecError> {
+    depthwise_taps::<i32>(s, x, w, |oc| bias_at(oc) as i32, out, copy_row)
 }
 
-/// The accumulators (before requantization) of a depthwise convolution, tap by tap, into `out`; `T` is
-/// the accumulator type, wide enough by the caller's bound.
+/// A depthwise convolution's accumulators, tap by tap, in `T` (wide enough by the caller's bound);
+/// each output channel's row is handed to `emit` with its slice of `out`.
 #[inline(always)]
 fn depthwise_taps<T>(
     s: &ConvSpec<'_>,
     x: &[i32],
     w: &[i32],
-    bias: Option<(&[i32], i32)>,
-    acc: &mut [T],
+    bias_at: impl Fn(usize) -> T,
     out: &mut [i32],
-    to_i32: impl Fn(T) -> i32,
-) where
+    mut emit: impl FnMut(&mut [i32], &[T]) -> Result<(), ExecError>,
+) -> Result<(), ExecError>
+where
     T: Copy + From<i32> + std::ops::Mul<Output = T> + std::ops::AddAssign,
 {
     let (n, c, h, wd) = (s.x[0], s.x[1], s.x[2], s.x[3]);
@@ -852,12 +808,11 @@ fn depthwise_taps<T>(
     let (sy, sx) = (win.stride[0] as usize, win.stride[1] as usize);
     let (dy, dx) = (win.dilation[0] as usize, win.dilation[1] as usize);
     let (py, px) = (win.pads[0] as i64, win.pads[1] as i64);
+    let mut acc = vec![T::from(0); p];
     for b in 0..n {
         for oc in 0..o_ch {
             let plane = &x[(b * c + oc / og) * h * wd..(b * c + oc / og + 1) * h * wd];
-            // the bias fits T: it is part of the caller's bound
-            let b0 = bias.map_or(0, |(d, sh)| ((d[oc] as i128) << sh) as i32);
-            acc.fill(T::from(b0));
+            acc.fill(bias_at(oc));
             for ky in 0..kh {
                 for kx in 0..kw {
                     let wv = w[(oc * kh + ky) * kw + kx];
@@ -893,14 +848,10 @@ fn depthwise_taps<T>(
                     }
                 }
             }
-            for (o, &a) in out[(b * o_ch + oc) * p..(b * o_ch + oc + 1) * p]
-                .iter_mut()
-                .zip(acc.iter())
-            {
-                *o = to_i32(a);
-            }
+            emit(&mut out[(b * o_ch + oc) * p..(b * o_ch + oc + 1) * p], &acc)?;
         }
     }
+    Ok(())
 }
 
 /// `dst[j] = fit(rshift(acc[j] + bias, shift))`, in `i64` when that is exact.

@@ -21,7 +21,8 @@ pub fn big_model(dir: &Path, n: u32) -> (std::path::PathBuf, Vec<u8>, Hash) {
             state ^= state << 13;
             state ^= state >> 7;
             state ^= state << 17;
-            (state % 2001) as i32 - 1000
+            // values that need all 32 bits, so the file keeps 4 bytes per element
+            (state % 2_000_000_001) as i32 - 1_000_000_000
         })
         .collect();
     let m = Model {
