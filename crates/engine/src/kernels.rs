@@ -416,7 +416,7 @@ impl EinPlan {
         let (lo, hi) = ap
             .iter()
             .fold((0i32, 0i32), |(l, h), &v| (l.min(v), h.max(v)));
-        if hi - lo > 255 || lo < -128 || hi > 255 {
+        if lo < -128 || hi > 255 || hi - lo > 255 {
             return None;
         }
         let built;

@@ -123,13 +123,6 @@ impl PackedB {
         self.data[((blk * self.kq + kk / 4) * NR + lane) * 4 + kk % 4] = v;
     }
 
-    /// Set activation `B[kk][j]` to value `v` (which must lie in the range the operand was made for).
-    #[inline]
-    pub fn set(&mut self, kk: usize, j: usize, v: i32) {
-        let add = if self.offset { 128 } else { 0 };
-        self.put(kk, j, (v + add) as u8);
-    }
-
     /// Where activation `B[kk][j]` is stored: `row_base(kk) + column_offsets()[j]` in [`PackedB::bytes_mut`].
     pub fn row_base(&self, kk: usize) -> usize {
         (kk / 4) * NR * 4 + kk % 4
@@ -149,7 +142,7 @@ impl PackedB {
     }
 
     /// Zero 8-bit activations of shape `k×n`, stored with a +128 offset when `offset` (signed values),
-    /// to be filled with [`PackedB::set`]; `None` if `k > MAX_K`.
+    /// to be filled through [`PackedB::bytes_mut`]; `None` if `k > MAX_K`.
     pub fn activation_zeros(k: usize, n: usize, offset: bool) -> Option<PackedB> {
         PackedB::empty(k, n, false, offset)
     }
@@ -229,7 +222,7 @@ impl PackedA {
 
     /// `m×k` zeros (values 0) to be filled row by row with [`PackedA::row_mut`] and [`PackedA::encode`].
     /// `None` if `k` exceeds [`MAX_K`].
-    pub fn zeros(m: usize, k: usize, offset: bool) -> Option<PackedA> {
+    fn zeros(m: usize, k: usize, offset: bool) -> Option<PackedA> {
         if k > MAX_K {
             return None;
         }
@@ -262,7 +255,7 @@ impl PackedA {
 
     /// The stored byte of value `v` (which must lie in the range [`PackedA::offset_for`] chose).
     #[inline]
-    pub fn encode(&self, v: i32) -> u8 {
+    fn encode(&self, v: i32) -> u8 {
         if self.offset {
             (v + 128) as u8
         } else {
@@ -271,7 +264,7 @@ impl PackedA {
     }
 
     /// Row `i` (its first `k` bytes are the row's values; the rest is padding of value 0).
-    pub fn row_mut(&mut self, i: usize) -> &mut [u8] {
+    fn row_mut(&mut self, i: usize) -> &mut [u8] {
         let w = self.kq * 4;
         &mut self.data[i * w..(i + 1) * w]
     }
