@@ -620,6 +620,23 @@ fn requantize(v: i64, shift: i32) -> Result<i32, ExecError> {
     }
 }
 
+/// The output columns `x0..x1` for kernel column `kx` whose input column `ox·sx + kx·dx − px` lies in
+/// `0..wd`, with the input column of `x0`; `None` if there are none. `(sx, dx, px)`: stride, dilation,
+/// left padding.
+fn valid_columns(
+    ow: usize,
+    wd: usize,
+    (sx, dx, px): (usize, usize, i64),
+    kx: usize,
+) -> Option<(usize, usize, usize)> {
+    let first_in = |ox: usize| (ox * sx + kx * dx) as i64;
+    let x0 = (0..ow).find(|&ox| first_in(ox) >= px).unwrap_or(ow);
+    let x1 = (x0..ow)
+        .find(|&ox| first_in(ox) >= px + wd as i64)
+        .unwrap_or(ow);
+    (x1 > x0).then(|| (x0, x1, (first_in(x0) - px) as usize))
+}
+
 /// A convolution's weights in the 8-bit kernels' form, one matrix `[O/g × cg·kh·kw]` per group; `None`
 /// unless every weight fits `i8`.
 pub fn conv_weights(w_shape: &[usize], groups: usize, w: &[i32]) -> Option<Vec<PackedA>> {
@@ -673,15 +690,9 @@ fn conv2d_narrow(
                         let r = (ci * kh + ky) * kw + kx;
                         let base = bases[r];
                         // output columns whose input column is inside the image: [x0, x1)
-                        let first_in = |ox: usize| ox * sx + kx * dx;
-                        let x0 = (0..ow).find(|&ox| first_in(ox) as i64 >= px).unwrap_or(ow);
-                        let x1 = (x0..ow)
-                            .find(|&ox| first_in(ox) as i64 >= px + wd as i64)
-                            .unwrap_or(ow);
-                        if x1 <= x0 {
+                        let Some((x0, x1, start)) = valid_columns(ow, wd, (sx, dx, px), kx) else {
                             continue;
-                        }
-                        let start = (first_in(x0) as i64 - px) as usize;
+                        };
                         for oy in 0..oh {
                             let iy = (oy * sy + ky * dy) as i64 - py;
                             if iy < 0 || iy >= h as i64 {
@@ -820,15 +831,9 @@ where
                         continue;
                     }
                     let wv = T::from(wv);
-                    let first_in = |ox: usize| ox * sx + kx * dx;
-                    let x0 = (0..ow).find(|&ox| first_in(ox) as i64 >= px).unwrap_or(ow);
-                    let x1 = (x0..ow)
-                        .find(|&ox| first_in(ox) as i64 >= px + wd as i64)
-                        .unwrap_or(ow);
-                    if x1 <= x0 {
+                    let Some((x0, x1, start)) = valid_columns(ow, wd, (sx, dx, px), kx) else {
                         continue;
-                    }
-                    let start = (first_in(x0) as i64 - px) as usize;
+                    };
                     for oy in 0..oh {
                         let iy = (oy * sy + ky * dy) as i64 - py;
                         if iy < 0 || iy >= h as i64 {
