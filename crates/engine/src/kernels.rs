@@ -412,13 +412,10 @@ impl EinPlan {
                 })
                 .collect();
         }
-        // both operands 8-bit, or nothing to do here (checked before any packing)
-        let (lo, hi) = ap
-            .iter()
-            .fold((0i32, 0i32), |(l, h), &v| (l.min(v), h.max(v)));
-        if lo < -128 || hi > 255 || hi - lo > 255 {
-            return None;
-        }
+        // the activations are packed first: their scan is the 8-bit check, made before any weights are
+        let acts: Vec<PackedA> = (0..bt)
+            .map(|bi| PackedA::new(&ap[bi * m * k..(bi + 1) * m * k], m, k))
+            .collect::<Option<_>>()?;
         let built;
         let qb = match pb.and_then(|p| p.narrow.as_ref()) {
             Some(Narrow::B(q)) => q,
@@ -428,12 +425,9 @@ impl EinPlan {
             }
         };
         debug_assert_eq!(qb.len(), bt);
-        qb.iter()
-            .enumerate()
-            .map(|(bi, qb)| {
-                let act = PackedA::new(&ap[bi * m * k..(bi + 1) * m * k], m, k)?;
-                Some((qgemm::gemm(&act, qb, threads, level), qb.ldc()))
-            })
+        acts.iter()
+            .zip(qb)
+            .map(|(act, qb)| Some((qgemm::gemm(act, qb, threads, level), qb.ldc())))
             .collect()
     }
 

@@ -526,9 +526,18 @@ mod tests {
         c
     }
 
-    fn check(a: &[i32], b: &[i32], m: usize, k: usize, n: usize, threads: usize) {
-        let pa = PackedA::new(a, m, k).expect("8-bit activations");
-        let pb = PackedB::new(b, k, n).expect("i8 weights");
+    /// `A · B` from packed operands, on both levels, against the naive product of `a` and `b`.
+    #[allow(clippy::too_many_arguments)]
+    fn check_packed(
+        pa: PackedA,
+        pb: PackedB,
+        a: &[i32],
+        b: &[i32],
+        m: usize,
+        k: usize,
+        n: usize,
+        threads: usize,
+    ) {
         let want = naive(a, b, m, k, n);
         for level in [Level::Portable, Level::Avx512Vnni] {
             let c = gemm(&pa, &pb, threads, level);
@@ -544,23 +553,18 @@ mod tests {
         }
     }
 
+    /// Activations on the `A` side, weights on the `B` side.
+    fn check(a: &[i32], b: &[i32], m: usize, k: usize, n: usize, threads: usize) {
+        let pa = PackedA::new(a, m, k).expect("8-bit activations");
+        let pb = PackedB::new(b, k, n).expect("i8 weights");
+        check_packed(pa, pb, a, b, m, k, n, threads);
+    }
+
     /// The same product with the weights on the `A` side and the activations on the `B` side.
     fn check_swapped(w: &[i32], x: &[i32], m: usize, k: usize, n: usize, threads: usize) {
         let pa = PackedA::weights(w, m, k).expect("i8 weights");
         let pb = PackedB::activations(x, k, n).expect("8-bit activations");
-        let want = naive(w, x, m, k, n);
-        for level in [Level::Portable, Level::Avx512Vnni] {
-            let c = gemm(&pa, &pb, threads, level);
-            for i in 0..m {
-                for j in 0..n {
-                    assert_eq!(
-                        c[i * pb.ldc() + j] as i64,
-                        want[i * n + j],
-                        "{level:?} ({i},{j})"
-                    );
-                }
-            }
-        }
+        check_packed(pa, pb, w, x, m, k, n, threads);
     }
 
     proptest! {

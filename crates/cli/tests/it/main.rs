@@ -98,6 +98,15 @@ fn compile_fixture(dir: &Path, name: &str, flags: &[String]) -> PathBuf {
     out
 }
 
+/// A JSON array of numbers.
+fn floats(v: &Value) -> Vec<f64> {
+    v.as_array()
+        .expect("an array")
+        .iter()
+        .map(|x| x.as_f64().expect("a number"))
+        .collect()
+}
+
 fn argmax(x: &[f64]) -> usize {
     x.iter()
         .enumerate()
@@ -128,18 +137,8 @@ fn fixtures_match_golden_vectors_and_onnxruntime() {
         let expected = json_file(&root().join(format!("fixtures/{name}.expected.json")));
         let report = json_file(&dir.path().join(format!("{name}.report.json")));
         for (out, want) in expected.as_object().unwrap() {
-            let got: Vec<f64> = r["outputs"][out]["data"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|v| v.as_f64().unwrap())
-                .collect();
-            let want: Vec<f64> = want["data"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|v| v.as_f64().unwrap())
-                .collect();
+            let got = floats(&r["outputs"][out]["data"]);
+            let want = floats(&want["data"]);
             assert_eq!(got.len(), want.len());
             let scale = want.iter().fold(1.0f64, |m, v| m.max(v.abs()));
             let err = got
@@ -469,19 +468,10 @@ fn int8_precision_compiles_smaller_models_that_run_on_both_executors() {
     assert_eq!(fast["output_hash"], reference["output_hash"]);
     let expected = json_file(&root().join("fixtures/cnn.expected.json"));
     let (name, want) = expected.as_object().unwrap().iter().next().unwrap();
-    let got: Vec<f64> = fast["outputs"][name]["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_f64().unwrap())
-        .collect();
-    let want: Vec<f64> = want["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_f64().unwrap())
-        .collect();
-    assert_eq!(argmax(&got), argmax(&want));
+    assert_eq!(
+        argmax(&floats(&fast["outputs"][name]["data"])),
+        argmax(&floats(&want["data"]))
+    );
     // an unknown precision is a usage error that names the choices
     let o = verity(&[
         "model",
