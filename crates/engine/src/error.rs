@@ -89,6 +89,9 @@ pub enum ExecError {
         /// Axis length.
         size: usize,
     },
+    /// The run was cancelled (see [`crate::cancel`]) before it finished.
+    #[error("the run was cancelled")]
+    Cancelled,
     /// An error at a specific node, wrapping one of the above.
     #[error("node '{node}' ({op}): {error}")]
     AtNode {

@@ -286,6 +286,9 @@ impl<M: Borrow<Model>> Executor<M> {
         vals.extend(m.consts.iter().map(|_| None));
         let profile = std::env::var_os("VERITY_PROFILE").is_some();
         for (k, node) in m.nodes.iter().enumerate() {
+            if crate::cancel::requested() {
+                return Err(ExecError::Cancelled);
+            }
             let t0 = profile.then(std::time::Instant::now);
             let out = self
                 .eval_node(k, node, &vals)
@@ -301,6 +304,10 @@ impl<M: Borrow<Model>> Executor<M> {
                     node.op.name(),
                     node.name
                 );
+            }
+            // a kernel that saw the cancellation skipped part of its work: its output is not used
+            if crate::cancel::requested() {
+                return Err(ExecError::Cancelled);
             }
             let mut out = out;
             if let Some((tk, te)) = tamper {

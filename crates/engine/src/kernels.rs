@@ -191,6 +191,9 @@ fn gemm(a: &[i32], b: &[i32], c: &mut [i64], k: usize, n: usize) {
     gemm_body(a, b, c, k, n)
 }
 
+/// Rows of a wide product computed between two checks for cancellation.
+const ROW_BLOCK: usize = 192;
+
 /// `c = a · b` for `batch` independent products, split across `threads` by rows.
 fn batched_gemm(
     a: &[i32],
@@ -212,15 +215,20 @@ fn batched_gemm(
     } else {
         1
     };
+    let tokens = crate::cancel::current();
     let run_rows = |r0: usize, c: &mut [i64]| {
-        // rows r0.. of the flattened (batch, m) space; split at batch boundaries
+        // rows r0.. of the flattened (batch, m) space; split at batch boundaries and into blocks of
+        // rows, between which a cancelled run stops
         let mut r = r0;
         let mut off = 0;
         let total = c.len() / n;
         while off < total {
+            if crate::cancel::any(&tokens) {
+                return;
+            }
             let bi = r / m;
             let i = r % m;
-            let len = (m - i).min(total - off);
+            let len = (m - i).min(total - off).min(ROW_BLOCK);
             gemm(
                 &a[(bi * m + i) * k..(bi * m + i + len) * k],
                 &b[bi * k * n..(bi + 1) * k * n],
@@ -993,6 +1001,25 @@ pub fn conv2d(
 mod tests {
     use super::*;
     use crate::ir::Window;
+
+    #[test]
+    fn a_cancelled_run_skips_the_rest_of_a_wide_product() {
+        let (m, k, n) = (4 * ROW_BLOCK, 16, 16);
+        let (a, b) = (vec![1i32 << 20; m * k], vec![3i32; k * n]);
+        let full = batched_gemm(&a, &b, 1, m, k, n, 1);
+        assert!(full.iter().all(|&v| v == 3 * 16 * (1 << 20)));
+        let token = crate::cancel::Cancel::new();
+        token.cancel();
+        for threads in [1, 2] {
+            let c = crate::cancel::scope(&token, || batched_gemm(&a, &b, 1, m, k, n, threads));
+            assert!(
+                c.iter().all(|&v| v == 0),
+                "no block computed once cancelled"
+            );
+        }
+        // the token is gone with its scope
+        assert_eq!(batched_gemm(&a, &b, 1, m, k, n, 1), full);
+    }
 
     #[test]
     fn eight_bit_operands_take_the_eight_bit_kernels() {

@@ -3,7 +3,9 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod arith;
+pub mod cancel;
 pub mod commit;
+pub mod cost;
 pub mod dispute;
 pub mod error;
 pub mod exec;
@@ -14,6 +16,8 @@ pub mod onestep;
 pub mod qgemm;
 pub mod vty;
 
+pub use cancel::Cancel;
+pub use cost::Cost;
 pub use error::{ExecError, ModelError};
 pub use exec::{Executor, Mode, Trace};
 pub use ir::Model;

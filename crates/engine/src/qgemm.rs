@@ -300,13 +300,15 @@ pub fn gemm(a: &PackedA, b: &PackedB, threads: usize, level: Level) -> Vec<i32> 
     } else {
         1
     };
+    let tokens = crate::cancel::current();
     if threads <= 1 {
-        gemm_rows(a, b, 0, &mut c, level);
+        gemm_rows(a, b, 0, &mut c, level, &tokens);
     } else {
         let per = a.m.div_ceil(threads).div_ceil(MR) * MR;
         std::thread::scope(|s| {
             for (t, chunk) in c.chunks_mut(per * ldc).enumerate() {
-                s.spawn(move || gemm_rows(a, b, t * per, chunk, level));
+                let tokens = &tokens;
+                s.spawn(move || gemm_rows(a, b, t * per, chunk, level, tokens));
             }
         });
     }
@@ -327,8 +329,16 @@ pub fn gemm(a: &PackedA, b: &PackedB, threads: usize, level: Level) -> Vec<i32> 
     c
 }
 
-/// Rows `r0 .. r0 + c.len() / ldc` of the product into `c`.
-fn gemm_rows(a: &PackedA, b: &PackedB, r0: usize, c: &mut [i32], level: Level) {
+/// Rows `r0 .. r0 + c.len() / ldc` of the product into `c` (stopping early, between blocks of rows, when
+/// the run is cancelled: the executor then discards the product).
+fn gemm_rows(
+    a: &PackedA,
+    b: &PackedB,
+    r0: usize,
+    c: &mut [i32],
+    level: Level,
+    tokens: &[crate::cancel::Cancel],
+) {
     let ldc = b.ldc();
     let rows = c.len() / ldc;
     let nb = ldc / NR;
@@ -337,6 +347,9 @@ fn gemm_rows(a: &PackedA, b: &PackedB, r0: usize, c: &mut [i32], level: Level) {
         let qn = KCQ.min(a.kq - q0);
         let first = q0 == 0;
         for m0 in (0..rows).step_by(MC) {
+            if crate::cancel::any(tokens) {
+                return;
+            }
             let mrows = MC.min(rows - m0);
             let mut blk = 0;
             while blk < nb {

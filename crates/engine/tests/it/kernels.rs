@@ -420,3 +420,69 @@ proptest! {
         prop_assert_eq!(&r[0], &r[2]);
     }
 }
+
+/// A run cancelled from another thread stops inside its one long product and reports `Cancelled`; a
+/// run whose token is already cancelled does not start; the same executor then runs normally.
+#[test]
+fn runs_stop_when_cancelled() {
+    use verity_engine::{Cancel, ExecError, Executor, Mode};
+    // 2048³ multiply-accumulates on values too wide for the 8-bit kernels: seconds of work
+    let n = 2048u32;
+    let m = Model::one_node(
+        vec![
+            super::input("a", vec![n, n], 0),
+            super::input("b", vec![n, n], 0),
+        ],
+        vec![],
+        Op::EinSum {
+            a: b"ik".to_vec(),
+            b: b"kj".to_vec(),
+            out: b"ij".to_vec(),
+        },
+        vec![0, 1],
+        vec![n, n],
+        0,
+    );
+    m.validate().unwrap();
+    let exec = std::sync::Arc::new(Executor::new(m, Mode::Fast { threads: 1 }));
+    let inputs = || {
+        vec![
+            vec![1000i32; (n * n) as usize],
+            vec![-3i32; (n * n) as usize],
+        ]
+    };
+    let token = Cancel::new();
+    token.cancel();
+    let r = verity_engine::cancel::scope(&token, || exec.run(inputs()));
+    assert_eq!(r.unwrap_err(), ExecError::Cancelled);
+
+    let token = Cancel::new();
+    let (t2, e2, ins) = (token.clone(), exec.clone(), inputs());
+    let run = std::thread::spawn(move || verity_engine::cancel::scope(&t2, || e2.run_trace(ins)));
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    token.cancel();
+    assert_eq!(run.join().unwrap().unwrap_err(), ExecError::Cancelled);
+
+    // no token: a small run of the same kind completes
+    let small = Model::one_node(
+        vec![
+            super::input("a", vec![2, 2], 0),
+            super::input("b", vec![2, 2], 0),
+        ],
+        vec![],
+        Op::EinSum {
+            a: b"ik".to_vec(),
+            b: b"kj".to_vec(),
+            out: b"ij".to_vec(),
+        },
+        vec![0, 1],
+        vec![2, 2],
+        0,
+    );
+    let e = Executor::new(&small, Mode::Fast { threads: 1 });
+    assert_eq!(
+        e.run(vec![vec![1000, 0, 0, 1000], vec![-3, 1, 2, 5]])
+            .unwrap(),
+        vec![vec![-3000, 1000, 2000, 5000]]
+    );
+}
