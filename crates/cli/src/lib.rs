@@ -97,6 +97,9 @@ struct CompileArgs {
     /// Also write the report as JSON.
     #[arg(long)]
     report: Option<PathBuf>,
+    /// Refuse a graph with a tensor of more than this many elements, before evaluating any of it.
+    #[arg(long)]
+    max_elements: Option<u64>,
 }
 
 /// Compile options given as flags (shared by `model compile` and `model publish`).
@@ -313,6 +316,7 @@ fn cmd_compile(a: CompileArgs) -> Result<()> {
         bail!("cannot read {}: no such file", a.model.display());
     }
     let mut opts = a.flags.options()?;
+    opts.max_elements = a.max_elements;
     if !a.calibration.is_empty() || !a.eval.is_empty() {
         let shapes = model_input_shapes(&a.model, &opts.import)?;
         opts.calibration = Some(load_samples(&a.calibration, &shapes, "calibration")?);
@@ -367,10 +371,12 @@ fn cmd_inspect(a: InspectArgs) -> Result<()> {
         let info = m.value(v);
         json!({"name": name, "shape": info.map(|i| i.shape.to_vec()), "scale": info.map(|i| i.scale)})
     };
+    let cost = verity_engine::Cost::of(&m);
     let doc = json!({
         "model_id": id,
         "size_bytes": size,
         "parameters": m.parameter_count(),
+        "cost": cost,
         "inputs": m.inputs.iter().map(|i| json!({"name": i.name, "shape": i.shape, "scale": i.scale, "kind": i.kind})).collect::<Vec<_>>(),
         "outputs": m.outputs.iter().map(|o| io(&o.name, o.value)).collect::<Vec<_>>(),
         "nodes": m.nodes.iter().map(|n| json!({
@@ -398,10 +404,34 @@ fn cmd_inspect(a: InspectArgs) -> Result<()> {
         println!(
             "output      {} {:?} scale 2^-{}",
             o.name,
-            v.map(|v| v.shape.to_vec()),
+            v.map(|v| v.shape.to_vec()).unwrap_or_default(),
             v.map_or(0, |v| v.scale)
         );
     }
+    let h = |n: u64| -> String {
+        let units = [
+            (1u64 << 40, "Ti"),
+            (1 << 30, "Gi"),
+            (1 << 20, "Mi"),
+            (1 << 10, "Ki"),
+        ];
+        match units.iter().find(|(u, _)| n >= *u) {
+            Some((u, name)) => format!("{n} ({:.2} {name})", n as f64 / *u as f64),
+            None => n.to_string(),
+        }
+    };
+    println!(
+        "cost        {} multiply-accumulates, {} element ops per inference",
+        h(cost.macs),
+        h(cost.element_ops)
+    );
+    println!(
+        "memory      constants {} B; live peak {} B, with the full trace {} B; trace {} B",
+        h(cost.const_bytes),
+        h(cost.peak_bytes),
+        h(cost.traced_peak_bytes),
+        h(cost.trace_bytes)
+    );
     println!("nodes       {}", m.nodes.len());
     for (k, n) in m.nodes.iter().enumerate() {
         println!(

@@ -736,17 +736,20 @@ fn run_daemon(cfg: verity_node::NodeConfig, log: &str, what: &str) -> Result<()>
         .build()
         .context("cannot start the async runtime")?;
     let env_key = std::env::var("VERITY_NODE_KEY").ok();
-    rt.block_on(verity_node::run(
+    let budget = std::time::Duration::from_secs(cfg.timeouts.shutdown_secs);
+    let res = rt.block_on(verity_node::run(
         cfg,
         env_key,
-        shutdown_signal(),
+        shutdown_signal(budget),
         |addr, who| {
             println!("verity {what} listening on http://{addr} as {who}");
             use std::io::Write;
             let _ = std::io::stdout().flush();
         },
-    ))
-    .map_err(|e| anyhow!(e))
+    ));
+    // Work still running on blocking threads was cancelled; do not wait for it to notice.
+    rt.shutdown_timeout(std::time::Duration::from_millis(200));
+    res.map_err(|e| anyhow!(e))
 }
 
 /// `verity watch` arguments.
@@ -883,7 +886,7 @@ pub fn cmd_node(a: NodeArgs) -> Result<()> {
     run_daemon(cfg, &a.log, "node")
 }
 
-async fn shutdown_signal() {
+async fn shutdown_signal(budget: std::time::Duration) {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };
@@ -903,6 +906,15 @@ async fn shutdown_signal() {
         _ = term => {},
     }
     tracing::info!("shutdown requested");
+    // Whatever happens next, the process is gone by the end of the shutdown time.
+    std::thread::spawn(move || {
+        std::thread::sleep(budget);
+        tracing::error!(
+            "still running {} s after the shutdown request; exiting now",
+            budget.as_secs()
+        );
+        std::process::exit(1);
+    });
 }
 
 fn init_logs(format: &str, filter: &str) -> Result<()> {

@@ -184,6 +184,11 @@ impl FGraph {
         vals.extend(inputs.iter().cloned());
         vals.extend(self.consts.iter().map(|c| c.data.clone()));
         for n in &self.nodes {
+            // a cancelled compilation stops here; its caller reports the cancellation
+            if verity_engine::cancel::requested() {
+                vals.push(Vec::new());
+                continue;
+            }
             let out = self.eval_node(n, &vals);
             vals.push(out);
         }

@@ -45,6 +45,12 @@ pub enum CompileError {
         /// The shape as tract sees it.
         shape: String,
     },
+    /// The graph is larger than the compile was allowed to handle.
+    #[error("over the compile limit: {0}")]
+    Limit(String),
+    /// The compilation was cancelled (see `verity_engine::cancel`).
+    #[error("the compilation was cancelled")]
+    Cancelled,
     /// Calibration inputs do not fit the model, or calibration found values it cannot represent.
     #[error("calibration: {0}")]
     Calibration(String),
@@ -91,6 +97,9 @@ pub struct CompileOptions {
     pub import: ImportOptions,
     /// Width of weights and contraction operands.
     pub precision: Precision,
+    /// Refuse a graph with a tensor of more elements than this, before evaluating any of it (a node that
+    /// compiles uploads from strangers sets it; `None`: no bound).
+    pub max_elements: Option<u64>,
 }
 
 impl Default for CompileOptions {
@@ -105,6 +114,7 @@ impl Default for CompileOptions {
             seed: 0,
             import: ImportOptions::default(),
             precision: Precision::default(),
+            max_elements: None,
         }
     }
 }
@@ -307,19 +317,54 @@ fn compile_imported(
     opts: &CompileOptions,
 ) -> Result<(Model, CompileReport), CompileError> {
     let g = &imported.graph;
+    if let Some(limit) = opts.max_elements {
+        check_size(g, limit)?;
+    }
+    let cancelled = || {
+        if verity_engine::cancel::requested() {
+            Err(CompileError::Cancelled)
+        } else {
+            Ok(())
+        }
+    };
+    cancelled()?;
     let calib = match &opts.calibration {
         Some(c) if !c.is_empty() => c.clone(),
         _ => random_samples(g, opts),
     };
     let calib_flat = flatten_samples(g, &calib, "calibration")?;
     let stats = quantize::calibrate(g, &calib_flat)?;
+    cancelled()?;
     let model = quantize::quantize(g, &stats, opts.scale_bits, opts.precision)?;
+    cancelled()?;
     let (eval, eval_flat) = match &opts.eval {
         Some(e) if !e.is_empty() => (e.clone(), flatten_samples(g, e, "evaluation")?),
         _ => (calib.clone(), calib_flat),
     };
     let report = report::evaluate(&imported, &model, &eval, &eval_flat, opts)?;
+    cancelled()?;
     Ok((model, report))
+}
+
+/// Refuse a graph with a tensor larger than `limit` elements (checked on shapes alone).
+fn check_size(g: &fgraph::FGraph, limit: u64) -> Result<(), CompileError> {
+    let n = g.inputs.len() + g.consts.len() + g.nodes.len();
+    for v in 0..n as u32 {
+        let size = g
+            .shape(v)
+            .iter()
+            .fold(1u64, |p, &d| p.saturating_mul(d as u64));
+        if size > limit {
+            let what = match (v as usize).checked_sub(g.inputs.len() + g.consts.len()) {
+                Some(k) => format!("node '{}' ({})", g.nodes[k].name, g.nodes[k].origin),
+                None => format!("value {v}"),
+            };
+            return Err(CompileError::Limit(format!(
+                "{what} has {size} elements, more than the {limit} allowed"
+            )));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

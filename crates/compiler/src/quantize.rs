@@ -81,6 +81,9 @@ pub fn calibrate(g: &FGraph, samples: &[Vec<Vec<f64>>]) -> Result<Vec<Stats>, Co
     ];
     for s in samples {
         let vals = g.eval(s);
+        if verity_engine::cancel::requested() {
+            return Err(CompileError::Cancelled);
+        }
         for (st, v) in stats.iter_mut().zip(&vals) {
             for &x in v {
                 if !x.is_finite() {

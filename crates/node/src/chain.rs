@@ -567,6 +567,7 @@ async fn execute<C: Chain>(
             ),
         ));
     }
+    node.flush_receipts().await?;
     Ok(inf.receipt)
 }
 

@@ -102,7 +102,7 @@ pub async fn get_request(
                 .iter()
                 .map(|(name, shape, scale, data)| json!({"name": name, "shape": shape, "scale": scale, "data": data}))
                 .collect();
-            node.flush_receipts().await;
+            node.flush_receipts().await?;
             let mine = node.store.receipt(&request_hash(id)).ok().flatten();
             Ok(Json(json!({
                 "request": v.request,

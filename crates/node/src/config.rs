@@ -18,9 +18,31 @@ pub struct Limits {
     pub max_tensor_elements: u64,
     /// Most requests waiting for an inference worker before new ones get 503.
     pub max_queue: usize,
-    /// Model uploads received at the same time (each is buffered in memory up to `max_model_bytes`);
-    /// more get 503.
+    /// Model uploads received at the same time (each streamed to a file in the data directory); more
+    /// get 503.
     pub max_concurrent_uploads: usize,
+    /// Model uploads received at the same time from one IP address; more get 429.
+    pub max_uploads_per_ip: usize,
+    /// Open connections from one IP address; further ones are closed as soon as they are accepted.
+    pub max_connections_per_ip: usize,
+    /// Slowest accepted upload, in bytes per second averaged from the first byte, enforced once the
+    /// upload has run for `timeouts.header_secs`: a client trickling slower gets 408 and frees its slot.
+    pub min_upload_bytes_per_sec: u64,
+    /// Most multiply-accumulates (`EinSum`, `Conv2d`) in one inference of a model this node accepts.
+    pub max_macs: u64,
+    /// Most element operations (every other op) in one inference.
+    pub max_element_ops: u64,
+    /// Most memory one inference may hold: the model's constants plus the peak of its live tensors with
+    /// the full trace kept (a receipt commits to every intermediate), plus kernel buffers (bytes).
+    pub max_memory_bytes: u64,
+    /// Largest trace of one inference (every input and intermediate, bytes).
+    pub max_trace_bytes: u64,
+    /// Largest tensor in an ONNX graph this node compiles (elements), checked before any of it is
+    /// evaluated.
+    pub max_compile_elements: u64,
+    /// Address space of the process that compiles an uploaded ONNX file (bytes); a compilation that
+    /// needs more is stopped and the upload refused.
+    pub max_compile_bytes: u64,
 }
 
 impl Default for Limits {
@@ -31,6 +53,15 @@ impl Default for Limits {
             max_tensor_elements: 1 << 24,
             max_queue: 1024,
             max_concurrent_uploads: 2,
+            max_uploads_per_ip: 1,
+            max_connections_per_ip: 64,
+            min_upload_bytes_per_sec: 16 << 10,
+            max_macs: 1 << 36,
+            max_element_ops: 1 << 34,
+            max_memory_bytes: 4 << 30,
+            max_trace_bytes: 2 << 30,
+            max_compile_elements: 1 << 26,
+            max_compile_bytes: 8 << 30,
         }
     }
 }
@@ -45,7 +76,10 @@ pub struct Timeouts {
     pub request_secs: u64,
     /// Whole-request time for model uploads (including compiling an ONNX file).
     pub upload_secs: u64,
-    /// Time allowed for connections to finish on shutdown.
+    /// Longest ONNX compilation; a longer one is stopped and the upload refused.
+    pub compile_secs: u64,
+    /// Time from SIGTERM/SIGINT to exit: running work is cancelled, receipts are flushed, the store is
+    /// closed, and the process exits within this bound.
     pub shutdown_secs: u64,
 }
 
@@ -55,6 +89,7 @@ impl Default for Timeouts {
             header_secs: 10,
             request_secs: 60,
             upload_secs: 900,
+            compile_secs: 600,
             shutdown_secs: 10,
         }
     }
@@ -188,13 +223,21 @@ impl NodeConfig {
         if self.limits.max_concurrent_uploads == 0 {
             return Err("limits.max_concurrent_uploads must be at least 1".into());
         }
+        if self.limits.max_uploads_per_ip == 0 || self.limits.max_connections_per_ip == 0 {
+            return Err(
+                "limits.max_uploads_per_ip and limits.max_connections_per_ip must be at least 1"
+                    .into(),
+            );
+        }
         if self.model_cache == 0 {
             return Err("model_cache must be at least 1".into());
         }
         if !matches!(self.log_format.as_str(), "text" | "json") {
             return Err("log_format must be \"text\" or \"json\"".into());
         }
-        if self.timeouts.request_secs == 0 || self.timeouts.header_secs == 0 {
+        let t = &self.timeouts;
+        if t.request_secs == 0 || t.header_secs == 0 || t.compile_secs == 0 || t.shutdown_secs == 0
+        {
             return Err("timeouts must be at least 1 second".into());
         }
         if !matches!(

@@ -5,6 +5,7 @@
 
 pub mod chain;
 pub mod chain_api;
+pub mod compile;
 pub mod config;
 pub mod error;
 pub mod jobs;
@@ -33,6 +34,8 @@ pub async fn run(
     config.validate()?;
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|e| format!("cannot create data dir {}: {e}", config.data_dir.display()))?;
+    // uploads left by a process that stopped while receiving them
+    let _ = std::fs::remove_dir_all(config.data_dir.join("uploads"));
     let (key, created) = key::load_or_create(&config.key_path(), env_key.as_deref())?;
     if created {
         tracing::info!(path = %config.key_path().display(), address = %key.address(), "created node key");
@@ -105,7 +108,13 @@ pub async fn run(
     let served = server::serve(node, listener, shutdown).await;
     let _ = stop_tx.send(true);
     for t in [chain_task, opt_task].into_iter().flatten() {
-        let _ = t.await;
+        // a chain loop in the middle of an RPC call is not waited for long
+        if tokio::time::timeout(std::time::Duration::from_secs(1), t)
+            .await
+            .is_err()
+        {
+            tracing::warn!("a chain task did not stop within 1 s; leaving it");
+        }
     }
     served.map_err(|e| format!("server error: {e}"))?;
     tracing::info!("node stopped");

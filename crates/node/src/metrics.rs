@@ -72,6 +72,8 @@ pub struct Metrics {
     pub publish_errors: AtomicU64,
     /// Models loaded into the cache.
     pub model_loads: AtomicU64,
+    /// Connections closed at once because their IP had too many open.
+    pub rejected_connections: AtomicU64,
 }
 
 impl Metrics {
@@ -82,8 +84,13 @@ impl Metrics {
         }
     }
 
-    /// Render in the Prometheus text format; `gauges` are extra name/value pairs.
-    pub fn render(&self, gauges: &[(&str, f64)]) -> String {
+    /// Render in the Prometheus text format; `gauges` are extra name/value pairs, `models` each stored
+    /// model's ID with its cost per inference.
+    pub fn render(
+        &self,
+        gauges: &[(&str, f64)],
+        models: &[(verity_core::Hash, verity_engine::Cost)],
+    ) -> String {
         let mut out = String::new();
         let _ = writeln!(out, "# TYPE verity_http_responses_total counter");
         if let Ok(m) = self.http.lock() {
@@ -101,6 +108,10 @@ impl Metrics {
             ("verity_publishes_total", &self.publishes),
             ("verity_publish_errors_total", &self.publish_errors),
             ("verity_model_loads_total", &self.model_loads),
+            (
+                "verity_rejected_connections_total",
+                &self.rejected_connections,
+            ),
         ];
         for (name, c) in counters {
             let _ = writeln!(out, "# TYPE {name} counter");
@@ -115,6 +126,22 @@ impl Metrics {
         for (name, v) in gauges {
             let _ = writeln!(out, "# TYPE {name} gauge");
             let _ = writeln!(out, "{name} {v}");
+        }
+        type Figure = fn(&verity_engine::Cost) -> u64;
+        let per_model: [(&str, Figure); 5] = [
+            ("verity_model_macs", |c| c.macs),
+            ("verity_model_element_ops", |c| c.element_ops),
+            ("verity_model_memory_bytes", |c| {
+                c.const_bytes.saturating_add(c.traced_peak_bytes)
+            }),
+            ("verity_model_peak_bytes", |c| c.peak_bytes),
+            ("verity_model_trace_bytes", |c| c.trace_bytes),
+        ];
+        for (name, f) in per_model {
+            let _ = writeln!(out, "# TYPE {name} gauge");
+            for (id, c) in models {
+                let _ = writeln!(out, "{name}{{model=\"{id}\"}} {}", f(c));
+            }
         }
         self.inference_seconds
             .render("verity_inference_seconds", &mut out);

@@ -493,6 +493,7 @@ async fn pull_list(
         nodes: 0,
         parameters: 0,
         stored_at: 0,
+        cost: None,
     };
     let store = node.store.clone();
     let r2 = rec.clone();
@@ -528,11 +529,19 @@ async fn pull_list(
         ));
     };
     report.decode_seconds = t_decode.elapsed().as_secs_f64();
+    // A model over this node's limits is not kept (nor ever loaded).
+    if let Err(e) = crate::state::check_cost(&verity_engine::Cost::of(&model), &node.config.limits)
+    {
+        let store = node.store.clone();
+        node.blocking(move || store.end_pull(&id)).await??;
+        return Err(e);
+    }
     let full = record_for(&model, id);
     rec.inputs = full.inputs;
     rec.outputs = full.outputs;
     rec.nodes = full.nodes;
     rec.parameters = full.parameters;
+    rec.cost = full.cost;
     // Only versions signed by their owner for this model.
     let mut versions: Vec<Version> = Vec::new();
     for v in &list.versions {

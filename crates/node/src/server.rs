@@ -2,11 +2,15 @@
 //! and graceful shutdown.
 
 use std::future::Future;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{DefaultBodyLimit, MatchedPath, Multipart, Path, Query, Request, State};
+use axum::extract::{
+    DefaultBodyLimit, FromRequest, MatchedPath, Multipart, Path, Query, Request, State,
+};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -111,6 +115,28 @@ async fn track(State(node): State<Arc<Node>>, req: Request, next: Next) -> Respo
         t.request_secs
     };
     let start = std::time::Instant::now();
+    // A body announced larger than the route accepts is refused before any of it is read.
+    let limits = &node.config.limits;
+    let cap = if upload {
+        limits.max_model_bytes.saturating_add(16 << 20)
+    } else {
+        limits.max_body_bytes
+    };
+    let announced = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if let Some(n) = announced.filter(|&n| n > cap) {
+        node.metrics.http(&route, 413);
+        let mut r = ApiError::too_large(format!(
+            "the body is announced as {n} bytes; this node accepts at most {cap} bytes here"
+        ))
+        .into_response();
+        r.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return r;
+    }
     let resp = match tokio::time::timeout(Duration::from_secs(secs), next.run(req)).await {
         Ok(r) => r,
         Err(_) => ApiError::new(
@@ -259,7 +285,7 @@ fn record_json(rec: &ModelRecord) -> Value {
     json!({
         "model_id": rec.id, "size": rec.size, "chunk_size": rec.chunk_size, "chunks": rec.chunks,
         "inputs": rec.inputs, "outputs": rec.outputs, "nodes": rec.nodes,
-        "parameters": rec.parameters, "stored_at": rec.stored_at,
+        "parameters": rec.parameters, "stored_at": rec.stored_at, "cost": rec.cost,
     })
 }
 
@@ -423,7 +449,7 @@ async fn get_receipt(
             "request ID must be 32 bytes as 0x-prefixed hex",
         )
     })?;
-    node.flush_receipts().await;
+    node.flush_receipts().await?;
     let store = node.store.clone();
     let r = node.blocking(move || store.receipt(&id)).await??;
     let r = r.ok_or_else(|| {
@@ -510,11 +536,16 @@ async fn run_inference(
     let l2 = loaded.clone();
     let inputs = req.inputs;
     let res = node
-        .on_worker(loaded.run_inline(), move || {
+        .on_worker_est(loaded.run_inline(), loaded.expected_us(), move || {
             n2.infer_blocking(&l2, inputs, request_id)
         })
         .await
         .and_then(|r| r);
+    // The answer (and with it the receipt) goes out only once the receipt is durable.
+    let res = match res {
+        Ok(inf) => node.flush_receipts().await.map(|()| inf),
+        Err(e) => Err(e),
+    };
     match res {
         Ok(inf) => {
             node.metrics
@@ -629,6 +660,7 @@ async fn read_field(
     field: &mut axum::extract::multipart::Field<'_>,
     limit: u64,
     what: &str,
+    slow: &AtomicBool,
 ) -> Result<Vec<u8>, ApiError> {
     let mut out = Vec::new();
     loop {
@@ -642,41 +674,94 @@ async fn read_field(
                 out.extend_from_slice(&c);
             }
             Ok(None) => return Ok(out),
-            Err(e) => {
-                let status = e.status();
-                return Err(if status == StatusCode::PAYLOAD_TOO_LARGE {
-                    ApiError::too_large(format!("{what}: {}", e.body_text()))
-                } else {
-                    ApiError::new(status, "bad_upload", format!("{what}: {}", e.body_text()))
-                });
-            }
+            Err(e) => return Err(upload_error(e, what, slow)),
         }
     }
 }
 
-/// Compile options sent with an ONNX upload (the `options` part).
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct PublishOptions {
-    #[serde(default)]
-    scale_bits: Option<i8>,
-    #[serde(default)]
-    samples: Option<usize>,
-    #[serde(default)]
-    seed: Option<u64>,
-    #[serde(default)]
-    input_ranges: Vec<String>,
-    #[serde(default)]
-    input_shapes: Vec<String>,
-    #[serde(default)]
-    precision: Option<String>,
+/// The error for a failed read of an upload: 408 when the client sent too slowly, 413 when too much.
+fn upload_error(
+    e: axum::extract::multipart::MultipartError,
+    what: &str,
+    slow: &AtomicBool,
+) -> ApiError {
+    if slow.load(Ordering::Relaxed) {
+        return ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "upload_too_slow",
+            format!("{what}: the upload arrived slower than this node accepts (limits.min_upload_bytes_per_sec)"),
+        );
+    }
+    let status = e.status();
+    if status == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::too_large(format!("{what}: {}", e.body_text()))
+    } else {
+        ApiError::new(status, "bad_upload", format!("{what}: {}", e.body_text()))
+    }
 }
 
-async fn publish(
-    State(node): State<Arc<Node>>,
-    multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
-) -> Result<Response, ApiError> {
-    let res = publish_inner(&node, multipart).await;
+/// A body whose bytes must keep arriving at `min_rate` bytes per second on average, measured from its
+/// start once `grace` has passed; a client that falls behind (or goes silent) ends the body with an
+/// error and sets `slow`.
+fn paced(body: Body, min_rate: u64, grace: Duration, slow: Arc<AtomicBool>) -> Body {
+    use futures_util::StreamExt;
+    let start = tokio::time::Instant::now();
+    let stream = futures_util::stream::unfold(
+        (body.into_data_stream(), 0u64, false),
+        move |(mut s, seen, done)| {
+            let slow = slow.clone();
+            async move {
+                if done {
+                    return None;
+                }
+                let next = if min_rate == 0 {
+                    s.next().await
+                } else {
+                    let due =
+                        grace.max(Duration::from_secs_f64((seen + 1) as f64 / min_rate as f64));
+                    match tokio::time::timeout_at(start + due, s.next()).await {
+                        Ok(n) => n,
+                        Err(_) => {
+                            slow.store(true, Ordering::Relaxed);
+                            let e = std::io::Error::new(
+                                std::io::ErrorKind::TimedOut,
+                                "upload too slow",
+                            );
+                            return Some((Err(e), (s, seen, true)));
+                        }
+                    }
+                };
+                match next {
+                    None => None,
+                    Some(Ok(b)) => {
+                        let n = seen + b.len() as u64;
+                        Some((Ok(b), (s, n, false)))
+                    }
+                    Some(Err(e)) => Some((Err(std::io::Error::other(e)), (s, seen, true))),
+                }
+            }
+        },
+    );
+    Body::from_stream(stream)
+}
+
+/// Read (and drop) up to 16 MiB of a refused upload so a small upload's client sees the error rather
+/// than a reset connection.
+async fn drain(body: Body) {
+    use futures_util::StreamExt;
+    let mut s = body.into_data_stream();
+    let mut seen = 0usize;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while let Ok(Some(Ok(c))) = tokio::time::timeout_at(deadline, s.next()).await {
+        seen += c.len();
+        if seen > 16 << 20 {
+            break;
+        }
+    }
+}
+
+async fn publish(State(node): State<Arc<Node>>, req: Request) -> Result<Response, ApiError> {
+    let res = publish_inner(&node, req).await;
     let counter = if res.is_ok() {
         &node.metrics.publishes
     } else {
@@ -686,81 +771,74 @@ async fn publish(
     res
 }
 
-async fn publish_inner(
-    node: &Arc<Node>,
-    multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
-) -> Result<Response, ApiError> {
-    let _upload = match node.upload_slot() {
-        Ok(p) => p,
-        Err(e) => {
-            // Read (and drop) up to 16 MiB so a small upload's client sees the 503 rather than a reset.
-            if let Ok(mut mp) = multipart {
-                let mut seen = 0usize;
-                'drain: while let Ok(Some(mut f)) = mp.next_field().await {
-                    while let Ok(Some(c)) = f.chunk().await {
-                        seen += c.len();
-                        if seen > 16 << 20 {
-                            break 'drain;
-                        }
-                    }
-                }
-            }
-            return Err(e);
-        }
-    };
-    let mut mp = multipart.map_err(|e| {
-        ApiError::bad_request(
-            "bad_upload",
-            format!(
-                "publish takes multipart/form-data with parts 'manifest' and 'model': {}",
-                e.body_text()
-            ),
-        )
-    })?;
-    let max_model = node.config.limits.max_model_bytes;
-    let (mut manifest, mut model, mut report, mut options) = (None, None, None, None);
+/// The model part of an upload, streamed to a file in the data directory.
+struct Upload {
+    path: std::path::PathBuf,
+    _remove: crate::compile::Remove,
+    size: u64,
+    keccak: Hash,
+    vty: bool,
+}
+
+/// Stream the model part to a new file under `<data_dir>/uploads`, within `limit` bytes.
+async fn receive_model(
+    node: &Node,
+    field: &mut axum::extract::multipart::Field<'_>,
+    limit: u64,
+    slow: &AtomicBool,
+) -> Result<Upload, ApiError> {
+    use tokio::io::AsyncWriteExt;
+    let dir = node.config.data_dir.join("uploads");
+    tokio::fs::create_dir_all(&dir)
+        .await
+        .map_err(|e| ApiError::internal(format!("cannot create {}: {e}", dir.display())))?;
+    let mut name = [0u8; 12];
+    let _ = getrandom::getrandom(&mut name);
+    let hex: String = name.iter().map(|b| format!("{b:02x}")).collect();
+    let path = dir.join(format!("{hex}.part"));
+    let remove = crate::compile::Remove(vec![path.clone()]);
+    let mut file = tokio::fs::File::create(&path)
+        .await
+        .map_err(|e| ApiError::internal(format!("cannot create {}: {e}", path.display())))?;
+    let mut k = verity_core::Keccak::new();
+    let (mut size, mut head) = (0u64, Vec::new());
     loop {
-        let field = mp.next_field().await.map_err(|e| {
-            let s = e.status();
-            if s == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::too_large(e.body_text())
-            } else {
-                ApiError::new(s, "bad_upload", e.body_text())
-            }
-        })?;
-        let Some(mut field) = field else { break };
-        let name = field.name().unwrap_or("").to_string();
-        match name.as_str() {
-            "manifest" => manifest = Some(read_field(&mut field, 1 << 20, "manifest").await?),
-            "report" => report = Some(read_field(&mut field, 16 << 20, "report").await?),
-            "options" => options = Some(read_field(&mut field, 1 << 16, "options").await?),
-            "model" => match read_field(&mut field, max_model, "model").await {
-                Ok(b) => model = Some(b),
-                Err(e) => {
-                    // Let the client finish sending (bounded by the body limit) so it sees the error.
-                    drop(field);
-                    while let Ok(Some(mut f)) = mp.next_field().await {
-                        while let Ok(Some(_)) = f.chunk().await {}
-                    }
-                    return Err(e);
+        match field.chunk().await {
+            Ok(Some(c)) => {
+                size += c.len() as u64;
+                if size > limit {
+                    return Err(ApiError::too_large(format!(
+                        "model is larger than the limit of {limit} bytes"
+                    )));
                 }
-            },
-            other => {
-                return Err(ApiError::bad_request(
-                    "bad_upload",
-                    format!(
-                        "unexpected part '{other}' (expected manifest, model, report, options)"
-                    ),
-                ))
+                if head.len() < 3 {
+                    head.extend_from_slice(&c[..c.len().min(3 - head.len())]);
+                }
+                k.update(&c);
+                file.write_all(&c)
+                    .await
+                    .map_err(|e| ApiError::internal(format!("cannot write the upload: {e}")))?;
             }
+            Ok(None) => break,
+            Err(e) => return Err(upload_error(e, "model", slow)),
         }
     }
-    let manifest =
-        manifest.ok_or_else(|| ApiError::bad_request("bad_upload", "missing part 'manifest'"))?;
-    let model = model.ok_or_else(|| ApiError::bad_request("bad_upload", "missing part 'model'"))?;
+    file.flush()
+        .await
+        .map_err(|e| ApiError::internal(format!("cannot write the upload: {e}")))?;
+    Ok(Upload {
+        path,
+        _remove: remove,
+        size,
+        keccak: k.finalize(),
+        vty: head == b"VTY",
+    })
+}
 
-    // The manifest and its signature.
-    let mv: Value = serde_json::from_slice(&manifest).map_err(|e| {
+/// Parse and verify the manifest part: 400 for malformed JSON, 401 unsigned or a bad signature, 403 a
+/// signer other than the owner, 422 a field breaking its rule.
+fn verify_manifest(bytes: &[u8]) -> Result<SignedManifest, ApiError> {
+    let mv: Value = serde_json::from_slice(bytes).map_err(|e| {
         ApiError::bad_request("bad_manifest", format!("manifest is not valid JSON: {e}"))
     })?;
     if mv.get("signature").is_none_or(Value::is_null) {
@@ -781,6 +859,103 @@ async fn publish_inner(
         }
         _ => ApiError::new(StatusCode::FORBIDDEN, "wrong_signer", e.to_string()),
     })?;
+    Ok(signed)
+}
+
+async fn publish_inner(node: &Arc<Node>, req: Request) -> Result<Response, ApiError> {
+    let peer = req.extensions().get::<PeerIp>().map(|p| p.0);
+    let slots = node.upload_slot().and_then(|g| match peer {
+        Some(ip) => node.upload_from(ip).map(|i| (g, Some(i))),
+        None => Ok((g, None)),
+    });
+    let _slots = match slots {
+        Ok(s) => s,
+        Err(e) => {
+            drain(req.into_body()).await;
+            return Err(e);
+        }
+    };
+    let limits = &node.config.limits;
+    let slow = Arc::new(AtomicBool::new(false));
+    let (parts, body) = req.into_parts();
+    let grace = Duration::from_secs(node.config.timeouts.header_secs);
+    let body = paced(body, limits.min_upload_bytes_per_sec, grace, slow.clone());
+    let mut mp = Multipart::from_request(Request::from_parts(parts, body), &())
+        .await
+        .map_err(|e| {
+            ApiError::bad_request(
+                "bad_upload",
+                format!(
+                    "publish takes multipart/form-data with parts 'manifest' and 'model': {}",
+                    e.body_text()
+                ),
+            )
+        })?;
+    let max_model = limits.max_model_bytes;
+    let (mut signed, mut upload, mut report, mut options) = (None, None, None, None);
+    loop {
+        let field = mp
+            .next_field()
+            .await
+            .map_err(|e| upload_error(e, "upload", &slow))?;
+        let Some(mut field) = field else { break };
+        let name = field.name().unwrap_or("").to_string();
+        let twice = match name.as_str() {
+            "manifest" => signed.is_some(),
+            "model" => upload.is_some(),
+            "report" => report.is_some(),
+            "options" => options.is_some(),
+            _ => false,
+        };
+        if twice {
+            return Err(ApiError::bad_request(
+                "bad_upload",
+                format!("part '{name}' is given twice"),
+            ));
+        }
+        match name.as_str() {
+            // verified as soon as it arrives: nothing else is accepted from an unauthenticated upload
+            "manifest" => {
+                let bytes = read_field(&mut field, 1 << 20, "manifest", &slow).await?;
+                signed = Some(verify_manifest(&bytes)?);
+            }
+            "report" => report = Some(read_field(&mut field, 16 << 20, "report", &slow).await?),
+            "options" => {
+                let bytes = read_field(&mut field, 1 << 16, "options", &slow).await?;
+                options = Some(crate::compile::PublishOptions::parse(Some(&bytes))?);
+            }
+            "model" if signed.is_none() => return Err(ApiError::bad_request(
+                "manifest_first",
+                "send the 'manifest' part before the 'model' part: the manifest's signature is \
+                     checked before any model bytes are accepted",
+            )),
+            "model" => match receive_model(node, &mut field, max_model, &slow).await {
+                Ok(u) => upload = Some(u),
+                Err(e) => {
+                    if e.status == StatusCode::PAYLOAD_TOO_LARGE {
+                        // Let the client finish sending (bounded by the body limit) so it sees the error.
+                        drop(field);
+                        while let Ok(Some(mut f)) = mp.next_field().await {
+                            while let Ok(Some(_)) = f.chunk().await {}
+                        }
+                    }
+                    return Err(e);
+                }
+            },
+            other => {
+                return Err(ApiError::bad_request(
+                    "bad_upload",
+                    format!(
+                        "unexpected part '{other}' (expected manifest, model, report, options)"
+                    ),
+                ))
+            }
+        }
+    }
+    let signed =
+        signed.ok_or_else(|| ApiError::bad_request("bad_upload", "missing part 'manifest'"))?;
+    let upload =
+        upload.ok_or_else(|| ApiError::bad_request("bad_upload", "missing part 'model'"))?;
     let m = signed.manifest.clone();
 
     // The report, bound by the manifest's report hash.
@@ -806,17 +981,18 @@ async fn publish_inner(
         None => None,
     };
 
-    // The model: a .vty (ID checked) or an ONNX file (compiled here, ID checked).
-    let is_vty = model.starts_with(b"VTY");
-    let (record, bytes, node_report) = if is_vty {
-        let n2 = node.clone();
-        let (model_bytes, decoded) = n2
+    // The model: a .vty (ID checked) or an ONNX file (compiled here under a budget, ID checked).
+    let (model, bytes, node_report) = if upload.vty {
+        let bytes = tokio::fs::read(&upload.path)
+            .await
+            .map_err(|e| ApiError::internal(format!("cannot read the upload: {e}")))?;
+        let (model_bytes, decoded) = node
             .on_worker(false, move || {
-                let d = vty::decode(&model).map(|(mm, id)| (record_for(&mm, id), id));
-                (model, d)
+                let d = vty::decode(&bytes);
+                (bytes, d)
             })
             .await?;
-        let (rec, id) = decoded.map_err(|e| {
+        let (mm, id) = decoded.map_err(|e| {
             ApiError::unprocessable("bad_model", format!("not a valid .vty model: {e}"))
         })?;
         if id != m.model_id {
@@ -828,58 +1004,30 @@ async fn publish_inner(
                 ),
             ));
         }
-        (rec, model_bytes, None)
+        (mm, model_bytes, None)
     } else {
-        let source = verity_core::keccak256(&model);
-        if m.source_hash != Hash::ZERO && m.source_hash != source {
+        // The manifest names the very file it signs, so nothing is compiled for a manifest made for
+        // another model.
+        if m.source_hash != upload.keccak {
             return Err(ApiError::unprocessable(
                 "source_mismatch",
-                format!(
-                    "keccak256 of the uploaded ONNX file is {source}, the manifest's source_hash is {}",
-                    m.source_hash
-                ),
+                if m.source_hash == Hash::ZERO {
+                    "an ONNX upload needs the manifest's source_hash (keccak256 of the ONNX file); it is zero".to_string()
+                } else {
+                    format!(
+                        "keccak256 of the uploaded ONNX file is {}, the manifest's source_hash is {}",
+                        upload.keccak, m.source_hash
+                    )
+                },
             ));
         }
-        let opts: PublishOptions = match &options {
-            Some(o) => serde_json::from_slice(o)
-                .map_err(|e| ApiError::bad_request("bad_options", format!("options: {e}")))?,
-            None => PublishOptions::default(),
-        };
-        let mut co = verity_compiler::CompileOptions::default();
-        if let Some(b) = opts.scale_bits {
-            co.scale_bits = b;
-        }
-        if let Some(p) = &opts.precision {
-            co.precision = p
-                .parse()
-                .map_err(|e: String| ApiError::bad_request("bad_options", e))?;
-        }
-        if let Some(s) = opts.samples {
-            if s == 0 || s > 1024 {
-                return Err(ApiError::bad_request(
-                    "bad_options",
-                    "samples must be 1..=1024",
-                ));
-            }
-            co.random_samples = s;
-        }
-        if let Some(s) = opts.seed {
-            co.seed = s;
-        }
-        co.apply_input_specs(&opts.input_ranges, &opts.input_shapes)
-            .map_err(|e| ApiError::bad_request("bad_options", e))?;
+        let opts = options.unwrap_or_default();
         let _slot = node
             .compile_slot()
             .acquire_owned()
             .await
             .map_err(|_| ApiError::internal("compile slot closed"))?;
-        let compiled = node
-            .blocking(move || verity_compiler::compile(&model, &co))
-            .await?
-            .map_err(|e| {
-                ApiError::unprocessable("compile_failed", format!("cannot compile: {e}"))
-            })?;
-        let (mm, rep) = compiled;
+        let (mm, rep) = crate::compile::compile_onnx(node, &upload.path, &opts).await?;
         let id = vty::model_id(&mm);
         if id != m.model_id {
             return Err(ApiError::unprocessable(
@@ -891,8 +1039,12 @@ async fn publish_inner(
             ));
         }
         let bytes = vty::encode(&mm);
-        (record_for(&mm, id), bytes, serde_json::to_value(&rep).ok())
+        (mm, bytes, rep)
     };
+    let cost = verity_engine::Cost::of(&model);
+    crate::state::check_cost(&cost, limits)?;
+    let record = record_for(&model, m.model_id);
+    drop(model);
     let (report, report_by) = match (report_value, node_report) {
         (Some(r), _) => (Some(r), Some("owner".to_string())),
         (None, Some(r)) => (Some(r), Some("node".to_string())),
@@ -916,7 +1068,7 @@ async fn publish_inner(
         Published::Created => StatusCode::CREATED,
         Published::Existing => StatusCode::OK,
     };
-    tracing::info!(name = %m.name, version = %m.version, model_id = %m.model_id, size, ?outcome, "published");
+    tracing::info!(name = %m.name, version = %m.version, model_id = %m.model_id, size, upload = upload.size, ?outcome, "published");
     node.replication
         .announce_pending
         .store(true, std::sync::atomic::Ordering::Relaxed);
@@ -1123,22 +1275,190 @@ async fn v2_infer_ref(
 
 async fn metrics(State(node): State<Arc<Node>>) -> Result<Response, ApiError> {
     let store = node.store.clone();
-    let (models, versions) = node
+    let (records, versions) = node
         .blocking(move || -> Result<_, verity_store::StoreError> {
-            Ok((store.models()?.len(), store.versions()?.len()))
+            Ok((store.models()?, store.versions()?.len()))
         })
         .await??;
-    let text = node.metrics.render(&[
-        ("verity_models_stored", models as f64),
-        ("verity_versions_published", versions as f64),
-        ("verity_workers", node.config.workers as f64),
-    ]);
+    let costs: Vec<(Hash, verity_engine::Cost)> = records
+        .iter()
+        .filter_map(|r| {
+            let c = serde_json::from_value(r.cost.clone()?).ok()?;
+            Some((r.id, c))
+        })
+        .collect();
+    let text = node.metrics.render(
+        &[
+            ("verity_models_stored", records.len() as f64),
+            ("verity_versions_published", versions as f64),
+            ("verity_workers", node.config.workers as f64),
+        ],
+        &costs,
+    );
     let mut r = Response::new(Body::from(text));
     r.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; version=0.0.4"),
     );
     Ok(r)
+}
+
+/// The client's IP address, attached to every request.
+#[derive(Clone, Copy, Debug)]
+pub struct PeerIp(pub IpAddr);
+
+/// Open connections per client IP.
+#[derive(Default)]
+struct Conns(std::sync::Mutex<std::collections::HashMap<IpAddr, usize>>);
+
+/// One open connection of an IP, counted until dropped.
+struct ConnGuard(Arc<Conns>, IpAddr);
+
+impl Conns {
+    fn admit(self: &Arc<Self>, ip: IpAddr, max: usize) -> Option<ConnGuard> {
+        let mut m = self.0.lock().ok()?;
+        let n = m.entry(ip).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(ConnGuard(self.clone(), ip))
+    }
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        if let Ok(mut m) = self.0 .0.lock() {
+            if let Some(n) = m.get_mut(&self.1) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    m.remove(&self.1);
+                }
+            }
+        }
+    }
+}
+
+/// When a connection last moved bytes, and how many of its requests are being handled.
+struct Activity {
+    born: std::time::Instant,
+    /// Milliseconds after `born` of the last byte read or written.
+    last_ms: std::sync::atomic::AtomicU64,
+    busy: std::sync::atomic::AtomicUsize,
+}
+
+impl Default for Activity {
+    fn default() -> Self {
+        Activity {
+            born: std::time::Instant::now(),
+            last_ms: Default::default(),
+            busy: Default::default(),
+        }
+    }
+}
+
+impl Activity {
+    fn touch(&self) {
+        let ms = self.born.elapsed().as_millis() as u64;
+        self.last_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Resolves once the connection has moved no bytes for `idle` while no request of it was being
+    /// handled: a client that connects and sends nothing, or keeps an idle connection, or stops reading
+    /// a response.
+    async fn idle(&self, idle: Duration) {
+        loop {
+            let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+            let since = self.born.elapsed().saturating_sub(last);
+            if since >= idle && self.busy.load(Ordering::Relaxed) == 0 {
+                return;
+            }
+            let wait = if since >= idle { idle } else { idle - since };
+            tokio::time::sleep(wait.max(Duration::from_millis(50))).await;
+        }
+    }
+}
+
+/// A request being handled on a connection (counted until dropped).
+struct Busy(Arc<Activity>);
+
+impl Busy {
+    fn new(a: Arc<Activity>) -> Busy {
+        a.busy.fetch_add(1, Ordering::Relaxed);
+        Busy(a)
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.touch();
+        self.0.busy.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A socket that records its activity.
+struct Watched {
+    inner: tokio::net::TcpStream,
+    act: Arc<Activity>,
+}
+
+impl tokio::io::AsyncRead for Watched {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.act.touch();
+        }
+        r
+    }
+}
+
+impl tokio::io::AsyncWrite for Watched {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let r = std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(r, std::task::Poll::Ready(Ok(n)) if n > 0) {
+            self.act.touch();
+        }
+        r
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let r = std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(r, std::task::Poll::Ready(Ok(n)) if n > 0) {
+            self.act.touch();
+        }
+        r
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }
 
 /// Serve `router` on `listener` until `shutdown` resolves, then let open connections finish (bounded by
@@ -1160,11 +1480,13 @@ pub async fn serve(
         .header_read_timeout(Duration::from_secs(node.config.timeouts.header_secs))
         .keep_alive(true);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let conns = Arc::new(Conns::default());
+    let idle = Duration::from_secs(node.config.timeouts.header_secs);
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             conn = listener.accept() => {
-                let (stream, _) = match conn {
+                let (stream, addr) = match conn {
                     Ok(c) => c,
                     Err(e) => {
                         tracing::warn!(error = %e, "accept failed");
@@ -1172,25 +1494,63 @@ pub async fn serve(
                         continue;
                     }
                 };
+                let ip = addr.ip();
+                let Some(guard) = conns.admit(ip, node.config.limits.max_connections_per_ip) else {
+                    node.metrics.rejected_connections.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(%ip, "connection refused: too many from this address");
+                    drop(stream);
+                    continue;
+                };
                 let _ = stream.set_nodelay(true);
-                let svc = TowerToHyperService::new(app.clone());
-                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+                let act = Arc::new(Activity::default());
+                let (app, a2) = (app.clone(), act.clone());
+                let svc = tower::service_fn(move |mut r: hyper::Request<hyper::body::Incoming>| {
+                    r.extensions_mut().insert(PeerIp(ip));
+                    let busy = Busy::new(a2.clone());
+                    let fut = tower::ServiceExt::oneshot(app.clone(), r);
+                    async move {
+                        let resp = fut.await;
+                        drop(busy);
+                        resp
+                    }
+                });
+                let svc = TowerToHyperService::new(svc);
+                let io = TokioIo::new(Watched { inner: stream, act: act.clone() });
+                let conn = builder.serve_connection_with_upgrades(io, svc);
                 let fut = graceful.watch(conn.into_owned());
                 tokio::spawn(async move {
-                    let _ = fut.await;
+                    tokio::select! {
+                        _ = fut => {}
+                        _ = act.idle(idle) => tracing::debug!(%ip, "closing an idle connection"),
+                    }
+                    drop(guard);
                 });
             }
             _ = &mut shutdown => break,
         }
     }
     drop(listener);
-    let wait = Duration::from_secs(node.config.timeouts.shutdown_secs);
-    if tokio::time::timeout(wait, graceful.shutdown())
+    // Running requests get half the shutdown time to finish; then every run still going is cancelled
+    // (its client gets 503) and the connections get a quarter more; the rest is for the receipts.
+    let budget = Duration::from_secs(node.config.timeouts.shutdown_secs);
+    let drained = graceful.shutdown();
+    tokio::pin!(drained);
+    if tokio::time::timeout(budget / 2, &mut drained)
         .await
         .is_err()
     {
-        tracing::warn!("connections still open after the shutdown timeout; closing them");
+        tracing::warn!("requests still running at half the shutdown time; cancelling them");
+        node.stopping.cancel();
+        if tokio::time::timeout(budget / 4, &mut drained)
+            .await
+            .is_err()
+        {
+            tracing::warn!("connections still open after the shutdown timeout; closing them");
+        }
     }
-    node.flush_receipts().await;
+    node.stopping.cancel();
+    if let Err(e) = node.flush_receipts().await {
+        tracing::error!(error = %e.message, "receipts not flushed on shutdown");
+    }
     Ok(())
 }

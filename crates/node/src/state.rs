@@ -10,7 +10,7 @@ use verity_core::{keccak256, Hash, Keccak, Receipt, SecretKey, SignedReceipt};
 use verity_engine::io::{dequantize, quantize_inputs, FloatTensor};
 use verity_engine::ir::{InputKind, Model};
 use verity_engine::vty;
-use verity_engine::ExecError;
+use verity_engine::{Cancel, Cost, ExecError};
 use verity_engine::{Executor, Mode};
 use verity_store::{ModelRecord, Store, TensorInfo};
 
@@ -29,6 +29,8 @@ pub struct Loaded {
     pub cost_us: AtomicU64,
     /// The zk proving key, made once at the model's first zk request (or `Err`: why it cannot be proven).
     pub zk: std::sync::OnceLock<Result<Arc<verity_zk::ProvingKey>, String>>,
+    /// What one inference costs.
+    pub cost: Cost,
 }
 
 impl Loaded {
@@ -48,6 +50,15 @@ impl Loaded {
 pub const INLINE_MAX_US: u64 = 1000;
 
 impl Loaded {
+    /// Expected microseconds of one inference: the measured average, or before any run a conservative
+    /// guess from the cost model (a billion operations per second).
+    pub fn expected_us(&self) -> u64 {
+        match self.cost_us.load(Ordering::Relaxed) {
+            0 => self.cost.macs.saturating_add(self.cost.element_ops) / 1000,
+            c => c,
+        }
+    }
+
     /// Whether inferences of this model are cheap enough to run inline.
     pub fn run_inline(&self) -> bool {
         let c = self.cost_us.load(Ordering::Relaxed);
@@ -83,6 +94,12 @@ pub struct Node {
     upload_slots: Arc<Semaphore>,
     receipts: mpsc::UnboundedSender<LogMsg>,
     seq: AtomicU64,
+    /// Cancelled when the node is stopping: every run on a worker stops.
+    pub stopping: Cancel,
+    /// Estimated microseconds of work queued or running on the workers.
+    pending_us: Arc<AtomicU64>,
+    /// Uploads being received, per client IP.
+    uploads_by_ip: Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
     nonce: [u8; 16],
     /// The chain connection, in chain mode.
     pub chain: std::sync::OnceLock<Arc<verity_chain::EvmChain>>,
@@ -143,7 +160,51 @@ pub fn record_for(m: &Model, id: Hash) -> ModelRecord {
         nodes: m.nodes.len() as u64,
         parameters: m.consts.iter().map(|c| c.data.len() as u64).sum(),
         stored_at: 0,
+        cost: serde_json::to_value(Cost::of(m)).ok(),
     }
+}
+
+/// Check a model's cost against the node's limits: 422 `over_limit` naming the first figure over its
+/// limit.
+pub fn check_cost(cost: &Cost, limits: &crate::config::Limits) -> Result<(), ApiError> {
+    let memory = cost.const_bytes.saturating_add(cost.traced_peak_bytes);
+    let checks = [
+        (
+            "multiply-accumulates per inference",
+            cost.macs,
+            limits.max_macs,
+            "max_macs",
+        ),
+        (
+            "element operations per inference",
+            cost.element_ops,
+            limits.max_element_ops,
+            "max_element_ops",
+        ),
+        (
+            "memory per inference (bytes)",
+            memory,
+            limits.max_memory_bytes,
+            "max_memory_bytes",
+        ),
+        (
+            "trace size (bytes)",
+            cost.trace_bytes,
+            limits.max_trace_bytes,
+            "max_trace_bytes",
+        ),
+    ];
+    for (what, got, limit, key) in checks {
+        if got > limit {
+            return Err(ApiError::unprocessable(
+                "over_limit",
+                format!(
+                    "the model needs {got} {what}; this node's limit is {limit} (limits.{key})"
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 impl Node {
@@ -153,10 +214,9 @@ impl Node {
         let (tx, mut rx) = mpsc::unbounded_channel::<LogMsg>();
         let writer_store = store.clone();
         tokio::spawn(async move {
-            // Batch receipts into one durable transaction per burst (at most 4096 per commit).
+            // Group commit: every receipt signed while one durable transaction is being written goes
+            // into the next (at most 4096 per commit); an answer waits for the commit holding its receipt.
             while let Some(first) = rx.recv().await {
-                // Let a burst gather (bounded delay) so one durable commit covers many receipts.
-                tokio::time::sleep(std::time::Duration::from_millis(2)).await;
                 let mut batch = Vec::new();
                 let mut flushes = Vec::new();
                 let mut next = Some(first);
@@ -171,11 +231,16 @@ impl Node {
                 }
                 let s = writer_store.clone();
                 let res = tokio::task::spawn_blocking(move || s.put_receipts(&batch)).await;
-                if let Ok(Err(e)) = res {
+                let res = match res {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(e) => Err(e.to_string()),
+                };
+                if let Err(e) = &res {
                     tracing::error!(error = %e, "cannot persist receipts");
                 }
                 for f in flushes {
-                    let _ = f.send(());
+                    let _ = f.send(res.clone());
                 }
             }
         });
@@ -192,6 +257,9 @@ impl Node {
             cache: Mutex::new(Vec::new()),
             receipts: tx,
             seq: AtomicU64::new(0),
+            stopping: Cancel::new(),
+            pending_us: Arc::new(AtomicU64::new(0)),
+            uploads_by_ip: Mutex::new(Default::default()),
             nonce,
             chain: std::sync::OnceLock::new(),
             replication: Default::default(),
@@ -211,14 +279,55 @@ impl Node {
         inline: bool,
         f: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, ApiError> {
+        self.on_worker_est(inline, 0, f).await
+    }
+
+    /// [`Node::on_worker`] for work estimated at `est_us` microseconds: refused at once (503) when the
+    /// work already queued means it could not finish within the request timeout. The work runs under a
+    /// cancellation token that is cancelled when the returned future is dropped (the request timed out or
+    /// its client went away) and when the node stops, so an abandoned run frees its worker promptly.
+    pub async fn on_worker_est<T: Send + 'static>(
+        &self,
+        inline: bool,
+        est_us: u64,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let busy = || {
+            ApiError::new(
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                "busy",
+                "the node's inference queue is full; retry later",
+            )
+        };
+        if self.stopping.is_cancelled() {
+            return Err(ApiError::new(
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                "stopping",
+                "the node is shutting down",
+            ));
+        }
         let waiting = self.metrics.in_flight.fetch_add(1, Ordering::Relaxed);
-        let _guard = Decrement(&self.metrics.in_flight);
+        let _guard = Decrement(&self.metrics.in_flight, 1);
         if waiting as usize >= self.config.limits.max_queue + self.config.workers {
+            self.metrics.rejected_busy.fetch_add(1, Ordering::Relaxed);
+            return Err(busy());
+        }
+        let budget_us = self.config.timeouts.request_secs.saturating_mul(1_000_000);
+        let ahead = self.pending_us.fetch_add(est_us, Ordering::Relaxed);
+        let _pending = Decrement(&self.pending_us, est_us);
+        let wait_us = ahead / self.config.workers.max(1) as u64;
+        if est_us > 0 && wait_us.saturating_add(est_us) > budget_us {
             self.metrics.rejected_busy.fetch_add(1, Ordering::Relaxed);
             return Err(ApiError::new(
                 axum::http::StatusCode::SERVICE_UNAVAILABLE,
                 "busy",
-                "the node's inference queue is full; retry later",
+                format!(
+                    "the node cannot finish this within the {} s request timeout (about {} ms of work \
+                     is queued ahead of it, and it takes about {} ms); retry later",
+                    self.config.timeouts.request_secs,
+                    wait_us / 1000,
+                    est_us / 1000
+                ),
             ));
         }
         let permit = self
@@ -227,19 +336,54 @@ impl Node {
             .acquire_owned()
             .await
             .map_err(|_| ApiError::internal("worker pool closed"))?;
+        let token = Cancel::new();
+        let stopping = self.stopping.clone();
+        let run = {
+            let token = token.clone();
+            move || {
+                verity_engine::cancel::scope(&stopping, || verity_engine::cancel::scope(&token, f))
+            }
+        };
         if inline {
-            let r = f();
+            let r = run();
             drop(permit);
             return Ok(r);
         }
+        let _cancel_on_drop = CancelOnDrop(token);
         let out = tokio::task::spawn_blocking(move || {
-            let r = f();
+            let r = run();
             drop(permit);
             r
         })
         .await
         .map_err(|e| ApiError::internal(format!("worker failed: {e}")))?;
         Ok(out)
+    }
+
+    /// Count an upload from `ip` (429 when that client already has its share in progress); the slot is
+    /// released when the returned guard drops.
+    pub fn upload_from(self: &Arc<Self>, ip: std::net::IpAddr) -> Result<IpUpload, ApiError> {
+        let mut m = self
+            .uploads_by_ip
+            .lock()
+            .map_err(|_| ApiError::internal("upload table poisoned"))?;
+        let n = m.entry(ip).or_insert(0);
+        if *n >= self.config.limits.max_uploads_per_ip {
+            return Err(ApiError::new(
+                axum::http::StatusCode::TOO_MANY_REQUESTS,
+                "too_many_uploads",
+                format!(
+                    "{} upload(s) from {ip} are already in progress (limits.max_uploads_per_ip); \
+                     retry when they finish",
+                    *n
+                ),
+            ));
+        }
+        *n += 1;
+        Ok(IpUpload {
+            node: self.clone(),
+            ip,
+        })
     }
 
     /// Run blocking work that is not inference (store I/O), off the async threads.
@@ -352,6 +496,7 @@ impl Node {
         slot.get_or_try_init(|| async move {
             let store = node.store.clone();
             let id = rec.id;
+            let limits = node.config.limits.clone();
             let loaded = node
                 .blocking(move || -> Result<Loaded, ApiError> {
                     let bytes = store.read_model(&rec)?;
@@ -363,11 +508,15 @@ impl Node {
                             "stored model {id} decodes to a different ID {got}"
                         )));
                     }
+                    // A model stored before the limits were lowered is not loaded either.
+                    let cost = Cost::of(&model);
+                    check_cost(&cost, &limits)?;
                     Ok(Loaded {
                         id,
                         exec: Executor::new(Arc::new(model), Mode::Fast { threads: 1 }),
                         cost_us: AtomicU64::new(0),
                         zk: std::sync::OnceLock::new(),
+                        cost,
                     })
                 })
                 .await??;
@@ -405,12 +554,7 @@ impl Node {
         let model = loaded.exec.model();
         let q = bind_inputs(model, inputs)?;
         let ni = q.len();
-        let (mut outputs, trace) = loaded.exec.run_trace(q).map_err(|e| {
-            ApiError::unprocessable(
-                "execution_failed",
-                format!("the canonical execution failed: {e}"),
-            )
-        })?;
+        let (mut outputs, trace) = loaded.exec.run_trace(q).map_err(exec_error)?;
         if self.config.faults.perturb_output {
             // Test-only: a node that lies about the output and signs the lie.
             if let Some(x) = outputs.first_mut().and_then(|o| o.first_mut()) {
@@ -473,23 +617,73 @@ impl Node {
 
 enum LogMsg {
     Receipt(Box<SignedReceipt>),
-    Flush(tokio::sync::oneshot::Sender<()>),
+    Flush(tokio::sync::oneshot::Sender<Result<(), String>>),
 }
 
 impl Node {
-    /// Wait until every receipt signed so far is durable in the store.
-    pub async fn flush_receipts(&self) {
+    /// Wait until every receipt signed so far is durable in the store (500 if it could not be written).
+    pub async fn flush_receipts(&self) -> Result<(), ApiError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        if self.receipts.send(LogMsg::Flush(tx)).is_ok() {
-            let _ = rx.await;
+        self.receipts
+            .send(LogMsg::Flush(tx))
+            .map_err(|_| ApiError::internal("the receipt log is closed"))?;
+        match rx.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(ApiError::internal(format!(
+                "cannot persist the receipt: {e}"
+            ))),
+            Err(_) => Err(ApiError::internal("the receipt log is closed")),
         }
     }
 }
 
-struct Decrement<'a>(&'a AtomicU64);
+struct Decrement<'a>(&'a AtomicU64, u64);
 impl Drop for Decrement<'_> {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        self.0.fetch_sub(self.1, Ordering::Relaxed);
+    }
+}
+
+/// Cancels its token when dropped.
+pub(crate) struct CancelOnDrop(pub(crate) Cancel);
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.cancel();
+    }
+}
+
+/// One upload in progress from a client IP (see [`Node::upload_from`]).
+pub struct IpUpload {
+    node: Arc<Node>,
+    ip: std::net::IpAddr,
+}
+
+impl Drop for IpUpload {
+    fn drop(&mut self) {
+        if let Ok(mut m) = self.node.uploads_by_ip.lock() {
+            if let Some(n) = m.get_mut(&self.ip) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    m.remove(&self.ip);
+                }
+            }
+        }
+    }
+}
+
+/// The API error for a failed canonical execution: 503 for a cancelled run (its request timed out, its
+/// client left, or the node is stopping), 422 otherwise.
+pub fn exec_error(e: ExecError) -> ApiError {
+    match e {
+        ExecError::Cancelled => ApiError::new(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "cancelled",
+            "the run was stopped (its request timed out, its client left, or the node is stopping)",
+        ),
+        e => ApiError::unprocessable(
+            "execution_failed",
+            format!("the canonical execution failed: {e}"),
+        ),
     }
 }
 

@@ -116,6 +116,9 @@ pub struct ModelRecord {
     pub parameters: u64,
     /// Unix seconds when first stored.
     pub stored_at: u64,
+    /// What one inference costs (the engine's cost model, as JSON), when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost: Option<serde_json::Value>,
 }
 
 /// A published `name@version`: the model it names and the owner's signed manifest.
@@ -800,6 +803,7 @@ mod tests {
             nodes: 0,
             parameters: 0,
             stored_at: 0,
+            cost: None,
         }
     }
 
