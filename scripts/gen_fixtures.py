@@ -292,7 +292,8 @@ def digits(out_dir):
 
 def edge_cases(rng):
     """Models for error paths and shape handling: an op without a canonical lowering, a symbolic batch
-    dimension, and an input without a declared shape."""
+    dimension, an input without a declared shape, and tiny files describing huge tensors (for a node's
+    compile limits)."""
     n = helper.make_node
     w = init("w", rng.normal(0, 0.5, size=(8, 4)).astype(np.float32))
     unsupported = helper.make_graph(
@@ -307,8 +308,20 @@ def edge_cases(rng):
         [n("Relu", ["x"], ["y"], name="relu")],
         "no_shape", [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    # a few hundred bytes describing 2^28-element tensors: one expands its input, the other a constant
+    big = init("shape", np.array([16384, 16384], dtype=np.int64))
+    expand_bomb = helper.make_graph(
+        [n("Expand", ["x", "shape"], ["e"], name="expand"), n("ReduceSum", ["e"], ["y"], name="sum", keepdims=0)],
+        "expand_bomb", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [])], [big])
+    one = init("one", np.ones((1, 1), dtype=np.float32))
+    const_bomb = helper.make_graph(
+        [n("Expand", ["one", "shape"], ["e"], name="expand"), n("Add", ["e", "x"], ["y"], name="add")],
+        "const_expand_bomb", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [16384, 16384])], [big, one])
     mk = lambda g: helper.make_model(g, opset_imports=[helper.make_opsetid("", OPSET)])
-    return {"unsupported_op": mk(unsupported), "dynamic_batch": mk(dynamic), "no_shape": mk(no_shape)}
+    return {"unsupported_op": mk(unsupported), "dynamic_batch": mk(dynamic), "no_shape": mk(no_shape),
+            "expand_bomb": mk(expand_bomb), "const_expand_bomb": mk(const_bomb)}
 
 
 def write_inputs(path, inputs):

@@ -190,7 +190,13 @@ async fn in_child(
             .find(|l| !l.trim().is_empty())
             .unwrap_or("")
             .trim();
-        let memory = stderr.contains("memory allocation") || stderr.contains("capacity overflow");
+        let memory = [
+            "memory allocation",
+            "failed to allocate",
+            "capacity overflow",
+        ]
+        .iter()
+        .any(|m| stderr.contains(m));
         return Err(if memory || done.status.code().is_none() {
             failed(format!(
                 "the compilation exceeded this node's memory budget of {} bytes \

@@ -43,6 +43,10 @@ pub struct Limits {
     /// Address space of the process that compiles an uploaded ONNX file (bytes); a compilation that
     /// needs more is stopped and the upload refused.
     pub max_compile_bytes: u64,
+    /// Operations per second assumed for a model not yet run here, to tell at once (503) whether a
+    /// request can finish within `timeouts.request_secs`; after its first run a model's measured time
+    /// is used instead.
+    pub assumed_ops_per_sec: u64,
 }
 
 impl Default for Limits {
@@ -61,7 +65,8 @@ impl Default for Limits {
             max_memory_bytes: 4 << 30,
             max_trace_bytes: 2 << 30,
             max_compile_elements: 1 << 26,
-            max_compile_bytes: 8 << 30,
+            max_compile_bytes: 6 << 30,
+            assumed_ops_per_sec: 1_000_000_000,
         }
     }
 }

@@ -536,9 +536,11 @@ async fn run_inference(
     let l2 = loaded.clone();
     let inputs = req.inputs;
     let res = node
-        .on_worker_est(loaded.run_inline(), loaded.expected_us(), move || {
-            n2.infer_blocking(&l2, inputs, request_id)
-        })
+        .on_worker_est(
+            loaded.run_inline(),
+            loaded.expected_us(node.config.limits.assumed_ops_per_sec),
+            move || n2.infer_blocking(&l2, inputs, request_id),
+        )
         .await
         .and_then(|r| r);
     // The answer (and with it the receipt) goes out only once the receipt is durable.

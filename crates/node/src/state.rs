@@ -50,11 +50,14 @@ impl Loaded {
 pub const INLINE_MAX_US: u64 = 1000;
 
 impl Loaded {
-    /// Expected microseconds of one inference: the measured average, or before any run a conservative
-    /// guess from the cost model (a billion operations per second).
-    pub fn expected_us(&self) -> u64 {
+    /// Expected microseconds of one inference: the measured average, or before any run a guess from the
+    /// cost model at `ops_per_sec` operations per second.
+    pub fn expected_us(&self, ops_per_sec: u64) -> u64 {
         match self.cost_us.load(Ordering::Relaxed) {
-            0 => self.cost.macs.saturating_add(self.cost.element_ops) / 1000,
+            0 => {
+                let ops = self.cost.macs.saturating_add(self.cost.element_ops) as u128;
+                (ops * 1_000_000 / ops_per_sec.max(1) as u128).min(u64::MAX as u128) as u64
+            }
             c => c,
         }
     }
@@ -554,7 +557,15 @@ impl Node {
         let model = loaded.exec.model();
         let q = bind_inputs(model, inputs)?;
         let ni = q.len();
-        let (mut outputs, trace) = loaded.exec.run_trace(q).map_err(exec_error)?;
+        let (mut outputs, trace) = loaded.exec.run_trace(q).map_err(|e| {
+            if e == ExecError::Cancelled {
+                // a run stopped after this long costs at least this much: later requests are judged
+                // against it (refused at once if they cannot finish in time)
+                let spent = start.elapsed().as_micros() as u64;
+                loaded.cost_us.fetch_max(spent.max(1), Ordering::Relaxed);
+            }
+            exec_error(e)
+        })?;
         if self.config.faults.perturb_output {
             // Test-only: a node that lies about the output and signs the lie.
             if let Some(x) = outputs.first_mut().and_then(|o| o.first_mut()) {

@@ -9,6 +9,7 @@ use verity_core::{elements_root, Hash};
 
 mod devnet;
 mod dispute;
+mod hostile;
 mod node;
 mod onestep;
 mod quorum;
