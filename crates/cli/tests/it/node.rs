@@ -862,7 +862,7 @@ fn errors_have_status_code_and_message_and_nothing_panics() {
 fn concurrent_requests_and_publishes() {
     let tmp = tempfile::tempdir().expect("tmp");
     let cfg = tmp.path().join("config.toml");
-    std::fs::write(&cfg, "[limits]\nmax_concurrent_uploads = 8\n").expect("cfg");
+    std::fs::write(&cfg, "[limits]\nmax_concurrent_uploads = 8\nmax_uploads_per_ip = 8\n").expect("cfg");
     let node = NodeProc::start(
         &tmp.path().join("node"),
         &["--config", cfg.to_str().expect("p")],
