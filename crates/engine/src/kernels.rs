@@ -191,7 +191,7 @@ fn gemm(a: &[i32], b: &[i32], c: &mut [i64], k: usize, n: usize) {
     gemm_body(a, b, c, k, n)
 }
 
-/// Rows of a wide product computed between two checks for cancellation.
+/// Most rows of a wide product computed between two checks for cancellation.
 const ROW_BLOCK: usize = 192;
 
 /// `c = a · b` for `batch` independent products, split across `threads` by rows.
@@ -216,6 +216,8 @@ fn batched_gemm(
         1
     };
     let tokens = crate::cancel::current();
+    // about 2^24 multiply-accumulates between two checks (milliseconds), in blocks of 8 rows or more
+    let block = ((1usize << 24) / (k * n).max(1)).clamp(8, ROW_BLOCK);
     let run_rows = |r0: usize, c: &mut [i64]| {
         // rows r0.. of the flattened (batch, m) space; split at batch boundaries and into blocks of
         // rows, between which a cancelled run stops
@@ -228,7 +230,7 @@ fn batched_gemm(
             }
             let bi = r / m;
             let i = r % m;
-            let len = (m - i).min(total - off).min(ROW_BLOCK);
+            let len = (m - i).min(total - off).min(block);
             gemm(
                 &a[(bi * m + i) * k..(bi * m + i + len) * k],
                 &b[bi * k * n..(bi + 1) * k * n],

@@ -864,6 +864,75 @@ fn verify_manifest(bytes: &[u8]) -> Result<SignedManifest, ApiError> {
     Ok(signed)
 }
 
+/// The parts of an upload: the verified manifest, the model (on disk), the report and the options.
+type Parts = (
+    SignedManifest,
+    Upload,
+    Option<Vec<u8>>,
+    Option<crate::compile::PublishOptions>,
+);
+
+/// Read the parts of an upload, verifying the manifest as soon as it arrives.
+async fn read_parts(node: &Node, mp: &mut Multipart, slow: &AtomicBool) -> Result<Parts, ApiError> {
+    let max_model = node.config.limits.max_model_bytes;
+    let (mut signed, mut upload, mut report, mut options) = (None, None, None, None);
+    loop {
+        let field = mp
+            .next_field()
+            .await
+            .map_err(|e| upload_error(e, "upload", slow))?;
+        let Some(mut field) = field else { break };
+        let name = field.name().unwrap_or("").to_string();
+        let twice = match name.as_str() {
+            "manifest" => signed.is_some(),
+            "model" => upload.is_some(),
+            "report" => report.is_some(),
+            "options" => options.is_some(),
+            _ => false,
+        };
+        if twice {
+            return Err(ApiError::bad_request(
+                "bad_upload",
+                format!("part '{name}' is given twice"),
+            ));
+        }
+        match name.as_str() {
+            // verified as soon as it arrives: nothing else is accepted from an unauthenticated upload
+            "manifest" => {
+                let bytes = read_field(&mut field, 1 << 20, "manifest", slow).await?;
+                signed = Some(verify_manifest(&bytes)?);
+            }
+            "report" => report = Some(read_field(&mut field, 16 << 20, "report", slow).await?),
+            "options" => {
+                let bytes = read_field(&mut field, 1 << 16, "options", slow).await?;
+                options = Some(crate::compile::PublishOptions::parse(Some(&bytes))?);
+            }
+            "model" if signed.is_none() => return Err(ApiError::bad_request(
+                "manifest_first",
+                "send the 'manifest' part before the 'model' part: the manifest's signature is \
+                     checked before any model bytes are accepted",
+            )),
+            "model" => match receive_model(node, &mut field, max_model, slow).await {
+                Ok(u) => upload = Some(u),
+                Err(e) => return Err(e),
+            },
+            other => {
+                return Err(ApiError::bad_request(
+                    "bad_upload",
+                    format!(
+                        "unexpected part '{other}' (expected manifest, model, report, options)"
+                    ),
+                ))
+            }
+        }
+    }
+    let signed =
+        signed.ok_or_else(|| ApiError::bad_request("bad_upload", "missing part 'manifest'"))?;
+    let upload =
+        upload.ok_or_else(|| ApiError::bad_request("bad_upload", "missing part 'model'"))?;
+    Ok((signed, upload, report, options))
+}
+
 async fn publish_inner(node: &Arc<Node>, req: Request) -> Result<Response, ApiError> {
     let peer = req.extensions().get::<PeerIp>().map(|p| p.0);
     let slots = node.upload_slot().and_then(|g| match peer {
@@ -893,71 +962,32 @@ async fn publish_inner(node: &Arc<Node>, req: Request) -> Result<Response, ApiEr
                 ),
             )
         })?;
-    let max_model = limits.max_model_bytes;
-    let (mut signed, mut upload, mut report, mut options) = (None, None, None, None);
-    loop {
-        let field = mp
-            .next_field()
-            .await
-            .map_err(|e| upload_error(e, "upload", &slow))?;
-        let Some(mut field) = field else { break };
-        let name = field.name().unwrap_or("").to_string();
-        let twice = match name.as_str() {
-            "manifest" => signed.is_some(),
-            "model" => upload.is_some(),
-            "report" => report.is_some(),
-            "options" => options.is_some(),
-            _ => false,
-        };
-        if twice {
-            return Err(ApiError::bad_request(
-                "bad_upload",
-                format!("part '{name}' is given twice"),
-            ));
-        }
-        match name.as_str() {
-            // verified as soon as it arrives: nothing else is accepted from an unauthenticated upload
-            "manifest" => {
-                let bytes = read_field(&mut field, 1 << 20, "manifest", &slow).await?;
-                signed = Some(verify_manifest(&bytes)?);
-            }
-            "report" => report = Some(read_field(&mut field, 16 << 20, "report", &slow).await?),
-            "options" => {
-                let bytes = read_field(&mut field, 1 << 16, "options", &slow).await?;
-                options = Some(crate::compile::PublishOptions::parse(Some(&bytes))?);
-            }
-            "model" if signed.is_none() => return Err(ApiError::bad_request(
-                "manifest_first",
-                "send the 'manifest' part before the 'model' part: the manifest's signature is \
-                     checked before any model bytes are accepted",
-            )),
-            "model" => match receive_model(node, &mut field, max_model, &slow).await {
-                Ok(u) => upload = Some(u),
-                Err(e) => {
-                    if e.status == StatusCode::PAYLOAD_TOO_LARGE {
-                        // Let the client finish sending (bounded by the body limit) so it sees the error.
-                        drop(field);
-                        while let Ok(Some(mut f)) = mp.next_field().await {
-                            while let Ok(Some(_)) = f.chunk().await {}
-                        }
+    let (signed, upload, report, options) = match read_parts(node, &mut mp, &slow).await {
+        Ok(p) => p,
+        Err(e) => {
+            // Let a client still sending see the answer instead of a reset: the rest of an oversize
+            // upload is read and dropped (it is bounded by the body limit and the minimum rate), the rest
+            // of any other refused one up to 16 MiB or 2 s.
+            let (cap, secs) = if e.status == StatusCode::PAYLOAD_TOO_LARGE {
+                (u64::MAX, node.config.timeouts.upload_secs)
+            } else {
+                (16 << 20, 2)
+            };
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+            let mut seen = 0u64;
+            'drain: while let Ok(Ok(Some(mut f))) =
+                tokio::time::timeout_at(deadline, mp.next_field()).await
+            {
+                while let Ok(Ok(Some(c))) = tokio::time::timeout_at(deadline, f.chunk()).await {
+                    seen += c.len() as u64;
+                    if seen > cap {
+                        break 'drain;
                     }
-                    return Err(e);
                 }
-            },
-            other => {
-                return Err(ApiError::bad_request(
-                    "bad_upload",
-                    format!(
-                        "unexpected part '{other}' (expected manifest, model, report, options)"
-                    ),
-                ))
             }
+            return Err(e);
         }
-    }
-    let signed =
-        signed.ok_or_else(|| ApiError::bad_request("bad_upload", "missing part 'manifest'"))?;
-    let upload =
-        upload.ok_or_else(|| ApiError::bad_request("bad_upload", "missing part 'model'"))?;
+    };
     let m = signed.manifest.clone();
 
     // The report, bound by the manifest's report hash.

@@ -675,6 +675,7 @@ fn errors_have_status_code_and_message_and_nothing_panics() {
         ),
         "bad_model"
     );
+    // an ONNX upload whose manifest does not name the file is refused before any compile
     assert_eq!(
         error_code(
             publish_raw(
@@ -684,6 +685,24 @@ fn errors_have_status_code_and_message_and_nothing_panics() {
             ),
             422
         ),
+        "source_mismatch"
+    );
+    let garbage = b"not onnx at all".to_vec();
+    let named = Manifest {
+        model_id: id,
+        name: "mlp".into(),
+        version: "1".into(),
+        description: String::new(),
+        task: String::new(),
+        license: String::new(),
+        tags: vec![],
+        owner: owner.address(),
+        source_hash: keccak256(&garbage),
+        report_hash: Hash::ZERO,
+    };
+    let named = serde_json::to_string(&named.sign(&owner)).expect("json");
+    assert_eq!(
+        error_code(publish_raw(u, named, garbage), 422),
         "compile_failed"
     );
     let big = vec![7u8; 700_000];
@@ -862,7 +881,11 @@ fn errors_have_status_code_and_message_and_nothing_panics() {
 fn concurrent_requests_and_publishes() {
     let tmp = tempfile::tempdir().expect("tmp");
     let cfg = tmp.path().join("config.toml");
-    std::fs::write(&cfg, "[limits]\nmax_concurrent_uploads = 8\nmax_uploads_per_ip = 8\n").expect("cfg");
+    std::fs::write(
+        &cfg,
+        "[limits]\nmax_concurrent_uploads = 8\nmax_uploads_per_ip = 8\n",
+    )
+    .expect("cfg");
     let node = NodeProc::start(
         &tmp.path().join("node"),
         &["--config", cfg.to_str().expect("p")],
