@@ -190,6 +190,10 @@ async fn in_child(
             .find(|l| !l.trim().is_empty())
             .unwrap_or("")
             .trim();
+        // the compiler's sentence, without the upload's temporary path
+        let msg = last.strip_prefix("error: ").unwrap_or(last);
+        let ours = format!("cannot compile {}: ", onnx.display());
+        let cause = msg.strip_prefix(&ours).unwrap_or(msg);
         let memory = [
             "memory allocation",
             "failed to allocate",
@@ -202,19 +206,14 @@ async fn in_child(
                 "the compilation exceeded this node's memory budget of {} bytes \
                  (limits.max_compile_bytes){}",
                 limits.max_compile_bytes,
-                if last.is_empty() {
+                if cause.is_empty() {
                     String::new()
                 } else {
-                    format!(": {last}")
+                    format!(": {cause}")
                 }
             ))
         } else {
-            let msg = last.strip_prefix("error: ").unwrap_or(last);
-            let ours = format!("cannot compile {}: ", onnx.display());
-            failed(match msg.strip_prefix(&ours) {
-                Some(cause) => format!("cannot compile: {cause}"),
-                None => msg.to_string(),
-            })
+            failed(format!("cannot compile: {cause}"))
         });
     }
     let bytes = tokio::fs::read(&out)

@@ -185,13 +185,13 @@ pub fn check_cost(cost: &Cost, limits: &crate::config::Limits) -> Result<(), Api
             "max_element_ops",
         ),
         (
-            "memory per inference (bytes)",
+            "bytes of memory per inference",
             memory,
             limits.max_memory_bytes,
             "max_memory_bytes",
         ),
         (
-            "trace size (bytes)",
+            "bytes of trace per inference",
             cost.trace_bytes,
             limits.max_trace_bytes,
             "max_trace_bytes",

@@ -231,9 +231,16 @@ fn model_bombs_are_refused_at_publish_and_the_node_keeps_serving() {
         msg.contains("multiply-accumulates") && msg.contains("max_macs"),
         "{msg}"
     );
+    eprintln!(
+        "CPU bomb ({} bytes) refused in {:?}: {msg}",
+        cpu.len(),
+        t.elapsed()
+    );
     assert!(t.elapsed() < Duration::from_secs(10));
     // memory: one 2³¹-element intermediate
+    let t = Instant::now();
     let (status, code, msg) = error_of(publish(&n.url, &key, memory_bomb(), "mem"));
+    eprintln!("memory bomb refused in {:?}: {msg}", t.elapsed());
     assert_eq!((status, code.as_str()), (422, "over_limit"), "{msg}");
     assert!(
         msg.contains("max_memory_bytes") || msg.contains("max_trace_bytes"),
@@ -260,6 +267,10 @@ fn model_bombs_are_refused_at_publish_and_the_node_keeps_serving() {
     let t = Instant::now();
     let (status, code, msg) = error_of(publish_raw(&n.url, other, bomb.clone()));
     assert_eq!((status, code.as_str()), (422, "source_mismatch"), "{msg}");
+    eprintln!(
+        "ONNX bomb with another model's manifest refused in {:?}",
+        t.elapsed()
+    );
     assert!(t.elapsed() < Duration::from_secs(5));
     // signed for this very file: refused by the graph-size bound before any evaluation
     let t = Instant::now();
@@ -267,6 +278,10 @@ fn model_bombs_are_refused_at_publish_and_the_node_keeps_serving() {
     let (status, code, msg) = error_of(publish_raw(&n.url, m, bomb));
     assert_eq!((status, code.as_str()), (422, "compile_failed"), "{msg}");
     assert!(msg.contains("elements"), "{msg}");
+    eprintln!(
+        "ONNX bomb signed for itself refused in {:?}: {msg}",
+        t.elapsed()
+    );
     assert!(t.elapsed() < Duration::from_secs(10));
     // a constant folded by the ONNX front-end into 2²⁸ elements: stopped by the memory budget
     let folded = std::fs::read(root().join("fixtures/const_expand_bomb.onnx")).unwrap();
@@ -283,6 +298,7 @@ fn model_bombs_are_refused_at_publish_and_the_node_keeps_serving() {
         (h.join().unwrap(), worst)
     });
     let (status, code, msg) = publish_result;
+    eprintln!("folded-constant ONNX bomb: {msg}");
     assert_eq!((status, code.as_str()), (422, "compile_failed"), "{msg}");
     assert!(
         msg.contains("max_compile_bytes") || msg.contains("elements"),
@@ -314,7 +330,7 @@ fn abandoned_and_timed_out_inferences_free_their_worker() {
     // one worker; a 3 s request timeout; estimates that let the slow model in
     let mut n = start(
         dir.path(),
-        "workers = 1\n[limits]\nassumed_ops_per_sec = 1000000000000\n[timeouts]\nrequest_secs = 3\n",
+        "workers = 1\n[limits]\nassumed_ops_per_sec = 1000000000000\n[timeouts]\nrequest_secs = 3\ncompile_secs = 1\n",
     );
     let key = SecretKey::random();
     let tiny = tiny_model();
@@ -387,6 +403,25 @@ fn abandoned_and_timed_out_inferences_free_their_worker() {
     valid_inference(&n.url, &tiny_id);
     let text = metrics(&n.url);
     assert!(text.contains("verity_in_flight 0"), "{text}");
+
+    // a compilation over its time budget is stopped: its process is gone and the upload refused
+    let folded = std::fs::read(root().join("fixtures/const_expand_bomb.onnx")).unwrap();
+    let m = onnx_manifest(&key, &folded, Hash([9; 32]));
+    let t = Instant::now();
+    let (status, code, msg) = error_of(publish_raw(&n.url, m, folded));
+    eprintln!("compilation stopped after {:?}: {msg}", t.elapsed());
+    assert_eq!(status, 422, "{msg}");
+    assert!(
+        code == "compile_timeout" || msg.contains("max_compile_bytes"),
+        "{code}: {msg}"
+    );
+    let uploads = dir.path().join("uploads");
+    let compiling = super::devnet::find_process(|args| {
+        args.iter()
+            .any(|a| a.starts_with(uploads.to_str().unwrap()))
+    });
+    assert!(compiling.is_none(), "compiler still running: {compiling:?}");
+    valid_inference(&n.url, &tiny_id);
     assert_eq!(n.terminate(), Some(0));
 }
 
@@ -429,7 +464,8 @@ fn silent_trickling_and_oversize_clients_are_cut_off() {
     assert!(closed_within(&mut ninth, Duration::from_secs(1)));
     held.pop();
     std::thread::sleep(Duration::from_millis(200));
-    valid_inference(&n.url, &tiny_id);
+    let during = valid_inference(&n.url, &tiny_id);
+    eprintln!("valid inference beside 7 silent connections: {during:?}");
     drop(held);
 
     // a trickling upload holds its slot only until it falls behind the minimum rate; meanwhile the
