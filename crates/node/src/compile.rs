@@ -4,8 +4,8 @@
 //! (`limits.max_compile_bytes`), a time limit (`timeouts.compile_secs`) and the graph-size bound
 //! (`limits.max_compile_elements`, checked before anything is evaluated). The child is killed when its
 //! request ends for any reason (timeout, client gone, node stopping). Where the node does not run as the
-//! `verity` binary (embedded in another program), it compiles in-process with the same time limit and
-//! cooperative cancellation, without the memory limit.
+//! `verity` binary (embedded in another program), it compiles in-process on an inference worker with the
+//! same time limit and cooperative cancellation, without the memory limit.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -15,10 +15,10 @@ use axum::http::StatusCode;
 use serde::Deserialize;
 use serde_json::Value;
 use verity_engine::ir::Model;
-use verity_engine::{vty, Cancel};
+use verity_engine::vty;
 
 use crate::error::ApiError;
-use crate::state::{CancelOnDrop, Node};
+use crate::state::Node;
 
 /// Compile options sent with an ONNX upload (the `options` part).
 #[derive(Deserialize, Default, Clone, Debug)]
@@ -239,15 +239,8 @@ async fn in_process(
     let mut co = opts.compile_options()?;
     co.max_elements = Some(node.config.limits.max_compile_elements);
     let path = onnx.to_path_buf();
-    let token = Cancel::new();
-    let stopping = node.stopping.clone();
-    let t2 = token.clone();
-    let job = node.blocking(move || {
-        verity_engine::cancel::scope(&stopping, || {
-            verity_engine::cancel::scope(&t2, || verity_compiler::compile_path(&path, &co))
-        })
-    });
-    let _cancel = CancelOnDrop(token);
+    // on a worker: cancelled when the time limit drops this future, or when the node stops
+    let job = node.on_worker(false, move || verity_compiler::compile_path(&path, &co));
     let (model, rep) = tokio::time::timeout(Duration::from_secs(secs), job)
         .await
         .map_err(|_| timed_out(secs))??

@@ -747,16 +747,21 @@ fn paced(body: Body, min_rate: u64, grace: Duration, slow: Arc<AtomicBool>) -> B
     Body::from_stream(stream)
 }
 
-/// Read (and drop) up to 16 MiB of a refused upload so a small upload's client sees the error rather
-/// than a reset connection.
+/// What is read (and dropped) of a refused upload, so that a client that sends its whole body before
+/// reading sees the answer rather than a reset connection: at most this many bytes…
+const DRAIN_BYTES: u64 = 16 << 20;
+/// …for at most this long.
+const DRAIN_SECS: u64 = 2;
+
+/// Read and drop up to [`DRAIN_BYTES`] of a refused upload's body, for up to [`DRAIN_SECS`].
 async fn drain(body: Body) {
     use futures_util::StreamExt;
     let mut s = body.into_data_stream();
-    let mut seen = 0usize;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let mut seen = 0u64;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(DRAIN_SECS);
     while let Ok(Some(Ok(c))) = tokio::time::timeout_at(deadline, s.next()).await {
-        seen += c.len();
-        if seen > 16 << 20 {
+        seen += c.len() as u64;
+        if seen > DRAIN_BYTES {
             break;
         }
     }
@@ -967,11 +972,11 @@ async fn publish_inner(node: &Arc<Node>, req: Request) -> Result<Response, ApiEr
         Err(e) => {
             // Let a client still sending see the answer instead of a reset: the rest of an oversize
             // upload is read and dropped (it is bounded by the body limit and the minimum rate), the rest
-            // of any other refused one up to 16 MiB or 2 s.
+            // of any other refused one as in `drain`.
             let (cap, secs) = if e.status == StatusCode::PAYLOAD_TOO_LARGE {
                 (u64::MAX, node.config.timeouts.upload_secs)
             } else {
-                (16 << 20, 2)
+                (DRAIN_BYTES, DRAIN_SECS)
             };
             let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
             let mut seen = 0u64;
@@ -1339,38 +1344,6 @@ async fn metrics(State(node): State<Arc<Node>>) -> Result<Response, ApiError> {
 #[derive(Clone, Copy, Debug)]
 pub struct PeerIp(pub IpAddr);
 
-/// Open connections per client IP.
-#[derive(Default)]
-struct Conns(std::sync::Mutex<std::collections::HashMap<IpAddr, usize>>);
-
-/// One open connection of an IP, counted until dropped.
-struct ConnGuard(Arc<Conns>, IpAddr);
-
-impl Conns {
-    fn admit(self: &Arc<Self>, ip: IpAddr, max: usize) -> Option<ConnGuard> {
-        let mut m = self.0.lock().ok()?;
-        let n = m.entry(ip).or_insert(0);
-        if *n >= max {
-            return None;
-        }
-        *n += 1;
-        Some(ConnGuard(self.clone(), ip))
-    }
-}
-
-impl Drop for ConnGuard {
-    fn drop(&mut self) {
-        if let Ok(mut m) = self.0 .0.lock() {
-            if let Some(n) = m.get_mut(&self.1) {
-                *n = n.saturating_sub(1);
-                if *n == 0 {
-                    m.remove(&self.1);
-                }
-            }
-        }
-    }
-}
-
 /// When a connection last moved bytes, and how many of its requests are being handled.
 struct Activity {
     born: std::time::Instant,
@@ -1512,7 +1485,7 @@ pub async fn serve(
         .header_read_timeout(Duration::from_secs(node.config.timeouts.header_secs))
         .keep_alive(true);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let conns = Arc::new(Conns::default());
+    let conns = Arc::new(crate::state::PerIp::default());
     let idle = Duration::from_secs(node.config.timeouts.header_secs);
     tokio::pin!(shutdown);
     loop {

@@ -100,9 +100,9 @@ pub struct Node {
     /// Cancelled when the node is stopping: every run on a worker stops.
     pub stopping: Cancel,
     /// Estimated microseconds of work queued or running on the workers.
-    pending_us: Arc<AtomicU64>,
+    pending_us: AtomicU64,
     /// Uploads being received, per client IP.
-    uploads_by_ip: Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+    uploads_by_ip: Arc<PerIp>,
     nonce: [u8; 16],
     /// The chain connection, in chain mode.
     pub chain: std::sync::OnceLock<Arc<verity_chain::EvmChain>>,
@@ -261,8 +261,8 @@ impl Node {
             receipts: tx,
             seq: AtomicU64::new(0),
             stopping: Cancel::new(),
-            pending_us: Arc::new(AtomicU64::new(0)),
-            uploads_by_ip: Mutex::new(Default::default()),
+            pending_us: AtomicU64::new(0),
+            uploads_by_ip: Arc::default(),
             nonce,
             chain: std::sync::OnceLock::new(),
             replication: Default::default(),
@@ -295,13 +295,6 @@ impl Node {
         est_us: u64,
         f: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, ApiError> {
-        let busy = || {
-            ApiError::new(
-                axum::http::StatusCode::SERVICE_UNAVAILABLE,
-                "busy",
-                "the node's inference queue is full; retry later",
-            )
-        };
         if self.stopping.is_cancelled() {
             return Err(ApiError::new(
                 axum::http::StatusCode::SERVICE_UNAVAILABLE,
@@ -313,7 +306,11 @@ impl Node {
         let _guard = Decrement(&self.metrics.in_flight, 1);
         if waiting as usize >= self.config.limits.max_queue + self.config.workers {
             self.metrics.rejected_busy.fetch_add(1, Ordering::Relaxed);
-            return Err(busy());
+            return Err(ApiError::new(
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                "busy",
+                "the node's inference queue is full; retry later",
+            ));
         }
         let budget_us = self.config.timeouts.request_secs.saturating_mul(1_000_000);
         let ahead = self.pending_us.fetch_add(est_us, Ordering::Relaxed);
@@ -365,27 +362,17 @@ impl Node {
 
     /// Count an upload from `ip` (429 when that client already has its share in progress); the slot is
     /// released when the returned guard drops.
-    pub fn upload_from(self: &Arc<Self>, ip: std::net::IpAddr) -> Result<IpUpload, ApiError> {
-        let mut m = self
-            .uploads_by_ip
-            .lock()
-            .map_err(|_| ApiError::internal("upload table poisoned"))?;
-        let n = m.entry(ip).or_insert(0);
-        if *n >= self.config.limits.max_uploads_per_ip {
-            return Err(ApiError::new(
+    pub fn upload_from(&self, ip: std::net::IpAddr) -> Result<IpGuard, ApiError> {
+        let max = self.config.limits.max_uploads_per_ip;
+        self.uploads_by_ip.admit(ip, max).ok_or_else(|| {
+            ApiError::new(
                 axum::http::StatusCode::TOO_MANY_REQUESTS,
                 "too_many_uploads",
                 format!(
-                    "{} upload(s) from {ip} are already in progress (limits.max_uploads_per_ip); \
-                     retry when they finish",
-                    *n
+                    "{max} upload(s) from {ip} are already in progress \
+                     (limits.max_uploads_per_ip); retry when they finish"
                 ),
-            ));
-        }
-        *n += 1;
-        Ok(IpUpload {
-            node: self.clone(),
-            ip,
+            )
         })
     }
 
@@ -656,26 +643,40 @@ impl Drop for Decrement<'_> {
 }
 
 /// Cancels its token when dropped.
-pub(crate) struct CancelOnDrop(pub(crate) Cancel);
+struct CancelOnDrop(Cancel);
 impl Drop for CancelOnDrop {
     fn drop(&mut self) {
         self.0.cancel();
     }
 }
 
-/// One upload in progress from a client IP (see [`Node::upload_from`]).
-pub struct IpUpload {
-    node: Arc<Node>,
-    ip: std::net::IpAddr,
+/// Things in progress per client IP address (connections, uploads), each counted until its guard drops.
+#[derive(Default)]
+pub struct PerIp(Mutex<std::collections::HashMap<std::net::IpAddr, usize>>);
+
+/// One thing in progress for an IP address (see [`PerIp::admit`]).
+pub struct IpGuard(Arc<PerIp>, std::net::IpAddr);
+
+impl PerIp {
+    /// Count one more for `ip`, or `None` if it already has `max`.
+    pub fn admit(self: &Arc<Self>, ip: std::net::IpAddr, max: usize) -> Option<IpGuard> {
+        let mut m = self.0.lock().ok()?;
+        let n = m.entry(ip).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(IpGuard(self.clone(), ip))
+    }
 }
 
-impl Drop for IpUpload {
+impl Drop for IpGuard {
     fn drop(&mut self) {
-        if let Ok(mut m) = self.node.uploads_by_ip.lock() {
-            if let Some(n) = m.get_mut(&self.ip) {
+        if let Ok(mut m) = self.0 .0.lock() {
+            if let Some(n) = m.get_mut(&self.1) {
                 *n = n.saturating_sub(1);
                 if *n == 0 {
-                    m.remove(&self.ip);
+                    m.remove(&self.1);
                 }
             }
         }
