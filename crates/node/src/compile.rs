@@ -175,15 +175,32 @@ async fn in_child(
             });
         }
     }
-    let child = cmd
+    let mut child = cmd
         .spawn()
         .map_err(|e| ApiError::internal(format!("cannot start the compiler: {e}")))?;
-    let done = tokio::time::timeout(Duration::from_secs(secs), child.wait_with_output())
-        .await
-        .map_err(|_| timed_out(secs))?
-        .map_err(|e| ApiError::internal(format!("the compiler failed to run: {e}")))?;
-    if !done.status.success() {
-        let stderr = String::from_utf8_lossy(&done.stderr);
+    let stderr = child.stderr.take();
+    let read_stderr = async move {
+        use tokio::io::AsyncReadExt;
+        let mut buf = Vec::new();
+        if let Some(s) = stderr {
+            let _ = s.take(1 << 20).read_to_end(&mut buf).await;
+        }
+        buf
+    };
+    let run = async { tokio::join!(child.wait(), read_stderr) };
+    let (status, stderr) = match tokio::time::timeout(Duration::from_secs(secs), run).await {
+        Ok((status, stderr)) => (
+            status.map_err(|e| ApiError::internal(format!("the compiler failed to run: {e}")))?,
+            stderr,
+        ),
+        Err(_) => {
+            // killed and reaped before the answer goes out (dropping the child would only signal it)
+            let _ = child.kill().await;
+            return Err(timed_out(secs));
+        }
+    };
+    if !status.success() {
+        let stderr = String::from_utf8_lossy(&stderr);
         let last = stderr
             .lines()
             .rev()
@@ -201,7 +218,7 @@ async fn in_child(
         ]
         .iter()
         .any(|m| stderr.contains(m));
-        return Err(if memory || done.status.code().is_none() {
+        return Err(if memory || status.code().is_none() {
             failed(format!(
                 "the compilation exceeded this node's memory budget of {} bytes \
                  (limits.max_compile_bytes){}",

@@ -100,6 +100,8 @@ impl Replication {
         let c = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(3))
             .pool_max_idle_per_host(32)
+            // peers close connections idle for their header timeout (10 s by default): drop ours first
+            .pool_idle_timeout(Duration::from_secs(5))
             .build()
             .map_err(|e| ApiError::internal(format!("cannot build an HTTP client: {e}")))?;
         Ok(self.http.get_or_init(|| c).clone())
