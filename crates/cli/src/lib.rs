@@ -114,8 +114,9 @@ pub(crate) struct CompileFlags {
     /// Seed for random calibration inputs.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Range of random real inputs: `lo:hi` for all, or `name=lo:hi`.
-    #[arg(long)]
+    /// Range of random real inputs: `lo:hi` for all, or `name=lo:hi` (`--input-range -3:3` works: the
+    /// value may start with a minus sign).
+    #[arg(long, allow_hyphen_values = true)]
     input_range: Vec<String>,
     /// Fixed shape for an input with dynamic dimensions: `name=1,3,224,224`.
     #[arg(long)]

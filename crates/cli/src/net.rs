@@ -920,8 +920,11 @@ async fn shutdown_signal(budget: std::time::Duration) {
 fn init_logs(format: &str, filter: &str) -> Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .map_err(|e| anyhow!("bad log filter '{filter}': {e}"))?;
+    // colour codes only on a terminal, never in a log file or a pipe
+    use std::io::IsTerminal;
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     let r = if format == "json" {
         b.json().try_init()

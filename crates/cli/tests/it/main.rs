@@ -487,3 +487,30 @@ fn int8_precision_compiles_smaller_models_that_run_on_both_executors() {
     assert_eq!(o.status.code(), Some(2), "{e}");
     assert!(e.contains("i32 or int8"), "{e}");
 }
+
+#[test]
+fn negative_input_ranges_are_taken_as_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("a.vty");
+    let b = dir.path().join("b.vty");
+    let mlp = root().join("fixtures/mlp.onnx");
+    let mlp = mlp.to_str().unwrap();
+    ok(&[
+        "model",
+        "compile",
+        mlp,
+        "-o",
+        a.to_str().unwrap(),
+        "--input-range",
+        "-3:3",
+    ]);
+    ok(&[
+        "model",
+        "compile",
+        mlp,
+        "-o",
+        b.to_str().unwrap(),
+        "--input-range=-3:3",
+    ]);
+    assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
+}

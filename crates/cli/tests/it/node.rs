@@ -1244,3 +1244,33 @@ fn zk_mode_returns_a_proof_that_verifies_offline() {
         .expect("infer");
     assert_eq!(error_code(resp, 400), "malformed_request");
 }
+
+#[test]
+fn node_logs_written_to_a_file_carry_no_colour_codes() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let log = tmp.path().join("node.log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_verity"))
+        .args(["node", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(tmp.path().join("n"))
+        .env("VERITY_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log).expect("log file"))
+        .spawn()
+        .expect("start node");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("ready line");
+    assert!(line.contains("listening on"), "{line}");
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let status = child.wait().expect("wait");
+    assert!(status.success());
+    let text = std::fs::read_to_string(&log).expect("log");
+    assert!(text.contains("node started"), "{text}");
+    assert!(
+        !text.contains('\x1b'),
+        "colour codes in a log file: {text:?}"
+    );
+}
