@@ -46,19 +46,7 @@ impl Cost {
         };
         let shape_of = |v: u32| m.value(v).map(|i| i.shape.to_vec()).unwrap_or_default();
         // last reader of every value (outputs live to the end)
-        let mut last = vec![usize::MAX; m.value_count()];
-        for (k, node) in m.nodes.iter().enumerate() {
-            for &v in &node.inputs {
-                if let Some(l) = last.get_mut(v as usize) {
-                    *l = k;
-                }
-            }
-        }
-        for o in &m.outputs {
-            if let Some(l) = last.get_mut(o.value as usize) {
-                *l = usize::MAX;
-            }
-        }
+        let last = m.last_uses();
         let first = m.first_node_value();
         let bytes = |v: u32| numel(&shape_of(v)).saturating_mul(ELEM);
         let inputs: u64 = (0..m.inputs.len() as u32).fold(0, |s, v| s.saturating_add(bytes(v)));

@@ -168,19 +168,7 @@ impl<M: Borrow<Model>> Executor<M> {
                 })
                 .collect(),
         };
-        let mut last_use = vec![usize::MAX; model.value_count()];
-        for (k, node) in model.nodes.iter().enumerate() {
-            for &v in &node.inputs {
-                if let Some(l) = last_use.get_mut(v as usize) {
-                    *l = k;
-                }
-            }
-        }
-        for o in &model.outputs {
-            if let Some(l) = last_use.get_mut(o.value as usize) {
-                *l = usize::MAX;
-            }
-        }
+        let last_use = model.last_uses();
         Executor {
             model: model_ref,
             mode,

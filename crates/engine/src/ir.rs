@@ -458,6 +458,25 @@ impl Model {
         }
     }
 
+    /// Per value: the index of the last node reading it, or `usize::MAX` for model outputs and values no
+    /// node reads (they live to the end of a run).
+    pub fn last_uses(&self) -> Vec<usize> {
+        let mut last = vec![usize::MAX; self.value_count()];
+        for (k, node) in self.nodes.iter().enumerate() {
+            for &v in &node.inputs {
+                if let Some(l) = last.get_mut(v as usize) {
+                    *l = k;
+                }
+            }
+        }
+        for o in &self.outputs {
+            if let Some(l) = last.get_mut(o.value as usize) {
+                *l = usize::MAX;
+            }
+        }
+        last
+    }
+
     /// Number of weight parameters (constant elements).
     pub fn parameter_count(&self) -> u64 {
         self.consts.iter().map(|c| c.data.len() as u64).sum()

@@ -532,13 +532,13 @@ async fn pull_list(
     };
     report.decode_seconds = t_decode.elapsed().as_secs_f64();
     // A model over this node's limits is not kept (nor ever loaded).
-    if let Err(e) = crate::state::check_cost(&verity_engine::Cost::of(&model), &node.config.limits)
-    {
+    let cost = verity_engine::Cost::of(&model);
+    if let Err(e) = crate::state::check_cost(&cost, &node.config.limits) {
         let store = node.store.clone();
         node.blocking(move || store.end_pull(&id)).await??;
         return Err(e);
     }
-    let full = record_for(&model, id);
+    let full = record_for(&model, id, &cost);
     rec.inputs = full.inputs;
     rec.outputs = full.outputs;
     rec.nodes = full.nodes;

@@ -1080,7 +1080,7 @@ async fn publish_inner(node: &Arc<Node>, req: Request) -> Result<Response, ApiEr
     };
     let cost = verity_engine::Cost::of(&model);
     crate::state::check_cost(&cost, limits)?;
-    let record = record_for(&model, m.model_id);
+    let record = record_for(&model, m.model_id, &cost);
     drop(model);
     let (report, report_by) = match (report_value, node_report) {
         (Some(r), _) => (Some(r), Some("owner".to_string())),

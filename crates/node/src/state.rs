@@ -150,8 +150,8 @@ pub fn io_schema(m: &Model) -> (Vec<TensorInfo>, Vec<TensorInfo>) {
     (inputs, outputs)
 }
 
-/// A store record for a decoded model (chunks are filled in by the store).
-pub fn record_for(m: &Model, id: Hash) -> ModelRecord {
+/// A store record for a decoded model with its cost (chunks are filled in by the store).
+pub fn record_for(m: &Model, id: Hash, cost: &Cost) -> ModelRecord {
     let (inputs, outputs) = io_schema(m);
     ModelRecord {
         id,
@@ -163,7 +163,7 @@ pub fn record_for(m: &Model, id: Hash) -> ModelRecord {
         nodes: m.nodes.len() as u64,
         parameters: m.consts.iter().map(|c| c.data.len() as u64).sum(),
         stored_at: 0,
-        cost: serde_json::to_value(Cost::of(m)).ok(),
+        cost: serde_json::to_value(cost).ok(),
     }
 }
 

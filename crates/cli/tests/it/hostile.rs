@@ -22,6 +22,16 @@ fn start(dir: &Path, config: &str) -> NodeProc {
     NodeProc::start(dir, &[])
 }
 
+/// [`start`], then publish the tiny model with a fresh key: the node, the key and the tiny model's ID.
+fn start_with_tiny(dir: &Path, config: &str) -> (NodeProc, SecretKey, Hash) {
+    let n = start(dir, config);
+    let key = SecretKey::random();
+    let tiny = tiny_model();
+    let id = id_of(&tiny);
+    assert_eq!(publish(&n.url, &key, tiny, "tiny").status().as_u16(), 201);
+    (n, key, id)
+}
+
 fn input(name: &str, shape: Vec<u32>) -> Input {
     Input {
         name: name.into(),
@@ -211,14 +221,10 @@ fn metrics(url: &str) -> String {
 #[test]
 fn model_bombs_are_refused_at_publish_and_the_node_keeps_serving() {
     let dir = tempfile::tempdir().unwrap();
-    let n = start(
+    let (n, key, tiny_id) = start_with_tiny(
         dir.path(),
         "[limits]\nmax_compile_bytes = 1073741824\n[timeouts]\ncompile_secs = 60\n",
     );
-    let key = SecretKey::random();
-    let tiny = tiny_model();
-    let tiny_id = id_of(&tiny);
-    assert_eq!(publish(&n.url, &key, tiny, "tiny").status().as_u16(), 201);
     valid_inference(&n.url, &tiny_id);
 
     // CPU: 16384³ multiply-accumulates in 200-odd bytes
@@ -328,14 +334,10 @@ fn model_bombs_are_refused_at_publish_and_the_node_keeps_serving() {
 fn abandoned_and_timed_out_inferences_free_their_worker() {
     let dir = tempfile::tempdir().unwrap();
     // one worker; a 3 s request timeout; estimates that let the slow model in
-    let mut n = start(
+    let (mut n, key, tiny_id) = start_with_tiny(
         dir.path(),
         "workers = 1\n[limits]\nassumed_ops_per_sec = 1000000000000\n[timeouts]\nrequest_secs = 3\ncompile_secs = 1\n",
     );
-    let key = SecretKey::random();
-    let tiny = tiny_model();
-    let tiny_id = id_of(&tiny);
-    assert_eq!(publish(&n.url, &key, tiny, "tiny").status().as_u16(), 201);
     // 3072³ products on values too wide for the 8-bit kernels: far longer than 3 s on this machine
     let slow = square_model(3072, false);
     let slow_id = id_of(&slow);
@@ -428,19 +430,11 @@ fn abandoned_and_timed_out_inferences_free_their_worker() {
 #[test]
 fn silent_trickling_and_oversize_clients_are_cut_off() {
     let dir = tempfile::tempdir().unwrap();
-    let n = start(
+    let (n, key, tiny_id) = start_with_tiny(
         dir.path(),
         "[limits]\nmax_connections_per_ip = 8\nmin_upload_bytes_per_sec = 65536\n[timeouts]\nheader_secs = 3\n",
     );
-    let key = SecretKey::random();
     let tiny = tiny_model();
-    let tiny_id = id_of(&tiny);
-    assert_eq!(
-        publish(&n.url, &key, tiny.clone(), "tiny")
-            .status()
-            .as_u16(),
-        201
-    );
     let addr = host_port(&n.url);
 
     // silent connections are closed after the header timeout; an idle keep-alive one too
@@ -581,11 +575,7 @@ fn silent_trickling_and_oversize_clients_are_cut_off() {
 fn sigterm_under_load_exits_in_time_and_kill9_loses_no_acknowledged_receipt() {
     let dir = tempfile::tempdir().unwrap();
     let config = "workers = 2\n[limits]\nassumed_ops_per_sec = 1000000000000\n[timeouts]\nshutdown_secs = 3\n";
-    let mut n = start(dir.path(), config);
-    let key = SecretKey::random();
-    let tiny = tiny_model();
-    let tiny_id = id_of(&tiny);
-    assert_eq!(publish(&n.url, &key, tiny, "tiny").status().as_u16(), 201);
+    let (mut n, key, tiny_id) = start_with_tiny(dir.path(), config);
     let slow = square_model(3072, false);
     let slow_id = id_of(&slow);
     assert_eq!(publish(&n.url, &key, slow, "slow").status().as_u16(), 201);

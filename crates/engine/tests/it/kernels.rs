@@ -421,14 +421,9 @@ proptest! {
     }
 }
 
-/// A run cancelled from another thread stops inside its one long product and reports `Cancelled`; a
-/// run whose token is already cancelled does not start; the same executor then runs normally.
-#[test]
-fn runs_stop_when_cancelled() {
-    use verity_engine::{Cancel, ExecError, Executor, Mode};
-    // 2048³ multiply-accumulates on values too wide for the 8-bit kernels: seconds of work
-    let n = 2048u32;
-    let m = Model::one_node(
+/// `a · b` for two `n × n` inputs.
+fn square_matmul(n: u32) -> Model {
+    Model::one_node(
         vec![
             super::input("a", vec![n, n], 0),
             super::input("b", vec![n, n], 0),
@@ -442,7 +437,17 @@ fn runs_stop_when_cancelled() {
         vec![0, 1],
         vec![n, n],
         0,
-    );
+    )
+}
+
+/// A run cancelled from another thread stops inside its one long product and reports `Cancelled`; a
+/// run whose token is already cancelled does not start; the same executor then runs normally.
+#[test]
+fn runs_stop_when_cancelled() {
+    use verity_engine::{Cancel, ExecError, Executor, Mode};
+    // 2048³ multiply-accumulates on values too wide for the 8-bit kernels: seconds of work
+    let n = 2048u32;
+    let m = square_matmul(n);
     m.validate().unwrap();
     let exec = std::sync::Arc::new(Executor::new(m, Mode::Fast { threads: 1 }));
     let inputs = || {
@@ -464,21 +469,7 @@ fn runs_stop_when_cancelled() {
     assert_eq!(run.join().unwrap().unwrap_err(), ExecError::Cancelled);
 
     // no token: a small run of the same kind completes
-    let small = Model::one_node(
-        vec![
-            super::input("a", vec![2, 2], 0),
-            super::input("b", vec![2, 2], 0),
-        ],
-        vec![],
-        Op::EinSum {
-            a: b"ik".to_vec(),
-            b: b"kj".to_vec(),
-            out: b"ij".to_vec(),
-        },
-        vec![0, 1],
-        vec![2, 2],
-        0,
-    );
+    let small = square_matmul(2);
     let e = Executor::new(&small, Mode::Fast { threads: 1 });
     assert_eq!(
         e.run(vec![vec![1000, 0, 0, 1000], vec![-3, 1, 2, 5]])
