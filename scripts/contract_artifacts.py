@@ -13,6 +13,8 @@ import sys
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 # contract name -> the source file (under contracts/src) that defines it
 CONTRACTS = {
+    "ReceiptCourt": "ReceiptCourt.sol",
+    "OptimisticFactory": "VerityDeployer.sol",
     "ModelRegistry": "ModelRegistry.sol",
     "NodeRegistry": "NodeRegistry.sol",
     "InferenceHub": "InferenceHub.sol",

@@ -4,15 +4,18 @@ pragma solidity ^0.8.24;
 import "./NodeRegistry.sol";
 
 /// @title Verity's public node-selection rule
-/// @notice `min(count, active nodes)` draws without replacement, each picking node i with probability
+/// @notice `min(count, eligible nodes)` draws without replacement, each picking node i with probability
 ///         stake_i / remaining stake, using keccak256(seed ‖ draw) mod the remaining stake and walking the
-///         registry's node list in order. Every hub and every off-chain coordinator uses exactly this rule.
+///         registry's node list in order. Stakes are the registry's checkpoints at the end of the request's
+///         block (`asOf`), fixed before the seed is known; a node is eligible if that stake is at least
+///         the minimum stake and at least the collateral the request asks for. Every hub and every
+///         off-chain coordinator uses exactly this rule.
 library Assignment {
     error SeedNotReady(uint64 seedBlock);
     error SeedExpired();
 
-    /// The seed of request `id`: keccak256(blockhash(seedBlock) ‖ id), known once seedBlock is mined and
-    /// for 256 blocks after.
+    /// The seed of request `id`: keccak256(blockhash(seedBlock) ‖ id), computable once seedBlock is mined
+    /// and for 256 blocks after (hubs store it on first use, so it outlives that).
     function seed(uint64 seedBlock, uint256 id) internal view returns (bytes32) {
         if (block.number <= seedBlock) revert SeedNotReady(seedBlock);
         bytes32 h = blockhash(seedBlock);
@@ -25,15 +28,22 @@ library Assignment {
         return block.number > seedBlock && blockhash(seedBlock) != bytes32(0);
     }
 
-    function draw(NodeRegistry nodes, bytes32 seed, uint256 count) internal view returns (address[] memory picked) {
+    function draw(NodeRegistry nodes, bytes32 seed, uint256 count, uint256 asOf, uint256 collateral)
+        internal
+        view
+        returns (address[] memory picked)
+    {
         address[] memory all = nodes.allNodes();
         uint256[] memory stake = new uint256[](all.length);
         uint256 total;
         uint256 active;
+        uint256 floor = nodes.minStake();
+        if (collateral > floor) floor = collateral;
         for (uint256 i = 0; i < all.length; i++) {
-            if (nodes.isActive(all[i])) {
-                stake[i] = nodes.stakeOf(all[i]);
-                total += stake[i];
+            uint256 s = nodes.stakeAt(all[i], asOf);
+            if (s >= floor) {
+                stake[i] = s;
+                total += s;
                 active++;
             }
         }

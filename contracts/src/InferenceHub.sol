@@ -20,8 +20,19 @@ interface IVerityConsumer {
 ///         nodes. Every accepted receipt's hashes stay in storage and receipts that disagree emit `Conflict`:
 ///         the evidence a dispute starts from. A request may leave `inputHash` zero when its input is fully
 ///         given by `inputUri` (e.g. carried on-chain) and its canonical hash is not known to the requester;
-///         the nodes' receipts then name it, and a quorum must agree on it too. After the response window an unfinished request
-///         refunds the client and slashes the assigned nodes that never answered.
+///         the nodes' receipts then name it, and a quorum must agree on it too.
+///
+///         Nobody profits from a request failing (docs/spec/economics.md). Assignment uses the stakes of the
+///         request's own block, fixed before the seed is known, and the seed is stored on first use so it
+///         outlives the 256 blocks of `blockhash`. An assigned node that cannot serve (input unavailable or
+///         not matching its hash, model not hosted) says so with `decline` and loses nothing; when too few
+///         nodes remain the request is refunded at once. After the response window an unfinished request
+///         refunds the client its fee — only its fee — and the assigned nodes that neither answered nor
+///         declined are slashed `timeoutPenalty`, which is burned (kept here for good), never paid to the
+///         client who could have caused the failure. A request may ask for `collateral`: only nodes whose
+///         stake covered it are drawn, and each accepted receipt locks that much of its node's stake. Every
+///         accepted receipt (with its signature, in `ReceiptAccepted`) can be disputed in the
+///         OptimisticHub, where a node that loses the game loses its whole stake.
 contract InferenceHub is Payouts {
     using VerityReceipts for VerityReceipts.Receipt;
 
@@ -49,6 +60,8 @@ contract InferenceHub is Payouts {
         bytes32 outputHash;
         uint256 fee;
         string inputUri;
+        uint256 collateral;
+        bytes32 seed;
     }
 
     uint8 public constant MAX_QUORUM = 7;
@@ -75,8 +88,13 @@ contract InferenceHub is Payouts {
     /// request => keccak256(inputHash ‖ outputHash) => how many assigned nodes submitted it
     mapping(uint256 => mapping(bytes32 => uint256)) public votes;
     mapping(uint256 => address[]) private submitters;
-    /// request => what `timeout` paid its client (fee plus penalties)
+    /// request => what its client got back (its fee) when it failed
     mapping(uint256 => uint256) public refundOf;
+    /// request => node => declined to serve it
+    mapping(uint256 => mapping(address => bool)) public declined;
+    mapping(uint256 => uint256) public declines;
+    /// Penalties of silent nodes, kept out of reach for good.
+    uint256 public burned;
 
     event Requested(
         uint256 indexed requestId,
@@ -90,7 +108,17 @@ contract InferenceHub is Payouts {
         uint64 seedBlock,
         uint64 deadline
     );
-    event ReceiptAccepted(uint256 indexed requestId, address indexed node, bytes32 outputHash, bytes32 traceRoot);
+    /// The whole receipt and its signature, so that anyone can dispute it in the OptimisticHub.
+    event ReceiptAccepted(
+        uint256 indexed requestId,
+        address indexed node,
+        bytes32 outputHash,
+        bytes32 traceRoot,
+        bytes32 inputHash,
+        uint64 timestamp,
+        bytes signature
+    );
+    event Declined(uint256 indexed requestId, address indexed node, string reason);
     event Conflict(
         uint256 indexed requestId,
         address nodeA,
@@ -101,7 +129,7 @@ contract InferenceHub is Payouts {
         bytes32 outputB
     );
     event Finalized(uint256 indexed requestId, bytes32 inputHash, bytes32 outputHash, address[] nodes);
-    event Refunded(uint256 indexed requestId, uint256 amount, address[] silent);
+    event Refunded(uint256 indexed requestId, uint256 amount, address[] silent, uint256 burned);
     event CallbackFailed(uint256 indexed requestId);
 
     error UnknownModel();
@@ -114,6 +142,7 @@ contract InferenceHub is Payouts {
     error BadSignature();
     error NotAssigned(address node);
     error AlreadySubmitted();
+    error AlreadyDeclined();
 
     constructor(ModelRegistry models_, NodeRegistry nodes_, uint64 responseWindow_, uint256 timeoutPenalty_) {
         models = models_;
@@ -131,6 +160,20 @@ contract InferenceHub is Payouts {
         payable
         returns (uint256 id)
     {
+        return requestWithCollateral(modelId, inputHash, inputUri, mode, k, 0);
+    }
+
+    /// @notice `request`, asking that every node drawn had at least `collateral` of stake at the request's
+    ///         block and locks that much of it with its receipt (the security the request buys: a node that
+    ///         loses a dispute over its receipt loses its whole stake, at least this).
+    function requestWithCollateral(
+        bytes32 modelId,
+        bytes32 inputHash,
+        string calldata inputUri,
+        Mode mode,
+        uint8 k,
+        uint256 collateral
+    ) public payable returns (uint256 id) {
         if (!models.exists(modelId)) revert UnknownModel();
         if (mode == Mode.Signed) {
             k = 1;
@@ -151,6 +194,7 @@ contract InferenceHub is Payouts {
         r.inputHash = inputHash;
         r.fee = msg.value;
         r.inputUri = inputUri;
+        r.collateral = collateral;
         emit Requested(id, msg.sender, modelId, inputHash, inputUri, mode, k, msg.value, r.seedBlock, r.deadline);
     }
 
@@ -158,11 +202,19 @@ contract InferenceHub is Payouts {
         return requests[id];
     }
 
-    /// @notice The seed of a request: keccak256(blockhash(seedBlock) ‖ id), known once seedBlock is mined.
+    /// @notice The seed of a request: keccak256(blockhash(seedBlock) ‖ id), known once seedBlock is mined;
+    ///         stored on first use (any receipt, decline or `fixSeed`), so it outlives `blockhash`.
     function seedOf(uint256 id) public view returns (bytes32) {
         Request storage r = requests[id];
         if (r.status == Status.None) revert WrongRequest();
+        if (r.seed != bytes32(0)) return r.seed;
         return Assignment.seed(r.seedBlock, id);
+    }
+
+    /// @notice Store a request's seed while its block hash is still available (anyone may call it).
+    function fixSeed(uint256 id) public returns (bytes32 s) {
+        s = seedOf(id);
+        requests[id].seed = s;
     }
 
     /// @notice The nodes assigned to a request: `min(count, active nodes)` draws without replacement, each
@@ -171,7 +223,9 @@ contract InferenceHub is Payouts {
     ///         quorum requests (spares for nodes that do not answer) and 1 for signed ones.
     function assignment(uint256 id) public view returns (address[] memory) {
         Request storage r = requests[id];
-        return Assignment.draw(nodes, seedOf(id), r.mode == Mode.Signed ? 1 : uint256(r.k) + 2);
+        return Assignment.draw(
+            nodes, seedOf(id), r.mode == Mode.Signed ? 1 : uint256(r.k) + 2, r.seedBlock - 1, r.collateral
+        );
     }
 
     function isAssigned(uint256 id, address node) public view returns (bool) {
@@ -203,6 +257,34 @@ contract InferenceHub is Payouts {
         }
     }
 
+    /// @notice An assigned node that cannot serve request `id` (its input is unavailable or does not match
+    ///         the request's hash, it does not host the model, its free stake does not cover the
+    ///         collateral) says so here and is not slashed for it; it earns nothing either. If too few
+    ///         assigned nodes remain to answer, the client is refunded at once.
+    function decline(uint256 id, string calldata reason) external {
+        Request storage r = requests[id];
+        if (r.status != Status.Pending) revert NotPending();
+        if (block.timestamp > r.deadline) revert TooLate();
+        fixSeed(id);
+        address[] memory a = assignment(id);
+        bool assigned;
+        for (uint256 i = 0; i < a.length; i++) {
+            if (a[i] == msg.sender) assigned = true;
+        }
+        if (!assigned) revert NotAssigned(msg.sender);
+        if (submitted[id][msg.sender] != bytes32(0)) revert AlreadySubmitted();
+        if (declined[id][msg.sender]) revert AlreadyDeclined();
+        declined[id][msg.sender] = true;
+        uint256 d = ++declines[id];
+        emit Declined(id, msg.sender, reason);
+        if (a.length < d + r.k) {
+            r.status = Status.Refunded;
+            refundOf[id] = r.fee;
+            pay(r.client, r.fee);
+            emit Refunded(id, r.fee, new address[](0), 0);
+        }
+    }
+
     function accept(uint256 id, VerityReceipts.Receipt calldata receipt, bytes calldata signature) internal {
         Request storage r = requests[id];
         if (r.status != Status.Pending) revert NotPending();
@@ -215,8 +297,11 @@ contract InferenceHub is Payouts {
         }
         if (!receipt.isSignedByNode(domainSeparator, signature)) revert BadSignature();
         address node = receipt.node;
+        fixSeed(id);
         if (!isAssigned(id, node)) revert NotAssigned(node);
         if (submitted[id][node] != bytes32(0)) revert AlreadySubmitted();
+        if (declined[id][node]) revert AlreadyDeclined();
+        nodes.lock(node, r.collateral);
         bytes32 out = receipt.outputHash;
         bytes32 inp = receipt.inputHash;
         // Record disagreement with earlier receipts as evidence.
@@ -230,7 +315,7 @@ contract InferenceHub is Payouts {
         if (r.inputHash == bytes32(0)) submittedInput[id][node] = inp;
         prev.push(node);
         uint256 n = ++votes[id][keccak256(abi.encodePacked(inp, out))];
-        emit ReceiptAccepted(id, node, out, receipt.traceRoot);
+        emit ReceiptAccepted(id, node, out, receipt.traceRoot, inp, receipt.timestamp, signature);
         if (n >= r.k) finalize(id, inp, out);
     }
 
@@ -264,32 +349,36 @@ contract InferenceHub is Payouts {
         }
     }
 
-    /// @notice After the deadline, refund an unfinished request and slash the assigned nodes that sent no
-    ///         receipt (the slashed stake goes to the client as well).
+    /// @notice After the deadline, refund an unfinished request's fee to its client and slash the assigned
+    ///         nodes that were needed and neither answered nor declined: the first k assigned nodes that did
+    ///         not decline (a decline hands its place to the next spare). Penalties are burned.
     function timeout(uint256 id) external {
         Request storage r = requests[id];
         if (r.status != Status.Pending) revert NotPending();
         if (block.timestamp <= r.deadline) revert TooEarly();
         r.status = Status.Refunded;
         address[] memory a;
-        // If the seed block has fallen out of reach, nobody can be held responsible.
-        if (Assignment.seedKnown(r.seedBlock)) a = assignment(id);
+        // If nobody stored the seed while it was known, nobody can be held responsible.
+        if (r.seed != bytes32(0) || Assignment.seedKnown(r.seedBlock)) a = assignment(id);
         uint256 silentCount;
         address[] memory silent = new address[](a.length);
-        uint256 compensation;
-        for (uint256 i = 0; i < a.length; i++) {
-            if (submitted[id][a[i]] == bytes32(0) && (r.mode == Mode.Signed || i < r.k)) {
+        uint256 taken;
+        uint256 needed;
+        for (uint256 i = 0; i < a.length && needed < r.k; i++) {
+            if (declined[id][a[i]]) continue;
+            needed++;
+            if (submitted[id][a[i]] == bytes32(0)) {
                 silent[silentCount++] = a[i];
-                compensation += nodes.slash(a[i], timeoutPenalty);
+                taken += nodes.slash(a[i], timeoutPenalty);
             }
         }
         assembly {
             mstore(silent, silentCount)
         }
-        uint256 amount = r.fee + compensation;
-        refundOf[id] = amount;
-        pay(r.client, amount);
-        emit Refunded(id, amount, silent);
+        burned += taken;
+        refundOf[id] = r.fee;
+        pay(r.client, r.fee);
+        emit Refunded(id, r.fee, silent, taken);
     }
 
     /// Receives slashed stake from the node registry.

@@ -85,4 +85,24 @@ library Merkle {
     function bindLength(uint256 count, bytes32 root) internal pure returns (bytes32) {
         return keccak256(abi.encodePacked(uint64(count), root));
     }
+
+    /// Root of a list of hashes (in place: `xs` is overwritten), bound to its length: pairs hashed level by
+    /// level with a zero right child for an odd last node.
+    function listRoot(bytes32[] memory xs) internal pure returns (bytes32) {
+        uint256 n = xs.length;
+        if (n == 0) return bindLength(0, bytes32(0));
+        return bindLength(n, treeRoot(xs));
+    }
+
+    /// Root of the tree over `xs` (overwritten) without its length: what a word tree's root is.
+    function treeRoot(bytes32[] memory xs) internal pure returns (bytes32) {
+        uint256 w = xs.length;
+        while (w > 1) {
+            for (uint256 i = 0; i < w; i += 2) {
+                xs[i / 2] = hashPair(xs[i], i + 1 < w ? xs[i + 1] : bytes32(0));
+            }
+            w = (w + 1) / 2;
+        }
+        return xs[0];
+    }
 }

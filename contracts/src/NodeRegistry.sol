@@ -6,6 +6,12 @@ pragma solidity ^0.8.24;
 ///         unbonding, after a delay fixed at deployment, and stays slashable while it unbonds. Stake can be
 ///         slashed only by Verity's verification contracts, wired once by the deploying factory in the
 ///         deployment itself; no account holds any power afterwards.
+///
+///         Every stake change is checkpointed by block, so a hub draws a request's nodes from the stakes as
+///         they were when the request was made (`stakeAt`): nothing done after the request — a top-up, an
+///         unbonding, a slash — changes who is assigned. A hub can lock part of a node's stake as the
+///         collateral of an answer (`lock`); locked stake cannot be moved to unbonding for one to two
+///         unbonding delays (locks are kept in buckets of one delay each).
 contract NodeRegistry {
     struct Node {
         bool registered;
@@ -22,7 +28,16 @@ contract NodeRegistry {
     bool public wired;
     mapping(address => bool) public isSlasher;
 
+    /// A node's stake from block `blockNumber` on.
+    struct Checkpoint {
+        uint64 blockNumber;
+        uint192 stake;
+    }
+
     mapping(address => Node) private nodes;
+    mapping(address => Checkpoint[]) private history;
+    /// node => lock bucket (timestamp / unbondingDelay) => collateral locked until that bucket ends
+    mapping(address => mapping(uint256 => uint256)) private lockedIn;
     address[] private nodeList;
     /// model ID => nodes that announced they host it (any order)
     mapping(bytes32 => address[]) private hostList;
@@ -37,6 +52,7 @@ contract NodeRegistry {
     event Slashed(address indexed node, uint256 amount, address indexed by);
     event SlashersWired(address[] slashers);
     event HostingChanged(address indexed node, bytes32 indexed modelId, bool hosting);
+    event Locked(address indexed node, uint256 amount, uint256 locked, address indexed by);
 
     error AlreadyRegistered();
     error NotRegistered();
@@ -49,8 +65,12 @@ contract NodeRegistry {
     error AlreadyWired();
     error NotWirer();
     error TransferFailed();
+    error StakeLocked(uint256 locked);
+    error BadDelay();
+    error InsufficientFreeStake(uint256 free);
 
     constructor(uint256 minStake_, uint64 unbondingDelay_) {
+        if (unbondingDelay_ == 0) revert BadDelay();
         minStake = minStake_;
         unbondingDelay = unbondingDelay_;
         wirer = msg.sender;
@@ -77,6 +97,7 @@ contract NodeRegistry {
         n.stake = msg.value;
         n.endpoint = endpoint;
         nodeList.push(msg.sender);
+        checkpoint(msg.sender, n.stake);
         emit NodeRegistered(msg.sender, endpoint, msg.value);
     }
 
@@ -92,6 +113,7 @@ contract NodeRegistry {
         Node storage n = nodes[msg.sender];
         if (!n.registered) revert NotRegistered();
         n.stake += msg.value;
+        checkpoint(msg.sender, n.stake);
         emit StakeAdded(msg.sender, msg.value, n.stake);
     }
 
@@ -101,7 +123,10 @@ contract NodeRegistry {
         Node storage n = nodes[msg.sender];
         if (!n.registered) revert NotRegistered();
         if (amount > n.stake) revert AmountTooLarge(n.stake);
+        uint256 held = locked(msg.sender);
+        if (n.stake - amount < held) revert StakeLocked(held);
         n.stake -= amount;
+        checkpoint(msg.sender, n.stake);
         n.unbonding += amount;
         n.unbondAt = uint64(block.timestamp) + unbondingDelay;
         emit UnbondRequested(msg.sender, amount, n.unbondAt);
@@ -125,6 +150,7 @@ contract NodeRegistry {
         Node storage n = nodes[node];
         uint256 fromStake = amount < n.stake ? amount : n.stake;
         n.stake -= fromStake;
+        if (fromStake > 0) checkpoint(node, n.stake);
         uint256 rest = amount - fromStake;
         uint256 fromUnbonding = rest < n.unbonding ? rest : n.unbonding;
         n.unbonding -= fromUnbonding;
@@ -134,6 +160,51 @@ contract NodeRegistry {
             if (!ok) revert TransferFailed();
         }
         emit Slashed(node, taken, msg.sender);
+    }
+
+    /// @notice Lock `amount` of `who`'s stake as the collateral of an answer, for at least one unbonding
+    ///         delay (at most two). Reverts if the stake not yet locked is smaller. Only the hubs lock.
+    function lock(address who, uint256 amount) external {
+        if (!isSlasher[msg.sender]) revert NotSlasher();
+        if (amount == 0) return;
+        uint256 held = locked(who);
+        uint256 stake = nodes[who].stake;
+        if (stake < held + amount) revert InsufficientFreeStake(stake > held ? stake - held : 0);
+        lockedIn[who][block.timestamp / unbondingDelay + 1] += amount;
+        emit Locked(who, amount, held + amount, msg.sender);
+    }
+
+    /// @notice Collateral of `who` locked now (it cannot be unbonded).
+    function locked(address who) public view returns (uint256) {
+        uint256 b = block.timestamp / unbondingDelay;
+        return lockedIn[who][b] + lockedIn[who][b + 1];
+    }
+
+    /// @notice `who`'s stake at the end of block `blockNumber` (zero before it registered).
+    function stakeAt(address who, uint256 blockNumber) public view returns (uint256) {
+        Checkpoint[] storage h = history[who];
+        uint256 lo = 0;
+        uint256 hi = h.length;
+        while (lo < hi) {
+            uint256 mid = (lo + hi) / 2;
+            if (h[mid].blockNumber <= blockNumber) lo = mid + 1;
+            else hi = mid;
+        }
+        return lo == 0 ? 0 : h[lo - 1].stake;
+    }
+
+    /// @notice Whether `who` was active (registered, at least the minimum stake) at the end of block
+    ///         `blockNumber`.
+    function isActiveAt(address who, uint256 blockNumber) public view returns (bool) {
+        return stakeAt(who, blockNumber) >= minStake;
+    }
+
+    function checkpoint(address who, uint256 stake) internal {
+        Checkpoint[] storage h = history[who];
+        uint64 b = uint64(block.number);
+        uint192 s = uint192(stake); // total native currency is far below 2^192
+        if (h.length > 0 && h[h.length - 1].blockNumber == b) h[h.length - 1].stake = s;
+        else h.push(Checkpoint(b, s));
     }
 
     function node(address who) external view returns (Node memory) {

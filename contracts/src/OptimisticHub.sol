@@ -16,9 +16,16 @@ import "./Payouts.sol";
 ///         output, then down that tensor's word tree to one word — each move a transaction with a deadline
 ///         that loses the game for whoever misses it, and the last step is judged here: `OneStep`
 ///         recomputes one element from operands proven against the model ID and the defender's trace.
-///         The loser's bond (and, for a defender, stake) is slashed, half to the winner; a winning
+///         The loser's bond is slashed, and a defender that loses also loses its whole stake (stake and
+///         unbonding funds); half of what is taken goes to the winner, the rest is burned; a winning
 ///         challenger's claim becomes the pending result with a fresh window. Protocol:
-///         docs/spec/disputes.md.
+///         docs/spec/disputes.md; economics: docs/spec/economics.md.
+///
+///         The same game judges every other answer a staked node signs: the ReceiptCourt opens it
+///         (`openDispute`) against a receipt signed for the InferenceHub or off-chain, once it has checked
+///         the signature and the input. Assignment uses the stakes of the request's block; the seed is stored
+///         on first use; an assigned node that cannot serve declines without penalty, a silent one is
+///         slashed `slashAmount`, which is burned, and the client only ever gets its fee back.
 contract OptimisticHub is Payouts {
     enum Status {
         None,
@@ -40,6 +47,8 @@ contract OptimisticHub is Payouts {
         bytes32 inputHash;
         uint256 fee;
         string inputUri;
+        uint256 collateral;
+        bytes32 seed;
     }
 
     /// The pending answer of a request: who stands behind it and what it says.
@@ -108,6 +117,10 @@ contract OptimisticHub is Payouts {
     uint256 public immutable commitBond;
     uint256 public immutable challengeBond;
     uint256 public immutable slashAmount;
+    /// May name the court, once (the deploying factory).
+    address public immutable wirer;
+    /// The ReceiptCourt: the only caller that opens disputes over receipts.
+    address public court;
 
     uint256 public requestCount;
     uint256 public gameCount;
@@ -152,6 +165,8 @@ contract OptimisticHub is Payouts {
     );
     event Finalized(uint256 indexed requestId, bytes32 outputHash, address indexed owner);
     event Refunded(uint256 indexed requestId, uint256 amount, address silent);
+    event Declined(uint256 indexed requestId, address indexed node, string reason);
+
 
     error UnknownModel();
     error NeedInputHash();
@@ -169,6 +184,7 @@ contract OptimisticHub is Payouts {
     error BadMove(string why);
     error DefenderRight();
     error TooEarly();
+    error NotCourt();
 
     constructor(
         ModelRegistry models_,
@@ -179,8 +195,10 @@ contract OptimisticHub is Payouts {
         uint64 moveBlocks_,
         uint256 commitBond_,
         uint256 challengeBond_,
-        uint256 slashAmount_
+        uint256 slashAmount_,
+        address wirer_
     ) {
+        wirer = wirer_;
         models = models_;
         nodes = nodes_;
         oneStep = oneStep_;
@@ -201,6 +219,16 @@ contract OptimisticHub is Payouts {
         payable
         returns (uint256 id)
     {
+        return requestWithCollateral(modelId, inputHash, inputUri, 0);
+    }
+
+    /// @notice `request`, drawing only a node whose stake at the request's block covered `collateral`; its
+    ///         commitment locks that much of its stake (a node that loses a game loses its whole stake).
+    function requestWithCollateral(bytes32 modelId, bytes32 inputHash, string calldata inputUri, uint256 collateral)
+        public
+        payable
+        returns (uint256 id)
+    {
         if (!models.exists(modelId)) revert UnknownModel();
         if (inputHash == bytes32(0)) revert NeedInputHash();
         uint256 price = models.priceOf(modelId);
@@ -215,6 +243,7 @@ contract OptimisticHub is Payouts {
         r.inputHash = inputHash;
         r.fee = msg.value;
         r.inputUri = inputUri;
+        r.collateral = collateral;
         emit Requested(id, msg.sender, modelId, inputHash, inputUri, msg.value, r.seedBlock, r.deadline);
     }
 
@@ -230,25 +259,50 @@ contract OptimisticHub is Payouts {
         return gamesOf[id];
     }
 
-    /// @notice The seed of a request: keccak256(blockhash(seedBlock) ‖ id), known once seedBlock is mined.
+    /// @notice The seed of a request: keccak256(blockhash(seedBlock) ‖ id), known once seedBlock is mined;
+    ///         stored on first use (commit, decline, `fixSeed`), so it outlives `blockhash`.
     function seedOf(uint256 id) public view returns (bytes32) {
         Request storage r = requests[id];
-        if (r.status == Status.None) revert WrongStatus();
+        if (r.status == Status.None || r.client == address(0)) revert WrongStatus();
+        if (r.seed != bytes32(0)) return r.seed;
         return Assignment.seed(r.seedBlock, id);
     }
 
-    /// @notice The node that must answer: one draw of the public stake-weighted rule.
+    /// @notice Store a request's seed while its block hash is still available (anyone may call it).
+    function fixSeed(uint256 id) public returns (bytes32 s) {
+        s = seedOf(id);
+        requests[id].seed = s;
+    }
+
+    /// @notice The node that must answer: one draw of the public stake-weighted rule over the stakes of
+    ///         the request's block.
     function assigned(uint256 id) public view returns (address) {
-        address[] memory a = Assignment.draw(nodes, seedOf(id), 1);
+        Request storage r = requests[id];
+        address[] memory a = Assignment.draw(nodes, seedOf(id), 1, r.seedBlock - 1, r.collateral);
         return a.length == 0 ? address(0) : a[0];
+    }
+
+    /// @notice The assigned node cannot serve request `id` (input unavailable or not matching, model not
+    ///         hosted, collateral not free): the client is refunded at once and nobody is slashed.
+    function decline(uint256 id, string calldata reason) external {
+        Request storage r = requests[id];
+        if (r.status != Status.Pending || block.number > r.deadline) revert WrongStatus();
+        fixSeed(id);
+        if (msg.sender != assigned(id)) revert NotAssigned();
+        r.status = Status.Refunded;
+        emit Declined(id, msg.sender, reason);
+        emit Refunded(id, r.fee, address(0));
+        pay(r.client, r.fee);
     }
 
     /// @notice The assigned node commits its answer: output hash, trace root, and the bond.
     function commit(uint256 id, bytes32 outputHash, bytes32 traceRoot) external payable {
         Request storage r = requests[id];
         if (r.status != Status.Pending || block.number > r.deadline) revert WrongStatus();
+        fixSeed(id);
         if (msg.sender != assigned(id)) revert NotAssigned();
         if (msg.value != commitBond) revert WrongBond(commitBond);
+        nodes.lock(msg.sender, r.collateral);
         if (outputHash == bytes32(0) || traceRoot == bytes32(0)) revert BadMove("empty claim");
         r.status = Status.Committed;
         r.windowEnd = uint64(block.number) + challengeBlocks;
@@ -261,6 +315,45 @@ contract OptimisticHub is Payouts {
         Request storage r = requests[id];
         if (r.status != Status.Committed) revert WrongStatus();
         if (block.number > r.windowEnd) revert WindowClosed();
+        return openGame(id, msg.sender, outputHash, traceRoot);
+    }
+
+    /// @notice Open a dispute over a claim a staked node signed outside this hub (a receipt), for the
+    ///         ReceiptCourt, which has checked the signature and the input: a new dispute ID holds the
+    ///         node's claim and the challenger's game against it starts at once.
+    function openDispute(
+        address challenger,
+        bytes32 modelId,
+        bytes32 inputHash,
+        address node,
+        bytes32 nodeOutput,
+        bytes32 nodeTrace,
+        bytes32 outputHash,
+        bytes32 traceRoot
+    ) external payable returns (uint256 id, uint256 g) {
+        if (msg.sender != court || court == address(0)) revert NotCourt();
+        id = ++requestCount;
+        Request storage r = requests[id];
+        r.status = Status.Committed;
+        r.windowEnd = uint64(block.number);
+        r.modelId = modelId;
+        r.inputHash = inputHash;
+        r.inputUri = "dispute";
+        claims[id] = Claim(node, nodeOutput, nodeTrace, 0);
+        g = openGame(id, challenger, outputHash, traceRoot);
+    }
+
+    /// @notice Name the ReceiptCourt; callable once, by the deploying factory, at deployment.
+    function wireCourt(address court_) external {
+        if (msg.sender != wirer || court != address(0)) revert NotCourt();
+        court = court_;
+    }
+
+    function openGame(uint256 id, address challenger, bytes32 outputHash, bytes32 traceRoot)
+        internal
+        returns (uint256 g)
+    {
+        Request storage r = requests[id];
         if (msg.value != challengeBond) revert WrongBond(challengeBond);
         Claim storage c = claims[id];
         if (outputHash == c.outputHash && traceRoot == c.traceRoot) revert SameClaim();
@@ -268,7 +361,7 @@ contract OptimisticHub is Payouts {
         g = ++gameCount;
         Game storage gm = games[g];
         gm.requestId = id;
-        gm.challenger = msg.sender;
+        gm.challenger = challenger;
         gm.outputHash = outputHash;
         gm.traceRoot = traceRoot;
         gm.generation = r.generation;
@@ -276,7 +369,7 @@ contract OptimisticHub is Payouts {
         gm.deadline = uint64(block.number) + moveBlocks;
         gamesOf[id].push(g);
         r.openGames++;
-        emit Challenged(id, g, msg.sender, c.owner, outputHash, traceRoot);
+        emit Challenged(id, g, challenger, c.owner, outputHash, traceRoot);
     }
 
     /// @notice After the window, with no game open, the claim is the result: the model owner gets its
@@ -288,6 +381,11 @@ contract OptimisticHub is Payouts {
         if (r.openGames != 0) revert GamesOpen();
         r.status = Status.Finalized;
         Claim memory c = claims[id];
+        if (r.client == address(0)) {
+            // a receipt dispute the challenger won: its claim stood; no fee, its bond back
+            emit Finalized(id, c.outputHash, c.owner);
+            return pay(c.owner, c.bond);
+        }
         uint256 price = models.priceOf(r.modelId);
         ModelRegistry.Model memory m = models.model(r.modelId);
         emit Finalized(id, c.outputHash, c.owner);
@@ -295,17 +393,20 @@ contract OptimisticHub is Payouts {
         pay(c.owner, r.fee - price + c.bond);
     }
 
-    /// @notice No commitment by the deadline: refund the client and slash the assigned node.
+    /// @notice No commitment and no decline by the deadline: refund the client its fee and slash the
+    ///         assigned node `slashAmount`, which is burned (never paid to the client, who could have made
+    ///         the request fail).
     function timeoutRequest(uint256 id) external {
         Request storage r = requests[id];
-        if (r.status != Status.Pending) revert WrongStatus();
+        if (r.status != Status.Pending || r.client == address(0)) revert WrongStatus();
         if (block.number <= r.deadline) revert TooEarly();
         r.status = Status.Refunded;
         address a;
-        if (Assignment.seedKnown(r.seedBlock)) a = assigned(id);
+        if (r.seed != bytes32(0) || Assignment.seedKnown(r.seedBlock)) a = assigned(id);
         uint256 taken = a == address(0) ? 0 : nodes.slash(a, slashAmount);
-        emit Refunded(id, r.fee + taken, a);
-        pay(r.client, r.fee + taken);
+        burned += taken;
+        emit Refunded(id, r.fee, a);
+        pay(r.client, r.fee);
     }
 
     // ------------------------------------------------------------------ the game
@@ -322,20 +423,6 @@ contract OptimisticHub is Payouts {
         gm.stage = s;
         gm.deadline = uint64(block.number) + moveBlocks;
         gm.moves++;
-    }
-
-    /// Merkle root of a short list, bound to its length.
-    function listRoot(bytes32[] memory xs) internal pure returns (bytes32) {
-        uint256 n = xs.length;
-        if (n == 0) return Merkle.bindLength(0, bytes32(0));
-        uint256 w = n;
-        while (w > 1) {
-            for (uint256 i = 0; i < w; i += 2) {
-                xs[i / 2] = Merkle.hashPair(xs[i], i + 1 < w ? xs[i + 1] : bytes32(0));
-            }
-            w = (w + 1) / 2;
-        }
-        return Merkle.bindLength(n, xs[0]);
     }
 
     /// @notice Defender's first move: the model header and the trace tree, with the input roots (which must
@@ -355,13 +442,13 @@ contract OptimisticHub is Payouts {
             if (Merkle.rootOf(v.roots[i], i, width, v.paths[i]) != v.traceTree) revert BadMove("input root");
             ins[i] = v.roots[i];
         }
-        if (listRoot(ins) != r.inputHash) revert BadMove("inputs");
+        if (Merkle.listRoot(ins) != r.inputHash) revert BadMove("inputs");
         bytes32[] memory os = new bytes32[](outs.length);
         for (uint256 j = 0; j < outs.length; j++) {
             os[j] = v.roots[ni + j];
             if (!outputRootOk(v, ni, nc, nn, outs[j], j)) revert BadMove("output root");
         }
-        if (listRoot(os) != claims[gm.requestId].outputHash) revert BadMove("outputs");
+        if (Merkle.listRoot(os) != claims[gm.requestId].outputHash) revert BadMove("outputs");
         gm.inputs = uint64(ni);
         gm.width = uint64(width);
         gm.depth = uint8(Merkle.depth(width));
@@ -473,7 +560,7 @@ contract OptimisticHub is Payouts {
 
     // ------------------------------------------------------------------ outcomes
 
-    /// The challenger was right: the defender's bond and stake are slashed (half to the challenger), the
+    /// The challenger was right: the defender's bond and whole stake are slashed (half to the challenger), the
     /// challenger's claim becomes the pending result with a fresh window (its bond now backs it), and every
     /// other game against the old claim ends with its challenger's bond returned.
     function defenderLoses(uint256 g, string memory reason) internal {
@@ -488,7 +575,7 @@ contract OptimisticHub is Payouts {
         claims[id] = Claim(gm.challenger, gm.outputHash, gm.traceRoot, challengeBond);
         emit GameResolved(g, id, gm.challenger, old.owner, gm.moves, reason);
         emit ClaimReplaced(id, gm.challenger, gm.outputHash, gm.traceRoot, r.windowEnd);
-        uint256 taken = nodes.slash(old.owner, slashAmount);
+        uint256 taken = nodes.slash(old.owner, type(uint256).max);
         uint256 pot = old.bond + taken;
         burned += pot - pot / 2;
         uint256[] storage list = gamesOf[id];

@@ -4,7 +4,7 @@ pragma solidity ^0.8.24;
 /// @title Verity inference receipts (EIP-712), as specified in docs/spec/receipts.md.
 /// @notice A node signs Receipt(requestId, modelId, inputHash, outputHash, traceRoot, node, timestamp)
 ///         under the domain ("Verity", "1", chainId, verifyingContract). This library recomputes the digest
-///         and recovers the signer, rejecting malleable (high-s) signatures.
+///         and recovers the signer, accepting one encoding per signature only: v ∈ {27, 28} and low s.
 library VerityReceipts {
     struct Receipt {
         bytes32 requestId;
@@ -53,7 +53,7 @@ library VerityReceipts {
             s := mload(add(sig, 64))
             v := byte(0, mload(add(sig, 96)))
         }
-        if (v < 27) v += 27;
+        // one encoding per signature: v is 27 or 28 (never 0 or 1) and s is in the lower half
         if ((v != 27 && v != 28) || uint256(s) > HALF_N) return address(0);
         return ecrecover(d, v, r, s);
     }

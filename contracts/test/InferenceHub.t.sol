@@ -138,8 +138,9 @@ contract InferenceHubTest is HubFixture {
         uint256 silentStake = nodes.stakeOf(a[1]);
         uint256 answeredStake = nodes.stakeOf(a[0]);
         hub.timeout(id);
-        assertEq(client.balance - before, 0.02 ether + 0.5 ether, "fee back plus the silent node's penalty");
+        assertEq(client.balance - before, 0.02 ether, "the client gets its fee back, nothing more");
         assertEq(nodes.stakeOf(a[1]), silentStake - 0.5 ether, "silent primary node slashed");
+        assertEq(hub.burned(), 0.5 ether, "the penalty is burned");
         assertEq(nodes.stakeOf(a[0]), answeredStake, "the node that answered keeps its stake");
         vm.expectRevert(InferenceHub.NotPending.selector);
         hub.timeout(id);

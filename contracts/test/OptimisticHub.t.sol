@@ -90,9 +90,10 @@ contract OptimisticHubTest is HubFixture {
         uint256 stakeBefore = nodes.stakeOf(node);
         uint256 chBefore = challenger.balance;
         opt.timeout(g); // the defender never revealed (5-block moves)
-        assertEq(stakeBefore - nodes.stakeOf(node), 0.5 ether, "defender slashed");
-        assertEq(challenger.balance - chBefore, 0.3 ether, "half of bond + slash to the challenger");
-        assertEq(opt.burned(), 0.3 ether, "the other half burned");
+        assertEq(nodes.stakeOf(node), 0, "the defender loses its whole stake");
+        uint256 pot = 0.1 ether + stakeBefore;
+        assertEq(challenger.balance - chBefore, pot / 2, "half of bond + stake to the challenger");
+        assertEq(opt.burned(), pot - pot / 2, "the other half burned");
         (address o,,,) = opt.claims(id);
         assertEq(o, challenger, "the challenger's claim is pending now");
         vm.expectRevert(OptimisticHub.WrongStage.selector);
@@ -121,7 +122,8 @@ contract OptimisticHubTest is HubFixture {
         vm.roll(block.number + 21);
         uint256 before = client.balance;
         opt.timeoutRequest(id);
-        assertEq(client.balance - before, 0.02 ether + 0.5 ether, "fee and the slashed stake");
+        assertEq(client.balance - before, 0.02 ether, "the fee only");
+        assertEq(opt.burned(), 0.5 ether, "the silent node's penalty is burned");
         assertEq(uint256(opt.getRequest(id).status), uint256(OptimisticHub.Status.Refunded), "refunded");
         vm.prank(node);
         vm.expectRevert(OptimisticHub.WrongStatus.selector);

@@ -19,7 +19,8 @@ abstract contract HubFixture is Test {
 
     function setUp() public {
         d = new VerityDeployer(
-            1 ether, 1 days, 1 hours, 0.5 ether, VerityDeployer.Optimistic(new OneStep(), 20, 10, 5, 0.1 ether, 0.1 ether, 0.5 ether)
+            1 ether, 1 days, 1 hours, 0.5 ether, VerityDeployer.Optimistic(new OneStep(), 20, 10, 5, 0.1 ether, 0.1 ether, 0.5 ether),
+            new OptimisticFactory()
         );
         hub = d.hub();
         nodes = d.nodes();

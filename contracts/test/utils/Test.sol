@@ -44,4 +44,12 @@ abstract contract Test {
     function assertTrue(bool c, string memory what) internal pure {
         require(c, what);
     }
+
+    function assertLe(uint256 a, uint256 b, string memory what) internal pure {
+        require(a <= b, what);
+    }
+
+    function assertGe(uint256 a, uint256 b, string memory what) internal pure {
+        require(a >= b, what);
+    }
 }

@@ -32,6 +32,28 @@ sol!(
     OneStep,
     "../../contracts/artifacts/OneStep.json"
 );
+/// The factory of OptimisticHubs the deployer calls (its ABI carries the deployer's parameter struct).
+pub mod factory {
+    #![allow(missing_docs, clippy::too_many_arguments)]
+    alloy::sol!(
+        #[sol(rpc)]
+        #[derive(Debug)]
+        OptimisticFactory,
+        "../../contracts/artifacts/OptimisticFactory.json"
+    );
+}
+pub use factory::OptimisticFactory;
+/// Where any receipt can be disputed (its ABI carries the receipt struct, in this module).
+pub mod court {
+    #![allow(missing_docs, clippy::too_many_arguments)]
+    alloy::sol!(
+        #[sol(rpc)]
+        #[derive(Debug)]
+        ReceiptCourt,
+        "../../contracts/artifacts/ReceiptCourt.json"
+    );
+}
+pub use court::ReceiptCourt;
 /// The optimistic hub (its ABI carries the `OneStep.Step` witness types, in this module).
 pub mod optimistic {
     #![allow(missing_docs, clippy::too_many_arguments)]
@@ -102,6 +124,7 @@ pub fn revert_sentence(data: &[u8]) -> Option<String> {
                 e.node
             ),
             H::AlreadySubmitted(_) => "InferenceHub: this node already submitted a receipt".into(),
+            H::AlreadyDeclined(_) => "InferenceHub: this node declined the request".into(),
             H::TransferFailed(_) => "a payment transfer failed".into(),
             H::NothingOwed(_) => "nothing is owed to this account".into(),
         });
@@ -123,7 +146,22 @@ pub fn revert_sentence(data: &[u8]) -> Option<String> {
             N::NotSlasher(_) => {
                 "NodeRegistry: only Verity's verification contracts may slash".into()
             }
+            N::StakeLocked(e) => format!(
+                "NodeRegistry: {} wei of the stake is locked as collateral of recent answers",
+                e.locked
+            ),
+            N::InsufficientFreeStake(e) => format!(
+                "NodeRegistry: the stake not locked ({} wei) does not cover the request's collateral",
+                e.free
+            ),
             other => format!("NodeRegistry: {other:?}"),
+        });
+    }
+    if let Ok(e) = court::ReceiptCourt::ReceiptCourtErrors::abi_decode(data) {
+        use court::ReceiptCourt::ReceiptCourtErrors as C;
+        return Some(match e {
+            C::BadReceipt(e) => format!("ReceiptCourt: {}", e.why),
+            other => format!("ReceiptCourt: {other:?}"),
         });
     }
     if let Ok(e) = M::abi_decode(data) {

@@ -42,6 +42,10 @@ pub struct Deployment {
     /// The stateless OneStep judge the OptimisticHub calls.
     #[serde(default)]
     pub one_step: Option<verity_core::Address>,
+    /// ReceiptCourt: where any receipt can be disputed; off-chain receipts (HTTP API, off-chain quorum
+    /// certificates) are signed for this verifying contract, never for the hub.
+    #[serde(default)]
+    pub court: Option<verity_core::Address>,
     /// Block of the deployment (watchers start here).
     pub deploy_block: u64,
 }
@@ -227,8 +231,12 @@ pub async fn deploy(
 ) -> Result<Deployment, ChainError> {
     let (p, _) = provider(rpc, Some(key))?;
     let chain_id = p.get_chain_id().await.map_err(rpc_err)?;
-    // OneStep goes first and on its own: inside the factory the init code would pass the EVM's limit.
+    // OneStep and the OptimisticHub's factory go first and on their own: inside the deployer the init
+    // code would pass the EVM's limit.
     let one_step = crate::bindings::OneStep::deploy(p.clone())
+        .await
+        .map_err(contract_err)?;
+    let factory = crate::bindings::OptimisticFactory::deploy(p.clone())
         .await
         .map_err(contract_err)?;
     let d = VerityDeployer::deploy(
@@ -246,6 +254,7 @@ pub async fn deploy(
             challengeBond: params.challenge_bond,
             slashAmount: params.slash_amount,
         },
+        *factory.address(),
     )
     .await
     .map_err(contract_err)?;
@@ -253,6 +262,7 @@ pub async fn deploy(
     let models = d.models().call().await.map_err(contract_err)?;
     let nodes = d.nodes().call().await.map_err(contract_err)?;
     let hub = d.hub().call().await.map_err(contract_err)?;
+    let court = d.court().call().await.map_err(contract_err)?;
     let mut opengradient = None;
     if params.opengradient_quorum > 0 {
         let og = OpenGradientInference::deploy(p.clone(), hub, params.opengradient_quorum)
@@ -276,6 +286,7 @@ pub async fn deploy(
         opengradient,
         optimistic: Some(from_evm(&optimistic)),
         one_step: Some(from_evm(one_step.address())),
+        court: Some(from_evm(&court)),
         deploy_block,
     })
 }
@@ -726,6 +737,11 @@ pub fn decode_hub_log(log: &alloy::rpc::types::Log) -> Option<HubEvent> {
             input_hash: from_b256(&e.inputHash),
             output_hash: from_b256(&e.outputHash),
         }
+    } else if let Ok(e) = InferenceHub::Declined::decode_log(&log.inner) {
+        HubEventKind::Declined {
+            id: u64_of(e.requestId),
+            node: from_evm(&e.node),
+        }
     } else if let Ok(e) = InferenceHub::Refunded::decode_log(&log.inner) {
         HubEventKind::Refunded {
             id: u64_of(e.requestId),
@@ -866,6 +882,18 @@ impl Chain for EvmChain {
         let (tx, _) = self
             .send("submitting the receipt", || {
                 hub.submit(U256::from(id), rec.clone(), sig.clone())
+                    .into_transaction_request()
+            })
+            .await?;
+        Ok(tx)
+    }
+
+    async fn decline(&self, id: u64, reason: &str) -> Result<Hash, ChainError> {
+        let hub = self.hub_contract();
+        let reason = reason.to_string();
+        let (tx, _) = self
+            .send("declining the request", || {
+                hub.decline(U256::from(id), reason.clone())
                     .into_transaction_request()
             })
             .await?;

@@ -8,6 +8,7 @@
 
 pub mod bindings;
 pub mod cert;
+pub mod court;
 pub mod dispute;
 pub mod evm;
 pub mod mem;
@@ -201,7 +202,14 @@ pub enum HubEventKind {
         /// Agreed output hash.
         output_hash: Hash,
     },
-    /// Refunded after the deadline.
+    /// An assigned node declined.
+    Declined {
+        /// Request ID.
+        id: u64,
+        /// Node.
+        node: verity_core::Address,
+    },
+    /// Refunded (after the deadline, or once too few assigned nodes remain).
     Refunded {
         /// Request ID.
         id: u64,
@@ -273,6 +281,13 @@ pub trait Chain: Send + Sync + 'static {
         &self,
         id: u64,
         receipt: &SignedReceipt,
+    ) -> impl Future<Output = Result<Hash, ChainError>> + Send;
+    /// The sender, assigned to request `id`, declines it (it cannot serve it: input unavailable or not
+    /// matching, model not hosted, collateral not free); it is then never slashed for it.
+    fn decline(
+        &self,
+        id: u64,
+        reason: &str,
     ) -> impl Future<Output = Result<Hash, ChainError>> + Send;
     /// A node's registration (None if not registered).
     fn node_info(

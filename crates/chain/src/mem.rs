@@ -23,6 +23,7 @@ struct State {
     requests: BTreeMap<u64, (RequestInfo, u64)>,
     nodes: Vec<(Address, NodeInfo)>,
     submitted: BTreeMap<(u64, Address), (Hash, Hash)>,
+    declined: BTreeMap<u64, Vec<Address>>,
     salt: u64,
     fail_rpc: bool,
     og: BTreeMap<u64, ModelInferenceRequest>,
@@ -314,6 +315,9 @@ impl Chain for MemChain {
         if s.submitted.contains_key(&(id, rc.node)) {
             return rev("this node already submitted a receipt");
         }
+        if s.declined.get(&id).is_some_and(|d| d.contains(&rc.node)) {
+            return rev("this node declined the request");
+        }
         let block = mine(&mut s);
         s.submitted
             .insert((id, rc.node), (rc.input_hash, rc.output_hash));
@@ -348,6 +352,41 @@ impl Chain for MemChain {
         }
         let tx = s.events.last().expect("just pushed").tx;
         Ok(tx)
+    }
+
+    async fn decline(&self, id: u64, reason: &str) -> Result<Hash, ChainError> {
+        let _ = reason;
+        let mut s = self.check()?;
+        let rev = |m: &str| Err(ChainError::Reverted(format!("InferenceHub: {m}")));
+        let Some((r, _)) = s.requests.get(&id).cloned() else {
+            return rev("the request is not pending");
+        };
+        if r.status != Status::Pending {
+            return rev("the request is not pending (already finalized or refunded)");
+        }
+        let Assignment::Nodes(assigned) = assignment_of(&s, id) else {
+            return rev("the seed block is not mined yet");
+        };
+        let me = self.sender;
+        if !assigned.contains(&me) {
+            return rev(&format!("node {me} is not assigned to this request"));
+        }
+        if s.submitted.contains_key(&(id, me)) {
+            return rev("this node already submitted a receipt");
+        }
+        let d = s.declined.entry(id).or_default();
+        if d.contains(&me) {
+            return rev("this node declined the request");
+        }
+        d.push(me);
+        let declines = d.len();
+        let block = mine(&mut s);
+        push_event(&mut s, block, HubEventKind::Declined { id, node: me });
+        if assigned.len() < declines + r.k as usize {
+            s.requests.get_mut(&id).expect("present").0.status = Status::Refunded;
+            push_event(&mut s, block, HubEventKind::Refunded { id });
+        }
+        Ok(s.events.last().expect("just pushed").tx)
     }
 
     async fn node_info(&self, node: Address) -> Result<Option<NodeInfo>, ChainError> {

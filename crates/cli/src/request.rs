@@ -45,11 +45,6 @@ pub struct RequestArgs {
     /// The model file (default: downloaded from the node and checked against its ID).
     #[arg(long)]
     pub model_file: Option<PathBuf>,
-    /// With --quorum: also gather a quorum certificate for the request through the node (the hub's
-    /// assigned nodes, drawn from the registry at the request's seed block) and submit it, finalizing
-    /// the request in one transaction unless the nodes' own receipts got there first.
-    #[arg(long, requires = "quorum")]
-    pub certify: bool,
     /// Print the request ID and return without waiting for the result.
     #[arg(long)]
     pub no_wait: bool,
@@ -95,6 +90,7 @@ pub fn request_events(
             HubEventKind::Requested { id: r, .. }
             | HubEventKind::ReceiptAccepted { id: r, .. }
             | HubEventKind::Conflict { id: r, .. }
+            | HubEventKind::Declined { id: r, .. }
             | HubEventKind::Finalized { id: r, .. }
             | HubEventKind::Refunded { id: r } => *r == id,
             HubEventKind::ModelRegistered { .. } => false,
@@ -106,8 +102,6 @@ pub fn request_events(
 pub struct HostedInput {
     pub input_hash: Hash,
     pub uri: String,
-    /// The native request document (`{"inputs": …}`).
-    pub doc: Value,
 }
 
 /// Hash `specs` under `m`'s canonical quantization and host the input document on the node at `base`.
@@ -137,11 +131,7 @@ pub fn host_input(
         .as_str()
         .ok_or_else(|| anyhow!("the node gave no input URI"))?
         .to_string();
-    Ok(HostedInput {
-        input_hash,
-        uri,
-        doc,
-    })
+    Ok(HostedInput { input_hash, uri })
 }
 
 /// Download model `id` from the node at `base`, refusing bytes whose content address differs.
@@ -203,69 +193,6 @@ pub fn verified_result(http: &reqwest::blocking::Client, base: &str, id: u64) ->
         );
     }
     Ok(v)
-}
-
-/// Gather a certificate for on-chain request `id` through the node at `base`, check it here, and submit
-/// it. Losing the race to the nodes' own receipts is not an error.
-#[allow(clippy::too_many_arguments)]
-fn certify(
-    rt: &tokio::runtime::Runtime,
-    chain: &EvmChain,
-    http: &reqwest::blocking::Client,
-    base: &str,
-    model: &Hash,
-    id: u64,
-    k: u8,
-    hosted: &HostedInput,
-) -> Result<()> {
-    let req = rt
-        .block_on(chain.request(id))
-        .map_err(|e| anyhow!("{e}"))?
-        .ok_or_else(|| anyhow!("request {id} is not on the hub"))?;
-    let t0 = Instant::now();
-    while rt
-        .block_on(chain.head())
-        .map_err(|e| anyhow!("{e}"))?
-        .number
-        <= req.seed_block
-    {
-        if t0.elapsed() > Duration::from_secs(60) {
-            bail!("the seed block of request {id} was not mined within 60 s");
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    let url = format!("{base}/v1/models/{model}/quorum?k={k}&onchain={id}");
-    let (status, v) = send_json(http.post(&url).json(&hosted.doc), &url)?;
-    if !status.is_success() {
-        eprintln!(
-            "certificate  not gathered (HTTP {status}): {}",
-            v["error"]["message"].as_str().unwrap_or("no message")
-        );
-        return Ok(());
-    }
-    let cert: verity_chain::cert::QuorumCertificate =
-        serde_json::from_value(v["certificate"].clone())
-            .context("the node's answer has no certificate")?;
-    let s = verity_chain::cert::verify_certificate(&cert)
-        .map_err(|e| anyhow!("the node's certificate does not verify: {e}"))?;
-    if cert.input_hash != hosted.input_hash {
-        bail!(
-            "the certificate's input hash {} is not the request's {}",
-            cert.input_hash,
-            hosted.input_hash
-        );
-    }
-    match rt.block_on(chain.submit_certificate(id, &cert)) {
-        Ok((tx, gas)) => eprintln!(
-            "certificate  {k} receipts (nodes at draw positions {:?}) submitted together — tx {tx}, gas {gas}",
-            s.positions
-        ),
-        Err(verity_chain::ChainError::Reverted(m)) if m.contains("not pending") => eprintln!(
-            "certificate  gathered ({k} receipts) but not needed: the nodes' own receipts finalized request #{id} first"
-        ),
-        Err(e) => bail!("{e}"),
-    }
-    Ok(())
 }
 
 pub fn cmd_request(a: RequestArgs) -> Result<()> {
@@ -334,9 +261,6 @@ pub fn cmd_request(a: RequestArgs) -> Result<()> {
         return Ok(());
     }
     let start = Instant::now();
-    if a.certify {
-        certify(&rt, &chain, &http, &base, &model, id, k, &hosted)?;
-    }
     let req = wait_settled(&rt, &chain, id, Duration::from_secs(a.wait))?;
     if req.status != Status::Finalized {
         bail!("request {id} was refunded: no assigned node answered before the deadline");

@@ -22,7 +22,7 @@ pub enum EthError {
     /// Zero, or not below the curve order.
     #[error("not a valid secp256k1 secret key")]
     SecretKey,
-    /// `v` not 27/28 (or 0/1), `s` in the upper half, or `r`/`s` out of range.
+    /// `v` not 27 or 28 (0 and 1 are refused: one encoding per signature), `s` in the upper half, or `r`/`s` out of range.
     #[error("malformed signature: {0}")]
     Signature(&'static str),
     /// The signature does not recover to any public key for this digest.
@@ -154,8 +154,8 @@ impl Signature {
     /// (EIP-2): the checks both recovery paths share.
     fn checked(&self) -> Result<(u8, KSig), EthError> {
         let v = match self.0[64] {
-            27 | 0 => 0u8,
-            28 | 1 => 1u8,
+            27 => 0u8,
+            28 => 1u8,
             _ => return Err(EthError::Signature("v must be 27 or 28")),
         };
         let sig = KSig::from_slice(&self.0[..64])
@@ -339,6 +339,18 @@ mod tests {
         high[..64].copy_from_slice(&n_minus_s.to_bytes());
         high[64] = if s.0[64] == 27 { 28 } else { 27 };
         assert!(Signature(high).recover(&d).is_err());
+    }
+
+    #[test]
+    fn only_v_27_or_28_encodes_a_signature() {
+        let k = SecretKey::from_bytes(&[7u8; 32]).unwrap();
+        let d = keccak256(b"one encoding");
+        let s = k.sign(&d);
+        assert!(s.0[64] == 27 || s.0[64] == 28);
+        let mut twin = s;
+        twin.0[64] -= 27; // the same signature with v in {0, 1}
+        assert!(twin.recover(&d).is_err());
+        assert!(twin.recover_portable(&d).is_err());
     }
 
     proptest::proptest! {

@@ -516,13 +516,8 @@ async fn work<C: Chain>(node: &Arc<Node>, chain: &C, job: Job) -> Result<(), Cha
     let receipt = match execute(node, chain, &req).await {
         Ok(r) => r,
         Err(e) => {
-            finish(
-                node,
-                job,
-                "skipped",
-                format!("cannot run the request: {}", e.message),
-            );
-            return Ok(());
+            // Saying so on-chain costs nothing but gas; staying silent is slashed at the deadline.
+            return decline(node, chain, job, &e.code, &e.message).await;
         }
     };
     tracing::debug!(request = job.id, output = %receipt.receipt.output_hash, "submitting the receipt");
@@ -536,8 +531,48 @@ async fn work<C: Chain>(node: &Arc<Node>, chain: &C, job: Job) -> Result<(), Cha
             );
             Ok(())
         }
+        Err(ChainError::Reverted(m)) if m.contains("does not cover the request's collateral") => {
+            decline(node, chain, job, "collateral", &m).await
+        }
         Err(ChainError::Reverted(m)) => {
             finish(node, job, "done", format!("receipt refused: {m}"));
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Decline request `job` on-chain (reason `code`), so this node is not slashed for a request it cannot
+/// serve; `why` is kept in the job's note.
+async fn decline<C: Chain>(
+    node: &Arc<Node>,
+    chain: &C,
+    job: Job,
+    code: &str,
+    why: &str,
+) -> Result<(), ChainError> {
+    tracing::info!(
+        request = job.id,
+        reason = code,
+        "declining an assigned request: {why}"
+    );
+    match chain.decline(job.id, code).await {
+        Ok(tx) => {
+            finish(
+                node,
+                job,
+                "declined",
+                format!("cannot serve it ({why}); declined in tx {tx}"),
+            );
+            Ok(())
+        }
+        Err(ChainError::Reverted(m)) => {
+            finish(
+                node,
+                job,
+                "skipped",
+                format!("cannot serve it ({why}); decline refused: {m}"),
+            );
             Ok(())
         }
         Err(e) => Err(e),
@@ -555,8 +590,12 @@ async fn execute<C: Chain>(
     let n2 = node.clone();
     let l2 = loaded.clone();
     let rid = request_hash(req.id);
+    // a hub-domain receipt, only ever for a request read on that hub, with the input it commits to
+    let domain = verity_core::receipt::receipt_domain(chain.chain_id(), chain.hub());
     let inf = node
-        .on_worker(false, move || n2.infer_blocking(&l2, inputs, rid))
+        .on_worker(false, move || {
+            n2.infer_blocking_for(&l2, inputs, rid, domain)
+        })
         .await??;
     if req.input_hash != Hash::ZERO && inf.receipt.receipt.input_hash != req.input_hash {
         return Err(ApiError::unprocessable(

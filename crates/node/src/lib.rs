@@ -40,12 +40,18 @@ pub async fn run(
     if created {
         tracing::info!(path = %config.key_path().display(), address = %key.address(), "created node key");
     }
-    // In chain mode receipts are signed for the hub (its chain ID and address).
+    // In chain mode the receipts this node gives over HTTP are signed for the ReceiptCourt (where they can
+    // be disputed; no hub accepts them); receipts for hub requests are signed for the hub, per request.
     let deployment = match &config.chain {
         Some(c) => {
             let d = verity_chain::Deployment::load(&c.contracts).map_err(|e| e.to_string())?;
             config.chain_id = d.chain_id;
-            config.verifying_contract = d.hub;
+            config.verifying_contract = d.court.ok_or_else(|| {
+                format!(
+                    "the contracts file {} names no ReceiptCourt (deployed by an older Verity): redeploy the contracts",
+                    c.contracts.display()
+                )
+            })?;
             Some(d)
         }
         None => None,

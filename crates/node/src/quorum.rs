@@ -44,8 +44,7 @@ pub struct QuorumQuery {
     /// Per-node time limit in milliseconds (default 15000).
     #[serde(default)]
     pub timeout_ms: Option<u64>,
-    /// Certify on-chain request N: request ID `bytes32(N)` and the registry at its seed block, so the
-    /// signers are the hub's assignment and the certificate can finalize it (`submitAll`).
+    /// Refused (422 `onchain_not_offered`): off-chain receipts never finalize on-chain requests.
     #[serde(default)]
     pub onchain: Option<u64>,
 }
@@ -120,50 +119,22 @@ pub async fn post_quorum(
         .map_err(|e| ApiError::bad_request("bad_json", format!("the body is not JSON: {e}")))?;
     let (rec, _) = node.resolve(&model).await?;
     let model_id = rec.id;
-    let (request_id, registry) = match q.onchain {
-        Some(n) => {
-            let req = chain.request(n).await.map_err(chain_down)?.ok_or_else(|| {
-                ApiError::not_found("unknown_request", format!("no request {n} on the hub"))
-            })?;
-            if req.model_id != model_id {
-                return Err(ApiError::unprocessable(
-                    "wrong_model",
-                    format!("request {n} is for model {}, not {model_id}", req.model_id),
-                ));
-            }
-            if req.k != q.k {
-                return Err(ApiError::unprocessable(
-                    "wrong_quorum",
-                    format!("request {n} needs k = {}", req.k),
-                ));
-            }
-            let head = chain.head().await.map_err(chain_down)?;
-            if head.number <= req.seed_block {
-                return Err(ApiError::new(
-                    StatusCode::CONFLICT,
-                    "seed_not_ready",
-                    format!(
-                        "request {n}'s seed block {} is not mined yet",
-                        req.seed_block
-                    ),
-                ));
-            }
-            let snap = chain
-                .registry_at(req.seed_block)
-                .await
-                .map_err(chain_down)?;
-            (crate::chain::request_hash(n), snap)
-        }
-        None => {
-            let id: Hash = match doc.get("request_id") {
-                Some(v) => serde_json::from_value(v.clone()).map_err(|_| {
-                    ApiError::bad_request("bad_request_id", "request_id must be 32 bytes as 0x-hex")
-                })?,
-                None => node.new_request_id(),
-            };
-            (id, registry(&node, &chain).await?)
-        }
+    if q.onchain.is_some() {
+        // Receipts given over HTTP are signed for the ReceiptCourt's domain and cannot finalize a hub
+        // request; each assigned node answers an on-chain request itself, with the input the request
+        // commits to.
+        return Err(ApiError::unprocessable(
+            "onchain_not_offered",
+            "receipts given over HTTP never finalize on-chain requests: the assigned nodes answer them on-chain themselves",
+        ));
+    }
+    let request_id: Hash = match doc.get("request_id") {
+        Some(v) => serde_json::from_value(v.clone()).map_err(|_| {
+            ApiError::bad_request("bad_request_id", "request_id must be 32 bytes as 0x-hex")
+        })?,
+        None => node.new_request_id(),
     };
+    let registry = registry(&node, &chain).await?;
     doc["request_id"] = json!(request_id);
     coordinate(
         &node,
@@ -175,7 +146,7 @@ pub async fn post_quorum(
             widen: q.widen.unwrap_or(true),
             timeout: Duration::from_millis(q.timeout_ms.unwrap_or(15_000).clamp(100, 600_000)),
             registry,
-            domain: receipt_domain(chain.chain_id(), chain.hub()),
+            domain: receipt_domain(node.config.chain_id, node.config.verifying_contract),
         },
     )
     .await

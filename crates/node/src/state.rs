@@ -533,12 +533,25 @@ impl Node {
         k.finalize()
     }
 
-    /// Quantize, execute with a trace, commit, and sign. Runs on a worker thread.
+    /// Quantize, execute with a trace, commit, and sign under this node's off-chain receipt domain (the
+    /// ReceiptCourt's, in chain mode). Runs on a worker thread.
     pub fn infer_blocking(
         &self,
         loaded: &Loaded,
         inputs: Vec<NamedTensor>,
         request_id: Hash,
+    ) -> Result<Inference, ApiError> {
+        let domain = receipt_domain(self.config.chain_id, self.config.verifying_contract);
+        self.infer_blocking_for(loaded, inputs, request_id, domain)
+    }
+
+    /// [`Node::infer_blocking`], signing under `domain` (a hub's, for a request read on that hub).
+    pub fn infer_blocking_for(
+        &self,
+        loaded: &Loaded,
+        inputs: Vec<NamedTensor>,
+        request_id: Hash,
+        domain: verity_core::eip712::Domain,
     ) -> Result<Inference, ApiError> {
         let start = std::time::Instant::now();
         let model = loaded.exec.model();
@@ -569,10 +582,7 @@ impl Node {
             node: self.address(),
             timestamp: unix_now(),
         }
-        .sign(
-            receipt_domain(self.config.chain_id, self.config.verifying_contract),
-            &self.key,
-        );
+        .sign(domain, &self.key);
         let _ = self
             .receipts
             .send(LogMsg::Receipt(Box::new(receipt.clone())));
