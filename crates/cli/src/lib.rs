@@ -613,6 +613,10 @@ pub fn run(cli: Cli) -> Result<()> {
                 println!("invalid: {s}");
                 std::process::exit(1);
             }
+            Ok(verify::Verdict::Unauthenticated(s)) => {
+                println!("not verified: {s}");
+                std::process::exit(3);
+            }
             Err(e) => {
                 eprintln!("error: {e:#}");
                 std::process::exit(2);

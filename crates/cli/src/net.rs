@@ -488,7 +488,7 @@ fn infer_quorum(a: &InferArgs, k: u8, inputs: &[Named]) -> Result<()> {
             .with_context(|| format!("cannot write {}", p.display()))?;
     }
     eprintln!(
-        "quorum    {k} of {} nodes agree (draw positions {:?}); certificate checked",
+        "quorum    {k} of {} nodes agree (draw positions {:?}); certificate consistent (its signers are checked against the chain by `verity verify --chain`)",
         cert.registry.nodes.len(),
         summary.positions
     );

@@ -36,20 +36,32 @@ pub struct VerifyArgs {
     /// The deployment file for --chain.
     #[arg(long, requires = "chain")]
     contracts: Option<PathBuf>,
-    /// For a quorum certificate: compare its registry snapshot with this snapshot file.
-    #[arg(long)]
+    /// For a quorum certificate: compare its registry snapshot with this snapshot file, trusted only
+    /// as far as it is bound to the block hash given with --block-hash.
+    #[arg(long, requires = "block_hash")]
     registry: Option<PathBuf>,
+    /// The hash of the block the --registry snapshot was read at, as you know it from a source you
+    /// trust (your own node, a block explorer): the snapshot must name exactly this block.
+    #[arg(long, requires = "registry")]
+    block_hash: Option<verity_core::Hash>,
+    /// Accept a quorum certificate checked against no chain and no trusted snapshot (only its
+    /// signatures and internal consistency): anyone can make one with fresh keys, so this says nothing
+    /// about who signed it. Without this flag such a certificate is reported as not verified (exit 3).
+    #[arg(long)]
+    unauthenticated: bool,
     /// For a zk proof: trust this constants root for the model (as registered) instead of recomputing it.
     #[arg(long)]
     weights_root: Option<verity_core::Hash>,
 }
 
-/// The outcome: `Ok(summary)` if everything holds, `Err(reason)` otherwise.
+/// The outcome of `verity verify`.
 pub enum Verdict {
-    /// Every check held.
+    /// Every check held (exit 0).
     Valid(String),
-    /// Something failed.
+    /// Something failed (exit 1).
     Invalid(String),
+    /// Nothing failed, but what would make it evidence was not checked (exit 3): named in the text.
+    Unauthenticated(String),
 }
 
 fn read_json(p: &PathBuf) -> Result<Value> {
@@ -164,6 +176,25 @@ pub fn check(a: &VerifyArgs) -> Result<Verdict> {
     }
     let signed: SignedReceipt = serde_json::from_value(receipt_v)
         .with_context(|| format!("{} is not a signed receipt", a.receipt.display()))?;
+    // A full response carries its outputs: they must be the ones the receipt signs.
+    if a.output.is_none() && doc.get("receipt").is_some() {
+        if let Some(outs) = doc.get("outputs") {
+            match verity_node::quorum::outputs_hash(outs) {
+                Ok(h) if h == signed.receipt.output_hash => {}
+                Ok(h) => {
+                    return Ok(Verdict::Invalid(format!(
+                        "the response's outputs hash to {h}, its receipt signs {}",
+                        signed.receipt.output_hash
+                    )))
+                }
+                Err(e) => return Ok(Verdict::Invalid(format!("the response's outputs: {e}"))),
+            }
+            return Ok(match check_receipt(a, &signed)? {
+                Verdict::Valid(v) => Verdict::Valid(format!("{v}, the response's outputs")),
+                other => other,
+            });
+        }
+    }
     check_receipt(a, &signed)
 }
 
@@ -188,6 +219,13 @@ fn check_certificate(a: &VerifyArgs, doc: &Value, cv: Value) -> Result<Verdict> 
         let b = std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))?;
         let trusted: RegistrySnapshot = serde_json::from_slice(&b)
             .with_context(|| format!("{} is not a registry snapshot", p.display()))?;
+        if Some(trusted.block_hash) != a.block_hash {
+            return Ok(Verdict::Invalid(format!(
+                "the snapshot {} is of block hash {}, not the block hash you gave",
+                p.display(),
+                trusted.block_hash
+            )));
+        }
         if let Err(e) = check_snapshot(&cert.registry, &trusted) {
             return Ok(Verdict::Invalid(e.to_string()));
         }
@@ -195,7 +233,12 @@ fn check_certificate(a: &VerifyArgs, doc: &Value, cv: Value) -> Result<Verdict> 
     }
     if let (Some(rpc), Some(file)) = (&a.chain, &a.contracts) {
         let dep = verity_chain::Deployment::load(file).map_err(|e| anyhow!("{e}"))?;
-        let hub = dep.hub;
+        let court = dep.court.ok_or_else(|| {
+            anyhow!(
+                "{} names no ReceiptCourt: certificates are signed for it",
+                file.display()
+            )
+        })?;
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
@@ -208,9 +251,9 @@ fn check_certificate(a: &VerifyArgs, doc: &Value, cv: Value) -> Result<Verdict> 
         if let Err(e) = check_snapshot(&cert.registry, &trusted) {
             return Ok(Verdict::Invalid(e.to_string()));
         }
-        if cert.receipts[0].domain.verifying_contract != Some(hub) {
+        if cert.receipts[0].domain.verifying_contract != Some(court) {
             return Ok(Verdict::Invalid(format!(
-                "the receipts are signed for contract {:?}, this deployment's hub is {hub}",
+                "the receipts are signed for contract {:?}, this deployment's receipt court is {court}",
                 cert.receipts[0].domain.verifying_contract
             )));
         }
@@ -234,6 +277,7 @@ fn check_certificate(a: &VerifyArgs, doc: &Value, cv: Value) -> Result<Verdict> 
             Err(e) => return Ok(Verdict::Invalid(format!("the response's outputs: {e}"))),
         }
     }
+    let authenticated = a.registry.is_some() || a.chain.is_some();
     // The receipt checks only (the snapshot checks are done above).
     let first = VerifyArgs {
         signer: None,
@@ -244,10 +288,23 @@ fn check_certificate(a: &VerifyArgs, doc: &Value, cv: Value) -> Result<Verdict> 
     };
     match check_receipt(&first, &cert.receipts[0])? {
         Verdict::Invalid(e) => Ok(Verdict::Invalid(e)),
+        Verdict::Unauthenticated(e) => Ok(Verdict::Unauthenticated(e)),
         Verdict::Valid(v) => {
             let extra = v.split("; checked ").nth(1).unwrap_or("signature");
+            if !authenticated && !a.unauthenticated {
+                return Ok(Verdict::Unauthenticated(format!(
+                    "the certificate's {} signatures and draw are consistent ({}, {extra}), but its signers were checked against no chain (--chain and --contracts) and no trusted registry snapshot (--registry with --block-hash): anyone can make such a certificate with fresh keys. Give one of them, or --unauthenticated to accept it as unauthenticated",
+                    cert.k,
+                    checked.join(", ")
+                )));
+            }
+            let label = if authenticated {
+                "valid quorum certificate"
+            } else {
+                "UNAUTHENTICATED quorum certificate (signers not checked against any registry)"
+            };
             Ok(Verdict::Valid(format!(
-                "valid quorum certificate: {} nodes ({}) agree on output {} for model {} input {} request {}; checked {}, {}",
+                "{label}: {} nodes ({}) agree on output {} for model {} input {} request {}; checked {}, {}",
                 cert.k,
                 summary
                     .signers

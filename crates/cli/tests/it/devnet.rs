@@ -316,25 +316,47 @@ fn verity_request_gets_verified_results_through_an_rpc_outage_and_a_reorg() {
     let quorum = request(&["cnn", "--input", "fixtures/cnn.input.json", "--quorum", "2"]);
     let id2 = check(&quorum, "cnn", 2);
     assert_eq!(id2, id1 + 1);
-    // A quorum request certified off-chain through the node and submitted in one transaction (or, if
-    // the nodes' own receipts land first, gathered and found unnecessary).
-    let certified = request(&[
-        "mlp",
-        "--input",
-        "fixtures/mlp.input.json",
-        "--quorum",
-        "2",
-        "--certify",
-    ]);
-    let idc = check(&certified, "mlp", 2);
-    assert_eq!(idc, id2 + 1);
-    assert!(
-        certified.2.contains("receipts (nodes at draw positions")
-            || certified.2.contains("but not needed"),
-        "the certificate was gathered and checked:\n{}",
-        certified.2
+    // Hijacking: a stranger asks a node's HTTP API for a receipt naming a pending on-chain request ID,
+    // with an input of its own choosing. The node signs it for the ReceiptCourt's domain (where it can
+    // only be disputed), never the hub's, so it cannot finalize that request; and the coordinator
+    // refuses to gather certificates for on-chain requests.
+    let deployment: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&contracts).unwrap()).unwrap();
+    let court = deployment["court"]
+        .as_str()
+        .expect("the deployment names its court");
+    let hub = deployment["hub"].as_str().unwrap();
+    let mut body: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(root().join("fixtures/mlp.input.json")).unwrap(),
+    )
+    .unwrap();
+    body["request_id"] = serde_json::json!(format!("0x{:064x}", id2 + 1));
+    let client = reqwest::blocking::Client::new();
+    let r: serde_json::Value = client
+        .post(format!("{node0}/v1/models/mlp/infer"))
+        .json(&body)
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let domain = &r["receipt"]["domain"];
+    assert_eq!(
+        domain["verifying_contract"].as_str().map(str::to_lowercase),
+        Some(court.to_lowercase()),
+        "HTTP receipts are signed for the court: {r}"
     );
-    let id2 = idc;
+    assert_ne!(court.to_lowercase(), hub.to_lowercase());
+    let refused = client
+        .post(format!(
+            "{node0}/v1/models/mlp/quorum?k=2&onchain={}",
+            id2 + 1
+        ))
+        .json(&body)
+        .send()
+        .unwrap();
+    assert_eq!(refused.status().as_u16(), 422);
+    let e: serde_json::Value = refused.json().unwrap();
+    assert_eq!(e["error"]["code"], "onchain_not_offered", "{e}");
     // An optimistic request: one drawn node commits, the devnet's watcher re-executes and agrees, the
     // result is final after the window; the CLI computes the output itself and checks the final hash.
     let opt = request(&["mlp", "--input", "fixtures/mlp.input.json", "--optimistic"]);

@@ -427,6 +427,19 @@ fn publish_infer_verify_round_trip_cli_and_http() {
     std::fs::write(&forged_path, forged.to_string()).expect("write");
     let o = cli(&node, &key, &["verify", forged_path.to_str().expect("p")]);
     assert_eq!(o.status.code(), Some(1));
+    // a full response passed as the receipt file, its outputs edited: the outputs are checked too
+    let mut resp: Value =
+        serde_json::from_slice(&std::fs::read(&resp_file).expect("r")).expect("json");
+    assert!(resp.get("receipt").is_some() && resp.get("outputs").is_some());
+    let o = cli(&node, &key, &["verify", resp_file.to_str().expect("p")]);
+    assert_eq!(o.status.code(), Some(0), "the untouched response verifies");
+    let x = &mut resp["outputs"][0]["data"][0];
+    *x = json!(x.as_f64().expect("a number") + 1.0);
+    let edited = tmp.path().join("edited-response.json");
+    std::fs::write(&edited, resp.to_string()).expect("write");
+    let o = cli(&node, &key, &["verify", edited.to_str().expect("p")]);
+    assert_eq!(o.status.code(), Some(1), "edited outputs are invalid");
+    assert!(String::from_utf8_lossy(&o.stdout).contains("outputs hash to"));
     let o = cli(
         &node,
         &key,
@@ -1273,4 +1286,102 @@ fn node_logs_written_to_a_file_carry_no_colour_codes() {
         !text.contains('\x1b'),
         "colour codes in a log file: {text:?}"
     );
+}
+
+/// A quorum certificate made with fresh keys and a made-up output is consistent on its own; without a
+/// chain or a trusted snapshot `verity verify` does not call it valid (exit 3, naming what is missing).
+#[test]
+fn a_certificate_checked_against_nothing_is_not_reported_valid() {
+    use verity_chain::cert::{QuorumCertificate, RegistrySnapshot, SnapshotNode, CERT_VERSION};
+    use verity_core::receipt::{receipt_domain, Receipt};
+    let tmp = tempfile::tempdir().expect("tmp");
+    let keys: Vec<verity_core::SecretKey> = (1..=3u8)
+        .map(|i| verity_core::SecretKey::from_bytes(&[i; 32]).expect("key"))
+        .collect();
+    let registry = RegistrySnapshot {
+        chain_id: 31337,
+        block: 7,
+        block_hash: verity_core::keccak256(b"any block"),
+        nodes: keys
+            .iter()
+            .map(|k| SnapshotNode {
+                address: k.address(),
+                stake: "1000000000000000000".into(),
+                endpoint: "http://fake".into(),
+            })
+            .collect(),
+    };
+    let request_id = verity_core::keccak256(b"r");
+    let order = registry.draw(&request_id, 3).expect("draw");
+    let domain = receipt_domain(31337, verity_core::Address([0x11; 20]));
+    let receipt = |a: &verity_core::Address| {
+        let k = keys.iter().find(|k| k.address() == *a).expect("key");
+        Receipt {
+            request_id,
+            model_id: verity_core::keccak256(b"m"),
+            input_hash: verity_core::keccak256(b"i"),
+            output_hash: verity_core::keccak256(b"a fake output"),
+            trace_root: verity_core::keccak256(b"t"),
+            node: *a,
+            timestamp: 1,
+        }
+        .sign(domain.clone(), k)
+    };
+    let cert = QuorumCertificate {
+        version: CERT_VERSION,
+        request_id,
+        model_id: verity_core::keccak256(b"m"),
+        input_hash: verity_core::keccak256(b"i"),
+        output_hash: verity_core::keccak256(b"a fake output"),
+        k: 3,
+        registry: registry.clone(),
+        receipts: order.iter().map(receipt).collect(),
+        dissent: vec![],
+    };
+    verity_chain::cert::verify_certificate(&cert).expect("consistent on its own");
+    let path = tmp.path().join("cert.json");
+    std::fs::write(&path, serde_json::to_vec(&cert).expect("json")).expect("write");
+    let run = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_verity"))
+            .arg("verify")
+            .arg(&path)
+            .args(extra)
+            .output()
+            .expect("verify")
+    };
+    let o = run(&[]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(3), "{out}");
+    assert!(
+        out.contains("not verified") && out.contains("--chain"),
+        "{out}"
+    );
+    assert!(!out.contains("valid quorum certificate"), "{out}");
+    let o = run(&["--unauthenticated"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(0), "{out}");
+    assert!(out.contains("UNAUTHENTICATED"), "{out}");
+    // a snapshot file is trusted only for the block hash the user gives
+    let snap = tmp.path().join("snapshot.json");
+    std::fs::write(&snap, serde_json::to_vec(&registry).expect("json")).expect("write");
+    let o = run(&["--registry", snap.to_str().expect("p")]);
+    assert_eq!(o.status.code(), Some(2), "--registry needs --block-hash");
+    let other = verity_core::keccak256(b"the block I know").to_string();
+    let o = run(&[
+        "--registry",
+        snap.to_str().expect("p"),
+        "--block-hash",
+        &other,
+    ]);
+    assert_eq!(o.status.code(), Some(1), "another block hash: invalid");
+    let right = registry.block_hash.to_string();
+    let o = run(&[
+        "--registry",
+        snap.to_str().expect("p"),
+        "--block-hash",
+        &right,
+    ]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(0), "{out}");
+    assert!(out.starts_with("valid quorum certificate"), "{out}");
 }
