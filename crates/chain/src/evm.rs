@@ -99,8 +99,8 @@ pub struct DeployParams {
     pub commit_bond: U256,
     /// Optimistic mode: bond posted with a challenge, wei.
     pub challenge_bond: U256,
-    /// Optimistic mode: stake slashed from a node whose commitment is proven wrong (or that never
-    /// commits), wei.
+    /// Optimistic mode: stake slashed (and burned) from an assigned node that neither commits nor
+    /// declines; a node whose answer is proven wrong loses its whole stake. Wei.
     pub slash_amount: U256,
 }
 
@@ -447,6 +447,28 @@ impl EvmChain {
                 .into_transaction_request()
         })
         .await
+    }
+
+    /// The quantized input of OptimisticHub dispute `id` opened by the ReceiptCourt (from its
+    /// `ReceiptDisputed` event), or None if the court opened no such dispute.
+    pub async fn dispute_input(&self, id: u64) -> Result<Option<Vec<Vec<i32>>>, ChainError> {
+        let Some(court) = self.deployment.court else {
+            return Ok(None);
+        };
+        let filter = Filter::new()
+            .address(to_evm(&court))
+            .event_signature(crate::bindings::ReceiptCourt::ReceiptDisputed::SIGNATURE_HASH)
+            .topic1(alloy::primitives::B256::from(U256::from(id)))
+            .from_block(self.deployment.deploy_block);
+        let logs = self
+            .retry(|| async { self.provider.get_logs(&filter).await.map_err(rpc_err) })
+            .await?;
+        for l in logs.iter().rev().filter(|l| !l.removed) {
+            if let Ok(e) = crate::bindings::ReceiptCourt::ReceiptDisputed::decode_log(&l.inner) {
+                return Ok(crate::court::tensors_of(&e.lens, &e.words));
+            }
+        }
+        Ok(None)
     }
 
     /// The price per inference of a model, in wei.

@@ -1015,7 +1015,7 @@ fn demo_dispute(
     }
     let after = stake_of(liar)?;
     println!(
-        "   slashed  the liar's stake {} → {} (half of the stake taken and of its bond to the watcher, half burned)",
+        "   slashed  the liar's stake {} → {} (its whole stake and its bond: half to the watcher, half burned)",
         eth(before),
         eth(after)
     );

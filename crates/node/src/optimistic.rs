@@ -432,10 +432,23 @@ impl Optimistic {
             return Ok(run);
         }
         let node = &self.node;
-        let (inputs, _) =
-            crate::chain::fetch_input_and_mode(node, self.chain.as_ref(), id, &r.input_uri)
+        // A dispute over a receipt (opened by the ReceiptCourt) carries its quantized input in the
+        // court's event; a request carries an input URI.
+        let (inputs, given) = if r.input_uri == "dispute" {
+            let q = self
+                .chain
+                .dispute_input(id)
                 .await
-                .map_err(|e| e.message)?;
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| format!("no input published for dispute {id}"))?;
+            (Vec::new(), Some(q))
+        } else {
+            let (inputs, _) =
+                crate::chain::fetch_input_and_mode(node, self.chain.as_ref(), id, &r.input_uri)
+                    .await
+                    .map_err(|e| e.message)?;
+            (inputs, None)
+        };
         let loaded = crate::chain::load_model(node, &r.model_id)
             .await
             .map_err(|e| e.message)?;
@@ -445,7 +458,13 @@ impl Optimistic {
         let run = node
             .on_worker(false, move || -> Result<Run, String> {
                 let model = l2.exec.model();
-                let q = crate::state::bind_inputs(model, inputs).map_err(|e| e.message)?;
+                let q = match given {
+                    Some(q) => {
+                        check_shapes(model, &q)?;
+                        q
+                    }
+                    None => crate::state::bind_inputs(model, inputs).map_err(|e| e.message)?,
+                };
                 let input_hash = verity_engine::commit::tensors_hash(&q);
                 if input_hash != want_input {
                     return Err(format!(
@@ -643,6 +662,28 @@ impl Optimistic {
         }
         Ok(true)
     }
+}
+
+/// A dispute's input must be one tensor per model input with that input's element count.
+fn check_shapes(model: &verity_engine::Model, q: &[Vec<i32>]) -> Result<(), String> {
+    if q.len() != model.inputs.len() {
+        return Err(format!(
+            "the disputed input has {} tensors, the model {}",
+            q.len(),
+            model.inputs.len()
+        ));
+    }
+    for (t, i) in q.iter().zip(&model.inputs) {
+        let n = verity_engine::ir::numel(&i.shape) as usize;
+        if t.len() != n {
+            return Err(format!(
+                "disputed input '{}' has {} elements, the model's {n}",
+                i.name,
+                t.len()
+            ));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

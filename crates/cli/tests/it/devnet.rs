@@ -85,7 +85,7 @@ fn devnet_demo_runs_end_to_end_and_resumes() {
         "won by the watcher against the liar",
         "(EinSum)",
         "claim of the watcher",
-        "slashed  the liar's stake 50.000000 ETH → 49.500000 ETH",
+        "slashed  the liar's stake 50.000000 ETH → 0.000000 ETH",
         "optimistic demo done",
     ] {
         assert!(out.contains(want), "missing '{want}' in:\n{out}");
