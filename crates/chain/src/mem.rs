@@ -201,6 +201,18 @@ fn push_event(s: &mut State, block: u64, kind: HubEventKind) {
     });
 }
 
+/// Request `id` if it is pending, else the hub's revert.
+fn pending_request(s: &State, id: u64) -> Result<RequestInfo, ChainError> {
+    let rev = |m: &str| ChainError::Reverted(format!("InferenceHub: {m}"));
+    match s.requests.get(&id) {
+        None => Err(rev("the request is not pending")),
+        Some((r, _)) if r.status != Status::Pending => Err(rev(
+            "the request is not pending (already finalized or refunded)",
+        )),
+        Some((r, _)) => Ok(r.clone()),
+    }
+}
+
 fn assignment_of(s: &State, id: u64) -> Assignment {
     let Some((r, _)) = s.requests.get(&id) else {
         return Assignment::NotReady;
@@ -288,12 +300,7 @@ impl Chain for MemChain {
     async fn submit(&self, id: u64, receipt: &SignedReceipt) -> Result<Hash, ChainError> {
         let mut s = self.check()?;
         let rev = |m: &str| Err(ChainError::Reverted(format!("InferenceHub: {m}")));
-        let Some((r, _)) = s.requests.get(&id).cloned() else {
-            return rev("the request is not pending");
-        };
-        if r.status != Status::Pending {
-            return rev("the request is not pending (already finalized or refunded)");
-        }
+        let r = pending_request(&s, id)?;
         let rc = &receipt.receipt;
         if rc.request_id != Hash(U256::from(id).to_be_bytes::<32>())
             || rc.model_id != r.model_id
@@ -358,12 +365,7 @@ impl Chain for MemChain {
         let _ = reason;
         let mut s = self.check()?;
         let rev = |m: &str| Err(ChainError::Reverted(format!("InferenceHub: {m}")));
-        let Some((r, _)) = s.requests.get(&id).cloned() else {
-            return rev("the request is not pending");
-        };
-        if r.status != Status::Pending {
-            return rev("the request is not pending (already finalized or refunded)");
-        }
+        let r = pending_request(&s, id)?;
         let Assignment::Nodes(assigned) = assignment_of(&s, id) else {
             return rev("the seed block is not mined yet");
         };
