@@ -517,7 +517,7 @@ async fn work<C: Chain>(node: &Arc<Node>, chain: &C, job: Job) -> Result<(), Cha
         Ok(r) => r,
         Err(e) => {
             // Saying so on-chain costs nothing but gas; staying silent is slashed at the deadline.
-            return decline(node, chain, job, &e.code, &e.message).await;
+            return decline(node, chain, job, e.code, &e.message).await;
         }
     };
     tracing::debug!(request = job.id, output = %receipt.receipt.output_hash, "submitting the receipt");

@@ -326,10 +326,11 @@ fn verity_request_gets_verified_results_through_an_rpc_outage_and_a_reorg() {
         .as_str()
         .expect("the deployment names its court");
     let hub = deployment["hub"].as_str().unwrap();
-    let mut body: serde_json::Value = serde_json::from_str(
+    let tensors: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(root().join("fixtures/mlp.input.json")).unwrap(),
     )
     .unwrap();
+    let mut body = serde_json::json!({ "inputs": tensors });
     body["request_id"] = serde_json::json!(format!("0x{:064x}", id2 + 1));
     let client = reqwest::blocking::Client::new();
     let r: serde_json::Value = client
