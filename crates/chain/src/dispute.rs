@@ -564,6 +564,60 @@ impl EvmChain {
         ))
     }
 
+    /// Dispute `receipt` at the ReceiptCourt with this account's own execution of its input (`input`,
+    /// the quantized tensors, which must hash to the receipt's input hash): output hash `output`, trace
+    /// root `trace`. Pays the challenge bond. `hub_receipt`: signed in the InferenceHub's domain (else
+    /// the court's own, an off-chain receipt). Returns (dispute ID, game ID, gas); the game is then
+    /// played on the OptimisticHub like any other.
+    pub async fn dispute_receipt(
+        &self,
+        receipt: &verity_core::SignedReceipt,
+        hub_receipt: bool,
+        output: &Hash,
+        trace: &Hash,
+        input: &[Vec<i32>],
+    ) -> Result<(u64, u64, u64), ChainError> {
+        use crate::bindings::court;
+        let at = self.deployment().court.ok_or_else(|| {
+            ChainError::Other("this deployment has no ReceiptCourt (redeploy the contracts)".into())
+        })?;
+        let c = court::ReceiptCourt::new(to_evm(&at), self.provider().clone());
+        let (_, bond) = self.bonds().await?;
+        let r = &receipt.receipt;
+        let rec = court::VerityReceipts::Receipt {
+            requestId: to_b256(&r.request_id),
+            modelId: to_b256(&r.model_id),
+            inputHash: to_b256(&r.input_hash),
+            outputHash: to_b256(&r.output_hash),
+            traceRoot: to_b256(&r.trace_root),
+            node: to_evm(&r.node),
+            timestamp: r.timestamp,
+        };
+        let sig = Bytes::from(receipt.signature.0.to_vec());
+        let (lens, words) = crate::court::input_words(input);
+        let tx = self
+            .send_receipt("disputing the receipt", || {
+                c.disputeReceipt(
+                    rec.clone(),
+                    sig.clone(),
+                    hub_receipt,
+                    to_b256(output),
+                    to_b256(trace),
+                    lens.clone(),
+                    words.clone(),
+                )
+                .value(bond)
+                .into_transaction_request()
+            })
+            .await?;
+        let e = event_in::<court::ReceiptCourt::ReceiptDisputed>(&tx, c.address())
+            .ok_or_else(|| ChainError::Other("no ReceiptDisputed event".into()))?;
+        let id = |v: U256| {
+            u64::try_from(v).map_err(|_| ChainError::Other("dispute ID out of range".into()))
+        };
+        Ok((id(e.disputeId)?, id(e.gameId)?, tx.gas_used))
+    }
+
     /// Game `g`.
     pub async fn game(&self, g: u64) -> Result<Game, ChainError> {
         let c = self.optimistic()?;

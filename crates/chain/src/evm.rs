@@ -449,6 +449,29 @@ impl EvmChain {
         .await
     }
 
+    /// Add `amount` wei to this account's stake in the NodeRegistry; returns the transaction.
+    pub async fn add_stake(&self, amount: U256) -> Result<Hash, ChainError> {
+        let reg = self.nodes_contract();
+        Ok(self
+            .send("adding stake", || {
+                reg.addStake().value(amount).into_transaction_request()
+            })
+            .await?
+            .0)
+    }
+
+    /// Start unbonding `amount` wei of this account's stake (withdrawable after the unbonding delay);
+    /// returns the transaction.
+    pub async fn request_unbond(&self, amount: U256) -> Result<Hash, ChainError> {
+        let reg = self.nodes_contract();
+        Ok(self
+            .send("unbonding stake", || {
+                reg.requestUnbond(amount).into_transaction_request()
+            })
+            .await?
+            .0)
+    }
+
     /// The quantized input of OptimisticHub dispute `id` opened by the ReceiptCourt (from its
     /// `ReceiptDisputed` event), or None if the court opened no such dispute.
     pub async fn dispute_input(&self, id: u64) -> Result<Option<Vec<Vec<i32>>>, ChainError> {
@@ -746,6 +769,10 @@ pub fn decode_hub_log(log: &alloy::rpc::types::Log) -> Option<HubEvent> {
             id: u64_of(e.requestId),
             node: from_evm(&e.node),
             output_hash: from_b256(&e.outputHash),
+            trace_root: from_b256(&e.traceRoot),
+            input_hash: from_b256(&e.inputHash),
+            timestamp: e.timestamp,
+            signature: verity_core::Signature(e.signature.as_ref().try_into().ok()?),
         }
     } else if let Ok(e) = InferenceHub::Conflict::decode_log(&log.inner) {
         HubEventKind::Conflict {

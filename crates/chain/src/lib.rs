@@ -183,6 +183,15 @@ pub enum HubEventKind {
         node: verity_core::Address,
         /// Its output hash.
         output_hash: Hash,
+        /// Its trace root.
+        trace_root: Hash,
+        /// Its input hash.
+        input_hash: Hash,
+        /// Its timestamp.
+        timestamp: u64,
+        /// Its signature (hub domain): with the request's model, the whole receipt, which anyone can
+        /// dispute at the ReceiptCourt.
+        signature: verity_core::Signature,
     },
     /// Two receipts disagree.
     Conflict {

@@ -335,6 +335,10 @@ impl Chain for MemChain {
                 id,
                 node: rc.node,
                 output_hash: rc.output_hash,
+                trace_root: rc.trace_root,
+                input_hash: rc.input_hash,
+                timestamp: rc.timestamp,
+                signature: receipt.signature,
             },
         );
         let votes = s

@@ -936,8 +936,68 @@ fn demo_dispute(
     let placed = found.ok_or_else(|| anyhow!("the liar was not drawn"))?;
     let id = placed.id;
     // Follow the request's events until the honest result is final.
-    let (mut t_commit, mut t_resolved, mut t_final) = (None, None, None);
+    let times = std::cell::RefCell::new((None, None, None));
     let hint = format!("logs in {}", dir.display());
+    let show = |e: &verity_chain::dispute::OptEvent, t: f64| -> Result<()> {
+        match e.kind.clone() {
+            OptEventKind::Claimed {
+                owner,
+                output_hash,
+                trace_root,
+                window_end,
+                ..
+            } => {
+                times.borrow_mut().0.get_or_insert(t);
+                println!(
+                    "   claim    {} says output {output_hash}, trace {trace_root}; window until block {window_end} — tx {} ({t:.1} s)",
+                    name_of(owner),
+                    e.tx
+                );
+            }
+            OptEventKind::Challenged {
+                game, challenger, ..
+            } => println!(
+                "   watcher  {} re-executed, found another trace, challenged: game {game} — tx {} ({t:.1} s)",
+                name_of(challenger),
+                e.tx
+            ),
+            OptEventKind::Resolved {
+                game,
+                winner,
+                loser,
+                moves,
+                reason,
+                ..
+            } => {
+                times.borrow_mut().1 = Some(t);
+                let g = rt.block_on(client.game(game)).map_err(|e| anyhow!("{e}"))?;
+                let node = g.leaf.saturating_sub(g.inputs);
+                println!(
+                    "   game {game}   won by {} against {} after {moves} moves ({reason}): bisected to node {node} ({}), element word {} — tx {} ({t:.1} s)",
+                    name_of(winner),
+                    name_of(loser),
+                    m.nodes
+                        .get(node as usize)
+                        .map(|n| n.op.name())
+                        .unwrap_or("?"),
+                    g.index,
+                    e.tx
+                );
+            }
+            OptEventKind::Finalized {
+                output_hash, owner, ..
+            } => {
+                times.borrow_mut().2 = Some(t);
+                println!(
+                    "   final    output {output_hash} (claim of {}) — tx {} ({t:.1} s)",
+                    name_of(owner),
+                    e.tx
+                );
+            }
+            _ => {}
+        }
+        Ok(())
+    };
     let (final_out, _) = crate::request::follow_optimistic(
         rt,
         &client,
@@ -945,68 +1005,7 @@ fn demo_dispute(
         placed.block,
         Duration::from_secs(240),
         &hint,
-        |e, t| {
-            match e.kind.clone() {
-                OptEventKind::Claimed {
-                    owner,
-                    output_hash,
-                    trace_root,
-                    window_end,
-                    ..
-                } => {
-                    if t_commit.is_none() {
-                        t_commit = Some(t);
-                    }
-                    println!(
-                        "   claim    {} says output {output_hash}, trace {trace_root}; window until block {window_end} — tx {} ({t:.1} s)",
-                        name_of(owner),
-                        e.tx
-                    );
-                }
-                OptEventKind::Challenged {
-                    game, challenger, ..
-                } => println!(
-                    "   watcher  {} re-executed, found another trace, challenged: game {game} — tx {} ({t:.1} s)",
-                    name_of(challenger),
-                    e.tx
-                ),
-                OptEventKind::Resolved {
-                    game,
-                    winner,
-                    loser,
-                    moves,
-                    reason,
-                    ..
-                } => {
-                    t_resolved = Some(t);
-                    let g = rt.block_on(client.game(game)).map_err(|e| anyhow!("{e}"))?;
-                    let node = g.leaf.saturating_sub(g.inputs);
-                    println!(
-                        "   game {game}   won by {} against {} after {moves} moves ({reason}): bisected to node {node} ({}), element word {} — tx {} ({t:.1} s)",
-                        name_of(winner),
-                        name_of(loser),
-                        m.nodes
-                            .get(node as usize)
-                            .map(|n| n.op.name())
-                            .unwrap_or("?"),
-                        g.index,
-                        e.tx
-                    );
-                }
-                OptEventKind::Finalized {
-                    output_hash, owner, ..
-                } => {
-                    t_final = Some(t);
-                    println!(
-                        "   final    output {output_hash} (claim of {}) — tx {} ({t:.1} s)",
-                        name_of(owner),
-                        e.tx
-                    );
-                }
-                _ => {}
-            }
-            Ok(())
-        },
+        &show,
     )?;
     // The final output is the honest one: the canonical execution here gives the same hash.
     let (_, honest) = crate::request::run_here(&m, std::slice::from_ref(&spec))?;
@@ -1019,30 +1018,133 @@ fn demo_dispute(
         eth(before),
         eth(after)
     );
-    if let (Some(c), Some(r), Some(f)) = (t_commit, t_resolved, t_final) {
+    if let (Some(c), Some(r), Some(f)) = *times.borrow() {
         println!(
             "   time     lie committed → liar slashed {:.1} s; → honest result final {:.1} s (1 s blocks)",
             r - c,
             f - c
         );
     }
+
+    // Signed mode: the liar stakes again and answers hub requests from the same wrong trace. Its receipt
+    // alone finalizes a request; the watcher audits every accepted receipt, disputes the wrong one at
+    // the ReceiptCourt, and wins the same game: the liar loses its stake again.
+    println!("== demo, part 2b: signed mode, a wrong receipt disputed at the ReceiptCourt ==");
+    let lkey = verity_node::key::read_key_file(&ld.join("node.key")).map_err(|e| anyhow!(e))?;
+    let lchain = connect(rt, rpc, dep, &lkey)?;
+    rt.block_on(lchain.add_stake(verity_chain::ether(50)))
+        .map_err(|e| anyhow!("{e}"))?;
+    let before = stake_of(liar)?;
+    println!("   restake  the liar stakes {} again", eth(before));
+    let mut found = None;
+    for attempt in 1..=12 {
+        let placed = rt
+            .block_on(client.request_inference(
+                &model_id,
+                &hosted.input_hash,
+                &hosted.uri,
+                Mode::Signed,
+                1,
+                price,
+            ))
+            .map_err(|e| anyhow!("{e}"))?;
+        let start = Instant::now();
+        let who = loop {
+            match rt.block_on(client.assignment(placed.id)) {
+                Ok(verity_chain::Assignment::Nodes(v)) if !v.is_empty() => break v[0],
+                Ok(verity_chain::Assignment::Expired) => {
+                    bail!("the seed block of request {} expired", placed.id)
+                }
+                _ if start.elapsed() < Duration::from_secs(20) => {
+                    std::thread::sleep(Duration::from_millis(250))
+                }
+                r => bail!("no assignment for request {}: {r:?}", placed.id),
+            }
+        };
+        println!(
+            "   request  #{} for {name} (signed, fee {}) drawn: {}",
+            placed.id,
+            eth(price),
+            name_of(who)
+        );
+        if who == liar {
+            found = Some(placed);
+            break;
+        }
+        if attempt == 12 {
+            bail!("the liar was not drawn in 12 signed requests");
+        }
+    }
+    let placed = found.ok_or_else(|| anyhow!("the liar was not drawn"))?;
+    let req = crate::request::wait_settled(rt, &client, placed.id, Duration::from_secs(60))?;
+    if req.status != Status::Finalized {
+        bail!("request {} ended {:?}", placed.id, req.status);
+    }
+    println!(
+        "   receipt  the liar signed output {} (the canonical output is {honest}); its receipt alone finalized request #{}",
+        req.output_hash, placed.id
+    );
+    // The watcher's dispute: an OptimisticHub game against the liar's receipt.
+    let start = Instant::now();
+    let mut from = placed.block;
+    let dispute = 'found: loop {
+        if start.elapsed() > Duration::from_secs(90) {
+            bail!("the watcher did not dispute the wrong receipt within 90 s ({hint})");
+        }
+        std::thread::sleep(Duration::from_millis(250));
+        let head = rt
+            .block_on(client.head())
+            .map_err(|e| anyhow!("{e}"))?
+            .number;
+        if head < from {
+            continue;
+        }
+        for e in rt
+            .block_on(client.optimistic_events(from, head))
+            .map_err(|e| anyhow!("{e}"))?
+        {
+            if let OptEventKind::Challenged { id, defender, .. } = e.kind {
+                if defender == liar {
+                    break 'found (id, e.block);
+                }
+            }
+        }
+        from = head + 1;
+    };
+    println!(
+        "   court    the watcher re-executed the receipt, disputed it at the ReceiptCourt ({}): dispute #{}",
+        dep.court.map(|c| c.to_string()).unwrap_or_default(),
+        dispute.0
+    );
+    crate::request::follow_optimistic(
+        rt,
+        &client,
+        dispute.0,
+        dispute.1,
+        Duration::from_secs(240),
+        &hint,
+        &show,
+    )?;
+    let slashed = stake_of(liar)?;
+    println!(
+        "   slashed  the liar's stake {} → {} (its whole stake: half to the watcher, half burned)",
+        eth(before),
+        eth(slashed)
+    );
     // The liar leaves: its process stops, its remaining stake unbonds (it is no longer drawn).
     if let Some(i) = procs.0.iter().position(|p| p.0 == "node-liar") {
         let (_, mut child) = procs.0.remove(i);
         let _ = child.kill();
         let _ = child.wait();
     }
-    let lkey = verity_node::key::read_key_file(&ld.join("node.key")).map_err(|e| anyhow!(e))?;
-    let lchain = connect(rt, rpc, dep, &lkey)?;
-    let reg = verity_chain::bindings::NodeRegistry::new(
-        verity_chain::to_evm(&dep.nodes),
-        lchain.provider().clone(),
+    if !slashed.is_zero() {
+        rt.block_on(lchain.request_unbond(slashed))
+            .map_err(|e| anyhow!("{e}"))?;
+    }
+    println!(
+        "   the liar stopped; it is no longer drawn (stake {})",
+        eth(slashed)
     );
-    rt.block_on(lchain.send("unbonding the liar", || {
-        reg.requestUnbond(after).into_transaction_request()
-    }))
-    .map_err(|e| anyhow!("{e}"))?;
-    println!("   the liar stopped and unbonded its remaining stake");
-    println!("== optimistic demo done ==\n");
+    println!("== dispute demos done ==\n");
     Ok(())
 }

@@ -129,11 +129,13 @@ pub async fn get_jobs(State(node): State<Arc<Node>>) -> Result<Json<Value>, ApiE
 }
 
 /// `GET /v1/optimistic`: what this node saw and did in optimistic mode (commitments, re-executions,
-/// challenges, games), newest request first.
+/// challenges, games), newest request first, and its audits of hub receipts.
 pub async fn get_optimistic(State(node): State<Arc<Node>>) -> Result<Json<Value>, ApiError> {
     let n = node.clone();
-    let j = node.blocking(move || crate::optimistic::jobs(&n)).await?;
-    Ok(Json(json!({"requests": j})))
+    let (j, a) = node
+        .blocking(move || (crate::optimistic::jobs(&n), crate::optimistic::audits(&n)))
+        .await?;
+    Ok(Json(json!({"requests": j, "audits": a})))
 }
 
 /// `GET /artela-network/artela-rollkit/inference/tx/{id}`: the OpenGradient SDK's result endpoint. Waits up

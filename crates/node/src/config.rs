@@ -140,9 +140,9 @@ pub struct Faults {
     pub perturb_output: bool,
     /// Wait this many milliseconds before answering each inference or model chunk.
     pub stall_ms: u64,
-    /// Optimistic mode: execute with the middle element of the first node of this op kind (e.g.
-    /// `EinSum`) off by its lowest bit, and commit (or challenge with) that self-consistent but wrong
-    /// trace.
+    /// Execute with the middle element of the first node of this op kind (e.g. `EinSum`) off by its
+    /// lowest bit: every receipt the node signs, and every optimistic claim or challenge it makes, comes
+    /// from that self-consistent but wrong trace.
     pub corrupt_op: Option<String>,
 }
 

@@ -93,7 +93,9 @@ pub async fn run(
             )));
         }
         let o = &cfg.optimistic;
-        let active = (o.serve && !cfg.watch_only) || o.watch_rate > 0.0;
+        // A staked node always takes part: any receipt it signs can be disputed through the
+        // OptimisticHub's game, which it must defend (committing answers is `serve`).
+        let active = !cfg.watch_only || o.watch_rate > 0.0;
         match dep.optimistic {
             Some(hub) if active => {
                 tracing::info!(%hub, serve = o.serve && !cfg.watch_only, watch_rate = o.watch_rate, "taking part in optimistic mode");

@@ -5,6 +5,10 @@
 //! own execution, and plays the game to the end. Either side claims the other's missed moves and
 //! finalizes its own claims once their window closes.
 //!
+//! A watcher also audits the InferenceHub: it re-executes the receipts the hub accepts (all, or the same
+//! secret sample) from the request's input and disputes at the ReceiptCourt any receipt whose output or
+//! trace differs from its own execution; the game that follows is played here like any other.
+//!
 //! Every action is decided from the contract's current state (request, claim, game), never from memory
 //! alone, so a restarted node or watcher resumes where it stopped and nothing is sent twice on purpose;
 //! what it has seen and done is kept in the store.
@@ -26,11 +30,12 @@ use crate::state::{Loaded, Node};
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct OptimisticConfig {
-    /// Commit answers to the optimistic requests this node is assigned (and defend them).
+    /// Commit answers to the optimistic requests this node is assigned. (A staked node defends every
+    /// game against its claims and receipts whatever this says.)
     pub serve: bool,
-    /// Fraction of other nodes' claims to re-execute and challenge if wrong (0: none, 1: all). Which
-    /// claims are checked is drawn with a secret seed kept in the store, so a committer cannot tell
-    /// which of its claims will be checked.
+    /// Fraction of other nodes' claims and hub receipts to re-execute and challenge (or dispute at the
+    /// ReceiptCourt) if wrong (0: none, 1: all). Which are checked is drawn with a secret seed kept in
+    /// the store, so a node cannot tell which of its answers will be checked.
     pub watch_rate: f64,
     /// Finalize this node's own claims once their challenge window has passed (collecting the fee and
     /// the bond).
@@ -64,6 +69,55 @@ pub struct OptJob {
     pub over: Vec<u64>,
     /// What happened, oldest first.
     pub log: Vec<String>,
+}
+
+/// One receipt the InferenceHub accepted, as a watcher audits it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Audit {
+    /// Hub request ID.
+    pub request: u64,
+    /// The node that signed the receipt.
+    pub node: Address,
+    /// The receipt's input hash.
+    pub input_hash: Hash,
+    /// The receipt's output hash.
+    pub output_hash: Hash,
+    /// The receipt's trace root.
+    pub trace_root: Hash,
+    /// The receipt's timestamp.
+    pub timestamp: u64,
+    /// The receipt's signature (hub domain).
+    pub signature: verity_core::Signature,
+    /// `open`; then `agreed` (re-executed, same output and trace), `disputed` (a game is on at the
+    /// ReceiptCourt) or `skipped` (see `note`).
+    pub state: String,
+    /// What was found.
+    pub note: String,
+    /// Attempts that could not re-execute yet (the input or the model unreachable for now).
+    pub tries: u32,
+}
+
+/// Polls an audit is retried while its input or model cannot be had, before it is given up.
+const AUDIT_TRIES: u32 = 40;
+
+/// The audits of hub receipts, with an index of the open ones; keyed by (request, node).
+const AUDITS: crate::jobs::JobTable = crate::jobs::JobTable {
+    records: "audit.jobs",
+    open: "audit.open",
+};
+
+fn audit_key(request: u64, node: &Address) -> u64 {
+    let mut b = Vec::with_capacity(28);
+    b.extend_from_slice(&request.to_be_bytes());
+    b.extend_from_slice(&node.0);
+    u64::from_be_bytes(keccak256(&b).0[..8].try_into().unwrap_or([0; 8]))
+}
+
+/// Every audit of a node, newest first.
+pub fn audits(node: &Node) -> Vec<Audit> {
+    let mut v: Vec<Audit> = AUDITS.all(&node.store);
+    v.sort_by(|a, b| b.request.cmp(&a.request));
+    v
 }
 
 const JOBS: &str = "opt.jobs";
@@ -276,6 +330,11 @@ impl Optimistic {
             for e in self.chain.optimistic_events(from, to).await? {
                 self.apply(e.kind);
             }
+            if self.audits() {
+                for e in self.chain.hub_events(from, to).await? {
+                    self.record_receipt(e.kind);
+                }
+            }
             from = to + 1;
         }
         let _ = self
@@ -286,7 +345,162 @@ impl Optimistic {
         for job in self.open_jobs() {
             busy |= self.act(job, head).await?;
         }
+        for a in AUDITS.open::<Audit>(&self.node.store) {
+            let before = a.clone();
+            let mut a = a;
+            let r = self.audit(&mut a).await;
+            if a != before {
+                let open = a.state == "open";
+                AUDITS.put(&self.node.store, audit_key(a.request, &a.node), &a, open);
+            }
+            r?;
+        }
         Ok(busy)
+    }
+
+    /// Whether this participant audits hub receipts: it watches, and the deployment has a court.
+    fn audits(&self) -> bool {
+        self.cfg.watch_rate > 0.0 && self.chain.deployment().court.is_some()
+    }
+
+    /// Record a receipt the hub accepted for audit (once; another node's, in this watcher's sample).
+    fn record_receipt(&self, e: verity_chain::HubEventKind) {
+        let verity_chain::HubEventKind::ReceiptAccepted {
+            id,
+            node,
+            output_hash,
+            trace_root,
+            input_hash,
+            timestamp,
+            signature,
+        } = e
+        else {
+            return;
+        };
+        let key = audit_key(id, &node);
+        if node == self.me()
+            || AUDITS.get::<Audit>(&self.node.store, key).is_some()
+            || !sampled(
+                &self.salt,
+                id,
+                &claim_key(&node, &output_hash, &trace_root),
+                self.cfg.watch_rate,
+            )
+        {
+            return;
+        }
+        let a = Audit {
+            request: id,
+            node,
+            input_hash,
+            output_hash,
+            trace_root,
+            timestamp,
+            signature,
+            state: "open".into(),
+            note: String::new(),
+            tries: 0,
+        };
+        AUDITS.put(&self.node.store, key, &a, true);
+    }
+
+    /// Re-execute an accepted receipt from its request's input and dispute it at the ReceiptCourt if
+    /// this node's execution differs.
+    async fn audit(&self, a: &mut Audit) -> Result<(), ChainError> {
+        let done = |a: &mut Audit, state: &str, note: String| {
+            tracing::info!(request = a.request, node = %a.node, state, "audit: {note}");
+            a.state = state.into();
+            a.note = note;
+        };
+        let Some(req) = self.chain.request(a.request).await? else {
+            done(a, "skipped", "the request is no longer on the chain".into());
+            return Ok(());
+        };
+        let receipt = verity_core::SignedReceipt {
+            receipt: verity_core::Receipt {
+                request_id: crate::chain::request_hash(a.request),
+                model_id: req.model_id,
+                input_hash: a.input_hash,
+                output_hash: a.output_hash,
+                trace_root: a.trace_root,
+                node: a.node,
+                timestamp: a.timestamp,
+            },
+            domain: verity_core::receipt::receipt_domain(self.chain.chain_id(), self.chain.hub()),
+            signature: a.signature,
+        };
+        let run = match self.audit_run(&req, &a.input_hash).await {
+            Ok(run) => run,
+            Err((m, retry)) => {
+                a.tries += 1;
+                if retry && a.tries < AUDIT_TRIES {
+                    a.note = format!("cannot re-execute yet: {m}");
+                } else {
+                    done(a, "skipped", format!("cannot re-execute: {m}"));
+                }
+                return Ok(());
+            }
+        };
+        if run.output_hash == a.output_hash && run.trace_root == a.trace_root {
+            done(
+                a,
+                "agreed",
+                format!("re-executed: output {} agrees", a.output_hash),
+            );
+            return Ok(());
+        }
+        let ni = run.loaded.exec.model().inputs.len();
+        match self
+            .chain
+            .dispute_receipt(
+                &receipt,
+                true,
+                &run.output_hash,
+                &run.trace_root,
+                &run.trace.tensors[..ni],
+            )
+            .await
+        {
+            Ok((d, g, gas)) => done(
+                a,
+                "disputed",
+                format!(
+                    "the receipt says output {}, trace {}; this execution gives output {}, trace {}: disputed at the ReceiptCourt (dispute {d}, game {g}, gas {gas})",
+                    a.output_hash, a.trace_root, run.output_hash, run.trace_root
+                ),
+            ),
+            Err(ChainError::Reverted(m)) => done(a, "skipped", format!("dispute refused: {m}")),
+            Err(e) => return Err(e),
+        }
+        Ok(())
+    }
+
+    /// This node's traced execution of hub request `req` on its input; the error says whether trying
+    /// again later may help.
+    async fn audit_run(
+        &self,
+        req: &verity_chain::RequestInfo,
+        input_hash: &Hash,
+    ) -> Result<Run, (String, bool)> {
+        let node = &self.node;
+        let (inputs, _) =
+            crate::chain::fetch_input_and_mode(node, self.chain.as_ref(), req.id, &req.input_uri)
+                .await
+                .map_err(|e| (e.message, true))?;
+        let loaded = crate::chain::load_model(node, &req.model_id)
+            .await
+            .map_err(|e| (e.message, true))?;
+        let n2 = node.clone();
+        let want = *input_hash;
+        node.on_worker(false, move || -> Result<Run, (String, bool)> {
+            let model = loaded.exec.model();
+            let q = crate::state::bind_inputs(model, inputs).map_err(|e| (e.message, false))?;
+            // A receipt whose input is not its request's cannot be settled by a game over that input;
+            // the hub refuses it for every request whose input hash is fixed.
+            traced(&n2, loaded.clone(), q, &want).map_err(|m| (m, false))
+        })
+        .await
+        .map_err(|e| (e.message, true))?
     }
 
     fn apply(&self, e: OptEventKind) {
@@ -452,8 +666,8 @@ impl Optimistic {
         let loaded = crate::chain::load_model(node, &r.model_id)
             .await
             .map_err(|e| e.message)?;
-        let corrupt = node.config.faults.corrupt_op.clone();
         let l2 = loaded.clone();
+        let n2 = node.clone();
         let want_input = r.input_hash;
         let run = node
             .on_worker(false, move || -> Result<Run, String> {
@@ -465,30 +679,7 @@ impl Optimistic {
                     }
                     None => crate::state::bind_inputs(model, inputs).map_err(|e| e.message)?,
                 };
-                let input_hash = verity_engine::commit::tensors_hash(&q);
-                if input_hash != want_input {
-                    return Err(format!(
-                        "the input hashes to {input_hash}, not the requested {want_input}"
-                    ));
-                }
-                let tamper = corrupt.and_then(|op| {
-                    let k = model.nodes.iter().position(|n| n.op.name() == op)?;
-                    let len = verity_engine::ir::numel(&model.nodes[k].shape) as usize;
-                    Some((k, len / 2))
-                });
-                let (_, trace) = l2
-                    .exec
-                    .run_trace_tampered(q, tamper)
-                    .map_err(|e| format!("execution failed: {e}"))?;
-                let side = Side::new(model, &trace).map_err(|e| e.to_string())?;
-                let (output_hash, trace_root) = (side.output_hash(), side.trace_root());
-                drop(side);
-                Ok(Run {
-                    loaded: l2.clone(),
-                    trace,
-                    output_hash,
-                    trace_root,
-                })
+                traced(&n2, l2.clone(), q, &want_input)
             })
             .await
             .map_err(|e| e.message)??;
@@ -662,6 +853,35 @@ impl Optimistic {
         }
         Ok(true)
     }
+}
+
+/// This node's traced execution of `model` on `q`, which must hash to `want_input`.
+fn traced(
+    node: &Node,
+    loaded: Arc<Loaded>,
+    q: Vec<Vec<i32>>,
+    want_input: &Hash,
+) -> Result<Run, String> {
+    let model = loaded.exec.model();
+    let input_hash = verity_engine::commit::tensors_hash(&q);
+    if input_hash != *want_input {
+        return Err(format!(
+            "the input hashes to {input_hash}, not the requested {want_input}"
+        ));
+    }
+    let (_, trace) = loaded
+        .exec
+        .run_trace_tampered(q, node.tamper(model))
+        .map_err(|e| format!("execution failed: {e}"))?;
+    let side = Side::new(model, &trace).map_err(|e| e.to_string())?;
+    let (output_hash, trace_root) = (side.output_hash(), side.trace_root());
+    drop(side);
+    Ok(Run {
+        loaded: loaded.clone(),
+        trace,
+        output_hash,
+        trace_root,
+    })
 }
 
 /// A dispute's input must be one tensor per model input with that input's element count.

@@ -545,6 +545,15 @@ impl Node {
         self.infer_blocking_for(loaded, inputs, request_id, domain)
     }
 
+    /// Test-only (`faults.corrupt_op`): the node and element whose lowest bit this node's executions
+    /// flip — the middle element of the first node of that op kind. None for an honest node.
+    pub fn tamper(&self, model: &verity_engine::Model) -> Option<(usize, usize)> {
+        let op = self.config.faults.corrupt_op.as_deref()?;
+        let k = model.nodes.iter().position(|n| n.op.name() == op)?;
+        let len = verity_engine::ir::numel(&model.nodes[k].shape) as usize;
+        Some((k, len / 2))
+    }
+
     /// [`Node::infer_blocking`], signing under `domain` (a hub's, for a request read on that hub).
     pub fn infer_blocking_for(
         &self,
@@ -557,15 +566,18 @@ impl Node {
         let model = loaded.exec.model();
         let q = bind_inputs(model, inputs)?;
         let ni = q.len();
-        let (mut outputs, trace) = loaded.exec.run_trace(q).map_err(|e| {
-            if e == ExecError::Cancelled {
-                // a run stopped after this long costs at least this much: later requests are judged
-                // against it (refused at once if they cannot finish in time)
-                let spent = start.elapsed().as_micros() as u64;
-                loaded.cost_us.fetch_max(spent.max(1), Ordering::Relaxed);
-            }
-            exec_error(e)
-        })?;
+        let (mut outputs, trace) = loaded
+            .exec
+            .run_trace_tampered(q, self.tamper(model))
+            .map_err(|e| {
+                if e == ExecError::Cancelled {
+                    // a run stopped after this long costs at least this much: later requests are judged
+                    // against it (refused at once if they cannot finish in time)
+                    let spent = start.elapsed().as_micros() as u64;
+                    loaded.cost_us.fetch_max(spent.max(1), Ordering::Relaxed);
+                }
+                exec_error(e)
+            })?;
         if self.config.faults.perturb_output {
             // Test-only: a node that lies about the output and signs the lie.
             if let Some(x) = outputs.first_mut().and_then(|o| o.first_mut()) {

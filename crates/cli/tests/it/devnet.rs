@@ -86,10 +86,43 @@ fn devnet_demo_runs_end_to_end_and_resumes() {
         "(EinSum)",
         "claim of the watcher",
         "slashed  the liar's stake 50.000000 ETH → 0.000000 ETH",
-        "optimistic demo done",
     ] {
         assert!(out.contains(want), "missing '{want}' in:\n{out}");
     }
+    // signed mode: the restaked liar's wrong receipt finalizes a hub request; the watcher's audit
+    // disputes it at the ReceiptCourt, wins the game, and the liar loses its whole stake again
+    let signed = &out[out
+        .find("part 2b")
+        .expect("the signed-mode dispute demo runs")..];
+    for want in [
+        "restake  the liar stakes 50.000000 ETH again",
+        "(signed, fee 0.001000 ETH) drawn: the liar",
+        "its receipt alone finalized request",
+        "court    the watcher re-executed the receipt, disputed it at the ReceiptCourt",
+        "won by the watcher against the liar",
+        "(EinSum)",
+        "slashed  the liar's stake 50.000000 ETH → 0.000000 ETH",
+        "dispute demos done",
+    ] {
+        assert!(signed.contains(want), "missing '{want}' in:\n{out}");
+    }
+    // The watcher audited the honest quorum's receipts of request 1 and agreed (an honest receipt's
+    // trace root is the game's), and disputed the liar's.
+    let wlog = std::fs::read_to_string(dir.join("watcher/node.log")).unwrap();
+    let audits = |says: &str| -> Vec<&str> {
+        wlog.lines()
+            .filter(|l| l.contains(&format!("audit: {says}")))
+            .collect()
+    };
+    assert_eq!(
+        audits("re-executed: output")
+            .iter()
+            .filter(|l| l.contains("request=1 "))
+            .count(),
+        2,
+        "both receipts of request 1 audited and agreed:\n{wlog}"
+    );
+    assert_eq!(audits("the receipt says output").len(), 1, "{wlog}");
     // zk mode: a node proves the inference and the proof verifies offline against the model
     for want in [
         "part 3: zk mode",

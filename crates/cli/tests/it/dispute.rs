@@ -86,6 +86,35 @@ pub fn deployed(
 /// A fixture compiled into a directory (`<dir>/<name>.vty`), its model and the trace of its input.
 pub type Fixture = (String, Model, Trace);
 
+/// `x` (`width` elements, scale 12) followed by `nodes` additions `y_j = y_{j−1} + x`.
+fn chain_model(nodes: usize, width: u32) -> Model {
+    use verity_engine::ir::*;
+    let mut m = Model::one_node(
+        vec![Input {
+            name: "x".into(),
+            shape: vec![width],
+            scale: 12,
+            kind: InputKind::Fixed,
+        }],
+        vec![],
+        Op::Add,
+        vec![0, 0],
+        vec![width],
+        12,
+    );
+    for j in 1..nodes {
+        m.nodes.push(Node {
+            name: format!("n{j}"),
+            op: Op::Add,
+            inputs: vec![j as ValueId, 0],
+            shape: vec![width],
+            scale: 12,
+        });
+    }
+    m.outputs[0].value = nodes as ValueId;
+    m
+}
+
 /// The fixtures compiled into `dir` and registered on-chain by `client`, and for each op kind the first
 /// node of that kind (fixture index, node index).
 pub fn registered_fixtures(
@@ -255,13 +284,36 @@ fn optimistic_disputes_on_anvil() {
     let node_addr = net.node.sender().unwrap();
     let ch_addr = net.challengers[0].sender().unwrap();
     // The fixtures, registered; for each op kind the first node of that kind.
-    let (fixtures, targets) = registered_fixtures(&net.rt, &net.client, dir.path());
+    let (mut fixtures, targets) = registered_fixtures(&net.rt, &net.client, dir.path());
+    let mut cases: Vec<(String, usize, usize)> = targets
+        .iter()
+        .map(|(op, (f, k))| (op.to_string(), *f, *k))
+        .collect();
+    // Beyond the fixtures: chains of one-element tensors whose trace has one leaf more than a power of
+    // two (the deepest trace tree for its size) and exactly a power of two, and a chain of nine-element
+    // tensors (two words); the lie is in the last node, the rightmost leaf.
+    for (label, nodes, width) in [("chain-17", 16, 1), ("chain-16", 15, 1), ("wide-9", 8, 9)] {
+        let m = chain_model(nodes, width);
+        let x: Vec<i32> = (0..width as i32).map(|i| 3 + i).collect();
+        let (_, t) = Executor::new(&m, Mode::default())
+            .run_trace(vec![x])
+            .unwrap();
+        let id = verity_engine::vty::model_id(&m);
+        net.rt
+            .block_on(
+                net.client
+                    .register_model(&id, label, "1.0.0", &Hash::ZERO, U256::from(1000)),
+            )
+            .unwrap();
+        fixtures.push((label.to_string(), m, t));
+        cases.push((label.to_string(), fixtures.len() - 1, nodes - 1));
+    }
     let mut gas: BTreeMap<&'static str, u64> = BTreeMap::new();
     println!(
         "{:<10} {:<12} {:>5} {:>4} {:>7} {:>6} {:>9} {:>7}",
         "op", "fixture", "node", "txs", "rounds", "bound", "step gas", "secs"
     );
-    for (op, (f, k)) in &targets {
+    for (op, f, k) in &cases {
         let (name, m, honest) = &fixtures[*f];
         let start = Instant::now();
         let inputs = honest.tensors[..m.inputs.len()].to_vec();
@@ -301,11 +353,14 @@ fn optimistic_disputes_on_anvil() {
         net.rt.block_on(net.client.finalize_optimistic(id)).unwrap();
         let r = net.rt.block_on(net.client.optimistic_request(id)).unwrap();
         assert_eq!(r.status, 3, "finalized");
+        // moves: reveal + (split, choose) per trace level + open + (split, choose) per word level + word
+        // + step. The honest challenger never descends into padding, so every game takes exactly one
+        // choice per level of the trace tree (inputs + nodes leaves) and of the disputed tensor's word
+        // tree (⌈elements / 8⌉ leaves), and the step.
         let log2 = |n: usize| usize::BITS - (n.max(1) - 1).leading_zeros();
-        let bound = log2(m.nodes.len()) + log2(len) + 1;
-        // moves: reveal + (split, choose) per trace level + open + (split, choose) per word level + word + step
+        let bound = log2(m.inputs.len() + m.nodes.len()) + log2(len.div_ceil(8)) + 1;
         let rounds = moves.iter().filter(|(n, _)| *n == "choose").count() as u32 + 1;
-        assert!(rounds <= bound, "{op}: {rounds} rounds vs bound {bound}");
+        assert_eq!(rounds, bound, "{op}: rounds");
         for (n, g) in &moves {
             let e = gas.entry(n).or_default();
             *e = (*e).max(*g);
