@@ -790,6 +790,7 @@ pub fn decode_hub_log(log: &alloy::rpc::types::Log) -> Option<HubEvent> {
         HubEventKind::Declined {
             id: u64_of(e.requestId),
             node: from_evm(&e.node),
+            reason: e.reason.clone(),
         }
     } else if let Ok(e) = InferenceHub::Refunded::decode_log(&log.inner) {
         HubEventKind::Refunded {

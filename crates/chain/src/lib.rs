@@ -217,6 +217,8 @@ pub enum HubEventKind {
         id: u64,
         /// Node.
         node: verity_core::Address,
+        /// Why it cannot serve the request (e.g. `input_mismatch`, `model_not_found`).
+        reason: String,
     },
     /// Refunded (after the deadline, or once too few assigned nodes remain).
     Refunded {

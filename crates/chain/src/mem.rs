@@ -387,7 +387,15 @@ impl Chain for MemChain {
         d.push(me);
         let declines = d.len();
         let block = mine(&mut s);
-        push_event(&mut s, block, HubEventKind::Declined { id, node: me });
+        push_event(
+            &mut s,
+            block,
+            HubEventKind::Declined {
+                id,
+                node: me,
+                reason: reason.to_string(),
+            },
+        );
         if assigned.len() < declines + r.k as usize {
             s.requests.get_mut(&id).expect("present").0.status = Status::Refunded;
             push_event(&mut s, block, HubEventKind::Refunded { id });

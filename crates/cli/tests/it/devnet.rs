@@ -142,9 +142,23 @@ fn devnet_demo_runs_end_to_end_and_resumes() {
     // Second run: same chain (anvil state), same contracts, same node keys and jobs.
     let out2 = devnet(&dir, port, &[]);
     assert!(out2.contains("resumed"), "{out2}");
+    // request IDs continue after the first run's (its signed-mode requests included)
+    let last_signed = out
+        .lines()
+        .filter(|l| l.contains("(signed, fee"))
+        .filter_map(|l| {
+            l.split('#')
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .max()
+        .expect("the first run placed signed requests");
     assert!(
-        out2.contains("2. request  #2"),
-        "request IDs continue:\n{out2}"
+        out2.contains(&format!("2. request  #{} ", last_signed + 1)),
+        "request IDs continue after #{last_signed}:\n{out2}"
     );
     assert!(out2.contains("→ valid: model"), "{out2}");
     assert!(

@@ -7,6 +7,7 @@ use std::process::{Command, Output};
 use serde_json::Value;
 use verity_core::{elements_root, Hash};
 
+mod attacks;
 mod devnet;
 mod dispute;
 mod hostile;
