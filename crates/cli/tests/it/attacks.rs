@@ -34,12 +34,9 @@ struct Net {
 
 impl Net {
     fn balance(&self, who: Address) -> U256 {
+        let p = self.client.provider();
         self.rt
-            .block_on(
-                self.client
-                    .provider()
-                    .get_balance(verity_chain::to_evm(&who)),
-            )
+            .block_on(async { p.get_balance(verity_chain::to_evm(&who)).await })
             .unwrap()
     }
 
@@ -55,6 +52,17 @@ impl Net {
                 i.stake.parse().unwrap()
             })
             .collect()
+    }
+
+    /// What transaction `tx` cost its sender in gas (wei).
+    fn gas_cost(&self, tx: &Hash) -> U256 {
+        let p = self.client.provider();
+        let r = self
+            .rt
+            .block_on(async { p.get_transaction_receipt(verity_chain::to_b256(tx)).await })
+            .unwrap()
+            .unwrap();
+        U256::from(r.gas_used) * U256::from(r.effective_gas_price)
     }
 
     /// Wait (up to `secs`) until request `id` is settled; its final state.
@@ -237,12 +245,11 @@ fn griefing_steering_and_hijacking_gain_the_attacker_nothing() {
         .rt
         .block_on(async { hub.timeout(U256::from(placed.id)).call().await });
     assert!(late.is_err(), "a timeout of a refunded request is refused");
-    let after = net.balance(me);
-    assert!(
-        after < before,
-        "the attacker only lost gas: {before} → {after}"
+    assert_eq!(
+        net.balance(me),
+        before - net.gas_cost(&placed.tx),
+        "the attacker got its fee back and is down exactly its gas"
     );
-    assert!(before - after < price, "and got its fee back");
     assert_eq!(net.stakes(), stakes, "no node lost stake");
 
     // 2. Griefing with a model registered at price 0 that nobody hosts: declined, refunded, no slash.
@@ -273,7 +280,11 @@ fn griefing_steering_and_hijacking_gain_the_attacker_nothing() {
             .any(|e| matches!(e, HubEventKind::Declined { .. })),
         "the drawn node declined the unhosted model: {ev:?}"
     );
-    assert!(net.balance(me) < before, "gas only");
+    assert_eq!(
+        net.balance(me),
+        before - net.gas_cost(&placed.tx),
+        "gas only"
+    );
     assert_eq!(net.stakes(), stakes, "no node lost stake");
 
     // 3. Steering: once a request's seed is public, a node not drawn adds far more stake than all the
