@@ -116,7 +116,7 @@ fn audit_key(request: u64, node: &Address) -> u64 {
 /// Every audit of a node, newest first.
 pub fn audits(node: &Node) -> Vec<Audit> {
     let mut v: Vec<Audit> = AUDITS.all(&node.store);
-    v.sort_by(|a, b| b.request.cmp(&a.request));
+    v.sort_by_key(|a| std::cmp::Reverse(a.request));
     v
 }
 
