@@ -740,7 +740,7 @@ fn run_daemon(cfg: verity_node::NodeConfig, log: &str, what: &str) -> Result<()>
     let res = rt.block_on(verity_node::run(
         cfg,
         env_key,
-        shutdown_signal(budget),
+        shutdown_signal(&rt, budget),
         |addr, who| {
             println!("verity {what} listening on http://{addr} as {who}");
             use std::io::Write;
@@ -886,25 +886,58 @@ pub fn cmd_node(a: NodeArgs) -> Result<()> {
     run_daemon(cfg, &a.log, "node")
 }
 
-async fn shutdown_signal(budget: std::time::Duration) {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// Ctrl-C or SIGTERM, then the shutdown budget. The signal handlers are installed here, at once (inside
+/// `rt`), not when the future is first polled: a signal that arrives while the node is still starting
+/// then stops it cleanly instead of killing the process.
+fn shutdown_signal(
+    rt: &tokio::runtime::Runtime,
+    budget: std::time::Duration,
+) -> impl std::future::Future<Output = ()> {
+    let _in_rt = rt.enter();
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
+    let (mut int, mut term) = {
+        use tokio::signal::unix::{signal, SignalKind};
+        (
+            signal(SignalKind::interrupt()).ok(),
+            signal(SignalKind::terminate()).ok(),
+        )
     };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
+    async move {
+        #[cfg(unix)]
+        {
+            let int = async {
+                match int.as_mut() {
+                    Some(s) => {
+                        s.recv().await;
+                    }
+                    None => {
+                        let _ = tokio::signal::ctrl_c().await;
+                    }
+                }
+            };
+            let term = async {
+                match term.as_mut() {
+                    Some(s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                _ = int => {},
+                _ = term => {},
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+        shutdown_budget(budget);
     }
+}
+
+/// Log the shutdown request and make sure the process is gone once `budget` has passed.
+fn shutdown_budget(budget: std::time::Duration) {
     tracing::info!("shutdown requested");
     // Whatever happens next, the process is gone by the end of the shutdown time.
     std::thread::spawn(move || {
