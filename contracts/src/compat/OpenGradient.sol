@@ -2,6 +2,7 @@
 pragma solidity ^0.8.24;
 
 import "../InferenceHub.sol";
+import "../Merkle.sol";
 
 /// Tensor types of the OpenGradient inference ABI (field order and types fixed by that ABI).
 library TensorLib {
@@ -67,9 +68,12 @@ contract OpenGradientEvents {
 /// @title OpenGradient-compatible front door to Verity's InferenceHub
 /// @notice `run(modelId, mode, input)` as the OpenGradient SDK calls it. The model is a Verity model ID
 ///         (`0x` + 64 hex digits), a name and version joined by an at sign, or a name (latest version). The input travels in the
-///         transaction; its canonical hash is named by the nodes' receipts (the hub request has input hash
-///         zero and input URI `opengradient:<inferenceID>`, meaning "the ModelInferenceEvent with that ID in
-///         the request's transaction"). VANILLA becomes a `signed` request, ZK and TEE a `quorum` request of
+///         transaction, and this contract fixes its canonical hash: the model's owner states once, with
+///         `setInputSpec`, each input's name, element count, scale and kind; `run` quantizes every number
+///         exactly (`quantize`: `floor(value·2^scale/10^decimals + 1/2)`, or the whole number for an integer
+///         input) and hashes the tensors as the engine does, so the hub request carries that input hash and
+///         no node can answer for another input. The input URI is `opengradient:<inferenceID>`, meaning
+///         "the ModelInferenceEvent with that ID in the request's transaction". VANILLA becomes a `signed` request, ZK and TEE a `quorum` request of
 ///         `quorumK` nodes. The inference ID is the hub request ID in decimal; the result is read from any
 ///         Verity node at `/artela-network/artela-rollkit/inference/tx/{id}`, which answers only with an output
 ///         whose hash equals the one finalized on-chain. Fees (the hub's price times the nodes needed) come
@@ -87,13 +91,29 @@ contract OpenGradientInference is IVerityConsumer {
     mapping(uint256 => uint256) public paid;
     mapping(uint256 => bytes32) public outputOf;
 
+    /// A model's inputs, in model order, as its owner states them.
+    struct InputSpec {
+        string[] names;
+        uint64[] counts;
+        int8[] scales;
+        bool[] ints;
+    }
+
+    mapping(bytes32 => InputSpec) internal specs;
+
     event InferenceResult(ModelOutput output);
     event Deposited(address indexed who, uint256 amount);
     event Withdrawn(address indexed who, uint256 amount);
     event Completed(uint256 indexed requestId, bytes32 outputHash);
     event Reclaimed(uint256 indexed requestId, address indexed who, uint256 amount);
 
+    event InputSpecSet(bytes32 indexed modelId);
+
     error UnknownModel(string modelId);
+    error NoInputSpec(bytes32 modelId);
+    error NotModelOwner();
+    error BadSpec(string why);
+    error BadInput(string why);
     error InsufficientFunds(uint256 required, uint256 available);
     error NotHub();
     error NotRefunded();
@@ -120,20 +140,197 @@ contract OpenGradientInference is IVerityConsumer {
         emit Withdrawn(msg.sender, amount);
     }
 
+    /// @notice The model's owner states its inputs (model order): names, element counts, scales
+    ///         (fractional bits, −32…64) and whether each is an integer input (token IDs, indices).
+    ///         Requests placed afterwards are hashed with it; a wrong statement only makes nodes decline
+    ///         (and the requester is refunded).
+    function setInputSpec(
+        bytes32 modelId,
+        string[] calldata names,
+        uint64[] calldata counts,
+        int8[] calldata scales,
+        bool[] calldata ints
+    ) external {
+        if (models.model(modelId).owner != msg.sender) revert NotModelOwner();
+        uint256 n = names.length;
+        if (n == 0 || counts.length != n || scales.length != n || ints.length != n) revert BadSpec("lengths");
+        InputSpec storage s = specs[modelId];
+        delete s.names;
+        delete s.counts;
+        delete s.scales;
+        delete s.ints;
+        for (uint256 i = 0; i < n; i++) {
+            if (counts[i] == 0) revert BadSpec("an input has no elements");
+            if (scales[i] < -32 || scales[i] > 64) revert BadSpec("scale out of -32..64");
+            s.names.push(names[i]);
+            s.counts.push(counts[i]);
+            s.scales.push(scales[i]);
+            s.ints.push(ints[i]);
+        }
+        emit InputSpecSet(modelId);
+    }
+
+    function inputSpec(bytes32 modelId)
+        external
+        view
+        returns (string[] memory, uint64[] memory, int8[] memory, bool[] memory)
+    {
+        InputSpec storage s = specs[modelId];
+        return (s.names, s.counts, s.scales, s.ints);
+    }
+
     function run(string calldata modelId, ModelInferenceMode inferenceMode, ModelInput calldata modelInput)
         external
         payable
         returns (ModelOutput memory output)
     {
-        string memory inferenceID = place(modelId, inferenceMode);
+        bytes32 id = resolve(modelId);
+        if (id == bytes32(0) || !models.exists(id)) revert UnknownModel(modelId);
+        string memory inferenceID = place(id, inferenceMode, canonicalInputHash(id, modelInput));
         OpenGradientEvents(EVENTS).announce(inferenceID, ModelInferenceRequest(inferenceMode, modelId, modelInput));
         emit InferenceResult(output);
     }
 
-    /// Charge the fee and place the hub request; returns its inference ID.
-    function place(string calldata modelId, ModelInferenceMode inferenceMode) internal returns (string memory) {
-        bytes32 id = resolve(modelId);
-        if (id == bytes32(0) || !models.exists(id)) revert UnknownModel(modelId);
+    /// @notice The canonical input hash of `input` for model `modelId` (docs/spec/canonical.md §8): each
+    ///         tensor, matched to the model's inputs by name, quantized element by element with `quantize`
+    ///         and packed eight to a word; its root is its element count bound to the tree of its word
+    ///         hashes, and the input hash is the list root of those.
+    function canonicalInputHash(bytes32 modelId, ModelInput calldata input) public view returns (bytes32) {
+        InputSpec storage s = specs[modelId];
+        uint256 n = s.names.length;
+        if (n == 0) revert NoInputSpec(modelId);
+        if (input.strings.length != 0) revert BadInput("string tensors are not canonical inputs");
+        if (input.numbers.length != n) revert BadInput("not one tensor per model input");
+        bytes32[] memory roots = new bytes32[](n);
+        for (uint256 i = 0; i < n; i++) {
+            bytes32 name = keccak256(bytes(s.names[i]));
+            uint256 j = 0;
+            while (j < n && keccak256(bytes(input.numbers[j].name)) != name) j++;
+            if (j == n) revert BadInput("a model input is missing");
+            roots[i] = tensorRoot(input.numbers[j].values, s.counts[i], s.scales[i], s.ints[i]);
+        }
+        return Merkle.listRoot(roots);
+    }
+
+    function tensorRoot(TensorLib.Number[] calldata values, uint64 count, int8 scale, bool isInt)
+        internal
+        pure
+        returns (bytes32)
+    {
+        if (values.length != count) revert BadInput("an input has the wrong number of elements");
+        bytes32[] memory leaves = new bytes32[]((uint256(count) + 7) / 8);
+        for (uint256 w = 0; w < leaves.length; w++) {
+            uint256 word;
+            for (uint256 k = 0; k < 8 && 8 * w + k < count; k++) {
+                TensorLib.Number calldata x = values[8 * w + k];
+                int32 q = quantize(x.value, x.decimals, scale, isInt);
+                word |= uint256(uint32(q)) << (224 - 32 * k);
+            }
+            leaves[w] = keccak256(abi.encodePacked(word));
+        }
+        return Merkle.bindLength(count, Merkle.treeRoot(leaves));
+    }
+
+    /// @notice An OpenGradient number `value · 10^-decimals` as a model input's canonical integer, exactly
+    ///         as a Verity node computes it: first the float32 nearest to it (ties to even; OpenGradient
+    ///         inputs are float32 tensors written as their shortest decimals), then `floor(x·2^scale + 1/2)`
+    ///         for a real input (the engine's rounding) or `x` itself for an integer input (refused unless
+    ///         whole and within ±(2^31 − 1)). `decimals` in 0…60, a real input's scale in −32…64.
+    function quantize(int128 value, int128 decimals, int8 scale, bool isInt) public pure returns (int32) {
+        if (decimals < 0 || decimals > 60) revert BadInput("decimals out of 0..60");
+        if (!isInt && (scale < -32 || scale > 64)) revert BadInput("scale out of -32..64");
+        (uint256 kind, bool neg, uint256 m, int256 e) = nearestF32(value, uint256(int256(decimals)));
+        if (kind == 0) return 0;
+        if (kind == 1) {
+            if (isInt) revert BadInput("not a whole number");
+            return 0;
+        }
+        uint256 most = (1 << 31) - 1;
+        if (isInt) {
+            if (e >= 0) {
+                if (e > 8) revert BadInput("out of the 32-bit range");
+                return signed(neg, m << uint256(e), most);
+            }
+            uint256 sh = uint256(-e);
+            if (sh >= 24 || m % (1 << sh) != 0) revert BadInput("not a whole number");
+            return signed(neg, m >> sh, most);
+        }
+        int256 t = e + int256(scale);
+        if (t >= 0) {
+            if (t > 8) revert BadInput("out of the 32-bit range");
+            return signed(neg, m << uint256(t), neg ? most + 1 : most);
+        }
+        // x·2^scale = m / 2^k
+        uint256 k = uint256(-t);
+        if (k > 120) return 0;
+        uint256 a = 2 * m;
+        uint256 half = 1 << k;
+        if (!neg) return signed(false, (a + half) >> (k + 1), most);
+        // floor(−y + 1/2) = −ceil((2m − 2^k) / 2^(k+1)), 0 when 2m ≤ 2^k
+        if (a <= half) return 0;
+        return signed(true, (a - half + (1 << (k + 1)) - 1) >> (k + 1), most + 1);
+    }
+
+    function signed(bool neg, uint256 mag, uint256 limit) internal pure returns (int32) {
+        if (mag > limit) revert BadInput("out of the 32-bit range");
+        return neg ? int32(-int256(mag)) : int32(int256(mag));
+    }
+
+    /// The float32 nearest to `value · 10^-decimals`: kind 0 (zero), 1 (not zero but below 2^-100, where
+    /// every allowed scale rounds it to 0) or 2 (`±m · 2^e`, 2^23 ≤ m < 2^24).
+    function nearestF32(int128 value, uint256 decimals)
+        internal
+        pure
+        returns (uint256 kind, bool neg, uint256 m, int256 e)
+    {
+        neg = value < 0;
+        uint256 n = neg ? uint256(-int256(value)) : uint256(int256(value));
+        uint256 d = 10 ** decimals;
+        if (n == 0) return (0, false, 0, 0);
+        if ((n << 100) < d) {
+            // at or below 2^-150 a float32 is 0 (the tie at 2^-150 goes to the even 0)
+            bool zero = bitLength(n) + 150 <= 256 && (n << 150) <= d;
+            return (zero ? 0 : 1, neg, 0, 0);
+        }
+        e = int256(bitLength(n)) - int256(bitLength(d)) - 24;
+        uint256 rem;
+        uint256 den;
+        (m, rem, den) = divShift(n, d, e);
+        while (m >= 1 << 24) {
+            e++;
+            (m, rem, den) = divShift(n, d, e);
+        }
+        while (m < 1 << 23) {
+            e--;
+            (m, rem, den) = divShift(n, d, e);
+        }
+        if (2 * rem > den || (2 * rem == den && m & 1 == 1)) m++;
+        if (m == 1 << 24) {
+            m = 1 << 23;
+            e++;
+        }
+        if (e > 104) revert BadInput("not a finite float32");
+        kind = 2;
+    }
+
+    /// floor(n · 2^-e / d), its remainder and denominator.
+    function divShift(uint256 n, uint256 d, int256 e) internal pure returns (uint256, uint256, uint256) {
+        (uint256 num, uint256 den) = e <= 0 ? (n << uint256(-e), d) : (n, d << uint256(e));
+        return (num / den, num % den, den);
+    }
+
+    function bitLength(uint256 x) internal pure returns (uint256 r) {
+        for (uint256 s = 128; s > 0; s >>= 1) {
+            if (x >> s != 0) {
+                x >>= s;
+                r += s;
+            }
+        }
+        if (x != 0) r += 1;
+    }
+
+    /// Charge the fee and place the hub request for input hash `inputHash`; returns its inference ID.
+    function place(bytes32 id, ModelInferenceMode inferenceMode, bytes32 inputHash) internal returns (string memory) {
         InferenceHub.Mode mode =
             inferenceMode == ModelInferenceMode.VANILLA ? InferenceHub.Mode.Signed : InferenceHub.Mode.Quorum;
         uint8 k = mode == InferenceHub.Mode.Signed ? 1 : quorumK;
@@ -143,7 +340,7 @@ contract OpenGradientInference is IVerityConsumer {
         deposits[msg.sender] = available - fee;
         uint256 rid = hub.requestCount() + 1;
         string memory inferenceID = decimal(rid);
-        uint256 got = hub.request{value: fee}(id, bytes32(0), string.concat("opengradient:", inferenceID), mode, k);
+        uint256 got = hub.request{value: fee}(id, inputHash, string.concat("opengradient:", inferenceID), mode, k);
         assert(got == rid);
         requester[rid] = msg.sender;
         paid[rid] = fee;
@@ -157,8 +354,8 @@ contract OpenGradientInference is IVerityConsumer {
         emit Completed(requestId, outputHash);
     }
 
-    /// @notice Time out an unanswered request (if still pending) and credit its refund, including the
-    ///         penalties taken from silent nodes, to the deposit of whoever asked. Works whoever called
+    /// @notice Time out an unanswered request (if still pending) and credit its refund (the fee; penalties
+    ///         taken from silent nodes are burned) to the deposit of whoever asked. Works whoever called
     ///         the hub's `timeout`: the amount is the hub's record of what it refunded.
     function reclaim(uint256 requestId) external {
         if (hub.getRequest(requestId).status == InferenceHub.Status.Pending) hub.timeout(requestId);

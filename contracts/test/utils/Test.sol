@@ -41,6 +41,10 @@ abstract contract Test {
         require(a == b, what);
     }
 
+    function assertEq(int256 a, int256 b, string memory what) internal pure {
+        require(a == b, what);
+    }
+
     function assertTrue(bool c, string memory what) internal pure {
         require(c, what);
     }

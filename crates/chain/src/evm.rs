@@ -602,6 +602,55 @@ impl EvmChain {
             .map(|a| OpenGradientInference::new(to_evm(&a), self.provider.clone()))
     }
 
+    /// State model `model_id`'s inputs (`m`'s names, element counts, scales, kinds) at the OpenGradient
+    /// front door — the model owner's call — so that its front-door requests get their canonical input
+    /// hash fixed on-chain. Nothing is sent if the front door already has exactly this spec. Returns the
+    /// transaction, or None if nothing was sent (or there is no front door).
+    pub async fn set_input_spec(
+        &self,
+        model_id: &Hash,
+        m: &verity_engine::Model,
+    ) -> Result<Option<Hash>, ChainError> {
+        let Some(og) = self.opengradient_contract() else {
+            return Ok(None);
+        };
+        let names: Vec<String> = m.inputs.iter().map(|i| i.name.clone()).collect();
+        let counts: Vec<u64> = m
+            .inputs
+            .iter()
+            .map(|i| verity_engine::ir::numel(&i.shape))
+            .collect();
+        let scales: Vec<i8> = m.inputs.iter().map(|i| i.scale).collect();
+        let ints: Vec<bool> = m
+            .inputs
+            .iter()
+            .map(|i| i.kind == verity_engine::ir::InputKind::Int)
+            .collect();
+        let id = to_b256(model_id);
+        let have = self
+            .retry(|| async { og.inputSpec(id).call().await.map_err(contract_err) })
+            .await?;
+        if have._0 == names && have._1 == counts && have._2 == scales && have._3 == ints {
+            return Ok(None);
+        }
+        let (tx, _) = self
+            .send(
+                "stating the model's inputs at the OpenGradient front door",
+                || {
+                    og.setInputSpec(
+                        id,
+                        names.clone(),
+                        counts.clone(),
+                        scales.clone(),
+                        ints.clone(),
+                    )
+                    .into_transaction_request()
+                },
+            )
+            .await?;
+        Ok(Some(tx))
+    }
+
     /// Run `f` until it succeeds, fails for good, or transient failures exhaust the retries
     /// (backoff 200 ms doubling to 3.2 s).
     pub async fn retry<T, F, Fut>(&self, mut f: F) -> Result<T, ChainError>

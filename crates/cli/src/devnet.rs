@@ -405,7 +405,7 @@ pub fn cmd_devnet(a: DevnetArgs) -> Result<()> {
                 &[],
             )?;
         }
-        let (_, id) = crate::load_model(&vty)?;
+        let (m, id) = crate::load_model(&vty)?;
         // Published on node 0 only: the others replicate it once it is registered on-chain.
         verity(
             &[
@@ -429,6 +429,9 @@ pub fn cmd_devnet(a: DevnetArgs) -> Result<()> {
             Some((tx, gas)) => format!("tx {tx}, gas {gas}"),
             None => "already registered".to_string(),
         };
+        // Its inputs at the OpenGradient front door, which then fixes each request's input hash.
+        rt.block_on(pub_chain.set_input_spec(&id, &m))
+            .map_err(|e| anyhow!("{e}"))?;
         println!(
             "model      {name}@1.0.0  {id}  price {} per node  (published on node 0; registered: {tx})",
             eth(price)

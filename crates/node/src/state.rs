@@ -762,9 +762,33 @@ pub fn bind_inputs(model: &Model, inputs: Vec<NamedTensor>) -> Result<Vec<Vec<i3
                 format!("input '{}' is given twice", spec.name),
             ));
         }
+        let data = match &t.decimals {
+            // exact decimals: their canonical integers, given as values that quantize back to exactly those
+            Some(d) => {
+                d.iter()
+                    .enumerate()
+                    .map(|(i, &(v, e))| {
+                        let int = spec.kind == verity_engine::ir::InputKind::Int;
+                        let q = crate::opengradient::quantize_decimal(v, e, spec.scale, int)
+                            .map_err(|m| {
+                                ApiError::unprocessable(
+                                    "value_out_of_range",
+                                    format!("input '{}' element {i}: {m}", spec.name),
+                                )
+                            })?;
+                        Ok(if int {
+                            q as f64
+                        } else {
+                            q as f64 * 2f64.powi(-(spec.scale as i32))
+                        })
+                    })
+                    .collect::<Result<Vec<f64>, ApiError>>()?
+            }
+            None => t.data,
+        };
         out.push(FloatTensor {
             shape: t.shape,
-            data: t.data,
+            data,
         });
     }
     quantize_inputs(model, &out).map_err(|e| match e {

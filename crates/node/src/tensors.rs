@@ -29,6 +29,9 @@ pub struct NamedTensor {
     pub shape: Vec<usize>,
     /// Row-major values.
     pub data: Vec<f64>,
+    /// The same values as exact decimals `(value, decimals)` — `value · 10^-decimals` — when they came
+    /// as such (an OpenGradient request): quantized exactly, as the front door hashes them on-chain.
+    pub decimals: Option<Vec<(i128, i128)>>,
 }
 
 /// An output the client asked for (KServe `outputs`).
@@ -285,7 +288,12 @@ pub fn decode_kserve(
                 data.len()
             )));
         }
-        req.inputs.push(NamedTensor { name, shape, data });
+        req.inputs.push(NamedTensor {
+            name,
+            shape,
+            data,
+            decimals: None,
+        });
     }
     if !rest.is_empty() {
         return Err(TensorError::Malformed(format!(
@@ -363,6 +371,7 @@ pub fn decode_native(body: &[u8], max_elements: u64) -> Result<InferRequest, Ten
             name: name.clone(),
             shape: ft.shape,
             data: ft.data,
+            decimals: None,
         });
     }
     Ok(req)
