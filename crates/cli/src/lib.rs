@@ -50,6 +50,10 @@ enum Cmd {
     /// Watch optimistic results: re-execute every claim on the OptimisticHub (or a secret sample),
     /// challenge any that is wrong with a bond, and play the dispute game to the end.
     Watch(net::WatchArgs),
+    /// Have a chain-connected node (a watcher) re-execute an off-chain receipt — from a node's HTTP API or
+    /// a quorum certificate — on its input, and dispute it at the ReceiptCourt if it is wrong: the node
+    /// posts its bond and plays the game; a node that cannot defend its receipt loses its whole stake.
+    Dispute(net::DisputeArgs),
     /// Run a local Verity network: anvil, the contracts, N nodes, the demo models (`--demo`: the story).
     Devnet(devnet::DevnetArgs),
     /// Check a receipt or a quorum certificate offline: signatures, signers (for a certificate: k distinct
@@ -602,6 +606,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Cmd::Infer(a) => net::cmd_infer(a),
         Cmd::Devnet(a) => devnet::cmd_devnet(a),
         Cmd::Watch(a) => net::cmd_watch(a),
+        Cmd::Dispute(a) => net::cmd_dispute(a),
         Cmd::Request(a) => request::cmd_request(a),
         Cmd::Prove(a) => zk::cmd_prove(a),
         Cmd::Verify(a) => match verify::check(&a) {

@@ -555,6 +555,72 @@ fn read_inputs(specs: &[String], inputs: &[Value]) -> Result<Vec<Named>> {
     Ok(out)
 }
 
+/// `verity dispute` arguments.
+#[derive(Args, Debug)]
+pub struct DisputeArgs {
+    /// The receipt: a signed receipt file (`--save-receipt`, `GET /v1/receipts/…`) or a whole inference
+    /// response holding one under "receipt".
+    receipt: PathBuf,
+    /// Its input, as for `verity infer`: JSON (`{"name": tensor}` or one tensor) or `.npy`
+    /// (`name=file.npy` per input).
+    #[arg(long, required = true)]
+    input: Vec<String>,
+    #[command(flatten)]
+    node: NodeUrl,
+}
+
+pub fn cmd_dispute(a: DisputeArgs) -> Result<()> {
+    let text = std::fs::read_to_string(&a.receipt)
+        .with_context(|| format!("cannot read {}", a.receipt.display()))?;
+    let v: Value = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not JSON", a.receipt.display()))?;
+    let receipt = if v.get("receipt").is_some_and(Value::is_object) {
+        v["receipt"].clone()
+    } else {
+        v
+    };
+    let r: verity_core::SignedReceipt = serde_json::from_value(receipt.clone())
+        .with_context(|| format!("{} holds no signed receipt", a.receipt.display()))?;
+    let base = a.node.base();
+    let http = client(Duration::from_secs(300))?;
+    // the model's input names, when the node has it (needed only for .npy inputs without a name)
+    let info_url = format!("{base}/v1/models/{}", r.receipt.model_id);
+    let info = send(http.get(&info_url), &info_url)
+        .ok()
+        .and_then(|resp| resp.json::<Value>().ok())
+        .unwrap_or_default();
+    let inputs = read_inputs(
+        &a.input,
+        info["inputs"].as_array().map(Vec::as_slice).unwrap_or(&[]),
+    )?;
+    let mut obj = serde_json::Map::new();
+    for (n, s, d) in &inputs {
+        obj.insert(n.clone(), json!({"shape": s, "data": d}));
+    }
+    let url = format!("{base}/v1/disputes");
+    let out = json_or_error(
+        send(
+            http.post(&url)
+                .json(&json!({"receipt": receipt, "inputs": obj})),
+            &url,
+        )?,
+        "dispute",
+    )?;
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    match out["state"].as_str() {
+        Some("agreed") => eprintln!(
+            "the receipt of {} is right: {base} re-executed it and got the same output and trace",
+            r.receipt.node
+        ),
+        Some("disputed") => eprintln!(
+            "the receipt of {} is wrong: {base} disputed it at the ReceiptCourt (dispute {}, game {}) and plays the game",
+            r.receipt.node, out["dispute"], out["game"]
+        ),
+        _ => {}
+    }
+    Ok(())
+}
+
 pub fn cmd_infer(a: InferArgs) -> Result<()> {
     let base = a.node.base();
     let info_url = format!("{base}/v1/models/{}", a.model);

@@ -138,6 +138,29 @@ pub async fn get_optimistic(State(node): State<Arc<Node>>) -> Result<Json<Value>
     Ok(Json(json!({"requests": j, "audits": a})))
 }
 
+/// `POST /v1/disputes` `{"receipt": <an off-chain receipt>, "inputs": {…}}`: this node re-executes the
+/// receipt's model on the given input (which must hash to the receipt's input hash) and, if its output or
+/// trace differs, disputes the receipt at the ReceiptCourt with its own bond and plays the game. Answers
+/// `{"state": "agreed"}` or `{"state": "disputed", "dispute": …, "game": …}`.
+pub async fn post_dispute(
+    State(node): State<Arc<Node>>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let chain = chain_of(&node)?;
+    let v: Value = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request("malformed_request", format!("not JSON: {e}")))?;
+    let receipt: verity_core::SignedReceipt = serde_json::from_value(v["receipt"].clone())
+        .map_err(|e| {
+            ApiError::bad_request(
+                "malformed_request",
+                format!("\"receipt\" must be a signed receipt as nodes give them: {e}"),
+            )
+        })?;
+    let inputs = decode_native(&body, node.config.limits.max_tensor_elements)?.inputs;
+    let out = crate::optimistic::dispute_offchain(&node, &chain, receipt, inputs).await?;
+    Ok(Json(out))
+}
+
 /// `GET /artela-network/artela-rollkit/inference/tx/{id}`: the OpenGradient SDK's result endpoint. Waits up
 /// to 25 s for finalization; answers only with an output whose hashes equal the finalized ones.
 pub async fn opengradient_result(

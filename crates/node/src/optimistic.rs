@@ -855,6 +855,85 @@ impl Optimistic {
     }
 }
 
+/// Re-execute an off-chain receipt (signed for the ReceiptCourt) on `inputs` and dispute it there if this
+/// node's execution differs; the game is then played by this node's optimistic participant (the
+/// `Challenged` event names it). What `POST /v1/disputes` answers.
+pub async fn dispute_offchain(
+    node: &Arc<Node>,
+    chain: &EvmChain,
+    receipt: verity_core::SignedReceipt,
+    inputs: Vec<crate::tensors::NamedTensor>,
+) -> Result<serde_json::Value, crate::error::ApiError> {
+    use crate::error::ApiError;
+    let court = chain.deployment().court.ok_or_else(|| {
+        ApiError::unprocessable("no_court", "this deployment has no ReceiptCourt")
+    })?;
+    let want = verity_core::receipt::receipt_domain(chain.chain_id(), court);
+    if receipt.domain != want {
+        return Err(ApiError::unprocessable(
+            "wrong_domain",
+            format!(
+                "the receipt is signed for chain {:?}, contract {:?}; off-chain receipts of this deployment are signed for chain {}, the ReceiptCourt {court} (a hub receipt is audited from the hub's events)",
+                receipt.domain.chain_id, receipt.domain.verifying_contract, chain.chain_id()
+            ),
+        ));
+    }
+    match receipt.verify() {
+        Ok(signer) if signer == receipt.receipt.node => {}
+        Ok(signer) => {
+            return Err(ApiError::unprocessable(
+                "bad_signature",
+                format!(
+                    "the receipt is signed by {signer}, not its node {}",
+                    receipt.receipt.node
+                ),
+            ))
+        }
+        Err(e) => return Err(ApiError::unprocessable("bad_signature", e.to_string())),
+    }
+    let loaded = crate::chain::load_model(node, &receipt.receipt.model_id).await?;
+    let n2 = node.clone();
+    let want_input = receipt.receipt.input_hash;
+    let run = node
+        .on_worker(false, move || -> Result<Run, ApiError> {
+            let q = crate::state::bind_inputs(loaded.exec.model(), inputs)?;
+            traced(&n2, loaded.clone(), q, &want_input)
+                .map_err(|m| ApiError::unprocessable("input_mismatch", m))
+        })
+        .await??;
+    let r = &receipt.receipt;
+    if run.output_hash == r.output_hash && run.trace_root == r.trace_root {
+        return Ok(serde_json::json!({
+            "state": "agreed",
+            "output_hash": r.output_hash,
+            "trace_root": r.trace_root,
+        }));
+    }
+    let ni = run.loaded.exec.model().inputs.len();
+    let (d, g, gas) = chain
+        .dispute_receipt(
+            &receipt,
+            false,
+            &run.output_hash,
+            &run.trace_root,
+            &run.trace.tensors[..ni],
+        )
+        .await
+        .map_err(|e| match e {
+            ChainError::Reverted(m) => ApiError::unprocessable("dispute_refused", m),
+            e => crate::chain::api(e),
+        })?;
+    tracing::info!(node = %r.node, dispute = d, game = g, "disputed an off-chain receipt at the ReceiptCourt");
+    Ok(serde_json::json!({
+        "state": "disputed",
+        "dispute": d,
+        "game": g,
+        "gas": gas,
+        "claimed": {"output_hash": r.output_hash, "trace_root": r.trace_root},
+        "executed": {"output_hash": run.output_hash, "trace_root": run.trace_root},
+    }))
+}
+
 /// This node's traced execution of `model` on `q`, which must hash to `want_input`.
 fn traced(
     node: &Node,

@@ -85,6 +85,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/requests/{id}", get(crate::chain_api::get_request))
         .route("/v1/jobs", get(crate::chain_api::get_jobs))
         .route("/v1/optimistic", get(crate::chain_api::get_optimistic))
+        .route("/v1/disputes", post(crate::chain_api::post_dispute))
         .route(
             "/artela-network/artela-rollkit/inference/tx/{id}",
             get(crate::chain_api::opengradient_result),

@@ -324,4 +324,86 @@ fn a_watcher_catches_a_lying_node_for_every_op_kind() {
         "the vanished liar loses its whole stake"
     );
     net.wait_finalized(id, "vanished node");
+
+    // Off-chain receipts (signed for the ReceiptCourt over HTTP) handed to the watcher with
+    // `verity dispute`: an honest one is re-executed and agreed with; the liar's is disputed at the
+    // court, the watcher wins the game on the corrupted node, and the liar loses its whole stake.
+    let (_, m, honest) = fixtures.iter().find(|f| f.0 == "mlp").unwrap();
+    let truth = Side::new(m, honest).unwrap();
+    let dispute = |node: &NodeProc, what: &str| -> serde_json::Value {
+        let body = format!(
+            "{{\"inputs\": {}}}",
+            std::fs::read_to_string(root().join("fixtures/mlp.input.json")).unwrap()
+        );
+        let r: serde_json::Value = reqwest::blocking::Client::new()
+            .post(format!("{}/v1/models/mlp/infer", node.url))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        let file = dir.path().join(format!("{what}.receipt.json"));
+        std::fs::write(&file, serde_json::to_vec(&r).unwrap()).unwrap();
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_verity"))
+            .args(["dispute", file.to_str().unwrap()])
+            .args([
+                "--input",
+                "fixtures/mlp.input.json",
+                "--node",
+                &_watcher.url,
+            ])
+            .current_dir(root())
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "{what}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        serde_json::from_slice(&o.stdout).unwrap()
+    };
+    drop(node);
+    let node = NodeProc::start(&nd, &[]);
+    net.restake();
+    let agreed = dispute(&node, "honest");
+    assert_eq!(agreed["state"], "agreed", "{agreed}");
+    assert_eq!(
+        agreed["trace_root"].as_str().unwrap(),
+        truth.trace_root().to_string(),
+        "an honest HTTP receipt's trace root is the game's"
+    );
+    drop(node);
+    let liar = NodeProc::start(&nd, &["--fault", "corrupt-op=EinSum"]);
+    let stake_before = net.stake(node_addr);
+    let d = dispute(&liar, "liar");
+    assert_eq!(d["state"], "disputed", "{d}");
+    assert_eq!(
+        d["executed"]["trace_root"].as_str().unwrap(),
+        truth.trace_root().to_string()
+    );
+    let id = d["dispute"].as_u64().unwrap();
+    let start = Instant::now();
+    while net.games(id).first().is_none_or(|g| g.stage != Stage::Done) {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "the off-chain dispute is played out: {:?}",
+            net.games(id)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let g = &net.games(id)[0];
+    assert_eq!(g.challenger, watch_addr);
+    assert_eq!(
+        g.leaf as usize,
+        m.inputs.len()
+            + m.nodes
+                .iter()
+                .position(|n| n.op.name() == "EinSum")
+                .unwrap(),
+        "the game ended on the corrupted node"
+    );
+    assert!(stake_before > 0);
+    assert_eq!(net.stake(node_addr), 0, "the liar lost its whole stake");
+    drop(liar);
 }
