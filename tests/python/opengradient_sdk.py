@@ -66,6 +66,8 @@ def main():
         api = s["nodes"][0]["url"]
         alpha = opengradient.Alpha(private_key=s["sdk_key"], rpc_url=s["rpc"],
                                    inference_contract_address=og_addr, api_url=api)
+        from web3 import Web3
+        w3 = Web3(Web3.HTTPProvider(s["rpc"]))
         for name in ["mlp", "cnn"]:
             model = next(m for m in s["models"] if m["name"] == name)
             vty = os.path.join(tmp, "dn", "models", f"{name}.vty")
@@ -87,11 +89,10 @@ def main():
                     got = np.asarray(out.get(oname))
                     if got.shape != want.shape or not np.array_equal(got.astype(np.float32), want.astype(np.float32)):
                         failures.append(f"{name} {mode.name}: output {oname} differs: {got.ravel()[:4]} vs {want.ravel()[:4]}")
-                print(f"{name:4s} {mode.name:8s} tx {res.transaction_hash[:18]}… {dt:5.1f} s  outputs equal `verity run`"
+                gas = w3.eth.get_transaction_receipt(res.transaction_hash)["gasUsed"]
+                print(f"{name:4s} {mode.name:8s} tx {res.transaction_hash[:18]}… {dt:5.1f} s  gas {gas:,}  outputs equal `verity run`"
                       if not failures else f"{name} {mode.name}: FAILED")
-        # Chain state: every request final with the canonical output hash.
-        from web3 import Web3
-        w3 = Web3(Web3.HTTPProvider(s["rpc"]))
+        # Chain state: every request final, its input hash fixed by the front door (receipts had to match it).
         hub_abi = json.load(open("contracts/artifacts/InferenceHub.json"))["abi"]
         hub = w3.eth.contract(address=Web3.to_checksum_address(s["contracts"]["hub"]), abi=hub_abi)
         n = hub.functions.requestCount().call()
@@ -99,6 +100,8 @@ def main():
             r = hub.functions.getRequest(rid).call()
             if r[3] != 2:
                 failures.append(f"request {rid} is not finalized (status {r[3]})")
+            if r[7] == bytes(32):
+                failures.append(f"request {rid} has no input hash: the front door must fix it")
         print(f"{n} requests on-chain, all finalized" if n >= 6 else f"only {n} requests")
         if n < 6:
             failures.append("expected 6 requests")
