@@ -219,14 +219,16 @@ contract OpenGradientInference is IVerityConsumer {
     {
         if (values.length != count) revert BadInput("an input has the wrong number of elements");
         bytes32[] memory leaves = new bytes32[]((uint256(count) + 7) / 8);
-        for (uint256 w = 0; w < leaves.length; w++) {
-            uint256 word;
-            for (uint256 k = 0; k < 8 && 8 * w + k < count; k++) {
-                TensorLib.Number calldata x = values[8 * w + k];
-                int32 q = quantize(x.value, x.decimals, scale, isInt);
-                word |= uint256(uint32(q)) << (224 - 32 * k);
+        unchecked {
+            for (uint256 w = 0; w < leaves.length; w++) {
+                uint256 word;
+                for (uint256 k = 0; k < 8 && 8 * w + k < count; k++) {
+                    TensorLib.Number calldata x = values[8 * w + k];
+                    int32 q = quantize(x.value, x.decimals, scale, isInt);
+                    word |= uint256(uint32(q)) << (224 - 32 * k);
+                }
+                leaves[w] = keccak256(abi.encodePacked(word));
             }
-            leaves[w] = keccak256(abi.encodePacked(word));
         }
         return Merkle.bindLength(count, Merkle.treeRoot(leaves));
     }
@@ -255,20 +257,23 @@ contract OpenGradientInference is IVerityConsumer {
             if (sh >= 24 || m % (1 << sh) != 0) revert BadInput("not a whole number");
             return signed(neg, m >> sh, most);
         }
-        int256 t = e + int256(scale);
-        if (t >= 0) {
-            if (t > 8) revert BadInput("out of the 32-bit range");
-            return signed(neg, m << uint256(t), neg ? most + 1 : most);
+        // m < 2^24, |e| < 2^9, k ≤ 120: nothing below can overflow
+        unchecked {
+            int256 t = e + int256(scale);
+            if (t >= 0) {
+                if (t > 8) revert BadInput("out of the 32-bit range");
+                return signed(neg, m << uint256(t), neg ? most + 1 : most);
+            }
+            // x·2^scale = m / 2^k
+            uint256 k = uint256(-t);
+            if (k > 120) return 0;
+            uint256 a = 2 * m;
+            uint256 half = 1 << k;
+            if (!neg) return signed(false, (a + half) >> (k + 1), most);
+            // floor(−y + 1/2) = −ceil((2m − 2^k) / 2^(k+1)), 0 when 2m ≤ 2^k
+            if (a <= half) return 0;
+            return signed(true, (a - half + (1 << (k + 1)) - 1) >> (k + 1), most + 1);
         }
-        // x·2^scale = m / 2^k
-        uint256 k = uint256(-t);
-        if (k > 120) return 0;
-        uint256 a = 2 * m;
-        uint256 half = 1 << k;
-        if (!neg) return signed(false, (a + half) >> (k + 1), most);
-        // floor(−y + 1/2) = −ceil((2m − 2^k) / 2^(k+1)), 0 when 2m ≤ 2^k
-        if (a <= half) return 0;
-        return signed(true, (a - half + (1 << (k + 1)) - 1) >> (k + 1), most + 1);
     }
 
     function signed(bool neg, uint256 mag, uint256 limit) internal pure returns (int32) {
@@ -285,29 +290,35 @@ contract OpenGradientInference is IVerityConsumer {
     {
         neg = value < 0;
         uint256 n = neg ? uint256(-int256(value)) : uint256(int256(value));
-        uint256 d = 10 ** decimals;
+        uint256 d;
+        unchecked {
+            d = 10 ** decimals; // decimals ≤ 60: 10^60 < 2^200
+        }
         if (n == 0) return (0, false, 0, 0);
         if ((n << 100) < d) {
             // at or below 2^-150 a float32 is 0 (the tie at 2^-150 goes to the even 0)
             bool zero = bitLength(n) + 150 <= 256 && (n << 150) <= d;
             return (zero ? 0 : 1, neg, 0, 0);
         }
-        e = int256(bitLength(n)) - int256(bitLength(d)) - 24;
         uint256 rem;
         uint256 den;
-        (m, rem, den) = divShift(n, d, e);
-        while (m >= 1 << 24) {
-            e++;
+        // every value here is far from 2^255: n < 2^128, d < 2^200, shifts keep both under 2^240
+        unchecked {
+            e = int256(bitLength(n)) - int256(bitLength(d)) - 24;
             (m, rem, den) = divShift(n, d, e);
-        }
-        while (m < 1 << 23) {
-            e--;
-            (m, rem, den) = divShift(n, d, e);
-        }
-        if (2 * rem > den || (2 * rem == den && m & 1 == 1)) m++;
-        if (m == 1 << 24) {
-            m = 1 << 23;
-            e++;
+            while (m >= 1 << 24) {
+                e++;
+                (m, rem, den) = divShift(n, d, e);
+            }
+            while (m < 1 << 23) {
+                e--;
+                (m, rem, den) = divShift(n, d, e);
+            }
+            if (2 * rem > den || (2 * rem == den && m & 1 == 1)) m++;
+            if (m == 1 << 24) {
+                m = 1 << 23;
+                e++;
+            }
         }
         if (e > 104) revert BadInput("not a finite float32");
         kind = 2;
@@ -315,18 +326,24 @@ contract OpenGradientInference is IVerityConsumer {
 
     /// floor(n · 2^-e / d), its remainder and denominator.
     function divShift(uint256 n, uint256 d, int256 e) internal pure returns (uint256, uint256, uint256) {
-        (uint256 num, uint256 den) = e <= 0 ? (n << uint256(-e), d) : (n, d << uint256(e));
-        return (num / den, num % den, den);
+        unchecked {
+            (uint256 num, uint256 den) = e <= 0 ? (n << uint256(-e), d) : (n, d << uint256(e));
+            return (num / den, num % den, den);
+        }
     }
 
     function bitLength(uint256 x) internal pure returns (uint256 r) {
-        for (uint256 s = 128; s > 0; s >>= 1) {
-            if (x >> s != 0) {
-                x >>= s;
-                r += s;
-            }
+        unchecked {
+            if (x >> 128 != 0) (x, r) = (x >> 128, 128);
+            if (x >> 64 != 0) (x, r) = (x >> 64, r + 64);
+            if (x >> 32 != 0) (x, r) = (x >> 32, r + 32);
+            if (x >> 16 != 0) (x, r) = (x >> 16, r + 16);
+            if (x >> 8 != 0) (x, r) = (x >> 8, r + 8);
+            if (x >> 4 != 0) (x, r) = (x >> 4, r + 4);
+            if (x >> 2 != 0) (x, r) = (x >> 2, r + 2);
+            if (x >> 1 != 0) (x, r) = (x >> 1, r + 1);
+            if (x != 0) r += 1;
         }
-        if (x != 0) r += 1;
     }
 
     /// Charge the fee and place the hub request for input hash `inputHash`; returns its inference ID.
