@@ -263,6 +263,9 @@ pub fn cmd_devnet(a: DevnetArgs) -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
+    // SIGTERM and SIGINT are handled from here on (a process manager's stop, `timeout`, Ctrl-C): the
+    // devnet then returns normally and stops every child it started, instead of dying and leaving them.
+    let stop = crate::net::stop_signals(&rt);
     let mut procs = Procs(Vec::new());
     let rpc = format!("http://127.0.0.1:{}", a.port);
 
@@ -495,6 +498,7 @@ pub fn cmd_devnet(a: DevnetArgs) -> Result<()> {
         "rpc": rpc,
         "contracts": dep,
         "nodes": endpoints.iter().map(|(u, a)| json!({"url": u, "address": a})).collect::<Vec<_>>(),
+        "watcher": {"url": wurl, "address": waddr},
         "models": models.iter().map(|(n, id, _)| json!({"name": n, "version": "1.0.0", "model_id": id})).collect::<Vec<_>>(),
         "client_key": DEV_KEYS[2],
         "sdk_key": DEV_KEYS[3],
@@ -537,12 +541,10 @@ pub fn cmd_devnet(a: DevnetArgs) -> Result<()> {
         return Ok(());
     }
     println!(
-        "running; Ctrl-C stops every process (state is kept in {} for the next run)",
+        "running; Ctrl-C or SIGTERM stops every process (state is kept in {} for the next run)",
         dir.display()
     );
-    rt.block_on(async {
-        let _ = tokio::signal::ctrl_c().await;
-    });
+    rt.block_on(stop);
     println!("stopping");
     Ok(())
 }

@@ -952,13 +952,22 @@ pub fn cmd_node(a: NodeArgs) -> Result<()> {
     run_daemon(cfg, &a.log, "node")
 }
 
-/// Ctrl-C or SIGTERM, then the shutdown budget. The signal handlers are installed here, at once (inside
-/// `rt`), not when the future is first polled: a signal that arrives while the node is still starting
-/// then stops it cleanly instead of killing the process.
+/// Ctrl-C or SIGTERM, then the shutdown budget (see [`stop_signals`]).
 fn shutdown_signal(
     rt: &tokio::runtime::Runtime,
     budget: std::time::Duration,
 ) -> impl std::future::Future<Output = ()> {
+    let stop = stop_signals(rt);
+    async move {
+        stop.await;
+        shutdown_budget(budget);
+    }
+}
+
+/// A future that resolves on SIGINT or SIGTERM. The handlers are installed here, at once (inside `rt`),
+/// not when the future is first polled: a signal that arrives while a process is still starting then
+/// stops it cleanly instead of killing it.
+pub(crate) fn stop_signals(rt: &tokio::runtime::Runtime) -> impl std::future::Future<Output = ()> {
     let _in_rt = rt.enter();
     #[cfg(unix)]
     let (mut int, mut term) = {
@@ -998,7 +1007,6 @@ fn shutdown_signal(
         {
             let _ = tokio::signal::ctrl_c().await;
         }
-        shutdown_budget(budget);
     }
 }
 

@@ -19,7 +19,7 @@ use verity_chain::evm::EvmChain;
 use verity_chain::{Assignment, Chain, Deployment, HubEventKind, Mode, Status};
 use verity_core::{keccak256, Address, Hash, SecretKey};
 
-use crate::devnet::{exclusive, free_base, Running};
+use crate::devnet::{exclusive, find_process, free_base, Running};
 use crate::root;
 
 struct Net {
@@ -175,7 +175,7 @@ fn griefing_steering_and_hijacking_gain_the_attacker_nothing() {
     let _one = exclusive();
     let tmp = tempfile::tempdir().unwrap();
     let port = free_base(7);
-    let (_running, dir, summary) = Running::devnet(tmp.path(), 3, port, 240);
+    let (mut running, dir, summary) = Running::devnet(tmp.path(), 3, port, 240);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -364,4 +364,27 @@ fn griefing_steering_and_hijacking_gain_the_attacker_nothing() {
     let mut now = stakes.clone();
     now[outsider] += verity_chain::ether(5000);
     assert_eq!(net.stakes(), now, "no node lost stake");
+
+    // The devnet names its watcher, and stops on SIGTERM (a process manager's stop) with every child.
+    assert!(
+        summary["watcher"]["address"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("0x") && a.len() == 42),
+        "devnet.json names the watcher: {summary}"
+    );
+    std::process::Command::new("kill")
+        .args(["-TERM", &running.devnet.id().to_string()])
+        .status()
+        .unwrap();
+    let start = Instant::now();
+    while running.devnet.try_wait().unwrap().is_none() {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the devnet stops on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let d = net.dir.to_string_lossy().to_string();
+    let left = find_process(|args| args.iter().any(|a| a.contains(&d)));
+    assert!(left.is_none(), "a devnet child outlived it: {left:?}");
 }
