@@ -9,11 +9,6 @@ import "./utils/HubFixture.sol";
 contract AdversarialTest is HubFixture {
     address attacker = address(0xA77AC);
 
-    function signAs(uint256 key, VerityReceipts.Receipt memory r, bytes32 domain) internal pure returns (bytes memory) {
-        (uint8 v, bytes32 rr, bytes32 s) = vm.sign(key, VerityReceipts.digest(r, domain));
-        return abi.encodePacked(rr, s, v);
-    }
-
     function askAs(address who, bytes32 input, InferenceHub.Mode mode, uint8 k, uint256 fee)
         internal
         returns (uint256 id)
@@ -273,16 +268,7 @@ contract AdversarialTest is HubFixture {
         view
         returns (VerityReceipts.Receipt memory r, bytes memory sig)
     {
-        r = VerityReceipts.Receipt({
-            requestId: keccak256("http request"),
-            modelId: MODEL,
-            inputHash: input,
-            outputHash: out,
-            traceRoot: keccak256(abi.encodePacked(out)),
-            node: n,
-            timestamp: uint64(block.timestamp)
-        });
-        sig = signAs(keyOf(n), r, d.court().offchainDomain());
+        return signedReceipt(keccak256("http request"), n, input, out, d.court().offchainDomain());
     }
 
     address constant CHALLENGER = address(0xC4A1);

@@ -43,22 +43,36 @@ abstract contract HubFixture is Test {
         revert("no key");
     }
 
-    function receipt(uint256 id, address node, bytes32 out)
+    function signAs(uint256 key, VerityReceipts.Receipt memory r, bytes32 domain) internal pure returns (bytes memory) {
+        (uint8 v, bytes32 rr, bytes32 s) = vm.sign(key, VerityReceipts.digest(r, domain));
+        return abi.encodePacked(rr, s, v);
+    }
+
+    /// A receipt of `node` for `requestId`, input `input` and output `out`, signed under `domain`.
+    function signedReceipt(bytes32 requestId, address node, bytes32 input, bytes32 out, bytes32 domain)
         internal
         view
         returns (VerityReceipts.Receipt memory r, bytes memory sig)
     {
         r = VerityReceipts.Receipt({
-            requestId: bytes32(id),
+            requestId: requestId,
             modelId: MODEL,
-            inputHash: INPUT,
+            inputHash: input,
             outputHash: out,
             traceRoot: keccak256(abi.encodePacked(out)),
             node: node,
             timestamp: uint64(block.timestamp)
         });
-        (uint8 v, bytes32 rr, bytes32 s) = vm.sign(keyOf(node), VerityReceipts.digest(r, hub.domainSeparator()));
-        sig = abi.encodePacked(rr, s, v);
+        sig = signAs(keyOf(node), r, domain);
+    }
+
+    /// `node`'s hub receipt for request `id` with output `out`.
+    function receipt(uint256 id, address node, bytes32 out)
+        internal
+        view
+        returns (VerityReceipts.Receipt memory r, bytes memory sig)
+    {
+        return signedReceipt(bytes32(id), node, INPUT, out, hub.domainSeparator());
     }
 
     function ask(InferenceHub.Mode mode, uint8 k, uint256 fee) internal returns (uint256 id) {
