@@ -583,16 +583,7 @@ impl EvmChain {
         })?;
         let c = court::ReceiptCourt::new(to_evm(&at), self.provider().clone());
         let (_, bond) = self.bonds().await?;
-        let r = &receipt.receipt;
-        let rec = court::VerityReceipts::Receipt {
-            requestId: to_b256(&r.request_id),
-            modelId: to_b256(&r.model_id),
-            inputHash: to_b256(&r.input_hash),
-            outputHash: to_b256(&r.output_hash),
-            traceRoot: to_b256(&r.trace_root),
-            node: to_evm(&r.node),
-            timestamp: r.timestamp,
-        };
+        let rec = crate::evm::receipt_in!(court::VerityReceipts, &receipt.receipt);
         let sig = Bytes::from(receipt.signature.0.to_vec());
         let (lens, words) = crate::court::input_words(input);
         let tx = self

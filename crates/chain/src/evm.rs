@@ -752,17 +752,28 @@ impl EvmChain {
     }
 }
 
+/// A receipt as the `VerityReceipts.Receipt` struct of the binding module `$m` (each contract's ABI
+/// carries its own copy of the type: the hub's, the ReceiptCourt's).
+macro_rules! receipt_in {
+    ($m:path, $r:expr) => {{
+        use $m as vr;
+        let r: &verity_core::Receipt = $r;
+        vr::Receipt {
+            requestId: $crate::to_b256(&r.request_id),
+            modelId: $crate::to_b256(&r.model_id),
+            inputHash: $crate::to_b256(&r.input_hash),
+            outputHash: $crate::to_b256(&r.output_hash),
+            traceRoot: $crate::to_b256(&r.trace_root),
+            node: $crate::to_evm(&r.node),
+            timestamp: r.timestamp,
+        }
+    }};
+}
+pub(crate) use receipt_in;
+
 /// A receipt as the hub's `Receipt` struct.
 fn receipt_struct(r: &verity_core::Receipt) -> crate::bindings::VerityReceipts::Receipt {
-    crate::bindings::VerityReceipts::Receipt {
-        requestId: to_b256(&r.request_id),
-        modelId: to_b256(&r.model_id),
-        inputHash: to_b256(&r.input_hash),
-        outputHash: to_b256(&r.output_hash),
-        traceRoot: to_b256(&r.trace_root),
-        node: to_evm(&r.node),
-        timestamp: r.timestamp,
-    }
+    receipt_in!(crate::bindings::VerityReceipts, r)
 }
 
 /// Transport errors from eth_call / eth_estimateGas / eth_sendTransaction, decoding revert data.
