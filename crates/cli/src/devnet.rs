@@ -776,6 +776,42 @@ fn demo(
     Ok(())
 }
 
+/// Place requests (`place`) until one is drawn for `liar`, printing who each was drawn for; at most 12.
+/// `drawn(id)` is the request's first assigned node, `Ok(Err(why))` while it cannot be read yet (retried
+/// for 20 s), or an error that ends the demo.
+fn until_drawn(
+    model: &str,
+    mode: &str,
+    fee: String,
+    liar: verity_core::Address,
+    name_of: &dyn Fn(verity_core::Address) -> String,
+    mut place: impl FnMut() -> Result<verity_chain::evm::Placed>,
+    mut drawn: impl FnMut(u64) -> Result<std::result::Result<verity_core::Address, String>>,
+) -> Result<verity_chain::evm::Placed> {
+    for _ in 0..12 {
+        let placed = place()?;
+        let start = Instant::now();
+        let who = loop {
+            match drawn(placed.id)? {
+                Ok(a) => break a,
+                Err(_) if start.elapsed() < Duration::from_secs(20) => {
+                    std::thread::sleep(Duration::from_millis(250))
+                }
+                Err(e) => bail!("no assignment for {mode} request {}: {e}", placed.id),
+            }
+        };
+        println!(
+            "   request  #{} for {model} ({mode}, fee {fee}) drawn: {}",
+            placed.id,
+            name_of(who)
+        );
+        if who == liar {
+            return Ok(placed);
+        }
+    }
+    bail!("the liar was not drawn in 12 {mode} requests")
+}
+
 /// zk mode: a node proves an inference; the proof is checked offline with the model alone.
 fn demo_zk(
     endpoints: &[(String, verity_core::Address)],
@@ -909,36 +945,28 @@ fn demo_dispute(
         }
     };
     // Requests until one lands on the liar (each is drawn by stake from the request's seed block).
-    let mut found = None;
-    for attempt in 1..=12 {
-        let placed = rt
-            .block_on(client.request_optimistic(&model_id, &hosted.input_hash, &hosted.uri, price))
-            .map_err(|e| anyhow!("{e}"))?;
-        let start = Instant::now();
-        let who = loop {
-            match rt.block_on(client.optimistic_assigned(placed.id)) {
-                Ok(a) => break a,
-                Err(_) if start.elapsed() < Duration::from_secs(20) => {
-                    std::thread::sleep(Duration::from_millis(250))
-                }
-                Err(e) => bail!("no assignment for optimistic request {}: {e}", placed.id),
-            }
-        };
-        println!(
-            "   request  #{} for {name} (optimistic, fee {}) drawn: {}",
-            placed.id,
-            eth(price),
-            name_of(who)
-        );
-        if who == liar {
-            found = Some(placed);
-            break;
-        }
-        if attempt == 12 {
-            bail!("the liar was not drawn in 12 requests");
-        }
-    }
-    let placed = found.ok_or_else(|| anyhow!("the liar was not drawn"))?;
+    let placed = until_drawn(
+        name,
+        "optimistic",
+        eth(price),
+        liar,
+        &name_of,
+        || {
+            rt.block_on(client.request_optimistic(
+                &model_id,
+                &hosted.input_hash,
+                &hosted.uri,
+                price,
+            ))
+            .map_err(|e| anyhow!("{e}"))
+        },
+        // not drawn yet (the seed block is not mined) until it is
+        |id| {
+            Ok(rt
+                .block_on(client.optimistic_assigned(id))
+                .map_err(|e| e.to_string()))
+        },
+    )?;
     let id = placed.id;
     // Follow the request's events until the honest result is final.
     let times = std::cell::RefCell::new((None, None, None));
@@ -1041,10 +1069,14 @@ fn demo_dispute(
         .map_err(|e| anyhow!("{e}"))?;
     let before = stake_of(liar)?;
     println!("   restake  the liar stakes {} again", eth(before));
-    let mut found = None;
-    for attempt in 1..=12 {
-        let placed = rt
-            .block_on(client.request_inference(
+    let placed = until_drawn(
+        name,
+        "signed",
+        eth(price),
+        liar,
+        &name_of,
+        || {
+            rt.block_on(client.request_inference(
                 &model_id,
                 &hosted.input_hash,
                 &hosted.uri,
@@ -1052,35 +1084,16 @@ fn demo_dispute(
                 1,
                 price,
             ))
-            .map_err(|e| anyhow!("{e}"))?;
-        let start = Instant::now();
-        let who = loop {
-            match rt.block_on(client.assignment(placed.id)) {
-                Ok(verity_chain::Assignment::Nodes(v)) if !v.is_empty() => break v[0],
-                Ok(verity_chain::Assignment::Expired) => {
-                    bail!("the seed block of request {} expired", placed.id)
-                }
-                _ if start.elapsed() < Duration::from_secs(20) => {
-                    std::thread::sleep(Duration::from_millis(250))
-                }
-                r => bail!("no assignment for request {}: {r:?}", placed.id),
+            .map_err(|e| anyhow!("{e}"))
+        },
+        |id| match rt.block_on(client.assignment(id)) {
+            Ok(verity_chain::Assignment::Nodes(v)) if !v.is_empty() => Ok(Ok(v[0])),
+            Ok(verity_chain::Assignment::Expired) => {
+                bail!("the seed block of request {id} expired")
             }
-        };
-        println!(
-            "   request  #{} for {name} (signed, fee {}) drawn: {}",
-            placed.id,
-            eth(price),
-            name_of(who)
-        );
-        if who == liar {
-            found = Some(placed);
-            break;
-        }
-        if attempt == 12 {
-            bail!("the liar was not drawn in 12 signed requests");
-        }
-    }
-    let placed = found.ok_or_else(|| anyhow!("the liar was not drawn"))?;
+            r => Ok(Err(format!("{r:?}"))),
+        },
+    )?;
     let req = crate::request::wait_settled(rt, &client, placed.id, Duration::from_secs(60))?;
     if req.status != Status::Finalized {
         bail!("request {} ended {:?}", placed.id, req.status);
