@@ -4,6 +4,10 @@ use std::time::Instant;
 use verity_engine::io::{quantize_inputs, tensor_from_npy};
 use verity_engine::{vty, Executor, Mode};
 
+/// The allocator the `verity` binary uses, so timings match the node's.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     let a: Vec<String> = std::env::args().skip(1).collect();
     let (model, _) = vty::decode(&std::fs::read(&a[0]).expect("model")).expect("valid model");

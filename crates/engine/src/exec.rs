@@ -4,6 +4,7 @@
 
 use crate::arith::{div_round, div_round_fast, fit, isqrt_round, rshift};
 use crate::error::ExecError;
+use crate::fuse::{self, Role};
 use crate::ir::*;
 use crate::kernels;
 use std::borrow::Borrow;
@@ -121,6 +122,23 @@ pub struct Executor<M: Borrow<Model>> {
     /// Per value: the index of the last node reading it (`usize::MAX` for model outputs and values no
     /// node reads), so an untraced run can free intermediates early.
     last_use: Vec<usize>,
+    /// The fused schedule of element-wise chains (fast mode; empty in reference mode).
+    roles: Vec<Role>,
+}
+
+/// The values of a run as the fused steps read them.
+struct View<'a> {
+    m: &'a Model,
+    vals: &'a [Option<Vec<i32>>],
+}
+
+impl fuse::Values for View<'_> {
+    fn data(&self, v: ValueId) -> &[i32] {
+        match self.m.const_of(v) {
+            Some(c) => &c.data,
+            None => self.vals[v as usize].as_deref().unwrap_or(&[]),
+        }
+    }
 }
 
 impl<M: Borrow<Model>> Executor<M> {
@@ -169,11 +187,16 @@ impl<M: Borrow<Model>> Executor<M> {
                 .collect(),
         };
         let last_use = model.last_uses();
+        let roles = match mode {
+            Mode::Reference => Vec::new(),
+            Mode::Fast { .. } => fuse::plan(model),
+        };
         Executor {
             model: model_ref,
             mode,
             prepared,
             last_use,
+            roles,
         }
     }
 
@@ -269,42 +292,72 @@ impl<M: Borrow<Model>> Executor<M> {
     ) -> Result<Vec<Option<Vec<i32>>>, ExecError> {
         self.check_inputs(&inputs)?;
         let m: &Model = self.model.borrow();
-        let mut vals: Vec<Option<Vec<i32>>> = Vec::with_capacity(m.value_count());
-        vals.extend(inputs.into_iter().map(Some));
-        vals.extend(m.consts.iter().map(|_| None));
+        let first = m.first_node_value();
+        let mut vals: Vec<Option<Vec<i32>>> = (0..m.value_count()).map(|_| None).collect();
+        for (slot, x) in vals.iter_mut().zip(inputs) {
+            *slot = Some(x);
+        }
+        // element-wise chains run fused only when no trace is kept (a trace needs every intermediate)
+        let roles = match last_use {
+            Some(_) => self.roles.as_slice(),
+            None => &[],
+        };
         let profile = std::env::var_os("VERITY_PROFILE").is_some();
+        let at = |node: &Node, e: ExecError| ExecError::AtNode {
+            node: node.name.clone(),
+            op: node.op.name(),
+            error: Box::new(e),
+        };
         for (k, node) in m.nodes.iter().enumerate() {
             if crate::cancel::requested() {
                 return Err(ExecError::Cancelled);
             }
-            let t0 = profile.then(std::time::Instant::now);
-            let out = self
-                .eval_node(k, node, &vals)
-                .map_err(|e| ExecError::AtNode {
-                    node: node.name.clone(),
-                    op: node.op.name(),
-                    error: Box::new(e),
-                })?;
-            if let Some(t0) = t0 {
-                eprintln!(
-                    "{:>10.1} us  {:<10} {}",
-                    t0.elapsed().as_secs_f64() * 1e6,
-                    node.op.name(),
-                    node.name
-                );
-            }
-            // a kernel that saw the cancellation skipped part of its work: its output is not used
-            if crate::cancel::requested() {
-                return Err(ExecError::Cancelled);
-            }
-            let mut out = out;
-            if let Some((tk, te)) = tamper {
-                if tk == k && !out.is_empty() {
-                    let e = te.min(out.len() - 1);
-                    out[e] ^= 1;
+            let role = roles.get(k).unwrap_or(&Role::Alone);
+            if *role != Role::Absorbed {
+                let t0 = profile.then(std::time::Instant::now);
+                let mut out = self.eval_node(k, node, &vals).map_err(|e| at(node, e))?;
+                // a kernel that saw the cancellation skipped part of its work: its output is not used
+                if crate::cancel::requested() {
+                    return Err(ExecError::Cancelled);
+                }
+                if let Some((tk, te)) = tamper {
+                    if tk == k && !out.is_empty() {
+                        let e = te.min(out.len() - 1);
+                        out[e] ^= 1;
+                    }
+                }
+                match role {
+                    Role::Head(steps) => {
+                        let view = View { m, vals: &vals };
+                        if fuse::apply(&mut out, steps, &view).is_ok() {
+                            let last = steps.last().map_or(k, |f| f.node);
+                            vals[first + last] = Some(out);
+                        } else {
+                            // a step left i32: the chain node by node, so the error names its node
+                            vals[first + k] =
+                                Some(self.eval_node(k, node, &vals).map_err(|e| at(node, e))?);
+                            for f in steps {
+                                let n = &m.nodes[f.node];
+                                vals[first + f.node] =
+                                    Some(self.eval_node(f.node, n, &vals).map_err(|e| at(n, e))?);
+                            }
+                        }
+                    }
+                    _ => vals[first + k] = Some(out),
+                }
+                if let Some(t0) = t0 {
+                    eprintln!(
+                        "{:>10.1} us  {:<10} {}{}",
+                        t0.elapsed().as_secs_f64() * 1e6,
+                        node.op.name(),
+                        node.name,
+                        match role {
+                            Role::Head(steps) => format!(" (+{} fused)", steps.len()),
+                            _ => String::new(),
+                        }
+                    );
                 }
             }
-            vals.push(Some(out));
             if let Some(last) = last_use {
                 for &v in &node.inputs {
                     if last[v as usize] == k {
@@ -997,6 +1050,7 @@ fn pool(
 }
 
 /// Shapes and labels of an `EinSum` node.
+#[derive(Clone, Copy)]
 pub struct EinSpec<'a> {
     /// Labels of `a`.
     pub a: &'a [u8],
@@ -1012,7 +1066,19 @@ pub struct EinSpec<'a> {
     pub out_shape: &'a [usize],
 }
 
-impl EinSpec<'_> {
+impl<'a> EinSpec<'a> {
+    /// The same product with the operands exchanged.
+    pub fn swapped(&self) -> EinSpec<'a> {
+        EinSpec {
+            a: self.b,
+            b: self.a,
+            out: self.out,
+            a_shape: self.b_shape,
+            b_shape: self.a_shape,
+            out_shape: self.out_shape,
+        }
+    }
+
     /// Size of every label (max over operands, so size-1 axes broadcast).
     pub fn label_sizes(&self) -> [usize; 256] {
         let mut size = [1usize; 256];

@@ -322,11 +322,37 @@ pub struct EinPlan {
     k: usize,
     /// Axes of `c_order` that index C's rows (batch and m labels); the rest index its columns.
     row_axes: usize,
+    /// The plan is for `b · a` (operands exchanged), so that C's columns are the output's innermost
+    /// axis and the epilogue writes whole rows; the product is the same integers either way.
+    swap: bool,
 }
 
 impl EinPlan {
-    /// Classify labels into batch, row, column and contracted roles.
+    /// Classify labels into batch, row, column and contracted roles; the operands are exchanged when the
+    /// output's innermost axis belongs to `a` alone (e.g. activations `[HW, C]` times weights `[C, O]`
+    /// into an `[O, HW]` output), so that the output is written row by row.
     pub fn new(s: &EinSpec<'_>) -> EinPlan {
+        let plan = EinPlan::roles(s);
+        let a_only = |l: u8| s.a.contains(&l) && !s.b.contains(&l);
+        match s.out.last() {
+            Some(&l) if plan.packable && a_only(l) && plan.m > 1 => EinPlan {
+                swap: true,
+                ..EinPlan::roles(&s.swapped())
+            },
+            _ => plan,
+        }
+    }
+
+    /// The spec as this plan multiplies it.
+    fn oriented<'a>(&self, s: &EinSpec<'a>) -> EinSpec<'a> {
+        if self.swap {
+            s.swapped()
+        } else {
+            *s
+        }
+    }
+
+    fn roles(s: &EinSpec<'_>) -> EinPlan {
         let sizes = s.label_sizes();
         let (mut bl, mut ml, mut nl, mut kl) = (vec![], vec![], vec![], vec![]);
         let mut packable = true;
@@ -355,11 +381,30 @@ impl EinPlan {
             a_order: bl.iter().chain(&ml).chain(&kl).copied().collect(),
             b_order: bl.iter().chain(&kl).chain(&nl).copied().collect(),
             c_order: bl.iter().chain(&ml).chain(&nl).copied().collect(),
+            swap: false,
         }
     }
 
-    /// Pack a constant `a` operand ahead of time.
+    /// Pack a constant `a` operand (of the node, whichever side the plan puts it on) ahead of time.
     pub fn pack_a(&self, s: &EinSpec<'_>, a: &[i32]) -> Option<Packed> {
+        if self.swap {
+            self.pack_right(&s.swapped(), a)
+        } else {
+            self.pack_left(s, a)
+        }
+    }
+
+    /// Pack a constant `b` operand (of the node) ahead of time.
+    pub fn pack_b(&self, s: &EinSpec<'_>, b: &[i32]) -> Option<Packed> {
+        if self.swap {
+            self.pack_left(&s.swapped(), b)
+        } else {
+            self.pack_right(s, b)
+        }
+    }
+
+    /// Pack the plan's left operand (`a` of the oriented spec).
+    fn pack_left(&self, s: &EinSpec<'_>, a: &[i32]) -> Option<Packed> {
         self.packable.then(|| {
             let data = pack(a, s.a, s.a_shape, &self.a_order, &self.sizes);
             let (m, k) = (self.m, self.k);
@@ -375,8 +420,8 @@ impl EinPlan {
         })
     }
 
-    /// Pack a constant `b` operand ahead of time.
-    pub fn pack_b(&self, s: &EinSpec<'_>, b: &[i32]) -> Option<Packed> {
+    /// Pack the plan's right operand (`b` of the oriented spec).
+    fn pack_right(&self, s: &EinSpec<'_>, b: &[i32]) -> Option<Packed> {
         self.packable.then(|| {
             let data = pack(b, s.b, s.b_shape, &self.b_order, &self.sizes);
             let narrow = self.narrow_b(&data).map(Narrow::B);
@@ -441,9 +486,28 @@ impl EinPlan {
             .collect()
     }
 
-    /// Run; `pa`/`pb` are the pre-packed operands when constant.
+    /// Run; `pa`/`pb` are the node's pre-packed operands when constant.
     #[allow(clippy::too_many_arguments)]
     pub fn run(
+        &self,
+        s: &EinSpec<'_>,
+        a: &[i32],
+        b: &[i32],
+        pa: Option<&Packed>,
+        pb: Option<&Packed>,
+        bias: Option<(&[i32], &[usize], i32)>,
+        shift: i32,
+        threads: usize,
+    ) -> Result<Vec<i32>, ExecError> {
+        if self.swap {
+            self.run_oriented(&self.oriented(s), b, a, pb, pa, bias, shift, threads)
+        } else {
+            self.run_oriented(s, a, b, pa, pb, bias, shift, threads)
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn run_oriented(
         &self,
         s: &EinSpec<'_>,
         a: &[i32],
@@ -514,6 +578,7 @@ impl EinPlan {
         let bias_offs = bias_st.as_deref().map(offsets);
         debug_assert_eq!(col_out.len(), if n_axes == 0 { 1 } else { n });
         let mut out = vec![0i32; s.out_shape.iter().product()];
+        let layout = RowLayout::new(&col_out, bias_offs.as_ref().map(|(_, c)| c.as_slice()));
         let rows = self.bt * self.m;
         for r in 0..rows {
             let bo = bias_offs
@@ -521,11 +586,27 @@ impl EinPlan {
                 .map(|(brow, bcol)| (brow[r], bcol.as_slice()));
             let dst = (out.as_mut_slice(), row_out[r], col_out.as_slice());
             match &c {
-                Acc::Wide(c) => epilogue(&c[r * n..(r + 1) * n], dst, bias, bo, shift)?,
+                Acc::Wide(c) => epilogue(
+                    &c[r * n..(r + 1) * n],
+                    dst,
+                    bias,
+                    bo,
+                    shift,
+                    layout,
+                    add_shift_i64,
+                )?,
                 Acc::Narrow(c) => {
                     let (cb, ldc) = &c[r / self.m];
                     let i = r % self.m;
-                    epilogue(&cb[i * ldc..i * ldc + n], dst, bias, bo, shift)?
+                    epilogue(
+                        &cb[i * ldc..i * ldc + n],
+                        dst,
+                        bias,
+                        bo,
+                        shift,
+                        layout,
+                        add_shift_i32,
+                    )?
                 }
             }
         }
@@ -539,6 +620,27 @@ enum Acc {
     Narrow(Vec<(Vec<i32>, usize)>),
 }
 
+/// One of the multiversioned `add_shift_*` row loops.
+type AddShift<T> = fn(&mut [i32], &[T], i64, u32, u32) -> (i64, i64);
+
+/// Facts about an `EinSum`'s output layout, the same for every row.
+#[derive(Clone, Copy)]
+struct RowLayout {
+    /// A row's output columns are consecutive.
+    contiguous: bool,
+    /// The bias is constant along a row (per output channel, the usual case).
+    bias_row_const: bool,
+}
+
+impl RowLayout {
+    fn new(col_off: &[usize], bias_col: Option<&[usize]>) -> RowLayout {
+        RowLayout {
+            contiguous: !col_off.is_empty() && col_off.windows(2).all(|w| w[1] == w[0] + 1),
+            bias_row_const: bias_col.is_none_or(|b| b.iter().all(|&c| c == b[0])),
+        }
+    }
+}
+
 /// One row of accumulators into the output: `out[row_off + col_off[j]] = requantize(acc[j] + bias)`,
 /// with the bias element at `bias_offs.0 + bias_offs.1[j]`.
 fn epilogue<T: Copy + Into<i64>>(
@@ -547,6 +649,8 @@ fn epilogue<T: Copy + Into<i64>>(
     bias: Option<(&[i32], &[usize], i32)>,
     bias_offs: Option<(usize, &[usize])>,
     shift: i32,
+    layout: RowLayout,
+    add_shift: AddShift<T>,
 ) -> Result<(), ExecError> {
     let bias_at = |j: usize| -> i64 {
         match (bias, bias_offs) {
@@ -555,42 +659,86 @@ fn epilogue<T: Copy + Into<i64>>(
             _ => 0,
         }
     };
-    let contiguous = col_off.first().is_none_or(|&c0| {
-        col_off.len() <= 1 || col_off[col_off.len() - 1] == c0 + col_off.len() - 1
-    }) && col_off.windows(2).all(|w| w[1] == w[0] + 1);
-    if (1..=62).contains(&shift) && contiguous && !col_off.is_empty() {
-        // |acc| + |bias| < 2^62 (checked by the caller), so adding the half cannot overflow: the
-        // rounding shift runs branch-free and the range is checked once for the row
-        let half = 1i64 << (shift - 1);
+    if (-31..=62).contains(&shift) && layout.contiguous {
+        // |acc| + |bias| < 2^62 (checked by the caller), so adding the half cannot overflow
         let dst = &mut out[row_off + col_off[0]..row_off + col_off[0] + acc.len()];
+        if layout.bias_row_const {
+            let b = if acc.is_empty() { 0 } else { bias_at(0) };
+            return shift_row(dst, acc, b, shift, add_shift);
+        }
+        let (half, right, left) = split_shift(shift);
         let (mut lo, mut hi) = (0i64, 0i64);
-        // a bias constant along the row (per output channel, the usual case) is added once
-        let row_const = bias_offs.is_none_or(|(_, bcol)| bcol.iter().all(|&c| c == bcol[0]));
-        if row_const {
-            let b = if acc.is_empty() { 0 } else { bias_at(0) } + half;
-            for (d, &a) in dst.iter_mut().zip(acc) {
-                let v = (a.into() + b) >> shift;
-                lo = lo.min(v);
-                hi = hi.max(v);
-                *d = v as i32;
-            }
-        } else {
-            for (j, (d, &a)) in dst.iter_mut().zip(acc).enumerate() {
-                let v = (a.into() + bias_at(j) + half) >> shift;
-                lo = lo.min(v);
-                hi = hi.max(v);
-                *d = v as i32;
-            }
+        for (j, (d, &a)) in dst.iter_mut().zip(acc).enumerate() {
+            let v = (a.into() + bias_at(j) + half) >> right;
+            lo = lo.min(v);
+            hi = hi.max(v);
+            *d = (v as i32).wrapping_shl(left);
         }
-        if lo < i32::MIN as i64 || hi > i32::MAX as i64 {
-            return Err(ExecError::Overflow);
-        }
-        return Ok(());
+        return check_row(lo, hi, left);
     }
     for (j, &a) in acc.iter().enumerate() {
         out[row_off + col_off[j]] = requantize(a.into() + bias_at(j), shift)?;
     }
     Ok(())
+}
+
+/// A shift `k` in `-31..=62` as `(half, right, left)`: `x·2^-k` rounded is `((x + half) >> right) << left`.
+fn split_shift(k: i32) -> (i64, u32, u32) {
+    if k > 0 {
+        (1i64 << (k - 1), k as u32, 0)
+    } else {
+        (0, 0, (-k) as u32)
+    }
+}
+
+/// The row's range check: every `v << left` of values in `lo..=hi` fits `i32`.
+fn check_row(lo: i64, hi: i64, left: u32) -> Result<(), ExecError> {
+    if ((lo as i128) << left) < i32::MIN as i128 || ((hi as i128) << left) > i32::MAX as i128 {
+        return Err(ExecError::Overflow);
+    }
+    Ok(())
+}
+
+/// `dst[j] = fit(rshift(acc[j] + add, shift))` for `shift` in `-31..=62` and `|acc| + |add| < 2^62`:
+/// the rounding shift runs branch-free (by `add_shift`, one of the multiversioned loops) and the range
+/// is checked once for the row; a left shift is range-checked on the unshifted sums.
+fn shift_row<T>(
+    dst: &mut [i32],
+    acc: &[T],
+    add: i64,
+    shift: i32,
+    add_shift: AddShift<T>,
+) -> Result<(), ExecError> {
+    let (half, right, left) = split_shift(shift);
+    let (lo, hi) = add_shift(dst, acc, add + half, right, left);
+    check_row(lo, hi, left)
+}
+
+/// `dst[j] = ((acc[j] + add) >> right) << left` (wrapping to `i32`); returns the least and greatest
+/// `(acc[j] + add) >> right` (0 included), for one range check per row. `|acc| + |add| < 2^63`.
+#[inline(always)]
+fn add_shift_body<T: Copy + Into<i64>>(
+    dst: &mut [i32],
+    acc: &[T],
+    add: i64,
+    right: u32,
+    left: u32,
+) -> (i64, i64) {
+    let (mut lo, mut hi) = (0i64, 0i64);
+    for (d, &a) in dst.iter_mut().zip(acc) {
+        let v = (a.into() + add) >> right;
+        lo = lo.min(v);
+        hi = hi.max(v);
+        *d = (v as i32).wrapping_shl(left);
+    }
+    (lo, hi)
+}
+
+crate::simd::multiversion! {
+    fn add_shift_i32(dst: &mut [i32], acc: &[i32], add: i64, right: u32, left: u32) -> (i64, i64) = add_shift_body::<i32>
+}
+crate::simd::multiversion! {
+    fn add_shift_i64(dst: &mut [i32], acc: &[i64], add: i64, right: u32, left: u32) -> (i64, i64) = add_shift_body::<i64>
 }
 
 /// `x` in the row-major order of labels `order`: borrowed when it already is (same label order, no
@@ -868,16 +1016,8 @@ fn requantize_row(dst: &mut [i32], acc: &[i32], bias: i128, shift: i32) -> Resul
     match i64::try_from(bias) {
         // |acc| < 2^31, so acc + bias cannot leave i64
         Ok(bv) if bv.unsigned_abs() < 1 << 62 => {
-            if (1..62).contains(&shift) {
-                let (half, lo, hi) = (1i64 << (shift - 1), i32::MIN as i64, i32::MAX as i64);
-                for (d, &a) in dst.iter_mut().zip(acc) {
-                    let v = (a as i64 + bv + half) >> shift;
-                    if v < lo || v > hi {
-                        return Err(ExecError::Overflow);
-                    }
-                    *d = v as i32;
-                }
-                return Ok(());
+            if (-31..62).contains(&shift) {
+                return shift_row(dst, acc, bv, shift, add_shift_i32);
             }
             for (d, &a) in dst.iter_mut().zip(acc) {
                 *d = requantize(a as i64 + bv, shift)?;

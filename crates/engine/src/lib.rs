@@ -9,11 +9,13 @@ pub mod cost;
 pub mod dispute;
 pub mod error;
 pub mod exec;
+mod fuse;
 pub mod io;
 pub mod ir;
 mod kernels;
 pub mod onestep;
 pub mod qgemm;
+pub mod simd;
 pub mod vty;
 
 pub use cancel::Cancel;

@@ -3,6 +3,7 @@
 
 use proptest::prelude::*;
 use verity_engine::ir::*;
+use verity_engine::simd::Isa;
 use verity_engine::{Executor, Mode};
 
 use crate::{gen, input};
@@ -137,5 +138,81 @@ proptest! {
         let idx = Input { name: "i".into(), shape: vec![3], scale: 0, kind: InputKind::Int };
         let m = Model::one_node(vec![idx], vec![Const { shape: vec![4, 2], scale: si, data: g(8) }], Op::Gather { axis: 0 }, vec![1, 0], vec![3, 2], so);
         check(&m, vec![gen(seed, 5)(3)])?;
+    }
+}
+
+/// One element-wise node of a random chain: `(kind, operand, chain on the left, clamp bounds)`.
+type ChainStep = (usize, usize, bool, (i32, i32));
+
+fn chain_step() -> impl Strategy<Value = ChainStep> {
+    (
+        0usize..9,
+        0usize..6,
+        any::<bool>(),
+        (any::<i32>(), any::<i32>()),
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    /// Chains of element-wise nodes (which the fast executor runs fused, in place, block by block) give
+    /// the reference's integers, and the same error at the same node when a step leaves `i32`.
+    #[test]
+    fn fused_chains_equal_reference(steps in prop::collection::vec((chain_step(), -12i8..40), 1..7),
+                                    si in -8i8..30, sr in -8i8..30, s0 in -8i8..30, seed in any::<u64>(),
+                                    extra_output in prop::option::of(0usize..6),
+                                    mag in prop::sample::select(vec![16, 300, 1 << 16, i32::MAX])) {
+        let mut g = gen(seed, mag);
+        let shape = vec![2u32, 3, 4];
+        let consts = vec![
+            Const { shape: shape.clone(), scale: 6, data: g(24) },
+            Const { shape: vec![1, 3, 1], scale: 20, data: g(3) },
+            Const { shape: vec![4], scale: 2, data: g(4) },
+            Const { shape: vec![1], scale: 0, data: g(1) },
+            Const { shape: vec![17], scale: 5, data: g(17) },
+        ];
+        // values: 0 x, 1 r, 2..=6 constants, then nodes
+        let mut nodes = vec![Node { name: "head".into(), op: Op::Add, inputs: vec![0, 1], shape: shape.clone(), scale: s0 }];
+        for (i, ((kind, operand, left, (a, b)), so)) in steps.iter().enumerate() {
+            let v = 7 + i as u32;
+            let w = [0u32, 1, 2, 3, 4, 5][*operand];
+            let (op, inputs) = match kind {
+                0 => (Op::Clamp { lo: (*a).min(*b), hi: (*a).max(*b) }, vec![v]),
+                1 => (Op::Clamp { lo: 0, hi: 255 }, vec![v]),
+                2 => (Op::Rescale, vec![v]),
+                3 => (Op::Reshape, vec![v]),
+                4 => (Op::Lookup { shift: (*a % 20), lo: *b % 1000 }, vec![v, 6]),
+                k => {
+                    let op = [Op::Add, Op::Sub, Op::Mul, Op::Max, Op::Min, Op::Mul][(k - 5 + *operand) % 6].clone();
+                    (op, if *left { vec![v, w] } else { vec![w, v] })
+                }
+            };
+            let scale = if *kind == 4 { 5 } else { *so };
+            nodes.push(Node { name: format!("step{i}"), op, inputs, shape: shape.clone(), scale });
+        }
+        let last = 6 + nodes.len() as u32;
+        let mut outputs = vec![Output { name: "y".into(), value: last }];
+        if let Some(e) = extra_output.filter(|&e| 7 + (e as u32) < last) {
+            outputs.push(Output { name: "mid".into(), value: 7 + e as u32 });
+        }
+        let m = Model { inputs: vec![input("x", shape.clone(), si), input("r", shape.clone(), sr)], consts, nodes, outputs };
+        if m.validate().is_err() {
+            return Ok(());
+        }
+        let xs = vec![g(24), g(24)];
+        let r = Executor::new(&m, Mode::Reference).run(xs.clone());
+        // each instruction-set level of the fused loops (a cap shared by the process: a test running
+        // meanwhile only takes another level, which gives the same integers)
+        for (threads, isa) in [(1, Isa::Base), (1, Isa::Avx2), (1, Isa::Avx512), (2, Isa::Avx512)] {
+            Isa::cap(isa);
+            let f = Executor::new(&m, Mode::Fast { threads }).run(xs.clone());
+            Isa::cap(Isa::Avx512);
+            match (&r, &f) {
+                (Ok(a), Ok(b)) => prop_assert_eq!(a, b),
+                (Err(a), Err(b)) => prop_assert_eq!(a.to_string(), b.to_string()),
+                _ => prop_assert!(false, "reference {r:?} vs fast {f:?}"),
+            }
+        }
     }
 }

@@ -1,0 +1,492 @@
+//! Element-wise chains, run in place (untraced fast runs only).
+//!
+//! After a node, the element-wise nodes that consume its output one after another — a per-channel `Mul`
+//! by the requantization multipliers, the `Clamp`s of a ReLU and of the next 8-bit requantization, a
+//! residual `Add`, a `Reshape` — each read one tensor once and write one of the same size. Run one by
+//! one they pass over memory once each and allocate a tensor each. Here a chain is planned once per
+//! model and applied to the first node's output block by block while the block sits in the L1 cache.
+//!
+//! Each step computes exactly the integers its op computes alone (the same formulas as the executor's
+//! `i64` paths, which are only chosen where the op's scales make them exact); only the order in which
+//! elements are visited changes, and element-wise results do not depend on it. A step whose result leaves
+//! `i32` stops the chain; the executor then runs the chain's nodes one by one, so the error is the one,
+//! at the node, that an unfused run reports.
+
+use crate::ir::{Model, Node, Op, ValueId};
+
+/// Elements per block: every step runs over one block before the next block is touched.
+const BLOCK: usize = 4096;
+
+/// A second operand of a fused step, read at `(i / inner) % period` for the chain's flat index `i`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Operand {
+    pub value: ValueId,
+    inner: usize,
+    period: usize,
+}
+
+/// A binary op in its exact `i64` form.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum BinOp {
+    Add,
+    Sub,
+    Max,
+    Min,
+    Mul,
+}
+
+/// A rounding shift by `k` as `((t + half) >> right) << left` (`right = k, left = 0` for `k > 0`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Shift {
+    half: i64,
+    right: u32,
+    left: u32,
+}
+
+impl Shift {
+    /// `k` in `-31..=62`, where a shifted `i32` stays inside `i64`.
+    fn new(k: i32) -> Option<Shift> {
+        match k {
+            1..=62 => Some(Shift {
+                half: 1 << (k - 1),
+                right: k as u32,
+                left: 0,
+            }),
+            -31..=0 => Some(Shift {
+                half: 0,
+                right: 0,
+                left: (-k) as u32,
+            }),
+            _ => None,
+        }
+    }
+
+    #[inline(always)]
+    fn apply(self, t: i64) -> i64 {
+        ((t + self.half) >> self.right) << self.left
+    }
+}
+
+/// One fused element-wise step.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Step {
+    /// `Clamp`: rescale, then clamp (never out of range).
+    Clamp { shift: Shift, lo: i64, hi: i64 },
+    /// `Rescale` or `Reshape`: rescale; the result must fit `i32`.
+    Rescale { shift: Shift },
+    /// `Lookup`: `table[clamp(rshift(x) - lo, 0, len - 1)]`, the table being `other`.
+    Lookup {
+        shift: Shift,
+        lo: i64,
+        table: ValueId,
+    },
+    /// A binary op with `other` (the chain's value is operand `a` when `chain_is_a`), operands
+    /// aligned by `la`/`lb`, then rescaled.
+    Binary {
+        op: BinOp,
+        la: u32,
+        lb: u32,
+        shift: Shift,
+        chain_is_a: bool,
+        other: Operand,
+    },
+}
+
+/// A node run as a step of a chain.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Fused {
+    /// The node's index.
+    pub node: usize,
+    step: Step,
+}
+
+/// What a node is in the fused schedule.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Role {
+    /// Run on its own.
+    Alone,
+    /// Run, then the chain's steps on its output (in place).
+    Head(Vec<Fused>),
+    /// Run as a step of an earlier node's chain.
+    Absorbed,
+}
+
+/// The fused schedule of a validated model: one role per node.
+pub(crate) fn plan(m: &Model) -> Vec<Role> {
+    let nv = m.value_count();
+    let first = m.first_node_value();
+    // how many times each value is read (a node reading it twice counts twice), and its only reader
+    let mut reads = vec![0u32; nv];
+    let mut reader = vec![usize::MAX; nv];
+    for (k, node) in m.nodes.iter().enumerate() {
+        for &v in &node.inputs {
+            if let Some(r) = reads.get_mut(v as usize) {
+                *r += 1;
+                reader[v as usize] = k;
+            }
+        }
+    }
+    for o in &m.outputs {
+        if let Some(r) = reads.get_mut(o.value as usize) {
+            *r = u32::MAX;
+        }
+    }
+    let mut roles = vec![Role::Alone; m.nodes.len()];
+    for h in 0..m.nodes.len() {
+        if roles[h] == Role::Absorbed {
+            continue;
+        }
+        let mut chain = Vec::new();
+        let mut v = first + h;
+        while reads[v] == 1 {
+            let j = reader[v];
+            let Some(step) = step_of(m, &m.nodes[j], v as ValueId, first + h) else {
+                break;
+            };
+            chain.push(Fused { node: j, step });
+            v = first + j;
+        }
+        for f in &chain {
+            roles[f.node] = Role::Absorbed;
+        }
+        if !chain.is_empty() {
+            roles[h] = Role::Head(chain);
+        }
+    }
+    roles
+}
+
+/// `node` as a step applied to value `v` (its only read of `v`), if it is element-wise over `v`'s
+/// elements and every other operand exists before the chain's head value `head` is computed.
+fn step_of(m: &Model, node: &Node, v: ValueId, head: usize) -> Option<Step> {
+    let info = m.value(v)?;
+    let (sv, shape_v) = (info.scale as i32, info.shape);
+    let so = node.scale as i32;
+    let same_size = shape_v.iter().map(|&d| d as u64).product::<u64>()
+        == node.shape.iter().map(|&d| d as u64).product::<u64>();
+    let earlier = |w: ValueId| (w as usize) < head;
+    match &node.op {
+        Op::Clamp { lo, hi } if node.inputs[..] == [v] && shape_v == node.shape.as_slice() => {
+            Some(Step::Clamp {
+                shift: Shift::new(sv - so)?,
+                lo: *lo as i64,
+                hi: *hi as i64,
+            })
+        }
+        Op::Rescale | Op::Reshape if node.inputs[..] == [v] && same_size => Some(Step::Rescale {
+            shift: Shift::new(sv - so)?,
+        }),
+        Op::Lookup { shift, lo }
+            if node.inputs[0] == v && node.inputs[1] != v && shape_v == node.shape.as_slice() =>
+        {
+            let table = node.inputs[1];
+            (earlier(table) && m.value(table)?.shape.iter().product::<u32>() > 0).then_some(())?;
+            Some(Step::Lookup {
+                shift: Shift::new(*shift)?,
+                lo: *lo as i64,
+                table,
+            })
+        }
+        Op::Add | Op::Sub | Op::Max | Op::Min | Op::Mul if shape_v == node.shape.as_slice() => {
+            let (chain_is_a, w) = match node.inputs[..] {
+                [a, b] if a == v && b != v => (true, b),
+                [a, b] if b == v && a != v => (false, a),
+                _ => return None,
+            };
+            if !earlier(w) {
+                return None;
+            }
+            let wi = m.value(w)?;
+            let other = operand(w, wi.shape, &node.shape)?;
+            let (sa, sb) = if chain_is_a {
+                (sv, wi.scale as i32)
+            } else {
+                (wi.scale as i32, sv)
+            };
+            // the conditions under which the executor's binary ops take their exact i64 paths
+            let s = sa.max(sb);
+            let (la, lb) = (s - sa, s - sb);
+            let k_add = s - so;
+            let add_ok = la <= 28
+                && lb <= 28
+                && (k_add > 0 || (la == 0 && lb == 0 && k_add >= -29))
+                && k_add < 62;
+            let (op, k) = match node.op {
+                Op::Add if add_ok => (BinOp::Add, k_add),
+                Op::Sub if add_ok => (BinOp::Sub, k_add),
+                Op::Max if add_ok => (BinOp::Max, k_add),
+                Op::Min if add_ok => (BinOp::Min, k_add),
+                Op::Mul if (0..62).contains(&(sa + sb - so)) => (BinOp::Mul, sa + sb - so),
+                _ => return None,
+            };
+            // a product is taken of the operands as they are; sums align them first
+            let (la, lb) = if op == BinOp::Mul { (0, 0) } else { (la, lb) };
+            Some(Step::Binary {
+                op,
+                la: la as u32,
+                lb: lb as u32,
+                shift: Shift::new(k)?,
+                chain_is_a,
+                other,
+            })
+        }
+        _ => None,
+    }
+}
+
+/// The `(inner, period)` indexing of an operand of shape `w` broadcast to `out`, if its non-broadcast
+/// axes are one contiguous run of the output's axes (a scalar, a per-channel vector, a full tensor).
+fn operand(value: ValueId, w: &[u32], out: &[u32]) -> Option<Operand> {
+    if w.len() > out.len() {
+        return None;
+    }
+    let pad = out.len() - w.len();
+    let dim = |i: usize| if i < pad { 1 } else { w[i - pad] };
+    // axes where the operand varies
+    let varying: Vec<usize> = (0..out.len())
+        .filter(|&i| out[i] > 1 && dim(i) > 1)
+        .collect();
+    if (0..out.len()).any(|i| dim(i) != 1 && dim(i) != out[i]) {
+        return None;
+    }
+    // a scalar is one run over the whole tensor
+    let (p, q) = match (varying.first(), varying.last()) {
+        (Some(&p), Some(&q)) => (p, q + 1),
+        _ => (0, 0),
+    };
+    // every axis inside the run must vary too (or be of size one in the output)
+    if (p..q).any(|i| out[i] > 1 && dim(i) == 1) {
+        return None;
+    }
+    let prod = |r: std::ops::Range<usize>| r.map(|i| out[i] as usize).product::<usize>();
+    Some(Operand {
+        value,
+        inner: prod(q..out.len()).max(1),
+        period: prod(p..q).max(1),
+    })
+}
+
+/// Where a step's second operand comes from.
+pub(crate) trait Values {
+    /// The data of value `v` (a constant, an input or a computed tensor).
+    fn data(&self, v: ValueId) -> &[i32];
+}
+
+/// Apply `steps` in place to `buf` (the head's output). `Err(i)`: step `i` left `i32` somewhere (the
+/// buffer is then partly transformed; the caller recomputes the chain node by node).
+pub(crate) fn apply(buf: &mut [i32], steps: &[Fused], vals: &dyn Values) -> Result<(), usize> {
+    let others: Vec<&[i32]> = steps
+        .iter()
+        .map(|f| match &f.step {
+            Step::Binary { other, .. } => vals.data(other.value),
+            Step::Lookup { table, .. } => vals.data(*table),
+            _ => &[],
+        })
+        .collect();
+    // an operand shorter than its indexing needs would be a malformed model: run unfused instead
+    for (f, o) in steps.iter().zip(&others) {
+        if let Step::Binary { other, .. } = &f.step {
+            if o.len() < other.period {
+                return Err(0);
+            }
+        }
+    }
+    apply_blocks(buf, steps, &others)
+}
+
+crate::simd::multiversion! {
+    fn apply_blocks(buf: &mut [i32], steps: &[Fused], others: &[&[i32]]) -> Result<(), usize> = apply_body
+}
+
+#[inline(always)]
+fn apply_body(buf: &mut [i32], steps: &[Fused], others: &[&[i32]]) -> Result<(), usize> {
+    for (b, block) in buf.chunks_mut(BLOCK).enumerate() {
+        let start = b * BLOCK;
+        for (i, (f, other)) in steps.iter().zip(others).enumerate() {
+            if !step(block, start, &f.step, other) {
+                return Err(i);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One step over one block starting at flat index `start`; `false` if a result left `i32`.
+#[inline(always)]
+fn step(x: &mut [i32], start: usize, st: &Step, other: &[i32]) -> bool {
+    match *st {
+        Step::Clamp { shift, lo, hi } => {
+            for v in x.iter_mut() {
+                *v = shift.apply(*v as i64).clamp(lo, hi) as i32;
+            }
+            true
+        }
+        Step::Rescale { shift } => {
+            let (mut l, mut h) = (0i64, 0i64);
+            for v in x.iter_mut() {
+                let r = shift.apply(*v as i64);
+                l = l.min(r);
+                h = h.max(r);
+                *v = r as i32;
+            }
+            fits(l, h)
+        }
+        Step::Lookup { shift, lo, .. } => {
+            let last = other.len() as i64 - 1;
+            for v in x.iter_mut() {
+                *v = other[(shift.apply(*v as i64) - lo).clamp(0, last) as usize];
+            }
+            true
+        }
+        Step::Binary {
+            op,
+            la,
+            lb,
+            shift,
+            chain_is_a,
+            other: o,
+        } => {
+            macro_rules! go {
+                ($f:expr) => {
+                    if chain_is_a {
+                        binary(x, start, other, o, shift, |c, w| $f(c << la, w << lb))
+                    } else {
+                        binary(x, start, other, o, shift, |c, w| $f(w << la, c << lb))
+                    }
+                };
+            }
+            match op {
+                BinOp::Add => go!(|a: i64, b: i64| a + b),
+                BinOp::Sub => go!(|a: i64, b: i64| a - b),
+                BinOp::Max => go!(|a: i64, b: i64| a.max(b)),
+                BinOp::Min => go!(|a: i64, b: i64| a.min(b)),
+                BinOp::Mul => go!(|a: i64, b: i64| a * b),
+            }
+        }
+    }
+}
+
+fn fits(lo: i64, hi: i64) -> bool {
+    lo >= i32::MIN as i64 && hi <= i32::MAX as i64
+}
+
+/// `x[j] = shift(f(x[j], other[idx(start + j)]))` over runs where the operand is constant (`inner > 1`)
+/// or contiguous (`inner == 1`).
+#[inline(always)]
+fn binary(
+    x: &mut [i32],
+    start: usize,
+    other: &[i32],
+    o: Operand,
+    shift: Shift,
+    f: impl Fn(i64, i64) -> i64 + Copy,
+) -> bool {
+    let (mut l, mut h) = (0i64, 0i64);
+    let mut j = 0;
+    while j < x.len() {
+        let i = start + j;
+        let at = (i / o.inner) % o.period;
+        if o.inner == 1 {
+            let run = (x.len() - j).min(o.period - at);
+            for (v, &w) in x[j..j + run].iter_mut().zip(&other[at..at + run]) {
+                let r = shift.apply(f(*v as i64, w as i64));
+                l = l.min(r);
+                h = h.max(r);
+                *v = r as i32;
+            }
+            j += run;
+        } else {
+            let run = (x.len() - j).min(o.inner - i % o.inner);
+            let w = other[at] as i64;
+            for v in x[j..j + run].iter_mut() {
+                let r = shift.apply(f(*v as i64, w));
+                l = l.min(r);
+                h = h.max(r);
+                *v = r as i32;
+            }
+            j += run;
+        }
+    }
+    fits(l, h)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ir::{Const, Input, InputKind, Output};
+
+    fn node(name: &str, op: Op, inputs: Vec<ValueId>, scale: i8) -> Node {
+        Node {
+            name: name.into(),
+            op,
+            inputs,
+            shape: vec![1, 3, 2],
+            scale,
+        }
+    }
+
+    #[test]
+    fn chains_stop_at_a_second_reader_and_at_later_operands() {
+        let m = Model {
+            inputs: vec![Input {
+                name: "x".into(),
+                shape: vec![1, 3, 2],
+                scale: 4,
+                kind: InputKind::Fixed,
+            }],
+            consts: vec![Const {
+                shape: vec![1, 3, 1],
+                scale: 8,
+                data: vec![3, 5, 7],
+            }],
+            nodes: vec![
+                // 0: head; 1 and 2 fuse into it; 2's output is read twice (3 and 4), so it ends the chain
+                node("acc", Op::Rescale, vec![0], 6),
+                node("mul", Op::Mul, vec![2, 1], 10),
+                node("relu", Op::Clamp { lo: 0, hi: 99 }, vec![3], 4),
+                node("a", Op::Clamp { lo: -5, hi: 5 }, vec![4], 4),
+                node("c", Op::Clamp { lo: -9, hi: 9 }, vec![4], 4),
+                // reads "a" (its only reader) and "c", which is computed after "a": no step of "a"'s
+                // chain, but a step of "c"'s
+                node("b", Op::Add, vec![5, 6], 4),
+            ],
+            outputs: vec![Output {
+                name: "y".into(),
+                value: 7,
+            }],
+        };
+        m.validate().expect("valid");
+        let roles = plan(&m);
+        let fused: Vec<usize> = match &roles[0] {
+            Role::Head(steps) => steps.iter().map(|f| f.node).collect(),
+            r => panic!("not a head: {r:?}"),
+        };
+        assert_eq!(fused, vec![1, 2]);
+        assert_eq!(roles[1], Role::Absorbed);
+        assert_eq!(roles[2], Role::Absorbed);
+        assert_eq!(roles[3], Role::Alone);
+        match &roles[4] {
+            Role::Head(steps) => {
+                assert_eq!(steps.iter().map(|f| f.node).collect::<Vec<_>>(), vec![5])
+            }
+            r => panic!("not a head: {r:?}"),
+        }
+        assert_eq!(roles[5], Role::Absorbed);
+    }
+
+    #[test]
+    fn operands_index_as_broadcasting_does() {
+        let o = operand(0, &[1, 3, 1, 1], &[2, 3, 4, 5]).expect("per channel");
+        assert_eq!((o.inner, o.period), (20, 3));
+        let o = operand(0, &[5], &[2, 3, 4, 5]).expect("last axis");
+        assert_eq!((o.inner, o.period), (1, 5));
+        let o = operand(0, &[], &[2, 3]).expect("scalar");
+        assert_eq!((o.inner, o.period), (6, 1));
+        let o = operand(0, &[2, 3], &[2, 3]).expect("same shape");
+        assert_eq!((o.inner, o.period), (1, 6));
+        // two separate varying runs, or a broadcast axis inside the run: not one (inner, period)
+        assert!(operand(0, &[2, 1, 4], &[2, 3, 4]).is_none());
+        assert!(operand(0, &[3, 1], &[3, 4]).is_some());
+        assert!(operand(0, &[4, 3], &[2, 3]).is_none());
+    }
+}
