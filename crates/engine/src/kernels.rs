@@ -898,13 +898,8 @@ fn conv2d_depthwise(
     let bound = (s.w[2] * s.w[3]) as u128 * max_abs(x) * max_abs(w)
         + bias.map_or(0, |(d, sh)| max_abs(d) << sh.clamp(0, 64));
     if bound < 1 << 31 {
-        #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU supports AVX2, checked just above; the function is otherwise safe Rust.
-            unsafe { depthwise_i32_avx2(s, x, w, &bias_at, &mut out) }?;
-            return requantize_all(out, shift);
-        }
-        depthwise_taps::<i32>(s, x, w, |oc| bias_at(oc) as i32, &mut out, copy_row)?;
+        let biases: Vec<i32> = (0..s.w[0]).map(|oc| bias_at(oc) as i32).collect();
+        depthwise_direct(s, x, w, &biases, &mut out);
         return requantize_all(out, shift);
     }
     depthwise_taps::<i64>(s, x, w, bias_at, &mut out, |row, acc| {
@@ -914,11 +909,6 @@ fn conv2d_depthwise(
         Ok(())
     })?;
     Ok(out)
-}
-
-fn copy_row(row: &mut [i32], acc: &[i32]) -> Result<(), ExecError> {
-    row.copy_from_slice(acc);
-    Ok(())
 }
 
 /// `fit(rshift(v, shift))` for every accumulator, in place.
@@ -932,20 +922,86 @@ fn requantize_all(mut acc: Vec<i32>, shift: i32) -> Result<Vec<i32>, ExecError> 
     Ok(acc)
 }
 
-/// [`depthwise_taps`] on `i32` accumulators, compiled for AVX2; the accumulators are copied to `out`.
-///
-/// # Safety
-/// The CPU must support AVX2.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn depthwise_i32_avx2(
-    s: &ConvSpec<'_>,
-    x: &[i32],
-    w: &[i32],
-    bias_at: &dyn Fn(usize) -> i64,
-    out: &mut [i32],
-) -> Result<(), ExecError> {
-    depthwise_taps::<i32>(s, x, w, |oc| bias_at(oc) as i32, out, copy_row)
+/// Output columns computed together in [`depthwise_direct`] (one AVX-512 register of `i32`).
+const DW_LANES: usize = 16;
+
+crate::simd::multiversion! {
+    fn depthwise_direct(s: &ConvSpec<'_>, x: &[i32], w: &[i32], biases: &[i32], out: &mut [i32]) -> () = depthwise_direct_body
+}
+
+/// A depthwise convolution in `i32` (the caller's bound keeps every sum inside it): each input plane is
+/// copied once into zero-padded rows split by column phase (`stride` phases), so that every tap reads
+/// consecutive elements for consecutive output columns; then [`DW_LANES`] output columns accumulate
+/// all taps in registers before they are stored.
+#[inline(always)]
+fn depthwise_direct_body(s: &ConvSpec<'_>, x: &[i32], w: &[i32], biases: &[i32], out: &mut [i32]) {
+    let (n, c, h, wd) = (s.x[0], s.x[1], s.x[2], s.x[3]);
+    let (o_ch, kh, kw) = (s.w[0], s.w[2], s.w[3]);
+    let (oh, ow) = (s.out[2], s.out[3]);
+    let og = o_ch / s.groups;
+    let p = oh * ow;
+    let win = s.window;
+    let (sy, sx) = (win.stride[0] as usize, win.stride[1] as usize);
+    let (dy, dx) = (win.dilation[0] as usize, win.dilation[1] as usize);
+    let (py, px) = (win.pads[0] as i64, win.pads[1] as i64);
+    if p == 0 || sx == 0 {
+        return;
+    }
+    // padded rows read: 0..hp; per row, `sx` phases of `span` elements (phase q holds padded columns
+    // q, q + sx, q + 2·sx, …), long enough for whole register blocks of output columns
+    let hp = (oh - 1) * sy + (kh - 1) * dy + 1;
+    let blocks = ow.div_ceil(DW_LANES);
+    let span = blocks * DW_LANES + (kw - 1) * dx / sx + 1;
+    let mut rows = vec![0i32; hp * sx * span];
+    for b in 0..n {
+        for ci in 0..c {
+            let plane = &x[(b * c + ci) * h * wd..(b * c + ci + 1) * h * wd];
+            for r in 0..hp {
+                let iy = r as i64 - py;
+                let dst = &mut rows[r * sx * span..(r + 1) * sx * span];
+                if iy < 0 || iy >= h as i64 {
+                    dst.fill(0);
+                    continue;
+                }
+                let src = &plane[iy as usize * wd..(iy as usize + 1) * wd];
+                for q in 0..sx {
+                    for (j, d) in dst[q * span..(q + 1) * span].iter_mut().enumerate() {
+                        let ix = (j * sx + q) as i64 - px;
+                        *d = if ix >= 0 && ix < wd as i64 {
+                            src[ix as usize]
+                        } else {
+                            0
+                        };
+                    }
+                }
+            }
+            for oc in ci * og..(ci + 1) * og {
+                let taps = &w[oc * kh * kw..(oc + 1) * kh * kw];
+                let dst = &mut out[(b * o_ch + oc) * p..(b * o_ch + oc + 1) * p];
+                for oy in 0..oh {
+                    let row = &mut dst[oy * ow..(oy + 1) * ow];
+                    for blk in 0..blocks {
+                        let mut acc = [biases[oc]; DW_LANES];
+                        for ky in 0..kh {
+                            let r = oy * sy + ky * dy;
+                            for kx in 0..kw {
+                                let wv = taps[ky * kw + kx];
+                                let (q, off) = ((kx * dx) % sx, (kx * dx) / sx + blk * DW_LANES);
+                                let at = (r * sx + q) * span + off;
+                                let src = &rows[at..at + DW_LANES];
+                                for (a, &v) in acc.iter_mut().zip(src) {
+                                    *a += v * wv;
+                                }
+                            }
+                        }
+                        let j0 = blk * DW_LANES;
+                        let len = DW_LANES.min(ow - j0);
+                        row[j0..j0 + len].copy_from_slice(&acc[..len]);
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// A depthwise convolution's accumulators, tap by tap, in `T` (wide enough by the caller's bound);
