@@ -91,11 +91,10 @@ impl PackedB {
         let offset = PackedA::offset_for(lo, hi)?;
         let mut p = PackedB::empty(k, n, false, offset)?;
         let add = if offset { 128 } else { 0 };
-        for kk in 0..k {
-            for (j, &v) in x[kk * n..(kk + 1) * n].iter().enumerate() {
-                p.put(kk, j, (v + add) as u8);
-            }
+        if x.len() < k * n {
+            return None;
         }
+        interleave(x, k, n, p.kq, add, &mut p.data);
         Some(p)
     }
 
@@ -160,6 +159,41 @@ impl PackedB {
     /// Row stride of the products [`gemm`] returns (`n` rounded up to 16).
     pub fn ldc(&self) -> usize {
         self.colsum.len()
+    }
+}
+
+crate::simd::multiversion! {
+    fn interleave(x: &[i32], k: usize, n: usize, kq: usize, add: i32, data: &mut [u8]) -> () = interleave_body
+}
+
+/// Store the row-major `k×n` activations `x` (plus `add`, as bytes) in [`PackedB`]'s layout: per block of
+/// [`NR`] columns and group of 4 rows, 64 bytes holding each column's 4 values side by side. Padding
+/// bytes are left as they are.
+#[inline(always)]
+fn interleave_body(x: &[i32], k: usize, n: usize, kq: usize, add: i32, data: &mut [u8]) {
+    for g in 0..kq {
+        let rows = 4.min(k - 4 * g);
+        for (blk, j0) in (0..n).step_by(NR).enumerate() {
+            let len = NR.min(n - j0);
+            let dst = &mut data[(blk * kq + g) * NR * 4..(blk * kq + g + 1) * NR * 4];
+            if rows == 4 && len == NR {
+                let r: [&[i32]; 4] =
+                    std::array::from_fn(|i| &x[(4 * g + i) * n + j0..(4 * g + i) * n + j0 + NR]);
+                for (l, d) in dst.chunks_exact_mut(4).enumerate() {
+                    d[0] = (r[0][l] + add) as u8;
+                    d[1] = (r[1][l] + add) as u8;
+                    d[2] = (r[2][l] + add) as u8;
+                    d[3] = (r[3][l] + add) as u8;
+                }
+            } else {
+                for i in 0..rows {
+                    let row = &x[(4 * g + i) * n + j0..(4 * g + i) * n + j0 + len];
+                    for (l, &v) in row.iter().enumerate() {
+                        dst[l * 4 + i] = (v + add) as u8;
+                    }
+                }
+            }
+        }
     }
 }
 
