@@ -953,6 +953,25 @@ fn depthwise_direct_body(s: &ConvSpec<'_>, x: &[i32], w: &[i32], biases: &[i32],
     let blocks = ow.div_ceil(DW_LANES);
     let span = blocks * DW_LANES + (kw - 1) * dx / sx + 1;
     let mut rows = vec![0i32; hp * sx * span];
+    // where tap (ky, kx) reads, relative to output row 0 and column block 0
+    let taps_at: Vec<usize> = (0..kh * kw)
+        .map(|t| {
+            let (ky, kx) = (t / kw, t % kw);
+            (ky * dy * sx + (kx * dx) % sx) * span + (kx * dx) / sx
+        })
+        .collect();
+    // per phase, the positions j whose padded column j·sx + q lies inside the image: j0..j1
+    let inside: Vec<(usize, usize)> = (0..sx)
+        .map(|q| {
+            let first = (0..span)
+                .find(|&j| (j * sx + q) as i64 >= px)
+                .unwrap_or(span);
+            let end = (first..span)
+                .find(|&j| (j * sx + q) as i64 >= px + wd as i64)
+                .unwrap_or(span);
+            (first, end)
+        })
+        .collect();
     for b in 0..n {
         for ci in 0..c {
             let plane = &x[(b * c + ci) * h * wd..(b * c + ci + 1) * h * wd];
@@ -964,14 +983,19 @@ fn depthwise_direct_body(s: &ConvSpec<'_>, x: &[i32], w: &[i32], biases: &[i32],
                     continue;
                 }
                 let src = &plane[iy as usize * wd..(iy as usize + 1) * wd];
-                for q in 0..sx {
-                    for (j, d) in dst[q * span..(q + 1) * span].iter_mut().enumerate() {
-                        let ix = (j * sx + q) as i64 - px;
-                        *d = if ix >= 0 && ix < wd as i64 {
-                            src[ix as usize]
+                for (q, &(j0, j1)) in inside.iter().enumerate() {
+                    let d = &mut dst[q * span..(q + 1) * span];
+                    d[..j0].fill(0);
+                    d[j1..].fill(0);
+                    if j1 > j0 {
+                        let ix0 = ((j0 * sx + q) as i64 - px) as usize;
+                        if sx == 1 {
+                            d[j0..j1].copy_from_slice(&src[ix0..ix0 + j1 - j0]);
                         } else {
-                            0
-                        };
+                            for (t, v) in d[j0..j1].iter_mut().enumerate() {
+                                *v = src[ix0 + t * sx];
+                            }
+                        }
                     }
                 }
             }
@@ -980,18 +1004,15 @@ fn depthwise_direct_body(s: &ConvSpec<'_>, x: &[i32], w: &[i32], biases: &[i32],
                 let dst = &mut out[(b * o_ch + oc) * p..(b * o_ch + oc + 1) * p];
                 for oy in 0..oh {
                     let row = &mut dst[oy * ow..(oy + 1) * ow];
+                    let base = oy * sy * sx * span;
                     for blk in 0..blocks {
                         let mut acc = [biases[oc]; DW_LANES];
-                        for ky in 0..kh {
-                            let r = oy * sy + ky * dy;
-                            for kx in 0..kw {
-                                let wv = taps[ky * kw + kx];
-                                let (q, off) = ((kx * dx) % sx, (kx * dx) / sx + blk * DW_LANES);
-                                let at = (r * sx + q) * span + off;
-                                let src = &rows[at..at + DW_LANES];
-                                for (a, &v) in acc.iter_mut().zip(src) {
-                                    *a += v * wv;
-                                }
+                        for (&wv, &t) in taps.iter().zip(&taps_at) {
+                            let at = base + t + blk * DW_LANES;
+                            let src: &[i32; DW_LANES] =
+                                rows[at..at + DW_LANES].try_into().unwrap_or(&[0; DW_LANES]);
+                            for l in 0..DW_LANES {
+                                acc[l] += src[l] * wv;
                             }
                         }
                         let j0 = blk * DW_LANES;
