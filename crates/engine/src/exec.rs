@@ -6,7 +6,7 @@ use crate::arith::{div_round, div_round_fast, fit, isqrt_round, rshift};
 use crate::error::ExecError;
 use crate::fuse::{self, Role};
 use crate::ir::*;
-use crate::kernels;
+use crate::kernels::{self, RowHook};
 use std::borrow::Borrow;
 
 /// Which implementation runs the heavy ops (`EinSum`, `Conv2d`).
@@ -315,35 +315,46 @@ impl<M: Borrow<Model>> Executor<M> {
             let role = roles.get(k).unwrap_or(&Role::Alone);
             if *role != Role::Absorbed {
                 let t0 = profile.then(std::time::Instant::now);
-                let mut out = self.eval_node(k, node, &vals).map_err(|e| at(node, e))?;
-                // a kernel that saw the cancellation skipped part of its work: its output is not used
-                if crate::cancel::requested() {
-                    return Err(ExecError::Cancelled);
-                }
-                if let Some((tk, te)) = tamper {
-                    if tk == k && !out.is_empty() {
-                        let e = te.min(out.len() - 1);
-                        out[e] ^= 1;
-                    }
-                }
                 match role {
                     Role::Head(steps) => {
-                        let view = View { m, vals: &vals };
-                        if fuse::apply(&mut out, steps, &view).is_ok() {
-                            let last = steps.last().map_or(k, |f| f.node);
-                            vals[first + last] = Some(out);
-                        } else {
-                            // a step left i32: the chain node by node, so the error names its node
-                            vals[first + k] =
-                                Some(self.eval_node(k, node, &vals).map_err(|e| at(node, e))?);
-                            for f in steps {
-                                let n = &m.nodes[f.node];
-                                vals[first + f.node] =
-                                    Some(self.eval_node(f.node, n, &vals).map_err(|e| at(n, e))?);
+                        let out = self.eval_chain(k, node, steps, &vals);
+                        // a kernel that saw the cancellation skipped part of its work
+                        if crate::cancel::requested() {
+                            return Err(ExecError::Cancelled);
+                        }
+                        match out {
+                            Some(out) => {
+                                let last = steps.last().map_or(k, |f| f.node);
+                                vals[first + last] = Some(out);
+                            }
+                            None => {
+                                // a step left i32: node by node, so the error names its node
+                                let none = &mut None;
+                                let out = self.eval_node(k, node, &vals, none);
+                                vals[first + k] = Some(out.map_err(|e| at(node, e))?);
+                                for f in steps {
+                                    let n = &m.nodes[f.node];
+                                    let out = self.eval_node(f.node, n, &vals, none);
+                                    vals[first + f.node] = Some(out.map_err(|e| at(n, e))?);
+                                }
                             }
                         }
                     }
-                    _ => vals[first + k] = Some(out),
+                    _ => {
+                        let mut out = self
+                            .eval_node(k, node, &vals, &mut None)
+                            .map_err(|e| at(node, e))?;
+                        if crate::cancel::requested() {
+                            return Err(ExecError::Cancelled);
+                        }
+                        if let Some((tk, te)) = tamper {
+                            if tk == k && !out.is_empty() {
+                                let e = te.min(out.len() - 1);
+                                out[e] ^= 1;
+                            }
+                        }
+                        vals[first + k] = Some(out);
+                    }
                 }
                 if let Some(t0) = t0 {
                     eprintln!(
@@ -369,11 +380,41 @@ impl<M: Borrow<Model>> Executor<M> {
         Ok(vals)
     }
 
+    /// A head node's output with its chain's steps applied (by the kernel row by row when it takes
+    /// the hook, else afterwards); `None` if the node or a step failed (the caller reruns node by node).
+    fn eval_chain(
+        &self,
+        k: usize,
+        node: &Node,
+        steps: &[fuse::Fused],
+        vals: &[Option<Vec<i32>>],
+    ) -> Option<Vec<i32>> {
+        let view = View {
+            m: self.model.borrow(),
+            vals,
+        };
+        let others = fuse::operands(steps, &view)?;
+        let failed = std::cell::Cell::new(false);
+        let apply = |start: usize, row: &mut [i32]| {
+            if fuse::apply(row, start, steps, &others).is_err() {
+                failed.set(true);
+            }
+        };
+        let mut hook: Option<RowHook<'_>> = Some(&apply);
+        let mut out = self.eval_node(k, node, vals, &mut hook).ok()?;
+        if hook.is_some() {
+            apply(0, &mut out);
+        }
+        (!failed.get()).then_some(out)
+    }
+
+    /// One node's output. A kernel that takes `hook` has called it on every output element.
     fn eval_node(
         &self,
         k: usize,
         node: &Node,
         vals: &[Option<Vec<i32>>],
+        hook: &mut Option<RowHook<'_>>,
     ) -> Result<Vec<i32>, ExecError> {
         let m: &Model = self.model.borrow();
         let get = |v: ValueId| -> &[i32] {
@@ -419,9 +460,10 @@ impl<M: Borrow<Model>> Executor<M> {
                             bias,
                             shift,
                             threads,
+                            hook,
                         ),
                         _ => kernels::EinPlan::new(&spec)
-                            .run(&spec, xs[0], xs[1], None, None, bias, shift, threads),
+                            .run(&spec, xs[0], xs[1], None, None, bias, shift, threads, hook),
                     },
                 }
             }
@@ -442,7 +484,7 @@ impl<M: Borrow<Model>> Executor<M> {
                             Some(Prepared::Conv(q)) => Some(q.as_slice()),
                             _ => None,
                         };
-                        kernels::conv2d(&spec, xs[0], xs[1], qw, bias, shift, threads)
+                        kernels::conv2d(&spec, xs[0], xs[1], qw, bias, shift, threads, hook)
                     }
                 }
             }

@@ -272,36 +272,50 @@ pub(crate) trait Values {
     fn data(&self, v: ValueId) -> &[i32];
 }
 
-/// Apply `steps` in place to `buf` (the head's output). `Err(i)`: step `i` left `i32` somewhere (the
-/// buffer is then partly transformed; the caller recomputes the chain node by node).
-pub(crate) fn apply(buf: &mut [i32], steps: &[Fused], vals: &dyn Values) -> Result<(), usize> {
-    let others: Vec<&[i32]> = steps
+/// The second operand of every step (empty for unary steps), or `None` if one is shorter than its
+/// indexing needs (a malformed model: the chain then runs node by node, which reports it).
+pub(crate) fn operands<'a>(steps: &[Fused], vals: &'a dyn Values) -> Option<Vec<&'a [i32]>> {
+    steps
         .iter()
         .map(|f| match &f.step {
-            Step::Binary { other, .. } => vals.data(other.value),
-            Step::Lookup { table, .. } => vals.data(*table),
-            _ => &[],
-        })
-        .collect();
-    // an operand shorter than its indexing needs would be a malformed model: run unfused instead
-    for (f, o) in steps.iter().zip(&others) {
-        if let Step::Binary { other, .. } = &f.step {
-            if o.len() < other.period {
-                return Err(0);
+            Step::Binary { other, .. } => {
+                let d = vals.data(other.value);
+                (d.len() >= other.period).then_some(d)
             }
-        }
-    }
-    apply_blocks(buf, steps, &others)
+            Step::Lookup { table, .. } => {
+                let d = vals.data(*table);
+                (!d.is_empty()).then_some(d)
+            }
+            _ => Some(&[][..]),
+        })
+        .collect()
+}
+
+/// Apply `steps` in place to `buf`, the elements `start..start + buf.len()` of the head's output, with
+/// the steps' [`operands`]. `Err(i)`: step `i` left `i32` somewhere (the buffer is then partly
+/// transformed; the caller recomputes the chain node by node).
+pub(crate) fn apply(
+    buf: &mut [i32],
+    start: usize,
+    steps: &[Fused],
+    others: &[&[i32]],
+) -> Result<(), usize> {
+    apply_blocks(buf, start, steps, others)
 }
 
 crate::simd::multiversion! {
-    fn apply_blocks(buf: &mut [i32], steps: &[Fused], others: &[&[i32]]) -> Result<(), usize> = apply_body
+    fn apply_blocks(buf: &mut [i32], start: usize, steps: &[Fused], others: &[&[i32]]) -> Result<(), usize> = apply_body
 }
 
 #[inline(always)]
-fn apply_body(buf: &mut [i32], steps: &[Fused], others: &[&[i32]]) -> Result<(), usize> {
+fn apply_body(
+    buf: &mut [i32],
+    start: usize,
+    steps: &[Fused],
+    others: &[&[i32]],
+) -> Result<(), usize> {
     for (b, block) in buf.chunks_mut(BLOCK).enumerate() {
-        let start = b * BLOCK;
+        let start = start + b * BLOCK;
         for (i, (f, other)) in steps.iter().zip(others).enumerate() {
             if !step(block, start, &f.step, other) {
                 return Err(i);

@@ -498,11 +498,12 @@ impl EinPlan {
         bias: Option<(&[i32], &[usize], i32)>,
         shift: i32,
         threads: usize,
+        hook: &mut Option<RowHook<'_>>,
     ) -> Result<Vec<i32>, ExecError> {
         if self.swap {
-            self.run_oriented(&self.oriented(s), b, a, pb, pa, bias, shift, threads)
+            self.run_oriented(&self.oriented(s), b, a, pb, pa, bias, shift, threads, hook)
         } else {
-            self.run_oriented(s, a, b, pa, pb, bias, shift, threads)
+            self.run_oriented(s, a, b, pa, pb, bias, shift, threads, hook)
         }
     }
 
@@ -517,6 +518,7 @@ impl EinPlan {
         bias: Option<(&[i32], &[usize], i32)>,
         shift: i32,
         threads: usize,
+        hook: &mut Option<RowHook<'_>>,
     ) -> Result<Vec<i32>, ExecError> {
         let (ma, mb) = (
             pa.map_or_else(|| max_abs(a), |p| p.max_abs),
@@ -579,6 +581,8 @@ impl EinPlan {
         debug_assert_eq!(col_out.len(), if n_axes == 0 { 1 } else { n });
         let mut out = vec![0i32; s.out_shape.iter().product()];
         let layout = RowLayout::new(&col_out, bias_offs.as_ref().map(|(_, c)| c.as_slice()));
+        // a row's output is one slice only when the layout is contiguous
+        let hook = if layout.contiguous { hook.take() } else { None };
         let rows = self.bt * self.m;
         for r in 0..rows {
             let bo = bias_offs
@@ -609,10 +613,19 @@ impl EinPlan {
                     )?
                 }
             }
+            if let Some(h) = hook {
+                let at = row_out[r] + col_out[0];
+                h(at, &mut out[at..at + n]);
+            }
         }
         Ok(out)
     }
 }
+
+/// Called by a kernel on consecutive output elements `start..start + row.len()`, once for each element
+/// and as soon as they are final (a fused element-wise chain runs there while they sit in the cache).
+/// A kernel that takes the hook out of its `Option` calls it on every element of its output.
+pub type RowHook<'a> = &'a dyn Fn(usize, &mut [i32]);
 
 /// The accumulators of an `EinSum`: `[batch·m × n]` in `i64`, or per batch in `i32` with a row stride.
 enum Acc {
@@ -812,11 +825,13 @@ fn conv2d_narrow(
     bias: Option<(&[i32], i32)>,
     shift: i32,
     threads: usize,
+    hook: &mut Option<RowHook<'_>>,
 ) -> Option<Result<Vec<i32>, ExecError>> {
     let (lo, hi) = x
         .iter()
         .fold((0i32, 0i32), |(l, h), &v| (l.min(v), h.max(v)));
     let offset = PackedA::offset_for(lo, hi)?;
+    let hook = hook.take();
     let (n, c, h, wd) = (s.x[0], s.x[1], s.x[2], s.x[3]);
     let (o_ch, cg, kh, kw) = (s.w[0], s.w[1], s.w[2], s.w[3]);
     let (oh, ow) = (s.out[2], s.out[3]);
@@ -875,6 +890,9 @@ fn conv2d_narrow(
                 if let Err(e) = requantize_row(dst, row, bv, shift) {
                     return Some(Err(e));
                 }
+                if let Some(h) = hook {
+                    h((b * o_ch + oc) * p, dst);
+                }
             }
         }
     }
@@ -891,6 +909,7 @@ fn conv2d_depthwise(
     w: &[i32],
     bias: Option<(&[i32], i32)>,
     shift: i32,
+    hook: &mut Option<RowHook<'_>>,
 ) -> Result<Vec<i32>, ExecError> {
     let p = s.out[2] * s.out[3];
     let mut out = vec![0i32; s.x[0] * s.w[0] * p];
@@ -898,9 +917,31 @@ fn conv2d_depthwise(
     let bound = (s.w[2] * s.w[3]) as u128 * max_abs(x) * max_abs(w)
         + bias.map_or(0, |(d, sh)| max_abs(d) << sh.clamp(0, 64));
     if bound < 1 << 31 {
-        let biases: Vec<i32> = (0..s.w[0]).map(|oc| bias_at(oc) as i32).collect();
-        depthwise_direct(s, x, w, &biases, &mut out);
-        return requantize_all(out, shift);
+        let (n, c, o_ch, kk) = (s.x[0], s.x[1], s.w[0], s.w[2] * s.w[3]);
+        let og = o_ch / s.groups;
+        let plan = DwPlan::new(s);
+        let mut rows = vec![0i32; plan.hp * s.window.stride[1] as usize * plan.span];
+        let hook = hook.take();
+        for b in 0..n {
+            for ci in 0..c {
+                let plane = &x[(b * c + ci) * s.x[2] * s.x[3]..(b * c + ci + 1) * s.x[2] * s.x[3]];
+                for oc in ci * og..(ci + 1) * og {
+                    let at = (b * o_ch + oc) * p;
+                    let dst = &mut out[at..at + p];
+                    let taps = &w[oc * kk..(oc + 1) * kk];
+                    depthwise_plane(s, &plan, plane, &mut rows, taps, bias_at(oc) as i32, dst);
+                    if shift != 0 {
+                        for v in dst.iter_mut() {
+                            *v = requantize(*v as i64, shift)?;
+                        }
+                    }
+                    if let Some(h) = hook {
+                        h(at, dst);
+                    }
+                }
+            }
+        }
+        return Ok(out);
     }
     depthwise_taps::<i64>(s, x, w, bias_at, &mut out, |row, acc| {
         for (d, &a) in row.iter_mut().zip(acc) {
@@ -911,58 +952,36 @@ fn conv2d_depthwise(
     Ok(out)
 }
 
-/// `fit(rshift(v, shift))` for every accumulator, in place.
-fn requantize_all(mut acc: Vec<i32>, shift: i32) -> Result<Vec<i32>, ExecError> {
-    if shift == 0 {
-        return Ok(acc);
-    }
-    for v in acc.iter_mut() {
-        *v = requantize(*v as i64, shift)?;
-    }
-    Ok(acc)
-}
-
-/// Output columns computed together in [`depthwise_direct`] (one AVX-512 register of `i32`).
+/// Output columns computed together in [`depthwise_plane`] (one AVX-512 register of `i32`).
 const DW_LANES: usize = 16;
 
-crate::simd::multiversion! {
-    fn depthwise_direct(s: &ConvSpec<'_>, x: &[i32], w: &[i32], biases: &[i32], out: &mut [i32]) -> () = depthwise_direct_body
+/// The geometry of a depthwise convolution in [`depthwise_plane`]'s layout: each input plane is copied
+/// once into zero-padded rows split by column phase (`stride` phases, phase `q` holding padded columns
+/// `q, q + stride, …`), so that every tap reads consecutive elements for consecutive output columns.
+struct DwPlan {
+    /// Padded rows read.
+    hp: usize,
+    /// Elements per phase of a padded row (whole register blocks of output columns fit).
+    span: usize,
+    /// Blocks of [`DW_LANES`] output columns per output row.
+    blocks: usize,
+    /// Where tap `(ky, kx)` reads, relative to output row 0 and column block 0.
+    taps_at: Vec<usize>,
+    /// Per phase, the positions whose padded column lies inside the image.
+    inside: Vec<(usize, usize)>,
 }
 
-/// A depthwise convolution in `i32` (the caller's bound keeps every sum inside it): each input plane is
-/// copied once into zero-padded rows split by column phase (`stride` phases), so that every tap reads
-/// consecutive elements for consecutive output columns; then [`DW_LANES`] output columns accumulate
-/// all taps in registers before they are stored.
-#[inline(always)]
-fn depthwise_direct_body(s: &ConvSpec<'_>, x: &[i32], w: &[i32], biases: &[i32], out: &mut [i32]) {
-    let (n, c, h, wd) = (s.x[0], s.x[1], s.x[2], s.x[3]);
-    let (o_ch, kh, kw) = (s.w[0], s.w[2], s.w[3]);
-    let (oh, ow) = (s.out[2], s.out[3]);
-    let og = o_ch / s.groups;
-    let p = oh * ow;
-    let win = s.window;
-    let (sy, sx) = (win.stride[0] as usize, win.stride[1] as usize);
-    let (dy, dx) = (win.dilation[0] as usize, win.dilation[1] as usize);
-    let (py, px) = (win.pads[0] as i64, win.pads[1] as i64);
-    if p == 0 || sx == 0 {
-        return;
-    }
-    // padded rows read: 0..hp; per row, `sx` phases of `span` elements (phase q holds padded columns
-    // q, q + sx, q + 2·sx, …), long enough for whole register blocks of output columns
-    let hp = (oh - 1) * sy + (kh - 1) * dy + 1;
-    let blocks = ow.div_ceil(DW_LANES);
-    let span = blocks * DW_LANES + (kw - 1) * dx / sx + 1;
-    let mut rows = vec![0i32; hp * sx * span];
-    // where tap (ky, kx) reads, relative to output row 0 and column block 0
-    let taps_at: Vec<usize> = (0..kh * kw)
-        .map(|t| {
-            let (ky, kx) = (t / kw, t % kw);
-            (ky * dy * sx + (kx * dx) % sx) * span + (kx * dx) / sx
-        })
-        .collect();
-    // per phase, the positions j whose padded column j·sx + q lies inside the image: j0..j1
-    let inside: Vec<(usize, usize)> = (0..sx)
-        .map(|q| {
+impl DwPlan {
+    fn new(s: &ConvSpec<'_>) -> DwPlan {
+        let (wd, kh, kw) = (s.x[3], s.w[2], s.w[3]);
+        let (oh, ow) = (s.out[2], s.out[3]);
+        let win = s.window;
+        let (sy, sx) = (win.stride[0] as usize, win.stride[1] as usize);
+        let (dy, dx) = (win.dilation[0] as usize, win.dilation[1] as usize);
+        let px = win.pads[1] as i64;
+        let blocks = ow.div_ceil(DW_LANES);
+        let span = blocks * DW_LANES + (kw - 1) * dx / sx + 1;
+        let inside_of = |q: usize| {
             let first = (0..span)
                 .find(|&j| (j * sx + q) as i64 >= px)
                 .unwrap_or(span);
@@ -970,56 +989,87 @@ fn depthwise_direct_body(s: &ConvSpec<'_>, x: &[i32], w: &[i32], biases: &[i32],
                 .find(|&j| (j * sx + q) as i64 >= px + wd as i64)
                 .unwrap_or(span);
             (first, end)
-        })
-        .collect();
-    for b in 0..n {
-        for ci in 0..c {
-            let plane = &x[(b * c + ci) * h * wd..(b * c + ci + 1) * h * wd];
-            for r in 0..hp {
-                let iy = r as i64 - py;
-                let dst = &mut rows[r * sx * span..(r + 1) * sx * span];
-                if iy < 0 || iy >= h as i64 {
-                    dst.fill(0);
-                    continue;
-                }
-                let src = &plane[iy as usize * wd..(iy as usize + 1) * wd];
-                for (q, &(j0, j1)) in inside.iter().enumerate() {
-                    let d = &mut dst[q * span..(q + 1) * span];
-                    d[..j0].fill(0);
-                    d[j1..].fill(0);
-                    if j1 > j0 {
-                        let ix0 = ((j0 * sx + q) as i64 - px) as usize;
-                        if sx == 1 {
-                            d[j0..j1].copy_from_slice(&src[ix0..ix0 + j1 - j0]);
-                        } else {
-                            for (t, v) in d[j0..j1].iter_mut().enumerate() {
-                                *v = src[ix0 + t * sx];
-                            }
-                        }
+        };
+        DwPlan {
+            hp: (oh.max(1) - 1) * sy + (kh - 1) * dy + 1,
+            span,
+            blocks,
+            taps_at: (0..kh * kw)
+                .map(|t| {
+                    let (ky, kx) = (t / kw, t % kw);
+                    (ky * dy * sx + (kx * dx) % sx) * span + (kx * dx) / sx
+                })
+                .collect(),
+            inside: (0..sx).map(inside_of).collect(),
+        }
+    }
+}
+
+crate::simd::multiversion! {
+    fn depthwise_plane(s: &ConvSpec<'_>, plan: &DwPlan, plane: &[i32], rows: &mut [i32], taps: &[i32], bias: i32, dst: &mut [i32]) -> () = depthwise_plane_body
+}
+
+/// One input plane of a depthwise convolution in `i32` (the caller's bound keeps every sum inside it):
+/// the plane is laid out as [`DwPlan`] says in `rows`, then each output channel reading it (`taps`
+/// holds their `kh·kw` weights one after another, `dst` their output planes) accumulates
+/// [`DW_LANES`] output columns over all taps in registers before storing them.
+#[inline(always)]
+fn depthwise_plane_body(
+    s: &ConvSpec<'_>,
+    plan: &DwPlan,
+    plane: &[i32],
+    rows: &mut [i32],
+    taps: &[i32],
+    bias: i32,
+    dst: &mut [i32],
+) {
+    let (h, wd, kk) = (s.x[2], s.x[3], s.w[2] * s.w[3]);
+    let (oh, ow) = (s.out[2], s.out[3]);
+    let p = oh * ow;
+    let (sy, sx) = (s.window.stride[0] as usize, s.window.stride[1] as usize);
+    let (py, px) = (s.window.pads[0] as i64, s.window.pads[1] as i64);
+    let span = plan.span;
+    for r in 0..plan.hp {
+        let iy = r as i64 - py;
+        let row = &mut rows[r * sx * span..(r + 1) * sx * span];
+        if iy < 0 || iy >= h as i64 {
+            row.fill(0);
+            continue;
+        }
+        let src = &plane[iy as usize * wd..(iy as usize + 1) * wd];
+        for (q, &(j0, j1)) in plan.inside.iter().enumerate() {
+            let d = &mut row[q * span..(q + 1) * span];
+            d[..j0].fill(0);
+            d[j1..].fill(0);
+            if j1 > j0 {
+                let ix0 = ((j0 * sx + q) as i64 - px) as usize;
+                if sx == 1 {
+                    d[j0..j1].copy_from_slice(&src[ix0..ix0 + j1 - j0]);
+                } else {
+                    for (t, v) in d[j0..j1].iter_mut().enumerate() {
+                        *v = src[ix0 + t * sx];
                     }
                 }
             }
-            for oc in ci * og..(ci + 1) * og {
-                let taps = &w[oc * kh * kw..(oc + 1) * kh * kw];
-                let dst = &mut out[(b * o_ch + oc) * p..(b * o_ch + oc + 1) * p];
-                for oy in 0..oh {
-                    let row = &mut dst[oy * ow..(oy + 1) * ow];
-                    let base = oy * sy * sx * span;
-                    for blk in 0..blocks {
-                        let mut acc = [biases[oc]; DW_LANES];
-                        for (&wv, &t) in taps.iter().zip(&taps_at) {
-                            let at = base + t + blk * DW_LANES;
-                            let src: &[i32; DW_LANES] =
-                                rows[at..at + DW_LANES].try_into().unwrap_or(&[0; DW_LANES]);
-                            for l in 0..DW_LANES {
-                                acc[l] += src[l] * wv;
-                            }
-                        }
-                        let j0 = blk * DW_LANES;
-                        let len = DW_LANES.min(ow - j0);
-                        row[j0..j0 + len].copy_from_slice(&acc[..len]);
+        }
+    }
+    for (taps, out) in taps.chunks_exact(kk).zip(dst.chunks_exact_mut(p)) {
+        for oy in 0..oh {
+            let orow = &mut out[oy * ow..(oy + 1) * ow];
+            let base = oy * sy * sx * span;
+            for blk in 0..plan.blocks {
+                let mut acc = [bias; DW_LANES];
+                for (&wv, &t) in taps.iter().zip(&plan.taps_at) {
+                    let at = base + t + blk * DW_LANES;
+                    let src: &[i32; DW_LANES] =
+                        rows[at..at + DW_LANES].try_into().unwrap_or(&[0; DW_LANES]);
+                    for l in 0..DW_LANES {
+                        acc[l] += src[l] * wv;
                     }
                 }
+                let j0 = blk * DW_LANES;
+                let len = DW_LANES.min(ow - j0);
+                orow[j0..j0 + len].copy_from_slice(&acc[..len]);
             }
         }
     }
@@ -1110,7 +1160,7 @@ fn requantize_row(dst: &mut [i32], acc: &[i32], bias: i128, shift: i32) -> Resul
 }
 
 /// Fast `Conv2d`: the 8-bit kernels when `qw` (the packed weights) is given and the input is 8-bit,
-/// else im2col and the `i64` GEMM.
+/// else im2col and the `i64` GEMM. A kernel that takes `hook` calls it on every output channel's plane.
 #[allow(clippy::too_many_arguments)]
 pub fn conv2d(
     s: &ConvSpec<'_>,
@@ -1120,11 +1170,12 @@ pub fn conv2d(
     bias: Option<(&[i32], i32)>,
     shift: i32,
     threads: usize,
+    hook: &mut Option<RowHook<'_>>,
 ) -> Result<Vec<i32>, ExecError> {
     // one input channel per group (depthwise): a direct loop over the taps beats a product per group
     let depthwise = s.w[1] == 1 && s.groups > 1;
     if !depthwise {
-        if let Some(r) = qw.and_then(|qw| conv2d_narrow(s, x, qw, bias, shift, threads)) {
+        if let Some(r) = qw.and_then(|qw| conv2d_narrow(s, x, qw, bias, shift, threads, hook)) {
             return r;
         }
     }
@@ -1143,7 +1194,7 @@ pub fn conv2d(
         return crate::exec::conv_reference(s, x, w, bias, shift);
     }
     if depthwise {
-        return conv2d_depthwise(s, x, w, bias, shift);
+        return conv2d_depthwise(s, x, w, bias, shift, hook);
     }
     let win = s.window;
     let mut out = vec![0i32; n * o_ch * p];
@@ -1285,7 +1336,7 @@ mod tests {
         };
         let qw = conv_weights(&[2, 1, 3, 3], 1, &w).expect("8-bit");
         let x: Vec<i32> = (0..16).collect();
-        assert!(conv2d_narrow(&cs, &x, &qw, None, 0, 1).is_some());
-        assert!(conv2d_narrow(&cs, &[1000; 16], &qw, None, 0, 1).is_none());
+        assert!(conv2d_narrow(&cs, &x, &qw, None, 0, 1, &mut None).is_some());
+        assert!(conv2d_narrow(&cs, &[1000; 16], &qw, None, 0, 1, &mut None).is_none());
     }
 }

@@ -160,22 +160,36 @@ proptest! {
     /// the reference's integers, and the same error at the same node when a step leaves `i32`.
     #[test]
     fn fused_chains_equal_reference(steps in prop::collection::vec((chain_step(), -12i8..40), 1..7),
+                                    head in 0usize..4,
                                     si in -8i8..30, sr in -8i8..30, s0 in -8i8..30, seed in any::<u64>(),
                                     extra_output in prop::option::of(0usize..6),
                                     mag in prop::sample::select(vec![16, 300, 1 << 16, i32::MAX])) {
         let mut g = gen(seed, mag);
-        let shape = vec![2u32, 3, 4];
+        // 8-bit weights, so that 8-bit inputs (mag 16) take the 8-bit kernels, which run the chain row by row
+        let mut gw = gen(seed ^ 1, 100);
+        let shape = vec![2u32, 3, 4, 1];
         let consts = vec![
             Const { shape: shape.clone(), scale: 6, data: g(24) },
-            Const { shape: vec![1, 3, 1], scale: 20, data: g(3) },
-            Const { shape: vec![4], scale: 2, data: g(4) },
+            Const { shape: vec![1, 3, 1, 1], scale: 20, data: g(3) },
+            Const { shape: vec![4, 1], scale: 2, data: g(4) },
             Const { shape: vec![1], scale: 0, data: g(1) },
             Const { shape: vec![17], scale: 5, data: g(17) },
+            Const { shape: vec![4, 4], scale: 3, data: gw(16) },
+            Const { shape: vec![3, 3, 3, 1], scale: 3, data: gw(27) },
+            Const { shape: vec![3, 1, 3, 1], scale: 3, data: gw(9) },
         ];
-        // values: 0 x, 1 r, 2..=6 constants, then nodes
-        let mut nodes = vec![Node { name: "head".into(), op: Op::Add, inputs: vec![0, 1], shape: shape.clone(), scale: s0 }];
+        let window = Window { kernel: [3, 1], stride: [1, 1], dilation: [1, 1], pads: [1, 0, 1, 0] };
+        // values: 0 x, 1 r, 2..=9 constants, then nodes; the head is an Add, an EinSum, a convolution or a
+        // depthwise convolution
+        let (op, inputs) = match head {
+            0 => (Op::Add, vec![0, 1]),
+            1 => (Op::EinSum { a: vec![0, 1, 2, 3], b: vec![2, 4], out: vec![0, 1, 4, 3] }, vec![0, 7]),
+            2 => (Op::Conv2d { window, groups: 1 }, vec![0, 8]),
+            _ => (Op::Conv2d { window, groups: 3 }, vec![0, 9]),
+        };
+        let mut nodes = vec![Node { name: "head".into(), op, inputs, shape: shape.clone(), scale: s0 }];
         for (i, ((kind, operand, left, (a, b)), so)) in steps.iter().enumerate() {
-            let v = 7 + i as u32;
+            let v = 10 + i as u32;
             let w = [0u32, 1, 2, 3, 4, 5][*operand];
             let (op, inputs) = match kind {
                 0 => (Op::Clamp { lo: (*a).min(*b), hi: (*a).max(*b) }, vec![v]),
@@ -191,10 +205,10 @@ proptest! {
             let scale = if *kind == 4 { 5 } else { *so };
             nodes.push(Node { name: format!("step{i}"), op, inputs, shape: shape.clone(), scale });
         }
-        let last = 6 + nodes.len() as u32;
+        let last = 9 + nodes.len() as u32;
         let mut outputs = vec![Output { name: "y".into(), value: last }];
-        if let Some(e) = extra_output.filter(|&e| 7 + (e as u32) < last) {
-            outputs.push(Output { name: "mid".into(), value: 7 + e as u32 });
+        if let Some(e) = extra_output.filter(|&e| 10 + (e as u32) < last) {
+            outputs.push(Output { name: "mid".into(), value: 10 + e as u32 });
         }
         let m = Model { inputs: vec![input("x", shape.clone(), si), input("r", shape.clone(), sr)], consts, nodes, outputs };
         if m.validate().is_err() {
