@@ -817,7 +817,8 @@ pub fn conv_weights(w_shape: &[usize], groups: usize, w: &[i32]) -> Option<Vec<P
 
 /// `Conv2d` by the 8-bit kernels when the input's values are 8-bit: the packed weights (`[O/g × cg·kh·kw]`)
 /// times the image patches as columns (`[cg·kh·kw × OH·OW]`), then bias and requantization row by row in
-/// the output's layout. `None` if the input has wider values.
+/// the output's layout, each output plane then handed to `hook`. `None` (before any call of `hook`) if
+/// the input has wider values or the reduction is too long for the 8-bit kernels.
 fn conv2d_narrow(
     s: &ConvSpec<'_>,
     x: &[i32],
@@ -825,61 +826,27 @@ fn conv2d_narrow(
     bias: Option<(&[i32], i32)>,
     shift: i32,
     threads: usize,
-    hook: &mut Option<RowHook<'_>>,
+    hook: Option<RowHook<'_>>,
 ) -> Option<Result<Vec<i32>, ExecError>> {
     let (lo, hi) = x
         .iter()
         .fold((0i32, 0i32), |(l, h), &v| (l.min(v), h.max(v)));
     let offset = PackedA::offset_for(lo, hi)?;
-    let hook = hook.take();
-    let (n, c, h, wd) = (s.x[0], s.x[1], s.x[2], s.x[3]);
+    let n = s.x[0];
     let (o_ch, cg, kh, kw) = (s.w[0], s.w[1], s.w[2], s.w[3]);
-    let (oh, ow) = (s.out[2], s.out[3]);
     let og = o_ch / s.groups;
     let kk = cg * kh * kw;
-    let p = oh * ow;
-    let win = s.window;
-    let (sy, sx) = (win.stride[0] as usize, win.stride[1] as usize);
-    let (dy, dx) = (win.dilation[0] as usize, win.dilation[1] as usize);
-    let (py, px) = (win.pads[0] as i64, win.pads[1] as i64);
+    if kk > qgemm::MAX_K {
+        return None;
+    }
+    let p = s.out[2] * s.out[3];
     let level = Level::detect();
     let mut out = vec![0i32; n * o_ch * p];
+    let mut im = vec![0i32; kk * p];
     for b in 0..n {
         for (g, qw) in qw.iter().enumerate() {
-            let mut cols = PackedB::activation_zeros(kk, p, offset)?;
-            let col_off = cols.column_offsets();
-            let bases: Vec<usize> = (0..kk).map(|r| cols.row_base(r)).collect();
-            let (bytes, add) = cols.bytes_mut();
-            for ci in 0..cg {
-                let plane = &x[(b * c + g * cg + ci) * h * wd..(b * c + g * cg + ci + 1) * h * wd];
-                for ky in 0..kh {
-                    for kx in 0..kw {
-                        let r = (ci * kh + ky) * kw + kx;
-                        let base = bases[r];
-                        // output columns whose input column is inside the image: [x0, x1)
-                        let Some((x0, x1, start)) = valid_columns(ow, wd, (sx, dx, px), kx) else {
-                            continue;
-                        };
-                        for oy in 0..oh {
-                            let iy = (oy * sy + ky * dy) as i64 - py;
-                            if iy < 0 || iy >= h as i64 {
-                                continue;
-                            }
-                            let src = &plane[iy as usize * wd..(iy as usize + 1) * wd];
-                            let offs = &col_off[oy * ow + x0..oy * ow + x1];
-                            if sx == 1 {
-                                for (&o, &v) in offs.iter().zip(&src[start..start + (x1 - x0)]) {
-                                    bytes[base + o] = (v + add) as u8;
-                                }
-                            } else {
-                                for (j, &o) in offs.iter().enumerate() {
-                                    bytes[base + o] = (src[start + j * sx] + add) as u8;
-                                }
-                            }
-                        }
-                    }
-                }
-            }
+            im2col(s, x, b, g, &mut im);
+            let cols = PackedB::activations_in(&im, kk, p, offset)?;
             let acc = qgemm::gemm(qw, &cols, threads, level);
             let ldc = cols.ldc();
             for o in 0..og {
@@ -1159,6 +1126,48 @@ fn requantize_row(dst: &mut [i32], acc: &[i32], bias: i128, shift: i32) -> Resul
     Ok(())
 }
 
+/// The image patches of batch `b`, group `g` as a row-major `[cg·kh·kw × OH·OW]` matrix: row
+/// `(ci, ky, kx)`, column `(oy, ox)`; zero where the window reads padding.
+fn im2col(s: &ConvSpec<'_>, x: &[i32], b: usize, g: usize, cols: &mut [i32]) {
+    let (c, h, wd) = (s.x[1], s.x[2], s.x[3]);
+    let (cg, kh, kw) = (s.w[1], s.w[2], s.w[3]);
+    let (oh, ow) = (s.out[2], s.out[3]);
+    let p = oh * ow;
+    let win = s.window;
+    let (sy, sx) = (win.stride[0] as usize, win.stride[1] as usize);
+    let (dy, dx) = (win.dilation[0] as usize, win.dilation[1] as usize);
+    let (py, px) = (win.pads[0] as i64, win.pads[1] as i64);
+    for ci in 0..cg {
+        let plane = &x[(b * c + g * cg + ci) * h * wd..(b * c + g * cg + ci + 1) * h * wd];
+        for ky in 0..kh {
+            for kx in 0..kw {
+                let r = (ci * kh + ky) * kw + kx;
+                let row = &mut cols[r * p..(r + 1) * p];
+                // output columns whose input column is inside the image: [x0, x1)
+                let valid = valid_columns(ow, wd, (sx, dx, px), kx);
+                for oy in 0..oh {
+                    let iy = (oy * sy + ky * dy) as i64 - py;
+                    let dst = &mut row[oy * ow..(oy + 1) * ow];
+                    let Some((x0, x1, start)) = valid.filter(|_| iy >= 0 && iy < h as i64) else {
+                        dst.fill(0);
+                        continue;
+                    };
+                    let src = &plane[iy as usize * wd..(iy as usize + 1) * wd];
+                    dst[..x0].fill(0);
+                    dst[x1..].fill(0);
+                    if sx == 1 {
+                        dst[x0..x1].copy_from_slice(&src[start..start + (x1 - x0)]);
+                    } else {
+                        for (j, d) in dst[x0..x1].iter_mut().enumerate() {
+                            *d = src[start + j * sx];
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Fast `Conv2d`: the 8-bit kernels when `qw` (the packed weights) is given and the input is 8-bit,
 /// else im2col and the `i64` GEMM. A kernel that takes `hook` calls it on every output channel's plane.
 #[allow(clippy::too_many_arguments)]
@@ -1175,16 +1184,17 @@ pub fn conv2d(
     // one input channel per group (depthwise): a direct loop over the taps beats a product per group
     let depthwise = s.w[1] == 1 && s.groups > 1;
     if !depthwise {
-        if let Some(r) = qw.and_then(|qw| conv2d_narrow(s, x, qw, bias, shift, threads, hook)) {
+        if let Some(r) = qw.and_then(|qw| conv2d_narrow(s, x, qw, bias, shift, threads, *hook)) {
+            // it called the hook on every output plane
+            *hook = None;
             return r;
         }
     }
-    let (n, c, h, wd) = (s.x[0], s.x[1], s.x[2], s.x[3]);
+    let n = s.x[0];
     let (o_ch, cg, kh, kw) = (s.w[0], s.w[1], s.w[2], s.w[3]);
-    let (oh, ow) = (s.out[2], s.out[3]);
     let og = o_ch / s.groups;
     let kk = cg * kh * kw;
-    let p = oh * ow;
+    let p = s.out[2] * s.out[3];
     let bias_max = bias.map_or(0, |(d, sh)| max_abs(d) << sh.clamp(0, 64));
     let bound = (kk as u128)
         .saturating_mul(max_abs(x))
@@ -1196,53 +1206,11 @@ pub fn conv2d(
     if depthwise {
         return conv2d_depthwise(s, x, w, bias, shift, hook);
     }
-    let win = s.window;
     let mut out = vec![0i32; n * o_ch * p];
     let mut cols = vec![0i32; kk * p];
     for b in 0..n {
         for g in 0..s.groups {
-            // im2col: row (ci, ky, kx), column (oy, ox)
-            for ci in 0..cg {
-                let plane = &x[(b * c + g * cg + ci) * h * wd..(b * c + g * cg + ci + 1) * h * wd];
-                for ky in 0..kh {
-                    for kx in 0..kw {
-                        let row = &mut cols
-                            [((ci * kh + ky) * kw + kx) * p..((ci * kh + ky) * kw + kx + 1) * p];
-                        // output columns whose input column is inside the image: [x0, x1)
-                        let (sx, dx, px) = (
-                            win.stride[1] as usize,
-                            win.dilation[1] as usize,
-                            win.pads[1] as usize,
-                        );
-                        let first_in = |ox: usize| ox * sx + kx * dx;
-                        let x0 = (0..ow).find(|&ox| first_in(ox) >= px).unwrap_or(ow);
-                        let x1 = (x0..ow).find(|&ox| first_in(ox) >= px + wd).unwrap_or(ow);
-                        for oy in 0..oh {
-                            let iy = (oy * win.stride[0] as usize + ky * win.dilation[0] as usize)
-                                as i64
-                                - win.pads[0] as i64;
-                            let dst = &mut row[oy * ow..(oy + 1) * ow];
-                            if iy < 0 || iy >= h as i64 {
-                                dst.fill(0);
-                                continue;
-                            }
-                            let src = &plane[iy as usize * wd..(iy as usize + 1) * wd];
-                            dst[..x0].fill(0);
-                            dst[x1..].fill(0);
-                            if x1 > x0 {
-                                let start = first_in(x0) - px;
-                                if sx == 1 {
-                                    dst[x0..x1].copy_from_slice(&src[start..start + (x1 - x0)]);
-                                } else {
-                                    for (j, d) in dst[x0..x1].iter_mut().enumerate() {
-                                        *d = src[start + j * sx];
-                                    }
-                                }
-                            }
-                        }
-                    }
-                }
-            }
+            im2col(s, x, b, g, &mut cols);
             let wg = &w[g * og * kk..(g + 1) * og * kk];
             let acc = batched_gemm(wg, &cols, 1, og, kk, p, threads);
             for o in 0..og {
@@ -1336,7 +1304,7 @@ mod tests {
         };
         let qw = conv_weights(&[2, 1, 3, 3], 1, &w).expect("8-bit");
         let x: Vec<i32> = (0..16).collect();
-        assert!(conv2d_narrow(&cs, &x, &qw, None, 0, 1, &mut None).is_some());
-        assert!(conv2d_narrow(&cs, &[1000; 16], &qw, None, 0, 1, &mut None).is_none());
+        assert!(conv2d_narrow(&cs, &x, &qw, None, 0, 1, None).is_some());
+        assert!(conv2d_narrow(&cs, &[1000; 16], &qw, None, 0, 1, None).is_none());
     }
 }

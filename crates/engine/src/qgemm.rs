@@ -89,6 +89,12 @@ impl PackedB {
     pub fn activations(x: &[i32], k: usize, n: usize) -> Option<PackedB> {
         let (lo, hi) = min_max(x);
         let offset = PackedA::offset_for(lo, hi)?;
+        PackedB::activations_in(x, k, n, offset)
+    }
+
+    /// Like [`PackedB::activations`] for values the caller knows to lie in `−128..=127` (`offset`) or in
+    /// `0..=255`, e.g. image patches of a scanned input; `None` if `k > MAX_K` or `x` is too short.
+    pub fn activations_in(x: &[i32], k: usize, n: usize, offset: bool) -> Option<PackedB> {
         let mut p = PackedB::empty(k, n, false, offset)?;
         let add = if offset { 128 } else { 0 };
         if x.len() < k * n {
