@@ -394,10 +394,10 @@ impl<M: Borrow<Model>> Executor<M> {
             vals,
         };
         let others = fuse::operands(steps, &view)?;
-        let failed = std::cell::Cell::new(false);
+        let failed = std::sync::atomic::AtomicBool::new(false);
         let apply = |start: usize, row: &mut [i32]| {
             if fuse::apply(row, start, steps, &others).is_err() {
-                failed.set(true);
+                failed.store(true, std::sync::atomic::Ordering::Relaxed);
             }
         };
         let mut hook: Option<RowHook<'_>> = Some(&apply);
@@ -405,7 +405,7 @@ impl<M: Borrow<Model>> Executor<M> {
         if hook.is_some() {
             apply(0, &mut out);
         }
-        (!failed.get()).then_some(out)
+        (!failed.into_inner()).then_some(out)
     }
 
     /// One node's output. A kernel that takes `hook` has called it on every output element.

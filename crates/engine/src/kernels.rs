@@ -242,17 +242,7 @@ fn batched_gemm(
             off += len;
         }
     };
-    if threads <= 1 {
-        run_rows(0, &mut c);
-    } else {
-        let per = rows.div_ceil(threads);
-        std::thread::scope(|s| {
-            for (t, chunk) in c.chunks_mut(per * n).enumerate() {
-                let run_rows = &run_rows;
-                s.spawn(move || run_rows(t * per, chunk));
-            }
-        });
-    }
+    crate::par::rows(&mut c, n, threads, 1, run_rows);
     c
 }
 
@@ -584,15 +574,16 @@ impl EinPlan {
         // a row's output is one slice only when the layout is contiguous
         let hook = if layout.contiguous { hook.take() } else { None };
         let rows = self.bt * self.m;
-        for r in 0..rows {
+        // row r of C into its place in `dst` (the output from element `base` on)
+        let row_into = |r: usize, dst: &mut [i32], base: usize| -> Result<(), ExecError> {
             let bo = bias_offs
                 .as_ref()
                 .map(|(brow, bcol)| (brow[r], bcol.as_slice()));
-            let dst = (out.as_mut_slice(), row_out[r], col_out.as_slice());
+            let place = (&mut *dst, row_out[r] - base, col_out.as_slice());
             match &c {
                 Acc::Wide(c) => epilogue(
                     &c[r * n..(r + 1) * n],
-                    dst,
+                    place,
                     bias,
                     bo,
                     shift,
@@ -604,7 +595,7 @@ impl EinPlan {
                     let i = r % self.m;
                     epilogue(
                         &cb[i * ldc..i * ldc + n],
-                        dst,
+                        place,
                         bias,
                         bo,
                         shift,
@@ -614,8 +605,33 @@ impl EinPlan {
                 }
             }
             if let Some(h) = hook {
-                let at = row_out[r] + col_out[0];
-                h(at, &mut out[at..at + n]);
+                let at = row_out[r] - base + col_out[0];
+                h(base + at, &mut dst[at..at + n]);
+            }
+            Ok(())
+        };
+        // rows stored one after another (the usual layout) are split across threads
+        let in_order = layout.contiguous
+            && col_out[0] == 0
+            && row_out.iter().enumerate().all(|(r, &o)| o == r * n);
+        if in_order && rows * n == out.len() {
+            let th = if rows * n * self.k >= 1 << 20 {
+                threads
+            } else {
+                1
+            };
+            let err = crate::par::FirstError::default();
+            crate::par::rows(&mut out, n, th, 1, |r0, part| {
+                for j in 0..part.len() / n {
+                    if let Err(e) = row_into(r0 + j, &mut part[j * n..], (r0 + j) * n) {
+                        return err.set(e);
+                    }
+                }
+            });
+            err.into_result()?;
+        } else {
+            for r in 0..rows {
+                row_into(r, &mut out, 0)?;
             }
         }
         Ok(out)
@@ -625,7 +641,7 @@ impl EinPlan {
 /// Called by a kernel on consecutive output elements `start..start + row.len()`, once for each element
 /// and as soon as they are final (a fused element-wise chain runs there while they sit in the cache).
 /// A kernel that takes the hook out of its `Option` calls it on every element of its output.
-pub type RowHook<'a> = &'a dyn Fn(usize, &mut [i32]);
+pub type RowHook<'a> = &'a (dyn Fn(usize, &mut [i32]) + Sync);
 
 /// The accumulators of an `EinSum`: `[batch·m × n]` in `i64`, or per batch in `i32` with a row stride.
 enum Acc {
@@ -847,19 +863,30 @@ fn conv2d_narrow(
         for (g, qw) in qw.iter().enumerate() {
             im2col(s, x, b, g, &mut im);
             let cols = PackedB::activations_in(&im, kk, p, offset)?;
-            let acc = qgemm::gemm(qw, &cols, threads, level);
+            // the output channels of this group, split across threads: each part multiplies its rows
+            // of weights, then requantizes its planes and hands them to the hook
             let ldc = cols.ldc();
-            for o in 0..og {
-                let oc = g * og + o;
-                let bv = bias.map_or(0i128, |(d, sh)| (d[oc] as i128) << sh);
-                let dst = &mut out[(b * o_ch + oc) * p..(b * o_ch + oc + 1) * p];
-                let row = &acc[o * ldc..o * ldc + p];
-                if let Err(e) = requantize_row(dst, row, bv, shift) {
-                    return Some(Err(e));
+            let first = (b * o_ch + g * og) * p;
+            let th = if og * kk * p >= 1 << 20 { threads } else { 1 };
+            let err = crate::par::FirstError::default();
+            let tokens = crate::cancel::current();
+            let planes = &mut out[first..first + og * p];
+            crate::par::rows(planes, p, th, qgemm::MR, |o0, part| {
+                let mut acc = vec![0i32; part.len() / p * ldc];
+                qgemm::product(qw, &cols, o0, &mut acc, level, &tokens);
+                for (o, (dst, row)) in part.chunks_mut(p).zip(acc.chunks(ldc)).enumerate() {
+                    let oc = g * og + o0 + o;
+                    let bv = bias.map_or(0i128, |(d, sh)| (d[oc] as i128) << sh);
+                    if let Err(e) = requantize_row(dst, &row[..p], bv, shift) {
+                        return err.set(e);
+                    }
+                    if let Some(h) = hook {
+                        h(first + (o0 + o) * p, dst);
+                    }
                 }
-                if let Some(h) = hook {
-                    h((b * o_ch + oc) * p, dst);
-                }
+            });
+            if let Err(e) = err.into_result() {
+                return Some(Err(e));
             }
         }
     }
@@ -876,6 +903,7 @@ fn conv2d_depthwise(
     w: &[i32],
     bias: Option<(&[i32], i32)>,
     shift: i32,
+    threads: usize,
     hook: &mut Option<RowHook<'_>>,
 ) -> Result<Vec<i32>, ExecError> {
     let p = s.out[2] * s.out[3];
@@ -884,30 +912,40 @@ fn conv2d_depthwise(
     let bound = (s.w[2] * s.w[3]) as u128 * max_abs(x) * max_abs(w)
         + bias.map_or(0, |(d, sh)| max_abs(d) << sh.clamp(0, 64));
     if bound < 1 << 31 {
-        let (n, c, o_ch, kk) = (s.x[0], s.x[1], s.w[0], s.w[2] * s.w[3]);
+        let (c, o_ch, kk) = (s.x[1], s.w[0], s.w[2] * s.w[3]);
         let og = o_ch / s.groups;
         let plan = DwPlan::new(s);
-        let mut rows = vec![0i32; plan.hp * s.window.stride[1] as usize * plan.span];
         let hook = hook.take();
-        for b in 0..n {
-            for ci in 0..c {
-                let plane = &x[(b * c + ci) * s.x[2] * s.x[3]..(b * c + ci + 1) * s.x[2] * s.x[3]];
-                for oc in ci * og..(ci + 1) * og {
-                    let at = (b * o_ch + oc) * p;
-                    let dst = &mut out[at..at + p];
-                    let taps = &w[oc * kk..(oc + 1) * kk];
-                    depthwise_plane(s, &plan, plane, &mut rows, taps, bias_at(oc) as i32, dst);
-                    if shift != 0 {
-                        for v in dst.iter_mut() {
-                            *v = requantize(*v as i64, shift)?;
+        let hw = s.x[2] * s.x[3];
+        let th = if out.len() * kk >= 1 << 18 {
+            threads
+        } else {
+            1
+        };
+        let err = crate::par::FirstError::default();
+        // output planes split across threads, each part with its own padded rows
+        crate::par::rows(&mut out, p, th, 1, |q0, part| {
+            let mut rows = vec![0i32; plan.hp * s.window.stride[1] as usize * plan.span];
+            for (j, dst) in part.chunks_mut(p).enumerate() {
+                let (b, oc) = ((q0 + j) / o_ch, (q0 + j) % o_ch);
+                let ci = oc / og;
+                let plane = &x[(b * c + ci) * hw..(b * c + ci + 1) * hw];
+                let taps = &w[oc * kk..(oc + 1) * kk];
+                depthwise_plane(s, &plan, plane, &mut rows, taps, bias_at(oc) as i32, dst);
+                if shift != 0 {
+                    for v in dst.iter_mut() {
+                        match requantize(*v as i64, shift) {
+                            Ok(r) => *v = r,
+                            Err(e) => return err.set(e),
                         }
                     }
-                    if let Some(h) = hook {
-                        h(at, dst);
-                    }
+                }
+                if let Some(h) = hook {
+                    h((q0 + j) * p, dst);
                 }
             }
-        }
+        });
+        err.into_result()?;
         return Ok(out);
     }
     depthwise_taps::<i64>(s, x, w, bias_at, &mut out, |row, acc| {
@@ -1204,7 +1242,7 @@ pub fn conv2d(
         return crate::exec::conv_reference(s, x, w, bias, shift);
     }
     if depthwise {
-        return conv2d_depthwise(s, x, w, bias, shift, hook);
+        return conv2d_depthwise(s, x, w, bias, shift, threads, hook);
     }
     let mut out = vec![0i32; n * o_ch * p];
     let mut cols = vec![0i32; kk * p];

@@ -14,6 +14,7 @@ pub mod io;
 pub mod ir;
 mod kernels;
 pub mod onestep;
+mod par;
 pub mod qgemm;
 pub mod simd;
 pub mod vty;

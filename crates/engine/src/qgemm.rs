@@ -13,7 +13,7 @@ pub const MAX_K: usize = 65_536;
 /// Columns per packed block (one 512-bit register of `i32` lanes).
 const NR: usize = 16;
 /// Rows per register tile.
-const MR: usize = 8;
+pub(crate) const MR: usize = 8;
 /// Reduction quads (4 values of `k`) per cache block.
 const KCQ: usize = 256;
 /// Rows per cache block of `A`.
@@ -333,25 +333,31 @@ pub fn gemm(a: &PackedA, b: &PackedB, threads: usize, level: Level) -> Vec<i32> 
     } else {
         Level::Portable
     };
-    // a thread is started per call: only products big enough to repay it are split
+    // parts are tasks of the shared pool: products of a million multiply-adds or more are split
     let work = a.m * b.kq * 4 * ldc;
-    let threads = if work >= 1 << 24 {
-        threads.clamp(1, a.m.div_ceil(MR))
-    } else {
-        1
-    };
+    let threads = if work >= 1 << 20 { threads } else { 1 };
     let tokens = crate::cancel::current();
-    if threads <= 1 {
-        gemm_rows(a, b, 0, &mut c, level, &tokens);
-    } else {
-        let per = a.m.div_ceil(threads).div_ceil(MR) * MR;
-        std::thread::scope(|s| {
-            for (t, chunk) in c.chunks_mut(per * ldc).enumerate() {
-                let tokens = &tokens;
-                s.spawn(move || gemm_rows(a, b, t * per, chunk, level, tokens));
-            }
-        });
-    }
+    crate::par::rows(&mut c, ldc, threads, MR, |r0, part| {
+        product(a, b, r0, part, level, &tokens)
+    });
+    c
+}
+
+/// Rows `r0 .. r0 + c.len() / ldc` of the product into `c` (stopping early, between blocks of rows, when
+/// the run is cancelled: the executor then discards the product).
+/// Rows `r0..` of `a · b` into `c` (whole rows of [`PackedB::ldc`] elements, zero on entry), the
+/// activations' offsets subtracted, on the calling thread; `level` must be supported. A cancelled run
+/// stops between row blocks.
+pub(crate) fn product(
+    a: &PackedA,
+    b: &PackedB,
+    r0: usize,
+    c: &mut [i32],
+    level: Level,
+    tokens: &[crate::cancel::Cancel],
+) {
+    let ldc = b.ldc();
+    gemm_rows(a, b, r0, c, level, tokens);
     if a.offset {
         for row in c.chunks_mut(ldc) {
             for (v, &cs) in row.iter_mut().zip(&b.colsum) {
@@ -360,17 +366,14 @@ pub fn gemm(a: &PackedA, b: &PackedB, threads: usize, level: Level) -> Vec<i32> 
         }
     }
     if b.offset {
-        for (row, &rs) in c.chunks_mut(ldc).zip(&a.rowsum) {
+        for (row, &rs) in c.chunks_mut(ldc).zip(&a.rowsum[r0..]) {
             for v in row.iter_mut() {
                 *v -= 128 * rs;
             }
         }
     }
-    c
 }
 
-/// Rows `r0 .. r0 + c.len() / ldc` of the product into `c` (stopping early, between blocks of rows, when
-/// the run is cancelled: the executor then discards the product).
 fn gemm_rows(
     a: &PackedA,
     b: &PackedB,

@@ -493,3 +493,144 @@ fn runs_stop_when_cancelled() {
         vec![vec![-3000, 1000, 2000, 5000]]
     );
 }
+
+/// A head node followed by the chain the fast executor fuses into it: `Mul` by per-channel multipliers
+/// (rescaled by 12 bits), a ReLU `Clamp`, then the 8-bit requantization `Clamp`.
+fn with_chain(
+    head: Node,
+    x: Input,
+    w: Const,
+    channels: u32,
+    g: &mut impl FnMut(usize) -> Vec<i32>,
+) -> Model {
+    let shape = head.shape.clone();
+    let mut per_channel = vec![1u32; shape.len()];
+    per_channel[shape.len() - 3] = channels;
+    let nodes = vec![
+        head,
+        Node {
+            name: "mul".into(),
+            op: Op::Mul,
+            inputs: vec![3, 2],
+            shape: shape.clone(),
+            scale: 8,
+        },
+        Node {
+            name: "relu".into(),
+            op: Op::Clamp {
+                lo: 0,
+                hi: i32::MAX,
+            },
+            inputs: vec![4],
+            shape: shape.clone(),
+            scale: 8,
+        },
+        Node {
+            name: "q8".into(),
+            op: Op::Clamp { lo: 0, hi: 255 },
+            inputs: vec![5],
+            shape,
+            scale: -4,
+        },
+    ];
+    let multipliers = g(channels as usize)
+        .into_iter()
+        .map(|v| v.rem_euclid(1 << 12) + 1)
+        .collect();
+    Model {
+        inputs: vec![x],
+        consts: vec![
+            w,
+            Const {
+                shape: per_channel,
+                scale: 12,
+                data: multipliers,
+            },
+        ],
+        nodes,
+        outputs: vec![Output {
+            name: "y".into(),
+            value: 6,
+        }],
+    }
+}
+
+#[test]
+fn eight_bit_kernels_split_across_threads_with_their_chains() {
+    // big enough for every 8-bit kernel to split its output (and run the chain) across threads
+    let mut g = crate::gen(7, 1 << 12);
+    let window = Window {
+        kernel: [3, 3],
+        stride: [1, 1],
+        dilation: [1, 1],
+        pads: [1, 1, 1, 1],
+    };
+    let node = |op: Op, shape: Vec<u32>| Node {
+        name: "head".into(),
+        op,
+        inputs: vec![0, 1],
+        shape,
+        scale: 8,
+    };
+    let cases = [
+        // convolution: 64 output channels × 16·9 × 32·32
+        (
+            node(Op::Conv2d { window, groups: 1 }, vec![1, 64, 32, 32]),
+            vec![1, 16, 32, 32],
+            vec![64, 16, 3, 3],
+            64,
+        ),
+        // depthwise: 64 planes of 32·32, 9 taps
+        (
+            node(Op::Conv2d { window, groups: 64 }, vec![1, 64, 32, 32]),
+            vec![1, 64, 32, 32],
+            vec![64, 1, 3, 3],
+            64,
+        ),
+        // a 1×1 convolution as EinSum over CHW (weights first), 64 × 32 × 1024
+        (
+            node(
+                Op::EinSum {
+                    a: vec![0, 1, 2],
+                    b: vec![3, 0],
+                    out: vec![3, 1, 2],
+                },
+                vec![64, 32, 32],
+            ),
+            vec![32, 32, 32],
+            vec![64, 32],
+            64,
+        ),
+    ];
+    for (head, xs, ws, channels) in cases {
+        let (nx, nw) = (
+            xs.iter().product::<u32>() as usize,
+            ws.iter().product::<u32>() as usize,
+        );
+        let w = Const {
+            shape: ws,
+            scale: 4,
+            data: eight_bit(&mut g, nw, false, false),
+        };
+        let m = with_chain(head, input("x", xs, 4), w, channels, &mut g);
+        m.validate().expect("valid");
+        let x = eight_bit(&mut g, nx, true, false);
+        let reference = Executor::new(&m, Mode::Reference)
+            .run(vec![x.clone()])
+            .unwrap();
+        // not saturated: the chain's arithmetic shows in the bits compared
+        let distinct: std::collections::BTreeSet<i32> = reference[0].iter().copied().collect();
+        assert!(
+            distinct.len() > 20,
+            "{} distinct values for {:?}",
+            distinct.len(),
+            m.nodes[0].op
+        );
+        for threads in [1, 2, 3] {
+            let fast = Executor::new(&m, Mode::Fast { threads })
+                .run(vec![x.clone()])
+                .unwrap();
+            assert_eq!(fast, reference, "threads {threads}, {:?}", m.nodes[0].op);
+        }
+    }
+}
