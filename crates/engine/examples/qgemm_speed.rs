@@ -1,4 +1,4 @@
-//! Throughput of the 8-bit GEMM levels on one thread: `cargo run --release -p verity-engine --example qgemm_speed [m k n]`.
+//! Throughput of the 8-bit GEMM levels on one thread: `cargo run --release -p verity-engine --example qgemm_speed [m k n [threads]]`.
 use std::time::Instant;
 use verity_engine::qgemm::{gemm, Level, PackedA, PackedB};
 
@@ -7,9 +7,10 @@ fn main() {
         .skip(1)
         .filter_map(|a| a.parse().ok())
         .collect();
-    let (m, k, n) = match args[..] {
-        [m, k, n] => (m, k, n),
-        _ => (784, 1152, 128),
+    let (m, k, n, threads) = match args[..] {
+        [m, k, n] => (m, k, n, 1),
+        [m, k, n, t] => (m, k, n, t),
+        _ => (784, 1152, 128, 1),
     };
     let a: Vec<i32> = (0..m * k).map(|i| (i * 7 % 256) as i32).collect();
     let b: Vec<i32> = (0..k * n).map(|i| (i * 13 % 256) as i32 - 128).collect();
@@ -25,7 +26,7 @@ fn main() {
         let reps = if level == Level::Portable { 3 } else { 30 };
         let t = Instant::now();
         for _ in 0..reps {
-            std::hint::black_box(gemm(&pa, &pb, 1, level));
+            std::hint::black_box(gemm(&pa, &pb, threads, level));
         }
         let s = t.elapsed().as_secs_f64() / reps as f64;
         println!(

@@ -51,6 +51,20 @@ pub fn scope<R>(token: &Cancel, f: impl FnOnce() -> R) -> R {
     f()
 }
 
+/// Run `f` with exactly `tokens` installed on this thread, then restore what was installed before (for a
+/// run carried onto a worker thread of a pool, which may interleave other runs' work on its stack).
+pub(crate) fn with_tokens<R>(tokens: Vec<Cancel>, f: impl FnOnce() -> R) -> R {
+    struct Restore(Vec<Cancel>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let before = std::mem::take(&mut self.0);
+            CURRENT.with(|c| *c.borrow_mut() = before);
+        }
+    }
+    let _restore = Restore(CURRENT.with(|c| std::mem::replace(&mut *c.borrow_mut(), tokens)));
+    f()
+}
+
 /// The tokens installed on this thread (to carry into threads a kernel spawns).
 pub(crate) fn current() -> Vec<Cancel> {
     CURRENT.with(|c| c.borrow().clone())

@@ -141,7 +141,7 @@ impl fuse::Values for View<'_> {
     }
 }
 
-impl<M: Borrow<Model>> Executor<M> {
+impl<M: Borrow<Model> + Sync> Executor<M> {
     /// An executor for a validated model. In fast mode, constant matrix operands are packed here, once.
     pub fn new(model_ref: M, mode: Mode) -> Self {
         let model: &Model = model_ref.borrow();
@@ -272,7 +272,7 @@ impl<M: Borrow<Model>> Executor<M> {
 
     /// Evaluate without a trace: each intermediate is dropped after the last node that reads it.
     fn eval(&self, inputs: Vec<Vec<i32>>) -> Result<Vec<Option<Vec<i32>>>, ExecError> {
-        self.eval_with(inputs, None, Some(&self.last_use))
+        self.on_pool(|| self.eval_with(inputs, None, Some(&self.last_use)))
     }
 
     fn eval_tampered(
@@ -280,7 +280,22 @@ impl<M: Borrow<Model>> Executor<M> {
         inputs: Vec<Vec<i32>>,
         tamper: Option<(usize, usize)>,
     ) -> Result<Vec<Option<Vec<i32>>>, ExecError> {
-        self.eval_with(inputs, tamper, None)
+        self.on_pool(|| self.eval_with(inputs, tamper, None))
+    }
+
+    /// Run `f` on a worker of the shared pool of this executor's thread count (fast mode with several
+    /// threads), carrying the calling thread's cancellation tokens along; else on the calling thread.
+    fn on_pool<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        match self.mode {
+            Mode::Fast { threads } if threads > 1 => match crate::par::pool(threads) {
+                Some(pool) => {
+                    let tokens = crate::cancel::current();
+                    pool.install(|| crate::cancel::with_tokens(tokens, f))
+                }
+                None => f(),
+            },
+            _ => f(),
+        }
     }
 
     /// Evaluate every node; with `last_use`, free each value once no later node reads it.

@@ -1,8 +1,32 @@
 //! Splitting a kernel's output across threads.
 //!
-//! Kernels split their output rows into at most `threads` contiguous parts and run the parts as tasks
-//! of one process-wide pool (rayon's), so a split costs a task hand-off, not a thread start. Each part
-//! computes exactly the integers a single thread would: only who computes which rows changes.
+//! A run with `threads > 1` executes on a pool of exactly that many worker threads (one pool per thread
+//! count, shared by every executor of the process, see [`pool`]): the run's own thread is one of them,
+//! so single-threaded stretches between kernels never compete with idle workers for the cores. Kernels
+//! split their output rows into at most `threads` contiguous parts and run the parts as tasks of that
+//! pool, so a split costs a task hand-off, not a thread start. Each part computes exactly the integers
+//! a single thread would: only who computes which rows changes.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
+/// The shared pool of `threads` workers (`None` if the system refuses threads: the run then stays on
+/// the calling thread and parts run on rayon's global pool).
+pub(crate) fn pool(threads: usize) -> Option<Arc<rayon::ThreadPool>> {
+    static POOLS: OnceLock<Mutex<BTreeMap<usize, Arc<rayon::ThreadPool>>>> = OnceLock::new();
+    let mut pools = POOLS.get_or_init(Default::default).lock().ok()?;
+    if let Some(p) = pools.get(&threads) {
+        return Some(p.clone());
+    }
+    let p = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .thread_name(move |i| format!("verity-exec-{threads}-{i}"))
+        .build()
+        .ok()?;
+    let p = Arc::new(p);
+    pools.insert(threads, p.clone());
+    Some(p)
+}
 
 /// Run `f(first_row, rows)` on consecutive parts of `data` (rows of `row_len` elements), at most
 /// `threads` parts whose row counts are multiples of `align` (but the last), in parallel when there

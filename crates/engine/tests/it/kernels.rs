@@ -463,26 +463,38 @@ fn runs_stop_when_cancelled() {
     use verity_engine::{Cancel, ExecError, Executor, Mode};
     // 2048³ multiply-accumulates on values too wide for the 8-bit kernels: seconds of work
     let n = 2048u32;
-    let m = square_matmul(n);
+    let m = std::sync::Arc::new(square_matmul(n));
     m.validate().unwrap();
-    let exec = std::sync::Arc::new(Executor::new(m, Mode::Fast { threads: 1 }));
-    let inputs = || {
+    let inputs = |n: u32| {
         vec![
             vec![1000i32; (n * n) as usize],
             vec![-3i32; (n * n) as usize],
         ]
     };
-    let token = Cancel::new();
-    token.cancel();
-    let r = verity_engine::cancel::scope(&token, || exec.run(inputs()));
-    assert_eq!(r.unwrap_err(), ExecError::Cancelled);
+    for threads in [1, 2] {
+        let exec = std::sync::Arc::new(Executor::new(m.clone(), Mode::Fast { threads }));
+        let token = Cancel::new();
+        token.cancel();
+        let r = verity_engine::cancel::scope(&token, || exec.run(inputs(n)));
+        assert_eq!(r.unwrap_err(), ExecError::Cancelled);
 
-    let token = Cancel::new();
-    let (t2, e2, ins) = (token.clone(), exec.clone(), inputs());
-    let run = std::thread::spawn(move || verity_engine::cancel::scope(&t2, || e2.run_trace(ins)));
-    std::thread::sleep(std::time::Duration::from_millis(100));
-    token.cancel();
-    assert_eq!(run.join().unwrap().unwrap_err(), ExecError::Cancelled);
+        let token = Cancel::new();
+        let (t2, e2, ins) = (token.clone(), exec.clone(), inputs(n));
+        let run =
+            std::thread::spawn(move || verity_engine::cancel::scope(&t2, || e2.run_trace(ins)));
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        // meanwhile, another run under its own token on the same pool is not cancelled with it
+        let other = square_matmul(256);
+        let e = Executor::new(&other, Mode::Fast { threads });
+        let own = Cancel::new();
+        let ok = std::thread::scope(|s| {
+            let h = s.spawn(|| verity_engine::cancel::scope(&own, || e.run(inputs(256))));
+            token.cancel();
+            h.join().unwrap()
+        });
+        assert_eq!(ok.unwrap()[0][0], 256 * 1000 * -3);
+        assert_eq!(run.join().unwrap().unwrap_err(), ExecError::Cancelled);
+    }
 
     // no token: a small run of the same kind completes
     let small = square_matmul(2);
