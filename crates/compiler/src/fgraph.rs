@@ -2,8 +2,11 @@
 //! quantization. Its evaluator (exact `f64` loops, transcendental functions from the pure-Rust `libm`)
 //! drives calibration and is checked against tract to catch import mistakes.
 
-use verity_engine::exec::{broadcast_strides, for_each_index, label_strides, strides, EinSpec};
+use verity_engine::exec::{
+    broadcast_strides, for_each_index, for_each_run, label_strides, strides, EinSpec,
+};
 use verity_engine::ir::{numel, InputKind, Op, ReduceKind, Window};
+use verity_engine::simd::axpy_f64;
 
 /// `√(2/π)` as the nearest `f64`.
 const SQRT_2_OVER_PI: f64 = 0.797_884_560_802_865_4;
@@ -118,6 +121,26 @@ pub struct FConst {
     pub int: bool,
 }
 
+/// The values of one evaluation: inputs and node outputs owned (`None` once dropped), constants read
+/// from the graph.
+struct Vals<'a> {
+    g: &'a FGraph,
+    own: Vec<Option<Vec<f64>>>,
+}
+
+impl std::ops::Index<usize> for Vals<'_> {
+    type Output = Vec<f64>;
+
+    fn index(&self, v: usize) -> &Vec<f64> {
+        static EMPTY: Vec<f64> = Vec::new();
+        let ni = self.g.inputs.len();
+        match v.checked_sub(ni).and_then(|c| self.g.consts.get(c)) {
+            Some(c) => &c.data,
+            None => self.own.get(v).and_then(Option::as_ref).unwrap_or(&EMPTY),
+        }
+    }
+}
+
 /// The imported graph.
 #[derive(Clone, Debug, Default)]
 pub struct FGraph {
@@ -177,25 +200,59 @@ impl FGraph {
         }
     }
 
-    /// Evaluate on real inputs; returns every value (inputs, constants, nodes).
-    pub fn eval(&self, inputs: &[Vec<f64>]) -> Vec<Vec<f64>> {
-        let mut vals: Vec<Vec<f64>> =
-            Vec::with_capacity(self.inputs.len() + self.consts.len() + self.nodes.len());
-        vals.extend(inputs.iter().cloned());
-        vals.extend(self.consts.iter().map(|c| c.data.clone()));
-        for n in &self.nodes {
+    /// Evaluate on real inputs, calling `visit(value, data)` for every input and then every node output
+    /// as it is produced (constants are not visited: they do not depend on the inputs). Each
+    /// intermediate is dropped after its last reader, so memory follows the widest point of the graph,
+    /// not its total. Returns the graph's outputs, in order.
+    pub fn eval_visit(
+        &self,
+        inputs: &[Vec<f64>],
+        mut visit: impl FnMut(usize, &[f64]),
+    ) -> Vec<Vec<f64>> {
+        let (ni, nc) = (self.inputs.len(), self.consts.len());
+        let total = ni + nc + self.nodes.len();
+        let mut last = vec![usize::MAX; total];
+        for (k, n) in self.nodes.iter().enumerate() {
+            for &i in &n.inputs {
+                if let Some(l) = last.get_mut(i as usize) {
+                    *l = k;
+                }
+            }
+        }
+        for (_, o) in &self.outputs {
+            if let Some(l) = last.get_mut(*o as usize) {
+                *l = usize::MAX;
+            }
+        }
+        let mut vals = Vals {
+            g: self,
+            own: (0..total).map(|_| None).collect(),
+        };
+        for (i, x) in inputs.iter().enumerate().take(ni) {
+            visit(i, x);
+            vals.own[i] = Some(x.clone());
+        }
+        for (k, n) in self.nodes.iter().enumerate() {
             // a cancelled compilation stops here; its caller reports the cancellation
             if verity_engine::cancel::requested() {
-                vals.push(Vec::new());
-                continue;
+                break;
             }
             let out = self.eval_node(n, &vals);
-            vals.push(out);
+            visit(ni + nc + k, &out);
+            vals.own[ni + nc + k] = Some(out);
+            for &i in &n.inputs {
+                if last.get(i as usize) == Some(&k) {
+                    vals.own[i as usize] = None;
+                }
+            }
         }
-        vals
+        self.outputs
+            .iter()
+            .map(|(_, o)| vals[*o as usize].clone())
+            .collect()
     }
 
-    fn eval_node(&self, n: &FNode, vals: &[Vec<f64>]) -> Vec<f64> {
+    fn eval_node(&self, n: &FNode, vals: &Vals<'_>) -> Vec<f64> {
         let sh = |v: u32| -> Vec<usize> { self.shape(v).iter().map(|&d| d as usize).collect() };
         let x = &vals[n.inputs[0] as usize];
         let out_shape: Vec<usize> = n.shape.iter().map(|&d| d as usize).collect();
@@ -253,15 +310,47 @@ impl FGraph {
                     if let Some((_, bst)) = &bias {
                         ins.push(bst.clone());
                     }
-                    for_each_index(&out_shape, &ins, |flat, o| {
-                        let mut acc = 0.0;
-                        for_each_index(&sum_shape, &sum_st, |_, k| {
-                            acc += av[o[0] + k[0]] * bv[o[1] + k[1]];
-                        });
-                        if let Some((bd, _)) = &bias {
-                            acc += bd[o[2]];
+                    // every output element sums its products in the order of the summed labels, then
+                    // adds the bias; rows along the output's last axis run together (k outer, j inner),
+                    // which changes no element's order of additions
+                    let mut koffs = Vec::new();
+                    for_each_index(&sum_shape, &sum_st, |_, k| koffs.push((k[0], k[1])));
+                    let len = out_shape.last().copied().unwrap_or(1);
+                    let last = |st: &Vec<usize>| {
+                        if out_shape.is_empty() {
+                            0
+                        } else {
+                            st[st.len() - 1]
                         }
-                        res[flat] = acc;
+                    };
+                    let (ja, jb) = (last(&ins[0]), last(&ins[1]));
+                    let jbias = bias.as_ref().map_or(0, |(_, st)| last(st));
+                    let outer: Vec<usize> = out_shape[..out_shape.len().saturating_sub(1)].to_vec();
+                    let outer_ins: Vec<Vec<usize>> = ins
+                        .iter()
+                        .map(|st| st[..st.len().saturating_sub(1)].to_vec())
+                        .collect();
+                    let mut row0 = 0;
+                    for_each_index(&outer, &outer_ins, |_, o| {
+                        let row = &mut res[row0..row0 + len];
+                        for &(ka, kb) in &koffs {
+                            let (pa, pb) = (o[0] + ka, o[1] + kb);
+                            match (ja, jb) {
+                                (0, 1) => axpy_f64(row, &bv[pb..pb + len], av[pa]),
+                                (1, 0) => axpy_f64(row, &av[pa..pa + len], bv[pb]),
+                                _ => {
+                                    for (j, r) in row.iter_mut().enumerate() {
+                                        *r += av[pa + j * ja] * bv[pb + j * jb];
+                                    }
+                                }
+                            }
+                        }
+                        if let Some((bd, _)) = &bias {
+                            for (j, r) in row.iter_mut().enumerate() {
+                                *r += bd[o[2] + j * jbias];
+                            }
+                        }
+                        row0 += len;
                     });
                     res
                 }
@@ -277,17 +366,39 @@ impl FGraph {
                         broadcast_strides(&out_shape, &sh(n.inputs[0])),
                         broadcast_strides(&out_shape, &sh(n.inputs[1])),
                     ];
+                    let f: fn(f64, f64) -> f64 = match op {
+                        Op::Add => |p, q| p + q,
+                        Op::Sub => |p, q| p - q,
+                        Op::Mul => |p, q| p * q,
+                        Op::Div => |p, q| p / q,
+                        Op::Max => f64::max,
+                        _ => f64::min,
+                    };
                     let mut res = vec![0.0; count];
-                    for_each_index(&out_shape, &st, |flat, o| {
-                        let (p, q) = (x[o[0]], y[o[1]]);
-                        res[flat] = match op {
-                            Op::Add => p + q,
-                            Op::Sub => p - q,
-                            Op::Mul => p * q,
-                            Op::Div => p / q,
-                            Op::Max => p.max(q),
-                            _ => p.min(q),
-                        };
+                    // over merged runs of the broadcast (a per-channel operand is one value per run)
+                    for_each_run(&out_shape, &st, |start, offs, len, inner| {
+                        let dst = &mut res[start..start + len];
+                        let (oa, ob) = (offs[0], offs[1]);
+                        match (inner[0], inner[1]) {
+                            (1, 1) => {
+                                for ((d, &p), &q) in
+                                    dst.iter_mut().zip(&x[oa..oa + len]).zip(&y[ob..ob + len])
+                                {
+                                    *d = f(p, q);
+                                }
+                            }
+                            (1, 0) => {
+                                let q = y[ob];
+                                for (d, &p) in dst.iter_mut().zip(&x[oa..oa + len]) {
+                                    *d = f(p, q);
+                                }
+                            }
+                            (sa, sb) => {
+                                for (j, d) in dst.iter_mut().enumerate() {
+                                    *d = f(x[oa + j * sa], y[ob + j * sb]);
+                                }
+                            }
+                        }
                     });
                     res
                 }
@@ -411,33 +522,48 @@ fn conv_f64(
     let (n, c, h, wd) = (xs[0], xs[1], xs[2] as i64, xs[3] as i64);
     let (oc, cg, kh, kw) = (ws[0], ws[1], ws[2], ws[3]);
     let og = oc / groups;
-    let mut res = Vec::with_capacity(out.iter().product());
+    let (oh, ow) = (out[2], out[3]);
+    let (sy, sx) = (win.stride[0] as usize, win.stride[1] as usize);
+    let (dy, dx) = (win.dilation[0] as usize, win.dilation[1] as usize);
+    let (py, px) = (win.pads[0] as i64, win.pads[1] as i64);
+    let mut res = vec![0.0; n * oc * oh * ow];
+    // each output element starts from its bias and adds its products in (ci, ky, kx) order, skipping
+    // padding; a whole output plane advances one tap at a time, which changes no element's order
     for b in 0..n {
         for o in 0..oc {
             let g = o / og;
-            for oy in 0..out[2] {
-                for ox in 0..out[3] {
-                    let mut acc = bias.map_or(0.0, |bd| bd[o]);
-                    for ci in 0..cg {
-                        for ky in 0..kh {
-                            let iy = (oy * win.stride[0] as usize + ky * win.dilation[0] as usize)
-                                as i64
-                                - win.pads[0] as i64;
-                            for kx in 0..kw {
-                                let ix = (ox * win.stride[1] as usize
-                                    + kx * win.dilation[1] as usize)
-                                    as i64
-                                    - win.pads[1] as i64;
-                                if iy < 0 || iy >= h || ix < 0 || ix >= wd {
-                                    continue;
+            let plane = &mut res[(b * oc + o) * oh * ow..(b * oc + o + 1) * oh * ow];
+            plane.fill(bias.map_or(0.0, |bd| bd[o]));
+            for ci in 0..cg {
+                let xp = &x[(b * c + g * cg + ci) * xs[2] * xs[3]
+                    ..(b * c + g * cg + ci + 1) * xs[2] * xs[3]];
+                for ky in 0..kh {
+                    for kx in 0..kw {
+                        let wv = w[((o * cg + ci) * kh + ky) * kw + kx];
+                        // output columns whose input column is inside the image: x0..x1
+                        let col = |ox: usize| (ox * sx + kx * dx) as i64 - px;
+                        let x0 = (0..ow).find(|&ox| col(ox) >= 0).unwrap_or(ow);
+                        let x1 = (x0..ow).find(|&ox| col(ox) >= wd).unwrap_or(ow);
+                        if x1 <= x0 {
+                            continue;
+                        }
+                        for oy in 0..oh {
+                            let iy = (oy * sy + ky * dy) as i64 - py;
+                            if iy < 0 || iy >= h {
+                                continue;
+                            }
+                            let src = &xp[iy as usize * xs[3]..(iy as usize + 1) * xs[3]];
+                            let dst = &mut plane[oy * ow + x0..oy * ow + x1];
+                            let start = col(x0) as usize;
+                            if sx == 1 {
+                                axpy_f64(dst, &src[start..start + (x1 - x0)], wv);
+                            } else {
+                                for (j, d) in dst.iter_mut().enumerate() {
+                                    *d += src[start + j * sx] * wv;
                                 }
-                                acc += x[((b * c + g * cg + ci) * xs[2] + iy as usize) * xs[3]
-                                    + ix as usize]
-                                    * w[((o * cg + ci) * kh + ky) * kw + kx];
                             }
                         }
                     }
-                    res.push(acc);
                 }
             }
         }

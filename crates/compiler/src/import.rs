@@ -108,13 +108,14 @@ impl<'a> Builder<'a> {
                 let int = consts.iter().all(|c| c.int);
                 let mut n = node.clone();
                 n.inputs = (0..consts.len() as u32).collect();
+                let y = consts.len() as u32;
                 let g = FGraph {
                     inputs: vec![],
                     consts,
                     nodes: vec![n],
-                    outputs: vec![],
+                    outputs: vec![(String::new(), y)],
                 };
-                let data = g.eval(&[]).pop()?;
+                let data = g.eval_visit(&[], |_, _| {}).pop()?;
                 Some(FConst {
                     shape: node.shape.clone(),
                     data,

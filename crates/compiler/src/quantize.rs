@@ -79,29 +79,37 @@ pub fn calibrate(g: &FGraph, samples: &[Vec<Vec<f64>>]) -> Result<Vec<Stats>, Co
         };
         n
     ];
-    for s in samples {
-        let vals = g.eval(s);
-        if verity_engine::cancel::requested() {
-            return Err(CompileError::Cancelled);
-        }
-        for (st, v) in stats.iter_mut().zip(&vals) {
-            for &x in v {
-                if !x.is_finite() {
-                    continue;
-                }
+    let widen = |st: &mut Stats, v: &[f64]| {
+        for &x in v {
+            if x.is_finite() {
                 st.min = st.min.min(x);
                 st.max = st.max.max(x);
             }
         }
-        // a non-finite node output on calibration data is an error worth reporting
-        for (k, node) in g.nodes.iter().enumerate() {
-            let v = &vals[g.inputs.len() + g.consts.len() + k];
-            if v.iter().any(|x| !x.is_finite()) {
-                return Err(CompileError::Calibration(format!(
-                    "node '{}' ({}) produces a non-finite value on the calibration data",
-                    node.name, node.origin
-                )));
+    };
+    // constants do not depend on the samples: once
+    let (ni, nc) = (g.inputs.len(), g.consts.len());
+    for (st, c) in stats[ni..ni + nc].iter_mut().zip(&g.consts) {
+        widen(st, &c.data);
+    }
+    for s in samples {
+        // a non-finite node output on calibration data is an error worth reporting (the first node)
+        let mut bad = None;
+        g.eval_visit(s, |v, data| {
+            widen(&mut stats[v], data);
+            if bad.is_none() && v >= ni + nc && data.iter().any(|x| !x.is_finite()) {
+                bad = Some(v - ni - nc);
             }
+        });
+        if verity_engine::cancel::requested() {
+            return Err(CompileError::Cancelled);
+        }
+        if let Some(k) = bad {
+            let node = &g.nodes[k];
+            return Err(CompileError::Calibration(format!(
+                "node '{}' ({}) produces a non-finite value on the calibration data",
+                node.name, node.origin
+            )));
         }
     }
     for st in &mut stats {

@@ -96,7 +96,7 @@ pub fn evaluate(
             .collect::<TractResult<_>>()
             .map_err(terr)?;
         let reference = plan.run(inputs).map_err(terr)?;
-        let fvals = imp.graph.eval(fl);
+        let fvals = imp.graph.eval_visit(fl, |_, _| {});
         let q = quantize_inputs(model, sample)
             .map_err(|error| CompileError::Execution { sample: si, error })?;
         let outs = exec
@@ -113,7 +113,7 @@ pub fn evaluate(
             let r = &r[..];
             let scale = model.value(o.value).map_or(0, |v| v.scale);
             let got = dequantize(&outs[k], scale);
-            let lowered = &fvals[imp.graph.outputs[k].1 as usize];
+            let lowered = &fvals[k];
             let ref_max = r.iter().fold(0.0f64, |m, v| m.max(v.abs()));
             let d_import = lowered
                 .iter()

@@ -303,7 +303,7 @@ pub(crate) fn apply(
     apply_blocks(buf, start, steps, others)
 }
 
-crate::simd::multiversion! {
+crate::multiversion! {
     fn apply_blocks(buf: &mut [i32], start: usize, steps: &[Fused], others: &[&[i32]]) -> Result<(), usize> = apply_body
 }
 

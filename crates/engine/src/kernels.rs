@@ -763,10 +763,10 @@ fn add_shift_body<T: Copy + Into<i64>>(
     (lo, hi)
 }
 
-crate::simd::multiversion! {
+crate::multiversion! {
     fn add_shift_i32(dst: &mut [i32], acc: &[i32], add: i64, right: u32, left: u32) -> (i64, i64) = add_shift_body::<i32>
 }
-crate::simd::multiversion! {
+crate::multiversion! {
     fn add_shift_i64(dst: &mut [i32], acc: &[i64], add: i64, right: u32, left: u32) -> (i64, i64) = add_shift_body::<i64>
 }
 
@@ -1010,7 +1010,7 @@ impl DwPlan {
     }
 }
 
-crate::simd::multiversion! {
+crate::multiversion! {
     fn depthwise_plane(s: &ConvSpec<'_>, plan: &DwPlan, plane: &[i32], rows: &mut [i32], taps: &[i32], bias: i32, dst: &mut [i32]) -> () = depthwise_plane_body
 }
 

@@ -168,7 +168,7 @@ impl PackedB {
     }
 }
 
-crate::simd::multiversion! {
+crate::multiversion! {
     fn interleave(x: &[i32], k: usize, n: usize, kq: usize, add: i32, data: &mut [u8]) -> () = interleave_body
 }
 

@@ -32,31 +32,44 @@ impl Isa {
         CAP.store(v, std::sync::atomic::Ordering::Relaxed);
     }
 
-    /// Detected through the standard library's cached CPU flags, within the cap.
+    /// The CPU's level (detected once per process), within the cap.
     #[inline]
     pub fn detect() -> Isa {
-        let cap = CAP.load(std::sync::atomic::Ordering::Relaxed);
+        static DETECTED: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(u8::MAX);
+        let mut level = DETECTED.load(std::sync::atomic::Ordering::Relaxed);
+        if level == u8::MAX {
+            level = Isa::probe();
+            DETECTED.store(level, std::sync::atomic::Ordering::Relaxed);
+        }
+        match level.min(CAP.load(std::sync::atomic::Ordering::Relaxed)) {
+            2 => Isa::Avx512,
+            1 => Isa::Avx2,
+            _ => Isa::Base,
+        }
+    }
+
+    /// 2 for AVX-512 F/BW/DQ/VL, 1 for AVX2, else 0.
+    fn probe() -> u8 {
         #[cfg(target_arch = "x86_64")]
         {
-            if cap >= 2
-                && std::arch::is_x86_feature_detected!("avx512f")
+            if std::arch::is_x86_feature_detected!("avx512f")
                 && std::arch::is_x86_feature_detected!("avx512bw")
                 && std::arch::is_x86_feature_detected!("avx512dq")
                 && std::arch::is_x86_feature_detected!("avx512vl")
             {
-                return Isa::Avx512;
+                return 2;
             }
-            if cap >= 1 && std::arch::is_x86_feature_detected!("avx2") {
-                return Isa::Avx2;
+            if std::arch::is_x86_feature_detected!("avx2") {
+                return 1;
             }
         }
-        let _ = cap;
-        Isa::Base
+        0
     }
 }
 
 /// `fn name(args) -> ret = body;` defines `name`, which calls the `#[inline(always)]` function `body`
 /// compiled for the best [`Isa`] of the running CPU.
+#[macro_export]
 macro_rules! multiversion {
     ($vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) -> $ret:ty = $body:expr) => {
         $vis fn $name($($arg: $ty),*) -> $ret {
@@ -82,4 +95,16 @@ macro_rules! multiversion {
         }
     };
 }
-pub(crate) use multiversion;
+
+/// `dst[j] += src[j] · s` for every `j` (`f64`, no fused multiply-add: the same two roundings at every
+/// level, so a float evaluation stays bit-identical across machines).
+#[inline(always)]
+fn axpy_f64_body(dst: &mut [f64], src: &[f64], s: f64) {
+    for (d, &v) in dst.iter_mut().zip(src) {
+        *d += v * s;
+    }
+}
+
+crate::multiversion! {
+    pub fn axpy_f64(dst: &mut [f64], src: &[f64], s: f64) -> () = axpy_f64_body
+}
