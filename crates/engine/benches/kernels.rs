@@ -158,6 +158,74 @@ fn bench_qgemm(c: &mut Criterion) {
         "kernels::conv2d/c=64,o=64,hw=56,k=3,bits=8,exec=fast",
         |b| b.iter(|| black_box(exec.run(vec![x.clone()]).unwrap())),
     );
+
+    // a depthwise 3×3 convolution on 8-bit values (MobileNet-v2's 144-channel stage)
+    let mut dw = one_node(
+        vec![1, 144, 56, 56],
+        Const {
+            shape: vec![144, 1, 3, 3],
+            scale: 0,
+            data: values(144 * 9, 6, 127),
+        },
+        Op::Conv2d {
+            window,
+            groups: 144,
+        },
+        vec![1, 144, 56, 56],
+    );
+    dw.inputs[0].scale = 4;
+    dw.nodes[0].scale = 4;
+    dw.validate().expect("valid bench model");
+    let xd: Vec<i32> = values(144 * 56 * 56, 10, 127);
+    let exec = Executor::new(&dw, Mode::Fast { threads: 1 });
+    c.bench_function("kernels::depthwise/c=144,hw=56,k=3,bits=8,exec=fast", |b| {
+        b.iter(|| black_box(exec.run(vec![xd.clone()]).unwrap()))
+    });
+
+    // the 8-bit convolution followed by its requantization chain (per-channel Mul, ReLU, 8-bit Clamp):
+    // fused into the kernel in an untraced run, node by node in a traced one
+    let mut chain = m.clone();
+    let shape = chain.nodes[0].shape.clone();
+    chain.consts.push(Const {
+        shape: vec![1, 64, 1, 1],
+        scale: 20,
+        data: values(64, 11, 1 << 19)
+            .into_iter()
+            .map(|v| v.abs() + 1)
+            .collect(),
+    });
+    for (name, op, inputs, scale) in [
+        ("mul", Op::Mul, vec![3, 2], 4),
+        (
+            "relu",
+            Op::Clamp {
+                lo: 0,
+                hi: i32::MAX,
+            },
+            vec![4],
+            4,
+        ),
+        ("q8", Op::Clamp { lo: 0, hi: 255 }, vec![5], 0),
+    ] {
+        chain.nodes.push(Node {
+            name: name.into(),
+            op,
+            inputs,
+            shape: shape.clone(),
+            scale,
+        });
+    }
+    chain.outputs[0].value = 6;
+    chain.validate().expect("valid bench model");
+    let exec = Executor::new(&chain, Mode::Fast { threads: 1 });
+    c.bench_function(
+        "kernels::conv2d_chain/c=64,o=64,hw=56,k=3,bits=8,exec=fused",
+        |b| b.iter(|| black_box(exec.run(vec![x.clone()]).unwrap())),
+    );
+    c.bench_function(
+        "kernels::conv2d_chain/c=64,o=64,hw=56,k=3,bits=8,exec=traced",
+        |b| b.iter(|| black_box(exec.run_trace(vec![x.clone()]).unwrap())),
+    );
 }
 
 criterion_group! {

@@ -615,11 +615,8 @@ impl EinPlan {
             && col_out[0] == 0
             && row_out.iter().enumerate().all(|(r, &o)| o == r * n);
         if in_order && rows * n == out.len() {
-            let th = if rows * n * self.k >= 1 << 20 {
-                threads
-            } else {
-                1
-            };
+            // requantization and the chain cost a few nanoseconds per element: 64 K elements or more
+            let th = if rows * n >= 1 << 16 { threads } else { 1 };
             let err = crate::par::FirstError::default();
             crate::par::rows(&mut out, n, th, 1, |r0, part| {
                 for j in 0..part.len() / n {
@@ -867,7 +864,7 @@ fn conv2d_narrow(
             // of weights, then requantizes its planes and hands them to the hook
             let ldc = cols.ldc();
             let first = (b * o_ch + g * og) * p;
-            let th = if og * kk * p >= 1 << 20 { threads } else { 1 };
+            let th = if og * kk * p >= 1 << 23 { threads } else { 1 };
             let err = crate::par::FirstError::default();
             let tokens = crate::cancel::current();
             let planes = &mut out[first..first + og * p];
@@ -917,7 +914,7 @@ fn conv2d_depthwise(
         let plan = DwPlan::new(s);
         let hook = hook.take();
         let hw = s.x[2] * s.x[3];
-        let th = if out.len() * kk >= 1 << 18 {
+        let th = if out.len() * kk >= 1 << 20 {
             threads
         } else {
             1

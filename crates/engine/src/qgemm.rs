@@ -333,9 +333,10 @@ pub fn gemm(a: &PackedA, b: &PackedB, threads: usize, level: Level) -> Vec<i32> 
     } else {
         Level::Portable
     };
-    // parts are tasks of the shared pool: products of a million multiply-adds or more are split
+    // parts are tasks of the shared pool, but waking a worker costs tens of microseconds: only
+    // products of 8 M multiply-adds or more (~40 µs on one core) are split
     let work = a.m * b.kq * 4 * ldc;
-    let threads = if work >= 1 << 20 { threads } else { 1 };
+    let threads = if work >= 1 << 23 { threads } else { 1 };
     let tokens = crate::cancel::current();
     crate::par::rows(&mut c, ldc, threads, MR, |r0, part| {
         product(a, b, r0, part, level, &tokens)

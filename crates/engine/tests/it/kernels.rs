@@ -592,10 +592,10 @@ fn eight_bit_kernels_split_across_threads_with_their_chains() {
             vec![64, 16, 3, 3],
             64,
         ),
-        // depthwise: 64 planes of 32·32, 9 taps
+        // depthwise: 64 planes of 48·48, 9 taps
         (
-            node(Op::Conv2d { window, groups: 64 }, vec![1, 64, 32, 32]),
-            vec![1, 64, 32, 32],
+            node(Op::Conv2d { window, groups: 64 }, vec![1, 64, 48, 48]),
+            vec![1, 64, 48, 48],
             vec![64, 1, 3, 3],
             64,
         ),
