@@ -329,6 +329,14 @@ fn apply_body(
 #[inline(always)]
 fn step(x: &mut [i32], start: usize, st: &Step, other: &[i32]) -> bool {
     match *st {
+        // no rescale (the usual ReLU bounds): the clamp of an i32 by i32 bounds, in i32 lanes
+        Step::Clamp { shift, lo, hi } if shift.right == 0 && shift.left == 0 => {
+            let (lo, hi) = (lo as i32, hi as i32);
+            for v in x.iter_mut() {
+                *v = (*v).clamp(lo, hi);
+            }
+            true
+        }
         Step::Clamp { shift, lo, hi } => {
             for v in x.iter_mut() {
                 *v = shift.apply(*v as i64).clamp(lo, hi) as i32;
