@@ -326,6 +326,18 @@ fn optimistic(
         return Ok(());
     }
     let start = Instant::now();
+    // the node is drawn from a block after the request's: wait for it, then say which one must answer
+    let drawn = loop {
+        match rt.block_on(chain.optimistic_assigned(id)) {
+            Ok(node) if node != verity_core::Address::default() => break node,
+            _ if start.elapsed() > Duration::from_secs(a.wait) => bail!(
+                "optimistic request {id}: no node was drawn within {} s (is the chain producing blocks?)",
+                a.wait
+            ),
+            _ => std::thread::sleep(Duration::from_millis(250)),
+        }
+    };
+    eprintln!("drawn    node {drawn} must commit its result");
     let mut games = Vec::new();
     let hint = "its challenge window may still be open; ask again later";
     let (final_out, owner) = follow_optimistic(
@@ -387,6 +399,7 @@ fn optimistic(
         "model_id": model,
         "input_hash": hosted.input_hash,
         "output_hash": final_out,
+        "drawn": drawn,
         "claim_owner": owner,
         "games": games,
         "verified": true,

@@ -428,6 +428,9 @@ fn verity_request_gets_verified_results_through_an_rpc_outage_and_a_reorg() {
         "nobody disputed: {v}"
     );
     let owner = v["claim_owner"].as_str().unwrap().to_lowercase();
+    // the CLI says which node was drawn; undisputed, its claim is the final one
+    assert_eq!(v["drawn"].as_str().unwrap().to_lowercase(), owner, "{v}");
+    assert!(opt.2.contains("drawn    node "), "{}", opt.2);
     assert!(
         summary["nodes"]
             .as_array()
