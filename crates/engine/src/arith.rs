@@ -24,6 +24,42 @@ pub fn rshift64(x: i64, k: u32) -> i64 {
     (x + (1i64 << (k - 1))) >> k
 }
 
+/// A rounding shift by `k` as `((t + half) >> right) << left` (`right = k, left = 0` for `k > 0`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Shift {
+    /// `2^(k-1)` for `k > 0`, else 0.
+    pub half: i64,
+    /// `k` for `k > 0`, else 0.
+    pub right: u32,
+    /// `-k` for `k <= 0`, else 0.
+    pub left: u32,
+}
+
+impl Shift {
+    /// `k` in `-31..=62`, where a shifted `i32` stays inside `i64`.
+    pub fn new(k: i32) -> Option<Shift> {
+        match k {
+            1..=62 => Some(Shift {
+                half: 1 << (k - 1),
+                right: k as u32,
+                left: 0,
+            }),
+            -31..=0 => Some(Shift {
+                half: 0,
+                right: 0,
+                left: (-k) as u32,
+            }),
+            _ => None,
+        }
+    }
+
+    /// `t` shifted (the caller keeps `t + half` and the left shift inside `i64`).
+    #[inline(always)]
+    pub fn apply(self, t: i64) -> i64 {
+        ((t + self.half) >> self.right) << self.left
+    }
+}
+
 /// `floor((2a + b) / (2b))`: `a / b` rounded half toward positive infinity. `b == 0` is an error.
 #[inline]
 pub fn div_round(a: i128, b: i128) -> Result<i128, ExecError> {

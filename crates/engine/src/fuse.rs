@@ -12,6 +12,7 @@
 //! `i32` stops the chain; the executor then runs the chain's nodes one by one, so the error is the one,
 //! at the node, that an unfused run reports.
 
+use crate::arith::Shift;
 use crate::ir::{Model, Node, Op, ValueId};
 
 /// Elements per block: every step runs over one block before the next block is touched.
@@ -33,38 +34,6 @@ enum BinOp {
     Max,
     Min,
     Mul,
-}
-
-/// A rounding shift by `k` as `((t + half) >> right) << left` (`right = k, left = 0` for `k > 0`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Shift {
-    half: i64,
-    right: u32,
-    left: u32,
-}
-
-impl Shift {
-    /// `k` in `-31..=62`, where a shifted `i32` stays inside `i64`.
-    fn new(k: i32) -> Option<Shift> {
-        match k {
-            1..=62 => Some(Shift {
-                half: 1 << (k - 1),
-                right: k as u32,
-                left: 0,
-            }),
-            -31..=0 => Some(Shift {
-                half: 0,
-                right: 0,
-                left: (-k) as u32,
-            }),
-            _ => None,
-        }
-    }
-
-    #[inline(always)]
-    fn apply(self, t: i64) -> i64 {
-        ((t + self.half) >> self.right) << self.left
-    }
 }
 
 /// One fused element-wise step.

@@ -5,7 +5,7 @@
 
 use std::borrow::Cow;
 
-use crate::arith::{fit, rshift};
+use crate::arith::{fit, rshift, Shift};
 use crate::error::ExecError;
 use crate::exec::{label_strides, ConvSpec, EinSpec};
 use crate::qgemm::{self, Level, PackedA, PackedB};
@@ -685,36 +685,26 @@ fn epilogue<T: Copy + Into<i64>>(
             _ => 0,
         }
     };
-    if (-31..=62).contains(&shift) && layout.contiguous {
+    if let (Some(sh), true) = (Shift::new(shift), layout.contiguous) {
         // |acc| + |bias| < 2^62 (checked by the caller), so adding the half cannot overflow
         let dst = &mut out[row_off + col_off[0]..row_off + col_off[0] + acc.len()];
         if layout.bias_row_const {
             let b = if acc.is_empty() { 0 } else { bias_at(0) };
-            return shift_row(dst, acc, b, shift, add_shift);
+            return shift_row(dst, acc, b, sh, add_shift);
         }
-        let (half, right, left) = split_shift(shift);
         let (mut lo, mut hi) = (0i64, 0i64);
         for (j, (d, &a)) in dst.iter_mut().zip(acc).enumerate() {
-            let v = (a.into() + bias_at(j) + half) >> right;
+            let v = (a.into() + bias_at(j) + sh.half) >> sh.right;
             lo = lo.min(v);
             hi = hi.max(v);
-            *d = (v as i32).wrapping_shl(left);
+            *d = (v as i32).wrapping_shl(sh.left);
         }
-        return check_row(lo, hi, left);
+        return check_row(lo, hi, sh.left);
     }
     for (j, &a) in acc.iter().enumerate() {
         out[row_off + col_off[j]] = requantize(a.into() + bias_at(j), shift)?;
     }
     Ok(())
-}
-
-/// A shift `k` in `-31..=62` as `(half, right, left)`: `x·2^-k` rounded is `((x + half) >> right) << left`.
-fn split_shift(k: i32) -> (i64, u32, u32) {
-    if k > 0 {
-        (1i64 << (k - 1), k as u32, 0)
-    } else {
-        (0, 0, (-k) as u32)
-    }
 }
 
 /// The row's range check: every `v << left` of values in `lo..=hi` fits `i32`.
@@ -725,19 +715,18 @@ fn check_row(lo: i64, hi: i64, left: u32) -> Result<(), ExecError> {
     Ok(())
 }
 
-/// `dst[j] = fit(rshift(acc[j] + add, shift))` for `shift` in `-31..=62` and `|acc| + |add| < 2^62`:
-/// the rounding shift runs branch-free (by `add_shift`, one of the multiversioned loops) and the range
-/// is checked once for the row; a left shift is range-checked on the unshifted sums.
+/// `dst[j] = fit(rshift(acc[j] + add, shift))` for `|acc| + |add| < 2^62`: the rounding shift runs
+/// branch-free (by `add_shift`, one of the multiversioned loops) and the range is checked once for the
+/// row; a left shift is range-checked on the unshifted sums.
 fn shift_row<T>(
     dst: &mut [i32],
     acc: &[T],
     add: i64,
-    shift: i32,
+    shift: Shift,
     add_shift: AddShift<T>,
 ) -> Result<(), ExecError> {
-    let (half, right, left) = split_shift(shift);
-    let (lo, hi) = add_shift(dst, acc, add + half, right, left);
-    check_row(lo, hi, left)
+    let (lo, hi) = add_shift(dst, acc, add + shift.half, shift.right, shift.left);
+    check_row(lo, hi, shift.left)
 }
 
 /// `dst[j] = ((acc[j] + add) >> right) << left` (wrapping to `i32`); returns the least and greatest
@@ -1145,8 +1134,8 @@ fn requantize_row(dst: &mut [i32], acc: &[i32], bias: i128, shift: i32) -> Resul
     match i64::try_from(bias) {
         // |acc| < 2^31, so acc + bias cannot leave i64
         Ok(bv) if bv.unsigned_abs() < 1 << 62 => {
-            if (-31..62).contains(&shift) {
-                return shift_row(dst, acc, bv, shift, add_shift_i32);
+            if let Some(sh) = Shift::new(shift).filter(|_| shift < 62) {
+                return shift_row(dst, acc, bv, sh, add_shift_i32);
             }
             for (d, &a) in dst.iter_mut().zip(acc) {
                 *d = requantize(a as i64 + bv, shift)?;

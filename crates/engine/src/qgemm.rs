@@ -344,8 +344,6 @@ pub fn gemm(a: &PackedA, b: &PackedB, threads: usize, level: Level) -> Vec<i32> 
     c
 }
 
-/// Rows `r0 .. r0 + c.len() / ldc` of the product into `c` (stopping early, between blocks of rows, when
-/// the run is cancelled: the executor then discards the product).
 /// Rows `r0..` of `a · b` into `c` (whole rows of [`PackedB::ldc`] elements, zero on entry), the
 /// activations' offsets subtracted, on the calling thread; `level` must be supported. A cancelled run
 /// stops between row blocks.
@@ -375,6 +373,8 @@ pub(crate) fn product(
     }
 }
 
+/// Rows `r0 .. r0 + c.len() / ldc` of the product into `c` (stopping early, between blocks of rows, when
+/// the run is cancelled: the executor then discards the product).
 fn gemm_rows(
     a: &PackedA,
     b: &PackedB,
