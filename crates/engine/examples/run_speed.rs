@@ -1,20 +1,15 @@
 //! Untraced latency of a `.vty` model on one `.npy` input, for profiling the executor alone:
 //! `cargo run --release -p verity-engine --example run_speed -- model.vty input.npy [runs] [threads]`.
 use std::time::Instant;
-use verity_engine::io::{quantize_inputs, tensor_from_npy};
-use verity_engine::{vty, Executor, Mode};
+use verity_engine::{Executor, Mode};
 
-/// The allocator the `verity` binary uses, so timings match the node's.
-#[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+mod common;
 
 fn main() {
     let a: Vec<String> = std::env::args().skip(1).collect();
-    let (model, _) = vty::decode(&std::fs::read(&a[0]).expect("model")).expect("valid model");
-    let x = tensor_from_npy(&std::fs::read(&a[1]).expect("input")).expect("npy");
+    let (model, q) = common::model_and_input(&a);
     let runs: usize = a.get(2).and_then(|s| s.parse().ok()).unwrap_or(20);
     let threads: usize = a.get(3).and_then(|s| s.parse().ok()).unwrap_or(1);
-    let q = quantize_inputs(&model, &[x]).expect("input fits");
     let ex = Executor::new(&model, Mode::Fast { threads });
     ex.run(q.clone()).expect("runs");
     let mut t: Vec<f64> = (0..runs)
