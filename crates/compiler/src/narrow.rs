@@ -1,17 +1,20 @@
-//! The 8-bit lowering (`--precision int8`): every contraction with a constant weight operand (`EinSum`,
-//! `Conv2d`) is rewritten so that both of its operands hold 8-bit values, which the engine multiplies with
-//! its 8-bit kernels:
+//! The narrow lowering (`--precision int8`, `w8a16`, `w4a8`, …): every contraction with a constant weight
+//! operand (`EinSum`, `Conv2d`) is rewritten so that its weights hold 8- or 16-bit values and its
+//! activation operand 8- or 16-bit ones, which the engine multiplies with its 8-bit kernels (16-bit
+//! activations as two 8-bit halves):
 //!
 //! ```text
-//! x (i32, scale s_x) ── Clamp{0,255} or Clamp{-128,127} at scale s8 ──┐
-//!                                  q (i8 weights, scale 0) ── EinSum/Conv2d (+ bias in accumulator units)
-//!                                                               └─ Mul by m (per-channel multiplier, scale s_m) → y
+//! x (i32, scale s_x) ── Clamp{0,2^A−1} or Clamp{−2^(A−1),2^(A−1)−1} at scale s_a ──┐
+//!                                  q (weights, scale 0) ── EinSum/Conv2d (+ bias in accumulator units)
+//!                                          (output at s_a − r) └─ Mul by m (per-channel multiplier, scale s_m) → y
 //! ```
 //!
-//! Weights are quantized per output channel: `w ≈ q · m_c · 2^-s_m` with `|q| ≤ 127` and a 24-bit
+//! Weights are quantized per output channel: `w ≈ q · m_c · 2^-s_m` with `|q| ≤ 2^(W−1) − 1` and a 24-bit
 //! multiplier `m_c`, so the channel's real scale is represented to 2^-24 relative precision. Activations
 //! feeding a contraction are requantized by a saturating `Clamp` at a power-of-two scale chosen from
-//! calibration (unsigned when the calibrated values are non-negative, as after a ReLU, else signed).
+//! calibration (unsigned when the calibrated values are non-negative, as after a ReLU, else signed). The
+//! accumulator is rounded by `r` bits only when its bound (reduction length × largest activation ×
+//! largest weight + bias) could leave `i32` (never for 8-bit activations and weights below 2^15 terms).
 //! Everything else keeps the 32-bit path; every op used is a v1 op, so the semantics, one-step checks and
 //! proofs apply unchanged. Deterministic like the rest of the compiler: exact `f64` arithmetic only.
 
@@ -23,8 +26,6 @@ use verity_engine::ir::{Const, Model, Node, Op, Output, ValueId};
 use crate::fgraph::FGraph;
 use crate::quantize::{ceil_log2, Stats};
 
-/// Largest magnitude of a quantized weight.
-const QMAX: f64 = 127.0;
 /// Bits of a per-channel multiplier: 2^-24 relative precision for a weight scale, and an accumulator
 /// times its multiplier stays below 2^56, well inside what the zk prover's exact products allow.
 const MULT_BITS: i32 = 24;
@@ -45,7 +46,7 @@ struct Builder<'a> {
     nodes: Vec<(Node, Vec<R>)>,
     /// Old value id → new value.
     map: Vec<Option<R>>,
-    /// Old value id → its 8-bit requantization and that node's scale.
+    /// Old value id → its narrow requantization and that node's scale.
     narrowed: BTreeMap<ValueId, (R, i8)>,
 }
 
@@ -132,9 +133,20 @@ fn round(x: f64) -> f64 {
 }
 
 /// Rewrite `model` (compiled from `g` with calibration `stats`; `float_of` maps each canonical value to
-/// its float value, `None` for function tables) into its 8-bit form. Contractions that cannot be
-/// narrowed (integer operands, two activations, shifts out of range) keep their 32-bit form.
-pub fn narrow(g: &FGraph, stats: &[Stats], model: &Model, float_of: &[Option<usize>]) -> Model {
+/// its float value, `None` for function tables) into its narrow form with `wbits`-bit weights (8 or 16) and `abits`-bit activations (8 or 16). Contractions that cannot be narrowed (integer operands, two
+/// activations, shifts out of range) keep their 32-bit form.
+pub fn narrow(
+    g: &FGraph,
+    stats: &[Stats],
+    model: &Model,
+    float_of: &[Option<usize>],
+    wbits: u8,
+    abits: u8,
+) -> Model {
+    let widths = Widths {
+        qmax: ((1i64 << (wbits - 1)) - 1) as f64,
+        abits: abits as i32,
+    };
     let mut b = Builder {
         old: model,
         consts: Vec::new(),
@@ -147,7 +159,7 @@ pub fn narrow(g: &FGraph, stats: &[Stats], model: &Model, float_of: &[Option<usi
     }
     let first = model.first_node_value();
     for (k, node) in model.nodes.iter().enumerate() {
-        let r = match narrow_node(&mut b, g, stats, float_of, node) {
+        let r = match narrow_node(&mut b, g, stats, float_of, node, widths) {
             Some(r) => r,
             None => {
                 let ins = node.inputs.iter().map(|&v| b.value(v)).collect();
@@ -165,22 +177,33 @@ pub fn narrow(g: &FGraph, stats: &[Stats], model: &Model, float_of: &[Option<usi
     b.finish()
 }
 
-/// The 8-bit form of one contraction, if it has one: returns the value replacing the node's output.
+/// The lowering's widths.
+#[derive(Clone, Copy)]
+struct Widths {
+    /// Largest magnitude of a quantized weight.
+    qmax: f64,
+    /// Bits of an activation (one of them the sign for signed values).
+    abits: i32,
+}
+
+/// The narrow form of one contraction, if it has one: returns the value replacing the node's output.
 fn narrow_node(
     b: &mut Builder<'_>,
     g: &FGraph,
     stats: &[Stats],
     float_of: &[Option<usize>],
     node: &Node,
+    Widths { qmax, abits }: Widths,
 ) -> Option<R> {
     let old = b.old;
     let fconst = |v: ValueId| {
         let f = float_of[v as usize]?;
         g.const_of(f as u32).filter(|c| !c.int)
     };
-    // which input is the weight, and its output-channel axis (in the weight, in the output)
-    let (wi, w_axis, out_axis) = match &node.op {
-        Op::Conv2d { .. } => (1usize, Some(0usize), Some(1usize)),
+    // which input is the weight, its output-channel axis (in the weight, in the output) and its
+    // reduced axes (in the activation and not in the output)
+    let (wi, w_axis, out_axis, reduced) = match &node.op {
+        Op::Conv2d { .. } => (1usize, Some(0usize), Some(1usize), vec![1, 2, 3]),
         Op::EinSum { a, b: bl, out } => {
             let (wi, wl, al) = if fconst(node.inputs[1]).is_some() {
                 (1, bl, a)
@@ -190,9 +213,12 @@ fn narrow_node(
             let chans: Vec<usize> = (0..wl.len())
                 .filter(|&i| out.contains(&wl[i]) && !al.contains(&wl[i]))
                 .collect();
+            let reduced = (0..wl.len())
+                .filter(|&i| al.contains(&wl[i]) && !out.contains(&wl[i]))
+                .collect();
             match chans[..] {
-                [i] => (wi, Some(i), out.iter().position(|&l| l == wl[i])),
-                _ => (wi, None, None),
+                [i] => (wi, Some(i), out.iter().position(|&l| l == wl[i]), reduced),
+                _ => (wi, None, None, reduced),
             }
         }
         _ => return None,
@@ -200,6 +226,7 @@ fn narrow_node(
     let xi = 1 - wi;
     let (x, w) = (node.inputs[xi], node.inputs[wi]);
     let wf = fconst(w)?;
+    let terms: f64 = reduced.iter().map(|&i| wf.shape[i] as f64).product();
     if old.const_of(x).is_some() {
         return None;
     }
@@ -207,13 +234,13 @@ fn narrow_node(
     if g.is_int(float_of[x as usize]? as u32) {
         return None;
     }
-    // requantize the activation to 8 bits (shared by every contraction reading it)
+    // requantize the activation to its narrow width (shared by every contraction reading it)
+    let unsigned = xs.min >= 0.0;
     let (xr, s8) = match b.narrowed.get(&x) {
         Some(&v) => v,
         None => {
-            let unsigned = xs.min >= 0.0;
             let m = xs.min.abs().max(xs.max.abs());
-            let bits = if unsigned { 8 } else { 7 };
+            let bits = if unsigned { abits } else { abits - 1 };
             let s8 = if m > 0.0 {
                 (bits - ceil_log2(m)).clamp(-30, MAX_ACT_SCALE)
             } else {
@@ -223,10 +250,14 @@ fn narrow_node(
             if (sx as i32 - s8 as i32).abs() > verity_engine::arith::MAX_SHIFT {
                 return None;
             }
-            let (lo, hi) = if unsigned { (0, 255) } else { (-128, 127) };
+            let (lo, hi) = if unsigned {
+                (0, (1 << abits) - 1)
+            } else {
+                (-(1 << (abits - 1)), (1 << (abits - 1)) - 1)
+            };
             let src = b.value(x);
             let r = b.push_node(
-                format!("{}/q8", node.name),
+                format!("{}/q{abits}", node.name),
                 Op::Clamp { lo, hi },
                 vec![src],
                 old.value(x)?.shape.to_vec(),
@@ -272,7 +303,7 @@ fn narrow_node(
         (bc, bshape)
     });
     let s8f = libm::ldexp(1.0, s8 as i32);
-    let mut need = amax.iter().map(|&a| a / QMAX).collect::<Vec<f64>>();
+    let mut need = amax.iter().map(|&a| a / qmax).collect::<Vec<f64>>();
     if let Some((bc, bshape)) = &bias_plan {
         let us = |s: &[u32]| s.iter().map(|&d| d as usize).collect::<Vec<_>>();
         let (bs, ms) = (us(bshape), us(&m_index));
@@ -302,7 +333,7 @@ fn narrow_node(
         .enumerate()
         .map(|(i, &v)| {
             let sc = mult[chan_of(i)] as f64 / smf;
-            round(v / sc).clamp(-QMAX, QMAX) as i32
+            round(v / sc).clamp(-qmax, qmax) as i32
         })
         .collect();
     let bias_c = match &bias_plan {
@@ -330,9 +361,26 @@ fn narrow_node(
         }
         None => None,
     };
-    // the multiply's shift must be a legal one
-    if (s8 as i32 + s_m - node.scale as i32).abs() > verity_engine::arith::MAX_SHIFT
+    // the accumulator's bound (the bias, in accumulator units, is below 2^30): rounded by `r` bits
+    // where it could leave i32
+    let xmax = if unsigned {
+        libm::ldexp(1.0, abits) - 1.0
+    } else {
+        libm::ldexp(1.0, abits - 1)
+    };
+    let bound = terms * xmax * qmax + libm::ldexp(1.0, 30);
+    // smallest r with |rshift(acc, r)| < 2^31, i.e. (bound + 2^(r−1)) / 2^r < 2^31 (exact in f64)
+    let mut r = 0;
+    while (bound + if r > 0 { libm::ldexp(1.0, r - 1) } else { 0.0 }) / libm::ldexp(1.0, r)
+        >= libm::ldexp(1.0, 31)
+    {
+        r += 1;
+    }
+    let s_acc = s8 as i32 - r;
+    // the shifts must be legal ones
+    if (s_acc + s_m - node.scale as i32).abs() > verity_engine::arith::MAX_SHIFT
         || !(-128..=127).contains(&s_m)
+        || s_acc < -128
     {
         return None;
     }
@@ -356,7 +404,7 @@ fn narrow_node(
         node.op.clone(),
         ins,
         node.shape.clone(),
-        s8,
+        s_acc as i8,
     );
     Some(b.push_node(
         node.name.clone(),

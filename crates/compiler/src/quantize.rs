@@ -29,27 +29,56 @@ pub enum Precision {
     /// 32-bit activations and weights with one power-of-two scale per tensor (format v1 models).
     #[default]
     I32,
-    /// 8-bit weights per output channel and 8-bit activations into every contraction with constant
-    /// weights; the rest stays 32-bit (see [`crate::narrow`]).
-    Int8,
+    /// Every contraction with constant weights gets `weights`-bit weights per output channel (8 or 16)
+    /// and `acts`-bit activations (8 or 16); the rest stays 32-bit (see [`crate::narrow`]).
+    Narrow { weights: u8, acts: u8 },
+}
+
+impl Precision {
+    /// 8-bit weights and activations (`int8`, alias `w8a8`).
+    pub const INT8: Precision = Precision::Narrow {
+        weights: 8,
+        acts: 8,
+    };
 }
 
 impl std::fmt::Display for Precision {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Precision::I32 => "i32",
-            Precision::Int8 => "int8",
-        })
+        match *self {
+            Precision::I32 => f.write_str("i32"),
+            Precision::Narrow {
+                weights: 8,
+                acts: 8,
+            } => f.write_str("int8"),
+            Precision::Narrow { weights, acts } => write!(f, "w{weights}a{acts}"),
+        }
     }
 }
 
 impl std::str::FromStr for Precision {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || {
+            format!(
+                "precision '{s}' must be i32, int8 or wXaY with X (weight bits) and Y (activation \
+                 bits) each 8 or 16, e.g. w8a16"
+            )
+        };
         match s {
             "i32" => Ok(Precision::I32),
-            "int8" => Ok(Precision::Int8),
-            _ => Err(format!("precision '{s}' must be i32 or int8")),
+            "int8" => Ok(Precision::INT8),
+            _ => {
+                let (w, a) = s
+                    .strip_prefix('w')
+                    .and_then(|r| r.split_once('a'))
+                    .ok_or_else(bad)?;
+                let (weights, acts): (u8, u8) =
+                    (w.parse().map_err(|_| bad())?, a.parse().map_err(|_| bad())?);
+                if ![8, 16].contains(&weights) || ![8, 16].contains(&acts) {
+                    return Err(bad());
+                }
+                Ok(Precision::Narrow { weights, acts })
+            }
         }
     }
 }
@@ -319,7 +348,7 @@ pub fn quantize(
         nodes,
         outputs,
     };
-    if precision == Precision::Int8 {
+    if let Precision::Narrow { weights, acts } = precision {
         // canonical value → float value (function tables have none)
         let float_of: Vec<Option<usize>> = (0..model.value_count())
             .map(|v| {
@@ -332,7 +361,7 @@ pub fn quantize(
                 }
             })
             .collect();
-        model = crate::narrow::narrow(g, stats, &model, &float_of);
+        model = crate::narrow::narrow(g, stats, &model, &float_of, weights, acts);
     }
     model
         .validate()

@@ -434,8 +434,9 @@ impl EinPlan {
             .collect()
     }
 
-    /// The product by the 8-bit kernels when both operands have 8-bit values (`None` otherwise): the
-    /// constant side gives the `i8` operand, the other the activations.
+    /// The product by the 8-bit kernels when the constant side has 8-bit values and the other 8- or
+    /// 16-bit ones (`None` otherwise): the constant side gives the `i8` operand, the other the
+    /// activations; 16-bit activations are multiplied as their two 8-bit [`halves`].
     fn narrow_product(
         &self,
         ap: &[i32],
@@ -443,37 +444,72 @@ impl EinPlan {
         pa: Option<&Packed>,
         pb: Option<&Packed>,
         threads: usize,
-    ) -> Option<Vec<(Vec<i32>, usize)>> {
+    ) -> Option<Acc> {
         let (bt, m, k, n) = (self.bt, self.m, self.k, self.n);
         let level = Level::detect();
         if let (Some(Narrow::A(qa)), None) = (pa.and_then(|p| p.narrow.as_ref()), pb) {
             // constant a (weights) times 8-bit activations b
-            return qa
-                .iter()
-                .enumerate()
-                .map(|(bi, qa)| {
-                    let act = PackedB::activations(&bp[bi * k * n..(bi + 1) * k * n], k, n)?;
-                    Some((qgemm::gemm(qa, &act, threads, level), act.ldc()))
-                })
-                .collect();
+            let batch = |bi: usize| &bp[bi * k * n..(bi + 1) * k * n];
+            if let Some(acts) = (0..bt)
+                .map(|bi| PackedB::activations(batch(bi), k, n))
+                .collect::<Option<Vec<_>>>()
+            {
+                return Some(Acc::Narrow(
+                    qa.iter()
+                        .zip(&acts)
+                        .map(|(qa, act)| (qgemm::gemm(qa, act, threads, level), act.ldc()))
+                        .collect(),
+                ));
+            }
+            let mut c = vec![0i64; bt * m * n];
+            for (bi, qa) in qa.iter().enumerate() {
+                let h = halves(batch(bi))?;
+                let pack = |x: &[i32], off| PackedB::activations_in(x, k, n, off);
+                let (hi, lo) = (pack(&h.hi, h.offset)?, pack(&h.lo, false)?);
+                let ldc = hi.ldc();
+                let (ch, cl) = (
+                    qgemm::gemm(qa, &hi, threads, level),
+                    qgemm::gemm(qa, &lo, threads, level),
+                );
+                join_halves(&mut c[bi * m * n..(bi + 1) * m * n], &ch, &cl, ldc, n);
+            }
+            return Some(Acc::Wide(c));
         }
-        // the activations are packed first: their scan is the 8-bit check, made before any weights are
-        let acts: Vec<PackedA> = (0..bt)
-            .map(|bi| PackedA::new(&ap[bi * m * k..(bi + 1) * m * k], m, k))
-            .collect::<Option<_>>()?;
         let built;
         let qb = match pb.and_then(|p| p.narrow.as_ref()) {
             Some(Narrow::B(q)) => q,
             _ => {
+                // the activations' 8-bit check first, before any weights are packed
+                let (lo, hi) = qgemm::min_max(ap);
+                PackedA::offset_for(lo >> 8, hi >> 8)?;
                 built = self.narrow_b(bp)?;
                 &built
             }
         };
         debug_assert_eq!(qb.len(), bt);
-        acts.iter()
-            .zip(qb)
-            .map(|(act, qb)| Some((qgemm::gemm(act, qb, threads, level), qb.ldc())))
-            .collect()
+        let batch = |bi: usize| &ap[bi * m * k..(bi + 1) * m * k];
+        if let Some(acts) = (0..bt)
+            .map(|bi| PackedA::new(batch(bi), m, k))
+            .collect::<Option<Vec<_>>>()
+        {
+            return Some(Acc::Narrow(
+                acts.iter()
+                    .zip(qb)
+                    .map(|(act, qb)| (qgemm::gemm(act, qb, threads, level), qb.ldc()))
+                    .collect(),
+            ));
+        }
+        let mut c = vec![0i64; bt * m * n];
+        for (bi, qb) in qb.iter().enumerate() {
+            let h = halves(batch(bi))?;
+            let (hi, lo) = (PackedA::new(&h.hi, m, k)?, PackedA::new(&h.lo, m, k)?);
+            let (ch, cl) = (
+                qgemm::gemm(&hi, qb, threads, level),
+                qgemm::gemm(&lo, qb, threads, level),
+            );
+            join_halves(&mut c[bi * m * n..(bi + 1) * m * n], &ch, &cl, qb.ldc(), n);
+        }
+        Some(Acc::Wide(c))
     }
 
     /// Run; `pa`/`pb` are the node's pre-packed operands when constant.
@@ -532,7 +568,7 @@ impl EinPlan {
             None => packed(b, s.b, s.b_shape, &self.b_order, &self.sizes),
         };
         let c = match self.narrow_product(&ap, &bp, pa, pb, threads) {
-            Some(c) => Acc::Narrow(c),
+            Some(c) => c,
             None => Acc::Wide(batched_gemm(
                 &ap, &bp, self.bt, self.m, self.k, self.n, threads,
             )),
@@ -639,6 +675,38 @@ impl EinPlan {
 /// and as soon as they are final (a fused element-wise chain runs there while they sit in the cache).
 /// A kernel that takes the hook out of its `Option` calls it on every element of its output.
 pub type RowHook<'a> = &'a (dyn Fn(usize, &mut [i32]) + Sync);
+
+/// 16-bit values as two 8-bit halves, `x = 256·hi + lo`.
+struct Halves {
+    /// `x >> 8`: all in `0..=255` (`offset` false) or all in `-128..=127` (`offset` true).
+    hi: Vec<i32>,
+    offset: bool,
+    /// `x & 255`, in `0..=255`.
+    lo: Vec<i32>,
+}
+
+/// The [`Halves`] of `x`; `None` if its values do not fit their forms (`-32768..=32767` or
+/// `0..=65535` do).
+fn halves(x: &[i32]) -> Option<Halves> {
+    let (lo, hi) = qgemm::min_max(x);
+    Some(Halves {
+        offset: PackedA::offset_for(lo >> 8, hi >> 8)?,
+        hi: x.iter().map(|v| v >> 8).collect(),
+        lo: x.iter().map(|v| v & 255).collect(),
+    })
+}
+
+/// `c[i][j] = 256·hi[i][j] + lo[i][j]` for the first `n` columns of rows of stride `ldc`.
+fn join_halves(c: &mut [i64], hi: &[i32], lo: &[i32], ldc: usize, n: usize) {
+    if n == 0 {
+        return;
+    }
+    for ((c, h), l) in c.chunks_mut(n).zip(hi.chunks(ldc)).zip(lo.chunks(ldc)) {
+        for ((c, &h), &l) in c.iter_mut().zip(&h[..n]).zip(&l[..n]) {
+            *c = ((h as i64) << 8) + l as i64;
+        }
+    }
+}
 
 /// The accumulators of an `EinSum`: `[batch·m × n]` in `i64`, or per batch in `i32` with a row stride.
 enum Acc {
@@ -817,10 +885,11 @@ pub fn conv_weights(w_shape: &[usize], groups: usize, w: &[i32]) -> Option<Vec<P
         .collect()
 }
 
-/// `Conv2d` by the 8-bit kernels when the input's values are 8-bit: the packed weights (`[O/g × cg·kh·kw]`)
-/// times the image patches as columns (`[cg·kh·kw × OH·OW]`), then bias and requantization row by row in
-/// the output's layout, each output plane then handed to `hook`. `None` (before any call of `hook`) if
-/// the input has wider values or the reduction is too long for the 8-bit kernels.
+/// `Conv2d` by the 8-bit kernels when the input's values are 8-bit (or 16-bit, multiplied as their two
+/// 8-bit [`halves`]): the packed weights (`[O/g × cg·kh·kw]`) times the image patches as columns
+/// (`[cg·kh·kw × OH·OW]`), then bias and requantization row by row in the output's layout, each output
+/// plane then handed to `hook`. `None` (before any call of `hook`) if the input has wider values or the
+/// reduction is too long for the 8-bit kernels.
 fn conv2d_narrow(
     s: &ConvSpec<'_>,
     x: &[i32],
@@ -830,10 +899,12 @@ fn conv2d_narrow(
     threads: usize,
     hook: Option<RowHook<'_>>,
 ) -> Option<Result<Vec<i32>, ExecError>> {
-    let (lo, hi) = x
-        .iter()
-        .fold((0i32, 0i32), |(l, h), &v| (l.min(v), h.max(v)));
-    let offset = PackedA::offset_for(lo, hi)?;
+    let (lo, hi) = qgemm::min_max(x);
+    // the 8-bit form of the patches, or that of their high halves for 16-bit values
+    let (offset, split) = match PackedA::offset_for(lo, hi) {
+        Some(off) => (off, false),
+        None => (PackedA::offset_for(lo >> 8, hi >> 8)?, true),
+    };
     let n = s.x[0];
     let (o_ch, cg, kh, kw) = (s.w[0], s.w[1], s.w[2], s.w[3]);
     let og = o_ch / s.groups;
@@ -848,22 +919,44 @@ fn conv2d_narrow(
     for b in 0..n {
         for (g, qw) in qw.iter().enumerate() {
             im2col(s, x, b, g, &mut im);
-            let cols = PackedB::activations_in(&im, kk, p, offset)?;
+            let (cols, low) = if split {
+                let h = halves(&im)?;
+                (
+                    PackedB::activations_in(&h.hi, kk, p, h.offset)?,
+                    Some(PackedB::activations_in(&h.lo, kk, p, false)?),
+                )
+            } else {
+                (PackedB::activations_in(&im, kk, p, offset)?, None)
+            };
             // the output channels of this group, split across threads: each part multiplies its rows
             // of weights, then requantizes its planes and hands them to the hook
             let ldc = cols.ldc();
             let first = (b * o_ch + g * og) * p;
-            let th = if og * kk * p >= 1 << 23 { threads } else { 1 };
+            let work = og * kk * p * if split { 2 } else { 1 };
+            let th = if work >= 1 << 23 { threads } else { 1 };
             let err = crate::par::FirstError::default();
             let tokens = crate::cancel::current();
             let planes = &mut out[first..first + og * p];
             crate::par::rows(planes, p, th, qgemm::MR, |o0, part| {
-                let mut acc = vec![0i32; part.len() / p * ldc];
+                let rows = part.len() / p;
+                let mut acc = vec![0i32; rows * ldc];
                 qgemm::product(qw, &cols, o0, &mut acc, level, &tokens);
-                for (o, (dst, row)) in part.chunks_mut(p).zip(acc.chunks(ldc)).enumerate() {
+                // 16-bit input: the low halves' product joins the high halves' one in i64
+                let wide = low.as_ref().map(|low| {
+                    let mut acc_lo = vec![0i32; rows * ldc];
+                    qgemm::product(qw, low, o0, &mut acc_lo, level, &tokens);
+                    let mut c = vec![0i64; rows * p];
+                    join_halves(&mut c, &acc, &acc_lo, ldc, p);
+                    c
+                });
+                for (o, dst) in part.chunks_mut(p).enumerate() {
                     let oc = g * og + o0 + o;
                     let bv = bias.map_or(0i128, |(d, sh)| (d[oc] as i128) << sh);
-                    if let Err(e) = requantize_row(dst, &row[..p], bv, shift) {
+                    let done = match &wide {
+                        Some(c) => requantize_row(dst, &c[o * p..(o + 1) * p], bv, shift),
+                        None => requantize_row(dst, &acc[o * ldc..o * ldc + p], bv, shift),
+                    };
+                    if let Err(e) = done {
                         return err.set(e);
                     }
                     if let Some(h) = hook {
@@ -1129,25 +1222,44 @@ where
     Ok(())
 }
 
-/// `dst[j] = fit(rshift(acc[j] + bias, shift))`, in `i64` when that is exact.
-fn requantize_row(dst: &mut [i32], acc: &[i32], bias: i128, shift: i32) -> Result<(), ExecError> {
+/// `dst[j] = fit(rshift(acc[j] + bias, shift))`, in `i64` when that is exact (`|acc| < 2^48`: 8-bit
+/// products, or 16-bit ones joined from their halves).
+fn requantize_row<T: RowAcc>(
+    dst: &mut [i32],
+    acc: &[T],
+    bias: i128,
+    shift: i32,
+) -> Result<(), ExecError> {
     match i64::try_from(bias) {
-        // |acc| < 2^31, so acc + bias cannot leave i64
+        // |acc| < 2^48, so acc + bias cannot leave i64
         Ok(bv) if bv.unsigned_abs() < 1 << 62 => {
             if let Some(sh) = Shift::new(shift).filter(|_| shift < 62) {
-                return shift_row(dst, acc, bv, sh, add_shift_i32);
+                return shift_row(dst, acc, bv, sh, T::ADD_SHIFT);
             }
             for (d, &a) in dst.iter_mut().zip(acc) {
-                *d = requantize(a as i64 + bv, shift)?;
+                *d = requantize(a.into() + bv, shift)?;
             }
         }
         _ => {
             for (d, &a) in dst.iter_mut().zip(acc) {
-                *d = fit(rshift(a as i128 + bias, shift))?;
+                *d = fit(rshift(a.into() as i128 + bias, shift))?;
             }
         }
     }
     Ok(())
+}
+
+/// An accumulator type with its multiversioned row loop.
+trait RowAcc: Copy + Into<i64> {
+    const ADD_SHIFT: AddShift<Self>;
+}
+
+impl RowAcc for i32 {
+    const ADD_SHIFT: AddShift<i32> = add_shift_i32;
+}
+
+impl RowAcc for i64 {
+    const ADD_SHIFT: AddShift<i64> = add_shift_i64;
 }
 
 /// The image patches of batch `b`, group `g` as a row-major `[cg·kh·kw × OH·OW]` matrix: row
@@ -1284,7 +1396,7 @@ mod tests {
     }
 
     #[test]
-    fn eight_bit_operands_take_the_eight_bit_kernels() {
+    fn eight_and_sixteen_bit_operands_take_the_eight_bit_kernels() {
         let (a_l, b_l, o_l) = ([0u8, 1], [1u8, 2], [0u8, 2]);
         let (ash, bsh, osh) = ([3usize, 5], [5usize, 4], [3usize, 4]);
         let spec = EinSpec {
@@ -1300,11 +1412,30 @@ mod tests {
         let b: Vec<i32> = (0..20).map(|i| i * 13 % 256 - 128).collect();
         let pb = plan.pack_b(&spec, &b).expect("packable");
         assert!(matches!(pb.narrow, Some(Narrow::B(_))));
-        assert!(plan.narrow_product(&a, &b, None, Some(&pb), 1).is_some());
-        // one wide activation sends the product down the wide path
-        let mut wide = a.clone();
-        wide[7] = 300;
-        assert!(plan.narrow_product(&wide, &b, None, Some(&pb), 1).is_none());
+        assert!(matches!(
+            plan.narrow_product(&a, &b, None, Some(&pb), 1),
+            Some(Acc::Narrow(_))
+        ));
+        // 16-bit activations, unsigned or signed, are multiplied as two 8-bit halves
+        for (at, v) in [(7, 300), (7, 65535), (3, -32768)] {
+            let mut a16 = a.clone();
+            a16[at] = v;
+            assert!(matches!(
+                plan.narrow_product(&a16, &b, None, Some(&pb), 1),
+                Some(Acc::Wide(_))
+            ));
+        }
+        // wider ones (or 16-bit values mixing signs across the halves' forms) take the wide path
+        for (at, v) in [(7, 65536), (3, -32769)] {
+            let mut wide = a.clone();
+            wide[at] = v;
+            assert!(plan.narrow_product(&wide, &b, None, Some(&pb), 1).is_none());
+        }
+        let mut mixed = a.clone();
+        (mixed[2], mixed[3]) = (-1, 40000);
+        assert!(plan
+            .narrow_product(&mixed, &b, None, Some(&pb), 1)
+            .is_none());
         // wide weights are not packed for the 8-bit kernels
         let mut wb = b.clone();
         wb[0] = 128;
@@ -1329,6 +1460,8 @@ mod tests {
         let qw = conv_weights(&[2, 1, 3, 3], 1, &w).expect("8-bit");
         let x: Vec<i32> = (0..16).collect();
         assert!(conv2d_narrow(&cs, &x, &qw, None, 0, 1, None).is_some());
-        assert!(conv2d_narrow(&cs, &[1000; 16], &qw, None, 0, 1, None).is_none());
+        assert!(conv2d_narrow(&cs, &[1000; 16], &qw, None, 0, 1, None).is_some());
+        assert!(conv2d_narrow(&cs, &[-32768; 16], &qw, None, 0, 1, None).is_some());
+        assert!(conv2d_narrow(&cs, &[70000; 16], &qw, None, 0, 1, None).is_none());
     }
 }

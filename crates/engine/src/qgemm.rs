@@ -218,7 +218,7 @@ pub struct PackedA {
 }
 
 /// Smallest and largest of `x` (0 and 0 for an empty slice... or any slice: the range always holds 0).
-fn min_max(x: &[i32]) -> (i32, i32) {
+pub(crate) fn min_max(x: &[i32]) -> (i32, i32) {
     x.iter()
         .fold((0i32, 0i32), |(l, h), &v| (l.min(v), h.max(v)))
 }

@@ -92,7 +92,7 @@ fn round_trip_at(name: &str, precision: Precision) {
 fn int8_models_prove_and_verify() {
     // 8-bit weights with per-channel multipliers and requantized 8-bit activations are v1 ops
     for name in ["mlp", "cnn", "transformer", "digits"] {
-        round_trip_at(name, Precision::Int8);
+        round_trip_at(name, Precision::INT8);
     }
 }
 

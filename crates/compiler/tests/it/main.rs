@@ -142,11 +142,12 @@ fn random_calibration_is_seeded() {
     assert_eq!(id(7), id(7));
 }
 
-/// `--precision int8`: every contraction with constant weights gets 8-bit weights (one multiplier per
-/// output channel) and 8-bit activations; the file shrinks; the model stays accurate; both executors
-/// agree; compiling twice gives the same bytes.
+/// `--precision int8` (and `w8a16`, `w16a16`): every contraction with constant weights gets 8-bit
+/// (16-bit) weights, one multiplier per output channel, and 8-bit (16-bit) activations; the file
+/// shrinks; the model stays accurate (more so with more bits); both executors agree; compiling twice
+/// gives the same bytes.
 #[test]
-fn int8_precision_narrows_contractions_and_keeps_accuracy() {
+fn narrow_precisions_narrow_contractions_and_keep_accuracy() {
     use verity_compiler::Precision;
     use verity_engine::ir::Op;
     use verity_engine::vty;
@@ -184,15 +185,27 @@ fn int8_precision_narrows_contractions_and_keeps_accuracy() {
             0.99,
         ),
     ];
-    for (name, opts, max_rel, min_top1) in cases {
-        let wide = compile(&read(name), &opts).unwrap().0;
+    // (precision, its name, largest weight, activation bits, error allowance relative to int8's)
+    let precisions = [
+        (Precision::INT8, "int8", 127, 8, 1.0),
+        ("w8a16".parse().unwrap(), "w8a16", 127, 16, 1.0),
+        ("w16a16".parse().unwrap(), "w16a16", 32767, 16, 0.1),
+    ];
+    for ((name, opts, max_rel, min_top1), (precision, pname, qmax, abits, allow)) in cases
+        .iter()
+        .flat_map(|c| precisions.iter().map(move |p| (c, p)))
+    {
+        let (name, max_rel, min_top1) = (*name, *max_rel * allow, *min_top1);
+        let (qmax, abits): (i32, i32) = (*qmax, *abits);
+        let wide = compile(&read(name), opts).unwrap().0;
         let opts = CompileOptions {
-            precision: Precision::Int8,
-            ..opts
+            precision: *precision,
+            ..opts.clone()
         };
         let (model, report) = compile(&read(name), &opts).unwrap();
-        assert_eq!(report.precision, "int8");
+        assert_eq!(report.precision, *pname);
         let out = &report.outputs[0];
+        eprintln!("{name} {pname}: {out:?}");
         assert!(out.max_relative_error <= max_rel, "{name}: {out:?}");
         assert!(out.top1_agreement.unwrap() >= min_top1, "{name}: {out:?}");
         // every contraction reads an 8-bit requantized activation and 8-bit constant weights,
@@ -210,7 +223,7 @@ fn int8_precision_narrows_contractions_and_keeps_accuracy() {
                 continue; // two activations (attention) stay 32-bit
             }
             assert!(
-                weights[0].data.iter().all(|v| (-127..=127).contains(v)),
+                weights[0].data.iter().all(|v| (-qmax..=qmax).contains(v)),
                 "{name}: {}",
                 node.name
             );
@@ -219,11 +232,12 @@ fn int8_precision_narrows_contractions_and_keeps_accuracy() {
                 .find(|&&v| model.const_of(v).is_none())
                 .unwrap();
             let producer = &model.nodes[*act as usize - model.first_node_value()];
+            let (unsigned, signed) = (
+                (0, (1 << abits) - 1),
+                (-(1 << (abits - 1)), (1 << (abits - 1)) - 1),
+            );
             assert!(
-                matches!(
-                    producer.op,
-                    Op::Clamp { lo: 0, hi: 255 } | Op::Clamp { lo: -128, hi: 127 }
-                ),
+                matches!(producer.op, Op::Clamp { lo, hi } if (lo, hi) == unsigned || (lo, hi) == signed),
                 "{name}: {} reads {}",
                 node.name,
                 producer.name
@@ -240,9 +254,9 @@ fn int8_precision_narrows_contractions_and_keeps_accuracy() {
             narrowed += 1;
         }
         assert!(narrowed >= 1, "{name}");
-        // weights stored at 8 bits: the file is much smaller than the 32-bit model's
+        // weights stored at 8 (16) bits: the file is smaller than the 32-bit model's
         let (narrow_len, wide_len) = (vty::encode(&model).len(), vty::encode(&wide).len());
-        if name == "mlp.onnx" {
+        if name == "mlp.onnx" && qmax == 127 {
             assert!(
                 narrow_len * 2 < wide_len,
                 "{name}: {narrow_len} vs {wide_len}"

@@ -329,26 +329,32 @@ fn threaded_kernels_equal_reference() {
     }
 }
 
-/// Values for the 8-bit kernels: unsigned activations `0..=255`, signed `-128..=127`, or (rarely) one
-/// value just outside, which must send the contraction down the wide path with the same result.
+/// Values for the 8-bit kernels: unsigned activations `0..=255`, signed `-128..=127` (or with `wide`,
+/// 16-bit ones, `0..=65535` or `-32768..=32767`, which the kernels multiply as two 8-bit halves), or
+/// (rarely) one value just outside, which must send the contraction down the wide path with the same
+/// result.
 fn eight_bit(
     gen: &mut impl FnMut(usize) -> Vec<i32>,
     n: usize,
     unsigned: bool,
     spill: bool,
+    wide: bool,
 ) -> Vec<i32> {
+    let bits = if wide { 16 } else { 8 };
+    let half = 1 << (bits - 1);
     let mut v: Vec<i32> = gen(n)
         .into_iter()
         .map(|x| {
+            let r = x.rem_euclid(1 << bits);
             if unsigned {
-                x.rem_euclid(256)
+                r
             } else {
-                x.clamp(-128, 127)
+                r - half
             }
         })
         .collect();
     if spill && !v.is_empty() {
-        v[n / 2] = if unsigned { 256 } else { -129 };
+        v[n / 2] = if unsigned { 1 << bits } else { -half - 1 };
     }
     v
 }
@@ -360,13 +366,13 @@ proptest! {
     fn einsum_8bit_fast_equals_reference(
         m in 1u32..20, k in 1u32..70, n in 1u32..40, batch in 1u32..3, const_b in any::<bool>(), const_a in any::<bool>(),
         unsigned in any::<bool>(), spill in prop::bool::weighted(0.1), bias in any::<bool>(), seed in any::<u64>(),
-        sa in 0i8..8, so in 0i8..10,
+        sa in 0i8..8, so in 0i8..10, wide in any::<bool>(),
     ) {
         // a[z, i, k] · b[z, k, j] -> [z, i, j]; a constant operand is packed when the executor is built
-        let mut gen = crate::gen(seed, 255);
+        let mut gen = crate::gen(seed, i32::MAX);
         let (ash, bsh, osh) = (vec![batch, m, k], vec![batch, k, n], vec![batch, m, n]);
-        let a = eight_bit(&mut gen, (batch * m * k) as usize, unsigned && !const_a, spill);
-        let b = eight_bit(&mut gen, (batch * k * n) as usize, false, false);
+        let a = eight_bit(&mut gen, (batch * m * k) as usize, unsigned && !const_a, spill, wide);
+        let b = eight_bit(&mut gen, (batch * k * n) as usize, false, false, false);
         let mut inputs = vec![];
         let mut consts = vec![];
         let mut run_inputs = vec![];
@@ -392,7 +398,7 @@ proptest! {
         };
         let mut node_inputs = vec![ia, ib];
         if bias {
-            consts.push(Const { shape: vec![n], scale: sa, data: gen(n as usize) });
+            consts.push(Const { shape: vec![n], scale: sa, data: gen(n as usize).into_iter().map(|v| v % 256).collect() });
             node_inputs.push(ni + consts.len() as u32 - 1);
         }
         let model = Model::one_node(
@@ -414,19 +420,19 @@ proptest! {
         n in 1u32..3, groups in 1u32..3, cg in 1u32..5, og in 1u32..20, h in 1u32..10, w in 1u32..10,
         k in [1u32..4, 1u32..4], s in [1u32..3, 1u32..3], d in [1u32..3, 1u32..3], p in [0u32..3, 0u32..3, 0u32..3, 0u32..3],
         bias in any::<bool>(), unsigned in any::<bool>(), spill in prop::bool::weighted(0.1), seed in any::<u64>(),
-        so in 0i8..10,
+        so in 0i8..10, wide in any::<bool>(),
     ) {
         let window = Window { kernel: k, stride: s, dilation: d, pads: p };
         let Some((oh, ow)) = window.output_hw(h, w) else { return Ok(()) };
         let c = groups * cg;
         let o = groups * og;
-        let mut gen = crate::gen(seed, 255);
-        let x = eight_bit(&mut gen, (n * c * h * w) as usize, unsigned, spill);
-        let wts = eight_bit(&mut gen, (o * cg * k[0] * k[1]) as usize, false, false);
+        let mut gen = crate::gen(seed, i32::MAX);
+        let x = eight_bit(&mut gen, (n * c * h * w) as usize, unsigned, spill, wide);
+        let wts = eight_bit(&mut gen, (o * cg * k[0] * k[1]) as usize, false, false, false);
         let mut consts = vec![Const { shape: vec![o, cg, k[0], k[1]], scale: 0, data: wts }];
         let mut ins = vec![0, 1];
         if bias {
-            consts.push(Const { shape: vec![o], scale: 3, data: gen(o as usize) });
+            consts.push(Const { shape: vec![o], scale: 3, data: gen(o as usize).into_iter().map(|v| v % 256).collect() });
             ins.push(2);
         }
         let m = Model::one_node(vec![input("x", vec![n, c, h, w], 6)], consts, Op::Conv2d { window, groups }, ins, vec![n, o, oh, ow], so);
@@ -622,11 +628,11 @@ fn eight_bit_kernels_split_across_threads_with_their_chains() {
         let w = Const {
             shape: ws,
             scale: 4,
-            data: eight_bit(&mut g, nw, false, false),
+            data: eight_bit(&mut g, nw, false, false, false),
         };
         let m = with_chain(head, input("x", xs, 4), w, channels, &mut g);
         m.validate().expect("valid");
-        let x = eight_bit(&mut g, nx, true, false);
+        let x = eight_bit(&mut g, nx, true, false, false);
         let reference = Executor::new(&m, Mode::Reference)
             .run(vec![x.clone()])
             .unwrap();
