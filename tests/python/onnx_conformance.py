@@ -103,7 +103,7 @@ def main():
             with open(doc_path, "w") as f:
                 json.dump({n: tensor_json(v) for n, v in feeds}, f)
             vty = os.path.join(tmp, "m.vty")
-            c = subprocess.run([args.verity, "model", "compile", model_path, "-o", vty, "--calibration", doc_path],
+            c = subprocess.run([args.verity, "model", "compile", model_path, "-o", vty, "--calibration", doc_path, "--precision", "i32"],
                                capture_output=True, text=True, timeout=300)
             outcome, detail = None, ""
             if c.returncode != 0:

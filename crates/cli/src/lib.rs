@@ -128,7 +128,7 @@ pub(crate) struct CompileFlags {
     /// Width of contractions: `i32` (32-bit weights and activations), `int8` (8-bit per-channel weights
     /// and 8-bit activations into every contraction with constant weights), or `wXaY` for X-bit weights
     /// and Y-bit activations (8 or 16 each: `w8a16`, `w16a16`, `w16a8`; `w8a8` is `int8`).
-    #[arg(long, default_value = "i32")]
+    #[arg(long, default_value = "int8")]
     precision: verity_compiler::Precision,
 }
 

@@ -23,11 +23,10 @@ pub const SOFTMAX_INDEX_BITS: i32 = 9;
 /// Scale of softmax exp table entries.
 pub const SOFTMAX_EXP_SCALE: i8 = 30;
 
-/// How wide the canonical model's contractions are.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// How wide the canonical model's contractions are; [`Precision::INT8`] by default.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Precision {
     /// 32-bit activations and weights with one power-of-two scale per tensor (format v1 models).
-    #[default]
     I32,
     /// Every contraction with constant weights gets `weights`-bit weights per output channel (8 or 16)
     /// and `acts`-bit activations (8 or 16); the rest stays 32-bit (see [`crate::narrow`]).
@@ -40,6 +39,12 @@ impl Precision {
         weights: 8,
         acts: 8,
     };
+}
+
+impl Default for Precision {
+    fn default() -> Self {
+        Precision::INT8
+    }
 }
 
 impl std::fmt::Display for Precision {

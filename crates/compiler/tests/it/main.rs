@@ -38,6 +38,7 @@ fn digits_classifier_keeps_its_accuracy() {
     let opts = CompileOptions {
         calibration: Some(rows(calib, &[1, 64])),
         eval: Some(rows(eval.clone(), &[1, 64])),
+        precision: verity_compiler::Precision::I32,
         ..Default::default()
     };
     let (model, report) = compile(&read("digits.onnx"), &opts).unwrap();
@@ -73,6 +74,7 @@ fn fewer_scale_bits_cost_accuracy() {
         let opts = CompileOptions {
             scale_bits: bits,
             default_range: (0.0, 1.0),
+            precision: verity_compiler::Precision::I32,
             ..Default::default()
         };
         compile(&onnx, &opts).unwrap().1.outputs[0].max_abs_error
@@ -197,7 +199,15 @@ fn narrow_precisions_narrow_contractions_and_keep_accuracy() {
     {
         let (name, max_rel, min_top1) = (*name, *max_rel * allow, *min_top1);
         let (qmax, abits): (i32, i32) = (*qmax, *abits);
-        let wide = compile(&read(name), opts).unwrap().0;
+        let wide = compile(
+            &read(name),
+            &CompileOptions {
+                precision: Precision::I32,
+                ..opts.clone()
+            },
+        )
+        .unwrap()
+        .0;
         let opts = CompileOptions {
             precision: *precision,
             ..opts.clone()
