@@ -34,6 +34,10 @@ def image_net(ctor):
     def make():
         import torch
         m = ctor(weights=None)
+        # torchvision starts ViT's classifier head at zero: a random one, so the outputs carry signal
+        if hasattr(m, "heads"):
+            with torch.no_grad():
+                m.heads.head.weight.normal_(0.0, 0.02, generator=torch.Generator().manual_seed(1))
         # realistic BatchNorm statistics: a few random batches in training mode
         m.train()
         with torch.no_grad():

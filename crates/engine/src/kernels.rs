@@ -463,9 +463,12 @@ impl EinPlan {
             }
             let mut c = vec![0i64; bt * m * n];
             for (bi, qa) in qa.iter().enumerate() {
-                let h = halves(batch(bi))?;
-                let pack = |x: &[i32], off| PackedB::activations_in(x, k, n, off);
-                let (hi, lo) = (pack(&h.hi, h.offset)?, pack(&h.lo, false)?);
+                let x = batch(bi);
+                let offset = halves(x)?;
+                let (hi, lo) = (
+                    PackedB::shifted_in(x, 8, k, n, offset)?,
+                    PackedB::shifted_in(x, 0, k, n, false)?,
+                );
                 let ldc = hi.ldc();
                 let (ch, cl) = (
                     qgemm::gemm(qa, &hi, threads, level),
@@ -480,8 +483,7 @@ impl EinPlan {
             Some(Narrow::B(q)) => q,
             _ => {
                 // the activations' 8-bit check first, before any weights are packed
-                let (lo, hi) = qgemm::min_max(ap);
-                PackedA::offset_for(lo >> 8, hi >> 8)?;
+                halves(ap)?;
                 built = self.narrow_b(bp)?;
                 &built
             }
@@ -501,8 +503,12 @@ impl EinPlan {
         }
         let mut c = vec![0i64; bt * m * n];
         for (bi, qb) in qb.iter().enumerate() {
-            let h = halves(batch(bi))?;
-            let (hi, lo) = (PackedA::new(&h.hi, m, k)?, PackedA::new(&h.lo, m, k)?);
+            let x = batch(bi);
+            halves(x)?;
+            let (hi, lo) = (
+                PackedA::from_fn(m, k, |i, kk| x[i * k + kk] >> 8)?,
+                PackedA::from_fn(m, k, |i, kk| x[i * k + kk] & 255)?,
+            );
             let (ch, cl) = (
                 qgemm::gemm(&hi, qb, threads, level),
                 qgemm::gemm(&lo, qb, threads, level),
@@ -676,24 +682,13 @@ impl EinPlan {
 /// A kernel that takes the hook out of its `Option` calls it on every element of its output.
 pub type RowHook<'a> = &'a (dyn Fn(usize, &mut [i32]) + Sync);
 
-/// 16-bit values as two 8-bit halves, `x = 256·hi + lo`.
-struct Halves {
-    /// `x >> 8`: all in `0..=255` (`offset` false) or all in `-128..=127` (`offset` true).
-    hi: Vec<i32>,
-    offset: bool,
-    /// `x & 255`, in `0..=255`.
-    lo: Vec<i32>,
-}
-
-/// The [`Halves`] of `x`; `None` if its values do not fit their forms (`-32768..=32767` or
-/// `0..=65535` do).
-fn halves(x: &[i32]) -> Option<Halves> {
+/// Whether `x` holds 16-bit values the 8-bit kernels take as two halves, `x = 256·hi + lo` with
+/// `hi = x >> 8` and `lo = x & 255` (in `0..=255`): `Some(offset)` if every `hi` lies in `0..=255`
+/// (`offset` false) or every one in `-128..=127` (`offset` true), as for `0..=65535` or
+/// `-32768..=32767`; `None` otherwise.
+fn halves(x: &[i32]) -> Option<bool> {
     let (lo, hi) = qgemm::min_max(x);
-    Some(Halves {
-        offset: PackedA::offset_for(lo >> 8, hi >> 8)?,
-        hi: x.iter().map(|v| v >> 8).collect(),
-        lo: x.iter().map(|v| v & 255).collect(),
-    })
+    PackedA::offset_for(lo >> 8, hi >> 8)
 }
 
 /// `c[i][j] = 256·hi[i][j] + lo[i][j]` for the first `n` columns of rows of stride `ldc`.
@@ -903,7 +898,7 @@ fn conv2d_narrow(
     // the 8-bit form of the patches, or that of their high halves for 16-bit values
     let (offset, split) = match PackedA::offset_for(lo, hi) {
         Some(off) => (off, false),
-        None => (PackedA::offset_for(lo >> 8, hi >> 8)?, true),
+        None => (halves(x)?, true),
     };
     let n = s.x[0];
     let (o_ch, cg, kh, kw) = (s.w[0], s.w[1], s.w[2], s.w[3]);
@@ -919,11 +914,11 @@ fn conv2d_narrow(
     for b in 0..n {
         for (g, qw) in qw.iter().enumerate() {
             im2col(s, x, b, g, &mut im);
+            // 16-bit patches: their high halves here, their low bytes beside
             let (cols, low) = if split {
-                let h = halves(&im)?;
                 (
-                    PackedB::activations_in(&h.hi, kk, p, h.offset)?,
-                    Some(PackedB::activations_in(&h.lo, kk, p, false)?),
+                    PackedB::shifted_in(&im, 8, kk, p, offset)?,
+                    Some(PackedB::shifted_in(&im, 0, kk, p, false)?),
                 )
             } else {
                 (PackedB::activations_in(&im, kk, p, offset)?, None)

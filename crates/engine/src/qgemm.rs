@@ -95,12 +95,18 @@ impl PackedB {
     /// Like [`PackedB::activations`] for values the caller knows to lie in `−128..=127` (`offset`) or in
     /// `0..=255`, e.g. image patches of a scanned input; `None` if `k > MAX_K` or `x` is too short.
     pub fn activations_in(x: &[i32], k: usize, n: usize, offset: bool) -> Option<PackedB> {
+        PackedB::shifted_in(x, 0, k, n, offset)
+    }
+
+    /// The values `x >> shift` (their low bytes when `shift` is 0 and `offset` false), as
+    /// [`PackedB::activations_in`] packs `x`: with `shift` 8, the high halves of 16-bit values.
+    pub fn shifted_in(x: &[i32], shift: u32, k: usize, n: usize, offset: bool) -> Option<PackedB> {
         let mut p = PackedB::empty(k, n, false, offset)?;
         let add = if offset { 128 } else { 0 };
         if x.len() < k * n {
             return None;
         }
-        interleave(x, k, n, p.kq, add, &mut p.data);
+        interleave(x, k, n, p.kq, shift, add, &mut p.data);
         Some(p)
     }
 
@@ -169,14 +175,22 @@ impl PackedB {
 }
 
 crate::multiversion! {
-    fn interleave(x: &[i32], k: usize, n: usize, kq: usize, add: i32, data: &mut [u8]) -> () = interleave_body
+    fn interleave(x: &[i32], k: usize, n: usize, kq: usize, shift: u32, add: i32, data: &mut [u8]) -> () = interleave_body
 }
 
-/// Store the row-major `k×n` activations `x` (plus `add`, as bytes) in [`PackedB`]'s layout: per block of
-/// [`NR`] columns and group of 4 rows, 64 bytes holding each column's 4 values side by side. Padding
-/// bytes are left as they are.
+/// Store the row-major `k×n` activations `x` (as the bytes of `(x >> shift) + add`) in [`PackedB`]'s
+/// layout: per block of [`NR`] columns and group of 4 rows, 64 bytes holding each column's 4 values
+/// side by side. Padding bytes are left as they are.
 #[inline(always)]
-fn interleave_body(x: &[i32], k: usize, n: usize, kq: usize, add: i32, data: &mut [u8]) {
+fn interleave_body(
+    x: &[i32],
+    k: usize,
+    n: usize,
+    kq: usize,
+    shift: u32,
+    add: i32,
+    data: &mut [u8],
+) {
     for g in 0..kq {
         let rows = 4.min(k - 4 * g);
         for (blk, j0) in (0..n).step_by(NR).enumerate() {
@@ -186,16 +200,16 @@ fn interleave_body(x: &[i32], k: usize, n: usize, kq: usize, add: i32, data: &mu
                 let r: [&[i32]; 4] =
                     std::array::from_fn(|i| &x[(4 * g + i) * n + j0..(4 * g + i) * n + j0 + NR]);
                 for (l, d) in dst.chunks_exact_mut(4).enumerate() {
-                    d[0] = (r[0][l] + add) as u8;
-                    d[1] = (r[1][l] + add) as u8;
-                    d[2] = (r[2][l] + add) as u8;
-                    d[3] = (r[3][l] + add) as u8;
+                    d[0] = ((r[0][l] >> shift) + add) as u8;
+                    d[1] = ((r[1][l] >> shift) + add) as u8;
+                    d[2] = ((r[2][l] >> shift) + add) as u8;
+                    d[3] = ((r[3][l] >> shift) + add) as u8;
                 }
             } else {
                 for i in 0..rows {
                     let row = &x[(4 * g + i) * n + j0..(4 * g + i) * n + j0 + len];
                     for (l, &v) in row.iter().enumerate() {
-                        dst[l * 4 + i] = (v + add) as u8;
+                        dst[l * 4 + i] = ((v >> shift) + add) as u8;
                     }
                 }
             }

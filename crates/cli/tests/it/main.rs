@@ -209,7 +209,12 @@ fn identical_bits_across_executors_threads_and_repeats() {
 #[test]
 fn trace_file_commits_to_every_tensor() {
     let dir = tempfile::tempdir().unwrap();
-    let vty = compile_fixture(dir.path(), "transformer", &[]);
+    // the fixture's golden vectors are those of its 32-bit model
+    let vty = compile_fixture(
+        dir.path(),
+        "transformer",
+        &["--precision".into(), "i32".into()],
+    );
     let t = dir.path().join("trace.json");
     let r: Value = serde_json::from_str(&ok(&[
         "run",
@@ -407,6 +412,8 @@ fn external_tensor_data_compiles_to_the_same_model() {
         "fixtures/digits.calibration.npy",
         "--eval",
         "fixtures/digits.eval.npy",
+        "--precision",
+        "i32",
     ]);
     let golden = json_file(&root().join("fixtures/golden.json"));
     assert!(
@@ -434,22 +441,38 @@ fn a_closed_output_pipe_ends_quietly() {
 }
 
 #[test]
-fn int8_precision_compiles_smaller_models_that_run_on_both_executors() {
+fn the_default_int8_precision_compiles_smaller_models_that_run_on_both_executors() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let wide = compile_fixture(dir.path(), "cnn", &["--input-range".into(), "0:1".into()]);
+    let wide = compile_fixture(
+        dir.path(),
+        "cnn",
+        &[
+            "--input-range".into(),
+            "0:1".into(),
+            "--precision".into(),
+            "i32".into(),
+        ],
+    );
     let out = dir.path().join("cnn8.vty");
-    let printed = ok(&[
-        "model",
-        "compile",
-        "fixtures/cnn.onnx",
-        "-o",
-        out.to_str().unwrap(),
-        "--input-range",
-        "0:1",
-        "--precision",
-        "int8",
-    ]);
+    let compile_at = |out: &Path, extra: &[&str]| {
+        let mut a = vec![
+            "model",
+            "compile",
+            "fixtures/cnn.onnx",
+            "-o",
+            out.to_str().unwrap(),
+            "--input-range",
+            "0:1",
+        ];
+        a.extend_from_slice(extra);
+        ok(&a)
+    };
+    let printed = compile_at(&out, &[]);
     assert!(printed.contains("precision int8"), "{printed}");
+    // the default is int8: naming it gives the same file
+    let named = dir.path().join("named.vty");
+    compile_at(&named, &["--precision", "int8"]);
+    assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&named).unwrap());
     let (n8, n32) = (
         std::fs::metadata(&out).unwrap().len(),
         std::fs::metadata(&wide).unwrap().len(),
@@ -486,7 +509,20 @@ fn int8_precision_compiles_smaller_models_that_run_on_both_executors() {
     ]);
     let e = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(2), "{e}");
-    assert!(e.contains("i32 or int8"), "{e}");
+    assert!(e.contains("i32, int8 or wXaY"), "{e}");
+    // as are widths outside the choices
+    for bad in ["w4a8", "w8a32", "w8", "wxa8"] {
+        let o = verity(&[
+            "model",
+            "compile",
+            "fixtures/cnn.onnx",
+            "-o",
+            out.to_str().unwrap(),
+            "--precision",
+            bad,
+        ]);
+        assert_eq!(o.status.code(), Some(2), "{bad}");
+    }
 }
 
 #[test]

@@ -231,8 +231,8 @@ fn publish_infer_verify_round_trip_cli_and_http() {
             "fixtures/cnn.onnx",
         ],
     );
-    // An ONNX file compiled by the node at 8-bit precision: the node compiles with the option the
-    // client signed for, so the IDs agree.
+    // An ONNX file compiled by the node at another precision (16-bit activations; the default is
+    // int8): the node compiles with the option the client signed for, so the IDs agree.
     let cnn8: Value = serde_json::from_str(&cli_ok(
         &node,
         &key,
@@ -241,17 +241,17 @@ fn publish_infer_verify_round_trip_cli_and_http() {
             "publish",
             "fixtures/cnn.onnx",
             "--name",
-            "cnn8",
+            "cnn16",
             "--version",
             "1",
             "--input-range",
             "0:1",
             "--precision",
-            "int8",
+            "w8a16",
         ],
     ))
     .expect("json");
-    let cnn8_local = tmp.path().join("cnn8.vty");
+    let cnn8_local = tmp.path().join("cnn16.vty");
     let o = verity(&[
         "model",
         "compile",
@@ -261,7 +261,7 @@ fn publish_infer_verify_round_trip_cli_and_http() {
         "--input-range",
         "0:1",
         "--precision",
-        "int8",
+        "w8a16",
     ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(cnn8["model_id"], json!(model_id_of(&cnn8_local)));
