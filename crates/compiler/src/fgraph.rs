@@ -2,6 +2,7 @@
 //! quantization. Its evaluator (exact `f64` loops, transcendental functions from the pure-Rust `libm`)
 //! drives calibration and is checked against tract to catch import mistakes.
 
+use rayon::prelude::*;
 use verity_engine::exec::{
     broadcast_strides, for_each_index, for_each_run, label_strides, strides, EinSpec,
 };
@@ -330,28 +331,47 @@ impl FGraph {
                         .iter()
                         .map(|st| st[..st.len().saturating_sub(1)].to_vec())
                         .collect();
-                    let mut row0 = 0;
+                    // the rows' operand (and bias) offsets; rows run in groups over blocks of
+                    // columns, so a block of the contiguous operand is read once for the group
+                    let mut rows: Vec<[usize; 3]> = Vec::new();
                     for_each_index(&outer, &outer_ins, |_, o| {
-                        let row = &mut res[row0..row0 + len];
-                        for &(ka, kb) in &koffs {
-                            let (pa, pb) = (o[0] + ka, o[1] + kb);
-                            match (ja, jb) {
-                                (0, 1) => axpy_f64(row, &bv[pb..pb + len], av[pa]),
-                                (1, 0) => axpy_f64(row, &av[pa..pa + len], bv[pb]),
-                                _ => {
-                                    for (j, r) in row.iter_mut().enumerate() {
-                                        *r += av[pa + j * ja] * bv[pb + j * jb];
+                        rows.push([o[0], o[1], o.get(2).copied().unwrap_or(0)])
+                    });
+                    // groups of rows write disjoint blocks: they run in parallel, each element
+                    // still computed by one group in one order
+                    let ein_group = |(block, group): (&mut [f64], &[[usize; 3]])| {
+                        for j0 in (0..len).step_by(EIN_COLS) {
+                            let nj = EIN_COLS.min(len - j0);
+                            for &(ka, kb) in &koffs {
+                                for (r, o) in group.iter().enumerate() {
+                                    let row = &mut block[r * len + j0..r * len + j0 + nj];
+                                    let (pa, pb) = (o[0] + ka + j0 * ja, o[1] + kb + j0 * jb);
+                                    match (ja, jb) {
+                                        (0, 1) => axpy_f64(row, &bv[pb..pb + nj], av[pa]),
+                                        (1, 0) => axpy_f64(row, &av[pa..pa + nj], bv[pb]),
+                                        _ => {
+                                            for (j, r) in row.iter_mut().enumerate() {
+                                                *r += av[pa + j * ja] * bv[pb + j * jb];
+                                            }
+                                        }
                                     }
                                 }
                             }
                         }
                         if let Some((bd, _)) = &bias {
-                            for (j, r) in row.iter_mut().enumerate() {
-                                *r += bd[o[2] + j * jbias];
+                            for (r, o) in group.iter().enumerate() {
+                                let row = &mut block[r * len..(r + 1) * len];
+                                for (j, v) in row.iter_mut().enumerate() {
+                                    *v += bd[o[2] + j * jbias];
+                                }
                             }
                         }
-                        row0 += len;
-                    });
+                    };
+                    if len > 0 {
+                        res.par_chunks_mut(EIN_ROWS * len)
+                            .zip(rows.par_chunks(EIN_ROWS))
+                            .for_each(ein_group);
+                    }
                     res
                 }
                 Op::Conv2d { window, groups } => {
@@ -508,6 +528,16 @@ impl FGraph {
     }
 }
 
+/// Output rows computed together by the `f64` `EinSum`, and columns per block of them.
+const EIN_ROWS: usize = 8;
+const EIN_COLS: usize = 512;
+
+/// Output pixels per block of the `f64` convolution's patch matrix.
+const CONV_COLS: usize = 256;
+/// Output channels and pixels of one register tile of [`conv_tile`].
+const TILE_O: usize = 4;
+const TILE_P: usize = 16;
+
 #[allow(clippy::too_many_arguments)]
 fn conv_f64(
     x: &[f64],
@@ -519,56 +549,133 @@ fn conv_f64(
     groups: usize,
     out: &[usize],
 ) -> Vec<f64> {
-    let (n, c, h, wd) = (xs[0], xs[1], xs[2] as i64, xs[3] as i64);
+    let (n, c) = (xs[0], xs[1]);
     let (oc, cg, kh, kw) = (ws[0], ws[1], ws[2], ws[3]);
     let og = oc / groups;
-    let (oh, ow) = (out[2], out[3]);
-    let (sy, sx) = (win.stride[0] as usize, win.stride[1] as usize);
-    let (dy, dx) = (win.dilation[0] as usize, win.dilation[1] as usize);
-    let (py, px) = (win.pads[0] as i64, win.pads[1] as i64);
-    let mut res = vec![0.0; n * oc * oh * ow];
-    // each output element starts from its bias and adds its products in (ci, ky, kx) order, skipping
-    // padding; a whole output plane advances one tap at a time, which changes no element's order
+    let p = out[2] * out[3];
+    let k = cg * kh * kw;
+    let mut res = vec![0.0; n * oc * p];
+    // each output element starts from its bias and adds its products in (ci, ky, kx) order (a tap
+    // reading padding adds 0·w, which leaves every non-zero sum as it is); pixels are taken in blocks
+    // of patches, and register tiles of output channels × pixels run the reduction, so no element's
+    // order changes
+    let mut cols = vec![0.0; k * CONV_COLS.min(p)];
     for b in 0..n {
-        for o in 0..oc {
-            let g = o / og;
-            let plane = &mut res[(b * oc + o) * oh * ow..(b * oc + o + 1) * oh * ow];
-            plane.fill(bias.map_or(0.0, |bd| bd[o]));
-            for ci in 0..cg {
-                let xp = &x[(b * c + g * cg + ci) * xs[2] * xs[3]
-                    ..(b * c + g * cg + ci + 1) * xs[2] * xs[3]];
-                for ky in 0..kh {
-                    for kx in 0..kw {
-                        let wv = w[((o * cg + ci) * kh + ky) * kw + kx];
-                        // output columns whose input column is inside the image: x0..x1
-                        let col = |ox: usize| (ox * sx + kx * dx) as i64 - px;
-                        let x0 = (0..ow).find(|&ox| col(ox) >= 0).unwrap_or(ow);
-                        let x1 = (x0..ow).find(|&ox| col(ox) >= wd).unwrap_or(ow);
-                        if x1 <= x0 {
-                            continue;
+        for g in 0..groups {
+            let xg = &x[(b * c + g * cg) * xs[2] * xs[3]..(b * c + (g + 1) * cg) * xs[2] * xs[3]];
+            for p0 in (0..p).step_by(CONV_COLS) {
+                let pc = CONV_COLS.min(p - p0);
+                let cols = &mut cols[..k * pc];
+                patches_f64(xg, xs, (kh, kw), win, out[3], p0, pc, cols);
+                // tiles of output channels write disjoint planes: they run in parallel, each
+                // element still computed by one tile in one order
+                let cols = &*cols;
+                let group = &mut res[(b * oc + g * og) * p..(b * oc + (g + 1) * og) * p];
+                group
+                    .par_chunks_mut(TILE_O * p)
+                    .enumerate()
+                    .for_each(|(t, planes)| {
+                        let o0 = g * og + t * TILE_O;
+                        let mo = planes.len() / p;
+                        let mut bv = [0.0; TILE_O];
+                        for (i, v) in bv.iter_mut().enumerate().take(mo) {
+                            *v = bias.map_or(0.0, |bd| bd[o0 + i]);
                         }
-                        for oy in 0..oh {
-                            let iy = (oy * sy + ky * dy) as i64 - py;
-                            if iy < 0 || iy >= h {
-                                continue;
-                            }
-                            let src = &xp[iy as usize * xs[3]..(iy as usize + 1) * xs[3]];
-                            let dst = &mut plane[oy * ow + x0..oy * ow + x1];
-                            let start = col(x0) as usize;
-                            if sx == 1 {
-                                axpy_f64(dst, &src[start..start + (x1 - x0)], wv);
-                            } else {
-                                for (j, d) in dst.iter_mut().enumerate() {
-                                    *d += src[start + j * sx] * wv;
-                                }
-                            }
-                        }
-                    }
-                }
+                        conv_tile(cols, pc, &w[o0 * k..(o0 + mo) * k], k, bv, planes, (p, p0));
+                    });
             }
         }
     }
     res
+}
+
+/// The patches of output pixels `p0..p0 + pc` of one group's input `xg` as a `[cg·kh·kw × pc]` matrix:
+/// row `(ci, ky, kx)`, column `j` the input value that tap reads for pixel `p0 + j`, 0 where it reads
+/// padding.
+#[allow(clippy::too_many_arguments)]
+fn patches_f64(
+    xg: &[f64],
+    xs: &[usize],
+    (kh, kw): (usize, usize),
+    win: &Window,
+    ow: usize,
+    p0: usize,
+    pc: usize,
+    cols: &mut [f64],
+) {
+    let (h, wd) = (xs[2] as i64, xs[3] as i64);
+    let (sy, sx) = (win.stride[0] as i64, win.stride[1] as i64);
+    let (dy, dx) = (win.dilation[0] as i64, win.dilation[1] as i64);
+    let (py, px) = (win.pads[0] as i64, win.pads[1] as i64);
+    for (r, row) in cols.chunks_mut(pc).enumerate() {
+        let (ci, ky, kx) = (r / (kh * kw), (r / kw) % kh, r % kw);
+        let plane = &xg[ci * xs[2] * xs[3]..(ci + 1) * xs[2] * xs[3]];
+        for (j, v) in row.iter_mut().enumerate() {
+            let (oy, ox) = (((p0 + j) / ow) as i64, ((p0 + j) % ow) as i64);
+            let (iy, ix) = (oy * sy + ky as i64 * dy - py, ox * sx + kx as i64 * dx - px);
+            *v = if iy >= 0 && iy < h && ix >= 0 && ix < wd {
+                plane[(iy * wd + ix) as usize]
+            } else {
+                0.0
+            };
+        }
+    }
+}
+
+verity_engine::multiversion! {
+    fn conv_tile(cols: &[f64], pc: usize, w: &[f64], k: usize, bias: [f64; TILE_O], planes: &mut [f64], at: (usize, usize)) -> () = conv_tile_body
+}
+
+/// Output channels `0..w.len() / k` (at most [`TILE_O`]; their weight rows `w`, biases `bias`) at
+/// pixels `p0..p0 + pc` (`planes`: those channels' output planes of `p` pixels, `at = (p, p0)`): each element is its
+/// bias plus its products in row order of `cols` (the patches, `[k × pc]`), one `f64` multiply and
+/// one add each (no fused multiply-add: the same roundings on every machine).
+#[inline(always)]
+fn conv_tile_body(
+    cols: &[f64],
+    pc: usize,
+    w: &[f64],
+    k: usize,
+    bias: [f64; TILE_O],
+    planes: &mut [f64],
+    (p, p0): (usize, usize),
+) {
+    let mo = w.len() / k;
+    let mut j0 = 0;
+    while j0 < pc {
+        let nj = TILE_P.min(pc - j0);
+        let mut acc = [[0.0f64; TILE_P]; TILE_O];
+        for (i, a) in acc.iter_mut().enumerate() {
+            *a = [bias[i]; TILE_P];
+        }
+        if mo == TILE_O && nj == TILE_P {
+            for kk in 0..k {
+                let xr: &[f64; TILE_P] = cols[kk * pc + j0..kk * pc + j0 + TILE_P]
+                    .try_into()
+                    .expect("a full tile");
+                for (i, a) in acc.iter_mut().enumerate() {
+                    let wv = w[i * k + kk];
+                    for (d, &v) in a.iter_mut().zip(xr) {
+                        *d += v * wv;
+                    }
+                }
+            }
+        } else {
+            for kk in 0..k {
+                let xr = &cols[kk * pc + j0..kk * pc + j0 + nj];
+                for (i, a) in acc.iter_mut().enumerate().take(mo) {
+                    let wv = w[i * k + kk];
+                    for (d, &v) in a.iter_mut().zip(xr) {
+                        *d += v * wv;
+                    }
+                }
+            }
+        }
+        for (i, a) in acc.iter().enumerate().take(mo) {
+            planes[i * p + p0 + j0..i * p + p0 + j0 + nj].copy_from_slice(&a[..nj]);
+        }
+        j0 += nj;
+    }
 }
 
 fn pool_f64(x: &[f64], xs: &[usize], win: &Window, out: &[usize], avg: Option<bool>) -> Vec<f64> {
@@ -607,4 +714,105 @@ fn pool_f64(x: &[f64], xs: &[usize], win: &Window, out: &[usize], avg: Option<bo
         }
     }
     res
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The definition: each output element is its bias, then `x · w` for every tap in (ci, ky, kx)
+    /// order (a tap on padding adds `0 · w`).
+    #[allow(clippy::too_many_arguments)]
+    fn naive_conv(
+        x: &[f64],
+        xs: &[usize],
+        w: &[f64],
+        ws: &[usize],
+        bias: &[f64],
+        win: &Window,
+        groups: usize,
+        out: &[usize],
+    ) -> Vec<f64> {
+        let (n, c, h, wd) = (xs[0], xs[1], xs[2] as i64, xs[3] as i64);
+        let (oc, cg, kh, kw) = (ws[0], ws[1], ws[2], ws[3]);
+        let og = oc / groups;
+        let mut res = Vec::new();
+        for b in 0..n {
+            for o in 0..oc {
+                for oy in 0..out[2] as i64 {
+                    for ox in 0..out[3] as i64 {
+                        let mut acc = bias[o];
+                        for ci in 0..cg {
+                            for ky in 0..kh {
+                                for kx in 0..kw {
+                                    let iy = oy * win.stride[0] as i64
+                                        + ky as i64 * win.dilation[0] as i64
+                                        - win.pads[0] as i64;
+                                    let ix = ox * win.stride[1] as i64
+                                        + kx as i64 * win.dilation[1] as i64
+                                        - win.pads[1] as i64;
+                                    let cin = (o / og) * cg + ci;
+                                    let v = if iy >= 0 && iy < h && ix >= 0 && ix < wd {
+                                        x[((b * c + cin) as i64 * h + iy) as usize * wd as usize
+                                            + ix as usize]
+                                    } else {
+                                        0.0
+                                    };
+                                    acc += v * w[((o * cg + ci) * kh + ky) * kw + kx];
+                                }
+                            }
+                        }
+                        res.push(acc);
+                    }
+                }
+            }
+        }
+        res
+    }
+
+    #[test]
+    fn the_blocked_parallel_convolution_keeps_every_elements_order() {
+        let mut state = 7u64;
+        let mut next = move || {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((state >> 11) as f64 / (1u64 << 53) as f64 - 0.5) * 3.0
+        };
+        // (n, groups, cg, og, h, w, kernel, stride, dilation, pads): tiles of channels and pixels
+        // with remainders, padding, strides, dilation, groups, more pixels than one block
+        let cases = [
+            (1, 1, 3, 5, 7, 9, [3, 3], [1, 1], [1, 1], [1, 1, 1, 1]),
+            (2, 2, 2, 3, 6, 5, [3, 2], [2, 1], [1, 2], [0, 2, 1, 0]),
+            (1, 3, 1, 1, 5, 5, [3, 3], [2, 2], [1, 1], [1, 1, 1, 1]),
+            (1, 1, 4, 9, 20, 17, [1, 1], [1, 1], [1, 1], [0, 0, 0, 0]),
+        ];
+        for (n, groups, cg, og, h, wd, kernel, stride, dilation, pads) in cases {
+            let win = Window {
+                kernel,
+                stride,
+                dilation,
+                pads,
+            };
+            let (oh, ow) = win.output_hw(h, wd).expect("fits");
+            let (c, oc) = (groups * cg, groups * og);
+            let xs = [n, c as usize, h as usize, wd as usize];
+            let ws = [
+                oc as usize,
+                cg as usize,
+                kernel[0] as usize,
+                kernel[1] as usize,
+            ];
+            let out = [n, oc as usize, oh as usize, ow as usize];
+            let x: Vec<f64> = (0..xs.iter().product::<usize>()).map(|_| next()).collect();
+            let w: Vec<f64> = (0..ws.iter().product::<usize>()).map(|_| next()).collect();
+            let bias: Vec<f64> = (0..oc).map(|_| next()).collect();
+            let got = conv_f64(&x, &xs, &w, &ws, Some(&bias), &win, groups as usize, &out);
+            let want = naive_conv(&x, &xs, &w, &ws, &bias, &win, groups as usize, &out);
+            assert_eq!(got.len(), want.len());
+            for (a, b) in got.iter().zip(&want) {
+                assert_eq!(a.to_bits(), b.to_bits());
+            }
+        }
+    }
 }

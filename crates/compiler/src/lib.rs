@@ -341,7 +341,7 @@ fn compile_imported(
         Some(e) if !e.is_empty() => (e.clone(), flatten_samples(g, e, "evaluation")?),
         _ => (calib.clone(), calib_flat),
     };
-    let report = report::evaluate(&imported, &model, &eval, &eval_flat, opts)?;
+    let report = report::evaluate(imported, &model, &eval, &eval_flat, opts)?;
     cancelled()?;
     Ok((model, report))
 }

@@ -68,14 +68,13 @@ fn to_tract_input(t: &FloatTensor, fact: &TypedFact) -> TractResult<TValue> {
 
 /// Run tract, the lowered float graph and the canonical model on every sample and compare.
 pub fn evaluate(
-    imp: &Imported,
+    imp: Imported,
     model: &Model,
     samples: &[Vec<FloatTensor>],
     flat: &[Vec<Vec<f64>>],
     opts: &CompileOptions,
 ) -> Result<CompileReport, CompileError> {
     let terr = |e: TractError| CompileError::Tract(format!("{e:#}"));
-    let plan = imp.tract.clone().into_runnable().map_err(terr)?;
     let in_facts: Vec<TypedFact> = imp
         .tract
         .input_outlets()
@@ -84,6 +83,9 @@ pub fn evaluate(
         .map(|o| imp.tract.outlet_fact(*o).cloned())
         .collect::<TractResult<_>>()
         .map_err(terr)?;
+    // tract's model is not needed after this: its plan takes it (no second copy of the weights)
+    let Imported { tract, graph } = imp;
+    let plan = tract.into_runnable().map_err(terr)?;
     let exec = Executor::new(model, Mode::Fast { threads: 1 });
     let nout = model.outputs.len();
     let mut acc: Vec<(f64, f64, f64, usize, usize, usize)> = vec![(0.0, 0.0, 0.0, 0, 0, 0); nout];
@@ -96,7 +98,7 @@ pub fn evaluate(
             .collect::<TractResult<_>>()
             .map_err(terr)?;
         let reference = plan.run(inputs).map_err(terr)?;
-        let fvals = imp.graph.eval_visit(fl, |_, _| {});
+        let fvals = graph.eval_visit(fl, |_, _| {});
         let q = quantize_inputs(model, sample)
             .map_err(|error| CompileError::Execution { sample: si, error })?;
         let outs = exec
