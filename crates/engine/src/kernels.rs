@@ -448,7 +448,7 @@ impl EinPlan {
         let (bt, m, k, n) = (self.bt, self.m, self.k, self.n);
         let level = Level::detect();
         if let (Some(Narrow::A(qa)), None) = (pa.and_then(|p| p.narrow.as_ref()), pb) {
-            // constant a (weights) times 8-bit activations b
+            // constant a (weights) times 8- or 16-bit activations b
             let batch = |bi: usize| &bp[bi * k * n..(bi + 1) * k * n];
             if let Some(acts) = (0..bt)
                 .map(|bi| PackedB::activations(batch(bi), k, n))
