@@ -450,33 +450,17 @@ impl EinPlan {
         if let (Some(Narrow::A(qa)), None) = (pa.and_then(|p| p.narrow.as_ref()), pb) {
             // constant a (weights) times 8- or 16-bit activations b
             let batch = |bi: usize| &bp[bi * k * n..(bi + 1) * k * n];
-            if let Some(acts) = (0..bt)
-                .map(|bi| PackedB::activations(batch(bi), k, n))
-                .collect::<Option<Vec<_>>>()
-            {
-                return Some(Acc::Narrow(
-                    qa.iter()
-                        .zip(&acts)
-                        .map(|(qa, act)| (qgemm::gemm(qa, act, threads, level), act.ldc()))
-                        .collect(),
-                ));
-            }
-            let mut c = vec![0i64; bt * m * n];
-            for (bi, qa) in qa.iter().enumerate() {
-                let x = batch(bi);
-                let offset = halves(x)?;
-                let (hi, lo) = (
-                    PackedB::shifted_in(x, 8, k, n, offset)?,
-                    PackedB::shifted_in(x, 0, k, n, false)?,
-                );
-                let ldc = hi.ldc();
-                let (ch, cl) = (
-                    qgemm::gemm(qa, &hi, threads, level),
-                    qgemm::gemm(qa, &lo, threads, level),
-                );
-                join_halves(&mut c[bi * m * n..(bi + 1) * m * n], &ch, &cl, ldc, n);
-            }
-            return Some(Acc::Wide(c));
+            return self.by_halves(
+                |bi, part| {
+                    let x = batch(bi);
+                    match part {
+                        Part::Whole => PackedB::activations(x, k, n),
+                        Part::High => PackedB::shifted_in(x, 8, k, n, halves(x)?),
+                        Part::Low => PackedB::shifted_in(x, 0, k, n, false),
+                    }
+                },
+                |bi, act| (qgemm::gemm(&qa[bi], act, threads, level), act.ldc()),
+            );
         }
         let built;
         let qb = match pb.and_then(|p| p.narrow.as_ref()) {
@@ -490,30 +474,46 @@ impl EinPlan {
         };
         debug_assert_eq!(qb.len(), bt);
         let batch = |bi: usize| &ap[bi * m * k..(bi + 1) * m * k];
+        self.by_halves(
+            |bi, part| {
+                let x = batch(bi);
+                match part {
+                    Part::Whole => PackedA::new(x, m, k),
+                    Part::High => {
+                        halves(x)?;
+                        PackedA::from_fn(m, k, |i, kk| x[i * k + kk] >> 8)
+                    }
+                    Part::Low => PackedA::from_fn(m, k, |i, kk| x[i * k + kk] & 255),
+                }
+            },
+            |bi, act| (qgemm::gemm(act, &qb[bi], threads, level), qb[bi].ldc()),
+        )
+    }
+
+    /// The product of every batch's activations (packed by `pack`) by its weights (`mul`, giving the
+    /// `i32` product and its row stride): 8-bit activations whole when every batch's are, else each
+    /// batch's 16-bit values as their two [`halves`], the two products joined in `i64`; `None` if a
+    /// batch fits neither form.
+    fn by_halves<P>(
+        &self,
+        pack: impl Fn(usize, Part) -> Option<P>,
+        mul: impl Fn(usize, &P) -> (Vec<i32>, usize),
+    ) -> Option<Acc> {
+        let (bt, m, n) = (self.bt, self.m, self.n);
+        // every batch is packed before any product runs
         if let Some(acts) = (0..bt)
-            .map(|bi| PackedA::new(batch(bi), m, k))
+            .map(|bi| pack(bi, Part::Whole))
             .collect::<Option<Vec<_>>>()
         {
             return Some(Acc::Narrow(
-                acts.iter()
-                    .zip(qb)
-                    .map(|(act, qb)| (qgemm::gemm(act, qb, threads, level), qb.ldc()))
-                    .collect(),
+                acts.iter().enumerate().map(|(bi, a)| mul(bi, a)).collect(),
             ));
         }
         let mut c = vec![0i64; bt * m * n];
-        for (bi, qb) in qb.iter().enumerate() {
-            let x = batch(bi);
-            halves(x)?;
-            let (hi, lo) = (
-                PackedA::from_fn(m, k, |i, kk| x[i * k + kk] >> 8)?,
-                PackedA::from_fn(m, k, |i, kk| x[i * k + kk] & 255)?,
-            );
-            let (ch, cl) = (
-                qgemm::gemm(&hi, qb, threads, level),
-                qgemm::gemm(&lo, qb, threads, level),
-            );
-            join_halves(&mut c[bi * m * n..(bi + 1) * m * n], &ch, &cl, qb.ldc(), n);
+        for bi in 0..bt {
+            let (hi, lo) = (pack(bi, Part::High)?, pack(bi, Part::Low)?);
+            let ((ch, ldc), (cl, _)) = (mul(bi, &hi), mul(bi, &lo));
+            join_halves(&mut c[bi * m * n..(bi + 1) * m * n], &ch, &cl, ldc, n);
         }
         Some(Acc::Wide(c))
     }
@@ -689,6 +689,15 @@ pub type RowHook<'a> = &'a (dyn Fn(usize, &mut [i32]) + Sync);
 fn halves(x: &[i32]) -> Option<bool> {
     let (lo, hi) = qgemm::min_max(x);
     PackedA::offset_for(lo >> 8, hi >> 8)
+}
+
+/// Which activations a packing holds: all of them (8-bit values), or the high or low [`halves`] of
+/// 16-bit ones.
+#[derive(Clone, Copy)]
+enum Part {
+    Whole,
+    High,
+    Low,
 }
 
 /// `c[i][j] = 256·hi[i][j] + lo[i][j]` for the first `n` columns of rows of stride `ldc`.
