@@ -342,9 +342,10 @@ pub const MAX_ELEMENTS: u64 = 1 << 31;
 /// Maximum rank.
 pub const MAX_RANK: usize = 8;
 
-/// Element count of a shape.
+/// Element count of a shape, saturating at `u64::MAX` (a hostile file's shape can overflow `u64`; the
+/// count then exceeds every limit and size check instead of wrapping to a small number).
 pub fn numel(shape: &[u32]) -> u64 {
-    shape.iter().map(|&d| d as u64).product()
+    shape.iter().fold(1u64, |n, &d| n.saturating_mul(d as u64))
 }
 
 /// numpy broadcast of two shapes.
