@@ -1,4 +1,4 @@
-//! The narrow lowering (`--precision int8`, `w8a16`, `w4a8`, …): every contraction with a constant weight
+//! The narrow lowering (`--precision int8`, `w8a16`, `w16a16`, …): every contraction with a constant weight
 //! operand (`EinSum`, `Conv2d`) is rewritten so that its weights hold 8- or 16-bit values and its
 //! activation operand 8- or 16-bit ones, which the engine multiplies with its 8-bit kernels (16-bit
 //! activations as two 8-bit halves):
@@ -14,7 +14,7 @@
 //! feeding a contraction are requantized by a saturating `Clamp` at a power-of-two scale chosen from
 //! calibration (unsigned when the calibrated values are non-negative, as after a ReLU, else signed). The
 //! accumulator is rounded by `r` bits only when its bound (reduction length × largest activation ×
-//! largest weight + bias) could leave `i32` (never for 8-bit activations and weights below 2^15 terms).
+//! largest weight + bias) could leave `i32` (never for 8-bit activations and weights up to 33,155 terms).
 //! Everything else keeps the 32-bit path; every op used is a v1 op, so the semantics, one-step checks and
 //! proofs apply unchanged. Deterministic like the rest of the compiler: exact `f64` arithmetic only.
 
@@ -133,7 +133,8 @@ fn round(x: f64) -> f64 {
 }
 
 /// Rewrite `model` (compiled from `g` with calibration `stats`; `float_of` maps each canonical value to
-/// its float value, `None` for function tables) into its narrow form with `wbits`-bit weights (8 or 16) and `abits`-bit activations (8 or 16). Contractions that cannot be narrowed (integer operands, two
+/// its float value, `None` for function tables) into its narrow form with `wbits`-bit weights (8 or 16)
+/// and `abits`-bit activations (8 or 16). Contractions that cannot be narrowed (integer operands, two
 /// activations, shifts out of range) keep their 32-bit form.
 pub fn narrow(
     g: &FGraph,
@@ -235,7 +236,13 @@ fn narrow_node(
         return None;
     }
     // requantize the activation to its narrow width (shared by every contraction reading it)
+    // the activation's range: unsigned when its calibrated values are non-negative
     let unsigned = xs.min >= 0.0;
+    let (lo, hi) = if unsigned {
+        (0, (1 << abits) - 1)
+    } else {
+        (-(1 << (abits - 1)), (1 << (abits - 1)) - 1)
+    };
     let (xr, s8) = match b.narrowed.get(&x) {
         Some(&v) => v,
         None => {
@@ -250,11 +257,6 @@ fn narrow_node(
             if (sx as i32 - s8 as i32).abs() > verity_engine::arith::MAX_SHIFT {
                 return None;
             }
-            let (lo, hi) = if unsigned {
-                (0, (1 << abits) - 1)
-            } else {
-                (-(1 << (abits - 1)), (1 << (abits - 1)) - 1)
-            };
             let src = b.value(x);
             let r = b.push_node(
                 format!("{}/q{abits}", node.name),
@@ -363,11 +365,7 @@ fn narrow_node(
     };
     // the accumulator's bound (the bias, in accumulator units, is below 2^30): rounded by `r` bits
     // where it could leave i32
-    let xmax = if unsigned {
-        libm::ldexp(1.0, abits) - 1.0
-    } else {
-        libm::ldexp(1.0, abits - 1)
-    };
+    let xmax = (-lo).max(hi) as f64;
     let bound = terms * xmax * qmax + libm::ldexp(1.0, 30);
     // smallest r with |rshift(acc, r)| < 2^31, i.e. (bound + 2^(r−1)) / 2^r < 2^31 (exact in f64)
     let mut r = 0;
