@@ -15,6 +15,7 @@ use verity_chain::{
 use verity_core::{Hash, SignedReceipt};
 
 use crate::error::ApiError;
+use crate::replicate::Retry;
 use crate::state::{Loaded, Node};
 use crate::tensors::{decode_native, NamedTensor};
 
@@ -361,42 +362,80 @@ async fn wants<C: Chain>(node: &Arc<Node>, chain: &C, model: &Hash) -> Result<bo
     })
 }
 
-/// Start a background pull for each wanted model that is neither stored nor being pulled (a failed
-/// pull is retried after 15 s).
+/// Start a background pull for each wanted model that is neither stored nor being pulled. A failed
+/// pull is retried after `hosting.retry_secs`, the wait doubling after each further failure; after
+/// `hosting.retry_attempts` failures the node gives up on the model, says so once in its log, and lists
+/// it in `GET /v1/node` (a `POST /v1/models/{id}/pull` can still fetch it).
 fn replicate_wanted(node: &Arc<Node>) {
     let Ok(wanted) = node.store.kv_scan(WANTED) else {
         return;
     };
+    let (base, attempts) = (
+        Duration::from_secs(node.config.hosting.retry_secs),
+        node.config.hosting.retry_attempts,
+    );
     for (k, _) in wanted {
         let Ok(id) = <[u8; 32]>::try_from(k.as_slice()).map(Hash) else {
             continue;
         };
         if node.store.model(&id).ok().flatten().is_some() {
             let _ = node.store.kv_write(WANTED, &[(&id.0, None)]);
+            if let Ok(mut inflight) = node.replication.inflight.lock() {
+                inflight.remove(&id);
+            }
             continue;
         }
         {
             let Ok(mut inflight) = node.replication.inflight.lock() else {
                 return;
             };
-            if inflight
-                .get(&id)
-                .is_some_and(|t| t.elapsed() < Duration::from_secs(15))
-            {
+            let now = std::time::Instant::now();
+            let r = inflight.entry(id).or_insert_with(|| Retry {
+                running: false,
+                failures: 0,
+                next: now,
+                last_error: String::new(),
+            });
+            if r.running || now < r.next || r.given_up(attempts) {
                 continue;
             }
-            inflight.insert(id, std::time::Instant::now());
+            r.running = true;
         }
         let n = node.clone();
         tokio::spawn(async move {
-            match crate::replicate::ensure(&n, id).await {
+            let result = crate::replicate::ensure(&n, id).await;
+            let Ok(mut inflight) = n.replication.inflight.lock() else {
+                return;
+            };
+            match result {
                 Ok(_) => {
-                    if let Ok(mut inflight) = n.replication.inflight.lock() {
-                        inflight.remove(&id);
-                    }
+                    inflight.remove(&id);
                 }
                 Err(e) => {
-                    tracing::warn!(model = %id, "replication failed (retrying): {}", e.message)
+                    let Some(r) = inflight.get_mut(&id) else {
+                        return;
+                    };
+                    r.running = false;
+                    r.failures += 1;
+                    r.last_error = e.message;
+                    if r.given_up(attempts) {
+                        tracing::warn!(
+                            model = %id,
+                            "giving up replicating the model after {} failed attempts: {} (ask again with POST /v1/models/{id}/pull)",
+                            r.failures,
+                            r.last_error
+                        );
+                    } else {
+                        let wait = Retry::backoff(base, r.failures);
+                        r.next = std::time::Instant::now() + wait;
+                        tracing::warn!(
+                            model = %id,
+                            "replication failed (attempt {} of {attempts}, retrying in {} s): {}",
+                            r.failures,
+                            wait.as_secs(),
+                            r.last_error
+                        );
+                    }
                 }
             }
         });
@@ -804,5 +843,78 @@ pub fn mode_name(m: Mode) -> &'static str {
     match m {
         Mode::Signed => "signed",
         Mode::Quorum => "quorum",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    /// A wanted model that no peer can serve (its only peer refuses connections) is pulled again after
+    /// a wait that doubles, then given up on after the configured number of attempts: no further pull
+    /// starts, and the failures stay visible.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_unservable_model_is_retried_with_backoff_then_given_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = crate::config::NodeConfig::default();
+        config.hosting.peers = vec!["http://127.0.0.1:9".into()];
+        config.hosting.retry_secs = 1;
+        config.hosting.retry_attempts = 3;
+        let store = verity_store::Store::open(dir.path()).unwrap();
+        let node = Node::new(config, store, verity_core::SecretKey::random());
+        let id = verity_core::keccak256(b"a model nobody serves");
+        node.store.kv_put(WANTED, &id.0, &[]).unwrap();
+        let state = |n: &Arc<Node>| {
+            let g = n.replication.inflight.lock().unwrap();
+            g.get(&id)
+                .map(|r| (r.failures, r.running, r.last_error.clone()))
+        };
+        // tick like the chain loop until the model has `n` failures; when that happened
+        let until = |n: u32| {
+            let node = node.clone();
+            async move {
+                let start = Instant::now();
+                loop {
+                    replicate_wanted(&node);
+                    if state(&node).is_some_and(|s| s.0 >= n && !s.1) {
+                        return Instant::now();
+                    }
+                    assert!(start.elapsed() < Duration::from_secs(30), "no failure {n}");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        };
+        let t1 = until(1).await;
+        let (_, _, why) = state(&node).unwrap();
+        assert!(why.contains("127.0.0.1:9"), "{why}");
+        // right after a failure, a tick starts nothing
+        replicate_wanted(&node);
+        assert_eq!(state(&node).unwrap().0, 1);
+        assert!(!state(&node).unwrap().1);
+        let t2 = until(2).await;
+        assert!(t2 - t1 >= Duration::from_secs(1), "{:?}", t2 - t1);
+        let t3 = until(3).await;
+        assert!(
+            t3 - t2 >= Duration::from_secs(2),
+            "the wait doubles: {:?}",
+            t3 - t2
+        );
+        // given up: ticks for longer than the next wait would be start no pull
+        let quiet = Instant::now();
+        while quiet.elapsed() < Duration::from_secs(5) {
+            replicate_wanted(&node);
+            let (failures, running, _) = state(&node).unwrap();
+            assert_eq!((failures, running), (3, false));
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(node.replication.inflight.lock().unwrap()[&id].given_up(3));
+        // still wanted (a pull asked for by hand can fetch it)
+        assert!(node.store.kv_get(WANTED, &id.0).unwrap().is_some());
+        // the waits: doubling from the base, at most an hour
+        let b = Duration::from_secs(15);
+        assert_eq!(Retry::backoff(b, 1), b);
+        assert_eq!(Retry::backoff(b, 3), b * 4);
+        assert_eq!(Retry::backoff(b, 40), Duration::from_secs(3600));
     }
 }

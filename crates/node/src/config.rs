@@ -116,6 +116,12 @@ pub struct Hosting {
     pub peers: Vec<String>,
     /// Chunks fetched at once while replicating.
     pub parallel_chunks: usize,
+    /// Seconds before a failed background pull of a wanted model is retried; the wait doubles after
+    /// each further failure (at most an hour).
+    pub retry_secs: u64,
+    /// Failed background pulls of one model before the node gives up on it (until it restarts, or a
+    /// pull is asked for by `POST /v1/models/{id}/pull`).
+    pub retry_attempts: u32,
 }
 
 impl Default for Hosting {
@@ -126,6 +132,8 @@ impl Default for Hosting {
             target: 3,
             peers: vec![],
             parallel_chunks: 8,
+            retry_secs: 15,
+            retry_attempts: 8,
         }
     }
 }

@@ -76,6 +76,33 @@ impl ChunkList {
     }
 }
 
+/// The state of the background pulls of one wanted model.
+#[derive(Clone, Debug)]
+pub struct Retry {
+    /// A pull is running.
+    pub running: bool,
+    /// Pulls that failed so far.
+    pub failures: u32,
+    /// No new pull before this.
+    pub next: Instant,
+    /// Why the last pull failed.
+    pub last_error: String,
+}
+
+impl Retry {
+    /// Whether the node stopped trying (after `attempts` failures).
+    pub fn given_up(&self, attempts: u32) -> bool {
+        self.failures >= attempts
+    }
+
+    /// The wait after the `failures`-th failure: `base` doubled per further failure, at most an hour.
+    pub fn backoff(base: Duration, failures: u32) -> Duration {
+        let doublings = failures.saturating_sub(1).min(20);
+        base.saturating_mul(1 << doublings)
+            .min(Duration::from_secs(3600))
+    }
+}
+
 /// Replication state shared by a node's tasks.
 #[derive(Default)]
 pub struct Replication {
@@ -83,8 +110,8 @@ pub struct Replication {
     locks: Mutex<BTreeMap<Hash, Arc<tokio::sync::Mutex<()>>>>,
     /// Stored models may not be announced on-chain yet.
     pub announce_pending: AtomicBool,
-    /// Background pulls started by the chain loop: model → when.
-    pub inflight: Mutex<BTreeMap<Hash, Instant>>,
+    /// Background pulls of wanted models started by the chain loop, and their failures.
+    pub inflight: Mutex<BTreeMap<Hash, Retry>>,
     /// The last registry snapshot read for quorum coordination, and when.
     pub snapshot: Mutex<Option<(Instant, verity_chain::cert::RegistrySnapshot)>>,
     /// HTTP client for peers (connection pool shared by pulls and quorum requests).

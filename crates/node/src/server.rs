@@ -222,6 +222,18 @@ async fn node_info(State(node): State<Arc<Node>>) -> Result<Json<Value>, ApiErro
         })
         .await??;
     let c = &node.config;
+    // wanted models whose background pulls failed: still retried, or given up on
+    let (mut retrying, mut given_up) = (Vec::new(), Vec::new());
+    if let Ok(inflight) = node.replication.inflight.lock() {
+        for (id, r) in inflight.iter().filter(|(_, r)| r.failures > 0) {
+            let entry = json!({"model": id, "failures": r.failures, "error": r.last_error});
+            if r.given_up(c.hosting.retry_attempts) {
+                given_up.push(entry);
+            } else {
+                retrying.push(entry);
+            }
+        }
+    }
     Ok(Json(json!({
         "address": node.address(),
         "version": env!("CARGO_PKG_VERSION"),
@@ -233,6 +245,7 @@ async fn node_info(State(node): State<Arc<Node>>) -> Result<Json<Value>, ApiErro
         "versions": versions,
         "receipts": receipts,
         "limits": c.limits,
+        "replication": {"retrying": retrying, "given_up": given_up},
     })))
 }
 
