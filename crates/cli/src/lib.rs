@@ -126,8 +126,11 @@ pub(crate) struct CompileFlags {
     #[arg(long)]
     input_shape: Vec<String>,
     /// Width of contractions: `i32` (32-bit weights and activations), `int8` (8-bit per-channel weights
-    /// and 8-bit activations into every contraction with constant weights), or `wXaY` for X-bit weights
-    /// and Y-bit activations (8 or 16 each: `w8a16`, `w16a16`, `w16a8`; `w8a8` is `int8`).
+    /// and 8-bit activations into every contraction with constant weights), or `wXaY[d]` for X-bit
+    /// weights (16 or 8 per output channel; 4 per block of 32 along a matrix product's reduced axis,
+    /// others 8) and Y-bit activations (8 or 16), with `d` quantizing a matrix product's activations
+    /// per row at run time instead of at a calibrated scale (`w8a16`, `w16a16`, `w4a8`, `w8a8d`;
+    /// `w8a8` is `int8`, `int4` is `w4a8`).
     #[arg(long, default_value = "int8")]
     precision: verity_compiler::Precision,
 }

@@ -1,7 +1,7 @@
-//! The narrow lowering (`--precision int8`, `w8a16`, `w16a16`, …): every contraction with a constant weight
-//! operand (`EinSum`, `Conv2d`) is rewritten so that its weights hold 8- or 16-bit values and its
-//! activation operand 8- or 16-bit ones, which the engine multiplies with its 8-bit kernels (16-bit
-//! activations as two 8-bit halves):
+//! The narrow lowering (`--precision int8`, `w8a16`, `w16a16`, `w4a8`, `w8a8d`, …): every contraction
+//! with a constant weight operand (`EinSum`, `Conv2d`) is rewritten so that its weights hold 4-, 8- or
+//! 16-bit values and its activation operand 8- or 16-bit ones, which the engine multiplies with its
+//! 8-bit kernels (16-bit activations as two 8-bit halves):
 //!
 //! ```text
 //! x (i32, scale s_x) ── Clamp{0,2^A−1} or Clamp{−2^(A−1),2^(A−1)−1} at scale s_a ──┐
@@ -15,15 +15,26 @@
 //! calibration (unsigned when the calibrated values are non-negative, as after a ReLU, else signed). The
 //! accumulator is rounded by `r` bits only when its bound (reduction length × largest activation ×
 //! largest weight + bias) could leave `i32` (never for 8-bit activations and weights up to 33,155 terms).
-//! Everything else keeps the 32-bit path; every op used is a v1 op, so the semantics, one-step checks and
-//! proofs apply unchanged. Deterministic like the rest of the compiler: exact `f64` arithmetic only.
+//!
+//! Two variants for matrix products (`EinSum`), spec §7.2:
+//! - **4-bit weights** (`w4…`) have one multiplier per (channel, block of [`BLOCK`] elements along the
+//!   reduced axis), as GGUF's block formats: the reduced axis is viewed as `[blocks, BLOCK]`, the
+//!   product keeps the block axis, `Mul` scales each block and a `Reduce` sums the blocks. A product
+//!   whose reduced axis does not divide into blocks (and every convolution) takes 8-bit weights.
+//! - **Dynamic activations** (`…d`): each row (one position of the axes kept in the output) is
+//!   quantized at run time from its largest magnitude `M`: `q = div_round(x · 2^(Y−1), M)`, clamped to
+//!   `±(2^(Y−1) − 1)`; the product is scaled back by `M` after the channel (or block) multipliers, and
+//!   the bias is added last.
+//!
+//! Everything else keeps the 32-bit path; every op used is a v1 op, so the semantics, one-step checks
+//! and proofs apply unchanged. Deterministic like the rest of the compiler: exact `f64` arithmetic only.
 
 use std::collections::BTreeMap;
 
 use verity_engine::exec::{broadcast_strides, for_each_index};
-use verity_engine::ir::{Const, Model, Node, Op, Output, ValueId};
+use verity_engine::ir::{Const, Model, Node, Op, Output, ReduceKind, ValueId};
 
-use crate::fgraph::FGraph;
+use crate::fgraph::{FConst, FGraph};
 use crate::quantize::{ceil_log2, Stats};
 
 /// Bits of a per-channel multiplier: 2^-24 relative precision for a weight scale, and an accumulator
@@ -46,8 +57,8 @@ struct Builder<'a> {
     nodes: Vec<(Node, Vec<R>)>,
     /// Old value id → new value.
     map: Vec<Option<R>>,
-    /// Old value id → its narrow requantization and that node's scale.
-    narrowed: BTreeMap<ValueId, (R, i8)>,
+    /// (old value id, axes of a per-row quantization or none) → its narrow requantization.
+    narrowed: BTreeMap<(ValueId, Vec<u32>), Quantized>,
 }
 
 impl Builder<'_> {
@@ -133,21 +144,16 @@ fn round(x: f64) -> f64 {
 }
 
 /// Rewrite `model` (compiled from `g` with calibration `stats`; `float_of` maps each canonical value to
-/// its float value, `None` for function tables) into its narrow form with `wbits`-bit weights (8 or 16)
-/// and `abits`-bit activations (8 or 16). Contractions that cannot be narrowed (integer operands, two
-/// activations, shifts out of range) keep their 32-bit form.
+/// its float value, `None` for function tables) into its narrow form with the given widths.
+/// Contractions that cannot be narrowed (integer operands, two activations, shifts out of range) keep
+/// their 32-bit form.
 pub fn narrow(
     g: &FGraph,
     stats: &[Stats],
     model: &Model,
     float_of: &[Option<usize>],
-    wbits: u8,
-    abits: u8,
+    widths: Widths,
 ) -> Model {
-    let widths = Widths {
-        qmax: ((1i64 << (wbits - 1)) - 1) as f64,
-        abits: abits as i32,
-    };
     let mut b = Builder {
         old: model,
         consts: Vec::new(),
@@ -178,13 +184,280 @@ pub fn narrow(
     b.finish()
 }
 
+/// Elements per block of 4-bit weights along the reduced axis of a matrix product (as in GGUF's 4-bit
+/// formats); each block has its own multiplier.
+pub const BLOCK: usize = 32;
+
 /// The lowering's widths.
-#[derive(Clone, Copy)]
-struct Widths {
-    /// Largest magnitude of a quantized weight.
-    qmax: f64,
+#[derive(Clone, Copy, Debug)]
+pub struct Widths {
+    /// Weight bits: 4 (per block), 8 or 16 (per output channel).
+    wbits: u8,
     /// Bits of an activation (one of them the sign for signed values).
     abits: i32,
+    /// Activations of matrix products are quantized per row at run time.
+    dynamic: bool,
+}
+
+impl Widths {
+    /// `weights` ∈ {4, 8, 16}, `acts` ∈ {8, 16}.
+    pub fn new(weights: u8, acts: u8, dynamic: bool) -> Widths {
+        Widths {
+            wbits: weights,
+            abits: acts as i32,
+            dynamic,
+        }
+    }
+}
+
+/// How one contraction's operands are laid out.
+struct Roles {
+    /// Index of the weight among the node's inputs.
+    wi: usize,
+    /// The weight's output-channel axis, and where it is in the output.
+    chan: Option<(usize, usize)>,
+    /// The weight's reduced axes (in the activation and not in the output).
+    reduced: Vec<usize>,
+}
+
+fn roles(node: &Node, weight_is_b: bool) -> Option<Roles> {
+    match &node.op {
+        Op::Conv2d { .. } => Some(Roles {
+            wi: 1,
+            chan: Some((0, 1)),
+            reduced: vec![1, 2, 3],
+        }),
+        Op::EinSum { a, b: bl, out } => {
+            let (wi, wl, al) = if weight_is_b { (1, bl, a) } else { (0, a, bl) };
+            let chans: Vec<usize> = (0..wl.len())
+                .filter(|&i| out.contains(&wl[i]) && !al.contains(&wl[i]))
+                .collect();
+            let reduced = (0..wl.len())
+                .filter(|&i| al.contains(&wl[i]) && !out.contains(&wl[i]))
+                .collect();
+            let chan = match chans[..] {
+                [i] => out.iter().position(|&l| l == wl[i]).map(|p| (i, p)),
+                _ => None,
+            };
+            Some(Roles { wi, chan, reduced })
+        }
+        _ => None,
+    }
+}
+
+/// An activation requantized for the narrow contractions that read it.
+#[derive(Clone)]
+struct Quantized {
+    /// The narrow values and their scale.
+    q: R,
+    scale: i8,
+    /// Their range.
+    lo: i32,
+    hi: i32,
+    /// Per-row quantization: the rows' largest magnitudes (at the activation's scale), laid out to
+    /// broadcast against the contraction's output.
+    rows: Option<R>,
+}
+
+/// Requantize activation `x` (read by `node`) to `abits` bits at the scale calibration chose.
+fn quantize_static(
+    b: &mut Builder<'_>,
+    xs: &Stats,
+    x: ValueId,
+    node: &Node,
+    abits: i32,
+) -> Option<Quantized> {
+    // unsigned when the calibrated values are non-negative
+    let unsigned = xs.min >= 0.0;
+    let (lo, hi) = if unsigned {
+        (0, (1 << abits) - 1)
+    } else {
+        (-(1 << (abits - 1)), (1 << (abits - 1)) - 1)
+    };
+    if let Some(q) = b.narrowed.get(&(x, Vec::new())) {
+        return Some(q.clone());
+    }
+    let m = xs.min.abs().max(xs.max.abs());
+    let bits = if unsigned { abits } else { abits - 1 };
+    let s8 = if m > 0.0 {
+        (bits - ceil_log2(m)).clamp(-30, MAX_ACT_SCALE)
+    } else {
+        MAX_ACT_SCALE
+    } as i8;
+    let old = b.old.value(x)?;
+    if (old.scale as i32 - s8 as i32).abs() > verity_engine::arith::MAX_SHIFT {
+        return None;
+    }
+    let shape = old.shape.to_vec();
+    let src = b.value(x);
+    let q = b.push_node(
+        format!("{}/q{abits}", node.name),
+        Op::Clamp { lo, hi },
+        vec![src],
+        shape,
+        s8,
+    );
+    let out = Quantized {
+        q,
+        scale: s8,
+        lo,
+        hi,
+        rows: None,
+    };
+    b.narrowed.insert((x, Vec::new()), out.clone());
+    Some(out)
+}
+
+/// Requantize activation `x` of `EinSum` `node` (operand labels `xl`) per row at run time: a row is
+/// one position of the axes kept in the output; with `M` the row's largest magnitude (at least one
+/// unit), `q = clamp(div_round(x · 2^(Y−1), M), ±(2^(Y−1) − 1))` at scale `Y − 1`, so `x ≈ q · M · 2^−(Y−1)`.
+fn quantize_dynamic(
+    b: &mut Builder<'_>,
+    x: ValueId,
+    xl: &[u8],
+    node: &Node,
+    abits: i32,
+) -> Option<Quantized> {
+    let Op::EinSum { out, .. } = &node.op else {
+        return None;
+    };
+    let old = b.old.value(x)?;
+    let (sx, xshape) = (old.scale, old.shape.to_vec());
+    let axes: Vec<u32> = (0..xl.len())
+        .filter(|&i| !out.contains(&xl[i]))
+        .map(|i| i as u32)
+        .collect();
+    if axes.is_empty() {
+        return None;
+    }
+    // the rows' maxima line up with the output when the kept labels keep their order there
+    let kept: Vec<u8> = xl.iter().copied().filter(|l| out.contains(l)).collect();
+    let in_out: Vec<u8> = out.iter().copied().filter(|l| kept.contains(l)).collect();
+    if kept != in_out {
+        return None;
+    }
+    let rows_shape: Vec<u32> = out
+        .iter()
+        .map(|l| match xl.iter().position(|m| m == l) {
+            Some(i) => xshape[i],
+            None => 1,
+        })
+        .collect();
+    let key = (x, axes.clone());
+    let q = match b.narrowed.get(&key) {
+        Some(q) => q.clone(),
+        None => {
+            let name = &node.name;
+            let src = b.value(x);
+            let mut reduced = xshape.clone();
+            for &a in &axes {
+                reduced[a as usize] = 1;
+            }
+            let abs = b.push_node(
+                format!("{name}/abs"),
+                Op::LeakyRelu {
+                    alpha_q: -1,
+                    alpha_scale: 0,
+                },
+                vec![src],
+                xshape.clone(),
+                sx,
+            );
+            let max = b.push_node(
+                format!("{name}/rowmax"),
+                Op::Reduce {
+                    kind: ReduceKind::Max,
+                    axes,
+                },
+                vec![abs],
+                reduced.clone(),
+                sx,
+            );
+            let m = b.push_node(
+                format!("{name}/rowmax1"),
+                Op::Clamp {
+                    lo: 1,
+                    hi: i32::MAX,
+                },
+                vec![max],
+                reduced,
+                sx,
+            );
+            let sq = (abits - 1) as i8;
+            let top = (1 << (abits - 1)) - 1;
+            let div = b.push_node(
+                format!("{name}/div"),
+                Op::Div,
+                vec![src, m],
+                xshape.clone(),
+                sq,
+            );
+            let q = b.push_node(
+                format!("{name}/q{abits}d"),
+                Op::Clamp { lo: -top, hi: top },
+                vec![div],
+                xshape,
+                sq,
+            );
+            let out = Quantized {
+                q,
+                scale: sq,
+                lo: -top,
+                hi: top,
+                rows: Some(m),
+            };
+            b.narrowed.insert(key, out.clone());
+            out
+        }
+    };
+    // the rows' maxima in the output's layout (same elements, so a reshape)
+    let m = q.rows?;
+    let rows = b.push_node(
+        format!("{}/rows", node.name),
+        Op::Reshape,
+        vec![m],
+        rows_shape,
+        sx,
+    );
+    Some(Quantized {
+        rows: Some(rows),
+        ..q
+    })
+}
+
+/// Per-group multipliers: `σ_i = need_i` scaled to `bits` bits at one scale `s_m`: `(m_i, s_m)` with
+/// `m_i = ⌊σ_i · 2^s_m + ½⌋ ≥ 1`; `None` when there is nothing to represent.
+fn multipliers(need: &[f64], bits: i32) -> Option<(Vec<i32>, i32)> {
+    let top = need.iter().fold(0f64, |m, &v| m.max(v));
+    if top == 0.0 {
+        return None;
+    }
+    let s_m = (bits - ceil_log2(top)).clamp(-30, 60);
+    let smf = libm::ldexp(1.0, s_m);
+    // a group with nothing to represent takes the largest scale (its weights are 0 either way)
+    let mult = need
+        .iter()
+        .map(|&n| {
+            round(if n > 0.0 { n } else { top } * smf).clamp(1.0, (1u64 << 31) as f64 - 1.0) as i32
+        })
+        .collect();
+    Some((mult, s_m))
+}
+
+/// The least `r ≥ 0` with `(bound + 2^(r−1)) / 2^r < 2^31`: the bits an accumulator whose magnitude
+/// is at most `bound` is rounded by to stay in `i32` (exact in `f64`).
+fn acc_shift(bound: f64) -> i32 {
+    let mut r = 0;
+    while (bound + if r > 0 { libm::ldexp(1.0, r - 1) } else { 0.0 }) / libm::ldexp(1.0, r)
+        >= libm::ldexp(1.0, 31)
+    {
+        r += 1;
+    }
+    r
+}
+
+fn legal(shift: i32) -> bool {
+    shift.abs() <= verity_engine::arith::MAX_SHIFT
 }
 
 /// The narrow form of one contraction, if it has one: returns the value replacing the node's output.
@@ -194,40 +467,22 @@ fn narrow_node(
     stats: &[Stats],
     float_of: &[Option<usize>],
     node: &Node,
-    Widths { qmax, abits }: Widths,
+    widths: Widths,
 ) -> Option<R> {
     let old = b.old;
     let fconst = |v: ValueId| {
         let f = float_of[v as usize]?;
         g.const_of(f as u32).filter(|c| !c.int)
     };
-    // which input is the weight, its output-channel axis (in the weight, in the output) and its
-    // reduced axes (in the activation and not in the output)
-    let (wi, w_axis, out_axis, reduced) = match &node.op {
-        Op::Conv2d { .. } => (1usize, Some(0usize), Some(1usize), vec![1, 2, 3]),
-        Op::EinSum { a, b: bl, out } => {
-            let (wi, wl, al) = if fconst(node.inputs[1]).is_some() {
-                (1, bl, a)
-            } else {
-                (0, a, bl)
-            };
-            let chans: Vec<usize> = (0..wl.len())
-                .filter(|&i| out.contains(&wl[i]) && !al.contains(&wl[i]))
-                .collect();
-            let reduced = (0..wl.len())
-                .filter(|&i| al.contains(&wl[i]) && !out.contains(&wl[i]))
-                .collect();
-            match chans[..] {
-                [i] => (wi, Some(i), out.iter().position(|&l| l == wl[i]), reduced),
-                _ => (wi, None, None, reduced),
-            }
-        }
-        _ => return None,
-    };
+    let Roles { wi, chan, reduced } = roles(
+        node,
+        node.inputs.len() > 1 && fconst(node.inputs[1]).is_some(),
+    )?;
     let xi = 1 - wi;
-    let (x, w) = (node.inputs[xi], node.inputs[wi]);
+    let (x, w) = (*node.inputs.get(xi)?, node.inputs[wi]);
     let wf = fconst(w)?;
-    let terms: f64 = reduced.iter().map(|&i| wf.shape[i] as f64).product();
+    let ws: Vec<usize> = wf.shape.iter().map(|&d| d as usize).collect();
+    let terms: f64 = reduced.iter().map(|&i| ws[i] as f64).product();
     if old.const_of(x).is_some() {
         return None;
     }
@@ -235,46 +490,91 @@ fn narrow_node(
     if g.is_int(float_of[x as usize]? as u32) {
         return None;
     }
-    // requantize the activation to its narrow width (shared by every contraction reading it)
-    // the activation's range: unsigned when its calibrated values are non-negative
-    let unsigned = xs.min >= 0.0;
-    let (lo, hi) = if unsigned {
-        (0, (1 << abits) - 1)
-    } else {
-        (-(1 << (abits - 1)), (1 << (abits - 1)) - 1)
+    let bias = match node.inputs.get(2) {
+        Some(&v) => Some(fconst(v)?),
+        None => None,
     };
-    let (xr, s8) = match b.narrowed.get(&x) {
-        Some(&v) => v,
-        None => {
-            let m = xs.min.abs().max(xs.max.abs());
-            let bits = if unsigned { abits } else { abits - 1 };
-            let s8 = if m > 0.0 {
-                (bits - ceil_log2(m)).clamp(-30, MAX_ACT_SCALE)
-            } else {
-                MAX_ACT_SCALE
-            } as i8;
-            let sx = old.value(x)?.scale;
-            if (sx as i32 - s8 as i32).abs() > verity_engine::arith::MAX_SHIFT {
-                return None;
-            }
-            let src = b.value(x);
-            let r = b.push_node(
-                format!("{}/q{abits}", node.name),
-                Op::Clamp { lo, hi },
-                vec![src],
-                old.value(x)?.shape.to_vec(),
-                s8,
-            );
-            b.narrowed.insert(x, (r, s8));
-            (r, s8)
+    let einsum = match &node.op {
+        Op::EinSum { a, b: bl, out } => Some((a, bl, out)),
+        _ => None,
+    };
+    // 4-bit weights come in blocks along the one reduced axis of a matrix product; a contraction
+    // without such an axis takes 8-bit weights per channel
+    let block_axis = match (widths.wbits, &reduced[..]) {
+        (4, &[k]) if einsum.is_some() && ws[k] % BLOCK == 0 => Some(k),
+        _ => None,
+    };
+    let wbits = match widths.wbits {
+        4 if block_axis.is_none() => 8,
+        w => w,
+    };
+    let qmax = ((1i64 << (wbits - 1)) - 1) as f64;
+    // the activation, requantized (shared by every contraction reading it the same way)
+    let dynamic = match (widths.dynamic, einsum) {
+        (true, Some((a, bl, _))) => {
+            let xl = if xi == 0 { a } else { bl };
+            quantize_dynamic(b, x, xl, node, widths.abits)
         }
+        _ => None,
     };
-    // per-channel weights: w ≈ q · m_c · 2^-s_m
+    let xq = match dynamic {
+        Some(q) => q,
+        None => quantize_static(b, xs, x, node, widths.abits)?,
+    };
+    // the largest real value of the quantized activation (relative to the row's maximum if dynamic)
+    let amax_int = (-xq.lo).max(xq.hi) as f64;
+    let amax = amax_int / libm::ldexp(1.0, xq.scale as i32);
+    match block_axis {
+        None if xq.rows.is_none() => per_channel(b, node, wf, bias, &xq, chan, terms, qmax, wi),
+        None => dynamic_per_channel(b, node, wf, bias, &xq, chan, terms, qmax, wi),
+        Some(k) => blocked(b, node, wf, bias, &xq, chan, k, qmax, wi, amax),
+    }
+}
+
+/// The shape of per-channel multipliers broadcasting against an output of rank `out_rank` whose
+/// channel axis is `p` (one multiplier for the tensor without a channel axis), then `tail`.
+fn mult_shape(
+    chans: usize,
+    chan: Option<(usize, usize)>,
+    out_rank: usize,
+    tail: &[u32],
+) -> Vec<u32> {
+    let mut s: Vec<u32> = match chan {
+        Some((_, p)) => std::iter::once(chans as u32)
+            .chain(std::iter::repeat_n(1, out_rank - 1 - p))
+            .collect(),
+        None if tail.is_empty() => vec![1],
+        None => Vec::new(),
+    };
+    s.extend_from_slice(tail);
+    s
+}
+
+/// The weight's channel count and the element index → channel map's inner stride.
+fn channels(ws: &[usize], chan: Option<(usize, usize)>) -> (usize, usize) {
+    match chan {
+        Some((ax, _)) => (ws[ax], ws[ax + 1..].iter().product()),
+        None => (1, ws.iter().product()),
+    }
+}
+
+/// Static activations, weights per output channel, bias folded into the accumulator:
+/// `y = Mul(C(x_q, q, c), m)` (spec §7.2).
+#[allow(clippy::too_many_arguments)]
+fn per_channel(
+    b: &mut Builder<'_>,
+    node: &Node,
+    wf: &FConst,
+    bias: Option<&FConst>,
+    xq: &Quantized,
+    chan: Option<(usize, usize)>,
+    terms: f64,
+    qmax: f64,
+    wi: usize,
+) -> Option<R> {
+    let s8 = xq.scale;
     let ws: Vec<usize> = wf.shape.iter().map(|&d| d as usize).collect();
-    let (chans, inner) = match w_axis {
-        Some(ax) => (ws[ax], ws[ax + 1..].iter().product::<usize>()),
-        None => (1, wf.data.len()),
-    };
+    let (chans, inner) = channels(&ws, chan);
     let chan_of = |i: usize| (i / inner) % chans;
     let mut amax = vec![0f64; chans];
     for (i, &v) in wf.data.iter().enumerate() {
@@ -282,17 +582,8 @@ fn narrow_node(
         amax[c] = amax[c].max(v.abs());
     }
     // the bias, in accumulator units, must fit i32: a channel's scale is raised if its bias needs it
-    let bias = node.inputs.get(2).and_then(|&v| fconst(v));
-    if node.inputs.len() > 2 && bias.is_none() {
-        return None;
-    }
     let out_rank = node.shape.len();
-    let m_shape: Vec<u32> = match out_axis {
-        Some(p) => std::iter::once(chans as u32)
-            .chain(std::iter::repeat_n(1, out_rank - 1 - p))
-            .collect(),
-        None => vec![1],
-    };
+    let m_shape = mult_shape(chans, chan, out_rank, &[]);
     // how the multipliers line up with a bias: a convolution's bias is one value per channel; an
     // EinSum's broadcasts to the output like the multipliers (and grows a channel axis if it lacks one)
     let m_index: Vec<u32> = match node.op {
@@ -306,8 +597,8 @@ fn narrow_node(
     });
     let s8f = libm::ldexp(1.0, s8 as i32);
     let mut need = amax.iter().map(|&a| a / qmax).collect::<Vec<f64>>();
+    let us = |s: &[u32]| s.iter().map(|&d| d as usize).collect::<Vec<_>>();
     if let Some((bc, bshape)) = &bias_plan {
-        let us = |s: &[u32]| s.iter().map(|&d| d as usize).collect::<Vec<_>>();
         let (bs, ms) = (us(bshape), us(&m_index));
         let st_b = broadcast_strides(&bs, &us(&bc.shape));
         let st_m = broadcast_strides(&bs, &ms);
@@ -316,19 +607,8 @@ fn narrow_node(
             need[c] = need[c].max(v * s8f / libm::ldexp(1.0, 30));
         });
     }
-    let top = need.iter().fold(0f64, |m, &v| m.max(v));
-    if top == 0.0 {
-        return None;
-    }
-    let s_m = (MULT_BITS - ceil_log2(top)).clamp(-30, 60);
+    let (mult, s_m) = multipliers(&need, MULT_BITS)?;
     let smf = libm::ldexp(1.0, s_m);
-    // a channel with nothing to represent takes the largest scale (its weights are 0 either way)
-    let mult: Vec<i32> = need
-        .iter()
-        .map(|&n| {
-            round(if n > 0.0 { n } else { top } * smf).clamp(1.0, (1u64 << 31) as f64 - 1.0) as i32
-        })
-        .collect();
     let q: Vec<i32> = wf
         .data
         .iter()
@@ -340,7 +620,6 @@ fn narrow_node(
         .collect();
     let bias_c = match &bias_plan {
         Some((bc, bshape)) => {
-            let us = |s: &[u32]| s.iter().map(|&d| d as usize).collect::<Vec<_>>();
             let (bs, ms) = (us(bshape), us(&m_index));
             let st_b = broadcast_strides(&bs, &us(&bc.shape));
             let st_m = broadcast_strides(&bs, &ms);
@@ -365,21 +644,11 @@ fn narrow_node(
     };
     // the accumulator's bound (the bias, in accumulator units, is below 2^30): rounded by `r` bits
     // where it could leave i32
-    let xmax = (-lo).max(hi) as f64;
-    let bound = terms * xmax * qmax + libm::ldexp(1.0, 30);
-    // smallest r with |rshift(acc, r)| < 2^31, i.e. (bound + 2^(r−1)) / 2^r < 2^31 (exact in f64)
-    let mut r = 0;
-    while (bound + if r > 0 { libm::ldexp(1.0, r - 1) } else { 0.0 }) / libm::ldexp(1.0, r)
-        >= libm::ldexp(1.0, 31)
-    {
-        r += 1;
-    }
+    let xmax = (-xq.lo).max(xq.hi) as f64;
+    let r = acc_shift(terms * xmax * qmax + libm::ldexp(1.0, 30));
     let s_acc = s8 as i32 - r;
     // the shifts must be legal ones
-    if (s_acc + s_m - node.scale as i32).abs() > verity_engine::arith::MAX_SHIFT
-        || !(-128..=127).contains(&s_m)
-        || s_acc < -128
-    {
+    if !legal(s_acc + s_m - node.scale as i32) || !(-128..=127).contains(&s_m) || s_acc < -128 {
         return None;
     }
     let qr = b.push_const(Const {
@@ -392,11 +661,15 @@ fn narrow_node(
         scale: s_m as i8,
         data: mult,
     });
-    let mut ins = if wi == 1 { vec![xr, qr] } else { vec![qr, xr] };
+    let mut ins = if wi == 1 {
+        vec![xq.q, qr]
+    } else {
+        vec![qr, xq.q]
+    };
     if let Some(c) = bias_c {
         ins.push(b.push_const(c));
     }
-    debug_assert_eq!(b.scale_of(xr), s8);
+    debug_assert_eq!(b.scale_of(xq.q), s8);
     let acc = b.push_node(
         format!("{}/acc", node.name),
         node.op.clone(),
@@ -411,4 +684,321 @@ fn narrow_node(
         node.shape.clone(),
         node.scale,
     ))
+}
+
+/// The last steps of a contraction whose bias could not be folded into its accumulator: `u` (at
+/// scale `s_u`) times the rows' maxima of a dynamic activation, then plus the bias (requantized to
+/// the output's scale). The last node takes the contraction's name.
+fn finish(
+    b: &mut Builder<'_>,
+    node: &Node,
+    u: R,
+    rows: Option<R>,
+    bias: Option<&FConst>,
+) -> Option<R> {
+    let s_y = node.scale as i32;
+    let bias_c = match bias {
+        Some(bc) => {
+            let f = libm::ldexp(1.0, s_y);
+            let data: Vec<f64> = bc.data.iter().map(|&v| round(v * f)).collect();
+            if data.iter().any(|v| v.abs() >= 2147483647.0) {
+                return None;
+            }
+            Some(Const {
+                shape: bc.shape.clone(),
+                scale: node.scale,
+                data: data.into_iter().map(|v| v as i32).collect(),
+            })
+        }
+        None => None,
+    };
+    let name = |last: bool, what: &str| {
+        if last {
+            node.name.clone()
+        } else {
+            format!("{}/{what}", node.name)
+        }
+    };
+    let mut y = u;
+    if let Some(rows) = rows {
+        let s = b.scale_of(u) as i32 + b.scale_of(rows) as i32;
+        if !legal(s - s_y) {
+            return None;
+        }
+        y = b.push_node(
+            name(bias_c.is_none(), "scaled"),
+            Op::Mul,
+            vec![u, rows],
+            node.shape.clone(),
+            node.scale,
+        );
+    }
+    if let Some(c) = bias_c {
+        if !legal(b.scale_of(y) as i32 - s_y) {
+            return None;
+        }
+        let c = b.push_const(c);
+        y = b.push_node(
+            node.name.clone(),
+            Op::Add,
+            vec![y, c],
+            node.shape.clone(),
+            node.scale,
+        );
+    }
+    Some(y)
+}
+
+/// The output scale of a contraction's partial result whose real magnitude is at most `bound`: 30
+/// bits for it (so it fits `i32` after rounding).
+fn bound_scale(bound: f64) -> i32 {
+    if bound > 0.0 {
+        (30 - ceil_log2(bound)).clamp(-60, 60)
+    } else {
+        30
+    }
+}
+
+/// Dynamic activations, weights per output channel: `u = Mul(C(x_q, q), m)` bounded by the rows'
+/// largest product (`|x_q| < 1` relative to the row's maximum), then times the rows' maxima and plus
+/// the bias ([`finish`]).
+#[allow(clippy::too_many_arguments)]
+fn dynamic_per_channel(
+    b: &mut Builder<'_>,
+    node: &Node,
+    wf: &FConst,
+    bias: Option<&FConst>,
+    xq: &Quantized,
+    chan: Option<(usize, usize)>,
+    terms: f64,
+    qmax: f64,
+    wi: usize,
+) -> Option<R> {
+    let ws: Vec<usize> = wf.shape.iter().map(|&d| d as usize).collect();
+    let (chans, inner) = channels(&ws, chan);
+    let chan_of = |i: usize| (i / inner) % chans;
+    let mut need = vec![0f64; chans];
+    for (i, &v) in wf.data.iter().enumerate() {
+        let c = chan_of(i);
+        need[c] = need[c].max(v.abs() / qmax);
+    }
+    let (mult, s_m) = multipliers(&need, MULT_BITS)?;
+    let smf = libm::ldexp(1.0, s_m);
+    let mut l1 = vec![0f64; chans];
+    let q: Vec<i32> = wf
+        .data
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| {
+            let c = chan_of(i);
+            let sc = mult[c] as f64 / smf;
+            let q = round(v / sc).clamp(-qmax, qmax);
+            l1[c] += q.abs() * sc;
+            q as i32
+        })
+        .collect();
+    let xmax = (-xq.lo).max(xq.hi) as f64;
+    let s_acc = xq.scale as i32 - acc_shift(terms * xmax * qmax);
+    let s_u = bound_scale(l1.iter().fold(0f64, |m, &v| m.max(v)));
+    if !legal(s_acc + s_m - s_u) || !(-128..=127).contains(&s_m) || s_acc < -128 {
+        return None;
+    }
+    let qr = b.push_const(Const {
+        shape: wf.shape.clone(),
+        scale: 0,
+        data: q,
+    });
+    let mr = b.push_const(Const {
+        shape: mult_shape(chans, chan, node.shape.len(), &[]),
+        scale: s_m as i8,
+        data: mult,
+    });
+    let ins = if wi == 1 {
+        vec![xq.q, qr]
+    } else {
+        vec![qr, xq.q]
+    };
+    let acc = b.push_node(
+        format!("{}/acc", node.name),
+        node.op.clone(),
+        ins,
+        node.shape.clone(),
+        s_acc as i8,
+    );
+    let u = b.push_node(
+        format!("{}/u", node.name),
+        Op::Mul,
+        vec![acc, mr],
+        node.shape.clone(),
+        s_u as i8,
+    );
+    finish(b, node, u, xq.rows, bias)
+}
+
+/// 4-bit weights in blocks of [`BLOCK`] along reduced weight axis `k` of an `EinSum`, one multiplier
+/// per (channel, block): the reduced axis of both operands is viewed as `[blocks, BLOCK]`, the product
+/// keeps the block axis last, each block's sum is scaled by its multiplier, and the blocks are summed:
+///
+/// ```text
+/// acc = EinSum(Reshape(x_q), q)  [out…, G]      p = Mul(acc, m [chan…, G])      u = Reduce Sum(p, G)
+/// ```
+/// then [`finish`] (rows' maxima, bias). Spec §7.2.
+#[allow(clippy::too_many_arguments)]
+fn blocked(
+    b: &mut Builder<'_>,
+    node: &Node,
+    wf: &FConst,
+    bias: Option<&FConst>,
+    xq: &Quantized,
+    chan: Option<(usize, usize)>,
+    k: usize,
+    qmax: f64,
+    wi: usize,
+    amax: f64,
+) -> Option<R> {
+    let Op::EinSum { a, b: bl, out } = &node.op else {
+        return None;
+    };
+    let ws: Vec<usize> = wf.shape.iter().map(|&d| d as usize).collect();
+    let kk = ws[k];
+    let groups = kk / BLOCK;
+    let kinner: usize = ws[k + 1..].iter().product();
+    let (chans, inner) = channels(&ws, chan);
+    let group_of = |i: usize| ((i / inner) % chans) * groups + ((i / kinner) % kk) / BLOCK;
+    let mut need = vec![0f64; chans * groups];
+    for (i, &v) in wf.data.iter().enumerate() {
+        let gi = group_of(i);
+        need[gi] = need[gi].max(v.abs() / qmax);
+    }
+    let (mult, s_m) = multipliers(&need, MULT_BITS)?;
+    let smf = libm::ldexp(1.0, s_m);
+    let mut l1 = vec![0f64; chans];
+    let q: Vec<i32> = wf
+        .data
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| {
+            let gi = group_of(i);
+            let sc = mult[gi] as f64 / smf;
+            let q = round(v / sc).clamp(-qmax, qmax);
+            l1[gi / groups] += q.abs() * sc;
+            q as i32
+        })
+        .collect();
+    // the operands' labels with the reduced label `kl` split into (block `gl`, `kl`)
+    let (wl, xl) = if wi == 1 { (bl, a) } else { (a, bl) };
+    let kl = wl[k];
+    let xk = xl.iter().position(|&l| l == kl)?;
+    let xshape = b.old.value(node.inputs[1 - wi])?.shape.to_vec();
+    if xshape[xk] as usize != kk {
+        return None;
+    }
+    let gl = (0..=255u8).find(|l| !a.contains(l) && !bl.contains(l) && !out.contains(l))?;
+    let split = |labels: &[u8], at: usize| -> Vec<u8> {
+        let mut v = labels[..at].to_vec();
+        v.extend([gl, kl]);
+        v.extend_from_slice(&labels[at + 1..]);
+        v
+    };
+    let split_shape = |shape: &[u32], at: usize| -> Vec<u32> {
+        let mut v = shape[..at].to_vec();
+        v.extend([groups as u32, BLOCK as u32]);
+        v.extend_from_slice(&shape[at + 1..]);
+        v
+    };
+    let (wl2, xl2) = (split(wl, k), split(xl, xk));
+    let mut out2 = out.clone();
+    out2.push(gl);
+    let mut acc_shape = node.shape.clone();
+    acc_shape.push(groups as u32);
+    let xmax = (-xq.lo).max(xq.hi) as f64;
+    let s_acc = xq.scale as i32 - acc_shift(BLOCK as f64 * xmax * qmax);
+    let s_p = bound_scale(BLOCK as f64 * amax * qmax * (need_top(&mult) / smf));
+    let s_u = match xq.rows {
+        Some(_) => bound_scale(l1.iter().fold(0f64, |m, &v| m.max(v))),
+        None => node.scale as i32,
+    };
+    if !legal(s_acc + s_m - s_p) || !legal(s_p - s_u) || !(-128..=127).contains(&s_m) {
+        return None;
+    }
+    let name = &node.name;
+    let xb = b.push_node(
+        format!("{name}/blocks"),
+        Op::Reshape,
+        vec![xq.q],
+        split_shape(&xshape, xk),
+        xq.scale,
+    );
+    let qr = b.push_const(Const {
+        shape: split_shape(&wf.shape, k),
+        scale: 0,
+        data: q,
+    });
+    let mr = b.push_const(Const {
+        shape: mult_shape(chans, chan, node.shape.len(), &[groups as u32]),
+        scale: s_m as i8,
+        data: mult,
+    });
+    let (op, ins) = if wi == 1 {
+        (
+            Op::EinSum {
+                a: xl2,
+                b: wl2,
+                out: out2,
+            },
+            vec![xb, qr],
+        )
+    } else {
+        (
+            Op::EinSum {
+                a: wl2,
+                b: xl2,
+                out: out2,
+            },
+            vec![qr, xb],
+        )
+    };
+    let acc = b.push_node(
+        format!("{name}/acc"),
+        op,
+        ins,
+        acc_shape.clone(),
+        s_acc as i8,
+    );
+    let p = b.push_node(
+        format!("{name}/blockscaled"),
+        Op::Mul,
+        vec![acc, mr],
+        acc_shape,
+        s_p as i8,
+    );
+    let mut sum_shape = node.shape.clone();
+    sum_shape.push(1);
+    let sum = b.push_node(
+        format!("{name}/blocksum"),
+        Op::Reduce {
+            kind: ReduceKind::Sum,
+            axes: vec![node.shape.len() as u32],
+        },
+        vec![p],
+        sum_shape,
+        s_u as i8,
+    );
+    let last = xq.rows.is_none() && bias.is_none();
+    let u = b.push_node(
+        if last {
+            name.clone()
+        } else {
+            format!("{name}/u")
+        },
+        Op::Reshape,
+        vec![sum],
+        node.shape.clone(),
+        s_u as i8,
+    );
+    finish(b, node, u, xq.rows, bias)
+}
+
+fn need_top(mult: &[i32]) -> f64 {
+    mult.iter().fold(0f64, |m, &v| m.max(v as f64))
 }

@@ -28,9 +28,19 @@ pub const SOFTMAX_EXP_SCALE: i8 = 30;
 pub enum Precision {
     /// 32-bit activations and weights with one power-of-two scale per tensor (format v1 models).
     I32,
-    /// Every contraction with constant weights gets `weights`-bit weights per output channel (8 or 16)
-    /// and `acts`-bit activations (8 or 16); the rest stays 32-bit (see [`crate::narrow`]).
-    Narrow { weights: u8, acts: u8 },
+    /// Every contraction with constant weights gets `weights`-bit weights (8 or 16 per output channel;
+    /// 4 per block of [`crate::narrow::BLOCK`] elements along the reduced axis of a matrix product) and
+    /// `acts`-bit activations (8 or 16), quantized at a scale fixed by calibration or, when `dynamic`,
+    /// per row at run time from the row's largest magnitude; the rest stays 32-bit (see
+    /// [`crate::narrow`]).
+    Narrow {
+        /// Weight bits: 4, 8 or 16.
+        weights: u8,
+        /// Activation bits: 8 or 16.
+        acts: u8,
+        /// Activations of matrix products are quantized per row at run time.
+        dynamic: bool,
+    },
 }
 
 impl Precision {
@@ -38,6 +48,7 @@ impl Precision {
     pub const INT8: Precision = Precision::Narrow {
         weights: 8,
         acts: 8,
+        dynamic: false,
     };
 }
 
@@ -51,11 +62,12 @@ impl std::fmt::Display for Precision {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match *self {
             Precision::I32 => f.write_str("i32"),
+            p if p == Precision::INT8 => f.write_str("int8"),
             Precision::Narrow {
-                weights: 8,
-                acts: 8,
-            } => f.write_str("int8"),
-            Precision::Narrow { weights, acts } => write!(f, "w{weights}a{acts}"),
+                weights,
+                acts,
+                dynamic,
+            } => write!(f, "w{weights}a{acts}{}", if dynamic { "d" } else { "" }),
         }
     }
 }
@@ -65,24 +77,42 @@ impl std::str::FromStr for Precision {
     fn from_str(s: &str) -> Result<Self, String> {
         let bad = || {
             format!(
-                "precision '{s}' must be i32, int8 or wXaY with X (weight bits) and Y (activation \
-                 bits) each 8 or 16, e.g. w8a16"
+                "precision '{s}' must be i32, int8, int4 or wXaY[d] with X (weight bits) 4, 8 or 16, \
+                 Y (activation bits) 8 or 16, and d for activations quantized per row at run time, \
+                 e.g. w8a16 or w4a8d"
             )
         };
         match s {
             "i32" => Ok(Precision::I32),
             "int8" => Ok(Precision::INT8),
+            "int4" => Ok(Precision::Narrow {
+                weights: 4,
+                acts: 8,
+                dynamic: false,
+            }),
             _ => {
                 let (w, a) = s
                     .strip_prefix('w')
                     .and_then(|r| r.split_once('a'))
                     .ok_or_else(bad)?;
-                let (weights, acts): (u8, u8) =
-                    (w.parse().map_err(|_| bad())?, a.parse().map_err(|_| bad())?);
-                if ![8, 16].contains(&weights) || ![8, 16].contains(&acts) {
+                let (a, dynamic) = match a.strip_suffix('d') {
+                    Some(a) => (a, true),
+                    None => (a, false),
+                };
+                let digits = |t: &str| !t.is_empty() && t.bytes().all(|c| c.is_ascii_digit());
+                if !digits(w) || !digits(a) {
                     return Err(bad());
                 }
-                Ok(Precision::Narrow { weights, acts })
+                let (weights, acts): (u8, u8) =
+                    (w.parse().map_err(|_| bad())?, a.parse().map_err(|_| bad())?);
+                if ![4, 8, 16].contains(&weights) || ![8, 16].contains(&acts) {
+                    return Err(bad());
+                }
+                Ok(Precision::Narrow {
+                    weights,
+                    acts,
+                    dynamic,
+                })
             }
         }
     }
@@ -353,7 +383,12 @@ pub fn quantize(
         nodes,
         outputs,
     };
-    if let Precision::Narrow { weights, acts } = precision {
+    if let Precision::Narrow {
+        weights,
+        acts,
+        dynamic,
+    } = precision
+    {
         // canonical value → float value (function tables have none)
         let float_of: Vec<Option<usize>> = (0..model.value_count())
             .map(|v| {
@@ -366,7 +401,13 @@ pub fn quantize(
                 }
             })
             .collect();
-        model = crate::narrow::narrow(g, stats, &model, &float_of, weights, acts);
+        model = crate::narrow::narrow(
+            g,
+            stats,
+            &model,
+            &float_of,
+            crate::narrow::Widths::new(weights, acts, dynamic),
+        );
     }
     model
         .validate()

@@ -498,7 +498,9 @@ fn the_default_int8_precision_compiles_smaller_models_that_run_on_both_executors
         argmax(&floats(&want["data"]))
     );
     // an unknown precision, or widths outside the choices, is a usage error that names the choices
-    for bad in ["int3", "w4a8", "w8a32", "w8", "wxa8"] {
+    for bad in [
+        "int3", "w2a8", "w4a4", "w8a32", "w8", "wxa8", "w8a8dd", "w+8a8",
+    ] {
         let o = verity(&[
             "model",
             "compile",
@@ -510,7 +512,7 @@ fn the_default_int8_precision_compiles_smaller_models_that_run_on_both_executors
         ]);
         let e = String::from_utf8_lossy(&o.stderr);
         assert_eq!(o.status.code(), Some(2), "{bad}: {e}");
-        assert!(e.contains("i32, int8 or wXaY"), "{bad}: {e}");
+        assert!(e.contains("i32, int8, int4 or wXaY[d]"), "{bad}: {e}");
     }
 }
 

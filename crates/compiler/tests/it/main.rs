@@ -144,10 +144,11 @@ fn random_calibration_is_seeded() {
     assert_eq!(id(7), id(7));
 }
 
-/// `--precision int8` (and `w8a16`, `w16a16`): every contraction with constant weights gets 8-bit
-/// (16-bit) weights, one multiplier per output channel, and 8-bit (16-bit) activations; the file
-/// shrinks; the model stays accurate (more so with more bits); both executors agree; compiling twice
-/// gives the same bytes.
+/// `--precision int8` (and `w8a16`, `w16a16`, `w4a8`, `w8a8d`, `w4a8d`): every contraction with
+/// constant weights gets 8-bit (16-bit) weights, one multiplier per output channel (4-bit weights: per
+/// block of 32 along the reduced axis, where it divides), and 8-bit (16-bit) activations, quantized at
+/// a calibrated scale or per row at run time (`d`); the file shrinks; the model stays accurate (more
+/// so with more bits); both executors agree; compiling twice gives the same bytes.
 #[test]
 fn narrow_precisions_narrow_contractions_and_keep_accuracy() {
     use verity_compiler::Precision;
@@ -192,6 +193,9 @@ fn narrow_precisions_narrow_contractions_and_keep_accuracy() {
         (Precision::INT8, "int8", 127, 8, 1.0),
         ("w8a16".parse().unwrap(), "w8a16", 127, 16, 1.0),
         ("w16a16".parse().unwrap(), "w16a16", 32767, 16, 0.1),
+        ("int4".parse().unwrap(), "w4a8", 127, 8, 3.0),
+        ("w8a8d".parse().unwrap(), "w8a8d", 127, 8, 1.0),
+        ("w4a8d".parse().unwrap(), "w4a8d", 127, 8, 3.0),
     ];
     for ((name, opts, max_rel, min_top1), (precision, pname, qmax, abits, allow)) in cases
         .iter()
@@ -199,6 +203,7 @@ fn narrow_precisions_narrow_contractions_and_keep_accuracy() {
     {
         let (name, max_rel, min_top1) = (*name, *max_rel * allow, *min_top1);
         let (qmax, abits): (i32, i32) = (*qmax, *abits);
+        let (four, dynamic) = (pname.starts_with("w4"), pname.ends_with('d'));
         let wide = compile(
             &read(name),
             &CompileOptions {
@@ -219,8 +224,10 @@ fn narrow_precisions_narrow_contractions_and_keep_accuracy() {
         assert!(out.max_relative_error <= max_rel, "{name}: {out:?}");
         assert!(out.top1_agreement.unwrap() >= min_top1, "{name}: {out:?}");
         // every contraction reads an 8-bit requantized activation and 8-bit constant weights,
-        // followed by its per-channel multiply
-        let mut narrowed = 0;
+        // followed by its per-channel multiply (4-bit weights: per-block multiply, then the blocks'
+        // sum)
+        let (mut narrowed, mut blocked) = (0, 0);
+        let producer = |v: u32| &model.nodes[v as usize - model.first_node_value()];
         for (k, node) in model.nodes.iter().enumerate() {
             if !matches!(node.op, Op::EinSum { .. } | Op::Conv2d { .. }) {
                 continue;
@@ -241,29 +248,43 @@ fn narrow_precisions_narrow_contractions_and_keep_accuracy() {
                 .iter()
                 .find(|&&v| model.const_of(v).is_none())
                 .unwrap();
-            let producer = &model.nodes[*act as usize - model.first_node_value()];
-            let (unsigned, signed) = (
-                (0, (1 << abits) - 1),
-                (-(1 << (abits - 1)), (1 << (abits - 1)) - 1),
-            );
+            let mut p = producer(*act);
+            if p.op == Op::Reshape {
+                p = producer(p.inputs[0]); // the blocks' view
+            }
+            let top = (1 << (abits - 1)) - 1;
+            let ranges = if dynamic && matches!(node.op, Op::EinSum { .. }) {
+                vec![(-top, top)]
+            } else {
+                vec![(0, (1 << abits) - 1), (-top - 1, top)]
+            };
             assert!(
-                matches!(producer.op, Op::Clamp { lo, hi } if (lo, hi) == unsigned || (lo, hi) == signed),
+                matches!(p.op, Op::Clamp { lo, hi } if ranges.contains(&(lo, hi))),
                 "{name}: {} reads {}",
                 node.name,
-                producer.name
+                p.name
             );
             let me = (model.first_node_value() + k) as u32;
-            assert!(
-                model
-                    .nodes
-                    .iter()
-                    .any(|n| n.op == Op::Mul && n.inputs[0] == me),
-                "{name}: {} has no multiplier",
-                node.name
-            );
+            let mul = model
+                .nodes
+                .iter()
+                .position(|n| n.op == Op::Mul && n.inputs[0] == me)
+                .unwrap_or_else(|| panic!("{name}: {} has no multiplier", node.name));
+            let mul_v = (model.first_node_value() + mul) as u32;
+            if model
+                .nodes
+                .iter()
+                .any(|n| matches!(n.op, Op::Reduce { .. }) && n.inputs[0] == mul_v)
+            {
+                assert!(four, "{name}: {} is blocked at {pname}", node.name);
+                assert!(weights[0].data.iter().all(|v| (-7..=7).contains(v)));
+                blocked += 1;
+            }
             narrowed += 1;
         }
         assert!(narrowed >= 1, "{name}");
+        // every fixture but the CNN (whose matrix product reduces 16 terms) has 4-bit blocks
+        assert_eq!(blocked > 0, four && name != "cnn.onnx", "{name} {pname}");
         // weights stored at 8 (16) bits: the file is smaller than the 32-bit model's
         let (narrow_len, wide_len) = (vty::encode(&model).len(), vty::encode(&wide).len());
         if name == "mlp.onnx" && qmax == 127 {
