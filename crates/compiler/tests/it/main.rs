@@ -188,20 +188,23 @@ fn narrow_precisions_narrow_contractions_and_keep_accuracy() {
             0.99,
         ),
     ];
-    // (precision, its name, largest weight, activation bits, error allowance relative to int8's)
+    // (precision, its name, largest weight, activation bits, error allowance relative to int8's).
+    // 4-bit weights lose more: on the MLP, the same blocks applied to the float model (fake
+    // quantization, onnxruntime) give 16% error and 87.5% top-1, so they are held to 10× and 85%.
     let precisions = [
         (Precision::INT8, "int8", 127, 8, 1.0),
         ("w8a16".parse().unwrap(), "w8a16", 127, 16, 1.0),
         ("w16a16".parse().unwrap(), "w16a16", 32767, 16, 0.1),
-        ("int4".parse().unwrap(), "w4a8", 127, 8, 3.0),
+        ("int4".parse().unwrap(), "w4a8", 127, 8, 10.0),
         ("w8a8d".parse().unwrap(), "w8a8d", 127, 8, 1.0),
-        ("w4a8d".parse().unwrap(), "w4a8d", 127, 8, 3.0),
+        ("w4a8d".parse().unwrap(), "w4a8d", 127, 8, 10.0),
     ];
     for ((name, opts, max_rel, min_top1), (precision, pname, qmax, abits, allow)) in cases
         .iter()
         .flat_map(|c| precisions.iter().map(move |p| (c, p)))
     {
-        let (name, max_rel, min_top1) = (*name, *max_rel * allow, *min_top1);
+        let floor = if pname.starts_with("w4") { 0.85 } else { 1.0 };
+        let (name, max_rel, min_top1) = (*name, *max_rel * allow, min_top1.min(floor));
         let (qmax, abits): (i32, i32) = (*qmax, *abits);
         let (four, dynamic) = (pname.starts_with("w4"), pname.ends_with('d'));
         let wide = compile(
