@@ -120,7 +120,7 @@ fn bench_qgemm(c: &mut Criterion) {
             PackedA::new(&a, m, k).expect("u8 activations"),
             PackedB::new(&b, k, n).expect("i8 weights"),
         );
-        for level in [Level::Portable, Level::Avx512Vnni] {
+        for level in [Level::Portable, Level::Avx2, Level::Avx512Vnni] {
             if !level.supported() {
                 continue;
             }

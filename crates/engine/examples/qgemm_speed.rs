@@ -18,7 +18,7 @@ fn main() {
         PackedA::new(&a, m, k).expect("u8"),
         PackedB::new(&b, k, n).expect("i8"),
     );
-    for level in [Level::Portable, Level::Avx512Vnni] {
+    for level in [Level::Portable, Level::Avx2, Level::Avx512Vnni] {
         if !level.supported() {
             println!("{level:?}: not supported on this CPU");
             continue;

@@ -6,7 +6,8 @@
 //! below `2^31`: the `i32` accumulator never wraps and the result is the exact integer sum the reference
 //! executor computes with `i128`. Signed activations are offset by 128 into `0..=255` and the offset's
 //! contribution (128 times the weights' sum over `k`) is subtracted per row or column (again exact). Which instruction set runs
-//! (AVX-512 VNNI `vpdpbusd`, or portable Rust) is chosen at run time and cannot change a bit.
+//! (AVX-512 VNNI `vpdpbusd`, AVX2 `vpmaddwd` on bytes widened to `i16`, or portable Rust) is chosen at
+//! run time and cannot change a bit.
 
 /// Largest reduction length for which the `i32` accumulator is exact: `k · 255 · 128 < 2^31`.
 pub const MAX_K: usize = 65_536;
@@ -24,28 +25,39 @@ const MC: usize = 64;
 pub enum Level {
     /// Plain Rust loops, on every CPU.
     Portable,
+    /// AVX2: bytes widened to `i16`, pairs multiplied and added into `i32` (`vpmaddwd`).
+    Avx2,
     /// AVX-512 with VNNI (`vpdpbusd`).
     Avx512Vnni,
 }
 
 impl Level {
-    /// The fastest level this CPU supports.
+    /// The fastest level this CPU supports, within the cap [`crate::simd::Isa::cap`] sets (so tests
+    /// run every level on one machine).
     pub fn detect() -> Level {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::arch::is_x86_feature_detected!("avx512f")
-                && std::arch::is_x86_feature_detected!("avx512bw")
-                && std::arch::is_x86_feature_detected!("avx512vnni")
-            {
-                return Level::Avx512Vnni;
-            }
+        use crate::simd::Isa;
+        match Isa::detect() {
+            Isa::Avx512 if Level::Avx512Vnni.supported() => Level::Avx512Vnni,
+            Isa::Avx512 | Isa::Avx2 => Level::Avx2,
+            Isa::Base => Level::Portable,
         }
-        Level::Portable
     }
 
     /// Whether this CPU can run the level.
     pub fn supported(self) -> bool {
-        self == Level::Portable || Level::detect() == Level::Avx512Vnni
+        match self {
+            Level::Portable => true,
+            #[cfg(target_arch = "x86_64")]
+            Level::Avx2 => std::arch::is_x86_feature_detected!("avx2"),
+            #[cfg(target_arch = "x86_64")]
+            Level::Avx512Vnni => {
+                std::arch::is_x86_feature_detected!("avx512f")
+                    && std::arch::is_x86_feature_detected!("avx512bw")
+                    && std::arch::is_x86_feature_detected!("avx512vnni")
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => false,
+        }
     }
 }
 
@@ -401,6 +413,10 @@ fn gemm_rows(
     let rows = c.len() / ldc;
     let nb = ldc / NR;
     let lda = a.kq * 4;
+    #[cfg(target_arch = "x86_64")]
+    if level == Level::Avx2 {
+        return gemm_rows_avx2(a, b, r0, c, tokens);
+    }
     for q0 in (0..a.kq).step_by(KCQ) {
         let qn = KCQ.min(a.kq - q0);
         let first = q0 == 0;
@@ -436,6 +452,130 @@ fn gemm_rows(
                 }
                 blk += if two { 2 } else { 1 };
             }
+        }
+    }
+}
+
+/// [`gemm_rows`] on the AVX2 kernel: per cache block of `A`, its bytes widened once to `i16` (zero-
+/// extended activations, sign-extended weights), then tiles of up to 3 rows × 16 columns.
+#[cfg(target_arch = "x86_64")]
+fn gemm_rows_avx2(
+    a: &PackedA,
+    b: &PackedB,
+    r0: usize,
+    c: &mut [i32],
+    tokens: &[crate::cancel::Cancel],
+) {
+    let ldc = b.ldc();
+    let rows = c.len() / ldc;
+    let nb = ldc / NR;
+    let lda = a.kq * 4;
+    let a_u8 = !a.weights;
+    let mut wide = vec![0i16; MC.min(rows) * KCQ.min(a.kq) * 4];
+    for q0 in (0..a.kq).step_by(KCQ) {
+        let qn = KCQ.min(a.kq - q0);
+        let first = q0 == 0;
+        let w = qn * 4;
+        for m0 in (0..rows).step_by(MC) {
+            if crate::cancel::any(tokens) {
+                return;
+            }
+            let mrows = MC.min(rows - m0);
+            for i in 0..mrows {
+                let src = &a.data[(r0 + m0 + i) * lda + q0 * 4..][..w];
+                let dst = &mut wide[i * w..(i + 1) * w];
+                if a_u8 {
+                    for (d, &v) in dst.iter_mut().zip(src) {
+                        *d = v as i16;
+                    }
+                } else {
+                    for (d, &v) in dst.iter_mut().zip(src) {
+                        *d = v as i8 as i16;
+                    }
+                }
+            }
+            for blk in 0..nb {
+                let bq = &b.data[(blk * b.kq + q0) * NR * 4..][..qn * NR * 4];
+                let mut i = 0;
+                while i < mrows {
+                    let r = 3.min(mrows - i);
+                    let aw = &wide[i * w..(i + r) * w];
+                    let cc = &mut c[(m0 + i) * ldc + blk * NR..];
+                    assert!(cc.len() >= (r - 1) * ldc + NR);
+                    // SAFETY: `gemm` runs this level only where the CPU supports AVX2; the slices hold
+                    // `r` rows of `w` values, `qn` quads of 16 columns and `r` output rows of 16.
+                    unsafe {
+                        match (r, a_u8) {
+                            (1, true) => avx2::<1, true>(aw, w, bq, qn, cc, ldc, first),
+                            (2, true) => avx2::<2, true>(aw, w, bq, qn, cc, ldc, first),
+                            (3, true) => avx2::<3, true>(aw, w, bq, qn, cc, ldc, first),
+                            (1, false) => avx2::<1, false>(aw, w, bq, qn, cc, ldc, first),
+                            (2, false) => avx2::<2, false>(aw, w, bq, qn, cc, ldc, first),
+                            (3, false) => avx2::<3, false>(aw, w, bq, qn, cc, ldc, first),
+                            _ => unreachable!("AVX2 tiles have 1..=3 rows"),
+                        }
+                    }
+                    i += r;
+                }
+            }
+        }
+    }
+}
+
+/// The AVX2 register tile: `R` rows × 16 columns. Per quad, each 16-byte run of `B` (4 columns × 4
+/// values of `k`) is widened to `i16` and multiplied by the row's 4 values (`vpmaddwd`: two products
+/// added per `i32` lane, each below `2^15`), so every accumulator lane holds one column's sum over half
+/// of the `k` values; the two halves are added at the end. Exact under the same bound as VNNI.
+///
+/// # Safety
+/// The CPU must support AVX2; `a` must hold `R` rows of `lda ≥ 4·qn` values, `b` `qn` quads of 64
+/// bytes, `c` `R` rows (stride `ldc`) of 16 values.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn avx2<const R: usize, const A_U8: bool>(
+    a: &[i16],
+    lda: usize,
+    b: &[u8],
+    qn: usize,
+    c: &mut [i32],
+    ldc: usize,
+    first: bool,
+) {
+    use std::arch::x86_64::*;
+    debug_assert!(a.len() >= (R - 1) * lda + qn * 4 && b.len() >= qn * 64);
+    let mut acc = [[_mm256_setzero_si256(); 4]; R];
+    let (ap, bp) = (a.as_ptr(), b.as_ptr());
+    for q in 0..qn {
+        let va: [__m256i; R] = std::array::from_fn(|i| {
+            _mm256_set1_epi64x((ap.add(i * lda + q * 4) as *const i64).read_unaligned())
+        });
+        for t in 0..4 {
+            let raw = _mm_loadu_si128(bp.add(q * 64 + t * 16) as *const __m128i);
+            // the weights are signed bytes, activations unsigned
+            let vb = if A_U8 {
+                _mm256_cvtepi8_epi16(raw)
+            } else {
+                _mm256_cvtepu8_epi16(raw)
+            };
+            for i in 0..R {
+                acc[i][t] = _mm256_add_epi32(acc[i][t], _mm256_madd_epi16(va[i], vb));
+            }
+        }
+    }
+    let cp = c.as_mut_ptr();
+    for (i, accr) in acc.iter().enumerate() {
+        for h in 0..2 {
+            // lanes (c0 lo, c0 hi, c1 lo, c1 hi | c2 …) of two accumulators → columns 8h … 8h + 7
+            let s = _mm256_hadd_epi32(accr[2 * h], accr[2 * h + 1]);
+            let s = _mm256_permute4x64_epi64::<0b11_01_10_00>(s);
+            let dst = cp.add(i * ldc + 8 * h) as *mut __m256i;
+            let v = if first {
+                s
+            } else {
+                _mm256_add_epi32(_mm256_loadu_si256(dst as *const _), s)
+            };
+            _mm256_storeu_si256(dst, v);
         }
     }
 }
@@ -610,7 +750,7 @@ mod tests {
         threads: usize,
     ) {
         let want = naive(a, b, m, k, n);
-        for level in [Level::Portable, Level::Avx512Vnni] {
+        for level in [Level::Portable, Level::Avx2, Level::Avx512Vnni] {
             let c = gemm(&pa, &pb, threads, level);
             for i in 0..m {
                 for j in 0..n {
