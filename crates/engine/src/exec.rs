@@ -545,17 +545,35 @@ impl<M: Borrow<Model> + Sync> Executor<M> {
             } => {
                 let kp = sc0 - so;
                 let kn = sc0 + *alpha_scale as i32 - so;
-                xs[0]
-                    .iter()
-                    .map(|&v| {
-                        let v = v as i128;
-                        fit(if v >= 0 {
-                            rshift(v, kp)
-                        } else {
-                            rshift(v * *alpha_q as i128, kn)
+                if (0..62).contains(&kp) && (0..62).contains(&kn) {
+                    // exact in i64: |v · α| < 2^62, right shifts only
+                    let (hp, hn) = (half(kp), half(kn));
+                    let a = *alpha_q as i64;
+                    let ys: Vec<i64> = xs[0]
+                        .iter()
+                        .map(|&v| {
+                            let v = v as i64;
+                            if v >= 0 {
+                                (v + hp) >> kp
+                            } else {
+                                (v * a + hn) >> kn
+                            }
                         })
-                    })
-                    .collect()
+                        .collect();
+                    ys.into_iter().map(|y| fit(y as i128)).collect()
+                } else {
+                    xs[0]
+                        .iter()
+                        .map(|&v| {
+                            let v = v as i128;
+                            fit(if v >= 0 {
+                                rshift(v, kp)
+                            } else {
+                                rshift(v * *alpha_q as i128, kn)
+                            })
+                        })
+                        .collect()
+                }
             }
             Op::Lookup { shift, lo } => {
                 let t = xs[1];
@@ -860,6 +878,23 @@ fn binary(
         }
         _ => {}
     }
+    // Div with the numerator scaled up (e ≥ 0) and no zero divisor: `div_round` in i64, the quotient
+    // taken from a correctly rounded f64 division and corrected to the exact floor
+    let e = so + sb - sa;
+    if matches!(op, Op::Div) && (0..=20).contains(&e) && !b.contains(&0) {
+        return binary_runs(a, b, &st, out_shape, move |x, y| {
+            let (num, den) = if y < 0 { (-(x << e), -y) } else { (x << e, y) };
+            let (n, d) = (2 * num + den, 2 * den);
+            let mut q = (n as f64 / d as f64).floor() as i64;
+            let r = n - q * d;
+            if r < 0 {
+                q -= 1;
+            } else if r >= d {
+                q += 1;
+            }
+            q
+        });
+    }
     let n: usize = out_shape.iter().product();
     let mut out = vec![0i32; n];
     let mut err = None;
@@ -891,6 +926,15 @@ fn binary(
     }
 }
 
+/// The rounding half of a right shift by `k` (`k ≥ 0`).
+fn half(k: i32) -> i64 {
+    if k > 0 {
+        1i64 << (k - 1)
+    } else {
+        0
+    }
+}
+
 fn reduce(
     kind: ReduceKind,
     axes: &[u32],
@@ -906,28 +950,42 @@ fn reduce(
         .collect();
     let n_out: usize = out_shape.iter().product();
     let count: usize = axes.iter().map(|&a| shape[a as usize]).product();
-    // Accumulate in input order; the result of each reduction is order-independent.
+    // Accumulate in input order; the result of each reduction is order-independent. A tensor has at
+    // most 2^31 elements, so a sum of them stays below 2^62 in `i64`.
     let init = match kind {
-        ReduceKind::Max => i128::MIN,
-        ReduceKind::Min => i128::MAX,
+        ReduceKind::Max => i64::MIN,
+        ReduceKind::Min => i64::MAX,
         _ => 0,
     };
+    let step = move |a: i64, v: i64| match kind {
+        ReduceKind::Sum | ReduceKind::Mean => a + v,
+        ReduceKind::Max => a.max(v),
+        ReduceKind::Min => a.min(v),
+    };
     let mut acc = vec![init; n_out];
-    let ost = strides(&out_shape);
-    let to_out: Vec<usize> = (0..shape.len())
-        .map(|i| if out_shape[i] == 1 { 0 } else { ost[i] })
-        .collect();
-    for_each_index(shape, &[to_out], |flat, o| {
-        let v = x[flat] as i128;
-        let a = &mut acc[o[0]];
-        *a = match kind {
-            ReduceKind::Sum | ReduceKind::Mean => *a + v,
-            ReduceKind::Max => (*a).max(v),
-            ReduceKind::Min => (*a).min(v),
-        };
-    });
+    let r = shape.len();
+    let trailing = axes
+        .iter()
+        .enumerate()
+        .all(|(i, &a)| a as usize == r - axes.len() + i);
+    if trailing && count > 0 {
+        // the reduced elements of each output are one contiguous run
+        for (a, run) in acc.iter_mut().zip(x.chunks_exact(count)) {
+            *a = run.iter().fold(init, |a, &v| step(a, v as i64));
+        }
+    } else {
+        let ost = strides(&out_shape);
+        let to_out: Vec<usize> = (0..shape.len())
+            .map(|i| if out_shape[i] == 1 { 0 } else { ost[i] })
+            .collect();
+        for_each_index(shape, &[to_out], |flat, o| {
+            let a = &mut acc[o[0]];
+            *a = step(*a, x[flat] as i64);
+        });
+    }
     acc.into_iter()
         .map(|a| {
+            let a = a as i128;
             if count == 0 {
                 return Ok(0);
             }
