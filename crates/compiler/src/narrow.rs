@@ -501,7 +501,7 @@ fn narrow_node(
     // 4-bit weights come in blocks along the one reduced axis of a matrix product; a contraction
     // without such an axis takes 8-bit weights per channel
     let block_axis = match (widths.wbits, &reduced[..]) {
-        (4, &[k]) if einsum.is_some() && ws[k] % BLOCK == 0 => Some(k),
+        (4, &[k]) if einsum.is_some() && ws[k].is_multiple_of(BLOCK) => Some(k),
         _ => None,
     };
     let wbits = match widths.wbits {

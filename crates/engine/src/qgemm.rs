@@ -544,7 +544,7 @@ fn gemm_rows_avx2(
 /// values, `c` `R` rows (stride `ldc`) of 16 values.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-#[allow(clippy::too_many_arguments)]
+#[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
 unsafe fn avx2<const R: usize>(
     a: &[i16],
     lda: usize,
