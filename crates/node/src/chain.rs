@@ -887,7 +887,7 @@ mod tests {
         };
         let t1 = until(1).await;
         let (_, _, why) = state(&node).unwrap();
-        assert!(why.contains("127.0.0.1:9"), "{why}");
+        assert!(why.contains("none of 1 peers serves model"), "{why}");
         // right after a failure, a tick starts nothing
         replicate_wanted(&node);
         assert_eq!(state(&node).unwrap().0, 1);
