@@ -456,9 +456,8 @@ fn gemm_rows(
     }
 }
 
-/// [`gemm_rows`] on the AVX2 kernel: per cache block of `A` its bytes, and per block of 16 columns of
-/// `B` its bytes, widened once to `i16` (zero-extended activations, sign-extended weights), then tiles
-/// of up to 3 rows × 16 columns.
+/// [`gemm_rows`] on the AVX2 kernel: per cache block of `A`, its bytes widened once to `i16` (zero-
+/// extended activations, sign-extended weights), then tiles of up to 3 rows × 16 columns.
 #[cfg(target_arch = "x86_64")]
 fn gemm_rows_avx2(
     a: &PackedA,
@@ -473,7 +472,6 @@ fn gemm_rows_avx2(
     let lda = a.kq * 4;
     let a_u8 = !a.weights;
     let mut wide = vec![0i16; MC.min(rows) * KCQ.min(a.kq) * 4];
-    let mut bw = vec![0i16; KCQ.min(b.kq) * NR * 4];
     for q0 in (0..a.kq).step_by(KCQ) {
         let qn = KCQ.min(a.kq - q0);
         let first = q0 == 0;
@@ -497,19 +495,7 @@ fn gemm_rows_avx2(
                 }
             }
             for blk in 0..nb {
-                // this block of B widened once for all row tiles (signed weights, unsigned activations)
-                let src = &b.data[(blk * b.kq + q0) * NR * 4..][..qn * NR * 4];
-                let bq = &mut bw[..qn * NR * 4];
-                if a_u8 {
-                    for (d, &v) in bq.iter_mut().zip(src) {
-                        *d = v as i8 as i16;
-                    }
-                } else {
-                    for (d, &v) in bq.iter_mut().zip(src) {
-                        *d = v as i16;
-                    }
-                }
-                let bq = &*bq;
+                let bq = &b.data[(blk * b.kq + q0) * NR * 4..][..qn * NR * 4];
                 let mut i = 0;
                 while i < mrows {
                     let r = 3.min(mrows - i);
@@ -519,10 +505,13 @@ fn gemm_rows_avx2(
                     // SAFETY: `gemm` runs this level only where the CPU supports AVX2; the slices hold
                     // `r` rows of `w` values, `qn` quads of 16 columns and `r` output rows of 16.
                     unsafe {
-                        match r {
-                            1 => avx2::<1>(aw, w, bq, qn, cc, ldc, first),
-                            2 => avx2::<2>(aw, w, bq, qn, cc, ldc, first),
-                            3 => avx2::<3>(aw, w, bq, qn, cc, ldc, first),
+                        match (r, a_u8) {
+                            (1, true) => avx2::<1, true>(aw, w, bq, qn, cc, ldc, first),
+                            (2, true) => avx2::<2, true>(aw, w, bq, qn, cc, ldc, first),
+                            (3, true) => avx2::<3, true>(aw, w, bq, qn, cc, ldc, first),
+                            (1, false) => avx2::<1, false>(aw, w, bq, qn, cc, ldc, first),
+                            (2, false) => avx2::<2, false>(aw, w, bq, qn, cc, ldc, first),
+                            (3, false) => avx2::<3, false>(aw, w, bq, qn, cc, ldc, first),
                             _ => unreachable!("AVX2 tiles have 1..=3 rows"),
                         }
                     }
@@ -533,22 +522,21 @@ fn gemm_rows_avx2(
     }
 }
 
-/// The AVX2 register tile: `R` rows × 16 columns of `i16` operands (widened from the packed bytes).
-/// Per quad, each run of 16 values of `B` (4 columns × 4 values of `k`) is multiplied by the row's 4
-/// values (`vpmaddwd`: two products added per `i32` lane, each below `2^15`), so every accumulator lane
-/// holds one column's sum over half of the `k` values; the two halves are added at the end. Exact under
-/// the same bound as VNNI.
+/// The AVX2 register tile: `R` rows × 16 columns. Per quad, each 16-byte run of `B` (4 columns × 4
+/// values of `k`) is widened to `i16` and multiplied by the row's 4 values (`vpmaddwd`: two products
+/// added per `i32` lane, each below `2^15`), so every accumulator lane holds one column's sum over half
+/// of the `k` values; the two halves are added at the end. Exact under the same bound as VNNI.
 ///
 /// # Safety
 /// The CPU must support AVX2; `a` must hold `R` rows of `lda ≥ 4·qn` values, `b` `qn` quads of 64
-/// values, `c` `R` rows (stride `ldc`) of 16 values.
+/// bytes, `c` `R` rows (stride `ldc`) of 16 values.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 #[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
-unsafe fn avx2<const R: usize>(
+unsafe fn avx2<const R: usize, const A_U8: bool>(
     a: &[i16],
     lda: usize,
-    b: &[i16],
+    b: &[u8],
     qn: usize,
     c: &mut [i32],
     ldc: usize,
@@ -563,7 +551,13 @@ unsafe fn avx2<const R: usize>(
             _mm256_set1_epi64x((ap.add(i * lda + q * 4) as *const i64).read_unaligned())
         });
         for t in 0..4 {
-            let vb = _mm256_loadu_si256(bp.add(q * 64 + t * 16) as *const __m256i);
+            let raw = _mm_loadu_si128(bp.add(q * 64 + t * 16) as *const __m128i);
+            // the weights are signed bytes, activations unsigned
+            let vb = if A_U8 {
+                _mm256_cvtepi8_epi16(raw)
+            } else {
+                _mm256_cvtepu8_epi16(raw)
+            };
             for i in 0..R {
                 acc[i][t] = _mm256_add_epi32(acc[i][t], _mm256_madd_epi16(va[i], vb));
             }
