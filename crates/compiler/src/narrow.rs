@@ -558,6 +558,73 @@ fn channels(ws: &[usize], chan: Option<(usize, usize)>) -> (usize, usize) {
     }
 }
 
+/// Each weight group's need: its largest magnitude over `qmax` (`group_of` maps an element's index to
+/// one of `n` groups).
+fn group_need(data: &[f64], n: usize, group_of: impl Fn(usize) -> usize, qmax: f64) -> Vec<f64> {
+    let mut amax = vec![0f64; n];
+    for (i, &v) in data.iter().enumerate() {
+        let g = group_of(i);
+        amax[g] = amax[g].max(v.abs());
+    }
+    amax.into_iter().map(|a| a / qmax).collect()
+}
+
+/// The weights quantized by their group's multiplier (`mult` at scale `s_m`):
+/// `q = clamp(⌊w / (m_g · 2^−s_m) + ½⌋, −qmax, qmax)`; and per channel (`per` groups each, in order)
+/// the real magnitude `Σ|q| · m_g · 2^−s_m` the quantized weights add up to.
+fn quantize_groups(
+    data: &[f64],
+    mult: &[i32],
+    s_m: i32,
+    group_of: impl Fn(usize) -> usize,
+    per: usize,
+    qmax: f64,
+) -> (Vec<i32>, Vec<f64>) {
+    let smf = libm::ldexp(1.0, s_m);
+    let mut l1 = vec![0f64; mult.len() / per];
+    let q = data
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| {
+            let g = group_of(i);
+            let sc = mult[g] as f64 / smf;
+            let q = round(v / sc).clamp(-qmax, qmax);
+            l1[g / per] += q.abs() * sc;
+            q as i32
+        })
+        .collect();
+    (q, l1)
+}
+
+/// Push the quantized weights (scale 0), their multipliers and, when given, the bias constant (in that
+/// order), then the contraction `<node>/acc` of `act` and the weights (the weights at input `wi`).
+#[allow(clippy::too_many_arguments)]
+fn push_acc(
+    b: &mut Builder<'_>,
+    node: &Node,
+    op: Op,
+    wi: usize,
+    act: R,
+    weights: Const,
+    mult: Const,
+    bias: Option<Const>,
+    shape: Vec<u32>,
+    s_acc: i32,
+) -> (R, R) {
+    let qr = b.push_const(weights);
+    let mr = b.push_const(mult);
+    let mut ins = if wi == 1 {
+        vec![act, qr]
+    } else {
+        vec![qr, act]
+    };
+    if let Some(c) = bias {
+        ins.push(b.push_const(c));
+    }
+    let acc = b.push_node(format!("{}/acc", node.name), op, ins, shape, s_acc as i8);
+    (acc, mr)
+}
+
 /// Static activations, weights per output channel, bias folded into the accumulator:
 /// `y = Mul(C(x_q, q, c), m)` (spec §7.2).
 #[allow(clippy::too_many_arguments)]
@@ -576,11 +643,7 @@ fn per_channel(
     let ws: Vec<usize> = wf.shape.iter().map(|&d| d as usize).collect();
     let (chans, inner) = channels(&ws, chan);
     let chan_of = |i: usize| (i / inner) % chans;
-    let mut amax = vec![0f64; chans];
-    for (i, &v) in wf.data.iter().enumerate() {
-        let c = chan_of(i);
-        amax[c] = amax[c].max(v.abs());
-    }
+    let mut need = group_need(&wf.data, chans, chan_of, qmax);
     // the bias, in accumulator units, must fit i32: a channel's scale is raised if its bias needs it
     let out_rank = node.shape.len();
     let m_shape = mult_shape(chans, chan, out_rank, &[]);
@@ -596,7 +659,6 @@ fn per_channel(
         (bc, bshape)
     });
     let s8f = libm::ldexp(1.0, s8 as i32);
-    let mut need = amax.iter().map(|&a| a / qmax).collect::<Vec<f64>>();
     let us = |s: &[u32]| s.iter().map(|&d| d as usize).collect::<Vec<_>>();
     if let Some((bc, bshape)) = &bias_plan {
         let (bs, ms) = (us(bshape), us(&m_index));
@@ -609,15 +671,7 @@ fn per_channel(
     }
     let (mult, s_m) = multipliers(&need, MULT_BITS)?;
     let smf = libm::ldexp(1.0, s_m);
-    let q: Vec<i32> = wf
-        .data
-        .iter()
-        .enumerate()
-        .map(|(i, &v)| {
-            let sc = mult[chan_of(i)] as f64 / smf;
-            round(v / sc).clamp(-qmax, qmax) as i32
-        })
-        .collect();
+    let (q, _) = quantize_groups(&wf.data, &mult, s_m, chan_of, 1, qmax);
     let bias_c = match &bias_plan {
         Some((bc, bshape)) => {
             let (bs, ms) = (us(bshape), us(&m_index));
@@ -651,31 +705,26 @@ fn per_channel(
     if !legal(s_acc + s_m - node.scale as i32) || !(-128..=127).contains(&s_m) || s_acc < -128 {
         return None;
     }
-    let qr = b.push_const(Const {
-        shape: wf.shape.clone(),
-        scale: 0,
-        data: q,
-    });
-    let mr = b.push_const(Const {
-        shape: m_shape,
-        scale: s_m as i8,
-        data: mult,
-    });
-    let mut ins = if wi == 1 {
-        vec![xq.q, qr]
-    } else {
-        vec![qr, xq.q]
-    };
-    if let Some(c) = bias_c {
-        ins.push(b.push_const(c));
-    }
     debug_assert_eq!(b.scale_of(xq.q), s8);
-    let acc = b.push_node(
-        format!("{}/acc", node.name),
+    let (acc, mr) = push_acc(
+        b,
+        node,
         node.op.clone(),
-        ins,
+        wi,
+        xq.q,
+        Const {
+            shape: wf.shape.clone(),
+            scale: 0,
+            data: q,
+        },
+        Const {
+            shape: m_shape,
+            scale: s_m as i8,
+            data: mult,
+        },
+        bias_c,
         node.shape.clone(),
-        s_acc as i8,
+        s_acc,
     );
     Some(b.push_node(
         node.name.clone(),
@@ -777,53 +826,34 @@ fn dynamic_per_channel(
     let ws: Vec<usize> = wf.shape.iter().map(|&d| d as usize).collect();
     let (chans, inner) = channels(&ws, chan);
     let chan_of = |i: usize| (i / inner) % chans;
-    let mut need = vec![0f64; chans];
-    for (i, &v) in wf.data.iter().enumerate() {
-        let c = chan_of(i);
-        need[c] = need[c].max(v.abs() / qmax);
-    }
+    let need = group_need(&wf.data, chans, chan_of, qmax);
     let (mult, s_m) = multipliers(&need, MULT_BITS)?;
-    let smf = libm::ldexp(1.0, s_m);
-    let mut l1 = vec![0f64; chans];
-    let q: Vec<i32> = wf
-        .data
-        .iter()
-        .enumerate()
-        .map(|(i, &v)| {
-            let c = chan_of(i);
-            let sc = mult[c] as f64 / smf;
-            let q = round(v / sc).clamp(-qmax, qmax);
-            l1[c] += q.abs() * sc;
-            q as i32
-        })
-        .collect();
+    let (q, l1) = quantize_groups(&wf.data, &mult, s_m, chan_of, 1, qmax);
     let xmax = (-xq.lo).max(xq.hi) as f64;
     let s_acc = xq.scale as i32 - acc_shift(terms * xmax * qmax);
     let s_u = bound_scale(l1.iter().fold(0f64, |m, &v| m.max(v)));
     if !legal(s_acc + s_m - s_u) || !(-128..=127).contains(&s_m) || s_acc < -128 {
         return None;
     }
-    let qr = b.push_const(Const {
-        shape: wf.shape.clone(),
-        scale: 0,
-        data: q,
-    });
-    let mr = b.push_const(Const {
-        shape: mult_shape(chans, chan, node.shape.len(), &[]),
-        scale: s_m as i8,
-        data: mult,
-    });
-    let ins = if wi == 1 {
-        vec![xq.q, qr]
-    } else {
-        vec![qr, xq.q]
-    };
-    let acc = b.push_node(
-        format!("{}/acc", node.name),
+    let (acc, mr) = push_acc(
+        b,
+        node,
         node.op.clone(),
-        ins,
+        wi,
+        xq.q,
+        Const {
+            shape: wf.shape.clone(),
+            scale: 0,
+            data: q,
+        },
+        Const {
+            shape: mult_shape(chans, chan, node.shape.len(), &[]),
+            scale: s_m as i8,
+            data: mult,
+        },
+        None,
         node.shape.clone(),
-        s_acc as i8,
+        s_acc,
     );
     let u = b.push_node(
         format!("{}/u", node.name),
@@ -865,26 +895,10 @@ fn blocked(
     let kinner: usize = ws[k + 1..].iter().product();
     let (chans, inner) = channels(&ws, chan);
     let group_of = |i: usize| ((i / inner) % chans) * groups + ((i / kinner) % kk) / BLOCK;
-    let mut need = vec![0f64; chans * groups];
-    for (i, &v) in wf.data.iter().enumerate() {
-        let gi = group_of(i);
-        need[gi] = need[gi].max(v.abs() / qmax);
-    }
+    let need = group_need(&wf.data, chans * groups, group_of, qmax);
     let (mult, s_m) = multipliers(&need, MULT_BITS)?;
     let smf = libm::ldexp(1.0, s_m);
-    let mut l1 = vec![0f64; chans];
-    let q: Vec<i32> = wf
-        .data
-        .iter()
-        .enumerate()
-        .map(|(i, &v)| {
-            let gi = group_of(i);
-            let sc = mult[gi] as f64 / smf;
-            let q = round(v / sc).clamp(-qmax, qmax);
-            l1[gi / groups] += q.abs() * sc;
-            q as i32
-        })
-        .collect();
+    let (q, l1) = quantize_groups(&wf.data, &mult, s_m, group_of, groups, qmax);
     // the operands' labels with the reduced label `kl` split into (block `gl`, `kl`)
     let (wl, xl) = if wi == 1 { (bl, a) } else { (a, bl) };
     let kl = wl[k];
@@ -929,41 +943,38 @@ fn blocked(
         split_shape(&xshape, xk),
         xq.scale,
     );
-    let qr = b.push_const(Const {
-        shape: split_shape(&wf.shape, k),
-        scale: 0,
-        data: q,
-    });
-    let mr = b.push_const(Const {
-        shape: mult_shape(chans, chan, node.shape.len(), &[groups as u32]),
-        scale: s_m as i8,
-        data: mult,
-    });
-    let (op, ins) = if wi == 1 {
-        (
-            Op::EinSum {
-                a: xl2,
-                b: wl2,
-                out: out2,
-            },
-            vec![xb, qr],
-        )
+    let op = if wi == 1 {
+        Op::EinSum {
+            a: xl2,
+            b: wl2,
+            out: out2,
+        }
     } else {
-        (
-            Op::EinSum {
-                a: wl2,
-                b: xl2,
-                out: out2,
-            },
-            vec![qr, xb],
-        )
+        Op::EinSum {
+            a: wl2,
+            b: xl2,
+            out: out2,
+        }
     };
-    let acc = b.push_node(
-        format!("{name}/acc"),
+    let (acc, mr) = push_acc(
+        b,
+        node,
         op,
-        ins,
+        wi,
+        xb,
+        Const {
+            shape: split_shape(&wf.shape, k),
+            scale: 0,
+            data: q,
+        },
+        Const {
+            shape: mult_shape(chans, chan, node.shape.len(), &[groups as u32]),
+            scale: s_m as i8,
+            data: mult,
+        },
+        None,
         acc_shape.clone(),
-        s_acc as i8,
+        s_acc,
     );
     let p = b.push_node(
         format!("{name}/blockscaled"),

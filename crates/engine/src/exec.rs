@@ -549,18 +549,17 @@ impl<M: Borrow<Model> + Sync> Executor<M> {
                     // exact in i64: |v · α| < 2^62, right shifts only
                     let (hp, hn) = (half(kp), half(kn));
                     let a = *alpha_q as i64;
-                    let ys: Vec<i64> = xs[0]
+                    xs[0]
                         .iter()
                         .map(|&v| {
                             let v = v as i64;
-                            if v >= 0 {
+                            fit(if v >= 0 {
                                 (v + hp) >> kp
                             } else {
                                 (v * a + hn) >> kn
-                            }
+                            } as i128)
                         })
-                        .collect();
-                    ys.into_iter().map(|y| fit(y as i128)).collect()
+                        .collect()
                 } else {
                     xs[0]
                         .iter()
