@@ -50,6 +50,25 @@ pub struct Deployment {
     pub deploy_block: u64,
 }
 
+/// A model as the ModelRegistry holds it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegisteredModel {
+    /// Model ID.
+    pub model_id: Hash,
+    /// The account that registered it (owner of its name).
+    pub owner: verity_core::Address,
+    /// Name.
+    pub name: String,
+    /// Version.
+    pub version: String,
+    /// The EIP-712 digest of the owner's signed manifest (zero if none was given).
+    pub manifest_hash: Hash,
+    /// Price per inference, in wei.
+    pub price: U256,
+    /// Block timestamp of the registration.
+    pub registered_at: u64,
+}
+
 impl Deployment {
     /// Read a deployment file.
     pub fn load(path: &Path) -> Result<Deployment, ChainError> {
@@ -586,6 +605,74 @@ impl EvmChain {
         })
         .await
         .map(Some)
+    }
+
+    /// Change the price of model `id` (its owner's call); the transaction and its gas.
+    pub async fn set_model_price(&self, id: &Hash, price: U256) -> Result<(Hash, u64), ChainError> {
+        let reg = self.models_contract();
+        self.send("changing the model's price", || {
+            reg.setPrice(to_b256(id), price).into_transaction_request()
+        })
+        .await
+    }
+
+    /// Model `id` as the ModelRegistry holds it now, or `None` if it is not registered.
+    pub async fn registered_model(&self, id: &Hash) -> Result<Option<RegisteredModel>, ChainError> {
+        let reg = self.models_contract();
+        let m = self
+            .retry(|| async { reg.model(to_b256(id)).call().await.map_err(contract_err) })
+            .await?;
+        if m.owner.is_zero() {
+            return Ok(None);
+        }
+        Ok(Some(RegisteredModel {
+            model_id: *id,
+            owner: from_evm(&m.owner),
+            name: m.name,
+            version: m.version,
+            manifest_hash: from_b256(&m.manifestHash),
+            price: m.pricePerInference,
+            registered_at: m.registeredAt,
+        }))
+    }
+
+    /// Every model registered since the deployment, in registration order, each as the registry holds it
+    /// now (its current price). The `ModelRegistered` logs are read `LOG_SPAN` blocks at a time, within
+    /// what public RPC endpoints allow per query.
+    pub async fn registered_models(&self) -> Result<Vec<RegisteredModel>, ChainError> {
+        const LOG_SPAN: u64 = 10_000;
+        let head = self
+            .retry(|| async { self.provider.get_block_number().await.map_err(rpc_err) })
+            .await?;
+        let mut ids = Vec::new();
+        let mut from = self.deployment.deploy_block;
+        while from <= head {
+            let to = head.min(from + LOG_SPAN - 1);
+            let filter = Filter::new()
+                .address(to_evm(&self.deployment.models))
+                .event_signature(ModelRegistry::ModelRegistered::SIGNATURE_HASH)
+                .from_block(from)
+                .to_block(to);
+            let logs = self
+                .retry(|| async { self.provider.get_logs(&filter).await.map_err(rpc_err) })
+                .await?;
+            for l in logs.iter().filter(|l| !l.removed) {
+                if let Ok(e) = ModelRegistry::ModelRegistered::decode_log(&l.inner) {
+                    ids.push(from_b256(&e.data.modelId));
+                }
+            }
+            from = to + 1;
+        }
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            if out.iter().any(|m: &RegisteredModel| m.model_id == id) {
+                continue;
+            }
+            if let Some(m) = self.registered_model(&id).await? {
+                out.push(m);
+            }
+        }
+        Ok(out)
     }
 
     /// The model registry.

@@ -17,7 +17,7 @@ pub mod watch;
 use std::future::Future;
 
 pub use alloy::primitives::{Address as EvmAddress, B256, U256};
-pub use evm::{Deployment, EvmChain};
+pub use evm::{Deployment, EvmChain, RegisteredModel};
 pub use mem::MemChain;
 use serde::{Deserialize, Serialize};
 use verity_core::{Hash, SignedReceipt};

@@ -170,7 +170,7 @@ fn connect(
         .map_err(|e| anyhow!("{e}"))
 }
 
-fn eth(wei: U256) -> String {
+pub(crate) fn eth(wei: U256) -> String {
     let e = verity_chain::ether(1);
     let whole = wei / e;
     let frac = (wei % e) / U256::from(10u64).pow(U256::from(12));

@@ -18,6 +18,7 @@ use verity_engine::{Executor, Mode};
 
 mod devnet;
 mod net;
+mod registry;
 mod request;
 mod verify;
 mod zk;
@@ -75,9 +76,12 @@ enum ModelCmd {
     Inspect(InspectArgs),
     /// Publish an ONNX or `.vty` model to a node with a manifest signed by your key.
     Publish(net::PublishArgs),
-    /// List the models a node hosts.
+    /// Register a published model on-chain (ModelRegistry) with its price per inference, so that other
+    /// nodes replicate it and on-chain requests (`verity request`, the OpenGradient SDK) can use it.
+    Register(registry::RegisterArgs),
+    /// List the models a node hosts (`--chain`: the models registered on-chain).
     Ls(net::LsArgs),
-    /// Show a hosted model: ID, IO schema, manifest, report.
+    /// Show a hosted model: ID, IO schema, manifest, report (`--chain`: its on-chain registration).
     Show(net::ShowArgs),
     /// Download a hosted model (its ID is verified).
     Pull(net::PullArgs),
@@ -601,6 +605,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Cmd::Model(ModelCmd::Compile(a)) => cmd_compile(a),
         Cmd::Model(ModelCmd::Inspect(a)) => cmd_inspect(a),
         Cmd::Model(ModelCmd::Publish(a)) => net::cmd_publish(a),
+        Cmd::Model(ModelCmd::Register(a)) => registry::cmd_register(a),
         Cmd::Model(ModelCmd::Ls(a)) => net::cmd_ls(a),
         Cmd::Model(ModelCmd::Show(a)) => net::cmd_show(a),
         Cmd::Model(ModelCmd::Pull(a)) => net::cmd_pull(a),

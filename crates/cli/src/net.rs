@@ -28,6 +28,87 @@ impl NodeUrl {
     }
 }
 
+/// The nodes a request may go to, in order of preference.
+#[derive(Args, Debug, Clone)]
+pub struct NodeList {
+    /// Node URL; several (comma-separated or repeated) to fail over: when a node cannot be reached, is
+    /// overloaded or failing (HTTP 5xx or 429), lacks the model, or — with --quorum — returns a
+    /// certificate that does not verify, the next one is asked.
+    #[arg(
+        long = "node",
+        env = "VERITY_NODE",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:7070"
+    )]
+    pub urls: Vec<String>,
+}
+
+/// Why one node of a [`NodeList`] did not serve a request.
+enum Fail {
+    /// Another node may do better (unreachable, overloaded, failing, lacks the model, lied).
+    Next(anyhow::Error),
+    /// Asking elsewhere would not help (the request itself is wrong, or the nodes disagree).
+    Stop(anyhow::Error),
+}
+
+impl<E: Into<anyhow::Error>> From<E> for Fail {
+    fn from(e: E) -> Fail {
+        Fail::Stop(e.into())
+    }
+}
+
+/// Whether a node's error status leaves another node a chance: it is unavailable, overloaded or
+/// failing, or does not have what was asked for.
+fn worth_another_node(status: reqwest::StatusCode) -> bool {
+    status.is_server_error() || status.as_u16() == 429 || status.as_u16() == 404
+}
+
+/// Run `f` on each node of `urls` in turn until one serves; every node passed over is reported on stderr.
+/// With one node its error is returned as it is; with several, each node's.
+fn on_each_node<T>(urls: &[String], mut f: impl FnMut(&str) -> Result<T, Fail>) -> Result<T> {
+    let mut passed = Vec::new();
+    for u in urls {
+        let base = u.trim_end_matches('/');
+        match f(base) {
+            Ok(v) => return Ok(v),
+            Err(Fail::Stop(e)) => return Err(e),
+            Err(Fail::Next(e)) => {
+                if urls.len() > 1 {
+                    eprintln!("node {base}: {e:#}; asking the next node");
+                }
+                passed.push((base.to_string(), e));
+            }
+        }
+    }
+    if passed.len() == 1 {
+        let (_, e) = passed.remove(0);
+        return Err(e);
+    }
+    let lines: Vec<String> = passed
+        .iter()
+        .map(|(b, e)| format!("  {b}: {e:#}"))
+        .collect();
+    bail!(
+        "none of the {} nodes served the request:\n{}",
+        passed.len(),
+        lines.join("\n")
+    )
+}
+
+/// Send `req` to a node of a [`NodeList`]: its JSON answer, or why it failed and whether another node
+/// may do better.
+fn ask(req: reqwest::blocking::RequestBuilder, url: &str, what: &str) -> Result<Value, Fail> {
+    let resp = send(req, url).map_err(Fail::Next)?;
+    let status = resp.status();
+    json_or_error(resp, what).map_err(|e| {
+        if worth_another_node(status) {
+            Fail::Next(e)
+        } else {
+            Fail::Stop(e)
+        }
+    })
+}
+
 /// Which key signs.
 #[derive(Args, Debug, Clone)]
 pub struct KeyArgs {
@@ -111,7 +192,7 @@ fn client(timeout: Duration) -> Result<reqwest::blocking::Client> {
 }
 
 /// Turn a response into JSON, or an error carrying the node's error code and message.
-fn json_or_error(resp: reqwest::blocking::Response, what: &str) -> Result<Value> {
+pub(crate) fn json_or_error(resp: reqwest::blocking::Response, what: &str) -> Result<Value> {
     let status = resp.status();
     let text = resp.text().context("cannot read the node's response")?;
     let v: Value = serde_json::from_str(&text).unwrap_or(Value::String(text.clone()));
@@ -252,10 +333,47 @@ pub struct LsArgs {
     #[arg(long)]
     json: bool,
     #[command(flatten)]
+    on_chain: OnChain,
+    #[command(flatten)]
     node: NodeUrl,
 }
 
+/// `--chain`: read the ModelRegistry instead of asking a node.
+#[derive(Args, Debug)]
+pub struct OnChain {
+    /// Read the ModelRegistry on the chain at this JSON-RPC URL (with --contracts) instead of asking a
+    /// node: every registered model with its owner, price and the nodes announcing it.
+    #[arg(long = "chain")]
+    rpc: Option<String>,
+    /// Deployment file (contract addresses) for --chain, e.g. `<devnet dir>/contracts.json`.
+    #[arg(long, env = "VERITY_CONTRACTS")]
+    contracts: Option<PathBuf>,
+}
+
+impl OnChain {
+    /// The chain to read, if --chain was given.
+    fn chain(&self) -> Result<Option<crate::registry::ChainArgs>> {
+        let Some(rpc) = &self.rpc else {
+            return Ok(None);
+        };
+        let contracts = self
+            .contracts
+            .clone()
+            .ok_or_else(|| anyhow!("--chain needs --contracts (the deployment file)"))?;
+        Ok(Some(crate::registry::ChainArgs {
+            rpc: rpc.clone(),
+            contracts,
+        }))
+    }
+}
+
 pub fn cmd_ls(a: LsArgs) -> Result<()> {
+    if let Some(c) = a.on_chain.chain()? {
+        if a.tag.is_some() {
+            bail!("--tag filters a node's list; the chain holds no tags");
+        }
+        return crate::registry::ls_chain(&c, a.query.as_deref(), a.json);
+    }
     let url = format!("{}/v1/models", a.node.base());
     let mut q = Vec::new();
     if let Some(s) = &a.query {
@@ -299,10 +417,15 @@ pub struct ShowArgs {
     /// `0x<model id>`, `name@version` or `name` (latest).
     model: String,
     #[command(flatten)]
+    on_chain: OnChain,
+    #[command(flatten)]
     node: NodeUrl,
 }
 
 pub fn cmd_show(a: ShowArgs) -> Result<()> {
+    if let Some(c) = a.on_chain.chain()? {
+        return crate::registry::show_chain(&c, &a.model);
+    }
     let url = format!("{}/v1/models/{}", a.node.base(), a.model);
     let v = json_or_error(
         send(client(Duration::from_secs(60))?.get(&url), &url)?,
@@ -394,11 +517,10 @@ pub struct InferArgs {
     #[arg(long, conflicts_with = "quorum")]
     zk_proof: Option<PathBuf>,
     #[command(flatten)]
-    node: NodeUrl,
+    node: NodeList,
 }
 
-fn infer_quorum(a: &InferArgs, k: u8, inputs: &[Named]) -> Result<()> {
-    let base = a.node.base();
+fn infer_quorum(a: &InferArgs, base: &str, k: u8, inputs: &[Named]) -> Result<(), Fail> {
     let http = client(Duration::from_secs(300))?;
     let mut obj = serde_json::Map::new();
     for (n, s, d) in inputs {
@@ -412,12 +534,14 @@ fn infer_quorum(a: &InferArgs, k: u8, inputs: &[Named]) -> Result<()> {
         "{base}/v1/models/{}/quorum?k={k}&widen={}&timeout_ms={}",
         a.model, !a.no_widen, a.timeout_ms
     );
-    let resp = send(http.post(&url).json(&doc), &url)?;
+    let resp = send(http.post(&url).json(&doc), &url).map_err(Fail::Next)?;
     let status = resp.status();
     let v: Value = resp
         .json()
-        .with_context(|| format!("{url} answered {status} without JSON"))?;
+        .map_err(|e| Fail::Next(anyhow!("{url} answered {status} without JSON ({e})")))?;
     if !status.is_success() {
+        // Disagreeing nodes are evidence, not a coordinator's failure: no other coordinator is asked.
+        let disagreement = v.get("evidence").is_some();
         if let (Some(p), Some(e)) = (&a.evidence, v.get("evidence")) {
             std::fs::write(p, serde_json::to_vec_pretty(e)?)
                 .with_context(|| format!("cannot write {}", p.display()))?;
@@ -460,24 +584,40 @@ fn infer_quorum(a: &InferArgs, k: u8, inputs: &[Named]) -> Result<()> {
                 }
             }
         }
-        bail!("quorum of {k} not reached (HTTP {status}): {msg}");
+        let e = anyhow!("quorum of {k} not reached (HTTP {status}): {msg}");
+        return Err(if disagreement || !worth_another_node(status) {
+            Fail::Stop(e)
+        } else {
+            Fail::Next(e)
+        });
     }
     // Trust nothing the coordinator said: check the certificate and the outputs here.
+    // A coordinator whose answer does not hold up is passed over like one that is down.
+    let lied = |e: anyhow::Error| Fail::Next(e);
     let cert: verity_chain::cert::QuorumCertificate =
-        serde_json::from_value(v["certificate"].clone())
-            .context("the coordinator's answer has no quorum certificate")?;
-    let summary = verity_chain::cert::verify_certificate(&cert)
-        .map_err(|e| anyhow!("the coordinator's certificate does not verify: {e}"))?;
+        serde_json::from_value(v["certificate"].clone()).map_err(|_| {
+            lied(anyhow!(
+                "the coordinator's answer has no quorum certificate"
+            ))
+        })?;
+    let summary = verity_chain::cert::verify_certificate(&cert).map_err(|e| {
+        lied(anyhow!(
+            "the coordinator's certificate does not verify: {e}"
+        ))
+    })?;
     if cert.k != k {
-        bail!("the certificate is for k = {}, not {k}", cert.k);
+        return Err(lied(anyhow!(
+            "the certificate is for k = {}, not {k}",
+            cert.k
+        )));
     }
     let h = verity_node::quorum::outputs_hash(&v["outputs"])
-        .map_err(|e| anyhow!("the coordinator's outputs: {e}"))?;
+        .map_err(|e| lied(anyhow!("the coordinator's outputs: {e}")))?;
     if h != cert.output_hash {
-        bail!(
+        return Err(lied(anyhow!(
             "the coordinator's outputs hash to {h}, its certificate says {}",
             cert.output_hash
-        );
+        )));
     }
     if let Some(p) = &a.certificate {
         std::fs::write(p, serde_json::to_vec_pretty(&cert)?)
@@ -622,16 +762,20 @@ pub fn cmd_dispute(a: DisputeArgs) -> Result<()> {
 }
 
 pub fn cmd_infer(a: InferArgs) -> Result<()> {
-    let base = a.node.base();
+    on_each_node(&a.node.urls, |base| infer_on(&a, base))
+}
+
+/// `verity infer` on the node at `base`.
+fn infer_on(a: &InferArgs, base: &str) -> Result<(), Fail> {
     let info_url = format!("{base}/v1/models/{}", a.model);
     let http = client(Duration::from_secs(300))?;
-    let info = json_or_error(send(http.get(&info_url), &info_url)?, "infer")?;
+    let info = ask(http.get(&info_url), &info_url, "infer")?;
     let inputs = read_inputs(
         &a.input,
         info["inputs"].as_array().map(Vec::as_slice).unwrap_or(&[]),
     )?;
     if let Some(k) = a.quorum {
-        return infer_quorum(&a, k, &inputs);
+        return infer_quorum(a, base, k, &inputs);
     }
     let url = format!("{base}/v1/models/{}/infer", a.model);
     let total: usize = inputs.iter().map(|t| t.2.len()).sum();
@@ -676,7 +820,7 @@ pub fn cmd_infer(a: InferArgs) -> Result<()> {
         }
         http.post(&url).json(&doc)
     };
-    let mut v = json_or_error(send(req, &url)?, "inference")?;
+    let mut v = ask(req, &url, "inference")?;
     if let Some(p) = &a.zk_proof {
         use base64::Engine as _;
         let b64 = v["zk"]["proof"]

@@ -146,9 +146,9 @@ fn data_uri() -> String {
     )
 }
 
-/// Serve `body` once per connection at `http://127.0.0.1:<port>/input`, each answer after `delay`;
-/// the thread ends with the test process.
-fn slow_server(body: String, delay: Duration) -> String {
+/// Serve `body` once per connection at `http://127.0.0.1:<port>/input` (and at any other path), each
+/// answer after `delay`; the thread ends with the test process.
+pub(crate) fn slow_server(body: String, delay: Duration) -> String {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}/input", l.local_addr().unwrap());
     std::thread::spawn(move || {

@@ -313,6 +313,63 @@ fn quorum_of_3_on_5_nodes_survives_crashes_liars_and_stalls() {
         t.outcomes
     );
 
+    // 2b. `verity infer --quorum` given several coordinators fails over: past a dead node, and past a
+    // coordinator that answers with a valid certificate and forged outputs, to one that serves.
+    let real: Value = reqwest::blocking::Client::new()
+        .post(format!("{coord}/v1/models/mlp/quorum?k=3"))
+        .json(&mlp_body())
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let info: Value = reqwest::blocking::get(format!("{coord}/v1/models/mlp"))
+        .unwrap()
+        .json()
+        .unwrap();
+    let mut forged = real.clone();
+    forged["inputs"] = info["inputs"].clone();
+    assert!(forged["outputs"][0]["data"][0].is_number(), "{real}");
+    forged["outputs"][0]["data"][0] = json!(12345.0);
+    let liar = super::attacks::slow_server(forged.to_string(), Duration::ZERO);
+    let liar = liar.trim_end_matches("/input").to_string();
+    let cli_infer = |nodes: &str| {
+        Command::new(env!("CARGO_BIN_EXE_verity"))
+            .args([
+                "infer",
+                "mlp",
+                "--input",
+                "fixtures/mlp.input.json",
+                "--quorum",
+                "3",
+            ])
+            .args(["--node", nodes])
+            .current_dir(root())
+            .output()
+            .unwrap()
+    };
+    let o = cli_infer(&format!("{},{liar},{coord}", nodes[3].url));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains(&format!("node {}: cannot reach", nodes[3].url))
+            && err.contains(&format!("node {liar}: the coordinator's outputs hash to"))
+            && err.matches("asking the next node").count() == 2,
+        "each node passed over is named with its reason: {err}"
+    );
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["certificate"]["output_hash"], json!(expected), "{v}");
+    // Every coordinator given dead or lying: exit 1 with one line per node.
+    let o = cli_infer(&format!("{},{liar}", nodes[4].url));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("none of the 2 nodes served the request")
+            && err.contains(&format!("  {}: cannot reach", nodes[4].url))
+            && err.contains(&format!("  {liar}: the coordinator's outputs")),
+        "{err}"
+    );
+    assert!(o.stdout.is_empty(), "nothing unverified is printed");
+
     // 3. They restart (same keys, data and port) and rejoin: they sign certificates again.
     let logs = tmp.path();
     running
@@ -463,18 +520,101 @@ fn quorum_of_3_on_5_nodes_survives_crashes_liars_and_stalls() {
         let h = rt.block_on(chain.hosts_of(id)).unwrap_or_default();
         h.contains(&nodes[0].addr) && h.contains(&bad.addr)
     });
-    let reg = chain.models_contract();
-    rt.block_on(chain.send("registering the model", || {
-        reg.register(
-            verity_chain::to_b256(&id),
-            "big".into(),
-            "1.0.0".into(),
-            verity_chain::to_b256(&Hash::ZERO),
-            verity_chain::U256::from(1u64),
+    // The publisher registers it with `verity model register`; nobody else can, and the registry
+    // lists what was registered.
+    let contracts = dir.join("contracts.json");
+    let model_cli = |key: &str, args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_verity"))
+            .arg("model")
+            .args(args)
+            .args(["--chain", &rpc, "--contracts", contracts.to_str().unwrap()])
+            .env("VERITY_KEY", key)
+            .current_dir(root())
+            .output()
+            .unwrap()
+    };
+    let stranger = "0x5de4111afa1a4b94908f83103eb1f1706367c2e68ca870fc3fb9a804cdab365a";
+    let publisher_hex = "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d";
+    let register = |key: &str, model: &str, price: &str| {
+        model_cli(
+            key,
+            &["register", model, "--price", price, "--node", &nodes[0].url],
         )
-        .into_transaction_request()
-    }))
-    .unwrap();
+    };
+    let refused = |o: &std::process::Output, why: &str| {
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{err}");
+        assert!(err.contains(why), "expected '{why}' in: {err}");
+    };
+    refused(
+        &register(stranger, "big@1.0.0", "1wei"),
+        "only its publisher registers it",
+    );
+    refused(
+        &register(publisher_hex, "nosuch@1.0.0", "1wei"),
+        "does not host model nosuch@1.0.0: publish it there first",
+    );
+    refused(
+        &register(publisher_hex, "big@1.0.0", "1.5"),
+        "the smallest amount is 1 wei",
+    );
+    refused(
+        &register(publisher_hex, "big@1.0.0", "ten"),
+        "is not an amount",
+    );
+    let ls = |key: &str| {
+        let o = model_cli(key, &["ls", "--json"]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        serde_json::from_slice::<Value>(&o.stdout).unwrap()
+    };
+    let listed = ls(stranger);
+    assert!(
+        !listed["models"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["model_id"] == json!(id)),
+        "nothing was registered by the refused attempts: {listed}"
+    );
+    let o = register(publisher_hex, "big@1.0.0", "1wei");
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        out.contains(&format!("big@1.0.0  {id}  price 1 wei")) && out.contains("registered: tx"),
+        "{out}"
+    );
+    let o = model_cli(stranger, &["show", "big", "--json"]);
+    assert_eq!(o.status.code(), Some(2), "show takes no --json");
+    let o = model_cli(stranger, &["show", "big"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let shown: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(shown["model_id"], json!(id), "{shown}");
+    assert_eq!(shown["owner"], json!(publisher.address()), "{shown}");
+    assert_eq!(shown["price_wei"], "1", "{shown}");
+    let signed: verity_core::SignedManifest = serde_json::from_str(&manifest).unwrap();
+    assert_eq!(
+        shown["manifest_hash"],
+        json!(signed.manifest.digest()),
+        "the registration binds the owner's signed manifest: {shown}"
+    );
+    // Registering again changes only the price.
+    let o = register(publisher_hex, "big@1.0.0", "0.000000000000000002eth");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("already registered; price changed from 1 wei"),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    let listed = ls(stranger);
+    let mine = listed["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["model_id"] == json!(id))
+        .cloned()
+        .expect("listed");
+    assert_eq!(mine["price_wei"], "2", "{listed}");
+    assert_eq!(mine["name"], "big", "{listed}");
     wait_for("nodes 1-3 to replicate and announce the model", 120, || {
         let h = rt.block_on(chain.hosts_of(id)).unwrap_or_default();
         nodes[1..4].iter().all(|n| h.contains(&n.addr))
