@@ -6,7 +6,7 @@ Starts `verity devnet` (anvil, contracts, 3 nodes, demo models), then calls
 exactly as an OpenGradient user would: VANILLA (a `signed` request) and ZKML/TEE (`quorum` requests).
 Every output must equal `verity run` on the same model and input (as the SDK's float32), and the
 request must be final on-chain with the output hash of that canonical execution. Also checks the SDK's
-errors for an unknown model. Stops the devnet (SIGINT) at the end, whatever happens.
+readable errors for an unknown model and a wrong-sized input. Stops the devnet (SIGINT) at the end, whatever happens.
 """
 import argparse
 import json
@@ -105,14 +105,23 @@ def main():
         print(f"{n} requests on-chain, all finalized" if n >= 6 else f"only {n} requests")
         if n < 6:
             failures.append("expected 6 requests")
-        # An unknown model is refused on-chain with the contract's reason.
-        try:
-            alpha.infer("no-such-model", InferenceMode.VANILLA, {"x": np.zeros(2, dtype=np.float32)})
-            failures.append("unknown model was accepted")
-        except Exception as e:  # noqa: BLE001 - the SDK raises web3's ContractLogicError
-            if "UnknownModel" not in str(e) and "0x" not in str(e):
-                failures.append(f"unknown model gave an unclear error: {e}")
-            print(f"unknown model refused: {str(e)[:100]}")
+        # Mistakes are refused on-chain with a sentence the SDK user can read (not a custom error's hex).
+        mlp_inputs = {k: np.array(v["data"], dtype=np.float32).reshape(v["shape"])
+                      for k, v in json.load(open("fixtures/mlp.input.json")).items()}
+        short = {k: v.ravel()[:3] for k, v in mlp_inputs.items()}
+        for what, model, inputs, want in [
+            ("an unknown model", "no-such-model", {"x": np.zeros(2, dtype=np.float32)},
+             "OpenGradientInference: unknown model 'no-such-model'"),
+            ("a wrong-sized input", "mlp", short,
+             "OpenGradientInference: bad input: an input has the wrong number of elements"),
+        ]:
+            try:
+                alpha.infer(model, InferenceMode.VANILLA, inputs)
+                failures.append(f"{what} was accepted")
+            except Exception as e:  # noqa: BLE001 - the SDK raises web3's ContractLogicError
+                if want not in str(e):
+                    failures.append(f"{what} gave an unreadable error: {e}")
+                print(f"{what} refused: {str(e)[:160]}")
     finally:
         dn.send_signal(signal.SIGINT)
         try:

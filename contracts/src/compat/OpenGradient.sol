@@ -109,12 +109,10 @@ contract OpenGradientInference is IVerityConsumer {
 
     event InputSpecSet(bytes32 indexed modelId);
 
-    error UnknownModel(string modelId);
-    error NoInputSpec(bytes32 modelId);
+    // What a caller of `run` can get wrong is reverted with a sentence (`Error(string)`), which every
+    // client shows as text (web3.py, ethers, the OpenGradient SDK); custom errors would reach them as hex.
     error NotModelOwner();
     error BadSpec(string why);
-    error BadInput(string why);
-    error InsufficientFunds(uint256 required, uint256 available);
     error NotHub();
     error NotRefunded();
     error NothingToWithdraw();
@@ -185,7 +183,15 @@ contract OpenGradientInference is IVerityConsumer {
         returns (ModelOutput memory output)
     {
         bytes32 id = resolve(modelId);
-        if (id == bytes32(0) || !models.exists(id)) revert UnknownModel(modelId);
+        if (id == bytes32(0) || !models.exists(id)) {
+            revert(
+                string.concat(
+                    "OpenGradientInference: unknown model '",
+                    modelId,
+                    "' (no such model ID, name@version or name in the ModelRegistry)"
+                )
+            );
+        }
         string memory inferenceID = place(id, inferenceMode, canonicalInputHash(id, modelInput));
         OpenGradientEvents(EVENTS).announce(inferenceID, ModelInferenceRequest(inferenceMode, modelId, modelInput));
         emit InferenceResult(output);
@@ -198,15 +204,19 @@ contract OpenGradientInference is IVerityConsumer {
     function canonicalInputHash(bytes32 modelId, ModelInput calldata input) public view returns (bytes32) {
         InputSpec storage s = specs[modelId];
         uint256 n = s.names.length;
-        if (n == 0) revert NoInputSpec(modelId);
-        if (input.strings.length != 0) revert BadInput("string tensors are not canonical inputs");
-        if (input.numbers.length != n) revert BadInput("not one tensor per model input");
+        if (n == 0) {
+            revert(
+                "OpenGradientInference: the model's inputs are not stated yet (its owner states them with setInputSpec, which `verity model register` does)"
+            );
+        }
+        if (input.strings.length != 0) badInput("string tensors are not canonical inputs");
+        if (input.numbers.length != n) badInput("not one tensor per model input");
         bytes32[] memory roots = new bytes32[](n);
         for (uint256 i = 0; i < n; i++) {
             bytes32 name = keccak256(bytes(s.names[i]));
             uint256 j = 0;
             while (j < n && keccak256(bytes(input.numbers[j].name)) != name) j++;
-            if (j == n) revert BadInput("a model input is missing");
+            if (j == n) badInput("a model input is missing");
             roots[i] = tensorRoot(input.numbers[j].values, s.counts[i], s.scales[i], s.ints[i]);
         }
         return Merkle.listRoot(roots);
@@ -217,7 +227,7 @@ contract OpenGradientInference is IVerityConsumer {
         pure
         returns (bytes32)
     {
-        if (values.length != count) revert BadInput("an input has the wrong number of elements");
+        if (values.length != count) badInput("an input has the wrong number of elements");
         bytes32[] memory leaves = new bytes32[]((uint256(count) + 7) / 8);
         unchecked {
             for (uint256 w = 0; w < leaves.length; w++) {
@@ -239,29 +249,29 @@ contract OpenGradientInference is IVerityConsumer {
     ///         for a real input (the engine's rounding) or `x` itself for an integer input (refused unless
     ///         whole and within ±(2^31 − 1)). `decimals` in 0…60, a real input's scale in −32…64.
     function quantize(int128 value, int128 decimals, int8 scale, bool isInt) public pure returns (int32) {
-        if (decimals < 0 || decimals > 60) revert BadInput("decimals out of 0..60");
-        if (!isInt && (scale < -32 || scale > 64)) revert BadInput("scale out of -32..64");
+        if (decimals < 0 || decimals > 60) badInput("decimals out of 0..60");
+        if (!isInt && (scale < -32 || scale > 64)) badInput("scale out of -32..64");
         (uint256 kind, bool neg, uint256 m, int256 e) = nearestF32(value, uint256(int256(decimals)));
         if (kind == 0) return 0;
         if (kind == 1) {
-            if (isInt) revert BadInput("not a whole number");
+            if (isInt) badInput("not a whole number");
             return 0;
         }
         uint256 most = (1 << 31) - 1;
         if (isInt) {
             if (e >= 0) {
-                if (e > 8) revert BadInput("out of the 32-bit range");
+                if (e > 8) badInput("out of the 32-bit range");
                 return signed(neg, m << uint256(e), most);
             }
             uint256 sh = uint256(-e);
-            if (sh >= 24 || m % (1 << sh) != 0) revert BadInput("not a whole number");
+            if (sh >= 24 || m % (1 << sh) != 0) badInput("not a whole number");
             return signed(neg, m >> sh, most);
         }
         // m < 2^24, |e| < 2^9, k ≤ 120: nothing below can overflow
         unchecked {
             int256 t = e + int256(scale);
             if (t >= 0) {
-                if (t > 8) revert BadInput("out of the 32-bit range");
+                if (t > 8) badInput("out of the 32-bit range");
                 return signed(neg, m << uint256(t), neg ? most + 1 : most);
             }
             // x·2^scale = m / 2^k
@@ -277,7 +287,7 @@ contract OpenGradientInference is IVerityConsumer {
     }
 
     function signed(bool neg, uint256 mag, uint256 limit) internal pure returns (int32) {
-        if (mag > limit) revert BadInput("out of the 32-bit range");
+        if (mag > limit) badInput("out of the 32-bit range");
         return neg ? int32(-int256(mag)) : int32(int256(mag));
     }
 
@@ -320,7 +330,7 @@ contract OpenGradientInference is IVerityConsumer {
                 e++;
             }
         }
-        if (e > 104) revert BadInput("not a finite float32");
+        if (e > 104) badInput("not a finite float32");
         kind = 2;
     }
 
@@ -346,6 +356,11 @@ contract OpenGradientInference is IVerityConsumer {
         }
     }
 
+    /// Revert: the caller's input cannot be quantized canonically, for the reason `why`.
+    function badInput(string memory why) internal pure {
+        revert(string.concat("OpenGradientInference: bad input: ", why));
+    }
+
     /// Charge the fee and place the hub request for input hash `inputHash`; returns its inference ID.
     function place(bytes32 id, ModelInferenceMode inferenceMode, bytes32 inputHash) internal returns (string memory) {
         InferenceHub.Mode mode =
@@ -353,7 +368,17 @@ contract OpenGradientInference is IVerityConsumer {
         uint8 k = mode == InferenceHub.Mode.Signed ? 1 : quorumK;
         uint256 fee = models.priceOf(id) * k;
         uint256 available = deposits[msg.sender] + msg.value;
-        if (available < fee) revert InsufficientFunds(fee, available);
+        if (available < fee) {
+            revert(
+                string.concat(
+                    "OpenGradientInference: the fee is ",
+                    decimal(fee),
+                    " wei but only ",
+                    decimal(available),
+                    " wei was sent or deposited"
+                )
+            );
+        }
         deposits[msg.sender] = available - fee;
         uint256 rid = hub.requestCount() + 1;
         string memory inferenceID = decimal(rid);
@@ -413,9 +438,13 @@ contract OpenGradientInference is IVerityConsumer {
     function decimal(uint256 v) internal pure returns (string memory) {
         if (v == 0) return "0";
         uint256 len;
-        for (uint256 t = v; t != 0; t /= 10) len++;
+        for (uint256 t = v; t != 0; t /= 10) {
+            len++;
+        }
         bytes memory out = new bytes(len);
-        for (; v != 0; v /= 10) out[--len] = bytes1(uint8(48 + v % 10));
+        for (; v != 0; v /= 10) {
+            out[--len] = bytes1(uint8(48 + v % 10));
+        }
         return string(out);
     }
 }

@@ -181,14 +181,33 @@ pub fn revert_sentence(data: &[u8]) -> Option<String> {
         });
     }
     if let Ok(e) = O::abi_decode(data) {
-        return Some(match e {
-            O::UnknownModel(e) => format!("OpenGradientInference: unknown model '{}'", e.modelId),
-            O::InsufficientFunds(e) => format!(
-                "OpenGradientInference: the fee is {} wei but only {} wei was sent or deposited",
-                e.required, e.available
-            ),
-            other => format!("OpenGradientInference: {other:?}"),
-        });
+        return Some(format!("OpenGradientInference: {e:?}"));
     }
-    None
+    // A sentence (`Error(string)`), as the front door reverts for its callers.
+    <alloy::sol_types::Revert as alloy::sol_types::SolError>::abi_decode(data)
+        .ok()
+        .map(|r| r.reason)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloy::sol_types::{SolError, SolInterface};
+
+    #[test]
+    fn reverts_read_as_sentences() {
+        let sentence =
+            alloy::sol_types::Revert::from("OpenGradientInference: bad input: x").abi_encode();
+        assert_eq!(
+            revert_sentence(&sentence).as_deref(),
+            Some("OpenGradientInference: bad input: x")
+        );
+        let custom =
+            ModelRegistry::ModelRegistryErrors::BadName(ModelRegistry::BadName {}).abi_encode();
+        assert_eq!(
+            revert_sentence(&custom).as_deref(),
+            Some("ModelRegistry: bad name or version")
+        );
+        assert_eq!(revert_sentence(&[0xde, 0xad, 0xbe, 0xef, 1]), None);
+    }
 }
