@@ -193,6 +193,7 @@ pub(crate) fn provider(
     key: Option<&SecretKey>,
 ) -> Result<(DynProvider, Option<A>), ChainError> {
     use alloy::transports::http::reqwest;
+    crate::install_tls();
     let url: reqwest::Url = rpc
         .parse()
         .map_err(|e| ChainError::Other(format!("bad RPC URL '{rpc}': {e}")))?;
@@ -1233,4 +1234,25 @@ impl Chain for EvmChain {
 /// ABI-encode a value (re-export for tests).
 pub fn abi_encode<T: SolValue>(v: &T) -> Vec<u8> {
     v.abi_encode()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// HTTPS endpoints get a TLS client (the `ring` provider): a closed port is a connection error that
+    /// names the endpoint's failure, never a panic for want of a crypto provider.
+    #[test]
+    fn https_endpoints_get_a_tls_client() {
+        let (p, _) = provider("https://127.0.0.1:9", None).expect("an HTTPS client builds");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let err = rt.block_on(p.get_chain_id()).unwrap_err().to_string();
+        assert!(
+            err.contains("error sending request") || err.contains("onnect"),
+            "{err}"
+        );
+    }
 }
