@@ -193,7 +193,6 @@ pub(crate) fn provider(
     key: Option<&SecretKey>,
 ) -> Result<(DynProvider, Option<A>), ChainError> {
     use alloy::transports::http::reqwest;
-    crate::install_tls();
     let url: reqwest::Url = rpc
         .parse()
         .map_err(|e| ChainError::Other(format!("bad RPC URL '{rpc}': {e}")))?;
@@ -1240,8 +1239,8 @@ pub fn abi_encode<T: SolValue>(v: &T) -> Vec<u8> {
 mod tests {
     use super::*;
 
-    /// HTTPS endpoints get a TLS client (the `ring` provider): a closed port is a connection error that
-    /// names the endpoint's failure, never a panic for want of a crypto provider.
+    /// HTTPS endpoints get a TLS client: a closed port is a connection error, never a panic for want of
+    /// a TLS backend or crypto provider.
     #[test]
     fn https_endpoints_get_a_tls_client() {
         let (p, _) = provider("https://127.0.0.1:9", None).expect("an HTTPS client builds");

@@ -344,13 +344,6 @@ pub fn ether(n: u64) -> U256 {
     U256::from(n) * U256::from(10u64).pow(U256::from(18))
 }
 
-/// Make `ring` the process's TLS provider (for HTTPS RPC endpoints and peers); idempotent. Every
-/// process that may open an HTTPS connection calls it before its first client is built.
-pub fn install_tls() {
-    // An error means a provider is installed already, which is all this asks for.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-}
-
 /// Convert between Verity's and alloy's byte types.
 pub fn to_b256(h: &Hash) -> B256 {
     B256::from(h.0)

@@ -14,7 +14,6 @@ fn main() {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
-    verity_chain::install_tls();
     let cli = verity_cli::Cli::parse();
     if let Err(e) = verity_cli::run(cli) {
         eprintln!("error: {e:#}");
