@@ -23,7 +23,7 @@ pub struct NodeUrl {
 }
 
 impl NodeUrl {
-    fn base(&self) -> String {
+    pub(crate) fn base(&self) -> String {
         self.url.trim_end_matches('/').to_string()
     }
 }
@@ -183,7 +183,7 @@ pub fn cmd_key(c: KeyCmd) -> Result<()> {
     }
 }
 
-fn client(timeout: Duration) -> Result<reqwest::blocking::Client> {
+pub(crate) fn client(timeout: Duration) -> Result<reqwest::blocking::Client> {
     reqwest::blocking::Client::builder()
         .timeout(timeout)
         .connect_timeout(Duration::from_secs(10))

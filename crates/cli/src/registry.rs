@@ -92,11 +92,8 @@ pub struct RegisterArgs {
 pub fn cmd_register(a: RegisterArgs) -> Result<()> {
     let price = parse_amount(&a.price)?;
     let key = a.key.load()?;
-    let base = a.node.url.trim_end_matches('/').to_string();
-    let http = reqwest::blocking::Client::builder()
-        .timeout(Duration::from_secs(600))
-        .connect_timeout(Duration::from_secs(10))
-        .build()?;
+    let base = a.node.base();
+    let http = crate::net::client(Duration::from_secs(600))?;
     let wanted = if Path::new(&a.model).is_file() {
         let (_, id) = crate::load_model(Path::new(&a.model))?;
         id.to_string()
