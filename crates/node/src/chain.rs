@@ -868,9 +868,9 @@ mod tests {
         let state = |n: &Arc<Node>| {
             let g = n.replication.inflight.lock().unwrap();
             g.get(&id)
-                .map(|r| (r.failures, r.running, r.last_error.clone()))
+                .map(|r| (r.failures, r.running, r.last_error.clone(), r.next))
         };
-        // tick like the chain loop until the model has `n` failures; when that happened
+        // tick like the chain loop until the model has `n` failures; when that was seen
         let until = |n: u32| {
             let node = node.clone();
             async move {
@@ -885,26 +885,34 @@ mod tests {
                 }
             }
         };
-        let t1 = until(1).await;
-        let (_, _, why) = state(&node).unwrap();
+        // The waits are read from the retry record, not from when this loop happens to notice a
+        // failure (a loaded machine notices late): failure k sets `next` to its own time plus the
+        // wait, and attempt k + 1 cannot start (so cannot fail) before that `next`.
+        let t0 = Instant::now();
+        until(1).await;
+        let (_, _, why, next1) = state(&node).unwrap();
         assert!(why.contains("none of 1 peers serves model"), "{why}");
+        assert!(next1 - t0 >= Duration::from_secs(1), "{:?}", next1 - t0);
         // right after a failure, a tick starts nothing
         replicate_wanted(&node);
         assert_eq!(state(&node).unwrap().0, 1);
         assert!(!state(&node).unwrap().1);
-        let t2 = until(2).await;
-        assert!(t2 - t1 >= Duration::from_secs(1), "{:?}", t2 - t1);
-        let t3 = until(3).await;
+        let seen2 = until(2).await;
+        assert!(seen2 >= next1, "attempt 2 started before its wait was over");
+        let next2 = state(&node).unwrap().3;
+        // failure 2 came after next1, and next2 is that failure plus the second wait
         assert!(
-            t3 - t2 >= Duration::from_secs(2),
+            next2 - next1 >= Duration::from_secs(2),
             "the wait doubles: {:?}",
-            t3 - t2
+            next2 - next1
         );
+        let seen3 = until(3).await;
+        assert!(seen3 >= next2, "attempt 3 started before its wait was over");
         // given up: ticks for longer than the next wait would be start no pull
         let quiet = Instant::now();
         while quiet.elapsed() < Duration::from_secs(5) {
             replicate_wanted(&node);
-            let (failures, running, _) = state(&node).unwrap();
+            let (failures, running, _, _) = state(&node).unwrap();
             assert_eq!((failures, running), (3, false));
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
