@@ -919,25 +919,36 @@ fn conv2d_narrow(
     let p = s.out[2] * s.out[3];
     let level = Level::detect();
     let mut out = vec![0i32; n * o_ch * p];
-    let mut im = vec![0i32; kk * p];
+    // a 1×1 convolution with stride 1 and no padding reads its input planes as they are
+    let direct = kh == 1 && kw == 1 && s.window.stride == [1, 1] && s.window.pads == [0; 4];
+    let mut im = vec![0i32; if direct { 0 } else { kk * p }];
+    let work = og * kk * p * if split { 2 } else { 1 };
+    let th = if work >= 1 << 23 { threads } else { 1 };
     for b in 0..n {
         for (g, qw) in qw.iter().enumerate() {
-            im2col(s, x, b, g, &mut im);
+            let patches: &[i32] = if direct {
+                let at = (b * s.x[1] + g * cg) * p;
+                &x[at..at + kk * p]
+            } else {
+                // rows of whole input channels per part
+                crate::par::rows(&mut im, p, th, kh * kw, |r0, part| {
+                    im2col(s, x, b, g, r0, part)
+                });
+                &im
+            };
             // 16-bit patches: their high halves here, their low bytes beside
             let (cols, low) = if split {
                 (
-                    PackedB::shifted_in(&im, 8, kk, p, offset)?,
-                    Some(PackedB::shifted_in(&im, 0, kk, p, false)?),
+                    PackedB::shifted_par(patches, 8, kk, p, offset, th)?,
+                    Some(PackedB::shifted_par(patches, 0, kk, p, false, th)?),
                 )
             } else {
-                (PackedB::activations_in(&im, kk, p, offset)?, None)
+                (PackedB::shifted_par(patches, 0, kk, p, offset, th)?, None)
             };
             // the output channels of this group, split across threads: each part multiplies its rows
             // of weights, then requantizes its planes and hands them to the hook
             let ldc = cols.ldc();
             let first = (b * o_ch + g * og) * p;
-            let work = og * kk * p * if split { 2 } else { 1 };
-            let th = if work >= 1 << 23 { threads } else { 1 };
             let err = crate::par::FirstError::default();
             let tokens = crate::cancel::current();
             let planes = &mut out[first..first + og * p];
@@ -1268,7 +1279,7 @@ impl RowAcc for i64 {
 
 /// The image patches of batch `b`, group `g` as a row-major `[cg·kh·kw × OH·OW]` matrix: row
 /// `(ci, ky, kx)`, column `(oy, ox)`; zero where the window reads padding.
-fn im2col(s: &ConvSpec<'_>, x: &[i32], b: usize, g: usize, cols: &mut [i32]) {
+fn im2col(s: &ConvSpec<'_>, x: &[i32], b: usize, g: usize, r0: usize, cols: &mut [i32]) {
     let (c, h, wd) = (s.x[1], s.x[2], s.x[3]);
     let (cg, kh, kw) = (s.w[1], s.w[2], s.w[3]);
     let (oh, ow) = (s.out[2], s.out[3]);
@@ -1277,11 +1288,14 @@ fn im2col(s: &ConvSpec<'_>, x: &[i32], b: usize, g: usize, cols: &mut [i32]) {
     let (sy, sx) = (win.stride[0] as usize, win.stride[1] as usize);
     let (dy, dx) = (win.dilation[0] as usize, win.dilation[1] as usize);
     let (py, px) = (win.pads[0] as i64, win.pads[1] as i64);
-    for ci in 0..cg {
+    // `cols` holds rows `r0..` (whole input channels: `r0` is a multiple of kh·kw)
+    let c0 = r0 / (kh * kw).max(1);
+    let c1 = (c0 + cols.len() / (p * kh * kw).max(1)).min(cg);
+    for ci in c0..c1 {
         let plane = &x[(b * c + g * cg + ci) * h * wd..(b * c + g * cg + ci + 1) * h * wd];
         for ky in 0..kh {
             for kx in 0..kw {
-                let r = (ci * kh + ky) * kw + kx;
+                let r = ((ci - c0) * kh + ky) * kw + kx;
                 let row = &mut cols[r * p..(r + 1) * p];
                 // output columns whose input column is inside the image: [x0, x1)
                 let valid = valid_columns(ow, wd, (sx, dx, px), kx);
@@ -1350,7 +1364,7 @@ pub fn conv2d(
     let mut cols = vec![0i32; kk * p];
     for b in 0..n {
         for g in 0..s.groups {
-            im2col(s, x, b, g, &mut cols);
+            im2col(s, x, b, g, 0, &mut cols);
             let wg = &w[g * og * kk..(g + 1) * og * kk];
             let acc = batched_gemm(wg, &cols, 1, og, kk, p, threads);
             for o in 0..og {
@@ -1467,5 +1481,67 @@ mod tests {
         assert!(conv2d_narrow(&cs, &[1000; 16], &qw, None, 0, 1, None).is_some());
         assert!(conv2d_narrow(&cs, &[-32768; 16], &qw, None, 0, 1, None).is_some());
         assert!(conv2d_narrow(&cs, &[70000; 16], &qw, None, 0, 1, None).is_none());
+    }
+
+    /// The 8-bit convolution above the size where its patches are gathered and packed by several
+    /// threads (a direct 1×1 read, and 3×3 patches with stride and padding; 8- and 16-bit inputs;
+    /// plane sizes and reductions that leave partial blocks) gives the reference's integers.
+    #[test]
+    fn large_narrow_convolutions_split_across_threads_are_exact() {
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move |m: i64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % m as u64) as i64
+        };
+        // (input [c, h, w], output channels, kernel, stride, pads, input range)
+        let cases: [([usize; 3], usize, usize, u32, u32, i64); 4] = [
+            ([67, 37, 39], 96, 1, 1, 0, 256),
+            ([30, 41, 43], 80, 3, 1, 1, 256),
+            ([33, 45, 47], 64, 3, 2, 1, 256),
+            ([19, 29, 31], 72, 3, 1, 1, 40_000),
+        ];
+        for (xs, o, kern, stride, pad, range) in cases {
+            let win = Window {
+                kernel: [kern as u32; 2],
+                stride: [stride; 2],
+                dilation: [1, 1],
+                pads: [pad; 4],
+            };
+            let (oh, ow) = win.output_hw(xs[1] as u32, xs[2] as u32).expect("fits");
+            let (oh, ow) = (oh as usize, ow as usize);
+            let (xsh, wsh, osh) = (
+                [1, xs[0], xs[1], xs[2]],
+                [o, xs[0], kern, kern],
+                [1, o, oh, ow],
+            );
+            let cs = ConvSpec {
+                x: &xsh,
+                w: &wsh,
+                window: &win,
+                groups: 1,
+                out: &osh,
+            };
+            let x: Vec<i32> = (0..xs.iter().product::<usize>())
+                .map(|_| (next(range) - range / 2) as i32)
+                .collect();
+            let w: Vec<i32> = (0..wsh.iter().product::<usize>())
+                .map(|_| (next(256) - 128) as i32)
+                .collect();
+            let bias: Vec<i32> = (0..o).map(|_| (next(1 << 16) - (1 << 15)) as i32).collect();
+            assert!(
+                o * xs[0] * kern * kern * oh * ow >= 1 << 23,
+                "above the split"
+            );
+            let reference = crate::exec::conv_reference(&cs, &x, &w, Some((&bias, 3)), 9).unwrap();
+            let qw = conv_weights(&wsh, 1, &w).expect("8-bit");
+            for threads in [1, 2, 3] {
+                let fast = conv2d_narrow(&cs, &x, &qw, Some((&bias, 3)), 9, threads, None)
+                    .expect("taken by the 8-bit kernels")
+                    .unwrap();
+                assert_eq!(fast, reference, "{xs:?} kernel {kern}, threads {threads}");
+            }
+        }
     }
 }

@@ -113,12 +113,28 @@ impl PackedB {
     /// The values `x >> shift` (their low bytes when `shift` is 0 and `offset` false), as
     /// [`PackedB::activations_in`] packs `x`: with `shift` 8, the high halves of 16-bit values.
     pub fn shifted_in(x: &[i32], shift: u32, k: usize, n: usize, offset: bool) -> Option<PackedB> {
+        PackedB::shifted_par(x, shift, k, n, offset, 1)
+    }
+
+    /// [`PackedB::shifted_in`] with the blocks of columns split across up to `threads` parts (the
+    /// same bytes: each block is written by exactly one part).
+    pub fn shifted_par(
+        x: &[i32],
+        shift: u32,
+        k: usize,
+        n: usize,
+        offset: bool,
+        threads: usize,
+    ) -> Option<PackedB> {
         let mut p = PackedB::empty(k, n, false, offset)?;
         let add = if offset { 128 } else { 0 };
         if x.len() < k * n {
             return None;
         }
-        interleave(x, k, n, p.kq, shift, add, &mut p.data);
+        let kq = p.kq;
+        crate::par::rows(&mut p.data, kq * NR * 4, threads, 1, |blk0, part| {
+            interleave(x, k, n, kq, (shift, add), blk0, part)
+        });
         Some(p)
     }
 
@@ -187,41 +203,58 @@ impl PackedB {
 }
 
 crate::multiversion! {
-    fn interleave(x: &[i32], k: usize, n: usize, kq: usize, shift: u32, add: i32, data: &mut [u8]) -> () = interleave_body
+    fn interleave(x: &[i32], k: usize, n: usize, kq: usize, shift_add: (u32, i32), blk0: usize, data: &mut [u8]) -> () = interleave_body
 }
 
-/// Store the row-major `k×n` activations `x` (as the bytes of `(x >> shift) + add`) in [`PackedB`]'s
+/// Store the row-major `k×n` activations `x` (as the bytes of `(x >> shift) + add`, `shift_add`) in [`PackedB`]'s
 /// layout: per block of [`NR`] columns and group of 4 rows, 64 bytes holding each column's 4 values
-/// side by side. Padding bytes are left as they are.
+/// side by side. `data` holds the blocks from `blk0` on (as many as it has room for). Padding bytes are
+/// left as they are.
 #[inline(always)]
 fn interleave_body(
     x: &[i32],
     k: usize,
     n: usize,
     kq: usize,
-    shift: u32,
-    add: i32,
+    (shift, add): (u32, i32),
+    blk0: usize,
     data: &mut [u8],
 ) {
-    for g in 0..kq {
-        let rows = 4.min(k - 4 * g);
-        for (blk, j0) in (0..n).step_by(NR).enumerate() {
-            let len = NR.min(n - j0);
-            let dst = &mut data[(blk * kq + g) * NR * 4..(blk * kq + g + 1) * NR * 4];
-            if rows == 4 && len == NR {
-                let r: [&[i32]; 4] =
-                    std::array::from_fn(|i| &x[(4 * g + i) * n + j0..(4 * g + i) * n + j0 + NR]);
-                for (l, d) in dst.chunks_exact_mut(4).enumerate() {
-                    d[0] = ((r[0][l] >> shift) + add) as u8;
-                    d[1] = ((r[1][l] >> shift) + add) as u8;
-                    d[2] = ((r[2][l] >> shift) + add) as u8;
-                    d[3] = ((r[3][l] >> shift) + add) as u8;
-                }
-            } else {
-                for i in 0..rows {
-                    let row = &x[(4 * g + i) * n + j0..(4 * g + i) * n + j0 + len];
-                    for (l, &v) in row.iter().enumerate() {
-                        dst[l * 4 + i] = ((v >> shift) + add) as u8;
+    let blocks = data.len() / (kq * NR * 4).max(1);
+    let blocks = blocks.min(n.div_ceil(NR).saturating_sub(blk0));
+    // a few blocks at a time, all their groups of rows: the reads walk 4 rows of `x` a few cache
+    // lines at a time and the writes stay a few sequential streams
+    const TILE: usize = 8;
+    for t0 in (0..blocks).step_by(TILE) {
+        for g in 0..kq {
+            let rows = 4.min(k - 4 * g);
+            for blk in t0..blocks.min(t0 + TILE) {
+                let j0 = (blk0 + blk) * NR;
+                let len = NR.min(n - j0);
+                let dst = &mut data[(blk * kq + g) * NR * 4..(blk * kq + g + 1) * NR * 4];
+                if rows == 4 && len == NR {
+                    let r: [&[i32; NR]; 4] = std::array::from_fn(|i| {
+                        let at = (4 * g + i) * n + j0;
+                        x[at..at + NR].try_into().expect("NR values")
+                    });
+                    // each column's 4 bytes as one little-endian word: whole-register shifts and ors
+                    let byte = |v: i32| (((v >> shift) + add) as u32) & 0xff;
+                    let mut words = [0u32; NR];
+                    for (l, w) in words.iter_mut().enumerate() {
+                        *w = byte(r[0][l])
+                            | byte(r[1][l]) << 8
+                            | byte(r[2][l]) << 16
+                            | byte(r[3][l]) << 24;
+                    }
+                    for (d, w) in dst.chunks_exact_mut(4).zip(words) {
+                        d.copy_from_slice(&w.to_le_bytes());
+                    }
+                } else {
+                    for i in 0..rows {
+                        let row = &x[(4 * g + i) * n + j0..(4 * g + i) * n + j0 + len];
+                        for (l, &v) in row.iter().enumerate() {
+                            dst[l * 4 + i] = ((v >> shift) + add) as u8;
+                        }
                     }
                 }
             }
