@@ -448,6 +448,10 @@ impl<M: Borrow<Model> + Sync> Executor<M> {
         let out_shape = us(&node.shape);
         let so = node.scale as i32;
         let (s0, sc0) = (&infos[0].0, infos[0].1);
+        let fast = match self.mode {
+            Mode::Fast { threads } => Some(threads),
+            Mode::Reference => None,
+        };
         match &node.op {
             Op::EinSum { a, b, out } => {
                 let acc = sc0 + infos[1].1;
@@ -514,6 +518,20 @@ impl<M: Borrow<Model> + Sync> Executor<M> {
                 &out_shape,
                 so,
             ),
+            // the fast executor's common case: vector lanes of i32, several threads (the general form
+            // below stays the reference)
+            Op::Clamp { lo, hi }
+                if (0..=31).contains(&(sc0 - so)) && lo <= hi && fast.is_some() =>
+            {
+                let threads = fast.unwrap_or(1);
+                Ok(kernels::clamp_shift(
+                    xs[0],
+                    (sc0 - so) as u32,
+                    *lo,
+                    *hi,
+                    threads,
+                ))
+            }
             Op::Clamp { lo, hi } if sc0 == so => {
                 Ok(xs[0].iter().map(|&v| v.clamp(*lo, *hi)).collect())
             }

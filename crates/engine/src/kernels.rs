@@ -448,15 +448,21 @@ impl EinPlan {
         let (bt, m, k, n) = (self.bt, self.m, self.k, self.n);
         let level = Level::detect();
         if let (Some(Narrow::A(qa)), None) = (pa.and_then(|p| p.narrow.as_ref()), pb) {
-            // constant a (weights) times 8- or 16-bit activations b
+            // constant a (weights) times 8- or 16-bit activations b, packed on every thread of the
+            // run when the product is split too
             let batch = |bi: usize| &bp[bi * k * n..(bi + 1) * k * n];
+            let th = if m * k * n >= 1 << 23 { threads } else { 1 };
             return self.by_halves(
                 |bi, part| {
                     let x = batch(bi);
                     match part {
-                        Part::Whole => PackedB::activations(x, k, n),
-                        Part::High => PackedB::shifted_in(x, 8, k, n, halves(x)?),
-                        Part::Low => PackedB::shifted_in(x, 0, k, n, false),
+                        Part::Whole => {
+                            let (lo, hi) = qgemm::min_max(x);
+                            let offset = PackedA::offset_for(lo, hi)?;
+                            PackedB::shifted_par(x, 0, k, n, offset, th)
+                        }
+                        Part::High => PackedB::shifted_par(x, 8, k, n, halves(x)?, th),
+                        Part::Low => PackedB::shifted_par(x, 0, k, n, false, th),
                     }
                 },
                 |bi, act| (qgemm::gemm(&qa[bi], act, threads, level), act.ldc()),
@@ -819,6 +825,37 @@ fn add_shift_body<T: Copy + Into<i64>>(
         *d = (v as i32).wrapping_shl(left);
     }
     (lo, hi)
+}
+
+crate::multiversion! {
+    fn clamp_shift_run(dst: &mut [i32], src: &[i32], k: u32, lo: i32, hi: i32) -> () = clamp_shift_body
+}
+
+/// `dst[j] = clamp(rshift(src[j], k), lo, hi)` for `k` in `0..=31`, in `i32` lanes: with `v = q·2^k + r`,
+/// `(v >> k) + (bit k − 1 of v)` is `q + (r ≥ 2^(k−1))`, which is `⌊(v + 2^(k−1)) / 2^k⌋` exactly and
+/// cannot overflow.
+#[inline(always)]
+fn clamp_shift_body(dst: &mut [i32], src: &[i32], k: u32, lo: i32, hi: i32) {
+    if k == 0 {
+        for (d, &v) in dst.iter_mut().zip(src) {
+            *d = v.clamp(lo, hi);
+        }
+        return;
+    }
+    for (d, &v) in dst.iter_mut().zip(src) {
+        *d = ((v >> k) + ((v >> (k - 1)) & 1)).clamp(lo, hi);
+    }
+}
+
+/// The fast executor's `Clamp` for a rescale by `k` in `0..=31` (`lo ≤ hi`): every element at once,
+/// on up to `threads` threads for large tensors.
+pub(crate) fn clamp_shift(x: &[i32], k: u32, lo: i32, hi: i32, threads: usize) -> Vec<i32> {
+    let mut out = vec![0i32; x.len()];
+    let th = if x.len() >= 1 << 16 { threads } else { 1 };
+    crate::par::rows(&mut out, 1, th, 1 << 10, |at, part| {
+        clamp_shift_run(part, &x[at..at + part.len()], k, lo, hi)
+    });
+    out
 }
 
 crate::multiversion! {
@@ -1481,6 +1518,38 @@ mod tests {
         assert!(conv2d_narrow(&cs, &[1000; 16], &qw, None, 0, 1, None).is_some());
         assert!(conv2d_narrow(&cs, &[-32768; 16], &qw, None, 0, 1, None).is_some());
         assert!(conv2d_narrow(&cs, &[70000; 16], &qw, None, 0, 1, None).is_none());
+    }
+
+    /// The fast `Clamp` in `i32` lanes equals `clamp(⌊(v + 2^(k−1)) / 2^k⌋, lo, hi)` computed in `i128`,
+    /// at the extremes of `i32`, for every shift it takes, in parts on several threads.
+    #[test]
+    fn the_i32_clamp_with_rounding_shift_is_exact() {
+        let mut x: Vec<i32> = vec![i32::MIN, i32::MIN + 1, -1, 0, 1, i32::MAX - 1, i32::MAX];
+        let mut v = 0x2545_f491_4f6c_dd1du64;
+        x.extend((0..70_000).map(|_| {
+            v ^= v << 13;
+            v ^= v >> 7;
+            v ^= v << 17;
+            (v as i32) >> (v >> 59)
+        }));
+        for k in 0..=31u32 {
+            for (lo, hi) in [(-128, 127), (0, 255), (i32::MIN, i32::MAX), (5, 5)] {
+                let want: Vec<i32> = x
+                    .iter()
+                    .map(|&v| {
+                        let r = if k == 0 {
+                            v as i128
+                        } else {
+                            (v as i128 + (1i128 << (k - 1))) >> k
+                        };
+                        r.clamp(lo as i128, hi as i128) as i32
+                    })
+                    .collect();
+                for threads in [1, 2] {
+                    assert_eq!(clamp_shift(&x, k, lo, hi, threads), want, "k {k}");
+                }
+            }
+        }
     }
 
     /// The 8-bit convolution above the size where its patches are gathered and packed by several
