@@ -647,6 +647,9 @@ impl<M: Borrow<Model> + Sync> Executor<M> {
             Op::Softmax { axis, shift, lo } => {
                 softmax(xs[0], s0, *axis as usize, *shift, *lo, xs[1], so)
             }
+            Op::MaxPool2d { window } if sc0 == so && fast.is_some() && s0[2] * s0[3] > 0 => Ok(
+                kernels::max_pool(xs[0], s0, window, &out_shape, fast.unwrap_or(1)),
+            ),
             Op::MaxPool2d { window } => pool(xs[0], s0, window, &out_shape, None, sc0 - so),
             Op::AvgPool2d {
                 window,
@@ -1053,7 +1056,7 @@ fn softmax(
     Ok(out)
 }
 
-fn pool(
+pub(crate) fn pool(
     x: &[i32],
     xs: &[usize],
     w: &Window,

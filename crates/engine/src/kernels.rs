@@ -827,6 +827,114 @@ fn add_shift_body<T: Copy + Into<i64>>(
     (lo, hi)
 }
 
+/// Where the taps of a pooling window fall along one axis: for output position `o`, the valid input
+/// positions are `o·stride + t·dilation − pad` for `t` in `first[o]..last[o]` (an empty range when the
+/// window lies wholly in the padding).
+struct PoolAxis {
+    stride: usize,
+    dilation: usize,
+    pad: usize,
+    first: Vec<usize>,
+    last: Vec<usize>,
+}
+
+impl PoolAxis {
+    fn new(n: usize, outs: usize, kernel: u32, stride: u32, dilation: u32, pad: u32) -> PoolAxis {
+        let (k, s, d, p) = (
+            kernel as usize,
+            stride as usize,
+            dilation as usize,
+            pad as usize,
+        );
+        let valid = |o: usize, t: usize| (o * s + t * d).checked_sub(p).is_some_and(|i| i < n);
+        let (mut first, mut last) = (Vec::with_capacity(outs), Vec::with_capacity(outs));
+        for o in 0..outs {
+            let f = (0..k).find(|&t| valid(o, t)).unwrap_or(k);
+            let l = (f..k)
+                .take_while(|&t| valid(o, t))
+                .last()
+                .map_or(f, |t| t + 1);
+            first.push(f);
+            last.push(l);
+        }
+        PoolAxis {
+            stride: s,
+            dilation: d,
+            pad: p,
+            first,
+            last,
+        }
+    }
+
+    /// Input position of tap `t` of output `o` (a valid tap).
+    #[inline(always)]
+    fn at(&self, o: usize, t: usize) -> usize {
+        o * self.stride + t * self.dilation - self.pad
+    }
+}
+
+crate::multiversion! {
+    fn max_pool_plane(plane: &[i32], dst: &mut [i32], width: usize, rows: &PoolAxis, cols: &PoolAxis, tmp: &mut [i32]) -> () = max_pool_plane_body
+}
+
+/// One plane of a max pooling: per output row, the element-wise maximum of its valid input rows (a
+/// vector loop over the width), then per output column the maximum of that row at its valid taps; a
+/// window with no valid tap gives 0.
+#[inline(always)]
+fn max_pool_plane_body(
+    plane: &[i32],
+    dst: &mut [i32],
+    width: usize,
+    rows: &PoolAxis,
+    cols: &PoolAxis,
+    tmp: &mut [i32],
+) {
+    let ow = cols.first.len();
+    for (oy, out_row) in dst.chunks_mut(ow).enumerate() {
+        let (f, l) = (rows.first[oy], rows.last[oy]);
+        if f == l {
+            out_row.fill(0);
+            continue;
+        }
+        tmp.copy_from_slice(&plane[rows.at(oy, f) * width..][..width]);
+        for t in f + 1..l {
+            let src = &plane[rows.at(oy, t) * width..][..width];
+            for (m, &v) in tmp.iter_mut().zip(src) {
+                *m = (*m).max(v);
+            }
+        }
+        for (ox, d) in out_row.iter_mut().enumerate() {
+            let (f, l) = (cols.first[ox], cols.last[ox]);
+            *d = (f..l).map(|t| tmp[cols.at(ox, t)]).max().unwrap_or(0);
+        }
+    }
+}
+
+/// The fast executor's `MaxPool2d` without rescaling (input and output at one scale): planes split
+/// across up to `threads` threads; the same integers as the reference's loop over the taps.
+pub(crate) fn max_pool(
+    x: &[i32],
+    xs: &[usize],
+    w: &crate::ir::Window,
+    out_shape: &[usize],
+    threads: usize,
+) -> Vec<i32> {
+    let (planes, h, wd) = (xs[0] * xs[1], xs[2], xs[3]);
+    let (oh, ow) = (out_shape[2], out_shape[3]);
+    let rows = PoolAxis::new(h, oh, w.kernel[0], w.stride[0], w.dilation[0], w.pads[0]);
+    let cols = PoolAxis::new(wd, ow, w.kernel[1], w.stride[1], w.dilation[1], w.pads[1]);
+    let mut out = vec![0i32; planes * oh * ow];
+    let th = if x.len() >= 1 << 16 { threads } else { 1 };
+    crate::par::rows(&mut out, oh * ow, th, 1, |c0, part| {
+        let mut tmp = vec![0i32; wd];
+        for (j, dst) in part.chunks_mut(oh * ow).enumerate() {
+            let plane = &x[(c0 + j) * h * wd..(c0 + j + 1) * h * wd];
+            max_pool_plane(plane, dst, wd, &rows, &cols, &mut tmp);
+        }
+    });
+    out
+}
+
 crate::multiversion! {
     fn clamp_shift_run(dst: &mut [i32], src: &[i32], k: u32, lo: i32, hi: i32) -> () = clamp_shift_body
 }
@@ -1518,6 +1626,45 @@ mod tests {
         assert!(conv2d_narrow(&cs, &[1000; 16], &qw, None, 0, 1, None).is_some());
         assert!(conv2d_narrow(&cs, &[-32768; 16], &qw, None, 0, 1, None).is_some());
         assert!(conv2d_narrow(&cs, &[70000; 16], &qw, None, 0, 1, None).is_none());
+    }
+
+    /// The fast max pooling equals the reference's loop over the taps for windows with strides,
+    /// dilations and padding (windows wholly in the padding give 0), on one and two threads.
+    #[test]
+    fn fast_max_pooling_equals_the_reference() {
+        let mut v = 0x9e37_79b9u64;
+        let mut next = move || {
+            v ^= v << 13;
+            v ^= v >> 7;
+            v ^= v << 17;
+            v
+        };
+        // (kernel, stride, dilation, pads [t, l, b, r], input h, w)
+        let cases = [
+            ([3, 3], [2, 2], [1, 1], [1, 1, 1, 1], 112, 112),
+            ([2, 2], [2, 2], [1, 1], [0, 0, 0, 0], 9, 7),
+            ([3, 2], [1, 3], [2, 1], [2, 0, 1, 1], 13, 17),
+            ([1, 1], [2, 2], [1, 1], [3, 3, 3, 3], 4, 4),
+            ([5, 5], [1, 1], [1, 1], [4, 4, 4, 4], 3, 5),
+        ];
+        for (kernel, stride, dilation, pads, h, w) in cases {
+            let win = Window {
+                kernel,
+                stride,
+                dilation,
+                pads,
+            };
+            let (oh, ow) = win.output_hw(h, w).expect("fits");
+            let xs = [1usize, 8, h as usize, w as usize];
+            let os = [1usize, 8, oh as usize, ow as usize];
+            let x: Vec<i32> = (0..xs.iter().product::<usize>())
+                .map(|_| next() as i32 >> (next() % 31))
+                .collect();
+            let want = crate::exec::pool(&x, &xs, &win, &os, None, 0).unwrap();
+            for threads in [1, 2] {
+                assert_eq!(max_pool(&x, &xs, &win, &os, threads), want, "{win:?}");
+            }
+        }
     }
 
     /// The fast `Clamp` in `i32` lanes equals `clamp(⌊(v + 2^(k−1)) / 2^k⌋, lo, hi)` computed in `i128`,
