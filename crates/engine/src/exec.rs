@@ -85,6 +85,39 @@ pub fn for_each_index(out: &[usize], ins: &[Vec<usize>], mut f: impl FnMut(usize
     }
 }
 
+/// The elements `x[base + Σ idx·strides]` for every index of `shape`, in row-major order: a loop over
+/// the last axis per output row.
+fn strided_copy(x: &[i32], base: usize, shape: &[usize], strides: &[usize]) -> Vec<i32> {
+    let n: usize = shape.iter().product();
+    let mut out = Vec::with_capacity(n);
+    let Some((&len, outer)) = shape.split_last() else {
+        out.push(x[base]);
+        return out;
+    };
+    if n == 0 {
+        return out;
+    }
+    let step = strides[outer.len()];
+    for_each_index(outer, &[strides[..outer.len()].to_vec()], |_, o| {
+        let at = base + o[0];
+        if step == 1 {
+            out.extend_from_slice(&x[at..at + len]);
+        } else {
+            out.extend((0..len).map(|j| x[at + j * step]));
+        }
+    });
+    out
+}
+
+/// `x` rescaled by `k` like [`map_rescale`], kept as it is when `k` is 0.
+fn rescaled(x: Vec<i32>, k: i32) -> Result<Vec<i32>, ExecError> {
+    if k == 0 {
+        Ok(x)
+    } else {
+        map_rescale(&x, k)
+    }
+}
+
 fn map_rescale(x: &[i32], k: i32) -> Result<Vec<i32>, ExecError> {
     if k == 0 {
         return Ok(x.to_vec());
@@ -697,9 +730,7 @@ impl<M: Borrow<Model> + Sync> Executor<M> {
                 let mut st = strides(s0);
                 let base = *start as usize * st[ax];
                 st[ax] *= *step as usize;
-                let mut out = vec![0i32; out_shape.iter().product()];
-                for_each_index(&out_shape, &[st], |flat, o| out[flat] = xs[0][base + o[0]]);
-                map_rescale(&out, sc0 - so)
+                rescaled(strided_copy(xs[0], base, &out_shape, &st), sc0 - so)
             }
             Op::Gather { axis } => {
                 let ax = *axis as usize;
@@ -728,9 +759,7 @@ impl<M: Borrow<Model> + Sync> Executor<M> {
             }
             Op::Broadcast => {
                 let st = broadcast_strides(&out_shape, s0);
-                let mut out = vec![0i32; out_shape.iter().product()];
-                for_each_index(&out_shape, &[st], |flat, o| out[flat] = xs[0][o[0]]);
-                map_rescale(&out, sc0 - so)
+                rescaled(strided_copy(xs[0], 0, &out_shape, &st), sc0 - so)
             }
         }
     }
@@ -1358,4 +1387,29 @@ pub(crate) fn conv_reference(
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The row-wise strided copy (Slice, Broadcast) equals the element-wise odometer it replaced, for
+    /// steps on every axis, zero (broadcast) strides, a scalar and an empty shape.
+    #[test]
+    fn strided_copy_equals_the_element_loop() {
+        let x: Vec<i32> = (0..4096).map(|i| i * 7 - 1000).collect();
+        let cases: [(&[usize], &[usize], usize); 6] = [
+            (&[2, 3, 4], &[100, 10, 1], 5),
+            (&[2, 3, 4], &[100, 10, 3], 0),
+            (&[3, 5], &[0, 2], 7),
+            (&[4, 1, 6], &[50, 0, 0], 1),
+            (&[], &[], 11),
+            (&[3, 0, 2], &[9, 3, 1], 0),
+        ];
+        for (shape, st, base) in cases {
+            let mut want = vec![0i32; shape.iter().product()];
+            for_each_index(shape, &[st.to_vec()], |flat, o| want[flat] = x[base + o[0]]);
+            assert_eq!(strided_copy(&x, base, shape, st), want, "{shape:?} {st:?}");
+        }
+    }
 }
