@@ -1066,29 +1066,40 @@ fn conv2d_narrow(
     let mut out = vec![0i32; n * o_ch * p];
     // a 1×1 convolution with stride 1 and no padding reads its input planes as they are
     let direct = kh == 1 && kw == 1 && s.window.stride == [1, 1] && s.window.pads == [0; 4];
-    let mut im = vec![0i32; if direct { 0 } else { kk * p }];
+    // the patches of 8-bit inputs as their stored bytes (a quarter of the traffic of `i32` ones)
+    let bytes = !direct && !split;
+    let mut im = vec![0i32; if direct || bytes { 0 } else { kk * p }];
+    let mut im8 = vec![0u8; if bytes { kk * p } else { 0 }];
+    let add = if offset { 128 } else { 0 };
     let work = og * kk * p * if split { 2 } else { 1 };
     let th = if work >= 1 << 23 { threads } else { 1 };
     for b in 0..n {
         for (g, qw) in qw.iter().enumerate() {
-            let patches: &[i32] = if direct {
-                let at = (b * s.x[1] + g * cg) * p;
-                &x[at..at + kk * p]
-            } else {
-                // rows of whole input channels per part
-                crate::par::rows(&mut im, p, th, kh * kw, |r0, part| {
-                    im2col(s, x, b, g, r0, part)
+            // rows of whole input channels per part
+            let (cols, low) = if bytes {
+                crate::par::rows(&mut im8, p, th, kh * kw, |r0, part| {
+                    im2col_bytes(s, x, (b, g, r0), part, add)
                 });
-                &im
-            };
-            // 16-bit patches: their high halves here, their low bytes beside
-            let (cols, low) = if split {
-                (
-                    PackedB::shifted_par(patches, 8, kk, p, offset, th)?,
-                    Some(PackedB::shifted_par(patches, 0, kk, p, false, th)?),
-                )
+                (PackedB::bytes_par(&im8, kk, p, offset, th)?, None)
             } else {
-                (PackedB::shifted_par(patches, 0, kk, p, offset, th)?, None)
+                let patches: &[i32] = if direct {
+                    let at = (b * s.x[1] + g * cg) * p;
+                    &x[at..at + kk * p]
+                } else {
+                    crate::par::rows(&mut im, p, th, kh * kw, |r0, part| {
+                        im2col(s, x, b, g, r0, part, |v| v)
+                    });
+                    &im
+                };
+                // 16-bit patches: their high halves here, their low bytes beside
+                if split {
+                    (
+                        PackedB::shifted_par(patches, 8, kk, p, offset, th)?,
+                        Some(PackedB::shifted_par(patches, 0, kk, p, false, th)?),
+                    )
+                } else {
+                    (PackedB::shifted_par(patches, 0, kk, p, offset, th)?, None)
+                }
             };
             // the output channels of this group, split across threads: each part multiplies its rows
             // of weights, then requantizes its planes and hands them to the hook
@@ -1422,9 +1433,35 @@ impl RowAcc for i64 {
     const ADD_SHIFT: AddShift<i64> = add_shift_i64;
 }
 
-/// The image patches of batch `b`, group `g` as a row-major `[cg·kh·kw × OH·OW]` matrix: row
-/// `(ci, ky, kx)`, column `(oy, ox)`; zero where the window reads padding.
-fn im2col(s: &ConvSpec<'_>, x: &[i32], b: usize, g: usize, r0: usize, cols: &mut [i32]) {
+crate::multiversion! {
+    fn im2col_bytes(s: &ConvSpec<'_>, x: &[i32], at: (usize, usize, usize), cols: &mut [u8], add: i32) -> () = im2col_bytes_body
+}
+
+/// [`im2col`] of 8-bit values stored as the bytes `v + add`, compiled for the CPU's vector width.
+#[inline(always)]
+fn im2col_bytes_body(
+    s: &ConvSpec<'_>,
+    x: &[i32],
+    (b, g, r0): (usize, usize, usize),
+    cols: &mut [u8],
+    add: i32,
+) {
+    im2col(s, x, b, g, r0, cols, |v| (v + add) as u8)
+}
+
+/// The image patches of batch `b`, group `g` as a row-major `[cg·kh·kw × OH·OW]` matrix, each value
+/// `v` stored as `f(v)`: row `(ci, ky, kx)`, column `(oy, ox)`; `f(0)` where the window reads padding.
+#[inline(always)]
+fn im2col<T: Copy>(
+    s: &ConvSpec<'_>,
+    x: &[i32],
+    b: usize,
+    g: usize,
+    r0: usize,
+    cols: &mut [T],
+    f: impl Fn(i32) -> T,
+) {
+    let zero = f(0);
     let (c, h, wd) = (s.x[1], s.x[2], s.x[3]);
     let (cg, kh, kw) = (s.w[1], s.w[2], s.w[3]);
     let (oh, ow) = (s.out[2], s.out[3]);
@@ -1448,17 +1485,19 @@ fn im2col(s: &ConvSpec<'_>, x: &[i32], b: usize, g: usize, r0: usize, cols: &mut
                     let iy = (oy * sy + ky * dy) as i64 - py;
                     let dst = &mut row[oy * ow..(oy + 1) * ow];
                     let Some((x0, x1, start)) = valid.filter(|_| iy >= 0 && iy < h as i64) else {
-                        dst.fill(0);
+                        dst.fill(zero);
                         continue;
                     };
                     let src = &plane[iy as usize * wd..(iy as usize + 1) * wd];
-                    dst[..x0].fill(0);
-                    dst[x1..].fill(0);
+                    dst[..x0].fill(zero);
+                    dst[x1..].fill(zero);
                     if sx == 1 {
-                        dst[x0..x1].copy_from_slice(&src[start..start + (x1 - x0)]);
+                        for (d, &v) in dst[x0..x1].iter_mut().zip(&src[start..]) {
+                            *d = f(v);
+                        }
                     } else {
                         for (j, d) in dst[x0..x1].iter_mut().enumerate() {
-                            *d = src[start + j * sx];
+                            *d = f(src[start + j * sx]);
                         }
                     }
                 }
@@ -1509,7 +1548,7 @@ pub fn conv2d(
     let mut cols = vec![0i32; kk * p];
     for b in 0..n {
         for g in 0..s.groups {
-            im2col(s, x, b, g, 0, &mut cols);
+            im2col(s, x, b, g, 0, &mut cols, |v| v);
             let wg = &w[g * og * kk..(g + 1) * og * kk];
             let acc = batched_gemm(wg, &cols, 1, og, kk, p, threads);
             for o in 0..og {
@@ -1711,11 +1750,13 @@ mod tests {
             seed ^= seed << 17;
             (seed % m as u64) as i64
         };
-        // (input [c, h, w], output channels, kernel, stride, pads, input range)
-        let cases: [([usize; 3], usize, usize, u32, u32, i64); 4] = [
+        // (input [c, h, w], output channels, kernel, stride, pads, input range: signed, centred on 0,
+        // or from 0 when negative)
+        let cases: [([usize; 3], usize, usize, u32, u32, i64); 5] = [
             ([67, 37, 39], 96, 1, 1, 0, 256),
             ([30, 41, 43], 80, 3, 1, 1, 256),
             ([33, 45, 47], 64, 3, 2, 1, 256),
+            ([31, 39, 37], 64, 3, 1, 2, -256),
             ([19, 29, 31], 72, 3, 1, 1, 40_000),
         ];
         for (xs, o, kern, stride, pad, range) in cases {
@@ -1740,7 +1781,10 @@ mod tests {
                 out: &osh,
             };
             let x: Vec<i32> = (0..xs.iter().product::<usize>())
-                .map(|_| (next(range) - range / 2) as i32)
+                .map(|_| match range {
+                    r if r < 0 => next(-r) as i32,
+                    r => (next(r) - r / 2) as i32,
+                })
                 .collect();
             let w: Vec<i32> = (0..wsh.iter().product::<usize>())
                 .map(|_| (next(256) - 128) as i32)

@@ -138,6 +138,26 @@ impl PackedB {
         Some(p)
     }
 
+    /// Activations already stored as their bytes (`x + 128` when `offset`, else `x`), a row-major
+    /// `k×n` matrix, packed like [`PackedB::shifted_par`] on up to `threads` threads.
+    pub fn bytes_par(
+        x: &[u8],
+        k: usize,
+        n: usize,
+        offset: bool,
+        threads: usize,
+    ) -> Option<PackedB> {
+        let mut p = PackedB::empty(k, n, false, offset)?;
+        if x.len() < k * n {
+            return None;
+        }
+        let kq = p.kq;
+        crate::par::rows(&mut p.data, kq * NR * 4, threads, 1, |blk0, part| {
+            interleave_bytes(x, k, n, kq, blk0, part)
+        });
+        Some(p)
+    }
+
     fn empty(k: usize, n: usize, weights: bool, offset: bool) -> Option<PackedB> {
         if k > MAX_K {
             return None;
@@ -254,6 +274,51 @@ fn interleave_body(
                         let row = &x[(4 * g + i) * n + j0..(4 * g + i) * n + j0 + len];
                         for (l, &v) in row.iter().enumerate() {
                             dst[l * 4 + i] = ((v >> shift) + add) as u8;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+crate::multiversion! {
+    fn interleave_bytes(x: &[u8], k: usize, n: usize, kq: usize, blk0: usize, data: &mut [u8]) -> () = interleave_bytes_body
+}
+
+/// [`interleave_body`] for activations already stored as bytes.
+#[inline(always)]
+fn interleave_bytes_body(x: &[u8], k: usize, n: usize, kq: usize, blk0: usize, data: &mut [u8]) {
+    let blocks = data.len() / (kq * NR * 4).max(1);
+    let blocks = blocks.min(n.div_ceil(NR).saturating_sub(blk0));
+    const TILE: usize = 8;
+    for t0 in (0..blocks).step_by(TILE) {
+        for g in 0..kq {
+            let rows = 4.min(k - 4 * g);
+            for blk in t0..blocks.min(t0 + TILE) {
+                let j0 = (blk0 + blk) * NR;
+                let len = NR.min(n - j0);
+                let dst = &mut data[(blk * kq + g) * NR * 4..(blk * kq + g + 1) * NR * 4];
+                if rows == 4 && len == NR {
+                    let r: [&[u8; NR]; 4] = std::array::from_fn(|i| {
+                        let at = (4 * g + i) * n + j0;
+                        x[at..at + NR].try_into().expect("NR values")
+                    });
+                    let mut words = [0u32; NR];
+                    for (l, w) in words.iter_mut().enumerate() {
+                        *w = r[0][l] as u32
+                            | (r[1][l] as u32) << 8
+                            | (r[2][l] as u32) << 16
+                            | (r[3][l] as u32) << 24;
+                    }
+                    for (d, w) in dst.chunks_exact_mut(4).zip(words) {
+                        d.copy_from_slice(&w.to_le_bytes());
+                    }
+                } else {
+                    for i in 0..rows {
+                        let row = &x[(4 * g + i) * n + j0..(4 * g + i) * n + j0 + len];
+                        for (l, &v) in row.iter().enumerate() {
+                            dst[l * 4 + i] = v;
                         }
                     }
                 }
