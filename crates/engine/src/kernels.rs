@@ -617,7 +617,9 @@ impl EinPlan {
         let (row_out, col_out) = offsets(&out_st);
         let bias_offs = bias_st.as_deref().map(offsets);
         debug_assert_eq!(col_out.len(), if n_axes == 0 { 1 } else { n });
-        let mut out = vec![0i32; s.out_shape.iter().product()];
+        let out_len: usize = s.out_shape.iter().product();
+        let mut out =
+            crate::par::filled(out_len, 0i32, if out_len >= 1 << 16 { threads } else { 1 });
         let layout = RowLayout::new(&col_out, bias_offs.as_ref().map(|(_, c)| c.as_slice()));
         // a row's output is one slice only when the layout is contiguous
         let hook = if layout.contiguous { hook.take() } else { None };
@@ -958,8 +960,8 @@ fn clamp_shift_body(dst: &mut [i32], src: &[i32], k: u32, lo: i32, hi: i32) {
 /// The fast executor's `Clamp` for a rescale by `k` in `0..=31` (`lo ≤ hi`): every element at once,
 /// on up to `threads` threads for large tensors.
 pub(crate) fn clamp_shift(x: &[i32], k: u32, lo: i32, hi: i32, threads: usize) -> Vec<i32> {
-    let mut out = vec![0i32; x.len()];
     let th = if x.len() >= 1 << 16 { threads } else { 1 };
+    let mut out = crate::par::filled(x.len(), 0i32, th);
     crate::par::rows(&mut out, 1, th, 1 << 10, |at, part| {
         clamp_shift_run(part, &x[at..at + part.len()], k, lo, hi)
     });
@@ -1063,16 +1065,16 @@ fn conv2d_narrow(
     }
     let p = s.out[2] * s.out[3];
     let level = Level::detect();
-    let mut out = vec![0i32; n * o_ch * p];
+    let work = og * kk * p * if split { 2 } else { 1 };
+    let th = if work >= 1 << 23 { threads } else { 1 };
+    let mut out = crate::par::filled(n * o_ch * p, 0i32, th);
     // a 1×1 convolution with stride 1 and no padding reads its input planes as they are
     let direct = kh == 1 && kw == 1 && s.window.stride == [1, 1] && s.window.pads == [0; 4];
     // the patches of 8-bit inputs as their stored bytes (a quarter of the traffic of `i32` ones)
     let bytes = !direct && !split;
-    let mut im = vec![0i32; if direct || bytes { 0 } else { kk * p }];
-    let mut im8 = vec![0u8; if bytes { kk * p } else { 0 }];
+    let mut im = crate::par::filled(if direct || bytes { 0 } else { kk * p }, 0i32, th);
+    let mut im8 = crate::par::filled(if bytes { kk * p } else { 0 }, 0u8, th);
     let add = if offset { 128 } else { 0 };
-    let work = og * kk * p * if split { 2 } else { 1 };
-    let th = if work >= 1 << 23 { threads } else { 1 };
     for b in 0..n {
         for (g, qw) in qw.iter().enumerate() {
             // rows of whole input channels per part

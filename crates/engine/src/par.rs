@@ -70,3 +70,45 @@ impl FirstError {
         }
     }
 }
+
+/// `len` copies of `value`, written by up to `threads` parts: zeroing a large buffer is work too, and a
+/// split kernel's buffers would otherwise be filled by the one thread that allocates them.
+pub(crate) fn filled<T: Copy + Send + Sync>(len: usize, value: T, threads: usize) -> Vec<T> {
+    // small buffers, or one thread: the allocator's own fill (calloc for zeros)
+    if threads <= 1 || len < 1 << 16 {
+        return vec![value; len];
+    }
+    let mut v: Vec<T> = Vec::with_capacity(len);
+    rows(
+        &mut v.spare_capacity_mut()[..len],
+        1,
+        threads,
+        1 << 12,
+        |_, part| {
+            for x in part {
+                x.write(value);
+            }
+        },
+    );
+    // SAFETY: `rows` hands every element of the first `len` slots to exactly one part, which writes
+    // it, so all `len` elements are initialized.
+    unsafe { v.set_len(len) };
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every element of a buffer filled in parts holds the value, whatever the split.
+    #[test]
+    fn filled_buffers_hold_the_value_everywhere() {
+        for threads in [1, 2, 3, 8] {
+            for len in [0, 5, (1 << 16) - 1, 1 << 16, 200_003] {
+                let v = super::filled(len, 0x5au8, threads);
+                assert_eq!(v.len(), len);
+                assert!(v.iter().all(|&x| x == 0x5a), "{threads} threads, {len}");
+                let w = super::filled(len, -7i32, threads);
+                assert!(w.len() == len && w.iter().all(|&x| x == -7));
+            }
+        }
+    }
+}

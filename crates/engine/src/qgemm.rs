@@ -126,7 +126,7 @@ impl PackedB {
         offset: bool,
         threads: usize,
     ) -> Option<PackedB> {
-        let mut p = PackedB::empty(k, n, false, offset)?;
+        let mut p = PackedB::empty_par(k, n, false, offset, threads)?;
         let add = if offset { 128 } else { 0 };
         if x.len() < k * n {
             return None;
@@ -147,7 +147,7 @@ impl PackedB {
         offset: bool,
         threads: usize,
     ) -> Option<PackedB> {
-        let mut p = PackedB::empty(k, n, false, offset)?;
+        let mut p = PackedB::empty_par(k, n, false, offset, threads)?;
         if x.len() < k * n {
             return None;
         }
@@ -159,6 +159,16 @@ impl PackedB {
     }
 
     fn empty(k: usize, n: usize, weights: bool, offset: bool) -> Option<PackedB> {
+        PackedB::empty_par(k, n, weights, offset, 1)
+    }
+
+    fn empty_par(
+        k: usize,
+        n: usize,
+        weights: bool,
+        offset: bool,
+        threads: usize,
+    ) -> Option<PackedB> {
         if k > MAX_K {
             return None;
         }
@@ -169,7 +179,7 @@ impl PackedB {
             k,
             n,
             kq,
-            data: vec![pad; nb * kq * NR * 4],
+            data: crate::par::filled(nb * kq * NR * 4, pad, threads),
             weights,
             offset,
             colsum: vec![0; nb * NR],
@@ -448,7 +458,11 @@ pub fn gemm(a: &PackedA, b: &PackedB, threads: usize, level: Level) -> Vec<i32> 
         "one operand holds weights, the other activations"
     );
     let ldc = b.ldc();
-    let mut c = vec![0i32; a.m * ldc];
+    // parts are tasks of the shared pool, but waking a worker costs tens of microseconds: only
+    // products of 8 M multiply-adds or more (~40 µs on one core) are split
+    let work = a.m * b.kq * 4 * ldc;
+    let threads = if work >= 1 << 23 { threads } else { 1 };
+    let mut c = crate::par::filled(a.m * ldc, 0i32, threads);
     if a.m == 0 || ldc == 0 {
         return c;
     }
@@ -457,10 +471,6 @@ pub fn gemm(a: &PackedA, b: &PackedB, threads: usize, level: Level) -> Vec<i32> 
     } else {
         Level::Portable
     };
-    // parts are tasks of the shared pool, but waking a worker costs tens of microseconds: only
-    // products of 8 M multiply-adds or more (~40 µs on one core) are split
-    let work = a.m * b.kq * 4 * ldc;
-    let threads = if work >= 1 << 23 { threads } else { 1 };
     let tokens = crate::cancel::current();
     crate::par::rows(&mut c, ldc, threads, MR, |r0, part| {
         product(a, b, r0, part, level, &tokens)
