@@ -339,7 +339,13 @@ fn step(x: &mut [i32], start: usize, st: &Step, other: &[i32]) -> bool {
         } => {
             macro_rules! go {
                 ($f:expr) => {
-                    if chain_is_a {
+                    if la == 0 && lb == 0 && chain_is_a {
+                        // operands as they are: a product of two sign-extended i32 lanes, which
+                        // the compiler multiplies with the 32 × 32 → 64-bit instruction
+                        binary(x, start, other, o, shift, |c, w| $f(c, w))
+                    } else if la == 0 && lb == 0 {
+                        binary(x, start, other, o, shift, |c, w| $f(w, c))
+                    } else if chain_is_a {
                         binary(x, start, other, o, shift, |c, w| $f(c << la, w << lb))
                     } else {
                         binary(x, start, other, o, shift, |c, w| $f(w << la, c << lb))

@@ -13,7 +13,16 @@ use crate::qgemm::{self, Level, PackedA, PackedB};
 const I64_SAFE: u128 = 1 << 62;
 
 fn max_abs(x: &[i32]) -> u128 {
-    x.iter().map(|v| v.unsigned_abs()).max().unwrap_or(0) as u128
+    max_abs_run(x) as u128
+}
+
+crate::multiversion! {
+    fn max_abs_run(x: &[i32]) -> u32 = max_abs_body
+}
+
+#[inline(always)]
+fn max_abs_body(x: &[i32]) -> u32 {
+    x.iter().fold(0u32, |m, v| m.max(v.unsigned_abs()))
 }
 
 /// `c[m×n] += a[m×k] · b[k×n]` (`m = c.len() / n`), exact `i64` accumulation. Rows are processed four
@@ -1178,6 +1187,7 @@ fn conv2d_depthwise(
         // output planes split across threads, each part with its own padded rows
         crate::par::rows(&mut out, p, th, 1, |q0, part| {
             let mut rows = vec![0i32; plan.hp * s.window.stride[1] as usize * plan.span];
+            let mut acc = vec![0i32; if shift != 0 { p } else { 0 }];
             for (j, dst) in part.chunks_mut(p).enumerate() {
                 let (b, oc) = ((q0 + j) / o_ch, (q0 + j) % o_ch);
                 let ci = oc / og;
@@ -1185,11 +1195,10 @@ fn conv2d_depthwise(
                 let taps = &w[oc * kk..(oc + 1) * kk];
                 depthwise_plane(s, &plan, plane, &mut rows, taps, bias_at(oc) as i32, dst);
                 if shift != 0 {
-                    for v in dst.iter_mut() {
-                        match requantize(*v as i64, shift) {
-                            Ok(r) => *v = r,
-                            Err(e) => return err.set(e),
-                        }
+                    // the plane's sums (bias included) requantized by the vector row loop
+                    acc.copy_from_slice(dst);
+                    if let Err(e) = requantize_row(dst, &acc, 0, shift) {
+                        return err.set(e);
                     }
                 }
                 if let Some(h) = hook {

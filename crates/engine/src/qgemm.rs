@@ -353,6 +353,15 @@ pub struct PackedA {
 
 /// Smallest and largest of `x` (0 and 0 for an empty slice... or any slice: the range always holds 0).
 pub(crate) fn min_max(x: &[i32]) -> (i32, i32) {
+    min_max_run(x)
+}
+
+crate::multiversion! {
+    fn min_max_run(x: &[i32]) -> (i32, i32) = min_max_body
+}
+
+#[inline(always)]
+fn min_max_body(x: &[i32]) -> (i32, i32) {
     x.iter()
         .fold((0i32, 0i32), |(l, h), &v| (l.min(v), h.max(v)))
 }

@@ -652,3 +652,71 @@ fn eight_bit_kernels_split_across_threads_with_their_chains() {
         }
     }
 }
+
+/// A fused binary step whose chain value is the *second* operand (`c − chain`, not `chain − c`), at
+/// equal scales (no alignment shift) and with the chain first, for every binary op: the fast executor
+/// (which fuses them into the convolution) equals the reference.
+#[test]
+fn fused_binary_steps_keep_their_operand_order() {
+    let mut g = crate::gen(11, 1 << 10);
+    let window = Window {
+        kernel: [1, 1],
+        stride: [1, 1],
+        dilation: [1, 1],
+        pads: [0; 4],
+    };
+    let shape = vec![1, 8, 16, 16];
+    for op in [Op::Sub, Op::Add, Op::Mul, Op::Max, Op::Min] {
+        for chain_first in [false, true] {
+            let binary_inputs = if chain_first { vec![3, 2] } else { vec![2, 3] };
+            let m = Model {
+                inputs: vec![input("x", vec![1, 4, 16, 16], 4)],
+                consts: vec![
+                    Const {
+                        shape: vec![8, 4, 1, 1],
+                        scale: 4,
+                        data: g(32).into_iter().map(|v| v % 128).collect(),
+                    },
+                    Const {
+                        shape: vec![1, 8, 1, 1],
+                        scale: 8,
+                        data: g(8),
+                    },
+                ],
+                nodes: vec![
+                    Node {
+                        name: "conv".into(),
+                        op: Op::Conv2d { window, groups: 1 },
+                        inputs: vec![0, 1],
+                        shape: shape.clone(),
+                        scale: 8,
+                    },
+                    Node {
+                        name: "binary".into(),
+                        op: op.clone(),
+                        inputs: binary_inputs,
+                        shape: shape.clone(),
+                        scale: 8,
+                    },
+                ],
+                outputs: vec![Output {
+                    name: "y".into(),
+                    value: 4,
+                }],
+            };
+            m.validate().expect("valid");
+            let x: Vec<i32> = g(4 * 16 * 16).into_iter().map(|v| v % 128).collect();
+            let reference = Executor::new(&m, Mode::Reference)
+                .run(vec![x.clone()])
+                .unwrap();
+            assert!(reference[0].iter().any(|&v| v != 0));
+            for threads in [1, 2] {
+                let fast = Executor::new(&m, Mode::Fast { threads })
+                    .run(vec![x.clone()])
+                    .unwrap();
+                let first_diff = fast[0].iter().zip(&reference[0]).position(|(a, b)| a != b);
+                assert_eq!(first_diff, None, "{op:?}, chain first: {chain_first}");
+            }
+        }
+    }
+}
