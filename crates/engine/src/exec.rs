@@ -709,10 +709,14 @@ impl<M: Borrow<Model> + Sync> Executor<M> {
                 let ax = *axis as usize;
                 let outer: usize = out_shape[..ax].iter().product();
                 let inner: usize = out_shape[ax + 1..].iter().product();
-                let parts: Vec<Vec<i32>> = xs
+                // inputs at the output's scale are read where they are
+                let parts: Vec<std::borrow::Cow<'_, [i32]>> = xs
                     .iter()
                     .zip(&infos)
-                    .map(|(d, (_, s))| map_rescale(d, s - so))
+                    .map(|(d, (_, s))| match s - so {
+                        0 => Ok(std::borrow::Cow::Borrowed(*d)),
+                        k => map_rescale(d, k).map(std::borrow::Cow::Owned),
+                    })
                     .collect::<Result<_, _>>()?;
                 let mut out = Vec::with_capacity(out_shape.iter().product());
                 for o in 0..outer {
