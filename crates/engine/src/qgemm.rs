@@ -236,10 +236,10 @@ crate::multiversion! {
     fn interleave(x: &[i32], k: usize, n: usize, kq: usize, shift_add: (u32, i32), blk0: usize, data: &mut [u8]) -> () = interleave_body
 }
 
-/// Store the row-major `k×n` activations `x` (as the bytes of `(x >> shift) + add`, `shift_add`) in [`PackedB`]'s
-/// layout: per block of [`NR`] columns and group of 4 rows, 64 bytes holding each column's 4 values
-/// side by side. `data` holds the blocks from `blk0` on (as many as it has room for). Padding bytes are
-/// left as they are.
+/// Store the row-major `k×n` activations `x` (as the bytes of `(x >> shift) + add`, `shift_add`) in
+/// [`PackedB`]'s layout: per block of [`NR`] columns and group of 4 rows, 64 bytes holding each column's
+/// 4 values side by side. `data` holds the blocks from `blk0` on (as many as it has room for). Padding
+/// bytes are left as they are.
 #[inline(always)]
 fn interleave_body(
     x: &[i32],
@@ -249,6 +249,30 @@ fn interleave_body(
     (shift, add): (u32, i32),
     blk0: usize,
     data: &mut [u8],
+) {
+    interleave_with(x, k, n, kq, blk0, data, |v| ((v >> shift) + add) as u8)
+}
+
+crate::multiversion! {
+    fn interleave_bytes(x: &[u8], k: usize, n: usize, kq: usize, blk0: usize, data: &mut [u8]) -> () = interleave_bytes_body
+}
+
+/// [`interleave_body`] for activations already stored as bytes.
+#[inline(always)]
+fn interleave_bytes_body(x: &[u8], k: usize, n: usize, kq: usize, blk0: usize, data: &mut [u8]) {
+    interleave_with(x, k, n, kq, blk0, data, |v| v)
+}
+
+/// The loop of [`interleave_body`], each element stored as the byte `byte(v)`.
+#[inline(always)]
+fn interleave_with<T: Copy>(
+    x: &[T],
+    k: usize,
+    n: usize,
+    kq: usize,
+    blk0: usize,
+    data: &mut [u8],
+    byte: impl Fn(T) -> u8,
 ) {
     let blocks = data.len() / (kq * NR * 4).max(1);
     let blocks = blocks.min(n.div_ceil(NR).saturating_sub(blk0));
@@ -263,18 +287,19 @@ fn interleave_body(
                 let len = NR.min(n - j0);
                 let dst = &mut data[(blk * kq + g) * NR * 4..(blk * kq + g + 1) * NR * 4];
                 if rows == 4 && len == NR {
-                    let r: [&[i32; NR]; 4] = std::array::from_fn(|i| {
+                    let r: [&[T; NR]; 4] = std::array::from_fn(|i| {
                         let at = (4 * g + i) * n + j0;
                         x[at..at + NR].try_into().expect("NR values")
                     });
                     // each column's 4 bytes as one little-endian word: whole-register shifts and ors
-                    let byte = |v: i32| (((v >> shift) + add) as u32) & 0xff;
                     let mut words = [0u32; NR];
                     for (l, w) in words.iter_mut().enumerate() {
-                        *w = byte(r[0][l])
-                            | byte(r[1][l]) << 8
-                            | byte(r[2][l]) << 16
-                            | byte(r[3][l]) << 24;
+                        *w = u32::from_le_bytes([
+                            byte(r[0][l]),
+                            byte(r[1][l]),
+                            byte(r[2][l]),
+                            byte(r[3][l]),
+                        ]);
                     }
                     for (d, w) in dst.chunks_exact_mut(4).zip(words) {
                         d.copy_from_slice(&w.to_le_bytes());
@@ -283,52 +308,7 @@ fn interleave_body(
                     for i in 0..rows {
                         let row = &x[(4 * g + i) * n + j0..(4 * g + i) * n + j0 + len];
                         for (l, &v) in row.iter().enumerate() {
-                            dst[l * 4 + i] = ((v >> shift) + add) as u8;
-                        }
-                    }
-                }
-            }
-        }
-    }
-}
-
-crate::multiversion! {
-    fn interleave_bytes(x: &[u8], k: usize, n: usize, kq: usize, blk0: usize, data: &mut [u8]) -> () = interleave_bytes_body
-}
-
-/// [`interleave_body`] for activations already stored as bytes.
-#[inline(always)]
-fn interleave_bytes_body(x: &[u8], k: usize, n: usize, kq: usize, blk0: usize, data: &mut [u8]) {
-    let blocks = data.len() / (kq * NR * 4).max(1);
-    let blocks = blocks.min(n.div_ceil(NR).saturating_sub(blk0));
-    const TILE: usize = 8;
-    for t0 in (0..blocks).step_by(TILE) {
-        for g in 0..kq {
-            let rows = 4.min(k - 4 * g);
-            for blk in t0..blocks.min(t0 + TILE) {
-                let j0 = (blk0 + blk) * NR;
-                let len = NR.min(n - j0);
-                let dst = &mut data[(blk * kq + g) * NR * 4..(blk * kq + g + 1) * NR * 4];
-                if rows == 4 && len == NR {
-                    let r: [&[u8; NR]; 4] = std::array::from_fn(|i| {
-                        let at = (4 * g + i) * n + j0;
-                        x[at..at + NR].try_into().expect("NR values")
-                    });
-                    let mut words = [0u32; NR];
-                    for (l, w) in words.iter_mut().enumerate() {
-                        *w = r[0][l] as u32
-                            | (r[1][l] as u32) << 8
-                            | (r[2][l] as u32) << 16
-                            | (r[3][l] as u32) << 24;
-                    }
-                    for (d, w) in dst.chunks_exact_mut(4).zip(words) {
-                        d.copy_from_slice(&w.to_le_bytes());
-                    }
-                } else {
-                    for i in 0..rows {
-                        let row = &x[(4 * g + i) * n + j0..(4 * g + i) * n + j0 + len];
-                        for (l, &v) in row.iter().enumerate() {
-                            dst[l * 4 + i] = v;
+                            dst[l * 4 + i] = byte(v);
                         }
                     }
                 }
