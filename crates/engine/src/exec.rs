@@ -85,8 +85,8 @@ pub fn for_each_index(out: &[usize], ins: &[Vec<usize>], mut f: impl FnMut(usize
     }
 }
 
-/// The elements `x[base + Σ idx·strides]` for every index of `shape`, in row-major order: a loop over
-/// the last axis per output row.
+/// The elements `x[base + Σ idx·strides]` for every index of `shape`, in row-major order (Slice,
+/// Broadcast, Transpose): a loop over the last axis per output row.
 fn strided_copy(x: &[i32], base: usize, shape: &[usize], strides: &[usize]) -> Vec<i32> {
     let n: usize = shape.iter().product();
     let mut out = Vec::with_capacity(n);
@@ -625,6 +625,17 @@ impl<M: Borrow<Model> + Sync> Executor<M> {
                         .collect()
                 }
             }
+            Op::Lookup { shift, lo }
+                if (0..=31).contains(shift) && !xs[1].is_empty() && fast.is_some() =>
+            {
+                Ok(kernels::lookup(
+                    xs[0],
+                    xs[1],
+                    *shift as u32,
+                    *lo,
+                    fast.unwrap_or(1),
+                ))
+            }
             Op::Lookup { shift, lo } => {
                 let t = xs[1];
                 Ok(xs[0]
@@ -699,11 +710,7 @@ impl<M: Borrow<Model> + Sync> Executor<M> {
             Op::Transpose { perm } => {
                 let st = strides(s0);
                 let perm_strides: Vec<usize> = perm.iter().map(|&p| st[p as usize]).collect();
-                let mut out = vec![0i32; out_shape.iter().product()];
-                for_each_index(&out_shape, &[perm_strides], |flat, o| {
-                    out[flat] = xs[0][o[0]]
-                });
-                map_rescale(&out, sc0 - so)
+                rescaled(strided_copy(xs[0], 0, &out_shape, &perm_strides), sc0 - so)
             }
             Op::Concat { axis } => {
                 let ax = *axis as usize;
@@ -1397,16 +1404,18 @@ pub(crate) fn conv_reference(
 mod tests {
     use super::*;
 
-    /// The row-wise strided copy (Slice, Broadcast) equals the element-wise odometer it replaced, for
-    /// steps on every axis, zero (broadcast) strides, a scalar and an empty shape.
+    /// The row-wise strided copy (Slice, Broadcast, Transpose) equals the element-wise odometer it
+    /// replaced, for steps on every axis, permuted and zero (broadcast) strides, a scalar and an empty
+    /// shape.
     #[test]
     fn strided_copy_equals_the_element_loop() {
         let x: Vec<i32> = (0..4096).map(|i| i * 7 - 1000).collect();
-        let cases: [(&[usize], &[usize], usize); 6] = [
+        let cases: [(&[usize], &[usize], usize); 7] = [
             (&[2, 3, 4], &[100, 10, 1], 5),
             (&[2, 3, 4], &[100, 10, 3], 0),
             (&[3, 5], &[0, 2], 7),
             (&[4, 1, 6], &[50, 0, 0], 1),
+            (&[5, 4, 3], &[1, 15, 5], 0),
             (&[], &[], 11),
             (&[3, 0, 2], &[9, 3, 1], 0),
         ];

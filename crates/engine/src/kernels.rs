@@ -947,6 +947,38 @@ pub(crate) fn max_pool(
 }
 
 crate::multiversion! {
+    fn lookup_run(dst: &mut [i32], src: &[i32], table: &[i32], k: u32, lo: i64) -> () = lookup_body
+}
+
+/// `dst[j] = table[clamp(rshift(src[j], k) − lo, 0, len − 1)]` for `k` in `0..=31`, the rounding shift
+/// in `i32` lanes as in [`clamp_shift_body`] and the index in `i64`. `table` is not empty.
+#[inline(always)]
+fn lookup_body(dst: &mut [i32], src: &[i32], table: &[i32], k: u32, lo: i64) {
+    let last = table.len() as i64 - 1;
+    let round = |v: i32| -> i64 {
+        if k == 0 {
+            v as i64
+        } else {
+            ((v >> k) + ((v >> (k - 1)) & 1)) as i64
+        }
+    };
+    for (d, &v) in dst.iter_mut().zip(src) {
+        *d = table[(round(v) - lo).clamp(0, last) as usize];
+    }
+}
+
+/// The fast executor's `Lookup` for a shift `k` in `0..=31` and a non-empty table: every element at
+/// once, on up to `threads` threads for large tensors.
+pub(crate) fn lookup(x: &[i32], table: &[i32], k: u32, lo: i32, threads: usize) -> Vec<i32> {
+    let th = if x.len() >= 1 << 16 { threads } else { 1 };
+    let mut out = crate::par::filled(x.len(), 0i32, th);
+    crate::par::rows(&mut out, 1, th, 1 << 10, |at, part| {
+        lookup_run(part, &x[at..at + part.len()], table, k, lo as i64)
+    });
+    out
+}
+
+crate::multiversion! {
     fn clamp_shift_run(dst: &mut [i32], src: &[i32], k: u32, lo: i32, hi: i32) -> () = clamp_shift_body
 }
 
@@ -1713,6 +1745,32 @@ mod tests {
             let want = crate::exec::pool(&x, &xs, &win, &os, None, 0).unwrap();
             for threads in [1, 2] {
                 assert_eq!(max_pool(&x, &xs, &win, &os, threads), want, "{win:?}");
+            }
+        }
+    }
+
+    /// The fast `Lookup` equals the reference's `table_index` (an `i128` rounding shift, then the
+    /// clamp into the table) at the extremes of `i32`, for every shift it takes and several offsets.
+    #[test]
+    fn the_fast_lookup_equals_the_table_index() {
+        let mut x: Vec<i32> = vec![i32::MIN, i32::MIN + 1, -1, 0, 1, i32::MAX - 1, i32::MAX];
+        let mut v = 0x9e37_79b9_7f4a_7c15u64;
+        x.extend((0..70_000).map(|_| {
+            v ^= v << 13;
+            v ^= v >> 7;
+            v ^= v << 17;
+            (v as i32) >> (v >> 59)
+        }));
+        let table: Vec<i32> = (0..257).map(|i| i * 3 - 100).collect();
+        for k in 0..=31u32 {
+            for lo in [i32::MIN, -128, 0, 5, i32::MAX] {
+                let want: Vec<i32> = x
+                    .iter()
+                    .map(|&v| table[crate::exec::table_index(v as i128, k as i32, lo, table.len())])
+                    .collect();
+                for threads in [1, 2] {
+                    assert_eq!(lookup(&x, &table, k, lo, threads), want, "k {k}, lo {lo}");
+                }
             }
         }
     }
