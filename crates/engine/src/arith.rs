@@ -24,6 +24,18 @@ pub fn rshift64(x: i64, k: u32) -> i64 {
     (x + (1i64 << (k - 1))) >> k
 }
 
+/// [`rshift`] on `i32` for `k` in `0..=31`, without widening: with `v = q·2^k + r`, `(v >> k) + (bit
+/// k − 1 of v)` is `q + (r ≥ 2^(k−1))`, which is `⌊(v + 2^(k−1)) / 2^k⌋` exactly and cannot overflow
+/// (written for vector lanes of `i32`).
+#[inline(always)]
+pub fn rshift32(v: i32, k: u32) -> i32 {
+    if k == 0 {
+        v
+    } else {
+        (v >> k) + ((v >> (k - 1)) & 1)
+    }
+}
+
 /// A rounding shift by `k` as `((t + half) >> right) << left` (`right = k, left = 0` for `k > 0`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Shift {

@@ -5,7 +5,7 @@
 
 use std::borrow::Cow;
 
-use crate::arith::{fit, rshift, Shift};
+use crate::arith::{fit, rshift, rshift32, Shift};
 use crate::error::ExecError;
 use crate::exec::{label_strides, ConvSpec, EinSpec};
 use crate::qgemm::{self, Level, PackedA, PackedB};
@@ -950,61 +950,47 @@ crate::multiversion! {
     fn lookup_run(dst: &mut [i32], src: &[i32], table: &[i32], k: u32, lo: i64) -> () = lookup_body
 }
 
-/// `dst[j] = table[clamp(rshift(src[j], k) − lo, 0, len − 1)]` for `k` in `0..=31`, the rounding shift
-/// in `i32` lanes as in [`clamp_shift_body`] and the index in `i64`. `table` is not empty.
+/// `dst[j] = table[clamp(rshift(src[j], k) − lo, 0, len − 1)]` for `k` in `0..=31`: the rounding shift in
+/// `i32` lanes ([`rshift32`]), the index in `i64`. `table` is not empty.
 #[inline(always)]
 fn lookup_body(dst: &mut [i32], src: &[i32], table: &[i32], k: u32, lo: i64) {
     let last = table.len() as i64 - 1;
-    let round = |v: i32| -> i64 {
-        if k == 0 {
-            v as i64
-        } else {
-            ((v >> k) + ((v >> (k - 1)) & 1)) as i64
-        }
-    };
     for (d, &v) in dst.iter_mut().zip(src) {
-        *d = table[(round(v) - lo).clamp(0, last) as usize];
+        *d = table[(rshift32(v, k) as i64 - lo).clamp(0, last) as usize];
     }
 }
 
-/// The fast executor's `Lookup` for a shift `k` in `0..=31` and a non-empty table: every element at
-/// once, on up to `threads` threads for large tensors.
+/// The fast executor's `Lookup` for a shift `k` in `0..=31` and a non-empty table.
 pub(crate) fn lookup(x: &[i32], table: &[i32], k: u32, lo: i32, threads: usize) -> Vec<i32> {
-    let th = if x.len() >= 1 << 16 { threads } else { 1 };
-    let mut out = crate::par::filled(x.len(), 0i32, th);
-    crate::par::rows(&mut out, 1, th, 1 << 10, |at, part| {
-        lookup_run(part, &x[at..at + part.len()], table, k, lo as i64)
-    });
-    out
+    map_elements(x, threads, |dst, src| {
+        lookup_run(dst, src, table, k, lo as i64)
+    })
 }
 
 crate::multiversion! {
     fn clamp_shift_run(dst: &mut [i32], src: &[i32], k: u32, lo: i32, hi: i32) -> () = clamp_shift_body
 }
 
-/// `dst[j] = clamp(rshift(src[j], k), lo, hi)` for `k` in `0..=31`, in `i32` lanes: with `v = q·2^k + r`,
-/// `(v >> k) + (bit k − 1 of v)` is `q + (r ≥ 2^(k−1))`, which is `⌊(v + 2^(k−1)) / 2^k⌋` exactly and
-/// cannot overflow.
+/// `dst[j] = clamp(rshift(src[j], k), lo, hi)` for `k` in `0..=31`, in `i32` lanes ([`rshift32`]).
 #[inline(always)]
 fn clamp_shift_body(dst: &mut [i32], src: &[i32], k: u32, lo: i32, hi: i32) {
-    if k == 0 {
-        for (d, &v) in dst.iter_mut().zip(src) {
-            *d = v.clamp(lo, hi);
-        }
-        return;
-    }
     for (d, &v) in dst.iter_mut().zip(src) {
-        *d = ((v >> k) + ((v >> (k - 1)) & 1)).clamp(lo, hi);
+        *d = rshift32(v, k).clamp(lo, hi);
     }
 }
 
-/// The fast executor's `Clamp` for a rescale by `k` in `0..=31` (`lo ≤ hi`): every element at once,
-/// on up to `threads` threads for large tensors.
+/// The fast executor's `Clamp` for a rescale by `k` in `0..=31` (`lo ≤ hi`).
 pub(crate) fn clamp_shift(x: &[i32], k: u32, lo: i32, hi: i32, threads: usize) -> Vec<i32> {
+    map_elements(x, threads, |dst, src| clamp_shift_run(dst, src, k, lo, hi))
+}
+
+/// An element-wise op over `x` by `run(dst, src)` on matching runs of the output and the input: every
+/// element at once, on up to `threads` threads for tensors of 64 K elements or more.
+fn map_elements(x: &[i32], threads: usize, run: impl Fn(&mut [i32], &[i32]) + Sync) -> Vec<i32> {
     let th = if x.len() >= 1 << 16 { threads } else { 1 };
     let mut out = crate::par::filled(x.len(), 0i32, th);
     crate::par::rows(&mut out, 1, th, 1 << 10, |at, part| {
-        clamp_shift_run(part, &x[at..at + part.len()], k, lo, hi)
+        run(part, &x[at..at + part.len()])
     });
     out
 }
@@ -1621,6 +1607,27 @@ mod tests {
     use super::*;
     use crate::ir::Window;
 
+    /// A xorshift generator of `u64`s from `seed` (non-zero).
+    fn xorshift(mut v: u64) -> impl FnMut() -> u64 {
+        move || {
+            v ^= v << 13;
+            v ^= v >> 7;
+            v ^= v << 17;
+            v
+        }
+    }
+
+    /// The extremes of `i32` and its neighbours of 0, then 70,000 values of every magnitude.
+    fn extremes_and_noise(seed: u64) -> Vec<i32> {
+        let mut next = xorshift(seed);
+        let mut x = vec![i32::MIN, i32::MIN + 1, -1, 0, 1, i32::MAX - 1, i32::MAX];
+        x.extend((0..70_000).map(|_| {
+            let v = next();
+            (v as i32) >> (v >> 59)
+        }));
+        x
+    }
+
     #[test]
     fn a_cancelled_run_skips_the_rest_of_a_wide_product() {
         let (m, k, n) = (4 * ROW_BLOCK, 16, 16);
@@ -1714,13 +1721,7 @@ mod tests {
     /// dilations and padding (windows wholly in the padding give 0), on one and two threads.
     #[test]
     fn fast_max_pooling_equals_the_reference() {
-        let mut v = 0x9e37_79b9u64;
-        let mut next = move || {
-            v ^= v << 13;
-            v ^= v >> 7;
-            v ^= v << 17;
-            v
-        };
+        let mut next = xorshift(0x9e37_79b9);
         // (kernel, stride, dilation, pads [t, l, b, r], input h, w)
         let cases = [
             ([3, 3], [2, 2], [1, 1], [1, 1, 1, 1], 112, 112),
@@ -1753,14 +1754,7 @@ mod tests {
     /// clamp into the table) at the extremes of `i32`, for every shift it takes and several offsets.
     #[test]
     fn the_fast_lookup_equals_the_table_index() {
-        let mut x: Vec<i32> = vec![i32::MIN, i32::MIN + 1, -1, 0, 1, i32::MAX - 1, i32::MAX];
-        let mut v = 0x9e37_79b9_7f4a_7c15u64;
-        x.extend((0..70_000).map(|_| {
-            v ^= v << 13;
-            v ^= v >> 7;
-            v ^= v << 17;
-            (v as i32) >> (v >> 59)
-        }));
+        let x = extremes_and_noise(0x9e37_79b9_7f4a_7c15u64);
         let table: Vec<i32> = (0..257).map(|i| i * 3 - 100).collect();
         for k in 0..=31u32 {
             for lo in [i32::MIN, -128, 0, 5, i32::MAX] {
@@ -1779,14 +1773,7 @@ mod tests {
     /// at the extremes of `i32`, for every shift it takes, in parts on several threads.
     #[test]
     fn the_i32_clamp_with_rounding_shift_is_exact() {
-        let mut x: Vec<i32> = vec![i32::MIN, i32::MIN + 1, -1, 0, 1, i32::MAX - 1, i32::MAX];
-        let mut v = 0x2545_f491_4f6c_dd1du64;
-        x.extend((0..70_000).map(|_| {
-            v ^= v << 13;
-            v ^= v >> 7;
-            v ^= v << 17;
-            (v as i32) >> (v >> 59)
-        }));
+        let x = extremes_and_noise(0x2545_f491_4f6c_dd1du64);
         for k in 0..=31u32 {
             for (lo, hi) in [(-128, 127), (0, 255), (i32::MIN, i32::MAX), (5, 5)] {
                 let want: Vec<i32> = x
@@ -1812,13 +1799,8 @@ mod tests {
     /// plane sizes and reductions that leave partial blocks) gives the reference's integers.
     #[test]
     fn large_narrow_convolutions_split_across_threads_are_exact() {
-        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = move |m: i64| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            (seed % m as u64) as i64
-        };
+        let mut bits = xorshift(0x9e37_79b9_7f4a_7c15);
+        let mut next = move |m: i64| (bits() % m as u64) as i64;
         // (input [c, h, w], output channels, kernel, stride, pads, input range: signed, centred on 0,
         // or from 0 when negative)
         let cases: [([usize; 3], usize, usize, u32, u32, i64); 5] = [

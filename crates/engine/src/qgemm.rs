@@ -126,16 +126,10 @@ impl PackedB {
         offset: bool,
         threads: usize,
     ) -> Option<PackedB> {
-        let mut p = PackedB::empty_par(k, n, false, offset, threads)?;
         let add = if offset { 128 } else { 0 };
-        if x.len() < k * n {
-            return None;
-        }
-        let kq = p.kq;
-        crate::par::rows(&mut p.data, kq * NR * 4, threads, 1, |blk0, part| {
+        PackedB::activations_par(x.len(), k, n, offset, threads, |kq, blk0, part| {
             interleave(x, k, n, kq, (shift, add), blk0, part)
-        });
-        Some(p)
+        })
     }
 
     /// Activations already stored as their bytes (`x + 128` when `offset`, else `x`), a row-major
@@ -147,13 +141,29 @@ impl PackedB {
         offset: bool,
         threads: usize,
     ) -> Option<PackedB> {
+        PackedB::activations_par(x.len(), k, n, offset, threads, |kq, blk0, part| {
+            interleave_bytes(x, k, n, kq, blk0, part)
+        })
+    }
+
+    /// Packed activations from a source of `len` values (`None` if fewer than `k·n`, or `k > MAX_K`),
+    /// each part of whole column blocks written by `fill(kq, first block, bytes)` on up to `threads`
+    /// threads.
+    fn activations_par(
+        len: usize,
+        k: usize,
+        n: usize,
+        offset: bool,
+        threads: usize,
+        fill: impl Fn(usize, usize, &mut [u8]) + Sync,
+    ) -> Option<PackedB> {
         let mut p = PackedB::empty_par(k, n, false, offset, threads)?;
-        if x.len() < k * n {
+        if len < k * n {
             return None;
         }
         let kq = p.kq;
         crate::par::rows(&mut p.data, kq * NR * 4, threads, 1, |blk0, part| {
-            interleave_bytes(x, k, n, kq, blk0, part)
+            fill(kq, blk0, part)
         });
         Some(p)
     }
