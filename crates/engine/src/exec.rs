@@ -766,7 +766,7 @@ impl<M: Borrow<Model> + Sync> Executor<M> {
                         out.extend_from_slice(&xs[0][at..at + inner]);
                     }
                 }
-                map_rescale(&out, sc0 - so)
+                rescaled(out, sc0 - so)
             }
             Op::Broadcast => {
                 let st = broadcast_strides(&out_shape, s0);
