@@ -1,5 +1,46 @@
 //! Open-weight language models in Verity: GGUF files read and their block-quantized weights decoded
-//! exactly ([`gguf`]).
+//! exactly ([`gguf`]), llama-family architectures ([`arch`]), one decode step as a canonical model
+//! ([`step`]), generations as chains of steps ([`session`]), and a float forward pass to measure them
+//! against ([`reference`]).
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
+pub mod arch;
 pub mod gguf;
+pub mod reference;
+pub mod session;
+pub mod step;
+
+pub use arch::{Hparams, LlmError, Weights};
+pub use session::Session;
+pub use step::Step;
+
+/// Calibration tokens: the file's BOS token, then a fixed SplitMix64 sequence over the vocabulary.
+pub fn calibration_tokens(g: &gguf::Gguf, vocab: usize, n: usize) -> Vec<u32> {
+    let mut out = Vec::with_capacity(n);
+    if let Ok(b) = g.get_u64("tokenizer.ggml.bos_token_id") {
+        if (b as usize) < vocab {
+            out.push(b as u32);
+        }
+    }
+    let mut s: u64 = 0x5645_5249_5459; // "VERITY"
+    while out.len() < n {
+        s = s.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = s;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        out.push((z % vocab as u64) as u32);
+    }
+    out
+}
+
+/// Compiles a GGUF model's decode step for generations of up to `context` positions: weights read
+/// exactly, scales from a float run over the calibration tokens.
+pub fn compile(g: &gguf::Gguf, context: usize) -> Result<Step, LlmError> {
+    let w = Weights::load(g)?;
+    let mut r = reference::Reference::new(&w);
+    for t in calibration_tokens(g, w.hp.vocab, 32) {
+        r.step(t as usize);
+    }
+    step::build(&w, r.maxima, context)
+}
