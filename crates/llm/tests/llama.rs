@@ -1,0 +1,188 @@
+//! The canonical decode step of tiny llama-family models with random weights of every quantization
+//! type: it tracks the float forward pass, the fast executor equals the reference executor bit for bit,
+//! cache rows at and past the position never matter, and bad requests and files are clear errors.
+
+mod common;
+
+use common::*;
+use verity_engine::{Executor, Mode};
+use verity_llm::gguf::Gguf;
+use verity_llm::reference::Reference;
+use verity_llm::session::argmax;
+use verity_llm::{LlmError, Session, Weights};
+
+fn llama(types: [u32; 4], output: Option<u32>) -> Tiny {
+    Tiny {
+        arch: "llama",
+        layers: 2,
+        hidden: 256,
+        heads: 4,
+        kv_heads: 2,
+        ffn: 512,
+        vocab: 97,
+        types,
+        output,
+        qkv_bias: false,
+    }
+}
+
+/// Runs `steps` greedy steps of the canonical model and the float pass on the same tokens; returns the
+/// largest logit error relative to the largest logit, and how often the argmaxes agree.
+fn track(bytes: Vec<u8>, steps: usize) -> (f64, usize) {
+    let g = Gguf::parse(bytes).unwrap();
+    let step = verity_llm::compile(&g, 32).unwrap();
+    let w = Weights::load(&g).unwrap();
+    let mut r = Reference::new(&w);
+    let mut s = Session::new(&step, 1);
+    let ls = step.model.value(step.model.outputs[0].value).unwrap().scale;
+    let (mut worst, mut agree, mut tok) = (0f64, 0, 1u32);
+    for _ in 0..steps {
+        let want = r.step(tok as usize);
+        let got = s.feed(tok).unwrap();
+        let max = want.iter().fold(0f64, |m, v| m.max(v.abs()));
+        let err = got
+            .iter()
+            .zip(&want)
+            .fold(0f64, |m, (&g, w)| m.max((g as f64 * (-(ls as f64)).exp2() - w).abs()));
+        worst = worst.max(err / max);
+        let wa = want.iter().enumerate().fold(0, |b, (i, v)| if *v > want[b] { i } else { b });
+        agree += (argmax(&got) as usize == wa) as usize;
+        tok = wa as u32;
+    }
+    (worst, agree)
+}
+
+#[test]
+fn every_quantization_type_tracks_the_float_model() {
+    let cases: [([u32; 4], Option<u32>); 5] = [
+        ([Q4_0, Q4_1, Q8_0, Q8_0], None),
+        ([Q5_0, Q5_1, Q4_0, Q8_0], Some(Q6_K)),
+        ([Q4_K, Q5_K, Q6_K, Q8_0], None),
+        ([Q2_K, Q3_K, Q4_K, Q4_1], Some(Q8_0)),
+        ([Q6_K, Q4_1, Q5_K, Q5_0], None),
+    ];
+    for (i, (types, output)) in cases.into_iter().enumerate() {
+        let (err, agree) = track(tiny_model(&llama(types, output), 100 + i as u64), 12);
+        eprintln!("case {i}: max logit error {:.3}%, argmax agreement {agree}/12", err * 100.0);
+        assert!(err < 0.05, "case {i} ({types:?}): logits off by {:.2}%", err * 100.0);
+        assert!(agree >= 10, "case {i}: argmax agreed {agree}/12");
+    }
+}
+
+#[test]
+fn qwen2_with_biases_and_halves_rope_tracks_the_float_model() {
+    let t = Tiny {
+        arch: "qwen2",
+        qkv_bias: true,
+        ..llama([Q8_0, Q4_K, Q6_K, Q8_0], None)
+    };
+    let (err, agree) = track(tiny_model(&t, 7), 12);
+    eprintln!("qwen2: max logit error {:.3}%, argmax agreement {agree}/12", err * 100.0);
+    assert!(err < 0.05 && agree >= 10, "{err} {agree}");
+}
+
+#[test]
+fn fast_and_reference_executors_agree_bit_for_bit() {
+    let g = Gguf::parse(tiny_model(&llama([Q4_K, Q4_1, Q6_K, Q8_0], None), 3)).unwrap();
+    let step = verity_llm::compile(&g, 16).unwrap();
+    let mut s = Session::new(&step, 1);
+    let reference = Executor::new(&step.model, Mode::Reference);
+    let two = Executor::new(&step.model, Mode::Fast { threads: 2 });
+    let mut tok = 1;
+    for _ in 0..6 {
+        let inputs = s.inputs(tok);
+        let want = reference.run(inputs.clone()).unwrap();
+        assert_eq!(two.run(inputs).unwrap(), want);
+        let logits = s.feed(tok).unwrap();
+        assert_eq!(logits, want[0]);
+        tok = argmax(&logits);
+    }
+}
+
+#[test]
+fn cache_rows_at_and_after_the_position_are_ignored() {
+    let g = Gguf::parse(tiny_model(&llama([Q8_0, Q4_0, Q4_1, Q8_0], None), 5)).unwrap();
+    let step = verity_llm::compile(&g, 16).unwrap();
+    let exec = Executor::new(&step.model, Mode::Fast { threads: 1 });
+    let mut s = Session::new(&step, 1);
+    for t in [1, 5, 9] {
+        s.feed(t).unwrap();
+    }
+    let inputs = s.inputs(11);
+    let want = exec.run(inputs.clone()).unwrap();
+    // garbage in every row from position 3 on, in every cache
+    let (hd, t) = (step.hp.head_dim, step.context - 1);
+    let mut rng = Rng(9);
+    let mut noisy = inputs.clone();
+    for cache in noisy.iter_mut().skip(2) {
+        for h in 0..step.hp.kv_heads {
+            for p in 3..t {
+                for j in 0..hd {
+                    cache[(h * t + p) * hd + j] = (rng.next() as i32) >> 8;
+                }
+            }
+        }
+    }
+    assert_eq!(exec.run(noisy).unwrap(), want);
+    // a row before the position does matter
+    let mut changed = inputs;
+    changed[2][hd] += 1 << 24;
+    assert_ne!(exec.run(changed).unwrap()[0], want[0]);
+}
+
+#[test]
+fn a_generation_is_the_same_every_time() {
+    let g = Gguf::parse(tiny_model(&llama([Q4_0, Q4_0, Q4_0, Q8_0], None), 11)).unwrap();
+    let step = verity_llm::compile(&g, 16).unwrap();
+    let run = |threads| {
+        let mut s = Session::new(&step, threads);
+        let mut tok = 1;
+        let mut all = Vec::new();
+        for _ in 0..10 {
+            let l = s.feed(tok).unwrap();
+            tok = argmax(&l);
+            all.push(l);
+        }
+        all
+    };
+    let first = run(1);
+    assert_eq!(run(2), first);
+    // and recompiling gives the same model
+    let again = verity_llm::compile(&g, 16).unwrap();
+    assert_eq!(
+        verity_engine::vty::model_id(&again.model),
+        verity_engine::vty::model_id(&step.model)
+    );
+}
+
+#[test]
+fn requests_past_the_context_or_vocabulary_are_refused() {
+    let g = Gguf::parse(tiny_model(&llama([Q8_0, Q8_0, Q8_0, Q8_0], None), 2)).unwrap();
+    let step = verity_llm::compile(&g, 4).unwrap();
+    let mut s = Session::new(&step, 1);
+    let e = s.feed(97).unwrap_err();
+    assert!(matches!(e, LlmError::Request(_)) && e.to_string().contains("vocabulary"), "{e}");
+    for t in 0..4 {
+        s.feed(t).unwrap();
+    }
+    let e = s.feed(0).unwrap_err();
+    assert!(e.to_string().contains("context of 4 positions is full"), "{e}");
+}
+
+#[test]
+fn unsupported_architectures_and_missing_tensors_are_named() {
+    let t = Tiny {
+        arch: "gemma",
+        ..llama([Q8_0; 4], None)
+    };
+    let g = Gguf::parse(tiny_model(&t, 1)).unwrap();
+    let e = verity_llm::compile(&g, 8).unwrap_err().to_string();
+    assert!(e.contains("gemma") && e.contains("llama"), "{e}");
+    // a file without its down projections
+    let mut bytes = tiny_model(&llama([Q8_0; 4], None), 1);
+    let at = bytes.windows(14).position(|w| w == b"blk.1.ffn_down").unwrap();
+    bytes[at + 10..at + 14].copy_from_slice(b"xxxx");
+    let g = Gguf::parse(bytes).unwrap();
+    let e = verity_llm::compile(&g, 8).unwrap_err().to_string();
+    assert!(e.contains("blk.1.ffn_down.weight") && e.contains("missing"), "{e}");
+}
