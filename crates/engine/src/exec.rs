@@ -142,6 +142,31 @@ enum Prepared {
     ),
     /// A convolution's weights in 8-bit form, one matrix per group.
     Conv(Vec<crate::qgemm::PackedA>),
+    /// Block-wise products `{gk, ogk → og}` with 8-bit constant weights.
+    Blocks(crate::blockdot::PackedBlocks),
+}
+
+/// The packed weights of an `EinSum {gk, ogk → og}` whose second operand is a constant of 8-bit
+/// values (a block-quantized matrix product, see [`crate::blockdot`]).
+fn block_weights(
+    a: &[u8],
+    b: &[u8],
+    out: &[u8],
+    b_shape: &[usize],
+    w: Option<&Const>,
+) -> Option<crate::blockdot::PackedBlocks> {
+    let (g, k) = match a {
+        [g, k] => (*g, *k),
+        _ => return None,
+    };
+    match (b, out) {
+        ([o, g2, k2], [o2, g3]) if *g2 == g && *k2 == k && o2 == o && *g3 == g => {}
+        _ => return None,
+    }
+    if g == k || b[0] == g || b[0] == k {
+        return None;
+    }
+    crate::blockdot::PackedBlocks::new(&w?.data, b_shape[0], b_shape[1], b_shape[2])
 }
 
 /// Runs models.
@@ -200,6 +225,11 @@ impl<M: Borrow<Model> + Sync> Executor<M> {
                             b_shape: &sb,
                             out_shape: &so,
                         };
+                        if let Some(p) =
+                            block_weights(a, b, out, &sb, model.const_of(node.inputs[1]))
+                        {
+                            return Prepared::Blocks(p);
+                        }
                         let plan = kernels::EinPlan::new(&spec);
                         let pa = model
                             .const_of(node.inputs[0])
@@ -224,6 +254,14 @@ impl<M: Borrow<Model> + Sync> Executor<M> {
             Mode::Reference => Vec::new(),
             Mode::Fast { .. } => fuse::plan(model),
         };
+        let mut prepared = prepared;
+        for (k, role) in roles.iter().enumerate() {
+            if let (Role::BlockSum(b), Some(Prepared::Blocks(p))) = (role, prepared.get_mut(k)) {
+                if let Some(c) = model.const_of(b.mult) {
+                    p.set_multipliers(&c.data);
+                }
+            }
+        }
         Executor {
             model: model_ref,
             mode,
@@ -388,6 +426,32 @@ impl<M: Borrow<Model> + Sync> Executor<M> {
                             }
                         }
                     }
+                    Role::BlockSum(b) => {
+                        let fused = match (self.mode, self.prepared.get(k)) {
+                            (Mode::Fast { threads }, Some(Prepared::Blocks(p))) => {
+                                let get = |v: ValueId| match m.const_of(v) {
+                                    Some(c) => Some(c.data.as_slice()),
+                                    None => vals[v as usize].as_deref(),
+                                };
+                                let x = get(node.inputs[0]).unwrap_or(&[]);
+                                get(b.scale)
+                                    .and_then(|scale| p.run_sums(x, scale, b.shifts, threads))
+                            }
+                            _ => None,
+                        };
+                        match fused {
+                            Some(out) => vals[first + b.nodes[2]] = Some(out),
+                            None => {
+                                // node by node, so an error names its node
+                                let none = &mut None;
+                                for j in std::iter::once(k).chain(b.nodes) {
+                                    let n = &m.nodes[j];
+                                    let out = self.eval_node(j, n, &vals, none);
+                                    vals[first + j] = Some(out.map_err(|e| at(n, e))?);
+                                }
+                            }
+                        }
+                    }
                     _ => {
                         let mut out = self
                             .eval_node(k, node, &vals, &mut None)
@@ -412,6 +476,7 @@ impl<M: Borrow<Model> + Sync> Executor<M> {
                         node.name,
                         match role {
                             Role::Head(steps) => format!(" (+{} fused)", steps.len()),
+                            Role::BlockSum(_) => " (+3 fused)".into(),
                             _ => String::new(),
                         }
                     );
@@ -503,6 +568,12 @@ impl<M: Borrow<Model> + Sync> Executor<M> {
                 match self.mode {
                     Mode::Reference => einsum_reference(&spec, xs[0], xs[1], bias, shift),
                     Mode::Fast { threads } => match self.prepared.get(k) {
+                        Some(Prepared::Blocks(p)) if bias.is_none() => {
+                            match p.run(xs[0], threads) {
+                                Some(acc) => rescaled(acc, shift),
+                                None => einsum_reference(&spec, xs[0], xs[1], bias, shift),
+                            }
+                        }
                         Some(Prepared::Ein(plan, pa, pb)) => plan.run(
                             &spec,
                             xs[0],

@@ -78,6 +78,91 @@ pub(crate) enum Role {
     Head(Vec<Fused>),
     /// Run as a step of an earlier node's chain.
     Absorbed,
+    /// A block-wise product `{gk, ogk → og}` with the `Mul` by per-block multipliers, the `Mul` by the
+    /// activation blocks' scales and the `Reduce Sum` over the blocks that follow it, run in one pass
+    /// (see [`crate::blockdot::PackedBlocks::run_sums`]).
+    BlockSum(BlockSum),
+}
+
+/// The nodes and shifts of a fused block sum.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct BlockSum {
+    /// The `Mul` by the multipliers, the `Mul` by the scales, the `Reduce Sum`.
+    pub nodes: [usize; 3],
+    /// The multipliers `[rows, blocks]` (a constant) and the scales `[blocks]`.
+    pub mult: ValueId,
+    pub scale: ValueId,
+    /// The three nodes' shifts.
+    pub shifts: [u32; 3],
+}
+
+/// `EinSum {gk, ogk → og}` at node `h` followed, each the only reader of the one before, by
+/// `Mul(·, mult)` with `mult` a constant of the product's shape, `Mul(·, scale)` with `scale` of shape
+/// `[blocks]` computed before `h`, and `Reduce Sum` over axis 1, with right shifts only.
+fn block_sum(m: &Model, h: usize, reads: &[u32], reader: &[usize]) -> Option<BlockSum> {
+    let first = m.first_node_value();
+    let node = &m.nodes[h];
+    let Op::EinSum { a, b, out } = &node.op else {
+        return None;
+    };
+    if a.len() != 2 || b.len() != 3 || out.len() != 2 || b[1..] != a[..] || out[..] != [b[0], a[0]]
+    {
+        return None;
+    }
+    if node.inputs.len() != 2 || m.const_of(node.inputs[1]).is_none() {
+        return None;
+    }
+    let scale_of = |v: ValueId| m.value(v).map(|i| i.scale as i32);
+    let acc_shift = scale_of(node.inputs[0])? + scale_of(node.inputs[1])? - node.scale as i32;
+    if acc_shift != 0 {
+        return None;
+    }
+    let next = |v: usize| (reads[v] == 1).then(|| reader[v]);
+    let k1 = next(first + h)?;
+    let k2 = next(first + k1)?;
+    let k3 = next(first + k2)?;
+    let (n1, n2, n3) = (&m.nodes[k1], &m.nodes[k2], &m.nodes[k3]);
+    let acc = (first + h) as ValueId;
+    let mult = match (&n1.op, n1.inputs.as_slice()) {
+        (Op::Mul, [x, c]) if *x == acc && m.const_of(*c).is_some_and(|c| c.shape == node.shape) => {
+            *c
+        }
+        _ => return None,
+    };
+    let scale = match (&n2.op, n2.inputs.as_slice()) {
+        (Op::Mul, [x, sc])
+            if *x == (first + k1) as ValueId
+                && (*sc as usize) < first + h
+                && m.value(*sc).is_some_and(|i| i.shape == [node.shape[1]]) =>
+        {
+            *sc
+        }
+        _ => return None,
+    };
+    match (&n3.op, n3.inputs.as_slice()) {
+        (
+            Op::Reduce {
+                kind: crate::ir::ReduceKind::Sum,
+                axes,
+            },
+            [x],
+        ) if axes == &[1] && *x == (first + k2) as ValueId => {}
+        _ => return None,
+    }
+    let s1 = node.scale as i32 + scale_of(mult)? - n1.scale as i32;
+    let s2 = n1.scale as i32 + scale_of(scale)? - n2.scale as i32;
+    let s3 = n2.scale as i32 - n3.scale as i32;
+    let right = |s: i32| u32::try_from(s).ok().filter(|s| (1..=62).contains(s));
+    Some(BlockSum {
+        nodes: [k1, k2, k3],
+        mult,
+        scale,
+        shifts: [
+            right(s1)?,
+            right(s2)?,
+            u32::try_from(s3).ok().filter(|&s| s <= 62)?,
+        ],
+    })
 }
 
 /// The fused schedule of a validated model: one role per node.
@@ -103,6 +188,13 @@ pub(crate) fn plan(m: &Model) -> Vec<Role> {
     let mut roles = vec![Role::Alone; m.nodes.len()];
     for h in 0..m.nodes.len() {
         if roles[h] == Role::Absorbed {
+            continue;
+        }
+        if let Some(b) = block_sum(m, h, &reads, &reader) {
+            for &k in &b.nodes {
+                roles[k] = Role::Absorbed;
+            }
+            roles[h] = Role::BlockSum(b);
             continue;
         }
         let mut chain = Vec::new();

@@ -3,6 +3,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod arith;
+pub mod blockdot;
 pub mod cancel;
 pub mod commit;
 pub mod cost;

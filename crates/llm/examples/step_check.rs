@@ -29,7 +29,11 @@ fn main() {
         verity_llm::reference::set_q8_activations(true);
     }
     let mut s = Session::new(&step, threads);
-    let ls = step.model.value(step.model.outputs[0].value).expect("logits").scale;
+    let ls = step
+        .model
+        .value(step.model.outputs[0].value)
+        .expect("logits")
+        .scale;
     let mut tok = g.get_u64("tokenizer.ggml.bos_token_id").unwrap_or(1) as u32;
     let mut times = Vec::new();
     let mut agree = 0;
@@ -38,9 +42,15 @@ fn main() {
         let t = Instant::now();
         let got = s.feed(tok).expect("step");
         times.push(t.elapsed().as_secs_f64());
-        let got: Vec<f64> = got.iter().map(|&v| v as f64 * (-(ls as f64)).exp2()).collect();
+        let got: Vec<f64> = got
+            .iter()
+            .map(|&v| v as f64 * (-(ls as f64)).exp2())
+            .collect();
         let max = want.iter().fold(0f64, |m, v| m.max(v.abs()));
-        let err = got.iter().zip(&want).fold(0f64, |m, (a, b)| m.max((a - b).abs()));
+        let err = got
+            .iter()
+            .zip(&want)
+            .fold(0f64, |m, (a, b)| m.max((a - b).abs()));
         let ga = got
             .iter()
             .enumerate()

@@ -20,7 +20,10 @@ fn main() {
     for _ in 0..steps - 1 {
         let l = r.step(tok as usize);
         s.feed(tok).expect("step");
-        tok = l.iter().enumerate().fold(0, |b, (i, v)| if *v > l[b] { i } else { b }) as u32;
+        tok = l
+            .iter()
+            .enumerate()
+            .fold(0, |b, (i, v)| if *v > l[b] { i } else { b }) as u32;
     }
     r.probe = Some(Vec::new());
     r.step(tok as usize);
@@ -37,7 +40,13 @@ fn main() {
         let got = &trace.tensors[m.inputs.len() + k];
         let unit = (-(node.scale as f64)).exp2();
         let max = want.iter().fold(0f64, |a, v| a.max(v.abs()));
-        let err = got.iter().zip(&want).fold(0f64, |a, (&g, w)| a.max((g as f64 * unit - w).abs()));
-        println!("{name:24} max |ref| {max:10.4}  max err {err:10.6} ({:.3}%)", 100.0 * err / max);
+        let err = got
+            .iter()
+            .zip(&want)
+            .fold(0f64, |a, (&g, w)| a.max((g as f64 * unit - w).abs()));
+        println!(
+            "{name:24} max |ref| {max:10.4}  max err {err:10.6} ({:.3}%)",
+            100.0 * err / max
+        );
     }
 }

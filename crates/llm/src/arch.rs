@@ -110,7 +110,7 @@ impl Hparams {
         if head_dim % 2 != 0 {
             return Err(LlmError::Unsupported(format!("odd head width {head_dim}")));
         }
-        if let Some(_) = g.get(&key("rope.dimension_count")) {
+        if g.get(&key("rope.dimension_count")).is_some() {
             let d = int("rope.dimension_count")?;
             if d != head_dim {
                 return Err(LlmError::Unsupported(format!(
@@ -133,16 +133,18 @@ impl Hparams {
             None => 10000.0,
         };
         let eps = g.get_f64(&key("attention.layer_norm_rms_epsilon"))?;
-        if !(rope_base > 1.0 && rope_base.is_finite()) || !(eps > 0.0 && eps < 1.0) {
+        if !(rope_base > 1.0 && rope_base.is_finite() && eps > 0.0 && eps < 1.0) {
             return Err(LlmError::Unsupported(format!(
                 "RoPE base {rope_base} or RMSNorm epsilon {eps}"
             )));
         }
         let train_context = int("context_length")?;
-        let embd = g.tensor("token_embd.weight").ok_or_else(|| LlmError::Tensor {
-            name: "token_embd.weight".into(),
-            why: "missing".into(),
-        })?;
+        let embd = g
+            .tensor("token_embd.weight")
+            .ok_or_else(|| LlmError::Tensor {
+                name: "token_embd.weight".into(),
+                why: "missing".into(),
+            })?;
         if embd.dims.len() != 2 || embd.dims[0] != hidden as u64 {
             return Err(LlmError::Tensor {
                 name: embd.name.clone(),
@@ -226,7 +228,7 @@ fn tensor<'g>(g: &'g Gguf, name: &str, dims: &[usize]) -> Result<&'g TensorInfo,
 /// 24 bits, `q = round(w / d)`. Deterministic (exact dyadic arithmetic in `f64`).
 fn requantize(v: &[Dyadic], cols: usize, name: &str) -> Result<Blocks, LlmError> {
     const B: usize = 32;
-    if cols % B != 0 {
+    if !cols.is_multiple_of(B) {
         return Err(LlmError::Tensor {
             name: name.into(),
             why: format!("a float matrix with rows of {cols}, not a multiple of {B}"),
@@ -237,10 +239,18 @@ fn requantize(v: &[Dyadic], cols: usize, name: &str) -> Result<Blocks, LlmError>
     for blk in v.chunks(B) {
         let f: Vec<f64> = blk.iter().map(|d| d.to_f64()).collect();
         let max = f.iter().fold(0f64, |m, x| m.max(x.abs()));
-        let d = if max == 0.0 { Dyadic::default() } else { dyadic24(max / 127.0) };
+        let d = if max == 0.0 {
+            Dyadic::default()
+        } else {
+            dyadic24(max / 127.0)
+        };
         let df = d.to_f64();
         for &x in &f {
-            let r = if df == 0.0 { 0.0 } else { (x / df + 0.5).floor() };
+            let r = if df == 0.0 {
+                0.0
+            } else {
+                (x / df + 0.5).floor()
+            };
             q.push(r.clamp(-127.0, 127.0) as i8);
         }
         mult.push(d);

@@ -62,7 +62,13 @@ impl Dense {
                 .chunks(self.block)
                 .flat_map(|b| {
                     let m = b.iter().fold(0f64, |m, v| m.max(v.abs()));
-                    b.iter().map(move |v| if m == 0.0 { 0.0 } else { (127.0 * v / m).round() * m / 127.0 })
+                    b.iter().map(move |v| {
+                        if m == 0.0 {
+                            0.0
+                        } else {
+                            (127.0 * v / m).round() * m / 127.0
+                        }
+                    })
                 })
                 .collect::<Vec<f64>>();
             &q[..]
@@ -105,6 +111,9 @@ struct RefLayer {
     down: Dense,
 }
 
+/// One vector per position.
+type Rows = Vec<Vec<f64>>;
+
 /// The float model and its key/value cache.
 pub struct Reference {
     hp: Hparams,
@@ -113,7 +122,7 @@ pub struct Reference {
     out_norm: Vec<f64>,
     head: Option<Dense>,
     /// Per layer: keys and values of every past position, `[pos][kv_heads · head_dim]`.
-    cache: Vec<(Vec<Vec<f64>>, Vec<Vec<f64>>)>,
+    cache: Vec<(Rows, Rows)>,
     /// Maxima over every step run so far.
     pub maxima: Maxima,
     /// When set, every named intermediate of the next steps is recorded here (names as the canonical
@@ -213,7 +222,8 @@ impl Reference {
         for (l, layer) in self.layers.iter().enumerate() {
             let h = rms_norm(&x, &layer.attn_norm, hp.eps);
             rec(format!("blk.{l}.attn_norm"), &h);
-            let (mut q, mut k, mut v) = (layer.wq.apply(&h), layer.wk.apply(&h), layer.wv.apply(&h));
+            let (mut q, mut k, mut v) =
+                (layer.wq.apply(&h), layer.wk.apply(&h), layer.wv.apply(&h));
             if let Some([bq, bk, bv]) = &layer.bias {
                 for (t, b) in [(&mut q, bq), (&mut k, bk), (&mut v, bv)] {
                     t.iter_mut().zip(b).for_each(|(a, b)| *a += b);
@@ -236,7 +246,12 @@ impl Reference {
                 let qh = &q[hq * d..(hq + 1) * d];
                 let s: Vec<f64> = kc
                     .iter()
-                    .map(|kt| qh.iter().zip(&kt[hk * d..(hk + 1) * d]).map(|(a, b)| a * b).sum())
+                    .map(|kt| {
+                        qh.iter()
+                            .zip(&kt[hk * d..(hk + 1) * d])
+                            .map(|(a, b)| a * b)
+                            .sum()
+                    })
                     .collect();
                 upd(&mut m.scores, &s);
                 let scale = 1.0 / (d as f64).sqrt();

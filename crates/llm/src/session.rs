@@ -21,7 +21,12 @@ impl<'a> Session<'a> {
         let rows = hp.kv_heads * (step.context - 1) * hp.head_dim;
         Session {
             step,
-            exec: Executor::new(&step.model, Mode::Fast { threads: threads.max(1) }),
+            exec: Executor::new(
+                &step.model,
+                Mode::Fast {
+                    threads: threads.max(1),
+                },
+            ),
             caches: vec![vec![0; rows]; 2 * hp.layers],
             pos: 0,
         }

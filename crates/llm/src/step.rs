@@ -244,7 +244,8 @@ impl Ctx<'_> {
             b.q.iter().map(|&v| v.into()).collect(),
         );
         let mult = g.konst(vec![m.rows as u32, nb as u32], s, ints[..n].to_vec());
-        let offset = has_off.then(|| g.konst(vec![m.rows as u32, nb as u32], s, ints[n..].to_vec()));
+        let offset =
+            has_off.then(|| g.konst(vec![m.rows as u32, nb as u32], s, ints[n..].to_vec()));
         Mat {
             rows: m.rows,
             blocks: nb,
@@ -290,11 +291,25 @@ impl Ctx<'_> {
             s,
         );
         // the divisor is the maximum × 128/127, so the largest element maps to ±127 (not ±128)
-        let widen = g.konst(vec![1], 30, vec![((128f64 / 127.0) * (30f64).exp2()).round() as i32]);
+        let widen = g.konst(
+            vec![1],
+            30,
+            vec![((128f64 / 127.0) * (30f64).exp2()).round() as i32],
+        );
         let wide = g.map(format!("{name}/blockmax_wide"), Op::Mul, &[max, widen], s);
-        let m1 = g.map(format!("{name}/blockmax1"), Op::Clamp { lo: 1, hi: MAX }, &[wide], s);
+        let m1 = g.map(
+            format!("{name}/blockmax1"),
+            Op::Clamp { lo: 1, hi: MAX },
+            &[wide],
+            s,
+        );
         let div = g.map(format!("{name}/div"), Op::Div, &[xb, m1], 7);
-        let q = g.map(format!("{name}/q8d"), Op::Clamp { lo: -127, hi: 127 }, &[div], 7);
+        let q = g.map(
+            format!("{name}/q8d"),
+            Op::Clamp { lo: -127, hi: 127 },
+            &[div],
+            7,
+        );
         let m = g.reshape(format!("{name}/blockmaxima"), m1, vec![nb]);
         Dq { q, max: m, block }
     }
@@ -312,7 +327,9 @@ impl Ctx<'_> {
     /// `W x` from `x`'s dynamic 8-bit blocks; the result `[rows]` at `scale`.
     fn matmul(&mut self, name: &str, x: &Dq, w: &Mat, scale: i32) -> R {
         assert_eq!(x.block, w.block, "activation and weight blocks agree");
-        let s_p = (30 - ceil_log2(w.block_bound.max(1e-30))).clamp(-60, 60);
+        // no finer than the product itself (a left shift would add only zero bits)
+        let s_m = self.g.scale(w.mult);
+        let s_p = (30 - ceil_log2(w.block_bound.max(1e-30))).clamp(-60, 7 + s_m - 1);
         let s_x = self.g.scale(x.max);
         let g = &mut self.g;
         let (o, nb) = (w.rows as u32, w.blocks as u32);
@@ -328,7 +345,12 @@ impl Ctx<'_> {
             7,
         );
         let p = g.map(format!("{name}/blockscaled"), Op::Mul, &[acc, w.mult], s_p);
-        let pm = g.map(format!("{name}/blockvalues"), Op::Mul, &[p, x.max], scale - 2);
+        let pm = g.map(
+            format!("{name}/blockvalues"),
+            Op::Mul,
+            &[p, x.max],
+            scale - 2,
+        );
         let sum = g.node(
             format!("{name}/blocksum"),
             Op::Reduce {
@@ -376,7 +398,11 @@ impl Ctx<'_> {
         let eps = self.hp.eps;
         let (wn, wmax) = self.vector(w);
         let s = self.g.scale(x);
-        let ceps = self.g.konst(vec![1], 30, vec![((eps.sqrt() * (30f64).exp2()) + 0.5).floor() as i32]);
+        let ceps = self.g.konst(
+            vec![1],
+            30,
+            vec![((eps.sqrt() * (30f64).exp2()) + 0.5).floor() as i32],
+        );
         let s_rs = 30 - ceil_log2((h as f64).sqrt().max(8.0));
         let s_uw = 30 - ceil_log2(wmax.max(1e-6));
         let s_h = (30 - ceil_log2(wmax.max(1e-6) * (h as f64).sqrt().max(8.0))).min(24);
@@ -400,7 +426,12 @@ impl Ctx<'_> {
             vec![1],
             s,
         );
-        let m1 = g.map(format!("{name}/max1"), Op::Clamp { lo: 1, hi: MAX }, &[max], s);
+        let m1 = g.map(
+            format!("{name}/max1"),
+            Op::Clamp { lo: 1, hi: MAX },
+            &[max],
+            s,
+        );
         let u = g.map(format!("{name}/u"), Op::Div, &[x, m1], 30);
         let u2 = g.map(format!("{name}/u2"), Op::Mul, &[u, u], 30);
         let ms = g.node(
@@ -414,7 +445,12 @@ impl Ctx<'_> {
             24,
         );
         let v = g.map(format!("{name}/eps"), Op::Div, &[ceps, m1], 24);
-        let vc = g.map(format!("{name}/eps1"), Op::Clamp { lo: 0, hi: 8 << 24 }, &[v], 24);
+        let vc = g.map(
+            format!("{name}/eps1"),
+            Op::Clamp { lo: 0, hi: 8 << 24 },
+            &[v],
+            24,
+        );
         let t = g.map(format!("{name}/eps2"), Op::Mul, &[vc, vc], 24);
         let z = g.map(format!("{name}/z"), Op::Add, &[ms, t], 24);
         let rs = g.map(format!("{name}/rsqrt"), Op::Rsqrt, &[z], s_rs);
@@ -456,7 +492,13 @@ impl Ctx<'_> {
         let oc = g.map(format!("{name}/second_cos"), Op::Mul, &[o, c], s);
         let e2 = g.map(format!("{name}/first_rot"), Op::Sub, &[ec, os], s);
         let o2 = g.map(format!("{name}/second_rot"), Op::Add, &[es, oc], s);
-        let cat = g.node(format!("{name}/joined"), Op::Concat { axis }, &[e2, o2], shape, s);
+        let cat = g.node(
+            format!("{name}/joined"),
+            Op::Concat { axis },
+            &[e2, o2],
+            shape,
+            s,
+        );
         g.reshape(name.to_string(), cat, vec![heads as u32 * d])
     }
 }
@@ -507,7 +549,11 @@ pub fn build(w: &Weights, maxima: Maxima, context: usize) -> Result<Step, LlmErr
     };
     cx.report.requantized = std::iter::once(&w.embd)
         .chain(w.output.iter())
-        .chain(w.layers.iter().flat_map(|l| [&l.wq, &l.wk, &l.wv, &l.wo, &l.gate, &l.up, &l.down]))
+        .chain(
+            w.layers
+                .iter()
+                .flat_map(|l| [&l.wq, &l.wk, &l.wv, &l.wo, &l.gate, &l.up, &l.down]),
+        )
         .filter(|m| m.requantized)
         .map(|m| m.name.clone())
         .collect();
@@ -517,7 +563,12 @@ pub fn build(w: &Weights, maxima: Maxima, context: usize) -> Result<Step, LlmErr
         .map(|l| {
             let shape = vec![nkv as u32, t as u32, d as u32];
             (
-                cx.g.input(format!("k_cache.{l}"), shape.clone(), sc.k, InputKind::Fixed),
+                cx.g.input(
+                    format!("k_cache.{l}"),
+                    shape.clone(),
+                    sc.k,
+                    InputKind::Fixed,
+                ),
                 cx.g.input(format!("v_cache.{l}"), shape, sc.v, InputKind::Fixed),
             )
         })
@@ -559,7 +610,13 @@ pub fn build(w: &Weights, maxima: Maxima, context: usize) -> Result<Step, LlmErr
         let iota = g.konst(vec![t as u32 + 1], 0, iota);
         let one = g.konst(vec![1], 0, vec![1]);
         let big = g.konst(vec![1], sc.scores, vec![1 << 30]);
-        let diff = g.node("mask/diff".into(), Op::Sub, &[pos, iota], vec![t as u32 + 1], 0);
+        let diff = g.node(
+            "mask/diff".into(),
+            Op::Sub,
+            &[pos, iota],
+            vec![t as u32 + 1],
+            0,
+        );
         let valid = g.map("mask/valid".into(), Op::Clamp { lo: 0, hi: 1 }, &[diff], 0);
         let less = g.map("mask/less".into(), Op::Sub, &[valid, one], 0);
         g.map("mask/bias".into(), Op::Mul, &[less, big], sc.scores)
@@ -607,11 +664,23 @@ pub fn build(w: &Weights, maxima: Maxima, context: usize) -> Result<Step, LlmErr
             0,
         );
         let sm = g.scale(embd.mult);
-        let mg = g.node("embd/mult".into(), Op::Gather { axis: 0 }, &[embd.mult, token], vec![1, nb], sm);
+        let mg = g.node(
+            "embd/mult".into(),
+            Op::Gather { axis: 0 },
+            &[embd.mult, token],
+            vec![1, nb],
+            sm,
+        );
         let mg = g.reshape("embd/mult3".into(), mg, vec![1, nb, 1]);
         let mut x = g.map("embd/scaled".into(), Op::Mul, &[qg, mg], sc.residual);
         if let Some(off) = embd.offset {
-            let og = g.node("embd/offset".into(), Op::Gather { axis: 0 }, &[off, token], vec![1, nb], sm);
+            let og = g.node(
+                "embd/offset".into(),
+                Op::Gather { axis: 0 },
+                &[off, token],
+                vec![1, nb],
+                sm,
+            );
             let og = g.reshape("embd/offset3".into(), og, vec![1, nb, 1]);
             x = g.map("embd/withoffset".into(), Op::Add, &[x, og], sc.residual);
         }
@@ -622,7 +691,11 @@ pub fn build(w: &Weights, maxima: Maxima, context: usize) -> Result<Step, LlmErr
     for (l, layer) in w.layers.iter().enumerate() {
         let n = |s: &str| format!("blk.{l}.{s}");
         let h = cx.rms_norm(&n("attn_norm"), x, &layer.attn_norm);
-        let (wq, wk, wv) = (cx.matrix(&layer.wq), cx.matrix(&layer.wk), cx.matrix(&layer.wv));
+        let (wq, wk, wv) = (
+            cx.matrix(&layer.wq),
+            cx.matrix(&layer.wk),
+            cx.matrix(&layer.wv),
+        );
         let mut made = Vec::new();
         let xq = cx.dq_for(&n("attn_in"), h, &mut made, &wq);
         let mut q = cx.matmul(&n("q"), &xq, &wq, sc.q);
@@ -631,7 +704,11 @@ pub fn build(w: &Weights, maxima: Maxima, context: usize) -> Result<Step, LlmErr
         let xv = cx.dq_for(&n("attn_in"), h, &mut made, &wv);
         let mut v = cx.matmul(&n("v"), &xv, &wv, sc.v);
         if let Some([bq, bk, bv]) = &layer.bias {
-            for (t, b, s, nm) in [(&mut q, bq, sc.q, "q"), (&mut k, bk, sc.k, "k"), (&mut v, bv, sc.v, "v")] {
+            for (t, b, s, nm) in [
+                (&mut q, bq, sc.q, "q"),
+                (&mut k, bk, sc.k, "k"),
+                (&mut v, bv, sc.v, "v"),
+            ] {
                 let (data, bs, _) = at_one_scale(b, s);
                 let bc = cx.g.konst(vec![b.len() as u32], bs, data);
                 *t = cx.g.map(n(&format!("{nm}_bias")), Op::Add, &[*t, bc], s);
@@ -651,11 +728,39 @@ pub fn build(w: &Weights, maxima: Maxima, context: usize) -> Result<Step, LlmErr
             b: b.to_vec(),
             out: o.to_vec(),
         };
-        let s1 = g.node(n("scores_cache"), ein(b"kgd", b"ktd", b"kgt"), &[q4, kc], vec![nkv32, grp, t32], sc.scores);
-        let s2 = g.node(n("scores_new"), ein(b"kgd", b"ktd", b"kgt"), &[q4, kn], vec![nkv32, grp, 1], sc.scores);
-        let s = g.node(n("scores"), Op::Concat { axis: 2 }, &[s1, s2], vec![nkv32, grp, t32 + 1], sc.scores);
-        let s = g.map(n("scores_clamped"), Op::Clamp { lo: -(1 << 29), hi: 1 << 29 }, &[s], sc.scores);
+        let s1 = g.node(
+            n("scores_cache"),
+            ein(b"kgd", b"ktd", b"kgt"),
+            &[q4, kc],
+            vec![nkv32, grp, t32],
+            sc.scores,
+        );
+        let s2 = g.node(
+            n("scores_new"),
+            ein(b"kgd", b"ktd", b"kgt"),
+            &[q4, kn],
+            vec![nkv32, grp, 1],
+            sc.scores,
+        );
+        let s = g.node(
+            n("scores"),
+            Op::Concat { axis: 2 },
+            &[s1, s2],
+            vec![nkv32, grp, t32 + 1],
+            sc.scores,
+        );
+        let s = g.map(
+            n("scores_clamped"),
+            Op::Clamp {
+                lo: -(1 << 29),
+                hi: 1 << 29,
+            },
+            &[s],
+            sc.scores,
+        );
         let s = g.map(n("scores_masked"), Op::Add, &[s, mask], sc.scores);
+        // probabilities at the precision that keeps `Σ_t p · v` inside 64 bits for any 32-bit v
+        let s_prob = (30 - ceil_log2(t as f64 + 1.0)).min(24);
         let p = g.map(
             n("probs"),
             Op::Softmax {
@@ -664,12 +769,46 @@ pub fn build(w: &Weights, maxima: Maxima, context: usize) -> Result<Step, LlmErr
                 lo: sm_lo,
             },
             &[s, exp_table],
-            30,
+            s_prob,
         );
-        let p1 = g.node(n("probs_cache"), Op::Slice { axis: 2, start: 0, end: t32, step: 1 }, &[p], vec![nkv32, grp, t32], 30);
-        let p2 = g.node(n("probs_new"), Op::Slice { axis: 2, start: t32, end: t32 + 1, step: 1 }, &[p], vec![nkv32, grp, 1], 30);
-        let o1 = g.node(n("attn_cache"), ein(b"kgt", b"ktd", b"kgd"), &[p1, vc], vec![nkv32, grp, d32], sc.v);
-        let o2 = g.node(n("attn_new"), ein(b"kgt", b"ktd", b"kgd"), &[p2, vn], vec![nkv32, grp, d32], sc.v);
+        let p1 = g.node(
+            n("probs_cache"),
+            Op::Slice {
+                axis: 2,
+                start: 0,
+                end: t32,
+                step: 1,
+            },
+            &[p],
+            vec![nkv32, grp, t32],
+            s_prob,
+        );
+        let p2 = g.node(
+            n("probs_new"),
+            Op::Slice {
+                axis: 2,
+                start: t32,
+                end: t32 + 1,
+                step: 1,
+            },
+            &[p],
+            vec![nkv32, grp, 1],
+            s_prob,
+        );
+        let o1 = g.node(
+            n("attn_cache"),
+            ein(b"kgt", b"ktd", b"kgd"),
+            &[p1, vc],
+            vec![nkv32, grp, d32],
+            sc.v,
+        );
+        let o2 = g.node(
+            n("attn_new"),
+            ein(b"kgt", b"ktd", b"kgd"),
+            &[p2, vn],
+            vec![nkv32, grp, d32],
+            sc.v,
+        );
         let o = g.map(n("attn"), Op::Add, &[o1, o2], sc.v);
         let o = g.reshape(n("attn_flat"), o, vec![(nh * d) as u32]);
         let wo = cx.matrix(&layer.wo);
@@ -677,7 +816,11 @@ pub fn build(w: &Weights, maxima: Maxima, context: usize) -> Result<Step, LlmErr
         let a = cx.matmul(&n("attn_out"), &oq, &wo, sc.residual);
         x = cx.g.map(n("attn_residual"), Op::Add, &[x, a], sc.residual);
         let h = cx.rms_norm(&n("ffn_norm"), x, &layer.ffn_norm);
-        let (wg, wu, wd) = (cx.matrix(&layer.gate), cx.matrix(&layer.up), cx.matrix(&layer.down));
+        let (wg, wu, wd) = (
+            cx.matrix(&layer.gate),
+            cx.matrix(&layer.up),
+            cx.matrix(&layer.down),
+        );
         let mut made = Vec::new();
         let xg = cx.dq_for(&n("ffn_in"), h, &mut made, &wg);
         let gate = cx.matmul(&n("gate"), &xg, &wg, sc.gate);

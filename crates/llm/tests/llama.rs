@@ -40,12 +40,14 @@ fn track(bytes: Vec<u8>, steps: usize) -> (f64, usize) {
         let want = r.step(tok as usize);
         let got = s.feed(tok).unwrap();
         let max = want.iter().fold(0f64, |m, v| m.max(v.abs()));
-        let err = got
-            .iter()
-            .zip(&want)
-            .fold(0f64, |m, (&g, w)| m.max((g as f64 * (-(ls as f64)).exp2() - w).abs()));
+        let err = got.iter().zip(&want).fold(0f64, |m, (&g, w)| {
+            m.max((g as f64 * (-(ls as f64)).exp2() - w).abs())
+        });
         worst = worst.max(err / max);
-        let wa = want.iter().enumerate().fold(0, |b, (i, v)| if *v > want[b] { i } else { b });
+        let wa = want
+            .iter()
+            .enumerate()
+            .fold(0, |b, (i, v)| if *v > want[b] { i } else { b });
         agree += (argmax(&got) as usize == wa) as usize;
         tok = wa as u32;
     }
@@ -63,8 +65,15 @@ fn every_quantization_type_tracks_the_float_model() {
     ];
     for (i, (types, output)) in cases.into_iter().enumerate() {
         let (err, agree) = track(tiny_model(&llama(types, output), 100 + i as u64), 12);
-        eprintln!("case {i}: max logit error {:.3}%, argmax agreement {agree}/12", err * 100.0);
-        assert!(err < 0.05, "case {i} ({types:?}): logits off by {:.2}%", err * 100.0);
+        eprintln!(
+            "case {i}: max logit error {:.3}%, argmax agreement {agree}/12",
+            err * 100.0
+        );
+        assert!(
+            err < 0.05,
+            "case {i} ({types:?}): logits off by {:.2}%",
+            err * 100.0
+        );
         assert!(agree >= 10, "case {i}: argmax agreed {agree}/12");
     }
 }
@@ -77,7 +86,10 @@ fn qwen2_with_biases_and_halves_rope_tracks_the_float_model() {
         ..llama([Q8_0, Q4_K, Q6_K, Q8_0], None)
     };
     let (err, agree) = track(tiny_model(&t, 7), 12);
-    eprintln!("qwen2: max logit error {:.3}%, argmax agreement {agree}/12", err * 100.0);
+    eprintln!(
+        "qwen2: max logit error {:.3}%, argmax agreement {agree}/12",
+        err * 100.0
+    );
     assert!(err < 0.05 && agree >= 10, "{err} {agree}");
 }
 
@@ -161,12 +173,18 @@ fn requests_past_the_context_or_vocabulary_are_refused() {
     let step = verity_llm::compile(&g, 4).unwrap();
     let mut s = Session::new(&step, 1);
     let e = s.feed(97).unwrap_err();
-    assert!(matches!(e, LlmError::Request(_)) && e.to_string().contains("vocabulary"), "{e}");
+    assert!(
+        matches!(e, LlmError::Request(_)) && e.to_string().contains("vocabulary"),
+        "{e}"
+    );
     for t in 0..4 {
         s.feed(t).unwrap();
     }
     let e = s.feed(0).unwrap_err();
-    assert!(e.to_string().contains("context of 4 positions is full"), "{e}");
+    assert!(
+        e.to_string().contains("context of 4 positions is full"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -180,9 +198,15 @@ fn unsupported_architectures_and_missing_tensors_are_named() {
     assert!(e.contains("gemma") && e.contains("llama"), "{e}");
     // a file without its down projections
     let mut bytes = tiny_model(&llama([Q8_0; 4], None), 1);
-    let at = bytes.windows(14).position(|w| w == b"blk.1.ffn_down").unwrap();
+    let at = bytes
+        .windows(14)
+        .position(|w| w == b"blk.1.ffn_down")
+        .unwrap();
     bytes[at + 10..at + 14].copy_from_slice(b"xxxx");
     let g = Gguf::parse(bytes).unwrap();
     let e = verity_llm::compile(&g, 8).unwrap_err().to_string();
-    assert!(e.contains("blk.1.ffn_down.weight") && e.contains("missing"), "{e}");
+    assert!(
+        e.contains("blk.1.ffn_down.weight") && e.contains("missing"),
+        "{e}"
+    );
 }

@@ -24,7 +24,11 @@ impl Rng {
 pub fn f16_bits(x: f64) -> u16 {
     let sign = if x < 0.0 { 0x8000 } else { 0 };
     let a = x.abs();
-    let e = if a == 0.0 { -15 } else { a.log2().floor() as i32 };
+    let e = if a == 0.0 {
+        -15
+    } else {
+        a.log2().floor() as i32
+    };
     if e < -14 {
         // subnormal: a multiple of 2^-24
         return sign | (a * (24f64).exp2()).round() as u16;
@@ -90,12 +94,12 @@ pub fn write_gguf(meta: &[(&str, Meta)], tensors: &[Tensor]) -> Vec<u8> {
         b.extend(offset.to_le_bytes());
         offset += (t.data.len() as u64).div_ceil(32) * 32;
     }
-    while b.len() % 32 != 0 {
+    while !b.len().is_multiple_of(32) {
         b.push(0);
     }
     for t in tensors {
         b.extend(&t.data);
-        while b.len() % 32 != 0 {
+        while !b.len().is_multiple_of(32) {
             b.push(0);
         }
     }
@@ -116,7 +120,14 @@ pub const Q5_K: u32 = 13;
 pub const Q6_K: u32 = 14;
 
 /// A random `[rows, cols]` weight of type `ty` whose values have a magnitude near `size`.
-pub fn random_matrix(rng: &mut Rng, name: &str, rows: usize, cols: usize, ty: u32, size: f64) -> Tensor {
+pub fn random_matrix(
+    rng: &mut Rng,
+    name: &str,
+    rows: usize,
+    cols: usize,
+    ty: u32,
+    size: f64,
+) -> Tensor {
     let (block, bytes, scales): (usize, usize, &[(usize, f64)]) = match ty {
         // block scales (and minimums) that give weights a spread near 0.06 · size
         Q4_0 => (32, 18, &[(0, 0.013)]),
@@ -189,36 +200,150 @@ pub fn tiny_model(t: &Tiny, seed: u64) -> Vec<u8> {
         ("general.name", Meta::Str("tiny".into())),
         (leak(format!("{a}.block_count")), Meta::U32(t.layers as u32)),
         (leak(format!("{a}.context_length")), Meta::U32(256)),
-        (leak(format!("{a}.embedding_length")), Meta::U32(t.hidden as u32)),
-        (leak(format!("{a}.feed_forward_length")), Meta::U32(t.ffn as u32)),
-        (leak(format!("{a}.attention.head_count")), Meta::U32(t.heads as u32)),
-        (leak(format!("{a}.attention.head_count_kv")), Meta::U32(t.kv_heads as u32)),
+        (
+            leak(format!("{a}.embedding_length")),
+            Meta::U32(t.hidden as u32),
+        ),
+        (
+            leak(format!("{a}.feed_forward_length")),
+            Meta::U32(t.ffn as u32),
+        ),
+        (
+            leak(format!("{a}.attention.head_count")),
+            Meta::U32(t.heads as u32),
+        ),
+        (
+            leak(format!("{a}.attention.head_count_kv")),
+            Meta::U32(t.kv_heads as u32),
+        ),
         (leak(format!("{a}.rope.freq_base")), Meta::F32(10000.0)),
-        (leak(format!("{a}.attention.layer_norm_rms_epsilon")), Meta::F32(1e-5)),
+        (
+            leak(format!("{a}.attention.layer_norm_rms_epsilon")),
+            Meta::F32(1e-5),
+        ),
         ("tokenizer.ggml.bos_token_id", Meta::U32(1)),
     ];
     let [ta, tf, td, te] = t.types;
-    let mut ts = vec![random_matrix(&mut rng, "token_embd.weight", t.vocab, t.hidden, te, 1.0)];
+    let mut ts = vec![random_matrix(
+        &mut rng,
+        "token_embd.weight",
+        t.vocab,
+        t.hidden,
+        te,
+        1.0,
+    )];
     for l in 0..t.layers {
         let n = |s: &str| format!("blk.{l}.{s}");
-        ts.push(random_vector(&mut rng, &n("attn_norm.weight"), t.hidden, 1.0, 0.4));
-        ts.push(random_matrix(&mut rng, &n("attn_q.weight"), t.heads * hd, t.hidden, ta, 1.0));
-        ts.push(random_matrix(&mut rng, &n("attn_k.weight"), t.kv_heads * hd, t.hidden, ta, 1.0));
-        ts.push(random_matrix(&mut rng, &n("attn_v.weight"), t.kv_heads * hd, t.hidden, ta, 1.0));
+        ts.push(random_vector(
+            &mut rng,
+            &n("attn_norm.weight"),
+            t.hidden,
+            1.0,
+            0.4,
+        ));
+        ts.push(random_matrix(
+            &mut rng,
+            &n("attn_q.weight"),
+            t.heads * hd,
+            t.hidden,
+            ta,
+            1.0,
+        ));
+        ts.push(random_matrix(
+            &mut rng,
+            &n("attn_k.weight"),
+            t.kv_heads * hd,
+            t.hidden,
+            ta,
+            1.0,
+        ));
+        ts.push(random_matrix(
+            &mut rng,
+            &n("attn_v.weight"),
+            t.kv_heads * hd,
+            t.hidden,
+            ta,
+            1.0,
+        ));
         if t.qkv_bias {
-            ts.push(random_vector(&mut rng, &n("attn_q.bias"), t.heads * hd, 0.0, 0.5));
-            ts.push(random_vector(&mut rng, &n("attn_k.bias"), t.kv_heads * hd, 0.0, 0.5));
-            ts.push(random_vector(&mut rng, &n("attn_v.bias"), t.kv_heads * hd, 0.0, 0.5));
+            ts.push(random_vector(
+                &mut rng,
+                &n("attn_q.bias"),
+                t.heads * hd,
+                0.0,
+                0.5,
+            ));
+            ts.push(random_vector(
+                &mut rng,
+                &n("attn_k.bias"),
+                t.kv_heads * hd,
+                0.0,
+                0.5,
+            ));
+            ts.push(random_vector(
+                &mut rng,
+                &n("attn_v.bias"),
+                t.kv_heads * hd,
+                0.0,
+                0.5,
+            ));
         }
-        ts.push(random_matrix(&mut rng, &n("attn_output.weight"), t.hidden, t.heads * hd, ta, 1.0));
-        ts.push(random_vector(&mut rng, &n("ffn_norm.weight"), t.hidden, 1.0, 0.4));
-        ts.push(random_matrix(&mut rng, &n("ffn_gate.weight"), t.ffn, t.hidden, tf, 1.0));
-        ts.push(random_matrix(&mut rng, &n("ffn_up.weight"), t.ffn, t.hidden, tf, 1.0));
-        ts.push(random_matrix(&mut rng, &n("ffn_down.weight"), t.hidden, t.ffn, td, 1.0));
+        ts.push(random_matrix(
+            &mut rng,
+            &n("attn_output.weight"),
+            t.hidden,
+            t.heads * hd,
+            ta,
+            1.0,
+        ));
+        ts.push(random_vector(
+            &mut rng,
+            &n("ffn_norm.weight"),
+            t.hidden,
+            1.0,
+            0.4,
+        ));
+        ts.push(random_matrix(
+            &mut rng,
+            &n("ffn_gate.weight"),
+            t.ffn,
+            t.hidden,
+            tf,
+            1.0,
+        ));
+        ts.push(random_matrix(
+            &mut rng,
+            &n("ffn_up.weight"),
+            t.ffn,
+            t.hidden,
+            tf,
+            1.0,
+        ));
+        ts.push(random_matrix(
+            &mut rng,
+            &n("ffn_down.weight"),
+            t.hidden,
+            t.ffn,
+            td,
+            1.0,
+        ));
     }
-    ts.push(random_vector(&mut rng, "output_norm.weight", t.hidden, 1.0, 0.4));
+    ts.push(random_vector(
+        &mut rng,
+        "output_norm.weight",
+        t.hidden,
+        1.0,
+        0.4,
+    ));
     if let Some(to) = t.output {
-        ts.push(random_matrix(&mut rng, "output.weight", t.vocab, t.hidden, to, 1.0));
+        ts.push(random_matrix(
+            &mut rng,
+            "output.weight",
+            t.vocab,
+            t.hidden,
+            to,
+            1.0,
+        ));
     }
     write_gguf(&meta, &ts)
 }

@@ -1,0 +1,364 @@
+//! Block-wise dot products of 8-bit activations with 8-bit (or narrower) weights: the contraction
+//! `y[o, g] = Σ_k x[g, k] · w[o, g, k]` (`EinSum {gk, ogk → og}`) that block-quantized matrix products
+//! (GGUF weights, `w4` precisions) compute before scaling each block — a batch of matrix-vector
+//! products, one per block, which the general GEMM path would run as many tiny products.
+//!
+//! The weights are packed once, 16 rows at a time: for each block and each quad of 4 values of `k`,
+//! 16 rows × 4 bytes, one 512-bit register. A row tile's product then needs one broadcast of 4
+//! activation bytes per quad and one `vpdpbusd`, and writes 16 outputs at once. Activations are offset
+//! by 128 into `0..=255` (`vpdpbusd` multiplies unsigned by signed bytes); the offset's contribution,
+//! 128 times each block row's weight sum, is subtracted exactly. `|Σ| ≤ k · 255 · 128` stays in `i32`
+//! for blocks of up to 65,536 values, so every level (AVX-512 VNNI, or portable code compiled for the
+//! CPU's vector width) gives the exact integers of the reference executor.
+
+use crate::par;
+
+/// Rows per packed tile.
+const TILE: usize = 16;
+
+/// Weights `[rows, blocks, block]` packed for [`PackedBlocks::run`].
+#[derive(Clone, Debug)]
+pub struct PackedBlocks {
+    rows: usize,
+    blocks: usize,
+    block: usize,
+    /// Per tile, per block, per quad: 16 rows × 4 signed bytes.
+    data: Vec<u8>,
+    /// Per tile, per block: 16 lanes of `128 · Σ_k w`.
+    offsets: Vec<i32>,
+    /// The per-block multipliers of [`PackedBlocks::run_sums`] in the same order, once given.
+    mult: Vec<i64>,
+}
+
+impl PackedBlocks {
+    /// Packs `w` (`[rows, blocks, block]`, row-major) when every value is in `−128..=127` and
+    /// `block` is a multiple of 4 up to 65,536; `None` otherwise (the general path then runs).
+    pub fn new(w: &[i32], rows: usize, blocks: usize, block: usize) -> Option<PackedBlocks> {
+        if block == 0
+            || !block.is_multiple_of(4)
+            || block > 65_536
+            || w.len() != rows * blocks * block
+        {
+            return None;
+        }
+        if w.iter().any(|&v| !(-128..=127).contains(&v)) {
+            return None;
+        }
+        let tiles = rows.div_ceil(TILE);
+        let quads = block / 4;
+        let mut data = vec![0u8; tiles * blocks * quads * TILE * 4];
+        let mut offsets = vec![0i32; tiles * blocks * TILE];
+        for o in 0..rows {
+            let (t, lane) = (o / TILE, o % TILE);
+            for g in 0..blocks {
+                let src = &w[(o * blocks + g) * block..][..block];
+                offsets[(t * blocks + g) * TILE + lane] = 128 * src.iter().sum::<i32>();
+                for (kq, quad) in src.chunks_exact(4).enumerate() {
+                    let at = (((t * blocks + g) * quads + kq) * TILE + lane) * 4;
+                    for (i, &v) in quad.iter().enumerate() {
+                        data[at + i] = v as i8 as u8;
+                    }
+                }
+            }
+        }
+        Some(PackedBlocks {
+            rows,
+            blocks,
+            block,
+            data,
+            offsets,
+            mult: Vec::new(),
+        })
+    }
+
+    /// Keeps the per-block multipliers `[rows, blocks]` that [`PackedBlocks::run_sums`] applies, in
+    /// tile order (false, and nothing kept, if the shape differs).
+    pub fn set_multipliers(&mut self, mult: &[i32]) -> bool {
+        if mult.len() != self.rows * self.blocks {
+            return false;
+        }
+        let tiles = self.rows.div_ceil(TILE);
+        self.mult = vec![0; tiles * self.blocks * TILE];
+        for o in 0..self.rows {
+            for g in 0..self.blocks {
+                self.mult[((o / TILE) * self.blocks + g) * TILE + o % TILE] =
+                    mult[o * self.blocks + g].into();
+            }
+        }
+        true
+    }
+
+    /// `y[o, g] = Σ_k x[g, k] · w[o, g, k]` (`[rows, blocks]`), or `None` when `x` holds a value
+    /// outside `−128..=127`.
+    pub fn run(&self, x: &[i32], threads: usize) -> Option<Vec<i32>> {
+        if x.len() != self.blocks * self.block || x.iter().any(|&v| !(-128..=127).contains(&v)) {
+            return None;
+        }
+        let xu: Vec<u8> = x.iter().map(|&v| (v + 128) as u8).collect();
+        let mut out = vec![0i32; self.rows * self.blocks];
+        let row_len = self.blocks;
+        par::rows(&mut out, row_len, threads, TILE, |first, part| {
+            let mut tmp = vec![0i32; self.blocks * TILE];
+            for (i, rows) in part.chunks_mut(TILE * row_len).enumerate() {
+                let t = first / TILE + i;
+                self.tile(t, &xu, &mut tmp);
+                for (lane, row) in rows.chunks_mut(row_len).enumerate() {
+                    for (g, y) in row.iter_mut().enumerate() {
+                        *y = tmp[g * TILE + lane];
+                    }
+                }
+            }
+        });
+        Some(out)
+    }
+
+    /// The block sums of a block-quantized product in one pass: per row `o`,
+    /// `Σ_g fit(rshift(fit(rshift(y[o,g] · mult[o,g], s1)) · scale[g], s2))`, then `rshift(·, s3)` and
+    /// fitted — the `Mul`, `Mul` and `Reduce Sum` nodes that follow the product, with the same
+    /// integers, `mult` being the multipliers given to [`PackedBlocks::set_multipliers`]. `None` when
+    /// there are none, `x` is not 8-bit, or some intermediate leaves `i32` (the caller then runs the
+    /// nodes one by one, which report the error at its node). Shifts must be in `1..=62` (`s3` in
+    /// `0..=62`).
+    pub fn run_sums(
+        &self,
+        x: &[i32],
+        scale: &[i32],
+        shifts: [u32; 3],
+        threads: usize,
+    ) -> Option<Vec<i32>> {
+        let [s1, s2, s3] = shifts;
+        let ok = |s: u32| (1..=62).contains(&s);
+        if x.len() != self.blocks * self.block
+            || x.iter().any(|&v| !(-128..=127).contains(&v))
+            || self.mult.is_empty()
+            || scale.len() != self.blocks
+            || !ok(s1)
+            || !ok(s2)
+            || s3 > 62
+        {
+            return None;
+        }
+        let xu: Vec<u8> = x.iter().map(|&v| (v + 128) as u8).collect();
+        let mut out = vec![0i32; self.rows];
+        let failed = std::sync::atomic::AtomicBool::new(false);
+        par::rows(&mut out, 1, threads, TILE, |first, part| {
+            let mut tmp = vec![0i32; self.blocks * TILE];
+            for (i, rows) in part.chunks_mut(TILE).enumerate() {
+                let t = first / TILE + i;
+                self.tile(t, &xu, &mut tmp);
+                let mult = &self.mult[t * self.blocks * TILE..(t + 1) * self.blocks * TILE];
+                let mut sums = [0i64; TILE];
+                if !epilogue(&tmp, mult, scale, shifts, &mut sums) {
+                    failed.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+                for (y, &v) in rows.iter_mut().zip(&sums) {
+                    *y = v as i32;
+                }
+            }
+        });
+        (!failed.into_inner()).then_some(out)
+    }
+
+    /// Tile `t`'s outputs, `[blocks][16]`, into `tmp`.
+    fn tile(&self, t: usize, xu: &[u8], tmp: &mut [i32]) {
+        let quads = self.block / 4;
+        let span = self.blocks * quads * TILE * 4;
+        let w = &self.data[t * span..(t + 1) * span];
+        let off = &self.offsets[t * self.blocks * TILE..(t + 1) * self.blocks * TILE];
+        #[cfg(target_arch = "x86_64")]
+        if crate::qgemm::Level::detect() == crate::qgemm::Level::Avx512Vnni {
+            // SAFETY: the CPU supports AVX-512F/BW/VNNI (checked by `Level::detect`); the slices
+            // have the lengths `tile_vnni` reads, by construction of `data`, `offsets` and `xu`.
+            unsafe { tile_vnni(w, off, xu, self.blocks, quads, tmp) };
+            return;
+        }
+        tile_portable(w, off, xu, self.blocks, quads, tmp);
+    }
+}
+
+/// One tile's block sums (see [`PackedBlocks::run_sums`]) into `sums`; false if a value left `i32`.
+#[inline(always)]
+fn epilogue_body(
+    tmp: &[i32],
+    mult: &[i64],
+    scale: &[i32],
+    shifts: [u32; 3],
+    sums: &mut [i64; TILE],
+) -> bool {
+    let [s1, s2, s3] = shifts;
+    let (h1, h2) = (1i64 << (s1 - 1), 1i64 << (s2 - 1));
+    let h3 = if s3 == 0 { 0 } else { 1i64 << (s3 - 1) };
+    let (mut lo, mut hi) = ([0i64; TILE], [0i64; TILE]);
+    for (g, &sc) in scale.iter().enumerate() {
+        let (y, m) = (&tmp[g * TILE..][..TILE], &mult[g * TILE..][..TILE]);
+        for lane in 0..TILE {
+            let p = (y[lane] as i64 * m[lane] + h1) >> s1;
+            let pc = p.clamp(i32::MIN as i64, i32::MAX as i64);
+            let v = (pc * sc as i64 + h2) >> s2;
+            lo[lane] = lo[lane].min(p).min(v);
+            hi[lane] = hi[lane].max(p).max(v);
+            sums[lane] += v;
+        }
+    }
+    let mut fits = true;
+    for lane in 0..TILE {
+        let r = (sums[lane] + h3) >> s3;
+        fits &= lo[lane] >= i32::MIN as i64 && hi[lane] <= i32::MAX as i64 && r == r as i32 as i64;
+        sums[lane] = r;
+    }
+    fits
+}
+
+crate::multiversion! {
+    fn epilogue(tmp: &[i32], mult: &[i64], scale: &[i32], shifts: [u32; 3], sums: &mut [i64; TILE]) -> bool = epilogue_body
+}
+
+#[inline(always)]
+fn tile_body(w: &[u8], off: &[i32], xu: &[u8], blocks: usize, quads: usize, tmp: &mut [i32]) {
+    for g in 0..blocks {
+        let mut acc = [0i32; TILE];
+        for kq in 0..quads {
+            let xq = &xu[(g * quads + kq) * 4..][..4];
+            let wq = &w[(g * quads + kq) * TILE * 4..][..TILE * 4];
+            for (lane, a) in acc.iter_mut().enumerate() {
+                for i in 0..4 {
+                    *a += xq[i] as i32 * wq[lane * 4 + i] as i8 as i32;
+                }
+            }
+        }
+        for (lane, a) in acc.iter().enumerate() {
+            tmp[g * TILE + lane] = a - off[g * TILE + lane];
+        }
+    }
+}
+
+crate::multiversion! {
+    fn tile_portable(w: &[u8], off: &[i32], xu: &[u8], blocks: usize, quads: usize, tmp: &mut [i32]) -> () = tile_body
+}
+
+/// # Safety
+/// The CPU must support AVX-512F/BW/VNNI; `w` holds `blocks · quads · 64` bytes, `off` and `tmp`
+/// `blocks · 16` values, `xu` `blocks · quads · 4` bytes.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn tile_vnni(
+    w: &[u8],
+    off: &[i32],
+    xu: &[u8],
+    blocks: usize,
+    quads: usize,
+    tmp: &mut [i32],
+) {
+    use std::arch::x86_64::*;
+    assert!(
+        w.len() >= blocks * quads * 64 && off.len() >= blocks * TILE && tmp.len() >= blocks * TILE
+    );
+    assert!(xu.len() >= blocks * quads * 4);
+    let (wp, xp) = (w.as_ptr(), xu.as_ptr());
+    for g in 0..blocks {
+        let mut acc = _mm512_setzero_si512();
+        for kq in 0..quads {
+            let q = g * quads + kq;
+            let va = _mm512_set1_epi32((xp.add(q * 4) as *const i32).read_unaligned());
+            let vb = _mm512_loadu_si512(wp.add(q * 64) as *const _);
+            acc = _mm512_dpbusd_epi32(acc, va, vb);
+        }
+        let o = _mm512_loadu_si512(off.as_ptr().add(g * TILE) as *const _);
+        _mm512_storeu_si512(
+            tmp.as_mut_ptr().add(g * TILE) as *mut _,
+            _mm512_sub_epi32(acc, o),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn naive(x: &[i32], w: &[i32], rows: usize, blocks: usize, block: usize) -> Vec<i32> {
+        let mut y = vec![0i32; rows * blocks];
+        for o in 0..rows {
+            for g in 0..blocks {
+                y[o * blocks + g] = (0..block)
+                    .map(|k| x[g * block + k] * w[(o * blocks + g) * block + k])
+                    .sum();
+            }
+        }
+        y
+    }
+
+    #[test]
+    fn equals_the_exact_sums_at_every_level_and_split() {
+        let mut s = 7u64;
+        let mut next = |lo: i32, hi: i32| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            lo + ((s >> 33) % (hi - lo + 1) as u64) as i32
+        };
+        for &(rows, blocks, block) in
+            &[(1, 1, 4), (17, 3, 32), (40, 5, 16), (33, 2, 256), (5, 7, 8)]
+        {
+            let w: Vec<i32> = (0..rows * blocks * block)
+                .map(|_| next(-128, 127))
+                .collect();
+            let mut x: Vec<i32> = (0..blocks * block).map(|_| next(-128, 127)).collect();
+            // the extremes: every product at its largest magnitude
+            x[0] = -128;
+            let p = PackedBlocks::new(&w, rows, blocks, block).unwrap();
+            let want = naive(&x, &w, rows, blocks, block);
+            use crate::simd::Isa;
+            for isa in [Isa::Base, Isa::Avx2, Isa::Avx512] {
+                Isa::cap(isa);
+                for threads in 1..=3 {
+                    let got = p.run(&x, threads).unwrap();
+                    assert_eq!(got, want, "{rows}x{blocks}x{block} on {threads} at {isa:?}");
+                }
+            }
+            Isa::cap(Isa::Avx512);
+            let mut wide = x.clone();
+            wide[blocks * block - 1] = 128;
+            assert!(p.run(&wide, 1).is_none());
+        }
+        // the fused epilogue equals the three nodes' formulas in i128
+        let (rows, blocks, block) = (37, 6, 32);
+        let w: Vec<i32> = (0..rows * blocks * block).map(|_| next(-8, 7)).collect();
+        let x: Vec<i32> = (0..blocks * block).map(|_| next(-127, 127)).collect();
+        let mult: Vec<i32> = (0..rows * blocks)
+            .map(|_| next(-(1 << 24), 1 << 24))
+            .collect();
+        let scale: Vec<i32> = (0..blocks).map(|_| next(1, 1 << 20)).collect();
+        let mut p = PackedBlocks::new(&w, rows, blocks, block).unwrap();
+        assert!(
+            p.run_sums(&x, &scale, [20, 18, 0], 1).is_none(),
+            "no multipliers yet"
+        );
+        assert!(p.set_multipliers(&mult));
+        let y = naive(&x, &w, rows, blocks, block);
+        let r = |v: i128, k: u32| crate::arith::rshift(v, k as i32);
+        for sh in [[20u32, 18, 0], [7, 30, 3], [1, 1, 62]] {
+            let want: Option<Vec<i32>> = (0..rows)
+                .map(|o| {
+                    let mut sum = 0i128;
+                    for g in 0..blocks {
+                        let p = i32::try_from(r(
+                            y[o * blocks + g] as i128 * mult[o * blocks + g] as i128,
+                            sh[0],
+                        ))
+                        .ok()?;
+                        sum += i32::try_from(r(p as i128 * scale[g] as i128, sh[1])).ok()? as i128;
+                    }
+                    i32::try_from(r(sum, sh[2])).ok()
+                })
+                .collect();
+            for threads in 1..=2 {
+                assert_eq!(p.run_sums(&x, &scale, sh, threads), want, "{sh:?}");
+            }
+        }
+        let all_min = vec![-128; 64 * 4];
+        let p = PackedBlocks::new(&all_min, 4, 1, 64).unwrap();
+        assert_eq!(p.run(&vec![-128; 64], 2).unwrap(), vec![64 * 128 * 128; 4]);
+        assert!(PackedBlocks::new(&[200; 4], 1, 1, 4).is_none());
+        assert!(PackedBlocks::new(&[1; 6], 1, 1, 6).is_none());
+    }
+}
