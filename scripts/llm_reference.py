@@ -14,14 +14,21 @@ import hashlib
 import json
 import os
 
+import jinja2
 import numpy as np
 import llama_cpp
+import gguf
 
 PROMPTS = [
     ("plain", "The capital of France is", False),
     ("code", "def fibonacci(n):\n    ", False),
     ("chat", "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"
              "<|im_start|>user\nWhat is 12 times 7?<|im_end|>\n<|im_start|>assistant\n", True),
+]
+CHATS = [
+    [{"role": "user", "content": "What is 12 times 7?"}],
+    [{"role": "system", "content": "Answer in French."}, {"role": "user", "content": "Hi!"},
+     {"role": "assistant", "content": "Bonjour !"}, {"role": "user", "content": "Ça va ?"}],
 ]
 TEXTS = [
     "Hello, world!",
@@ -60,12 +67,20 @@ def main():
             top.append([[int(i), round(float(row[i]), 5)] for i in idx])
         cases.append({"name": name, "text": text, "tokens": toks, "greedy": greedy, "top": top})
     texts = [{"text": t, "tokens": m.tokenize(t.encode(), add_bos=False, special=True)} for t in TEXTS]
+    template = gguf.GGUFReader(a.model).fields["tokenizer.chat_template"].contents()
+    chats = []
+    for msgs in CHATS:
+        for gen in (True, False):
+            text = jinja2.Environment().from_string(template).render(messages=msgs, add_generation_prompt=gen)
+            chats.append({"messages": msgs, "add_generation_prompt": gen, "rendered": text,
+                          "tokens": m.tokenize(text.encode(), add_bos=False, special=True)})
     out = {
         "model": {"file": os.path.basename(a.model), "sha256": sha},
         "llama_cpp_python": llama_cpp.__version__,
         "threads": 1,
         "cases": cases,
         "tokenizer": texts,
+        "chats": chats,
     }
     with open(a.out, "w") as f:
         json.dump(out, f, indent=1, ensure_ascii=False)

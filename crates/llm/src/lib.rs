@@ -9,10 +9,12 @@ pub mod gguf;
 pub mod reference;
 pub mod session;
 pub mod step;
+pub mod tokenizer;
 
 pub use arch::{Hparams, LlmError, Weights};
 pub use session::Session;
 pub use step::Step;
+pub use tokenizer::Tokenizer;
 
 /// Calibration tokens: the file's BOS token, then a fixed SplitMix64 sequence over the vocabulary.
 pub fn calibration_tokens(g: &gguf::Gguf, vocab: usize, n: usize) -> Vec<u32> {

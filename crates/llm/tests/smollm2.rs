@@ -24,13 +24,7 @@ fn model_path() -> PathBuf {
 
 #[test]
 fn smollm2_agrees_with_llama_cpp() {
-    let fixture: Value = serde_json::from_str(
-        &std::fs::read_to_string(
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/smollm2_llama_cpp.json"),
-        )
-        .unwrap(),
-    )
-    .unwrap();
+    let fixture = fixture();
     let g = Gguf::open(&model_path()).unwrap();
     let step = verity_llm::compile(&g, 96).unwrap();
     let ls = step.model.value(step.model.outputs[0].value).unwrap().scale as f64;
@@ -109,4 +103,91 @@ fn smollm2_agrees_with_llama_cpp() {
             "{name}: greedy continuation {got:?}, llama.cpp {want:?}"
         );
     }
+}
+
+fn fixture() -> Value {
+    serde_json::from_str(
+        &std::fs::read_to_string(
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/smollm2_llama_cpp.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap()
+}
+
+fn ids(v: &Value) -> Vec<u32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_u64().unwrap() as u32)
+        .collect()
+}
+
+#[test]
+fn the_tokenizer_gives_llama_cpps_ids_and_decodes_back() {
+    let f = fixture();
+    let g = Gguf::open(&model_path()).unwrap();
+    let tk = verity_llm::Tokenizer::from_gguf(&g).unwrap();
+    assert_eq!(tk.len(), 49152);
+    let mut n = 0;
+    let texts = f["tokenizer"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| (t["text"].as_str().unwrap(), ids(&t["tokens"])));
+    let prompts = f["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["text"].as_str().unwrap(), ids(&c["tokens"])));
+    for (text, want) in texts.chain(prompts) {
+        assert_eq!(tk.encode(text).unwrap(), want, "{text:?}");
+        assert_eq!(tk.decode(&want), text, "decoding {want:?}");
+        n += 1;
+    }
+    assert_eq!(n, 9);
+    // SmolLM's BOS is <|im_start|>, and its file does not ask for one before a prompt
+    assert_eq!((tk.bos, tk.add_bos), (Some(1), false));
+    assert_eq!(tk.prompt("hi").unwrap(), tk.encode("hi").unwrap());
+    assert_eq!(tk.stops, vec![2]);
+    // a token boundary inside a character: the bytes are kept whole across tokens
+    let emoji = tk.encode("🙂").unwrap();
+    let bytes: Vec<u8> = emoji.iter().flat_map(|&t| tk.token_bytes(t)).collect();
+    assert_eq!(bytes, "🙂".as_bytes());
+}
+
+#[test]
+fn chat_templates_render_as_jinja2_does() {
+    let f = fixture();
+    let g = Gguf::open(&model_path()).unwrap();
+    let tk = verity_llm::Tokenizer::from_gguf(&g).unwrap();
+    let chats = f["chats"].as_array().unwrap();
+    assert_eq!(chats.len(), 4);
+    for c in chats {
+        let msgs: Vec<(String, String)> = c["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| {
+                (
+                    m["role"].as_str().unwrap().into(),
+                    m["content"].as_str().unwrap().into(),
+                )
+            })
+            .collect();
+        let gen = c["add_generation_prompt"].as_bool().unwrap();
+        let text = tk.render_chat(&msgs, gen).unwrap();
+        assert_eq!(text, c["rendered"].as_str().unwrap());
+        assert_eq!(tk.encode(&text).unwrap(), ids(&c["tokens"]));
+    }
+    // a template that raises says why
+    let e = verity_llm::tokenizer::render_chat(
+        "{{ raise_exception('roles must alternate') }}",
+        &[],
+        true,
+        String::new(),
+        String::new(),
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("roles must alternate"), "{e}");
 }
