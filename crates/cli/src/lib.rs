@@ -17,6 +17,7 @@ use verity_engine::vty::{self, list_root};
 use verity_engine::{Executor, Mode};
 
 mod devnet;
+mod llm;
 mod net;
 mod registry;
 mod request;
@@ -66,11 +67,15 @@ enum Cmd {
     /// Prove a canonical inference in zero knowledge: writes a proof file that `verity verify` checks
     /// offline with the model (statement: model ID, input hash, output hash).
     Prove(zk::ProveArgs),
+    /// Generate text with a language model (a GGUF file) under the canonical semantics: greedy tokens,
+    /// streamed, then the model ID and the hashes of the prompt's and the output's token IDs.
+    Generate(llm::GenerateArgs),
 }
 
 #[derive(Subcommand, Debug)]
 enum ModelCmd {
-    /// Compile an ONNX model into a canonical `.vty` model and print the accuracy report.
+    /// Compile an ONNX model into a canonical `.vty` model and print the accuracy report; a GGUF
+    /// language model into the `.vty` of its decode step.
     Compile(CompileArgs),
     /// Show a `.vty` model's ID, inputs, outputs, ops, scales and sizes.
     Inspect(InspectArgs),
@@ -108,6 +113,9 @@ struct CompileArgs {
     /// Refuse a graph with a tensor of more than this many elements, before evaluating any of it.
     #[arg(long)]
     max_elements: Option<u64>,
+    /// For a GGUF language model: the positions a generation can hold.
+    #[arg(long, default_value_t = llm::DEFAULT_CONTEXT)]
+    context: usize,
 }
 
 /// Compile options given as flags (shared by `model compile` and `model publish`).
@@ -327,6 +335,9 @@ fn model_input_shapes(onnx: &Path, import: &ImportOptions) -> Result<Vec<(String
 fn cmd_compile(a: CompileArgs) -> Result<()> {
     if !a.model.is_file() {
         bail!("cannot read {}: no such file", a.model.display());
+    }
+    if llm::is_gguf(&a.model) {
+        return llm::cmd_compile_gguf(&a.model, &a.output, a.context);
     }
     let mut opts = a.flags.options()?;
     opts.max_elements = a.max_elements;
@@ -618,6 +629,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Cmd::Dispute(a) => net::cmd_dispute(a),
         Cmd::Request(a) => request::cmd_request(a),
         Cmd::Prove(a) => zk::cmd_prove(a),
+        Cmd::Generate(a) => llm::cmd_generate(a),
         Cmd::Verify(a) => match verify::check(&a) {
             Ok(verify::Verdict::Valid(s)) => {
                 println!("{s}");

@@ -759,8 +759,9 @@ pub fn build(w: &Weights, maxima: Maxima, context: usize) -> Result<Step, LlmErr
             sc.scores,
         );
         let s = g.map(n("scores_masked"), Op::Add, &[s, mask], sc.scores);
-        // probabilities at the precision that keeps `Σ_t p · v` inside 64 bits for any 32-bit v
-        let s_prob = (30 - ceil_log2(t as f64 + 1.0)).min(24);
+        // probabilities at 24 bits up to 2048 positions (values use at most 27 bits at calibration, so
+        // `Σ_t p · v` stays inside the fast 64-bit path); fewer beyond, so the bound holds there too
+        let s_prob = (35 - ceil_log2(t as f64 + 1.0)).min(24);
         let p = g.map(
             n("probs"),
             Op::Softmax {

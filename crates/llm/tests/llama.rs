@@ -210,3 +210,23 @@ fn unsupported_architectures_and_missing_tensors_are_named() {
         "{e}"
     );
 }
+
+#[test]
+fn the_context_a_step_is_compiled_for_does_not_change_its_bits() {
+    let g = Gguf::parse(tiny_model(&llama([Q4_K, Q8_0, Q4_0, Q8_0], None), 13)).unwrap();
+    let run = |context| {
+        let step = verity_llm::compile(&g, context).unwrap();
+        let mut s = Session::new(&step, 1);
+        let mut tok = 1;
+        (0..12)
+            .map(|_| {
+                let l = s.feed(tok).unwrap();
+                tok = argmax(&l);
+                l
+            })
+            .collect::<Vec<_>>()
+    };
+    let small = run(12);
+    assert_eq!(run(300), small);
+    assert_eq!(run(2048), small);
+}

@@ -11,6 +11,7 @@ mod attacks;
 mod devnet;
 mod dispute;
 mod hostile;
+mod llm;
 mod node;
 mod onestep;
 mod quorum;

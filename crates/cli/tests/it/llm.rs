@@ -1,0 +1,134 @@
+//! `verity model compile` on a GGUF language model and `verity generate`, as a user runs them, on
+//! SmolLM2-135M-Instruct (fetched by scripts/setup-models).
+
+use super::{fails, ok, root, verity};
+use serde_json::Value;
+
+const MODEL: &str = ".models/SmolLM2-135M-Instruct.Q4_1.gguf";
+
+fn model() -> &'static str {
+    assert!(
+        root().join(MODEL).exists(),
+        "{MODEL} is missing: run scripts/setup-models"
+    );
+    MODEL
+}
+
+#[test]
+fn generate_streams_llama_cpps_greedy_answer_and_its_hashes() {
+    let m = model();
+    let out = ok(&[
+        "generate",
+        m,
+        "--prompt",
+        "What is 12 times 7?",
+        "--chat",
+        "--max-tokens",
+        "16",
+        "--json",
+        "--context",
+        "128",
+    ]);
+    let doc: Value = serde_json::from_str(&out).unwrap();
+    // llama.cpp's greedy answer on the same file (crates/llm/tests/fixtures/smollm2_llama_cpp.json)
+    let want = [33u64, 34, 1711, 216, 39, 314, 216, 39, 34, 30, 2];
+    let got: Vec<u64> = doc["output_tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
+    assert_eq!(got, want);
+    assert_eq!(doc["text"], "12 times 7 is 72.");
+    assert_eq!(doc["finish_reason"], "stop");
+    let prompt: Vec<u32> = doc["prompt_tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as u32)
+        .collect();
+    assert_eq!(prompt.len(), 39);
+    let bytes: Vec<u8> = prompt.iter().flat_map(|t| t.to_be_bytes()).collect();
+    assert_eq!(
+        doc["prompt_hash"].as_str().unwrap(),
+        verity_core::keccak256(&bytes).to_string()
+    );
+    // streamed: the same text on stdout, the hashes on stderr; the context does not change the bits
+    let o = verity(&[
+        "generate",
+        m,
+        "--prompt",
+        "What is 12 times 7?",
+        "--chat",
+        "--max-tokens",
+        "16",
+    ]);
+    assert!(o.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim_end(),
+        "12 times 7 is 72."
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains(doc["output_hash"].as_str().unwrap()), "{err}");
+    assert!(err.contains("tokens/s"), "{err}");
+    // --max-tokens stops the generation
+    let doc: Value = serde_json::from_str(&ok(&[
+        "generate",
+        m,
+        "--prompt",
+        "Once upon a time",
+        "--max-tokens",
+        "5",
+        "--json",
+        "--context",
+        "64",
+    ]))
+    .unwrap();
+    assert_eq!(doc["output_tokens"].as_array().unwrap().len(), 5);
+    assert_eq!(doc["finish_reason"], "length");
+}
+
+#[test]
+fn compiling_a_gguf_writes_its_decode_step() {
+    let m = model();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("step.vty");
+    let o = out.to_str().unwrap();
+    let text = ok(&["model", "compile", m, "-o", o, "--context", "64"]);
+    assert!(text.contains("architecture llama — 30 layers"), "{text}");
+    assert!(
+        text.contains("0 multipliers rounded; requantized float matrices: none"),
+        "{text}"
+    );
+    let id = text
+        .lines()
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .last()
+        .unwrap()
+        .to_string();
+    // 4-bit weights take 4 bits: the step is smaller than the GGUF's f32 equivalent by far
+    let size = std::fs::metadata(&out).unwrap().len();
+    assert!(size < 150_000_000, "{size} bytes");
+    let inspect = ok(&["model", "inspect", o]);
+    assert!(inspect.contains(&id), "{inspect}");
+    assert!(
+        inspect.contains("k_cache.29"),
+        "inspect lists the cache inputs"
+    );
+}
+
+#[test]
+fn bad_language_model_requests_get_one_clear_sentence() {
+    let m = model();
+    let e = fails(&["generate", "no/such.gguf", "--prompt", "x"]);
+    assert!(e.contains("no such file"), "{e}");
+    let e = fails(&["generate", "fixtures/cnn.onnx", "--prompt", "x"]);
+    assert!(e.contains("not a GGUF file"), "{e}");
+    let long = "word ".repeat(100);
+    let e = fails(&["generate", m, "--prompt", &long, "--context", "16"]);
+    assert!(e.contains("more than a context of 16 positions"), "{e}");
+    let e = fails(&["generate", m, "--prompt", "", "--context", "16"]);
+    assert!(e.contains("empty"), "{e}");
+}
