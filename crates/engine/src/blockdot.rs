@@ -22,8 +22,11 @@ pub struct PackedBlocks {
     rows: usize,
     blocks: usize,
     block: usize,
-    /// Per tile, per block, per quad: 16 rows × 4 signed bytes.
+    /// Per tile, per block, per quad: 16 rows × 4 signed bytes; or, when every weight is 4-bit
+    /// (`nibbles`), per pair of quads one such register whose low nibbles are the first quad and high
+    /// nibbles the second (half the bytes to stream).
     data: Vec<u8>,
+    nibbles: bool,
     /// Per tile, per block: 16 lanes of `128 · Σ_k w`.
     offsets: Vec<i32>,
     /// The per-block multipliers of [`PackedBlocks::run_sums`] in the same order, once given.
@@ -46,7 +49,8 @@ impl PackedBlocks {
         }
         let tiles = rows.div_ceil(TILE);
         let quads = block / 4;
-        let mut data = vec![0u8; tiles * blocks * quads * TILE * 4];
+        let nibbles = quads % 2 == 0 && w.iter().all(|&v| (-8..=7).contains(&v));
+        let mut data = vec![0u8; tiles * blocks * quads * TILE * 4 / if nibbles { 2 } else { 1 }];
         let mut offsets = vec![0i32; tiles * blocks * TILE];
         for o in 0..rows {
             let (t, lane) = (o / TILE, o % TILE);
@@ -54,9 +58,14 @@ impl PackedBlocks {
                 let src = &w[(o * blocks + g) * block..][..block];
                 offsets[(t * blocks + g) * TILE + lane] = 128 * src.iter().sum::<i32>();
                 for (kq, quad) in src.chunks_exact(4).enumerate() {
-                    let at = (((t * blocks + g) * quads + kq) * TILE + lane) * 4;
+                    let q = (t * blocks + g) * quads + kq;
                     for (i, &v) in quad.iter().enumerate() {
-                        data[at + i] = v as i8 as u8;
+                        if nibbles {
+                            let at = ((q / 2) * TILE + lane) * 4 + i;
+                            data[at] |= ((v & 15) as u8) << (4 * (kq % 2));
+                        } else {
+                            data[(q * TILE + lane) * 4 + i] = v as i8 as u8;
+                        }
                     }
                 }
             }
@@ -66,6 +75,7 @@ impl PackedBlocks {
             blocks,
             block,
             data,
+            nibbles,
             offsets,
             mult: Vec::new(),
         })
@@ -162,17 +172,27 @@ impl PackedBlocks {
     /// Tile `t`'s outputs, `[blocks][16]`, into `tmp`.
     fn tile(&self, t: usize, xu: &[u8], tmp: &mut [i32]) {
         let quads = self.block / 4;
-        let span = self.blocks * quads * TILE * 4;
+        let span = self.blocks * quads * TILE * 4 / if self.nibbles { 2 } else { 1 };
         let w = &self.data[t * span..(t + 1) * span];
         let off = &self.offsets[t * self.blocks * TILE..(t + 1) * self.blocks * TILE];
         #[cfg(target_arch = "x86_64")]
         if crate::qgemm::Level::detect() == crate::qgemm::Level::Avx512Vnni {
             // SAFETY: the CPU supports AVX-512F/BW/VNNI (checked by `Level::detect`); the slices
             // have the lengths `tile_vnni` reads, by construction of `data`, `offsets` and `xu`.
-            unsafe { tile_vnni(w, off, xu, self.blocks, quads, tmp) };
+            unsafe {
+                if self.nibbles {
+                    tile_vnni_nibbles(w, off, xu, self.blocks, quads, tmp)
+                } else {
+                    tile_vnni(w, off, xu, self.blocks, quads, tmp)
+                }
+            };
             return;
         }
-        tile_portable(w, off, xu, self.blocks, quads, tmp);
+        if self.nibbles {
+            tile_portable_nibbles(w, off, xu, self.blocks, quads, tmp);
+        } else {
+            tile_portable(w, off, xu, self.blocks, quads, tmp);
+        }
     }
 }
 
@@ -271,6 +291,85 @@ unsafe fn tile_vnni(
     }
 }
 
+/// [`tile_body`] on 4-bit weights: register `r` of a block holds quads `2r` (low nibbles) and
+/// `2r + 1` (high nibbles), each a 4-bit two's-complement value.
+#[inline(always)]
+fn tile_nibbles_body(
+    w: &[u8],
+    off: &[i32],
+    xu: &[u8],
+    blocks: usize,
+    quads: usize,
+    tmp: &mut [i32],
+) {
+    let nib = |b: u8, hi: bool| (((if hi { b >> 4 } else { b & 15 }) ^ 8) as i32) - 8;
+    for g in 0..blocks {
+        let mut acc = [0i32; TILE];
+        for r in 0..quads / 2 {
+            let wr = &w[(g * quads / 2 + r) * TILE * 4..][..TILE * 4];
+            for half in 0..2 {
+                let xq = &xu[(g * quads + 2 * r + half) * 4..][..4];
+                for (lane, a) in acc.iter_mut().enumerate() {
+                    for i in 0..4 {
+                        *a += xq[i] as i32 * nib(wr[lane * 4 + i], half == 1);
+                    }
+                }
+            }
+        }
+        for (lane, a) in acc.iter().enumerate() {
+            tmp[g * TILE + lane] = a - off[g * TILE + lane];
+        }
+    }
+}
+
+crate::multiversion! {
+    fn tile_portable_nibbles(w: &[u8], off: &[i32], xu: &[u8], blocks: usize, quads: usize, tmp: &mut [i32]) -> () = tile_nibbles_body
+}
+
+/// [`tile_vnni`] on 4-bit weights (see [`tile_nibbles_body`]): each 64-byte load gives two quads,
+/// sign-extended to bytes as `(n ^ 8) − 8`.
+///
+/// # Safety
+/// As [`tile_vnni`], with `w` holding `blocks · quads · 32` bytes and `quads` even.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn tile_vnni_nibbles(
+    w: &[u8],
+    off: &[i32],
+    xu: &[u8],
+    blocks: usize,
+    quads: usize,
+    tmp: &mut [i32],
+) {
+    use std::arch::x86_64::*;
+    assert!(
+        w.len() >= blocks * quads * 32 && off.len() >= blocks * TILE && tmp.len() >= blocks * TILE
+    );
+    assert!(xu.len() >= blocks * quads * 4 && quads % 2 == 0);
+    let (wp, xp) = (w.as_ptr(), xu.as_ptr());
+    let (low, eight) = (_mm512_set1_epi8(15), _mm512_set1_epi8(8));
+    for g in 0..blocks {
+        let mut acc = _mm512_setzero_si512();
+        for r in 0..quads / 2 {
+            let v = _mm512_loadu_si512(wp.add((g * quads / 2 + r) * 64) as *const _);
+            let lo = _mm512_and_si512(v, low);
+            let hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), low);
+            let lo = _mm512_sub_epi8(_mm512_xor_si512(lo, eight), eight);
+            let hi = _mm512_sub_epi8(_mm512_xor_si512(hi, eight), eight);
+            let q = g * quads + 2 * r;
+            let x0 = _mm512_set1_epi32((xp.add(q * 4) as *const i32).read_unaligned());
+            let x1 = _mm512_set1_epi32((xp.add(q * 4 + 4) as *const i32).read_unaligned());
+            acc = _mm512_dpbusd_epi32(acc, x0, lo);
+            acc = _mm512_dpbusd_epi32(acc, x1, hi);
+        }
+        let o = _mm512_loadu_si512(off.as_ptr().add(g * TILE) as *const _);
+        _mm512_storeu_si512(
+            tmp.as_mut_ptr().add(g * TILE) as *mut _,
+            _mm512_sub_epi32(acc, o),
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -296,16 +395,24 @@ mod tests {
                 .wrapping_add(1442695040888963407);
             lo + ((s >> 33) % (hi - lo + 1) as u64) as i32
         };
-        for &(rows, blocks, block) in
-            &[(1, 1, 4), (17, 3, 32), (40, 5, 16), (33, 2, 256), (5, 7, 8)]
-        {
+        let cases = [
+            (1, 1, 4, 127),
+            (17, 3, 32, 127),
+            (40, 5, 16, 127),
+            (33, 2, 256, 127),
+            (5, 7, 8, 127),
+        ];
+        // 4-bit weights pack two to a byte (an odd number of quads keeps bytes)
+        let nibble_cases = [(17, 3, 32, 7), (40, 5, 16, 7), (3, 2, 8, 7), (5, 1, 12, 7)];
+        for &(rows, blocks, block, wmax) in cases.iter().chain(&nibble_cases) {
             let w: Vec<i32> = (0..rows * blocks * block)
-                .map(|_| next(-128, 127))
+                .map(|_| next(-wmax - 1, wmax))
                 .collect();
             let mut x: Vec<i32> = (0..blocks * block).map(|_| next(-128, 127)).collect();
             // the extremes: every product at its largest magnitude
             x[0] = -128;
             let p = PackedBlocks::new(&w, rows, blocks, block).unwrap();
+            assert_eq!(p.nibbles, wmax == 7 && block % 8 == 0);
             let want = naive(&x, &w, rows, blocks, block);
             use crate::simd::Isa;
             for isa in [Isa::Base, Isa::Avx2, Isa::Avx512] {
