@@ -49,7 +49,7 @@ impl PackedBlocks {
         }
         let tiles = rows.div_ceil(TILE);
         let quads = block / 4;
-        let nibbles = quads % 2 == 0 && w.iter().all(|&v| (-8..=7).contains(&v));
+        let nibbles = quads.is_multiple_of(2) && w.iter().all(|&v| (-8..=7).contains(&v));
         let mut data = vec![0u8; tiles * blocks * quads * TILE * 4 / if nibbles { 2 } else { 1 }];
         let mut offsets = vec![0i32; tiles * blocks * TILE];
         for o in 0..rows {
@@ -345,7 +345,7 @@ unsafe fn tile_vnni_nibbles(
     assert!(
         w.len() >= blocks * quads * 32 && off.len() >= blocks * TILE && tmp.len() >= blocks * TILE
     );
-    assert!(xu.len() >= blocks * quads * 4 && quads % 2 == 0);
+    assert!(xu.len() >= blocks * quads * 4 && quads.is_multiple_of(2));
     let (wp, xp) = (w.as_ptr(), xu.as_ptr());
     let (low, eight) = (_mm512_set1_epi8(15), _mm512_set1_epi8(8));
     for g in 0..blocks {
