@@ -9,7 +9,7 @@ use clap::Args;
 use verity_core::hash::keccak256;
 use verity_engine::vty;
 use verity_llm::gguf::Gguf;
-use verity_llm::session::argmax;
+use verity_llm::sample::{Params, Sampler};
 use verity_llm::{Session, Step, Tokenizer};
 
 /// Positions a generation holds unless `--context` says otherwise.
@@ -91,6 +91,24 @@ pub struct GenerateArgs {
     /// Worker threads.
     #[arg(long, default_value_t = 1)]
     threads: usize,
+    /// Sampling temperature (0: greedy).
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+    temperature: f64,
+    /// Sample among the k most likely tokens (0: all).
+    #[arg(long, default_value_t = 0)]
+    top_k: usize,
+    /// Sample among the most likely tokens whose probability reaches p.
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
+    top_p: f64,
+    /// Divide the logits of tokens already in the context by this (multiply negative ones).
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
+    repeat_penalty: f64,
+    /// The sampling generator's seed (a seeded sample is the same on every machine).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Stop when the output contains this text (repeatable; the text is not printed).
+    #[arg(long)]
+    stop: Vec<String>,
     /// Print one JSON document (tokens, text, hashes, timings) instead of streaming the text.
     #[arg(long)]
     json: bool,
@@ -100,6 +118,11 @@ pub struct GenerateArgs {
 pub fn tokens_hash(ids: &[u32]) -> verity_core::hash::Hash {
     let bytes: Vec<u8> = ids.iter().flat_map(|t| t.to_be_bytes()).collect();
     keccak256(&bytes)
+}
+
+/// Where `needle` first occurs in `hay`.
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
 }
 
 /// `verity generate`.
@@ -127,8 +150,23 @@ pub(crate) fn cmd_generate(a: GenerateArgs) -> Result<()> {
             a.context
         );
     }
+    if a.stop.iter().any(String::is_empty) {
+        bail!("a --stop text is empty");
+    }
+    let params = Params {
+        temperature: a.temperature,
+        top_k: a.top_k,
+        top_p: a.top_p,
+        repetition_penalty: a.repeat_penalty,
+        seed: a.seed,
+    };
+    let sampler = Sampler::new(&params)?;
     let t0 = Instant::now();
     let step = compile(&g, a.context)?;
+    let scale = step
+        .model
+        .value(step.model.outputs[0].value)
+        .map_or(0, |v| v.scale);
     let compile_s = t0.elapsed().as_secs_f64();
     let mut s = Session::new(&step, a.threads);
     let t1 = Instant::now();
@@ -138,26 +176,44 @@ pub(crate) fn cmd_generate(a: GenerateArgs) -> Result<()> {
     }
     let prefill_s = t1.elapsed().as_secs_f64();
     let t2 = Instant::now();
+    let mut context = prompt.clone();
     let mut out = Vec::new();
-    let mut pending = Vec::new();
+    let mut bytes: Vec<u8> = Vec::new();
+    let mut printed = 0;
     let mut stdout = std::io::stdout().lock();
+    let hold = a.stop.iter().map(|x| x.len()).max().unwrap_or(1) - 1;
     let budget = a.max_tokens.min(a.context - prompt.len());
+    let mut finish = "length";
+    let mut cut = None;
     while out.len() < budget {
-        let t = argmax(&logits);
+        let t = sampler.choose(&logits, scale, &context, context.len() as u64);
         out.push(t);
+        context.push(t);
         if tk.stops.contains(&t) {
+            finish = "stop";
+            break;
+        }
+        bytes.extend(tk.token_bytes(t));
+        if let Some(at) = a
+            .stop
+            .iter()
+            .filter_map(|x| find(&bytes, x.as_bytes()))
+            .min()
+        {
+            finish = "stop";
+            cut = Some(at);
             break;
         }
         if !a.json {
-            // stream whole characters: a token may end inside one
-            pending.extend(tk.token_bytes(t));
-            let valid = match std::str::from_utf8(&pending) {
-                Ok(_) => pending.len(),
+            // stream whole characters, holding back what could begin a stop text
+            let end = bytes.len().saturating_sub(hold);
+            let valid = match std::str::from_utf8(&bytes[printed..end.max(printed)]) {
+                Ok(v) => v.len(),
                 Err(e) => e.valid_up_to(),
             };
-            stdout.write_all(&pending[..valid])?;
+            stdout.write_all(&bytes[printed..printed + valid])?;
             stdout.flush()?;
-            pending.drain(..valid);
+            printed += valid;
         }
         if out.len() == budget {
             break;
@@ -165,9 +221,15 @@ pub(crate) fn cmd_generate(a: GenerateArgs) -> Result<()> {
         logits = s.feed(t)?;
     }
     let decode_s = t2.elapsed().as_secs_f64();
+    let end = cut.unwrap_or(bytes.len());
+    let text_out = String::from_utf8_lossy(&bytes[..end]).into_owned();
     let id = vty::model_id(&step.model);
-    let stopped = out.last().is_some_and(|t| tk.stops.contains(t));
-    let text_out = tk.decode(if stopped { &out[..out.len() - 1] } else { &out });
+    let sampling = serde_json::json!({
+        "temperature": a.temperature, "top_k": a.top_k, "top_p": a.top_p,
+        "repetition_penalty": a.repeat_penalty, "seed": a.seed,
+        "fixed_point": {"temperature": sampler.temperature_q, "top_p": sampler.top_p_q,
+                         "repetition_penalty": sampler.repetition_q},
+    });
     if a.json {
         let doc = serde_json::json!({
             "model_id": id,
@@ -176,23 +238,22 @@ pub(crate) fn cmd_generate(a: GenerateArgs) -> Result<()> {
             "output_tokens": out,
             "output_hash": tokens_hash(&out),
             "text": text_out,
-            "finish_reason": if stopped { "stop" } else { "length" },
-            "sampling": "greedy",
+            "finish_reason": finish,
+            "sampling": sampling,
             "timings": {"compile_s": compile_s, "prefill_s": prefill_s, "decode_s": decode_s},
         });
         println!("{}", serde_json::to_string_pretty(&doc)?);
         return Ok(());
     }
-    stdout.write_all(&pending)?;
+    stdout.write_all(&bytes[printed.min(end)..end])?;
     writeln!(stdout)?;
     let per = |n: usize, s: f64| if s > 0.0 { n as f64 / s } else { 0.0 };
     eprintln!(
-        "model {id}\nprompt {} tokens, hash {}\noutput {} tokens, hash {} ({})\nprefill {:.1} tokens/s, decode {:.1} tokens/s (compiled in {compile_s:.1} s)",
+        "model {id}\nprompt {} tokens, hash {}\noutput {} tokens, hash {} ({finish})\nprefill {:.1} tokens/s, decode {:.1} tokens/s (compiled in {compile_s:.1} s)",
         prompt.len(),
         tokens_hash(&prompt),
         out.len(),
         tokens_hash(&out),
-        if stopped { "stop token" } else { "length" },
         per(prompt.len(), prefill_s),
         per(out.len().saturating_sub(1), decode_s),
     );

@@ -7,6 +7,7 @@
 pub mod arch;
 pub mod gguf;
 pub mod reference;
+pub mod sample;
 pub mod session;
 pub mod step;
 pub mod tokenizer;

@@ -132,3 +132,54 @@ fn bad_language_model_requests_get_one_clear_sentence() {
     let e = fails(&["generate", m, "--prompt", "", "--context", "16"]);
     assert!(e.contains("empty"), "{e}");
 }
+
+#[test]
+fn a_seeded_sample_is_the_same_every_time_and_stop_texts_end_it() {
+    let m = model();
+    let run = |seed: &str, extra: &[&str]| -> Value {
+        let mut args = vec![
+            "generate",
+            m,
+            "--chat",
+            "--prompt",
+            "Write one sentence about the sea.",
+            "--temperature",
+            "1.0",
+            "--top-p",
+            "0.95",
+            "--seed",
+            seed,
+            "--max-tokens",
+            "24",
+            "--context",
+            "96",
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        serde_json::from_str(&ok(&args)).unwrap()
+    };
+    let a = run("7", &[]);
+    let b = run("7", &["--threads", "2"]);
+    assert_eq!(a["output_tokens"], b["output_tokens"]);
+    assert_eq!(a["output_hash"], b["output_hash"]);
+    let c = run("8", &[]);
+    assert_ne!(
+        a["output_tokens"], c["output_tokens"],
+        "another seed, another sample"
+    );
+    assert_eq!(a["sampling"]["fixed_point"]["top_p"], 62259);
+    // a stop text ends the output before it
+    let text = a["text"].as_str().unwrap();
+    let word = text.split_whitespace().nth(2).unwrap().to_string();
+    let d = run("7", &["--stop", &word]);
+    let cut = d["text"].as_str().unwrap();
+    assert_eq!(d["finish_reason"], "stop");
+    assert!(
+        text.starts_with(cut) && !cut.contains(&word),
+        "{cut:?} of {text:?}"
+    );
+    let e = fails(&["generate", m, "--prompt", "x", "--temperature", "-1"]);
+    assert!(e.contains("temperature -1 is outside"), "{e}");
+    let e = fails(&["generate", m, "--prompt", "x", "--top-p", "0"]);
+    assert!(e.contains("top_p 0 is outside"), "{e}");
+}
