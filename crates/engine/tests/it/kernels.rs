@@ -720,3 +720,109 @@ fn fused_binary_steps_keep_their_operand_order() {
         }
     }
 }
+
+/// A block-quantized product as GGUF models compile to: `acc = EinSum{gk, ogk → og}(x8, q)`, `Mul` by
+/// the per-block multipliers, `Mul` by the blocks' scales, `Reduce Sum` over the blocks (the fused
+/// block sum), then a residual `Add` so the sum has a reader.
+fn block_sum_model(o: u32, g: u32, k: u32, q: Vec<i32>, mult: Vec<i32>, scales: [i8; 4]) -> Model {
+    let [s_m, s_p, s_pm, s_sum] = scales;
+    let node = |name: &str, op: Op, inputs: Vec<ValueId>, shape: Vec<u32>, scale: i8| Node {
+        name: name.into(),
+        op,
+        inputs,
+        shape,
+        scale,
+    };
+    // values: 0 x8 [g, k] (scale 7), 1 scales [g] (scale 10), 2 q, 3 mult, then nodes from 4
+    Model {
+        inputs: vec![
+            Input {
+                name: "x8".into(),
+                shape: vec![g, k],
+                scale: 7,
+                kind: InputKind::Fixed,
+            },
+            Input {
+                name: "scales".into(),
+                shape: vec![g],
+                scale: 10,
+                kind: InputKind::Fixed,
+            },
+        ],
+        consts: vec![
+            Const {
+                shape: vec![o, g, k],
+                scale: 0,
+                data: q,
+            },
+            Const {
+                shape: vec![o, g],
+                scale: s_m,
+                data: mult,
+            },
+        ],
+        nodes: vec![
+            node(
+                "acc",
+                Op::EinSum {
+                    a: b"gk".to_vec(),
+                    b: b"ogk".to_vec(),
+                    out: b"og".to_vec(),
+                },
+                vec![0, 2],
+                vec![o, g],
+                7,
+            ),
+            node("blockscaled", Op::Mul, vec![4, 3], vec![o, g], s_p),
+            node("blockvalues", Op::Mul, vec![5, 1], vec![o, g], s_pm),
+            node(
+                "blocksum",
+                Op::Reduce {
+                    kind: ReduceKind::Sum,
+                    axes: vec![1],
+                },
+                vec![6],
+                vec![o, 1],
+                s_sum,
+            ),
+        ],
+        outputs: vec![Output {
+            name: "y".into(),
+            value: 7,
+        }],
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+    #[test]
+    fn fused_block_sums_equal_the_reference(
+        o in 1u32..40,
+        g in 1u32..6,
+        kq in 1u32..5,
+        four_bit in any::<bool>(),
+        seed in any::<u64>(),
+        s_p in 8i8..30,
+        s_pm in 0i8..20,
+        big in any::<bool>(),
+    ) {
+        let k = kq * 8;
+        let mut s = seed;
+        let mut next = |lo: i64, hi: i64| {
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (lo + ((s >> 33) % (hi - lo + 1) as u64) as i64) as i32
+        };
+        let wmax = if four_bit { 7 } else { 127 };
+        let q: Vec<i32> = (0..o * g * k).map(|_| next(-wmax - 1, wmax)).collect();
+        // large multipliers and scales drive some runs out of i32 (an error at the same node)
+        let mmax = if big { 1 << 30 } else { 1 << 20 };
+        let mult: Vec<i32> = (0..o * g).map(|_| next(-mmax, mmax)).collect();
+        let x: Vec<i32> = (0..g * k).map(|_| next(-127, 127)).collect();
+        let sc: Vec<i32> = (0..g).map(|_| next(1, if big { i32::MAX as i64 } else { 1 << 16 })).collect();
+        let m = block_sum_model(o, g, k, q, mult, [20, s_p, s_pm, s_pm]);
+        let runs = run_all(&m, vec![x, sc]);
+        for r in &runs[1..] {
+            prop_assert_eq!(format!("{r:?}"), format!("{:?}", runs[0]));
+        }
+    }
+}
