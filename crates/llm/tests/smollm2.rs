@@ -205,3 +205,34 @@ fn chat_templates_render_as_jinja2_does() {
     .unwrap_err();
     assert!(e.to_string().contains("roles must alternate"), "{e}");
 }
+
+#[test]
+fn perplexity_is_within_three_percent_of_llama_cpps() {
+    let f = fixture();
+    let p = &f["perplexity"];
+    let toks = ids(&p["tokens"]);
+    let want = p["perplexity"].as_f64().unwrap();
+    let g = Gguf::open(&model_path()).unwrap();
+    let step = verity_llm::compile(&g, toks.len() + 1).unwrap();
+    let ls = step.model.value(step.model.outputs[0].value).unwrap().scale as f64;
+    let mut s = Session::new(&step, 1);
+    let mut nll = 0f64;
+    for (i, &t) in toks.iter().enumerate() {
+        let l = s.feed(t).unwrap();
+        if let Some(&next) = toks.get(i + 1) {
+            let z: Vec<f64> = l.iter().map(|&v| v as f64 * (-ls).exp2()).collect();
+            let m = z.iter().fold(f64::MIN, |a, &b| a.max(b));
+            let lse = m + z.iter().map(|v| (v - m).exp()).sum::<f64>().ln();
+            nll += lse - z[next as usize];
+        }
+    }
+    let ppl = (nll / (toks.len() - 1) as f64).exp();
+    eprintln!(
+        "perplexity over {} tokens: canonical {ppl:.3}, llama.cpp {want:.3}",
+        toks.len()
+    );
+    assert!(
+        (ppl / want - 1.0).abs() < 0.03,
+        "perplexity {ppl} vs llama.cpp's {want}"
+    );
+}
