@@ -165,24 +165,7 @@ pub fn parse_range(s: &str) -> Result<(f64, f64), String> {
     Ok((a, b))
 }
 
-/// SplitMix64: the deterministic generator for random calibration inputs.
-pub struct SplitMix64(pub u64);
-
-impl SplitMix64 {
-    /// Next 64 random bits.
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    /// Uniform in `[lo, hi)`, exact dyadic arithmetic.
-    pub fn uniform(&mut self, lo: f64, hi: f64) -> f64 {
-        let u = (self.next_u64() >> 11) as f64 * libm::ldexp(1.0, -53);
-        lo + (hi - lo) * u
-    }
-}
+pub use verity_engine::calib::SplitMix64;
 
 fn random_samples(g: &fgraph::FGraph, opts: &CompileOptions) -> Vec<Vec<FloatTensor>> {
     let mut rng = SplitMix64(opts.seed);

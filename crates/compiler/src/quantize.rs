@@ -184,17 +184,7 @@ pub fn calibrate(g: &FGraph, samples: &[Vec<Vec<f64>>]) -> Result<Vec<Stats>, Co
     Ok(stats)
 }
 
-/// The smallest `e` with `2^e >= m` (for `m > 0`), by exact power-of-two arithmetic.
-pub fn ceil_log2(m: f64) -> i32 {
-    let mut e = 0i32;
-    while libm::ldexp(1.0, e) < m && e < 1100 {
-        e += 1;
-    }
-    while e > -1100 && libm::ldexp(1.0, e - 1) >= m {
-        e -= 1;
-    }
-    e
-}
+pub use verity_engine::calib::ceil_log2;
 
 fn scale_for(m: f64, bits: i32, max_scale: i8) -> i8 {
     if m.is_nan() || m <= 0.0 || m.is_infinite() {

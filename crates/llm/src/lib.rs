@@ -25,14 +25,9 @@ pub fn calibration_tokens(g: &gguf::Gguf, vocab: usize, n: usize) -> Vec<u32> {
             out.push(b as u32);
         }
     }
-    let mut s: u64 = 0x5645_5249_5459; // "VERITY"
+    let mut rng = verity_engine::calib::SplitMix64(0x5645_5249_5459); // "VERITY"
     while out.len() < n {
-        s = s.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = s;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^= z >> 31;
-        out.push((z % vocab as u64) as u32);
+        out.push((rng.next_u64() % vocab as u64) as u32);
     }
     out
 }

@@ -6,6 +6,7 @@
 //! and `v.L` `[kv_heads · head_dim]`, this position's key and value, which the next steps read from
 //! their caches. Every op is a v1 op, so the semantics, one-step checks and proofs apply unchanged.
 
+use verity_engine::calib::ceil_log2;
 use verity_engine::ir::{Const, Input, InputKind, Model, Node, Op, Output, ReduceKind};
 
 use crate::arch::{Hparams, LlmError, Matrix, RopeKind, Weights};
@@ -113,19 +114,6 @@ impl G {
                 .collect(),
         }
     }
-}
-
-/// `⌈log₂ m⌉` for `m > 0`.
-fn ceil_log2(m: f64) -> i32 {
-    let mut e = m.log2().ceil() as i32;
-    // exact correction where log2 rounds
-    while (e as f64 - 1.0).exp2() >= m {
-        e -= 1;
-    }
-    while (e as f64).exp2() < m {
-        e += 1;
-    }
-    e
 }
 
 /// The scale that holds `m` with 16× headroom in `i32` (at most 24 fractional bits).

@@ -130,7 +130,7 @@ fn cache_rows_at_and_after_the_position_are_ignored() {
         for h in 0..step.hp.kv_heads {
             for p in 3..t {
                 for j in 0..hd {
-                    cache[(h * t + p) * hd + j] = (rng.next() as i32) >> 8;
+                    cache[(h * t + p) * hd + j] = (rng.next_u64() as i32) >> 8;
                 }
             }
         }

@@ -2,23 +2,8 @@
 //! checked against the `gguf` Python package in `tests/gguf.rs`).
 #![allow(dead_code)]
 
-/// A deterministic generator (SplitMix64).
-pub struct Rng(pub u64);
-
-impl Rng {
-    pub fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in [0, 1).
-    pub fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
+/// The deterministic generator of the tiny models' bytes.
+pub use verity_engine::calib::SplitMix64 as Rng;
 
 /// `x` as IEEE binary16 bits (round to nearest; normal and subnormal range).
 pub fn f16_bits(x: f64) -> u16 {
@@ -147,10 +132,10 @@ pub fn random_matrix(
     let mut data = vec![0u8; n * bytes];
     for blk in data.chunks_mut(bytes) {
         for v in blk.iter_mut() {
-            *v = rng.next() as u8;
+            *v = rng.next_u64() as u8;
         }
         for &(at, s) in scales {
-            let v = s * size * (0.5 + rng.unit());
+            let v = s * size * (0.5 + rng.uniform(0.0, 1.0));
             blk[at..at + 2].copy_from_slice(&f16_bits(v).to_le_bytes());
         }
     }
@@ -165,7 +150,7 @@ pub fn random_matrix(
 /// A random F32 vector near `centre`.
 pub fn random_vector(rng: &mut Rng, name: &str, len: usize, centre: f64, spread: f64) -> Tensor {
     let data = (0..len)
-        .flat_map(|_| ((centre + spread * (rng.unit() - 0.5)) as f32).to_le_bytes())
+        .flat_map(|_| ((centre + spread * (rng.uniform(0.0, 1.0) - 0.5)) as f32).to_le_bytes())
         .collect();
     Tensor {
         name: name.into(),
