@@ -233,16 +233,34 @@ crate::multiversion! {
     fn epilogue(tmp: &[i32], mult: &[i64], scale: &[i32], shifts: [u32; 3], sums: &mut [i64; TILE]) -> bool = epilogue_body
 }
 
+/// One tile's products into `tmp` (`[blocks][16]`), weights as bytes or, with `NIBBLES`, two quads per
+/// register: register `r` of a block holds quads `2r` (low nibbles) and `2r + 1` (high nibbles), each a
+/// 4-bit two's-complement value.
 #[inline(always)]
-fn tile_body(w: &[u8], off: &[i32], xu: &[u8], blocks: usize, quads: usize, tmp: &mut [i32]) {
+fn tile_body<const NIBBLES: bool>(
+    w: &[u8],
+    off: &[i32],
+    xu: &[u8],
+    blocks: usize,
+    quads: usize,
+    tmp: &mut [i32],
+) {
+    let weight = |q: usize, lane: usize, i: usize| -> i32 {
+        if NIBBLES {
+            let b = w[((q / 2) * TILE + lane) * 4 + i];
+            ((if q % 2 == 1 { b >> 4 } else { b & 15 } ^ 8) as i32) - 8
+        } else {
+            w[(q * TILE + lane) * 4 + i] as i8 as i32
+        }
+    };
     for g in 0..blocks {
         let mut acc = [0i32; TILE];
         for kq in 0..quads {
-            let xq = &xu[(g * quads + kq) * 4..][..4];
-            let wq = &w[(g * quads + kq) * TILE * 4..][..TILE * 4];
+            let q = g * quads + kq;
+            let xq = &xu[q * 4..][..4];
             for (lane, a) in acc.iter_mut().enumerate() {
-                for i in 0..4 {
-                    *a += xq[i] as i32 * wq[lane * 4 + i] as i8 as i32;
+                for (i, &x) in xq.iter().enumerate() {
+                    *a += x as i32 * weight(q, lane, i);
                 }
             }
         }
@@ -253,7 +271,11 @@ fn tile_body(w: &[u8], off: &[i32], xu: &[u8], blocks: usize, quads: usize, tmp:
 }
 
 crate::multiversion! {
-    fn tile_portable(w: &[u8], off: &[i32], xu: &[u8], blocks: usize, quads: usize, tmp: &mut [i32]) -> () = tile_body
+    fn tile_portable(w: &[u8], off: &[i32], xu: &[u8], blocks: usize, quads: usize, tmp: &mut [i32]) -> () = tile_body::<false>
+}
+
+crate::multiversion! {
+    fn tile_portable_nibbles(w: &[u8], off: &[i32], xu: &[u8], blocks: usize, quads: usize, tmp: &mut [i32]) -> () = tile_body::<true>
 }
 
 /// # Safety
@@ -291,42 +313,7 @@ unsafe fn tile_vnni(
     }
 }
 
-/// [`tile_body`] on 4-bit weights: register `r` of a block holds quads `2r` (low nibbles) and
-/// `2r + 1` (high nibbles), each a 4-bit two's-complement value.
-#[inline(always)]
-fn tile_nibbles_body(
-    w: &[u8],
-    off: &[i32],
-    xu: &[u8],
-    blocks: usize,
-    quads: usize,
-    tmp: &mut [i32],
-) {
-    let nib = |b: u8, hi: bool| (((if hi { b >> 4 } else { b & 15 }) ^ 8) as i32) - 8;
-    for g in 0..blocks {
-        let mut acc = [0i32; TILE];
-        for r in 0..quads / 2 {
-            let wr = &w[(g * quads / 2 + r) * TILE * 4..][..TILE * 4];
-            for half in 0..2 {
-                let xq = &xu[(g * quads + 2 * r + half) * 4..][..4];
-                for (lane, a) in acc.iter_mut().enumerate() {
-                    for i in 0..4 {
-                        *a += xq[i] as i32 * nib(wr[lane * 4 + i], half == 1);
-                    }
-                }
-            }
-        }
-        for (lane, a) in acc.iter().enumerate() {
-            tmp[g * TILE + lane] = a - off[g * TILE + lane];
-        }
-    }
-}
-
-crate::multiversion! {
-    fn tile_portable_nibbles(w: &[u8], off: &[i32], xu: &[u8], blocks: usize, quads: usize, tmp: &mut [i32]) -> () = tile_nibbles_body
-}
-
-/// [`tile_vnni`] on 4-bit weights (see [`tile_nibbles_body`]): each 64-byte load gives two quads,
+/// [`tile_vnni`] on 4-bit weights (see [`tile_body`]): each 64-byte load gives two quads,
 /// sign-extended to bytes as `(n ^ 8) − 8`.
 ///
 /// # Safety
