@@ -519,40 +519,34 @@ impl Gguf {
         self.metadata.get(key)
     }
 
+    /// A required metadata value, read by `read` (`expected` names what it must be).
+    fn required<'a, T>(
+        &'a self,
+        key: &str,
+        expected: &str,
+        read: impl Fn(&'a Value) -> Option<T>,
+    ) -> Result<T, GgufError> {
+        let why = |why: String| GgufError::Metadata {
+            key: key.into(),
+            why,
+        };
+        let v = self.get(key).ok_or_else(|| why("missing".into()))?;
+        read(v).ok_or_else(|| why(format!("expected {expected}, found {v:?}")))
+    }
+
     /// A required non-negative integer metadata value.
     pub fn get_u64(&self, key: &str) -> Result<u64, GgufError> {
-        let v = self.get(key).ok_or_else(|| GgufError::Metadata {
-            key: key.into(),
-            why: "missing".into(),
-        })?;
-        v.as_u64().ok_or_else(|| GgufError::Metadata {
-            key: key.into(),
-            why: format!("expected a non-negative integer, found {v:?}"),
-        })
+        self.required(key, "a non-negative integer", Value::as_u64)
     }
 
     /// A required number.
     pub fn get_f64(&self, key: &str) -> Result<f64, GgufError> {
-        let v = self.get(key).ok_or_else(|| GgufError::Metadata {
-            key: key.into(),
-            why: "missing".into(),
-        })?;
-        v.as_f64().ok_or_else(|| GgufError::Metadata {
-            key: key.into(),
-            why: format!("expected a number, found {v:?}"),
-        })
+        self.required(key, "a number", Value::as_f64)
     }
 
     /// A required string.
     pub fn get_str(&self, key: &str) -> Result<&str, GgufError> {
-        let v = self.get(key).ok_or_else(|| GgufError::Metadata {
-            key: key.into(),
-            why: "missing".into(),
-        })?;
-        v.as_str().ok_or_else(|| GgufError::Metadata {
-            key: key.into(),
-            why: format!("expected a string, found {v:?}"),
-        })
+        self.required(key, "a string", Value::as_str)
     }
 
     /// Decodes a tensor into its exact form.
