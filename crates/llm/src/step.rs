@@ -84,6 +84,33 @@ impl G {
         self.node(name, op, ins, shape, scale)
     }
 
+    /// A `Reduce` over `x`'s last axis, kept with size 1.
+    fn reduce_last(&mut self, name: String, kind: ReduceKind, x: R, scale: i32) -> R {
+        let mut shape = self.shape(x);
+        let axis = shape.len() as u32 - 1;
+        shape[axis as usize] = 1;
+        let op = Op::Reduce {
+            kind,
+            axes: vec![axis],
+        };
+        self.node(name, op, &[x], shape, scale)
+    }
+
+    /// The largest magnitude along `x`'s last axis (`{name}/abs`, then `max_name`), at `x`'s scale.
+    fn abs_max(&mut self, name: &str, max_name: &str, x: R) -> R {
+        let s = self.scale(x);
+        let abs = self.map(
+            format!("{name}/abs"),
+            Op::LeakyRelu {
+                alpha_q: -1,
+                alpha_scale: 0,
+            },
+            &[x],
+            s,
+        );
+        self.reduce_last(format!("{name}/{max_name}"), ReduceKind::Max, abs, s)
+    }
+
     fn reshape(&mut self, name: String, x: R, shape: Vec<u32>) -> R {
         let s = self.scale(x);
         self.node(name, Op::Reshape, &[x], shape, s)
@@ -259,25 +286,7 @@ impl Ctx<'_> {
         let nb = k / block as u32;
         let g = &mut self.g;
         let xb = g.reshape(format!("{name}/blocks"), x, vec![nb, block as u32]);
-        let abs = g.map(
-            format!("{name}/abs"),
-            Op::LeakyRelu {
-                alpha_q: -1,
-                alpha_scale: 0,
-            },
-            &[xb],
-            s,
-        );
-        let max = g.node(
-            format!("{name}/blockmax"),
-            Op::Reduce {
-                kind: ReduceKind::Max,
-                axes: vec![1],
-            },
-            &[abs],
-            vec![nb, 1],
-            s,
-        );
+        let max = g.abs_max(name, "blockmax", xb);
         // the divisor is the maximum × 128/127, so the largest element maps to ±127 (not ±128)
         let widen = g.konst(
             vec![1],
@@ -339,30 +348,12 @@ impl Ctx<'_> {
             &[p, x.max],
             scale - 2,
         );
-        let sum = g.node(
-            format!("{name}/blocksum"),
-            Op::Reduce {
-                kind: ReduceKind::Sum,
-                axes: vec![1],
-            },
-            &[pm],
-            vec![o, 1],
-            scale - 2,
-        );
+        let sum = g.reduce_last(format!("{name}/blocksum"), ReduceKind::Sum, pm, scale - 2);
         let Some(off) = w.offset else {
             return g.node(name.to_string(), Op::Reshape, &[sum], vec![o], scale);
         };
         let sum = g.reshape(format!("{name}/main"), sum, vec![o]);
-        let xs = g.node(
-            format!("{name}/xsum"),
-            Op::Reduce {
-                kind: ReduceKind::Sum,
-                axes: vec![1],
-            },
-            &[x.q],
-            vec![nb, 1],
-            7,
-        );
+        let xs = g.reduce_last(format!("{name}/xsum"), ReduceKind::Sum, x.q, 7);
         let xs = g.reshape(format!("{name}/xsum1"), xs, vec![nb]);
         let xm = g.map(format!("{name}/xsumvalues"), Op::Mul, &[xs, x.max], s_x - 5);
         let ot = g.node(
@@ -395,25 +386,7 @@ impl Ctx<'_> {
         let s_uw = 30 - ceil_log2(wmax.max(1e-6));
         let s_h = (30 - ceil_log2(wmax.max(1e-6) * (h as f64).sqrt().max(8.0))).min(24);
         let g = &mut self.g;
-        let abs = g.map(
-            format!("{name}/abs"),
-            Op::LeakyRelu {
-                alpha_q: -1,
-                alpha_scale: 0,
-            },
-            &[x],
-            s,
-        );
-        let max = g.node(
-            format!("{name}/max"),
-            Op::Reduce {
-                kind: ReduceKind::Max,
-                axes: vec![0],
-            },
-            &[abs],
-            vec![1],
-            s,
-        );
+        let max = g.abs_max(name, "max", x);
         let m1 = g.map(
             format!("{name}/max1"),
             Op::Clamp { lo: 1, hi: MAX },
@@ -422,16 +395,7 @@ impl Ctx<'_> {
         );
         let u = g.map(format!("{name}/u"), Op::Div, &[x, m1], 30);
         let u2 = g.map(format!("{name}/u2"), Op::Mul, &[u, u], 30);
-        let ms = g.node(
-            format!("{name}/mean"),
-            Op::Reduce {
-                kind: ReduceKind::Mean,
-                axes: vec![0],
-            },
-            &[u2],
-            vec![1],
-            24,
-        );
+        let ms = g.reduce_last(format!("{name}/mean"), ReduceKind::Mean, u2, 24);
         let v = g.map(format!("{name}/eps"), Op::Div, &[ceps, m1], 24);
         let vc = g.map(
             format!("{name}/eps1"),
