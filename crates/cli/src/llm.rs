@@ -10,7 +10,7 @@ use verity_core::hash::keccak256;
 use verity_engine::vty;
 use verity_llm::gguf::Gguf;
 use verity_llm::sample::{Params, Sampler};
-use verity_llm::{Session, Step, Tokenizer};
+use verity_llm::{Session, Tokenizer};
 
 /// Positions a generation holds unless `--context` says otherwise.
 pub(crate) const DEFAULT_CONTEXT: usize = 1024;
@@ -31,16 +31,12 @@ fn open(path: &Path) -> Result<Gguf> {
     Ok(Gguf::open(path)?)
 }
 
-fn compile(g: &Gguf, context: usize) -> Result<Step> {
-    Ok(verity_llm::compile(g, context)?)
-}
-
 /// `verity model compile model.gguf -o step.vty`.
 pub(crate) fn cmd_compile_gguf(model: &Path, output: &Path, context: usize) -> Result<()> {
     let t0 = Instant::now();
     let g = open(model)?;
-    let step =
-        compile(&g, context).with_context(|| format!("cannot compile {}", model.display()))?;
+    let step = verity_llm::compile(&g, context)
+        .with_context(|| format!("cannot compile {}", model.display()))?;
     let bytes = vty::encode(&step.model);
     std::fs::write(output, &bytes).with_context(|| format!("cannot write {}", output.display()))?;
     let hp = &step.hp;
@@ -162,7 +158,7 @@ pub(crate) fn cmd_generate(a: GenerateArgs) -> Result<()> {
     };
     let sampler = Sampler::new(&params)?;
     let t0 = Instant::now();
-    let step = compile(&g, a.context)?;
+    let step = verity_llm::compile(&g, a.context)?;
     let scale = step
         .model
         .value(step.model.outputs[0].value)

@@ -51,14 +51,8 @@ fn main() {
             .iter()
             .zip(&want)
             .fold(0f64, |m, (a, b)| m.max((a - b).abs()));
-        let ga = got
-            .iter()
-            .enumerate()
-            .fold(0, |b, (i, v)| if *v > got[b] { i } else { b });
-        let wa = want
-            .iter()
-            .enumerate()
-            .fold(0, |b, (i, v)| if *v > want[b] { i } else { b });
+        let ga = argmax(&got) as usize;
+        let wa = argmax(&want) as usize;
         agree += (ga == wa) as usize;
         println!(
             "pos {i}: token {tok}, max err {err:.4} of max |logit| {max:.2} ({:.2}%), argmax {ga} vs {wa}, {:.1} ms",
@@ -67,7 +61,6 @@ fn main() {
         );
         // follow the reference's greedy choice so both see the same tokens
         tok = wa as u32;
-        let _ = argmax;
     }
     times.sort_by(|a, b| a.partial_cmp(b).expect("times"));
     println!(

@@ -3,6 +3,7 @@
 use verity_engine::{Executor, Mode};
 use verity_llm::gguf::Gguf;
 use verity_llm::reference::Reference;
+use verity_llm::session::argmax;
 use verity_llm::{Session, Weights};
 
 fn main() {
@@ -20,10 +21,7 @@ fn main() {
     for _ in 0..steps - 1 {
         let l = r.step(tok as usize);
         s.feed(tok).expect("step");
-        tok = l
-            .iter()
-            .enumerate()
-            .fold(0, |b, (i, v)| if *v > l[b] { i } else { b }) as u32;
+        tok = argmax(&l);
     }
     r.probe = Some(Vec::new());
     r.step(tok as usize);

@@ -113,7 +113,7 @@ impl Sampler {
             }
         }
         if self.is_greedy() {
-            return argmax64(&z);
+            return crate::session::argmax(&z);
         }
         // scaled logits y = z / temperature, at the logits' scale
         let t = self.temperature_q as i64;
@@ -188,16 +188,6 @@ fn rshift64(x: i64, k: u32) -> i64 {
     } else {
         ((x as i128 + (1i128 << (k - 1))) >> k) as i64
     }
-}
-
-fn argmax64(z: &[i64]) -> u32 {
-    let mut best = 0;
-    for (i, &v) in z.iter().enumerate() {
-        if v > z[best] {
-            best = i;
-        }
-    }
-    best as u32
 }
 
 /// `E[k] = round(2^30 · exp(−k · 2^−10))` for `k` up to 40 · 2^10 (computed once, with `libm`).

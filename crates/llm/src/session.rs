@@ -78,10 +78,10 @@ impl<'a> Session<'a> {
 }
 
 /// The index of the largest logit (the lowest index among equals): greedy decoding.
-pub fn argmax(logits: &[i32]) -> u32 {
+pub fn argmax<T: PartialOrd>(logits: &[T]) -> u32 {
     let mut best = 0;
-    for (i, &v) in logits.iter().enumerate() {
-        if v > logits[best] {
+    for (i, v) in logits.iter().enumerate() {
+        if *v > logits[best] {
             best = i;
         }
     }

@@ -44,10 +44,7 @@ fn track(bytes: Vec<u8>, steps: usize) -> (f64, usize) {
             m.max((g as f64 * (-(ls as f64)).exp2() - w).abs())
         });
         worst = worst.max(err / max);
-        let wa = want
-            .iter()
-            .enumerate()
-            .fold(0, |b, (i, v)| if *v > want[b] { i } else { b });
+        let wa = argmax(&want) as usize;
         agree += (argmax(&got) as usize == wa) as usize;
         tok = wa as u32;
     }
