@@ -98,13 +98,19 @@ impl PackedBlocks {
         true
     }
 
-    /// `y[o, g] = Σ_k x[g, k] · w[o, g, k]` (`[rows, blocks]`), or `None` when `x` holds a value
-    /// outside `−128..=127`.
-    pub fn run(&self, x: &[i32], threads: usize) -> Option<Vec<i32>> {
+    /// `x + 128` as bytes (`vpdpbusd`'s unsigned operand), or `None` unless `x` has the product's
+    /// length and only values in `−128..=127`.
+    fn offset_activations(&self, x: &[i32]) -> Option<Vec<u8>> {
         if x.len() != self.blocks * self.block || x.iter().any(|&v| !(-128..=127).contains(&v)) {
             return None;
         }
-        let xu: Vec<u8> = x.iter().map(|&v| (v + 128) as u8).collect();
+        Some(x.iter().map(|&v| (v + 128) as u8).collect())
+    }
+
+    /// `y[o, g] = Σ_k x[g, k] · w[o, g, k]` (`[rows, blocks]`), or `None` when `x` holds a value
+    /// outside `−128..=127`.
+    pub fn run(&self, x: &[i32], threads: usize) -> Option<Vec<i32>> {
+        let xu = self.offset_activations(x)?;
         let mut out = vec![0i32; self.rows * self.blocks];
         let row_len = self.blocks;
         par::rows(&mut out, row_len, threads, TILE, |first, part| {
@@ -138,17 +144,10 @@ impl PackedBlocks {
     ) -> Option<Vec<i32>> {
         let [s1, s2, s3] = shifts;
         let ok = |s: u32| (1..=62).contains(&s);
-        if x.len() != self.blocks * self.block
-            || x.iter().any(|&v| !(-128..=127).contains(&v))
-            || self.mult.is_empty()
-            || scale.len() != self.blocks
-            || !ok(s1)
-            || !ok(s2)
-            || s3 > 62
-        {
+        if self.mult.is_empty() || scale.len() != self.blocks || !ok(s1) || !ok(s2) || s3 > 62 {
             return None;
         }
-        let xu: Vec<u8> = x.iter().map(|&v| (v + 128) as u8).collect();
+        let xu = self.offset_activations(x)?;
         let mut out = vec![0i32; self.rows];
         let failed = std::sync::atomic::AtomicBool::new(false);
         par::rows(&mut out, 1, threads, TILE, |first, part| {
