@@ -691,7 +691,7 @@ fn per_channel(
             Some(Const {
                 shape: bshape.clone(),
                 scale: s8,
-                data,
+                data: data.into(),
             })
         }
         None => None,
@@ -715,12 +715,12 @@ fn per_channel(
         Const {
             shape: wf.shape.clone(),
             scale: 0,
-            data: q,
+            data: q.into(),
         },
         Const {
             shape: m_shape,
             scale: s_m as i8,
-            data: mult,
+            data: mult.into(),
         },
         bias_c,
         node.shape.clone(),
@@ -756,7 +756,11 @@ fn finish(
             Some(Const {
                 shape: bc.shape.clone(),
                 scale: node.scale,
-                data: data.into_iter().map(|v| v as i32).collect(),
+                data: data
+                    .into_iter()
+                    .map(|v| v as i32)
+                    .collect::<Vec<_>>()
+                    .into(),
             })
         }
         None => None,
@@ -844,12 +848,12 @@ fn dynamic_per_channel(
         Const {
             shape: wf.shape.clone(),
             scale: 0,
-            data: q,
+            data: q.into(),
         },
         Const {
             shape: mult_shape(chans, chan, node.shape.len(), &[]),
             scale: s_m as i8,
-            data: mult,
+            data: mult.into(),
         },
         None,
         node.shape.clone(),
@@ -965,12 +969,12 @@ fn blocked(
         Const {
             shape: split_shape(&wf.shape, k),
             scale: 0,
-            data: q,
+            data: q.into(),
         },
         Const {
             shape: mult_shape(chans, chan, node.shape.len(), &[groups as u32]),
             scale: s_m as i8,
-            data: mult,
+            data: mult.into(),
         },
         None,
         acc_shape.clone(),

@@ -315,7 +315,7 @@ pub fn quantize(
         consts.push(Const {
             shape: c.shape.clone(),
             scale: s,
-            data: quantize_slice(&c.data, s, "constant")?,
+            data: quantize_slice(&c.data, s, "constant")?.into(),
         });
     }
     // Pass 2: build the canonical nodes. Tables become constants after the graph's own constants.
@@ -329,7 +329,7 @@ pub fn quantize(
             tables.push(Const {
                 shape: vec![t.data.len() as u32],
                 scale: t.scale,
-                data: t.data,
+                data: t.data.into(),
             });
             // placeholder id, renumbered below
             inputs.push(u32::MAX - (tables.len() as u32 - 1));

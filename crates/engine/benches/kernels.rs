@@ -45,7 +45,7 @@ fn bench(c: &mut Criterion) {
         Const {
             shape: vec![128, 784],
             scale: 16,
-            data: values(128 * 784, 1, 1 << 15),
+            data: values(128 * 784, 1, 1 << 15).into(),
         },
         Op::EinSum {
             a: vec![0, 1],
@@ -59,7 +59,7 @@ fn bench(c: &mut Criterion) {
         Const {
             shape: vec![256, 256],
             scale: 16,
-            data: values(256 * 256, 2, 1 << 15),
+            data: values(256 * 256, 2, 1 << 15).into(),
         },
         Op::EinSum {
             a: vec![0, 1],
@@ -79,7 +79,7 @@ fn bench(c: &mut Criterion) {
         Const {
             shape: vec![32, 16, 3, 3],
             scale: 16,
-            data: values(32 * 16 * 9, 3, 1 << 15),
+            data: values(32 * 16 * 9, 3, 1 << 15).into(),
         },
         Op::Conv2d { window, groups: 1 },
         vec![1, 32, 28, 28],
@@ -141,7 +141,7 @@ fn bench_qgemm(c: &mut Criterion) {
         Const {
             shape: vec![64, 64, 3, 3],
             scale: 0,
-            data: values(64 * 64 * 9, 5, 127),
+            data: values(64 * 64 * 9, 5, 127).into(),
         },
         Op::Conv2d { window, groups: 1 },
         vec![1, 64, 56, 56],
@@ -165,7 +165,7 @@ fn bench_qgemm(c: &mut Criterion) {
         Const {
             shape: vec![144, 1, 3, 3],
             scale: 0,
-            data: values(144 * 9, 6, 127),
+            data: values(144 * 9, 6, 127).into(),
         },
         Op::Conv2d {
             window,
@@ -192,7 +192,8 @@ fn bench_qgemm(c: &mut Criterion) {
         data: values(64, 11, 1 << 19)
             .into_iter()
             .map(|v| v.abs() + 1)
-            .collect(),
+            .collect::<Vec<_>>()
+            .into(),
     });
     for (name, op, inputs, scale) in [
         ("mul", Op::Mul, vec![3, 2], 4),

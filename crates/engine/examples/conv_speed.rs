@@ -37,7 +37,7 @@ fn main() {
         vec![Const {
             shape: vec![o, c / g, k, k],
             scale: 0,
-            data: w,
+            data: w.into(),
         }],
         Op::Conv2d { window, groups: g },
         vec![0, 1],

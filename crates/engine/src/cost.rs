@@ -164,7 +164,7 @@ mod tests {
             consts: vec![Const {
                 shape: vec![64, 32],
                 scale: 0,
-                data: vec![1; 64 * 32],
+                data: vec![1; 64 * 32].into(),
             }],
             nodes: vec![
                 Node {

@@ -335,7 +335,7 @@ impl<M: Borrow<Model> + Sync> Executor<M> {
             .outputs
             .iter()
             .map(|o| match self.model.borrow().const_of(o.value) {
-                Some(c) => c.data.clone(),
+                Some(c) => c.data.to_vec(),
                 None => vals[o.value as usize].clone().unwrap_or_default(),
             })
             .collect()

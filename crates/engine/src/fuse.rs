@@ -526,7 +526,7 @@ mod tests {
             consts: vec![Const {
                 shape: vec![1, 3, 1],
                 scale: 8,
-                data: vec![3, 5, 7],
+                data: vec![3, 5, 7].into(),
             }],
             nodes: vec![
                 // 0: head; 1 and 2 fuse into it; 2's output is read twice (3 and 4), so it ends the chain

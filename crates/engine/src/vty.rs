@@ -506,7 +506,11 @@ fn decode_const(bytes: &[u8], file_version: u8) -> Result<Const, ModelError> {
     let n = numel(&shape);
     if file_version >= 2 {
         let data = decode_elements(r.take(r.remaining())?, n).map_err(|e| r.invalid(e))?;
-        return Ok(Const { shape, scale, data });
+        return Ok(Const {
+            shape,
+            scale,
+            data: data.into(),
+        });
     }
     if n.saturating_mul(4) != r.remaining() as u64 {
         return Err(r
@@ -520,8 +524,12 @@ fn decode_const(bytes: &[u8], file_version: u8) -> Result<Const, ModelError> {
         .take(r.remaining())?
         .chunks_exact(4)
         .map(|c| i32::from_be_bytes([c[0], c[1], c[2], c[3]]))
-        .collect();
-    Ok(Const { shape, scale, data })
+        .collect::<Vec<i32>>();
+    Ok(Const {
+        shape,
+        scale,
+        data: data.into(),
+    })
 }
 
 /// What the header item says: the inputs, the constant and node counts, the outputs.

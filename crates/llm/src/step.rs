@@ -43,7 +43,7 @@ impl G {
         self.consts.push(Const {
             shape,
             scale: scale as i8,
-            data,
+            data: data.into(),
         });
         R::C(self.consts.len() as u32 - 1)
     }

@@ -795,7 +795,7 @@ fn build(model: &Model, model_id: Hash, limb: u32) -> Result<Circuit, ZkError> {
 pub fn w_table(model: &Model, c: &Circuit) -> Vec<F> {
     let mut wtab = vec![F::default(); c.w_len];
     for (k, (d, off)) in model.consts.iter().zip(&c.weights) {
-        for (p, &v) in d.positions().into_iter().zip(&k.data) {
+        for (p, &v) in d.positions().into_iter().zip(k.data.iter()) {
             wtab[off + p] = from_i64(v as i64);
         }
     }

@@ -18,7 +18,11 @@ fn input(shape: Vec<u32>, scale: i8) -> Input {
 }
 
 fn konst(shape: Vec<u32>, scale: i8, data: Vec<i32>) -> Const {
-    Const { shape, scale, data }
+    Const {
+        shape,
+        scale,
+        data: data.into(),
+    }
 }
 
 /// Deterministic pseudo-random values in [-amp, amp].

@@ -123,7 +123,7 @@ fn tiny_model() -> Vec<u8> {
         vec![Const {
             shape: vec![1, 4],
             scale: 0,
-            data: vec![1; 4],
+            data: vec![1; 4].into(),
         }],
         Op::Add,
         vec![0, 1],

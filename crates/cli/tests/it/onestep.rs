@@ -193,12 +193,15 @@ fn extra_cases() -> Vec<(String, verity_engine::Model, Vec<Vec<i32>>)> {
                 Const {
                     shape: vec![6, 2, 3, 2],
                     scale: 9,
-                    data: (0..72).map(|i| (i * 37) % 41 - 20).collect(),
+                    data: (0..72)
+                        .map(|i| (i * 37) % 41 - 20)
+                        .collect::<Vec<_>>()
+                        .into(),
                 },
                 Const {
                     shape: vec![6],
                     scale: 10,
-                    data: vec![5, -3, 8, 0, 1, -9],
+                    data: vec![5, -3, 8, 0, 1, -9].into(),
                 },
             ],
             Op::Conv2d { window, groups: 2 },

@@ -35,7 +35,7 @@ pub fn big_model(dir: &Path, n: u32) -> (std::path::PathBuf, Vec<u8>, Hash) {
         consts: vec![Const {
             shape: vec![1, n],
             scale: 8,
-            data,
+            data: data.into(),
         }],
         nodes: vec![Node {
             name: "add".into(),

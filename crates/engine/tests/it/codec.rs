@@ -16,12 +16,12 @@ pub fn sample_model() -> Model {
             Const {
                 shape: vec![4, 3],
                 scale: 10,
-                data: (0..12).map(|i| i * 37 - 200).collect(),
+                data: (0..12).map(|i| i * 37 - 200).collect::<Vec<_>>().into(),
             },
             Const {
                 shape: vec![3],
                 scale: 12,
-                data: vec![5, -6, 7],
+                data: vec![5, -6, 7].into(),
             },
         ],
         Op::EinSum {
@@ -178,12 +178,15 @@ fn narrow_constants_shrink_the_file_and_keep_the_id() {
     let big = Const {
         shape: vec![64, 64],
         scale: 0,
-        data: (0..4096).map(|i| (i * 37 % 255) - 127).collect(),
+        data: (0..4096)
+            .map(|i| (i * 37 % 255) - 127)
+            .collect::<Vec<_>>()
+            .into(),
     };
     let small = Const {
         shape: vec![3, 5],
         scale: 0,
-        data: (0..15).map(|i| i % 16 - 8).collect(),
+        data: (0..15).map(|i| i % 16 - 8).collect::<Vec<_>>().into(),
     };
     let m = Model::one_node(
         vec![input("x", vec![1, 64], 4)],
@@ -228,7 +231,7 @@ fn encode_v1(m: &Model) -> Vec<u8> {
     items.extend(m.nodes.iter().map(vty::encode_node));
     for c in &m.consts {
         let mut item = vty::encode_const_desc(c);
-        for v in &c.data {
+        for v in c.data.iter() {
             item.extend_from_slice(&v.to_be_bytes());
         }
         items.push(item);

@@ -89,8 +89,8 @@ proptest! {
         let mut node_inputs = vec![0, 1];
         if c.bias > 0 {
             let bshape = if c.bias == 1 { vec![*osh.last().unwrap()] } else { osh.clone() };
-            let data = gen(numel(&bshape)).into_iter().map(|v| v >> 8).collect();
-            consts.push(Const { shape: bshape, scale: (sa + sb).min(6), data });
+            let data = gen(numel(&bshape)).into_iter().map(|v| v >> 8).collect::<Vec<_>>();
+            consts.push(Const { shape: bshape, scale: (sa + sb).min(6), data: data.into() });
             node_inputs.push(2);
         }
         let m = Model::one_node(
@@ -121,10 +121,10 @@ proptest! {
         let mut gen = crate::gen(seed, mag);
         let mut gen = |n: u32| gen(n as usize);
         let x = gen(n * c * h * w);
-        let mut consts = vec![Const { shape: vec![o, cg, k[0], k[1]], scale: 8, data: gen(o * cg * k[0] * k[1]) }];
+        let mut consts = vec![Const { shape: vec![o, cg, k[0], k[1]], scale: 8, data: gen(o * cg * k[0] * k[1]).into() }];
         let mut ins = vec![0, 1];
         if bias {
-            consts.push(Const { shape: vec![o], scale: 10, data: gen(o) });
+            consts.push(Const { shape: vec![o], scale: 10, data: gen(o).into() });
             ins.push(2);
         }
         let m = Model::one_node(vec![input("x", vec![n, c, h, w], 6)], consts, Op::Conv2d { window, groups }, ins, vec![n, o, oh, ow], 7);
@@ -223,7 +223,7 @@ fn softmax_rows_sum_to_one() {
         vec![Const {
             shape: vec![n],
             scale: 16,
-            data: table,
+            data: table.into(),
         }],
         Op::Softmax {
             axis: 1,
@@ -256,7 +256,7 @@ fn gather_rejects_out_of_range_indices() {
         vec![Const {
             shape: vec![3, 2],
             scale: 0,
-            data: vec![1, 2, 3, 4, 5, 6],
+            data: vec![1, 2, 3, 4, 5, 6].into(),
         }],
         Op::Gather { axis: 0 },
         vec![1, 0],
@@ -281,7 +281,7 @@ fn threaded_kernels_equal_reference() {
         vec![Const {
             shape: vec![96, 80],
             scale: 14,
-            data: g(96 * 80),
+            data: g(96 * 80).into(),
         }],
         Op::EinSum {
             a: vec![0, 1, 2],
@@ -308,7 +308,7 @@ fn threaded_kernels_equal_reference() {
         vec![Const {
             shape: vec![32, 16, 3, 3],
             scale: 12,
-            data: g(32 * 16 * 9),
+            data: g(32 * 16 * 9).into(),
         }],
         Op::Conv2d { window, groups: 1 },
         vec![0, 1],
@@ -378,7 +378,7 @@ proptest! {
         let mut run_inputs = vec![];
         for (name, shape, data, is_const, scale) in [("a", ash, a, const_a && !const_b, sa), ("b", bsh, b, const_b, 0)] {
             if is_const {
-                consts.push(Const { shape, scale, data });
+                consts.push(Const { shape, scale, data: data.into() });
             } else {
                 inputs.push(input(name, shape, scale));
                 run_inputs.push(data);
@@ -398,7 +398,7 @@ proptest! {
         };
         let mut node_inputs = vec![ia, ib];
         if bias {
-            consts.push(Const { shape: vec![n], scale: sa, data: gen(n as usize).into_iter().map(|v| v % 256).collect() });
+            consts.push(Const { shape: vec![n], scale: sa, data: gen(n as usize).into_iter().map(|v| v % 256).collect::<Vec<_>>().into() });
             node_inputs.push(ni + consts.len() as u32 - 1);
         }
         let model = Model::one_node(
@@ -429,10 +429,10 @@ proptest! {
         let mut gen = crate::gen(seed, i32::MAX);
         let x = eight_bit(&mut gen, (n * c * h * w) as usize, unsigned, spill, wide);
         let wts = eight_bit(&mut gen, (o * cg * k[0] * k[1]) as usize, false, false, false);
-        let mut consts = vec![Const { shape: vec![o, cg, k[0], k[1]], scale: 0, data: wts }];
+        let mut consts = vec![Const { shape: vec![o, cg, k[0], k[1]], scale: 0, data: wts.into() }];
         let mut ins = vec![0, 1];
         if bias {
-            consts.push(Const { shape: vec![o], scale: 3, data: gen(o as usize).into_iter().map(|v| v % 256).collect() });
+            consts.push(Const { shape: vec![o], scale: 3, data: gen(o as usize).into_iter().map(|v| v % 256).collect::<Vec<_>>().into() });
             ins.push(2);
         }
         let m = Model::one_node(vec![input("x", vec![n, c, h, w], 6)], consts, Op::Conv2d { window, groups }, ins, vec![n, o, oh, ow], so);
@@ -554,7 +554,7 @@ fn with_chain(
     let multipliers = g(channels as usize)
         .into_iter()
         .map(|v| v.rem_euclid(1 << 12) + 1)
-        .collect();
+        .collect::<Vec<i32>>();
     Model {
         inputs: vec![x],
         consts: vec![
@@ -562,7 +562,7 @@ fn with_chain(
             Const {
                 shape: per_channel,
                 scale: 12,
-                data: multipliers,
+                data: multipliers.into(),
             },
         ],
         nodes,
@@ -628,7 +628,7 @@ fn eight_bit_kernels_split_across_threads_with_their_chains() {
         let w = Const {
             shape: ws,
             scale: 4,
-            data: eight_bit(&mut g, nw, false, false, false),
+            data: eight_bit(&mut g, nw, false, false, false).into(),
         };
         let m = with_chain(head, input("x", xs, 4), w, channels, &mut g);
         m.validate().expect("valid");
@@ -675,12 +675,16 @@ fn fused_binary_steps_keep_their_operand_order() {
                     Const {
                         shape: vec![8, 4, 1, 1],
                         scale: 4,
-                        data: g(32).into_iter().map(|v| v % 128).collect(),
+                        data: g(32)
+                            .into_iter()
+                            .map(|v| v % 128)
+                            .collect::<Vec<_>>()
+                            .into(),
                     },
                     Const {
                         shape: vec![1, 8, 1, 1],
                         scale: 8,
-                        data: g(8),
+                        data: g(8).into(),
                     },
                 ],
                 nodes: vec![
@@ -753,12 +757,12 @@ fn block_sum_model(o: u32, g: u32, k: u32, q: Vec<i32>, mult: Vec<i32>, scales: 
             Const {
                 shape: vec![o, g, k],
                 scale: 0,
-                data: q,
+                data: q.into(),
             },
             Const {
                 shape: vec![o, g],
                 scale: s_m,
-                data: mult,
+                data: mult.into(),
             },
         ],
         nodes: vec![

@@ -14,7 +14,7 @@ use verity_engine::{Executor, Mode};
 pub fn agrees(m: &Model, inputs: Vec<Vec<i32>>) {
     let ni = m.inputs.len();
     let mut vals: Vec<Vec<i32>> = inputs.clone();
-    vals.extend(m.consts.iter().map(|c| c.data.clone()));
+    vals.extend(m.consts.iter().map(|c| c.data.to_vec()));
     let ex = Executor::new(m, Mode::Reference);
     let full = ex.run_trace(inputs.clone());
     // node by node, element by element, from the values computed so far; a failing run stops at the

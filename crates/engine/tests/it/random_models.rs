@@ -103,11 +103,11 @@ proptest! {
         let mut g = gen(seed, mag);
         let table: Vec<i32> = g(len);
         let x = g(6);
-        let m = Model::one_node(vec![input("x", vec![2, 3], si)], vec![Const { shape: vec![len as u32], scale: so, data: table.clone() }],
+        let m = Model::one_node(vec![input("x", vec![2, 3], si)], vec![Const { shape: vec![len as u32], scale: so, data: table.clone().into() }],
             Op::Lookup { shift, lo }, vec![0, 1], vec![2, 3], so);
         check(&m, vec![x.clone()])?;
         let positive: Vec<i32> = table.iter().map(|v| v.saturating_abs()).collect();
-        let m = Model::one_node(vec![input("x", vec![2, 3], si)], vec![Const { shape: vec![len as u32], scale: 30, data: positive }],
+        let m = Model::one_node(vec![input("x", vec![2, 3], si)], vec![Const { shape: vec![len as u32], scale: 30, data: positive.into() }],
             Op::Softmax { axis, shift, lo }, vec![0, 1], vec![2, 3], so);
         check(&m, vec![x])?;
     }
@@ -136,7 +136,7 @@ proptest! {
         let m = Model::one_node(vec![input("a", vec![1, 3], si)], vec![], Op::Broadcast, vec![0], vec![4, 2, 3], so);
         check(&m, vec![g(3)])?;
         let idx = Input { name: "i".into(), shape: vec![3], scale: 0, kind: InputKind::Int };
-        let m = Model::one_node(vec![idx], vec![Const { shape: vec![4, 2], scale: si, data: g(8) }], Op::Gather { axis: 0 }, vec![1, 0], vec![3, 2], so);
+        let m = Model::one_node(vec![idx], vec![Const { shape: vec![4, 2], scale: si, data: g(8).into() }], Op::Gather { axis: 0 }, vec![1, 0], vec![3, 2], so);
         check(&m, vec![gen(seed, 5)(3)])?;
     }
 }
@@ -169,14 +169,14 @@ proptest! {
         let mut gw = gen(seed ^ 1, 100);
         let shape = vec![2u32, 3, 4, 1];
         let consts = vec![
-            Const { shape: shape.clone(), scale: 6, data: g(24) },
-            Const { shape: vec![1, 3, 1, 1], scale: 20, data: g(3) },
-            Const { shape: vec![4, 1], scale: 2, data: g(4) },
-            Const { shape: vec![1], scale: 0, data: g(1) },
-            Const { shape: vec![17], scale: 5, data: g(17) },
-            Const { shape: vec![4, 4], scale: 3, data: gw(16) },
-            Const { shape: vec![3, 3, 3, 1], scale: 3, data: gw(27) },
-            Const { shape: vec![3, 1, 3, 1], scale: 3, data: gw(9) },
+            Const { shape: shape.clone(), scale: 6, data: g(24).into() },
+            Const { shape: vec![1, 3, 1, 1], scale: 20, data: g(3).into() },
+            Const { shape: vec![4, 1], scale: 2, data: g(4).into() },
+            Const { shape: vec![1], scale: 0, data: g(1).into() },
+            Const { shape: vec![17], scale: 5, data: g(17).into() },
+            Const { shape: vec![4, 4], scale: 3, data: gw(16).into() },
+            Const { shape: vec![3, 3, 3, 1], scale: 3, data: gw(27).into() },
+            Const { shape: vec![3, 1, 3, 1], scale: 3, data: gw(9).into() },
         ];
         let window = Window { kernel: [3, 1], stride: [1, 1], dilation: [1, 1], pads: [1, 0, 1, 0] };
         // values: 0 x, 1 r, 2..=9 constants, then nodes; the head is an Add, an EinSum, a convolution or a
