@@ -166,10 +166,8 @@ pub(crate) fn cmd_generate(a: GenerateArgs) -> Result<()> {
     let compile_s = t0.elapsed().as_secs_f64();
     let mut s = Session::new(&step, a.threads);
     let t1 = Instant::now();
-    let mut logits = Vec::new();
-    for &t in &prompt {
-        logits = s.feed(t)?;
-    }
+    // the prompt in chunks of positions, with the bits of one step at a time
+    let mut logits = s.prefill(&prompt)?;
     let prefill_s = t1.elapsed().as_secs_f64();
     let t2 = Instant::now();
     let mut context = prompt.clone();

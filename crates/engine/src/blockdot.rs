@@ -98,43 +98,77 @@ impl PackedBlocks {
         true
     }
 
-    /// `x + 128` as bytes (`vpdpbusd`'s unsigned operand), or `None` unless `x` has the product's
-    /// length and only values in `−128..=127`.
-    fn offset_activations(&self, x: &[i32]) -> Option<Vec<u8>> {
-        if x.len() != self.blocks * self.block || x.iter().any(|&v| !(-128..=127).contains(&v)) {
+    /// `x + 128` as bytes (`vpdpbusd`'s unsigned operand) and the number of activation rows, or
+    /// `None` unless `x` holds whole rows of the product's length and only values in `−128..=127`.
+    fn offset_activations(&self, x: &[i32]) -> Option<(Vec<u8>, usize)> {
+        let len = self.blocks * self.block;
+        if x.is_empty() || !x.len().is_multiple_of(len) {
             return None;
         }
-        Some(x.iter().map(|&v| (v + 128) as u8).collect())
+        if x.iter().any(|&v| !(-128..=127).contains(&v)) {
+            return None;
+        }
+        Some((x.iter().map(|&v| (v + 128) as u8).collect(), x.len() / len))
     }
 
-    /// `y[o, g] = Σ_k x[g, k] · w[o, g, k]` (`[rows, blocks]`), or `None` when `x` holds a value
-    /// outside `−128..=127`.
-    pub fn run(&self, x: &[i32], threads: usize) -> Option<Vec<i32>> {
-        let xu = self.offset_activations(x)?;
-        let mut out = vec![0i32; self.rows * self.blocks];
-        let row_len = self.blocks;
-        par::rows(&mut out, row_len, threads, TILE, |first, part| {
+    /// Runs `each(tile, activation row, that row's 16 × blocks products)` over every row tile and
+    /// activation row, tiles split among `threads`; `each` writes `per` values per weight row and
+    /// activation row into its slice (`[16 rows][m][per]`), returned as `[m][rows][per]`.
+    fn for_tiles(
+        &self,
+        xu: &[u8],
+        m: usize,
+        per: usize,
+        threads: usize,
+        each: impl Fn(usize, usize, &[i32], &mut [i32]) + Sync,
+    ) -> Vec<i32> {
+        let len = self.blocks * self.block;
+        // weight-row major, so that each thread's tiles are one contiguous part
+        let mut by_row = vec![0i32; self.rows * m * per];
+        par::rows(&mut by_row, m * per, threads, TILE, |first, part| {
             let mut tmp = vec![0i32; self.blocks * TILE];
-            for (i, rows) in part.chunks_mut(TILE * row_len).enumerate() {
+            for (i, rows) in part.chunks_mut(TILE * m * per).enumerate() {
                 let t = first / TILE + i;
-                self.tile(t, &xu, &mut tmp);
-                for (lane, row) in rows.chunks_mut(row_len).enumerate() {
-                    for (g, y) in row.iter_mut().enumerate() {
-                        *y = tmp[g * TILE + lane];
-                    }
+                for r in 0..m {
+                    self.tile(t, &xu[r * len..(r + 1) * len], &mut tmp);
+                    each(t, r, &tmp, rows);
                 }
             }
         });
-        Some(out)
+        if m == 1 {
+            return by_row;
+        }
+        let mut out = vec![0i32; by_row.len()];
+        for (o, row) in by_row.chunks_exact(m * per).enumerate() {
+            for (r, vals) in row.chunks_exact(per).enumerate() {
+                out[(r * self.rows + o) * per..][..per].copy_from_slice(vals);
+            }
+        }
+        out
     }
 
-    /// The block sums of a block-quantized product in one pass: per row `o`,
+    /// `y[m, o, g] = Σ_k x[m, g, k] · w[o, g, k]` (`[m, rows, blocks]`, `m` activation rows), or
+    /// `None` when `x` holds a value outside `−128..=127`.
+    pub fn run(&self, x: &[i32], threads: usize) -> Option<Vec<i32>> {
+        let (xu, m) = self.offset_activations(x)?;
+        let nb = self.blocks;
+        Some(self.for_tiles(&xu, m, nb, threads, |_, r, tmp, rows| {
+            for (lane, row) in rows.chunks_mut(m * nb).enumerate() {
+                for (g, y) in row[r * nb..(r + 1) * nb].iter_mut().enumerate() {
+                    *y = tmp[g * TILE + lane];
+                }
+            }
+        }))
+    }
+
+    /// The block sums of a block-quantized product in one pass: per activation row and weight row `o`,
     /// `Σ_g fit(rshift(fit(rshift(y[o,g] · mult[o,g], s1)) · scale[g], s2))`, then `rshift(·, s3)` and
     /// fitted — the `Mul`, `Mul` and `Reduce Sum` nodes that follow the product, with the same
     /// integers, `mult` being the multipliers given to [`PackedBlocks::set_multipliers`]. `None` when
     /// there are none, `x` is not 8-bit, or some intermediate leaves `i32` (the caller then runs the
     /// nodes one by one, which report the error at its node). Shifts must be in `1..=62` (`s3` in
-    /// `0..=62`).
+    /// `0..=62`). `x` may hold `m` activation rows (`[m, blocks, block]`, `scale` `[m, blocks]`); the
+    /// result is then `[m, rows]`.
     pub fn run_sums(
         &self,
         x: &[i32],
@@ -144,25 +178,23 @@ impl PackedBlocks {
     ) -> Option<Vec<i32>> {
         let [s1, s2, s3] = shifts;
         let ok = |s: u32| (1..=62).contains(&s);
-        if self.mult.is_empty() || scale.len() != self.blocks || !ok(s1) || !ok(s2) || s3 > 62 {
+        if self.mult.is_empty() || !ok(s1) || !ok(s2) || s3 > 62 {
             return None;
         }
-        let xu = self.offset_activations(x)?;
-        let mut out = vec![0i32; self.rows];
+        let (xu, m) = self.offset_activations(x)?;
+        if scale.len() != m * self.blocks {
+            return None;
+        }
         let failed = std::sync::atomic::AtomicBool::new(false);
-        par::rows(&mut out, 1, threads, TILE, |first, part| {
-            let mut tmp = vec![0i32; self.blocks * TILE];
-            for (i, rows) in part.chunks_mut(TILE).enumerate() {
-                let t = first / TILE + i;
-                self.tile(t, &xu, &mut tmp);
-                let mult = &self.mult[t * self.blocks * TILE..(t + 1) * self.blocks * TILE];
-                let mut sums = [0i64; TILE];
-                if !epilogue(&tmp, mult, scale, shifts, &mut sums) {
-                    failed.store(true, std::sync::atomic::Ordering::Relaxed);
-                }
-                for (y, &v) in rows.iter_mut().zip(&sums) {
-                    *y = v as i32;
-                }
+        let nb = self.blocks;
+        let out = self.for_tiles(&xu, m, 1, threads, |t, r, tmp, rows| {
+            let mult = &self.mult[t * nb * TILE..(t + 1) * nb * TILE];
+            let mut sums = [0i64; TILE];
+            if !epilogue(tmp, mult, &scale[r * nb..(r + 1) * nb], shifts, &mut sums) {
+                failed.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+            for (y, &v) in rows.chunks_mut(m).zip(&sums) {
+                y[r] = v as i32;
             }
         });
         (!failed.into_inner()).then_some(out)

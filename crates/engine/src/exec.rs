@@ -146,8 +146,8 @@ enum Prepared {
     Blocks(crate::blockdot::PackedBlocks),
 }
 
-/// The packed weights of an `EinSum {gk, ogk → og}` whose second operand is a constant of 8-bit
-/// values (a block-quantized matrix product, see [`crate::blockdot`]).
+/// The packed weights of an `EinSum {gk, ogk → og}` (or `{mgk, ogk → mog}`) whose second operand is
+/// a constant of 8-bit values (a block-quantized matrix product, see [`crate::blockdot`]).
 fn block_weights(
     a: &[u8],
     b: &[u8],
@@ -155,15 +155,18 @@ fn block_weights(
     b_shape: &[usize],
     w: Option<&Const>,
 ) -> Option<crate::blockdot::PackedBlocks> {
-    let (g, k) = match a {
-        [g, k] => (*g, *k),
+    let (m, g, k) = match a {
+        [g, k] => (None, *g, *k),
+        [m, g, k] => (Some(*m), *g, *k),
         _ => return None,
     };
     match (b, out) {
-        ([o, g2, k2], [o2, g3]) if *g2 == g && *k2 == k && o2 == o && *g3 == g => {}
+        ([o, g2, k2], [o2, g3]) if m.is_none() && *g2 == g && *k2 == k && o2 == o && *g3 == g => {}
+        ([o, g2, k2], [m2, o2, g3])
+            if Some(*m2) == m && *g2 == g && *k2 == k && o2 == o && *g3 == g => {}
         _ => return None,
     }
-    if g == k || b[0] == g || b[0] == k {
+    if g == k || b[0] == g || b[0] == k || m.is_some_and(|m| m == g || m == k || m == b[0]) {
         return None;
     }
     crate::blockdot::PackedBlocks::new(&w?.data, b_shape[0], b_shape[1], b_shape[2])
@@ -302,6 +305,23 @@ impl<M: Borrow<Model> + Sync> Executor<M> {
         Ok(self.collect_outputs(&vals))
     }
 
+    /// [`Executor::run`] that hands the inputs back unchanged beside the outputs, for callers that feed
+    /// large inputs again (a language model's key/value caches) and would otherwise copy them.
+    #[allow(clippy::type_complexity)]
+    pub fn run_keeping_inputs(
+        &self,
+        inputs: Vec<Vec<i32>>,
+    ) -> Result<(Vec<Vec<i32>>, Vec<Vec<i32>>), ExecError> {
+        let mut vals = self.on_pool(|| self.eval_with(inputs, None, Some(&self.last_use), true))?;
+        let outs = self.collect_outputs(&vals);
+        let ni = self.model.borrow().inputs.len();
+        let inputs = vals[..ni]
+            .iter_mut()
+            .map(|v| v.take().unwrap_or_default())
+            .collect();
+        Ok((outs, inputs))
+    }
+
     /// Run and keep every intermediate tensor.
     pub fn run_trace(&self, inputs: Vec<Vec<i32>>) -> Result<(Vec<Vec<i32>>, Trace), ExecError> {
         self.run_trace_tampered(inputs, None)
@@ -343,7 +363,7 @@ impl<M: Borrow<Model> + Sync> Executor<M> {
 
     /// Evaluate without a trace: each intermediate is dropped after the last node that reads it.
     fn eval(&self, inputs: Vec<Vec<i32>>) -> Result<Vec<Option<Vec<i32>>>, ExecError> {
-        self.on_pool(|| self.eval_with(inputs, None, Some(&self.last_use)))
+        self.on_pool(|| self.eval_with(inputs, None, Some(&self.last_use), false))
     }
 
     fn eval_tampered(
@@ -351,7 +371,7 @@ impl<M: Borrow<Model> + Sync> Executor<M> {
         inputs: Vec<Vec<i32>>,
         tamper: Option<(usize, usize)>,
     ) -> Result<Vec<Option<Vec<i32>>>, ExecError> {
-        self.on_pool(|| self.eval_with(inputs, tamper, None))
+        self.on_pool(|| self.eval_with(inputs, tamper, None, false))
     }
 
     /// Run `f` on a worker of the shared pool of this executor's thread count (fast mode with several
@@ -369,12 +389,14 @@ impl<M: Borrow<Model> + Sync> Executor<M> {
         }
     }
 
-    /// Evaluate every node; with `last_use`, free each value once no later node reads it.
+    /// Evaluate every node; with `last_use`, free each value once no later node reads it (model inputs
+    /// too, unless `keep_inputs`).
     fn eval_with(
         &self,
         inputs: Vec<Vec<i32>>,
         tamper: Option<(usize, usize)>,
         last_use: Option<&[usize]>,
+        keep_inputs: bool,
     ) -> Result<Vec<Option<Vec<i32>>>, ExecError> {
         self.check_inputs(&inputs)?;
         let m: &Model = self.model.borrow();
@@ -484,7 +506,7 @@ impl<M: Borrow<Model> + Sync> Executor<M> {
             }
             if let Some(last) = last_use {
                 for &v in &node.inputs {
-                    if last[v as usize] == k {
+                    if last[v as usize] == k && !(keep_inputs && (v as usize) < m.inputs.len()) {
                         vals[v as usize] = None;
                     }
                 }

@@ -96,19 +96,30 @@ pub(crate) struct BlockSum {
     pub shifts: [u32; 3],
 }
 
-/// `EinSum {gk, ogk → og}` at node `h` followed, each the only reader of the one before, by
-/// `Mul(·, mult)` with `mult` a constant of the product's shape, `Mul(·, scale)` with `scale` of shape
-/// `[blocks]` computed before `h`, and `Reduce Sum` over axis 1, with right shifts only.
+/// `EinSum {gk, ogk → og}` (or `{mgk, ogk → mog}`, `m` rows at once) at node `h` followed, each the
+/// only reader of the one before, by `Mul(·, mult)` with `mult` a constant `[o, g]`, `Mul(·, scale)`
+/// with `scale` of shape `[g]` (`[m, 1, g]`) computed before `h`, and `Reduce Sum` over the last axis,
+/// with right shifts only.
 fn block_sum(m: &Model, h: usize, reads: &[u32], reader: &[usize]) -> Option<BlockSum> {
     let first = m.first_node_value();
     let node = &m.nodes[h];
     let Op::EinSum { a, b, out } = &node.op else {
         return None;
     };
-    if a.len() != 2 || b.len() != 3 || out.len() != 2 || b[1..] != a[..] || out[..] != [b[0], a[0]]
-    {
+    let rows = match (a.as_slice(), out.as_slice()) {
+        ([g, _], [o, g2]) if o == &b[0] && g2 == g => false,
+        ([mm, g, _], [m2, o, g2]) if m2 == mm && o == &b[0] && g2 == g && !b.contains(mm) => true,
+        _ => return None,
+    };
+    if b.len() != 3 || b[1..] != a[a.len() - 2..] {
         return None;
     }
+    let (o, g) = (node.shape[node.shape.len() - 2], node.shape[node.shape.len() - 1]);
+    let scale_shape = if rows {
+        vec![node.shape[0], 1, g]
+    } else {
+        vec![g]
+    };
     if node.inputs.len() != 2 || m.const_of(node.inputs[1]).is_none() {
         return None;
     }
@@ -124,7 +135,7 @@ fn block_sum(m: &Model, h: usize, reads: &[u32], reader: &[usize]) -> Option<Blo
     let (n1, n2, n3) = (&m.nodes[k1], &m.nodes[k2], &m.nodes[k3]);
     let acc = (first + h) as ValueId;
     let mult = match (&n1.op, n1.inputs.as_slice()) {
-        (Op::Mul, [x, c]) if *x == acc && m.const_of(*c).is_some_and(|c| c.shape == node.shape) => {
+        (Op::Mul, [x, c]) if *x == acc && m.const_of(*c).is_some_and(|c| c.shape == [o, g]) => {
             *c
         }
         _ => return None,
@@ -133,7 +144,7 @@ fn block_sum(m: &Model, h: usize, reads: &[u32], reader: &[usize]) -> Option<Blo
         (Op::Mul, [x, sc])
             if *x == (first + k1) as ValueId
                 && (*sc as usize) < first + h
-                && m.value(*sc).is_some_and(|i| i.shape == [node.shape[1]]) =>
+                && m.value(*sc).is_some_and(|i| *i.shape == scale_shape[..]) =>
         {
             *sc
         }
@@ -146,7 +157,7 @@ fn block_sum(m: &Model, h: usize, reads: &[u32], reader: &[usize]) -> Option<Blo
                 axes,
             },
             [x],
-        ) if axes == &[1] && *x == (first + k2) as ValueId => {}
+        ) if axes == &[a.len() as u32 - 1] && *x == (first + k2) as ValueId => {}
         _ => return None,
     }
     let s1 = node.scale as i32 + scale_of(mult)? - n1.scale as i32;

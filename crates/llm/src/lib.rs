@@ -32,13 +32,19 @@ pub fn calibration_tokens(g: &gguf::Gguf, vocab: usize, n: usize) -> Vec<u32> {
     out
 }
 
-/// Compiles a GGUF model's decode step for generations of up to `context` positions: weights read
-/// exactly, scales from a float run over the calibration tokens.
+/// Compiles a GGUF model's decode step for generations of up to `context` positions, and its prefill
+/// chunk of [`step::PREFILL_ROWS`] positions: weights read exactly, scales from a float run over the
+/// calibration tokens.
 pub fn compile(g: &gguf::Gguf, context: usize) -> Result<Step, LlmError> {
+    compile_with(g, context, step::PREFILL_ROWS)
+}
+
+/// [`compile`] with a prefill chunk of `chunk` positions (none when `chunk < 2`).
+pub fn compile_with(g: &gguf::Gguf, context: usize, chunk: usize) -> Result<Step, LlmError> {
     let w = Weights::load(g)?;
     let mut r = reference::Reference::new(&w);
     for t in calibration_tokens(g, w.hp.vocab, 32) {
         r.step(t as usize);
     }
-    step::build(&w, r.maxima, context)
+    step::build_with(&w, r.maxima, context, chunk)
 }

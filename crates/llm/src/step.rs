@@ -7,7 +7,12 @@
 //! their caches. Every op is a v1 op, so the semantics, one-step checks and proofs apply unchanged.
 
 use verity_engine::calib::ceil_log2;
-use verity_engine::ir::{Const, Input, InputKind, Model, Node, Op, Output, ReduceKind};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use verity_engine::ir::{
+    broadcast_shapes, Const, Input, InputKind, Model, Node, Op, Output, ReduceKind,
+};
 
 use crate::arch::{Hparams, LlmError, Matrix, RopeKind, Weights};
 use crate::gguf::Dyadic;
@@ -40,10 +45,14 @@ impl G {
     }
 
     fn konst(&mut self, shape: Vec<u32>, scale: i32, data: Vec<i32>) -> R {
+        self.shared(shape, scale, Arc::new(data))
+    }
+
+    fn shared(&mut self, shape: Vec<u32>, scale: i32, data: Arc<Vec<i32>>) -> R {
         self.consts.push(Const {
             shape,
             scale: scale as i8,
-            data: data.into(),
+            data,
         });
         R::C(self.consts.len() as u32 - 1)
     }
@@ -78,9 +87,15 @@ impl G {
         }
     }
 
-    /// An element-wise node whose shape is its first input's.
+    /// An element-wise node: the inputs' broadcast shape for arithmetic, else the first input's
+    /// (a table's length does not broadcast).
     fn map(&mut self, name: String, op: Op, ins: &[R], scale: i32) -> R {
-        let shape = self.shape(ins[0]);
+        let mut shape = self.shape(ins[0]);
+        if matches!(op, Op::Add | Op::Sub | Op::Mul | Op::Div) {
+            for &r in &ins[1..] {
+                shape = broadcast_shapes(&shape, &self.shape(r)).expect("operands broadcast");
+            }
+        }
         self.node(name, op, ins, shape, scale)
     }
 
@@ -216,6 +231,10 @@ pub struct ImportReport {
 pub struct Step {
     /// The canonical model.
     pub model: Model,
+    /// The prefill chunk: the same computation for consecutive positions at once (inputs `token`
+    /// `[rows]`, `pos`, `last` and the caches; outputs the logits of row `last` and every row's keys and
+    /// values), sharing the step's constants; `None` when built without one.
+    pub prefill: Option<Model>,
     /// Hyper-parameters.
     pub hp: Hparams,
     /// Positions a generation can hold (the caches have `context − 1` rows).
@@ -224,10 +243,24 @@ pub struct Step {
     pub report: ImportReport,
 }
 
+/// A matrix's integer constants, computed once and shared by every model built from the weights.
+#[derive(Clone)]
+struct MatConsts {
+    q: Arc<Vec<i32>>,
+    mult: Arc<Vec<i32>>,
+    offset: Option<Arc<Vec<i32>>>,
+    scale: i32,
+    block_bound: f64,
+}
+
 struct Ctx<'a> {
     g: G,
     hp: &'a Hparams,
     report: ImportReport,
+    /// Rows (positions) the model computes at once.
+    rows: u32,
+    /// Matrices' constants by tensor name.
+    pool: &'a mut BTreeMap<String, MatConsts>,
 }
 
 const MAX: i32 = i32::MAX;
@@ -236,31 +269,38 @@ impl Ctx<'_> {
     fn matrix(&mut self, m: &Matrix) -> Mat {
         let b = &m.blocks;
         let nb = m.cols / b.block;
-        let has_off = b.offset.iter().any(|d| d.m != 0);
-        let mut all = b.mult.clone();
-        if has_off {
-            all.extend_from_slice(&b.offset);
+        if !self.pool.contains_key(&m.name) {
+            let has_off = b.offset.iter().any(|d| d.m != 0);
+            let mut all = b.mult.clone();
+            if has_off {
+                all.extend_from_slice(&b.offset);
+            }
+            let (ints, s, rounded) = at_one_scale(&all, 127);
+            self.report.rounded_multipliers += rounded;
+            let n = b.mult.len();
+            let unit = (-s as f64).exp2();
+            let block_bound = (0..n).fold(0f64, |m, blk| {
+                let qs: i64 = b.q[blk * b.block..(blk + 1) * b.block]
+                    .iter()
+                    .map(|&q| (q as i64).abs())
+                    .sum();
+                m.max((ints[blk] as f64).abs() * unit * qs as f64)
+            });
+            let c = MatConsts {
+                q: Arc::new(b.q.iter().map(|&v| v.into()).collect()),
+                mult: Arc::new(ints[..n].to_vec()),
+                offset: has_off.then(|| Arc::new(ints[n..].to_vec())),
+                scale: s,
+                block_bound,
+            };
+            self.pool.insert(m.name.clone(), c);
         }
-        let (ints, s, rounded) = at_one_scale(&all, 127);
-        self.report.rounded_multipliers += rounded;
-        let n = b.mult.len();
-        let unit = (-s as f64).exp2();
-        let block_bound = (0..n).fold(0f64, |m, blk| {
-            let qs: i64 = b.q[blk * b.block..(blk + 1) * b.block]
-                .iter()
-                .map(|&q| (q as i64).abs())
-                .sum();
-            m.max((ints[blk] as f64).abs() * unit * qs as f64)
-        });
+        let c = self.pool[&m.name].clone();
         let g = &mut self.g;
-        let q = g.konst(
-            vec![m.rows as u32, nb as u32, b.block as u32],
-            0,
-            b.q.iter().map(|&v| v.into()).collect(),
-        );
-        let mult = g.konst(vec![m.rows as u32, nb as u32], s, ints[..n].to_vec());
-        let offset =
-            has_off.then(|| g.konst(vec![m.rows as u32, nb as u32], s, ints[n..].to_vec()));
+        let q = g.shared(vec![m.rows as u32, nb as u32, b.block as u32], 0, c.q);
+        let shape = vec![m.rows as u32, nb as u32];
+        let mult = g.shared(shape.clone(), c.scale, c.mult);
+        let offset = c.offset.map(|o| g.shared(shape, c.scale, o));
         Mat {
             rows: m.rows,
             blocks: nb,
@@ -268,7 +308,7 @@ impl Ctx<'_> {
             q,
             mult,
             offset,
-            block_bound,
+            block_bound: c.block_bound,
         }
     }
 
@@ -278,14 +318,16 @@ impl Ctx<'_> {
         (self.g.konst(vec![v.len() as u32], s, data), max)
     }
 
-    /// `x` `[k]` → 8-bit values `[k / block, block]` at scale 7 (each element over its block's largest
-    /// magnitude, as ggml quantizes activations) and the blocks' maxima `[k / block]` at `x`'s scale.
+    /// `x` `[m, k]` → 8-bit values `[m, k / block, block]` at scale 7 (each element over its block's
+    /// largest magnitude, as ggml quantizes activations) and the blocks' maxima `[m, 1, k / block]` at
+    /// `x`'s scale.
     fn dynamic(&mut self, name: &str, x: R, block: usize) -> Dq {
         let s = self.g.scale(x);
-        let k = self.g.shape(x)[0];
+        let k = self.g.shape(x)[1];
         let nb = k / block as u32;
+        let m = self.rows;
         let g = &mut self.g;
-        let xb = g.reshape(format!("{name}/blocks"), x, vec![nb, block as u32]);
+        let xb = g.reshape(format!("{name}/blocks"), x, vec![m, nb, block as u32]);
         let max = g.abs_max(name, "blockmax", xb);
         // the divisor is the maximum × 128/127, so the largest element maps to ±127 (not ±128)
         let widen = g.konst(
@@ -307,8 +349,8 @@ impl Ctx<'_> {
             &[div],
             7,
         );
-        let m = g.reshape(format!("{name}/blockmaxima"), m1, vec![nb]);
-        Dq { q, max: m, block }
+        let max = g.reshape(format!("{name}/blockmaxima"), m1, vec![m, 1, nb]);
+        Dq { q, max, block }
     }
 
     /// `x`'s dynamic blocks for `w` (made once per block size).
@@ -321,24 +363,26 @@ impl Ctx<'_> {
         d
     }
 
-    /// `W x` from `x`'s dynamic 8-bit blocks; the result `[rows]` at `scale`.
+    /// `W x` from `x`'s dynamic 8-bit blocks, for each of the `m` rows; the result `[m, rows]` at
+    /// `scale`.
     fn matmul(&mut self, name: &str, x: &Dq, w: &Mat, scale: i32) -> R {
         assert_eq!(x.block, w.block, "activation and weight blocks agree");
         // no finer than the product itself (a left shift would add only zero bits)
         let s_m = self.g.scale(w.mult);
         let s_p = (30 - ceil_log2(w.block_bound.max(1e-30))).clamp(-60, 7 + s_m - 1);
         let s_x = self.g.scale(x.max);
+        let m = self.rows;
         let g = &mut self.g;
         let (o, nb) = (w.rows as u32, w.blocks as u32);
         let acc = g.node(
             format!("{name}/acc"),
             Op::EinSum {
-                a: b"gk".to_vec(),
+                a: b"mgk".to_vec(),
                 b: b"ogk".to_vec(),
-                out: b"og".to_vec(),
+                out: b"mog".to_vec(),
             },
             &[x.q, w.q],
-            vec![o, nb],
+            vec![m, o, nb],
             7,
         );
         let p = g.map(format!("{name}/blockscaled"), Op::Mul, &[acc, w.mult], s_p);
@@ -350,21 +394,22 @@ impl Ctx<'_> {
         );
         let sum = g.reduce_last(format!("{name}/blocksum"), ReduceKind::Sum, pm, scale - 2);
         let Some(off) = w.offset else {
-            return g.node(name.to_string(), Op::Reshape, &[sum], vec![o], scale);
+            return g.node(name.to_string(), Op::Reshape, &[sum], vec![m, o], scale);
         };
-        let sum = g.reshape(format!("{name}/main"), sum, vec![o]);
+        let sum = g.reshape(format!("{name}/main"), sum, vec![m, o]);
         let xs = g.reduce_last(format!("{name}/xsum"), ReduceKind::Sum, x.q, 7);
-        let xs = g.reshape(format!("{name}/xsum1"), xs, vec![nb]);
-        let xm = g.map(format!("{name}/xsumvalues"), Op::Mul, &[xs, x.max], s_x - 5);
+        let xs = g.reshape(format!("{name}/xsum1"), xs, vec![m, nb]);
+        let xmax = g.reshape(format!("{name}/xmax"), x.max, vec![m, nb]);
+        let xm = g.map(format!("{name}/xsumvalues"), Op::Mul, &[xs, xmax], s_x - 5);
         let ot = g.node(
             format!("{name}/offsets"),
             Op::EinSum {
                 a: b"og".to_vec(),
-                b: b"g".to_vec(),
-                out: b"o".to_vec(),
+                b: b"mg".to_vec(),
+                out: b"mo".to_vec(),
             },
             &[off, xm],
-            vec![o],
+            vec![m, o],
             scale - 2,
         );
         g.map(name.to_string(), Op::Add, &[sum, ot], scale)
@@ -410,13 +455,14 @@ impl Ctx<'_> {
         g.map(name.to_string(), Op::Mul, &[uw, rs], s_h)
     }
 
-    /// RoPE on `x` `[heads · d]` with this position's `cos`/`sin` rows.
+    /// RoPE on `x` `[m, heads · d]` with the rows' `cos`/`sin` rows.
     fn rope(&mut self, name: &str, x: R, heads: usize, (c, sn): (R, R)) -> R {
         let d = self.hp.head_dim as u32;
+        let m = self.rows;
         let s = self.g.scale(x);
         let (shape, axis) = match self.hp.rope {
-            RopeKind::Adjacent => (vec![heads as u32, d / 2, 2], 2),
-            RopeKind::Halves => (vec![heads as u32, 2, d / 2], 1),
+            RopeKind::Adjacent => (vec![m, heads as u32, d / 2, 2], 3),
+            RopeKind::Halves => (vec![m, heads as u32, 2, d / 2], 2),
         };
         let g = &mut self.g;
         let r = g.reshape(format!("{name}/pairs"), x, shape.clone());
@@ -451,7 +497,7 @@ impl Ctx<'_> {
             shape,
             s,
         );
-        g.reshape(name.to_string(), cat, vec![heads as u32 * d])
+        g.reshape(name.to_string(), cat, vec![m, heads as u32 * d])
     }
 }
 
@@ -469,15 +515,57 @@ struct Scales {
     logits: i32,
 }
 
+/// Positions the prefill chunk computes at once.
+pub const PREFILL_ROWS: usize = 32;
+
 /// Builds the decode step of `w` for generations of up to `context` positions, its scales chosen from
-/// `maxima` (a [`crate::reference::Reference`] run on calibration text).
+/// `maxima` (a [`crate::reference::Reference`] run on calibration text), and the prefill chunk of
+/// [`PREFILL_ROWS`] positions, which gives the same bits as that many steps.
 pub fn build(w: &Weights, maxima: Maxima, context: usize) -> Result<Step, LlmError> {
-    let hp = &w.hp;
+    build_with(w, maxima, context, PREFILL_ROWS)
+}
+
+/// [`build`] with a prefill chunk of `chunk` positions (at most `context`; none when `chunk < 2`).
+pub fn build_with(
+    w: &Weights,
+    maxima: Maxima,
+    context: usize,
+    chunk: usize,
+) -> Result<Step, LlmError> {
     if !(2..=1 << 16).contains(&context) {
         return Err(LlmError::Request(format!(
             "a context of {context} positions (2 to 65536)"
         )));
     }
+    if chunk > 1 << 12 {
+        return Err(LlmError::Request(format!(
+            "a prefill chunk of {chunk} positions (at most 4096)"
+        )));
+    }
+    let mut pool = BTreeMap::new();
+    let (model, report) = graph(w, maxima, context, 1, &mut pool)?;
+    let prefill = match chunk.min(context) {
+        0 | 1 => None,
+        m => Some(graph(w, maxima, context, m as u32, &mut pool)?.0),
+    };
+    Ok(Step {
+        model,
+        prefill,
+        hp: w.hp.clone(),
+        context,
+        report,
+    })
+}
+
+/// The canonical model computing `rows` consecutive positions (spec: `docs/spec/llm.md` §3).
+fn graph(
+    w: &Weights,
+    maxima: Maxima,
+    context: usize,
+    rows: u32,
+    pool: &mut BTreeMap<String, MatConsts>,
+) -> Result<(Model, ImportReport), LlmError> {
+    let hp = &w.hp;
     let sc = Scales {
         residual: scale_for(maxima.residual),
         q: scale_for(maxima.q),
@@ -491,6 +579,10 @@ pub fn build(w: &Weights, maxima: Maxima, context: usize) -> Result<Step, LlmErr
     };
     let (d, nh, nkv) = (hp.head_dim, hp.heads, hp.kv_heads);
     let t = context - 1;
+    let m = rows;
+    // columns of a score row: the cache, the chunk's rows (when it has several), the row itself
+    let batch = if m > 1 { m } else { 0 };
+    let cols = t as u32 + batch + 1;
     let mut cx = Ctx {
         g: G::default(),
         hp,
@@ -498,6 +590,8 @@ pub fn build(w: &Weights, maxima: Maxima, context: usize) -> Result<Step, LlmErr
             maxima,
             ..Default::default()
         },
+        rows,
+        pool,
     };
     cx.report.requantized = std::iter::once(&w.embd)
         .chain(w.output.iter())
@@ -509,8 +603,9 @@ pub fn build(w: &Weights, maxima: Maxima, context: usize) -> Result<Step, LlmErr
         .filter(|m| m.requantized)
         .map(|m| m.name.clone())
         .collect();
-    let token = cx.g.input("token".into(), vec![1], 0, InputKind::Int);
+    let token = cx.g.input("token".into(), vec![m], 0, InputKind::Int);
     let pos = cx.g.input("pos".into(), vec![1], 0, InputKind::Int);
+    let last = (m > 1).then(|| cx.g.input("last".into(), vec![1], 0, InputKind::Int));
     let caches: Vec<(R, R)> = (0..hp.layers)
         .map(|l| {
             let shape = vec![nkv as u32, t as u32, d as u32];
@@ -540,38 +635,88 @@ pub fn build(w: &Weights, maxima: Maxima, context: usize) -> Result<Step, LlmErr
         let shape = vec![context as u32, d as u32 / 2];
         (cx.g.konst(shape.clone(), 30, c), cx.g.konst(shape, 30, s))
     };
+    // the rows' positions (a chunk's padding rows past the context read the last table row)
+    let positions = if m > 1 {
+        let g = &mut cx.g;
+        let iota = g.konst(vec![m], 0, (0..m as i32).collect());
+        let p = g.map("positions/raw".into(), Op::Add, &[pos, iota], 0);
+        g.map(
+            "positions".into(),
+            Op::Clamp {
+                lo: 0,
+                hi: context as i32 - 1,
+            },
+            &[p],
+            0,
+        )
+    } else {
+        pos
+    };
     let row_shape = match hp.rope {
-        RopeKind::Adjacent => vec![d as u32 / 2, 1],
-        RopeKind::Halves => vec![1, d as u32 / 2],
+        RopeKind::Adjacent => vec![m, 1, d as u32 / 2, 1],
+        RopeKind::Halves => vec![m, 1, 1, d as u32 / 2],
     };
     let rope_row = |cx: &mut Ctx, tab: R, n: &str| {
         let r = cx.g.node(
             format!("rope/{n}"),
             Op::Gather { axis: 0 },
-            &[tab, pos],
-            vec![1, d as u32 / 2],
+            &[tab, positions],
+            vec![m, d as u32 / 2],
             30,
         );
         cx.g.reshape(format!("rope/{n}_row"), r, row_shape.clone())
     };
     let cs = (rope_row(&mut cx, cos, "cos"), rope_row(&mut cx, sin, "sin"));
+    // `[m, 1, 1, cols]`: 0 where a row may attend, −2^30 elsewhere: cache rows before `pos`, the
+    // chunk's earlier rows, the row itself
     let mask = {
         let g = &mut cx.g;
         let mut iota: Vec<i32> = (0..t as i32).collect();
         iota.push(-1);
-        let iota = g.konst(vec![t as u32 + 1], 0, iota);
+        let iota = g.konst(vec![1, t as u32 + 1], 0, iota);
         let one = g.konst(vec![1], 0, vec![1]);
         let big = g.konst(vec![1], sc.scores, vec![1 << 30]);
-        let diff = g.node(
-            "mask/diff".into(),
-            Op::Sub,
-            &[pos, iota],
-            vec![t as u32 + 1],
-            0,
-        );
+        let diff = g.map("mask/diff".into(), Op::Sub, &[pos, iota], 0);
         let valid = g.map("mask/valid".into(), Op::Clamp { lo: 0, hi: 1 }, &[diff], 0);
         let less = g.map("mask/less".into(), Op::Sub, &[valid, one], 0);
-        g.map("mask/bias".into(), Op::Mul, &[less, big], sc.scores)
+        let bias = g.map("mask/cache".into(), Op::Mul, &[less, big], sc.scores);
+        let bias = if m > 1 {
+            let rows = g.node(
+                "mask/rows".into(),
+                Op::Broadcast,
+                &[bias],
+                vec![m, t as u32 + 1],
+                sc.scores,
+            );
+            let cache = g.node(
+                "mask/cache_rows".into(),
+                Op::Slice {
+                    axis: 1,
+                    start: 0,
+                    end: t as u32,
+                    step: 1,
+                },
+                &[rows],
+                vec![m, t as u32],
+                sc.scores,
+            );
+            let mut causal = Vec::with_capacity((m * (m + 1)) as usize);
+            for i in 0..m {
+                causal.extend((0..m).map(|j| if j < i { 0 } else { -(1 << 30) }));
+                causal.push(0);
+            }
+            let causal = g.konst(vec![m, m + 1], sc.scores, causal);
+            g.node(
+                "mask/bias".into(),
+                Op::Concat { axis: 1 },
+                &[cache, causal],
+                vec![m, cols],
+                sc.scores,
+            )
+        } else {
+            bias
+        };
+        g.reshape("mask/heads".into(), bias, vec![m, 1, 1, cols])
     };
     // softmax table: exp(δ / √d) for score differences δ in [−R, 0], entry 0 meaning −∞
     let (exp_table, sm_shift, sm_lo) = {
@@ -612,7 +757,7 @@ pub fn build(w: &Weights, maxima: Maxima, context: usize) -> Result<Step, LlmErr
             "embd/q".into(),
             Op::Gather { axis: 0 },
             &[embd.q, token],
-            vec![1, nb, embd.block as u32],
+            vec![m, nb, embd.block as u32],
             0,
         );
         let sm = g.scale(embd.mult);
@@ -620,23 +765,23 @@ pub fn build(w: &Weights, maxima: Maxima, context: usize) -> Result<Step, LlmErr
             "embd/mult".into(),
             Op::Gather { axis: 0 },
             &[embd.mult, token],
-            vec![1, nb],
+            vec![m, nb],
             sm,
         );
-        let mg = g.reshape("embd/mult3".into(), mg, vec![1, nb, 1]);
+        let mg = g.reshape("embd/mult3".into(), mg, vec![m, nb, 1]);
         let mut x = g.map("embd/scaled".into(), Op::Mul, &[qg, mg], sc.residual);
         if let Some(off) = embd.offset {
             let og = g.node(
                 "embd/offset".into(),
                 Op::Gather { axis: 0 },
                 &[off, token],
-                vec![1, nb],
+                vec![m, nb],
                 sm,
             );
-            let og = g.reshape("embd/offset3".into(), og, vec![1, nb, 1]);
+            let og = g.reshape("embd/offset3".into(), og, vec![m, nb, 1]);
             x = g.map("embd/withoffset".into(), Op::Add, &[x, og], sc.residual);
         }
-        g.reshape("embd".into(), x, vec![hp.hidden as u32])
+        g.reshape("embd".into(), x, vec![m, hp.hidden as u32])
     };
     let mut x = x;
     let mut outs = Vec::new();
@@ -672,33 +817,62 @@ pub fn build(w: &Weights, maxima: Maxima, context: usize) -> Result<Step, LlmErr
         let g = &mut cx.g;
         let grp = (nh / nkv) as u32;
         let (nkv32, d32, t32) = (nkv as u32, d as u32, t as u32);
-        let q4 = g.reshape(n("q_heads"), q, vec![nkv32, grp, d32]);
-        let kn = g.reshape(n("k_heads"), k, vec![nkv32, 1, d32]);
-        let vn = g.reshape(n("v_heads"), v, vec![nkv32, 1, d32]);
+        let q4 = g.reshape(n("q_heads"), q, vec![m, nkv32, grp, d32]);
+        let kn = g.reshape(n("k_heads"), k, vec![m, nkv32, d32]);
+        let vn = g.reshape(n("v_heads"), v, vec![m, nkv32, d32]);
         let ein = |a: &[u8], b: &[u8], o: &[u8]| Op::EinSum {
             a: a.to_vec(),
             b: b.to_vec(),
             out: o.to_vec(),
         };
+        // keys and values a row may attend besides its own: the cache, then (in a chunk) the
+        // chunk's rows, so that a row's sums over them are one sum, as in a step
+        let (keys, vals) = if m > 1 {
+            let mut kv = [kn, vn].into_iter().zip([kc, vc]).zip(["k", "v"]).map(
+                |((new, cache), nm)| {
+                    let tr = g.node(
+                        n(&format!("{nm}_chunk")),
+                        Op::Transpose {
+                            perm: vec![1, 0, 2],
+                        },
+                        &[new],
+                        vec![nkv32, m, d32],
+                        g.scale(new),
+                    );
+                    g.node(
+                        n(&format!("{nm}_all")),
+                        Op::Concat { axis: 1 },
+                        &[cache, tr],
+                        vec![nkv32, t32 + m, d32],
+                        g.scale(new),
+                    )
+                },
+            );
+            (kv.next().unwrap_or(kc), kv.next().unwrap_or(vc))
+        } else {
+            (kc, vc)
+        };
+        let seen = t32 + batch;
         let s1 = g.node(
             n("scores_cache"),
-            ein(b"kgd", b"ktd", b"kgt"),
-            &[q4, kc],
-            vec![nkv32, grp, t32],
+            ein(b"mkgd", b"ktd", b"mkgt"),
+            &[q4, keys],
+            vec![m, nkv32, grp, seen],
             sc.scores,
         );
         let s2 = g.node(
             n("scores_new"),
-            ein(b"kgd", b"ktd", b"kgt"),
+            ein(b"mkgd", b"mkd", b"mkg"),
             &[q4, kn],
-            vec![nkv32, grp, 1],
+            vec![m, nkv32, grp],
             sc.scores,
         );
+        let s2 = g.reshape(n("scores_new1"), s2, vec![m, nkv32, grp, 1]);
         let s = g.node(
             n("scores"),
-            Op::Concat { axis: 2 },
+            Op::Concat { axis: 3 },
             &[s1, s2],
-            vec![nkv32, grp, t32 + 1],
+            vec![m, nkv32, grp, cols],
             sc.scores,
         );
         let s = g.map(
@@ -717,7 +891,7 @@ pub fn build(w: &Weights, maxima: Maxima, context: usize) -> Result<Step, LlmErr
         let p = g.map(
             n("probs"),
             Op::Softmax {
-                axis: 2,
+                axis: 3,
                 shift: sm_shift,
                 lo: sm_lo,
             },
@@ -727,43 +901,44 @@ pub fn build(w: &Weights, maxima: Maxima, context: usize) -> Result<Step, LlmErr
         let p1 = g.node(
             n("probs_cache"),
             Op::Slice {
-                axis: 2,
+                axis: 3,
                 start: 0,
-                end: t32,
+                end: seen,
                 step: 1,
             },
             &[p],
-            vec![nkv32, grp, t32],
+            vec![m, nkv32, grp, seen],
             s_prob,
         );
         let p2 = g.node(
             n("probs_new"),
             Op::Slice {
-                axis: 2,
-                start: t32,
-                end: t32 + 1,
+                axis: 3,
+                start: seen,
+                end: seen + 1,
                 step: 1,
             },
             &[p],
-            vec![nkv32, grp, 1],
+            vec![m, nkv32, grp, 1],
             s_prob,
         );
+        let p2 = g.reshape(n("probs_new1"), p2, vec![m, nkv32, grp]);
         let o1 = g.node(
             n("attn_cache"),
-            ein(b"kgt", b"ktd", b"kgd"),
-            &[p1, vc],
-            vec![nkv32, grp, d32],
+            ein(b"mkgt", b"ktd", b"mkgd"),
+            &[p1, vals],
+            vec![m, nkv32, grp, d32],
             sc.v,
         );
         let o2 = g.node(
             n("attn_new"),
-            ein(b"kgt", b"ktd", b"kgd"),
+            ein(b"mkg", b"mkd", b"mkgd"),
             &[p2, vn],
-            vec![nkv32, grp, d32],
+            vec![m, nkv32, grp, d32],
             sc.v,
         );
         let o = g.map(n("attn"), Op::Add, &[o1, o2], sc.v);
-        let o = g.reshape(n("attn_flat"), o, vec![(nh * d) as u32]);
+        let o = g.reshape(n("attn_flat"), o, vec![m, (nh * d) as u32]);
         let wo = cx.matrix(&layer.wo);
         let oq = cx.dq_for(&n("attn_out_in"), o, &mut Vec::new(), &wo);
         let a = cx.matmul(&n("attn_out"), &oq, &wo, sc.residual);
@@ -797,6 +972,18 @@ pub fn build(w: &Weights, maxima: Maxima, context: usize) -> Result<Step, LlmErr
         outs.push((format!("k.{l}"), k));
         outs.push((format!("v.{l}"), v));
     }
+    // a chunk's logits are those of its row `last`
+    let x = match last {
+        Some(last) => cx.g.node(
+            "last_row".into(),
+            Op::Gather { axis: 0 },
+            &[x, last],
+            vec![1, hp.hidden as u32],
+            sc.residual,
+        ),
+        None => x,
+    };
+    cx.rows = 1;
     let h = cx.rms_norm("output_norm", x, &w.out_norm);
     let head = match &w.output {
         Some(m) => cx.matrix(m),
@@ -811,10 +998,5 @@ pub fn build(w: &Weights, maxima: Maxima, context: usize) -> Result<Step, LlmErr
     model
         .validate()
         .map_err(|e| LlmError::Unsupported(format!("the step model is invalid: {e}")))?;
-    Ok(Step {
-        model,
-        hp: hp.clone(),
-        context,
-        report,
-    })
+    Ok((model, report))
 }

@@ -227,3 +227,61 @@ fn the_context_a_step_is_compiled_for_does_not_change_its_bits() {
     assert_eq!(run(300), small);
     assert_eq!(run(2048), small);
 }
+
+#[test]
+fn prefill_chunks_give_the_bits_of_single_steps() {
+    // llama (adjacent RoPE pairs) and qwen2 (halves, QKV biases), 4-bit with offsets and 8-bit
+    let qwen = Tiny {
+        arch: "qwen2",
+        qkv_bias: true,
+        ..llama([Q4_1, Q5_K, Q8_0, Q4_0], Some(Q6_K))
+    };
+    for (t, seed) in [(llama([Q4_0, Q4_1, Q8_0, Q8_0], None), 21), (qwen, 22)] {
+        let g = Gguf::parse(tiny_model(&t, seed)).unwrap();
+        let step = verity_llm::compile_with(&g, 48, 8).unwrap();
+        assert!(step.prefill.is_some());
+        let prompt: Vec<u32> = (0..21).map(|i| (i * 37 + 5) % 97).collect();
+        // step by step: the last prompt position's logits, then a greedy continuation
+        let steps = {
+            let mut s = Session::new(&step, 1);
+            let mut l = Vec::new();
+            for &t in &prompt {
+                l = s.feed(t).unwrap();
+            }
+            continue_greedy(&mut s, l)
+        };
+        for threads in [1, 2] {
+            // the whole prompt (chunks of 8, 8, then 5 real rows and 3 padding rows)
+            let mut s = Session::new(&step, threads);
+            let l = s.prefill(&prompt).unwrap();
+            assert_eq!(s.pos(), prompt.len());
+            assert_eq!(continue_greedy(&mut s, l), steps, "{} threads", threads);
+            // from a later position: three steps, then chunks over the rest
+            let mut s = Session::new(&step, threads);
+            for &t in &prompt[..3] {
+                s.feed(t).unwrap();
+            }
+            let l = s.prefill(&prompt[3..]).unwrap();
+            assert_eq!(continue_greedy(&mut s, l), steps);
+        }
+        // a prompt that would pass the context is refused before anything runs
+        let mut s = Session::new(&step, 1);
+        let long: Vec<u32> = (0..49).map(|i| i % 97).collect();
+        let e = s.prefill(&long).unwrap_err().to_string();
+        assert!(e.contains("context of 48 positions is full"), "{e}");
+        assert_eq!(s.pos(), 0);
+        let e = s.prefill(&[3, 97]).unwrap_err().to_string();
+        assert!(e.contains("outside the vocabulary"), "{e}");
+        assert_eq!(s.pos(), 0);
+    }
+}
+
+/// The logits `first` and those of 6 greedy steps after it.
+fn continue_greedy(s: &mut Session, first: Vec<i32>) -> Vec<Vec<i32>> {
+    let mut all = vec![first];
+    for _ in 0..6 {
+        let tok = argmax(all.last().unwrap());
+        all.push(s.feed(tok).unwrap());
+    }
+    all
+}

@@ -727,9 +727,29 @@ fn fused_binary_steps_keep_their_operand_order() {
 
 /// A block-quantized product as GGUF models compile to: `acc = EinSum{gk, ogk → og}(x8, q)`, `Mul` by
 /// the per-block multipliers, `Mul` by the blocks' scales, `Reduce Sum` over the blocks (the fused
-/// block sum), then a residual `Add` so the sum has a reader.
-fn block_sum_model(o: u32, g: u32, k: u32, q: Vec<i32>, mult: Vec<i32>, scales: [i8; 4]) -> Model {
+/// block sum), then a residual `Add` so the sum has a reader. With `rows`, `m` activation rows at once
+/// (`EinSum{mgk, ogk → mog}`, scales `[m, 1, g]`).
+fn block_sum_model(
+    o: u32,
+    g: u32,
+    k: u32,
+    rows: Option<u32>,
+    q: Vec<i32>,
+    mult: Vec<i32>,
+    scales: [i8; 4],
+) -> Model {
     let [s_m, s_p, s_pm, s_sum] = scales;
+    let lead = |s: &[u32], l: &[u8]| match rows {
+        Some(m) => ([&[m], s].concat(), [b"m", l].concat()),
+        None => (s.to_vec(), l.to_vec()),
+    };
+    let (x_shape, a) = lead(&[g, k], b"gk");
+    let (acc_shape, out) = lead(&[o, g], b"og");
+    let (sum_shape, _) = lead(&[o, 1], b"");
+    let scale_shape = match rows {
+        Some(m) => vec![m, 1, g],
+        None => vec![g],
+    };
     let node = |name: &str, op: Op, inputs: Vec<ValueId>, shape: Vec<u32>, scale: i8| Node {
         name: name.into(),
         op,
@@ -742,13 +762,13 @@ fn block_sum_model(o: u32, g: u32, k: u32, q: Vec<i32>, mult: Vec<i32>, scales: 
         inputs: vec![
             Input {
                 name: "x8".into(),
-                shape: vec![g, k],
+                shape: x_shape,
                 scale: 7,
                 kind: InputKind::Fixed,
             },
             Input {
                 name: "scales".into(),
-                shape: vec![g],
+                shape: scale_shape,
                 scale: 10,
                 kind: InputKind::Fixed,
             },
@@ -769,24 +789,24 @@ fn block_sum_model(o: u32, g: u32, k: u32, q: Vec<i32>, mult: Vec<i32>, scales: 
             node(
                 "acc",
                 Op::EinSum {
-                    a: b"gk".to_vec(),
+                    a,
                     b: b"ogk".to_vec(),
-                    out: b"og".to_vec(),
+                    out,
                 },
                 vec![0, 2],
-                vec![o, g],
+                acc_shape.clone(),
                 7,
             ),
-            node("blockscaled", Op::Mul, vec![4, 3], vec![o, g], s_p),
-            node("blockvalues", Op::Mul, vec![5, 1], vec![o, g], s_pm),
+            node("blockscaled", Op::Mul, vec![4, 3], acc_shape.clone(), s_p),
+            node("blockvalues", Op::Mul, vec![5, 1], acc_shape.clone(), s_pm),
             node(
                 "blocksum",
                 Op::Reduce {
                     kind: ReduceKind::Sum,
-                    axes: vec![1],
+                    axes: vec![acc_shape.len() as u32 - 1],
                 },
                 vec![6],
-                vec![o, 1],
+                sum_shape,
                 s_sum,
             ),
         ],
@@ -809,7 +829,10 @@ proptest! {
         s_p in 8i8..30,
         s_pm in 0i8..20,
         big in any::<bool>(),
+        rows in 0u32..4,
     ) {
+        // no leading axis, or 1 to 3 activation rows at once
+        let (rows, m) = if rows == 0 { (None, 1) } else { (Some(rows), rows) };
         let k = kq * 8;
         let mut s = seed;
         let mut next = |lo: i64, hi: i64| {
@@ -821,9 +844,9 @@ proptest! {
         // large multipliers and scales drive some runs out of i32 (an error at the same node)
         let mmax = if big { 1 << 30 } else { 1 << 20 };
         let mult: Vec<i32> = (0..o * g).map(|_| next(-mmax, mmax)).collect();
-        let x: Vec<i32> = (0..g * k).map(|_| next(-127, 127)).collect();
-        let sc: Vec<i32> = (0..g).map(|_| next(1, if big { i32::MAX as i64 } else { 1 << 16 })).collect();
-        let m = block_sum_model(o, g, k, q, mult, [20, s_p, s_pm, s_pm]);
+        let x: Vec<i32> = (0..m * g * k).map(|_| next(-127, 127)).collect();
+        let sc: Vec<i32> = (0..m * g).map(|_| next(1, if big { i32::MAX as i64 } else { 1 << 16 })).collect();
+        let m = block_sum_model(o, g, k, rows, q, mult, [20, s_p, s_pm, s_pm]);
         let runs = run_all(&m, vec![x, sc]);
         for r in &runs[1..] {
             prop_assert_eq!(format!("{r:?}"), format!("{:?}", runs[0]));
