@@ -8,6 +8,7 @@ use crate::fuse::{self, Role};
 use crate::ir::*;
 use crate::kernels::{self, RowHook};
 use std::borrow::Borrow;
+use std::sync::Arc;
 
 /// Which implementation runs the heavy ops (`EinSum`, `Conv2d`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -142,9 +143,15 @@ enum Prepared {
     ),
     /// A convolution's weights in 8-bit form, one matrix per group.
     Conv(Vec<crate::qgemm::PackedA>),
-    /// Block-wise products `{gk, ogk → og}` with 8-bit constant weights.
-    Blocks(crate::blockdot::PackedBlocks),
+    /// Block-wise products `{gk, ogk → og}` with 8-bit constant weights (shareable between
+    /// executors of models holding the same constants, see [`Executor::new_sharing`]).
+    Blocks(Arc<crate::blockdot::PackedBlocks>),
 }
+
+/// Packed block weights of an executor, by the identity of the shared constants they were packed
+/// from (weights, multipliers), for [`Executor::new_sharing`].
+#[derive(Clone, Default)]
+pub struct SharedPacks(Vec<(usize, usize, Arc<crate::blockdot::PackedBlocks>)>);
 
 /// The packed weights of an `EinSum {gk, ogk → og}` (or `{mgk, ogk → mog}`) whose second operand is
 /// a constant of 8-bit values (a block-quantized matrix product, see [`crate::blockdot`]).
@@ -185,6 +192,8 @@ pub struct Executor<M: Borrow<Model>> {
     last_use: Vec<usize>,
     /// The fused schedule of element-wise chains (fast mode; empty in reference mode).
     roles: Vec<Role>,
+    /// The packed block weights, by the constants they came from.
+    packs: SharedPacks,
 }
 
 /// The values of a run as the fused steps read them.
@@ -205,14 +214,41 @@ impl fuse::Values for View<'_> {
 impl<M: Borrow<Model> + Sync> Executor<M> {
     /// An executor for a validated model. In fast mode, constant matrix operands are packed here, once.
     pub fn new(model_ref: M, mode: Mode) -> Self {
+        Self::new_sharing(model_ref, mode, &SharedPacks::default())
+    }
+
+    /// [`Executor::new`] that takes the packed block weights of constants it shares with the model of
+    /// another executor (see [`Executor::shared_packs`]) instead of packing them again: models built
+    /// from the same weights (a language model's step for several cache lengths) hold one copy.
+    pub fn new_sharing(model_ref: M, mode: Mode, shared: &SharedPacks) -> Self {
         let model: &Model = model_ref.borrow();
+        let const_id = |v: ValueId| model.const_of(v).map_or(0, |c| Arc::as_ptr(&c.data) as usize);
+        let roles = match mode {
+            Mode::Reference => Vec::new(),
+            Mode::Fast { .. } => fuse::plan(model),
+        };
+        // the constants a block product's packing depends on: its weights and its multipliers
+        let pack_key = |k: usize, node: &Node| {
+            let mult = match roles.get(k) {
+                Some(Role::BlockSum(b)) => const_id(b.mult),
+                _ => 0,
+            };
+            (const_id(node.inputs[1]), mult)
+        };
         let prepared = match mode {
             Mode::Reference => Vec::new(),
             Mode::Fast { .. } => model
                 .nodes
                 .iter()
-                .map(|node| match &node.op {
+                .enumerate()
+                .map(|(k, node)| match &node.op {
                     Op::EinSum { a, b, out } => {
+                        let key = pack_key(k, node);
+                        if let Some((_, _, p)) =
+                            shared.0.iter().find(|(w, m, _)| (*w, *m) == key && *w != 0)
+                        {
+                            return Prepared::Blocks(p.clone());
+                        }
                         let shape =
                             |v: ValueId| model.value(v).map(|i| us(i.shape)).unwrap_or_default();
                         let (sa, sb, so) = (
@@ -231,7 +267,7 @@ impl<M: Borrow<Model> + Sync> Executor<M> {
                         if let Some(p) =
                             block_weights(a, b, out, &sb, model.const_of(node.inputs[1]))
                         {
-                            return Prepared::Blocks(p);
+                            return Prepared::Blocks(Arc::new(p));
                         }
                         let plan = kernels::EinPlan::new(&spec);
                         let pa = model
@@ -253,25 +289,39 @@ impl<M: Borrow<Model> + Sync> Executor<M> {
                 .collect(),
         };
         let last_use = model.last_uses();
-        let roles = match mode {
-            Mode::Reference => Vec::new(),
-            Mode::Fast { .. } => fuse::plan(model),
-        };
         let mut prepared = prepared;
         for (k, role) in roles.iter().enumerate() {
             if let (Role::BlockSum(b), Some(Prepared::Blocks(p))) = (role, prepared.get_mut(k)) {
-                if let Some(c) = model.const_of(b.mult) {
+                if let (Some(c), Some(p)) = (model.const_of(b.mult), Arc::get_mut(p)) {
                     p.set_multipliers(&c.data);
                 }
             }
         }
+        let packs = prepared
+            .iter()
+            .zip(&model.nodes)
+            .enumerate()
+            .filter_map(|(k, (p, node))| match p {
+                Prepared::Blocks(p) => {
+                    let (w, m) = pack_key(k, node);
+                    Some((w, m, p.clone()))
+                }
+                _ => None,
+            })
+            .collect();
         Executor {
             model: model_ref,
             mode,
             prepared,
             last_use,
             roles,
+            packs: SharedPacks(packs),
         }
+    }
+
+    /// This executor's packed block weights, for [`Executor::new_sharing`].
+    pub fn shared_packs(&self) -> &SharedPacks {
+        &self.packs
     }
 
     fn check_inputs(&self, inputs: &[Vec<i32>]) -> Result<(), ExecError> {

@@ -24,5 +24,5 @@ pub mod vty;
 pub use cancel::Cancel;
 pub use cost::Cost;
 pub use error::{ExecError, ModelError};
-pub use exec::{Executor, Mode, Trace};
+pub use exec::{Executor, Mode, SharedPacks, Trace};
 pub use ir::Model;

@@ -1,17 +1,18 @@
 //! A generation: canonical decode steps chained through their key/value outputs.
 
-use verity_engine::{Executor, Mode, Model};
+use verity_engine::{ExecError, Executor, Mode, Model};
 
 use crate::arch::LlmError;
-use crate::step::Step;
+use crate::step::{cache_buckets, Step};
 
 /// A running generation on one compiled step.
 pub struct Session<'a> {
     step: &'a Step,
     exec: Executor<&'a Model>,
-    /// The prefill chunk's executor, when the step has one.
-    chunk: Option<(Executor<&'a Model>, usize)>,
-    /// Per layer, keys then values, `[kv_heads, context − 1, head_dim]` each.
+    /// The step's variants' executors: `(rows, cache rows, executor)`, fewest cache rows first.
+    variants: Vec<(usize, usize, Executor<&'a Model>)>,
+    /// Per layer, keys then values, `[rows, kv_heads, head_dim]` each: the rows of the positions so
+    /// far, grown (with zeros) to the cache length of the model that runs next.
     caches: Vec<Vec<i32>>,
     pos: usize,
 }
@@ -19,27 +20,23 @@ pub struct Session<'a> {
 impl<'a> Session<'a> {
     /// A new generation (position 0) on `threads` threads.
     pub fn new(step: &'a Step, threads: usize) -> Session<'a> {
-        let hp = &step.hp;
-        let rows = hp.kv_heads * (step.context - 1) * hp.head_dim;
+        let mode = Mode::Fast {
+            threads: threads.max(1),
+        };
+        let exec = Executor::new(&step.model, mode);
+        let variants = step
+            .variants
+            .iter()
+            .map(|v| {
+                let e = Executor::new_sharing(&v.model, mode, exec.shared_packs());
+                (v.rows, v.cache_rows, e)
+            })
+            .collect();
         Session {
             step,
-            exec: Executor::new(
-                &step.model,
-                Mode::Fast {
-                    threads: threads.max(1),
-                },
-            ),
-            chunk: step.prefill.as_ref().map(|m| {
-                let rows = m.inputs[0].shape[0] as usize;
-                let exec = Executor::new(
-                    m,
-                    Mode::Fast {
-                        threads: threads.max(1),
-                    },
-                );
-                (exec, rows)
-            }),
-            caches: vec![vec![0; rows]; 2 * hp.layers],
+            exec,
+            variants,
+            caches: vec![Vec::new(); 2 * step.hp.layers],
             pos: 0,
         }
     }
@@ -49,12 +46,23 @@ impl<'a> Session<'a> {
         self.pos
     }
 
-    /// The step's inputs for `token` at the next position (token, position, then every cache).
+    /// Values per cache row.
+    fn row_len(&self) -> usize {
+        self.step.hp.kv_heads * self.step.hp.head_dim
+    }
+
+    /// The canonical step's inputs for `token` at the next position (token, position, then every
+    /// cache, `[context − 1, kv_heads, head_dim]`).
     pub fn inputs(&self, token: u32) -> Vec<Vec<i32>> {
+        let full = (self.step.context - 1) * self.row_len();
         let mut inputs = Vec::with_capacity(2 + self.caches.len());
         inputs.push(vec![token as i32]);
         inputs.push(vec![self.pos as i32]);
-        inputs.extend(self.caches.iter().cloned());
+        inputs.extend(self.caches.iter().map(|c| {
+            let mut c = c.clone();
+            c.resize(full, 0);
+            c
+        }));
         inputs
     }
 
@@ -63,44 +71,47 @@ impl<'a> Session<'a> {
     /// run that failed inside the model restarts the generation at position 0.
     pub fn feed(&mut self, token: u32) -> Result<Vec<i32>, LlmError> {
         self.check(&[token])?;
-        let mut inputs = Vec::with_capacity(2 + self.caches.len());
-        inputs.push(vec![token as i32]);
-        inputs.push(vec![self.pos as i32]);
-        inputs.append(&mut self.caches);
-        let run = self.exec.run_keeping_inputs(inputs);
-        self.take_back(run, 2, 1)
+        let t = self.step.context - 1;
+        // the model with the fewest cache rows that still holds every earlier position
+        let (exec, c) = match self
+            .variants
+            .iter()
+            .find(|(rows, c, _)| *rows == 1 && *c >= self.pos)
+        {
+            Some((_, c, e)) => (e, *c),
+            None => (&self.exec, t),
+        };
+        let inputs = vec![vec![token as i32], vec![self.pos as i32]];
+        let len = c * self.row_len();
+        let run = run_on(exec, inputs, &mut self.caches, len);
+        self.take_back(run, 1)
     }
 
     /// Runs `tokens` at the next positions and returns the last one's logits: the same bits as
-    /// [`Session::feed`] on each in turn, runs of [`crate::step::PREFILL_ROWS`] positions at once on
-    /// the step's prefill chunk (the rest, if fewer than a quarter chunk, step by step).
+    /// [`Session::feed`] on each in turn, a prefill chunk's rows at once (the rest, if fewer than a
+    /// quarter chunk, step by step).
     pub fn prefill(&mut self, tokens: &[u32]) -> Result<Vec<i32>, LlmError> {
         self.check(tokens)?;
         let mut logits = Vec::new();
         let mut rest = tokens;
         while !rest.is_empty() {
-            let rows = match &self.chunk {
-                Some((_, rows)) if rest.len() * 4 >= *rows => *rows,
-                _ => {
-                    logits = self.feed(rest[0])?;
-                    rest = &rest[1..];
-                    continue;
-                }
+            let chunk = self
+                .variants
+                .iter()
+                .find(|(rows, c, _)| *rows > 1 && *c >= self.pos && rest.len() * 4 >= *rows);
+            let Some((rows, c, exec)) = chunk else {
+                logits = self.feed(rest[0])?;
+                rest = &rest[1..];
+                continue;
             };
-            let n = rest.len().min(rows);
+            let n = rest.len().min(*rows);
             // padding rows (token 0) come after the real ones, which never attend to them
             let mut ids: Vec<i32> = rest[..n].iter().map(|&t| t as i32).collect();
-            ids.resize(rows, 0);
-            let mut inputs = Vec::with_capacity(3 + self.caches.len());
-            inputs.push(ids);
-            inputs.push(vec![self.pos as i32]);
-            inputs.push(vec![n as i32 - 1]);
-            inputs.append(&mut self.caches);
-            let run = match &self.chunk {
-                Some((exec, _)) => exec.run_keeping_inputs(inputs),
-                None => unreachable!("a chunk was chosen"),
-            };
-            logits = self.take_back(run, 3, n)?;
+            ids.resize(*rows, 0);
+            let inputs = vec![ids, vec![self.pos as i32], vec![n as i32 - 1]];
+            let len = c * self.row_len();
+            let run = run_on(exec, inputs, &mut self.caches, len);
+            logits = self.take_back(run, n)?;
             rest = &rest[n..];
         }
         Ok(logits)
@@ -124,45 +135,60 @@ impl<'a> Session<'a> {
         Ok(())
     }
 
-    /// Takes the caches back from a run's inputs (after `lead` other inputs), writes the first `n`
-    /// rows of keys and values it output at the next positions, and returns its logits.
-    #[allow(clippy::type_complexity)]
+    /// Takes a run's outputs, writes the first `n` rows of keys and values it output at the next
+    /// positions, and returns its logits.
     fn take_back(
         &mut self,
-        run: Result<(Vec<Vec<i32>>, Vec<Vec<i32>>), verity_engine::ExecError>,
-        lead: usize,
+        run: Result<Vec<Vec<i32>>, ExecError>,
         n: usize,
     ) -> Result<Vec<i32>, LlmError> {
-        let hp = &self.step.hp;
-        let rows = hp.kv_heads * (self.step.context - 1) * hp.head_dim;
-        let (outs, inputs) = match run {
+        let outs = match run {
             Ok(r) => r,
             Err(e) => {
                 // the run consumed the caches: the generation starts over at position 0
-                self.caches = vec![vec![0; rows]; 2 * hp.layers];
+                self.caches = vec![Vec::new(); 2 * self.step.hp.layers];
                 self.pos = 0;
                 return Err(e.into());
             }
         };
-        self.caches = inputs.into_iter().skip(lead).collect();
         let mut outs = outs.into_iter();
         let logits = outs.next().unwrap_or_default();
-        let (t, d, kd) = (self.step.context - 1, hp.head_dim, hp.kv_heads * hp.head_dim);
-        for (cache, new) in self.caches.iter_mut().zip(outs) {
-            for r in 0..n {
-                let p = self.pos + r;
-                if p >= t {
-                    break;
+        let (t, kd) = (self.step.context - 1, self.row_len());
+        // rows past the context's last cache row are never read
+        let end = (self.pos + n).min(t);
+        if end > self.pos {
+            let grow = cache_buckets(t)
+                .into_iter()
+                .find(|&c| c >= end)
+                .unwrap_or(t);
+            for (cache, new) in self.caches.iter_mut().zip(outs) {
+                if cache.len() < end * kd {
+                    cache.resize(grow * kd, 0);
                 }
-                for h in 0..hp.kv_heads {
-                    let at = (h * t + p) * d;
-                    cache[at..at + d].copy_from_slice(&new[r * kd + h * d..][..d]);
-                }
+                cache[self.pos * kd..end * kd].copy_from_slice(&new[..(end - self.pos) * kd]);
             }
         }
         self.pos += n;
         Ok(logits)
     }
+}
+
+/// Runs `exec` on `inputs` followed by the caches, each cut or grown (with zeros) to `len` values
+/// first (rows past the position are never read), and puts the caches back.
+fn run_on(
+    exec: &Executor<&Model>,
+    mut inputs: Vec<Vec<i32>>,
+    caches: &mut Vec<Vec<i32>>,
+    len: usize,
+) -> Result<Vec<Vec<i32>>, ExecError> {
+    let lead = inputs.len();
+    for mut c in caches.drain(..) {
+        c.resize(len, 0);
+        inputs.push(c);
+    }
+    let (outs, inputs) = exec.run_keeping_inputs(inputs)?;
+    caches.extend(inputs.into_iter().skip(lead));
+    Ok(outs)
 }
 
 /// The index of the largest logit (the lowest index among equals): greedy decoding.

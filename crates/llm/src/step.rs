@@ -226,15 +226,36 @@ pub struct ImportReport {
     pub maxima: Maxima,
 }
 
+/// A model that computes what the step computes, bit for bit, for fewer cache rows or for several
+/// consecutive positions at once (a prefill chunk: inputs `token` `[rows]`, `pos`, `last` and the
+/// caches; outputs the logits of row `last` and every row's keys and values).
+#[derive(Clone, Debug)]
+pub struct Variant {
+    /// Positions computed at once (1 for a step).
+    pub rows: usize,
+    /// Cache rows it reads: it serves (first) positions up to this one.
+    pub cache_rows: usize,
+    /// The model.
+    pub model: Model,
+}
+
+/// The cache lengths variants are built for below `t` (32, 128, 512, …), then `t`.
+pub fn cache_buckets(t: usize) -> Vec<usize> {
+    let mut b: Vec<usize> = std::iter::successors(Some(32usize), |c| Some(c * 4))
+        .take_while(|&c| c < t)
+        .collect();
+    b.push(t);
+    b
+}
+
 /// A compiled decode step.
 #[derive(Clone, Debug)]
 pub struct Step {
     /// The canonical model.
     pub model: Model,
-    /// The prefill chunk: the same computation for consecutive positions at once (inputs `token`
-    /// `[rows]`, `pos`, `last` and the caches; outputs the logits of row `last` and every row's keys and
-    /// values), sharing the step's constants; `None` when built without one.
-    pub prefill: Option<Model>,
+    /// Faster models with the step's bits, sharing its constants: the step over fewer cache rows, and
+    /// prefill chunks (several consecutive positions at once), fewest cache rows first.
+    pub variants: Vec<Variant>,
     /// Hyper-parameters.
     pub hp: Hparams,
     /// Positions a generation can hold (the caches have `context − 1` rows).
@@ -543,26 +564,45 @@ pub fn build_with(
         )));
     }
     let mut pool = BTreeMap::new();
-    let (model, report) = graph(w, maxima, context, 1, &mut pool)?;
-    let prefill = match chunk.min(context) {
-        0 | 1 => None,
-        m => Some(graph(w, maxima, context, m as u32, &mut pool)?.0),
-    };
+    let t = context - 1;
+    let (model, report) = graph(w, maxima, context, 1, t, &mut pool)?;
+    let mut variants = Vec::new();
+    for c in cache_buckets(t) {
+        if c < t {
+            let model = graph(w, maxima, context, 1, c, &mut pool)?.0;
+            variants.push(Variant {
+                rows: 1,
+                cache_rows: c,
+                model,
+            });
+        }
+        let m = chunk.min(context);
+        if m > 1 {
+            let model = graph(w, maxima, context, m as u32, c, &mut pool)?.0;
+            variants.push(Variant {
+                rows: m,
+                cache_rows: c,
+                model,
+            });
+        }
+    }
     Ok(Step {
         model,
-        prefill,
+        variants,
         hp: w.hp.clone(),
         context,
         report,
     })
 }
 
-/// The canonical model computing `rows` consecutive positions (spec: `docs/spec/llm.md` §3).
+/// The canonical model computing `rows` consecutive positions over `cache_rows` cache rows, for
+/// generations of up to `context` positions (spec: `docs/spec/llm.md` §3).
 fn graph(
     w: &Weights,
     maxima: Maxima,
     context: usize,
     rows: u32,
+    cache_rows: usize,
     pool: &mut BTreeMap<String, MatConsts>,
 ) -> Result<(Model, ImportReport), LlmError> {
     let hp = &w.hp;
@@ -578,7 +618,7 @@ fn graph(
         logits: scale_for(maxima.logits),
     };
     let (d, nh, nkv) = (hp.head_dim, hp.heads, hp.kv_heads);
-    let t = context - 1;
+    let t = cache_rows;
     let m = rows;
     // columns of a score row: the cache, the chunk's rows (when it has several), the row itself
     let batch = if m > 1 { m } else { 0 };
@@ -608,7 +648,7 @@ fn graph(
     let last = (m > 1).then(|| cx.g.input("last".into(), vec![1], 0, InputKind::Int));
     let caches: Vec<(R, R)> = (0..hp.layers)
         .map(|l| {
-            let shape = vec![nkv as u32, t as u32, d as u32];
+            let shape = vec![t as u32, nkv as u32, d as u32];
             (
                 cx.g.input(
                     format!("k_cache.{l}"),
@@ -828,34 +868,23 @@ fn graph(
         // keys and values a row may attend besides its own: the cache, then (in a chunk) the
         // chunk's rows, so that a row's sums over them are one sum, as in a step
         let (keys, vals) = if m > 1 {
-            let mut kv = [kn, vn].into_iter().zip([kc, vc]).zip(["k", "v"]).map(
-                |((new, cache), nm)| {
-                    let tr = g.node(
-                        n(&format!("{nm}_chunk")),
-                        Op::Transpose {
-                            perm: vec![1, 0, 2],
-                        },
-                        &[new],
-                        vec![nkv32, m, d32],
-                        g.scale(new),
-                    );
-                    g.node(
-                        n(&format!("{nm}_all")),
-                        Op::Concat { axis: 1 },
-                        &[cache, tr],
-                        vec![nkv32, t32 + m, d32],
-                        g.scale(new),
-                    )
-                },
-            );
-            (kv.next().unwrap_or(kc), kv.next().unwrap_or(vc))
+            let all = |g: &mut G, cache: R, new: R, nm: &str| {
+                g.node(
+                    n(&format!("{nm}_all")),
+                    Op::Concat { axis: 0 },
+                    &[cache, new],
+                    vec![t32 + m, nkv32, d32],
+                    g.scale(new),
+                )
+            };
+            (all(g, kc, kn, "k"), all(g, vc, vn, "v"))
         } else {
             (kc, vc)
         };
         let seen = t32 + batch;
         let s1 = g.node(
             n("scores_cache"),
-            ein(b"mkgd", b"ktd", b"mkgt"),
+            ein(b"mkgd", b"tkd", b"mkgt"),
             &[q4, keys],
             vec![m, nkv32, grp, seen],
             sc.scores,
@@ -887,7 +916,7 @@ fn graph(
         let s = g.map(n("scores_masked"), Op::Add, &[s, mask], sc.scores);
         // probabilities at 24 bits up to 2048 positions (values use at most 27 bits at calibration, so
         // `Σ_t p · v` stays inside the fast 64-bit path); fewer beyond, so the bound holds there too
-        let s_prob = (35 - ceil_log2(t as f64 + 1.0)).min(24);
+        let s_prob = (35 - ceil_log2(context as f64)).min(24);
         let p = g.map(
             n("probs"),
             Op::Softmax {
@@ -925,7 +954,7 @@ fn graph(
         let p2 = g.reshape(n("probs_new1"), p2, vec![m, nkv32, grp]);
         let o1 = g.node(
             n("attn_cache"),
-            ein(b"mkgt", b"ktd", b"mkgd"),
+            ein(b"mkgt", b"tkd", b"mkgd"),
             &[p1, vals],
             vec![m, nkv32, grp, d32],
             sc.v,

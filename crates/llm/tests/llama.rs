@@ -127,7 +127,7 @@ fn cache_rows_at_and_after_the_position_are_ignored() {
         for h in 0..step.hp.kv_heads {
             for p in 3..t {
                 for j in 0..hd {
-                    cache[(h * t + p) * hd + j] = (rng.next_u64() as i32) >> 8;
+                    cache[(p * step.hp.kv_heads + h) * hd + j] = (rng.next_u64() as i32) >> 8;
                 }
             }
         }
@@ -239,8 +239,11 @@ fn prefill_chunks_give_the_bits_of_single_steps() {
     for (t, seed) in [(llama([Q4_0, Q4_1, Q8_0, Q8_0], None), 21), (qwen, 22)] {
         let g = Gguf::parse(tiny_model(&t, seed)).unwrap();
         let step = verity_llm::compile_with(&g, 48, 8).unwrap();
-        assert!(step.prefill.is_some());
-        let prompt: Vec<u32> = (0..21).map(|i| (i * 37 + 5) % 97).collect();
+        assert!(step.variants.iter().any(|v| v.rows == 8));
+        // 40 positions, then 6 steps: past the first cache length (32), so two lengths of step and
+        // of chunk serve the generation
+        assert_eq!(verity_llm::step::cache_buckets(47), [32, 47]);
+        let prompt: Vec<u32> = (0..40).map(|i| (i * 37 + 5) % 97).collect();
         // step by step: the last prompt position's logits, then a greedy continuation
         let steps = {
             let mut s = Session::new(&step, 1);
@@ -251,12 +254,13 @@ fn prefill_chunks_give_the_bits_of_single_steps() {
             continue_greedy(&mut s, l)
         };
         for threads in [1, 2] {
-            // the whole prompt (chunks of 8, 8, then 5 real rows and 3 padding rows)
+            // the whole prompt in five chunks of 8
             let mut s = Session::new(&step, threads);
             let l = s.prefill(&prompt).unwrap();
             assert_eq!(s.pos(), prompt.len());
             assert_eq!(continue_greedy(&mut s, l), steps, "{} threads", threads);
-            // from a later position: three steps, then chunks over the rest
+            // from a later position: three steps, then chunks over the rest (the last one 5 real
+            // rows and 3 padding rows)
             let mut s = Session::new(&step, threads);
             for &t in &prompt[..3] {
                 s.feed(t).unwrap();
