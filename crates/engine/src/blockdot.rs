@@ -5,11 +5,12 @@
 //!
 //! The weights are packed once, 16 rows at a time: for each block and each quad of 4 values of `k`,
 //! 16 rows × 4 bytes, one 512-bit register. A row tile's product then needs one broadcast of 4
-//! activation bytes per quad and one `vpdpbusd`, and writes 16 outputs at once. Activations are offset
-//! by 128 into `0..=255` (`vpdpbusd` multiplies unsigned by signed bytes); the offset's contribution,
-//! 128 times each block row's weight sum, is subtracted exactly. `|Σ| ≤ k · 255 · 128` stays in `i32`
-//! for blocks of up to 65,536 values, so every level (AVX-512 VNNI, or portable code compiled for the
-//! CPU's vector width) gives the exact integers of the reference executor.
+//! activation bytes per quad and one `vpdpbusd`, and writes 16 outputs at once. Weights are stored
+//! offset by `B` (128 for bytes, 8 for 4-bit values) into unsigned bytes (`vpdpbusd` multiplies
+//! unsigned by signed bytes); the offset's contribution, `B` times the activation block's sum, is the
+//! same for every weight row and is subtracted exactly. `|Σ| ≤ k · 255 · 128` stays in `i32` for blocks
+//! of up to 65,536 values, so every level (AVX-512 VNNI, or portable code compiled for the CPU's
+//! vector width) gives the exact integers of the reference executor.
 
 use crate::par;
 
@@ -22,15 +23,13 @@ pub struct PackedBlocks {
     rows: usize,
     blocks: usize,
     block: usize,
-    /// Per tile, per block, per quad: 16 rows × 4 signed bytes; or, when every weight is 4-bit
+    /// Per tile, per block, per quad: 16 rows × 4 bytes `w + 128`; or, when every weight is 4-bit
     /// (`nibbles`), per pair of quads one such register whose low nibbles are the first quad and high
-    /// nibbles the second (half the bytes to stream).
+    /// nibbles the second, each `w + 8` (half the bytes to stream).
     data: Vec<u8>,
     nibbles: bool,
-    /// Per tile, per block: 16 lanes of `128 · Σ_k w`.
-    offsets: Vec<i32>,
     /// The per-block multipliers of [`PackedBlocks::run_sums`] in the same order, once given.
-    mult: Vec<i64>,
+    mult: Vec<i32>,
 }
 
 impl PackedBlocks {
@@ -51,20 +50,18 @@ impl PackedBlocks {
         let quads = block / 4;
         let nibbles = quads.is_multiple_of(2) && w.iter().all(|&v| (-8..=7).contains(&v));
         let mut data = vec![0u8; tiles * blocks * quads * TILE * 4 / if nibbles { 2 } else { 1 }];
-        let mut offsets = vec![0i32; tiles * blocks * TILE];
         for o in 0..rows {
             let (t, lane) = (o / TILE, o % TILE);
             for g in 0..blocks {
                 let src = &w[(o * blocks + g) * block..][..block];
-                offsets[(t * blocks + g) * TILE + lane] = 128 * src.iter().sum::<i32>();
                 for (kq, quad) in src.chunks_exact(4).enumerate() {
                     let q = (t * blocks + g) * quads + kq;
                     for (i, &v) in quad.iter().enumerate() {
                         if nibbles {
                             let at = ((q / 2) * TILE + lane) * 4 + i;
-                            data[at] |= ((v & 15) as u8) << (4 * (kq % 2));
+                            data[at] |= ((v + 8) as u8) << (4 * (kq % 2));
                         } else {
-                            data[(q * TILE + lane) * 4 + i] = v as i8 as u8;
+                            data[(q * TILE + lane) * 4 + i] = (v + 128) as u8;
                         }
                     }
                 }
@@ -76,7 +73,6 @@ impl PackedBlocks {
             block,
             data,
             nibbles,
-            offsets,
             mult: Vec::new(),
         })
     }
@@ -92,15 +88,16 @@ impl PackedBlocks {
         for o in 0..self.rows {
             for g in 0..self.blocks {
                 self.mult[((o / TILE) * self.blocks + g) * TILE + o % TILE] =
-                    mult[o * self.blocks + g].into();
+                    mult[o * self.blocks + g];
             }
         }
         true
     }
 
-    /// `x + 128` as bytes (`vpdpbusd`'s unsigned operand) and the number of activation rows, or
-    /// `None` unless `x` holds whole rows of the product's length and only values in `−128..=127`.
-    fn offset_activations(&self, x: &[i32]) -> Option<(Vec<u8>, usize)> {
+    /// `x` as signed bytes (`vpdpbusd`'s signed operand), the weight offset's contribution per
+    /// activation block (`B · Σ_k x`), and the number of activation rows; or `None` unless `x` holds
+    /// whole rows of the product's length and only values in `−128..=127`.
+    fn activations(&self, x: &[i32]) -> Option<Activations> {
         let len = self.blocks * self.block;
         if x.is_empty() || !x.len().is_multiple_of(len) {
             return None;
@@ -108,7 +105,15 @@ impl PackedBlocks {
         if x.iter().any(|&v| !(-128..=127).contains(&v)) {
             return None;
         }
-        Some((x.iter().map(|&v| (v + 128) as u8).collect(), x.len() / len))
+        let b = if self.nibbles { 8 } else { 128 };
+        Some(Activations {
+            bytes: x.iter().map(|&v| v as i8 as u8).collect(),
+            corr: x
+                .chunks_exact(self.block)
+                .map(|c| b * c.iter().sum::<i32>())
+                .collect(),
+            rows: x.len() / len,
+        })
     }
 
     /// Runs `each(tile, activation row, that row's 16 × blocks products)` over every row tile and
@@ -116,13 +121,12 @@ impl PackedBlocks {
     /// activation row into its slice (`[16 rows][m][per]`), returned as `[m][rows][per]`.
     fn for_tiles(
         &self,
-        xu: &[u8],
-        m: usize,
+        x: &Activations,
         per: usize,
         threads: usize,
         each: impl Fn(usize, usize, &[i32], &mut [i32]) + Sync,
     ) -> Vec<i32> {
-        let len = self.blocks * self.block;
+        let (len, nb, m) = (self.blocks * self.block, self.blocks, x.rows);
         // weight-row major, so that each thread's tiles are one contiguous part
         let mut by_row = vec![0i32; self.rows * m * per];
         par::rows(&mut by_row, m * per, threads, TILE, |first, part| {
@@ -130,7 +134,8 @@ impl PackedBlocks {
             for (i, rows) in part.chunks_mut(TILE * m * per).enumerate() {
                 let t = first / TILE + i;
                 for r in 0..m {
-                    self.tile(t, &xu[r * len..(r + 1) * len], &mut tmp);
+                    let xr = &x.bytes[r * len..(r + 1) * len];
+                    self.tile(t, xr, &x.corr[r * nb..(r + 1) * nb], &mut tmp);
                     each(t, r, &tmp, rows);
                 }
             }
@@ -150,9 +155,9 @@ impl PackedBlocks {
     /// `y[m, o, g] = Σ_k x[m, g, k] · w[o, g, k]` (`[m, rows, blocks]`, `m` activation rows), or
     /// `None` when `x` holds a value outside `−128..=127`.
     pub fn run(&self, x: &[i32], threads: usize) -> Option<Vec<i32>> {
-        let (xu, m) = self.offset_activations(x)?;
-        let nb = self.blocks;
-        Some(self.for_tiles(&xu, m, nb, threads, |_, r, tmp, rows| {
+        let x = self.activations(x)?;
+        let (nb, m) = (self.blocks, x.rows);
+        Some(self.for_tiles(&x, nb, threads, |_, r, tmp, rows| {
             for (lane, row) in rows.chunks_mut(m * nb).enumerate() {
                 for (g, y) in row[r * nb..(r + 1) * nb].iter_mut().enumerate() {
                     *y = tmp[g * TILE + lane];
@@ -181,13 +186,14 @@ impl PackedBlocks {
         if self.mult.is_empty() || !ok(s1) || !ok(s2) || s3 > 62 {
             return None;
         }
-        let (xu, m) = self.offset_activations(x)?;
+        let x = self.activations(x)?;
+        let m = x.rows;
         if scale.len() != m * self.blocks {
             return None;
         }
         let failed = std::sync::atomic::AtomicBool::new(false);
         let nb = self.blocks;
-        let out = self.for_tiles(&xu, m, 1, threads, |t, r, tmp, rows| {
+        let out = self.for_tiles(&x, 1, threads, |t, r, tmp, rows| {
             let mult = &self.mult[t * nb * TILE..(t + 1) * nb * TILE];
             let mut sums = [0i64; TILE];
             if !epilogue(tmp, mult, &scale[r * nb..(r + 1) * nb], shifts, &mut sums) {
@@ -200,38 +206,47 @@ impl PackedBlocks {
         (!failed.into_inner()).then_some(out)
     }
 
-    /// Tile `t`'s outputs, `[blocks][16]`, into `tmp`.
-    fn tile(&self, t: usize, xu: &[u8], tmp: &mut [i32]) {
+    /// Tile `t`'s outputs, `[blocks][16]`, into `tmp`, from one activation row's bytes and its
+    /// per-block corrections.
+    fn tile(&self, t: usize, xs: &[u8], corr: &[i32], tmp: &mut [i32]) {
         let quads = self.block / 4;
         let span = self.blocks * quads * TILE * 4 / if self.nibbles { 2 } else { 1 };
         let w = &self.data[t * span..(t + 1) * span];
-        let off = &self.offsets[t * self.blocks * TILE..(t + 1) * self.blocks * TILE];
         #[cfg(target_arch = "x86_64")]
         if crate::qgemm::Level::detect() == crate::qgemm::Level::Avx512Vnni {
             // SAFETY: the CPU supports AVX-512F/BW/VNNI (checked by `Level::detect`); the slices
-            // have the lengths `tile_vnni` reads, by construction of `data`, `offsets` and `xu`.
+            // have the lengths the kernels read, by construction of `data` and the activations.
             unsafe {
                 if self.nibbles {
-                    tile_vnni_nibbles(w, off, xu, self.blocks, quads, tmp)
+                    tile_vnni_nibbles(w, corr, xs, self.blocks, quads, tmp)
                 } else {
-                    tile_vnni(w, off, xu, self.blocks, quads, tmp)
+                    tile_vnni(w, corr, xs, self.blocks, quads, tmp)
                 }
             };
             return;
         }
         if self.nibbles {
-            tile_portable_nibbles(w, off, xu, self.blocks, quads, tmp);
+            tile_portable_nibbles(w, corr, xs, self.blocks, quads, tmp);
         } else {
-            tile_portable(w, off, xu, self.blocks, quads, tmp);
+            tile_portable(w, corr, xs, self.blocks, quads, tmp);
         }
     }
+}
+
+/// One activation row as the kernels read it.
+struct Activations {
+    /// Signed bytes.
+    bytes: Vec<u8>,
+    /// Per row and block: the weight offset (128, or 8 for 4-bit weights) times the block's sum.
+    corr: Vec<i32>,
+    rows: usize,
 }
 
 /// One tile's block sums (see [`PackedBlocks::run_sums`]) into `sums`; false if a value left `i32`.
 #[inline(always)]
 fn epilogue_body(
     tmp: &[i32],
-    mult: &[i64],
+    mult: &[i32],
     scale: &[i32],
     shifts: [u32; 3],
     sums: &mut [i64; TILE],
@@ -243,7 +258,7 @@ fn epilogue_body(
     for (g, &sc) in scale.iter().enumerate() {
         let (y, m) = (&tmp[g * TILE..][..TILE], &mult[g * TILE..][..TILE]);
         for lane in 0..TILE {
-            let p = (y[lane] as i64 * m[lane] + h1) >> s1;
+            let p = (y[lane] as i64 * m[lane] as i64 + h1) >> s1;
             let pc = p.clamp(i32::MIN as i64, i32::MAX as i64);
             let v = (pc * sc as i64 + h2) >> s2;
             lo[lane] = lo[lane].min(p).min(v);
@@ -261,17 +276,17 @@ fn epilogue_body(
 }
 
 crate::multiversion! {
-    fn epilogue(tmp: &[i32], mult: &[i64], scale: &[i32], shifts: [u32; 3], sums: &mut [i64; TILE]) -> bool = epilogue_body
+    fn epilogue(tmp: &[i32], mult: &[i32], scale: &[i32], shifts: [u32; 3], sums: &mut [i64; TILE]) -> bool = epilogue_body
 }
 
-/// One tile's products into `tmp` (`[blocks][16]`), weights as bytes or, with `NIBBLES`, two quads per
-/// register: register `r` of a block holds quads `2r` (low nibbles) and `2r + 1` (high nibbles), each a
-/// 4-bit two's-complement value.
+/// One tile's products into `tmp` (`[blocks][16]`), weights as offset bytes or, with `NIBBLES`, two
+/// quads per register: register `r` of a block holds quads `2r` (low nibbles) and `2r + 1` (high
+/// nibbles), each `w + 8`; `corr[g]` removes the offset's contribution.
 #[inline(always)]
 fn tile_body<const NIBBLES: bool>(
     w: &[u8],
-    off: &[i32],
-    xu: &[u8],
+    corr: &[i32],
+    xs: &[u8],
     blocks: usize,
     quads: usize,
     tmp: &mut [i32],
@@ -279,73 +294,78 @@ fn tile_body<const NIBBLES: bool>(
     let weight = |q: usize, lane: usize, i: usize| -> i32 {
         if NIBBLES {
             let b = w[((q / 2) * TILE + lane) * 4 + i];
-            ((if q % 2 == 1 { b >> 4 } else { b & 15 } ^ 8) as i32) - 8
+            (if q % 2 == 1 { b >> 4 } else { b & 15 }) as i32
         } else {
-            w[(q * TILE + lane) * 4 + i] as i8 as i32
+            w[(q * TILE + lane) * 4 + i] as i32
         }
     };
     for g in 0..blocks {
         let mut acc = [0i32; TILE];
         for kq in 0..quads {
             let q = g * quads + kq;
-            let xq = &xu[q * 4..][..4];
+            let xq = &xs[q * 4..][..4];
             for (lane, a) in acc.iter_mut().enumerate() {
                 for (i, &x) in xq.iter().enumerate() {
-                    *a += x as i32 * weight(q, lane, i);
+                    *a += x as i8 as i32 * weight(q, lane, i);
                 }
             }
         }
         for (lane, a) in acc.iter().enumerate() {
-            tmp[g * TILE + lane] = a - off[g * TILE + lane];
+            tmp[g * TILE + lane] = a - corr[g];
         }
     }
 }
 
 crate::multiversion! {
-    fn tile_portable(w: &[u8], off: &[i32], xu: &[u8], blocks: usize, quads: usize, tmp: &mut [i32]) -> () = tile_body::<false>
+    fn tile_portable(w: &[u8], corr: &[i32], xs: &[u8], blocks: usize, quads: usize, tmp: &mut [i32]) -> () = tile_body::<false>
 }
 
 crate::multiversion! {
-    fn tile_portable_nibbles(w: &[u8], off: &[i32], xu: &[u8], blocks: usize, quads: usize, tmp: &mut [i32]) -> () = tile_body::<true>
+    fn tile_portable_nibbles(w: &[u8], corr: &[i32], xs: &[u8], blocks: usize, quads: usize, tmp: &mut [i32]) -> () = tile_body::<true>
 }
 
 /// # Safety
-/// The CPU must support AVX-512F/BW/VNNI; `w` holds `blocks · quads · 64` bytes, `off` and `tmp`
-/// `blocks · 16` values, `xu` `blocks · quads · 4` bytes.
+/// The CPU must support AVX-512F/BW/VNNI; `w` holds `blocks · quads · 64` bytes, `corr` `blocks` and
+/// `tmp` `blocks · 16` values, `xs` `blocks · quads · 4` bytes.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 unsafe fn tile_vnni(
     w: &[u8],
-    off: &[i32],
-    xu: &[u8],
+    corr: &[i32],
+    xs: &[u8],
     blocks: usize,
     quads: usize,
     tmp: &mut [i32],
 ) {
     use std::arch::x86_64::*;
-    assert!(
-        w.len() >= blocks * quads * 64 && off.len() >= blocks * TILE && tmp.len() >= blocks * TILE
-    );
-    assert!(xu.len() >= blocks * quads * 4);
-    let (wp, xp) = (w.as_ptr(), xu.as_ptr());
+    assert!(w.len() >= blocks * quads * 64 && corr.len() >= blocks && tmp.len() >= blocks * TILE);
+    assert!(xs.len() >= blocks * quads * 4);
+    let (wp, xp) = (w.as_ptr(), xs.as_ptr());
     for g in 0..blocks {
-        let mut acc = _mm512_setzero_si512();
-        for kq in 0..quads {
-            let q = g * quads + kq;
-            let va = _mm512_set1_epi32((xp.add(q * 4) as *const i32).read_unaligned());
-            let vb = _mm512_loadu_si512(wp.add(q * 64) as *const _);
-            acc = _mm512_dpbusd_epi32(acc, va, vb);
+        // two chains, so consecutive `vpdpbusd`s do not wait on each other
+        let (mut a0, mut a1) = (_mm512_setzero_si512(), _mm512_setzero_si512());
+        let q0 = g * quads;
+        for kq in (0..quads - quads % 2).step_by(2) {
+            let q = q0 + kq;
+            let x0 = _mm512_set1_epi32((xp.add(q * 4) as *const i32).read_unaligned());
+            let x1 = _mm512_set1_epi32((xp.add(q * 4 + 4) as *const i32).read_unaligned());
+            let w0 = _mm512_loadu_si512(wp.add(q * 64) as *const _);
+            let w1 = _mm512_loadu_si512(wp.add(q * 64 + 64) as *const _);
+            a0 = _mm512_dpbusd_epi32(a0, w0, x0);
+            a1 = _mm512_dpbusd_epi32(a1, w1, x1);
         }
-        let o = _mm512_loadu_si512(off.as_ptr().add(g * TILE) as *const _);
-        _mm512_storeu_si512(
-            tmp.as_mut_ptr().add(g * TILE) as *mut _,
-            _mm512_sub_epi32(acc, o),
-        );
+        if quads % 2 == 1 {
+            let q = q0 + quads - 1;
+            let x0 = _mm512_set1_epi32((xp.add(q * 4) as *const i32).read_unaligned());
+            let w0 = _mm512_loadu_si512(wp.add(q * 64) as *const _);
+            a0 = _mm512_dpbusd_epi32(a0, w0, x0);
+        }
+        let acc = _mm512_sub_epi32(_mm512_add_epi32(a0, a1), _mm512_set1_epi32(corr[g]));
+        _mm512_storeu_si512(tmp.as_mut_ptr().add(g * TILE) as *mut _, acc);
     }
 }
 
-/// [`tile_vnni`] on 4-bit weights (see [`tile_body`]): each 64-byte load gives two quads,
-/// sign-extended to bytes as `(n ^ 8) − 8`.
+/// [`tile_vnni`] on 4-bit weights (see [`tile_body`]): each 64-byte load gives two quads.
 ///
 /// # Safety
 /// As [`tile_vnni`], with `w` holding `blocks · quads · 32` bytes and `quads` even.
@@ -353,38 +373,31 @@ unsafe fn tile_vnni(
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 unsafe fn tile_vnni_nibbles(
     w: &[u8],
-    off: &[i32],
-    xu: &[u8],
+    corr: &[i32],
+    xs: &[u8],
     blocks: usize,
     quads: usize,
     tmp: &mut [i32],
 ) {
     use std::arch::x86_64::*;
-    assert!(
-        w.len() >= blocks * quads * 32 && off.len() >= blocks * TILE && tmp.len() >= blocks * TILE
-    );
-    assert!(xu.len() >= blocks * quads * 4 && quads.is_multiple_of(2));
-    let (wp, xp) = (w.as_ptr(), xu.as_ptr());
-    let (low, eight) = (_mm512_set1_epi8(15), _mm512_set1_epi8(8));
+    assert!(w.len() >= blocks * quads * 32 && corr.len() >= blocks && tmp.len() >= blocks * TILE);
+    assert!(xs.len() >= blocks * quads * 4 && quads.is_multiple_of(2));
+    let (wp, xp) = (w.as_ptr(), xs.as_ptr());
+    let low = _mm512_set1_epi8(15);
     for g in 0..blocks {
-        let mut acc = _mm512_setzero_si512();
+        let (mut a0, mut a1) = (_mm512_setzero_si512(), _mm512_setzero_si512());
         for r in 0..quads / 2 {
             let v = _mm512_loadu_si512(wp.add((g * quads / 2 + r) * 64) as *const _);
             let lo = _mm512_and_si512(v, low);
             let hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), low);
-            let lo = _mm512_sub_epi8(_mm512_xor_si512(lo, eight), eight);
-            let hi = _mm512_sub_epi8(_mm512_xor_si512(hi, eight), eight);
             let q = g * quads + 2 * r;
             let x0 = _mm512_set1_epi32((xp.add(q * 4) as *const i32).read_unaligned());
             let x1 = _mm512_set1_epi32((xp.add(q * 4 + 4) as *const i32).read_unaligned());
-            acc = _mm512_dpbusd_epi32(acc, x0, lo);
-            acc = _mm512_dpbusd_epi32(acc, x1, hi);
+            a0 = _mm512_dpbusd_epi32(a0, lo, x0);
+            a1 = _mm512_dpbusd_epi32(a1, hi, x1);
         }
-        let o = _mm512_loadu_si512(off.as_ptr().add(g * TILE) as *const _);
-        _mm512_storeu_si512(
-            tmp.as_mut_ptr().add(g * TILE) as *mut _,
-            _mm512_sub_epi32(acc, o),
-        );
+        let acc = _mm512_sub_epi32(_mm512_add_epi32(a0, a1), _mm512_set1_epi32(corr[g]));
+        _mm512_storeu_si512(tmp.as_mut_ptr().add(g * TILE) as *mut _, acc);
     }
 }
 

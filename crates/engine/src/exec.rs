@@ -111,6 +111,36 @@ fn strided_copy(x: &[i32], base: usize, shape: &[usize], strides: &[usize]) -> V
 }
 
 /// `x` rescaled by `k` like [`map_rescale`], kept as it is when `k` is 0.
+/// Whether an `EinSum` is `{og, g → o}` or `{og, mg → mo}`: a matrix times a vector (or a few).
+fn matvec(a: &[u8], b: &[u8], out: &[u8]) -> bool {
+    match (a, b, out) {
+        ([o, g], [g2], [o2]) => g2 == g && o2 == o && o != g,
+        ([o, g], [m, g2], [m2, o2]) => g2 == g && o2 == o && m2 == m && o != g && m != o && m != g,
+        _ => false,
+    }
+}
+
+/// `y[m, o] = fit(rshift(Σ_g w[o, g] · x[m, g], shift))` for a constant `w` with rows of `g` values:
+/// the sums in `i64` when `g · max|w| · max|x| < 2^62` (the products of two `i32` always fit), else
+/// in `i128` — the exact integers of the reference either way. `g` is at least 1 and divides `x`'s
+/// length (a validated model's shapes).
+fn const_matvec(w: &[i32], g: usize, x: &[i32], shift: i32) -> Result<Vec<i32>, ExecError> {
+    let max = |v: &[i32]| v.iter().map(|&e| e.unsigned_abs() as u128).max().unwrap_or(0);
+    let narrow = (g as u128) * max(w) * max(x) < 1 << 62;
+    let mut out = Vec::with_capacity(w.len() / g * (x.len() / g));
+    for xr in x.chunks_exact(g) {
+        for wr in w.chunks_exact(g) {
+            let acc: i128 = if narrow {
+                wr.iter().zip(xr).map(|(&a, &b)| a as i64 * b as i64).sum::<i64>() as i128
+            } else {
+                wr.iter().zip(xr).map(|(&a, &b)| a as i128 * b as i128).sum()
+            };
+            out.push(fit(rshift(acc, shift))?);
+        }
+    }
+    Ok(out)
+}
+
 fn rescaled(x: Vec<i32>, k: i32) -> Result<Vec<i32>, ExecError> {
     if k == 0 {
         Ok(x)
@@ -637,6 +667,12 @@ impl<M: Borrow<Model> + Sync> Executor<M> {
                     out_shape: &out_shape,
                 };
                 let shift = acc - so;
+                if let (Some(_), None, Some(c)) =
+                    (fast, bias, m.const_of(node.inputs[0]).filter(|_| matvec(a, b, out)))
+                {
+                    // shapes as validated: `w` `[o, g]`, `x` `[g]` or `[m, g]`
+                    return const_matvec(&c.data, s0[1], xs[1], shift);
+                }
                 match self.mode {
                     Mode::Reference => einsum_reference(&spec, xs[0], xs[1], bias, shift),
                     Mode::Fast { threads } => match self.prepared.get(k) {
