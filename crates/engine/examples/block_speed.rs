@@ -5,8 +5,14 @@ use verity_engine::blockdot::PackedBlocks;
 use verity_engine::calib::SplitMix64;
 
 fn main() {
-    let a: Vec<usize> = std::env::args().skip(1).map(|s| s.parse().expect("a number")).collect();
-    let (rows, cols) = (a.first().copied().unwrap_or(1536), a.get(1).copied().unwrap_or(576));
+    let a: Vec<usize> = std::env::args()
+        .skip(1)
+        .map(|s| s.parse().expect("a number"))
+        .collect();
+    let (rows, cols) = (
+        a.first().copied().unwrap_or(1536),
+        a.get(1).copied().unwrap_or(576),
+    );
     let block = a.get(2).copied().unwrap_or(32);
     let bits = a.get(3).copied().unwrap_or(4);
     let m = a.get(4).copied().unwrap_or(1);
@@ -20,17 +26,20 @@ fn main() {
     let scale: Vec<i32> = (0..m * nb).map(|_| r(1, 1 << 16) as i32).collect();
     let mut p = PackedBlocks::new(&w, rows, nb, block).expect("packs");
     p.set_multipliers(&mult);
-    let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().expect("a pool");
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .build()
+        .expect("a pool");
     for threads in [1, 2] {
         let time = |f: &(dyn Fn() + Sync)| {
             pool.install(|| {
-            f();
-            let n = 200;
-            let t0 = Instant::now();
-            for _ in 0..n {
                 f();
-            }
-            t0.elapsed().as_secs_f64() / n as f64 * 1e6
+                let n = 200;
+                let t0 = Instant::now();
+                for _ in 0..n {
+                    f();
+                }
+                t0.elapsed().as_secs_f64() / n as f64 * 1e6
             })
         };
         let plain = time(&|| {

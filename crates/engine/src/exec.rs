@@ -111,6 +111,115 @@ fn strided_copy(x: &[i32], base: usize, shape: &[usize], strides: &[usize]) -> V
 }
 
 /// `x` rescaled by `k` like [`map_rescale`], kept as it is when `k` is 0.
+/// A constant matrix `w` `[o, g]` stored column by column (`[g, o]`), so that a product with a vector
+/// is `g` vectorized multiply-adds over all outputs at once.
+struct MatVec {
+    wt: Vec<i32>,
+    o: usize,
+    g: usize,
+    /// The row-major matrix, for sums that may leave 64 bits.
+    w: Vec<i32>,
+    max: u128,
+}
+
+impl MatVec {
+    fn new(w: &[i32], g: usize) -> MatVec {
+        let g = g.max(1);
+        let o = w.len() / g;
+        let mut wt = vec![0; w.len()];
+        for (r, row) in w.chunks_exact(g).enumerate() {
+            for (c, &v) in row.iter().enumerate() {
+                wt[c * o + r] = v;
+            }
+        }
+        let max = w
+            .iter()
+            .map(|&e| e.unsigned_abs() as u128)
+            .max()
+            .unwrap_or(0);
+        MatVec {
+            wt,
+            o,
+            g,
+            w: w.to_vec(),
+            max,
+        }
+    }
+
+    /// `y[m, o] = fit(rshift(Σ_g w[o, g] · x[m, g], shift))`: in `i64` when `g · max|w| · max|x| <
+    /// 2^62` and the shift is a right shift, else in `i128` — the reference's integers either way.
+    /// `x` holds whole rows of `g` (a validated model's shapes).
+    fn run(&self, x: &[i32], shift: i32, threads: usize) -> Result<Vec<i32>, ExecError> {
+        let (o, g) = (self.o, self.g);
+        let mx = x
+            .iter()
+            .map(|&e| e.unsigned_abs() as u128)
+            .max()
+            .unwrap_or(0);
+        let mut out = vec![0i32; x.len() / g * o];
+        if o == 0 {
+            return Ok(out);
+        }
+        if (g as u128) * self.max * mx >= 1 << 62 || !(1..62).contains(&shift) {
+            for (xr, yr) in x.chunks_exact(g).zip(out.chunks_exact_mut(o)) {
+                for (wr, y) in self.w.chunks_exact(g).zip(yr.iter_mut()) {
+                    let acc: i128 = wr
+                        .iter()
+                        .zip(xr)
+                        .map(|(&a, &b)| a as i128 * b as i128)
+                        .sum();
+                    *y = fit(rshift(acc, shift))?;
+                }
+            }
+            return Ok(out);
+        }
+        let failed = std::sync::atomic::AtomicBool::new(false);
+        for (xr, yr) in x.chunks_exact(g).zip(out.chunks_exact_mut(o)) {
+            crate::par::rows(yr, 1, threads, 64, |first, part| {
+                let mut acc = vec![0i64; part.len()];
+                for (c, &xv) in xr.iter().enumerate() {
+                    axpy(&mut acc, &self.wt[c * o + first..][..part.len()], xv as i64);
+                }
+                if !requantize64(&acc, shift as u32, part) {
+                    failed.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+            });
+        }
+        if failed.into_inner() {
+            return Err(ExecError::Overflow);
+        }
+        Ok(out)
+    }
+}
+
+#[inline(always)]
+fn axpy_body(acc: &mut [i64], w: &[i32], x: i64) {
+    for (a, &v) in acc.iter_mut().zip(w) {
+        *a += v as i64 * x;
+    }
+}
+
+crate::multiversion! {
+    fn axpy(acc: &mut [i64], w: &[i32], x: i64) -> () = axpy_body
+}
+
+/// `out = fit(rshift(acc, k))` for `|acc| < 2^62` and `k` in `1..62`; false if a value leaves `i32`.
+#[inline(always)]
+fn requantize64_body(acc: &[i64], k: u32, out: &mut [i32]) -> bool {
+    let half = 1i64 << (k - 1);
+    let mut fits = true;
+    for (y, &a) in out.iter_mut().zip(acc) {
+        let r = (a + half) >> k;
+        fits &= r == r as i32 as i64;
+        *y = r as i32;
+    }
+    fits
+}
+
+crate::multiversion! {
+    fn requantize64(acc: &[i64], k: u32, out: &mut [i32]) -> bool = requantize64_body
+}
+
 /// Whether an `EinSum` is `{og, g → o}` or `{og, mg → mo}`: a matrix times a vector (or a few).
 fn matvec(a: &[u8], b: &[u8], out: &[u8]) -> bool {
     match (a, b, out) {
@@ -118,27 +227,6 @@ fn matvec(a: &[u8], b: &[u8], out: &[u8]) -> bool {
         ([o, g], [m, g2], [m2, o2]) => g2 == g && o2 == o && m2 == m && o != g && m != o && m != g,
         _ => false,
     }
-}
-
-/// `y[m, o] = fit(rshift(Σ_g w[o, g] · x[m, g], shift))` for a constant `w` with rows of `g` values:
-/// the sums in `i64` when `g · max|w| · max|x| < 2^62` (the products of two `i32` always fit), else
-/// in `i128` — the exact integers of the reference either way. `g` is at least 1 and divides `x`'s
-/// length (a validated model's shapes).
-fn const_matvec(w: &[i32], g: usize, x: &[i32], shift: i32) -> Result<Vec<i32>, ExecError> {
-    let max = |v: &[i32]| v.iter().map(|&e| e.unsigned_abs() as u128).max().unwrap_or(0);
-    let narrow = (g as u128) * max(w) * max(x) < 1 << 62;
-    let mut out = Vec::with_capacity(w.len() / g * (x.len() / g));
-    for xr in x.chunks_exact(g) {
-        for wr in w.chunks_exact(g) {
-            let acc: i128 = if narrow {
-                wr.iter().zip(xr).map(|(&a, &b)| a as i64 * b as i64).sum::<i64>() as i128
-            } else {
-                wr.iter().zip(xr).map(|(&a, &b)| a as i128 * b as i128).sum()
-            };
-            out.push(fit(rshift(acc, shift))?);
-        }
-    }
-    Ok(out)
 }
 
 fn rescaled(x: Vec<i32>, k: i32) -> Result<Vec<i32>, ExecError> {
@@ -171,6 +259,8 @@ enum Prepared {
         Option<kernels::Packed>,
         Option<kernels::Packed>,
     ),
+    /// A constant matrix times a few vectors (`EinSum {og, g → o}` or `{og, mg → mo}`).
+    MatVec(MatVec),
     /// A convolution's weights in 8-bit form, one matrix per group.
     Conv(Vec<crate::qgemm::PackedA>),
     /// Block-wise products `{gk, ogk → og}` with 8-bit constant weights (shareable between
@@ -252,7 +342,11 @@ impl<M: Borrow<Model> + Sync> Executor<M> {
     /// from the same weights (a language model's step for several cache lengths) hold one copy.
     pub fn new_sharing(model_ref: M, mode: Mode, shared: &SharedPacks) -> Self {
         let model: &Model = model_ref.borrow();
-        let const_id = |v: ValueId| model.const_of(v).map_or(0, |c| Arc::as_ptr(&c.data) as usize);
+        let const_id = |v: ValueId| {
+            model
+                .const_of(v)
+                .map_or(0, |c| Arc::as_ptr(&c.data) as usize)
+        };
         let roles = match mode {
             Mode::Reference => Vec::new(),
             Mode::Fast { .. } => fuse::plan(model),
@@ -272,6 +366,12 @@ impl<M: Borrow<Model> + Sync> Executor<M> {
                 .iter()
                 .enumerate()
                 .map(|(k, node)| match &node.op {
+                    Op::EinSum { a, b, out } if node.inputs.len() == 2 && matvec(a, b, out) => {
+                        match model.const_of(node.inputs[0]) {
+                            Some(c) => Prepared::MatVec(MatVec::new(&c.data, c.shape[1] as usize)),
+                            None => Prepared::None,
+                        }
+                    }
                     Op::EinSum { a, b, out } => {
                         let key = pack_key(k, node);
                         if let Some((_, _, p)) =
@@ -461,7 +561,9 @@ impl<M: Borrow<Model> + Sync> Executor<M> {
             Mode::Fast { threads } if threads > 1 => match crate::par::pool(threads) {
                 Some(pool) => {
                     let tokens = crate::cancel::current();
-                    pool.install(|| crate::cancel::with_tokens(tokens, f))
+                    pool.install(|| {
+                        crate::par::awake(threads, || crate::cancel::with_tokens(tokens, f))
+                    })
                 }
                 None => f(),
             },
@@ -667,11 +769,10 @@ impl<M: Borrow<Model> + Sync> Executor<M> {
                     out_shape: &out_shape,
                 };
                 let shift = acc - so;
-                if let (Some(_), None, Some(c)) =
-                    (fast, bias, m.const_of(node.inputs[0]).filter(|_| matvec(a, b, out)))
+                if let (Some(threads), None, Some(Prepared::MatVec(mv))) =
+                    (fast, bias, self.prepared.get(k))
                 {
-                    // shapes as validated: `w` `[o, g]`, `x` `[g]` or `[m, g]`
-                    return const_matvec(&c.data, s0[1], xs[1], shift);
+                    return mv.run(xs[1], shift, threads);
                 }
                 match self.mode {
                     Mode::Reference => einsum_reference(&spec, xs[0], xs[1], bias, shift),

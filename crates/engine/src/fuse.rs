@@ -114,7 +114,10 @@ fn block_sum(m: &Model, h: usize, reads: &[u32], reader: &[usize]) -> Option<Blo
     if b.len() != 3 || b[1..] != a[a.len() - 2..] {
         return None;
     }
-    let (o, g) = (node.shape[node.shape.len() - 2], node.shape[node.shape.len() - 1]);
+    let (o, g) = (
+        node.shape[node.shape.len() - 2],
+        node.shape[node.shape.len() - 1],
+    );
     let scale_shape = if rows {
         vec![node.shape[0], 1, g]
     } else {
@@ -135,9 +138,7 @@ fn block_sum(m: &Model, h: usize, reads: &[u32], reader: &[usize]) -> Option<Blo
     let (n1, n2, n3) = (&m.nodes[k1], &m.nodes[k2], &m.nodes[k3]);
     let acc = (first + h) as ValueId;
     let mult = match (&n1.op, n1.inputs.as_slice()) {
-        (Op::Mul, [x, c]) if *x == acc && m.const_of(*c).is_some_and(|c| c.shape == [o, g]) => {
-            *c
-        }
+        (Op::Mul, [x, c]) if *x == acc && m.const_of(*c).is_some_and(|c| c.shape == [o, g]) => *c,
         _ => return None,
     };
     let scale = match (&n2.op, n2.inputs.as_slice()) {

@@ -28,6 +28,34 @@ pub(crate) fn pool(threads: usize) -> Option<Arc<rayon::ThreadPool>> {
     Some(p)
 }
 
+/// Runs `f` on the current pool worker while the pool's other `threads − 1` workers stay awake,
+/// taking the parts of split kernels as soon as they appear instead of after a wake-up (which costs
+/// as much as a small kernel); they go back to sleep when `f` returns. Only which thread computes
+/// which part changes, never the integers.
+pub(crate) fn awake<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let me = rayon::current_thread_index();
+    rayon::scope(|s| {
+        for _ in 1..threads {
+            s.spawn(|_| {
+                // run by the caller's own thread (no other worker took it in time): return at once,
+                // as spinning here would wait for `f`, which this thread has to finish
+                if rayon::current_thread_index() == me {
+                    return;
+                }
+                while !done.load(std::sync::atomic::Ordering::Acquire) {
+                    if rayon::yield_now() != Some(rayon::Yield::Executed) {
+                        std::hint::spin_loop();
+                    }
+                }
+            });
+        }
+        let r = f();
+        done.store(true, std::sync::atomic::Ordering::Release);
+        r
+    })
+}
+
 /// Run `f(first_row, rows)` on consecutive parts of `data` (rows of `row_len` elements), at most
 /// `threads` parts whose row counts are multiples of `align` (but the last), in parallel when there
 /// are several. With `threads <= 1`, or a single part, `f` runs once on the calling thread.

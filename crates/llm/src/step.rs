@@ -6,9 +6,9 @@
 //! and `v.L` `[kv_heads · head_dim]`, this position's key and value, which the next steps read from
 //! their caches. Every op is a v1 op, so the semantics, one-step checks and proofs apply unchanged.
 
-use verity_engine::calib::ceil_log2;
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use verity_engine::calib::ceil_log2;
 
 use verity_engine::ir::{
     broadcast_shapes, Const, Input, InputKind, Model, Node, Op, Output, ReduceKind,

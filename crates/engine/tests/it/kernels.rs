@@ -853,3 +853,45 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+    /// A constant matrix times one vector or a few (`EinSum {og, g → o}`, `{og, mg → mo}`, the offset
+    /// terms of block-quantized products): the fast path equals the reference, with sums inside 64
+    /// bits and with sums that need 128 (large values), and an output that leaves `i32` is the same
+    /// error.
+    #[test]
+    fn constant_matrix_vector_products_equal_the_reference(
+        o in 1u32..150,
+        g in 1u32..40,
+        rows in 0u32..4,
+        seed in any::<u64>(),
+        big in any::<bool>(),
+        shift in 0i8..40,
+    ) {
+        let mut s = seed;
+        let mut next = |mag: i64| {
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((s >> 33) as i64 % (2 * mag + 1) - mag) as i32
+        };
+        let mag = if big { i32::MAX as i64 } else { 1 << 20 };
+        let w: Vec<i32> = (0..o * g).map(|_| next(mag)).collect();
+        let (xshape, b, out, oshape) = match rows {
+            0 => (vec![g], b"g".to_vec(), b"o".to_vec(), vec![o]),
+            m => (vec![m, g], b"mg".to_vec(), b"mo".to_vec(), vec![m, o]),
+        };
+        let x: Vec<i32> = (0..xshape.iter().product::<u32>()).map(|_| next(mag)).collect();
+        let m = Model::one_node(
+            vec![input("x", xshape, 0)],
+            vec![Const { shape: vec![o, g], scale: 0, data: w.into() }],
+            Op::EinSum { a: b"og".to_vec(), b, out },
+            vec![1, 0],
+            oshape,
+            -shift,
+        );
+        let runs = run_all(&m, vec![x]);
+        for r in &runs[1..] {
+            prop_assert_eq!(format!("{r:?}"), format!("{:?}", runs[0]));
+        }
+    }
+}
