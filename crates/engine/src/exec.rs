@@ -117,8 +117,6 @@ struct MatVec {
     wt: Vec<i32>,
     o: usize,
     g: usize,
-    /// The row-major matrix, for sums that may leave 64 bits.
-    w: Vec<i32>,
     max: u128,
 }
 
@@ -137,18 +135,13 @@ impl MatVec {
             .map(|&e| e.unsigned_abs() as u128)
             .max()
             .unwrap_or(0);
-        MatVec {
-            wt,
-            o,
-            g,
-            w: w.to_vec(),
-            max,
-        }
+        MatVec { wt, o, g, max }
     }
 
-    /// `y[m, o] = fit(rshift(Σ_g w[o, g] · x[m, g], shift))`: in `i64` when `g · max|w| · max|x| <
-    /// 2^62` and the shift is a right shift, else in `i128` — the reference's integers either way.
-    /// `x` holds whole rows of `g` (a validated model's shapes).
+    /// `y[m, o] = fit(rshift(Σ_g w[o, g] · x[m, g], shift))`, the reference's integers: products of
+    /// two `i32` fit `i64`; sums over as many columns as keep `max|w| · max|x|` times their count below
+    /// `2^62` run in `i64` over all outputs at once, and those partial sums add in `i128` when there
+    /// are several. `x` holds whole rows of `g` (a validated model's shapes).
     fn run(&self, x: &[i32], shift: i32, threads: usize) -> Result<Vec<i32>, ExecError> {
         let (o, g) = (self.o, self.g);
         let mx = x
@@ -160,27 +153,45 @@ impl MatVec {
         if o == 0 {
             return Ok(out);
         }
-        if (g as u128) * self.max * mx >= 1 << 62 || !(1..62).contains(&shift) {
-            for (xr, yr) in x.chunks_exact(g).zip(out.chunks_exact_mut(o)) {
-                for (wr, y) in self.w.chunks_exact(g).zip(yr.iter_mut()) {
-                    let acc: i128 = wr
-                        .iter()
-                        .zip(xr)
-                        .map(|(&a, &b)| a as i128 * b as i128)
-                        .sum();
-                    *y = fit(rshift(acc, shift))?;
-                }
-            }
-            return Ok(out);
-        }
+        // columns per 64-bit partial sum (at least 1: one product is below 2^62)
+        let per = ((1u128 << 62) / (self.max * mx).max(1)).clamp(1, g as u128) as usize;
         let failed = std::sync::atomic::AtomicBool::new(false);
         for (xr, yr) in x.chunks_exact(g).zip(out.chunks_exact_mut(o)) {
             crate::par::rows(yr, 1, threads, 64, |first, part| {
-                let mut acc = vec![0i64; part.len()];
-                for (c, &xv) in xr.iter().enumerate() {
-                    axpy(&mut acc, &self.wt[c * o + first..][..part.len()], xv as i64);
+                let n = part.len();
+                let mut acc = vec![0i64; n];
+                let mut wide: Vec<i128> = Vec::new();
+                for (c0, xs) in xr.chunks(per).enumerate() {
+                    acc.iter_mut().for_each(|a| *a = 0);
+                    for (j, &xv) in xs.iter().enumerate() {
+                        let c = c0 * per + j;
+                        axpy(&mut acc, &self.wt[c * o + first..][..n], xv as i64);
+                    }
+                    if per < g {
+                        wide.resize(n, 0);
+                        for (w, &a) in wide.iter_mut().zip(&acc) {
+                            *w += a as i128;
+                        }
+                    }
                 }
-                if !requantize64(&acc, shift as u32, part) {
+                let ok = if per >= g && (1..62).contains(&shift) {
+                    requantize64(&acc, shift as u32, part)
+                } else {
+                    let sums: Vec<i128> = if per >= g {
+                        acc.iter().map(|&a| a as i128).collect()
+                    } else {
+                        wide
+                    };
+                    let mut ok = true;
+                    for (y, &v) in part.iter_mut().zip(&sums) {
+                        match fit(rshift(v, shift)) {
+                            Ok(r) => *y = r,
+                            Err(_) => ok = false,
+                        }
+                    }
+                    ok
+                };
+                if !ok {
                     failed.store(true, std::sync::atomic::Ordering::Relaxed);
                 }
             });

@@ -421,7 +421,7 @@ impl Ctx<'_> {
         let xs = g.reduce_last(format!("{name}/xsum"), ReduceKind::Sum, x.q, 7);
         let xs = g.reshape(format!("{name}/xsum1"), xs, vec![m, nb]);
         let xmax = g.reshape(format!("{name}/xmax"), x.max, vec![m, nb]);
-        let xm = g.map(format!("{name}/xsumvalues"), Op::Mul, &[xs, xmax], s_x - 7);
+        let xm = g.map(format!("{name}/xsumvalues"), Op::Mul, &[xs, xmax], s_x - 5);
         let ot = g.node(
             format!("{name}/offsets"),
             Op::EinSum {
