@@ -341,7 +341,7 @@ unsafe fn tile_vnni(
     assert!(w.len() >= blocks * quads * 64 && corr.len() >= blocks && tmp.len() >= blocks * TILE);
     assert!(xs.len() >= blocks * quads * 4);
     let (wp, xp) = (w.as_ptr(), xs.as_ptr());
-    for g in 0..blocks {
+    for (g, &cg) in corr[..blocks].iter().enumerate() {
         // two chains, so consecutive `vpdpbusd`s do not wait on each other
         let (mut a0, mut a1) = (_mm512_setzero_si512(), _mm512_setzero_si512());
         let q0 = g * quads;
@@ -360,7 +360,7 @@ unsafe fn tile_vnni(
             let w0 = _mm512_loadu_si512(wp.add(q * 64) as *const _);
             a0 = _mm512_dpbusd_epi32(a0, w0, x0);
         }
-        let acc = _mm512_sub_epi32(_mm512_add_epi32(a0, a1), _mm512_set1_epi32(corr[g]));
+        let acc = _mm512_sub_epi32(_mm512_add_epi32(a0, a1), _mm512_set1_epi32(cg));
         _mm512_storeu_si512(tmp.as_mut_ptr().add(g * TILE) as *mut _, acc);
     }
 }
@@ -384,7 +384,7 @@ unsafe fn tile_vnni_nibbles(
     assert!(xs.len() >= blocks * quads * 4 && quads.is_multiple_of(2));
     let (wp, xp) = (w.as_ptr(), xs.as_ptr());
     let low = _mm512_set1_epi8(15);
-    for g in 0..blocks {
+    for (g, &cg) in corr[..blocks].iter().enumerate() {
         let (mut a0, mut a1) = (_mm512_setzero_si512(), _mm512_setzero_si512());
         for r in 0..quads / 2 {
             let v = _mm512_loadu_si512(wp.add((g * quads / 2 + r) * 64) as *const _);
@@ -396,7 +396,7 @@ unsafe fn tile_vnni_nibbles(
             a0 = _mm512_dpbusd_epi32(a0, lo, x0);
             a1 = _mm512_dpbusd_epi32(a1, hi, x1);
         }
-        let acc = _mm512_sub_epi32(_mm512_add_epi32(a0, a1), _mm512_set1_epi32(corr[g]));
+        let acc = _mm512_sub_epi32(_mm512_add_epi32(a0, a1), _mm512_set1_epi32(cg));
         _mm512_storeu_si512(tmp.as_mut_ptr().add(g * TILE) as *mut _, acc);
     }
 }
@@ -408,7 +408,7 @@ mod tests {
     fn naive(x: &[i32], w: &[i32], rows: usize, blocks: usize, block: usize) -> Vec<i32> {
         let mut y = vec![0i32; rows * blocks];
         for o in 0..rows {
-            for g in 0..blocks {
+            for (g, &cg) in corr[..blocks].iter().enumerate() {
                 y[o * blocks + g] = (0..block)
                     .map(|k| x[g * block + k] * w[(o * blocks + g) * block + k])
                     .sum();
@@ -478,7 +478,7 @@ mod tests {
             let want: Option<Vec<i32>> = (0..rows)
                 .map(|o| {
                     let mut sum = 0i128;
-                    for g in 0..blocks {
+                    for (g, &cg) in corr[..blocks].iter().enumerate() {
                         let p = i32::try_from(r(
                             y[o * blocks + g] as i128 * mult[o * blocks + g] as i128,
                             sh[0],
