@@ -408,7 +408,7 @@ mod tests {
     fn naive(x: &[i32], w: &[i32], rows: usize, blocks: usize, block: usize) -> Vec<i32> {
         let mut y = vec![0i32; rows * blocks];
         for o in 0..rows {
-            for (g, &cg) in corr[..blocks].iter().enumerate() {
+            for g in 0..blocks {
                 y[o * blocks + g] = (0..block)
                     .map(|k| x[g * block + k] * w[(o * blocks + g) * block + k])
                     .sum();
@@ -478,7 +478,7 @@ mod tests {
             let want: Option<Vec<i32>> = (0..rows)
                 .map(|o| {
                     let mut sum = 0i128;
-                    for (g, &cg) in corr[..blocks].iter().enumerate() {
+                    for g in 0..blocks {
                         let p = i32::try_from(r(
                             y[o * blocks + g] as i128 * mult[o * blocks + g] as i128,
                             sh[0],
