@@ -108,6 +108,33 @@ pub struct GenerateArgs {
     /// Print one JSON document (tokens, text, hashes, timings) instead of streaming the text.
     #[arg(long)]
     json: bool,
+    /// Write the canonical step's inputs at this position (token, position, caches) to --dump-file,
+    /// for `verity run` on the step `verity model compile` makes with the same --context.
+    #[arg(long, requires = "dump_file")]
+    dump_step: Option<usize>,
+    /// Where --dump-step writes (JSON, as `verity run --input` reads it).
+    #[arg(long, requires = "dump_step")]
+    dump_file: Option<PathBuf>,
+}
+
+/// The step's inputs as `verity run --input` reads them: integers for `token` and `pos`, real values
+/// (integers times `2^−scale`, exact in `f64`) for the caches.
+fn step_inputs_json(model: &verity_engine::Model, inputs: &[Vec<i32>]) -> serde_json::Value {
+    let mut doc = serde_json::Map::new();
+    for (spec, data) in model.inputs.iter().zip(inputs) {
+        let unit = (-(spec.scale as f64)).exp2();
+        let values: Vec<serde_json::Value> = match spec.kind {
+            verity_engine::ir::InputKind::Int => data.iter().map(|&v| v.into()).collect(),
+            verity_engine::ir::InputKind::Fixed => {
+                data.iter().map(|&v| (v as f64 * unit).into()).collect()
+            }
+        };
+        doc.insert(
+            spec.name.clone(),
+            serde_json::json!({"shape": spec.shape, "data": values}),
+        );
+    }
+    serde_json::Value::Object(doc)
 }
 
 /// keccak256 of token IDs, each a 4-byte big-endian integer (what a receipt binds).
@@ -157,6 +184,11 @@ pub(crate) fn cmd_generate(a: GenerateArgs) -> Result<()> {
         seed: a.seed,
     };
     let sampler = Sampler::new(&params)?;
+    if let Some(p) = a.dump_step {
+        if p >= (prompt.len() + a.max_tokens).min(a.context) {
+            bail!("--dump-step {p} is past the generation's last position");
+        }
+    }
     let t0 = Instant::now();
     let step = verity_llm::compile(&g, a.context)?;
     let scale = step
@@ -165,9 +197,29 @@ pub(crate) fn cmd_generate(a: GenerateArgs) -> Result<()> {
         .map_or(0, |v| v.scale);
     let compile_s = t0.elapsed().as_secs_f64();
     let mut s = Session::new(&step, a.threads);
+    let dump = |s: &Session, token: u32| -> Result<()> {
+        if let (Some(p), Some(file)) = (a.dump_step, &a.dump_file) {
+            if s.pos() == p {
+                let doc = step_inputs_json(&step.model, &s.inputs(token));
+                std::fs::write(file, serde_json::to_vec(&doc)?)
+                    .with_context(|| format!("cannot write {}", file.display()))?;
+            }
+        }
+        Ok(())
+    };
     let t1 = Instant::now();
-    // the prompt in chunks of positions, with the bits of one step at a time
-    let mut logits = s.prefill(&prompt)?;
+    // the prompt in chunks of positions, with the bits of one step at a time (split where a step's
+    // inputs are to be written)
+    let cut_at = a.dump_step.filter(|&p| p < prompt.len()).unwrap_or(0);
+    let mut logits = if cut_at > 0 {
+        s.prefill(&prompt[..cut_at])?
+    } else {
+        Vec::new()
+    };
+    if cut_at < prompt.len() {
+        dump(&s, prompt[cut_at])?;
+        logits = s.prefill(&prompt[cut_at..])?;
+    }
     let prefill_s = t1.elapsed().as_secs_f64();
     let t2 = Instant::now();
     let mut context = prompt.clone();
@@ -212,6 +264,7 @@ pub(crate) fn cmd_generate(a: GenerateArgs) -> Result<()> {
         if out.len() == budget {
             break;
         }
+        dump(&s, t)?;
         logits = s.feed(t)?;
     }
     let decode_s = t2.elapsed().as_secs_f64();

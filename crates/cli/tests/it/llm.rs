@@ -183,3 +183,77 @@ fn a_seeded_sample_is_the_same_every_time_and_stop_texts_end_it() {
     let e = fails(&["generate", m, "--prompt", "x", "--top-p", "0"]);
     assert!(e.contains("top_p 0 is outside"), "{e}");
 }
+
+/// `verity generate --dump-step` writes one step's canonical inputs; `verity run` on the step that
+/// `verity model compile` makes with the same context re-executes it: its logits pick the token the
+/// generation chose next.
+#[test]
+fn one_step_of_a_generation_runs_under_verity_run() {
+    let m = model();
+    let dir = tempfile::tempdir().unwrap();
+    let dump = dir.path().join("step38.json");
+    let vty = dir.path().join("step.vty");
+    let out = ok(&[
+        "generate",
+        m,
+        "--prompt",
+        "What is 12 times 7?",
+        "--chat",
+        "--max-tokens",
+        "2",
+        "--json",
+        "--context",
+        "48",
+        "--dump-step",
+        "38",
+        "--dump-file",
+        dump.to_str().unwrap(),
+    ]);
+    let doc: Value = serde_json::from_str(&out).unwrap();
+    // the prompt's last position (39 tokens): its logits choose the first output token
+    assert_eq!(doc["prompt_tokens"].as_array().unwrap().len(), 39);
+    let first = doc["output_tokens"][0].as_u64().unwrap();
+    ok(&[
+        "model",
+        "compile",
+        m,
+        "-o",
+        vty.to_str().unwrap(),
+        "--context",
+        "48",
+    ]);
+    let run: Value = serde_json::from_str(&ok(&[
+        "run",
+        vty.to_str().unwrap(),
+        "--input",
+        dump.to_str().unwrap(),
+    ]))
+    .unwrap();
+    assert_eq!(run["model_id"], doc["model_id"]);
+    fn flat(v: &Value, out: &mut Vec<f64>) {
+        match v {
+            Value::Array(a) => a.iter().for_each(|x| flat(x, out)),
+            x => out.push(x.as_f64().unwrap()),
+        }
+    }
+    let mut logits = Vec::new();
+    flat(&run["outputs"]["logits"]["data"], &mut logits);
+    assert_eq!(logits.len(), 49152);
+    assert_eq!(verity_llm::session::argmax(&logits) as u64, first);
+    // a position past the generation is refused
+    let e = fails(&[
+        "generate",
+        m,
+        "--prompt",
+        "Hi",
+        "--max-tokens",
+        "2",
+        "--context",
+        "48",
+        "--dump-step",
+        "40",
+        "--dump-file",
+        dump.to_str().unwrap(),
+    ]);
+    assert!(e.contains("past the generation's last position"), "{e}");
+}
