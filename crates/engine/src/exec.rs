@@ -1230,17 +1230,26 @@ fn binary(
         _ => {}
     }
     // Div with the numerator scaled up (e ≥ 0) and no zero divisor: `div_round` in i64, the quotient
-    // taken from a correctly rounded f64 division and corrected to the exact floor
+    // taken from an f64 division and corrected to the exact floor. `n` is exact in i64 (|x| < 2^31,
+    // e ≤ 30); past 2^53 its f64 value is rounded, which moves a quotient below 2^30 by less than one
+    // before the floor, so one correction step (in i128: `q · d` may pass 2^63) makes it exact; larger
+    // quotients, which may not fit i32, take the exact division
     let e = so + sb - sa;
-    if matches!(op, Op::Div) && (0..=20).contains(&e) && !b.contains(&0) {
+    if matches!(op, Op::Div) && (0..=30).contains(&e) && !b.contains(&0) {
         return binary_runs(a, b, &st, out_shape, move |x, y| {
             let (num, den) = if y < 0 { (-(x << e), -y) } else { (x << e, y) };
             let (n, d) = (2 * num + den, 2 * den);
-            let mut q = (n as f64 / d as f64).floor() as i64;
-            let r = n - q * d;
+            let q = (n as f64 / d as f64).floor();
+            if q.abs() >= (1u64 << 30) as f64 {
+                return (n as i128)
+                    .div_euclid(d as i128)
+                    .clamp(i64::MIN as i128, i64::MAX as i128) as i64;
+            }
+            let mut q = q as i64;
+            let r = n as i128 - q as i128 * d as i128;
             if r < 0 {
                 q -= 1;
-            } else if r >= d {
+            } else if r >= d as i128 {
                 q += 1;
             }
             q

@@ -230,3 +230,24 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+    /// `Div` whose numerator is scaled up by 21 to 30 bits (RMSNorm's `x / max|x|` at scale 30): the
+    /// fast path's f64 quotient of a numerator past 2^53, corrected once, equals the exact division,
+    /// and quotients that leave `i32` are the same error.
+    #[test]
+    fn divisions_scaled_up_by_up_to_30_bits(e in 21i8..=30, sb in -10i8..20, seed in any::<u64>(),
+                                           mag in prop::sample::select(vec![1 << 8, 1 << 20, i32::MAX]),
+                                           small in any::<bool>()) {
+        let (sa, so) = (sb, sb + e);
+        let m = Model::one_node(vec![input("a", vec![4, 8], sa), input("b", vec![4, 1], sb)], vec![],
+                                Op::Div, vec![0, 1], vec![4, 8], so);
+        prop_assert!(m.validate().is_ok());
+        let mut g = gen(seed, mag);
+        let a = g(32);
+        // divisors at least as large as the numerators (quotients in range), or anything
+        let b: Vec<i32> = g(4).into_iter().map(|v| if small { v } else { v.saturating_abs().max(1) | (1 << 30) }).collect();
+        check(&m, vec![a, b])?;
+    }
+}
