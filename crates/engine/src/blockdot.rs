@@ -233,12 +233,13 @@ impl PackedBlocks {
     }
 }
 
-/// One activation row as the kernels read it.
+/// Activation rows as the kernels read them.
 struct Activations {
     /// Signed bytes.
     bytes: Vec<u8>,
     /// Per row and block: the weight offset (128, or 8 for 4-bit weights) times the block's sum.
     corr: Vec<i32>,
+    /// Activation rows.
     rows: usize,
 }
 

@@ -110,7 +110,6 @@ fn strided_copy(x: &[i32], base: usize, shape: &[usize], strides: &[usize]) -> V
     out
 }
 
-/// `x` rescaled by `k` like [`map_rescale`], kept as it is when `k` is 0.
 /// A constant matrix `w` `[o, g]` stored column by column (`[g, o]`), so that a product with a vector
 /// is `g` vectorized multiply-adds over all outputs at once.
 struct MatVec {
@@ -130,11 +129,7 @@ impl MatVec {
                 wt[c * o + r] = v;
             }
         }
-        let max = w
-            .iter()
-            .map(|&e| e.unsigned_abs() as u128)
-            .max()
-            .unwrap_or(0);
+        let max = kernels::max_abs(w);
         MatVec { wt, o, g, max }
     }
 
@@ -144,18 +139,14 @@ impl MatVec {
     /// are several. `x` holds whole rows of `g` (a validated model's shapes).
     fn run(&self, x: &[i32], shift: i32, threads: usize) -> Result<Vec<i32>, ExecError> {
         let (o, g) = (self.o, self.g);
-        let mx = x
-            .iter()
-            .map(|&e| e.unsigned_abs() as u128)
-            .max()
-            .unwrap_or(0);
+        let mx = kernels::max_abs(x);
         let mut out = vec![0i32; x.len() / g * o];
         if o == 0 {
             return Ok(out);
         }
         // columns per 64-bit partial sum (at least 1: one product is below 2^62)
         let per = ((1u128 << 62) / (self.max * mx).max(1)).clamp(1, g as u128) as usize;
-        let failed = std::sync::atomic::AtomicBool::new(false);
+        let failed = crate::par::FirstError::default();
         for (xr, yr) in x.chunks_exact(g).zip(out.chunks_exact_mut(o)) {
             crate::par::rows(yr, 1, threads, 64, |first, part| {
                 let n = part.len();
@@ -174,31 +165,20 @@ impl MatVec {
                         }
                     }
                 }
-                let ok = if per >= g && (1..62).contains(&shift) {
-                    requantize64(&acc, shift as u32, part)
+                let done = if per >= g {
+                    // |acc| < 2^62: the requantization of 64-bit accumulator rows
+                    kernels::requantize_row(part, &acc, 0, shift)
                 } else {
-                    let sums: Vec<i128> = if per >= g {
-                        acc.iter().map(|&a| a as i128).collect()
-                    } else {
-                        wide
-                    };
-                    let mut ok = true;
-                    for (y, &v) in part.iter_mut().zip(&sums) {
-                        match fit(rshift(v, shift)) {
-                            Ok(r) => *y = r,
-                            Err(_) => ok = false,
-                        }
-                    }
-                    ok
+                    part.iter_mut()
+                        .zip(&wide)
+                        .try_for_each(|(y, &v)| fit(rshift(v, shift)).map(|r| *y = r))
                 };
-                if !ok {
-                    failed.store(true, std::sync::atomic::Ordering::Relaxed);
+                if let Err(e) = done {
+                    failed.set(e);
                 }
             });
         }
-        if failed.into_inner() {
-            return Err(ExecError::Overflow);
-        }
+        failed.into_result()?;
         Ok(out)
     }
 }
@@ -214,23 +194,6 @@ crate::multiversion! {
     fn axpy(acc: &mut [i64], w: &[i32], x: i64) -> () = axpy_body
 }
 
-/// `out = fit(rshift(acc, k))` for `|acc| < 2^62` and `k` in `1..62`; false if a value leaves `i32`.
-#[inline(always)]
-fn requantize64_body(acc: &[i64], k: u32, out: &mut [i32]) -> bool {
-    let half = 1i64 << (k - 1);
-    let mut fits = true;
-    for (y, &a) in out.iter_mut().zip(acc) {
-        let r = (a + half) >> k;
-        fits &= r == r as i32 as i64;
-        *y = r as i32;
-    }
-    fits
-}
-
-crate::multiversion! {
-    fn requantize64(acc: &[i64], k: u32, out: &mut [i32]) -> bool = requantize64_body
-}
-
 /// Whether an `EinSum` is `{og, g → o}` or `{og, mg → mo}`: a matrix times a vector (or a few).
 fn matvec(a: &[u8], b: &[u8], out: &[u8]) -> bool {
     match (a, b, out) {
@@ -240,6 +203,7 @@ fn matvec(a: &[u8], b: &[u8], out: &[u8]) -> bool {
     }
 }
 
+/// `x` rescaled by `k` like [`map_rescale`], kept as it is when `k` is 0.
 fn rescaled(x: Vec<i32>, k: i32) -> Result<Vec<i32>, ExecError> {
     if k == 0 {
         Ok(x)

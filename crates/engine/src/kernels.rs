@@ -12,7 +12,7 @@ use crate::qgemm::{self, Level, PackedA, PackedB};
 
 const I64_SAFE: u128 = 1 << 62;
 
-fn max_abs(x: &[i32]) -> u128 {
+pub(crate) fn max_abs(x: &[i32]) -> u128 {
     max_abs_run(x) as u128
 }
 
@@ -1423,8 +1423,8 @@ where
 }
 
 /// `dst[j] = fit(rshift(acc[j] + bias, shift))`, in `i64` when that is exact (`|acc| < 2^48`: 8-bit
-/// products, or 16-bit ones joined from their halves).
-fn requantize_row<T: RowAcc>(
+/// products, or 16-bit ones joined from their halves; or `|acc| < 2^62` with no bias).
+pub(crate) fn requantize_row<T: RowAcc>(
     dst: &mut [i32],
     acc: &[T],
     bias: i128,
@@ -1450,7 +1450,7 @@ fn requantize_row<T: RowAcc>(
 }
 
 /// An accumulator type with its multiversioned row loop.
-trait RowAcc: Copy + Into<i64> {
+pub(crate) trait RowAcc: Copy + Into<i64> {
     const ADD_SHIFT: AddShift<Self>;
 }
 
