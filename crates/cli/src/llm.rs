@@ -117,24 +117,14 @@ pub struct GenerateArgs {
     dump_file: Option<PathBuf>,
 }
 
-/// The step's inputs as `verity run --input` reads them: integers for `token` and `pos`, real values
-/// (integers times `2^−scale`, exact in `f64`) for the caches.
+/// The step's inputs as `verity run --input` reads them: integers times `2^−scale` (exact in `f64`;
+/// `token` and `pos` at scale 0).
 fn step_inputs_json(model: &verity_engine::Model, inputs: &[Vec<i32>]) -> serde_json::Value {
-    let mut doc = serde_json::Map::new();
-    for (spec, data) in model.inputs.iter().zip(inputs) {
-        let unit = (-(spec.scale as f64)).exp2();
-        let values: Vec<serde_json::Value> = match spec.kind {
-            verity_engine::ir::InputKind::Int => data.iter().map(|&v| v.into()).collect(),
-            verity_engine::ir::InputKind::Fixed => {
-                data.iter().map(|&v| (v as f64 * unit).into()).collect()
-            }
-        };
-        doc.insert(
-            spec.name.clone(),
-            serde_json::json!({"shape": spec.shape, "data": values}),
-        );
-    }
-    serde_json::Value::Object(doc)
+    let doc = model.inputs.iter().zip(inputs).map(|(spec, data)| {
+        let values = verity_engine::io::dequantize(data, spec.scale);
+        (spec.name.clone(), crate::tensor_json(&spec.shape, &values))
+    });
+    serde_json::Value::Object(doc.collect())
 }
 
 /// keccak256 of token IDs, each a 4-byte big-endian integer (what a receipt binds).
