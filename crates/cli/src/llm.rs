@@ -31,6 +31,33 @@ fn open(path: &Path) -> Result<Gguf> {
     Ok(Gguf::open(path)?)
 }
 
+/// The decode step of the GGUF file `bytes` (read from `path`), and its compile report as JSON.
+pub(crate) fn compile_step(
+    bytes: Vec<u8>,
+    path: &Path,
+    context: usize,
+) -> Result<(verity_engine::ir::Model, Vec<u8>)> {
+    let g = Gguf::parse(bytes)
+        .with_context(|| format!("{} is not a valid GGUF file", path.display()))?;
+    let step = verity_llm::compile(&g, context)
+        .with_context(|| format!("cannot compile {}", path.display()))?;
+    let r = &step.report;
+    let hp = &step.hp;
+    let report = serde_json::json!({
+        "kind": "gguf-decode-step",
+        "architecture": hp.arch,
+        "layers": hp.layers,
+        "hidden": hp.hidden,
+        "heads": hp.heads,
+        "kv_heads": hp.kv_heads,
+        "vocabulary": hp.vocab,
+        "context": step.context,
+        "requantized": r.requantized,
+        "rounded_multipliers": r.rounded_multipliers,
+    });
+    Ok((step.model, serde_json::to_vec(&report)?))
+}
+
 /// `verity model compile model.gguf -o step.vty`.
 pub(crate) fn cmd_compile_gguf(model: &Path, output: &Path, context: usize) -> Result<()> {
     let t0 = Instant::now();

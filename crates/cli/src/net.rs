@@ -211,7 +211,8 @@ fn send(req: reqwest::blocking::RequestBuilder, url: &str) -> Result<reqwest::bl
 
 #[derive(Args, Debug)]
 pub struct PublishArgs {
-    /// The model: an ONNX file (the node compiles it and checks the ID) or a `.vty` file.
+    /// The model: an ONNX file (the node compiles it and checks the ID), a `.vty` file, or a GGUF
+    /// language model (its decode step is compiled here and published, the GGUF's hash as source).
     file: PathBuf,
     /// Model name.
     #[arg(long)]
@@ -240,6 +241,9 @@ pub struct PublishArgs {
     /// Compile options for ONNX files (as for `verity model compile`; the node compiles with the same).
     #[command(flatten)]
     compile: crate::CompileFlags,
+    /// For GGUF files: positions a generation may hold (the step's context).
+    #[arg(long, default_value_t = crate::llm::DEFAULT_CONTEXT)]
+    context: usize,
     #[command(flatten)]
     key: KeyArgs,
     #[command(flatten)]
@@ -252,7 +256,13 @@ pub fn cmd_publish(a: PublishArgs) -> Result<()> {
         std::fs::read(&a.file).with_context(|| format!("cannot read {}", a.file.display()))?;
     let is_vty = bytes.starts_with(b"VTY");
     let mut options = None;
-    let (model_id, source_hash, mut report) = if is_vty {
+    let mut file_name = a
+        .file
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("model")
+        .to_string();
+    let (bytes, model_id, source_hash, mut report) = if is_vty {
         let (_, id) = vty::decode(&bytes)
             .with_context(|| format!("{} is not a valid model", a.file.display()))?;
         let source = match &a.source {
@@ -261,18 +271,28 @@ pub fn cmd_publish(a: PublishArgs) -> Result<()> {
             ),
             None => Hash::ZERO,
         };
-        (id, source, None)
+        (bytes, id, source, None)
+    } else if bytes.starts_with(b"GGUF") {
+        // A language model: its decode step is the canonical model the node serves.
+        let source = keccak256(&bytes);
+        let (step, report) = crate::llm::compile_step(bytes, &a.file, a.context)?;
+        let vty_bytes = vty::encode(&step);
+        file_name = format!(
+            "{}.vty",
+            a.file
+                .file_stem()
+                .and_then(|n| n.to_str())
+                .unwrap_or("model")
+        );
+        (vty_bytes, vty::model_id(&step), source, Some(report))
     } else {
         // Compile here with the same options the node will use, to learn the ID the manifest signs.
         let co = a.compile.options()?;
         let (m, rep) = verity_compiler::compile(&bytes, &co)
             .with_context(|| format!("cannot compile {}", a.file.display()))?;
         options = Some(a.compile.to_json());
-        (
-            vty::model_id(&m),
-            keccak256(&bytes),
-            Some(serde_json::to_vec(&rep)?),
-        )
+        let (id, source) = (vty::model_id(&m), keccak256(&bytes));
+        (bytes, id, source, Some(serde_json::to_vec(&rep)?))
     };
     if let Some(p) = &a.report {
         report = Some(std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))?);
@@ -291,12 +311,6 @@ pub fn cmd_publish(a: PublishArgs) -> Result<()> {
     };
     manifest.validate().map_err(|e| anyhow!(e))?;
     let signed = manifest.sign(&key);
-    let file_name = a
-        .file
-        .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or("model")
-        .to_string();
     let mut form = reqwest::blocking::multipart::Form::new()
         .text("manifest", serde_json::to_string(&signed)?)
         .part(

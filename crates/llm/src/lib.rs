@@ -42,9 +42,13 @@ pub fn compile(g: &gguf::Gguf, context: usize) -> Result<Step, LlmError> {
 /// [`compile`] with a prefill chunk of `chunk` positions (none when `chunk < 2`).
 pub fn compile_with(g: &gguf::Gguf, context: usize, chunk: usize) -> Result<Step, LlmError> {
     let w = Weights::load(g)?;
-    let mut r = reference::Reference::new(&w);
-    for t in calibration_tokens(g, w.hp.vocab, 32) {
-        r.step(t as usize);
-    }
-    step::build_with(&w, r.maxima, context, chunk)
+    // The float model (its weights as f32) is dropped before the step's constants are made.
+    let maxima = {
+        let mut r = reference::Reference::new(&w);
+        for t in calibration_tokens(g, w.hp.vocab, 32) {
+            r.step(t as usize);
+        }
+        r.maxima
+    };
+    step::build_with(&w, maxima, context, chunk)
 }

@@ -1,6 +1,7 @@
 //! `verity model compile` on a GGUF language model and `verity generate`, as a user runs them, on
 //! SmolLM2-135M-Instruct (fetched by scripts/setup-models).
 
+use super::node::{cli, cli_ok, NodeProc};
 use super::{fails, ok, root, verity};
 use serde_json::Value;
 
@@ -240,6 +241,79 @@ fn one_step_of_a_generation_runs_under_verity_run() {
     flat(&run["outputs"]["logits"]["data"], &mut logits);
     assert_eq!(logits.len(), 49152);
     assert_eq!(verity_llm::session::argmax(&logits) as u64, first);
+
+    // Published to a node (the step compiled by the publisher, the GGUF its source), the node runs
+    // the same step on the same inputs: the same logits, under a receipt `verity verify` re-executes.
+    let node = NodeProc::start(&dir.path().join("node"), &[]);
+    let key = dir.path().join("user.key");
+    cli_ok(&node, &key, &["key", "new"]);
+    let published: Value = serde_json::from_str(&cli_ok(
+        &node,
+        &key,
+        &[
+            "model",
+            "publish",
+            m,
+            "--name",
+            "smollm2-step",
+            "--version",
+            "1",
+            "--context",
+            "48",
+        ],
+    ))
+    .unwrap();
+    assert_eq!(published["model_id"], doc["model_id"]);
+    let receipt = dir.path().join("receipt.json");
+    let resp_file = dir.path().join("resp.json");
+    cli_ok(
+        &node,
+        &key,
+        &[
+            "infer",
+            "smollm2-step",
+            "--input",
+            dump.to_str().unwrap(),
+            "--save-receipt",
+            receipt.to_str().unwrap(),
+            "--output",
+            resp_file.to_str().unwrap(),
+        ],
+    );
+    let resp: Value = serde_json::from_slice(&std::fs::read(&resp_file).unwrap()).unwrap();
+    let logits_out = resp["outputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["name"] == "logits")
+        .unwrap();
+    assert_eq!(logits_out["data"], run["outputs"]["logits"]["data"]);
+    assert_eq!(
+        resp["receipt"]["receipt"]["output_hash"],
+        run["output_hash"]
+    );
+    let verdict = cli(
+        &node,
+        &key,
+        &[
+            "verify",
+            receipt.to_str().unwrap(),
+            "--input",
+            dump.to_str().unwrap(),
+            "--output",
+            resp_file.to_str().unwrap(),
+            "--model",
+            vty.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(
+        verdict.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&verdict.stdout)
+    );
+    assert!(String::from_utf8_lossy(&verdict.stdout).contains("re-execution"));
+
     // a position past the generation is refused
     let e = fails(&[
         "generate",

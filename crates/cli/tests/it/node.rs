@@ -88,7 +88,7 @@ pub fn http() -> reqwest::blocking::Client {
         .expect("client")
 }
 
-fn cli(node: &NodeProc, key: &Path, args: &[&str]) -> std::process::Output {
+pub fn cli(node: &NodeProc, key: &Path, args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_verity"))
         .args(args)
         .env("VERITY_NODE", &node.url)
@@ -99,7 +99,7 @@ fn cli(node: &NodeProc, key: &Path, args: &[&str]) -> std::process::Output {
         .expect("run verity")
 }
 
-fn cli_ok(node: &NodeProc, key: &Path, args: &[&str]) -> String {
+pub fn cli_ok(node: &NodeProc, key: &Path, args: &[&str]) -> String {
     let o = cli(node, key, args);
     assert!(
         o.status.success(),
