@@ -695,7 +695,12 @@ impl<M: Borrow<Model> + Sync> Executor<M> {
         let mut hook: Option<RowHook<'_>> = Some(&apply);
         let mut out = self.eval_node(k, node, vals, &mut hook).ok()?;
         if hook.is_some() {
-            apply(0, &mut out);
+            match self.mode {
+                Mode::Fast { threads } if threads > 1 && out.len() >= PAR_ELEMENTS => {
+                    crate::par::rows(&mut out, 1, threads, 1 << 10, apply)
+                }
+                _ => apply(0, &mut out),
+            }
         }
         (!failed.into_inner()).then_some(out)
     }
@@ -805,6 +810,7 @@ impl<M: Borrow<Model> + Sync> Executor<M> {
                 infos[1].1,
                 &out_shape,
                 so,
+                fast.unwrap_or(1),
             ),
             // the fast executor's common case: vector lanes of i32, several threads (the general form
             // below stays the reference)
@@ -855,17 +861,14 @@ impl<M: Borrow<Model> + Sync> Executor<M> {
                     // exact in i64: |v · α| < 2^62, right shifts only
                     let (hp, hn) = (half(kp), half(kn));
                     let a = *alpha_q as i64;
-                    xs[0]
-                        .iter()
-                        .map(|&v| {
-                            let v = v as i64;
-                            fit(if v >= 0 {
-                                (v + hp) >> kp
-                            } else {
-                                (v * a + hn) >> kn
-                            } as i128)
-                        })
-                        .collect()
+                    map_split(xs[0], fast.unwrap_or(1), |v| {
+                        let v = v as i64;
+                        fit(if v >= 0 {
+                            (v + hp) >> kp
+                        } else {
+                            (v * a + hn) >> kn
+                        } as i128)
+                    })
                 } else {
                     xs[0]
                         .iter()
@@ -943,9 +946,16 @@ impl<M: Borrow<Model> + Sync> Executor<M> {
                     .collect()
             }
             Op::Reduce { kind, axes } => reduce(*kind, axes, xs[0], s0, sc0, so),
-            Op::Softmax { axis, shift, lo } => {
-                softmax(xs[0], s0, *axis as usize, *shift, *lo, xs[1], so)
-            }
+            Op::Softmax { axis, shift, lo } => softmax(
+                xs[0],
+                s0,
+                *axis as usize,
+                *shift,
+                *lo,
+                xs[1],
+                so,
+                fast.unwrap_or(1),
+            ),
             Op::MaxPool2d { window } if sc0 == so && fast.is_some() && s0[2] * s0[3] > 0 => Ok(
                 kernels::max_pool(xs[0], s0, window, &out_shape, fast.unwrap_or(1)),
             ),
@@ -1087,26 +1097,88 @@ fn binary_i64(
     st: &[Vec<usize>; 2],
     out_shape: &[usize],
     k: i32,
-    f: impl Fn(i64, i64) -> i64 + Copy,
+    threads: usize,
+    f: impl Fn(i64, i64) -> i64 + Copy + Sync,
 ) -> Result<Vec<i32>, ExecError> {
     if k > 0 {
         let half = 1i64 << (k - 1);
-        binary_runs(a, b, st, out_shape, move |x, y| (f(x, y) + half) >> k)
+        binary_runs(a, b, st, out_shape, threads, move |x, y| {
+            (f(x, y) + half) >> k
+        })
     } else {
-        binary_runs(a, b, st, out_shape, move |x, y| f(x, y) << -k)
+        binary_runs(a, b, st, out_shape, threads, move |x, y| f(x, y) << -k)
     }
 }
 
-/// Apply `g` over broadcast runs, tracking the result range so the `i32` check is one comparison at the
-/// end (keeps the loops branch-free so they vectorize).
+/// Outputs at least this large are split across the run's threads by element-wise kernels.
+const PAR_ELEMENTS: usize = 1 << 13;
+
+/// `f` of every element, a large input split across `threads` (each part the same integers).
+fn map_split(
+    x: &[i32],
+    threads: usize,
+    f: impl Fn(i32) -> Result<i32, ExecError> + Sync,
+) -> Result<Vec<i32>, ExecError> {
+    if threads <= 1 || x.len() < PAR_ELEMENTS {
+        return x.iter().map(|&v| f(v)).collect();
+    }
+    let mut out = vec![0i32; x.len()];
+    let err = crate::par::FirstError::default();
+    crate::par::rows(&mut out, 1, threads, 1 << 10, |start, part| {
+        for (o, &v) in part.iter_mut().zip(&x[start..]) {
+            match f(v) {
+                Ok(r) => *o = r,
+                Err(e) => return err.set(e),
+            }
+        }
+    });
+    err.into_result()?;
+    Ok(out)
+}
+
+/// [`binary_runs_into`] on a new buffer; a large output split across `threads` along its first axis
+/// longer than one (each part the same integers).
 fn binary_runs(
     a: &[i32],
     b: &[i32],
     st: &[Vec<usize>; 2],
     out_shape: &[usize],
-    g: impl Fn(i64, i64) -> i64 + Copy,
+    threads: usize,
+    g: impl Fn(i64, i64) -> i64 + Copy + Sync,
 ) -> Result<Vec<i32>, ExecError> {
-    let mut out = vec![0i32; out_shape.iter().product()];
+    let n: usize = out_shape.iter().product();
+    let mut out = vec![0i32; n];
+    match out_shape.iter().position(|&d| d > 1) {
+        Some(ax) if threads > 1 && n >= PAR_ELEMENTS => {
+            // the axes before `ax` have length one: parts are ranges of `ax`
+            let inner = n / out_shape[ax];
+            let sts = [st[0][ax..].to_vec(), st[1][ax..].to_vec()];
+            let err = crate::par::FirstError::default();
+            crate::par::rows(&mut out, inner, threads, 1, |r0, part| {
+                let mut shape = out_shape[ax..].to_vec();
+                shape[0] = part.len() / inner;
+                let (pa, pb) = (&a[r0 * sts[0][0]..], &b[r0 * sts[1][0]..]);
+                if let Err(e) = binary_runs_into(part, pa, pb, &sts, &shape, g) {
+                    err.set(e);
+                }
+            });
+            err.into_result()?;
+        }
+        _ => binary_runs_into(&mut out, a, b, st, out_shape, g)?,
+    }
+    Ok(out)
+}
+
+/// Apply `g` over broadcast runs, tracking the result range so the `i32` check is one comparison at the
+/// end (keeps the loops branch-free so they vectorize).
+fn binary_runs_into(
+    out: &mut [i32],
+    a: &[i32],
+    b: &[i32],
+    st: &[Vec<usize>; 2],
+    out_shape: &[usize],
+    g: impl Fn(i64, i64) -> i64 + Copy,
+) -> Result<(), ExecError> {
     let (mut lo, mut hi) = (0i64, 0i64);
     for_each_run(out_shape, st, |start, offs, len, inner| {
         let dst = &mut out[start..start + len];
@@ -1147,7 +1219,7 @@ fn binary_runs(
     if lo < i32::MIN as i64 || hi > i32::MAX as i64 {
         Err(ExecError::Overflow)
     } else {
-        Ok(out)
+        Ok(())
     }
 }
 
@@ -1162,6 +1234,7 @@ fn binary(
     sb: i32,
     out_shape: &[usize],
     so: i32,
+    threads: usize,
 ) -> Result<Vec<i32>, ExecError> {
     let st = [
         broadcast_strides(out_shape, sa_shape),
@@ -1177,19 +1250,27 @@ fn binary(
     let k_mul = sa + sb - so;
     match op {
         Op::Add if add_ok => {
-            return binary_i64(a, b, &st, out_shape, k_add, |x, y| (x << la) + (y << lb))
+            return binary_i64(a, b, &st, out_shape, k_add, threads, |x, y| {
+                (x << la) + (y << lb)
+            })
         }
         Op::Sub if add_ok => {
-            return binary_i64(a, b, &st, out_shape, k_add, |x, y| (x << la) - (y << lb))
+            return binary_i64(a, b, &st, out_shape, k_add, threads, |x, y| {
+                (x << la) - (y << lb)
+            })
         }
         Op::Max if add_ok => {
-            return binary_i64(a, b, &st, out_shape, k_add, |x, y| (x << la).max(y << lb))
+            return binary_i64(a, b, &st, out_shape, k_add, threads, |x, y| {
+                (x << la).max(y << lb)
+            })
         }
         Op::Min if add_ok => {
-            return binary_i64(a, b, &st, out_shape, k_add, |x, y| (x << la).min(y << lb))
+            return binary_i64(a, b, &st, out_shape, k_add, threads, |x, y| {
+                (x << la).min(y << lb)
+            })
         }
         Op::Mul if (0..62).contains(&k_mul) => {
-            return binary_i64(a, b, &st, out_shape, k_mul, |x, y| x * y)
+            return binary_i64(a, b, &st, out_shape, k_mul, threads, |x, y| x * y)
         }
         _ => {}
     }
@@ -1200,7 +1281,7 @@ fn binary(
     // quotients, which may not fit i32, take the exact division
     let e = so + sb - sa;
     if matches!(op, Op::Div) && (0..=30).contains(&e) && !b.contains(&0) {
-        return binary_runs(a, b, &st, out_shape, move |x, y| {
+        return binary_runs(a, b, &st, out_shape, threads, move |x, y| {
             let (num, den) = if y < 0 { (-(x << e), -y) } else { (x << e, y) };
             let (n, d) = (2 * num + den, 2 * den);
             let q = (n as f64 / d as f64).floor();
@@ -1329,6 +1410,7 @@ fn reduce(
         .collect()
 }
 
+#[allow(clippy::too_many_arguments)]
 fn softmax(
     x: &[i32],
     shape: &[usize],
@@ -1337,25 +1419,41 @@ fn softmax(
     lo: i32,
     table: &[i32],
     so: i32,
+    threads: usize,
 ) -> Result<Vec<i32>, ExecError> {
     let n = shape[axis];
     let inner: usize = shape[axis + 1..].iter().product();
-    let outer: usize = shape[..axis].iter().product();
     let mut out = vec![0i32; x.len()];
-    let mut e = vec![0i128; n];
-    for o in 0..outer {
-        for i in 0..inner {
-            let at = |j: usize| (o * n + j) * inner + i;
-            let mx = (0..n).map(|j| x[at(j)]).max().unwrap_or(0) as i128;
-            let mut sum = 0i128;
-            for (j, ej) in e.iter_mut().enumerate() {
-                *ej = table[table_index(x[at(j)] as i128 - mx, shift, lo, table.len())] as i128;
-                sum += *ej;
-            }
-            for (j, ej) in e.iter().enumerate() {
-                out[at(j)] = fit(div_round_fast(*ej << so, sum)?)?;
+    // one part: the slices of `o0..` along the axes before `axis` (each slice's sums are its own)
+    let part = |o0: usize, out: &mut [i32]| -> Result<(), ExecError> {
+        let mut e = vec![0i128; n];
+        for (o, out) in (o0..).zip(out.chunks_mut((n * inner).max(1))) {
+            let x = &x[o * n * inner..(o + 1) * n * inner];
+            for i in 0..inner {
+                let at = |j: usize| j * inner + i;
+                let mx = (0..n).map(|j| x[at(j)]).max().unwrap_or(0) as i128;
+                let mut sum = 0i128;
+                for (j, ej) in e.iter_mut().enumerate() {
+                    *ej = table[table_index(x[at(j)] as i128 - mx, shift, lo, table.len())] as i128;
+                    sum += *ej;
+                }
+                for (j, ej) in e.iter().enumerate() {
+                    out[at(j)] = fit(div_round_fast(*ej << so, sum)?)?;
+                }
             }
         }
+        Ok(())
+    };
+    if threads > 1 && x.len() >= PAR_ELEMENTS && n * inner > 0 {
+        let err = crate::par::FirstError::default();
+        crate::par::rows(&mut out, n * inner, threads, 1, |o0, rows| {
+            if let Err(e) = part(o0, rows) {
+                err.set(e);
+            }
+        });
+        err.into_result()?;
+    } else {
+        part(0, &mut out)?;
     }
     Ok(out)
 }

@@ -895,3 +895,104 @@ proptest! {
         }
     }
 }
+
+/// Element-wise kernels over outputs large enough to be split across threads (binary ops with
+/// broadcast operands, the scaled-up division, LeakyReLU, softmax along the last axis, a fused chain's
+/// tail), behind a leading axis of length one as a language model's rows are: every thread count gives
+/// the reference's integers, and an overflow anywhere is the same error.
+#[test]
+fn large_element_wise_kernels_split_across_threads() {
+    let mut g = crate::gen(7, 1 << 20);
+    let shape = vec![1u32, 3, 40, 100];
+    let n = 3 * 40 * 100;
+    let x = g(n);
+    let row_max: Vec<i32> = x
+        .chunks(100)
+        .map(|r| r.iter().map(|v| v.abs()).max().unwrap_or(1).max(1))
+        .collect();
+    let cases: Vec<(Op, Vec<u32>, i8, i8, Vec<i32>)> = vec![
+        (Op::Div, vec![1, 3, 40, 1], 0, 27, row_max.clone()),
+        (Op::Add, vec![100], 4, 2, g(100)),
+        (
+            Op::Mul,
+            vec![1, 3, 40, 1],
+            8,
+            0,
+            (0..120).map(|i| i - 60).collect(),
+        ),
+        (Op::Max, vec![1, 1, 40, 100], 2, 0, g(4000)),
+    ];
+    for (op, bshape, sb, so, b) in cases {
+        let m = Model::one_node(
+            vec![input("a", shape.clone(), 0), input("b", bshape, sb)],
+            vec![],
+            op.clone(),
+            vec![0, 1],
+            shape.clone(),
+            so,
+        );
+        let r = run_all(&m, vec![x.clone(), b]);
+        assert!(r[0].is_ok(), "{op:?}: {:?}", r[0]);
+        for y in &r[1..] {
+            assert_eq!(&r[0], y, "{op:?}");
+        }
+    }
+    // an overflow in the second half of the output: the same error from every executor
+    let m = Model::one_node(
+        vec![input("a", shape.clone(), 0), input("b", vec![1], 0)],
+        vec![],
+        Op::Mul,
+        vec![0, 1],
+        shape.clone(),
+        0,
+    );
+    let mut big = x.clone();
+    big[n - 5] = i32::MAX / 2;
+    let r = run_all(&m, vec![big, vec![4]]);
+    assert!(r[0].is_err());
+    for y in &r[1..] {
+        assert_eq!(format!("{:?}", r[0]), format!("{y:?}"), "errors differ");
+    }
+    let m = Model::one_node(
+        vec![input("a", shape.clone(), 8)],
+        vec![],
+        Op::LeakyRelu {
+            alpha_q: 13,
+            alpha_scale: 7,
+        },
+        vec![0],
+        shape.clone(),
+        4,
+    );
+    let r = run_all(&m, vec![x.clone()]);
+    assert!(r[0].is_ok());
+    for y in &r[1..] {
+        assert_eq!(&r[0], y);
+    }
+    let lo = -32;
+    let table: Vec<i32> = (lo..=0)
+        .map(|i| ((i as f64 / 4.0).exp() * 65536.0).round() as i32)
+        .collect();
+    let t = table.len() as u32;
+    let m = Model::one_node(
+        vec![input("x", shape.clone(), 14)],
+        vec![Const {
+            shape: vec![t],
+            scale: 16,
+            data: table.into(),
+        }],
+        Op::Softmax {
+            axis: 3,
+            shift: 2,
+            lo,
+        },
+        vec![0, 1],
+        shape.clone(),
+        12,
+    );
+    let r = run_all(&m, vec![x.clone()]);
+    assert!(r[0].is_ok());
+    for y in &r[1..] {
+        assert_eq!(&r[0], y);
+    }
+}
