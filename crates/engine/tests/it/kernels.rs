@@ -910,7 +910,9 @@ fn large_element_wise_kernels_split_across_threads() {
         .chunks(100)
         .map(|r| r.iter().map(|v| v.abs()).max().unwrap_or(1).max(1))
         .collect();
-    let cases: Vec<(Op, Vec<u32>, i8, i8, Vec<i32>)> = vec![
+    // (op, the second operand's shape, its scale, the output's scale, its values)
+    type Case = (Op, Vec<u32>, i8, i8, Vec<i32>);
+    let cases: Vec<Case> = vec![
         (Op::Div, vec![1, 3, 40, 1], 0, 27, row_max.clone()),
         (Op::Add, vec![100], 4, 2, g(100)),
         (
