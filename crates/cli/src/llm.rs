@@ -6,8 +6,9 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use verity_core::hash::keccak256;
 use verity_engine::vty;
+use verity_llm::generate::decode;
+pub use verity_llm::generate::tokens_hash;
 use verity_llm::gguf::Gguf;
 use verity_llm::sample::{Params, Sampler};
 use verity_llm::{Session, Tokenizer};
@@ -154,17 +155,6 @@ fn step_inputs_json(model: &verity_engine::Model, inputs: &[Vec<i32>]) -> serde_
     serde_json::Value::Object(doc.collect())
 }
 
-/// keccak256 of token IDs, each a 4-byte big-endian integer (what a receipt binds).
-pub fn tokens_hash(ids: &[u32]) -> verity_core::hash::Hash {
-    let bytes: Vec<u8> = ids.iter().flat_map(|t| t.to_be_bytes()).collect();
-    keccak256(&bytes)
-}
-
-/// Where `needle` first occurs in `hay`.
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
-}
-
 /// `verity generate`.
 pub(crate) fn cmd_generate(a: GenerateArgs) -> Result<()> {
     let g = open(&a.model)?;
@@ -208,10 +198,6 @@ pub(crate) fn cmd_generate(a: GenerateArgs) -> Result<()> {
     }
     let t0 = Instant::now();
     let step = verity_llm::compile(&g, a.context)?;
-    let scale = step
-        .model
-        .value(step.model.outputs[0].value)
-        .map_or(0, |v| v.scale);
     let compile_s = t0.elapsed().as_secs_f64();
     let mut s = Session::new(&step, a.threads);
     let dump = |s: &Session, token: u32| -> Result<()> {
@@ -239,54 +225,25 @@ pub(crate) fn cmd_generate(a: GenerateArgs) -> Result<()> {
     }
     let prefill_s = t1.elapsed().as_secs_f64();
     let t2 = Instant::now();
-    let mut context = prompt.clone();
-    let mut out = Vec::new();
-    let mut bytes: Vec<u8> = Vec::new();
-    let mut printed = 0;
     let mut stdout = std::io::stdout().lock();
-    let hold = a.stop.iter().map(|x| x.len()).max().unwrap_or(1) - 1;
-    let budget = a.max_tokens.min(a.context - prompt.len());
-    let mut finish = "length";
-    let mut cut = None;
-    while out.len() < budget {
-        let t = sampler.choose(&logits, scale, &context, context.len() as u64);
-        out.push(t);
-        context.push(t);
-        if tk.stops.contains(&t) {
-            finish = "stop";
-            break;
-        }
-        bytes.extend(tk.token_bytes(t));
-        if let Some(at) = a
-            .stop
-            .iter()
-            .filter_map(|x| find(&bytes, x.as_bytes()))
-            .min()
-        {
-            finish = "stop";
-            cut = Some(at);
-            break;
-        }
-        if !a.json {
-            // stream whole characters, holding back what could begin a stop text
-            let end = bytes.len().saturating_sub(hold);
-            let valid = match std::str::from_utf8(&bytes[printed..end.max(printed)]) {
-                Ok(v) => v.len(),
-                Err(e) => e.valid_up_to(),
-            };
-            stdout.write_all(&bytes[printed..printed + valid])?;
-            stdout.flush()?;
-            printed += valid;
-        }
-        if out.len() == budget {
-            break;
-        }
-        dump(&s, t)?;
-        logits = s.feed(t)?;
-    }
+    let out = decode(
+        &mut s,
+        &tk,
+        &sampler,
+        &prompt,
+        logits,
+        a.max_tokens,
+        &a.stop,
+        |piece| {
+            if !a.json {
+                let _ = stdout.write_all(piece.as_bytes());
+                let _ = stdout.flush();
+            }
+            true
+        },
+        |s, t| dump(s, t).map_err(|e| verity_llm::LlmError::Request(format!("{e:#}"))),
+    )?;
     let decode_s = t2.elapsed().as_secs_f64();
-    let end = cut.unwrap_or(bytes.len());
-    let text_out = String::from_utf8_lossy(&bytes[..end]).into_owned();
     let id = vty::model_id(&step.model);
     let sampling = serde_json::json!({
         "temperature": a.temperature, "top_k": a.top_k, "top_p": a.top_p,
@@ -299,27 +256,28 @@ pub(crate) fn cmd_generate(a: GenerateArgs) -> Result<()> {
             "model_id": id,
             "prompt_tokens": prompt,
             "prompt_hash": tokens_hash(&prompt),
-            "output_tokens": out,
-            "output_hash": tokens_hash(&out),
-            "text": text_out,
-            "finish_reason": finish,
+            "output_tokens": out.tokens,
+            "output_hash": tokens_hash(&out.tokens),
+            "steps_root": out.steps_root,
+            "text": out.text,
+            "finish_reason": out.finish.as_str(),
             "sampling": sampling,
             "timings": {"compile_s": compile_s, "prefill_s": prefill_s, "decode_s": decode_s},
         });
         println!("{}", serde_json::to_string_pretty(&doc)?);
         return Ok(());
     }
-    stdout.write_all(&bytes[printed.min(end)..end])?;
     writeln!(stdout)?;
     let per = |n: usize, s: f64| if s > 0.0 { n as f64 / s } else { 0.0 };
     eprintln!(
-        "model {id}\nprompt {} tokens, hash {}\noutput {} tokens, hash {} ({finish})\nprefill {:.1} tokens/s, decode {:.1} tokens/s (compiled in {compile_s:.1} s)",
+        "model {id}\nprompt {} tokens, hash {}\noutput {} tokens, hash {} ({})\nprefill {:.1} tokens/s, decode {:.1} tokens/s (compiled in {compile_s:.1} s)",
         prompt.len(),
         tokens_hash(&prompt),
-        out.len(),
-        tokens_hash(&out),
+        out.tokens.len(),
+        tokens_hash(&out.tokens),
+        out.finish.as_str(),
         per(prompt.len(), prefill_s),
-        per(out.len().saturating_sub(1), decode_s),
+        per(out.tokens.len().saturating_sub(1), decode_s),
     );
     Ok(())
 }

@@ -5,6 +5,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod arch;
+pub mod generate;
 pub mod gguf;
 pub mod reference;
 pub mod sample;

@@ -41,6 +41,20 @@ impl<'a> Session<'a> {
         }
     }
 
+    /// Fractional bits of the step's logits.
+    pub fn logit_scale(&self) -> i8 {
+        let m = &self.step.model;
+        m.outputs
+            .first()
+            .and_then(|o| m.value(o.value))
+            .map_or(0, |v| v.scale)
+    }
+
+    /// Positions a generation can hold.
+    pub fn context(&self) -> usize {
+        self.step.context
+    }
+
     /// The next position.
     pub fn pos(&self) -> usize {
         self.pos
