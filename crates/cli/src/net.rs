@@ -919,6 +919,13 @@ pub struct NodeArgs {
     /// challenge any that is wrong.
     #[arg(long)]
     watch_rate: Option<f64>,
+    /// Serve this GGUF language model through the OpenAI-compatible API (repeatable; its name is
+    /// the file name without `.gguf`, or give `NAME=PATH`).
+    #[arg(long = "llm")]
+    llms: Vec<String>,
+    /// Positions each --llm generation can hold (prompt and output).
+    #[arg(long, default_value_t = verity_node::config::default_llm_context())]
+    llm_context: usize,
     /// Test-only misbehaviour for fault tests: corrupt-chunks, perturb-output, stall=<ms>,
     /// corrupt-op=<Op>.
     #[arg(long = "fault", hide = true)]
@@ -1105,6 +1112,17 @@ pub fn cmd_node(a: NodeArgs) -> Result<()> {
             Some(c) => c.optimistic.watch_rate = r,
             None => bail!("--watch-rate needs --chain and --contracts"),
         }
+    }
+    for l in &a.llms {
+        let (name, path) = match l.split_once('=') {
+            Some((n, p)) if !n.is_empty() && !n.contains('/') => (Some(n.to_string()), p),
+            _ => (None, l.as_str()),
+        };
+        cfg.llm.push(verity_node::config::LlmConfig {
+            path: PathBuf::from(path),
+            name,
+            context: a.llm_context,
+        });
     }
     parse_faults(&a.faults, &mut cfg.faults)?;
     run_daemon(cfg, &a.log, "node")

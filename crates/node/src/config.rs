@@ -184,6 +184,40 @@ pub struct NodeConfig {
     pub hosting: Hosting,
     /// Test-only faults.
     pub faults: Faults,
+    /// Language models served through the OpenAI-compatible API (`[[llm]]` tables).
+    pub llm: Vec<LlmConfig>,
+}
+
+/// A language model the node serves from a GGUF file.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LlmConfig {
+    /// The GGUF file.
+    pub path: PathBuf,
+    /// The name requests use (`model`); default: the file name without `.gguf`.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Positions a generation can hold (prompt and output).
+    #[serde(default = "default_llm_context")]
+    pub context: usize,
+}
+
+/// Positions a served generation holds unless configured otherwise.
+pub fn default_llm_context() -> usize {
+    2048
+}
+
+impl LlmConfig {
+    /// The name requests use.
+    pub fn model_name(&self) -> String {
+        self.name.clone().unwrap_or_else(|| {
+            self.path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .map(|n| n.strip_suffix(".gguf").unwrap_or(n).to_string())
+                .unwrap_or_else(|| "llm".into())
+        })
+    }
 }
 
 impl Default for NodeConfig {
@@ -204,6 +238,7 @@ impl Default for NodeConfig {
             chain: None,
             hosting: Hosting::default(),
             faults: Faults::default(),
+            llm: Vec::new(),
         }
     }
 }

@@ -11,6 +11,7 @@ pub mod error;
 pub mod jobs;
 pub mod key;
 pub mod metrics;
+pub mod openai;
 pub mod opengradient;
 pub mod optimistic;
 pub mod quorum;
@@ -69,7 +70,15 @@ pub async fn run(
         .local_addr()
         .map_err(|e| format!("cannot read the bound address: {e}"))?;
     let chain_cfg = config.chain.clone();
+    let llm_configs = config.llm.clone();
+    let threads = config.workers.max(1);
     let node = Node::new(config, store, key);
+    if !llm_configs.is_empty() {
+        let llms = tokio::task::spawn_blocking(move || openai::load_all(&llm_configs, threads))
+            .await
+            .map_err(|e| format!("loading the language models failed: {e}"))??;
+        let _ = node.llms.set(llms);
+    }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut chain_task = None;
     let mut opt_task = None;

@@ -42,6 +42,11 @@ pub fn router(node: Arc<Node>) -> Router {
                 .post(publish)
                 .layer(DefaultBodyLimit::max(upload_limit)),
         )
+        .route(
+            "/v1/chat/completions",
+            post(crate::openai::chat_completions),
+        )
+        .route("/v1/completions", post(crate::openai::completions))
         .route("/v1/models/{model}", get(model_info))
         .route("/v1/models/{model}/manifest", get(model_manifest))
         .route("/v1/models/{model}/download", get(download))
@@ -292,7 +297,12 @@ async fn list_models(
         }
         out.push(version_summary(v, latest));
     }
-    Ok(Json(json!({ "models": out })))
+    // OpenAI's list shape alongside: the language models the OpenAI-compatible API serves
+    Ok(Json(json!({
+        "models": out,
+        "object": "list",
+        "data": crate::openai::model_list(&node),
+    })))
 }
 
 fn record_json(rec: &ModelRecord) -> Value {

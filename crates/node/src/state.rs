@@ -108,9 +108,11 @@ pub struct Node {
     pub chain: std::sync::OnceLock<Arc<verity_chain::EvmChain>>,
     /// Replication between nodes.
     pub replication: crate::replicate::Replication,
+    /// Language models served through the OpenAI-compatible API, by name (set once at start).
+    pub llms: std::sync::OnceLock<std::collections::BTreeMap<String, Arc<crate::openai::LlmModel>>>,
 }
 
-fn unix_now() -> u64 {
+pub(crate) fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -266,6 +268,7 @@ impl Node {
             nonce,
             chain: std::sync::OnceLock::new(),
             replication: Default::default(),
+            llms: Default::default(),
         })
     }
 

@@ -1,0 +1,663 @@
+//! The OpenAI-compatible API for the language models a node serves from GGUF files
+//! (`POST /v1/chat/completions`, `POST /v1/completions`, and the models in `GET /v1/models`'s
+//! `data`): canonical generations (`docs/spec/llm.md`), each answered with a receipt signed by the
+//! node that binds the model, the prompt's tokens, the sampling parameters and seed, the output's tokens
+//! and every step's logits (spec: `docs/spec/llm.md` §7).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::{json, Map, Value};
+use verity_core::hash::{keccak256, Hash};
+use verity_core::receipt::{receipt_domain, Receipt, SignedReceipt};
+use verity_llm::generate::{decode, tokens_hash, Finish, Outcome};
+use verity_llm::gguf::Gguf;
+use verity_llm::sample::{Params, Sampler};
+use verity_llm::{Session, Step, Tokenizer};
+
+use crate::config::LlmConfig;
+use crate::state::Node;
+
+/// A language model being served.
+pub struct LlmModel {
+    /// The name requests give as `model`.
+    pub name: String,
+    /// The canonical decode step.
+    pub step: Step,
+    /// The step's model ID.
+    pub model_id: Hash,
+    /// keccak256 of the GGUF file.
+    pub source_hash: Hash,
+    /// The file's tokenizer and chat template.
+    pub tokenizer: Tokenizer,
+    /// Unix time the model was loaded.
+    pub created: u64,
+    /// Threads a generation runs on.
+    threads: usize,
+    /// One generation at a time per model.
+    busy: Arc<tokio::sync::Mutex<()>>,
+}
+
+/// Loads (compiles) every configured model; names must be distinct.
+pub fn load_all(
+    configs: &[LlmConfig],
+    threads: usize,
+) -> Result<BTreeMap<String, Arc<LlmModel>>, String> {
+    let mut out = BTreeMap::new();
+    for c in configs {
+        let name = c.model_name();
+        let bytes = std::fs::read(&c.path)
+            .map_err(|e| format!("cannot read the language model {}: {e}", c.path.display()))?;
+        let source_hash = keccak256(&bytes);
+        let g = Gguf::parse(bytes)
+            .map_err(|e| format!("{} is not a valid GGUF file: {e}", c.path.display()))?;
+        let tokenizer =
+            Tokenizer::from_gguf(&g).map_err(|e| format!("{}: {e}", c.path.display()))?;
+        let step = verity_llm::compile(&g, c.context)
+            .map_err(|e| format!("cannot compile {}: {e}", c.path.display()))?;
+        let model_id = verity_engine::vty::model_id(&step.model);
+        tracing::info!(name, %model_id, context = c.context, "serving language model");
+        let m = LlmModel {
+            name: name.clone(),
+            step,
+            model_id,
+            source_hash,
+            tokenizer,
+            created: crate::state::unix_now(),
+            threads,
+            busy: Default::default(),
+        };
+        if out.insert(name.clone(), Arc::new(m)).is_some() {
+            return Err(format!("two language models are named '{name}'"));
+        }
+    }
+    Ok(out)
+}
+
+/// An error in OpenAI's shape.
+pub struct OaiError {
+    status: StatusCode,
+    kind: &'static str,
+    code: &'static str,
+    param: Option<String>,
+    message: String,
+}
+
+impl OaiError {
+    fn bad(code: &'static str, param: Option<&str>, message: impl Into<String>) -> OaiError {
+        OaiError {
+            status: StatusCode::BAD_REQUEST,
+            kind: "invalid_request_error",
+            code,
+            param: param.map(str::to_string),
+            message: message.into(),
+        }
+    }
+}
+
+impl IntoResponse for OaiError {
+    fn into_response(self) -> Response {
+        let body = json!({"error": {
+            "message": self.message, "type": self.kind, "param": self.param, "code": self.code,
+        }});
+        (self.status, axum::Json(body)).into_response()
+    }
+}
+
+/// The models in `GET /v1/models`'s OpenAI `data` list.
+pub fn model_list(node: &Node) -> Vec<Value> {
+    node.llms
+        .get()
+        .map(|m| {
+            m.values()
+                .map(|l| {
+                    json!({
+                        "id": l.name, "object": "model", "created": l.created, "owned_by": "verity",
+                        "verity": {"model_id": l.model_id, "source_hash": l.source_hash,
+                                   "context": l.step.context},
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Which endpoint a request came to.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Chat,
+    Text,
+}
+
+/// A parsed request.
+struct Request {
+    model: Arc<LlmModel>,
+    prompt: Vec<u32>,
+    params: Params,
+    sampler: Sampler,
+    max_tokens: usize,
+    stop: Vec<String>,
+    stream: bool,
+    include_usage: bool,
+}
+
+const COMMON: &[&str] = &[
+    "model",
+    "max_tokens",
+    "temperature",
+    "top_p",
+    "top_k",
+    "repetition_penalty",
+    "seed",
+    "stop",
+    "n",
+    "stream",
+    "stream_options",
+    "user",
+    "frequency_penalty",
+    "presence_penalty",
+];
+
+fn number(v: &Value, key: &str) -> Result<Option<f64>, OaiError> {
+    match v.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(x) => x.as_f64().map(Some).ok_or_else(|| {
+            OaiError::bad(
+                "invalid_type",
+                Some(key),
+                format!("'{key}' must be a number"),
+            )
+        }),
+    }
+}
+
+fn count(v: &Value, key: &str) -> Result<Option<u64>, OaiError> {
+    match v.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(x) => x.as_u64().map(Some).ok_or_else(|| {
+            OaiError::bad(
+                "invalid_type",
+                Some(key),
+                format!("'{key}' must be a non-negative integer"),
+            )
+        }),
+    }
+}
+
+/// The text of a message's `content` (a string, or text parts).
+fn content_text(c: &Value) -> Result<String, OaiError> {
+    match c {
+        Value::String(s) => Ok(s.clone()),
+        Value::Null => Ok(String::new()),
+        Value::Array(parts) => parts
+            .iter()
+            .map(|p| {
+                match (
+                    p.get("type").and_then(Value::as_str),
+                    p.get("text").and_then(Value::as_str),
+                ) {
+                    (Some("text"), Some(t)) => Ok(t.to_string()),
+                    (t, _) => Err(OaiError::bad(
+                        "unsupported_content",
+                        Some("messages"),
+                        format!(
+                            "message content parts of type {} are not supported (text only)",
+                            t.unwrap_or("?")
+                        ),
+                    )),
+                }
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(|v| v.concat()),
+        _ => Err(OaiError::bad(
+            "invalid_type",
+            Some("messages"),
+            "a message's content must be a string or text parts",
+        )),
+    }
+}
+
+fn parse(node: &Node, body: &[u8], kind: Kind) -> Result<Request, OaiError> {
+    let v: Value = serde_json::from_slice(body)
+        .map_err(|e| OaiError::bad("invalid_json", None, format!("the body is not JSON: {e}")))?;
+    let obj = v
+        .as_object()
+        .ok_or_else(|| OaiError::bad("invalid_json", None, "the body must be a JSON object"))?;
+    let own: &[&str] = match kind {
+        Kind::Chat => &["messages", "max_completion_tokens"],
+        Kind::Text => &["prompt"],
+    };
+    if let Some(k) = obj
+        .keys()
+        .find(|k| !COMMON.contains(&k.as_str()) && !own.contains(&k.as_str()))
+    {
+        return Err(OaiError::bad(
+            "unsupported_parameter",
+            Some(k),
+            format!("the parameter '{k}' is not supported by this server"),
+        ));
+    }
+    for k in ["frequency_penalty", "presence_penalty"] {
+        if number(&v, k)?.is_some_and(|x| x != 0.0) {
+            return Err(OaiError::bad(
+                "unsupported_value",
+                Some(k),
+                format!("'{k}' other than 0 is not supported (use repetition_penalty)"),
+            ));
+        }
+    }
+    if count(&v, "n")?.is_some_and(|n| n != 1) {
+        return Err(OaiError::bad(
+            "unsupported_value",
+            Some("n"),
+            "only n = 1 is supported",
+        ));
+    }
+    let name = v
+        .get("model")
+        .and_then(Value::as_str)
+        .ok_or_else(|| OaiError::bad("missing_parameter", Some("model"), "'model' is required"))?;
+    let model = node
+        .llms
+        .get()
+        .and_then(|m| m.get(name))
+        .cloned()
+        .ok_or_else(|| OaiError {
+            status: StatusCode::NOT_FOUND,
+            kind: "invalid_request_error",
+            code: "model_not_found",
+            param: Some("model".into()),
+            message: format!("the model '{name}' does not exist on this node"),
+        })?;
+    let tk = &model.tokenizer;
+    let text = match kind {
+        Kind::Chat => {
+            let msgs = v.get("messages").and_then(Value::as_array).ok_or_else(|| {
+                OaiError::bad(
+                    "missing_parameter",
+                    Some("messages"),
+                    "'messages' must be an array",
+                )
+            })?;
+            if msgs.is_empty() {
+                return Err(OaiError::bad(
+                    "invalid_value",
+                    Some("messages"),
+                    "'messages' is empty",
+                ));
+            }
+            let mut out = Vec::new();
+            for m in msgs {
+                let role = m.get("role").and_then(Value::as_str).unwrap_or("");
+                if !["system", "user", "assistant", "developer"].contains(&role) {
+                    return Err(OaiError::bad(
+                        "unsupported_value",
+                        Some("messages"),
+                        format!(
+                            "messages of role '{role}' are not supported (system, user, assistant)"
+                        ),
+                    ));
+                }
+                let role = if role == "developer" { "system" } else { role };
+                out.push((
+                    role.to_string(),
+                    content_text(m.get("content").unwrap_or(&Value::Null))?,
+                ));
+            }
+            tk.render_chat(&out, true)
+                .map_err(|e| OaiError::bad("chat_template", Some("messages"), e.to_string()))?
+        }
+        Kind::Text => match v.get("prompt") {
+            Some(Value::String(s)) => s.clone(),
+            Some(Value::Array(a)) if a.len() == 1 && a[0].is_string() => {
+                a[0].as_str().unwrap_or_default().to_string()
+            }
+            _ => {
+                return Err(OaiError::bad(
+                    "invalid_value",
+                    Some("prompt"),
+                    "'prompt' must be a string (or a list of one)",
+                ))
+            }
+        },
+    };
+    let prompt = tk
+        .prompt(&text)
+        .map_err(|e| OaiError::bad("invalid_value", Some("prompt"), e.to_string()))?;
+    let context = model.step.context;
+    if prompt.is_empty() || prompt.len() >= context {
+        return Err(OaiError::bad(
+            "context_length_exceeded",
+            Some("messages"),
+            format!(
+                "the prompt is {} tokens; this model holds {context} positions (prompt and output)",
+                prompt.len()
+            ),
+        ));
+    }
+    let max_tokens = match (
+        count(&v, "max_completion_tokens")?,
+        count(&v, "max_tokens")?,
+    ) {
+        (Some(n), _) | (None, Some(n)) => n as usize,
+        (None, None) => context - prompt.len(),
+    };
+    let stop = match v.get("stop") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::String(s)) => vec![s.clone()],
+        Some(Value::Array(a))
+            if a.len() <= 4 && a.iter().all(|s| s.as_str().is_some_and(|s| !s.is_empty())) =>
+        {
+            a.iter()
+                .filter_map(|s| s.as_str().map(str::to_string))
+                .collect()
+        }
+        _ => {
+            return Err(OaiError::bad(
+                "invalid_value",
+                Some("stop"),
+                "'stop' must be a non-empty string or a list of at most 4",
+            ))
+        }
+    };
+    if stop.iter().any(String::is_empty) {
+        return Err(OaiError::bad(
+            "invalid_value",
+            Some("stop"),
+            "a stop text is empty",
+        ));
+    }
+    let params = Params {
+        temperature: number(&v, "temperature")?.unwrap_or(1.0),
+        top_k: count(&v, "top_k")?.unwrap_or(0) as usize,
+        top_p: number(&v, "top_p")?.unwrap_or(1.0),
+        repetition_penalty: number(&v, "repetition_penalty")?.unwrap_or(1.0),
+        seed: match v.get("seed") {
+            None | Some(Value::Null) => 0,
+            Some(s) => s
+                .as_u64()
+                .or_else(|| s.as_i64().map(|x| x as u64))
+                .ok_or_else(|| {
+                    OaiError::bad("invalid_type", Some("seed"), "'seed' must be an integer")
+                })?,
+        },
+    };
+    let sampler =
+        Sampler::new(&params).map_err(|e| OaiError::bad("invalid_value", None, e.to_string()))?;
+    let stream = v.get("stream").and_then(Value::as_bool).unwrap_or(false);
+    let include_usage = v
+        .get("stream_options")
+        .and_then(|o| o.get("include_usage"))
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    Ok(Request {
+        model,
+        prompt,
+        params,
+        sampler,
+        max_tokens,
+        stop,
+        stream,
+        include_usage,
+    })
+}
+
+/// The hash a completion receipt binds as its input: the prompt's tokens and every parameter that
+/// decides the output (spec: `docs/spec/llm.md` §7).
+pub fn completion_input_hash(
+    prompt: &[u32],
+    s: &Sampler,
+    max_tokens: usize,
+    stop: &[String],
+) -> Hash {
+    let mut b = b"verity.completion.v1".to_vec();
+    b.extend_from_slice(&tokens_hash(prompt).0);
+    for x in [s.temperature_q, s.top_k, s.top_p_q, s.repetition_q] {
+        b.extend_from_slice(&x.to_be_bytes());
+    }
+    b.extend_from_slice(&s.seed.to_be_bytes());
+    b.extend_from_slice(&(max_tokens as u64).to_be_bytes());
+    let mut stops = Vec::new();
+    for x in stop {
+        stops.extend_from_slice(&(x.len() as u32).to_be_bytes());
+        stops.extend_from_slice(x.as_bytes());
+    }
+    b.extend_from_slice(&keccak256(&stops).0);
+    keccak256(&b)
+}
+
+fn receipt(node: &Node, r: &Request, request_id: Hash, out: &Outcome) -> SignedReceipt {
+    Receipt {
+        request_id,
+        model_id: r.model.model_id,
+        input_hash: completion_input_hash(&r.prompt, &r.sampler, r.max_tokens, &r.stop),
+        output_hash: tokens_hash(&out.tokens),
+        trace_root: out.steps_root,
+        node: node.key.address(),
+        timestamp: crate::state::unix_now(),
+    }
+    .sign(
+        receipt_domain(node.config.chain_id, node.config.verifying_contract),
+        &node.key,
+    )
+}
+
+/// What the response carries besides OpenAI's fields.
+fn verity_fields(r: &Request, out: &Outcome) -> Value {
+    json!({
+        "model_id": r.model.model_id,
+        "prompt_tokens": r.prompt,
+        "output_tokens": out.tokens,
+        "prompt_hash": tokens_hash(&r.prompt),
+        "output_hash": tokens_hash(&out.tokens),
+        "steps_root": out.steps_root,
+        "max_tokens": r.max_tokens,
+        "stop": r.stop,
+        "sampling": {
+            "temperature": r.params.temperature, "top_k": r.params.top_k, "top_p": r.params.top_p,
+            "repetition_penalty": r.params.repetition_penalty, "seed": r.params.seed,
+            "fixed_point": {"temperature": r.sampler.temperature_q, "top_p": r.sampler.top_p_q,
+                             "repetition_penalty": r.sampler.repetition_q},
+        },
+    })
+}
+
+fn usage(r: &Request, out: &Outcome) -> Value {
+    json!({"prompt_tokens": r.prompt.len(), "completion_tokens": out.tokens.len(),
+           "total_tokens": r.prompt.len() + out.tokens.len()})
+}
+
+/// Runs the generation on a blocking thread, `on_text` receiving its text as it becomes final.
+async fn generate(
+    node: &Arc<Node>,
+    r: &Arc<Request>,
+    on_text: impl FnMut(&str) -> bool + Send + 'static,
+) -> Result<Outcome, OaiError> {
+    let guard = r.model.busy.clone().lock_owned().await;
+    let r2 = r.clone();
+    let res = node
+        .blocking(move || {
+            let _guard = guard;
+            let m = &r2.model;
+            let mut s = Session::new(&m.step, m.threads);
+            let logits = s.prefill(&r2.prompt)?;
+            decode(
+                &mut s,
+                &m.tokenizer,
+                &r2.sampler,
+                &r2.prompt,
+                logits,
+                r2.max_tokens,
+                &r2.stop,
+                on_text,
+                |_, _| Ok(()),
+            )
+        })
+        .await
+        .map_err(|_| OaiError {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            kind: "server_error",
+            code: "internal",
+            param: None,
+            message: "the generation failed".into(),
+        })?;
+    res.map_err(|e| OaiError {
+        status: StatusCode::INTERNAL_SERVER_ERROR,
+        kind: "server_error",
+        code: "generation_failed",
+        param: None,
+        message: e.to_string(),
+    })
+}
+
+/// `POST /v1/chat/completions`.
+pub async fn chat_completions(State(node): State<Arc<Node>>, body: Bytes) -> Response {
+    complete(node, body, Kind::Chat).await
+}
+
+/// `POST /v1/completions`.
+pub async fn completions(State(node): State<Arc<Node>>, body: Bytes) -> Response {
+    complete(node, body, Kind::Text).await
+}
+
+async fn complete(node: Arc<Node>, body: Bytes, kind: Kind) -> Response {
+    let r = match parse(&node, &body, kind) {
+        Ok(r) => Arc::new(r),
+        Err(e) => return e.into_response(),
+    };
+    let request_id = keccak256(&body);
+    let id = format!(
+        "{}-{}",
+        if kind == Kind::Chat {
+            "chatcmpl"
+        } else {
+            "cmpl"
+        },
+        &request_id.to_string()[2..26]
+    );
+    let created = crate::state::unix_now();
+    if !r.stream {
+        let out = match generate(&node, &r, |_| true).await {
+            Ok(o) => o,
+            Err(e) => return e.into_response(),
+        };
+        let choice = match kind {
+            Kind::Chat => json!({"index": 0, "message": {"role": "assistant", "content": out.text},
+                                 "logprobs": null, "finish_reason": out.finish.as_str()}),
+            Kind::Text => json!({"index": 0, "text": out.text, "logprobs": null,
+                                 "finish_reason": out.finish.as_str()}),
+        };
+        let doc = json!({
+            "id": id,
+            "object": if kind == Kind::Chat { "chat.completion" } else { "text_completion" },
+            "created": created,
+            "model": r.model.name,
+            "system_fingerprint": format!("verity-{}", &r.model.model_id.to_string()[2..18]),
+            "choices": [choice],
+            "usage": usage(&r, &out),
+            "verity": verity_fields(&r, &out),
+            "receipt": receipt(&node, &r, request_id, &out),
+        });
+        return axum::Json(doc).into_response();
+    }
+    // Streaming: one SSE event per piece of text, then the last chunk (finish reason, receipt), the
+    // usage chunk when asked, and `[DONE]`. A client that goes away stops the generation.
+    let (tx, rx) = tokio::sync::mpsc::channel::<String>(64);
+    let object = if kind == Kind::Chat {
+        "chat.completion.chunk"
+    } else {
+        "text_completion"
+    };
+    let chunk = {
+        let (id, name) = (id.clone(), r.model.name.clone());
+        move |choice: Value, extra: Vec<(&str, Value)>| {
+            let mut doc = Map::new();
+            doc.insert("id".into(), json!(id));
+            doc.insert("object".into(), json!(object));
+            doc.insert("created".into(), json!(created));
+            doc.insert("model".into(), json!(name));
+            doc.insert(
+                "choices".into(),
+                if choice.is_null() {
+                    json!([])
+                } else {
+                    json!([choice])
+                },
+            );
+            for (k, v) in extra {
+                doc.insert(k.into(), v);
+            }
+            format!("data: {}\n\n", Value::Object(doc))
+        }
+    };
+    let piece = move |text: &str| -> Value {
+        match kind {
+            Kind::Chat => {
+                json!({"index": 0, "delta": {"content": text}, "logprobs": null, "finish_reason": null})
+            }
+            Kind::Text => {
+                json!({"index": 0, "text": text, "logprobs": null, "finish_reason": null})
+            }
+        }
+    };
+    if kind == Kind::Chat {
+        let first = json!({"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": null});
+        let _ = tx.try_send(chunk(first, Vec::new()));
+    }
+    let (node2, r2, tx2) = (node.clone(), r.clone(), tx.clone());
+    let chunk2 = chunk.clone();
+    tokio::spawn(async move {
+        let tx_text = tx2.clone();
+        let chunk_text = chunk2.clone();
+        let res = generate(&node2, &r2, move |text| {
+            tx_text
+                .blocking_send(chunk_text(piece(text), Vec::new()))
+                .is_ok()
+        })
+        .await;
+        match res {
+            Ok(out) if out.finish != Finish::Cancelled => {
+                let last = match kind {
+                    Kind::Chat => {
+                        json!({"index": 0, "delta": {}, "logprobs": null, "finish_reason": out.finish.as_str()})
+                    }
+                    Kind::Text => {
+                        json!({"index": 0, "text": "", "logprobs": null, "finish_reason": out.finish.as_str()})
+                    }
+                };
+                let extra = vec![
+                    ("verity", verity_fields(&r2, &out)),
+                    ("receipt", json!(receipt(&node2, &r2, request_id, &out))),
+                ];
+                let _ = tx2.send(chunk2(last, extra)).await;
+                if r2.include_usage {
+                    let _ = tx2
+                        .send(chunk2(Value::Null, vec![("usage", usage(&r2, &out))]))
+                        .await;
+                }
+                let _ = tx2.send("data: [DONE]\n\n".to_string()).await;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                let body = json!({"error": {"message": e.message, "type": e.kind, "param": e.param, "code": e.code}});
+                let _ = tx2.send(format!("data: {body}\n\n")).await;
+            }
+        }
+    });
+    drop(tx);
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|s| (Ok::<_, std::convert::Infallible>(Bytes::from(s)), rx))
+    });
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "text/event-stream")
+        .header(header::CACHE_CONTROL, "no-cache")
+        .body(Body::from_stream(stream))
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
