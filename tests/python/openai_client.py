@@ -7,7 +7,8 @@ token for token with `verity generate`); its receipt (EIP-712, recovered with et
 node's address; output hash = keccak of the token IDs); the same completion streamed (text, receipt
 and usage in the last frames); a seeded sample (the same twice, equal to `verity generate` with the
 same parameters, another seed another text); legacy completions; and errors in OpenAI's shape for an
-unsupported parameter, an unknown model and a body that is not JSON. Exit status 1 on any failure.
+unsupported parameter, an unknown model and a body that is not JSON; a node refusing to start on a
+model file that is missing or not GGUF. Exit status 1 on any failure.
 
     python tests/python/openai_client.py --verity target/release/verity
 """
@@ -76,6 +77,13 @@ def main():
             failures.append(what)
 
     with tempfile.TemporaryDirectory() as tmp:
+        # a model file that is missing or not GGUF: the node refuses to start, saying why
+        for bad, says in [("missing.gguf", "cannot read the language model"),
+                          ("fixtures/mlp.onnx", "is not a valid GGUF file")]:
+            p = subprocess.run([verity, "node", "--listen", "127.0.0.1:0", "--data-dir",
+                                os.path.join(tmp, "bad"), "--llm", bad], cwd=ROOT, capture_output=True,
+                               text=True, timeout=60)
+            check(p.returncode != 0 and says in p.stderr, f"--llm {bad}: {p.stderr.strip()[-80:]}")
         node = subprocess.Popen(
             [verity, "node", "--listen", "127.0.0.1:0", "--data-dir", os.path.join(tmp, "node"),
              "--llm", f"{NAME}={MODEL_FILE}", "--llm-context", "256"],

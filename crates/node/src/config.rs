@@ -331,4 +331,22 @@ mod tests {
         assert!(NodeConfig::from_toml("lisen = 1").is_err());
         assert!(NodeConfig::from_toml("[limits]\nmax_queue = \"x\"").is_err());
     }
+
+    #[test]
+    fn language_models_come_from_llm_tables() {
+        let c = NodeConfig::from_toml(
+            "[[llm]]\npath = \"m/a.gguf\"\n[[llm]]\npath = \"b.gguf\"\nname = \"bee\"\ncontext = 64\n",
+        )
+        .unwrap();
+        assert_eq!(c.llm.len(), 2);
+        assert_eq!(
+            (c.llm[0].model_name(), c.llm[0].context),
+            ("a".to_string(), 2048)
+        );
+        assert_eq!(
+            (c.llm[1].model_name(), c.llm[1].context),
+            ("bee".to_string(), 64)
+        );
+        assert!(NodeConfig::from_toml("[[llm]]\npath = \"a.gguf\"\nctx = 3\n").is_err());
+    }
 }
