@@ -514,6 +514,15 @@ async fn generate(
     })
 }
 
+/// Sets its flag when dropped.
+struct SetOnDrop(Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for SetOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// `POST /v1/chat/completions`.
 pub async fn chat_completions(State(node): State<Arc<Node>>, body: Bytes) -> Response {
     complete(node, body, Kind::Chat).await
@@ -541,7 +550,14 @@ async fn complete(node: Arc<Node>, body: Bytes, kind: Kind) -> Response {
     );
     let created = crate::state::unix_now();
     if !r.stream {
-        let out = match generate(&node, &r, |_| true).await {
+        // a client that goes away drops this future: the flag stops the generation at its next token
+        let gone = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let _on_drop = SetOnDrop(gone.clone());
+        let out = match generate(&node, &r, move |_| {
+            !gone.load(std::sync::atomic::Ordering::Relaxed)
+        })
+        .await
+        {
             Ok(o) => o,
             Err(e) => return e.into_response(),
         };
