@@ -6,7 +6,8 @@ Checks: the model list; a greedy chat completion (llama.cpp's own greedy answer 
 token for token with `verity generate`); its receipt (EIP-712, recovered with eth_account to the
 node's address; output hash = keccak of the token IDs); the same completion streamed (text, receipt
 and usage in the last frames); a seeded sample (the same twice, equal to `verity generate` with the
-same parameters, another seed another text); legacy completions; and errors in OpenAI's shape for an
+same parameters, another seed another text); `verity verify` re-executing a saved completion (a
+changed token or seed fails); legacy completions; and errors in OpenAI's shape for an
 unsupported parameter, an unknown model and a body that is not JSON; a node refusing to start on a
 model file that is missing or not GGUF. Exit status 1 on any failure.
 
@@ -145,6 +146,32 @@ def main():
                  "--context", "256", "--temperature", "1.0", "--top-p", "0.95", "--seed", "7", "--json"],
                 cwd=ROOT, capture_output=True, text=True, check=True).stdout)
             check(gen7["output_tokens"] == s7[0], "verity generate draws the same seeded sample")
+
+            # verity verify re-executes a completion from its full response; a changed token or seed fails
+            req = urllib.request.Request(url + "/v1/chat/completions", data=json.dumps(
+                {"model": NAME, "messages": msgs, "temperature": 1.0, "top_p": 0.95, "seed": 7,
+                 "max_tokens": 12}).encode(), headers={"Content-Type": "application/json"})
+            doc = json.loads(urllib.request.urlopen(req, timeout=300).read())
+            saved = os.path.join(tmp, "completion.json")
+
+            def verify(d, model=True):
+                with open(saved, "w") as f:
+                    json.dump(d, f)
+                cmd = [verity, "verify", saved] + (["--model", MODEL_FILE] if model else [])
+                return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+            p = verify(doc)
+            check(p.returncode == 0 and "re-execution gives the same" in p.stdout,
+                  f"verity verify re-executes the completion: {p.stdout.strip()}")
+            p = verify(doc, model=False)
+            check(p.returncode == 0 and "not re-executed" in p.stdout, "without --model: hashes and signature only")
+            forged = json.loads(json.dumps(doc))
+            forged["verity"]["output_tokens"][0] += 1
+            p = verify(forged, model=False)
+            check(p.returncode == 1 and "output tokens hash" in p.stdout, f"a changed token fails: {p.stdout.strip()}")
+            forged = json.loads(json.dumps(doc))
+            forged["verity"]["sampling"]["seed"] = 8
+            p = verify(forged)
+            check(p.returncode == 1 and "parameters hash" in p.stdout, f"another seed fails: {p.stdout.strip()}")
 
             t = client.completions.create(model=NAME, prompt="The capital of France is", max_tokens=8,
                                           temperature=0)

@@ -176,6 +176,12 @@ pub fn check(a: &VerifyArgs) -> Result<Verdict> {
     }
     let signed: SignedReceipt = serde_json::from_value(receipt_v)
         .with_context(|| format!("{} is not a signed receipt", a.receipt.display()))?;
+    if doc
+        .get("verity")
+        .is_some_and(|v| v.get("prompt_tokens").is_some())
+    {
+        return check_completion(a, &doc, &signed);
+    }
     // A full response carries its outputs: they must be the ones the receipt signs.
     if a.output.is_none() && doc.get("receipt").is_some() {
         if let Some(outs) = doc.get("outputs") {
@@ -196,6 +202,125 @@ pub fn check(a: &VerifyArgs) -> Result<Verdict> {
         }
     }
     check_receipt(a, &signed)
+}
+
+/// A completion from the OpenAI-compatible API (its full response): the signature, the prompt and
+/// parameters against the receipt's input hash, the output tokens against its output hash, and with
+/// `--model FILE.gguf` the generation re-executed (spec: `docs/spec/llm.md` §7).
+fn check_completion(a: &VerifyArgs, doc: &Value, signed: &SignedReceipt) -> Result<Verdict> {
+    use verity_llm::generate::{decode, tokens_hash};
+    let signer = match signed.verify() {
+        Ok(s) => s,
+        Err(e) => return Ok(Verdict::Invalid(format!("the receipt's signature: {e}"))),
+    };
+    if let Some(want) = a.signer {
+        if want != signer {
+            return Ok(Verdict::Invalid(format!("signed by {signer}, not {want}")));
+        }
+    }
+    let v = &doc["verity"];
+    let ids = |k: &str| -> Result<Vec<u32>> {
+        v[k].as_array()
+            .with_context(|| format!("the response's verity.{k} is not a list"))?
+            .iter()
+            .map(|t| {
+                t.as_u64()
+                    .and_then(|t| u32::try_from(t).ok())
+                    .with_context(|| format!("verity.{k} holds a non-token"))
+            })
+            .collect()
+    };
+    let (prompt, output) = (ids("prompt_tokens")?, ids("output_tokens")?);
+    let int = |x: &Value, what: &str| -> Result<u64> {
+        x.as_u64()
+            .with_context(|| format!("the response's verity.{what} is not an integer"))
+    };
+    let (sp, fp) = (&v["sampling"], &v["sampling"]["fixed_point"]);
+    let sampler = verity_llm::sample::Sampler {
+        temperature_q: int(&fp["temperature"], "sampling.fixed_point.temperature")? as u32,
+        top_k: int(&sp["top_k"], "sampling.top_k")? as u32,
+        top_p_q: int(&fp["top_p"], "sampling.fixed_point.top_p")? as u32,
+        repetition_q: int(
+            &fp["repetition_penalty"],
+            "sampling.fixed_point.repetition_penalty",
+        )? as u32,
+        seed: int(&sp["seed"], "sampling.seed")?,
+    };
+    let max_tokens = int(&v["max_tokens"], "max_tokens")? as usize;
+    let stop: Vec<String> = v["stop"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| s.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    let r = &signed.receipt;
+    let input = verity_node::openai::completion_input_hash(&prompt, &sampler, max_tokens, &stop);
+    if input != r.input_hash {
+        return Ok(Verdict::Invalid(format!(
+            "the prompt and parameters hash to {input}, the receipt signs {}",
+            r.input_hash
+        )));
+    }
+    if tokens_hash(&output) != r.output_hash {
+        return Ok(Verdict::Invalid(format!(
+            "the output tokens hash to {}, the receipt signs {}",
+            tokens_hash(&output),
+            r.output_hash
+        )));
+    }
+    let Some(path) = &a.model else {
+        return Ok(Verdict::Valid(format!(
+            "signed by {signer}; the prompt, parameters and {} output tokens are the ones it signs \
+             (not re-executed: give --model FILE.gguf)",
+            output.len()
+        )));
+    };
+    let g = verity_llm::gguf::Gguf::open(path)
+        .with_context(|| format!("{} is not a GGUF file", path.display()))?;
+    let context = int(&v["context"], "context")? as usize;
+    let step = verity_llm::compile(&g, context)
+        .with_context(|| format!("cannot compile {}", path.display()))?;
+    let id = verity_engine::vty::model_id(&step.model);
+    if id != r.model_id {
+        return Ok(Verdict::Invalid(format!(
+            "{} at context {context} is the model {id}, the receipt names {}",
+            path.display(),
+            r.model_id
+        )));
+    }
+    let tk = verity_llm::Tokenizer::from_gguf(&g)?;
+    let mut s = verity_llm::Session::new(&step, 1);
+    let logits = s.prefill(&prompt)?;
+    let out = decode(
+        &mut s,
+        &tk,
+        &sampler,
+        &prompt,
+        logits,
+        max_tokens,
+        &stop,
+        |_| true,
+        |_, _| Ok(()),
+    )?;
+    if out.tokens != output {
+        return Ok(Verdict::Invalid(format!(
+            "re-execution gives other tokens ({} of them, hash {}) than the receipt signs",
+            out.tokens.len(),
+            tokens_hash(&out.tokens)
+        )));
+    }
+    if out.steps_root != r.trace_root {
+        return Ok(Verdict::Invalid(format!(
+            "re-execution's step commitments {} differ from the receipt's trace root {}",
+            out.steps_root, r.trace_root
+        )));
+    }
+    Ok(Verdict::Valid(format!(
+        "signed by {signer}; re-execution gives the same {} tokens and step commitments",
+        out.tokens.len()
+    )))
 }
 
 /// A quorum certificate: the certificate itself, its snapshot against the chain or a file when given, the

@@ -450,6 +450,7 @@ fn receipt(node: &Node, r: &Request, request_id: Hash, out: &Outcome) -> SignedR
 fn verity_fields(r: &Request, out: &Outcome) -> Value {
     json!({
         "model_id": r.model.model_id,
+        "context": r.model.step.context,
         "prompt_tokens": r.prompt,
         "output_tokens": out.tokens,
         "prompt_hash": tokens_hash(&r.prompt),
