@@ -8,7 +8,8 @@ node's address; output hash = keccak of the token IDs); the same completion stre
 and usage in the last frames); a seeded sample (the same twice, equal to `verity generate` with the
 same parameters, another seed another text); `verity verify` re-executing a saved completion (a
 changed token or seed fails); legacy completions; and errors in OpenAI's shape for an
-unsupported parameter, an unknown model and a body that is not JSON; a node refusing to start on a
+unsupported parameter, an unknown model and a body that is not JSON; a streaming client that goes
+away stopping its generation; a node refusing to start on a
 model file that is missing or not GGUF. Exit status 1 on any failure.
 
     python tests/python/openai_client.py --verity target/release/verity
@@ -19,6 +20,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 import urllib.error
 import urllib.request
 
@@ -88,8 +90,8 @@ def main():
         node = subprocess.Popen(
             [verity, "node", "--listen", "127.0.0.1:0", "--data-dir", os.path.join(tmp, "node"),
              "--llm", f"{NAME}={MODEL_FILE}", "--llm-context", "256"],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT,
-            env={**os.environ, "VERITY_LOG": "warn"})
+            stdout=subprocess.PIPE, stderr=open(os.path.join(tmp, "node.log"), "w"), text=True, cwd=ROOT,
+            env={**os.environ, "VERITY_LOG": "info"})
         try:
             line = node.stdout.readline()
             url = next(w for w in line.split() if w.startswith("http://"))
@@ -172,6 +174,23 @@ def main():
             forged["verity"]["sampling"]["seed"] = 8
             p = verify(forged)
             check(p.returncode == 1 and "parameters hash" in p.stdout, f"another seed fails: {p.stdout.strip()}")
+
+            # a streaming client that goes away after two chunks stops its generation (the node says so)
+            stream = client.chat.completions.create(model=NAME, messages=msgs, temperature=1.0, seed=3,
+                                                    max_tokens=200, stream=True)
+            for i, _ in enumerate(stream):
+                if i == 1:
+                    break
+            stream.close()
+            stopped = None
+            for _ in range(600):
+                with open(os.path.join(tmp, "node.log")) as f:
+                    stopped = next((l for l in f if "the client went away" in l), None)
+                if stopped:
+                    break
+                time.sleep(0.1)
+            n = int(stopped.split("tokens=")[1].split()[0]) if stopped else None
+            check(n is not None and n < 200, f"a disconnected stream stops its generation: {n} of 200 tokens")
 
             t = client.completions.create(model=NAME, prompt="The capital of France is", max_tokens=8,
                                           temperature=0)

@@ -497,6 +497,15 @@ async fn generate(
                 on_text,
                 |_, _| Ok(()),
             )
+            .inspect(|o| {
+                if o.finish == Finish::Cancelled {
+                    tracing::info!(
+                        model = %m.name,
+                        tokens = o.tokens.len(),
+                        "generation stopped: the client went away"
+                    );
+                }
+            })
         })
         .await
         .map_err(|_| OaiError {
