@@ -208,7 +208,7 @@ pub fn check(a: &VerifyArgs) -> Result<Verdict> {
 /// parameters against the receipt's input hash, the output tokens against its output hash, and with
 /// `--model FILE.gguf` the generation re-executed (spec: `docs/spec/llm.md` §7).
 fn check_completion(a: &VerifyArgs, doc: &Value, signed: &SignedReceipt) -> Result<Verdict> {
-    use verity_llm::generate::{decode, tokens_hash};
+    use verity_llm::generate::{complete, tokens_hash};
     let signer = match signed.verify() {
         Ok(s) => s,
         Err(e) => return Ok(Verdict::Invalid(format!("the receipt's signature: {e}"))),
@@ -291,19 +291,9 @@ fn check_completion(a: &VerifyArgs, doc: &Value, signed: &SignedReceipt) -> Resu
         )));
     }
     let tk = verity_llm::Tokenizer::from_gguf(&g)?;
-    let mut s = verity_llm::Session::new(&step, 1);
-    let logits = s.prefill(&prompt)?;
-    let out = decode(
-        &mut s,
-        &tk,
-        &sampler,
-        &prompt,
-        logits,
-        max_tokens,
-        &stop,
-        |_| true,
-        |_, _| Ok(()),
-    )?;
+    let out = complete(&step, &tk, 1, &sampler, &prompt, max_tokens, &stop, |_| {
+        true
+    })?;
     if out.tokens != output {
         return Ok(Verdict::Invalid(format!(
             "re-execution gives other tokens ({} of them, hash {}) than the receipt signs",

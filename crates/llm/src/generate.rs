@@ -7,6 +7,7 @@ use verity_core::hash::{keccak256, Hash};
 use crate::arch::LlmError;
 use crate::sample::Sampler;
 use crate::session::Session;
+use crate::step::Step;
 use crate::tokenizer::Tokenizer;
 
 /// keccak256 of token IDs, each a 4-byte big-endian integer (what a receipt binds).
@@ -136,4 +137,32 @@ pub fn decode(
         finish,
         steps_root: keccak256(&steps),
     })
+}
+
+/// A whole generation on `step`: a new session on `threads` threads, the prompt prefilled, then
+/// [`decode`] (no per-step hook).
+#[allow(clippy::too_many_arguments)]
+pub fn complete(
+    step: &Step,
+    tk: &Tokenizer,
+    threads: usize,
+    sampler: &Sampler,
+    prompt: &[u32],
+    max_tokens: usize,
+    stop: &[String],
+    on_text: impl FnMut(&str) -> bool,
+) -> Result<Outcome, LlmError> {
+    let mut s = Session::new(step, threads);
+    let logits = s.prefill(prompt)?;
+    decode(
+        &mut s,
+        tk,
+        sampler,
+        prompt,
+        logits,
+        max_tokens,
+        stop,
+        on_text,
+        |_, _| Ok(()),
+    )
 }

@@ -14,10 +14,10 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{json, Map, Value};
 use verity_core::hash::{keccak256, Hash};
 use verity_core::receipt::{receipt_domain, Receipt, SignedReceipt};
-use verity_llm::generate::{decode, tokens_hash, Finish, Outcome};
+use verity_llm::generate::{tokens_hash, Finish, Outcome};
 use verity_llm::gguf::Gguf;
 use verity_llm::sample::{Params, Sampler};
-use verity_llm::{Session, Step, Tokenizer};
+use verity_llm::{Step, Tokenizer};
 
 use crate::config::LlmConfig;
 use crate::state::Node;
@@ -484,18 +484,15 @@ async fn generate(
         .blocking(move || {
             let _guard = guard;
             let m = &r2.model;
-            let mut s = Session::new(&m.step, m.threads);
-            let logits = s.prefill(&r2.prompt)?;
-            decode(
-                &mut s,
+            verity_llm::generate::complete(
+                &m.step,
                 &m.tokenizer,
+                m.threads,
                 &r2.sampler,
                 &r2.prompt,
-                logits,
                 r2.max_tokens,
                 &r2.stop,
                 on_text,
-                |_, _| Ok(()),
             )
             .inspect(|o| {
                 if o.finish == Finish::Cancelled {
