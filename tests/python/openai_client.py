@@ -5,8 +5,10 @@ SDK and plain HTTP against a real node (SmolLM2-135M-Instruct, fetched by script
 Checks: the model list; a greedy chat completion (llama.cpp's own greedy answer on the same file,
 token for token with `verity generate`); its receipt (EIP-712, recovered with eth_account to the
 node's address; output hash = keccak of the token IDs); the same completion streamed (text, receipt
-and usage in the last frames); a seeded sample (the same twice, equal to `verity generate` with the
-same parameters, another seed another text); `verity verify` re-executing a saved completion (a
+and usage in the last frames, every chunk's signed running hash checked by clients/python/verity_check.py);
+a proxy that alters one streamed chunk, caught at that chunk; a seeded sample (the same twice, equal to `verity generate` with the
+same parameters, another seed another text); n = 2 (seeds s and s + 1, a receipt each, streamed
+too); response_format json_object (one JSON object, re-executed by `verity verify`); `verity verify` re-executing a saved completion (a
 changed token or seed fails); legacy completions; and errors in OpenAI's shape for an
 unsupported parameter, an unknown model and a body that is not JSON; a streaming client that goes
 away stopping its generation; a node refusing to start on a
@@ -24,45 +26,48 @@ import time
 import urllib.error
 import urllib.request
 
+import http.server
+import threading
+
 import openai
-from eth_account import Account
-from eth_account.messages import encode_typed_data
-from eth_hash.auto import keccak
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
+sys.path.insert(0, os.path.join(ROOT, "clients", "python"))
+from verity_check import StreamChecker, VerityError, check_completion, receipt_signer, tokens_hash  # noqa: E402
 MODEL_FILE = ".models/SmolLM2-135M-Instruct.Q4_1.gguf"
 NAME = "smollm2"
 QUESTION = "What is 12 times 7?"
 
 
-def tokens_hash(ids):
-    return "0x" + keccak(b"".join(int(t).to_bytes(4, "big") for t in ids)).hex()
+def start_altering_proxy(upstream, alter_chunk):
+    """A proxy in front of the node that appends '!' to the text of the alter_chunk-th (0-based) SSE
+    chunk of every streamed answer: what a tampering middlebox would do."""
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
 
+        def do_POST(self):
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            req = urllib.request.Request(upstream + self.path, data=body,
+                                         headers={"Content-Type": "application/json"})
+            with urllib.request.urlopen(req, timeout=300) as up:
+                self.send_response(up.status)
+                self.send_header("Content-Type", up.headers["Content-Type"])
+                self.end_headers()
+                n = 0
+                for line in up:
+                    if line.startswith(b"data: {"):
+                        if n == alter_chunk:
+                            d = json.loads(line[6:])
+                            d["choices"][0]["delta"]["content"] += "!"
+                            line = b"data: " + json.dumps(d).encode() + b"\n"
+                        n += 1
+                    self.wfile.write(line)
+                    self.wfile.flush()
 
-def recover(signed):
-    """The address that signed a Verity receipt (EIP-712, as docs/spec/receipts.md defines it)."""
-    r, d = signed["receipt"], signed["domain"]
-    typed = {
-        "types": {
-            "EIP712Domain": [
-                {"name": "name", "type": "string"}, {"name": "version", "type": "string"},
-                {"name": "chainId", "type": "uint256"}, {"name": "verifyingContract", "type": "address"},
-            ],
-            "Receipt": [
-                {"name": "requestId", "type": "bytes32"}, {"name": "modelId", "type": "bytes32"},
-                {"name": "inputHash", "type": "bytes32"}, {"name": "outputHash", "type": "bytes32"},
-                {"name": "traceRoot", "type": "bytes32"}, {"name": "node", "type": "address"},
-                {"name": "timestamp", "type": "uint64"},
-            ],
-        },
-        "primaryType": "Receipt",
-        "domain": {"name": d["name"], "version": d["version"], "chainId": d["chain_id"],
-                   "verifyingContract": d["verifying_contract"]},
-        "message": {"requestId": r["request_id"], "modelId": r["model_id"], "inputHash": r["input_hash"],
-                    "outputHash": r["output_hash"], "traceRoot": r["trace_root"], "node": r["node"],
-                    "timestamp": r["timestamp"]},
-    }
-    return Account.recover_message(encode_typed_data(full_message=typed), signature=signed["signature"])
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    return srv, f"http://127.0.0.1:{srv.server_address[1]}"
 
 
 def main():
@@ -111,7 +116,7 @@ def main():
             check(c.choices[0].finish_reason == "stop", "finish_reason stop at the end token")
             check(c.usage.prompt_tokens == len(ver["prompt_tokens"]) and
                   c.usage.completion_tokens == len(ver["output_tokens"]), "usage counts the tokens")
-            check(recover(rec).lower() == node_address.lower() == rec["receipt"]["node"].lower(),
+            check(receipt_signer(rec).lower() == node_address.lower() == rec["receipt"]["node"].lower(),
                   "the receipt recovers to the node's address")
             check(rec["receipt"]["output_hash"] == tokens_hash(ver["output_tokens"]) == ver["output_hash"],
                   "the receipt's output hash is keccak of the output token IDs")
@@ -135,6 +140,41 @@ def main():
             check(chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == c.usage.completion_tokens,
                   "include_usage: a final usage chunk")
 
+            # the helper: the completion and every streamed chunk check against the node's address
+            check(check_completion(c, node=node_address).lower() == node_address.lower(),
+                  "verity_check.check_completion accepts the completion")
+            checker = StreamChecker(node=node_address)
+            try:
+                for ch in chunks:
+                    checker.feed(ch)
+                checker.finish()
+                check(True, "verity_check.StreamChecker accepts every streamed chunk and the receipt")
+            except VerityError as e:
+                check(False, f"StreamChecker refused an untouched stream: {e}")
+            try:
+                check_completion(c, node="0x" + "11" * 20)
+                check(False, "a completion checked against another node's address fails")
+            except VerityError as e:
+                check("not by" in str(e), f"another node's address: {e}")
+
+            # a proxy that alters one chunk's text: the client's checker stops at that very chunk
+            proxy, proxy_url = start_altering_proxy(url, alter_chunk=3)
+            try:
+                via = openai.OpenAI(base_url=proxy_url + "/v1", api_key="x", max_retries=0, timeout=300)
+                checker, seen, caught = StreamChecker(node=node_address), 0, None
+                for ch in via.chat.completions.create(model=NAME, messages=msgs, temperature=0, max_tokens=24,
+                                                      stream=True):
+                    try:
+                        checker.feed(ch)
+                    except VerityError as e:
+                        caught = (seen, str(e))
+                        break
+                    seen += 1
+                check(caught is not None and caught[0] == 3,
+                      f"an altered chunk is detected at once (chunk {caught and caught[0]}): {caught and caught[1]}")
+            finally:
+                proxy.shutdown()
+
             # seeded sampling: canonical, so the same on every run and in verity generate
             def sample(seed):
                 r = client.chat.completions.create(model=NAME, messages=msgs, temperature=1.0, top_p=0.95,
@@ -148,6 +188,55 @@ def main():
                  "--context", "256", "--temperature", "1.0", "--top-p", "0.95", "--seed", "7", "--json"],
                 cwd=ROOT, capture_output=True, text=True, check=True).stdout)
             check(gen7["output_tokens"] == s7[0], "verity generate draws the same seeded sample")
+
+            # n choices: choice i draws with seed + i, each with its own receipt
+            many = client.chat.completions.create(model=NAME, messages=msgs, temperature=1.0, top_p=0.95,
+                                                  seed=7, max_tokens=24, n=2)
+            got = [ch.model_extra["verity"]["output_tokens"] for ch in many.choices]
+            check(got == [s7[0], s8[0]], "n=2: the choices are the samples of seeds 7 and 8")
+            check(many.usage.completion_tokens == len(got[0]) + len(got[1]), "n=2: usage counts both choices")
+            check(check_completion(many, node=node_address).lower() == node_address.lower(),
+                  "n=2: each choice's receipt checks")
+            checker = StreamChecker(node=node_address)
+            texts = {}
+            for ch in client.chat.completions.create(model=NAME, messages=msgs, temperature=1.0, top_p=0.95,
+                                                     seed=7, max_tokens=24, n=2, stream=True):
+                t = checker.feed(ch)
+                for c in ch.choices:
+                    texts[c.index] = texts.get(c.index, "") + t
+            check(len(checker.finish()) == 2 and texts == {0: s7[1], 1: s8[1]},
+                  "n=2 streamed: both choices' text, each chunk and receipt checked")
+
+            # JSON mode: the output is one JSON object (the same request without it is not JSON)
+            ask = [{"role": "user", "content": "Describe a cat as JSON with a name and an age."}]
+            plain = client.chat.completions.create(model=NAME, messages=ask, temperature=0, max_tokens=60)
+            js = client.chat.completions.create(model=NAME, messages=ask, temperature=0, max_tokens=60,
+                                                response_format={"type": "json_object"})
+            try:
+                obj = json.loads(js.choices[0].message.content)
+            except ValueError:
+                obj = None
+            check(isinstance(obj, dict) and js.choices[0].finish_reason == "stop",
+                  f"response_format json_object gives one JSON object: {js.choices[0].message.content!r}")
+            try:
+                json.loads(plain.choices[0].message.content)
+                check(False, "without json_object the model's answer is not bare JSON (the test would prove nothing)")
+            except ValueError:
+                check(True, f"without json_object the answer is not bare JSON: {plain.choices[0].message.content[:40]!r}")
+            check(js.model_extra["verity"]["response_format"] == "json_object" and
+                  check_completion(js, node=node_address) is not None, "the JSON-mode receipt binds the format")
+            gen_js = json.loads(subprocess.run(
+                [verity, "generate", MODEL_FILE, "--chat", "--prompt", ask[0]["content"], "--max-tokens", "60",
+                 "--context", "256", "--json-object", "--json"], cwd=ROOT, capture_output=True, text=True,
+                check=True).stdout)
+            check(gen_js["output_tokens"] == js.model_extra["verity"]["output_tokens"] and
+                  gen_js["input_hash"] == js.model_extra["receipt"]["receipt"]["input_hash"],
+                  "verity generate --json-object gives the same tokens and input hash")
+            try:
+                client.chat.completions.create(model=NAME, messages=ask, response_format={"type": "json_schema"})
+                check(False, "json_schema refused")
+            except openai.BadRequestError as e:
+                check("json_schema" in str(e), f"an unsupported response_format is refused: {e}")
 
             # verity verify re-executes a completion from its full response; a changed token or seed fails
             req = urllib.request.Request(url + "/v1/chat/completions", data=json.dumps(
@@ -174,6 +263,11 @@ def main():
             forged["verity"]["sampling"]["seed"] = 8
             p = verify(forged)
             check(p.returncode == 1 and "parameters hash" in p.stdout, f"another seed fails: {p.stdout.strip()}")
+            p = verify(many.model_dump(), model=False)
+            check(p.returncode == 0 and "each of the 2 choices" in p.stdout, f"verity verify on n=2: {p.stdout.strip()}")
+            p = verify(js.model_dump())
+            check(p.returncode == 0 and "re-execution gives the same" in p.stdout,
+                  f"verity verify re-executes the JSON-mode completion: {p.stdout.strip()}")
 
             # a streaming client that goes away after two chunks stops its generation (the node says so)
             stream = client.chat.completions.create(model=NAME, messages=msgs, temperature=1.0, seed=3,

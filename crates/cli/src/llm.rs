@@ -7,8 +7,8 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use verity_engine::vty;
-use verity_llm::generate::decode;
 pub use verity_llm::generate::tokens_hash;
+use verity_llm::generate::{decode, input_hash, Format, Rules};
 use verity_llm::gguf::Gguf;
 use verity_llm::sample::{Params, Sampler};
 use verity_llm::{Session, Tokenizer};
@@ -136,6 +136,10 @@ pub struct GenerateArgs {
     /// Print one JSON document (tokens, text, hashes, timings) instead of streaming the text.
     #[arg(long)]
     json: bool,
+    /// Limit the output to one JSON object (each token must keep it valid JSON; the generation ends
+    /// when the object closes), as a completion's `response_format: {"type": "json_object"}` does.
+    #[arg(long)]
+    json_object: bool,
     /// Write the canonical step's inputs at this position (token, position, caches) to --dump-file,
     /// for `verity run` on the step `verity model compile` makes with the same --context.
     #[arg(long, requires = "dump_file")]
@@ -191,6 +195,15 @@ pub(crate) fn cmd_generate(a: GenerateArgs) -> Result<()> {
         seed: a.seed,
     };
     let sampler = Sampler::new(&params)?;
+    let rules = Rules {
+        max_tokens: a.max_tokens,
+        stop: a.stop.clone(),
+        format: if a.json_object {
+            Format::JsonObject
+        } else {
+            Format::Text
+        },
+    };
     if let Some(p) = a.dump_step {
         if p >= (prompt.len() + a.max_tokens).min(a.context) {
             bail!("--dump-step {p} is past the generation's last position");
@@ -232,9 +245,8 @@ pub(crate) fn cmd_generate(a: GenerateArgs) -> Result<()> {
         &sampler,
         &prompt,
         logits,
-        a.max_tokens,
-        &a.stop,
-        |piece| {
+        &rules,
+        |piece, _| {
             if !a.json {
                 let _ = stdout.write_all(piece.as_bytes());
                 let _ = stdout.flush();
@@ -258,6 +270,7 @@ pub(crate) fn cmd_generate(a: GenerateArgs) -> Result<()> {
             "prompt_hash": tokens_hash(&prompt),
             "output_tokens": out.tokens,
             "output_hash": tokens_hash(&out.tokens),
+            "input_hash": input_hash(&prompt, &sampler, &rules),
             "steps_root": out.steps_root,
             "text": out.text,
             "finish_reason": out.finish.as_str(),

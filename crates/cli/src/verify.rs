@@ -180,7 +180,7 @@ pub fn check(a: &VerifyArgs) -> Result<Verdict> {
         .get("verity")
         .is_some_and(|v| v.get("prompt_tokens").is_some())
     {
-        return check_completion(a, &doc, &signed);
+        return check_completions(a, &doc, &signed);
     }
     // A full response carries its outputs: they must be the ones the receipt signs.
     if a.output.is_none() && doc.get("receipt").is_some() {
@@ -204,11 +204,35 @@ pub fn check(a: &VerifyArgs) -> Result<Verdict> {
     check_receipt(a, &signed)
 }
 
-/// A completion from the OpenAI-compatible API (its full response): the signature, the prompt and
-/// parameters against the receipt's input hash, the output tokens against its output hash, and with
-/// `--model FILE.gguf` the generation re-executed (spec: `docs/spec/llm.md` §7).
-fn check_completion(a: &VerifyArgs, doc: &Value, signed: &SignedReceipt) -> Result<Verdict> {
-    use verity_llm::generate::{complete, tokens_hash};
+/// A completion from the OpenAI-compatible API (its full response): the top-level receipt, and each
+/// choice's own when there are several (`n` > 1), checked by [`check_completion`].
+fn check_completions(a: &VerifyArgs, doc: &Value, signed: &SignedReceipt) -> Result<Verdict> {
+    let mut verdict = check_completion(a, &doc["verity"], signed)?;
+    let choices = doc["choices"].as_array().cloned().unwrap_or_default();
+    let with_receipts: Vec<&Value> = choices
+        .iter()
+        .filter(|c| c.get("receipt").is_some())
+        .collect();
+    for (i, c) in with_receipts.iter().enumerate() {
+        let signed: SignedReceipt = serde_json::from_value(c["receipt"].clone())
+            .with_context(|| format!("choice {i}'s receipt is not a signed receipt"))?;
+        match check_completion(a, &c["verity"], &signed)? {
+            Verdict::Valid(_) => {}
+            Verdict::Invalid(why) => return Ok(Verdict::Invalid(format!("choice {i}: {why}"))),
+            other => return Ok(other),
+        }
+    }
+    if let (Verdict::Valid(v), n @ 2..) = (&verdict, with_receipts.len()) {
+        verdict = Verdict::Valid(format!("{v}; and each of the {n} choices likewise"));
+    }
+    Ok(verdict)
+}
+
+/// One completion's `verity` fields and receipt: the signature, the prompt and parameters against the
+/// receipt's input hash, the output tokens against its output hash, and with `--model FILE.gguf` the
+/// generation re-executed (spec: `docs/spec/llm.md` §7).
+fn check_completion(a: &VerifyArgs, v: &Value, signed: &SignedReceipt) -> Result<Verdict> {
+    use verity_llm::generate::{complete, input_hash, tokens_hash, Format, Rules};
     let signer = match signed.verify() {
         Ok(s) => s,
         Err(e) => return Ok(Verdict::Invalid(format!("the receipt's signature: {e}"))),
@@ -218,7 +242,6 @@ fn check_completion(a: &VerifyArgs, doc: &Value, signed: &SignedReceipt) -> Resu
             return Ok(Verdict::Invalid(format!("signed by {signer}, not {want}")));
         }
     }
-    let v = &doc["verity"];
     let ids = |k: &str| -> Result<Vec<u32>> {
         v[k].as_array()
             .with_context(|| format!("the response's verity.{k} is not a list"))?
@@ -255,8 +278,20 @@ fn check_completion(a: &VerifyArgs, doc: &Value, signed: &SignedReceipt) -> Resu
                 .collect()
         })
         .unwrap_or_default();
+    let format = match v["response_format"].as_str() {
+        None | Some("text") => Format::Text,
+        Some("json_object") => Format::JsonObject,
+        Some(f) => {
+            anyhow::bail!("the response's verity.response_format '{f}' is not one Verity knows")
+        }
+    };
+    let rules = Rules {
+        max_tokens,
+        stop,
+        format,
+    };
     let r = &signed.receipt;
-    let input = verity_node::openai::completion_input_hash(&prompt, &sampler, max_tokens, &stop);
+    let input = input_hash(&prompt, &sampler, &rules);
     if input != r.input_hash {
         return Ok(Verdict::Invalid(format!(
             "the prompt and parameters hash to {input}, the receipt signs {}",
@@ -291,9 +326,7 @@ fn check_completion(a: &VerifyArgs, doc: &Value, signed: &SignedReceipt) -> Resu
         )));
     }
     let tk = verity_llm::Tokenizer::from_gguf(&g)?;
-    let out = complete(&step, &tk, 1, &sampler, &prompt, max_tokens, &stop, |_| {
-        true
-    })?;
+    let out = complete(&step, &tk, 1, &sampler, &prompt, &rules, |_, _| true)?;
     if out.tokens != output {
         return Ok(Verdict::Invalid(format!(
             "re-execution gives other tokens ({} of them, hash {}) than the receipt signs",

@@ -58,15 +58,97 @@ pub struct Outcome {
     pub steps_root: Hash,
 }
 
+/// What the output must be.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Format {
+    /// Any text.
+    #[default]
+    Text,
+    /// One JSON object (spec: `docs/spec/llm.md` §4.3): each step may only choose a token that keeps
+    /// the output a prefix of one, and the generation ends when the object closes.
+    JsonObject,
+}
+
+/// How a generation ends besides its end tokens, and what its output must be.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Rules {
+    /// At most this many tokens (and no more than the context holds).
+    pub max_tokens: usize,
+    /// Texts that end the output before them.
+    pub stop: Vec<String>,
+    /// The output's format.
+    pub format: Format,
+}
+
+impl Rules {
+    /// `max_tokens` tokens of any text, no stop texts.
+    pub fn tokens(max_tokens: usize) -> Rules {
+        Rules {
+            max_tokens,
+            ..Rules::default()
+        }
+    }
+}
+
+/// The hash a completion receipt binds as its input: the prompt's tokens and everything that decides
+/// the output — the sampler's fixed-point parameters and seed, the token budget, the stop texts and, in
+/// JSON mode only, the format (spec: `docs/spec/llm.md` §7).
+pub fn input_hash(prompt: &[u32], s: &Sampler, rules: &Rules) -> Hash {
+    let mut b = b"verity.completion.v1".to_vec();
+    b.extend_from_slice(&tokens_hash(prompt).0);
+    for x in [s.temperature_q, s.top_k, s.top_p_q, s.repetition_q] {
+        b.extend_from_slice(&x.to_be_bytes());
+    }
+    b.extend_from_slice(&s.seed.to_be_bytes());
+    b.extend_from_slice(&(rules.max_tokens as u64).to_be_bytes());
+    let mut stops = Vec::new();
+    for x in &rules.stop {
+        stops.extend_from_slice(&(x.len() as u32).to_be_bytes());
+        stops.extend_from_slice(x.as_bytes());
+    }
+    b.extend_from_slice(&keccak256(&stops).0);
+    if rules.format == Format::JsonObject {
+        b.extend_from_slice(b"json_object");
+    }
+    keccak256(&b)
+}
+
 /// Where `needle` first occurs in `hay`.
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
 
-/// Generates after a prompt whose last position gave `logits`, at most `max_tokens` tokens (and no
-/// more than the context holds). `on_text` receives the text as it becomes final (whole characters,
-/// never the start of a stop text) and returns false to stop the generation; `before_step` sees the
-/// session and the token before each step is fed.
+/// The JSON-mode limit on a step's choice: every token whose text would leave the language gets the
+/// lowest logit. Errors if no token is left.
+fn constrain(
+    logits: &mut [i32],
+    table: &[Vec<u8>],
+    state: &crate::json::JsonState,
+) -> Result<(), LlmError> {
+    let mut any = false;
+    for (t, v) in logits.iter_mut().enumerate() {
+        let ok = table
+            .get(t)
+            .is_some_and(|b| !b.is_empty() && state.accepts(b));
+        if ok {
+            any = true;
+        } else {
+            *v = i32::MIN;
+        }
+    }
+    if any {
+        Ok(())
+    } else {
+        Err(LlmError::Request(
+            "JSON mode: no token of the vocabulary continues the output".into(),
+        ))
+    }
+}
+
+/// Generates after a prompt whose last position gave `logits`, under `rules`. `on_text` receives the
+/// text as it becomes final (whole characters, never the start of a stop text) with the tokens chosen
+/// since its last call, and returns false to stop the generation; its last call may have empty text
+/// (tokens that added none). `before_step` sees the session and the token before each step is fed.
 #[allow(clippy::too_many_arguments)]
 pub fn decode(
     s: &mut Session,
@@ -74,26 +156,49 @@ pub fn decode(
     sampler: &Sampler,
     prompt: &[u32],
     mut logits: Vec<i32>,
-    max_tokens: usize,
-    stop: &[String],
-    mut on_text: impl FnMut(&str) -> bool,
+    rules: &Rules,
+    mut on_text: impl FnMut(&str, &[u32]) -> bool,
     mut before_step: impl FnMut(&Session, u32) -> Result<(), LlmError>,
 ) -> Result<Outcome, LlmError> {
+    let stop = &rules.stop;
     if stop.iter().any(String::is_empty) {
         return Err(LlmError::Request("a stop text is empty".into()));
     }
     let scale = s.logit_scale();
-    let budget = max_tokens.min(s.context().saturating_sub(prompt.len()));
+    let budget = rules
+        .max_tokens
+        .min(s.context().saturating_sub(prompt.len()));
     let hold = stop.iter().map(String::len).max().unwrap_or(1) - 1;
+    // JSON mode: the text of every token that can be part of one (control tokens cannot)
+    let mut json = (rules.format == Format::JsonObject).then(|| {
+        let table: Vec<Vec<u8>> = (0..tk.len() as u32)
+            .map(|t| {
+                if tk.is_text(t) {
+                    tk.token_bytes(t)
+                } else {
+                    Vec::new()
+                }
+            })
+            .collect();
+        (table, crate::json::JsonState::new())
+    });
     let mut context = prompt.to_vec();
     let mut tokens = Vec::new();
     let mut bytes: Vec<u8> = Vec::new();
     let mut sent = 0;
+    let mut tokens_sent = 0;
     let mut steps = Vec::new();
     let mut finish = Finish::Length;
     let mut cut = None;
     while tokens.len() < budget {
-        let t = sampler.choose(&logits, scale, &context, context.len() as u64);
+        let t = match &json {
+            Some((table, state)) => {
+                let mut allowed = logits.clone();
+                constrain(&mut allowed, table, state)?;
+                sampler.choose(&allowed, scale, &context, context.len() as u64)
+            }
+            None => sampler.choose(&logits, scale, &context, context.len() as u64),
+        };
         steps.extend_from_slice(&logits_hash(&logits).0);
         tokens.push(t);
         context.push(t);
@@ -101,10 +206,26 @@ pub fn decode(
             finish = Finish::Stop;
             break;
         }
-        bytes.extend(tk.token_bytes(t));
+        let piece = tk.token_bytes(t);
+        let mut complete = false;
+        if let Some((_, state)) = &mut json {
+            if !state.push(&piece) {
+                // only a token the limit let through is chosen (the sampler never takes a lowest logit
+                // while another is higher; this guards against a tie at the bottom)
+                return Err(LlmError::Request(
+                    "JSON mode: the chosen token leaves the JSON text".into(),
+                ));
+            }
+            complete = state.is_complete();
+        }
+        bytes.extend(piece);
         if let Some(at) = stop.iter().filter_map(|x| find(&bytes, x.as_bytes())).min() {
             finish = Finish::Stop;
             cut = Some(at);
+            break;
+        }
+        if complete {
+            finish = Finish::Stop;
             break;
         }
         // whole characters, holding back what could begin a stop text
@@ -116,7 +237,9 @@ pub fn decode(
         if valid > 0 {
             let piece = std::str::from_utf8(&bytes[sent..sent + valid]).unwrap_or_default();
             sent += valid;
-            if !on_text(piece) {
+            let fresh = &tokens[tokens_sent..];
+            tokens_sent = tokens.len();
+            if !on_text(piece, fresh) {
                 finish = Finish::Cancelled;
                 break;
             }
@@ -128,8 +251,11 @@ pub fn decode(
         logits = s.feed(t)?;
     }
     let end = cut.unwrap_or(bytes.len());
-    if finish != Finish::Cancelled && sent < end {
-        on_text(&String::from_utf8_lossy(&bytes[sent..end]));
+    if finish != Finish::Cancelled && (sent < end || tokens_sent < tokens.len()) {
+        on_text(
+            &String::from_utf8_lossy(&bytes[sent.min(end)..end]),
+            &tokens[tokens_sent..],
+        );
     }
     Ok(Outcome {
         tokens,
@@ -141,16 +267,14 @@ pub fn decode(
 
 /// A whole generation on `step`: a new session on `threads` threads, the prompt prefilled, then
 /// [`decode`] (no per-step hook).
-#[allow(clippy::too_many_arguments)]
 pub fn complete(
     step: &Step,
     tk: &Tokenizer,
     threads: usize,
     sampler: &Sampler,
     prompt: &[u32],
-    max_tokens: usize,
-    stop: &[String],
-    on_text: impl FnMut(&str) -> bool,
+    rules: &Rules,
+    on_text: impl FnMut(&str, &[u32]) -> bool,
 ) -> Result<Outcome, LlmError> {
     let mut s = Session::new(step, threads);
     let logits = s.prefill(prompt)?;
@@ -160,8 +284,7 @@ pub fn complete(
         sampler,
         prompt,
         logits,
-        max_tokens,
-        stop,
+        rules,
         on_text,
         |_, _| Ok(()),
     )

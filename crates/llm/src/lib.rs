@@ -7,6 +7,7 @@
 pub mod arch;
 pub mod generate;
 pub mod gguf;
+pub mod json;
 pub mod reference;
 pub mod sample;
 pub mod session;

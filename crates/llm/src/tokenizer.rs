@@ -71,6 +71,7 @@ fn preset(pre: &str) -> Option<(Vec<&'static str>, bool)> {
 }
 
 /// GGUF token types.
+const TYPE_NORMAL: i64 = 1;
 const TYPE_UNKNOWN: i64 = 2;
 const TYPE_CONTROL: i64 = 3;
 const TYPE_USER_DEFINED: i64 = 4;
@@ -549,6 +550,14 @@ impl Tokenizer {
             }
         }
         Ok(ids)
+    }
+
+    /// Whether a token stands for text (a normal, byte or user-defined token), not for control.
+    pub fn is_text(&self, id: u32) -> bool {
+        matches!(
+            self.types.get(id as usize),
+            Some(&TYPE_NORMAL) | Some(&TYPE_BYTE) | Some(&TYPE_USER_DEFINED)
+        )
     }
 
     /// The bytes token `id` stands for (a control token's own text; empty for an unknown ID).

@@ -14,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{json, Map, Value};
 use verity_core::hash::{keccak256, Hash};
 use verity_core::receipt::{receipt_domain, Receipt, SignedReceipt};
-use verity_llm::generate::{tokens_hash, Finish, Outcome};
+use verity_llm::generate::{input_hash, tokens_hash, Finish, Format, Outcome, Rules};
 use verity_llm::gguf::Gguf;
 use verity_llm::sample::{Params, Sampler};
 use verity_llm::{Step, Tokenizer};
@@ -133,16 +133,30 @@ enum Kind {
     Text,
 }
 
+/// Choices one request may ask for (`n`), generated one after another.
+pub const MAX_CHOICES: u64 = 16;
+
 /// A parsed request.
 struct Request {
     model: Arc<LlmModel>,
     prompt: Vec<u32>,
     params: Params,
+    /// The sampler of choice 0; choice `i` draws with seed `seed + i`.
     sampler: Sampler,
-    max_tokens: usize,
-    stop: Vec<String>,
+    rules: Rules,
+    n: usize,
     stream: bool,
     include_usage: bool,
+}
+
+impl Request {
+    /// The sampler of choice `i`.
+    fn sampler(&self, i: usize) -> Sampler {
+        Sampler {
+            seed: self.sampler.seed.wrapping_add(i as u64),
+            ..self.sampler
+        }
+    }
 }
 
 const COMMON: &[&str] = &[
@@ -155,6 +169,7 @@ const COMMON: &[&str] = &[
     "seed",
     "stop",
     "n",
+    "response_format",
     "stream",
     "stream_options",
     "user",
@@ -250,13 +265,35 @@ fn parse(node: &Node, body: &[u8], kind: Kind) -> Result<Request, OaiError> {
             ));
         }
     }
-    if count(&v, "n")?.is_some_and(|n| n != 1) {
+    let n = count(&v, "n")?.unwrap_or(1);
+    if !(1..=MAX_CHOICES).contains(&n) {
         return Err(OaiError::bad(
             "unsupported_value",
             Some("n"),
-            "only n = 1 is supported",
+            format!("'n' must be 1 … {MAX_CHOICES}"),
         ));
     }
+    let format = match v.get("response_format") {
+        None | Some(Value::Null) => Format::Text,
+        Some(f) => match f.get("type").and_then(Value::as_str) {
+            Some("text") => Format::Text,
+            Some("json_object") => Format::JsonObject,
+            Some(t) => {
+                return Err(OaiError::bad(
+                    "unsupported_value",
+                    Some("response_format"),
+                    format!("response_format of type '{t}' is not supported (text, json_object)"),
+                ))
+            }
+            None => {
+                return Err(OaiError::bad(
+                    "invalid_value",
+                    Some("response_format"),
+                    "'response_format' must be an object with a 'type'",
+                ))
+            }
+        },
+    };
     let name = v
         .get("model")
         .and_then(Value::as_str)
@@ -399,42 +436,22 @@ fn parse(node: &Node, body: &[u8], kind: Kind) -> Result<Request, OaiError> {
         prompt,
         params,
         sampler,
-        max_tokens,
-        stop,
+        rules: Rules {
+            max_tokens,
+            stop,
+            format,
+        },
+        n: n as usize,
         stream,
         include_usage,
     })
 }
 
-/// The hash a completion receipt binds as its input: the prompt's tokens and every parameter that
-/// decides the output (spec: `docs/spec/llm.md` §7).
-pub fn completion_input_hash(
-    prompt: &[u32],
-    s: &Sampler,
-    max_tokens: usize,
-    stop: &[String],
-) -> Hash {
-    let mut b = b"verity.completion.v1".to_vec();
-    b.extend_from_slice(&tokens_hash(prompt).0);
-    for x in [s.temperature_q, s.top_k, s.top_p_q, s.repetition_q] {
-        b.extend_from_slice(&x.to_be_bytes());
-    }
-    b.extend_from_slice(&s.seed.to_be_bytes());
-    b.extend_from_slice(&(max_tokens as u64).to_be_bytes());
-    let mut stops = Vec::new();
-    for x in stop {
-        stops.extend_from_slice(&(x.len() as u32).to_be_bytes());
-        stops.extend_from_slice(x.as_bytes());
-    }
-    b.extend_from_slice(&keccak256(&stops).0);
-    keccak256(&b)
-}
-
-fn receipt(node: &Node, r: &Request, request_id: Hash, out: &Outcome) -> SignedReceipt {
+fn receipt(node: &Node, r: &Request, i: usize, request_id: Hash, out: &Outcome) -> SignedReceipt {
     Receipt {
         request_id,
         model_id: r.model.model_id,
-        input_hash: completion_input_hash(&r.prompt, &r.sampler, r.max_tokens, &r.stop),
+        input_hash: input_hash(&r.prompt, &r.sampler(i), &r.rules),
         output_hash: tokens_hash(&out.tokens),
         trace_root: out.steps_root,
         node: node.key.address(),
@@ -446,8 +463,8 @@ fn receipt(node: &Node, r: &Request, request_id: Hash, out: &Outcome) -> SignedR
     )
 }
 
-/// What the response carries besides OpenAI's fields.
-fn verity_fields(r: &Request, out: &Outcome) -> Value {
+/// What the response carries besides OpenAI's fields, for choice `i`.
+fn verity_fields(r: &Request, i: usize, out: &Outcome) -> Value {
     json!({
         "model_id": r.model.model_id,
         "context": r.model.step.context,
@@ -456,27 +473,30 @@ fn verity_fields(r: &Request, out: &Outcome) -> Value {
         "prompt_hash": tokens_hash(&r.prompt),
         "output_hash": tokens_hash(&out.tokens),
         "steps_root": out.steps_root,
-        "max_tokens": r.max_tokens,
-        "stop": r.stop,
+        "max_tokens": r.rules.max_tokens,
+        "stop": r.rules.stop,
+        "response_format": match r.rules.format { Format::Text => "text", Format::JsonObject => "json_object" },
         "sampling": {
             "temperature": r.params.temperature, "top_k": r.params.top_k, "top_p": r.params.top_p,
-            "repetition_penalty": r.params.repetition_penalty, "seed": r.params.seed,
+            "repetition_penalty": r.params.repetition_penalty, "seed": r.sampler(i).seed,
             "fixed_point": {"temperature": r.sampler.temperature_q, "top_p": r.sampler.top_p_q,
                              "repetition_penalty": r.sampler.repetition_q},
         },
     })
 }
 
-fn usage(r: &Request, out: &Outcome) -> Value {
-    json!({"prompt_tokens": r.prompt.len(), "completion_tokens": out.tokens.len(),
-           "total_tokens": r.prompt.len() + out.tokens.len()})
+fn usage(r: &Request, completion_tokens: usize) -> Value {
+    json!({"prompt_tokens": r.prompt.len(), "completion_tokens": completion_tokens,
+           "total_tokens": r.prompt.len() + completion_tokens})
 }
 
-/// Runs the generation on a blocking thread, `on_text` receiving its text as it becomes final.
+/// Runs choice `i`'s generation on a blocking thread, `on_text` receiving its text as it becomes
+/// final with the tokens chosen since.
 async fn generate(
     node: &Arc<Node>,
     r: &Arc<Request>,
-    on_text: impl FnMut(&str) -> bool + Send + 'static,
+    i: usize,
+    on_text: impl FnMut(&str, &[u32]) -> bool + Send + 'static,
 ) -> Result<Outcome, OaiError> {
     let guard = r.model.busy.clone().lock_owned().await;
     let r2 = r.clone();
@@ -488,10 +508,9 @@ async fn generate(
                 &m.step,
                 &m.tokenizer,
                 m.threads,
-                &r2.sampler,
+                &r2.sampler(i),
                 &r2.prompt,
-                r2.max_tokens,
-                &r2.stop,
+                &r2.rules,
                 on_text,
             )
             .inspect(|o| {
@@ -540,6 +559,45 @@ pub async fn completions(State(node): State<Arc<Node>>, body: Bytes) -> Response
     complete(node, body, Kind::Text).await
 }
 
+/// The start of choice `index`'s stream chain: keccak256("verity.stream.v1" ‖ request ID ‖ index as
+/// 4 bytes big-endian) (spec: `docs/spec/llm.md` §7.2).
+pub fn stream_start(request_id: &Hash, index: u32) -> Hash {
+    let mut b = b"verity.stream.v1".to_vec();
+    b.extend_from_slice(&request_id.0);
+    b.extend_from_slice(&index.to_be_bytes());
+    keccak256(&b)
+}
+
+/// The chain after a chunk: keccak256(previous ‖ token count as 4 bytes ‖ each token as 4 bytes ‖ the
+/// chunk's text as UTF-8), all big-endian.
+pub fn stream_next(prev: &Hash, tokens: &[u32], text: &str) -> Hash {
+    let mut b = prev.0.to_vec();
+    b.extend_from_slice(&(tokens.len() as u32).to_be_bytes());
+    for t in tokens {
+        b.extend_from_slice(&t.to_be_bytes());
+    }
+    b.extend_from_slice(text.as_bytes());
+    keccak256(&b)
+}
+
+/// The digest a chunk's signature signs: the chain value as an EIP-191 personal message
+/// (keccak256("\x19Ethereum Signed Message:\n32" ‖ chain)).
+pub fn stream_digest(chain: &Hash) -> Hash {
+    let mut b = b"\x19Ethereum Signed Message:\n32".to_vec();
+    b.extend_from_slice(&chain.0);
+    keccak256(&b)
+}
+
+/// A choice in the response (`message` for chat, `text` for completions).
+fn choice_json(kind: Kind, i: usize, out: &Outcome) -> Value {
+    match kind {
+        Kind::Chat => json!({"index": i, "message": {"role": "assistant", "content": out.text},
+                             "logprobs": null, "finish_reason": out.finish.as_str()}),
+        Kind::Text => json!({"index": i, "text": out.text, "logprobs": null,
+                             "finish_reason": out.finish.as_str()}),
+    }
+}
+
 async fn complete(node: Arc<Node>, body: Bytes, kind: Kind) -> Response {
     let r = match parse(&node, &body, kind) {
         Ok(r) => Arc::new(r),
@@ -556,39 +614,52 @@ async fn complete(node: Arc<Node>, body: Bytes, kind: Kind) -> Response {
         &request_id.to_string()[2..26]
     );
     let created = crate::state::unix_now();
+    let fingerprint = format!("verity-{}", &r.model.model_id.to_string()[2..18]);
     if !r.stream {
         // a client that goes away drops this future: the flag stops the generation at its next token
         let gone = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let _on_drop = SetOnDrop(gone.clone());
-        let out = match generate(&node, &r, move |_| {
-            !gone.load(std::sync::atomic::Ordering::Relaxed)
-        })
-        .await
-        {
-            Ok(o) => o,
-            Err(e) => return e.into_response(),
-        };
-        let choice = match kind {
-            Kind::Chat => json!({"index": 0, "message": {"role": "assistant", "content": out.text},
-                                 "logprobs": null, "finish_reason": out.finish.as_str()}),
-            Kind::Text => json!({"index": 0, "text": out.text, "logprobs": null,
-                                 "finish_reason": out.finish.as_str()}),
-        };
+        let mut outs = Vec::with_capacity(r.n);
+        for i in 0..r.n {
+            let gone = gone.clone();
+            match generate(&node, &r, i, move |_, _| {
+                !gone.load(std::sync::atomic::Ordering::Relaxed)
+            })
+            .await
+            {
+                Ok(o) => outs.push(o),
+                Err(e) => return e.into_response(),
+            }
+        }
+        // each choice carries its own receipt when there are several; the top level has choice 0's
+        let choices: Vec<Value> = outs
+            .iter()
+            .enumerate()
+            .map(|(i, out)| {
+                let mut c = choice_json(kind, i, out);
+                if r.n > 1 {
+                    c["verity"] = verity_fields(&r, i, out);
+                    c["receipt"] = json!(receipt(&node, &r, i, request_id, out));
+                }
+                c
+            })
+            .collect();
         let doc = json!({
             "id": id,
             "object": if kind == Kind::Chat { "chat.completion" } else { "text_completion" },
             "created": created,
             "model": r.model.name,
-            "system_fingerprint": format!("verity-{}", &r.model.model_id.to_string()[2..18]),
-            "choices": [choice],
-            "usage": usage(&r, &out),
-            "verity": verity_fields(&r, &out),
-            "receipt": receipt(&node, &r, request_id, &out),
+            "system_fingerprint": fingerprint,
+            "choices": choices,
+            "usage": usage(&r, outs.iter().map(|o| o.tokens.len()).sum()),
+            "verity": verity_fields(&r, 0, &outs[0]),
+            "receipt": receipt(&node, &r, 0, request_id, &outs[0]),
         });
         return axum::Json(doc).into_response();
     }
-    // Streaming: one SSE event per piece of text, then the last chunk (finish reason, receipt), the
-    // usage chunk when asked, and `[DONE]`. A client that goes away stops the generation.
+    // Streaming: per choice, one SSE event per piece of text, each with its tokens and a signed
+    // running hash; then the choice's last chunk (finish reason, receipt); after every choice the usage
+    // chunk when asked, and `[DONE]`. A client that goes away stops the generation.
     let (tx, rx) = tokio::sync::mpsc::channel::<String>(64);
     let object = if kind == Kind::Chat {
         "chat.completion.chunk"
@@ -603,6 +674,7 @@ async fn complete(node: Arc<Node>, body: Bytes, kind: Kind) -> Response {
             doc.insert("object".into(), json!(object));
             doc.insert("created".into(), json!(created));
             doc.insert("model".into(), json!(name));
+            doc.insert("system_fingerprint".into(), json!(fingerprint));
             doc.insert(
                 "choices".into(),
                 if choice.is_null() {
@@ -617,59 +689,77 @@ async fn complete(node: Arc<Node>, body: Bytes, kind: Kind) -> Response {
             format!("data: {}\n\n", Value::Object(doc))
         }
     };
-    let piece = move |text: &str| -> Value {
+    let piece = move |i: usize, text: &str| -> Value {
         match kind {
             Kind::Chat => {
-                json!({"index": 0, "delta": {"content": text}, "logprobs": null, "finish_reason": null})
+                json!({"index": i, "delta": {"content": text}, "logprobs": null, "finish_reason": null})
             }
             Kind::Text => {
-                json!({"index": 0, "text": text, "logprobs": null, "finish_reason": null})
+                json!({"index": i, "text": text, "logprobs": null, "finish_reason": null})
             }
         }
     };
-    if kind == Kind::Chat {
-        let first = json!({"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": null});
-        let _ = tx.try_send(chunk(first, Vec::new()));
-    }
     let (node2, r2, tx2) = (node.clone(), r.clone(), tx.clone());
     let chunk2 = chunk.clone();
     tokio::spawn(async move {
-        let tx_text = tx2.clone();
-        let chunk_text = chunk2.clone();
-        let res = generate(&node2, &r2, move |text| {
-            tx_text
-                .blocking_send(chunk_text(piece(text), Vec::new()))
-                .is_ok()
-        })
-        .await;
-        match res {
-            Ok(out) if out.finish != Finish::Cancelled => {
-                let last = match kind {
-                    Kind::Chat => {
-                        json!({"index": 0, "delta": {}, "logprobs": null, "finish_reason": out.finish.as_str()})
-                    }
-                    Kind::Text => {
-                        json!({"index": 0, "text": "", "logprobs": null, "finish_reason": out.finish.as_str()})
-                    }
-                };
-                let extra = vec![
-                    ("verity", verity_fields(&r2, &out)),
-                    ("receipt", json!(receipt(&node2, &r2, request_id, &out))),
-                ];
-                let _ = tx2.send(chunk2(last, extra)).await;
-                if r2.include_usage {
-                    let _ = tx2
-                        .send(chunk2(Value::Null, vec![("usage", usage(&r2, &out))]))
-                        .await;
+        let mut completion_tokens = 0;
+        for i in 0..r2.n {
+            if kind == Kind::Chat {
+                let first = json!({"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": null});
+                if tx2.send(chunk2(first, Vec::new())).await.is_err() {
+                    return;
                 }
-                let _ = tx2.send("data: [DONE]\n\n".to_string()).await;
             }
-            Ok(_) => {}
-            Err(e) => {
-                let body = json!({"error": {"message": e.message, "type": e.kind, "param": e.param, "code": e.code}});
-                let _ = tx2.send(format!("data: {body}\n\n")).await;
+            let tx_text = tx2.clone();
+            let chunk_text = chunk2.clone();
+            let key_node = node2.clone();
+            let mut chain = stream_start(&request_id, i as u32);
+            let res = generate(&node2, &r2, i, move |text, tokens| {
+                chain = stream_next(&chain, tokens, text);
+                let signature = key_node.key.sign(&stream_digest(&chain));
+                let signed = json!({"request_id": request_id, "index": i, "tokens": tokens,
+                                    "stream_hash": chain, "signature": signature});
+                tx_text
+                    .blocking_send(chunk_text(piece(i, text), vec![("verity", signed)]))
+                    .is_ok()
+            })
+            .await;
+            match res {
+                Ok(out) if out.finish != Finish::Cancelled => {
+                    completion_tokens += out.tokens.len();
+                    let last = match kind {
+                        Kind::Chat => {
+                            json!({"index": i, "delta": {}, "logprobs": null, "finish_reason": out.finish.as_str()})
+                        }
+                        Kind::Text => {
+                            json!({"index": i, "text": "", "logprobs": null, "finish_reason": out.finish.as_str()})
+                        }
+                    };
+                    let extra = vec![
+                        ("verity", verity_fields(&r2, i, &out)),
+                        ("receipt", json!(receipt(&node2, &r2, i, request_id, &out))),
+                    ];
+                    if tx2.send(chunk2(last, extra)).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(_) => return,
+                Err(e) => {
+                    let body = json!({"error": {"message": e.message, "type": e.kind, "param": e.param, "code": e.code}});
+                    let _ = tx2.send(format!("data: {body}\n\n")).await;
+                    return;
+                }
             }
         }
+        if r2.include_usage {
+            let _ = tx2
+                .send(chunk2(
+                    Value::Null,
+                    vec![("usage", usage(&r2, completion_tokens))],
+                ))
+                .await;
+        }
+        let _ = tx2.send("data: [DONE]\n\n".to_string()).await;
     });
     drop(tx);
     let stream = futures_util::stream::unfold(rx, |mut rx| async move {
