@@ -8,7 +8,7 @@ node's address; output hash = keccak of the token IDs); the same completion stre
 and usage in the last frames, every chunk's signed running hash checked by clients/python/verity_check.py);
 a proxy that alters one streamed chunk, caught at that chunk; a seeded sample (the same twice, equal to `verity generate` with the
 same parameters, another seed another text); n = 2 (seeds s and s + 1, a receipt each, streamed
-too); response_format json_object (one JSON object, re-executed by `verity verify`); `verity verify` re-executing a saved completion (a
+too); 4 concurrent streams (interleaved, each with its tokens alone); response_format json_object (one JSON object, re-executed by `verity verify`); `verity verify` re-executing a saved completion (a
 changed token or seed fails); legacy completions; and errors in OpenAI's shape for an
 unsupported parameter, an unknown model and a body that is not JSON; a streaming client that goes
 away stopping its generation; a node refusing to start on a
@@ -206,6 +206,30 @@ def main():
                     texts[c.index] = texts.get(c.index, "") + t
             check(len(checker.finish()) == 2 and texts == {0: s7[1], 1: s8[1]},
                   "n=2 streamed: both choices' text, each chunk and receipt checked")
+
+            # concurrent clients: their generations interleave on the node, each with the tokens it has alone
+            alone = {sd: sample(sd)[0] for sd in (11, 12, 13, 14)}
+            results, spans = {}, {}
+
+            def stream_one(sd):
+                chk, first, toks = StreamChecker(node=node_address), None, []
+                for ch in client.chat.completions.create(model=NAME, messages=msgs, temperature=1.0, top_p=0.95,
+                                                         seed=sd, max_tokens=24, stream=True):
+                    chk.feed(ch)
+                    if first is None and ch.choices and ch.choices[0].delta.content:
+                        first = time.monotonic()
+                results[sd] = chk.finish()[0]["receipt"]["output_hash"]
+                spans[sd] = (first, time.monotonic())
+            workers = [threading.Thread(target=stream_one, args=(sd,)) for sd in alone]
+            for w in workers:
+                w.start()
+            for w in workers:
+                w.join(timeout=300)
+            check(results == {sd: tokens_hash(t) for sd, t in alone.items()},
+                  "4 concurrent streams: each gives the tokens it gives alone (checked chunk by chunk)")
+            overlap = any(spans[x][0] < spans[y][1] and spans[y][0] < spans[x][1]
+                          for x in spans for y in spans if x < y and None not in spans[x] + spans[y])
+            check(overlap, "concurrent generations run interleaved (one started before another ended)")
 
             # JSON mode: the output is one JSON object (the same request without it is not JSON)
             ask = [{"role": "user", "content": "Describe a cat as JSON with a name and an age."}]

@@ -926,6 +926,13 @@ pub struct NodeArgs {
     /// Positions each --llm generation can hold (prompt and output).
     #[arg(long, default_value_t = verity_node::config::default_llm_context())]
     llm_context: usize,
+    /// Generations each --llm model runs at once (a prompt chunk or a token of each in turn).
+    #[arg(long, default_value_t = verity_node::config::default_llm_sequences())]
+    llm_sequences: usize,
+    /// MiB of key/value caches each --llm model holds (running generations, and caches kept so a
+    /// prompt that begins like an earlier context computes only the rest).
+    #[arg(long, default_value_t = verity_node::config::default_llm_kv_mb())]
+    llm_kv_mb: usize,
     /// Test-only misbehaviour for fault tests: corrupt-chunks, perturb-output, stall=<ms>,
     /// corrupt-op=<Op>.
     #[arg(long = "fault", hide = true)]
@@ -1122,6 +1129,8 @@ pub fn cmd_node(a: NodeArgs) -> Result<()> {
             path: PathBuf::from(path),
             name,
             context: a.llm_context,
+            sequences: a.llm_sequences,
+            kv_mb: a.llm_kv_mb,
         });
     }
     parse_faults(&a.faults, &mut cfg.faults)?;

@@ -145,70 +145,121 @@ fn constrain(
     }
 }
 
-/// Generates after a prompt whose last position gave `logits`, under `rules`. `on_text` receives the
-/// text as it becomes final (whole characters, never the start of a stop text) with the tokens chosen
-/// since its last call, and returns false to stop the generation; its last call may have empty text
-/// (tokens that added none). `before_step` sees the session and the token before each step is fed.
-#[allow(clippy::too_many_arguments)]
-pub fn decode(
-    s: &mut Session,
-    tk: &Tokenizer,
-    sampler: &Sampler,
-    prompt: &[u32],
-    mut logits: Vec<i32>,
-    rules: &Rules,
-    mut on_text: impl FnMut(&str, &[u32]) -> bool,
-    mut before_step: impl FnMut(&Session, u32) -> Result<(), LlmError>,
-) -> Result<Outcome, LlmError> {
-    let stop = &rules.stop;
-    if stop.iter().any(String::is_empty) {
-        return Err(LlmError::Request("a stop text is empty".into()));
-    }
-    let scale = s.logit_scale();
-    let budget = rules
-        .max_tokens
-        .min(s.context().saturating_sub(prompt.len()));
-    let hold = stop.iter().map(String::len).max().unwrap_or(1) - 1;
-    // JSON mode: the text of every token that can be part of one (control tokens cannot)
-    let mut json = (rules.format == Format::JsonObject).then(|| {
-        let table: Vec<Vec<u8>> = (0..tk.len() as u32)
-            .map(|t| {
-                if tk.is_text(t) {
-                    tk.token_bytes(t)
-                } else {
-                    Vec::new()
-                }
-            })
-            .collect();
-        (table, crate::json::JsonState::new())
-    });
-    let mut context = prompt.to_vec();
-    let mut tokens = Vec::new();
-    let mut bytes: Vec<u8> = Vec::new();
-    let mut sent = 0;
-    let mut tokens_sent = 0;
-    let mut steps = Vec::new();
-    let mut finish = Finish::Length;
-    let mut cut = None;
-    while tokens.len() < budget {
-        let t = match &json {
-            Some((table, state)) => {
-                let mut allowed = logits.clone();
-                constrain(&mut allowed, table, state)?;
-                sampler.choose(&allowed, scale, &context, context.len() as u64)
-            }
-            None => sampler.choose(&logits, scale, &context, context.len() as u64),
-        };
-        steps.extend_from_slice(&logits_hash(&logits).0);
-        tokens.push(t);
-        context.push(t);
-        if tk.stops.contains(&t) {
-            finish = Finish::Stop;
-            break;
+/// A generation after its prompt, one token at a time ([`Decoder::advance`]), so a scheduler can
+/// interleave several; [`decode`] runs one to its end.
+pub struct Decoder<'t, F: FnMut(&str, &[u32]) -> bool> {
+    tk: &'t Tokenizer,
+    sampler: Sampler,
+    rules: Rules,
+    on_text: F,
+    scale: i8,
+    budget: usize,
+    hold: usize,
+    /// JSON mode: the text of every token that can be part of one (control tokens cannot), and the
+    /// recognizer's state.
+    json: Option<(Vec<Vec<u8>>, crate::json::JsonState)>,
+    logits: Vec<i32>,
+    context: Vec<u32>,
+    tokens: Vec<u32>,
+    bytes: Vec<u8>,
+    sent: usize,
+    tokens_sent: usize,
+    steps: Vec<u8>,
+}
+
+impl<'t, F: FnMut(&str, &[u32]) -> bool> Decoder<'t, F> {
+    /// A generation after `prompt` whose last position gave `logits`, in a session of `context`
+    /// positions whose logits have fractional bits `scale`. `on_text` receives the text as it becomes
+    /// final (whole characters, never the start of a stop text) with the tokens chosen since its last
+    /// call, and returns false to stop the generation; its last call may have empty text (tokens that
+    /// added none).
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        tk: &'t Tokenizer,
+        sampler: &Sampler,
+        prompt: &[u32],
+        logits: Vec<i32>,
+        rules: &Rules,
+        context: usize,
+        scale: i8,
+        on_text: F,
+    ) -> Result<Self, LlmError> {
+        if rules.stop.iter().any(String::is_empty) {
+            return Err(LlmError::Request("a stop text is empty".into()));
         }
-        let piece = tk.token_bytes(t);
+        let json = (rules.format == Format::JsonObject).then(|| {
+            let table: Vec<Vec<u8>> = (0..tk.len() as u32)
+                .map(|t| {
+                    if tk.is_text(t) {
+                        tk.token_bytes(t)
+                    } else {
+                        Vec::new()
+                    }
+                })
+                .collect();
+            (table, crate::json::JsonState::new())
+        });
+        Ok(Decoder {
+            tk,
+            sampler: *sampler,
+            rules: rules.clone(),
+            on_text,
+            scale,
+            budget: rules.max_tokens.min(context.saturating_sub(prompt.len())),
+            hold: rules.stop.iter().map(String::len).max().unwrap_or(1) - 1,
+            json,
+            logits,
+            context: prompt.to_vec(),
+            tokens: Vec::new(),
+            bytes: Vec::new(),
+            sent: 0,
+            tokens_sent: 0,
+            steps: Vec::new(),
+        })
+    }
+
+    /// The tokens so far: the prompt's, then the output's.
+    pub fn context(&self) -> &[u32] {
+        &self.context
+    }
+
+    /// Chooses the next token; unless the generation ends there, feeds it to the session (positioned
+    /// after the context, as `before_step` sees it). Returns the outcome once the generation has ended.
+    pub fn advance(
+        &mut self,
+        s: &mut Session,
+        before_step: impl FnOnce(&Session, u32) -> Result<(), LlmError>,
+    ) -> Result<Option<Outcome>, LlmError> {
+        if self.tokens.len() >= self.budget {
+            return Ok(Some(self.end(Finish::Length, None)));
+        }
+        let t = match &self.json {
+            Some((table, state)) => {
+                let mut allowed = self.logits.clone();
+                constrain(&mut allowed, table, state)?;
+                self.sampler.choose(
+                    &allowed,
+                    self.scale,
+                    &self.context,
+                    self.context.len() as u64,
+                )
+            }
+            None => self.sampler.choose(
+                &self.logits,
+                self.scale,
+                &self.context,
+                self.context.len() as u64,
+            ),
+        };
+        self.steps.extend_from_slice(&logits_hash(&self.logits).0);
+        self.tokens.push(t);
+        self.context.push(t);
+        if self.tk.stops.contains(&t) {
+            return Ok(Some(self.end(Finish::Stop, None)));
+        }
+        let piece = self.tk.token_bytes(t);
         let mut complete = false;
-        if let Some((_, state)) = &mut json {
+        if let Some((_, state)) = &mut self.json {
             if !state.push(&piece) {
                 // only a token the limit let through is chosen (the sampler never takes a lowest logit
                 // while another is higher; this guards against a tie at the bottom)
@@ -218,51 +269,92 @@ pub fn decode(
             }
             complete = state.is_complete();
         }
-        bytes.extend(piece);
-        if let Some(at) = stop.iter().filter_map(|x| find(&bytes, x.as_bytes())).min() {
-            finish = Finish::Stop;
-            cut = Some(at);
-            break;
+        self.bytes.extend(piece);
+        let found = self
+            .rules
+            .stop
+            .iter()
+            .filter_map(|x| find(&self.bytes, x.as_bytes()))
+            .min();
+        if let Some(at) = found {
+            return Ok(Some(self.end(Finish::Stop, Some(at))));
         }
         if complete {
-            finish = Finish::Stop;
-            break;
+            return Ok(Some(self.end(Finish::Stop, None)));
         }
         // whole characters, holding back what could begin a stop text
-        let end = bytes.len().saturating_sub(hold).max(sent);
-        let valid = match std::str::from_utf8(&bytes[sent..end]) {
+        let end = self.bytes.len().saturating_sub(self.hold).max(self.sent);
+        let valid = match std::str::from_utf8(&self.bytes[self.sent..end]) {
             Ok(v) => v.len(),
             Err(e) => e.valid_up_to(),
         };
         if valid > 0 {
-            let piece = std::str::from_utf8(&bytes[sent..sent + valid]).unwrap_or_default();
-            sent += valid;
-            let fresh = &tokens[tokens_sent..];
-            tokens_sent = tokens.len();
-            if !on_text(piece, fresh) {
-                finish = Finish::Cancelled;
-                break;
+            let piece =
+                std::str::from_utf8(&self.bytes[self.sent..self.sent + valid]).unwrap_or_default();
+            self.sent += valid;
+            let fresh = &self.tokens[self.tokens_sent..];
+            self.tokens_sent = self.tokens.len();
+            if !(self.on_text)(piece, fresh) {
+                return Ok(Some(self.end(Finish::Cancelled, None)));
             }
         }
-        if tokens.len() == budget {
-            break;
+        if self.tokens.len() == self.budget {
+            return Ok(Some(self.end(Finish::Length, None)));
         }
         before_step(s, t)?;
-        logits = s.feed(t)?;
+        self.logits = s.feed(t)?;
+        Ok(None)
     }
-    let end = cut.unwrap_or(bytes.len());
-    if finish != Finish::Cancelled && (sent < end || tokens_sent < tokens.len()) {
-        on_text(
-            &String::from_utf8_lossy(&bytes[sent.min(end)..end]),
-            &tokens[tokens_sent..],
-        );
+
+    /// The outcome, the text not yet given to `on_text` given (unless cancelled).
+    fn end(&mut self, finish: Finish, cut: Option<usize>) -> Outcome {
+        let end = cut.unwrap_or(self.bytes.len());
+        if finish != Finish::Cancelled && (self.sent < end || self.tokens_sent < self.tokens.len())
+        {
+            (self.on_text)(
+                &String::from_utf8_lossy(&self.bytes[self.sent.min(end)..end]),
+                &self.tokens[self.tokens_sent..],
+            );
+            self.sent = end;
+            self.tokens_sent = self.tokens.len();
+        }
+        Outcome {
+            tokens: self.tokens.clone(),
+            text: String::from_utf8_lossy(&self.bytes[..end]).into_owned(),
+            finish,
+            steps_root: keccak256(&self.steps),
+        }
     }
-    Ok(Outcome {
-        tokens,
-        text: String::from_utf8_lossy(&bytes[..end]).into_owned(),
-        finish,
-        steps_root: keccak256(&steps),
-    })
+}
+
+/// Generates after a prompt whose last position gave `logits`, under `rules`: a [`Decoder`] run to its
+/// end. `before_step` sees the session and the token before each step is fed.
+#[allow(clippy::too_many_arguments)]
+pub fn decode(
+    s: &mut Session,
+    tk: &Tokenizer,
+    sampler: &Sampler,
+    prompt: &[u32],
+    logits: Vec<i32>,
+    rules: &Rules,
+    on_text: impl FnMut(&str, &[u32]) -> bool,
+    mut before_step: impl FnMut(&Session, u32) -> Result<(), LlmError>,
+) -> Result<Outcome, LlmError> {
+    let mut d = Decoder::new(
+        tk,
+        sampler,
+        prompt,
+        logits,
+        rules,
+        s.context(),
+        s.logit_scale(),
+        on_text,
+    )?;
+    loop {
+        if let Some(out) = d.advance(s, &mut before_step)? {
+            return Ok(out);
+        }
+    }
 }
 
 /// A whole generation on `step`: a new session on `threads` threads, the prompt prefilled, then

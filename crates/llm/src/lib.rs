@@ -15,7 +15,7 @@ pub mod step;
 pub mod tokenizer;
 
 pub use arch::{Hparams, LlmError, Weights};
-pub use session::Session;
+pub use session::{Kv, Session};
 pub use step::Step;
 pub use tokenizer::Tokenizer;
 

@@ -5,6 +5,38 @@ use verity_engine::{ExecError, Executor, Mode, Model};
 use crate::arch::LlmError;
 use crate::step::{cache_buckets, Step};
 
+/// A generation's state apart from the executors: per layer, keys then values, and the next position.
+#[derive(Default)]
+pub struct Kv {
+    caches: Vec<Vec<i32>>,
+    pos: usize,
+}
+
+impl Kv {
+    /// An empty state for `step` (position 0).
+    pub fn new(step: &Step) -> Kv {
+        Kv {
+            caches: vec![Vec::new(); 2 * step.hp.layers],
+            pos: 0,
+        }
+    }
+
+    /// The next position.
+    pub fn pos(&self) -> usize {
+        self.pos
+    }
+
+    /// Goes back to position `pos` (see [`Session::rewind`]).
+    pub fn rewind(&mut self, pos: usize) {
+        self.pos = self.pos.min(pos);
+    }
+
+    /// Bytes the caches hold.
+    pub fn bytes(&self) -> usize {
+        self.caches.iter().map(|c| c.capacity() * 4).sum()
+    }
+}
+
 /// A running generation on one compiled step.
 pub struct Session<'a> {
     step: &'a Step,
@@ -39,6 +71,20 @@ impl<'a> Session<'a> {
             caches: vec![Vec::new(); 2 * step.hp.layers],
             pos: 0,
         }
+    }
+
+    /// Exchanges this session's generation state (its caches and position) with `kv`: the executors
+    /// stay, so one session can carry many generations in turn (a scheduler's sequences).
+    pub fn swap_kv(&mut self, kv: &mut Kv) {
+        std::mem::swap(&mut self.caches, &mut kv.caches);
+        std::mem::swap(&mut self.pos, &mut kv.pos);
+    }
+
+    /// Goes back to position `pos` (no further than the current one): the cache rows before it stay
+    /// and are what steps from `pos` on read, so a generation can continue from a shared prefix of
+    /// an earlier one with the same bits as from scratch.
+    pub fn rewind(&mut self, pos: usize) {
+        self.pos = self.pos.min(pos);
     }
 
     /// Fractional bits of the step's logits.

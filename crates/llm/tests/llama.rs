@@ -9,7 +9,7 @@ use verity_engine::{Executor, Mode};
 use verity_llm::gguf::Gguf;
 use verity_llm::reference::Reference;
 use verity_llm::session::argmax;
-use verity_llm::{LlmError, Session, Weights};
+use verity_llm::{Kv, LlmError, Session, Weights};
 
 fn llama(types: [u32; 4], output: Option<u32>) -> Tiny {
     Tiny {
@@ -288,4 +288,54 @@ fn continue_greedy(s: &mut Session, first: Vec<i32>) -> Vec<Vec<i32>> {
         all.push(s.feed(tok).unwrap());
     }
     all
+}
+
+#[test]
+fn interleaved_and_rewound_generations_give_the_bits_of_fresh_ones() {
+    // what a node's scheduler does: several generations on one session, their caches swapped in
+    // turn, and a new prompt continuing from the shared prefix of a kept cache
+    let g = Gguf::parse(tiny_model(&llama([Q4_0, Q4_1, Q8_0, Q8_0], None), 23)).unwrap();
+    let step = verity_llm::compile_with(&g, 48, 8).unwrap();
+    let a: Vec<u32> = (0..37).map(|i| (i * 37 + 5) % 97).collect();
+    let mut b = a[..20].to_vec();
+    b.extend((0..9).map(|i| (i * 11 + 2) % 97));
+    let fresh = |p: &[u32]| {
+        let mut s = Session::new(&step, 1);
+        let l = s.prefill(p).unwrap();
+        continue_greedy(&mut s, l)
+    };
+    let (want_a, want_b) = (fresh(&a), fresh(&b));
+    // a and b interleaved a chunk / a token at a time on one session
+    let mut s = Session::new(&step, 1);
+    let (mut ka, mut kb) = (Kv::new(&step), Kv::new(&step));
+    let mut got: [Vec<Vec<i32>>; 2] = [Vec::new(), Vec::new()];
+    let mut next = [0usize, 0];
+    for _ in 0..12 {
+        for (j, (kv, p)) in [(&mut ka, &a), (&mut kb, &b)].into_iter().enumerate() {
+            s.swap_kv(kv);
+            if next[j] < p.len() {
+                let n = (p.len() - next[j]).min(8);
+                let l = s.prefill(&p[next[j]..next[j] + n]).unwrap();
+                next[j] += n;
+                if next[j] == p.len() {
+                    got[j].push(l);
+                }
+            } else if got[j].len() < 7 {
+                let tok = argmax(got[j].last().unwrap());
+                got[j].push(s.feed(tok).unwrap());
+            }
+            s.swap_kv(kv);
+        }
+    }
+    assert_eq!(got[0], want_a, "a, interleaved");
+    assert_eq!(got[1], want_b, "b, interleaved");
+    // b again from a's kept cache: rewound to their 20 shared positions, then only b's rest
+    s.swap_kv(&mut ka);
+    s.rewind(20);
+    assert_eq!(s.pos(), 20);
+    let l = s.prefill(&b[20..]).unwrap();
+    assert_eq!(continue_greedy(&mut s, l), want_b, "b from a's prefix");
+    // rewinding never moves forward
+    s.rewind(1000);
+    assert_eq!(s.pos(), b.len() + 6);
 }

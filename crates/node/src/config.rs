@@ -200,11 +200,27 @@ pub struct LlmConfig {
     /// Positions a generation can hold (prompt and output).
     #[serde(default = "default_llm_context")]
     pub context: usize,
+    /// Generations run at once (a unit of each in turn); more requests wait.
+    #[serde(default = "default_llm_sequences")]
+    pub sequences: usize,
+    /// MiB of key/value caches, of running generations and kept for prompt-prefix reuse.
+    #[serde(default = "default_llm_kv_mb")]
+    pub kv_mb: usize,
 }
 
 /// Positions a served generation holds unless configured otherwise.
 pub fn default_llm_context() -> usize {
     2048
+}
+
+/// Generations a served model runs at once unless configured otherwise.
+pub fn default_llm_sequences() -> usize {
+    16
+}
+
+/// MiB of key/value caches a served model holds unless configured otherwise.
+pub fn default_llm_kv_mb() -> usize {
+    1024
 }
 
 impl LlmConfig {

@@ -16,6 +16,7 @@ pub mod opengradient;
 pub mod optimistic;
 pub mod quorum;
 pub mod replicate;
+pub mod scheduler;
 pub mod server;
 pub mod state;
 pub mod tensors;

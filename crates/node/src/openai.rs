@@ -17,32 +17,31 @@ use verity_core::receipt::{receipt_domain, Receipt, SignedReceipt};
 use verity_llm::generate::{input_hash, tokens_hash, Finish, Format, Outcome, Rules};
 use verity_llm::gguf::Gguf;
 use verity_llm::sample::{Params, Sampler};
-use verity_llm::{Step, Tokenizer};
+use verity_llm::Tokenizer;
 
 use crate::config::LlmConfig;
+use crate::scheduler::{Job, Limits, Scheduler};
 use crate::state::Node;
 
 /// A language model being served.
 pub struct LlmModel {
     /// The name requests give as `model`.
     pub name: String,
-    /// The canonical decode step.
-    pub step: Step,
+    /// Positions a generation can hold.
+    pub context: usize,
     /// The step's model ID.
     pub model_id: Hash,
     /// keccak256 of the GGUF file.
     pub source_hash: Hash,
     /// The file's tokenizer and chat template.
-    pub tokenizer: Tokenizer,
+    pub tokenizer: Arc<Tokenizer>,
     /// Unix time the model was loaded.
     pub created: u64,
-    /// Threads a generation runs on.
-    threads: usize,
-    /// One generation at a time per model.
-    busy: Arc<tokio::sync::Mutex<()>>,
+    /// Runs the model's generations.
+    pub scheduler: Scheduler,
 }
 
-/// Loads (compiles) every configured model; names must be distinct.
+/// Loads (compiles) every configured model and starts its scheduler; names must be distinct.
 pub fn load_all(
     configs: &[LlmConfig],
     threads: usize,
@@ -50,30 +49,36 @@ pub fn load_all(
     let mut out = BTreeMap::new();
     for c in configs {
         let name = c.model_name();
+        if out.contains_key(&name) {
+            return Err(format!("two language models are named '{name}'"));
+        }
         let bytes = std::fs::read(&c.path)
             .map_err(|e| format!("cannot read the language model {}: {e}", c.path.display()))?;
         let source_hash = keccak256(&bytes);
         let g = Gguf::parse(bytes)
             .map_err(|e| format!("{} is not a valid GGUF file: {e}", c.path.display()))?;
         let tokenizer =
-            Tokenizer::from_gguf(&g).map_err(|e| format!("{}: {e}", c.path.display()))?;
+            Arc::new(Tokenizer::from_gguf(&g).map_err(|e| format!("{}: {e}", c.path.display()))?);
         let step = verity_llm::compile(&g, c.context)
             .map_err(|e| format!("cannot compile {}: {e}", c.path.display()))?;
         let model_id = verity_engine::vty::model_id(&step.model);
-        tracing::info!(name, %model_id, context = c.context, "serving language model");
+        tracing::info!(name, %model_id, context = c.context, sequences = c.sequences, kv_mb = c.kv_mb,
+                       "serving language model");
+        let limits = Limits {
+            sequences: c.sequences.max(1),
+            queue: 4 * c.sequences.max(1),
+            kv_bytes: c.kv_mb.saturating_mul(1 << 20),
+        };
         let m = LlmModel {
             name: name.clone(),
-            step,
+            context: step.context,
             model_id,
             source_hash,
-            tokenizer,
+            tokenizer: tokenizer.clone(),
             created: crate::state::unix_now(),
-            threads,
-            busy: Default::default(),
+            scheduler: Scheduler::start(&name, step, tokenizer, threads, limits),
         };
-        if out.insert(name.clone(), Arc::new(m)).is_some() {
-            return Err(format!("two language models are named '{name}'"));
-        }
+        out.insert(name, Arc::new(m));
     }
     Ok(out)
 }
@@ -118,7 +123,7 @@ pub fn model_list(node: &Node) -> Vec<Value> {
                     json!({
                         "id": l.name, "object": "model", "created": l.created, "owned_by": "verity",
                         "verity": {"model_id": l.model_id, "source_hash": l.source_hash,
-                                   "context": l.step.context},
+                                   "context": l.context},
                     })
                 })
                 .collect()
@@ -365,7 +370,7 @@ fn parse(node: &Node, body: &[u8], kind: Kind) -> Result<Request, OaiError> {
     let prompt = tk
         .prompt(&text)
         .map_err(|e| OaiError::bad("invalid_value", Some("prompt"), e.to_string()))?;
-    let context = model.step.context;
+    let context = model.context;
     if prompt.is_empty() || prompt.len() >= context {
         return Err(OaiError::bad(
             "context_length_exceeded",
@@ -467,7 +472,7 @@ fn receipt(node: &Node, r: &Request, i: usize, request_id: Hash, out: &Outcome) 
 fn verity_fields(r: &Request, i: usize, out: &Outcome) -> Value {
     json!({
         "model_id": r.model.model_id,
-        "context": r.model.step.context,
+        "context": r.model.context,
         "prompt_tokens": r.prompt,
         "output_tokens": out.tokens,
         "prompt_hash": tokens_hash(&r.prompt),
@@ -490,54 +495,54 @@ fn usage(r: &Request, completion_tokens: usize) -> Value {
            "total_tokens": r.prompt.len() + completion_tokens})
 }
 
-/// Runs choice `i`'s generation on a blocking thread, `on_text` receiving its text as it becomes
-/// final with the tokens chosen since.
+/// Runs choice `i`'s generation on the model's scheduler, `on_text` receiving its text as it becomes
+/// final with the tokens chosen since; `alive` false stops it.
 async fn generate(
-    node: &Arc<Node>,
     r: &Arc<Request>,
     i: usize,
     on_text: impl FnMut(&str, &[u32]) -> bool + Send + 'static,
+    alive: impl Fn() -> bool + Send + 'static,
 ) -> Result<Outcome, OaiError> {
-    let guard = r.model.busy.clone().lock_owned().await;
-    let r2 = r.clone();
-    let res = node
-        .blocking(move || {
-            let _guard = guard;
-            let m = &r2.model;
-            verity_llm::generate::complete(
-                &m.step,
-                &m.tokenizer,
-                m.threads,
-                &r2.sampler(i),
-                &r2.prompt,
-                &r2.rules,
-                on_text,
-            )
-            .inspect(|o| {
-                if o.finish == Finish::Cancelled {
-                    tracing::info!(
-                        model = %m.name,
-                        tokens = o.tokens.len(),
-                        "generation stopped: the client went away"
-                    );
-                }
-            })
-        })
-        .await
-        .map_err(|_| OaiError {
-            status: StatusCode::INTERNAL_SERVER_ERROR,
+    let (done, result) = tokio::sync::oneshot::channel();
+    let job = Job {
+        prompt: r.prompt.clone(),
+        sampler: r.sampler(i),
+        rules: r.rules.clone(),
+        on_text: Box::new(on_text),
+        alive: Box::new(alive),
+        done,
+    };
+    if r.model.scheduler.submit(job).is_err() {
+        return Err(OaiError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
             kind: "server_error",
-            code: "internal",
+            code: "overloaded",
             param: None,
-            message: "the generation failed".into(),
-        })?;
-    res.map_err(|e| OaiError {
+            message: format!(
+                "the model '{}' has too many requests waiting; retry later",
+                r.model.name
+            ),
+        });
+    }
+    let failed = |message: String| OaiError {
         status: StatusCode::INTERNAL_SERVER_ERROR,
         kind: "server_error",
         code: "generation_failed",
         param: None,
-        message: e.to_string(),
-    })
+        message,
+    };
+    let out = result
+        .await
+        .map_err(|_| failed("the generation was dropped".into()))?
+        .map_err(|e| failed(e.to_string()))?;
+    if out.finish == Finish::Cancelled {
+        tracing::info!(
+            model = %r.model.name,
+            tokens = out.tokens.len(),
+            "generation stopped: the client went away"
+        );
+    }
+    Ok(out)
 }
 
 /// Sets its flag when dropped.
@@ -621,10 +626,13 @@ async fn complete(node: Arc<Node>, body: Bytes, kind: Kind) -> Response {
         let _on_drop = SetOnDrop(gone.clone());
         let mut outs = Vec::with_capacity(r.n);
         for i in 0..r.n {
-            let gone = gone.clone();
-            match generate(&node, &r, i, move |_, _| {
-                !gone.load(std::sync::atomic::Ordering::Relaxed)
-            })
+            let (gone, gone2) = (gone.clone(), gone.clone());
+            match generate(
+                &r,
+                i,
+                move |_, _| !gone.load(std::sync::atomic::Ordering::Relaxed),
+                move || !gone2.load(std::sync::atomic::Ordering::Relaxed),
+            )
             .await
             {
                 Ok(o) => outs.push(o),
@@ -660,7 +668,9 @@ async fn complete(node: Arc<Node>, body: Bytes, kind: Kind) -> Response {
     // Streaming: per choice, one SSE event per piece of text, each with its tokens and a signed
     // running hash; then the choice's last chunk (finish reason, receipt); after every choice the usage
     // chunk when asked, and `[DONE]`. A client that goes away stops the generation.
-    let (tx, rx) = tokio::sync::mpsc::channel::<String>(64);
+    // unbounded: a client that reads slowly must not hold up the model's other generations (a stream
+    // holds at most its tokens' chunks)
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<String>();
     let object = if kind == Kind::Chat {
         "chat.completion.chunk"
     } else {
@@ -706,7 +716,7 @@ async fn complete(node: Arc<Node>, body: Bytes, kind: Kind) -> Response {
         for i in 0..r2.n {
             if kind == Kind::Chat {
                 let first = json!({"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": null});
-                if tx2.send(chunk2(first, Vec::new())).await.is_err() {
+                if tx2.send(chunk2(first, Vec::new())).is_err() {
                     return;
                 }
             }
@@ -714,15 +724,21 @@ async fn complete(node: Arc<Node>, body: Bytes, kind: Kind) -> Response {
             let chunk_text = chunk2.clone();
             let key_node = node2.clone();
             let mut chain = stream_start(&request_id, i as u32);
-            let res = generate(&node2, &r2, i, move |text, tokens| {
-                chain = stream_next(&chain, tokens, text);
-                let signature = key_node.key.sign(&stream_digest(&chain));
-                let signed = json!({"request_id": request_id, "index": i, "tokens": tokens,
+            let tx_alive = tx2.clone();
+            let res = generate(
+                &r2,
+                i,
+                move |text, tokens| {
+                    chain = stream_next(&chain, tokens, text);
+                    let signature = key_node.key.sign(&stream_digest(&chain));
+                    let signed = json!({"request_id": request_id, "index": i, "tokens": tokens,
                                     "stream_hash": chain, "signature": signature});
-                tx_text
-                    .blocking_send(chunk_text(piece(i, text), vec![("verity", signed)]))
-                    .is_ok()
-            })
+                    tx_text
+                        .send(chunk_text(piece(i, text), vec![("verity", signed)]))
+                        .is_ok()
+                },
+                move || !tx_alive.is_closed(),
+            )
             .await;
             match res {
                 Ok(out) if out.finish != Finish::Cancelled => {
@@ -739,27 +755,25 @@ async fn complete(node: Arc<Node>, body: Bytes, kind: Kind) -> Response {
                         ("verity", verity_fields(&r2, i, &out)),
                         ("receipt", json!(receipt(&node2, &r2, i, request_id, &out))),
                     ];
-                    if tx2.send(chunk2(last, extra)).await.is_err() {
+                    if tx2.send(chunk2(last, extra)).is_err() {
                         return;
                     }
                 }
                 Ok(_) => return,
                 Err(e) => {
                     let body = json!({"error": {"message": e.message, "type": e.kind, "param": e.param, "code": e.code}});
-                    let _ = tx2.send(format!("data: {body}\n\n")).await;
+                    let _ = tx2.send(format!("data: {body}\n\n"));
                     return;
                 }
             }
         }
         if r2.include_usage {
-            let _ = tx2
-                .send(chunk2(
-                    Value::Null,
-                    vec![("usage", usage(&r2, completion_tokens))],
-                ))
-                .await;
+            let _ = tx2.send(chunk2(
+                Value::Null,
+                vec![("usage", usage(&r2, completion_tokens))],
+            ));
         }
-        let _ = tx2.send("data: [DONE]\n\n".to_string()).await;
+        let _ = tx2.send("data: [DONE]\n\n".to_string());
     });
     drop(tx);
     let stream = futures_util::stream::unfold(rx, |mut rx| async move {

@@ -1,0 +1,285 @@
+//! The generations of one served language model: a thread that owns the model's executors and runs
+//! every admitted generation a unit at a time in turn (a prompt chunk of 32 positions, or one output
+//! token), so a new request starts while others are still generating; key/value caches kept after a
+//! generation within a memory budget, so a request whose prompt begins like an earlier context (a chat's
+//! next turn, a shared system prompt) computes only the rest. Every generation gives the bits it would
+//! alone (`docs/spec/llm.md` §3, §7.3).
+
+use std::collections::VecDeque;
+use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError};
+use std::sync::Arc;
+
+use verity_llm::generate::{Decoder, Outcome, Rules};
+use verity_llm::sample::Sampler;
+use verity_llm::step::PREFILL_ROWS;
+use verity_llm::{Kv, LlmError, Session, Step, Tokenizer};
+
+/// What a generation reports its text to: the text that became final and the tokens since the last
+/// call; false stops the generation.
+pub type OnText = Box<dyn FnMut(&str, &[u32]) -> bool + Send>;
+
+/// A generation asked for.
+pub struct Job {
+    /// The prompt's tokens.
+    pub prompt: Vec<u32>,
+    /// How each token is chosen.
+    pub sampler: Sampler,
+    /// Budget, stop texts, format.
+    pub rules: Rules,
+    /// Receives the text.
+    pub on_text: OnText,
+    /// False once the requester has gone (checked before each unit of work).
+    pub alive: Box<dyn Fn() -> bool + Send>,
+    /// Receives the outcome.
+    pub done: tokio::sync::oneshot::Sender<Result<Outcome, LlmError>>,
+}
+
+/// How much a model's scheduler takes on.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Generations running at once (each a unit at a time, in turn).
+    pub sequences: usize,
+    /// Requests waiting beyond those; more are refused.
+    pub queue: usize,
+    /// Bytes of key/value caches, running and kept; kept ones are dropped (least recently used
+    /// first) to stay under it, and waiting requests start only while it holds.
+    pub kv_bytes: usize,
+}
+
+/// Counters a scheduler keeps.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Prompt positions computed.
+    pub prompt_computed: std::sync::atomic::AtomicU64,
+    /// Prompt positions taken from a kept cache.
+    pub prompt_reused: std::sync::atomic::AtomicU64,
+}
+
+/// The handle requests are submitted through.
+pub struct Scheduler {
+    tx: SyncSender<Job>,
+    /// Counters.
+    pub stats: Arc<Stats>,
+}
+
+impl Scheduler {
+    /// Starts the thread that runs `step`'s generations on `threads` threads.
+    pub fn start(
+        name: &str,
+        step: Step,
+        tokenizer: Arc<Tokenizer>,
+        threads: usize,
+        limits: Limits,
+    ) -> Scheduler {
+        let (tx, rx) = std::sync::mpsc::sync_channel(limits.queue.max(1));
+        let stats = Arc::new(Stats::default());
+        let st = stats.clone();
+        let name = name.to_string();
+        let spawned = std::thread::Builder::new()
+            .name(format!("llm-{name}"))
+            .spawn(move || run(&step, &tokenizer, threads, limits, rx, &st));
+        if let Err(e) = spawned {
+            tracing::error!(model = %name, "cannot start the generation thread: {e}");
+        }
+        Scheduler { tx, stats }
+    }
+
+    /// Queues a generation; gives it back if the queue is full (or the thread is gone).
+    #[allow(clippy::result_large_err)]
+    pub fn submit(&self, job: Job) -> Result<(), Job> {
+        self.tx.try_send(job).map_err(|e| match e {
+            TrySendError::Full(j) | TrySendError::Disconnected(j) => j,
+        })
+    }
+}
+
+/// A generation being run.
+struct Seq<'t> {
+    kv: Kv,
+    prompt: Vec<u32>,
+    /// Prompt positions already in the cache.
+    at: usize,
+    sampler: Sampler,
+    rules: Rules,
+    alive: Box<dyn Fn() -> bool + Send>,
+    done: Option<tokio::sync::oneshot::Sender<Result<Outcome, LlmError>>>,
+    on_text: Option<OnText>,
+    decoder: Option<Decoder<'t, OnText>>,
+}
+
+/// A cache kept after its generation: the tokens its rows hold, and when it was last used.
+struct Kept {
+    tokens: Vec<u32>,
+    kv: Kv,
+    used: u64,
+}
+
+fn common_prefix(a: &[u32], b: &[u32]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
+
+fn run(
+    step: &Step,
+    tk: &Tokenizer,
+    threads: usize,
+    limits: Limits,
+    rx: Receiver<Job>,
+    stats: &Stats,
+) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut s = Session::new(step, threads);
+    let mut kept: Vec<Kept> = Vec::new();
+    let mut active: Vec<Seq> = Vec::new();
+    let mut waiting: VecDeque<Job> = VecDeque::new();
+    let mut clock = 0u64;
+    loop {
+        // take requests: wait for one when idle
+        if active.is_empty() && waiting.is_empty() {
+            match rx.recv() {
+                Ok(j) => waiting.push_back(j),
+                Err(_) => return,
+            }
+        }
+        loop {
+            match rx.try_recv() {
+                Ok(j) => waiting.push_back(j),
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => {
+                    if active.is_empty() && waiting.is_empty() {
+                        return;
+                    }
+                    break;
+                }
+            }
+        }
+        // admit while there is room: the kept cache sharing the longest prefix with the prompt
+        while active.len() < limits.sequences.max(1) {
+            let in_use: usize = active.iter().map(|q| q.kv.bytes()).sum();
+            if !active.is_empty() && in_use >= limits.kv_bytes {
+                break;
+            }
+            let Some(job) = waiting.pop_front() else {
+                break;
+            };
+            let best = kept
+                .iter()
+                .enumerate()
+                .max_by_key(|(_, k)| (common_prefix(&k.tokens, &job.prompt), k.used))
+                .map(|(i, k)| (i, common_prefix(&k.tokens, &job.prompt)));
+            let (mut kv, reuse) = match best {
+                Some((i, n)) if n > 0 => (kept.swap_remove(i).kv, n),
+                _ => (Kv::new(step), 0),
+            };
+            // the last prompt position always runs: its logits choose the first token
+            let reuse = reuse.min(job.prompt.len().saturating_sub(1));
+            kv.rewind(reuse);
+            stats.prompt_reused.fetch_add(reuse as u64, Relaxed);
+            active.push(Seq {
+                kv,
+                at: reuse,
+                prompt: job.prompt,
+                sampler: job.sampler,
+                rules: job.rules,
+                alive: job.alive,
+                done: Some(job.done),
+                on_text: Some(job.on_text),
+                decoder: None,
+            });
+        }
+        // one unit of work for each running generation, in turn
+        let mut i = 0;
+        while i < active.len() {
+            let q = &mut active[i];
+            let result = if !(q.alive)() {
+                Err(None)
+            } else {
+                s.swap_kv(&mut q.kv);
+                let r = unit(&mut s, q, tk, stats);
+                s.swap_kv(&mut q.kv);
+                r.map_err(Some)
+            };
+            let finished = match result {
+                Ok(None) => None,
+                Ok(Some(out)) => Some(Ok(out)),
+                Err(Some(e)) => Some(Err(e)),
+                Err(None) => Some(Ok(Outcome {
+                    tokens: Vec::new(),
+                    text: String::new(),
+                    finish: verity_llm::generate::Finish::Cancelled,
+                    steps_root: Default::default(),
+                })),
+            };
+            let Some(res) = finished else {
+                i += 1;
+                continue;
+            };
+            let mut q = active.swap_remove(i);
+            // keep the cache: its rows hold the context's first `pos` tokens
+            let tokens: Vec<u32> = match &q.decoder {
+                Some(d) => d.context().to_vec(),
+                None => q.prompt.clone(),
+            };
+            let pos = q.kv.pos().min(tokens.len());
+            if pos > 0 {
+                clock += 1;
+                kept.push(Kept {
+                    tokens: tokens[..pos].to_vec(),
+                    kv: std::mem::take(&mut q.kv),
+                    used: clock,
+                });
+            }
+            if let Some(done) = q.done.take() {
+                let _ = done.send(res);
+            }
+        }
+        // the budget: drop kept caches, least recently used first
+        let running: usize = active.iter().map(|q| q.kv.bytes()).sum();
+        let mut total = running + kept.iter().map(|k| k.kv.bytes()).sum::<usize>();
+        kept.sort_by_key(|k| std::cmp::Reverse(k.used));
+        while total > limits.kv_bytes {
+            match kept.pop() {
+                Some(k) => total -= k.kv.bytes(),
+                None => break,
+            }
+        }
+    }
+}
+
+/// One unit of a generation's work on the session (its cache swapped in): a prompt chunk, or the
+/// next token. Returns the outcome when the generation ends.
+fn unit<'t>(
+    s: &mut Session,
+    q: &mut Seq<'t>,
+    tk: &'t Tokenizer,
+    stats: &Stats,
+) -> Result<Option<Outcome>, LlmError> {
+    if q.decoder.is_none() {
+        let n = (q.prompt.len() - q.at).min(PREFILL_ROWS);
+        let logits = s.prefill(&q.prompt[q.at..q.at + n])?;
+        stats
+            .prompt_computed
+            .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+        q.at += n;
+        if q.at < q.prompt.len() {
+            return Ok(None);
+        }
+        let on_text = q
+            .on_text
+            .take()
+            .ok_or_else(|| LlmError::Request("a generation started twice".into()))?;
+        q.decoder = Some(Decoder::new(
+            tk,
+            &q.sampler,
+            &q.prompt,
+            logits,
+            &q.rules,
+            s.context(),
+            s.logit_scale(),
+            on_text,
+        )?);
+    }
+    match &mut q.decoder {
+        Some(d) => d.advance(s, |_, _| Ok(())),
+        None => Ok(None),
+    }
+}
