@@ -6,7 +6,11 @@ Starts `verity devnet` (anvil, contracts, 3 nodes, demo models), then calls
 exactly as an OpenGradient user would: VANILLA (a `signed` request) and ZKML/TEE (`quorum` requests).
 Every output must equal `verity run` on the same model and input (as the SDK's float32), and the
 request must be final on-chain with the output hash of that canonical execution. Also checks the SDK's
-readable errors for an unknown model and a wrong-sized input. Stops the devnet (SIGINT) at the end, whatever happens.
+readable errors for an unknown model and a wrong-sized input. The devnet's nodes also serve the
+development language model: the SDK's LLM client (`LLM.from_url`) chats with a node unmodified (plain
+and streamed, the receipt's signature and time as its tee_signature and tee_timestamp), and a chat asked
+with `?quorum=3` comes back with a quorum certificate that `verity verify --chain` accepts (and refuses
+once a token is changed). Stops the devnet (SIGINT) at the end, whatever happens.
 """
 import argparse
 import json
@@ -17,8 +21,12 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 
 import numpy as np
+
+LLM_FILE = ".models/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def free_port_block(n):
@@ -36,6 +44,78 @@ def free_port_block(n):
     raise RuntimeError("no free ports")
 
 
+def post(url, body):
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    return json.loads(urllib.request.urlopen(req, timeout=600).read())
+
+
+def llm_checks(a, s, tmp, failures):
+    """The SDK's LLM client pointed at a node (`LLM.from_url`), unmodified; and a quorum-certified chat
+    answer from three nodes drawn from the registry, its certificate checked against the chain."""
+    import asyncio
+    import opengradient
+    question = [{"role": "user", "content": "What is 12 times 7?"}]
+    api = s["nodes"][0]["url"]
+
+    async def sdk():
+        llm = opengradient.LLM.from_url(private_key=s["sdk_key"], llm_server_url=api)
+        try:
+            r = await llm.chat(model="verity/smollm2", messages=question, max_tokens=24, temperature=0.0)
+            chunks = [c async for c in await llm.chat(model="verity/smollm2", messages=question, max_tokens=24,
+                                                       temperature=0.0, stream=True)]
+            return r, chunks
+        finally:
+            await llm.close()
+    r, chunks = asyncio.run(sdk())
+    text = r.chat_output["content"]
+    streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    final = [c for c in chunks if c.is_final]
+    print(f"opengradient LLM.from_url chat: {text!r}, streamed {streamed!r}, tee_signature {str(r.tee_signature)[:18]}…")
+    if text != "12 times 7 is 72." or streamed != text:
+        failures.append(f"the SDK's chat: {text!r} / streamed {streamed!r} (llama.cpp's greedy answer expected)")
+    for what, sig, ts in [("chat", r.tee_signature, r.tee_timestamp)] + \
+            [("stream", c.tee_signature, c.tee_timestamp) for c in final]:
+        if not (isinstance(sig, str) and len(sig) == 132 and isinstance(ts, int)):
+            failures.append(f"the SDK's {what} has no receipt signature and time: {sig!r} {ts!r}")
+    if len(final) != 1:
+        failures.append("the SDK's stream has no final chunk")
+
+    # a quorum of 3 through another node: the same tokens, with a certificate
+    body = {"model": "smollm2", "messages": question, "temperature": 0, "max_tokens": 24}
+    one = post(api + "/v1/chat/completions", body)
+    q = post(s["nodes"][-1]["url"] + "/v1/chat/completions?quorum=3", body)
+    cert = q.get("certificate") or {}
+    agreed = sorted(r["receipt"]["node"].lower() for r in cert.get("receipts", []))
+    nodes = sorted(n["address"].lower() for n in s["nodes"])
+    print(f"quorum chat: {q['choices'][0]['message']['content']!r} from {len(agreed)} nodes, {q.get('latency_ms')} ms")
+    if not q.get("verified") or agreed != nodes or q["verity"]["output_tokens"] != one["verity"]["output_tokens"]:
+        failures.append(f"the quorum chat: verified={q.get('verified')}, signers {agreed}, tokens "
+                        f"{q['verity']['output_tokens']} vs {one['verity']['output_tokens']}")
+    saved = os.path.join(tmp, "quorum-chat.json")
+    contracts = os.path.join(tmp, "dn", "contracts.json")
+
+    def verify(doc):
+        with open(saved, "w") as f:
+            json.dump(doc, f)
+        return subprocess.run([a.verity, "verify", saved, "--chain", s["rpc"], "--contracts", contracts],
+                              capture_output=True, text=True, timeout=120)
+    p = verify(q)
+    print(f"verity verify quorum-chat.json --chain …: {p.stdout.strip()[:120]}")
+    if p.returncode != 0 or "valid quorum certificate" not in p.stdout:
+        failures.append(f"the quorum chat's certificate: {p.stdout.strip()} {p.stderr.strip()}")
+    forged = json.loads(json.dumps(q))
+    forged["verity"]["output_tokens"][0] += 1
+    p = verify(forged)
+    if p.returncode != 1 or "certificate says" not in p.stdout:
+        failures.append(f"a quorum answer with a changed token was not refused: {p.stdout.strip()}")
+    try:
+        post(api + "/v1/chat/completions?quorum=9", body)
+        failures.append("quorum=9 accepted")
+    except urllib.error.HTTPError as e:
+        if e.code != 400:
+            failures.append(f"quorum=9: HTTP {e.code}")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--verity", default="target/release/verity")
@@ -49,7 +129,8 @@ def main():
     port = free_port_block(6)
     log = open(os.path.join(tmp, "devnet.out"), "w")
     dn = subprocess.Popen([a.verity, "devnet", "--dir", os.path.join(tmp, "dn"), "--port", str(port),
-                           "--anvil", a.anvil, "--models", "fixtures"], stdout=log, stderr=subprocess.STDOUT)
+                           "--anvil", a.anvil, "--models", "fixtures", "--llm", f"smollm2={LLM_FILE}",
+                           "--llm-context", "256"], stdout=log, stderr=subprocess.STDOUT)
     failures = []
     try:
         summary_path = os.path.join(tmp, "dn", "devnet.json")
@@ -122,6 +203,7 @@ def main():
                 if want not in str(e):
                     failures.append(f"{what} gave an unreadable error: {e}")
                 print(f"{what} refused: {str(e)[:160]}")
+        llm_checks(a, s, tmp, failures)
     finally:
         dn.send_signal(signal.SIGINT)
         try:

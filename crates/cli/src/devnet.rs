@@ -50,6 +50,14 @@ pub struct DevnetArgs {
     /// `anvil` on PATH).
     #[arg(long, env = "VERITY_ANVIL")]
     anvil: Option<PathBuf>,
+    /// A GGUF language model every node serves through the OpenAI API (`[NAME=]FILE`, e.g.
+    /// `.models/SmolLM2-135M-Instruct.Q4_1.gguf` from `scripts/setup-models`); the demo then asks it a
+    /// question, checks the receipt, and gets a quorum-certified answer.
+    #[arg(long)]
+    llm: Option<String>,
+    /// Positions each generation of --llm holds.
+    #[arg(long, default_value_t = 512)]
+    llm_context: usize,
 }
 
 struct Procs(Vec<(String, Child)>);
@@ -338,7 +346,11 @@ pub fn cmd_devnet(a: DevnetArgs) -> Result<()> {
         let nd = dir.join(format!("node-{i}"));
         let port = a.port + 1 + i as u16;
         let stake = verity_chain::ether(2 + i as u64).to_string();
-        let args = ["--stake", stake.as_str()];
+        let llm_context = a.llm_context.to_string();
+        let mut args = vec!["--stake", stake.as_str()];
+        if let Some(l) = &a.llm {
+            args.extend(["--llm", l.as_str(), "--llm-context", llm_context.as_str()]);
+        }
         let (url, addr) = start_node(
             &rt,
             &admin,
@@ -500,6 +512,7 @@ pub fn cmd_devnet(a: DevnetArgs) -> Result<()> {
         "nodes": endpoints.iter().map(|(u, a)| json!({"url": u, "address": a})).collect::<Vec<_>>(),
         "watcher": {"url": wurl, "address": waddr},
         "models": models.iter().map(|(n, id, _)| json!({"name": n, "version": "1.0.0", "model_id": id})).collect::<Vec<_>>(),
+        "llm": a.llm.as_ref().map(|l| json!({"model": llm_name(l), "openai_base_url": format!("{}/v1", endpoints[0].0)})),
         "client_key": DEV_KEYS[2],
         "sdk_key": DEV_KEYS[3],
     });
@@ -535,6 +548,9 @@ pub fn cmd_devnet(a: DevnetArgs) -> Result<()> {
             )?;
         }
         demo_zk(&endpoints, name, id, &vty, &input, &dir)?;
+        if let Some(l) = &a.llm {
+            demo_llm(&rpc, &endpoints, l, &dir)?;
+        }
     }
     if a.once {
         println!("stopping (--once)");
@@ -773,6 +789,106 @@ fn demo(
         verdict.trim().split(';').next().unwrap_or_default()
     );
     println!("== demo done ==\n");
+    Ok(())
+}
+
+/// The name a `[NAME=]FILE` model is served under.
+fn llm_name(spec: &str) -> String {
+    verity_node::config::LlmConfig {
+        path: PathBuf::from(spec.split_once('=').map_or(spec, |(_, p)| p)),
+        name: spec
+            .split_once('=')
+            .map(|(n, _)| n.to_string())
+            .filter(|n| !n.is_empty() && !n.contains('/')),
+        context: 0,
+        sequences: 1,
+        kv_mb: 0,
+    }
+    .model_name()
+}
+
+/// The language model: a chat completion from node 0 with its receipt checked offline, then the same
+/// question answered by a quorum of 3 nodes drawn from the registry, its certificate checked against the
+/// chain.
+fn demo_llm(
+    rpc: &str,
+    endpoints: &[(String, verity_core::Address)],
+    llm: &str,
+    dir: &Path,
+) -> Result<()> {
+    println!("\n== demo: a language model over the OpenAI API, every answer verifiable ==");
+    let model = llm_name(llm);
+    let http = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(300))
+        .build()?;
+    let body = json!({
+        "model": model,
+        "messages": [{"role": "user", "content": "What is the capital of France?"}],
+        "temperature": 0,
+        "max_tokens": 32,
+    });
+    let post = |url: String| -> Result<Value> {
+        let r = http.post(&url).json(&body).send()?;
+        let status = r.status();
+        let v: Value = r.json()?;
+        if !status.is_success() {
+            bail!("{url}: HTTP {status}: {}", v["error"]["message"]);
+        }
+        Ok(v)
+    };
+    let c = post(format!("{}/v1/chat/completions", endpoints[0].0))?;
+    let saved = dir.join("chat.json");
+    std::fs::write(&saved, serde_json::to_vec_pretty(&c)?)?;
+    println!(
+        "10. chat    {}/v1/chat/completions (model {model}): {:?}",
+        endpoints[0].0,
+        c["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap_or_default()
+    );
+    println!(
+        "            {} output tokens, receipt signed by {}; any OpenAI client works: base_url {}/v1",
+        c["usage"]["completion_tokens"],
+        c["receipt"]["receipt"]["node"].as_str().unwrap_or_default(),
+        endpoints[0].0
+    );
+    let verdict = verity(&["verify", saved.to_str().unwrap_or_default()], &[])?;
+    println!(
+        "            verity verify {} → {}",
+        saved.display(),
+        verdict.trim().split(';').next().unwrap_or_default()
+    );
+    let t0 = Instant::now();
+    let q = post(format!(
+        "{}/v1/chat/completions?quorum=3",
+        endpoints[endpoints.len() - 1].0
+    ))?;
+    let qpath = dir.join("chat-quorum.json");
+    std::fs::write(&qpath, serde_json::to_vec_pretty(&q)?)?;
+    let same = q["verity"]["output_tokens"] == c["verity"]["output_tokens"];
+    println!(
+        "11. quorum  ?quorum=3: 3 nodes drawn from the registry generate the same {} tokens{} ({} ms)",
+        q["usage"]["completion_tokens"],
+        if same { ", the answer above" } else { "" },
+        t0.elapsed().as_millis()
+    );
+    let verdict = verity(
+        &[
+            "verify",
+            qpath.to_str().unwrap_or_default(),
+            "--chain",
+            rpc,
+            "--contracts",
+            dir.join("contracts.json").to_str().unwrap_or_default(),
+        ],
+        &[],
+    )?;
+    println!(
+        "            verity verify {} --chain … → {}",
+        qpath.display(),
+        verdict.trim().split(';').next().unwrap_or_default()
+    );
+    println!("== language-model demo done ==\n");
     Ok(())
 }
 

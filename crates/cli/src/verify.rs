@@ -228,20 +228,16 @@ fn check_completions(a: &VerifyArgs, doc: &Value, signed: &SignedReceipt) -> Res
     Ok(verdict)
 }
 
-/// One completion's `verity` fields and receipt: the signature, the prompt and parameters against the
-/// receipt's input hash, the output tokens against its output hash, and with `--model FILE.gguf` the
-/// generation re-executed (spec: `docs/spec/llm.md` §7).
-fn check_completion(a: &VerifyArgs, v: &Value, signed: &SignedReceipt) -> Result<Verdict> {
-    use verity_llm::generate::{complete, input_hash, tokens_hash, Format, Rules};
-    let signer = match signed.verify() {
-        Ok(s) => s,
-        Err(e) => return Ok(Verdict::Invalid(format!("the receipt's signature: {e}"))),
-    };
-    if let Some(want) = a.signer {
-        if want != signer {
-            return Ok(Verdict::Invalid(format!("signed by {signer}, not {want}")));
-        }
-    }
+/// A completion's prompt and output tokens, sampler and rules, from its `verity` fields.
+fn completion_parts(
+    v: &Value,
+) -> Result<(
+    Vec<u32>,
+    Vec<u32>,
+    verity_llm::sample::Sampler,
+    verity_llm::generate::Rules,
+)> {
+    use verity_llm::generate::{Format, Rules};
     let ids = |k: &str| -> Result<Vec<u32>> {
         v[k].as_array()
             .with_context(|| format!("the response's verity.{k} is not a list"))?
@@ -290,6 +286,24 @@ fn check_completion(a: &VerifyArgs, v: &Value, signed: &SignedReceipt) -> Result
         stop,
         format,
     };
+    Ok((prompt, output, sampler, rules))
+}
+
+/// One completion's `verity` fields and receipt: the signature, the prompt and parameters against the
+/// receipt's input hash, the output tokens against its output hash, and with `--model FILE.gguf` the
+/// generation re-executed (spec: `docs/spec/llm.md` §7).
+fn check_completion(a: &VerifyArgs, v: &Value, signed: &SignedReceipt) -> Result<Verdict> {
+    use verity_llm::generate::{complete, input_hash, tokens_hash};
+    let signer = match signed.verify() {
+        Ok(s) => s,
+        Err(e) => return Ok(Verdict::Invalid(format!("the receipt's signature: {e}"))),
+    };
+    if let Some(want) = a.signer {
+        if want != signer {
+            return Ok(Verdict::Invalid(format!("signed by {signer}, not {want}")));
+        }
+    }
+    let (prompt, output, sampler, rules) = completion_parts(v)?;
     let r = &signed.receipt;
     let input = input_hash(&prompt, &sampler, &rules);
     if input != r.input_hash {
@@ -314,7 +328,9 @@ fn check_completion(a: &VerifyArgs, v: &Value, signed: &SignedReceipt) -> Result
     };
     let g = verity_llm::gguf::Gguf::open(path)
         .with_context(|| format!("{} is not a GGUF file", path.display()))?;
-    let context = int(&v["context"], "context")? as usize;
+    let context = v["context"]
+        .as_u64()
+        .context("the response's verity.context is not an integer")? as usize;
     let step = verity_llm::compile(&g, context)
         .with_context(|| format!("cannot compile {}", path.display()))?;
     let id = verity_engine::vty::model_id(&step.model);
@@ -424,6 +440,19 @@ fn check_certificate(a: &VerifyArgs, doc: &Value, cv: Value) -> Result<Verdict> 
             }
             Err(e) => return Ok(Verdict::Invalid(format!("the response's outputs: {e}"))),
         }
+    }
+    if doc.get("certificate").is_some() && doc["verity"].get("output_tokens").is_some() {
+        // a completion: its tokens and parameters are the ones the nodes agreed on
+        let (prompt, output, sampler, rules) = completion_parts(&doc["verity"])?;
+        let input = verity_llm::generate::input_hash(&prompt, &sampler, &rules);
+        let out = verity_llm::generate::tokens_hash(&output);
+        if input != cert.input_hash || out != cert.output_hash {
+            return Ok(Verdict::Invalid(format!(
+                "the response's prompt and parameters hash to {input} and its output tokens to {out}; the certificate says {} and {}",
+                cert.input_hash, cert.output_hash
+            )));
+        }
+        checked.push("the completion's tokens and parameters".into());
     }
     let authenticated = a.registry.is_some() || a.chain.is_some();
     // The receipt checks only (the snapshot checks are done above).

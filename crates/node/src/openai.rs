@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
-use axum::extract::State;
-use axum::http::{header, StatusCode};
+use axum::extract::{RawQuery, State};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{json, Map, Value};
 use verity_core::hash::{keccak256, Hash};
@@ -303,10 +303,17 @@ fn parse(node: &Node, body: &[u8], kind: Kind) -> Result<Request, OaiError> {
         .get("model")
         .and_then(Value::as_str)
         .ok_or_else(|| OaiError::bad("missing_parameter", Some("model"), "'model' is required"))?;
+    // by name, or by model ID (what a quorum coordinator sends, names being each node's own)
     let model = node
         .llms
         .get()
-        .and_then(|m| m.get(name))
+        .and_then(|m| {
+            m.get(name).or_else(|| {
+                name.parse::<Hash>()
+                    .ok()
+                    .and_then(|id| m.values().find(|l| l.model_id == id))
+            })
+        })
         .cloned()
         .ok_or_else(|| OaiError {
             status: StatusCode::NOT_FOUND,
@@ -554,14 +561,146 @@ impl Drop for SetOnDrop {
     }
 }
 
-/// `POST /v1/chat/completions`.
-pub async fn chat_completions(State(node): State<Arc<Node>>, body: Bytes) -> Response {
-    complete(node, body, Kind::Chat).await
+/// `POST /v1/chat/completions[?quorum=K]`.
+pub async fn chat_completions(
+    State(node): State<Arc<Node>>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    match quorum_of(query.as_deref(), &headers) {
+        Ok(q) => complete(node, body, Kind::Chat, q).await,
+        Err(e) => e.into_response(),
+    }
 }
 
-/// `POST /v1/completions`.
-pub async fn completions(State(node): State<Arc<Node>>, body: Bytes) -> Response {
-    complete(node, body, Kind::Text).await
+/// `POST /v1/completions[?quorum=K]`.
+pub async fn completions(
+    State(node): State<Arc<Node>>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    match quorum_of(query.as_deref(), &headers) {
+        Ok(q) => complete(node, body, Kind::Text, q).await,
+        Err(e) => e.into_response(),
+    }
+}
+
+/// A quorum asked for: `k` nodes that must agree, and the time each may take.
+#[derive(Clone, Copy, Debug)]
+struct QuorumAsk {
+    k: u8,
+    timeout: std::time::Duration,
+}
+
+/// The quorum a request asks for, from `?quorum=K[&timeout_ms=N]` or the `X-Verity-Quorum: K` header.
+fn quorum_of(query: Option<&str>, headers: &HeaderMap) -> Result<Option<QuorumAsk>, OaiError> {
+    let mut k: Option<String> = headers
+        .get("x-verity-quorum")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let mut timeout_ms = 60_000u64;
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        match key {
+            "quorum" => k = Some(value.to_string()),
+            "timeout_ms" => {
+                timeout_ms = value.parse().map_err(|_| {
+                    OaiError::bad(
+                        "invalid_value",
+                        Some("timeout_ms"),
+                        "timeout_ms must be milliseconds",
+                    )
+                })?
+            }
+            _ => {
+                return Err(OaiError::bad(
+                    "unsupported_parameter",
+                    Some(key),
+                    format!("the query parameter '{key}' is not supported (quorum, timeout_ms)"),
+                ))
+            }
+        }
+    }
+    let Some(k) = k else {
+        return Ok(None);
+    };
+    let k: u8 = k
+        .trim()
+        .parse()
+        .ok()
+        .filter(|k| (1..=verity_chain::cert::MAX_K).contains(k))
+        .ok_or_else(|| {
+            OaiError::bad(
+                "invalid_value",
+                Some("quorum"),
+                format!("quorum must be 1 … {} nodes", verity_chain::cert::MAX_K),
+            )
+        })?;
+    Ok(Some(QuorumAsk {
+        k,
+        timeout: std::time::Duration::from_millis(timeout_ms.clamp(100, 600_000)),
+    }))
+}
+
+/// A completion answered by a quorum: the same request (the model named by its ID) sent to `k` nodes
+/// drawn from the on-chain registry, returned with a quorum certificate when `k` receipts agree on the
+/// input and output hashes (spec: `docs/spec/llm.md` §7.3).
+async fn quorum_complete(
+    node: Arc<Node>,
+    r: &Request,
+    body: &[u8],
+    kind: Kind,
+    q: QuorumAsk,
+) -> Response {
+    if r.stream || r.n > 1 {
+        return OaiError::bad(
+            "unsupported_value",
+            Some(if r.stream { "stream" } else { "n" }),
+            "a quorum answer is one choice, not streamed (its certificate covers the whole output)",
+        )
+        .into_response();
+    }
+    let Some(chain) = node.chain.get().cloned() else {
+        return OaiError {
+            status: StatusCode::CONFLICT,
+            kind: "invalid_request_error",
+            code: "no_chain",
+            param: Some("quorum".into()),
+            message:
+                "a quorum draws nodes from the on-chain registry: this node runs without --chain"
+                    .into(),
+        }
+        .into_response();
+    };
+    let Ok(mut doc) = serde_json::from_slice::<Value>(body) else {
+        return OaiError::bad("invalid_json", None, "the body is not JSON").into_response();
+    };
+    doc["model"] = json!(r.model.model_id);
+    let request_id = keccak256(&serde_json::to_vec(&doc).unwrap_or_default());
+    let registry = match crate::quorum::registry(&node, &chain).await {
+        Ok(x) => x,
+        Err(e) => return e.into_response(),
+    };
+    let args = crate::quorum::CoordinateArgs {
+        target: crate::quorum::Target::Completion(match kind {
+            Kind::Chat => "/v1/chat/completions",
+            Kind::Text => "/v1/completions",
+        }),
+        model_id: r.model.model_id,
+        request_id,
+        doc,
+        k: q.k,
+        widen: true,
+        timeout: q.timeout,
+        registry,
+        domain: receipt_domain(node.config.chain_id, node.config.verifying_contract),
+    };
+    match crate::quorum::coordinate(&node, args).await {
+        Ok(resp) => resp,
+        Err(e) => e.into_response(),
+    }
 }
 
 /// The start of choice `index`'s stream chain: keccak256("verity.stream.v1" ‖ request ID ‖ index as
@@ -603,11 +742,14 @@ fn choice_json(kind: Kind, i: usize, out: &Outcome) -> Value {
     }
 }
 
-async fn complete(node: Arc<Node>, body: Bytes, kind: Kind) -> Response {
+async fn complete(node: Arc<Node>, body: Bytes, kind: Kind, quorum: Option<QuorumAsk>) -> Response {
     let r = match parse(&node, &body, kind) {
         Ok(r) => Arc::new(r),
         Err(e) => return e.into_response(),
     };
+    if let Some(q) = quorum {
+        return quorum_complete(node, &r, &body, kind, q).await;
+    }
     let request_id = keccak256(&body);
     let id = format!(
         "{}-{}",
@@ -652,6 +794,7 @@ async fn complete(node: Arc<Node>, body: Bytes, kind: Kind) -> Response {
                 c
             })
             .collect();
+        let signed = receipt(&node, &r, 0, request_id, &outs[0]);
         let doc = json!({
             "id": id,
             "object": if kind == Kind::Chat { "chat.completion" } else { "text_completion" },
@@ -661,7 +804,10 @@ async fn complete(node: Arc<Node>, body: Bytes, kind: Kind) -> Response {
             "choices": choices,
             "usage": usage(&r, outs.iter().map(|o| o.tokens.len()).sum()),
             "verity": verity_fields(&r, 0, &outs[0]),
-            "receipt": receipt(&node, &r, 0, request_id, &outs[0]),
+            "receipt": signed,
+            // where the OpenGradient SDK looks for an answer's signature and time
+            "tee_signature": signed.signature,
+            "tee_timestamp": signed.receipt.timestamp,
         });
         return axum::Json(doc).into_response();
     }
@@ -751,9 +897,12 @@ async fn complete(node: Arc<Node>, body: Bytes, kind: Kind) -> Response {
                             json!({"index": i, "text": "", "logprobs": null, "finish_reason": out.finish.as_str()})
                         }
                     };
+                    let signed = receipt(&node2, &r2, i, request_id, &out);
                     let extra = vec![
                         ("verity", verity_fields(&r2, i, &out)),
-                        ("receipt", json!(receipt(&node2, &r2, i, request_id, &out))),
+                        ("tee_signature", json!(signed.signature)),
+                        ("tee_timestamp", json!(signed.receipt.timestamp)),
+                        ("receipt", json!(signed)),
                     ];
                     if tx2.send(chunk2(last, extra)).is_err() {
                         return;

@@ -139,6 +139,7 @@ pub async fn post_quorum(
     coordinate(
         &node,
         CoordinateArgs {
+            target: Target::Native,
             model_id,
             request_id,
             doc,
@@ -157,7 +158,7 @@ pub async fn post_quorum(
 const SNAPSHOT_TTL: Duration = Duration::from_millis(1000);
 
 /// The registry at the newest block, read at most once per [`SNAPSHOT_TTL`].
-async fn registry(
+pub(crate) async fn registry(
     node: &Arc<Node>,
     chain: &verity_chain::EvmChain,
 ) -> Result<RegistrySnapshot, ApiError> {
@@ -176,8 +177,20 @@ async fn registry(
     Ok(snap)
 }
 
+/// What the nodes are asked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// A native inference (`/v1/models/{id}/infer`): the outputs must hash to the receipt's.
+    Native,
+    /// An OpenAI completion at this path (`/v1/chat/completions`, `/v1/completions`): the answer is
+    /// the whole response, whose output tokens must hash to the receipt's.
+    Completion(&'static str),
+}
+
 /// Everything a coordination needs.
 pub struct CoordinateArgs {
+    /// What the nodes are asked.
+    pub target: Target,
     /// Model.
     pub model_id: Hash,
     /// Request ID sent to every node.
@@ -228,7 +241,10 @@ pub async fn coordinate(node: &Arc<Node>, a: CoordinateArgs) -> Result<Response,
     let mut next = 0usize;
     let launch = |pos: usize| {
         let addr = order[pos];
-        let url = format!("{}/v1/models/{}/infer", endpoint_of(&addr), a.model_id);
+        let url = match a.target {
+            Target::Native => format!("{}/v1/models/{}/infer", endpoint_of(&addr), a.model_id),
+            Target::Completion(path) => format!("{}{path}", endpoint_of(&addr)),
+        };
         let http = http.clone();
         let body = body.clone();
         let t0 = Instant::now();
@@ -344,7 +360,7 @@ pub async fn coordinate(node: &Arc<Node>, a: CoordinateArgs) -> Result<Response,
     let mut agreed = groups.remove(&w).unwrap_or_default();
     agreed.sort_by_key(|(p, _)| *p);
     agreed.truncate(a.k as usize);
-    let outputs = agreed[0].1.outputs.clone();
+    let answer = agreed[0].1.outputs.clone();
     let cert = QuorumCertificate {
         version: CERT_VERSION,
         request_id: a.request_id,
@@ -367,6 +383,16 @@ pub async fn coordinate(node: &Arc<Node>, a: CoordinateArgs) -> Result<Response,
         )));
     }
     tracing::info!(request = %a.request_id, model = %a.model_id, k = a.k, asked = attempts.len(), ms = elapsed, "quorum reached");
+    if let Target::Completion(_) = a.target {
+        // the first agreeing node's completion, with the certificate beside its receipt
+        let mut doc = answer;
+        doc["verified"] = json!(true);
+        doc["certificate"] = json!(cert);
+        doc["attempts"] = json!(attempts);
+        doc["latency_ms"] = json!(elapsed);
+        return Ok(Json(doc).into_response());
+    }
+    let outputs = answer;
     Ok((
         StatusCode::OK,
         Json(json!({
@@ -417,7 +443,7 @@ async fn ask(
     let v: Value = serde_json::from_slice(&bytes).map_err(|e| format!("bad JSON ({e})"))?;
     let receipt: SignedReceipt =
         serde_json::from_value(v["receipt"].clone()).map_err(|e| format!("no receipt ({e})"))?;
-    Ok((receipt, v["outputs"].clone()))
+    Ok((receipt, v))
 }
 
 /// An answer counts only if its receipt is the asked node's, for this request, model and domain, and the
@@ -441,7 +467,18 @@ fn check_answer(
     if r.request_id != a.request_id || r.model_id != a.model_id {
         return Err("the receipt is for another request or model".into());
     }
-    let got = outputs_hash(&outputs)?;
+    let (got, outputs) = match a.target {
+        Target::Native => {
+            let outputs = outputs["outputs"].clone();
+            (outputs_hash(&outputs)?, outputs)
+        }
+        Target::Completion(_) => {
+            let tokens: Vec<u32> =
+                serde_json::from_value(outputs["verity"]["output_tokens"].clone())
+                    .map_err(|_| "no output tokens".to_string())?;
+            (verity_llm::generate::tokens_hash(&tokens), outputs)
+        }
+    };
     if got != r.output_hash {
         return Err(format!(
             "the outputs sent hash to {got}, the receipt says {}",
