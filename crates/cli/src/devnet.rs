@@ -632,7 +632,7 @@ fn demo(
     let id = placed.id;
     println!(
         "2. request  #{id} for {name} ({}, k = {k}), fee {} — tx {}, gas {}",
-        verity_node::chain::mode_name(mode),
+        verity_node::roles::chain::mode_name(mode),
         eth(fee),
         placed.tx,
         placed.gas
@@ -688,7 +688,7 @@ fn demo(
         .find(|e| e.1 == *signer)
         .ok_or_else(|| anyhow!("signer is not a devnet node"))?
         .0;
-    let rid = verity_node::chain::request_hash(id);
+    let rid = verity_node::roles::chain::request_hash(id);
     let receipt: Value = http
         .get(format!("{signer_url}/v1/receipts/{rid}"))
         .send()?

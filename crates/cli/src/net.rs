@@ -625,7 +625,7 @@ fn infer_quorum(a: &InferArgs, base: &str, k: u8, inputs: &[Named]) -> Result<()
             cert.k
         )));
     }
-    let h = verity_node::quorum::outputs_hash(&v["outputs"])
+    let h = verity_node::roles::quorum::outputs_hash(&v["outputs"])
         .map_err(|e| lied(anyhow!("the coordinator's outputs: {e}")))?;
     if h != cert.output_hash {
         return Err(lied(anyhow!(
@@ -1036,7 +1036,7 @@ pub fn cmd_watch(a: WatchArgs) -> Result<()> {
     };
     cfg.hosting.policy = "none".into();
     cfg.hosting.peers = a.peers;
-    let mut c = verity_node::chain::ChainConfig {
+    let mut c = verity_node::config::ChainConfig {
         rpc: a.chain,
         contracts: a.contracts,
         poll_ms: a.poll_ms,

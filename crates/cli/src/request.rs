@@ -250,7 +250,7 @@ pub fn cmd_request(a: RequestArgs) -> Result<()> {
     let (id, tx) = (placed.id, placed.tx);
     eprintln!(
         "request  #{id} model {model} ({}, k = {k}), fee {fee} wei — tx {tx}, gas {}",
-        verity_node::chain::mode_name(mode),
+        verity_node::roles::chain::mode_name(mode),
         placed.gas
     );
     if a.no_wait {

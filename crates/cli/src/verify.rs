@@ -185,7 +185,7 @@ pub fn check(a: &VerifyArgs) -> Result<Verdict> {
     // A full response carries its outputs: they must be the ones the receipt signs.
     if a.output.is_none() && doc.get("receipt").is_some() {
         if let Some(outs) = doc.get("outputs") {
-            match verity_node::quorum::outputs_hash(outs) {
+            match verity_node::roles::quorum::outputs_hash(outs) {
                 Ok(h) if h == signed.receipt.output_hash => {}
                 Ok(h) => {
                     return Ok(Verdict::Invalid(format!(
@@ -430,7 +430,7 @@ fn check_certificate(a: &VerifyArgs, doc: &Value, cv: Value) -> Result<Verdict> 
         .get("outputs")
         .filter(|_| doc.get("certificate").is_some())
     {
-        match verity_node::quorum::outputs_hash(outs) {
+        match verity_node::roles::quorum::outputs_hash(outs) {
             Ok(h) if h == cert.output_hash => checked.push("the response's outputs".into()),
             Ok(h) => {
                 return Ok(Verdict::Invalid(format!(

@@ -179,7 +179,7 @@ pub struct NodeConfig {
     /// Timeouts.
     pub timeouts: Timeouts,
     /// Chain participation (absent: an off-chain node).
-    pub chain: Option<crate::chain::ChainConfig>,
+    pub chain: Option<ChainConfig>,
     /// Model hosting and replication.
     pub hosting: Hosting,
     /// Test-only faults.
@@ -364,5 +364,71 @@ mod tests {
             ("bee".to_string(), 64)
         );
         assert!(NodeConfig::from_toml("[[llm]]\npath = \"a.gguf\"\nctx = 3\n").is_err());
+    }
+}
+
+/// Chain settings of a node.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ChainConfig {
+    /// JSON-RPC URL.
+    pub rpc: String,
+    /// Deployment file (contract addresses) written by `verity devnet` / `verity chain deploy`.
+    pub contracts: std::path::PathBuf,
+    /// Public URL registered in the NodeRegistry (default `http://<listen>`).
+    pub endpoint: Option<String>,
+    /// Stake put up at registration, in wei (decimal).
+    pub stake: String,
+    /// Poll interval in milliseconds.
+    pub poll_ms: u64,
+    /// A spare node of a quorum (assigned beyond the first k) waits this long (milliseconds) after
+    /// first seeing a request before it answers, so it only spends gas when a primary node is slow or
+    /// down.
+    pub spare_grace_ms: u64,
+    /// Only watch optimistic results (what `verity watch` runs): no registration in the NodeRegistry,
+    /// no InferenceHub work, no hosting announcements.
+    pub watch_only: bool,
+    /// Optimistic mode (OptimisticHub).
+    pub optimistic: OptimisticConfig,
+}
+
+impl Default for ChainConfig {
+    fn default() -> Self {
+        ChainConfig {
+            rpc: String::new(),
+            contracts: "contracts.json".into(),
+            endpoint: None,
+            stake: "1000000000000000000".into(),
+            poll_ms: 500,
+            spare_grace_ms: 5000,
+            watch_only: false,
+            optimistic: Default::default(),
+        }
+    }
+}
+
+/// Optimistic-mode settings of a node.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OptimisticConfig {
+    /// Commit answers to the optimistic requests this node is assigned. (A staked node defends every
+    /// game against its claims and receipts whatever this says.)
+    pub serve: bool,
+    /// Fraction of other nodes' claims and hub receipts to re-execute and challenge (or dispute at the
+    /// ReceiptCourt) if wrong (0: none, 1: all). Which are checked is drawn with a secret seed kept in
+    /// the store, so a node cannot tell which of its answers will be checked.
+    pub watch_rate: f64,
+    /// Finalize this node's own claims once their challenge window has passed (collecting the fee and
+    /// the bond).
+    pub finalize: bool,
+}
+
+impl Default for OptimisticConfig {
+    fn default() -> Self {
+        OptimisticConfig {
+            serve: true,
+            watch_rate: 0.0,
+            finalize: true,
+        }
     }
 }

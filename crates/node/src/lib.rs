@@ -3,21 +3,21 @@
 //! EIP-712 receipt for every result.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
-pub mod chain;
-pub mod chain_api;
+// The layout, from the bottom up: settings and shared pieces (`config`, `clock`, `key`, `error`, `metrics`,
+// `tensors`, `jobs`, `compile`), the served language models (`llm`), the node's shared state (`state`),
+// the roles it plays (`roles`: chain participant, replicator, quorum coordinator, optimistic player and
+// watcher), and on top the HTTP surfaces (`api`: native and KServe v2, OpenAI, OpenGradient, chain
+// endpoints). Each layer imports only those below it.
+pub mod api;
+pub mod clock;
 pub mod compile;
 pub mod config;
 pub mod error;
 pub mod jobs;
 pub mod key;
+pub mod llm;
 pub mod metrics;
-pub mod openai;
-pub mod opengradient;
-pub mod optimistic;
-pub mod quorum;
-pub mod replicate;
-pub mod scheduler;
-pub mod server;
+pub mod roles;
 pub mod state;
 pub mod tensors;
 
@@ -75,7 +75,7 @@ pub async fn run(
     let threads = config.workers.max(1);
     let node = Node::new(config, store, key);
     if !llm_configs.is_empty() {
-        let llms = tokio::task::spawn_blocking(move || openai::load_all(&llm_configs, threads))
+        let llms = tokio::task::spawn_blocking(move || llm::load_all(&llm_configs, threads))
             .await
             .map_err(|e| format!("loading the language models failed: {e}"))??;
         let _ = node.llms.set(llms);
@@ -84,7 +84,7 @@ pub async fn run(
     let mut chain_task = None;
     let mut opt_task = None;
     if let (Some(cfg), Some(dep)) = (chain_cfg, deployment) {
-        let chain = std::sync::Arc::new(chain::connect(&cfg, &node.key).await?);
+        let chain = std::sync::Arc::new(roles::chain::connect(&cfg, &node.key).await?);
         let _ = node.chain.set(chain.clone());
         let poll = std::time::Duration::from_millis(cfg.poll_ms.max(50));
         if !cfg.watch_only {
@@ -92,9 +92,9 @@ pub async fn run(
                 .endpoint
                 .clone()
                 .unwrap_or_else(|| format!("http://{addr}"));
-            chain::ensure_registered(chain.as_ref(), &node, &endpoint, &cfg.stake).await?;
+            roles::chain::ensure_registered(chain.as_ref(), &node, &endpoint, &cfg.stake).await?;
             tracing::info!(hub = %dep.hub, chain_id = dep.chain_id, "watching the InferenceHub");
-            chain_task = Some(tokio::spawn(chain::run_loop(
+            chain_task = Some(tokio::spawn(roles::chain::run_loop(
                 node.clone(),
                 chain.clone(),
                 dep.deploy_block,
@@ -109,7 +109,12 @@ pub async fn run(
         match dep.optimistic {
             Some(hub) if active => {
                 tracing::info!(%hub, serve = o.serve && !cfg.watch_only, watch_rate = o.watch_rate, "taking part in optimistic mode");
-                let p = optimistic::Optimistic::new(node.clone(), chain, o.clone(), cfg.watch_only);
+                let p = roles::optimistic::Optimistic::new(
+                    node.clone(),
+                    chain,
+                    o.clone(),
+                    cfg.watch_only,
+                );
                 opt_task = Some(tokio::spawn(p.run_loop(dep.deploy_block, poll, stop_rx)));
             }
             None if cfg.watch_only => {
@@ -123,7 +128,7 @@ pub async fn run(
     }
     tracing::info!(listen = %addr, address = %node.address(), "node started");
     on_ready(addr, node.address());
-    let served = server::serve(node, listener, shutdown).await;
+    let served = api::server::serve(node, listener, shutdown).await;
     let _ = stop_tx.send(true);
     for t in [chain_task, opt_task].into_iter().flatten() {
         // a chain loop in the middle of an RPC call is not waited for long

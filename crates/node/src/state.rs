@@ -1,7 +1,9 @@
 //! The node's shared state: store, key, loaded-model cache, worker pool, receipt log.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, OnceCell, Semaphore};
 use verity_core::eth::Address;
@@ -14,6 +16,7 @@ use verity_engine::{Cancel, Cost, ExecError};
 use verity_engine::{Executor, Mode};
 use verity_store::{ModelRecord, Store, TensorInfo};
 
+use crate::clock::unix_now;
 use crate::config::NodeConfig;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
@@ -107,16 +110,9 @@ pub struct Node {
     /// The chain connection, in chain mode.
     pub chain: std::sync::OnceLock<Arc<verity_chain::EvmChain>>,
     /// Replication between nodes.
-    pub replication: crate::replicate::Replication,
+    pub replication: Replication,
     /// Language models served through the OpenAI-compatible API, by name (set once at start).
-    pub llms: std::sync::OnceLock<std::collections::BTreeMap<String, Arc<crate::openai::LlmModel>>>,
-}
-
-pub(crate) fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    pub llms: std::sync::OnceLock<std::collections::BTreeMap<String, Arc<crate::llm::LlmModel>>>,
 }
 
 /// The IO schema of a model (for the index and API metadata).
@@ -406,46 +402,6 @@ impl Node {
                 ),
             )
         })
-    }
-
-    /// Resolve a model reference (`0x<id>`, `name@version`, `name`) to its record and version. A model
-    /// this node does not store is fetched from its peers first when it can be found: an ID directly,
-    /// a name through the on-chain ModelRegistry. Otherwise 404.
-    pub async fn resolve(
-        self: &Arc<Self>,
-        reference: &str,
-    ) -> Result<(ModelRecord, Option<verity_store::Version>), ApiError> {
-        let local = self.resolve_local(reference).await;
-        let Err(e) = &local else { return local };
-        if e.status != axum::http::StatusCode::NOT_FOUND {
-            return local;
-        }
-        let id = match reference.parse::<Hash>() {
-            Ok(id) => Some(id),
-            Err(_) => match self.chain.get() {
-                Some(c) => c.resolve_model(reference).await.ok(),
-                None => None,
-            },
-        };
-        let Some(id) = id else { return local };
-        if self.chain.get().is_none() && self.config.hosting.peers.is_empty() {
-            return local;
-        }
-        crate::replicate::ensure(self, id).await.map_err(|e| {
-            ApiError::new(
-                e.status,
-                e.code,
-                format!(
-                    "no model '{reference}' on this node, and fetching it from peers failed: {}",
-                    e.message
-                ),
-            )
-        })?;
-        match self.resolve_local(reference).await {
-            Ok(r) => Ok(r),
-            // A name whose version was not carried over (e.g. held by another owner here): by ID.
-            Err(_) => self.resolve_local(&id.to_string()).await,
-        }
     }
 
     /// Resolve a model reference among the models stored here, or 404.
@@ -767,26 +723,25 @@ pub fn bind_inputs(model: &Model, inputs: Vec<NamedTensor>) -> Result<Vec<Vec<i3
         }
         let data = match &t.decimals {
             // exact decimals: their canonical integers, given as values that quantize back to exactly those
-            Some(d) => {
-                d.iter()
-                    .enumerate()
-                    .map(|(i, &(v, e))| {
-                        let int = spec.kind == verity_engine::ir::InputKind::Int;
-                        let q = crate::opengradient::quantize_decimal(v, e, spec.scale, int)
-                            .map_err(|m| {
-                                ApiError::unprocessable(
-                                    "value_out_of_range",
-                                    format!("input '{}' element {i}: {m}", spec.name),
-                                )
-                            })?;
-                        Ok(if int {
-                            q as f64
-                        } else {
-                            q as f64 * 2f64.powi(-(spec.scale as i32))
-                        })
+            Some(d) => d
+                .iter()
+                .enumerate()
+                .map(|(i, &(v, e))| {
+                    let int = spec.kind == verity_engine::ir::InputKind::Int;
+                    let q = crate::api::opengradient::quantize_decimal(v, e, spec.scale, int)
+                        .map_err(|m| {
+                            ApiError::unprocessable(
+                                "value_out_of_range",
+                                format!("input '{}' element {i}: {m}", spec.name),
+                            )
+                        })?;
+                    Ok(if int {
+                        q as f64
+                    } else {
+                        q as f64 * 2f64.powi(-(spec.scale as i32))
                     })
-                    .collect::<Result<Vec<f64>, ApiError>>()?
-            }
+                })
+                .collect::<Result<Vec<f64>, ApiError>>()?,
             None => t.data,
         };
         out.push(FloatTensor {
@@ -806,4 +761,63 @@ pub fn bind_inputs(model: &Model, inputs: Vec<NamedTensor>) -> Result<Vec<Vec<i3
 /// keccak256 of arbitrary bytes (re-exported for handlers).
 pub fn hash_bytes(b: &[u8]) -> Hash {
     keccak256(b)
+}
+
+/// The state of the background pulls of one wanted model.
+#[derive(Clone, Debug)]
+pub struct Retry {
+    /// A pull is running.
+    pub running: bool,
+    /// Pulls that failed so far.
+    pub failures: u32,
+    /// No new pull before this.
+    pub next: Instant,
+    /// Why the last pull failed.
+    pub last_error: String,
+}
+
+impl Retry {
+    /// Whether the node stopped trying (after `attempts` failures).
+    pub fn given_up(&self, attempts: u32) -> bool {
+        self.failures >= attempts
+    }
+
+    /// The wait after the `failures`-th failure: `base` doubled per further failure, at most an hour.
+    pub fn backoff(base: Duration, failures: u32) -> Duration {
+        let doublings = failures.saturating_sub(1).min(20);
+        base.saturating_mul(1 << doublings)
+            .min(Duration::from_secs(3600))
+    }
+}
+
+/// Replication state shared by a node's tasks.
+#[derive(Default)]
+pub struct Replication {
+    /// One pull per model at a time.
+    pub(crate) locks: Mutex<BTreeMap<Hash, Arc<tokio::sync::Mutex<()>>>>,
+    /// Stored models may not be announced on-chain yet.
+    pub announce_pending: AtomicBool,
+    /// Background pulls of wanted models started by the chain loop, and their failures.
+    pub inflight: Mutex<BTreeMap<Hash, Retry>>,
+    /// The last registry snapshot read for quorum coordination, and when.
+    pub snapshot: Mutex<Option<(Instant, verity_chain::cert::RegistrySnapshot)>>,
+    /// HTTP client for peers (connection pool shared by pulls and quorum requests).
+    http: std::sync::OnceLock<reqwest::Client>,
+}
+
+impl Replication {
+    /// The shared peer client (no overall timeout: callers set one per request).
+    pub fn client(&self) -> Result<reqwest::Client, ApiError> {
+        if let Some(c) = self.http.get() {
+            return Ok(c.clone());
+        }
+        let c = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(3))
+            .pool_max_idle_per_host(32)
+            // peers close connections idle for their header timeout (10 s by default): drop ours first
+            .pool_idle_timeout(Duration::from_secs(5))
+            .build()
+            .map_err(|e| ApiError::internal(format!("cannot build an HTTP client: {e}")))?;
+        Ok(self.http.get_or_init(|| c).clone())
+    }
 }

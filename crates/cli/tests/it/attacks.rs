@@ -340,7 +340,8 @@ fn griefing_steering_and_hijacking_gain_the_attacker_nothing() {
     .unwrap();
     let mut body = honest_body.clone();
     body["inputs"]["input"]["data"][0] = serde_json::json!(0.0);
-    body["request_id"] = serde_json::json!(verity_node::chain::request_hash(placed.id).to_string());
+    body["request_id"] =
+        serde_json::json!(verity_node::roles::chain::request_hash(placed.id).to_string());
     let drawn_url = &net.urls[net.nodes.iter().position(|a| *a == drawn[0]).unwrap()];
     let forged = net.http_receipt(drawn_url, &body);
     assert_eq!(forged.receipt.node, drawn[0]);

@@ -189,7 +189,7 @@ fn load(
                     "the certified output is the canonical one"
                 );
                 assert_eq!(
-                    verity_node::quorum::outputs_hash(&v["outputs"]).unwrap(),
+                    verity_node::roles::quorum::outputs_hash(&v["outputs"]).unwrap(),
                     expected,
                     "the returned outputs are the certified ones"
                 );

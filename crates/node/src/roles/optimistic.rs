@@ -24,33 +24,8 @@ use verity_core::{keccak256, Address, Hash};
 use verity_engine::dispute::Side;
 use verity_engine::Trace;
 
+use crate::config::OptimisticConfig;
 use crate::state::{Loaded, Node};
-
-/// Optimistic-mode settings of a node.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct OptimisticConfig {
-    /// Commit answers to the optimistic requests this node is assigned. (A staked node defends every
-    /// game against its claims and receipts whatever this says.)
-    pub serve: bool,
-    /// Fraction of other nodes' claims and hub receipts to re-execute and challenge (or dispute at the
-    /// ReceiptCourt) if wrong (0: none, 1: all). Which are checked is drawn with a secret seed kept in
-    /// the store, so a node cannot tell which of its answers will be checked.
-    pub watch_rate: f64,
-    /// Finalize this node's own claims once their challenge window has passed (collecting the fee and
-    /// the bond).
-    pub finalize: bool,
-}
-
-impl Default for OptimisticConfig {
-    fn default() -> Self {
-        OptimisticConfig {
-            serve: true,
-            watch_rate: 0.0,
-            finalize: true,
-        }
-    }
-}
 
 /// What this node knows of one optimistic request and what it did about it.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -418,7 +393,7 @@ impl Optimistic {
         };
         let receipt = verity_core::SignedReceipt {
             receipt: verity_core::Receipt {
-                request_id: crate::chain::request_hash(a.request),
+                request_id: crate::roles::chain::request_hash(a.request),
                 model_id: req.model_id,
                 input_hash: a.input_hash,
                 output_hash: a.output_hash,
@@ -483,11 +458,15 @@ impl Optimistic {
         input_hash: &Hash,
     ) -> Result<Run, (String, bool)> {
         let node = &self.node;
-        let (inputs, _) =
-            crate::chain::fetch_input_and_mode(node, self.chain.as_ref(), req.id, &req.input_uri)
-                .await
-                .map_err(|e| (e.message, true))?;
-        let loaded = crate::chain::load_model(node, &req.model_id)
+        let (inputs, _) = crate::roles::chain::fetch_input_and_mode(
+            node,
+            self.chain.as_ref(),
+            req.id,
+            &req.input_uri,
+        )
+        .await
+        .map_err(|e| (e.message, true))?;
+        let loaded = crate::roles::chain::load_model(node, &req.model_id)
             .await
             .map_err(|e| (e.message, true))?;
         let n2 = node.clone();
@@ -657,13 +636,17 @@ impl Optimistic {
                 .ok_or_else(|| format!("no input published for dispute {id}"))?;
             (Vec::new(), Some(q))
         } else {
-            let (inputs, _) =
-                crate::chain::fetch_input_and_mode(node, self.chain.as_ref(), id, &r.input_uri)
-                    .await
-                    .map_err(|e| e.message)?;
+            let (inputs, _) = crate::roles::chain::fetch_input_and_mode(
+                node,
+                self.chain.as_ref(),
+                id,
+                &r.input_uri,
+            )
+            .await
+            .map_err(|e| e.message)?;
             (inputs, None)
         };
-        let loaded = crate::chain::load_model(node, &r.model_id)
+        let loaded = crate::roles::chain::load_model(node, &r.model_id)
             .await
             .map_err(|e| e.message)?;
         let l2 = loaded.clone();
@@ -891,7 +874,7 @@ pub async fn dispute_offchain(
         }
         Err(e) => return Err(ApiError::unprocessable("bad_signature", e.to_string())),
     }
-    let loaded = crate::chain::load_model(node, &receipt.receipt.model_id).await?;
+    let loaded = crate::roles::chain::load_model(node, &receipt.receipt.model_id).await?;
     let n2 = node.clone();
     let want_input = receipt.receipt.input_hash;
     let run = node
@@ -921,7 +904,7 @@ pub async fn dispute_offchain(
         .await
         .map_err(|e| match e {
             ChainError::Reverted(m) => ApiError::unprocessable("dispute_refused", m),
-            e => crate::chain::api(e),
+            e => crate::roles::chain::api(e),
         })?;
     tracing::info!(node = %r.node, dispute = d, game = g, "disputed an off-chain receipt at the ReceiptCourt");
     Ok(serde_json::json!({
@@ -1019,7 +1002,7 @@ mod tests {
         assert!(e.contains("'Relu' is not an op"), "{e}");
         c.faults.corrupt_op = Some("EinSum".into());
         assert!(c.validate().is_ok());
-        let mut chain = crate::chain::ChainConfig::default();
+        let mut chain = crate::config::ChainConfig::default();
         chain.optimistic.watch_rate = 1.5;
         c.chain = Some(chain);
         let e = c.validate().unwrap_err();

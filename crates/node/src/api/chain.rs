@@ -14,8 +14,8 @@ use serde_json::{json, Value};
 use verity_chain::Chain;
 use verity_core::Hash;
 
-use crate::chain::{jobs, request_hash, verified_result};
 use crate::error::ApiError;
+use crate::roles::chain::{jobs, request_hash, verified_result};
 use crate::state::Node;
 use crate::tensors::decode_native;
 
@@ -133,7 +133,12 @@ pub async fn get_jobs(State(node): State<Arc<Node>>) -> Result<Json<Value>, ApiE
 pub async fn get_optimistic(State(node): State<Arc<Node>>) -> Result<Json<Value>, ApiError> {
     let n = node.clone();
     let (j, a) = node
-        .blocking(move || (crate::optimistic::jobs(&n), crate::optimistic::audits(&n)))
+        .blocking(move || {
+            (
+                crate::roles::optimistic::jobs(&n),
+                crate::roles::optimistic::audits(&n),
+            )
+        })
         .await?;
     Ok(Json(json!({"requests": j, "audits": a})))
 }
@@ -157,7 +162,7 @@ pub async fn post_dispute(
             )
         })?;
     let inputs = decode_native(&body, node.config.limits.max_tensor_elements)?.inputs;
-    let out = crate::optimistic::dispute_offchain(&node, &chain, receipt, inputs).await?;
+    let out = crate::roles::optimistic::dispute_offchain(&node, &chain, receipt, inputs).await?;
     Ok(Json(out))
 }
 
@@ -189,5 +194,7 @@ pub async fn opengradient_result(
         .zip(v.raw)
         .map(|((name, shape, scale, _), q)| (name, shape, scale, q))
         .collect();
-    Ok(Json(crate::opengradient::result_document(&outs, og_mode)))
+    Ok(Json(crate::api::opengradient::result_document(
+        &outs, og_mode,
+    )))
 }

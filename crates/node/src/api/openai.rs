@@ -4,7 +4,6 @@
 //! node that binds the model, the prompt's tokens, the sampling parameters and seed, the output's tokens
 //! and every step's logits (spec: `docs/spec/llm.md` §7).
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
@@ -15,73 +14,11 @@ use serde_json::{json, Map, Value};
 use verity_core::hash::{keccak256, Hash};
 use verity_core::receipt::{receipt_domain, Receipt, SignedReceipt};
 use verity_llm::generate::{input_hash, tokens_hash, Finish, Format, Outcome, Rules};
-use verity_llm::gguf::Gguf;
 use verity_llm::sample::{Params, Sampler};
-use verity_llm::Tokenizer;
 
-use crate::config::LlmConfig;
-use crate::scheduler::{Job, Limits, Scheduler};
+use crate::llm::scheduler::Job;
+use crate::llm::LlmModel;
 use crate::state::Node;
-
-/// A language model being served.
-pub struct LlmModel {
-    /// The name requests give as `model`.
-    pub name: String,
-    /// Positions a generation can hold.
-    pub context: usize,
-    /// The step's model ID.
-    pub model_id: Hash,
-    /// keccak256 of the GGUF file.
-    pub source_hash: Hash,
-    /// The file's tokenizer and chat template.
-    pub tokenizer: Arc<Tokenizer>,
-    /// Unix time the model was loaded.
-    pub created: u64,
-    /// Runs the model's generations.
-    pub scheduler: Scheduler,
-}
-
-/// Loads (compiles) every configured model and starts its scheduler; names must be distinct.
-pub fn load_all(
-    configs: &[LlmConfig],
-    threads: usize,
-) -> Result<BTreeMap<String, Arc<LlmModel>>, String> {
-    let mut out = BTreeMap::new();
-    for c in configs {
-        let name = c.model_name();
-        if out.contains_key(&name) {
-            return Err(format!("two language models are named '{name}'"));
-        }
-        let bytes = std::fs::read(&c.path)
-            .map_err(|e| format!("cannot read the language model {}: {e}", c.path.display()))?;
-        let source_hash = keccak256(&bytes);
-        let g = Gguf::parse(bytes)
-            .map_err(|e| format!("{} is not a valid GGUF file: {e}", c.path.display()))?;
-        let tokenizer =
-            Arc::new(Tokenizer::from_gguf(&g).map_err(|e| format!("{}: {e}", c.path.display()))?);
-        let step = verity_llm::compile(&g, c.context)
-            .map_err(|e| format!("cannot compile {}: {e}", c.path.display()))?;
-        let model_id = verity_engine::vty::model_id(&step.model);
-        tracing::info!(name, %model_id, context = c.context, sequences = c.sequences, kv_mb = c.kv_mb,
-                       "serving language model");
-        let limits = Limits {
-            sequences: c.sequences.max(1),
-            queue: 4 * c.sequences.max(1),
-            kv_bytes: c.kv_mb.saturating_mul(1 << 20),
-        };
-        let m = LlmModel {
-            name: name.clone(),
-            context: step.context,
-            model_id,
-            source_hash,
-            tokenizer: tokenizer.clone(),
-            created: crate::state::unix_now(),
-            scheduler: Scheduler::start(&name, step, tokenizer, threads, limits),
-        };
-        out.insert(name, Arc::new(m));
-    }
-    Ok(out)
-}
 
 /// An error in OpenAI's shape.
 pub struct OaiError {
@@ -467,7 +404,7 @@ fn receipt(node: &Node, r: &Request, i: usize, request_id: Hash, out: &Outcome) 
         output_hash: tokens_hash(&out.tokens),
         trace_root: out.steps_root,
         node: node.key.address(),
-        timestamp: crate::state::unix_now(),
+        timestamp: crate::clock::unix_now(),
     }
     .sign(
         receipt_domain(node.config.chain_id, node.config.verifying_contract),
@@ -679,12 +616,12 @@ async fn quorum_complete(
     };
     doc["model"] = json!(r.model.model_id);
     let request_id = keccak256(&serde_json::to_vec(&doc).unwrap_or_default());
-    let registry = match crate::quorum::registry(&node, &chain).await {
+    let registry = match crate::roles::quorum::registry(&node, &chain).await {
         Ok(x) => x,
         Err(e) => return e.into_response(),
     };
-    let args = crate::quorum::CoordinateArgs {
-        target: crate::quorum::Target::Completion(match kind {
+    let args = crate::roles::quorum::CoordinateArgs {
+        target: crate::roles::quorum::Target::Completion(match kind {
             Kind::Chat => "/v1/chat/completions",
             Kind::Text => "/v1/completions",
         }),
@@ -697,7 +634,7 @@ async fn quorum_complete(
         registry,
         domain: receipt_domain(node.config.chain_id, node.config.verifying_contract),
     };
-    match crate::quorum::coordinate(&node, args).await {
+    match crate::roles::quorum::coordinate(&node, args).await {
         Ok(resp) => resp,
         Err(e) => e.into_response(),
     }
@@ -760,7 +697,7 @@ async fn complete(node: Arc<Node>, body: Bytes, kind: Kind, quorum: Option<Quoru
         },
         &request_id.to_string()[2..26]
     );
-    let created = crate::state::unix_now();
+    let created = crate::clock::unix_now();
     let fingerprint = format!("verity-{}", &r.model.model_id.to_string()[2..18]);
     if !r.stream {
         // a client that goes away drops this future: the flag stops the generation at its next token

@@ -117,7 +117,7 @@ pub async fn post_quorum(
     decode_native(&body, node.config.limits.max_tensor_elements)?;
     let mut doc: Value = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request("bad_json", format!("the body is not JSON: {e}")))?;
-    let (rec, _) = node.resolve(&model).await?;
+    let (rec, _) = crate::roles::replicate::resolve(&node, &model).await?;
     let model_id = rec.id;
     if q.onchain.is_some() {
         // Receipts given over HTTP are signed for the ReceiptCourt's domain and cannot finalize a hub

@@ -9,7 +9,7 @@
 //! the only thing trusted — otherwise the list was a lie and its peers are refused too.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -76,62 +76,43 @@ impl ChunkList {
     }
 }
 
-/// The state of the background pulls of one wanted model.
-#[derive(Clone, Debug)]
-pub struct Retry {
-    /// A pull is running.
-    pub running: bool,
-    /// Pulls that failed so far.
-    pub failures: u32,
-    /// No new pull before this.
-    pub next: Instant,
-    /// Why the last pull failed.
-    pub last_error: String,
-}
-
-impl Retry {
-    /// Whether the node stopped trying (after `attempts` failures).
-    pub fn given_up(&self, attempts: u32) -> bool {
-        self.failures >= attempts
+/// Resolve a model reference (`0x<id>`, `name@version`, `name`) to its record and version. A model
+/// this node does not store is fetched from its peers first when it can be found: an ID directly,
+/// a name through the on-chain ModelRegistry. Otherwise 404.
+pub async fn resolve(
+    node: &Arc<Node>,
+    reference: &str,
+) -> Result<(ModelRecord, Option<verity_store::Version>), ApiError> {
+    let local = node.resolve_local(reference).await;
+    let Err(e) = &local else { return local };
+    if e.status != axum::http::StatusCode::NOT_FOUND {
+        return local;
     }
-
-    /// The wait after the `failures`-th failure: `base` doubled per further failure, at most an hour.
-    pub fn backoff(base: Duration, failures: u32) -> Duration {
-        let doublings = failures.saturating_sub(1).min(20);
-        base.saturating_mul(1 << doublings)
-            .min(Duration::from_secs(3600))
+    let id = match reference.parse::<Hash>() {
+        Ok(id) => Some(id),
+        Err(_) => match node.chain.get() {
+            Some(c) => c.resolve_model(reference).await.ok(),
+            None => None,
+        },
+    };
+    let Some(id) = id else { return local };
+    if node.chain.get().is_none() && node.config.hosting.peers.is_empty() {
+        return local;
     }
-}
-
-/// Replication state shared by a node's tasks.
-#[derive(Default)]
-pub struct Replication {
-    /// One pull per model at a time.
-    locks: Mutex<BTreeMap<Hash, Arc<tokio::sync::Mutex<()>>>>,
-    /// Stored models may not be announced on-chain yet.
-    pub announce_pending: AtomicBool,
-    /// Background pulls of wanted models started by the chain loop, and their failures.
-    pub inflight: Mutex<BTreeMap<Hash, Retry>>,
-    /// The last registry snapshot read for quorum coordination, and when.
-    pub snapshot: Mutex<Option<(Instant, verity_chain::cert::RegistrySnapshot)>>,
-    /// HTTP client for peers (connection pool shared by pulls and quorum requests).
-    http: std::sync::OnceLock<reqwest::Client>,
-}
-
-impl Replication {
-    /// The shared peer client (no overall timeout: callers set one per request).
-    pub fn client(&self) -> Result<reqwest::Client, ApiError> {
-        if let Some(c) = self.http.get() {
-            return Ok(c.clone());
-        }
-        let c = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(3))
-            .pool_max_idle_per_host(32)
-            // peers close connections idle for their header timeout (10 s by default): drop ours first
-            .pool_idle_timeout(Duration::from_secs(5))
-            .build()
-            .map_err(|e| ApiError::internal(format!("cannot build an HTTP client: {e}")))?;
-        Ok(self.http.get_or_init(|| c).clone())
+    ensure(node, id).await.map_err(|e| {
+        ApiError::new(
+            e.status,
+            e.code,
+            format!(
+                "no model '{reference}' on this node, and fetching it from peers failed: {}",
+                e.message
+            ),
+        )
+    })?;
+    match node.resolve_local(reference).await {
+        Ok(r) => Ok(r),
+        // A name whose version was not carried over (e.g. held by another owner here): by ID.
+        Err(_) => node.resolve_local(&id.to_string()).await,
     }
 }
 

@@ -14,50 +14,11 @@ use verity_chain::{
 };
 use verity_core::{Hash, SignedReceipt};
 
+use crate::config::ChainConfig;
 use crate::error::ApiError;
-use crate::replicate::Retry;
+use crate::state::Retry;
 use crate::state::{Loaded, Node};
 use crate::tensors::{decode_native, NamedTensor};
-
-/// Chain settings of a node.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct ChainConfig {
-    /// JSON-RPC URL.
-    pub rpc: String,
-    /// Deployment file (contract addresses) written by `verity devnet` / `verity chain deploy`.
-    pub contracts: std::path::PathBuf,
-    /// Public URL registered in the NodeRegistry (default `http://<listen>`).
-    pub endpoint: Option<String>,
-    /// Stake put up at registration, in wei (decimal).
-    pub stake: String,
-    /// Poll interval in milliseconds.
-    pub poll_ms: u64,
-    /// A spare node of a quorum (assigned beyond the first k) waits this long (milliseconds) after
-    /// first seeing a request before it answers, so it only spends gas when a primary node is slow or
-    /// down.
-    pub spare_grace_ms: u64,
-    /// Only watch optimistic results (what `verity watch` runs): no registration in the NodeRegistry,
-    /// no InferenceHub work, no hosting announcements.
-    pub watch_only: bool,
-    /// Optimistic mode (OptimisticHub).
-    pub optimistic: crate::optimistic::OptimisticConfig,
-}
-
-impl Default for ChainConfig {
-    fn default() -> Self {
-        ChainConfig {
-            rpc: String::new(),
-            contracts: "contracts.json".into(),
-            endpoint: None,
-            stake: "1000000000000000000".into(),
-            poll_ms: 500,
-            spare_grace_ms: 5000,
-            watch_only: false,
-            optimistic: Default::default(),
-        }
-    }
-}
 
 /// A job: one hub request this node saw.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -403,7 +364,7 @@ fn replicate_wanted(node: &Arc<Node>) {
         }
         let n = node.clone();
         tokio::spawn(async move {
-            let result = crate::replicate::ensure(&n, id).await;
+            let result = crate::roles::replicate::ensure(&n, id).await;
             let Ok(mut inflight) = n.replication.inflight.lock() else {
                 return;
             };
@@ -650,7 +611,7 @@ async fn execute<C: Chain>(
 }
 
 pub(crate) async fn load_model(node: &Arc<Node>, id: &Hash) -> Result<Arc<Loaded>, ApiError> {
-    let (rec, _) = node.resolve(&id.to_string()).await?;
+    let (rec, _) = crate::roles::replicate::resolve(node, &id.to_string()).await?;
     node.load(&rec).await
 }
 
@@ -700,7 +661,7 @@ pub async fn fetch_input_and_mode<C: Chain>(
                 )
             })?;
         return Ok((
-            crate::opengradient::input_tensors(&og.input, max)?,
+            crate::api::opengradient::input_tensors(&og.input, max)?,
             Some(og.mode),
         ));
     } else if let Some(rest) = uri.strip_prefix("data:application/json;base64,") {

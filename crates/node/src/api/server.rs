@@ -44,24 +44,27 @@ pub fn router(node: Arc<Node>) -> Router {
         )
         .route(
             "/v1/chat/completions",
-            post(crate::openai::chat_completions),
+            post(crate::api::openai::chat_completions),
         )
-        .route("/v1/completions", post(crate::openai::completions))
+        .route("/v1/completions", post(crate::api::openai::completions))
         .route("/v1/models/{model}", get(model_info))
         .route("/v1/models/{model}/manifest", get(model_manifest))
         .route("/v1/models/{model}/download", get(download))
         .route(
             "/v1/models/{model}/chunks",
-            get(crate::replicate::get_chunk_list),
+            get(crate::roles::replicate::get_chunk_list),
         )
         .route(
             "/v1/models/{model}/chunks/{i}",
-            get(crate::replicate::get_chunk),
+            get(crate::roles::replicate::get_chunk),
         )
-        .route("/v1/models/{model}/pull", post(crate::replicate::post_pull))
+        .route(
+            "/v1/models/{model}/pull",
+            post(crate::roles::replicate::post_pull),
+        )
         .route(
             "/v1/models/{model}/quorum",
-            post(crate::quorum::post_quorum),
+            post(crate::roles::quorum::post_quorum),
         )
         .route("/v1/models/{model}/infer", post(infer_native))
         .route("/v1/models/{model}/zk", get(zk_key))
@@ -85,15 +88,15 @@ pub fn router(node: Arc<Node>) -> Router {
             post(v2_infer_version),
         )
         .route("/metrics", get(metrics))
-        .route("/v1/inputs", post(crate::chain_api::post_input))
-        .route("/v1/inputs/{hash}", get(crate::chain_api::get_input))
-        .route("/v1/requests/{id}", get(crate::chain_api::get_request))
-        .route("/v1/jobs", get(crate::chain_api::get_jobs))
-        .route("/v1/optimistic", get(crate::chain_api::get_optimistic))
-        .route("/v1/disputes", post(crate::chain_api::post_dispute))
+        .route("/v1/inputs", post(crate::api::chain::post_input))
+        .route("/v1/inputs/{hash}", get(crate::api::chain::get_input))
+        .route("/v1/requests/{id}", get(crate::api::chain::get_request))
+        .route("/v1/jobs", get(crate::api::chain::get_jobs))
+        .route("/v1/optimistic", get(crate::api::chain::get_optimistic))
+        .route("/v1/disputes", post(crate::api::chain::post_dispute))
         .route(
             "/artela-network/artela-rollkit/inference/tx/{id}",
-            get(crate::chain_api::opengradient_result),
+            get(crate::api::chain::opengradient_result),
         )
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(body_limit))
@@ -301,7 +304,7 @@ async fn list_models(
     Ok(Json(json!({
         "models": out,
         "object": "list",
-        "data": crate::openai::model_list(&node),
+        "data": crate::api::openai::model_list(&node),
     })))
 }
 
@@ -327,7 +330,7 @@ async fn model_info(
     State(node): State<Arc<Node>>,
     Path(model): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let (rec, version) = node.resolve(&model).await?;
+    let (rec, version) = crate::roles::replicate::resolve(&node, &model).await?;
     let names = names_of(&node, rec.id).await?;
     let version = version.or_else(|| names.last().cloned());
     let mut doc = record_json(&rec);
@@ -351,7 +354,7 @@ async fn model_manifest(
     State(node): State<Arc<Node>>,
     Path(model): Path<String>,
 ) -> Result<Json<SignedManifest>, ApiError> {
-    let (rec, version) = node.resolve(&model).await?;
+    let (rec, version) = crate::roles::replicate::resolve(&node, &model).await?;
     let version = match version {
         Some(v) => v,
         None => names_of(&node, rec.id)
@@ -397,7 +400,7 @@ async fn download(
     Path(model): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let (rec, _) = node.resolve(&model).await?;
+    let (rec, _) = crate::roles::replicate::resolve(&node, &model).await?;
     let len = rec.size;
     let range = match parse_range(headers.get(header::RANGE), len) {
         Ok(r) => r,
@@ -547,7 +550,7 @@ async fn run_inference(
     ),
     ApiError,
 > {
-    let (rec, version) = node.resolve(model).await?;
+    let (rec, version) = crate::roles::replicate::resolve(node, model).await?;
     let loaded = node.load(&rec).await?;
     if node.config.faults.stall_ms > 0 {
         tokio::time::sleep(std::time::Duration::from_millis(
@@ -669,7 +672,7 @@ async fn zk_key(
     State(node): State<Arc<Node>>,
     Path(model): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let (rec, _) = node.resolve(&model).await?;
+    let (rec, _) = crate::roles::replicate::resolve(&node, &model).await?;
     let loaded = node.load(&rec).await?;
     let l2 = loaded.clone();
     let pk = node
@@ -1170,7 +1173,7 @@ fn v2_datatype(kind: &str) -> &'static str {
 }
 
 async fn v2_metadata(node: &Arc<Node>, reference: &str) -> Result<Json<Value>, ApiError> {
-    let (rec, version) = node.resolve(reference).await?;
+    let (rec, version) = crate::roles::replicate::resolve(node, reference).await?;
     // One read of the index: the versions under the resolved name, or those naming the model for an ID.
     let store = node.store.clone();
     let all = node.blocking(move || store.versions()).await??;
@@ -1215,7 +1218,7 @@ async fn v2_model_ready(
     State(node): State<Arc<Node>>,
     Path(model): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let (rec, _) = node.resolve(&model).await?;
+    let (rec, _) = crate::roles::replicate::resolve(&node, &model).await?;
     node.load(&rec).await?;
     Ok(Json(json!({"name": model, "ready": true})))
 }
@@ -1224,7 +1227,7 @@ async fn v2_model_version_ready(
     State(node): State<Arc<Node>>,
     Path((model, version)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
-    let (rec, _) = node.resolve(&format!("{model}@{version}")).await?;
+    let (rec, _) = crate::roles::replicate::resolve(&node, &format!("{model}@{version}")).await?;
     node.load(&rec).await?;
     Ok(Json(
         json!({"name": model, "version": version, "ready": true}),
