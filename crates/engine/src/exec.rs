@@ -449,6 +449,15 @@ impl<M: Borrow<Model> + Sync> Executor<M> {
         Ok(())
     }
 
+    /// Runs later calls on `threads` threads (fast mode; the bits are the same on any count).
+    pub fn set_threads(&mut self, threads: usize) {
+        if let Mode::Fast { .. } = self.mode {
+            self.mode = Mode::Fast {
+                threads: threads.max(1),
+            };
+        }
+    }
+
     /// The model this executor runs.
     pub fn model(&self) -> &Model {
         self.model.borrow()

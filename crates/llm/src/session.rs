@@ -1,5 +1,6 @@
 //! A generation: canonical decode steps chained through their key/value outputs.
 
+use verity_engine::exec::SharedPacks;
 use verity_engine::{ExecError, Executor, Mode, Model};
 
 use crate::arch::LlmError;
@@ -52,10 +53,20 @@ pub struct Session<'a> {
 impl<'a> Session<'a> {
     /// A new generation (position 0) on `threads` threads.
     pub fn new(step: &'a Step, threads: usize) -> Session<'a> {
+        Session::build(step, threads, &SharedPacks::default())
+    }
+
+    /// A second session on the same step that shares this one's packed weights (its own executors,
+    /// buffers and caches): sessions that run at the same time on different threads.
+    pub fn beside(&self, threads: usize) -> Session<'a> {
+        Session::build(self.step, threads, self.exec.shared_packs())
+    }
+
+    fn build(step: &'a Step, threads: usize, packs: &SharedPacks) -> Session<'a> {
         let mode = Mode::Fast {
             threads: threads.max(1),
         };
-        let exec = Executor::new(&step.model, mode);
+        let exec = Executor::new_sharing(&step.model, mode, packs);
         let variants = step
             .variants
             .iter()
@@ -70,6 +81,14 @@ impl<'a> Session<'a> {
             variants,
             caches: vec![Vec::new(); 2 * step.hp.layers],
             pos: 0,
+        }
+    }
+
+    /// Runs the next steps on `threads` threads (the same bits on any count).
+    pub fn set_threads(&mut self, threads: usize) {
+        self.exec.set_threads(threads);
+        for (_, _, e) in &mut self.variants {
+            e.set_threads(threads);
         }
     }
 

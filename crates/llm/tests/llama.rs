@@ -338,4 +338,11 @@ fn interleaved_and_rewound_generations_give_the_bits_of_fresh_ones() {
     // rewinding never moves forward
     s.rewind(1000);
     assert_eq!(s.pos(), b.len() + 6);
+    // a session beside it (sharing its packed weights), on 2 threads then 1: the same bits
+    let mut t = s.beside(2);
+    let mut kv = Kv::new(&step);
+    t.swap_kv(&mut kv);
+    let l = t.prefill(&b).unwrap();
+    t.set_threads(1);
+    assert_eq!(continue_greedy(&mut t, l), want_b, "b beside");
 }

@@ -127,7 +127,12 @@ fn run(
     stats: &Stats,
 ) {
     use std::sync::atomic::Ordering::Relaxed;
-    let mut s = Session::new(step, threads);
+    // one session per thread, sharing the packed weights: with several generations running, each
+    // session runs one of them on a thread of its own; a generation alone runs on every thread
+    let threads = threads.max(1);
+    let first = Session::new(step, threads);
+    let mut sessions: Vec<Session> = (1..threads).map(|_| first.beside(1)).collect();
+    sessions.insert(0, first);
     let mut kept: Vec<Kept> = Vec::new();
     let mut active: Vec<Seq> = Vec::new();
     let mut waiting: VecDeque<Job> = VecDeque::new();
@@ -186,31 +191,38 @@ fn run(
                 decoder: None,
             });
         }
-        // one unit of work for each running generation, in turn
-        let mut i = 0;
-        while i < active.len() {
-            let q = &mut active[i];
-            let result = if !(q.alive)() {
-                Err(None)
-            } else {
-                s.swap_kv(&mut q.kv);
-                let r = unit(&mut s, q, tk, stats);
-                s.swap_kv(&mut q.kv);
-                r.map_err(Some)
-            };
-            let finished = match result {
-                Ok(None) => None,
-                Ok(Some(out)) => Some(Ok(out)),
-                Err(Some(e)) => Some(Err(e)),
-                Err(None) => Some(Ok(Outcome {
-                    tokens: Vec::new(),
-                    text: String::new(),
-                    finish: verity_llm::generate::Finish::Cancelled,
-                    steps_root: Default::default(),
-                })),
-            };
-            let Some(res) = finished else {
-                i += 1;
+        // one unit of work for each running generation: as many at once as there are sessions, each
+        // on one thread, or one alone on every thread
+        let mut results: Vec<Option<Result<Outcome, LlmError>>> = Vec::with_capacity(active.len());
+        for group in active.chunks_mut(sessions.len()) {
+            if let [q] = group {
+                sessions[0].set_threads(threads);
+                results.push(turn(&mut sessions[0], q, tk, stats));
+                continue;
+            }
+            let done: Vec<_> = std::thread::scope(|sc| {
+                let running: Vec<_> = group
+                    .iter_mut()
+                    .zip(sessions.iter_mut())
+                    .map(|(q, s)| {
+                        s.set_threads(1);
+                        sc.spawn(move || turn(s, q, tk, stats))
+                    })
+                    .collect();
+                running
+                    .into_iter()
+                    .map(|h| {
+                        h.join().unwrap_or_else(|_| {
+                            Some(Err(LlmError::Request("the generation failed".into())))
+                        })
+                    })
+                    .collect()
+            });
+            results.extend(done);
+        }
+        // the finished ones leave, from the back (a removal moves the last, already seen, into place)
+        for i in (0..active.len()).rev() {
+            let Some(res) = results[i].take() else {
                 continue;
             };
             let mut q = active.swap_remove(i);
@@ -243,6 +255,28 @@ fn run(
             }
         }
     }
+}
+
+/// A generation's turn on session `s`: its cache swapped in for one unit of work. The outcome when it
+/// has ended (cancelled at once if its requester has gone).
+fn turn<'t>(
+    s: &mut Session,
+    q: &mut Seq<'t>,
+    tk: &'t Tokenizer,
+    stats: &Stats,
+) -> Option<Result<Outcome, LlmError>> {
+    if !(q.alive)() {
+        return Some(Ok(Outcome {
+            tokens: Vec::new(),
+            text: String::new(),
+            finish: verity_llm::generate::Finish::Cancelled,
+            steps_root: Default::default(),
+        }));
+    }
+    s.swap_kv(&mut q.kv);
+    let r = unit(s, q, tk, stats);
+    s.swap_kv(&mut q.kv);
+    r.transpose()
 }
 
 /// One unit of a generation's work on the session (its cache swapped in): a prompt chunk, or the
