@@ -823,7 +823,7 @@ fn demo_llm(
         .build()?;
     let body = json!({
         "model": model,
-        "messages": [{"role": "user", "content": "What is the capital of France?"}],
+        "messages": [{"role": "user", "content": "What is 12 times 7?"}],
         "temperature": 0,
         "max_tokens": 32,
     });

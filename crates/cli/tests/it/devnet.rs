@@ -55,7 +55,29 @@ fn devnet_demo_runs_end_to_end_and_resumes() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("dn");
     let port = free_base(7);
-    let out = devnet(&dir, port, &["--fresh"]);
+    let llm = root().join(".models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(
+        llm.exists(),
+        "{} is missing: run scripts/setup-models",
+        llm.display()
+    );
+    let llm = format!("smollm2={}", llm.display());
+    let out = devnet(
+        &dir,
+        port,
+        &["--fresh", "--llm", &llm, "--llm-context", "128"],
+    );
+    // the language model: a chat answer with its receipt verified, then the same from a quorum of 3
+    for want in [
+        "10. chat",
+        "12 times 7",
+        "11. quorum  ?quorum=3: 3 nodes drawn from the registry generate the same",
+        ", the answer above",
+        "chat-quorum.json --chain … → valid quorum certificate: 3 nodes",
+        "language-model demo done",
+    ] {
+        assert!(out.contains(want), "missing '{want}' in:\n{out}");
+    }
     for want in [
         "InferenceHub",
         "node 2",
