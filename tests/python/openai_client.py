@@ -11,7 +11,7 @@ same parameters, another seed another text); n = 2 (seeds s and s + 1, a receipt
 too); 4 concurrent streams (interleaved, each with its tokens alone); response_format json_object (one JSON object, re-executed by `verity verify`); `verity verify` re-executing a saved completion (a
 changed token or seed fails); legacy completions; and errors in OpenAI's shape for an
 unsupported parameter, an unknown model and a body that is not JSON; a streaming client that goes
-away stopping its generation; a node refusing to start on a
+away stopping its generation; a burst past a node's queue refused 503 `overloaded`; a node refusing to start on a
 model file that is missing or not GGUF. Exit status 1 on any failure.
 
     python tests/python/openai_client.py --verity target/release/verity
@@ -68,6 +68,45 @@ def start_altering_proxy(upstream, alter_chunk):
     srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     return srv, f"http://127.0.0.1:{srv.server_address[1]}"
+
+
+def overload_checks(verity, tmp, check):
+    """A node that runs one generation at a time and queues 4: a burst of 12 requests gets 503
+    `overloaded` for what does not fit (never a hang), the admitted ones their full answers, and the node
+    serves again afterwards."""
+    node = subprocess.Popen(
+        [verity, "node", "--listen", "127.0.0.1:0", "--data-dir", os.path.join(tmp, "small"), "--llm",
+         f"{NAME}={MODEL_FILE}", "--llm-context", "128", "--llm-sequences", "1"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT)
+    try:
+        url = next(w for w in node.stdout.readline().split() if w.startswith("http://"))
+        body = json.dumps({"model": NAME, "prompt": "Once upon a time", "max_tokens": 24,
+                           "temperature": 0}).encode()
+        codes = []
+
+        def one():
+            req = urllib.request.Request(url + "/v1/completions", data=body,
+                                         headers={"Content-Type": "application/json"})
+            try:
+                d = json.loads(urllib.request.urlopen(req, timeout=300).read())
+                codes.append((200, d["usage"]["completion_tokens"]))
+            except urllib.error.HTTPError as e:
+                codes.append((e.code, json.loads(e.read())["error"]["code"]))
+        burst = [threading.Thread(target=one) for _ in range(12)]
+        for t in burst:
+            t.start()
+        for t in burst:
+            t.join(timeout=300)
+        ok = [c for c in codes if c[0] == 200]
+        refused = [c for c in codes if c[0] == 503]
+        check(len(codes) == 12 and ok and refused and all(c[1] == "overloaded" for c in refused)
+              and all(c[1] == 24 for c in ok) and len(ok) + len(refused) == 12,
+              f"a burst past the queue: {len(ok)} answered in full, {len(refused)} refused 503 overloaded")
+        one()
+        check(codes[-1] == (200, 24), "the node serves again after the burst")
+    finally:
+        node.terminate()
+        node.wait(timeout=30)
 
 
 def main():
@@ -340,6 +379,7 @@ def main():
         finally:
             node.terminate()
             node.wait(timeout=30)
+        overload_checks(verity, tmp, check)
     if failures:
         print(f"{len(failures)} check(s) failed")
         sys.exit(1)

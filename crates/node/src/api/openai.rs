@@ -703,21 +703,24 @@ async fn complete(node: Arc<Node>, body: Bytes, kind: Kind, quorum: Option<Quoru
         // a client that goes away drops this future: the flag stops the generation at its next token
         let gone = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let _on_drop = SetOnDrop(gone.clone());
-        let mut outs = Vec::with_capacity(r.n);
-        for i in 0..r.n {
+        // the choices run side by side on the model's scheduler
+        let runs = (0..r.n).map(|i| {
             let (gone, gone2) = (gone.clone(), gone.clone());
-            match generate(
+            generate(
                 &r,
                 i,
                 move |_, _| !gone.load(std::sync::atomic::Ordering::Relaxed),
                 move || !gone2.load(std::sync::atomic::Ordering::Relaxed),
             )
+        });
+        let outs = match futures_util::future::join_all(runs)
             .await
-            {
-                Ok(o) => outs.push(o),
-                Err(e) => return e.into_response(),
-            }
-        }
+            .into_iter()
+            .collect::<Result<Vec<Outcome>, OaiError>>()
+        {
+            Ok(o) => o,
+            Err(e) => return e.into_response(),
+        };
         // each choice carries its own receipt when there are several; the top level has choice 0's
         let choices: Vec<Value> = outs
             .iter()

@@ -5,7 +5,6 @@
 //! next turn, a shared system prompt) computes only the rest. Every generation gives the bits it would
 //! alone (`docs/spec/llm.md` §3, §7.3).
 
-use std::collections::VecDeque;
 use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError};
 use std::sync::Arc;
 
@@ -135,36 +134,25 @@ fn run(
     sessions.insert(0, first);
     let mut kept: Vec<Kept> = Vec::new();
     let mut active: Vec<Seq> = Vec::new();
-    let mut waiting: VecDeque<Job> = VecDeque::new();
     let mut clock = 0u64;
     loop {
-        // take requests: wait for one when idle
-        if active.is_empty() && waiting.is_empty() {
-            match rx.recv() {
-                Ok(j) => waiting.push_back(j),
-                Err(_) => return,
-            }
-        }
-        loop {
-            match rx.try_recv() {
-                Ok(j) => waiting.push_back(j),
-                Err(TryRecvError::Empty) => break,
-                Err(TryRecvError::Disconnected) => {
-                    if active.is_empty() && waiting.is_empty() {
-                        return;
-                    }
-                    break;
-                }
-            }
-        }
-        // admit while there is room: the kept cache sharing the longest prefix with the prompt
+        // admit requests while there is room (waiting ones stay in the bounded queue; when nothing
+        // runs, wait for one): the kept cache sharing the longest prefix with the prompt is reused
         while active.len() < limits.sequences.max(1) {
             let in_use: usize = active.iter().map(|q| q.kv.bytes()).sum();
             if !active.is_empty() && in_use >= limits.kv_bytes {
                 break;
             }
-            let Some(job) = waiting.pop_front() else {
-                break;
+            let job = if active.is_empty() {
+                match rx.recv() {
+                    Ok(j) => j,
+                    Err(_) => return,
+                }
+            } else {
+                match rx.try_recv() {
+                    Ok(j) => j,
+                    Err(TryRecvError::Empty) | Err(TryRecvError::Disconnected) => break,
+                }
             };
             let best = kept
                 .iter()
