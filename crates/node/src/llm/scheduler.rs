@@ -197,16 +197,20 @@ fn run(
                         sc.spawn(move || turn(s, q, tk, stats))
                     })
                     .collect();
-                running
-                    .into_iter()
-                    .map(|h| {
-                        h.join().unwrap_or_else(|_| {
-                            Some(Err(LlmError::Request("the generation failed".into())))
-                        })
-                    })
-                    .collect()
+                running.into_iter().map(|h| h.join().ok()).collect()
             });
-            results.extend(done);
+            for (k, d) in done.into_iter().enumerate() {
+                results.push(d.unwrap_or_else(|| {
+                    // a turn that panicked may have left its cache in the session and the session's
+                    // in the generation: both are dropped (the generation fails, nothing is kept)
+                    let mut fresh = Kv::new(step);
+                    sessions[k].swap_kv(&mut fresh);
+                    if let Some(q) = group.get_mut(k) {
+                        q.kv = Kv::new(step);
+                    }
+                    Some(Err(LlmError::Request("the generation failed".into())))
+                }));
+            }
         }
         // the finished ones leave, from the back (a removal moves the last, already seen, into place)
         for i in (0..active.len()).rev() {
