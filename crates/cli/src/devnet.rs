@@ -794,17 +794,7 @@ fn demo(
 
 /// The name a `[NAME=]FILE` model is served under.
 fn llm_name(spec: &str) -> String {
-    verity_node::config::LlmConfig {
-        path: PathBuf::from(spec.split_once('=').map_or(spec, |(_, p)| p)),
-        name: spec
-            .split_once('=')
-            .map(|(n, _)| n.to_string())
-            .filter(|n| !n.is_empty() && !n.contains('/')),
-        context: 0,
-        sequences: 1,
-        kv_mb: 0,
-    }
-    .model_name()
+    verity_node::config::LlmConfig::from_arg(spec).model_name()
 }
 
 /// The language model: a chat completion from node 0 with its receipt checked offline, then the same

@@ -1121,16 +1121,11 @@ pub fn cmd_node(a: NodeArgs) -> Result<()> {
         }
     }
     for l in &a.llms {
-        let (name, path) = match l.split_once('=') {
-            Some((n, p)) if !n.is_empty() && !n.contains('/') => (Some(n.to_string()), p),
-            _ => (None, l.as_str()),
-        };
         cfg.llm.push(verity_node::config::LlmConfig {
-            path: PathBuf::from(path),
-            name,
             context: a.llm_context,
             sequences: a.llm_sequences,
             kv_mb: a.llm_kv_mb,
+            ..verity_node::config::LlmConfig::from_arg(l)
         });
     }
     parse_faults(&a.faults, &mut cfg.faults)?;

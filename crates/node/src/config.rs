@@ -224,6 +224,22 @@ pub fn default_llm_kv_mb() -> usize {
 }
 
 impl LlmConfig {
+    /// The model a `--llm [NAME=]FILE` argument names, with the default settings (a `NAME` holds no
+    /// `/`, so a path with `=` in it stays a path).
+    pub fn from_arg(arg: &str) -> LlmConfig {
+        let (name, path) = match arg.split_once('=') {
+            Some((n, p)) if !n.is_empty() && !n.contains('/') => (Some(n.to_string()), p),
+            _ => (None, arg),
+        };
+        LlmConfig {
+            path: PathBuf::from(path),
+            name,
+            context: default_llm_context(),
+            sequences: default_llm_sequences(),
+            kv_mb: default_llm_kv_mb(),
+        }
+    }
+
     /// The name requests use.
     pub fn model_name(&self) -> String {
         self.name.clone().unwrap_or_else(|| {

@@ -721,20 +721,27 @@ async fn complete(node: Arc<Node>, body: Bytes, kind: Kind, quorum: Option<Quoru
             Ok(o) => o,
             Err(e) => return e.into_response(),
         };
-        // each choice carries its own receipt when there are several; the top level has choice 0's
-        let choices: Vec<Value> = outs
+        // one receipt per choice; each choice carries its own when there are several, the top level
+        // has choice 0's
+        let receipts: Vec<SignedReceipt> = outs
             .iter()
             .enumerate()
-            .map(|(i, out)| {
+            .map(|(i, out)| receipt(&node, &r, i, request_id, out))
+            .collect();
+        let choices: Vec<Value> = outs
+            .iter()
+            .zip(&receipts)
+            .enumerate()
+            .map(|(i, (out, signed))| {
                 let mut c = choice_json(kind, i, out);
                 if r.n > 1 {
                     c["verity"] = verity_fields(&r, i, out);
-                    c["receipt"] = json!(receipt(&node, &r, i, request_id, out));
+                    c["receipt"] = json!(signed);
                 }
                 c
             })
             .collect();
-        let signed = receipt(&node, &r, 0, request_id, &outs[0]);
+        let signed = &receipts[0];
         let doc = json!({
             "id": id,
             "object": if kind == Kind::Chat { "chat.completion" } else { "text_completion" },
