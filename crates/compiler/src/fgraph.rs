@@ -29,6 +29,25 @@ pub enum Func {
     TanhCdf,
     /// The same with `x²` in place of `x³` (tract's fast GELU variant).
     TanhCdfFast,
+    /// `e^x` on `x ≤ 0` (a value minus its row's maximum); the table spans `[−24, 0]`, below which
+    /// `e^x < 4·10⁻¹¹`.
+    ExpShifted,
+    /// The natural logarithm (its table starts at the smallest positive input the input's scale holds).
+    Ln,
+    /// `ln(1 + e^x)`.
+    Softplus,
+    /// `sin(x)`.
+    Sin,
+    /// `cos(x)`.
+    Cos,
+    /// `⌊x⌋`.
+    Floor,
+    /// `⌈x⌉`.
+    Ceil,
+    /// `x` rounded to the nearest integer, ties to even.
+    RoundEven,
+    /// `x^e` for `x > 0`, the exponent's `f64` bits.
+    Pow(u64),
 }
 
 impl Func {
@@ -42,7 +61,23 @@ impl Func {
             Func::NormCdf => 0.5 * (1.0 + libm::erf(x * std::f64::consts::FRAC_1_SQRT_2)),
             Func::TanhCdf => 0.5 * (1.0 + libm::tanh(SQRT_2_OVER_PI * (x + 0.044715 * x * x * x))),
             Func::TanhCdfFast => 0.5 * (1.0 + libm::tanh(SQRT_2_OVER_PI * (x + 0.044715 * x * x))),
+            Func::ExpShifted => libm::exp(x.min(0.0)),
+            Func::Ln => libm::log(x),
+            // ln(1 + e^x) = max(x, 0) + ln(1 + e^-|x|), which never overflows
+            Func::Softplus => x.max(0.0) + libm::log1p(libm::exp(-x.abs())),
+            Func::Sin => libm::sin(x),
+            Func::Cos => libm::cos(x),
+            Func::Floor => libm::floor(x),
+            Func::Ceil => libm::ceil(x),
+            Func::RoundEven => libm::rint(x),
+            Func::Pow(bits) => libm::pow(x, f64::from_bits(bits)),
         }
+    }
+
+    /// Whether the function is defined only for `x > 0` (its table then starts at the input scale's
+    /// smallest positive value, and smaller inputs read that entry).
+    pub fn positive_domain(self) -> bool {
+        matches!(self, Func::Ln | Func::Pow(_))
     }
 
     /// The input interval outside which the function is constant to well below any table resolution
@@ -53,7 +88,60 @@ impl Func {
             Func::Tanh => Some((-10.0, 10.0)),
             Func::Erf => Some((-6.0, 6.0)),
             Func::NormCdf | Func::TanhCdf => Some((-9.0, 9.0)),
-            Func::TanhCdfFast | Func::Exp => None,
+            Func::ExpShifted => Some((-24.0, 0.0)),
+            Func::Softplus => None,
+            Func::TanhCdfFast
+            | Func::Exp
+            | Func::Ln
+            | Func::Sin
+            | Func::Cos
+            | Func::Floor
+            | Func::Ceil
+            | Func::RoundEven
+            | Func::Pow(_) => None,
+        }
+    }
+}
+
+/// A test on a value's quantized integer `q`, exact at every scale: canonically a [`Op::Lookup`] at
+/// shift 0 into a table of two or three small integers (scale 0), so comparisons, boolean masks and
+/// `Sign` need no op of their own. On reals it reads `x` for `q`: `Positive` is `x > 0` up to the
+/// input's resolution.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// `q > 0` → 1, else 0.
+    Positive,
+    /// `q ≥ 0` → 1, else 0.
+    NonNegative,
+    /// `q = 0` → 1, else 0.
+    Zero,
+    /// `q ≠ 0` → 1, else 0.
+    NonZero,
+    /// −1, 0 or 1.
+    Sign,
+}
+
+impl Step {
+    /// The value on a real input.
+    pub fn eval(self, x: f64) -> f64 {
+        let b = |c: bool| if c { 1.0 } else { 0.0 };
+        match self {
+            Step::Positive => b(x > 0.0),
+            Step::NonNegative => b(x >= 0.0),
+            Step::Zero => b(x == 0.0),
+            Step::NonZero => b(x != 0.0),
+            Step::Sign => b(x > 0.0) - b(x < 0.0),
+        }
+    }
+
+    /// The canonical table: the integer of entry 0 and the entries (`table[clamp(q − lo, 0, len − 1)]`).
+    pub fn table(self) -> (i32, Vec<i32>) {
+        match self {
+            Step::Positive => (0, vec![0, 1]),
+            Step::NonNegative => (-1, vec![0, 1]),
+            Step::Zero => (-1, vec![0, 1, 0]),
+            Step::NonZero => (-1, vec![1, 0, 1]),
+            Step::Sign => (-1, vec![-1, 0, 1]),
         }
     }
 }
@@ -61,6 +149,8 @@ impl Func {
 /// A float op.
 #[derive(Clone, Debug, PartialEq)]
 pub enum FOp {
+    /// An exact test of the quantized input (see [`Step`]); the output is an integer.
+    Step(Step),
     /// An op whose canonical form needs no parameters beyond scales: EinSum, Conv2d, binary arithmetic,
     /// Sqrt/Rsqrt/Recip, Reduce, pooling and shape ops, and `Rescale` (a cast; identity on reals).
     Canon(Op),
@@ -83,6 +173,48 @@ pub enum FOp {
         /// Axis.
         axis: u32,
     },
+}
+
+/// How an op's output holding integers follows from its inputs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IntRule {
+    /// Always integers (tests).
+    Always,
+    /// Integers when every input is: shape ops, and integer arithmetic on integers (boolean logic on
+    /// tests: `And` is a product, `Or` a maximum).
+    AllInputs,
+    /// Integers when the first input is (gathered data).
+    FirstInput,
+    /// Reals.
+    Never,
+}
+
+impl FOp {
+    /// How the output's integer-ness follows from the inputs'.
+    pub fn int_rule(&self) -> IntRule {
+        match self {
+            FOp::Step(_) => IntRule::Always,
+            FOp::Canon(
+                Op::Reshape
+                | Op::Transpose { .. }
+                | Op::Slice { .. }
+                | Op::Broadcast
+                | Op::Concat { .. }
+                | Op::Add
+                | Op::Sub
+                | Op::Mul
+                | Op::Max
+                | Op::Min
+                | Op::EinSum { .. }
+                | Op::Reduce {
+                    kind: ReduceKind::Sum | ReduceKind::Max | ReduceKind::Min,
+                    ..
+                },
+            ) => IntRule::AllInputs,
+            FOp::Canon(Op::Gather { .. }) => IntRule::FirstInput,
+            _ => IntRule::Never,
+        }
+    }
 }
 
 /// A float node.
@@ -188,16 +320,11 @@ impl FGraph {
             return self.consts[vi - ni].int;
         }
         let n = &self.nodes[vi - ni - nc];
-        match &n.op {
-            FOp::Canon(
-                Op::Reshape
-                | Op::Transpose { .. }
-                | Op::Slice { .. }
-                | Op::Broadcast
-                | Op::Concat { .. },
-            ) => n.inputs.iter().all(|&i| self.is_int(i)),
-            FOp::Canon(Op::Gather { .. }) => self.is_int(n.inputs[0]),
-            _ => false,
+        match n.op.int_rule() {
+            IntRule::Always => true,
+            IntRule::AllInputs => n.inputs.iter().all(|&i| self.is_int(i)),
+            IntRule::FirstInput => self.is_int(n.inputs[0]),
+            IntRule::Never => false,
         }
     }
 
@@ -265,6 +392,7 @@ impl FGraph {
                 .map(|&v| if v >= 0.0 { v } else { alpha * v })
                 .collect(),
             FOp::Func(f) => x.iter().map(|&v| f.eval(v)).collect(),
+            FOp::Step(t) => x.iter().map(|&v| t.eval(v)).collect(),
             FOp::Softmax { axis } => {
                 let s = sh(n.inputs[0]);
                 let ax = *axis as usize;

@@ -11,8 +11,11 @@ use tract_onnx::tract_core::ops::nn::{DataFormat, Reduce, Reducer, RmsNorm, Soft
 use tract_onnx::tract_hir::infer::Factoid;
 use verity_engine::ir::{broadcast_shapes, InputKind, Op, ReduceKind, Window};
 
-use crate::fgraph::{FConst, FGraph, FInput, FNode, FOp, Func};
+use crate::fgraph::{FConst, FGraph, FInput, FNode, FOp, Func, IntRule, Step};
 use crate::CompileError;
+
+mod families;
+pub use families::{MASK_FILL, MASK_MAGNITUDE};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Ref {
@@ -95,6 +98,23 @@ impl<'a> Builder<'a> {
         }
     }
 
+    /// Whether `r` holds integers (see [`FGraph::is_int`]).
+    fn is_int_ref(&self, r: Ref) -> bool {
+        match r {
+            Ref::In(i) => self.inputs[i].kind == InputKind::Int,
+            Ref::C(i) => self.consts[i].int,
+            Ref::N(i) => {
+                let (n, ins) = &self.nodes[i];
+                match n.op.int_rule() {
+                    IntRule::Always => true,
+                    IntRule::AllInputs => ins.iter().all(|&r| self.is_int_ref(r)),
+                    IntRule::FirstInput => self.is_int_ref(ins[0]),
+                    IntRule::Never => false,
+                }
+            }
+        }
+    }
+
     /// The constant value of `r`: a constant, or a node computed from constants alone (tract leaves some
     /// such chains unfolded, e.g. a reshaped bias), evaluated here with the float evaluator.
     fn fold(&self, r: Ref) -> Option<FConst> {
@@ -141,10 +161,14 @@ impl<'a> Builder<'a> {
             ));
         };
         let shape: Vec<u32> = k.shape().iter().map(|&d| d as u32).collect();
-        let data = tensor_f64(&k).map_err(|e| {
+        let mut data = tensor_f64(&k).map_err(|e| {
             unsupported(user, format!("constant of type {:?}: {e}", k.datum_type()))
         })?;
-        let r = self.konst(shape, data, k.datum_type().is_integer());
+        let int = k.datum_type().is_integer() || k.datum_type() == DatumType::Bool;
+        if !int {
+            families::clamp_mask_fills(&mut data);
+        }
+        let r = self.konst(shape, data, int);
         self.map.insert(outlet, r);
         Ok(r)
     }
@@ -389,6 +413,22 @@ impl<'a> Builder<'a> {
                             .ok_or_else(|| unsupported(node, "unexpected PowConst form"))?;
                     self.lower_pow(node, x, p.exponent as f64, out_shape)?
                 }
+                "Ln" => self.ln(node, x, out_shape),
+                "Sin" => self.push(name, &origin, FOp::Func(Func::Sin), vec![x], out_shape),
+                "Cos" => self.push(name, &origin, FOp::Func(Func::Cos), vec![x], out_shape),
+                "Floor" => self.push(name, &origin, FOp::Func(Func::Floor), vec![x], out_shape),
+                "Ceil" => self.push(name, &origin, FOp::Func(Func::Ceil), vec![x], out_shape),
+                "RoundHalfToEven" => self.push(
+                    name,
+                    &origin,
+                    FOp::Func(Func::RoundEven),
+                    vec![x],
+                    out_shape,
+                ),
+                "Sign" => self.push(name, &origin, FOp::Step(Step::Sign), vec![x], out_shape),
+                "Not" => self.not(node, x, out_shape),
+                // quantized values are finite
+                "IsNan" | "IsInf" => self.zeros(node, out_shape),
                 other => return Err(unsupported(node, format!("element-wise function {other}"))),
             }
         } else if let Some(s) = op.downcast_ref::<Softmax>() {
@@ -437,6 +477,12 @@ impl<'a> Builder<'a> {
                         vec![sq],
                         out_shape,
                     );
+                    self.map.insert(OutletId::new(id, 0), r);
+                    return Ok(());
+                }
+                Reducer::ArgMax(last) | Reducer::ArgMin(last) => {
+                    let max = matches!(r.reducer, Reducer::ArgMax(_));
+                    let r = self.arg_extreme(node, ins[0], &axes, max, last, out_shape)?;
                     self.map.insert(OutletId::new(id, 0), r);
                     return Ok(());
                 }
@@ -535,12 +581,7 @@ impl<'a> Builder<'a> {
             };
             self.push(name, &origin, canon(op), ins, out_shape)
         } else if let Some(g) = op.downcast_ref::<ops::array::Gather>() {
-            let idx_int = match ins[1] {
-                Ref::In(i) => self.inputs[i].kind == InputKind::Int,
-                Ref::C(i) => self.consts[i].int,
-                Ref::N(_) => true, // checked on the finished graph
-            };
-            if !idx_int {
+            if !self.is_int_ref(ins[1]) {
                 return Err(unsupported(node, "gather indices must be integers"));
             }
             self.push(
@@ -555,6 +596,11 @@ impl<'a> Builder<'a> {
         } else if op.downcast_ref::<ops::array::MultiBroadcastTo>().is_some() {
             self.push(name, &origin, canon(Op::Broadcast), ins, out_shape)
         } else if let Some(c) = op.downcast_ref::<ops::cast::Cast>() {
+            if c.to == DatumType::Bool {
+                let r = self.push(name, &origin, FOp::Step(Step::NonZero), ins, out_shape);
+                self.map.insert(OutletId::new(id, 0), r);
+                return Ok(());
+            }
             if !(c.to.is_float() || c.to.is_integer()) {
                 return Err(unsupported(node, format!("cast to {:?}", c.to)));
             }
@@ -568,6 +614,27 @@ impl<'a> Builder<'a> {
             self.push(name, &origin, canon(Op::Rescale), ins, out_shape)
         } else if op.downcast_ref::<ops::identity::Identity>().is_some() {
             ins[0]
+        } else if op.downcast_ref::<ops::logic::Iff>().is_some() {
+            self.select(node, &ins, out_shape)?
+        } else if let Some(p) = op.downcast_ref::<ops::array::Pad>() {
+            self.pad(node, p, ins[0], out_shape)?
+        } else if let Some(t) = op.downcast_ref::<ops::array::Tile>() {
+            self.tile(node, t, ins[0], out_shape)?
+        } else if let Some(c) = op.downcast_ref::<ops::array::CumSum>() {
+            self.cumsum(node, c, ins[0], out_shape)?
+        } else if let Some(g) = op.downcast_ref::<ops::array::GatherElements>() {
+            self.gather_elements(node, g, ins[0], ins[1], out_shape)?
+        } else if let Some(t) = op.downcast_ref::<ops::array::Trilu>() {
+            self.trilu(node, t, &ins, out_shape)?
+        } else if let Some(u) = op.downcast_ref::<ops::nn::NearestUpsample>() {
+            self.nearest_upsample(node, u, ins[0], out_shape)?
+        } else if let Some(r) = op.downcast_ref::<ops::nn::Resize>() {
+            self.resize(node, r, &ins, out_shape)?
+        } else if let Some(d) = op.downcast_ref::<ops::cnn::Deconv>() {
+            self.deconv(node, d, &ins, out_shape)?
+        } else if let Some(l) = op.downcast_ref::<tract_onnx_opl::lrn::Lrn>() {
+            let (a, b, k) = (l.alpha as f64, l.beta as f64, l.bias as f64);
+            self.lrn(node, a, b, k, l.size, ins[0], out_shape)?
         } else {
             return Err(unsupported(node, "no canonical lowering for this op"));
         };
@@ -597,7 +664,18 @@ impl<'a> Builder<'a> {
                 }
                 self.push(name, &origin, FOp::Canon(Op::Add), ins, out_shape)
             }
-            "Sub" => self.push(name, &origin, FOp::Canon(Op::Sub), ins, out_shape),
+            "Sub" => {
+                if let Some(alpha) = self.celu_alpha(node, x) {
+                    return Err(unsupported(
+                        node,
+                        format!(
+                            "Celu with alpha {alpha}: the ONNX front end's expansion drops the \
+                             factor alpha of the negative part (only alpha = 1 is exact)"
+                        ),
+                    ));
+                }
+                self.push(name, &origin, FOp::Canon(Op::Sub), ins, out_shape)
+            }
             "Mul" => self.push(name, &origin, FOp::Canon(Op::Mul), ins, out_shape),
             // tract's flipped subtraction: y - x
             "SubF" => self.push(name, &origin, FOp::Canon(Op::Sub), vec![y, x], out_shape),
@@ -650,6 +728,15 @@ impl<'a> Builder<'a> {
                     (None, _) => self.push(name, &origin, FOp::Canon(Op::Min), ins, out_shape),
                 }
             }
+            "LT" => self.test_of_difference(node, Step::Positive, y, x, out_shape),
+            "GT" => self.test_of_difference(node, Step::Positive, x, y, out_shape),
+            "LTE" => self.test_of_difference(node, Step::NonNegative, y, x, out_shape),
+            "GTE" => self.test_of_difference(node, Step::NonNegative, x, y, out_shape),
+            "Eq" => self.test_of_difference(node, Step::Zero, x, y, out_shape),
+            "NE" | "Xor" => self.test_of_difference(node, Step::NonZero, x, y, out_shape),
+            // booleans are 0/1
+            "And" => self.push(name, &origin, FOp::Canon(Op::Mul), ins, out_shape),
+            "Or" => self.push(name, &origin, FOp::Canon(Op::Max), ins, out_shape),
             other => return Err(unsupported(node, format!("binary operator {other}"))),
         })
     }
@@ -919,26 +1006,65 @@ impl<'a> Builder<'a> {
         Ok(self.push(name, &origin, FOp::Canon(Op::Reshape), vec![y4], out_shape))
     }
 
+    /// The float graph of what the outputs need: nodes and constants no output depends on (left by
+    /// lowerings that read past a node, e.g. a softplus or log-softmax pattern) are dropped.
     fn finish(self, outputs: Vec<(String, Ref)>) -> FGraph {
-        let (ni, nc) = (self.inputs.len(), self.consts.len());
+        let mut live_n = vec![false; self.nodes.len()];
+        let mut live_c = vec![false; self.consts.len()];
+        let mut mark = |r: Ref, live_n: &mut Vec<bool>| match r {
+            Ref::N(i) => live_n[i] = true,
+            Ref::C(i) => live_c[i] = true,
+            Ref::In(_) => {}
+        };
+        for (_, r) in &outputs {
+            mark(*r, &mut live_n);
+        }
+        for i in (0..self.nodes.len()).rev() {
+            if live_n[i] {
+                for &r in &self.nodes[i].1 {
+                    mark(r, &mut live_n);
+                }
+            }
+        }
+        let renumber = |live: &[bool]| -> Vec<usize> {
+            let mut next = 0;
+            live.iter()
+                .map(|&l| {
+                    let k = next;
+                    next += l as usize;
+                    k
+                })
+                .collect()
+        };
+        let (new_c, new_n) = (renumber(&live_c), renumber(&live_n));
+        let ni = self.inputs.len();
+        let nc = live_c.iter().filter(|&&l| l).count();
         let id = |r: Ref| -> u32 {
             (match r {
                 Ref::In(i) => i,
-                Ref::C(i) => ni + i,
-                Ref::N(i) => ni + nc + i,
+                Ref::C(i) => ni + new_c[i],
+                Ref::N(i) => ni + nc + new_n[i],
             }) as u32
         };
+        let consts = self
+            .consts
+            .into_iter()
+            .zip(&live_c)
+            .filter_map(|(c, &l)| l.then_some(c))
+            .collect();
         let nodes = self
             .nodes
             .into_iter()
-            .map(|(mut n, ins)| {
+            .zip(&live_n)
+            .filter(|(_, &l)| l)
+            .map(|((mut n, ins), _)| {
                 n.inputs = ins.into_iter().map(id).collect();
                 n
             })
             .collect();
         FGraph {
             inputs: self.inputs,
-            consts: self.consts,
+            consts,
             nodes,
             outputs: outputs.into_iter().map(|(n, r)| (n, id(r))).collect(),
         }
@@ -1035,7 +1161,7 @@ fn import_model(mut model: InferenceModel, opts: &ImportOptions) -> Result<Impor
         let node = typed.node(outlet.node);
         let fact = typed.outlet_fact(*outlet).map_err(terr)?;
         let shape = concrete(fact, node)?;
-        let kind = if fact.datum_type.is_integer() {
+        let kind = if fact.datum_type.is_integer() || fact.datum_type == DatumType::Bool {
             InputKind::Int
         } else if fact.datum_type.is_float() {
             InputKind::Fixed

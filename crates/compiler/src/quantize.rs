@@ -236,7 +236,9 @@ fn build_table(
     }
     let step = libm::ldexp(1.0, -t);
     let lo = (a * libm::ldexp(1.0, t)).floor() as i32;
-    let hi = (b * libm::ldexp(1.0, t)).ceil() as i32;
+    // never more than MAX_TABLE + 1 entries, even for a domain too wide for the coarsest index (inputs
+    // past the end read the last entry)
+    let hi = ((b * libm::ldexp(1.0, t)).ceil() as i64).min(lo as i64 + MAX_TABLE as i64) as i32;
     let points: Vec<f64> = (lo..=hi).map(|i| f(i as f64 * step)).collect();
     let scale = out_scale.unwrap_or_else(|| {
         let m = points.iter().fold(0.0f64, |m, v| m.max(v.abs()));
@@ -464,16 +466,39 @@ fn lower_node(
                 None,
             )
         }
+        FOp::Step(t) => {
+            let (lo, data) = t.table();
+            (
+                Op::Lookup { shift: 0, lo },
+                0,
+                Some(Table {
+                    shift: 0,
+                    lo,
+                    scale: 0,
+                    data,
+                }),
+            )
+        }
         FOp::Func(f) => {
             let st = &stats[n.inputs[0] as usize];
             let (a, b) = match f.saturation() {
                 Some(dom) => dom,
+                None if f.positive_domain() => {
+                    // from the smallest positive input the scale holds (or the calibrated minimum
+                    // halved, if larger) to twice the calibrated maximum
+                    let tiny = libm::ldexp(1.0, -(s_in as i32));
+                    let a = (st.min * 0.5).max(tiny);
+                    (a, (st.max * 2.0).max(a * 2.0))
+                }
                 None => {
                     let pad = ((st.max - st.min) * 0.5).max(1.0);
                     ((st.min - pad).max(-40.0), (st.max + pad).min(40.0))
                 }
             };
-            let t = build_table(|x| f.eval(x), a, b, s_in, 16, None, scale_bits);
+            // a positive-domain function's entries below `a` (the table's first grid point can be)
+            // read its value at `a`
+            let floor = if f.positive_domain() { a } else { f64::MIN };
+            let t = build_table(|x| f.eval(x.max(floor)), a, b, s_in, 16, None, scale_bits);
             (
                 Op::Lookup {
                     shift: t.shift,

@@ -309,7 +309,7 @@ fn bad_models_and_inputs_get_one_clear_sentence() {
         "-o",
         &out,
     ]);
-    assert!(e.contains("Cos") && e.contains("the_cosine"), "{e}");
+    assert!(e.contains("Atan") && e.contains("the_arctangent"), "{e}");
     assert!(
         fails(&["model", "compile", "fixtures/no_shape.onnx", "-o", &out])
             .contains("dynamic shape")
