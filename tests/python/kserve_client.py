@@ -113,6 +113,36 @@ def main():
                 res = client.infer(name, [i0])
                 check(np.array_equal(res.as_numpy(out_name).ravel(), ref_out.ravel()), f"{name}: default outputs")
 
+            # A classifier whose label output is an ArgMax: an integer output, INT64 in the schema and
+            # in responses (binary and JSON), equal to the arg-max of its probabilities.
+            import onnx
+            from onnx import TensorProto, helper, numpy_helper
+            w = numpy_helper.from_array(np.random.default_rng(3).normal(size=(6, 4)).astype(np.float32), "w")
+            g = helper.make_graph(
+                [helper.make_node("MatMul", ["x", "w"], ["logits"]),
+                 helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1),
+                 helper.make_node("ArgMax", ["logits"], ["label"], axis=1, keepdims=0)],
+                "classifier", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [5, 6])],
+                [helper.make_tensor_value_info("label", TensorProto.INT64, [5]),
+                 helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [5, 4])], [w])
+            clf = os.path.join(tmp, "classifier.onnx")
+            onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), clf)
+            run([verity, "model", "publish", clf, "--name", "classifier", "--version", "1", "--input-range=-2:2"], env)
+            meta = client.get_model_metadata("classifier")
+            kinds = {o["name"]: o["datatype"] for o in meta["outputs"]}
+            check(kinds == {"label": "INT64", "probabilities": "FP64"}, f"classifier: output datatypes {kinds}")
+            x = np.random.default_rng(4).uniform(-2, 2, size=(5, 6)).astype(np.float32)
+            for binary in (True, False):
+                i0 = httpclient.InferInput("x", [5, 6], "FP32")
+                i0.set_data_from_numpy(x, binary_data=binary)
+                outs = [httpclient.InferRequestedOutput(n, binary_data=binary) for n in ("label", "probabilities")]
+                res = client.infer("classifier", [i0], outputs=outs)
+                label, probs = res.as_numpy("label"), res.as_numpy("probabilities")
+                check(label is not None and label.dtype == np.int64 and
+                      np.array_equal(label, np.argmax(probs, axis=1)) and
+                      np.array_equal(label, np.argmax(x @ numpy_helper.to_array(w), axis=1)),
+                      f"classifier (binary={binary}): INT64 labels {label} = arg-max of the probabilities")
+
             # Errors come back as InferenceServerException with the node's message.
             bad = httpclient.InferInput("input", [1, 3], "FP32")
             bad.set_data_from_numpy(np.zeros((1, 3), dtype=np.float32))

@@ -30,6 +30,8 @@ struct Builder<'a> {
     consts: Vec<FConst>,
     nodes: Vec<(FNode, Vec<Ref>)>,
     map: HashMap<OutletId, Ref>,
+    /// Constants that held mask fills (clamped at import, see [`MASK_MAGNITUDE`]).
+    mask_fills: Vec<Ref>,
 }
 
 fn unsupported(node: &TypedNode, why: impl std::fmt::Display) -> CompileError {
@@ -165,10 +167,11 @@ impl<'a> Builder<'a> {
             unsupported(user, format!("constant of type {:?}: {e}", k.datum_type()))
         })?;
         let int = k.datum_type().is_integer() || k.datum_type() == DatumType::Bool;
-        if !int {
-            families::clamp_mask_fills(&mut data);
-        }
+        let fills = !int && families::clamp_mask_fills(&mut data);
         let r = self.konst(shape, data, int);
+        if fills {
+            self.mask_fills.push(r);
+        }
         self.map.insert(outlet, r);
         Ok(r)
     }
@@ -698,10 +701,15 @@ impl<'a> Builder<'a> {
             },
             "Max" | "Min" => {
                 // max/min against a uniform constant is a clamp (Relu, Clip)
-                let (v, c) = match (scalar(self, y), scalar(self, x)) {
-                    (Some(c), _) if self.shape_of(x) == out_shape => (x, Some(c)),
-                    (_, Some(c)) if self.shape_of(y) == out_shape => (y, Some(c)),
-                    _ => (x, None),
+                let (v, c, k) = match (scalar(self, y), scalar(self, x)) {
+                    (Some(c), _) if self.shape_of(x) == out_shape => (x, Some(c), y),
+                    (_, Some(c)) if self.shape_of(y) == out_shape => (y, Some(c), x),
+                    _ => (x, None, y),
+                };
+                // a clip at a mask fill (finfo.min / max, clamped at import) bounds nothing
+                let c = match c {
+                    Some(c) if self.mask_fills.contains(&k) => Some(f64::INFINITY.copysign(c)),
+                    c => c,
                 };
                 match (c, mini) {
                     (Some(c), "Max") => self.push(
@@ -1156,6 +1164,7 @@ fn import_model(mut model: InferenceModel, opts: &ImportOptions) -> Result<Impor
         consts: vec![],
         nodes: vec![],
         map: HashMap::new(),
+        mask_fills: vec![],
     };
     for (i, outlet) in typed.input_outlets().map_err(terr)?.iter().enumerate() {
         let node = typed.node(outlet.node);

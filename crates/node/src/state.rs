@@ -141,7 +141,12 @@ pub fn io_schema(m: &Model) -> (Vec<TensorInfo>, Vec<TensorInfo>) {
                     .map(|i| i.shape.iter().map(|&d| d as u64).collect())
                     .unwrap_or_default(),
                 scale: info.map(|i| i.scale).unwrap_or(0),
-                kind: "fixed".into(),
+                // a value at scale ≤ 0 holds integers (q · 2^-scale): labels, indices, counts
+                kind: if info.is_some_and(|i| i.scale <= 0) {
+                    "int".into()
+                } else {
+                    "fixed".into()
+                },
             }
         })
         .collect();

@@ -17,20 +17,21 @@ use crate::CompileError;
 /// Float constants at least this large (or infinite) are the "minus infinity" of attention masks
 /// (`finfo(float32).min`, `-inf`); they are clamped to [`MASK_FILL`] at import.
 pub const MASK_MAGNITUDE: f64 = 1e30;
-/// What a mask fill is clamped to: far below any logit a softmax keeps (its table ends 24 below the
-/// row's maximum), small enough that a sum of it and a logit keeps 9 fractional bits.
-pub const MASK_FILL: f64 = 16384.0;
+/// What a mask fill is clamped to: far below any attention logit (a softmax's table ends 24 below the
+/// row's maximum), small enough that a sum of it and a logit keeps 12 fractional bits. A `Max`/`Min`
+/// against a fill (a clip at `finfo.min`) is no bound at all.
+pub const MASK_FILL: f64 = 1024.0;
 
-/// A float constant's values with mask fills clamped (see [`MASK_MAGNITUDE`]).
-pub fn clamp_mask_fills(data: &mut [f64]) {
+/// Clamp a float constant's mask fills (see [`MASK_MAGNITUDE`]); whether it held any.
+pub fn clamp_mask_fills(data: &mut [f64]) -> bool {
+    let mut any = false;
     for v in data {
-        if v.is_nan() {
-            continue;
-        }
-        if v.abs() >= MASK_MAGNITUDE {
+        if !v.is_nan() && v.abs() >= MASK_MAGNITUDE {
             *v = MASK_FILL.copysign(*v);
+            any = true;
         }
     }
+    any
 }
 
 /// Row-major strides of a shape.
@@ -245,7 +246,7 @@ impl Builder<'_> {
             PadMode::Constant(v) => {
                 let v = super::tensor_f64(v).map_err(|e| unsupported(node, e))?;
                 let mut v = vec![v.first().copied().unwrap_or(0.0)];
-                clamp_mask_fills(&mut v);
+                let _ = clamp_mask_fills(&mut v);
                 Some(v[0])
             }
             _ => None,

@@ -1164,6 +1164,15 @@ async fn v2_ready() -> Json<Value> {
     Json(json!({"ready": true}))
 }
 
+/// An output at scale ≤ 0 holds integers (arg-max labels, indices): `INT64`; others `FP64`.
+fn v2_output_datatype(scale: i8) -> &'static str {
+    if scale <= 0 {
+        "INT64"
+    } else {
+        "FP64"
+    }
+}
+
 fn v2_datatype(kind: &str) -> &'static str {
     if kind == "int" {
         "INT64"
@@ -1195,7 +1204,7 @@ async fn v2_metadata(node: &Arc<Node>, reference: &str) -> Result<Json<Value>, A
         "versions": versions,
         "platform": "verity_canonical",
         "inputs": rec.inputs.iter().map(|t| json!({"name": t.name, "datatype": v2_datatype(&t.kind), "shape": t.shape})).collect::<Vec<_>>(),
-        "outputs": rec.outputs.iter().map(|t| json!({"name": t.name, "datatype": "FP64", "shape": t.shape})).collect::<Vec<_>>(),
+        "outputs": rec.outputs.iter().map(|t| json!({"name": t.name, "datatype": v2_output_datatype(t.scale), "shape": t.shape})).collect::<Vec<_>>(),
         "parameters": {"model_id": rec.id.to_hex()},
     })))
 }
@@ -1286,14 +1295,22 @@ async fn v2_infer_ref(
     let mut outputs = Vec::new();
     for (i, bin) in selection {
         let (name, shape, scale, data) = &outs[i];
-        let mut o = json!({"name": name, "datatype": "FP64", "shape": shape,
+        let datatype = v2_output_datatype(*scale);
+        let int = datatype == "INT64";
+        let mut o = json!({"name": name, "datatype": datatype, "shape": shape,
                            "parameters": {"scale": scale}});
         if bin {
             let before = binary.len();
             for v in data {
-                binary.extend_from_slice(&v.to_le_bytes());
+                if int {
+                    binary.extend_from_slice(&(*v as i64).to_le_bytes());
+                } else {
+                    binary.extend_from_slice(&v.to_le_bytes());
+                }
             }
             o["parameters"]["binary_data_size"] = json!(binary.len() - before);
+        } else if int {
+            o["data"] = json!(data.iter().map(|&v| v as i64).collect::<Vec<_>>());
         } else {
             o["data"] = json!(data);
         }
