@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""Differential test of the op families real exports use beyond arithmetic and contractions: models
-built here with random weights (activations by table, comparisons and boolean masks, arg-max labels,
+"""Differential test of the op families real exports use beyond arithmetic and contractions: scikit-learn
+pipelines as skl2onnx exports them (fixtures/sklearn_*.onnx, label outputs included), and models built
+here with random weights (activations by table, comparisons and boolean masks, arg-max labels,
 padding, tiling, cumulative sums, element gathers, resizing, transposed convolution, local response
 normalization, and BERT-style encoders over a padded batch with both attention-mask styles exporters
 write), compiled by Verity, run on fresh inputs beside onnxruntime. Exit status 1 on any disagreement.
@@ -158,8 +159,20 @@ def encoder(rng, mask_style):
     return model, {"input_ids": ("ids", vocab), "attention_mask": ("padding",)}
 
 
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
+
+
+def fixture(name):
+    """A scikit-learn model as skl2onnx exports it (scripts/gen_sklearn_fixtures.py)."""
+    return lambda rng: (onnx.load(os.path.join(ROOT, "fixtures", f"{name}.onnx")), {"X": ("uniform", 0, 8)})
+
+
 # name: (builder, extra compile flags, tolerance relative to the largest reference magnitude)
 FAMILIES = {
+    "sklearn_mlp": (fixture("sklearn_mlp"), ["--precision", "i32", "--input-range=0:8"], 2e-3),
+    "sklearn_logreg": (fixture("sklearn_logreg"), ["--precision", "i32", "--input-range=0:8"], 2e-3),
+    "sklearn_logreg_l2": (fixture("sklearn_logreg_l2"), ["--precision", "i32", "--input-range=0:8"], 2e-3),
+    "sklearn_linreg": (fixture("sklearn_linreg"), ["--precision", "i32", "--input-range=0:8"], 2e-3),
     "activations": (activations, ["--precision", "i32", "--input-range=-3:3"], 2e-3),
     "vision": (vision, ["--precision", "i32"], 2e-3),
     "vision_int8": (vision, [], 6e-2),

@@ -604,14 +604,16 @@ impl<'a> Builder<'a> {
                 self.map.insert(OutletId::new(id, 0), r);
                 return Ok(());
             }
-            if !(c.to.is_float() || c.to.is_integer()) {
+            // tract types some integer tensors as symbolic dimensions (TDim): integers all the same
+            let int_to = c.to.is_integer() || c.to == DatumType::TDim;
+            if !(c.to.is_float() || int_to) {
                 return Err(unsupported(node, format!("cast to {:?}", c.to)));
             }
             let from = model
                 .outlet_fact(node.inputs[0])
                 .map_err(|e| CompileError::Tract(e.to_string()))?
                 .datum_type;
-            if from.is_float() && c.to.is_integer() {
+            if from.is_float() && int_to {
                 return Err(unsupported(node, "casting real values to integers"));
             }
             self.push(name, &origin, canon(Op::Rescale), ins, out_shape)
@@ -1096,10 +1098,31 @@ pub struct Imported {
 
 /// Load an ONNX model from bytes and lower it.
 pub fn import_onnx(bytes: &[u8], opts: &ImportOptions) -> Result<Imported, CompileError> {
-    let model = tract_onnx::onnx()
-        .model_for_read(&mut std::io::Cursor::new(bytes))
+    let onnx = tract_onnx::onnx();
+    let proto = onnx
+        .proto_model_for_read(&mut std::io::Cursor::new(bytes))
         .map_err(|e| CompileError::Onnx(format!("{e:#}")))?;
-    import_model(model, opts)
+    import_model(parse(&onnx, proto, None)?, opts)
+}
+
+/// The ONNX protobuf, its scikit-learn operators rewritten ([`crate::onnx_ml`]), as tract's model;
+/// `dir` is where tensors stored as external data are found.
+fn parse(
+    onnx: &tract_onnx::Onnx,
+    mut proto: tract_onnx::pb::ModelProto,
+    dir: Option<&str>,
+) -> Result<InferenceModel, CompileError> {
+    crate::onnx_ml::rewrite(&mut proto)?;
+    let parsed = onnx
+        .parse(&proto, dir)
+        .map_err(|e| CompileError::Onnx(format!("{e:#}")))?;
+    if !parsed.unresolved_inputs.is_empty() {
+        return Err(CompileError::Onnx(format!(
+            "inputs that nothing defines: {:?}",
+            parsed.unresolved_inputs
+        )));
+    }
+    Ok(parsed.model)
 }
 
 /// Load an ONNX model from a file (tensors stored as external data next to it are found) and lower it.
@@ -1107,10 +1130,12 @@ pub fn import_onnx_path(
     path: &std::path::Path,
     opts: &ImportOptions,
 ) -> Result<Imported, CompileError> {
-    let model = tract_onnx::onnx()
-        .model_for_path(path)
+    let onnx = tract_onnx::onnx();
+    let proto = onnx
+        .proto_model_for_path(path)
         .map_err(|e| CompileError::Onnx(format!("{e:#}")))?;
-    import_model(model, opts)
+    let dir = path.parent().and_then(|d| d.to_str());
+    import_model(parse(&onnx, proto, dir)?, opts)
 }
 
 fn import_model(mut model: InferenceModel, opts: &ImportOptions) -> Result<Imported, CompileError> {

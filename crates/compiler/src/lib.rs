@@ -5,6 +5,7 @@
 pub mod fgraph;
 pub mod import;
 pub mod narrow;
+pub mod onnx_ml;
 pub mod quantize;
 pub mod report;
 
