@@ -219,7 +219,7 @@ fn lower(node: &NodeProto, out: &mut Out<'_>) -> Result<(), CompileError> {
             } else {
                 attr(node, "targets").map_or(1, |a| a.i.max(1) as usize)
             };
-            let rows = if n_out == 0 { 0 } else { coef.len() / n_out };
+            let rows = coef.len().checked_div(n_out).unwrap_or(0);
             if rows == 0 || rows * n_out != coef.len() {
                 return Err(refuse(
                     node,
