@@ -145,6 +145,10 @@ pub(crate) struct CompileFlags {
     /// `w8a8` is `int8`, `int4` is `w4a8`).
     #[arg(long, default_value = "int8")]
     precision: verity_compiler::Precision,
+    /// Keep only these outputs, graph outputs or intermediate tensors by name (`--outputs a,b`), and
+    /// compile only what they need.
+    #[arg(long, value_delimiter = ',')]
+    outputs: Vec<String>,
 }
 
 impl CompileFlags {
@@ -159,6 +163,7 @@ impl CompileFlags {
         };
         opts.apply_input_specs(&self.input_range, &self.input_shape)
             .map_err(|e| anyhow!(e))?;
+        opts.keep_outputs(&self.outputs);
         Ok(opts)
     }
 
@@ -167,7 +172,7 @@ impl CompileFlags {
         json!({
             "scale_bits": self.scale_bits, "samples": self.samples, "seed": self.seed,
             "input_ranges": self.input_range, "input_shapes": self.input_shape,
-            "precision": self.precision.to_string(),
+            "precision": self.precision.to_string(), "outputs": self.outputs,
         })
     }
 }

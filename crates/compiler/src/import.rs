@@ -1086,6 +1086,9 @@ impl<'a> Builder<'a> {
 pub struct ImportOptions {
     /// Shapes for inputs with dynamic dimensions, by input name; unspecified symbolic dimensions become 1.
     pub input_shapes: Vec<(String, Vec<usize>)>,
+    /// When not empty, the model's outputs: these tensors (graph outputs or any intermediate tensor, by
+    /// name), and only what they need is compiled.
+    pub outputs: Vec<String>,
 }
 
 /// The imported model: the decluttered tract model (the float reference) and its lowered float graph.
@@ -1177,6 +1180,20 @@ fn import_model(mut model: InferenceModel, opts: &ImportOptions) -> Result<Impor
         model
             .set_input_fact(i, InferenceFact::dt_shape(dt, dims))
             .map_err(terr)?;
+    }
+    if !opts.outputs.is_empty() {
+        let known: std::collections::HashSet<&str> = model
+            .nodes()
+            .iter()
+            .flat_map(|n| n.outputs.iter().enumerate().map(move |(i, _)| (n, i)))
+            .filter_map(|(n, i)| model.outlet_label(OutletId::new(n.id, i)))
+            .collect();
+        if let Some(bad) = opts.outputs.iter().find(|o| !known.contains(o.as_str())) {
+            return Err(CompileError::Onnx(format!(
+                "the model has no tensor named '{bad}' to keep as an output"
+            )));
+        }
+        model.select_outputs_by_name(&opts.outputs).map_err(terr)?;
     }
     let typed = model
         .into_typed()

@@ -121,6 +121,16 @@ impl Default for CompileOptions {
 }
 
 impl CompileOptions {
+    /// Keep only these outputs (`name,name,…` lists allowed; empty keeps the model's own).
+    pub fn keep_outputs(&mut self, names: &[String]) {
+        self.import.outputs = names
+            .iter()
+            .flat_map(|n| n.split(','))
+            .map(|n| n.trim().to_string())
+            .filter(|n| !n.is_empty())
+            .collect();
+    }
+
     /// Apply textual input specs: ranges `lo:hi` (the default range) or `name=lo:hi`, and shapes
     /// `name=d1,d2,…` (fixing dynamic dimensions). Shared by the CLI and the node.
     pub fn apply_input_specs(

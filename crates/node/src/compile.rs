@@ -36,6 +36,8 @@ pub struct PublishOptions {
     input_shapes: Vec<String>,
     #[serde(default)]
     precision: Option<String>,
+    #[serde(default)]
+    outputs: Vec<String>,
 }
 
 impl PublishOptions {
@@ -75,6 +77,7 @@ impl PublishOptions {
         }
         co.apply_input_specs(&self.input_ranges, &self.input_shapes)
             .map_err(|e| ApiError::bad_request("bad_options", e))?;
+        co.keep_outputs(&self.outputs);
         Ok(co)
     }
 
@@ -99,6 +102,9 @@ impl PublishOptions {
                 .iter()
                 .map(|s| format!("--input-shape={s}")),
         );
+        if !self.outputs.is_empty() {
+            f.push(format!("--outputs={}", self.outputs.join(",")));
+        }
         f
     }
 }

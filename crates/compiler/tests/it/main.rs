@@ -338,3 +338,37 @@ fn narrow_precisions_narrow_contractions_and_keep_accuracy() {
         }
     }
 }
+
+#[test]
+fn named_outputs_keep_only_what_they_need() {
+    let onnx = read("transformer.onnx");
+    let opts = CompileOptions {
+        precision: verity_compiler::Precision::I32,
+        ..Default::default()
+    };
+    let (full, _) = compile(&onnx, &opts).unwrap();
+    let mut part = opts.clone();
+    part.keep_outputs(&["h,logits".to_string()]);
+    let (two, report) = compile(&onnx, &part).unwrap();
+    let names: Vec<&str> = two.outputs.iter().map(|o| o.name.as_str()).collect();
+    assert_eq!(names, ["h", "logits"]);
+    assert_eq!(report.outputs.len(), 2);
+    let mut early = opts.clone();
+    early.keep_outputs(&["q".to_string()]);
+    let (cut, _) = compile(&onnx, &early).unwrap();
+    assert_eq!(cut.outputs.len(), 1);
+    assert!(
+        cut.nodes.len() < full.nodes.len() / 2 && cut.consts.len() < full.consts.len(),
+        "{} of {} nodes, {} of {} constants",
+        cut.nodes.len(),
+        full.nodes.len(),
+        cut.consts.len(),
+        full.consts.len()
+    );
+    let mut bad = opts.clone();
+    bad.keep_outputs(&["no_such_tensor".to_string()]);
+    match compile(&onnx, &bad) {
+        Err(CompileError::Onnx(m)) => assert!(m.contains("no_such_tensor"), "{m}"),
+        other => panic!("expected a refusal, got {:?}", other.map(|_| ())),
+    }
+}
