@@ -105,7 +105,9 @@ def indexing(rng):
     either = g.op("Or", [big, small])
     sel = g.op("Where", [g.op("Not", [either]), logits, g.op("Neg", [logits])])
     eq = g.op("Cast", [g.op("Equal", [label, g.const(np.array(2, np.int64))])], to=T.FLOAT)
-    return (g.model([fin("x", [4, 6])], [label, last, picked, ge, cs, tl, tri, sel, eq]),
+    top_v, top_i = g.op("TopK", [logits, g.const(np.array([3], np.int64))], n_out=2, axis=1)
+    low_v, low_i = g.op("TopK", [logits, g.const(np.array([2], np.int64))], n_out=2, axis=0, largest=0)
+    return (g.model([fin("x", [4, 6])], [label, last, picked, ge, cs, tl, tri, sel, eq, top_v, top_i, low_v, low_i]),
             {"x": ("uniform", -2, 2)})
 
 

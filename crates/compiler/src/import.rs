@@ -189,6 +189,14 @@ impl<'a> Builder<'a> {
         if facts.iter().all(|f| f.konst.is_some()) {
             return Ok(());
         }
+        if let Some(t) = node.op.downcast_ref::<ops::array::Topk>() {
+            let x = self.get(node.inputs[0], node)?;
+            let k = self.get(node.inputs[1], node)?;
+            let (v, i) = self.top_k(node, t.axis, t.largest, x, k)?;
+            self.map.insert(OutletId::new(id, 0), v);
+            self.map.insert(OutletId::new(id, 1), i);
+            return Ok(());
+        }
         if facts.len() != 1 {
             return Err(unsupported(
                 node,

@@ -155,7 +155,23 @@ impl Builder<'_> {
             return Err(unsupported(node, "arg-max/min over several axes"));
         };
         let origin = node.op.name().to_string();
-        let name = &node.name;
+        Ok(self.arg_extreme_named(&node.name, &origin, x, *axis, max, last, out_shape))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn arg_extreme_named(
+        &mut self,
+        name: &str,
+        origin: &str,
+        x: Ref,
+        axis: u32,
+        max: bool,
+        last: bool,
+        out_shape: Vec<u32>,
+    ) -> Ref {
+        let axis = &axis;
+        let origin = origin.to_string();
+        let name = &name.to_string();
         let shape = self.shape_of(x);
         let (rank, a) = (shape.len(), *axis as usize);
         let n = shape[a];
@@ -210,10 +226,10 @@ impl Builder<'_> {
             vec![w],
             out_shape.clone(),
         );
-        Ok(if last {
+        if last {
             let one = self.int_const(vec![], vec![1.0]);
             self.op(
-                name.clone(),
+                name.to_string(),
                 &origin,
                 FOp::Canon(Op::Sub),
                 vec![best, one],
@@ -222,13 +238,13 @@ impl Builder<'_> {
         } else {
             let nn = self.int_const(vec![], vec![n as f64]);
             self.op(
-                name.clone(),
+                name.to_string(),
                 &origin,
                 FOp::Canon(Op::Sub),
                 vec![nn, best],
                 out_shape,
             )
-        })
+        }
     }
 
     /// `Pad` (constant, reflect, edge): slices of the input (or constants) concatenated around it, one
@@ -1154,3 +1170,157 @@ impl Builder<'_> {
         (c.data.iter().all(|&v| v == inv) && inv != 0.0 && alpha != 1.0).then_some(alpha)
     }
 }
+
+impl Builder<'_> {
+    /// `TopK` with a constant `k` (at most [`MAX_TOP_K`]): `k` rounds of "the first maximum, its
+    /// index, then that element replaced by something below the row's minimum", the rounds' values and
+    /// indices concatenated — ties go to the lower index, as ONNX says. `largest = false` runs on `−x`.
+    pub(super) fn top_k(
+        &mut self,
+        node: &TypedNode,
+        axis: usize,
+        largest: bool,
+        x: Ref,
+        k: Ref,
+    ) -> Result<(Ref, Ref), CompileError> {
+        let origin = node.op.name().to_string();
+        let name = &node.name;
+        let k = self
+            .fold(k)
+            .and_then(|c| c.data.first().copied())
+            .ok_or_else(|| unsupported(node, "k must be a constant"))? as i64;
+        let shape = self.shape_of(x);
+        let n = shape[axis] as i64;
+        if k < 1 || k > n || k > MAX_TOP_K {
+            return Err(unsupported(
+                node,
+                format!("k = {k} (1 ≤ k ≤ min(axis length {n}, {MAX_TOP_K}))"),
+            ));
+        }
+        let rank = shape.len();
+        let mut red = shape.clone();
+        red[axis] = 1;
+        let mut cur = if largest {
+            x
+        } else {
+            let m1 = self.int_const(vec![], vec![-1.0]);
+            self.op(
+                format!("{name}.negated"),
+                &origin,
+                FOp::Canon(Op::Mul),
+                vec![x, m1],
+                shape.clone(),
+            )
+        };
+        // below every element: the row's minimum minus one
+        let min = self.op(
+            format!("{name}.min"),
+            &origin,
+            FOp::Canon(Op::Reduce {
+                kind: ReduceKind::Min,
+                axes: vec![axis as u32],
+            }),
+            vec![cur],
+            red.clone(),
+        );
+        let one = self.int_const(vec![], vec![1.0]);
+        let floor = self.op(
+            format!("{name}.floor"),
+            &origin,
+            FOp::Canon(Op::Sub),
+            vec![min, one],
+            red.clone(),
+        );
+        let positions = self.int_const(
+            along(rank, axis, n as u32),
+            (0..n).map(|j| j as f64).collect(),
+        );
+        let (mut values, mut indices) = (vec![], vec![]);
+        for round in 0..k {
+            let tag = format!("{name}.{round}");
+            let v = self.op(
+                format!("{tag}.value"),
+                &origin,
+                FOp::Canon(Op::Reduce {
+                    kind: ReduceKind::Max,
+                    axes: vec![axis as u32],
+                }),
+                vec![cur],
+                red.clone(),
+            );
+            let i =
+                self.arg_extreme_named(&tag, &origin, cur, axis as u32, true, false, red.clone());
+            values.push(v);
+            indices.push(i);
+            if round + 1 < k {
+                // cur = picked ? floor : cur
+                let d = self.op(
+                    format!("{tag}.offset"),
+                    &origin,
+                    FOp::Canon(Op::Sub),
+                    vec![positions, i],
+                    shape.clone(),
+                );
+                let picked = self.op(
+                    format!("{tag}.picked"),
+                    &origin,
+                    FOp::Step(Step::Zero),
+                    vec![d],
+                    shape.clone(),
+                );
+                let gap = self.op(
+                    format!("{tag}.gap"),
+                    &origin,
+                    FOp::Canon(Op::Sub),
+                    vec![floor, cur],
+                    shape.clone(),
+                );
+                let drop = self.op(
+                    format!("{tag}.drop"),
+                    &origin,
+                    FOp::Canon(Op::Mul),
+                    vec![picked, gap],
+                    shape.clone(),
+                );
+                cur = self.op(
+                    format!("{tag}.rest"),
+                    &origin,
+                    FOp::Canon(Op::Add),
+                    vec![cur, drop],
+                    shape.clone(),
+                );
+            }
+        }
+        let mut out = shape.clone();
+        out[axis] = k as u32;
+        let cat = |b: &mut Self, parts: Vec<Ref>, what: &str| {
+            if parts.len() == 1 {
+                parts[0]
+            } else {
+                b.op(
+                    format!("{name}.{what}"),
+                    &origin,
+                    FOp::Canon(Op::Concat { axis: axis as u32 }),
+                    parts,
+                    out.clone(),
+                )
+            }
+        };
+        let mut v = cat(self, values, "values");
+        if !largest {
+            let m1 = self.int_const(vec![], vec![-1.0]);
+            v = self.op(
+                format!("{name}.values_back"),
+                &origin,
+                FOp::Canon(Op::Mul),
+                vec![v, m1],
+                out.clone(),
+            );
+        }
+        let i = cat(self, indices, "indices");
+        Ok((v, i))
+    }
+}
+
+/// The largest `k` a `TopK` is lowered for (each round is a handful of element-wise ops over the input).
+pub const MAX_TOP_K: i64 = 64;
