@@ -50,7 +50,7 @@ PARAM_INPUTS = {
     "ReduceMean": {1}, "ReduceSum": {1}, "ReduceMax": {1}, "ReduceMin": {1}, "ReduceL1": {1},
     "ReduceL2": {1}, "ReduceLogSum": {1}, "ReduceSumSquare": {1}, "Clip": {1, 2},
     "Pad": {1, 2, 3}, "Tile": {1}, "Split": {1}, "CumSum": {1}, "Resize": {1, 2, 3}, "Upsample": {1},
-    "Trilu": {1}, "TopK": {1},
+    "Trilu": {1}, "TopK": {1}, "ConvTranspose": {1},
 }
 
 
