@@ -30,10 +30,27 @@ ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 CACHE = os.path.join(ROOT, "bench", ".models")
 
 
-def image_net(ctor):
+class FirstOutput:
+    """Wraps a model whose forward returns a dict (torchvision segmentation): its "out" tensor."""
+
+    @staticmethod
+    def wrap(m):
+        import torch
+
+        class W(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.m = m
+
+            def forward(self, x):
+                return self.m(x)["out"]
+        return W()
+
+
+def image_net(ctor, **kw):
     def make():
         import torch
-        m = ctor(weights=None)
+        m = ctor(weights=None, **kw)
         # torchvision starts ViT's classifier head at zero: a random one, so the outputs carry signal
         if hasattr(m, "heads"):
             with torch.no_grad():
@@ -45,6 +62,8 @@ def image_net(ctor):
             for _ in range(4):
                 m(torch.randn(8, 3, 224, 224, generator=g))
         m.eval()
+        if kw.get("weights_backbone", 1) is None:
+            m = FirstOutput.wrap(m)
         return m, (1, 3, 224, 224), "image"
     return make
 
@@ -88,6 +107,12 @@ def archs():
         "densenet121": image_net(tv.densenet121),
         "vgg19": image_net(tv.vgg19),
         "vit_b_16": image_net(tv.vit_b_16),
+        "squeezenet1_0": image_net(tv.squeezenet1_0),
+        "googlenet": image_net(tv.googlenet, aux_logits=False, init_weights=True),
+        "shufflenet_v2": image_net(tv.shufflenet_v2_x1_0),
+        "efficientnet_b0": image_net(tv.efficientnet_b0),
+        # segmentation: bilinear Resize, HardSigmoid, HardSwish (outputs compared per pixel)
+        "lraspp_mobilenet_v3": image_net(tv.segmentation.lraspp_mobilenet_v3_large, weights_backbone=None),
         "encoder": encoder,
     }
 

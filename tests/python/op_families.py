@@ -88,6 +88,16 @@ def vision(rng):
     return g.model([fin("x", [1, 3, 8, 8])], [r, n, p, e, i]), {"x": ("uniform", -1, 1)}
 
 
+def volumes(rng):
+    """3-D convolutions (grouped, strided, dilated, padded, with bias) and 3-D pooling."""
+    g = G(rng)
+    c = g.op("Conv", ["x", g.w(6, 2, 3, 2, 3), g.w(6)], pads=[1, 0, 1, 1, 0, 1], strides=[2, 1, 2],
+             dilations=[1, 2, 1], group=2)
+    m = g.op("MaxPool", [g.op("Relu", [c])], kernel_shape=[2, 2, 2], strides=[1, 2, 2])
+    a = g.op("AveragePool", ["x"], kernel_shape=[2, 3, 3], strides=[1, 2, 2], pads=[0, 1, 1, 0, 1, 1])
+    return g.model([fin("x", [1, 4, 6, 5, 6])], [c, m, a]), {"x": ("uniform", -1, 1)}
+
+
 def indexing(rng):
     g = G(rng)
     logits = g.op("MatMul", ["x", g.w(6, 5)])
@@ -178,6 +188,7 @@ FAMILIES = {
     "activations": (activations, ["--precision", "i32", "--input-range=-3:3"], 2e-3),
     "vision": (vision, ["--precision", "i32"], 2e-3),
     "vision_int8": (vision, [], 6e-2),
+    "volumes": (volumes, ["--precision", "i32"], 2e-3),
     "indexing": (indexing, ["--precision", "i32", "--input-range=-2:2"], 2e-3),
     "encoder_float_min": (lambda r: encoder(r, "float_min"), ["--precision", "i32"], 2e-3),
     "encoder_bool": (lambda r: encoder(r, "bool"), ["--precision", "i32"], 2e-3),

@@ -925,6 +925,19 @@ impl<'a> Builder<'a> {
                 out_shape,
             ));
         }
+        if spec.data_format == DataFormat::NCHW
+            && rank == 3
+            && in_shape.len() == 5
+            && out_shape.len() == 5
+        {
+            let op = make(Window {
+                kernel: [1, 1],
+                stride: [1, 1],
+                dilation: [1, 1],
+                pads: [0; 4],
+            });
+            return self.windowed_3d(node, spec, x, weights, extra, out_shape, op);
+        }
         if spec.data_format != DataFormat::NCHW
             || !(rank == 1 || rank == 2)
             || in_shape.len() != rank + 2
@@ -932,7 +945,7 @@ impl<'a> Builder<'a> {
         {
             return Err(unsupported(
                 node,
-                "only 1-D and 2-D windows over channels-first data",
+                "only 1-D, 2-D and 3-D windows over channels-first data",
             ));
         }
         let k = &spec.kernel_shape;

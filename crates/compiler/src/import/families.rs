@@ -1324,3 +1324,255 @@ impl Builder<'_> {
 
 /// The largest `k` a `TopK` is lowered for (each round is a handful of element-wise ops over the input).
 pub const MAX_TOP_K: i64 = 64;
+
+impl Builder<'_> {
+    /// A 3-D window over `[N, C, D, H, W]` as 2-D ops: the depth taps become channels (convolution:
+    /// `kd` strided depth slices concatenated along the channels, depth folded into the batch, one
+    /// `Conv2d` over `kd · C/g` channels per group, so each output is still one exact sum) or an
+    /// element-wise maximum / sum of the depth slices before the 2-D pool (pooling; depth padding is
+    /// refused for pools, zeros are inserted for convolutions).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn windowed_3d(
+        &mut self,
+        node: &TypedNode,
+        spec: &tract_onnx::tract_core::ops::cnn::PoolSpec,
+        x: Ref,
+        weights: Option<Ref>,
+        extra: Vec<Ref>,
+        out_shape: Vec<u32>,
+        kind: Op,
+    ) -> Result<Ref, CompileError> {
+        let origin = node.op.name().to_string();
+        let name = &node.name;
+        let xs = self.shape_of(x);
+        let k: Vec<usize> = spec.kernel_shape.to_vec();
+        let d: Vec<usize> = spec.dilations().to_vec();
+        let st: Vec<usize> = spec.strides().to_vec();
+        let spatial: Vec<usize> = xs[2..].iter().map(|&v| v as usize).collect();
+        let pads = spec.padding.compute(&spatial, &k, &d, &st);
+        let (pd0, pd1) = (pads[0].pad_before, pads[0].pad_after);
+        let (n, c) = (xs[0], xs[1]);
+        let d_out = out_shape[2];
+        let (h_out, w_out) = (out_shape[3], out_shape[4]);
+        if (k[0] - 1) * d[0] + 1 > spatial[0] + pd0 + pd1 {
+            return Err(unsupported(node, "window deeper than the padded input"));
+        }
+        let is_conv = matches!(kind, Op::Conv2d { .. });
+        if !is_conv && (pd0 > 0 || pd1 > 0) {
+            return Err(unsupported(
+                node,
+                "3-D pooling with padding along the depth",
+            ));
+        }
+        // zero padding along the depth (convolutions)
+        let mut cur = x;
+        if pd0 + pd1 > 0 {
+            let mut parts = vec![];
+            for (i, p) in [pd0, pd1].into_iter().enumerate() {
+                if p > 0 {
+                    let zs = vec![n, c, p as u32, xs[3], xs[4]];
+                    parts.push((
+                        i,
+                        self.konst(zs.clone(), vec![0.0; numel(&zs) as usize], false),
+                    ));
+                }
+            }
+            let mut ins: Vec<Ref> = parts.iter().filter(|(i, _)| *i == 0).map(|p| p.1).collect();
+            ins.push(x);
+            ins.extend(parts.iter().filter(|(i, _)| *i == 1).map(|p| p.1));
+            cur = self.op(
+                format!("{name}.depth_padded"),
+                &origin,
+                FOp::Canon(Op::Concat { axis: 2 }),
+                ins,
+                vec![n, c, xs[2] + (pd0 + pd1) as u32, xs[3], xs[4]],
+            );
+        }
+        let slice_shape = vec![n, c, d_out, xs[3], xs[4]];
+        let taps: Vec<Ref> = (0..k[0])
+            .map(|dz| {
+                let start = (dz * d[0]) as u32;
+                self.op(
+                    format!("{name}.depth{dz}"),
+                    &origin,
+                    FOp::Canon(Op::Slice {
+                        axis: 2,
+                        start,
+                        end: start + (d_out - 1) * st[0] as u32 + 1,
+                        step: st[0] as u32,
+                    }),
+                    vec![cur],
+                    slice_shape.clone(),
+                )
+            })
+            .collect();
+        let window = Window {
+            kernel: [k[1] as u32, k[2] as u32],
+            stride: [st[1] as u32, st[2] as u32],
+            dilation: [d[1] as u32, d[2] as u32],
+            pads: [
+                pads[1].pad_before as u32,
+                pads[2].pad_before as u32,
+                pads[1].pad_after as u32,
+                pads[2].pad_after as u32,
+            ],
+        };
+        if window.output_hw(xs[3], xs[4]) != Some((h_out, w_out)) {
+            return Err(unsupported(node, "ceil-mode or uneven 3-D windows"));
+        }
+        if !is_conv {
+            // pool the depth taps element-wise, then 2-D over [N, C·D_out, H, W]
+            let combine = if matches!(kind, Op::MaxPool2d { .. }) {
+                Op::Max
+            } else {
+                Op::Add
+            };
+            let mut acc = taps[0];
+            for (i, &t) in taps.iter().enumerate().skip(1) {
+                acc = self.op(
+                    format!("{name}.taps{i}"),
+                    &origin,
+                    FOp::Canon(combine.clone()),
+                    vec![acc, t],
+                    slice_shape.clone(),
+                );
+            }
+            let flat = self.op(
+                format!("{name}.as_2d"),
+                &origin,
+                FOp::Canon(Op::Reshape),
+                vec![acc],
+                vec![n, c * d_out, xs[3], xs[4]],
+            );
+            let op = match kind {
+                Op::MaxPool2d { .. } => Op::MaxPool2d { window },
+                Op::AvgPool2d {
+                    count_include_pad, ..
+                } => Op::AvgPool2d {
+                    window,
+                    count_include_pad,
+                },
+                _ => return Err(unsupported(node, "unexpected window op")),
+            };
+            let pooled = self.op(
+                format!("{name}.2d"),
+                &origin,
+                FOp::Canon(op),
+                vec![flat],
+                vec![n, c * d_out, h_out, w_out],
+            );
+            let mut y = self.op(
+                format!("{name}.3d"),
+                &origin,
+                FOp::Canon(Op::Reshape),
+                vec![pooled],
+                out_shape.clone(),
+            );
+            if combine == Op::Add && k[0] > 1 {
+                let inv = self.konst(vec![], vec![1.0 / k[0] as f64], false);
+                y = self.op(
+                    name.clone(),
+                    &origin,
+                    FOp::Canon(Op::Mul),
+                    vec![y, inv],
+                    out_shape,
+                );
+            }
+            return Ok(y);
+        }
+        let Op::Conv2d { groups, .. } = kind else {
+            return Err(unsupported(node, "unexpected window op"));
+        };
+        let w = weights
+            .and_then(|w| self.fold(w))
+            .ok_or_else(|| unsupported(node, "3-D convolution kernels must be constants"))?;
+        let (o, cg) = (w.shape[0] as usize, w.shape[1] as usize);
+        let g = groups as usize;
+        let (kd, kh, kw) = (k[0], k[1], k[2]);
+        // channels ordered (group, depth tap, channel of the group)
+        let cat = self.op(
+            format!("{name}.taps"),
+            &origin,
+            FOp::Canon(Op::Concat { axis: 1 }),
+            taps,
+            vec![n, c * kd as u32, d_out, xs[3], xs[4]],
+        );
+        let grouped = if g > 1 {
+            let perm: Vec<f64> = (0..g)
+                .flat_map(|j| {
+                    (0..kd).flat_map(move |dz| {
+                        (0..cg).map(move |ci| (dz * c as usize + j * cg + ci) as f64)
+                    })
+                })
+                .collect();
+            let idx = self.int_const(vec![perm.len() as u32], perm);
+            self.op(
+                format!("{name}.grouped"),
+                &origin,
+                FOp::Canon(Op::Gather { axis: 1 }),
+                vec![cat, idx],
+                vec![n, c * kd as u32, d_out, xs[3], xs[4]],
+            )
+        } else {
+            cat
+        };
+        let moved = self.op(
+            format!("{name}.depth_first"),
+            &origin,
+            FOp::Canon(Op::Transpose {
+                perm: vec![0, 2, 1, 3, 4],
+            }),
+            vec![grouped],
+            vec![n, d_out, c * kd as u32, xs[3], xs[4]],
+        );
+        let batched = self.op(
+            format!("{name}.batched"),
+            &origin,
+            FOp::Canon(Op::Reshape),
+            vec![moved],
+            vec![n * d_out, c * kd as u32, xs[3], xs[4]],
+        );
+        // w[o, ci, dz, i, j] -> w2[o, dz·cg + ci, i, j]
+        let mut w2 = vec![0.0; o * kd * cg * kh * kw];
+        for oc in 0..o {
+            for ci in 0..cg {
+                for dz in 0..kd {
+                    for ij in 0..kh * kw {
+                        w2[((oc * kd + dz) * cg + ci) * kh * kw + ij] =
+                            w.data[((oc * cg + ci) * kd + dz) * kh * kw + ij];
+                    }
+                }
+            }
+        }
+        let wk = self.konst(
+            vec![o as u32, (kd * cg) as u32, kh as u32, kw as u32],
+            w2,
+            false,
+        );
+        let mut ins = vec![batched, wk];
+        ins.extend(extra);
+        let conv = self.op(
+            format!("{name}.2d"),
+            &origin,
+            FOp::Canon(Op::Conv2d { window, groups }),
+            ins,
+            vec![n * d_out, o as u32, h_out, w_out],
+        );
+        let unbatched = self.op(
+            format!("{name}.unbatched"),
+            &origin,
+            FOp::Canon(Op::Reshape),
+            vec![conv],
+            vec![n, d_out, o as u32, h_out, w_out],
+        );
+        Ok(self.op(
+            name.clone(),
+            &origin,
+            FOp::Canon(Op::Transpose {
+                perm: vec![0, 2, 1, 3, 4],
+            }),
+            vec![unbatched],
+            out_shape,
+        ))
+    }
+}
