@@ -103,7 +103,9 @@ def indexing(rng):
     logits = g.op("MatMul", ["x", g.w(6, 5)])
     label = g.op("ArgMax", [logits], axis=1, keepdims=0)
     last = g.op("ArgMin", [logits], axis=1, keepdims=1, select_last_index=1)
-    picked = g.op("Gather", [g.w(5, 3), label], axis=0)
+    # indices through integer casts, as exporters write them
+    recast = g.op("Cast", [g.op("Cast", [label], to=T.INT32)], to=T.INT64)
+    picked = g.op("Gather", [g.w(5, 3), recast], axis=0)
     idx = g.op("ArgMax", [g.op("Reshape", [logits, g.const(np.array([4, 5, 1], np.int64))])], axis=1)
     ge = g.op("GatherElements", [g.op("Reshape", [logits, g.const(np.array([4, 5, 1], np.int64))]), idx],
               axis=1)

@@ -180,8 +180,8 @@ pub enum FOp {
 pub enum IntRule {
     /// Always integers (tests).
     Always,
-    /// Integers when every input is: shape ops, and integer arithmetic on integers (boolean logic on
-    /// tests: `And` is a product, `Or` a maximum).
+    /// Integers when every input is: shape ops, casts, and integer arithmetic on integers (boolean
+    /// logic on tests: `And` is a product, `Or` a maximum).
     AllInputs,
     /// Integers when the first input is (gathered data).
     FirstInput,
@@ -200,6 +200,7 @@ impl FOp {
                 | Op::Slice { .. }
                 | Op::Broadcast
                 | Op::Concat { .. }
+                | Op::Rescale
                 | Op::Add
                 | Op::Sub
                 | Op::Mul
