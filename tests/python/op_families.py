@@ -181,6 +181,11 @@ def fixture(name):
     return lambda rng: (onnx.load(os.path.join(ROOT, "fixtures", f"{name}.onnx")), {"X": ("uniform", 0, 8)})
 
 
+# Proved in zero knowledge and the proof verified (every lowering is made of provable canonical ops);
+# "indexing" gathers at indices computed from non-constant data, which the prover refuses by name.
+PROVE = {"sklearn_mlp", "sklearn_logreg", "activations", "vision", "volumes", "encoder_bool"}
+REFUSED_BY_PROVER = {"indexing": "not provable"}
+
 # name: (builder, extra compile flags, tolerance relative to the largest reference magnitude)
 FAMILIES = {
     "sklearn_mlp": (fixture("sklearn_mlp"), ["--precision", "i32", "--input-range=0:8"], 2e-3),
@@ -264,7 +269,25 @@ def main():
                     if not err <= tol:
                         print(f"FAIL {name}/{o.name} sample {s}: max error {err:.3e} > {tol:.3e}")
                         failures += 1
-            print(f"{name:<18} {len(sess.get_outputs())} outputs, worst error {worst * 100:5.1f}% of tolerance")
+            proof = os.path.join(tmp, f"{name}.proof")
+            zk = ""
+            if name in PROVE or name in REFUSED_BY_PROVER:
+                p = subprocess.run([args.verity, "prove", vty, "--input", inp, "-o", proof],
+                                   capture_output=True, text=True)
+                if name in PROVE:
+                    v = subprocess.run([args.verity, "verify", proof, "--model", vty], capture_output=True,
+                                       text=True) if p.returncode == 0 else p
+                    zk = ", proved and verified" if v.returncode == 0 else ""
+                    if v.returncode != 0:
+                        print(f"FAIL {name}: zk proof: {v.stderr.strip()[-300:]}")
+                        failures += 1
+                else:
+                    want = REFUSED_BY_PROVER[name]
+                    zk = ", refused by the prover by name"
+                    if p.returncode != 1 or want not in p.stderr or "node" not in p.stderr:
+                        print(f"FAIL {name}: expected a clean prover refusal, got {p.returncode}: {p.stderr[-300:]}")
+                        failures += 1
+            print(f"{name:<18} {len(sess.get_outputs())} outputs, worst error {worst * 100:5.1f}% of tolerance{zk}")
     if failures:
         print(f"{failures} failures")
         return 1

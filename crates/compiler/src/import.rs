@@ -595,6 +595,10 @@ impl<'a> Builder<'a> {
             if !self.is_int_ref(ins[1]) {
                 return Err(unsupported(node, "gather indices must be integers"));
             }
+            if let Some(r) = self.one_hot_gather(node, ins[0], ins[1], g.axis, &out_shape) {
+                self.map.insert(OutletId::new(id, 0), r);
+                return Ok(());
+            }
             self.push(
                 name,
                 &origin,

@@ -1576,3 +1576,105 @@ impl Builder<'_> {
         ))
     }
 }
+
+/// The longest constant axis a computed index selects from by a one-hot product.
+pub const ONE_HOT_GATHER: u32 = 256;
+
+impl Builder<'_> {
+    /// A `Gather` from a constant table (axis length at most [`ONE_HOT_GATHER`]) at indices computed
+    /// inside the model (a label from an arg-max, a class from a lookup) as a one-hot product:
+    /// `onehot[…, j] = [index = j]`, contracted with the table — integer-exact, and made of ops the
+    /// prover proves (a computed index into a table is not). `None` when the gather stays a `Gather`.
+    pub(super) fn one_hot_gather(
+        &mut self,
+        node: &TypedNode,
+        data: Ref,
+        idx: Ref,
+        axis: usize,
+        out_shape: &[u32],
+    ) -> Option<Ref> {
+        if !matches!(idx, Ref::N(_)) || self.const_data(data).is_none() {
+            return None;
+        }
+        let ds = self.shape_of(data);
+        let is = self.shape_of(idx);
+        let n = ds[axis];
+        if n > ONE_HOT_GATHER || ds.len() + is.len() > 12 || numel(&is) * n as u64 > 1 << 24 {
+            return None;
+        }
+        let origin = node.op.name().to_string();
+        let name = &node.name;
+        // negative indices count from the end
+        let zero = self.int_const(vec![], vec![0.0]);
+        let neg = self.op(
+            format!("{name}.negated"),
+            &origin,
+            FOp::Canon(Op::Sub),
+            vec![zero, idx],
+            is.clone(),
+        );
+        let neg = self.op(
+            format!("{name}.is_negative"),
+            &origin,
+            FOp::Step(Step::Positive),
+            vec![neg],
+            is.clone(),
+        );
+        let nn = self.int_const(vec![], vec![n as f64]);
+        let wrap = self.op(
+            format!("{name}.wrap"),
+            &origin,
+            FOp::Canon(Op::Mul),
+            vec![neg, nn],
+            is.clone(),
+        );
+        let i = self.op(
+            format!("{name}.index"),
+            &origin,
+            FOp::Canon(Op::Add),
+            vec![idx, wrap],
+            is.clone(),
+        );
+        let mut col = is.clone();
+        col.push(1);
+        let i = self.op(
+            format!("{name}.column"),
+            &origin,
+            FOp::Canon(Op::Reshape),
+            vec![i],
+            col,
+        );
+        let positions = self.int_const(vec![n], (0..n).map(|j| j as f64).collect());
+        let mut hot_shape = is.clone();
+        hot_shape.push(n);
+        let d = self.op(
+            format!("{name}.offset"),
+            &origin,
+            FOp::Canon(Op::Sub),
+            vec![i, positions],
+            hot_shape.clone(),
+        );
+        let hot = self.op(
+            format!("{name}.one_hot"),
+            &origin,
+            FOp::Step(Step::Zero),
+            vec![d],
+            hot_shape,
+        );
+        // labels: the table's axes 0..r (axis `axis` is the summed one), the indices' axes r..
+        let r = ds.len() as u8;
+        let mut a: Vec<u8> = (r..r + is.len() as u8).collect();
+        a.push(axis as u8);
+        let b: Vec<u8> = (0..r).collect();
+        let mut out: Vec<u8> = (0..axis as u8).collect();
+        out.extend(r..r + is.len() as u8);
+        out.extend(axis as u8 + 1..r);
+        Some(self.op(
+            name.clone(),
+            &origin,
+            FOp::Canon(Op::EinSum { a, b, out }),
+            vec![hot, data],
+            out_shape.to_vec(),
+        ))
+    }
+}
