@@ -2,7 +2,8 @@
 //! boolean masks, `Where`, arg-max/min, padding, tiling, cumulative sums, element gathers, resizing,
 //! transposed convolutions, local response normalization, triangular masks — each written with ops the
 //! canonical format already has, so no new canonical op (and no new case in the executors, `onestep` or
-//! the prover) is needed. Booleans are integers 0/1 at scale 0. See `docs/spec/canonical.md`, "Lowerings".
+//! the prover) is needed. Booleans are integers 0/1 at scale 0. One file per family: `logic` (tests,
+//! `Where`, arg-max, top-k, one-hot gathers), `layout`, `windows`, `functions`. Spec: `docs/spec/canonical.md` §5.1.
 
 use super::{Builder, Ref};
 use crate::fgraph::FOp;
