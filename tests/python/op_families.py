@@ -203,6 +203,23 @@ FAMILIES = {
 }
 
 
+def hostile():
+    """Small files that ask for huge lowerings: each must be refused at once with one sentence."""
+    out = {}
+    for name, node, inits in [
+        ("pad_reflect_wide", ("Pad", {"mode": "reflect"}), [np.array([0, 0, 0, 5000, 0, 0, 0, 0], np.int64)]),
+        ("pad_constant_huge", ("Pad", {"mode": "constant"}), [np.array([0, 0, 0, 1 << 28, 0, 0, 0, 0], np.int64)]),
+        ("pad_edge_huge", ("Pad", {"mode": "edge"}), [np.array([0, 0, 0, 1 << 28, 0, 0, 0, 0], np.int64)]),
+        ("deconv_stride_huge", ("ConvTranspose", {"strides": [60000, 60000]}),
+         [np.ones((4, 4, 1, 1), np.float32)]),
+    ]:
+        g = G(np.random.default_rng(0))
+        ins = ["x"] + [g.const(a) for a in inits]
+        y = g.op(node[0], ins, **node[1])
+        out[name] = g.model([fin("x", [1, 4, 8, 8])], [y])
+    return out
+
+
 def sample(spec, shape, rng):
     kind = spec[0]
     if kind == "uniform":
@@ -288,6 +305,17 @@ def main():
                         print(f"FAIL {name}: expected a clean prover refusal, got {p.returncode}: {p.stderr[-300:]}")
                         failures += 1
             print(f"{name:<18} {len(sess.get_outputs())} outputs, worst error {worst * 100:5.1f}% of tolerance{zk}")
+        for name, model in hostile().items():
+            path = os.path.join(tmp, f"{name}.onnx")
+            onnx.save(model, path)
+            c = subprocess.run([args.verity, "model", "compile", path, "-o", os.path.join(tmp, "h.vty")],
+                               capture_output=True, text=True, timeout=60)
+            lines = c.stderr.strip().splitlines()
+            if c.returncode != 1 or len(lines) != 1 or not lines[0].startswith("error: "):
+                print(f"FAIL {name}: expected a one-sentence refusal, got {c.returncode}: {c.stderr[-300:]}")
+                failures += 1
+            else:
+                print(f"{name:<18} refused: {lines[0][:110]}")
     if failures:
         print(f"{failures} failures")
         return 1

@@ -10,6 +10,11 @@ use crate::fgraph::{FOp, Step};
 use crate::import::{tensor_f64, unsupported, Builder, Ref};
 use crate::CompileError;
 
+/// The most elements a padding slab (or inserted zeros) may hold.
+pub(super) const MAX_SLAB: u64 = 1 << 24;
+/// The widest reflect padding (one slice per padded element).
+const MAX_REFLECT: usize = 4096;
+
 impl Builder<'_> {
     /// `Pad` (constant, reflect, edge): slices of the input (or constants) concatenated around it, one
     /// axis at a time.
@@ -46,6 +51,9 @@ impl Builder<'_> {
                     }
                     let mut s = shape.clone();
                     s[axis] = count as u32;
+                    if numel(&s) > MAX_SLAB {
+                        return Err(unsupported(node, "padding of more than 2^24 elements"));
+                    }
                     if let Some(v) = fill {
                         let c = b.konst(
                             s.clone(),
@@ -54,10 +62,16 @@ impl Builder<'_> {
                         );
                         return Ok(vec![c]);
                     }
-                    // reflect mirrors without the edge element; edge repeats it
+                    // reflect mirrors without the edge element (one slice per element); edge repeats it
                     let reflect = matches!(p.mode, PadMode::Reflect);
                     if n == 0 || (reflect && count >= n) {
                         return Err(unsupported(node, "padding wider than the reflected axis"));
+                    }
+                    if reflect && count > MAX_REFLECT {
+                        return Err(unsupported(
+                            node,
+                            format!("reflect padding of more than {MAX_REFLECT} elements"),
+                        ));
                     }
                     let one = |b: &mut Self, i: usize| -> Ref {
                         let mut s1 = shape.clone();
@@ -75,6 +89,16 @@ impl Builder<'_> {
                             s1,
                         )
                     };
+                    if !reflect {
+                        let edge = one(b, if at_end { n - 1 } else { 0 });
+                        return Ok(vec![b.op(
+                            format!("{}.{axis}.edge{}", node.name, at_end as u8),
+                            &origin,
+                            FOp::Canon(Op::Broadcast),
+                            vec![edge],
+                            s,
+                        )]);
+                    }
                     Ok((0..count)
                         .map(|k| {
                             // k-th element outward from the edge, listed in output order

@@ -95,6 +95,9 @@ impl Builder<'_> {
             );
             let mut z = e.clone();
             z[ax + 3] = (s - 1) as u32;
+            if numel(&z) > super::layout::MAX_SLAB {
+                return Err(unsupported(node, "stride too large for the input"));
+            }
             let zeros = self.konst(z.clone(), vec![0.0; numel(&z) as usize], false);
             let mut cat = e.clone();
             cat[ax + 3] = s as u32;
@@ -363,6 +366,9 @@ impl Builder<'_> {
             for (i, p) in [pd0, pd1].into_iter().enumerate() {
                 if p > 0 {
                     let zs = vec![n, c, p as u32, xs[3], xs[4]];
+                    if numel(&zs) > super::layout::MAX_SLAB {
+                        return Err(unsupported(node, "depth padding too large"));
+                    }
                     parts.push((
                         i,
                         self.konst(zs.clone(), vec![0.0; numel(&zs) as usize], false),
