@@ -6,7 +6,7 @@ use tract_onnx::tract_core::ops::nn::{NearestUpsample, Resize};
 use verity_engine::ir::{numel, Op};
 
 use super::{clamp_mask_fills, strides_of};
-use crate::fgraph::{FOp, Step};
+use crate::fgraph::FOp;
 use crate::import::{tensor_f64, unsupported, Builder, Ref};
 use crate::CompileError;
 
@@ -264,36 +264,7 @@ impl Builder<'_> {
             }
             None => {
                 // index + n · (index < 0), times the stride, plus the offset
-                let zero = self.int_const(vec![], vec![0.0]);
-                let neg = self.op(
-                    format!("{name}.negative"),
-                    &origin,
-                    FOp::Canon(Op::Sub),
-                    vec![zero, idx],
-                    is.clone(),
-                );
-                let neg = self.op(
-                    format!("{name}.is_negative"),
-                    &origin,
-                    FOp::Step(Step::Positive),
-                    vec![neg],
-                    is.clone(),
-                );
-                let nn = self.int_const(vec![], vec![n as f64]);
-                let wrap = self.op(
-                    format!("{name}.wrap"),
-                    &origin,
-                    FOp::Canon(Op::Mul),
-                    vec![neg, nn],
-                    is.clone(),
-                );
-                let i = self.op(
-                    format!("{name}.index"),
-                    &origin,
-                    FOp::Canon(Op::Add),
-                    vec![idx, wrap],
-                    is.clone(),
-                );
+                let i = self.wrapped_index(name, &origin, idx, n as u32, &is);
                 let st = self.int_const(vec![], vec![dst[axis] as f64]);
                 let i = self.op(
                     format!("{name}.scaled"),

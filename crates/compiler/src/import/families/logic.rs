@@ -126,11 +126,8 @@ impl Builder<'_> {
         last: bool,
         out_shape: Vec<u32>,
     ) -> Ref {
-        let axis = &axis;
-        let origin = origin.to_string();
-        let name = &name.to_string();
         let shape = self.shape_of(x);
-        let (rank, a) = (shape.len(), *axis as usize);
+        let (rank, a) = (shape.len(), axis as usize);
         let n = shape[a];
         let kind = if max {
             ReduceKind::Max
@@ -139,24 +136,24 @@ impl Builder<'_> {
         };
         let ext = self.op(
             format!("{name}.extreme"),
-            &origin,
+            origin,
             FOp::Canon(Op::Reduce {
                 kind,
-                axes: vec![*axis],
+                axes: vec![axis],
             }),
             vec![x],
             out_shape.clone(),
         );
         let d = self.op(
             format!("{name}.difference"),
-            &origin,
+            origin,
             FOp::Canon(Op::Sub),
             vec![x, ext],
             shape.clone(),
         );
         let eq = self.op(
             format!("{name}.is_extreme"),
-            &origin,
+            origin,
             FOp::Step(Step::Zero),
             vec![d],
             shape.clone(),
@@ -168,17 +165,17 @@ impl Builder<'_> {
         let ramp = self.int_const(along(rank, a, n), ramp);
         let w = self.op(
             format!("{name}.ranked"),
-            &origin,
+            origin,
             FOp::Canon(Op::Mul),
             vec![eq, ramp],
             shape,
         );
         let best = self.op(
             format!("{name}.best"),
-            &origin,
+            origin,
             FOp::Canon(Op::Reduce {
                 kind: ReduceKind::Max,
-                axes: vec![*axis],
+                axes: vec![axis],
             }),
             vec![w],
             out_shape.clone(),
@@ -187,7 +184,7 @@ impl Builder<'_> {
             let one = self.int_const(vec![], vec![1.0]);
             self.op(
                 name.to_string(),
-                &origin,
+                origin,
                 FOp::Canon(Op::Sub),
                 vec![best, one],
                 out_shape,
@@ -196,7 +193,7 @@ impl Builder<'_> {
             let nn = self.int_const(vec![], vec![n as f64]);
             self.op(
                 name.to_string(),
-                &origin,
+                origin,
                 FOp::Canon(Op::Sub),
                 vec![nn, best],
                 out_shape,
@@ -376,37 +373,7 @@ impl Builder<'_> {
         }
         let origin = node.op.name().to_string();
         let name = &node.name;
-        // negative indices count from the end
-        let zero = self.int_const(vec![], vec![0.0]);
-        let neg = self.op(
-            format!("{name}.negated"),
-            &origin,
-            FOp::Canon(Op::Sub),
-            vec![zero, idx],
-            is.clone(),
-        );
-        let neg = self.op(
-            format!("{name}.is_negative"),
-            &origin,
-            FOp::Step(Step::Positive),
-            vec![neg],
-            is.clone(),
-        );
-        let nn = self.int_const(vec![], vec![n as f64]);
-        let wrap = self.op(
-            format!("{name}.wrap"),
-            &origin,
-            FOp::Canon(Op::Mul),
-            vec![neg, nn],
-            is.clone(),
-        );
-        let i = self.op(
-            format!("{name}.index"),
-            &origin,
-            FOp::Canon(Op::Add),
-            vec![idx, wrap],
-            is.clone(),
-        );
+        let i = self.wrapped_index(name, &origin, idx, n, &is);
         let mut col = is.clone();
         col.push(1);
         let i = self.op(
@@ -448,5 +415,47 @@ impl Builder<'_> {
             vec![hot, data],
             out_shape.to_vec(),
         ))
+    }
+
+    /// `index + n · (index < 0)`: integer indices into an axis of length `n`, negative ones counted
+    /// from its end (exact; a test and integer arithmetic).
+    pub(in crate::import) fn wrapped_index(
+        &mut self,
+        name: &str,
+        origin: &str,
+        idx: Ref,
+        n: u32,
+        shape: &[u32],
+    ) -> Ref {
+        let zero = self.int_const(vec![], vec![0.0]);
+        let neg = self.op(
+            format!("{name}.negated"),
+            origin,
+            FOp::Canon(Op::Sub),
+            vec![zero, idx],
+            shape.to_vec(),
+        );
+        let neg = self.op(
+            format!("{name}.is_negative"),
+            origin,
+            FOp::Step(Step::Positive),
+            vec![neg],
+            shape.to_vec(),
+        );
+        let nn = self.int_const(vec![], vec![n as f64]);
+        let wrap = self.op(
+            format!("{name}.wrap"),
+            origin,
+            FOp::Canon(Op::Mul),
+            vec![neg, nn],
+            shape.to_vec(),
+        );
+        self.op(
+            format!("{name}.index"),
+            origin,
+            FOp::Canon(Op::Add),
+            vec![idx, wrap],
+            shape.to_vec(),
+        )
     }
 }
