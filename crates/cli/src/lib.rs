@@ -116,6 +116,10 @@ struct CompileArgs {
     /// For a GGUF language model: the positions a generation can hold.
     #[arg(long, default_value_t = llm::DEFAULT_CONTEXT)]
     context: usize,
+    /// For a sentence-encoder directory: the compiled sequence length (default: the model's
+    /// `max_seq_length`, else the smaller of its positions and 256).
+    #[arg(long)]
+    sequence: Option<usize>,
 }
 
 /// Compile options given as flags (shared by `model compile` and `model publish`).
@@ -142,9 +146,9 @@ pub(crate) struct CompileFlags {
     /// weights (16 or 8 per output channel; 4 per block of 32 along a matrix product's reduced axis,
     /// others 8) and Y-bit activations (8 or 16), with `d` quantizing a matrix product's activations
     /// per row at run time instead of at a calibrated scale (`w8a16`, `w16a16`, `w4a8`, `w8a8d`;
-    /// `w8a8` is `int8`, `int4` is `w4a8`).
-    #[arg(long, default_value = "int8")]
-    precision: verity_compiler::Precision,
+    /// `w8a8` is `int8`, `int4` is `w4a8`). Default: `int8`; `i32` for a sentence-encoder directory.
+    #[arg(long)]
+    precision: Option<verity_compiler::Precision>,
     /// Keep only these outputs, graph outputs or intermediate tensors by name (`--outputs a,b`), and
     /// compile only what they need.
     #[arg(long, value_delimiter = ',')]
@@ -158,7 +162,7 @@ impl CompileFlags {
             scale_bits: self.scale_bits,
             random_samples: self.samples,
             seed: self.seed,
-            precision: self.precision,
+            precision: self.precision.unwrap_or_default(),
             ..Default::default()
         };
         opts.apply_input_specs(&self.input_range, &self.input_shape)
@@ -172,7 +176,7 @@ impl CompileFlags {
         json!({
             "scale_bits": self.scale_bits, "samples": self.samples, "seed": self.seed,
             "input_ranges": self.input_range, "input_shapes": self.input_shape,
-            "precision": self.precision.to_string(), "outputs": self.outputs,
+            "precision": self.precision.unwrap_or_default().to_string(), "outputs": self.outputs,
         })
     }
 }
@@ -338,6 +342,9 @@ fn model_input_shapes(onnx: &Path, import: &ImportOptions) -> Result<Vec<(String
 }
 
 fn cmd_compile(a: CompileArgs) -> Result<()> {
+    if a.model.is_dir() {
+        return cmd_compile_encoder(&a);
+    }
     if !a.model.is_file() {
         bail!("cannot read {}: no such file", a.model.display());
     }
@@ -353,8 +360,41 @@ fn cmd_compile(a: CompileArgs) -> Result<()> {
     }
     let (model, report) = compile_path(&a.model, &opts)
         .with_context(|| format!("cannot compile {}", a.model.display()))?;
-    let bytes = vty::encode(&model);
-    let id = vty::model_id(&model);
+    write_compiled(&a, &model, &report)
+}
+
+/// `model compile DIR`: a sentence encoder with its tokenizer and pooling, as a node serving it for
+/// `/v1/embeddings` compiles it (the same model ID).
+fn cmd_compile_encoder(a: &CompileArgs) -> Result<()> {
+    let opts = verity_node::embed::EmbedOptions {
+        sequence: a.sequence,
+        precision: a.flags.precision,
+        ..Default::default()
+    };
+    let dir = verity_node::embed::read_dir(&a.model, &opts).map_err(|e| anyhow!(e))?;
+    let (model, report) = dir.compile().map_err(|e| anyhow!(e))?;
+    println!(
+        "encoder      {} (sequence {}, pooling {})",
+        dir.onnx.display(),
+        dir.sequence,
+        dir.pooling
+            .as_ref()
+            .map_or("in the graph".to_string(), |p| format!(
+                "{}{}",
+                p.mode.name(),
+                if p.normalize { ", normalized" } else { "" }
+            ))
+    );
+    write_compiled(a, &model, &report)
+}
+
+fn write_compiled(
+    a: &CompileArgs,
+    model: &verity_engine::Model,
+    report: &verity_compiler::report::CompileReport,
+) -> Result<()> {
+    let bytes = vty::encode(model);
+    let id = vty::model_id(model);
     std::fs::write(&a.output, &bytes)
         .with_context(|| format!("cannot write {}", a.output.display()))?;
     println!("model id     {id}");

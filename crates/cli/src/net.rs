@@ -933,6 +933,11 @@ pub struct NodeArgs {
     /// prompt that begins like an earlier context computes only the rest).
     #[arg(long, default_value_t = verity_node::config::default_llm_kv_mb())]
     llm_kv_mb: usize,
+    /// Serve this sentence-embedding model through `POST /v1/embeddings` (repeatable): an encoder
+    /// directory as sentence-transformers lays one out (ONNX file, tokenizer, pooling); its name is the
+    /// directory's name, or give `NAME=DIR`. Compiled at start (cached in the data directory).
+    #[arg(long = "embedding")]
+    embeddings: Vec<String>,
     /// Test-only misbehaviour for fault tests: corrupt-chunks, perturb-output, stall=<ms>,
     /// corrupt-op=<Op>.
     #[arg(long = "fault", hide = true)]
@@ -1127,6 +1132,10 @@ pub fn cmd_node(a: NodeArgs) -> Result<()> {
             kv_mb: a.llm_kv_mb,
             ..verity_node::config::LlmConfig::from_arg(l)
         });
+    }
+    for e in &a.embeddings {
+        cfg.embedding
+            .push(verity_node::config::EmbeddingConfig::from_arg(e));
     }
     parse_faults(&a.faults, &mut cfg.faults)?;
     run_daemon(cfg, &a.log, "node")

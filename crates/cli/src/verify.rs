@@ -160,6 +160,11 @@ pub fn check(a: &VerifyArgs) -> Result<Verdict> {
         return crate::zk::check_proof(&raw, a.model.as_ref(), a.weights_root);
     }
     let doc = read_json(&a.receipt)?;
+    if let Some(items) = doc["data"].as_array().filter(|_| doc["object"] == "list") {
+        if items.iter().any(|i| i["object"] == "embedding") {
+            return check_embeddings(a, &doc, items);
+        }
+    }
     let receipt_v = if doc
         .get("receipt")
         .is_some_and(|r| r.get("receipt").is_some())
@@ -500,6 +505,150 @@ fn check_certificate(a: &VerifyArgs, doc: &Value, cv: Value) -> Result<Verdict> 
     }
 }
 
+/// Run `m` on the quantized inputs `q`: None if it reproduces the receipt's output hash and trace root,
+/// else what differs.
+fn reexecute(m: &Model, q: Vec<Vec<i32>>, r: &verity_core::Receipt) -> Result<Option<String>> {
+    let exec = Executor::new(m, Mode::Fast { threads: 1 });
+    let (outs, trace) = exec.run_trace(q)?;
+    let oh = tensors_hash(&outs);
+    if oh != r.output_hash {
+        return Ok(Some(format!(
+            "re-execution gives output hash {oh}, the receipt claims {}",
+            r.output_hash
+        )));
+    }
+    let tr = trace_root(&trace);
+    if tr != r.trace_root {
+        return Ok(Some(format!(
+            "re-execution gives trace root {tr}, the receipt claims {}",
+            r.trace_root
+        )));
+    }
+    Ok(None)
+}
+
+/// An embeddings response from `POST /v1/embeddings`: every item's receipt — signature (and signer),
+/// its input hash against the item's tokens made into the model's inputs, its output hash against the
+/// item's embedding, and with --model (the compiled `.vty`, or the encoder directory, compiled here)
+/// the model ID and a re-execution.
+fn check_embeddings(a: &VerifyArgs, doc: &Value, items: &[Value]) -> Result<Verdict> {
+    use verity_node::embed::EncoderDir;
+    let info = &doc["verity"];
+    let (model, dir): (Option<Model>, Option<EncoderDir>) = match &a.model {
+        Some(p) if p.is_dir() => {
+            let opts = verity_node::embed::EmbedOptions {
+                sequence: info["sequence"].as_u64().map(|s| s as usize),
+                ..Default::default()
+            };
+            let dir = verity_node::embed::read_dir(p, &opts).map_err(|e| anyhow!(e))?;
+            let (m, _) = dir.compile().map_err(|e| anyhow!(e))?;
+            (Some(m), Some(dir))
+        }
+        Some(p) => (Some(crate::load_model(p)?.0), None),
+        None => (None, None),
+    };
+    let id = model.as_ref().map(verity_engine::vty::model_id);
+    let pad = dir
+        .as_ref()
+        .map(|d| d.pad_id)
+        .or_else(|| info["pad_id"].as_u64().map(|p| p as u32))
+        .ok_or_else(|| anyhow!("the response names no pad token (verity.pad_id)"))?;
+    // the inputs in order and the sequence length: from the model when given, else as the response says
+    let (names, seq, scale) = match &model {
+        Some(m) => {
+            let out = m.outputs.first().and_then(|o| m.value(o.value));
+            (
+                m.inputs.iter().map(|i| i.name.clone()).collect::<Vec<_>>(),
+                m.inputs
+                    .first()
+                    .map_or(0, |i| i.shape.last().copied().unwrap_or(0) as usize),
+                out.map_or(0, |v| v.scale),
+            )
+        }
+        None => (
+            serde_json::from_value(info["inputs"].clone())
+                .map_err(|_| anyhow!("the response names no inputs (verity.inputs)"))?,
+            info["sequence"].as_u64().unwrap_or(0) as usize,
+            info["scale"].as_i64().unwrap_or(0) as i8,
+        ),
+    };
+    let mut signers = std::collections::BTreeSet::new();
+    for (i, item) in items.iter().enumerate() {
+        let v = &item["verity"];
+        let signed: SignedReceipt = serde_json::from_value(v["receipt"].clone())
+            .with_context(|| format!("item {i} has no signed receipt"))?;
+        let r = &signed.receipt;
+        let signer = match signed.verify() {
+            Ok(s) => s,
+            Err(e) => return Ok(Verdict::Invalid(format!("item {i}: signature: {e}"))),
+        };
+        if a.signer.is_some_and(|want| want != signer) {
+            return Ok(Verdict::Invalid(format!(
+                "item {i} is signed by {signer}, not by the required {}",
+                a.signer.unwrap_or_default()
+            )));
+        }
+        signers.insert(signer);
+        if let Some(id) = id {
+            if id != r.model_id {
+                return Ok(Verdict::Invalid(format!(
+                    "item {i}: the model's ID is {id}, the receipt is for {}",
+                    r.model_id
+                )));
+            }
+        }
+        let tokens: Vec<u32> = serde_json::from_value(v["tokens"].clone())
+            .with_context(|| format!("item {i} has no tokens"))?;
+        if tokens.len() > seq {
+            return Ok(Verdict::Invalid(format!(
+                "item {i} has {} tokens, more than the sequence of {seq}",
+                tokens.len()
+            )));
+        }
+        let q = verity_node::embed::input_ints(&names, seq, pad, &tokens);
+        let h = tensors_hash(&q);
+        if h != r.input_hash {
+            return Ok(Verdict::Invalid(format!(
+                "item {i}: its tokens make inputs hashing to {h}, the receipt signs {}",
+                r.input_hash
+            )));
+        }
+        let floats = match verity_node::embed::embedding_floats(&item["embedding"]) {
+            Ok(f) => f,
+            Err(e) => return Ok(Verdict::Invalid(format!("item {i}: {e}"))),
+        };
+        let Some(ints) = verity_node::embed::embedding_ints(&floats, scale) else {
+            return Ok(Verdict::Invalid(format!(
+                "item {i}: the embedding is not made of multiples of 2^-{scale}"
+            )));
+        };
+        let h = tensors_hash(&[ints]);
+        if h != r.output_hash {
+            return Ok(Verdict::Invalid(format!(
+                "item {i}: the embedding hashes to {h}, the receipt signs {}",
+                r.output_hash
+            )));
+        }
+        if let Some(m) = &model {
+            if let Some(bad) = reexecute(m, q, r)? {
+                return Ok(Verdict::Invalid(format!("item {i}: {bad}")));
+            }
+        }
+    }
+    let signers: Vec<String> = signers.iter().map(|s| s.to_string()).collect();
+    Ok(Verdict::Valid(format!(
+        "valid: {} embeddings signed by {}; checked signatures, input hashes (tokens), output hashes \
+         (embeddings){}",
+        items.len(),
+        signers.join(", "),
+        if model.is_some() {
+            ", model ID, re-execution (output hash, trace root)"
+        } else {
+            ""
+        }
+    )))
+}
+
 fn check_receipt(a: &VerifyArgs, signed: &SignedReceipt) -> Result<Verdict> {
     let r = &signed.receipt;
     let mut checked = vec!["signature"];
@@ -568,21 +717,8 @@ fn check_receipt(a: &VerifyArgs, signed: &SignedReceipt) -> Result<Verdict> {
         checked.push("output hash");
     }
     if let (Some(m), Some(q)) = (&model, q_inputs) {
-        let exec = Executor::new(m, Mode::Fast { threads: 1 });
-        let (outs, trace) = exec.run_trace(q)?;
-        let oh = tensors_hash(&outs);
-        if oh != r.output_hash {
-            return Ok(Verdict::Invalid(format!(
-                "re-execution gives output hash {oh}, the receipt claims {}",
-                r.output_hash
-            )));
-        }
-        let tr = trace_root(&trace);
-        if tr != r.trace_root {
-            return Ok(Verdict::Invalid(format!(
-                "re-execution gives trace root {tr}, the receipt claims {}",
-                r.trace_root
-            )));
+        if let Some(bad) = reexecute(m, q, r)? {
+            return Ok(Verdict::Invalid(bad));
         }
         checked.push("re-execution (output hash, trace root)");
     }

@@ -1114,6 +1114,9 @@ pub struct ImportOptions {
     /// When not empty, the model's outputs: these tensors (graph outputs or any intermediate tensor, by
     /// name), and only what they need is compiled.
     pub outputs: Vec<String>,
+    /// Pool the token states of a sentence encoder into its embedding, in the graph
+    /// ([`crate::pooling`]).
+    pub pooling: Option<crate::pooling::Pooling>,
 }
 
 /// The imported model: the decluttered tract model (the float reference) and its lowered float graph.
@@ -1130,17 +1133,22 @@ pub fn import_onnx(bytes: &[u8], opts: &ImportOptions) -> Result<Imported, Compi
     let proto = onnx
         .proto_model_for_read(&mut std::io::Cursor::new(bytes))
         .map_err(|e| CompileError::Onnx(format!("{e:#}")))?;
-    import_model(parse(&onnx, proto, None)?, opts)
+    import_model(parse(&onnx, proto, None, opts)?, opts)
 }
 
-/// The ONNX protobuf, its scikit-learn operators rewritten ([`crate::onnx_ml`]), as tract's model;
-/// `dir` is where tensors stored as external data are found.
+/// The ONNX protobuf, its scikit-learn operators rewritten ([`crate::onnx_ml`]) and any pooling
+/// appended ([`crate::pooling`]), as tract's model; `dir` is where tensors stored as external data are
+/// found.
 fn parse(
     onnx: &tract_onnx::Onnx,
     mut proto: tract_onnx::pb::ModelProto,
     dir: Option<&str>,
+    opts: &ImportOptions,
 ) -> Result<InferenceModel, CompileError> {
     crate::onnx_ml::rewrite(&mut proto)?;
+    if let Some(p) = &opts.pooling {
+        crate::pooling::append(&mut proto, p)?;
+    }
     let parsed = onnx
         .parse(&proto, dir)
         .map_err(|e| CompileError::Onnx(format!("{e:#}")))?;
@@ -1153,6 +1161,26 @@ fn parse(
     Ok(parsed.model)
 }
 
+/// The names of an ONNX file's graph inputs (those no initializer defines), in order, and of its
+/// graph outputs.
+pub fn onnx_io_names(path: &std::path::Path) -> Result<(Vec<String>, Vec<String>), CompileError> {
+    let proto = tract_onnx::onnx()
+        .proto_model_for_path(path)
+        .map_err(|e| CompileError::Onnx(format!("{e:#}")))?;
+    let g = proto
+        .graph
+        .ok_or_else(|| CompileError::Onnx("the model has no graph".into()))?;
+    let inits: std::collections::BTreeSet<&str> =
+        g.initializer.iter().map(|t| t.name.as_str()).collect();
+    let inputs = g
+        .input
+        .iter()
+        .filter(|i| !inits.contains(i.name.as_str()))
+        .map(|i| i.name.clone())
+        .collect();
+    Ok((inputs, g.output.iter().map(|o| o.name.clone()).collect()))
+}
+
 /// Load an ONNX model from a file (tensors stored as external data next to it are found) and lower it.
 pub fn import_onnx_path(
     path: &std::path::Path,
@@ -1163,7 +1191,7 @@ pub fn import_onnx_path(
         .proto_model_for_path(path)
         .map_err(|e| CompileError::Onnx(format!("{e:#}")))?;
     let dir = path.parent().and_then(|d| d.to_str());
-    import_model(parse(&onnx, proto, dir)?, opts)
+    import_model(parse(&onnx, proto, dir, opts)?, opts)
 }
 
 fn import_model(mut model: InferenceModel, opts: &ImportOptions) -> Result<Imported, CompileError> {

@@ -5,7 +5,9 @@
 pub mod fgraph;
 pub mod import;
 pub mod narrow;
+pub(crate) mod onnx_edit;
 pub mod onnx_ml;
+pub mod pooling;
 pub mod quantize;
 pub mod report;
 

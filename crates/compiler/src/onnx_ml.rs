@@ -4,13 +4,12 @@
 //! (the class label at the arg-max of its scores) stays an integer output. `ZipMap` (a list of maps),
 //! string labels and the other `ai.onnx.ml` operators are refused with a sentence saying what to change.
 
-use tract_onnx::pb::{self, AttributeProto, NodeProto, TensorProto};
+use tract_onnx::pb::{self, AttributeProto, NodeProto};
 
+use crate::onnx_edit::{int_attr, Out};
 use crate::CompileError;
 
 const ML: &str = "ai.onnx.ml";
-const FLOAT: i32 = 1;
-const INT64: i32 = 7;
 
 fn refuse(node: &NodeProto, why: impl std::fmt::Display) -> CompileError {
     CompileError::Unsupported {
@@ -26,93 +25,6 @@ fn attr<'a>(node: &'a NodeProto, name: &str) -> Option<&'a AttributeProto> {
 
 fn attr_str(node: &NodeProto, name: &str) -> Option<String> {
     attr(node, name).map(|a| String::from_utf8_lossy(&a.s).into_owned())
-}
-
-fn int_attr(name: &str, v: i64) -> AttributeProto {
-    AttributeProto {
-        name: name.into(),
-        r#type: 2,
-        i: v,
-        ..Default::default()
-    }
-}
-
-/// Writes standard nodes and initializers under fresh names derived from the rewritten node's.
-struct Out<'a> {
-    base: String,
-    k: usize,
-    nodes: Vec<NodeProto>,
-    inits: &'a mut Vec<TensorProto>,
-    /// Default-domain opset version (`ReduceSum` takes its axes as an input from 13).
-    opset: i64,
-}
-
-impl Out<'_> {
-    fn fresh(&mut self, what: &str) -> String {
-        self.k += 1;
-        format!("{}/ml.{what}{}", self.base, self.k)
-    }
-
-    fn floats(&mut self, dims: Vec<i64>, data: Vec<f32>) -> String {
-        let name = self.fresh("c");
-        self.inits.push(TensorProto {
-            dims,
-            data_type: FLOAT,
-            float_data: data,
-            name: name.clone(),
-            ..Default::default()
-        });
-        name
-    }
-
-    fn ints(&mut self, dims: Vec<i64>, data: Vec<i64>) -> String {
-        let name = self.fresh("c");
-        self.inits.push(TensorProto {
-            dims,
-            data_type: INT64,
-            int64_data: data,
-            name: name.clone(),
-            ..Default::default()
-        });
-        name
-    }
-
-    /// A node writing `out` (or a fresh name).
-    fn node(
-        &mut self,
-        op: &str,
-        inputs: Vec<String>,
-        out: Option<&str>,
-        attrs: Vec<AttributeProto>,
-    ) -> String {
-        let out = out.map_or_else(|| self.fresh(&op.to_lowercase()), str::to_string);
-        let name = self.fresh(op);
-        self.nodes.push(NodeProto {
-            input: inputs,
-            output: vec![out.clone()],
-            name,
-            op_type: op.into(),
-            attribute: attrs,
-            ..Default::default()
-        });
-        out
-    }
-
-    /// `ReduceSum`/`ReduceMax` over axis 1, kept.
-    fn reduce(&mut self, op: &str, x: String) -> String {
-        if self.opset >= 18 || (op == "ReduceSum" && self.opset >= 13) {
-            let axes = self.ints(vec![1], vec![1]);
-            self.node(op, vec![x, axes], None, vec![int_attr("keepdims", 1)])
-        } else {
-            let axes = AttributeProto {
-                name: "axes".into(),
-                r#type: 7,
-                ints: vec![1],
-                ..Default::default()
-            };
-            self.node(op, vec![x], None, vec![axes, int_attr("keepdims", 1)])
-        }
-    }
 }
 
 /// Rewrite every `ai.onnx.ml` node of the main graph into standard ONNX (a model without any is left
@@ -142,17 +54,12 @@ pub fn rewrite(model: &mut pb::ModelProto) -> Result<(), CompileError> {
             out_nodes.push(node);
             continue;
         }
-        let mut out = Out {
-            base: if node.name.is_empty() {
-                node.output.first().cloned().unwrap_or_default()
-            } else {
-                node.name.clone()
-            },
-            k: 0,
-            nodes: vec![],
-            inits: &mut graph.initializer,
-            opset,
+        let base = if node.name.is_empty() {
+            node.output.first().cloned().unwrap_or_default()
+        } else {
+            node.name.clone()
         };
+        let mut out = Out::new(format!("{base}/ml."), &mut graph.initializer, opset);
         lower(&node, &mut out)?;
         out_nodes.extend(out.nodes);
     }

@@ -186,6 +186,84 @@ pub struct NodeConfig {
     pub faults: Faults,
     /// Language models served through the OpenAI-compatible API (`[[llm]]` tables).
     pub llm: Vec<LlmConfig>,
+    /// Sentence-embedding models served through `POST /v1/embeddings` (`[[embedding]]` tables).
+    pub embedding: Vec<EmbeddingConfig>,
+}
+
+/// A sentence-embedding model the node serves from an encoder directory (sentence-transformers
+/// layout: `model.onnx` or `onnx/model.onnx`, `tokenizer.json` or `vocab.txt`, `modules.json` with its
+/// pooling module).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmbeddingConfig {
+    /// The directory.
+    pub path: PathBuf,
+    /// The name requests use (`model`); default: the directory's name.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Compiled sequence length: longer texts are refused, or truncated when a request asks
+    /// (default: the model's `max_seq_length`, else the smaller of its positions and 256).
+    #[serde(default)]
+    pub sequence: Option<usize>,
+    /// Width of contractions (`i32` by default; e.g. `w8a8d` for speed).
+    #[serde(default)]
+    pub precision: Option<String>,
+    /// Pooling when the directory does not define one: `cls`, `mean`, `max` or `mean_sqrt_len`.
+    #[serde(default)]
+    pub pooling: Option<String>,
+    /// Normalize the pooled vector to unit length (default: as the directory's modules say).
+    #[serde(default)]
+    pub normalize: Option<bool>,
+}
+
+impl EmbeddingConfig {
+    /// The model an `--embedding [NAME=]DIR` argument names, with the default settings.
+    pub fn from_arg(arg: &str) -> EmbeddingConfig {
+        let (name, path) = match arg.split_once('=') {
+            Some((n, p)) if !n.is_empty() && !n.contains('/') => (Some(n.to_string()), p),
+            _ => (None, arg),
+        };
+        EmbeddingConfig {
+            path: PathBuf::from(path),
+            name,
+            sequence: None,
+            precision: None,
+            pooling: None,
+            normalize: None,
+        }
+    }
+
+    /// The name requests use.
+    pub fn model_name(&self) -> String {
+        self.name.clone().unwrap_or_else(|| {
+            self.path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or("embedding")
+                .to_string()
+        })
+    }
+
+    /// The compile options these settings give.
+    pub fn options(&self) -> Result<crate::embed::EmbedOptions, String> {
+        let name = self.model_name();
+        Ok(crate::embed::EmbedOptions {
+            sequence: self.sequence,
+            precision: self
+                .precision
+                .as_deref()
+                .map(str::parse)
+                .transpose()
+                .map_err(|e| format!("embedding model '{name}': precision: {e}"))?,
+            pooling: self
+                .pooling
+                .as_deref()
+                .map(str::parse)
+                .transpose()
+                .map_err(|e| format!("embedding model '{name}': {e}"))?,
+            normalize: self.normalize,
+        })
+    }
 }
 
 /// A language model the node serves from a GGUF file.
@@ -271,6 +349,7 @@ impl Default for NodeConfig {
             hosting: Hosting::default(),
             faults: Faults::default(),
             llm: Vec::new(),
+            embedding: Vec::new(),
         }
     }
 }

@@ -12,6 +12,7 @@ pub mod api;
 pub mod clock;
 pub mod compile;
 pub mod config;
+pub mod embed;
 pub mod error;
 pub mod jobs;
 pub mod key;
@@ -72,6 +73,8 @@ pub async fn run(
         .map_err(|e| format!("cannot read the bound address: {e}"))?;
     let chain_cfg = config.chain.clone();
     let llm_configs = config.llm.clone();
+    let embed_configs = config.embedding.clone();
+    let data_dir = config.data_dir.clone();
     let threads = config.workers.max(1);
     let node = Node::new(config, store, key);
     if !llm_configs.is_empty() {
@@ -79,6 +82,13 @@ pub async fn run(
             .await
             .map_err(|e| format!("loading the language models failed: {e}"))??;
         let _ = node.llms.set(llms);
+    }
+    if !embed_configs.is_empty() {
+        let models =
+            tokio::task::spawn_blocking(move || embed::load_all(&embed_configs, &data_dir))
+                .await
+                .map_err(|e| format!("loading the embedding models failed: {e}"))??;
+        let _ = node.embeddings.set(models);
     }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut chain_task = None;

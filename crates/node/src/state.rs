@@ -113,6 +113,9 @@ pub struct Node {
     pub replication: Replication,
     /// Language models served through the OpenAI-compatible API, by name (set once at start).
     pub llms: std::sync::OnceLock<std::collections::BTreeMap<String, Arc<crate::llm::LlmModel>>>,
+    /// The sentence-embedding models served through `POST /v1/embeddings`, by name.
+    pub embeddings:
+        std::sync::OnceLock<std::collections::BTreeMap<String, Arc<crate::embed::EmbedModel>>>,
 }
 
 /// The IO schema of a model (for the index and API metadata).
@@ -270,6 +273,7 @@ impl Node {
             chain: std::sync::OnceLock::new(),
             replication: Default::default(),
             llms: Default::default(),
+            embeddings: Default::default(),
         })
     }
 

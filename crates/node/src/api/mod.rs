@@ -1,8 +1,9 @@
 //! The node's HTTP surfaces: the router, the native API, KServe v2 and the connection loop (`server`),
-//! the chain endpoints (`chain`), the OpenAI-compatible API (`openai`) and OpenGradient SDK
-//! compatibility (`opengradient`). They call into the roles and the shared state, never the other way.
+//! the chain endpoints (`chain`), the OpenAI-compatible API (`openai` for language models,
+//! `embeddings` for sentence-embedding models) and OpenGradient SDK compatibility (`opengradient`). They call into the roles and the shared state, never the other way.
 
 pub mod chain;
+pub mod embeddings;
 pub mod openai;
 pub mod opengradient;
 pub mod server;

@@ -22,15 +22,19 @@ use crate::state::Node;
 
 /// An error in OpenAI's shape.
 pub struct OaiError {
-    status: StatusCode,
-    kind: &'static str,
-    code: &'static str,
-    param: Option<String>,
-    message: String,
+    pub(crate) status: StatusCode,
+    pub(crate) kind: &'static str,
+    pub(crate) code: &'static str,
+    pub(crate) param: Option<String>,
+    pub(crate) message: String,
 }
 
 impl OaiError {
-    fn bad(code: &'static str, param: Option<&str>, message: impl Into<String>) -> OaiError {
+    pub(crate) fn bad(
+        code: &'static str,
+        param: Option<&str>,
+        message: impl Into<String>,
+    ) -> OaiError {
         OaiError {
             status: StatusCode::BAD_REQUEST,
             kind: "invalid_request_error",

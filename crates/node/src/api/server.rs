@@ -47,6 +47,7 @@ pub fn router(node: Arc<Node>) -> Router {
             post(crate::api::openai::chat_completions),
         )
         .route("/v1/completions", post(crate::api::openai::completions))
+        .route("/v1/embeddings", post(crate::api::embeddings::embeddings))
         .route("/v1/models/{model}", get(model_info))
         .route("/v1/models/{model}/manifest", get(model_manifest))
         .route("/v1/models/{model}/download", get(download))
@@ -304,7 +305,10 @@ async fn list_models(
     Ok(Json(json!({
         "models": out,
         "object": "list",
-        "data": crate::api::openai::model_list(&node),
+        "data": crate::api::openai::model_list(&node)
+            .into_iter()
+            .chain(crate::api::embeddings::model_list(&node))
+            .collect::<Vec<_>>(),
     })))
 }
 
