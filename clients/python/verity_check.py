@@ -15,16 +15,25 @@ This module checks both with `eth_account` and `eth_hash` alone:
         text = checker.feed(chunk)             # raises at the first altered, dropped or forged chunk
     checker.finish()                           # every choice ended with a receipt for its tokens
 
+An embeddings response carries, for every input, its token IDs and a receipt whose input hash is
+the tokens made into the encoder's inputs and whose output hash is the embedding (docs/spec/embeddings.md):
+
+    from verity_check import check_embeddings
+
+    r = client.embeddings.create(model=..., input=[...])
+    check_embeddings(r, node="0x...")          # raises VerityError if any vector is not the signed one
+
 `node` is the address the client trusts (from the chain's registry or the node's own
 `GET /v1/models`); without it the checks prove only that one key signed everything consistently.
-Re-executing the generation itself is `verity verify response.json --model FILE.gguf`.
+Re-executing the generation itself is `verity verify response.json --model FILE.gguf`; an embeddings
+response, `verity verify response.json --model ENCODER_DIR`.
 """
 from eth_account import Account
 from eth_account.messages import encode_defunct, encode_typed_data
 from eth_hash.auto import keccak
 
 __all__ = ["VerityError", "tokens_hash", "input_hash", "receipt_signer", "check_completion",
-           "StreamChecker"]
+           "StreamChecker", "tensors_hash", "check_embeddings"]
 
 
 class VerityError(Exception):
@@ -84,6 +93,86 @@ def receipt_signer(signed):
                     "timestamp": r["timestamp"]},
     }
     return Account.recover_message(encode_typed_data(full_message=typed), signature=signed["signature"])
+
+
+def _merkle_root(leaves):
+    """The binary keccak tree's root: an unpaired node at the end of a level is paired with zero."""
+    if not leaves:
+        return bytes(32)
+    level = list(leaves)
+    while len(level) > 1:
+        if len(level) % 2:
+            level.append(bytes(32))
+        level = [keccak(level[i] + level[i + 1]) for i in range(0, len(level), 2)]
+    return level[0]
+
+
+def _elements_root(values):
+    """A tensor's elements root: 8 elements (32-bit big-endian two's complement) per leaf word, the
+    last word zero-padded, and the element count bound in."""
+    packed = b"".join(int(x).to_bytes(4, "big", signed=True) for x in values)
+    packed += bytes(-len(packed) % 32)
+    leaves = [keccak(packed[i:i + 32]) for i in range(0, len(packed), 32)]
+    return keccak(len(values).to_bytes(8, "big") + _merkle_root(leaves))
+
+
+def tensors_hash(tensors):
+    """The hash a receipt binds for a list of integer tensors (its input or its output)."""
+    roots = [_elements_root(t) for t in tensors]
+    return "0x" + keccak(len(roots).to_bytes(8, "big") + _merkle_root(roots)).hex()
+
+
+def _embedding_ints(values, scale):
+    ints = []
+    for f in values:
+        x = float(f) * 2.0 ** scale
+        if x != int(x):
+            raise VerityError(f"an embedding value {f} is not a multiple of 2^-{scale}")
+        ints.append(int(x))
+    return ints
+
+
+def check_embeddings(response, node=None):
+    """Checks an embeddings response: each item's receipt signature (by `node` if given), its input
+    hash against the item's tokens padded into the encoder's inputs, and its output hash against the
+    item's vector. Returns the signer's address; raises VerityError."""
+    d = _dict(response)
+    info = d.get("verity") or {}
+    for k in ("inputs", "sequence", "pad_id", "scale", "model_id"):
+        if k not in info:
+            raise VerityError(f"the response carries no verity.{k}")
+    seq, pad, scale = int(info["sequence"]), int(info["pad_id"]), int(info["scale"])
+    signer = node
+    for item in d["data"]:
+        what = f"embedding {item['index']}"
+        v = item.get("verity") or {}
+        if "receipt" not in v:
+            raise VerityError(f"{what} has no receipt")
+        r = v["receipt"]["receipt"]
+        s = receipt_signer(v["receipt"])
+        if s.lower() != r["node"].lower():
+            raise VerityError(f"{what}: the receipt names {r['node']} but {s} signed it")
+        if signer is not None and s.lower() != signer.lower():
+            raise VerityError(f"{what}: signed by {s}, not by {signer}")
+        signer = s
+        if r["model_id"] != info["model_id"]:
+            raise VerityError(f"{what}: the model is not the one the receipt signs")
+        tokens = [int(t) for t in v["tokens"]]
+        if len(tokens) > seq:
+            raise VerityError(f"{what}: {len(tokens)} tokens, more than the sequence of {seq}")
+        inputs = []
+        for name in info["inputs"]:
+            if name == "input_ids":
+                inputs.append(tokens + [pad] * (seq - len(tokens)))
+            elif name == "attention_mask":
+                inputs.append([1] * len(tokens) + [0] * (seq - len(tokens)))
+            else:
+                inputs.append([0] * seq)
+        if tensors_hash(inputs) != r["input_hash"]:
+            raise VerityError(f"{what}: its tokens are not the input the receipt signs")
+        if tensors_hash([_embedding_ints(item["embedding"], scale)]) != r["output_hash"]:
+            raise VerityError(f"{what}: the vector is not the output the receipt signs")
+    return signer
 
 
 def _check_one(v, signed, node, what):

@@ -123,7 +123,6 @@ impl Net {
 
     /// Every `Slashed` event of `who` from block `from` on: (amount taken, block).
     fn slashes(&self, who: Address, from: u64) -> Vec<(u128, u64)> {
-        use alloy::providers::Provider;
         let p = self.client.provider();
         let reg = verity_chain::bindings::NodeRegistry::new(
             verity_chain::to_evm(&self.client.deployment().nodes),
@@ -138,7 +137,6 @@ impl Net {
                     .query(),
             )
             .unwrap();
-        let _ = p;
         logs.into_iter()
             .map(|(e, l)| (e.amount.to::<u128>(), l.block_number.unwrap_or(0)))
             .collect()

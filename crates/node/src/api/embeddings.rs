@@ -339,13 +339,14 @@ async fn run(node: Arc<Node>, body: Bytes) -> Result<Value, OaiError> {
         .zip(&r.tokens)
         .enumerate()
         .map(|(i, (e, tokens))| {
-            let floats: Vec<f32> = e.ints.iter().map(|&x| (x as f64 * unit) as f32).collect();
+            // x · 2^-scale is exact in an f64, and in an f32 while |x| < 2^24
+            let values = e.ints.iter().map(|&x| x as f64 * unit);
             let embedding = if r.base64 {
                 use base64::Engine as _;
-                let bytes: Vec<u8> = floats.iter().flat_map(|f| f.to_le_bytes()).collect();
+                let bytes: Vec<u8> = values.flat_map(|f| (f as f32).to_le_bytes()).collect();
                 json!(base64::engine::general_purpose::STANDARD.encode(bytes))
             } else {
-                json!(floats)
+                json!(values.collect::<Vec<f64>>())
             };
             json!({
                 "object": "embedding", "index": i, "embedding": embedding,
