@@ -58,6 +58,11 @@ pub struct DevnetArgs {
     /// Positions each generation of --llm holds.
     #[arg(long, default_value_t = 512)]
     llm_context: usize,
+    /// A sentence encoder every node serves through `POST /v1/embeddings` (`[NAME=]DIR`, an encoder
+    /// directory in the sentence-transformers layout); `none` for none. The demo embeds two sentences
+    /// and re-executes their receipts.
+    #[arg(long, default_value = "fixtures/embed-mini")]
+    embedding: String,
 }
 
 struct Procs(Vec<(String, Child)>);
@@ -351,6 +356,9 @@ pub fn cmd_devnet(a: DevnetArgs) -> Result<()> {
         if let Some(l) = &a.llm {
             args.extend(["--llm", l.as_str(), "--llm-context", llm_context.as_str()]);
         }
+        if let Some(e) = embedding(&a) {
+            args.extend(["--embedding", e]);
+        }
         let (url, addr) = start_node(
             &rt,
             &admin,
@@ -513,6 +521,7 @@ pub fn cmd_devnet(a: DevnetArgs) -> Result<()> {
         "watcher": {"url": wurl, "address": waddr},
         "models": models.iter().map(|(n, id, _)| json!({"name": n, "version": "1.0.0", "model_id": id})).collect::<Vec<_>>(),
         "llm": a.llm.as_ref().map(|l| json!({"model": llm_name(l), "openai_base_url": format!("{}/v1", endpoints[0].0)})),
+        "embedding": embedding(&a).map(|e| json!({"model": embedding_name(e), "openai_base_url": format!("{}/v1", endpoints[0].0)})),
         "client_key": DEV_KEYS[2],
         "sdk_key": DEV_KEYS[3],
     });
@@ -550,6 +559,9 @@ pub fn cmd_devnet(a: DevnetArgs) -> Result<()> {
         demo_zk(&endpoints, name, id, &vty, &input, &dir)?;
         if let Some(l) = &a.llm {
             demo_llm(&rpc, &endpoints, l, &dir)?;
+        }
+        if let Some(e) = embedding(&a) {
+            demo_embeddings(&endpoints, e, &dir)?;
         }
     }
     if a.once {
@@ -793,6 +805,82 @@ fn demo(
 }
 
 /// The name a `[NAME=]FILE` model is served under.
+/// The encoder the nodes serve, unless `--embedding none`.
+fn embedding(a: &DevnetArgs) -> Option<&str> {
+    (a.embedding != "none").then_some(a.embedding.as_str())
+}
+
+fn embedding_name(spec: &str) -> String {
+    verity_node::config::EmbeddingConfig::from_arg(spec).model_name()
+}
+
+/// Sentence embeddings: two sentences embedded by node 0 over the OpenAI API, the response saved and its
+/// receipts re-executed offline by `verity verify` with the encoder directory.
+fn demo_embeddings(
+    endpoints: &[(String, verity_core::Address)],
+    spec: &str,
+    dir: &Path,
+) -> Result<()> {
+    println!("\n== demo: sentence embeddings over the OpenAI API, every vector verifiable ==");
+    let cfg = verity_node::config::EmbeddingConfig::from_arg(spec);
+    let model = cfg.model_name();
+    let body = json!({"model": model, "input": ["Verity checks every answer.", "Every answer is checked."],
+                      "encoding_format": "float"});
+    let url = format!("{}/v1/embeddings", endpoints[0].0);
+    let r = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(120))
+        .build()?
+        .post(&url)
+        .json(&body)
+        .send()?;
+    let status = r.status();
+    let v: Value = r.json()?;
+    if !status.is_success() {
+        bail!("{url}: HTTP {status}: {}", v["error"]["message"]);
+    }
+    let saved = dir.join("embeddings.json");
+    std::fs::write(&saved, serde_json::to_vec_pretty(&v)?)?;
+    let vecs: Vec<Vec<f64>> = v["data"]
+        .as_array()
+        .map(|d| {
+            d.iter()
+                .map(|e| serde_json::from_value(e["embedding"].clone()).unwrap_or_default())
+                .collect()
+        })
+        .unwrap_or_default();
+    let cos = match vecs.as_slice() {
+        [x, y] => {
+            let dot: f64 = x.iter().zip(y).map(|(a, b)| a * b).sum();
+            let n = |v: &[f64]| v.iter().map(|a| a * a).sum::<f64>().sqrt();
+            dot / (n(x) * n(y)).max(1e-12)
+        }
+        _ => bail!("{url}: expected two embeddings"),
+    };
+    println!(
+        "12. embed   {url} (model {model}): 2 vectors of {} dimensions, cosine {cos:.4}, {} tokens, a \
+         receipt each",
+        vecs[0].len(),
+        v["usage"]["prompt_tokens"]
+    );
+    let path = cfg.path.to_string_lossy().to_string();
+    let verdict = verity(
+        &[
+            "verify",
+            saved.to_str().unwrap_or_default(),
+            "--model",
+            path.as_str(),
+        ],
+        &[],
+    )?;
+    println!(
+        "            verity verify {} --model {path} → {}",
+        saved.display(),
+        verdict.trim().split(';').next().unwrap_or_default()
+    );
+    println!("== embeddings demo done ==\n");
+    Ok(())
+}
+
 fn llm_name(spec: &str) -> String {
     verity_node::config::LlmConfig::from_arg(spec).model_name()
 }
