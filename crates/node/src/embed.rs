@@ -546,3 +546,170 @@ pub fn load_all(
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/embed-mini")
+    }
+
+    /// A copy of the fixture with `edit` applied to its files.
+    fn variant(edit: impl FnOnce(&Path)) -> tempfile::TempDir {
+        let t = tempfile::tempdir().unwrap();
+        for f in [
+            "model.onnx",
+            "tokenizer.json",
+            "vocab.txt",
+            "tokenizer_config.json",
+            "config.json",
+            "modules.json",
+            "sentence_bert_config.json",
+        ] {
+            std::fs::copy(fixture().join(f), t.path().join(f)).unwrap();
+        }
+        std::fs::create_dir(t.path().join("1_Pooling")).unwrap();
+        std::fs::copy(
+            fixture().join("1_Pooling/config.json"),
+            t.path().join("1_Pooling/config.json"),
+        )
+        .unwrap();
+        edit(t.path());
+        t
+    }
+
+    const TEXTS: &[&str] = &[
+        "The quick brown fox, ÉCOLE naïve!",
+        "今天天气很好 Привет  tabs\tand\nlines",
+        "zero\u{200b}width control\u{7} emoji 🙂 e\u{301}",
+        "",
+    ];
+
+    #[test]
+    fn a_vocab_file_tokenizes_as_the_tokenizer_file() {
+        let d = EmbedOptions::default();
+        let full = read_dir(&fixture(), &d).unwrap();
+        let bare = variant(|p| std::fs::remove_file(p.join("tokenizer.json")).unwrap());
+        let vocab = read_dir(bare.path(), &d).unwrap();
+        for t in TEXTS {
+            assert_eq!(
+                full.tokens(t, None).unwrap(),
+                vocab.tokens(t, None).unwrap(),
+                "{t:?}"
+            );
+        }
+        assert_ne!(full.tokenizer_hash, vocab.tokenizer_hash);
+        assert_eq!((full.sequence, full.pad_id), (64, 0));
+        let p = full.pooling.as_ref().unwrap();
+        assert_eq!((p.mode, p.normalize), (PoolMode::Mean, true));
+    }
+
+    #[test]
+    fn truncation_keeps_the_closing_token_and_the_inputs_are_padded() {
+        let d = read_dir(&fixture(), &EmbedOptions::default()).unwrap();
+        let long = "the quick brown fox jumps over the lazy dog ".repeat(20);
+        let all = d.tokens(&long, None).unwrap();
+        let cut = d.tokens(&long, Some(10)).unwrap();
+        assert!(all.len() > 10);
+        assert_eq!(cut.len(), 10);
+        assert_eq!(cut[..9], all[..9]);
+        assert_eq!(cut[9], *all.last().unwrap());
+        let names = vec![
+            "input_ids".to_string(),
+            "attention_mask".into(),
+            "token_type_ids".into(),
+        ];
+        let q = input_ints(&names, 5, 7, &[2, 40, 3]);
+        assert_eq!(
+            q,
+            vec![vec![2, 40, 3, 7, 7], vec![1, 1, 1, 0, 0], vec![0; 5]]
+        );
+    }
+
+    #[test]
+    fn embeddings_are_exact_multiples_or_refused() {
+        assert_eq!(embedding_ints(&[0.5, -0.25, 3.0], 4), Some(vec![8, -4, 48]));
+        assert_eq!(embedding_ints(&[0.1], 4), None);
+        let b64 = serde_json::json!("AAAAPwAAgL4=");
+        assert_eq!(embedding_floats(&b64).unwrap(), vec![0.5, -0.25]);
+        assert!(embedding_floats(&serde_json::json!("AAA=")).is_err());
+        assert!(embedding_floats(&serde_json::json!([1, "x"])).is_err());
+    }
+
+    #[test]
+    fn directories_that_cannot_be_served_say_why() {
+        let d = EmbedOptions::default();
+        let err = |edit: fn(&Path)| read_dir(variant(edit).path(), &d).err().unwrap();
+        let e = err(|p| std::fs::remove_file(p.join("model.onnx")).unwrap());
+        assert!(e.contains("no model.onnx"), "{e}");
+        let e = err(|p| {
+            std::fs::remove_file(p.join("tokenizer.json")).unwrap();
+            std::fs::remove_file(p.join("vocab.txt")).unwrap();
+        });
+        assert!(e.contains("neither tokenizer.json nor vocab.txt"), "{e}");
+        let e = err(|p| {
+            std::fs::write(
+                p.join("1_Pooling/config.json"),
+                r#"{"pooling_mode_cls_token": true, "pooling_mode_mean_tokens": true}"#,
+            )
+            .unwrap()
+        });
+        assert!(e.contains("2 pooling modes"), "{e}");
+        let e = err(|p| {
+            std::fs::write(
+                p.join("1_Pooling/config.json"),
+                r#"{"pooling_mode_lasttoken": true}"#,
+            )
+            .unwrap()
+        });
+        assert!(e.contains("pooling_mode_lasttoken"), "{e}");
+        let e = err(|p| {
+            std::fs::write(
+                p.join("modules.json"),
+                r#"[{"path": "", "type": "sentence_transformers.models.Transformer"},
+                    {"path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+                    {"path": "2_Dense", "type": "sentence_transformers.models.Dense"}]"#,
+            )
+            .unwrap()
+        });
+        assert!(e.contains("Dense"), "{e}");
+        let e = err(|p| std::fs::remove_file(p.join("modules.json")).unwrap());
+        assert!(e.contains("configure one"), "{e}");
+        let long = EmbedOptions {
+            sequence: Some(100),
+            ..Default::default()
+        };
+        let e = read_dir(&fixture(), &long).err().unwrap();
+        assert!(e.contains("more than the model's 64 positions"), "{e}");
+    }
+
+    #[test]
+    fn every_pooling_mode_compiles_close_to_the_float_graph() {
+        for mode in [
+            PoolMode::Cls,
+            PoolMode::Mean,
+            PoolMode::Max,
+            PoolMode::MeanSqrtLen,
+        ] {
+            for normalize in [false, true] {
+                let opts = EmbedOptions {
+                    sequence: Some(16),
+                    pooling: Some(mode),
+                    normalize: Some(normalize),
+                    ..Default::default()
+                };
+                let d = read_dir(&fixture(), &opts).unwrap();
+                let (m, report) = d.compile().unwrap();
+                assert_eq!(m.outputs.len(), 1);
+                let out = &report.outputs[0];
+                assert!(
+                    out.max_abs_error < 2e-3,
+                    "{mode:?} normalize={normalize}: {}",
+                    out.max_abs_error
+                );
+                assert!(report.import_check_max_abs_diff < 1e-4, "{mode:?}");
+            }
+        }
+    }
+}
