@@ -141,7 +141,8 @@ def check_embeddings(response, node=None):
     for k in ("inputs", "sequence", "pad_id", "scale", "model_id"):
         if k not in info:
             raise VerityError(f"the response carries no verity.{k}")
-    seq, pad, scale = int(info["sequence"]), int(info["pad_id"]), int(info["scale"])
+    pad = int(info["pad_id"])
+    variants = {x["model_id"]: x for x in info.get("variants", [])}
     signer = node
     for item in d["data"]:
         what = f"embedding {item['index']}"
@@ -155,13 +156,16 @@ def check_embeddings(response, node=None):
         if signer is not None and s.lower() != signer.lower():
             raise VerityError(f"{what}: signed by {s}, not by {signer}")
         signer = s
-        if r["model_id"] != info["model_id"]:
+        # the compiled length the item ran at (each has its model ID, output scale and inputs)
+        variant = variants.get(v.get("model_id"), info)
+        if r["model_id"] != variant["model_id"]:
             raise VerityError(f"{what}: the model is not the one the receipt signs")
+        seq, scale = int(variant["sequence"]), int(variant["scale"])
         tokens = [int(t) for t in v["tokens"]]
         if len(tokens) > seq:
             raise VerityError(f"{what}: {len(tokens)} tokens, more than the sequence of {seq}")
         inputs = []
-        for name in info["inputs"]:
+        for name in variant["inputs"]:
             if name == "input_ids":
                 inputs.append(tokens + [pad] * (seq - len(tokens)))
             elif name == "attention_mask":

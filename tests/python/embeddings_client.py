@@ -3,7 +3,8 @@
 by torch, its WordPiece tokenizer, mean pooling and normalization as its sentence-transformers modules say),
 tested with the real `openai` SDK and plain HTTP against a real node.
 
-Checks: the model list (kind, width, sequence, model ID); embeddings through the SDK (its default base64
+Checks: the model list (kind, width, sequence, model ID, the lengths compiled: 32 and 64, each input run at the
+shortest that holds it); embeddings through the SDK (its default base64
 and explicit floats, the same bits) against the float model — the same ONNX file run by onnxruntime on
 the tokens of the `tokenizers` library, pooled and normalized in numpy — cosine ≥ 0.9999 and the
 largest difference ≤ 2e-3; the node's tokens equal the `tokenizers` library's on texts in many scripts,
@@ -204,6 +205,13 @@ def main():
             check(s == 200 and len(toks) == 64 and toks[0] == want.ids[0] and toks[-1] == want.ids[-1]
                   and toks[:63] == want.ids[:63],
                   "with truncate the first 63 tokens and the closing [SEP] are embedded")
+            lengths = sorted(x["sequence"] for x in info.get("variants", []))
+            ran = {(d.model_extra or {})["verity"]["sequence"] for d in rf.data}
+            check(lengths == [32, 64] and ran == {32} and s == 200
+                  and body["data"][0]["verity"]["sequence"] == 64
+                  and body["data"][0]["verity"]["model_id"] != rf.data[0].model_extra["verity"]["model_id"],
+                  f"compiled at {lengths}: short texts run at 32 positions, the truncated one at 64 (its own "
+                  f"model ID)")
 
             for body, code, status, what in [
                 ({"model": "nope", "input": "x"}, "model_not_found", 404, "an unknown model"),

@@ -529,49 +529,33 @@ fn reexecute(m: &Model, q: Vec<Vec<i32>>, r: &verity_core::Receipt) -> Result<Op
 
 /// An embeddings response from `POST /v1/embeddings`: every item's receipt — signature (and signer),
 /// its input hash against the item's tokens made into the model's inputs, its output hash against the
-/// item's embedding, and with --model (the compiled `.vty`, or the encoder directory, compiled here)
-/// the model ID and a re-execution.
+/// item's embedding, and with --model (the compiled `.vty`, or the encoder directory, compiled here at
+/// each item's sequence length) the model ID and a re-execution.
 fn check_embeddings(a: &VerifyArgs, doc: &Value, items: &[Value]) -> Result<Verdict> {
+    use std::collections::BTreeMap;
     use verity_node::embed::EncoderDir;
     let info = &doc["verity"];
-    let (model, dir): (Option<Model>, Option<EncoderDir>) = match &a.model {
+    let dir: Option<EncoderDir> = match &a.model {
         Some(p) if p.is_dir() => {
             let opts = verity_node::embed::EmbedOptions {
                 sequence: info["sequence"].as_u64().map(|s| s as usize),
                 ..Default::default()
             };
-            let dir = verity_node::embed::read_dir(p, &opts).map_err(|e| anyhow!(e))?;
-            let (m, _) = dir.compile().map_err(|e| anyhow!(e))?;
-            (Some(m), Some(dir))
+            Some(verity_node::embed::read_dir(p, &opts).map_err(|e| anyhow!(e))?)
         }
-        Some(p) => (Some(crate::load_model(p)?.0), None),
-        None => (None, None),
+        _ => None,
     };
-    let id = model.as_ref().map(verity_engine::vty::model_id);
+    let file_model = match &a.model {
+        Some(p) if !p.is_dir() => Some(crate::load_model(p)?.0),
+        _ => None,
+    };
+    // compiled from the directory, once per sequence length
+    let mut compiled: BTreeMap<usize, Model> = BTreeMap::new();
     let pad = dir
         .as_ref()
         .map(|d| d.pad_id)
         .or_else(|| info["pad_id"].as_u64().map(|p| p as u32))
         .ok_or_else(|| anyhow!("the response names no pad token (verity.pad_id)"))?;
-    // the inputs in order and the sequence length: from the model when given, else as the response says
-    let (names, seq, scale) = match &model {
-        Some(m) => {
-            let out = m.outputs.first().and_then(|o| m.value(o.value));
-            (
-                m.inputs.iter().map(|i| i.name.clone()).collect::<Vec<_>>(),
-                m.inputs
-                    .first()
-                    .map_or(0, |i| i.shape.last().copied().unwrap_or(0) as usize),
-                out.map_or(0, |v| v.scale),
-            )
-        }
-        None => (
-            serde_json::from_value(info["inputs"].clone())
-                .map_err(|_| anyhow!("the response names no inputs (verity.inputs)"))?,
-            info["sequence"].as_u64().unwrap_or(0) as usize,
-            info["scale"].as_i64().unwrap_or(0) as i8,
-        ),
-    };
     let mut signers = std::collections::BTreeSet::new();
     for (i, item) in items.iter().enumerate() {
         let v = &item["verity"];
@@ -589,14 +573,57 @@ fn check_embeddings(a: &VerifyArgs, doc: &Value, items: &[Value]) -> Result<Verd
             )));
         }
         signers.insert(signer);
-        if let Some(id) = id {
-            if id != r.model_id {
-                return Ok(Verdict::Invalid(format!(
-                    "item {i}: the model's ID is {id}, the receipt is for {}",
-                    r.model_id
-                )));
+        let seq_claimed = v["sequence"]
+            .as_u64()
+            .or_else(|| info["sequence"].as_u64())
+            .unwrap_or(0) as usize;
+        let model: Option<&Model> = match (&dir, &file_model) {
+            (Some(d), _) => {
+                if !compiled.contains_key(&seq_claimed) {
+                    let (m, _) = d.at(seq_claimed).compile().map_err(|e| anyhow!(e))?;
+                    compiled.insert(seq_claimed, m);
+                }
+                compiled.get(&seq_claimed)
             }
-        }
+            (None, Some(m)) => Some(m),
+            (None, None) => None,
+        };
+        // the inputs in order, the sequence length and the output scale: from the model when given,
+        // else as the response says
+        let (names, seq, scale) = match model {
+            Some(m) => {
+                let id = verity_engine::vty::model_id(m);
+                if id != r.model_id {
+                    return Ok(Verdict::Invalid(format!(
+                        "item {i}: the model's ID is {id}, the receipt is for {}",
+                        r.model_id
+                    )));
+                }
+                let out = m.outputs.first().and_then(|o| m.value(o.value));
+                (
+                    m.inputs.iter().map(|x| x.name.clone()).collect::<Vec<_>>(),
+                    m.inputs
+                        .first()
+                        .map_or(0, |x| x.shape.last().copied().unwrap_or(0) as usize),
+                    out.map_or(0, |o| o.scale),
+                )
+            }
+            None => {
+                let variant = info["variants"]
+                    .as_array()
+                    .and_then(|vs| vs.iter().find(|x| x["model_id"] == v["model_id"]))
+                    .unwrap_or(info);
+                (
+                    serde_json::from_value(variant["inputs"].clone())
+                        .map_err(|_| anyhow!("the response names no inputs (verity.inputs)"))?,
+                    seq_claimed,
+                    v["scale"]
+                        .as_i64()
+                        .or_else(|| info["scale"].as_i64())
+                        .unwrap_or(0) as i8,
+                )
+            }
+        };
         let tokens: Vec<u32> = serde_json::from_value(v["tokens"].clone())
             .with_context(|| format!("item {i} has no tokens"))?;
         if tokens.len() > seq {
@@ -629,7 +656,7 @@ fn check_embeddings(a: &VerifyArgs, doc: &Value, items: &[Value]) -> Result<Verd
                 r.output_hash
             )));
         }
-        if let Some(m) = &model {
+        if let Some(m) = model {
             if let Some(bad) = reexecute(m, q, r)? {
                 return Ok(Verdict::Invalid(format!("item {i}: {bad}")));
             }
@@ -641,7 +668,7 @@ fn check_embeddings(a: &VerifyArgs, doc: &Value, items: &[Value]) -> Result<Verd
          (embeddings){}",
         items.len(),
         signers.join(", "),
-        if model.is_some() {
+        if a.model.is_some() {
             ", model ID, re-execution (output hash, trace root)"
         } else {
             ""

@@ -205,6 +205,10 @@ pub struct EmbeddingConfig {
     /// (default: the model's `max_seq_length`, else the smaller of its positions and 256).
     #[serde(default)]
     pub sequence: Option<usize>,
+    /// The lengths compiled (each input runs at the shortest that holds it; the sequence is always
+    /// one): default 32, 128 and 512 below the sequence.
+    #[serde(default)]
+    pub lengths: Option<Vec<usize>>,
     /// Width of contractions (`i32` by default; e.g. `w8a8d` for speed).
     #[serde(default)]
     pub precision: Option<String>,
@@ -227,6 +231,7 @@ impl EmbeddingConfig {
             path: PathBuf::from(path),
             name,
             sequence: None,
+            lengths: None,
             precision: None,
             pooling: None,
             normalize: None,

@@ -291,6 +291,21 @@ const CALIBRATION: &[&str] = &[
 ];
 
 impl EncoderDir {
+    /// The same directory compiled at `sequence` positions (at most its own).
+    pub fn at(&self, sequence: usize) -> EncoderDir {
+        EncoderDir {
+            onnx: self.onnx.clone(),
+            tokenizer: self.tokenizer.clone(),
+            tokenizer_hash: self.tokenizer_hash,
+            pooling: self.pooling.clone(),
+            sequence: sequence.min(self.sequence),
+            inputs: self.inputs.clone(),
+            pad_id: self.pad_id,
+            vocab: self.vocab,
+            precision: self.precision,
+        }
+    }
+
     /// The token IDs of `text` with the special tokens; with `max`, the text's tokens are cut so that
     /// the whole fits in `max` (the special tokens kept, as the tokenizer's own truncation does).
     pub fn tokens(&self, text: &str, max: Option<usize>) -> Result<Vec<u32>, String> {
@@ -475,71 +490,136 @@ pub fn embedding_ints(floats: &[f32], scale: i8) -> Option<Vec<i32>> {
         .collect()
 }
 
-/// An embedding model being served.
-pub struct EmbedModel {
-    /// The name requests give as `model`.
-    pub name: String,
+/// One compiled length of an embedding model.
+pub struct Variant {
+    /// The directory at this sequence length (`dir.sequence`), its inputs as the compiled model takes
+    /// them (what a receipt's input hash covers).
     pub dir: EncoderDir,
     /// The compiled model, ready to run.
     pub loaded: Arc<Loaded>,
-    /// Width of the embedding.
-    pub dimensions: usize,
     /// Fractional bits of the embedding's elements.
     pub scale: i8,
+}
+
+/// An embedding model being served: compiled at several sequence lengths, each input run at the
+/// shortest that holds it.
+pub struct EmbedModel {
+    /// The name requests give as `model`.
+    pub name: String,
+    /// Shortest first; the last one is the longest input served.
+    pub variants: Vec<Variant>,
+    /// Width of the embedding.
+    pub dimensions: usize,
     /// Unix time the model was loaded.
     pub created: u64,
 }
 
-/// Loads (compiles, or reads from the compile cache under `data_dir`) every configured model; names
-/// must be distinct.
+impl EmbedModel {
+    /// The longest sequence, which every other setting of the directory shares.
+    pub fn largest(&self) -> &Variant {
+        &self.variants[self.variants.len() - 1]
+    }
+
+    /// The shortest variant that holds `n` tokens (the largest if none does).
+    pub fn fitting(&self, n: usize) -> &Variant {
+        self.variants
+            .iter()
+            .find(|v| v.dir.sequence >= n)
+            .unwrap_or_else(|| self.largest())
+    }
+}
+
+/// The lengths compiled for a longest sequence `s` when none are configured: 32, 128 and 512 below it,
+/// and `s`.
+pub fn default_lengths(s: usize) -> Vec<usize> {
+    let mut v: Vec<usize> = [32, 128, 512].into_iter().filter(|&l| l < s).collect();
+    v.push(s);
+    v
+}
+
+fn compile_variant(dir: EncoderDir, cache: &Path, name: &str) -> Result<(Variant, usize), String> {
+    let mut dir = dir;
+    let model = dir
+        .compile_cached(cache)
+        .map_err(|e| format!("embedding model '{name}': {e}"))?;
+    dir.inputs = model.inputs.iter().map(|i| i.name.clone()).collect();
+    let info = model.outputs.first().and_then(|o| model.value(o.value));
+    let out_shape = info.map(|v| v.shape.to_vec()).unwrap_or_default();
+    let scale = info.map_or(0, |v| v.scale);
+    if model.outputs.len() != 1 || out_shape.len() != 2 || out_shape[0] != 1 {
+        return Err(format!(
+            "embedding model '{name}': the compiled model's output is {out_shape:?}, not one \
+             [1, width] vector"
+        ));
+    }
+    let id = verity_engine::vty::model_id(&model);
+    tracing::info!(name, model_id = %id, sequence = dir.sequence, dimensions = out_shape[1],
+                   pooling = ?dir.pooling.as_ref().map(|p| p.mode.name()), "serving embedding model");
+    let cost = verity_engine::Cost::of(&model);
+    let loaded = Loaded {
+        id,
+        exec: verity_engine::Executor::new(
+            Arc::new(model),
+            verity_engine::Mode::Fast { threads: 1 },
+        ),
+        cost_us: Default::default(),
+        zk: std::sync::OnceLock::new(),
+        cost,
+    };
+    let v = Variant {
+        dir,
+        loaded: Arc::new(loaded),
+        scale,
+    };
+    Ok((v, out_shape[1] as usize))
+}
+
+/// Loads (compiles, or reads from the compile cache under `data_dir`) every configured model at each
+/// of its lengths; names must be distinct.
 pub fn load_all(
     configs: &[crate::config::EmbeddingConfig],
     data_dir: &Path,
 ) -> Result<std::collections::BTreeMap<String, Arc<EmbedModel>>, String> {
     let mut out = std::collections::BTreeMap::new();
+    let cache = data_dir.join("embeddings");
     for c in configs {
         let name = c.model_name();
         if out.contains_key(&name) {
             return Err(format!("two embedding models are named '{name}'"));
         }
-        let mut dir = read_dir(&c.path, &c.options()?)
+        let dir = read_dir(&c.path, &c.options()?)
             .map_err(|e| format!("embedding model '{name}': {e}"))?;
-        let model = dir
-            .compile_cached(&data_dir.join("embeddings"))
-            .map_err(|e| format!("embedding model '{name}': {e}"))?;
-        // the inputs as the compiled model takes them (what a receipt's input hash covers)
-        dir.inputs = model.inputs.iter().map(|i| i.name.clone()).collect();
-        let info = model.outputs.first().and_then(|o| model.value(o.value));
-        let out_shape = info.map(|v| v.shape.to_vec()).unwrap_or_default();
-        let scale = info.map_or(0, |v| v.scale);
-        if model.outputs.len() != 1 || out_shape.len() != 2 || out_shape[0] != 1 {
-            return Err(format!(
-                "embedding model '{name}': the compiled model's output is {out_shape:?}, not one \
-                 [1, width] vector"
-            ));
-        }
-        let id = verity_engine::vty::model_id(&model);
-        tracing::info!(name, model_id = %id, sequence = dir.sequence, dimensions = out_shape[1],
-                       pooling = ?dir.pooling.as_ref().map(|p| p.mode.name()), "serving embedding model");
-        let cost = verity_engine::Cost::of(&model);
-        let loaded = Loaded {
-            id,
-            exec: verity_engine::Executor::new(
-                Arc::new(model),
-                verity_engine::Mode::Fast { threads: 1 },
-            ),
-            cost_us: Default::default(),
-            zk: std::sync::OnceLock::new(),
-            cost,
+        let lengths = match &c.lengths {
+            Some(l) => {
+                let mut l = l.clone();
+                l.sort_unstable();
+                l.dedup();
+                if l.is_empty() || l.iter().any(|&x| x < 2 || x > dir.sequence) {
+                    return Err(format!(
+                        "embedding model '{name}': lengths {l:?} must be 2 … {} (the sequence)",
+                        dir.sequence
+                    ));
+                }
+                if l.last() != Some(&dir.sequence) {
+                    l.push(dir.sequence);
+                }
+                l
+            }
+            None => default_lengths(dir.sequence),
         };
+        let mut variants = Vec::new();
+        let mut dimensions = 0;
+        for l in lengths {
+            let (v, d) = compile_variant(dir.at(l), &cache, &name)?;
+            dimensions = d;
+            variants.push(v);
+        }
         out.insert(
             name.clone(),
             Arc::new(EmbedModel {
                 name,
-                dimensions: out_shape[1] as usize,
-                scale,
-                dir,
-                loaded: Arc::new(loaded),
+                variants,
+                dimensions,
                 created: crate::clock::unix_now(),
             }),
         );

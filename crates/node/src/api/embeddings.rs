@@ -50,12 +50,17 @@ pub fn model_list(node: &Node) -> Vec<Value> {
 
 /// What a client needs to check an embedding's receipt and rebuild its inputs.
 fn info(e: &EmbedModel) -> Value {
+    let top = e.largest();
     json!({
-        "kind": "embedding", "model_id": e.loaded.id, "dimensions": e.dimensions,
-        "sequence": e.dir.sequence, "scale": e.scale, "pad_id": e.dir.pad_id,
-        "inputs": e.dir.inputs, "tokenizer_hash": e.dir.tokenizer_hash,
-        "pooling": e.dir.pooling.as_ref().map(|p| p.mode.name()),
-        "normalize": e.dir.pooling.as_ref().map(|p| p.normalize),
+        "kind": "embedding", "model_id": top.loaded.id, "dimensions": e.dimensions,
+        "sequence": top.dir.sequence, "scale": top.scale, "pad_id": top.dir.pad_id,
+        "inputs": top.dir.inputs, "tokenizer_hash": top.dir.tokenizer_hash,
+        "pooling": top.dir.pooling.as_ref().map(|p| p.mode.name()),
+        "normalize": top.dir.pooling.as_ref().map(|p| p.normalize),
+        "variants": e.variants.iter().map(|v| json!({
+            "sequence": v.dir.sequence, "model_id": v.loaded.id, "scale": v.scale,
+            "inputs": v.dir.inputs,
+        })).collect::<Vec<_>>(),
     })
 }
 
@@ -147,9 +152,10 @@ fn parse(node: &Node, body: &[u8]) -> Result<Request, OaiError> {
         .get()
         .and_then(|m| {
             m.get(name).or_else(|| {
-                name.parse::<verity_core::hash::Hash>()
-                    .ok()
-                    .and_then(|id| m.values().find(|e| e.loaded.id == id))
+                name.parse::<verity_core::hash::Hash>().ok().and_then(|id| {
+                    m.values()
+                        .find(|e| e.variants.iter().any(|v| v.loaded.id == id))
+                })
             })
         })
         .cloned()
@@ -207,22 +213,24 @@ fn parse(node: &Node, body: &[u8]) -> Result<Request, OaiError> {
     let input = v
         .get("input")
         .ok_or_else(|| bad("missing_parameter", "input", "'input' is required"))?;
-    let seq = model.dir.sequence;
+    let top = model.largest();
+    let seq = top.dir.sequence;
     let mut tokens = Vec::new();
     for (i, item) in items(input)?.into_iter().enumerate() {
         let t = match item {
             Item::Text(s) => model
+                .largest()
                 .dir
                 .tokens(&s, truncate.then_some(seq))
                 .map_err(|e| bad("invalid_value", "input", format!("input {i}: {e}")))?,
             Item::Tokens(mut t) => {
-                if let Some(x) = t.iter().find(|&&x| x as usize >= model.dir.vocab) {
+                if let Some(x) = t.iter().find(|&&x| x as usize >= top.dir.vocab) {
                     return Err(bad(
                         "invalid_value",
                         "input",
                         format!(
                             "input {i}: token {x} is not in the model's vocabulary of {}",
-                            model.dir.vocab
+                            top.dir.vocab
                         ),
                     ));
                 }
@@ -267,10 +275,12 @@ fn api_error(e: ApiError) -> OaiError {
     }
 }
 
-/// One input embedded: its receipt, and its elements as integers at the model's output scale.
+/// One input embedded: its receipt, its elements as integers at the variant's output scale, and the
+/// variant (sequence length) it ran at.
 struct Embedded {
     ints: Vec<i32>,
     receipt: verity_core::receipt::SignedReceipt,
+    variant: usize,
 }
 
 async fn embed_one(
@@ -278,7 +288,13 @@ async fn embed_one(
     m: &Arc<EmbedModel>,
     tokens: &[u32],
 ) -> Result<Embedded, OaiError> {
-    let inputs: Vec<NamedTensor> = m
+    let variant = m
+        .variants
+        .iter()
+        .position(|v| v.dir.sequence >= tokens.len())
+        .unwrap_or(m.variants.len() - 1);
+    let v = &m.variants[variant];
+    let inputs: Vec<NamedTensor> = v
         .dir
         .input_tensors(tokens)
         .into_iter()
@@ -290,11 +306,11 @@ async fn embed_one(
         })
         .collect();
     let request_id = node.new_request_id();
-    let (n2, l2) = (node.clone(), m.loaded.clone());
+    let (n2, l2) = (node.clone(), v.loaded.clone());
     let inf = node
         .on_worker_est(
-            m.loaded.run_inline(),
-            m.loaded.expected_us(node.config.limits.assumed_ops_per_sec),
+            v.loaded.run_inline(),
+            v.loaded.expected_us(node.config.limits.assumed_ops_per_sec),
             move || n2.infer_blocking(&l2, inputs, request_id),
         )
         .await
@@ -304,6 +320,7 @@ async fn embed_one(
     Ok(Embedded {
         ints,
         receipt: inf.receipt,
+        variant,
     })
 }
 
@@ -333,12 +350,13 @@ async fn run(node: Arc<Node>, body: Bytes) -> Result<Value, OaiError> {
     node.metrics
         .inferences
         .fetch_add(done.len() as u64, std::sync::atomic::Ordering::Relaxed);
-    let unit = (-(m.scale as f64)).exp2();
     let data: Vec<Value> = done
         .iter()
         .zip(&r.tokens)
         .enumerate()
         .map(|(i, (e, tokens))| {
+            let v = &m.variants[e.variant];
+            let unit = (-(v.scale as f64)).exp2();
             // x · 2^-scale is exact in an f64, and in an f32 while |x| < 2^24
             let values = e.ints.iter().map(|&x| x as f64 * unit);
             let embedding = if r.base64 {
@@ -350,7 +368,8 @@ async fn run(node: Arc<Node>, body: Bytes) -> Result<Value, OaiError> {
             };
             json!({
                 "object": "embedding", "index": i, "embedding": embedding,
-                "verity": {"tokens": tokens, "receipt": e.receipt,
+                "verity": {"tokens": tokens, "sequence": v.dir.sequence, "model_id": v.loaded.id,
+                           "scale": v.scale, "receipt": e.receipt,
                            "result_hash": e.receipt.receipt.result_hash()},
             })
         })
