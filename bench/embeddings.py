@@ -7,7 +7,8 @@ weights, and uses fixtures/embed-mini's WordPiece tokenizer. Verity compiles it 
 asked (`--sequence`, default 128: every input is padded to it, as the compiled model's shapes are fixed);
 onnxruntime (one thread, like one node worker) runs each text at its own length, which is how a user runs it.
 Printed: compile time, per-text latency through HTTP for both (median over the texts, several rounds),
-their ratio, and accuracy (worst cosine, largest difference) against onnxruntime.
+their ratio, the engine's own time at 32 positions with and without the trace commitment a receipt needs,
+and accuracy (worst cosine, largest difference) against onnxruntime.
 
 Needs torch and transformers beside the repository's Python packages (a benchmark, never part of the test
 suite). Usage:
@@ -139,11 +140,29 @@ def main():
         finally:
             node.terminate()
             node.wait(timeout=30)
+        # The engine alone at 32 positions (where these texts run), and with the receipt's commitment
+        # to every intermediate tensor, on the same padded input.
+        short = os.path.join(tmp, "e32.vty")
+        subprocess.run([os.path.abspath(a.verity), "model", "compile", CACHE, "-o", short, "--sequence", "32",
+                        "--precision", a.precision], capture_output=True, check=True)
+        ids = tok.encode(TEXTS[0]).ids[:32]
+        pad = lambda v, fill: v + [fill] * (32 - len(v))  # noqa: E731
+        inp = os.path.join(tmp, "in.json")
+        with open(inp, "w") as f:
+            json.dump({"input_ids": {"shape": [1, 32], "data": pad(ids, 0)},
+                       "attention_mask": {"shape": [1, 32], "data": pad([1] * len(ids), 0)},
+                       "token_type_ids": {"shape": [1, 32], "data": [0] * 32}}, f)
+        run = subprocess.run([os.path.abspath(a.verity), "run", short, "--input", inp, "--bench", "10"],
+                             capture_output=True, text=True, check=True)
+        lat = json.loads(run.stdout)["latency"]
     mo, mt = np.median(ours) * 1e3, np.median(theirs) * 1e3
     print(f"encoder      MiniLM-L6 shape (6 layers, width 384), sequence {a.sequence}, precision {a.precision}")
     print(f"compile      {compile_s:.1f} s (verity model compile DIR)")
     print(f"latency      Verity over HTTP {mo:.1f} ms, onnxruntime 1 thread {mt:.1f} ms per text "
           f"(median of {len(ours)}): {mo / mt:.2f}x")
+    print(f"engine       at 32 positions: {lat['median_us'] / 1e3:.1f} ms to run, "
+          f"{lat['with_trace_commit_median_us'] / 1e3:.1f} ms with the commitment to every intermediate "
+          f"tensor a receipt's trace root needs")
     print(f"accuracy     worst cosine {worst_cos:.6f}, largest difference {worst_diff:.2e}")
 
 

@@ -223,12 +223,9 @@ pub struct EmbeddingConfig {
 impl EmbeddingConfig {
     /// The model an `--embedding [NAME=]DIR` argument names, with the default settings.
     pub fn from_arg(arg: &str) -> EmbeddingConfig {
-        let (name, path) = match arg.split_once('=') {
-            Some((n, p)) if !n.is_empty() && !n.contains('/') => (Some(n.to_string()), p),
-            _ => (None, arg),
-        };
+        let (name, path) = name_and_path(arg);
         EmbeddingConfig {
-            path: PathBuf::from(path),
+            path,
             name,
             sequence: None,
             lengths: None,
@@ -306,16 +303,23 @@ pub fn default_llm_kv_mb() -> usize {
     1024
 }
 
+/// A `[NAME=]PATH` argument: a `NAME` holds no `/`, so a path with `=` in it stays a path.
+fn name_and_path(arg: &str) -> (Option<String>, PathBuf) {
+    match arg.split_once('=') {
+        Some((n, p)) if !n.is_empty() && !n.contains('/') => {
+            (Some(n.to_string()), PathBuf::from(p))
+        }
+        _ => (None, PathBuf::from(arg)),
+    }
+}
+
 impl LlmConfig {
     /// The model a `--llm [NAME=]FILE` argument names, with the default settings (a `NAME` holds no
     /// `/`, so a path with `=` in it stays a path).
     pub fn from_arg(arg: &str) -> LlmConfig {
-        let (name, path) = match arg.split_once('=') {
-            Some((n, p)) if !n.is_empty() && !n.contains('/') => (Some(n.to_string()), p),
-            _ => (None, arg),
-        };
+        let (name, path) = name_and_path(arg);
         LlmConfig {
-            path: PathBuf::from(path),
+            path,
             name,
             context: default_llm_context(),
             sequences: default_llm_sequences(),

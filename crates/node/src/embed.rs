@@ -520,12 +520,12 @@ impl EmbedModel {
         &self.variants[self.variants.len() - 1]
     }
 
-    /// The shortest variant that holds `n` tokens (the largest if none does).
-    pub fn fitting(&self, n: usize) -> &Variant {
+    /// The index of the shortest variant that holds `n` tokens (the largest if none does).
+    pub fn fitting(&self, n: usize) -> usize {
         self.variants
             .iter()
-            .find(|v| v.dir.sequence >= n)
-            .unwrap_or_else(|| self.largest())
+            .position(|v| v.dir.sequence >= n)
+            .unwrap_or(self.variants.len() - 1)
     }
 }
 

@@ -288,11 +288,7 @@ async fn embed_one(
     m: &Arc<EmbedModel>,
     tokens: &[u32],
 ) -> Result<Embedded, OaiError> {
-    let variant = m
-        .variants
-        .iter()
-        .position(|v| v.dir.sequence >= tokens.len())
-        .unwrap_or(m.variants.len() - 1);
+    let variant = m.fitting(tokens.len());
     let v = &m.variants[variant];
     let inputs: Vec<NamedTensor> = v
         .dir
