@@ -217,6 +217,7 @@ fn lower(node: &NodeProto, out: &mut Out<'_>) -> Result<(), CompileError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::onnx_edit::INT64;
 
     fn model(node: NodeProto, opset: i64) -> pb::ModelProto {
         pb::ModelProto {
