@@ -579,9 +579,8 @@ fn check_embeddings(a: &VerifyArgs, doc: &Value, items: &[Value]) -> Result<Verd
             .unwrap_or(0) as usize;
         let model: Option<&Model> = match (&dir, &file_model) {
             (Some(d), _) => {
-                if !compiled.contains_key(&seq_claimed) {
-                    let (m, _) = d.at(seq_claimed).compile().map_err(|e| anyhow!(e))?;
-                    compiled.insert(seq_claimed, m);
+                if let std::collections::btree_map::Entry::Vacant(e) = compiled.entry(seq_claimed) {
+                    e.insert(d.at(seq_claimed).compile().map_err(|e| anyhow!(e))?.0);
                 }
                 compiled.get(&seq_claimed)
             }
