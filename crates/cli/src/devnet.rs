@@ -352,12 +352,13 @@ pub fn cmd_devnet(a: DevnetArgs) -> Result<()> {
         let port = a.port + 1 + i as u16;
         let stake = verity_chain::ether(2 + i as u64).to_string();
         let llm_context = a.llm_context.to_string();
+        let encoder = embedding(&a);
         let mut args = vec!["--stake", stake.as_str()];
         if let Some(l) = &a.llm {
             args.extend(["--llm", l.as_str(), "--llm-context", llm_context.as_str()]);
         }
-        if let Some(e) = embedding(&a) {
-            args.extend(["--embedding", e]);
+        if let Some(e) = &encoder {
+            args.extend(["--embedding", e.as_str()]);
         }
         let (url, addr) = start_node(
             &rt,
@@ -521,7 +522,7 @@ pub fn cmd_devnet(a: DevnetArgs) -> Result<()> {
         "watcher": {"url": wurl, "address": waddr},
         "models": models.iter().map(|(n, id, _)| json!({"name": n, "version": "1.0.0", "model_id": id})).collect::<Vec<_>>(),
         "llm": a.llm.as_ref().map(|l| json!({"model": llm_name(l), "openai_base_url": format!("{}/v1", endpoints[0].0)})),
-        "embedding": embedding(&a).map(|e| json!({"model": embedding_name(e), "openai_base_url": format!("{}/v1", endpoints[0].0)})),
+        "embedding": embedding(&a).map(|e| json!({"model": embedding_name(&e), "openai_base_url": format!("{}/v1", endpoints[0].0)})),
         "client_key": DEV_KEYS[2],
         "sdk_key": DEV_KEYS[3],
     });
@@ -561,7 +562,7 @@ pub fn cmd_devnet(a: DevnetArgs) -> Result<()> {
             demo_llm(&rpc, &endpoints, l, &dir)?;
         }
         if let Some(e) = embedding(&a) {
-            demo_embeddings(&endpoints, e, &dir)?;
+            demo_embeddings(&endpoints, &e, &dir)?;
         }
     }
     if a.once {
@@ -805,9 +806,15 @@ fn demo(
 }
 
 /// The name a `[NAME=]FILE` model is served under.
-/// The encoder the nodes serve, unless `--embedding none`.
-fn embedding(a: &DevnetArgs) -> Option<&str> {
-    (a.embedding != "none").then_some(a.embedding.as_str())
+/// The encoder the nodes serve as `NAME=DIR` with an absolute directory (a node restarted from another
+/// working directory finds it), unless `--embedding none`.
+fn embedding(a: &DevnetArgs) -> Option<String> {
+    if a.embedding == "none" {
+        return None;
+    }
+    let c = verity_node::config::EmbeddingConfig::from_arg(&a.embedding);
+    let dir = std::fs::canonicalize(&c.path).unwrap_or(c.path.clone());
+    Some(format!("{}={}", c.model_name(), dir.display()))
 }
 
 fn embedding_name(spec: &str) -> String {

@@ -78,7 +78,7 @@ fn devnet_demo_runs_end_to_end_and_resumes() {
         // sentence embeddings from node 0, their receipts re-executed with the encoder directory
         "12. embed",
         "2 vectors of 32 dimensions",
-        "--model fixtures/embed-mini → valid: 2 embeddings signed by",
+        "fixtures/embed-mini → valid: 2 embeddings signed by",
         "embeddings demo done",
     ] {
         assert!(out.contains(want), "missing '{want}' in:\n{out}");

@@ -329,7 +329,12 @@ pub async fn embeddings(State(node): State<Arc<Node>>, body: Bytes) -> Response 
 }
 
 async fn run(node: Arc<Node>, body: Bytes) -> Result<Value, OaiError> {
-    let r = parse(&node, &body)?;
+    // tokenizing up to a whole body of text is work for a blocking thread, not the async runtime
+    let n2 = node.clone();
+    let r = node
+        .blocking(move || parse(&n2, &body))
+        .await
+        .map_err(api_error)??;
     let m = r.model.clone();
     let workers = node.config.workers.max(1);
     let results: Vec<Result<Embedded, OaiError>> = futures_util::stream::iter(r.tokens.clone())
