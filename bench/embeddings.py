@@ -30,6 +30,7 @@ import onnxruntime as ort
 from tokenizers import Tokenizer
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+sys.path.insert(0, os.path.join(ROOT, "scripts"))
 FIXTURE = os.path.join(ROOT, "fixtures", "embed-mini")
 CACHE = os.path.join(ROOT, "bench", ".models", "minilm-l6-shape")
 
@@ -49,6 +50,7 @@ def build():
     if os.path.exists(os.path.join(CACHE, "model.onnx")):
         return
     import torch
+    from gen_embedding_fixture import export
     from transformers import BertConfig, BertModel
     os.makedirs(CACHE, exist_ok=True)
     for f in ["tokenizer.json", "vocab.txt", "tokenizer_config.json", "modules.json"]:
@@ -62,24 +64,7 @@ def build():
     model = BertModel(cfg, add_pooling_layer=False).eval()
     cfg.save_pretrained(CACHE)
 
-    class Encoder(torch.nn.Module):
-        def __init__(self, bert):
-            super().__init__()
-            self.bert = bert
-
-        def forward(self, input_ids, attention_mask, token_type_ids):
-            return self.bert(input_ids=input_ids, attention_mask=attention_mask,
-                             token_type_ids=token_type_ids).last_hidden_state
-
-    ids = torch.tensor([[2, 100, 200, 3]])
-    with torch.no_grad():
-        torch.onnx.export(Encoder(model), (ids, torch.ones_like(ids), torch.zeros_like(ids)),
-                          os.path.join(CACHE, "model.onnx"),
-                          input_names=["input_ids", "attention_mask", "token_type_ids"],
-                          output_names=["last_hidden_state"],
-                          dynamic_axes={n: {0: "batch", 1: "sequence"} for n in
-                                        ["input_ids", "attention_mask", "token_type_ids", "last_hidden_state"]},
-                          opset_version=14, dynamo=False)
+    export(model, torch.tensor([[2, 100, 200, 3]]), os.path.join(CACHE, "model.onnx"))
 
 
 def main():

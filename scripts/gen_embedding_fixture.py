@@ -4,15 +4,15 @@ publishes one (model.onnx, tokenizer.json, vocab.txt, tokenizer_config.json, con
 1_Pooling/config.json, and a Normalize module) — a BERT encoder exported by torch's ONNX exporter with
 dynamic batch and sequence axes, over a WordPiece vocabulary trained on a fixed multilingual text. The
 weights are random (seeded): what the tests check is Verity against the float model on the same file.
-The test suite reads the files; regenerating needs torch, transformers and tokenizers (not test
-dependencies).
+The test suite reads the committed files; regenerating needs torch, transformers and tokenizers (not test
+dependencies), and gives a different vocabulary from run to run (the WordPiece trainer breaks ties between
+equally frequent pairs differently), so the tests' expectations come from the files, never from this script.
 
     pip install torch transformers==5.25.0 tokenizers==0.23.3 && python scripts/gen_embedding_fixture.py
 """
 import json
 import os
 
-import torch
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import BertConfig, BertModel
 
@@ -61,7 +61,30 @@ def tokenizer():
     return t
 
 
+def export(bert, sample_ids, path):
+    """Export a transformers BertModel as an encoder of input_ids, attention_mask and token_type_ids to
+    last_hidden_state, batch and sequence axes dynamic (torch's TorchScript exporter, opset 14)."""
+    import torch
+
+    class Encoder(torch.nn.Module):
+        def __init__(self, bert):
+            super().__init__()
+            self.bert = bert
+
+        def forward(self, input_ids, attention_mask, token_type_ids):
+            return self.bert(input_ids=input_ids, attention_mask=attention_mask,
+                             token_type_ids=token_type_ids).last_hidden_state
+
+    names = ["input_ids", "attention_mask", "token_type_ids"]
+    with torch.no_grad():
+        torch.onnx.export(Encoder(bert), (sample_ids, torch.ones_like(sample_ids), torch.zeros_like(sample_ids)),
+                          path, input_names=names, output_names=["last_hidden_state"],
+                          dynamic_axes={n: {0: "batch", 1: "sequence"} for n in names + ["last_hidden_state"]},
+                          opset_version=14, dynamo=False)
+
+
 def main():
+    import torch
     os.makedirs(os.path.join(OUT, "1_Pooling"), exist_ok=True)
     os.makedirs(os.path.join(OUT, "2_Normalize"), exist_ok=True)
     tok = tokenizer()
@@ -80,26 +103,7 @@ def main():
                      attn_implementation="eager")
     model = BertModel(cfg, add_pooling_layer=False).eval()
     cfg.save_pretrained(OUT)
-    ids = torch.tensor([tok.encode(CORPUS[0]).ids])
-
-    class Encoder(torch.nn.Module):
-        def __init__(self, bert):
-            super().__init__()
-            self.bert = bert
-
-        def forward(self, input_ids, attention_mask, token_type_ids):
-            return self.bert(input_ids=input_ids, attention_mask=attention_mask,
-                             token_type_ids=token_type_ids).last_hidden_state
-
-    with torch.no_grad():
-        torch.onnx.export(
-            Encoder(model), (ids, torch.ones_like(ids), torch.zeros_like(ids)),
-            os.path.join(OUT, "model.onnx"),
-            input_names=["input_ids", "attention_mask", "token_type_ids"],
-            output_names=["last_hidden_state"],
-            dynamic_axes={n: {0: "batch", 1: "sequence"} for n in
-                          ["input_ids", "attention_mask", "token_type_ids", "last_hidden_state"]},
-            opset_version=14, dynamo=False)
+    export(model, torch.tensor([tok.encode(CORPUS[0]).ids]), os.path.join(OUT, "model.onnx"))
     json.dump([{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
                {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
                {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"}],
