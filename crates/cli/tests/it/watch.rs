@@ -247,9 +247,10 @@ fn a_watcher_catches_a_lying_node_for_every_op_kind() {
     );
     for (op, (f, k)) in &targets {
         let (name, m, honest) = &fixtures[*f];
+        // restaked before the node starts: the test and the node never send from its key at once
+        net.restake();
         let mut node = NodeProc::start(&nd, &["--fault", &format!("corrupt-op={op}")]);
         let start = Instant::now();
-        net.restake();
         let truth = Side::new(m, honest).unwrap();
         let id = net.request(name, m, honest);
         net.wait_claim(id, watch_addr, &truth.trace_root(), op);
@@ -289,9 +290,9 @@ fn a_watcher_catches_a_lying_node_for_every_op_kind() {
     drop(_watcher);
     let liar_wd = dir.path().join("liar-watcher");
     let _liar_watcher = watcher(&liar_wd, &net, &["--fault", "corrupt-op=EinSum"]);
+    net.restake();
     let _node = NodeProc::start(&nd, &[]);
     let truth = Side::new(m, honest).unwrap();
-    net.restake();
     let stake_before = net.stake(node_addr);
     let id = net.request(name, m, honest);
     let start = Instant::now();
@@ -322,9 +323,9 @@ fn a_watcher_catches_a_lying_node_for_every_op_kind() {
 
     // A lying node that disappears after committing loses the game by timeout.
     let (name, m, honest) = fixtures.iter().find(|f| f.0 == "cnn").unwrap();
+    net.restake();
     let mut node = NodeProc::start(&nd, &["--fault", "corrupt-op=Conv2d"]);
     let truth = Side::new(m, honest).unwrap();
-    net.restake();
     let stake_before = net.stake(node_addr);
     let from = net.block();
     let id = net.request(name, m, honest);
@@ -403,8 +404,8 @@ fn a_watcher_catches_a_lying_node_for_every_op_kind() {
         serde_json::from_slice(&o.stdout).unwrap()
     };
     drop(node);
-    let node = NodeProc::start(&nd, &[]);
     net.restake();
+    let node = NodeProc::start(&nd, &[]);
     let agreed = dispute(&node, "honest");
     assert_eq!(agreed["state"], "agreed", "{agreed}");
     assert_eq!(
