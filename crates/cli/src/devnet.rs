@@ -346,13 +346,13 @@ pub fn cmd_devnet(a: DevnetArgs) -> Result<()> {
 
     // 3. nodes: own keys and data dirs, funded, started as processes; they register and stake themselves.
     let admin = connect(&rt, &rpc, &dep, &deployer)?;
+    let encoder = embedding(&a);
     let mut endpoints = Vec::new();
     for i in 0..a.nodes {
         let nd = dir.join(format!("node-{i}"));
         let port = a.port + 1 + i as u16;
         let stake = verity_chain::ether(2 + i as u64).to_string();
         let llm_context = a.llm_context.to_string();
-        let encoder = embedding(&a);
         let mut args = vec!["--stake", stake.as_str()];
         if let Some(l) = &a.llm {
             args.extend(["--llm", l.as_str(), "--llm-context", llm_context.as_str()]);
@@ -522,7 +522,7 @@ pub fn cmd_devnet(a: DevnetArgs) -> Result<()> {
         "watcher": {"url": wurl, "address": waddr},
         "models": models.iter().map(|(n, id, _)| json!({"name": n, "version": "1.0.0", "model_id": id})).collect::<Vec<_>>(),
         "llm": a.llm.as_ref().map(|l| json!({"model": llm_name(l), "openai_base_url": format!("{}/v1", endpoints[0].0)})),
-        "embedding": embedding(&a).map(|e| json!({"model": embedding_name(&e), "openai_base_url": format!("{}/v1", endpoints[0].0)})),
+        "embedding": encoder.as_ref().map(|e| json!({"model": embedding_name(e), "openai_base_url": format!("{}/v1", endpoints[0].0)})),
         "client_key": DEV_KEYS[2],
         "sdk_key": DEV_KEYS[3],
     });
@@ -561,8 +561,8 @@ pub fn cmd_devnet(a: DevnetArgs) -> Result<()> {
         if let Some(l) = &a.llm {
             demo_llm(&rpc, &endpoints, l, &dir)?;
         }
-        if let Some(e) = embedding(&a) {
-            demo_embeddings(&endpoints, &e, &dir)?;
+        if let Some(e) = &encoder {
+            demo_embeddings(&endpoints, e, &dir)?;
         }
     }
     if a.once {

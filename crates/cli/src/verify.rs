@@ -299,15 +299,10 @@ fn completion_parts(
 /// generation re-executed (spec: `docs/spec/llm.md` §7).
 fn check_completion(a: &VerifyArgs, v: &Value, signed: &SignedReceipt) -> Result<Verdict> {
     use verity_llm::generate::{complete, input_hash, tokens_hash};
-    let signer = match signed.verify() {
+    let signer = match checked_signer(a, signed) {
         Ok(s) => s,
-        Err(e) => return Ok(Verdict::Invalid(format!("the receipt's signature: {e}"))),
+        Err(e) => return Ok(Verdict::Invalid(format!("the receipt: {e}"))),
     };
-    if let Some(want) = a.signer {
-        if want != signer {
-            return Ok(Verdict::Invalid(format!("signed by {signer}, not {want}")));
-        }
-    }
     let (prompt, output, sampler, rules) = completion_parts(v)?;
     let r = &signed.receipt;
     let input = input_hash(&prompt, &sampler, &rules);
@@ -505,6 +500,18 @@ fn check_certificate(a: &VerifyArgs, doc: &Value, cv: Value) -> Result<Verdict> 
     }
 }
 
+/// Who signed `signed`, or why it is not accepted: a bad signature, or a signer other than the one
+/// --signer requires.
+fn checked_signer(a: &VerifyArgs, signed: &SignedReceipt) -> Result<Address, String> {
+    let signer = signed.verify().map_err(|e| format!("signature: {e}"))?;
+    match a.signer {
+        Some(want) if want != signer => {
+            Err(format!("signed by {signer}, not by the required {want}"))
+        }
+        _ => Ok(signer),
+    }
+}
+
 /// Run `m` on the quantized inputs `q`: None if it reproduces the receipt's output hash and trace root,
 /// else what differs.
 fn reexecute(m: &Model, q: Vec<Vec<i32>>, r: &verity_core::Receipt) -> Result<Option<String>> {
@@ -562,16 +569,10 @@ fn check_embeddings(a: &VerifyArgs, doc: &Value, items: &[Value]) -> Result<Verd
         let signed: SignedReceipt = serde_json::from_value(v["receipt"].clone())
             .with_context(|| format!("item {i} has no signed receipt"))?;
         let r = &signed.receipt;
-        let signer = match signed.verify() {
+        let signer = match checked_signer(a, &signed) {
             Ok(s) => s,
-            Err(e) => return Ok(Verdict::Invalid(format!("item {i}: signature: {e}"))),
+            Err(e) => return Ok(Verdict::Invalid(format!("item {i}: {e}"))),
         };
-        if a.signer.is_some_and(|want| want != signer) {
-            return Ok(Verdict::Invalid(format!(
-                "item {i} is signed by {signer}, not by the required {}",
-                a.signer.unwrap_or_default()
-            )));
-        }
         signers.insert(signer);
         let seq_claimed = v["sequence"]
             .as_u64()
@@ -678,16 +679,11 @@ fn check_embeddings(a: &VerifyArgs, doc: &Value, items: &[Value]) -> Result<Verd
 fn check_receipt(a: &VerifyArgs, signed: &SignedReceipt) -> Result<Verdict> {
     let r = &signed.receipt;
     let mut checked = vec!["signature"];
-    let signer = match signed.verify() {
+    let signer = match checked_signer(a, signed) {
         Ok(s) => s,
-        Err(e) => return Ok(Verdict::Invalid(format!("signature: {e}"))),
+        Err(e) => return Ok(Verdict::Invalid(e)),
     };
-    if let Some(want) = a.signer {
-        if want != signer {
-            return Ok(Verdict::Invalid(format!(
-                "signed by {signer}, not by the required {want}"
-            )));
-        }
+    if a.signer.is_some() {
         checked.push("signer");
     }
     let model = match &a.model {

@@ -121,6 +121,13 @@ impl<'a> Out<'a> {
         self.reduce_axis(op, x, 1, true, None)
     }
 
+    /// The Euclidean norm of `x` along axis 1, kept: `√Σ x²`.
+    pub fn l2_norm(&mut self, x: String) -> String {
+        let sq = self.node("Mul", vec![x.clone(), x], None, vec![]);
+        let ss = self.reduce("ReduceSum", sq);
+        self.node("Sqrt", vec![ss], None, vec![])
+    }
+
     /// `x` with a new axis of size 1 at `axis`.
     pub fn unsqueeze(&mut self, x: String, axis: i64) -> String {
         if self.opset >= 13 {

@@ -98,11 +98,7 @@ fn lower(node: &NodeProto, out: &mut Out<'_>) -> Result<(), CompileError> {
                     let a = out.node("Abs", vec![x.clone()], None, vec![]);
                     out.reduce("ReduceSum", a)
                 }
-                "L2" => {
-                    let sq = out.node("Mul", vec![x.clone(), x.clone()], None, vec![]);
-                    let s = out.reduce("ReduceSum", sq);
-                    out.node("Sqrt", vec![s], None, vec![])
-                }
+                "L2" => out.l2_norm(x.clone()),
                 other => return Err(refuse(node, format!("norm {other}"))),
             };
             out.node("Div", vec![x, by], y, vec![]);

@@ -156,9 +156,7 @@ pub fn append(model: &mut pb::ModelProto, p: &Pooling) -> Result<(), CompileErro
         }
     };
     if p.normalize {
-        let sq = out.node("Mul", vec![pooled.clone(), pooled.clone()], None, vec![]);
-        let ss = out.reduce_axis("ReduceSum", sq, 1, true, None);
-        let norm = out.node("Sqrt", vec![ss], None, vec![]);
+        let norm = out.l2_norm(pooled.clone());
         let tiny = out.floats(vec![], vec![1e-12]);
         let by = out.node("Max", vec![norm, tiny], None, vec![]);
         out.node("Div", vec![pooled, by], Some(OUTPUT), vec![]);

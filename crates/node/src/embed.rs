@@ -395,12 +395,18 @@ impl EncoderDir {
             .map_err(|e| format!("cannot compile {}: {e}", self.onnx.display()))
     }
 
-    /// What the compiled model depends on, for the compile cache's key.
-    fn cache_key(&self) -> Result<Hash, String> {
-        let bytes = std::fs::read(&self.onnx)
-            .map_err(|e| format!("cannot read {}: {e}", self.onnx.display()))?;
+    /// keccak256 of the ONNX file (part of the compile cache's key; read once for all lengths).
+    pub fn onnx_hash(&self) -> Result<Hash, String> {
+        std::fs::read(&self.onnx)
+            .map(|b| keccak256(&b))
+            .map_err(|e| format!("cannot read {}: {e}", self.onnx.display()))
+    }
+
+    /// What the compiled model depends on, for the compile cache's key: the ONNX file (its hash), the
+    /// tokenizer and the options.
+    fn cache_key(&self, onnx_hash: &Hash) -> Hash {
         let mut k = verity_core::hash::Keccak::new();
-        k.update(&keccak256(&bytes).0);
+        k.update(&onnx_hash.0);
         k.update(&self.tokenizer_hash.0);
         k.update(
             format!(
@@ -413,13 +419,13 @@ impl EncoderDir {
             )
             .as_bytes(),
         );
-        Ok(k.finalize())
+        k.finalize()
     }
 
     /// The compiled model, from `cache` (a directory) when it was compiled before with the same files
-    /// and options, else compiled and written there.
-    pub fn compile_cached(&self, cache: &Path) -> Result<Model, String> {
-        let path = cache.join(format!("{}.vty", self.cache_key()?));
+    /// (the ONNX file's hash `onnx_hash`) and options, else compiled and written there.
+    pub fn compile_cached(&self, cache: &Path, onnx_hash: &Hash) -> Result<Model, String> {
+        let path = cache.join(format!("{}.vty", self.cache_key(onnx_hash)));
         if let Ok(bytes) = std::fs::read(&path) {
             if let Ok((m, _)) = verity_engine::vty::decode(&bytes) {
                 return Ok(m);
@@ -537,10 +543,15 @@ pub fn default_lengths(s: usize) -> Vec<usize> {
     v
 }
 
-fn compile_variant(dir: EncoderDir, cache: &Path, name: &str) -> Result<(Variant, usize), String> {
+fn compile_variant(
+    dir: EncoderDir,
+    cache: &Path,
+    onnx_hash: &Hash,
+    name: &str,
+) -> Result<(Variant, usize), String> {
     let mut dir = dir;
     let model = dir
-        .compile_cached(cache)
+        .compile_cached(cache, onnx_hash)
         .map_err(|e| format!("embedding model '{name}': {e}"))?;
     dir.inputs = model.inputs.iter().map(|i| i.name.clone()).collect();
     let info = model.outputs.first().and_then(|o| model.value(o.value));
@@ -607,10 +618,13 @@ pub fn load_all(
             }
             None => default_lengths(dir.sequence),
         };
+        let onnx_hash = dir
+            .onnx_hash()
+            .map_err(|e| format!("embedding model '{name}': {e}"))?;
         let mut variants = Vec::new();
         let mut dimensions = 0;
         for l in lengths {
-            let (v, d) = compile_variant(dir.at(l), &cache, &name)?;
+            let (v, d) = compile_variant(dir.at(l), &cache, &onnx_hash, &name)?;
             dimensions = d;
             variants.push(v);
         }

@@ -218,8 +218,7 @@ fn parse(node: &Node, body: &[u8]) -> Result<Request, OaiError> {
     let mut tokens = Vec::new();
     for (i, item) in items(input)?.into_iter().enumerate() {
         let t = match item {
-            Item::Text(s) => model
-                .largest()
+            Item::Text(s) => top
                 .dir
                 .tokens(&s, truncate.then_some(seq))
                 .map_err(|e| bad("invalid_value", "input", format!("input {i}: {e}")))?,
