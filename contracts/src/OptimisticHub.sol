@@ -153,6 +153,8 @@ contract OptimisticHub is Payouts {
         bytes32 traceRoot
     );
     event Revealed(uint256 indexed gameId, bytes32 traceTree, uint64 width, uint64 inputs);
+    /// A claim signed with a deferred trace (trace root zero) got its trace root from the defender's reveal.
+    event TraceCommitted(uint256 indexed requestId, bytes32 traceRoot);
     event Split(uint256 indexed gameId, bytes32 left, bytes32 right);
     event Chosen(uint256 indexed gameId, bool right, uint8 level, uint64 index, bool words);
     event Opened(uint256 indexed gameId, uint64 leaf, uint64 len, bytes32 tree);
@@ -320,7 +322,9 @@ contract OptimisticHub is Payouts {
 
     /// @notice Open a dispute over a claim a staked node signed outside this hub (a receipt), for the
     ///         ReceiptCourt, which has checked the signature and the input: a new dispute ID holds the
-    ///         node's claim and the challenger's game against it starts at once.
+    ///         node's claim and the challenger's game against it starts at once. A receipt's trace root may be
+    ///         zero (deferred: nodes do not hash their intermediates while serving); the defender's reveal then
+    ///         commits it, pinned to the input and the signed output, and only a different output can dispute it.
     function openDispute(
         address challenger,
         bytes32 modelId,
@@ -356,7 +360,10 @@ contract OptimisticHub is Payouts {
         Request storage r = requests[id];
         if (msg.value != challengeBond) revert WrongBond(challengeBond);
         Claim storage c = claims[id];
-        if (outputHash == c.outputHash && traceRoot == c.traceRoot) revert SameClaim();
+        // a claim whose trace is deferred (a receipt signed with trace root zero) is disputed over its output
+        if (outputHash == c.outputHash && (traceRoot == c.traceRoot || c.traceRoot == bytes32(0))) {
+            revert SameClaim();
+        }
         if (outputHash == bytes32(0) || traceRoot == bytes32(0)) revert BadMove("empty claim");
         g = ++gameCount;
         Game storage gm = games[g];
@@ -435,7 +442,7 @@ contract OptimisticHub is Payouts {
         }
         (uint256 ni, uint256 nc, uint256 nn, uint256[] memory outs) = oneStep.headerInfo(v.header);
         uint256 width = ni + nn;
-        if (Merkle.bindLength(width, v.traceTree) != claims[gm.requestId].traceRoot) revert BadMove("trace tree");
+        pinTrace(gm.requestId, Merkle.bindLength(width, v.traceTree));
         if (v.roots.length != ni + outs.length || v.paths.length != v.roots.length) revert BadMove("roots");
         bytes32[] memory ins = new bytes32[](ni);
         for (uint256 i = 0; i < ni; i++) {
@@ -455,6 +462,19 @@ contract OptimisticHub is Payouts {
         gm.cur = v.traceTree;
         emit Revealed(g, v.traceTree, uint64(width), uint64(ni));
         next(gm, Stage.Split);
+    }
+
+    /// The revealed trace root must be the claim's; a deferred one (zero) is committed by the first reveal,
+    /// whose checks pin it to the input and the claimed output, so a wrong output still has a wrong step for
+    /// the bisection to find.
+    function pinTrace(uint256 id, bytes32 root) internal {
+        Claim storage c = claims[id];
+        if (c.traceRoot == bytes32(0)) {
+            c.traceRoot = root;
+            emit TraceCommitted(id, root);
+        } else if (root != c.traceRoot) {
+            revert BadMove("trace tree");
+        }
     }
 
     function outputRootOk(Reveal calldata v, uint256 ni, uint256 nc, uint256 nn, uint256 val, uint256 j)

@@ -314,6 +314,39 @@ contract AdversarialTest is HubFixture {
         assertEq(CHALLENGER.balance, 1 ether + stake / 2, "bond back");
     }
 
+    /// A receipt with a deferred trace (trace root zero, as nodes sign them while serving) can be disputed
+    /// only over its output: a challenger who agrees on the output but names some trace root gains no game
+    /// against the node; a different output opens one, and a node that never reveals loses its stake.
+    function test_a_deferred_trace_receipt_is_disputed_over_its_output_only() public {
+        (uint64[] memory lens, bytes32[][] memory words, bytes32 h) = nineInput();
+        address n = vm.addr(keys[2]);
+        VerityReceipts.Receipt memory r = VerityReceipts.Receipt({
+            requestId: keccak256("http request"),
+            modelId: MODEL,
+            inputHash: h,
+            outputHash: keccak256("its output"),
+            traceRoot: bytes32(0),
+            node: n,
+            timestamp: uint64(block.timestamp)
+        });
+        court = d.court();
+        bytes memory sig = signAs(keyOf(n), r, court.offchainDomain());
+        vm.deal(CHALLENGER, 1 ether);
+        vm.prank(CHALLENGER);
+        vm.expectRevert(OptimisticHub.SameClaim.selector);
+        court.disputeReceipt{value: 0.1 ether}(r, sig, false, keccak256("its output"), keccak256("t"), lens, words);
+        assertEq(CHALLENGER.balance, 1 ether, "nothing taken from the refused challenger");
+        uint256 stake = nodes.stakeOf(n);
+        assertTrue(stake > 0, "staked");
+        (uint256 id, uint256 g) = dispute(r, sig, false, words);
+        OptimisticHub opt = d.optimistic();
+        (, , bytes32 pendingTrace,) = opt.claims(id);
+        assertEq(pendingTrace, bytes32(0), "the trace stays deferred until the node reveals it");
+        vm.roll(block.number + 6);
+        opt.timeout(g);
+        assertEq(nodes.stakeOf(n), 0, "a node that cannot show a trace for its output loses its whole stake");
+    }
+
     /// A hub receipt (signed or quorum mode) can be disputed the same way after the request finalized.
     function test_a_hub_receipt_is_disputable_after_finality() public {
         (, bytes32[][] memory words, bytes32 h) = nineInput();

@@ -164,6 +164,29 @@ pub fn revert_sentence(data: &[u8]) -> Option<String> {
             other => format!("ReceiptCourt: {other:?}"),
         });
     }
+    // after the hub's and the registry's: errors of the same signature read as theirs
+    if let Ok(e) = optimistic::OptimisticHub::OptimisticHubErrors::abi_decode(data) {
+        use optimistic::OptimisticHub::OptimisticHubErrors as X;
+        return Some(match e {
+            X::SameClaim(_) => {
+                "OptimisticHub: the challenge repeats the pending claim (the same output, \
+                                and the same trace root unless the claim's trace is deferred)"
+                    .into()
+            }
+            X::BadMove(e) => format!("OptimisticHub: bad move: {}", e.why),
+            X::WrongBond(e) => format!("OptimisticHub: the bond must be {} wei", e.required),
+            X::WindowClosed(_) => "OptimisticHub: the challenge window has closed".into(),
+            X::WindowOpen(_) => "OptimisticHub: the challenge window is still open".into(),
+            X::GamesOpen(_) => "OptimisticHub: games against the claim are still open".into(),
+            X::WrongStage(_) => "OptimisticHub: not this move's turn in the game".into(),
+            X::NotChallenger(_) => "OptimisticHub: only the game's challenger chooses".into(),
+            X::DefenderRight(_) => {
+                "OptimisticHub: the defender's element is the canonical value (nothing to prove)"
+                    .into()
+            }
+            other => format!("OptimisticHub: {other:?}"),
+        });
+    }
     if let Ok(e) = M::abi_decode(data) {
         return Some(match e {
             M::ZeroModelId(_) => "ModelRegistry: the model ID is zero".into(),

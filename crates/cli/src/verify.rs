@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::{anyhow, Context, Result};
 use clap::Args;
 use serde_json::Value;
-use verity_core::{Address, SignedReceipt};
+use verity_core::{Address, Hash, SignedReceipt};
 use verity_engine::commit::{tensors_hash, trace_root};
 use verity_engine::io::{inputs_from_json, quantize_inputs};
 use verity_engine::ir::Model;
@@ -512,11 +512,16 @@ fn checked_signer(a: &VerifyArgs, signed: &SignedReceipt) -> Result<Address, Str
     }
 }
 
-/// Run `m` on the quantized inputs `q`: None if it reproduces the receipt's output hash and trace root,
-/// else what differs.
+/// Run `m` on the quantized inputs `q`: None if it reproduces the receipt's output hash and trace root
+/// (the output hash alone for a deferred trace root), else what differs.
 fn reexecute(m: &Model, q: Vec<Vec<i32>>, r: &verity_core::Receipt) -> Result<Option<String>> {
     let exec = Executor::new(m, Mode::Fast { threads: 1 });
-    let (outs, trace) = exec.run_trace(q)?;
+    let (outs, trace) = if r.trace_root == Hash::ZERO {
+        (exec.run(q)?, None)
+    } else {
+        let (outs, trace) = exec.run_trace(q)?;
+        (outs, Some(trace))
+    };
     let oh = tensors_hash(&outs);
     if oh != r.output_hash {
         return Ok(Some(format!(
@@ -524,6 +529,9 @@ fn reexecute(m: &Model, q: Vec<Vec<i32>>, r: &verity_core::Receipt) -> Result<Op
             r.output_hash
         )));
     }
+    let Some(trace) = trace else {
+        return Ok(None);
+    };
     let tr = trace_root(&trace);
     if tr != r.trace_root {
         return Ok(Some(format!(
@@ -532,6 +540,15 @@ fn reexecute(m: &Model, q: Vec<Vec<i32>>, r: &verity_core::Receipt) -> Result<Op
         )));
     }
     Ok(None)
+}
+
+/// What [`reexecute`] compared for receipt `r`.
+fn reexecuted(r: &verity_core::Receipt) -> &'static str {
+    if r.trace_root == Hash::ZERO {
+        "re-execution (output hash; trace root deferred)"
+    } else {
+        "re-execution (output hash, trace root)"
+    }
 }
 
 /// An embeddings response from `POST /v1/embeddings`: every item's receipt — signature (and signer),
@@ -564,6 +581,7 @@ fn check_embeddings(a: &VerifyArgs, doc: &Value, items: &[Value]) -> Result<Verd
         .or_else(|| info["pad_id"].as_u64().map(|p| p as u32))
         .ok_or_else(|| anyhow!("the response names no pad token (verity.pad_id)"))?;
     let mut signers = std::collections::BTreeSet::new();
+    let mut reexecution = String::new();
     for (i, item) in items.iter().enumerate() {
         let v = &item["verity"];
         let signed: SignedReceipt = serde_json::from_value(v["receipt"].clone())
@@ -660,19 +678,15 @@ fn check_embeddings(a: &VerifyArgs, doc: &Value, items: &[Value]) -> Result<Verd
             if let Some(bad) = reexecute(m, q, r)? {
                 return Ok(Verdict::Invalid(format!("item {i}: {bad}")));
             }
+            reexecution = format!(", model ID, {}", reexecuted(r));
         }
     }
     let signers: Vec<String> = signers.iter().map(|s| s.to_string()).collect();
     Ok(Verdict::Valid(format!(
         "valid: {} embeddings signed by {}; checked signatures, input hashes (tokens), output hashes \
-         (embeddings){}",
+         (embeddings){reexecution}",
         items.len(),
         signers.join(", "),
-        if a.model.is_some() {
-            ", model ID, re-execution (output hash, trace root)"
-        } else {
-            ""
-        }
     )))
 }
 
@@ -742,7 +756,7 @@ fn check_receipt(a: &VerifyArgs, signed: &SignedReceipt) -> Result<Verdict> {
         if let Some(bad) = reexecute(m, q, r)? {
             return Ok(Verdict::Invalid(bad));
         }
-        checked.push("re-execution (output hash, trace root)");
+        checked.push(reexecuted(r));
     }
     Ok(Verdict::Valid(format!(
         "valid: model {} request {} signed by {} at {}; checked {}",

@@ -33,6 +33,8 @@ pub fn receipt_domain(chain_id: u64, verifying_contract: Address) -> Domain {
 
 /// What a node attests: it ran model `model_id` on the inputs hashing to `input_hash` and got the outputs
 /// hashing to `output_hash`, with execution trace root `trace_root` (all as in the canonical spec §8).
+/// A `trace_root` of zero is **deferred**: the node did not hash its intermediates while serving, and
+/// reveals the trace root in a dispute, where it is checked against the input and the signed output.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Receipt {
     /// The request this answers (chosen by the client or the chain; else by the node).
@@ -49,6 +51,17 @@ pub struct Receipt {
     pub node: Address,
     /// Unix time in seconds when the node produced the result.
     pub timestamp: u64,
+}
+
+/// Whether an execution giving `output` with trace root `trace` agrees with a claim of `claimed_output`
+/// and `claimed_trace` (zero: a deferred trace, which only the output can contradict).
+pub fn claim_agrees(
+    claimed_output: &Hash,
+    claimed_trace: &Hash,
+    output: &Hash,
+    trace: &Hash,
+) -> bool {
+    claimed_output == output && (*claimed_trace == Hash::ZERO || claimed_trace == trace)
 }
 
 impl Receipt {

@@ -486,6 +486,19 @@ impl<M: Borrow<Model> + Sync> Executor<M> {
         Ok((outs, inputs))
     }
 
+    /// [`Executor::run`] with [`Executor::run_trace_tampered`]'s deliberate fault: the outputs of the same
+    /// wrong execution (node by node, as the traced run). `None` is an honest [`Executor::run`].
+    pub fn run_tampered(
+        &self,
+        inputs: Vec<Vec<i32>>,
+        tamper: Option<(usize, usize)>,
+    ) -> Result<Vec<Vec<i32>>, ExecError> {
+        match tamper {
+            None => self.run(inputs),
+            Some(_) => Ok(self.run_trace_tampered(inputs, tamper)?.0),
+        }
+    }
+
     /// Run and keep every intermediate tensor.
     pub fn run_trace(&self, inputs: Vec<Vec<i32>>) -> Result<(Vec<Vec<i32>>, Trace), ExecError> {
         self.run_trace_tampered(inputs, None)

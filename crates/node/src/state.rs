@@ -501,7 +501,7 @@ impl Node {
         k.finalize()
     }
 
-    /// Quantize, execute with a trace, commit, and sign under this node's off-chain receipt domain (the
+    /// Quantize, execute (the trace deferred), commit, and sign under this node's off-chain receipt domain (the
     /// ReceiptCourt's, in chain mode). Runs on a worker thread.
     pub fn infer_blocking(
         &self,
@@ -533,10 +533,11 @@ impl Node {
         let start = std::time::Instant::now();
         let model = loaded.exec.model();
         let q = bind_inputs(model, inputs)?;
-        let ni = q.len();
-        let (mut outputs, trace) = loaded
+        let input_hash = verity_engine::commit::tensors_hash(&q);
+        // the trace is deferred (receipts.md §2): no intermediate is kept or hashed while serving
+        let mut outputs = loaded
             .exec
-            .run_trace_tampered(q, self.tamper(model))
+            .run_tampered(q, self.tamper(model))
             .map_err(|e| {
                 if e == ExecError::Cancelled {
                     // a run stopped after this long costs at least this much: later requests are judged
@@ -552,13 +553,12 @@ impl Node {
                 *x = x.wrapping_add(1);
             }
         }
-        let roots = verity_engine::commit::trace_roots(&trace);
         let receipt = Receipt {
             request_id,
             model_id: loaded.id,
-            input_hash: vty::list_root(&roots[..ni]),
+            input_hash,
             output_hash: verity_engine::commit::tensors_hash(&outputs),
-            trace_root: vty::list_root(&roots),
+            trace_root: Hash::ZERO,
             node: self.address(),
             timestamp: unix_now(),
         }

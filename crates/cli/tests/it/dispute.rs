@@ -243,7 +243,7 @@ impl Net {
                     );
                     // the contract refused the challenger's proof: it has nothing true to show
                     assert!(
-                        e.to_string().contains("DefenderRight")
+                        e.to_string().contains("nothing to prove")
                             || e.to_string().contains("reverted"),
                         "{e}"
                     );
@@ -444,5 +444,114 @@ fn optimistic_disputes_on_anvil() {
     // the replaced claim can itself be challenged in its new window (here it is honest: nobody does)
     net.mine(CHALLENGE_BLOCKS + 1);
     net.rt.block_on(net.client.finalize_optimistic(id)).unwrap();
+
+    deferred_trace_receipts(&net, m, honest, &truth);
     drop(net.anvil);
+}
+
+/// Receipts as nodes sign them while serving, with the trace deferred (trace root zero), disputed at the
+/// ReceiptCourt: the node's reveal commits its trace root. A liar cannot escape by revealing the honest
+/// trace (it does not lead to the output it signed) and loses its whole stake on the corrupted node; an
+/// honest node's receipt cannot be disputed with its own output, and a false challenger loses.
+fn deferred_trace_receipts(net: &Net, m: &Model, honest: &Trace, truth: &Side<'_>) {
+    let node_addr = net.node.sender().unwrap();
+    let court = net.node.deployment().court.expect("a ReceiptCourt");
+    let domain = verity_core::receipt::receipt_domain(net.node.chain_id(), court);
+    let key = SecretKey::from_hex(KEYS[1]).unwrap();
+    let input = &honest.tensors[..m.inputs.len()];
+    let signed = |output: Hash| {
+        verity_core::Receipt {
+            request_id: verity_core::keccak256(b"served over HTTP"),
+            model_id: verity_engine::vty::model_id(m),
+            input_hash: tensors_hash(input),
+            output_hash: output,
+            trace_root: Hash::ZERO,
+            node: node_addr,
+            timestamp: 1_800_000_000,
+        }
+        .sign(domain.clone(), &key)
+    };
+    let ch = &net.challengers[0];
+    let dispute = |r: &verity_core::SignedReceipt, side: &Side<'_>| {
+        net.rt.block_on(ch.dispute_receipt(
+            r,
+            false,
+            &side.output_hash(),
+            &side.trace_root(),
+            input,
+        ))
+    };
+
+    // A liar whose lie reaches the output: one element of the node computing the first output.
+    let k = m.outputs[0].value as usize - m.first_node_value();
+    let (_, lie) = Executor::new(m, Mode::default())
+        .run_trace_tampered(input.to_vec(), Some((k, 0)))
+        .unwrap();
+    let liar = &Side::new(m, &lie).unwrap();
+    assert_ne!(liar.output_hash(), truth.output_hash());
+
+    // The liar's receipt.
+    net.restake();
+    let lie = signed(liar.output_hash());
+    let (d, g, _) = dispute(&lie, truth).expect("a different output opens a game");
+    assert_eq!(
+        net.rt.block_on(net.node.claim(d)).unwrap().trace_root,
+        Hash::ZERO
+    );
+    let escape = net.rt.block_on(net.node.play_move(g, truth, true));
+    assert!(
+        escape
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("bad move: outputs")),
+        "the honest trace does not lead to the signed lie: {escape:?}"
+    );
+    assert_eq!(
+        net.rt.block_on(net.node.claim(d)).unwrap().trace_root,
+        Hash::ZERO,
+        "a refused reveal commits nothing"
+    );
+    net.rt.block_on(net.node.play_move(g, liar, true)).unwrap();
+    assert_eq!(
+        net.rt.block_on(net.node.claim(d)).unwrap().trace_root,
+        liar.trace_root(),
+        "the reveal committed the liar's own trace"
+    );
+    let (_, stuck) = net.play(g, liar, truth, ch);
+    assert!(!stuck, "the honest challenger always has a move");
+    let game = net.rt.block_on(net.node.game(g)).unwrap();
+    assert_eq!(
+        game.leaf as usize,
+        m.inputs.len() + k,
+        "the game ends on the corrupted node"
+    );
+    assert_eq!(net.stake(node_addr), 0, "the liar lost its whole stake");
+
+    // An honest receipt.
+    net.restake();
+    let stake_before = net.stake(node_addr);
+    let good = signed(truth.output_hash());
+    let same = dispute(&good, liar);
+    assert!(same.is_ok(), "a different output may dispute: {same:?}");
+    let (d, g, _) = same.unwrap();
+    let refused = dispute(&good, truth);
+    assert!(
+        refused
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("repeats the pending claim")),
+        "the receipt's own output names no dispute: {refused:?}"
+    );
+    let (_, stuck) = net.play(g, truth, liar, ch);
+    assert!(stuck, "a false challenger cannot prove its element");
+    assert_eq!(
+        net.rt.block_on(net.node.claim(d)).unwrap().trace_root,
+        truth.trace_root()
+    );
+    net.mine(MOVE_BLOCKS + 1);
+    net.rt.block_on(net.client.timeout_game(g)).unwrap();
+    assert_eq!(net.rt.block_on(net.node.claim(d)).unwrap().owner, node_addr);
+    assert_eq!(
+        net.stake(node_addr),
+        stake_before,
+        "the honest node keeps its stake"
+    );
 }

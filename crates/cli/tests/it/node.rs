@@ -958,7 +958,11 @@ fn concurrent_requests_and_publishes() {
     for r in &receipts {
         r.verify().expect("valid");
         assert_eq!(r.receipt.result_hash(), first.result_hash());
-        assert_eq!(r.receipt.trace_root, first.trace_root);
+        assert_eq!(
+            r.receipt.trace_root,
+            Hash::ZERO,
+            "served receipts defer the trace (revealed only in a dispute)"
+        );
         ids.insert(r.receipt.request_id);
     }
     assert_eq!(ids.len(), receipts.len());

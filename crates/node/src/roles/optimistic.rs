@@ -20,6 +20,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use verity_chain::dispute::{OptEventKind, OptRequest, Stage};
 use verity_chain::{Chain, ChainError, EvmChain};
+use verity_core::receipt::claim_agrees;
 use verity_core::{keccak256, Address, Hash};
 use verity_engine::dispute::Side;
 use verity_engine::Trace;
@@ -416,7 +417,12 @@ impl Optimistic {
                 return Ok(());
             }
         };
-        if run.output_hash == a.output_hash && run.trace_root == a.trace_root {
+        if claim_agrees(
+            &a.output_hash,
+            &a.trace_root,
+            &run.output_hash,
+            &run.trace_root,
+        ) {
             done(
                 a,
                 "agreed",
@@ -725,7 +731,12 @@ impl Optimistic {
                 return Ok(false);
             }
         };
-        if run.output_hash == claim.output_hash && run.trace_root == claim.trace_root {
+        if claim_agrees(
+            &claim.output_hash,
+            &claim.trace_root,
+            &run.output_hash,
+            &run.trace_root,
+        ) {
             Self::note(
                 job,
                 format!(
@@ -885,11 +896,17 @@ pub async fn dispute_offchain(
         })
         .await??;
     let r = &receipt.receipt;
-    if run.output_hash == r.output_hash && run.trace_root == r.trace_root {
+    if claim_agrees(
+        &r.output_hash,
+        &r.trace_root,
+        &run.output_hash,
+        &run.trace_root,
+    ) {
         return Ok(serde_json::json!({
             "state": "agreed",
             "output_hash": r.output_hash,
-            "trace_root": r.trace_root,
+            // this execution's: the receipt's own, or the one its node must reveal if its trace is deferred
+            "trace_root": run.trace_root,
         }));
     }
     let ni = run.loaded.exec.model().inputs.len();
