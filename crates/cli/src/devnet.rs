@@ -1070,7 +1070,7 @@ fn demo_zk(
     Ok(())
 }
 
-/// The optimistic story: a node that lies (its traces are wrong at one element of the first EinSum) joins
+/// The optimistic story: a node that lies (its answers are wrong at one element of the output node) joins
 /// with a large stake; optimistic requests are placed until one is assigned to it; it commits its wrong
 /// result, the devnet's watcher re-executes, challenges and wins the bisection game on-chain; the liar is
 /// slashed and the honest result finalizes. Afterwards the liar is stopped and unbonds.
@@ -1111,11 +1111,11 @@ fn demo_dispute(
             "--peer",
             &endpoints[0].0,
             "--fault",
-            "corrupt-op=EinSum",
+            "corrupt-op=output",
         ],
     )?;
     println!(
-        "8. liar     {lurl}  {liar}  stake {}; started with --fault corrupt-op=EinSum (its traces flip one bit of the first EinSum's output)",
+        "8. liar     {lurl}  {liar}  stake {}; started with --fault corrupt-op=output (its answers flip one bit of the output: wrong, with a trace that leads to them)",
         eth(verity_chain::ether(50))
     );
     let client = connect(rt, rpc, dep, &SecretKey::from_hex(DEV_KEYS[2])?)?;

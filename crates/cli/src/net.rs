@@ -939,7 +939,7 @@ pub struct NodeArgs {
     #[arg(long = "embedding")]
     embeddings: Vec<String>,
     /// Test-only misbehaviour for fault tests: corrupt-chunks, perturb-output, stall=<ms>,
-    /// corrupt-op=<Op>.
+    /// corrupt-op=<Op|output>.
     #[arg(long = "fault", hide = true)]
     faults: Vec<String>,
     /// Log filter, e.g. `info` or `verity_node=debug`.
@@ -960,7 +960,7 @@ fn parse_faults(faults: &[String], cfg: &mut verity_node::config::Faults) -> Res
             }
             Some(("corrupt-op", op)) => cfg.corrupt_op = Some(op.to_string()),
             _ => bail!(
-                "unknown --fault '{f}' (corrupt-chunks, perturb-output, stall=<ms>, corrupt-op=<Op>)"
+                "unknown --fault '{f}' (corrupt-chunks, perturb-output, stall=<ms>, corrupt-op=<Op|output>)"
             ),
         }
     }

@@ -148,9 +148,10 @@ pub struct Faults {
     pub perturb_output: bool,
     /// Wait this many milliseconds before answering each inference or model chunk.
     pub stall_ms: u64,
-    /// Execute with the middle element of the first node of this op kind (e.g. `EinSum`) off by its
-    /// lowest bit: every receipt the node signs, and every optimistic claim or challenge it makes, comes
-    /// from that self-consistent but wrong trace.
+    /// Execute with the middle element of the first node of this op kind (e.g. `EinSum`), or with
+    /// `output` of the node computing the model's first output, off by its lowest bit: every receipt the
+    /// node signs, and every optimistic claim or challenge it makes, comes from that self-consistent but
+    /// wrong trace (with `output`, a wrong answer; an inner node's lie may vanish before the output).
     pub corrupt_op: Option<String>,
 }
 
@@ -418,9 +419,9 @@ impl NodeConfig {
             return Err("hosting.parallel_chunks must be at least 1".into());
         }
         if let Some(op) = &self.faults.corrupt_op {
-            if !verity_engine::ir::OP_NAMES.contains(&op.as_str()) {
+            if op != "output" && !verity_engine::ir::OP_NAMES.contains(&op.as_str()) {
                 return Err(format!(
-                    "faults.corrupt_op '{op}' is not an op (one of {})",
+                    "faults.corrupt_op '{op}' is not `output` or an op (one of {})",
                     verity_engine::ir::OP_NAMES.join(", ")
                 ));
             }

@@ -514,10 +514,16 @@ impl Node {
     }
 
     /// Test-only (`faults.corrupt_op`): the node and element whose lowest bit this node's executions
-    /// flip — the middle element of the first node of that op kind. None for an honest node.
+    /// flip — the middle element of the first node of that op kind, or of the node computing the first
+    /// output for `output`. None for an honest node.
     pub fn tamper(&self, model: &verity_engine::Model) -> Option<(usize, usize)> {
         let op = self.config.faults.corrupt_op.as_deref()?;
-        let k = model.nodes.iter().position(|n| n.op.name() == op)?;
+        let k = if op == "output" {
+            let v = model.outputs.first()?.value as usize;
+            v.checked_sub(model.first_node_value())?
+        } else {
+            model.nodes.iter().position(|n| n.op.name() == op)?
+        };
         let len = verity_engine::ir::numel(&model.nodes[k].shape) as usize;
         Some((k, len / 2))
     }

@@ -110,7 +110,7 @@ fn devnet_demo_runs_end_to_end_and_resumes() {
         "the liar says output",
         "watcher  the watcher re-executed, found another trace, challenged",
         "won by the watcher against the liar",
-        "(EinSum)",
+        "(Mul)",
         "claim of the watcher",
         "slashed  the liar's stake 50.000000 ETH → 0.000000 ETH",
     ] {
@@ -127,7 +127,7 @@ fn devnet_demo_runs_end_to_end_and_resumes() {
         "its receipt alone finalized request",
         "court    the watcher re-executed the receipt, disputed it at the ReceiptCourt",
         "won by the watcher against the liar",
-        "(EinSum)",
+        "(Mul)",
         "slashed  the liar's stake 50.000000 ETH → 0.000000 ETH",
         "dispute demos done",
     ] {

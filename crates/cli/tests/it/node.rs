@@ -422,7 +422,9 @@ fn publish_infer_verify_round_trip_cli_and_http() {
     );
     let mut forged: Value =
         serde_json::from_slice(&std::fs::read(&receipt).expect("r")).expect("json");
-    forged["receipt"]["trace_root"] = json!(Hash::ZERO);
+    // a served receipt's trace root is deferred (zero); one edited to name a root is not the node's
+    assert_eq!(forged["receipt"]["trace_root"], json!(Hash::ZERO));
+    forged["receipt"]["trace_root"] = json!(keccak256(b"a trace the node never signed"));
     let forged_path = tmp.path().join("forged.json");
     std::fs::write(&forged_path, forged.to_string()).expect("write");
     let o = cli(&node, &key, &["verify", forged_path.to_str().expect("p")]);
@@ -932,7 +934,7 @@ fn concurrent_requests_and_publishes() {
         "{statuses:?}"
     );
 
-    // 16 identical requests in parallel: identical input/output hashes and trace roots, distinct IDs.
+    // 16 identical requests in parallel: identical input/output hashes, deferred traces, distinct IDs.
     let body = json!({"inputs": input_doc("cnn")}).to_string();
     let receipts: Vec<SignedReceipt> = std::thread::scope(|s| {
         let hs: Vec<_> = (0..16)
