@@ -7,7 +7,8 @@ weights, and uses fixtures/embed-mini's WordPiece tokenizer. Verity compiles it 
 asked (`--sequence`, default 128: every input is padded to it, as the compiled model's shapes are fixed);
 onnxruntime (one thread, like one node worker) runs each text at its own length, which is how a user runs it.
 Printed: compile time, per-text latency through HTTP for both (median over the texts, several rounds),
-their ratio, the engine's own time at 32 positions with and without the trace commitment a receipt needs,
+their ratio, the engine's own time at 32 positions with and without the trace commitment (receipts defer
+it; a node computes it only to defend a disputed receipt),
 and accuracy (worst cosine, largest difference) against onnxruntime.
 
 Needs torch and transformers beside the repository's Python packages (a benchmark, never part of the test
@@ -147,7 +148,7 @@ def main():
           f"(median of {len(ours)}): {mo / mt:.2f}x")
     print(f"engine       at 32 positions: {lat['median_us'] / 1e3:.1f} ms to run, "
           f"{lat['with_trace_commit_median_us'] / 1e3:.1f} ms with the commitment to every intermediate "
-          f"tensor a receipt's trace root needs")
+          f"tensor (deferred by receipts; computed to defend a dispute)")
     print(f"accuracy     worst cosine {worst_cos:.6f}, largest difference {worst_diff:.2e}")
 
 

@@ -46,6 +46,8 @@ fn devnet(dir: &std::path::Path, port: u16, extra: &[&str]) -> String {
         "devnet failed:\n{out}\n{}",
         String::from_utf8_lossy(&o.stderr)
     );
+    // the demo's story and timings, shown with --nocapture
+    eprintln!("{out}");
     out
 }
 
