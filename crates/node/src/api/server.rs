@@ -1001,114 +1001,13 @@ async fn publish_inner(node: &Arc<Node>, req: Request) -> Result<Response, ApiEr
     let (signed, upload, report, options) = match read_parts(node, &mut mp, &slow).await {
         Ok(p) => p,
         Err(e) => {
-            // Let a client still sending see the answer instead of a reset: the rest of an oversize
-            // upload is read and dropped (it is bounded by the body limit and the minimum rate), the rest
-            // of any other refused one as in `drain`.
-            let (cap, secs) = if e.status == StatusCode::PAYLOAD_TOO_LARGE {
-                (u64::MAX, node.config.timeouts.upload_secs)
-            } else {
-                (DRAIN_BYTES, DRAIN_SECS)
-            };
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
-            let mut seen = 0u64;
-            'drain: while let Ok(Ok(Some(mut f))) =
-                tokio::time::timeout_at(deadline, mp.next_field()).await
-            {
-                while let Ok(Ok(Some(c))) = tokio::time::timeout_at(deadline, f.chunk()).await {
-                    seen += c.len() as u64;
-                    if seen > cap {
-                        break 'drain;
-                    }
-                }
-            }
+            drain_refused(node, &mut mp, &e).await;
             return Err(e);
         }
     };
     let m = signed.manifest.clone();
-
-    // The report, bound by the manifest's report hash.
-    let report_hash = report.as_deref().map(verity_core::keccak256);
-    let report_value = match &report {
-        Some(r) => {
-            if report_hash != Some(m.report_hash) {
-                return Err(ApiError::unprocessable(
-                    "report_mismatch",
-                    "keccak256 of the report part does not equal the manifest's report_hash",
-                ));
-            }
-            Some(serde_json::from_slice::<Value>(r).map_err(|e| {
-                ApiError::bad_request("bad_report", format!("report is not valid JSON: {e}"))
-            })?)
-        }
-        None if m.report_hash != Hash::ZERO => {
-            return Err(ApiError::unprocessable(
-                "report_missing",
-                "the manifest signs a report_hash but no 'report' part was sent",
-            ))
-        }
-        None => None,
-    };
-
-    // The model: a .vty (ID checked) or an ONNX file (compiled here under a budget, ID checked).
-    let (model, bytes, node_report) = if upload.vty {
-        let bytes = tokio::fs::read(&upload.path)
-            .await
-            .map_err(|e| ApiError::internal(format!("cannot read the upload: {e}")))?;
-        let (model_bytes, decoded) = node
-            .on_worker(false, move || {
-                let d = vty::decode(&bytes);
-                (bytes, d)
-            })
-            .await?;
-        let (mm, id) = decoded.map_err(|e| {
-            ApiError::unprocessable("bad_model", format!("not a valid .vty model: {e}"))
-        })?;
-        if id != m.model_id {
-            return Err(ApiError::unprocessable(
-                "model_id_mismatch",
-                format!(
-                    "the uploaded model's ID is {id}, the manifest says {}",
-                    m.model_id
-                ),
-            ));
-        }
-        (mm, model_bytes, None)
-    } else {
-        // The manifest names the very file it signs, so nothing is compiled for a manifest made for
-        // another model.
-        if m.source_hash != upload.keccak {
-            return Err(ApiError::unprocessable(
-                "source_mismatch",
-                if m.source_hash == Hash::ZERO {
-                    "an ONNX upload needs the manifest's source_hash (keccak256 of the ONNX file); it is zero".to_string()
-                } else {
-                    format!(
-                        "keccak256 of the uploaded ONNX file is {}, the manifest's source_hash is {}",
-                        upload.keccak, m.source_hash
-                    )
-                },
-            ));
-        }
-        let opts = options.unwrap_or_default();
-        let _slot = node
-            .compile_slot()
-            .acquire_owned()
-            .await
-            .map_err(|_| ApiError::internal("compile slot closed"))?;
-        let (mm, rep) = crate::compile::compile_onnx(node, &upload.path, &opts).await?;
-        let id = vty::model_id(&mm);
-        if id != m.model_id {
-            return Err(ApiError::unprocessable(
-                "model_id_mismatch",
-                format!(
-                    "the ONNX file compiles (with the given options) to model {id}, the manifest says {}",
-                    m.model_id
-                ),
-            ));
-        }
-        let bytes = vty::encode(&mm);
-        (mm, bytes, rep)
-    };
+    let report_value = checked_report(&m, report.as_deref())?;
+    let (model, bytes, node_report) = uploaded_model(node, &m, &upload, options).await?;
     let cost = verity_engine::Cost::of(&model);
     crate::state::check_cost(&cost, limits)?;
     let record = record_for(&model, m.model_id, &cost);
@@ -1148,6 +1047,123 @@ async fn publish_inner(node: &Arc<Node>, req: Request) -> Result<Response, ApiEr
         })),
     )
         .into_response())
+}
+
+/// Let a client still sending a refused upload see the answer instead of a reset: the rest of an
+/// oversize upload is read and dropped (it is bounded by the body limit and the minimum rate), the rest of
+/// any other refused one as in `drain`.
+async fn drain_refused(node: &Node, mp: &mut Multipart, e: &ApiError) {
+    let (cap, secs) = if e.status == StatusCode::PAYLOAD_TOO_LARGE {
+        (u64::MAX, node.config.timeouts.upload_secs)
+    } else {
+        (DRAIN_BYTES, DRAIN_SECS)
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    let mut seen = 0u64;
+    'drain: while let Ok(Ok(Some(mut f))) = tokio::time::timeout_at(deadline, mp.next_field()).await
+    {
+        while let Ok(Ok(Some(c))) = tokio::time::timeout_at(deadline, f.chunk()).await {
+            seen += c.len() as u64;
+            if seen > cap {
+                break 'drain;
+            }
+        }
+    }
+}
+
+/// The published report, bound by the manifest's report hash (none if the manifest signs none).
+fn checked_report(
+    m: &verity_core::Manifest,
+    report: Option<&[u8]>,
+) -> Result<Option<Value>, ApiError> {
+    let report_hash = report.map(verity_core::keccak256);
+    match report {
+        Some(r) => {
+            if report_hash != Some(m.report_hash) {
+                return Err(ApiError::unprocessable(
+                    "report_mismatch",
+                    "keccak256 of the report part does not equal the manifest's report_hash",
+                ));
+            }
+            Ok(Some(serde_json::from_slice::<Value>(r).map_err(|e| {
+                ApiError::bad_request("bad_report", format!("report is not valid JSON: {e}"))
+            })?))
+        }
+        None if m.report_hash != Hash::ZERO => Err(ApiError::unprocessable(
+            "report_missing",
+            "the manifest signs a report_hash but no 'report' part was sent",
+        )),
+        None => Ok(None),
+    }
+}
+
+/// The uploaded model: a .vty (ID checked) or an ONNX file (compiled here under a budget, ID checked);
+/// with its encoding and the node's compile report for an ONNX upload.
+async fn uploaded_model(
+    node: &Arc<Node>,
+    m: &verity_core::Manifest,
+    upload: &Upload,
+    options: Option<crate::compile::PublishOptions>,
+) -> Result<(verity_engine::Model, Vec<u8>, Option<Value>), ApiError> {
+    if upload.vty {
+        let bytes = tokio::fs::read(&upload.path)
+            .await
+            .map_err(|e| ApiError::internal(format!("cannot read the upload: {e}")))?;
+        let (model_bytes, decoded) = node
+            .on_worker(false, move || {
+                let d = vty::decode(&bytes);
+                (bytes, d)
+            })
+            .await?;
+        let (mm, id) = decoded.map_err(|e| {
+            ApiError::unprocessable("bad_model", format!("not a valid .vty model: {e}"))
+        })?;
+        if id != m.model_id {
+            return Err(ApiError::unprocessable(
+                "model_id_mismatch",
+                format!(
+                    "the uploaded model's ID is {id}, the manifest says {}",
+                    m.model_id
+                ),
+            ));
+        }
+        Ok((mm, model_bytes, None))
+    } else {
+        // The manifest names the very file it signs, so nothing is compiled for a manifest made for
+        // another model.
+        if m.source_hash != upload.keccak {
+            return Err(ApiError::unprocessable(
+                "source_mismatch",
+                if m.source_hash == Hash::ZERO {
+                    "an ONNX upload needs the manifest's source_hash (keccak256 of the ONNX file); it is zero".to_string()
+                } else {
+                    format!(
+                        "keccak256 of the uploaded ONNX file is {}, the manifest's source_hash is {}",
+                        upload.keccak, m.source_hash
+                    )
+                },
+            ));
+        }
+        let opts = options.unwrap_or_default();
+        let _slot = node
+            .compile_slot()
+            .acquire_owned()
+            .await
+            .map_err(|_| ApiError::internal("compile slot closed"))?;
+        let (mm, rep) = crate::compile::compile_onnx(node, &upload.path, &opts).await?;
+        let id = vty::model_id(&mm);
+        if id != m.model_id {
+            return Err(ApiError::unprocessable(
+                "model_id_mismatch",
+                format!(
+                    "the ONNX file compiles (with the given options) to model {id}, the manifest says {}",
+                    m.model_id
+                ),
+            ));
+        }
+        let bytes = vty::encode(&mm);
+        Ok((mm, bytes, rep))
+    }
 }
 
 // ---------------------------------------------------------------- KServe v2
