@@ -1016,8 +1016,10 @@ mod tests {
         let mut c = crate::NodeConfig::default();
         c.faults.corrupt_op = Some("Relu".into());
         let e = c.validate().unwrap_err();
-        assert!(e.contains("'Relu' is not an op"), "{e}");
+        assert!(e.contains("'Relu' is not `output` or an op"), "{e}");
         c.faults.corrupt_op = Some("EinSum".into());
+        assert!(c.validate().is_ok());
+        c.faults.corrupt_op = Some("output".into());
         assert!(c.validate().is_ok());
         let mut chain = crate::config::ChainConfig::default();
         chain.optimistic.watch_rate = 1.5;
