@@ -132,9 +132,18 @@ def main():
                   f"GET /v1/models lists the encoder: {json.dumps(info)[:160]}")
             node_addr = json.loads(urllib.request.urlopen(url + "/v1/node").read())["address"]
 
+            def inferences():
+                text = urllib.request.urlopen(url + "/metrics").read().decode()
+                return int(next(l.split()[-1] for l in text.splitlines()
+                                if l.startswith("verity_inferences_total")))
+
             # The SDK's default (base64) and explicit floats: the same bits, close to the float model.
+            before = inferences()
             r64 = client.embeddings.create(model=NAME, input=TEXTS)
             rf = client.embeddings.create(model=NAME, input=TEXTS, encoding_format="float")
+            check(inferences() - before == 2 * len(TEXTS), "/metrics counts one inference per embedded input")
+            traces = {d.model_extra["verity"]["receipt"]["receipt"]["trace_root"] for d in rf.data}
+            check(traces == {"0x" + "00" * 32}, f"the receipts defer the trace (trace roots {sorted(traces)[:2]})")
             check(len(r64.data) == len(TEXTS) and all(d.index == i for i, d in enumerate(r64.data)),
                   f"{len(TEXTS)} embeddings in order")
             check(all(x.embedding == y.embedding for x, y in zip(r64.data, rf.data)),

@@ -4,6 +4,7 @@
 //! receipt as any inference (`docs/spec/embeddings.md`), so it can be re-executed offline and disputed
 //! at the ReceiptCourt.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use axum::body::Bytes;
@@ -344,12 +345,35 @@ async fn run(node: Arc<Node>, body: Bytes) -> Result<Value, OaiError> {
         .buffered(workers)
         .collect()
         .await;
-    let done: Vec<Embedded> = results.into_iter().collect::<Result<_, _>>()?;
-    // The answer (and with it the receipts) goes out only once the receipts are durable.
-    node.flush_receipts().await.map_err(api_error)?;
-    node.metrics
-        .inferences
-        .fetch_add(done.len() as u64, std::sync::atomic::Ordering::Relaxed);
+    let failed = results.iter().filter(|r| r.is_err()).count() as u64;
+    // the answer (and with it the receipts) goes out only once the receipts are durable
+    let done = match results.into_iter().collect::<Result<Vec<Embedded>, _>>() {
+        Ok(done) => node
+            .flush_receipts()
+            .await
+            .map(|()| done)
+            .map_err(api_error),
+        Err(e) => Err(e),
+    };
+    let metrics = &node.metrics;
+    let done = match done {
+        Ok(done) => {
+            metrics
+                .inferences
+                .fetch_add(done.len() as u64, Ordering::Relaxed);
+            done
+        }
+        Err(e) => {
+            // the items that failed, or all of them if their receipts could not be made durable
+            let n = if failed > 0 {
+                failed
+            } else {
+                r.tokens.len() as u64
+            };
+            metrics.inference_errors.fetch_add(n, Ordering::Relaxed);
+            return Err(e);
+        }
+    };
     let data: Vec<Value> = done
         .iter()
         .zip(&r.tokens)
