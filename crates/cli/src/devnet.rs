@@ -1191,7 +1191,7 @@ fn demo_dispute(
             OptEventKind::Challenged {
                 game, challenger, ..
             } => println!(
-                "   watcher  {} re-executed, found another trace, challenged: game {game} — tx {} ({t:.1} s)",
+                "   watcher  {} re-executed, found another output, challenged: game {game} — tx {} ({t:.1} s)",
                 name_of(challenger),
                 e.tx
             ),

@@ -110,7 +110,7 @@ fn devnet_demo_runs_end_to_end_and_resumes() {
     for want in [
         "8. liar",
         "the liar says output",
-        "watcher  the watcher re-executed, found another trace, challenged",
+        "watcher  the watcher re-executed, found another output, challenged",
         "won by the watcher against the liar",
         "(Mul)",
         "claim of the watcher",
