@@ -16,7 +16,8 @@ import "./Merkle.sol";
 ///         recompute its trace, and opens the OptimisticHub's bisection game against the receipt's claim
 ///         (output hash, trace root) — a node that cannot defend it loses its whole stake, half to the
 ///         challenger. Receipts usually defer the trace (trace root zero): the node reveals its trace root
-///         in the game, checked against the receipt's input and output, so only the output can be disputed. Two receipts from one node for the same model and input with different outputs
+///         in the game, checked against the receipt's input and output, so only the output can be disputed.
+///         Two receipts from one node for the same model and input with different outputs
 ///         need no game: the canonical semantics give one output, so `slashEquivocation` takes the node's
 ///         whole stake at once. Economics: docs/spec/economics.md.
 contract ReceiptCourt {

@@ -145,7 +145,8 @@ pub async fn get_optimistic(State(node): State<Arc<Node>>) -> Result<Json<Value>
 
 /// `POST /v1/disputes` `{"receipt": <an off-chain receipt>, "inputs": {…}}`: this node re-executes the
 /// receipt's model on the given input (which must hash to the receipt's input hash) and, if its output
-/// differs (or its trace, for a receipt that commits one rather than deferring it), disputes the receipt at the ReceiptCourt with its own bond and plays the game. Answers
+/// differs (or its trace, for a receipt that commits one rather than deferring it), disputes the receipt
+/// at the ReceiptCourt with its own bond and plays the game. Answers
 /// `{"state": "agreed"}` or `{"state": "disputed", "dispute": …, "game": …}`.
 pub async fn post_dispute(
     State(node): State<Arc<Node>>,
