@@ -345,35 +345,22 @@ async fn run(node: Arc<Node>, body: Bytes) -> Result<Value, OaiError> {
         .buffered(workers)
         .collect()
         .await;
-    let failed = results.iter().filter(|r| r.is_err()).count() as u64;
-    // the answer (and with it the receipts) goes out only once the receipts are durable
-    let done = match results.into_iter().collect::<Result<Vec<Embedded>, _>>() {
-        Ok(done) => node
-            .flush_receipts()
-            .await
-            .map(|()| done)
-            .map_err(api_error),
-        Err(e) => Err(e),
-    };
     let metrics = &node.metrics;
-    let done = match done {
-        Ok(done) => {
-            metrics
-                .inferences
-                .fetch_add(done.len() as u64, Ordering::Relaxed);
-            done
-        }
-        Err(e) => {
-            // the items that failed, or all of them if their receipts could not be made durable
-            let n = if failed > 0 {
-                failed
-            } else {
-                r.tokens.len() as u64
-            };
-            metrics.inference_errors.fetch_add(n, Ordering::Relaxed);
-            return Err(e);
-        }
-    };
+    let failed = results.iter().filter(|r| r.is_err()).count() as u64;
+    metrics
+        .inference_errors
+        .fetch_add(failed, Ordering::Relaxed);
+    let done: Vec<Embedded> = results.into_iter().collect::<Result<_, _>>()?;
+    // The answer (and with it the receipts) goes out only once the receipts are durable.
+    if let Err(e) = node.flush_receipts().await {
+        metrics
+            .inference_errors
+            .fetch_add(done.len() as u64, Ordering::Relaxed);
+        return Err(api_error(e));
+    }
+    metrics
+        .inferences
+        .fetch_add(done.len() as u64, Ordering::Relaxed);
     let data: Vec<Value> = done
         .iter()
         .zip(&r.tokens)

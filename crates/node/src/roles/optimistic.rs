@@ -7,7 +7,8 @@
 //!
 //! A watcher also audits the InferenceHub: it re-executes the receipts the hub accepts (all, or the same
 //! secret sample) from the request's input and disputes at the ReceiptCourt any receipt whose output (or
-//! trace, unless the receipt defers it) differs from its own execution; the game that follows is played here like any other.
+//! trace, unless the receipt defers it) differs from its own execution; the game that follows is played
+//! here like any other.
 //!
 //! Every action is decided from the contract's current state (request, claim, game), never from memory
 //! alone, so a restarted node or watcher resumes where it stopped and nothing is sent twice on purpose;
