@@ -229,9 +229,32 @@ fn bench_qgemm(c: &mut Criterion) {
     );
 }
 
+/// Block-quantized products as a language model's decode step runs them (`o` outputs, blocks of 32,
+/// 4-bit weights with per-block multipliers, the two scale products and the sum fused): one activation
+/// row (a decode step), and several (a prefill chunk, or several sequences' steps at once).
+fn bench_blockdot(c: &mut Criterion) {
+    use verity_engine::blockdot::PackedBlocks;
+    let (o, k, block) = (1536usize, 576usize, 32usize);
+    let nb = k / block;
+    let w = values(o * k, 11, 7);
+    let mut p = PackedBlocks::new(&w, o, nb, block).expect("4-bit weights pack");
+    assert!(p.set_multipliers(&values(o * nb, 12, 1 << 20)));
+    for m in [1usize, 4, 16] {
+        let x = values(m * k, 13, 127);
+        let scale = values(m * nb, 14, 1 << 20)
+            .iter()
+            .map(|v| v.abs() + 1)
+            .collect::<Vec<_>>();
+        c.bench_function(
+            &format!("kernels::blockdot/o={o},k={k},block={block},bits=4,m={m}"),
+            |b| b.iter(|| black_box(p.run_sums(&x, &scale, [20, 24, 4], 1).expect("in range"))),
+        );
+    }
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(20);
-    targets = bench, bench_qgemm
+    targets = bench, bench_qgemm, bench_blockdot
 }
 criterion_main!(benches);

@@ -17,6 +17,9 @@ use crate::par;
 /// Rows per packed tile.
 const TILE: usize = 16;
 
+/// Activation rows a tile's weights are loaded for at once.
+const GROUP: usize = 4;
+
 /// Weights `[rows, blocks, block]` packed for [`PackedBlocks::run`].
 #[derive(Clone, Debug)]
 pub struct PackedBlocks {
@@ -30,6 +33,8 @@ pub struct PackedBlocks {
     nibbles: bool,
     /// The per-block multipliers of [`PackedBlocks::run_sums`] in the same order, once given.
     mult: Vec<i32>,
+    /// The largest magnitude among them.
+    mult_max: i64,
 }
 
 impl PackedBlocks {
@@ -74,6 +79,7 @@ impl PackedBlocks {
             data,
             nibbles,
             mult: Vec::new(),
+            mult_max: 0,
         })
     }
 
@@ -91,6 +97,7 @@ impl PackedBlocks {
                     mult[o * self.blocks + g];
             }
         }
+        self.mult_max = mult.iter().map(|&v| (v as i64).abs()).max().unwrap_or(0);
         true
     }
 
@@ -130,13 +137,19 @@ impl PackedBlocks {
         // weight-row major, so that each thread's tiles are one contiguous part
         let mut by_row = vec![0i32; self.rows * m * per];
         par::rows(&mut by_row, m * per, threads, TILE, |first, part| {
-            let mut tmp = vec![0i32; self.blocks * TILE];
+            let mut tmp = vec![0i32; self.blocks * TILE * GROUP];
             for (i, rows) in part.chunks_mut(TILE * m * per).enumerate() {
                 let t = first / TILE + i;
-                for r in 0..m {
-                    let xr = &x.bytes[r * len..(r + 1) * len];
-                    self.tile(t, xr, &x.corr[r * nb..(r + 1) * nb], &mut tmp);
-                    each(t, r, &tmp, rows);
+                // up to GROUP activation rows at a time: each weight register loaded serves them all
+                let mut r = 0;
+                while r < m {
+                    let n = (m - r).min(GROUP);
+                    let xr = &x.bytes[r * len..(r + n) * len];
+                    self.tiles(t, xr, &x.corr[r * nb..(r + n) * nb], n, &mut tmp);
+                    for (j, part) in tmp.chunks_exact(nb * TILE).take(n).enumerate() {
+                        each(t, r + j, part, rows);
+                    }
+                    r += n;
                 }
             }
         });
@@ -144,6 +157,14 @@ impl PackedBlocks {
             return by_row;
         }
         let mut out = vec![0i32; by_row.len()];
+        if per == 1 {
+            for (o, row) in by_row.chunks_exact(m).enumerate() {
+                for (r, &v) in row.iter().enumerate() {
+                    out[r * self.rows + o] = v;
+                }
+            }
+            return out;
+        }
         for (o, row) in by_row.chunks_exact(m * per).enumerate() {
             for (r, vals) in row.chunks_exact(per).enumerate() {
                 out[(r * self.rows + o) * per..][..per].copy_from_slice(vals);
@@ -193,10 +214,23 @@ impl PackedBlocks {
         }
         let failed = std::sync::atomic::AtomicBool::new(false);
         let nb = self.blocks;
+        // per activation row: whether no block's two products can leave `i32` (then the epilogue
+        // need not check each one), from the largest block product, multiplier and scale
+        let y_max = (self.block as i128) * 128 * if self.nibbles { 8 } else { 128 };
+        let bounded: Vec<bool> = scale
+            .chunks_exact(nb)
+            .map(|sc| {
+                let sc_max = sc.iter().map(|&v| (v as i128).abs()).max().unwrap_or(0);
+                let p = (y_max * self.mult_max as i128 + (1i128 << (s1 - 1))) >> s1;
+                let v = (p * sc_max + (1i128 << (s2 - 1))) >> s2;
+                p <= i32::MAX as i128 && v <= i32::MAX as i128
+            })
+            .collect();
         let out = self.for_tiles(&x, 1, threads, |t, r, tmp, rows| {
             let mult = &self.mult[t * nb * TILE..(t + 1) * nb * TILE];
             let mut sums = [0i64; TILE];
-            if !epilogue(tmp, mult, &scale[r * nb..(r + 1) * nb], shifts, &mut sums) {
+            let sc = &scale[r * nb..(r + 1) * nb];
+            if !epilogue(tmp, mult, sc, shifts, bounded[r], &mut sums) {
                 failed.store(true, std::sync::atomic::Ordering::Relaxed);
             }
             for (y, &v) in rows.chunks_mut(m).zip(&sums) {
@@ -206,29 +240,40 @@ impl PackedBlocks {
         (!failed.into_inner()).then_some(out)
     }
 
-    /// Tile `t`'s outputs, `[blocks][16]`, into `tmp`, from one activation row's bytes and its
-    /// per-block corrections.
-    fn tile(&self, t: usize, xs: &[u8], corr: &[i32], tmp: &mut [i32]) {
+    /// Tile `t`'s outputs for `n` (at most [`GROUP`]) activation rows, `[n][blocks][16]`, into `tmp`,
+    /// from the rows' bytes and their per-block corrections.
+    fn tiles(&self, t: usize, xs: &[u8], corr: &[i32], n: usize, tmp: &mut [i32]) {
         let quads = self.block / 4;
         let span = self.blocks * quads * TILE * 4 / if self.nibbles { 2 } else { 1 };
         let w = &self.data[t * span..(t + 1) * span];
         #[cfg(target_arch = "x86_64")]
         if crate::qgemm::Level::detect() == crate::qgemm::Level::Avx512Vnni {
+            let b = self.blocks;
             // SAFETY: the CPU supports AVX-512F/BW/VNNI (checked by `Level::detect`); the slices
             // have the lengths the kernels read, by construction of `data` and the activations.
             unsafe {
-                if self.nibbles {
-                    tile_vnni_nibbles(w, corr, xs, self.blocks, quads, tmp)
-                } else {
-                    tile_vnni(w, corr, xs, self.blocks, quads, tmp)
+                match (self.nibbles, n) {
+                    (true, 1) => tile_vnni_nibbles::<1>(w, corr, xs, b, quads, tmp),
+                    (true, 2) => tile_vnni_nibbles::<2>(w, corr, xs, b, quads, tmp),
+                    (true, 3) => tile_vnni_nibbles::<3>(w, corr, xs, b, quads, tmp),
+                    (true, _) => tile_vnni_nibbles::<GROUP>(w, corr, xs, b, quads, tmp),
+                    (false, 1) => tile_vnni::<1>(w, corr, xs, b, quads, tmp),
+                    (false, 2) => tile_vnni::<2>(w, corr, xs, b, quads, tmp),
+                    (false, 3) => tile_vnni::<3>(w, corr, xs, b, quads, tmp),
+                    (false, _) => tile_vnni::<GROUP>(w, corr, xs, b, quads, tmp),
                 }
             };
             return;
         }
-        if self.nibbles {
-            tile_portable_nibbles(w, corr, xs, self.blocks, quads, tmp);
-        } else {
-            tile_portable(w, corr, xs, self.blocks, quads, tmp);
+        let len = self.blocks * quads * 4;
+        for j in 0..n {
+            let (x, c) = (&xs[j * len..][..len], &corr[j * self.blocks..]);
+            let out = &mut tmp[j * self.blocks * TILE..];
+            if self.nibbles {
+                tile_portable_nibbles(w, c, x, self.blocks, quads, out);
+            } else {
+                tile_portable(w, c, x, self.blocks, quads, out);
+            }
         }
     }
 }
@@ -277,7 +322,98 @@ fn epilogue_body(
 }
 
 crate::multiversion! {
-    fn epilogue(tmp: &[i32], mult: &[i32], scale: &[i32], shifts: [u32; 3], sums: &mut [i64; TILE]) -> bool = epilogue_body
+    fn epilogue_plain(tmp: &[i32], mult: &[i32], scale: &[i32], shifts: [u32; 3], sums: &mut [i64; TILE]) -> bool = epilogue_body
+}
+
+/// [`epilogue_body`], with AVX-512 when the CPU has it (the same integers: exact 64-bit products of
+/// 32-bit values, arithmetic shifts, the same bounds).
+/// `bounded` says that no product can leave `i32` (so none is checked).
+fn epilogue(
+    tmp: &[i32],
+    mult: &[i32],
+    scale: &[i32],
+    shifts: [u32; 3],
+    bounded: bool,
+    sums: &mut [i64; TILE],
+) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if crate::simd::Isa::detect() == crate::simd::Isa::Avx512 {
+        // SAFETY: AVX-512 F is available (checked just above); the lengths are checked inside.
+        return unsafe {
+            if bounded {
+                epilogue_avx512::<false>(tmp, mult, scale, shifts, sums)
+            } else {
+                epilogue_avx512::<true>(tmp, mult, scale, shifts, sums)
+            }
+        };
+    }
+    let _ = bounded;
+    epilogue_plain(tmp, mult, scale, shifts, sums)
+}
+
+/// [`epilogue_body`] on 8 lanes of 64 bits at a time; without `CHECKED`, for operands whose
+/// products are known to stay in `i32` (the clamp and the range checks are then no-ops, left out).
+///
+/// # Safety
+/// The CPU must support AVX-512 F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn epilogue_avx512<const CHECKED: bool>(
+    tmp: &[i32],
+    mult: &[i32],
+    scale: &[i32],
+    shifts: [u32; 3],
+    sums: &mut [i64; TILE],
+) -> bool {
+    use std::arch::x86_64::*;
+    let blocks = scale.len();
+    assert!(tmp.len() >= blocks * TILE && mult.len() >= blocks * TILE);
+    let [s1, s2, s3] = shifts;
+    let (c1, c2) = (_mm_cvtsi64_si128(s1 as i64), _mm_cvtsi64_si128(s2 as i64));
+    let h1 = _mm512_set1_epi64(1i64 << (s1 - 1));
+    let h2 = _mm512_set1_epi64(1i64 << (s2 - 1));
+    let (imin, imax) = (
+        _mm512_set1_epi64(i32::MIN as i64),
+        _mm512_set1_epi64(i32::MAX as i64),
+    );
+    let mut fits = true;
+    for half in 0..2 {
+        let at = half * 8;
+        let mut sum = _mm512_loadu_si512(sums.as_ptr().add(at) as *const _);
+        let (mut lo, mut hi) = (_mm512_setzero_si512(), _mm512_setzero_si512());
+        for (g, &sc) in scale.iter().enumerate() {
+            let y = _mm512_cvtepi32_epi64(_mm256_loadu_si256(
+                tmp.as_ptr().add(g * TILE + at) as *const _
+            ));
+            let m = _mm512_cvtepi32_epi64(_mm256_loadu_si256(
+                mult.as_ptr().add(g * TILE + at) as *const _
+            ));
+            // `_mm512_mul_epi32` multiplies the lanes' low 32 bits, sign-extended: exact here, as
+            // every operand is a 32-bit value (`pc` after its clamp)
+            let p = _mm512_sra_epi64(_mm512_add_epi64(_mm512_mul_epi32(y, m), h1), c1);
+            let pc = if CHECKED {
+                _mm512_min_epi64(_mm512_max_epi64(p, imin), imax)
+            } else {
+                p
+            };
+            let v = _mm512_mul_epi32(pc, _mm512_set1_epi64(sc as i64));
+            let v = _mm512_sra_epi64(_mm512_add_epi64(v, h2), c2);
+            if CHECKED {
+                lo = _mm512_min_epi64(lo, _mm512_min_epi64(p, v));
+                hi = _mm512_max_epi64(hi, _mm512_max_epi64(p, v));
+            }
+            sum = _mm512_add_epi64(sum, v);
+        }
+        fits &= _mm512_cmplt_epi64_mask(lo, imin) == 0 && _mm512_cmpgt_epi64_mask(hi, imax) == 0;
+        _mm512_storeu_si512(sums.as_mut_ptr().add(at) as *mut _, sum);
+    }
+    let h3 = if s3 == 0 { 0 } else { 1i64 << (s3 - 1) };
+    for v in sums.iter_mut() {
+        let r = (*v + h3) >> s3;
+        fits &= r == r as i32 as i64;
+        *v = r;
+    }
+    fits
 }
 
 /// One tile's products into `tmp` (`[blocks][16]`), weights as offset bytes or, with `NIBBLES`, two
@@ -325,12 +461,20 @@ crate::multiversion! {
     fn tile_portable_nibbles(w: &[u8], corr: &[i32], xs: &[u8], blocks: usize, quads: usize, tmp: &mut [i32]) -> () = tile_body::<true>
 }
 
+/// Independent accumulator chains per activation row in the VNNI kernels, so that consecutive
+/// `vpdpbusd`s do not wait on each other's results.
+#[cfg(target_arch = "x86_64")]
+const CHAINS: usize = 4;
+
+/// One tile's products for `R` activation rows into `tmp` (`[R][blocks][16]`): each weight register
+/// is loaded once per tile and block and multiplied with every row's broadcast quad.
+///
 /// # Safety
-/// The CPU must support AVX-512F/BW/VNNI; `w` holds `blocks · quads · 64` bytes, `corr` `blocks` and
-/// `tmp` `blocks · 16` values, `xs` `blocks · quads · 4` bytes.
+/// The CPU must support AVX-512F/BW/VNNI; `w` holds `blocks · quads · 64` bytes, `corr` `R · blocks`
+/// and `tmp` `R · blocks · 16` values, `xs` `R · blocks · quads · 4` bytes.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-unsafe fn tile_vnni(
+unsafe fn tile_vnni<const R: usize>(
     w: &[u8],
     corr: &[i32],
     xs: &[u8],
@@ -339,30 +483,58 @@ unsafe fn tile_vnni(
     tmp: &mut [i32],
 ) {
     use std::arch::x86_64::*;
-    assert!(w.len() >= blocks * quads * 64 && corr.len() >= blocks && tmp.len() >= blocks * TILE);
-    assert!(xs.len() >= blocks * quads * 4);
+    let len = blocks * quads * 4;
+    assert!(w.len() >= blocks * quads * 64 && corr.len() >= R * blocks);
+    assert!(tmp.len() >= R * blocks * TILE && xs.len() >= R * len);
     let (wp, xp) = (w.as_ptr(), xs.as_ptr());
-    for (g, &cg) in corr[..blocks].iter().enumerate() {
-        // two chains, so consecutive `vpdpbusd`s do not wait on each other
-        let (mut a0, mut a1) = (_mm512_setzero_si512(), _mm512_setzero_si512());
+    let dot = |acc: &mut [__m512i; R], wq: __m512i, q: usize| {
+        for (j, a) in acc.iter_mut().enumerate() {
+            let x = _mm512_set1_epi32((xp.add(j * len + q * 4) as *const i32).read_unaligned());
+            *a = _mm512_dpbusd_epi32(*a, wq, x);
+        }
+    };
+    let load = |q: usize| _mm512_loadu_si512(wp.add(q * 64) as *const _);
+    for g in 0..blocks {
+        let z = [_mm512_setzero_si512(); R];
+        let (mut a0, mut a1, mut a2, mut a3) = (z, z, z, z);
         let q0 = g * quads;
-        for kq in (0..quads - quads % 2).step_by(2) {
+        // four quads at a time, one chain each
+        let mut kq = 0;
+        while kq + 4 <= quads {
             let q = q0 + kq;
-            let x0 = _mm512_set1_epi32((xp.add(q * 4) as *const i32).read_unaligned());
-            let x1 = _mm512_set1_epi32((xp.add(q * 4 + 4) as *const i32).read_unaligned());
-            let w0 = _mm512_loadu_si512(wp.add(q * 64) as *const _);
-            let w1 = _mm512_loadu_si512(wp.add(q * 64 + 64) as *const _);
-            a0 = _mm512_dpbusd_epi32(a0, w0, x0);
-            a1 = _mm512_dpbusd_epi32(a1, w1, x1);
+            dot(&mut a0, load(q), q);
+            dot(&mut a1, load(q + 1), q + 1);
+            dot(&mut a2, load(q + 2), q + 2);
+            dot(&mut a3, load(q + 3), q + 3);
+            kq += 4;
         }
-        if quads % 2 == 1 {
-            let q = q0 + quads - 1;
-            let x0 = _mm512_set1_epi32((xp.add(q * 4) as *const i32).read_unaligned());
-            let w0 = _mm512_loadu_si512(wp.add(q * 64) as *const _);
-            a0 = _mm512_dpbusd_epi32(a0, w0, x0);
+        while kq < quads {
+            dot(&mut a0, load(q0 + kq), q0 + kq);
+            kq += 1;
         }
-        let acc = _mm512_sub_epi32(_mm512_add_epi32(a0, a1), _mm512_set1_epi32(cg));
-        _mm512_storeu_si512(tmp.as_mut_ptr().add(g * TILE) as *mut _, acc);
+        store_rows::<R>(&[a0, a1, a2, a3], corr, blocks, g, tmp);
+    }
+}
+
+/// Adds a block's chains per row, removes the weight offset's contribution and stores the row's
+/// 16 products at `tmp[row][g]`.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn store_rows<const R: usize>(
+    acc: &[[std::arch::x86_64::__m512i; R]; CHAINS],
+    corr: &[i32],
+    blocks: usize,
+    g: usize,
+    tmp: &mut [i32],
+) {
+    use std::arch::x86_64::*;
+    for j in 0..R {
+        let s = _mm512_add_epi32(
+            _mm512_add_epi32(acc[0][j], acc[1][j]),
+            _mm512_add_epi32(acc[2][j], acc[3][j]),
+        );
+        let s = _mm512_sub_epi32(s, _mm512_set1_epi32(corr[j * blocks + g]));
+        _mm512_storeu_si512(tmp.as_mut_ptr().add((j * blocks + g) * TILE) as *mut _, s);
     }
 }
 
@@ -372,7 +544,7 @@ unsafe fn tile_vnni(
 /// As [`tile_vnni`], with `w` holding `blocks · quads · 32` bytes and `quads` even.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-unsafe fn tile_vnni_nibbles(
+unsafe fn tile_vnni_nibbles<const R: usize>(
     w: &[u8],
     corr: &[i32],
     xs: &[u8],
@@ -381,24 +553,47 @@ unsafe fn tile_vnni_nibbles(
     tmp: &mut [i32],
 ) {
     use std::arch::x86_64::*;
-    assert!(w.len() >= blocks * quads * 32 && corr.len() >= blocks && tmp.len() >= blocks * TILE);
-    assert!(xs.len() >= blocks * quads * 4 && quads.is_multiple_of(2));
+    let len = blocks * quads * 4;
+    assert!(w.len() >= blocks * quads * 32 && corr.len() >= R * blocks);
+    assert!(tmp.len() >= R * blocks * TILE && xs.len() >= R * len && quads.is_multiple_of(2));
     let (wp, xp) = (w.as_ptr(), xs.as_ptr());
     let low = _mm512_set1_epi8(15);
-    for (g, &cg) in corr[..blocks].iter().enumerate() {
-        let (mut a0, mut a1) = (_mm512_setzero_si512(), _mm512_setzero_si512());
-        for r in 0..quads / 2 {
-            let v = _mm512_loadu_si512(wp.add((g * quads / 2 + r) * 64) as *const _);
-            let lo = _mm512_and_si512(v, low);
-            let hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), low);
-            let q = g * quads + 2 * r;
-            let x0 = _mm512_set1_epi32((xp.add(q * 4) as *const i32).read_unaligned());
-            let x1 = _mm512_set1_epi32((xp.add(q * 4 + 4) as *const i32).read_unaligned());
-            a0 = _mm512_dpbusd_epi32(a0, lo, x0);
-            a1 = _mm512_dpbusd_epi32(a1, hi, x1);
+    let dot = |acc: &mut [__m512i; R], wq: __m512i, q: usize| {
+        for (j, a) in acc.iter_mut().enumerate() {
+            let x = _mm512_set1_epi32((xp.add(j * len + q * 4) as *const i32).read_unaligned());
+            *a = _mm512_dpbusd_epi32(*a, wq, x);
         }
-        let acc = _mm512_sub_epi32(_mm512_add_epi32(a0, a1), _mm512_set1_epi32(cg));
-        _mm512_storeu_si512(tmp.as_mut_ptr().add(g * TILE) as *mut _, acc);
+    };
+    // register `r` of block `g`: quads `2r` (low nibbles) and `2r + 1` (high nibbles)
+    let halves = |g: usize, r: usize| {
+        let v = _mm512_loadu_si512(wp.add((g * quads / 2 + r) * 64) as *const _);
+        (
+            _mm512_and_si512(v, low),
+            _mm512_and_si512(_mm512_srli_epi16(v, 4), low),
+        )
+    };
+    let regs = quads / 2;
+    for g in 0..blocks {
+        let z = [_mm512_setzero_si512(); R];
+        let (mut a0, mut a1, mut a2, mut a3) = (z, z, z, z);
+        let q0 = g * quads;
+        // two registers (four quads) at a time, one chain each
+        let mut r = 0;
+        while r + 2 <= regs {
+            let ((l0, h0), (l1, h1)) = (halves(g, r), halves(g, r + 1));
+            let q = q0 + 2 * r;
+            dot(&mut a0, l0, q);
+            dot(&mut a1, h0, q + 1);
+            dot(&mut a2, l1, q + 2);
+            dot(&mut a3, h1, q + 3);
+            r += 2;
+        }
+        if r < regs {
+            let (l0, h0) = halves(g, r);
+            dot(&mut a0, l0, q0 + 2 * r);
+            dot(&mut a1, h0, q0 + 2 * r + 1);
+        }
+        store_rows::<R>(&[a0, a1, a2, a3], corr, blocks, g, tmp);
     }
 }
 
@@ -420,6 +615,7 @@ mod tests {
 
     #[test]
     fn equals_the_exact_sums_at_every_level_and_split() {
+        use crate::simd::Isa;
         let mut s = 7u64;
         let mut next = |lo: i32, hi: i32| {
             s = s
@@ -446,12 +642,26 @@ mod tests {
             let p = PackedBlocks::new(&w, rows, blocks, block).unwrap();
             assert_eq!(p.nibbles, wmax == 7 && block % 8 == 0);
             let want = naive(&x, &w, rows, blocks, block);
-            use crate::simd::Isa;
             for isa in [Isa::Base, Isa::Avx2, Isa::Avx512] {
                 Isa::cap(isa);
                 for threads in 1..=3 {
                     let got = p.run(&x, threads).unwrap();
                     assert_eq!(got, want, "{rows}x{blocks}x{block} on {threads} at {isa:?}");
+                }
+            }
+            // several activation rows: groups of up to GROUP rows share each weight load
+            for m in [2usize, 3, 4, 5, 9] {
+                let xs: Vec<i32> = (0..m * blocks * block).map(|_| next(-128, 127)).collect();
+                let want: Vec<i32> = xs
+                    .chunks_exact(blocks * block)
+                    .flat_map(|x| naive(x, &w, rows, blocks, block))
+                    .collect();
+                for isa in [Isa::Base, Isa::Avx512] {
+                    Isa::cap(isa);
+                    for threads in 1..=2 {
+                        let got = p.run(&xs, threads).unwrap();
+                        assert_eq!(got, want, "{m} rows of {rows}x{blocks}x{block} at {isa:?}");
+                    }
                 }
             }
             Isa::cap(Isa::Avx512);
@@ -490,9 +700,13 @@ mod tests {
                     i32::try_from(r(sum, sh[2])).ok()
                 })
                 .collect();
-            for threads in 1..=2 {
-                assert_eq!(p.run_sums(&x, &scale, sh, threads), want, "{sh:?}");
+            for isa in [Isa::Base, Isa::Avx2, Isa::Avx512] {
+                Isa::cap(isa);
+                for threads in 1..=2 {
+                    assert_eq!(p.run_sums(&x, &scale, sh, threads), want, "{sh:?} {isa:?}");
+                }
             }
+            Isa::cap(Isa::Avx512);
         }
         let all_min = vec![-128; 64 * 4];
         let p = PackedBlocks::new(&all_min, 4, 1, 64).unwrap();
