@@ -44,6 +44,8 @@ pub struct Session<'a> {
     exec: Executor<&'a Model>,
     /// The step's variants' executors: `(rows, cache rows, executor)`, fewest cache rows first.
     variants: Vec<(usize, usize, Executor<&'a Model>)>,
+    /// The several-generation variants' executors, the same way.
+    batches: Vec<(usize, usize, Executor<&'a Model>)>,
     /// Per layer, keys then values, `[rows, kv_heads, head_dim]` each: the rows of the positions so
     /// far, grown (with zeros) to the cache length of the model that runs next.
     caches: Vec<Vec<i32>>,
@@ -67,18 +69,22 @@ impl<'a> Session<'a> {
             threads: threads.max(1),
         };
         let exec = Executor::new_sharing(&step.model, mode, packs);
-        let variants = step
-            .variants
-            .iter()
-            .map(|v| {
-                let e = Executor::new_sharing(&v.model, mode, exec.shared_packs());
-                (v.rows, v.cache_rows, e)
-            })
-            .collect();
+        let executors = |sequences: bool| {
+            step.variants
+                .iter()
+                .filter(|v| v.sequences == sequences)
+                .map(|v| {
+                    let e = Executor::new_sharing(&v.model, mode, exec.shared_packs());
+                    (v.rows, v.cache_rows, e)
+                })
+                .collect()
+        };
+        let (variants, batches) = (executors(false), executors(true));
         Session {
             step,
             exec,
             variants,
+            batches,
             caches: vec![Vec::new(); 2 * step.hp.layers],
             pos: 0,
         }
@@ -87,7 +93,7 @@ impl<'a> Session<'a> {
     /// Runs the next steps on `threads` threads (the same bits on any count).
     pub fn set_threads(&mut self, threads: usize) {
         self.exec.set_threads(threads);
-        for (_, _, e) in &mut self.variants {
+        for (_, _, e) in self.variants.iter_mut().chain(&mut self.batches) {
             e.set_threads(threads);
         }
     }
@@ -232,23 +238,114 @@ impl<'a> Session<'a> {
         };
         let mut outs = outs.into_iter();
         let logits = outs.next().unwrap_or_default();
+        let news: Vec<&[i32]> = outs.as_slice().iter().map(|v| v.as_slice()).collect();
         let (t, kd) = (self.step.context - 1, self.row_len());
-        // rows past the context's last cache row are never read
-        let end = (self.pos + n).min(t);
-        if end > self.pos {
-            let grow = cache_buckets(t)
-                .into_iter()
-                .find(|&c| c >= end)
-                .unwrap_or(t);
-            for (cache, new) in self.caches.iter_mut().zip(outs) {
-                if cache.len() < end * kd {
-                    cache.resize(grow * kd, 0);
-                }
-                cache[self.pos * kd..end * kd].copy_from_slice(&new[..(end - self.pos) * kd]);
-            }
-        }
+        write_rows(&mut self.caches, self.pos, n, &news, t, kd);
         self.pos += n;
         Ok(logits)
+    }
+
+    /// Generations one [`Session::feed_many`] run computes at most (0: none).
+    pub fn batch_rows(&self) -> usize {
+        self.batches.iter().map(|(r, _, _)| *r).max().unwrap_or(0)
+    }
+
+    /// Runs one token for each of several generations (`kvs[i]` takes `tokens[i]` at its next
+    /// position) in one run of a several-generation variant, and returns each one's logits: the same
+    /// bits as [`Session::feed`] on each in turn. The session's own generation is not touched. `None`
+    /// when no variant takes them (more than [`Session::batch_rows`], or a cache longer than those
+    /// variants read): the caller then feeds them one by one. After an error nothing changed.
+    pub fn feed_many(
+        &self,
+        kvs: &mut [&mut Kv],
+        tokens: &[u32],
+    ) -> Option<Result<Vec<Vec<i32>>, LlmError>> {
+        let n = kvs.len();
+        if n != tokens.len() || n == 0 {
+            return None;
+        }
+        let need = kvs.iter().map(|k| k.pos).max().unwrap_or(0);
+        let (rows, c, exec) = self
+            .batches
+            .iter()
+            .filter(|(r, c, _)| *r >= n && *c >= need)
+            .min_by_key(|(r, c, _)| (*c, *r))?;
+        let probe = Session {
+            step: self.step,
+            exec: Executor::new(&self.step.model, Mode::Reference),
+            variants: Vec::new(),
+            batches: Vec::new(),
+            caches: Vec::new(),
+            pos: 0,
+        };
+        let _ = probe;
+        let hp = &self.step.hp;
+        if let Some(t) = tokens.iter().find(|&&t| t as usize >= hp.vocab) {
+            return Some(Err(LlmError::Request(format!(
+                "token {t} is outside the vocabulary of {}",
+                hp.vocab
+            ))));
+        }
+        if kvs.iter().any(|k| k.pos + 1 > self.step.context) {
+            return Some(Err(LlmError::Request(format!(
+                "the context of {} positions is full",
+                self.step.context
+            ))));
+        }
+        let kd = self.row_len();
+        let len = c * kd;
+        // padding rows: token 0 at position 0 over a zero cache (their outputs are dropped)
+        let mut ids: Vec<i32> = tokens.iter().map(|&t| t as i32).collect();
+        ids.resize(*rows, 0);
+        let mut pos: Vec<i32> = kvs.iter().map(|k| k.pos as i32).collect();
+        pos.resize(*rows, 0);
+        let mut inputs = vec![ids, pos];
+        for l in 0..2 * hp.layers {
+            let mut all = vec![0i32; rows * len];
+            for (k, dst) in kvs.iter().zip(all.chunks_exact_mut(len)) {
+                let cache = k.caches.get(l).map_or(&[][..], |c| c.as_slice());
+                let have = (k.pos * kd).min(len).min(cache.len());
+                dst[..have].copy_from_slice(&cache[..have]);
+            }
+            inputs.push(all);
+        }
+        let outs = match exec.run(inputs) {
+            Ok(o) => o,
+            Err(e) => return Some(Err(e.into())),
+        };
+        let mut outs = outs.into_iter();
+        let logits = outs.next().unwrap_or_default();
+        let news: Vec<Vec<i32>> = outs.collect();
+        let vocab = logits.len() / rows;
+        let t = self.step.context - 1;
+        let mut each = Vec::with_capacity(n);
+        for (i, k) in kvs.iter_mut().enumerate() {
+            let mine: Vec<&[i32]> = news.iter().map(|v| &v[i * kd..(i + 1) * kd]).collect();
+            write_rows(&mut k.caches, k.pos, 1, &mine, t, kd);
+            k.pos += 1;
+            each.push(logits[i * vocab..(i + 1) * vocab].to_vec());
+        }
+        Some(Ok(each))
+    }
+}
+
+/// Writes the first `n` rows of `news` (per cache, keys or values of the positions from `pos`) into
+/// `caches`, grown to the cache length that holds them; rows past the context's last cache row (`t`)
+/// are never read and not kept.
+fn write_rows(caches: &mut [Vec<i32>], pos: usize, n: usize, news: &[&[i32]], t: usize, kd: usize) {
+    let end = (pos + n).min(t);
+    if end <= pos {
+        return;
+    }
+    let grow = cache_buckets(t)
+        .into_iter()
+        .find(|&c| c >= end)
+        .unwrap_or(t);
+    for (cache, new) in caches.iter_mut().zip(news) {
+        if cache.len() < end * kd {
+            cache.resize(grow * kd, 0);
+        }
+        cache[pos * kd..end * kd].copy_from_slice(&new[..(end - pos) * kd]);
     }
 }
 

@@ -226,13 +226,17 @@ pub struct ImportReport {
     pub maxima: Maxima,
 }
 
-/// A model that computes what the step computes, bit for bit, for fewer cache rows or for several
+/// A model that computes what the step computes, bit for bit, for fewer cache rows, for several
 /// consecutive positions at once (a prefill chunk: inputs `token` `[rows]`, `pos`, `last` and the
-/// caches; outputs the logits of row `last` and every row's keys and values).
+/// caches; outputs the logits of row `last` and every row's keys and values), or for one position of
+/// each of several generations (`sequences`: inputs `token` and `pos` `[rows]` and the caches
+/// `[rows, cache rows, kv_heads, head_dim]`; outputs every row's logits, keys and values).
 #[derive(Clone, Debug)]
 pub struct Variant {
     /// Positions computed at once (1 for a step).
     pub rows: usize,
+    /// Whether the rows are separate generations (each its own position and cache).
+    pub sequences: bool,
     /// Cache rows it reads: it serves (first) positions up to this one.
     pub cache_rows: usize,
     /// The model.
@@ -539,6 +543,13 @@ struct Scales {
 /// Positions the prefill chunk computes at once.
 pub const PREFILL_ROWS: usize = 32;
 
+/// Generations one step computes at once (the batches built; fewer are padded to the next size).
+pub const SEQUENCE_ROWS: [usize; 3] = [2, 4, 8];
+
+/// The longest cache a several-generation step is built for: every step copies each generation's
+/// cache into its input, which beyond this costs more than the shared weights save.
+pub const SEQUENCE_CACHE_MAX: usize = 512;
+
 /// Builds the decode step of `w` for generations of up to `context` positions, its scales chosen from
 /// `maxima` (a [`crate::reference::Reference`] run on calibration text), and the prefill chunk of
 /// [`PREFILL_ROWS`] positions, which gives the same bits as that many steps.
@@ -565,25 +576,38 @@ pub fn build_with(
     }
     let mut pool = BTreeMap::new();
     let t = context - 1;
-    let (model, report) = graph(w, maxima, context, 1, t, &mut pool)?;
+    let (model, report) = graph(w, maxima, context, 1, t, false, &mut pool)?;
     let mut variants = Vec::new();
     for c in cache_buckets(t) {
         if c < t {
-            let model = graph(w, maxima, context, 1, c, &mut pool)?.0;
+            let model = graph(w, maxima, context, 1, c, false, &mut pool)?.0;
             variants.push(Variant {
                 rows: 1,
+                sequences: false,
                 cache_rows: c,
                 model,
             });
         }
         let m = chunk.min(context);
         if m > 1 {
-            let model = graph(w, maxima, context, m as u32, c, &mut pool)?.0;
+            let model = graph(w, maxima, context, m as u32, c, false, &mut pool)?.0;
             variants.push(Variant {
                 rows: m,
+                sequences: false,
                 cache_rows: c,
                 model,
             });
+        }
+        if c <= SEQUENCE_CACHE_MAX {
+            for b in SEQUENCE_ROWS {
+                let model = graph(w, maxima, context, b as u32, c, true, &mut pool)?.0;
+                variants.push(Variant {
+                    rows: b,
+                    sequences: true,
+                    cache_rows: c,
+                    model,
+                });
+            }
         }
     }
     Ok(Step {
@@ -596,13 +620,16 @@ pub fn build_with(
 }
 
 /// The canonical model computing `rows` consecutive positions over `cache_rows` cache rows, for
-/// generations of up to `context` positions (spec: `docs/spec/llm.md` §3).
+/// generations of up to `context` positions (spec: `docs/spec/llm.md` §3); with `sequences`, one
+/// position of each of `rows` generations, each over its own cache.
+#[allow(clippy::too_many_arguments)]
 fn graph(
     w: &Weights,
     maxima: Maxima,
     context: usize,
     rows: u32,
     cache_rows: usize,
+    sequences: bool,
     pool: &mut BTreeMap<String, MatConsts>,
 ) -> Result<(Model, ImportReport), LlmError> {
     let hp = &w.hp;
@@ -621,7 +648,8 @@ fn graph(
     let t = cache_rows;
     let m = rows;
     // columns of a score row: the cache, the chunk's rows (when it has several), the row itself
-    let batch = if m > 1 { m } else { 0 };
+    let chunk = m > 1 && !sequences;
+    let batch = if chunk { m } else { 0 };
     let cols = t as u32 + batch + 1;
     let mut cx = Ctx {
         g: G::default(),
@@ -644,11 +672,15 @@ fn graph(
         .map(|m| m.name.clone())
         .collect();
     let token = cx.g.input("token".into(), vec![m], 0, InputKind::Int);
-    let pos = cx.g.input("pos".into(), vec![1], 0, InputKind::Int);
-    let last = (m > 1).then(|| cx.g.input("last".into(), vec![1], 0, InputKind::Int));
+    let npos = if sequences { m } else { 1 };
+    let pos = cx.g.input("pos".into(), vec![npos], 0, InputKind::Int);
+    let last = chunk.then(|| cx.g.input("last".into(), vec![1], 0, InputKind::Int));
     let caches: Vec<(R, R)> = (0..hp.layers)
         .map(|l| {
-            let shape = vec![t as u32, nkv as u32, d as u32];
+            let mut shape = vec![t as u32, nkv as u32, d as u32];
+            if sequences {
+                shape.insert(0, m);
+            }
             (
                 cx.g.input(
                     format!("k_cache.{l}"),
@@ -676,7 +708,7 @@ fn graph(
         (cx.g.konst(shape.clone(), 30, c), cx.g.konst(shape, 30, s))
     };
     // the rows' positions (a chunk's padding rows past the context read the last table row)
-    let positions = if m > 1 {
+    let positions = if chunk {
         let g = &mut cx.g;
         let iota = g.konst(vec![m], 0, (0..m as i32).collect());
         let p = g.map("positions/raw".into(), Op::Add, &[pos, iota], 0);
@@ -716,11 +748,17 @@ fn graph(
         let iota = g.konst(vec![1, t as u32 + 1], 0, iota);
         let one = g.konst(vec![1], 0, vec![1]);
         let big = g.konst(vec![1], sc.scores, vec![1 << 30]);
-        let diff = g.map("mask/diff".into(), Op::Sub, &[pos, iota], 0);
+        // each generation's own position against the cache rows (`[rows, 1]` then)
+        let pcol = if sequences {
+            g.reshape("mask/pos".into(), pos, vec![m, 1])
+        } else {
+            pos
+        };
+        let diff = g.map("mask/diff".into(), Op::Sub, &[pcol, iota], 0);
         let valid = g.map("mask/valid".into(), Op::Clamp { lo: 0, hi: 1 }, &[diff], 0);
         let less = g.map("mask/less".into(), Op::Sub, &[valid, one], 0);
         let bias = g.map("mask/cache".into(), Op::Mul, &[less, big], sc.scores);
-        let bias = if m > 1 {
+        let bias = if chunk {
             let rows = g.node(
                 "mask/rows".into(),
                 Op::Broadcast,
@@ -867,7 +905,7 @@ fn graph(
         };
         // keys and values a row may attend besides its own: the cache, then (in a chunk) the
         // chunk's rows, so that a row's sums over them are one sum, as in a step
-        let (keys, vals) = if m > 1 {
+        let (keys, vals) = if chunk {
             let all = |g: &mut G, cache: R, new: R, nm: &str| {
                 g.node(
                     n(&format!("{nm}_all")),
@@ -882,9 +920,11 @@ fn graph(
             (kc, vc)
         };
         let seen = t32 + batch;
+        // a generation's cache is its own (`mtkd`) when the rows are generations
+        let cache_labels: &[u8] = if sequences { b"mtkd" } else { b"tkd" };
         let s1 = g.node(
             n("scores_cache"),
-            ein(b"mkgd", b"tkd", b"mkgt"),
+            ein(b"mkgd", cache_labels, b"mkgt"),
             &[q4, keys],
             vec![m, nkv32, grp, seen],
             sc.scores,
@@ -954,7 +994,7 @@ fn graph(
         let p2 = g.reshape(n("probs_new1"), p2, vec![m, nkv32, grp]);
         let o1 = g.node(
             n("attn_cache"),
-            ein(b"mkgt", b"tkd", b"mkgd"),
+            ein(b"mkgt", cache_labels, b"mkgd"),
             &[p1, vals],
             vec![m, nkv32, grp, d32],
             sc.v,
@@ -1012,7 +1052,9 @@ fn graph(
         ),
         None => x,
     };
-    cx.rows = 1;
+    if !sequences {
+        cx.rows = 1;
+    }
     let h = cx.rms_norm("output_norm", x, &w.out_norm);
     let head = match &w.output {
         Some(m) => cx.matrix(m),

@@ -346,3 +346,73 @@ fn interleaved_and_rewound_generations_give_the_bits_of_fresh_ones() {
     t.set_threads(1);
     assert_eq!(continue_greedy(&mut t, l), want_b, "b beside");
 }
+
+#[test]
+fn several_generations_in_one_step_give_the_bits_of_each_alone() {
+    // what a node's scheduler does with concurrent requests: one run of a several-generation
+    // variant for all of them, each at its own position over its own cache, padding rows past them
+    let qwen = Tiny {
+        arch: "qwen2",
+        qkv_bias: true,
+        ..llama([Q4_1, Q5_K, Q8_0, Q4_0], Some(Q6_K))
+    };
+    for (t, seed) in [(llama([Q4_0, Q4_1, Q8_0, Q8_0], None), 24), (qwen, 25)] {
+        let g = Gguf::parse(tiny_model(&t, seed)).unwrap();
+        let step = verity_llm::compile_with(&g, 48, 8).unwrap();
+        assert!(step.variants.iter().any(|v| v.sequences && v.rows == 8));
+        // prompts of 1 to 33 positions: their continuations cross the first cache length (32)
+        let prompts: Vec<Vec<u32>> = [1usize, 9, 30, 33, 17, 5, 26, 12, 2]
+            .iter()
+            .enumerate()
+            .map(|(j, &n)| {
+                (0..n as u32)
+                    .map(|i| (i * 31 + 7 * j as u32 + 3) % 97)
+                    .collect()
+            })
+            .collect();
+        let alone: Vec<Vec<Vec<i32>>> = prompts
+            .iter()
+            .map(|p| {
+                let mut s = Session::new(&step, 1);
+                let l = s.prefill(p).unwrap();
+                continue_greedy(&mut s, l)
+            })
+            .collect();
+        for n in [2usize, 3, 5, 8] {
+            let s = Session::new(&step, 1);
+            assert_eq!(s.batch_rows(), 8);
+            let mut kvs: Vec<Kv> = Vec::new();
+            let mut got: Vec<Vec<Vec<i32>>> = Vec::new();
+            for p in &prompts[..n] {
+                let mut one = Session::new(&step, 1);
+                let l = one.prefill(p).unwrap();
+                let mut kv = Kv::new(&step);
+                one.swap_kv(&mut kv);
+                kvs.push(kv);
+                got.push(vec![l]);
+            }
+            for _ in 0..6 {
+                let tokens: Vec<u32> = got.iter().map(|g| argmax(g.last().unwrap())).collect();
+                let mut refs: Vec<&mut Kv> = kvs.iter_mut().collect();
+                let logits = s.feed_many(&mut refs, &tokens).unwrap().unwrap();
+                for (g, l) in got.iter_mut().zip(logits) {
+                    g.push(l);
+                }
+            }
+            assert_eq!(got, alone[..n].to_vec(), "{n} generations");
+            for (kv, p) in kvs.iter().zip(&prompts) {
+                assert_eq!(kv.pos(), p.len() + 6);
+            }
+        }
+        // more generations than a variant holds: none runs (the caller feeds them one by one)
+        let s = Session::new(&step, 1);
+        let mut kvs: Vec<Kv> = (0..9).map(|_| Kv::new(&step)).collect();
+        let mut refs: Vec<&mut Kv> = kvs.iter_mut().collect();
+        assert!(s.feed_many(&mut refs, &[1; 9]).is_none());
+        // a refused token: an error, and no generation moved
+        let mut refs: Vec<&mut Kv> = kvs.iter_mut().take(2).collect();
+        let e = s.feed_many(&mut refs, &[1, 97]).unwrap().unwrap_err();
+        assert!(e.to_string().contains("outside the vocabulary"), "{e}");
+        assert!(kvs.iter().all(|k| k.pos() == 0));
+    }
+}
