@@ -8,7 +8,7 @@ node's address; output hash = keccak of the token IDs); the same completion stre
 and usage in the last frames, every chunk's signed running hash checked by clients/python/verity_check.py);
 a proxy that alters one streamed chunk, caught at that chunk; a seeded sample (the same twice, equal to `verity generate` with the
 same parameters, another seed another text); n = 2 (seeds s and s + 1, a receipt each, streamed
-too); 4 concurrent streams (interleaved, each with its tokens alone); response_format json_object (one JSON object, re-executed by `verity verify`); `verity verify` re-executing a saved completion (a
+too); 4 concurrent streams (interleaved, sharing several-generation steps, each with its tokens alone); response_format json_object (one JSON object, re-executed by `verity verify`); `verity verify` re-executing a saved completion (a
 changed token or seed fails); legacy completions; and errors in OpenAI's shape for an
 unsupported parameter, an unknown model and a body that is not JSON; a streaming client that goes
 away stopping its generation; a burst past a node's queue refused 503 `overloaded`; a node refusing to start on a
@@ -269,6 +269,11 @@ def main():
             overlap = any(spans[x][0] < spans[y][1] and spans[y][0] < spans[x][1]
                           for x in spans for y in spans if x < y and None not in spans[x] + spans[y])
             check(overlap, "concurrent generations run interleaved (one started before another ended)")
+            metrics = urllib.request.urlopen(url + "/metrics", timeout=30).read().decode()
+            batched = next((float(l.split()[-1]) for l in metrics.splitlines()
+                            if l.startswith(f'verity_llm_tokens_total{{model="{NAME}",step="batched"}}')), 0)
+            check(batched > 0, f"concurrent generations share steps ({batched:.0f} tokens run in "
+                  "several-generation steps, each generation with its tokens alone)")
 
             # JSON mode: the output is one JSON object (the same request without it is not JSON)
             ask = [{"role": "user", "content": "Describe a cat as JSON with a name and an age."}]

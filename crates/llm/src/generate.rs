@@ -145,7 +145,16 @@ fn constrain(
     }
 }
 
-/// A generation after its prompt, one token at a time ([`Decoder::advance`]), so a scheduler can
+/// What a generation does next (see [`Decoder::choose`]).
+pub enum Next {
+    /// Run this token (its logits choose the one after).
+    Feed(u32),
+    /// The generation has ended.
+    Done(Outcome),
+}
+
+/// A generation after its prompt, one token at a time ([`Decoder::advance`], or [`Decoder::choose`]
+/// and [`Decoder::fed`] around a step that runs several generations at once), so a scheduler can
 /// interleave several; [`decode`] runs one to its end.
 pub struct Decoder<'t, F: FnMut(&str, &[u32]) -> bool> {
     tk: &'t Tokenizer,
@@ -230,8 +239,22 @@ impl<'t, F: FnMut(&str, &[u32]) -> bool> Decoder<'t, F> {
         s: &mut Session,
         before_step: impl FnOnce(&Session, u32) -> Result<(), LlmError>,
     ) -> Result<Option<Outcome>, LlmError> {
+        match self.choose()? {
+            Next::Done(o) => Ok(Some(o)),
+            Next::Feed(t) => {
+                before_step(s, t)?;
+                self.fed(s.feed(t)?);
+                Ok(None)
+            }
+        }
+    }
+
+    /// The first half of [`Decoder::advance`]: chooses the next token and reports its text; the
+    /// token to run next (whose logits go to [`Decoder::fed`]), or the outcome when the generation
+    /// has ended.
+    pub fn choose(&mut self) -> Result<Next, LlmError> {
         if self.tokens.len() >= self.budget {
-            return Ok(Some(self.end(Finish::Length, None)));
+            return Ok(Next::Done(self.end(Finish::Length, None)));
         }
         let t = match &self.json {
             Some((table, state)) => {
@@ -255,7 +278,7 @@ impl<'t, F: FnMut(&str, &[u32]) -> bool> Decoder<'t, F> {
         self.tokens.push(t);
         self.context.push(t);
         if self.tk.stops.contains(&t) {
-            return Ok(Some(self.end(Finish::Stop, None)));
+            return Ok(Next::Done(self.end(Finish::Stop, None)));
         }
         let piece = self.tk.token_bytes(t);
         let mut complete = false;
@@ -277,10 +300,10 @@ impl<'t, F: FnMut(&str, &[u32]) -> bool> Decoder<'t, F> {
             .filter_map(|x| find(&self.bytes, x.as_bytes()))
             .min();
         if let Some(at) = found {
-            return Ok(Some(self.end(Finish::Stop, Some(at))));
+            return Ok(Next::Done(self.end(Finish::Stop, Some(at))));
         }
         if complete {
-            return Ok(Some(self.end(Finish::Stop, None)));
+            return Ok(Next::Done(self.end(Finish::Stop, None)));
         }
         // whole characters, holding back what could begin a stop text
         let end = self.bytes.len().saturating_sub(self.hold).max(self.sent);
@@ -295,15 +318,18 @@ impl<'t, F: FnMut(&str, &[u32]) -> bool> Decoder<'t, F> {
             let fresh = &self.tokens[self.tokens_sent..];
             self.tokens_sent = self.tokens.len();
             if !(self.on_text)(piece, fresh) {
-                return Ok(Some(self.end(Finish::Cancelled, None)));
+                return Ok(Next::Done(self.end(Finish::Cancelled, None)));
             }
         }
         if self.tokens.len() == self.budget {
-            return Ok(Some(self.end(Finish::Length, None)));
+            return Ok(Next::Done(self.end(Finish::Length, None)));
         }
-        before_step(s, t)?;
-        self.logits = s.feed(t)?;
-        Ok(None)
+        Ok(Next::Feed(t))
+    }
+
+    /// The second half of [`Decoder::advance`]: the logits of the token [`Decoder::choose`] gave.
+    pub fn fed(&mut self, logits: Vec<i32>) {
+        self.logits = logits;
     }
 
     /// The outcome, the text not yet given to `on_text` given (unless cancelled).

@@ -1388,7 +1388,7 @@ async fn metrics(State(node): State<Arc<Node>>) -> Result<Response, ApiError> {
             Some((r.id, c))
         })
         .collect();
-    let text = node.metrics.render(
+    let mut text = node.metrics.render(
         &[
             ("verity_models_stored", records.len() as f64),
             ("verity_versions_published", versions as f64),
@@ -1396,6 +1396,9 @@ async fn metrics(State(node): State<Arc<Node>>) -> Result<Response, ApiError> {
         ],
         &costs,
     );
+    if let Some(llms) = node.llms.get() {
+        text.push_str(&crate::llm::render_metrics(llms));
+    }
     let mut r = Response::new(Body::from(text));
     r.headers_mut().insert(
         header::CONTENT_TYPE,

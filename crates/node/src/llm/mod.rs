@@ -72,3 +72,39 @@ pub fn load_all(
     }
     Ok(out)
 }
+
+/// The served models' counters in the Prometheus text format: prompt positions computed and taken
+/// from kept caches, output tokens run in several-generation steps and alone.
+pub fn render_metrics(models: &std::collections::BTreeMap<String, Arc<LlmModel>>) -> String {
+    use std::fmt::Write;
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut out = String::new();
+    let families: [(&str, &str, [(&str, fn(&scheduler::Stats) -> u64); 2]); 2] = [
+        (
+            "verity_llm_prompt_positions_total",
+            "source",
+            [
+                ("computed", |s| s.prompt_computed.load(Relaxed)),
+                ("reused", |s| s.prompt_reused.load(Relaxed)),
+            ],
+        ),
+        (
+            "verity_llm_tokens_total",
+            "step",
+            [
+                ("batched", |s| s.tokens_batched.load(Relaxed)),
+                ("alone", |s| s.tokens_alone.load(Relaxed)),
+            ],
+        ),
+    ];
+    for (name, label, kinds) in families {
+        let _ = writeln!(out, "# TYPE {name} counter");
+        for (model, m) in models {
+            for (kind, get) in kinds {
+                let v = get(&m.scheduler.stats);
+                let _ = writeln!(out, "{name}{{model=\"{model}\",{label}=\"{kind}\"}} {v}");
+            }
+        }
+    }
+    out
+}

@@ -1,14 +1,17 @@
 //! The generations of one served language model: a thread that owns the model's executors and runs
 //! every admitted generation a unit at a time in turn (a prompt chunk of 32 positions, or one output
-//! token), so a new request starts while others are still generating; key/value caches kept after a
-//! generation within a memory budget, so a request whose prompt begins like an earlier context (a chat's
-//! next turn, a shared system prompt) computes only the rest. Every generation gives the bits it would
-//! alone (`docs/spec/llm.md` §3, §7.3).
+//! token), so a new request starts while others are still generating. The generations are split among
+//! sessions that run side by side, one per thread; each session runs its generations' next tokens in
+//! one step (a several-generation variant: the weights are read once for all of them) when their
+//! caches are short enough, else one by one. Key/value caches are kept after a generation within a
+//! memory budget, so a request whose prompt begins like an earlier context (a chat's next turn, a
+//! shared system prompt) computes only the rest. Every generation gives the bits it would alone
+//! (`docs/spec/llm.md` §3, §7.3).
 
 use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError};
 use std::sync::Arc;
 
-use verity_llm::generate::{Decoder, Outcome, Rules};
+use verity_llm::generate::{Decoder, Next, Outcome, Rules};
 use verity_llm::sample::Sampler;
 use verity_llm::step::PREFILL_ROWS;
 use verity_llm::{Kv, LlmError, Session, Step, Tokenizer};
@@ -52,6 +55,10 @@ pub struct Stats {
     pub prompt_computed: std::sync::atomic::AtomicU64,
     /// Prompt positions taken from a kept cache.
     pub prompt_reused: std::sync::atomic::AtomicU64,
+    /// Output tokens run in a several-generation step.
+    pub tokens_batched: std::sync::atomic::AtomicU64,
+    /// Output tokens run in a step of their own.
+    pub tokens_alone: std::sync::atomic::AtomicU64,
 }
 
 /// The handle requests are submitted through.
@@ -179,37 +186,55 @@ fn run(
                 decoder: None,
             });
         }
-        // one unit of work for each running generation: as many at once as there are sessions, each
-        // on one thread, or one alone on every thread
-        let mut results: Vec<Option<Result<Outcome, LlmError>>> = Vec::with_capacity(active.len());
-        for group in active.chunks_mut(sessions.len()) {
-            if let [q] = group {
-                sessions[0].set_threads(threads);
-                results.push(turn(&mut sessions[0], q, tk, stats));
-                continue;
-            }
-            let done: Vec<_> = std::thread::scope(|sc| {
-                let running: Vec<_> = group
+        // one unit of work for each running generation: the generations split among the sessions
+        // (lane k takes k, k + lanes, …), each lane on a thread of its own, or one lane on every
+        // thread; a lane runs its generations' next tokens in one step where it can
+        let lanes = sessions.len().min(active.len()).max(1);
+        let mut groups: Vec<Vec<&mut Seq>> = (0..lanes).map(|_| Vec::new()).collect();
+        for (i, q) in active.iter_mut().enumerate() {
+            groups[i % lanes].push(q);
+        }
+        let outcomes: Vec<Vec<Option<Result<Outcome, LlmError>>>> = if lanes == 1 {
+            sessions[0].set_threads(threads);
+            vec![lane(&mut sessions[0], &mut groups[0], tk, stats)]
+        } else {
+            let joined: Vec<_> = std::thread::scope(|sc| {
+                let running: Vec<_> = groups
                     .iter_mut()
                     .zip(sessions.iter_mut())
-                    .map(|(q, s)| {
+                    .map(|(g, s)| {
                         s.set_threads(1);
-                        sc.spawn(move || turn(s, q, tk, stats))
+                        sc.spawn(move || lane(s, g, tk, stats))
                     })
                     .collect();
                 running.into_iter().map(|h| h.join().ok()).collect()
             });
-            for (k, d) in done.into_iter().enumerate() {
-                results.push(d.unwrap_or_else(|| {
-                    // a turn that panicked may have left its cache in the session and the session's
-                    // in the generation: both are dropped (the generation fails, nothing is kept)
-                    let mut fresh = Kv::new(step);
-                    sessions[k].swap_kv(&mut fresh);
-                    if let Some(q) = group.get_mut(k) {
-                        q.kv = Kv::new(step);
-                    }
-                    Some(Err(LlmError::Request("the generation failed".into())))
-                }));
+            joined
+                .into_iter()
+                .enumerate()
+                .map(|(k, r)| {
+                    r.unwrap_or_else(|| {
+                        // a lane that panicked may have left a cache in its session and the
+                        // session's in a generation: both are dropped (its generations fail,
+                        // nothing of them is kept)
+                        let mut fresh = Kv::new(step);
+                        sessions[k].swap_kv(&mut fresh);
+                        for q in groups[k].iter_mut() {
+                            q.kv = Kv::new(step);
+                        }
+                        let failed =
+                            || Some(Err(LlmError::Request("the generation failed".into())));
+                        (0..groups[k].len()).map(|_| failed()).collect()
+                    })
+                })
+                .collect()
+        };
+        drop(groups);
+        let mut results: Vec<Option<Result<Outcome, LlmError>>> =
+            (0..active.len()).map(|_| None).collect();
+        for (k, outs) in outcomes.into_iter().enumerate() {
+            for (p, o) in outs.into_iter().enumerate() {
+                results[k + p * lanes] = o;
             }
         }
         // the finished ones leave, from the back (a removal moves the last, already seen, into place)
@@ -249,63 +274,127 @@ fn run(
     }
 }
 
-/// A generation's turn on session `s`: its cache swapped in for one unit of work. The outcome when it
-/// has ended (cancelled at once if its requester has gone).
-fn turn<'t>(
+/// One unit of work for each generation of a lane on session `s`: a prompt chunk for those still
+/// in their prompt, then the next token of every one past it — several generations' tokens in one
+/// run of a several-generation step (the same bits as alone), else one by one. Per generation, its
+/// outcome when it has ended (cancelled at once if its requester has gone).
+fn lane<'t>(
     s: &mut Session,
-    q: &mut Seq<'t>,
+    group: &mut [&mut Seq<'t>],
     tk: &'t Tokenizer,
     stats: &Stats,
-) -> Option<Result<Outcome, LlmError>> {
-    if !(q.alive)() {
-        return Some(Ok(Outcome {
-            tokens: Vec::new(),
-            text: String::new(),
-            finish: verity_llm::generate::Finish::Cancelled,
-            steps_root: Default::default(),
-        }));
+) -> Vec<Option<Result<Outcome, LlmError>>> {
+    let mut out: Vec<Option<Result<Outcome, LlmError>>> = (0..group.len()).map(|_| None).collect();
+    let mut feed: Vec<(usize, u32)> = Vec::new();
+    for (i, q) in group.iter_mut().enumerate() {
+        if !(q.alive)() {
+            out[i] = Some(Ok(Outcome {
+                tokens: Vec::new(),
+                text: String::new(),
+                finish: verity_llm::generate::Finish::Cancelled,
+                steps_root: Default::default(),
+            }));
+            continue;
+        }
+        if q.decoder.is_none() {
+            s.swap_kv(&mut q.kv);
+            let r = prompt_chunk(s, q, tk, stats);
+            s.swap_kv(&mut q.kv);
+            if let Err(e) = r {
+                out[i] = Some(Err(e));
+                continue;
+            }
+        }
+        // past its prompt (possibly from this very chunk): its next token
+        let Some(d) = &mut q.decoder else {
+            continue;
+        };
+        match d.choose() {
+            Ok(Next::Feed(t)) => feed.push((i, t)),
+            Ok(Next::Done(o)) => out[i] = Some(Ok(o)),
+            Err(e) => out[i] = Some(Err(e)),
+        }
     }
-    s.swap_kv(&mut q.kv);
-    let r = unit(s, q, tk, stats);
-    s.swap_kv(&mut q.kv);
-    r.transpose()
+    let most = s.batch_rows();
+    let mut alone: Vec<(usize, u32)> = Vec::new();
+    for part in feed.chunks(most.max(1)) {
+        if part.len() < 2 {
+            alone.extend_from_slice(part);
+            continue;
+        }
+        let tokens: Vec<u32> = part.iter().map(|&(_, t)| t).collect();
+        // the part's caches, in its order (`feed` is in group order)
+        let mut kvs: Vec<&mut Kv> = group
+            .iter_mut()
+            .enumerate()
+            .filter(|(i, _)| part.iter().any(|&(j, _)| j == *i))
+            .map(|(_, q)| &mut q.kv)
+            .collect();
+        match s.feed_many(&mut kvs, &tokens) {
+            Some(Ok(logits)) => {
+                stats
+                    .tokens_batched
+                    .fetch_add(part.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                for (&(i, _), l) in part.iter().zip(logits) {
+                    if let Some(d) = &mut group[i].decoder {
+                        d.fed(l);
+                    }
+                }
+            }
+            // no variant takes them, or the run failed (nothing changed): one by one, so that
+            // each generation gets its own outcome
+            _ => alone.extend_from_slice(part),
+        }
+    }
+    for (i, t) in alone {
+        let q = &mut group[i];
+        s.swap_kv(&mut q.kv);
+        let r = s.feed(t);
+        s.swap_kv(&mut q.kv);
+        if r.is_ok() {
+            stats
+                .tokens_alone
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        match (r, &mut q.decoder) {
+            (Ok(l), Some(d)) => d.fed(l),
+            (Ok(_), None) => {}
+            (Err(e), _) => out[i] = Some(Err(e)),
+        }
+    }
+    out
 }
 
-/// One unit of a generation's work on the session (its cache swapped in): a prompt chunk, or the
-/// next token. Returns the outcome when the generation ends.
-fn unit<'t>(
+/// The next chunk of a generation's prompt on the session (its cache swapped in); after the last
+/// one, the generation's decoder, from the last position's logits.
+fn prompt_chunk<'t>(
     s: &mut Session,
     q: &mut Seq<'t>,
     tk: &'t Tokenizer,
     stats: &Stats,
-) -> Result<Option<Outcome>, LlmError> {
-    if q.decoder.is_none() {
-        let n = (q.prompt.len() - q.at).min(PREFILL_ROWS);
-        let logits = s.prefill(&q.prompt[q.at..q.at + n])?;
-        stats
-            .prompt_computed
-            .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
-        q.at += n;
-        if q.at < q.prompt.len() {
-            return Ok(None);
-        }
-        let on_text = q
-            .on_text
-            .take()
-            .ok_or_else(|| LlmError::Request("a generation started twice".into()))?;
-        q.decoder = Some(Decoder::new(
-            tk,
-            &q.sampler,
-            &q.prompt,
-            logits,
-            &q.rules,
-            s.context(),
-            s.logit_scale(),
-            on_text,
-        )?);
+) -> Result<(), LlmError> {
+    let n = (q.prompt.len() - q.at).min(PREFILL_ROWS);
+    let logits = s.prefill(&q.prompt[q.at..q.at + n])?;
+    stats
+        .prompt_computed
+        .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+    q.at += n;
+    if q.at < q.prompt.len() {
+        return Ok(());
     }
-    match &mut q.decoder {
-        Some(d) => d.advance(s, |_, _| Ok(())),
-        None => Ok(None),
-    }
+    let on_text = q
+        .on_text
+        .take()
+        .ok_or_else(|| LlmError::Request("a generation started twice".into()))?;
+    q.decoder = Some(Decoder::new(
+        tk,
+        &q.sampler,
+        &q.prompt,
+        logits,
+        &q.rules,
+        s.context(),
+        s.logit_scale(),
+        on_text,
+    )?);
+    Ok(())
 }
