@@ -17,6 +17,9 @@ use crate::par;
 /// Rows per packed tile.
 const TILE: usize = 16;
 
+/// Products (activation rows × weight rows × length) below which a run stays on one thread.
+const SPLIT_PRODUCTS: usize = 4 << 20;
+
 /// Activation rows a tile's weights are loaded for at once.
 const GROUP: usize = 4;
 
@@ -134,6 +137,14 @@ impl PackedBlocks {
         each: impl Fn(usize, usize, &[i32], &mut [i32]) + Sync,
     ) -> Vec<i32> {
         let (len, nb, m) = (self.blocks * self.block, self.blocks, x.rows);
+        // a small product runs on one thread: handing half of it to another costs more than it
+        // saves; so does a single activation row, whose speed is the memory's (one pass over the
+        // weights, which a second core's share of the bandwidth did not speed up where measured)
+        let threads = if m < 2 || m * self.rows * len < SPLIT_PRODUCTS {
+            1
+        } else {
+            threads
+        };
         // weight-row major, so that each thread's tiles are one contiguous part
         let mut by_row = vec![0i32; self.rows * m * per];
         par::rows(&mut by_row, m * per, threads, TILE, |first, part| {
@@ -707,6 +718,22 @@ mod tests {
                 }
             }
             Isa::cap(Isa::Avx512);
+        }
+        // a product large enough to be split among threads (several activation rows), and the same
+        // product for one row, which stays on one thread: the same integers either way
+        let (rows, blocks, block) = (520, 32, 128);
+        assert!(2 * rows * blocks * block >= SPLIT_PRODUCTS);
+        let w: Vec<i32> = (0..rows * blocks * block).map(|_| next(-8, 7)).collect();
+        let xs: Vec<i32> = (0..2 * blocks * block).map(|_| next(-128, 127)).collect();
+        let p = PackedBlocks::new(&w, rows, blocks, block).unwrap();
+        let want: Vec<i32> = xs
+            .chunks_exact(blocks * block)
+            .flat_map(|x| naive(x, &w, rows, blocks, block))
+            .collect();
+        for threads in 1..=3 {
+            assert_eq!(p.run(&xs, threads).unwrap(), want, "split on {threads}");
+            let one = p.run(&xs[..blocks * block], threads).unwrap();
+            assert_eq!(one, want[..rows * blocks], "one row on {threads}");
         }
         let all_min = vec![-128; 64 * 4];
         let p = PackedBlocks::new(&all_min, 4, 1, 64).unwrap();
