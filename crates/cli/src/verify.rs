@@ -242,56 +242,12 @@ fn completion_parts(
     verity_llm::sample::Sampler,
     verity_llm::generate::Rules,
 )> {
-    use verity_llm::generate::{Format, Rules};
-    let ids = |k: &str| -> Result<Vec<u32>> {
-        v[k].as_array()
-            .with_context(|| format!("the response's verity.{k} is not a list"))?
-            .iter()
-            .map(|t| {
-                t.as_u64()
-                    .and_then(|t| u32::try_from(t).ok())
-                    .with_context(|| format!("verity.{k} holds a non-token"))
-            })
-            .collect()
-    };
-    let (prompt, output) = (ids("prompt_tokens")?, ids("output_tokens")?);
-    let int = |x: &Value, what: &str| -> Result<u64> {
-        x.as_u64()
-            .with_context(|| format!("the response's verity.{what} is not an integer"))
-    };
-    let (sp, fp) = (&v["sampling"], &v["sampling"]["fixed_point"]);
-    let sampler = verity_llm::sample::Sampler {
-        temperature_q: int(&fp["temperature"], "sampling.fixed_point.temperature")? as u32,
-        top_k: int(&sp["top_k"], "sampling.top_k")? as u32,
-        top_p_q: int(&fp["top_p"], "sampling.fixed_point.top_p")? as u32,
-        repetition_q: int(
-            &fp["repetition_penalty"],
-            "sampling.fixed_point.repetition_penalty",
-        )? as u32,
-        seed: int(&sp["seed"], "sampling.seed")?,
-    };
-    let max_tokens = int(&v["max_tokens"], "max_tokens")? as usize;
-    let stop: Vec<String> = v["stop"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|s| s.as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default();
-    let format = match v["response_format"].as_str() {
-        None | Some("text") => Format::Text,
-        Some("json_object") => Format::JsonObject,
-        Some(f) => {
-            anyhow::bail!("the response's verity.response_format '{f}' is not one Verity knows")
-        }
-    };
-    let rules = Rules {
-        max_tokens,
-        stop,
-        format,
-    };
-    Ok((prompt, output, sampler, rules))
+    let f: verity_llm::generate::CompletionFields = serde_json::from_value(v.clone())
+        .map_err(|e| anyhow::anyhow!("the response's verity fields are not a completion's: {e}"))?;
+    let (sampler, rules) = f
+        .sampler_and_rules()
+        .map_err(|e| anyhow::anyhow!("the response's verity fields: {e}"))?;
+    Ok((f.prompt_tokens, f.output_tokens, sampler, rules))
 }
 
 /// One completion's `verity` fields and receipt: the signature, the prompt and parameters against the

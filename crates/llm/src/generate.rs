@@ -407,3 +407,201 @@ pub fn complete(
         |_, _| Ok(()),
     )
 }
+
+/// The `verity` object a served completion carries beside OpenAI's fields (`docs/spec/llm.md` §7): what
+/// its receipt binds, in the form a client re-checks. One type for the node that writes it and the
+/// checkers that read it (`verity verify`, the quorum coordinator).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct CompletionFields {
+    /// The step's model ID.
+    pub model_id: Hash,
+    /// Positions a generation can hold.
+    pub context: usize,
+    /// The prompt's token IDs.
+    pub prompt_tokens: Vec<u32>,
+    /// The output's token IDs.
+    pub output_tokens: Vec<u32>,
+    /// [`tokens_hash`] of the prompt.
+    pub prompt_hash: Hash,
+    /// [`tokens_hash`] of the output.
+    pub output_hash: Hash,
+    /// The root of the per-step logits commitments.
+    pub steps_root: Hash,
+    /// The token budget.
+    pub max_tokens: usize,
+    /// Texts that end the output before them.
+    #[serde(default)]
+    pub stop: Vec<String>,
+    /// `text` or `json_object`.
+    #[serde(default = "text_format")]
+    pub response_format: String,
+    /// How each token was chosen.
+    pub sampling: SamplingFields,
+}
+
+/// The sampling parameters of a completion: as requested, and as the fixed-point integers the
+/// canonical sampler uses (what the receipt's input hash binds).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SamplingFields {
+    /// As requested.
+    pub temperature: f64,
+    /// As requested.
+    pub top_k: u32,
+    /// As requested.
+    pub top_p: f64,
+    /// As requested.
+    pub repetition_penalty: f64,
+    /// The generator's seed (for choice `i`, the request's plus `i`).
+    pub seed: u64,
+    /// The sampler's integers.
+    pub fixed_point: FixedPoint,
+}
+
+/// [`Sampler`]'s fixed-point parameters.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct FixedPoint {
+    /// `round(temperature · 2^16)`.
+    pub temperature: u32,
+    /// `round(top_p · 2^16)`.
+    pub top_p: u32,
+    /// `round(penalty · 2^16)`.
+    pub repetition_penalty: u32,
+}
+
+fn text_format() -> String {
+    "text".into()
+}
+
+impl CompletionFields {
+    /// The fields of a completion of `prompt` by `step`'s model (ID `model_id`) under `sampler` and
+    /// `rules` (`params` as requested), with outcome `out`.
+    pub fn new(
+        model_id: Hash,
+        context: usize,
+        prompt: &[u32],
+        params: &crate::sample::Params,
+        sampler: &Sampler,
+        rules: &Rules,
+        out: &Outcome,
+    ) -> CompletionFields {
+        CompletionFields {
+            model_id,
+            context,
+            prompt_tokens: prompt.to_vec(),
+            output_tokens: out.tokens.clone(),
+            prompt_hash: tokens_hash(prompt),
+            output_hash: tokens_hash(&out.tokens),
+            steps_root: out.steps_root,
+            max_tokens: rules.max_tokens,
+            stop: rules.stop.clone(),
+            response_format: match rules.format {
+                Format::Text => "text",
+                Format::JsonObject => "json_object",
+            }
+            .into(),
+            sampling: SamplingFields {
+                temperature: params.temperature,
+                top_k: params.top_k as u32,
+                top_p: params.top_p,
+                repetition_penalty: params.repetition_penalty,
+                seed: sampler.seed,
+                fixed_point: FixedPoint {
+                    temperature: sampler.temperature_q,
+                    top_p: sampler.top_p_q,
+                    repetition_penalty: sampler.repetition_q,
+                },
+            },
+        }
+    }
+
+    /// The sampler and rules these fields say the completion ran under (what its input hash binds);
+    /// an error names a response format Verity does not know.
+    pub fn sampler_and_rules(&self) -> Result<(Sampler, Rules), LlmError> {
+        let format = match self.response_format.as_str() {
+            "text" => Format::Text,
+            "json_object" => Format::JsonObject,
+            f => {
+                return Err(LlmError::Request(format!(
+                    "the response format '{f}' is not one Verity knows"
+                )))
+            }
+        };
+        let fp = &self.sampling.fixed_point;
+        let sampler = Sampler {
+            temperature_q: fp.temperature,
+            top_k: self.sampling.top_k,
+            top_p_q: fp.top_p,
+            repetition_q: fp.repetition_penalty,
+            seed: self.sampling.seed,
+        };
+        let rules = Rules {
+            max_tokens: self.max_tokens,
+            stop: self.stop.clone(),
+            format,
+        };
+        Ok((sampler, rules))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sample::Params;
+
+    #[test]
+    fn completion_fields_read_back_as_written_and_give_the_sampler_and_rules() {
+        let params = Params {
+            temperature: 0.7,
+            top_k: 40,
+            top_p: 0.9,
+            repetition_penalty: 1.1,
+            seed: 9,
+        };
+        let sampler = Sampler::new(&params).unwrap();
+        let rules = Rules {
+            max_tokens: 12,
+            stop: vec!["\n\n".into()],
+            format: Format::JsonObject,
+        };
+        let out = Outcome {
+            tokens: vec![5, 6, 7],
+            text: "abc".into(),
+            finish: Finish::Length,
+            steps_root: keccak256(b"steps"),
+        };
+        let f = CompletionFields::new(
+            keccak256(b"m"),
+            256,
+            &[1, 2],
+            &params,
+            &sampler,
+            &rules,
+            &out,
+        );
+        let json = serde_json::to_value(&f).unwrap();
+        assert_eq!(
+            json["output_hash"],
+            serde_json::json!(tokens_hash(&[5, 6, 7]))
+        );
+        assert_eq!(json["sampling"]["fixed_point"]["top_p"], sampler.top_p_q);
+        let back: CompletionFields = serde_json::from_value(json.clone()).unwrap();
+        assert_eq!(back, f);
+        let (s, r) = back.sampler_and_rules().unwrap();
+        assert_eq!(
+            (s, r.max_tokens, r.stop, r.format),
+            (sampler, 12, rules.stop, Format::JsonObject)
+        );
+        // a format no one knows, and a field missing: errors, not a guess
+        let mut odd = json.clone();
+        odd["response_format"] = "yaml".into();
+        let odd: CompletionFields = serde_json::from_value(odd).unwrap();
+        assert!(odd
+            .sampler_and_rules()
+            .unwrap_err()
+            .to_string()
+            .contains("'yaml'"));
+        let mut short = json;
+        short.as_object_mut().unwrap().remove("output_tokens");
+        assert!(serde_json::from_value::<CompletionFields>(short).is_err());
+    }
+}

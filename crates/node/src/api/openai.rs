@@ -13,7 +13,9 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{json, Map, Value};
 use verity_core::hash::{keccak256, Hash};
 use verity_core::receipt::{receipt_domain, Receipt, SignedReceipt};
-use verity_llm::generate::{input_hash, tokens_hash, Finish, Format, Outcome, Rules};
+use verity_llm::generate::{
+    input_hash, tokens_hash, CompletionFields, Finish, Format, Outcome, Rules,
+};
 use verity_llm::sample::{Params, Sampler};
 
 use crate::llm::scheduler::Job;
@@ -418,24 +420,16 @@ fn receipt(node: &Node, r: &Request, i: usize, request_id: Hash, out: &Outcome) 
 
 /// What the response carries besides OpenAI's fields, for choice `i`.
 fn verity_fields(r: &Request, i: usize, out: &Outcome) -> Value {
-    json!({
-        "model_id": r.model.model_id,
-        "context": r.model.context,
-        "prompt_tokens": r.prompt,
-        "output_tokens": out.tokens,
-        "prompt_hash": tokens_hash(&r.prompt),
-        "output_hash": tokens_hash(&out.tokens),
-        "steps_root": out.steps_root,
-        "max_tokens": r.rules.max_tokens,
-        "stop": r.rules.stop,
-        "response_format": match r.rules.format { Format::Text => "text", Format::JsonObject => "json_object" },
-        "sampling": {
-            "temperature": r.params.temperature, "top_k": r.params.top_k, "top_p": r.params.top_p,
-            "repetition_penalty": r.params.repetition_penalty, "seed": r.sampler(i).seed,
-            "fixed_point": {"temperature": r.sampler.temperature_q, "top_p": r.sampler.top_p_q,
-                             "repetition_penalty": r.sampler.repetition_q},
-        },
-    })
+    let fields = CompletionFields::new(
+        r.model.model_id,
+        r.model.context,
+        &r.prompt,
+        &r.params,
+        &r.sampler(i),
+        &r.rules,
+        out,
+    );
+    serde_json::to_value(fields).unwrap_or_default()
 }
 
 fn usage(r: &Request, completion_tokens: usize) -> Value {

@@ -473,10 +473,11 @@ fn check_answer(
             (outputs_hash(&outputs)?, outputs)
         }
         Target::Completion(_) => {
-            let tokens: Vec<u32> =
-                serde_json::from_value(outputs["verity"]["output_tokens"].clone())
-                    .map_err(|_| "no output tokens".to_string())?;
-            (verity_llm::generate::tokens_hash(&tokens), outputs)
+            let fields: verity_llm::generate::CompletionFields =
+                serde_json::from_value(outputs["verity"].clone())
+                    .map_err(|e| format!("no completion fields: {e}"))?;
+            let tokens = &fields.output_tokens;
+            (verity_llm::generate::tokens_hash(tokens), outputs)
         }
     };
     if got != r.output_hash {
