@@ -10,7 +10,8 @@ use axum::body::{Body, Bytes};
 use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use serde_json::{json, Map, Value};
+use serde::Serialize;
+use serde_json::{json, Value};
 use verity_core::hash::{keccak256, Hash};
 use verity_core::receipt::{receipt_domain, Receipt, SignedReceipt};
 use verity_llm::generate::{
@@ -47,13 +48,149 @@ impl OaiError {
     }
 }
 
+impl OaiError {
+    /// The body OpenAI's clients read: `{"error": {message, type, param, code}}`.
+    fn body(&self) -> ErrorBody<'_> {
+        ErrorBody {
+            error: ErrorDetail {
+                message: &self.message,
+                kind: self.kind,
+                param: self.param.as_deref(),
+                code: self.code,
+            },
+        }
+    }
+}
+
 impl IntoResponse for OaiError {
     fn into_response(self) -> Response {
-        let body = json!({"error": {
-            "message": self.message, "type": self.kind, "param": self.param, "code": self.code,
-        }});
-        (self.status, axum::Json(body)).into_response()
+        (self.status, axum::Json(self.body())).into_response()
     }
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: ErrorDetail<'a>,
+}
+
+#[derive(Serialize)]
+struct ErrorDetail<'a> {
+    message: &'a str,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    param: Option<&'a str>,
+    code: &'static str,
+}
+
+/// A completion (`chat.completion`, `text_completion`) or one of its stream's chunks.
+#[derive(Serialize)]
+struct Document<'a> {
+    id: &'a str,
+    object: &'static str,
+    created: u64,
+    model: &'a str,
+    system_fingerprint: &'a str,
+    choices: Vec<Choice>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    usage: Option<Usage>,
+    /// Choice 0's fields (a whole completion), or a chunk's stream proof or last fields.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    verity: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    receipt: Option<SignedReceipt>,
+    /// Where the OpenGradient SDK looks for an answer's signature and time.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tee_signature: Option<verity_core::eth::Signature>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tee_timestamp: Option<u64>,
+}
+
+/// One choice of a completion or a chunk.
+#[derive(Serialize)]
+struct Choice {
+    index: usize,
+    #[serde(flatten)]
+    body: ChoiceBody,
+    logprobs: Option<()>,
+    finish_reason: Option<&'static str>,
+    /// With several choices, each carries its own fields and receipt.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    verity: Option<CompletionFields>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    receipt: Option<SignedReceipt>,
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum ChoiceBody {
+    Message { message: Message },
+    Delta { delta: Delta },
+    Text { text: String },
+}
+
+#[derive(Serialize)]
+struct Message {
+    role: &'static str,
+    content: String,
+}
+
+#[derive(Serialize)]
+struct Delta {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    role: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    content: Option<String>,
+}
+
+impl Choice {
+    /// A choice: `body` with no finish reason yet, or the one given.
+    fn new(index: usize, body: ChoiceBody, finish: Option<Finish>) -> Choice {
+        Choice {
+            index,
+            body,
+            logprobs: None,
+            finish_reason: finish.map(Finish::as_str),
+            verity: None,
+            receipt: None,
+        }
+    }
+
+    /// A streamed piece of choice `i`'s text (empty with its finish reason at the end).
+    fn piece(kind: Kind, i: usize, text: &str, finish: Option<Finish>) -> Choice {
+        let body = match (kind, finish) {
+            (Kind::Chat, None) => ChoiceBody::Delta {
+                delta: Delta {
+                    role: None,
+                    content: Some(text.into()),
+                },
+            },
+            (Kind::Chat, Some(_)) => ChoiceBody::Delta {
+                delta: Delta {
+                    role: None,
+                    content: None,
+                },
+            },
+            (Kind::Text, _) => ChoiceBody::Text { text: text.into() },
+        };
+        Choice::new(i, body, finish)
+    }
+}
+
+#[derive(Serialize)]
+struct Usage {
+    prompt_tokens: usize,
+    completion_tokens: usize,
+    total_tokens: usize,
+}
+
+/// What each streamed piece carries: its tokens and the running hash of the stream so far, signed.
+#[derive(Serialize)]
+struct StreamProof {
+    request_id: Hash,
+    index: usize,
+    tokens: Vec<u32>,
+    stream_hash: Hash,
+    signature: verity_core::eth::Signature,
 }
 
 /// The models in `GET /v1/models`'s OpenAI `data` list.
@@ -419,8 +556,8 @@ fn receipt(node: &Node, r: &Request, i: usize, request_id: Hash, out: &Outcome) 
 }
 
 /// What the response carries besides OpenAI's fields, for choice `i`.
-fn verity_fields(r: &Request, i: usize, out: &Outcome) -> Value {
-    let fields = CompletionFields::new(
+fn verity_fields(r: &Request, i: usize, out: &Outcome) -> CompletionFields {
+    CompletionFields::new(
         r.model.model_id,
         r.model.context,
         &r.prompt,
@@ -428,13 +565,15 @@ fn verity_fields(r: &Request, i: usize, out: &Outcome) -> Value {
         &r.sampler(i),
         &r.rules,
         out,
-    );
-    serde_json::to_value(fields).unwrap_or_default()
+    )
 }
 
-fn usage(r: &Request, completion_tokens: usize) -> Value {
-    json!({"prompt_tokens": r.prompt.len(), "completion_tokens": completion_tokens,
-           "total_tokens": r.prompt.len() + completion_tokens})
+fn usage(r: &Request, completion_tokens: usize) -> Usage {
+    Usage {
+        prompt_tokens: r.prompt.len(),
+        completion_tokens,
+        total_tokens: r.prompt.len() + completion_tokens,
+    }
 }
 
 /// Runs choice `i`'s generation on the model's scheduler, `on_text` receiving its text as it becomes
@@ -668,13 +807,19 @@ pub fn stream_digest(chain: &Hash) -> Hash {
 }
 
 /// A choice in the response (`message` for chat, `text` for completions).
-fn choice_json(kind: Kind, i: usize, out: &Outcome) -> Value {
-    match kind {
-        Kind::Chat => json!({"index": i, "message": {"role": "assistant", "content": out.text},
-                             "logprobs": null, "finish_reason": out.finish.as_str()}),
-        Kind::Text => json!({"index": i, "text": out.text, "logprobs": null,
-                             "finish_reason": out.finish.as_str()}),
-    }
+fn choice(kind: Kind, i: usize, out: &Outcome) -> Choice {
+    let body = match kind {
+        Kind::Chat => ChoiceBody::Message {
+            message: Message {
+                role: "assistant",
+                content: out.text.clone(),
+            },
+        },
+        Kind::Text => ChoiceBody::Text {
+            text: out.text.clone(),
+        },
+    };
+    Choice::new(i, body, Some(out.finish))
 }
 
 async fn complete(node: Arc<Node>, body: Bytes, kind: Kind, quorum: Option<QuorumAsk>) -> Response {
@@ -695,138 +840,163 @@ async fn complete(node: Arc<Node>, body: Bytes, kind: Kind, quorum: Option<Quoru
         },
         &request_id.to_string()[2..26]
     );
-    let created = crate::clock::unix_now();
-    let fingerprint = format!("verity-{}", &r.model.model_id.to_string()[2..18]);
-    if !r.stream {
-        // a client that goes away drops this future: the flag stops the generation at its next token
-        let gone = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let _on_drop = SetOnDrop(gone.clone());
-        // the choices run side by side on the model's scheduler
-        let runs = (0..r.n).map(|i| {
-            let (gone, gone2) = (gone.clone(), gone.clone());
-            generate(
-                &r,
-                i,
-                move |_, _| !gone.load(std::sync::atomic::Ordering::Relaxed),
-                move || !gone2.load(std::sync::atomic::Ordering::Relaxed),
-            )
-        });
-        let outs = match futures_util::future::join_all(runs)
-            .await
-            .into_iter()
-            .collect::<Result<Vec<Outcome>, OaiError>>()
-        {
-            Ok(o) => o,
-            Err(e) => return e.into_response(),
-        };
-        // one receipt per choice; each choice carries its own when there are several, the top level
-        // has choice 0's
-        let receipts: Vec<SignedReceipt> = outs
-            .iter()
-            .enumerate()
-            .map(|(i, out)| receipt(&node, &r, i, request_id, out))
-            .collect();
-        let choices: Vec<Value> = outs
-            .iter()
-            .zip(&receipts)
-            .enumerate()
-            .map(|(i, (out, signed))| {
-                let mut c = choice_json(kind, i, out);
-                if r.n > 1 {
-                    c["verity"] = verity_fields(&r, i, out);
-                    c["receipt"] = json!(signed);
-                }
-                c
-            })
-            .collect();
-        let signed = &receipts[0];
-        let doc = json!({
-            "id": id,
-            "object": if kind == Kind::Chat { "chat.completion" } else { "text_completion" },
-            "created": created,
-            "model": r.model.name,
-            "system_fingerprint": fingerprint,
-            "choices": choices,
-            "usage": usage(&r, outs.iter().map(|o| o.tokens.len()).sum()),
-            "verity": verity_fields(&r, 0, &outs[0]),
-            "receipt": signed,
-            // where the OpenGradient SDK looks for an answer's signature and time
-            "tee_signature": signed.signature,
-            "tee_timestamp": signed.receipt.timestamp,
-        });
-        return axum::Json(doc).into_response();
+    let head = Head {
+        id,
+        created: crate::clock::unix_now(),
+        model: r.model.name.clone(),
+        fingerprint: format!("verity-{}", &r.model.model_id.to_string()[2..18]),
+    };
+    if r.stream {
+        complete_streamed(node, r, kind, request_id, head)
+    } else {
+        complete_whole(&node, &r, kind, request_id, &head).await
     }
-    // Streaming: per choice, one SSE event per piece of text, each with its tokens and a signed
-    // running hash; then the choice's last chunk (finish reason, receipt); after every choice the usage
-    // chunk when asked, and `[DONE]`. A client that goes away stops the generation.
+}
+
+/// The fields every document of one completion shares.
+#[derive(Clone)]
+struct Head {
+    id: String,
+    created: u64,
+    model: String,
+    fingerprint: String,
+}
+
+impl Head {
+    fn document(&self, object: &'static str, choices: Vec<Choice>) -> Document<'_> {
+        Document {
+            id: &self.id,
+            object,
+            created: self.created,
+            model: &self.model,
+            system_fingerprint: &self.fingerprint,
+            choices,
+            usage: None,
+            verity: None,
+            receipt: None,
+            tee_signature: None,
+            tee_timestamp: None,
+        }
+    }
+}
+
+/// A completion answered whole: its choices side by side on the model's scheduler, a receipt each.
+async fn complete_whole(
+    node: &Node,
+    r: &Arc<Request>,
+    kind: Kind,
+    request_id: Hash,
+    head: &Head,
+) -> Response {
+    // a client that goes away drops this future: the flag stops the generation at its next token
+    let gone = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let _on_drop = SetOnDrop(gone.clone());
+    let runs = (0..r.n).map(|i| {
+        let (gone, gone2) = (gone.clone(), gone.clone());
+        generate(
+            r,
+            i,
+            move |_, _| !gone.load(std::sync::atomic::Ordering::Relaxed),
+            move || !gone2.load(std::sync::atomic::Ordering::Relaxed),
+        )
+    });
+    let outs = match futures_util::future::join_all(runs)
+        .await
+        .into_iter()
+        .collect::<Result<Vec<Outcome>, OaiError>>()
+    {
+        Ok(o) => o,
+        Err(e) => return e.into_response(),
+    };
+    // one receipt per choice; each choice carries its own when there are several, the top level
+    // has choice 0's
+    let receipts: Vec<SignedReceipt> = outs
+        .iter()
+        .enumerate()
+        .map(|(i, out)| receipt(node, r, i, request_id, out))
+        .collect();
+    let choices: Vec<Choice> = outs
+        .iter()
+        .zip(&receipts)
+        .enumerate()
+        .map(|(i, (out, signed))| {
+            let mut c = choice(kind, i, out);
+            if r.n > 1 {
+                c.verity = Some(verity_fields(r, i, out));
+                c.receipt = Some(signed.clone());
+            }
+            c
+        })
+        .collect();
+    let signed = &receipts[0];
+    let object = match kind {
+        Kind::Chat => "chat.completion",
+        Kind::Text => "text_completion",
+    };
+    let mut doc = head.document(object, choices);
+    doc.usage = Some(usage(r, outs.iter().map(|o| o.tokens.len()).sum()));
+    doc.verity = serde_json::to_value(verity_fields(r, 0, &outs[0])).ok();
+    doc.receipt = Some(signed.clone());
+    doc.tee_signature = Some(signed.signature);
+    doc.tee_timestamp = Some(signed.receipt.timestamp);
+    axum::Json(doc).into_response()
+}
+
+/// A streamed completion: per choice, one SSE event per piece of text, each with its tokens and a
+/// signed running hash; then the choice's last chunk (finish reason, receipt); after every choice the
+/// usage chunk when asked, and `[DONE]`. A client that goes away stops the generation.
+fn complete_streamed(
+    node: Arc<Node>,
+    r: Arc<Request>,
+    kind: Kind,
+    request_id: Hash,
+    head: Head,
+) -> Response {
     // unbounded: a client that reads slowly must not hold up the model's other generations (a stream
     // holds at most its tokens' chunks)
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<String>();
-    let object = if kind == Kind::Chat {
-        "chat.completion.chunk"
-    } else {
-        "text_completion"
+    let object = match kind {
+        Kind::Chat => "chat.completion.chunk",
+        Kind::Text => "text_completion",
     };
-    let chunk = {
-        let (id, name) = (id.clone(), r.model.name.clone());
-        move |choice: Value, extra: Vec<(&str, Value)>| {
-            let mut doc = Map::new();
-            doc.insert("id".into(), json!(id));
-            doc.insert("object".into(), json!(object));
-            doc.insert("created".into(), json!(created));
-            doc.insert("model".into(), json!(name));
-            doc.insert("system_fingerprint".into(), json!(fingerprint));
-            doc.insert(
-                "choices".into(),
-                if choice.is_null() {
-                    json!([])
-                } else {
-                    json!([choice])
-                },
-            );
-            for (k, v) in extra {
-                doc.insert(k.into(), v);
-            }
-            format!("data: {}\n\n", Value::Object(doc))
-        }
+    let event = |doc: &Document| {
+        format!(
+            "data: {}\n\n",
+            serde_json::to_string(doc).unwrap_or_default()
+        )
     };
-    let piece = move |i: usize, text: &str| -> Value {
-        match kind {
-            Kind::Chat => {
-                json!({"index": i, "delta": {"content": text}, "logprobs": null, "finish_reason": null})
-            }
-            Kind::Text => {
-                json!({"index": i, "text": text, "logprobs": null, "finish_reason": null})
-            }
-        }
-    };
-    let (node2, r2, tx2) = (node.clone(), r.clone(), tx.clone());
-    let chunk2 = chunk.clone();
     tokio::spawn(async move {
         let mut completion_tokens = 0;
-        for i in 0..r2.n {
+        for i in 0..r.n {
             if kind == Kind::Chat {
-                let first = json!({"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": null});
-                if tx2.send(chunk2(first, Vec::new())).is_err() {
+                let role = Delta {
+                    role: Some("assistant"),
+                    content: Some(String::new()),
+                };
+                let first = Choice::new(i, ChoiceBody::Delta { delta: role }, None);
+                if tx.send(event(&head.document(object, vec![first]))).is_err() {
                     return;
                 }
             }
-            let tx_text = tx2.clone();
-            let chunk_text = chunk2.clone();
-            let key_node = node2.clone();
+            let (tx_text, tx_alive) = (tx.clone(), tx.clone());
+            let (key_node, text_head) = (node.clone(), head.clone());
             let mut chain = stream_start(&request_id, i as u32);
-            let tx_alive = tx2.clone();
             let res = generate(
-                &r2,
+                &r,
                 i,
                 move |text, tokens| {
                     chain = stream_next(&chain, tokens, text);
-                    let signature = key_node.key.sign(&stream_digest(&chain));
-                    let signed = json!({"request_id": request_id, "index": i, "tokens": tokens,
-                                    "stream_hash": chain, "signature": signature});
-                    tx_text
-                        .send(chunk_text(piece(i, text), vec![("verity", signed)]))
-                        .is_ok()
+                    let proof = StreamProof {
+                        request_id,
+                        index: i,
+                        tokens: tokens.to_vec(),
+                        stream_hash: chain,
+                        signature: key_node.key.sign(&stream_digest(&chain)),
+                    };
+                    let mut doc =
+                        text_head.document(object, vec![Choice::piece(kind, i, text, None)]);
+                    doc.verity = serde_json::to_value(proof).ok();
+                    tx_text.send(event(&doc)).is_ok()
                 },
                 move || !tx_alive.is_closed(),
             )
@@ -834,42 +1004,32 @@ async fn complete(node: Arc<Node>, body: Bytes, kind: Kind, quorum: Option<Quoru
             match res {
                 Ok(out) if out.finish != Finish::Cancelled => {
                     completion_tokens += out.tokens.len();
-                    let last = match kind {
-                        Kind::Chat => {
-                            json!({"index": i, "delta": {}, "logprobs": null, "finish_reason": out.finish.as_str()})
-                        }
-                        Kind::Text => {
-                            json!({"index": i, "text": "", "logprobs": null, "finish_reason": out.finish.as_str()})
-                        }
-                    };
-                    let signed = receipt(&node2, &r2, i, request_id, &out);
-                    let extra = vec![
-                        ("verity", verity_fields(&r2, i, &out)),
-                        ("tee_signature", json!(signed.signature)),
-                        ("tee_timestamp", json!(signed.receipt.timestamp)),
-                        ("receipt", json!(signed)),
-                    ];
-                    if tx2.send(chunk2(last, extra)).is_err() {
+                    let last = Choice::piece(kind, i, "", Some(out.finish));
+                    let signed = receipt(&node, &r, i, request_id, &out);
+                    let mut doc = head.document(object, vec![last]);
+                    doc.verity = serde_json::to_value(verity_fields(&r, i, &out)).ok();
+                    doc.tee_signature = Some(signed.signature);
+                    doc.tee_timestamp = Some(signed.receipt.timestamp);
+                    doc.receipt = Some(signed);
+                    if tx.send(event(&doc)).is_err() {
                         return;
                     }
                 }
                 Ok(_) => return,
                 Err(e) => {
-                    let body = json!({"error": {"message": e.message, "type": e.kind, "param": e.param, "code": e.code}});
-                    let _ = tx2.send(format!("data: {body}\n\n"));
+                    let body = serde_json::to_string(&e.body()).unwrap_or_default();
+                    let _ = tx.send(format!("data: {body}\n\n"));
                     return;
                 }
             }
         }
-        if r2.include_usage {
-            let _ = tx2.send(chunk2(
-                Value::Null,
-                vec![("usage", usage(&r2, completion_tokens))],
-            ));
+        if r.include_usage {
+            let mut doc = head.document(object, Vec::new());
+            doc.usage = Some(usage(&r, completion_tokens));
+            let _ = tx.send(event(&doc));
         }
-        let _ = tx2.send("data: [DONE]\n\n".to_string());
+        let _ = tx.send("data: [DONE]\n\n".to_string());
     });
-    drop(tx);
     let stream = futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv()
             .await

@@ -79,7 +79,8 @@ pub fn render_metrics(models: &std::collections::BTreeMap<String, Arc<LlmModel>>
     use std::fmt::Write;
     use std::sync::atomic::Ordering::Relaxed;
     let mut out = String::new();
-    let families: [(&str, &str, [(&str, fn(&scheduler::Stats) -> u64); 2]); 2] = [
+    type Kinds = [(&'static str, fn(&scheduler::Stats) -> u64); 2];
+    let families: [(&str, &str, Kinds); 2] = [
         (
             "verity_llm_prompt_positions_total",
             "source",

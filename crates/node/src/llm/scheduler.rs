@@ -132,25 +132,26 @@ fn run(
     rx: Receiver<Job>,
     stats: &Stats,
 ) {
-    use std::sync::atomic::Ordering::Relaxed;
     // one session per thread, sharing the packed weights: with several generations running, each
-    // session runs one of them on a thread of its own; a generation alone runs on every thread
+    // session runs its share of them on a thread of its own; a generation alone runs on every thread
     let threads = threads.max(1);
     let first = Session::new(step, threads);
     let mut sessions: Vec<Session> = (1..threads).map(|_| first.beside(1)).collect();
     sessions.insert(0, first);
-    let mut kept: Vec<Kept> = Vec::new();
-    let mut active: Vec<Seq> = Vec::new();
-    let mut clock = 0u64;
+    let mut gens = Generations {
+        active: Vec::new(),
+        kept: Vec::new(),
+        clock: 0,
+    };
     loop {
         // admit requests while there is room (waiting ones stay in the bounded queue; when nothing
-        // runs, wait for one): the kept cache sharing the longest prefix with the prompt is reused
-        while active.len() < limits.sequences.max(1) {
-            let in_use: usize = active.iter().map(|q| q.kv.bytes()).sum();
-            if !active.is_empty() && in_use >= limits.kv_bytes {
+        // runs, wait for one)
+        while gens.active.len() < limits.sequences.max(1) {
+            let in_use: usize = gens.active.iter().map(|q| q.kv.bytes()).sum();
+            if !gens.active.is_empty() && in_use >= limits.kv_bytes {
                 break;
             }
-            let job = if active.is_empty() {
+            let job = if gens.active.is_empty() {
                 match rx.recv() {
                     Ok(j) => j,
                     Err(_) => return,
@@ -161,88 +162,63 @@ fn run(
                     Err(TryRecvError::Empty) | Err(TryRecvError::Disconnected) => break,
                 }
             };
-            let best = kept
-                .iter()
-                .enumerate()
-                .max_by_key(|(_, k)| (common_prefix(&k.tokens, &job.prompt), k.used))
-                .map(|(i, k)| (i, common_prefix(&k.tokens, &job.prompt)));
-            let (mut kv, reuse) = match best {
-                Some((i, n)) if n > 0 => (kept.swap_remove(i).kv, n),
-                _ => (Kv::new(step), 0),
-            };
-            // the last prompt position always runs: its logits choose the first token
-            let reuse = reuse.min(job.prompt.len().saturating_sub(1));
-            kv.rewind(reuse);
-            stats.prompt_reused.fetch_add(reuse as u64, Relaxed);
-            active.push(Seq {
-                kv,
-                at: reuse,
-                prompt: job.prompt,
-                sampler: job.sampler,
-                rules: job.rules,
-                alive: job.alive,
-                done: Some(job.done),
-                on_text: Some(job.on_text),
-                decoder: None,
-            });
+            gens.admit(step, job, stats);
         }
-        // one unit of work for each running generation: the generations split among the sessions
-        // (lane k takes k, k + lanes, …), each lane on a thread of its own, or one lane on every
-        // thread; a lane runs its generations' next tokens in one step where it can
-        let lanes = sessions.len().min(active.len()).max(1);
-        let mut groups: Vec<Vec<&mut Seq>> = (0..lanes).map(|_| Vec::new()).collect();
-        for (i, q) in active.iter_mut().enumerate() {
-            groups[i % lanes].push(q);
-        }
-        let outcomes: Vec<Vec<Option<Result<Outcome, LlmError>>>> = if lanes == 1 {
-            sessions[0].set_threads(threads);
-            vec![lane(&mut sessions[0], &mut groups[0], tk, stats)]
-        } else {
-            let joined: Vec<_> = std::thread::scope(|sc| {
-                let running: Vec<_> = groups
-                    .iter_mut()
-                    .zip(sessions.iter_mut())
-                    .map(|(g, s)| {
-                        s.set_threads(1);
-                        sc.spawn(move || lane(s, g, tk, stats))
-                    })
-                    .collect();
-                running.into_iter().map(|h| h.join().ok()).collect()
-            });
-            joined
-                .into_iter()
-                .enumerate()
-                .map(|(k, r)| {
-                    r.unwrap_or_else(|| {
-                        // a lane that panicked may have left a cache in its session and the
-                        // session's in a generation: both are dropped (its generations fail,
-                        // nothing of them is kept)
-                        let mut fresh = Kv::new(step);
-                        sessions[k].swap_kv(&mut fresh);
-                        for q in groups[k].iter_mut() {
-                            q.kv = Kv::new(step);
-                        }
-                        let failed =
-                            || Some(Err(LlmError::Request("the generation failed".into())));
-                        (0..groups[k].len()).map(|_| failed()).collect()
-                    })
-                })
-                .collect()
+        let results = round(step, &mut sessions, &mut gens.active, threads, tk, stats);
+        gens.retire(results);
+        gens.trim(limits.kv_bytes);
+    }
+}
+
+/// The generations a scheduler runs, and the caches it keeps after them.
+struct Generations<'t> {
+    active: Vec<Seq<'t>>,
+    kept: Vec<Kept>,
+    /// Counts retirements (when a kept cache was last used).
+    clock: u64,
+}
+
+impl<'t> Generations<'t> {
+    /// Starts `job`, from the kept cache sharing the longest prefix with its prompt.
+    fn admit(&mut self, step: &Step, job: Job, stats: &Stats) {
+        let kept = &mut self.kept;
+        let best = kept
+            .iter()
+            .enumerate()
+            .max_by_key(|(_, k)| (common_prefix(&k.tokens, &job.prompt), k.used))
+            .map(|(i, k)| (i, common_prefix(&k.tokens, &job.prompt)));
+        let (mut kv, reuse) = match best {
+            Some((i, n)) if n > 0 => (kept.swap_remove(i).kv, n),
+            _ => (Kv::new(step), 0),
         };
-        drop(groups);
-        let mut results: Vec<Option<Result<Outcome, LlmError>>> =
-            (0..active.len()).map(|_| None).collect();
-        for (k, outs) in outcomes.into_iter().enumerate() {
-            for (p, o) in outs.into_iter().enumerate() {
-                results[k + p * lanes] = o;
-            }
-        }
-        // the finished ones leave, from the back (a removal moves the last, already seen, into place)
-        for i in (0..active.len()).rev() {
+        // the last prompt position always runs: its logits choose the first token
+        let reuse = reuse.min(job.prompt.len().saturating_sub(1));
+        kv.rewind(reuse);
+        stats
+            .prompt_reused
+            .fetch_add(reuse as u64, std::sync::atomic::Ordering::Relaxed);
+        self.active.push(Seq {
+            kv,
+            at: reuse,
+            prompt: job.prompt,
+            sampler: job.sampler,
+            rules: job.rules,
+            alive: job.alive,
+            done: Some(job.done),
+            on_text: Some(job.on_text),
+            decoder: None,
+        });
+    }
+
+    /// The finished ones leave (`results[i]` is generation `i`'s outcome if it ended), their caches
+    /// kept with the tokens their rows hold.
+    fn retire(&mut self, mut results: Vec<Option<Result<Outcome, LlmError>>>) {
+        // from the back (a removal moves the last, already seen, into place)
+        for i in (0..self.active.len()).rev() {
             let Some(res) = results[i].take() else {
                 continue;
             };
-            let mut q = active.swap_remove(i);
+            let mut q = self.active.swap_remove(i);
             // keep the cache: its rows hold the context's first `pos` tokens
             let tokens: Vec<u32> = match &q.decoder {
                 Some(d) => d.context().to_vec(),
@@ -250,28 +226,93 @@ fn run(
             };
             let pos = q.kv.pos().min(tokens.len());
             if pos > 0 {
-                clock += 1;
-                kept.push(Kept {
+                self.clock += 1;
+                self.kept.push(Kept {
                     tokens: tokens[..pos].to_vec(),
                     kv: std::mem::take(&mut q.kv),
-                    used: clock,
+                    used: self.clock,
                 });
             }
             if let Some(done) = q.done.take() {
                 let _ = done.send(res);
             }
         }
-        // the budget: drop kept caches, least recently used first
-        let running: usize = active.iter().map(|q| q.kv.bytes()).sum();
+    }
+
+    /// The budget: drop kept caches, least recently used first.
+    fn trim(&mut self, kv_bytes: usize) {
+        let kept = &mut self.kept;
+        let running: usize = self.active.iter().map(|q| q.kv.bytes()).sum();
         let mut total = running + kept.iter().map(|k| k.kv.bytes()).sum::<usize>();
         kept.sort_by_key(|k| std::cmp::Reverse(k.used));
-        while total > limits.kv_bytes {
+        while total > kv_bytes {
             match kept.pop() {
                 Some(k) => total -= k.kv.bytes(),
                 None => break,
             }
         }
     }
+}
+
+/// One unit of work for each running generation: the generations split among the sessions (lane k
+/// takes k, k + lanes, …), each lane on a thread of its own, or one lane on every thread; a lane runs
+/// its generations' next tokens in one step where it can. Per generation, its outcome if it ended.
+fn round<'t>(
+    step: &Step,
+    sessions: &mut [Session],
+    active: &mut [Seq<'t>],
+    threads: usize,
+    tk: &'t Tokenizer,
+    stats: &Stats,
+) -> Vec<Option<Result<Outcome, LlmError>>> {
+    let lanes = sessions.len().min(active.len()).max(1);
+    let mut groups: Vec<Vec<&mut Seq>> = (0..lanes).map(|_| Vec::new()).collect();
+    for (i, q) in active.iter_mut().enumerate() {
+        groups[i % lanes].push(q);
+    }
+    let outcomes: Vec<Vec<Option<Result<Outcome, LlmError>>>> = if lanes == 1 {
+        sessions[0].set_threads(threads);
+        vec![lane(&mut sessions[0], &mut groups[0], tk, stats)]
+    } else {
+        let joined: Vec<_> = std::thread::scope(|sc| {
+            let running: Vec<_> = groups
+                .iter_mut()
+                .zip(sessions.iter_mut())
+                .map(|(g, s)| {
+                    s.set_threads(1);
+                    sc.spawn(move || lane(s, g, tk, stats))
+                })
+                .collect();
+            running.into_iter().map(|h| h.join().ok()).collect()
+        });
+        joined
+            .into_iter()
+            .enumerate()
+            .map(|(k, r)| {
+                r.unwrap_or_else(|| {
+                    // a lane that panicked may have left a cache in its session and the
+                    // session's in a generation: both are dropped (its generations fail,
+                    // nothing of them is kept)
+                    let mut fresh = Kv::new(step);
+                    sessions[k].swap_kv(&mut fresh);
+                    for q in groups[k].iter_mut() {
+                        q.kv = Kv::new(step);
+                    }
+                    let failed = || Some(Err(LlmError::Request("the generation failed".into())));
+                    (0..groups[k].len()).map(|_| failed()).collect()
+                })
+            })
+            .collect()
+    };
+    drop(groups);
+    let mut results: Vec<Option<Result<Outcome, LlmError>>> =
+        (0..active.len()).map(|_| None).collect();
+    for (k, outs) in outcomes.into_iter().enumerate() {
+        for (p, o) in outs.into_iter().enumerate() {
+            results[k + p * lanes] = o;
+        }
+    }
+    results
 }
 
 /// One unit of work for each generation of a lane on session `s`: a prompt chunk for those still
