@@ -498,12 +498,7 @@ unsafe fn tile_vnni<const R: usize>(
     assert!(w.len() >= blocks * quads * 64 && corr.len() >= R * blocks);
     assert!(tmp.len() >= R * blocks * TILE && xs.len() >= R * len);
     let (wp, xp) = (w.as_ptr(), xs.as_ptr());
-    let dot = |acc: &mut [__m512i; R], wq: __m512i, q: usize| {
-        for (j, a) in acc.iter_mut().enumerate() {
-            let x = _mm512_set1_epi32((xp.add(j * len + q * 4) as *const i32).read_unaligned());
-            *a = _mm512_dpbusd_epi32(*a, wq, x);
-        }
-    };
+    let dot = |acc: &mut [__m512i; R], wq: __m512i, q: usize| dot_rows(acc, wq, xp, len, q);
     let load = |q: usize| _mm512_loadu_si512(wp.add(q * 64) as *const _);
     for g in 0..blocks {
         let z = [_mm512_setzero_si512(); R];
@@ -524,6 +519,28 @@ unsafe fn tile_vnni<const R: usize>(
             kq += 1;
         }
         store_rows::<R>(&[a0, a1, a2, a3], corr, blocks, g, tmp);
+    }
+}
+
+/// `acc[j] += wq · (row j's quad q, broadcast)` for each of the `R` activation rows (`len` bytes apart
+/// from `xp`).
+///
+/// # Safety
+/// The CPU must support AVX-512F/BW/VNNI; `xp` must hold `R · len` readable bytes, `q · 4 + 4 ≤ len`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+#[inline]
+unsafe fn dot_rows<const R: usize>(
+    acc: &mut [std::arch::x86_64::__m512i; R],
+    wq: std::arch::x86_64::__m512i,
+    xp: *const u8,
+    len: usize,
+    q: usize,
+) {
+    use std::arch::x86_64::*;
+    for (j, a) in acc.iter_mut().enumerate() {
+        let x = _mm512_set1_epi32((xp.add(j * len + q * 4) as *const i32).read_unaligned());
+        *a = _mm512_dpbusd_epi32(*a, wq, x);
     }
 }
 
@@ -569,12 +586,7 @@ unsafe fn tile_vnni_nibbles<const R: usize>(
     assert!(tmp.len() >= R * blocks * TILE && xs.len() >= R * len && quads.is_multiple_of(2));
     let (wp, xp) = (w.as_ptr(), xs.as_ptr());
     let low = _mm512_set1_epi8(15);
-    let dot = |acc: &mut [__m512i; R], wq: __m512i, q: usize| {
-        for (j, a) in acc.iter_mut().enumerate() {
-            let x = _mm512_set1_epi32((xp.add(j * len + q * 4) as *const i32).read_unaligned());
-            *a = _mm512_dpbusd_epi32(*a, wq, x);
-        }
-    };
+    let dot = |acc: &mut [__m512i; R], wq: __m512i, q: usize| dot_rows(acc, wq, xp, len, q);
     // register `r` of block `g`: quads `2r` (low nibbles) and `2r + 1` (high nibbles)
     let halves = |g: usize, r: usize| {
         let v = _mm512_loadu_si512(wp.add((g * quads / 2 + r) * 64) as *const _);

@@ -231,11 +231,7 @@ fn the_context_a_step_is_compiled_for_does_not_change_its_bits() {
 #[test]
 fn prefill_chunks_give_the_bits_of_single_steps() {
     // llama (adjacent RoPE pairs) and qwen2 (halves, QKV biases), 4-bit with offsets and 8-bit
-    let qwen = Tiny {
-        arch: "qwen2",
-        qkv_bias: true,
-        ..llama([Q4_1, Q5_K, Q8_0, Q4_0], Some(Q6_K))
-    };
+    let qwen = qwen_tiny();
     for (t, seed) in [(llama([Q4_0, Q4_1, Q8_0, Q8_0], None), 21), (qwen, 22)] {
         let g = Gguf::parse(tiny_model(&t, seed)).unwrap();
         let step = verity_llm::compile_with(&g, 48, 8).unwrap();
@@ -277,6 +273,15 @@ fn prefill_chunks_give_the_bits_of_single_steps() {
         let e = s.prefill(&[3, 97]).unwrap_err().to_string();
         assert!(e.contains("outside the vocabulary"), "{e}");
         assert_eq!(s.pos(), 0);
+    }
+}
+
+/// A qwen2 model (RoPE halves, QKV biases) of 4-bit blocks with offsets, K-quants and 8-bit blocks.
+fn qwen_tiny() -> Tiny {
+    Tiny {
+        arch: "qwen2",
+        qkv_bias: true,
+        ..llama([Q4_1, Q5_K, Q8_0, Q4_0], Some(Q6_K))
     }
 }
 
@@ -351,11 +356,7 @@ fn interleaved_and_rewound_generations_give_the_bits_of_fresh_ones() {
 fn several_generations_in_one_step_give_the_bits_of_each_alone() {
     // what a node's scheduler does with concurrent requests: one run of a several-generation
     // variant for all of them, each at its own position over its own cache, padding rows past them
-    let qwen = Tiny {
-        arch: "qwen2",
-        qkv_bias: true,
-        ..llama([Q4_1, Q5_K, Q8_0, Q4_0], Some(Q6_K))
-    };
+    let qwen = qwen_tiny();
     for (t, seed) in [(llama([Q4_0, Q4_1, Q8_0, Q8_0], None), 24), (qwen, 25)] {
         let g = Gguf::parse(tiny_model(&t, seed)).unwrap();
         let step = verity_llm::compile_with(&g, 48, 8).unwrap();
