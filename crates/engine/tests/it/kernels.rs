@@ -467,8 +467,9 @@ fn square_matmul(n: u32) -> Model {
 #[test]
 fn runs_stop_when_cancelled() {
     use verity_engine::{Cancel, ExecError, Executor, Mode};
-    // 2048³ multiply-accumulates on values too wide for the 8-bit kernels: seconds of work
-    let n = 2048u32;
+    // 4096³ multiply-accumulates on values too wide for the 8-bit kernels: seconds of work even on a
+    // fast machine (2048³ finished within the 100 ms this test waits before cancelling, on one)
+    let n = 4096u32;
     let m = std::sync::Arc::new(square_matmul(n));
     m.validate().unwrap();
     let inputs = |n: u32| {
