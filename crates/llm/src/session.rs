@@ -204,6 +204,11 @@ impl<'a> Session<'a> {
 
     /// Refuses tokens outside the vocabulary or past the context, before anything runs.
     fn check(&self, tokens: &[u32]) -> Result<(), LlmError> {
+        self.check_at(self.pos, tokens)
+    }
+
+    /// [`Session::check`] for a generation at position `pos`.
+    fn check_at(&self, pos: usize, tokens: &[u32]) -> Result<(), LlmError> {
         let hp = &self.step.hp;
         if let Some(t) = tokens.iter().find(|&&t| t as usize >= hp.vocab) {
             return Err(LlmError::Request(format!(
@@ -211,7 +216,7 @@ impl<'a> Session<'a> {
                 hp.vocab
             )));
         }
-        if self.pos + tokens.len() > self.step.context {
+        if pos + tokens.len() > self.step.context {
             return Err(LlmError::Request(format!(
                 "the context of {} positions is full",
                 self.step.context
@@ -270,29 +275,12 @@ impl<'a> Session<'a> {
             .iter()
             .filter(|(r, c, _)| *r >= n && *c >= need)
             .min_by_key(|(r, c, _)| (*c, *r))?;
-        let probe = Session {
-            step: self.step,
-            exec: Executor::new(&self.step.model, Mode::Reference),
-            variants: Vec::new(),
-            batches: Vec::new(),
-            caches: Vec::new(),
-            pos: 0,
-        };
-        let _ = probe;
-        let hp = &self.step.hp;
-        if let Some(t) = tokens.iter().find(|&&t| t as usize >= hp.vocab) {
-            return Some(Err(LlmError::Request(format!(
-                "token {t} is outside the vocabulary of {}",
-                hp.vocab
-            ))));
+        for (k, &t) in kvs.iter().zip(tokens) {
+            if let Err(e) = self.check_at(k.pos, &[t]) {
+                return Some(Err(e));
+            }
         }
-        if kvs.iter().any(|k| k.pos + 1 > self.step.context) {
-            return Some(Err(LlmError::Request(format!(
-                "the context of {} positions is full",
-                self.step.context
-            ))));
-        }
-        let kd = self.row_len();
+        let (hp, kd) = (&self.step.hp, self.row_len());
         let len = c * kd;
         // padding rows: token 0 at position 0 over a zero cache (their outputs are dropped)
         let mut ids: Vec<i32> = tokens.iter().map(|&t| t as i32).collect();

@@ -46,9 +46,7 @@ impl OaiError {
             message: message.into(),
         }
     }
-}
 
-impl OaiError {
     /// The body OpenAI's clients read: `{"error": {message, type, param, code}}`.
     fn body(&self) -> ErrorBody<'_> {
         ErrorBody {
@@ -95,7 +93,7 @@ struct Document<'a> {
     usage: Option<Usage>,
     /// Choice 0's fields (a whole completion), or a chunk's stream proof or last fields.
     #[serde(skip_serializing_if = "Option::is_none")]
-    verity: Option<Value>,
+    verity: Option<Extra>,
     #[serde(skip_serializing_if = "Option::is_none")]
     receipt: Option<SignedReceipt>,
     /// Where the OpenGradient SDK looks for an answer's signature and time.
@@ -181,6 +179,14 @@ struct Usage {
     prompt_tokens: usize,
     completion_tokens: usize,
     total_tokens: usize,
+}
+
+/// A document's `verity` object.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum Extra {
+    Fields(CompletionFields),
+    Proof(StreamProof),
 }
 
 /// What each streamed piece carries: its tokens and the running hash of the stream so far, signed.
@@ -935,7 +941,7 @@ async fn complete_whole(
     };
     let mut doc = head.document(object, choices);
     doc.usage = Some(usage(r, outs.iter().map(|o| o.tokens.len()).sum()));
-    doc.verity = serde_json::to_value(verity_fields(r, 0, &outs[0])).ok();
+    doc.verity = Some(Extra::Fields(verity_fields(r, 0, &outs[0])));
     doc.receipt = Some(signed.clone());
     doc.tee_signature = Some(signed.signature);
     doc.tee_timestamp = Some(signed.receipt.timestamp);
@@ -995,7 +1001,7 @@ fn complete_streamed(
                     };
                     let mut doc =
                         text_head.document(object, vec![Choice::piece(kind, i, text, None)]);
-                    doc.verity = serde_json::to_value(proof).ok();
+                    doc.verity = Some(Extra::Proof(proof));
                     tx_text.send(event(&doc)).is_ok()
                 },
                 move || !tx_alive.is_closed(),
@@ -1007,7 +1013,7 @@ fn complete_streamed(
                     let last = Choice::piece(kind, i, "", Some(out.finish));
                     let signed = receipt(&node, &r, i, request_id, &out);
                     let mut doc = head.document(object, vec![last]);
-                    doc.verity = serde_json::to_value(verity_fields(&r, i, &out)).ok();
+                    doc.verity = Some(Extra::Fields(verity_fields(&r, i, &out)));
                     doc.tee_signature = Some(signed.signature);
                     doc.tee_timestamp = Some(signed.receipt.timestamp);
                     doc.receipt = Some(signed);
