@@ -225,25 +225,77 @@ pub async fn coordinate(node: &Arc<Node>, a: CoordinateArgs) -> Result<Response,
         .registry
         .draw(&a.request_id, candidates(a.k, active))
         .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, "bad_registry", e.to_string()))?;
-    let endpoint_of = |addr: &Address| -> String {
-        a.registry
-            .nodes
-            .iter()
-            .find(|n| n.address == *addr)
-            .map(|n| n.endpoint.trim_end_matches('/').to_string())
-            .unwrap_or_default()
-    };
+    let mut g = gather(node, &a, &order).await?;
+    g.label_attempts();
+    let elapsed = start.elapsed().as_millis() as u64;
+    match g.winner {
+        None => Ok(no_quorum(&a, &order, g, elapsed)),
+        Some(w) => certified(&a, g, w, elapsed),
+    }
+}
+
+/// What the asked nodes answered.
+struct Gathered {
+    /// Every node asked, in the order their answers came.
+    attempts: Vec<Attempt>,
+    /// Valid answers grouped by (input hash, output hash), each with its draw position.
+    groups: BTreeMap<(Hash, Hash), Vec<(usize, Answer)>>,
+    /// The group that reached k, if one did.
+    winner: Option<(Hash, Hash)>,
+}
+
+impl Gathered {
+    /// Label every valid answer by whether it joined the agreed result.
+    fn label_attempts(&mut self) {
+        for at in &mut self.attempts {
+            if at.outcome == "answered" {
+                let agreed = self.winner.is_some_and(|w| {
+                    self.groups
+                        .get(&w)
+                        .is_some_and(|g| g.iter().any(|(p, _)| *p == at.position))
+                });
+                at.outcome = if agreed { "agreed" } else { "dissented" }.into();
+            }
+        }
+    }
+
+    /// Valid answers received.
+    fn answered(&self) -> usize {
+        self.groups.values().map(Vec::len).sum()
+    }
+}
+
+/// The endpoint a registry lists for a node, without a trailing slash ("" when it lists none).
+fn endpoint_of(registry: &RegistrySnapshot, addr: &Address) -> String {
+    registry
+        .nodes
+        .iter()
+        .find(|n| n.address == *addr)
+        .map(|n| n.endpoint.trim_end_matches('/').to_string())
+        .unwrap_or_default()
+}
+
+/// Ask the first k drawn nodes, and a replacement for each one that fails (or, when widening, while
+/// answers disagree), until k valid answers agree or the candidates run out.
+async fn gather(
+    node: &Arc<Node>,
+    a: &CoordinateArgs,
+    order: &[Address],
+) -> Result<Gathered, ApiError> {
     let http = node.replication.client()?;
     let body = Arc::new(serde_json::to_vec(&a.doc).unwrap_or_default());
-    let mut attempts: Vec<Attempt> = Vec::new();
-    let mut groups: BTreeMap<(Hash, Hash), Vec<(usize, Answer)>> = BTreeMap::new();
+    let mut g = Gathered {
+        attempts: Vec::new(),
+        groups: BTreeMap::new(),
+        winner: None,
+    };
     let mut in_flight = FuturesUnordered::new();
     let mut next = 0usize;
     let launch = |pos: usize| {
-        let addr = order[pos];
+        let base = endpoint_of(&a.registry, &order[pos]);
         let url = match a.target {
-            Target::Native => format!("{}/v1/models/{}/infer", endpoint_of(&addr), a.model_id),
-            Target::Completion(path) => format!("{}{path}", endpoint_of(&addr)),
+            Target::Native => format!("{base}/v1/models/{}/infer", a.model_id),
+            Target::Completion(path) => format!("{base}{path}"),
         };
         let http = http.clone();
         let body = body.clone();
@@ -258,11 +310,10 @@ pub async fn coordinate(node: &Arc<Node>, a: CoordinateArgs) -> Result<Response,
         in_flight.push(launch(next));
         next += 1;
     }
-    let mut winner: Option<(Hash, Hash)> = None;
     while let Some((pos, r, millis)) = in_flight.next().await {
         let addr = order[pos];
         let checked = r.and_then(|(receipt, outputs)| {
-            check_answer(&a, addr, receipt, outputs).map_err(|e| format!("bad answer: {e}"))
+            check_answer(a, addr, receipt, outputs).map_err(|e| format!("bad answer: {e}"))
         });
         let outcome = match checked {
             Ok(ans) => {
@@ -270,30 +321,30 @@ pub async fn coordinate(node: &Arc<Node>, a: CoordinateArgs) -> Result<Response,
                     ans.receipt.receipt.input_hash,
                     ans.receipt.receipt.output_hash,
                 );
-                let g = groups.entry(key).or_default();
-                g.push((pos, ans));
-                if g.len() >= a.k as usize {
-                    winner = Some(key);
+                let group = g.groups.entry(key).or_default();
+                group.push((pos, ans));
+                if group.len() >= a.k as usize {
+                    g.winner = Some(key);
                 }
                 "answered".to_string()
             }
             Err(e) => e,
         };
-        attempts.push(Attempt {
+        g.attempts.push(Attempt {
             node: addr,
-            endpoint: endpoint_of(&addr),
+            endpoint: endpoint_of(&a.registry, &addr),
             position: pos,
             outcome,
             millis,
         });
-        if winner.is_some() {
+        if g.winner.is_some() {
             break;
         }
-        let disagreement = groups.len() > 1;
+        let disagreement = g.groups.len() > 1;
         if disagreement && !a.widen {
             break;
         }
-        let best = groups.values().map(Vec::len).max().unwrap_or(0);
+        let best = g.groups.values().map(Vec::len).max().unwrap_or(0);
         let needed = a.k as usize - best;
         while in_flight.len() < needed && next < order.len() {
             in_flight.push(launch(next));
@@ -303,61 +354,97 @@ pub async fn coordinate(node: &Arc<Node>, a: CoordinateArgs) -> Result<Response,
             break;
         }
     }
-    // Label every answer by whether it joined the agreed result.
-    for at in &mut attempts {
-        if at.outcome == "answered" {
-            let agreed = winner.is_some_and(|w| {
-                groups
-                    .get(&w)
-                    .is_some_and(|g| g.iter().any(|(p, _)| *p == at.position))
-            });
-            at.outcome = if agreed { "agreed" } else { "dissented" }.into();
-        }
-    }
-    let elapsed = start.elapsed().as_millis() as u64;
-    let Some(w) = winner else {
-        let evidence = json!({
-            "request_id": a.request_id,
-            "model_id": a.model_id,
-            "k": a.k,
-            "registry": a.registry,
-            "groups": groups.iter().map(|((i, o), g)| json!({
-                "input_hash": i,
-                "output_hash": o,
-                "nodes": g.iter().map(|(p, _)| order[*p]).collect::<Vec<_>>(),
-                "receipts": g.iter().map(|(_, x)| &x.receipt).collect::<Vec<_>>(),
-            })).collect::<Vec<_>>(),
-        });
-        let (status, code, msg) = if groups.len() > 1 {
-            (
-                StatusCode::CONFLICT,
-                "quorum_disagreement",
-                format!(
-                    "the nodes disagree: {} different results among {} receipts, none reached k = {}; no result is returned as verified",
-                    groups.len(),
-                    groups.values().map(Vec::len).sum::<usize>(),
-                    a.k
-                ),
-            )
-        } else {
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "quorum_unavailable",
-                format!(
-                    "only {} of the {} candidates answered validly, k = {} needed",
-                    groups.values().map(Vec::len).sum::<usize>(),
-                    order.len(),
-                    a.k
-                ),
-            )
-        };
-        tracing::warn!(request = %a.request_id, model = %a.model_id, "{msg}");
-        return Ok(error_with(
-            ApiError::new(status, code, msg),
-            json!({"attempts": attempts, "evidence": evidence, "latency_ms": elapsed}),
-        ));
+    Ok(g)
+}
+
+/// One group of agreeing receipts in a failed quorum's evidence.
+#[derive(Serialize)]
+struct EvidenceGroup<'a> {
+    input_hash: Hash,
+    output_hash: Hash,
+    nodes: Vec<Address>,
+    receipts: Vec<&'a SignedReceipt>,
+}
+
+/// What a failed quorum shows: every signed receipt, grouped by what it claims.
+#[derive(Serialize)]
+struct Evidence<'a> {
+    request_id: Hash,
+    model_id: Hash,
+    k: u8,
+    registry: &'a RegistrySnapshot,
+    groups: Vec<EvidenceGroup<'a>>,
+}
+
+/// The answer when no group reached k: 409 when valid answers disagree, 503 when too few came.
+fn no_quorum(a: &CoordinateArgs, order: &[Address], g: Gathered, elapsed: u64) -> Response {
+    let answered = g.answered();
+    let (status, code, msg) = if g.groups.len() > 1 {
+        (
+            StatusCode::CONFLICT,
+            "quorum_disagreement",
+            format!(
+                "the nodes disagree: {} different results among {answered} receipts, none reached k = {}; no result is returned as verified",
+                g.groups.len(),
+                a.k
+            ),
+        )
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "quorum_unavailable",
+            format!(
+                "only {answered} of the {} candidates answered validly, k = {} needed",
+                order.len(),
+                a.k
+            ),
+        )
     };
-    let mut agreed = groups.remove(&w).unwrap_or_default();
+    tracing::warn!(request = %a.request_id, model = %a.model_id, "{msg}");
+    let evidence = Evidence {
+        request_id: a.request_id,
+        model_id: a.model_id,
+        k: a.k,
+        registry: &a.registry,
+        groups: g
+            .groups
+            .iter()
+            .map(|((i, o), members)| EvidenceGroup {
+                input_hash: *i,
+                output_hash: *o,
+                nodes: members.iter().map(|(p, _)| order[*p]).collect(),
+                receipts: members.iter().map(|(_, x)| &x.receipt).collect(),
+            })
+            .collect(),
+    };
+    error_with(
+        ApiError::new(status, code, msg),
+        json!({"attempts": g.attempts, "evidence": evidence, "latency_ms": elapsed}),
+    )
+}
+
+/// A native quorum answer: the outputs, with the certificate that k nodes signed them.
+#[derive(Serialize)]
+struct QuorumAnswer {
+    verified: bool,
+    model_id: Hash,
+    request_id: Hash,
+    input_hash: Hash,
+    output_hash: Hash,
+    outputs: Value,
+    certificate: QuorumCertificate,
+    attempts: Vec<Attempt>,
+    latency_ms: u64,
+}
+
+/// The answer when k receipts agree on `w`: the first agreeing node's answer with the certificate.
+fn certified(
+    a: &CoordinateArgs,
+    mut g: Gathered,
+    w: (Hash, Hash),
+    elapsed: u64,
+) -> Result<Response, ApiError> {
+    let mut agreed = g.groups.remove(&w).unwrap_or_default();
     agreed.sort_by_key(|(p, _)| *p);
     agreed.truncate(a.k as usize);
     let answer = agreed[0].1.outputs.clone();
@@ -370,7 +457,8 @@ pub async fn coordinate(node: &Arc<Node>, a: CoordinateArgs) -> Result<Response,
         k: a.k,
         registry: a.registry.clone(),
         receipts: agreed.into_iter().map(|(_, x)| x.receipt).collect(),
-        dissent: groups
+        dissent: g
+            .groups
             .into_values()
             .flatten()
             .map(|(_, x)| x.receipt)
@@ -382,32 +470,28 @@ pub async fn coordinate(node: &Arc<Node>, a: CoordinateArgs) -> Result<Response,
             "the assembled certificate does not verify: {e}"
         )));
     }
-    tracing::info!(request = %a.request_id, model = %a.model_id, k = a.k, asked = attempts.len(), ms = elapsed, "quorum reached");
+    tracing::info!(request = %a.request_id, model = %a.model_id, k = a.k, asked = g.attempts.len(), ms = elapsed, "quorum reached");
     if let Target::Completion(_) = a.target {
         // the first agreeing node's completion, with the certificate beside its receipt
         let mut doc = answer;
         doc["verified"] = json!(true);
         doc["certificate"] = json!(cert);
-        doc["attempts"] = json!(attempts);
+        doc["attempts"] = json!(g.attempts);
         doc["latency_ms"] = json!(elapsed);
         return Ok(Json(doc).into_response());
     }
-    let outputs = answer;
-    Ok((
-        StatusCode::OK,
-        Json(json!({
-            "verified": true,
-            "model_id": a.model_id,
-            "request_id": a.request_id,
-            "input_hash": w.0,
-            "output_hash": w.1,
-            "outputs": outputs,
-            "certificate": cert,
-            "attempts": attempts,
-            "latency_ms": elapsed,
-        })),
-    )
-        .into_response())
+    Ok(Json(QuorumAnswer {
+        verified: true,
+        model_id: a.model_id,
+        request_id: a.request_id,
+        input_hash: w.0,
+        output_hash: w.1,
+        outputs: answer,
+        certificate: cert,
+        attempts: g.attempts,
+        latency_ms: elapsed,
+    })
+    .into_response())
 }
 
 /// Send the request to one node: its receipt and outputs, or why not.
