@@ -9,11 +9,13 @@ use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use verity_chain::Chain;
+use verity_chain::RequestInfo;
 use verity_core::Hash;
 
+use crate::api::server::OutputTensor;
 use crate::error::ApiError;
 use crate::roles::chain::{jobs, request_hash, verified_result};
 use crate::state::Node;
@@ -41,11 +43,51 @@ fn parse_id(s: &str) -> Result<u64, ApiError> {
 
 /// `POST /v1/inputs`: keep an input document (a native inference body) and answer its keccak256 and a URI
 /// to put in an on-chain request.
+/// `POST /v1/inputs`' answer.
+#[derive(Serialize)]
+pub struct InputStored {
+    /// keccak256 of the document.
+    pub hash: Hash,
+    /// Where nodes fetch it.
+    pub uri: String,
+    /// Its size.
+    pub bytes: usize,
+}
+
+/// `GET /v1/requests/{id}`' answer: a finalized request with its outputs re-executed here, or a pending
+/// one as the chain shows it.
+#[derive(Serialize)]
+#[serde(untagged)]
+pub enum RequestState {
+    /// Finalized, and its outputs agree with the finalized hashes.
+    Verified {
+        /// The request.
+        request: RequestInfo,
+        /// `true`.
+        verified: bool,
+        /// Its outputs.
+        outputs: Vec<OutputTensor>,
+        /// This node's receipt for it, if it answered.
+        receipt: Option<Box<verity_core::SignedReceipt>>,
+        /// The hub.
+        hub: verity_core::Address,
+        /// The chain.
+        chain_id: u64,
+    },
+    /// Not finalized yet.
+    Pending {
+        /// The request, if the chain has it.
+        request: Option<RequestInfo>,
+        /// `false`.
+        verified: bool,
+    },
+}
+
 pub async fn post_input(
     State(node): State<Arc<Node>>,
     headers: HeaderMap,
     body: Bytes,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<InputStored>, ApiError> {
     decode_native(&body, node.config.limits.max_tensor_elements)?;
     let hash = verity_core::keccak256(&body);
     let store = node.store.clone();
@@ -57,9 +99,11 @@ pub async fn post_input(
         .and_then(|h| h.to_str().ok())
         .map(str::to_string)
         .unwrap_or_else(|| node.config.listen.clone());
-    Ok(Json(
-        json!({"hash": hash, "uri": format!("http://{host}/v1/inputs/{hash}"), "bytes": body.len()}),
-    ))
+    Ok(Json(InputStored {
+        hash,
+        uri: format!("http://{host}/v1/inputs/{hash}"),
+        bytes: body.len(),
+    }))
 }
 
 /// `GET /v1/inputs/{hash}`.
@@ -91,48 +135,62 @@ pub async fn get_request(
     State(node): State<Arc<Node>>,
     Path(id): Path<String>,
     Query(q): Query<WaitQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<RequestState>, ApiError> {
     let id = parse_id(&id)?;
     let chain = chain_of(&node)?;
     let wait = Duration::from_secs(q.wait.unwrap_or(0).min(60));
     match verified_result(&node, chain.as_ref(), id, wait).await {
         Ok(v) => {
-            let outputs: Vec<Value> = v
-                .outputs
-                .iter()
-                .map(|(name, shape, scale, data)| json!({"name": name, "shape": shape, "scale": scale, "data": data}))
-                .collect();
             node.flush_receipts().await?;
             let mine = node.store.receipt(&request_hash(id)).ok().flatten();
-            Ok(Json(json!({
-                "request": v.request,
-                "verified": true,
-                "outputs": outputs,
-                "receipt": mine,
-                "hub": chain.hub(),
-                "chain_id": chain.chain_id(),
-            })))
+            Ok(Json(RequestState::Verified {
+                request: v.request,
+                verified: true,
+                outputs: v.outputs.into_iter().map(OutputTensor::from).collect(),
+                receipt: mine.map(Box::new),
+                hub: chain.hub(),
+                chain_id: chain.chain_id(),
+            }))
         }
         Err(e) if e.code == "pending" => {
             let r = chain.request(id).await.ok().flatten();
-            Ok(Json(json!({"request": r, "verified": false})))
+            Ok(Json(RequestState::Pending {
+                request: r,
+                verified: false,
+            }))
         }
         Err(e) => Err(e),
     }
 }
 
 /// `GET /v1/jobs`: the on-chain requests this node has seen and what it did.
-pub async fn get_jobs(State(node): State<Arc<Node>>) -> Result<Json<Value>, ApiError> {
+pub async fn get_jobs(State(node): State<Arc<Node>>) -> Result<Json<Jobs>, ApiError> {
     let n = node.clone();
-    let j = node.blocking(move || jobs(&n)).await?;
-    Ok(Json(json!({"jobs": j})))
+    let jobs = node.blocking(move || jobs(&n)).await?;
+    Ok(Json(Jobs { jobs }))
+}
+
+/// `GET /v1/jobs`' answer.
+#[derive(Serialize)]
+pub struct Jobs {
+    /// Newest first.
+    pub jobs: Vec<crate::roles::chain::Job>,
+}
+
+/// `GET /v1/optimistic`' answer.
+#[derive(Serialize)]
+pub struct Optimistic {
+    /// Newest request first.
+    pub requests: Vec<crate::roles::optimistic::OptJob>,
+    /// Audits of hub receipts.
+    pub audits: Vec<crate::roles::optimistic::Audit>,
 }
 
 /// `GET /v1/optimistic`: what this node saw and did in optimistic mode (commitments, re-executions,
 /// challenges, games), newest request first, and its audits of hub receipts.
-pub async fn get_optimistic(State(node): State<Arc<Node>>) -> Result<Json<Value>, ApiError> {
+pub async fn get_optimistic(State(node): State<Arc<Node>>) -> Result<Json<Optimistic>, ApiError> {
     let n = node.clone();
-    let (j, a) = node
+    let (requests, audits) = node
         .blocking(move || {
             (
                 crate::roles::optimistic::jobs(&n),
@@ -140,7 +198,7 @@ pub async fn get_optimistic(State(node): State<Arc<Node>>) -> Result<Json<Value>
             )
         })
         .await?;
-    Ok(Json(json!({"requests": j, "audits": a})))
+    Ok(Json(Optimistic { requests, audits }))
 }
 
 /// `POST /v1/disputes` `{"receipt": <an off-chain receipt>, "inputs": {…}}`: this node re-executes the

@@ -12,9 +12,11 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
-use serde_json::{json, Value};
+use serde::Serialize;
+use serde_json::Value;
+use verity_core::hash::Hash;
 
-use crate::api::openai::OaiError;
+use crate::api::openai::{only_parameters, ModelDetails, ModelEntry, OaiError};
 use crate::embed::EmbedModel;
 use crate::error::ApiError;
 use crate::state::Node;
@@ -32,17 +34,18 @@ const PARAMS: &[&str] = &[
     "truncate",
 ];
 
-/// The models in `GET /v1/models`'s OpenAI `data` list.
-pub fn model_list(node: &Node) -> Vec<Value> {
+/// The embedding models in `GET /v1/models`' OpenAI `data` list.
+pub fn model_list(node: &Node) -> Vec<ModelEntry> {
     node.embeddings
         .get()
         .map(|m| {
             m.values()
-                .map(|e| {
-                    json!({
-                        "id": e.name, "object": "model", "created": e.created, "owned_by": "verity",
-                        "verity": info(e),
-                    })
+                .map(|e| ModelEntry {
+                    id: e.name.clone(),
+                    object: "model",
+                    created: e.created,
+                    owned_by: "verity",
+                    verity: ModelDetails::Embedding(info(e)),
                 })
                 .collect()
         })
@@ -50,19 +53,69 @@ pub fn model_list(node: &Node) -> Vec<Value> {
 }
 
 /// What a client needs to check an embedding's receipt and rebuild its inputs.
-fn info(e: &EmbedModel) -> Value {
+#[derive(Serialize)]
+pub struct EmbeddingInfo {
+    /// `embedding`.
+    pub kind: &'static str,
+    /// The longest variant's model ID.
+    pub model_id: Hash,
+    /// Width of an embedding.
+    pub dimensions: usize,
+    /// The longest input served, in tokens.
+    pub sequence: usize,
+    /// Fractional bits of the longest variant's embedding elements.
+    pub scale: i8,
+    /// Token ID that pads an input to its variant's length.
+    pub pad_id: u32,
+    /// The compiled model's inputs, in order.
+    pub inputs: Vec<String>,
+    /// keccak256 of the tokenizer file.
+    pub tokenizer_hash: Hash,
+    /// Pooling mode, when the model pools.
+    pub pooling: Option<&'static str>,
+    /// Whether embeddings are L2-normalized.
+    pub normalize: Option<bool>,
+    /// Each compiled sequence length.
+    pub variants: Vec<VariantInfo>,
+}
+
+/// One compiled sequence length of an embedding model.
+#[derive(Serialize)]
+pub struct VariantInfo {
+    /// Tokens it takes.
+    pub sequence: usize,
+    /// Its model ID (what its receipts name).
+    pub model_id: Hash,
+    /// Fractional bits of its embedding elements.
+    pub scale: i8,
+    /// Its inputs, in order.
+    pub inputs: Vec<String>,
+}
+
+fn info(e: &EmbedModel) -> EmbeddingInfo {
     let top = e.largest();
-    json!({
-        "kind": "embedding", "model_id": top.loaded.id, "dimensions": e.dimensions,
-        "sequence": top.dir.sequence, "scale": top.scale, "pad_id": top.dir.pad_id,
-        "inputs": top.dir.inputs, "tokenizer_hash": top.dir.tokenizer_hash,
-        "pooling": top.dir.pooling.as_ref().map(|p| p.mode.name()),
-        "normalize": top.dir.pooling.as_ref().map(|p| p.normalize),
-        "variants": e.variants.iter().map(|v| json!({
-            "sequence": v.dir.sequence, "model_id": v.loaded.id, "scale": v.scale,
-            "inputs": v.dir.inputs,
-        })).collect::<Vec<_>>(),
-    })
+    EmbeddingInfo {
+        kind: "embedding",
+        model_id: top.loaded.id,
+        dimensions: e.dimensions,
+        sequence: top.dir.sequence,
+        scale: top.scale,
+        pad_id: top.dir.pad_id,
+        inputs: top.dir.inputs.clone(),
+        tokenizer_hash: top.dir.tokenizer_hash,
+        pooling: top.dir.pooling.as_ref().map(|p| p.mode.name()),
+        normalize: top.dir.pooling.as_ref().map(|p| p.normalize),
+        variants: e
+            .variants
+            .iter()
+            .map(|v| VariantInfo {
+                sequence: v.dir.sequence,
+                model_id: v.loaded.id,
+                scale: v.scale,
+                inputs: v.dir.inputs.clone(),
+            })
+            .collect(),
+    }
 }
 
 fn bad(code: &'static str, param: &str, message: impl Into<String>) -> OaiError {
@@ -134,46 +187,8 @@ struct Request {
 fn parse(node: &Node, body: &[u8]) -> Result<Request, OaiError> {
     let v: Value = serde_json::from_slice(body)
         .map_err(|e| OaiError::bad("invalid_json", None, format!("the body is not JSON: {e}")))?;
-    let obj = v
-        .as_object()
-        .ok_or_else(|| OaiError::bad("invalid_json", None, "the body must be a JSON object"))?;
-    if let Some(k) = obj.keys().find(|k| !PARAMS.contains(&k.as_str())) {
-        return Err(bad(
-            "unsupported_parameter",
-            k,
-            format!("the parameter '{k}' is not supported by this server"),
-        ));
-    }
-    let name = v
-        .get("model")
-        .and_then(Value::as_str)
-        .ok_or_else(|| bad("missing_parameter", "model", "'model' is required"))?;
-    let model = node
-        .embeddings
-        .get()
-        .and_then(|m| {
-            m.get(name).or_else(|| {
-                name.parse::<verity_core::hash::Hash>().ok().and_then(|id| {
-                    m.values()
-                        .find(|e| e.variants.iter().any(|v| v.loaded.id == id))
-                })
-            })
-        })
-        .cloned()
-        .ok_or_else(|| {
-            let llm = node.llms.get().is_some_and(|m| m.contains_key(name));
-            OaiError {
-                status: StatusCode::NOT_FOUND,
-                kind: "invalid_request_error",
-                code: "model_not_found",
-                param: Some("model".into()),
-                message: if llm {
-                    format!("the model '{name}' is a language model, not an embedding model")
-                } else {
-                    format!("the embedding model '{name}' does not exist on this node")
-                },
-            }
-        })?;
+    only_parameters(&v, &[PARAMS])?;
+    let model = find_model(node, &v)?;
     let base64 = match v.get("encoding_format") {
         None | Some(Value::Null) => false,
         Some(Value::String(f)) if f == "float" => false,
@@ -214,51 +229,96 @@ fn parse(node: &Node, body: &[u8]) -> Result<Request, OaiError> {
     let input = v
         .get("input")
         .ok_or_else(|| bad("missing_parameter", "input", "'input' is required"))?;
-    let top = model.largest();
-    let seq = top.dir.sequence;
-    let mut tokens = Vec::new();
-    for (i, item) in items(input)?.into_iter().enumerate() {
-        let t = match item {
-            Item::Text(s) => top
-                .dir
-                .tokens(&s, truncate.then_some(seq))
-                .map_err(|e| bad("invalid_value", "input", format!("input {i}: {e}")))?,
-            Item::Tokens(mut t) => {
-                if let Some(x) = t.iter().find(|&&x| x as usize >= top.dir.vocab) {
-                    return Err(bad(
-                        "invalid_value",
-                        "input",
-                        format!(
-                            "input {i}: token {x} is not in the model's vocabulary of {}",
-                            top.dir.vocab
-                        ),
-                    ));
-                }
-                if truncate {
-                    t.truncate(seq);
-                }
-                t
-            }
-        };
-        if t.len() > seq {
-            return Err(bad(
-                "context_length_exceeded",
-                "input",
-                format!(
-                    "input {i} is {} tokens; the model '{}' takes at most {seq} (send \"truncate\": \
-                     true to embed the first {seq})",
-                    t.len(),
-                    model.name
-                ),
-            ));
-        }
-        tokens.push(t);
-    }
+    let tokens = items(input)?
+        .into_iter()
+        .enumerate()
+        .map(|(i, item)| item_tokens(&model, i, item, truncate))
+        .collect::<Result<_, _>>()?;
     Ok(Request {
         model,
         tokens,
         base64,
     })
+}
+
+/// The embedding model named by `model`: by name, or by the model ID of one of its variants.
+fn find_model(node: &Node, v: &Value) -> Result<Arc<EmbedModel>, OaiError> {
+    let name = v
+        .get("model")
+        .and_then(Value::as_str)
+        .ok_or_else(|| bad("missing_parameter", "model", "'model' is required"))?;
+    node.embeddings
+        .get()
+        .and_then(|m| {
+            m.get(name).or_else(|| {
+                name.parse::<Hash>().ok().and_then(|id| {
+                    m.values()
+                        .find(|e| e.variants.iter().any(|v| v.loaded.id == id))
+                })
+            })
+        })
+        .cloned()
+        .ok_or_else(|| {
+            let llm = node.llms.get().is_some_and(|m| m.contains_key(name));
+            OaiError {
+                status: StatusCode::NOT_FOUND,
+                kind: "invalid_request_error",
+                code: "model_not_found",
+                param: Some("model".into()),
+                message: if llm {
+                    format!("the model '{name}' is a language model, not an embedding model")
+                } else {
+                    format!("the embedding model '{name}' does not exist on this node")
+                },
+            }
+        })
+}
+
+/// Input `i`'s tokens (special tokens included), within the model's largest sequence length — cut to
+/// it when `truncate`, refused otherwise.
+fn item_tokens(
+    model: &EmbedModel,
+    i: usize,
+    item: Item,
+    truncate: bool,
+) -> Result<Vec<u32>, OaiError> {
+    let top = model.largest();
+    let seq = top.dir.sequence;
+    let t = match item {
+        Item::Text(s) => top
+            .dir
+            .tokens(&s, truncate.then_some(seq))
+            .map_err(|e| bad("invalid_value", "input", format!("input {i}: {e}")))?,
+        Item::Tokens(mut t) => {
+            if let Some(x) = t.iter().find(|&&x| x as usize >= top.dir.vocab) {
+                return Err(bad(
+                    "invalid_value",
+                    "input",
+                    format!(
+                        "input {i}: token {x} is not in the model's vocabulary of {}",
+                        top.dir.vocab
+                    ),
+                ));
+            }
+            if truncate {
+                t.truncate(seq);
+            }
+            t
+        }
+    };
+    if t.len() > seq {
+        return Err(bad(
+            "context_length_exceeded",
+            "input",
+            format!(
+                "input {i} is {} tokens; the model '{}' takes at most {seq} (send \"truncate\": \
+                 true to embed the first {seq})",
+                t.len(),
+                model.name
+            ),
+        ));
+    }
+    Ok(t)
 }
 
 fn api_error(e: ApiError) -> OaiError {
@@ -328,7 +388,51 @@ pub async fn embeddings(State(node): State<Arc<Node>>, body: Bytes) -> Response 
     }
 }
 
-async fn run(node: Arc<Node>, body: Bytes) -> Result<Value, OaiError> {
+/// An embedding's values: floats, or base64 of little-endian f32s.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum Vector {
+    Float(Vec<f64>),
+    Base64(String),
+}
+
+/// What binds one embedding: its tokens, the variant that ran, and the receipt.
+#[derive(Serialize)]
+struct EmbeddingEvidence {
+    tokens: Vec<u32>,
+    sequence: usize,
+    model_id: Hash,
+    scale: i8,
+    receipt: verity_core::SignedReceipt,
+    result_hash: Hash,
+}
+
+/// One input's embedding.
+#[derive(Serialize)]
+struct Embedding {
+    object: &'static str,
+    index: usize,
+    embedding: Vector,
+    verity: EmbeddingEvidence,
+}
+
+#[derive(Serialize)]
+struct EmbeddingUsage {
+    prompt_tokens: usize,
+    total_tokens: usize,
+}
+
+/// `POST /v1/embeddings`' answer.
+#[derive(Serialize)]
+struct EmbeddingList {
+    object: &'static str,
+    data: Vec<Embedding>,
+    model: String,
+    usage: EmbeddingUsage,
+    verity: EmbeddingInfo,
+}
+
+async fn run(node: Arc<Node>, body: Bytes) -> Result<EmbeddingList, OaiError> {
     // tokenizing up to a whole body of text is work for a blocking thread, not the async runtime
     let n2 = node.clone();
     let r = node
@@ -361,7 +465,7 @@ async fn run(node: Arc<Node>, body: Bytes) -> Result<Value, OaiError> {
     metrics
         .inferences
         .fetch_add(done.len() as u64, Ordering::Relaxed);
-    let data: Vec<Value> = done
+    let data = done
         .iter()
         .zip(&r.tokens)
         .enumerate()
@@ -373,22 +477,34 @@ async fn run(node: Arc<Node>, body: Bytes) -> Result<Value, OaiError> {
             let embedding = if r.base64 {
                 use base64::Engine as _;
                 let bytes: Vec<u8> = values.flat_map(|f| (f as f32).to_le_bytes()).collect();
-                json!(base64::engine::general_purpose::STANDARD.encode(bytes))
+                Vector::Base64(base64::engine::general_purpose::STANDARD.encode(bytes))
             } else {
-                json!(values.collect::<Vec<f64>>())
+                Vector::Float(values.collect())
             };
-            json!({
-                "object": "embedding", "index": i, "embedding": embedding,
-                "verity": {"tokens": tokens, "sequence": v.dir.sequence, "model_id": v.loaded.id,
-                           "scale": v.scale, "receipt": e.receipt,
-                           "result_hash": e.receipt.receipt.result_hash()},
-            })
+            Embedding {
+                object: "embedding",
+                index: i,
+                embedding,
+                verity: EmbeddingEvidence {
+                    tokens: tokens.clone(),
+                    sequence: v.dir.sequence,
+                    model_id: v.loaded.id,
+                    scale: v.scale,
+                    result_hash: e.receipt.receipt.result_hash(),
+                    receipt: e.receipt.clone(),
+                },
+            }
         })
         .collect();
     let used: usize = r.tokens.iter().map(Vec::len).sum();
-    Ok(json!({
-        "object": "list", "data": data, "model": m.name,
-        "usage": {"prompt_tokens": used, "total_tokens": used},
-        "verity": info(&m),
-    }))
+    Ok(EmbeddingList {
+        object: "list",
+        data,
+        model: m.name.clone(),
+        usage: EmbeddingUsage {
+            prompt_tokens: used,
+            total_tokens: used,
+        },
+        verity: info(&m),
+    })
 }

@@ -199,18 +199,54 @@ struct StreamProof {
     signature: verity_core::eth::Signature,
 }
 
-/// The models in `GET /v1/models`'s OpenAI `data` list.
-pub fn model_list(node: &Node) -> Vec<Value> {
+/// An entry of OpenAI's model list (`GET /v1/models`' `data`), with what Verity serves it as.
+#[derive(Serialize)]
+pub struct ModelEntry {
+    /// The name requests give as `model`.
+    pub id: String,
+    /// `model`.
+    pub object: &'static str,
+    /// Unix time the model was loaded.
+    pub created: u64,
+    /// `verity`.
+    pub owned_by: &'static str,
+    /// What a client needs to check the model's receipts.
+    pub verity: ModelDetails,
+}
+
+/// A served model's details in its [`ModelEntry`].
+#[derive(Serialize)]
+#[serde(untagged)]
+pub enum ModelDetails {
+    /// A language model (chat and text completions).
+    Language {
+        /// The canonical step model's ID (what receipts name).
+        model_id: Hash,
+        /// keccak256 of the GGUF it was imported from.
+        source_hash: Hash,
+        /// Positions (prompt and output) a generation holds.
+        context: usize,
+    },
+    /// A sentence-embedding model.
+    Embedding(crate::api::embeddings::EmbeddingInfo),
+}
+
+/// The language models in `GET /v1/models`' OpenAI `data` list.
+pub fn model_list(node: &Node) -> Vec<ModelEntry> {
     node.llms
         .get()
         .map(|m| {
             m.values()
-                .map(|l| {
-                    json!({
-                        "id": l.name, "object": "model", "created": l.created, "owned_by": "verity",
-                        "verity": {"model_id": l.model_id, "source_hash": l.source_hash,
-                                   "context": l.context},
-                    })
+                .map(|l| ModelEntry {
+                    id: l.name.clone(),
+                    object: "model",
+                    created: l.created,
+                    owned_by: "verity",
+                    verity: ModelDetails::Language {
+                        model_id: l.model_id,
+                        source_hash: l.source_hash,
+                        context: l.context,
+                    },
                 })
                 .collect()
         })
@@ -330,32 +366,7 @@ fn content_text(c: &Value) -> Result<String, OaiError> {
 fn parse(node: &Node, body: &[u8], kind: Kind) -> Result<Request, OaiError> {
     let v: Value = serde_json::from_slice(body)
         .map_err(|e| OaiError::bad("invalid_json", None, format!("the body is not JSON: {e}")))?;
-    let obj = v
-        .as_object()
-        .ok_or_else(|| OaiError::bad("invalid_json", None, "the body must be a JSON object"))?;
-    let own: &[&str] = match kind {
-        Kind::Chat => &["messages", "max_completion_tokens"],
-        Kind::Text => &["prompt"],
-    };
-    if let Some(k) = obj
-        .keys()
-        .find(|k| !COMMON.contains(&k.as_str()) && !own.contains(&k.as_str()))
-    {
-        return Err(OaiError::bad(
-            "unsupported_parameter",
-            Some(k),
-            format!("the parameter '{k}' is not supported by this server"),
-        ));
-    }
-    for k in ["frequency_penalty", "presence_penalty"] {
-        if number(&v, k)?.is_some_and(|x| x != 0.0) {
-            return Err(OaiError::bad(
-                "unsupported_value",
-                Some(k),
-                format!("'{k}' other than 0 is not supported (use repetition_penalty)"),
-            ));
-        }
-    }
+    check_parameters(&v, kind)?;
     let n = count(&v, "n")?.unwrap_or(1);
     if !(1..=MAX_CHOICES).contains(&n) {
         return Err(OaiError::bad(
@@ -364,103 +375,11 @@ fn parse(node: &Node, body: &[u8], kind: Kind) -> Result<Request, OaiError> {
             format!("'n' must be 1 … {MAX_CHOICES}"),
         ));
     }
-    let format = match v.get("response_format") {
-        None | Some(Value::Null) => Format::Text,
-        Some(f) => match f.get("type").and_then(Value::as_str) {
-            Some("text") => Format::Text,
-            Some("json_object") => Format::JsonObject,
-            Some(t) => {
-                return Err(OaiError::bad(
-                    "unsupported_value",
-                    Some("response_format"),
-                    format!("response_format of type '{t}' is not supported (text, json_object)"),
-                ))
-            }
-            None => {
-                return Err(OaiError::bad(
-                    "invalid_value",
-                    Some("response_format"),
-                    "'response_format' must be an object with a 'type'",
-                ))
-            }
-        },
-    };
-    let name = v
-        .get("model")
-        .and_then(Value::as_str)
-        .ok_or_else(|| OaiError::bad("missing_parameter", Some("model"), "'model' is required"))?;
-    // by name, or by model ID (what a quorum coordinator sends, names being each node's own)
-    let model = node
-        .llms
-        .get()
-        .and_then(|m| {
-            m.get(name).or_else(|| {
-                name.parse::<Hash>()
-                    .ok()
-                    .and_then(|id| m.values().find(|l| l.model_id == id))
-            })
-        })
-        .cloned()
-        .ok_or_else(|| OaiError {
-            status: StatusCode::NOT_FOUND,
-            kind: "invalid_request_error",
-            code: "model_not_found",
-            param: Some("model".into()),
-            message: format!("the model '{name}' does not exist on this node"),
-        })?;
-    let tk = &model.tokenizer;
-    let text = match kind {
-        Kind::Chat => {
-            let msgs = v.get("messages").and_then(Value::as_array).ok_or_else(|| {
-                OaiError::bad(
-                    "missing_parameter",
-                    Some("messages"),
-                    "'messages' must be an array",
-                )
-            })?;
-            if msgs.is_empty() {
-                return Err(OaiError::bad(
-                    "invalid_value",
-                    Some("messages"),
-                    "'messages' is empty",
-                ));
-            }
-            let mut out = Vec::new();
-            for m in msgs {
-                let role = m.get("role").and_then(Value::as_str).unwrap_or("");
-                if !["system", "user", "assistant", "developer"].contains(&role) {
-                    return Err(OaiError::bad(
-                        "unsupported_value",
-                        Some("messages"),
-                        format!(
-                            "messages of role '{role}' are not supported (system, user, assistant)"
-                        ),
-                    ));
-                }
-                let role = if role == "developer" { "system" } else { role };
-                out.push((
-                    role.to_string(),
-                    content_text(m.get("content").unwrap_or(&Value::Null))?,
-                ));
-            }
-            tk.render_chat(&out, true)
-                .map_err(|e| OaiError::bad("chat_template", Some("messages"), e.to_string()))?
-        }
-        Kind::Text => match v.get("prompt") {
-            Some(Value::String(s)) => s.clone(),
-            Some(Value::Array(a)) if a.len() == 1 && a[0].is_string() => {
-                a[0].as_str().unwrap_or_default().to_string()
-            }
-            _ => {
-                return Err(OaiError::bad(
-                    "invalid_value",
-                    Some("prompt"),
-                    "'prompt' must be a string (or a list of one)",
-                ))
-            }
-        },
-    };
-    let prompt = tk
+    let format = response_format(&v)?;
+    let model = find_model(node, &v)?;
+    let text = prompt_text(&model, &v, kind)?;
+    let prompt = model
+        .tokenizer
         .prompt(&text)
         .map_err(|e| OaiError::bad("invalid_value", Some("prompt"), e.to_string()))?;
     let context = model.context;
@@ -481,6 +400,176 @@ fn parse(node: &Node, body: &[u8], kind: Kind) -> Result<Request, OaiError> {
         (Some(n), _) | (None, Some(n)) => n as usize,
         (None, None) => context - prompt.len(),
     };
+    let stop = stop_texts(&v)?;
+    let params = sampling(&v)?;
+    let sampler =
+        Sampler::new(&params).map_err(|e| OaiError::bad("invalid_value", None, e.to_string()))?;
+    Ok(Request {
+        model,
+        prompt,
+        params,
+        sampler,
+        rules: Rules {
+            max_tokens,
+            stop,
+            format,
+        },
+        n: n as usize,
+        stream: v.get("stream").and_then(Value::as_bool).unwrap_or(false),
+        include_usage: v
+            .get("stream_options")
+            .and_then(|o| o.get("include_usage"))
+            .and_then(Value::as_bool)
+            .unwrap_or(false),
+    })
+}
+
+/// The body is a JSON object whose keys are all in one of `known`'s lists.
+pub(crate) fn only_parameters(v: &Value, known: &[&[&str]]) -> Result<(), OaiError> {
+    let obj = v
+        .as_object()
+        .ok_or_else(|| OaiError::bad("invalid_json", None, "the body must be a JSON object"))?;
+    if let Some(k) = obj
+        .keys()
+        .find(|k| !known.iter().any(|list| list.contains(&k.as_str())))
+    {
+        return Err(OaiError::bad(
+            "unsupported_parameter",
+            Some(k),
+            format!("the parameter '{k}' is not supported by this server"),
+        ));
+    }
+    Ok(())
+}
+
+/// The body is an object with only parameters this server honours (never one silently dropped).
+fn check_parameters(v: &Value, kind: Kind) -> Result<(), OaiError> {
+    let own: &[&str] = match kind {
+        Kind::Chat => &["messages", "max_completion_tokens"],
+        Kind::Text => &["prompt"],
+    };
+    only_parameters(v, &[COMMON, own])?;
+    for k in ["frequency_penalty", "presence_penalty"] {
+        if number(v, k)?.is_some_and(|x| x != 0.0) {
+            return Err(OaiError::bad(
+                "unsupported_value",
+                Some(k),
+                format!("'{k}' other than 0 is not supported (use repetition_penalty)"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `response_format`: text (the default) or `json_object`.
+fn response_format(v: &Value) -> Result<Format, OaiError> {
+    let f = match v.get("response_format") {
+        None | Some(Value::Null) => return Ok(Format::Text),
+        Some(f) => f,
+    };
+    match f.get("type").and_then(Value::as_str) {
+        Some("text") => Ok(Format::Text),
+        Some("json_object") => Ok(Format::JsonObject),
+        Some(t) => Err(OaiError::bad(
+            "unsupported_value",
+            Some("response_format"),
+            format!("response_format of type '{t}' is not supported (text, json_object)"),
+        )),
+        None => Err(OaiError::bad(
+            "invalid_value",
+            Some("response_format"),
+            "'response_format' must be an object with a 'type'",
+        )),
+    }
+}
+
+/// The model named by `model`: by name, or by model ID (what a quorum coordinator sends, names being
+/// each node's own).
+fn find_model(node: &Node, v: &Value) -> Result<Arc<LlmModel>, OaiError> {
+    let name = v
+        .get("model")
+        .and_then(Value::as_str)
+        .ok_or_else(|| OaiError::bad("missing_parameter", Some("model"), "'model' is required"))?;
+    node.llms
+        .get()
+        .and_then(|m| {
+            m.get(name).or_else(|| {
+                name.parse::<Hash>()
+                    .ok()
+                    .and_then(|id| m.values().find(|l| l.model_id == id))
+            })
+        })
+        .cloned()
+        .ok_or_else(|| OaiError {
+            status: StatusCode::NOT_FOUND,
+            kind: "invalid_request_error",
+            code: "model_not_found",
+            param: Some("model".into()),
+            message: format!("the model '{name}' does not exist on this node"),
+        })
+}
+
+/// The prompt's text: the chat messages through the model's template, or the completion's `prompt`.
+fn prompt_text(model: &LlmModel, v: &Value, kind: Kind) -> Result<String, OaiError> {
+    match kind {
+        Kind::Chat => {
+            let messages = chat_messages(v)?;
+            model
+                .tokenizer
+                .render_chat(&messages, true)
+                .map_err(|e| OaiError::bad("chat_template", Some("messages"), e.to_string()))
+        }
+        Kind::Text => match v.get("prompt") {
+            Some(Value::String(s)) => Ok(s.clone()),
+            Some(Value::Array(a)) if a.len() == 1 && a[0].is_string() => {
+                Ok(a[0].as_str().unwrap_or_default().to_string())
+            }
+            _ => Err(OaiError::bad(
+                "invalid_value",
+                Some("prompt"),
+                "'prompt' must be a string (or a list of one)",
+            )),
+        },
+    }
+}
+
+/// `messages` as (role, text) pairs; `developer` reads as `system`.
+fn chat_messages(v: &Value) -> Result<Vec<(String, String)>, OaiError> {
+    let msgs = v.get("messages").and_then(Value::as_array).ok_or_else(|| {
+        OaiError::bad(
+            "missing_parameter",
+            Some("messages"),
+            "'messages' must be an array",
+        )
+    })?;
+    if msgs.is_empty() {
+        return Err(OaiError::bad(
+            "invalid_value",
+            Some("messages"),
+            "'messages' is empty",
+        ));
+    }
+    let mut out = Vec::new();
+    for m in msgs {
+        let role = m.get("role").and_then(Value::as_str).unwrap_or("");
+        if !["system", "user", "assistant", "developer"].contains(&role) {
+            return Err(OaiError::bad(
+                "unsupported_value",
+                Some("messages"),
+                format!("messages of role '{role}' are not supported (system, user, assistant)"),
+            ));
+        }
+        let role = if role == "developer" { "system" } else { role };
+        out.push((
+            role.to_string(),
+            content_text(m.get("content").unwrap_or(&Value::Null))?,
+        ));
+    }
+    Ok(out)
+}
+
+/// `stop`: none, one text, or at most 4 non-empty texts.
+fn stop_texts(v: &Value) -> Result<Vec<String>, OaiError> {
     let stop = match v.get("stop") {
         None | Some(Value::Null) => Vec::new(),
         Some(Value::String(s)) => vec![s.clone()],
@@ -506,11 +595,16 @@ fn parse(node: &Node, body: &[u8], kind: Kind) -> Result<Request, OaiError> {
             "a stop text is empty",
         ));
     }
-    let params = Params {
-        temperature: number(&v, "temperature")?.unwrap_or(1.0),
-        top_k: count(&v, "top_k")?.unwrap_or(0) as usize,
-        top_p: number(&v, "top_p")?.unwrap_or(1.0),
-        repetition_penalty: number(&v, "repetition_penalty")?.unwrap_or(1.0),
+    Ok(stop)
+}
+
+/// The sampling parameters (OpenAI's defaults: temperature 1, top_p 1; seed 0 when none is given).
+fn sampling(v: &Value) -> Result<Params, OaiError> {
+    Ok(Params {
+        temperature: number(v, "temperature")?.unwrap_or(1.0),
+        top_k: count(v, "top_k")?.unwrap_or(0) as usize,
+        top_p: number(v, "top_p")?.unwrap_or(1.0),
+        repetition_penalty: number(v, "repetition_penalty")?.unwrap_or(1.0),
         seed: match v.get("seed") {
             None | Some(Value::Null) => 0,
             Some(s) => s
@@ -520,28 +614,6 @@ fn parse(node: &Node, body: &[u8], kind: Kind) -> Result<Request, OaiError> {
                     OaiError::bad("invalid_type", Some("seed"), "'seed' must be an integer")
                 })?,
         },
-    };
-    let sampler =
-        Sampler::new(&params).map_err(|e| OaiError::bad("invalid_value", None, e.to_string()))?;
-    let stream = v.get("stream").and_then(Value::as_bool).unwrap_or(false);
-    let include_usage = v
-        .get("stream_options")
-        .and_then(|o| o.get("include_usage"))
-        .and_then(Value::as_bool)
-        .unwrap_or(false);
-    Ok(Request {
-        model,
-        prompt,
-        params,
-        sampler,
-        rules: Rules {
-            max_tokens,
-            stop,
-            format,
-        },
-        n: n as usize,
-        stream,
-        include_usage,
     })
 }
 

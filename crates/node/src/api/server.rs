@@ -16,8 +16,8 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use verity_core::{Hash, SignedManifest};
 use verity_engine::vty;
 use verity_store::{ModelRecord, Published, Version};
@@ -70,24 +70,6 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/models/{model}/infer", post(infer_native))
         .route("/v1/models/{model}/zk", get(zk_key))
         .route("/v1/receipts/{request_id}", get(get_receipt))
-        .route("/v2", get(v2_server))
-        .route("/v2/health/live", get(v2_live))
-        .route("/v2/health/ready", get(v2_ready))
-        .route("/v2/models/{model}", get(v2_model))
-        .route("/v2/models/{model}/ready", get(v2_model_ready))
-        .route("/v2/models/{model}/infer", post(v2_infer))
-        .route(
-            "/v2/models/{model}/versions/{version}",
-            get(v2_model_version),
-        )
-        .route(
-            "/v2/models/{model}/versions/{version}/ready",
-            get(v2_model_version_ready),
-        )
-        .route(
-            "/v2/models/{model}/versions/{version}/infer",
-            post(v2_infer_version),
-        )
         .route("/metrics", get(metrics))
         .route("/v1/inputs", post(crate::api::chain::post_input))
         .route("/v1/inputs/{hash}", get(crate::api::chain::get_input))
@@ -99,6 +81,7 @@ pub fn router(node: Arc<Node>) -> Router {
             "/artela-network/artela-rollkit/inference/tx/{id}",
             get(crate::api::chain::opengradient_result),
         )
+        .merge(crate::api::kserve::routes())
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(middleware::from_fn_with_state(node.clone(), track))
@@ -158,7 +141,7 @@ async fn track(State(node): State<Arc<Node>>, req: Request, next: Next) -> Respo
     };
     let status = resp.status().as_u16();
     let resp = if status >= 400 && route.starts_with("/v2") {
-        kserve_error(resp).await
+        crate::api::kserve::kserve_error(resp).await
     } else {
         resp
     };
@@ -170,25 +153,6 @@ async fn track(State(node): State<Arc<Node>>, req: Request, next: Next) -> Respo
         tracing::debug!(%method, route, status, micros, "request");
     }
     resp
-}
-
-/// KServe v2 clients expect `{"error": "<message>"}`; keep the stable code beside it.
-async fn kserve_error(resp: Response) -> Response {
-    let (mut parts, body) = resp.into_parts();
-    let Ok(bytes) = axum::body::to_bytes(body, 1 << 16).await else {
-        return Response::from_parts(parts, Body::empty());
-    };
-    let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-    let (code, message) = match &v["error"] {
-        Value::Object(e) => (
-            e.get("code").cloned().unwrap_or(Value::Null),
-            e.get("message").cloned().unwrap_or(Value::Null),
-        ),
-        _ => return Response::from_parts(parts, Body::from(bytes)),
-    };
-    let out = json!({"error": message, "code": code}).to_string();
-    parts.headers.remove(header::CONTENT_LENGTH);
-    Response::from_parts(parts, Body::from(out))
 }
 
 /// Read a request body up to `limit` bytes. Beyond it, keep reading and discarding (up to a bound) so
@@ -219,7 +183,38 @@ async fn read_limited(body: Body, limit: u64) -> Result<Bytes, ApiError> {
     Ok(Bytes::from(buf))
 }
 
-async fn node_info(State(node): State<Arc<Node>>) -> Result<Json<Value>, ApiError> {
+/// A wanted model whose background pulls failed.
+#[derive(Serialize)]
+struct PullFailure {
+    model: Hash,
+    failures: u32,
+    error: String,
+}
+
+/// Wanted models whose pulls failed: still retried, or given up on.
+#[derive(Serialize)]
+struct Replication {
+    retrying: Vec<PullFailure>,
+    given_up: Vec<PullFailure>,
+}
+
+/// `GET /v1/node`.
+#[derive(Serialize)]
+struct NodeInfo {
+    address: verity_core::Address,
+    version: &'static str,
+    chain_id: u64,
+    verifying_contract: verity_core::Address,
+    receipt_domain: verity_core::eip712::Domain,
+    workers: usize,
+    models: usize,
+    versions: usize,
+    receipts: u64,
+    limits: crate::config::Limits,
+    replication: Replication,
+}
+
+async fn node_info(State(node): State<Arc<Node>>) -> Result<Json<NodeInfo>, ApiError> {
     let store = node.store.clone();
     let (models, versions, receipts) = node
         .blocking(move || -> Result<_, verity_store::StoreError> {
@@ -235,7 +230,11 @@ async fn node_info(State(node): State<Arc<Node>>) -> Result<Json<Value>, ApiErro
     let (mut retrying, mut given_up) = (Vec::new(), Vec::new());
     if let Ok(inflight) = node.replication.inflight.lock() {
         for (id, r) in inflight.iter().filter(|(_, r)| r.failures > 0) {
-            let entry = json!({"model": id, "failures": r.failures, "error": r.last_error});
+            let entry = PullFailure {
+                model: *id,
+                failures: r.failures,
+                error: r.last_error.clone(),
+            };
             if r.given_up(c.hosting.retry_attempts) {
                 given_up.push(entry);
             } else {
@@ -243,19 +242,19 @@ async fn node_info(State(node): State<Arc<Node>>) -> Result<Json<Value>, ApiErro
             }
         }
     }
-    Ok(Json(json!({
-        "address": node.address(),
-        "version": env!("CARGO_PKG_VERSION"),
-        "chain_id": c.chain_id,
-        "verifying_contract": c.verifying_contract,
-        "receipt_domain": verity_core::receipt::receipt_domain(c.chain_id, c.verifying_contract),
-        "workers": c.workers,
-        "models": models,
-        "versions": versions,
-        "receipts": receipts,
-        "limits": c.limits,
-        "replication": {"retrying": retrying, "given_up": given_up},
-    })))
+    Ok(Json(NodeInfo {
+        address: node.address(),
+        version: env!("CARGO_PKG_VERSION"),
+        chain_id: c.chain_id,
+        verifying_contract: c.verifying_contract,
+        receipt_domain: verity_core::receipt::receipt_domain(c.chain_id, c.verifying_contract),
+        workers: c.workers,
+        models,
+        versions,
+        receipts,
+        limits: c.limits.clone(),
+        replication: Replication { retrying, given_up },
+    }))
 }
 
 #[derive(Deserialize)]
@@ -264,13 +263,44 @@ struct ListQuery {
     tag: Option<String>,
 }
 
-fn version_summary(v: &Version, latest: bool) -> Value {
+/// A published version in `GET /v1/models`.
+#[derive(Serialize)]
+struct VersionSummary<'a> {
+    name: &'a str,
+    version: &'a str,
+    model_id: Hash,
+    owner: verity_core::Address,
+    task: &'a str,
+    tags: &'a [String],
+    license: &'a str,
+    description: &'a str,
+    published_at: u64,
+    latest: bool,
+}
+
+fn version_summary(v: &Version, latest: bool) -> VersionSummary<'_> {
     let m = &v.manifest.manifest;
-    json!({
-        "name": m.name, "version": m.version, "model_id": m.model_id, "owner": m.owner,
-        "task": m.task, "tags": m.tags, "license": m.license, "description": m.description,
-        "published_at": v.published_at, "latest": latest,
-    })
+    VersionSummary {
+        name: &m.name,
+        version: &m.version,
+        model_id: m.model_id,
+        owner: m.owner,
+        task: &m.task,
+        tags: &m.tags,
+        license: &m.license,
+        description: &m.description,
+        published_at: v.published_at,
+        latest,
+    }
+}
+
+/// `GET /v1/models`: the published versions, and OpenAI's list shape beside them (the models the
+/// OpenAI-compatible API serves).
+#[derive(Serialize)]
+struct ModelList<'a> {
+    models: Vec<VersionSummary<'a>>,
+    object: &'static str,
+    data: Vec<crate::api::openai::ModelEntry>,
 }
 
 async fn list_models(
@@ -301,23 +331,45 @@ async fn list_models(
         }
         out.push(version_summary(v, latest));
     }
-    // OpenAI's list shape alongside: the language models the OpenAI-compatible API serves
-    Ok(Json(json!({
-        "models": out,
-        "object": "list",
-        "data": crate::api::openai::model_list(&node)
+    let doc = ModelList {
+        models: out,
+        object: "list",
+        data: crate::api::openai::model_list(&node)
             .into_iter()
             .chain(crate::api::embeddings::model_list(&node))
-            .collect::<Vec<_>>(),
-    })))
+            .collect(),
+    };
+    Ok(Json(
+        serde_json::to_value(doc).map_err(|e| ApiError::internal(e.to_string()))?,
+    ))
 }
 
-fn record_json(rec: &ModelRecord) -> Value {
-    json!({
-        "model_id": rec.id, "size": rec.size, "chunk_size": rec.chunk_size, "chunks": rec.chunks,
-        "inputs": rec.inputs, "outputs": rec.outputs, "nodes": rec.nodes,
-        "parameters": rec.parameters, "stored_at": rec.stored_at, "cost": rec.cost,
-    })
+/// `GET /v1/models/{model}`: the stored model, the names it is published under, and the manifest and
+/// compile report of the version asked for (or the newest).
+#[derive(Serialize)]
+struct ModelInfo {
+    model_id: Hash,
+    size: u64,
+    chunk_size: u64,
+    chunks: Vec<Hash>,
+    inputs: Vec<verity_store::TensorInfo>,
+    outputs: Vec<verity_store::TensorInfo>,
+    nodes: u64,
+    parameters: u64,
+    stored_at: u64,
+    cost: Option<Value>,
+    names: Vec<String>,
+    #[serde(flatten)]
+    version: Option<VersionInfo>,
+}
+
+/// A version's manifest and report in [`ModelInfo`].
+#[derive(Serialize)]
+struct VersionInfo {
+    manifest: SignedManifest,
+    report: Option<Value>,
+    report_by: Option<String>,
+    published_at: u64,
 }
 
 /// The versions naming a model (for ID lookups).
@@ -333,25 +385,37 @@ async fn names_of(node: &Arc<Node>, id: Hash) -> Result<Vec<Version>, ApiError> 
 async fn model_info(
     State(node): State<Arc<Node>>,
     Path(model): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ModelInfo>, ApiError> {
     let (rec, version) = crate::roles::replicate::resolve(&node, &model).await?;
     let names = names_of(&node, rec.id).await?;
     let version = version.or_else(|| names.last().cloned());
-    let mut doc = record_json(&rec);
-    doc["names"] = json!(names
-        .iter()
-        .map(|v| format!(
-            "{}@{}",
-            v.manifest.manifest.name, v.manifest.manifest.version
-        ))
-        .collect::<Vec<_>>());
-    if let Some(v) = version {
-        doc["manifest"] = json!(v.manifest);
-        doc["report"] = v.report.clone().unwrap_or(Value::Null);
-        doc["report_by"] = json!(v.report_by);
-        doc["published_at"] = json!(v.published_at);
-    }
-    Ok(Json(doc))
+    Ok(Json(ModelInfo {
+        model_id: rec.id,
+        size: rec.size,
+        chunk_size: rec.chunk_size,
+        chunks: rec.chunks,
+        inputs: rec.inputs,
+        outputs: rec.outputs,
+        nodes: rec.nodes,
+        parameters: rec.parameters,
+        stored_at: rec.stored_at,
+        cost: rec.cost,
+        names: names
+            .iter()
+            .map(|v| {
+                format!(
+                    "{}@{}",
+                    v.manifest.manifest.name, v.manifest.manifest.version
+                )
+            })
+            .collect(),
+        version: version.map(|v| VersionInfo {
+            manifest: v.manifest,
+            report: v.report,
+            report_by: v.report_by,
+            published_at: v.published_at,
+        }),
+    }))
 }
 
 async fn model_manifest(
@@ -473,7 +537,7 @@ async fn download(
 async fn get_receipt(
     State(node): State<Arc<Node>>,
     Path(request_id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<verity_core::SignedReceipt>, ApiError> {
     let id: Hash = request_id.parse().map_err(|_| {
         ApiError::bad_request(
             "bad_request_id",
@@ -486,11 +550,11 @@ async fn get_receipt(
     let r = r.ok_or_else(|| {
         ApiError::not_found("receipt_not_found", format!("no receipt for request {id}"))
     })?;
-    Ok(Json(json!(r)))
+    Ok(Json(r))
 }
 
 /// Read an inference body (within the body limit) and decode it in any of the accepted forms.
-async fn read_request(
+pub(crate) async fn read_request(
     node: &Node,
     headers: &HeaderMap,
     body: Body,
@@ -541,7 +605,7 @@ fn decode_body(
 }
 
 /// Resolve, load, run on a worker, sign.
-async fn run_inference(
+pub(crate) async fn run_inference(
     node: &Arc<Node>,
     model: &str,
     req: InferRequest,
@@ -595,12 +659,71 @@ async fn run_inference(
     }
 }
 
+/// One output of a native inference: values `q · 2^-scale` (exact in f64).
+#[derive(Serialize)]
+pub struct OutputTensor {
+    /// Output name.
+    pub name: String,
+    /// Shape.
+    pub shape: Vec<u64>,
+    /// Fractional bits.
+    pub scale: i8,
+    /// Values, row-major.
+    pub data: Vec<f64>,
+}
+
+impl From<(String, Vec<u64>, i8, Vec<f64>)> for OutputTensor {
+    fn from((name, shape, scale, data): (String, Vec<u64>, i8, Vec<f64>)) -> Self {
+        OutputTensor {
+            name,
+            shape,
+            scale,
+            data,
+        }
+    }
+}
+
+/// A native inference's answer: outputs, the signed receipt, and the proof when `zk` was asked.
+#[derive(Serialize)]
+struct InferResponse {
+    model_id: Hash,
+    request_id: Hash,
+    outputs: Vec<OutputTensor>,
+    receipt: verity_core::SignedReceipt,
+    result_hash: Hash,
+    latency_us: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    zk: Option<ZkProof>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    version: Option<String>,
+}
+
+/// A zk proof of one inference: the proof file (base64) and the statement it proves.
+#[derive(Serialize)]
+struct ZkProof {
+    proof: String,
+    proof_bytes: usize,
+    weights_root: Hash,
+    input_hash: Hash,
+    output_hash: Hash,
+    prove_ms: f64,
+}
+
+/// `GET /v1/models/{model}/zk`: what a proof of this model is verified against.
+#[derive(Serialize)]
+struct ZkKey {
+    model_id: Hash,
+    weights_root: Hash,
+}
+
 async fn infer_native(
     State(node): State<Arc<Node>>,
     Path(model): Path<String>,
     headers: HeaderMap,
     body: Body,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<InferResponse>, ApiError> {
     let req = read_request(&node, &headers, body, true).await?;
     let zk_inputs = req.zk.then(|| req.inputs.clone());
     let (_, version, loaded, inf) = run_inference(&node, &model, req).await?;
@@ -615,35 +738,31 @@ async fn infer_native(
         None => None,
     };
     let outs = Node::describe_outputs(loaded.exec.model(), &inf.outputs);
-    let outputs: Vec<Value> = outs
-        .into_iter()
-        .map(|(name, shape, scale, data)| {
-            json!({"name": name, "shape": shape, "scale": scale, "data": data})
-        })
-        .collect();
-    let mut doc = json!({
-        "model_id": loaded.id,
-        "request_id": inf.receipt.receipt.request_id,
-        "outputs": outputs,
-        "receipt": inf.receipt,
-        "result_hash": inf.receipt.receipt.result_hash(),
-        "latency_us": inf.micros,
-    });
-    if let Some(z) = zk {
-        doc["zk"] = z;
-    }
-    if let Some(v) = version {
-        doc["name"] = json!(v.manifest.manifest.name);
-        doc["version"] = json!(v.manifest.manifest.version);
-    }
-    Ok(Json(doc))
+    let (name, version) = match version {
+        Some(v) => (
+            Some(v.manifest.manifest.name),
+            Some(v.manifest.manifest.version),
+        ),
+        None => (None, None),
+    };
+    Ok(Json(InferResponse {
+        model_id: loaded.id,
+        request_id: inf.receipt.receipt.request_id,
+        outputs: outs.into_iter().map(OutputTensor::from).collect(),
+        result_hash: inf.receipt.receipt.result_hash(),
+        receipt: inf.receipt,
+        latency_us: inf.micros,
+        zk,
+        name,
+        version,
+    }))
 }
 
 /// `zk` mode: prove the canonical execution on these inputs; the proof file (base64) with its statement.
 fn prove_inference(
     loaded: &crate::state::Loaded,
     inputs: Vec<crate::tensors::NamedTensor>,
-) -> Result<Value, ApiError> {
+) -> Result<ZkProof, ApiError> {
     use base64::Engine as _;
     let model = loaded.exec.model();
     let q = crate::state::bind_inputs(model, inputs)?;
@@ -661,21 +780,21 @@ fn prove_inference(
         outputs: outputs.clone(),
         proof,
     };
-    Ok(json!({
-        "proof": base64::engine::general_purpose::STANDARD.encode(file.to_bytes()),
-        "proof_bytes": file.proof.len(),
-        "weights_root": pk.w.root,
-        "input_hash": verity_engine::commit::tensors_hash(&q),
-        "output_hash": verity_engine::commit::tensors_hash(&outputs),
-        "prove_ms": prove_ms,
-    }))
+    Ok(ZkProof {
+        proof: base64::engine::general_purpose::STANDARD.encode(file.to_bytes()),
+        proof_bytes: file.proof.len(),
+        weights_root: pk.w.root,
+        input_hash: verity_engine::commit::tensors_hash(&q),
+        output_hash: verity_engine::commit::tensors_hash(&outputs),
+        prove_ms,
+    })
 }
 
 /// The model's zk verifying key (model ID and constants root), or why it cannot be proven.
 async fn zk_key(
     State(node): State<Arc<Node>>,
     Path(model): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ZkKey>, ApiError> {
     let (rec, _) = crate::roles::replicate::resolve(&node, &model).await?;
     let loaded = node.load(&rec).await?;
     let l2 = loaded.clone();
@@ -683,9 +802,10 @@ async fn zk_key(
         .on_worker(false, move || l2.zk_key())
         .await?
         .map_err(|e| ApiError::unprocessable("zk_unsupported", e))?;
-    Ok(Json(
-        json!({"model_id": loaded.id, "weights_root": pk.w.root}),
-    ))
+    Ok(Json(ZkKey {
+        model_id: loaded.id,
+        weights_root: pk.w.root,
+    }))
 }
 
 /// Part of a multipart body, read with a size cap.
@@ -969,6 +1089,16 @@ async fn read_parts(node: &Node, mp: &mut Multipart, slow: &AtomicBool) -> Resul
     Ok((signed, upload, report, options))
 }
 
+/// `POST /v1/models`: what was published, and whether it was new here.
+#[derive(Serialize)]
+struct PublishResponse {
+    model_id: Hash,
+    name: String,
+    version: String,
+    size: usize,
+    status: &'static str,
+}
+
 async fn publish_inner(node: &Arc<Node>, req: Request) -> Result<Response, ApiError> {
     let peer = req.extensions().get::<PeerIp>().map(|p| p.0);
     let slots = node.upload_slot().and_then(|g| match peer {
@@ -1041,10 +1171,17 @@ async fn publish_inner(node: &Arc<Node>, req: Request) -> Result<Response, ApiEr
         .store(true, std::sync::atomic::Ordering::Relaxed);
     Ok((
         status,
-        Json(json!({
-            "model_id": m.model_id, "name": m.name, "version": m.version, "size": size,
-            "status": if outcome == Published::Created { "created" } else { "exists" },
-        })),
+        Json(PublishResponse {
+            model_id: m.model_id,
+            name: m.name.clone(),
+            version: m.version.clone(),
+            size,
+            status: if outcome == Published::Created {
+                "created"
+            } else {
+                "exists"
+            },
+        }),
     )
         .into_response())
 }
@@ -1164,214 +1301,6 @@ async fn uploaded_model(
         let bytes = vty::encode(&mm);
         Ok((mm, bytes, rep))
     }
-}
-
-// ---------------------------------------------------------------- KServe v2
-
-async fn v2_server() -> Json<Value> {
-    Json(json!({
-        "name": "verity",
-        "version": env!("CARGO_PKG_VERSION"),
-        "extensions": ["binary_tensor_data", "verity_receipts"],
-    }))
-}
-
-async fn v2_live() -> Json<Value> {
-    Json(json!({"live": true}))
-}
-
-async fn v2_ready() -> Json<Value> {
-    Json(json!({"ready": true}))
-}
-
-/// An output at scale ≤ 0 holds integers (arg-max labels, indices): `INT64`; others `FP64`.
-fn v2_output_datatype(scale: i8) -> &'static str {
-    if scale <= 0 {
-        "INT64"
-    } else {
-        "FP64"
-    }
-}
-
-fn v2_datatype(kind: &str) -> &'static str {
-    if kind == "int" {
-        "INT64"
-    } else {
-        "FP32"
-    }
-}
-
-async fn v2_metadata(node: &Arc<Node>, reference: &str) -> Result<Json<Value>, ApiError> {
-    let (rec, version) = crate::roles::replicate::resolve(node, reference).await?;
-    // One read of the index: the versions under the resolved name, or those naming the model for an ID.
-    let store = node.store.clone();
-    let all = node.blocking(move || store.versions()).await??;
-    let name = version
-        .as_ref()
-        .map(|v| v.manifest.manifest.name.clone())
-        .unwrap_or_else(|| reference.to_string());
-    let versions: Vec<String> = all
-        .iter()
-        .map(|x| &x.manifest.manifest)
-        .filter(|m| match &version {
-            Some(v) => m.name == v.manifest.manifest.name,
-            None => m.model_id == rec.id,
-        })
-        .map(|m| m.version.clone())
-        .collect();
-    Ok(Json(json!({
-        "name": name,
-        "versions": versions,
-        "platform": "verity_canonical",
-        "inputs": rec.inputs.iter().map(|t| json!({"name": t.name, "datatype": v2_datatype(&t.kind), "shape": t.shape})).collect::<Vec<_>>(),
-        "outputs": rec.outputs.iter().map(|t| json!({"name": t.name, "datatype": v2_output_datatype(t.scale), "shape": t.shape})).collect::<Vec<_>>(),
-        "parameters": {"model_id": rec.id.to_hex()},
-    })))
-}
-
-async fn v2_model(
-    State(node): State<Arc<Node>>,
-    Path(model): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    v2_metadata(&node, &model).await
-}
-
-async fn v2_model_version(
-    State(node): State<Arc<Node>>,
-    Path((model, version)): Path<(String, String)>,
-) -> Result<Json<Value>, ApiError> {
-    v2_metadata(&node, &format!("{model}@{version}")).await
-}
-
-async fn v2_model_ready(
-    State(node): State<Arc<Node>>,
-    Path(model): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    let (rec, _) = crate::roles::replicate::resolve(&node, &model).await?;
-    node.load(&rec).await?;
-    Ok(Json(json!({"name": model, "ready": true})))
-}
-
-async fn v2_model_version_ready(
-    State(node): State<Arc<Node>>,
-    Path((model, version)): Path<(String, String)>,
-) -> Result<Json<Value>, ApiError> {
-    let (rec, _) = crate::roles::replicate::resolve(&node, &format!("{model}@{version}")).await?;
-    node.load(&rec).await?;
-    Ok(Json(
-        json!({"name": model, "version": version, "ready": true}),
-    ))
-}
-
-async fn v2_infer(
-    State(node): State<Arc<Node>>,
-    Path(model): Path<String>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Response, ApiError> {
-    v2_infer_ref(node, model, headers, body).await
-}
-
-async fn v2_infer_version(
-    State(node): State<Arc<Node>>,
-    Path((model, version)): Path<(String, String)>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Response, ApiError> {
-    v2_infer_ref(node, format!("{model}@{version}"), headers, body).await
-}
-
-async fn v2_infer_ref(
-    node: Arc<Node>,
-    reference: String,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Response, ApiError> {
-    let req = read_request(&node, &headers, body, false).await?;
-    let requested = req.outputs.clone();
-    let binary_all = req.binary_output;
-    let kserve_id = req.id.clone();
-    let (rec, version, loaded, inf) = run_inference(&node, &reference, req).await?;
-    let outs = Node::describe_outputs(loaded.exec.model(), &inf.outputs);
-    // Which outputs to return, and how.
-    let selection: Vec<(usize, bool)> = match &requested {
-        None => (0..outs.len()).map(|i| (i, binary_all)).collect(),
-        Some(list) => list
-            .iter()
-            .map(|r| {
-                outs.iter()
-                    .position(|o| o.0 == r.name)
-                    .map(|i| (i, r.binary))
-                    .ok_or_else(|| {
-                        ApiError::bad_request(
-                            "unknown_output",
-                            format!("the model has no output named '{}'", r.name),
-                        )
-                    })
-            })
-            .collect::<Result<_, _>>()?,
-    };
-    let mut binary = Vec::new();
-    let mut outputs = Vec::new();
-    for (i, bin) in selection {
-        let (name, shape, scale, data) = &outs[i];
-        let datatype = v2_output_datatype(*scale);
-        let int = datatype == "INT64";
-        let mut o = json!({"name": name, "datatype": datatype, "shape": shape,
-                           "parameters": {"scale": scale}});
-        if bin {
-            let before = binary.len();
-            for v in data {
-                if int {
-                    binary.extend_from_slice(&(*v as i64).to_le_bytes());
-                } else {
-                    binary.extend_from_slice(&v.to_le_bytes());
-                }
-            }
-            o["parameters"]["binary_data_size"] = json!(binary.len() - before);
-        } else if int {
-            o["data"] = json!(data.iter().map(|&v| v as i64).collect::<Vec<_>>());
-        } else {
-            o["data"] = json!(data);
-        }
-        outputs.push(o);
-    }
-    let receipt_json =
-        serde_json::to_string(&inf.receipt).map_err(|e| ApiError::internal(e.to_string()))?;
-    let mut doc = json!({
-        "model_name": version.as_ref().map(|v| v.manifest.manifest.name.clone()).unwrap_or_else(|| reference.clone()),
-        "model_version": version.as_ref().map(|v| v.manifest.manifest.version.clone()).unwrap_or_default(),
-        "outputs": outputs,
-        "parameters": {
-            "verity_model_id": rec.id.to_hex(),
-            "verity_request_id": inf.receipt.receipt.request_id.to_hex(),
-            "verity_receipt": receipt_json,
-        },
-    });
-    if let Some(id) = kserve_id {
-        doc["id"] = json!(id);
-    }
-    let header_bytes = serde_json::to_vec(&doc).map_err(|e| ApiError::internal(e.to_string()))?;
-    if binary.is_empty() {
-        let mut r = Response::new(Body::from(header_bytes));
-        r.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        return Ok(r);
-    }
-    let hlen = header_bytes.len();
-    let mut all = header_bytes;
-    all.extend_from_slice(&binary);
-    let mut r = Response::new(Body::from(all));
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/octet-stream"),
-    );
-    if let Ok(v) = HeaderValue::from_str(&hlen.to_string()) {
-        r.headers_mut().insert(BINARY_HEADER, v);
-    }
-    Ok(r)
 }
 
 async fn metrics(State(node): State<Arc<Node>>) -> Result<Response, ApiError> {
