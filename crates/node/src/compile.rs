@@ -149,39 +149,7 @@ async fn in_child(
     let out = onnx.with_extension("vty");
     let report = onnx.with_extension("report.json");
     let _cleanup = Remove(vec![out.clone(), report.clone()]);
-    let mut cmd = tokio::process::Command::new(exe);
-    cmd.arg("model")
-        .arg("compile")
-        .arg(onnx)
-        .arg("-o")
-        .arg(&out)
-        .arg("--report")
-        .arg(&report)
-        .arg(format!("--max-elements={}", limits.max_compile_elements))
-        .args(opts.flags())
-        .env("VERITY_LOG", "error")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true);
-    #[cfg(unix)]
-    {
-        let bytes = limits.max_compile_bytes as libc::rlim_t;
-        // SAFETY: only async-signal-safe calls (setrlimit) between fork and exec.
-        unsafe {
-            cmd.pre_exec(move || {
-                let lim = libc::rlimit {
-                    rlim_cur: bytes,
-                    rlim_max: bytes,
-                };
-                if libc::setrlimit(libc::RLIMIT_AS, &lim) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-    }
-    let mut child = cmd
+    let mut child = compiler(exe, onnx, &out, &report, limits, opts)
         .spawn()
         .map_err(|e| ApiError::internal(format!("cannot start the compiler: {e}")))?;
     let stderr = child.stderr.take();
@@ -206,38 +174,12 @@ async fn in_child(
         }
     };
     if !status.success() {
-        let stderr = String::from_utf8_lossy(&stderr);
-        let last = stderr
-            .lines()
-            .rev()
-            .find(|l| !l.trim().is_empty())
-            .unwrap_or("")
-            .trim();
-        // the compiler's sentence, without the upload's temporary path
-        let msg = last.strip_prefix("error: ").unwrap_or(last);
-        let ours = format!("cannot compile {}: ", onnx.display());
-        let cause = msg.strip_prefix(&ours).unwrap_or(msg);
-        let memory = [
-            "memory allocation",
-            "failed to allocate",
-            "capacity overflow",
-        ]
-        .iter()
-        .any(|m| stderr.contains(m));
-        return Err(if memory || status.code().is_none() {
-            failed(format!(
-                "the compilation exceeded this node's memory budget of {} bytes \
-                 (limits.max_compile_bytes){}",
-                limits.max_compile_bytes,
-                if cause.is_empty() {
-                    String::new()
-                } else {
-                    format!(": {cause}")
-                }
-            ))
-        } else {
-            failed(format!("cannot compile: {cause}"))
-        });
+        return Err(child_failed(
+            onnx,
+            &String::from_utf8_lossy(&stderr),
+            status.code().is_none(),
+            limits.max_compile_bytes,
+        ));
     }
     let bytes = tokio::fs::read(&out)
         .await
@@ -251,6 +193,85 @@ async fn in_child(
         .await?
         .map_err(|e| ApiError::internal(format!("the compiler wrote an invalid model: {e}")))?;
     Ok((model, rep))
+}
+
+/// `verity model compile` of `onnx` into `out` (with its report), quiet, its address space capped at
+/// the node's compile budget.
+fn compiler(
+    exe: &Path,
+    onnx: &Path,
+    out: &Path,
+    report: &Path,
+    limits: &crate::config::Limits,
+    opts: &PublishOptions,
+) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(exe);
+    cmd.arg("model")
+        .arg("compile")
+        .arg(onnx)
+        .arg("-o")
+        .arg(out)
+        .arg("--report")
+        .arg(report)
+        .arg(format!("--max-elements={}", limits.max_compile_elements))
+        .args(opts.flags())
+        .env("VERITY_LOG", "error")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    #[cfg(unix)]
+    {
+        let bytes = limits.max_compile_bytes as libc::rlim_t;
+        // SAFETY: only async-signal-safe calls (setrlimit) between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                let lim = libc::rlimit {
+                    rlim_cur: bytes,
+                    rlim_max: bytes,
+                };
+                if libc::setrlimit(libc::RLIMIT_AS, &lim) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+    cmd
+}
+
+/// Why a compiler child failed, from its last stderr line (without the upload's temporary path): over
+/// the memory budget when it says so or died by a signal (`killed`), else the compiler's sentence.
+fn child_failed(onnx: &Path, stderr: &str, killed: bool, budget: u64) -> ApiError {
+    let last = stderr
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("")
+        .trim();
+    let msg = last.strip_prefix("error: ").unwrap_or(last);
+    let ours = format!("cannot compile {}: ", onnx.display());
+    let cause = msg.strip_prefix(&ours).unwrap_or(msg);
+    let memory = [
+        "memory allocation",
+        "failed to allocate",
+        "capacity overflow",
+    ]
+    .iter()
+    .any(|m| stderr.contains(m));
+    if memory || killed {
+        failed(format!(
+            "the compilation exceeded this node's memory budget of {budget} bytes \
+             (limits.max_compile_bytes){}",
+            if cause.is_empty() {
+                String::new()
+            } else {
+                format!(": {cause}")
+            }
+        ))
+    } else {
+        failed(format!("cannot compile: {cause}"))
+    }
 }
 
 async fn in_process(

@@ -228,72 +228,13 @@ pub fn decode_kserve(
         .ok_or_else(|| TensorError::Malformed("request needs an \"inputs\" array".into()))?;
     let mut rest = binary.unwrap_or(&[]);
     for (i, t) in inputs.iter().enumerate() {
-        let t = t
-            .as_object()
-            .ok_or_else(|| TensorError::Malformed(format!("inputs[{i}] must be an object")))?;
-        let name = t
-            .get("name")
-            .and_then(Value::as_str)
-            .ok_or_else(|| TensorError::Malformed(format!("inputs[{i}] needs a \"name\"")))?
-            .to_string();
-        let what = format!("input '{name}'");
-        let dt = t
-            .get("datatype")
-            .and_then(Value::as_str)
-            .ok_or_else(|| TensorError::Malformed(format!("{what} needs a \"datatype\"")))?;
-        if dtype_size(dt).is_none() {
-            return Err(TensorError::Unprocessable(format!(
-                "{what}: datatype {dt} is not supported (numeric and BOOL only)"
-            )));
-        }
-        let (shape, n) = shape_of(t.get("shape"), &what, max_elements)?;
-        let bin_size = t.get("parameters").and_then(|p| p.get("binary_data_size"));
-        let data = match (t.get("data"), bin_size) {
-            (Some(d), None) => {
-                let mut out = Vec::with_capacity(n.min(1 << 20));
-                flatten(d, &mut out, 0, &what)?;
-                out
-            }
-            (None, Some(size)) => {
-                let size = size.as_u64().ok_or_else(|| {
-                    TensorError::Malformed(format!("{what}: binary_data_size must be an integer"))
-                })?;
-                if binary.is_none() {
-                    return Err(TensorError::Malformed(format!(
-                        "{what} has binary_data_size but the request has no Inference-Header-Content-Length"
-                    )));
-                }
-                if size > rest.len() as u64 {
-                    return Err(TensorError::Malformed(format!(
-                        "{what}: binary_data_size {size} is past the end of the body"
-                    )));
-                }
-                let (now, after) = rest.split_at(size as usize);
-                rest = after;
-                decode_raw(dt, now).map_err(|e| match e {
-                    TensorError::Malformed(m) => TensorError::Malformed(format!("{what}: {m}")),
-                    other => other,
-                })?
-            }
-            (Some(_), Some(_)) => {
-                return Err(TensorError::Malformed(format!(
-                    "{what} has both \"data\" and binary_data_size"
-                )))
-            }
-            (None, None) => return Err(TensorError::Malformed(format!("{what} has no \"data\""))),
-        };
-        if data.len() != n {
-            return Err(TensorError::Malformed(format!(
-                "{what}: shape {shape:?} needs {n} elements, got {}",
-                data.len()
-            )));
-        }
-        req.inputs.push(NamedTensor {
-            name,
-            shape,
-            data,
-            decimals: None,
-        });
+        req.inputs.push(kserve_input(
+            i,
+            t,
+            binary.is_some(),
+            &mut rest,
+            max_elements,
+        )?);
     }
     if !rest.is_empty() {
         return Err(TensorError::Malformed(format!(
@@ -302,28 +243,111 @@ pub fn decode_kserve(
         )));
     }
     if let Some(outs) = obj.get("outputs") {
-        let outs = outs
-            .as_array()
-            .ok_or_else(|| TensorError::Malformed("\"outputs\" must be an array".into()))?;
-        let mut list = Vec::new();
-        for (i, o) in outs.iter().enumerate() {
-            let name = o
-                .get("name")
-                .and_then(Value::as_str)
-                .ok_or_else(|| TensorError::Malformed(format!("outputs[{i}] needs a \"name\"")))?;
-            let binary = o
-                .get("parameters")
-                .and_then(|p| p.get("binary_data"))
-                .and_then(Value::as_bool)
-                .unwrap_or(req.binary_output);
-            list.push(RequestedOutput {
-                name: name.to_string(),
-                binary,
-            });
-        }
-        req.outputs = Some(list);
+        req.outputs = Some(requested_outputs(outs, req.binary_output)?);
     }
     Ok(req)
+}
+
+/// Input `i` of a KServe request, its values from `data` or (binary form, `has_binary`) from the front
+/// of `rest`, which it then advances past them.
+fn kserve_input(
+    i: usize,
+    t: &Value,
+    has_binary: bool,
+    rest: &mut &[u8],
+    max_elements: u64,
+) -> Result<NamedTensor, TensorError> {
+    let t = t
+        .as_object()
+        .ok_or_else(|| TensorError::Malformed(format!("inputs[{i}] must be an object")))?;
+    let name = t
+        .get("name")
+        .and_then(Value::as_str)
+        .ok_or_else(|| TensorError::Malformed(format!("inputs[{i}] needs a \"name\"")))?
+        .to_string();
+    let what = format!("input '{name}'");
+    let dt = t
+        .get("datatype")
+        .and_then(Value::as_str)
+        .ok_or_else(|| TensorError::Malformed(format!("{what} needs a \"datatype\"")))?;
+    if dtype_size(dt).is_none() {
+        return Err(TensorError::Unprocessable(format!(
+            "{what}: datatype {dt} is not supported (numeric and BOOL only)"
+        )));
+    }
+    let (shape, n) = shape_of(t.get("shape"), &what, max_elements)?;
+    let bin_size = t.get("parameters").and_then(|p| p.get("binary_data_size"));
+    let data = match (t.get("data"), bin_size) {
+        (Some(d), None) => {
+            let mut out = Vec::with_capacity(n.min(1 << 20));
+            flatten(d, &mut out, 0, &what)?;
+            out
+        }
+        (None, Some(size)) => {
+            let size = size.as_u64().ok_or_else(|| {
+                TensorError::Malformed(format!("{what}: binary_data_size must be an integer"))
+            })?;
+            if !has_binary {
+                return Err(TensorError::Malformed(format!(
+                    "{what} has binary_data_size but the request has no Inference-Header-Content-Length"
+                )));
+            }
+            if size > rest.len() as u64 {
+                return Err(TensorError::Malformed(format!(
+                    "{what}: binary_data_size {size} is past the end of the body"
+                )));
+            }
+            let (now, after) = rest.split_at(size as usize);
+            *rest = after;
+            decode_raw(dt, now).map_err(|e| match e {
+                TensorError::Malformed(m) => TensorError::Malformed(format!("{what}: {m}")),
+                other => other,
+            })?
+        }
+        (Some(_), Some(_)) => {
+            return Err(TensorError::Malformed(format!(
+                "{what} has both \"data\" and binary_data_size"
+            )))
+        }
+        (None, None) => return Err(TensorError::Malformed(format!("{what} has no \"data\""))),
+    };
+    if data.len() != n {
+        return Err(TensorError::Malformed(format!(
+            "{what}: shape {shape:?} needs {n} elements, got {}",
+            data.len()
+        )));
+    }
+    Ok(NamedTensor {
+        name,
+        shape,
+        data,
+        decimals: None,
+    })
+}
+
+/// A KServe request's `outputs`: the outputs to return, each binary or not (`binary_all` unless its
+/// own `binary_data` says).
+fn requested_outputs(outs: &Value, binary_all: bool) -> Result<Vec<RequestedOutput>, TensorError> {
+    let outs = outs
+        .as_array()
+        .ok_or_else(|| TensorError::Malformed("\"outputs\" must be an array".into()))?;
+    let mut list = Vec::new();
+    for (i, o) in outs.iter().enumerate() {
+        let name = o
+            .get("name")
+            .and_then(Value::as_str)
+            .ok_or_else(|| TensorError::Malformed(format!("outputs[{i}] needs a \"name\"")))?;
+        let binary = o
+            .get("parameters")
+            .and_then(|p| p.get("binary_data"))
+            .and_then(Value::as_bool)
+            .unwrap_or(binary_all);
+        list.push(RequestedOutput {
+            name: name.to_string(),
+            binary,
+        });
+    }
+    Ok(list)
 }
 
 /// Decode a native request: `{"inputs": {"name": tensor, …}, "request_id": "0x…"}` where a tensor is a

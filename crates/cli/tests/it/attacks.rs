@@ -148,6 +148,35 @@ fn data_uri() -> String {
 
 /// Serve `body` once per connection at `http://127.0.0.1:<port>/input` (and at any other path), each
 /// answer after `delay`; the thread ends with the test process.
+/// Read one HTTP request to its end (headers and a `content-length` body), so that closing the socket
+/// after answering does not reset the connection under the client (unread bytes make the close an RST).
+fn read_request(s: &mut std::net::TcpStream) {
+    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let mut need: Option<usize> = None;
+    loop {
+        if let Some(n) = need {
+            if got.len() >= n {
+                return;
+            }
+        } else if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
+            let body = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .unwrap_or(0);
+            need = Some(end + 4 + body);
+            continue;
+        }
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
 pub(crate) fn slow_server(body: String, delay: Duration) -> String {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}/input", l.local_addr().unwrap());
@@ -156,8 +185,7 @@ pub(crate) fn slow_server(body: String, delay: Duration) -> String {
             let Ok(mut s) = s else { continue };
             let body = body.clone();
             std::thread::spawn(move || {
-                let mut buf = [0u8; 4096];
-                let _ = s.read(&mut buf);
+                read_request(&mut s);
                 std::thread::sleep(delay);
                 let _ = write!(
                     s,

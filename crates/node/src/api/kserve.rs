@@ -338,39 +338,7 @@ async fn v2_infer_ref(
             })
             .collect::<Result<_, _>>()?,
     };
-    let mut binary = Vec::new();
-    let mut outputs = Vec::new();
-    for (i, bin) in selection {
-        let (name, shape, scale, data) = &outs[i];
-        let datatype = v2_output_datatype(*scale);
-        let int = datatype == "INT64";
-        let mut o = OutputTensor {
-            name,
-            datatype,
-            shape,
-            parameters: OutputParameters {
-                scale: *scale,
-                binary_data_size: None,
-            },
-            data: None,
-        };
-        if bin {
-            let before = binary.len();
-            for v in data {
-                if int {
-                    binary.extend_from_slice(&(*v as i64).to_le_bytes());
-                } else {
-                    binary.extend_from_slice(&v.to_le_bytes());
-                }
-            }
-            o.parameters.binary_data_size = Some(binary.len() - before);
-        } else if int {
-            o.data = Some(OutputData::Int(data.iter().map(|&v| v as i64).collect()));
-        } else {
-            o.data = Some(OutputData::Float(data.clone()));
-        }
-        outputs.push(o);
-    }
+    let (outputs, binary) = encode_outputs(&outs, selection);
     let receipt_json =
         serde_json::to_string(&inf.receipt).map_err(|e| ApiError::internal(e.to_string()))?;
     let doc = InferResponse {
@@ -411,4 +379,46 @@ async fn v2_infer_ref(
         r.headers_mut().insert(BINARY_HEADER, v);
     }
     Ok(r)
+}
+
+/// The selected outputs (index, as binary data or not) as response tensors, and the binary data that
+/// follows the JSON header (little-endian `INT64` for integer outputs, `FP64` for others).
+fn encode_outputs(
+    outs: &[(String, Vec<u64>, i8, Vec<f64>)],
+    selection: Vec<(usize, bool)>,
+) -> (Vec<OutputTensor<'_>>, Vec<u8>) {
+    let mut binary = Vec::new();
+    let mut outputs = Vec::new();
+    for (i, bin) in selection {
+        let (name, shape, scale, data) = &outs[i];
+        let datatype = v2_output_datatype(*scale);
+        let int = datatype == "INT64";
+        let mut o = OutputTensor {
+            name,
+            datatype,
+            shape,
+            parameters: OutputParameters {
+                scale: *scale,
+                binary_data_size: None,
+            },
+            data: None,
+        };
+        if bin {
+            let before = binary.len();
+            for v in data {
+                if int {
+                    binary.extend_from_slice(&(*v as i64).to_le_bytes());
+                } else {
+                    binary.extend_from_slice(&v.to_le_bytes());
+                }
+            }
+            o.parameters.binary_data_size = Some(binary.len() - before);
+        } else if int {
+            o.data = Some(OutputData::Int(data.iter().map(|&v| v as i64).collect()));
+        } else {
+            o.data = Some(OutputData::Float(data.clone()));
+        }
+        outputs.push(o);
+    }
+    (outputs, binary)
 }

@@ -414,31 +414,59 @@ async fn pull_list(
     peers: &[String],
     report: &mut PullReport,
 ) -> Result<(), ApiError> {
+    let missing = missing_chunks(node, list).await?;
+    let t_fetch = Instant::now();
+    fetch_missing(node, http, list, peers, missing, report).await?;
+    report.fetch_seconds = t_fetch.elapsed().as_secs_f64();
+    let t_decode = Instant::now();
+    let model = assemble(node, list, peers, report).await?;
+    report.decode_seconds = t_decode.elapsed().as_secs_f64();
+    keep(node, list, &model).await
+}
+
+/// Open the pull of `list` in the store; the indices of the chunks still missing (a repeated chunk is
+/// fetched once).
+async fn missing_chunks(node: &Arc<Node>, list: &ChunkList) -> Result<Vec<usize>, ApiError> {
     let id = list.model_id;
     let store = node.store.clone();
     let chunks = list.chunks.clone();
     node.blocking(move || store.begin_pull(&id, &chunks))
         .await??;
-    // Chunks still missing (a repeated chunk is fetched once).
     let store = node.store.clone();
     let chunks = list.chunks.clone();
-    let missing: Vec<usize> = node
-        .blocking(move || {
-            let mut seen = BTreeSet::new();
-            Ok::<_, ApiError>(
-                chunks
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, h)| seen.insert(**h))
-                    .filter(|(_, h)| !store.has_chunk(h))
-                    .map(|(i, _)| i)
-                    .collect(),
-            )
-        })
-        .await??;
-    let t_fetch = Instant::now();
+    node.blocking(move || {
+        let mut seen = BTreeSet::new();
+        Ok::<_, ApiError>(
+            chunks
+                .iter()
+                .enumerate()
+                .filter(|(_, h)| seen.insert(**h))
+                .filter(|(_, h)| !store.has_chunk(h))
+                .map(|(i, _)| i)
+                .collect(),
+        )
+    })
+    .await?
+}
+
+/// Fetch the `missing` chunks from the peers with parallel workers; who served what, and what was
+/// refused, goes into the report.
+async fn fetch_missing(
+    node: &Arc<Node>,
+    http: &reqwest::Client,
+    list: &ChunkList,
+    peers: &[String],
+    missing: Vec<usize>,
+    report: &mut PullReport,
+) -> Result<(), ApiError> {
+    let workers = node
+        .config
+        .hosting
+        .parallel_chunks
+        .min(missing.len())
+        .max(1);
     let work = Arc::new(Mutex::new(Work {
-        queue: missing.iter().copied().collect(),
+        queue: missing.into_iter().collect(),
         attempts: vec![0; list.chunks.len()],
         refused: BTreeSet::new(),
         failures: vec![0; peers.len()],
@@ -446,20 +474,14 @@ async fn pull_list(
         notes: Vec::new(),
         error: None,
     }));
-    let workers = node
-        .config
-        .hosting
-        .parallel_chunks
-        .min(missing.len())
-        .max(1);
-    let peers: Arc<Vec<String>> = Arc::new(peers.to_vec());
+    let shared_peers: Arc<Vec<String>> = Arc::new(peers.to_vec());
     let list = Arc::new(list.clone());
     let mut tasks = Vec::new();
     for w in 0..workers {
         let (node, http, peers, list, work) = (
             node.clone(),
             http.clone(),
-            peers.clone(),
+            shared_peers.clone(),
             list.clone(),
             work.clone(),
         );
@@ -483,18 +505,20 @@ async fn pull_list(
     }
     report.fetched += served.iter().sum::<usize>();
     report.refused.extend(notes);
-    if let Some(e) = error {
-        return Err(ApiError::new(
+    match error {
+        Some(e) => Err(ApiError::new(
             StatusCode::BAD_GATEWAY,
             "replication_failed",
             e,
-        ));
+        )),
+        None => Ok(()),
     }
-    report.fetch_seconds = t_fetch.elapsed().as_secs_f64();
-    let t_decode = Instant::now();
-    // Assemble, decode and check the ID: the one thing not taken from the peers.
-    let mut rec = ModelRecord {
-        id,
+}
+
+/// The record of a pulled model before its schema is known (what assembling its chunks needs).
+fn bare_record(list: &ChunkList) -> ModelRecord {
+    ModelRecord {
+        id: list.model_id,
         size: list.size,
         chunk_size: list.chunk_size,
         chunks: list.chunks.clone(),
@@ -504,54 +528,65 @@ async fn pull_list(
         parameters: 0,
         stored_at: 0,
         cost: None,
-    };
+    }
+}
+
+/// Assemble, decode and check the ID — the one thing not taken from the peers. A list that makes
+/// another model, or none, ends the pull.
+async fn assemble(
+    node: &Arc<Node>,
+    list: &ChunkList,
+    peers: &[String],
+    report: &mut PullReport,
+) -> Result<verity_engine::Model, ApiError> {
+    let id = list.model_id;
     let store = node.store.clone();
-    let r2 = rec.clone();
+    let rec = bare_record(list);
     let decoded = node
         .blocking(move || -> Result<_, ApiError> {
             // Every chunk was checked against the list when written; the ID check covers the whole.
-            let bytes = store.assemble_unchecked(&r2)?;
+            let bytes = store.assemble_unchecked(&rec)?;
             Ok(vty::decode(&bytes).map_err(|e| e.to_string()))
         })
         .await??;
-    let good = match decoded {
-        Ok((model, got)) if got == id => Some(model),
-        Ok((_, got)) => {
-            report.refused.push(format!(
-                "{peers:?}: their chunk list assembles model {got}, not {id}"
-            ));
-            None
-        }
-        Err(e) => {
-            report.refused.push(format!(
-                "{peers:?}: their chunk list assembles no model ({e})"
-            ));
-            None
-        }
+    let why = match decoded {
+        Ok((model, got)) if got == id => return Ok(model),
+        Ok((_, got)) => format!("{peers:?}: their chunk list assembles model {got}, not {id}"),
+        Err(e) => format!("{peers:?}: their chunk list assembles no model ({e})"),
     };
-    let Some(model) = good else {
-        let store = node.store.clone();
-        node.blocking(move || store.end_pull(&id)).await??;
-        return Err(ApiError::new(
-            StatusCode::BAD_GATEWAY,
-            "replication_failed",
-            format!("the chunk list from {peers:?} does not make model {id}"),
-        ));
-    };
-    report.decode_seconds = t_decode.elapsed().as_secs_f64();
-    // A model over this node's limits is not kept (nor ever loaded).
-    let cost = verity_engine::Cost::of(&model);
+    report.refused.push(why);
+    let store = node.store.clone();
+    node.blocking(move || store.end_pull(&id)).await??;
+    Err(ApiError::new(
+        StatusCode::BAD_GATEWAY,
+        "replication_failed",
+        format!("the chunk list from {peers:?} does not make model {id}"),
+    ))
+}
+
+/// Keep the pulled model with the versions its owner signed — unless it is over this node's limits
+/// (then it is neither kept nor ever loaded) — and end the pull.
+async fn keep(
+    node: &Arc<Node>,
+    list: &ChunkList,
+    model: &verity_engine::Model,
+) -> Result<(), ApiError> {
+    let id = list.model_id;
+    let cost = verity_engine::Cost::of(model);
     if let Err(e) = crate::state::check_cost(&cost, &node.config.limits) {
         let store = node.store.clone();
         node.blocking(move || store.end_pull(&id)).await??;
         return Err(e);
     }
-    let full = record_for(&model, id, &cost);
-    rec.inputs = full.inputs;
-    rec.outputs = full.outputs;
-    rec.nodes = full.nodes;
-    rec.parameters = full.parameters;
-    rec.cost = full.cost;
+    let full = record_for(model, id, &cost);
+    let rec = ModelRecord {
+        inputs: full.inputs,
+        outputs: full.outputs,
+        nodes: full.nodes,
+        parameters: full.parameters,
+        cost: full.cost,
+        ..bare_record(list)
+    };
     // Only versions signed by their owner for this model.
     let mut versions: Vec<Version> = Vec::new();
     for v in &list.versions {
