@@ -943,6 +943,8 @@ fn demo_llm(
         saved.display(),
         verdict.trim().split(';').next().unwrap_or_default()
     );
+    let gguf = verity_node::config::LlmConfig::from_arg(llm).path;
+    stream_with_openai_sdk(&endpoints[0].0, &model, &endpoints[0].1, &gguf, dir)?;
     let t0 = Instant::now();
     let q = post(format!(
         "{}/v1/chat/completions?quorum=3",
@@ -974,6 +976,65 @@ fn demo_llm(
         verdict.trim().split(';').next().unwrap_or_default()
     );
     println!("== language-model demo done ==\n");
+    Ok(())
+}
+
+/// The Python client that streams a chat through the `openai` SDK and checks each chunk, run with the
+/// interpreter named by `VERITY_DEMO_PYTHON` (one with `openai` and `eth_account`; `scripts/demo` makes
+/// one); without it the step is skipped, said once. Its saved answer is then re-executed by `verity verify`
+/// with the GGUF.
+const CHAT_CLIENT: &str = "clients/python/chat_demo.py";
+
+fn stream_with_openai_sdk(
+    base: &str,
+    model: &str,
+    node: &verity_core::Address,
+    gguf: &Path,
+    dir: &Path,
+) -> Result<()> {
+    let Some(python) = std::env::var_os("VERITY_DEMO_PYTHON") else {
+        println!("            (set VERITY_DEMO_PYTHON to a Python with openai and eth_account to stream a chat through the openai SDK, each chunk checked)");
+        return Ok(());
+    };
+    if !Path::new(CHAT_CLIENT).exists() {
+        println!("            ({CHAT_CLIENT} is not under the current directory: the streamed chat is skipped)");
+        return Ok(());
+    }
+    let saved = dir.join("chat-stream.json");
+    let out = Command::new(&python)
+        .arg(CHAT_CLIENT)
+        .args(["--base-url", &format!("{base}/v1"), "--model", model])
+        .args(["--node", &node.to_string()])
+        .arg("--save")
+        .arg(&saved)
+        .output()
+        .with_context(|| format!("cannot run {}", Path::new(&python).display()))?;
+    if !out.status.success() {
+        bail!(
+            "{CHAT_CLIENT} failed: {}{}",
+            String::from_utf8_lossy(&out.stderr).trim(),
+            String::from_utf8_lossy(&out.stdout).trim()
+        );
+    }
+    println!("10b. openai  the openai SDK streams a chat from {base}/v1, checking every chunk as it comes:");
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        println!("            {line}");
+    }
+    let verdict = verity(
+        &[
+            "verify",
+            saved.to_str().unwrap_or_default(),
+            "--model",
+            gguf.to_str().unwrap_or_default(),
+        ],
+        &[],
+    )?;
+    println!(
+        "            verity verify {} --model {} → {}",
+        saved.display(),
+        gguf.display(),
+        verdict.trim()
+    );
     Ok(())
 }
 

@@ -35,8 +35,16 @@ fn devnet(dir: &std::path::Path, port: u16, extra: &[&str]) -> String {
     args.push(&p);
     args.extend_from_slice(&["--demo", "--once", "--anvil", anvil.to_str().unwrap()]);
     args.extend_from_slice(extra);
+    // the streamed chat through the openai SDK needs a Python with it (scripts/setup-python's)
+    let python = root().join(".venv/bin/python");
+    assert!(
+        python.exists(),
+        "{} is missing: run scripts/setup-python",
+        python.display()
+    );
     let o = Command::new(env!("CARGO_BIN_EXE_verity"))
         .args(&args)
+        .env("VERITY_DEMO_PYTHON", &python)
         .current_dir(root())
         .output()
         .unwrap();
@@ -73,6 +81,12 @@ fn devnet_demo_runs_end_to_end_and_resumes() {
     for want in [
         "10. chat",
         "12 times 7",
+        // streamed through the openai SDK, every chunk checked, a proxy's edit refused, the answer verified
+        "10b. openai  the openai SDK streams a chat",
+        "each checked against the running hash signed by",
+        "altered   a proxy's edit of chunk",
+        "chat-stream.json --model",
+        "re-execution gives the same",
         "11. quorum  ?quorum=3: 3 nodes drawn from the registry generate the same",
         ", the answer above",
         "chat-quorum.json --chain … → valid quorum certificate: 3 nodes",
