@@ -121,9 +121,35 @@ fn bind_len(len: usize, tree: Hash) -> Hash {
     k.finalize()
 }
 
+/// Leaves hashed at a time by [`elements_root`] (a power of two): a large tensor's tree is built from
+/// the roots of aligned subtrees of this many leaves, so no more than one subtree's words and leaves
+/// are held at once (a language model's 28M-element embedding table took 4 bytes of leaves per element,
+/// and as much again for the words and the first levels, all at once).
+const SUBTREE_LEAVES: usize = 1 << 14;
+
 /// The elements root of a flat row-major `i32` tensor.
 pub fn elements_root(elems: &[i32]) -> Hash {
-    bind_len(elems.len(), merkle_root(&element_leaves(elems)))
+    let per = SUBTREE_LEAVES * ELEMENTS_PER_LEAF;
+    if elems.len() <= per {
+        return bind_len(elems.len(), merkle_root(&element_leaves(elems)));
+    }
+    // Level k = log2(SUBTREE_LEAVES) of the whole tree, one node per aligned run of leaves: a full run's
+    // root, and for a short last run its own root carried up the levels it lacks, paired with the zero
+    // hash at each (the tree's rule for a last node without a partner). Above level k the tree is built
+    // from those nodes by the same rule.
+    let k = SUBTREE_LEAVES.trailing_zeros();
+    let level_k: Vec<Hash> = elems
+        .chunks(per)
+        .map(|run| {
+            let leaves = element_leaves(run);
+            let mut node = merkle_root(&leaves);
+            for _ in leaves.len().next_power_of_two().trailing_zeros()..k {
+                node = parent(&node, &Hash::ZERO);
+            }
+            node
+        })
+        .collect();
+    bind_len(elems.len(), merkle_root(&level_k))
 }
 
 /// A proof that one element of a tensor has a given value, against the tensor's elements root.
@@ -318,6 +344,38 @@ mod tests {
         assert_eq!(&w[4..8], &[0xff, 0xff, 0xff, 0xff]);
         assert_eq!(&w[8..12], &[1, 2, 3, 4]);
         assert_eq!(&w[12..], &[0u8; 20]);
+    }
+
+    #[test]
+    fn subtree_roots_give_the_whole_trees_root() {
+        // the whole tree built level by level, as the rules in the module's doc say
+        let whole = |elems: &[i32]| bind_len(elems.len(), merkle_root(&element_leaves(elems)));
+        let per = SUBTREE_LEAVES * ELEMENTS_PER_LEAF;
+        let mut x = 0x9e37_79b9_u32;
+        let data: Vec<i32> = (0..4 * per + 3 * ELEMENTS_PER_LEAF + 5)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                x as i32
+            })
+            .collect();
+        for n in [
+            0,
+            1,
+            per - 1,
+            per,
+            per + 1,
+            per + ELEMENTS_PER_LEAF,
+            per + 2 * ELEMENTS_PER_LEAF + 1,
+            2 * per,
+            2 * per + 7,
+            3 * per,
+            3 * per + per / 2,
+            4 * per + 3 * ELEMENTS_PER_LEAF + 5,
+        ] {
+            assert_eq!(elements_root(&data[..n]), whole(&data[..n]), "{n} elements");
+        }
     }
 
     #[test]

@@ -235,7 +235,7 @@ enum Prepared {
         Option<kernels::Packed>,
     ),
     /// A constant matrix times a few vectors (`EinSum {og, g → o}` or `{og, mg → mo}`).
-    MatVec(MatVec),
+    MatVec(Arc<MatVec>),
     /// A convolution's weights in 8-bit form, one matrix per group.
     Conv(Vec<crate::qgemm::PackedA>),
     /// Block-wise products `{gk, ogk → og}` with 8-bit constant weights (shareable between
@@ -243,10 +243,30 @@ enum Prepared {
     Blocks(Arc<crate::blockdot::PackedBlocks>),
 }
 
-/// Packed block weights of an executor, by the identity of the shared constants they were packed
-/// from (weights, multipliers), for [`Executor::new_sharing`].
+/// The prepared forms of constants an executor holds — packed block weights by the identity of the
+/// shared constants they were packed from (weights, multipliers), column-major matrices for
+/// matrix-vector products by (weights, columns) — for [`Executor::new_sharing`].
 #[derive(Clone, Default)]
-pub struct SharedPacks(Vec<(usize, usize, Arc<crate::blockdot::PackedBlocks>)>);
+pub struct SharedPacks {
+    blocks: Vec<(usize, usize, Arc<crate::blockdot::PackedBlocks>)>,
+    matvecs: Vec<(usize, usize, Arc<MatVec>)>,
+}
+
+impl SharedPacks {
+    /// Adds `other`'s entries that this one lacks (so one set can carry every executor's of a group).
+    pub fn extend(&mut self, other: &SharedPacks) {
+        for b in &other.blocks {
+            if !self.blocks.iter().any(|x| (x.0, x.1) == (b.0, b.1)) {
+                self.blocks.push(b.clone());
+            }
+        }
+        for m in &other.matvecs {
+            if !self.matvecs.iter().any(|x| (x.0, x.1) == (m.0, m.1)) {
+                self.matvecs.push(m.clone());
+            }
+        }
+    }
+}
 
 /// The packed weights of an `EinSum {gk, ogk → og}` (or `{mgk, ogk → mog}`) whose second operand is
 /// a constant of 8-bit values (a block-quantized matrix product, see [`crate::blockdot`]).
@@ -312,9 +332,10 @@ impl<M: Borrow<Model> + Sync> Executor<M> {
         Self::new_sharing(model_ref, mode, &SharedPacks::default())
     }
 
-    /// [`Executor::new`] that takes the packed block weights of constants it shares with the model of
-    /// another executor (see [`Executor::shared_packs`]) instead of packing them again: models built
-    /// from the same weights (a language model's step for several cache lengths) hold one copy.
+    /// [`Executor::new`] that takes the prepared forms (packed block weights, matrix-vector matrices)
+    /// of constants it shares with the model of another executor (see [`Executor::shared_packs`])
+    /// instead of preparing them again: models built from the same weights (a language model's step
+    /// for several cache lengths, and the sessions running it on other threads) hold one copy.
     pub fn new_sharing(model_ref: M, mode: Mode, shared: &SharedPacks) -> Self {
         let model: &Model = model_ref.borrow();
         let const_id = |v: ValueId| {
@@ -343,14 +364,22 @@ impl<M: Borrow<Model> + Sync> Executor<M> {
                 .map(|(k, node)| match &node.op {
                     Op::EinSum { a, b, out } if node.inputs.len() == 2 && matvec(a, b, out) => {
                         match model.const_of(node.inputs[0]) {
-                            Some(c) => Prepared::MatVec(MatVec::new(&c.data, c.shape[1] as usize)),
+                            Some(c) => {
+                                let key = (const_id(node.inputs[0]), (c.shape[1] as usize).max(1));
+                                match shared.matvecs.iter().find(|x| (x.0, x.1) == key) {
+                                    Some(x) => Prepared::MatVec(x.2.clone()),
+                                    None => Prepared::MatVec(Arc::new(MatVec::new(&c.data, key.1))),
+                                }
+                            }
                             None => Prepared::None,
                         }
                     }
                     Op::EinSum { a, b, out } => {
                         let key = pack_key(k, node);
-                        if let Some((_, _, p)) =
-                            shared.0.iter().find(|(w, m, _)| (*w, *m) == key && *w != 0)
+                        if let Some((_, _, p)) = shared
+                            .blocks
+                            .iter()
+                            .find(|(w, m, _)| (*w, *m) == key && *w != 0)
                         {
                             return Prepared::Blocks(p.clone());
                         }
@@ -402,29 +431,33 @@ impl<M: Borrow<Model> + Sync> Executor<M> {
                 }
             }
         }
-        let packs = prepared
-            .iter()
-            .zip(&model.nodes)
-            .enumerate()
-            .filter_map(|(k, (p, node))| match p {
+        let mut packs = SharedPacks::default();
+        for (k, (p, node)) in prepared.iter().zip(&model.nodes).enumerate() {
+            match p {
                 Prepared::Blocks(p) => {
                     let (w, m) = pack_key(k, node);
-                    Some((w, m, p.clone()))
+                    packs.blocks.push((w, m, p.clone()));
                 }
-                _ => None,
-            })
-            .collect();
+                Prepared::MatVec(p) => {
+                    packs
+                        .matvecs
+                        .push((const_id(node.inputs[0]), p.g, p.clone()));
+                }
+                _ => {}
+            }
+        }
         Executor {
             model: model_ref,
             mode,
             prepared,
             last_use,
             roles,
-            packs: SharedPacks(packs),
+            packs,
         }
     }
 
-    /// This executor's packed block weights, for [`Executor::new_sharing`].
+    /// This executor's prepared constants (packed block weights, matrix-vector matrices), for
+    /// [`Executor::new_sharing`].
     pub fn shared_packs(&self) -> &SharedPacks {
         &self.packs
     }
@@ -1787,6 +1820,55 @@ pub(crate) fn conv_reference(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An executor made beside another (`new_sharing`) takes its column-major matrix for a constant
+    /// matrix-vector product instead of building one, and gives the same integers as one made alone and
+    /// as the reference.
+    #[test]
+    fn executors_share_matrix_vector_weights() {
+        let (o, g) = (5u32, 7u32);
+        let w: Vec<i32> = (0..o * g).map(|i| i as i32 * 37 - 600).collect();
+        let m = Model::one_node(
+            vec![crate::ir::Input {
+                name: "x".into(),
+                shape: vec![g],
+                scale: 4,
+                kind: crate::ir::InputKind::Fixed,
+            }],
+            vec![Const {
+                shape: vec![o, g],
+                scale: 6,
+                data: w.into(),
+            }],
+            Op::EinSum {
+                a: vec![0, 1],
+                b: vec![1],
+                out: vec![0],
+            },
+            vec![1, 0],
+            vec![o],
+            5,
+        );
+        let fast = Mode::Fast { threads: 1 };
+        let first = Executor::new(&m, fast);
+        let beside = Executor::new_sharing(&m, fast, first.shared_packs());
+        let alone = Executor::new(&m, fast);
+        match (&first.prepared[0], &beside.prepared[0], &alone.prepared[0]) {
+            (Prepared::MatVec(a), Prepared::MatVec(b), Prepared::MatVec(c)) => {
+                assert!(
+                    Arc::ptr_eq(a, b),
+                    "the executor beside takes the first one's matrix"
+                );
+                assert!(!Arc::ptr_eq(a, c), "one made alone builds its own");
+            }
+            _ => panic!("a constant matrix times a vector is prepared as such"),
+        }
+        let x = vec![(0..g as i32).map(|i| i * 11 - 30).collect::<Vec<_>>()];
+        let want = Executor::new(&m, Mode::Reference).run(x.clone()).unwrap();
+        assert_eq!(first.run(x.clone()).unwrap(), want);
+        assert_eq!(beside.run(x.clone()).unwrap(), want);
+        assert_eq!(alone.run(x).unwrap(), want);
+    }
 
     /// The row-wise strided copy (Slice, Broadcast, Transpose) equals the element-wise odometer it
     /// replaced, for steps on every axis, permuted and zero (broadcast) strides, a scalar and an empty

@@ -46,6 +46,8 @@ pub struct Session<'a> {
     variants: Vec<(usize, usize, Executor<&'a Model>)>,
     /// The several-generation variants' executors, the same way.
     batches: Vec<(usize, usize, Executor<&'a Model>)>,
+    /// Every executor's prepared constants, for sessions beside this one.
+    packs: SharedPacks,
     /// Per layer, keys then values, `[rows, kv_heads, head_dim]` each: the rows of the positions so
     /// far, grown (with zeros) to the cache length of the model that runs next.
     caches: Vec<Vec<i32>>,
@@ -61,30 +63,34 @@ impl<'a> Session<'a> {
     /// A second session on the same step that shares this one's packed weights (its own executors,
     /// buffers and caches): sessions that run at the same time on different threads.
     pub fn beside(&self, threads: usize) -> Session<'a> {
-        Session::build(self.step, threads, self.exec.shared_packs())
+        Session::build(self.step, threads, &self.packs)
     }
 
     fn build(step: &'a Step, threads: usize, packs: &SharedPacks) -> Session<'a> {
         let mode = Mode::Fast {
             threads: threads.max(1),
         };
-        let exec = Executor::new_sharing(&step.model, mode, packs);
-        let executors = |sequences: bool| {
-            step.variants
-                .iter()
-                .filter(|v| v.sequences == sequences)
-                .map(|v| {
-                    let e = Executor::new_sharing(&v.model, mode, exec.shared_packs());
-                    (v.rows, v.cache_rows, e)
-                })
-                .collect()
-        };
-        let (variants, batches) = (executors(false), executors(true));
+        // every executor takes what an earlier one (of this session or the one it is beside) prepared
+        let mut packs = packs.clone();
+        let exec = Executor::new_sharing(&step.model, mode, &packs);
+        packs.extend(exec.shared_packs());
+        let (mut variants, mut batches) = (Vec::new(), Vec::new());
+        for v in &step.variants {
+            let e = Executor::new_sharing(&v.model, mode, &packs);
+            packs.extend(e.shared_packs());
+            let list = if v.sequences {
+                &mut batches
+            } else {
+                &mut variants
+            };
+            list.push((v.rows, v.cache_rows, e));
+        }
         Session {
             step,
             exec,
             variants,
             batches,
+            packs,
             caches: vec![Vec::new(); 2 * step.hp.layers],
             pos: 0,
         }
