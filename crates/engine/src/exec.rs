@@ -248,23 +248,32 @@ enum Prepared {
 /// matrix-vector products by (weights, columns) — for [`Executor::new_sharing`].
 #[derive(Clone, Default)]
 pub struct SharedPacks {
-    blocks: Vec<(usize, usize, Arc<crate::blockdot::PackedBlocks>)>,
-    matvecs: Vec<(usize, usize, Arc<MatVec>)>,
+    blocks: Keyed<crate::blockdot::PackedBlocks>,
+    matvecs: Keyed<MatVec>,
+}
+
+/// Prepared forms by the two identities they were made from.
+type Keyed<T> = Vec<(usize, usize, Arc<T>)>;
+
+/// The entry of `list` made from `key`.
+fn keyed<T>(list: &Keyed<T>, key: (usize, usize)) -> Option<&Arc<T>> {
+    list.iter().find(|x| (x.0, x.1) == key).map(|x| &x.2)
+}
+
+/// Adds `from`'s entries whose keys `into` lacks.
+fn add_missing<T>(into: &mut Keyed<T>, from: &Keyed<T>) {
+    for e in from {
+        if keyed(into, (e.0, e.1)).is_none() {
+            into.push(e.clone());
+        }
+    }
 }
 
 impl SharedPacks {
     /// Adds `other`'s entries that this one lacks (so one set can carry every executor's of a group).
     pub fn extend(&mut self, other: &SharedPacks) {
-        for b in &other.blocks {
-            if !self.blocks.iter().any(|x| (x.0, x.1) == (b.0, b.1)) {
-                self.blocks.push(b.clone());
-            }
-        }
-        for m in &other.matvecs {
-            if !self.matvecs.iter().any(|x| (x.0, x.1) == (m.0, m.1)) {
-                self.matvecs.push(m.clone());
-            }
-        }
+        add_missing(&mut self.blocks, &other.blocks);
+        add_missing(&mut self.matvecs, &other.matvecs);
     }
 }
 
@@ -366,8 +375,8 @@ impl<M: Borrow<Model> + Sync> Executor<M> {
                         match model.const_of(node.inputs[0]) {
                             Some(c) => {
                                 let key = (const_id(node.inputs[0]), (c.shape[1] as usize).max(1));
-                                match shared.matvecs.iter().find(|x| (x.0, x.1) == key) {
-                                    Some(x) => Prepared::MatVec(x.2.clone()),
+                                match keyed(&shared.matvecs, key) {
+                                    Some(p) => Prepared::MatVec(p.clone()),
                                     None => Prepared::MatVec(Arc::new(MatVec::new(&c.data, key.1))),
                                 }
                             }
@@ -376,11 +385,7 @@ impl<M: Borrow<Model> + Sync> Executor<M> {
                     }
                     Op::EinSum { a, b, out } => {
                         let key = pack_key(k, node);
-                        if let Some((_, _, p)) = shared
-                            .blocks
-                            .iter()
-                            .find(|(w, m, _)| (*w, *m) == key && *w != 0)
-                        {
+                        if let Some(p) = keyed(&shared.blocks, key).filter(|_| key.0 != 0) {
                             return Prepared::Blocks(p.clone());
                         }
                         let shape =

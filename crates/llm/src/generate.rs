@@ -69,6 +69,23 @@ pub enum Format {
     JsonObject,
 }
 
+impl Format {
+    /// Its name in OpenAI's `response_format.type` and in a completion's `verity` fields.
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::Text => "text",
+            Format::JsonObject => "json_object",
+        }
+    }
+
+    /// The format named `name` ([`Format::name`]), if Verity knows it.
+    pub fn from_name(name: &str) -> Option<Format> {
+        [Format::Text, Format::JsonObject]
+            .into_iter()
+            .find(|f| f.name() == name)
+    }
+}
+
 /// How a generation ends besides its end tokens, and what its output must be.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Rules {
@@ -494,11 +511,7 @@ impl CompletionFields {
             steps_root: out.steps_root,
             max_tokens: rules.max_tokens,
             stop: rules.stop.clone(),
-            response_format: match rules.format {
-                Format::Text => "text",
-                Format::JsonObject => "json_object",
-            }
-            .into(),
+            response_format: rules.format.name().into(),
             sampling: SamplingFields {
                 temperature: params.temperature,
                 top_k: params.top_k as u32,
@@ -517,15 +530,12 @@ impl CompletionFields {
     /// The sampler and rules these fields say the completion ran under (what its input hash binds);
     /// an error names a response format Verity does not know.
     pub fn sampler_and_rules(&self) -> Result<(Sampler, Rules), LlmError> {
-        let format = match self.response_format.as_str() {
-            "text" => Format::Text,
-            "json_object" => Format::JsonObject,
-            f => {
-                return Err(LlmError::Request(format!(
-                    "the response format '{f}' is not one Verity knows"
-                )))
-            }
-        };
+        let format = Format::from_name(&self.response_format).ok_or_else(|| {
+            LlmError::Request(format!(
+                "the response format '{}' is not one Verity knows",
+                self.response_format
+            ))
+        })?;
         let fp = &self.sampling.fixed_point;
         let sampler = Sampler {
             temperature_q: fp.temperature,

@@ -468,13 +468,13 @@ fn response_format(v: &Value) -> Result<Format, OaiError> {
         Some(f) => f,
     };
     match f.get("type").and_then(Value::as_str) {
-        Some("text") => Ok(Format::Text),
-        Some("json_object") => Ok(Format::JsonObject),
-        Some(t) => Err(OaiError::bad(
-            "unsupported_value",
-            Some("response_format"),
-            format!("response_format of type '{t}' is not supported (text, json_object)"),
-        )),
+        Some(t) => Format::from_name(t).ok_or_else(|| {
+            OaiError::bad(
+                "unsupported_value",
+                Some("response_format"),
+                format!("response_format of type '{t}' is not supported (text, json_object)"),
+            )
+        }),
         None => Err(OaiError::bad(
             "invalid_value",
             Some("response_format"),

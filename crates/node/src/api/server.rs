@@ -306,7 +306,7 @@ struct ModelList<'a> {
 async fn list_models(
     State(node): State<Arc<Node>>,
     q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let Query(q) = q.map_err(|e| ApiError::bad_request("bad_query", e.body_text()))?;
     let store = node.store.clone();
     let versions = node.blocking(move || store.versions()).await??;
@@ -339,9 +339,8 @@ async fn list_models(
             .chain(crate::api::embeddings::model_list(&node))
             .collect(),
     };
-    Ok(Json(
-        serde_json::to_value(doc).map_err(|e| ApiError::internal(e.to_string()))?,
-    ))
+    // serialized here, while the versions it borrows are in scope
+    Ok(Json(doc).into_response())
 }
 
 /// `GET /v1/models/{model}`: the stored model, the names it is published under, and the manifest and
