@@ -1099,13 +1099,25 @@ fn conv2d_narrow(
     let direct = kh == 1 && kw == 1 && s.window.stride == [1, 1] && s.window.pads == [0; 4];
     // the patches of 8-bit inputs as their stored bytes (a quarter of the traffic of `i32` ones)
     let bytes = !direct && !split;
+    // with stride 1, read in place from a padded byte image, over output rows as wide as its rows
+    let flat = bytes && s.window.stride == [1, 1];
     let mut im = crate::par::filled(if direct || bytes { 0 } else { kk * p }, 0i32, th);
-    let mut im8 = crate::par::filled(if bytes { kk * p } else { 0 }, 0u8, th);
+    let mut im8 = crate::par::filled(if bytes && !flat { kk * p } else { 0 }, 0u8, th);
     let add = if offset { 128 } else { 0 };
+    let (oh, ow) = (s.out[2], s.out[3]);
     for b in 0..n {
         for (g, qw) in qw.iter().enumerate() {
+            // the product's columns are `pitch` per output row (`ow` unless read in place)
+            let mut pitch = ow;
             // rows of whole input channels per part
-            let (cols, low) = if bytes {
+            let (cols, low) = if flat {
+                let (image, starts, wp) = padded_bytes(s, x, b, g, add);
+                pitch = wp;
+                (
+                    PackedB::rows_par(&image, &starts, oh * wp, offset, th)?,
+                    None,
+                )
+            } else if bytes {
                 crate::par::rows(&mut im8, p, th, kh * kw, |r0, part| {
                     im2col_bytes(s, x, (b, g, r0), part, add)
                 });
@@ -1154,7 +1166,17 @@ fn conv2d_narrow(
                     let bv = bias.map_or(0i128, |(d, sh)| (d[oc] as i128) << sh);
                     let done = match &wide {
                         Some(c) => requantize_row(dst, &c[o * p..(o + 1) * p], bv, shift),
-                        None => requantize_row(dst, &acc[o * ldc..o * ldc + p], bv, shift),
+                        None if pitch == ow => {
+                            requantize_row(dst, &acc[o * ldc..o * ldc + p], bv, shift)
+                        }
+                        // the columns of each output row that are outputs
+                        None => dst
+                            .chunks_mut(ow.max(1))
+                            .enumerate()
+                            .try_for_each(|(oy, d)| {
+                                let at = o * ldc + oy * pitch;
+                                requantize_row(d, &acc[at..at + ow], bv, shift)
+                            }),
                     };
                     if let Err(e) = done {
                         return err.set(e);
@@ -1204,7 +1226,9 @@ fn conv2d_depthwise(
         let err = crate::par::FirstError::default();
         // output planes split across threads, each part with its own padded rows
         crate::par::rows(&mut out, p, th, 1, |q0, part| {
-            let mut rows = vec![0i32; plan.hp * s.window.stride[1] as usize * plan.span];
+            // the padded rows, then (stride 2) room for one input row split into even and odd columns
+            let mut rows =
+                vec![0i32; plan.hp * s.window.stride[1] as usize * plan.span + s.x[3] + 1];
             let mut acc = vec![0i32; if shift != 0 { p } else { 0 }];
             for (j, dst) in part.chunks_mut(p).enumerate() {
                 let (b, oc) = ((q0 + j) / o_ch, (q0 + j) % o_ch);
@@ -1313,6 +1337,8 @@ fn depthwise_plane_body(
     let (sy, sx) = (s.window.stride[0] as usize, s.window.stride[1] as usize);
     let (py, px) = (s.window.pads[0] as i64, s.window.pads[1] as i64);
     let span = plan.span;
+    let (rows, halves) = rows.split_at_mut(plan.hp * sx * span);
+    let half = wd.div_ceil(2);
     for r in 0..plan.hp {
         let iy = r as i64 - py;
         let row = &mut rows[r * sx * span..(r + 1) * sx * span];
@@ -1321,6 +1347,17 @@ fn depthwise_plane_body(
             continue;
         }
         let src = &plane[iy as usize * wd..(iy as usize + 1) * wd];
+        if sx == 2 {
+            // the row's even and odd columns, each then copied whole into the phase that reads it
+            let (even, odd) = halves[..2 * half].split_at_mut(half);
+            for (p, (e, o)) in src.chunks_exact(2).zip(even.iter_mut().zip(odd.iter_mut())) {
+                *e = p[0];
+                *o = p[1];
+            }
+            if wd % 2 == 1 {
+                even[half - 1] = src[wd - 1];
+            }
+        }
         for (q, &(j0, j1)) in plan.inside.iter().enumerate() {
             let d = &mut row[q * span..(q + 1) * span];
             d[..j0].fill(0);
@@ -1329,6 +1366,13 @@ fn depthwise_plane_body(
                 let ix0 = ((j0 * sx + q) as i64 - px) as usize;
                 if sx == 1 {
                     d[j0..j1].copy_from_slice(&src[ix0..ix0 + j1 - j0]);
+                } else if sx == 2 {
+                    let class = if ix0.is_multiple_of(2) {
+                        &halves[..half]
+                    } else {
+                        &halves[half..]
+                    };
+                    d[j0..j1].copy_from_slice(&class[ix0 / 2..ix0 / 2 + j1 - j0]);
                 } else {
                     for (t, v) in d[j0..j1].iter_mut().enumerate() {
                         *v = src[ix0 + t * sx];
@@ -1460,6 +1504,55 @@ impl RowAcc for i32 {
 
 impl RowAcc for i64 {
     const ADD_SHIFT: AddShift<i64> = add_shift_i64;
+}
+
+/// The input planes of batch `b`, group `g` of a stride-1 convolution as the bytes `v + add`, each
+/// zero-padded (the byte `add`) to `hp × wp` and stored one after another, followed by the few bytes the
+/// last window reads past them; with where each patch row `(ci, ky, kx)` starts and `wp`. Read from its
+/// start, patch row `r` holds at column `oy·wp + ox` the input that output `(oy, ox)` multiplies by tap
+/// `r`, for every `ox < ow` (the other columns are no outputs).
+fn padded_bytes(
+    s: &ConvSpec<'_>,
+    x: &[i32],
+    b: usize,
+    g: usize,
+    add: i32,
+) -> (Vec<u8>, Vec<usize>, usize) {
+    let (c, h, wd) = (s.x[1], s.x[2], s.x[3]);
+    let (cg, kh, kw) = (s.w[1], s.w[2], s.w[3]);
+    let [pt, pl, pb, pr] = s.window.pads.map(|v| v as usize);
+    let [dy, dx] = s.window.dilation.map(|v| v as usize);
+    let (hp, wp) = (h + pt + pb, wd + pl + pr);
+    let mut image = vec![add as u8; cg * hp * wp + (kw - 1) * dx];
+    for ci in 0..cg {
+        let plane = &x[(b * c + g * cg + ci) * h * wd..][..h * wd];
+        let padded = &mut image[ci * hp * wp..(ci + 1) * hp * wp];
+        for (src, dst) in plane
+            .chunks_exact(wd.max(1))
+            .zip(padded[pt * wp..].chunks_exact_mut(wp))
+        {
+            to_bytes(src, &mut dst[pl..pl + wd], add);
+        }
+    }
+    let starts = (0..cg * kh * kw)
+        .map(|r| {
+            let (ci, t) = (r / (kh * kw), r % (kh * kw));
+            ci * hp * wp + (t / kw) * dy * wp + (t % kw) * dx
+        })
+        .collect();
+    (image, starts, wp)
+}
+
+crate::multiversion! {
+    fn to_bytes(src: &[i32], dst: &mut [u8], add: i32) -> () = to_bytes_body
+}
+
+/// `dst[j] = src[j] + add` as a byte, for 8-bit values.
+#[inline(always)]
+fn to_bytes_body(src: &[i32], dst: &mut [u8], add: i32) {
+    for (d, &v) in dst.iter_mut().zip(src) {
+        *d = (v + add) as u8;
+    }
 }
 
 crate::multiversion! {

@@ -146,6 +146,28 @@ impl PackedB {
         })
     }
 
+    /// Activations stored as their bytes (as for [`PackedB::bytes_par`]) whose row `r` is the `n` bytes
+    /// from `x[starts[r]]` on — rows may overlap, as the shifted windows of a convolution over a padded
+    /// image do; `None` if a row runs past `x` or there are more than [`MAX_K`] rows.
+    pub fn rows_par(
+        x: &[u8],
+        starts: &[usize],
+        n: usize,
+        offset: bool,
+        threads: usize,
+    ) -> Option<PackedB> {
+        if starts
+            .iter()
+            .any(|&s| s.checked_add(n).is_none_or(|e| e > x.len()))
+        {
+            return None;
+        }
+        let k = starts.len();
+        PackedB::activations_par(k * n, k, n, offset, threads, |kq, blk0, part| {
+            interleave_starts(x, starts, n, kq, blk0, part)
+        })
+    }
+
     /// Packed activations from a source of `len` values (`None` if fewer than `k·n`, or `k > MAX_K`),
     /// each part of whole column blocks written by `fill(kq, first block, bytes)` on up to `threads`
     /// threads.
@@ -260,7 +282,16 @@ fn interleave_body(
     blk0: usize,
     data: &mut [u8],
 ) {
-    interleave_with(x, k, n, kq, blk0, data, |v| ((v >> shift) + add) as u8)
+    interleave_with(
+        x,
+        |r| r * n,
+        k,
+        n,
+        kq,
+        blk0,
+        data,
+        |v| ((v >> shift) + add) as u8,
+    )
 }
 
 crate::multiversion! {
@@ -270,13 +301,34 @@ crate::multiversion! {
 /// [`interleave_body`] for activations already stored as bytes.
 #[inline(always)]
 fn interleave_bytes_body(x: &[u8], k: usize, n: usize, kq: usize, blk0: usize, data: &mut [u8]) {
-    interleave_with(x, k, n, kq, blk0, data, |v| v)
+    interleave_with(x, |r| r * n, k, n, kq, blk0, data, |v| v)
 }
 
-/// The loop of [`interleave_body`], each element stored as the byte `byte(v)`.
+crate::multiversion! {
+    fn interleave_starts(x: &[u8], starts: &[usize], n: usize, kq: usize, blk0: usize, data: &mut [u8]) -> () = interleave_starts_body
+}
+
+/// [`interleave_bytes_body`] for a matrix whose row `r` is the `n` bytes from `x[starts[r]]` on (rows
+/// may overlap).
 #[inline(always)]
+fn interleave_starts_body(
+    x: &[u8],
+    starts: &[usize],
+    n: usize,
+    kq: usize,
+    blk0: usize,
+    data: &mut [u8],
+) {
+    interleave_with(x, |r| starts[r], starts.len(), n, kq, blk0, data, |v| v)
+}
+
+/// The loop of [`interleave_body`], each element stored as the byte `byte(v)`; row `r` of the `k×n`
+/// matrix is `x[start(r)..start(r) + n]`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
 fn interleave_with<T: Copy>(
     x: &[T],
+    start: impl Fn(usize) -> usize,
     k: usize,
     n: usize,
     kq: usize,
@@ -298,7 +350,7 @@ fn interleave_with<T: Copy>(
                 let dst = &mut data[(blk * kq + g) * NR * 4..(blk * kq + g + 1) * NR * 4];
                 if rows == 4 && len == NR {
                     let r: [&[T; NR]; 4] = std::array::from_fn(|i| {
-                        let at = (4 * g + i) * n + j0;
+                        let at = start(4 * g + i) + j0;
                         x[at..at + NR].try_into().expect("NR values")
                     });
                     // each column's 4 bytes as one little-endian word: whole-register shifts and ors
@@ -316,7 +368,8 @@ fn interleave_with<T: Copy>(
                     }
                 } else {
                     for i in 0..rows {
-                        let row = &x[(4 * g + i) * n + j0..(4 * g + i) * n + j0 + len];
+                        let at = start(4 * g + i) + j0;
+                        let row = &x[at..at + len];
                         for (l, &v) in row.iter().enumerate() {
                             dst[l * 4 + i] = byte(v);
                         }
