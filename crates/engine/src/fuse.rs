@@ -410,12 +410,24 @@ fn step(x: &mut [i32], start: usize, st: &Step, other: &[i32]) -> bool {
             }
             true
         }
+        // a rounding right shift by at most 31 in i32 lanes: floor((v + 2^(r-1)) / 2^r) is v >> r plus
+        // bit r - 1 of v (the bounds are a Clamp's, i32)
+        Step::Clamp { shift, lo, hi } if shift.left == 0 && shift.right <= 31 => {
+            let r = shift.right;
+            let (lo, hi) = (lo as i32, hi as i32);
+            for v in x.iter_mut() {
+                *v = ((*v >> r) + ((*v >> (r - 1)) & 1)).clamp(lo, hi);
+            }
+            true
+        }
         Step::Clamp { shift, lo, hi } => {
             for v in x.iter_mut() {
                 *v = shift.apply(*v as i64).clamp(lo, hi) as i32;
             }
             true
         }
+        // a `Reshape` at its input's scale
+        Step::Rescale { shift } if shift.right == 0 && shift.left == 0 => true,
         Step::Rescale { shift } => {
             let (mut l, mut h) = (0i64, 0i64);
             for v in x.iter_mut() {
@@ -573,6 +585,56 @@ mod tests {
             r => panic!("not a head: {r:?}"),
         }
         assert_eq!(roles[5], Role::Absorbed);
+    }
+
+    /// The rescaling clamp in `i32` lanes (right shifts up to 31) and the identity rescale give the
+    /// integers of the `i64` definition, at the extremes of `i32` and with bounds beyond it.
+    #[test]
+    fn narrow_clamp_and_identity_rescale_follow_the_definition() {
+        let mut x: Vec<i32> = vec![
+            i32::MIN,
+            i32::MIN + 1,
+            -65537,
+            -65536,
+            -3,
+            -2,
+            -1,
+            0,
+            1,
+            2,
+            3,
+        ];
+        x.extend([65535, 65536, i32::MAX - 1, i32::MAX]);
+        let mut r = 0x2545_f491_4f6c_dd1du64;
+        x.extend((0..500).map(|_| {
+            r ^= r << 13;
+            r ^= r >> 7;
+            r ^= r << 17;
+            (r >> 16) as i32 >> (r % 31)
+        }));
+        for k in 0..=40 {
+            for (lo, hi) in [
+                (-128, 127),
+                (0, 6 << 8),
+                (i32::MIN as i64, i32::MAX as i64),
+                (-5, -5),
+            ] {
+                let shift = Shift::new(k).expect("in range");
+                let want: Vec<i32> = x
+                    .iter()
+                    .map(|&v| shift.apply(v as i64).clamp(lo, hi) as i32)
+                    .collect();
+                let mut got = x.clone();
+                assert!(step(&mut got, 0, &Step::Clamp { shift, lo, hi }, &[]));
+                assert_eq!(got, want, "shift {k}, bounds {lo}..={hi}");
+            }
+        }
+        let mut same = x.clone();
+        let identity = Step::Rescale {
+            shift: Shift::new(0).expect("identity"),
+        };
+        assert!(step(&mut same, 0, &identity, &[]));
+        assert_eq!(same, x);
     }
 
     #[test]
