@@ -460,7 +460,7 @@ impl EinPlan {
             // constant a (weights) times 8- or 16-bit activations b, packed on every thread of the
             // run when the product is split too
             let batch = |bi: usize| &bp[bi * k * n..(bi + 1) * k * n];
-            let th = if m * k * n >= 1 << 23 { threads } else { 1 };
+            let th = if m * k * n >= 1 << 21 { threads } else { 1 };
             return self.by_halves(
                 |bi, part| {
                     let x = batch(bi);
@@ -1093,7 +1093,7 @@ fn conv2d_narrow(
     let p = s.out[2] * s.out[3];
     let level = Level::detect();
     let work = og * kk * p * if split { 2 } else { 1 };
-    let th = if work >= 1 << 23 { threads } else { 1 };
+    let th = if work >= 1 << 21 { threads } else { 1 };
     let mut out = crate::par::filled(n * o_ch * p, 0i32, th);
     // a 1×1 convolution with stride 1 and no padding reads its input planes as they are
     let direct = kh == 1 && kw == 1 && s.window.stride == [1, 1] && s.window.pads == [0; 4];
@@ -1218,7 +1218,7 @@ fn conv2d_depthwise(
         let plan = DwPlan::new(s);
         let hook = hook.take();
         let hw = s.x[2] * s.x[3];
-        let th = if out.len() * kk >= 1 << 20 {
+        let th = if out.len() * kk >= 1 << 17 {
             threads
         } else {
             1

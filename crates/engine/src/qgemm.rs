@@ -510,10 +510,10 @@ pub fn gemm(a: &PackedA, b: &PackedB, threads: usize, level: Level) -> Vec<i32> 
         "one operand holds weights, the other activations"
     );
     let ldc = b.ldc();
-    // parts are tasks of the shared pool, but waking a worker costs tens of microseconds: only
-    // products of 8 M multiply-adds or more (~40 µs on one core) are split
+    // parts are tasks of the shared pool, kept awake during a run (see `par::awake`): products of
+    // 2 M multiply-adds or more (~10-20 µs on one core) are split
     let work = a.m * b.kq * 4 * ldc;
-    let threads = if work >= 1 << 23 { threads } else { 1 };
+    let threads = if work >= 1 << 21 { threads } else { 1 };
     let mut c = crate::par::filled(a.m * ldc, 0i32, threads);
     if a.m == 0 || ldc == 0 {
         return c;
