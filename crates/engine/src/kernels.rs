@@ -1105,6 +1105,10 @@ fn conv2d_narrow(
     let mut im8 = crate::par::filled(if bytes && !flat { kk * p } else { 0 }, 0u8, th);
     let add = if offset { 128 } else { 0 };
     let (oh, ow) = (s.out[2], s.out[3]);
+    if flat && th == 1 {
+        let done = conv2d_panels(s, x, qw, bias, shift, (offset, level), hook, &mut out);
+        return Some(done.map(|()| out));
+    }
     for b in 0..n {
         for (g, qw) in qw.iter().enumerate() {
             // the product's columns are `pitch` per output row (`ow` unless read in place)
@@ -1506,6 +1510,71 @@ impl RowAcc for i64 {
     const ADD_SHIFT: AddShift<i64> = add_shift_i64;
 }
 
+/// Bytes of packed activations per panel of [`conv2d_panels`] (the panel stays in the L2 cache while
+/// every output channel's row is multiplied by it).
+const PANEL_BYTES: usize = 1 << 19;
+
+/// A stride-1 8-bit convolution on one thread, read in place from the padded byte image of
+/// [`padded_bytes`], in panels of whole output rows: each panel's activations are packed, multiplied by
+/// every output channel's weights, requantized and handed to `hook` (as that channel's output rows)
+/// while they are in the cache, instead of packing every column first. The same sums as
+/// [`conv2d_narrow`]'s other paths, in the same integers.
+#[allow(clippy::too_many_arguments)]
+fn conv2d_panels(
+    s: &ConvSpec<'_>,
+    x: &[i32],
+    qw: &[PackedA],
+    bias: Option<(&[i32], i32)>,
+    shift: i32,
+    (offset, level): (bool, Level),
+    hook: Option<RowHook<'_>>,
+    out: &mut [i32],
+) -> Result<(), ExecError> {
+    let (o_ch, kk) = (s.w[0], s.w[1] * s.w[2] * s.w[3]);
+    let og = o_ch / s.groups;
+    let (oh, ow) = (s.out[2], s.out[3]);
+    let p = oh * ow;
+    let add = if offset { 128 } else { 0 };
+    let tokens = crate::cancel::current();
+    for b in 0..s.x[0] {
+        for (g, qw) in qw.iter().enumerate() {
+            let (image, starts, wp) = padded_bytes(s, x, b, g, add);
+            // every window of every output row lies in the image (`padded_bytes` sizes it so)
+            debug_assert!(starts.iter().all(|&s0| s0 + oh * wp <= image.len()));
+            // output rows per panel
+            let rows = (PANEL_BYTES / (kk * wp).max(1)).clamp(1, oh.max(1));
+            let mut acc = vec![0i32; og * (rows * wp).div_ceil(16) * 16];
+            let mut at = starts.clone();
+            for oy0 in (0..oh).step_by(rows) {
+                let oy1 = (oy0 + rows).min(oh);
+                for (a, &s0) in at.iter_mut().zip(&starts) {
+                    *a = s0 + oy0 * wp;
+                }
+                let cols = PackedB::rows_par(&image, &at, (oy1 - oy0) * wp, offset, 1)
+                    .expect("the windows lie in the image and the caller checked the reduction");
+                let ldc = cols.ldc();
+                let acc = &mut acc[..og * ldc];
+                qgemm::product(qw, &cols, 0, acc, level, &tokens);
+                let first = (b * o_ch + g * og) * p;
+                for o in 0..og {
+                    let oc = g * og + o;
+                    let bv = bias.map_or(0i128, |(d, sh)| (d[oc] as i128) << sh);
+                    let plane = &mut out[first + o * p..first + (o + 1) * p];
+                    let dst = &mut plane[oy0 * ow..oy1 * ow];
+                    for (r, d) in dst.chunks_mut(ow.max(1)).enumerate() {
+                        let from = o * ldc + r * wp;
+                        requantize_row(d, &acc[from..from + ow], bv, shift)?;
+                    }
+                    if let Some(h) = hook {
+                        h(first + o * p + oy0 * ow, dst);
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The input planes of batch `b`, group `g` of a stride-1 convolution as the bytes `v + add`, each
 /// zero-padded (the byte `add`) to `hp × wp` and stored one after another, followed by the few bytes the
 /// last window reads past them; with where each patch row `(ci, ky, kx)` starts and `wp`. Read from its
@@ -1889,19 +1958,23 @@ mod tests {
 
     /// The 8-bit convolution above the size where its patches are gathered and packed by several
     /// threads (a direct 1×1 read, and 3×3 patches with stride and padding; 8- and 16-bit inputs;
-    /// plane sizes and reductions that leave partial blocks) gives the reference's integers.
+    /// plane sizes and reductions that leave partial blocks; on one thread, stride-1 images in several
+    /// panels) gives the reference's integers.
     #[test]
     fn large_narrow_convolutions_split_across_threads_are_exact() {
         let mut bits = xorshift(0x9e37_79b9_7f4a_7c15);
         let mut next = move |m: i64| (bits() % m as u64) as i64;
         // (input [c, h, w], output channels, kernel, stride, pads, input range: signed, centred on 0,
         // or from 0 when negative)
-        let cases: [([usize; 3], usize, usize, u32, u32, i64); 5] = [
+        // (the last two span several panels of the one-thread stride-1 path)
+        let cases: [([usize; 3], usize, usize, u32, u32, i64); 7] = [
             ([67, 37, 39], 96, 1, 1, 0, 256),
             ([30, 41, 43], 80, 3, 1, 1, 256),
             ([33, 45, 47], 64, 3, 2, 1, 256),
             ([31, 39, 37], 64, 3, 1, 2, -256),
             ([19, 29, 31], 72, 3, 1, 1, 40_000),
+            ([64, 40, 40], 16, 3, 1, 1, 256),
+            ([48, 30, 50], 16, 3, 1, 2, -256),
         ];
         for (xs, o, kern, stride, pad, range) in cases {
             let win = Window {
