@@ -1099,29 +1099,18 @@ fn conv2d_narrow(
     let direct = kh == 1 && kw == 1 && s.window.stride == [1, 1] && s.window.pads == [0; 4];
     // the patches of 8-bit inputs as their stored bytes (a quarter of the traffic of `i32` ones)
     let bytes = !direct && !split;
-    // with stride 1, read in place from a padded byte image, over output rows as wide as its rows
-    let flat = bytes && s.window.stride == [1, 1];
-    let mut im = crate::par::filled(if direct || bytes { 0 } else { kk * p }, 0i32, th);
-    let mut im8 = crate::par::filled(if bytes && !flat { kk * p } else { 0 }, 0u8, th);
-    let add = if offset { 128 } else { 0 };
-    let (oh, ow) = (s.out[2], s.out[3]);
-    if flat && th == 1 {
-        let done = conv2d_panels(s, x, qw, bias, shift, (offset, level), hook, &mut out);
+    // with stride 1, read in place from a padded byte image, panel by panel
+    if bytes && s.window.stride == [1, 1] {
+        let done = conv2d_panels(s, x, qw, bias, shift, (offset, level, th), hook, &mut out);
         return Some(done.map(|()| out));
     }
+    let mut im = crate::par::filled(if direct || bytes { 0 } else { kk * p }, 0i32, th);
+    let mut im8 = crate::par::filled(if bytes { kk * p } else { 0 }, 0u8, th);
+    let add = if offset { 128 } else { 0 };
     for b in 0..n {
         for (g, qw) in qw.iter().enumerate() {
-            // the product's columns are `pitch` per output row (`ow` unless read in place)
-            let mut pitch = ow;
             // rows of whole input channels per part
-            let (cols, low) = if flat {
-                let (image, starts, wp) = padded_bytes(s, x, b, g, add);
-                pitch = wp;
-                (
-                    PackedB::rows_par(&image, &starts, oh * wp, offset, th)?,
-                    None,
-                )
-            } else if bytes {
+            let (cols, low) = if bytes {
                 crate::par::rows(&mut im8, p, th, kh * kw, |r0, part| {
                     im2col_bytes(s, x, (b, g, r0), part, add)
                 });
@@ -1170,17 +1159,7 @@ fn conv2d_narrow(
                     let bv = bias.map_or(0i128, |(d, sh)| (d[oc] as i128) << sh);
                     let done = match &wide {
                         Some(c) => requantize_row(dst, &c[o * p..(o + 1) * p], bv, shift),
-                        None if pitch == ow => {
-                            requantize_row(dst, &acc[o * ldc..o * ldc + p], bv, shift)
-                        }
-                        // the columns of each output row that are outputs
-                        None => dst
-                            .chunks_mut(ow.max(1))
-                            .enumerate()
-                            .try_for_each(|(oy, d)| {
-                                let at = o * ldc + oy * pitch;
-                                requantize_row(d, &acc[at..at + ow], bv, shift)
-                            }),
+                        None => requantize_row(dst, &acc[o * ldc..o * ldc + p], bv, shift),
                     };
                     if let Err(e) = done {
                         return err.set(e);
@@ -1514,11 +1493,13 @@ impl RowAcc for i64 {
 /// every output channel's row is multiplied by it).
 const PANEL_BYTES: usize = 1 << 19;
 
-/// A stride-1 8-bit convolution on one thread, read in place from the padded byte image of
-/// [`padded_bytes`], in panels of whole output rows: each panel's activations are packed, multiplied by
-/// every output channel's weights, requantized and handed to `hook` (as that channel's output rows)
-/// while they are in the cache, instead of packing every column first. The same sums as
-/// [`conv2d_narrow`]'s other paths, in the same integers.
+/// A stride-1 8-bit convolution read in place from the padded byte image of [`padded_bytes`]: the
+/// product runs over output rows as wide as the image's rows (`wp` columns each; those past `ow` are
+/// no outputs and the requantization skips them), in panels of whole output rows (about
+/// [`PANEL_BYTES`] of packed activations). Each panel is packed, multiplied by every output channel,
+/// requantized and handed to `hook` (as those channels' output rows) while it sits in the cache. With
+/// several threads the panels are split among them, each writing its output rows of every channel.
+/// The same sums as [`conv2d_narrow`]'s other paths, in the same integers.
 #[allow(clippy::too_many_arguments)]
 fn conv2d_panels(
     s: &ConvSpec<'_>,
@@ -1526,7 +1507,7 @@ fn conv2d_panels(
     qw: &[PackedA],
     bias: Option<(&[i32], i32)>,
     shift: i32,
-    (offset, level): (bool, Level),
+    (offset, level, threads): (bool, Level, usize),
     hook: Option<RowHook<'_>>,
     out: &mut [i32],
 ) -> Result<(), ExecError> {
@@ -1541,35 +1522,64 @@ fn conv2d_panels(
             let (image, starts, wp) = padded_bytes(s, x, b, g, add);
             // every window of every output row lies in the image (`padded_bytes` sizes it so)
             debug_assert!(starts.iter().all(|&s0| s0 + oh * wp <= image.len()));
-            // output rows per panel
-            let rows = (PANEL_BYTES / (kk * wp).max(1)).clamp(1, oh.max(1));
-            let mut acc = vec![0i32; og * (rows * wp).div_ceil(16) * 16];
-            let mut at = starts.clone();
-            for oy0 in (0..oh).step_by(rows) {
-                let oy1 = (oy0 + rows).min(oh);
-                for (a, &s0) in at.iter_mut().zip(&starts) {
-                    *a = s0 + oy0 * wp;
-                }
-                let cols = PackedB::rows_par(&image, &at, (oy1 - oy0) * wp, offset, 1)
-                    .expect("the windows lie in the image and the caller checked the reduction");
-                let ldc = cols.ldc();
-                let acc = &mut acc[..og * ldc];
-                qgemm::product(qw, &cols, 0, acc, level, &tokens);
-                let first = (b * o_ch + g * og) * p;
-                for o in 0..og {
-                    let oc = g * og + o;
-                    let bv = bias.map_or(0i128, |(d, sh)| (d[oc] as i128) << sh);
-                    let plane = &mut out[first + o * p..first + (o + 1) * p];
-                    let dst = &mut plane[oy0 * ow..oy1 * ow];
-                    for (r, d) in dst.chunks_mut(ow.max(1)).enumerate() {
-                        let from = o * ldc + r * wp;
-                        requantize_row(d, &acc[from..from + ow], bv, shift)?;
+            // output rows per panel (at least one panel per thread), and per part (whole panels)
+            let rows =
+                (PANEL_BYTES / (kk * wp).max(1)).clamp(1, oh.div_ceil(threads.max(1)).max(1));
+            let panels = oh.div_ceil(rows);
+            let per = panels.div_ceil(threads.clamp(1, panels.max(1))) * rows;
+            let first = (b * o_ch + g * og) * p;
+            // part t writes output rows t·per.. of every channel's plane
+            let mut parts: Vec<Vec<&mut [i32]>> = Vec::new();
+            for plane in out[first..first + og * p].chunks_mut(p.max(1)) {
+                for (t, seg) in plane.chunks_mut((per * ow).max(1)).enumerate() {
+                    if parts.len() <= t {
+                        parts.push(Vec::with_capacity(og));
                     }
-                    if let Some(h) = hook {
-                        h(first + o * p + oy0 * ow, dst);
-                    }
+                    parts[t].push(seg);
                 }
             }
+            let err = crate::par::FirstError::default();
+            let part = |t: usize, mut segs: Vec<&mut [i32]>| {
+                let (y0, y1) = (t * per, ((t + 1) * per).min(oh));
+                let mut acc = vec![0i32; og * (rows * wp).div_ceil(16) * 16];
+                let mut at = starts.clone();
+                for oy0 in (y0..y1).step_by(rows) {
+                    let oy1 = (oy0 + rows).min(y1);
+                    for (a, &s0) in at.iter_mut().zip(&starts) {
+                        *a = s0 + oy0 * wp;
+                    }
+                    let cols = PackedB::rows_par(&image, &at, (oy1 - oy0) * wp, offset, 1).expect(
+                        "the windows lie in the image and the caller checked the reduction",
+                    );
+                    let ldc = cols.ldc();
+                    let acc = &mut acc[..og * ldc];
+                    qgemm::product(qw, &cols, 0, acc, level, &tokens);
+                    for (o, seg) in segs.iter_mut().enumerate() {
+                        let bv = bias.map_or(0i128, |(d, sh)| (d[g * og + o] as i128) << sh);
+                        let dst = &mut seg[(oy0 - y0) * ow..(oy1 - y0) * ow];
+                        for (r, d) in dst.chunks_mut(ow.max(1)).enumerate() {
+                            let from = o * ldc + r * wp;
+                            if let Err(e) = requantize_row(d, &acc[from..from + ow], bv, shift) {
+                                return err.set(e);
+                            }
+                        }
+                        if let Some(h) = hook {
+                            h(first + o * p + oy0 * ow, dst);
+                        }
+                    }
+                }
+            };
+            if parts.len() <= 1 {
+                part(0, parts.pop().unwrap_or_default());
+            } else {
+                let part = &part;
+                rayon::scope(|sc| {
+                    for (t, segs) in parts.into_iter().enumerate() {
+                        sc.spawn(move |_| part(t, segs));
+                    }
+                });
+            }
+            err.into_result()?;
         }
     }
     Ok(())
@@ -1958,15 +1968,15 @@ mod tests {
 
     /// The 8-bit convolution above the size where its patches are gathered and packed by several
     /// threads (a direct 1×1 read, and 3×3 patches with stride and padding; 8- and 16-bit inputs;
-    /// plane sizes and reductions that leave partial blocks; on one thread, stride-1 images in several
-    /// panels) gives the reference's integers.
+    /// plane sizes and reductions that leave partial blocks; stride-1 images in several panels, split
+    /// among the threads) gives the reference's integers.
     #[test]
     fn large_narrow_convolutions_split_across_threads_are_exact() {
         let mut bits = xorshift(0x9e37_79b9_7f4a_7c15);
         let mut next = move |m: i64| (bits() % m as u64) as i64;
         // (input [c, h, w], output channels, kernel, stride, pads, input range: signed, centred on 0,
         // or from 0 when negative)
-        // (the last two span several panels of the one-thread stride-1 path)
+        // (the last two span several panels of the stride-1 path on one thread)
         let cases: [([usize; 3], usize, usize, u32, u32, i64); 7] = [
             ([67, 37, 39], 96, 1, 1, 0, 256),
             ([30, 41, 43], 80, 3, 1, 1, 256),
