@@ -1548,7 +1548,7 @@ fn conv2d_panels(
                     for (a, &s0) in at.iter_mut().zip(&starts) {
                         *a = s0 + oy0 * wp;
                     }
-                    let cols = PackedB::rows_par(&image, &at, (oy1 - oy0) * wp, offset, 1).expect(
+                    let cols = PackedB::rows_of(&image, &at, (oy1 - oy0) * wp, offset).expect(
                         "the windows lie in the image and the caller checked the reduction",
                     );
                     let ldc = cols.ldc();

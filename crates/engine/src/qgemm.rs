@@ -149,13 +149,7 @@ impl PackedB {
     /// Activations stored as their bytes (as for [`PackedB::bytes_par`]) whose row `r` is the `n` bytes
     /// from `x[starts[r]]` on — rows may overlap, as the shifted windows of a convolution over a padded
     /// image do; `None` if a row runs past `x` or there are more than [`MAX_K`] rows.
-    pub fn rows_par(
-        x: &[u8],
-        starts: &[usize],
-        n: usize,
-        offset: bool,
-        threads: usize,
-    ) -> Option<PackedB> {
+    pub fn rows_of(x: &[u8], starts: &[usize], n: usize, offset: bool) -> Option<PackedB> {
         if starts
             .iter()
             .any(|&s| s.checked_add(n).is_none_or(|e| e > x.len()))
@@ -163,7 +157,7 @@ impl PackedB {
             return None;
         }
         let k = starts.len();
-        PackedB::activations_par(k * n, k, n, offset, threads, |kq, blk0, part| {
+        PackedB::activations_par(k * n, k, n, offset, 1, |kq, blk0, part| {
             interleave_starts(x, starts, n, kq, blk0, part)
         })
     }
