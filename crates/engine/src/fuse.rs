@@ -588,7 +588,7 @@ mod tests {
     }
 
     /// The rescaling clamp in `i32` lanes (right shifts up to 31) and the identity rescale give the
-    /// integers of the `i64` definition, at the extremes of `i32` and with bounds beyond it.
+    /// integers of the `i64` definition, at the extremes of `i32` and with the whole of `i32` as bounds.
     #[test]
     fn narrow_clamp_and_identity_rescale_follow_the_definition() {
         let mut x: Vec<i32> = vec![
