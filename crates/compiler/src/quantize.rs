@@ -16,6 +16,13 @@ pub const ACTIVATION_BITS: i32 = 23;
 pub const CONST_BITS: i32 = 30;
 /// Largest number of entries in a function table.
 pub const MAX_TABLE: f64 = 32768.0;
+/// Largest number of entries in the table of a saturating function (sigmoid, tanh, erf) in a model of
+/// 8- or 16-bit activations, whose entries also keep 14 bits of magnitude ([`NARROW_TABLE_BITS`], so
+/// the file stores them as `i16`): steps and values far finer than those activations resolve, in a
+/// quarter of the bytes.
+pub const NARROW_TABLE: f64 = 8192.0;
+/// Magnitude bits of a [`NARROW_TABLE`]'s entries.
+pub const NARROW_TABLE_BITS: i32 = 14;
 /// Softmax's exp table covers `x - max` in `[-SOFTMAX_RANGE, 0]`.
 pub const SOFTMAX_RANGE: f64 = 24.0;
 /// Fractional bits of the softmax exp table index.
@@ -220,6 +227,7 @@ struct Table {
 }
 
 /// A table for `f` over `[a, b]`, indexed by an input at scale `s_in`.
+#[allow(clippy::too_many_arguments)]
 fn build_table(
     f: impl Fn(f64) -> f64,
     a: f64,
@@ -228,17 +236,18 @@ fn build_table(
     max_index_bits: i32,
     out_scale: Option<i8>,
     scale_bits: i8,
+    entries: f64,
 ) -> Table {
     let width = (b - a).max(libm::ldexp(1.0, -20));
     let mut t = (s_in as i32).min(max_index_bits);
-    while t > -20 && width * libm::ldexp(1.0, t) > MAX_TABLE {
+    while t > -20 && width * libm::ldexp(1.0, t) > entries {
         t -= 1;
     }
     let step = libm::ldexp(1.0, -t);
     let lo = (a * libm::ldexp(1.0, t)).floor() as i32;
-    // never more than MAX_TABLE + 1 entries, even for a domain too wide for the coarsest index (inputs
+    // never more than `entries` + 1 entries, even for a domain too wide for the coarsest index (inputs
     // past the end read the last entry)
-    let hi = ((b * libm::ldexp(1.0, t)).ceil() as i64).min(lo as i64 + MAX_TABLE as i64) as i32;
+    let hi = ((b * libm::ldexp(1.0, t)).ceil() as i64).min(lo as i64 + entries as i64) as i32;
     let points: Vec<f64> = (lo..=hi).map(|i| f(i as f64 * step)).collect();
     let scale = out_scale.unwrap_or_else(|| {
         let m = points.iter().fold(0.0f64, |m, v| m.max(v.abs()));
@@ -294,7 +303,7 @@ pub fn quantize(
     let node_base = ni + nc;
     // Pass 1: node scales with the default constant scales; then cap each bias at its accumulator scale.
     for k in 0..g.nodes.len() {
-        let (_, scale, _) = lower_node(g, stats, &scales, k, scale_bits);
+        let (_, scale, _) = lower_node(g, stats, &scales, k, scale_bits, precision);
         scales[node_base + k] = scale;
     }
     for n in &g.nodes {
@@ -324,7 +333,7 @@ pub fn quantize(
     let mut tables: Vec<Const> = Vec::new();
     let mut nodes: Vec<Node> = Vec::with_capacity(g.nodes.len());
     for (k, n) in g.nodes.iter().enumerate() {
-        let (op, scale, extra) = lower_node(g, stats, &scales, k, scale_bits);
+        let (op, scale, extra) = lower_node(g, stats, &scales, k, scale_bits, precision);
         scales[node_base + k] = scale;
         let mut inputs = n.inputs.clone();
         if let Some(t) = extra {
@@ -415,6 +424,7 @@ fn lower_node(
     scales: &[i8],
     k: usize,
     scale_bits: i8,
+    precision: Precision,
 ) -> (Op, i8, Option<Table>) {
     let n = &g.nodes[k];
     let v = g.inputs.len() + g.consts.len() + k;
@@ -498,7 +508,23 @@ fn lower_node(
             // a positive-domain function's entries below `a` (the table's first grid point can be)
             // read its value at `a`
             let floor = if f.positive_domain() { a } else { f64::MIN };
-            let t = build_table(|x| f.eval(x.max(floor)), a, b, s_in, 16, None, scale_bits);
+            let narrow = matches!(precision, Precision::Narrow { .. }) && f.saturation().is_some();
+            let (entries, out_scale) = if narrow {
+                let top = (a..=b).contains(&0.0).then_some(0.0).into_iter();
+                let m = [a, b]
+                    .into_iter()
+                    .chain(top)
+                    .map(|x| f.eval(x.max(floor)).abs());
+                let m = m.fold(0.0f64, f64::max);
+                (
+                    NARROW_TABLE,
+                    Some(scale_for(m, NARROW_TABLE_BITS, scale_bits)),
+                )
+            } else {
+                (MAX_TABLE, None)
+            };
+            let floor_f = |x: f64| f.eval(x.max(floor));
+            let t = build_table(floor_f, a, b, s_in, 16, out_scale, scale_bits, entries);
             (
                 Op::Lookup {
                     shift: t.shift,
@@ -517,6 +543,7 @@ fn lower_node(
                 SOFTMAX_INDEX_BITS,
                 Some(SOFTMAX_EXP_SCALE),
                 scale_bits,
+                MAX_TABLE,
             );
             (
                 Op::Softmax {

@@ -372,3 +372,44 @@ fn named_outputs_keep_only_what_they_need() {
         other => panic!("expected a refusal, got {:?}", other.map(|_| ())),
     }
 }
+
+/// At a narrow precision the tables of saturating functions (the normal CDF of the transformer's
+/// GELU) take at most `NARROW_TABLE` + 1 entries of 14 bits, stored as `i16`; at `i32` they keep the
+/// finer grid. The accuracy at each precision is held by
+/// `narrow_precisions_narrow_contractions_and_keep_accuracy`.
+#[test]
+fn narrow_precisions_keep_saturating_tables_small() {
+    use verity_compiler::Precision;
+    use verity_engine::ir::Op;
+    let tables = |precision: Precision| {
+        let opts = CompileOptions {
+            precision,
+            ..Default::default()
+        };
+        let model = compile(&read("transformer.onnx"), &opts).unwrap().0;
+        model
+            .nodes
+            .iter()
+            .filter(|n| matches!(n.op, Op::Lookup { .. }) && n.name.ends_with(".cdf"))
+            .map(|n| {
+                (
+                    n.name.clone(),
+                    model.const_of(n.inputs[1]).unwrap().data.to_vec(),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    let (narrow, wide) = (tables(Precision::INT8), tables(Precision::I32));
+    assert!(!narrow.is_empty(), "the fixture's GELU has a CDF table");
+    for ((name, t), (wide_name, w)) in narrow.iter().zip(&wide) {
+        assert_eq!(name, wide_name);
+        let entries = verity_compiler::quantize::NARROW_TABLE as usize + 1;
+        assert!(
+            t.len() <= entries && t.len() >= entries / 2,
+            "{name}: {}",
+            t.len()
+        );
+        assert!(t.iter().all(|v| v.abs() <= 1 << 14), "{name}");
+        assert!(w.len() > entries, "{name}: {}", w.len());
+    }
+}
