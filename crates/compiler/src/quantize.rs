@@ -510,6 +510,8 @@ fn lower_node(
             let floor = if f.positive_domain() { a } else { f64::MIN };
             let narrow = matches!(precision, Precision::Narrow { .. }) && f.saturation().is_some();
             let (entries, out_scale) = if narrow {
+                // the saturating functions are monotone: their largest magnitude is at an end of the
+                // domain (or at 0 for good measure)
                 let top = (a..=b).contains(&0.0).then_some(0.0).into_iter();
                 let m = [a, b]
                     .into_iter()
