@@ -438,6 +438,11 @@ fn step(x: &mut [i32], start: usize, st: &Step, other: &[i32]) -> bool {
             }
             fits(l, h)
         }
+        // the index's rounding shift in i32 lanes, as the unfused `Lookup` takes it
+        Step::Lookup { shift, lo, .. } if shift.left == 0 && shift.right <= 31 => {
+            crate::kernels::lookup_in_place(x, other, shift.right, lo);
+            true
+        }
         Step::Lookup { shift, lo, .. } => {
             let last = other.len() as i64 - 1;
             for v in x.iter_mut() {

@@ -963,8 +963,63 @@ fn lookup_body(dst: &mut [i32], src: &[i32], table: &[i32], k: u32, lo: i64) {
 /// The fast executor's `Lookup` for a shift `k` in `0..=31` and a non-empty table.
 pub(crate) fn lookup(x: &[i32], table: &[i32], k: u32, lo: i32, threads: usize) -> Vec<i32> {
     map_elements(x, threads, |dst, src| {
-        lookup_run(dst, src, table, k, lo as i64)
+        dst.copy_from_slice(src);
+        lookup_in_place(dst, table, k, lo as i64)
     })
+}
+
+/// `x[j] = table[clamp(rshift(x[j], k) − lo, 0, len − 1)]` for `k` in `0..=31` and a non-empty table:
+/// with AVX-512, 16 lanes at a time by a gather (the index clamped in `i32` lanes to `lo..=lo + len − 1`
+/// before `lo` is subtracted, which is the same index when that range lies in `i32`), else
+/// [`lookup_run`].
+pub(crate) fn lookup_in_place(x: &mut [i32], table: &[i32], k: u32, lo: i64) {
+    let hi = lo + table.len() as i64 - 1;
+    #[cfg(target_arch = "x86_64")]
+    if crate::simd::Isa::detect() == crate::simd::Isa::Avx512
+        && i32::try_from(lo).is_ok()
+        && i32::try_from(hi).is_ok()
+        && table.len() <= i32::MAX as usize / 4
+    {
+        // SAFETY: the CPU has AVX-512 F (checked above); every gathered index lies in 0..table.len()
+        // (clamped to lo..=hi, then lo subtracted, all in i32), and every load and store is inside `x`.
+        unsafe { lookup_gather(x, table, k, lo as i32, hi as i32) };
+        return;
+    }
+    let src = x.to_vec();
+    lookup_run(x, &src, table, k, lo);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn lookup_gather(x: &mut [i32], table: &[i32], k: u32, lo: i32, hi: i32) {
+    use std::arch::x86_64::*;
+    let (vlo, vhi, one) = (
+        _mm512_set1_epi32(lo),
+        _mm512_set1_epi32(hi),
+        _mm512_set1_epi32(1),
+    );
+    let (right, bit) = (
+        _mm_cvtsi32_si128(k as i32),
+        _mm_cvtsi32_si128(k.max(1) as i32 - 1),
+    );
+    let mut chunks = x.chunks_exact_mut(16);
+    for c in &mut chunks {
+        let v = _mm512_loadu_si512(c.as_ptr().cast());
+        let s = if k == 0 {
+            v
+        } else {
+            let r = _mm512_sra_epi32(v, right);
+            _mm512_add_epi32(r, _mm512_and_si512(_mm512_sra_epi32(v, bit), one))
+        };
+        let idx = _mm512_sub_epi32(_mm512_min_epi32(_mm512_max_epi32(s, vlo), vhi), vlo);
+        let g = _mm512_i32gather_epi32::<4>(idx, table.as_ptr().cast());
+        _mm512_storeu_si512(c.as_mut_ptr().cast(), g);
+    }
+    let rest = chunks.into_remainder();
+    for v in rest.iter_mut() {
+        let s = rshift32(*v, k);
+        *v = table[(s.clamp(lo, hi) - lo) as usize];
+    }
 }
 
 crate::multiversion! {
@@ -1961,6 +2016,40 @@ mod tests {
                     .collect();
                 for threads in [1, 2] {
                     assert_eq!(clamp_shift(&x, k, lo, hi, threads), want, "k {k}");
+                }
+            }
+        }
+    }
+
+    /// The table lookup (a gather of 16 lanes with AVX-512, the loop otherwise) follows its definition
+    /// — `table[clamp(rshift(x, k) − lo, 0, len − 1)]` in `i64` — at every shift, for inputs at the
+    /// extremes of `i32`, indices past both ends, and tables whose range leaves `i32`, at every level.
+    #[test]
+    fn lookups_follow_the_definition() {
+        let mut bits = xorshift(0x51_7cc1_b727_220a);
+        let mut x: Vec<i32> = (0..1000).map(|_| (bits() >> 20) as i32).collect();
+        x.extend([i32::MIN, i32::MIN + 1, -1, 0, 1, i32::MAX - 1, i32::MAX]);
+        x.extend((0..40).map(|i| i - 20));
+        for len in [1usize, 5, 300, 8193] {
+            let table: Vec<i32> = (0..len)
+                .map(|_| (bits() >> 33) as i32 - (1 << 30))
+                .collect();
+            for k in [0u32, 1, 5, 17, 31] {
+                for lo in [-1000i64, 0, 7, i32::MIN as i64 + 3, i32::MAX as i64 - 5] {
+                    let want: Vec<i32> = x
+                        .iter()
+                        .map(|&v| {
+                            let s = crate::arith::rshift(v as i128, k as i32) as i64;
+                            table[(s - lo).clamp(0, len as i64 - 1) as usize]
+                        })
+                        .collect();
+                    for isa in [crate::simd::Isa::Avx512, crate::simd::Isa::Base] {
+                        crate::simd::Isa::cap(isa);
+                        let mut got = x.clone();
+                        lookup_in_place(&mut got, &table, k, lo);
+                        crate::simd::Isa::cap(crate::simd::Isa::Avx512);
+                        assert_eq!(got, want, "len {len}, k {k}, lo {lo}, {isa:?}");
+                    }
                 }
             }
         }
