@@ -947,16 +947,16 @@ pub(crate) fn max_pool(
 }
 
 crate::multiversion! {
-    fn lookup_run(dst: &mut [i32], src: &[i32], table: &[i32], k: u32, lo: i64) -> () = lookup_body
+    fn lookup_run(x: &mut [i32], table: &[i32], k: u32, lo: i64) -> () = lookup_body
 }
 
-/// `dst[j] = table[clamp(rshift(src[j], k) − lo, 0, len − 1)]` for `k` in `0..=31`: the rounding shift in
+/// `x[j] = table[clamp(rshift(x[j], k) − lo, 0, len − 1)]` for `k` in `0..=31`: the rounding shift in
 /// `i32` lanes ([`rshift32`]), the index in `i64`. `table` is not empty.
 #[inline(always)]
-fn lookup_body(dst: &mut [i32], src: &[i32], table: &[i32], k: u32, lo: i64) {
+fn lookup_body(x: &mut [i32], table: &[i32], k: u32, lo: i64) {
     let last = table.len() as i64 - 1;
-    for (d, &v) in dst.iter_mut().zip(src) {
-        *d = table[(rshift32(v, k) as i64 - lo).clamp(0, last) as usize];
+    for v in x.iter_mut() {
+        *v = table[(rshift32(*v, k) as i64 - lo).clamp(0, last) as usize];
     }
 }
 
@@ -985,8 +985,7 @@ pub(crate) fn lookup_in_place(x: &mut [i32], table: &[i32], k: u32, lo: i64) {
         unsafe { lookup_gather(x, table, k, lo as i32, hi as i32) };
         return;
     }
-    let src = x.to_vec();
-    lookup_run(x, &src, table, k, lo);
+    lookup_run(x, table, k, lo);
 }
 
 #[cfg(target_arch = "x86_64")]
