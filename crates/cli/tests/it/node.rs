@@ -754,7 +754,14 @@ fn errors_have_status_code_and_message_and_nothing_panics() {
         ),
         "name_owned"
     );
-    let c = http();
+    // one connection per request: the error answers below may close theirs (a rejected upload or an
+    // oversized body is not read to its end), and a pooled connection the node has just closed would
+    // fail the next request with a reset instead of testing its answer
+    let c = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(120))
+        .pool_max_idle_per_host(0)
+        .build()
+        .expect("client");
     let multipart_missing = c
         .post(format!("{u}/v1/models"))
         .body("x")
