@@ -410,13 +410,12 @@ fn step(x: &mut [i32], start: usize, st: &Step, other: &[i32]) -> bool {
             }
             true
         }
-        // a rounding right shift by at most 31 in i32 lanes: floor((v + 2^(r-1)) / 2^r) is v >> r plus
-        // bit r - 1 of v (the bounds are a Clamp's, i32)
+        // a rounding right shift by at most 31 in i32 lanes, as the unfused `Clamp` takes it (the
+        // bounds are a Clamp's, i32)
         Step::Clamp { shift, lo, hi } if shift.left == 0 && shift.right <= 31 => {
-            let r = shift.right;
             let (lo, hi) = (lo as i32, hi as i32);
             for v in x.iter_mut() {
-                *v = ((*v >> r) + ((*v >> (r - 1)) & 1)).clamp(lo, hi);
+                *v = crate::arith::rshift32(*v, shift.right).clamp(lo, hi);
             }
             true
         }

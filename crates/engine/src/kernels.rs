@@ -1014,11 +1014,7 @@ unsafe fn lookup_gather(x: &mut [i32], table: &[i32], k: u32, lo: i32, hi: i32) 
         let g = _mm512_i32gather_epi32::<4>(idx, table.as_ptr().cast());
         _mm512_storeu_si512(c.as_mut_ptr().cast(), g);
     }
-    let rest = chunks.into_remainder();
-    for v in rest.iter_mut() {
-        let s = rshift32(*v, k);
-        *v = table[(s.clamp(lo, hi) - lo) as usize];
-    }
+    lookup_run(chunks.into_remainder(), table, k, lo as i64);
 }
 
 crate::multiversion! {
