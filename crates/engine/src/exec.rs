@@ -641,15 +641,15 @@ impl<M: Borrow<Model> + Sync> Executor<M> {
             if *role != Role::Absorbed {
                 let t0 = profile.then(std::time::Instant::now);
                 match role {
-                    Role::Head(steps) => {
-                        let out = self.eval_chain(k, node, steps, &vals);
+                    Role::Head(chain) => {
+                        let out = self.eval_chain(k, node, &chain.steps, &vals);
                         // a kernel that saw the cancellation skipped part of its work
                         if crate::cancel::requested() {
                             return Err(ExecError::Cancelled);
                         }
                         match out {
                             Some(out) => {
-                                let last = steps.last().map_or(k, |f| f.node);
+                                let last = chain.nodes.last().copied().unwrap_or(k);
                                 vals[first + last] = Some(out);
                             }
                             None => {
@@ -657,10 +657,10 @@ impl<M: Borrow<Model> + Sync> Executor<M> {
                                 let none = &mut None;
                                 let out = self.eval_node(k, node, &vals, none);
                                 vals[first + k] = Some(out.map_err(|e| at(node, e))?);
-                                for f in steps {
-                                    let n = &m.nodes[f.node];
-                                    let out = self.eval_node(f.node, n, &vals, none);
-                                    vals[first + f.node] = Some(out.map_err(|e| at(n, e))?);
+                                for &j in &chain.nodes {
+                                    let n = &m.nodes[j];
+                                    let out = self.eval_node(j, n, &vals, none);
+                                    vals[first + j] = Some(out.map_err(|e| at(n, e))?);
                                 }
                             }
                         }
@@ -714,7 +714,7 @@ impl<M: Borrow<Model> + Sync> Executor<M> {
                         node.op.name(),
                         node.name,
                         match role {
-                            Role::Head(steps) => format!(" (+{} fused)", steps.len()),
+                            Role::Head(c) => format!(" (+{} fused)", c.nodes.len()),
                             Role::BlockSum(_) => " (+3 fused)".into(),
                             _ => String::new(),
                         }

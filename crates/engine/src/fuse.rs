@@ -69,13 +69,22 @@ pub(crate) struct Fused {
     step: Step,
 }
 
+/// The nodes absorbed into a head, and the steps that compute them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Chain {
+    /// The absorbed nodes in order (the last one's value is the chain's result).
+    pub nodes: Vec<usize>,
+    /// What runs: the nodes' steps with identity rescales dropped and neighbouring clamps merged.
+    pub steps: Vec<Fused>,
+}
+
 /// What a node is in the fused schedule.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Role {
     /// Run on its own.
     Alone,
     /// Run, then the chain's steps on its output (in place).
-    Head(Vec<Fused>),
+    Head(Chain),
     /// Run as a step of an earlier node's chain.
     Absorbed,
     /// A block-wise product `{gk, ogk → og}` with the `Mul` by per-block multipliers, the `Mul` by the
@@ -223,10 +232,69 @@ pub(crate) fn plan(m: &Model) -> Vec<Role> {
             roles[f.node] = Role::Absorbed;
         }
         if !chain.is_empty() {
-            roles[h] = Role::Head(chain);
+            roles[h] = Role::Head(Chain {
+                nodes: chain.iter().map(|f| f.node).collect(),
+                steps: simplify(chain),
+            });
         }
     }
     roles
+}
+
+/// The same integers in fewer passes: a rescale by `2^0` (a `Reshape` at its input's scale) is no step,
+/// and two neighbouring `Clamp`s of which one does not rescale are one. A rounding shift `S` is
+/// non-decreasing, so `S(clamp(x, a, b)) = clamp(S(x), S(a), S(b))`, and for `a ≤ b`, `c ≤ d`,
+/// `clamp(clamp(y, a, b), c, d) = clamp(y, clamp(a, c, d), clamp(b, c, d))`. Right shifts only, so the
+/// bounds stay where the steps put them (inside `i32`).
+fn simplify(chain: Vec<Fused>) -> Vec<Fused> {
+    let mut out: Vec<Fused> = Vec::with_capacity(chain.len());
+    for f in chain {
+        if let Step::Rescale { shift } = f.step {
+            if shift.right == 0 && shift.left == 0 {
+                continue;
+            }
+        }
+        if let (
+            Some(Fused {
+                step:
+                    Step::Clamp {
+                        shift: s1,
+                        lo: a,
+                        hi: b,
+                    },
+                ..
+            }),
+            Step::Clamp {
+                shift: s2,
+                lo: c,
+                hi: d,
+            },
+        ) = (out.last(), &f.step)
+        {
+            let (s2, c, d) = (*s2, *c, *d);
+            let (s1, a, b) = (*s1, *a, *b);
+            let plain = |s: Shift| s.right == 0 && s.left == 0;
+            let merged = if a > b || c > d || s1.left != 0 || s2.left != 0 {
+                None
+            } else if plain(s2) {
+                Some((s1, a.clamp(c, d), b.clamp(c, d)))
+            } else if plain(s1) {
+                Some((s2, s2.apply(a).clamp(c, d), s2.apply(b).clamp(c, d)))
+            } else {
+                None
+            };
+            if let Some((shift, lo, hi)) = merged {
+                out.pop();
+                out.push(Fused {
+                    node: f.node,
+                    step: Step::Clamp { shift, lo, hi },
+                });
+                continue;
+            }
+        }
+        out.push(f);
+    }
+    out
 }
 
 /// `node` as a step applied to value `v` (its only read of `v`), if it is element-wise over `v`'s
@@ -575,7 +643,7 @@ mod tests {
         m.validate().expect("valid");
         let roles = plan(&m);
         let fused: Vec<usize> = match &roles[0] {
-            Role::Head(steps) => steps.iter().map(|f| f.node).collect(),
+            Role::Head(c) => c.nodes.clone(),
             r => panic!("not a head: {r:?}"),
         };
         assert_eq!(fused, vec![1, 2]);
@@ -583,8 +651,8 @@ mod tests {
         assert_eq!(roles[2], Role::Absorbed);
         assert_eq!(roles[3], Role::Alone);
         match &roles[4] {
-            Role::Head(steps) => {
-                assert_eq!(steps.iter().map(|f| f.node).collect::<Vec<_>>(), vec![5])
+            Role::Head(c) => {
+                assert_eq!(c.nodes, vec![5])
             }
             r => panic!("not a head: {r:?}"),
         }
@@ -639,6 +707,89 @@ mod tests {
         };
         assert!(step(&mut same, 0, &identity, &[]));
         assert_eq!(same, x);
+    }
+
+    /// Merged clamps and dropped identity rescales give the integers of the steps run one by one, on
+    /// random chains of clamps (with and without right shifts, bounds inside and past each other) and
+    /// `Reshape`s; the usual ReLU6-then-8-bit-requantization chain becomes one pass.
+    #[test]
+    fn simplified_chains_compute_the_same_integers() {
+        let mut r = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            r ^= r << 13;
+            r ^= r >> 7;
+            r ^= r << 17;
+            r
+        };
+        let x: Vec<i32> = (0..3000)
+            .map(|_| {
+                let v = next();
+                (v >> 16) as i32 >> (v % 31)
+            })
+            .chain([i32::MIN, i32::MAX, -1, 0, 1])
+            .collect();
+        for trial in 0..400 {
+            let len = 1 + (next() % 5) as usize;
+            let steps: Vec<Fused> = (0..len)
+                .map(|node| {
+                    let step = if next() % 4 == 0 {
+                        Step::Rescale {
+                            shift: Shift::new(0).expect("identity"),
+                        }
+                    } else {
+                        let k = if next() % 2 == 0 {
+                            0
+                        } else {
+                            (next() % 33) as i32
+                        };
+                        let a = (next() as i32 >> (next() % 32)) as i64;
+                        let b = (next() as i32 >> (next() % 32)) as i64;
+                        Step::Clamp {
+                            shift: Shift::new(k).expect("in range"),
+                            lo: a.min(b),
+                            hi: a.max(b),
+                        }
+                    };
+                    Fused { node, step }
+                })
+                .collect();
+            let mut want = x.clone();
+            for f in &steps {
+                assert!(step(&mut want, 0, &f.step, &[]));
+            }
+            let short = simplify(steps.clone());
+            assert!(short.len() <= steps.len());
+            let mut got = x.clone();
+            let others = vec![&[][..]; short.len()];
+            assert_eq!(apply(&mut got, 0, &short, &others), Ok(()));
+            assert_eq!(got, want, "trial {trial}: {steps:?} -> {short:?}");
+        }
+        // Clip.min, Clip.max (no rescale), a Reshape, the next layer's 8-bit Clamp (right shift 8)
+        let clamp = |k: i32, lo: i64, hi: i64| Step::Clamp {
+            shift: Shift::new(k).expect("in range"),
+            lo,
+            hi,
+        };
+        let relu6 = [
+            clamp(0, 0, i32::MAX as i64),
+            clamp(0, i32::MIN as i64, 6 << 16),
+            Step::Rescale {
+                shift: Shift::new(0).expect("identity"),
+            },
+            clamp(8, -128, 127),
+        ];
+        let steps: Vec<Fused> = relu6
+            .into_iter()
+            .enumerate()
+            .map(|(node, step)| Fused { node, step })
+            .collect();
+        assert_eq!(
+            simplify(steps),
+            vec![Fused {
+                node: 3,
+                step: clamp(8, 0, 127)
+            }]
+        );
     }
 
     #[test]
