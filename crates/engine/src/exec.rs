@@ -300,7 +300,7 @@ fn block_weights(
     if g == k || b[0] == g || b[0] == k || m.is_some_and(|m| m == g || m == k || m == b[0]) {
         return None;
     }
-    crate::blockdot::PackedBlocks::new(&w?.data, b_shape[0], b_shape[1], b_shape[2])
+    crate::blockdot::PackedBlocks::new(&w?.data.transient(), b_shape[0], b_shape[1], b_shape[2])
 }
 
 /// Runs models.
@@ -347,11 +347,7 @@ impl<M: Borrow<Model> + Sync> Executor<M> {
     /// for several cache lengths, and the sessions running it on other threads) hold one copy.
     pub fn new_sharing(model_ref: M, mode: Mode, shared: &SharedPacks) -> Self {
         let model: &Model = model_ref.borrow();
-        let const_id = |v: ValueId| {
-            model
-                .const_of(v)
-                .map_or(0, |c| Arc::as_ptr(&c.data) as usize)
-        };
+        let const_id = |v: ValueId| model.const_of(v).map_or(0, |c| c.data.identity());
         let roles = match mode {
             Mode::Reference => Vec::new(),
             Mode::Fast { .. } => fuse::plan(model),
@@ -377,7 +373,10 @@ impl<M: Borrow<Model> + Sync> Executor<M> {
                                 let key = (const_id(node.inputs[0]), (c.shape[1] as usize).max(1));
                                 match keyed(&shared.matvecs, key) {
                                     Some(p) => Prepared::MatVec(p.clone()),
-                                    None => Prepared::MatVec(Arc::new(MatVec::new(&c.data, key.1))),
+                                    None => Prepared::MatVec(Arc::new(MatVec::new(
+                                        &c.data.transient(),
+                                        key.1,
+                                    ))),
                                 }
                             }
                             None => Prepared::None,
@@ -411,16 +410,20 @@ impl<M: Borrow<Model> + Sync> Executor<M> {
                         let plan = kernels::EinPlan::new(&spec);
                         let pa = model
                             .const_of(node.inputs[0])
-                            .and_then(|c| plan.pack_a(&spec, &c.data));
+                            .and_then(|c| plan.pack_a(&spec, &c.data.transient()));
                         let pb = model
                             .const_of(node.inputs[1])
-                            .and_then(|c| plan.pack_b(&spec, &c.data));
+                            .and_then(|c| plan.pack_b(&spec, &c.data.transient()));
                         Prepared::Ein(Box::new(plan), pa, pb)
                     }
                     Op::Conv2d { groups, .. } => model
                         .const_of(node.inputs[1])
                         .and_then(|w| {
-                            kernels::conv_weights(&us(&w.shape), *groups as usize, &w.data)
+                            kernels::conv_weights(
+                                &us(&w.shape),
+                                *groups as usize,
+                                &w.data.transient(),
+                            )
                         })
                         .map_or(Prepared::None, Prepared::Conv),
                     _ => Prepared::None,
@@ -432,7 +435,7 @@ impl<M: Borrow<Model> + Sync> Executor<M> {
         for (k, role) in roles.iter().enumerate() {
             if let (Role::BlockSum(b), Some(Prepared::Blocks(p))) = (role, prepared.get_mut(k)) {
                 if let (Some(c), Some(p)) = (model.const_of(b.mult), Arc::get_mut(p)) {
-                    p.set_multipliers(&c.data);
+                    p.set_multipliers(&c.data.transient());
                 }
             }
         }
@@ -669,7 +672,7 @@ impl<M: Borrow<Model> + Sync> Executor<M> {
                         let fused = match (self.mode, self.prepared.get(k)) {
                             (Mode::Fast { threads }, Some(Prepared::Blocks(p))) => {
                                 let get = |v: ValueId| match m.const_of(v) {
-                                    Some(c) => Some(c.data.as_slice()),
+                                    Some(c) => Some(&c.data[..]),
                                     None => vals[v as usize].as_deref(),
                                 };
                                 let x = get(node.inputs[0]).unwrap_or(&[]);
@@ -785,7 +788,29 @@ impl<M: Borrow<Model> + Sync> Executor<M> {
                 .map(|i| (us(i.shape), i.scale as i32))
                 .unwrap_or_default()
         };
-        let xs: Vec<&[i32]> = node.inputs.iter().map(|&v| get(v)).collect();
+        // a constant the node's prepared form stands for is read (and, held narrow, widened) only by a
+        // path without that form: through `lazy`; a gather reads the rows it takes of a constant
+        let packed_input = |i: usize| match self.prepared.get(k) {
+            _ if matches!(node.op, Op::Gather { .. }) => i == 0,
+            Some(Prepared::MatVec(_)) => i == 0,
+            Some(Prepared::Blocks(_) | Prepared::Conv(_)) => i == 1,
+            Some(Prepared::Ein(_, pa, pb)) => (i == 0 && pa.is_some()) || (i == 1 && pb.is_some()),
+            _ => false,
+        };
+        let xs: Vec<&[i32]> = node
+            .inputs
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| {
+                if packed_input(i) && m.const_of(v).is_some() {
+                    &[][..]
+                } else {
+                    get(v)
+                }
+            })
+            .collect();
+        let lazy0 = || get(node.inputs[0]);
+        let lazy1 = || get(node.inputs.get(1).copied().unwrap_or(node.inputs[0]));
         let infos: Vec<(Vec<usize>, i32)> = node.inputs.iter().map(|&v| info(v)).collect();
         let out_shape = us(&node.shape);
         let so = node.scale as i32;
@@ -820,13 +845,13 @@ impl<M: Borrow<Model> + Sync> Executor<M> {
                         Some(Prepared::Blocks(p)) if bias.is_none() => {
                             match p.run(xs[0], threads) {
                                 Some(acc) => rescaled(acc, shift),
-                                None => einsum_reference(&spec, xs[0], xs[1], bias, shift),
+                                None => einsum_reference(&spec, xs[0], lazy1(), bias, shift),
                             }
                         }
                         Some(Prepared::Ein(plan, pa, pb)) => plan.run(
                             &spec,
-                            xs[0],
-                            xs[1],
+                            &lazy0,
+                            &lazy1,
                             pa.as_ref(),
                             pb.as_ref(),
                             bias,
@@ -834,8 +859,9 @@ impl<M: Borrow<Model> + Sync> Executor<M> {
                             threads,
                             hook,
                         ),
-                        _ => kernels::EinPlan::new(&spec)
-                            .run(&spec, xs[0], xs[1], None, None, bias, shift, threads, hook),
+                        _ => kernels::EinPlan::new(&spec).run(
+                            &spec, &lazy0, &lazy1, None, None, bias, shift, threads, hook,
+                        ),
                     },
                 }
             }
@@ -856,7 +882,7 @@ impl<M: Borrow<Model> + Sync> Executor<M> {
                             Some(Prepared::Conv(q)) => Some(q.as_slice()),
                             _ => None,
                         };
-                        kernels::conv2d(&spec, xs[0], xs[1], qw, bias, shift, threads, hook)
+                        kernels::conv2d(&spec, xs[0], &lazy1, qw, bias, shift, threads, hook)
                     }
                 }
             }
@@ -1073,6 +1099,7 @@ impl<M: Borrow<Model> + Sync> Executor<M> {
                 let outer: usize = s0[..ax].iter().product();
                 let inner: usize = s0[ax + 1..].iter().product();
                 let dim = s0[ax];
+                let table = m.const_of(node.inputs[0]);
                 let mut out = Vec::with_capacity(out_shape.iter().product());
                 for o in 0..outer {
                     for &i in xs[1] {
@@ -1088,7 +1115,10 @@ impl<M: Borrow<Model> + Sync> Executor<M> {
                             });
                         }
                         let at = (o * dim + j as usize) * inner;
-                        out.extend_from_slice(&xs[0][at..at + inner]);
+                        match table {
+                            Some(c) => out.extend_from_slice(&c.data.range(at..at + inner)),
+                            None => out.extend_from_slice(&xs[0][at..at + inner]),
+                        }
                     }
                 }
                 rescaled(out, sc0 - so)

@@ -36,9 +36,9 @@ pub struct Const {
     pub shape: Vec<u32>,
     /// Fractional bits.
     pub scale: i8,
-    /// Row-major elements (shared: models built from the same weights, e.g. a language model's decode
-    /// step and its prefill chunk, hold one copy).
-    pub data: std::sync::Arc<Vec<i32>>,
+    /// Row-major elements, held at their narrowest width (shared: models built from the same weights,
+    /// e.g. a language model's decode step and its prefill chunk, hold one copy).
+    pub data: crate::elements::Elements,
 }
 
 /// A model output.

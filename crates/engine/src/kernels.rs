@@ -533,13 +533,14 @@ impl EinPlan {
         Some(Acc::Wide(c))
     }
 
-    /// Run; `pa`/`pb` are the node's pre-packed operands when constant.
+    /// Run; `pa`/`pb` are the node's pre-packed operands when constant (`a`/`b` then give the operand's
+    /// elements only if a path without the packed form needs them).
     #[allow(clippy::too_many_arguments)]
-    pub fn run(
+    pub fn run<'x>(
         &self,
         s: &EinSpec<'_>,
-        a: &[i32],
-        b: &[i32],
+        a: Operand<'_, 'x>,
+        b: Operand<'_, 'x>,
         pa: Option<&Packed>,
         pb: Option<&Packed>,
         bias: Option<(&[i32], &[usize], i32)>,
@@ -555,11 +556,11 @@ impl EinPlan {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn run_oriented(
+    fn run_oriented<'x>(
         &self,
         s: &EinSpec<'_>,
-        a: &[i32],
-        b: &[i32],
+        a: Operand<'_, 'x>,
+        b: Operand<'_, 'x>,
         pa: Option<&Packed>,
         pb: Option<&Packed>,
         bias: Option<(&[i32], &[usize], i32)>,
@@ -568,8 +569,8 @@ impl EinPlan {
         hook: &mut Option<RowHook<'_>>,
     ) -> Result<Vec<i32>, ExecError> {
         let (ma, mb) = (
-            pa.map_or_else(|| max_abs(a), |p| p.max_abs),
-            pb.map_or_else(|| max_abs(b), |p| p.max_abs),
+            pa.map_or_else(|| max_abs(a()), |p| p.max_abs),
+            pb.map_or_else(|| max_abs(b()), |p| p.max_abs),
         );
         let bias_shift = bias.map_or(0, |(_, _, sh)| sh);
         let bias_max = bias.map_or(0, |(d, _, _)| max_abs(d) << bias_shift.clamp(0, 64));
@@ -578,15 +579,15 @@ impl EinPlan {
             .saturating_mul(mb)
             .saturating_add(bias_max);
         if !self.packable || bound >= I64_SAFE {
-            return crate::exec::einsum_reference(s, a, b, bias, shift);
+            return crate::exec::einsum_reference(s, a(), b(), bias, shift);
         }
         let ap: Cow<'_, [i32]> = match pa {
             Some(p) => Cow::Borrowed(&p.data),
-            None => packed(a, s.a, s.a_shape, &self.a_order, &self.sizes),
+            None => packed(a(), s.a, s.a_shape, &self.a_order, &self.sizes),
         };
         let bp: Cow<'_, [i32]> = match pb {
             Some(p) => Cow::Borrowed(&p.data),
-            None => packed(b, s.b, s.b_shape, &self.b_order, &self.sizes),
+            None => packed(b(), s.b, s.b_shape, &self.b_order, &self.sizes),
         };
         let c = match self.narrow_product(&ap, &bp, pa, pb, threads) {
             Some(c) => c,
@@ -693,6 +694,10 @@ impl EinPlan {
         Ok(out)
     }
 }
+
+/// An operand's elements, read only by the paths that need them (a constant operand held narrow is then
+/// widened; its prepared form serves the others).
+pub type Operand<'f, 'x> = &'f (dyn Fn() -> &'x [i32] + Sync);
 
 /// Called by a kernel on consecutive output elements `start..start + row.len()`, once for each element
 /// and as soon as they are final (a fused element-wise chain runs there while they sit in the cache).
@@ -1763,7 +1768,7 @@ fn im2col<T: Copy>(
 pub fn conv2d(
     s: &ConvSpec<'_>,
     x: &[i32],
-    w: &[i32],
+    w: Operand<'_, '_>,
     qw: Option<&[PackedA]>,
     bias: Option<(&[i32], i32)>,
     shift: i32,
@@ -1779,6 +1784,7 @@ pub fn conv2d(
             return r;
         }
     }
+    let w = w();
     let n = s.x[0];
     let (o_ch, cg, kh, kw) = (s.w[0], s.w[1], s.w[2], s.w[3]);
     let og = o_ch / s.groups;

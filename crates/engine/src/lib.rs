@@ -9,6 +9,7 @@ pub mod cancel;
 pub mod commit;
 pub mod cost;
 pub mod dispute;
+pub mod elements;
 pub mod error;
 pub mod exec;
 mod fuse;

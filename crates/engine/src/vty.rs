@@ -16,6 +16,7 @@ use verity_core::{
     Keccak, Reader, Writer,
 };
 
+use crate::elements::Elements;
 use crate::error::ModelError;
 use crate::ir::*;
 
@@ -105,6 +106,11 @@ pub fn encode_elements(data: &[i32]) -> Vec<u8> {
 /// Read `n` elements stored by [`encode_elements`] (all of `bytes`); refuses a width that is not the
 /// narrowest for the values, or a non-zero padding nibble, so the encoding stays canonical.
 pub fn decode_elements(bytes: &[u8], n: u64) -> Result<Vec<i32>, String> {
+    decode_narrow(bytes, n).map(|e| e.transient().into_owned())
+}
+
+/// [`decode_elements`] into elements held at the width they are stored at (see [`Elements`]).
+pub fn decode_narrow(bytes: &[u8], n: u64) -> Result<Elements, String> {
     let (&code, packed) = bytes.split_first().ok_or("missing element width")?;
     let w = Width::from_code(code).ok_or_else(|| format!("unknown element width {code}"))?;
     if w.bytes(n) != packed.len() as u64 {
@@ -114,32 +120,42 @@ pub fn decode_elements(bytes: &[u8], n: u64) -> Result<Vec<i32>, String> {
             packed.len()
         ));
     }
-    let data: Vec<i32> = match w {
+    let range = |lo: i32, hi: i32| Width::of(&[lo, hi]);
+    let (data, lo, hi) = match w {
         Width::I4 => {
             if n % 2 == 1 && packed.last().is_some_and(|b| b & 0x0f != 0) {
                 return Err("non-zero padding nibble".into());
             }
-            let nib = |b: u8| ((b << 4) as i8 >> 4) as i32;
-            packed
-                .iter()
-                .flat_map(|&b| [nib(b >> 4), nib(b & 0x0f)])
-                .take(n as usize)
-                .collect()
+            (Elements::from_nibbles(packed.to_vec(), n as usize), 0, 0)
         }
-        Width::I8 => packed.iter().map(|&b| b as i8 as i32).collect(),
-        Width::I16 => packed
-            .chunks_exact(2)
-            .map(|c| i16::from_be_bytes([c[0], c[1]]) as i32)
-            .collect(),
-        Width::I32 => packed
-            .chunks_exact(4)
-            .map(|c| i32::from_be_bytes([c[0], c[1], c[2], c[3]]))
-            .collect(),
+        Width::I8 => {
+            let v: Vec<i8> = packed.iter().map(|&b| b as i8).collect();
+            let (lo, hi) = v.iter().fold((0i8, 0i8), |(l, h), &x| (l.min(x), h.max(x)));
+            (Elements::from_i8(v), lo as i32, hi as i32)
+        }
+        Width::I16 => {
+            let v: Vec<i16> = packed
+                .chunks_exact(2)
+                .map(|c| i16::from_be_bytes([c[0], c[1]]))
+                .collect();
+            let (lo, hi) = v
+                .iter()
+                .fold((0i16, 0i16), |(l, h), &x| (l.min(x), h.max(x)));
+            (Elements::from_i16(v), lo as i32, hi as i32)
+        }
+        Width::I32 => {
+            let v: Vec<i32> = packed
+                .chunks_exact(4)
+                .map(|c| i32::from_be_bytes([c[0], c[1], c[2], c[3]]))
+                .collect();
+            let (lo, hi) = v.iter().fold((0, 0), |(l, h), &x| (l.min(x), h.max(x)));
+            (Elements::from(v), lo, hi)
+        }
     };
-    if Width::of(&data) != w {
+    if w != Width::I4 && range(lo, hi) != w {
         return Err(format!(
             "elements stored as {w:?} fit {:?}: the narrowest width is required",
-            Width::of(&data)
+            range(lo, hi)
         ));
     }
     Ok(data)
@@ -377,7 +393,7 @@ pub fn encode(m: &Model) -> Vec<u8> {
     }
     for c in &m.consts {
         let mut item = encode_const_desc(c);
-        item.extend_from_slice(&encode_elements(&c.data));
+        item.extend_from_slice(&encode_elements(&c.data.transient()));
         w.bytes(&item);
     }
     w.raw(&model_id(m).0);
@@ -505,11 +521,11 @@ fn decode_const(bytes: &[u8], file_version: u8) -> Result<Const, ModelError> {
     let (shape, scale) = read_const_desc(&mut r)?;
     let n = numel(&shape);
     if file_version >= 2 {
-        let data = decode_elements(r.take(r.remaining())?, n).map_err(|e| r.invalid(e))?;
+        let data = decode_narrow(r.take(r.remaining())?, n).map_err(|e| r.invalid(e))?;
         return Ok(Const {
             shape,
             scale,
-            data: data.into(),
+            data,
         });
     }
     if n.saturating_mul(4) != r.remaining() as u64 {

@@ -2,7 +2,6 @@
 //! size after opening the GGUF, compiling the step, creating a session, one step, and a second session
 //! beside the first (what a node's second worker thread adds). Linux only (reads `/proc/self/status`).
 use std::collections::BTreeSet;
-use std::sync::Arc;
 
 fn rss_mb() -> u64 {
     std::fs::read_to_string("/proc/self/status")
@@ -22,27 +21,34 @@ fn main() {
     let g = verity_llm::gguf::Gguf::open(std::path::Path::new(&a[1])).expect("gguf");
     println!("GGUF open            {:>6} MB", rss_mb());
     let step = verity_llm::compile(&g, context).expect("compile");
-    let mut seen = BTreeSet::new();
-    let mut bytes = 0usize;
-    for m in std::iter::once(&step.model).chain(step.variants.iter().map(|v| &v.model)) {
-        for c in &m.consts {
-            if seen.insert(Arc::as_ptr(&c.data) as usize) {
-                bytes += c.data.len() * 4;
+    let consts = || {
+        let mut seen = BTreeSet::new();
+        let mut bytes = 0usize;
+        for m in std::iter::once(&step.model).chain(step.variants.iter().map(|v| &v.model)) {
+            for c in &m.consts {
+                if seen.insert(c.data.identity()) {
+                    bytes += c.data.resident_bytes();
+                }
             }
         }
-    }
+        bytes >> 20
+    };
     println!(
-        "step compiled        {:>6} MB ({} variants; their distinct i32 constants {} MB)",
+        "step compiled        {:>6} MB ({} variants; their distinct constants {} MB)",
         rss_mb(),
         step.variants.len(),
-        bytes >> 20
+        consts()
     );
     drop(g);
     println!("GGUF dropped         {:>6} MB", rss_mb());
     let mut s = verity_llm::Session::new(&step, 1);
     println!("session              {:>6} MB", rss_mb());
     s.feed(1).expect("step");
-    println!("one step             {:>6} MB", rss_mb());
+    println!(
+        "one step             {:>6} MB (constants {} MB)",
+        rss_mb(),
+        consts()
+    );
     let beside = s.beside(1);
     println!("a second session     {:>6} MB", rss_mb());
     drop(beside);

@@ -7,8 +7,8 @@
 //! their caches. Every op is a v1 op, so the semantics, one-step checks and proofs apply unchanged.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use verity_engine::calib::ceil_log2;
+use verity_engine::elements::Elements;
 
 use verity_engine::ir::{
     broadcast_shapes, Const, Input, InputKind, Model, Node, Op, Output, ReduceKind,
@@ -45,10 +45,10 @@ impl G {
     }
 
     fn konst(&mut self, shape: Vec<u32>, scale: i32, data: Vec<i32>) -> R {
-        self.shared(shape, scale, Arc::new(data))
+        self.shared(shape, scale, data.into())
     }
 
-    fn shared(&mut self, shape: Vec<u32>, scale: i32, data: Arc<Vec<i32>>) -> R {
+    fn shared(&mut self, shape: Vec<u32>, scale: i32, data: Elements) -> R {
         self.consts.push(Const {
             shape,
             scale: scale as i8,
@@ -271,9 +271,9 @@ pub struct Step {
 /// A matrix's integer constants, computed once and shared by every model built from the weights.
 #[derive(Clone)]
 struct MatConsts {
-    q: Arc<Vec<i32>>,
-    mult: Arc<Vec<i32>>,
-    offset: Option<Arc<Vec<i32>>>,
+    q: Elements,
+    mult: Elements,
+    offset: Option<Elements>,
     scale: i32,
     block_bound: f64,
 }
@@ -312,9 +312,9 @@ impl Ctx<'_> {
                 m.max((ints[blk] as f64).abs() * unit * qs as f64)
             });
             let c = MatConsts {
-                q: Arc::new(b.q.iter().map(|&v| v.into()).collect()),
-                mult: Arc::new(ints[..n].to_vec()),
-                offset: has_off.then(|| Arc::new(ints[n..].to_vec())),
+                q: b.q.clone().into(),
+                mult: ints[..n].to_vec().into(),
+                offset: has_off.then(|| ints[n..].to_vec().into()),
                 scale: s,
                 block_bound,
             };

@@ -78,7 +78,9 @@ fn round_trip_at(name: &str, precision: Precision) {
     // a changed weight: another model (another ID and weights root)
     let mut m2 = model.clone();
     if let Some(c) = m2.consts.iter_mut().find(|c| !c.data.is_empty()) {
-        std::sync::Arc::make_mut(&mut c.data)[0] += 1;
+        let mut changed = c.data.to_vec();
+        changed[0] += 1;
+        c.data = changed.into();
     }
     let pk2 = keygen(&m2, model_id(&m2)).expect("keygen");
     assert!(verify(&m2, &pk2.verifying_key(), &x, &y, &proof).is_err());
