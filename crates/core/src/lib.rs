@@ -22,8 +22,8 @@ pub use eth::{Address, SecretKey, Signature};
 pub use hash::{keccak256, Hash, Keccak};
 pub use manifest::{Manifest, SignedManifest};
 pub use merkle::{
-    bind_length, elements_root, merkle_proof, merkle_root, multiproof, multiproof_root,
-    root_from_path, tree_depth, verify_element, verify_proof, word_leaf, word_leaves, ElementProof,
-    ELEMENTS_PER_LEAF,
+    bind_length, elements_root, elements_root_of, merkle_proof, merkle_root, multiproof,
+    multiproof_root, root_from_path, tree_depth, verify_element, verify_proof, word_leaf,
+    word_leaves, ElementProof, ELEMENTS_PER_LEAF,
 };
 pub use receipt::{Receipt, SignedReceipt};

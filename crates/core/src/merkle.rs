@@ -129,19 +129,34 @@ const SUBTREE_LEAVES: usize = 1 << 14;
 
 /// The elements root of a flat row-major `i32` tensor.
 pub fn elements_root(elems: &[i32]) -> Hash {
+    elements_root_of(elems.len(), |r, hash| hash(&elems[r]))
+}
+
+/// [`elements_root`] of a tensor of `len` elements that `visit(range, hash)` hands over a run at a time,
+/// calling `hash` with the elements `range` (so a tensor held in another form, e.g. narrower integers,
+/// is widened a run at a time into one buffer).
+pub fn elements_root_of(
+    len: usize,
+    mut visit: impl FnMut(std::ops::Range<usize>, &mut dyn FnMut(&[i32])),
+) -> Hash {
     let per = SUBTREE_LEAVES * ELEMENTS_PER_LEAF;
-    if elems.len() <= per {
-        return bind_len(elems.len(), merkle_root(&element_leaves(elems)));
+    let mut leaves_of = |r: std::ops::Range<usize>| {
+        let mut leaves = Vec::new();
+        visit(r, &mut |elems| leaves = element_leaves(elems));
+        leaves
+    };
+    if len <= per {
+        return bind_len(len, merkle_root(&leaves_of(0..len)));
     }
     // Level k = log2(SUBTREE_LEAVES) of the whole tree, one node per aligned run of leaves: a full run's
     // root, and for a short last run its own root carried up the levels it lacks, paired with the zero
     // hash at each (the tree's rule for a last node without a partner). Above level k the tree is built
     // from those nodes by the same rule.
     let k = SUBTREE_LEAVES.trailing_zeros();
-    let level_k: Vec<Hash> = elems
-        .chunks(per)
-        .map(|run| {
-            let leaves = element_leaves(run);
+    let level_k: Vec<Hash> = (0..len)
+        .step_by(per)
+        .map(|start| {
+            let leaves = leaves_of(start..(start + per).min(len));
             let mut node = merkle_root(&leaves);
             for _ in leaves.len().next_power_of_two().trailing_zeros()..k {
                 node = parent(&node, &Hash::ZERO);
@@ -149,7 +164,7 @@ pub fn elements_root(elems: &[i32]) -> Hash {
             node
         })
         .collect();
-    bind_len(elems.len(), merkle_root(&level_k))
+    bind_len(len, merkle_root(&level_k))
 }
 
 /// A proof that one element of a tensor has a given value, against the tensor's elements root.

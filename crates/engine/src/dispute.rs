@@ -200,7 +200,7 @@ impl<'a> Side<'a> {
                 None => {
                     let c = o.value as usize - ni;
                     let k = &self.model.consts[c];
-                    roots.push(verity_core::elements_root(&k.data));
+                    roots.push(k.data.root());
                     paths.push(merkle_proof(&self.items, 1 + nn + c).unwrap_or_default());
                     descriptors.push(encode_const_desc(k));
                 }

@@ -111,23 +111,41 @@ impl Elements {
         }
     }
 
+    /// The elements root ([`verity_core::elements_root`]), widening a run at a time into one buffer.
+    pub fn root(&self) -> verity_core::Hash {
+        if let Some(w) = self.0.wide.get() {
+            return verity_core::elements_root(w);
+        }
+        let mut buf = Vec::new();
+        verity_core::elements_root_of(self.len(), |r, hash| {
+            buf.clear();
+            self.widen_into(r, &mut buf);
+            hash(&buf)
+        })
+    }
+
     fn widen(&self, range: std::ops::Range<usize>) -> Vec<i32> {
+        let mut v = Vec::with_capacity(range.len());
+        self.widen_into(range, &mut v);
+        v
+    }
+
+    /// Append the elements `range` as `i32` to `out`.
+    fn widen_into(&self, range: std::ops::Range<usize>, out: &mut Vec<i32>) {
         match &self.0.narrow {
-            Narrow::I4(b) => range
-                .map(|i| {
-                    let byte = b[i / 2];
-                    let nib = if i % 2 == 0 { byte >> 4 } else { byte & 0x0f };
-                    ((nib << 4) as i8 >> 4) as i32
-                })
-                .collect(),
-            Narrow::I8(v) => v[range].iter().map(|&x| x as i32).collect(),
-            Narrow::I16(v) => v[range].iter().map(|&x| x as i32).collect(),
+            Narrow::I4(b) => out.extend(range.map(|i| {
+                let byte = b[i / 2];
+                let nib = if i % 2 == 0 { byte >> 4 } else { byte & 0x0f };
+                ((nib << 4) as i8 >> 4) as i32
+            })),
+            Narrow::I8(v) => out.extend(v[range].iter().map(|&x| x as i32)),
+            Narrow::I16(v) => out.extend(v[range].iter().map(|&x| x as i32)),
             // 32-bit elements are set at construction
-            Narrow::I32 => self
-                .0
-                .wide
-                .get()
-                .map_or_else(Vec::new, |w| w[range].to_vec()),
+            Narrow::I32 => {
+                if let Some(w) = self.0.wide.get() {
+                    out.extend_from_slice(&w[range]);
+                }
+            }
         }
     }
 }
@@ -231,6 +249,7 @@ mod tests {
             let kept = if w == Width::I32 { 0 } else { 4 * v.len() };
             assert_eq!(e.resident_bytes(), narrow + kept);
             assert_eq!(e, Elements::from(v.clone()));
+            assert_eq!(e.root(), verity_core::elements_root(&v));
         }
         assert_ne!(Elements::from(vec![1, 2]), Elements::from(vec![1, 3]));
         assert_ne!(Elements::from(vec![1]), Elements::from(vec![1, 0]));

@@ -293,7 +293,9 @@ fn pack(x: &[i32], labels: &[u8], shape: &[usize], order: &[u8], sizes: &[usize;
 /// element fits `i8`, its per-batch form for the 8-bit kernels.
 #[derive(Clone, Debug)]
 pub struct Packed {
-    data: Vec<i32>,
+    /// The packed `i32` elements, kept only when there is no 8-bit form (else packed again from the
+    /// constant on the rare run whose other operand leaves 16 bits).
+    data: Option<Vec<i32>>,
     max_abs: u128,
     narrow: Option<Narrow>,
 }
@@ -413,8 +415,8 @@ impl EinPlan {
                 .map(Narrow::A);
             Packed {
                 max_abs: max_abs(a),
+                data: narrow.is_none().then_some(data),
                 narrow,
-                data,
             }
         })
     }
@@ -426,8 +428,8 @@ impl EinPlan {
             let narrow = self.narrow_b(&data).map(Narrow::B);
             Packed {
                 max_abs: max_abs(b),
+                data: narrow.is_none().then_some(data),
                 narrow,
-                data,
             }
         })
     }
@@ -581,19 +583,37 @@ impl EinPlan {
         if !self.packable || bound >= I64_SAFE {
             return crate::exec::einsum_reference(s, a(), b(), bias, shift);
         }
-        let ap: Cow<'_, [i32]> = match pa {
-            Some(p) => Cow::Borrowed(&p.data),
-            None => packed(a(), s.a, s.a_shape, &self.a_order, &self.sizes),
+        // a constant side with an 8-bit form and no i32 one is read by the 8-bit product from that
+        // form (when the other side is not a constant too); the wide product packs it again
+        let eight = |p: Option<&Packed>, q: Option<&Packed>| {
+            p.is_some_and(|p| p.data.is_none()) && q.is_none()
         };
-        let bp: Cow<'_, [i32]> = match pb {
-            Some(p) => Cow::Borrowed(&p.data),
-            None => packed(b(), s.b, s.b_shape, &self.b_order, &self.sizes),
+        let (a8, b8) = (eight(pa, pb), eight(pb, pa));
+        let ap_of = || -> Cow<'_, [i32]> {
+            match pa.and_then(|p| p.data.as_deref()) {
+                Some(d) => Cow::Borrowed(d),
+                None => packed(a(), s.a, s.a_shape, &self.a_order, &self.sizes),
+            }
         };
+        let bp_of = || -> Cow<'_, [i32]> {
+            match pb.and_then(|p| p.data.as_deref()) {
+                Some(d) => Cow::Borrowed(d),
+                None => packed(b(), s.b, s.b_shape, &self.b_order, &self.sizes),
+            }
+        };
+        let (ap, bp) = (
+            if a8 { Cow::Borrowed(&[][..]) } else { ap_of() },
+            if b8 { Cow::Borrowed(&[][..]) } else { bp_of() },
+        );
         let c = match self.narrow_product(&ap, &bp, pa, pb, threads) {
             Some(c) => c,
-            None => Acc::Wide(batched_gemm(
-                &ap, &bp, self.bt, self.m, self.k, self.n, threads,
-            )),
+            None => {
+                let ap = if a8 { ap_of() } else { ap };
+                let bp = if b8 { bp_of() } else { bp };
+                Acc::Wide(batched_gemm(
+                    &ap, &bp, self.bt, self.m, self.k, self.n, threads,
+                ))
+            }
         };
         // scatter C (labels batch, m, n) into the output order, adding the bias
         let out_st = label_strides(s.out, s.out_shape, &self.c_order);
@@ -1916,6 +1936,15 @@ mod tests {
         assert!(plan
             .narrow_product(&mixed, &b, None, Some(&pb), 1)
             .is_none());
+        // the 8-bit form keeps no i32 copy: the wide product packs the constant again, same integers
+        assert!(pb.data.is_none());
+        for x in [&mixed, &a] {
+            let want = crate::exec::einsum_reference(&spec, x, &b, None, 0).expect("reference");
+            let got = plan
+                .run(&spec, &|| x, &|| &b, None, Some(&pb), None, 0, 1, &mut None)
+                .expect("fast");
+            assert_eq!(got, want);
+        }
         // wide weights are not packed for the 8-bit kernels
         let mut wb = b.clone();
         wb[0] = 128;

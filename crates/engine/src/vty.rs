@@ -12,8 +12,8 @@
 //! are the same for a model written either way.
 
 use verity_core::{
-    elements_root, keccak256, merkle_proof, merkle_root, root_from_path, ElementProof, Hash,
-    Keccak, Reader, Writer,
+    keccak256, merkle_proof, merkle_root, root_from_path, ElementProof, Hash, Keccak, Reader,
+    Writer,
 };
 
 use crate::elements::Elements;
@@ -355,7 +355,7 @@ pub fn encode_const_desc(c: &Const) -> Vec<u8> {
 pub fn const_leaf(c: &Const) -> Hash {
     let mut k = Keccak::new();
     k.update(&encode_const_desc(c));
-    k.update(&elements_root(&c.data).0);
+    k.update(&c.data.root().0);
     k.finalize()
 }
 
@@ -522,11 +522,7 @@ fn decode_const(bytes: &[u8], file_version: u8) -> Result<Const, ModelError> {
     let n = numel(&shape);
     if file_version >= 2 {
         let data = decode_narrow(r.take(r.remaining())?, n).map_err(|e| r.invalid(e))?;
-        return Ok(Const {
-            shape,
-            scale,
-            data,
-        });
+        return Ok(Const { shape, scale, data });
     }
     if n.saturating_mul(4) != r.remaining() as u64 {
         return Err(r
@@ -687,7 +683,7 @@ pub fn prove_const_element(m: &Model, c: usize, index: usize) -> Option<ConstEle
         item_count: leaves.len() as u64,
         item_index: item_index as u64,
         descriptor: encode_const_desc(k),
-        element: ElementProof::new(&k.data, index)?,
+        element: ElementProof::new(&k.data.transient(), index)?,
         item_path: merkle_proof(&leaves, item_index)?,
     })
 }
