@@ -89,6 +89,14 @@ impl Elements {
         narrow + self.0.wide.get().map_or(0, |w| 4 * w.len())
     }
 
+    /// The elements as bytes, when they are held at 8 bits.
+    pub fn bytes(&self) -> Option<&[i8]> {
+        match &self.0.narrow {
+            Narrow::I8(v) => Some(v),
+            _ => None,
+        }
+    }
+
     /// The same elements shared (clones of one constant) have the same identity.
     pub fn identity(&self) -> usize {
         Arc::as_ptr(&self.0) as usize

@@ -3,6 +3,7 @@
 //! CPU has it, optional threads). Both give identical bits; property tests and the fixtures check it.
 
 use crate::arith::{div_round, div_round_fast, fit, isqrt_round, rshift};
+use crate::elements::Elements;
 use crate::error::ExecError;
 use crate::fuse::{self, Role};
 use crate::ir::*;
@@ -112,31 +113,68 @@ fn strided_copy(x: &[i32], base: usize, shape: &[usize], strides: &[usize]) -> V
 
 /// A constant matrix `w` `[o, g]` stored column by column (`[g, o]`), so that a product with a vector
 /// is `g` vectorized multiply-adds over all outputs at once.
+/// A constant matrix `w` (`o × g`, row-major) for products with a few vectors, prepared once.
 struct MatVec {
-    wt: Vec<i32>,
+    w: MatWeights,
     o: usize,
     g: usize,
     max: u128,
 }
 
+/// How a [`MatVec`] holds its matrix.
+enum MatWeights {
+    /// Every element fits `i8`: the rows as bytes (the constant's own 8-bit elements when it holds
+    /// them so, else a copy), each output a dot product of a row with the vector.
+    Bytes(Bytes),
+    /// Wider elements: the matrix transposed (`g × o`), each vector element scaling a row of it into
+    /// `i64` sums.
+    Wide(Vec<i32>),
+}
+
+/// A matrix's 8-bit elements: shared with the constant, or a copy.
+enum Bytes {
+    Shared(Elements),
+    Own(Vec<i8>),
+}
+
 impl MatVec {
-    fn new(w: &[i32], g: usize) -> MatVec {
+    fn new(c: &Elements, g: usize) -> MatVec {
         let g = g.max(1);
-        let o = w.len() / g;
+        let o = c.len() / g;
+        if let Some(w) = c.bytes() {
+            let max = kernels::max_abs8(w);
+            return MatVec {
+                w: MatWeights::Bytes(Bytes::Shared(c.clone())),
+                o,
+                g,
+                max,
+            };
+        }
+        let w = c.transient();
+        let max = kernels::max_abs(&w);
+        if max <= 127 && w.iter().all(|&v| v >= -128) {
+            let bytes = w.iter().map(|&v| v as i8).collect();
+            return MatVec {
+                w: MatWeights::Bytes(Bytes::Own(bytes)),
+                o,
+                g,
+                max,
+            };
+        }
         let mut wt = vec![0; w.len()];
         for (r, row) in w.chunks_exact(g).enumerate() {
             for (c, &v) in row.iter().enumerate() {
                 wt[c * o + r] = v;
             }
         }
-        let max = kernels::max_abs(w);
-        MatVec { wt, o, g, max }
+        MatVec {
+            w: MatWeights::Wide(wt),
+            o,
+            g,
+            max,
+        }
     }
 
-    /// `y[m, o] = fit(rshift(Σ_g w[o, g] · x[m, g], shift))`, the reference's integers: products of
-    /// two `i32` fit `i64`; sums over as many columns as keep `max|w| · max|x|` times their count below
-    /// `2^62` run in `i64` over all outputs at once, and those partial sums add in `i128` when there
-    /// are several. `x` holds whole rows of `g` (a validated model's shapes).
     fn run(&self, x: &[i32], shift: i32, threads: usize) -> Result<Vec<i32>, ExecError> {
         let (o, g) = (self.o, self.g);
         let mx = kernels::max_abs(x);
@@ -144,42 +182,96 @@ impl MatVec {
         if o == 0 {
             return Ok(out);
         }
-        // columns per 64-bit partial sum (at least 1: one product is below 2^62)
-        let per = ((1u128 << 62) / (self.max * mx).max(1)).clamp(1, g as u128) as usize;
         let failed = crate::par::FirstError::default();
-        for (xr, yr) in x.chunks_exact(g).zip(out.chunks_exact_mut(o)) {
-            crate::par::rows(yr, 1, threads, 64, |first, part| {
-                let n = part.len();
-                let mut acc = vec![0i64; n];
-                let mut wide: Vec<i128> = Vec::new();
-                for (c0, xs) in xr.chunks(per).enumerate() {
-                    acc.iter_mut().for_each(|a| *a = 0);
-                    for (j, &xv) in xs.iter().enumerate() {
-                        let c = c0 * per + j;
-                        axpy(&mut acc, &self.wt[c * o + first..][..n], xv as i64);
-                    }
-                    if per < g {
-                        wide.resize(n, 0);
-                        for (w, &a) in wide.iter_mut().zip(&acc) {
-                            *w += a as i128;
-                        }
-                    }
-                }
-                let done = if per >= g {
-                    // |acc| < 2^62: the requantization of 64-bit accumulator rows
-                    kernels::requantize_row(part, &acc, 0, shift)
-                } else {
-                    part.iter_mut()
-                        .zip(&wide)
-                        .try_for_each(|(y, &v)| fit(rshift(v, shift)).map(|r| *y = r))
+        match &self.w {
+            MatWeights::Bytes(b) if mx < 1 << 15 => {
+                let w = match b {
+                    Bytes::Shared(e) => e.bytes().unwrap_or(&[]),
+                    Bytes::Own(v) => v,
                 };
-                if let Err(e) = done {
-                    failed.set(e);
+                // runs of at most `per` products sum in i32 (|w| ≤ 128), the runs in i64
+                let per =
+                    (((1u64 << 31) - 1) / (128 * mx.max(1) as u64)).clamp(1, g as u64) as usize;
+                // a row of weights is read once per vector: split the rows, not the vectors
+                let th = if o * g >= 1 << 21 { threads } else { 1 };
+                for (xr, yr) in x.chunks_exact(g).zip(out.chunks_exact_mut(o)) {
+                    let xs: Vec<i16> = xr.iter().map(|&v| v as i16).collect();
+                    crate::par::rows(yr, 1, th, 16, |first, part| {
+                        let acc: Vec<i64> = (first..first + part.len())
+                            .map(|r| {
+                                let row = &w[r * g..(r + 1) * g];
+                                row.chunks(per)
+                                    .zip(xs.chunks(per))
+                                    .map(|(a, b)| kernels::dot8(a, b) as i64)
+                                    .sum()
+                            })
+                            .collect();
+                        if let Err(e) = kernels::requantize_row(part, &acc, 0, shift) {
+                            failed.set(e);
+                        }
+                    });
                 }
-            });
+            }
+            MatWeights::Bytes(_) => {
+                // wide vectors: exact i64 sums of the rows (rare: 8-bit weights meet 8- or 16-bit
+                // activations)
+                let w = self.widened();
+                for (xr, yr) in x.chunks_exact(g).zip(out.chunks_exact_mut(o)) {
+                    for (r, y) in yr.iter_mut().enumerate() {
+                        let v: i128 = w[r * g..(r + 1) * g]
+                            .iter()
+                            .zip(xr)
+                            .map(|(&a, &b)| a as i128 * b as i128)
+                            .sum();
+                        *y = fit(rshift(v, shift))?;
+                    }
+                }
+            }
+            MatWeights::Wide(wt) => {
+                let per = ((1u128 << 62) / (self.max * mx).max(1)).clamp(1, g as u128) as usize;
+                for (xr, yr) in x.chunks_exact(g).zip(out.chunks_exact_mut(o)) {
+                    crate::par::rows(yr, 1, threads, 64, |first, part| {
+                        let n = part.len();
+                        let mut acc = vec![0i64; n];
+                        let mut wide: Vec<i128> = Vec::new();
+                        for (c0, xs) in xr.chunks(per).enumerate() {
+                            acc.iter_mut().for_each(|a| *a = 0);
+                            for (j, &xv) in xs.iter().enumerate() {
+                                let c = c0 * per + j;
+                                axpy(&mut acc, &wt[c * o + first..][..n], xv as i64);
+                            }
+                            if per < g {
+                                wide.resize(n, 0);
+                                for (w, &a) in wide.iter_mut().zip(&acc) {
+                                    *w += a as i128;
+                                }
+                            }
+                        }
+                        let done = if per >= g {
+                            kernels::requantize_row(part, &acc, 0, shift)
+                        } else {
+                            part.iter_mut()
+                                .zip(&wide)
+                                .try_for_each(|(y, &v)| fit(rshift(v, shift)).map(|r| *y = r))
+                        };
+                        if let Err(e) = done {
+                            failed.set(e);
+                        }
+                    });
+                }
+            }
         }
         failed.into_result()?;
         Ok(out)
+    }
+
+    /// The 8-bit matrix as `i32` (row-major).
+    fn widened(&self) -> Vec<i32> {
+        match &self.w {
+            MatWeights::Bytes(Bytes::Shared(e)) => e.transient().into_owned(),
+            MatWeights::Bytes(Bytes::Own(v)) => v.iter().map(|&b| b as i32).collect(),
+            MatWeights::Wide(_) => Vec::new(),
+        }
     }
 }
 
@@ -373,10 +465,7 @@ impl<M: Borrow<Model> + Sync> Executor<M> {
                                 let key = (const_id(node.inputs[0]), (c.shape[1] as usize).max(1));
                                 match keyed(&shared.matvecs, key) {
                                     Some(p) => Prepared::MatVec(p.clone()),
-                                    None => Prepared::MatVec(Arc::new(MatVec::new(
-                                        &c.data.transient(),
-                                        key.1,
-                                    ))),
+                                    None => Prepared::MatVec(Arc::new(MatVec::new(&c.data, key.1))),
                                 }
                             }
                             None => Prepared::None,
@@ -410,10 +499,10 @@ impl<M: Borrow<Model> + Sync> Executor<M> {
                         let plan = kernels::EinPlan::new(&spec);
                         let pa = model
                             .const_of(node.inputs[0])
-                            .and_then(|c| plan.pack_a(&spec, &c.data.transient()));
+                            .and_then(|c| plan.pack_a_const(&spec, &c.data));
                         let pb = model
                             .const_of(node.inputs[1])
-                            .and_then(|c| plan.pack_b(&spec, &c.data.transient()));
+                            .and_then(|c| plan.pack_b_const(&spec, &c.data));
                         Prepared::Ein(Box::new(plan), pa, pb)
                     }
                     Op::Conv2d { groups, .. } => model

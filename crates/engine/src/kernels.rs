@@ -6,6 +6,7 @@
 use std::borrow::Cow;
 
 use crate::arith::{fit, rshift, rshift32, Shift};
+use crate::elements::Elements;
 use crate::error::ExecError;
 use crate::exec::{label_strides, ConvSpec, EinSpec};
 use crate::qgemm::{self, Level, PackedA, PackedB};
@@ -18,6 +19,39 @@ pub(crate) fn max_abs(x: &[i32]) -> u128 {
 
 crate::multiversion! {
     fn max_abs_run(x: &[i32]) -> u32 = max_abs_body
+}
+
+/// The largest `|v|` of bytes.
+pub(crate) fn max_abs8(x: &[i8]) -> u128 {
+    x.iter().fold(0u32, |m, &v| m.max(v.unsigned_abs() as u32)) as u128
+}
+
+/// The largest `|v|` of any integers up to 32 bits.
+fn max_abs_of<T: Copy + Into<i32>>(x: &[T]) -> u128 {
+    x.iter().fold(0u32, |m, &v| m.max(v.into().unsigned_abs())) as u128
+}
+
+crate::multiversion! {
+    pub(crate) fn dot8(w: &[i8], x: &[i16]) -> i32 = dot8_body
+}
+
+/// `Σ w[j]·x[j]` over the common length, in `i32` lanes (the caller keeps the sum inside `i32`, so the
+/// order of the additions does not matter): pairs of 16-bit products add into 32-bit lanes.
+#[inline(always)]
+fn dot8_body(w: &[i8], x: &[i16]) -> i32 {
+    let mut lanes = [0i32; 32];
+    let (wc, xc) = (w.chunks_exact(32), x.chunks_exact(32));
+    let (wr, xr) = (wc.remainder(), xc.remainder());
+    for (a, b) in wc.zip(xc) {
+        for l in 0..32 {
+            lanes[l] = lanes[l].wrapping_add((a[l] as i32).wrapping_mul(b[l] as i32));
+        }
+    }
+    let tail = wr
+        .iter()
+        .zip(xr)
+        .fold(0i32, |s, (&a, &b)| s.wrapping_add(a as i32 * b as i32));
+    lanes.iter().fold(tail, |s, &v| s.wrapping_add(v))
 }
 
 #[inline(always)]
@@ -256,7 +290,13 @@ fn batched_gemm(
 }
 
 /// Copy `x` (with `labels` over `shape`) into the row-major order of labels `order` with `sizes`.
-fn pack(x: &[i32], labels: &[u8], shape: &[usize], order: &[u8], sizes: &[usize; 256]) -> Vec<i32> {
+fn pack<T: Copy>(
+    x: &[T],
+    labels: &[u8],
+    shape: &[usize],
+    order: &[u8],
+    sizes: &[usize; 256],
+) -> Vec<T> {
     let st = label_strides(labels, shape, order);
     let dims: Vec<usize> = order.iter().map(|&l| sizes[l as usize]).collect();
     let total: usize = dims.iter().product();
@@ -404,40 +444,63 @@ impl EinPlan {
         }
     }
 
+    /// [`EinPlan::pack_a`] of a constant, from its bytes when it holds them (no `i32` copy is made).
+    pub fn pack_a_const(&self, s: &EinSpec<'_>, a: &Elements) -> Option<Packed> {
+        match (a.bytes(), self.swap) {
+            (Some(x), false) => self.pack_left(s, x),
+            (Some(x), true) => self.pack_right(&s.swapped(), x),
+            (None, _) => self.pack_a(s, &a.transient()),
+        }
+    }
+
+    /// [`EinPlan::pack_b`] of a constant, from its bytes when it holds them.
+    pub fn pack_b_const(&self, s: &EinSpec<'_>, b: &Elements) -> Option<Packed> {
+        match (b.bytes(), self.swap) {
+            (Some(x), false) => self.pack_right(s, x),
+            (Some(x), true) => self.pack_left(&s.swapped(), x),
+            (None, _) => self.pack_b(s, &b.transient()),
+        }
+    }
+
     /// Pack the plan's left operand (`a` of the oriented spec).
-    fn pack_left(&self, s: &EinSpec<'_>, a: &[i32]) -> Option<Packed> {
+    fn pack_left<T: Copy + Into<i32>>(&self, s: &EinSpec<'_>, a: &[T]) -> Option<Packed> {
         self.packable.then(|| {
-            let data = pack(a, s.a, s.a_shape, &self.a_order, &self.sizes);
+            // borrowed when already in the plan's order: no copy beside the 8-bit form
+            let data = packed(a, s.a, s.a_shape, &self.a_order, &self.sizes);
             let (m, k) = (self.m, self.k);
             let narrow = (0..self.bt)
                 .map(|bi| PackedA::weights(&data[bi * m * k..(bi + 1) * m * k], m, k))
                 .collect::<Option<_>>()
                 .map(Narrow::A);
             Packed {
-                max_abs: max_abs(a),
-                data: narrow.is_none().then_some(data),
+                max_abs: max_abs_of(a),
+                data: narrow
+                    .is_none()
+                    .then(|| data.iter().map(|&v| v.into()).collect()),
                 narrow,
             }
         })
     }
 
     /// Pack the plan's right operand (`b` of the oriented spec).
-    fn pack_right(&self, s: &EinSpec<'_>, b: &[i32]) -> Option<Packed> {
+    fn pack_right<T: Copy + Into<i32>>(&self, s: &EinSpec<'_>, b: &[T]) -> Option<Packed> {
         self.packable.then(|| {
-            let data = pack(b, s.b, s.b_shape, &self.b_order, &self.sizes);
+            let data = packed(b, s.b, s.b_shape, &self.b_order, &self.sizes);
             let narrow = self.narrow_b(&data).map(Narrow::B);
             Packed {
-                max_abs: max_abs(b),
-                data: narrow.is_none().then_some(data),
+                max_abs: max_abs_of(b),
+                data: narrow
+                    .is_none()
+                    .then(|| data.iter().map(|&v| v.into()).collect()),
                 narrow,
             }
         })
     }
 
     /// The 8-bit form of a packed `b` (`[batch][k][n]`), if every element fits `i8`.
-    fn narrow_b(&self, b: &[i32]) -> Option<Vec<PackedB>> {
+    fn narrow_b<T: Copy + Into<i32>>(&self, b: &[T]) -> Option<Vec<PackedB>> {
         let (k, n) = (self.k, self.n);
-        if !b.iter().all(|v| (-128..=127).contains(v)) {
+        if !b.iter().all(|&v| (-128..=127).contains(&v.into())) {
             return None;
         }
         (0..self.bt)
@@ -1079,13 +1142,13 @@ crate::multiversion! {
 
 /// `x` in the row-major order of labels `order`: borrowed when it already is (same label order, no
 /// broadcast axis), else packed.
-fn packed<'a>(
-    x: &'a [i32],
+fn packed<'a, T: Copy>(
+    x: &'a [T],
     labels: &[u8],
     shape: &[usize],
     order: &[u8],
     sizes: &[usize; 256],
-) -> Cow<'a, [i32]> {
+) -> Cow<'a, [T]> {
     let same = labels == order
         && labels
             .iter()

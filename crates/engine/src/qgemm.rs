@@ -80,8 +80,8 @@ pub struct PackedB {
 impl PackedB {
     /// Pack a row-major `k×n` matrix whose elements all lie in `-128..=127`; `None` otherwise or when
     /// `k` exceeds [`MAX_K`].
-    pub fn new(b: &[i32], k: usize, n: usize) -> Option<PackedB> {
-        Self::from_fn(k, n, |kk, j| b[kk * n + j])
+    pub fn new<T: Copy + Into<i32>>(b: &[T], k: usize, n: usize) -> Option<PackedB> {
+        Self::from_fn(k, n, |kk, j| b[kk * n + j].into())
     }
 
     /// Weights `B[kk][j] = f(kk, j)`; `None` if a value lies outside `-128..=127` or `k > MAX_K`.
@@ -459,13 +459,13 @@ impl PackedA {
     }
 
     /// Weights `A[i][kk] = w[i·k + kk]` (a row-major `m×k` matrix), if every value fits `i8`.
-    pub fn weights(w: &[i32], m: usize, k: usize) -> Option<PackedA> {
+    pub fn weights<T: Copy + Into<i32>>(w: &[T], m: usize, k: usize) -> Option<PackedA> {
         let mut p = PackedA::zeros(m, k, false)?;
         p.weights = true;
         p.rowsum = vec![0; m];
         for i in 0..m {
             for kk in 0..k {
-                let v = i8::try_from(w[i * k + kk]).ok()?;
+                let v = i8::try_from(w[i * k + kk].into()).ok()?;
                 p.row_mut(i)[kk] = v as u8;
                 p.rowsum[i] += v as i32;
             }
