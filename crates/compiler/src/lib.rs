@@ -312,7 +312,8 @@ fn compile_imported(
     imported: import::Imported,
     opts: &CompileOptions,
 ) -> Result<(Model, CompileReport), CompileError> {
-    let g = &imported.graph;
+    let import::Imported { tract, graph } = imported;
+    let g = &graph;
     if let Some(limit) = opts.max_elements {
         check_size(g, limit)?;
     }
@@ -331,13 +332,20 @@ fn compile_imported(
     let calib_flat = flatten_samples(g, &calib, "calibration")?;
     let stats = quantize::calibrate(g, &calib_flat)?;
     cancelled()?;
-    let model = quantize::quantize(g, &stats, opts.scale_bits, opts.precision)?;
-    cancelled()?;
     let (eval, eval_flat) = match &opts.eval {
         Some(e) if !e.is_empty() => (e.clone(), flatten_samples(g, e, "evaluation")?),
         _ => (calib.clone(), calib_flat),
     };
-    let report = report::evaluate(imported, &model, &eval, &eval_flat, opts)?;
+    // tract's references first: its model (a copy of the weights) is freed before quantization
+    let names: Vec<String> = g.outputs.iter().map(|o| o.0.clone()).collect();
+    let refs = report::references(tract, g, &eval, &eval_flat, &names)?;
+    drop(eval_flat);
+    cancelled()?;
+    let model = quantize::quantize(g, &stats, opts.scale_bits, opts.precision)?;
+    // the float graph (its f64 weights) is not needed by the report
+    drop(graph);
+    cancelled()?;
+    let report = report::evaluate(&refs, &model, &eval, opts)?;
     cancelled()?;
     Ok((model, report))
 }

@@ -7,7 +7,6 @@ use verity_engine::io::{dequantize, quantize_inputs, FloatTensor};
 use verity_engine::ir::Model;
 use verity_engine::{Executor, Mode};
 
-use crate::import::Imported;
 use crate::{CompileError, CompileOptions};
 
 /// Accuracy of one output over the evaluation samples.
@@ -66,31 +65,37 @@ fn to_tract_input(t: &FloatTensor, fact: &TypedFact) -> TractResult<TValue> {
         .into_tvalue())
 }
 
-/// Run tract, the lowered float graph and the canonical model on every sample and compare.
-pub fn evaluate(
-    imp: Imported,
-    model: &Model,
+/// tract's outputs on every evaluation sample, checked against the lowered float graph's.
+pub struct References {
+    /// Per sample, per model output: tract's values.
+    outputs: Vec<Vec<Vec<f64>>>,
+    /// The largest difference between the lowered graph and tract.
+    import_diff: f64,
+}
+
+/// Run tract and the lowered float graph on every sample: tract's outputs become the references the
+/// canonical model is measured against, and the lowered graph must agree with them (the import check).
+/// tract's model is consumed, so its weights are freed before the graph is quantized.
+pub fn references(
+    tract: TypedModel,
+    graph: &crate::fgraph::FGraph,
     samples: &[Vec<FloatTensor>],
     flat: &[Vec<Vec<f64>>],
-    opts: &CompileOptions,
-) -> Result<CompileReport, CompileError> {
+    names: &[String],
+) -> Result<References, CompileError> {
     let terr = |e: TractError| CompileError::Tract(format!("{e:#}"));
-    let in_facts: Vec<TypedFact> = imp
-        .tract
+    let in_facts: Vec<TypedFact> = tract
         .input_outlets()
         .map_err(terr)?
         .iter()
-        .map(|o| imp.tract.outlet_fact(*o).cloned())
+        .map(|o| tract.outlet_fact(*o).cloned())
         .collect::<TractResult<_>>()
         .map_err(terr)?;
-    // tract's model is not needed after this: its plan takes it (no second copy of the weights)
-    let Imported { tract, graph } = imp;
+    // the plan takes the model (no second copy of the weights)
     let plan = tract.into_runnable().map_err(terr)?;
-    let exec = Executor::new(model, Mode::Fast { threads: 1 });
-    let nout = model.outputs.len();
-    let mut acc: Vec<(f64, f64, f64, usize, usize, usize)> = vec![(0.0, 0.0, 0.0, 0, 0, 0); nout];
+    let mut outputs = Vec::with_capacity(samples.len());
     let mut import_diff = 0.0f64;
-    for (si, (sample, fl)) in samples.iter().zip(flat).enumerate() {
+    for (sample, fl) in samples.iter().zip(flat) {
         let inputs: TVec<TValue> = sample
             .iter()
             .zip(&in_facts)
@@ -99,12 +104,8 @@ pub fn evaluate(
             .map_err(terr)?;
         let reference = plan.run(inputs).map_err(terr)?;
         let fvals = graph.eval_visit(fl, |_, _| {});
-        let q = quantize_inputs(model, sample)
-            .map_err(|error| CompileError::Execution { sample: si, error })?;
-        let outs = exec
-            .run(q)
-            .map_err(|error| CompileError::Execution { sample: si, error })?;
-        for (k, o) in model.outputs.iter().enumerate() {
+        let mut per = Vec::with_capacity(names.len());
+        for (k, name) in names.iter().enumerate() {
             let r = reference[k].cast_to::<f64>().map_err(terr)?;
             let r: Vec<f64> = r
                 .to_plain_array_view::<f64>()
@@ -112,24 +113,51 @@ pub fn evaluate(
                 .iter()
                 .copied()
                 .collect();
-            let r = &r[..];
-            let scale = model.value(o.value).map_or(0, |v| v.scale);
-            let got = dequantize(&outs[k], scale);
             let lowered = &fvals[k];
             let ref_max = r.iter().fold(0.0f64, |m, v| m.max(v.abs()));
             let d_import = lowered
                 .iter()
-                .zip(r)
+                .zip(&r)
                 .fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
             let tol = 1e-3 * ref_max.max(1.0);
             if d_import > tol || lowered.len() != r.len() {
                 return Err(CompileError::ImportMismatch {
-                    output: o.name.clone(),
+                    output: name.clone(),
                     diff: d_import,
                     tol,
                 });
             }
             import_diff = import_diff.max(d_import);
+            per.push(r);
+        }
+        outputs.push(per);
+    }
+    Ok(References {
+        outputs,
+        import_diff,
+    })
+}
+
+/// Run the canonical model on every sample and compare with tract's [`references`].
+pub fn evaluate(
+    refs: &References,
+    model: &Model,
+    samples: &[Vec<FloatTensor>],
+    opts: &CompileOptions,
+) -> Result<CompileReport, CompileError> {
+    let exec = Executor::new(model, Mode::Fast { threads: 1 });
+    let nout = model.outputs.len();
+    let mut acc: Vec<(f64, f64, f64, usize, usize, usize)> = vec![(0.0, 0.0, 0.0, 0, 0, 0); nout];
+    for (si, (sample, reference)) in samples.iter().zip(&refs.outputs).enumerate() {
+        let q = quantize_inputs(model, sample)
+            .map_err(|error| CompileError::Execution { sample: si, error })?;
+        let outs = exec
+            .run(q)
+            .map_err(|error| CompileError::Execution { sample: si, error })?;
+        for (k, o) in model.outputs.iter().enumerate() {
+            let r = &reference[k][..];
+            let scale = model.value(o.value).map_or(0, |v| v.scale);
+            let got = dequantize(&outs[k], scale);
             let a = &mut acc[k];
             for (g, t) in got.iter().zip(r) {
                 let e = (g - t).abs();
@@ -183,7 +211,7 @@ pub fn evaluate(
         scale_bits: opts.scale_bits,
         precision: opts.precision.to_string(),
         samples: samples.len(),
-        import_check_max_abs_diff: import_diff,
+        import_check_max_abs_diff: refs.import_diff,
         outputs,
         ops,
         parameters: model.parameter_count(),
