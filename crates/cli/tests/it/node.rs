@@ -754,19 +754,23 @@ fn errors_have_status_code_and_message_and_nothing_panics() {
         ),
         "name_owned"
     );
-    // one connection per request: the error answers below may close theirs (a rejected upload or an
-    // oversized body is not read to its end), and a pooled connection the node has just closed would
-    // fail the next request with a reset instead of testing its answer
-    let c = reqwest::blocking::Client::builder()
-        .timeout(Duration::from_secs(120))
-        .pool_max_idle_per_host(0)
-        .build()
-        .expect("client");
+    // a client that keeps connections open (as SDKs do): an error answer to a request whose body the
+    // node did not read to its end closes its connection and says so, so the next request opens a new
+    // one instead of failing with a reset
+    let c = http();
     let multipart_missing = c
         .post(format!("{u}/v1/models"))
         .body("x")
         .send()
         .expect("s");
+    assert_eq!(
+        multipart_missing
+            .headers()
+            .get("connection")
+            .and_then(|v| v.to_str().ok()),
+        Some("close"),
+        "an error answer to a request with a body closes the connection and says so"
+    );
     assert_eq!(error_code(multipart_missing, 400), "bad_upload");
 
     // Inference: garbage 400, unknown model 404, wrong shape 422, wrong dtype 422, NaN 422, oversized

@@ -120,6 +120,11 @@ async fn track(State(node): State<Arc<Node>>, req: Request, next: Next) -> Respo
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
+    // a request with a body whose answer is an error may not have had its body read to the end; the
+    // connection then cannot carry another request, and the answer says so (`Connection: close`), so
+    // that a client keeping connections open does not send its next request into a closed one
+    let has_body =
+        announced.is_some_and(|n| n > 0) || req.headers().contains_key(header::TRANSFER_ENCODING);
     if let Some(n) = announced.filter(|&n| n > cap) {
         node.metrics.http(&route, 413);
         let mut r = ApiError::too_large(format!(
@@ -140,11 +145,15 @@ async fn track(State(node): State<Arc<Node>>, req: Request, next: Next) -> Respo
         .into_response(),
     };
     let status = resp.status().as_u16();
-    let resp = if status >= 400 && route.starts_with("/v2") {
+    let mut resp = if status >= 400 && route.starts_with("/v2") {
         crate::api::kserve::kserve_error(resp).await
     } else {
         resp
     };
+    if status >= 400 && has_body {
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     node.metrics.http(&route, status);
     let micros = start.elapsed().as_micros() as u64;
     if status >= 400 {
