@@ -44,13 +44,11 @@ pub fn compile(g: &gguf::Gguf, context: usize) -> Result<Step, LlmError> {
 /// [`compile`] with a prefill chunk of `chunk` positions (none when `chunk < 2`).
 pub fn compile_with(g: &gguf::Gguf, context: usize, chunk: usize) -> Result<Step, LlmError> {
     let w = Weights::load(g)?;
-    // The float model (its weights as f32) is dropped before the step's constants are made.
-    let maxima = {
-        let mut r = reference::Reference::new(&w);
-        for t in calibration_tokens(g, w.hp.vocab, 32) {
-            r.step(t as usize);
-        }
-        r.maxima
-    };
+    // The float model is run a layer at a time: one layer's weights as f32 at once.
+    let tokens: Vec<usize> = calibration_tokens(g, w.hp.vocab, 32)
+        .into_iter()
+        .map(|t| t as usize)
+        .collect();
+    let maxima = reference::calibrate(&w, &tokens);
     step::build_with(&w, maxima, context, chunk)
 }

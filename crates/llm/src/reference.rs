@@ -111,6 +111,23 @@ struct RefLayer {
     down: Dense,
 }
 
+impl RefLayer {
+    fn of(l: &crate::arch::Layer) -> RefLayer {
+        RefLayer {
+            attn_norm: f(&l.attn_norm),
+            wq: Dense::of(&l.wq),
+            wk: Dense::of(&l.wk),
+            wv: Dense::of(&l.wv),
+            wo: Dense::of(&l.wo),
+            bias: l.bias.as_ref().map(|[a, b, c]| [f(a), f(b), f(c)]),
+            ffn_norm: f(&l.ffn_norm),
+            gate: Dense::of(&l.gate),
+            up: Dense::of(&l.up),
+            down: Dense::of(&l.down),
+        }
+    }
+}
+
 /// One vector per position.
 type Rows = Vec<Vec<f64>>;
 
@@ -162,22 +179,7 @@ fn rope(x: &mut [f64], heads: usize, d: usize, pos: usize, hp: &Hparams) {
 impl Reference {
     /// The float model of `w`.
     pub fn new(w: &Weights) -> Reference {
-        let layers = w
-            .layers
-            .iter()
-            .map(|l| RefLayer {
-                attn_norm: f(&l.attn_norm),
-                wq: Dense::of(&l.wq),
-                wk: Dense::of(&l.wk),
-                wv: Dense::of(&l.wv),
-                wo: Dense::of(&l.wo),
-                bias: l.bias.as_ref().map(|[a, b, c]| [f(a), f(b), f(c)]),
-                ffn_norm: f(&l.ffn_norm),
-                gate: Dense::of(&l.gate),
-                up: Dense::of(&l.up),
-                down: Dense::of(&l.down),
-            })
-            .collect();
+        let layers = w.layers.iter().map(RefLayer::of).collect();
         Reference {
             hp: w.hp.clone(),
             embd: Dense::of(&w.embd),
@@ -203,7 +205,6 @@ impl Reference {
     /// Runs one token at the next position; returns the logits.
     pub fn step(&mut self, token: usize) -> Vec<f64> {
         let hp = self.hp.clone();
-        let (d, nh, nkv) = (hp.head_dim, hp.heads, hp.kv_heads);
         let pos = self.len();
         let e = &self.embd;
         let mut x: Vec<f64> = e.w[token * e.cols..(token + 1) * e.cols]
@@ -220,75 +221,7 @@ impl Reference {
         rec("embd".into(), &x);
         upd(&mut m.residual, &x);
         for (l, layer) in self.layers.iter().enumerate() {
-            let h = rms_norm(&x, &layer.attn_norm, hp.eps);
-            rec(format!("blk.{l}.attn_norm"), &h);
-            let (mut q, mut k, mut v) =
-                (layer.wq.apply(&h), layer.wk.apply(&h), layer.wv.apply(&h));
-            if let Some([bq, bk, bv]) = &layer.bias {
-                for (t, b) in [(&mut q, bq), (&mut k, bk), (&mut v, bv)] {
-                    t.iter_mut().zip(b).for_each(|(a, b)| *a += b);
-                }
-            }
-            rope(&mut q, nh, d, pos, &hp);
-            rope(&mut k, nkv, d, pos, &hp);
-            rec(format!("blk.{l}.q_rope"), &q);
-            rec(format!("blk.{l}.k_rope"), &k);
-            rec(format!("blk.{l}.v"), &v);
-            upd(&mut m.q, &q);
-            upd(&mut m.k, &k);
-            upd(&mut m.v, &v);
-            let (kc, vc) = &mut self.cache[l];
-            kc.push(k);
-            vc.push(v);
-            let mut o = vec![0f64; nh * d];
-            for hq in 0..nh {
-                let hk = hq / (nh / nkv);
-                let qh = &q[hq * d..(hq + 1) * d];
-                let s: Vec<f64> = kc
-                    .iter()
-                    .map(|kt| {
-                        qh.iter()
-                            .zip(&kt[hk * d..(hk + 1) * d])
-                            .map(|(a, b)| a * b)
-                            .sum()
-                    })
-                    .collect();
-                upd(&mut m.scores, &s);
-                let scale = 1.0 / (d as f64).sqrt();
-                let mx = s.iter().fold(f64::MIN, |a, &b| a.max(b));
-                let p: Vec<f64> = s.iter().map(|&v| libm::exp((v - mx) * scale)).collect();
-                let z: f64 = p.iter().sum();
-                for (t, vt) in vc.iter().enumerate() {
-                    for j in 0..d {
-                        o[hq * d + j] += p[t] / z * vt[hk * d + j];
-                    }
-                }
-            }
-            rec(format!("blk.{l}.attn_flat"), &o);
-            let a = layer.wo.apply(&o);
-            rec(format!("blk.{l}.attn_out"), &a);
-            x.iter_mut().zip(&a).for_each(|(x, a)| *x += a);
-            upd(&mut m.residual, &x);
-            rec(format!("blk.{l}.attn_residual"), &x);
-            let h = rms_norm(&x, &layer.ffn_norm, hp.eps);
-            rec(format!("blk.{l}.ffn_norm"), &h);
-            let (g, u) = (layer.gate.apply(&h), layer.up.apply(&h));
-            rec(format!("blk.{l}.gate"), &g);
-            rec(format!("blk.{l}.up"), &u);
-            upd(&mut m.gate, &g);
-            upd(&mut m.up, &u);
-            let act: Vec<f64> = g
-                .iter()
-                .zip(&u)
-                .map(|(&g, &u)| g / (1.0 + libm::exp(-g)) * u)
-                .collect();
-            upd(&mut m.act, &act);
-            rec(format!("blk.{l}.ffn_act"), &act);
-            let dn = layer.down.apply(&act);
-            rec(format!("blk.{l}.down"), &dn);
-            x.iter_mut().zip(&dn).for_each(|(x, a)| *x += a);
-            rec(format!("blk.{l}.ffn_residual"), &x);
-            upd(&mut m.residual, &x);
+            layer_step(layer, l, &mut x, pos, &hp, &mut self.cache[l], m, &mut rec);
         }
         let h = rms_norm(&x, &self.out_norm, hp.eps);
         rec("output_norm".into(), &h);
@@ -297,4 +230,123 @@ impl Reference {
         rec("logits".into(), &logits);
         logits
     }
+}
+
+/// Layer `l` at position `pos` (the cache holds the layer's earlier positions): `x` is the residual
+/// stream, updated in place.
+#[allow(clippy::too_many_arguments)]
+fn layer_step(
+    layer: &RefLayer,
+    l: usize,
+    x: &mut [f64],
+    pos: usize,
+    hp: &Hparams,
+    cache: &mut (Rows, Rows),
+    m: &mut Maxima,
+    rec: &mut impl FnMut(String, &[f64]),
+) {
+    let (d, nh, nkv) = (hp.head_dim, hp.heads, hp.kv_heads);
+    let h = rms_norm(x, &layer.attn_norm, hp.eps);
+    rec(format!("blk.{l}.attn_norm"), &h);
+    let (mut q, mut k, mut v) = (layer.wq.apply(&h), layer.wk.apply(&h), layer.wv.apply(&h));
+    if let Some([bq, bk, bv]) = &layer.bias {
+        for (t, b) in [(&mut q, bq), (&mut k, bk), (&mut v, bv)] {
+            t.iter_mut().zip(b).for_each(|(a, b)| *a += b);
+        }
+    }
+    rope(&mut q, nh, d, pos, hp);
+    rope(&mut k, nkv, d, pos, hp);
+    rec(format!("blk.{l}.q_rope"), &q);
+    rec(format!("blk.{l}.k_rope"), &k);
+    rec(format!("blk.{l}.v"), &v);
+    upd(&mut m.q, &q);
+    upd(&mut m.k, &k);
+    upd(&mut m.v, &v);
+    let (kc, vc) = cache;
+    kc.push(k);
+    vc.push(v);
+    let mut o = vec![0f64; nh * d];
+    for hq in 0..nh {
+        let hk = hq / (nh / nkv);
+        let qh = &q[hq * d..(hq + 1) * d];
+        let s: Vec<f64> = kc
+            .iter()
+            .map(|kt| {
+                qh.iter()
+                    .zip(&kt[hk * d..(hk + 1) * d])
+                    .map(|(a, b)| a * b)
+                    .sum()
+            })
+            .collect();
+        upd(&mut m.scores, &s);
+        let scale = 1.0 / (d as f64).sqrt();
+        let mx = s.iter().fold(f64::MIN, |a, &b| a.max(b));
+        let p: Vec<f64> = s.iter().map(|&v| libm::exp((v - mx) * scale)).collect();
+        let z: f64 = p.iter().sum();
+        for (t, vt) in vc.iter().enumerate() {
+            for j in 0..d {
+                o[hq * d + j] += p[t] / z * vt[hk * d + j];
+            }
+        }
+    }
+    rec(format!("blk.{l}.attn_flat"), &o);
+    let a = layer.wo.apply(&o);
+    rec(format!("blk.{l}.attn_out"), &a);
+    x.iter_mut().zip(&a).for_each(|(x, a)| *x += a);
+    upd(&mut m.residual, x);
+    rec(format!("blk.{l}.attn_residual"), x);
+    let h = rms_norm(x, &layer.ffn_norm, hp.eps);
+    rec(format!("blk.{l}.ffn_norm"), &h);
+    let (g, u) = (layer.gate.apply(&h), layer.up.apply(&h));
+    rec(format!("blk.{l}.gate"), &g);
+    rec(format!("blk.{l}.up"), &u);
+    upd(&mut m.gate, &g);
+    upd(&mut m.up, &u);
+    let act: Vec<f64> = g
+        .iter()
+        .zip(&u)
+        .map(|(&g, &u)| g / (1.0 + libm::exp(-g)) * u)
+        .collect();
+    upd(&mut m.act, &act);
+    rec(format!("blk.{l}.ffn_act"), &act);
+    let dn = layer.down.apply(&act);
+    rec(format!("blk.{l}.down"), &dn);
+    x.iter_mut().zip(&dn).for_each(|(x, a)| *x += a);
+    rec(format!("blk.{l}.ffn_residual"), x);
+    upd(&mut m.residual, x);
+}
+
+/// The maxima of [`Reference::step`] run on `tokens` from position 0, computed a layer at a time over
+/// every position (the same values in another order), so that only one layer's weights are held as
+/// floats at once (and the output matrix at the end).
+pub fn calibrate(w: &Weights, tokens: &[usize]) -> Maxima {
+    let hp = &w.hp;
+    let mut m = Maxima::default();
+    let cols = w.embd.cols;
+    // the embedding rows as `Dense` holds them (f32)
+    let mut xs: Vec<Vec<f64>> = tokens
+        .iter()
+        .map(|&t| {
+            (t * cols..(t + 1) * cols)
+                .map(|i| w.embd.blocks.value(i).to_f64() as f32 as f64)
+                .collect()
+        })
+        .collect();
+    for x in &xs {
+        upd(&mut m.residual, x);
+    }
+    for (l, lw) in w.layers.iter().enumerate() {
+        let layer = RefLayer::of(lw);
+        let mut cache = (Vec::new(), Vec::new());
+        for (pos, x) in xs.iter_mut().enumerate() {
+            layer_step(&layer, l, x, pos, hp, &mut cache, &mut m, &mut |_, _| {});
+        }
+    }
+    let head = Dense::of(w.output.as_ref().unwrap_or(&w.embd));
+    let out_norm = f(&w.out_norm);
+    for x in &xs {
+        let logits = head.apply(&rms_norm(x, &out_norm, hp.eps));
+        upd(&mut m.logits, &logits);
+    }
+    m
 }

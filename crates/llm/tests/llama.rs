@@ -90,6 +90,37 @@ fn qwen2_with_biases_and_halves_rope_tracks_the_float_model() {
     assert!(err < 0.05 && agree >= 10, "{err} {agree}");
 }
 
+/// The compiler's calibration runs the float model a layer at a time over every position; its maxima are
+/// the float model's token by token, to the bit (with and without a separate output matrix, with
+/// biases and the other RoPE layout).
+#[test]
+fn layer_by_layer_calibration_gives_the_token_by_token_maxima() {
+    let qwen = Tiny {
+        arch: "qwen2",
+        qkv_bias: true,
+        ..llama([Q8_0, Q4_K, Q6_K, Q8_0], None)
+    };
+    for (i, t) in [
+        llama([Q4_0, Q4_1, Q8_0, Q8_0], None),
+        llama([Q5_0, Q5_1, Q4_0, Q8_0], Some(Q6_K)),
+        qwen,
+    ]
+    .iter()
+    .enumerate()
+    {
+        let g = Gguf::parse(tiny_model(t, 40 + i as u64)).unwrap();
+        let w = Weights::load(&g).unwrap();
+        let tokens: Vec<usize> = (0..20).map(|k| (k * 37 + 5) % 97).collect();
+        let mut r = Reference::new(&w);
+        for &tok in &tokens {
+            r.step(tok);
+        }
+        let m = verity_llm::reference::calibrate(&w, &tokens);
+        assert_eq!(format!("{m:?}"), format!("{:?}", r.maxima), "case {i}");
+        assert!(m.logits > 0.0 && m.scores > 0.0, "case {i}: {m:?}");
+    }
+}
+
 #[test]
 fn fast_and_reference_executors_agree_bit_for_bit() {
     let g = Gguf::parse(tiny_model(&llama([Q4_K, Q4_1, Q6_K, Q8_0], None), 3)).unwrap();
