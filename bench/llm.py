@@ -48,20 +48,25 @@ def llama_cpp_run(model, threads, new, rounds):
 
 
 def verity_run(binary, model, threads, new, rounds):
-    pre, dec, load = [], [], []
+    pre, dec, load, peak = [], [], [], 0
     for _ in range(rounds):
-        out = subprocess.run(
+        p = subprocess.Popen(
             [binary, "generate", model, "--prompt", PROMPT, "--max-tokens", str(new + 1), "--context", "256",
              "--threads", str(threads), "--json"],
-            check=True, capture_output=True, text=True).stdout
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        out = p.stdout.read()
+        # this process's own peak (the children's total would include the build run before)
+        _, status, usage = os.wait4(p.pid, 0)
+        if status != 0:
+            raise SystemExit(f"verity generate failed ({status})")
+        peak = max(peak, usage.ru_maxrss / 1024)
         d = json.loads(out)
         t = d["timings"]
         n = len(d["output_tokens"])
         pre.append(len(d["prompt_tokens"]) / t["prefill_s"])
         dec.append((n - 1) / t["decode_s"] if n > 1 else 0)
         load.append(t["compile_s"])
-    rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    return statistics.median(load), statistics.median(pre), statistics.median(dec), rss
+    return statistics.median(load), statistics.median(pre), statistics.median(dec), peak
 
 
 def main():
