@@ -662,7 +662,7 @@ impl<M: Borrow<Model> + Sync> Executor<M> {
             .outputs
             .iter()
             .map(|o| match self.model.borrow().const_of(o.value) {
-                Some(c) => c.data.to_vec(),
+                Some(c) => c.data.transient().into_owned(),
                 None => vals[o.value as usize].clone().unwrap_or_default(),
             })
             .collect()
@@ -886,18 +886,19 @@ impl<M: Borrow<Model> + Sync> Executor<M> {
             Some(Prepared::Ein(_, pa, pb)) => (i == 0 && pa.is_some()) || (i == 1 && pb.is_some()),
             _ => false,
         };
-        let xs: Vec<&[i32]> = node
+        // the reference executor widens a narrow constant for the node alone (the fast one keeps the
+        // widened copy: it reads the same constants on every run)
+        let held: Vec<std::borrow::Cow<'_, [i32]>> = node
             .inputs
             .iter()
             .enumerate()
-            .map(|(i, &v)| {
-                if packed_input(i) && m.const_of(v).is_some() {
-                    &[][..]
-                } else {
-                    get(v)
-                }
+            .map(|(i, &v)| match m.const_of(v) {
+                Some(_) if packed_input(i) => std::borrow::Cow::Borrowed(&[][..]),
+                Some(c) if self.mode == Mode::Reference => c.data.transient(),
+                _ => std::borrow::Cow::Borrowed(get(v)),
             })
             .collect();
+        let xs: Vec<&[i32]> = held.iter().map(|c| &**c).collect();
         let lazy0 = || get(node.inputs[0]);
         let lazy1 = || get(node.inputs.get(1).copied().unwrap_or(node.inputs[0]));
         let infos: Vec<(Vec<usize>, i32)> = node.inputs.iter().map(|&v| info(v)).collect();

@@ -1005,3 +1005,70 @@ fn large_element_wise_kernels_split_across_threads() {
         assert_eq!(&r[0], y);
     }
 }
+
+/// Constants stay at their width in memory: the fast executor reads 8-bit convolution and matrix weights
+/// through their packed forms (widening none), the reference executor widens a constant for one node at a
+/// time and keeps nothing; both give the same integers.
+#[test]
+fn narrow_constants_are_not_kept_widened() {
+    let mut g = crate::gen(11, 127);
+    let window = Window {
+        kernel: [3, 3],
+        stride: [1, 1],
+        dilation: [1, 1],
+        pads: [1, 1, 1, 1],
+    };
+    let conv = Model::one_node(
+        vec![input("x", vec![1, 8, 12, 12], 0)],
+        vec![Const {
+            shape: vec![16, 8, 3, 3],
+            scale: 0,
+            data: g(16 * 8 * 9).into(),
+        }],
+        Op::Conv2d { window, groups: 1 },
+        vec![0, 1],
+        vec![1, 16, 12, 12],
+        -4,
+    );
+    let matvec = Model::one_node(
+        vec![input("x", vec![300], 0)],
+        vec![Const {
+            shape: vec![40, 300],
+            scale: 0,
+            data: g(40 * 300).into(),
+        }],
+        Op::EinSum {
+            a: b"og".to_vec(),
+            b: b"g".to_vec(),
+            out: b"o".to_vec(),
+        },
+        vec![1, 0],
+        vec![40],
+        -4,
+    );
+    for (m, n) in [(&conv, 8 * 144), (&matvec, 300)] {
+        m.validate().expect("valid");
+        let c = &m.consts[0].data;
+        assert_eq!(c.width(), verity_engine::vty::Width::I8);
+        let narrow = c.resident_bytes();
+        assert_eq!(narrow, c.len());
+        let x = g(n);
+        let fast = Executor::new(m, Mode::Fast { threads: 1 })
+            .run(vec![x.clone()])
+            .expect("fast");
+        assert_eq!(
+            c.resident_bytes(),
+            narrow,
+            "the fast executor widened weights"
+        );
+        let reference = Executor::new(m, Mode::Reference)
+            .run(vec![x])
+            .expect("reference");
+        assert_eq!(
+            c.resident_bytes(),
+            narrow,
+            "the reference executor kept a copy"
+        );
+        assert_eq!(fast, reference);
+    }
+}
