@@ -95,15 +95,10 @@ fn qwen2_with_biases_and_halves_rope_tracks_the_float_model() {
 /// biases and the other RoPE layout).
 #[test]
 fn layer_by_layer_calibration_gives_the_token_by_token_maxima() {
-    let qwen = Tiny {
-        arch: "qwen2",
-        qkv_bias: true,
-        ..llama([Q8_0, Q4_K, Q6_K, Q8_0], None)
-    };
     for (i, t) in [
         llama([Q4_0, Q4_1, Q8_0, Q8_0], None),
         llama([Q5_0, Q5_1, Q4_0, Q8_0], Some(Q6_K)),
-        qwen,
+        qwen_tiny(),
     ]
     .iter()
     .enumerate()

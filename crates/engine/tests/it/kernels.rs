@@ -297,24 +297,7 @@ fn threaded_kernels_equal_reference() {
     for x in &r[1..] {
         assert_eq!(&r[0], x);
     }
-    let window = Window {
-        kernel: [3, 3],
-        stride: [1, 1],
-        dilation: [1, 1],
-        pads: [1, 1, 1, 1],
-    };
-    let m = Model::one_node(
-        vec![input("x", vec![1, 16, 20, 20], 10)],
-        vec![Const {
-            shape: vec![32, 16, 3, 3],
-            scale: 12,
-            data: g(32 * 16 * 9).into(),
-        }],
-        Op::Conv2d { window, groups: 1 },
-        vec![0, 1],
-        vec![1, 32, 20, 20],
-        9,
-    );
+    let m = same_conv3x3([16, 32, 20], g(32 * 16 * 9), [10, 12, 9]);
     let x = g(16 * 400);
     let reference = Executor::new(&m, Mode::Reference)
         .run(vec![x.clone()])
@@ -1006,30 +989,36 @@ fn large_element_wise_kernels_split_across_threads() {
     }
 }
 
-/// Constants stay at their width in memory: the fast executor reads 8-bit convolution and matrix weights
-/// through their packed forms (widening none), the reference executor widens a constant for one node at a
-/// time and keeps nothing; both give the same integers.
-#[test]
-fn narrow_constants_are_not_kept_widened() {
-    let mut g = crate::gen(11, 127);
+/// A 3×3 convolution with padding 1 over one `[c_in, hw, hw]` input: `[c_in, c_out, hw]`, the weights
+/// and the `[input, weight, output]` scales.
+fn same_conv3x3([c_in, c_out, hw]: [u32; 3], w: Vec<i32>, [sx, sw, so]: [i8; 3]) -> Model {
     let window = Window {
         kernel: [3, 3],
         stride: [1, 1],
         dilation: [1, 1],
         pads: [1, 1, 1, 1],
     };
-    let conv = Model::one_node(
-        vec![input("x", vec![1, 8, 12, 12], 0)],
+    Model::one_node(
+        vec![input("x", vec![1, c_in, hw, hw], sx)],
         vec![Const {
-            shape: vec![16, 8, 3, 3],
-            scale: 0,
-            data: g(16 * 8 * 9).into(),
+            shape: vec![c_out, c_in, 3, 3],
+            scale: sw,
+            data: w.into(),
         }],
         Op::Conv2d { window, groups: 1 },
         vec![0, 1],
-        vec![1, 16, 12, 12],
-        -4,
-    );
+        vec![1, c_out, hw, hw],
+        so,
+    )
+}
+
+/// Constants stay at their width in memory: the fast executor reads 8-bit convolution and matrix weights
+/// through their packed forms (widening none), the reference executor widens a constant for one node at a
+/// time and keeps nothing; both give the same integers.
+#[test]
+fn narrow_constants_are_not_kept_widened() {
+    let mut g = crate::gen(11, 127);
+    let conv = same_conv3x3([8, 16, 12], g(16 * 8 * 9), [0, 0, -4]);
     let matvec = Model::one_node(
         vec![input("x", vec![300], 0)],
         vec![Const {
