@@ -1,11 +1,12 @@
 //! A constant's elements in memory at the narrowest width that holds them (the width its file stores them
 //! at: 4, 8, 16 or 32 bits), widened to `i32` only where something reads them as `i32`.
 //!
-//! The kernels' prepared forms (packed 8-bit convolution weights, packed block weights) are made from the
-//! narrow elements through [`Elements::transient`], which widens one constant at a time and keeps
-//! nothing; a constant read as a slice (`&c.data[..]`: biases, multipliers, tables, the reference
-//! executor) is widened once, on first read, and the `i32` copy kept beside the narrow one. A language
-//! model's 4-bit block weights thus sit in memory at 4 bits, not 32.
+//! The fast executor's prepared forms are made from the narrow elements: 8-bit matrices from their
+//! [`Elements::bytes`], the others (convolution and block weights) through [`Elements::transient`],
+//! which widens one constant at a time and keeps nothing; the reference executor widens a constant for
+//! one node at a time the same way. A constant the fast executor reads as a slice (`&c.data[..]`:
+//! biases, multipliers, tables) is widened once, on first read, and the `i32` copy kept beside the narrow
+//! one. A language model's 4-bit block weights thus sit in memory at 4 bits, not 32.
 
 use std::borrow::Cow;
 use std::sync::{Arc, OnceLock};
@@ -68,7 +69,8 @@ impl Elements {
         self.0.len == 0
     }
 
-    /// The width the elements are held at (the narrowest holding every value).
+    /// The width the elements are held at (the narrowest holding every value for elements decoded from a
+    /// file or converted from `i32` or `i8`).
     pub fn width(&self) -> Width {
         match self.0.narrow {
             Narrow::I4(_) => Width::I4,

@@ -111,8 +111,6 @@ fn strided_copy(x: &[i32], base: usize, shape: &[usize], strides: &[usize]) -> V
     out
 }
 
-/// A constant matrix `w` `[o, g]` stored column by column (`[g, o]`), so that a product with a vector
-/// is `g` vectorized multiply-adds over all outputs at once.
 /// A constant matrix `w` (`o × g`, row-major) for products with a few vectors, prepared once.
 struct MatVec {
     w: MatWeights,
@@ -175,6 +173,12 @@ impl MatVec {
         }
     }
 
+    /// `y[m, o] = fit(rshift(Σ_g w[o, g] · x[m, g], shift))`, the reference's integers. 8-bit weights and
+    /// vectors below `2^15`: dot products in `i32` runs short enough that no sum leaves `i32`
+    /// (`|w| ≤ 128`), the runs added in `i64`; larger vectors: exact `i128` sums. Wider weights: sums
+    /// over as many columns as keep `max|w| · max|x|` times their count below `2^62` run in `i64` over all
+    /// outputs at once, added in `i128` when there are several. `x` holds whole rows of `g` (a validated
+    /// model's shapes).
     fn run(&self, x: &[i32], shift: i32, threads: usize) -> Result<Vec<i32>, ExecError> {
         let (o, g) = (self.o, self.g);
         let mx = kernels::max_abs(x);
