@@ -194,6 +194,17 @@ impl From<Vec<i8>> for Elements {
     }
 }
 
+impl From<&[i8]> for Elements {
+    /// Held at 4 bits when every value fits (no copy of the bytes is made then), else at 8.
+    fn from(v: &[i8]) -> Elements {
+        if v.iter().all(|&x| (-8..=7).contains(&x)) {
+            Elements::from_nibbles(nibbles(v), v.len())
+        } else {
+            Elements::from_i8(v.to_vec())
+        }
+    }
+}
+
 impl std::ops::Deref for Elements {
     type Target = [i32];
 
@@ -245,6 +256,7 @@ mod tests {
                 .map(|&x| i8::try_from(x))
                 .collect::<Result<Vec<i8>, _>>()
             {
+                assert_eq!(Elements::from(&bytes[..]), e);
                 let e8 = Elements::from(bytes);
                 assert_eq!(e8.width(), w, "{v:?}");
                 assert_eq!(e8, e);

@@ -312,7 +312,7 @@ impl Ctx<'_> {
                 m.max((ints[blk] as f64).abs() * unit * qs as f64)
             });
             let c = MatConsts {
-                q: b.q.clone().into(),
+                q: b.q.as_slice().into(),
                 mult: ints[..n].to_vec().into(),
                 offset: has_off.then(|| ints[n..].to_vec().into()),
                 scale: s,
