@@ -414,6 +414,8 @@ pub struct Executor<M: Borrow<Model>> {
     roles: Vec<Role>,
     /// The packed block weights, by the constants they came from.
     packs: SharedPacks,
+    /// Per value: the bounds of the `Clamp` node that computes it (its values lie in them).
+    ranges: Vec<kernels::Range>,
 }
 
 /// The values of a run as the fused steps read them.
@@ -547,6 +549,13 @@ impl<M: Borrow<Model> + Sync> Executor<M> {
                 _ => {}
             }
         }
+        let mut ranges = vec![None; model.value_count()];
+        let first = model.first_node_value();
+        for (k, node) in model.nodes.iter().enumerate() {
+            if let Op::Clamp { lo, hi } = node.op {
+                ranges[first + k] = Some((lo, hi));
+            }
+        }
         Executor {
             model: model_ref,
             mode,
@@ -554,6 +563,7 @@ impl<M: Borrow<Model> + Sync> Executor<M> {
             last_use,
             roles,
             packs,
+            ranges,
         }
     }
 
@@ -904,6 +914,13 @@ impl<M: Borrow<Model> + Sync> Executor<M> {
             .collect();
         let xs: Vec<&[i32]> = held.iter().map(|c| &**c).collect();
         let lazy0 = || get(node.inputs[0]);
+        // the range the model guarantees an input's values to lie in (the bounds of the Clamp that made
+        // it), so a kernel need not scan it
+        let range = |i: usize| {
+            node.inputs
+                .get(i)
+                .and_then(|&v| self.ranges.get(v as usize).copied().flatten())
+        };
         let lazy1 = || get(node.inputs.get(1).copied().unwrap_or(node.inputs[0]));
         let infos: Vec<(Vec<usize>, i32)> = node.inputs.iter().map(|&v| info(v)).collect();
         let out_shape = us(&node.shape);
@@ -944,8 +961,8 @@ impl<M: Borrow<Model> + Sync> Executor<M> {
                         }
                         Some(Prepared::Ein(plan, pa, pb)) => plan.run(
                             &spec,
-                            &lazy0,
-                            &lazy1,
+                            (&lazy0, &lazy1),
+                            (range(0), range(1)),
                             pa.as_ref(),
                             pb.as_ref(),
                             bias,
@@ -954,7 +971,15 @@ impl<M: Borrow<Model> + Sync> Executor<M> {
                             hook,
                         ),
                         _ => kernels::EinPlan::new(&spec).run(
-                            &spec, &lazy0, &lazy1, None, None, bias, shift, threads, hook,
+                            &spec,
+                            (&lazy0, &lazy1),
+                            (range(0), range(1)),
+                            None,
+                            None,
+                            bias,
+                            shift,
+                            threads,
+                            hook,
                         ),
                     },
                 }
@@ -976,7 +1001,8 @@ impl<M: Borrow<Model> + Sync> Executor<M> {
                             Some(Prepared::Conv(q)) => Some(q.as_slice()),
                             _ => None,
                         };
-                        kernels::conv2d(&spec, xs[0], &lazy1, qw, bias, shift, threads, hook)
+                        let x = (xs[0], range(0));
+                        kernels::conv2d(&spec, x, &lazy1, qw, bias, shift, threads, hook)
                     }
                 }
             }

@@ -21,6 +21,33 @@ crate::multiversion! {
     fn max_abs_run(x: &[i32]) -> u32 = max_abs_body
 }
 
+/// The range an activation's values are known to lie in before it is read (the bounds of the `Clamp`
+/// that made it), so that a kernel need not scan it for its magnitude.
+pub type Range = Option<(i32, i32)>;
+
+/// A known range of at most 16 bits (a wider one would only make a kernel take a slower path than its
+/// values may allow).
+fn narrow_range(r: Range) -> Option<(i32, i32)> {
+    r.filter(|&(lo, hi)| lo >= -32768 && hi <= 32767)
+}
+
+/// `max|x|`: from its known range when that is narrow, else scanned.
+fn max_abs_in(x: &[i32], r: Range) -> u128 {
+    match narrow_range(r) {
+        Some((lo, hi)) => lo.unsigned_abs().max(hi.unsigned_abs()) as u128,
+        None => max_abs(x),
+    }
+}
+
+/// The least and greatest of `x`: its known range when that is an 8-bit one (the 8-bit kernels' form
+/// then follows from it), else scanned.
+fn min_max_in(x: &[i32], r: Range) -> (i32, i32) {
+    match r {
+        Some((lo, hi)) if PackedA::offset_for(lo, hi).is_some() => (lo, hi),
+        _ => qgemm::min_max(x),
+    }
+}
+
 /// The largest `|v|` of bytes.
 pub(crate) fn max_abs8(x: &[i8]) -> u128 {
     x.iter().fold(0u32, |m, &v| m.max(v.unsigned_abs() as u32)) as u128
@@ -517,6 +544,7 @@ impl EinPlan {
         bp: &[i32],
         pa: Option<&Packed>,
         pb: Option<&Packed>,
+        rb: Range,
         threads: usize,
     ) -> Option<Acc> {
         let (bt, m, k, n) = (self.bt, self.m, self.k, self.n);
@@ -531,7 +559,7 @@ impl EinPlan {
                     let x = batch(bi);
                     match part {
                         Part::Whole => {
-                            let (lo, hi) = qgemm::min_max(x);
+                            let (lo, hi) = min_max_in(x, rb);
                             let offset = PackedA::offset_for(lo, hi)?;
                             PackedB::shifted_par(x, 0, k, n, offset, th)
                         }
@@ -604,8 +632,8 @@ impl EinPlan {
     pub fn run<'x>(
         &self,
         s: &EinSpec<'_>,
-        a: Operand<'_, 'x>,
-        b: Operand<'_, 'x>,
+        (a, b): (Operand<'_, 'x>, Operand<'_, 'x>),
+        (ra, rb): (Range, Range),
         pa: Option<&Packed>,
         pb: Option<&Packed>,
         bias: Option<(&[i32], &[usize], i32)>,
@@ -614,9 +642,10 @@ impl EinPlan {
         hook: &mut Option<RowHook<'_>>,
     ) -> Result<Vec<i32>, ExecError> {
         if self.swap {
-            self.run_oriented(&self.oriented(s), b, a, pb, pa, bias, shift, threads, hook)
+            let t = (b, a, rb, ra);
+            self.run_oriented(&self.oriented(s), t, pb, pa, bias, shift, threads, hook)
         } else {
-            self.run_oriented(s, a, b, pa, pb, bias, shift, threads, hook)
+            self.run_oriented(s, (a, b, ra, rb), pa, pb, bias, shift, threads, hook)
         }
     }
 
@@ -624,8 +653,7 @@ impl EinPlan {
     fn run_oriented<'x>(
         &self,
         s: &EinSpec<'_>,
-        a: Operand<'_, 'x>,
-        b: Operand<'_, 'x>,
+        (a, b, ra, rb): (Operand<'_, 'x>, Operand<'_, 'x>, Range, Range),
         pa: Option<&Packed>,
         pb: Option<&Packed>,
         bias: Option<(&[i32], &[usize], i32)>,
@@ -634,8 +662,8 @@ impl EinPlan {
         hook: &mut Option<RowHook<'_>>,
     ) -> Result<Vec<i32>, ExecError> {
         let (ma, mb) = (
-            pa.map_or_else(|| max_abs(a()), |p| p.max_abs),
-            pb.map_or_else(|| max_abs(b()), |p| p.max_abs),
+            pa.map_or_else(|| max_abs_in(a(), ra), |p| p.max_abs),
+            pb.map_or_else(|| max_abs_in(b(), rb), |p| p.max_abs),
         );
         let bias_shift = bias.map_or(0, |(_, _, sh)| sh);
         let bias_max = bias.map_or(0, |(d, _, _)| max_abs(d) << bias_shift.clamp(0, 64));
@@ -668,7 +696,7 @@ impl EinPlan {
             if a8 { Cow::Borrowed(&[][..]) } else { ap_of() },
             if b8 { Cow::Borrowed(&[][..]) } else { bp_of() },
         );
-        let c = match self.narrow_product(&ap, &bp, pa, pb, threads) {
+        let c = match self.narrow_product(&ap, &bp, pa, pb, rb, threads) {
             Some(c) => c,
             None => {
                 let ap = if a8 { ap_of() } else { ap };
@@ -1208,14 +1236,14 @@ pub fn conv_weights(w_shape: &[usize], groups: usize, w: &[i32]) -> Option<Vec<P
 /// reduction is too long for the 8-bit kernels.
 fn conv2d_narrow(
     s: &ConvSpec<'_>,
-    x: &[i32],
+    (x, rx): (&[i32], Range),
     qw: &[PackedA],
     bias: Option<(&[i32], i32)>,
     shift: i32,
     threads: usize,
     hook: Option<RowHook<'_>>,
 ) -> Option<Result<Vec<i32>, ExecError>> {
-    let (lo, hi) = qgemm::min_max(x);
+    let (lo, hi) = min_max_in(x, rx);
     // the 8-bit form of the patches, or that of their high halves for 16-bit values
     let (offset, split) = match PackedA::offset_for(lo, hi) {
         Some(off) => (off, false),
@@ -1321,7 +1349,7 @@ fn conv2d_narrow(
 /// checked the same bound against `2^62`).
 fn conv2d_depthwise(
     s: &ConvSpec<'_>,
-    x: &[i32],
+    (x, mx): (&[i32], u128),
     w: &[i32],
     bias: Option<(&[i32], i32)>,
     shift: i32,
@@ -1331,7 +1359,7 @@ fn conv2d_depthwise(
     let p = s.out[2] * s.out[3];
     let mut out = vec![0i32; s.x[0] * s.w[0] * p];
     let bias_at = |oc: usize| bias.map_or(0, |(d, sh)| ((d[oc] as i128) << sh) as i64);
-    let bound = (s.w[2] * s.w[3]) as u128 * max_abs(x) * max_abs(w)
+    let bound = (s.w[2] * s.w[3]) as u128 * mx * max_abs(w)
         + bias.map_or(0, |(d, sh)| max_abs(d) << sh.clamp(0, 64));
     if bound < 1 << 31 {
         let (c, o_ch, kk) = (s.x[1], s.w[0], s.w[2] * s.w[3]);
@@ -1850,7 +1878,7 @@ fn im2col<T: Copy>(
 #[allow(clippy::too_many_arguments)]
 pub fn conv2d(
     s: &ConvSpec<'_>,
-    x: &[i32],
+    (x, rx): (&[i32], Range),
     w: Operand<'_, '_>,
     qw: Option<&[PackedA]>,
     bias: Option<(&[i32], i32)>,
@@ -1861,7 +1889,9 @@ pub fn conv2d(
     // one input channel per group (depthwise): a direct loop over the taps beats a product per group
     let depthwise = s.w[1] == 1 && s.groups > 1;
     if !depthwise {
-        if let Some(r) = qw.and_then(|qw| conv2d_narrow(s, x, qw, bias, shift, threads, *hook)) {
+        if let Some(r) =
+            qw.and_then(|qw| conv2d_narrow(s, (x, rx), qw, bias, shift, threads, *hook))
+        {
             // it called the hook on every output plane
             *hook = None;
             return r;
@@ -1874,15 +1904,16 @@ pub fn conv2d(
     let kk = cg * kh * kw;
     let p = s.out[2] * s.out[3];
     let bias_max = bias.map_or(0, |(d, sh)| max_abs(d) << sh.clamp(0, 64));
+    let mx = max_abs_in(x, rx);
     let bound = (kk as u128)
-        .saturating_mul(max_abs(x))
+        .saturating_mul(mx)
         .saturating_mul(max_abs(w))
         .saturating_add(bias_max);
     if bound >= I64_SAFE {
         return crate::exec::conv_reference(s, x, w, bias, shift);
     }
     if depthwise {
-        return conv2d_depthwise(s, x, w, bias, shift, threads, hook);
+        return conv2d_depthwise(s, (x, mx), w, bias, shift, threads, hook);
     }
     let mut out = vec![0i32; n * o_ch * p];
     let mut cols = vec![0i32; kk * p];
@@ -1976,7 +2007,7 @@ mod tests {
         let pb = plan.pack_b(&spec, &b).expect("packable");
         assert!(matches!(pb.narrow, Some(Narrow::B(_))));
         assert!(matches!(
-            plan.narrow_product(&a, &b, None, Some(&pb), 1),
+            plan.narrow_product(&a, &b, None, Some(&pb), None, 1),
             Some(Acc::Narrow(_))
         ));
         // 16-bit activations, unsigned or signed, are multiplied as two 8-bit halves
@@ -1984,7 +2015,7 @@ mod tests {
             let mut a16 = a.clone();
             a16[at] = v;
             assert!(matches!(
-                plan.narrow_product(&a16, &b, None, Some(&pb), 1),
+                plan.narrow_product(&a16, &b, None, Some(&pb), None, 1),
                 Some(Acc::Wide(_))
             ));
         }
@@ -1992,19 +2023,31 @@ mod tests {
         for (at, v) in [(7, 65536), (3, -32769)] {
             let mut wide = a.clone();
             wide[at] = v;
-            assert!(plan.narrow_product(&wide, &b, None, Some(&pb), 1).is_none());
+            assert!(plan
+                .narrow_product(&wide, &b, None, Some(&pb), None, 1)
+                .is_none());
         }
         let mut mixed = a.clone();
         (mixed[2], mixed[3]) = (-1, 40000);
         assert!(plan
-            .narrow_product(&mixed, &b, None, Some(&pb), 1)
+            .narrow_product(&mixed, &b, None, Some(&pb), None, 1)
             .is_none());
         // the 8-bit form keeps no i32 copy: the wide product packs the constant again, same integers
         assert!(pb.data.is_none());
         for x in [&mixed, &a] {
             let want = crate::exec::einsum_reference(&spec, x, &b, None, 0).expect("reference");
             let got = plan
-                .run(&spec, &|| x, &|| &b, None, Some(&pb), None, 0, 1, &mut None)
+                .run(
+                    &spec,
+                    (&|| x, &|| &b),
+                    (None, None),
+                    None,
+                    Some(&pb),
+                    None,
+                    0,
+                    1,
+                    &mut None,
+                )
                 .expect("fast");
             assert_eq!(got, want);
         }
@@ -2031,10 +2074,10 @@ mod tests {
         };
         let qw = conv_weights(&[2, 1, 3, 3], 1, &w).expect("8-bit");
         let x: Vec<i32> = (0..16).collect();
-        assert!(conv2d_narrow(&cs, &x, &qw, None, 0, 1, None).is_some());
-        assert!(conv2d_narrow(&cs, &[1000; 16], &qw, None, 0, 1, None).is_some());
-        assert!(conv2d_narrow(&cs, &[-32768; 16], &qw, None, 0, 1, None).is_some());
-        assert!(conv2d_narrow(&cs, &[70000; 16], &qw, None, 0, 1, None).is_none());
+        assert!(conv2d_narrow(&cs, (&x, None), &qw, None, 0, 1, None).is_some());
+        assert!(conv2d_narrow(&cs, (&[1000; 16], None), &qw, None, 0, 1, None).is_some());
+        assert!(conv2d_narrow(&cs, (&[-32768; 16], None), &qw, None, 0, 1, None).is_some());
+        assert!(conv2d_narrow(&cs, (&[70000; 16], None), &qw, None, 0, 1, None).is_none());
     }
 
     /// The fast max pooling equals the reference's loop over the taps for windows with strides,
@@ -2206,7 +2249,7 @@ mod tests {
             let reference = crate::exec::conv_reference(&cs, &x, &w, Some((&bias, 3)), 9).unwrap();
             let qw = conv_weights(&wsh, 1, &w).expect("8-bit");
             for threads in [1, 2, 3] {
-                let fast = conv2d_narrow(&cs, &x, &qw, Some((&bias, 3)), 9, threads, None)
+                let fast = conv2d_narrow(&cs, (&x, None), &qw, Some((&bias, 3)), 9, threads, None)
                     .expect("taken by the 8-bit kernels")
                     .unwrap();
                 assert_eq!(fast, reference, "{xs:?} kernel {kern}, threads {threads}");

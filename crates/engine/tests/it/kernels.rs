@@ -1061,3 +1061,89 @@ fn narrow_constants_are_not_kept_widened() {
         assert_eq!(fast, reference);
     }
 }
+
+/// Kernels reading an activation a `Clamp` made take its magnitude and 8-bit form from the clamp's
+/// bounds instead of scanning it; the integers are the reference's for 8-bit bounds (signed and
+/// unsigned), 16-bit ones, bounds wider than the kernels take, and when the clamp rescales.
+#[test]
+fn clamped_activations_give_the_reference_integers() {
+    let mut g = crate::gen(5, 1 << 12);
+    let window = Window {
+        kernel: [3, 3],
+        stride: [2, 2],
+        dilation: [1, 1],
+        pads: [1, 1, 1, 1],
+    };
+    // (the op after the clamp, its weights' shape, its output shape)
+    let ops = [
+        (
+            Op::Conv2d { window, groups: 1 },
+            vec![12u32, 6, 3, 3],
+            vec![1u32, 12, 5, 5],
+        ),
+        (
+            Op::Conv2d { window, groups: 6 },
+            vec![6, 1, 3, 3],
+            vec![1, 6, 5, 5],
+        ),
+        (
+            Op::EinSum {
+                a: vec![0, 1, 2, 3],
+                b: vec![4, 1],
+                out: vec![0, 4, 2, 3],
+            },
+            vec![7, 6],
+            vec![1, 7, 10, 10],
+        ),
+    ];
+    // (clamp bounds, the clamp's rescale, the weights' magnitude, the input's): 16-bit weights and
+    // inputs at the bounds make sums that leave i32, which a magnitude taken too small would overflow
+    for (lo, hi, rescale, wmag, xmag) in [
+        (-128, 127, 0, 128, 1 << 12),
+        (0, 255, 0, 128, 1 << 12),
+        (-128, 127, 3, 128, 1 << 12),
+        (-3000, 3000, 0, 128, 1 << 12),
+        (-30000, 30000, 0, 32768, 1 << 20),
+        (i32::MIN, i32::MAX, 0, 128, 1 << 12),
+    ] {
+        for (op, wshape, oshape) in &ops {
+            let wn = wshape.iter().product::<u32>() as usize;
+            let w: Vec<i32> = crate::gen(wn as u64, wmag - 1)(wn);
+            let m = Model {
+                inputs: vec![input("x", vec![1, 6, 10, 10], 6)],
+                consts: vec![Const {
+                    shape: wshape.clone(),
+                    scale: 0,
+                    data: w.into(),
+                }],
+                nodes: vec![
+                    Node {
+                        name: "clamp".into(),
+                        op: Op::Clamp { lo, hi },
+                        inputs: vec![0],
+                        shape: vec![1, 6, 10, 10],
+                        scale: 6 - rescale,
+                    },
+                    Node {
+                        name: "op".into(),
+                        op: op.clone(),
+                        inputs: vec![2, 1],
+                        shape: oshape.clone(),
+                        scale: 6 - rescale - 4,
+                    },
+                ],
+                outputs: vec![Output {
+                    name: "y".into(),
+                    value: 3,
+                }],
+            };
+            m.validate().expect("valid");
+            let x: Vec<i32> = g(600).into_iter().map(|v| v * (xmag >> 12)).collect();
+            let r = run_all(&m, vec![x]);
+            assert!(r[0].is_ok(), "{lo}..{hi}: {:?}", r[0]);
+            for other in &r[1..] {
+                assert_eq!(&r[0], other, "{lo}..{hi} rescale {rescale} {op:?}");
+            }
+        }
+    }
+}
