@@ -47,6 +47,11 @@ impl Elements {
         Elements::stored(v.len(), Narrow::I16(v), None)
     }
 
+    /// Elements held at 32 bits (the caller knows they need them).
+    pub(crate) fn from_i32(v: Vec<i32>) -> Elements {
+        Elements::stored(v.len(), Narrow::I32, Some(v))
+    }
+
     fn stored(len: usize, narrow: Narrow, wide: Option<Vec<i32>>) -> Elements {
         let cell = OnceLock::new();
         if let Some(w) = wide {
@@ -107,10 +112,7 @@ impl Elements {
     /// The elements as `i32` without keeping a widened copy: borrowed when they are `i32` (or were read
     /// as a slice before), else widened into a vector the caller drops.
     pub fn transient(&self) -> Cow<'_, [i32]> {
-        match self.0.wide.get() {
-            Some(w) => Cow::Borrowed(w),
-            None => Cow::Owned(self.widen(0..self.0.len)),
-        }
+        self.range(0..self.0.len)
     }
 
     /// The elements `range` as `i32`, without keeping a widened copy.
@@ -175,7 +177,7 @@ impl From<Vec<i32>> for Elements {
     fn from(v: Vec<i32>) -> Elements {
         let len = v.len();
         match Width::of(&v) {
-            Width::I32 => Elements::stored(len, Narrow::I32, Some(v)),
+            Width::I32 => Elements::from_i32(v),
             Width::I16 => Elements::from_i16(v.iter().map(|&x| x as i16).collect()),
             Width::I8 => Elements::from_i8(v.iter().map(|&x| x as i8).collect()),
             Width::I4 => Elements::from_nibbles(nibbles(&v), len),
@@ -186,8 +188,8 @@ impl From<Vec<i32>> for Elements {
 impl From<Vec<i8>> for Elements {
     /// Held at 4 bits when every value fits, else at 8.
     fn from(v: Vec<i8>) -> Elements {
-        if v.iter().all(|&x| (-8..=7).contains(&x)) {
-            Elements::from_nibbles(nibbles(&v), v.len())
+        if Width::of_values(&v) == Width::I4 {
+            Elements::from(&v[..])
         } else {
             Elements::from_i8(v)
         }
@@ -197,7 +199,7 @@ impl From<Vec<i8>> for Elements {
 impl From<&[i8]> for Elements {
     /// Held at 4 bits when every value fits (no copy of the bytes is made then), else at 8.
     fn from(v: &[i8]) -> Elements {
-        if v.iter().all(|&x| (-8..=7).contains(&x)) {
+        if Width::of_values(v) == Width::I4 {
             Elements::from_nibbles(nibbles(v), v.len())
         } else {
             Elements::from_i8(v.to_vec())

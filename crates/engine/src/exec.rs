@@ -140,7 +140,7 @@ impl MatVec {
         let g = g.max(1);
         let o = c.len() / g;
         if let Some(w) = c.bytes() {
-            let max = kernels::max_abs8(w);
+            let max = kernels::max_abs_of(w);
             return MatVec {
                 w: MatWeights::Bytes(Bytes::Shared(c.clone())),
                 o,

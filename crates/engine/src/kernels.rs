@@ -48,13 +48,8 @@ fn min_max_in(x: &[i32], r: Range) -> (i32, i32) {
     }
 }
 
-/// The largest `|v|` of bytes.
-pub(crate) fn max_abs8(x: &[i8]) -> u128 {
-    x.iter().fold(0u32, |m, &v| m.max(v.unsigned_abs() as u32)) as u128
-}
-
 /// The largest `|v|` of any integers up to 32 bits.
-fn max_abs_of<T: Copy + Into<i32>>(x: &[T]) -> u128 {
+pub(crate) fn max_abs_of<T: Copy + Into<i32>>(x: &[T]) -> u128 {
     x.iter().fold(0u32, |m, &v| m.max(v.into().unsigned_abs())) as u128
 }
 

@@ -44,9 +44,15 @@ pub enum Width {
 impl Width {
     /// The narrowest width holding every value of `data`.
     pub fn of(data: &[i32]) -> Width {
-        let (lo, hi) = data
-            .iter()
-            .fold((0i32, 0i32), |(l, h), &v| (l.min(v), h.max(v)));
+        Width::of_values(data)
+    }
+
+    /// [`Width::of`] for values of any integer type up to 32 bits.
+    pub fn of_values<T: Copy + Into<i32>>(data: &[T]) -> Width {
+        let (lo, hi) = data.iter().fold((0i32, 0i32), |(l, h), &v| {
+            let v = v.into();
+            (l.min(v), h.max(v))
+        });
         if lo >= -8 && hi <= 7 {
             Width::I4
         } else if lo >= -128 && hi <= 127 {
@@ -120,42 +126,42 @@ pub fn decode_narrow(bytes: &[u8], n: u64) -> Result<Elements, String> {
             packed.len()
         ));
     }
-    let range = |lo: i32, hi: i32| Width::of(&[lo, hi]);
-    let (data, lo, hi) = match w {
+    // the elements at the width they are stored at, and the narrowest width their values need
+    let (data, narrowest) = match w {
         Width::I4 => {
             if n % 2 == 1 && packed.last().is_some_and(|b| b & 0x0f != 0) {
                 return Err("non-zero padding nibble".into());
             }
-            (Elements::from_nibbles(packed.to_vec(), n as usize), 0, 0)
+            (
+                Elements::from_nibbles(packed.to_vec(), n as usize),
+                Width::I4,
+            )
         }
         Width::I8 => {
             let v: Vec<i8> = packed.iter().map(|&b| b as i8).collect();
-            let (lo, hi) = v.iter().fold((0i8, 0i8), |(l, h), &x| (l.min(x), h.max(x)));
-            (Elements::from_i8(v), lo as i32, hi as i32)
+            let narrowest = Width::of_values(&v);
+            (Elements::from_i8(v), narrowest)
         }
         Width::I16 => {
             let v: Vec<i16> = packed
                 .chunks_exact(2)
                 .map(|c| i16::from_be_bytes([c[0], c[1]]))
                 .collect();
-            let (lo, hi) = v
-                .iter()
-                .fold((0i16, 0i16), |(l, h), &x| (l.min(x), h.max(x)));
-            (Elements::from_i16(v), lo as i32, hi as i32)
+            let narrowest = Width::of_values(&v);
+            (Elements::from_i16(v), narrowest)
         }
         Width::I32 => {
             let v: Vec<i32> = packed
                 .chunks_exact(4)
                 .map(|c| i32::from_be_bytes([c[0], c[1], c[2], c[3]]))
                 .collect();
-            let (lo, hi) = v.iter().fold((0, 0), |(l, h), &x| (l.min(x), h.max(x)));
-            (Elements::from(v), lo, hi)
+            let narrowest = Width::of(&v);
+            (Elements::from_i32(v), narrowest)
         }
     };
-    if w != Width::I4 && range(lo, hi) != w {
+    if narrowest != w {
         return Err(format!(
-            "elements stored as {w:?} fit {:?}: the narrowest width is required",
-            range(lo, hi)
+            "elements stored as {w:?} fit {narrowest:?}: the narrowest width is required"
         ));
     }
     Ok(data)

@@ -43,15 +43,18 @@ struct Dense {
 
 impl Dense {
     fn of(m: &Matrix) -> Dense {
-        let w = (0..m.rows * m.cols)
-            .map(|i| m.blocks.value(i).to_f64() as f32)
-            .collect();
+        let w = (0..m.rows * m.cols).map(|i| Dense::value(m, i)).collect();
         Dense {
             rows: m.rows,
             cols: m.cols,
             block: m.blocks.block,
             w,
         }
+    }
+
+    /// Element `i` of `m` as the float model holds it.
+    fn value(m: &Matrix, i: usize) -> f32 {
+        m.blocks.value(i).to_f64() as f32
     }
 
     fn apply(&self, x: &[f64]) -> Vec<f64> {
@@ -328,7 +331,7 @@ pub fn calibrate(w: &Weights, tokens: &[usize]) -> Maxima {
         .iter()
         .map(|&t| {
             (t * cols..(t + 1) * cols)
-                .map(|i| w.embd.blocks.value(i).to_f64() as f32 as f64)
+                .map(|i| Dense::value(&w.embd, i) as f64)
                 .collect()
         })
         .collect();
