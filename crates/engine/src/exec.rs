@@ -182,7 +182,7 @@ impl MatVec {
     fn run(&self, x: &[i32], shift: i32, threads: usize) -> Result<Vec<i32>, ExecError> {
         let (o, g) = (self.o, self.g);
         let mx = kernels::max_abs(x);
-        let mut out = vec![0i32; x.len() / g * o];
+        let mut out = crate::buffers::take(x.len() / g * o, 0i32);
         if o == 0 {
             return Ok(out);
         }
@@ -416,6 +416,8 @@ pub struct Executor<M: Borrow<Model>> {
     packs: SharedPacks,
     /// Per value: the bounds of the `Clamp` node that computes it (its values lie in them).
     ranges: Vec<kernels::Range>,
+    /// Buffers freed by earlier runs, drawn on by the next (see [`crate::buffers`]).
+    pool: Arc<crate::buffers::Pool>,
 }
 
 /// The values of a run as the fused steps read them.
@@ -564,6 +566,7 @@ impl<M: Borrow<Model> + Sync> Executor<M> {
             roles,
             packs,
             ranges,
+            pool: Default::default(),
         }
     }
 
@@ -609,8 +612,8 @@ impl<M: Borrow<Model> + Sync> Executor<M> {
 
     /// Run on quantized inputs (one flat row-major vector per model input); returns the outputs.
     pub fn run(&self, inputs: Vec<Vec<i32>>) -> Result<Vec<Vec<i32>>, ExecError> {
-        let vals = self.eval(inputs)?;
-        Ok(self.collect_outputs(&vals))
+        let mut vals = self.eval(inputs)?;
+        Ok(self.take_outputs(&mut vals))
     }
 
     /// [`Executor::run`] that hands the inputs back unchanged beside the outputs, for callers that feed
@@ -621,7 +624,7 @@ impl<M: Borrow<Model> + Sync> Executor<M> {
         inputs: Vec<Vec<i32>>,
     ) -> Result<(Vec<Vec<i32>>, Vec<Vec<i32>>), ExecError> {
         let mut vals = self.on_pool(|| self.eval_with(inputs, None, Some(&self.last_use), true))?;
-        let outs = self.collect_outputs(&vals);
+        let outs = self.take_outputs(&mut vals);
         let ni = self.model.borrow().inputs.len();
         let inputs = vals[..ni]
             .iter_mut()
@@ -670,6 +673,27 @@ impl<M: Borrow<Model> + Sync> Executor<M> {
         Ok((outs, Trace { tensors }))
     }
 
+    /// The outputs, moved out of `vals` (copied only for a value that is also an earlier output or a
+    /// model input kept for the caller).
+    fn take_outputs(&self, vals: &mut [Option<Vec<i32>>]) -> Vec<Vec<i32>> {
+        let m = self.model.borrow();
+        let mut taken: Vec<Vec<i32>> = Vec::with_capacity(m.outputs.len());
+        for (i, o) in m.outputs.iter().enumerate() {
+            let v = o.value as usize;
+            let out = if let Some(c) = m.const_of(o.value) {
+                c.data.transient().into_owned()
+            } else if let Some(j) = m.outputs[..i].iter().position(|p| p.value == o.value) {
+                taken[j].clone()
+            } else if v < m.inputs.len() {
+                vals[v].clone().unwrap_or_default()
+            } else {
+                vals[v].take().unwrap_or_default()
+            };
+            taken.push(out);
+        }
+        taken
+    }
+
     fn collect_outputs(&self, vals: &[Option<Vec<i32>>]) -> Vec<Vec<i32>> {
         self.model
             .borrow()
@@ -715,6 +739,19 @@ impl<M: Borrow<Model> + Sync> Executor<M> {
     /// Evaluate every node; with `last_use`, free each value once no later node reads it (model inputs
     /// too, unless `keep_inputs`).
     fn eval_with(
+        &self,
+        inputs: Vec<Vec<i32>>,
+        tamper: Option<(usize, usize)>,
+        last_use: Option<&[usize]>,
+        keep_inputs: bool,
+    ) -> Result<Vec<Option<Vec<i32>>>, ExecError> {
+        crate::buffers::scoped(&self.pool, || {
+            self.eval_pooled(inputs, tamper, last_use, keep_inputs)
+        })
+    }
+
+    /// [`Executor::eval_with`] with this executor's pool current: freed intermediates go to it.
+    fn eval_pooled(
         &self,
         inputs: Vec<Vec<i32>>,
         tamper: Option<(usize, usize)>,
@@ -830,7 +867,9 @@ impl<M: Borrow<Model> + Sync> Executor<M> {
             if let Some(last) = last_use {
                 for &v in &node.inputs {
                     if last[v as usize] == k && !(keep_inputs && (v as usize) < m.inputs.len()) {
-                        vals[v as usize] = None;
+                        if let Some(x) = vals[v as usize].take() {
+                            crate::buffers::give(x);
+                        }
                     }
                 }
             }
@@ -1332,7 +1371,7 @@ fn map_split(
     if threads <= 1 || x.len() < PAR_ELEMENTS {
         return x.iter().map(|&v| f(v)).collect();
     }
-    let mut out = vec![0i32; x.len()];
+    let mut out = crate::buffers::take(x.len(), 0i32);
     let err = crate::par::FirstError::default();
     crate::par::rows(&mut out, 1, threads, 1 << 10, |start, part| {
         for (o, &v) in part.iter_mut().zip(&x[start..]) {
@@ -1357,7 +1396,7 @@ fn binary_runs(
     g: impl Fn(i64, i64) -> i64 + Copy + Sync,
 ) -> Result<Vec<i32>, ExecError> {
     let n: usize = out_shape.iter().product();
-    let mut out = vec![0i32; n];
+    let mut out = crate::buffers::take(n, 0i32);
     match out_shape.iter().position(|&d| d > 1) {
         Some(ax) if threads > 1 && n >= PAR_ELEMENTS => {
             // the axes before `ax` have length one: parts are ranges of `ax`
@@ -1511,7 +1550,7 @@ fn binary(
         });
     }
     let n: usize = out_shape.iter().product();
-    let mut out = vec![0i32; n];
+    let mut out = crate::buffers::take(n, 0i32);
     let mut err = None;
     for_each_index(out_shape, &st, |flat, o| {
         let x = a[o[0]] as i128;
@@ -1633,7 +1672,7 @@ fn softmax(
 ) -> Result<Vec<i32>, ExecError> {
     let n = shape[axis];
     let inner: usize = shape[axis + 1..].iter().product();
-    let mut out = vec![0i32; x.len()];
+    let mut out = crate::buffers::take(x.len(), 0i32);
     // one part: the slices of `o0..` along the axes before `axis` (each slice's sums are its own)
     let part = |o0: usize, out: &mut [i32]| -> Result<(), ExecError> {
         let mut e = vec![0i128; n];

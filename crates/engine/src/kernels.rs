@@ -312,7 +312,7 @@ fn batched_gemm(
 }
 
 /// Copy `x` (with `labels` over `shape`) into the row-major order of labels `order` with `sizes`.
-fn pack<T: Copy>(
+fn pack<T: crate::buffers::Pooled>(
     x: &[T],
     labels: &[u8],
     shape: &[usize],
@@ -322,7 +322,9 @@ fn pack<T: Copy>(
     let st = label_strides(labels, shape, order);
     let dims: Vec<usize> = order.iter().map(|&l| sizes[l as usize]).collect();
     let total: usize = dims.iter().product();
-    let mut out = Vec::with_capacity(total);
+    let mut out = crate::buffers::reuse(total).unwrap_or_default();
+    out.clear();
+    out.reserve(total);
     if total == 0 {
         return out;
     }
@@ -485,7 +487,11 @@ impl EinPlan {
     }
 
     /// Pack the plan's left operand (`a` of the oriented spec).
-    fn pack_left<T: Copy + Into<i32>>(&self, s: &EinSpec<'_>, a: &[T]) -> Option<Packed> {
+    fn pack_left<T: crate::buffers::Pooled + Into<i32>>(
+        &self,
+        s: &EinSpec<'_>,
+        a: &[T],
+    ) -> Option<Packed> {
         self.packable.then(|| {
             // borrowed when already in the plan's order: no copy beside the 8-bit form
             let data = packed(a, s.a, s.a_shape, &self.a_order, &self.sizes);
@@ -505,7 +511,11 @@ impl EinPlan {
     }
 
     /// Pack the plan's right operand (`b` of the oriented spec).
-    fn pack_right<T: Copy + Into<i32>>(&self, s: &EinSpec<'_>, b: &[T]) -> Option<Packed> {
+    fn pack_right<T: crate::buffers::Pooled + Into<i32>>(
+        &self,
+        s: &EinSpec<'_>,
+        b: &[T],
+    ) -> Option<Packed> {
         self.packable.then(|| {
             let data = packed(b, s.b, s.b_shape, &self.b_order, &self.sizes);
             let narrow = self.narrow_b(&data).map(Narrow::B);
@@ -691,14 +701,13 @@ impl EinPlan {
             if a8 { Cow::Borrowed(&[][..]) } else { ap_of() },
             if b8 { Cow::Borrowed(&[][..]) } else { bp_of() },
         );
-        let c = match self.narrow_product(&ap, &bp, pa, pb, rb, threads) {
-            Some(c) => c,
+        let (c, ap, bp) = match self.narrow_product(&ap, &bp, pa, pb, rb, threads) {
+            Some(c) => (c, ap, bp),
             None => {
                 let ap = if a8 { ap_of() } else { ap };
                 let bp = if b8 { bp_of() } else { bp };
-                Acc::Wide(batched_gemm(
-                    &ap, &bp, self.bt, self.m, self.k, self.n, threads,
-                ))
+                let c = batched_gemm(&ap, &bp, self.bt, self.m, self.k, self.n, threads);
+                (Acc::Wide(c), ap, bp)
             }
         };
         // scatter C (labels batch, m, n) into the output order, adding the bias
@@ -795,6 +804,14 @@ impl EinPlan {
         } else {
             for r in 0..rows {
                 row_into(r, &mut out, 0)?;
+            }
+        }
+        if let Acc::Narrow(c) = c {
+            c.into_iter().for_each(|(c, _)| crate::buffers::give(c));
+        }
+        for p in [ap, bp] {
+            if let Cow::Owned(p) = p {
+                crate::buffers::give(p);
             }
         }
         Ok(out)
@@ -1045,7 +1062,7 @@ pub(crate) fn max_pool(
     let (oh, ow) = (out_shape[2], out_shape[3]);
     let rows = PoolAxis::new(h, oh, w.kernel[0], w.stride[0], w.dilation[0], w.pads[0]);
     let cols = PoolAxis::new(wd, ow, w.kernel[1], w.stride[1], w.dilation[1], w.pads[1]);
-    let mut out = vec![0i32; planes * oh * ow];
+    let mut out = crate::buffers::take(planes * oh * ow, 0i32);
     let th = if x.len() >= 1 << 16 { threads } else { 1 };
     crate::par::rows(&mut out, oh * ow, th, 1, |c0, part| {
         let mut tmp = vec![0i32; wd];
@@ -1165,7 +1182,7 @@ crate::multiversion! {
 
 /// `x` in the row-major order of labels `order`: borrowed when it already is (same label order, no
 /// broadcast axis), else packed.
-fn packed<'a, T: Copy>(
+fn packed<'a, T: crate::buffers::Pooled>(
     x: &'a [T],
     labels: &[u8],
     shape: &[usize],
@@ -1305,7 +1322,7 @@ fn conv2d_narrow(
             let planes = &mut out[first..first + og * p];
             crate::par::rows(planes, p, th, qgemm::MR, |o0, part| {
                 let rows = part.len() / p;
-                let mut acc = vec![0i32; rows * ldc];
+                let mut acc = crate::buffers::take(rows * ldc, 0i32);
                 qgemm::product(qw, &cols, o0, &mut acc, level, &tokens);
                 // 16-bit input: the low halves' product joins the high halves' one in i64
                 let wide = low.as_ref().map(|low| {
@@ -1329,12 +1346,15 @@ fn conv2d_narrow(
                         h(first + (o0 + o) * p, dst);
                     }
                 }
+                crate::buffers::give(acc);
             });
             if let Err(e) = err.into_result() {
                 return Some(Err(e));
             }
         }
     }
+    crate::buffers::give(im);
+    crate::buffers::give(im8);
     Some(Ok(out))
 }
 
@@ -1352,7 +1372,7 @@ fn conv2d_depthwise(
     hook: &mut Option<RowHook<'_>>,
 ) -> Result<Vec<i32>, ExecError> {
     let p = s.out[2] * s.out[3];
-    let mut out = vec![0i32; s.x[0] * s.w[0] * p];
+    let mut out = crate::buffers::take(s.x[0] * s.w[0] * p, 0i32);
     let bias_at = |oc: usize| bias.map_or(0, |(d, sh)| ((d[oc] as i128) << sh) as i64);
     let bound = (s.w[2] * s.w[3]) as u128 * mx * max_abs(w)
         + bias.map_or(0, |(d, sh)| max_abs(d) << sh.clamp(0, 64));
@@ -1702,7 +1722,7 @@ fn conv2d_panels(
             let err = crate::par::FirstError::default();
             let part = |t: usize, mut segs: Vec<&mut [i32]>| {
                 let (y0, y1) = (t * per, ((t + 1) * per).min(oh));
-                let mut acc = vec![0i32; og * (rows * wp).div_ceil(16) * 16];
+                let mut acc = crate::buffers::take(og * (rows * wp).div_ceil(16) * 16, 0i32);
                 let mut at = starts.clone();
                 for oy0 in (y0..y1).step_by(rows) {
                     let oy1 = (oy0 + rows).min(y1);
@@ -1729,6 +1749,7 @@ fn conv2d_panels(
                         }
                     }
                 }
+                crate::buffers::give(acc);
             };
             if parts.len() <= 1 {
                 part(0, parts.pop().unwrap_or_default());
@@ -1740,6 +1761,7 @@ fn conv2d_panels(
                     }
                 });
             }
+            crate::buffers::give(image);
             err.into_result()?;
         }
     }
@@ -1763,7 +1785,7 @@ fn padded_bytes(
     let [pt, pl, pb, pr] = s.window.pads.map(|v| v as usize);
     let [dy, dx] = s.window.dilation.map(|v| v as usize);
     let (hp, wp) = (h + pt + pb, wd + pl + pr);
-    let mut image = vec![add as u8; cg * hp * wp + (kw - 1) * dx];
+    let mut image = crate::buffers::take(cg * hp * wp + (kw - 1) * dx, add as u8);
     for ci in 0..cg {
         let plane = &x[(b * c + g * cg + ci) * h * wd..][..h * wd];
         let padded = &mut image[ci * hp * wp..(ci + 1) * hp * wp];

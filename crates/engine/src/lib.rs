@@ -4,6 +4,7 @@
 
 pub mod arith;
 pub mod blockdot;
+mod buffers;
 pub mod calib;
 pub mod cancel;
 pub mod commit;

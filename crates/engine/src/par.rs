@@ -101,12 +101,14 @@ impl FirstError {
 
 /// `len` copies of `value`, written by up to `threads` parts: zeroing a large buffer is work too, and a
 /// split kernel's buffers would otherwise be filled by the one thread that allocates them.
-pub(crate) fn filled<T: Copy + Send + Sync>(len: usize, value: T, threads: usize) -> Vec<T> {
-    // small buffers, or one thread: the allocator's own fill (calloc for zeros)
+/// The buffer comes from the current pool when it has one that fits (see [`crate::buffers`]).
+pub(crate) fn filled<T: crate::buffers::Pooled>(len: usize, value: T, threads: usize) -> Vec<T> {
+    // small buffers, or one thread: one fill (the allocator's own, calloc, for new zeros)
     if threads <= 1 || len < 1 << 16 {
-        return vec![value; len];
+        return crate::buffers::take(len, value);
     }
-    let mut v: Vec<T> = Vec::with_capacity(len);
+    let mut v: Vec<T> = crate::buffers::reuse(len).unwrap_or_else(|| Vec::with_capacity(len));
+    v.clear();
     rows(
         &mut v.spare_capacity_mut()[..len],
         1,

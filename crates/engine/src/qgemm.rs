@@ -388,6 +388,19 @@ pub struct PackedA {
     rowsum: Vec<i32>,
 }
 
+/// A packing's bytes go back to the running executor's pool (see [`crate::buffers`]).
+impl Drop for PackedA {
+    fn drop(&mut self) {
+        crate::buffers::give(std::mem::take(&mut self.data));
+    }
+}
+
+impl Drop for PackedB {
+    fn drop(&mut self) {
+        crate::buffers::give(std::mem::take(&mut self.data));
+    }
+}
+
 /// Smallest and largest of `x` (0 and 0 for an empty slice... or any slice: the range always holds 0).
 pub(crate) fn min_max(x: &[i32]) -> (i32, i32) {
     min_max_run(x)
@@ -451,7 +464,7 @@ impl PackedA {
         Some(PackedA {
             m,
             kq,
-            data: vec![pad; m * kq * 4],
+            data: crate::buffers::take(m * kq * 4, pad),
             weights: false,
             offset,
             rowsum: Vec::new(),

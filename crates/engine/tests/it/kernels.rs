@@ -557,10 +557,10 @@ fn with_chain(
     }
 }
 
-#[test]
-fn eight_bit_kernels_split_across_threads_with_their_chains() {
-    // big enough for every 8-bit kernel to split its output (and run the chain) across threads
-    let mut g = crate::gen(7, 1 << 12);
+/// Models of each 8-bit kernel (a convolution, a depthwise one, a 1×1 convolution as `EinSum`) with
+/// the chain the fast executor fuses into it, big enough for every kernel to split its output (and
+/// run the chain) across threads.
+fn chained_eight_bit_models(g: &mut impl FnMut(usize) -> Vec<i32>) -> Vec<Model> {
     let window = Window {
         kernel: [3, 3],
         stride: [1, 1],
@@ -604,19 +604,33 @@ fn eight_bit_kernels_split_across_threads_with_their_chains() {
             64,
         ),
     ];
-    for (head, xs, ws, channels) in cases {
-        let (nx, nw) = (
-            xs.iter().product::<u32>() as usize,
-            ws.iter().product::<u32>() as usize,
-        );
-        let w = Const {
-            shape: ws,
-            scale: 4,
-            data: eight_bit(&mut g, nw, false, false, false).into(),
-        };
-        let m = with_chain(head, input("x", xs, 4), w, channels, &mut g);
-        m.validate().expect("valid");
-        let x = eight_bit(&mut g, nx, true, false, false);
+    cases
+        .into_iter()
+        .map(|(head, xs, ws, channels)| {
+            let nw = ws.iter().product::<u32>() as usize;
+            let w = Const {
+                shape: ws,
+                scale: 4,
+                data: eight_bit(&mut *g, nw, false, false, false).into(),
+            };
+            let m = with_chain(head, input("x", xs, 4), w, channels, &mut *g);
+            m.validate().expect("valid");
+            m
+        })
+        .collect()
+}
+
+/// An input of `m`'s first input's size, 8-bit unsigned.
+fn eight_bit_input(m: &Model, g: &mut impl FnMut(usize) -> Vec<i32>) -> Vec<i32> {
+    let n = m.inputs[0].shape.iter().product::<u32>() as usize;
+    eight_bit(g, n, true, false, false)
+}
+
+#[test]
+fn eight_bit_kernels_split_across_threads_with_their_chains() {
+    let mut g = crate::gen(7, 1 << 12);
+    for m in chained_eight_bit_models(&mut g) {
+        let x = eight_bit_input(&m, &mut g);
         let reference = Executor::new(&m, Mode::Reference)
             .run(vec![x.clone()])
             .unwrap();
@@ -633,6 +647,34 @@ fn eight_bit_kernels_split_across_threads_with_their_chains() {
                 .run(vec![x.clone()])
                 .unwrap();
             assert_eq!(fast, reference, "threads {threads}, {:?}", m.nodes[0].op);
+        }
+    }
+}
+
+/// A steady stream of runs takes its large buffers from the executor's pool: after the first run, a
+/// run allocates nothing of 64 KB or more but the output it hands over, and buffers left by earlier
+/// runs (on other inputs) change no bit.
+#[test]
+fn repeated_runs_reuse_their_buffers() {
+    let mut g = crate::gen(11, 1 << 12);
+    for m in chained_eight_bit_models(&mut g) {
+        let fast = Executor::new(&m, Mode::Fast { threads: 1 });
+        let reference = Executor::new(&m, Mode::Reference);
+        for round in 0..3 {
+            let x = eight_bit_input(&m, &mut g);
+            let want = reference.run(vec![x.clone()]).unwrap();
+            let before = crate::large_allocs();
+            let got = fast.run(vec![x]).unwrap();
+            let made = crate::large_allocs() - before;
+            assert_eq!(got, want, "round {round}, {:?}", m.nodes[0].op);
+            assert!(got[0].len() * 4 >= crate::LARGE);
+            if round > 0 {
+                assert!(
+                    made <= 1,
+                    "{made} large allocations in round {round}: {:?}",
+                    m.nodes[0].op
+                );
+            }
         }
     }
 }

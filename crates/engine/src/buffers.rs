@@ -1,0 +1,173 @@
+//! Working buffers reused across an executor's runs.
+//!
+//! An executor owns a [`Pool`]. While it evaluates a model the pool is the calling thread's current
+//! one ([`scoped`]): kernels draw their large output and scratch buffers from it ([`take`]) and give
+//! scratch buffers back when done ([`give`]); the executor gives back every intermediate tensor after
+//! the last node that reads it. A steady stream of runs of one model thus finds every large buffer it
+//! needs already mapped and warm in the pool instead of asking the allocator for fresh pages (whose
+//! first touch the kernel zeroes page by page) and zeroing them again.
+//!
+//! Only where a buffer's memory comes from changes, never what a kernel reads: [`take`] hands out
+//! `len` copies of the value asked for, like `vec![value; len]`. Buffers below [`MIN_BYTES`] are left to
+//! the allocator, and a pool keeps at most [`MAX_KEPT`] buffers of each element type (the largest), so
+//! what it holds is bounded by what one run had freed at once.
+
+use std::cell::RefCell;
+use std::sync::{Arc, Mutex};
+
+/// Buffers smaller than this many bytes are not pooled (the allocator's own free lists serve them).
+pub const MIN_BYTES: usize = 64 << 10;
+
+/// How many free buffers of one element type a pool keeps at most.
+pub const MAX_KEPT: usize = 48;
+
+/// Free buffers, by element type, each list in the order they were given.
+#[derive(Default)]
+pub struct Pool {
+    i32s: Mutex<Vec<Vec<i32>>>,
+    u8s: Mutex<Vec<Vec<u8>>>,
+    i8s: Mutex<Vec<Vec<i8>>>,
+}
+
+impl Pool {
+    fn keep<T: Pooled>(&self, v: Vec<T>) {
+        if v.capacity() * std::mem::size_of::<T>() < MIN_BYTES {
+            return;
+        }
+        let Ok(mut list) = T::list(self).lock() else {
+            return;
+        };
+        list.push(v);
+        if list.len() > MAX_KEPT {
+            // the longest unused goes back to the allocator
+            list.remove(0);
+        }
+    }
+
+    /// The most recently given free buffer (the likeliest still in the cache) holding at least `len`
+    /// elements and at most twice as many (a much larger one stays for a request of its size).
+    fn find<T: Pooled>(&self, len: usize) -> Option<Vec<T>> {
+        if len * std::mem::size_of::<T>() < MIN_BYTES {
+            return None;
+        }
+        let mut list = T::list(self).lock().ok()?;
+        let at = list
+            .iter()
+            .rposition(|b| (len..=2 * len).contains(&b.capacity()))?;
+        Some(list.remove(at))
+    }
+}
+
+/// Element types a pool keeps buffers of.
+pub trait Pooled: Copy + Send + Sync + 'static {
+    #[doc(hidden)]
+    fn list(pool: &Pool) -> &Mutex<Vec<Vec<Self>>>;
+}
+
+impl Pooled for i32 {
+    fn list(pool: &Pool) -> &Mutex<Vec<Vec<i32>>> {
+        &pool.i32s
+    }
+}
+
+impl Pooled for u8 {
+    fn list(pool: &Pool) -> &Mutex<Vec<Vec<u8>>> {
+        &pool.u8s
+    }
+}
+
+impl Pooled for i8 {
+    fn list(pool: &Pool) -> &Mutex<Vec<Vec<i8>>> {
+        &pool.i8s
+    }
+}
+
+thread_local! {
+    static CURRENT: RefCell<Option<Arc<Pool>>> = const { RefCell::new(None) };
+}
+
+/// Run `f` with `pool` as this thread's current pool (the previous one is current again afterwards,
+/// also if `f` panics).
+pub fn scoped<R>(pool: &Arc<Pool>, f: impl FnOnce() -> R) -> R {
+    struct Restore(Option<Arc<Pool>>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let prev = self.0.take();
+            CURRENT.with(|c| *c.borrow_mut() = prev);
+        }
+    }
+    let prev = CURRENT.with(|c| c.borrow_mut().replace(pool.clone()));
+    let _restore = Restore(prev);
+    f()
+}
+
+fn current() -> Option<Arc<Pool>> {
+    CURRENT.with(|c| c.borrow().clone())
+}
+
+/// `len` copies of `value` in a buffer from the current pool (or a new one).
+pub fn take<T: Pooled>(len: usize, value: T) -> Vec<T> {
+    match current().and_then(|p| p.find::<T>(len)) {
+        Some(mut v) => {
+            v.clear();
+            v.resize(len, value);
+            v
+        }
+        None => vec![value; len],
+    }
+}
+
+/// A free buffer of the current pool with room for `len` elements of `T` (its length and elements
+/// unspecified), for a caller that fills it itself.
+pub fn reuse<T: Pooled>(len: usize) -> Option<Vec<T>> {
+    current().and_then(|p| p.find::<T>(len))
+}
+
+/// Give a buffer no one reads any more to the current pool (or back to the allocator without one).
+pub fn give<T: Pooled>(v: Vec<T>) {
+    if let Some(p) = current() {
+        p.keep(v);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buffers_come_back_filled_and_the_pool_stays_bounded() {
+        let pool = Arc::new(Pool::default());
+        scoped(&pool, || {
+            let n = MIN_BYTES / 4 + 10;
+            let mut a = take(n, 0i32);
+            a.iter_mut().enumerate().for_each(|(i, x)| *x = i as i32);
+            let ptr = a.as_ptr();
+            give(a);
+            // the same memory, refilled
+            let b = take(n - 5, 7i32);
+            assert_eq!(b.as_ptr(), ptr);
+            assert!(b.len() == n - 5 && b.iter().all(|&x| x == 7));
+            give(b);
+            // too large a buffer for a small request stays in the pool
+            let c = take(n / 3, 1i32);
+            assert_ne!(c.as_ptr(), ptr);
+            assert!(c.iter().all(|&x| x == 1));
+            let d = take(n - 1, 2i32);
+            assert_eq!((d.as_ptr(), d.len()), (ptr, n - 1));
+            give(d);
+            let e = reuse::<i32>(n).map(|e| (e.as_ptr(), e.capacity()));
+            assert_eq!(e, Some((ptr, n)));
+            // small buffers are not kept
+            give(vec![0u8; 100]);
+            assert_eq!(pool.u8s.lock().map(|l| l.len()).unwrap_or(9), 0);
+            for i in 0..MAX_KEPT + 5 {
+                give(vec![0u8; MIN_BYTES + i]);
+            }
+            let kept = pool.u8s.lock().map(|l| l.len()).unwrap_or(0);
+            assert_eq!(kept, MAX_KEPT);
+        });
+        // outside the scope nothing is pooled
+        give(vec![0i32; MIN_BYTES]);
+        assert_eq!(pool.i32s.lock().map(|l| l.len()).unwrap_or(9), 0);
+    }
+}
