@@ -1388,18 +1388,27 @@ fn conv2d_depthwise(
             1
         };
         let err = crate::par::FirstError::default();
+        // 16-bit inputs and weights: pairs of taps per multiply-add instruction
+        let pairs = PairPlan::new(s, mx, max_abs(w));
         // output planes split across threads, each part with its own padded rows
         crate::par::rows(&mut out, p, th, 1, |q0, part| {
             // the padded rows, then (stride 2) room for one input row split into even and odd columns
-            let mut rows =
-                vec![0i32; plan.hp * s.window.stride[1] as usize * plan.span + s.x[3] + 1];
+            let mut rows = match pairs {
+                Some(_) => Vec::new(),
+                None => vec![0i32; plan.hp * s.window.stride[1] as usize * plan.span + s.x[3] + 1],
+            };
+            let mut rows16 = vec![0i16; pairs.as_ref().map_or(0, |q| q.len())];
             let mut acc = vec![0i32; if shift != 0 { p } else { 0 }];
             for (j, dst) in part.chunks_mut(p).enumerate() {
                 let (b, oc) = ((q0 + j) / o_ch, (q0 + j) % o_ch);
                 let ci = oc / og;
                 let plane = &x[(b * c + ci) * hw..(b * c + ci + 1) * hw];
                 let taps = &w[oc * kk..(oc + 1) * kk];
-                depthwise_plane(s, &plan, plane, &mut rows, taps, bias_at(oc) as i32, dst);
+                let bias = bias_at(oc) as i32;
+                match &pairs {
+                    Some(q) => q.run(s, plane, &mut rows16, taps, bias, dst),
+                    None => depthwise_plane(s, &plan, plane, &mut rows, taps, bias, dst),
+                }
                 if shift != 0 {
                     // the plane's sums (bias included) requantized by the vector row loop
                     acc.copy_from_slice(dst);
@@ -1422,6 +1431,181 @@ fn conv2d_depthwise(
         Ok(())
     })?;
     Ok(out)
+}
+
+/// The geometry of [`PairPlan::run`]: a depthwise convolution of stride 1 or 2 (no dilation) whose
+/// inputs and weights fit 16 bits, on AVX-512. Each input plane is copied once, as `i16`, into
+/// zero-padded rows of `width` elements; a 32-bit lane read at element `o` of a row holds the pair
+/// `(row[o], row[o + 1])`, which one `vpmaddwd` multiplies by a pair of neighbouring taps and adds:
+/// half the multiplications of one tap per instruction, in `i32` as before (the caller's bound keeps
+/// every partial sum in it, and integer sums do not depend on their order).
+struct PairPlan {
+    /// Padded rows read.
+    hp: usize,
+    /// Elements per padded row.
+    width: usize,
+}
+
+impl PairPlan {
+    /// Output columns per block: 32 at stride 1 (even and odd columns in two registers), 16 at stride 2.
+    const BLOCK1: usize = 32;
+    const BLOCK2: usize = 16;
+    /// The most pairs of taps a plane's weights may take (a 7×14 kernel).
+    const MAX_PAIRS: usize = 49;
+
+    fn new(s: &ConvSpec<'_>, mx: u128, mw: u128) -> Option<PairPlan> {
+        if crate::simd::Isa::detect() != crate::simd::Isa::Avx512 {
+            return None;
+        }
+        let win = s.window;
+        let (kh, kw) = (s.w[2], s.w[3]);
+        let sx = win.stride[1] as usize;
+        let pairs = kh * kw.div_ceil(2);
+        if mx > i16::MAX as u128
+            || mw > i16::MAX as u128
+            || win.dilation != [1, 1]
+            || !(1..=2).contains(&sx)
+            || pairs > Self::MAX_PAIRS
+            || pairs == 0
+        {
+            return None;
+        }
+        let (oh, ow) = (s.out[2], s.out[3]);
+        let (pl, pr) = (win.pads[1] as usize, win.pads[3] as usize);
+        // the last block's loads end below `blocks · 32 + kw + 1` (stride 1) or `2 · blocks · 16 + kw + 32`
+        // (stride 2), and the image's padded columns must fit too
+        let reads = match sx {
+            1 => ow.div_ceil(Self::BLOCK1) * Self::BLOCK1 + kw + 2,
+            _ => 2 * ow.div_ceil(Self::BLOCK2) * Self::BLOCK2 + kw + Self::BLOCK1,
+        };
+        Some(PairPlan {
+            hp: (oh.max(1) - 1) * win.stride[0] as usize + kh,
+            width: reads.max(pl + s.x[3] + pr),
+        })
+    }
+
+    /// Elements of the padded rows.
+    fn len(&self) -> usize {
+        self.hp * self.width
+    }
+
+    /// One output plane (`dst`) from its input plane, weights `taps` (`kh·kw`) and `bias`, the padded
+    /// rows built in `rows` (of [`PairPlan::len`] elements).
+    fn run(
+        &self,
+        s: &ConvSpec<'_>,
+        plane: &[i32],
+        rows: &mut [i16],
+        taps: &[i32],
+        bias: i32,
+        dst: &mut [i32],
+    ) {
+        let (h, wd) = (s.x[2], s.x[3]);
+        let (pt, pl) = (s.window.pads[0] as usize, s.window.pads[1] as usize);
+        for (r, row) in rows.chunks_exact_mut(self.width).enumerate() {
+            match r.checked_sub(pt).filter(|&iy| iy < h) {
+                None => row.fill(0),
+                Some(iy) => {
+                    let (left, rest) = row.split_at_mut(pl);
+                    let (mid, right) = rest.split_at_mut(wd);
+                    left.fill(0);
+                    right.fill(0);
+                    // the caller checked that the inputs fit i16
+                    for (d, &v) in mid.iter_mut().zip(&plane[iy * wd..(iy + 1) * wd]) {
+                        *d = v as i16;
+                    }
+                }
+            }
+        }
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `PairPlan::new` checked that the CPU has AVX-512 (F, BW); the loads stay inside
+        // `rows`, whose rows are wide enough for every block's loads (`PairPlan::new`), and the stores
+        // inside `dst`.
+        unsafe {
+            self.products(s, rows, taps, bias, dst)
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512bw")]
+    unsafe fn products(
+        &self,
+        s: &ConvSpec<'_>,
+        rows: &[i16],
+        taps: &[i32],
+        bias: i32,
+        dst: &mut [i32],
+    ) {
+        use std::arch::x86_64::*;
+        let (kh, kw) = (s.w[2], s.w[3]);
+        let (oh, ow) = (s.out[2], s.out[3]);
+        let (sy, sx) = (s.window.stride[0] as usize, s.window.stride[1] as usize);
+        let np = kw.div_ceil(2);
+        // the taps of row ky as pairs (w[2p], w[2p + 1]), the second 0 past the kernel's width
+        let mut wv = [_mm512_setzero_si512(); Self::MAX_PAIRS];
+        for ky in 0..kh {
+            for p in 0..np {
+                let lo = taps[ky * kw + 2 * p] as i16 as u16 as u32;
+                let hi = taps.get(ky * kw + 2 * p + 1).filter(|_| 2 * p + 1 < kw);
+                let hi = hi.map_or(0, |&v| v as i16 as u16 as u32);
+                wv[ky * np + p] = _mm512_set1_epi32((lo | hi << 16) as i32);
+            }
+        }
+        let base = rows.as_ptr();
+        // (a macro, not a closure: a closure would not inherit this function's target features)
+        macro_rules! load {
+            ($at:expr) => {
+                unsafe { _mm512_loadu_si512(base.add($at) as *const _) }
+            };
+        }
+        let mut tail = [0i32; Self::BLOCK1];
+        for oy in 0..oh {
+            let out = &mut dst[oy * ow..(oy + 1) * ow];
+            let row0 = oy * sy * self.width;
+            if sx == 1 {
+                // lane l of the even register is column j0 + 2l, of the odd one j0 + 2l + 1
+                let lo_idx =
+                    _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+                let hi_idx =
+                    _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+                for j0 in (0..ow).step_by(Self::BLOCK1) {
+                    let (mut even, mut odd) = (_mm512_set1_epi32(bias), _mm512_set1_epi32(bias));
+                    for ky in 0..kh {
+                        let at = row0 + ky * self.width + j0;
+                        for p in 0..np {
+                            let w = wv[ky * np + p];
+                            even = _mm512_add_epi32(even, _mm512_madd_epi16(load!(at + 2 * p), w));
+                            odd =
+                                _mm512_add_epi32(odd, _mm512_madd_epi16(load!(at + 2 * p + 1), w));
+                        }
+                    }
+                    let first = _mm512_permutex2var_epi32(even, lo_idx, odd);
+                    let second = _mm512_permutex2var_epi32(even, hi_idx, odd);
+                    let n = (ow - j0).min(Self::BLOCK1);
+                    let tp = tail.as_mut_ptr();
+                    unsafe {
+                        _mm512_storeu_si512(tp as *mut _, first);
+                        _mm512_storeu_si512(tp.add(16) as *mut _, second);
+                    }
+                    out[j0..j0 + n].copy_from_slice(&tail[..n]);
+                }
+            } else {
+                for j0 in (0..ow).step_by(Self::BLOCK2) {
+                    let mut acc = _mm512_set1_epi32(bias);
+                    for ky in 0..kh {
+                        let at = row0 + ky * self.width + 2 * j0;
+                        for p in 0..np {
+                            let w = wv[ky * np + p];
+                            acc = _mm512_add_epi32(acc, _mm512_madd_epi16(load!(at + 2 * p), w));
+                        }
+                    }
+                    let n = (ow - j0).min(Self::BLOCK2);
+                    unsafe { _mm512_storeu_si512(tail.as_mut_ptr() as *mut _, acc) };
+                    out[j0..j0 + n].copy_from_slice(&tail[..n]);
+                }
+            }
+        }
+    }
 }
 
 /// Output columns computed together in [`depthwise_plane`] (one AVX-512 register of `i32`).

@@ -1189,3 +1189,92 @@ fn clamped_activations_give_the_reference_integers() {
         }
     }
 }
+
+/// Depthwise convolutions over the geometries the 16-bit pair kernel takes (stride 1 and 2, odd and
+/// even kernels, asymmetric padding, widths around its 16- and 32-column blocks, channel multipliers)
+/// and some it leaves to the others (dilation, stride 3, values past 16 bits), with 8- and 16-bit
+/// inputs and weights, a bias, with and without a requantizing shift: the fast executor gives the
+/// reference integers at every instruction-set level and thread count.
+#[test]
+fn depthwise_convolutions_equal_reference() {
+    let mut g = crate::gen(23, 1 << 20);
+    // (kernel, stride, dilation, pads [top, left, bottom, right], input h × w, channel multiplier)
+    let geometries: [([u32; 2], [u32; 2], [u32; 2], [u32; 4], [u32; 2], u32); 12] = [
+        ([3, 3], [1, 1], [1, 1], [1, 1, 1, 1], [9, 31], 1),
+        ([3, 3], [1, 1], [1, 1], [1, 1, 1, 1], [5, 32], 1),
+        ([3, 3], [1, 1], [1, 1], [0, 1, 2, 0], [7, 33], 2),
+        ([3, 3], [2, 2], [1, 1], [1, 1, 1, 1], [11, 31], 1),
+        ([3, 3], [2, 2], [1, 1], [0, 0, 1, 1], [8, 34], 1),
+        ([5, 5], [1, 1], [1, 1], [2, 2, 2, 2], [6, 65], 1),
+        ([5, 5], [2, 2], [1, 1], [2, 2, 2, 2], [9, 17], 2),
+        ([2, 4], [1, 2], [1, 1], [0, 1, 1, 2], [4, 9], 1),
+        ([1, 1], [1, 1], [1, 1], [0, 0, 0, 0], [3, 5], 1),
+        ([7, 7], [1, 1], [1, 1], [3, 3, 3, 3], [8, 8], 1),
+        ([3, 3], [1, 1], [2, 2], [2, 2, 2, 2], [6, 20], 1),
+        ([3, 3], [3, 3], [1, 1], [1, 1, 1, 1], [10, 22], 1),
+    ];
+    let c = 3u32;
+    for (kernel, stride, dilation, pads, [h, w], mult) in geometries {
+        let window = Window {
+            kernel,
+            stride,
+            dilation,
+            pads,
+        };
+        let (oh, ow) = window.output_hw(h, w).expect("fits");
+        let o = c * mult;
+        let nw = (o * kernel[0] * kernel[1]) as usize;
+        // (unsigned 8-bit, signed 8-bit, 16-bit, 16-bit with one value past it) × 8- or 16-bit weights
+        for (case, (xk, wide_w)) in [(0, false), (1, false), (2, false), (2, true), (3, false)]
+            .into_iter()
+            .enumerate()
+        {
+            let x = match xk {
+                0 => eight_bit(&mut g, (c * h * w) as usize, true, false, false),
+                1 => eight_bit(&mut g, (c * h * w) as usize, false, false, false),
+                2 => eight_bit(&mut g, (c * h * w) as usize, false, false, true),
+                _ => eight_bit(&mut g, (c * h * w) as usize, false, true, true),
+            };
+            let wv = eight_bit(&mut g, nw, false, false, wide_w);
+            for out_scale in [8, 3] {
+                let m = Model::one_node(
+                    vec![input("x", vec![1, c, h, w], 4)],
+                    vec![
+                        Const {
+                            shape: vec![o, 1, kernel[0], kernel[1]],
+                            scale: 4,
+                            data: wv.clone().into(),
+                        },
+                        Const {
+                            shape: vec![o],
+                            scale: 6,
+                            data: g(o as usize).into(),
+                        },
+                    ],
+                    Op::Conv2d { window, groups: c },
+                    vec![0, 1, 2],
+                    vec![1, o, oh, ow],
+                    out_scale,
+                );
+                m.validate().expect("valid");
+                let want = Executor::new(&m, Mode::Reference).run(vec![x.clone()]);
+                let want = want.map_err(|e| e.to_string());
+                for (threads, isa) in [
+                    (1, Isa::Avx512),
+                    (2, Isa::Avx512),
+                    (1, Isa::Avx2),
+                    (1, Isa::Base),
+                ] {
+                    Isa::cap(isa);
+                    let got = Executor::new(&m, Mode::Fast { threads }).run(vec![x.clone()]);
+                    Isa::cap(Isa::Avx512);
+                    assert_eq!(
+                        got.map_err(|e| e.to_string()),
+                        want,
+                        "{window:?} {h}×{w} ×{mult}, case {case}, scale {out_scale}, {threads} threads, {isa:?}"
+                    );
+                }
+            }
+        }
+    }
+}
