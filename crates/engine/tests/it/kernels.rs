@@ -1199,7 +1199,8 @@ fn clamped_activations_give_the_reference_integers() {
 fn depthwise_convolutions_equal_reference() {
     let mut g = crate::gen(23, 1 << 20);
     // (kernel, stride, dilation, pads [top, left, bottom, right], input h × w, channel multiplier)
-    let geometries: [([u32; 2], [u32; 2], [u32; 2], [u32; 4], [u32; 2], u32); 12] = [
+    type Geometry = ([u32; 2], [u32; 2], [u32; 2], [u32; 4], [u32; 2], u32);
+    let geometries: [Geometry; 12] = [
         ([3, 3], [1, 1], [1, 1], [1, 1, 1, 1], [9, 31], 1),
         ([3, 3], [1, 1], [1, 1], [1, 1, 1, 1], [5, 32], 1),
         ([3, 3], [1, 1], [1, 1], [0, 1, 2, 0], [7, 33], 2),
