@@ -701,7 +701,7 @@ impl EinPlan {
             if a8 { Cow::Borrowed(&[][..]) } else { ap_of() },
             if b8 { Cow::Borrowed(&[][..]) } else { bp_of() },
         );
-        let (c, ap, bp) = match self.narrow_product(&ap, &bp, pa, pb, rb, threads) {
+        let (mut c, ap, bp) = match self.narrow_product(&ap, &bp, pa, pb, rb, threads) {
             Some(c) => (c, ap, bp),
             None => {
                 let ap = if a8 { ap_of() } else { ap };
@@ -743,12 +743,50 @@ impl EinPlan {
         let bias_offs = bias_st.as_deref().map(offsets);
         debug_assert_eq!(col_out.len(), if n_axes == 0 { 1 } else { n });
         let out_len: usize = s.out_shape.iter().product();
+        let layout = RowLayout::new(&col_out, bias_offs.as_ref().map(|(_, c)| c.as_slice()));
+        let rows = self.bt * self.m;
+        // rows stored one after another (the usual layout) are split across threads
+        let in_order = layout.contiguous
+            && col_out[0] == 0
+            && row_out.iter().enumerate().all(|(r, &o)| o == r * n);
+        // requantization and the chain cost a few nanoseconds per element: 64 K elements or more
+        let th = if rows * n >= 1 << 16 { threads } else { 1 };
+        // one batch of `i32` sums laid out as the output, with one bias per row: requantized in place
+        if let Acc::Narrow(cs) = &mut c {
+            let fits = in_order && layout.bias_row_const && rows * n == out_len;
+            if fits && cs.len() == 1 && cs[0].1 == n && cs[0].0.len() == out_len {
+                let (mut out, _) = cs.remove(0);
+                let hook = hook.take();
+                let bias_of = |r: usize| match (bias, &bias_offs) {
+                    (Some((bd, _, sh)), Some((brow, bcol))) => {
+                        (bd[brow[r] + bcol[0]] as i128) << sh
+                    }
+                    _ => 0,
+                };
+                let err = crate::par::FirstError::default();
+                crate::par::rows(&mut out, n, th, 1, |r0, part| {
+                    for (j, row) in part.chunks_mut(n.max(1)).enumerate() {
+                        if let Err(e) = requantize_in_place(row, bias_of(r0 + j), shift) {
+                            return err.set(e);
+                        }
+                        if let Some(h) = hook {
+                            h((r0 + j) * n, row);
+                        }
+                    }
+                });
+                err.into_result()?;
+                for p in [ap, bp] {
+                    if let Cow::Owned(p) = p {
+                        crate::buffers::give(p);
+                    }
+                }
+                return Ok(out);
+            }
+        }
         let mut out =
             crate::par::filled(out_len, 0i32, if out_len >= 1 << 16 { threads } else { 1 });
-        let layout = RowLayout::new(&col_out, bias_offs.as_ref().map(|(_, c)| c.as_slice()));
         // a row's output is one slice only when the layout is contiguous
         let hook = if layout.contiguous { hook.take() } else { None };
-        let rows = self.bt * self.m;
         // row r of C into its place in `dst` (the output from element `base` on)
         let row_into = |r: usize, dst: &mut [i32], base: usize| -> Result<(), ExecError> {
             let bo = bias_offs
@@ -785,13 +823,7 @@ impl EinPlan {
             }
             Ok(())
         };
-        // rows stored one after another (the usual layout) are split across threads
-        let in_order = layout.contiguous
-            && col_out[0] == 0
-            && row_out.iter().enumerate().all(|(r, &o)| o == r * n);
         if in_order && rows * n == out.len() {
-            // requantization and the chain cost a few nanoseconds per element: 64 K elements or more
-            let th = if rows * n >= 1 << 16 { threads } else { 1 };
             let err = crate::par::FirstError::default();
             crate::par::rows(&mut out, n, th, 1, |r0, part| {
                 for j in 0..part.len() / n {
@@ -1398,7 +1430,6 @@ fn conv2d_depthwise(
                 None => vec![0i32; plan.hp * s.window.stride[1] as usize * plan.span + s.x[3] + 1],
             };
             let mut rows16 = vec![0i16; pairs.as_ref().map_or(0, |q| q.len())];
-            let mut acc = vec![0i32; if shift != 0 { p } else { 0 }];
             for (j, dst) in part.chunks_mut(p).enumerate() {
                 let (b, oc) = ((q0 + j) / o_ch, (q0 + j) % o_ch);
                 let ci = oc / og;
@@ -1411,8 +1442,7 @@ fn conv2d_depthwise(
                 }
                 if shift != 0 {
                     // the plane's sums (bias included) requantized by the vector row loop
-                    acc.copy_from_slice(dst);
-                    if let Err(e) = requantize_row(dst, &acc, 0, shift) {
+                    if let Err(e) = requantize_in_place(dst, 0, shift) {
                         return err.set(e);
                     }
                 }
@@ -1839,6 +1869,50 @@ pub(crate) fn requantize_row<T: RowAcc>(
         }
     }
     Ok(())
+}
+
+/// [`requantize_row`] of `i32` sums in place.
+pub(crate) fn requantize_in_place(
+    row: &mut [i32],
+    bias: i128,
+    shift: i32,
+) -> Result<(), ExecError> {
+    match i64::try_from(bias) {
+        // |row[j]| < 2^31, so row[j] + bias cannot leave i64
+        Ok(bv) if bv.unsigned_abs() < 1 << 62 => {
+            if let Some(sh) = Shift::new(shift).filter(|_| shift < 62) {
+                let (lo, hi) = add_shift_in_place(row, bv + sh.half, sh.right, sh.left);
+                return check_row(lo, hi, sh.left);
+            }
+            for d in row.iter_mut() {
+                *d = requantize(*d as i64 + bv, shift)?;
+            }
+        }
+        _ => {
+            for d in row.iter_mut() {
+                *d = fit(rshift(*d as i128 + bias, shift))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `row[j] = ((row[j] + add) >> right) << left` (wrapping to `i32`); returns the least and greatest
+/// `(row[j] + add) >> right` (0 included), for one range check per row.
+#[inline(always)]
+fn add_shift_in_place_body(row: &mut [i32], add: i64, right: u32, left: u32) -> (i64, i64) {
+    let (mut lo, mut hi) = (0i64, 0i64);
+    for d in row.iter_mut() {
+        let v = (*d as i64 + add) >> right;
+        lo = lo.min(v);
+        hi = hi.max(v);
+        *d = (v as i32).wrapping_shl(left);
+    }
+    (lo, hi)
+}
+
+crate::multiversion! {
+    fn add_shift_in_place(row: &mut [i32], add: i64, right: u32, left: u32) -> (i64, i64) = add_shift_in_place_body
 }
 
 /// An accumulator type with its multiversioned row loop.

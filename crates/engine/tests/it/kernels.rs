@@ -347,10 +347,11 @@ proptest! {
 
     #[test]
     fn einsum_8bit_fast_equals_reference(
-        m in 1u32..20, k in 1u32..70, n in 1u32..40, batch in 1u32..3, const_b in any::<bool>(), const_a in any::<bool>(),
-        unsigned in any::<bool>(), spill in prop::bool::weighted(0.1), bias in any::<bool>(), seed in any::<u64>(),
+        m in 1u32..20, k in 1u32..70, n in prop_oneof![1u32..40, Just(16), Just(32), Just(48)], batch in 1u32..3, const_b in any::<bool>(), const_a in any::<bool>(),
+        unsigned in any::<bool>(), spill in prop::bool::weighted(0.1), bias in 0u8..3, seed in any::<u64>(),
         sa in 0i8..8, so in 0i8..10, wide in any::<bool>(),
     ) {
+        // bias: none, one per column (`[n]`), or one per row (`[m, 1]`, as a convolution's per channel)
         // a[z, i, k] · b[z, k, j] -> [z, i, j]; a constant operand is packed when the executor is built
         let mut gen = crate::gen(seed, i32::MAX);
         let (ash, bsh, osh) = (vec![batch, m, k], vec![batch, k, n], vec![batch, m, n]);
@@ -380,8 +381,10 @@ proptest! {
             (false, false) => 1,
         };
         let mut node_inputs = vec![ia, ib];
-        if bias {
-            consts.push(Const { shape: vec![n], scale: sa, data: gen(n as usize).into_iter().map(|v| v % 256).collect::<Vec<_>>().into() });
+        if bias > 0 {
+            let shape = if bias == 1 { vec![n] } else { vec![m, 1] };
+            let len = shape.iter().product::<u32>() as usize;
+            consts.push(Const { shape, scale: sa, data: gen(len).into_iter().map(|v| v % 256).collect::<Vec<_>>().into() });
             node_inputs.push(ni + consts.len() as u32 - 1);
         }
         let model = Model::one_node(
