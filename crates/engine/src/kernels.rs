@@ -1530,6 +1530,26 @@ impl PairPlan {
         bias: i32,
         dst: &mut [i32],
     ) {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `PairPlan::new` checked that the CPU has AVX-512 (F, BW); the loads stay inside
+        // `rows`, whose rows are wide enough for every block's loads (`PairPlan::new`), and the stores
+        // inside `dst`.
+        unsafe {
+            self.products(s, plane, rows, taps, bias, dst)
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512bw")]
+    unsafe fn products(
+        &self,
+        s: &ConvSpec<'_>,
+        plane: &[i32],
+        rows: &mut [i16],
+        taps: &[i32],
+        bias: i32,
+        dst: &mut [i32],
+    ) {
         let (h, wd) = (s.x[2], s.x[3]);
         let (pt, pl) = (s.window.pads[0] as usize, s.window.pads[1] as usize);
         for (r, row) in rows.chunks_exact_mut(self.width).enumerate() {
@@ -1547,25 +1567,6 @@ impl PairPlan {
                 }
             }
         }
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: `PairPlan::new` checked that the CPU has AVX-512 (F, BW); the loads stay inside
-        // `rows`, whose rows are wide enough for every block's loads (`PairPlan::new`), and the stores
-        // inside `dst`.
-        unsafe {
-            self.products(s, rows, taps, bias, dst)
-        }
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx512f,avx512bw")]
-    unsafe fn products(
-        &self,
-        s: &ConvSpec<'_>,
-        rows: &[i16],
-        taps: &[i32],
-        bias: i32,
-        dst: &mut [i32],
-    ) {
         use std::arch::x86_64::*;
         let (kh, kw) = (s.w[2], s.w[3]);
         let (oh, ow) = (s.out[2], s.out[3]);
@@ -1612,12 +1613,19 @@ impl PairPlan {
                     let first = _mm512_permutex2var_epi32(even, lo_idx, odd);
                     let second = _mm512_permutex2var_epi32(even, hi_idx, odd);
                     let n = (ow - j0).min(Self::BLOCK1);
-                    let tp = tail.as_mut_ptr();
+                    // a whole block straight into the output, the last one through `tail`
+                    let to = if n == Self::BLOCK1 {
+                        out[j0..j0 + n].as_mut_ptr()
+                    } else {
+                        tail.as_mut_ptr()
+                    };
                     unsafe {
-                        _mm512_storeu_si512(tp as *mut _, first);
-                        _mm512_storeu_si512(tp.add(16) as *mut _, second);
+                        _mm512_storeu_si512(to as *mut _, first);
+                        _mm512_storeu_si512(to.add(16) as *mut _, second);
                     }
-                    out[j0..j0 + n].copy_from_slice(&tail[..n]);
+                    if n < Self::BLOCK1 {
+                        out[j0..j0 + n].copy_from_slice(&tail[..n]);
+                    }
                 }
             } else {
                 for j0 in (0..ow).step_by(Self::BLOCK2) {
@@ -1630,8 +1638,13 @@ impl PairPlan {
                         }
                     }
                     let n = (ow - j0).min(Self::BLOCK2);
-                    unsafe { _mm512_storeu_si512(tail.as_mut_ptr() as *mut _, acc) };
-                    out[j0..j0 + n].copy_from_slice(&tail[..n]);
+                    if n == Self::BLOCK2 {
+                        let to = out[j0..j0 + n].as_mut_ptr();
+                        unsafe { _mm512_storeu_si512(to as *mut _, acc) };
+                    } else {
+                        unsafe { _mm512_storeu_si512(tail.as_mut_ptr() as *mut _, acc) };
+                        out[j0..j0 + n].copy_from_slice(&tail[..n]);
+                    }
                 }
             }
         }
