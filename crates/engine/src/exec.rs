@@ -867,8 +867,11 @@ impl<M: Borrow<Model> + Sync> Executor<M> {
             if let Some(last) = last_use {
                 for &v in &node.inputs {
                     if last[v as usize] == k && !(keep_inputs && (v as usize) < m.inputs.len()) {
-                        if let Some(x) = vals[v as usize].take() {
-                            crate::buffers::give(x);
+                        // a model input goes back to the allocator: the caller allocates the next
+                        // run's there, while the pool keeps what runs allocate themselves
+                        match vals[v as usize].take() {
+                            Some(x) if (v as usize) >= m.inputs.len() => crate::buffers::give(x),
+                            _ => {}
                         }
                     }
                 }
