@@ -2,7 +2,11 @@
 //! quantization. Its evaluator (exact `f64` loops, transcendental functions from the pure-Rust `libm`)
 //! drives calibration and is checked against tract to catch import mistakes.
 
+use std::borrow::Cow;
+use std::sync::Arc;
+
 use rayon::prelude::*;
+use tract_onnx::prelude::Tensor;
 use verity_engine::exec::{
     broadcast_strides, for_each_index, for_each_run, label_strides, strides, EinSpec,
 };
@@ -250,10 +254,172 @@ pub struct FConst {
     /// Shape.
     pub shape: Vec<u32>,
     /// Values.
-    pub data: Vec<f64>,
+    pub data: FData,
     /// Holds integers that must stay exact (indices).
     pub int: bool,
 }
+
+/// The `f32` elements of a tensor shared with the ONNX front end (held once, not copied).
+#[derive(Clone)]
+pub struct SharedF32(Arc<Tensor>);
+
+impl SharedF32 {
+    /// `t`'s elements, if they are `f32`.
+    pub fn new(t: Arc<Tensor>) -> Option<SharedF32> {
+        let plain = t
+            .as_plain_ram()
+            .is_some_and(|v| v.as_slice::<f32>().is_ok());
+        plain.then_some(SharedF32(t))
+    }
+
+    /// The elements.
+    pub fn slice(&self) -> &[f32] {
+        self.0
+            .as_plain_ram()
+            .and_then(|v| v.as_slice::<f32>().ok())
+            .unwrap_or(&[])
+    }
+}
+
+/// A constant's values: computed here (`f64`), or a weight tensor as the model file gives it (`f32`
+/// elements, each read exactly as the `f64` it equals, so every computation is the same as on an
+/// `f64` copy: a model's weights are held once, at their size in the file).
+#[derive(Clone)]
+pub enum FData {
+    /// Values computed by the importer (or converted from another element type).
+    F64(Vec<f64>),
+    /// The file's `f32` weights, shared with the front end.
+    F32(SharedF32),
+}
+
+impl std::fmt::Debug for FData {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FData::F64(v) => write!(f, "F64({} values)", v.len()),
+            FData::F32(v) => write!(f, "F32({} values)", v.slice().len()),
+        }
+    }
+}
+
+impl From<Vec<f64>> for FData {
+    fn from(v: Vec<f64>) -> FData {
+        FData::F64(v)
+    }
+}
+
+impl FData {
+    /// The values as a borrowed view.
+    pub fn view(&self) -> Data<'_> {
+        match self {
+            FData::F64(v) => Data::F64(v),
+            FData::F32(v) => Data::F32(v.slice()),
+        }
+    }
+
+    /// Number of values.
+    pub fn len(&self) -> usize {
+        self.view().len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Value `i`.
+    pub fn get(&self, i: usize) -> f64 {
+        self.view().get(i)
+    }
+
+    /// The first value.
+    pub fn first(&self) -> Option<f64> {
+        (!self.is_empty()).then(|| self.get(0))
+    }
+
+    /// The values in order.
+    pub fn iter(&self) -> impl Iterator<Item = f64> + '_ {
+        self.view().iter()
+    }
+
+    /// The values as `f64` (borrowed when they are).
+    pub fn to_f64(&self) -> Cow<'_, [f64]> {
+        self.view().to_f64()
+    }
+
+    /// The values as an owned `f64` vector.
+    pub fn into_f64(self) -> Vec<f64> {
+        match self {
+            FData::F64(v) => v,
+            FData::F32(v) => v.slice().iter().map(|&x| x as f64).collect(),
+        }
+    }
+}
+
+/// Values borrowed from a constant (either element type) or a computed tensor.
+#[derive(Clone, Copy)]
+pub enum Data<'a> {
+    /// `f64` values.
+    F64(&'a [f64]),
+    /// `f32` values (each read as the `f64` it equals).
+    F32(&'a [f32]),
+}
+
+impl<'a> Data<'a> {
+    /// Number of values.
+    pub fn len(self) -> usize {
+        match self {
+            Data::F64(v) => v.len(),
+            Data::F32(v) => v.len(),
+        }
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(self) -> bool {
+        self.len() == 0
+    }
+
+    /// Value `i`.
+    pub fn get(self, i: usize) -> f64 {
+        match self {
+            Data::F64(v) => v[i],
+            Data::F32(v) => v[i] as f64,
+        }
+    }
+
+    /// The values in order.
+    pub fn iter(self) -> impl Iterator<Item = f64> + 'a {
+        self.range(0..self.len())
+    }
+
+    /// Values `r` in order.
+    pub fn range(self, r: std::ops::Range<usize>) -> impl Iterator<Item = f64> + 'a {
+        let (a, b) = match self {
+            Data::F64(v) => (&v[r], &[][..]),
+            Data::F32(v) => (&[][..], &v[r]),
+        };
+        a.iter().copied().chain(b.iter().map(|&x| x as f64))
+    }
+
+    /// The values as `f64` (borrowed when they are).
+    pub fn to_f64(self) -> Cow<'a, [f64]> {
+        match self {
+            Data::F64(v) => Cow::Borrowed(v),
+            Data::F32(v) => Cow::Owned(v.iter().map(|&x| x as f64).collect()),
+        }
+    }
+}
+
+/// `$body` with `$s` bound to the slice behind a [`Data`] (`&[f64]` or `&[f32]`), for code generic
+/// over the element type.
+macro_rules! on_slice {
+    ($data:expr, |$s:ident| $body:expr) => {
+        match $data {
+            $crate::fgraph::Data::F64($s) => $body,
+            $crate::fgraph::Data::F32($s) => $body,
+        }
+    };
+}
+pub(crate) use on_slice;
 
 /// The values of one evaluation: inputs and node outputs owned (`None` once dropped), constants read
 /// from the graph.
@@ -262,16 +428,19 @@ struct Vals<'a> {
     own: Vec<Option<Vec<f64>>>,
 }
 
-impl std::ops::Index<usize> for Vals<'_> {
-    type Output = Vec<f64>;
-
-    fn index(&self, v: usize) -> &Vec<f64> {
-        static EMPTY: Vec<f64> = Vec::new();
-        let ni = self.g.inputs.len();
+impl Vals<'_> {
+    /// Value `v` (a constant's as it is held).
+    fn data(&self, v: u32) -> Data<'_> {
+        let (v, ni) = (v as usize, self.g.inputs.len());
         match v.checked_sub(ni).and_then(|c| self.g.consts.get(c)) {
-            Some(c) => &c.data,
-            None => self.own.get(v).and_then(Option::as_ref).unwrap_or(&EMPTY),
+            Some(c) => c.data.view(),
+            None => Data::F64(self.own.get(v).and_then(Option::as_deref).unwrap_or(&[])),
         }
+    }
+
+    /// Value `v` as `f64` (a copy only for a constant held as `f32`).
+    fn f64(&self, v: u32) -> Cow<'_, [f64]> {
+        self.data(v).to_f64()
     }
 }
 
@@ -377,13 +546,20 @@ impl FGraph {
         }
         self.outputs
             .iter()
-            .map(|(_, o)| vals[*o as usize].clone())
+            .map(|(_, o)| vals.f64(*o).into_owned())
             .collect()
     }
 
     fn eval_node(&self, n: &FNode, vals: &Vals<'_>) -> Vec<f64> {
         let sh = |v: u32| -> Vec<usize> { self.shape(v).iter().map(|&d| d as usize).collect() };
-        let x = &vals[n.inputs[0] as usize];
+        // the first operand as f64; a contraction or a gather reads it as it is held instead (a
+        // constant one may be large)
+        let x = match &n.op {
+            FOp::Canon(Op::EinSum { .. } | Op::Conv2d { .. } | Op::Gather { .. }) => {
+                Cow::Borrowed(&[][..])
+            }
+            _ => vals.f64(n.inputs[0]),
+        };
         let out_shape: Vec<usize> = n.shape.iter().map(|&d| d as usize).collect();
         let count = numel(&n.shape) as usize;
         match &n.op {
@@ -427,7 +603,7 @@ impl FGraph {
                     let sizes = spec.label_sizes();
                     let summed = spec.summed();
                     let sum_shape: Vec<usize> = summed.iter().map(|&l| sizes[l as usize]).collect();
-                    let (av, bv) = (x, &vals[n.inputs[1] as usize]);
+                    let (av, bv) = (vals.data(n.inputs[0]), vals.data(n.inputs[1]));
                     let a_sum = label_strides(a, &sa, &summed);
                     let b_sum = label_strides(b, &sb, &summed);
                     let sum_st = [a_sum, b_sum];
@@ -435,7 +611,7 @@ impl FGraph {
                     let bias = n
                         .inputs
                         .get(2)
-                        .map(|&v| (&vals[v as usize], broadcast_strides(&out_shape, &sh(v))));
+                        .map(|&v| (vals.f64(v), broadcast_strides(&out_shape, &sh(v))));
                     let mut ins = vec![label_strides(a, &sa, out), label_strides(b, &sb, out)];
                     if let Some((_, bst)) = &bias {
                         ins.push(bst.clone());
@@ -475,12 +651,22 @@ impl FGraph {
                                 for (r, o) in group.iter().enumerate() {
                                     let row = &mut block[r * len + j0..r * len + j0 + nj];
                                     let (pa, pb) = (o[0] + ka + j0 * ja, o[1] + kb + j0 * jb);
-                                    match (ja, jb) {
-                                        (0, 1) => axpy_f64(row, &bv[pb..pb + nj], av[pa]),
-                                        (1, 0) => axpy_f64(row, &av[pa..pa + nj], bv[pb]),
+                                    match (ja, jb, av, bv) {
+                                        (0, 1, _, Data::F64(b)) => {
+                                            axpy_f64(row, &b[pb..pb + nj], av.get(pa))
+                                        }
+                                        (0, 1, _, Data::F32(b)) => {
+                                            axpy_f32(row, &b[pb..pb + nj], av.get(pa))
+                                        }
+                                        (1, 0, Data::F64(a), _) => {
+                                            axpy_f64(row, &a[pa..pa + nj], bv.get(pb))
+                                        }
+                                        (1, 0, Data::F32(a), _) => {
+                                            axpy_f32(row, &a[pa..pa + nj], bv.get(pb))
+                                        }
                                         _ => {
                                             for (j, r) in row.iter_mut().enumerate() {
-                                                *r += av[pa + j * ja] * bv[pb + j * jb];
+                                                *r += av.get(pa + j * ja) * bv.get(pb + j * jb);
                                             }
                                         }
                                     }
@@ -505,12 +691,16 @@ impl FGraph {
                 }
                 Op::Conv2d { window, groups } => {
                     let (xs, ws) = (sh(n.inputs[0]), sh(n.inputs[1]));
-                    let w = &vals[n.inputs[1] as usize];
-                    let bias = n.inputs.get(2).map(|&v| &vals[v as usize]);
-                    conv_f64(x, &xs, w, &ws, bias, window, *groups as usize, &out_shape)
+                    let x = vals.f64(n.inputs[0]);
+                    let bias = n.inputs.get(2).map(|&v| vals.f64(v));
+                    let bias = bias.as_deref();
+                    let (win, g) = (window, *groups as usize);
+                    on_slice!(vals.data(n.inputs[1]), |w| {
+                        conv_f64(&x, &xs, w, &ws, bias, win, g, &out_shape)
+                    })
                 }
                 Op::Add | Op::Sub | Op::Mul | Op::Div | Op::Max | Op::Min => {
-                    let y = &vals[n.inputs[1] as usize];
+                    let y = vals.f64(n.inputs[1]);
                     let st = [
                         broadcast_strides(&out_shape, &sh(n.inputs[0])),
                         broadcast_strides(&out_shape, &sh(n.inputs[1])),
@@ -554,7 +744,7 @@ impl FGraph {
                 Op::Sqrt => x.iter().map(|&v| libm::sqrt(v)).collect(),
                 Op::Rsqrt => x.iter().map(|&v| 1.0 / libm::sqrt(v)).collect(),
                 Op::Recip => x.iter().map(|&v| 1.0 / v).collect(),
-                Op::Rescale | Op::Reshape => x.clone(),
+                Op::Rescale | Op::Reshape => x.into_owned(),
                 Op::Reduce { kind, axes } => {
                     let s = sh(n.inputs[0]);
                     let ost = strides(&out_shape);
@@ -581,12 +771,14 @@ impl FGraph {
                     }
                     acc
                 }
-                Op::MaxPool2d { window } => pool_f64(x, &sh(n.inputs[0]), window, &out_shape, None),
+                Op::MaxPool2d { window } => {
+                    pool_f64(&x, &sh(n.inputs[0]), window, &out_shape, None)
+                }
                 Op::AvgPool2d {
                     window,
                     count_include_pad,
                 } => pool_f64(
-                    x,
+                    &x,
                     &sh(n.inputs[0]),
                     window,
                     &out_shape,
@@ -607,7 +799,7 @@ impl FGraph {
                     for o in 0..outer {
                         for &v in &n.inputs {
                             let len = self.shape(v)[ax] as usize * inner;
-                            res.extend_from_slice(&vals[v as usize][o * len..(o + 1) * len]);
+                            res.extend(vals.data(v).range(o * len..(o + 1) * len));
                         }
                     }
                     res
@@ -628,14 +820,15 @@ impl FGraph {
                     let ax = *axis as usize;
                     let outer: usize = s[..ax].iter().product();
                     let inner: usize = s[ax + 1..].iter().product();
-                    let idx = &vals[n.inputs[1] as usize];
+                    let idx = vals.f64(n.inputs[1]);
+                    let x = vals.data(n.inputs[0]);
                     let mut res = Vec::with_capacity(count);
                     for o in 0..outer {
-                        for &i in idx {
+                        for &i in idx.iter() {
                             let j = if i < 0.0 { i + s[ax] as f64 } else { i };
                             let j = (j.max(0.0) as usize).min(s[ax].saturating_sub(1));
                             let at = (o * s[ax] + j) * inner;
-                            res.extend_from_slice(&x[at..at + inner]);
+                            res.extend(x.range(at..at + inner));
                         }
                     }
                     res
@@ -668,12 +861,12 @@ const TILE_O: usize = 4;
 const TILE_P: usize = 16;
 
 #[allow(clippy::too_many_arguments)]
-fn conv_f64(
+fn conv_f64<W: Weight>(
     x: &[f64],
     xs: &[usize],
-    w: &[f64],
+    w: &[W],
     ws: &[usize],
-    bias: Option<&Vec<f64>>,
+    bias: Option<&[f64]>,
     win: &Window,
     groups: usize,
     out: &[usize],
@@ -710,7 +903,7 @@ fn conv_f64(
                         for (i, v) in bv.iter_mut().enumerate().take(mo) {
                             *v = bias.map_or(0.0, |bd| bd[o0 + i]);
                         }
-                        conv_tile(cols, pc, &w[o0 * k..(o0 + mo) * k], k, bv, planes, (p, p0));
+                        W::tile(cols, pc, &w[o0 * k..(o0 + mo) * k], k, bv, planes, (p, p0));
                     });
             }
         }
@@ -755,15 +948,75 @@ verity_engine::multiversion! {
     fn conv_tile(cols: &[f64], pc: usize, w: &[f64], k: usize, bias: [f64; TILE_O], planes: &mut [f64], at: (usize, usize)) -> () = conv_tile_body
 }
 
+verity_engine::multiversion! {
+    fn conv_tile_f32(cols: &[f64], pc: usize, w: &[f32], k: usize, bias: [f64; TILE_O], planes: &mut [f64], at: (usize, usize)) -> () = conv_tile_body
+}
+
+/// A weight element type of the float convolution: `f64`, or the file's `f32` (each read as the `f64`
+/// it equals, so both give the same sums).
+trait Weight: Copy + Into<f64> + Send + Sync {
+    /// [`conv_tile`] on weights of this type.
+    fn tile(
+        cols: &[f64],
+        pc: usize,
+        w: &[Self],
+        k: usize,
+        bias: [f64; TILE_O],
+        planes: &mut [f64],
+        at: (usize, usize),
+    );
+}
+
+impl Weight for f64 {
+    fn tile(
+        cols: &[f64],
+        pc: usize,
+        w: &[f64],
+        k: usize,
+        bias: [f64; TILE_O],
+        planes: &mut [f64],
+        at: (usize, usize),
+    ) {
+        conv_tile(cols, pc, w, k, bias, planes, at)
+    }
+}
+
+impl Weight for f32 {
+    fn tile(
+        cols: &[f64],
+        pc: usize,
+        w: &[f32],
+        k: usize,
+        bias: [f64; TILE_O],
+        planes: &mut [f64],
+        at: (usize, usize),
+    ) {
+        conv_tile_f32(cols, pc, w, k, bias, planes, at)
+    }
+}
+
+/// `dst[j] += src[j] · s` on `f32` elements read as `f64` (the same two roundings as
+/// [`axpy_f64`] on the equal `f64` values).
+#[inline(always)]
+fn axpy_f32_body(dst: &mut [f64], src: &[f32], s: f64) {
+    for (d, &v) in dst.iter_mut().zip(src) {
+        *d += v as f64 * s;
+    }
+}
+
+verity_engine::multiversion! {
+    fn axpy_f32(dst: &mut [f64], src: &[f32], s: f64) -> () = axpy_f32_body
+}
+
 /// Output channels `0..w.len() / k` (at most [`TILE_O`]; their weight rows `w`, biases `bias`) at
 /// pixels `p0..p0 + pc` (`planes`: those channels' output planes of `p` pixels, `at = (p, p0)`): each element is its
 /// bias plus its products in row order of `cols` (the patches, `[k × pc]`), one `f64` multiply and
 /// one add each (no fused multiply-add: the same roundings on every machine).
 #[inline(always)]
-fn conv_tile_body(
+fn conv_tile_body<W: Copy + Into<f64>>(
     cols: &[f64],
     pc: usize,
-    w: &[f64],
+    w: &[W],
     k: usize,
     bias: [f64; TILE_O],
     planes: &mut [f64],
@@ -783,7 +1036,7 @@ fn conv_tile_body(
                     .try_into()
                     .expect("a full tile");
                 for (i, a) in acc.iter_mut().enumerate() {
-                    let wv = w[i * k + kk];
+                    let wv: f64 = w[i * k + kk].into();
                     for (d, &v) in a.iter_mut().zip(xr) {
                         *d += v * wv;
                     }
@@ -793,7 +1046,7 @@ fn conv_tile_body(
             for kk in 0..k {
                 let xr = &cols[kk * pc + j0..kk * pc + j0 + nj];
                 for (i, a) in acc.iter_mut().enumerate().take(mo) {
-                    let wv = w[i * k + kk];
+                    let wv: f64 = w[i * k + kk].into();
                     for (d, &v) in a.iter_mut().zip(xr) {
                         *d += v * wv;
                     }
@@ -942,6 +1195,118 @@ mod tests {
             for (a, b) in got.iter().zip(&want) {
                 assert_eq!(a.to_bits(), b.to_bits());
             }
+        }
+    }
+
+    /// Weights held as the file's `f32` (shared with the front end) give the same `f64` results, bit for
+    /// bit, as the same values held as `f64`: in a convolution, in both orientations of a matrix
+    /// product, in a gather from a table and in a concatenation.
+    #[test]
+    fn f32_weights_evaluate_as_their_f64_values() {
+        let mut state = 11u64;
+        let mut next = move || {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((state >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 3.0
+        };
+        let mut vals = |n: usize| (0..n).map(|_| next()).collect::<Vec<f32>>();
+        let win = Window {
+            kernel: [3, 3],
+            stride: [1, 1],
+            dilation: [1, 1],
+            pads: [1, 1, 1, 1],
+        };
+        let node = |name: &str, op: Op, inputs: Vec<u32>, shape: Vec<u32>| FNode {
+            name: name.into(),
+            origin: String::new(),
+            op: FOp::Canon(op),
+            inputs,
+            shape,
+        };
+        // values: 0 x, 1 conv weights, 2 matrix, 3 table, 4 indices, then the nodes
+        let weights: [(Vec<u32>, Vec<f32>); 3] = [
+            (vec![3, 2, 3, 3], vals(54)),
+            (vec![3, 4], vals(12)),
+            (vec![6, 5], vals(30)),
+        ];
+        let graph = |shared: bool| {
+            let mut consts: Vec<FConst> = weights
+                .iter()
+                .map(|(shape, v)| FConst {
+                    shape: shape.clone(),
+                    data: if shared {
+                        let dims: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
+                        let t = Tensor::from_shape(&dims, v).expect("shape fits");
+                        FData::F32(SharedF32::new(Arc::new(t)).expect("f32"))
+                    } else {
+                        FData::F64(v.iter().map(|&x| x as f64).collect())
+                    },
+                    int: false,
+                })
+                .collect();
+            consts.push(FConst {
+                shape: vec![4],
+                data: FData::F64(vec![5.0, 0.0, 2.0, 5.0]),
+                int: true,
+            });
+            let ein = |a: &[u8], b: &[u8], out: &[u8]| Op::EinSum {
+                a: a.to_vec(),
+                b: b.to_vec(),
+                out: out.to_vec(),
+            };
+            FGraph {
+                inputs: vec![FInput {
+                    name: "x".into(),
+                    shape: vec![1, 2, 5, 5],
+                    kind: InputKind::Fixed,
+                }],
+                consts,
+                nodes: vec![
+                    // 5: conv [1, 3, 5, 5]
+                    node(
+                        "conv",
+                        Op::Conv2d {
+                            window: win,
+                            groups: 1,
+                        },
+                        vec![0, 1],
+                        vec![1, 3, 5, 5],
+                    ),
+                    // 6: the matrix as the row operand (the output's last axis from the activations)
+                    node(
+                        "ab",
+                        ein(&[0, 1, 2, 3], &[1, 4], &[0, 4, 2, 3]),
+                        vec![5, 2],
+                        vec![1, 4, 5, 5],
+                    ),
+                    // 7: the matrix as the column operand (the output's last axis from the weights)
+                    node(
+                        "ba",
+                        ein(&[0, 1, 2, 3], &[1, 4], &[0, 2, 3, 4]),
+                        vec![5, 2],
+                        vec![1, 5, 5, 4],
+                    ),
+                    // 8: rows of the table
+                    node("gather", Op::Gather { axis: 0 }, vec![3, 4], vec![4, 5]),
+                    // 9: the table after the gathered rows
+                    node("concat", Op::Concat { axis: 0 }, vec![8, 3], vec![10, 5]),
+                ],
+                outputs: vec![("ab".into(), 6), ("ba".into(), 7), ("concat".into(), 9)],
+            }
+        };
+        let x: Vec<f64> = vals(50).into_iter().map(|v| v as f64).collect();
+        let (a, b) = (graph(true), graph(false));
+        assert!(matches!(a.consts[1].data, FData::F32(_)));
+        let (ya, yb) = (
+            a.eval_visit(std::slice::from_ref(&x), |_, _| {}),
+            b.eval_visit(&[x], |_, _| {}),
+        );
+        assert_eq!(ya.len(), 3);
+        for (p, q) in ya.iter().zip(&yb) {
+            assert!(!p.is_empty() && p.iter().any(|&v| v != 0.0));
+            let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(p), bits(q));
         }
     }
 }

@@ -11,7 +11,7 @@ use tract_onnx::tract_core::ops::nn::{DataFormat, Reduce, Reducer, RmsNorm, Soft
 use tract_onnx::tract_hir::infer::Factoid;
 use verity_engine::ir::{broadcast_shapes, InputKind, Op, ReduceKind, Window};
 
-use crate::fgraph::{FConst, FGraph, FInput, FNode, FOp, Func, IntRule, Step};
+use crate::fgraph::{FConst, FData, FGraph, FInput, FNode, FOp, Func, IntRule, SharedF32, Step};
 use crate::CompileError;
 
 mod families;
@@ -61,7 +61,8 @@ fn tensor_f64(t: &Tensor) -> TractResult<Vec<f64>> {
 }
 
 impl<'a> Builder<'a> {
-    fn konst(&mut self, shape: Vec<u32>, data: Vec<f64>, int: bool) -> Ref {
+    fn konst(&mut self, shape: Vec<u32>, data: impl Into<FData>, int: bool) -> Ref {
+        let data = data.into();
         self.consts.push(FConst { shape, data, int });
         Ref::C(self.consts.len() - 1)
     }
@@ -140,7 +141,7 @@ impl<'a> Builder<'a> {
                 let data = g.eval_visit(&[], |_, _| {}).pop()?;
                 Some(FConst {
                     shape: node.shape.clone(),
-                    data,
+                    data: data.into(),
                     int,
                 })
             }
@@ -163,10 +164,20 @@ impl<'a> Builder<'a> {
             ));
         };
         let shape: Vec<u32> = k.shape().iter().map(|&d| d as u32).collect();
+        let int = k.datum_type().is_integer() || k.datum_type() == DatumType::Bool;
+        // an f32 tensor is shared with tract (the model's weights are held once) unless it holds
+        // attention-mask fills to clamp
+        if let Some(shared) = SharedF32::new(k.clone()) {
+            let fill = |v: &f32| !v.is_nan() && v.abs() as f64 >= families::MASK_MAGNITUDE;
+            if !shared.slice().iter().any(fill) {
+                let r = self.konst(shape, FData::F32(shared), false);
+                self.map.insert(outlet, r);
+                return Ok(r);
+            }
+        }
         let mut data = tensor_f64(&k).map_err(|e| {
             unsupported(user, format!("constant of type {:?}: {e}", k.datum_type()))
         })?;
-        let int = k.datum_type().is_integer() || k.datum_type() == DatumType::Bool;
         let fills = !int && families::clamp_mask_fills(&mut data);
         let r = self.konst(shape, data, int);
         if fills {
@@ -258,9 +269,9 @@ impl<'a> Builder<'a> {
             let mut added = None;
             if let Some(&b) = ins.get(2) {
                 match self.fold(b) {
-                    Some(c) if c.data.iter().all(|&v| v == 0.0) => {}
+                    Some(c) if c.data.iter().all(|v| v == 0.0) => {}
                     Some(c) if c.data.len() == 1 => {
-                        extra.push(self.konst(vec![o], vec![c.data[0]; o as usize], false))
+                        extra.push(self.konst(vec![o], vec![c.data.get(0); o as usize], false))
                     }
                     Some(c)
                         if c.data.len() == o as usize
@@ -670,8 +681,8 @@ impl<'a> Builder<'a> {
         let origin = node.op.name().to_string();
         let scalar = |b: &Builder<'_>, r: Ref| -> Option<f64> {
             let c = b.const_data(r)?;
-            let first = *c.data.first()?;
-            c.data.iter().all(|&v| v == first).then_some(first)
+            let first = c.data.first()?;
+            c.data.iter().all(|v| v == first).then_some(first)
         };
         let (x, y) = (ins[0], ins[1]);
         Ok(match mini {
@@ -704,11 +715,11 @@ impl<'a> Builder<'a> {
             },
             "Div" => match self
                 .const_data(y)
-                .map(|c| (c.shape.clone(), c.data.clone()))
+                .map(|c| (c.shape.clone(), c.data.to_f64().into_owned()))
             {
                 // division by a constant is multiplication by its reciprocal
                 Some((s, d)) if d.iter().all(|&v| v != 0.0) => {
-                    let r = self.konst(s, d.iter().map(|v| 1.0 / v).collect(), false);
+                    let r = self.konst(s, d.iter().map(|v| 1.0 / v).collect::<Vec<_>>(), false);
                     self.push(name, &origin, FOp::Canon(Op::Mul), vec![x, r], out_shape)
                 }
                 _ => self.push(name, &origin, FOp::Canon(Op::Div), ins, out_shape),

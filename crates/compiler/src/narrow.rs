@@ -31,10 +31,11 @@
 
 use std::collections::BTreeMap;
 
+use verity_engine::elements::Elements;
 use verity_engine::exec::{broadcast_strides, for_each_index};
 use verity_engine::ir::{Const, Model, Node, Op, Output, ReduceKind, ValueId};
 
-use crate::fgraph::{FConst, FGraph};
+use crate::fgraph::{on_slice, FConst, FGraph};
 use crate::quantize::{ceil_log2, Stats};
 
 /// Bits of a per-channel multiplier: 2^-24 relative precision for a weight scale, and an accumulator
@@ -53,6 +54,9 @@ enum R {
 
 struct Builder<'a> {
     old: &'a Model,
+    /// The float graph and, per old value, its float value: the source of the old model's deferred
+    /// constants (see [`crate::quantize::quantize`]).
+    float: (&'a FGraph, &'a [Option<usize>]),
     consts: Vec<Const>,
     nodes: Vec<(Node, Vec<R>)>,
     /// Old value id → new value.
@@ -67,11 +71,19 @@ impl Builder<'_> {
             return r;
         }
         // only constants are mapped lazily (so unused ones are dropped)
-        let c = self
+        let mut c = self
             .old
             .const_of(v)
             .cloned()
             .expect("inputs and nodes are mapped before use");
+        if c.data.len() as u64 != verity_engine::ir::numel(&c.shape) {
+            // deferred: quantized from its float value now (checked when it was deferred)
+            let (g, float_of) = self.float;
+            let f = float_of[v as usize].and_then(|f| g.const_of(f as u32));
+            let f = f.expect("a deferred constant has a float value");
+            let q = crate::quantize::quantize_slice(f.data.iter(), c.scale, "constant");
+            c.data = q.expect("checked when deferred").into();
+        }
         let r = self.push_const(c);
         self.map[v as usize] = Some(r);
         r
@@ -156,6 +168,7 @@ pub fn narrow(
 ) -> Model {
     let mut b = Builder {
         old: model,
+        float: (g, float_of),
         consts: Vec::new(),
         nodes: Vec::new(),
         map: vec![None; model.value_count()],
@@ -560,39 +573,46 @@ fn channels(ws: &[usize], chan: Option<(usize, usize)>) -> (usize, usize) {
 
 /// Each weight group's need: its largest magnitude over `qmax` (`group_of` maps an element's index to
 /// one of `n` groups).
-fn group_need(data: &[f64], n: usize, group_of: impl Fn(usize) -> usize, qmax: f64) -> Vec<f64> {
+fn group_need<T: Copy + Into<f64>>(
+    data: &[T],
+    n: usize,
+    group_of: impl Fn(usize) -> usize,
+    qmax: f64,
+) -> Vec<f64> {
     let mut amax = vec![0f64; n];
     for (i, &v) in data.iter().enumerate() {
         let g = group_of(i);
-        amax[g] = amax[g].max(v.abs());
+        amax[g] = amax[g].max(v.into().abs());
     }
     amax.into_iter().map(|a| a / qmax).collect()
 }
 
 /// The weights quantized by their group's multiplier (`mult` at scale `s_m`):
-/// `q = clamp(⌊w / (m_g · 2^−s_m) + ½⌋, −qmax, qmax)`; and per channel (`per` groups each, in order)
-/// the real magnitude `Σ|q| · m_g · 2^−s_m` the quantized weights add up to.
-fn quantize_groups(
-    data: &[f64],
+/// `q = clamp(⌊w / (m_g · 2^−s_m) + ½⌋, −qmax, qmax)`, held at their width (bytes when `qmax` ≤ 127,
+/// never a wider copy first); and per channel (`per` groups each, in order) the real magnitude
+/// `Σ|q| · m_g · 2^−s_m` the quantized weights add up to.
+fn quantize_groups<T: Copy + Into<f64>>(
+    data: &[T],
     mult: &[i32],
     s_m: i32,
     group_of: impl Fn(usize) -> usize,
     per: usize,
     qmax: f64,
-) -> (Vec<i32>, Vec<f64>) {
+) -> (Elements, Vec<f64>) {
     let smf = libm::ldexp(1.0, s_m);
     let mut l1 = vec![0f64; mult.len() / per];
-    let q = data
-        .iter()
-        .enumerate()
-        .map(|(i, &v)| {
-            let g = group_of(i);
-            let sc = mult[g] as f64 / smf;
-            let q = round(v / sc).clamp(-qmax, qmax);
-            l1[g / per] += q.abs() * sc;
-            q as i32
-        })
-        .collect();
+    let mut q = data.iter().enumerate().map(|(i, &v)| {
+        let g = group_of(i);
+        let sc = mult[g] as f64 / smf;
+        let q = round(v.into() / sc).clamp(-qmax, qmax);
+        l1[g / per] += q.abs() * sc;
+        q
+    });
+    let q = if qmax <= i8::MAX as f64 {
+        Elements::from(q.by_ref().map(|q| q as i8).collect::<Vec<i8>>())
+    } else {
+        Elements::from(q.by_ref().map(|q| q as i32).collect::<Vec<i32>>())
+    };
     (q, l1)
 }
 
@@ -643,7 +663,7 @@ fn per_channel(
     let ws: Vec<usize> = wf.shape.iter().map(|&d| d as usize).collect();
     let (chans, inner) = channels(&ws, chan);
     let chan_of = |i: usize| (i / inner) % chans;
-    let mut need = group_need(&wf.data, chans, chan_of, qmax);
+    let mut need = on_slice!(wf.data.view(), |d| group_need(d, chans, chan_of, qmax));
     // the bias, in accumulator units, must fit i32: a channel's scale is raised if its bias needs it
     let out_rank = node.shape.len();
     let m_shape = mult_shape(chans, chan, out_rank, &[]);
@@ -665,13 +685,15 @@ fn per_channel(
         let st_b = broadcast_strides(&bs, &us(&bc.shape));
         let st_m = broadcast_strides(&bs, &ms);
         for_each_index(&bs, &[st_b, st_m], |_, offs| {
-            let (v, c) = (bc.data[offs[0]].abs(), offs[1]);
+            let (v, c) = (bc.data.get(offs[0]).abs(), offs[1]);
             need[c] = need[c].max(v * s8f / libm::ldexp(1.0, 30));
         });
     }
     let (mult, s_m) = multipliers(&need, MULT_BITS)?;
     let smf = libm::ldexp(1.0, s_m);
-    let (q, _) = quantize_groups(&wf.data, &mult, s_m, chan_of, 1, qmax);
+    let (q, _) = on_slice!(wf.data.view(), |d| quantize_groups(
+        d, &mult, s_m, chan_of, 1, qmax
+    ));
     let bias_c = match &bias_plan {
         Some((bc, bshape)) => {
             let (bs, ms) = (us(bshape), us(&m_index));
@@ -681,7 +703,7 @@ fn per_channel(
             let mut ok = true;
             for_each_index(&bs, &[st_b, st_m], |flat, offs| {
                 let acc_unit = mult[offs[1]] as f64 / smf / s8f;
-                let v = round(bc.data[offs[0]] / acc_unit);
+                let v = round(bc.data.get(offs[0]) / acc_unit);
                 ok &= v.abs() < 2147483647.0;
                 data[flat] = v as i32;
             });
@@ -715,7 +737,7 @@ fn per_channel(
         Const {
             shape: wf.shape.clone(),
             scale: 0,
-            data: q.into(),
+            data: q,
         },
         Const {
             shape: m_shape,
@@ -749,7 +771,7 @@ fn finish(
     let bias_c = match bias {
         Some(bc) => {
             let f = libm::ldexp(1.0, s_y);
-            let data: Vec<f64> = bc.data.iter().map(|&v| round(v * f)).collect();
+            let data: Vec<f64> = bc.data.iter().map(|v| round(v * f)).collect();
             if data.iter().any(|v| v.abs() >= 2147483647.0) {
                 return None;
             }
@@ -830,9 +852,11 @@ fn dynamic_per_channel(
     let ws: Vec<usize> = wf.shape.iter().map(|&d| d as usize).collect();
     let (chans, inner) = channels(&ws, chan);
     let chan_of = |i: usize| (i / inner) % chans;
-    let need = group_need(&wf.data, chans, chan_of, qmax);
+    let need = on_slice!(wf.data.view(), |d| group_need(d, chans, chan_of, qmax));
     let (mult, s_m) = multipliers(&need, MULT_BITS)?;
-    let (q, l1) = quantize_groups(&wf.data, &mult, s_m, chan_of, 1, qmax);
+    let (q, l1) = on_slice!(wf.data.view(), |d| quantize_groups(
+        d, &mult, s_m, chan_of, 1, qmax
+    ));
     let xmax = (-xq.lo).max(xq.hi) as f64;
     let s_acc = xq.scale as i32 - acc_shift(terms * xmax * qmax);
     let s_u = bound_scale(l1.iter().fold(0f64, |m, &v| m.max(v)));
@@ -848,7 +872,7 @@ fn dynamic_per_channel(
         Const {
             shape: wf.shape.clone(),
             scale: 0,
-            data: q.into(),
+            data: q,
         },
         Const {
             shape: mult_shape(chans, chan, node.shape.len(), &[]),
@@ -899,10 +923,17 @@ fn blocked(
     let kinner: usize = ws[k + 1..].iter().product();
     let (chans, inner) = channels(&ws, chan);
     let group_of = |i: usize| ((i / inner) % chans) * groups + ((i / kinner) % kk) / BLOCK;
-    let need = group_need(&wf.data, chans * groups, group_of, qmax);
+    let need = on_slice!(wf.data.view(), |d| group_need(
+        d,
+        chans * groups,
+        group_of,
+        qmax
+    ));
     let (mult, s_m) = multipliers(&need, MULT_BITS)?;
     let smf = libm::ldexp(1.0, s_m);
-    let (q, l1) = quantize_groups(&wf.data, &mult, s_m, group_of, groups, qmax);
+    let (q, l1) = on_slice!(wf.data.view(), |d| quantize_groups(
+        d, &mult, s_m, group_of, groups, qmax
+    ));
     // the operands' labels with the reduced label `kl` split into (block `gl`, `kl`)
     let (wl, xl) = if wi == 1 { (bl, a) } else { (a, bl) };
     let kl = wl[k];
@@ -969,7 +1000,7 @@ fn blocked(
         Const {
             shape: split_shape(&wf.shape, k),
             scale: 0,
-            data: q.into(),
+            data: q,
         },
         Const {
             shape: mult_shape(chans, chan, node.shape.len(), &[groups as u32]),

@@ -3,10 +3,11 @@
 //! ranges come from the `f64` evaluator, exponents are found with exact power-of-two arithmetic, and
 //! tables are filled with `libm`.
 
+use verity_engine::elements::Elements;
 use verity_engine::io::quantize_value;
 use verity_engine::ir::{Const, Input, InputKind, Model, Node, Op, Output};
 
-use crate::fgraph::{FGraph, FOp, Func};
+use crate::fgraph::{FConst, FGraph, FOp, Func};
 use crate::CompileError;
 
 /// Calibrated activations may use up to this many bits of magnitude (|q| < 2^23), leaving 8 bits of the
@@ -150,24 +151,24 @@ pub fn calibrate(g: &FGraph, samples: &[Vec<Vec<f64>>]) -> Result<Vec<Stats>, Co
         };
         n
     ];
-    let widen = |st: &mut Stats, v: &[f64]| {
-        for &x in v {
+    fn widen(st: &mut Stats, v: impl Iterator<Item = f64>) {
+        for x in v {
             if x.is_finite() {
                 st.min = st.min.min(x);
                 st.max = st.max.max(x);
             }
         }
-    };
+    }
     // constants do not depend on the samples: once
     let (ni, nc) = (g.inputs.len(), g.consts.len());
     for (st, c) in stats[ni..ni + nc].iter_mut().zip(&g.consts) {
-        widen(st, &c.data);
+        widen(st, c.data.iter());
     }
     for s in samples {
         // a non-finite node output on calibration data is an error worth reporting (the first node)
         let mut bad = None;
         g.eval_visit(s, |v, data| {
-            widen(&mut stats[v], data);
+            widen(&mut stats[v], data.iter().copied());
             if bad.is_none() && v >= ni + nc && data.iter().any(|x| !x.is_finite()) {
                 bad = Some(v - ni - nc);
             }
@@ -200,12 +201,32 @@ fn scale_for(m: f64, bits: i32, max_scale: i8) -> i8 {
     (bits - ceil_log2(m)).clamp(-30, max_scale as i32) as i8
 }
 
-fn quantize_slice(data: &[f64], scale: i8, what: &str) -> Result<Vec<i32>, CompileError> {
-    data.iter()
-        .map(|&x| {
-            quantize_value(x, scale).map_err(|e| CompileError::Calibration(format!("{what}: {e}")))
-        })
-        .collect()
+/// Real constants of at least this many elements are quantized only when read (see [`quantize`]).
+const DEFER_ELEMENTS: usize = 1 << 12;
+
+/// [`quantize_slice`]'s errors, without keeping the values.
+fn check_slice(
+    mut data: impl Iterator<Item = f64>,
+    scale: i8,
+    what: &str,
+) -> Result<(), CompileError> {
+    data.try_for_each(|x| {
+        quantize_value(x, scale)
+            .map(|_| ())
+            .map_err(|e| CompileError::Calibration(format!("{what}: {e}")))
+    })
+}
+
+/// `data` at `scale`, each value rounded half up (an error names `what`).
+pub(crate) fn quantize_slice(
+    data: impl Iterator<Item = f64>,
+    scale: i8,
+    what: &str,
+) -> Result<Vec<i32>, CompileError> {
+    data.map(|x| {
+        quantize_value(x, scale).map_err(|e| CompileError::Calibration(format!("{what}: {e}")))
+    })
+    .collect()
 }
 
 fn clamp_bound(x: f64, scale: i8) -> i32 {
@@ -315,6 +336,12 @@ pub fn quantize(
             }
         }
     }
+    // at a narrow precision the weights of the contractions are quantized again from their float
+    // values, so large real constants are only checked here and quantized when the narrow lowering
+    // reads them as they are (`narrow::Builder::value`): no 32-bit copy of every weight
+    let deferred = |c: &FConst| {
+        matches!(precision, Precision::Narrow { .. }) && !c.int && c.data.len() >= DEFER_ELEMENTS
+    };
     let mut consts: Vec<Const> = Vec::with_capacity(nc);
     for (i, c) in g.consts.iter().enumerate() {
         let s = scales[ni + i];
@@ -323,10 +350,16 @@ pub fn quantize(
                 "an integer constant holds a fraction".into(),
             ));
         }
+        let data = if deferred(c) {
+            check_slice(c.data.iter(), s, "constant")?;
+            Elements::from(Vec::<i32>::new())
+        } else {
+            quantize_slice(c.data.iter(), s, "constant")?.into()
+        };
         consts.push(Const {
             shape: c.shape.clone(),
             scale: s,
-            data: quantize_slice(&c.data, s, "constant")?.into(),
+            data,
         });
     }
     // Pass 2: build the canonical nodes. Tables become constants after the graph's own constants.
@@ -557,5 +590,103 @@ fn lower_node(
                 Some(t),
             )
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fgraph::{FData, FInput, FNode};
+    use verity_engine::ir::Window;
+
+    /// At a narrow precision a large real constant is quantized only when the narrow lowering keeps it:
+    /// a convolution's weights become its 8-bit ones (no 32-bit copy is kept), and a large constant an
+    /// `Add` reads is quantized as at 32 bits, to the same integers; the model runs.
+    #[test]
+    fn deferred_constants_are_quantized_where_they_are_kept() {
+        let n = 64 * 8 * 8;
+        let wave = |k: usize, f: f64| (0..k).map(|i| ((i as f64) * f).sin()).collect::<Vec<f64>>();
+        let g = FGraph {
+            inputs: vec![FInput {
+                name: "x".into(),
+                shape: vec![1, 64, 8, 8],
+                kind: InputKind::Fixed,
+            }],
+            consts: vec![
+                FConst {
+                    shape: vec![64, 64, 3, 3],
+                    data: FData::F64(wave(64 * 64 * 9, 0.37)),
+                    int: false,
+                },
+                FConst {
+                    shape: vec![1, 64, 8, 8],
+                    data: FData::F64(wave(n, 0.11)),
+                    int: false,
+                },
+            ],
+            nodes: vec![
+                FNode {
+                    name: "conv".into(),
+                    origin: String::new(),
+                    op: FOp::Canon(Op::Conv2d {
+                        window: Window {
+                            kernel: [3, 3],
+                            stride: [1, 1],
+                            dilation: [1, 1],
+                            pads: [1; 4],
+                        },
+                        groups: 1,
+                    }),
+                    inputs: vec![0, 1],
+                    shape: vec![1, 64, 8, 8],
+                },
+                FNode {
+                    name: "add".into(),
+                    origin: String::new(),
+                    op: FOp::Canon(Op::Add),
+                    inputs: vec![3, 2],
+                    shape: vec![1, 64, 8, 8],
+                },
+            ],
+            outputs: vec![("y".into(), 4)],
+        };
+        let samples: Vec<Vec<Vec<f64>>> = (0..3).map(|s| vec![wave(n, 0.05 + s as f64)]).collect();
+        let stats = calibrate(&g, &samples).expect("calibrates");
+        let wide = quantize(&g, &stats, 16, Precision::I32).expect("i32");
+        let narrow = quantize(&g, &stats, 16, Precision::INT8).expect("int8");
+        let added = |m: &Model| {
+            let add = m.nodes.iter().find(|k| k.op == Op::Add).expect("the add");
+            m.const_of(add.inputs[1]).expect("a constant").clone()
+        };
+        let (a, b) = (added(&wide), added(&narrow));
+        assert_eq!((a.scale, a.shape.clone()), (b.scale, b.shape.clone()));
+        assert_eq!(a.data.len(), n);
+        assert_eq!(&a.data[..], &b.data[..]);
+        // the convolution's weights are bytes, and no constant holds the 32-bit form
+        let conv = narrow
+            .nodes
+            .iter()
+            .find(|k| matches!(k.op, Op::Conv2d { .. }));
+        let w = narrow
+            .const_of(conv.expect("the conv").inputs[1])
+            .expect("weights");
+        assert!(w.data.bytes().is_some());
+        let sized = |m: &Model| {
+            m.consts
+                .iter()
+                .filter(|c| c.data.len() == 64 * 64 * 9)
+                .count()
+        };
+        assert_eq!((sized(&wide), sized(&narrow)), (1, 1));
+        let x = verity_engine::io::quantize_inputs(
+            &narrow,
+            &[verity_engine::io::FloatTensor {
+                shape: vec![1, 64, 8, 8],
+                data: wave(n, 0.3),
+            }],
+        )
+        .expect("fits");
+        let y = verity_engine::Executor::new(&narrow, verity_engine::Mode::default()).run(x);
+        assert_eq!(y.expect("runs")[0].len(), n);
     }
 }

@@ -51,7 +51,7 @@ impl Builder<'_> {
             if let (FOp::Canon(Op::Add), [a, b]) = (&n.op, &ins[..]) {
                 let one = |r: Ref| {
                     self.fold(r)
-                        .is_some_and(|c| c.data.iter().all(|&v| v == 1.0))
+                        .is_some_and(|c| c.data.iter().all(|v| v == 1.0))
                 };
                 for (e, c) in [(*a, *b), (*b, *a)] {
                     if let (Ref::N(j), true) = (e, one(c)) {
@@ -153,8 +153,8 @@ impl Builder<'_> {
             return None;
         }
         let c = self.fold(*dins.get(1)?)?;
-        let inv = *c.data.first()?;
+        let inv = c.data.first()?;
         let alpha = 1.0 / inv;
-        (c.data.iter().all(|&v| v == inv) && inv != 0.0 && alpha != 1.0).then_some(alpha)
+        (c.data.iter().all(|v| v == inv) && inv != 0.0 && alpha != 1.0).then_some(alpha)
     }
 }

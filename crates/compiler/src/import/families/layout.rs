@@ -252,7 +252,7 @@ impl Builder<'_> {
         let flat_idx = match self.fold(idx) {
             Some(c) => {
                 let mut flat = Vec::with_capacity(count);
-                for (i, &v) in c.data.iter().enumerate() {
+                for (i, v) in c.data.iter().enumerate() {
                     let v = v as i64;
                     if v < -n || v >= n {
                         return Err(unsupported(node, format!("index {v} out of range")));
@@ -357,7 +357,7 @@ impl Builder<'_> {
             .optional_scales_input
             .and_then(|i| ins.get(i))
             .and_then(|&s| self.fold(s))
-            .map(|c| c.data)
+            .map(|c| c.data.into_f64())
             .filter(|d| d.len() == rank);
         let mut cur = x;
         for axis in 0..rank {
@@ -441,7 +441,7 @@ impl Builder<'_> {
                 let c = self
                     .fold(k)
                     .ok_or_else(|| unsupported(node, "the diagonal offset must be a constant"))?;
-                c.data.first().copied().unwrap_or(0.0) as i64
+                c.data.first().unwrap_or(0.0) as i64
             }
             None => 0,
         };

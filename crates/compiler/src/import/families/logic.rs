@@ -216,7 +216,7 @@ impl Builder<'_> {
         let name = &node.name;
         let k = self
             .fold(k)
-            .and_then(|c| c.data.first().copied())
+            .and_then(|c| c.data.first())
             .ok_or_else(|| unsupported(node, "k must be a constant"))? as i64;
         let shape = self.shape_of(x);
         let n = shape[axis] as i64;

@@ -142,8 +142,9 @@ impl Builder<'_> {
         for oc in 0..o * cg {
             for i in 0..k[0] {
                 for j in 0..k[1] {
-                    wf[(oc * k[0] + i) * k[1] + j] =
-                        w.data[(oc * k[0] + (k[0] - 1 - i)) * k[1] + (k[1] - 1 - j)];
+                    wf[(oc * k[0] + i) * k[1] + j] = w
+                        .data
+                        .get((oc * k[0] + (k[0] - 1 - i)) * k[1] + (k[1] - 1 - j));
                 }
             }
         }
@@ -155,12 +156,12 @@ impl Builder<'_> {
         let mut conv_ins = vec![cur, wk];
         if let Some(&b) = ins.get(2) {
             match self.fold(b) {
-                Some(bc) if bc.data.iter().all(|&v| v == 0.0) => {}
+                Some(bc) if bc.data.iter().all(|v| v == 0.0) => {}
                 Some(bc) if bc.data.len() == 1 || bc.data.len() == o => {
                     let data = if bc.data.len() == 1 {
-                        vec![bc.data[0]; o]
+                        vec![bc.data.get(0); o]
                     } else {
-                        bc.data
+                        bc.data.into_f64()
                     };
                     conv_ins.push(self.konst(vec![o as u32], data, false));
                 }
@@ -537,7 +538,7 @@ impl Builder<'_> {
                 for dz in 0..kd {
                     for ij in 0..kh * kw {
                         w2[((oc * kd + dz) * cg + ci) * kh * kw + ij] =
-                            w.data[((oc * cg + ci) * kd + dz) * kh * kw + ij];
+                            w.data.get(((oc * cg + ci) * kd + dz) * kh * kw + ij);
                     }
                 }
             }
