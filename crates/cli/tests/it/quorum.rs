@@ -52,7 +52,17 @@ fn kill9(data_dir: &Path) {
         .args(["-KILL", &pid.to_string()])
         .status()
         .unwrap();
-    wait_for("the node to die", 20, || node_pid(data_dir).is_none());
+    // its command line goes with its memory, before its files (and the store's lock) are closed: wait
+    // until the process is a zombie or gone
+    let exited = || match std::fs::read_to_string(format!("/proc/{pid}/status")) {
+        Ok(s) => s
+            .lines()
+            .any(|l| l.starts_with("State:") && (l.contains('Z') || l.contains('X'))),
+        Err(_) => true,
+    };
+    wait_for("the node to die", 20, || {
+        node_pid(data_dir).is_none() && exited()
+    });
 }
 
 fn start(n: &NodeCmd, extra: &[&str], log: &Path) -> Child {
