@@ -1422,7 +1422,8 @@ fn binary_runs(
 }
 
 /// Apply `g` over broadcast runs, tracking the result range so the `i32` check is one comparison at the
-/// end (keeps the loops branch-free so they vectorize).
+/// end (keeps the loops branch-free so they vectorize), compiled for AVX-512 when the CPU has it (the
+/// same integers: only the register width changes).
 fn binary_runs_into(
     out: &mut [i32],
     a: &[i32],
@@ -1431,22 +1432,56 @@ fn binary_runs_into(
     out_shape: &[usize],
     g: impl Fn(i64, i64) -> i64 + Copy,
 ) -> Result<(), ExecError> {
-    let (mut lo, mut hi) = (0i64, 0i64);
-    for_each_run(out_shape, st, |start, offs, len, inner| {
-        let dst = &mut out[start..start + len];
-        let (oa, ob) = (offs[0], offs[1]);
-        // the common layouts get loops without index arithmetic; range tracking stays in locals
-        let (mut l, mut h) = (lo, hi);
-        macro_rules! body {
-            ($iter:expr) => {
-                for (d, (x, y)) in $iter {
-                    let r = g(x as i64, y as i64);
-                    l = l.min(r);
-                    h = h.max(r);
-                    *d = r as i32;
-                }
-            };
+    #[cfg(target_arch = "x86_64")]
+    if crate::simd::Isa::detect() == crate::simd::Isa::Avx512 {
+        /// The loops below (the closures inherit the function's target features).
+        #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl")]
+        unsafe fn wide(
+            out: &mut [i32],
+            a: &[i32],
+            b: &[i32],
+            st: &[Vec<usize>; 2],
+            out_shape: &[usize],
+            g: impl Fn(i64, i64) -> i64 + Copy,
+        ) -> Result<(), ExecError> {
+            binary_runs_body(out, a, b, st, out_shape, g)
         }
+        // SAFETY: the CPU has the features (`Isa::detect`); the function is otherwise safe Rust.
+        return unsafe { wide(out, a, b, st, out_shape, g) };
+    }
+    binary_runs_body(out, a, b, st, out_shape, g)
+}
+
+#[inline(always)]
+fn binary_runs_body(
+    out: &mut [i32],
+    a: &[i32],
+    b: &[i32],
+    st: &[Vec<usize>; 2],
+    out_shape: &[usize],
+    g: impl Fn(i64, i64) -> i64 + Copy,
+) -> Result<(), ExecError> {
+    // the runs first (each `len` long, operand steps `inner` along it), so the loops below sit in
+    // this function, not in a closure
+    let (mut runs, mut len, mut inner) = (Vec::new(), 0, [0usize; 2]);
+    for_each_run(out_shape, st, |start, offs, n, step| {
+        runs.push((start, offs[0], offs[1]));
+        (len, inner) = (n, [step[0], step[1]]);
+    });
+    let (mut l, mut h) = (0i64, 0i64);
+    // the common layouts get loops without index arithmetic; range tracking stays in locals
+    macro_rules! body {
+        ($iter:expr) => {
+            for (d, (x, y)) in $iter {
+                let r = g(x as i64, y as i64);
+                l = l.min(r);
+                h = h.max(r);
+                *d = r as i32;
+            }
+        };
+    }
+    for (start, oa, ob) in runs {
+        let dst = &mut out[start..start + len];
         match (inner[0], inner[1]) {
             (1, 1) => body!(dst.iter_mut().zip(
                 a[oa..oa + len]
@@ -1454,21 +1489,21 @@ fn binary_runs_into(
                     .copied()
                     .zip(b[ob..ob + len].iter().copied())
             )),
-            (1, 0) => body!(dst
-                .iter_mut()
-                .zip(a[oa..oa + len].iter().map(|&x| (x, b[ob])))),
-            (0, 1) => body!(dst
-                .iter_mut()
-                .zip(b[ob..ob + len].iter().map(|&y| (a[oa], y)))),
+            (1, 0) => {
+                let y = b[ob];
+                body!(dst.iter_mut().zip(a[oa..oa + len].iter().map(|&x| (x, y))))
+            }
+            (0, 1) => {
+                let x = a[oa];
+                body!(dst.iter_mut().zip(b[ob..ob + len].iter().map(|&y| (x, y))))
+            }
             (sa, sb) => body!(dst
                 .iter_mut()
                 .enumerate()
                 .map(|(j, d)| (d, (a[oa + j * sa], b[ob + j * sb])))),
         }
-        lo = l;
-        hi = h;
-    });
-    if lo < i32::MIN as i64 || hi > i32::MAX as i64 {
+    }
+    if l < i32::MIN as i64 || h > i32::MAX as i64 {
         Err(ExecError::Overflow)
     } else {
         Ok(())
