@@ -1195,7 +1195,7 @@ fn clamped_activations_give_the_reference_integers() {
 
 /// Depthwise convolutions over the geometries the 16-bit pair kernel takes (stride 1 and 2, odd and
 /// even kernels, asymmetric padding, widths around its 16- and 32-column blocks, channel multipliers)
-/// and some it leaves to the others (dilation, stride 3, values past 16 bits), with 8- and 16-bit
+/// and some it leaves to the others (dilations, strides 3, values past 16 bits), with 8- and 16-bit
 /// inputs and weights, a bias, with and without a requantizing shift: the fast executor gives the
 /// reference integers at every instruction-set level and thread count.
 #[test]
@@ -1203,7 +1203,7 @@ fn depthwise_convolutions_equal_reference() {
     let mut g = crate::gen(23, 1 << 20);
     // (kernel, stride, dilation, pads [top, left, bottom, right], input h × w, channel multiplier)
     type Geometry = ([u32; 2], [u32; 2], [u32; 2], [u32; 4], [u32; 2], u32);
-    let geometries: [Geometry; 12] = [
+    let geometries: [Geometry; 15] = [
         ([3, 3], [1, 1], [1, 1], [1, 1, 1, 1], [9, 31], 1),
         ([3, 3], [1, 1], [1, 1], [1, 1, 1, 1], [5, 32], 1),
         ([3, 3], [1, 1], [1, 1], [0, 1, 2, 0], [7, 33], 2),
@@ -1216,6 +1216,9 @@ fn depthwise_convolutions_equal_reference() {
         ([7, 7], [1, 1], [1, 1], [3, 3, 3, 3], [8, 8], 1),
         ([3, 3], [1, 1], [2, 2], [2, 2, 2, 2], [6, 20], 1),
         ([3, 3], [3, 3], [1, 1], [1, 1, 1, 1], [10, 22], 1),
+        ([5, 5], [1, 1], [2, 2], [4, 4, 4, 4], [14, 14], 1),
+        ([3, 3], [2, 2], [2, 2], [1, 2, 2, 1], [13, 21], 2),
+        ([4, 3], [1, 3], [3, 1], [2, 0, 1, 3], [11, 40], 1),
     ];
     let c = 3u32;
     for (kernel, stride, dilation, pads, [h, w], mult) in geometries {
