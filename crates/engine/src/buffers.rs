@@ -3,14 +3,15 @@
 //! An executor owns a [`Pool`]. While it evaluates a model the pool is the calling thread's current
 //! one ([`scoped`]): kernels draw their large output and scratch buffers from it ([`take`]) and give
 //! scratch buffers back when done ([`give`]); the executor gives back every intermediate tensor after
-//! the last node that reads it. A steady stream of runs of one model thus finds every large buffer it
-//! needs already mapped and warm in the pool instead of asking the allocator for fresh pages (whose
-//! first touch the kernel zeroes page by page) and zeroing them again.
+//! the last node that reads it (model inputs go back to the allocator, outputs to the caller). After
+//! its first run a steady stream of runs of one model thus allocates nothing large but its outputs:
+//! every buffer it needs is already mapped in the pool, the most recently given (likeliest still in
+//! the cache) first.
 //!
 //! Only where a buffer's memory comes from changes, never what a kernel reads: [`take`] hands out
 //! `len` copies of the value asked for, like `vec![value; len]`. Buffers below [`MIN_BYTES`] are left to
-//! the allocator, and a pool keeps at most [`MAX_KEPT`] buffers of each element type (the largest), so
-//! what it holds is bounded by what one run had freed at once.
+//! the allocator, and a pool keeps at most [`MAX_KEPT`] buffers of each element type (the longest
+//! unused go back to the allocator), so what it holds is bounded by what one run had freed at once.
 
 use std::cell::RefCell;
 use std::sync::{Arc, Mutex};

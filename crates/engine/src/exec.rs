@@ -1434,7 +1434,7 @@ fn binary_runs_into(
 ) -> Result<(), ExecError> {
     #[cfg(target_arch = "x86_64")]
     if crate::simd::Isa::detect() == crate::simd::Isa::Avx512 {
-        /// The loops below (the closures inherit the function's target features).
+        /// [`binary_runs_body`] compiled for AVX-512.
         #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl")]
         unsafe fn wide(
             out: &mut [i32],
