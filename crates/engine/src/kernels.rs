@@ -749,8 +749,8 @@ impl EinPlan {
         let in_order = layout.contiguous
             && col_out[0] == 0
             && row_out.iter().enumerate().all(|(r, &o)| o == r * n);
-        // requantization and the chain cost a few nanoseconds per element: 64 K elements or more
-        let th = if rows * n >= 1 << 16 { threads } else { 1 };
+        // requantization and the chain cost a few nanoseconds per element: 16 K elements or more
+        let th = if rows * n >= 1 << 14 { threads } else { 1 };
         // one batch of `i32` sums laid out as the output, with one bias per row: requantized in place
         if let Acc::Narrow(cs) = &mut c {
             let fits = in_order && layout.bias_row_const && rows * n == out_len;
