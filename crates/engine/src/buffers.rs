@@ -61,23 +61,34 @@ impl Pool {
 
 /// Element types a pool keeps buffers of.
 pub trait Pooled: Copy + Send + Sync + 'static {
+    /// Whether `v` is the value whose bytes are all zero.
+    fn is_zero(v: Self) -> bool;
     #[doc(hidden)]
     fn list(pool: &Pool) -> &Mutex<Vec<Vec<Self>>>;
 }
 
 impl Pooled for i32 {
+    fn is_zero(v: i32) -> bool {
+        v == 0
+    }
     fn list(pool: &Pool) -> &Mutex<Vec<Vec<i32>>> {
         &pool.i32s
     }
 }
 
 impl Pooled for u8 {
+    fn is_zero(v: u8) -> bool {
+        v == 0
+    }
     fn list(pool: &Pool) -> &Mutex<Vec<Vec<u8>>> {
         &pool.u8s
     }
 }
 
 impl Pooled for i8 {
+    fn is_zero(v: i8) -> bool {
+        v == 0
+    }
     fn list(pool: &Pool) -> &Mutex<Vec<Vec<i8>>> {
         &pool.i8s
     }
@@ -111,7 +122,16 @@ pub fn take<T: Pooled>(len: usize, value: T) -> Vec<T> {
     match current().and_then(|p| p.find::<T>(len)) {
         Some(mut v) => {
             v.clear();
-            v.resize(len, value);
+            if T::is_zero(value) {
+                // SAFETY: `find` gave a buffer with room for `len` elements; the integer types a pool
+                // holds are valid as all-zero bytes, so after the fill all `len` are initialized
+                unsafe {
+                    std::ptr::write_bytes(v.as_mut_ptr(), 0, len);
+                    v.set_len(len);
+                }
+            } else {
+                v.resize(len, value);
+            }
             v
         }
         None => vec![value; len],
@@ -156,6 +176,11 @@ mod tests {
             let d = take(n - 1, 2i32);
             assert_eq!((d.as_ptr(), d.len()), (ptr, n - 1));
             give(d);
+            // zeros over the 2s (filled as bytes)
+            let z = take(n, 0i32);
+            assert_eq!((z.as_ptr(), z.len()), (ptr, n));
+            assert!(z.iter().all(|&x| x == 0));
+            give(z);
             let e = reuse::<i32>(n).map(|e| (e.as_ptr(), e.capacity()));
             assert_eq!(e, Some((ptr, n)));
             // small buffers are not kept
