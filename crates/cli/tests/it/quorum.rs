@@ -52,12 +52,17 @@ fn kill9(data_dir: &Path) {
         .args(["-KILL", &pid.to_string()])
         .status()
         .unwrap();
-    // its command line goes with its memory, before its files (and the store's lock) are closed: wait
-    // until the process is a zombie or gone
+    // its command line goes with its memory, before its files (and the store's lock) are closed, and
+    // its main thread can be a zombie while other threads still hold them: wait until the process is
+    // gone, or a zombie with no other thread left
     let exited = || match std::fs::read_to_string(format!("/proc/{pid}/status")) {
-        Ok(s) => s
-            .lines()
-            .any(|l| l.starts_with("State:") && (l.contains('Z') || l.contains('X'))),
+        Ok(s) => {
+            let zombie = s
+                .lines()
+                .any(|l| l.starts_with("State:") && (l.contains('Z') || l.contains('X')));
+            let threads = std::fs::read_dir(format!("/proc/{pid}/task")).map_or(0, |d| d.count());
+            zombie && threads <= 1
+        }
         Err(_) => true,
     };
     wait_for("the node to die", 20, || {
@@ -66,6 +71,17 @@ fn kill9(data_dir: &Path) {
 }
 
 fn start(n: &NodeCmd, extra: &[&str], log: &Path) -> Child {
+    try_start(n, extra, log).unwrap_or_else(|why| panic!("{why}"))
+}
+
+/// Start a node and wait until it is ready; why not (with its log) if it exits or does not come up.
+fn try_start(n: &NodeCmd, extra: &[&str], log: &Path) -> Result<Child, String> {
+    // what this attempt writes to the log (appended), so a retry does not read an earlier one's error
+    let from = std::fs::metadata(log).map_or(0, |m| m.len() as usize);
+    let ours = || {
+        let all = std::fs::read(log).unwrap_or_default();
+        String::from_utf8_lossy(all.get(from..).unwrap_or_default()).into_owned()
+    };
     let f = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -83,22 +99,22 @@ fn start(n: &NodeCmd, extra: &[&str], log: &Path) -> Child {
     let t0 = Instant::now();
     loop {
         if reqwest::blocking::get(&url).is_ok_and(|r| r.status().is_success()) {
-            return c;
+            return Ok(c);
         }
         if let Ok(Some(status)) = c.try_wait() {
-            panic!(
+            return Err(format!(
                 "node {} exited ({status}) while starting:\n{}",
                 n.url,
-                std::fs::read_to_string(log).unwrap_or_default()
-            );
+                ours()
+            ));
         }
         if t0.elapsed() > Duration::from_secs(120) {
             let _ = c.kill();
-            panic!(
+            return Err(format!(
                 "node {} did not come back within 120 s:\n{}",
                 n.url,
-                std::fs::read_to_string(log).unwrap_or_default()
-            );
+                ours()
+            ));
         }
         std::thread::sleep(Duration::from_millis(250));
     }
@@ -108,7 +124,18 @@ fn start(n: &NodeCmd, extra: &[&str], log: &Path) -> Child {
 /// `log`.
 fn restart(dir: &Path, i: usize, n: &NodeCmd, extra: &[&str], log: &Path) -> Child {
     kill9(&dir.join(format!("node-{i}")));
-    start(n, extra, log)
+    // the kernel may still be releasing the dead process's store lock: a start refused for that alone
+    // is tried again, for a bounded time
+    let t0 = Instant::now();
+    loop {
+        match try_start(n, extra, log) {
+            Ok(c) => return c,
+            Err(why) if why.contains("Database already open") && t0.elapsed().as_secs() < 20 => {
+                std::thread::sleep(Duration::from_millis(500))
+            }
+            Err(why) => panic!("{why}"),
+        }
+    }
 }
 
 /// The native request body for the MLP fixture.
