@@ -710,6 +710,12 @@ impl EinPlan {
                 (Acc::Wide(c), ap, bp)
             }
         };
+        // the operands' packed copies are not read again
+        for p in [ap, bp] {
+            if let Cow::Owned(p) = p {
+                crate::buffers::give(p);
+            }
+        }
         // scatter C (labels batch, m, n) into the output order, adding the bias
         let out_st = label_strides(s.out, s.out_shape, &self.c_order);
         let bias_st = bias.map(|(_, bshape, _)| {
@@ -775,11 +781,6 @@ impl EinPlan {
                     }
                 });
                 err.into_result()?;
-                for p in [ap, bp] {
-                    if let Cow::Owned(p) = p {
-                        crate::buffers::give(p);
-                    }
-                }
                 return Ok(out);
             }
         }
@@ -840,11 +841,6 @@ impl EinPlan {
         }
         if let Acc::Narrow(c) = c {
             c.into_iter().for_each(|(c, _)| crate::buffers::give(c));
-        }
-        for p in [ap, bp] {
-            if let Cow::Owned(p) = p {
-                crate::buffers::give(p);
-            }
         }
         Ok(out)
     }
