@@ -146,7 +146,10 @@ pub(crate) struct CompileFlags {
     /// weights (16 or 8 per output channel; 4 per block of 32 along a matrix product's reduced axis,
     /// others 8) and Y-bit activations (8 or 16), with `d` quantizing a matrix product's activations
     /// per row at run time instead of at a calibrated scale (`w8a16`, `w16a16`, `w4a8`, `w8a8d`;
-    /// `w8a8` is `int8`, `int4` is `w4a8`). Default: `int8`; `i32` for a sentence-encoder directory.
+    /// `w8a8` is `int8`, `int4` is `w4a8`), or `auto[:<percent>]`: `int8`, with 16-bit weights or
+    /// activations for the contractions whose 8-bit operands are noisiest, as many as the calibration
+    /// samples show are needed for an error of at most the target (1% without one).
+    /// Default: `int8`; `i32` for a sentence-encoder directory.
     #[arg(long)]
     precision: Option<verity_compiler::Precision>,
     /// Keep only these outputs, graph outputs or intermediate tensors by name (`--outputs a,b`), and
@@ -424,6 +427,25 @@ fn write_compiled(
             "output {:<12} max abs err {:.3e}  max rel err {:.3e}  mean abs err {:.3e}  top-1 agreement {}",
             o.name, o.max_abs_error, o.max_relative_error, o.mean_abs_error, top1
         );
+    }
+    if let Some(m) = &report.mixed {
+        println!(
+            "auto         {} of {} contractions with a 16-bit operand; calibration error {:.3e} \
+             (int8 {:.3e}, target {:.3e}{}), {} models measured",
+            m.wide.len(),
+            m.contractions,
+            m.calibration_error,
+            m.int8_error,
+            m.target,
+            if m.met { "" } else { ", not met: the most accurate kept" },
+            m.rounds
+        );
+        for w in &m.wide {
+            println!(
+                "  {:<40} w{}a{}",
+                w.name, w.weight_bits, w.activation_bits
+            );
+        }
     }
     if let Some(p) = &a.report {
         let doc = json!({ "model_id": id, "report": report });

@@ -4,6 +4,7 @@
 
 pub mod fgraph;
 pub mod import;
+pub mod mixed;
 pub mod narrow;
 pub(crate) mod onnx_edit;
 pub mod onnx_ml;
@@ -330,7 +331,12 @@ fn compile_imported(
         _ => random_samples(g, opts),
     };
     let calib_flat = flatten_samples(g, &calib, "calibration")?;
-    let stats = quantize::calibrate(g, &calib_flat)?;
+    // `auto` measures its candidates against the float outputs of the calibration samples
+    let auto = match opts.precision {
+        Precision::Auto { target_ppm } => Some(target_ppm as f64 / 1e6),
+        _ => None,
+    };
+    let (stats, floats) = quantize::calibrate_keeping(g, &calib_flat, auto.is_some())?;
     cancelled()?;
     let (eval, eval_flat) = match &opts.eval {
         Some(e) if !e.is_empty() => (e.clone(), flatten_samples(g, e, "evaluation")?),
@@ -341,11 +347,24 @@ fn compile_imported(
     let refs = report::references(tract, g, &eval, &eval_flat, &names)?;
     drop(eval_flat);
     cancelled()?;
-    let model = quantize::quantize(g, &stats, opts.scale_bits, opts.precision)?;
+    let (model, mixed) = match auto {
+        Some(target) => {
+            let (base, float_of) = quantize::lower(g, &stats, opts.scale_bits, opts.precision)?;
+            let (m, mixed) =
+                mixed::choose(g, &stats, (&base, &float_of), &calib, &floats, target)?;
+            (m, Some(mixed))
+        }
+        None => (
+            quantize::quantize(g, &stats, opts.scale_bits, opts.precision)?,
+            None,
+        ),
+    };
+    drop(floats);
     // the float graph (its f64 weights) is not needed by the report
     drop(graph);
     cancelled()?;
-    let report = report::evaluate(&refs, &model, &eval, opts)?;
+    let mut report = report::evaluate(&refs, &model, &eval, opts)?;
+    report.mixed = mixed;
     cancelled()?;
     Ok((model, report))
 }

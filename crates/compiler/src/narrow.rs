@@ -61,8 +61,10 @@ struct Builder<'a> {
     nodes: Vec<(Node, Vec<R>)>,
     /// Old value id → new value.
     map: Vec<Option<R>>,
-    /// (old value id, axes of a per-row quantization or none) → its narrow requantization.
-    narrowed: BTreeMap<(ValueId, Vec<u32>), Quantized>,
+    /// (old value id, bits, axes of a per-row quantization or none) → its narrow requantization.
+    narrowed: BTreeMap<(ValueId, i32, Vec<u32>), Quantized>,
+    /// The contractions narrowed so far (the last one's node index is set by [`narrow`]).
+    done: Vec<Narrowed>,
 }
 
 impl Builder<'_> {
@@ -164,8 +166,8 @@ pub fn narrow(
     stats: &[Stats],
     model: &Model,
     float_of: &[Option<usize>],
-    widths: Widths,
-) -> Model {
+    plan: &Plan,
+) -> (Model, Vec<Narrowed>) {
     let mut b = Builder {
         old: model,
         float: (g, float_of),
@@ -173,13 +175,14 @@ pub fn narrow(
         nodes: Vec::new(),
         map: vec![None; model.value_count()],
         narrowed: BTreeMap::new(),
+        done: Vec::new(),
     };
     for i in 0..model.inputs.len() {
         b.map[i] = Some(R::In(i as u32));
     }
     let first = model.first_node_value();
     for (k, node) in model.nodes.iter().enumerate() {
-        let r = match narrow_node(&mut b, g, stats, float_of, node, widths) {
+        let r = match narrow_node(&mut b, g, stats, float_of, node, plan.widths(k)) {
             Some(r) => r,
             None => {
                 let ins = node.inputs.iter().map(|&v| b.value(v)).collect();
@@ -193,8 +196,62 @@ pub fn narrow(
             }
         };
         b.map[first + k] = Some(r);
+        if let Some(d) = b.done.last_mut().filter(|d| d.node == usize::MAX) {
+            d.node = k;
+        }
     }
-    b.finish()
+    let done = std::mem::take(&mut b.done);
+    (b.finish(), done)
+}
+
+/// Which widths each contraction gets: `base`, with 16 bits for the weights or the activations of the
+/// contractions listed (by their index among the 32-bit model's nodes).
+#[derive(Clone, Debug)]
+pub struct Plan {
+    /// The widths of every other contraction.
+    pub base: Widths,
+    /// Contractions with 16-bit weights.
+    pub wide_weights: std::collections::BTreeSet<usize>,
+    /// Contractions with 16-bit activations.
+    pub wide_acts: std::collections::BTreeSet<usize>,
+    /// List the contractions narrowed, with their noise ([`Narrowed`]).
+    pub measure: bool,
+}
+
+impl Plan {
+    /// The same widths everywhere.
+    pub fn uniform(base: Widths) -> Plan {
+        Plan {
+            base,
+            wide_weights: Default::default(),
+            wide_acts: Default::default(),
+            measure: false,
+        }
+    }
+
+    fn widths(&self, k: usize) -> (Widths, bool) {
+        let mut w = self.base;
+        if self.wide_weights.contains(&k) {
+            w.wbits = 16;
+        }
+        if self.wide_acts.contains(&k) {
+            w.abits = 16;
+        }
+        (w, self.measure)
+    }
+}
+
+/// A contraction the lowering narrowed, and how much noise its operands' 8-bit forms add.
+#[derive(Clone, Debug)]
+pub struct Narrowed {
+    /// Its index among the 32-bit model's nodes.
+    pub node: usize,
+    /// The weights' quantization noise at 8 bits per output channel, relative to their power:
+    /// `Σ_c n_c · (max_c / 127)² / 12 / Σ w²`.
+    pub weight_noise: f64,
+    /// The activation's at 8 bits at its calibrated scale, relative to its calibrated mean square:
+    /// `(2^−s)² / 12 / mean(x²)`; `None` when it is quantized per row at run time.
+    pub act_noise: Option<f64>,
 }
 
 /// Elements per block of 4-bit weights along the reduced axis of a matrix product (as in GGUF's 4-bit
@@ -272,6 +329,18 @@ struct Quantized {
     rows: Option<R>,
 }
 
+/// The scale of an activation requantized to `abits` bits (unsigned when its calibrated values are
+/// non-negative): the finest at which its calibrated range fits.
+fn act_scale(xs: &Stats, abits: i32) -> i32 {
+    let m = xs.min.abs().max(xs.max.abs());
+    let bits = if xs.min >= 0.0 { abits } else { abits - 1 };
+    if m > 0.0 {
+        (bits - ceil_log2(m)).clamp(-30, MAX_ACT_SCALE)
+    } else {
+        MAX_ACT_SCALE
+    }
+}
+
 /// Requantize activation `x` (read by `node`) to `abits` bits at the scale calibration chose.
 fn quantize_static(
     b: &mut Builder<'_>,
@@ -287,16 +356,10 @@ fn quantize_static(
     } else {
         (-(1 << (abits - 1)), (1 << (abits - 1)) - 1)
     };
-    if let Some(q) = b.narrowed.get(&(x, Vec::new())) {
+    if let Some(q) = b.narrowed.get(&(x, abits, Vec::new())) {
         return Some(q.clone());
     }
-    let m = xs.min.abs().max(xs.max.abs());
-    let bits = if unsigned { abits } else { abits - 1 };
-    let s8 = if m > 0.0 {
-        (bits - ceil_log2(m)).clamp(-30, MAX_ACT_SCALE)
-    } else {
-        MAX_ACT_SCALE
-    } as i8;
+    let s8 = act_scale(xs, abits) as i8;
     let old = b.old.value(x)?;
     if (old.scale as i32 - s8 as i32).abs() > verity_engine::arith::MAX_SHIFT {
         return None;
@@ -317,7 +380,7 @@ fn quantize_static(
         hi,
         rows: None,
     };
-    b.narrowed.insert((x, Vec::new()), out.clone());
+    b.narrowed.insert((x, abits, Vec::new()), out.clone());
     Some(out)
 }
 
@@ -356,7 +419,7 @@ fn quantize_dynamic(
             None => 1,
         })
         .collect();
-    let key = (x, axes.clone());
+    let key = (x, abits, axes.clone());
     let q = match b.narrowed.get(&key) {
         Some(q) => q.clone(),
         None => {
@@ -480,7 +543,7 @@ fn narrow_node(
     stats: &[Stats],
     float_of: &[Option<usize>],
     node: &Node,
-    widths: Widths,
+    (widths, measure): (Widths, bool),
 ) -> Option<R> {
     let old = b.old;
     let fconst = |v: ValueId| {
@@ -537,10 +600,51 @@ fn narrow_node(
     // the largest real value of the quantized activation (relative to the row's maximum if dynamic)
     let amax_int = (-xq.lo).max(xq.hi) as f64;
     let amax = amax_int / libm::ldexp(1.0, xq.scale as i32);
-    match block_axis {
+    let y = match block_axis {
         None if xq.rows.is_none() => per_channel(b, node, wf, bias, &xq, chan, terms, qmax, wi),
         None => dynamic_per_channel(b, node, wf, bias, &xq, chan, terms, qmax, wi),
         Some(k) => blocked(b, node, wf, bias, &xq, chan, k, qmax, wi, amax),
+    }?;
+    if measure {
+        let (chans, inner) = channels(&ws, chan);
+        let weight_noise = on_slice!(wf.data.view(), |d| weight_noise8(d, chans, inner));
+        let act_noise = xq.rows.is_none().then(|| {
+            let step = libm::ldexp(1.0, -act_scale(xs, 8));
+            let ms = xs.mean_sq();
+            if ms > 0.0 {
+                step * step / 12.0 / ms
+            } else {
+                0.0
+            }
+        });
+        b.done.push(Narrowed {
+            node: usize::MAX,
+            weight_noise,
+            act_noise,
+        });
+    }
+    Some(y)
+}
+
+/// [`Narrowed::weight_noise`] of weights laid out as `[…, chans, inner]`-periodic channels.
+fn weight_noise8<T: Copy + Into<f64>>(data: &[T], chans: usize, inner: usize) -> f64 {
+    let (mut amax, mut n) = (vec![0f64; chans], vec![0f64; chans]);
+    let mut power = 0.0;
+    for (i, &v) in data.iter().enumerate() {
+        let (c, v) = ((i / inner) % chans, v.into());
+        amax[c] = amax[c].max(v.abs());
+        n[c] += 1.0;
+        power += v * v;
+    }
+    let noise: f64 = amax
+        .iter()
+        .zip(&n)
+        .map(|(a, n)| n * (a / 127.0) * (a / 127.0) / 12.0)
+        .sum();
+    if power > 0.0 {
+        noise / power
+    } else {
+        0.0
     }
 }
 

@@ -49,6 +49,15 @@ pub enum Precision {
         /// Activations of matrix products are quantized per row at run time.
         dynamic: bool,
     },
+    /// Mixed precision chosen by measurement (`auto`, `auto:<percent>`): every contraction starts at
+    /// `int8`; while the error on the calibration samples is above the target, the contractions whose
+    /// 8-bit weights or activations add the most quantization noise get 16-bit ones (see
+    /// [`crate::mixed`]).
+    Auto {
+        /// The largest acceptable error on the calibration samples, in millionths of the output's
+        /// magnitude (10,000: 1%).
+        target_ppm: u32,
+    },
 }
 
 impl Precision {
@@ -59,6 +68,30 @@ impl Precision {
         dynamic: false,
     };
 }
+
+impl Precision {
+    /// Whether contractions get narrow operands (every precision but `i32`).
+    pub fn is_narrow(self) -> bool {
+        self != Precision::I32
+    }
+
+    /// The widths every contraction starts from (`None` at `i32`).
+    pub(crate) fn widths(self) -> Option<crate::narrow::Widths> {
+        use crate::narrow::Widths;
+        match self {
+            Precision::I32 => None,
+            Precision::Narrow {
+                weights,
+                acts,
+                dynamic,
+            } => Some(Widths::new(weights, acts, dynamic)),
+            Precision::Auto { .. } => Some(Widths::new(8, 8, false)),
+        }
+    }
+}
+
+/// The target of `auto` without one: 1% of the output's magnitude.
+pub const AUTO_TARGET_PPM: u32 = 10_000;
 
 impl Default for Precision {
     fn default() -> Self {
@@ -71,6 +104,10 @@ impl std::fmt::Display for Precision {
         match *self {
             Precision::I32 => f.write_str("i32"),
             p if p == Precision::INT8 => f.write_str("int8"),
+            Precision::Auto {
+                target_ppm: AUTO_TARGET_PPM,
+            } => f.write_str("auto"),
+            Precision::Auto { target_ppm } => write!(f, "auto:{}", target_ppm as f64 / 1e4),
             Precision::Narrow {
                 weights,
                 acts,
@@ -85,13 +122,26 @@ impl std::str::FromStr for Precision {
     fn from_str(s: &str) -> Result<Self, String> {
         let bad = || {
             format!(
-                "precision '{s}' must be i32, int8, int4 or wXaY[d] with X (weight bits) 4, 8 or 16, \
-                 Y (activation bits) 8 or 16, and d for activations quantized per row at run time, \
-                 e.g. w8a16 or w4a8d"
+                "precision '{s}' must be i32, int8, int4, auto, auto:<percent> (a target error in \
+                 (0, 100]) or wXaY[d] with X (weight bits) 4, 8 or 16, Y (activation bits) 8 or 16, \
+                 and d for activations quantized per row at run time, e.g. w8a16 or w4a8d"
             )
         };
+        if let Some(t) = s.strip_prefix("auto:") {
+            let pct: f64 = t.parse().map_err(|_| bad())?;
+            if !(pct > 0.0 && pct <= 100.0) {
+                return Err(bad());
+            }
+            let target_ppm = (pct * 1e4).round() as u32;
+            return Ok(Precision::Auto {
+                target_ppm: target_ppm.max(1),
+            });
+        }
         match s {
             "i32" => Ok(Precision::I32),
+            "auto" => Ok(Precision::Auto {
+                target_ppm: AUTO_TARGET_PPM,
+            }),
             "int8" => Ok(Precision::INT8),
             "int4" => Ok(Precision::Narrow {
                 weights: 4,
@@ -133,21 +183,45 @@ pub struct Stats {
     pub min: f64,
     /// Largest value seen.
     pub max: f64,
+    /// Sum of the squares of the finite values seen.
+    pub sum_sq: f64,
+    /// Number of finite values seen.
+    pub count: u64,
 }
 
 impl Stats {
     fn abs(&self) -> f64 {
         self.min.abs().max(self.max.abs())
     }
+
+    /// The mean square of the values seen (0 when none).
+    pub fn mean_sq(&self) -> f64 {
+        if self.count == 0 {
+            0.0
+        } else {
+            self.sum_sq / self.count as f64
+        }
+    }
 }
 
 /// Run the float graph on every sample and record the range of every value.
 pub fn calibrate(g: &FGraph, samples: &[Vec<Vec<f64>>]) -> Result<Vec<Stats>, CompileError> {
+    Ok(calibrate_keeping(g, samples, false)?.0)
+}
+
+/// [`calibrate`], also giving the graph's outputs on every sample when `keep` (else none).
+pub fn calibrate_keeping(
+    g: &FGraph,
+    samples: &[Vec<Vec<f64>>],
+    keep: bool,
+) -> Result<(Vec<Stats>, Vec<Vec<Vec<f64>>>), CompileError> {
     let n = g.inputs.len() + g.consts.len() + g.nodes.len();
     let mut stats = vec![
         Stats {
             min: f64::INFINITY,
-            max: f64::NEG_INFINITY
+            max: f64::NEG_INFINITY,
+            sum_sq: 0.0,
+            count: 0,
         };
         n
     ];
@@ -156,9 +230,12 @@ pub fn calibrate(g: &FGraph, samples: &[Vec<Vec<f64>>]) -> Result<Vec<Stats>, Co
             if x.is_finite() {
                 st.min = st.min.min(x);
                 st.max = st.max.max(x);
+                st.sum_sq += x * x;
+                st.count += 1;
             }
         }
     }
+    let mut outputs = Vec::new();
     // constants do not depend on the samples: once
     let (ni, nc) = (g.inputs.len(), g.consts.len());
     for (st, c) in stats[ni..ni + nc].iter_mut().zip(&g.consts) {
@@ -167,7 +244,7 @@ pub fn calibrate(g: &FGraph, samples: &[Vec<Vec<f64>>]) -> Result<Vec<Stats>, Co
     for s in samples {
         // a non-finite node output on calibration data is an error worth reporting (the first node)
         let mut bad = None;
-        g.eval_visit(s, |v, data| {
+        let outs = g.eval_visit(s, |v, data| {
             widen(&mut stats[v], data.iter().copied());
             if bad.is_none() && v >= ni + nc && data.iter().any(|x| !x.is_finite()) {
                 bad = Some(v - ni - nc);
@@ -183,13 +260,16 @@ pub fn calibrate(g: &FGraph, samples: &[Vec<Vec<f64>>]) -> Result<Vec<Stats>, Co
                 node.name, node.origin
             )));
         }
+        if keep {
+            outputs.push(outs);
+        }
     }
     for st in &mut stats {
         if st.min > st.max {
-            *st = Stats { min: 0.0, max: 0.0 };
+            (st.min, st.max) = (0.0, 0.0);
         }
     }
-    Ok(stats)
+    Ok((stats, outputs))
 }
 
 pub use verity_engine::calib::ceil_log2;
@@ -283,13 +363,40 @@ fn build_table(
     }
 }
 
-/// Quantize the float graph with the calibrated statistics, at the given precision.
+/// Quantize the float graph with the calibrated statistics, at the given precision (`auto` lowers
+/// every contraction at `int8` here: [`crate::mixed::choose`] measures and widens).
 pub fn quantize(
     g: &FGraph,
     stats: &[Stats],
     scale_bits: i8,
     precision: Precision,
 ) -> Result<Model, CompileError> {
+    let (model, float_of) = lower(g, stats, scale_bits, precision)?;
+    match precision.widths() {
+        Some(w) => {
+            let plan = crate::narrow::Plan::uniform(w);
+            validated(crate::narrow::narrow(g, stats, &model, &float_of, &plan).0)
+        }
+        None => validated(model),
+    }
+}
+
+/// The model, once it passes [`Model::validate`].
+pub(crate) fn validated(model: Model) -> Result<Model, CompileError> {
+    model
+        .validate()
+        .map_err(|e| CompileError::Calibration(format!("quantized model is invalid: {e}")))?;
+    Ok(model)
+}
+
+/// The 32-bit model (its narrow-precision function tables and deferred weights when `precision` is
+/// narrow) and, per canonical value, the float value it stands for (function tables have none).
+pub(crate) fn lower(
+    g: &FGraph,
+    stats: &[Stats],
+    scale_bits: i8,
+    precision: Precision,
+) -> Result<(Model, Vec<Option<usize>>), CompileError> {
     let ni = g.inputs.len();
     let nc = g.consts.len();
     let act = |v: usize| -> i8 { scale_for(stats[v].abs(), ACTIVATION_BITS, scale_bits) };
@@ -340,7 +447,7 @@ pub fn quantize(
     // values, so large real constants are only checked here and quantized when the narrow lowering
     // reads them as they are (`narrow::Builder::value`): no 32-bit copy of every weight
     let deferred = |c: &FConst| {
-        matches!(precision, Precision::Narrow { .. }) && !c.int && c.data.len() >= DEFER_ELEMENTS
+        precision.is_narrow() && !c.int && c.data.len() >= DEFER_ELEMENTS
     };
     let mut consts: Vec<Const> = Vec::with_capacity(nc);
     for (i, c) in g.consts.iter().enumerate() {
@@ -411,42 +518,25 @@ pub fn quantize(
             value: remap(*v),
         })
         .collect();
-    let mut model = Model {
+    let model = Model {
         inputs,
         consts,
         nodes,
         outputs,
     };
-    if let Precision::Narrow {
-        weights,
-        acts,
-        dynamic,
-    } = precision
-    {
-        // canonical value → float value (function tables have none)
-        let float_of: Vec<Option<usize>> = (0..model.value_count())
-            .map(|v| {
-                if v < node_base {
-                    Some(v)
-                } else if v < node_base + nt as usize {
-                    None
-                } else {
-                    Some(v - nt as usize)
-                }
-            })
-            .collect();
-        model = crate::narrow::narrow(
-            g,
-            stats,
-            &model,
-            &float_of,
-            crate::narrow::Widths::new(weights, acts, dynamic),
-        );
-    }
-    model
-        .validate()
-        .map_err(|e| CompileError::Calibration(format!("quantized model is invalid: {e}")))?;
-    Ok(model)
+    // canonical value → float value (function tables have none)
+    let float_of: Vec<Option<usize>> = (0..model.value_count())
+        .map(|v| {
+            if v < node_base {
+                Some(v)
+            } else if v < node_base + nt as usize {
+                None
+            } else {
+                Some(v - nt as usize)
+            }
+        })
+        .collect();
+    Ok((model, float_of))
 }
 
 /// The canonical op, output scale and (for table ops) table of float node `k`, given the scales chosen
@@ -541,7 +631,7 @@ fn lower_node(
             // a positive-domain function's entries below `a` (the table's first grid point can be)
             // read its value at `a`
             let floor = if f.positive_domain() { a } else { f64::MIN };
-            let narrow = matches!(precision, Precision::Narrow { .. }) && f.saturation().is_some();
+            let narrow = precision.is_narrow() && f.saturation().is_some();
             let (entries, out_scale) = if narrow {
                 // the saturating functions are monotone: their largest magnitude is at an end of the
                 // domain (or at 0 for good measure)

@@ -44,6 +44,9 @@ pub struct CompileReport {
     pub ops: BTreeMap<String, usize>,
     /// Weight and table elements.
     pub parameters: u64,
+    /// What `auto` chose (absent at other precisions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mixed: Option<crate::mixed::MixedPrecision>,
 }
 
 fn default_precision() -> String {
@@ -215,5 +218,6 @@ pub fn evaluate(
         outputs,
         ops,
         parameters: model.parameter_count(),
+        mixed: None,
     })
 }

@@ -1,0 +1,217 @@
+//! Mixed precision chosen by measurement (`--precision auto[:<percent>]`): 16-bit operands only where
+//! accuracy needs them.
+//!
+//! Every contraction is first lowered at `int8`, and the lowering reports how much quantization noise
+//! each one's 8-bit weights and 8-bit activation add, relative to their power ([`Narrowed`]: per output
+//! channel `(max/127)²/12` against the weights' mean square; `(2^−s)²/12` against the activation's
+//! calibrated mean square). Those operands are ranked, noisiest first, and the model is measured against
+//! the float graph on the calibration samples (the report's metric: largest error over the largest
+//! magnitude, the worst output). While the error is above the target, the first 1, 2, 4, … operands of
+//! the ranking get 16 bits; once a count meets it, a bisection between the last two counts finds the
+//! smallest count that does. When no count meets it, the model with the smallest error is kept (all of
+//! them 16-bit at worst). Everything is deterministic: the ranking breaks ties by node, and the
+//! canonical executor gives the same bits on every machine and thread count.
+
+use verity_engine::io::{dequantize, quantize_inputs, FloatTensor};
+use verity_engine::ir::Model;
+use verity_engine::{Executor, Mode};
+
+use crate::fgraph::FGraph;
+use crate::narrow::{Plan, Widths};
+use crate::quantize::{validated, Stats};
+use crate::CompileError;
+
+/// Most models measured in one search.
+const MAX_ROUNDS: usize = 14;
+
+/// Which operand of a contraction gets 16 bits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Operand {
+    Weights,
+    Activations,
+}
+
+/// What the search chose, for the compile report.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct MixedPrecision {
+    /// The target, as a fraction of the output's magnitude.
+    pub target: f64,
+    /// The error of the chosen model on the calibration samples (same metric).
+    pub calibration_error: f64,
+    /// The error of the all-`int8` model on the calibration samples.
+    pub int8_error: f64,
+    /// Whether the chosen model meets the target on the calibration samples.
+    pub met: bool,
+    /// Models lowered and measured.
+    pub rounds: usize,
+    /// Contractions lowered at `int8`.
+    pub contractions: usize,
+    /// The contractions given a 16-bit operand, in graph order.
+    pub wide: Vec<WideContraction>,
+}
+
+/// One contraction with a 16-bit operand.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct WideContraction {
+    /// The contraction's node name.
+    pub name: String,
+    /// Its weights' bits.
+    pub weight_bits: u8,
+    /// Its activation's bits.
+    pub activation_bits: u8,
+}
+
+/// The error of `model` against the float outputs on the samples: the largest over the outputs of
+/// (largest absolute error) / (largest reference magnitude).
+fn error(
+    model: &Model,
+    samples: &[Vec<FloatTensor>],
+    floats: &[Vec<Vec<f64>>],
+    threads: usize,
+) -> Result<f64, CompileError> {
+    let exec = Executor::new(model, Mode::Fast { threads });
+    let n = model.outputs.len();
+    let (mut err, mut mag) = (vec![0f64; n], vec![0f64; n]);
+    for (si, (sample, reference)) in samples.iter().zip(floats).enumerate() {
+        let fail = |error| CompileError::Execution { sample: si, error };
+        let outs = exec.run(quantize_inputs(model, sample).map_err(fail)?);
+        let outs = outs.map_err(fail)?;
+        for (k, o) in model.outputs.iter().enumerate() {
+            let scale = model.value(o.value).map_or(0, |v| v.scale);
+            for (g, t) in dequantize(&outs[k], scale).iter().zip(&reference[k]) {
+                err[k] = err[k].max((g - t).abs());
+                mag[k] = mag[k].max(t.abs());
+            }
+        }
+    }
+    Ok(err
+        .iter()
+        .zip(&mag)
+        .map(|(e, m)| if *m > 0.0 { e / m } else { *e })
+        .fold(0.0, f64::max))
+}
+
+/// Lower `base` (the 32-bit model of [`crate::quantize::lower`]) with 16-bit operands where the
+/// calibration samples show accuracy needs them (module doc), for an error of at most `target`.
+pub fn choose(
+    g: &FGraph,
+    stats: &[Stats],
+    (base, float_of): (&Model, &[Option<usize>]),
+    samples: &[Vec<FloatTensor>],
+    floats: &[Vec<Vec<f64>>],
+    target: f64,
+) -> Result<(Model, MixedPrecision), CompileError> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cancelled = || {
+        if verity_engine::cancel::requested() {
+            Err(CompileError::Cancelled)
+        } else {
+            Ok(())
+        }
+    };
+    let int8 = Widths::new(8, 8, false);
+    let mut plan = Plan::uniform(int8);
+    plan.measure = true;
+    let (first, narrowed) = crate::narrow::narrow(g, stats, base, float_of, &plan);
+    plan.measure = false;
+    let first = validated(first)?;
+    // the operands by their 8-bit noise, noisiest first (ties: graph order, weights first)
+    let mut ranked: Vec<(f64, usize, Operand)> = Vec::new();
+    for n in &narrowed {
+        ranked.push((n.weight_noise, n.node, Operand::Weights));
+        if let Some(a) = n.act_noise {
+            ranked.push((a, n.node, Operand::Activations));
+        }
+    }
+    ranked.retain(|r| r.0 > 0.0);
+    ranked.sort_by(|x, y| y.0.total_cmp(&x.0).then((x.1, x.2).cmp(&(y.1, y.2))));
+    if std::env::var_os("VERITY_MIXED_DEBUG").is_some() {
+        for r in &ranked {
+            eprintln!("{:.3e} {:?} {}", r.0, r.2, base.nodes[r.1].name);
+        }
+    }
+    let plan_of = |count: usize| {
+        let mut p = Plan::uniform(int8);
+        for &(_, node, op) in &ranked[..count] {
+            match op {
+                Operand::Weights => p.wide_weights.insert(node),
+                Operand::Activations => p.wide_acts.insert(node),
+            };
+        }
+        p
+    };
+    let int8_error = error(&first, samples, floats, threads)?;
+    let mut rounds = 1;
+    // (error, count, model) of the best so far, and the largest count known to miss the target
+    let mut best = (int8_error, 0usize, first);
+    let mut missed = 0usize;
+    let mut met_at: Option<usize> = None;
+    let measure = |count: usize, rounds: &mut usize| -> Result<(f64, Model), CompileError> {
+        cancelled()?;
+        *rounds += 1;
+        let m = validated(crate::narrow::narrow(g, stats, base, float_of, &plan_of(count)).0)?;
+        let e = error(&m, samples, floats, threads)?;
+        if std::env::var_os("VERITY_MIXED_DEBUG").is_some() {
+            eprintln!("count {count} error {e:.4e}");
+        }
+        Ok((e, m))
+    };
+    if int8_error > target && !ranked.is_empty() {
+        // doubling: 1, 2, 4, … operands, then all of them
+        let mut count = 1;
+        loop {
+            let count_now = count.min(ranked.len());
+            let (e, m) = measure(count_now, &mut rounds)?;
+            let better = e < best.0;
+            if e <= target {
+                met_at = Some(count_now);
+                best = (e, count_now, m);
+                break;
+            }
+            missed = count_now;
+            if better {
+                best = (e, count_now, m);
+            }
+            if count_now == ranked.len() || rounds >= MAX_ROUNDS {
+                break;
+            }
+            count *= 2;
+        }
+        // bisection for the smallest count that meets the target
+        if let Some(mut hi) = met_at {
+            while hi - missed > 1 && rounds < MAX_ROUNDS {
+                let mid = missed + (hi - missed) / 2;
+                let (e, m) = measure(mid, &mut rounds)?;
+                if e <= target {
+                    hi = mid;
+                    best = (e, mid, m);
+                } else {
+                    missed = mid;
+                }
+            }
+        }
+    }
+    let (calibration_error, count, model) = best;
+    let chosen = plan_of(count);
+    let wide = narrowed
+        .iter()
+        .filter(|n| chosen.wide_weights.contains(&n.node) || chosen.wide_acts.contains(&n.node))
+        .map(|n| WideContraction {
+            name: base.nodes[n.node].name.clone(),
+            weight_bits: if chosen.wide_weights.contains(&n.node) { 16 } else { 8 },
+            activation_bits: if chosen.wide_acts.contains(&n.node) { 16 } else { 8 },
+        })
+        .collect();
+    Ok((
+        model,
+        MixedPrecision {
+            target,
+            calibration_error,
+            int8_error,
+            met: calibration_error <= target,
+            rounds,
+            contractions: narrowed.len(),
+            wide,
+        },
+    ))
+}
