@@ -437,14 +437,15 @@ fn write_compiled(
             m.calibration_error,
             m.int8_error,
             m.target,
-            if m.met { "" } else { ", not met: the most accurate kept" },
+            if m.met {
+                ""
+            } else {
+                ", not met: the most accurate kept"
+            },
             m.rounds
         );
         for w in &m.wide {
-            println!(
-                "  {:<40} w{}a{}",
-                w.name, w.weight_bits, w.activation_bits
-            );
+            println!("  {:<40} w{}a{}", w.name, w.weight_bits, w.activation_bits);
         }
     }
     if let Some(p) = &a.report {

@@ -350,8 +350,7 @@ fn compile_imported(
     let (model, mixed) = match auto {
         Some(target) => {
             let (base, float_of) = quantize::lower(g, &stats, opts.scale_bits, opts.precision)?;
-            let (m, mixed) =
-                mixed::choose(g, &stats, (&base, &float_of), &calib, &floats, target)?;
+            let (m, mixed) = mixed::choose(g, &stats, (&base, &float_of), &calib, &floats, target)?;
             (m, Some(mixed))
         }
         None => (

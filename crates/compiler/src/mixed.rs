@@ -17,12 +17,12 @@ use verity_engine::ir::Model;
 use verity_engine::{Executor, Mode};
 
 use crate::fgraph::FGraph;
-use crate::narrow::{Plan, Widths};
+use crate::narrow::{Narrowed, Plan, Widths};
 use crate::quantize::{validated, Stats};
 use crate::CompileError;
 
 /// Most models measured in one search.
-const MAX_ROUNDS: usize = 14;
+const MAX_ROUNDS: usize = 16;
 
 /// Which operand of a contraction gets 16 bits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -113,93 +113,132 @@ pub fn choose(
     let mut plan = Plan::uniform(int8);
     plan.measure = true;
     let (first, narrowed) = crate::narrow::narrow(g, stats, base, float_of, &plan);
-    plan.measure = false;
     let first = validated(first)?;
-    // the operands by their 8-bit noise, noisiest first (ties: graph order, weights first)
-    let mut ranked: Vec<(f64, usize, Operand)> = Vec::new();
-    for n in &narrowed {
-        ranked.push((n.weight_noise, n.node, Operand::Weights));
-        if let Some(a) = n.act_noise {
-            ranked.push((a, n.node, Operand::Activations));
-        }
-    }
-    ranked.retain(|r| r.0 > 0.0);
-    ranked.sort_by(|x, y| y.0.total_cmp(&x.0).then((x.1, x.2).cmp(&(y.1, y.2))));
-    if std::env::var_os("VERITY_MIXED_DEBUG").is_some() {
-        for r in &ranked {
-            eprintln!("{:.3e} {:?} {}", r.0, r.2, base.nodes[r.1].name);
-        }
-    }
-    let plan_of = |count: usize| {
-        let mut p = Plan::uniform(int8);
-        for &(_, node, op) in &ranked[..count] {
-            match op {
-                Operand::Weights => p.wide_weights.insert(node),
-                Operand::Activations => p.wide_acts.insert(node),
-            };
-        }
-        p
-    };
     let int8_error = error(&first, samples, floats, threads)?;
     let mut rounds = 1;
-    // (error, count, model) of the best so far, and the largest count known to miss the target
-    let mut best = (int8_error, 0usize, first);
-    let mut missed = 0usize;
-    let mut met_at: Option<usize> = None;
-    let measure = |count: usize, rounds: &mut usize| -> Result<(f64, Model), CompileError> {
+    let measure = |p: &Plan, rounds: &mut usize| -> Result<(f64, Model), CompileError> {
         cancelled()?;
         *rounds += 1;
-        let m = validated(crate::narrow::narrow(g, stats, base, float_of, &plan_of(count)).0)?;
+        let m = validated(crate::narrow::narrow(g, stats, base, float_of, p).0)?;
         let e = error(&m, samples, floats, threads)?;
-        if std::env::var_os("VERITY_MIXED_DEBUG").is_some() {
-            eprintln!("count {count} error {e:.4e}");
-        }
         Ok((e, m))
     };
-    if int8_error > target && !ranked.is_empty() {
-        // doubling: 1, 2, 4, … operands, then all of them
+    // the best so far: among the models that meet the target the one with the fewest 16-bit
+    // operands, else the most accurate
+    let mut best = (int8_error, 0usize, Plan::uniform(int8), first);
+    let consider = |best: &mut (f64, usize, Plan, Model), e: f64, p: Plan, m: Model| {
+        let wide = p.wide_weights.len() + p.wide_acts.len();
+        let better = match (e <= target, best.0 <= target) {
+            (true, true) => wide < best.1,
+            (true, false) => true,
+            (false, true) => false,
+            (false, false) => e < best.0,
+        };
+        if better {
+            *best = (e, wide, p, m);
+        }
+    };
+    if int8_error > target && !narrowed.is_empty() {
+        // how much of the error each kind of operand causes, measured: every weight at 16 bits,
+        // then every activation (errors add in power). The noise estimates of each kind are scaled
+        // so they sum to its share: activation noise independent between positions is averaged away
+        // by later pooling where a weight's error, the same at every position, is not.
+        let all = |kind: Operand| {
+            let mut p = Plan::uniform(int8);
+            for n in &narrowed {
+                match kind {
+                    Operand::Weights => p.wide_weights.insert(n.node),
+                    Operand::Activations => p.wide_acts.insert(n.node),
+                };
+            }
+            p
+        };
+        let mut share = [0f64; 2];
+        for (i, kind) in [Operand::Weights, Operand::Activations]
+            .into_iter()
+            .enumerate()
+        {
+            let p = all(kind);
+            let (e, m) = measure(&p, &mut rounds)?;
+            share[i] = (int8_error * int8_error - e * e).max(0.0);
+            consider(&mut best, e, p, m);
+        }
+        let total = |f: &dyn Fn(&Narrowed) -> f64| narrowed.iter().map(f).sum::<f64>();
+        let sum_w = total(&|n| n.weight_noise);
+        let sum_a = total(&|n| n.act_noise.unwrap_or(0.0));
+        let (kw, ka) = (
+            if sum_w > 0.0 { share[0] / sum_w } else { 0.0 },
+            if sum_a > 0.0 { share[1] / sum_a } else { 0.0 },
+        );
+        // the operands by their share of the error, largest first (ties: graph order, weights first)
+        let mut ranked: Vec<(f64, usize, Operand)> = Vec::new();
+        for n in &narrowed {
+            ranked.push((n.weight_noise * kw, n.node, Operand::Weights));
+            if let Some(a) = n.act_noise {
+                ranked.push((a * ka, n.node, Operand::Activations));
+            }
+        }
+        ranked.retain(|r| r.0 > 0.0);
+        ranked.sort_by(|x, y| y.0.total_cmp(&x.0).then((x.1, x.2).cmp(&(y.1, y.2))));
+        let plan_of = |count: usize| {
+            let mut p = Plan::uniform(int8);
+            for &(_, node, op) in &ranked[..count] {
+                match op {
+                    Operand::Weights => p.wide_weights.insert(node),
+                    Operand::Activations => p.wide_acts.insert(node),
+                };
+            }
+            p
+        };
+        // doubling: the first 1, 2, 4, … operands, then all of them; then a bisection between the
+        // last count that missed the target and the first that met it
+        let (mut missed, mut met) = (0usize, None);
         let mut count = 1;
-        loop {
-            let count_now = count.min(ranked.len());
-            let (e, m) = measure(count_now, &mut rounds)?;
-            let better = e < best.0;
+        while !ranked.is_empty() && rounds < MAX_ROUNDS {
+            let c = count.min(ranked.len());
+            let p = plan_of(c);
+            let (e, m) = measure(&p, &mut rounds)?;
+            consider(&mut best, e, p, m);
             if e <= target {
-                met_at = Some(count_now);
-                best = (e, count_now, m);
+                met = Some(c);
                 break;
             }
-            missed = count_now;
-            if better {
-                best = (e, count_now, m);
-            }
-            if count_now == ranked.len() || rounds >= MAX_ROUNDS {
+            missed = c;
+            if c == ranked.len() {
                 break;
             }
             count *= 2;
         }
-        // bisection for the smallest count that meets the target
-        if let Some(mut hi) = met_at {
+        if let Some(mut hi) = met {
             while hi - missed > 1 && rounds < MAX_ROUNDS {
                 let mid = missed + (hi - missed) / 2;
-                let (e, m) = measure(mid, &mut rounds)?;
+                let p = plan_of(mid);
+                let (e, m) = measure(&p, &mut rounds)?;
+                consider(&mut best, e, p, m);
                 if e <= target {
                     hi = mid;
-                    best = (e, mid, m);
                 } else {
                     missed = mid;
                 }
             }
         }
     }
-    let (calibration_error, count, model) = best;
-    let chosen = plan_of(count);
+    let (calibration_error, _, chosen, model) = best;
     let wide = narrowed
         .iter()
         .filter(|n| chosen.wide_weights.contains(&n.node) || chosen.wide_acts.contains(&n.node))
         .map(|n| WideContraction {
             name: base.nodes[n.node].name.clone(),
-            weight_bits: if chosen.wide_weights.contains(&n.node) { 16 } else { 8 },
-            activation_bits: if chosen.wide_acts.contains(&n.node) { 16 } else { 8 },
+            weight_bits: if chosen.wide_weights.contains(&n.node) {
+                16
+            } else {
+                8
+            },
+            activation_bits: if chosen.wide_acts.contains(&n.node) {
+                16
+            } else {
+                8
+            },
         })
         .collect();
     Ok((

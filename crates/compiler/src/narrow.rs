@@ -584,7 +584,11 @@ fn narrow_node(
         4 if block_axis.is_none() => 8,
         w => w,
     };
-    let qmax = ((1i64 << (wbits - 1)) - 1) as f64;
+    // 16-bit weights stop at 32639, where each splits into two `i8` parts for the 8-bit kernels
+    let qmax = match wbits {
+        16 => verity_engine::qgemm::WEIGHT16_MAX as f64,
+        w => ((1i64 << (w - 1)) - 1) as f64,
+    };
     // the activation, requantized (shared by every contraction reading it the same way)
     let dynamic = match (widths.dynamic, einsum) {
         (true, Some((a, bl, _))) => {

@@ -209,12 +209,15 @@ pub fn calibrate(g: &FGraph, samples: &[Vec<Vec<f64>>]) -> Result<Vec<Stats>, Co
     Ok(calibrate_keeping(g, samples, false)?.0)
 }
 
+/// A graph's outputs on one sample, in order.
+pub type Outputs = Vec<Vec<f64>>;
+
 /// [`calibrate`], also giving the graph's outputs on every sample when `keep` (else none).
 pub fn calibrate_keeping(
     g: &FGraph,
     samples: &[Vec<Vec<f64>>],
     keep: bool,
-) -> Result<(Vec<Stats>, Vec<Vec<Vec<f64>>>), CompileError> {
+) -> Result<(Vec<Stats>, Vec<Outputs>), CompileError> {
     let n = g.inputs.len() + g.consts.len() + g.nodes.len();
     let mut stats = vec![
         Stats {
@@ -446,9 +449,7 @@ pub(crate) fn lower(
     // at a narrow precision the weights of the contractions are quantized again from their float
     // values, so large real constants are only checked here and quantized when the narrow lowering
     // reads them as they are (`narrow::Builder::value`): no 32-bit copy of every weight
-    let deferred = |c: &FConst| {
-        precision.is_narrow() && !c.int && c.data.len() >= DEFER_ELEMENTS
-    };
+    let deferred = |c: &FConst| precision.is_narrow() && !c.int && c.data.len() >= DEFER_ELEMENTS;
     let mut consts: Vec<Const> = Vec::with_capacity(nc);
     for (i, c) in g.consts.iter().enumerate() {
         let s = scales[ni + i];

@@ -333,7 +333,7 @@ enum Prepared {
     /// A constant matrix times a few vectors (`EinSum {og, g → o}` or `{og, mg → mo}`).
     MatVec(Arc<MatVec>),
     /// A convolution's weights in 8-bit form, one matrix per group.
-    Conv(Vec<crate::qgemm::PackedA>),
+    Conv(Vec<crate::qgemm::Parts<crate::qgemm::PackedA>>),
     /// Block-wise products `{gk, ogk → og}` with 8-bit constant weights (shareable between
     /// executors of models holding the same constants, see [`Executor::new_sharing`]).
     Blocks(Arc<crate::blockdot::PackedBlocks>),

@@ -9,7 +9,7 @@ use crate::arith::{fit, rshift, rshift32, Shift};
 use crate::elements::Elements;
 use crate::error::ExecError;
 use crate::exec::{label_strides, ConvSpec, EinSpec};
-use crate::qgemm::{self, Level, PackedA, PackedB};
+use crate::qgemm::{self, Level, PackedA, PackedB, Parts};
 
 const I64_SAFE: u128 = 1 << 62;
 
@@ -368,9 +368,9 @@ pub struct Packed {
 #[derive(Clone, Debug)]
 enum Narrow {
     /// A constant `a` (`m×k`), the kernels' row side.
-    A(Vec<PackedA>),
+    A(Vec<Parts<PackedA>>),
     /// A constant `b` (`k×n`), the kernels' column side.
-    B(Vec<PackedB>),
+    B(Vec<Parts<PackedB>>),
 }
 
 /// How an `EinSum` maps onto a batched matrix product; depends only on labels and shapes.
@@ -497,7 +497,7 @@ impl EinPlan {
             let data = packed(a, s.a, s.a_shape, &self.a_order, &self.sizes);
             let (m, k) = (self.m, self.k);
             let narrow = (0..self.bt)
-                .map(|bi| PackedA::weights(&data[bi * m * k..(bi + 1) * m * k], m, k))
+                .map(|bi| Parts::<PackedA>::weights(&data[bi * m * k..(bi + 1) * m * k], m, k))
                 .collect::<Option<_>>()
                 .map(Narrow::A);
             Packed {
@@ -518,7 +518,11 @@ impl EinPlan {
     ) -> Option<Packed> {
         self.packable.then(|| {
             let data = packed(b, s.b, s.b_shape, &self.b_order, &self.sizes);
-            let narrow = self.narrow_b(&data).map(Narrow::B);
+            let (k, n) = (self.k, self.n);
+            let narrow = (0..self.bt)
+                .map(|bi| Parts::<PackedB>::weights(&data[bi * k * n..(bi + 1) * k * n], k, n))
+                .collect::<Option<_>>()
+                .map(Narrow::B);
             Packed {
                 max_abs: max_abs_of(b),
                 data: narrow
@@ -540,9 +544,9 @@ impl EinPlan {
             .collect()
     }
 
-    /// The product by the 8-bit kernels when the constant side has 8-bit values and the other 8- or
-    /// 16-bit ones (`None` otherwise): the constant side gives the `i8` operand, the other the
-    /// activations; 16-bit activations are multiplied as their two 8-bit [`halves`].
+    /// The product by the 8-bit kernels when the constant side has 8- or 16-bit values and the other
+    /// 8- or 16-bit ones (`None` otherwise): the constant side gives the `i8` operand (16-bit weights as
+    /// their two [`Parts`]), the other the activations (16-bit ones as their two [`halves`]).
     fn narrow_product(
         &self,
         ap: &[i32],
@@ -559,7 +563,7 @@ impl EinPlan {
             // run when the product is split too
             let batch = |bi: usize| &bp[bi * k * n..(bi + 1) * k * n];
             let th = if m * k * n >= 1 << 21 { threads } else { 1 };
-            return self.by_halves(
+            return self.by_parts(
                 |bi, part| {
                     let x = batch(bi);
                     match part {
@@ -572,22 +576,27 @@ impl EinPlan {
                         Part::Low => PackedB::shifted_par(x, 0, k, n, false, th),
                     }
                 },
-                |bi, act| (qgemm::gemm(&qa[bi], act, threads, level), act.ldc()),
+                |bi| &qa[bi],
+                |w, act| (qgemm::gemm(w, act, threads, level), act.ldc()),
             );
         }
-        let built;
+        let built: Vec<Parts<PackedB>>;
         let qb = match pb.and_then(|p| p.narrow.as_ref()) {
             Some(Narrow::B(q)) => q,
             _ => {
                 // the activations' 8-bit check first, before any weights are packed
                 halves(ap)?;
-                built = self.narrow_b(bp)?;
+                built = self
+                    .narrow_b(bp)?
+                    .into_iter()
+                    .map(|hi| Parts { hi, lo: None })
+                    .collect();
                 &built
             }
         };
         debug_assert_eq!(qb.len(), bt);
         let batch = |bi: usize| &ap[bi * m * k..(bi + 1) * m * k];
-        self.by_halves(
+        self.by_parts(
             |bi, part| {
                 let x = batch(bi);
                 match part {
@@ -599,34 +608,52 @@ impl EinPlan {
                     Part::Low => PackedA::from_fn(m, k, |i, kk| x[i * k + kk] & 255),
                 }
             },
-            |bi, act| (qgemm::gemm(act, &qb[bi], threads, level), qb[bi].ldc()),
+            |bi| &qb[bi],
+            |w, act| (qgemm::gemm(act, w, threads, level), w.ldc()),
         )
     }
 
-    /// The product of every batch's activations (packed by `pack`) by its weights (`mul`, giving the
-    /// `i32` product and its row stride): 8-bit activations whole when every batch's are, else each
-    /// batch's 16-bit values as their two [`halves`], the two products joined in `i64`; `None` if a
-    /// batch fits neither form.
-    fn by_halves<P>(
+    /// The product of every batch's activations (packed by `pack`) by its weights (`weights`; `mul`
+    /// gives the `i32` product of one part of them and one packing of activations, with its row
+    /// stride): 8-bit activations whole when every batch's are, else each batch's 16-bit values as
+    /// their two [`halves`]; with whole activations and whole weights the one product as it is, else
+    /// every pair of parts' products joined in `i64` (`256·high + low` on each side). `None` if a batch
+    /// fits neither form.
+    fn by_parts<'w, P, W: 'w>(
         &self,
         pack: impl Fn(usize, Part) -> Option<P>,
-        mul: impl Fn(usize, &P) -> (Vec<i32>, usize),
+        weights: impl Fn(usize) -> &'w Parts<W>,
+        mul: impl Fn(&W, &P) -> (Vec<i32>, usize),
     ) -> Option<Acc> {
         let (bt, m, n) = (self.bt, self.m, self.n);
         // every batch is packed before any product runs
-        if let Some(acts) = (0..bt)
+        let whole = (0..bt)
             .map(|bi| pack(bi, Part::Whole))
-            .collect::<Option<Vec<_>>>()
-        {
+            .collect::<Option<Vec<_>>>();
+        let split = (0..bt).any(|bi| weights(bi).lo.is_some());
+        if let (Some(acts), false) = (&whole, split) {
             return Some(Acc::Narrow(
-                acts.iter().enumerate().map(|(bi, a)| mul(bi, a)).collect(),
+                acts.iter()
+                    .enumerate()
+                    .map(|(bi, a)| mul(&weights(bi).hi, a))
+                    .collect(),
             ));
         }
         let mut c = vec![0i64; bt * m * n];
+        let mut whole = whole.map(|w| w.into_iter());
         for bi in 0..bt {
-            let (hi, lo) = (pack(bi, Part::High)?, pack(bi, Part::Low)?);
-            let ((ch, ldc), (cl, _)) = (mul(bi, &hi), mul(bi, &lo));
-            join_halves(&mut c[bi * m * n..(bi + 1) * m * n], &ch, &cl, ldc, n);
+            let acts: Vec<(P, u32)> = match whole.as_mut().and_then(|w| w.next()) {
+                Some(a) => vec![(a, 0)],
+                None => vec![(pack(bi, Part::High)?, 8), (pack(bi, Part::Low)?, 0)],
+            };
+            let dst = &mut c[bi * m * n..(bi + 1) * m * n];
+            for (w, ws) in weights(bi).each() {
+                for (a, xs) in &acts {
+                    let (prod, ldc) = mul(w, a);
+                    add_shifted(dst, &prod, ldc, n, ws + xs);
+                    crate::buffers::give(prod);
+                }
+            }
         }
         Some(Acc::Wide(c))
     }
@@ -873,14 +900,15 @@ enum Part {
     Low,
 }
 
-/// `c[i][j] = 256·hi[i][j] + lo[i][j]` for the first `n` columns of rows of stride `ldc`.
-fn join_halves(c: &mut [i64], hi: &[i32], lo: &[i32], ldc: usize, n: usize) {
+/// `c[i][j] += p[i][j] << sh` for the first `n` columns of `p`'s rows of stride `ldc` (`c`'s rows are
+/// `n` long).
+fn add_shifted(c: &mut [i64], p: &[i32], ldc: usize, n: usize, sh: u32) {
     if n == 0 {
         return;
     }
-    for ((c, h), l) in c.chunks_mut(n).zip(hi.chunks(ldc)).zip(lo.chunks(ldc)) {
-        for ((c, &h), &l) in c.iter_mut().zip(&h[..n]).zip(&l[..n]) {
-            *c = ((h as i64) << 8) + l as i64;
+    for (c, p) in c.chunks_mut(n).zip(p.chunks(ldc)) {
+        for (c, &v) in c.iter_mut().zip(&p[..n]) {
+            *c += (v as i64) << sh;
         }
     }
 }
@@ -1256,17 +1284,45 @@ fn valid_columns(
     (x1 > x0).then(|| (x0, x1, (first_in(x0) - px) as usize))
 }
 
-/// A convolution's weights in the 8-bit kernels' form, one matrix `[O/g × cg·kh·kw]` per group; `None`
-/// unless every weight fits `i8`.
-pub fn conv_weights(w_shape: &[usize], groups: usize, w: &[i32]) -> Option<Vec<PackedA>> {
-    if w_shape.len() != 4 || groups == 0 || !w.iter().all(|v| (-128..=127).contains(v)) {
+/// A convolution's weights in the 8-bit kernels' form, one matrix `[O/g × cg·kh·kw]` per group (16-bit
+/// weights as their two [`Parts`]); `None` unless every weight lies in `−32768..=32639`.
+pub fn conv_weights(w_shape: &[usize], groups: usize, w: &[i32]) -> Option<Vec<Parts<PackedA>>> {
+    if w_shape.len() != 4 || groups == 0 || !w.iter().all(|v| (-32768..=32639).contains(v)) {
         return None;
     }
     let og = w_shape[0] / groups;
     let kk = w_shape[1] * w_shape[2] * w_shape[3];
     (0..groups)
-        .map(|g| PackedA::weights(&w[g * og * kk..(g + 1) * og * kk], og, kk))
+        .map(|g| Parts::<PackedA>::weights(&w[g * og * kk..(g + 1) * og * kk], og, kk))
         .collect()
+}
+
+/// Rows `r0..r0 + rows` of the product of `w` by the activations `x` (whole, or the high and low
+/// [`halves`] of 16-bit ones) when some side has two parts: every pair of parts' products joined in
+/// `i64`, `rows × n` with row stride `n` (the first `n` of each product row's [`PackedB::ldc`]).
+fn joined_parts(
+    w: &Parts<PackedA>,
+    (x, low): (&PackedB, Option<&PackedB>),
+    (r0, rows, n): (usize, usize, usize),
+    level: Level,
+    tokens: &[crate::cancel::Cancel],
+) -> Vec<i64> {
+    let ldc = x.ldc();
+    let mut c = vec![0i64; rows * n];
+    let acts: Vec<(&PackedB, u32)> = match low {
+        Some(l) => vec![(x, 8), (l, 0)],
+        None => vec![(x, 0)],
+    };
+    let mut acc = crate::buffers::take(rows * ldc, 0i32);
+    for (wp, ws) in w.each() {
+        for &(xp, xs) in &acts {
+            acc.fill(0);
+            qgemm::product(wp, xp, r0, &mut acc, level, tokens);
+            add_shifted(&mut c, &acc, ldc, n, ws + xs);
+        }
+    }
+    crate::buffers::give(acc);
+    c
 }
 
 /// `Conv2d` by the 8-bit kernels when the input's values are 8-bit (or 16-bit, multiplied as their two
@@ -1277,7 +1333,7 @@ pub fn conv_weights(w_shape: &[usize], groups: usize, w: &[i32]) -> Option<Vec<P
 fn conv2d_narrow(
     s: &ConvSpec<'_>,
     (x, rx): (&[i32], Range),
-    qw: &[PackedA],
+    qw: &[Parts<PackedA>],
     bias: Option<(&[i32], i32)>,
     shift: i32,
     threads: usize,
@@ -1298,7 +1354,12 @@ fn conv2d_narrow(
     }
     let p = s.out[2] * s.out[3];
     let level = Level::detect();
-    let work = og * kk * p * if split { 2 } else { 1 };
+    let wparts = if qw.iter().any(|q| q.lo.is_some()) {
+        2
+    } else {
+        1
+    };
+    let work = og * kk * p * if split { 2 } else { 1 } * wparts;
     let th = if work >= 1 << 21 { threads } else { 1 };
     let mut out = crate::par::filled(n * o_ch * p, 0i32, th);
     // a 1×1 convolution with stride 1 and no padding reads its input planes as they are
@@ -1350,16 +1411,15 @@ fn conv2d_narrow(
             let planes = &mut out[first..first + og * p];
             crate::par::rows(planes, p, th, qgemm::MR, |o0, part| {
                 let rows = part.len() / p;
-                let mut acc = crate::buffers::take(rows * ldc, 0i32);
-                qgemm::product(qw, &cols, o0, &mut acc, level, &tokens);
-                // 16-bit input: the low halves' product joins the high halves' one in i64
-                let wide = low.as_ref().map(|low| {
-                    let mut acc_lo = vec![0i32; rows * ldc];
-                    qgemm::product(qw, low, o0, &mut acc_lo, level, &tokens);
-                    let mut c = vec![0i64; rows * p];
-                    join_halves(&mut c, &acc, &acc_lo, ldc, p);
-                    c
-                });
+                // 16-bit inputs or weights: every pair of parts' products joined in i64
+                let (acc, wide) = if low.is_none() && qw.lo.is_none() {
+                    let mut acc = crate::buffers::take(rows * ldc, 0i32);
+                    qgemm::product(&qw.hi, &cols, o0, &mut acc, level, &tokens);
+                    (acc, None)
+                } else {
+                    let c = joined_parts(qw, (&cols, low.as_ref()), (o0, rows, p), level, &tokens);
+                    (Vec::new(), Some(c))
+                };
                 for (o, dst) in part.chunks_mut(p).enumerate() {
                     let oc = g * og + o0 + o;
                     let bv = bias.map_or(0i128, |(d, sh)| (d[oc] as i128) << sh);
@@ -1952,7 +2012,7 @@ const PANEL_BYTES: usize = 1 << 19;
 fn conv2d_panels(
     s: &ConvSpec<'_>,
     x: &[i32],
-    qw: &[PackedA],
+    qw: &[Parts<PackedA>],
     bias: Option<(&[i32], i32)>,
     shift: i32,
     (offset, level, threads): (bool, Level, usize),
@@ -2001,13 +2061,30 @@ fn conv2d_panels(
                     );
                     let ldc = cols.ldc();
                     let acc = &mut acc[..og * ldc];
-                    qgemm::product(qw, &cols, 0, acc, level, &tokens);
+                    // 16-bit weights: their two parts' products joined in i64
+                    let wide = match &qw.lo {
+                        None => {
+                            qgemm::product(&qw.hi, &cols, 0, acc, level, &tokens);
+                            None
+                        }
+                        Some(_) => Some(joined_parts(
+                            qw,
+                            (&cols, None),
+                            (0, og, ldc),
+                            level,
+                            &tokens,
+                        )),
+                    };
                     for (o, seg) in segs.iter_mut().enumerate() {
                         let bv = bias.map_or(0i128, |(d, sh)| (d[g * og + o] as i128) << sh);
                         let dst = &mut seg[(oy0 - y0) * ow..(oy1 - y0) * ow];
                         for (r, d) in dst.chunks_mut(ow.max(1)).enumerate() {
                             let from = o * ldc + r * wp;
-                            if let Err(e) = requantize_row(d, &acc[from..from + ow], bv, shift) {
+                            let done = match &wide {
+                                Some(c) => requantize_row(d, &c[from..from + ow], bv, shift),
+                                None => requantize_row(d, &acc[from..from + ow], bv, shift),
+                            };
+                            if let Err(e) = done {
                                 return err.set(e);
                             }
                         }
@@ -2164,7 +2241,7 @@ pub fn conv2d(
     s: &ConvSpec<'_>,
     (x, rx): (&[i32], Range),
     w: Operand<'_, '_>,
-    qw: Option<&[PackedA]>,
+    qw: Option<&[Parts<PackedA>]>,
     bias: Option<(&[i32], i32)>,
     shift: i32,
     threads: usize,
@@ -2335,14 +2412,19 @@ mod tests {
                 .expect("fast");
             assert_eq!(got, want);
         }
-        // wide weights are not packed for the 8-bit kernels
+        // 16-bit weights are packed as two parts, wider ones not at all
         let mut wb = b.clone();
         wb[0] = 128;
+        let parts = plan.pack_b(&spec, &wb).expect("packable").narrow;
+        assert!(matches!(parts, Some(Narrow::B(p)) if p.iter().all(|p| p.lo.is_some())));
+        wb[0] = 40000;
         assert!(plan.pack_b(&spec, &wb).expect("packable").narrow.is_none());
         // a convolution's weights likewise
         let w: Vec<i32> = (0..2 * 3 * 3).map(|i| i - 9).collect();
-        assert!(conv_weights(&[2, 1, 3, 3], 1, &w).is_some());
-        assert!(conv_weights(&[2, 1, 3, 3], 1, &[200; 18]).is_none());
+        let parts = |w: &[i32]| conv_weights(&[2, 1, 3, 3], 1, w).map(|q| q[0].lo.is_some());
+        assert_eq!(parts(&w), Some(false));
+        assert_eq!(parts(&[200; 18]), Some(true));
+        assert_eq!(parts(&[32640; 18]), None);
         let win = Window {
             kernel: [3, 3],
             stride: [1, 1],
@@ -2362,6 +2444,14 @@ mod tests {
         assert!(conv2d_narrow(&cs, (&[1000; 16], None), &qw, None, 0, 1, None).is_some());
         assert!(conv2d_narrow(&cs, (&[-32768; 16], None), &qw, None, 0, 1, None).is_some());
         assert!(conv2d_narrow(&cs, (&[70000; 16], None), &qw, None, 0, 1, None).is_none());
+        // 16-bit weights too, with 8- and 16-bit inputs, to the reference's integers
+        let w16: Vec<i32> = (0..18).map(|i| i * 3001 - 27000).collect();
+        let qw = conv_weights(&[2, 1, 3, 3], 1, &w16).expect("16-bit");
+        for x in [x.clone(), (0..16).map(|i| i * 4000 - 30000).collect()] {
+            let got = conv2d_narrow(&cs, (&x, None), &qw, None, 4, 1, None).expect("8-bit kernels");
+            let want = crate::exec::conv_reference(&cs, &x, &w16, None, 4);
+            assert_eq!(got.expect("fits"), want.expect("fits"));
+        }
     }
 
     /// The fast max pooling equals the reference's loop over the taps for windows with strides,

@@ -61,6 +61,77 @@ impl Level {
     }
 }
 
+/// The largest 16-bit weight [`split16`] splits (the smallest is −32768).
+pub const WEIGHT16_MAX: i32 = 32639;
+
+/// A weight as two `i8` parts, `w = 256·hi + lo` with `lo = ((w + 128) mod 256) − 128`; `None` outside
+/// `−32896..=32639` (where `hi` would leave `i8`), so for every 16-bit weight up to [`WEIGHT16_MAX`].
+pub fn split16(w: i32) -> Option<(i8, i8)> {
+    let lo = (w + 128).rem_euclid(256) - 128;
+    Some((i8::try_from((w - lo) >> 8).ok()?, lo as i8))
+}
+
+/// Weights in the 8-bit kernels' form: 8-bit ones whole (`hi`, no `lo`); 16-bit ones as their two
+/// [`split16`] parts, each packed like 8-bit weights, so that a product is `256·(hi·x) + lo·x`, exact.
+#[derive(Clone, Debug)]
+pub struct Parts<T> {
+    /// The whole weights, or their high parts.
+    pub hi: T,
+    /// The low parts of 16-bit weights.
+    pub lo: Option<T>,
+}
+
+impl<T> Parts<T> {
+    /// Each part with the left shift its product takes: `(hi, 8), (lo, 0)`, or `(hi, 0)` alone.
+    pub fn each(&self) -> impl Iterator<Item = (&T, u32)> {
+        let sh = if self.lo.is_some() { 8 } else { 0 };
+        std::iter::once((&self.hi, sh)).chain(self.lo.as_ref().map(|l| (l, 0)))
+    }
+
+    /// The parts built by `pack` from a weight view `part(w)`: whole if `whole` gives them, else
+    /// the high and low parts; `None` if a weight leaves `−32768..=32639`.
+    fn build(
+        whole: impl FnOnce() -> Option<T>,
+        pack: impl Fn(bool) -> Option<T>,
+    ) -> Option<Parts<T>> {
+        if let Some(hi) = whole() {
+            return Some(Parts { hi, lo: None });
+        }
+        Some(Parts {
+            hi: pack(true)?,
+            lo: Some(pack(false)?),
+        })
+    }
+}
+
+/// Part `high` of weight `w` ([`split16`]) as an `i32`, or a value no `i8` holds.
+fn part_of(w: i32, high: bool) -> i32 {
+    match split16(w) {
+        Some((h, l)) => (if high { h } else { l }) as i32,
+        None => i32::MAX,
+    }
+}
+
+impl Parts<PackedA> {
+    /// Weights `A[i][kk] = w[i·k + kk]` (row-major `m×k`) within `−32768..=32639`.
+    pub fn weights<T: Copy + Into<i32>>(w: &[T], m: usize, k: usize) -> Option<Self> {
+        Parts::build(
+            || PackedA::weights(w, m, k),
+            |high| PackedA::weights_by(m, k, |i, kk| part_of(w[i * k + kk].into(), high)),
+        )
+    }
+}
+
+impl Parts<PackedB> {
+    /// Weights `B[kk][j] = b[kk·n + j]` (row-major `k×n`) within `−32768..=32639`.
+    pub fn weights<T: Copy + Into<i32>>(b: &[T], k: usize, n: usize) -> Option<Self> {
+        Parts::build(
+            || PackedB::new(b, k, n),
+            |high| PackedB::from_fn(k, n, |kk, j| part_of(b[kk * n + j].into(), high)),
+        )
+    }
+}
+
 /// `B` (`k×n`, `i8`) packed for the kernels: blocks of 16 columns, each a run of `kq = ⌈k/4⌉` groups of
 /// 16 columns × 4 consecutive `k` (64 bytes); `k` and `n` are zero-padded.
 #[derive(Clone, Debug)]
@@ -473,12 +544,17 @@ impl PackedA {
 
     /// Weights `A[i][kk] = w[i·k + kk]` (a row-major `m×k` matrix), if every value fits `i8`.
     pub fn weights<T: Copy + Into<i32>>(w: &[T], m: usize, k: usize) -> Option<PackedA> {
+        PackedA::weights_by(m, k, |i, kk| w[i * k + kk].into())
+    }
+
+    /// Weights `A[i][kk] = f(i, kk)`, if every value fits `i8`.
+    pub fn weights_by(m: usize, k: usize, f: impl Fn(usize, usize) -> i32) -> Option<PackedA> {
         let mut p = PackedA::zeros(m, k, false)?;
         p.weights = true;
         p.rowsum = vec![0; m];
         for i in 0..m {
             for kk in 0..k {
-                let v = i8::try_from(w[i * k + kk].into()).ok()?;
+                let v = i8::try_from(f(i, kk)).ok()?;
                 p.row_mut(i)[kk] = v as u8;
                 p.rowsum[i] += v as i32;
             }
@@ -1011,6 +1087,18 @@ mod tests {
         assert!(PackedA::new(&[-129], 1, 1).is_none());
         assert!(PackedA::new(&[-1, 200], 1, 2).is_none());
         assert!(PackedB::new(&[128], 1, 1).is_none());
+        // 16-bit weights: two parts from -32768 to 32639, none past
+        for w in [
+            -32768, -32767, -129, -128, -1, 0, 1, 127, 128, 255, 256, 32639,
+        ] {
+            let (hi, lo) = split16(w).expect("splits");
+            assert_eq!(256 * hi as i32 + lo as i32, w);
+        }
+        assert_eq!(split16(WEIGHT16_MAX + 1), None);
+        assert!(split16(-32896).is_some() && split16(-32897).is_none());
+        assert!(Parts::<PackedA>::weights(&[300, -5], 1, 2).is_some_and(|p| p.lo.is_some()));
+        assert!(Parts::<PackedA>::weights(&[100, -5], 1, 2).is_some_and(|p| p.lo.is_none()));
+        assert!(Parts::<PackedB>::weights(&[32640], 1, 1).is_none());
         assert!(PackedB::new(&vec![0; MAX_K + 1], MAX_K + 1, 1).is_none());
     }
 }

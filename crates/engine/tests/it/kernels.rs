@@ -312,6 +312,20 @@ fn threaded_kernels_equal_reference() {
     }
 }
 
+/// Weights for the 8-bit kernels: `-128..=127`, or with `wide` 16-bit ones in `-32768..=32639`, which
+/// they multiply as two `i8` parts, with `spill` (rarely) one of 32767, which must send the contraction
+/// down the wide path with the same result.
+fn weights(gen: &mut impl FnMut(usize) -> Vec<i32>, n: usize, wide: bool, spill: bool) -> Vec<i32> {
+    let mut v = eight_bit(gen, n, false, false, wide);
+    for x in &mut v {
+        *x = (*x).min(32639);
+    }
+    if wide && spill && !v.is_empty() {
+        v[n / 3] = 32767;
+    }
+    v
+}
+
 /// Values for the 8-bit kernels: unsigned activations `0..=255`, signed `-128..=127` (or with `wide`,
 /// 16-bit ones, `0..=65535` or `-32768..=32767`, which the kernels multiply as two 8-bit halves), or
 /// (rarely) one value just outside, which must send the contraction down the wide path with the same
@@ -349,14 +363,14 @@ proptest! {
     fn einsum_8bit_fast_equals_reference(
         m in 1u32..20, k in 1u32..70, n in prop_oneof![1u32..40, Just(16), Just(32), Just(48)], batch in 1u32..3, const_b in any::<bool>(), const_a in any::<bool>(),
         unsigned in any::<bool>(), spill in prop::bool::weighted(0.1), bias in 0u8..3, seed in any::<u64>(),
-        sa in 0i8..8, so in 0i8..10, wide in any::<bool>(),
+        sa in 0i8..8, so in 0i8..10, wide in any::<bool>(), wide_w in any::<bool>(), wspill in prop::bool::weighted(0.1),
     ) {
         // bias: none, one per column (`[n]`), or one per row (`[m, 1]`, as a convolution's per channel)
         // a[z, i, k] · b[z, k, j] -> [z, i, j]; a constant operand is packed when the executor is built
         let mut gen = crate::gen(seed, i32::MAX);
         let (ash, bsh, osh) = (vec![batch, m, k], vec![batch, k, n], vec![batch, m, n]);
         let a = eight_bit(&mut gen, (batch * m * k) as usize, unsigned && !const_a, spill, wide);
-        let b = eight_bit(&mut gen, (batch * k * n) as usize, false, false, false);
+        let b = weights(&mut gen, (batch * k * n) as usize, wide_w, wspill);
         let mut inputs = vec![];
         let mut consts = vec![];
         let mut run_inputs = vec![];
@@ -406,7 +420,7 @@ proptest! {
         n in 1u32..3, groups in 1u32..3, cg in 1u32..5, og in 1u32..20, h in 1u32..10, w in 1u32..10,
         k in [1u32..4, 1u32..4], s in [1u32..3, 1u32..3], d in [1u32..3, 1u32..3], p in [0u32..3, 0u32..3, 0u32..3, 0u32..3],
         bias in any::<bool>(), unsigned in any::<bool>(), spill in prop::bool::weighted(0.1), seed in any::<u64>(),
-        so in 0i8..10, wide in any::<bool>(),
+        so in 0i8..10, wide in any::<bool>(), wide_w in any::<bool>(), wspill in prop::bool::weighted(0.1),
     ) {
         let window = Window { kernel: k, stride: s, dilation: d, pads: p };
         let Some((oh, ow)) = window.output_hw(h, w) else { return Ok(()) };
@@ -414,7 +428,7 @@ proptest! {
         let o = groups * og;
         let mut gen = crate::gen(seed, i32::MAX);
         let x = eight_bit(&mut gen, (n * c * h * w) as usize, unsigned, spill, wide);
-        let wts = eight_bit(&mut gen, (o * cg * k[0] * k[1]) as usize, false, false, false);
+        let wts = weights(&mut gen, (o * cg * k[0] * k[1]) as usize, wide_w, wspill);
         let mut consts = vec![Const { shape: vec![o, cg, k[0], k[1]], scale: 0, data: wts.into() }];
         let mut ins = vec![0, 1];
         if bias {
