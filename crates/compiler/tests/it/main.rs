@@ -413,3 +413,70 @@ fn narrow_precisions_keep_saturating_tables_small() {
         assert!(w.len() > entries, "{name}: {}", w.len());
     }
 }
+
+/// `auto` widens to 16 bits only what its target needs: at a target the `int8` model misses, the
+/// contractions it lists hold 16-bit weights or read 16-bit activations, and its error on the
+/// calibration samples (here also the report's samples) meets the target or is the best it measured;
+/// at a target `int8` already meets, it is the `int8` model itself; it is deterministic.
+#[test]
+fn auto_precision_widens_only_what_the_target_needs() {
+    use verity_compiler::Precision;
+    use verity_engine::ir::Op;
+    use verity_engine::vty;
+    for name in ["mlp.onnx", "cnn.onnx", "transformer.onnx"] {
+        let opts = |precision: Precision| CompileOptions {
+            default_range: (0.0, 1.0),
+            precision,
+            ..Default::default()
+        };
+        let (int8, r8) = compile(&read(name), &opts(Precision::INT8)).unwrap();
+        let e8 = r8.outputs[0].max_relative_error;
+        assert!(e8 > 0.0, "{name}");
+        // a target int8 meets: the int8 model, nothing measured beyond it
+        let loose: Precision = "auto:50".parse().unwrap();
+        let (same, r) = compile(&read(name), &opts(loose)).unwrap();
+        assert_eq!(vty::model_id(&same), vty::model_id(&int8), "{name}");
+        let m = r.mixed.expect("auto reports its choice");
+        assert!(m.met && m.wide.is_empty() && m.rounds == 1, "{name}: {m:?}");
+        // a third of int8's error
+        let pct = e8 * 100.0 / 3.0;
+        let tight: Precision = format!("auto:{pct}").parse().unwrap();
+        let (model, r) = compile(&read(name), &opts(tight)).unwrap();
+        assert!(r.precision.starts_with("auto:"), "{}", r.precision);
+        let m = r.mixed.clone().expect("auto reports its choice");
+        eprintln!("{name}: int8 {e8:.4} -> {:?}", m);
+        // the search's int8 model is the one measured above (its float outputs come from the float
+        // graph rather than tract: the same within rounding)
+        assert!((m.int8_error - e8).abs() <= 1e-3 * e8, "{name}: {} vs {e8}", m.int8_error);
+        assert!(!m.wide.is_empty() && m.rounds > 1, "{name}: {m:?}");
+        assert!(m.calibration_error < m.int8_error, "{name}: {m:?}");
+        assert_eq!(m.met, m.calibration_error <= m.target, "{name}");
+        let out = &r.outputs[0];
+        assert!((out.max_relative_error - m.calibration_error).abs() <= 1e-3 * e8, "{name}");
+        // each listed contraction holds what the report says
+        for w in &m.wide {
+            let acc = format!("{}/acc", w.name);
+            let k = model.nodes.iter().position(|n| n.name == acc).expect("listed");
+            let node = &model.nodes[k];
+            assert!(matches!(node.op, Op::EinSum { .. } | Op::Conv2d { .. }));
+            let weights = node.inputs[..2].iter().find_map(|&v| model.const_of(v)).unwrap();
+            let wmax = weights.data.iter().map(|v| v.abs()).max().unwrap();
+            assert_eq!(wmax > 127, w.weight_bits == 16, "{name}: {} {wmax}", w.name);
+            assert!(wmax <= 32639);
+            let act = node.inputs[..2].iter().find(|&&v| model.const_of(v).is_none()).unwrap();
+            let clamp = &model.nodes[*act as usize - model.first_node_value()];
+            let Op::Clamp { hi, .. } = clamp.op else {
+                panic!("{name}: {} reads no clamp", w.name)
+            };
+            assert_eq!(hi > 255, w.activation_bits == 16, "{name}: {}", w.name);
+        }
+        let again = compile(&read(name), &opts(tight)).unwrap().0;
+        assert_eq!(vty::encode(&again), vty::encode(&model), "{name}");
+    }
+    for bad in ["auto:0", "auto:-1", "auto:x", "auto:101", "auto:", "autox"] {
+        assert!(bad.parse::<Precision>().is_err(), "{bad}");
+    }
+    for good in ["auto", "auto:0.5", "auto:2"] {
+        assert_eq!(good.parse::<Precision>().unwrap().to_string(), good);
+    }
+}
