@@ -120,7 +120,11 @@ pub fn choose(
         cancelled()?;
         *rounds += 1;
         let m = validated(crate::narrow::narrow(g, stats, base, float_of, p).0)?;
-        let e = error(&m, samples, floats, threads)?;
+        // a wider model that fails on a calibration sample (an overflow…) only misses the target
+        let e = match error(&m, samples, floats, threads) {
+            Err(CompileError::Execution { .. }) => f64::INFINITY,
+            e => e?,
+        };
         Ok((e, m))
     };
     // the best so far: among the models that meet the target the one with the fewest 16-bit

@@ -447,23 +447,40 @@ fn auto_precision_widens_only_what_the_target_needs() {
         eprintln!("{name}: int8 {e8:.4} -> {:?}", m);
         // the search's int8 model is the one measured above (its float outputs come from the float
         // graph rather than tract: the same within rounding)
-        assert!((m.int8_error - e8).abs() <= 1e-3 * e8, "{name}: {} vs {e8}", m.int8_error);
+        assert!(
+            (m.int8_error - e8).abs() <= 1e-3 * e8,
+            "{name}: {} vs {e8}",
+            m.int8_error
+        );
         assert!(!m.wide.is_empty() && m.rounds > 1, "{name}: {m:?}");
         assert!(m.calibration_error < m.int8_error, "{name}: {m:?}");
         assert_eq!(m.met, m.calibration_error <= m.target, "{name}");
         let out = &r.outputs[0];
-        assert!((out.max_relative_error - m.calibration_error).abs() <= 1e-3 * e8, "{name}");
+        assert!(
+            (out.max_relative_error - m.calibration_error).abs() <= 1e-3 * e8,
+            "{name}"
+        );
         // each listed contraction holds what the report says
         for w in &m.wide {
             let acc = format!("{}/acc", w.name);
-            let k = model.nodes.iter().position(|n| n.name == acc).expect("listed");
+            let k = model
+                .nodes
+                .iter()
+                .position(|n| n.name == acc)
+                .expect("listed");
             let node = &model.nodes[k];
             assert!(matches!(node.op, Op::EinSum { .. } | Op::Conv2d { .. }));
-            let weights = node.inputs[..2].iter().find_map(|&v| model.const_of(v)).unwrap();
+            let weights = node.inputs[..2]
+                .iter()
+                .find_map(|&v| model.const_of(v))
+                .unwrap();
             let wmax = weights.data.iter().map(|v| v.abs()).max().unwrap();
             assert_eq!(wmax > 127, w.weight_bits == 16, "{name}: {} {wmax}", w.name);
             assert!(wmax <= 32639);
-            let act = node.inputs[..2].iter().find(|&&v| model.const_of(v).is_none()).unwrap();
+            let act = node.inputs[..2]
+                .iter()
+                .find(|&&v| model.const_of(v).is_none())
+                .unwrap();
             let clamp = &model.nodes[*act as usize - model.first_node_value()];
             let Op::Clamp { hi, .. } = clamp.op else {
                 panic!("{name}: {} reads no clamp", w.name)
