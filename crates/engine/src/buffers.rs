@@ -28,6 +28,7 @@ pub struct Pool {
     i32s: Mutex<Vec<Vec<i32>>>,
     u8s: Mutex<Vec<Vec<u8>>>,
     i8s: Mutex<Vec<Vec<i8>>>,
+    i64s: Mutex<Vec<Vec<i64>>>,
 }
 
 impl Pool {
@@ -91,6 +92,15 @@ impl Pooled for i8 {
     }
     fn list(pool: &Pool) -> &Mutex<Vec<Vec<i8>>> {
         &pool.i8s
+    }
+}
+
+impl Pooled for i64 {
+    fn is_zero(v: i64) -> bool {
+        v == 0
+    }
+    fn list(pool: &Pool) -> &Mutex<Vec<Vec<i64>>> {
+        &pool.i64s
     }
 }
 

@@ -639,7 +639,7 @@ impl EinPlan {
                     .collect(),
             ));
         }
-        let mut c = vec![0i64; bt * m * n];
+        let mut c = crate::buffers::take(bt * m * n, 0i64);
         let mut whole = whole.map(|w| w.into_iter());
         for bi in 0..bt {
             let acts: Vec<(P, u32)> = match whole.as_mut().and_then(|w| w.next()) {
@@ -866,8 +866,9 @@ impl EinPlan {
                 row_into(r, &mut out, 0)?;
             }
         }
-        if let Acc::Narrow(c) = c {
-            c.into_iter().for_each(|(c, _)| crate::buffers::give(c));
+        match c {
+            Acc::Narrow(c) => c.into_iter().for_each(|(c, _)| crate::buffers::give(c)),
+            Acc::Wide(c) => crate::buffers::give(c),
         }
         Ok(out)
     }
@@ -1308,7 +1309,7 @@ fn joined_parts(
     tokens: &[crate::cancel::Cancel],
 ) -> Vec<i64> {
     let ldc = x.ldc();
-    let mut c = vec![0i64; rows * n];
+    let mut c = crate::buffers::take(rows * n, 0i64);
     let acts: Vec<(&PackedB, u32)> = match low {
         Some(l) => vec![(x, 8), (l, 0)],
         None => vec![(x, 0)],
@@ -1435,6 +1436,9 @@ fn conv2d_narrow(
                     }
                 }
                 crate::buffers::give(acc);
+                if let Some(c) = wide {
+                    crate::buffers::give(c);
+                }
             });
             if let Err(e) = err.into_result() {
                 return Some(Err(e));
@@ -2091,6 +2095,9 @@ fn conv2d_panels(
                         if let Some(h) = hook {
                             h(first + o * p + oy0 * ow, dst);
                         }
+                    }
+                    if let Some(c) = wide {
+                        crate::buffers::give(c);
                     }
                 }
                 crate::buffers::give(acc);
