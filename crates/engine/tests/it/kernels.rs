@@ -576,7 +576,7 @@ fn with_chain(
 
 /// Models of each 8-bit kernel (a convolution, a depthwise one, a 1×1 convolution as `EinSum`) with
 /// the chain the fast executor fuses into it, big enough for every kernel to split its output (and
-/// run the chain) across threads.
+/// run the chain) across threads; 8-bit weights, then the same kernels with 16-bit ones (two parts).
 fn chained_eight_bit_models(g: &mut impl FnMut(usize) -> Vec<i32>) -> Vec<Model> {
     let window = Window {
         kernel: [3, 3],
@@ -621,14 +621,15 @@ fn chained_eight_bit_models(g: &mut impl FnMut(usize) -> Vec<i32>) -> Vec<Model>
             64,
         ),
     ];
-    cases
+    [false, true]
         .into_iter()
-        .map(|(head, xs, ws, channels)| {
+        .flat_map(|wide| cases.clone().into_iter().map(move |c| (c, wide)))
+        .map(|((head, xs, ws, channels), wide)| {
             let nw = ws.iter().product::<u32>() as usize;
             let w = Const {
                 shape: ws,
-                scale: 4,
-                data: eight_bit(&mut *g, nw, false, false, false).into(),
+                scale: if wide { 12 } else { 4 },
+                data: weights(&mut *g, nw, wide, false).into(),
             };
             let m = with_chain(head, input("x", xs, 4), w, channels, &mut *g);
             m.validate().expect("valid");
