@@ -4,12 +4,13 @@
 //! 8-bit kernels (16-bit activations as two 8-bit halves):
 //!
 //! ```text
-//! x (i32, scale s_x) ── Clamp{0,2^A−1} or Clamp{−2^(A−1),2^(A−1)−1} at scale s_a ──┐
+//! x (i32, scale s_x) ── Clamp{0,2^U−1} or Clamp{−2^(A−1),2^(A−1)−1} at scale s_a ──┐
 //!                                  q (weights, scale 0) ── EinSum/Conv2d (+ bias in accumulator units)
 //!                                          (output at s_a − r) └─ Mul by m (per-channel multiplier, scale s_m) → y
 //! ```
 //!
-//! Weights are quantized per output channel: `w ≈ q · m_c · 2^-s_m` with `|q| ≤ 2^(W−1) − 1` and a 24-bit
+//! (`U = 8` for 8-bit activations, 15 for 16-bit ones: a 16-bit activation is an `i16` value either
+//! way, which the depthwise kernel's pairs take.) Weights are quantized per output channel: `w ≈ q · m_c · 2^-s_m` with `|q| ≤ 2^(W−1) − 1` and a 24-bit
 //! multiplier `m_c`, so the channel's real scale is represented to 2^-24 relative precision. Activations
 //! feeding a contraction are requantized by a saturating `Clamp` at a power-of-two scale chosen from
 //! calibration (unsigned when the calibrated values are non-negative, as after a ReLU, else signed). The
@@ -329,11 +330,22 @@ struct Quantized {
     rows: Option<R>,
 }
 
+/// The magnitude bits of an activation requantized to `abits` bits: all of them for non-negative 8-bit
+/// values (`0..=255`), one fewer otherwise — 16-bit activations are `i16` values either way
+/// (`0..=32767` or `−32768..=32767`), which every 16-bit kernel takes (depthwise pairs included).
+fn act_bits(unsigned: bool, abits: i32) -> i32 {
+    if unsigned && abits == 8 {
+        abits
+    } else {
+        abits - 1
+    }
+}
+
 /// The scale of an activation requantized to `abits` bits (unsigned when its calibrated values are
 /// non-negative): the finest at which its calibrated range fits.
 fn act_scale(xs: &Stats, abits: i32) -> i32 {
     let m = xs.min.abs().max(xs.max.abs());
-    let bits = if xs.min >= 0.0 { abits } else { abits - 1 };
+    let bits = act_bits(xs.min >= 0.0, abits);
     if m > 0.0 {
         (bits - ceil_log2(m)).clamp(-30, MAX_ACT_SCALE)
     } else {
@@ -352,7 +364,7 @@ fn quantize_static(
     // unsigned when the calibrated values are non-negative
     let unsigned = xs.min >= 0.0;
     let (lo, hi) = if unsigned {
-        (0, (1 << abits) - 1)
+        (0, (1 << act_bits(true, abits)) - 1)
     } else {
         (-(1 << (abits - 1)), (1 << (abits - 1)) - 1)
     };

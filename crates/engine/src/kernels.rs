@@ -639,21 +639,24 @@ impl EinPlan {
                     .collect(),
             ));
         }
-        let mut c = crate::buffers::take(bt * m * n, 0i64);
+        let mut c = sums_buffer(bt * m * n);
         let mut whole = whole.map(|w| w.into_iter());
         for bi in 0..bt {
             let acts: Vec<(P, u32)> = match whole.as_mut().and_then(|w| w.next()) {
                 Some(a) => vec![(a, 0)],
                 None => vec![(pack(bi, Part::High)?, 8), (pack(bi, Part::Low)?, 0)],
             };
-            let dst = &mut c[bi * m * n..(bi + 1) * m * n];
+            let mut prods = Vec::with_capacity(4);
+            let mut ldc = n;
             for (w, ws) in weights(bi).each() {
                 for (a, xs) in &acts {
-                    let (prod, ldc) = mul(w, a);
-                    add_shifted(dst, &prod, ldc, n, ws + xs);
-                    crate::buffers::give(prod);
+                    let (prod, l) = mul(w, a);
+                    ldc = l;
+                    prods.push((prod, ws + xs));
                 }
             }
+            join_products(&mut c, &prods, (m, ldc, n));
+            prods.into_iter().for_each(|(p, _)| crate::buffers::give(p));
         }
         Some(Acc::Wide(c))
     }
@@ -901,16 +904,14 @@ enum Part {
     Low,
 }
 
-/// `c[i][j] += p[i][j] << sh` for the first `n` columns of `p`'s rows of stride `ldc` (`c`'s rows are
-/// `n` long).
-fn add_shifted(c: &mut [i64], p: &[i32], ldc: usize, n: usize, sh: u32) {
-    if n == 0 {
-        return;
-    }
-    for (c, p) in c.chunks_mut(n).zip(p.chunks(ldc)) {
-        for (c, &v) in c.iter_mut().zip(&p[..n]) {
-            *c += (v as i64) << sh;
-        }
+crate::multiversion! {
+    fn add_shifted_row(c: &mut [i64], p: &[i32], sh: u32) -> () = add_shifted_row_body
+}
+
+#[inline(always)]
+fn add_shifted_row_body(c: &mut [i64], p: &[i32], sh: u32) {
+    for (c, &v) in c.iter_mut().zip(p) {
+        *c += (v as i64) << sh;
     }
 }
 
@@ -1309,21 +1310,65 @@ fn joined_parts(
     tokens: &[crate::cancel::Cancel],
 ) -> Vec<i64> {
     let ldc = x.ldc();
-    let mut c = crate::buffers::take(rows * n, 0i64);
     let acts: Vec<(&PackedB, u32)> = match low {
         Some(l) => vec![(x, 8), (l, 0)],
         None => vec![(x, 0)],
     };
-    let mut acc = crate::buffers::take(rows * ldc, 0i32);
+    let mut prods = Vec::with_capacity(4);
     for (wp, ws) in w.each() {
         for &(xp, xs) in &acts {
-            acc.fill(0);
+            let mut acc = crate::buffers::take(rows * ldc, 0i32);
             qgemm::product(wp, xp, r0, &mut acc, level, tokens);
-            add_shifted(&mut c, &acc, ldc, n, ws + xs);
+            prods.push((acc, ws + xs));
         }
     }
-    crate::buffers::give(acc);
+    let mut c = sums_buffer(rows * n);
+    join_products(&mut c, &prods, (rows, ldc, n));
+    prods.into_iter().for_each(|(p, _)| crate::buffers::give(p));
     c
+}
+
+/// An empty buffer for `len` 64-bit sums, from the current pool when it has one.
+fn sums_buffer(len: usize) -> Vec<i64> {
+    let mut c = crate::buffers::reuse::<i64>(len).unwrap_or_default();
+    c.clear();
+    c.reserve(len);
+    c
+}
+
+/// Append to `c` the `rows × n` sums `Σ_i p_i[r][j] << s_i` of two or four products `(p_i, s_i)` (rows
+/// of stride `ldc`), exact in `i64`.
+fn join_products(
+    c: &mut Vec<i64>,
+    prods: &[(Vec<i32>, u32)],
+    (rows, ldc, n): (usize, usize, usize),
+) {
+    for r in 0..rows {
+        let row = |i: usize| &prods[i].0[r * ldc..r * ldc + n];
+        match prods.len() {
+            2 => join2_row(c, (row(0), prods[0].1), (row(1), prods[1].1)),
+            _ => {
+                let at = c.len();
+                join2_row(c, (row(0), prods[0].1), (row(1), prods[1].1));
+                for i in 2..prods.len() {
+                    add_shifted_row(&mut c[at..], row(i), prods[i].1);
+                }
+            }
+        }
+    }
+}
+
+crate::multiversion! {
+    fn join2_row(c: &mut Vec<i64>, a: (&[i32], u32), b: (&[i32], u32)) -> () = join2_row_body
+}
+
+#[inline(always)]
+fn join2_row_body(c: &mut Vec<i64>, (a, sa): (&[i32], u32), (b, sb): (&[i32], u32)) {
+    c.extend(
+        a.iter()
+            .zip(b)
+            .map(|(&x, &y)| ((x as i64) << sa) + ((y as i64) << sb)),
+    );
 }
 
 /// `Conv2d` by the 8-bit kernels when the input's values are 8-bit (or 16-bit, multiplied as their two
