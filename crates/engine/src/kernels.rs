@@ -1350,8 +1350,8 @@ fn join_products(
             _ => {
                 let at = c.len();
                 join2_row(c, (row(0), prods[0].1), (row(1), prods[1].1));
-                for i in 2..prods.len() {
-                    add_shifted_row(&mut c[at..], row(i), prods[i].1);
+                for (i, (_, sh)) in prods.iter().enumerate().skip(2) {
+                    add_shifted_row(&mut c[at..], row(i), *sh);
                 }
             }
         }
