@@ -500,7 +500,8 @@ fn the_default_int8_precision_compiles_smaller_models_that_run_on_both_executors
     );
     // an unknown precision, or widths outside the choices, is a usage error that names the choices
     for bad in [
-        "int3", "w2a8", "w4a4", "w8a32", "w8", "wxa8", "w8a8dd", "w+8a8",
+        "int3", "w2a8", "w4a4", "w8a32", "w8", "wxa8", "w8a8dd", "w+8a8", "auto:0", "auto:x",
+        "auto:150",
     ] {
         let o = verity(&[
             "model",
@@ -513,8 +514,53 @@ fn the_default_int8_precision_compiles_smaller_models_that_run_on_both_executors
         ]);
         let e = String::from_utf8_lossy(&o.stderr);
         assert_eq!(o.status.code(), Some(2), "{bad}: {e}");
-        assert!(e.contains("i32, int8, int4 or wXaY[d]"), "{bad}: {e}");
+        assert!(
+            e.contains("i32, int8, int4, auto, auto:<percent>"),
+            "{bad}: {e}"
+        );
+        assert!(e.contains("wXaY[d]"), "{bad}: {e}");
     }
+    // auto at a target int8 misses: the contractions it widened, printed and in the JSON report
+    let auto = dir.path().join("auto.vty");
+    let report = dir.path().join("auto.json");
+    let printed = compile_at(
+        &auto,
+        &[
+            "--precision",
+            "auto:0.2",
+            "--report",
+            report.to_str().unwrap(),
+        ],
+    );
+    assert!(printed.contains("precision auto:0.2"), "{printed}");
+    assert!(
+        printed.contains("contractions with a 16-bit operand"),
+        "{printed}"
+    );
+    let mixed = &json_file(&report)["report"]["mixed"];
+    let wide = mixed["wide"].as_array().expect("the widened contractions");
+    assert!(!wide.is_empty(), "{mixed}");
+    assert!(wide
+        .iter()
+        .all(|w| w["weight_bits"] == 16 || w["activation_bits"] == 16));
+    assert!(mixed["int8_error"].as_f64().unwrap() > 0.002, "{mixed}");
+    let (fast, reference) = (
+        ok(&[
+            "run",
+            auto.to_str().unwrap(),
+            "--input",
+            "fixtures/cnn.input.json",
+        ]),
+        ok(&[
+            "run",
+            auto.to_str().unwrap(),
+            "--input",
+            "fixtures/cnn.input.json",
+            "--reference",
+        ]),
+    );
+    let hash = |t: &str| serde_json::from_str::<Value>(t).unwrap()["output_hash"].clone();
+    assert_eq!(hash(&fast), hash(&reference));
 }
 
 #[test]
