@@ -1,16 +1,19 @@
 //! Mixed precision chosen by measurement (`--precision auto[:<percent>]`): 16-bit operands only where
-//! accuracy needs them.
+//! accuracy needs them (spec §5).
 //!
 //! Every contraction is first lowered at `int8`, and the lowering reports how much quantization noise
 //! each one's 8-bit weights and 8-bit activation add, relative to their power ([`Narrowed`]: per output
 //! channel `(max/127)²/12` against the weights' mean square; `(2^−s)²/12` against the activation's
-//! calibrated mean square). Those operands are ranked, noisiest first, and the model is measured against
-//! the float graph on the calibration samples (the report's metric: largest error over the largest
-//! magnitude, the worst output). While the error is above the target, the first 1, 2, 4, … operands of
-//! the ranking get 16 bits; once a count meets it, a bisection between the last two counts finds the
-//! smallest count that does. When no count meets it, the model with the smallest error is kept (all of
-//! them 16-bit at worst). Everything is deterministic: the ranking breaks ties by node, and the
-//! canonical executor gives the same bits on every machine and thread count.
+//! calibrated mean square). Each model is measured against the float graph on the calibration samples
+//! (the report's metric: largest error over the largest magnitude, the worst output). The two kinds of
+//! operand do not hurt alike (an activation's rounding is independent from position to position and later
+//! pooling averages it away; a weight's error is the same everywhere), so the models with every weight,
+//! then every activation, at 16 bits are measured first and each kind's figures are scaled to the share
+//! of the error it removed. The operands are ranked by the scaled figures; while the error is above the
+//! target, the first 1, 2, 4, … of them get 16 bits; once a count meets it, a bisection between the last
+//! two counts finds the smallest count that does. When none meets it, the model with the smallest error
+//! measured is kept. Everything is deterministic: the ranking breaks ties by node, and the canonical
+//! executor gives the same bits on every machine and thread count.
 
 use verity_engine::io::{dequantize, quantize_inputs, FloatTensor};
 use verity_engine::ir::Model;

@@ -1,7 +1,8 @@
 //! The narrow lowering (`--precision int8`, `w8a16`, `w16a16`, `w4a8`, `w8a8d`, …): every contraction
 //! with a constant weight operand (`EinSum`, `Conv2d`) is rewritten so that its weights hold 4-, 8- or
 //! 16-bit values and its activation operand 8- or 16-bit ones, which the engine multiplies with its
-//! 8-bit kernels (16-bit activations as two 8-bit halves):
+//! 8-bit kernels (16-bit activations as two 8-bit halves, 16-bit weights as two `i8` parts); a plan
+//! ([`Plan`]) can give single contractions 16-bit weights or activations (`auto`, [`crate::mixed`]):
 //!
 //! ```text
 //! x (i32, scale s_x) ── Clamp{0,2^U−1} or Clamp{−2^(A−1),2^(A−1)−1} at scale s_a ──┐
@@ -10,7 +11,8 @@
 //! ```
 //!
 //! (`U = 8` for 8-bit activations, 15 for 16-bit ones: a 16-bit activation is an `i16` value either
-//! way, which the depthwise kernel's pairs take.) Weights are quantized per output channel: `w ≈ q · m_c · 2^-s_m` with `|q| ≤ 2^(W−1) − 1` and a 24-bit
+//! way, which the depthwise kernel's pairs take.) Weights are quantized per output channel:
+//! `w ≈ q · m_c · 2^-s_m` with `|q| ≤ 2^(W−1) − 1` (32639 for 16-bit weights) and a 24-bit
 //! multiplier `m_c`, so the channel's real scale is represented to 2^-24 relative precision. Activations
 //! feeding a contraction are requantized by a saturating `Clamp` at a power-of-two scale chosen from
 //! calibration (unsigned when the calibrated values are non-negative, as after a ReLU, else signed). The
