@@ -1336,8 +1336,9 @@ fn sums_buffer(len: usize) -> Vec<i64> {
     c
 }
 
-/// Append to `c` the `rows × n` sums `Σ_i p_i[r][j] << s_i` of two or four products `(p_i, s_i)` (rows
-/// of stride `ldc`), exact in `i64`.
+/// Append to `c` the `rows × n` sums `Σ_i p_i[r][j] << s_i` of the products `(p_i, s_i)` (rows of
+/// stride `ldc`), exact in `i64`: two or four where a side has two parts, one for a batch whose weights
+/// are whole beside another batch's that are not.
 fn join_products(
     c: &mut Vec<i64>,
     prods: &[(Vec<i32>, u32)],
@@ -1345,15 +1346,14 @@ fn join_products(
 ) {
     for r in 0..rows {
         let row = |i: usize| &prods[i].0[r * ldc..r * ldc + n];
+        let at = c.len();
         match prods.len() {
-            2 => join2_row(c, (row(0), prods[0].1), (row(1), prods[1].1)),
-            _ => {
-                let at = c.len();
-                join2_row(c, (row(0), prods[0].1), (row(1), prods[1].1));
-                for (i, (_, sh)) in prods.iter().enumerate().skip(2) {
-                    add_shifted_row(&mut c[at..], row(i), *sh);
-                }
-            }
+            0 => c.resize(at + n, 0),
+            1 => c.extend(row(0).iter().map(|&v| (v as i64) << prods[0].1)),
+            _ => join2_row(c, (row(0), prods[0].1), (row(1), prods[1].1)),
+        }
+        for (i, (_, sh)) in prods.iter().enumerate().skip(2) {
+            add_shifted_row(&mut c[at..], row(i), *sh);
         }
     }
 }
