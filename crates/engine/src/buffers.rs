@@ -29,6 +29,7 @@ pub struct Pool {
     u8s: Mutex<Vec<Vec<u8>>>,
     i8s: Mutex<Vec<Vec<i8>>>,
     i64s: Mutex<Vec<Vec<i64>>>,
+    i16s: Mutex<Vec<Vec<i16>>>,
 }
 
 impl Pool {
@@ -92,6 +93,15 @@ impl Pooled for i8 {
     }
     fn list(pool: &Pool) -> &Mutex<Vec<Vec<i8>>> {
         &pool.i8s
+    }
+}
+
+impl Pooled for i16 {
+    fn is_zero(v: i16) -> bool {
+        v == 0
+    }
+    fn list(pool: &Pool) -> &Mutex<Vec<Vec<i16>>> {
+        &pool.i16s
     }
 }
 

@@ -104,6 +104,14 @@ impl Elements {
         }
     }
 
+    /// The elements as `i16` when they are held at 16 bits (no copy).
+    pub fn i16s(&self) -> Option<&[i16]> {
+        match &self.0.narrow {
+            Narrow::I16(v) => Some(v),
+            _ => None,
+        }
+    }
+
     /// The same elements shared (clones of one constant) have the same identity.
     pub fn identity(&self) -> usize {
         Arc::as_ptr(&self.0) as usize

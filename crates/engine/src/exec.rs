@@ -516,11 +516,12 @@ impl<M: Borrow<Model> + Sync> Executor<M> {
                     Op::Conv2d { groups, .. } => model
                         .const_of(node.inputs[1])
                         .and_then(|w| {
-                            kernels::conv_weights(
-                                &us(&w.shape),
-                                *groups as usize,
-                                &w.data.transient(),
-                            )
+                            let (shape, g) = (us(&w.shape), *groups as usize);
+                            // 16-bit weights packed from their elements, not an i32 copy
+                            match w.data.i16s() {
+                                Some(v) => kernels::conv_weights(&shape, g, v),
+                                None => kernels::conv_weights(&shape, g, &w.data.transient()),
+                            }
                         })
                         .map_or(Prepared::None, Prepared::Conv),
                     _ => Prepared::None,

@@ -470,19 +470,23 @@ impl EinPlan {
 
     /// [`EinPlan::pack_a`] of a constant, from its bytes when it holds them (no `i32` copy is made).
     pub fn pack_a_const(&self, s: &EinSpec<'_>, a: &Elements) -> Option<Packed> {
-        match (a.bytes(), self.swap) {
-            (Some(x), false) => self.pack_left(s, x),
-            (Some(x), true) => self.pack_right(&s.swapped(), x),
-            (None, _) => self.pack_a(s, &a.transient()),
+        match (a.bytes(), a.i16s(), self.swap) {
+            (Some(x), _, false) => self.pack_left(s, x),
+            (Some(x), _, true) => self.pack_right(&s.swapped(), x),
+            (None, Some(x), false) => self.pack_left(s, x),
+            (None, Some(x), true) => self.pack_right(&s.swapped(), x),
+            (None, None, _) => self.pack_a(s, &a.transient()),
         }
     }
 
     /// [`EinPlan::pack_b`] of a constant, from its bytes when it holds them.
     pub fn pack_b_const(&self, s: &EinSpec<'_>, b: &Elements) -> Option<Packed> {
-        match (b.bytes(), self.swap) {
-            (Some(x), false) => self.pack_right(s, x),
-            (Some(x), true) => self.pack_left(&s.swapped(), x),
-            (None, _) => self.pack_b(s, &b.transient()),
+        match (b.bytes(), b.i16s(), self.swap) {
+            (Some(x), _, false) => self.pack_right(s, x),
+            (Some(x), _, true) => self.pack_left(&s.swapped(), x),
+            (None, Some(x), false) => self.pack_right(s, x),
+            (None, Some(x), true) => self.pack_left(&s.swapped(), x),
+            (None, None, _) => self.pack_b(s, &b.transient()),
         }
     }
 
@@ -1288,8 +1292,12 @@ fn valid_columns(
 
 /// A convolution's weights in the 8-bit kernels' form, one matrix `[O/g × cg·kh·kw]` per group (16-bit
 /// weights as their two [`Parts`]); `None` unless every weight lies in `−32768..=32639`.
-pub fn conv_weights(w_shape: &[usize], groups: usize, w: &[i32]) -> Option<Vec<Parts<PackedA>>> {
-    if w_shape.len() != 4 || groups == 0 || !w.iter().all(|v| (-32768..=32639).contains(v)) {
+pub fn conv_weights<T: Copy + Into<i32>>(
+    w_shape: &[usize],
+    groups: usize,
+    w: &[T],
+) -> Option<Vec<Parts<PackedA>>> {
+    if w_shape.len() != 4 || groups == 0 || !w.iter().all(|&v| v.into() <= qgemm::WEIGHT16_MAX) {
         return None;
     }
     let og = w_shape[0] / groups;
