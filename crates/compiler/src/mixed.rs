@@ -15,9 +15,8 @@
 //! measured is kept. Everything is deterministic: the ranking breaks ties by node, and the canonical
 //! executor gives the same bits on every machine and thread count.
 
-use verity_engine::io::{dequantize, quantize_inputs, FloatTensor};
+use verity_engine::io::FloatTensor;
 use verity_engine::ir::Model;
-use verity_engine::{Executor, Mode};
 
 use crate::fgraph::FGraph;
 use crate::narrow::{Narrowed, Plan, Widths};
@@ -32,6 +31,18 @@ const MAX_ROUNDS: usize = 16;
 enum Operand {
     Weights,
     Activations,
+}
+
+/// `base` everywhere but the operands listed (contraction, operand), which get 16 bits.
+fn widened(base: Widths, operands: impl Iterator<Item = (usize, Operand)>) -> Plan {
+    let mut p = Plan::uniform(base);
+    for (node, op) in operands {
+        match op {
+            Operand::Weights => p.wide_weights.insert(node),
+            Operand::Activations => p.wide_acts.insert(node),
+        };
+    }
+    p
 }
 
 /// What the search chose, for the compile report.
@@ -65,32 +76,17 @@ pub struct WideContraction {
 }
 
 /// The error of `model` against the float outputs on the samples: the largest over the outputs of
-/// (largest absolute error) / (largest reference magnitude).
+/// (largest absolute error) / (largest reference magnitude), as the report measures it.
 fn error(
     model: &Model,
     samples: &[Vec<FloatTensor>],
     floats: &[Vec<Vec<f64>>],
     threads: usize,
 ) -> Result<f64, CompileError> {
-    let exec = Executor::new(model, Mode::Fast { threads });
-    let n = model.outputs.len();
-    let (mut err, mut mag) = (vec![0f64; n], vec![0f64; n]);
-    for (si, (sample, reference)) in samples.iter().zip(floats).enumerate() {
-        let fail = |error| CompileError::Execution { sample: si, error };
-        let outs = exec.run(quantize_inputs(model, sample).map_err(fail)?);
-        let outs = outs.map_err(fail)?;
-        for (k, o) in model.outputs.iter().enumerate() {
-            let scale = model.value(o.value).map_or(0, |v| v.scale);
-            for (g, t) in dequantize(&outs[k], scale).iter().zip(&reference[k]) {
-                err[k] = err[k].max((g - t).abs());
-                mag[k] = mag[k].max(t.abs());
-            }
-        }
-    }
-    Ok(err
+    let outputs = crate::report::accuracy(model, samples, floats, threads)?;
+    Ok(outputs
         .iter()
-        .zip(&mag)
-        .map(|(e, m)| if *m > 0.0 { e / m } else { *e })
+        .map(|o| o.max_relative_error)
         .fold(0.0, f64::max))
 }
 
@@ -150,16 +146,7 @@ pub fn choose(
         // then every activation (errors add in power). The noise estimates of each kind are scaled
         // so they sum to its share: activation noise independent between positions is averaged away
         // by later pooling where a weight's error, the same at every position, is not.
-        let all = |kind: Operand| {
-            let mut p = Plan::uniform(int8);
-            for n in &narrowed {
-                match kind {
-                    Operand::Weights => p.wide_weights.insert(n.node),
-                    Operand::Activations => p.wide_acts.insert(n.node),
-                };
-            }
-            p
-        };
+        let all = |kind: Operand| widened(int8, narrowed.iter().map(|n| (n.node, kind)));
         let mut share = [0f64; 2];
         for (i, kind) in [Operand::Weights, Operand::Activations]
             .into_iter()
@@ -187,16 +174,7 @@ pub fn choose(
         }
         ranked.retain(|r| r.0 > 0.0);
         ranked.sort_by(|x, y| y.0.total_cmp(&x.0).then((x.1, x.2).cmp(&(y.1, y.2))));
-        let plan_of = |count: usize| {
-            let mut p = Plan::uniform(int8);
-            for &(_, node, op) in &ranked[..count] {
-                match op {
-                    Operand::Weights => p.wide_weights.insert(node),
-                    Operand::Activations => p.wide_acts.insert(node),
-                };
-            }
-            p
-        };
+        let plan_of = |count: usize| widened(int8, ranked[..count].iter().map(|r| (r.1, r.2)));
         // doubling: the first 1, 2, 4, … operands, then all of them; then a bisection between the
         // last count that missed the target and the first that met it
         let (mut missed, mut met) = (0usize, None);

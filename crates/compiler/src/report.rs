@@ -148,10 +148,35 @@ pub fn evaluate(
     samples: &[Vec<FloatTensor>],
     opts: &CompileOptions,
 ) -> Result<CompileReport, CompileError> {
-    let exec = Executor::new(model, Mode::Fast { threads: 1 });
+    let outputs = accuracy(model, samples, &refs.outputs, 1)?;
+    let mut ops = BTreeMap::new();
+    for n in &model.nodes {
+        *ops.entry(n.op.name().to_string()).or_insert(0) += 1;
+    }
+    Ok(CompileReport {
+        scale_bits: opts.scale_bits,
+        precision: opts.precision.to_string(),
+        samples: samples.len(),
+        import_check_max_abs_diff: refs.import_diff,
+        outputs,
+        ops,
+        parameters: model.parameter_count(),
+        mixed: None,
+    })
+}
+
+/// The canonical model's accuracy on every sample against `references` (per sample, per output: the
+/// float values), run by the fast executor on `threads` threads (the same bits at any count).
+pub(crate) fn accuracy(
+    model: &Model,
+    samples: &[Vec<FloatTensor>],
+    references: &[Vec<Vec<f64>>],
+    threads: usize,
+) -> Result<Vec<OutputAccuracy>, CompileError> {
+    let exec = Executor::new(model, Mode::Fast { threads });
     let nout = model.outputs.len();
     let mut acc: Vec<(f64, f64, f64, usize, usize, usize)> = vec![(0.0, 0.0, 0.0, 0, 0, 0); nout];
-    for (si, (sample, reference)) in samples.iter().zip(&refs.outputs).enumerate() {
+    for (si, (sample, reference)) in samples.iter().zip(references).enumerate() {
         let q = quantize_inputs(model, sample)
             .map_err(|error| CompileError::Execution { sample: si, error })?;
         let outs = exec
@@ -193,7 +218,7 @@ pub fn evaluate(
             }
         }
     }
-    let outputs = model
+    Ok(model
         .outputs
         .iter()
         .zip(acc)
@@ -205,19 +230,5 @@ pub fn evaluate(
             mean_abs_error: if a.3 > 0 { a.2 / a.3 as f64 } else { 0.0 },
             top1_agreement: (a.5 > 0).then(|| a.4 as f64 / a.5 as f64),
         })
-        .collect();
-    let mut ops = BTreeMap::new();
-    for n in &model.nodes {
-        *ops.entry(n.op.name().to_string()).or_insert(0) += 1;
-    }
-    Ok(CompileReport {
-        scale_bits: opts.scale_bits,
-        precision: opts.precision.to_string(),
-        samples: samples.len(),
-        import_check_max_abs_diff: refs.import_diff,
-        outputs,
-        ops,
-        parameters: model.parameter_count(),
-        mixed: None,
-    })
+        .collect())
 }
