@@ -646,21 +646,14 @@ impl EinPlan {
         let mut c = sums_buffer(bt * m * n);
         let mut whole = whole.map(|w| w.into_iter());
         for bi in 0..bt {
-            let acts: Vec<(P, u32)> = match whole.as_mut().and_then(|w| w.next()) {
-                Some(a) => vec![(a, 0)],
-                None => vec![(pack(bi, Part::High)?, 8), (pack(bi, Part::Low)?, 0)],
+            let acts = match whole.as_mut().and_then(|w| w.next()) {
+                Some(a) => Parts { hi: a, lo: None },
+                None => Parts {
+                    hi: pack(bi, Part::High)?,
+                    lo: Some(pack(bi, Part::Low)?),
+                },
             };
-            let mut prods = Vec::with_capacity(4);
-            let mut ldc = n;
-            for (w, ws) in weights(bi).each() {
-                for (a, xs) in &acts {
-                    let (prod, l) = mul(w, a);
-                    ldc = l;
-                    prods.push((prod, ws + xs));
-                }
-            }
-            join_products(&mut c, &prods, (m, ldc, n));
-            prods.into_iter().for_each(|(p, _)| crate::buffers::give(p));
+            join_parts(&mut c, weights(bi), &acts, (m, n), &mul);
         }
         Some(Acc::Wide(c))
     }
@@ -1291,7 +1284,8 @@ fn valid_columns(
 }
 
 /// A convolution's weights in the 8-bit kernels' form, one matrix `[O/g × cg·kh·kw]` per group (16-bit
-/// weights as their two [`Parts`]); `None` unless every weight lies in `−32768..=32639`.
+/// weights as their two [`Parts`]); `None` unless every weight splits ([`qgemm::split16`]: up to
+/// [`qgemm::WEIGHT16_MAX`]).
 pub fn conv_weights<T: Copy + Into<i32>>(
     w_shape: &[usize],
     groups: usize,
@@ -1318,22 +1312,37 @@ fn joined_parts(
     tokens: &[crate::cancel::Cancel],
 ) -> Vec<i64> {
     let ldc = x.ldc();
-    let acts: Vec<(&PackedB, u32)> = match low {
-        Some(l) => vec![(x, 8), (l, 0)],
-        None => vec![(x, 0)],
-    };
+    let mut c = sums_buffer(rows * n);
+    let acts = Parts { hi: x, lo: low };
+    join_parts(&mut c, w, &acts, (rows, n), |wp, xp| {
+        let mut acc = crate::buffers::take(rows * ldc, 0i32);
+        qgemm::product(wp, xp, r0, &mut acc, level, tokens);
+        (acc, ldc)
+    });
+    c
+}
+
+/// Append to `c` the `rows × n` exact sums of every product of a part of the weights `w` by a part of
+/// the activations `x` (each side whole, or `256·high + low`), `mul` giving one product in `i32` with
+/// its row stride; the products go back to the pool.
+fn join_parts<W, X>(
+    c: &mut Vec<i64>,
+    w: &Parts<W>,
+    x: &Parts<X>,
+    (rows, n): (usize, usize),
+    mul: impl Fn(&W, &X) -> (Vec<i32>, usize),
+) {
     let mut prods = Vec::with_capacity(4);
+    let mut ldc = n;
     for (wp, ws) in w.each() {
-        for &(xp, xs) in &acts {
-            let mut acc = crate::buffers::take(rows * ldc, 0i32);
-            qgemm::product(wp, xp, r0, &mut acc, level, tokens);
-            prods.push((acc, ws + xs));
+        for (xp, xs) in x.each() {
+            let (p, l) = mul(wp, xp);
+            ldc = l;
+            prods.push((p, ws + xs));
         }
     }
-    let mut c = sums_buffer(rows * n);
-    join_products(&mut c, &prods, (rows, ldc, n));
+    join_products(c, &prods, (rows, ldc, n));
     prods.into_iter().for_each(|(p, _)| crate::buffers::give(p));
-    c
 }
 
 /// An empty buffer for `len` 64-bit sums, from the current pool when it has one.
@@ -1344,19 +1353,19 @@ fn sums_buffer(len: usize) -> Vec<i64> {
     c
 }
 
-/// Append to `c` the `rows × n` sums `Σ_i p_i[r][j] << s_i` of the products `(p_i, s_i)` (rows of
-/// stride `ldc`), exact in `i64`: two or four where a side has two parts, one for a batch whose weights
-/// are whole beside another batch's that are not.
+/// Append to `c` the `rows × n` sums `Σ_i p_i[r][j] << s_i` of the products `(p_i, s_i)` (at least
+/// one; rows of stride `ldc`), exact in `i64`: two or four where a side has two parts, one for a batch
+/// whose weights are whole beside another batch's that are not.
 fn join_products(
     c: &mut Vec<i64>,
     prods: &[(Vec<i32>, u32)],
     (rows, ldc, n): (usize, usize, usize),
 ) {
+    debug_assert!(!prods.is_empty());
     for r in 0..rows {
         let row = |i: usize| &prods[i].0[r * ldc..r * ldc + n];
         let at = c.len();
         match prods.len() {
-            0 => c.resize(at + n, 0),
             1 => c.extend(row(0).iter().map(|&v| (v as i64) << prods[0].1)),
             _ => join2_row(c, (row(0), prods[0].1), (row(1), prods[1].1)),
         }

@@ -71,8 +71,9 @@ pub fn split16(w: i32) -> Option<(i8, i8)> {
     Some((i8::try_from((w - lo) >> 8).ok()?, lo as i8))
 }
 
-/// Weights in the 8-bit kernels' form: 8-bit ones whole (`hi`, no `lo`); 16-bit ones as their two
-/// [`split16`] parts, each packed like 8-bit weights, so that a product is `256·(hi·x) + lo·x`, exact.
+/// An operand in the 8-bit kernels' form: whole (`hi`, no `lo`), or as a high and a low part, so that
+/// a product is `256·(hi·x) + lo·x`, exact. Weights of 16 bits are split by [`split16`], each part
+/// packed like 8-bit weights (the kernels split 16-bit activations into their halves likewise).
 #[derive(Clone, Debug)]
 pub struct Parts<T> {
     /// The whole weights, or their high parts.
@@ -88,8 +89,8 @@ impl<T> Parts<T> {
         std::iter::once((&self.hi, sh)).chain(self.lo.as_ref().map(|l| (l, 0)))
     }
 
-    /// The parts built by `pack` from a weight view `part(w)`: whole if `whole` gives them, else
-    /// the high and low parts; `None` if a weight leaves `−32768..=32639`.
+    /// The weights packed whole if `whole` can, else their high (`pack(true)`) and low
+    /// (`pack(false)`) parts; `None` if those cannot either (a weight [`split16`] does not split).
     fn build(
         whole: impl FnOnce() -> Option<T>,
         pack: impl Fn(bool) -> Option<T>,
@@ -113,7 +114,7 @@ fn part_of(w: i32, high: bool) -> i32 {
 }
 
 impl Parts<PackedA> {
-    /// Weights `A[i][kk] = w[i·k + kk]` (row-major `m×k`) within `−32768..=32639`.
+    /// Weights `A[i][kk] = w[i·k + kk]` (row-major `m×k`), if each fits `i8` or splits ([`split16`]).
     pub fn weights<T: Copy + Into<i32>>(w: &[T], m: usize, k: usize) -> Option<Self> {
         Parts::build(
             || PackedA::weights(w, m, k),
@@ -123,7 +124,7 @@ impl Parts<PackedA> {
 }
 
 impl Parts<PackedB> {
-    /// Weights `B[kk][j] = b[kk·n + j]` (row-major `k×n`) within `−32768..=32639`.
+    /// Weights `B[kk][j] = b[kk·n + j]` (row-major `k×n`), if each fits `i8` or splits ([`split16`]).
     pub fn weights<T: Copy + Into<i32>>(b: &[T], k: usize, n: usize) -> Option<Self> {
         Parts::build(
             || PackedB::new(b, k, n),
