@@ -69,50 +69,21 @@ pub trait Pooled: Copy + Send + Sync + 'static {
     fn list(pool: &Pool) -> &Mutex<Vec<Vec<Self>>>;
 }
 
-impl Pooled for i32 {
-    fn is_zero(v: i32) -> bool {
-        v == 0
-    }
-    fn list(pool: &Pool) -> &Mutex<Vec<Vec<i32>>> {
-        &pool.i32s
-    }
+/// `Pooled` for an integer type whose free buffers the pool keeps in `field`.
+macro_rules! pooled {
+    ($($t:ty => $field:ident),* $(,)?) => {$(
+        impl Pooled for $t {
+            fn is_zero(v: $t) -> bool {
+                v == 0
+            }
+            fn list(pool: &Pool) -> &Mutex<Vec<Vec<$t>>> {
+                &pool.$field
+            }
+        }
+    )*};
 }
 
-impl Pooled for u8 {
-    fn is_zero(v: u8) -> bool {
-        v == 0
-    }
-    fn list(pool: &Pool) -> &Mutex<Vec<Vec<u8>>> {
-        &pool.u8s
-    }
-}
-
-impl Pooled for i8 {
-    fn is_zero(v: i8) -> bool {
-        v == 0
-    }
-    fn list(pool: &Pool) -> &Mutex<Vec<Vec<i8>>> {
-        &pool.i8s
-    }
-}
-
-impl Pooled for i16 {
-    fn is_zero(v: i16) -> bool {
-        v == 0
-    }
-    fn list(pool: &Pool) -> &Mutex<Vec<Vec<i16>>> {
-        &pool.i16s
-    }
-}
-
-impl Pooled for i64 {
-    fn is_zero(v: i64) -> bool {
-        v == 0
-    }
-    fn list(pool: &Pool) -> &Mutex<Vec<Vec<i64>>> {
-        &pool.i64s
-    }
-}
+pooled!(i32 => i32s, u8 => u8s, i8 => i8s, i16 => i16s, i64 => i64s);
 
 thread_local! {
     static CURRENT: RefCell<Option<Arc<Pool>>> = const { RefCell::new(None) };
