@@ -451,7 +451,11 @@ impl EinPlan {
     }
 
     /// Pack a constant `a` operand (of the node, whichever side the plan puts it on) ahead of time.
-    pub fn pack_a(&self, s: &EinSpec<'_>, a: &[i32]) -> Option<Packed> {
+    pub fn pack_a<T: crate::buffers::Pooled + Into<i32>>(
+        &self,
+        s: &EinSpec<'_>,
+        a: &[T],
+    ) -> Option<Packed> {
         if self.swap {
             self.pack_right(&s.swapped(), a)
         } else {
@@ -460,7 +464,11 @@ impl EinPlan {
     }
 
     /// Pack a constant `b` operand (of the node) ahead of time.
-    pub fn pack_b(&self, s: &EinSpec<'_>, b: &[i32]) -> Option<Packed> {
+    pub fn pack_b<T: crate::buffers::Pooled + Into<i32>>(
+        &self,
+        s: &EinSpec<'_>,
+        b: &[T],
+    ) -> Option<Packed> {
         if self.swap {
             self.pack_left(&s.swapped(), b)
         } else {
@@ -468,25 +476,22 @@ impl EinPlan {
         }
     }
 
-    /// [`EinPlan::pack_a`] of a constant, from its bytes when it holds them (no `i32` copy is made).
+    /// [`EinPlan::pack_a`] of a constant, from its bytes or its `i16` elements when it holds them (no
+    /// `i32` copy is made).
     pub fn pack_a_const(&self, s: &EinSpec<'_>, a: &Elements) -> Option<Packed> {
-        match (a.bytes(), a.i16s(), self.swap) {
-            (Some(x), _, false) => self.pack_left(s, x),
-            (Some(x), _, true) => self.pack_right(&s.swapped(), x),
-            (None, Some(x), false) => self.pack_left(s, x),
-            (None, Some(x), true) => self.pack_right(&s.swapped(), x),
-            (None, None, _) => self.pack_a(s, &a.transient()),
+        match (a.bytes(), a.i16s()) {
+            (Some(x), _) => self.pack_a(s, x),
+            (None, Some(x)) => self.pack_a(s, x),
+            (None, None) => self.pack_a(s, &a.transient()),
         }
     }
 
-    /// [`EinPlan::pack_b`] of a constant, from its bytes when it holds them.
+    /// [`EinPlan::pack_b`] of a constant, likewise.
     pub fn pack_b_const(&self, s: &EinSpec<'_>, b: &Elements) -> Option<Packed> {
-        match (b.bytes(), b.i16s(), self.swap) {
-            (Some(x), _, false) => self.pack_right(s, x),
-            (Some(x), _, true) => self.pack_left(&s.swapped(), x),
-            (None, Some(x), false) => self.pack_right(s, x),
-            (None, Some(x), true) => self.pack_left(&s.swapped(), x),
-            (None, None, _) => self.pack_b(s, &b.transient()),
+        match (b.bytes(), b.i16s()) {
+            (Some(x), _) => self.pack_b(s, x),
+            (None, Some(x)) => self.pack_b(s, x),
+            (None, None) => self.pack_b(s, &b.transient()),
         }
     }
 
