@@ -2120,7 +2120,9 @@ fn conv2d_panels(
             let err = crate::par::FirstError::default();
             let part = |t: usize, mut segs: Vec<&mut [i32]>| {
                 let (y0, y1) = (t * per, ((t + 1) * per).min(oh));
-                let mut acc = crate::buffers::take(og * (rows * wp).div_ceil(16) * 16, 0i32);
+                // the i32 sums of whole weights (split ones are joined into i64 sums instead)
+                let whole = if qw.lo.is_none() { og } else { 0 };
+                let mut acc = crate::buffers::take(whole * (rows * wp).div_ceil(16) * 16, 0i32);
                 let mut at = starts.clone();
                 for oy0 in (y0..y1).step_by(rows) {
                     let oy1 = (oy0 + rows).min(y1);
@@ -2131,7 +2133,7 @@ fn conv2d_panels(
                         "the windows lie in the image and the caller checked the reduction",
                     );
                     let ldc = cols.ldc();
-                    let acc = &mut acc[..og * ldc];
+                    let acc = &mut acc[..whole * ldc];
                     // 16-bit weights: their two parts' products joined in i64
                     let wide = match &qw.lo {
                         None => {
