@@ -427,15 +427,16 @@ fn external_tensor_data_compiles_to_the_same_model() {
 fn a_closed_output_pipe_ends_quietly() {
     let dir = tempfile::tempdir().expect("tempdir");
     let vty = compile_fixture(dir.path(), "transformer", &[]);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_verity"))
+    // the reader is gone before the listing is written (as with `| head -0`): the pipe's read end is
+    // closed before the process starts, so no write can land in the pipe's buffer first
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    drop(reader);
+    let out = Command::new(env!("CARGO_BIN_EXE_verity"))
         .args(["model", "inspect", vty.to_str().unwrap()])
-        .stdout(std::process::Stdio::piped())
+        .stdout(writer)
         .stderr(std::process::Stdio::piped())
-        .spawn()
+        .output()
         .expect("run verity");
-    // the reader goes away before the listing is written (as with `| head -0`)
-    drop(child.stdout.take());
-    let out = child.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!err.contains("panicked"), "{err}");
     assert!(!out.status.success(), "the listing could not be written");
