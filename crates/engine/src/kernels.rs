@@ -1647,7 +1647,8 @@ impl PairPlan {
     }
 
     /// One output plane (`dst`) from its input plane, weights `taps` (`kh·kw`) and `bias`, the padded
-    /// rows built in `rows` (of [`PairPlan::len`] elements).
+    /// rows built in `rows` (of [`PairPlan::len`] elements, zero when first given: only the image's
+    /// elements are written, so the padding around them stays zero for every later plane).
     fn run(
         &self,
         s: &ConvSpec<'_>,
@@ -1660,7 +1661,7 @@ impl PairPlan {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `PairPlan::new` checked that the CPU has AVX-512 (F, BW); the loads stay inside
         // `rows`, whose rows are wide enough for every block's loads (`PairPlan::new`), and the stores
-        // inside `dst`.
+        // inside `dst` (a block's last columns stored under a mask of the columns it has).
         unsafe {
             self.products(s, plane, rows, taps, bias, dst)
         }
@@ -1679,19 +1680,17 @@ impl PairPlan {
     ) {
         let (h, wd) = (s.x[2], s.x[3]);
         let (pt, pl) = (s.window.pads[0] as usize, s.window.pads[1] as usize);
-        for (r, row) in rows.chunks_exact_mut(self.width).enumerate() {
-            match r.checked_sub(pt).filter(|&iy| iy < h) {
-                None => row.fill(0),
-                Some(iy) => {
-                    let (left, rest) = row.split_at_mut(pl);
-                    let (mid, right) = rest.split_at_mut(wd);
-                    left.fill(0);
-                    right.fill(0);
-                    // the caller checked that the inputs fit i16
-                    for (d, &v) in mid.iter_mut().zip(&plane[iy * wd..(iy + 1) * wd]) {
-                        *d = v as i16;
-                    }
-                }
+        // only the image's own elements are written: the padding around them is the same for every
+        // plane and stays as the caller made it, zero
+        for (iy, src) in plane.chunks_exact(wd).take(h).enumerate() {
+            let at = (pt + iy) * self.width + pl;
+            // image rows below the last one read are not copied
+            let Some(mid) = rows.get_mut(at..at + wd) else {
+                break;
+            };
+            // the caller checked that the inputs fit i16
+            for (d, &v) in mid.iter_mut().zip(src) {
+                *d = v as i16;
             }
         }
         use std::arch::x86_64::*;
@@ -1716,7 +1715,8 @@ impl PairPlan {
                 unsafe { _mm512_loadu_si512(base.add($at) as *const _) }
             };
         }
-        let mut tail = [0i32; Self::BLOCK1];
+        // the first `n` of 16 lanes (all for 16 or more)
+        let lanes = |n: usize| -> __mmask16 { (((1u32 << n.min(16)) - 1) & 0xffff) as __mmask16 };
         for oy in 0..oh {
             let out = &mut dst[oy * ow..(oy + 1) * ow];
             let row0 = oy * sy * self.width;
@@ -1740,18 +1740,13 @@ impl PairPlan {
                     let first = _mm512_permutex2var_epi32(even, lo_idx, odd);
                     let second = _mm512_permutex2var_epi32(even, hi_idx, odd);
                     let n = (ow - j0).min(Self::BLOCK1);
-                    // a whole block straight into the output, the last one through `tail`
-                    let to = if n == Self::BLOCK1 {
-                        out[j0..j0 + n].as_mut_ptr()
-                    } else {
-                        tail.as_mut_ptr()
-                    };
+                    // the block's `n` columns, the last block's under a mask
+                    let to = out[j0..j0 + n].as_mut_ptr();
                     unsafe {
-                        _mm512_storeu_si512(to as *mut _, first);
-                        _mm512_storeu_si512(to.add(16) as *mut _, second);
-                    }
-                    if n < Self::BLOCK1 {
-                        out[j0..j0 + n].copy_from_slice(&tail[..n]);
+                        _mm512_mask_storeu_epi32(to, lanes(n), first);
+                        if n > 16 {
+                            _mm512_mask_storeu_epi32(to.add(16), lanes(n - 16), second);
+                        }
                     }
                 }
             } else {
@@ -1765,13 +1760,8 @@ impl PairPlan {
                         }
                     }
                     let n = (ow - j0).min(Self::BLOCK2);
-                    if n == Self::BLOCK2 {
-                        let to = out[j0..j0 + n].as_mut_ptr();
-                        unsafe { _mm512_storeu_si512(to as *mut _, acc) };
-                    } else {
-                        unsafe { _mm512_storeu_si512(tail.as_mut_ptr() as *mut _, acc) };
-                        out[j0..j0 + n].copy_from_slice(&tail[..n]);
-                    }
+                    let to = out[j0..j0 + n].as_mut_ptr();
+                    unsafe { _mm512_mask_storeu_epi32(to, lanes(n), acc) };
                 }
             }
         }
