@@ -49,6 +49,14 @@ enum Step {
         lo: i64,
         table: ValueId,
     },
+    /// A `Lookup` of the chain's value followed by the `Mul` of that value by the looked-up one (the
+    /// value's two readers, as in `x · sigmoid(x)`): `mul(x · table[clamp(shift(x) − lo, 0, len − 1)])`.
+    LookupMul {
+        shift: Shift,
+        lo: i64,
+        table: ValueId,
+        mul: Shift,
+    },
     /// A binary op with `other` (the chain's value is operand `a` when `chain_is_a`), operands
     /// aligned by `la`/`lb`, then rescaled.
     Binary {
@@ -193,11 +201,13 @@ pub(crate) fn plan(m: &Model) -> Vec<Role> {
     // how many times each value is read (a node reading it twice counts twice), and its only reader
     let mut reads = vec![0u32; nv];
     let mut reader = vec![usize::MAX; nv];
+    let mut first_reader = vec![usize::MAX; nv];
     for (k, node) in m.nodes.iter().enumerate() {
         for &v in &node.inputs {
             if let Some(r) = reads.get_mut(v as usize) {
                 *r += 1;
                 reader[v as usize] = k;
+                first_reader[v as usize] = first_reader[v as usize].min(k);
             }
         }
     }
@@ -219,21 +229,39 @@ pub(crate) fn plan(m: &Model) -> Vec<Role> {
             continue;
         }
         let mut chain = Vec::new();
+        let mut nodes = Vec::new();
         let mut v = first + h;
-        while reads[v] == 1 {
-            let j = reader[v];
-            let Some(step) = step_of(m, &m.nodes[j], v as ValueId, first + h) else {
+        loop {
+            if reads[v] == 1 {
+                let j = reader[v];
+                let Some(step) = step_of(m, &m.nodes[j], v as ValueId, first + h) else {
+                    break;
+                };
+                chain.push(Fused { node: j, step });
+                nodes.push(j);
+                v = first + j;
+            } else if reads[v] == 2 {
+                let (l, j) = (first_reader[v], reader[v]);
+                let only = |w: usize, by: usize| reads[w] == 1 && reader[w] == by;
+                let Some(step) = (l != j && only(first + l, j))
+                    .then(|| lookup_mul(m, l, j, v as ValueId, first + h))
+                    .flatten()
+                else {
+                    break;
+                };
+                chain.push(Fused { node: j, step });
+                nodes.extend([l, j]);
+                v = first + j;
+            } else {
                 break;
-            };
-            chain.push(Fused { node: j, step });
-            v = first + j;
+            }
         }
-        for f in &chain {
-            roles[f.node] = Role::Absorbed;
+        for &j in &nodes {
+            roles[j] = Role::Absorbed;
         }
         if !chain.is_empty() {
             roles[h] = Role::Head(Chain {
-                nodes: chain.iter().map(|f| f.node).collect(),
+                nodes,
                 steps: simplify(chain),
             });
         }
@@ -375,6 +403,40 @@ fn step_of(m: &Model, node: &Node, v: ValueId, head: usize) -> Option<Step> {
     }
 }
 
+/// Nodes `l` and `j` as one [`Step::LookupMul`] on value `v`, which they alone read: `l` a `Lookup` of
+/// `v` by a table computed before the chain's head value `head`, `j` the `Mul` of `v` by `l`'s result
+/// (either order), which only `j` reads; all of one shape.
+fn lookup_mul(m: &Model, l: usize, j: usize, v: ValueId, head: usize) -> Option<Step> {
+    let first = m.first_node_value();
+    let (nl, nj) = (&m.nodes[l], &m.nodes[j]);
+    let info = m.value(v)?;
+    let Op::Lookup { shift, lo } = nl.op else {
+        return None;
+    };
+    let table = nl.inputs[1];
+    let lv = (first + l) as ValueId;
+    let same = info.shape == nl.shape.as_slice() && info.shape == nj.shape.as_slice();
+    let by_l = nj.inputs[..] == [v, lv] || nj.inputs[..] == [lv, v];
+    if nl.inputs[0] != v
+        || table == v
+        || (table as usize) >= head
+        || m.value(table)?.shape.iter().product::<u32>() == 0
+        || !same
+        || nj.op != Op::Mul
+        || !by_l
+    {
+        return None;
+    }
+    let k = info.scale as i32 + nl.scale as i32 - nj.scale as i32;
+    (0..62).contains(&k).then_some(())?;
+    Some(Step::LookupMul {
+        shift: Shift::new(shift)?,
+        lo: lo as i64,
+        table,
+        mul: Shift::new(k)?,
+    })
+}
+
 /// The `(inner, period)` indexing of an operand of shape `w` broadcast to `out`, if its non-broadcast
 /// axes are one contiguous run of the output's axes (a scalar, a per-channel vector, a full tensor).
 fn operand(value: ValueId, w: &[u32], out: &[u32]) -> Option<Operand> {
@@ -423,7 +485,7 @@ pub(crate) fn operands<'a>(steps: &[Fused], vals: &'a dyn Values) -> Option<Vec<
                 let d = vals.data(other.value);
                 (d.len() >= other.period).then_some(d)
             }
-            Step::Lookup { table, .. } => {
+            Step::Lookup { table, .. } | Step::LookupMul { table, .. } => {
                 let d = vals.data(*table);
                 (!d.is_empty()).then_some(d)
             }
@@ -505,17 +567,27 @@ fn step(x: &mut [i32], start: usize, st: &Step, other: &[i32]) -> bool {
             }
             fits(l, h)
         }
-        // the index's rounding shift in i32 lanes, as the unfused `Lookup` takes it
-        Step::Lookup { shift, lo, .. } if shift.left == 0 && shift.right <= 31 => {
-            crate::kernels::lookup_in_place(x, other, shift.right, lo);
+        Step::Lookup { shift, lo, .. } => {
+            lookup(x, shift, lo, other);
             true
         }
-        Step::Lookup { shift, lo, .. } => {
-            let last = other.len() as i64 - 1;
-            for v in x.iter_mut() {
-                *v = other[(shift.apply(*v as i64) - lo).clamp(0, last) as usize];
+        Step::LookupMul { shift, lo, mul, .. } => {
+            // the looked-up values of a part of the block, then their products with the part
+            const PART: usize = 256;
+            let mut t = [0i32; PART];
+            let (mut l, mut h) = (0i64, 0i64);
+            for part in x.chunks_mut(PART) {
+                let t = &mut t[..part.len()];
+                t.copy_from_slice(part);
+                lookup(t, shift, lo, other);
+                for (v, &w) in part.iter_mut().zip(t.iter()) {
+                    let r = mul.apply(*v as i64 * w as i64);
+                    l = l.min(r);
+                    h = h.max(r);
+                    *v = r as i32;
+                }
             }
-            true
+            fits(l, h)
         }
         Step::Binary {
             op,
@@ -548,6 +620,20 @@ fn step(x: &mut [i32], start: usize, st: &Step, other: &[i32]) -> bool {
                 BinOp::Mul => go!(|a: i64, b: i64| a * b),
             }
         }
+    }
+}
+
+/// `x[j] = table[clamp(shift(x[j]) − lo, 0, len − 1)]` (`table` not empty).
+#[inline(always)]
+fn lookup(x: &mut [i32], shift: Shift, lo: i64, table: &[i32]) {
+    if shift.left == 0 && shift.right <= 31 {
+        // the index's rounding shift in i32 lanes, as the unfused `Lookup` takes it
+        crate::kernels::lookup_in_place(x, table, shift.right, lo);
+        return;
+    }
+    let last = table.len() as i64 - 1;
+    for v in x.iter_mut() {
+        *v = table[(shift.apply(*v as i64) - lo).clamp(0, last) as usize];
     }
 }
 
@@ -790,6 +876,84 @@ mod tests {
                 step: clamp(8, 0, 127)
             }]
         );
+    }
+
+    /// `x · sigmoid(x)` as the compiler writes it (a `Lookup` of `x` and a `Mul` of `x` by it, `x` read by
+    /// both) joins the chain of the node that computes `x` as one step, with the nodes after it; the
+    /// fused run gives the reference's integers and, where a product leaves `i32`, its error at the `Mul`.
+    #[test]
+    fn a_lookup_times_its_own_input_is_one_step_of_the_chain() {
+        let table: Vec<i32> = (0..64).map(|i| (i * i * 37) % 1000 - 300).collect();
+        let n = 6000u32;
+        let node = |name: &str, op: Op, inputs: Vec<ValueId>, scale: i8| Node {
+            name: name.into(),
+            op,
+            inputs,
+            shape: vec![n],
+            scale,
+        };
+        for table_first in [false, true] {
+            let mul_inputs = if table_first { vec![3, 2] } else { vec![2, 3] };
+            let m = Model {
+                inputs: vec![Input {
+                    name: "x".into(),
+                    shape: vec![n],
+                    scale: 4,
+                    kind: InputKind::Fixed,
+                }],
+                consts: vec![Const {
+                    shape: vec![64],
+                    scale: 5,
+                    data: table.clone().into(),
+                }],
+                nodes: vec![
+                    node("acc", Op::Rescale, vec![0], 3),
+                    node("sigmoid", Op::Lookup { shift: 2, lo: -30 }, vec![2, 1], 5),
+                    node("silu", Op::Mul, mul_inputs, 6),
+                    node("clip", Op::Clamp { lo: -(1 << 28), hi: 1 << 28 }, vec![4], 6),
+                ],
+                outputs: vec![Output {
+                    name: "y".into(),
+                    value: 5,
+                }],
+            };
+            m.validate().expect("valid");
+            let roles = plan(&m);
+            match &roles[0] {
+                Role::Head(c) => {
+                    assert_eq!(c.nodes, vec![1, 2, 3]);
+                    assert!(matches!(c.steps[0].step, Step::LookupMul { .. }), "{c:?}");
+                }
+                r => panic!("not a head: {r:?}"),
+            }
+            let run = |x: &[i32], mode| {
+                crate::exec::Executor::new(&m, mode)
+                    .run(vec![x.to_vec()])
+                    .map_err(|e| e.to_string())
+            };
+            let mut r = 0x2545_f491_4f6c_dd1du64;
+            let mut x: Vec<i32> = (0..n)
+                .map(|_| {
+                    r ^= r << 13;
+                    r ^= r >> 7;
+                    r ^= r << 17;
+                    ((r >> 40) as i32 - (1 << 23)) >> (r % 16)
+                })
+                .collect();
+            let want = run(&x, crate::exec::Mode::Reference).expect("runs");
+            let got = run(&x, crate::exec::Mode::Fast { threads: 1 }).expect("runs");
+            // products of every sign, some clipped, most not
+            let y = &want[0];
+            assert!(y.iter().any(|&v| v < -99) && y.iter().any(|&v| v > 99));
+            assert!(y.iter().filter(|v| v.abs() < 1 << 28).count() > y.len() / 2);
+            let wrong = y.iter().zip(&got[0]).filter(|(a, b)| a != b).count();
+            assert_eq!(wrong, 0, "{wrong} of {} elements differ", y.len());
+            // a product past i32 (the largest input times the largest entry)
+            x[4321] = i32::MAX;
+            let want = run(&x, crate::exec::Mode::Reference);
+            assert!(want.as_ref().is_err_and(|e| e.contains("silu")), "{want:?}");
+            assert_eq!(run(&x, crate::exec::Mode::Fast { threads: 1 }), want);
+        }
     }
 
     #[test]

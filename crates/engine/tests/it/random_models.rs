@@ -157,7 +157,8 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]
 
     /// Chains of element-wise nodes (which the fast executor runs fused, in place, block by block) give
-    /// the reference's integers, and the same error at the same node when a step leaves `i32`.
+    /// the reference's integers, and the same error at the same node when a step leaves `i32`; among
+    /// them a value's table lookup followed by its product with the value (one fused step).
     #[test]
     fn fused_chains_equal_reference(steps in prop::collection::vec((chain_step(), -12i8..40), 1..7),
                                     head in 0usize..4,
@@ -189,8 +190,17 @@ proptest! {
         };
         let mut nodes = vec![Node { name: "head".into(), op, inputs, shape: shape.clone(), scale: s0 }];
         for (i, ((kind, operand, left, (a, b)), so)) in steps.iter().enumerate() {
-            let v = 10 + i as u32;
+            // the value the step reads: the last node's
+            let v = 9 + nodes.len() as u32;
             let w = [0u32, 1, 2, 3, 4, 5][*operand];
+            if *kind == 4 && *left {
+                // a table of the value, then the value times it (x · sigmoid(x)): the value's two readers
+                let lookup = Op::Lookup { shift: (*a % 20), lo: *b % 1000 };
+                nodes.push(Node { name: format!("step{i}.table"), op: lookup, inputs: vec![v, 6], shape: shape.clone(), scale: 5 });
+                let inputs = if *operand % 2 == 0 { vec![v, v + 1] } else { vec![v + 1, v] };
+                nodes.push(Node { name: format!("step{i}"), op: Op::Mul, inputs, shape: shape.clone(), scale: *so });
+                continue;
+            }
             let (op, inputs) = match kind {
                 0 => (Op::Clamp { lo: (*a).min(*b), hi: (*a).max(*b) }, vec![v]),
                 1 => (Op::Clamp { lo: 0, hi: 255 }, vec![v]),
