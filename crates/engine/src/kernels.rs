@@ -1698,16 +1698,18 @@ impl PairPlan {
         let (oh, ow) = (s.out[2], s.out[3]);
         let (sy, sx) = (s.window.stride[0] as usize, s.window.stride[1] as usize);
         let np = kw.div_ceil(2);
-        // the taps of row ky as pairs (w[2p], w[2p + 1]), the second 0 past the kernel's width
-        let mut wv = [_mm512_setzero_si512(); Self::MAX_PAIRS];
+        // the taps of row ky as pairs (w[2p], w[2p + 1]) in one word each, the second 0 past the
+        // kernel's width (broadcast to a register where they are multiplied)
+        let mut words = [0i32; Self::MAX_PAIRS];
         for ky in 0..kh {
             for p in 0..np {
                 let lo = taps[ky * kw + 2 * p] as i16 as u16 as u32;
                 let hi = taps.get(ky * kw + 2 * p + 1).filter(|_| 2 * p + 1 < kw);
                 let hi = hi.map_or(0, |&v| v as i16 as u16 as u32);
-                wv[ky * np + p] = _mm512_set1_epi32((lo | hi << 16) as i32);
+                words[ky * np + p] = (lo | hi << 16) as i32;
             }
         }
+        let wv = |i: usize| _mm512_set1_epi32(words[i]);
         let base = rows.as_ptr();
         // (a macro, not a closure: a closure would not inherit this function's target features)
         macro_rules! load {
@@ -1731,7 +1733,7 @@ impl PairPlan {
                     for ky in 0..kh {
                         let at = row0 + ky * self.width + j0;
                         for p in 0..np {
-                            let w = wv[ky * np + p];
+                            let w = wv(ky * np + p);
                             even = _mm512_add_epi32(even, _mm512_madd_epi16(load!(at + 2 * p), w));
                             odd =
                                 _mm512_add_epi32(odd, _mm512_madd_epi16(load!(at + 2 * p + 1), w));
@@ -1755,7 +1757,7 @@ impl PairPlan {
                     for ky in 0..kh {
                         let at = row0 + ky * self.width + 2 * j0;
                         for p in 0..np {
-                            let w = wv[ky * np + p];
+                            let w = wv(ky * np + p);
                             acc = _mm512_add_epi32(acc, _mm512_madd_epi16(load!(at + 2 * p), w));
                         }
                     }
