@@ -390,6 +390,22 @@ pub struct EinPlan {
     /// The plan is for `b · a` (operands exchanged), so that C's columns are the output's innermost
     /// axis and the epilogue writes whole rows; the product is the same integers either way.
     swap: bool,
+    /// Where C's rows and columns go in the output (and read the bias), tabulated on first use for the
+    /// output and bias shapes of that use (a node's plan always sees the same ones).
+    places: std::sync::OnceLock<Places>,
+}
+
+/// The output (and bias) offsets of an [`EinPlan`]'s product: an offset is a sum over C's axes, so it
+/// splits into a part for the row (batch and `m` axes) and a part for the column (`n` axes).
+#[derive(Clone, Debug)]
+struct Places {
+    /// The shapes they were tabulated for.
+    out_shape: Vec<usize>,
+    bias_shape: Option<Vec<usize>>,
+    row_out: Vec<usize>,
+    col_out: Vec<usize>,
+    /// The bias's row and column parts.
+    bias: Option<(Vec<usize>, Vec<usize>)>,
 }
 
 impl EinPlan {
@@ -447,6 +463,50 @@ impl EinPlan {
             b_order: bl.iter().chain(&kl).chain(&nl).copied().collect(),
             c_order: bl.iter().chain(&ml).chain(&nl).copied().collect(),
             swap: false,
+            places: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The output and bias offsets of C's rows and columns for `s` (oriented) and a bias of
+    /// `bias_shape` (aligned with the output's trailing axes).
+    fn places_of(&self, s: &EinSpec<'_>, bias_shape: Option<&[usize]>) -> Places {
+        let dims: Vec<usize> = self
+            .c_order
+            .iter()
+            .map(|&l| self.sizes[l as usize])
+            .collect();
+        let part = |ds: &[usize], ss: &[usize]| -> Vec<usize> {
+            let mut v = Vec::with_capacity(ds.iter().product());
+            crate::exec::for_each_index(ds, &[ss.to_vec()], |_, offs| v.push(offs[0]));
+            v
+        };
+        let split = |st: &[usize]| {
+            (
+                part(&dims[..self.row_axes], &st[..self.row_axes]),
+                part(&dims[self.row_axes..], &st[self.row_axes..]),
+            )
+        };
+        let (row_out, col_out) = split(&label_strides(s.out, s.out_shape, &self.c_order));
+        let bias = bias_shape.map(|bshape| {
+            let off = s.out.len() - bshape.len();
+            split(&label_strides(&s.out[off..], bshape, &self.c_order))
+        });
+        Places {
+            out_shape: s.out_shape.to_vec(),
+            bias_shape: bias_shape.map(<[usize]>::to_vec),
+            row_out,
+            col_out,
+            bias,
+        }
+    }
+
+    /// [`EinPlan::places_of`], kept from the plan's first use when the shapes are that use's.
+    fn places(&self, s: &EinSpec<'_>, bias_shape: Option<&[usize]>) -> Cow<'_, Places> {
+        let p = self.places.get_or_init(|| self.places_of(s, bias_shape));
+        if p.out_shape == s.out_shape && p.bias_shape.as_deref() == bias_shape {
+            Cow::Borrowed(p)
+        } else {
+            Cow::Owned(self.places_of(s, bias_shape))
         }
     }
 
@@ -749,39 +809,14 @@ impl EinPlan {
             }
         }
         // scatter C (labels batch, m, n) into the output order, adding the bias
-        let out_st = label_strides(s.out, s.out_shape, &self.c_order);
-        let bias_st = bias.map(|(_, bshape, _)| {
-            // bias axes align with the output's trailing axes
-            let off = s.out.len() - bshape.len();
-            label_strides(&s.out[off..], bshape, &self.c_order)
-        });
-        let dims: Vec<usize> = self
-            .c_order
-            .iter()
-            .map(|&l| self.sizes[l as usize])
-            .collect();
-        // an offset into the output (or the bias) is a sum over C's axes, so it splits into a part for
-        // the row (batch and m axes) and a part for the column (n axes), each tabulated once
-        let n_axes = dims.len() - self.row_axes;
+        let places = self.places(s, bias.map(|(_, bshape, _)| bshape));
+        let (row_out, col_out) = (&places.row_out, &places.col_out);
+        let bias_offs = places.bias.as_ref();
+        let n_axes = self.c_order.len() - self.row_axes;
         let n = self.n;
-        let offsets = |st: &[usize]| -> (Vec<usize>, Vec<usize>) {
-            let part = |ds: &[usize], ss: &[usize]| -> Vec<usize> {
-                let mut v = Vec::with_capacity(ds.iter().product());
-                let shape: Vec<usize> = ds.to_vec();
-                let ins = [ss.to_vec()];
-                crate::exec::for_each_index(&shape, &ins, |_, offs| v.push(offs[0]));
-                v
-            };
-            (
-                part(&dims[..self.row_axes], &st[..self.row_axes]),
-                part(&dims[self.row_axes..], &st[self.row_axes..]),
-            )
-        };
-        let (row_out, col_out) = offsets(&out_st);
-        let bias_offs = bias_st.as_deref().map(offsets);
         debug_assert_eq!(col_out.len(), if n_axes == 0 { 1 } else { n });
         let out_len: usize = s.out_shape.iter().product();
-        let layout = RowLayout::new(&col_out, bias_offs.as_ref().map(|(_, c)| c.as_slice()));
+        let layout = RowLayout::new(col_out, bias_offs.map(|(_, c)| c.as_slice()));
         let rows = self.bt * self.m;
         // rows stored one after another (the usual layout) are split across threads
         let in_order = layout.contiguous
@@ -789,10 +824,12 @@ impl EinPlan {
             && row_out.iter().enumerate().all(|(r, &o)| o == r * n);
         // requantization and the chain cost a few nanoseconds per element: 16 K elements or more
         let th = if rows * n >= 1 << 14 { threads } else { 1 };
-        // one batch of `i32` sums laid out as the output, with one bias per row: requantized in place
+        // one batch of `i32` sums laid out as the output (rows `ldc ≥ n` apart), with one bias per
+        // row: requantized in place, then the rows moved together
         if let Acc::Narrow(cs) = &mut c {
             let fits = in_order && layout.bias_row_const && rows * n == out_len;
-            if fits && cs.len() == 1 && cs[0].1 == n && cs[0].0.len() == out_len {
+            let ldc = cs.first().map_or(0, |c| c.1);
+            if fits && cs.len() == 1 && n > 0 && ldc >= n && cs[0].0.len() == rows * ldc {
                 let (mut out, _) = cs.remove(0);
                 let hook = hook.take();
                 let bias_of = |r: usize| match (bias, &bias_offs) {
@@ -802,8 +839,9 @@ impl EinPlan {
                     _ => 0,
                 };
                 let err = crate::par::FirstError::default();
-                crate::par::rows(&mut out, n, th, 1, |r0, part| {
-                    for (j, row) in part.chunks_mut(n.max(1)).enumerate() {
+                crate::par::rows(&mut out, ldc, th, 1, |r0, part| {
+                    for (j, row) in part.chunks_mut(ldc).enumerate() {
+                        let row = &mut row[..n];
                         if let Err(e) = requantize_in_place(row, bias_of(r0 + j), shift) {
                             return err.set(e);
                         }
@@ -813,6 +851,13 @@ impl EinPlan {
                     }
                 });
                 err.into_result()?;
+                if ldc > n {
+                    // row r moves down to r·n (≤ r·ldc: never over a row not yet moved)
+                    for r in 1..rows {
+                        out.copy_within(r * ldc..r * ldc + n, r * n);
+                    }
+                    out.truncate(out_len);
+                }
                 return Ok(out);
             }
         }
