@@ -841,12 +841,9 @@ impl EinPlan {
                 let err = crate::par::FirstError::default();
                 crate::par::rows(&mut out, ldc, th, 1, |r0, part| {
                     for (j, row) in part.chunks_mut(ldc).enumerate() {
-                        let row = &mut row[..n];
-                        if let Err(e) = requantize_in_place(row, bias_of(r0 + j), shift) {
+                        let (row, at) = (&mut row[..n], (r0 + j) * n);
+                        if let Err(e) = requantize_then(row, at, bias_of(r0 + j), shift, hook) {
                             return err.set(e);
-                        }
-                        if let Some(h) = hook {
-                            h((r0 + j) * n, row);
                         }
                     }
                 });
@@ -1612,14 +1609,9 @@ fn conv2d_depthwise(
                     Some(q) => q.run(s, plane, &mut rows16, taps, bias, dst),
                     None => depthwise_plane(s, &plan, plane, &mut rows, taps, bias, dst),
                 }
-                if shift != 0 {
-                    // the plane's sums (bias included) requantized by the vector row loop
-                    if let Err(e) = requantize_in_place(dst, 0, shift) {
-                        return err.set(e);
-                    }
-                }
-                if let Some(h) = hook {
-                    h((q0 + j) * p, dst);
+                // the plane's sums (bias included) requantized by the vector row loop
+                if let Err(e) = requantize_then(dst, (q0 + j) * p, 0, shift, hook) {
+                    return err.set(e);
                 }
             }
         });
@@ -2049,6 +2041,30 @@ pub(crate) fn requantize_row<T: RowAcc>(
 }
 
 /// [`requantize_row`] of `i32` sums in place.
+/// Elements `start..start + row.len()` of an output requantized in place ([`requantize_in_place`])
+/// and handed to `hook` a part of [`REQUANT_PART`] elements at a time, each part while it is in the
+/// L1 cache.
+fn requantize_then(
+    row: &mut [i32],
+    start: usize,
+    bias: i128,
+    shift: i32,
+    hook: Option<RowHook<'_>>,
+) -> Result<(), ExecError> {
+    for (i, part) in row.chunks_mut(REQUANT_PART).enumerate() {
+        if bias != 0 || shift != 0 {
+            requantize_in_place(part, bias, shift)?;
+        }
+        if let Some(h) = hook {
+            h(start + i * REQUANT_PART, part);
+        }
+    }
+    Ok(())
+}
+
+/// Elements requantized and handed on together by [`requantize_then`] (16 KB of `i32`).
+const REQUANT_PART: usize = 4096;
+
 pub(crate) fn requantize_in_place(
     row: &mut [i32],
     bias: i128,
