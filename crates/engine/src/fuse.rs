@@ -589,6 +589,15 @@ fn step(x: &mut [i32], start: usize, st: &Step, other: &[i32]) -> bool {
             }
             fits(l, h)
         }
+        // a product by a per-channel constant (the requantization multipliers), rescaled right
+        Step::Binary {
+            op: BinOp::Mul,
+            la: 0,
+            lb: 0,
+            shift,
+            other: o,
+            ..
+        } if shift.left == 0 && o.inner > 1 => mul_runs(x, start, other, o, shift),
         Step::Binary {
             op,
             la,
@@ -639,6 +648,42 @@ fn lookup(x: &mut [i32], shift: Shift, lo: i64, table: &[i32]) {
 
 fn fits(lo: i64, hi: i64) -> bool {
     lo >= i32::MIN as i64 && hi <= i32::MAX as i64
+}
+
+/// `x[j] = shift(x[j] · w)` with `w` the operand, constant over runs (`inner > 1`), and a right shift
+/// (`shift.left == 0`): a run whose largest magnitude `m` keeps every result inside `i32` (`|x·w + half|
+/// ≤ m·|w| + 2^right`, so `(m·|w| + 2^right) >> right ≤ i32::MAX` bounds both signs) skips the range
+/// check of each element; `false` if a result left `i32`.
+#[inline(always)]
+fn mul_runs(x: &mut [i32], start: usize, other: &[i32], o: Operand, shift: Shift) -> bool {
+    let mut j = 0;
+    while j < x.len() {
+        let i = start + j;
+        let run = (x.len() - j).min(o.inner - i % o.inner);
+        let w = other[(i / o.inner) % o.period] as i64;
+        let part = &mut x[j..j + run];
+        let m = part.iter().map(|v| v.unsigned_abs()).max().unwrap_or(0) as u64;
+        // m ≤ 2^31, |w| ≤ 2^31, right ≤ 62: no sum here leaves u64
+        let bound = (m * w.unsigned_abs() + (1u64 << shift.right)) >> shift.right;
+        if bound <= i32::MAX as u64 {
+            for v in part.iter_mut() {
+                *v = ((*v as i64 * w + shift.half) >> shift.right) as i32;
+            }
+        } else {
+            let (mut l, mut h) = (0i64, 0i64);
+            for v in part.iter_mut() {
+                let r = shift.apply(*v as i64 * w);
+                l = l.min(r);
+                h = h.max(r);
+                *v = r as i32;
+            }
+            if !fits(l, h) {
+                return false;
+            }
+        }
+        j += run;
+    }
+    true
 }
 
 /// `x[j] = shift(f(x[j], other[idx(start + j)]))` over runs where the operand is constant (`inner > 1`)
