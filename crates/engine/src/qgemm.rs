@@ -627,17 +627,32 @@ pub(crate) fn product(
 ) {
     let ldc = b.ldc();
     gemm_rows(a, b, r0, c, level, tokens);
-    if a.offset {
-        for row in c.chunks_mut(ldc) {
-            for (v, &cs) in row.iter_mut().zip(&b.colsum) {
-                *v -= 128 * cs;
+    if a.offset || b.offset {
+        let cols = a.offset.then_some(&b.colsum[..]);
+        let rows = b.offset.then(|| &a.rowsum[r0..]);
+        sub_offsets(c, ldc, cols, rows);
+    }
+}
+
+crate::multiversion! {
+    fn sub_offsets(c: &mut [i32], ldc: usize, cols: Option<&[i32]>, rows: Option<&[i32]>) -> () = sub_offsets_body
+}
+
+/// The unsigned operand's offset taken back out of the rows of `c` (`ldc` apart): `128 · colsum[j]`
+/// from every row's column `j`, `128 · rowsum[i]` from every column of row `i` (wrapping, like the
+/// kernels' sums: the true products fit `i32`).
+#[inline(always)]
+fn sub_offsets_body(c: &mut [i32], ldc: usize, cols: Option<&[i32]>, rows: Option<&[i32]>) {
+    for (i, row) in c.chunks_mut(ldc).enumerate() {
+        if let Some(cols) = cols {
+            for (v, &cs) in row.iter_mut().zip(cols) {
+                *v = v.wrapping_sub(cs.wrapping_mul(128));
             }
         }
-    }
-    if b.offset {
-        for (row, &rs) in c.chunks_mut(ldc).zip(&a.rowsum[r0..]) {
+        if let Some(rows) = rows {
+            let r = rows[i].wrapping_mul(128);
             for v in row.iter_mut() {
-                *v -= 128 * rs;
+                *v = v.wrapping_sub(r);
             }
         }
     }
