@@ -62,7 +62,7 @@ impl Pool {
 }
 
 /// Element types a pool keeps buffers of.
-pub trait Pooled: Copy + Send + Sync + 'static {
+pub trait Pooled: Copy + Default + Send + Sync + 'static {
     /// Whether `v` is the value whose bytes are all zero.
     fn is_zero(v: Self) -> bool;
     #[doc(hidden)]
@@ -126,6 +126,21 @@ pub fn take<T: Pooled>(len: usize, value: T) -> Vec<T> {
             v
         }
         None => vec![value; len],
+    }
+}
+
+/// `len` elements for a caller that writes every one of them before anything reads them: a buffer of
+/// the current pool as it is (its elements whatever it held; only a part it never held is zeroed), or
+/// new zeros. Only the fill is saved, so a caller that missed an element would read an earlier run's
+/// value: for kernels whose loops store every output element.
+pub fn take_overwritten<T: Pooled>(len: usize) -> Vec<T> {
+    match reuse::<T>(len) {
+        Some(mut v) => {
+            v.truncate(len);
+            v.resize(len, T::default());
+            v
+        }
+        None => vec![T::default(); len],
     }
 }
 

@@ -1573,10 +1573,16 @@ fn conv2d_depthwise(
     hook: &mut Option<RowHook<'_>>,
 ) -> Result<Vec<i32>, ExecError> {
     let p = s.out[2] * s.out[3];
-    let mut out = crate::buffers::take(s.x[0] * s.w[0] * p, 0i32);
     let bias_at = |oc: usize| bias.map_or(0, |(d, sh)| ((d[oc] as i128) << sh) as i64);
     let bound = (s.w[2] * s.w[3]) as u128 * mx * max_abs(w)
         + bias.map_or(0, |(d, sh)| max_abs(d) << sh.clamp(0, 64));
+    // 16-bit inputs and weights: pairs of taps per multiply-add instruction
+    let pairs = PairPlan::new(s, mx, max_abs(w)).filter(|_| bound < 1 << 31);
+    let mut out = match pairs {
+        // it stores every element of every output plane
+        Some(_) => crate::buffers::take_overwritten(s.x[0] * s.w[0] * p),
+        None => crate::buffers::take(s.x[0] * s.w[0] * p, 0i32),
+    };
     if bound < 1 << 31 {
         let (c, o_ch, kk) = (s.x[1], s.w[0], s.w[2] * s.w[3]);
         let og = o_ch / s.groups;
@@ -1589,8 +1595,6 @@ fn conv2d_depthwise(
             1
         };
         let err = crate::par::FirstError::default();
-        // 16-bit inputs and weights: pairs of taps per multiply-add instruction
-        let pairs = PairPlan::new(s, mx, max_abs(w));
         // output planes split across threads, each part with its own padded rows
         crate::par::rows(&mut out, p, th, 1, |q0, part| {
             // the padded rows, then (stride 2) room for one input row split into even and odd columns

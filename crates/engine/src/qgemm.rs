@@ -598,10 +598,11 @@ pub fn gemm(a: &PackedA, b: &PackedB, threads: usize, level: Level) -> Vec<i32> 
     // 2 M multiply-adds or more (~10-20 µs on one core) are split
     let work = a.m * b.kq * 4 * ldc;
     let threads = if work >= 1 << 21 { threads } else { 1 };
-    let mut c = crate::par::filled(a.m * ldc, 0i32, threads);
-    if a.m == 0 || ldc == 0 {
-        return c;
+    if a.m == 0 || ldc == 0 || a.kq == 0 {
+        return crate::par::filled(a.m * ldc, 0i32, threads);
     }
+    // the first block of the reduced axis stores every element (`first`), the others add to them
+    let mut c = crate::buffers::take_overwritten(a.m * ldc);
     let level = if level.supported() {
         level
     } else {
