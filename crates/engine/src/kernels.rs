@@ -839,11 +839,29 @@ impl EinPlan {
                     _ => 0,
                 };
                 let err = crate::par::FirstError::default();
+                // short rows lying end to end go to the chain several at a time (a call per row
+                // would cost more than the row)
+                let per = match ldc == n && n < REQUANT_PART {
+                    true => REQUANT_PART / n,
+                    false => 1,
+                };
                 crate::par::rows(&mut out, ldc, th, 1, |r0, part| {
-                    for (j, row) in part.chunks_mut(ldc).enumerate() {
-                        let (row, at) = (&mut row[..n], (r0 + j) * n);
-                        if let Err(e) = requantize_then(row, at, bias_of(r0 + j), shift, hook) {
-                            return err.set(e);
+                    for (g, group) in part.chunks_mut(per * ldc).enumerate() {
+                        let r = r0 + g * per;
+                        if per == 1 {
+                            let row = &mut group[..n];
+                            if let Err(e) = requantize_then(row, r * n, bias_of(r), shift, hook) {
+                                return err.set(e);
+                            }
+                            continue;
+                        }
+                        for (j, row) in group.chunks_mut(n).enumerate() {
+                            if let Err(e) = requantize_then(row, 0, bias_of(r + j), shift, None) {
+                                return err.set(e);
+                            }
+                        }
+                        if let Some(h) = hook {
+                            h(r * n, group);
                         }
                     }
                 });
