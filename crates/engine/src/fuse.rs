@@ -5,6 +5,8 @@
 //! residual `Add`, a `Reshape` — each read one tensor once and write one of the same size. Run one by
 //! one they pass over memory once each and allocate a tensor each. Here a chain is planned once per
 //! model and applied to the first node's output block by block while the block sits in the L1 cache.
+//! A value read by two nodes joins the chain when they are a `Lookup` of it and the `Mul` of it by the
+//! lookup's result (`x · sigmoid(x)`): one step computes both.
 //!
 //! Each step computes exactly the integers its op computes alone (the same formulas as the executor's
 //! `i64` paths, which are only chosen where the op's scales make them exact); only the order in which
@@ -198,7 +200,8 @@ fn block_sum(m: &Model, h: usize, reads: &[u32], reader: &[usize]) -> Option<Blo
 pub(crate) fn plan(m: &Model) -> Vec<Role> {
     let nv = m.value_count();
     let first = m.first_node_value();
-    // how many times each value is read (a node reading it twice counts twice), and its only reader
+    // how many times each value is read (a node reading it twice counts twice), its last reader (its
+    // only one when read once) and its first
     let mut reads = vec![0u32; nv];
     let mut reader = vec![usize::MAX; nv];
     let mut first_reader = vec![usize::MAX; nv];

@@ -615,9 +615,10 @@ pub fn gemm(a: &PackedA, b: &PackedB, threads: usize, level: Level) -> Vec<i32> 
     c
 }
 
-/// Rows `r0..` of `a · b` into `c` (whole rows of [`PackedB::ldc`] elements, zero on entry), the
-/// activations' offsets subtracted, on the calling thread; `level` must be supported. A cancelled run
-/// stops between row blocks.
+/// Rows `r0..` of `a · b` into `c` (whole rows of [`PackedB::ldc`] elements; the first block of the
+/// reduced axis stores every element, so what `c` held is not read, but for an empty reduced axis it
+/// must be zero on entry), the activations' offsets subtracted, on the calling thread; `level` must be
+/// supported. A cancelled run stops between row blocks.
 pub(crate) fn product(
     a: &PackedA,
     b: &PackedB,
