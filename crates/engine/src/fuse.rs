@@ -958,7 +958,15 @@ mod tests {
                     node("acc", Op::Rescale, vec![0], 3),
                     node("sigmoid", Op::Lookup { shift: 2, lo: -30 }, vec![2, 1], 5),
                     node("silu", Op::Mul, mul_inputs, 6),
-                    node("clip", Op::Clamp { lo: -(1 << 28), hi: 1 << 28 }, vec![4], 6),
+                    node(
+                        "clip",
+                        Op::Clamp {
+                            lo: -(1 << 28),
+                            hi: 1 << 28,
+                        },
+                        vec![4],
+                        6,
+                    ),
                 ],
                 outputs: vec![Output {
                     name: "y".into(),
