@@ -1489,16 +1489,18 @@ fn conv2d_narrow(
     };
     let work = og * kk * p * if split { 2 } else { 1 } * wparts;
     let th = if work >= 1 << 21 { threads } else { 1 };
-    let mut out = crate::par::filled(n * o_ch * p, 0i32, th);
     // a 1×1 convolution with stride 1 and no padding reads its input planes as they are
     let direct = kh == 1 && kw == 1 && s.window.stride == [1, 1] && s.window.pads == [0; 4];
     // the patches of 8-bit inputs as their stored bytes (a quarter of the traffic of `i32` ones)
     let bytes = !direct && !split;
     // with stride 1, read in place from a padded byte image, panel by panel
     if bytes && s.window.stride == [1, 1] {
+        let mut out = crate::par::filled(n * o_ch * p, 0i32, th);
         let done = conv2d_panels(s, x, qw, bias, shift, (offset, level, th), hook, &mut out);
         return Some(done.map(|()| out));
     }
+    // every output plane of every group and batch is requantized into below
+    let mut out = crate::buffers::take_overwritten(n * o_ch * p);
     let mut im = crate::par::filled(if direct || bytes { 0 } else { kk * p }, 0i32, th);
     let mut im8 = crate::par::filled(if bytes { kk * p } else { 0 }, 0u8, th);
     let add = if offset { 128 } else { 0 };
@@ -1541,7 +1543,11 @@ fn conv2d_narrow(
                 let rows = part.len() / p;
                 // 16-bit inputs or weights: every pair of parts' products joined in i64
                 let (acc, wide) = if low.is_none() && qw.lo.is_none() {
-                    let mut acc = crate::buffers::take(rows * ldc, 0i32);
+                    // the product stores every sum when the reduced axis is not empty
+                    let mut acc = match kk {
+                        0 => crate::buffers::take(rows * ldc, 0i32),
+                        _ => crate::buffers::take_overwritten(rows * ldc),
+                    };
                     qgemm::product(&qw.hi, &cols, o0, &mut acc, level, &tokens);
                     (acc, None)
                 } else {
