@@ -1543,11 +1543,8 @@ fn conv2d_narrow(
                 let rows = part.len() / p;
                 // 16-bit inputs or weights: every pair of parts' products joined in i64
                 let (acc, wide) = if low.is_none() && qw.lo.is_none() {
-                    // the product stores every sum when the reduced axis is not empty
-                    let mut acc = match kk {
-                        0 => crate::buffers::take(rows * ldc, 0i32),
-                        _ => crate::buffers::take_overwritten(rows * ldc),
-                    };
+                    // the product stores every sum
+                    let mut acc = crate::buffers::take_overwritten(rows * ldc);
                     qgemm::product(&qw.hi, &cols, o0, &mut acc, level, &tokens);
                     (acc, None)
                 } else {

@@ -598,11 +598,11 @@ pub fn gemm(a: &PackedA, b: &PackedB, threads: usize, level: Level) -> Vec<i32> 
     // 2 M multiply-adds or more (~10-20 µs on one core) are split
     let work = a.m * b.kq * 4 * ldc;
     let threads = if work >= 1 << 21 { threads } else { 1 };
-    if a.m == 0 || ldc == 0 || a.kq == 0 {
-        return crate::par::filled(a.m * ldc, 0i32, threads);
-    }
-    // the first block of the reduced axis stores every element (`first`), the others add to them
+    // `product` stores every element
     let mut c = crate::buffers::take_overwritten(a.m * ldc);
+    if a.m == 0 || ldc == 0 {
+        return c;
+    }
     let level = if level.supported() {
         level
     } else {
@@ -615,10 +615,10 @@ pub fn gemm(a: &PackedA, b: &PackedB, threads: usize, level: Level) -> Vec<i32> 
     c
 }
 
-/// Rows `r0..` of `a · b` into `c` (whole rows of [`PackedB::ldc`] elements; the first block of the
-/// reduced axis stores every element, so what `c` held is not read, but for an empty reduced axis it
-/// must be zero on entry), the activations' offsets subtracted, on the calling thread; `level` must be
-/// supported. A cancelled run stops between row blocks.
+/// Rows `r0..` of `a · b` into `c` (whole rows of [`PackedB::ldc`] elements, every one stored: the
+/// first block of the reduced axis stores its sums, an empty reduced axis zeros; what `c` held is never
+/// read), the activations' offsets subtracted, on the calling thread; `level` must be supported. A
+/// cancelled run stops between row blocks.
 pub(crate) fn product(
     a: &PackedA,
     b: &PackedB,
@@ -628,6 +628,9 @@ pub(crate) fn product(
     tokens: &[crate::cancel::Cancel],
 ) {
     let ldc = b.ldc();
+    if a.kq == 0 {
+        c.fill(0);
+    }
     gemm_rows(a, b, r0, c, level, tokens);
     if a.offset || b.offset {
         let cols = a.offset.then_some(&b.colsum[..]);
@@ -1091,6 +1094,24 @@ mod tests {
                 threads,
             );
         }
+    }
+
+    /// An empty reduced axis gives zero sums, also in a pooled buffer that held other values (the
+    /// product stores every element rather than adding to what the buffer held).
+    #[test]
+    fn an_empty_reduced_axis_gives_zeros_in_a_reused_buffer() {
+        let pool = std::sync::Arc::new(crate::buffers::Pool::default());
+        crate::buffers::scoped(&pool, || {
+            let (m, n) = (64, 512);
+            let pa = PackedA::new(&[], m, 0).expect("no activations");
+            let pb = PackedB::new(&[0i32; 0], 0, n).expect("no weights");
+            for level in [Level::Portable, Level::Avx2, Level::Avx512Vnni] {
+                crate::buffers::give(vec![7i32; m * pb.ldc()]);
+                let c = gemm(&pa, &pb, 1, level);
+                assert_eq!(c.len(), m * pb.ldc());
+                assert!(c.iter().all(|&v| v == 0), "{level:?}");
+            }
+        });
     }
 
     #[test]
