@@ -300,6 +300,21 @@ fn matvec(a: &[u8], b: &[u8], out: &[u8]) -> bool {
 }
 
 /// `x` rescaled by `k` like [`map_rescale`], kept as it is when `k` is 0.
+/// The sparse form of an `EinSum` applying a constant matrix along one axis of its other operand
+/// ([`crate::taps::AxisTaps`]), without a bias.
+fn axis_taps(
+    model: &Model,
+    node: &Node,
+    (a, b, out): (&[u8], &[u8], &[u8]),
+) -> Option<crate::taps::AxisTaps> {
+    if node.inputs.len() != 2 || model.const_of(node.inputs[0]).is_some() {
+        return None;
+    }
+    let m = model.const_of(node.inputs[1])?;
+    let shape = us(model.value(node.inputs[0])?.shape);
+    crate::taps::AxisTaps::new((a, b, out), &shape, &m.data.transient())
+}
+
 fn rescaled(x: Vec<i32>, k: i32) -> Result<Vec<i32>, ExecError> {
     if k == 0 {
         Ok(x)
@@ -334,6 +349,8 @@ enum Prepared {
     MatVec(Arc<MatVec>),
     /// A convolution's weights in 8-bit form, one matrix per group.
     Conv(Vec<crate::qgemm::Parts<crate::qgemm::PackedA>>),
+    /// A constant matrix with few nonzeros per column applied along one axis (a linear resize).
+    Taps(Box<crate::taps::AxisTaps>),
     /// Block-wise products `{gk, ogk → og}` with 8-bit constant weights (shareable between
     /// executors of models holding the same constants, see [`Executor::new_sharing`]).
     Blocks(Arc<crate::blockdot::PackedBlocks>),
@@ -467,6 +484,11 @@ impl<M: Borrow<Model> + Sync> Executor<M> {
                 .iter()
                 .enumerate()
                 .map(|(k, node)| match &node.op {
+                    Op::EinSum { a, b, out }
+                        if let Some(t) = axis_taps(model, node, (a, b, out)) =>
+                    {
+                        Prepared::Taps(Box::new(t))
+                    }
                     Op::EinSum { a, b, out } if node.inputs.len() == 2 && matvec(a, b, out) => {
                         match model.const_of(node.inputs[0]) {
                             Some(c) => {
@@ -939,7 +961,7 @@ impl<M: Borrow<Model> + Sync> Executor<M> {
         let packed_input = |i: usize| match self.prepared.get(k) {
             _ if matches!(node.op, Op::Gather { .. }) => i == 0,
             Some(Prepared::MatVec(_)) => i == 0,
-            Some(Prepared::Blocks(_) | Prepared::Conv(_)) => i == 1,
+            Some(Prepared::Blocks(_) | Prepared::Conv(_) | Prepared::Taps(_)) => i == 1,
             Some(Prepared::Ein(_, pa, pb)) => (i == 0 && pa.is_some()) || (i == 1 && pb.is_some()),
             _ => false,
         };
@@ -996,6 +1018,22 @@ impl<M: Borrow<Model> + Sync> Executor<M> {
                 match self.mode {
                     Mode::Reference => einsum_reference(&spec, xs[0], xs[1], bias, shift),
                     Mode::Fast { threads } => match self.prepared.get(k) {
+                        Some(Prepared::Taps(t)) if bias.is_none() => {
+                            match t.run(xs[0], range(0), shift, threads, hook) {
+                                Some(r) => r,
+                                None => kernels::EinPlan::new(&spec).run(
+                                    &spec,
+                                    (&lazy0, &lazy1),
+                                    (range(0), range(1)),
+                                    None,
+                                    None,
+                                    bias,
+                                    shift,
+                                    threads,
+                                    hook,
+                                ),
+                            }
+                        }
                         Some(Prepared::Blocks(p)) if bias.is_none() => {
                             match p.run(xs[0], threads) {
                                 Some(acc) => rescaled(acc, shift),

@@ -668,7 +668,13 @@ fn mul_runs(x: &mut [i32], start: usize, other: &[i32], o: Operand, shift: Shift
         let m = part.iter().map(|v| v.unsigned_abs()).max().unwrap_or(0) as u64;
         // m ≤ 2^31, |w| ≤ 2^31, right ≤ 62: no sum here leaves u64
         let bound = (m * w.unsigned_abs() + (1u64 << shift.right)) >> shift.right;
-        if bound <= i32::MAX as u64 {
+        if m * w.unsigned_abs() + shift.half as u64 <= i32::MAX as u64 {
+            // every product and its rounding term inside i32 too: 32-bit lanes, twice as many
+            let (w, half) = (w as i32, shift.half as i32);
+            for v in part.iter_mut() {
+                *v = v.wrapping_mul(w).wrapping_add(half) >> shift.right;
+            }
+        } else if bound <= i32::MAX as u64 {
             for v in part.iter_mut() {
                 *v = ((*v as i64 * w + shift.half) >> shift.right) as i32;
             }

@@ -2068,7 +2068,7 @@ pub(crate) fn requantize_row<T: RowAcc>(
 /// Elements `start..start + row.len()` of an output requantized in place ([`requantize_in_place`])
 /// and handed to `hook` a part of [`REQUANT_PART`] elements at a time, each part while it is in the
 /// L1 cache.
-fn requantize_then(
+pub(crate) fn requantize_then(
     row: &mut [i32],
     start: usize,
     bias: i128,
@@ -2087,7 +2087,7 @@ fn requantize_then(
 }
 
 /// Elements requantized and handed on together by [`requantize_then`] (16 KB of `i32`).
-const REQUANT_PART: usize = 4096;
+pub(crate) const REQUANT_PART: usize = 4096;
 
 /// [`requantize_row`] of `i32` sums in place.
 pub(crate) fn requantize_in_place(

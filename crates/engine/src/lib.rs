@@ -21,6 +21,7 @@ pub mod onestep;
 mod par;
 pub mod qgemm;
 pub mod simd;
+mod taps;
 pub mod vty;
 
 pub use cancel::Cancel;

@@ -1307,3 +1307,99 @@ fn depthwise_convolutions_equal_reference() {
         }
     }
 }
+
+/// A constant matrix with a few nonzero weights per column applied along one axis (a linear resize's
+/// interpolation, which the fast executor sums over those taps only), along each axis, followed by a
+/// fused chain: the reference integers at every instruction-set level and thread count, with rows
+/// held in registers (up to 32 elements) and gathered (longer), columns of 0 to 3 taps, and inputs
+/// large enough that a sum leaves `i32` (the product's path and its error then).
+#[test]
+fn sparse_axis_products_equal_reference() {
+    let mut g = crate::gen(31, 1 << 12);
+    // (input shape, axis, output length)
+    for (shape, axis, n) in [
+        (vec![1u32, 3, 28, 28], 3usize, 224u32),
+        (vec![1, 3, 28, 28], 2, 224),
+        (vec![2, 2, 5, 40], 3, 90),
+        (vec![1, 4, 9, 7], 3, 14),
+        (vec![1, 2, 12, 6], 2, 5),
+    ] {
+        let k = shape[axis];
+        let mut w = vec![0i32; (k * n) as usize];
+        for o in 0..n {
+            // 1 to 3 taps near the source position; every seventh column empty
+            let taps = if o % 7 == 6 { 0 } else { 1 + o % 3 };
+            let at = (o as u64 * k as u64 / n as u64) as u32;
+            for t in 0..taps {
+                let i = (at + t).min(k - 1);
+                w[(i * n + o) as usize] += g(1)[0] >> 5;
+            }
+        }
+        let mut out_shape = shape.clone();
+        out_shape[axis] = n;
+        let a: Vec<u8> = (0..4).collect();
+        let mut out = a.clone();
+        out[axis] = 4;
+        for (xmag, scalar) in [(1 << 7, 3000), (1 << 12, 70_000), (i32::MAX, 1)] {
+            let numel = |s: &[u32]| s.iter().product::<u32>() as usize;
+            let m = Model {
+                inputs: vec![input("x", shape.clone(), 7)],
+                consts: vec![
+                    Const {
+                        shape: vec![k, n],
+                        scale: 6,
+                        data: w.clone().into(),
+                    },
+                    Const {
+                        shape: vec![],
+                        scale: 12,
+                        data: vec![scalar].into(),
+                    },
+                ],
+                nodes: vec![
+                    Node {
+                        name: "resize".into(),
+                        op: Op::EinSum {
+                            a: a.clone(),
+                            b: vec![axis as u8, 4],
+                            out: out.clone(),
+                        },
+                        inputs: vec![0, 1],
+                        shape: out_shape.clone(),
+                        scale: 9,
+                    },
+                    Node {
+                        name: "mul".into(),
+                        op: Op::Mul,
+                        inputs: vec![3, 2],
+                        shape: out_shape.clone(),
+                        scale: 16,
+                    },
+                    Node {
+                        name: "clamp".into(),
+                        op: Op::Clamp {
+                            lo: -(1 << 20),
+                            hi: 1 << 20,
+                        },
+                        inputs: vec![4],
+                        shape: out_shape.clone(),
+                        scale: 16,
+                    },
+                ],
+                outputs: vec![Output {
+                    name: "y".into(),
+                    value: 5,
+                }],
+            };
+            m.validate().expect("valid");
+            let x: Vec<i32> = crate::gen(xmag as u64, xmag)(numel(&shape));
+            let r = run_all(&m, vec![x]);
+            if xmag < 1 << 20 {
+                assert!(r[0].is_ok(), "{shape:?} axis {axis}: {:?}", r[0]);
+            }
+            for other in &r[1..] {
+                assert_eq!(&r[0], other, "{shape:?} axis {axis} → {n}, |x| ≤ {xmag}");
+            }
+        }
+    }
+}
