@@ -1890,7 +1890,8 @@ crate::multiversion! {
 }
 
 /// One input plane of a depthwise convolution in `i32` (the caller's bound keeps every sum inside it):
-/// the plane is laid out as [`DwPlan`] says in `rows`, then each output channel reading it (`taps`
+/// the plane is laid out as [`DwPlan`] says in `rows` (zero when first given: only the image's elements
+/// are written, so the padding stays zero for every later plane), then each output channel reading it (`taps`
 /// holds their `kh·kw` weights one after another, `dst` their output planes) accumulates
 /// [`DW_LANES`] output columns over all taps in registers before storing them.
 #[inline(always)]
@@ -1911,11 +1912,12 @@ fn depthwise_plane_body(
     let span = plan.span;
     let (rows, halves) = rows.split_at_mut(plan.hp * sx * span);
     let half = wd.div_ceil(2);
+    // only the image's own elements are written: the padding around them lies at the same places for
+    // every plane and stays as the caller made it, zero
     for r in 0..plan.hp {
         let iy = r as i64 - py;
         let row = &mut rows[r * sx * span..(r + 1) * sx * span];
         if iy < 0 || iy >= h as i64 {
-            row.fill(0);
             continue;
         }
         let src = &plane[iy as usize * wd..(iy as usize + 1) * wd];
@@ -1932,8 +1934,6 @@ fn depthwise_plane_body(
         }
         for (q, &(j0, j1)) in plan.inside.iter().enumerate() {
             let d = &mut row[q * span..(q + 1) * span];
-            d[..j0].fill(0);
-            d[j1..].fill(0);
             if j1 > j0 {
                 let ix0 = ((j0 * sx + q) as i64 - px) as usize;
                 if sx == 1 {
