@@ -1624,18 +1624,23 @@ fn conv2d_depthwise(
                 None => vec![0i32; plan.hp * s.window.stride[1] as usize * plan.span + s.x[3] + 1],
             };
             let mut rows16 = vec![0i16; pairs.as_ref().map_or(0, |q| q.len())];
-            for (j, dst) in part.chunks_mut(p).enumerate() {
-                let (b, oc) = ((q0 + j) / o_ch, (q0 + j) % o_ch);
-                let ci = oc / og;
-                let plane = &x[(b * c + ci) * hw..(b * c + ci + 1) * hw];
-                let taps = &w[oc * kk..(oc + 1) * kk];
-                let bias = bias_at(oc) as i32;
-                match &pairs {
-                    Some(q) => q.run(s, plane, &mut rows16, taps, bias, dst),
-                    None => depthwise_plane(s, &plan, plane, &mut rows, taps, bias, dst),
+            // planes of a few hundred elements are requantized and handed to the chain together
+            let per = (REQUANT_PART / p.max(1)).max(1);
+            for (g, group) in part.chunks_mut(per * p).enumerate() {
+                let q = q0 + g * per;
+                for (j, dst) in group.chunks_mut(p).enumerate() {
+                    let (b, oc) = ((q + j) / o_ch, (q + j) % o_ch);
+                    let ci = oc / og;
+                    let plane = &x[(b * c + ci) * hw..(b * c + ci + 1) * hw];
+                    let taps = &w[oc * kk..(oc + 1) * kk];
+                    let bias = bias_at(oc) as i32;
+                    match &pairs {
+                        Some(q) => q.run(s, plane, &mut rows16, taps, bias, dst),
+                        None => depthwise_plane(s, &plan, plane, &mut rows, taps, bias, dst),
+                    }
                 }
-                // the plane's sums (bias included) requantized by the vector row loop
-                if let Err(e) = requantize_then(dst, (q0 + j) * p, 0, shift, hook) {
+                // the planes' sums (bias included) requantized by the vector row loop
+                if let Err(e) = requantize_then(group, q * p, 0, shift, hook) {
                     return err.set(e);
                 }
             }
