@@ -329,19 +329,9 @@ fn load_samples(
     Ok(whole)
 }
 
+/// The model's input shapes, from its graph alone (its weights are not loaded).
 fn model_input_shapes(onnx: &Path, import: &ImportOptions) -> Result<Vec<(String, Vec<usize>)>> {
-    let imp = verity_compiler::import::import_onnx_path(onnx, import)?;
-    Ok(imp
-        .graph
-        .inputs
-        .iter()
-        .map(|i| {
-            (
-                i.name.clone(),
-                i.shape.iter().map(|&d| d as usize).collect(),
-            )
-        })
-        .collect())
+    Ok(verity_compiler::import::onnx_input_shapes(onnx, import)?)
 }
 
 fn cmd_compile(a: CompileArgs) -> Result<()> {

@@ -1175,9 +1175,7 @@ fn parse(
 /// The names of an ONNX file's graph inputs (those no initializer defines), in order, and of its
 /// graph outputs.
 pub fn onnx_io_names(path: &std::path::Path) -> Result<(Vec<String>, Vec<String>), CompileError> {
-    let proto = tract_onnx::onnx()
-        .proto_model_for_path(path)
-        .map_err(|e| CompileError::Onnx(format!("{e:#}")))?;
+    let (proto, _) = crate::onnx_file::proto_for_path(path)?;
     let g = proto
         .graph
         .ok_or_else(|| CompileError::Onnx("the model has no graph".into()))?;
@@ -1192,17 +1190,56 @@ pub fn onnx_io_names(path: &std::path::Path) -> Result<(Vec<String>, Vec<String>
     Ok((inputs, g.output.iter().map(|o| o.name.clone()).collect()))
 }
 
+/// The shapes of an ONNX file's graph inputs as [`import_onnx_path`] sets them (a shape given in
+/// `opts`, else the file's dimensions with symbolic ones as 1), read from the file's graph alone: no
+/// weights are loaded.
+pub fn onnx_input_shapes(
+    path: &std::path::Path,
+    opts: &ImportOptions,
+) -> Result<Vec<(String, Vec<usize>)>, CompileError> {
+    use tract_onnx::pb::{tensor_shape_proto::dimension::Value as Dim, type_proto::Value};
+    let (proto, _) = crate::onnx_file::proto_for_path(path)?;
+    let g = proto
+        .graph
+        .ok_or_else(|| CompileError::Onnx("the model has no graph".into()))?;
+    let inits: std::collections::BTreeSet<&str> =
+        g.initializer.iter().map(|t| t.name.as_str()).collect();
+    g.input
+        .iter()
+        .filter(|i| !inits.contains(i.name.as_str()))
+        .map(|i| {
+            let user = opts.input_shapes.iter().find(|(n, _)| *n == i.name);
+            if let Some((_, s)) = user {
+                return Ok((i.name.clone(), s.clone()));
+            }
+            let shape = match i.r#type.as_ref().and_then(|t| t.value.as_ref()) {
+                Some(Value::TensorType(t)) => t.shape.as_ref(),
+                _ => None,
+            };
+            let shape = shape.ok_or_else(|| CompileError::DynamicShape {
+                node: i.name.clone(),
+                shape: "unknown rank".into(),
+            })?;
+            let dims = shape.dim.iter().map(|d| match d.value {
+                Some(Dim::DimValue(v)) => v.max(1) as usize,
+                _ => 1,
+            });
+            Ok((i.name.clone(), dims.collect()))
+        })
+        .collect()
+}
+
 /// Load an ONNX model from a file (tensors stored as external data next to it are found) and lower it.
+/// Its large weights are read from the file one tensor at a time ([`crate::onnx_file`]), never held
+/// twice.
 pub fn import_onnx_path(
     path: &std::path::Path,
     opts: &ImportOptions,
 ) -> Result<Imported, CompileError> {
-    let onnx = tract_onnx::onnx();
-    let proto = onnx
-        .proto_model_for_path(path)
-        .map_err(|e| CompileError::Onnx(format!("{e:#}")))?;
-    let dir = path.parent().and_then(|d| d.to_str());
-    import_model(parse(&onnx, proto, dir, opts)?, opts)
+    let mut onnx = tract_onnx::onnx();
+    onnx.provider = std::sync::Arc::new(crate::onnx_file::FileData);
+    let (proto, dir) = crate::onnx_file::proto_for_path(path)?;
+    import_model(parse(&onnx, proto, Some(&dir), opts)?, opts)
 }
 
 fn import_model(mut model: InferenceModel, opts: &ImportOptions) -> Result<Imported, CompileError> {

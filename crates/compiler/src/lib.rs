@@ -7,6 +7,7 @@ pub mod import;
 pub mod mixed;
 pub mod narrow;
 pub(crate) mod onnx_edit;
+pub mod onnx_file;
 pub mod onnx_ml;
 pub mod pooling;
 pub mod quantize;
