@@ -353,3 +353,61 @@ mod tests {
         d
     }
 }
+
+#[cfg(test)]
+mod shape_tests {
+    use crate::import::{import_onnx_path, onnx_input_shapes, ImportOptions};
+    use std::path::Path;
+
+    /// The input shapes read from a file's graph are the imported model's, with symbolic dimensions
+    /// as 1 or as given, for files with fixed, dynamic and external-data inputs.
+    #[test]
+    fn input_shapes_from_the_graph_are_the_imported_ones() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures");
+        let given = ImportOptions {
+            input_shapes: vec![("x".into(), vec![3, 8])],
+            ..Default::default()
+        };
+        for name in [
+            "mlp.onnx",
+            "cnn.onnx",
+            "dynamic_batch.onnx",
+            "digits_external.onnx",
+        ] {
+            for opts in [ImportOptions::default(), given.clone()] {
+                let path = dir.join(name);
+                let Ok(imported) = import_onnx_path(&path, &opts) else {
+                    // a shape given for another model's input: both refuse or both agree
+                    continue;
+                };
+                let want: Vec<(String, Vec<usize>)> = imported
+                    .graph
+                    .inputs
+                    .iter()
+                    .map(|i| {
+                        (
+                            i.name.clone(),
+                            i.shape.iter().map(|&d| d as usize).collect(),
+                        )
+                    })
+                    .collect();
+                let got = onnx_input_shapes(&path, &opts).expect("shapes");
+                assert_eq!(got, want, "{name}");
+            }
+        }
+        // the symbolic batch as 1, or as given
+        let dynamic = dir.join("dynamic_batch.onnx");
+        let shape =
+            |o: &ImportOptions| onnx_input_shapes(&dynamic, o).expect("shapes")[0].1.clone();
+        assert_eq!(
+            (shape(&ImportOptions::default()), shape(&given)),
+            (vec![1, 8], vec![3, 8])
+        );
+        let no_shape = dir.join("no_shape.onnx");
+        let (a, b) = (
+            onnx_input_shapes(&no_shape, &ImportOptions::default()),
+            import_onnx_path(&no_shape, &ImportOptions::default()),
+        );
+        assert_eq!(a.is_err(), b.is_err(), "{a:?}");
+    }
+}
