@@ -1438,7 +1438,8 @@ fn binary_runs(
     g: impl Fn(i64, i64) -> i64 + Copy + Sync,
 ) -> Result<Vec<i32>, ExecError> {
     let n: usize = out_shape.iter().product();
-    let mut out = crate::buffers::take(n, 0i32);
+    // the runs cover the output: every element is stored (an error discards the buffer)
+    let mut out = crate::buffers::take_overwritten(n);
     match out_shape.iter().position(|&d| d > 1) {
         Some(ax) if threads > 1 && n >= PAR_ELEMENTS => {
             // the axes before `ax` have length one: parts are ranges of `ax`
