@@ -1551,18 +1551,23 @@ fn conv2d_narrow(
                     let c = joined_parts(qw, (&cols, low.as_ref()), (o0, rows, p), level, &tokens);
                     (Vec::new(), Some(c))
                 };
-                for (o, dst) in part.chunks_mut(p).enumerate() {
+                for (o, plane) in part.chunks_mut(p).enumerate() {
                     let oc = g * og + o0 + o;
                     let bv = bias.map_or(0i128, |(d, sh)| (d[oc] as i128) << sh);
-                    let done = match &wide {
-                        Some(c) => requantize_row(dst, &c[o * p..(o + 1) * p], bv, shift),
-                        None => requantize_row(dst, &acc[o * ldc..o * ldc + p], bv, shift),
-                    };
-                    if let Err(e) = done {
-                        return err.set(e);
-                    }
-                    if let Some(h) = hook {
-                        h(first + (o0 + o) * p, dst);
+                    // a part of the plane at a time, handed to the hook while in the L1 cache
+                    for (q, dst) in plane.chunks_mut(REQUANT_PART).enumerate() {
+                        let at = q * REQUANT_PART;
+                        let span = at..at + dst.len();
+                        let done = match &wide {
+                            Some(c) => requantize_row(dst, &c[o * p..][span], bv, shift),
+                            None => requantize_row(dst, &acc[o * ldc..][span], bv, shift),
+                        };
+                        if let Err(e) = done {
+                            return err.set(e);
+                        }
+                        if let Some(h) = hook {
+                            h(first + (o0 + o) * p + at, dst);
+                        }
                     }
                 }
                 crate::buffers::give(acc);
@@ -2381,6 +2386,23 @@ fn im2col<T: Copy>(
                     if sx == 1 {
                         for (d, &v) in dst[x0..x1].iter_mut().zip(&src[start..]) {
                             *d = f(v);
+                        }
+                    } else if sx == 2 {
+                        // 16 outputs from 32 consecutive inputs at a time (their even elements: a
+                        // shuffle, not 16 loads), the rest one by one
+                        let out = &mut dst[x0..x1];
+                        let mut j = 0;
+                        while j + 16 <= out.len() && start + 2 * j + 32 <= src.len() {
+                            let pairs: &[i32; 32] = src[start + 2 * j..start + 2 * j + 32]
+                                .try_into()
+                                .unwrap_or(&[0; 32]);
+                            for (t, d) in out[j..j + 16].iter_mut().enumerate() {
+                                *d = f(pairs[2 * t]);
+                            }
+                            j += 16;
+                        }
+                        for (i, d) in out.iter_mut().enumerate().skip(j) {
+                            *d = f(src[start + i * 2]);
                         }
                     } else {
                         for (j, d) in dst[x0..x1].iter_mut().enumerate() {

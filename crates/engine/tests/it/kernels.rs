@@ -1403,3 +1403,70 @@ fn sparse_axis_products_equal_reference() {
         }
     }
 }
+
+/// A stride-2 8-bit convolution (the gathered-patch path, as a network's stem) whose output planes are
+/// larger than the parts its requantization hands on, followed by a chain adding a full-size tensor:
+/// every part reaches the chain at its own place (an element handed on at another index would add the
+/// wrong element of the other tensor). The reference integers at every instruction-set level and
+/// thread count.
+#[test]
+fn strided_convolutions_hand_every_part_of_their_planes_to_the_chain() {
+    let mut g = crate::gen(41, 127);
+    let window = Window {
+        kernel: [3, 3],
+        stride: [2, 2],
+        dilation: [1, 1],
+        pads: [1, 1, 1, 1],
+    };
+    let (c_in, c_out, hw, o) = (3u32, 4u32, 160u32, 80u32);
+    let out = vec![1, c_out, o, o];
+    let n = |s: &[u32]| s.iter().product::<u32>() as usize;
+    let m = Model {
+        inputs: vec![
+            input("x", vec![1, c_in, hw, hw], 0),
+            input("r", out.clone(), 6),
+        ],
+        consts: vec![Const {
+            shape: vec![c_out, c_in, 3, 3],
+            scale: 6,
+            data: g(n(&[c_out, c_in, 3, 3])).into(),
+        }],
+        nodes: vec![
+            Node {
+                name: "conv".into(),
+                op: Op::Conv2d { window, groups: 1 },
+                inputs: vec![0, 2],
+                shape: out.clone(),
+                scale: 6,
+            },
+            Node {
+                name: "residual".into(),
+                op: Op::Add,
+                inputs: vec![3, 1],
+                shape: out.clone(),
+                scale: 6,
+            },
+            Node {
+                name: "q8".into(),
+                op: Op::Clamp { lo: -128, hi: 127 },
+                inputs: vec![4],
+                shape: out.clone(),
+                scale: 2,
+            },
+        ],
+        outputs: vec![Output {
+            name: "y".into(),
+            value: 5,
+        }],
+    };
+    m.validate().expect("valid");
+    let x = g(n(&[1, c_in, hw, hw]));
+    let r: Vec<i32> = crate::gen(43, 1 << 14)(n(&out));
+    let runs = run_all(&m, vec![x, r]);
+    assert!(runs[0].is_ok(), "{:?}", runs[0]);
+    let y = &runs[0].as_ref().unwrap()[0];
+    assert!(y.iter().any(|&v| v > 0) && y.iter().any(|&v| v < 0));
+    for other in &runs[1..] {
+        assert_eq!(&runs[0], other);
+    }
+}
