@@ -1239,7 +1239,7 @@ pub fn import_onnx_path(
     let mut onnx = tract_onnx::onnx();
     onnx.provider = std::sync::Arc::new(crate::onnx_file::FileData);
     let (proto, dir) = crate::onnx_file::proto_for_path(path)?;
-    import_model(parse(&onnx, proto, Some(&dir), opts)?, opts)
+    import_model(parse(&onnx, proto, dir.as_deref(), opts)?, opts)
 }
 
 fn import_model(mut model: InferenceModel, opts: &ImportOptions) -> Result<Imported, CompileError> {

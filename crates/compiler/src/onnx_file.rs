@@ -31,21 +31,21 @@ const ENTRY_VALUE: u64 = 2;
 const EXTERNAL: u64 = 1;
 
 /// The model of the ONNX file at `path` with its large initializers' bytes left in the file, and the
-/// directory to resolve them from (the file's own, canonical). The front end must read them with
-/// [`FileData`].
-pub fn proto_for_path(path: &Path) -> Result<(ModelProto, String), CompileError> {
+/// directory to resolve them from (the file's own, canonical; `None`, and every initializer kept in
+/// the message, when its path is not UTF-8, which the front end's external data needs). The front end
+/// must read them with [`FileData`].
+pub fn proto_for_path(path: &Path) -> Result<(ModelProto, Option<String>), CompileError> {
     let bad = |e: String| CompileError::Onnx(format!("reading {}: {e}", path.display()));
     let path = path.canonicalize().map_err(|e| bad(e.to_string()))?;
-    let name = path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .ok_or_else(|| bad("the file name is not UTF-8".into()))?
-        .to_string();
-    let dir = path
-        .parent()
-        .and_then(|d| d.to_str())
-        .ok_or_else(|| bad("the directory name is not UTF-8".into()))?
-        .to_string();
+    let name = path.file_name().and_then(|n| n.to_str());
+    let dir = path.parent().and_then(|d| d.to_str());
+    let (location, dir) = match (name, dir) {
+        (Some(n), Some(d)) => (Some(n.as_bytes().to_vec()), Some(d.to_string())),
+        _ => (
+            None,
+            path.parent().and_then(|d| d.to_str()).map(str::to_string),
+        ),
+    };
     let file = std::fs::File::open(&path).map_err(|e| bad(e.to_string()))?;
     let len = file.metadata().map_err(|e| bad(e.to_string()))?.len();
     let mut r = Scanner {
@@ -53,7 +53,7 @@ pub fn proto_for_path(path: &Path) -> Result<(ModelProto, String), CompileError>
         at: 0,
     };
     let mut out = Vec::new();
-    let location = name.as_bytes();
+    let location = location.as_deref();
     r.message(len, &mut out, &mut |r, field, size, out| {
         if field != MODEL_GRAPH {
             return Ok(false);
@@ -203,21 +203,21 @@ impl Scanner {
     }
 
     /// An initializer (a `TensorProto` of `size` bytes) with a large `raw_data` replaced by a reference
-    /// to where it lies in the file (`location`).
-    fn tensor(&mut self, size: u64, location: &[u8]) -> Result<Vec<u8>, String> {
+    /// to where it lies in the file (`location`; copied as it is without one).
+    fn tensor(&mut self, size: u64, location: Option<&[u8]>) -> Result<Vec<u8>, String> {
         let mut t = Vec::new();
         let mut data = None;
         let mut external = false;
         self.message(size, &mut t, &mut |r, field, n, _| {
             external |= field == TENSOR_EXTERNAL_DATA;
-            if field == TENSOR_RAW_DATA && n >= KEEP_BELOW && data.is_none() {
+            if field == TENSOR_RAW_DATA && n >= KEEP_BELOW && data.is_none() && location.is_some() {
                 data = Some((r.at, n));
                 r.skip(n)?;
                 return Ok(true);
             }
             Ok(false)
         })?;
-        if let Some((offset, n)) = data {
+        if let (Some((offset, n)), Some(location)) = (data, location) {
             if external {
                 return Err("an initializer has both raw data and external data".into());
             }
@@ -273,6 +273,7 @@ mod tests {
                 .proto_model_for_path(&path)
                 .expect("decodes");
             let (lean, dir) = proto_for_path(&path).expect("scans");
+            let dir = dir.expect("a UTF-8 path");
             assert_eq!(
                 Path::new(&dir),
                 path.canonicalize().unwrap().parent().unwrap()
@@ -326,6 +327,32 @@ mod tests {
         assert!(e.to_string().contains("past"), "{e}");
         std::fs::write(&p, b"not an onnx file at all, only some text").unwrap();
         assert!(proto_for_path(&p).is_err());
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    /// A file whose name is not UTF-8 (which external data cannot name) keeps its weights in the
+    /// message and imports as any other.
+    #[cfg(unix)]
+    #[test]
+    fn a_file_named_in_other_bytes_keeps_its_weights_inline() {
+        use std::os::unix::ffi::OsStrExt;
+        let dir = tempfile_dir().join("named");
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join(std::ffi::OsStr::from_bytes(b"m\xff.onnx"));
+        std::fs::copy(fixture("mlp.onnx"), &p).unwrap();
+        let (proto, _) = proto_for_path(&p).expect("scans");
+        let g = proto.graph.expect("graph");
+        assert!(g
+            .initializer
+            .iter()
+            .any(|t| t.raw_data.len() as u64 >= KEEP_BELOW));
+        let opts = crate::import::ImportOptions::default();
+        let a = crate::import::import_onnx_path(&p, &opts).expect("imports");
+        let b = crate::import::import_onnx_path(&fixture("mlp.onnx"), &opts).expect("imports");
+        assert_eq!(format!("{:?}", a.graph), format!("{:?}", b.graph));
+        for (x, y) in a.graph.consts.iter().zip(&b.graph.consts) {
+            assert_eq!(x.data.to_f64(), y.data.to_f64());
+        }
         std::fs::remove_dir_all(&dir).ok();
     }
 
