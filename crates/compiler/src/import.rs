@@ -1175,19 +1175,28 @@ fn parse(
 /// The names of an ONNX file's graph inputs (those no initializer defines), in order, and of its
 /// graph outputs.
 pub fn onnx_io_names(path: &std::path::Path) -> Result<(Vec<String>, Vec<String>), CompileError> {
+    let g = file_graph(path)?;
+    let inputs = graph_inputs(&g).map(|i| i.name.clone()).collect();
+    Ok((inputs, g.output.iter().map(|o| o.name.clone()).collect()))
+}
+
+/// The graph of the ONNX file at `path`, its weights left in the file.
+fn file_graph(path: &std::path::Path) -> Result<tract_onnx::pb::GraphProto, CompileError> {
     let (proto, _) = crate::onnx_file::proto_for_path(path)?;
-    let g = proto
+    proto
         .graph
-        .ok_or_else(|| CompileError::Onnx("the model has no graph".into()))?;
+        .ok_or_else(|| CompileError::Onnx("the model has no graph".into()))
+}
+
+/// A graph's inputs that no initializer defines, in order.
+fn graph_inputs(
+    g: &tract_onnx::pb::GraphProto,
+) -> impl Iterator<Item = &tract_onnx::pb::ValueInfoProto> {
     let inits: std::collections::BTreeSet<&str> =
         g.initializer.iter().map(|t| t.name.as_str()).collect();
-    let inputs = g
-        .input
+    g.input
         .iter()
-        .filter(|i| !inits.contains(i.name.as_str()))
-        .map(|i| i.name.clone())
-        .collect();
-    Ok((inputs, g.output.iter().map(|o| o.name.clone()).collect()))
+        .filter(move |i| !inits.contains(i.name.as_str()))
 }
 
 /// The shapes of an ONNX file's graph inputs as [`import_onnx_path`] sets them (a shape given in
@@ -1198,15 +1207,8 @@ pub fn onnx_input_shapes(
     opts: &ImportOptions,
 ) -> Result<Vec<(String, Vec<usize>)>, CompileError> {
     use tract_onnx::pb::{tensor_shape_proto::dimension::Value as Dim, type_proto::Value};
-    let (proto, _) = crate::onnx_file::proto_for_path(path)?;
-    let g = proto
-        .graph
-        .ok_or_else(|| CompileError::Onnx("the model has no graph".into()))?;
-    let inits: std::collections::BTreeSet<&str> =
-        g.initializer.iter().map(|t| t.name.as_str()).collect();
-    g.input
-        .iter()
-        .filter(|i| !inits.contains(i.name.as_str()))
+    let g = file_graph(path)?;
+    graph_inputs(&g)
         .map(|i| {
             let user = opts.input_shapes.iter().find(|(n, _)| *n == i.name);
             if let Some((_, s)) = user {

@@ -1015,25 +1015,17 @@ impl<M: Borrow<Model> + Sync> Executor<M> {
                 {
                     return mv.run(xs[1], shift, threads);
                 }
+                if let (Some(threads), None, Some(Prepared::Taps(t))) =
+                    (fast, bias, self.prepared.get(k))
+                {
+                    // else (a magnitude that could leave i32) the product below
+                    if let Some(r) = t.run(xs[0], range(0), shift, threads, hook) {
+                        return r;
+                    }
+                }
                 match self.mode {
                     Mode::Reference => einsum_reference(&spec, xs[0], xs[1], bias, shift),
                     Mode::Fast { threads } => match self.prepared.get(k) {
-                        Some(Prepared::Taps(t)) if bias.is_none() => {
-                            match t.run(xs[0], range(0), shift, threads, hook) {
-                                Some(r) => r,
-                                None => kernels::EinPlan::new(&spec).run(
-                                    &spec,
-                                    (&lazy0, &lazy1),
-                                    (range(0), range(1)),
-                                    None,
-                                    None,
-                                    bias,
-                                    shift,
-                                    threads,
-                                    hook,
-                                ),
-                            }
-                        }
                         Some(Prepared::Blocks(p)) if bias.is_none() => {
                             match p.run(xs[0], threads) {
                                 Some(acc) => rescaled(acc, shift),
