@@ -37,14 +37,10 @@ const EXTERNAL: u64 = 1;
 pub fn proto_for_path(path: &Path) -> Result<(ModelProto, Option<String>), CompileError> {
     let bad = |e: String| CompileError::Onnx(format!("reading {}: {e}", path.display()));
     let path = path.canonicalize().map_err(|e| bad(e.to_string()))?;
-    let name = path.file_name().and_then(|n| n.to_str());
-    let dir = path.parent().and_then(|d| d.to_str());
-    let (location, dir) = match (name, dir) {
-        (Some(n), Some(d)) => (Some(n.as_bytes().to_vec()), Some(d.to_string())),
-        _ => (
-            None,
-            path.parent().and_then(|d| d.to_str()).map(str::to_string),
-        ),
+    let dir = path.parent().and_then(|d| d.to_str()).map(str::to_string);
+    let location = match (path.file_name().and_then(|n| n.to_str()), &dir) {
+        (Some(n), Some(_)) => Some(n.as_bytes().to_vec()),
+        _ => None,
     };
     let file = std::fs::File::open(&path).map_err(|e| bad(e.to_string()))?;
     let len = file.metadata().map_err(|e| bad(e.to_string()))?.len();

@@ -299,7 +299,6 @@ fn matvec(a: &[u8], b: &[u8], out: &[u8]) -> bool {
     }
 }
 
-/// `x` rescaled by `k` like [`map_rescale`], kept as it is when `k` is 0.
 /// The sparse form of an `EinSum` applying a constant matrix along one axis of its other operand
 /// ([`crate::taps::AxisTaps`]), without a bias.
 fn axis_taps(
@@ -315,6 +314,7 @@ fn axis_taps(
     crate::taps::AxisTaps::new((a, b, out), &shape, &m.data.transient())
 }
 
+/// `x` rescaled by `k` like [`map_rescale`], kept as it is when `k` is 0.
 fn rescaled(x: Vec<i32>, k: i32) -> Result<Vec<i32>, ExecError> {
     if k == 0 {
         Ok(x)

@@ -1900,10 +1900,10 @@ crate::multiversion! {
 }
 
 /// One input plane of a depthwise convolution in `i32` (the caller's bound keeps every sum inside it):
-/// the plane is laid out as [`DwPlan`] says in `rows` (zero when first given: only the image's elements
-/// are written, so the padding stays zero for every later plane), then each output channel reading it (`taps`
-/// holds their `kh·kw` weights one after another, `dst` their output planes) accumulates
-/// [`DW_LANES`] output columns over all taps in registers before storing them.
+/// the plane is laid out as [`DwPlan`] says in `rows` (zero when first given: only the image's
+/// elements are written, so the padding stays zero for every later plane), then each output channel
+/// reading it (`taps` holds their `kh·kw` weights one after another, `dst` their output planes)
+/// accumulates [`DW_LANES`] output columns over all taps in registers before storing them.
 #[inline(always)]
 fn depthwise_plane_body(
     s: &ConvSpec<'_>,
