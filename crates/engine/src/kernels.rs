@@ -32,7 +32,7 @@ fn narrow_range(r: Range) -> Option<(i32, i32)> {
 }
 
 /// `max|x|`: from its known range when that is narrow, else scanned.
-fn max_abs_in(x: &[i32], r: Range) -> u128 {
+pub(crate) fn max_abs_in(x: &[i32], r: Range) -> u128 {
     match narrow_range(r) {
         Some((lo, hi)) => lo.unsigned_abs().max(hi.unsigned_abs()) as u128,
         None => max_abs(x),

@@ -101,10 +101,7 @@ impl AxisTaps {
         if x.len() != pre * k * post {
             return None;
         }
-        let max = match range {
-            Some((lo, hi)) => lo.unsigned_abs().max(hi.unsigned_abs()) as u64,
-            None => crate::kernels::max_abs(x) as u64,
-        };
+        let max = crate::kernels::max_abs_in(x, range) as u64;
         if self.wsum.checked_mul(max)? > i32::MAX as u64 {
             return None;
         }
@@ -112,7 +109,7 @@ impl AxisTaps {
         let mut out = crate::buffers::take_overwritten::<i32>(out_len);
         let hook = hook.take();
         // rows of `post` outputs (one output index), or of `n` (one `pre` index) when `post` is 1
-        let (row_len, per_row) = if post == 1 { (n, 1) } else { (post, 0) };
+        let row_len = if post == 1 { n } else { post };
         let th = if out_len >= 1 << 14 { threads } else { 1 };
         let group = (REQUANT_PART / row_len).max(1);
         let err = crate::par::FirstError::default();
@@ -121,7 +118,7 @@ impl AxisTaps {
                 let first = r0 + g * group;
                 for (j, row) in rows.chunks_mut(row_len).enumerate() {
                     let r = first + j;
-                    if per_row == 1 {
+                    if post == 1 {
                         self.gather_row(row, &x[r * k..(r + 1) * k]);
                     } else {
                         let (u, o) = (r / n, r % n);
