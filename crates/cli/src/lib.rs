@@ -386,8 +386,7 @@ fn write_compiled(
     model: &verity_engine::Model,
     report: &verity_compiler::report::CompileReport,
 ) -> Result<()> {
-    let bytes = vty::encode(model);
-    let id = vty::model_id(model);
+    let (bytes, id) = vty::encode_with_id(model);
     std::fs::write(&a.output, &bytes)
         .with_context(|| format!("cannot write {}", a.output.display()))?;
     println!("model id     {id}");
@@ -669,6 +668,17 @@ fn cmd_run(a: RunArgs) -> Result<()> {
 }
 
 /// Run a parsed command line.
+impl Cli {
+    /// A one-shot job whose peak memory is what matters (compiling or publishing a model): freed memory
+    /// should go back to the kernel at once rather than be kept for reuse.
+    pub fn returns_freed_memory(&self) -> bool {
+        matches!(
+            self.cmd,
+            Cmd::Model(ModelCmd::Compile(_)) | Cmd::Model(ModelCmd::Publish(_))
+        )
+    }
+}
+
 pub fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
         Cmd::Model(ModelCmd::Compile(a)) => cmd_compile(a),

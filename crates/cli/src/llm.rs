@@ -65,10 +65,10 @@ pub(crate) fn cmd_compile_gguf(model: &Path, output: &Path, context: usize) -> R
     let g = open(model)?;
     let step = verity_llm::compile(&g, context)
         .with_context(|| format!("cannot compile {}", model.display()))?;
-    let bytes = vty::encode(&step.model);
+    let (bytes, id) = vty::encode_with_id(&step.model);
     std::fs::write(output, &bytes).with_context(|| format!("cannot write {}", output.display()))?;
     let hp = &step.hp;
-    println!("model id     {}", vty::model_id(&step.model));
+    println!("model id     {id}");
     println!("written      {} ({} bytes)", output.display(), bytes.len());
     println!(
         "architecture {} — {} layers, width {}, {} heads ({} key/value), vocabulary {}",

@@ -276,7 +276,7 @@ pub fn cmd_publish(a: PublishArgs) -> Result<()> {
         // A language model: its decode step is the canonical model the node serves.
         let source = keccak256(&bytes);
         let (step, report) = crate::llm::compile_step(bytes, &a.file, a.context)?;
-        let vty_bytes = vty::encode(&step);
+        let (vty_bytes, id) = vty::encode_with_id(&step);
         file_name = format!(
             "{}.vty",
             a.file
@@ -284,7 +284,7 @@ pub fn cmd_publish(a: PublishArgs) -> Result<()> {
                 .and_then(|n| n.to_str())
                 .unwrap_or("model")
         );
-        (vty_bytes, vty::model_id(&step), source, Some(report))
+        (vty_bytes, id, source, Some(report))
     } else {
         // Compile here with the same options the node will use, to learn the ID the manifest signs.
         let co = a.compile.options()?;

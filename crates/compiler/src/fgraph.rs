@@ -859,6 +859,9 @@ const CONV_COLS: usize = 256;
 /// Output channels and pixels of one register tile of [`conv_tile`].
 const TILE_O: usize = 4;
 const TILE_P: usize = 16;
+/// Output channels of one parallel task of the `f64` convolution: its tiles read each strip of patches
+/// while it is in the cache.
+const TASK_O: usize = 4 * TILE_O;
 
 #[allow(clippy::too_many_arguments)]
 fn conv_f64<W: Weight>(
@@ -881,25 +884,25 @@ fn conv_f64<W: Weight>(
     // reading padding adds 0·w, which leaves every non-zero sum as it is); pixels are taken in blocks
     // of patches, and register tiles of output channels × pixels run the reduction, so no element's
     // order changes
-    let mut cols = vec![0.0; k * CONV_COLS.min(p)];
+    let mut cols = vec![0.0; k * CONV_COLS.min(p).next_multiple_of(TILE_P)];
     for b in 0..n {
         for g in 0..groups {
             let xg = &x[(b * c + g * cg) * xs[2] * xs[3]..(b * c + (g + 1) * cg) * xs[2] * xs[3]];
             for p0 in (0..p).step_by(CONV_COLS) {
                 let pc = CONV_COLS.min(p - p0);
-                let cols = &mut cols[..k * pc];
+                let cols = &mut cols[..k * pc.next_multiple_of(TILE_P)];
                 patches_f64(xg, xs, (kh, kw), win, out[3], p0, pc, cols);
-                // tiles of output channels write disjoint planes: they run in parallel, each
+                // tasks of output channels write disjoint planes: they run in parallel, each
                 // element still computed by one tile in one order
                 let cols = &*cols;
                 let group = &mut res[(b * oc + g * og) * p..(b * oc + (g + 1) * og) * p];
                 group
-                    .par_chunks_mut(TILE_O * p)
+                    .par_chunks_mut(TASK_O * p)
                     .enumerate()
                     .for_each(|(t, planes)| {
-                        let o0 = g * og + t * TILE_O;
+                        let o0 = g * og + t * TASK_O;
                         let mo = planes.len() / p;
-                        let mut bv = [0.0; TILE_O];
+                        let mut bv = [0.0; TASK_O];
                         for (i, v) in bv.iter_mut().enumerate().take(mo) {
                             *v = bias.map_or(0.0, |bd| bd[o0 + i]);
                         }
@@ -911,8 +914,9 @@ fn conv_f64<W: Weight>(
     res
 }
 
-/// The patches of output pixels `p0..p0 + pc` of one group's input `xg` as a `[cg·kh·kw × pc]` matrix:
-/// row `(ci, ky, kx)`, column `j` the input value that tap reads for pixel `p0 + j`, 0 where it reads
+/// The patches of output pixels `p0..p0 + pc` of one group's input `xg` as strips of [`TILE_P`] pixels
+/// (the last one padded with zeros), each a `[cg·kh·kw × TILE_P]` matrix: in strip `s`, row `(ci, ky,
+/// kx)`, column `j` the input value that tap reads for pixel `p0 + s·TILE_P + j`, 0 where it reads
 /// padding.
 #[allow(clippy::too_many_arguments)]
 fn patches_f64(
@@ -929,27 +933,40 @@ fn patches_f64(
     let (sy, sx) = (win.stride[0] as i64, win.stride[1] as i64);
     let (dy, dx) = (win.dilation[0] as i64, win.dilation[1] as i64);
     let (py, px) = (win.pads[0] as i64, win.pads[1] as i64);
-    for (r, row) in cols.chunks_mut(pc).enumerate() {
-        let (ci, ky, kx) = (r / (kh * kw), (r / kw) % kh, r % kw);
-        let plane = &xg[ci * xs[2] * xs[3]..(ci + 1) * xs[2] * xs[3]];
-        for (j, v) in row.iter_mut().enumerate() {
-            let (oy, ox) = (((p0 + j) / ow) as i64, ((p0 + j) % ow) as i64);
-            let (iy, ix) = (oy * sy + ky as i64 * dy - py, ox * sx + kx as i64 * dx - px);
-            *v = if iy >= 0 && iy < h && ix >= 0 && ix < wd {
-                plane[(iy * wd + ix) as usize]
-            } else {
-                0.0
-            };
+    let k = cg_taps(cols.len(), pc);
+    for (st, strip) in cols.chunks_mut(k * TILE_P).enumerate() {
+        for (r, row) in strip.chunks_mut(TILE_P).enumerate() {
+            let (ci, ky, kx) = (r / (kh * kw), (r / kw) % kh, r % kw);
+            let plane = &xg[ci * xs[2] * xs[3]..(ci + 1) * xs[2] * xs[3]];
+            for (jj, v) in row.iter_mut().enumerate() {
+                let j = st * TILE_P + jj;
+                if j >= pc {
+                    *v = 0.0;
+                    continue;
+                }
+                let (oy, ox) = (((p0 + j) / ow) as i64, ((p0 + j) % ow) as i64);
+                let (iy, ix) = (oy * sy + ky as i64 * dy - py, ox * sx + kx as i64 * dx - px);
+                *v = if iy >= 0 && iy < h && ix >= 0 && ix < wd {
+                    plane[(iy * wd + ix) as usize]
+                } else {
+                    0.0
+                };
+            }
         }
     }
 }
 
-verity_engine::multiversion! {
-    fn conv_tile(cols: &[f64], pc: usize, w: &[f64], k: usize, bias: [f64; TILE_O], planes: &mut [f64], at: (usize, usize)) -> () = conv_tile_body
+/// The rows of a strip-major patch matrix of `len` elements over `pc` pixels.
+fn cg_taps(len: usize, pc: usize) -> usize {
+    len / pc.next_multiple_of(TILE_P)
 }
 
 verity_engine::multiversion! {
-    fn conv_tile_f32(cols: &[f64], pc: usize, w: &[f32], k: usize, bias: [f64; TILE_O], planes: &mut [f64], at: (usize, usize)) -> () = conv_tile_body
+    fn conv_tile(cols: &[f64], pc: usize, w: &[f64], k: usize, bias: [f64; TASK_O], planes: &mut [f64], at: (usize, usize)) -> () = conv_tile_body
+}
+
+verity_engine::multiversion! {
+    fn conv_tile_f32(cols: &[f64], pc: usize, w: &[f32], k: usize, bias: [f64; TASK_O], planes: &mut [f64], at: (usize, usize)) -> () = conv_tile_body
 }
 
 /// A weight element type of the float convolution: `f64`, or the file's `f32` (each read as the `f64`
@@ -961,7 +978,7 @@ trait Weight: Copy + Into<f64> + Send + Sync {
         pc: usize,
         w: &[Self],
         k: usize,
-        bias: [f64; TILE_O],
+        bias: [f64; TASK_O],
         planes: &mut [f64],
         at: (usize, usize),
     );
@@ -973,7 +990,7 @@ impl Weight for f64 {
         pc: usize,
         w: &[f64],
         k: usize,
-        bias: [f64; TILE_O],
+        bias: [f64; TASK_O],
         planes: &mut [f64],
         at: (usize, usize),
     ) {
@@ -987,7 +1004,7 @@ impl Weight for f32 {
         pc: usize,
         w: &[f32],
         k: usize,
-        bias: [f64; TILE_O],
+        bias: [f64; TASK_O],
         planes: &mut [f64],
         at: (usize, usize),
     ) {
@@ -1008,55 +1025,132 @@ verity_engine::multiversion! {
     fn axpy_f32(dst: &mut [f64], src: &[f32], s: f64) -> () = axpy_f32_body
 }
 
-/// Output channels `0..w.len() / k` (at most [`TILE_O`]; their weight rows `w`, biases `bias`) at
-/// pixels `p0..p0 + pc` (`planes`: those channels' output planes of `p` pixels, `at = (p, p0)`): each element is its
-/// bias plus its products in row order of `cols` (the patches, `[k × pc]`), one `f64` multiply and
-/// one add each (no fused multiply-add: the same roundings on every machine).
+/// Output channels `0..w.len() / k` (at most [`TASK_O`]; their weight rows `w`, biases `bias`) at
+/// pixels `p0..p0 + pc` (`planes`: those channels' output planes of `p` pixels, `at = (p, p0)`; `strips`:
+/// the patches as [`patches_f64`] lays them out): each element is its bias plus its products in row
+/// order of the patches, one `f64` multiply and one add each (no fused multiply-add: the same roundings
+/// on every machine). A strip of pixels is taken by every tile of [`TILE_O`] channels in turn.
 #[inline(always)]
 fn conv_tile_body<W: Copy + Into<f64>>(
-    cols: &[f64],
+    strips: &[f64],
     pc: usize,
     w: &[W],
     k: usize,
-    bias: [f64; TILE_O],
+    bias: [f64; TASK_O],
     planes: &mut [f64],
     (p, p0): (usize, usize),
 ) {
     let mo = w.len() / k;
-    let mut j0 = 0;
-    while j0 < pc {
+    for (st, strip) in strips.chunks_exact(k * TILE_P).enumerate() {
+        let j0 = st * TILE_P;
+        if j0 >= pc {
+            break;
+        }
         let nj = TILE_P.min(pc - j0);
-        let mut acc = [[0.0f64; TILE_P]; TILE_O];
-        for (i, a) in acc.iter_mut().enumerate() {
-            *a = [bias[i]; TILE_P];
-        }
-        if mo == TILE_O && nj == TILE_P {
-            for kk in 0..k {
-                let xr: &[f64; TILE_P] = cols[kk * pc + j0..kk * pc + j0 + TILE_P]
-                    .try_into()
-                    .expect("a full tile");
-                for (i, a) in acc.iter_mut().enumerate() {
-                    let wv: f64 = w[i * k + kk].into();
-                    for (d, &v) in a.iter_mut().zip(xr) {
-                        *d += v * wv;
+        for o0 in (0..mo).step_by(TILE_O) {
+            let mt = TILE_O.min(mo - o0);
+            let mut acc = [[0.0f64; TILE_P]; TILE_O];
+            for (i, a) in acc.iter_mut().enumerate() {
+                *a = [bias[(o0 + i).min(TASK_O - 1)]; TILE_P];
+            }
+            let wt = &w[o0 * k..(o0 + mt) * k];
+            if mt == TILE_O {
+                acc = full_tile(strip, wt, k, acc);
+            } else {
+                for (kk, xr) in strip.chunks_exact(TILE_P).enumerate() {
+                    for (i, a) in acc.iter_mut().enumerate().take(mt) {
+                        let wv: f64 = wt[i * k + kk].into();
+                        for (d, &v) in a.iter_mut().zip(xr) {
+                            *d += v * wv;
+                        }
                     }
                 }
             }
-        } else {
-            for kk in 0..k {
-                let xr = &cols[kk * pc + j0..kk * pc + j0 + nj];
-                for (i, a) in acc.iter_mut().enumerate().take(mo) {
-                    let wv: f64 = w[i * k + kk].into();
-                    for (d, &v) in a.iter_mut().zip(xr) {
-                        *d += v * wv;
-                    }
-                }
+            for (i, a) in acc.iter().enumerate().take(mt) {
+                let at = (o0 + i) * p + p0 + j0;
+                planes[at..at + nj].copy_from_slice(&a[..nj]);
             }
         }
-        for (i, a) in acc.iter().enumerate().take(mo) {
-            planes[i * p + p0 + j0..i * p + p0 + j0 + nj].copy_from_slice(&a[..nj]);
+    }
+}
+
+/// [`TILE_O`] channels (weight rows of `k` in `w`) over one strip, from `acc`: per element and row, one
+/// `f64` multiply and one add, in row order (under AVX-512 the same operations on eight lanes at once,
+/// with the accumulators held in registers).
+#[inline(always)]
+fn full_tile<W: Copy + Into<f64>>(
+    strip: &[f64],
+    w: &[W],
+    k: usize,
+    mut acc: [[f64; TILE_P]; TILE_O],
+) -> [[f64; TILE_P]; TILE_O] {
+    let (w0, rest) = w.split_at(k);
+    let (w1, rest) = rest.split_at(k);
+    let (w2, w3) = rest.split_at(k);
+    let ws = [w0, w1, w2, &w3[..k]];
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") && strip.len() >= k * TILE_P {
+        // SAFETY: the CPU has AVX-512 F (checked above); the strip holds k rows of TILE_P elements
+        // (checked above) and each weight row k elements (split above).
+        unsafe { full_tile_avx512(strip, ws, k, &mut acc) };
+        return acc;
+    }
+    for (kk, xr) in strip.chunks_exact(TILE_P).take(k).enumerate() {
+        for (a, wr) in acc.iter_mut().zip(&ws) {
+            let wv: f64 = wr[kk].into();
+            for (s, &v) in a.iter_mut().zip(xr) {
+                *s += v * wv;
+            }
         }
-        j0 += nj;
+    }
+    acc
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn full_tile_avx512<W: Copy + Into<f64>>(
+    strip: &[f64],
+    ws: [&[W]; TILE_O],
+    k: usize,
+    acc: &mut [[f64; TILE_P]; TILE_O],
+) {
+    use std::arch::x86_64::*;
+    let p = strip.as_ptr();
+    let (mut a0, mut a1) = (
+        _mm512_loadu_pd(acc[0].as_ptr()),
+        _mm512_loadu_pd(acc[0][8..].as_ptr()),
+    );
+    let (mut b0, mut b1) = (
+        _mm512_loadu_pd(acc[1].as_ptr()),
+        _mm512_loadu_pd(acc[1][8..].as_ptr()),
+    );
+    let (mut c0, mut c1) = (
+        _mm512_loadu_pd(acc[2].as_ptr()),
+        _mm512_loadu_pd(acc[2][8..].as_ptr()),
+    );
+    let (mut d0, mut d1) = (
+        _mm512_loadu_pd(acc[3].as_ptr()),
+        _mm512_loadu_pd(acc[3][8..].as_ptr()),
+    );
+    for kk in 0..k {
+        let x0 = _mm512_loadu_pd(p.add(kk * TILE_P));
+        let x1 = _mm512_loadu_pd(p.add(kk * TILE_P + 8));
+        let w = _mm512_set1_pd(ws[0][kk].into());
+        a0 = _mm512_add_pd(a0, _mm512_mul_pd(x0, w));
+        a1 = _mm512_add_pd(a1, _mm512_mul_pd(x1, w));
+        let w = _mm512_set1_pd(ws[1][kk].into());
+        b0 = _mm512_add_pd(b0, _mm512_mul_pd(x0, w));
+        b1 = _mm512_add_pd(b1, _mm512_mul_pd(x1, w));
+        let w = _mm512_set1_pd(ws[2][kk].into());
+        c0 = _mm512_add_pd(c0, _mm512_mul_pd(x0, w));
+        c1 = _mm512_add_pd(c1, _mm512_mul_pd(x1, w));
+        let w = _mm512_set1_pd(ws[3][kk].into());
+        d0 = _mm512_add_pd(d0, _mm512_mul_pd(x0, w));
+        d1 = _mm512_add_pd(d1, _mm512_mul_pd(x1, w));
+    }
+    for (row, (lo, hi)) in acc.iter_mut().zip([(a0, a1), (b0, b1), (c0, c1), (d0, d1)]) {
+        _mm512_storeu_pd(row.as_mut_ptr(), lo);
+        _mm512_storeu_pd(row[8..].as_mut_ptr(), hi);
     }
 }
 

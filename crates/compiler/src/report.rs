@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 
 use tract_onnx::prelude::*;
+use tract_onnx::tract_core::ops::konst::Const;
 use verity_engine::io::{dequantize, quantize_inputs, FloatTensor};
 use verity_engine::ir::Model;
 use verity_engine::{Executor, Mode};
@@ -94,18 +95,33 @@ pub fn references(
         .map(|o| tract.outlet_fact(*o).cloned())
         .collect::<TractResult<_>>()
         .map_err(terr)?;
-    // the plan takes the model (no second copy of the weights)
-    let plan = tract.into_runnable().map_err(terr)?;
+    let inputs: Vec<TVec<TValue>> = samples
+        .iter()
+        .map(|sample| {
+            sample
+                .iter()
+                .zip(&in_facts)
+                .map(|(t, f)| to_tract_input(t, f))
+                .collect::<TractResult<_>>()
+        })
+        .collect::<TractResult<_>>()
+        .map_err(terr)?;
+    // node by node over all samples; a model that path cannot run goes through tract's own plan
+    let runs = match node_by_node(&tract, &inputs) {
+        Ok(runs) => runs,
+        Err(_) => {
+            // the plan takes the model (no second copy of the weights)
+            let plan = tract.into_runnable().map_err(terr)?;
+            inputs
+                .into_iter()
+                .map(|i| plan.run(i))
+                .collect::<TractResult<_>>()
+                .map_err(terr)?
+        }
+    };
     let mut outputs = Vec::with_capacity(samples.len());
     let mut import_diff = 0.0f64;
-    for (sample, fl) in samples.iter().zip(flat) {
-        let inputs: TVec<TValue> = sample
-            .iter()
-            .zip(&in_facts)
-            .map(|(t, f)| to_tract_input(t, f))
-            .collect::<TractResult<_>>()
-            .map_err(terr)?;
-        let reference = plan.run(inputs).map_err(terr)?;
+    for (reference, fl) in runs.into_iter().zip(flat) {
         let fvals = graph.eval_visit(fl, |_, _| {});
         let mut per = Vec::with_capacity(names.len());
         for (k, name) in names.iter().enumerate() {
@@ -139,6 +155,218 @@ pub fn references(
         outputs,
         import_diff,
     })
+}
+
+/// tract's outputs for every sample (per sample, the model's outputs), computed a node at a time over all
+/// samples: each node becomes a model of its own, whose constant inputs stay constants, optimized by
+/// tract when it reads a constant (a matrix's weights are packed once for all samples, not per sample
+/// as tract's unoptimized operators do, and freed before the next node), and run on every sample. A
+/// tensor is freed after its last reader. An error (a node tract cannot run alone) sends the caller to
+/// tract's whole-model plan.
+fn node_by_node(model: &TypedModel, samples: &[TVec<TValue>]) -> TractResult<Vec<TVec<TValue>>> {
+    let order = model.eval_order()?;
+    let sources = model.input_outlets()?;
+    let outputs = model.output_outlets()?;
+    // the position in `order` of each outlet's last reader (outputs are never freed)
+    let mut last: BTreeMap<OutletId, usize> = BTreeMap::new();
+    for (pos, &id) in order.iter().enumerate() {
+        for i in &model.node(id).inputs {
+            last.insert(*i, pos);
+        }
+    }
+    for o in outputs {
+        last.insert(*o, usize::MAX);
+    }
+    let mut values: Values = BTreeMap::new();
+    for (k, o) in sources.iter().enumerate() {
+        let per: Vec<TValue> = samples
+            .iter()
+            .map(|s| {
+                s.get(k)
+                    .cloned()
+                    .ok_or_else(|| TractError::msg("a sample lacks an input"))
+            })
+            .collect::<TractResult<_>>()?;
+        values.insert(*o, per);
+    }
+    for (pos, &id) in order.iter().enumerate() {
+        let node = model.node(id);
+        if sources.iter().any(|o| o.node == id) || node.op_as::<Const>().is_some() {
+            continue;
+        }
+        let results = match split_product(model, node)? {
+            Some(split) => run_split(model, node, &values, samples.len(), split)?,
+            None => run_alone(model, node, &values, samples.len(), None)?,
+        };
+        for slot in 0..node.outputs.len() {
+            let o = OutletId::new(id, slot);
+            // an output nothing reads is dropped at once
+            if last.contains_key(&o) {
+                values.insert(o, results.iter().map(|r| r[slot].clone()).collect());
+            }
+        }
+        // inputs whose last reader this was
+        for i in &node.inputs {
+            if last.get(i) == Some(&pos) {
+                values.remove(i);
+            }
+        }
+    }
+    (0..samples.len())
+        .map(|s| {
+            outputs
+                .iter()
+                .map(|o| match values.get(o) {
+                    Some(v) => Ok(v[s].clone()),
+                    // an output that is a constant
+                    None => match model.node(o.node).op_as::<Const>() {
+                        Some(c) => Ok(c.val().clone().into_tvalue()),
+                        None => Err(TractError::msg(format!("output {o:?} was not computed"))),
+                    },
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// Values computed so far: per outlet, one tensor per sample.
+type Values = BTreeMap<OutletId, Vec<TValue>>;
+
+/// Constant weights above this many bytes are cut into parts of about [`PART_BYTES`] for their node's
+/// reference run, so tract's packed copies of them (one per kernel it may pick) stay small.
+const SPLIT_BYTES: usize = 64 << 20;
+const PART_BYTES: usize = 32 << 20;
+
+/// Node `node` of `model` as a model of its own, run on every sample: its constant inputs stay constants
+/// (`swap` replaces input `.0`'s by `.1`), its other inputs are read from `values`. tract optimizes it
+/// when it reads a constant and a computed tensor (a matrix's weights packed once for all samples).
+fn run_alone(
+    model: &TypedModel,
+    node: &TypedNode,
+    values: &Values,
+    samples: usize,
+    swap: Option<(usize, Const)>,
+) -> TractResult<Vec<TVec<TValue>>> {
+    let mut adhoc = TypedModel::default();
+    let mut wires = tvec!();
+    let mut fed = vec![];
+    for (ix, i) in node.inputs.iter().enumerate() {
+        let from = model.node(i.node);
+        let konst = match &swap {
+            Some((k, c)) if *k == ix => Some(c),
+            _ => from.op_as::<Const>().filter(|_| from.outputs.len() == 1),
+        };
+        match konst {
+            Some(c) => wires.push(adhoc.wire_node(format!("const.{ix}"), c.clone(), &[])?[0]),
+            None => {
+                let v = values
+                    .get(i)
+                    .ok_or_else(|| TractError::msg("an input computed before its reader"))?;
+                let first = v.first().ok_or_else(|| TractError::msg("no sample"))?;
+                wires.push(
+                    adhoc.add_source(format!("input.{ix}"), TypedFact::shape_and_dt_of(first))?,
+                );
+                fed.push(*i);
+            }
+        }
+    }
+    let outs = adhoc.wire_node(&node.name, node.op.clone(), &wires)?;
+    adhoc.select_output_outlets(&outs)?;
+    let plan = if !fed.is_empty() && fed.len() < node.inputs.len() {
+        adhoc.into_optimized()?.into_runnable()?
+    } else {
+        adhoc.into_runnable()?
+    };
+    (0..samples)
+        .map(|s| plan.run(fed.iter().map(|o| values[o][s].clone()).collect()))
+        .collect()
+}
+
+/// How a float `EinSum` with one large constant operand is cut: that operand's input index, its tensor,
+/// the axis of it to cut (one it shares with the output alone), that axis in the output, and the parts.
+struct Split {
+    input: usize,
+    tensor: Arc<Tensor>,
+    axis: usize,
+    out_axis: usize,
+    parts: usize,
+}
+
+fn split_product(model: &TypedModel, node: &TypedNode) -> TractResult<Option<Split>> {
+    use tract_onnx::tract_core::ops::einsum::EinSum;
+    let Some(op) = node.op_as::<EinSum>().filter(|op| op.q_params.is_none()) else {
+        return Ok(None);
+    };
+    let konst = node.inputs.iter().enumerate().find_map(|(ix, i)| {
+        let from = model.node(i.node);
+        from.op_as::<Const>()
+            .filter(|c| c.exotic_fact().is_none() && c.val().is_plain())
+            .filter(|c| c.val().len() * c.val().datum_type().size_of() >= SPLIT_BYTES)
+            .map(|c| (ix, c.val().clone()))
+    });
+    let Some((input, tensor)) = konst else {
+        return Ok(None);
+    };
+    // an axis of the constant alone among the inputs, kept by the output: its parts' outputs are
+    // the output's parts along it
+    let best = op
+        .axes
+        .iter_all_axes()
+        .filter(|a| {
+            a.inputs
+                .iter()
+                .enumerate()
+                .all(|(j, at)| at.len() == (j == input) as usize)
+                && a.outputs.len() == 1
+                && a.outputs[0].len() == 1
+        })
+        .map(|a| (a.inputs[input][0], a.outputs[0][0]))
+        .max_by_key(|&(axis, _)| tensor.shape()[axis]);
+    let Some((axis, out_axis)) = best else {
+        return Ok(None);
+    };
+    let bytes = tensor.len() * tensor.datum_type().size_of();
+    let parts = bytes.div_ceil(PART_BYTES).min(tensor.shape()[axis]);
+    Ok((parts > 1).then_some(Split {
+        input,
+        tensor,
+        axis,
+        out_axis,
+        parts,
+    }))
+}
+
+/// [`run_alone`] on each part of a [`Split`] operand, the parts' outputs joined along the output's axis.
+fn run_split(
+    model: &TypedModel,
+    node: &TypedNode,
+    values: &Values,
+    samples: usize,
+    split: Split,
+) -> TractResult<Vec<TVec<TValue>>> {
+    let n = split.tensor.shape()[split.axis];
+    let step = n.div_ceil(split.parts);
+    let mut pieces: Vec<Vec<TValue>> = vec![Vec::new(); samples];
+    for start in (0..n).step_by(step) {
+        let part = split
+            .tensor
+            .slice(split.axis, start, (start + step).min(n))?;
+        let c = Const::new(Arc::new(part))?;
+        let outs = run_alone(model, node, values, samples, Some((split.input, c)))?;
+        for (p, mut o) in pieces.iter_mut().zip(outs) {
+            p.push(o.remove(0));
+        }
+    }
+    pieces
+        .into_iter()
+        .map(|p| {
+            let joined = Tensor::stack_tensors(
+                split.out_axis,
+                &p.iter().map(|v| &**v).collect::<Vec<&Tensor>>(),
+            )?;
+            Ok(tvec!(joined.into_tvalue()))
+        })
+        .collect()
 }
 
 /// Run the canonical model on every sample and compare with tract's [`references`].

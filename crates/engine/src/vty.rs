@@ -389,6 +389,11 @@ pub fn model_id(m: &Model) -> Hash {
 
 /// Encode a model as a `.vty` file.
 pub fn encode(m: &Model) -> Vec<u8> {
+    encode_with_id(m).0
+}
+
+/// Encode a model as a `.vty` file, with its model ID (which the file ends with: computed once).
+pub fn encode_with_id(m: &Model) -> (Vec<u8>, Hash) {
     let mut w = Writer::new();
     w.raw(MAGIC);
     w.u8(FILE_VERSION);
@@ -402,8 +407,9 @@ pub fn encode(m: &Model) -> Vec<u8> {
         item.extend_from_slice(&encode_elements(&c.data.transient()));
         w.bytes(&item);
     }
-    w.raw(&model_id(m).0);
-    w.into_bytes()
+    let id = model_id(m);
+    w.raw(&id.0);
+    (w.into_bytes(), id)
 }
 
 /// Decode one node item (as proven against a model ID in a one-step check).

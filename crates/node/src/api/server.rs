@@ -1296,7 +1296,7 @@ async fn uploaded_model(
             .await
             .map_err(|_| ApiError::internal("compile slot closed"))?;
         let (mm, rep) = crate::compile::compile_onnx(node, &upload.path, &opts).await?;
-        let id = vty::model_id(&mm);
+        let (bytes, id) = vty::encode_with_id(&mm);
         if id != m.model_id {
             return Err(ApiError::unprocessable(
                 "model_id_mismatch",
@@ -1306,7 +1306,6 @@ async fn uploaded_model(
                 ),
             ));
         }
-        let bytes = vty::encode(&mm);
         Ok((mm, bytes, rep))
     }
 }
