@@ -933,7 +933,7 @@ fn patches_f64(
     let (sy, sx) = (win.stride[0] as i64, win.stride[1] as i64);
     let (dy, dx) = (win.dilation[0] as i64, win.dilation[1] as i64);
     let (py, px) = (win.pads[0] as i64, win.pads[1] as i64);
-    let k = cg_taps(cols.len(), pc);
+    let k = cols.len() / pc.next_multiple_of(TILE_P);
     for (st, strip) in cols.chunks_mut(k * TILE_P).enumerate() {
         for (r, row) in strip.chunks_mut(TILE_P).enumerate() {
             let (ci, ky, kx) = (r / (kh * kw), (r / kw) % kh, r % kw);
@@ -954,11 +954,6 @@ fn patches_f64(
             }
         }
     }
-}
-
-/// The rows of a strip-major patch matrix of `len` elements over `pc` pixels.
-fn cg_taps(len: usize, pc: usize) -> usize {
-    len / pc.next_multiple_of(TILE_P)
 }
 
 verity_engine::multiversion! {
@@ -1132,19 +1127,20 @@ unsafe fn full_tile_avx512<W: Copy + Into<f64>>(
         _mm512_loadu_pd(acc[3].as_ptr()),
         _mm512_loadu_pd(acc[3][8..].as_ptr()),
     );
-    for kk in 0..k {
+    let rows = ws[0].iter().zip(ws[1]).zip(ws[2]).zip(ws[3]).take(k);
+    for (kk, (((&wa, &wb), &wc), &wd)) in rows.enumerate() {
         let x0 = _mm512_loadu_pd(p.add(kk * TILE_P));
         let x1 = _mm512_loadu_pd(p.add(kk * TILE_P + 8));
-        let w = _mm512_set1_pd(ws[0][kk].into());
+        let w = _mm512_set1_pd(wa.into());
         a0 = _mm512_add_pd(a0, _mm512_mul_pd(x0, w));
         a1 = _mm512_add_pd(a1, _mm512_mul_pd(x1, w));
-        let w = _mm512_set1_pd(ws[1][kk].into());
+        let w = _mm512_set1_pd(wb.into());
         b0 = _mm512_add_pd(b0, _mm512_mul_pd(x0, w));
         b1 = _mm512_add_pd(b1, _mm512_mul_pd(x1, w));
-        let w = _mm512_set1_pd(ws[2][kk].into());
+        let w = _mm512_set1_pd(wc.into());
         c0 = _mm512_add_pd(c0, _mm512_mul_pd(x0, w));
         c1 = _mm512_add_pd(c1, _mm512_mul_pd(x1, w));
-        let w = _mm512_set1_pd(ws[3][kk].into());
+        let w = _mm512_set1_pd(wd.into());
         d0 = _mm512_add_pd(d0, _mm512_mul_pd(x0, w));
         d1 = _mm512_add_pd(d1, _mm512_mul_pd(x1, w));
     }
@@ -1262,6 +1258,8 @@ mod tests {
             (2, 2, 2, 3, 6, 5, [3, 2], [2, 1], [1, 2], [0, 2, 1, 0]),
             (1, 3, 1, 1, 5, 5, [3, 3], [2, 2], [1, 1], [1, 1, 1, 1]),
             (1, 1, 4, 9, 20, 17, [1, 1], [1, 1], [1, 1], [0, 0, 0, 0]),
+            // two tasks of channels (16 and 5), a short last strip of pixels
+            (1, 1, 3, 21, 9, 7, [3, 3], [1, 1], [1, 1], [1, 1, 1, 1]),
         ];
         for (n, groups, cg, og, h, wd, kernel, stride, dilation, pads) in cases {
             let win = Window {

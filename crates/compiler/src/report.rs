@@ -107,7 +107,7 @@ pub fn references(
         .collect::<TractResult<_>>()
         .map_err(terr)?;
     // node by node over all samples; a model that path cannot run goes through tract's own plan
-    let runs = match node_by_node(&tract, &inputs) {
+    let runs = match node_by_node(&tract, &inputs, SPLIT) {
         Ok(runs) => runs,
         Err(_) => {
             // the plan takes the model (no second copy of the weights)
@@ -163,7 +163,11 @@ pub fn references(
 /// as tract's unoptimized operators do, and freed before the next node), and run on every sample. A
 /// tensor is freed after its last reader. An error (a node tract cannot run alone) sends the caller to
 /// tract's whole-model plan.
-fn node_by_node(model: &TypedModel, samples: &[TVec<TValue>]) -> TractResult<Vec<TVec<TValue>>> {
+fn node_by_node(
+    model: &TypedModel,
+    samples: &[TVec<TValue>],
+    split: (usize, usize),
+) -> TractResult<Vec<TVec<TValue>>> {
     let order = model.eval_order()?;
     let sources = model.input_outlets()?;
     let outputs = model.output_outlets()?;
@@ -194,7 +198,7 @@ fn node_by_node(model: &TypedModel, samples: &[TVec<TValue>]) -> TractResult<Vec
         if sources.iter().any(|o| o.node == id) || node.op_as::<Const>().is_some() {
             continue;
         }
-        let results = match split_product(model, node)? {
+        let results = match split_product(model, node, split)? {
             Some(split) => run_split(model, node, &values, samples.len(), split)?,
             None => run_alone(model, node, &values, samples.len(), None)?,
         };
@@ -232,10 +236,9 @@ fn node_by_node(model: &TypedModel, samples: &[TVec<TValue>]) -> TractResult<Vec
 /// Values computed so far: per outlet, one tensor per sample.
 type Values = BTreeMap<OutletId, Vec<TValue>>;
 
-/// Constant weights above this many bytes are cut into parts of about [`PART_BYTES`] for their node's
+/// Constant weights of at least `.0` bytes are cut into parts of about `.1` bytes for their node's
 /// reference run, so tract's packed copies of them (one per kernel it may pick) stay small.
-const SPLIT_BYTES: usize = 64 << 20;
-const PART_BYTES: usize = 32 << 20;
+const SPLIT: (usize, usize) = (64 << 20, 32 << 20);
 
 /// Node `node` of `model` as a model of its own, run on every sample: its constant inputs stay constants
 /// (`swap` replaces input `.0`'s by `.1`), its other inputs are read from `values`. tract optimizes it
@@ -292,7 +295,11 @@ struct Split {
     parts: usize,
 }
 
-fn split_product(model: &TypedModel, node: &TypedNode) -> TractResult<Option<Split>> {
+fn split_product(
+    model: &TypedModel,
+    node: &TypedNode,
+    (at_least, part): (usize, usize),
+) -> TractResult<Option<Split>> {
     use tract_onnx::tract_core::ops::einsum::EinSum;
     let Some(op) = node.op_as::<EinSum>().filter(|op| op.q_params.is_none()) else {
         return Ok(None);
@@ -301,7 +308,7 @@ fn split_product(model: &TypedModel, node: &TypedNode) -> TractResult<Option<Spl
         let from = model.node(i.node);
         from.op_as::<Const>()
             .filter(|c| c.exotic_fact().is_none() && c.val().is_plain())
-            .filter(|c| c.val().len() * c.val().datum_type().size_of() >= SPLIT_BYTES)
+            .filter(|c| c.val().len() * c.val().datum_type().size_of() >= at_least)
             .map(|c| (ix, c.val().clone()))
     });
     let Some((input, tensor)) = konst else {
@@ -326,7 +333,7 @@ fn split_product(model: &TypedModel, node: &TypedNode) -> TractResult<Option<Spl
         return Ok(None);
     };
     let bytes = tensor.len() * tensor.datum_type().size_of();
-    let parts = bytes.div_ceil(PART_BYTES).min(tensor.shape()[axis]);
+    let parts = bytes.div_ceil(part.max(1)).min(tensor.shape()[axis]);
     Ok((parts > 1).then_some(Split {
         input,
         tensor,
@@ -459,4 +466,72 @@ pub(crate) fn accuracy(
             top1_agreement: (a.5 > 0).then(|| a.4 as f64 / a.5 as f64),
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tract_onnx::tract_core::ops::einsum::EinSum;
+
+    fn wave(n: usize, f: f32) -> Vec<f32> {
+        (0..n).map(|i| (i as f32 * f).sin()).collect()
+    }
+
+    /// x [2, 64] → a product with [48, 64] weights → sigmoid (also an output) → a product with
+    /// [10, 48] weights.
+    fn two_layers() -> TractResult<TypedModel> {
+        let mut m = TypedModel::default();
+        let x = m.add_source("x", f32::fact([2, 64]))?;
+        let w1 = m.add_const("w1", Tensor::from_shape(&[48, 64], &wave(48 * 64, 0.37))?)?;
+        let prod = || EinSum::new("mk,nk->mn".parse().unwrap(), f32::datum_type());
+        let h = m.wire_node("fc1", prod(), &[x, w1])?[0];
+        let s = m.wire_node("act", tract_onnx::tract_core::ops::nn::sigmoid(), &[h])?[0];
+        let w2 = m.add_const("w2", Tensor::from_shape(&[10, 48], &wave(10 * 48, 0.11))?)?;
+        let y = m.wire_node("fc2", prod(), &[s, w2])?[0];
+        m.select_output_outlets(&[y, s])?;
+        Ok(m)
+    }
+
+    /// Node by node over all samples, whole or with its weights cut into parts (joined along the
+    /// output's axis), gives tract's own plan's outputs on every sample, including an output that a
+    /// later node reads too.
+    #[test]
+    fn node_by_node_references_agree_with_tracts_plan() -> TractResult<()> {
+        let m = two_layers()?;
+        let samples: Vec<TVec<TValue>> = (0..3)
+            .map(|k| {
+                let x = Tensor::from_shape(&[2, 64], &wave(128, 0.05 + k as f32 * 0.3)).unwrap();
+                tvec!(x.into_tvalue())
+            })
+            .collect();
+        let plan = m.clone().into_runnable()?;
+        let node = |name: &str| m.node_by_name(name).map(|n| m.node(n.id));
+        // small limits: fc1's 12 KB of weights in 12 parts of 4 rows, fc2's 1,920 bytes whole
+        let small = (4096, 1024);
+        let cut = split_product(&m, node("fc1")?, small)?.map(|s| (s.axis, s.out_axis, s.parts));
+        assert_eq!(cut, Some((0, 1, 12)));
+        assert!(split_product(&m, node("fc2")?, small)?.is_none());
+        assert!(split_product(&m, node("fc1")?, SPLIT)?.is_none());
+        for limits in [SPLIT, small] {
+            let got = node_by_node(&m, &samples, limits)?;
+            assert_eq!(got.len(), samples.len());
+            for (g, s) in got.iter().zip(&samples) {
+                let want = plan.run(s.clone())?;
+                assert_eq!(g.len(), want.len());
+                for (a, b) in g.iter().zip(&want) {
+                    assert_eq!(a.shape(), b.shape());
+                    let (a, b) = (
+                        a.to_plain_array_view::<f32>()?,
+                        b.to_plain_array_view::<f32>()?,
+                    );
+                    let d = a
+                        .iter()
+                        .zip(&b)
+                        .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+                    assert!(d <= 1e-5, "{limits:?}: differs by {d}");
+                }
+            }
+        }
+        Ok(())
+    }
 }
