@@ -1111,42 +1111,29 @@ unsafe fn full_tile_avx512<W: Copy + Into<f64>>(
 ) {
     use std::arch::x86_64::*;
     let p = strip.as_ptr();
-    let (mut a0, mut a1) = (
-        _mm512_loadu_pd(acc[0].as_ptr()),
-        _mm512_loadu_pd(acc[0][8..].as_ptr()),
-    );
-    let (mut b0, mut b1) = (
-        _mm512_loadu_pd(acc[1].as_ptr()),
-        _mm512_loadu_pd(acc[1][8..].as_ptr()),
-    );
-    let (mut c0, mut c1) = (
-        _mm512_loadu_pd(acc[2].as_ptr()),
-        _mm512_loadu_pd(acc[2][8..].as_ptr()),
-    );
-    let (mut d0, mut d1) = (
-        _mm512_loadu_pd(acc[3].as_ptr()),
-        _mm512_loadu_pd(acc[3][8..].as_ptr()),
-    );
+    // each channel's 16 sums as two vectors of 8 (constant indices: registers, not memory)
+    let mut r = [[_mm512_setzero_pd(); 2]; TILE_O];
+    for (r, a) in r.iter_mut().zip(acc.iter()) {
+        *r = [
+            _mm512_loadu_pd(a.as_ptr()),
+            _mm512_loadu_pd(a[8..].as_ptr()),
+        ];
+    }
     let rows = ws[0].iter().zip(ws[1]).zip(ws[2]).zip(ws[3]).take(k);
     for (kk, (((&wa, &wb), &wc), &wd)) in rows.enumerate() {
-        let x0 = _mm512_loadu_pd(p.add(kk * TILE_P));
-        let x1 = _mm512_loadu_pd(p.add(kk * TILE_P + 8));
-        let w = _mm512_set1_pd(wa.into());
-        a0 = _mm512_add_pd(a0, _mm512_mul_pd(x0, w));
-        a1 = _mm512_add_pd(a1, _mm512_mul_pd(x1, w));
-        let w = _mm512_set1_pd(wb.into());
-        b0 = _mm512_add_pd(b0, _mm512_mul_pd(x0, w));
-        b1 = _mm512_add_pd(b1, _mm512_mul_pd(x1, w));
-        let w = _mm512_set1_pd(wc.into());
-        c0 = _mm512_add_pd(c0, _mm512_mul_pd(x0, w));
-        c1 = _mm512_add_pd(c1, _mm512_mul_pd(x1, w));
-        let w = _mm512_set1_pd(wd.into());
-        d0 = _mm512_add_pd(d0, _mm512_mul_pd(x0, w));
-        d1 = _mm512_add_pd(d1, _mm512_mul_pd(x1, w));
+        let x = [
+            _mm512_loadu_pd(p.add(kk * TILE_P)),
+            _mm512_loadu_pd(p.add(kk * TILE_P + 8)),
+        ];
+        for (r, w) in r.iter_mut().zip([wa, wb, wc, wd]) {
+            let w = _mm512_set1_pd(w.into());
+            r[0] = _mm512_add_pd(r[0], _mm512_mul_pd(x[0], w));
+            r[1] = _mm512_add_pd(r[1], _mm512_mul_pd(x[1], w));
+        }
     }
-    for (row, (lo, hi)) in acc.iter_mut().zip([(a0, a1), (b0, b1), (c0, c1), (d0, d1)]) {
-        _mm512_storeu_pd(row.as_mut_ptr(), lo);
-        _mm512_storeu_pd(row[8..].as_mut_ptr(), hi);
+    for (row, r) in acc.iter_mut().zip(r) {
+        _mm512_storeu_pd(row.as_mut_ptr(), r[0]);
+        _mm512_storeu_pd(row[8..].as_mut_ptr(), r[1]);
     }
 }
 

@@ -106,8 +106,16 @@ pub fn references(
         })
         .collect::<TractResult<_>>()
         .map_err(terr)?;
-    // node by node over all samples; a model that path cannot run goes through tract's own plan
-    let runs = match node_by_node(&tract, &inputs, SPLIT) {
+    // node by node over groups of samples (the group's activations live at once); a model that path
+    // cannot run goes through tract's own plan
+    let by_nodes: TractResult<Vec<TVec<TValue>>> =
+        inputs
+            .chunks(REFERENCE_GROUP)
+            .try_fold(Vec::new(), |mut all, group| {
+                all.extend(node_by_node(&tract, group, SPLIT)?);
+                Ok(all)
+            });
+    let runs = match by_nodes {
         Ok(runs) => runs,
         Err(_) => {
             // the plan takes the model (no second copy of the weights)
@@ -232,6 +240,9 @@ fn node_by_node(
         })
         .collect()
 }
+
+/// Evaluation samples run node by node together: their tensors at one node are held at once.
+const REFERENCE_GROUP: usize = 8;
 
 /// Values computed so far: per outlet, one tensor per sample.
 type Values = BTreeMap<OutletId, Vec<TValue>>;
