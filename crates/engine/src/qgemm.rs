@@ -632,7 +632,9 @@ pub(crate) fn product(
         c.fill(0);
     }
     gemm_rows(a, b, r0, c, level, tokens);
-    if a.offset || b.offset {
+    // the other kernels start their first block of sums from the offsets' negation
+    #[cfg(target_arch = "x86_64")]
+    if level == Level::Avx2 && (a.offset || b.offset) {
         let cols = a.offset.then_some(&b.colsum[..]);
         let rows = b.offset.then(|| &a.rowsum[r0..]);
         sub_offsets(c, ldc, cols, rows);
@@ -698,6 +700,10 @@ fn gemm_rows(
                     let arow = &a.data[(r0 + m0 + i) * lda + q0 * 4..];
                     let cpos = (m0 + i) * ldc + blk * NR;
                     let bpos = (blk * b.kq + q0) * NR * 4;
+                    let offsets = Offsets {
+                        rows: b.offset.then(|| &a.rowsum[r0 + m0 + i..]),
+                        cols: a.offset.then(|| &b.colsum[blk * NR..]),
+                    };
                     tile(
                         level,
                         !a.weights,
@@ -710,7 +716,7 @@ fn gemm_rows(
                         qn,
                         &mut c[cpos..],
                         ldc,
-                        first,
+                        first.then_some(offsets),
                     );
                     i += r;
                 }
@@ -844,8 +850,37 @@ unsafe fn avx2<const R: usize, const A_U8: bool>(
     }
 }
 
-/// One register tile: `r` rows × 16 (or 32 when `two`) columns over `qn` quads of `k`, added to `c`
-/// (or stored when `first`). `b` points at the first column block, the second is `bstride` further.
+/// What the first block of a tile's sums starts from: `−128 · rowsum` of each row when the activations
+/// on the right are offset, `−128 · colsum` of each column when those on the left are (the offsets'
+/// products taken back out, wrapping like the sums).
+#[derive(Clone, Copy)]
+struct Offsets<'a> {
+    /// Row sums of the tile's rows (from its first), if subtracted.
+    rows: Option<&'a [i32]>,
+    /// Column sums of the tile's columns (from its first), if subtracted.
+    cols: Option<&'a [i32]>,
+}
+
+impl Offsets<'_> {
+    /// The starting sums of row `i` over the `NR` columns from `col` (relative to the tile).
+    fn start(&self, acc: &mut [i32; NR], i: usize, col: usize) {
+        if let Some(cols) = self.cols {
+            for (a, &cs) in acc.iter_mut().zip(&cols[col..]) {
+                *a = a.wrapping_sub(cs.wrapping_mul(128));
+            }
+        }
+        if let Some(rows) = self.rows {
+            let r = rows[i].wrapping_mul(128);
+            for a in acc.iter_mut() {
+                *a = a.wrapping_sub(r);
+            }
+        }
+    }
+}
+
+/// One register tile: `r` rows × 16 (or 32 when `two`) columns over `qn` quads of `k`, added to `c`,
+/// or stored when `first` (the reduced axis' first block), its sums then starting from `first`'s offsets.
+/// `b` points at the first column block, the second is `bstride` further.
 #[allow(clippy::too_many_arguments)]
 #[inline]
 fn tile(
@@ -860,12 +895,18 @@ fn tile(
     qn: usize,
     c: &mut [i32],
     ldc: usize,
-    first: bool,
+    first: Option<Offsets>,
 ) {
     // bounds the unsafe kernel relies on
     assert!(a.len() >= (r - 1) * lda + qn * 4);
     assert!(b.len() >= if two { bstride } else { 0 } + qn * NR * 4);
     assert!(c.len() >= (r - 1) * ldc + if two { 2 * NR } else { NR });
+    if let Some(o) = &first {
+        assert!(o.rows.is_none_or(|v| v.len() >= r));
+        assert!(o
+            .cols
+            .is_none_or(|v| v.len() >= if two { 2 * NR } else { NR }));
+    }
     match level {
         #[cfg(target_arch = "x86_64")]
         Level::Avx512Vnni => {
@@ -902,32 +943,42 @@ fn portable<const A_U8: bool>(
     qn: usize,
     c: &mut [i32],
     ldc: usize,
-    first: bool,
+    first: Option<Offsets>,
 ) {
     for blk in 0..if two { 2 } else { 1 } {
         let bb = &b[blk * bstride..];
         for i in 0..r {
             let mut acc = [0i32; NR];
+            if let Some(o) = &first {
+                o.start(&mut acc, i, blk * NR);
+            }
             let arow = &a[i * lda..];
             for q in 0..qn {
                 let bq = &bb[q * NR * 4..(q + 1) * NR * 4];
                 let aq = &arow[q * 4..q * 4 + 4];
                 for (lane, acc) in acc.iter_mut().enumerate() {
                     let bl = &bq[lane * 4..lane * 4 + 4];
-                    *acc += (0..4)
-                        .map(|t| {
-                            if A_U8 {
-                                aq[t] as i32 * bl[t] as i8 as i32
-                            } else {
-                                aq[t] as i8 as i32 * bl[t] as i32
-                            }
-                        })
-                        .sum::<i32>();
+                    // wrapping, like vpdpbusd (the sums start from the offsets' negation)
+                    *acc = acc.wrapping_add(
+                        (0..4)
+                            .map(|t| {
+                                if A_U8 {
+                                    aq[t] as i32 * bl[t] as i8 as i32
+                                } else {
+                                    aq[t] as i8 as i32 * bl[t] as i32
+                                }
+                            })
+                            .sum::<i32>(),
+                    );
                 }
             }
             let dst = &mut c[i * ldc + blk * NR..i * ldc + blk * NR + NR];
             for (d, v) in dst.iter_mut().zip(acc) {
-                *d = if first { v } else { *d + v };
+                *d = if first.is_some() {
+                    v
+                } else {
+                    d.wrapping_add(v)
+                };
             }
         }
     }
@@ -948,10 +999,31 @@ unsafe fn vnni<const R: usize, const NB: usize, const A_U8: bool>(
     qn: usize,
     c: &mut [i32],
     ldc: usize,
-    first: bool,
+    first: Option<Offsets>,
 ) {
     use std::arch::x86_64::*;
     let mut acc = [[_mm512_setzero_si512(); NB]; R];
+    if let Some(o) = &first {
+        // the first block of sums starts from the offsets' negation (wrapping, as `sub_offsets`)
+        if let Some(cols) = o.cols {
+            for t in 0..NB {
+                let v = _mm512_slli_epi32::<7>(_mm512_loadu_si512(
+                    cols.as_ptr().add(t * NR) as *const _
+                ));
+                for accr in acc.iter_mut() {
+                    accr[t] = _mm512_sub_epi32(accr[t], v);
+                }
+            }
+        }
+        if let Some(rows) = o.rows {
+            for (accr, &rs) in acc.iter_mut().zip(rows) {
+                let v = _mm512_set1_epi32(rs.wrapping_mul(128));
+                for a in accr.iter_mut() {
+                    *a = _mm512_sub_epi32(*a, v);
+                }
+            }
+        }
+    }
     let (ap, bp) = (a.as_ptr(), b.as_ptr());
     for q in 0..qn {
         let mut vb = [_mm512_setzero_si512(); NB];
@@ -974,7 +1046,7 @@ unsafe fn vnni<const R: usize, const NB: usize, const A_U8: bool>(
     for (i, accr) in acc.iter().enumerate() {
         for (t, &v) in accr.iter().enumerate() {
             let dst = cp.add(i * ldc + t * NR) as *mut __m512i;
-            let v = if first {
+            let v = if first.is_some() {
                 v
             } else {
                 _mm512_add_epi32(_mm512_loadu_si512(dst as *const _), v)
