@@ -627,42 +627,11 @@ pub(crate) fn product(
     level: Level,
     tokens: &[crate::cancel::Cancel],
 ) {
-    let ldc = b.ldc();
     if a.kq == 0 {
         c.fill(0);
     }
+    // every kernel starts the first block of its sums from the offsets' negation ([`Offsets`])
     gemm_rows(a, b, r0, c, level, tokens);
-    // the other kernels start their first block of sums from the offsets' negation
-    #[cfg(target_arch = "x86_64")]
-    if level == Level::Avx2 && (a.offset || b.offset) {
-        let cols = a.offset.then_some(&b.colsum[..]);
-        let rows = b.offset.then(|| &a.rowsum[r0..]);
-        sub_offsets(c, ldc, cols, rows);
-    }
-}
-
-crate::multiversion! {
-    fn sub_offsets(c: &mut [i32], ldc: usize, cols: Option<&[i32]>, rows: Option<&[i32]>) -> () = sub_offsets_body
-}
-
-/// The unsigned operand's offset taken back out of the rows of `c` (`ldc` apart): `128 · colsum[j]`
-/// from every row's column `j`, `128 · rowsum[i]` from every column of row `i` (wrapping, like the
-/// kernels' sums: the true products fit `i32`).
-#[inline(always)]
-fn sub_offsets_body(c: &mut [i32], ldc: usize, cols: Option<&[i32]>, rows: Option<&[i32]>) {
-    for (i, row) in c.chunks_mut(ldc).enumerate() {
-        if let Some(cols) = cols {
-            for (v, &cs) in row.iter_mut().zip(cols) {
-                *v = v.wrapping_sub(cs.wrapping_mul(128));
-            }
-        }
-        if let Some(rows) = rows {
-            let r = rows[i].wrapping_mul(128);
-            for v in row.iter_mut() {
-                *v = v.wrapping_sub(r);
-            }
-        }
-    }
 }
 
 /// Rows `r0 .. r0 + c.len() / ldc` of the product into `c` (stopping early, between blocks of rows, when
@@ -772,6 +741,11 @@ fn gemm_rows_avx2(
                     let aw = &wide[i * w..(i + r) * w];
                     let cc = &mut c[(m0 + i) * ldc + blk * NR..];
                     assert!(cc.len() >= (r - 1) * ldc + NR);
+                    let offsets = Offsets {
+                        rows: b.offset.then(|| &a.rowsum[r0 + m0 + i..][..r]),
+                        cols: a.offset.then(|| &b.colsum[blk * NR..][..NR]),
+                    };
+                    let first = first.then_some(offsets);
                     // SAFETY: `gemm` runs this level only where the CPU supports AVX2; the slices hold
                     // `r` rows of `w` values, `qn` quads of 16 columns and `r` output rows of 16.
                     unsafe {
@@ -810,7 +784,7 @@ unsafe fn avx2<const R: usize, const A_U8: bool>(
     qn: usize,
     c: &mut [i32],
     ldc: usize,
-    first: bool,
+    first: Option<Offsets>,
 ) {
     use std::arch::x86_64::*;
     debug_assert!(a.len() >= (R - 1) * lda + qn * 4 && b.len() >= qn * 64);
@@ -840,10 +814,20 @@ unsafe fn avx2<const R: usize, const A_U8: bool>(
             let s = _mm256_hadd_epi32(accr[2 * h], accr[2 * h + 1]);
             let s = _mm256_permute4x64_epi64::<0b11_01_10_00>(s);
             let dst = cp.add(i * ldc + 8 * h) as *mut __m256i;
-            let v = if first {
-                s
-            } else {
-                _mm256_add_epi32(_mm256_loadu_si256(dst as *const _), s)
+            let v = match &first {
+                // the offsets' products taken back out (wrapping, like the sums)
+                Some(o) => {
+                    let mut s = s;
+                    if let Some(cols) = o.cols {
+                        let cs = _mm256_loadu_si256(cols.as_ptr().add(8 * h) as *const __m256i);
+                        s = _mm256_sub_epi32(s, _mm256_slli_epi32::<7>(cs));
+                    }
+                    if let Some(rows) = o.rows {
+                        s = _mm256_sub_epi32(s, _mm256_set1_epi32(rows[i].wrapping_mul(128)));
+                    }
+                    s
+                }
+                None => _mm256_add_epi32(_mm256_loadu_si256(dst as *const _), s),
             };
             _mm256_storeu_si256(dst, v);
         }
@@ -1004,7 +988,7 @@ unsafe fn vnni<const R: usize, const NB: usize, const A_U8: bool>(
     use std::arch::x86_64::*;
     let mut acc = [[_mm512_setzero_si512(); NB]; R];
     if let Some(o) = &first {
-        // the first block of sums starts from the offsets' negation (wrapping, as `sub_offsets`)
+        // the first block of sums starts from the offsets' negation (wrapping, like the sums)
         if let Some(cols) = o.cols {
             for t in 0..NB {
                 let v = _mm512_slli_epi32::<7>(_mm512_loadu_si512(
