@@ -1554,20 +1554,14 @@ fn conv2d_narrow(
                 for (o, plane) in part.chunks_mut(p).enumerate() {
                     let oc = g * og + o0 + o;
                     let bv = bias.map_or(0i128, |(d, sh)| (d[oc] as i128) << sh);
-                    // a part of the plane at a time, handed to the hook while in the L1 cache
-                    for (q, dst) in plane.chunks_mut(REQUANT_PART).enumerate() {
-                        let at = q * REQUANT_PART;
-                        let span = at..at + dst.len();
-                        let done = match &wide {
-                            Some(c) => requantize_row(dst, &c[o * p..][span], bv, shift),
-                            None => requantize_row(dst, &acc[o * ldc..][span], bv, shift),
-                        };
-                        if let Err(e) = done {
-                            return err.set(e);
-                        }
-                        if let Some(h) = hook {
-                            h(first + (o0 + o) * p + at, dst);
-                        }
+                    let at = first + (o0 + o) * p;
+                    let (lo, ho) = (o * p, o * ldc);
+                    let done = match &wide {
+                        Some(c) => requantize_from_then(plane, &c[lo..lo + p], at, bv, shift, hook),
+                        None => requantize_from_then(plane, &acc[ho..ho + p], at, bv, shift, hook),
+                    };
+                    if let Err(e) = done {
+                        return err.set(e);
                     }
                 }
                 crate::buffers::give(acc);
@@ -2089,6 +2083,30 @@ pub(crate) fn requantize_then(
         if bias != 0 || shift != 0 {
             requantize_in_place(part, bias, shift)?;
         }
+        if let Some(h) = hook {
+            h(start + i * REQUANT_PART, part);
+        }
+    }
+    Ok(())
+}
+
+/// Elements `start..start + dst.len()` of an output requantized from their sums `acc` (as many) into
+/// `dst` ([`requantize_row`]) and handed to `hook` a part of [`REQUANT_PART`] elements at a
+/// time, as [`requantize_then`] does in place.
+pub(crate) fn requantize_from_then<T: RowAcc>(
+    dst: &mut [i32],
+    acc: &[T],
+    start: usize,
+    bias: i128,
+    shift: i32,
+    hook: Option<RowHook<'_>>,
+) -> Result<(), ExecError> {
+    for (i, (part, sums)) in dst
+        .chunks_mut(REQUANT_PART)
+        .zip(acc.chunks(REQUANT_PART))
+        .enumerate()
+    {
+        requantize_row(part, sums, bias, shift)?;
         if let Some(h) = hook {
             h(start + i * REQUANT_PART, part);
         }
