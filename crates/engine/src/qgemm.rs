@@ -669,10 +669,9 @@ fn gemm_rows(
                     let arow = &a.data[(r0 + m0 + i) * lda + q0 * 4..];
                     let cpos = (m0 + i) * ldc + blk * NR;
                     let bpos = (blk * b.kq + q0) * NR * 4;
-                    let offsets = Offsets {
-                        rows: b.offset.then(|| &a.rowsum[r0 + m0 + i..]),
-                        cols: a.offset.then(|| &b.colsum[blk * NR..]),
-                    };
+                    let width = if two { 2 * NR } else { NR };
+                    let offsets =
+                        first.then(|| Offsets::of(a, b, (r0 + m0 + i, r), (blk * NR, width)));
                     tile(
                         level,
                         !a.weights,
@@ -685,7 +684,7 @@ fn gemm_rows(
                         qn,
                         &mut c[cpos..],
                         ldc,
-                        first.then_some(offsets),
+                        offsets,
                     );
                     i += r;
                 }
@@ -741,11 +740,7 @@ fn gemm_rows_avx2(
                     let aw = &wide[i * w..(i + r) * w];
                     let cc = &mut c[(m0 + i) * ldc + blk * NR..];
                     assert!(cc.len() >= (r - 1) * ldc + NR);
-                    let offsets = Offsets {
-                        rows: b.offset.then(|| &a.rowsum[r0 + m0 + i..][..r]),
-                        cols: a.offset.then(|| &b.colsum[blk * NR..][..NR]),
-                    };
-                    let first = first.then_some(offsets);
+                    let first = first.then(|| Offsets::of(a, b, (r0 + m0 + i, r), (blk * NR, NR)));
                     // SAFETY: `gemm` runs this level only where the CPU supports AVX2; the slices hold
                     // `r` rows of `w` values, `qn` quads of 16 columns and `r` output rows of 16.
                     unsafe {
@@ -845,7 +840,21 @@ struct Offsets<'a> {
     cols: Option<&'a [i32]>,
 }
 
-impl Offsets<'_> {
+impl<'a> Offsets<'a> {
+    /// The offsets of the tile of `rows` rows from `row` and `cols` columns from `col` of `a · b`
+    /// (each side's sums only when the other side is offset).
+    fn of(
+        a: &'a PackedA,
+        b: &'a PackedB,
+        (row, rows): (usize, usize),
+        (col, cols): (usize, usize),
+    ) -> Offsets<'a> {
+        Offsets {
+            rows: b.offset.then(|| &a.rowsum[row..row + rows]),
+            cols: a.offset.then(|| &b.colsum[col..col + cols]),
+        }
+    }
+
     /// The starting sums of row `i` over the `NR` columns from `col` (relative to the tile).
     fn start(&self, acc: &mut [i32; NR], i: usize, col: usize) {
         if let Some(cols) = self.cols {
