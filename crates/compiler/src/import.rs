@@ -1210,9 +1210,8 @@ pub fn onnx_input_shapes(
     let g = file_graph(path)?;
     graph_inputs(&g)
         .map(|i| {
-            let user = opts.input_shapes.iter().find(|(n, _)| *n == i.name);
-            if let Some((_, s)) = user {
-                return Ok((i.name.clone(), s.clone()));
+            if let Some(s) = user_shape(opts, &i.name) {
+                return Ok((i.name.clone(), s.to_vec()));
             }
             let shape = match i.r#type.as_ref().and_then(|t| t.value.as_ref()) {
                 Some(Value::TensorType(t)) => t.shape.as_ref(),
@@ -1223,12 +1222,25 @@ pub fn onnx_input_shapes(
                 shape: "unknown rank".into(),
             })?;
             let dims = shape.dim.iter().map(|d| match d.value {
-                Some(Dim::DimValue(v)) => v.max(1) as usize,
-                _ => 1,
+                Some(Dim::DimValue(v)) => file_dim(Some(v)),
+                _ => file_dim(None),
             });
             Ok((i.name.clone(), dims.collect()))
         })
         .collect()
+}
+
+/// The shape `opts` gives input `name`, if any: it replaces the file's.
+fn user_shape<'a>(opts: &'a ImportOptions, name: &str) -> Option<&'a [usize]> {
+    opts.input_shapes
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, s)| s.as_slice())
+}
+
+/// An input dimension as the import fixes it: the file's size (at least 1), 1 where it is symbolic.
+fn file_dim(d: Option<i64>) -> usize {
+    d.map_or(1, |v| v.max(1) as usize)
 }
 
 /// Load an ONNX model from a file (tensors stored as external data next to it are found) and lower it.
@@ -1263,21 +1275,12 @@ fn import_model(mut model: InferenceModel, opts: &ImportOptions) -> Result<Impor
                 node: name.clone(),
                 shape: "unknown element type".into(),
             })?;
-        let user = opts
-            .input_shapes
-            .iter()
-            .find(|(n, _)| *n == name)
-            .map(|(_, s)| s.clone());
-        let dims: Vec<usize> = match user {
-            Some(s) => s,
+        let dims: Vec<usize> = match user_shape(opts, &name) {
+            Some(s) => s.to_vec(),
             None => fact
                 .shape
                 .dims()
-                .map(|d| {
-                    d.concretize()
-                        .and_then(|t| t.as_i64())
-                        .map_or(1, |v| v.max(1) as usize)
-                })
+                .map(|d| file_dim(d.concretize().and_then(|t| t.as_i64())))
                 .collect(),
         };
         model
