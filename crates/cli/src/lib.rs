@@ -667,7 +667,6 @@ fn cmd_run(a: RunArgs) -> Result<()> {
     Ok(())
 }
 
-/// Run a parsed command line.
 impl Cli {
     /// A one-shot job whose peak memory is what matters (compiling or publishing a model): freed memory
     /// should go back to the kernel at once rather than be kept for reuse.
@@ -679,6 +678,7 @@ impl Cli {
     }
 }
 
+/// Run a parsed command line.
 pub fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
         Cmd::Model(ModelCmd::Compile(a)) => cmd_compile(a),
