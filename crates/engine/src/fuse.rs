@@ -522,13 +522,216 @@ fn apply_body(
 ) -> Result<(), usize> {
     for (b, block) in buf.chunks_mut(BLOCK).enumerate() {
         let start = start + b * BLOCK;
-        for (i, (f, other)) in steps.iter().zip(others).enumerate() {
-            if !step(block, start, &f.step, other) {
+        let mut i = 0;
+        while i < steps.len() {
+            // a per-channel product, alone or followed by a clamp (a requantization): one pass
+            if let Some(m) = mul_then_clamp(&steps[i].step) {
+                let next = steps.get(i + 1).map(|f| &f.step);
+                let clamp = match next {
+                    Some(&Step::Clamp { shift, lo, hi }) => {
+                        ComposedClamp::new(m.1, shift, lo, hi).map(|c| (c, next))
+                    }
+                    _ => None,
+                };
+                let (c, then) = clamp.unwrap_or((ComposedClamp::alone(m.1), None));
+                if !mul_clamp_runs(block, start, others[i], m, c, then) {
+                    return Err(i);
+                }
+                i += if then.is_some() { 2 } else { 1 };
+                continue;
+            }
+            if !step(block, start, &steps[i].step, others[i]) {
                 return Err(i);
             }
+            i += 1;
         }
     }
     Ok(())
+}
+
+/// The operand and shift of a step [`mul_runs`] takes (a product by a constant over runs of the
+/// chain's elements, rescaled right).
+#[inline(always)]
+fn mul_then_clamp(st: &Step) -> Option<(Operand, Shift)> {
+    match *st {
+        Step::Binary {
+            op: BinOp::Mul,
+            la: 0,
+            lb: 0,
+            shift,
+            other: o,
+            ..
+        } if shift.left == 0 && o.inner > 1 => Some((o, shift)),
+        _ => None,
+    }
+}
+
+/// A product's rounding shift `(p + h1) >> r1` followed by a clamp's `(y + h2) >> r2` as the one shift
+/// `(p + h1 + h2·2^r1) >> (r1 + r2)`: `⌊(⌊a / 2^r1⌋ + h2) / 2^r2⌋ = ⌊(a + h2·2^r1) / 2^(r1 + r2)⌋` for
+/// integers (a floor of a floor by powers of two is one floor), then the clamp's bounds.
+#[derive(Clone, Copy)]
+struct ComposedClamp {
+    half: i64,
+    right: u32,
+    lo: i64,
+    hi: i64,
+}
+
+impl ComposedClamp {
+    /// A product's own shift, no clamp (bounds that hold every `i32`).
+    fn alone(mul: Shift) -> ComposedClamp {
+        ComposedClamp {
+            half: mul.half,
+            right: mul.right,
+            lo: i32::MIN as i64,
+            hi: i32::MAX as i64,
+        }
+    }
+
+    /// For a product's shift `mul` and a clamp's `clamp` (right shifts): `None` when the joined shift
+    /// passes 62 or the product's passes 61, where `p + half` could leave `i64` for `|p| ≤ 2^62`.
+    fn new(mul: Shift, clamp: Shift, lo: i64, hi: i64) -> Option<ComposedClamp> {
+        let right = mul.right + clamp.right;
+        (mul.left == 0 && clamp.left == 0 && right <= 62 && mul.right <= 61).then(|| {
+            ComposedClamp {
+                half: mul.half + (clamp.half << mul.right),
+                right,
+                lo,
+                hi,
+            }
+        })
+    }
+}
+
+/// [`mul_runs`], then the `Clamp` step `then` if there is one (`c` is the two composed, or the product's
+/// shift alone): in one pass over a run whose multiplier has 17 bits or more (`mul_runs`' 32-bit
+/// lanes would need elements below `2^15`, which a requantization's sums rarely are), keeping the run's least and greatest element, whose products' shifted
+/// results (the extremes of all of them: the result is monotone in the element) must lie inside `i32`;
+/// the steps one after the other on any other run. `false` if a product's result left `i32` (the run
+/// is then partly transformed, as a failed step leaves it).
+#[inline(always)]
+fn mul_clamp_runs(
+    x: &mut [i32],
+    start: usize,
+    other: &[i32],
+    (o, shift): (Operand, Shift),
+    c: ComposedClamp,
+    then: Option<&Step>,
+) -> bool {
+    let mut j = 0;
+    while j < x.len() {
+        let i = start + j;
+        let run = (x.len() - j).min(o.inner - i % o.inner);
+        let w = other[(i / o.inner) % o.period];
+        let part = &mut x[j..j + run];
+        if w.unsigned_abs() >= 1 << 16 {
+            let (lo, hi) = composed_run(part, w, c);
+            let at = |v: i32| (v as i128 * w as i128 + shift.half as i128) >> shift.right;
+            let range = i32::MIN as i128..=i32::MAX as i128;
+            if !range.contains(&at(lo)) || !range.contains(&at(hi)) {
+                return false;
+            }
+        } else {
+            let one = Operand {
+                value: o.value,
+                inner: run,
+                period: 1,
+            };
+            if !mul_runs(part, 0, &[w], one, shift) {
+                return false;
+            }
+            if let Some(st) = then {
+                step(part, 0, st, &[]);
+            }
+        }
+        j += run;
+    }
+    true
+}
+
+/// `x[j] = clamp((x[j]·w + c.half) >> c.right, c.lo, c.hi)`, taken in `i32` — exact wherever the
+/// product's own shifted result fits `i32` (the composed result then fits too), which the caller
+/// checks from the returned least and greatest element of `x` (each bounded by 0).
+#[inline(always)]
+fn composed_run(x: &mut [i32], w: i32, c: ComposedClamp) -> (i32, i32) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::simd::Isa::detect() == crate::simd::Isa::Avx512 {
+        // SAFETY: the CPU has AVX-512 F (checked just above).
+        return unsafe { composed_run_avx512(x, w, c) };
+    }
+    let (mut lo, mut hi) = (0i32, 0i32);
+    let w = w as i64;
+    for v in x.iter_mut() {
+        lo = lo.min(*v);
+        hi = hi.max(*v);
+        *v = ((*v as i64 * w + c.half) >> c.right).clamp(c.lo, c.hi) as i32;
+    }
+    (lo, hi)
+}
+
+/// [`composed_run`] 16 lanes at a time: the even lanes' and the odd lanes' (moved down by a shuffle)
+/// 64-bit products by one `vpmuldq` each, with the rounding term added; a shift of 32 or more takes
+/// both halves' high words into one register (`⌊t / 2^32⌋` is a 64-bit `t`'s high word) and shifts
+/// them by the rest, a shorter one shifts each half and takes the low words (exact where the results
+/// fit `i32`). The multiplies and shifts share one port: one shift instead of two where it can.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn composed_run_avx512(x: &mut [i32], w: i32, c: ComposedClamp) -> (i32, i32) {
+    use std::arch::x86_64::*;
+    let wv = _mm512_set1_epi64(w as i64);
+    let half = _mm512_set1_epi64(c.half);
+    let high = c.right >= 32;
+    let count = _mm_cvtsi64_si128(if high { c.right - 32 } else { c.right } as i64);
+    // lane 2i from the even products' word `2i + h`, lane 2i + 1 from the odd products' (h = 1: the
+    // high words)
+    let h = high as i32;
+    let pick = _mm512_setr_epi32(
+        h,
+        16 + h,
+        2 + h,
+        18 + h,
+        4 + h,
+        20 + h,
+        6 + h,
+        22 + h,
+        8 + h,
+        24 + h,
+        10 + h,
+        26 + h,
+        12 + h,
+        28 + h,
+        14 + h,
+        30 + h,
+    );
+    // the bounds inside i32 (the clamp's own bounds are; a product alone has i32's)
+    let (lo, hi) = (
+        _mm512_set1_epi32(c.lo.max(i32::MIN as i64) as i32),
+        _mm512_set1_epi32(c.hi.min(i32::MAX as i64) as i32),
+    );
+    let (mut mn, mut mx) = (_mm512_setzero_si512(), _mm512_setzero_si512());
+    for j in (0..x.len()).step_by(16) {
+        let k = ((1u32 << (x.len() - j).min(16)) - 1) as __mmask16;
+        // SAFETY: the `k` lanes lie inside `x[j..]`; masked-off lanes load as 0 and are not stored
+        unsafe {
+            let p = x.as_mut_ptr().add(j);
+            let v = _mm512_maskz_loadu_epi32(k, p);
+            mn = _mm512_min_epi32(mn, v);
+            mx = _mm512_max_epi32(mx, v);
+            let even = _mm512_add_epi64(_mm512_mul_epi32(v, wv), half);
+            // odd lanes moved down into the even ones (vpmuldq reads each word pair's low word)
+            let odd = _mm512_shuffle_epi32::<0xF5>(v);
+            let odd = _mm512_add_epi64(_mm512_mul_epi32(odd, wv), half);
+            let r = if high {
+                _mm512_sra_epi32(_mm512_permutex2var_epi32(even, pick, odd), count)
+            } else {
+                let (e, o) = (_mm512_sra_epi64(even, count), _mm512_sra_epi64(odd, count));
+                _mm512_permutex2var_epi32(e, pick, o)
+            };
+            let r = _mm512_min_epi32(_mm512_max_epi32(r, lo), hi);
+            _mm512_mask_storeu_epi32(p, k, r);
+        }
+    }
+    (_mm512_reduce_min_epi32(mn), _mm512_reduce_max_epi32(mx))
 }
 
 /// One step over one block starting at flat index `start`; `false` if a result left `i32`.

@@ -1754,18 +1754,23 @@ impl PairPlan {
             let Some(mid) = rows.get_mut(at..at + wd) else {
                 break;
             };
-            // the caller checked that the inputs fit i16
-            for (d, &v) in mid.iter_mut().zip(src) {
-                *d = v as i16;
+            // the caller checked that the inputs fit i16: each 16 values narrowed by one masked
+            // instruction (the rows are short: a plain loop spends its time in its remainders)
+            use std::arch::x86_64::*;
+            for j in (0..wd).step_by(16) {
+                let k = ((1u32 << (wd - j).min(16)) - 1) as __mmask16;
+                // SAFETY: the `k` lanes lie inside `src[j..]` and `mid[j..]` (both `wd` long); the
+                // caller enabled AVX-512 F and BW
+                unsafe {
+                    let v = _mm512_maskz_loadu_epi32(k, src.as_ptr().add(j));
+                    _mm512_mask_cvtepi32_storeu_epi16(mid.as_mut_ptr().add(j) as *mut _, k, v);
+                }
             }
         }
-        use std::arch::x86_64::*;
         let (kh, kw) = (s.w[2], s.w[3]);
-        let (oh, ow) = (s.out[2], s.out[3]);
-        let (sy, sx) = (s.window.stride[0] as usize, s.window.stride[1] as usize);
         let np = kw.div_ceil(2);
         // the taps of row ky as pairs (w[2p], w[2p + 1]) in one word each, the second 0 past the
-        // kernel's width (broadcast to a register where they are multiplied)
+        // kernel's width
         let mut words = [0i32; Self::MAX_PAIRS];
         for ky in 0..kh {
             for p in 0..np {
@@ -1775,62 +1780,135 @@ impl PairPlan {
                 words[ky * np + p] = (lo | hi << 16) as i32;
             }
         }
-        let wv = |i: usize| _mm512_set1_epi32(words[i]);
-        let base = rows.as_ptr();
-        // (a macro, not a closure: a closure would not inherit this function's target features)
-        macro_rules! load {
-            ($at:expr) => {
-                unsafe { _mm512_loadu_si512(base.add($at) as *const _) }
-            };
+        let g = PairBlocks {
+            rows,
+            width: self.width,
+            out: [s.out[2], s.out[3]],
+            stride: [s.window.stride[0] as usize, s.window.stride[1] as usize],
+            pairs: [kh, np],
+            words: &words,
+            bias,
+        };
+        // the common kernels with their taps held in registers, the others read from memory; the
+        // dot-product instruction where the CPU has it (the same sums: one multiply-add less)
+        let vnni = crate::qgemm::Level::detect() == crate::qgemm::Level::Avx512Vnni;
+        unsafe {
+            match ((kh, np), vnni) {
+                ((3, 2), true) => pair_blocks_vnni::<3, 2>(&g, dst),
+                ((5, 3), true) => pair_blocks_vnni::<5, 3>(&g, dst),
+                (_, true) => pair_blocks_vnni::<0, 0>(&g, dst),
+                ((3, 2), false) => pair_blocks::<3, 2, false>(&g, dst),
+                ((5, 3), false) => pair_blocks::<5, 3, false>(&g, dst),
+                (_, false) => pair_blocks::<0, 0, false>(&g, dst),
+            }
         }
-        // the first `n` of 16 lanes (all for 16 or more)
-        let lanes = |n: usize| -> __mmask16 { (((1u32 << n.min(16)) - 1) & 0xffff) as __mmask16 };
-        for oy in 0..oh {
-            let out = &mut dst[oy * ow..(oy + 1) * ow];
-            let row0 = oy * sy * self.width;
-            if sx == 1 {
-                // lane l of the even register is column j0 + 2l, of the odd one j0 + 2l + 1
-                let lo_idx =
-                    _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
-                let hi_idx =
-                    _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
-                for j0 in (0..ow).step_by(Self::BLOCK1) {
-                    let (mut even, mut odd) = (_mm512_set1_epi32(bias), _mm512_set1_epi32(bias));
-                    for ky in 0..kh {
-                        let at = row0 + ky * self.width + j0;
-                        for p in 0..np {
-                            let w = wv(ky * np + p);
-                            even = _mm512_add_epi32(even, _mm512_madd_epi16(load!(at + 2 * p), w));
-                            odd =
-                                _mm512_add_epi32(odd, _mm512_madd_epi16(load!(at + 2 * p + 1), w));
-                        }
-                    }
-                    let first = _mm512_permutex2var_epi32(even, lo_idx, odd);
-                    let second = _mm512_permutex2var_epi32(even, hi_idx, odd);
-                    let n = (ow - j0).min(Self::BLOCK1);
-                    // the block's `n` columns, the last block's under a mask
-                    let to = out[j0..j0 + n].as_mut_ptr();
-                    unsafe {
-                        _mm512_mask_storeu_epi32(to, lanes(n), first);
-                        if n > 16 {
-                            _mm512_mask_storeu_epi32(to.add(16), lanes(n - 16), second);
-                        }
-                    }
-                }
+    }
+}
+
+/// One plane's padded `i16` rows and the taps of a [`PairPlan`] product.
+#[cfg(target_arch = "x86_64")]
+struct PairBlocks<'a> {
+    rows: &'a [i16],
+    width: usize,
+    /// Output rows and columns.
+    out: [usize; 2],
+    stride: [usize; 2],
+    /// Kernel rows, pairs of taps per row.
+    pairs: [usize; 2],
+    /// Pair `p` of kernel row `ky` at `ky · pairs[1] + p`.
+    words: &'a [i32; PairPlan::MAX_PAIRS],
+    bias: i32,
+}
+
+/// [`pair_blocks`] with `vpdpwssd` for each multiply-add.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn pair_blocks_vnni<const KH: usize, const NP: usize>(g: &PairBlocks<'_>, dst: &mut [i32]) {
+    unsafe { pair_blocks::<KH, NP, true>(g, dst) }
+}
+
+/// The output plane of a [`PairPlan`] product into `dst`, block by block of output columns: a kernel of
+/// `KH` rows of `NP` pairs with its taps in registers, or (`KH = 0`) of `g.pairs` read from memory;
+/// each pair of taps by one `vpmaddwd` and an add, or one `vpdpwssd` when `VNNI` (wrapping sums of
+/// the same products: equal, as the caller's bound keeps every sum inside `i32`).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn pair_blocks<const KH: usize, const NP: usize, const VNNI: bool>(
+    g: &PairBlocks<'_>,
+    dst: &mut [i32],
+) {
+    use std::arch::x86_64::*;
+    let [oh, ow] = g.out;
+    let [sy, sx] = g.stride;
+    let (kh, np) = if KH > 0 {
+        (KH, NP)
+    } else {
+        (g.pairs[0], g.pairs[1])
+    };
+    let mut wv = [_mm512_setzero_si512(); PairPlan::MAX_PAIRS];
+    for (v, &w) in wv.iter_mut().zip(g.words).take(kh * np) {
+        *v = _mm512_set1_epi32(w);
+    }
+    let base = g.rows.as_ptr();
+    // (macros, not closures: a closure would not inherit the caller's target features)
+    macro_rules! load {
+        ($at:expr) => {
+            unsafe { _mm512_loadu_si512(base.add($at) as *const _) }
+        };
+    }
+    macro_rules! madd {
+        ($acc:expr, $x:expr, $w:expr) => {
+            if VNNI {
+                _mm512_dpwssd_epi32($acc, $x, $w)
             } else {
-                for j0 in (0..ow).step_by(Self::BLOCK2) {
-                    let mut acc = _mm512_set1_epi32(bias);
-                    for ky in 0..kh {
-                        let at = row0 + ky * self.width + 2 * j0;
-                        for p in 0..np {
-                            let w = wv(ky * np + p);
-                            acc = _mm512_add_epi32(acc, _mm512_madd_epi16(load!(at + 2 * p), w));
-                        }
+                _mm512_add_epi32($acc, _mm512_madd_epi16($x, $w))
+            }
+        };
+    }
+    // the first `n` of 16 lanes (all for 16 or more)
+    let lanes = |n: usize| -> __mmask16 { (((1u32 << n.min(16)) - 1) & 0xffff) as __mmask16 };
+    for oy in 0..oh {
+        let out = &mut dst[oy * ow..(oy + 1) * ow];
+        let row0 = oy * sy * g.width;
+        if sx == 1 {
+            // lane l of the even register is column j0 + 2l, of the odd one j0 + 2l + 1
+            let lo_idx = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+            let hi_idx =
+                _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+            for j0 in (0..ow).step_by(PairPlan::BLOCK1) {
+                let (mut even, mut odd) = (_mm512_set1_epi32(g.bias), _mm512_set1_epi32(g.bias));
+                for ky in 0..kh {
+                    let at = row0 + ky * g.width + j0;
+                    for p in 0..np {
+                        let w = wv[ky * np + p];
+                        even = madd!(even, load!(at + 2 * p), w);
+                        odd = madd!(odd, load!(at + 2 * p + 1), w);
                     }
-                    let n = (ow - j0).min(Self::BLOCK2);
-                    let to = out[j0..j0 + n].as_mut_ptr();
-                    unsafe { _mm512_mask_storeu_epi32(to, lanes(n), acc) };
                 }
+                let first = _mm512_permutex2var_epi32(even, lo_idx, odd);
+                let second = _mm512_permutex2var_epi32(even, hi_idx, odd);
+                let n = (ow - j0).min(PairPlan::BLOCK1);
+                // the block's `n` columns, the last block's under a mask
+                let to = out[j0..j0 + n].as_mut_ptr();
+                unsafe {
+                    _mm512_mask_storeu_epi32(to, lanes(n), first);
+                    if n > 16 {
+                        _mm512_mask_storeu_epi32(to.add(16), lanes(n - 16), second);
+                    }
+                }
+            }
+        } else {
+            for j0 in (0..ow).step_by(PairPlan::BLOCK2) {
+                let mut acc = _mm512_set1_epi32(g.bias);
+                for ky in 0..kh {
+                    let at = row0 + ky * g.width + 2 * j0;
+                    for p in 0..np {
+                        acc = madd!(acc, load!(at + 2 * p), wv[ky * np + p]);
+                    }
+                }
+                let n = (ow - j0).min(PairPlan::BLOCK2);
+                let to = out[j0..j0 + n].as_mut_ptr();
+                unsafe { _mm512_mask_storeu_epi32(to, lanes(n), acc) };
             }
         }
     }
@@ -2516,6 +2594,70 @@ mod tests {
             v ^= v >> 7;
             v ^= v << 17;
             v
+        }
+    }
+
+    /// The depthwise pair kernel's two forms of multiply-add (`vpmaddwd` and an add, `vpdpwssd`) give
+    /// the same sums, with taps in registers (3×3, 5×5) or read from memory (7×7), at stride 1 and 2
+    /// (the executor takes only one of them on a given CPU; this compares both where the CPU has both).
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn pair_kernels_agree_with_and_without_the_dot_product_instruction() {
+        if crate::qgemm::Level::detect() != crate::qgemm::Level::Avx512Vnni {
+            eprintln!("skipped: the CPU lacks AVX-512 VNNI");
+            return;
+        }
+        let mut next = xorshift(0x9e37);
+        for (kh, np) in [(3, 2), (5, 3), (7, 4)] {
+            for stride in [1, 2] {
+                let (oh, ow, width) = (5, 37, 2 * 48 + 16 + 2 * np + 40);
+                let rows: Vec<i16> = (0..(oh * stride + kh) * width)
+                    .map(|_| (next() >> 48) as i16)
+                    .collect();
+                let mut words = [0i32; PairPlan::MAX_PAIRS];
+                for w in words.iter_mut().take(kh * np) {
+                    // pairs of taps small enough that no sum leaves i32
+                    *w = (next() as i32) & 0x00ff_00ff;
+                }
+                let g = PairBlocks {
+                    rows: &rows,
+                    width,
+                    out: [oh, ow],
+                    stride: [stride, stride],
+                    pairs: [kh, np],
+                    words: &words,
+                    bias: -12345,
+                };
+                let run = |vnni: bool, fixed: bool| {
+                    let mut dst = vec![0i32; oh * ow];
+                    // SAFETY: the CPU has AVX-512 F, BW and VNNI (checked above); `rows` is wide and
+                    // deep enough for every block's loads
+                    unsafe {
+                        match (vnni, fixed, kh) {
+                            (true, true, 3) => pair_blocks_vnni::<3, 2>(&g, &mut dst),
+                            (true, true, 5) => pair_blocks_vnni::<5, 3>(&g, &mut dst),
+                            (true, _, _) => pair_blocks_vnni::<0, 0>(&g, &mut dst),
+                            (false, true, 3) => plain::<3, 2>(&g, &mut dst),
+                            (false, true, 5) => plain::<5, 3>(&g, &mut dst),
+                            (false, _, _) => plain::<0, 0>(&g, &mut dst),
+                        }
+                    }
+                    dst
+                };
+                let want = run(false, false);
+                assert!(want.iter().any(|&v| v != -12345));
+                for (vnni, fixed) in [(true, true), (true, false), (false, true)] {
+                    assert_eq!(
+                        run(vnni, fixed),
+                        want,
+                        "{kh} rows, stride {stride}, {vnni} {fixed}"
+                    );
+                }
+            }
+        }
+        #[target_feature(enable = "avx512f,avx512bw")]
+        unsafe fn plain<const KH: usize, const NP: usize>(g: &PairBlocks<'_>, dst: &mut [i32]) {
+            unsafe { pair_blocks::<KH, NP, false>(g, dst) }
         }
     }
 

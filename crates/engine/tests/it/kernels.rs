@@ -769,6 +769,129 @@ fn fused_binary_steps_keep_their_operand_order() {
     }
 }
 
+/// A per-channel product by multipliers of 17 to 31 bits (a requantization's), alone or followed by a
+/// `Clamp` that shifts again (the fast executor then takes both in one pass, with one composed shift),
+/// for joined shifts under 32, at 32 and past it, elements whose results fit `i32` or leave it on
+/// either side or both (the product's error at the product's node): the reference's integers, or its error, at every
+/// instruction-set level and thread count.
+#[test]
+fn requantizing_products_with_their_clamps_equal_reference() {
+    let shape = vec![1u32, 8, 7, 9];
+    let n = 8 * 7 * 9;
+    // multipliers of either sign from 2^16 up to near 2^31, one per channel
+    let mult = vec![
+        1 << 16,
+        -(1 << 16) - 3,
+        8_332_728,
+        -9_667_180,
+        (1 << 23) - 1,
+        1_234_567_891,
+        -2_000_000_011,
+        65_537,
+    ];
+    // (product's shift, clamp's shift or none, clamp bounds)
+    let cases: [(i8, Option<i8>, (i32, i32)); 7] = [
+        (21, Some(5), (0, 255)),
+        (26, Some(6), (-128, 127)),
+        (24, Some(8), (-128, 127)),
+        (31, Some(9), (-100_000, 100_000)),
+        (40, Some(12), (0, 255)),
+        (22, Some(0), (-7, 300)),
+        (23, None, (0, 0)),
+    ];
+    let (mut fitted, mut errors) = (0, 0);
+    for (r1, r2, (lo, hi)) in cases {
+        // elements of both signs (0), only non-negative (1) or non-positive (-1) ones, whose products
+        // leave `i32` on one side
+        for (mag, sign) in [200, 1 << 12, 1 << 20, i32::MAX]
+            .into_iter()
+            .flat_map(|m| [(m, 0), (m, 1), (m, -1)])
+        {
+            let (s0, sm) = (10i8, 30i8);
+            let s1 = s0 + sm - r1;
+            let mut nodes = vec![
+                Node {
+                    name: "head".into(),
+                    op: Op::Rescale,
+                    inputs: vec![0],
+                    shape: shape.clone(),
+                    scale: s0,
+                },
+                Node {
+                    name: "mul".into(),
+                    op: Op::Mul,
+                    inputs: vec![2, 1],
+                    shape: shape.clone(),
+                    scale: s1,
+                },
+            ];
+            if let Some(r2) = r2 {
+                nodes.push(Node {
+                    name: "clamp".into(),
+                    op: Op::Clamp { lo, hi },
+                    inputs: vec![3],
+                    shape: shape.clone(),
+                    scale: s1 - r2,
+                });
+            }
+            let m = Model {
+                inputs: vec![input("x", shape.clone(), s0)],
+                consts: vec![Const {
+                    shape: vec![1, 8, 1, 1],
+                    scale: sm,
+                    data: mult.clone().into(),
+                }],
+                outputs: vec![Output {
+                    name: "y".into(),
+                    value: 1 + nodes.len() as u32,
+                }],
+                nodes,
+            };
+            m.validate().expect("valid");
+            let x: Vec<i32> = crate::gen(mag as u64 ^ r1 as u64, mag)(n)
+                .into_iter()
+                .map(|v| {
+                    if sign == 0 {
+                        v
+                    } else {
+                        sign * v.saturating_abs()
+                    }
+                })
+                .collect();
+            let want = Executor::new(&m, Mode::Reference).run(vec![x.clone()]);
+            match &want {
+                Ok(y) if y[0].iter().any(|&v| v != lo && v != hi && v != 0) => fitted += 1,
+                Ok(_) => {}
+                Err(e) => {
+                    assert!(e.to_string().contains("mul"), "{e}");
+                    errors += 1
+                }
+            }
+            let want = want.map_err(|e| e.to_string());
+            for (threads, isa) in [
+                (1, Isa::Avx512),
+                (2, Isa::Avx512),
+                (1, Isa::Avx2),
+                (1, Isa::Base),
+            ] {
+                Isa::cap(isa);
+                let got = Executor::new(&m, Mode::Fast { threads }).run(vec![x.clone()]);
+                Isa::cap(Isa::Avx512);
+                assert_eq!(
+                    got.map_err(|e| e.to_string()),
+                    want,
+                    "shifts {r1}, {r2:?}, magnitude {mag} (sign {sign}), {threads} threads, {isa:?}"
+                );
+            }
+        }
+    }
+    // both outcomes were exercised
+    assert!(
+        fitted >= 10 && errors >= 3,
+        "{fitted} fitted, {errors} errors"
+    );
+}
+
 /// A block-quantized product as GGUF models compile to: `acc = EinSum{gk, ogk → og}(x8, q)`, `Mul` by
 /// the per-block multipliers, `Mul` by the blocks' scales, `Reduce Sum` over the blocks (the fused
 /// block sum), then a residual `Add` so the sum has a reader. With `rows`, `m` activation rows at once
