@@ -709,12 +709,11 @@ unsafe fn composed_run_avx512(x: &mut [i32], w: i32, c: ComposedClamp) -> (i32, 
         _mm512_set1_epi32(c.hi.min(i32::MAX as i64) as i32),
     );
     let (mut mn, mut mx) = (_mm512_setzero_si512(), _mm512_setzero_si512());
-    for j in (0..x.len()).step_by(16) {
-        let k = ((1u32 << (x.len() - j).min(16)) - 1) as __mmask16;
-        // SAFETY: the `k` lanes lie inside `x[j..]`; masked-off lanes load as 0 and are not stored
-        unsafe {
-            let p = x.as_mut_ptr().add(j);
-            let v = _mm512_maskz_loadu_epi32(k, p);
+    // 16 elements' results (masked-off lanes of a last part load as 0 and are not stored; a macro, as
+    // a closure would not inherit this function's target features)
+    macro_rules! sixteen {
+        ($v:expr) => {{
+            let v = $v;
             mn = _mm512_min_epi32(mn, v);
             mx = _mm512_max_epi32(mx, v);
             let even = _mm512_add_epi64(_mm512_mul_epi32(v, wv), half);
@@ -727,9 +726,20 @@ unsafe fn composed_run_avx512(x: &mut [i32], w: i32, c: ComposedClamp) -> (i32, 
                 let (e, o) = (_mm512_sra_epi64(even, count), _mm512_sra_epi64(odd, count));
                 _mm512_permutex2var_epi32(e, pick, o)
             };
-            let r = _mm512_min_epi32(_mm512_max_epi32(r, lo), hi);
-            _mm512_mask_storeu_epi32(p, k, r);
-        }
+            _mm512_min_epi32(_mm512_max_epi32(r, lo), hi)
+        }};
+    }
+    let mut chunks = x.chunks_exact_mut(16);
+    for c in &mut chunks {
+        let p = c.as_mut_ptr();
+        // SAFETY: each chunk holds 16 elements
+        unsafe { _mm512_storeu_si512(p as *mut _, sixteen!(_mm512_loadu_si512(p as *const _))) }
+    }
+    let rest = chunks.into_remainder();
+    if !rest.is_empty() {
+        let (k, p) = (((1u32 << rest.len()) - 1) as __mmask16, rest.as_mut_ptr());
+        // SAFETY: the `k` lanes lie inside `rest`
+        unsafe { _mm512_mask_storeu_epi32(p, k, sixteen!(_mm512_maskz_loadu_epi32(k, p))) }
     }
     (_mm512_reduce_min_epi32(mn), _mm512_reduce_max_epi32(mx))
 }
