@@ -1597,7 +1597,7 @@ fn conv2d_depthwise(
     let bound = (s.w[2] * s.w[3]) as u128 * mx * max_abs(w)
         + bias.map_or(0, |(d, sh)| max_abs(d) << sh.clamp(0, 64));
     // 16-bit inputs and weights: pairs of taps per multiply-add instruction
-    let pairs = PairPlan::new(s, mx, max_abs(w)).filter(|_| bound < 1 << 31);
+    let pairs = Pairs::new(s, mx, max_abs(w)).filter(|_| bound < 1 << 31);
     let mut out = match pairs {
         // it stores every element of every output plane
         Some(_) => crate::buffers::take_overwritten(s.x[0] * s.w[0] * p),
@@ -1634,7 +1634,8 @@ fn conv2d_depthwise(
                     let taps = &w[oc * kk..(oc + 1) * kk];
                     let bias = bias_at(oc) as i32;
                     match &pairs {
-                        Some(q) => q.run(s, plane, &mut rows16, taps, bias, dst),
+                        Some(Pairs::Across(q)) => q.run(s, plane, &mut rows16, taps, bias, dst),
+                        Some(Pairs::Down(q)) => q.run(s, plane, &mut rows16, taps, bias, dst),
                         None => depthwise_plane(s, &plan, plane, &mut rows, taps, bias, dst),
                     }
                 }
@@ -1910,6 +1911,246 @@ unsafe fn pair_blocks<const KH: usize, const NP: usize, const VNNI: bool>(
                 let to = out[j0..j0 + n].as_mut_ptr();
                 unsafe { _mm512_mask_storeu_epi32(to, lanes(n), acc) };
             }
+        }
+    }
+}
+
+/// A 16-bit depthwise kernel: pairs of taps along a row ([`PairPlan`]) or down a column ([`RowPairs`],
+/// for dilated columns, which leave no neighbouring taps in a row).
+enum Pairs {
+    Across(PairPlan),
+    Down(RowPairs),
+}
+
+impl Pairs {
+    fn new(s: &ConvSpec<'_>, mx: u128, mw: u128) -> Option<Pairs> {
+        PairPlan::new(s, mx, mw)
+            .map(Pairs::Across)
+            .or_else(|| RowPairs::new(s, mx, mw).map(Pairs::Down))
+    }
+
+    /// `i16` elements of the padded rows.
+    fn len(&self) -> usize {
+        match self {
+            Pairs::Across(q) => q.len(),
+            Pairs::Down(q) => q.len(),
+        }
+    }
+}
+
+/// The geometry of [`RowPairs::run`]: a depthwise convolution of column stride 1 (any row stride,
+/// any dilation) whose inputs and weights fit 16 bits, on AVX-512. Each input plane is copied once
+/// into zero-padded rows of `width` 32-bit lanes, lane `c` of row `r` holding the pair (padded element
+/// `(r, c)`, padded element `(r + dy, c)`): one `vpmaddwd` (or `vpdpwssd`) multiplies 16 consecutive
+/// output columns' pairs by the taps `(w[2t][kx], w[2t + 1][kx])` of two kernel rows and adds them,
+/// wherever the dilation puts a row's taps. The same sums in `i32` as the other kernels (the caller's
+/// bound keeps every partial sum inside it).
+struct RowPairs {
+    /// Padded rows read.
+    hp: usize,
+    /// Lanes (pairs) per padded row.
+    width: usize,
+}
+
+impl RowPairs {
+    /// Output columns per block (one register of `i32`).
+    const BLOCK: usize = 16;
+
+    fn new(s: &ConvSpec<'_>, mx: u128, mw: u128) -> Option<RowPairs> {
+        if crate::simd::Isa::detect() != crate::simd::Isa::Avx512 {
+            return None;
+        }
+        let win = s.window;
+        let (kh, kw) = (s.w[2], s.w[3]);
+        let (dy, dx) = (win.dilation[0] as usize, win.dilation[1] as usize);
+        if mx > i16::MAX as u128
+            || mw > i16::MAX as u128
+            || win.stride[1] != 1
+            || dy == 0
+            || dx == 0
+            || kh.div_ceil(2) * kw > PairPlan::MAX_PAIRS
+            || kh * kw == 0
+        {
+            return None;
+        }
+        let (oh, ow) = (s.out[2], s.out[3]);
+        let (pl, pr) = (win.pads[1] as usize, win.pads[3] as usize);
+        // the last block's loads end below `blocks · 16 + (kw − 1) · dx`; the padded image fits too
+        let reads = ow.div_ceil(Self::BLOCK) * Self::BLOCK + (kw - 1) * dx;
+        Some(RowPairs {
+            hp: (oh.max(1) - 1) * win.stride[0] as usize + (kh - 1) * dy + 1,
+            width: reads.max(pl + s.x[3] + pr),
+        })
+    }
+
+    /// `i16` elements of the padded rows (two per lane).
+    fn len(&self) -> usize {
+        2 * self.hp * self.width
+    }
+
+    /// One output plane, as [`PairPlan::run`] computes it.
+    fn run(
+        &self,
+        s: &ConvSpec<'_>,
+        plane: &[i32],
+        rows: &mut [i16],
+        taps: &[i32],
+        bias: i32,
+        dst: &mut [i32],
+    ) {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `RowPairs::new` checked that the CPU has AVX-512 (F, BW); the stores of the copy
+        // lie inside the rows (checked below), the loads inside `rows` (`RowPairs::new` made its rows
+        // wide enough for every block's loads and kept every row read below `hp`), and the stores of
+        // the outputs inside `dst` (a block's last columns under a mask of the columns it has).
+        unsafe {
+            self.products(s, plane, rows, taps, bias, dst)
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512bw")]
+    unsafe fn products(
+        &self,
+        s: &ConvSpec<'_>,
+        plane: &[i32],
+        rows: &mut [i16],
+        taps: &[i32],
+        bias: i32,
+        dst: &mut [i32],
+    ) {
+        use std::arch::x86_64::*;
+        let (h, wd) = (s.x[2], s.x[3]);
+        let (pt, pl) = (s.window.pads[0] as usize, s.window.pads[1] as usize);
+        let (dy, dx) = (s.window.dilation[0] as usize, s.window.dilation[1] as usize);
+        let (kh, kw) = (s.w[2], s.w[3]);
+        // only the image's own elements are written (the padding stays zero): element (r, c) is the
+        // low half of lane c of row r and the high half of the same lane of row r − dy, each 16 of
+        // them by one masked store of the 16-bit halves of their 32-bit lanes
+        for (iy, src) in plane.chunks_exact(wd).take(h).enumerate() {
+            let r = pt + iy;
+            for j in (0..wd).step_by(16) {
+                let n = (wd - j).min(16);
+                let k = ((1u32 << n) - 1) as __mmask16;
+                // the halves at even (low) and odd (high) positions of the first 2n
+                let even = ((1u64 << (2 * n)) - 1) as u32 & 0x5555_5555;
+                let v = unsafe { _mm512_maskz_loadu_epi32(k, src.as_ptr().add(j)) };
+                let lane = |row: usize| (row * self.width + pl + j) * 2;
+                if r < self.hp && lane(r) + 2 * n <= rows.len() {
+                    let to = unsafe { rows.as_mut_ptr().add(lane(r)) };
+                    unsafe { _mm512_mask_storeu_epi16(to, even, v) };
+                }
+                if r >= dy && r - dy < self.hp && lane(r - dy) + 2 * n <= rows.len() {
+                    let to = unsafe { rows.as_mut_ptr().add(lane(r - dy)) };
+                    let hi = _mm512_slli_epi32::<16>(v);
+                    unsafe { _mm512_mask_storeu_epi16(to, even << 1, hi) };
+                }
+            }
+        }
+        // the taps of kernel rows 2t and 2t + 1 (0 past the kernel) at column kx, as one word each
+        let pairs = kh.div_ceil(2);
+        let mut words = [0i32; PairPlan::MAX_PAIRS];
+        for t in 0..pairs {
+            for kx in 0..kw {
+                let lo = taps[2 * t * kw + kx] as i16 as u16 as u32;
+                let hi = (2 * t + 1 < kh).then(|| taps[(2 * t + 1) * kw + kx]);
+                let hi = hi.map_or(0, |v| v as i16 as u16 as u32);
+                words[t * kw + kx] = (lo | hi << 16) as i32;
+            }
+        }
+        let g = RowPairBlocks {
+            rows,
+            out: [s.out[2], s.out[3]],
+            steps: [
+                s.window.stride[0] as usize * self.width,
+                2 * dy * self.width,
+                dx,
+            ],
+            taps: [pairs, kw],
+            words: &words,
+            bias,
+        };
+        let vnni = crate::qgemm::Level::detect() == crate::qgemm::Level::Avx512Vnni;
+        unsafe {
+            match ((pairs, kw), vnni) {
+                ((3, 5), true) => row_pair_blocks_vnni::<3, 5>(&g, dst),
+                ((2, 3), true) => row_pair_blocks_vnni::<2, 3>(&g, dst),
+                (_, true) => row_pair_blocks_vnni::<0, 0>(&g, dst),
+                ((3, 5), false) => row_pair_blocks::<3, 5, false>(&g, dst),
+                ((2, 3), false) => row_pair_blocks::<2, 3, false>(&g, dst),
+                (_, false) => row_pair_blocks::<0, 0, false>(&g, dst),
+            }
+        }
+    }
+}
+
+/// One plane's padded rows of pairs and the taps of a [`RowPairs`] product.
+#[cfg(target_arch = "x86_64")]
+struct RowPairBlocks<'a> {
+    rows: &'a [i16],
+    /// Output rows and columns.
+    out: [usize; 2],
+    /// Lanes from one output row's first row to the next's, from one pair of kernel rows to the
+    /// next, from one tap of a row to the next.
+    steps: [usize; 3],
+    /// Pairs of kernel rows, taps per row.
+    taps: [usize; 2],
+    /// Taps `kx` of kernel rows `2t` and `2t + 1` at `t · taps[1] + kx`.
+    words: &'a [i32; PairPlan::MAX_PAIRS],
+    bias: i32,
+}
+
+/// [`row_pair_blocks`] with `vpdpwssd` for each multiply-add.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn row_pair_blocks_vnni<const T: usize, const KW: usize>(
+    g: &RowPairBlocks<'_>,
+    dst: &mut [i32],
+) {
+    unsafe { row_pair_blocks::<T, KW, true>(g, dst) }
+}
+
+/// The output plane of a [`RowPairs`] product into `dst`, 16 output columns at a time: `T` pairs of
+/// kernel rows of `KW` taps with their words in registers, or (`T = 0`) `g.taps` read from memory;
+/// each word by one `vpmaddwd` and an add, or one `vpdpwssd` when `VNNI`.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn row_pair_blocks<const T: usize, const KW: usize, const VNNI: bool>(
+    g: &RowPairBlocks<'_>,
+    dst: &mut [i32],
+) {
+    use std::arch::x86_64::*;
+    let [oh, ow] = g.out;
+    let [row_step, pair_step, tap_step] = g.steps;
+    let (pairs, kw) = if T > 0 {
+        (T, KW)
+    } else {
+        (g.taps[0], g.taps[1])
+    };
+    let mut wv = [_mm512_setzero_si512(); PairPlan::MAX_PAIRS];
+    for (v, &w) in wv.iter_mut().zip(g.words).take(pairs * kw) {
+        *v = _mm512_set1_epi32(w);
+    }
+    let base = g.rows.as_ptr() as *const i32;
+    let lanes = |n: usize| -> __mmask16 { (((1u32 << n.min(16)) - 1) & 0xffff) as __mmask16 };
+    for oy in 0..oh {
+        let out = &mut dst[oy * ow..(oy + 1) * ow];
+        for j0 in (0..ow).step_by(RowPairs::BLOCK) {
+            let mut acc = _mm512_set1_epi32(g.bias);
+            for t in 0..pairs {
+                let at = oy * row_step + t * pair_step + j0;
+                for kx in 0..kw {
+                    let x = unsafe { _mm512_loadu_si512(base.add(at + kx * tap_step) as *const _) };
+                    let w = wv[t * kw + kx];
+                    acc = if VNNI {
+                        _mm512_dpwssd_epi32(acc, x, w)
+                    } else {
+                        _mm512_add_epi32(acc, _mm512_madd_epi16(x, w))
+                    };
+                }
+            }
+            let n = (ow - j0).min(RowPairs::BLOCK);
+            unsafe { _mm512_mask_storeu_epi32(out[j0..j0 + n].as_mut_ptr(), lanes(n), acc) };
         }
     }
 }
@@ -2658,6 +2899,66 @@ mod tests {
         #[target_feature(enable = "avx512f,avx512bw")]
         unsafe fn plain<const KH: usize, const NP: usize>(g: &PairBlocks<'_>, dst: &mut [i32]) {
             unsafe { pair_blocks::<KH, NP, false>(g, dst) }
+        }
+    }
+
+    /// The same for the kernel of pairs down a column ([`RowPairs`]), with dilated taps.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn row_pair_kernels_agree_with_and_without_the_dot_product_instruction() {
+        if crate::qgemm::Level::detect() != crate::qgemm::Level::Avx512Vnni {
+            eprintln!("skipped: the CPU lacks AVX-512 VNNI");
+            return;
+        }
+        let mut next = xorshift(0x51ed);
+        for (pairs, kw) in [(3, 5), (2, 3), (4, 7)] {
+            for (sy, dy, dx) in [(1, 2, 2), (2, 1, 3)] {
+                let (oh, ow) = (4usize, 23usize);
+                let width = ow.div_ceil(16) * 16 + (kw - 1) * dx;
+                let hp = (oh - 1) * sy + (2 * pairs - 1) * dy + 1;
+                let rows: Vec<i16> = (0..2 * hp * width).map(|_| (next() >> 48) as i16).collect();
+                let mut words = [0i32; PairPlan::MAX_PAIRS];
+                for w in words.iter_mut().take(pairs * kw) {
+                    *w = (next() as i32) & 0x00ff_00ff;
+                }
+                let g = RowPairBlocks {
+                    rows: &rows,
+                    out: [oh, ow],
+                    steps: [sy * width, 2 * dy * width, dx],
+                    taps: [pairs, kw],
+                    words: &words,
+                    bias: 777,
+                };
+                let run = |vnni: bool, fixed: bool| {
+                    let mut dst = vec![0i32; oh * ow];
+                    // SAFETY: the CPU has AVX-512 F, BW and VNNI (checked above); the rows are wide
+                    // and deep enough for every block's loads
+                    unsafe {
+                        match (vnni, fixed, pairs) {
+                            (true, true, 3) => row_pair_blocks_vnni::<3, 5>(&g, &mut dst),
+                            (true, true, 2) => row_pair_blocks_vnni::<2, 3>(&g, &mut dst),
+                            (true, _, _) => row_pair_blocks_vnni::<0, 0>(&g, &mut dst),
+                            (false, true, 3) => plain::<3, 5>(&g, &mut dst),
+                            (false, true, 2) => plain::<2, 3>(&g, &mut dst),
+                            (false, _, _) => plain::<0, 0>(&g, &mut dst),
+                        }
+                    }
+                    dst
+                };
+                let want = run(false, false);
+                assert!(want.iter().any(|&v| v != 777));
+                for (vnni, fixed) in [(true, true), (true, false), (false, true)] {
+                    assert_eq!(
+                        run(vnni, fixed),
+                        want,
+                        "{pairs}×{kw}, {sy} {dy} {dx}, {vnni} {fixed}"
+                    );
+                }
+            }
+        }
+        #[target_feature(enable = "avx512f,avx512bw")]
+        unsafe fn plain<const T: usize, const KW: usize>(g: &RowPairBlocks<'_>, dst: &mut [i32]) {
+            unsafe { row_pair_blocks::<T, KW, false>(g, dst) }
         }
     }
 

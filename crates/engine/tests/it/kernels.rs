@@ -1331,10 +1331,11 @@ fn clamped_activations_give_the_reference_integers() {
     }
 }
 
-/// Depthwise convolutions over the geometries the 16-bit pair kernel takes (stride 1 and 2, odd and
-/// even kernels, asymmetric padding, widths around its 16- and 32-column blocks, channel multipliers)
-/// and some it leaves to the others (dilations of rows, columns or both, strides 3, values past 16
-/// bits), with 8- and 16-bit
+/// Depthwise convolutions over the geometries the 16-bit pair kernels take (stride 1 and 2, odd and
+/// even kernels, asymmetric padding, widths around their 16- and 32-column blocks, channel
+/// multipliers; dilations of rows, columns or both, for the pairs down a column, also with a row
+/// stride of 2) and some they leave to the others (strides 3, a column stride 2 with dilation, values
+/// past 16 bits), with 8- and 16-bit
 /// inputs and weights, a bias, with and without a requantizing shift: the fast executor gives the
 /// reference integers at every instruction-set level and thread count.
 #[test]
@@ -1342,7 +1343,7 @@ fn depthwise_convolutions_equal_reference() {
     let mut g = crate::gen(23, 1 << 20);
     // (kernel, stride, dilation, pads [top, left, bottom, right], input h × w, channel multiplier)
     type Geometry = ([u32; 2], [u32; 2], [u32; 2], [u32; 4], [u32; 2], u32);
-    let geometries: [Geometry; 20] = [
+    let geometries: [Geometry; 21] = [
         ([3, 3], [1, 1], [1, 1], [1, 1, 1, 1], [9, 31], 1),
         ([3, 3], [1, 1], [1, 1], [1, 1, 1, 1], [5, 32], 1),
         ([3, 3], [1, 1], [1, 1], [0, 1, 2, 0], [7, 33], 2),
@@ -1364,6 +1365,7 @@ fn depthwise_convolutions_equal_reference() {
         ([4, 5], [1, 1], [2, 2], [3, 4, 2, 3], [9, 12], 1),
         ([3, 3], [1, 1], [2, 1], [2, 1, 2, 1], [8, 35], 1),
         ([3, 3], [2, 2], [3, 1], [3, 1, 3, 1], [13, 37], 1),
+        ([3, 3], [2, 1], [2, 3], [2, 3, 2, 3], [11, 19], 2),
     ];
     let c = 3u32;
     for (kernel, stride, dilation, pads, [h, w], mult) in geometries {
