@@ -787,6 +787,10 @@ fn step(x: &mut [i32], start: usize, st: &Step, other: &[i32]) -> bool {
             lookup(x, shift, lo, other);
             true
         }
+        Step::LookupMul { shift, lo, mul, .. } if lookup_mul_fast(shift, lo, other, mul) => {
+            let (l, h) = lookup_mul_run(x, shift.right, lo as i32, other, mul);
+            fits(l, h)
+        }
         Step::LookupMul { shift, lo, mul, .. } => {
             // the looked-up values of a part of the block, then their products with the part
             const PART: usize = 256;
@@ -846,6 +850,111 @@ fn step(x: &mut [i32], start: usize, st: &Step, other: &[i32]) -> bool {
             }
         }
     }
+}
+
+/// Whether [`lookup_mul_run`] takes a `LookupMul` step: on AVX-512, an index shifted right by at most
+/// 31 (in `i32` lanes, as [`lookup`] takes it), bounds and table positions inside `i32`, a product
+/// shifted right (by at most 62: `|x·t| ≤ 2^62` plus the rounding term stays inside `i64`).
+#[inline(always)]
+fn lookup_mul_fast(shift: Shift, lo: i64, table: &[i32], mul: Shift) -> bool {
+    cfg!(target_arch = "x86_64")
+        && crate::simd::Isa::detect() == crate::simd::Isa::Avx512
+        && shift.left == 0
+        && shift.right <= 31
+        && mul.left == 0
+        && mul.right <= 62
+        && !table.is_empty()
+        && table.len() <= i32::MAX as usize / 4
+        && i32::try_from(lo).is_ok()
+        && i32::try_from(lo + table.len() as i64 - 1).is_ok()
+}
+
+/// `x[j] = mul(x[j] · table[clamp(rshift(x[j], k) − lo, 0, len − 1)])` in one pass (the conditions of
+/// [`lookup_mul_fast`] hold), returning the least and greatest `i64` result (each bounded by 0): the
+/// elements are stored as their low 32 bits, exact where the results fit `i32`, which the caller
+/// checks from them.
+#[inline(always)]
+fn lookup_mul_run(x: &mut [i32], k: u32, lo: i32, table: &[i32], mul: Shift) -> (i64, i64) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: `lookup_mul_fast` checked that the CPU has AVX-512 F; every gathered index lies in
+    // `0..table.len()` (clamped to `lo..=hi`, then `lo` subtracted, all in `i32`)
+    unsafe {
+        lookup_mul_avx512(x, k, lo, table, mul)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (x, k, lo, table, mul);
+        unreachable!("lookup_mul_fast is false off x86-64")
+    }
+}
+
+/// [`lookup_mul_run`] 16 lanes at a time: the index by the rounding shift of [`crate::arith::rshift32`],
+/// one gather, then the even and odd lanes' 64-bit products (the odd ones moved down by a shuffle)
+/// shifted and their low words joined back, the results' extremes kept in 64-bit lanes.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn lookup_mul_avx512(
+    x: &mut [i32],
+    k: u32,
+    lo: i32,
+    table: &[i32],
+    mul: Shift,
+) -> (i64, i64) {
+    use std::arch::x86_64::*;
+    let hi = lo + (table.len() - 1) as i32;
+    let (vlo, vhi, one) = (
+        _mm512_set1_epi32(lo),
+        _mm512_set1_epi32(hi),
+        _mm512_set1_epi32(1),
+    );
+    let (right, bit) = (
+        _mm_cvtsi32_si128(k as i32),
+        _mm_cvtsi32_si128(k.max(1) as i32 - 1),
+    );
+    let (half, count) = (
+        _mm512_set1_epi64(mul.half),
+        _mm_cvtsi64_si128(mul.right as i64),
+    );
+    let pick = _mm512_setr_epi32(0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30);
+    let (mut mn, mut mx) = (_mm512_setzero_si512(), _mm512_setzero_si512());
+    // (a macro, not a closure: a closure would not inherit this function's target features)
+    macro_rules! sixteen {
+        ($v:expr) => {{
+            let v = $v;
+            let s = if k == 0 {
+                v
+            } else {
+                let r = _mm512_sra_epi32(v, right);
+                _mm512_add_epi32(r, _mm512_and_si512(_mm512_sra_epi32(v, bit), one))
+            };
+            let idx = _mm512_sub_epi32(_mm512_min_epi32(_mm512_max_epi32(s, vlo), vhi), vlo);
+            let t = _mm512_i32gather_epi32::<4>(idx, table.as_ptr().cast());
+            let even = _mm512_add_epi64(_mm512_mul_epi32(v, t), half);
+            let odd = _mm512_mul_epi32(
+                _mm512_shuffle_epi32::<0xF5>(v),
+                _mm512_shuffle_epi32::<0xF5>(t),
+            );
+            let odd = _mm512_add_epi64(odd, half);
+            let (e, o) = (_mm512_sra_epi64(even, count), _mm512_sra_epi64(odd, count));
+            mn = _mm512_min_epi64(mn, _mm512_min_epi64(e, o));
+            mx = _mm512_max_epi64(mx, _mm512_max_epi64(e, o));
+            _mm512_permutex2var_epi32(e, pick, o)
+        }};
+    }
+    let mut chunks = x.chunks_exact_mut(16);
+    for c in &mut chunks {
+        let p = c.as_mut_ptr();
+        // SAFETY: each chunk holds 16 elements (and the gather's indices lie in the table)
+        unsafe { _mm512_storeu_si512(p as *mut _, sixteen!(_mm512_loadu_si512(p as *const _))) }
+    }
+    let rest = chunks.into_remainder();
+    if !rest.is_empty() {
+        let (k16, p) = (((1u32 << rest.len()) - 1) as __mmask16, rest.as_mut_ptr());
+        // SAFETY: the `k16` lanes lie inside `rest`; the others load as 0, whose index is in the
+        // table too, and are not stored
+        unsafe { _mm512_mask_storeu_epi32(p, k16, sixteen!(_mm512_maskz_loadu_epi32(k16, p))) }
+    }
+    (_mm512_reduce_min_epi64(mn), _mm512_reduce_max_epi64(mx))
 }
 
 /// `x[j] = table[clamp(shift(x[j]) − lo, 0, len − 1)]` (`table` not empty).
@@ -1159,7 +1268,10 @@ mod tests {
             shape: vec![n],
             scale,
         };
-        for table_first in [false, true] {
+        // the table as it is (its largest entries positive) and negated, whose products leave i32
+        // on the other side
+        for (table_first, sign) in [(false, 1), (true, 1), (false, -1)] {
+            let table: Vec<i32> = table.iter().map(|&t| sign * t).collect();
             let mul_inputs = if table_first { vec![3, 2] } else { vec![2, 3] };
             let m = Model {
                 inputs: vec![Input {
@@ -1207,7 +1319,7 @@ mod tests {
                     .map_err(|e| e.to_string())
             };
             let mut r = 0x2545_f491_4f6c_dd1du64;
-            let mut x: Vec<i32> = (0..n)
+            let x: Vec<i32> = (0..n)
                 .map(|_| {
                     r ^= r << 13;
                     r ^= r >> 7;
@@ -1223,11 +1335,15 @@ mod tests {
             assert!(y.iter().filter(|v| v.abs() < 1 << 28).count() > y.len() / 2);
             let wrong = y.iter().zip(&got[0]).filter(|(a, b)| a != b).count();
             assert_eq!(wrong, 0, "{wrong} of {} elements differ", y.len());
-            // a product past i32 (the largest input times the largest entry)
-            x[4321] = i32::MAX;
-            let want = run(&x, crate::exec::Mode::Reference);
-            assert!(want.as_ref().is_err_and(|e| e.contains("silu")), "{want:?}");
-            assert_eq!(run(&x, crate::exec::Mode::Fast { threads: 1 }), want);
+            // a product past i32 (the largest input times the largest entry), in an odd lane and
+            // an even one
+            for at in [4321, 4322] {
+                let mut x = x.clone();
+                x[at] = i32::MAX;
+                let want = run(&x, crate::exec::Mode::Reference);
+                assert!(want.as_ref().is_err_and(|e| e.contains("silu")), "{want:?}");
+                assert_eq!(run(&x, crate::exec::Mode::Fast { threads: 1 }), want);
+            }
         }
     }
 
