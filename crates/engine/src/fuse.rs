@@ -669,6 +669,34 @@ fn composed_run(x: &mut [i32], w: i32, c: ComposedClamp) -> (i32, i32) {
     (lo, hi)
 }
 
+/// `x` (`&mut [i32]`) rewritten 16 lanes at a time: each register `v` loaded, `f` (an expression of
+/// it, in an `unsafe` block) stored in its place; whole registers unmasked, the last part under a mask
+/// (its other lanes load as 0 and are not stored). A macro, so that the loop is compiled with the
+/// calling function's target features (AVX-512 F).
+#[cfg(target_arch = "x86_64")]
+macro_rules! sixteen_lanes {
+    ($x:expr, |$v:ident| $f:expr) => {{
+        let mut chunks = $x.chunks_exact_mut(16);
+        for c in &mut chunks {
+            let p = c.as_mut_ptr();
+            // SAFETY: each chunk holds 16 elements
+            unsafe {
+                let $v = _mm512_loadu_si512(p as *const _);
+                _mm512_storeu_si512(p as *mut _, $f)
+            }
+        }
+        let rest = chunks.into_remainder();
+        if !rest.is_empty() {
+            let (k, p) = (((1u32 << rest.len()) - 1) as __mmask16, rest.as_mut_ptr());
+            // SAFETY: the `k` lanes lie inside `rest`
+            unsafe {
+                let $v = _mm512_maskz_loadu_epi32(k, p);
+                _mm512_mask_storeu_epi32(p, k, $f)
+            }
+        }
+    }};
+}
+
 /// [`composed_run`] 16 lanes at a time: the even lanes' and the odd lanes' (moved down by a shuffle)
 /// 64-bit products by one `vpmuldq` each, with the rounding term added; a shift of 32 or more takes
 /// both halves' high words into one register (`⌊t / 2^32⌋` is a 64-bit `t`'s high word) and shifts
@@ -729,18 +757,7 @@ unsafe fn composed_run_avx512(x: &mut [i32], w: i32, c: ComposedClamp) -> (i32, 
             _mm512_min_epi32(_mm512_max_epi32(r, lo), hi)
         }};
     }
-    let mut chunks = x.chunks_exact_mut(16);
-    for c in &mut chunks {
-        let p = c.as_mut_ptr();
-        // SAFETY: each chunk holds 16 elements
-        unsafe { _mm512_storeu_si512(p as *mut _, sixteen!(_mm512_loadu_si512(p as *const _))) }
-    }
-    let rest = chunks.into_remainder();
-    if !rest.is_empty() {
-        let (k, p) = (((1u32 << rest.len()) - 1) as __mmask16, rest.as_mut_ptr());
-        // SAFETY: the `k` lanes lie inside `rest`
-        unsafe { _mm512_mask_storeu_epi32(p, k, sixteen!(_mm512_maskz_loadu_epi32(k, p))) }
-    }
+    sixteen_lanes!(x, |v| sixteen!(v));
     (_mm512_reduce_min_epi32(mn), _mm512_reduce_max_epi32(mx))
 }
 
@@ -809,15 +826,6 @@ fn step(x: &mut [i32], start: usize, st: &Step, other: &[i32]) -> bool {
             }
             fits(l, h)
         }
-        // a product by a per-channel constant (the requantization multipliers), rescaled right
-        Step::Binary {
-            op: BinOp::Mul,
-            la: 0,
-            lb: 0,
-            shift,
-            other: o,
-            ..
-        } if shift.left == 0 && o.inner > 1 => mul_runs(x, start, other, o, shift),
         Step::Binary {
             op,
             la,
@@ -901,16 +909,8 @@ unsafe fn lookup_mul_avx512(
     mul: Shift,
 ) -> (i64, i64) {
     use std::arch::x86_64::*;
-    let hi = lo + (table.len() - 1) as i32;
-    let (vlo, vhi, one) = (
-        _mm512_set1_epi32(lo),
-        _mm512_set1_epi32(hi),
-        _mm512_set1_epi32(1),
-    );
-    let (right, bit) = (
-        _mm_cvtsi32_si128(k as i32),
-        _mm_cvtsi32_si128(k.max(1) as i32 - 1),
-    );
+    // SAFETY: the CPU has AVX-512 F (this function's features)
+    let index = unsafe { crate::kernels::TableIndex::new(k, lo, lo + (table.len() - 1) as i32) };
     let (half, count) = (
         _mm512_set1_epi64(mul.half),
         _mm_cvtsi64_si128(mul.right as i64),
@@ -921,14 +921,7 @@ unsafe fn lookup_mul_avx512(
     macro_rules! sixteen {
         ($v:expr) => {{
             let v = $v;
-            let s = if k == 0 {
-                v
-            } else {
-                let r = _mm512_sra_epi32(v, right);
-                _mm512_add_epi32(r, _mm512_and_si512(_mm512_sra_epi32(v, bit), one))
-            };
-            let idx = _mm512_sub_epi32(_mm512_min_epi32(_mm512_max_epi32(s, vlo), vhi), vlo);
-            let t = _mm512_i32gather_epi32::<4>(idx, table.as_ptr().cast());
+            let t = _mm512_i32gather_epi32::<4>(index.of(v), table.as_ptr().cast());
             let even = _mm512_add_epi64(_mm512_mul_epi32(v, t), half);
             let odd = _mm512_mul_epi32(
                 _mm512_shuffle_epi32::<0xF5>(v),
@@ -941,19 +934,8 @@ unsafe fn lookup_mul_avx512(
             _mm512_permutex2var_epi32(e, pick, o)
         }};
     }
-    let mut chunks = x.chunks_exact_mut(16);
-    for c in &mut chunks {
-        let p = c.as_mut_ptr();
-        // SAFETY: each chunk holds 16 elements (and the gather's indices lie in the table)
-        unsafe { _mm512_storeu_si512(p as *mut _, sixteen!(_mm512_loadu_si512(p as *const _))) }
-    }
-    let rest = chunks.into_remainder();
-    if !rest.is_empty() {
-        let (k16, p) = (((1u32 << rest.len()) - 1) as __mmask16, rest.as_mut_ptr());
-        // SAFETY: the `k16` lanes lie inside `rest`; the others load as 0, whose index is in the
-        // table too, and are not stored
-        unsafe { _mm512_mask_storeu_epi32(p, k16, sixteen!(_mm512_maskz_loadu_epi32(k16, p))) }
-    }
+    // (the gather's indices lie in the table, those of a last part's masked-off lanes too)
+    sixteen_lanes!(x, |v| sixteen!(v));
     (_mm512_reduce_min_epi64(mn), _mm512_reduce_max_epi64(mx))
 }
 

@@ -1240,29 +1240,69 @@ pub(crate) fn lookup_in_place(x: &mut [i32], table: &[i32], k: u32, lo: i64) {
 #[target_feature(enable = "avx512f")]
 unsafe fn lookup_gather(x: &mut [i32], table: &[i32], k: u32, lo: i32, hi: i32) {
     use std::arch::x86_64::*;
-    let (vlo, vhi, one) = (
-        _mm512_set1_epi32(lo),
-        _mm512_set1_epi32(hi),
-        _mm512_set1_epi32(1),
-    );
-    let (right, bit) = (
-        _mm_cvtsi32_si128(k as i32),
-        _mm_cvtsi32_si128(k.max(1) as i32 - 1),
-    );
+    // SAFETY: the CPU has AVX-512 F (this function's features)
+    let index = unsafe { TableIndex::new(k, lo, hi) };
     let mut chunks = x.chunks_exact_mut(16);
     for c in &mut chunks {
         let v = _mm512_loadu_si512(c.as_ptr().cast());
-        let s = if k == 0 {
-            v
-        } else {
-            let r = _mm512_sra_epi32(v, right);
-            _mm512_add_epi32(r, _mm512_and_si512(_mm512_sra_epi32(v, bit), one))
-        };
-        let idx = _mm512_sub_epi32(_mm512_min_epi32(_mm512_max_epi32(s, vlo), vhi), vlo);
+        // SAFETY: as above
+        let idx = unsafe { index.of(v) };
         let g = _mm512_i32gather_epi32::<4>(idx, table.as_ptr().cast());
         _mm512_storeu_si512(c.as_mut_ptr().cast(), g);
     }
     lookup_run(chunks.into_remainder(), table, k, lo as i64);
+}
+
+/// The table positions `clamp(rshift(v, k), lo, hi) − lo` of 16 `i32` lanes (`k ≤ 31`, the rounding
+/// shift taken in `i32` lanes as [`rshift32`] takes it), from registers set once.
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy)]
+pub(crate) struct TableIndex {
+    k: u32,
+    right: std::arch::x86_64::__m128i,
+    bit: std::arch::x86_64::__m128i,
+    one: std::arch::x86_64::__m512i,
+    lo: std::arch::x86_64::__m512i,
+    hi: std::arch::x86_64::__m512i,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl TableIndex {
+    /// # Safety
+    /// The CPU must have AVX-512 F.
+    #[inline(always)]
+    pub(crate) unsafe fn new(k: u32, lo: i32, hi: i32) -> TableIndex {
+        use std::arch::x86_64::*;
+        unsafe {
+            TableIndex {
+                k,
+                right: _mm_cvtsi32_si128(k as i32),
+                bit: _mm_cvtsi32_si128(k.max(1) as i32 - 1),
+                one: _mm512_set1_epi32(1),
+                lo: _mm512_set1_epi32(lo),
+                hi: _mm512_set1_epi32(hi),
+            }
+        }
+    }
+
+    /// # Safety
+    /// The CPU must have AVX-512 F.
+    #[inline(always)]
+    pub(crate) unsafe fn of(&self, v: std::arch::x86_64::__m512i) -> std::arch::x86_64::__m512i {
+        use std::arch::x86_64::*;
+        unsafe {
+            let s = if self.k == 0 {
+                v
+            } else {
+                let r = _mm512_sra_epi32(v, self.right);
+                _mm512_add_epi32(r, _mm512_and_si512(_mm512_sra_epi32(v, self.bit), self.one))
+            };
+            _mm512_sub_epi32(
+                _mm512_min_epi32(_mm512_max_epi32(s, self.lo), self.hi),
+                self.lo,
+            )
+        }
+    }
 }
 
 crate::multiversion! {
@@ -1634,8 +1674,7 @@ fn conv2d_depthwise(
                     let taps = &w[oc * kk..(oc + 1) * kk];
                     let bias = bias_at(oc) as i32;
                     match &pairs {
-                        Some(Pairs::Across(q)) => q.run(s, plane, &mut rows16, taps, bias, dst),
-                        Some(Pairs::Down(q)) => q.run(s, plane, &mut rows16, taps, bias, dst),
+                        Some(q) => q.run(s, plane, &mut rows16, taps, bias, dst),
                         None => depthwise_plane(s, &plan, plane, &mut rows, taps, bias, dst),
                     }
                 }
@@ -1657,7 +1696,8 @@ fn conv2d_depthwise(
     Ok(out)
 }
 
-/// The geometry of [`PairPlan::run`]: a depthwise convolution of stride 1 or 2 (no dilation) whose
+/// The geometry of pairs of taps along a row ([`Pairs::run`]): a depthwise convolution of stride 1 or
+/// 2 (no dilation) whose
 /// inputs and weights fit 16 bits, on AVX-512. Each input plane is copied once, as `i16`, into
 /// zero-padded rows of `width` elements; a 32-bit lane read at element `o` of a row holds the pair
 /// `(row[o], row[o + 1])`, which one `vpmaddwd` multiplies by a pair of neighbouring taps and adds:
@@ -1711,27 +1751,6 @@ impl PairPlan {
     /// Elements of the padded rows.
     fn len(&self) -> usize {
         self.hp * self.width
-    }
-
-    /// One output plane (`dst`) from its input plane, weights `taps` (`kh·kw`) and `bias`, the padded
-    /// rows built in `rows` (of [`PairPlan::len`] elements, zero when first given: only the image's
-    /// elements are written, so the padding around them stays zero for every later plane).
-    fn run(
-        &self,
-        s: &ConvSpec<'_>,
-        plane: &[i32],
-        rows: &mut [i16],
-        taps: &[i32],
-        bias: i32,
-        dst: &mut [i32],
-    ) {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: `PairPlan::new` checked that the CPU has AVX-512 (F, BW); the loads stay inside
-        // `rows`, whose rows are wide enough for every block's loads (`PairPlan::new`), and the stores
-        // inside `dst` (a block's last columns stored under a mask of the columns it has).
-        unsafe {
-            self.products(s, plane, rows, taps, bias, dst)
-        }
     }
 
     #[cfg(target_arch = "x86_64")]
@@ -1806,6 +1825,34 @@ impl PairPlan {
     }
 }
 
+/// `acc` plus, in each 32-bit lane, the two 16-bit products of `x`'s pair by `w`'s: one `vpmaddwd` and
+/// an add, or one `vpdpwssd` when `VNNI` (the same wrapping `i32` sums).
+///
+/// # Safety
+/// The CPU must have AVX-512 F and BW, and VNNI when `VNNI`.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn pair_madd<const VNNI: bool>(
+    acc: std::arch::x86_64::__m512i,
+    x: std::arch::x86_64::__m512i,
+    w: std::arch::x86_64::__m512i,
+) -> std::arch::x86_64::__m512i {
+    use std::arch::x86_64::*;
+    unsafe {
+        if VNNI {
+            _mm512_dpwssd_epi32(acc, x, w)
+        } else {
+            _mm512_add_epi32(acc, _mm512_madd_epi16(x, w))
+        }
+    }
+}
+
+/// The first `n` of 16 lanes (all for 16 or more).
+#[cfg(target_arch = "x86_64")]
+fn first_lanes(n: usize) -> std::arch::x86_64::__mmask16 {
+    ((1u32 << n.min(16)) - 1) as std::arch::x86_64::__mmask16
+}
+
 /// One plane's padded `i16` rows and the taps of a [`PairPlan`] product.
 #[cfg(target_arch = "x86_64")]
 struct PairBlocks<'a> {
@@ -1858,16 +1905,11 @@ unsafe fn pair_blocks<const KH: usize, const NP: usize, const VNNI: bool>(
         };
     }
     macro_rules! madd {
-        ($acc:expr, $x:expr, $w:expr) => {
-            if VNNI {
-                _mm512_dpwssd_epi32($acc, $x, $w)
-            } else {
-                _mm512_add_epi32($acc, _mm512_madd_epi16($x, $w))
-            }
-        };
+        ($acc:expr, $x:expr, $w:expr) => {{
+            let (acc, x, w) = ($acc, $x, $w);
+            unsafe { pair_madd::<VNNI>(acc, x, w) }
+        }};
     }
-    // the first `n` of 16 lanes (all for 16 or more)
-    let lanes = |n: usize| -> __mmask16 { (((1u32 << n.min(16)) - 1) & 0xffff) as __mmask16 };
     for oy in 0..oh {
         let out = &mut dst[oy * ow..(oy + 1) * ow];
         let row0 = oy * sy * g.width;
@@ -1892,9 +1934,9 @@ unsafe fn pair_blocks<const KH: usize, const NP: usize, const VNNI: bool>(
                 // the block's `n` columns, the last block's under a mask
                 let to = out[j0..j0 + n].as_mut_ptr();
                 unsafe {
-                    _mm512_mask_storeu_epi32(to, lanes(n), first);
+                    _mm512_mask_storeu_epi32(to, first_lanes(n), first);
                     if n > 16 {
-                        _mm512_mask_storeu_epi32(to.add(16), lanes(n - 16), second);
+                        _mm512_mask_storeu_epi32(to.add(16), first_lanes(n - 16), second);
                     }
                 }
             }
@@ -1909,7 +1951,7 @@ unsafe fn pair_blocks<const KH: usize, const NP: usize, const VNNI: bool>(
                 }
                 let n = (ow - j0).min(PairPlan::BLOCK2);
                 let to = out[j0..j0 + n].as_mut_ptr();
-                unsafe { _mm512_mask_storeu_epi32(to, lanes(n), acc) };
+                unsafe { _mm512_mask_storeu_epi32(to, first_lanes(n), acc) };
             }
         }
     }
@@ -1936,9 +1978,35 @@ impl Pairs {
             Pairs::Down(q) => q.len(),
         }
     }
+
+    /// One output plane (`dst`) from its input plane, weights `taps` (`kh·kw`) and `bias`, the padded
+    /// rows built in `rows` (of [`Pairs::len`] elements, zero when first given: only the image's
+    /// elements are written, so the padding around them stays zero for every later plane).
+    fn run(
+        &self,
+        s: &ConvSpec<'_>,
+        plane: &[i32],
+        rows: &mut [i16],
+        taps: &[i32],
+        bias: i32,
+        dst: &mut [i32],
+    ) {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `PairPlan::new` and `RowPairs::new` checked that the CPU has AVX-512 (F, BW); the
+        // copies' stores and the kernels' loads stay inside `rows`, whose rows (as `new` sized them)
+        // are wide and many enough for every block's loads, and the outputs' stores inside `dst` (a
+        // block's last columns stored under a mask of the columns it has).
+        unsafe {
+            match self {
+                Pairs::Across(q) => q.products(s, plane, rows, taps, bias, dst),
+                Pairs::Down(q) => q.products(s, plane, rows, taps, bias, dst),
+            }
+        }
+    }
 }
 
-/// The geometry of [`RowPairs::run`]: a depthwise convolution of column stride 1 (any row stride,
+/// The geometry of pairs of taps down a column ([`Pairs::run`]): a depthwise convolution of column
+/// stride 1 (any row stride,
 /// any dilation) whose inputs and weights fit 16 bits, on AVX-512. Each input plane is copied once
 /// into zero-padded rows of `width` 32-bit lanes, lane `c` of row `r` holding the pair (padded element
 /// `(r, c)`, padded element `(r + dy, c)`): one `vpmaddwd` (or `vpdpwssd`) multiplies 16 consecutive
@@ -1986,26 +2054,6 @@ impl RowPairs {
     /// `i16` elements of the padded rows (two per lane).
     fn len(&self) -> usize {
         2 * self.hp * self.width
-    }
-
-    /// One output plane, as [`PairPlan::run`] computes it.
-    fn run(
-        &self,
-        s: &ConvSpec<'_>,
-        plane: &[i32],
-        rows: &mut [i16],
-        taps: &[i32],
-        bias: i32,
-        dst: &mut [i32],
-    ) {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: `RowPairs::new` checked that the CPU has AVX-512 (F, BW); the stores of the copy
-        // lie inside the rows (checked below), the loads inside `rows` (`RowPairs::new` made its rows
-        // wide enough for every block's loads and kept every row read below `hp`), and the stores of
-        // the outputs inside `dst` (a block's last columns under a mask of the columns it has).
-        unsafe {
-            self.products(s, plane, rows, taps, bias, dst)
-        }
     }
 
     #[cfg(target_arch = "x86_64")]
@@ -2132,7 +2180,6 @@ unsafe fn row_pair_blocks<const T: usize, const KW: usize, const VNNI: bool>(
         *v = _mm512_set1_epi32(w);
     }
     let base = g.rows.as_ptr() as *const i32;
-    let lanes = |n: usize| -> __mmask16 { (((1u32 << n.min(16)) - 1) & 0xffff) as __mmask16 };
     for oy in 0..oh {
         let out = &mut dst[oy * ow..(oy + 1) * ow];
         for j0 in (0..ow).step_by(RowPairs::BLOCK) {
@@ -2142,15 +2189,11 @@ unsafe fn row_pair_blocks<const T: usize, const KW: usize, const VNNI: bool>(
                 for kx in 0..kw {
                     let x = unsafe { _mm512_loadu_si512(base.add(at + kx * tap_step) as *const _) };
                     let w = wv[t * kw + kx];
-                    acc = if VNNI {
-                        _mm512_dpwssd_epi32(acc, x, w)
-                    } else {
-                        _mm512_add_epi32(acc, _mm512_madd_epi16(x, w))
-                    };
+                    acc = unsafe { pair_madd::<VNNI>(acc, x, w) };
                 }
             }
             let n = (ow - j0).min(RowPairs::BLOCK);
-            unsafe { _mm512_mask_storeu_epi32(out[j0..j0 + n].as_mut_ptr(), lanes(n), acc) };
+            unsafe { _mm512_mask_storeu_epi32(out[j0..j0 + n].as_mut_ptr(), first_lanes(n), acc) };
         }
     }
 }

@@ -769,6 +769,29 @@ fn fused_binary_steps_keep_their_operand_order() {
     }
 }
 
+/// The fast executor on `inputs` gives `want` (outputs, or the error's text) at every instruction-set
+/// level (a cap shared by the process: a test running meanwhile only takes another level, which gives
+/// the same integers) and at one and two threads.
+fn fast_at_every_level_gives(
+    m: &Model,
+    inputs: &[Vec<i32>],
+    want: Result<Vec<Vec<i32>>, String>,
+    what: &str,
+) {
+    for (threads, isa) in [
+        (1, Isa::Avx512),
+        (2, Isa::Avx512),
+        (1, Isa::Avx2),
+        (1, Isa::Base),
+    ] {
+        Isa::cap(isa);
+        let got = Executor::new(m, Mode::Fast { threads }).run(inputs.to_vec());
+        Isa::cap(Isa::Avx512);
+        let got = got.map_err(|e| e.to_string());
+        assert_eq!(got, want, "{what}, {threads} threads, {isa:?}");
+    }
+}
+
 /// A per-channel product by multipliers of 17 to 31 bits (a requantization's), alone or followed by a
 /// `Clamp` that shifts again (the fast executor then takes both in one pass, with one composed shift),
 /// for joined shifts under 32, at 32 and past it, elements whose results fit `i32` or leave it on
@@ -867,22 +890,8 @@ fn requantizing_products_with_their_clamps_equal_reference() {
                     errors += 1
                 }
             }
-            let want = want.map_err(|e| e.to_string());
-            for (threads, isa) in [
-                (1, Isa::Avx512),
-                (2, Isa::Avx512),
-                (1, Isa::Avx2),
-                (1, Isa::Base),
-            ] {
-                Isa::cap(isa);
-                let got = Executor::new(&m, Mode::Fast { threads }).run(vec![x.clone()]);
-                Isa::cap(Isa::Avx512);
-                assert_eq!(
-                    got.map_err(|e| e.to_string()),
-                    want,
-                    "shifts {r1}, {r2:?}, magnitude {mag} (sign {sign}), {threads} threads, {isa:?}"
-                );
-            }
+            let what = format!("shifts {r1}, {r2:?}, magnitude {mag} (sign {sign})");
+            fast_at_every_level_gives(&m, &[x], want.map_err(|e| e.to_string()), &what);
         }
     }
     // both outcomes were exercised
@@ -1412,22 +1421,13 @@ fn depthwise_convolutions_equal_reference() {
                 );
                 m.validate().expect("valid");
                 let want = Executor::new(&m, Mode::Reference).run(vec![x.clone()]);
-                let want = want.map_err(|e| e.to_string());
-                for (threads, isa) in [
-                    (1, Isa::Avx512),
-                    (2, Isa::Avx512),
-                    (1, Isa::Avx2),
-                    (1, Isa::Base),
-                ] {
-                    Isa::cap(isa);
-                    let got = Executor::new(&m, Mode::Fast { threads }).run(vec![x.clone()]);
-                    Isa::cap(Isa::Avx512);
-                    assert_eq!(
-                        got.map_err(|e| e.to_string()),
-                        want,
-                        "{window:?} {h}×{w} ×{mult}, case {case}, scale {out_scale}, {threads} threads, {isa:?}"
-                    );
-                }
+                let what = format!("{window:?} {h}×{w} ×{mult}, case {case}, scale {out_scale}");
+                fast_at_every_level_gives(
+                    &m,
+                    std::slice::from_ref(&x),
+                    want.map_err(|e| e.to_string()),
+                    &what,
+                );
             }
         }
     }
