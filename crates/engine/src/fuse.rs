@@ -605,10 +605,11 @@ impl ComposedClamp {
 
 /// [`mul_runs`], then the `Clamp` step `then` if there is one (`c` is the two composed, or the product's
 /// shift alone): in one pass over a run whose multiplier has 17 bits or more (`mul_runs`' 32-bit
-/// lanes would need elements below `2^15`, which a requantization's sums rarely are), keeping the run's least and greatest element, whose products' shifted
-/// results (the extremes of all of them: the result is monotone in the element) must lie inside `i32`;
-/// the steps one after the other on any other run. `false` if a product's result left `i32` (the run
-/// is then partly transformed, as a failed step leaves it).
+/// lanes would need elements below `2^15`, which a requantization's sums rarely are), keeping the
+/// run's least and greatest element, whose products' shifted results (the extremes of all of them:
+/// the result is monotone in the element) must lie inside `i32`; the steps one after the other on any
+/// other run. `false` if a product's result left `i32` (the run is then partly transformed, as a
+/// failed step leaves it).
 #[inline(always)]
 fn mul_clamp_runs(
     x: &mut [i32],

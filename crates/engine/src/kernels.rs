@@ -1697,12 +1697,11 @@ fn conv2d_depthwise(
 }
 
 /// The geometry of pairs of taps along a row ([`Pairs::run`]): a depthwise convolution of stride 1 or
-/// 2 (no dilation) whose
-/// inputs and weights fit 16 bits, on AVX-512. Each input plane is copied once, as `i16`, into
-/// zero-padded rows of `width` elements; a 32-bit lane read at element `o` of a row holds the pair
-/// `(row[o], row[o + 1])`, which one `vpmaddwd` multiplies by a pair of neighbouring taps and adds:
-/// half the multiplications of one tap per instruction, in `i32` as before (the caller's bound keeps
-/// every partial sum in it, and integer sums do not depend on their order).
+/// 2 (no dilation) whose inputs and weights fit 16 bits, on AVX-512. Each input plane is copied once,
+/// as `i16`, into zero-padded rows of `width` elements; a 32-bit lane read at element `o` of a row
+/// holds the pair `(row[o], row[o + 1])`, which one `vpmaddwd` multiplies by a pair of neighbouring
+/// taps and adds: half the multiplications of one tap per instruction, in `i32` as before (the
+/// caller's bound keeps every partial sum in it, and integer sums do not depend on their order).
 struct PairPlan {
     /// Padded rows read.
     hp: usize,
@@ -1812,6 +1811,8 @@ impl PairPlan {
         // the common kernels with their taps held in registers, the others read from memory; the
         // dot-product instruction where the CPU has it (the same sums: one multiply-add less)
         let vnni = crate::qgemm::Level::detect() == crate::qgemm::Level::Avx512Vnni;
+        // SAFETY: this function's features (AVX-512 F, BW) and VNNI where it is taken; `new` sized the
+        // rows for every block's loads, and the stores stay inside `dst` (see `Pairs::run`)
         unsafe {
             match ((kh, np), vnni) {
                 ((3, 2), true) => pair_blocks_vnni::<3, 2>(&g, dst),
@@ -2006,9 +2007,8 @@ impl Pairs {
 }
 
 /// The geometry of pairs of taps down a column ([`Pairs::run`]): a depthwise convolution of column
-/// stride 1 (any row stride,
-/// any dilation) whose inputs and weights fit 16 bits, on AVX-512. Each input plane is copied once
-/// into zero-padded rows of `width` 32-bit lanes, lane `c` of row `r` holding the pair (padded element
+/// stride 1 (any row stride, any dilation) whose inputs and weights fit 16 bits, on AVX-512. Each input
+/// plane is copied once into zero-padded rows of `width` 32-bit lanes, lane `c` of row `r` holding the pair (padded element
 /// `(r, c)`, padded element `(r + dy, c)`): one `vpmaddwd` (or `vpdpwssd`) multiplies 16 consecutive
 /// output columns' pairs by the taps `(w[2t][kx], w[2t + 1][kx])` of two kernel rows and adds them,
 /// wherever the dilation puts a row's taps. The same sums in `i32` as the other kernels (the caller's
@@ -2119,6 +2119,7 @@ impl RowPairs {
             bias,
         };
         let vnni = crate::qgemm::Level::detect() == crate::qgemm::Level::Avx512Vnni;
+        // SAFETY: as for `PairPlan::products`
         unsafe {
             match ((pairs, kw), vnni) {
                 ((3, 5), true) => row_pair_blocks_vnni::<3, 5>(&g, dst),
