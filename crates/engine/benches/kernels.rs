@@ -182,6 +182,37 @@ fn bench_qgemm(c: &mut Criterion) {
         b.iter(|| black_box(exec.run(vec![xd.clone()]).unwrap()))
     });
 
+    // a dilated depthwise 5×5 convolution (LR-ASPP MobileNet-v3's last stage: pairs of taps down a
+    // column)
+    let dilated = Window {
+        kernel: [5, 5],
+        stride: [1, 1],
+        dilation: [2, 2],
+        pads: [4, 4, 4, 4],
+    };
+    let mut dd = one_node(
+        vec![1, 960, 14, 14],
+        Const {
+            shape: vec![960, 1, 5, 5],
+            scale: 0,
+            data: values(960 * 25, 12, 127).into(),
+        },
+        Op::Conv2d {
+            window: dilated,
+            groups: 960,
+        },
+        vec![1, 960, 14, 14],
+    );
+    dd.inputs[0].scale = 4;
+    dd.nodes[0].scale = 4;
+    dd.validate().expect("valid bench model");
+    let xdd: Vec<i32> = values(960 * 14 * 14, 13, 127);
+    let exec = Executor::new(&dd, Mode::Fast { threads: 1 });
+    c.bench_function(
+        "kernels::depthwise/c=960,hw=14,k=5,dilation=2,bits=8,exec=fast",
+        |b| b.iter(|| black_box(exec.run(vec![xdd.clone()]).unwrap())),
+    );
+
     // the 8-bit convolution followed by its requantization chain (per-channel Mul, ReLU, 8-bit Clamp):
     // fused into the kernel in an untraced run, node by node in a traced one
     let mut chain = m.clone();
