@@ -159,59 +159,43 @@ fn bench_qgemm(c: &mut Criterion) {
         |b| b.iter(|| black_box(exec.run(vec![x.clone()]).unwrap())),
     );
 
-    // a depthwise 3×3 convolution on 8-bit values (MobileNet-v2's 144-channel stage)
-    let mut dw = one_node(
-        vec![1, 144, 56, 56],
-        Const {
-            shape: vec![144, 1, 3, 3],
-            scale: 0,
-            data: values(144 * 9, 6, 127).into(),
-        },
-        Op::Conv2d {
-            window,
-            groups: 144,
-        },
-        vec![1, 144, 56, 56],
-    );
-    dw.inputs[0].scale = 4;
-    dw.nodes[0].scale = 4;
-    dw.validate().expect("valid bench model");
-    let xd: Vec<i32> = values(144 * 56 * 56, 10, 127);
-    let exec = Executor::new(&dw, Mode::Fast { threads: 1 });
-    c.bench_function("kernels::depthwise/c=144,hw=56,k=3,bits=8,exec=fast", |b| {
-        b.iter(|| black_box(exec.run(vec![xd.clone()]).unwrap()))
-    });
-
-    // a dilated depthwise 5×5 convolution (LR-ASPP MobileNet-v3's last stage: pairs of taps down a
-    // column)
+    // a depthwise 3×3 convolution on 8-bit values (MobileNet-v2's 144-channel stage), and a dilated
+    // 5×5 one (LR-ASPP MobileNet-v3's last stage: pairs of taps down a column)
     let dilated = Window {
         kernel: [5, 5],
         stride: [1, 1],
         dilation: [2, 2],
         pads: [4, 4, 4, 4],
     };
-    let mut dd = one_node(
-        vec![1, 960, 14, 14],
-        Const {
-            shape: vec![960, 1, 5, 5],
-            scale: 0,
-            data: values(960 * 25, 12, 127).into(),
-        },
-        Op::Conv2d {
-            window: dilated,
-            groups: 960,
-        },
-        vec![1, 960, 14, 14],
-    );
-    dd.inputs[0].scale = 4;
-    dd.nodes[0].scale = 4;
-    dd.validate().expect("valid bench model");
-    let xdd: Vec<i32> = values(960 * 14 * 14, 13, 127);
-    let exec = Executor::new(&dd, Mode::Fast { threads: 1 });
-    c.bench_function(
-        "kernels::depthwise/c=960,hw=14,k=5,dilation=2,bits=8,exec=fast",
-        |b| b.iter(|| black_box(exec.run(vec![xdd.clone()]).unwrap())),
-    );
+    // (channels, height and width, window, seeds of the weights and the input, name)
+    for (channels, hw, window, (sw, sx), name) in [
+        (144, 56, window, (6, 10), "c=144,hw=56,k=3"),
+        (960, 14, dilated, (12, 13), "c=960,hw=14,k=5,dilation=2"),
+    ] {
+        let taps = window.kernel[0] * window.kernel[1];
+        let mut dw = one_node(
+            vec![1, channels, hw, hw],
+            Const {
+                shape: vec![channels, 1, window.kernel[0], window.kernel[1]],
+                scale: 0,
+                data: values((channels * taps) as usize, sw, 127).into(),
+            },
+            Op::Conv2d {
+                window,
+                groups: channels,
+            },
+            vec![1, channels, hw, hw],
+        );
+        dw.inputs[0].scale = 4;
+        dw.nodes[0].scale = 4;
+        dw.validate().expect("valid bench model");
+        let xd: Vec<i32> = values((channels * hw * hw) as usize, sx, 127);
+        let exec = Executor::new(&dw, Mode::Fast { threads: 1 });
+        c.bench_function(
+            &format!("kernels::depthwise/{name},bits=8,exec=fast"),
+            |b| b.iter(|| black_box(exec.run(vec![xd.clone()]).unwrap())),
+        );
+    }
 
     // the 8-bit convolution followed by its requantization chain (per-channel Mul, ReLU, 8-bit Clamp):
     // fused into the kernel in an untraced run, node by node in a traced one

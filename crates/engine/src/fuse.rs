@@ -549,8 +549,8 @@ fn apply_body(
     Ok(())
 }
 
-/// The operand and shift of a step [`mul_runs`] takes (a product by a constant over runs of the
-/// chain's elements, rescaled right).
+/// The operand and shift of a product by a constant over runs of the chain's elements, rescaled right
+/// (a requantization's per-channel multipliers), which [`mul_clamp_runs`] takes.
 #[inline(always)]
 fn mul_then_clamp(st: &Step) -> Option<(Operand, Shift)> {
     match *st {
@@ -603,13 +603,13 @@ impl ComposedClamp {
     }
 }
 
-/// [`mul_runs`], then the `Clamp` step `then` if there is one (`c` is the two composed, or the product's
-/// shift alone): in one pass over a run whose multiplier has 17 bits or more (`mul_runs`' 32-bit
-/// lanes would need elements below `2^15`, which a requantization's sums rarely are), keeping the
-/// run's least and greatest element, whose products' shifted results (the extremes of all of them:
-/// the result is monotone in the element) must lie inside `i32`; the steps one after the other on any
-/// other run. `false` if a product's result left `i32` (the run is then partly transformed, as a
-/// failed step leaves it).
+/// A product by a constant over runs ([`mul_then_clamp`]), then the `Clamp` step `then` if there is
+/// one (`c` is the two composed, or the product's shift alone): in one pass over a run whose multiplier
+/// has 17 bits or more ([`mul_run`]'s 32-bit lanes would need elements below `2^15`, which a
+/// requantization's sums rarely are), keeping the run's least and greatest element, whose products'
+/// shifted results (the extremes of all of them: the result is monotone in the element) must lie
+/// inside `i32`; the steps one after the other on any other run. `false` if a product's result left
+/// `i32` (the run is then partly transformed, as a failed step leaves it).
 #[inline(always)]
 fn mul_clamp_runs(
     x: &mut [i32],
@@ -632,18 +632,12 @@ fn mul_clamp_runs(
             if !range.contains(&at(lo)) || !range.contains(&at(hi)) {
                 return false;
             }
-        } else {
-            let one = Operand {
-                value: o.value,
-                inner: run,
-                period: 1,
-            };
-            if !mul_runs(part, 0, &[w], one, shift) {
-                return false;
-            }
+        } else if mul_run(part, w, shift) {
             if let Some(st) = then {
                 step(part, 0, st, &[]);
             }
+        } else {
+            return false;
         }
         j += run;
     }
@@ -958,44 +952,35 @@ fn fits(lo: i64, hi: i64) -> bool {
     lo >= i32::MIN as i64 && hi <= i32::MAX as i64
 }
 
-/// `x[j] = shift(x[j] · w)` with `w` the operand, constant over runs (`inner > 1`), and a right shift
-/// (`shift.left == 0`): a run whose largest magnitude `m` keeps every result inside `i32` (`|x·w + half|
-/// ≤ m·|w| + 2^right`, so `(m·|w| + 2^right) >> right ≤ i32::MAX` bounds both signs) skips the range
-/// check of each element; `false` if a result left `i32`.
+/// `x[j] = shift(x[j] · w)` for one run's multiplier `w`, a right shift (`shift.left == 0`): a run
+/// whose largest magnitude `m` keeps every result inside `i32` (`|x·w + half| ≤ m·|w| + 2^right`, so
+/// `(m·|w| + 2^right) >> right ≤ i32::MAX` bounds both signs) skips the range check of each element;
+/// `false` if a result left `i32`.
 #[inline(always)]
-fn mul_runs(x: &mut [i32], start: usize, other: &[i32], o: Operand, shift: Shift) -> bool {
-    let mut j = 0;
-    while j < x.len() {
-        let i = start + j;
-        let run = (x.len() - j).min(o.inner - i % o.inner);
-        let w = other[(i / o.inner) % o.period] as i64;
-        let part = &mut x[j..j + run];
-        let m = part.iter().map(|v| v.unsigned_abs()).max().unwrap_or(0) as u64;
-        // m ≤ 2^31, |w| ≤ 2^31, right ≤ 62: no sum here leaves u64
-        let bound = (m * w.unsigned_abs() + (1u64 << shift.right)) >> shift.right;
-        if m * w.unsigned_abs() + shift.half as u64 <= i32::MAX as u64 {
-            // every product and its rounding term inside i32 too: 32-bit lanes, twice as many
-            let (w, half) = (w as i32, shift.half as i32);
-            for v in part.iter_mut() {
-                *v = v.wrapping_mul(w).wrapping_add(half) >> shift.right;
-            }
-        } else if bound <= i32::MAX as u64 {
-            for v in part.iter_mut() {
-                *v = ((*v as i64 * w + shift.half) >> shift.right) as i32;
-            }
-        } else {
-            let (mut l, mut h) = (0i64, 0i64);
-            for v in part.iter_mut() {
-                let r = shift.apply(*v as i64 * w);
-                l = l.min(r);
-                h = h.max(r);
-                *v = r as i32;
-            }
-            if !fits(l, h) {
-                return false;
-            }
+fn mul_run(x: &mut [i32], w: i32, shift: Shift) -> bool {
+    let w = w as i64;
+    let m = x.iter().map(|v| v.unsigned_abs()).max().unwrap_or(0) as u64;
+    // m ≤ 2^31, |w| ≤ 2^31, right ≤ 62: no sum here leaves u64
+    let bound = (m * w.unsigned_abs() + (1u64 << shift.right)) >> shift.right;
+    if m * w.unsigned_abs() + shift.half as u64 <= i32::MAX as u64 {
+        // every product and its rounding term inside i32 too: 32-bit lanes, twice as many
+        let (w, half) = (w as i32, shift.half as i32);
+        for v in x.iter_mut() {
+            *v = v.wrapping_mul(w).wrapping_add(half) >> shift.right;
         }
-        j += run;
+    } else if bound <= i32::MAX as u64 {
+        for v in x.iter_mut() {
+            *v = ((*v as i64 * w + shift.half) >> shift.right) as i32;
+        }
+    } else {
+        let (mut l, mut h) = (0i64, 0i64);
+        for v in x.iter_mut() {
+            let r = shift.apply(*v as i64 * w);
+            l = l.min(r);
+            h = h.max(r);
+            *v = r as i32;
+        }
+        return fits(l, h);
     }
     true
 }
