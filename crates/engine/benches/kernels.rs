@@ -159,8 +159,9 @@ fn bench_qgemm(c: &mut Criterion) {
         |b| b.iter(|| black_box(exec.run(vec![x.clone()]).unwrap())),
     );
 
-    // a depthwise 3×3 convolution on 8-bit values (MobileNet-v2's 144-channel stage), and a dilated
-    // 5×5 one (LR-ASPP MobileNet-v3's last stage: pairs of taps down a column)
+    // a depthwise 3×3 convolution on 8-bit values (MobileNet-v2's 144-channel stage), the same on small
+    // planes (its 960-channel stage: sixteen channels per register), and a dilated 5×5 one (LR-ASPP
+    // MobileNet-v3's last stage: pairs of taps down a column)
     let dilated = Window {
         kernel: [5, 5],
         stride: [1, 1],
@@ -170,6 +171,7 @@ fn bench_qgemm(c: &mut Criterion) {
     // (channels, height and width, window, seeds of the weights and the input, name)
     for (channels, hw, window, (sw, sx), name) in [
         (144, 56, window, (6, 10), "c=144,hw=56,k=3"),
+        (960, 7, window, (14, 15), "c=960,hw=7,k=3"),
         (960, 14, dilated, (12, 13), "c=960,hw=14,k=5,dilation=2"),
     ] {
         let taps = window.kernel[0] * window.kernel[1];

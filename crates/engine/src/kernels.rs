@@ -1636,8 +1636,43 @@ fn conv2d_depthwise(
     let bias_at = |oc: usize| bias.map_or(0, |(d, sh)| ((d[oc] as i128) << sh) as i64);
     let bound = (s.w[2] * s.w[3]) as u128 * mx * max_abs(w)
         + bias.map_or(0, |(d, sh)| max_abs(d) << sh.clamp(0, 64));
-    // 16-bit inputs and weights: pairs of taps per multiply-add instruction
-    let pairs = Pairs::new(s, mx, max_abs(w)).filter(|_| bound < 1 << 31);
+    // 16-bit inputs and weights: sixteen channels per register on small planes (but dilated ones
+    // that pairs of taps down a column take: two taps per instruction), else pairs of taps per
+    // multiply-add instruction
+    let mw = max_abs(w);
+    let lanes = ChannelLanes::new(s, mx, mw).filter(|_| {
+        bound < 1 << 31 && (s.window.dilation == [1, 1] || RowPairs::new(s, mx, mw).is_none())
+    });
+    if let Some(plan) = lanes {
+        let mut out = crate::buffers::take_overwritten(s.x[0] * s.w[0] * p);
+        let (kk, hw) = (s.w[2] * s.w[3], s.x[2] * s.x[3]);
+        let th = if out.len() * kk >= 1 << 17 {
+            threads
+        } else {
+            1
+        };
+        let hook = hook.take();
+        let err = crate::par::FirstError::default();
+        // blocks of 16 planes split across threads, each part with its own padded rows; output plane
+        // `q` (batch `q / o_ch`, channel `q % o_ch`) reads input plane `q`
+        let bias_of = |c: usize| bias_at(c) as i32;
+        crate::par::rows(&mut out, p, th, ChannelLanes::LANES, |q0, part| {
+            let mut rows = vec![0i32; plan.len()];
+            let mut words = vec![[0i32; 16]; kk];
+            for (g, block) in part.chunks_mut(ChannelLanes::LANES * p).enumerate() {
+                let q = q0 + g * ChannelLanes::LANES;
+                let n = block.len() / p;
+                let planes = &x[q * hw..(q + n) * hw];
+                plan.run(s, planes, &mut rows, &mut words, (q, w, &bias_of), block);
+                if let Err(e) = requantize_then(block, q * p, 0, shift, hook) {
+                    return err.set(e);
+                }
+            }
+        });
+        err.into_result()?;
+        return Ok(out);
+    }
+    let pairs = Pairs::new(s, mx, mw).filter(|_| bound < 1 << 31);
     let mut out = match pairs {
         // it stores every element of every output plane
         Some(_) => crate::buffers::take_overwritten(s.x[0] * s.w[0] * p),
@@ -2196,6 +2231,275 @@ unsafe fn row_pair_blocks<const T: usize, const KW: usize, const VNNI: bool>(
             let n = (ow - j0).min(RowPairs::BLOCK);
             unsafe { _mm512_mask_storeu_epi32(out[j0..j0 + n].as_mut_ptr(), first_lanes(n), acc) };
         }
+    }
+}
+
+/// The geometry of a depthwise convolution 16 channels at a time ([`ChannelLanes::block`]): for small
+/// planes (a few output columns, where the row kernels leave most lanes of a register empty) with
+/// one output channel per input channel and inputs and weights of 16 bits, on AVX-512. Sixteen
+/// consecutive planes are copied once into zero-padded rows whose element is a register of the
+/// sixteen channels' values at one position; an output position is then one multiply-add per tap for
+/// all sixteen channels, wherever stride and dilation put the tap. A lane holds the input `x` as its
+/// `i32` and the tap `w` as its low 16 bits (the high ones zero), so `vpmaddwd` (or `vpdpwssd`) adds
+/// exactly `x·w + (x >> 16)·0`: the same products and wrapping `i32` sums as the other kernels (the
+/// caller's bound keeps every partial sum inside `i32`).
+struct ChannelLanes {
+    /// Padded rows read.
+    hp: usize,
+    /// Positions per padded row.
+    wp: usize,
+}
+
+impl ChannelLanes {
+    /// Channels per block (one register of `i32`).
+    const LANES: usize = 16;
+    /// The widest input and output rows this layout is taken for: wider outputs fill the row kernels'
+    /// registers, and wider inputs (a stride of 2 from 32 columns or more) cost more to lay out than
+    /// their products gain.
+    const MAX_WIDTH: usize = 16;
+    /// The most taps a kernel may have (their registers are built once per block).
+    const MAX_TAPS: usize = 64;
+
+    fn new(s: &ConvSpec<'_>, mx: u128, mw: u128) -> Option<ChannelLanes> {
+        if crate::simd::Isa::detect() != crate::simd::Isa::Avx512 {
+            return None;
+        }
+        let win = s.window;
+        let (kh, kw) = (s.w[2], s.w[3]);
+        let (oh, ow) = (s.out[2], s.out[3]);
+        // one output channel per input channel (so output plane q reads input plane q), enough
+        // channels to fill a register, short output rows
+        if mx > i16::MAX as u128
+            || mw > i16::MAX as u128
+            || s.w[0] != s.x[1]
+            || s.groups != s.x[1]
+            || s.x[1] < Self::LANES
+            || ow > Self::MAX_WIDTH
+            || s.x[3] > Self::MAX_WIDTH
+            || kh * kw == 0
+            || kh * kw > Self::MAX_TAPS
+            || oh * ow == 0
+        {
+            return None;
+        }
+        let (sy, sx) = (win.stride[0] as usize, win.stride[1] as usize);
+        let (dy, dx) = (win.dilation[0] as usize, win.dilation[1] as usize);
+        Some(ChannelLanes {
+            hp: (oh - 1) * sy + (kh - 1) * dy + 1,
+            wp: (ow - 1) * sx + (kw - 1) * dx + 1,
+        })
+    }
+
+    /// `i32` elements of the padded rows.
+    fn len(&self) -> usize {
+        self.hp * self.wp * Self::LANES
+    }
+
+    /// The output planes `dst` (`n ≤ 16` of them, `n·oh·ow` elements) from the input planes `x` (as
+    /// many, `n·h·w` elements): plane `l` is channel `c = (q + l) mod o` of the `o` whose taps `w` holds
+    /// (`kh·kw` each), with the bias `bias(c)`. `rows` holds [`ChannelLanes::len`] elements, zero when
+    /// first given (only the image's positions are written, so the padding stays zero for every later
+    /// block); `words` holds `kh·kw` registers' room, filled here.
+    fn run(
+        &self,
+        s: &ConvSpec<'_>,
+        x: &[i32],
+        rows: &mut [i32],
+        words: &mut [[i32; 16]],
+        (q, w, bias): (usize, &[i32], &dyn Fn(usize) -> i32),
+        dst: &mut [i32],
+    ) {
+        let (o, kk) = (s.w[0], s.w[2] * s.w[3]);
+        let n = dst.len() / (s.out[2] * s.out[3]);
+        assert!(n <= Self::LANES && x.len() >= n * s.x[2] * s.x[3] && rows.len() >= self.len());
+        assert!(words.len() >= kk && w.len() >= o * kk);
+        // each tap's sixteen weights in the low halves of their lanes (lanes past `n` are never
+        // stored: whatever they hold)
+        let mut biases = [0i32; 16];
+        for (l, b) in biases.iter_mut().enumerate().take(n) {
+            let c = (q + l) % o;
+            for (t, &v) in w[c * kk..(c + 1) * kk].iter().enumerate() {
+                words[t][l] = v & 0xffff;
+            }
+            *b = bias(c);
+        }
+        let vnni = crate::qgemm::Level::detect() == crate::qgemm::Level::Avx512Vnni;
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `new` checked that the CPU has AVX-512 (F, BW), and VNNI is taken only where the CPU
+        // has it; the assertions above keep the loads of the planes inside `x` (planes below `n`,
+        // positions below `h·w` under a mask), the copy and the taps' loads inside `rows` (positions
+        // below `hp·wp`, as `new` sized them) and the stores inside `dst` (planes below `n`,
+        // positions below `oh·ow` under a mask)
+        unsafe {
+            let g = LaneBlock {
+                rows,
+                words: &words[..kk],
+                biases: &biases,
+                n,
+            };
+            match (kk, vnni) {
+                (9, true) => lane_block_vnni::<9>(self, s, x, g, dst),
+                (25, true) => lane_block_vnni::<25>(self, s, x, g, dst),
+                (_, true) => lane_block_vnni::<0>(self, s, x, g, dst),
+                (9, false) => lane_block_avx512::<9>(self, s, x, g, dst),
+                (25, false) => lane_block_avx512::<25>(self, s, x, g, dst),
+                (_, false) => lane_block_avx512::<0>(self, s, x, g, dst),
+            }
+        }
+    }
+}
+
+/// One block of [`ChannelLanes`]: its padded rows, the taps' and biases' lanes, the planes it has.
+#[cfg(target_arch = "x86_64")]
+struct LaneBlock<'a> {
+    rows: &'a mut [i32],
+    words: &'a [[i32; 16]],
+    biases: &'a [i32; 16],
+    n: usize,
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn lane_block_avx512<const KK: usize>(
+    plan: &ChannelLanes,
+    s: &ConvSpec<'_>,
+    x: &[i32],
+    g: LaneBlock<'_>,
+    dst: &mut [i32],
+) {
+    unsafe { lane_block::<KK, false>(plan, s, x, g, dst) }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn lane_block_vnni<const KK: usize>(
+    plan: &ChannelLanes,
+    s: &ConvSpec<'_>,
+    x: &[i32],
+    g: LaneBlock<'_>,
+    dst: &mut [i32],
+) {
+    unsafe { lane_block::<KK, true>(plan, s, x, g, dst) }
+}
+
+/// [`ChannelLanes::run`]'s copy and products: each 16 image positions of the sixteen planes loaded
+/// (a register per plane) and turned into a register per position, stored in their padded row; then
+/// every output position's sums (the bias, then each tap by one `vpmaddwd` and an add, or one
+/// `vpdpwssd` when `VNNI`), turned back 16 positions at a time into a register per plane and stored.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn lane_block<const KK: usize, const VNNI: bool>(
+    plan: &ChannelLanes,
+    s: &ConvSpec<'_>,
+    x: &[i32],
+    g: LaneBlock<'_>,
+    dst: &mut [i32],
+) {
+    use std::arch::x86_64::*;
+    let (h, wd) = (s.x[2], s.x[3]);
+    let (oh, ow) = (s.out[2], s.out[3]);
+    let (kh, kw) = (s.w[2], s.w[3]);
+    let win = s.window;
+    let (sy, sx) = (win.stride[0] as usize, win.stride[1] as usize);
+    let (dy, dx) = (win.dilation[0] as usize, win.dilation[1] as usize);
+    let (pt, pl) = (win.pads[0] as usize, win.pads[1] as usize);
+    let (hp, wp) = (plan.hp, plan.wp);
+    let (hw, p) = (h * wd, oh * ow);
+    let rows = g.rows.as_mut_ptr();
+    let zero = _mm512_setzero_si512();
+    // the image's positions, 16 at a time, into the padded rows read
+    for f0 in (0..hw).step_by(16) {
+        let m = first_lanes(hw - f0);
+        let mut r = [zero; 16];
+        for (l, v) in r.iter_mut().enumerate().take(g.n) {
+            *v = unsafe { _mm512_maskz_loadu_epi32(m, x.as_ptr().add(l * hw + f0)) };
+        }
+        let cols = unsafe { transpose16(r) };
+        for (j, col) in cols.iter().enumerate().take(hw - f0) {
+            let (iy, ix) = ((f0 + j) / wd, (f0 + j) % wd);
+            if pt + iy < hp && pl + ix < wp {
+                let at = ((pt + iy) * wp + pl + ix) * 16;
+                unsafe { _mm512_storeu_si512(rows.add(at) as *mut _, *col) };
+            }
+        }
+    }
+    let mut wv = [zero; ChannelLanes::MAX_TAPS];
+    for (v, w) in wv.iter_mut().zip(g.words) {
+        *v = unsafe { _mm512_loadu_si512(w.as_ptr() as *const _) };
+    }
+    let bias = unsafe { _mm512_loadu_si512(g.biases.as_ptr() as *const _) };
+    let rows = rows as *const i32;
+    // where each tap reads, from an output position's first; a fixed count unrolls the loop
+    let taps = if KK > 0 { KK } else { kh * kw };
+    let mut offs = [0usize; ChannelLanes::MAX_TAPS];
+    for (t, o) in offs.iter_mut().enumerate().take(kh * kw) {
+        *o = ((t / kw) * dy * wp + (t % kw) * dx) * 16;
+    }
+    // 16 output positions at a time, each a register of sixteen planes' sums
+    for o0 in (0..p).step_by(16) {
+        let mut acc = [bias; 16];
+        for (j, sums) in acc.iter_mut().enumerate().take(p - o0) {
+            let (oy, ox) = ((o0 + j) / ow, (o0 + j) % ow);
+            let at = unsafe { rows.add((oy * sy * wp + ox * sx) * 16) };
+            // the sums in a register, not in the array
+            let mut a = bias;
+            for (&off, &w) in offs[..taps].iter().zip(&wv[..taps]) {
+                let x = unsafe { _mm512_loadu_si512(at.add(off) as *const _) };
+                a = unsafe { pair_madd::<VNNI>(a, x, w) };
+            }
+            *sums = a;
+        }
+        let planes = unsafe { transpose16(acc) };
+        let m = first_lanes(p - o0);
+        for (l, v) in planes.iter().enumerate().take(g.n) {
+            unsafe { _mm512_mask_storeu_epi32(dst.as_mut_ptr().add(l * p + o0), m, *v) };
+        }
+    }
+}
+
+/// The 16×16 matrix of `i32` whose row `i` is `r[i]`, transposed: element `j` of row `i` becomes
+/// element `i` of row `j` (64 shuffles: 32-bit, 64-bit and two rounds of 128-bit ones).
+///
+/// # Safety
+/// The CPU must have AVX-512 F.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn transpose16(r: [std::arch::x86_64::__m512i; 16]) -> [std::arch::x86_64::__m512i; 16] {
+    use std::arch::x86_64::*;
+    unsafe {
+        // t[2i], t[2i + 1]: rows 2i and 2i + 1 interleaved (elements 0, 1 | 4, 5 | … and 2, 3 | 6, 7 | …)
+        // (loops, not closures: a closure would not have this function's instruction sets)
+        let mut t = [_mm512_setzero_si512(); 16];
+        for i in 0..8 {
+            t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+            t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+        }
+        // u[4q + c]: rows 4q..4q + 4 at elements c, c + 4, c + 8, c + 12 (one per 128-bit lane)
+        let mut u = [_mm512_setzero_si512(); 16];
+        for q in 0..4 {
+            for h in 0..2 {
+                let (a, b) = (t[4 * q + h], t[4 * q + 2 + h]);
+                u[4 * q + 2 * h] = _mm512_unpacklo_epi64(a, b);
+                u[4 * q + 2 * h + 1] = _mm512_unpackhi_epi64(a, b);
+            }
+        }
+        let mut out = [_mm512_setzero_si512(); 16];
+        for c in 0..4 {
+            // lanes 0 and 2, then 1 and 3, of rows 0..8 and of rows 8..16
+            let (e0, e1) = (
+                _mm512_shuffle_i32x4::<0x88>(u[c], u[4 + c]),
+                _mm512_shuffle_i32x4::<0x88>(u[8 + c], u[12 + c]),
+            );
+            let (o0, o1) = (
+                _mm512_shuffle_i32x4::<0xdd>(u[c], u[4 + c]),
+                _mm512_shuffle_i32x4::<0xdd>(u[8 + c], u[12 + c]),
+            );
+            out[c] = _mm512_shuffle_i32x4::<0x88>(e0, e1);
+            out[c + 8] = _mm512_shuffle_i32x4::<0xdd>(e0, e1);
+            out[c + 4] = _mm512_shuffle_i32x4::<0x88>(o0, o1);
+            out[c + 12] = _mm512_shuffle_i32x4::<0xdd>(o0, o1);
+        }
+        out
     }
 }
 
@@ -3003,6 +3307,111 @@ mod tests {
         #[target_feature(enable = "avx512f,avx512bw")]
         unsafe fn plain<const T: usize, const KW: usize>(g: &RowPairBlocks<'_>, dst: &mut [i32]) {
             unsafe { row_pair_blocks::<T, KW, false>(g, dst) }
+        }
+    }
+
+    /// The kernel of sixteen channels per register ([`ChannelLanes`]) with and without `vpdpwssd`, with
+    /// its taps' count fixed (3×3, 5×5) and read at run time, equals the sums written out one by one
+    /// (bias plus each tap's product, padding read as zero) for full and partial blocks, strides and
+    /// dilations.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn channel_lane_kernels_agree_with_and_without_the_dot_product_instruction() {
+        if crate::qgemm::Level::detect() != crate::qgemm::Level::Avx512Vnni {
+            eprintln!("skipped: the CPU lacks AVX-512 VNNI");
+            return;
+        }
+        let mut next = xorshift(0x1a4e);
+        // (kernel, stride, dilation, pads, input h × w, planes)
+        for (k, st, di, pads, [h, wd], n) in [
+            ([3, 3], [1, 1], [1, 1], [1, 1, 1, 1], [7, 7], 16),
+            ([5, 5], [2, 2], [1, 1], [2, 2, 2, 2], [13, 12], 9),
+            ([3, 2], [2, 1], [2, 3], [2, 0, 1, 3], [9, 10], 16),
+            ([4, 4], [1, 2], [1, 1], [0, 3, 3, 0], [6, 11], 5),
+        ] {
+            let window = Window {
+                kernel: k,
+                stride: st,
+                dilation: di,
+                pads,
+            };
+            let (oh, ow) = window.output_hw(h, wd).expect("fits");
+            let (oh, ow) = (oh as usize, ow as usize);
+            let (h, wd) = (h as usize, wd as usize);
+            let (kh, kw) = (k[0] as usize, k[1] as usize);
+            let (xs, ws, os) = ([1, 16, h, wd], [16, 1, kh, kw], [1, 16, oh, ow]);
+            let s = ConvSpec {
+                x: &xs,
+                w: &ws,
+                window: &window,
+                groups: 16,
+                out: &os,
+            };
+            let plan = ChannelLanes::new(&s, 255, 255).expect("small planes");
+            let x: Vec<i32> = (0..n * h * wd)
+                .map(|_| (next() % 511) as i32 - 255)
+                .collect();
+            let w: Vec<i32> = (0..16 * kh * kw)
+                .map(|_| (next() % 255) as i32 - 127)
+                .collect();
+            let bias = |c: usize| c as i32 * 1000 - 7000;
+            let mut want = vec![0i32; n * oh * ow];
+            for (l, plane) in want.chunks_mut(oh * ow).enumerate() {
+                for (o, v) in plane.iter_mut().enumerate() {
+                    let (oy, ox) = (o / ow, o % ow);
+                    *v = bias(l);
+                    for t in 0..kh * kw {
+                        let iy = (oy * st[0] as usize + (t / kw) * di[0] as usize) as i64
+                            - pads[0] as i64;
+                        let ix = (ox * st[1] as usize + (t % kw) * di[1] as usize) as i64
+                            - pads[1] as i64;
+                        if (0..h as i64).contains(&iy) && (0..wd as i64).contains(&ix) {
+                            *v +=
+                                x[l * h * wd + iy as usize * wd + ix as usize] * w[l * kh * kw + t];
+                        }
+                    }
+                }
+            }
+            let run = |vnni: bool, fixed: bool| {
+                let mut rows = vec![0i32; plan.len()];
+                let mut words = vec![[0i32; 16]; kh * kw];
+                for (t, lanes) in words.iter_mut().enumerate() {
+                    for (l, v) in lanes.iter_mut().enumerate() {
+                        *v = w[l * kh * kw + t] & 0xffff;
+                    }
+                }
+                let mut biases = [0i32; 16];
+                for (l, b) in biases.iter_mut().enumerate() {
+                    *b = bias(l);
+                }
+                let mut dst = vec![0i32; n * oh * ow];
+                let g = LaneBlock {
+                    rows: &mut rows,
+                    words: &words,
+                    biases: &biases,
+                    n,
+                };
+                // SAFETY: the CPU has AVX-512 F, BW and VNNI (checked above); `x` holds `n` planes,
+                // `rows` the plan's length, `dst` `n` output planes
+                unsafe {
+                    match (vnni, fixed, kh * kw) {
+                        (true, true, 9) => lane_block_vnni::<9>(&plan, &s, &x, g, &mut dst),
+                        (true, true, 25) => lane_block_vnni::<25>(&plan, &s, &x, g, &mut dst),
+                        (true, _, _) => lane_block_vnni::<0>(&plan, &s, &x, g, &mut dst),
+                        (false, true, 9) => lane_block_avx512::<9>(&plan, &s, &x, g, &mut dst),
+                        (false, true, 25) => lane_block_avx512::<25>(&plan, &s, &x, g, &mut dst),
+                        (false, _, _) => lane_block_avx512::<0>(&plan, &s, &x, g, &mut dst),
+                    }
+                }
+                dst
+            };
+            for (vnni, fixed) in [(false, false), (false, true), (true, true), (true, false)] {
+                assert_eq!(
+                    run(vnni, fixed),
+                    want,
+                    "{window:?} {h}×{wd} {n}, {vnni} {fixed}"
+                );
+            }
         }
     }
 

@@ -574,7 +574,8 @@ fn with_chain(
     }
 }
 
-/// Models of each 8-bit kernel (a convolution, a depthwise one, a 1×1 convolution as `EinSum`) with
+/// Models of each 8-bit kernel (a convolution, a depthwise one on large and on small planes, a 1×1
+/// convolution as `EinSum`) with
 /// the chain the fast executor fuses into it, big enough for every kernel to split its output (and
 /// run the chain) across threads; 8-bit weights, then the same kernels with 16-bit ones (two parts).
 fn chained_eight_bit_models(g: &mut impl FnMut(usize) -> Vec<i32>) -> Vec<Model> {
@@ -605,6 +606,19 @@ fn chained_eight_bit_models(g: &mut impl FnMut(usize) -> Vec<i32>) -> Vec<Model>
             vec![1, 64, 48, 48],
             vec![64, 1, 3, 3],
             64,
+        ),
+        // depthwise on small planes (sixteen channels per register): 400 planes of 7·7
+        (
+            node(
+                Op::Conv2d {
+                    window,
+                    groups: 400,
+                },
+                vec![1, 400, 7, 7],
+            ),
+            vec![1, 400, 7, 7],
+            vec![400, 1, 3, 3],
+            400,
         ),
         // a 1×1 convolution as EinSum over CHW (weights first), 64 × 32 × 1024
         (
@@ -1428,6 +1442,89 @@ fn depthwise_convolutions_equal_reference() {
                     want.map_err(|e| e.to_string()),
                     &what,
                 );
+            }
+        }
+    }
+}
+
+/// Depthwise convolutions on small planes, which the fast executor takes sixteen channels per register
+/// (an AVX-512 register per image position): full and partial blocks of 16 channels, blocks that cross
+/// from one batch element into the next, strides 1 and 2 (and 2 along rows only), kernels of 1×1 to
+/// 7×7 (one larger than the image), asymmetric and missing padding, a dilation the pairs down a column
+/// refuse (column stride 2), 8- and 16-bit inputs and weights, a value past 16 bits (another kernel),
+/// a bias, with and without a requantizing shift, outputs large enough to split across threads: the
+/// reference integers at every instruction-set level and thread count.
+#[test]
+fn small_plane_depthwise_convolutions_equal_reference() {
+    let mut g = crate::gen(29, 1 << 20);
+    // (kernel, stride, dilation, pads [top, left, bottom, right], input h × w)
+    type Geometry = ([u32; 2], [u32; 2], [u32; 2], [u32; 4], [u32; 2]);
+    let geometries: [Geometry; 10] = [
+        ([3, 3], [1, 1], [1, 1], [1, 1, 1, 1], [7, 7]),
+        ([3, 3], [1, 1], [1, 1], [1, 1, 1, 1], [16, 16]),
+        ([3, 3], [2, 2], [1, 1], [1, 1, 1, 1], [14, 14]),
+        ([5, 5], [1, 1], [1, 1], [2, 2, 2, 2], [14, 14]),
+        ([5, 5], [2, 2], [1, 1], [2, 2, 2, 2], [13, 13]),
+        ([7, 7], [1, 1], [1, 1], [3, 3, 3, 3], [5, 6]),
+        ([2, 4], [2, 1], [1, 1], [0, 1, 2, 0], [9, 16]),
+        ([1, 1], [1, 1], [1, 1], [0, 0, 0, 0], [1, 3]),
+        ([3, 3], [2, 2], [2, 2], [2, 1, 0, 2], [11, 11]),
+        ([3, 5], [1, 1], [1, 1], [0, 0, 0, 0], [4, 16]),
+    ];
+    for (kernel, stride, dilation, pads, [h, w]) in geometries {
+        let window = Window {
+            kernel,
+            stride,
+            dilation,
+            pads,
+        };
+        let (oh, ow) = window.output_hw(h, w).expect("fits");
+        // 16 channels (one block), 37 in two batch elements (blocks across them, a partial last one)
+        for (n, c) in [(1u32, 16u32), (2, 37)] {
+            let nw = (c * kernel[0] * kernel[1]) as usize;
+            let len = (n * c * h * w) as usize;
+            for (case, (xk, wide_w)) in [(0, false), (1, false), (2, true), (3, false)]
+                .into_iter()
+                .enumerate()
+            {
+                let x = match xk {
+                    0 => eight_bit(&mut g, len, true, false, false),
+                    1 => eight_bit(&mut g, len, false, false, false),
+                    2 => eight_bit(&mut g, len, false, false, true),
+                    _ => eight_bit(&mut g, len, false, true, true),
+                };
+                let wv = eight_bit(&mut g, nw, false, false, wide_w);
+                for out_scale in [8, 3] {
+                    let m = Model::one_node(
+                        vec![input("x", vec![n, c, h, w], 4)],
+                        vec![
+                            Const {
+                                shape: vec![c, 1, kernel[0], kernel[1]],
+                                scale: 4,
+                                data: wv.clone().into(),
+                            },
+                            Const {
+                                shape: vec![c],
+                                scale: 6,
+                                data: g(c as usize).into(),
+                            },
+                        ],
+                        Op::Conv2d { window, groups: c },
+                        vec![0, 1, 2],
+                        vec![n, c, oh, ow],
+                        out_scale,
+                    );
+                    m.validate().expect("valid");
+                    let want = Executor::new(&m, Mode::Reference).run(vec![x.clone()]);
+                    let what =
+                        format!("{window:?} {n}×{c}×{h}×{w}, case {case}, scale {out_scale}");
+                    fast_at_every_level_gives(
+                        &m,
+                        std::slice::from_ref(&x),
+                        want.map_err(|e| e.to_string()),
+                        &what,
+                    );
+                }
             }
         }
     }
