@@ -236,7 +236,8 @@ impl PackedB {
 
     /// Packed activations from a source of `len` values (`None` if fewer than `k·n`, or `k > MAX_K`),
     /// each part of whole column blocks written by `fill(kq, first block, bytes)` on up to `threads`
-    /// threads.
+    /// threads. `fill` must write every byte but the padding (which holds the offset's zero when there
+    /// is any: the buffer is filled with it first only then).
     fn activations_par(
         len: usize,
         k: usize,
@@ -245,10 +246,23 @@ impl PackedB {
         threads: usize,
         fill: impl Fn(usize, usize, &mut [u8]) + Sync,
     ) -> Option<PackedB> {
-        let mut p = PackedB::empty_par(k, n, false, offset, threads)?;
         if len < k * n {
             return None;
         }
+        // without padding (`k` a multiple of 4, `n` of 16) the fill writes every byte: no zeros first
+        let mut p = if k.is_multiple_of(4) && n.is_multiple_of(NR) && k <= MAX_K {
+            PackedB {
+                k,
+                n,
+                kq: k / 4,
+                data: crate::buffers::take_overwritten(k * n),
+                weights: false,
+                offset,
+                colsum: vec![0; n],
+            }
+        } else {
+            PackedB::empty_par(k, n, false, offset, threads)?
+        };
         let kq = p.kq;
         crate::par::rows(&mut p.data, kq * NR * 4, threads, 1, |blk0, part| {
             fill(kq, blk0, part)
