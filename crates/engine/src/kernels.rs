@@ -1349,11 +1349,22 @@ fn packed<'a, T: crate::buffers::Pooled>(
     order: &[u8],
     sizes: &[usize; 256],
 ) -> Cow<'a, [T]> {
-    let same = labels == order
-        && labels
+    // the same row-major layout: every axis of `x` of more than one element is, in the same order,
+    // an axis of `order` of that size, and the axes of `order` missing from `x` have one element
+    let axes = |ls: &[u8], dim: &dyn Fn(usize) -> usize| -> Vec<u8> {
+        (0..ls.len())
+            .filter(|&i| dim(i) != 1)
+            .map(|i| ls[i])
+            .collect()
+    };
+    let same = labels
+        .iter()
+        .zip(shape)
+        .all(|(&l, &d)| d == 1 || (order.contains(&l) && d == sizes[l as usize]))
+        && order
             .iter()
-            .zip(shape)
-            .all(|(&l, &d)| d == sizes[l as usize]);
+            .all(|&l| labels.contains(&l) || sizes[l as usize] == 1)
+        && axes(labels, &|i| shape[i]) == axes(order, &|i| sizes[order[i] as usize]);
     if same {
         Cow::Borrowed(x)
     } else {
@@ -3412,6 +3423,41 @@ mod tests {
                     "{window:?} {h}×{wd} {n}, {vnni} {fixed}"
                 );
             }
+        }
+    }
+
+    /// An operand is read in place exactly when its layout already is the product's (axes of one
+    /// element, present or not, do not count), and its elements are then the ones the copy would hold.
+    #[test]
+    fn operands_in_the_products_layout_are_not_copied() {
+        let mut sizes = [1usize; 256];
+        (sizes[1], sizes[2], sizes[3], sizes[4]) = (4, 3, 5, 3);
+        // (labels, shape, order, read in place)
+        type Case<'a> = (&'a [u8], &'a [usize], &'a [u8], bool);
+        let cases: [Case<'_>; 7] = [
+            (&[1, 2, 3], &[4, 3, 5], &[1, 2, 3], true),
+            // a batch axis of one element, on either side or both
+            (&[0, 1, 2, 3], &[1, 4, 3, 5], &[1, 2, 3], true),
+            (&[1, 2, 3], &[4, 3, 5], &[0, 1, 2, 3], true),
+            (&[1, 0, 3], &[4, 1, 5], &[1, 3, 0], true),
+            // transposed, broadcast along an axis of several, a label the order lacks
+            (&[1, 2, 3], &[4, 3, 5], &[1, 3, 2], false),
+            (&[1, 0, 3], &[4, 1, 5], &[1, 2, 3], false),
+            (&[1, 4, 3], &[4, 3, 5], &[1, 3], false),
+        ];
+        for (labels, shape, order, in_place) in cases {
+            let x: Vec<i32> = (0..shape.iter().product::<usize>() as i32).collect();
+            let got = packed(&x, labels, shape, order, &sizes);
+            assert_eq!(
+                matches!(got, Cow::Borrowed(_)),
+                in_place,
+                "{labels:?} {order:?}"
+            );
+            assert_eq!(
+                &*got,
+                &pack(&x, labels, shape, order, &sizes)[..],
+                "{labels:?} {order:?}"
+            );
         }
     }
 
