@@ -113,6 +113,8 @@ fn bench_qgemm(c: &mut Criterion) {
         (784usize, 1152usize, 128usize),
         (196, 4608, 512),
         (16, 384, 1536),
+        // a short reduction (MobileNet-v2's expansion at 56×56)
+        (144, 24, 3136),
     ] {
         let a: Vec<i32> = (0..m * k).map(|i| (i * 7 % 256) as i32).collect();
         let b: Vec<i32> = (0..k * n).map(|i| (i * 13 % 256) as i32 - 128).collect();

@@ -666,6 +666,33 @@ fn gemm_rows(
     if level == Level::Avx2 {
         return gemm_rows_avx2(a, b, r0, c, tokens);
     }
+    // a short reduction's tile takes about as long as its call: the VNNI kernel sweeps every column
+    // block of a band of rows in one call instead (its sums start from the offsets: one block of `k`)
+    #[cfg(target_arch = "x86_64")]
+    if level == Level::Avx512Vnni && a.kq <= BAND_KQ {
+        let mut i = 0;
+        while i < rows {
+            if crate::cancel::any(tokens) {
+                return;
+            }
+            let r = MR.min(rows - i);
+            let offsets = Offsets::of(a, b, (r0 + i, r), (0, nb * NR));
+            let arow = &a.data[(r0 + i) * lda..];
+            let bstride = b.kq * NR * 4;
+            band(
+                !a.weights,
+                r,
+                (arow, lda),
+                (&b.data, bstride),
+                a.kq,
+                (&mut c[i * ldc..], ldc),
+                nb,
+                offsets,
+            );
+            i += r;
+        }
+        return;
+    }
     for q0 in (0..a.kq).step_by(KCQ) {
         let qn = KCQ.min(a.kq - q0);
         let first = q0 == 0;
@@ -991,6 +1018,86 @@ fn portable<const A_U8: bool>(
     }
 }
 
+/// Groups of 4 along `k` up to which [`gemm_rows`] runs the VNNI kernel band by band (`k ≤ 64`).
+const BAND_KQ: usize = 16;
+
+/// Rows `r` (1 to [`MR`]) of the product over all `nb` column blocks, stored (the sums starting from
+/// `first`'s offsets) by the VNNI kernel in one call: pairs of blocks, then a last single one. `a` holds
+/// the rows (`lda` apart), `b` the column blocks (`bstride` apart), `c` the output rows (`ldc` apart);
+/// `qn` groups of 4 along `k`. The CPU must support AVX-512 VNNI.
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+fn band(
+    a_u8: bool,
+    r: usize,
+    (a, lda): (&[u8], usize),
+    (b, bstride): (&[u8], usize),
+    qn: usize,
+    (c, ldc): (&mut [i32], usize),
+    nb: usize,
+    first: Offsets,
+) {
+    // bounds the unsafe kernel relies on
+    assert!((1..=MR).contains(&r) && nb > 0);
+    assert!(a.len() >= (r - 1) * lda + qn * 4);
+    assert!(b.len() >= (nb - 1) * bstride + qn * NR * 4);
+    assert!(c.len() >= (r - 1) * ldc + nb * NR);
+    assert!(first.rows.is_none_or(|v| v.len() >= r));
+    assert!(first.cols.is_none_or(|v| v.len() >= nb * NR));
+    assert!(Level::Avx512Vnni.supported());
+    // SAFETY: the CPU supports VNNI (asserted above); the asserts bound every access the kernel makes
+    unsafe {
+        macro_rules! go {
+            ($($n:literal)*) => {
+                match (r, a_u8) {
+                    $(($n, true) => band_vnni::<$n, true>(a, lda, b, bstride, qn, c, ldc, nb, first),
+                      ($n, false) => band_vnni::<$n, false>(a, lda, b, bstride, qn, c, ldc, nb, first),)*
+                    _ => unreachable!("tile rows are 1..=MR"),
+                }
+            };
+        }
+        go!(1 2 3 4 5 6 7 8)
+    }
+}
+
+/// [`band`]'s loop over column blocks.
+///
+/// # Safety
+/// The CPU must support AVX-512F/BW/VNNI; the slices must hold what [`band`] asserts.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn band_vnni<const R: usize, const A_U8: bool>(
+    a: &[u8],
+    lda: usize,
+    b: &[u8],
+    bstride: usize,
+    qn: usize,
+    c: &mut [i32],
+    ldc: usize,
+    nb: usize,
+    first: Offsets,
+) {
+    let mut blk = 0;
+    while blk < nb {
+        let o = Offsets {
+            rows: first.rows,
+            cols: first.cols.map(|v| &v[blk * NR..]),
+        };
+        let (bb, cc) = (&b[blk * bstride..], &mut c[blk * NR..]);
+        // SAFETY: as the caller's (the blocks from `blk` on lie inside what `band` asserted)
+        unsafe {
+            if blk + 1 < nb {
+                vnni::<R, 2, A_U8>(a, lda, bb, bstride, qn, cc, ldc, Some(o));
+                blk += 2;
+            } else {
+                vnni::<R, 1, A_U8>(a, lda, bb, bstride, qn, cc, ldc, Some(o));
+                blk += 1;
+            }
+        }
+    }
+}
+
 /// The VNNI register tile: `R` rows × `NB` blocks of 16 columns.
 ///
 /// # Safety
@@ -998,6 +1105,7 @@ fn portable<const A_U8: bool>(
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 #[allow(clippy::too_many_arguments)]
+#[inline]
 unsafe fn vnni<const R: usize, const NB: usize, const A_U8: bool>(
     a: &[u8],
     lda: usize,
