@@ -2245,7 +2245,7 @@ unsafe fn row_pair_blocks<const T: usize, const KW: usize, const VNNI: bool>(
     }
 }
 
-/// The geometry of a depthwise convolution 16 channels at a time ([`ChannelLanes::block`]): for small
+/// The geometry of a depthwise convolution 16 channels at a time ([`ChannelLanes::run`]): for small
 /// planes (a few output columns, where the row kernels leave most lanes of a register empty) with
 /// one output channel per input channel and inputs and weights of 16 bits, on AVX-512. Sixteen
 /// consecutive planes are copied once into zero-padded rows whose element is a register of the
