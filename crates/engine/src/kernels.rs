@@ -1546,7 +1546,8 @@ fn conv2d_narrow(
     let bytes = !direct && !split;
     // with stride 1, read in place from a padded byte image, panel by panel
     if bytes && s.window.stride == [1, 1] {
-        let mut out = crate::par::filled(n * o_ch * p, 0i32, th);
+        // every output row of every plane is requantized into below
+        let mut out = crate::buffers::take_overwritten(n * o_ch * p);
         let done = conv2d_panels(s, x, qw, bias, shift, (offset, level, th), hook, &mut out);
         return Some(done.map(|()| out));
     }
@@ -2906,7 +2907,9 @@ fn conv2d_panels(
                 let (y0, y1) = (t * per, ((t + 1) * per).min(oh));
                 // the i32 sums of whole weights (split ones are joined into i64 sums instead)
                 let whole = if qw.lo.is_none() { og } else { 0 };
-                let mut acc = crate::buffers::take(whole * (rows * wp).div_ceil(16) * 16, 0i32);
+                // the product stores every sum it is given room for
+                let mut acc =
+                    crate::buffers::take_overwritten(whole * (rows * wp).div_ceil(16) * 16);
                 let mut at = starts.clone();
                 for oy0 in (y0..y1).step_by(rows) {
                     let oy1 = (oy0 + rows).min(y1);

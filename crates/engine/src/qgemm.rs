@@ -236,8 +236,8 @@ impl PackedB {
 
     /// Packed activations from a source of `len` values (`None` if fewer than `k·n`, or `k > MAX_K`),
     /// each part of whole column blocks written by `fill(kq, first block, bytes)` on up to `threads`
-    /// threads. `fill` must write every byte but the padding (which holds the offset's zero when there
-    /// is any: the buffer is filled with it first only then).
+    /// threads. `fill` must write every byte but the padding (which holds the offset's zero: the buffer
+    /// is filled with it first only where there is any).
     fn activations_par(
         len: usize,
         k: usize,
@@ -249,16 +249,23 @@ impl PackedB {
         if len < k * n {
             return None;
         }
-        // without padding (`k` a multiple of 4, `n` of 16) the fill writes every byte: no zeros first
-        let mut p = if k.is_multiple_of(4) && n.is_multiple_of(NR) && k <= MAX_K {
+        // with `k` a multiple of 4 the fill writes every byte but the last block's padded columns:
+        // only that block is filled first
+        let mut p = if k.is_multiple_of(4) && k <= MAX_K {
+            let (kq, nb) = (k / 4, n.div_ceil(NR));
+            let mut data = crate::buffers::take_overwritten(nb * kq * NR * 4);
+            if !n.is_multiple_of(NR) {
+                let pad = if offset { 128 } else { 0 };
+                data[(nb - 1) * kq * NR * 4..].fill(pad);
+            }
             PackedB {
                 k,
                 n,
-                kq: k / 4,
-                data: crate::buffers::take_overwritten(k * n),
+                kq,
+                data,
                 weights: false,
                 offset,
-                colsum: vec![0; n],
+                colsum: vec![0; nb * NR],
             }
         } else {
             PackedB::empty_par(k, n, false, offset, threads)?
