@@ -1269,12 +1269,39 @@ impl<M: Borrow<Model> + Sync> Executor<M> {
                         k => map_rescale(d, k).map(std::borrow::Cow::Owned),
                     })
                     .collect::<Result<_, _>>()?;
-                let mut out = Vec::with_capacity(out_shape.iter().product());
-                for o in 0..outer {
-                    for (p, (shape, _)) in parts.iter().zip(&infos) {
-                        let len = shape[ax] * inner;
-                        out.extend_from_slice(&p[o * len..(o + 1) * len]);
+                // the output as a list of runs of the inputs, in order
+                let runs: Vec<&[i32]> = (0..outer)
+                    .flat_map(|o| {
+                        parts.iter().zip(&infos).map(move |(p, (shape, _))| {
+                            let len = shape[ax] * inner;
+                            &p[o * len..(o + 1) * len]
+                        })
+                    })
+                    .collect();
+                let total: usize = out_shape.iter().product();
+                // a validated model's inputs fill the output exactly (every element is copied below)
+                debug_assert_eq!(runs.iter().map(|r| r.len()).sum::<usize>(), total);
+                let mut out = crate::buffers::take_overwritten(total);
+                // a fused chain runs on each part as soon as it is copied, while it is in the cache
+                let hook = hook.take();
+                let fill = |start: usize, part: &mut [i32]| {
+                    concat_into(&runs, start, part);
+                    if let Some(h) = hook {
+                        h(start, part);
                     }
+                };
+                match fast {
+                    Some(threads) if threads > 1 && total >= PAR_ELEMENTS => {
+                        crate::par::rows(&mut out, 1, threads, 1 << 10, |s, part| {
+                            part.chunks_mut(CONCAT_PART)
+                                .enumerate()
+                                .for_each(|(i, c)| fill(s + i * CONCAT_PART, c))
+                        })
+                    }
+                    _ => out
+                        .chunks_mut(CONCAT_PART)
+                        .enumerate()
+                        .for_each(|(i, c)| fill(i * CONCAT_PART, c)),
                 }
                 Ok(out)
             }
@@ -1395,6 +1422,28 @@ fn binary_i64(
 
 /// Outputs at least this large are split across the run's threads by element-wise kernels.
 const PAR_ELEMENTS: usize = 1 << 13;
+
+/// Elements a `Concat` copies before it hands them to its fused chain (they stay in the L1 cache).
+const CONCAT_PART: usize = 4096;
+
+/// Elements `start..start + out.len()` of the concatenation of `runs` into `out` (the runs cover it).
+fn concat_into(runs: &[&[i32]], start: usize, out: &mut [i32]) {
+    let mut at = 0;
+    let mut filled = 0;
+    for r in runs {
+        let end = at + r.len();
+        if filled < out.len() && end > start + filled {
+            let from = start + filled - at;
+            let n = (r.len() - from).min(out.len() - filled);
+            out[filled..filled + n].copy_from_slice(&r[from..from + n]);
+            filled += n;
+        }
+        at = end;
+        if filled == out.len() {
+            break;
+        }
+    }
+}
 
 /// `f` of every element, a large input split across `threads` (each part the same integers).
 fn map_split(

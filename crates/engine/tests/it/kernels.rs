@@ -683,6 +683,65 @@ fn eight_bit_kernels_split_across_threads_with_their_chains() {
     }
 }
 
+/// A `Concat` heading a fused chain (the chain runs on each copied part while it is in the cache):
+/// along the channels (two long runs, one of them a rescaled constant) and along the last axis (many
+/// short runs), parts crossing from one input into the next, split across threads; and inputs whose
+/// rescale leaves `i32` (the node's error): the reference's integers or error, traced and untraced.
+#[test]
+fn concatenations_with_their_chains_equal_reference() {
+    let mut g = crate::gen(37, 1 << 12);
+    // (input shape, constant shape, axis, output shape)
+    for (xs, ws, axis, out) in [
+        (
+            vec![1u32, 24, 20, 20],
+            vec![1u32, 40, 20, 20],
+            1u32,
+            vec![1u32, 64, 20, 20],
+        ),
+        (vec![1, 8, 20, 12], vec![1, 8, 20, 7], 3, vec![1, 8, 20, 19]),
+    ] {
+        let channels = out[1];
+        let nw = ws.iter().product::<u32>() as usize;
+        let head = Node {
+            name: "head".into(),
+            op: Op::Concat { axis },
+            inputs: vec![0, 1],
+            shape: out.clone(),
+            scale: 8,
+        };
+        let w = Const {
+            shape: ws,
+            scale: 6,
+            data: g(nw).into(),
+        };
+        let m = with_chain(head, input("x", xs.clone(), 4), w, channels, &mut g);
+        m.validate().expect("valid");
+        let n = xs.iter().product::<u32>() as usize;
+        for big in [false, true] {
+            // values past 2^27 leave i32 when rescaled from scale 4 to 8
+            let x: Vec<i32> = g(n)
+                .into_iter()
+                .map(|v| if big { v | (1 << 28) } else { v })
+                .collect();
+            let want = Executor::new(&m, Mode::Reference)
+                .run(vec![x.clone()])
+                .map_err(|e| e.to_string());
+            assert_eq!(want.is_err(), big, "{axis}: {want:?}");
+            for threads in [1, 2, 3] {
+                let ex = Executor::new(&m, Mode::Fast { threads });
+                let got = ex.run(vec![x.clone()]).map_err(|e| e.to_string());
+                assert_eq!(got, want, "axis {axis}, {threads} threads");
+                let traced = ex.run_trace(vec![x.clone()]).map(|t| t.0);
+                assert_eq!(
+                    traced.map_err(|e| e.to_string()),
+                    want,
+                    "traced, axis {axis}"
+                );
+            }
+        }
+    }
+}
+
 /// A steady stream of runs takes its large buffers from the executor's pool: after the first run, a
 /// run allocates nothing of 64 KB or more but the output it hands over, and buffers left by earlier
 /// runs (on other inputs) change no bit.
