@@ -1323,10 +1323,11 @@ pub(crate) fn clamp_shift(x: &[i32], k: u32, lo: i32, hi: i32, threads: usize) -
 }
 
 /// An element-wise op over `x` by `run(dst, src)` on matching runs of the output and the input: every
-/// element at once, on up to `threads` threads for tensors of 64 K elements or more.
+/// element at once, on up to `threads` threads for tensors of 64 K elements or more. `run` writes
+/// every element of `dst` (the buffer is not filled first).
 fn map_elements(x: &[i32], threads: usize, run: impl Fn(&mut [i32], &[i32]) + Sync) -> Vec<i32> {
     let th = if x.len() >= 1 << 16 { threads } else { 1 };
-    let mut out = crate::par::filled(x.len(), 0i32, th);
+    let mut out = crate::buffers::take_overwritten(x.len());
     crate::par::rows(&mut out, 1, th, 1 << 10, |at, part| {
         run(part, &x[at..at + part.len()])
     });
@@ -1340,8 +1341,8 @@ crate::multiversion! {
     fn add_shift_i64(dst: &mut [i32], acc: &[i64], add: i64, right: u32, left: u32) -> (i64, i64) = add_shift_body::<i64>
 }
 
-/// `x` in the row-major order of labels `order`: borrowed when it already is (same label order, no
-/// broadcast axis), else packed.
+/// `x` in the row-major order of labels `order`: borrowed when its layout already is that order's
+/// (axes of one element aside, no broadcast axis), else packed.
 fn packed<'a, T: crate::buffers::Pooled>(
     x: &'a [T],
     labels: &[u8],
@@ -1553,8 +1554,9 @@ fn conv2d_narrow(
     }
     // every output plane of every group and batch is requantized into below
     let mut out = crate::buffers::take_overwritten(n * o_ch * p);
-    let mut im = crate::par::filled(if direct || bytes { 0 } else { kk * p }, 0i32, th);
-    let mut im8 = crate::par::filled(if bytes { kk * p } else { 0 }, 0u8, th);
+    // the patch gathers write every element (padding as zero)
+    let mut im = crate::buffers::take_overwritten(if direct || bytes { 0 } else { kk * p });
+    let mut im8 = crate::buffers::take_overwritten(if bytes { kk * p } else { 0 });
     let add = if offset { 128 } else { 0 };
     for b in 0..n {
         for (g, qw) in qw.iter().enumerate() {
