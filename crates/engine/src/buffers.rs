@@ -65,6 +65,9 @@ impl Pool {
 pub trait Pooled: Copy + Default + Send + Sync + 'static {
     /// Whether `v` is the value whose bytes are all zero.
     fn is_zero(v: Self) -> bool;
+    /// What [`take_overwritten`] fills its buffers with in debug builds (bytes `0x5a`), so that a
+    /// kernel which misses an element shows it in tests instead of reading a zero by luck.
+    fn poison() -> Self;
     #[doc(hidden)]
     fn list(pool: &Pool) -> &Mutex<Vec<Vec<Self>>>;
 }
@@ -75,6 +78,9 @@ macro_rules! pooled {
         impl Pooled for $t {
             fn is_zero(v: $t) -> bool {
                 v == 0
+            }
+            fn poison() -> $t {
+                <$t>::from_ne_bytes([0x5a; std::mem::size_of::<$t>()])
             }
             fn list(pool: &Pool) -> &Mutex<Vec<Vec<$t>>> {
                 &pool.$field
@@ -132,16 +138,21 @@ pub fn take<T: Pooled>(len: usize, value: T) -> Vec<T> {
 /// `len` elements for a caller that writes every one of them before anything reads them: a buffer of
 /// the current pool as it is (its elements whatever it held; only a part it never held is zeroed), or
 /// new zeros. Only the fill is saved, so a caller that missed an element would read an earlier run's
-/// value: for kernels whose loops store every output element.
+/// value: for kernels whose loops store every output element (debug builds fill the buffer with
+/// [`Pooled::poison`] instead, so that tests catch a kernel that does not).
 pub fn take_overwritten<T: Pooled>(len: usize) -> Vec<T> {
-    match reuse::<T>(len) {
+    let mut v = match reuse::<T>(len) {
         Some(mut v) => {
             v.truncate(len);
             v.resize(len, T::default());
             v
         }
         None => vec![T::default(); len],
+    };
+    if cfg!(debug_assertions) {
+        v.fill(T::poison());
     }
+    v
 }
 
 /// A free buffer of the current pool with room for `len` elements of `T` (its length and elements

@@ -794,10 +794,15 @@ impl<M: Borrow<Model> + Sync> Executor<M> {
             None => &[],
         };
         let profile = std::env::var_os("VERITY_PROFILE").is_some();
-        let at = |node: &Node, e: ExecError| ExecError::AtNode {
-            node: node.name.clone(),
-            op: node.op.name(),
-            error: Box::new(e),
+        // a kernel cancelled part-way leaves part of its output unwritten, which what follows it in
+        // the node may have read as an error: the run was cancelled, whatever the node then reported
+        let at = |node: &Node, e: ExecError| match crate::cancel::requested() {
+            true => ExecError::Cancelled,
+            false => ExecError::AtNode {
+                node: node.name.clone(),
+                op: node.op.name(),
+                error: Box::new(e),
+            },
         };
         for (k, node) in m.nodes.iter().enumerate() {
             if crate::cancel::requested() {
