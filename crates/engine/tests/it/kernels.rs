@@ -1468,7 +1468,6 @@ fn depthwise_convolutions_equal_reference() {
         ([3, 3], [2, 2], [3, 1], [3, 1, 3, 1], [13, 37], 1),
         ([3, 3], [2, 1], [2, 3], [2, 3, 2, 3], [11, 19], 2),
     ];
-    let c = 3u32;
     for (kernel, stride, dilation, pads, [h, w], mult) in geometries {
         let window = Window {
             kernel,
@@ -1476,51 +1475,66 @@ fn depthwise_convolutions_equal_reference() {
             dilation,
             pads,
         };
-        let (oh, ow) = window.output_hw(h, w).expect("fits");
-        let o = c * mult;
-        let nw = (o * kernel[0] * kernel[1]) as usize;
         // (unsigned 8-bit, signed 8-bit, 16-bit, 16-bit with one value past it) × 8- or 16-bit weights
-        for (case, (xk, wide_w)) in [(0, false), (1, false), (2, false), (2, true), (3, false)]
-            .into_iter()
-            .enumerate()
-        {
-            let x = match xk {
-                0 => eight_bit(&mut g, (c * h * w) as usize, true, false, false),
-                1 => eight_bit(&mut g, (c * h * w) as usize, false, false, false),
-                2 => eight_bit(&mut g, (c * h * w) as usize, false, false, true),
-                _ => eight_bit(&mut g, (c * h * w) as usize, false, true, true),
-            };
-            let wv = eight_bit(&mut g, nw, false, false, wide_w);
-            for out_scale in [8, 3] {
-                let m = Model::one_node(
-                    vec![input("x", vec![1, c, h, w], 4)],
-                    vec![
-                        Const {
-                            shape: vec![o, 1, kernel[0], kernel[1]],
-                            scale: 4,
-                            data: wv.clone().into(),
-                        },
-                        Const {
-                            shape: vec![o],
-                            scale: 6,
-                            data: g(o as usize).into(),
-                        },
-                    ],
-                    Op::Conv2d { window, groups: c },
-                    vec![0, 1, 2],
-                    vec![1, o, oh, ow],
-                    out_scale,
-                );
-                m.validate().expect("valid");
-                let want = Executor::new(&m, Mode::Reference).run(vec![x.clone()]);
-                let what = format!("{window:?} {h}×{w} ×{mult}, case {case}, scale {out_scale}");
-                fast_at_every_level_gives(
-                    &m,
-                    std::slice::from_ref(&x),
-                    want.map_err(|e| e.to_string()),
-                    &what,
-                );
-            }
+        let cases = [(0, false), (1, false), (2, false), (2, true), (3, false)];
+        depthwise_equals_reference(&mut g, window, [1, 3, h, w], mult, &cases);
+    }
+}
+
+/// A depthwise convolution (`groups` = `c`, `mult` outputs per channel) of `n × c` planes of `h × w`,
+/// with a bias, with and without a requantizing shift, for each of `cases` (the input's kind —
+/// unsigned 8-bit, signed 8-bit, 16-bit, 16-bit with one value past it — and whether the weights have
+/// 16 bits): the fast executor gives the reference's integers at every instruction-set level and
+/// thread count.
+fn depthwise_equals_reference(
+    g: &mut impl FnMut(usize) -> Vec<i32>,
+    window: Window,
+    [n, c, h, w]: [u32; 4],
+    mult: u32,
+    cases: &[(usize, bool)],
+) {
+    let (oh, ow) = window.output_hw(h, w).expect("fits");
+    let (o, kernel) = (c * mult, window.kernel);
+    let nw = (o * kernel[0] * kernel[1]) as usize;
+    let len = (n * c * h * w) as usize;
+    for (case, &(xk, wide_w)) in cases.iter().enumerate() {
+        let x = match xk {
+            0 => eight_bit(&mut *g, len, true, false, false),
+            1 => eight_bit(&mut *g, len, false, false, false),
+            2 => eight_bit(&mut *g, len, false, false, true),
+            _ => eight_bit(&mut *g, len, false, true, true),
+        };
+        let wv = eight_bit(&mut *g, nw, false, false, wide_w);
+        for out_scale in [8, 3] {
+            let m = Model::one_node(
+                vec![input("x", vec![n, c, h, w], 4)],
+                vec![
+                    Const {
+                        shape: vec![o, 1, kernel[0], kernel[1]],
+                        scale: 4,
+                        data: wv.clone().into(),
+                    },
+                    Const {
+                        shape: vec![o],
+                        scale: 6,
+                        data: g(o as usize).into(),
+                    },
+                ],
+                Op::Conv2d { window, groups: c },
+                vec![0, 1, 2],
+                vec![n, o, oh, ow],
+                out_scale,
+            );
+            m.validate().expect("valid");
+            let want = Executor::new(&m, Mode::Reference).run(vec![x.clone()]);
+            let what =
+                format!("{window:?} {n}×{c}×{h}×{w} ×{mult}, case {case}, scale {out_scale}");
+            fast_at_every_level_gives(
+                &m,
+                std::slice::from_ref(&x),
+                want.map_err(|e| e.to_string()),
+                &what,
+            );
         }
     }
 }
@@ -1556,54 +1570,10 @@ fn small_plane_depthwise_convolutions_equal_reference() {
             dilation,
             pads,
         };
-        let (oh, ow) = window.output_hw(h, w).expect("fits");
         // 16 channels (one block), 37 in two batch elements (blocks across them, a partial last one)
         for (n, c) in [(1u32, 16u32), (2, 37)] {
-            let nw = (c * kernel[0] * kernel[1]) as usize;
-            let len = (n * c * h * w) as usize;
-            for (case, (xk, wide_w)) in [(0, false), (1, false), (2, true), (3, false)]
-                .into_iter()
-                .enumerate()
-            {
-                let x = match xk {
-                    0 => eight_bit(&mut g, len, true, false, false),
-                    1 => eight_bit(&mut g, len, false, false, false),
-                    2 => eight_bit(&mut g, len, false, false, true),
-                    _ => eight_bit(&mut g, len, false, true, true),
-                };
-                let wv = eight_bit(&mut g, nw, false, false, wide_w);
-                for out_scale in [8, 3] {
-                    let m = Model::one_node(
-                        vec![input("x", vec![n, c, h, w], 4)],
-                        vec![
-                            Const {
-                                shape: vec![c, 1, kernel[0], kernel[1]],
-                                scale: 4,
-                                data: wv.clone().into(),
-                            },
-                            Const {
-                                shape: vec![c],
-                                scale: 6,
-                                data: g(c as usize).into(),
-                            },
-                        ],
-                        Op::Conv2d { window, groups: c },
-                        vec![0, 1, 2],
-                        vec![n, c, oh, ow],
-                        out_scale,
-                    );
-                    m.validate().expect("valid");
-                    let want = Executor::new(&m, Mode::Reference).run(vec![x.clone()]);
-                    let what =
-                        format!("{window:?} {n}×{c}×{h}×{w}, case {case}, scale {out_scale}");
-                    fast_at_every_level_gives(
-                        &m,
-                        std::slice::from_ref(&x),
-                        want.map_err(|e| e.to_string()),
-                        &what,
-                    );
-                }
-            }
+            let cases = [(0, false), (1, false), (2, true), (3, false)];
+            depthwise_equals_reference(&mut g, window, [n, c, h, w], 1, &cases);
         }
     }
 }
