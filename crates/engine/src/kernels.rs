@@ -1648,12 +1648,12 @@ fn conv2d_depthwise(
 ) -> Result<Vec<i32>, ExecError> {
     let p = s.out[2] * s.out[3];
     let bias_at = |oc: usize| bias.map_or(0, |(d, sh)| ((d[oc] as i128) << sh) as i64);
-    let bound = (s.w[2] * s.w[3]) as u128 * mx * max_abs(w)
+    let mw = max_abs(w);
+    let bound = (s.w[2] * s.w[3]) as u128 * mx * mw
         + bias.map_or(0, |(d, sh)| max_abs(d) << sh.clamp(0, 64));
     // 16-bit inputs and weights: sixteen channels per register on small planes (but dilated ones
     // that pairs of taps down a column take: two taps per instruction), else pairs of taps per
     // multiply-add instruction
-    let mw = max_abs(w);
     let lanes = ChannelLanes::new(s, mx, mw).filter(|_| {
         bound < 1 << 31 && (s.window.dilation == [1, 1] || RowPairs::new(s, mx, mw).is_none())
     });
@@ -1745,6 +1745,14 @@ fn conv2d_depthwise(
     Ok(out)
 }
 
+/// Whether the depthwise kernels of 16-bit lanes ([`PairPlan`], [`RowPairs`], [`ChannelLanes`]) may
+/// run: on AVX-512, inputs and weights of magnitudes `mx`, `mw` at most `i16::MAX`.
+fn sixteen_bit_lanes(mx: u128, mw: u128) -> bool {
+    crate::simd::Isa::detect() == crate::simd::Isa::Avx512
+        && mx <= i16::MAX as u128
+        && mw <= i16::MAX as u128
+}
+
 /// The geometry of pairs of taps along a row ([`Pairs::run`]): a depthwise convolution of stride 1 or
 /// 2 (no dilation) whose inputs and weights fit 16 bits, on AVX-512. Each input plane is copied once,
 /// as `i16`, into zero-padded rows of `width` elements; a 32-bit lane read at element `o` of a row
@@ -1766,19 +1774,14 @@ impl PairPlan {
     const MAX_PAIRS: usize = 49;
 
     fn new(s: &ConvSpec<'_>, mx: u128, mw: u128) -> Option<PairPlan> {
-        if crate::simd::Isa::detect() != crate::simd::Isa::Avx512 {
+        if !sixteen_bit_lanes(mx, mw) {
             return None;
         }
         let win = s.window;
         let (kh, kw) = (s.w[2], s.w[3]);
         let sx = win.stride[1] as usize;
         let pairs = kh * kw.div_ceil(2);
-        if mx > i16::MAX as u128
-            || mw > i16::MAX as u128
-            || win.dilation != [1, 1]
-            || !(1..=2).contains(&sx)
-            || pairs > Self::MAX_PAIRS
-            || pairs == 0
+        if win.dilation != [1, 1] || !(1..=2).contains(&sx) || pairs > Self::MAX_PAIRS || pairs == 0
         {
             return None;
         }
@@ -2074,15 +2077,13 @@ impl RowPairs {
     const BLOCK: usize = 16;
 
     fn new(s: &ConvSpec<'_>, mx: u128, mw: u128) -> Option<RowPairs> {
-        if crate::simd::Isa::detect() != crate::simd::Isa::Avx512 {
+        if !sixteen_bit_lanes(mx, mw) {
             return None;
         }
         let win = s.window;
         let (kh, kw) = (s.w[2], s.w[3]);
         let (dy, dx) = (win.dilation[0] as usize, win.dilation[1] as usize);
-        if mx > i16::MAX as u128
-            || mw > i16::MAX as u128
-            || win.stride[1] != 1
+        if win.stride[1] != 1
             || dy == 0
             || dx == 0
             || kh.div_ceil(2) * kw > PairPlan::MAX_PAIRS
@@ -2275,7 +2276,7 @@ impl ChannelLanes {
     const MAX_TAPS: usize = 64;
 
     fn new(s: &ConvSpec<'_>, mx: u128, mw: u128) -> Option<ChannelLanes> {
-        if crate::simd::Isa::detect() != crate::simd::Isa::Avx512 {
+        if !sixteen_bit_lanes(mx, mw) {
             return None;
         }
         let win = s.window;
@@ -2283,9 +2284,7 @@ impl ChannelLanes {
         let (oh, ow) = (s.out[2], s.out[3]);
         // one output channel per input channel (so output plane q reads input plane q), enough
         // channels to fill a register, short output rows
-        if mx > i16::MAX as u128
-            || mw > i16::MAX as u128
-            || s.w[0] != s.x[1]
+        if s.w[0] != s.x[1]
             || s.groups != s.x[1]
             || s.x[1] < Self::LANES
             || ow > Self::MAX_WIDTH
