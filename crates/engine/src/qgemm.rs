@@ -694,7 +694,7 @@ fn gemm_rows(
                 a.kq,
                 (&mut c[i * ldc..], ldc),
                 nb,
-                offsets,
+                Some(offsets),
             );
             i += r;
         }
@@ -938,35 +938,11 @@ fn tile(
     ldc: usize,
     first: Option<Offsets>,
 ) {
-    // bounds the unsafe kernel relies on
-    assert!(a.len() >= (r - 1) * lda + qn * 4);
-    assert!(b.len() >= if two { bstride } else { 0 } + qn * NR * 4);
-    assert!(c.len() >= (r - 1) * ldc + if two { 2 * NR } else { NR });
-    if let Some(o) = &first {
-        assert!(o.rows.is_none_or(|v| v.len() >= r));
-        assert!(o
-            .cols
-            .is_none_or(|v| v.len() >= if two { 2 * NR } else { NR }));
-    }
     match level {
         #[cfg(target_arch = "x86_64")]
         Level::Avx512Vnni => {
-            // SAFETY: the level is only used when the CPU supports it (checked in `gemm`); the asserts
-            // above bound every access the kernel makes.
-            unsafe {
-                macro_rules! go {
-                    ($($n:literal)*) => {
-                        match (r, two, a_u8) {
-                            $(($n, true, true) => vnni::<$n, 2, true>(a, lda, b, bstride, qn, c, ldc, first),
-                              ($n, false, true) => vnni::<$n, 1, true>(a, lda, b, bstride, qn, c, ldc, first),
-                              ($n, true, false) => vnni::<$n, 2, false>(a, lda, b, bstride, qn, c, ldc, first),
-                              ($n, false, false) => vnni::<$n, 1, false>(a, lda, b, bstride, qn, c, ldc, first),)*
-                            _ => unreachable!("tile rows are 1..=MR"),
-                        }
-                    };
-                }
-                go!(1 2 3 4 5 6 7 8)
-            }
+            let nb = if two { 2 } else { 1 };
+            band(a_u8, r, (a, lda), (b, bstride), qn, (c, ldc), nb, first)
         }
         _ if a_u8 => portable::<true>(r, two, a, lda, b, bstride, qn, c, ldc, first),
         _ => portable::<false>(r, two, a, lda, b, bstride, qn, c, ldc, first),
@@ -1028,10 +1004,12 @@ fn portable<const A_U8: bool>(
 /// Groups of 4 along `k` up to which [`gemm_rows`] runs the VNNI kernel band by band (`k ≤ 64`).
 const BAND_KQ: usize = 16;
 
-/// Rows `r` (1 to [`MR`]) of the product over all `nb` column blocks, stored (the sums starting from
-/// `first`'s offsets) by the VNNI kernel in one call: pairs of blocks, then a last single one. `a` holds
-/// the rows (`lda` apart), `b` the column blocks (`bstride` apart), `c` the output rows (`ldc` apart);
-/// `qn` groups of 4 along `k`. The CPU must support AVX-512 VNNI.
+/// Rows `r` (1 to [`MR`]) of the product over `nb` column blocks by the VNNI kernel in one call: pairs
+/// of blocks, then a last single one, added to `c` or stored when `first` (the reduced axis' first
+/// block, its sums then starting from `first`'s offsets). `a` holds the rows (`lda` apart), `b` the
+/// column blocks (`bstride` apart), `c` the output rows (`ldc` apart); `qn` groups of 4 along `k`. The
+/// CPU must support AVX-512 VNNI. [`tile`]'s VNNI form (one or two blocks) and the band sweep of short
+/// reductions.
 #[cfg(target_arch = "x86_64")]
 #[allow(clippy::too_many_arguments)]
 fn band(
@@ -1042,15 +1020,17 @@ fn band(
     qn: usize,
     (c, ldc): (&mut [i32], usize),
     nb: usize,
-    first: Offsets,
+    first: Option<Offsets>,
 ) {
     // bounds the unsafe kernel relies on
     assert!((1..=MR).contains(&r) && nb > 0);
     assert!(a.len() >= (r - 1) * lda + qn * 4);
     assert!(b.len() >= (nb - 1) * bstride + qn * NR * 4);
     assert!(c.len() >= (r - 1) * ldc + nb * NR);
-    assert!(first.rows.is_none_or(|v| v.len() >= r));
-    assert!(first.cols.is_none_or(|v| v.len() >= nb * NR));
+    if let Some(o) = &first {
+        assert!(o.rows.is_none_or(|v| v.len() >= r));
+        assert!(o.cols.is_none_or(|v| v.len() >= nb * NR));
+    }
     assert!(Level::Avx512Vnni.supported());
     // SAFETY: the CPU supports VNNI (asserted above); the asserts bound every access the kernel makes
     unsafe {
@@ -1083,22 +1063,22 @@ unsafe fn band_vnni<const R: usize, const A_U8: bool>(
     c: &mut [i32],
     ldc: usize,
     nb: usize,
-    first: Offsets,
+    first: Option<Offsets>,
 ) {
     let mut blk = 0;
     while blk < nb {
-        let o = Offsets {
-            rows: first.rows,
-            cols: first.cols.map(|v| &v[blk * NR..]),
-        };
+        let o = first.map(|f| Offsets {
+            rows: f.rows,
+            cols: f.cols.map(|v| &v[blk * NR..]),
+        });
         let (bb, cc) = (&b[blk * bstride..], &mut c[blk * NR..]);
         // SAFETY: as the caller's (the blocks from `blk` on lie inside what `band` asserted)
         unsafe {
             if blk + 1 < nb {
-                vnni::<R, 2, A_U8>(a, lda, bb, bstride, qn, cc, ldc, Some(o));
+                vnni::<R, 2, A_U8>(a, lda, bb, bstride, qn, cc, ldc, o);
                 blk += 2;
             } else {
-                vnni::<R, 1, A_U8>(a, lda, bb, bstride, qn, cc, ldc, Some(o));
+                vnni::<R, 1, A_U8>(a, lda, bb, bstride, qn, cc, ldc, o);
                 blk += 1;
             }
         }
@@ -1108,7 +1088,7 @@ unsafe fn band_vnni<const R: usize, const A_U8: bool>(
 /// The VNNI register tile: `R` rows × `NB` blocks of 16 columns.
 ///
 /// # Safety
-/// The CPU must support AVX-512F/BW/VNNI; the slices must hold what [`tile`] asserts.
+/// The CPU must support AVX-512F/BW/VNNI; the slices must hold what [`band`] asserts.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 #[allow(clippy::too_many_arguments)]
