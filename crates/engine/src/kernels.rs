@@ -256,10 +256,133 @@ fn gemm(a: &[i32], b: &[i32], c: &mut [i64], k: usize, n: usize) {
     gemm_body(a, b, c, k, n)
 }
 
+/// Sums of products of integers below this bound are exact in `f64` (53-bit significand): every
+/// product and every partial sum is an integer of magnitude below `2^53`, so each rounding is exact
+/// whatever the order of the additions.
+const F64_EXACT: u128 = 1 << 53;
+
+/// Columns of one `f64` panel of `b` (two AVX-512 registers).
+const F64_PANEL: usize = 16;
+
+/// `b` (`k × n`, row-major `i32`) as panels of [`F64_PANEL`] columns of `f64`, each `k × 16`
+/// contiguous, the last one's missing columns zero.
+fn f64_panels(b: &[i32], k: usize, n: usize, out: &mut Vec<f64>) {
+    let panels = n.div_ceil(F64_PANEL);
+    out.clear();
+    out.resize(panels * k * F64_PANEL, 0.0);
+    for (p, panel) in out.chunks_exact_mut(k * F64_PANEL).enumerate() {
+        let (j0, w) = (p * F64_PANEL, F64_PANEL.min(n - p * F64_PANEL));
+        for (kk, dst) in panel.chunks_exact_mut(F64_PANEL).enumerate() {
+            for (d, &v) in dst[..w].iter_mut().zip(&b[kk * n + j0..kk * n + j0 + w]) {
+                *d = v as f64;
+            }
+        }
+    }
+}
+
+/// An AVX-512 register tile of `c = a · b` in `f64`: `R` rows of `a` (`k × R`: column `kk` of the
+/// rows at `kk·R`) times one panel of `b` (`k × 16`), stored as `i64` into `c`'s rows (`ldc` apart),
+/// the panel's first `w` columns. Exact when every `|Σ a·b|` partial sum stays below `2^53` (the
+/// caller's bound): each fused multiply-add then rounds nothing, and the sums convert to `i64`
+/// exactly.
+///
+/// # Safety
+/// The CPU must support AVX-512 F and DQ; `a` holds `R·k` elements, `panel` `16·k`, `c` reaches row
+/// `R − 1`'s column `w − 1` (`w ≤ 16`).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512dq")]
+unsafe fn tile_f64<const R: usize>(
+    a: &[f64],
+    panel: &[f64],
+    k: usize,
+    c: &mut [i64],
+    ldc: usize,
+    w: usize,
+) {
+    use std::arch::x86_64::*;
+    debug_assert!(a.len() >= R * k && panel.len() >= F64_PANEL * k && w <= F64_PANEL);
+    debug_assert!(R == 0 || c.len() >= (R - 1) * ldc + w);
+    let mut acc = [[_mm512_setzero_pd(); 2]; R];
+    let (ap, bp) = (a.as_ptr(), panel.as_ptr());
+    for kk in 0..k {
+        // SAFETY (all pointer reads): within the lengths checked above.
+        let b0 = _mm512_loadu_pd(bp.add(kk * F64_PANEL));
+        let b1 = _mm512_loadu_pd(bp.add(kk * F64_PANEL + 8));
+        for (r, accr) in acc.iter_mut().enumerate() {
+            let av = _mm512_set1_pd(*ap.add(kk * R + r));
+            accr[0] = _mm512_fmadd_pd(av, b0, accr[0]);
+            accr[1] = _mm512_fmadd_pd(av, b1, accr[1]);
+        }
+    }
+    // the lanes of columns 0..w in the two registers
+    let lanes = |from: usize| ((1u32 << w.saturating_sub(from).min(8)) - 1) as __mmask8;
+    let cp = c.as_mut_ptr();
+    for (r, accr) in acc.iter().enumerate() {
+        for (h, sums) in accr.iter().enumerate() {
+            // SAFETY: the masked lanes lie within row r's first w columns (checked above).
+            let dst = cp.add(r * ldc + 8 * h);
+            _mm512_mask_storeu_epi64(dst, lanes(8 * h), _mm512_cvtpd_epi64(*sums));
+        }
+    }
+}
+
+/// `c = a · b` (`a`: `rows × k`, `b` as [`f64_panels`] of `k × n`, `c`: `rows × n`, every element
+/// written) by [`tile_f64`], each block of rows of `a` converted to `f64` in `abuf`. Exact under the
+/// caller's bound (`k·max|a|·max|b| < 2^53`).
+///
+/// # Safety
+/// The CPU must support AVX-512 F and DQ; `a` holds `rows·k` elements, `panels` those of `n` columns.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512dq")]
+unsafe fn gemm_f64(
+    a: &[i32],
+    panels: &[f64],
+    c: &mut [i64],
+    k: usize,
+    n: usize,
+    abuf: &mut Vec<f64>,
+) {
+    let rows = c.len() / n;
+    let mut i = 0;
+    while i < rows {
+        // 12 rows at a time (24 accumulators), the rest in tiles of 8, 4, 2 and 1
+        let r = match rows - i {
+            12.. => 12,
+            8..=11 => 8,
+            4..=7 => 4,
+            2 | 3 => 2,
+            _ => 1,
+        };
+        // the block's columns one after another (`r` values each)
+        abuf.clear();
+        abuf.resize(r * k, 0.0);
+        for (dr, row) in a[i * k..(i + r) * k].chunks_exact(k).enumerate() {
+            for (kk, &v) in row.iter().enumerate() {
+                abuf[kk * r + dr] = v as f64;
+            }
+        }
+        for (p, panel) in panels.chunks_exact(k * F64_PANEL).enumerate() {
+            let j = p * F64_PANEL;
+            let (w, c) = (F64_PANEL.min(n - j), &mut c[i * n + j..]);
+            match r {
+                12 => tile_f64::<12>(abuf, panel, k, c, n, w),
+                8 => tile_f64::<8>(abuf, panel, k, c, n, w),
+                4 => tile_f64::<4>(abuf, panel, k, c, n, w),
+                2 => tile_f64::<2>(abuf, panel, k, c, n, w),
+                _ => tile_f64::<1>(abuf, panel, k, c, n, w),
+            }
+        }
+        i += r;
+    }
+}
+
 /// Most rows of a wide product computed between two checks for cancellation.
 const ROW_BLOCK: usize = 192;
 
 /// `c = a · b` for `batch` independent products, split across `threads` by rows.
+/// `bound` is at least `k · max|a| · max|b|`: below `2^53` (and on AVX-512) the products run in
+/// `f64` ([`gemm_f64`], exact there), else in `i64`.
+#[allow(clippy::too_many_arguments)]
 fn batched_gemm(
     a: &[i32],
     b: &[i32],
@@ -267,9 +390,18 @@ fn batched_gemm(
     m: usize,
     k: usize,
     n: usize,
+    bound: u128,
     threads: usize,
 ) -> Vec<i64> {
-    let mut c = vec![0i64; batch * m * n];
+    let in_f64 = cfg!(target_arch = "x86_64")
+        && k > 0
+        && bound < F64_EXACT
+        && crate::simd::Isa::detect() == crate::simd::Isa::Avx512;
+    // the f64 form writes every sum; the i64 one adds to zeros
+    let mut c = match in_f64 {
+        true => crate::buffers::take_overwritten(batch * m * n),
+        false => crate::buffers::take(batch * m * n, 0i64),
+    };
     if n == 0 || m == 0 {
         return c;
     }
@@ -289,6 +421,8 @@ fn batched_gemm(
         let mut r = r0;
         let mut off = 0;
         let total = c.len() / n;
+        // the f64 form of the batch's b and of a block's rows of a
+        let (mut panels, mut panels_of, mut abuf) = (Vec::new(), usize::MAX, Vec::new());
         while off < total {
             if crate::cancel::any(&tokens) {
                 return;
@@ -296,13 +430,25 @@ fn batched_gemm(
             let bi = r / m;
             let i = r % m;
             let len = (m - i).min(total - off).min(block);
-            gemm(
+            let (a, b) = (
                 &a[(bi * m + i) * k..(bi * m + i + len) * k],
                 &b[bi * k * n..(bi + 1) * k * n],
-                &mut c[off * n..(off + len) * n],
-                k,
-                n,
             );
+            let c = &mut c[off * n..(off + len) * n];
+            #[cfg(target_arch = "x86_64")]
+            if in_f64 {
+                if panels_of != bi {
+                    f64_panels(b, k, n, &mut panels);
+                    panels_of = bi;
+                }
+                // SAFETY: AVX-512 F/DQ are present (`Isa::detect`); the slices have the sizes
+                // gemm_f64 requires.
+                unsafe { gemm_f64(a, &panels, c, k, n, &mut abuf) };
+                r += len;
+                off += len;
+                continue;
+            }
+            gemm(a, b, c, k, n);
             r += len;
             off += len;
         }
@@ -798,7 +944,8 @@ impl EinPlan {
             None => {
                 let ap = if a8 { ap_of() } else { ap };
                 let bp = if b8 { bp_of() } else { bp };
-                let c = batched_gemm(&ap, &bp, self.bt, self.m, self.k, self.n, threads);
+                let (bt, m, k, n) = (self.bt, self.m, self.k, self.n);
+                let c = batched_gemm(&ap, &bp, bt, m, k, n, bound, threads);
                 (Acc::Wide(c), ap, bp)
             }
         };
@@ -825,9 +972,21 @@ impl EinPlan {
         // requantization and the chain cost a few nanoseconds per element: 16 K elements or more
         let th = if rows * n >= 1 << 14 { threads } else { 1 };
         // one batch of `i32` sums laid out as the output (rows `ldc ≥ n` apart), with one bias per
-        // row: requantized in place, then the rows moved together
+        // row or one per column for every row: requantized in place, then the rows moved together
         if let Acc::Narrow(cs) = &mut c {
-            let fits = in_order && layout.bias_row_const && rows * n == out_len;
+            let col_bias = match (bias, &bias_offs) {
+                (Some((bd, _, sh)), Some((brow, bcol)))
+                    if !layout.bias_row_const && brow.iter().all(|&o| o == brow[0]) =>
+                {
+                    bcol.iter()
+                        .map(|&o| i64::try_from((bd[brow[0] + o] as i128) << sh).ok())
+                        .collect::<Option<Vec<i64>>>()
+                        .filter(|v| v.iter().all(|b| b.unsigned_abs() < 1 << 62))
+                }
+                _ => None,
+            };
+            let fits =
+                in_order && (layout.bias_row_const || col_bias.is_some()) && rows * n == out_len;
             let ldc = cs.first().map_or(0, |c| c.1);
             if fits && cs.len() == 1 && n > 0 && ldc >= n && cs[0].0.len() == rows * ldc {
                 let (mut out, _) = cs.remove(0);
@@ -845,18 +1004,21 @@ impl EinPlan {
                     true => REQUANT_PART / n,
                     false => 1,
                 };
+                let row_then = |row: &mut [i32], r: usize, start: usize, hook| match &col_bias {
+                    Some(cols) => requantize_cols_then(row, start, cols, shift, hook),
+                    None => requantize_then(row, start, bias_of(r), shift, hook),
+                };
                 crate::par::rows(&mut out, ldc, th, 1, |r0, part| {
                     for (g, group) in part.chunks_mut(per * ldc).enumerate() {
                         let r = r0 + g * per;
                         if per == 1 {
-                            let row = &mut group[..n];
-                            if let Err(e) = requantize_then(row, r * n, bias_of(r), shift, hook) {
+                            if let Err(e) = row_then(&mut group[..n], r, r * n, hook) {
                                 return err.set(e);
                             }
                             continue;
                         }
                         for (j, row) in group.chunks_mut(n).enumerate() {
-                            if let Err(e) = requantize_then(row, 0, bias_of(r + j), shift, None) {
+                            if let Err(e) = row_then(row, r + j, 0, None) {
                                 return err.set(e);
                             }
                         }
@@ -2794,6 +2956,60 @@ pub(crate) fn requantize_from_then<T: RowAcc>(
     Ok(())
 }
 
+/// [`requantize_then`] with a bias per element of the row (`cols[j]`, at the sums' scale, each of
+/// magnitude below `2^62`).
+fn requantize_cols_then(
+    row: &mut [i32],
+    start: usize,
+    cols: &[i64],
+    shift: i32,
+    hook: Option<RowHook<'_>>,
+) -> Result<(), ExecError> {
+    let parts = row.chunks_mut(REQUANT_PART).zip(cols.chunks(REQUANT_PART));
+    for (i, (part, adds)) in parts.enumerate() {
+        match Shift::new(shift).filter(|_| shift < 62) {
+            // |part[j]| < 2^31 and |adds[j]| < 2^62: no sum leaves i64
+            Some(sh) => {
+                let (lo, hi) = add_cols_shift_in_place(part, adds, sh.half, sh.right, sh.left);
+                check_row(lo, hi, sh.left)?;
+            }
+            None => {
+                for (d, &b) in part.iter_mut().zip(adds) {
+                    *d = fit(rshift(*d as i128 + b as i128, shift))?;
+                }
+            }
+        }
+        if let Some(h) = hook {
+            h(start + i * REQUANT_PART, part);
+        }
+    }
+    Ok(())
+}
+
+/// `row[j] = ((row[j] + adds[j] + half) >> right) << left` (wrapping to `i32`); returns the least
+/// and greatest `(row[j] + adds[j] + half) >> right` (0 included), for one range check per row.
+#[inline(always)]
+fn add_cols_shift_in_place_body(
+    row: &mut [i32],
+    adds: &[i64],
+    half: i64,
+    right: u32,
+    left: u32,
+) -> (i64, i64) {
+    let (mut lo, mut hi) = (0i64, 0i64);
+    for (d, &b) in row.iter_mut().zip(adds) {
+        let v = (*d as i64 + b + half) >> right;
+        lo = lo.min(v);
+        hi = hi.max(v);
+        *d = (v as i32).wrapping_shl(left);
+    }
+    (lo, hi)
+}
+
+crate::multiversion! {
+    fn add_cols_shift_in_place(row: &mut [i32], adds: &[i64], half: i64, right: u32, left: u32) -> (i64, i64) = add_cols_shift_in_place_body
+}
+
 /// Elements requantized and handed on together by [`requantize_then`] (16 KB of `i32`).
 pub(crate) const REQUANT_PART: usize = 4096;
 
@@ -3163,7 +3379,7 @@ pub fn conv2d(
         for g in 0..s.groups {
             im2col(s, x, b, g, 0, &mut cols, |v| v);
             let wg = &w[g * og * kk..(g + 1) * og * kk];
-            let acc = batched_gemm(wg, &cols, 1, og, kk, p, threads);
+            let acc = batched_gemm(wg, &cols, 1, og, kk, p, bound, threads);
             for o in 0..og {
                 let oc = g * og + o;
                 let bv = bias.map_or(0i128, |(d, sh)| (d[oc] as i128) << sh);
@@ -3480,19 +3696,78 @@ mod tests {
     fn a_cancelled_run_skips_the_rest_of_a_wide_product() {
         let (m, k, n) = (4 * ROW_BLOCK, 16, 16);
         let (a, b) = (vec![1i32 << 20; m * k], vec![3i32; k * n]);
-        let full = batched_gemm(&a, &b, 1, m, k, n, 1);
-        assert!(full.iter().all(|&v| v == 3 * 16 * (1 << 20)));
-        let token = crate::cancel::Cancel::new();
-        token.cancel();
-        for threads in [1, 2] {
-            let c = crate::cancel::scope(&token, || batched_gemm(&a, &b, 1, m, k, n, threads));
-            assert!(
-                c.iter().all(|&v| v == 0),
-                "no block computed once cancelled"
-            );
+        // the f64 products (a bound below 2^53) and the i64 ones
+        for bound in [(k as u128 * 3) << 20, u128::MAX] {
+            let full = batched_gemm(&a, &b, 1, m, k, n, bound, 1);
+            assert!(full.iter().all(|&v| v == 3 * 16 * (1 << 20)));
+            let token = crate::cancel::Cancel::new();
+            token.cancel();
+            for threads in [1, 2] {
+                let c = crate::cancel::scope(&token, || {
+                    batched_gemm(&a, &b, 1, m, k, n, bound, threads)
+                });
+                // (the f64 form's sums are not zero-filled first: nothing holds a product)
+                assert!(
+                    c.iter().all(|&v| v != 3 * 16 * (1 << 20)),
+                    "no block computed once cancelled"
+                );
+            }
+            // the token is gone with its scope
+            assert_eq!(batched_gemm(&a, &b, 1, m, k, n, bound, 1), full);
         }
-        // the token is gone with its scope
-        assert_eq!(batched_gemm(&a, &b, 1, m, k, n, 1), full);
+    }
+
+    /// Wide products in `f64` (AVX-512, `k·max|a|·max|b| < 2^53`) equal the `i64` ones, at the edge of
+    /// the bound with every term of a sum of one sign (each partial sum then grows to the bound), over
+    /// shapes whose rows and columns leave partial register tiles, in batches, on 1 and 2 threads.
+    #[test]
+    fn wide_products_in_f64_equal_the_i64_ones() {
+        let mut next = xorshift(0x51f0);
+        let shapes = [
+            (1, 1, 1, 1),
+            (1, 13, 64, 197),
+            (12, 197, 64, 197),
+            (3, 197, 197, 64),
+            (2, 25, 7, 5),
+            (1, 11, 300, 33),
+            (1, 200, 3, 16),
+        ];
+        for (case, &(bt, m, k, n)) in shapes.iter().enumerate() {
+            // magnitudes with k·ma·mb just below 2^53
+            let ma: i64 = 1 << (10 + case % 12);
+            let mb = ((1i64 << 53) - 1) / (k as i64 * ma);
+            let mb = mb.min(i32::MAX as i64);
+            let draw =
+                |next: &mut dyn FnMut() -> u64, mx: i64, len: usize, sign: i64| -> Vec<i32> {
+                    (0..len)
+                        .map(|i| match (i + case) % 3 {
+                            // extremes of one sign: the sums reach the bound
+                            0 => (sign * mx) as i32,
+                            _ => ((next() % (2 * mx as u64 + 1)) as i64 - mx) as i32,
+                        })
+                        .collect()
+                };
+            let a = draw(&mut next, ma, bt * m * k, 1);
+            let b = draw(&mut next, mb, bt * k * n, -1);
+            let bound = k as u128 * ma as u128 * mb as u128;
+            assert!(bound < F64_EXACT);
+            let mut want = vec![0i64; bt * m * n];
+            for bi in 0..bt {
+                gemm_body(
+                    &a[bi * m * k..(bi + 1) * m * k],
+                    &b[bi * k * n..(bi + 1) * k * n],
+                    &mut want[bi * m * n..(bi + 1) * m * n],
+                    k,
+                    n,
+                );
+            }
+            for threads in [1, 2] {
+                let got = batched_gemm(&a, &b, bt, m, k, n, bound, threads);
+                assert_eq!(got, want, "f64 products, case {case}, {threads} threads");
+                let got = batched_gemm(&a, &b, bt, m, k, n, u128::MAX, threads);
+                assert_eq!(got, want, "i64 products, case {case}, {threads} threads");
+            }
+        }
     }
 
     #[test]
