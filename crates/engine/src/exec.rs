@@ -1230,16 +1230,9 @@ impl<M: Borrow<Model> + Sync> Executor<M> {
                     .collect()
             }
             Op::Reduce { kind, axes } => reduce(*kind, axes, xs[0], s0, sc0, so),
-            Op::Softmax { axis, shift, lo } => softmax(
-                xs[0],
-                s0,
-                *axis as usize,
-                *shift,
-                *lo,
-                xs[1],
-                so,
-                fast.unwrap_or(1),
-            ),
+            Op::Softmax { axis, shift, lo } => {
+                softmax(xs[0], s0, *axis as usize, (*shift, *lo, xs[1]), so, fast)
+            }
             Op::MaxPool2d { window } if sc0 == so && fast.is_some() && s0[2] * s0[3] > 0 => Ok(
                 kernels::max_pool(xs[0], s0, window, &out_shape, fast.unwrap_or(1)),
             ),
@@ -1783,22 +1776,30 @@ fn reduce(
         .collect()
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Softmax (§3 of the spec). The fast executor (`fast`: its threads) takes lanes along the last axis
+/// through [`softmax_row`]; the reference, and lanes across other axes, follow the definition.
 fn softmax(
     x: &[i32],
     shape: &[usize],
     axis: usize,
-    shift: i32,
-    lo: i32,
-    table: &[i32],
+    (shift, lo, table): (i32, i32, &[i32]),
     so: i32,
-    threads: usize,
+    fast: Option<usize>,
 ) -> Result<Vec<i32>, ExecError> {
     let n = shape[axis];
     let inner: usize = shape[axis + 1..].iter().product();
     let mut out = crate::buffers::take(x.len(), 0i32);
+    let rows = fast
+        .filter(|_| inner == 1 && n > 0 && n < 1 << 22)
+        .and_then(|_| crate::arith::Shift::new(shift));
     // one part: the slices of `o0..` along the axes before `axis` (each slice's sums are its own)
     let part = |o0: usize, out: &mut [i32]| -> Result<(), ExecError> {
+        if let Some(sh) = rows {
+            for (o, out) in (o0..).zip(out.chunks_mut(n)) {
+                softmax_row(&x[o * n..(o + 1) * n], out, table, sh, lo, so)?;
+            }
+            return Ok(());
+        }
         let mut e = vec![0i128; n];
         for (o, out) in (o0..).zip(out.chunks_mut((n * inner).max(1))) {
             let x = &x[o * n * inner..(o + 1) * n * inner];
@@ -1817,6 +1818,7 @@ fn softmax(
         }
         Ok(())
     };
+    let threads = fast.unwrap_or(1);
     if threads > 1 && x.len() >= PAR_ELEMENTS && n * inner > 0 {
         let err = crate::par::FirstError::default();
         crate::par::rows(&mut out, n * inner, threads, 1, |o0, rows| {
@@ -1829,6 +1831,80 @@ fn softmax(
         part(0, &mut out)?;
     }
     Ok(out)
+}
+
+/// One softmax lane of `0 < n < 2^22` contiguous elements, `shift` in the range of
+/// [`crate::arith::Shift`]: the same integers as the definition, in `i64` and vector lanes. Each `x −
+/// max` lies in `(−2^32, 0]`, so its shifted value and table index stay in `i64`; the entries are
+/// non-negative `i32` (checked when the model loads), so `S < 2^53`. The quotient `⌊(2e·2^s + S) /
+/// 2S⌋` (at most `2^s ≤ 2^30`, as `e ≤ S`) is estimated in `f64`, within 1 of it, and then corrected
+/// by its exact remainder.
+fn softmax_row(
+    x: &[i32],
+    out: &mut [i32],
+    table: &[i32],
+    sh: crate::arith::Shift,
+    lo: i32,
+    so: i32,
+) -> Result<(), ExecError> {
+    let m = x.iter().copied().max().unwrap_or(0);
+    let s = softmax_exps(x, out, table, m, sh, lo);
+    if s == 0 {
+        return Err(ExecError::DivisionByZero);
+    }
+    softmax_divide(out, s, so as u32);
+    Ok(())
+}
+
+crate::multiversion! {
+    fn softmax_exps(x: &[i32], e: &mut [i32], table: &[i32], m: i32, sh: crate::arith::Shift, lo: i32) -> i64 = softmax_exps_body
+}
+
+/// `e[j] = E[clamp(rshift(x[j] − m, shift) − lo, 0, len − 1)]`; returns `Σ e[j]`.
+#[inline(always)]
+fn softmax_exps_body(
+    x: &[i32],
+    e: &mut [i32],
+    table: &[i32],
+    m: i32,
+    sh: crate::arith::Shift,
+    lo: i32,
+) -> i64 {
+    let (half, right, left) = (sh.half, sh.right, sh.left);
+    let last = table.len() as i64 - 1;
+    let mut sum = 0i64;
+    for (ej, &v) in e.iter_mut().zip(x) {
+        let d = v as i64 - m as i64;
+        let i = (((d + half) >> right) << left) - lo as i64;
+        let i = i.clamp(0, last) as usize;
+        // SAFETY: `i` is clamped to the table's indices just above
+        let t = unsafe { *table.get_unchecked(i) };
+        *ej = t;
+        sum += t as i64;
+    }
+    sum
+}
+
+crate::multiversion! {
+    fn softmax_divide(e: &mut [i32], s: i64, so: u32) -> () = softmax_divide_body
+}
+
+/// `e[j] = ⌊(2·e[j]·2^so + s) / 2s⌋` for `0 ≤ e[j] ≤ s < 2^53`, `so ≤ 30`: an `f64` estimate, `e·2^so/s`
+/// rounded to an integer by adding `2^52` (off by at most 1: the quotient is at most `2^so` and the
+/// product's relative error about `2^−52`), then the remainder `2e·2^so + s − 2s·q` in wrapping `i64`
+/// (exact: it lies within `(−2s, 4s)`) moves it to the quotient.
+#[inline(always)]
+fn softmax_divide_body(e: &mut [i32], s: i64, so: u32) {
+    const MAGIC: f64 = (1u64 << 52) as f64;
+    let scale = (1u64 << so) as f64 / s as f64;
+    let two_s = 2 * s;
+    for ej in e.iter_mut() {
+        let v = *ej as i64;
+        // below 2^31 + MAGIC: the sum's significand holds the integer nearest to v·scale
+        let q = ((v as f64) * scale + MAGIC).to_bits() as i64 - MAGIC.to_bits() as i64;
+        let r = ((v << (so + 1)) + s).wrapping_sub(two_s.wrapping_mul(q));
+        *ej = (q - (r < 0) as i64 + (r >= two_s) as i64) as i32;
+    }
 }
 
 pub(crate) fn pool(

@@ -244,6 +244,81 @@ fn softmax_rows_sum_to_one() {
     assert_eq!(&out[4..], &[1024, 1024, 1024, 1024]);
 }
 
+/// Softmax lanes along the last axis (the fast executor's vector form: exponents by table gathers,
+/// quotients by an `f64` estimate corrected by its remainder) give the reference's integers: lanes of
+/// 1 to 1,000 elements with the extremes of `i32` side by side, tables of realistic exponentials, of
+/// entries up to `i32::MAX` (sums past `2^40`) and of constant ones whose quotients fall exactly on a
+/// half (`1·2^(k−1) / 2^k`), shifts across their range (and past it, where the definition's own loop
+/// runs), every output scale; an all-zero table is the same division error everywhere.
+#[test]
+fn softmax_lanes_equal_the_reference() {
+    let mut g = crate::gen(0x50f7, i32::MAX);
+    let exp: Vec<i32> = (-12288..=0)
+        .map(|i| ((i as f64 / 512.0).exp() * (1u64 << 30) as f64).round() as i32)
+        .collect();
+    let big: Vec<i32> = g(300).iter().map(|v| v.saturating_abs()).collect();
+    let run = |n: u32, table: &[i32], shift: i32, lo: i32, si: i8, so: i8, x: Vec<i32>| {
+        let m = Model::one_node(
+            vec![input("x", vec![2, 3, n], si)],
+            vec![Const {
+                shape: vec![table.len() as u32],
+                scale: 30,
+                data: table.to_vec().into(),
+            }],
+            Op::Softmax { axis: 2, shift, lo },
+            vec![0, 1],
+            vec![2, 3, n],
+            so,
+        );
+        let r = run_all(&m, vec![x]);
+        for y in &r[1..] {
+            assert_eq!(
+                format!("{:?}", r[0]),
+                format!("{y:?}"),
+                "n {n}, shift {shift}, lo {lo}, so {so}"
+            );
+        }
+        r.into_iter().next().unwrap()
+    };
+    for n in [1u32, 7, 197, 1000] {
+        let mut x = g(6 * n as usize);
+        x[0] = i32::MIN;
+        x[n as usize - 1] = i32::MAX;
+        for so in [0i8, 12, 16, 30] {
+            let y = run(n, &exp, 7, -12288, 16, so, x.clone()).expect("a softmax");
+            // each lane sums to about one
+            for lane in y[0].chunks(n as usize) {
+                let s: i64 = lane.iter().map(|&v| v as i64).sum();
+                assert!((s - (1i64 << so)).abs() <= n as i64, "{s} for 2^{so}");
+            }
+            for (shift, lo) in [(-31, -5), (-4, 100), (0, -150), (1, 0), (33, -2), (62, 7)] {
+                run(n, &big, shift, lo, 0, so, x.clone()).expect("a softmax");
+            }
+            // shifts outside the vector form's range
+            for shift in [-40, 63] {
+                run(n, &big, shift, -3, 0, so, x.clone()).expect("a softmax");
+            }
+        }
+    }
+    // every quotient exactly on a half: constant entries, lanes of 2^k, output scale k − 1
+    for k in [1u32, 3, 8] {
+        let n = 1u32 << k;
+        let y = run(n, &[1, 1], 0, 0, 0, k as i8 - 1, vec![5; 6 * n as usize]).unwrap();
+        assert!(y[0].iter().all(|&v| v == 1), "½ rounds up");
+    }
+    // quotients just below a half whose f64 estimate lands on the half and rounds up to the even
+    // integer above (`e·2^30/S = k + ½ − 1/2S`, k odd): the remainder must take it back down
+    for (s, e) in [(1789569707i64, 894784856i64), (1994091959, 997045986)] {
+        let table = [(s - e) as i32, e as i32];
+        let y = run(2, &table, 0, -1, 0, 30, [0, -1].repeat(6)).unwrap();
+        // ⌊(2e·2^30 + S) / 2S⌋, the odd k
+        let want = (((2 * e as i128) << 30) + s as i128) / (2 * s as i128);
+        assert_eq!((y[0][0] as i128, want % 2), (want, 1));
+    }
+    let zeros = run(5, &[0, 0, 0], 0, 0, 0, 8, g(30));
+    assert!(zeros.is_err(), "a zero sum is an error");
+}
+
 #[test]
 fn gather_rejects_out_of_range_indices() {
     let m = Model::one_node(
