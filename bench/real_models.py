@@ -170,7 +170,10 @@ def ort_int8(path, calib, out):
             return next(self.it, None)
 
     pre = out + ".pre.onnx"
-    quant_pre_process(path, pre)
+    try:
+        quant_pre_process(path, pre)
+    except Exception:  # its symbolic shape inference refuses some torch exports (ViT's Reshape)
+        pre = path
     quantize_static(pre, out, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                     activation_type=QuantType.QInt8, weight_type=QuantType.QInt8)
     return out

@@ -1,7 +1,8 @@
 //! Fast kernels for the heavy ops. They compute exactly what the reference executor computes: operands
 //! are packed into contiguous blocks and multiplied with `i64` accumulation, which is exact whenever
 //! `K * max|a| * max|b| + |bias| < 2^62` — checked on every call; otherwise the exact `i128` reference
-//! path runs. The AVX2 build of the inner loop is chosen at run time; integer results do not depend on it.
+//! path runs; below `2^53` (AVX-512) the products run in `f64`, exact there. The instruction set is
+//! chosen at run time; integer results do not depend on it.
 
 use std::borrow::Cow;
 
