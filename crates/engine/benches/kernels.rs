@@ -105,6 +105,121 @@ fn bench(c: &mut Criterion) {
     }
 }
 
+/// A transformer's attention at ViT-B/16's size (12 heads, 197 tokens of 64): the scores' product of
+/// two activations at 16 fractional bits (wide operands: the exact `f64` product), the softmax along
+/// the last axis, and max pooling at GoogLeNet's stem and inception sizes — on one thread.
+fn bench_attention_and_pools(c: &mut Criterion) {
+    let input = |name: &str, shape: Vec<u32>| Input {
+        name: name.into(),
+        shape,
+        scale: 16,
+        kind: InputKind::Fixed,
+    };
+    let node = |op: Op, inputs: Vec<u32>, shape: Vec<u32>, scale: i8| Node {
+        name: "n".into(),
+        op,
+        inputs,
+        shape,
+        scale,
+    };
+    let scores = Model {
+        inputs: vec![input("q", vec![197, 12, 64]), input("k", vec![197, 12, 64])],
+        consts: vec![],
+        nodes: vec![node(
+            Op::EinSum {
+                a: vec![0, 1, 2],
+                b: vec![3, 1, 2],
+                out: vec![1, 0, 3],
+            },
+            vec![0, 1],
+            vec![12, 197, 197],
+            16,
+        )],
+        outputs: vec![Output {
+            name: "y".into(),
+            value: 2,
+        }],
+    };
+    let table: Vec<i32> = (-12288..=0)
+        .map(|i| ((i as f64 / 512.0).exp() * (1u64 << 30) as f64).round() as i32)
+        .collect();
+    let softmax = Model {
+        inputs: vec![input("x", vec![12, 197, 197])],
+        consts: vec![Const {
+            shape: vec![table.len() as u32],
+            scale: 30,
+            data: table.into(),
+        }],
+        nodes: vec![node(
+            Op::Softmax {
+                axis: 2,
+                shift: 7,
+                lo: -12288,
+            },
+            vec![0, 1],
+            vec![12, 197, 197],
+            16,
+        )],
+        outputs: vec![Output {
+            name: "y".into(),
+            value: 2,
+        }],
+    };
+    let pool = |c: u32, hw: u32, k: u32, stride: u32, pad: u32| {
+        let window = Window {
+            kernel: [k, k],
+            stride: [stride, stride],
+            dilation: [1, 1],
+            pads: [pad; 4],
+        };
+        let (oh, ow) = window.output_hw(hw, hw).expect("a valid window");
+        Model {
+            inputs: vec![input("x", vec![1, c, hw, hw])],
+            consts: vec![],
+            nodes: vec![node(
+                Op::MaxPool2d { window },
+                vec![0],
+                vec![1, c, oh, ow],
+                16,
+            )],
+            outputs: vec![Output {
+                name: "y".into(),
+                value: 1,
+            }],
+        }
+    };
+    for (name, m, mag) in [
+        (
+            "kernels::einsum/attention-scores,h=12,t=197,d=64",
+            &scores,
+            1 << 19,
+        ),
+        ("kernels::softmax/12x197x197", &softmax, 1 << 20),
+        (
+            "kernels::max_pool/c=64,hw=112,k=3,s=2",
+            &pool(64, 112, 3, 2, 0),
+            1 << 20,
+        ),
+        (
+            "kernels::max_pool/c=256,hw=28,k=3,s=1",
+            &pool(256, 28, 3, 1, 1),
+            1 << 20,
+        ),
+    ] {
+        m.validate().expect("valid bench model");
+        let xs: Vec<Vec<i32>> = m
+            .inputs
+            .iter()
+            .enumerate()
+            .map(|(i, x)| values(x.shape.iter().product::<u32>() as usize, 11 + i as u64, mag))
+            .collect();
+        let exec = Executor::new(m, Mode::Fast { threads: 1 });
+        c.bench_function(name, |b| {
+            b.iter(|| black_box(exec.run(xs.clone()).unwrap()))
+        });
+    }
+}
+
 /// The 8-bit GEMM alone, on each instruction-set level this CPU has, and an 8-bit convolution through the
 /// fast executor.
 fn bench_qgemm(c: &mut Criterion) {
@@ -274,6 +389,6 @@ fn bench_blockdot(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(20);
-    targets = bench, bench_qgemm, bench_blockdot
+    targets = bench, bench_qgemm, bench_blockdot, bench_attention_and_pools
 }
 criterion_main!(benches);

@@ -1288,6 +1288,24 @@ impl PoolAxis {
         }
     }
 
+    /// The outputs `a..b` whose every one of the `k` taps is valid (`a ≥ b` if there are none), and
+    /// `k`; the rest lie before `a` or from `b` on.
+    fn interior(&self) -> (usize, usize, usize) {
+        let k = self
+            .first
+            .iter()
+            .zip(&self.last)
+            .map(|(f, l)| l - f)
+            .max()
+            .unwrap_or(0);
+        let full = |o: &usize| self.first[*o] == 0 && self.last[*o] == k;
+        let outs = self.first.len();
+        match (0..outs).find(full) {
+            Some(a) => (a, a + (a..outs).take_while(|o| full(o)).count(), k),
+            None => (0, 0, k),
+        }
+    }
+
     /// Input position of tap `t` of output `o` (a valid tap).
     #[inline(always)]
     fn at(&self, o: usize, t: usize) -> usize {
@@ -1301,7 +1319,10 @@ crate::multiversion! {
 
 /// One plane of a max pooling: per output row, the element-wise maximum of its valid input rows (a
 /// vector loop over the width), then per output column the maximum of that row at its valid taps; a
-/// window with no valid tap gives 0.
+/// window with no valid tap gives 0. The columns whose taps are all valid (all but a few at the edges)
+/// take, tap by tap, the element-wise maximum of contiguous runs: the row is first split into its
+/// `stride` phases (positions `i` with the same `i mod stride`, one after another in `tmp`), and tap
+/// `t` of the columns `a..b` is then the run of phase `(t·d − p) mod s` from `a + ⌊(t·d − p) / s⌋`.
 #[inline(always)]
 fn max_pool_plane_body(
     plane: &[i32],
@@ -1312,24 +1333,161 @@ fn max_pool_plane_body(
     tmp: &mut [i32],
 ) {
     let ow = cols.first.len();
+    let s = cols.stride;
+    let (a, b, taps) = cols.interior();
+    if s == 1 && rows.stride == 1 && ow == width && a < b {
+        return max_pool_plane_same(plane, dst, width, rows, cols, (a, b, taps));
+    }
+    let pw = width.div_ceil(s);
+    let (row, phases) = tmp.split_at_mut(width);
     for (oy, out_row) in dst.chunks_mut(ow).enumerate() {
         let (f, l) = (rows.first[oy], rows.last[oy]);
         if f == l {
             out_row.fill(0);
             continue;
         }
-        tmp.copy_from_slice(&plane[rows.at(oy, f) * width..][..width]);
+        row.copy_from_slice(&plane[rows.at(oy, f) * width..][..width]);
         for t in f + 1..l {
             let src = &plane[rows.at(oy, t) * width..][..width];
-            for (m, &v) in tmp.iter_mut().zip(src) {
+            for (m, &v) in row.iter_mut().zip(src) {
                 *m = (*m).max(v);
             }
         }
-        for (ox, d) in out_row.iter_mut().enumerate() {
+        for ox in (0..a).chain(b..ow) {
             let (f, l) = (cols.first[ox], cols.last[ox]);
-            *d = (f..l).map(|t| tmp[cols.at(ox, t)]).max().unwrap_or(0);
+            out_row[ox] = (f..l).map(|t| row[cols.at(ox, t)]).max().unwrap_or(0);
+        }
+        if a >= b {
+            continue;
+        }
+        let ph: &[i32] = match s {
+            1 => row,
+            // a constant stride: the loop's loads are an interleaved group the compiler vectorizes
+            2 => split_phases::<2>(row, phases, pw),
+            3 => split_phases::<3>(row, phases, pw),
+            _ => {
+                for (i, c) in row.chunks(s).enumerate() {
+                    for (r, &v) in c.iter().enumerate() {
+                        phases[r * pw + i] = v;
+                    }
+                }
+                phases
+            }
+        };
+        let run = |t: usize| {
+            let off = (t * cols.dilation) as isize - cols.pad as isize;
+            let (q, r) = (
+                off.div_euclid(s as isize),
+                off.rem_euclid(s as isize) as usize,
+            );
+            // interior columns' taps are valid: a + q ≥ 0 and b + q ≤ the phase's length
+            let start = r * pw + (a as isize + q) as usize;
+            &ph[start..start + (b - a)]
+        };
+        let out = &mut out_row[a..b];
+        out.copy_from_slice(run(0));
+        for t in 1..taps {
+            for (m, &v) in out.iter_mut().zip(run(t)) {
+                *m = (*m).max(v);
+            }
         }
     }
+}
+
+/// [`max_pool_plane_body`] for stride 1 along both axes and as many output as input columns (a "same"
+/// pooling, as in an inception block): long vector loops over the whole plane instead of row by row.
+/// The rows whose taps are all valid take each tap's maximum over the plane's rows at once (into
+/// `dst`, as wide as the input), the rest row by row; then each interior column's maximum runs over
+/// the flattened plane — a tap at column `ox − p + t·d` of its row is element `i − p + t·d` of the
+/// flattened rows — from a copy of that vertical maximum, and the edge columns, which that run gave
+/// their neighbours' row elements, are then recomputed from it one by one.
+#[inline(always)]
+fn max_pool_plane_same(
+    plane: &[i32],
+    dst: &mut [i32],
+    width: usize,
+    rows: &PoolAxis,
+    cols: &PoolAxis,
+    (a, b, taps): (usize, usize, usize),
+) {
+    let (ra, rb, rtaps) = rows.interior();
+    let oh = rows.first.len();
+    // vertical maxima, row oy at dst[oy·width..]
+    for oy in (0..ra.min(oh)).chain(rb.max(ra)..oh) {
+        let (f, l) = (rows.first[oy], rows.last[oy]);
+        let out = &mut dst[oy * width..(oy + 1) * width];
+        if f == l {
+            out.fill(i32::MIN);
+            continue;
+        }
+        out.copy_from_slice(&plane[rows.at(oy, f) * width..][..width]);
+        for t in f + 1..l {
+            for (m, &v) in out
+                .iter_mut()
+                .zip(&plane[rows.at(oy, t) * width..][..width])
+            {
+                *m = (*m).max(v);
+            }
+        }
+    }
+    if ra < rb {
+        let len = (rb - ra) * width;
+        let out = &mut dst[ra * width..rb * width];
+        let run = |t: usize| &plane[rows.at(ra, t) * width..][..len];
+        out.copy_from_slice(run(0));
+        for t in 1..rtaps {
+            for (m, &v) in out.iter_mut().zip(run(t)) {
+                *m = (*m).max(v);
+            }
+        }
+    }
+    let mut vert = crate::buffers::take_overwritten::<i32>(oh * width);
+    vert.copy_from_slice(&dst[..oh * width]);
+    // interior columns over the flattened rows: elements a .. (oh − 1)·width + b
+    let (lo, hi) = (a, (oh - 1) * width + b);
+    let out = &mut dst[lo..hi];
+    let run = |t: usize| {
+        let start = lo + t * cols.dilation - cols.pad;
+        &vert[start..start + (hi - lo)]
+    };
+    out.copy_from_slice(run(0));
+    for t in 1..taps {
+        for (m, &v) in out.iter_mut().zip(run(t)) {
+            *m = (*m).max(v);
+        }
+    }
+    for oy in 0..oh {
+        let (vrow, orow) = (
+            &vert[oy * width..(oy + 1) * width],
+            &mut dst[oy * width..(oy + 1) * width],
+        );
+        if rows.first[oy] == rows.last[oy] {
+            orow.fill(0);
+            continue;
+        }
+        for ox in (0..a).chain(b..width) {
+            let (f, l) = (cols.first[ox], cols.last[ox]);
+            orow[ox] = (f..l).map(|t| vrow[cols.at(ox, t)]).max().unwrap_or(0);
+        }
+    }
+    crate::buffers::give(vert);
+}
+
+/// `row` split into its `S` phases, phase `r` (positions `i·S + r`) from `phases[r·pw]` on (`pw =
+/// ⌈len / S⌉`, the slots past a short phase's end left as they were).
+#[inline(always)]
+fn split_phases<'a, const S: usize>(row: &[i32], phases: &'a mut [i32], pw: usize) -> &'a [i32] {
+    let whole = row.len() / S;
+    for r in 0..S {
+        let dst = &mut phases[r * pw..r * pw + whole];
+        for (d, c) in dst.iter_mut().zip(row.chunks_exact(S)) {
+            *d = c[r];
+        }
+    }
+    for (r, &v) in row[whole * S..].iter().enumerate() {
+        phases[r * pw + whole] = v;
+    }
+    phases
 }
 
 /// The fast executor's `MaxPool2d` without rescaling (input and output at one scale): planes split
@@ -1345,10 +1503,13 @@ pub(crate) fn max_pool(
     let (oh, ow) = (out_shape[2], out_shape[3]);
     let rows = PoolAxis::new(h, oh, w.kernel[0], w.stride[0], w.dilation[0], w.pads[0]);
     let cols = PoolAxis::new(wd, ow, w.kernel[1], w.stride[1], w.dilation[1], w.pads[1]);
-    let mut out = crate::buffers::take(planes * oh * ow, 0i32);
+    // every output element is written: each row's columns, or a row of zeros for a window with no
+    // valid row
+    let mut out = crate::buffers::take_overwritten(planes * oh * ow);
     let th = if x.len() >= 1 << 16 { threads } else { 1 };
     crate::par::rows(&mut out, oh * ow, th, 1, |c0, part| {
-        let mut tmp = vec![0i32; wd];
+        // the row's maxima and its phases
+        let mut tmp = vec![0i32; wd + wd.div_ceil(cols.stride) * cols.stride];
         for (j, dst) in part.chunks_mut(oh * ow).enumerate() {
             let plane = &x[(c0 + j) * h * wd..(c0 + j + 1) * h * wd];
             max_pool_plane(plane, dst, wd, &rows, &cols, &mut tmp);

@@ -319,6 +319,56 @@ fn softmax_lanes_equal_the_reference() {
     assert!(zeros.is_err(), "a zero sum is an error");
 }
 
+/// Max pooling at one scale (the fast executor's kernel: rows combined element-wise, then the columns
+/// whose taps are all valid tap by tap over the row's stride phases, the edge columns one by one)
+/// gives the reference's integers over kernels, strides, dilations and paddings — ceil-mode-like end
+/// padding, windows wider than the plane, extremes of `i32` — on planes of several sizes.
+#[test]
+fn max_pools_equal_the_reference() {
+    let mut g = crate::gen(0x9001, i32::MAX);
+    for (h, w) in [(23u32, 29u32), (7, 7), (1, 40), (56, 57)] {
+        let mut x = g((2 * 3 * h * w) as usize);
+        x[0] = i32::MIN;
+        x[5] = i32::MAX;
+        for (k, s, d, p) in [
+            (3, 2, 1, [0, 0, 1, 1]),
+            (3, 1, 1, [1, 1, 1, 1]),
+            (2, 2, 1, [0, 0, 0, 0]),
+            (5, 3, 2, [2, 1, 0, 2]),
+            (1, 4, 1, [0, 0, 0, 0]),
+            (4, 1, 3, [3, 3, 3, 3]),
+            (9, 2, 1, [0, 0, 0, 0]),
+            (13, 1, 1, [6, 6, 6, 6]),
+        ] {
+            let window = Window {
+                kernel: [k, k],
+                stride: [s, s],
+                dilation: [d, d],
+                pads: p,
+            };
+            let Some((oh, ow)) = window.output_hw(h, w) else {
+                continue;
+            };
+            let m = Model::one_node(
+                vec![input("x", vec![2, 3, h, w], 8)],
+                vec![],
+                Op::MaxPool2d { window },
+                vec![0],
+                vec![2, 3, oh, ow],
+                8,
+            );
+            let r = run_all(&m, vec![x.clone()]);
+            assert!(r[0].is_ok(), "{:?}", r[0]);
+            for y in &r[1..] {
+                assert_eq!(
+                    &r[0], y,
+                    "{h}×{w}, kernel {k}, stride {s}, dilation {d}, pads {p:?}"
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn gather_rejects_out_of_range_indices() {
     let m = Model::one_node(
