@@ -1919,6 +1919,20 @@ fn conv2d_narrow(
             let planes = &mut out[first..first + og * p];
             crate::par::rows(planes, p, th, qgemm::MR, |o0, part| {
                 let rows = part.len() / p;
+                if low.is_none() && qw.lo.is_none() && ldc == p {
+                    // unpadded rows: the product's sums go straight into the output planes, then
+                    // are requantized there
+                    qgemm::product(&qw.hi, &cols, o0, part, level, &tokens);
+                    for (o, plane) in part.chunks_mut(p).enumerate() {
+                        let oc = g * og + o0 + o;
+                        let bv = bias.map_or(0i128, |(d, sh)| (d[oc] as i128) << sh);
+                        let at = first + (o0 + o) * p;
+                        if let Err(e) = requantize_then(plane, at, bv, shift, hook) {
+                            return err.set(e);
+                        }
+                    }
+                    return;
+                }
                 // 16-bit inputs or weights: every pair of parts' products joined in i64
                 let (acc, wide) = if low.is_none() && qw.lo.is_none() {
                     // the product stores every sum
