@@ -1886,7 +1886,7 @@ fn conv2d_narrow(
         for (g, qw) in qw.iter().enumerate() {
             // rows of whole input channels per part
             let (cols, low) = if bytes {
-                crate::par::rows(&mut im8, p, th, kh * kw, |r0, part| {
+                crate::par::rows(&mut im8, p, th, 1, |r0, part| {
                     im2col_bytes(s, x, (b, g, r0), part, add)
                 });
                 (PackedB::bytes_par(&im8, kk, p, offset, th)?, None)
@@ -1895,7 +1895,7 @@ fn conv2d_narrow(
                     let at = (b * s.x[1] + g * cg) * p;
                     &x[at..at + kk * p]
                 } else {
-                    crate::par::rows(&mut im, p, th, kh * kw, |r0, part| {
+                    crate::par::rows(&mut im, p, th, 1, |r0, part| {
                         im2col(s, x, b, g, r0, part, |v| v)
                     });
                     &im
@@ -3454,53 +3454,48 @@ fn im2col<T: Copy>(
     let (sy, sx) = (win.stride[0] as usize, win.stride[1] as usize);
     let (dy, dx) = (win.dilation[0] as usize, win.dilation[1] as usize);
     let (py, px) = (win.pads[0] as i64, win.pads[1] as i64);
-    // `cols` holds rows `r0..` (whole input channels: `r0` is a multiple of kh·kw)
-    let c0 = r0 / (kh * kw).max(1);
-    let c1 = (c0 + cols.len() / (p * kh * kw).max(1)).min(cg);
-    for ci in c0..c1 {
+    // `cols` holds rows `r0..` (any of them: a part may begin inside an input channel)
+    let rows = (cols.len() / p.max(1)).min((cg * kh * kw).saturating_sub(r0));
+    for r in 0..rows {
+        let (ci, ky, kx) = ((r0 + r) / (kh * kw), (r0 + r) / kw % kh, (r0 + r) % kw);
         let plane = &x[(b * c + g * cg + ci) * h * wd..(b * c + g * cg + ci + 1) * h * wd];
-        for ky in 0..kh {
-            for kx in 0..kw {
-                let r = ((ci - c0) * kh + ky) * kw + kx;
-                let row = &mut cols[r * p..(r + 1) * p];
-                // output columns whose input column is inside the image: [x0, x1)
-                let valid = valid_columns(ow, wd, (sx, dx, px), kx);
-                for oy in 0..oh {
-                    let iy = (oy * sy + ky * dy) as i64 - py;
-                    let dst = &mut row[oy * ow..(oy + 1) * ow];
-                    let Some((x0, x1, start)) = valid.filter(|_| iy >= 0 && iy < h as i64) else {
-                        dst.fill(zero);
-                        continue;
-                    };
-                    let src = &plane[iy as usize * wd..(iy as usize + 1) * wd];
-                    dst[..x0].fill(zero);
-                    dst[x1..].fill(zero);
-                    if sx == 1 {
-                        for (d, &v) in dst[x0..x1].iter_mut().zip(&src[start..]) {
-                            *d = f(v);
-                        }
-                    } else if sx == 2 {
-                        // 16 outputs from 32 consecutive inputs at a time (their even elements: a
-                        // shuffle, not 16 loads), the rest one by one
-                        let out = &mut dst[x0..x1];
-                        let mut j = 0;
-                        while j + 16 <= out.len() && start + 2 * j + 32 <= src.len() {
-                            let pairs: &[i32; 32] = src[start + 2 * j..start + 2 * j + 32]
-                                .try_into()
-                                .unwrap_or(&[0; 32]);
-                            for (t, d) in out[j..j + 16].iter_mut().enumerate() {
-                                *d = f(pairs[2 * t]);
-                            }
-                            j += 16;
-                        }
-                        for (i, d) in out.iter_mut().enumerate().skip(j) {
-                            *d = f(src[start + i * 2]);
-                        }
-                    } else {
-                        for (j, d) in dst[x0..x1].iter_mut().enumerate() {
-                            *d = f(src[start + j * sx]);
-                        }
+        let row = &mut cols[r * p..(r + 1) * p];
+        // output columns whose input column is inside the image: [x0, x1)
+        let valid = valid_columns(ow, wd, (sx, dx, px), kx);
+        for oy in 0..oh {
+            let iy = (oy * sy + ky * dy) as i64 - py;
+            let dst = &mut row[oy * ow..(oy + 1) * ow];
+            let Some((x0, x1, start)) = valid.filter(|_| iy >= 0 && iy < h as i64) else {
+                dst.fill(zero);
+                continue;
+            };
+            let src = &plane[iy as usize * wd..(iy as usize + 1) * wd];
+            dst[..x0].fill(zero);
+            dst[x1..].fill(zero);
+            if sx == 1 {
+                for (d, &v) in dst[x0..x1].iter_mut().zip(&src[start..]) {
+                    *d = f(v);
+                }
+            } else if sx == 2 {
+                // 16 outputs from 32 consecutive inputs at a time (their even elements: a
+                // shuffle, not 16 loads), the rest one by one
+                let out = &mut dst[x0..x1];
+                let mut j = 0;
+                while j + 16 <= out.len() && start + 2 * j + 32 <= src.len() {
+                    let pairs: &[i32; 32] = src[start + 2 * j..start + 2 * j + 32]
+                        .try_into()
+                        .unwrap_or(&[0; 32]);
+                    for (t, d) in out[j..j + 16].iter_mut().enumerate() {
+                        *d = f(pairs[2 * t]);
                     }
+                    j += 16;
+                }
+                for (i, d) in out.iter_mut().enumerate().skip(j) {
+                    *d = f(src[start + i * 2]);
+                }
+            } else {
+                for (j, d) in dst[x0..x1].iter_mut().enumerate() {
+                    *d = f(src[start + j * sx]);
                 }
             }
         }
