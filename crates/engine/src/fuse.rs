@@ -654,6 +654,17 @@ fn composed_run(x: &mut [i32], w: i32, c: ComposedClamp) -> (i32, i32) {
         // SAFETY: the CPU has AVX-512 F (checked just above).
         return unsafe { composed_run_avx512(x, w, c) };
     }
+    #[cfg(target_arch = "x86_64")]
+    if crate::simd::Isa::detect() == crate::simd::Isa::Avx2 {
+        // SAFETY: the CPU has AVX2 (checked just above).
+        return unsafe { composed_run_avx2(x, w, c) };
+    }
+    composed_run_scalar(x, w, c)
+}
+
+/// [`composed_run`] element by element (the definition the vector forms follow).
+#[inline(always)]
+fn composed_run_scalar(x: &mut [i32], w: i32, c: ComposedClamp) -> (i32, i32) {
     let (mut lo, mut hi) = (0i32, 0i32);
     let w = w as i64;
     for v in x.iter_mut() {
@@ -754,6 +765,53 @@ unsafe fn composed_run_avx512(x: &mut [i32], w: i32, c: ComposedClamp) -> (i32, 
     }
     sixteen_lanes!(x, |v| sixteen!(v));
     (_mm512_reduce_min_epi32(mn), _mm512_reduce_max_epi32(mx))
+}
+
+/// [`composed_run`] 8 lanes at a time on AVX2 (the scheme of [`composed_run_avx512`]): the even and
+/// the odd lanes' 64-bit products by one `vpmuldq` each; a shift of 32 or more takes their high words
+/// (blended into one register) and shifts those arithmetically by the rest; a shorter one shifts each
+/// 64-bit half logically and takes the low words — the same bits as an arithmetic shift there (bits
+/// `r .. r + 32` of the sum, below bit 63), exact where the results fit `i32`, which the caller checks.
+/// The last `len mod 8` elements go element by element.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn composed_run_avx2(x: &mut [i32], w: i32, c: ComposedClamp) -> (i32, i32) {
+    use std::arch::x86_64::*;
+    let wv = _mm256_set1_epi64x(w as i64);
+    let half = _mm256_set1_epi64x(c.half);
+    let high = c.right >= 32;
+    let count = _mm_cvtsi64_si128(if high { c.right - 32 } else { c.right } as i64);
+    let (lo, hi) = (
+        _mm256_set1_epi32(c.lo.max(i32::MIN as i64) as i32),
+        _mm256_set1_epi32(c.hi.min(i32::MAX as i64) as i32),
+    );
+    let (mut mn, mut mx) = (_mm256_setzero_si256(), _mm256_setzero_si256());
+    let mut chunks = x.chunks_exact_mut(8);
+    for ch in &mut chunks {
+        let p = ch.as_mut_ptr() as *mut __m256i;
+        let v = _mm256_loadu_si256(p);
+        mn = _mm256_min_epi32(mn, v);
+        mx = _mm256_max_epi32(mx, v);
+        let even = _mm256_add_epi64(_mm256_mul_epi32(v, wv), half);
+        let odd = _mm256_add_epi64(_mm256_mul_epi32(_mm256_srli_epi64::<32>(v), wv), half);
+        let r = if high {
+            // even products' high words down into the even lanes, the odd ones' stay in the odd
+            let words = _mm256_blend_epi32::<0b1010_1010>(_mm256_srli_epi64::<32>(even), odd);
+            _mm256_sra_epi32(words, count)
+        } else {
+            let (e, o) = (_mm256_srl_epi64(even, count), _mm256_srl_epi64(odd, count));
+            _mm256_blend_epi32::<0b1010_1010>(e, _mm256_slli_epi64::<32>(o))
+        };
+        _mm256_storeu_si256(p, _mm256_min_epi32(_mm256_max_epi32(r, lo), hi));
+    }
+    let (l, h) = composed_run_scalar(chunks.into_remainder(), w, c);
+    let (mut a, mut b) = ([0i32; 8], [0i32; 8]);
+    _mm256_storeu_si256(a.as_mut_ptr() as *mut __m256i, mn);
+    _mm256_storeu_si256(b.as_mut_ptr() as *mut __m256i, mx);
+    (
+        a.into_iter().fold(l, i32::min),
+        b.into_iter().fold(h, i32::max),
+    )
 }
 
 /// One step over one block starting at flat index `start`; `false` if a result left `i32`.
@@ -1037,6 +1095,73 @@ mod tests {
             inputs,
             shape: vec![1, 3, 2],
             scale,
+        }
+    }
+
+    /// The vector forms of a composed requantization (AVX2, AVX-512) give the element-by-element
+    /// results and extremes wherever the caller keeps them (every product's own shifted result inside
+    /// `i32`): shifts below, at and above 32, multipliers of either sign, clamps or none, every tail
+    /// length.
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn composed_requantization_lanes_equal_the_definition() {
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let (mut compared, mut high) = (0, 0);
+        for case in 0..3000 {
+            let right = (next() % 63) as u32;
+            let mag = 1i64 << (next() % 31);
+            let w = ((1i64 << 16) + (next() % (1 << 30)) as i64) as i32;
+            let w = if case % 2 == 0 { w } else { -w };
+            let len = (next() % 40) as usize;
+            let x: Vec<i32> = (0..len)
+                .map(|_| ((next() % (2 * mag as u64 + 1)) as i64 - mag) as i32)
+                .collect();
+            let mul = Shift::new(right as i32).expect("in range");
+            let c = match case % 3 {
+                0 => ComposedClamp::alone(mul),
+                _ => ComposedClamp {
+                    lo: -128 * (case % 3 - 1) as i64,
+                    hi: 127 + 128 * (case % 3 - 1) as i64,
+                    ..ComposedClamp::alone(mul)
+                },
+            };
+            let mut want = x.clone();
+            let extremes = composed_run_scalar(&mut want, w, c);
+            let at = |v: i32| (v as i128 * w as i128 + c.half as i128) >> right;
+            let kept = |(l, h): (i32, i32)| {
+                let r = i32::MIN as i128..=i32::MAX as i128;
+                r.contains(&at(l)) && r.contains(&at(h))
+            };
+            let mut forms: Vec<Vec<i32>> = Vec::new();
+            if std::arch::is_x86_feature_detected!("avx2") {
+                let mut got = x.clone();
+                // SAFETY: AVX2 is present (checked just above)
+                assert_eq!(unsafe { composed_run_avx2(&mut got, w, c) }, extremes);
+                forms.push(got);
+            }
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                let mut got = x.clone();
+                // SAFETY: AVX-512 F is present (checked just above)
+                assert_eq!(unsafe { composed_run_avx512(&mut got, w, c) }, extremes);
+                forms.push(got);
+            }
+            if kept(extremes) {
+                for got in forms {
+                    assert_eq!(got, want, "w {w} right {right} clamp {} {}", c.lo, c.hi);
+                    compared += 1;
+                    high += (right >= 32 && len >= 8) as usize;
+                }
+            }
+        }
+        // most cases are kept, both shift forms among them (on a CPU with either vector form)
+        if std::arch::is_x86_feature_detected!("avx2") {
+            assert!(compared > 1000 && high > 100, "{compared} {high}");
         }
     }
 

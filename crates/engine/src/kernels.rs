@@ -1541,9 +1541,9 @@ pub(crate) fn lookup(x: &[i32], table: &[i32], k: u32, lo: i32, threads: usize) 
 }
 
 /// `x[j] = table[clamp(rshift(x[j], k) − lo, 0, len − 1)]` for `k` in `0..=31` and a non-empty table:
-/// with AVX-512, 16 lanes at a time by a gather (the index clamped in `i32` lanes to `lo..=lo + len − 1`
-/// before `lo` is subtracted, which is the same index when that range lies in `i32`), else
-/// [`lookup_run`].
+/// with AVX-512 (AVX2), 16 (8) lanes at a time by a gather (the index clamped in `i32` lanes to
+/// `lo..=lo + len − 1` before `lo` is subtracted, which is the same index when that range lies in
+/// `i32`), else [`lookup_run`].
 pub(crate) fn lookup_in_place(x: &mut [i32], table: &[i32], k: u32, lo: i64) {
     let hi = lo + table.len() as i64 - 1;
     #[cfg(target_arch = "x86_64")]
@@ -1557,7 +1557,44 @@ pub(crate) fn lookup_in_place(x: &mut [i32], table: &[i32], k: u32, lo: i64) {
         unsafe { lookup_gather(x, table, k, lo as i32, hi as i32) };
         return;
     }
+    #[cfg(target_arch = "x86_64")]
+    if crate::simd::Isa::detect() == crate::simd::Isa::Avx2
+        && i32::try_from(lo).is_ok()
+        && i32::try_from(hi).is_ok()
+        && table.len() <= i32::MAX as usize / 4
+    {
+        // SAFETY: the CPU has AVX2 (checked above); indices and accesses as for `lookup_gather`
+        unsafe { lookup_gather_avx2(x, table, k, lo as i32, hi as i32) };
+        return;
+    }
     lookup_run(x, table, k, lo);
+}
+
+/// [`lookup_gather`] 8 lanes at a time on AVX2: the same index (the rounding shift of
+/// [`rshift32`] in `i32` lanes, clamped to `lo..=hi`, `lo` subtracted), one `vpgatherdd`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn lookup_gather_avx2(x: &mut [i32], table: &[i32], k: u32, lo: i32, hi: i32) {
+    use std::arch::x86_64::*;
+    let right = _mm_cvtsi32_si128(k as i32);
+    let bit = _mm_cvtsi32_si128(k.max(1) as i32 - 1);
+    let one = _mm256_set1_epi32(1);
+    let (l, h) = (_mm256_set1_epi32(lo), _mm256_set1_epi32(hi));
+    let mut chunks = x.chunks_exact_mut(8);
+    for c in &mut chunks {
+        let v = _mm256_loadu_si256(c.as_ptr().cast());
+        let s = if k == 0 {
+            v
+        } else {
+            let r = _mm256_sra_epi32(v, right);
+            _mm256_add_epi32(r, _mm256_and_si256(_mm256_sra_epi32(v, bit), one))
+        };
+        let idx = _mm256_sub_epi32(_mm256_min_epi32(_mm256_max_epi32(s, l), h), l);
+        // SAFETY: every index lies in 0..table.len() (clamped to lo..=hi, lo subtracted)
+        let g = unsafe { _mm256_i32gather_epi32::<4>(table.as_ptr(), idx) };
+        _mm256_storeu_si256(c.as_mut_ptr().cast(), g);
+    }
+    lookup_run(chunks.into_remainder(), table, k, lo as i64);
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -4122,7 +4159,7 @@ mod tests {
         }
     }
 
-    /// The table lookup (a gather of 16 lanes with AVX-512, the loop otherwise) follows its definition
+    /// The table lookup (a gather of 16 lanes with AVX-512, of 8 with AVX2, the loop otherwise) follows its definition
     /// — `table[clamp(rshift(x, k) − lo, 0, len − 1)]` in `i64` — at every shift, for inputs at the
     /// extremes of `i32`, indices past both ends, and tables whose range leaves `i32`, at every level.
     #[test]
@@ -4144,7 +4181,11 @@ mod tests {
                             table[(s - lo).clamp(0, len as i64 - 1) as usize]
                         })
                         .collect();
-                    for isa in [crate::simd::Isa::Avx512, crate::simd::Isa::Base] {
+                    for isa in [
+                        crate::simd::Isa::Avx512,
+                        crate::simd::Isa::Avx2,
+                        crate::simd::Isa::Base,
+                    ] {
                         crate::simd::Isa::cap(isa);
                         let mut got = x.clone();
                         lookup_in_place(&mut got, &table, k, lo);
