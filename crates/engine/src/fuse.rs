@@ -858,8 +858,7 @@ fn step(x: &mut [i32], start: usize, st: &Step, other: &[i32]) -> bool {
             true
         }
         Step::LookupMul { shift, lo, mul, .. } if lookup_mul_fast(shift, lo, other, mul) => {
-            let (l, h) = lookup_mul_run(x, shift.right, lo as i32, other, mul);
-            fits(l, h)
+            lookup_mul_run(x, shift.right, lo as i32, other, mul)
         }
         Step::LookupMul { shift, lo, mul, .. } => {
             // the looked-up values of a part of the block, then their products with the part
@@ -913,13 +912,13 @@ fn step(x: &mut [i32], start: usize, st: &Step, other: &[i32]) -> bool {
     }
 }
 
-/// Whether [`lookup_mul_run`] takes a `LookupMul` step: on AVX-512, an index shifted right by at most
+/// Whether [`lookup_mul_run`] takes a `LookupMul` step: on AVX-512 or AVX2, an index shifted right by at most
 /// 31 (in `i32` lanes, as [`lookup`] takes it), bounds and table positions inside `i32`, a product
 /// shifted right (by at most 62: `|x·t| ≤ 2^62` plus the rounding term stays inside `i64`).
 #[inline(always)]
 fn lookup_mul_fast(shift: Shift, lo: i64, table: &[i32], mul: Shift) -> bool {
     cfg!(target_arch = "x86_64")
-        && crate::simd::Isa::detect() == crate::simd::Isa::Avx512
+        && crate::simd::Isa::detect() != crate::simd::Isa::Base
         && shift.left == 0
         && shift.right <= 31
         && mul.left == 0
@@ -931,16 +930,20 @@ fn lookup_mul_fast(shift: Shift, lo: i64, table: &[i32], mul: Shift) -> bool {
 }
 
 /// `x[j] = mul(x[j] · table[clamp(rshift(x[j], k) − lo, 0, len − 1)])` in one pass (the conditions of
-/// [`lookup_mul_fast`] hold), returning the least and greatest `i64` result (each bounded by 0): the
-/// elements are stored as their low 32 bits, exact where the results fit `i32`, which the caller
-/// checks from them.
+/// [`lookup_mul_fast`] hold): the elements are stored as their low 32 bits; `false` if a result left
+/// `i32` (which the vector forms tell from the results' extremes, or from their high words).
 #[inline(always)]
-fn lookup_mul_run(x: &mut [i32], k: u32, lo: i32, table: &[i32], mul: Shift) -> (i64, i64) {
+fn lookup_mul_run(x: &mut [i32], k: u32, lo: i32, table: &[i32], mul: Shift) -> bool {
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: `lookup_mul_fast` checked that the CPU has AVX-512 F; every gathered index lies in
-    // `0..table.len()` (clamped to `lo..=hi`, then `lo` subtracted, all in `i32`)
+    // SAFETY: `lookup_mul_fast` checked that the CPU has AVX-512 F, or else AVX2; every gathered index
+    // lies in `0..table.len()` (clamped to `lo..=hi`, then `lo` subtracted, all in `i32`)
     unsafe {
-        lookup_mul_avx512(x, k, lo, table, mul)
+        if crate::simd::Isa::detect() == crate::simd::Isa::Avx512 {
+            let (l, h) = lookup_mul_avx512(x, k, lo, table, mul);
+            fits(l, h)
+        } else {
+            lookup_mul_avx2(x, k, lo, table, mul)
+        }
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -990,6 +993,68 @@ unsafe fn lookup_mul_avx512(
     // (the gather's indices lie in the table, those of a last part's masked-off lanes too)
     sixteen_lanes!(x, |v| sixteen!(v));
     (_mm512_reduce_min_epi64(mn), _mm512_reduce_max_epi64(mx))
+}
+
+/// [`lookup_mul_run`] 8 lanes at a time on AVX2: the index and gather of
+/// [`crate::kernels::lookup_in_place`], the even and odd lanes' 64-bit products (`vpmuldq`) with the
+/// rounding term, shifted arithmetically (a logical shift of the sum with its sign folded in and out:
+/// `⌊t / 2^r⌋ = !(!t >> r)` for `t < 0`); a result fits `i32` when its high word is its low word's
+/// sign, and every mismatch is kept. The last `len mod 8` elements go one by one.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn lookup_mul_avx2(x: &mut [i32], k: u32, lo: i32, table: &[i32], mul: Shift) -> bool {
+    use std::arch::x86_64::*;
+    let hi = lo + (table.len() - 1) as i32;
+    let (right, bit, one) = (
+        _mm_cvtsi32_si128(k as i32),
+        _mm_cvtsi32_si128(k.max(1) as i32 - 1),
+        _mm256_set1_epi32(1),
+    );
+    let (l, h) = (_mm256_set1_epi32(lo), _mm256_set1_epi32(hi));
+    let (half, count) = (
+        _mm256_set1_epi64x(mul.half),
+        _mm_cvtsi64_si128(mul.right as i64),
+    );
+    let zero = _mm256_setzero_si256();
+    let mut bad = zero;
+    let mut chunks = x.chunks_exact_mut(8);
+    for c in &mut chunks {
+        let p = c.as_mut_ptr() as *mut __m256i;
+        let v = _mm256_loadu_si256(p);
+        let s = if k == 0 {
+            v
+        } else {
+            let r = _mm256_sra_epi32(v, right);
+            _mm256_add_epi32(r, _mm256_and_si256(_mm256_sra_epi32(v, bit), one))
+        };
+        let idx = _mm256_sub_epi32(_mm256_min_epi32(_mm256_max_epi32(s, l), h), l);
+        // SAFETY: every index lies in 0..table.len() (clamped to lo..=hi, lo subtracted)
+        let t = unsafe { _mm256_i32gather_epi32::<4>(table.as_ptr(), idx) };
+        // (macros, not closures, so that the code takes this function's target features)
+        macro_rules! shift {
+            ($p:expr) => {{
+                let p = $p;
+                let sign = _mm256_cmpgt_epi64(zero, p);
+                _mm256_xor_si256(_mm256_srl_epi64(_mm256_xor_si256(p, sign), count), sign)
+            }};
+        }
+        let e = shift!(_mm256_add_epi64(_mm256_mul_epi32(v, t), half));
+        let (vo, to) = (_mm256_srli_epi64::<32>(v), _mm256_srli_epi64::<32>(t));
+        let o = shift!(_mm256_add_epi64(_mm256_mul_epi32(vo, to), half));
+        let low = _mm256_blend_epi32::<0b1010_1010>(e, _mm256_slli_epi64::<32>(o));
+        let high = _mm256_blend_epi32::<0b1010_1010>(_mm256_srli_epi64::<32>(e), o);
+        bad = _mm256_or_si256(bad, _mm256_xor_si256(high, _mm256_srai_epi32::<31>(low)));
+        _mm256_storeu_si256(p, low);
+    }
+    let last = table.len() as i64 - 1;
+    let mut fit = _mm256_testz_si256(bad, bad) == 1;
+    for v in chunks.into_remainder() {
+        let t = table[(crate::arith::rshift32(*v, k) as i64 - lo as i64).clamp(0, last) as usize];
+        let r = mul.apply(*v as i64 * t as i64);
+        fit &= fits(r, r);
+        *v = r as i32;
+    }
+    fit
 }
 
 /// `x[j] = table[clamp(shift(x[j]) − lo, 0, len − 1)]` (`table` not empty).
@@ -1353,7 +1418,8 @@ mod tests {
     #[test]
     fn a_lookup_times_its_own_input_is_one_step_of_the_chain() {
         let table: Vec<i32> = (0..64).map(|i| (i * i * 37) % 1000 - 300).collect();
-        let n = 6000u32;
+        // (a length past whole vector registers: the last elements go one by one)
+        let n = 6003u32;
         let node = |name: &str, op: Op, inputs: Vec<ValueId>, scale: i8| Node {
             name: name.into(),
             op,
@@ -1421,21 +1487,31 @@ mod tests {
                 })
                 .collect();
             let want = run(&x, crate::exec::Mode::Reference).expect("runs");
-            let got = run(&x, crate::exec::Mode::Fast { threads: 1 }).expect("runs");
             // products of every sign, some clipped, most not
             let y = &want[0];
             assert!(y.iter().any(|&v| v < -99) && y.iter().any(|&v| v > 99));
             assert!(y.iter().filter(|v| v.abs() < 1 << 28).count() > y.len() / 2);
-            let wrong = y.iter().zip(&got[0]).filter(|(a, b)| a != b).count();
-            assert_eq!(wrong, 0, "{wrong} of {} elements differ", y.len());
-            // a product past i32 (the largest input times the largest entry), in an odd lane and
-            // an even one
-            for at in [4321, 4322] {
-                let mut x = x.clone();
-                x[at] = i32::MAX;
-                let want = run(&x, crate::exec::Mode::Reference);
-                assert!(want.as_ref().is_err_and(|e| e.contains("silu")), "{want:?}");
-                assert_eq!(run(&x, crate::exec::Mode::Fast { threads: 1 }), want);
+            // the vector forms of each instruction set and the plain loop
+            use crate::simd::Isa;
+            for isa in [Isa::Avx512, Isa::Avx2, Isa::Base] {
+                Isa::cap(isa);
+                let got = run(&x, crate::exec::Mode::Fast { threads: 1 });
+                Isa::cap(Isa::Avx512);
+                let got = got.expect("runs");
+                let wrong = y.iter().zip(&got[0]).filter(|(a, b)| a != b).count();
+                assert_eq!(wrong, 0, "{wrong} of {} elements differ ({isa:?})", y.len());
+                // a product past i32 (the largest input times the largest entry), in an odd lane,
+                // an even one and the last one
+                for at in [4321, 4322, n as usize - 1] {
+                    let mut x = x.clone();
+                    x[at] = i32::MAX;
+                    let want = run(&x, crate::exec::Mode::Reference);
+                    assert!(want.as_ref().is_err_and(|e| e.contains("silu")), "{want:?}");
+                    Isa::cap(isa);
+                    let got = run(&x, crate::exec::Mode::Fast { threads: 1 });
+                    Isa::cap(Isa::Avx512);
+                    assert_eq!(got, want, "{isa:?}");
+                }
             }
         }
     }
