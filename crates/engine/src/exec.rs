@@ -1501,8 +1501,8 @@ fn binary_runs(
 }
 
 /// Apply `g` over broadcast runs, tracking the result range so the `i32` check is one comparison at the
-/// end (keeps the loops branch-free so they vectorize), compiled for AVX-512 when the CPU has it (the
-/// same integers: only the register width changes).
+/// end (keeps the loops branch-free so they vectorize), compiled for AVX-512 or AVX2 when the CPU has
+/// it (the same integers: only the register width changes).
 fn binary_runs_into(
     out: &mut [i32],
     a: &[i32],
@@ -1527,6 +1527,23 @@ fn binary_runs_into(
         }
         // SAFETY: the CPU has the features (`Isa::detect`); the function is otherwise safe Rust.
         return unsafe { wide(out, a, b, st, out_shape, g) };
+    }
+    #[cfg(target_arch = "x86_64")]
+    if crate::simd::Isa::detect() == crate::simd::Isa::Avx2 {
+        /// [`binary_runs_body`] compiled for AVX2.
+        #[target_feature(enable = "avx2")]
+        unsafe fn avx2(
+            out: &mut [i32],
+            a: &[i32],
+            b: &[i32],
+            st: &[Vec<usize>; 2],
+            out_shape: &[usize],
+            g: impl Fn(i64, i64) -> i64 + Copy,
+        ) -> Result<(), ExecError> {
+            binary_runs_body(out, a, b, st, out_shape, g)
+        }
+        // SAFETY: the CPU has the feature (`Isa::detect`); the function is otherwise safe Rust.
+        return unsafe { avx2(out, a, b, st, out_shape, g) };
     }
     binary_runs_body(out, a, b, st, out_shape, g)
 }
