@@ -2139,6 +2139,8 @@ struct PairPlan {
     hp: usize,
     /// Elements per padded row.
     width: usize,
+    /// Whether the AVX-512 kernels run (else the AVX2 ones), as the CPU was found when planned.
+    wide: bool,
 }
 
 impl PairPlan {
@@ -2149,7 +2151,13 @@ impl PairPlan {
     const MAX_PAIRS: usize = 49;
 
     fn new(s: &ConvSpec<'_>, mx: u128, mw: u128) -> Option<PairPlan> {
-        if !sixteen_bit_lanes(mx, mw) {
+        // AVX-512, or AVX2's half-width registers (the same pairs and products, 16 and 8 columns
+        // per block)
+        let avx2 = crate::simd::Isa::detect() == crate::simd::Isa::Avx2
+            && mx <= i16::MAX as u128
+            && mw <= i16::MAX as u128;
+        let wide = sixteen_bit_lanes(mx, mw);
+        if !wide && !avx2 {
             return None;
         }
         let win = s.window;
@@ -2171,12 +2179,90 @@ impl PairPlan {
         Some(PairPlan {
             hp: (oh.max(1) - 1) * win.stride[0] as usize + kh,
             width: reads.max(pl + s.x[3] + pr),
+            wide,
         })
     }
 
     /// Elements of the padded rows.
     fn len(&self) -> usize {
         self.hp * self.width
+    }
+
+    /// The taps of each kernel row `ky` as pairs `(w[2p], w[2p + 1])` in one word each, the second 0
+    /// past the kernel's width.
+    fn words(s: &ConvSpec<'_>, taps: &[i32]) -> [i32; Self::MAX_PAIRS] {
+        let (kh, kw) = (s.w[2], s.w[3]);
+        let np = kw.div_ceil(2);
+        let mut words = [0i32; Self::MAX_PAIRS];
+        for ky in 0..kh {
+            for p in 0..np {
+                let lo = taps[ky * kw + 2 * p] as i16 as u16 as u32;
+                let hi = taps.get(ky * kw + 2 * p + 1).filter(|_| 2 * p + 1 < kw);
+                let hi = hi.map_or(0, |&v| v as i16 as u16 as u32);
+                words[ky * np + p] = (lo | hi << 16) as i32;
+            }
+        }
+        words
+    }
+
+    /// The kernels' view of one plane's padded rows and taps.
+    #[cfg(target_arch = "x86_64")]
+    fn blocks<'a>(
+        &self,
+        s: &ConvSpec<'_>,
+        rows: &'a [i16],
+        words: &'a [i32; Self::MAX_PAIRS],
+        bias: i32,
+    ) -> PairBlocks<'a> {
+        PairBlocks {
+            rows,
+            width: self.width,
+            out: [s.out[2], s.out[3]],
+            stride: [s.window.stride[0] as usize, s.window.stride[1] as usize],
+            pairs: [s.w[2], s.w[3].div_ceil(2)],
+            words,
+            bias,
+        }
+    }
+
+    /// [`PairPlan::products`] on AVX2: the plane narrowed to `i16` by a plain loop, then
+    /// [`pair_blocks_avx2`].
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn products_avx2(
+        &self,
+        s: &ConvSpec<'_>,
+        plane: &[i32],
+        rows: &mut [i16],
+        taps: &[i32],
+        bias: i32,
+        dst: &mut [i32],
+    ) {
+        let (h, wd) = (s.x[2], s.x[3]);
+        let (pt, pl) = (s.window.pads[0] as usize, s.window.pads[1] as usize);
+        // only the image's own elements are written (the padding stays zero, as for AVX-512); the
+        // caller checked that they fit i16
+        for (iy, src) in plane.chunks_exact(wd).take(h).enumerate() {
+            let at = (pt + iy) * self.width + pl;
+            let Some(mid) = rows.get_mut(at..at + wd) else {
+                break;
+            };
+            for (d, &v) in mid.iter_mut().zip(src) {
+                *d = v as i16;
+            }
+        }
+        let words = Self::words(s, taps);
+        let g = self.blocks(s, rows, &words, bias);
+        let (kh, np) = (s.w[2], s.w[3].div_ceil(2));
+        // SAFETY: this function's feature (AVX2); `new` sized the rows for every block's loads (the
+        // AVX-512 blocks' reads bound these half-width ones), and the stores stay inside `dst`
+        unsafe {
+            match (kh, np) {
+                (3, 2) => pair_blocks_avx2::<3, 2>(&g, dst),
+                (5, 3) => pair_blocks_avx2::<5, 3>(&g, dst),
+                _ => pair_blocks_avx2::<0, 0>(&g, dst),
+            }
+        }
     }
 
     #[cfg(target_arch = "x86_64")]
@@ -2213,28 +2299,9 @@ impl PairPlan {
                 }
             }
         }
-        let (kh, kw) = (s.w[2], s.w[3]);
-        let np = kw.div_ceil(2);
-        // the taps of row ky as pairs (w[2p], w[2p + 1]) in one word each, the second 0 past the
-        // kernel's width
-        let mut words = [0i32; Self::MAX_PAIRS];
-        for ky in 0..kh {
-            for p in 0..np {
-                let lo = taps[ky * kw + 2 * p] as i16 as u16 as u32;
-                let hi = taps.get(ky * kw + 2 * p + 1).filter(|_| 2 * p + 1 < kw);
-                let hi = hi.map_or(0, |&v| v as i16 as u16 as u32);
-                words[ky * np + p] = (lo | hi << 16) as i32;
-            }
-        }
-        let g = PairBlocks {
-            rows,
-            width: self.width,
-            out: [s.out[2], s.out[3]],
-            stride: [s.window.stride[0] as usize, s.window.stride[1] as usize],
-            pairs: [kh, np],
-            words: &words,
-            bias,
-        };
+        let (kh, np) = (s.w[2], s.w[3].div_ceil(2));
+        let words = Self::words(s, taps);
+        let g = self.blocks(s, rows, &words, bias);
         // the common kernels with their taps held in registers, the others read from memory; the
         // dot-product instruction where the CPU has it (the same sums: one multiply-add less)
         let vnni = crate::qgemm::Level::detect() == crate::qgemm::Level::Avx512Vnni;
@@ -2385,6 +2452,103 @@ unsafe fn pair_blocks<const KH: usize, const NP: usize, const VNNI: bool>(
     }
 }
 
+/// [`pair_blocks`] on AVX2: 8 lanes per register, each pair of taps by one `vpmaddwd` and an add;
+/// blocks of 16 output columns at stride 1 (even and odd columns in two registers, interleaved back
+/// by unpacking), of 8 at stride 2; a block's last columns stored under a mask.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn pair_blocks_avx2<const KH: usize, const NP: usize>(g: &PairBlocks<'_>, dst: &mut [i32]) {
+    use std::arch::x86_64::*;
+    let [oh, ow] = g.out;
+    let [sy, sx] = g.stride;
+    let (kh, np) = if KH > 0 {
+        (KH, NP)
+    } else {
+        (g.pairs[0], g.pairs[1])
+    };
+    let mut wv = [_mm256_setzero_si256(); PairPlan::MAX_PAIRS];
+    for (v, &w) in wv.iter_mut().zip(g.words).take(kh * np) {
+        *v = _mm256_set1_epi32(w);
+    }
+    let base = g.rows.as_ptr();
+    // lane l set where l < n
+    let mask = |n: usize| {
+        let n = n.min(8) as i32;
+        _mm256_cmpgt_epi32(
+            _mm256_set1_epi32(n),
+            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+        )
+    };
+    // (macros, not closures: a closure would not inherit this function's target features)
+    macro_rules! load {
+        ($at:expr) => {
+            unsafe { _mm256_loadu_si256(base.add($at) as *const __m256i) }
+        };
+    }
+    macro_rules! madd {
+        ($acc:expr, $x:expr, $w:expr) => {
+            _mm256_add_epi32($acc, _mm256_madd_epi16($x, $w))
+        };
+    }
+    macro_rules! store {
+        ($to:expr, $n:expr, $v:expr) => {{
+            let (to, n, v) = ($to, $n, $v);
+            // SAFETY: the first `n` lanes lie inside `dst` (the caller's block bounds)
+            unsafe {
+                if n >= 8 {
+                    _mm256_storeu_si256(to as *mut __m256i, v);
+                } else {
+                    _mm256_maskstore_epi32(to, mask(n), v);
+                }
+            }
+        }};
+    }
+    for oy in 0..oh {
+        let out = &mut dst[oy * ow..(oy + 1) * ow];
+        let row0 = oy * sy * g.width;
+        if sx == 1 {
+            // lane l of the even register is column j0 + 2l, of the odd one j0 + 2l + 1
+            for j0 in (0..ow).step_by(16) {
+                let (mut even, mut odd) = (_mm256_set1_epi32(g.bias), _mm256_set1_epi32(g.bias));
+                for ky in 0..kh {
+                    let at = row0 + ky * g.width + j0;
+                    for p in 0..np {
+                        let w = wv[ky * np + p];
+                        even = madd!(even, load!(at + 2 * p), w);
+                        odd = madd!(odd, load!(at + 2 * p + 1), w);
+                    }
+                }
+                // (e0 o0 e1 o1 | e4 o4 e5 o5) and (e2 o2 e3 o3 | e6 o6 e7 o7) → columns 0–7, 8–15
+                let (lo, hi) = (
+                    _mm256_unpacklo_epi32(even, odd),
+                    _mm256_unpackhi_epi32(even, odd),
+                );
+                let first = _mm256_permute2x128_si256::<0x20>(lo, hi);
+                let second = _mm256_permute2x128_si256::<0x31>(lo, hi);
+                let n = (ow - j0).min(16);
+                let to = out[j0..j0 + n].as_mut_ptr();
+                store!(to, n, first);
+                if n > 8 {
+                    // SAFETY: columns 8.. of the block lie inside `out`
+                    store!(unsafe { to.add(8) }, n - 8, second);
+                }
+            }
+        } else {
+            for j0 in (0..ow).step_by(8) {
+                let mut acc = _mm256_set1_epi32(g.bias);
+                for ky in 0..kh {
+                    let at = row0 + ky * g.width + 2 * j0;
+                    for p in 0..np {
+                        acc = madd!(acc, load!(at + 2 * p), wv[ky * np + p]);
+                    }
+                }
+                let n = (ow - j0).min(8);
+                store!(out[j0..j0 + n].as_mut_ptr(), n, acc);
+            }
+        }
+    }
+}
+
 /// A 16-bit depthwise kernel: pairs of taps along a row ([`PairPlan`]) or down a column ([`RowPairs`],
 /// for dilated columns, which leave no neighbouring taps in a row).
 enum Pairs {
@@ -2420,13 +2584,15 @@ impl Pairs {
         dst: &mut [i32],
     ) {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: `PairPlan::new` and `RowPairs::new` checked that the CPU has AVX-512 (F, BW); the
-        // copies' stores and the kernels' loads stay inside `rows`, whose rows (as `new` sized them)
-        // are wide and many enough for every block's loads, and the outputs' stores inside `dst` (a
-        // block's last columns stored under a mask of the columns it has).
+        // SAFETY: `PairPlan::new` checked that the CPU has AVX-512 (F, BW) or else AVX2 (`wide` says
+        // which), `RowPairs::new` AVX-512; the copies' stores and the kernels' loads
+        // stay inside `rows`, whose rows (as `new` sized them) are wide and many enough for every
+        // block's loads, and the outputs' stores inside `dst` (a block's last columns stored under a
+        // mask of the columns it has).
         unsafe {
             match self {
-                Pairs::Across(q) => q.products(s, plane, rows, taps, bias, dst),
+                Pairs::Across(q) if q.wide => q.products(s, plane, rows, taps, bias, dst),
+                Pairs::Across(q) => q.products_avx2(s, plane, rows, taps, bias, dst),
                 Pairs::Down(q) => q.products(s, plane, rows, taps, bias, dst),
             }
         }
@@ -3628,6 +3794,74 @@ mod tests {
     /// The depthwise pair kernel's two forms of multiply-add (`vpmaddwd` and an add, `vpdpwssd`) give
     /// the same sums, with taps in registers (3×3, 5×5) or read from memory (7×7), at stride 1 and 2
     /// (the executor takes only one of them on a given CPU; this compares both where the CPU has both).
+    /// The AVX2 kernel of pairs of taps along a row gives each output's definition — the bias plus
+    /// every pair's two products — with taps in registers (3×3, 5×5) or read from memory (7×7), at
+    /// stride 1 and 2, for output widths that leave a partial last block (its stores masked: the
+    /// columns past the plane keep what they held).
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn avx2_pair_kernels_follow_the_definition() {
+        if !std::arch::is_x86_feature_detected!("avx2") {
+            eprintln!("skipped: the CPU lacks AVX2");
+            return;
+        }
+        let mut next = xorshift(0x2f0b);
+        for (kh, np) in [(3, 2), (5, 3), (7, 4)] {
+            for stride in [1, 2] {
+                for ow in [1, 7, 8, 9, 16, 23, 37] {
+                    let oh = 4;
+                    let width = 2 * 48 + 16 + 2 * np + 40;
+                    let rows: Vec<i16> = (0..(oh * stride + kh) * width)
+                        .map(|_| (next() >> 48) as i16)
+                        .collect();
+                    let mut words = [0i32; PairPlan::MAX_PAIRS];
+                    for w in words.iter_mut().take(kh * np) {
+                        *w = (next() as i32) & 0x00ff_00ff;
+                    }
+                    let g = PairBlocks {
+                        rows: &rows,
+                        width,
+                        out: [oh, ow],
+                        stride: [stride, stride],
+                        pairs: [kh, np],
+                        words: &words,
+                        bias: -12345,
+                    };
+                    let mut want = vec![0i32; oh * ow + 9];
+                    for oy in 0..oh {
+                        for ox in 0..ow {
+                            let mut acc = -12345i64;
+                            for ky in 0..kh {
+                                for p in 0..np {
+                                    let w = words[ky * np + p];
+                                    let at = (oy * stride + ky) * width + ox * stride + 2 * p;
+                                    acc += rows[at] as i64 * (w as i16) as i64
+                                        + rows[at + 1] as i64 * ((w >> 16) as i16) as i64;
+                                }
+                            }
+                            want[oy * ow + ox] = acc as i32;
+                        }
+                    }
+                    // past the plane: untouched
+                    want[oh * ow..].fill(7);
+                    for fixed in [true, false] {
+                        let mut dst = vec![7i32; oh * ow + 9];
+                        // SAFETY: the CPU has AVX2 (checked above); `rows` is wide and deep enough
+                        // for every block's loads
+                        unsafe {
+                            match (fixed, kh) {
+                                (true, 3) => pair_blocks_avx2::<3, 2>(&g, &mut dst[..oh * ow]),
+                                (true, 5) => pair_blocks_avx2::<5, 3>(&g, &mut dst[..oh * ow]),
+                                _ => pair_blocks_avx2::<0, 0>(&g, &mut dst[..oh * ow]),
+                            }
+                        }
+                        assert_eq!(dst, want, "{kh} rows, stride {stride}, width {ow}, {fixed}");
+                    }
+                }
+            }
+        }
+    }
+
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn pair_kernels_agree_with_and_without_the_dot_product_instruction() {
