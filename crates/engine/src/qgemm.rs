@@ -742,8 +742,19 @@ fn gemm_rows(
     }
 }
 
-/// [`gemm_rows`] on the AVX2 kernel: per cache block of `A`, its bytes widened once to `i16` (zero-
-/// extended activations, sign-extended weights), then tiles of up to 3 rows × 16 columns.
+/// Rows per AVX2 register tile.
+const MR2: usize = 6;
+/// Reduction quads per cache block of the AVX2 kernel (512 values of `k`: a column block's 256 pairs
+/// as `i16` take 16 KiB).
+const KCQ2: usize = 128;
+/// Rows per cache block of `A` in the AVX2 kernel (whole tiles).
+const MC2: usize = 16 * MR2;
+
+/// [`gemm_rows`] on AVX2, by pairs of `k`: per cache block of the reduction, `B`'s bytes widened once
+/// to `i16` as, per pair of `k` values, 16 columns' pairs (two registers of 8 columns); per cache
+/// block of rows, `A`'s bytes widened and interleaved by tiles of [`MR2`] rows (a pair of each row
+/// after the other); then register tiles of up to 6 rows × 16 columns ([`avx2`]). Activations are
+/// zero-extended, weights sign-extended.
 #[cfg(target_arch = "x86_64")]
 fn gemm_rows_avx2(
     a: &PackedA,
@@ -755,51 +766,43 @@ fn gemm_rows_avx2(
     let ldc = b.ldc();
     let rows = c.len() / ldc;
     let nb = ldc / NR;
-    let lda = a.kq * 4;
-    let a_u8 = !a.weights;
-    let mut wide = vec![0i16; MC.min(rows) * KCQ.min(a.kq) * 4];
-    for q0 in (0..a.kq).step_by(KCQ) {
-        let qn = KCQ.min(a.kq - q0);
-        let first = q0 == 0;
-        let w = qn * 4;
-        for m0 in (0..rows).step_by(MC) {
+    let kc = KCQ2.min(a.kq);
+    // (from the executor's pool: every element is written before it is read)
+    let mut aw = crate::buffers::take_overwritten::<i16>(MC2.min(rows) * kc * 4);
+    let mut bw = crate::buffers::take_overwritten::<i16>(nb * kc * NR * 4);
+    for q0 in (0..a.kq).step_by(KCQ2) {
+        let qn = KCQ2.min(a.kq - q0);
+        let bw = &mut bw[..nb * qn * NR * 4];
+        // SAFETY: `gemm` runs this level only where the CPU supports AVX2
+        unsafe { widen_pairs(b, q0, qn, !a.weights, bw) };
+        for m0 in (0..rows).step_by(MC2) {
             if crate::cancel::any(tokens) {
                 return;
             }
-            let mrows = MC.min(rows - m0);
-            for i in 0..mrows {
-                let src = &a.data[(r0 + m0 + i) * lda + q0 * 4..][..w];
-                let dst = &mut wide[i * w..(i + 1) * w];
-                if a_u8 {
-                    for (d, &v) in dst.iter_mut().zip(src) {
-                        *d = v as i16;
-                    }
-                } else {
-                    for (d, &v) in dst.iter_mut().zip(src) {
-                        *d = v as i8 as i16;
-                    }
-                }
-            }
+            let mrows = MC2.min(rows - m0);
+            let aw = &mut aw[..mrows * qn * 4];
+            // SAFETY: as above
+            unsafe { widen_tiles(a, r0 + m0, mrows, q0, qn, aw) };
             for blk in 0..nb {
-                let bq = &b.data[(blk * b.kq + q0) * NR * 4..][..qn * NR * 4];
+                let bq = &bw[blk * qn * NR * 4..(blk + 1) * qn * NR * 4];
                 let mut i = 0;
                 while i < mrows {
-                    let r = 3.min(mrows - i);
-                    let aw = &wide[i * w..(i + r) * w];
+                    let r = MR2.min(mrows - i);
+                    let at = &aw[i * qn * 4..(i + r) * qn * 4];
                     let cc = &mut c[(m0 + i) * ldc + blk * NR..];
                     assert!(cc.len() >= (r - 1) * ldc + NR);
-                    let first = first.then(|| Offsets::of(a, b, (r0 + m0 + i, r), (blk * NR, NR)));
-                    // SAFETY: `gemm` runs this level only where the CPU supports AVX2; the slices hold
-                    // `r` rows of `w` values, `qn` quads of 16 columns and `r` output rows of 16.
+                    let first =
+                        (q0 == 0).then(|| Offsets::of(a, b, (r0 + m0 + i, r), (blk * NR, NR)));
+                    // SAFETY: as above; `at` holds `r` rows' `2·qn` pairs, `bq` `2·qn` pairs of 16
+                    // columns, `cc` `r` output rows of 16 (checked just above)
                     unsafe {
-                        match (r, a_u8) {
-                            (1, true) => avx2::<1, true>(aw, w, bq, qn, cc, ldc, first),
-                            (2, true) => avx2::<2, true>(aw, w, bq, qn, cc, ldc, first),
-                            (3, true) => avx2::<3, true>(aw, w, bq, qn, cc, ldc, first),
-                            (1, false) => avx2::<1, false>(aw, w, bq, qn, cc, ldc, first),
-                            (2, false) => avx2::<2, false>(aw, w, bq, qn, cc, ldc, first),
-                            (3, false) => avx2::<3, false>(aw, w, bq, qn, cc, ldc, first),
-                            _ => unreachable!("AVX2 tiles have 1..=3 rows"),
+                        match r {
+                            1 => avx2::<1>(at, bq, 2 * qn, cc, ldc, first),
+                            2 => avx2::<2>(at, bq, 2 * qn, cc, ldc, first),
+                            3 => avx2::<3>(at, bq, 2 * qn, cc, ldc, first),
+                            4 => avx2::<4>(at, bq, 2 * qn, cc, ldc, first),
+                            5 => avx2::<5>(at, bq, 2 * qn, cc, ldc, first),
+                            _ => avx2::<6>(at, bq, 2 * qn, cc, ldc, first),
                         }
                     }
                     i += r;
@@ -807,55 +810,105 @@ fn gemm_rows_avx2(
             }
         }
     }
+    crate::buffers::give(aw);
+    crate::buffers::give(bw);
 }
 
-/// The AVX2 register tile: `R` rows × 16 columns. Per quad, each 16-byte run of `B` (4 columns × 4
-/// values of `k`) is widened to `i16` and multiplied by the row's 4 values (`vpmaddwd`: two products
-/// added per `i32` lane, each below `2^15`), so every accumulator lane holds one column's sum over half
-/// of the `k` values; the two halves are added at the end. Exact under the same bound as VNNI.
+/// Quads `q0 .. q0 + qn` of every column block of `b` as `i16` pairs: block `blk`'s pair `p` at
+/// `(blk·qn·2 + p)·32`, its 16 columns' `(k = 2p, k = 2p + 1)` values one after the other
+/// (sign-extended when `signed`).
 ///
 /// # Safety
-/// The CPU must support AVX2; `a` must hold `R` rows of `lda ≥ 4·qn` values, `b` `qn` quads of 64
-/// bytes, `c` `R` rows (stride `ldc`) of 16 values.
+/// The CPU must support AVX2; `dst` holds `nb·qn·64` values.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-#[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
-unsafe fn avx2<const R: usize, const A_U8: bool>(
+unsafe fn widen_pairs(b: &PackedB, q0: usize, qn: usize, signed: bool, dst: &mut [i16]) {
+    let nb = b.ldc() / NR;
+    let widen = |v: u8| if signed { v as i8 as i16 } else { v as i16 };
+    for blk in 0..nb {
+        for q in 0..qn {
+            // the quad's 64 bytes: column j's four values of k at 4j
+            let src = &b.data[((blk * b.kq + q0 + q) * NR * 4)..][..NR * 4];
+            let out = &mut dst[(blk * qn + q) * NR * 4..][..NR * 4];
+            let (lo, hi) = out.split_at_mut(2 * NR);
+            for j in 0..NR {
+                lo[2 * j] = widen(src[4 * j]);
+                lo[2 * j + 1] = widen(src[4 * j + 1]);
+                hi[2 * j] = widen(src[4 * j + 2]);
+                hi[2 * j + 1] = widen(src[4 * j + 3]);
+            }
+        }
+    }
+}
+
+/// Rows `row .. row + rows` of `a`, quads `q0 .. q0 + qn`, as `i16` tiles of [`MR2`] rows (the last
+/// may have fewer, `r`): the tile from row `i` at `i·qn·4`, its pair `p` at `p·2r`, row `t`'s two
+/// values at `2t` within it (sign-extended when `a` holds the weights).
+///
+/// # Safety
+/// The CPU must support AVX2; `dst` holds `rows·qn·4` values.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn widen_tiles(a: &PackedA, row: usize, rows: usize, q0: usize, qn: usize, dst: &mut [i16]) {
+    let lda = a.kq * 4;
+    let signed = a.weights;
+    let mut i = 0;
+    while i < rows {
+        let r = MR2.min(rows - i);
+        let tile = &mut dst[i * qn * 4..(i + r) * qn * 4];
+        for t in 0..r {
+            let src = &a.data[(row + i + t) * lda + q0 * 4..][..qn * 4];
+            for (p, pair) in src.chunks_exact(2).enumerate() {
+                let at = p * 2 * r + 2 * t;
+                if signed {
+                    tile[at] = pair[0] as i8 as i16;
+                    tile[at + 1] = pair[1] as i8 as i16;
+                } else {
+                    tile[at] = pair[0] as i16;
+                    tile[at + 1] = pair[1] as i16;
+                }
+            }
+        }
+        i += r;
+    }
+}
+
+/// The AVX2 register tile: `R` rows × 16 columns. Per pair of `k` values, each row's pair is
+/// broadcast and multiplied by the 16 columns' pairs (`vpmaddwd`: two products added per `i32` lane,
+/// each below `2^15`) and added to the row's two accumulators (columns 0–7 and 8–15): every lane holds
+/// one column's sum, exact under the same bound as VNNI.
+///
+/// # Safety
+/// The CPU must support AVX2; `a` must hold `pairs` pairs of `R` rows (`2R` values each), `b` `pairs`
+/// pairs of 16 columns (32 values each), `c` `R` rows (stride `ldc`) of 16 values.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[allow(clippy::needless_range_loop)]
+unsafe fn avx2<const R: usize>(
     a: &[i16],
-    lda: usize,
-    b: &[u8],
-    qn: usize,
+    b: &[i16],
+    pairs: usize,
     c: &mut [i32],
     ldc: usize,
     first: Option<Offsets>,
 ) {
     use std::arch::x86_64::*;
-    debug_assert!(a.len() >= (R - 1) * lda + qn * 4 && b.len() >= qn * 64);
-    let mut acc = [[_mm256_setzero_si256(); 4]; R];
+    debug_assert!(a.len() >= pairs * 2 * R && b.len() >= pairs * 32);
+    debug_assert!(c.len() >= (R - 1) * ldc + NR);
+    let mut acc = [[_mm256_setzero_si256(); 2]; R];
     let (ap, bp) = (a.as_ptr(), b.as_ptr());
-    for q in 0..qn {
-        let va: [__m256i; R] = std::array::from_fn(|i| {
-            _mm256_set1_epi64x((ap.add(i * lda + q * 4) as *const i64).read_unaligned())
-        });
-        for t in 0..4 {
-            let raw = _mm_loadu_si128(bp.add(q * 64 + t * 16) as *const __m128i);
-            // the weights are signed bytes, activations unsigned
-            let vb = if A_U8 {
-                _mm256_cvtepi8_epi16(raw)
-            } else {
-                _mm256_cvtepu8_epi16(raw)
-            };
-            for i in 0..R {
-                acc[i][t] = _mm256_add_epi32(acc[i][t], _mm256_madd_epi16(va[i], vb));
-            }
+    for p in 0..pairs {
+        let b0 = _mm256_loadu_si256(bp.add(p * 32) as *const __m256i);
+        let b1 = _mm256_loadu_si256(bp.add(p * 32 + 16) as *const __m256i);
+        for i in 0..R {
+            let va = _mm256_set1_epi32((ap.add(p * 2 * R + 2 * i) as *const i32).read_unaligned());
+            acc[i][0] = _mm256_add_epi32(acc[i][0], _mm256_madd_epi16(va, b0));
+            acc[i][1] = _mm256_add_epi32(acc[i][1], _mm256_madd_epi16(va, b1));
         }
     }
     let cp = c.as_mut_ptr();
     for (i, accr) in acc.iter().enumerate() {
-        for h in 0..2 {
-            // lanes (c0 lo, c0 hi, c1 lo, c1 hi | c2 …) of two accumulators → columns 8h … 8h + 7
-            let s = _mm256_hadd_epi32(accr[2 * h], accr[2 * h + 1]);
-            let s = _mm256_permute4x64_epi64::<0b11_01_10_00>(s);
+        for (h, &s) in accr.iter().enumerate() {
             let dst = cp.add(i * ldc + 8 * h) as *mut __m256i;
             let v = match &first {
                 // the offsets' products taken back out (wrapping, like the sums)
