@@ -823,19 +823,35 @@ fn gemm_rows_avx2(
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn widen_pairs(b: &PackedB, q0: usize, qn: usize, signed: bool, dst: &mut [i16]) {
+    use std::arch::x86_64::*;
     let nb = b.ldc() / NR;
-    let widen = |v: u8| if signed { v as i8 as i16 } else { v as i16 };
+    assert!(dst.len() >= nb * qn * NR * 4 && b.data.len() >= nb * b.kq * NR * 4 && q0 + qn <= b.kq);
+    let low = _mm256_set1_epi32(0xffff);
+    let (sp, dp) = (b.data.as_ptr(), dst.as_mut_ptr());
     for blk in 0..nb {
         for q in 0..qn {
-            // the quad's 64 bytes: column j's four values of k at 4j
-            let src = &b.data[((blk * b.kq + q0 + q) * NR * 4)..][..NR * 4];
-            let out = &mut dst[(blk * qn + q) * NR * 4..][..NR * 4];
-            let (lo, hi) = out.split_at_mut(2 * NR);
-            for j in 0..NR {
-                lo[2 * j] = widen(src[4 * j]);
-                lo[2 * j + 1] = widen(src[4 * j + 1]);
-                hi[2 * j] = widen(src[4 * j + 2]);
-                hi[2 * j + 1] = widen(src[4 * j + 3]);
+            // the quad's 64 bytes: column j's four values of k at 4j (two registers of 8 columns);
+            // each column's first two bytes (a 16-bit word) and its last two, packed in column
+            // order (the pack interleaves 128-bit lanes: the permutation restores the order)
+            let src = sp.add((blk * b.kq + q0 + q) * NR * 4);
+            let (x0, x1) = (
+                _mm256_loadu_si256(src as *const __m256i),
+                _mm256_loadu_si256(src.add(32) as *const __m256i),
+            );
+            let first = _mm256_packus_epi32(_mm256_and_si256(x0, low), _mm256_and_si256(x1, low));
+            let second =
+                _mm256_packus_epi32(_mm256_srli_epi32::<16>(x0), _mm256_srli_epi32::<16>(x1));
+            let out = dp.add((blk * qn + q) * NR * 4);
+            for (h, v) in [first, second].into_iter().enumerate() {
+                let v = _mm256_permute4x64_epi64::<0b11_01_10_00>(v);
+                let (l, u) = (_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+                let (l, u) = if signed {
+                    (_mm256_cvtepi8_epi16(l), _mm256_cvtepi8_epi16(u))
+                } else {
+                    (_mm256_cvtepu8_epi16(l), _mm256_cvtepu8_epi16(u))
+                };
+                _mm256_storeu_si256(out.add(32 * h) as *mut __m256i, l);
+                _mm256_storeu_si256(out.add(32 * h + 16) as *mut __m256i, u);
             }
         }
     }
@@ -850,23 +866,41 @@ unsafe fn widen_pairs(b: &PackedB, q0: usize, qn: usize, signed: bool, dst: &mut
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn widen_tiles(a: &PackedA, row: usize, rows: usize, q0: usize, qn: usize, dst: &mut [i16]) {
+    use std::arch::x86_64::*;
     let lda = a.kq * 4;
     let signed = a.weights;
+    assert!(dst.len() >= rows * qn * 4 && a.data.len() >= (row + rows) * lda && q0 + qn <= a.kq);
     let mut i = 0;
     while i < rows {
         let r = MR2.min(rows - i);
-        let tile = &mut dst[i * qn * 4..(i + r) * qn * 4];
+        // the tile's pairs as 32-bit words: pair p of row t at p·r + t
+        let tile = dst.as_mut_ptr().add(i * qn * 4) as *mut u32;
         for t in 0..r {
-            let src = &a.data[(row + i + t) * lda + q0 * 4..][..qn * 4];
-            for (p, pair) in src.chunks_exact(2).enumerate() {
-                let at = p * 2 * r + 2 * t;
-                if signed {
-                    tile[at] = pair[0] as i8 as i16;
-                    tile[at + 1] = pair[1] as i8 as i16;
+            let src = a.data.as_ptr().add((row + i + t) * lda + q0 * 4);
+            // 8 pairs (16 bytes) widened at a time, then placed word by word
+            let mut words = [0u32; 8];
+            for c in 0..qn / 4 {
+                let v = _mm_loadu_si128(src.add(16 * c) as *const __m128i);
+                let v = if signed {
+                    _mm256_cvtepi8_epi16(v)
                 } else {
-                    tile[at] = pair[0] as i16;
-                    tile[at + 1] = pair[1] as i16;
+                    _mm256_cvtepu8_epi16(v)
+                };
+                _mm256_storeu_si256(words.as_mut_ptr() as *mut __m256i, v);
+                for (j, &w) in words.iter().enumerate() {
+                    tile.add((8 * c + j) * r + t).write_unaligned(w);
                 }
+            }
+            // the last quads' pairs one by one
+            for p in qn / 4 * 8..2 * qn {
+                let (x, y) = (*src.add(2 * p), *src.add(2 * p + 1));
+                let (x, y) = if signed {
+                    (x as i8 as i16 as u16, y as i8 as i16 as u16)
+                } else {
+                    (x as u16, y as u16)
+                };
+                tile.add(p * r + t)
+                    .write_unaligned(x as u32 | (y as u32) << 16);
             }
         }
         i += r;
