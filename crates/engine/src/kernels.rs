@@ -354,14 +354,7 @@ unsafe fn gemm_f64(
             2 | 3 => 2,
             _ => 1,
         };
-        // the block's columns one after another (`r` values each)
-        abuf.clear();
-        abuf.resize(r * k, 0.0);
-        for (dr, row) in a[i * k..(i + r) * k].chunks_exact(k).enumerate() {
-            for (kk, &v) in row.iter().enumerate() {
-                abuf[kk * r + dr] = v as f64;
-            }
-        }
+        f64_columns(a, i, r, k, abuf);
         for (p, panel) in panels.chunks_exact(k * F64_PANEL).enumerate() {
             let j = p * F64_PANEL;
             let (w, c) = (F64_PANEL.min(n - j), &mut c[i * n + j..]);
@@ -374,6 +367,132 @@ unsafe fn gemm_f64(
             }
         }
         i += r;
+    }
+}
+
+/// Rows `i .. i + r` of `a` (`k` columns) as `f64` in `abuf`, column after column (`r` values each).
+#[inline(always)]
+fn f64_columns(a: &[i32], i: usize, r: usize, k: usize, abuf: &mut Vec<f64>) {
+    abuf.clear();
+    abuf.resize(r * k, 0.0);
+    for (dr, row) in a[i * k..(i + r) * k].chunks_exact(k).enumerate() {
+        for (kk, &v) in row.iter().enumerate() {
+            abuf[kk * r + dr] = v as f64;
+        }
+    }
+}
+
+/// Sums below this bound convert from `f64` to `i64` on AVX2 by adding `1.5·2^52` (their bits then
+/// hold the integer in the significand's low bits, exactly) and subtracting that constant's bits.
+const F64_EXACT_AVX2: u128 = 1 << 51;
+
+/// Whether the CPU has fused multiply-adds (every AVX2 CPU made has them; checked all the same).
+fn fma() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return std::arch::is_x86_feature_detected!("fma");
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// [`gemm_f64`] on AVX2 ([`tile_f64_avx2`]): tiles of up to 6 rows, each panel in two halves of 8
+/// columns. Exact under the caller's bound (`k·max|a|·max|b| < 2^51`).
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA; `a` holds `rows·k` elements, `panels` those of `n` columns.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn gemm_f64_avx2(
+    a: &[i32],
+    panels: &[f64],
+    c: &mut [i64],
+    k: usize,
+    n: usize,
+    abuf: &mut Vec<f64>,
+) {
+    let rows = c.len() / n;
+    let mut i = 0;
+    while i < rows {
+        let r = (rows - i).min(6);
+        f64_columns(a, i, r, k, abuf);
+        for (p, panel) in panels.chunks_exact(k * F64_PANEL).enumerate() {
+            let j = p * F64_PANEL;
+            let w = F64_PANEL.min(n - j);
+            for h in 0..w.div_ceil(8) {
+                let c = &mut c[i * n + j + 8 * h..];
+                let w = (w - 8 * h).min(8);
+                // SAFETY: this function's features; the sizes as `tile_f64_avx2` requires
+                unsafe {
+                    match r {
+                        6 => tile_f64_avx2::<6>(abuf, panel, h, k, c, n, w),
+                        5 => tile_f64_avx2::<5>(abuf, panel, h, k, c, n, w),
+                        4 => tile_f64_avx2::<4>(abuf, panel, h, k, c, n, w),
+                        3 => tile_f64_avx2::<3>(abuf, panel, h, k, c, n, w),
+                        2 => tile_f64_avx2::<2>(abuf, panel, h, k, c, n, w),
+                        _ => tile_f64_avx2::<1>(abuf, panel, h, k, c, n, w),
+                    }
+                }
+            }
+        }
+        i += r;
+    }
+}
+
+/// An AVX2 register tile of `c = a · b` in `f64`: `R` rows of `a` (`k × R`, as for [`tile_f64`])
+/// times columns `8h .. 8h + 8` of one panel of `b`, fused multiply-adds in 4 lanes, stored as
+/// `i64` into `c`'s rows (`ldc` apart), the first `w` of those 8 columns. Exact when every partial
+/// sum stays below `2^51` in magnitude (the caller's bound).
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA; `a` holds `R·k` elements, `panel` `16·k`, `h ≤ 1`, `c` reaches
+/// row `R − 1`'s column `w − 1` (`w ≤ 8`).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn tile_f64_avx2<const R: usize>(
+    a: &[f64],
+    panel: &[f64],
+    h: usize,
+    k: usize,
+    c: &mut [i64],
+    ldc: usize,
+    w: usize,
+) {
+    use std::arch::x86_64::*;
+    debug_assert!(a.len() >= R * k && panel.len() >= F64_PANEL * k && h <= 1 && w <= 8);
+    debug_assert!(R == 0 || c.len() >= (R - 1) * ldc + w);
+    let mut acc = [[_mm256_setzero_pd(); 2]; R];
+    let (ap, bp) = (a.as_ptr(), panel.as_ptr().add(8 * h));
+    for kk in 0..k {
+        // SAFETY (all pointer reads): within the lengths checked above.
+        let b0 = _mm256_loadu_pd(bp.add(kk * F64_PANEL));
+        let b1 = _mm256_loadu_pd(bp.add(kk * F64_PANEL + 4));
+        for (r, accr) in acc.iter_mut().enumerate() {
+            let av = _mm256_broadcast_sd(&*ap.add(kk * R + r));
+            accr[0] = _mm256_fmadd_pd(av, b0, accr[0]);
+            accr[1] = _mm256_fmadd_pd(av, b1, accr[1]);
+        }
+    }
+    let magic = _mm256_set1_pd(6_755_399_441_055_744.0);
+    let lanes = _mm256_setr_epi64x(0, 1, 2, 3);
+    let cp = c.as_mut_ptr();
+    for (r, accr) in acc.iter().enumerate() {
+        for (q, &sums) in accr.iter().enumerate() {
+            let valid = w.saturating_sub(4 * q).min(4);
+            if valid == 0 {
+                continue;
+            }
+            let v = _mm256_sub_epi64(
+                _mm256_castpd_si256(_mm256_add_pd(sums, magic)),
+                _mm256_castpd_si256(magic),
+            );
+            // SAFETY: the stored lanes lie within row r's first w columns (checked above).
+            let dst = cp.add(r * ldc + 4 * q);
+            if valid == 4 {
+                _mm256_storeu_si256(dst as *mut __m256i, v);
+            } else {
+                let mask = _mm256_cmpgt_epi64(_mm256_set1_epi64x(valid as i64), lanes);
+                _mm256_maskstore_epi64(dst, mask, v);
+            }
+        }
     }
 }
 
@@ -394,10 +513,14 @@ fn batched_gemm(
     bound: u128,
     threads: usize,
 ) -> Vec<i64> {
-    let in_f64 = cfg!(target_arch = "x86_64")
-        && k > 0
-        && bound < F64_EXACT
-        && crate::simd::Isa::detect() == crate::simd::Isa::Avx512;
+    // AVX-512's f64 form (Some(true)) or AVX2's (Some(false)), planned once for the CPU found
+    let f64_form = match crate::simd::Isa::detect() {
+        crate::simd::Isa::Avx512 if bound < F64_EXACT => Some(true),
+        crate::simd::Isa::Avx2 if bound < F64_EXACT_AVX2 && fma() => Some(false),
+        _ => None,
+    }
+    .filter(|_| cfg!(target_arch = "x86_64") && k > 0);
+    let in_f64 = f64_form.is_some();
     // the f64 form writes every sum; the i64 one adds to zeros
     let mut c = match in_f64 {
         true => crate::buffers::take_overwritten(batch * m * n),
@@ -442,9 +565,14 @@ fn batched_gemm(
                     f64_panels(b, k, n, &mut panels);
                     panels_of = bi;
                 }
-                // SAFETY: AVX-512 F/DQ are present (`Isa::detect`); the slices have the sizes
-                // gemm_f64 requires.
-                unsafe { gemm_f64(a, &panels, c, k, n, &mut abuf) };
+                // SAFETY: AVX-512 F/DQ are present, or else AVX2 and FMA (`Isa::detect`, `fma`);
+                // the slices have the sizes gemm_f64 and gemm_f64_avx2 require.
+                unsafe {
+                    match f64_form {
+                        Some(true) => gemm_f64(a, &panels, c, k, n, &mut abuf),
+                        _ => gemm_f64_avx2(a, &panels, c, k, n, &mut abuf),
+                    }
+                };
                 r += len;
                 off += len;
                 continue;
@@ -4159,9 +4287,10 @@ mod tests {
         }
     }
 
-    /// Wide products in `f64` (AVX-512, `k·max|a|·max|b| < 2^53`) equal the `i64` ones, at the edge of
-    /// the bound with every term of a sum of one sign (each partial sum then grows to the bound), over
-    /// shapes whose rows and columns leave partial register tiles, in batches, on 1 and 2 threads.
+    /// Wide products in `f64` (AVX-512, `k·max|a|·max|b| < 2^53`; AVX2, `< 2^51`) equal the `i64`
+    /// ones, at the edge of each bound with every term of a sum of one sign (each partial sum then
+    /// grows to the bound), over shapes whose rows and columns leave partial register tiles, in
+    /// batches, on 1 and 2 threads.
     #[test]
     fn wide_products_in_f64_equal_the_i64_ones() {
         let mut next = xorshift(0x51f0);
@@ -4174,40 +4303,49 @@ mod tests {
             (1, 11, 300, 33),
             (1, 200, 3, 16),
         ];
+        // bounds just below each f64 form's limit (AVX-512's 2^53, AVX2's 2^51)
         for (case, &(bt, m, k, n)) in shapes.iter().enumerate() {
-            // magnitudes with k·ma·mb just below 2^53
-            let ma: i64 = 1 << (10 + case % 12);
-            let mb = ((1i64 << 53) - 1) / (k as i64 * ma);
-            let mb = mb.min(i32::MAX as i64);
-            let draw =
-                |next: &mut dyn FnMut() -> u64, mx: i64, len: usize, sign: i64| -> Vec<i32> {
-                    (0..len)
-                        .map(|i| match (i + case) % 3 {
-                            // extremes of one sign: the sums reach the bound
-                            0 => (sign * mx) as i32,
-                            _ => ((next() % (2 * mx as u64 + 1)) as i64 - mx) as i32,
-                        })
-                        .collect()
-                };
-            let a = draw(&mut next, ma, bt * m * k, 1);
-            let b = draw(&mut next, mb, bt * k * n, -1);
-            let bound = k as u128 * ma as u128 * mb as u128;
-            assert!(bound < F64_EXACT);
-            let mut want = vec![0i64; bt * m * n];
-            for bi in 0..bt {
-                gemm_body(
-                    &a[bi * m * k..(bi + 1) * m * k],
-                    &b[bi * k * n..(bi + 1) * k * n],
-                    &mut want[bi * m * n..(bi + 1) * m * n],
-                    k,
-                    n,
-                );
-            }
-            for threads in [1, 2] {
-                let got = batched_gemm(&a, &b, bt, m, k, n, bound, threads);
-                assert_eq!(got, want, "f64 products, case {case}, {threads} threads");
-                let got = batched_gemm(&a, &b, bt, m, k, n, u128::MAX, threads);
-                assert_eq!(got, want, "i64 products, case {case}, {threads} threads");
+            for limit in [F64_EXACT, F64_EXACT_AVX2] {
+                // magnitudes with k·ma·mb just below the limit
+                let ma: i64 = 1 << (10 + case % 12);
+                let mb = ((limit as i64) - 1) / (k as i64 * ma);
+                let mb = mb.min(i32::MAX as i64);
+                let draw =
+                    |next: &mut dyn FnMut() -> u64, mx: i64, len: usize, sign: i64| -> Vec<i32> {
+                        (0..len)
+                            .map(|i| match (i + case) % 3 {
+                                // extremes of one sign: the sums reach the bound
+                                0 => (sign * mx) as i32,
+                                _ => ((next() % (2 * mx as u64 + 1)) as i64 - mx) as i32,
+                            })
+                            .collect()
+                    };
+                let a = draw(&mut next, ma, bt * m * k, 1);
+                let b = draw(&mut next, mb, bt * k * n, -1);
+                let bound = k as u128 * ma as u128 * mb as u128;
+                assert!(bound < limit);
+                let mut want = vec![0i64; bt * m * n];
+                for bi in 0..bt {
+                    gemm_body(
+                        &a[bi * m * k..(bi + 1) * m * k],
+                        &b[bi * k * n..(bi + 1) * k * n],
+                        &mut want[bi * m * n..(bi + 1) * m * n],
+                        k,
+                        n,
+                    );
+                }
+                use crate::simd::Isa;
+                for isa in [Isa::Avx512, Isa::Avx2] {
+                    for threads in [1, 2] {
+                        Isa::cap(isa);
+                        let f64s = batched_gemm(&a, &b, bt, m, k, n, bound, threads);
+                        let i64s = batched_gemm(&a, &b, bt, m, k, n, u128::MAX, threads);
+                        Isa::cap(Isa::Avx512);
+                        let at = format!("case {case}, {limit}, {isa:?}, {threads} threads");
+                        assert_eq!(f64s, want, "f64 products, {at}");
+                        assert_eq!(i64s, want, "i64 products, {at}");
+                    }
+                }
             }
         }
     }
