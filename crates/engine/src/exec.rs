@@ -1511,39 +1511,30 @@ fn binary_runs_into(
     out_shape: &[usize],
     g: impl Fn(i64, i64) -> i64 + Copy,
 ) -> Result<(), ExecError> {
+    /// [`binary_runs_body`] compiled for the given target features.
     #[cfg(target_arch = "x86_64")]
-    if crate::simd::Isa::detect() == crate::simd::Isa::Avx512 {
-        /// [`binary_runs_body`] compiled for AVX-512.
-        #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl")]
-        unsafe fn wide(
-            out: &mut [i32],
-            a: &[i32],
-            b: &[i32],
-            st: &[Vec<usize>; 2],
-            out_shape: &[usize],
-            g: impl Fn(i64, i64) -> i64 + Copy,
-        ) -> Result<(), ExecError> {
-            binary_runs_body(out, a, b, st, out_shape, g)
-        }
-        // SAFETY: the CPU has the features (`Isa::detect`); the function is otherwise safe Rust.
-        return unsafe { wide(out, a, b, st, out_shape, g) };
+    macro_rules! compiled_for {
+        ($features:literal) => {{
+            #[target_feature(enable = $features)]
+            unsafe fn body(
+                out: &mut [i32],
+                a: &[i32],
+                b: &[i32],
+                st: &[Vec<usize>; 2],
+                out_shape: &[usize],
+                g: impl Fn(i64, i64) -> i64 + Copy,
+            ) -> Result<(), ExecError> {
+                binary_runs_body(out, a, b, st, out_shape, g)
+            }
+            // SAFETY: the CPU has the features (`Isa::detect`); the function is otherwise safe Rust.
+            unsafe { body(out, a, b, st, out_shape, g) }
+        }};
     }
     #[cfg(target_arch = "x86_64")]
-    if crate::simd::Isa::detect() == crate::simd::Isa::Avx2 {
-        /// [`binary_runs_body`] compiled for AVX2.
-        #[target_feature(enable = "avx2")]
-        unsafe fn avx2(
-            out: &mut [i32],
-            a: &[i32],
-            b: &[i32],
-            st: &[Vec<usize>; 2],
-            out_shape: &[usize],
-            g: impl Fn(i64, i64) -> i64 + Copy,
-        ) -> Result<(), ExecError> {
-            binary_runs_body(out, a, b, st, out_shape, g)
-        }
-        // SAFETY: the CPU has the feature (`Isa::detect`); the function is otherwise safe Rust.
-        return unsafe { avx2(out, a, b, st, out_shape, g) };
+    match crate::simd::Isa::detect() {
+        crate::simd::Isa::Avx512 => return compiled_for!("avx512f,avx512bw,avx512dq,avx512vl"),
+        crate::simd::Isa::Avx2 => return compiled_for!("avx2"),
+        crate::simd::Isa::Base => {}
     }
     binary_runs_body(out, a, b, st, out_shape, g)
 }

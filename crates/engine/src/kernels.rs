@@ -2353,6 +2353,23 @@ impl PairPlan {
         }
     }
 
+    /// Each row of the image in `plane` with the position in the padded rows it is copied to. Only
+    /// the image's own elements are written: the padding around them lies at the same places for
+    /// every plane and stays as the caller made it, zero.
+    fn image_rows<'a>(
+        &self,
+        s: &ConvSpec<'_>,
+        plane: &'a [i32],
+    ) -> impl Iterator<Item = (&'a [i32], usize)> + 'a {
+        let (h, wd, width) = (s.x[2], s.x[3], self.width);
+        let (pt, pl) = (s.window.pads[0] as usize, s.window.pads[1] as usize);
+        plane
+            .chunks_exact(wd)
+            .take(h)
+            .enumerate()
+            .map(move |(iy, src)| (src, (pt + iy) * width + pl))
+    }
+
     /// [`PairPlan::products`] on AVX2: the plane narrowed to `i16` by a plain loop, then
     /// [`pair_blocks_avx2`].
     #[cfg(target_arch = "x86_64")]
@@ -2366,13 +2383,9 @@ impl PairPlan {
         bias: i32,
         dst: &mut [i32],
     ) {
-        let (h, wd) = (s.x[2], s.x[3]);
-        let (pt, pl) = (s.window.pads[0] as usize, s.window.pads[1] as usize);
-        // only the image's own elements are written (the padding stays zero, as for AVX-512); the
-        // caller checked that they fit i16
-        for (iy, src) in plane.chunks_exact(wd).take(h).enumerate() {
-            let at = (pt + iy) * self.width + pl;
-            let Some(mid) = rows.get_mut(at..at + wd) else {
+        // the caller checked that the inputs fit i16
+        for (src, at) in self.image_rows(s, plane) {
+            let Some(mid) = rows.get_mut(at..at + src.len()) else {
                 break;
             };
             for (d, &v) in mid.iter_mut().zip(src) {
@@ -2404,12 +2417,8 @@ impl PairPlan {
         bias: i32,
         dst: &mut [i32],
     ) {
-        let (h, wd) = (s.x[2], s.x[3]);
-        let (pt, pl) = (s.window.pads[0] as usize, s.window.pads[1] as usize);
-        // only the image's own elements are written: the padding around them is the same for every
-        // plane and stays as the caller made it, zero
-        for (iy, src) in plane.chunks_exact(wd).take(h).enumerate() {
-            let at = (pt + iy) * self.width + pl;
+        let wd = s.x[3];
+        for (src, at) in self.image_rows(s, plane) {
             // image rows below the last one read are not copied
             let Some(mid) = rows.get_mut(at..at + wd) else {
                 break;
