@@ -1,8 +1,8 @@
 //! Fast kernels for the heavy ops. They compute exactly what the reference executor computes: operands
 //! are packed into contiguous blocks and multiplied with `i64` accumulation, which is exact whenever
 //! `K * max|a| * max|b| + |bias| < 2^62` — checked on every call; otherwise the exact `i128` reference
-//! path runs; below `2^53` (AVX-512) the products run in `f64`, exact there. The instruction set is
-//! chosen at run time; integer results do not depend on it.
+//! path runs; below `2^53` (AVX-512) or `2^51` (AVX2) the products run in `f64`, exact there. The
+//! instruction set is chosen at run time; integer results do not depend on it.
 
 use std::borrow::Cow;
 
@@ -500,8 +500,8 @@ unsafe fn tile_f64_avx2<const R: usize>(
 const ROW_BLOCK: usize = 192;
 
 /// `c = a · b` for `batch` independent products, split across `threads` by rows.
-/// `bound` is at least `k · max|a| · max|b|`: below `2^53` (and on AVX-512) the products run in
-/// `f64` ([`gemm_f64`], exact there), else in `i64`.
+/// `bound` is at least `k · max|a| · max|b|`: below `2^53` on AVX-512 ([`gemm_f64`]) or `2^51` on AVX2
+/// ([`gemm_f64_avx2`]) the products run in `f64`, exact there, else in `i64`.
 #[allow(clippy::too_many_arguments)]
 fn batched_gemm(
     a: &[i32],

@@ -1,6 +1,7 @@
 //! Exact 8-bit matrix products: `C[m×n] = A[m×k] · B[k×n]`, accumulated in `i32`, where one operand holds
 //! `i8` weights and the other 8-bit activations (values in `0..=255`, or in `-128..=127`). Either side may
-//! be the weights: `A` is read row by row (one broadcast per 4 values of `k`), `B` in blocks of 16 columns.
+//! be the weights: `A` is read row by row (one broadcast per 4 values of `k`; per pair on AVX2), `B` in
+//! blocks of 16 columns.
 //!
 //! Every product of a `u8` and an `i8` is below `2^15` in magnitude, so a sum over `k ≤ MAX_K` terms stays
 //! below `2^31`: the `i32` accumulator never wraps and the result is the exact integer sum the reference
