@@ -1004,13 +1004,8 @@ unsafe fn lookup_mul_avx512(
 #[target_feature(enable = "avx2")]
 unsafe fn lookup_mul_avx2(x: &mut [i32], k: u32, lo: i32, table: &[i32], mul: Shift) -> bool {
     use std::arch::x86_64::*;
-    let hi = lo + (table.len() - 1) as i32;
-    let (right, bit, one) = (
-        _mm_cvtsi32_si128(k as i32),
-        _mm_cvtsi32_si128(k.max(1) as i32 - 1),
-        _mm256_set1_epi32(1),
-    );
-    let (l, h) = (_mm256_set1_epi32(lo), _mm256_set1_epi32(hi));
+    // SAFETY: the CPU has AVX2 (this function's feature)
+    let index = unsafe { crate::kernels::TableIndex8::new(k, lo, lo + (table.len() - 1) as i32) };
     let (half, count) = (
         _mm256_set1_epi64x(mul.half),
         _mm_cvtsi64_si128(mul.right as i64),
@@ -1021,15 +1016,8 @@ unsafe fn lookup_mul_avx2(x: &mut [i32], k: u32, lo: i32, table: &[i32], mul: Sh
     for c in &mut chunks {
         let p = c.as_mut_ptr() as *mut __m256i;
         let v = _mm256_loadu_si256(p);
-        let s = if k == 0 {
-            v
-        } else {
-            let r = _mm256_sra_epi32(v, right);
-            _mm256_add_epi32(r, _mm256_and_si256(_mm256_sra_epi32(v, bit), one))
-        };
-        let idx = _mm256_sub_epi32(_mm256_min_epi32(_mm256_max_epi32(s, l), h), l);
-        // SAFETY: every index lies in 0..table.len() (clamped to lo..=hi, lo subtracted)
-        let t = unsafe { _mm256_i32gather_epi32::<4>(table.as_ptr(), idx) };
+        // SAFETY: as above; every index lies in 0..table.len() (clamped to lo..=hi, lo subtracted)
+        let t = unsafe { _mm256_i32gather_epi32::<4>(table.as_ptr(), index.of(v)) };
         // (macros, not closures, so that the code takes this function's target features)
         macro_rules! shift {
             ($p:expr) => {{
@@ -1170,13 +1158,7 @@ mod tests {
     #[test]
     #[cfg(target_arch = "x86_64")]
     fn composed_requantization_lanes_equal_the_definition() {
-        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut next = crate::kernels::tests::xorshift(0x9e37_79b9_7f4a_7c15);
         let (mut compared, mut high) = (0, 0);
         for case in 0..3000 {
             let right = (next() % 63) as u32;

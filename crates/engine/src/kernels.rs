@@ -1704,22 +1704,13 @@ pub(crate) fn lookup_in_place(x: &mut [i32], table: &[i32], k: u32, lo: i64) {
 #[target_feature(enable = "avx2")]
 unsafe fn lookup_gather_avx2(x: &mut [i32], table: &[i32], k: u32, lo: i32, hi: i32) {
     use std::arch::x86_64::*;
-    let right = _mm_cvtsi32_si128(k as i32);
-    let bit = _mm_cvtsi32_si128(k.max(1) as i32 - 1);
-    let one = _mm256_set1_epi32(1);
-    let (l, h) = (_mm256_set1_epi32(lo), _mm256_set1_epi32(hi));
+    // SAFETY: the CPU has AVX2 (this function's feature)
+    let index = unsafe { TableIndex8::new(k, lo, hi) };
     let mut chunks = x.chunks_exact_mut(8);
     for c in &mut chunks {
         let v = _mm256_loadu_si256(c.as_ptr().cast());
-        let s = if k == 0 {
-            v
-        } else {
-            let r = _mm256_sra_epi32(v, right);
-            _mm256_add_epi32(r, _mm256_and_si256(_mm256_sra_epi32(v, bit), one))
-        };
-        let idx = _mm256_sub_epi32(_mm256_min_epi32(_mm256_max_epi32(s, l), h), l);
-        // SAFETY: every index lies in 0..table.len() (clamped to lo..=hi, lo subtracted)
-        let g = unsafe { _mm256_i32gather_epi32::<4>(table.as_ptr(), idx) };
+        // SAFETY: as above; every index lies in 0..table.len() (clamped to lo..=hi, lo subtracted)
+        let g = unsafe { _mm256_i32gather_epi32::<4>(table.as_ptr(), index.of(v)) };
         _mm256_storeu_si256(c.as_mut_ptr().cast(), g);
     }
     lookup_run(chunks.into_remainder(), table, k, lo as i64);
@@ -1788,6 +1779,57 @@ impl TableIndex {
             };
             _mm512_sub_epi32(
                 _mm512_min_epi32(_mm512_max_epi32(s, self.lo), self.hi),
+                self.lo,
+            )
+        }
+    }
+}
+
+/// [`TableIndex`] for 8 `i32` lanes (AVX2): the same positions, from registers set once.
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy)]
+pub(crate) struct TableIndex8 {
+    k: u32,
+    right: std::arch::x86_64::__m128i,
+    bit: std::arch::x86_64::__m128i,
+    one: std::arch::x86_64::__m256i,
+    lo: std::arch::x86_64::__m256i,
+    hi: std::arch::x86_64::__m256i,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl TableIndex8 {
+    /// # Safety
+    /// The CPU must have AVX2.
+    #[inline(always)]
+    pub(crate) unsafe fn new(k: u32, lo: i32, hi: i32) -> TableIndex8 {
+        use std::arch::x86_64::*;
+        unsafe {
+            TableIndex8 {
+                k,
+                right: _mm_cvtsi32_si128(k as i32),
+                bit: _mm_cvtsi32_si128(k.max(1) as i32 - 1),
+                one: _mm256_set1_epi32(1),
+                lo: _mm256_set1_epi32(lo),
+                hi: _mm256_set1_epi32(hi),
+            }
+        }
+    }
+
+    /// # Safety
+    /// The CPU must have AVX2.
+    #[inline(always)]
+    pub(crate) unsafe fn of(&self, v: std::arch::x86_64::__m256i) -> std::arch::x86_64::__m256i {
+        use std::arch::x86_64::*;
+        unsafe {
+            let s = if self.k == 0 {
+                v
+            } else {
+                let r = _mm256_sra_epi32(v, self.right);
+                _mm256_add_epi32(r, _mm256_and_si256(_mm256_sra_epi32(v, self.bit), self.one))
+            };
+            _mm256_sub_epi32(
+                _mm256_min_epi32(_mm256_max_epi32(s, self.lo), self.hi),
                 self.lo,
             )
         }
@@ -3914,12 +3956,12 @@ pub fn conv2d(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::ir::Window;
 
     /// A xorshift generator of `u64`s from `seed` (non-zero).
-    fn xorshift(mut v: u64) -> impl FnMut() -> u64 {
+    pub(crate) fn xorshift(mut v: u64) -> impl FnMut() -> u64 {
         move || {
             v ^= v << 13;
             v ^= v >> 7;
@@ -3931,6 +3973,22 @@ mod tests {
     /// The depthwise pair kernel's two forms of multiply-add (`vpmaddwd` and an add, `vpdpwssd`) give
     /// the same sums, with taps in registers (3×3, 5×5) or read from memory (7×7), at stride 1 and 2
     /// (the executor takes only one of them on a given CPU; this compares both where the CPU has both).
+    /// Random padded rows of `len` `i16` elements and `pairs` words of two taps each, small enough
+    /// that no sum leaves `i32`, for the pair kernels' tests.
+    #[cfg(target_arch = "x86_64")]
+    fn pair_inputs(
+        next: &mut impl FnMut() -> u64,
+        len: usize,
+        pairs: usize,
+    ) -> (Vec<i16>, [i32; PairPlan::MAX_PAIRS]) {
+        let rows = (0..len).map(|_| (next() >> 48) as i16).collect();
+        let mut words = [0i32; PairPlan::MAX_PAIRS];
+        for w in words.iter_mut().take(pairs) {
+            *w = (next() as i32) & 0x00ff_00ff;
+        }
+        (rows, words)
+    }
+
     /// The AVX2 kernel of pairs of taps along a row gives each output's definition — the bias plus
     /// every pair's two products — with taps in registers (3×3, 5×5) or read from memory (7×7), at
     /// stride 1 and 2, for output widths that leave a partial last block (its stores masked: the
@@ -3948,13 +4006,7 @@ mod tests {
                 for ow in [1, 7, 8, 9, 16, 23, 37] {
                     let oh = 4;
                     let width = 2 * 48 + 16 + 2 * np + 40;
-                    let rows: Vec<i16> = (0..(oh * stride + kh) * width)
-                        .map(|_| (next() >> 48) as i16)
-                        .collect();
-                    let mut words = [0i32; PairPlan::MAX_PAIRS];
-                    for w in words.iter_mut().take(kh * np) {
-                        *w = (next() as i32) & 0x00ff_00ff;
-                    }
+                    let (rows, words) = pair_inputs(&mut next, (oh * stride + kh) * width, kh * np);
                     let g = PairBlocks {
                         rows: &rows,
                         width,
@@ -4010,14 +4062,7 @@ mod tests {
         for (kh, np) in [(3, 2), (5, 3), (7, 4)] {
             for stride in [1, 2] {
                 let (oh, ow, width) = (5, 37, 2 * 48 + 16 + 2 * np + 40);
-                let rows: Vec<i16> = (0..(oh * stride + kh) * width)
-                    .map(|_| (next() >> 48) as i16)
-                    .collect();
-                let mut words = [0i32; PairPlan::MAX_PAIRS];
-                for w in words.iter_mut().take(kh * np) {
-                    // pairs of taps small enough that no sum leaves i32
-                    *w = (next() as i32) & 0x00ff_00ff;
-                }
+                let (rows, words) = pair_inputs(&mut next, (oh * stride + kh) * width, kh * np);
                 let g = PairBlocks {
                     rows: &rows,
                     width,
