@@ -963,14 +963,14 @@ impl<'a> Builder<'a> {
                 "only 1-D, 2-D and 3-D windows over channels-first data",
             ));
         }
-        let k = &spec.kernel_shape;
-        let d: Vec<usize> = spec
+        let mut k: Vec<usize> = spec.kernel_shape.to_vec();
+        let mut d: Vec<usize> = spec
             .dilations
             .as_ref()
             .map_or(vec![1; rank], |d| d.to_vec());
         let st: Vec<usize> = spec.strides.as_ref().map_or(vec![1; rank], |s| s.to_vec());
         let spatial: Vec<usize> = in_shape[2..].iter().map(|&v| v as usize).collect();
-        let pads = spec.padding.compute(&spatial, k, &d, &st);
+        let pads = spec.padding.compute(&spatial, &k, &d, &st);
         let mut before: Vec<u32> = pads.iter().map(|p| p.pad_before as u32).collect();
         let mut after: Vec<u32> = pads.iter().map(|p| p.pad_after as u32).collect();
         // ceil mode: extend the padding after so the last (partial) window exists
@@ -993,6 +993,14 @@ impl<'a> Builder<'a> {
                 after[ax] += ((want - 1) * st[ax] + span - padded) as u32;
             }
         }
+        let weights = weights.map(|w| {
+            self.live_taps(
+                w,
+                (&spatial, &out_shape[2..]),
+                (&mut k, &st, &mut d),
+                (&mut before, &mut after),
+            )
+        });
         if rank == 1 {
             before.insert(0, 0);
             after.insert(0, 0);
@@ -1005,7 +1013,7 @@ impl<'a> Builder<'a> {
             }
         };
         let window = Window {
-            kernel: two(k),
+            kernel: two(&k),
             stride: two(&st),
             dilation: two(&d),
             pads: [before[0], before[1], after[0], after[1]],
@@ -1050,6 +1058,101 @@ impl<'a> Builder<'a> {
             vec![out_shape[0], out_shape[1], 1, out_shape[2]],
         );
         Ok(self.push(name, &origin, FOp::Canon(Op::Reshape), vec![y4], out_shape))
+    }
+
+    /// A convolution's constant kernel `w` (`[O, C/g, k…]`) without the taps at either end of a spatial
+    /// axis that read only padding for every output (a dilated convolution over a map narrower than its
+    /// dilation, as in atrous spatial pyramid pooling): the kernel is sliced to the taps that read the
+    /// input somewhere, the padding before and after shrinks by the dilation times the taps dropped on
+    /// each side (so the output positions and every product that reads the input stay the same), and an
+    /// axis left with one tap gets dilation 1. The dropped taps multiplied zeros only: the convolution's
+    /// values are unchanged, its work and its weights smaller, and its weights are quantized over the
+    /// taps that matter. `w` as it is when nothing can be dropped or it is not constant.
+    fn live_taps(
+        &mut self,
+        w: Ref,
+        (spatial, outs): (&[usize], &[u32]),
+        (k, st, d): (&mut [usize], &[usize], &mut [usize]),
+        (before, after): (&mut [u32], &mut [u32]),
+    ) -> Ref {
+        let Some(c) = self.const_data(w) else {
+            return w;
+        };
+        let rank = k.len();
+        if c.shape.len() != rank + 2
+            || c.shape[2..]
+                .iter()
+                .zip(k.iter())
+                .any(|(&a, &b)| a as usize != b)
+        {
+            return w;
+        }
+        // per axis, the first and one past the last tap some output reads the input through
+        let mut keep = Vec::with_capacity(rank);
+        for ax in 0..rank {
+            let reads = |t: usize| {
+                (0..outs[ax] as usize).any(|o| {
+                    let at = (o * st[ax] + t * d[ax]) as i64 - before[ax] as i64;
+                    (0..spatial[ax] as i64).contains(&at)
+                })
+            };
+            let Some(t0) = (0..k[ax]).find(|&t| reads(t)) else {
+                return w;
+            };
+            let t1 = (0..k[ax]).rev().find(|&t| reads(t)).map_or(t0, |t| t) + 1;
+            let b = (before[ax] as usize).checked_sub(t0 * d[ax]);
+            let a = (after[ax] as usize).checked_sub((k[ax] - t1) * d[ax]);
+            match (b, a) {
+                (Some(b), Some(a)) => keep.push((t0, t1, b as u32, a as u32)),
+                _ => return w,
+            }
+        }
+        if keep
+            .iter()
+            .zip(k.iter())
+            .all(|(&(t0, t1, ..), &n)| t0 == 0 && t1 == n)
+        {
+            return w;
+        }
+        let shape: Vec<u32> = c.shape[..2]
+            .iter()
+            .copied()
+            .chain(keep.iter().map(|&(t0, t1, ..)| (t1 - t0) as u32))
+            .collect();
+        // row-major strides of the old kernel, and every kept element in the new one's order
+        let mut strides = vec![1usize; rank + 2];
+        for ax in (0..rank + 1).rev() {
+            strides[ax] = strides[ax + 1] * c.shape[ax + 1] as usize;
+        }
+        let total: usize = shape.iter().map(|&v| v as usize).product();
+        let mut data = Vec::with_capacity(total);
+        let mut idx = vec![0usize; rank + 2];
+        for _ in 0..total {
+            let at: usize = (0..rank + 2)
+                .map(|ax| {
+                    let off = if ax >= 2 { keep[ax - 2].0 } else { 0 };
+                    (idx[ax] + off) * strides[ax]
+                })
+                .sum();
+            data.push(c.data.get(at));
+            for ax in (0..rank + 2).rev() {
+                idx[ax] += 1;
+                if idx[ax] < shape[ax] as usize {
+                    break;
+                }
+                idx[ax] = 0;
+            }
+        }
+        let int = c.int;
+        for (ax, &(t0, t1, b, a)) in keep.iter().enumerate() {
+            k[ax] = t1 - t0;
+            before[ax] = b;
+            after[ax] = a;
+            if k[ax] == 1 {
+                d[ax] = 1;
+            }
+        }
+        self.konst(shape, data, int)
     }
 
     /// The float graph of what the outputs need: nodes and constants no output depends on (left by
@@ -1145,6 +1248,15 @@ pub fn import_onnx(bytes: &[u8], opts: &ImportOptions) -> Result<Imported, Compi
         .proto_model_for_read(&mut std::io::Cursor::new(bytes))
         .map_err(|e| CompileError::Onnx(format!("{e:#}")))?;
     import_model(parse(&onnx, proto, None, opts)?, opts)
+}
+
+/// Lower an ONNX protobuf built in memory (the compiler's own tests write graphs this way).
+#[cfg(test)]
+pub(crate) fn import_proto(
+    proto: tract_onnx::pb::ModelProto,
+    opts: &ImportOptions,
+) -> Result<Imported, CompileError> {
+    import_model(parse(&tract_onnx::onnx(), proto, None, opts)?, opts)
 }
 
 /// The ONNX protobuf, its scikit-learn operators rewritten ([`crate::onnx_ml`]) and any pooling

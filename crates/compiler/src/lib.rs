@@ -404,3 +404,196 @@ mod guard_tests {
         assert_eq!(guarded(|| Ok::<_, CompileError>(3)).ok(), Some(3));
     }
 }
+
+#[cfg(test)]
+mod tap_tests {
+    use super::*;
+    use tract_onnx::pb;
+    use verity_engine::ir::{Op, Window};
+
+    fn ints(name: &str, v: &[i64]) -> pb::AttributeProto {
+        pb::AttributeProto {
+            name: name.into(),
+            r#type: 7,
+            ints: v.to_vec(),
+            ..Default::default()
+        }
+    }
+
+    fn value(name: &str, dims: &[i64]) -> pb::ValueInfoProto {
+        use pb::tensor_shape_proto::{dimension::Value as Dim, Dimension};
+        pb::ValueInfoProto {
+            name: name.into(),
+            r#type: Some(pb::TypeProto {
+                value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
+                    elem_type: 1,
+                    shape: Some(pb::TensorShapeProto {
+                        dim: dims
+                            .iter()
+                            .map(|&d| Dimension {
+                                value: Some(Dim::DimValue(d)),
+                                ..Default::default()
+                            })
+                            .collect(),
+                    }),
+                })),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// One convolution of `x` (`[1, c, spatial…]`) by seeded weights `[o, c, kernel…]` and a bias.
+    fn conv(
+        x: &[i64],
+        o: i64,
+        kernel: &[i64],
+        (dilations, pads, strides): (&[i64], &[i64], &[i64]),
+    ) -> pb::ModelProto {
+        let mut state = 0x9e37_79b9u32;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 17;
+            state ^= state << 5;
+            (state % 2001) as f32 / 1000.0 - 1.0
+        };
+        let wdims: Vec<i64> = [o, x[1]].iter().chain(kernel).copied().collect();
+        let tensor = |name: &str, dims: Vec<i64>, next: &mut dyn FnMut() -> f32| pb::TensorProto {
+            name: name.into(),
+            data_type: 1,
+            float_data: (0..dims.iter().product::<i64>()).map(|_| next()).collect(),
+            dims,
+            ..Default::default()
+        };
+        let w = tensor("w", wdims, &mut next);
+        let b = tensor("b", vec![o], &mut next);
+        let node = pb::NodeProto {
+            input: vec!["x".into(), "w".into(), "b".into()],
+            output: vec!["y".into()],
+            name: "conv".into(),
+            op_type: "Conv".into(),
+            attribute: vec![
+                ints("kernel_shape", kernel),
+                ints("dilations", dilations),
+                ints("pads", pads),
+                ints("strides", strides),
+            ],
+            ..Default::default()
+        };
+        pb::ModelProto {
+            ir_version: 8,
+            opset_import: vec![pb::OperatorSetIdProto {
+                domain: String::new(),
+                version: 17,
+            }],
+            graph: Some(pb::GraphProto {
+                node: vec![node],
+                initializer: vec![w, b],
+                input: vec![value("x", x)],
+                output: vec![pb::ValueInfoProto {
+                    name: "y".into(),
+                    ..value("y", &[])
+                }],
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// Taps that read only padding for every output are dropped from a convolution's kernel, its
+    /// padding shrunk to match, and the outputs stay those of the convolution as written (tract runs
+    /// the ONNX node itself as the reference): a rows' dilation past the map's height leaves the
+    /// centre row of taps (dilation 1), a one-sided drop keeps the dilation, a 1-D kernel loses both
+    /// ends, and a convolution whose taps all read the map is left alone.
+    #[test]
+    fn taps_that_read_only_padding_are_dropped() {
+        // (input, output channels, kernel, (dilations, pads, strides), kept kernel, its window)
+        type Case<'a> = (
+            &'a [i64],
+            i64,
+            &'a [i64],
+            (&'a [i64], &'a [i64], &'a [i64]),
+            [u32; 2],
+            ([u32; 2], [u32; 4]),
+        );
+        let cases: [Case; 5] = [
+            (
+                &[1, 4, 6, 7],
+                5,
+                &[3, 3],
+                (&[8, 3], &[8, 3, 8, 3], &[1, 1]),
+                [1, 3],
+                ([1, 3], [0, 3, 0, 3]),
+            ),
+            (
+                &[1, 3, 5, 5],
+                4,
+                &[3, 3],
+                (&[4, 1], &[8, 1, 0, 1], &[1, 1]),
+                [2, 3],
+                ([4, 1], [4, 1, 0, 1]),
+            ),
+            (
+                &[1, 3, 9, 9],
+                2,
+                &[3, 3],
+                (&[6, 6], &[6, 6, 6, 6], &[2, 2]),
+                [3, 3],
+                ([6, 6], [6, 6, 6, 6]),
+            ),
+            (
+                &[1, 3, 10],
+                4,
+                &[5],
+                (&[6], &[12, 12], &[1]),
+                [1, 3],
+                ([1, 6], [0, 6, 0, 6]),
+            ),
+            (
+                &[1, 3, 8, 8],
+                4,
+                &[3, 3],
+                (&[1, 1], &[1, 1, 1, 1], &[1, 1]),
+                [3, 3],
+                ([1, 1], [1, 1, 1, 1]),
+            ),
+        ];
+        for (x, o, kernel, attrs, kept, (dilation, pads)) in cases {
+            for precision in [Precision::I32, Precision::INT8] {
+                let opts = CompileOptions {
+                    precision,
+                    ..Default::default()
+                };
+                let imported =
+                    import::import_proto(conv(x, o, kernel, attrs), &opts.import).unwrap();
+                let (model, report) = compile_imported(imported, &opts).unwrap();
+                let what = format!("{x:?} kernel {kernel:?} {attrs:?} at {precision}");
+                let convs: Vec<_> = model
+                    .nodes
+                    .iter()
+                    .filter_map(|n| match &n.op {
+                        Op::Conv2d { window, .. } => Some((window, n.inputs[1])),
+                        _ => None,
+                    })
+                    .collect();
+                assert_eq!(convs.len(), 1, "{what}");
+                let (window, w): (&Window, _) = convs[0];
+                let wc = &model.consts[w as usize - model.inputs.len()];
+                assert_eq!(wc.shape[2..], kept, "{what}");
+                assert_eq!(window.kernel, kept, "{what}");
+                assert_eq!((window.dilation, window.pads), (dilation, pads), "{what}");
+                assert!(
+                    report.import_check_max_abs_diff < 1e-4,
+                    "{what}: {report:?}"
+                );
+                let err = report.outputs[0].max_relative_error;
+                let allowed = if precision == Precision::I32 {
+                    1e-3
+                } else {
+                    0.03
+                };
+                assert!(err < allowed, "{what}: error {err}");
+            }
+        }
+    }
+}

@@ -2077,7 +2077,7 @@ fn conv2d_narrow(
     // the patches of 8-bit inputs as their stored bytes (a quarter of the traffic of `i32` ones)
     let bytes = !direct && !split;
     // with stride 1, read in place from a padded byte image, panel by panel
-    if bytes && s.window.stride == [1, 1] {
+    if bytes && s.window.stride == [1, 1] && panels_suit(s, th) {
         // every output row of every plane is requantized into below
         let mut out = crate::buffers::take_overwritten(n * o_ch * p);
         let done = conv2d_panels(s, x, qw, bias, shift, (offset, level, th), hook, &mut out);
@@ -3632,6 +3632,31 @@ impl RowAcc for i64 {
 /// every output channel's row is multiplied by it).
 const PANEL_BYTES: usize = 1 << 19;
 
+/// Output rows per panel of [`conv2d_panels`] for a reduction of `kk` over image rows of `wp` columns
+/// and `oh` output rows: about [`PANEL_BYTES`] of packed activations, at least one panel per thread.
+fn panel_rows(kk: usize, wp: usize, oh: usize, threads: usize) -> usize {
+    (PANEL_BYTES / (kk * wp).max(1)).clamp(1, oh.div_ceil(threads.max(1)).max(1))
+}
+
+/// Whether [`conv2d_panels`] suits a stride-1 convolution: its products run over the padded image's
+/// whole rows (`ow + pad_l + pad_r` columns, each panel rounded up to whole blocks of 16), which a
+/// patch matrix of the `ow` output columns does not. Panels save gathering the patches; they are
+/// chosen while their columns exceed the patch matrix's by at most a quarter (a 3×3 convolution
+/// over a 56×56 map: 12%; a dilated one over a map barely wider than its padding — 14 columns and
+/// 24 of padding — would multiply three times the columns).
+fn panels_suit(s: &ConvSpec<'_>, threads: usize) -> bool {
+    let (oh, ow) = (s.out[2], s.out[3]);
+    let wp = s.x[3] + (s.window.pads[1] + s.window.pads[3]) as usize;
+    let kk = s.w[1] * s.w[2] * s.w[3];
+    let rows = panel_rows(kk, wp, oh, threads);
+    let whole = |cols: usize| cols.div_ceil(16) * 16;
+    let panels: usize = (0..oh)
+        .step_by(rows)
+        .map(|y0| whole((rows.min(oh - y0)) * wp))
+        .sum();
+    4 * panels <= 5 * whole(oh * ow)
+}
+
 /// A stride-1 8-bit convolution read in place from the padded byte image of [`padded_bytes`]: the
 /// product runs over output rows as wide as the image's rows (`wp` columns each; those past `ow` are
 /// no outputs and the requantization skips them), in panels of whole output rows (about
@@ -3662,8 +3687,7 @@ fn conv2d_panels(
             // every window of every output row lies in the image (`padded_bytes` sizes it so)
             debug_assert!(starts.iter().all(|&s0| s0 + oh * wp <= image.len()));
             // output rows per panel (at least one panel per thread), and per part (whole panels)
-            let rows =
-                (PANEL_BYTES / (kk * wp).max(1)).clamp(1, oh.div_ceil(threads.max(1)).max(1));
+            let rows = panel_rows(kk, wp, oh, threads);
             let panels = oh.div_ceil(rows);
             let per = panels.div_ceil(threads.clamp(1, panels.max(1))) * rows;
             let first = (b * o_ch + g * og) * p;
