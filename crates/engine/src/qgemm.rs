@@ -454,6 +454,20 @@ fn interleave_with<T: Copy>(
                     for (d, w) in dst.chunks_exact_mut(4).zip(words) {
                         d.copy_from_slice(&w.to_le_bytes());
                     }
+                } else if rows == 4 {
+                    // a last, partial block of columns: the same words, for its columns only
+                    let r: [&[T]; 4] = std::array::from_fn(|i| {
+                        let at = start(4 * g + i) + j0;
+                        &x[at..at + len]
+                    });
+                    for (l, d) in dst.chunks_exact_mut(4).take(len).enumerate() {
+                        d.copy_from_slice(&[
+                            byte(r[0][l]),
+                            byte(r[1][l]),
+                            byte(r[2][l]),
+                            byte(r[3][l]),
+                        ]);
+                    }
                 } else {
                     for i in 0..rows {
                         let at = start(4 * g + i) + j0;
