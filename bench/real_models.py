@@ -113,6 +113,24 @@ def archs():
         "efficientnet_b0": image_net(tv.efficientnet_b0),
         # segmentation: bilinear Resize, HardSigmoid, HardSwish (outputs compared per pixel)
         "lraspp_mobilenet_v3": image_net(tv.segmentation.lraspp_mobilenet_v3_large, weights_backbone=None),
+        # atrous spatial pyramid pooling: 3×3 convolutions at dilation 12, 24 and 36 over a 14×14 map
+        "deeplabv3_mobilenet_v3": image_net(tv.segmentation.deeplabv3_mobilenet_v3_large,
+                                            weights_backbone=None, aux_loss=False),
+        "resnet18": image_net(tv.resnet18),
+        "resnext50_32x4d": image_net(tv.resnext50_32x4d),
+        "regnet_x_400mf": image_net(tv.regnet_x_400mf),
+        "regnet_y_400mf": image_net(tv.regnet_y_400mf),
+        "mnasnet1_0": image_net(tv.mnasnet1_0),
+        "mobilenet_v3_large": image_net(tv.mobilenet_v3_large),
+        "efficientnet_v2_s": image_net(tv.efficientnet_v2_s),
+        "inception_v3": image_net(tv.inception_v3, aux_logits=False, init_weights=True),
+        "alexnet": image_net(tv.alexnet),
+        # LayerNorm over channels, GELU, depthwise 7×7
+        "convnext_tiny": image_net(tv.convnext_tiny),
+        # shifted-window attention (rolls, window partitions, relative position bias)
+        "swin_t": image_net(tv.swin_t),
+        # MBConv with squeeze-excitation, block and grid attention
+        "maxvit_t": image_net(tv.maxvit_t),
         "encoder": encoder,
     }
 

@@ -444,18 +444,24 @@ mod tap_tests {
     }
 
     /// One convolution of `x` (`[1, c, spatial…]`) by seeded weights `[o, c, kernel…]` and a bias.
-    fn conv(
+    fn conv(x: &[i64], o: i64, kernel: &[i64], attrs: (&[i64], &[i64], &[i64])) -> pb::ModelProto {
+        conv_of(x, o, kernel, attrs, 1.0)
+    }
+
+    /// [`conv`] with its weights and bias multiplied by `gain`.
+    fn conv_of(
         x: &[i64],
         o: i64,
         kernel: &[i64],
         (dilations, pads, strides): (&[i64], &[i64], &[i64]),
+        gain: f32,
     ) -> pb::ModelProto {
         let mut state = 0x9e37_79b9u32;
         let mut next = move || {
             state ^= state << 13;
             state ^= state >> 17;
             state ^= state << 5;
-            (state % 2001) as f32 / 1000.0 - 1.0
+            ((state % 2001) as f32 / 1000.0 - 1.0) * gain
         };
         let wdims: Vec<i64> = [o, x[1]].iter().chain(kernel).copied().collect();
         let tensor = |name: &str, dims: Vec<i64>, next: &mut dyn FnMut() -> f32| pb::TensorProto {
@@ -497,6 +503,29 @@ mod tap_tests {
                 ..Default::default()
             }),
             ..Default::default()
+        }
+    }
+
+    /// A convolution whose weights, bias and outputs are all near 10⁻⁴ keeps the accuracy of one near
+    /// 1 (its tensors keep `B` bits below their leading one instead of `B` fractional bits, which
+    /// would leave its outputs a few dozen units).
+    #[test]
+    fn small_tensors_keep_their_relative_precision() {
+        let attrs: (&[i64], &[i64], &[i64]) = (&[1, 1], &[1, 1, 1, 1], &[1, 1]);
+        for gain in [1.0, 1e-4] {
+            let opts = CompileOptions {
+                precision: Precision::I32,
+                ..Default::default()
+            };
+            let m = conv_of(&[1, 4, 6, 6], 5, &[3, 3], attrs, gain);
+            let imported = import::import_proto(m, &opts.import).unwrap();
+            let (_, report) = compile_imported(imported, &opts).unwrap();
+            let out = &report.outputs[0];
+            assert!(
+                out.max_abs_reference < 30.0 * gain as f64,
+                "gain {gain}: {out:?}"
+            );
+            assert!(out.max_relative_error < 2e-4, "gain {gain}: {out:?}");
         }
     }
 

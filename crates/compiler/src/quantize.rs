@@ -277,11 +277,18 @@ pub fn calibrate_keeping(
 
 pub use verity_engine::calib::ceil_log2;
 
+/// The scale of values of largest magnitude `m` given `bits` bits of magnitude: the finest that keeps
+/// them below `2^bits`, at most `max_scale` (`B`) fractional bits — or, for values below 1, `B` bits
+/// below their leading one (at most `2B` fractional bits), so a small tensor (a normalization's
+/// variance, a random classifier's logits) keeps the relative precision of one of magnitude 1.
 fn scale_for(m: f64, bits: i32, max_scale: i8) -> i8 {
     if m.is_nan() || m <= 0.0 || m.is_infinite() {
         return max_scale;
     }
-    (bits - ceil_log2(m)).clamp(-30, max_scale as i32) as i8
+    let c = ceil_log2(m);
+    let b = max_scale as i32;
+    let cap = b + (-c).clamp(0, b.max(0));
+    (bits - c).clamp(-30, cap.max(-30)) as i8
 }
 
 /// Real constants of at least this many elements are quantized only when read (see [`quantize`]).
@@ -689,6 +696,28 @@ mod tests {
     use super::*;
     use crate::fgraph::{FData, FInput, FNode};
     use verity_engine::ir::Window;
+
+    /// Scales: at most `B` fractional bits from magnitude 1 up (and fewer once the magnitude bits run
+    /// out), `B` bits below the leading one under 1, at most `2B`.
+    #[test]
+    fn scales_keep_b_bits_below_the_leading_one() {
+        // (largest magnitude, magnitude bits, B, scale)
+        for (m, bits, b, want) in [
+            (0.75, 23, 16, 16),
+            (1.0, 23, 16, 16),
+            (200.0, 23, 16, 15),
+            (0.3, 23, 16, 17),
+            (3e-5, 23, 16, 31),
+            (3e-5, 30, 16, 31),
+            (1e-12, 23, 16, 32),
+            (1e-12, 23, 8, 16),
+            (0.3, 23, 0, 0),
+            (2f64.powi(40), 23, 16, -17),
+            (0.0, 23, 16, 16),
+        ] {
+            assert_eq!(scale_for(m, bits, b), want, "{m} with {bits} bits, B = {b}");
+        }
+    }
 
     /// At a narrow precision a large real constant is quantized only when the narrow lowering keeps it:
     /// a convolution's weights become its 8-bit ones (no 32-bit copy is kept), and a large constant an
