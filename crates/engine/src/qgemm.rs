@@ -370,6 +370,7 @@ fn interleave_body(
     blk0: usize,
     data: &mut [u8],
 ) {
+    let byte = |v: i32| ((v >> shift) + add) as u8;
     interleave_with(
         x,
         |r| r * n,
@@ -378,8 +379,48 @@ fn interleave_body(
         kq,
         blk0,
         data,
-        |v| ((v >> shift) + add) as u8,
+        byte,
+        |r, dst| quads_by(r, byte, dst),
     )
+}
+
+/// Four rows' [`NR`] values as each column's 4 bytes side by side (`dst[4l + i] = byte(r[i][l])`): one
+/// little-endian word per column, built with whole-register shifts and ors.
+#[inline(always)]
+fn quads_by<T: Copy>(r: [&[T; NR]; 4], byte: impl Fn(T) -> u8, dst: &mut [u8]) {
+    let mut words = [0u32; NR];
+    for (l, w) in words.iter_mut().enumerate() {
+        *w = u32::from_le_bytes([byte(r[0][l]), byte(r[1][l]), byte(r[2][l]), byte(r[3][l])]);
+    }
+    for (d, w) in dst.chunks_exact_mut(4).zip(words) {
+        d.copy_from_slice(&w.to_le_bytes());
+    }
+}
+
+/// [`quads_by`] of bytes as they are: on x86-64 two rounds of SSE2 unpacks (bytes of rows 0/1 and
+/// 2/3 paired, then the pairs paired), four 16-byte stores.
+#[inline(always)]
+fn quads16(r: [&[u8; NR]; 4], dst: &mut [u8]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::*;
+        let dst = &mut dst[..4 * NR];
+        // SAFETY: SSE2 is part of x86-64; each load reads one row's 16 bytes, the four stores the 64
+        // bytes of `dst` (sliced just above)
+        unsafe {
+            let ld = |row: &[u8; NR]| _mm_loadu_si128(row.as_ptr() as *const __m128i);
+            let (a, b, c, d) = (ld(r[0]), ld(r[1]), ld(r[2]), ld(r[3]));
+            let (ab_lo, ab_hi) = (_mm_unpacklo_epi8(a, b), _mm_unpackhi_epi8(a, b));
+            let (cd_lo, cd_hi) = (_mm_unpacklo_epi8(c, d), _mm_unpackhi_epi8(c, d));
+            let p = dst.as_mut_ptr() as *mut __m128i;
+            _mm_storeu_si128(p, _mm_unpacklo_epi16(ab_lo, cd_lo));
+            _mm_storeu_si128(p.add(1), _mm_unpackhi_epi16(ab_lo, cd_lo));
+            _mm_storeu_si128(p.add(2), _mm_unpacklo_epi16(ab_hi, cd_hi));
+            _mm_storeu_si128(p.add(3), _mm_unpackhi_epi16(ab_hi, cd_hi));
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    quads_by(r, |v| v, dst)
 }
 
 crate::multiversion! {
@@ -389,7 +430,7 @@ crate::multiversion! {
 /// [`interleave_body`] for activations already stored as bytes.
 #[inline(always)]
 fn interleave_bytes_body(x: &[u8], k: usize, n: usize, kq: usize, blk0: usize, data: &mut [u8]) {
-    interleave_with(x, |r| r * n, k, n, kq, blk0, data, |v| v)
+    interleave_with(x, |r| r * n, k, n, kq, blk0, data, |v| v, quads16)
 }
 
 crate::multiversion! {
@@ -407,11 +448,22 @@ fn interleave_starts_body(
     blk0: usize,
     data: &mut [u8],
 ) {
-    interleave_with(x, |r| starts[r], starts.len(), n, kq, blk0, data, |v| v)
+    interleave_with(
+        x,
+        |r| starts[r],
+        starts.len(),
+        n,
+        kq,
+        blk0,
+        data,
+        |v| v,
+        quads16,
+    )
 }
 
-/// The loop of [`interleave_body`], each element stored as the byte `byte(v)`; row `r` of the `k×n`
-/// matrix is `x[start(r)..start(r) + n]`.
+/// The loop of [`interleave_body`], each element stored as the byte `byte(v)` (`quads` stores a whole
+/// block's group of 4 rows likewise: [`quads_by`] with `byte`); row `r` of the `k×n` matrix is
+/// `x[start(r)..start(r) + n]`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn interleave_with<T: Copy>(
@@ -423,6 +475,7 @@ fn interleave_with<T: Copy>(
     blk0: usize,
     data: &mut [u8],
     byte: impl Fn(T) -> u8,
+    quads: impl Fn([&[T; NR]; 4], &mut [u8]),
 ) {
     let blocks = data.len() / (kq * NR * 4).max(1);
     let blocks = blocks.min(n.div_ceil(NR).saturating_sub(blk0));
@@ -441,19 +494,7 @@ fn interleave_with<T: Copy>(
                         let at = start(4 * g + i) + j0;
                         x[at..at + NR].try_into().expect("NR values")
                     });
-                    // each column's 4 bytes as one little-endian word: whole-register shifts and ors
-                    let mut words = [0u32; NR];
-                    for (l, w) in words.iter_mut().enumerate() {
-                        *w = u32::from_le_bytes([
-                            byte(r[0][l]),
-                            byte(r[1][l]),
-                            byte(r[2][l]),
-                            byte(r[3][l]),
-                        ]);
-                    }
-                    for (d, w) in dst.chunks_exact_mut(4).zip(words) {
-                        d.copy_from_slice(&w.to_le_bytes());
-                    }
+                    quads(r, dst);
                 } else if rows == 4 {
                     // a last, partial block of columns: the same words, for its columns only
                     let r: [&[T]; 4] = std::array::from_fn(|i| {
