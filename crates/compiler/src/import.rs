@@ -1099,7 +1099,7 @@ impl<'a> Builder<'a> {
             let Some(t0) = (0..k[ax]).find(|&t| reads(t)) else {
                 return w;
             };
-            let t1 = (0..k[ax]).rev().find(|&t| reads(t)).map_or(t0, |t| t) + 1;
+            let t1 = (0..k[ax]).rev().find(|&t| reads(t)).unwrap_or(t0) + 1;
             let b = (before[ax] as usize).checked_sub(t0 * d[ax]);
             let a = (after[ax] as usize).checked_sub((k[ax] - t1) * d[ax]);
             match (b, a) {
@@ -1119,30 +1119,20 @@ impl<'a> Builder<'a> {
             .copied()
             .chain(keep.iter().map(|&(t0, t1, ..)| (t1 - t0) as u32))
             .collect();
-        // row-major strides of the old kernel, and every kept element in the new one's order
-        let mut strides = vec![1usize; rank + 2];
-        for ax in (0..rank + 1).rev() {
-            strides[ax] = strides[ax + 1] * c.shape[ax + 1] as usize;
-        }
-        let total: usize = shape.iter().map(|&v| v as usize).product();
-        let mut data = Vec::with_capacity(total);
-        let mut idx = vec![0usize; rank + 2];
-        for _ in 0..total {
-            let at: usize = (0..rank + 2)
-                .map(|ax| {
-                    let off = if ax >= 2 { keep[ax - 2].0 } else { 0 };
-                    (idx[ax] + off) * strides[ax]
-                })
-                .sum();
-            data.push(c.data.get(at));
-            for ax in (0..rank + 2).rev() {
-                idx[ax] += 1;
-                if idx[ax] < shape[ax] as usize {
-                    break;
-                }
-                idx[ax] = 0;
-            }
-        }
+        // every kept element in the new kernel's order, read through the old one's strides from its
+        // first kept tap
+        let st =
+            verity_engine::exec::strides(&c.shape.iter().map(|&v| v as usize).collect::<Vec<_>>());
+        let base: usize = keep
+            .iter()
+            .zip(&st[2..])
+            .map(|(&(t0, ..), &s)| t0 * s)
+            .sum();
+        let dims: Vec<usize> = shape.iter().map(|&v| v as usize).collect();
+        let mut data = Vec::with_capacity(dims.iter().product());
+        verity_engine::exec::for_each_index(&dims, &[st], |_, o| {
+            data.push(c.data.get(base + o[0]))
+        });
         let int = c.int;
         for (ax, &(t0, t1, b, a)) in keep.iter().enumerate() {
             k[ax] = t1 - t0;

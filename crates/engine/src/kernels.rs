@@ -3994,9 +3994,6 @@ pub(crate) mod tests {
         }
     }
 
-    /// The depthwise pair kernel's two forms of multiply-add (`vpmaddwd` and an add, `vpdpwssd`) give
-    /// the same sums, with taps in registers (3×3, 5×5) or read from memory (7×7), at stride 1 and 2
-    /// (the executor takes only one of them on a given CPU; this compares both where the CPU has both).
     /// Random padded rows of `len` `i16` elements and `pairs` words of two taps each, small enough
     /// that no sum leaves `i32`, for the pair kernels' tests.
     #[cfg(target_arch = "x86_64")]
@@ -4075,6 +4072,9 @@ pub(crate) mod tests {
         }
     }
 
+    /// The depthwise pair kernel's two forms of multiply-add (`vpmaddwd` and an add, `vpdpwssd`) give
+    /// the same sums, with taps in registers (3×3, 5×5) or read from memory (7×7), at stride 1 and 2
+    /// (the executor takes only one of them on a given CPU; this compares both where the CPU has both).
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn pair_kernels_agree_with_and_without_the_dot_product_instruction() {
