@@ -922,6 +922,10 @@ impl EinPlan {
                 },
                 |bi| &qa[bi],
                 |w, act| (qgemm::gemm(w, act, threads, level), act.ldc()),
+                |w, act| {
+                    qgemm::gemm_joined(w.as_ref(), act.as_ref(), threads, level)
+                        .map(|c| (c, act.hi.ldc()))
+                },
             );
         }
         let built: Vec<Parts<PackedB>>;
@@ -954,6 +958,10 @@ impl EinPlan {
             },
             |bi| &qb[bi],
             |w, act| (qgemm::gemm(act, w, threads, level), w.ldc()),
+            |w, act| {
+                qgemm::gemm_joined(act.as_ref(), w.as_ref(), threads, level)
+                    .map(|c| (c, w.hi.ldc()))
+            },
         )
     }
 
@@ -961,13 +969,15 @@ impl EinPlan {
     /// gives the `i32` product of one part of them and one packing of activations, with its row
     /// stride): 8-bit activations whole when every batch's are, else each batch's 16-bit values as
     /// their two [`halves`]; with whole activations and whole weights the one product as it is, else
-    /// every pair of parts' products joined in `i64` (`256·high + low` on each side). `None` if a batch
+    /// every pair of parts' products joined in `i64` (`256·high + low` on each side), or the joined
+    /// product `joined` gives at once (`i64`, with its row stride) where it can. `None` if a batch
     /// fits neither form.
     fn by_parts<'w, P, W: 'w>(
         &self,
         pack: impl Fn(usize, Part) -> Option<P>,
         weights: impl Fn(usize) -> &'w Parts<W>,
         mul: impl Fn(&W, &P) -> (Vec<i32>, usize),
+        joined: impl Fn(&Parts<W>, &Parts<P>) -> Option<(Vec<i64>, usize)>,
     ) -> Option<Acc> {
         let (bt, m, n) = (self.bt, self.m, self.n);
         // every batch is packed before any product runs
@@ -993,7 +1003,15 @@ impl EinPlan {
                     lo: Some(pack(bi, Part::Low)?),
                 },
             };
-            join_parts(&mut c, weights(bi), &acts, (m, n), &mul);
+            match joined(weights(bi), &acts) {
+                Some((p, ldc)) => {
+                    for row in p.chunks_exact(ldc).take(m) {
+                        c.extend_from_slice(&row[..n]);
+                    }
+                    crate::buffers::give(p);
+                }
+                None => join_parts(&mut c, weights(bi), &acts, (m, n), &mul),
+            }
         }
         Some(Acc::Wide(c))
     }
@@ -1951,23 +1969,29 @@ pub fn conv_weights<T: Copy + Into<i32>>(
 
 /// Rows `r0..r0 + rows` of the product of `w` by the activations `x` (whole, or the high and low
 /// [`halves`] of 16-bit ones) when some side has two parts: every pair of parts' products joined in
-/// `i64`, `rows × n` with row stride `n` (the first `n` of each product row's [`PackedB::ldc`]).
+/// `i64`, `rows × n` with the row stride returned beside them (`n`, or the product's
+/// [`PackedB::ldc`] when AVX2 multiplies the 16-bit side as it is).
 fn joined_parts(
     w: &Parts<PackedA>,
     (x, low): (&PackedB, Option<&PackedB>),
     (r0, rows, n): (usize, usize, usize),
     level: Level,
     tokens: &[crate::cancel::Cancel],
-) -> Vec<i64> {
+) -> (Vec<i64>, usize) {
     let ldc = x.ldc();
-    let mut c = sums_buffer(rows * n);
     let acts = Parts { hi: x, lo: low };
+    let mut c = crate::buffers::take_overwritten(rows * ldc);
+    if qgemm::product_joined(w.as_ref(), acts, r0, &mut c, level, tokens) {
+        return (c, ldc);
+    }
+    crate::buffers::give(c);
+    let mut c = sums_buffer(rows * n);
     join_parts(&mut c, w, &acts, (rows, n), |wp, xp| {
         let mut acc = crate::buffers::take(rows * ldc, 0i32);
         qgemm::product(wp, xp, r0, &mut acc, level, tokens);
         (acc, ldc)
     });
-    c
+    (c, n)
 }
 
 /// Append to `c` the `rows × n` exact sums of every product of a part of the weights `w` by a part of
@@ -2154,9 +2178,12 @@ fn conv2d_narrow(
                     let oc = g * og + o0 + o;
                     let bv = bias.map_or(0i128, |(d, sh)| (d[oc] as i128) << sh);
                     let at = first + (o0 + o) * p;
-                    let (lo, ho) = (o * p, o * ldc);
+                    let ho = o * ldc;
                     let done = match &wide {
-                        Some(c) => requantize_from_then(plane, &c[lo..lo + p], at, bv, shift, hook),
+                        Some((c, st)) => {
+                            let lo = o * st;
+                            requantize_from_then(plane, &c[lo..lo + p], at, bv, shift, hook)
+                        }
                         None => requantize_from_then(plane, &acc[ho..ho + p], at, bv, shift, hook),
                     };
                     if let Err(e) = done {
@@ -2164,7 +2191,7 @@ fn conv2d_narrow(
                     }
                 }
                 crate::buffers::give(acc);
-                if let Some(c) = wide {
+                if let Some((c, _)) = wide {
                     crate::buffers::give(c);
                 }
             });
@@ -3726,13 +3753,10 @@ fn conv2d_panels(
                             qgemm::product(&qw.hi, &cols, 0, acc, level, &tokens);
                             None
                         }
-                        Some(_) => Some(joined_parts(
-                            qw,
-                            (&cols, None),
-                            (0, og, ldc),
-                            level,
-                            &tokens,
-                        )),
+                        // (row stride `ldc` either way)
+                        Some(_) => {
+                            Some(joined_parts(qw, (&cols, None), (0, og, ldc), level, &tokens).0)
+                        }
                     };
                     for (o, seg) in segs.iter_mut().enumerate() {
                         let bv = bias.map_or(0i128, |(d, sh)| (d[g * og + o] as i128) << sh);

@@ -75,7 +75,7 @@ pub fn split16(w: i32) -> Option<(i8, i8)> {
 /// An operand in the 8-bit kernels' form: whole (`hi`, no `lo`), or as a high and a low part, so that
 /// a product is `256·(hi·x) + lo·x`, exact. Weights of 16 bits are split by [`split16`], each part
 /// packed like 8-bit weights (the kernels split 16-bit activations into their halves likewise).
-#[derive(Clone, Debug)]
+#[derive(Clone, Copy, Debug)]
 pub struct Parts<T> {
     /// The whole weights, or their high parts.
     pub hi: T,
@@ -84,6 +84,14 @@ pub struct Parts<T> {
 }
 
 impl<T> Parts<T> {
+    /// The parts by reference.
+    pub fn as_ref(&self) -> Parts<&T> {
+        Parts {
+            hi: &self.hi,
+            lo: self.lo.as_ref(),
+        }
+    }
+
     /// Each part with the left shift its product takes: `(hi, 8), (lo, 0)`, or `(hi, 0)` alone.
     pub fn each(&self) -> impl Iterator<Item = (&T, u32)> {
         let sh = if self.lo.is_some() { 8 } else { 0 };
@@ -106,16 +114,18 @@ impl<T> Parts<T> {
     }
 }
 
-/// Part `high` of weight `w` ([`split16`]) as an `i32`, or a value no `i8` holds.
+/// Part `high` of weight `w` ([`split16`]) as an `i32`, or a value no `i8` holds: also for a weight
+/// below −32768 (which splits, but whose parts the AVX2 kernel could not join into one `i16`).
 fn part_of(w: i32, high: bool) -> i32 {
     match split16(w) {
-        Some((h, l)) => (if high { h } else { l }) as i32,
-        None => i32::MAX,
+        Some((h, l)) if w >= i16::MIN as i32 => (if high { h } else { l }) as i32,
+        _ => i32::MAX,
     }
 }
 
 impl Parts<PackedA> {
-    /// Weights `A[i][kk] = w[i·k + kk]` (row-major `m×k`), if each fits `i8` or splits ([`split16`]).
+    /// Weights `A[i][kk] = w[i·k + kk]` (row-major `m×k`), if each fits `i8` or is a 16-bit value
+    /// [`split16`] splits (`−32768..=`[`WEIGHT16_MAX`]).
     pub fn weights<T: Copy + Into<i32>>(w: &[T], m: usize, k: usize) -> Option<Self> {
         Parts::build(
             || PackedA::weights(w, m, k),
@@ -125,7 +135,8 @@ impl Parts<PackedA> {
 }
 
 impl Parts<PackedB> {
-    /// Weights `B[kk][j] = b[kk·n + j]` (row-major `k×n`), if each fits `i8` or splits ([`split16`]).
+    /// Weights `B[kk][j] = b[kk·n + j]` (row-major `k×n`), if each fits `i8` or is a 16-bit value
+    /// [`split16`] splits (`−32768..=`[`WEIGHT16_MAX`]).
     pub fn weights<T: Copy + Into<i32>>(b: &[T], k: usize, n: usize) -> Option<Self> {
         Parts::build(
             || PackedB::new(b, k, n),
@@ -727,7 +738,8 @@ fn gemm_rows(
     let lda = a.kq * 4;
     #[cfg(target_arch = "x86_64")]
     if level == Level::Avx2 {
-        return gemm_rows_avx2(a, b, r0, c, tokens);
+        let (a, b) = (Parts { hi: a, lo: None }, Parts { hi: b, lo: None });
+        return gemm_rows_avx2(a, b, r0, Sums::Narrow(c), tokens);
     }
     // a short reduction's tile takes about as long as its call: the VNNI kernel sweeps every column
     // block of a band of rows in one call instead (its sums start from the offsets: one block of `k`)
@@ -803,65 +815,181 @@ const MR2: usize = 6;
 /// Reduction quads per cache block of the AVX2 kernel (512 values of `k`: a column block's 256 pairs
 /// as `i16` take 16 KiB).
 const KCQ2: usize = 128;
+/// Reduction quads per block when a side has 16 bits ([`gemm_joined`]): 256 values of `k`, over which
+/// the `i32` sums cannot wrap (every product of a 16-bit and an 8-bit value is at most `2^23` in
+/// magnitude, `255 · 2^15` for an unsigned byte, so 256 of them stay below `2^31`).
+const KCQS: usize = 64;
 /// Rows per cache block of `A` in the AVX2 kernel (whole tiles).
 const MC2: usize = 16 * MR2;
+
+/// How one side's stored bytes become the AVX2 kernel's `i16` operand.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Widen {
+    /// Each byte as `u8` (8-bit activations, offset or not).
+    Unsigned,
+    /// Each byte as `i8` (weights, or the parts of 16-bit ones).
+    Signed,
+    /// The high and low bytes of 16-bit activations as one `i16`, `256·(hi − 128) + lo`: the value
+    /// itself when the high bytes are offset (signed values), else the value less 32768.
+    Act16,
+    /// The two `i8` parts of 16-bit weights as one `i16`, `256·hi + lo` (a weight in `−32768..=32639`,
+    /// as [`Parts::weights`] admits).
+    Weight16,
+}
+
+impl Widen {
+    /// How a side given as `p` widens: split sides as one 16-bit value, whole ones byte by byte.
+    fn of(weights: bool, split: bool) -> Widen {
+        match (weights, split) {
+            (true, true) => Widen::Weight16,
+            (true, false) => Widen::Signed,
+            (false, true) => Widen::Act16,
+            (false, false) => Widen::Unsigned,
+        }
+    }
+
+    /// One value (see [`widen16`]).
+    fn one(self, h: u8, l: u8) -> i16 {
+        match self {
+            Widen::Unsigned => h as i16,
+            Widen::Signed => h as i8 as i16,
+            Widen::Act16 => (((h as u16) << 8 | l as u16) ^ 0x8000) as i16,
+            Widen::Weight16 => ((h as i8 as i16) << 8).wrapping_add(l as i8 as i16),
+        }
+    }
+}
+
+/// The products' sums of an AVX2 run: stored in `i32`, the first block of the reduction starting
+/// from the offsets' negation ([`Offsets`]), or in `i64` (each product shifted left by its part's
+/// shift), the first block starting from the given per-row or per-column values.
+enum Sums<'c, 's> {
+    Narrow(&'c mut [i32]),
+    Wide(&'c mut [i64], Starts<'s>),
+}
+
+/// What the `i64` sums start from: one value per row (of the rows computed) or per column.
+#[derive(Clone, Copy)]
+enum Starts<'s> {
+    Rows(&'s [i64]),
+    Cols(&'s [i64]),
+}
+
+/// One register tile's destination (see [`Sums`]).
+enum Out<'c, 'o> {
+    Narrow {
+        c: &'c mut [i32],
+        ldc: usize,
+        first: Option<Offsets<'o>>,
+    },
+    Wide {
+        c: &'c mut [i64],
+        ldc: usize,
+        shift: u32,
+        /// The first block's starting values: the tile's rows' (from its first) or its 16 columns'.
+        first: Option<Starts<'o>>,
+    },
+}
 
 /// [`gemm_rows`] on AVX2, by pairs of `k`: per cache block of the reduction, `B`'s bytes widened once
 /// to `i16` as, per pair of `k` values, 16 columns' pairs (two registers of 8 columns); per cache
 /// block of rows, `A`'s bytes widened and interleaved by tiles of [`MR2`] rows (a pair of each row
-/// after the other); then register tiles of up to 6 rows × 16 columns ([`avx2`]). Activations are
-/// zero-extended, weights sign-extended.
+/// after the other); then register tiles of up to 6 rows × 16 columns ([`avx2`]). Whole activations
+/// are zero-extended, whole weights sign-extended; a side given as two parts is widened to its 16-bit
+/// values ([`Widen`]). With both sides split, the weights' parts run one after the other, each a
+/// product of 8-bit weights by the 16-bit activations, added `256·high + low`.
 #[cfg(target_arch = "x86_64")]
 fn gemm_rows_avx2(
-    a: &PackedA,
-    b: &PackedB,
+    a: Parts<&PackedA>,
+    b: Parts<&PackedB>,
     r0: usize,
-    c: &mut [i32],
+    mut sums: Sums<'_, '_>,
     tokens: &[crate::cancel::Cancel],
 ) {
-    let ldc = b.ldc();
-    let rows = c.len() / ldc;
+    let ldc = b.hi.ldc();
+    let len = match &sums {
+        Sums::Narrow(c) => c.len(),
+        Sums::Wide(c, _) => c.len(),
+    };
+    let rows = len / ldc;
     let nb = ldc / NR;
-    let kc = KCQ2.min(a.kq);
+    let kq = a.hi.kq;
+    // the products to add: each side whole or widened from its two parts, but the weights' parts one
+    // at a time when the activations are split too (a 16-bit by 16-bit product would not fit a pair)
+    let both = a.lo.is_some() && b.lo.is_some();
+    let passes: Vec<(Parts<&PackedA>, Parts<&PackedB>, u32)> = if !both {
+        vec![(a, b, 0)]
+    } else if a.hi.weights {
+        a.each()
+            .map(|(w, sh)| (Parts { hi: *w, lo: None }, b, sh))
+            .collect()
+    } else {
+        b.each()
+            .map(|(w, sh)| (a, Parts { hi: *w, lo: None }, sh))
+            .collect()
+    };
+    let kcq = match sums {
+        Sums::Narrow(_) => KCQ2,
+        Sums::Wide(..) => KCQS,
+    };
+    let kc = kcq.min(kq);
     // (from the executor's pool: every element is written before it is read)
     let mut aw = crate::buffers::take_overwritten::<i16>(MC2.min(rows) * kc * 4);
     let mut bw = crate::buffers::take_overwritten::<i16>(nb * kc * NR * 4);
-    for q0 in (0..a.kq).step_by(KCQ2) {
-        let qn = KCQ2.min(a.kq - q0);
-        let bw = &mut bw[..nb * qn * NR * 4];
-        // SAFETY: `gemm` runs this level only where the CPU supports AVX2
-        unsafe { widen_pairs(b, q0, qn, !a.weights, bw) };
-        for m0 in (0..rows).step_by(MC2) {
-            if crate::cancel::any(tokens) {
-                return;
-            }
-            let mrows = MC2.min(rows - m0);
-            let aw = &mut aw[..mrows * qn * 4];
-            // SAFETY: as above
-            unsafe { widen_tiles(a, r0 + m0, mrows, q0, qn, aw) };
-            for blk in 0..nb {
-                let bq = &bw[blk * qn * NR * 4..(blk + 1) * qn * NR * 4];
-                let mut i = 0;
-                while i < mrows {
-                    let r = MR2.min(mrows - i);
-                    let at = &aw[i * qn * 4..(i + r) * qn * 4];
-                    let cc = &mut c[(m0 + i) * ldc + blk * NR..];
-                    assert!(cc.len() >= (r - 1) * ldc + NR);
-                    let first =
-                        (q0 == 0).then(|| Offsets::of(a, b, (r0 + m0 + i, r), (blk * NR, NR)));
-                    // SAFETY: as above; `at` holds `r` rows' `2·qn` pairs, `bq` `2·qn` pairs of 16
-                    // columns, `cc` `r` output rows of 16 (checked just above)
-                    unsafe {
-                        match r {
-                            1 => avx2::<1>(at, bq, 2 * qn, cc, ldc, first),
-                            2 => avx2::<2>(at, bq, 2 * qn, cc, ldc, first),
-                            3 => avx2::<3>(at, bq, 2 * qn, cc, ldc, first),
-                            4 => avx2::<4>(at, bq, 2 * qn, cc, ldc, first),
-                            5 => avx2::<5>(at, bq, 2 * qn, cc, ldc, first),
-                            _ => avx2::<6>(at, bq, 2 * qn, cc, ldc, first),
+    for q0 in (0..kq).step_by(kcq) {
+        let qn = kcq.min(kq - q0);
+        for (pass, &(pa, pb, shift)) in passes.iter().enumerate() {
+            let bw = &mut bw[..nb * qn * NR * 4];
+            let mb = Widen::of(pb.hi.weights, pb.lo.is_some());
+            let ma = Widen::of(pa.hi.weights, pa.lo.is_some());
+            // SAFETY: `gemm` runs this level only where the CPU supports AVX2
+            unsafe { widen_pairs(pb, mb, q0, qn, bw) };
+            for m0 in (0..rows).step_by(MC2) {
+                if crate::cancel::any(tokens) {
+                    return;
+                }
+                let mrows = MC2.min(rows - m0);
+                let aw = &mut aw[..mrows * qn * 4];
+                // SAFETY: as above
+                unsafe { widen_tiles(pa, ma, r0 + m0, mrows, q0, qn, aw) };
+                for blk in 0..nb {
+                    let bq = &bw[blk * qn * NR * 4..(blk + 1) * qn * NR * 4];
+                    let mut i = 0;
+                    while i < mrows {
+                        let r = MR2.min(mrows - i);
+                        let at = &aw[i * qn * 4..(i + r) * qn * 4];
+                        let from = (m0 + i) * ldc + blk * NR;
+                        let out = match &mut sums {
+                            Sums::Narrow(c) => Out::Narrow {
+                                c: &mut c[from..],
+                                ldc,
+                                first: (q0 == 0).then(|| {
+                                    Offsets::of(pa.hi, pb.hi, (r0 + m0 + i, r), (blk * NR, NR))
+                                }),
+                            },
+                            Sums::Wide(c, starts) => Out::Wide {
+                                c: &mut c[from..],
+                                ldc,
+                                shift,
+                                first: (q0 == 0 && pass == 0).then_some(match *starts {
+                                    Starts::Rows(s) => Starts::Rows(&s[m0 + i..]),
+                                    Starts::Cols(s) => Starts::Cols(&s[blk * NR..]),
+                                }),
+                            },
+                        };
+                        // SAFETY: as above; `at` holds `r` rows' `2·qn` pairs, `bq` `2·qn` pairs of
+                        // 16 columns, the kernel checks `out` holds `r` rows of 16
+                        unsafe {
+                            match r {
+                                1 => avx2::<1>(at, bq, 2 * qn, out),
+                                2 => avx2::<2>(at, bq, 2 * qn, out),
+                                3 => avx2::<3>(at, bq, 2 * qn, out),
+                                4 => avx2::<4>(at, bq, 2 * qn, out),
+                                5 => avx2::<5>(at, bq, 2 * qn, out),
+                                _ => avx2::<6>(at, bq, 2 * qn, out),
+                            }
                         }
+                        i += r;
                     }
-                    i += r;
                 }
             }
         }
@@ -870,78 +998,134 @@ fn gemm_rows_avx2(
     crate::buffers::give(bw);
 }
 
-/// Quads `q0 .. q0 + qn` of every column block of `b` as `i16` pairs: block `blk`'s pair `p` at
-/// `(blk·qn·2 + p)·32`, its 16 columns' `(k = 2p, k = 2p + 1)` values one after the other
-/// (sign-extended when `signed`).
+/// A quad's 64 bytes (16 columns × 4 values of `k`) as four registers of 16 bytes, each 8 columns'
+/// pairs in column order: the pair `(k0, k1)` of columns 0–7 and of 8–15, then `(k2, k3)` likewise.
 ///
 /// # Safety
-/// The CPU must support AVX2; `dst` holds `nb·qn·64` values.
+/// The CPU must support AVX2; `src` must point at 64 readable bytes.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn widen_pairs(b: &PackedB, q0: usize, qn: usize, signed: bool, dst: &mut [i16]) {
+#[inline]
+unsafe fn quad_pairs(src: *const u8) -> [std::arch::x86_64::__m128i; 4] {
     use std::arch::x86_64::*;
-    let nb = b.ldc() / NR;
-    assert!(dst.len() >= nb * qn * NR * 4 && b.data.len() >= nb * b.kq * NR * 4 && q0 + qn <= b.kq);
     let low = _mm256_set1_epi32(0xffff);
-    let (sp, dp) = (b.data.as_ptr(), dst.as_mut_ptr());
+    let (x0, x1) = (
+        _mm256_loadu_si256(src as *const __m256i),
+        _mm256_loadu_si256(src.add(32) as *const __m256i),
+    );
+    // each column's first two bytes (a 16-bit word) and its last two, packed in column order (the
+    // pack interleaves 128-bit lanes: the permutation restores the order)
+    let first = _mm256_packus_epi32(_mm256_and_si256(x0, low), _mm256_and_si256(x1, low));
+    let second = _mm256_packus_epi32(_mm256_srli_epi32::<16>(x0), _mm256_srli_epi32::<16>(x1));
+    let (f, s) = (
+        _mm256_permute4x64_epi64::<0b11_01_10_00>(first),
+        _mm256_permute4x64_epi64::<0b11_01_10_00>(second),
+    );
+    [
+        _mm256_castsi256_si128(f),
+        _mm256_extracti128_si256::<1>(f),
+        _mm256_castsi256_si128(s),
+        _mm256_extracti128_si256::<1>(s),
+    ]
+}
+
+/// 16 values as `i16` ([`Widen`]): from the bytes `h`, with the low bytes `l` of a split side.
+///
+/// # Safety
+/// The CPU must support AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn widen16(
+    mode: Widen,
+    h: std::arch::x86_64::__m128i,
+    l: std::arch::x86_64::__m128i,
+) -> std::arch::x86_64::__m256i {
+    use std::arch::x86_64::*;
+    match mode {
+        Widen::Unsigned => _mm256_cvtepu8_epi16(h),
+        Widen::Signed => _mm256_cvtepi8_epi16(h),
+        Widen::Act16 => _mm256_xor_si256(
+            _mm256_or_si256(
+                _mm256_slli_epi16::<8>(_mm256_cvtepu8_epi16(h)),
+                _mm256_cvtepu8_epi16(l),
+            ),
+            _mm256_set1_epi16(i16::MIN),
+        ),
+        Widen::Weight16 => _mm256_add_epi16(
+            _mm256_slli_epi16::<8>(_mm256_cvtepi8_epi16(h)),
+            _mm256_cvtepi8_epi16(l),
+        ),
+    }
+}
+
+/// Quads `q0 .. q0 + qn` of every column block of `b` as `i16` pairs ([`Widen`] `mode`): block `blk`'s
+/// pair `p` at `(blk·qn·2 + p)·32`, its 16 columns' `(k = 2p, k = 2p + 1)` values one after the other.
+///
+/// # Safety
+/// The CPU must support AVX2; `dst` holds `nb·qn·64` values; a low part is laid out like the high one.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn widen_pairs(b: Parts<&PackedB>, mode: Widen, q0: usize, qn: usize, dst: &mut [i16]) {
+    use std::arch::x86_64::*;
+    let (h, kq) = (b.hi, b.hi.kq);
+    let nb = h.ldc() / NR;
+    let l = b.lo.unwrap_or(h);
+    assert!(dst.len() >= nb * qn * NR * 4 && q0 + qn <= kq);
+    assert!(h.data.len() >= nb * kq * NR * 4 && l.data.len() >= nb * kq * NR * 4);
+    let (hp, lp, dp) = (h.data.as_ptr(), l.data.as_ptr(), dst.as_mut_ptr());
     for blk in 0..nb {
         for q in 0..qn {
-            // the quad's 64 bytes: column j's four values of k at 4j (two registers of 8 columns);
-            // each column's first two bytes (a 16-bit word) and its last two, packed in column
-            // order (the pack interleaves 128-bit lanes: the permutation restores the order)
-            let src = sp.add((blk * b.kq + q0 + q) * NR * 4);
-            let (x0, x1) = (
-                _mm256_loadu_si256(src as *const __m256i),
-                _mm256_loadu_si256(src.add(32) as *const __m256i),
-            );
-            let first = _mm256_packus_epi32(_mm256_and_si256(x0, low), _mm256_and_si256(x1, low));
-            let second =
-                _mm256_packus_epi32(_mm256_srli_epi32::<16>(x0), _mm256_srli_epi32::<16>(x1));
+            let at = (blk * kq + q0 + q) * NR * 4;
+            let hv = quad_pairs(hp.add(at));
+            let lv = if b.lo.is_some() {
+                quad_pairs(lp.add(at))
+            } else {
+                hv
+            };
             let out = dp.add((blk * qn + q) * NR * 4);
-            for (h, v) in [first, second].into_iter().enumerate() {
-                let v = _mm256_permute4x64_epi64::<0b11_01_10_00>(v);
-                let (l, u) = (_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
-                let (l, u) = if signed {
-                    (_mm256_cvtepi8_epi16(l), _mm256_cvtepi8_epi16(u))
-                } else {
-                    (_mm256_cvtepu8_epi16(l), _mm256_cvtepu8_epi16(u))
-                };
-                _mm256_storeu_si256(out.add(32 * h) as *mut __m256i, l);
-                _mm256_storeu_si256(out.add(32 * h + 16) as *mut __m256i, u);
+            for i in 0..4 {
+                _mm256_storeu_si256(out.add(16 * i) as *mut __m256i, widen16(mode, hv[i], lv[i]));
             }
         }
     }
 }
 
-/// Rows `row .. row + rows` of `a`, quads `q0 .. q0 + qn`, as `i16` tiles of [`MR2`] rows (the last
-/// may have fewer, `r`): the tile from row `i` at `i·qn·4`, its pair `p` at `p·2r`, row `t`'s two
-/// values at `2t` within it (sign-extended when `a` holds the weights).
+/// Rows `row .. row + rows` of `a`, quads `q0 .. q0 + qn`, as `i16` tiles of [`MR2`] rows ([`Widen`]
+/// `mode`; the last tile may have fewer rows, `r`): the tile from row `i` at `i·qn·4`, its pair `p` at
+/// `p·2r`, row `t`'s two values at `2t` within it.
 ///
 /// # Safety
-/// The CPU must support AVX2; `dst` holds `rows·qn·4` values.
+/// The CPU must support AVX2; `dst` holds `rows·qn·4` values; a low part is laid out like the high one.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn widen_tiles(a: &PackedA, row: usize, rows: usize, q0: usize, qn: usize, dst: &mut [i16]) {
+unsafe fn widen_tiles(
+    a: Parts<&PackedA>,
+    mode: Widen,
+    row: usize,
+    rows: usize,
+    q0: usize,
+    qn: usize,
+    dst: &mut [i16],
+) {
     use std::arch::x86_64::*;
-    let lda = a.kq * 4;
-    let signed = a.weights;
-    assert!(dst.len() >= rows * qn * 4 && a.data.len() >= (row + rows) * lda && q0 + qn <= a.kq);
+    let (h, l) = (a.hi, a.lo.unwrap_or(a.hi));
+    let lda = h.kq * 4;
+    assert!(dst.len() >= rows * qn * 4 && q0 + qn <= h.kq);
+    assert!(h.data.len() >= (row + rows) * lda && l.data.len() >= (row + rows) * lda);
     let mut i = 0;
     while i < rows {
         let r = MR2.min(rows - i);
         // the tile's pairs as 32-bit words: pair p of row t at p·r + t
         let tile = dst.as_mut_ptr().add(i * qn * 4) as *mut u32;
         for t in 0..r {
-            let src = a.data.as_ptr().add((row + i + t) * lda + q0 * 4);
+            let at = (row + i + t) * lda + q0 * 4;
+            let (hs, ls) = (h.data.as_ptr().add(at), l.data.as_ptr().add(at));
             // 8 pairs (16 bytes) widened at a time, then placed word by word
             let mut words = [0u32; 8];
             for c in 0..qn / 4 {
-                let v = _mm_loadu_si128(src.add(16 * c) as *const __m128i);
-                let v = if signed {
-                    _mm256_cvtepi8_epi16(v)
-                } else {
-                    _mm256_cvtepu8_epi16(v)
-                };
+                let ld = |p: *const u8| _mm_loadu_si128(p.add(16 * c) as *const __m128i);
+                let v = widen16(mode, ld(hs), ld(ls));
                 _mm256_storeu_si256(words.as_mut_ptr() as *mut __m256i, v);
                 for (j, &w) in words.iter().enumerate() {
                     tile.add((8 * c + j) * r + t).write_unaligned(w);
@@ -949,14 +1133,9 @@ unsafe fn widen_tiles(a: &PackedA, row: usize, rows: usize, q0: usize, qn: usize
             }
             // the last quads' pairs one by one
             for p in qn / 4 * 8..2 * qn {
-                let (x, y) = (*src.add(2 * p), *src.add(2 * p + 1));
-                let (x, y) = if signed {
-                    (x as i8 as i16 as u16, y as i8 as i16 as u16)
-                } else {
-                    (x as u16, y as u16)
-                };
+                let v = |e: usize| mode.one(*hs.add(e), *ls.add(e)) as u16 as u32;
                 tile.add(p * r + t)
-                    .write_unaligned(x as u32 | (y as u32) << 16);
+                    .write_unaligned(v(2 * p) | v(2 * p + 1) << 16);
             }
         }
         i += r;
@@ -964,27 +1143,20 @@ unsafe fn widen_tiles(a: &PackedA, row: usize, rows: usize, q0: usize, qn: usize
 }
 
 /// The AVX2 register tile: `R` rows × 16 columns. Per pair of `k` values, each row's pair is
-/// broadcast and multiplied by the 16 columns' pairs (`vpmaddwd`: two products added per `i32` lane,
-/// each below `2^15`) and added to the row's two accumulators (columns 0–7 and 8–15): every lane holds
-/// one column's sum, exact under the same bound as VNNI.
+/// broadcast and multiplied by the 16 columns' pairs (`vpmaddwd`: two products added per `i32` lane)
+/// and added to the row's two accumulators (columns 0–7 and 8–15): every lane holds one column's sum,
+/// exact under the same bound as VNNI (8-bit operands) or over the short blocks [`KCQS`] (a 16-bit
+/// side). The sums are stored or added to `out`.
 ///
 /// # Safety
 /// The CPU must support AVX2; `a` must hold `pairs` pairs of `R` rows (`2R` values each), `b` `pairs`
-/// pairs of 16 columns (32 values each), `c` `R` rows (stride `ldc`) of 16 values.
+/// pairs of 16 columns (32 values each).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 #[allow(clippy::needless_range_loop)]
-unsafe fn avx2<const R: usize>(
-    a: &[i16],
-    b: &[i16],
-    pairs: usize,
-    c: &mut [i32],
-    ldc: usize,
-    first: Option<Offsets>,
-) {
+unsafe fn avx2<const R: usize>(a: &[i16], b: &[i16], pairs: usize, out: Out<'_, '_>) {
     use std::arch::x86_64::*;
     debug_assert!(a.len() >= pairs * 2 * R && b.len() >= pairs * 32);
-    debug_assert!(c.len() >= (R - 1) * ldc + NR);
     let mut acc = [[_mm256_setzero_si256(); 2]; R];
     let (ap, bp) = (a.as_ptr(), b.as_ptr());
     for p in 0..pairs {
@@ -996,28 +1168,177 @@ unsafe fn avx2<const R: usize>(
             acc[i][1] = _mm256_add_epi32(acc[i][1], _mm256_madd_epi16(va, b1));
         }
     }
-    let cp = c.as_mut_ptr();
-    for (i, accr) in acc.iter().enumerate() {
-        for (h, &s) in accr.iter().enumerate() {
-            let dst = cp.add(i * ldc + 8 * h) as *mut __m256i;
-            let v = match &first {
-                // the offsets' products taken back out (wrapping, like the sums)
-                Some(o) => {
-                    let mut s = s;
-                    if let Some(cols) = o.cols {
-                        let cs = _mm256_loadu_si256(cols.as_ptr().add(8 * h) as *const __m256i);
-                        s = _mm256_sub_epi32(s, _mm256_slli_epi32::<7>(cs));
-                    }
-                    if let Some(rows) = o.rows {
-                        s = _mm256_sub_epi32(s, _mm256_set1_epi32(rows[i].wrapping_mul(128)));
-                    }
-                    s
+    match out {
+        Out::Narrow { c, ldc, first } => {
+            assert!(c.len() >= (R - 1) * ldc + NR);
+            let cp = c.as_mut_ptr();
+            for (i, accr) in acc.iter().enumerate() {
+                for (h, &s) in accr.iter().enumerate() {
+                    let dst = cp.add(i * ldc + 8 * h) as *mut __m256i;
+                    let v = match &first {
+                        // the offsets' products taken back out (wrapping, like the sums)
+                        Some(o) => {
+                            let mut s = s;
+                            if let Some(cols) = o.cols {
+                                let cs =
+                                    _mm256_loadu_si256(cols.as_ptr().add(8 * h) as *const __m256i);
+                                s = _mm256_sub_epi32(s, _mm256_slli_epi32::<7>(cs));
+                            }
+                            if let Some(rows) = o.rows {
+                                s = _mm256_sub_epi32(
+                                    s,
+                                    _mm256_set1_epi32(rows[i].wrapping_mul(128)),
+                                );
+                            }
+                            s
+                        }
+                        None => _mm256_add_epi32(_mm256_loadu_si256(dst as *const _), s),
+                    };
+                    _mm256_storeu_si256(dst, v);
                 }
-                None => _mm256_add_epi32(_mm256_loadu_si256(dst as *const _), s),
-            };
-            _mm256_storeu_si256(dst, v);
+            }
+        }
+        Out::Wide {
+            c,
+            ldc,
+            shift,
+            first,
+        } => {
+            assert!(c.len() >= (R - 1) * ldc + NR);
+            match first {
+                Some(Starts::Rows(s)) => assert!(s.len() >= R),
+                Some(Starts::Cols(s)) => assert!(s.len() >= NR),
+                None => {}
+            }
+            let cp = c.as_mut_ptr();
+            let count = _mm_cvtsi32_si128(shift as i32);
+            for (i, accr) in acc.iter().enumerate() {
+                for (h, &s) in accr.iter().enumerate() {
+                    for (q, half) in [_mm256_castsi256_si128(s), _mm256_extracti128_si256::<1>(s)]
+                        .into_iter()
+                        .enumerate()
+                    {
+                        let dst = cp.add(i * ldc + 8 * h + 4 * q) as *mut __m256i;
+                        let v = _mm256_sll_epi64(_mm256_cvtepi32_epi64(half), count);
+                        let base = match first {
+                            Some(Starts::Rows(s)) => _mm256_set1_epi64x(s[i]),
+                            Some(Starts::Cols(s)) => {
+                                _mm256_loadu_si256(s.as_ptr().add(8 * h + 4 * q) as *const __m256i)
+                            }
+                            None => _mm256_loadu_si256(dst as *const _),
+                        };
+                        _mm256_storeu_si256(dst, _mm256_add_epi64(base, v));
+                    }
+                }
+            }
         }
     }
+}
+
+/// Whether [`gemm_joined`] runs `a · b`: on AVX2, one side the weights, the other the activations, at
+/// least one of them in two parts, every part of a side shaped alike.
+fn joins(a: &Parts<&PackedA>, b: &Parts<&PackedB>, level: Level) -> bool {
+    let alike_a = a.lo.is_none_or(|l| l.m == a.hi.m && l.kq == a.hi.kq);
+    let alike_b =
+        b.lo.is_none_or(|l| l.kq == b.hi.kq && l.ldc() == b.hi.ldc());
+    cfg!(target_arch = "x86_64")
+        && level == Level::Avx2
+        && level.supported()
+        && (a.lo.is_some() || b.lo.is_some())
+        && a.hi.kq == b.hi.kq
+        && a.hi.weights != b.hi.weights
+        && alike_a
+        && alike_b
+}
+
+/// `C = A · B` exactly, as `i64` with row stride [`PackedB::ldc`], where a side may be given as the
+/// two 8-bit parts of 16-bit values ([`Parts`]: `256·high + low`), on up to `threads` threads: on
+/// AVX2 the split side is multiplied as its 16-bit values, so a product costs about what an 8-bit one
+/// does ([`gemm_rows_avx2`]). `None` at other levels (where the caller joins 8-bit products) or when
+/// no side is split.
+pub(crate) fn gemm_joined(
+    a: Parts<&PackedA>,
+    b: Parts<&PackedB>,
+    threads: usize,
+    level: Level,
+) -> Option<Vec<i64>> {
+    if !joins(&a, &b, level) {
+        return None;
+    }
+    let ldc = b.hi.ldc();
+    let work = a.hi.m * a.hi.kq * 4 * ldc;
+    let threads = if work >= 1 << 21 { threads } else { 1 };
+    // every element is started before any is added to
+    let mut c = crate::buffers::take_overwritten(a.hi.m * ldc);
+    let tokens = crate::cancel::current();
+    crate::par::rows(&mut c, ldc, threads, MR, |r0, part| {
+        product_joined(a, b, r0, part, level, &tokens);
+    });
+    Some(c)
+}
+
+/// Rows `r0..` of [`gemm_joined`]'s product into `c` (whole rows of [`PackedB::ldc`] elements, every
+/// one written) on the calling thread; `false` (nothing written) where [`gemm_joined`] would give
+/// `None`. A cancelled run stops between row blocks.
+pub(crate) fn product_joined(
+    a: Parts<&PackedA>,
+    b: Parts<&PackedB>,
+    r0: usize,
+    c: &mut [i64],
+    level: Level,
+    tokens: &[crate::cancel::Cancel],
+) -> bool {
+    if !joins(&a, &b, level) {
+        return false;
+    }
+    let ldc = b.hi.ldc();
+    // the sums start from what the activations' stored form leaves out: their widened value is the
+    // value less `delta` (128 for offset bytes, −32768 for unsigned 16-bit values), so every sum
+    // starts from `delta` times the weights' sum over `k` (`256·high + low` for split weights)
+    let (acts_split, acts_offset) = if a.hi.weights {
+        (b.lo.is_some(), b.hi.offset)
+    } else {
+        (a.lo.is_some(), a.hi.offset)
+    };
+    let delta: i64 = match (acts_split, acts_offset) {
+        (false, true) => -128,
+        (true, false) => 32768,
+        _ => 0,
+    };
+    let joined = |sums: Vec<&[i32]>, at: usize| -> i64 {
+        let sh = if sums.len() == 2 { 8 } else { 0 };
+        ((sums[0][at] as i64) << sh) + sums.get(1).map_or(0, |s| s[at] as i64)
+    };
+    let rows = c.len() / ldc;
+    let starts: Vec<i64> = if a.hi.weights {
+        let sums: Vec<&[i32]> = a.each().map(|(p, _)| &p.rowsum[..]).collect();
+        (r0..r0 + rows)
+            .map(|i| delta * joined(sums.clone(), i))
+            .collect()
+    } else {
+        let sums: Vec<&[i32]> = b.each().map(|(p, _)| &p.colsum[..]).collect();
+        (0..ldc).map(|j| delta * joined(sums.clone(), j)).collect()
+    };
+    let starts = if a.hi.weights {
+        Starts::Rows(&starts)
+    } else {
+        Starts::Cols(&starts)
+    };
+    if a.hi.kq == 0 {
+        // no block of the reduction: the sums are their starting values
+        for (i, row) in c.chunks_exact_mut(ldc).enumerate() {
+            for (j, v) in row.iter_mut().enumerate() {
+                *v = match starts {
+                    Starts::Rows(s) => s[i],
+                    Starts::Cols(s) => s[j],
+                };
+            }
+        }
+        return true;
+    }
+    #[cfg(target_arch = "x86_64")]
+    gemm_rows_avx2(a, b, r0, Sums::Wide(c, starts), tokens);
+    true
 }
 
 /// What the first block of a tile's sums starts from: `−128 · rowsum` of each row when the activations
@@ -1431,6 +1752,164 @@ mod tests {
         });
     }
 
+    /// Values of a given form for the joined products' tests: 8- or 16-bit, signed or not, with the
+    /// extremes of the range every few elements.
+    fn values(len: usize, bits: u32, signed: bool, seed: u64) -> Vec<i32> {
+        let (lo, hi) = match (bits, signed) {
+            (8, true) => (-128, 127),
+            (8, false) => (0, 255),
+            (16, true) => (i16::MIN as i32, i16::MAX as i32),
+            (16, false) => (0, 65535),
+            // 16-bit weights: as far as they split
+            _ => (i16::MIN as i32, WEIGHT16_MAX),
+        };
+        let mut s = seed;
+        (0..len)
+            .map(|i| {
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                match i % 7 {
+                    0 => hi,
+                    3 => lo,
+                    _ => lo + ((s >> 33) % (hi - lo + 1) as u64) as i32,
+                }
+            })
+            .collect()
+    }
+
+    /// Activations `k×n` packed whole, or as their high and low bytes when 16-bit.
+    fn acts_b(x: &[i32], k: usize, n: usize) -> Parts<PackedB> {
+        let (lo, hi) = min_max(x);
+        match PackedA::offset_for(lo, hi) {
+            Some(off) => Parts {
+                hi: PackedB::activations_in(x, k, n, off).expect("packs"),
+                lo: None,
+            },
+            None => Parts {
+                hi: PackedB::shifted_in(
+                    x,
+                    8,
+                    k,
+                    n,
+                    PackedA::offset_for(lo >> 8, hi >> 8).expect("16-bit"),
+                )
+                .expect("packs"),
+                lo: Some(PackedB::shifted_in(x, 0, k, n, false).expect("packs")),
+            },
+        }
+    }
+
+    /// Activations `m×k` on the `A` side, likewise.
+    fn acts_a(x: &[i32], m: usize, k: usize) -> Parts<PackedA> {
+        match PackedA::new(x, m, k) {
+            Some(hi) => Parts { hi, lo: None },
+            None => Parts {
+                hi: PackedA::from_fn(m, k, |i, kk| x[i * k + kk] >> 8).expect("16-bit"),
+                lo: Some(PackedA::from_fn(m, k, |i, kk| x[i * k + kk] & 255).expect("bytes")),
+            },
+        }
+    }
+
+    /// On AVX2 a product with a 16-bit side (activations, weights or both, signed or not, on either
+    /// side, over reductions across the 256-value blocks, split across threads or not) is the exact
+    /// product; elsewhere `gemm_joined` declines and the caller joins 8-bit products.
+    #[test]
+    fn products_with_a_sixteen_bit_side_are_exact() {
+        let forms = [
+            (8, 16, true),
+            (8, 16, false),
+            (16, 8, true),
+            (16, 8, false),
+            (16, 16, true),
+            (16, 16, false),
+        ];
+        let mut compared = 0;
+        for (case, &(m, k, n)) in [
+            (1, 1, 1),
+            (7, 255, 17),
+            (13, 256, 33),
+            (6, 257, 16),
+            (20, 1000, 40),
+            (3, 600, 5),
+        ]
+        .iter()
+        .enumerate()
+        {
+            for (f, &(wb, xb, signed)) in forms.iter().enumerate() {
+                let seed = (case * 31 + f) as u64;
+                let wbits = if wb == 16 { 17 } else { 8 };
+                for weights_left in [true, false] {
+                    for threads in [1, 3] {
+                        let (c, want, ldc) = if weights_left {
+                            let w = values(m * k, wbits, true, seed);
+                            let x = values(k * n, xb, signed, seed + 7);
+                            let pw = Parts::<PackedA>::weights(&w, m, k).expect("splits");
+                            let px = acts_b(&x, k, n);
+                            let c = gemm_joined(pw.as_ref(), px.as_ref(), threads, Level::Avx2);
+                            (c, naive(&w, &x, m, k, n), px.hi.ldc())
+                        } else {
+                            let x = values(m * k, xb, signed, seed + 7);
+                            let w = values(k * n, wbits, true, seed);
+                            let px = acts_a(&x, m, k);
+                            let pw = Parts::<PackedB>::weights(&w, k, n).expect("splits");
+                            let c = gemm_joined(px.as_ref(), pw.as_ref(), threads, Level::Avx2);
+                            (c, naive(&x, &w, m, k, n), pw.hi.ldc())
+                        };
+                        let Some(c) = c else {
+                            assert!(!Level::Avx2.supported(), "AVX2 joins split products");
+                            continue;
+                        };
+                        for i in 0..m {
+                            for j in 0..n {
+                                assert_eq!(c[i * ldc + j], want[i * n + j], "{m}×{k}×{n} w{wb} x{xb} signed {signed} left {weights_left} ({i},{j})");
+                            }
+                        }
+                        compared += 1;
+                    }
+                }
+            }
+        }
+        if Level::Avx2.supported() {
+            assert_eq!(compared, 6 * 6 * 2 * 2);
+        }
+        // the largest magnitudes over whole blocks and past them: every product at its extreme
+        for (w, x) in [
+            (-128, i16::MIN as i32),
+            (-128, 65535),
+            (i16::MIN as i32, 255),
+            (i16::MIN as i32, -128),
+            (127, i16::MAX as i32),
+            (i16::MIN as i32, i16::MIN as i32),
+            (-128, -32768),
+        ] {
+            let (m, k, n) = (2, 1024, 17);
+            let (wv, xv) = (vec![w; m * k], vec![x; k * n]);
+            let pw = Parts::<PackedA>::weights(&wv, m, k).expect("splits");
+            let px = acts_b(&xv, k, n);
+            let pw = if pw.lo.is_none() && px.lo.is_none() {
+                continue;
+            } else {
+                pw
+            };
+            if let Some(c) = gemm_joined(pw.as_ref(), px.as_ref(), 1, Level::Avx2) {
+                assert_eq!(c[0], w as i64 * x as i64 * k as i64, "{w} · {x}");
+                assert_eq!(
+                    c[px.hi.ldc() + 16],
+                    w as i64 * x as i64 * k as i64,
+                    "{w} · {x}"
+                );
+            }
+        }
+        // whole operands on both sides, or another level: declined
+        let pw = Parts::<PackedA>::weights(&[1, 2], 1, 2).expect("8-bit");
+        let px = acts_b(&[3, 4], 2, 1);
+        assert!(gemm_joined(pw.as_ref(), px.as_ref(), 1, Level::Avx2).is_none());
+        let px = acts_b(&[3000, 4], 2, 1);
+        assert!(gemm_joined(pw.as_ref(), px.as_ref(), 1, Level::Portable).is_none());
+        assert!(gemm_joined(pw.as_ref(), px.as_ref(), 1, Level::Avx512Vnni).is_none());
+    }
+
     #[test]
     fn extremes_do_not_wrap() {
         // the largest reduction at the largest magnitudes, both signs of activations
@@ -1455,6 +1934,9 @@ mod tests {
         assert!(Parts::<PackedA>::weights(&[300, -5], 1, 2).is_some_and(|p| p.lo.is_some()));
         assert!(Parts::<PackedA>::weights(&[100, -5], 1, 2).is_some_and(|p| p.lo.is_none()));
         assert!(Parts::<PackedB>::weights(&[32640], 1, 1).is_none());
+        // a weight below −32768 splits, but is no 16-bit weight: the wide path takes it
+        assert!(Parts::<PackedA>::weights(&[-32768], 1, 1).is_some());
+        assert!(Parts::<PackedA>::weights(&[-32769], 1, 1).is_none());
         assert!(PackedB::new(&vec![0; MAX_K + 1], MAX_K + 1, 1).is_none());
     }
 }
