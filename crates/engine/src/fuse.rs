@@ -814,6 +814,97 @@ unsafe fn composed_run_avx2(x: &mut [i32], w: i32, c: ComposedClamp) -> (i32, i3
     )
 }
 
+/// `x[j] = (x[j] · w[j] + half) >> right` over the runs of a contiguous operand (`o.inner == 1`) on
+/// AVX2 or AVX-512 ([`mul_pairs_avx2`]), when the largest magnitudes keep every result inside `i32`
+/// (`(max|x| · max|w| + half) >> right ≤ i32::MAX`, and the floor of a negative sum is at most one
+/// below its negation); `false`, with nothing written, where it does not apply.
+#[inline(always)]
+fn mul_pair_runs(x: &mut [i32], start: usize, other: &[i32], o: Operand, shift: Shift) -> bool {
+    // SAFETY: AVX2 or AVX-512 is present and allowed (`Isa::detect`)
+    cfg!(target_arch = "x86_64")
+        && crate::simd::Isa::detect() != crate::simd::Isa::Base
+        && unsafe { pair_runs(x, start, other, o, shift) }
+}
+
+/// [`mul_pair_runs`] on a CPU known to have AVX2.
+///
+/// # Safety
+/// The CPU must support AVX2.
+#[inline(always)]
+unsafe fn pair_runs(x: &mut [i32], start: usize, other: &[i32], o: Operand, shift: Shift) -> bool {
+    if o.inner != 1 || shift.left != 0 || o.period == 0 {
+        return false;
+    }
+    let max_abs = |v: &[i32]| v.iter().fold(0u32, |a, x| a.max(x.unsigned_abs())) as u64;
+    // the run from element `j`: the operand from `at`, up to its end (it restarts every `period`)
+    let n = x.len();
+    let run_at = |j: usize| {
+        let at = (start + j) % o.period;
+        (at, (n - j).min(o.period - at))
+    };
+    let (mut j, mut mw) = (0, 0);
+    while j < n {
+        let (at, run) = run_at(j);
+        mw = mw.max(max_abs(&other[at..at + run]));
+        j += run;
+    }
+    // |x|, |w| ≤ 2^31: the product and the rounding term (below 2^62) fit u64
+    if ((max_abs(x) * mw + shift.half as u64) >> shift.right) > i32::MAX as u64 {
+        return false;
+    }
+    let mut j = 0;
+    while j < n {
+        let (at, run) = run_at(j);
+        // SAFETY: the CPU has AVX2 (the caller's contract)
+        #[cfg(target_arch = "x86_64")]
+        mul_pairs_avx2(&mut x[j..j + run], &other[at..at + run], shift);
+        j += run;
+    }
+    true
+}
+
+/// `x[j] = (x[j] · w[j] + half) >> right` 8 lanes at a time (the scheme of [`composed_run_avx2`], each
+/// lane with its own multiplier): exact where every result fits `i32`, which the caller checked. The
+/// last `len mod 8` elements go element by element.
+///
+/// # Safety
+/// The CPU must support AVX2; `w` is at least as long as `x`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn mul_pairs_avx2(x: &mut [i32], w: &[i32], shift: Shift) {
+    use std::arch::x86_64::*;
+    assert!(w.len() >= x.len());
+    let half = _mm256_set1_epi64x(shift.half);
+    let high = shift.right >= 32;
+    let count = _mm_cvtsi64_si128(if high { shift.right - 32 } else { shift.right } as i64);
+    let mut chunks = x.chunks_exact_mut(8);
+    let mut k = 0;
+    for ch in &mut chunks {
+        let p = ch.as_mut_ptr() as *mut __m256i;
+        let (v, wv) = (
+            _mm256_loadu_si256(p),
+            _mm256_loadu_si256(w.as_ptr().add(k) as *const __m256i),
+        );
+        let even = _mm256_add_epi64(_mm256_mul_epi32(v, wv), half);
+        let odd = _mm256_add_epi64(
+            _mm256_mul_epi32(_mm256_srli_epi64::<32>(v), _mm256_srli_epi64::<32>(wv)),
+            half,
+        );
+        let r = if high {
+            let words = _mm256_blend_epi32::<0b1010_1010>(_mm256_srli_epi64::<32>(even), odd);
+            _mm256_sra_epi32(words, count)
+        } else {
+            let (e, o) = (_mm256_srl_epi64(even, count), _mm256_srl_epi64(odd, count));
+            _mm256_blend_epi32::<0b1010_1010>(e, _mm256_slli_epi64::<32>(o))
+        };
+        _mm256_storeu_si256(p, r);
+        k += 8;
+    }
+    for (v, &m) in chunks.into_remainder().iter_mut().zip(&w[k..]) {
+        *v = ((*v as i64 * m as i64 + shift.half) >> shift.right) as i32;
+    }
+}
+
 /// One step over one block starting at flat index `start`; `false` if a result left `i32`.
 #[inline(always)]
 fn step(x: &mut [i32], start: usize, st: &Step, other: &[i32]) -> bool {
@@ -886,6 +977,11 @@ fn step(x: &mut [i32], start: usize, st: &Step, other: &[i32]) -> bool {
             chain_is_a,
             other: o,
         } => {
+            // an element-wise product (x · clamp(x + 3, 0, 6) in a HardSwish, a gated unit's
+            // product) in 32-bit lanes where it can
+            if op == BinOp::Mul && la == 0 && lb == 0 && mul_pair_runs(x, start, other, o, shift) {
+                return true;
+            }
             macro_rules! go {
                 ($f:expr) => {
                     if la == 0 && lb == 0 && chain_is_a {
@@ -1209,6 +1305,56 @@ mod tests {
         // most cases are kept, both shift forms among them (on a CPU with either vector form)
         if std::arch::is_x86_feature_detected!("avx2") {
             assert!(compared > 1000 && high > 100, "{compared} {high}");
+        }
+    }
+
+    /// Element-wise products in 32-bit lanes give the definition's integers (shifts below, at and above
+    /// 32, both signs, every tail length, operands restarting mid-block); where a result could leave
+    /// `i32` the fast form declines and writes nothing.
+    #[test]
+    fn element_wise_products_in_lanes_equal_the_definition() {
+        let mut next = crate::kernels::tests::xorshift(0x2545_f491_4f6c_dd1d);
+        let mut taken = 0;
+        for case in 0..2000 {
+            let right = 1 + (next() % 62) as u32;
+            let shift = Shift::new(right as i32).expect("in range");
+            let (mx, mw) = (1i64 << (next() % 31), 1i64 << (next() % 31));
+            let len = (next() % 40) as usize;
+            let period = 1 + (next() % 24) as usize;
+            let start = (next() % 100) as usize;
+            let draw = |m: i64, r: u64| ((r % (2 * m as u64 + 1)) as i64 - m) as i32;
+            let x: Vec<i32> = (0..len).map(|_| draw(mx, next())).collect();
+            let w: Vec<i32> = (0..period).map(|_| draw(mw, next())).collect();
+            let o = Operand {
+                value: 0,
+                inner: 1,
+                period,
+            };
+            let want: Vec<i64> = x
+                .iter()
+                .enumerate()
+                .map(|(j, &v)| shift.apply(v as i64 * w[(start + j) % period] as i64))
+                .collect();
+            let mut got = x.clone();
+            if !std::arch::is_x86_feature_detected!("avx2") {
+                // the lanes need AVX2; the loop in i64 serves elsewhere
+                assert!(!mul_pair_runs(&mut got, start, &w, o, shift) && got == x);
+                continue;
+            }
+            // SAFETY: AVX2 is present (checked just above)
+            if unsafe { pair_runs(&mut got, start, &w, o, shift) } {
+                let got: Vec<i64> = got.iter().map(|&v| v as i64).collect();
+                assert_eq!(got, want, "case {case}: right {right}");
+                taken += 1;
+            } else {
+                assert_eq!(got, x, "declined, nothing written");
+                // only where the magnitudes allow a result past i32
+                let m = (mx as u64 * mw as u64 + shift.half as u64) >> right;
+                assert!(m > i32::MAX as u64, "case {case}");
+            }
+        }
+        if std::arch::is_x86_feature_detected!("avx2") {
+            assert!(taken > 500, "{taken}");
         }
     }
 
