@@ -1889,6 +1889,32 @@ crate::multiversion! {
 crate::multiversion! {
     fn add_shift_i64(dst: &mut [i32], acc: &[i64], add: i64, right: u32, left: u32) -> (i64, i64) = add_shift_body::<i64>
 }
+crate::multiversion! {
+    fn add_shift_rows_i32(dst: &mut [i32], acc: &[i32], rows: (usize, usize), add: i64, right: u32, left: u32) -> (i64, i64) = add_shift_rows_body::<i32>
+}
+crate::multiversion! {
+    fn add_shift_rows_i64(dst: &mut [i32], acc: &[i64], rows: (usize, usize), add: i64, right: u32, left: u32) -> (i64, i64) = add_shift_rows_body::<i64>
+}
+
+/// [`add_shift_body`] over the rows of `dst` (`w` elements each), read from `acc` rows `stride` apart
+/// (`rows = (w, stride)`): one call for a plane whose accumulator rows are padded.
+#[inline(always)]
+fn add_shift_rows_body<T: Copy + Into<i64>>(
+    dst: &mut [i32],
+    acc: &[T],
+    (w, stride): (usize, usize),
+    add: i64,
+    right: u32,
+    left: u32,
+) -> (i64, i64) {
+    let (mut lo, mut hi) = (0i64, 0i64);
+    for (r, d) in dst.chunks_mut(w.max(1)).enumerate() {
+        let (l, h) = add_shift_body(d, &acc[r * stride..r * stride + d.len()], add, right, left);
+        lo = lo.min(l);
+        hi = hi.max(h);
+    }
+    (lo, hi)
+}
 
 /// `x` in the row-major order of labels `order`: borrowed when its layout already is that order's
 /// (axes of one element aside, no broadcast axis), else packed.
@@ -3642,17 +3668,47 @@ crate::multiversion! {
     fn add_shift_in_place(row: &mut [i32], add: i64, right: u32, left: u32) -> (i64, i64) = add_shift_in_place_body
 }
 
-/// An accumulator type with its multiversioned row loop.
+/// An accumulator type with its multiversioned row loops.
 pub(crate) trait RowAcc: Copy + Into<i64> {
     const ADD_SHIFT: AddShift<Self>;
+    const ADD_SHIFT_ROWS: AddShiftRows<Self>;
 }
+
+/// One of the multiversioned `add_shift_rows_*` loops.
+type AddShiftRows<T> = fn(&mut [i32], &[T], (usize, usize), i64, u32, u32) -> (i64, i64);
 
 impl RowAcc for i32 {
     const ADD_SHIFT: AddShift<i32> = add_shift_i32;
+    const ADD_SHIFT_ROWS: AddShiftRows<i32> = add_shift_rows_i32;
 }
 
 impl RowAcc for i64 {
     const ADD_SHIFT: AddShift<i64> = add_shift_i64;
+    const ADD_SHIFT_ROWS: AddShiftRows<i64> = add_shift_rows_i64;
+}
+
+/// [`requantize_row`] over the rows of `dst` (`w` elements each), read from `acc` rows `stride` apart
+/// (`rows = (w, stride)`), with one range check for all of them.
+fn requantize_rows<T: RowAcc>(
+    dst: &mut [i32],
+    acc: &[T],
+    (w, stride): (usize, usize),
+    bias: i128,
+    shift: i32,
+) -> Result<(), ExecError> {
+    let fast = i64::try_from(bias)
+        .ok()
+        .filter(|bv| bv.unsigned_abs() < 1 << 62)
+        .zip(Shift::new(shift).filter(|_| shift < 62));
+    if let Some((bv, sh)) = fast {
+        // |acc| < 2^48, so acc + bias cannot leave i64 (as in `requantize_row`)
+        let (lo, hi) = T::ADD_SHIFT_ROWS(dst, acc, (w, stride), bv + sh.half, sh.right, sh.left);
+        return check_row(lo, hi, sh.left);
+    }
+    for (r, d) in dst.chunks_mut(w.max(1)).enumerate() {
+        requantize_row(d, &acc[r * stride..r * stride + d.len()], bias, shift)?;
+    }
+    Ok(())
 }
 
 /// Bytes of packed activations per panel of [`conv2d_panels`] (the panel stays in the L2 cache while
@@ -3709,10 +3765,12 @@ fn conv2d_panels(
     let add = if offset { 128 } else { 0 };
     let tokens = crate::cancel::current();
     for b in 0..s.x[0] {
+        // every group's planes padded at once; group g's windows start `g · plane` further
+        let (image, starts, wp, plane) = padded_bytes(s, x, b, add);
         for (g, qw) in qw.iter().enumerate() {
-            let (image, starts, wp) = padded_bytes(s, x, b, g, add);
+            let group = g * plane;
             // every window of every output row lies in the image (`padded_bytes` sizes it so)
-            debug_assert!(starts.iter().all(|&s0| s0 + oh * wp <= image.len()));
+            debug_assert!(starts.iter().all(|&s0| group + s0 + oh * wp <= image.len()));
             // output rows per panel (at least one panel per thread), and per part (whole panels)
             let rows = panel_rows(kk, wp, oh, threads);
             let panels = oh.div_ceil(rows);
@@ -3740,7 +3798,7 @@ fn conv2d_panels(
                 for oy0 in (y0..y1).step_by(rows) {
                     let oy1 = (oy0 + rows).min(y1);
                     for (a, &s0) in at.iter_mut().zip(&starts) {
-                        *a = s0 + oy0 * wp;
+                        *a = group + s0 + oy0 * wp;
                     }
                     let cols = PackedB::rows_of(&image, &at, (oy1 - oy0) * wp, offset).expect(
                         "the windows lie in the image and the caller checked the reduction",
@@ -3761,15 +3819,14 @@ fn conv2d_panels(
                     for (o, seg) in segs.iter_mut().enumerate() {
                         let bv = bias.map_or(0i128, |(d, sh)| (d[g * og + o] as i128) << sh);
                         let dst = &mut seg[(oy0 - y0) * ow..(oy1 - y0) * ow];
-                        for (r, d) in dst.chunks_mut(ow.max(1)).enumerate() {
-                            let from = o * ldc + r * wp;
-                            let done = match &wide {
-                                Some(c) => requantize_row(d, &c[from..from + ow], bv, shift),
-                                None => requantize_row(d, &acc[from..from + ow], bv, shift),
-                            };
-                            if let Err(e) = done {
-                                return err.set(e);
-                            }
+                        // the channel's output rows, `wp` apart in its sums
+                        let from = o * ldc;
+                        let done = match &wide {
+                            Some(c) => requantize_rows(dst, &c[from..], (ow, wp), bv, shift),
+                            None => requantize_rows(dst, &acc[from..], (ow, wp), bv, shift),
+                        };
+                        if let Err(e) = done {
+                            return err.set(e);
                         }
                         if let Some(h) = hook {
                             h(first + o * p + oy0 * ow, dst);
@@ -3791,33 +3848,33 @@ fn conv2d_panels(
                     }
                 });
             }
-            crate::buffers::give(image);
             err.into_result()?;
         }
+        crate::buffers::give(image);
     }
     Ok(())
 }
 
-/// The input planes of batch `b`, group `g` of a stride-1 convolution as the bytes `v + add`, each
-/// zero-padded (the byte `add`) to `hp × wp` and stored one after another, followed by the few bytes the
-/// last window reads past them; with where each patch row `(ci, ky, kx)` starts and `wp`. Read from its
-/// start, patch row `r` holds at column `oy·wp + ox` the input that output `(oy, ox)` multiplies by tap
-/// `r`, for every `ox < ow` (the other columns are no outputs).
+/// The input planes of batch `b` of a stride-1 convolution as the bytes `v + add`, each zero-padded
+/// (the byte `add`) to `hp × wp` and stored one after another, followed by the few bytes the last
+/// window reads past them; with where each patch row `(ci, ky, kx)` of the first group starts, `wp`,
+/// and the bytes of a group's planes (group `g`'s rows start `g` times that further). Read from its
+/// start, patch row `r` holds at column `oy·wp + ox` the input that output `(oy, ox)` multiplies by
+/// tap `r`, for every `ox < ow` (the other columns are no outputs).
 fn padded_bytes(
     s: &ConvSpec<'_>,
     x: &[i32],
     b: usize,
-    g: usize,
     add: i32,
-) -> (Vec<u8>, Vec<usize>, usize) {
+) -> (Vec<u8>, Vec<usize>, usize, usize) {
     let (c, h, wd) = (s.x[1], s.x[2], s.x[3]);
     let (cg, kh, kw) = (s.w[1], s.w[2], s.w[3]);
     let [pt, pl, pb, pr] = s.window.pads.map(|v| v as usize);
     let [dy, dx] = s.window.dilation.map(|v| v as usize);
     let (hp, wp) = (h + pt + pb, wd + pl + pr);
-    let mut image = crate::buffers::take(cg * hp * wp + (kw - 1) * dx, add as u8);
-    for ci in 0..cg {
-        let plane = &x[(b * c + g * cg + ci) * h * wd..][..h * wd];
+    let mut image = crate::buffers::take(c * hp * wp + (kw - 1) * dx, add as u8);
+    for ci in 0..c {
+        let plane = &x[(b * c + ci) * h * wd..][..h * wd];
         let padded = &mut image[ci * hp * wp..(ci + 1) * hp * wp];
         for (src, dst) in plane
             .chunks_exact(wd.max(1))
@@ -3832,7 +3889,7 @@ fn padded_bytes(
             ci * hp * wp + (t / kw) * dy * wp + (t % kw) * dx
         })
         .collect();
-    (image, starts, wp)
+    (image, starts, wp, cg * hp * wp)
 }
 
 crate::multiversion! {

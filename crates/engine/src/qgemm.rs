@@ -546,7 +546,14 @@ pub struct PackedA {
     offset: bool,
     /// Weights: `Σ_k A[i][k]` per row, for an offset on the other side.
     rowsum: Vec<i32>,
+    /// Weights of at most [`TILED_MAX`] values: the AVX2 kernel's `i16` tiles of every row, widened
+    /// on first use and kept ([`PackedA::tiled`]).
+    tiles: std::sync::OnceLock<Vec<i16>>,
 }
+
+/// Most weights whose AVX2 tiles a [`PackedA`] keeps (2 MiB of them): widening costs a pass over the
+/// weights per product, which a product over few columns (a grouped or late convolution) feels.
+const TILED_MAX: usize = 1 << 20;
 
 /// A packing's bytes go back to the running executor's pool (see [`crate::buffers`]).
 impl Drop for PackedA {
@@ -613,6 +620,28 @@ impl PackedA {
         }
     }
 
+    /// Whole 8-bit weights' AVX2 tiles ([`widen_tiles`] of all rows, from row 0, by blocks of
+    /// [`KCQ2`] quads: the block from quad `q0` at `4·q0·m`, in it the tile from row `i` at `i·qn·4`),
+    /// widened on first use; `None` for activations, or weights of more than [`TILED_MAX`] values.
+    #[cfg(target_arch = "x86_64")]
+    fn tiled(&self) -> Option<&[i16]> {
+        if !self.weights || self.m * self.kq * 4 > TILED_MAX {
+            return None;
+        }
+        let t = self.tiles.get_or_init(|| {
+            let mut t = vec![0i16; self.m * self.kq * 4];
+            for q0 in (0..self.kq).step_by(KCQ2) {
+                let qn = KCQ2.min(self.kq - q0);
+                let block = &mut t[4 * q0 * self.m..4 * (q0 + qn) * self.m];
+                let me = Parts { hi: self, lo: None };
+                // SAFETY: only the AVX2 kernel asks for the tiles, on a CPU that has AVX2
+                unsafe { widen_tiles(me, Widen::Signed, 0, self.m, q0, qn, block) };
+            }
+            t
+        });
+        Some(t)
+    }
+
     /// `m×k` zeros (values 0) to be filled row by row with [`PackedA::row_mut`] and [`PackedA::encode`].
     /// `None` if `k` exceeds [`MAX_K`].
     fn zeros(m: usize, k: usize, offset: bool) -> Option<PackedA> {
@@ -628,6 +657,7 @@ impl PackedA {
             weights: false,
             offset,
             rowsum: Vec::new(),
+            tiles: std::sync::OnceLock::new(),
         })
     }
 
@@ -948,9 +978,21 @@ fn gemm_rows_avx2(
                     return;
                 }
                 let mrows = MC2.min(rows - m0);
-                let aw = &mut aw[..mrows * qn * 4];
-                // SAFETY: as above
-                unsafe { widen_tiles(pa, ma, r0 + m0, mrows, q0, qn, aw) };
+                // all rows of whole weights in blocks of KCQ2: their kept tiles (the same tiles,
+                // from the same rows), else widened here
+                let kept = match (pa.lo, &sums) {
+                    (None, Sums::Narrow(_)) if r0 == 0 && rows == pa.hi.m => pa.hi.tiled(),
+                    _ => None,
+                };
+                let aw: &[i16] = match kept {
+                    Some(t) => &t[4 * q0 * pa.hi.m + m0 * qn * 4..][..mrows * qn * 4],
+                    None => {
+                        let aw = &mut aw[..mrows * qn * 4];
+                        // SAFETY: as above
+                        unsafe { widen_tiles(pa, ma, r0 + m0, mrows, q0, qn, aw) };
+                        aw
+                    }
+                };
                 for blk in 0..nb {
                     let bq = &bw[blk * qn * NR * 4..(blk + 1) * qn * NR * 4];
                     let mut i = 0;
@@ -1713,7 +1755,9 @@ mod tests {
             (0..len).map(|i| (i * mul % 256) as i32 + lo).collect()
         };
         let (m, k, n) = (201, 1029, 99);
-        for threads in [2, 3] {
+        // (one thread too: with the weights on the left, all their rows in one part, the AVX2
+        // kernel reads their kept tiles, across several blocks of rows and of the reduction)
+        for threads in [1, 2, 3] {
             // activations on the row side, weights on the column side, then the other way round
             check(
                 &gen(m * k, 104729, 0),
