@@ -794,14 +794,7 @@ unsafe fn composed_run_avx2(x: &mut [i32], w: i32, c: ComposedClamp) -> (i32, i3
         mx = _mm256_max_epi32(mx, v);
         let even = _mm256_add_epi64(_mm256_mul_epi32(v, wv), half);
         let odd = _mm256_add_epi64(_mm256_mul_epi32(_mm256_srli_epi64::<32>(v), wv), half);
-        let r = if high {
-            // even products' high words down into the even lanes, the odd ones' stay in the odd
-            let words = _mm256_blend_epi32::<0b1010_1010>(_mm256_srli_epi64::<32>(even), odd);
-            _mm256_sra_epi32(words, count)
-        } else {
-            let (e, o) = (_mm256_srl_epi64(even, count), _mm256_srl_epi64(odd, count));
-            _mm256_blend_epi32::<0b1010_1010>(e, _mm256_slli_epi64::<32>(o))
-        };
+        let r = join_shifted(even, odd, high, count);
         _mm256_storeu_si256(p, _mm256_min_epi32(_mm256_max_epi32(r, lo), hi));
     }
     let (l, h) = composed_run_scalar(chunks.into_remainder(), w, c);
@@ -890,18 +883,38 @@ unsafe fn mul_pairs_avx2(x: &mut [i32], w: &[i32], shift: Shift) {
             _mm256_mul_epi32(_mm256_srli_epi64::<32>(v), _mm256_srli_epi64::<32>(wv)),
             half,
         );
-        let r = if high {
-            let words = _mm256_blend_epi32::<0b1010_1010>(_mm256_srli_epi64::<32>(even), odd);
-            _mm256_sra_epi32(words, count)
-        } else {
-            let (e, o) = (_mm256_srl_epi64(even, count), _mm256_srl_epi64(odd, count));
-            _mm256_blend_epi32::<0b1010_1010>(e, _mm256_slli_epi64::<32>(o))
-        };
-        _mm256_storeu_si256(p, r);
+        _mm256_storeu_si256(p, join_shifted(even, odd, high, count));
         k += 8;
     }
     for (v, &m) in chunks.into_remainder().iter_mut().zip(&w[k..]) {
         *v = ((*v as i64 * m as i64 + shift.half) >> shift.right) as i32;
+    }
+}
+
+/// The even and odd lanes' 64-bit sums (`even`, and `odd` from the odd lanes) shifted right and joined
+/// back into 8 `i32` lanes: a shift of 32 or more (`high`; `count` the rest) takes their high words
+/// into one register and shifts those arithmetically; a shorter one shifts each 64-bit sum logically
+/// and takes the low words — the arithmetic shift's low words wherever the results fit `i32`.
+///
+/// # Safety
+/// The CPU must support AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn join_shifted(
+    even: std::arch::x86_64::__m256i,
+    odd: std::arch::x86_64::__m256i,
+    high: bool,
+    count: std::arch::x86_64::__m128i,
+) -> std::arch::x86_64::__m256i {
+    use std::arch::x86_64::*;
+    if high {
+        // even sums' high words down into the even lanes, the odd ones' stay in the odd
+        let words = _mm256_blend_epi32::<0b1010_1010>(_mm256_srli_epi64::<32>(even), odd);
+        _mm256_sra_epi32(words, count)
+    } else {
+        let (e, o) = (_mm256_srl_epi64(even, count), _mm256_srl_epi64(odd, count));
+        _mm256_blend_epi32::<0b1010_1010>(e, _mm256_slli_epi64::<32>(o))
     }
 }
 
