@@ -9,7 +9,8 @@
 //! operand do not hurt alike (an activation's rounding is independent from position to position and later
 //! pooling averages it away; a weight's error is the same everywhere), so the models with every weight,
 //! then every activation, at 16 bits are measured first and each kind's figures are scaled to the share
-//! of the error it removed. The operands are ranked by the scaled figures; while the error is above the
+//! of the error it removed. The operands are ranked by the scaled figures (a kind whose widening alone
+//! removed nothing, drowned by the other's noise, after the rest by its raw figures); while the error is above the
 //! target, the first 1, 2, 4, … of them get 16 bits; once a count meets it, a bisection between the last
 //! two counts finds the smallest count that does. When none meets it, the model with the smallest error
 //! measured is kept. Everything is deterministic: the ranking breaks ties by node, and the canonical
@@ -90,6 +91,32 @@ fn error(
         .fold(0.0, f64::max))
 }
 
+/// The operands in the order the search widens them: by their share of the error (noise figure ×
+/// their kind's scale `kw` or `ka`), largest first (ties: graph order, weights first); then the
+/// operands of a kind whose widening alone removed none of the error (scale 0: the other kind's noise
+/// drowned it, as the activations' do a ViT's weights), by their own noise figures — once the other
+/// kind is widened they are what remains. Operands without noise are left out.
+fn rank(narrowed: &[Narrowed], kw: f64, ka: f64) -> Vec<(usize, Operand)> {
+    // (after the others, figure, node, operand)
+    let mut ranked: Vec<(bool, f64, usize, Operand)> = Vec::new();
+    let scaled = |noise: f64, k: f64| (k == 0.0, if k > 0.0 { noise * k } else { noise });
+    for n in narrowed {
+        let (later, f) = scaled(n.weight_noise, kw);
+        ranked.push((later, f, n.node, Operand::Weights));
+        if let Some(a) = n.act_noise {
+            let (later, f) = scaled(a, ka);
+            ranked.push((later, f, n.node, Operand::Activations));
+        }
+    }
+    ranked.retain(|r| r.1 > 0.0);
+    ranked.sort_by(|x, y| {
+        x.0.cmp(&y.0)
+            .then(y.1.total_cmp(&x.1))
+            .then((x.2, x.3).cmp(&(y.2, y.3)))
+    });
+    ranked.into_iter().map(|r| (r.2, r.3)).collect()
+}
+
 /// Lower `base` (the 32-bit model of [`crate::quantize::lower`]) with 16-bit operands where the
 /// calibration samples show accuracy needs them (module doc), for an error of at most `target`.
 pub fn choose(
@@ -164,17 +191,8 @@ pub fn choose(
             if sum_w > 0.0 { share[0] / sum_w } else { 0.0 },
             if sum_a > 0.0 { share[1] / sum_a } else { 0.0 },
         );
-        // the operands by their share of the error, largest first (ties: graph order, weights first)
-        let mut ranked: Vec<(f64, usize, Operand)> = Vec::new();
-        for n in &narrowed {
-            ranked.push((n.weight_noise * kw, n.node, Operand::Weights));
-            if let Some(a) = n.act_noise {
-                ranked.push((a * ka, n.node, Operand::Activations));
-            }
-        }
-        ranked.retain(|r| r.0 > 0.0);
-        ranked.sort_by(|x, y| y.0.total_cmp(&x.0).then((x.1, x.2).cmp(&(y.1, y.2))));
-        let plan_of = |count: usize| widened(int8, ranked[..count].iter().map(|r| (r.1, r.2)));
+        let ranked = rank(&narrowed, kw, ka);
+        let plan_of = |count: usize| widened(int8, ranked[..count].iter().copied());
         // doubling: the first 1, 2, 4, … operands, then all of them; then a bisection between the
         // last count that missed the target and the first that met it
         let (mut missed, mut met) = (0usize, None);
@@ -238,4 +256,51 @@ pub fn choose(
             wide,
         },
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn n(node: usize, w: f64, a: Option<f64>) -> Narrowed {
+        Narrowed {
+            node,
+            weight_noise: w,
+            act_noise: a,
+        }
+    }
+
+    /// Operands rank by their scaled figures; a kind whose share was zero follows the other by its own
+    /// figures (it is not dropped: a ViT at all-16-bit activations still misses 1% until its weights
+    /// widen too); operands without noise are left out; ties go to graph order, weights first.
+    #[test]
+    fn a_kind_that_removed_nothing_alone_ranks_after_the_other() {
+        let ns = [
+            n(0, 3.0, Some(1.0)),
+            n(1, 1.0, Some(4.0)),
+            n(2, 2.0, None),
+            n(3, 0.0, Some(1.0)),
+        ];
+        use Operand::{Activations as A, Weights as W};
+        // both kinds counted: by figure × scale, ties by node then weights first
+        assert_eq!(
+            rank(&ns, 1.0, 1.0),
+            vec![(1, A), (0, W), (2, W), (0, A), (1, W), (3, A)]
+        );
+        assert_eq!(
+            rank(&ns, 2.0, 0.5),
+            vec![(0, W), (2, W), (1, W), (1, A), (0, A), (3, A)]
+        );
+        // the weights removed nothing alone: every activation first, then the weights by their own
+        // figures (the one without noise left out)
+        assert_eq!(
+            rank(&ns, 0.0, 1.0),
+            vec![(1, A), (0, A), (3, A), (0, W), (2, W), (1, W)]
+        );
+        // and the other way round
+        assert_eq!(
+            rank(&ns, 1.0, 0.0),
+            vec![(0, W), (2, W), (1, W), (1, A), (0, A), (3, A)]
+        );
+    }
 }

@@ -276,6 +276,18 @@ fn bench_qgemm(c: &mut Criterion) {
         |b| b.iter(|| black_box(exec.run(vec![x.clone()]).unwrap())),
     );
 
+    // the same convolution on 16-bit inputs (a `w8a16` layer): on AVX2 the 16-bit side multiplied as
+    // it is, with VNNI as two 8-bit halves (the output rescaled so its sums fit `i32`)
+    let mut wide = m.clone();
+    wide.nodes[0].scale = -8;
+    wide.validate().expect("valid bench model");
+    let x16: Vec<i32> = values(64 * 56 * 56, 9, 32767);
+    let exec = Executor::new(&wide, Mode::Fast { threads: 1 });
+    c.bench_function(
+        "kernels::conv2d/c=64,o=64,hw=56,k=3,bits=16x8,exec=fast",
+        |b| b.iter(|| black_box(exec.run(vec![x16.clone()]).unwrap())),
+    );
+
     // a depthwise 3×3 convolution on 8-bit values (MobileNet-v2's 144-channel stage), the same on small
     // planes (its 960-channel stage: sixteen channels per register), and a dilated 5×5 one (LR-ASPP
     // MobileNet-v3's last stage: pairs of taps down a column)
