@@ -546,14 +546,17 @@ pub struct PackedA {
     offset: bool,
     /// Weights: `Σ_k A[i][k]` per row, for an offset on the other side.
     rowsum: Vec<i32>,
-    /// Weights of at most [`TILED_MAX`] values: the AVX2 kernel's `i16` tiles of every row, widened
-    /// on first use and kept ([`PackedA::tiled`]).
+    /// Weights of at most [`TILED_MAX`] values multiplied by at most [`TILED_COLS`] columns: the AVX2
+    /// kernel's `i16` tiles of every row, widened on first use and kept ([`PackedA::tiled`]).
     tiles: std::sync::OnceLock<Vec<i16>>,
 }
 
 /// Most weights whose AVX2 tiles a [`PackedA`] keeps (2 MiB of them): widening costs a pass over the
 /// weights per product, which a product over few columns (a grouped or late convolution) feels.
 const TILED_MAX: usize = 1 << 20;
+/// Most columns of a product that reads (and so keeps) the tiles: over more, widening the weights
+/// costs little beside the product and keeping them would only hold memory.
+const TILED_COLS: usize = 64;
 
 /// A packing's bytes go back to the running executor's pool (see [`crate::buffers`]).
 impl Drop for PackedA {
@@ -981,7 +984,9 @@ fn gemm_rows_avx2(
                 // all rows of whole weights in blocks of KCQ2: their kept tiles (the same tiles,
                 // from the same rows), else widened here
                 let kept = match (pa.lo, &sums) {
-                    (None, Sums::Narrow(_)) if r0 == 0 && rows == pa.hi.m => pa.hi.tiled(),
+                    (None, Sums::Narrow(_)) if r0 == 0 && rows == pa.hi.m && ldc <= TILED_COLS => {
+                        pa.hi.tiled()
+                    }
                     _ => None,
                 };
                 let aw: &[i16] = match kept {
@@ -1755,8 +1760,19 @@ mod tests {
             (0..len).map(|i| (i * mul % 256) as i32 + lo).collect()
         };
         let (m, k, n) = (201, 1029, 99);
-        // (one thread too: with the weights on the left, all their rows in one part, the AVX2
-        // kernel reads their kept tiles, across several blocks of rows and of the reduction)
+        // one thread, the weights on the left and few columns: the AVX2 kernel reads the weights'
+        // kept tiles, across several blocks of rows and of the reduction (twice: kept, then read)
+        let few = TILED_COLS - 3;
+        for _ in 0..2 {
+            check_swapped(
+                &gen(n * k, 7919, -128),
+                &gen(k * few, 104729, -128),
+                n,
+                k,
+                few,
+                1,
+            );
+        }
         for threads in [1, 2, 3] {
             // activations on the row side, weights on the column side, then the other way round
             check(
