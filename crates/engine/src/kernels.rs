@@ -2006,11 +2006,12 @@ fn joined_parts(
 ) -> (Vec<i64>, usize) {
     let ldc = x.ldc();
     let acts = Parts { hi: x, lo: low };
-    let mut c = crate::buffers::take_overwritten(rows * ldc);
-    if qgemm::product_joined(w.as_ref(), acts, r0, &mut c, level, tokens) {
+    if qgemm::joins(&w.as_ref(), &acts, level) {
+        // (every element written)
+        let mut c = crate::buffers::take_overwritten(rows * ldc);
+        qgemm::product_joined(w.as_ref(), acts, r0, &mut c, level, tokens);
         return (c, ldc);
     }
-    crate::buffers::give(c);
     let mut c = sums_buffer(rows * n);
     join_parts(&mut c, w, &acts, (rows, n), |wp, xp| {
         let mut acc = crate::buffers::take(rows * ldc, 0i32);

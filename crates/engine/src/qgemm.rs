@@ -1284,7 +1284,7 @@ unsafe fn avx2<const R: usize>(a: &[i16], b: &[i16], pairs: usize, out: Out<'_, 
 
 /// Whether [`gemm_joined`] runs `a · b`: on AVX2, one side the weights, the other the activations, at
 /// least one of them in two parts, every part of a side shaped alike.
-fn joins(a: &Parts<&PackedA>, b: &Parts<&PackedB>, level: Level) -> bool {
+pub(crate) fn joins(a: &Parts<&PackedA>, b: &Parts<&PackedB>, level: Level) -> bool {
     let alike_a = a.lo.is_none_or(|l| l.m == a.hi.m && l.kq == a.hi.kq);
     let alike_b =
         b.lo.is_none_or(|l| l.kq == b.hi.kq && l.ldc() == b.hi.ldc());
