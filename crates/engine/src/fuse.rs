@@ -813,16 +813,19 @@ unsafe fn composed_run_avx2(x: &mut [i32], w: i32, c: ComposedClamp) -> (i32, i3
 /// below its negation); `false`, with nothing written, where it does not apply.
 #[inline(always)]
 fn mul_pair_runs(x: &mut [i32], start: usize, other: &[i32], o: Operand, shift: Shift) -> bool {
-    // SAFETY: AVX2 or AVX-512 is present and allowed (`Isa::detect`)
-    cfg!(target_arch = "x86_64")
-        && crate::simd::Isa::detect() != crate::simd::Isa::Base
-        && unsafe { pair_runs(x, start, other, o, shift) }
+    #[cfg(target_arch = "x86_64")]
+    if crate::simd::Isa::detect() != crate::simd::Isa::Base {
+        // SAFETY: AVX2 or AVX-512 is present and allowed (`Isa::detect`)
+        return unsafe { pair_runs(x, start, other, o, shift) };
+    }
+    false
 }
 
 /// [`mul_pair_runs`] on a CPU known to have AVX2.
 ///
 /// # Safety
 /// The CPU must support AVX2.
+#[cfg(target_arch = "x86_64")]
 #[inline(always)]
 unsafe fn pair_runs(x: &mut [i32], start: usize, other: &[i32], o: Operand, shift: Shift) -> bool {
     if o.inner != 1 || shift.left != 0 || o.period == 0 {
@@ -849,7 +852,6 @@ unsafe fn pair_runs(x: &mut [i32], start: usize, other: &[i32], o: Operand, shif
     while j < n {
         let (at, run) = run_at(j);
         // SAFETY: the CPU has AVX2 (the caller's contract)
-        #[cfg(target_arch = "x86_64")]
         mul_pairs_avx2(&mut x[j..j + run], &other[at..at + run], shift);
         j += run;
     }
@@ -1325,6 +1327,7 @@ mod tests {
     /// 32, both signs, every tail length, operands restarting mid-block); where a result could leave
     /// `i32` the fast form declines and writes nothing.
     #[test]
+    #[cfg(target_arch = "x86_64")]
     fn element_wise_products_in_lanes_equal_the_definition() {
         let mut next = crate::kernels::tests::xorshift(0x2545_f491_4f6c_dd1d);
         let mut taken = 0;

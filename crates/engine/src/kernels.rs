@@ -3496,6 +3496,16 @@ where
     Ok(())
 }
 
+/// A requantization's bias and shift in the form the multiversioned row loops take, if they have it: a
+/// bias of magnitude below `2^62` (with `|acc| < 2^48`, `acc + bias` stays inside `i64`) and a
+/// rounding shift below 62.
+fn row_form(bias: i128, shift: i32) -> Option<(i64, Shift)> {
+    let bv = i64::try_from(bias)
+        .ok()
+        .filter(|bv| bv.unsigned_abs() < 1 << 62)?;
+    Some((bv, Shift::new(shift).filter(|_| shift < 62)?))
+}
+
 /// `dst[j] = fit(rshift(acc[j] + bias, shift))`, in `i64` when that is exact (`|acc| < 2^48`: 8-bit
 /// products, or 16-bit ones joined from their halves; or `|acc| < 2^62` with no bias).
 pub(crate) fn requantize_row<T: RowAcc>(
@@ -3504,12 +3514,12 @@ pub(crate) fn requantize_row<T: RowAcc>(
     bias: i128,
     shift: i32,
 ) -> Result<(), ExecError> {
+    if let Some((bv, sh)) = row_form(bias, shift) {
+        return shift_row(dst, acc, bv, sh, T::ADD_SHIFT);
+    }
     match i64::try_from(bias) {
         // |acc| < 2^48, so acc + bias cannot leave i64
         Ok(bv) if bv.unsigned_abs() < 1 << 62 => {
-            if let Some(sh) = Shift::new(shift).filter(|_| shift < 62) {
-                return shift_row(dst, acc, bv, sh, T::ADD_SHIFT);
-            }
             for (d, &a) in dst.iter_mut().zip(acc) {
                 *d = requantize(a.into() + bv, shift)?;
             }
@@ -3697,12 +3707,7 @@ fn requantize_rows<T: RowAcc>(
     bias: i128,
     shift: i32,
 ) -> Result<(), ExecError> {
-    let fast = i64::try_from(bias)
-        .ok()
-        .filter(|bv| bv.unsigned_abs() < 1 << 62)
-        .zip(Shift::new(shift).filter(|_| shift < 62));
-    if let Some((bv, sh)) = fast {
-        // |acc| < 2^48, so acc + bias cannot leave i64 (as in `requantize_row`)
+    if let Some((bv, sh)) = row_form(bias, shift) {
         let (lo, hi) = T::ADD_SHIFT_ROWS(dst, acc, (w, stride), bv + sh.half, sh.right, sh.left);
         return check_row(lo, hi, sh.left);
     }

@@ -871,7 +871,8 @@ enum Widen {
 }
 
 impl Widen {
-    /// How a side given as `p` widens: split sides as one 16-bit value, whole ones byte by byte.
+    /// How a side of weights (or activations) widens: split into two parts, as one 16-bit value;
+    /// whole, byte by byte.
     fn of(weights: bool, split: bool) -> Widen {
         match (weights, split) {
             (true, true) => Widen::Weight16,
@@ -1352,37 +1353,36 @@ pub(crate) fn product_joined(
         (true, false) => 32768,
         _ => 0,
     };
-    let joined = |sums: Vec<&[i32]>, at: usize| -> i64 {
-        let sh = if sums.len() == 2 { 8 } else { 0 };
-        ((sums[0][at] as i64) << sh) + sums.get(1).map_or(0, |s| s[at] as i64)
-    };
+    if a.hi.kq == 0 {
+        // no block of the reduction: every sum (and the weights' sums) is zero
+        c.fill(0);
+        return true;
+    }
     let rows = c.len() / ldc;
     let starts: Vec<i64> = if a.hi.weights {
-        let sums: Vec<&[i32]> = a.each().map(|(p, _)| &p.rowsum[..]).collect();
         (r0..r0 + rows)
-            .map(|i| delta * joined(sums.clone(), i))
+            .map(|i| {
+                delta
+                    * a.each()
+                        .map(|(p, sh)| (p.rowsum[i] as i64) << sh)
+                        .sum::<i64>()
+            })
             .collect()
     } else {
-        let sums: Vec<&[i32]> = b.each().map(|(p, _)| &p.colsum[..]).collect();
-        (0..ldc).map(|j| delta * joined(sums.clone(), j)).collect()
+        (0..ldc)
+            .map(|j| {
+                delta
+                    * b.each()
+                        .map(|(p, sh)| (p.colsum[j] as i64) << sh)
+                        .sum::<i64>()
+            })
+            .collect()
     };
     let starts = if a.hi.weights {
         Starts::Rows(&starts)
     } else {
         Starts::Cols(&starts)
     };
-    if a.hi.kq == 0 {
-        // no block of the reduction: the sums are their starting values
-        for (i, row) in c.chunks_exact_mut(ldc).enumerate() {
-            for (j, v) in row.iter_mut().enumerate() {
-                *v = match starts {
-                    Starts::Rows(s) => s[i],
-                    Starts::Cols(s) => s[j],
-                };
-            }
-        }
-        return true;
-    }
     #[cfg(target_arch = "x86_64")]
     gemm_rows_avx2(a, b, r0, Sums::Wide(c, starts), tokens);
     true
