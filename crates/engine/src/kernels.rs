@@ -2127,8 +2127,8 @@ fn conv2d_narrow(
     let direct = kh == 1 && kw == 1 && s.window.stride == [1, 1] && s.window.pads == [0; 4];
     // the patches of 8-bit inputs as their stored bytes (a quarter of the traffic of `i32` ones)
     let bytes = !direct && !split;
-    // with stride 1, read in place from a padded byte image, panel by panel
-    if bytes && s.window.stride == [1, 1] && panels_suit(s, th) {
+    // read in place from a padded byte image (split by stride phase), panel by panel
+    if bytes && panels_suit(s, th) {
         // every output row of every plane is requantized into below
         let mut out = crate::buffers::take_overwritten(n * o_ch * p);
         let done = conv2d_panels(s, x, qw, bias, shift, (offset, level, th), hook, &mut out);
@@ -3727,28 +3727,31 @@ fn panel_rows(kk: usize, wp: usize, oh: usize, threads: usize) -> usize {
     (PANEL_BYTES / (kk * wp).max(1)).clamp(1, oh.div_ceil(threads.max(1)).max(1))
 }
 
-/// Whether [`conv2d_panels`] suits a stride-1 convolution: its products run over the padded image's
-/// whole rows (`ow + pad_l + pad_r` columns, each panel rounded up to whole blocks of 16), which a
-/// patch matrix of the `ow` output columns does not. Panels save gathering the patches; they are
+/// Whether [`conv2d_panels`] suits a convolution: its products run over whole rows of the padded
+/// image's stride phases (`⌈(iw + pad_l + pad_r) / sx⌉` columns, each panel rounded up to whole blocks
+/// of 16), which a patch matrix of the `ow` output columns does not. Panels save gathering the
+/// patches (at stride 2, a 3×3 convolution from 14×14 to 7×7: 8 columns a row for 7); they are
 /// chosen while their columns exceed the patch matrix's by at most a quarter (a 3×3 convolution
 /// over a 56×56 map: 12%; a dilated one over a map barely wider than its padding — 14 columns and
 /// 24 of padding — would multiply three times the columns).
 fn panels_suit(s: &ConvSpec<'_>, threads: usize) -> bool {
     let (oh, ow) = (s.out[2], s.out[3]);
+    // the columns of a row of the padded image's stride phases (`padded_bytes`)
     let wp = s.x[3] + (s.window.pads[1] + s.window.pads[3]) as usize;
+    let wq = wp.div_ceil(s.window.stride[1].max(1) as usize);
     let kk = s.w[1] * s.w[2] * s.w[3];
-    let rows = panel_rows(kk, wp, oh, threads);
+    let rows = panel_rows(kk, wq, oh, threads);
     let whole = |cols: usize| cols.div_ceil(16) * 16;
     let panels: usize = (0..oh)
         .step_by(rows)
-        .map(|y0| whole((rows.min(oh - y0)) * wp))
+        .map(|y0| whole((rows.min(oh - y0)) * wq))
         .sum();
     4 * panels <= 5 * whole(oh * ow)
 }
 
-/// A stride-1 8-bit convolution read in place from the padded byte image of [`padded_bytes`]: the
-/// product runs over output rows as wide as the image's rows (`wp` columns each; those past `ow` are
-/// no outputs and the requantization skips them), in panels of whole output rows (about
+/// An 8-bit convolution read in place from the padded byte image of [`padded_bytes`]: the product
+/// runs over output rows as wide as the rows of the image's stride phases (`wq` columns each; those
+/// past `ow` are no outputs and the requantization skips them), in panels of whole output rows (about
 /// [`PANEL_BYTES`] of packed activations). Each panel is packed, multiplied by every output channel,
 /// requantized and handed to `hook` (as those channels' output rows) while it sits in the cache. With
 /// several threads the panels are split among them, each writing its output rows of every channel.
@@ -3772,13 +3775,13 @@ fn conv2d_panels(
     let tokens = crate::cancel::current();
     for b in 0..s.x[0] {
         // every group's planes padded at once; group g's windows start `g · plane` further
-        let (image, starts, wp, plane) = padded_bytes(s, x, b, add);
+        let (image, starts, wq, plane) = padded_bytes(s, x, b, add);
         for (g, qw) in qw.iter().enumerate() {
             let group = g * plane;
             // every window of every output row lies in the image (`padded_bytes` sizes it so)
-            debug_assert!(starts.iter().all(|&s0| group + s0 + oh * wp <= image.len()));
+            debug_assert!(starts.iter().all(|&s0| group + s0 + oh * wq <= image.len()));
             // output rows per panel (at least one panel per thread), and per part (whole panels)
-            let rows = panel_rows(kk, wp, oh, threads);
+            let rows = panel_rows(kk, wq, oh, threads);
             let panels = oh.div_ceil(rows);
             let per = panels.div_ceil(threads.clamp(1, panels.max(1))) * rows;
             let first = (b * o_ch + g * og) * p;
@@ -3799,14 +3802,14 @@ fn conv2d_panels(
                 let whole = if qw.lo.is_none() { og } else { 0 };
                 // the product stores every sum it is given room for
                 let mut acc =
-                    crate::buffers::take_overwritten(whole * (rows * wp).div_ceil(16) * 16);
+                    crate::buffers::take_overwritten(whole * (rows * wq).div_ceil(16) * 16);
                 let mut at = starts.clone();
                 for oy0 in (y0..y1).step_by(rows) {
                     let oy1 = (oy0 + rows).min(y1);
                     for (a, &s0) in at.iter_mut().zip(&starts) {
-                        *a = group + s0 + oy0 * wp;
+                        *a = group + s0 + oy0 * wq;
                     }
-                    let cols = PackedB::rows_of(&image, &at, (oy1 - oy0) * wp, offset).expect(
+                    let cols = PackedB::rows_of(&image, &at, (oy1 - oy0) * wq, offset).expect(
                         "the windows lie in the image and the caller checked the reduction",
                     );
                     let ldc = cols.ldc();
@@ -3825,11 +3828,11 @@ fn conv2d_panels(
                     for (o, seg) in segs.iter_mut().enumerate() {
                         let bv = bias.map_or(0i128, |(d, sh)| (d[g * og + o] as i128) << sh);
                         let dst = &mut seg[(oy0 - y0) * ow..(oy1 - y0) * ow];
-                        // the channel's output rows, `wp` apart in its sums
+                        // the channel's output rows, `wq` apart in its sums
                         let from = o * ldc;
                         let done = match &wide {
-                            Some(c) => requantize_rows(dst, &c[from..], (ow, wp), bv, shift),
-                            None => requantize_rows(dst, &acc[from..], (ow, wp), bv, shift),
+                            Some(c) => requantize_rows(dst, &c[from..], (ow, wq), bv, shift),
+                            None => requantize_rows(dst, &acc[from..], (ow, wq), bv, shift),
                         };
                         if let Err(e) = done {
                             return err.set(e);
@@ -3861,12 +3864,16 @@ fn conv2d_panels(
     Ok(())
 }
 
-/// The input planes of batch `b` of a stride-1 convolution as the bytes `v + add`, each zero-padded
-/// (the byte `add`) to `hp × wp` and stored one after another, followed by the few bytes the last
-/// window reads past them; with where each patch row `(ci, ky, kx)` of the first group starts, `wp`,
-/// and the bytes of a group's planes (group `g`'s rows start `g` times that further). Read from its
-/// start, patch row `r` holds at column `oy·wp + ox` the input that output `(oy, ox)` multiplies by
-/// tap `r`, for every `ox < ow` (the other columns are no outputs).
+/// The input planes of batch `b` of a convolution as the bytes `v + add`, each zero-padded (the byte
+/// `add`) to `hp × wp` and split by stride phase: plane `c` holds `sy · sx` phase images of `hq × wq`
+/// bytes (`hq = ⌈hp / sy⌉`, `wq = ⌈wp / sx⌉`), phase `(qy, qx)` holding the padded rows `qy, qy + sy, …`
+/// and of those the columns `qx, qx + sx, …` (at stride 1, one image: the padded plane itself). The
+/// planes are stored one after another, followed by the few bytes the last window reads past them.
+/// Returned with where each patch row `(ci, ky, kx)` of the first group starts, `wq`, and the bytes of
+/// a group's planes (group `g`'s rows start `g` times that further). Read from its start, patch row
+/// `r` holds at column `oy·wq + ox` the input that output `(oy, ox)` multiplies by tap `r`, for every
+/// `ox < ow` (the other columns are no outputs): the tap's padded input `(oy·sy + ky·dy, ox·sx + kx·dx)`
+/// lies in phase `(ky·dy mod sy, kx·dx mod sx)` at row `oy + ⌊ky·dy / sy⌋`, column `ox + ⌊kx·dx / sx⌋`.
 fn padded_bytes(
     s: &ConvSpec<'_>,
     x: &[i32],
@@ -3877,36 +3884,65 @@ fn padded_bytes(
     let (cg, kh, kw) = (s.w[1], s.w[2], s.w[3]);
     let [pt, pl, pb, pr] = s.window.pads.map(|v| v as usize);
     let [dy, dx] = s.window.dilation.map(|v| v as usize);
+    let [sy, sx] = s.window.stride.map(|v| v.max(1) as usize);
     let (hp, wp) = (h + pt + pb, wd + pl + pr);
-    let mut image = crate::buffers::take(c * hp * wp + (kw - 1) * dx, add as u8);
+    let (hq, wq) = (hp.div_ceil(sy), wp.div_ceil(sx));
+    let phase = hq * wq;
+    let chan = sy * sx * phase;
+    let mut image = crate::buffers::take(c * chan + (kw - 1) * dx / sx, add as u8);
+    // per column phase: the first input column it holds (input column `j` is padded column
+    // `j + pl`), where that column sits in a row of the phase image, and how many it holds
+    let cols: Vec<(usize, usize, usize)> = (0..sx)
+        .map(|qx| {
+            let j0 = ((qx + sx - pl % sx) % sx).min(wd);
+            (j0, qx * phase + (j0 + pl) / sx, (wd - j0).div_ceil(sx))
+        })
+        .collect();
+    // where each input row starts in its plane's phase images
+    let rows: Vec<usize> = (pt..pt + h)
+        .map(|y| (y % sy) * sx * phase + (y / sy) * wq)
+        .collect();
     for ci in 0..c {
         let plane = &x[(b * c + ci) * h * wd..][..h * wd];
-        let padded = &mut image[ci * hp * wp..(ci + 1) * hp * wp];
-        for (src, dst) in plane
-            .chunks_exact(wd.max(1))
-            .zip(padded[pt * wp..].chunks_exact_mut(wp))
-        {
-            to_bytes(src, &mut dst[pl..pl + wd], add);
-        }
+        let phases = &mut image[ci * chan..(ci + 1) * chan];
+        plane_bytes(plane, (&rows, &cols, sx), phases, add);
     }
     let starts = (0..cg * kh * kw)
         .map(|r| {
             let (ci, t) = (r / (kh * kw), r % (kh * kw));
-            ci * hp * wp + (t / kw) * dy * wp + (t % kw) * dx
+            let (ry, rx) = ((t / kw) * dy, (t % kw) * dx);
+            ci * chan + ((ry % sy) * sx + rx % sx) * phase + (ry / sy) * wq + rx / sx
         })
         .collect();
-    (image, starts, wp, cg * hp * wp)
+    (image, starts, wq, cg * chan)
 }
+
+/// Where [`plane_bytes`] writes: each input row's start in the plane's phase images, each column
+/// phase's first input column, start in a row and count, and the column stride.
+type PhaseMap<'a> = (&'a [usize], &'a [(usize, usize, usize)], usize);
 
 crate::multiversion! {
-    fn to_bytes(src: &[i32], dst: &mut [u8], add: i32) -> () = to_bytes_body
+    fn plane_bytes(plane: &[i32], map: PhaseMap<'_>, dst: &mut [u8], add: i32) -> () = plane_bytes_body
 }
 
-/// `dst[j] = src[j] + add` as a byte, for 8-bit values.
+/// One input plane (rows of `plane.len() / rows.len()` values) into its phase images in `dst`, each
+/// 8-bit value `v` as the byte `v + add` (see [`padded_bytes`]).
 #[inline(always)]
-fn to_bytes_body(src: &[i32], dst: &mut [u8], add: i32) {
-    for (d, &v) in dst.iter_mut().zip(src) {
-        *d = (v + add) as u8;
+fn plane_bytes_body(plane: &[i32], (rows, cols, sx): PhaseMap<'_>, dst: &mut [u8], add: i32) {
+    let wd = plane.len() / rows.len().max(1);
+    for (src, &row) in plane.chunks_exact(wd.max(1)).zip(rows) {
+        for &(j0, at, n) in cols {
+            let out = &mut dst[row + at..row + at + n];
+            if sx == 1 {
+                for (d, &v) in out.iter_mut().zip(&src[j0..]) {
+                    *d = (v + add) as u8;
+                }
+            } else {
+                for (d, &v) in out.iter_mut().zip(src[j0..].iter().step_by(sx)) {
+                    *d = (v + add) as u8;
+                }
+            }
+        }
     }
 }
 
@@ -4744,8 +4780,9 @@ pub(crate) mod tests {
         let mut next = move |m: i64| (bits() % m as u64) as i64;
         // (input [c, h, w], output channels, kernel, stride, pads, input range: signed, centred on 0,
         // or from 0 when negative)
-        // (the last two span several panels of the stride-1 path on one thread)
-        let cases: [([usize; 3], usize, usize, u32, u32, i64); 7] = [
+        // (the last four span several panels on one thread, two of them read from the stride phases
+        // of an odd-sized image)
+        let cases: [([usize; 3], usize, usize, u32, u32, i64); 9] = [
             ([67, 37, 39], 96, 1, 1, 0, 256),
             ([30, 41, 43], 80, 3, 1, 1, 256),
             ([33, 45, 47], 64, 3, 2, 1, 256),
@@ -4753,6 +4790,8 @@ pub(crate) mod tests {
             ([19, 29, 31], 72, 3, 1, 1, 40_000),
             ([64, 40, 40], 16, 3, 1, 1, 256),
             ([48, 30, 50], 16, 3, 1, 2, -256),
+            ([64, 90, 91], 16, 3, 2, 1, 256),
+            ([3, 65, 67], 64, 7, 2, 3, -256),
         ];
         for (xs, o, kern, stride, pad, range) in cases {
             let win = Window {
