@@ -17,7 +17,7 @@ use std::cell::RefCell;
 use std::sync::{Arc, Mutex};
 
 /// Buffers smaller than this many bytes are not pooled (the allocator's own free lists serve them).
-pub const MIN_BYTES: usize = 64 << 10;
+pub const MIN_BYTES: usize = 4 << 10;
 
 /// How many free buffers of one element type a pool keeps at most.
 pub const MAX_KEPT: usize = 48;

@@ -3778,8 +3778,10 @@ fn conv2d_panels(
         let (image, starts, wq, plane) = padded_bytes(s, x, b, add);
         for (g, qw) in qw.iter().enumerate() {
             let group = g * plane;
-            // every window of every output row lies in the image (`padded_bytes` sizes it so)
-            debug_assert!(starts.iter().all(|&s0| group + s0 + oh * wq <= image.len()));
+            // every window of every output row lies in the image, and so do the columns that round a
+            // panel up to whole blocks (`padded_bytes` sizes it so)
+            let last = (oh * wq).div_ceil(qgemm::NR) * qgemm::NR;
+            debug_assert!(starts.iter().all(|&s0| group + s0 + last <= image.len()));
             // output rows per panel (at least one panel per thread), and per part (whole panels)
             let rows = panel_rows(kk, wq, oh, threads);
             let panels = oh.div_ceil(rows);
@@ -3809,7 +3811,10 @@ fn conv2d_panels(
                     for (a, &s0) in at.iter_mut().zip(&starts) {
                         *a = group + s0 + oy0 * wq;
                     }
-                    let cols = PackedB::rows_of(&image, &at, (oy1 - oy0) * wq, offset).expect(
+                    // whole blocks of columns: those past the panel's rows are read from the image
+                    // like the others and their sums never requantized (no partial block to pack)
+                    let n = ((oy1 - oy0) * wq).div_ceil(qgemm::NR) * qgemm::NR;
+                    let cols = PackedB::rows_of(&image, &at, n, offset).expect(
                         "the windows lie in the image and the caller checked the reduction",
                     );
                     let ldc = cols.ldc();
@@ -3889,7 +3894,9 @@ fn padded_bytes(
     let (hq, wq) = (hp.div_ceil(sy), wp.div_ceil(sx));
     let phase = hq * wq;
     let chan = sy * sx * phase;
-    let mut image = crate::buffers::take(c * chan + (kw - 1) * dx / sx, add as u8);
+    // (and room for the last window's row to be read on to a whole block of columns)
+    let tail = (kw - 1) * dx / sx + qgemm::NR - 1;
+    let mut image = crate::buffers::take(c * chan + tail, add as u8);
     // per column phase: the first input column it holds (input column `j` is padded column
     // `j + pl`), where that column sits in a row of the phase image, and how many it holds
     let cols: Vec<(usize, usize, usize)> = (0..sx)

@@ -13,7 +13,7 @@
 /// Largest reduction length for which the `i32` accumulator is exact: `k · 255 · 128 < 2^31`.
 pub const MAX_K: usize = 65_536;
 /// Columns per packed block (one 512-bit register of `i32` lanes).
-const NR: usize = 16;
+pub(crate) const NR: usize = 16;
 /// Rows per register tile.
 pub(crate) const MR: usize = 8;
 /// Reduction quads (4 values of `k`) per cache block.
