@@ -1395,6 +1395,47 @@ fn add_shift_body<T: Copy + Into<i64>>(
     (lo, hi)
 }
 
+/// Values per chunk of [`add_shift_narrow_body`].
+const NARROW_CHUNK: usize = 64;
+
+/// [`add_shift_body`] of `i32` sums in `i32` lanes (eight to a 256-bit register, where the `i64` loop
+/// has no vector arithmetic shift before AVX-512): `a + add` wraps only past `i32`, which each chunk of
+/// [`NARROW_CHUNK`] values detects (the sign of `(a ^ s) & (add ^ s)`) and then redoes in `i64`;
+/// `s >> min(right, 31)` equals the `i64` shift of a sum inside `i32`. The same results and bounds.
+#[inline(always)]
+fn add_shift_narrow_body(
+    dst: &mut [i32],
+    acc: &[i32],
+    add: i64,
+    right: u32,
+    left: u32,
+) -> (i64, i64) {
+    let Ok(add32) = i32::try_from(add) else {
+        return add_shift_body(dst, acc, add, right, left);
+    };
+    let r = right.min(31);
+    let (mut lo, mut hi) = (0i64, 0i64);
+    for (d, a) in dst.chunks_mut(NARROW_CHUNK).zip(acc.chunks(NARROW_CHUNK)) {
+        let (mut l, mut h, mut wrap) = (0i32, 0i32, 0i32);
+        for (d, &a) in d.iter_mut().zip(a) {
+            let s = a.wrapping_add(add32);
+            wrap |= (a ^ s) & (add32 ^ s);
+            let v = s >> r;
+            l = l.min(v);
+            h = h.max(v);
+            *d = v.wrapping_shl(left);
+        }
+        let (l, h) = if wrap < 0 {
+            add_shift_body(d, a, add, right, left)
+        } else {
+            (l as i64, h as i64)
+        };
+        lo = lo.min(l);
+        hi = hi.max(h);
+    }
+    (lo, hi)
+}
+
 /// Where the taps of a pooling window fall along one axis: for output position `o`, the valid input
 /// positions are `o·stride + t·dilation − pad` for `t` in `first[o]..last[o]` (an empty range when the
 /// window lies wholly in the padding).
@@ -1884,16 +1925,35 @@ fn map_elements(x: &[i32], threads: usize, run: impl Fn(&mut [i32], &[i32]) + Sy
 }
 
 crate::multiversion! {
-    fn add_shift_i32(dst: &mut [i32], acc: &[i32], add: i64, right: u32, left: u32) -> (i64, i64) = add_shift_body::<i32>
+    fn add_shift_i32(dst: &mut [i32], acc: &[i32], add: i64, right: u32, left: u32) -> (i64, i64) = add_shift_narrow_body
 }
 crate::multiversion! {
     fn add_shift_i64(dst: &mut [i32], acc: &[i64], add: i64, right: u32, left: u32) -> (i64, i64) = add_shift_body::<i64>
 }
 crate::multiversion! {
-    fn add_shift_rows_i32(dst: &mut [i32], acc: &[i32], rows: (usize, usize), add: i64, right: u32, left: u32) -> (i64, i64) = add_shift_rows_body::<i32>
+    fn add_shift_rows_i32(dst: &mut [i32], acc: &[i32], rows: (usize, usize), add: i64, right: u32, left: u32) -> (i64, i64) = add_shift_rows_narrow_body
 }
 crate::multiversion! {
     fn add_shift_rows_i64(dst: &mut [i32], acc: &[i64], rows: (usize, usize), add: i64, right: u32, left: u32) -> (i64, i64) = add_shift_rows_body::<i64>
+}
+
+/// [`add_shift_rows_body`] of `i32` sums, each row by [`add_shift_narrow_body`] (rows shorter than two
+/// registers of lanes by the `i64` loop, which costs them less).
+#[inline(always)]
+fn add_shift_rows_narrow_body(
+    dst: &mut [i32],
+    acc: &[i32],
+    rows: (usize, usize),
+    add: i64,
+    right: u32,
+    left: u32,
+) -> (i64, i64) {
+    if rows.0 < 16 {
+        return add_shift_rows_body(dst, acc, rows, add, right, left);
+    }
+    by_rows(dst, acc, rows, |d, a| {
+        add_shift_narrow_body(d, a, add, right, left)
+    })
 }
 
 /// [`add_shift_body`] over the rows of `dst` (`w` elements each), read from `acc` rows `stride` apart
@@ -1907,9 +1967,23 @@ fn add_shift_rows_body<T: Copy + Into<i64>>(
     right: u32,
     left: u32,
 ) -> (i64, i64) {
+    by_rows(dst, acc, (w, stride), |d, a| {
+        add_shift_body(d, a, add, right, left)
+    })
+}
+
+/// `f` over the rows of `dst` (`w` elements each) and of `acc` (rows `stride` apart), with the least
+/// and greatest of the bounds it returns (0 included).
+#[inline(always)]
+fn by_rows<T>(
+    dst: &mut [i32],
+    acc: &[T],
+    (w, stride): (usize, usize),
+    f: impl Fn(&mut [i32], &[T]) -> (i64, i64),
+) -> (i64, i64) {
     let (mut lo, mut hi) = (0i64, 0i64);
     for (r, d) in dst.chunks_mut(w.max(1)).enumerate() {
-        let (l, h) = add_shift_body(d, &acc[r * stride..r * stride + d.len()], add, right, left);
+        let (l, h) = f(d, &acc[r * stride..r * stride + d.len()]);
         lo = lo.min(l);
         hi = hi.max(h);
     }
@@ -3666,11 +3740,14 @@ pub(crate) fn requantize_in_place(
 #[inline(always)]
 fn add_shift_in_place_body(row: &mut [i32], add: i64, right: u32, left: u32) -> (i64, i64) {
     let (mut lo, mut hi) = (0i64, 0i64);
-    for d in row.iter_mut() {
-        let v = (*d as i64 + add) >> right;
-        lo = lo.min(v);
-        hi = hi.max(v);
-        *d = (v as i32).wrapping_shl(left);
+    // each chunk copied out first, so that one redone in `i64` reads its sums unchanged
+    let mut sums = [0i32; NARROW_CHUNK];
+    for d in row.chunks_mut(NARROW_CHUNK) {
+        let sums = &mut sums[..d.len()];
+        sums.copy_from_slice(d);
+        let (l, h) = add_shift_narrow_body(d, sums, add, right, left);
+        lo = lo.min(l);
+        hi = hi.max(h);
     }
     (lo, hi)
 }
@@ -4121,6 +4198,57 @@ pub(crate) mod tests {
             v ^= v >> 7;
             v ^= v << 17;
             v
+        }
+    }
+
+    /// The `i32`-lane requantization (whole, by rows, in place) equals the `i64` loop on every sum and
+    /// bound: sums anywhere in `i32` (the chunks whose additions wrap redone), additions inside and
+    /// outside `i32`, every right shift up to 62, left shifts, lengths across the chunk size.
+    #[test]
+    fn narrow_requantization_equals_the_wide_loop() {
+        let mut next = xorshift(0x2545_f491_4f6c_dd1d);
+        for case in 0..3000 {
+            let len = (next() % 300) as usize;
+            // sums: small, or anywhere in i32 (near its ends, so some additions wrap)
+            let wide = case % 3 == 0;
+            let acc: Vec<i32> = (0..len)
+                .map(|_| match wide {
+                    true => next() as i32,
+                    false => (next() % (1 << 20)) as i32 - (1 << 19),
+                })
+                .collect();
+            let add = match case % 4 {
+                0 => (next() % (1 << 16)) as i64 - (1 << 15),
+                1 => (next() as i32) as i64,
+                2 => (next() % (1 << 40)) as i64 - (1 << 39),
+                _ => [i32::MAX as i64, i32::MIN as i64, 1, -1][(next() % 4) as usize],
+            };
+            let (right, left) = ((next() % 63) as u32, (next() % 4) as u32);
+            let mut want = vec![0i32; len];
+            let bounds = add_shift_body(&mut want, &acc, add, right, left);
+            let mut got = vec![7i32; len];
+            assert_eq!(
+                add_shift_i32(&mut got, &acc, add, right, left),
+                bounds,
+                "case {case}"
+            );
+            assert_eq!(got, want, "case {case}");
+            let mut row = acc.clone();
+            assert_eq!(add_shift_in_place(&mut row, add, right, left), bounds);
+            assert_eq!(row, want, "case {case}");
+            // rows of `w` read `stride` apart (the sums between rows never read)
+            let w = 1 + (next() % 40) as usize;
+            let stride = w + (next() % 5) as usize;
+            let rows = len / stride;
+            let mut dst = vec![7i32; rows * w];
+            let mut want = vec![0i32; rows * w];
+            let bounds = add_shift_rows_body(&mut want, &acc, (w, stride), add, right, left);
+            let got = add_shift_rows_i32(&mut dst, &acc, (w, stride), add, right, left);
+            assert_eq!(
+                (got, &dst),
+                (bounds, &want),
+                "case {case}: rows of {w}, {stride} apart"
+            );
         }
     }
 
