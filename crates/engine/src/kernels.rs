@@ -4015,6 +4015,31 @@ crate::multiversion! {
 fn plane_bytes_body(plane: &[i32], (rows, cols, sx): PhaseMap<'_>, dst: &mut [u8], add: i32) {
     let wd = plane.len() / rows.len().max(1);
     for (src, &row) in plane.chunks_exact(wd.max(1)).zip(rows) {
+        if let [(j0, a0, n0), (_, a1, n1)] = *cols {
+            // stride 2: both column phases from each pair of inputs in one pass (the phase of the
+            // even input columns first)
+            let ((ae, ne), (ao, no)) = if j0 == 0 {
+                ((a0, n0), (a1, n1))
+            } else {
+                ((a1, n1), (a0, n0))
+            };
+            let (even, odd) = if ae < ao {
+                let (l, r) = dst[row + ae..].split_at_mut(ao - ae);
+                (&mut l[..ne], &mut r[..no])
+            } else {
+                let (l, r) = dst[row + ao..].split_at_mut(ae - ao);
+                (&mut r[..ne], &mut l[..no])
+            };
+            let pairs = src.chunks_exact(2);
+            if let [last] = *pairs.remainder() {
+                even[ne - 1] = (last + add) as u8;
+            }
+            for ((e, o), p) in even.iter_mut().zip(odd.iter_mut()).zip(pairs) {
+                *e = (p[0] + add) as u8;
+                *o = (p[1] + add) as u8;
+            }
+            continue;
+        }
         for &(j0, at, n) in cols {
             let out = &mut dst[row + at..row + at + n];
             if sx == 1 {
