@@ -2201,11 +2201,13 @@ fn conv2d_narrow(
     let direct = kh == 1 && kw == 1 && s.window.stride == [1, 1] && s.window.pads == [0; 4];
     // the patches of 8-bit inputs as their stored bytes (a quarter of the traffic of `i32` ones)
     let bytes = !direct && !split;
-    // read in place from a padded byte image (split by stride phase), panel by panel
-    if bytes && panels_suit(s, th) {
+    // read in place from a padded byte image (split by stride phase; for 16-bit values one of
+    // their high bytes and one of their low bytes), panel by panel
+    if !direct && panels_suit(s, th) {
         // every output row of every plane is requantized into below
         let mut out = crate::buffers::take_overwritten(n * o_ch * p);
-        let done = conv2d_panels(s, x, qw, bias, shift, (offset, level, th), hook, &mut out);
+        let act = (offset, split);
+        let done = conv2d_panels(s, x, qw, bias, shift, (act, level, th), hook, &mut out);
         return Some(done.map(|()| out));
     }
     // every output plane of every group and batch is requantized into below
@@ -3826,7 +3828,9 @@ fn panels_suit(s: &ConvSpec<'_>, threads: usize) -> bool {
     4 * panels <= 5 * whole(oh * ow)
 }
 
-/// An 8-bit convolution read in place from the padded byte image of [`padded_bytes`]: the product
+/// An 8-bit convolution read in place from the padded byte image of [`padded_bytes`] (16-bit inputs:
+/// from an image of their high bytes, `offset` as [`halves`] found, and one of their low bytes, whose
+/// products are joined in `i64` as the other paths join them): the product
 /// runs over output rows as wide as the rows of the image's stride phases (`wq` columns each; those
 /// past `ow` are no outputs and the requantization skips them), in panels of whole output rows (about
 /// [`PANEL_BYTES`] of packed activations). Each panel is packed, multiplied by every output channel,
@@ -3840,7 +3844,7 @@ fn conv2d_panels(
     qw: &[Parts<PackedA>],
     bias: Option<(&[i32], i32)>,
     shift: i32,
-    (offset, level, threads): (bool, Level, usize),
+    ((offset, split), level, threads): ((bool, bool), Level, usize),
     hook: Option<RowHook<'_>>,
     out: &mut [i32],
 ) -> Result<(), ExecError> {
@@ -3852,7 +3856,9 @@ fn conv2d_panels(
     let tokens = crate::cancel::current();
     for b in 0..s.x[0] {
         // every group's planes padded at once; group g's windows start `g · plane` further
-        let (image, starts, wq, plane) = padded_bytes(s, x, b, add);
+        let high = (if split { 8 } else { 0 }, add);
+        let (image, starts, wq, plane) = padded_bytes(s, x, b, high);
+        let low = split.then(|| padded_bytes(s, x, b, (0, 0)).0);
         for (g, qw) in qw.iter().enumerate() {
             let group = g * plane;
             // every window of every output row lies in the image, and so do the columns that round a
@@ -3877,8 +3883,8 @@ fn conv2d_panels(
             let err = crate::par::FirstError::default();
             let part = |t: usize, mut segs: Vec<&mut [i32]>| {
                 let (y0, y1) = (t * per, ((t + 1) * per).min(oh));
-                // the i32 sums of whole weights (split ones are joined into i64 sums instead)
-                let whole = if qw.lo.is_none() { og } else { 0 };
+                // the i32 sums of whole weights and inputs (split ones are joined into i64 sums)
+                let whole = if qw.lo.is_none() && !split { og } else { 0 };
                 // the product stores every sum it is given room for
                 let mut acc =
                     crate::buffers::take_overwritten(whole * (rows * wq).div_ceil(16) * 16);
@@ -3894,18 +3900,21 @@ fn conv2d_panels(
                     let cols = PackedB::rows_of(&image, &at, n, offset).expect(
                         "the windows lie in the image and the caller checked the reduction",
                     );
+                    let low = low.as_ref().map(|l| {
+                        PackedB::rows_of(l, &at, n, false).expect("as the high bytes' image")
+                    });
                     let ldc = cols.ldc();
                     let acc = &mut acc[..whole * ldc];
-                    // 16-bit weights: their two parts' products joined in i64
-                    let wide = match &qw.lo {
-                        None => {
+                    // 16-bit weights or inputs: their two parts' products joined in i64
+                    let wide = match (&qw.lo, &low) {
+                        (None, None) => {
                             qgemm::product(&qw.hi, &cols, 0, acc, level, &tokens);
                             None
                         }
                         // (row stride `ldc` either way)
-                        Some(_) => {
-                            Some(joined_parts(qw, (&cols, None), (0, og, ldc), level, &tokens).0)
-                        }
+                        _ => Some(
+                            joined_parts(qw, (&cols, low.as_ref()), (0, og, ldc), level, &tokens).0,
+                        ),
                     };
                     for (o, seg) in segs.iter_mut().enumerate() {
                         let bv = bias.map_or(0i128, |(d, sh)| (d[g * og + o] as i128) << sh);
@@ -3942,12 +3951,16 @@ fn conv2d_panels(
             err.into_result()?;
         }
         crate::buffers::give(image);
+        if let Some(l) = low {
+            crate::buffers::give(l);
+        }
     }
     Ok(())
 }
 
-/// The input planes of batch `b` of a convolution as the bytes `v + add`, each zero-padded (the byte
-/// `add`) to `hp × wp` and split by stride phase: plane `c` holds `sy · sx` phase images of `hq × wq`
+/// The input planes of batch `b` of a convolution as the bytes `(v >> shift) + add` (`(shift, add)
+/// = byte`: an 8-bit value's byte, or a 16-bit value's high or low byte), each zero-padded (the byte
+/// of 0) to `hp × wp` and split by stride phase: plane `c` holds `sy · sx` phase images of `hq × wq`
 /// bytes (`hq = ⌈hp / sy⌉`, `wq = ⌈wp / sx⌉`), phase `(qy, qx)` holding the padded rows `qy, qy + sy, …`
 /// and of those the columns `qx, qx + sx, …` (at stride 1, one image: the padded plane itself). The
 /// planes are stored one after another, followed by the few bytes the last window reads past them.
@@ -3960,7 +3973,7 @@ fn padded_bytes(
     s: &ConvSpec<'_>,
     x: &[i32],
     b: usize,
-    add: i32,
+    byte: (u32, i32),
 ) -> (Vec<u8>, Vec<usize>, usize, usize) {
     let (c, h, wd) = (s.x[1], s.x[2], s.x[3]);
     let (cg, kh, kw) = (s.w[1], s.w[2], s.w[3]);
@@ -3973,7 +3986,7 @@ fn padded_bytes(
     let chan = sy * sx * phase;
     // (and room for the last window's row to be read on to a whole block of columns)
     let tail = (kw - 1) * dx / sx + qgemm::NR - 1;
-    let mut image = crate::buffers::take(c * chan + tail, add as u8);
+    let mut image = crate::buffers::take(c * chan + tail, byte.1 as u8);
     // per column phase: the first input column it holds (input column `j` is padded column
     // `j + pl`), where that column sits in a row of the phase image, and how many it holds
     let cols: Vec<(usize, usize, usize)> = (0..sx)
@@ -3989,7 +4002,7 @@ fn padded_bytes(
     for ci in 0..c {
         let plane = &x[(b * c + ci) * h * wd..][..h * wd];
         let phases = &mut image[ci * chan..(ci + 1) * chan];
-        plane_bytes(plane, (&rows, &cols, sx), phases, add);
+        plane_bytes(plane, (&rows, &cols, sx), phases, byte);
     }
     let starts = (0..cg * kh * kw)
         .map(|r| {
@@ -4006,13 +4019,18 @@ fn padded_bytes(
 type PhaseMap<'a> = (&'a [usize], &'a [(usize, usize, usize)], usize);
 
 crate::multiversion! {
-    fn plane_bytes(plane: &[i32], map: PhaseMap<'_>, dst: &mut [u8], add: i32) -> () = plane_bytes_body
+    fn plane_bytes(plane: &[i32], map: PhaseMap<'_>, dst: &mut [u8], byte: (u32, i32)) -> () = plane_bytes_body
 }
 
 /// One input plane (rows of `plane.len() / rows.len()` values) into its phase images in `dst`, each
-/// 8-bit value `v` as the byte `v + add` (see [`padded_bytes`]).
+/// value `v` as the byte `(v >> shift) + add` (see [`padded_bytes`]).
 #[inline(always)]
-fn plane_bytes_body(plane: &[i32], (rows, cols, sx): PhaseMap<'_>, dst: &mut [u8], add: i32) {
+fn plane_bytes_body(
+    plane: &[i32],
+    (rows, cols, sx): PhaseMap<'_>,
+    dst: &mut [u8],
+    (shift, add): (u32, i32),
+) {
     let wd = plane.len() / rows.len().max(1);
     for (src, &row) in plane.chunks_exact(wd.max(1)).zip(rows) {
         if let [(j0, a0, n0), (_, a1, n1)] = *cols {
@@ -4032,11 +4050,11 @@ fn plane_bytes_body(plane: &[i32], (rows, cols, sx): PhaseMap<'_>, dst: &mut [u8
             };
             let pairs = src.chunks_exact(2);
             if let [last] = *pairs.remainder() {
-                even[ne - 1] = (last + add) as u8;
+                even[ne - 1] = ((last >> shift) + add) as u8;
             }
             for ((e, o), p) in even.iter_mut().zip(odd.iter_mut()).zip(pairs) {
-                *e = (p[0] + add) as u8;
-                *o = (p[1] + add) as u8;
+                *e = ((p[0] >> shift) + add) as u8;
+                *o = ((p[1] >> shift) + add) as u8;
             }
             continue;
         }
@@ -4044,11 +4062,11 @@ fn plane_bytes_body(plane: &[i32], (rows, cols, sx): PhaseMap<'_>, dst: &mut [u8
             let out = &mut dst[row + at..row + at + n];
             if sx == 1 {
                 for (d, &v) in out.iter_mut().zip(&src[j0..]) {
-                    *d = (v + add) as u8;
+                    *d = ((v >> shift) + add) as u8;
                 }
             } else {
                 for (d, &v) in out.iter_mut().zip(src[j0..].iter().step_by(sx)) {
-                    *d = (v + add) as u8;
+                    *d = ((v >> shift) + add) as u8;
                 }
             }
         }
