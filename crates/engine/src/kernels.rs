@@ -2761,6 +2761,28 @@ unsafe fn pair_blocks<const KH: usize, const NP: usize, const VNNI: bool>(
     }
 }
 
+/// The first `min(n, 8)` lanes of the AVX2 register `v` stored at `to` (`*mut i32`): a whole
+/// register, or (fewer lanes) through a copy on the stack — a masked store (`vpmaskmovd`) is
+/// microcoded and slow on some AMD cores. A macro, so that it is compiled with the calling function's
+/// target features; the caller's `unsafe` block vouches that `min(n, 8)` elements from `to` are
+/// writable.
+#[cfg(target_arch = "x86_64")]
+macro_rules! store_first8 {
+    ($to:expr, $n:expr, $v:expr) => {{
+        let (to, n, v): (*mut i32, usize, std::arch::x86_64::__m256i) = ($to, $n, $v);
+        if n >= 8 {
+            std::arch::x86_64::_mm256_storeu_si256(to as *mut std::arch::x86_64::__m256i, v);
+        } else {
+            let mut t = [0i32; 8];
+            std::arch::x86_64::_mm256_storeu_si256(
+                t.as_mut_ptr() as *mut std::arch::x86_64::__m256i,
+                v,
+            );
+            std::ptr::copy_nonoverlapping(t.as_ptr(), to, n);
+        }
+    }};
+}
+
 /// [`pair_blocks`] on AVX2: 8 lanes per register, each pair of taps by one `vpmaddwd` and an add;
 /// blocks of 16 output columns at stride 1 (even and odd columns in two registers, interleaved back
 /// by unpacking), of 8 at stride 2; a block's last columns stored under a mask.
@@ -3126,7 +3148,13 @@ impl ChannelLanes {
     const MAX_TAPS: usize = 64;
 
     fn new(s: &ConvSpec<'_>, mx: u128, mw: u128) -> Option<ChannelLanes> {
-        if !sixteen_bit_lanes(mx, mw) {
+        // AVX-512, or AVX2 as two registers of eight channels
+        let isa = crate::simd::Isa::detect();
+        let vector = matches!(isa, crate::simd::Isa::Avx512 | crate::simd::Isa::Avx2);
+        if !(vector && mx <= i16::MAX as u128 && mw <= i16::MAX as u128) {
+            return None;
+        }
+        if isa == crate::simd::Isa::Avx2 && s.out[3] > 8 {
             return None;
         }
         let win = s.window;
@@ -3188,11 +3216,11 @@ impl ChannelLanes {
         }
         let vnni = crate::qgemm::Level::detect() == crate::qgemm::Level::Avx512Vnni;
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: `new` checked that the CPU has AVX-512 (F, BW), and VNNI is taken only where the CPU
-        // has it; the assertions above keep the loads of the planes inside `x` (planes below `n`,
-        // positions below `h·w` under a mask), the copy and the taps' loads inside `rows` (positions
-        // below `hp·wp`, as `new` sized them) and the stores inside `dst` (planes below `n`,
-        // positions below `oh·ow` under a mask)
+        // SAFETY: `new` checked that the CPU has AVX-512 (F, BW) or AVX2 (the latter taken only where
+        // the former is missing), and VNNI is taken only where the CPU has it; the assertions above
+        // keep the loads of the planes inside `x` (planes below `n`, positions below `h·w` under a
+        // mask), the copy and the taps' loads inside `rows` (positions below `hp·wp`, as `new` sized
+        // them) and the stores inside `dst` (planes below `n`, positions below `oh·ow` under a mask)
         unsafe {
             let g = LaneBlock {
                 rows,
@@ -3200,6 +3228,13 @@ impl ChannelLanes {
                 biases: &biases,
                 n,
             };
+            if crate::simd::Isa::detect() != crate::simd::Isa::Avx512 {
+                return match kk {
+                    9 => lane_block_avx2::<9>(self, s, x, g, dst),
+                    25 => lane_block_avx2::<25>(self, s, x, g, dst),
+                    _ => lane_block_avx2::<0>(self, s, x, g, dst),
+                };
+            }
             match (kk, vnni) {
                 (9, true) => lane_block_vnni::<9>(self, s, x, g, dst),
                 (25, true) => lane_block_vnni::<25>(self, s, x, g, dst),
@@ -3318,6 +3353,147 @@ unsafe fn lane_block<const KK: usize, const VNNI: bool>(
             unsafe { _mm512_mask_storeu_epi32(dst.as_mut_ptr().add(l * p + o0), m, *v) };
         }
     }
+}
+
+/// [`lane_block`] on AVX2: each position's sixteen channels as two registers of eight. The copy
+/// loads 8 positions of 8 planes at a time (under a mask past the image or the block's planes) and
+/// transposes them into 8 positions' registers; the products run per half of the channels, 8
+/// output positions at a time, each position's sums in a register (the bias, then each tap by one
+/// `vpmaddwd` and an add), transposed back into 8 planes' registers and stored under a mask past
+/// the last position.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn lane_block_avx2<const KK: usize>(
+    plan: &ChannelLanes,
+    s: &ConvSpec<'_>,
+    x: &[i32],
+    g: LaneBlock<'_>,
+    dst: &mut [i32],
+) {
+    use std::arch::x86_64::*;
+    let (h, wd) = (s.x[2], s.x[3]);
+    let (oh, ow) = (s.out[2], s.out[3]);
+    let (kh, kw) = (s.w[2], s.w[3]);
+    let win = s.window;
+    let (sy, sx) = (win.stride[0] as usize, win.stride[1] as usize);
+    let (dy, dx) = (win.dilation[0] as usize, win.dilation[1] as usize);
+    let (pt, pl) = (win.pads[0] as usize, win.pads[1] as usize);
+    let (hp, wp) = (plan.hp, plan.wp);
+    let (hw, p) = (h * wd, oh * ow);
+    let rows = g.rows.as_mut_ptr();
+    let zero = _mm256_setzero_si256();
+    // lane l set where l < n
+    let mask = |n: usize| {
+        _mm256_cmpgt_epi32(
+            _mm256_set1_epi32(n.min(8) as i32),
+            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+        )
+    };
+    // where each image position goes in the padded rows (none below the last row read), and where
+    // each output position's first tap reads
+    let mut put = Vec::with_capacity(hw);
+    for iy in 0..h {
+        for ix in 0..wd {
+            let inside = pt + iy < hp && pl + ix < wp;
+            put.push(inside.then_some(((pt + iy) * wp + pl + ix) * 16));
+        }
+    }
+    let mut read = Vec::with_capacity(p);
+    for oy in 0..oh {
+        for ox in 0..ow {
+            read.push((oy * sy * wp + ox * sx) * 16);
+        }
+    }
+    // the image's positions, 8 at a time, 8 planes at a time, into the padded rows read
+    for f0 in (0..hw).step_by(8) {
+        let m = mask(hw - f0);
+        for half in 0..2 {
+            let mut r = [zero; 8];
+            for (l, v) in r.iter_mut().enumerate() {
+                let plane = 8 * half + l;
+                if plane < g.n {
+                    *v = unsafe { _mm256_maskload_epi32(x.as_ptr().add(plane * hw + f0), m) };
+                }
+            }
+            let cols = unsafe { transpose8(r) };
+            for (col, at) in cols.iter().zip(&put[f0..]) {
+                if let Some(at) = at {
+                    let to = unsafe { rows.add(at + 8 * half) };
+                    unsafe { _mm256_storeu_si256(to as *mut __m256i, *col) };
+                }
+            }
+        }
+    }
+    let rows = rows as *const i32;
+    // where each tap reads, from an output position's first; a fixed count unrolls the loop
+    let taps = if KK > 0 { KK } else { kh * kw };
+    let mut offs = [0usize; ChannelLanes::MAX_TAPS];
+    for (t, o) in offs.iter_mut().enumerate().take(kh * kw) {
+        *o = ((t / kw) * dy * wp + (t % kw) * dx) * 16;
+    }
+    for half in 0..2 {
+        if 8 * half >= g.n {
+            break;
+        }
+        let mut wv = [zero; ChannelLanes::MAX_TAPS];
+        for (v, w) in wv.iter_mut().zip(g.words) {
+            *v = unsafe { _mm256_loadu_si256(w.as_ptr().add(8 * half) as *const __m256i) };
+        }
+        let bias = unsafe { _mm256_loadu_si256(g.biases.as_ptr().add(8 * half) as *const __m256i) };
+        // 8 output positions at a time, each a register of eight planes' sums
+        for o0 in (0..p).step_by(8) {
+            let mut acc = [bias; 8];
+            for (sums, &first) in acc.iter_mut().zip(&read[o0..]) {
+                let at = unsafe { rows.add(first + 8 * half) };
+                let mut a = bias;
+                for (&off, &w) in offs[..taps].iter().zip(&wv[..taps]) {
+                    let x = unsafe { _mm256_loadu_si256(at.add(off) as *const __m256i) };
+                    a = _mm256_add_epi32(a, _mm256_madd_epi16(x, w));
+                }
+                *sums = a;
+            }
+            let planes = unsafe { transpose8(acc) };
+            for (l, v) in planes.iter().enumerate().take(g.n - 8 * half).take(8) {
+                let to = unsafe { dst.as_mut_ptr().add((8 * half + l) * p + o0) };
+                unsafe { store_first8!(to, p - o0, *v) };
+            }
+        }
+    }
+}
+
+/// The 8×8 matrix of `i32` whose row `i` is `r[i]`, transposed (32-bit and 64-bit unpacks, then
+/// 128-bit permutes).
+///
+/// # Safety
+/// The CPU must have AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn transpose8(r: [std::arch::x86_64::__m256i; 8]) -> [std::arch::x86_64::__m256i; 8] {
+    use std::arch::x86_64::*;
+    // rows 2i and 2i + 1 interleaved: (a0 b0 a1 b1 | a4 b4 a5 b5) and (a2 b2 a3 b3 | a6 b6 a7 b7)
+    let mut t = [_mm256_setzero_si256(); 8];
+    for i in 0..4 {
+        t[2 * i] = _mm256_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm256_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+    }
+    // four rows' columns side by side: (a0 b0 c0 d0 | a4 b4 c4 d4), (a1 b1 c1 d1 | a5 …), …
+    let mut u = [_mm256_setzero_si256(); 8];
+    for q in 0..2 {
+        let (e, f) = (t[4 * q], t[4 * q + 2]);
+        let (g, h) = (t[4 * q + 1], t[4 * q + 3]);
+        u[4 * q] = _mm256_unpacklo_epi64(e, f);
+        u[4 * q + 1] = _mm256_unpackhi_epi64(e, f);
+        u[4 * q + 2] = _mm256_unpacklo_epi64(g, h);
+        u[4 * q + 3] = _mm256_unpackhi_epi64(g, h);
+    }
+    // column j: rows 0–3 from u[j mod 4] of the first four rows, rows 4–7 from the second
+    let mut out = [_mm256_setzero_si256(); 8];
+    for j in 0..4 {
+        out[j] = _mm256_permute2x128_si256::<0x20>(u[j], u[4 + j]);
+        out[4 + j] = _mm256_permute2x128_si256::<0x31>(u[j], u[4 + j]);
+    }
+    out
 }
 
 /// The 16×16 matrix of `i32` whose row `i` is `r[i]`, transposed: element `j` of row `i` becomes
