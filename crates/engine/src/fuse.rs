@@ -58,6 +58,9 @@ enum Step {
         lo: i64,
         table: ValueId,
         mul: Shift,
+        /// The largest magnitude of the table's entries when it is a constant (which
+        /// [`lookup_mul_run`]'s 32-bit products need).
+        top: Option<u32>,
     },
     /// A binary op with `other` (the chain's value is operand `a` when `chain_is_a`), operands
     /// aligned by `la`/`lb`, then rescaled.
@@ -432,11 +435,16 @@ fn lookup_mul(m: &Model, l: usize, j: usize, v: ValueId, head: usize) -> Option<
     }
     let k = info.scale as i32 + nl.scale as i32 - nj.scale as i32;
     (0..62).contains(&k).then_some(())?;
+    let top = m.const_of(table).and_then(|c| {
+        let d = c.data.transient();
+        d.iter().map(|v| v.unsigned_abs()).max()
+    });
     Some(Step::LookupMul {
         shift: Shift::new(shift)?,
         lo: lo as i64,
         table,
         mul: Shift::new(k)?,
+        top,
     })
 }
 
@@ -963,8 +971,14 @@ fn step(x: &mut [i32], start: usize, st: &Step, other: &[i32]) -> bool {
             lookup(x, shift, lo, other);
             true
         }
-        Step::LookupMul { shift, lo, mul, .. } if lookup_mul_fast(shift, lo, other, mul) => {
-            lookup_mul_run(x, shift.right, lo as i32, other, mul)
+        Step::LookupMul {
+            shift,
+            lo,
+            mul,
+            top,
+            ..
+        } if lookup_mul_fast(shift, lo, other, mul) => {
+            lookup_mul_run(x, shift.right, lo as i32, (other, top), mul)
         }
         Step::LookupMul { shift, lo, mul, .. } => {
             // the looked-up values of a part of the block, then their products with the part
@@ -1044,7 +1058,13 @@ fn lookup_mul_fast(shift: Shift, lo: i64, table: &[i32], mul: Shift) -> bool {
 /// [`lookup_mul_fast`] hold): the elements are stored as their low 32 bits; `false` if a result left
 /// `i32` (which the vector forms tell from the results' extremes, or from their high words).
 #[inline(always)]
-fn lookup_mul_run(x: &mut [i32], k: u32, lo: i32, table: &[i32], mul: Shift) -> bool {
+fn lookup_mul_run(
+    x: &mut [i32],
+    k: u32,
+    lo: i32,
+    (table, top): (&[i32], Option<u32>),
+    mul: Shift,
+) -> bool {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: `lookup_mul_fast` checked that the CPU has AVX-512 F, or else AVX2; every gathered index
     // lies in `0..table.len()` (clamped to `lo..=hi`, then `lo` subtracted, all in `i32`)
@@ -1053,12 +1073,12 @@ fn lookup_mul_run(x: &mut [i32], k: u32, lo: i32, table: &[i32], mul: Shift) -> 
             let (l, h) = lookup_mul_avx512(x, k, lo, table, mul);
             fits(l, h)
         } else {
-            lookup_mul_avx2(x, k, lo, table, mul)
+            lookup_mul_avx2(x, k, lo, (table, top), mul)
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = (x, k, lo, table, mul);
+        let _ = (x, k, lo, table, top, mul);
         unreachable!("lookup_mul_fast is false off x86-64")
     }
 }
@@ -1113,10 +1133,21 @@ unsafe fn lookup_mul_avx512(
 /// sign, and every mismatch is kept. The last `len mod 8` elements go one by one.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn lookup_mul_avx2(x: &mut [i32], k: u32, lo: i32, table: &[i32], mul: Shift) -> bool {
+unsafe fn lookup_mul_avx2(
+    x: &mut [i32],
+    k: u32,
+    lo: i32,
+    (table, top): (&[i32], Option<u32>),
+    mul: Shift,
+) -> bool {
     use std::arch::x86_64::*;
     // SAFETY: the CPU has AVX2 (this function's feature)
     let index = unsafe { crate::kernels::TableIndex8::new(k, lo, lo + (table.len() - 1) as i32) };
+    if let Some(split) = top.and_then(|t| Split32::new(x, t, mul)) {
+        // SAFETY: as above
+        unsafe { lookup_mul_split(x, (index, k, lo), table, split) };
+        return true;
+    }
     let (half, count) = (
         _mm256_set1_epi64x(mul.half),
         _mm_cvtsi64_si128(mul.right as i64),
@@ -1154,6 +1185,102 @@ unsafe fn lookup_mul_avx2(x: &mut [i32], k: u32, lo: i32, table: &[i32], mul: Sh
         *v = r as i32;
     }
     fit
+}
+
+/// The rounded product `(x·t + 2^(r−1)) >> r` of [`lookup_mul_avx2`] in 32-bit lanes, for entries
+/// `|t| < 2^15` and a run whose largest `|x|` keeps every partial result inside `i32`. With
+/// `s = min(r, 15)`, `x = xh·2^s + xl` (`xh = x >> s`, `0 ≤ xl < 2^s`), so `|xl·t| < 2^30`:
+/// - `r ≤ 15`: `x·t + 2^(r−1) = xh·t·2^r + (xl·t + 2^(r−1))`, whose floor by `2^r` is
+///   `xh·t + ((xl·t + 2^(r−1)) >> r)` (`xh·t·2^r` is a multiple of `2^r`);
+/// - `r > 15`: the rounding term `2^(r−1)` is a multiple of `2^15`, so `x·t + 2^(r−1)` is
+///   `(xh·t + (xl·t >> 15) + 2^(r−16))·2^15 + (xl·t mod 2^15)`, and the last term (below `2^15`) never
+///   reaches the next multiple of `2^r` of a multiple of `2^15`: the floor is
+///   `(xh·t + (xl·t >> 15) + 2^(r−16)) >> (r − 15)`.
+///
+/// Both are the `i64` definition's integers; every result then fits `i32` (it is at most the
+/// bounded sum in magnitude).
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy, Debug)]
+struct Split32 {
+    /// `s`.
+    s: u32,
+    /// `r − s`.
+    rest: u32,
+    /// The rounding term in the low part (`r ≤ 15`) or the high one.
+    half: i32,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Split32 {
+    /// The split for table entries of magnitude at most `top` and the product's shift `mul`, if the
+    /// run `x` allows it: `|t| < 2^15`, a right shift of at most 45, and
+    /// `(⌊max|x| / 2^s⌋ + 1)·top + top + 1 + 2^(r−16)` inside `i32`.
+    fn new(x: &[i32], top: u32, mul: Shift) -> Option<Split32> {
+        let r = mul.right;
+        if top >= 1 << 15 || mul.left != 0 || r > 45 {
+            return None;
+        }
+        let s = r.min(15);
+        let m = x.iter().map(|v| v.unsigned_abs()).max().unwrap_or(0) as u64;
+        let high = if r > 15 { 1u64 << (r - 16) } else { 0 };
+        let bound = ((m >> s) + 1) * top as u64 + top as u64 + 1 + high;
+        (bound <= i32::MAX as u64).then(|| Split32 {
+            s,
+            rest: r - s,
+            half: match r {
+                0 => 0,
+                1..=15 => 1 << (r - 1),
+                _ => high as i32,
+            },
+        })
+    }
+}
+
+/// [`lookup_mul_avx2`]'s run by [`Split32`]: 8 lanes at a time, the gather as there, two 32-bit
+/// products (`vpmulld`) and shifts instead of the even and odd lanes' 64-bit ones; the last
+/// `len mod 8` elements one by one (by the definition).
+///
+/// # Safety
+/// The CPU must have AVX2; `index` must bound every index inside `table`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn lookup_mul_split(
+    x: &mut [i32],
+    (index, k, lo): (crate::kernels::TableIndex8, u32, i32),
+    table: &[i32],
+    sp: Split32,
+) {
+    use std::arch::x86_64::*;
+    let s = _mm_cvtsi32_si128(sp.s as i32);
+    let rest = _mm_cvtsi32_si128(sp.rest as i32);
+    let low = _mm256_set1_epi32(((1u32 << sp.s) - 1) as i32);
+    let half = _mm256_set1_epi32(sp.half);
+    let mut chunks = x.chunks_exact_mut(8);
+    for c in &mut chunks {
+        let p = c.as_mut_ptr() as *mut __m256i;
+        // SAFETY: the chunk holds 8 elements; every index lies in 0..table.len()
+        unsafe {
+            let v = _mm256_loadu_si256(p);
+            let t = _mm256_i32gather_epi32::<4>(table.as_ptr(), index.of(v));
+            let hi = _mm256_mullo_epi32(_mm256_sra_epi32(v, s), t);
+            let lo = _mm256_mullo_epi32(_mm256_and_si256(v, low), t);
+            let r = if sp.rest == 0 {
+                // r ≤ 15: xh·t + ((xl·t + 2^(r−1)) >> r)
+                _mm256_add_epi32(hi, _mm256_sra_epi32(_mm256_add_epi32(lo, half), s))
+            } else {
+                // r > 15: (xh·t + (xl·t >> 15) + 2^(r−16)) >> (r − 15)
+                let sum = _mm256_add_epi32(_mm256_add_epi32(hi, _mm256_sra_epi32(lo, s)), half);
+                _mm256_sra_epi32(sum, rest)
+            };
+            _mm256_storeu_si256(p, r);
+        }
+    }
+    let (last, r) = (table.len() as i64 - 1, sp.s + sp.rest);
+    let mul = Shift::new(r as i32).expect("a right shift of at most 45");
+    for v in chunks.into_remainder() {
+        let t = table[(crate::arith::rshift32(*v, k) as i64 - lo as i64).clamp(0, last) as usize];
+        *v = mul.apply(*v as i64 * t as i64) as i32;
+    }
 }
 
 /// `x[j] = table[clamp(shift(x[j]) − lo, 0, len − 1)]` (`table` not empty).
@@ -1554,6 +1681,89 @@ mod tests {
                 step: clamp(8, 0, 127)
             }]
         );
+    }
+
+    /// The 32-bit split products of a looked-up value ([`Split32`]) equal the definition
+    /// `mul(x · table[index])` on every element: tables of entries up to `±(2^15 − 1)` (and wider ones,
+    /// which decline the split), every right shift up to 50, runs of small and of large magnitudes
+    /// (those whose products could leave `i32` decline it), lengths across the 8 lanes; a run the split
+    /// takes never leaves `i32`.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn split_lookup_products_equal_the_definition() {
+        if crate::simd::Isa::detect() == crate::simd::Isa::Base {
+            return;
+        }
+        let mut r = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            r ^= r << 13;
+            r ^= r >> 7;
+            r ^= r << 17;
+            r
+        };
+        let mut split = 0;
+        for case in 0..3000 {
+            let len = 1 + (next() % 70) as usize;
+            let bits = [8, 14, 15, 16][(next() % 4) as usize];
+            let n = 1 + (next() % 300) as usize;
+            let table: Vec<i32> = (0..n)
+                .map(|_| (next() % (1 << bits)) as i32 - (1 << (bits - 1)))
+                .collect();
+            let top = table.iter().map(|v| v.unsigned_abs()).max();
+            let (k, lo) = ((next() % 12) as u32, (next() % 200) as i32 - 100);
+            let mul = Shift::new((next() % 51) as i32).expect("a right shift");
+            let xbits = 4 + (next() % 28) as u32;
+            let x: Vec<i32> = (0..len)
+                .map(|_| ((next() >> 32) as i32) >> (32 - xbits))
+                .collect();
+            let last = table.len() as i64 - 1;
+            let want: Vec<i64> = x
+                .iter()
+                .map(|&v| {
+                    let i = (crate::arith::rshift32(v, k) as i64 - lo as i64).clamp(0, last);
+                    mul.apply(v as i64 * table[i as usize] as i64)
+                })
+                .collect();
+            let fits = want.iter().all(|&v| i32::try_from(v).is_ok());
+            if top.is_some_and(|t| Split32::new(&x, t, mul).is_some()) {
+                split += 1;
+                assert!(fits, "case {case}: the split took a run that leaves i32");
+            }
+            let mut got = x.clone();
+            let ok = lookup_mul_run(&mut got, k, lo, (&table, top), mul);
+            assert_eq!(ok, fits, "case {case}");
+            if fits {
+                let got: Vec<i64> = got.iter().map(|&v| v as i64).collect();
+                assert_eq!(
+                    got, want,
+                    "case {case}: k {k}, lo {lo}, {mul:?}, x bits {xbits}"
+                );
+            }
+        }
+        assert!(split > 600, "only {split} runs took the split");
+        // runs at the edge of i32: one entry ±(2^15 − 1), elements whose high part times it is just
+        // below or past 2^31, with low parts that push the sum over
+        for r in 0..=20 {
+            let mul = Shift::new(r).expect("a right shift");
+            for t in [32767, -32767] {
+                let table = vec![t];
+                let edge = (i32::MAX as i64 / 32767) << r.min(15);
+                for d in -3i64..=3 {
+                    for low in [0, (1i64 << r.min(15)) - 1] {
+                        let v =
+                            (edge + (d << r.min(15)) + low).clamp(i32::MIN as i64, i32::MAX as i64);
+                        let x = vec![v as i32; 9];
+                        let want = mul.apply(v * t as i64);
+                        let mut got = x.clone();
+                        let ok = lookup_mul_run(&mut got, 0, 0, (&table, Some(32767)), mul);
+                        assert_eq!(ok, i32::try_from(want).is_ok(), "r {r}, t {t}, x {v}");
+                        if ok {
+                            assert!(got.iter().all(|&g| g as i64 == want), "r {r}, t {t}, x {v}");
+                        }
+                    }
+                }
+            }
+        }
     }
 
     /// `x · sigmoid(x)` as the compiler writes it (a `Lookup` of `x` and a `Mul` of `x` by it, `x` read by
