@@ -3186,6 +3186,39 @@ impl ChannelLanes {
         self.hp * self.wp * Self::LANES
     }
 
+    /// Where each tap reads in the padded rows (in `i32` elements), from an output position's first.
+    fn tap_offsets(&self, s: &ConvSpec<'_>) -> [usize; Self::MAX_TAPS] {
+        let (kh, kw) = (s.w[2], s.w[3]);
+        let (dy, dx) = (s.window.dilation[0] as usize, s.window.dilation[1] as usize);
+        let mut offs = [0usize; Self::MAX_TAPS];
+        for (t, o) in offs.iter_mut().enumerate().take(kh * kw) {
+            *o = ((t / kw) * dy * self.wp + (t % kw) * dx) * Self::LANES;
+        }
+        offs
+    }
+
+    /// Where each image position goes in the padded rows (none for those below the last row read).
+    fn image_places(&self, s: &ConvSpec<'_>) -> Vec<Option<usize>> {
+        let (h, wd) = (s.x[2], s.x[3]);
+        let (pt, pl) = (s.window.pads[0] as usize, s.window.pads[1] as usize);
+        let inside = |iy: usize, ix: usize| pt + iy < self.hp && pl + ix < self.wp;
+        (0..h * wd)
+            .map(|f| {
+                let (iy, ix) = (f / wd, f % wd);
+                inside(iy, ix).then_some(((pt + iy) * self.wp + pl + ix) * Self::LANES)
+            })
+            .collect()
+    }
+
+    /// Where each output position's first tap reads in the padded rows.
+    fn output_reads(&self, s: &ConvSpec<'_>) -> Vec<usize> {
+        let (oh, ow) = (s.out[2], s.out[3]);
+        let (sy, sx) = (s.window.stride[0] as usize, s.window.stride[1] as usize);
+        (0..oh * ow)
+            .map(|o| ((o / ow) * sy * self.wp + (o % ow) * sx) * Self::LANES)
+            .collect()
+    }
+
     /// The output planes `dst` (`n ≤ 16` of them, `n·oh·ow` elements) from the input planes `x` (as
     /// many, `n·h·w` elements): plane `l` is channel `c = (q + l) mod o` of the `o` whose taps `w` holds
     /// (`kh·kw` each), with the bias `bias(c)`. `rows` holds [`ChannelLanes::len`] elements, zero when
@@ -3299,7 +3332,6 @@ unsafe fn lane_block<const KK: usize, const VNNI: bool>(
     let (kh, kw) = (s.w[2], s.w[3]);
     let win = s.window;
     let (sy, sx) = (win.stride[0] as usize, win.stride[1] as usize);
-    let (dy, dx) = (win.dilation[0] as usize, win.dilation[1] as usize);
     let (pt, pl) = (win.pads[0] as usize, win.pads[1] as usize);
     let (hp, wp) = (plan.hp, plan.wp);
     let (hw, p) = (h * wd, oh * ow);
@@ -3329,10 +3361,7 @@ unsafe fn lane_block<const KK: usize, const VNNI: bool>(
     let rows = rows as *const i32;
     // where each tap reads, from an output position's first; a fixed count unrolls the loop
     let taps = if KK > 0 { KK } else { kh * kw };
-    let mut offs = [0usize; ChannelLanes::MAX_TAPS];
-    for (t, o) in offs.iter_mut().enumerate().take(kh * kw) {
-        *o = ((t / kw) * dy * wp + (t % kw) * dx) * 16;
-    }
+    let offs = plan.tap_offsets(s);
     // 16 output positions at a time, each a register of sixteen planes' sums
     for o0 in (0..p).step_by(16) {
         let mut acc = [bias; 16];
@@ -3371,15 +3400,7 @@ unsafe fn lane_block_avx2<const KK: usize>(
     dst: &mut [i32],
 ) {
     use std::arch::x86_64::*;
-    let (h, wd) = (s.x[2], s.x[3]);
-    let (oh, ow) = (s.out[2], s.out[3]);
-    let (kh, kw) = (s.w[2], s.w[3]);
-    let win = s.window;
-    let (sy, sx) = (win.stride[0] as usize, win.stride[1] as usize);
-    let (dy, dx) = (win.dilation[0] as usize, win.dilation[1] as usize);
-    let (pt, pl) = (win.pads[0] as usize, win.pads[1] as usize);
-    let (hp, wp) = (plan.hp, plan.wp);
-    let (hw, p) = (h * wd, oh * ow);
+    let (hw, p) = (s.x[2] * s.x[3], s.out[2] * s.out[3]);
     let rows = g.rows.as_mut_ptr();
     let zero = _mm256_setzero_si256();
     // lane l set where l < n
@@ -3389,21 +3410,7 @@ unsafe fn lane_block_avx2<const KK: usize>(
             _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
         )
     };
-    // where each image position goes in the padded rows (none below the last row read), and where
-    // each output position's first tap reads
-    let mut put = Vec::with_capacity(hw);
-    for iy in 0..h {
-        for ix in 0..wd {
-            let inside = pt + iy < hp && pl + ix < wp;
-            put.push(inside.then_some(((pt + iy) * wp + pl + ix) * 16));
-        }
-    }
-    let mut read = Vec::with_capacity(p);
-    for oy in 0..oh {
-        for ox in 0..ow {
-            read.push((oy * sy * wp + ox * sx) * 16);
-        }
-    }
+    let (put, read) = (plan.image_places(s), plan.output_reads(s));
     // the image's positions, 8 at a time, 8 planes at a time, into the padded rows read
     for f0 in (0..hw).step_by(8) {
         let m = mask(hw - f0);
@@ -3426,11 +3433,8 @@ unsafe fn lane_block_avx2<const KK: usize>(
     }
     let rows = rows as *const i32;
     // where each tap reads, from an output position's first; a fixed count unrolls the loop
-    let taps = if KK > 0 { KK } else { kh * kw };
-    let mut offs = [0usize; ChannelLanes::MAX_TAPS];
-    for (t, o) in offs.iter_mut().enumerate().take(kh * kw) {
-        *o = ((t / kw) * dy * wp + (t % kw) * dx) * 16;
-    }
+    let taps = if KK > 0 { KK } else { s.w[2] * s.w[3] };
+    let offs = plan.tap_offsets(s);
     for half in 0..2 {
         if 8 * half >= g.n {
             break;
