@@ -2202,11 +2202,14 @@ fn conv2d_narrow(
     // the patches of 8-bit inputs as their stored bytes (a quarter of the traffic of `i32` ones)
     let bytes = !direct && !split;
     // read in place from a padded byte image (split by stride phase; for 16-bit values one of
-    // their high bytes and one of their low bytes), panel by panel
-    if !direct && panels_suit(s, th) {
+    // their high bytes and one of their low bytes), panel by panel; as many groups as threads or
+    // more run whole groups per thread, which pays when all of them together are enough work
+    let groupwise = threads > 1 && s.groups >= threads && work * s.groups >= 1 << 21;
+    if !direct && panels_suit(s, if groupwise { 1 } else { th }) {
         // every output row of every plane is requantized into below
         let mut out = crate::buffers::take_overwritten(n * o_ch * p);
         let act = (offset, split);
+        let th = if groupwise { threads } else { th };
         let done = conv2d_panels(s, x, qw, bias, shift, (act, level, th), hook, &mut out);
         return Some(done.map(|()| out));
     }
@@ -4039,7 +4042,8 @@ fn conv2d_panels(
         let high = (if split { 8 } else { 0 }, add);
         let (image, starts, wq, plane) = padded_bytes(s, x, b, high);
         let low = split.then(|| padded_bytes(s, x, b, (0, 0)).0);
-        for (g, qw) in qw.iter().enumerate() {
+        // group g's output planes, its panels split across `threads`
+        let one_group = |g: usize, qw: &Parts<PackedA>, out_g: &mut [i32], threads: usize| {
             let group = g * plane;
             // every window of every output row lies in the image, and so do the columns that round a
             // panel up to whole blocks (`padded_bytes` sizes it so)
@@ -4052,7 +4056,7 @@ fn conv2d_panels(
             let first = (b * o_ch + g * og) * p;
             // part t writes output rows t·per.. of every channel's plane
             let mut parts: Vec<Vec<&mut [i32]>> = Vec::new();
-            for plane in out[first..first + og * p].chunks_mut(p.max(1)) {
+            for plane in out_g.chunks_mut(p.max(1)) {
                 for (t, seg) in plane.chunks_mut((per * ow).max(1)).enumerate() {
                     if parts.len() <= t {
                         parts.push(Vec::with_capacity(og));
@@ -4128,7 +4132,25 @@ fn conv2d_panels(
                     }
                 });
             }
+            err.into_result()
+        };
+        let batch = &mut out[b * o_ch * p..(b + 1) * o_ch * p];
+        if threads > 1 && s.groups >= threads && og * p > 0 {
+            // as many groups as threads or more: whole groups per thread, each group's panels on
+            // its thread (a part per group costs more to hand out than a small group's product)
+            let err = crate::par::FirstError::default();
+            crate::par::rows(batch, og * p, threads, 1, |g0, part| {
+                for (i, out_g) in part.chunks_mut(og * p).enumerate() {
+                    if let Err(e) = one_group(g0 + i, &qw[g0 + i], out_g, 1) {
+                        return err.set(e);
+                    }
+                }
+            });
             err.into_result()?;
+        } else {
+            for (g, (qw, out_g)) in qw.iter().zip(batch.chunks_mut((og * p).max(1))).enumerate() {
+                one_group(g, qw, out_g, threads)?;
+            }
         }
         crate::buffers::give(image);
         if let Some(l) = low {
@@ -5193,6 +5215,82 @@ pub(crate) mod tests {
                     .expect("taken by the 8-bit kernels")
                     .unwrap();
                 assert_eq!(fast, reference, "{xs:?} kernel {kern}, threads {threads}");
+            }
+        }
+    }
+
+    /// Grouped convolutions of many small groups (RegNet's 16 channels a group over 14×14 at stride 2
+    /// and over 7×7, ResNeXt-like 16-channel groups over a larger map, 16-bit inputs) give the
+    /// reference integers on one to three threads, the threads taking whole groups where there are as
+    /// many groups as threads, and hand every output element to the chain's hook exactly once.
+    #[test]
+    fn many_small_groups_split_across_threads_are_exact() {
+        let mut bits = xorshift(0x51_7cc1_b727_220a);
+        let mut next = move |m: i64| (bits() % m as u64) as i64;
+        // (input [c, h, w], output channels, groups, stride, input range as in the test above)
+        let cases: [([usize; 3], usize, usize, u32, i64); 4] = [
+            ([400, 14, 14], 400, 25, 2, 256),
+            ([400, 7, 7], 400, 25, 1, -256),
+            ([64, 30, 31], 64, 4, 1, 256),
+            ([128, 15, 15], 128, 8, 2, 40_000),
+        ];
+        for (xs, o, groups, stride, range) in cases {
+            let win = Window {
+                kernel: [3, 3],
+                stride: [stride; 2],
+                dilation: [1, 1],
+                pads: [1; 4],
+            };
+            let (oh, ow) = win.output_hw(xs[1] as u32, xs[2] as u32).expect("fits");
+            let (oh, ow) = (oh as usize, ow as usize);
+            let cg = xs[0] / groups;
+            let (xsh, wsh, osh) = ([1, xs[0], xs[1], xs[2]], [o, cg, 3, 3], [1, o, oh, ow]);
+            let cs = ConvSpec {
+                x: &xsh,
+                w: &wsh,
+                window: &win,
+                groups,
+                out: &osh,
+            };
+            let x: Vec<i32> = (0..xs.iter().product::<usize>())
+                .map(|_| match range {
+                    r if r < 0 => next(-r) as i32,
+                    r => (next(r) - r / 2) as i32,
+                })
+                .collect();
+            let w: Vec<i32> = (0..wsh.iter().product::<usize>())
+                .map(|_| (next(256) - 128) as i32)
+                .collect();
+            let bias: Vec<i32> = (0..o).map(|_| (next(1 << 16) - (1 << 15)) as i32).collect();
+            let reference = crate::exec::conv_reference(&cs, &x, &w, Some((&bias, 3)), 9).unwrap();
+            let qw = conv_weights(&wsh, groups, &w).expect("8-bit");
+            for threads in [1, 2, 3] {
+                let seen = std::sync::Mutex::new(vec![0u8; reference.len()]);
+                let hook = |at: usize, part: &mut [i32]| {
+                    let mut seen = seen.lock().expect("not poisoned");
+                    seen[at..at + part.len()].iter_mut().for_each(|v| *v += 1);
+                };
+                let fast = conv2d_narrow(
+                    &cs,
+                    (&x, None),
+                    &qw,
+                    Some((&bias, 3)),
+                    9,
+                    threads,
+                    Some(&hook),
+                )
+                .expect("taken by the 8-bit kernels")
+                .unwrap();
+                assert_eq!(
+                    fast, reference,
+                    "{xs:?} in {groups} groups, threads {threads}"
+                );
+                let seen = seen.into_inner().expect("not poisoned");
+                assert!(
+                    seen.iter().all(|&v| v == 1),
+                    "{xs:?}: an element handed on {:?} times",
+                    seen.iter().find(|&&v| v != 1)
+                );
             }
         }
     }
