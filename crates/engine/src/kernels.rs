@@ -4018,7 +4018,8 @@ fn panels_suit(s: &ConvSpec<'_>, threads: usize) -> bool {
 /// past `ow` are no outputs and the requantization skips them), in panels of whole output rows (about
 /// [`PANEL_BYTES`] of packed activations). Each panel is packed, multiplied by every output channel,
 /// requantized and handed to `hook` (as those channels' output rows) while it sits in the cache. With
-/// several threads the panels are split among them, each writing its output rows of every channel.
+/// several threads the panels are split among them, each writing its output rows of every channel —
+/// or, with at least as many groups as threads, whole groups are (each group's panels on its thread).
 /// The same sums as [`conv2d_narrow`]'s other paths, in the same integers.
 #[allow(clippy::too_many_arguments)]
 fn conv2d_panels(
