@@ -5151,6 +5151,62 @@ pub(crate) mod tests {
         }
     }
 
+    /// A random 8-bit convolution of `xs = [c, h, w]` inputs (drawn by `next` in `range`: signed, centred
+    /// on 0, or from 0 when negative) into `o` channels in `groups` groups over `win`, with a bias and
+    /// a requantizing shift, gives the reference's integers on one, two and three threads, and hands
+    /// every output element to the chain's hook exactly once.
+    fn narrow_conv_matches_reference(
+        next: &mut impl FnMut(i64) -> i64,
+        xs: [usize; 3],
+        (o, groups): (usize, usize),
+        win: &Window,
+        range: i64,
+    ) {
+        let (oh, ow) = win.output_hw(xs[1] as u32, xs[2] as u32).expect("fits");
+        let (kh, kw) = (win.kernel[0] as usize, win.kernel[1] as usize);
+        let xsh = [1, xs[0], xs[1], xs[2]];
+        let wsh = [o, xs[0] / groups, kh, kw];
+        let osh = [1, o, oh as usize, ow as usize];
+        let cs = ConvSpec {
+            x: &xsh,
+            w: &wsh,
+            window: win,
+            groups,
+            out: &osh,
+        };
+        let x: Vec<i32> = (0..xs.iter().product::<usize>())
+            .map(|_| match range {
+                r if r < 0 => next(-r) as i32,
+                r => (next(r) - r / 2) as i32,
+            })
+            .collect();
+        let w: Vec<i32> = (0..wsh.iter().product::<usize>())
+            .map(|_| (next(256) - 128) as i32)
+            .collect();
+        let bias: Vec<i32> = (0..o).map(|_| (next(1 << 16) - (1 << 15)) as i32).collect();
+        let reference = crate::exec::conv_reference(&cs, &x, &w, Some((&bias, 3)), 9).unwrap();
+        let qw = conv_weights(&wsh, groups, &w).expect("8-bit");
+        for threads in [1, 2, 3] {
+            let seen = std::sync::Mutex::new(vec![0u8; reference.len()]);
+            let hook = |at: usize, part: &mut [i32]| {
+                let mut seen = seen.lock().expect("not poisoned");
+                seen[at..at + part.len()].iter_mut().for_each(|v| *v += 1);
+            };
+            let bias = Some((&bias[..], 3));
+            let fast = conv2d_narrow(&cs, (&x, None), &qw, bias, 9, threads, Some(&hook))
+                .expect("taken by the 8-bit kernels")
+                .unwrap();
+            let what = format!("{xs:?} kernel {kh}×{kw} in {groups} groups, threads {threads}");
+            assert_eq!(fast, reference, "{what}");
+            let seen = seen.into_inner().expect("not poisoned");
+            let other = seen.iter().find(|&&v| v != 1);
+            assert!(
+                other.is_none(),
+                "{what}: an element handed on {other:?} times"
+            );
+        }
+    }
+
     /// The 8-bit convolution above the size where its patches are gathered and packed by several
     /// threads (a direct 1×1 read, and 3×3 patches with stride and padding; 8- and 16-bit inputs;
     /// plane sizes and reductions that leave partial blocks; stride-1 images in several panels, split
@@ -5182,41 +5238,11 @@ pub(crate) mod tests {
                 pads: [pad; 4],
             };
             let (oh, ow) = win.output_hw(xs[1] as u32, xs[2] as u32).expect("fits");
-            let (oh, ow) = (oh as usize, ow as usize);
-            let (xsh, wsh, osh) = (
-                [1, xs[0], xs[1], xs[2]],
-                [o, xs[0], kern, kern],
-                [1, o, oh, ow],
-            );
-            let cs = ConvSpec {
-                x: &xsh,
-                w: &wsh,
-                window: &win,
-                groups: 1,
-                out: &osh,
-            };
-            let x: Vec<i32> = (0..xs.iter().product::<usize>())
-                .map(|_| match range {
-                    r if r < 0 => next(-r) as i32,
-                    r => (next(r) - r / 2) as i32,
-                })
-                .collect();
-            let w: Vec<i32> = (0..wsh.iter().product::<usize>())
-                .map(|_| (next(256) - 128) as i32)
-                .collect();
-            let bias: Vec<i32> = (0..o).map(|_| (next(1 << 16) - (1 << 15)) as i32).collect();
             assert!(
-                o * xs[0] * kern * kern * oh * ow >= 1 << 23,
+                o * xs[0] * kern * kern * (oh * ow) as usize >= 1 << 23,
                 "above the split"
             );
-            let reference = crate::exec::conv_reference(&cs, &x, &w, Some((&bias, 3)), 9).unwrap();
-            let qw = conv_weights(&wsh, 1, &w).expect("8-bit");
-            for threads in [1, 2, 3] {
-                let fast = conv2d_narrow(&cs, (&x, None), &qw, Some((&bias, 3)), 9, threads, None)
-                    .expect("taken by the 8-bit kernels")
-                    .unwrap();
-                assert_eq!(fast, reference, "{xs:?} kernel {kern}, threads {threads}");
-            }
+            narrow_conv_matches_reference(&mut next, xs, (o, 1), &win, range);
         }
     }
 
@@ -5242,57 +5268,7 @@ pub(crate) mod tests {
                 dilation: [1, 1],
                 pads: [1; 4],
             };
-            let (oh, ow) = win.output_hw(xs[1] as u32, xs[2] as u32).expect("fits");
-            let (oh, ow) = (oh as usize, ow as usize);
-            let cg = xs[0] / groups;
-            let (xsh, wsh, osh) = ([1, xs[0], xs[1], xs[2]], [o, cg, 3, 3], [1, o, oh, ow]);
-            let cs = ConvSpec {
-                x: &xsh,
-                w: &wsh,
-                window: &win,
-                groups,
-                out: &osh,
-            };
-            let x: Vec<i32> = (0..xs.iter().product::<usize>())
-                .map(|_| match range {
-                    r if r < 0 => next(-r) as i32,
-                    r => (next(r) - r / 2) as i32,
-                })
-                .collect();
-            let w: Vec<i32> = (0..wsh.iter().product::<usize>())
-                .map(|_| (next(256) - 128) as i32)
-                .collect();
-            let bias: Vec<i32> = (0..o).map(|_| (next(1 << 16) - (1 << 15)) as i32).collect();
-            let reference = crate::exec::conv_reference(&cs, &x, &w, Some((&bias, 3)), 9).unwrap();
-            let qw = conv_weights(&wsh, groups, &w).expect("8-bit");
-            for threads in [1, 2, 3] {
-                let seen = std::sync::Mutex::new(vec![0u8; reference.len()]);
-                let hook = |at: usize, part: &mut [i32]| {
-                    let mut seen = seen.lock().expect("not poisoned");
-                    seen[at..at + part.len()].iter_mut().for_each(|v| *v += 1);
-                };
-                let fast = conv2d_narrow(
-                    &cs,
-                    (&x, None),
-                    &qw,
-                    Some((&bias, 3)),
-                    9,
-                    threads,
-                    Some(&hook),
-                )
-                .expect("taken by the 8-bit kernels")
-                .unwrap();
-                assert_eq!(
-                    fast, reference,
-                    "{xs:?} in {groups} groups, threads {threads}"
-                );
-                let seen = seen.into_inner().expect("not poisoned");
-                assert!(
-                    seen.iter().all(|&v| v == 1),
-                    "{xs:?}: an element handed on {:?} times",
-                    seen.iter().find(|&&v| v != 1)
-                );
-            }
+            narrow_conv_matches_reference(&mut next, xs, (o, groups), &win, range);
         }
     }
 }
