@@ -14,10 +14,20 @@ fn main() {
     };
     let a: Vec<i32> = (0..m * k).map(|i| (i * 7 % 256) as i32).collect();
     let b: Vec<i32> = (0..k * n).map(|i| (i * 13 % 256) as i32 - 128).collect();
-    let (pa, pb) = (
-        PackedA::new(&a, m, k).expect("u8"),
-        PackedB::new(&b, k, n).expect("i8"),
-    );
+    // VERITY_WEIGHTS_A=1: A holds 8-bit weights and B activations (a convolution's orientation)
+    let (pa, pb) = if std::env::var_os("VERITY_WEIGHTS_A").is_some() {
+        let w: Vec<i32> = a.iter().map(|&v| v - 128).collect();
+        let x: Vec<i32> = b.iter().map(|&v| v + 128).collect();
+        (
+            PackedA::weights(&w, m, k).expect("i8"),
+            PackedB::activations(&x, k, n).expect("u8"),
+        )
+    } else {
+        (
+            PackedA::new(&a, m, k).expect("u8"),
+            PackedB::new(&b, k, n).expect("i8"),
+        )
+    };
     for level in [Level::Portable, Level::Avx2, Level::Avx512Vnni] {
         if !level.supported() {
             println!("{level:?}: not supported on this CPU");

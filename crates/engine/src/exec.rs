@@ -90,22 +90,23 @@ pub fn for_each_index(out: &[usize], ins: &[Vec<usize>], mut f: impl FnMut(usize
 /// The elements `x[base + Σ idx·strides]` for every index of `shape`, in row-major order (Slice,
 /// Broadcast, Transpose): a loop over the last axis per output row.
 fn strided_copy(x: &[i32], base: usize, shape: &[usize], strides: &[usize]) -> Vec<i32> {
-    let n: usize = shape.iter().product();
-    let mut out = Vec::with_capacity(n);
     let Some((&len, outer)) = shape.split_last() else {
-        out.push(x[base]);
-        return out;
+        return vec![x[base]];
     };
-    if n == 0 {
+    // (from the executor's pool: every element is written below)
+    let mut out = crate::buffers::take_overwritten(shape.iter().product());
+    if out.is_empty() {
         return out;
     }
     let step = strides[outer.len()];
-    for_each_index(outer, &[strides[..outer.len()].to_vec()], |_, o| {
-        let at = base + o[0];
+    for_each_index(outer, &[strides[..outer.len()].to_vec()], |row, o| {
+        let (at, dst) = (base + o[0], &mut out[row * len..(row + 1) * len]);
         if step == 1 {
-            out.extend_from_slice(&x[at..at + len]);
+            dst.copy_from_slice(&x[at..at + len]);
         } else {
-            out.extend((0..len).map(|j| x[at + j * step]));
+            for (j, d) in dst.iter_mut().enumerate() {
+                *d = x[at + j * step];
+            }
         }
     });
     out

@@ -914,6 +914,78 @@ fn repeated_runs_reuse_their_buffers() {
     }
 }
 
+/// Strided slices between kernels (a stride-2 1×1 convolution lowered as two slices and a product, as
+/// in a residual network's downsampling branch) also draw their outputs from the pool: after the first
+/// run, nothing of 64 KB or more is allocated but the output, and the integers stay the reference's.
+#[test]
+fn strided_slices_reuse_their_buffers() {
+    let mut g = crate::gen(13, 1 << 12);
+    let slice = |axis: u32, input: u32, shape: Vec<u32>| Node {
+        name: format!("slice{axis}"),
+        op: Op::Slice {
+            axis,
+            start: 1,
+            end: 64,
+            step: 2,
+        },
+        inputs: vec![input],
+        shape,
+        scale: 4,
+    };
+    let m = Model {
+        inputs: vec![input("x", vec![1, 16, 64, 64], 4)],
+        consts: vec![Const {
+            shape: vec![32, 16, 1, 1],
+            scale: 4,
+            data: g(512)
+                .into_iter()
+                .map(|v| v % 128)
+                .collect::<Vec<_>>()
+                .into(),
+        }],
+        nodes: vec![
+            slice(3, 0, vec![1, 16, 64, 32]),
+            slice(2, 2, vec![1, 16, 32, 32]),
+            Node {
+                name: "conv".into(),
+                op: Op::Conv2d {
+                    window: Window {
+                        kernel: [1, 1],
+                        stride: [1, 1],
+                        dilation: [1, 1],
+                        pads: [0; 4],
+                    },
+                    groups: 1,
+                },
+                inputs: vec![3, 1],
+                shape: vec![1, 32, 32, 32],
+                scale: 8,
+            },
+        ],
+        outputs: vec![Output {
+            name: "y".into(),
+            value: 4,
+        }],
+    };
+    m.validate().expect("valid");
+    for threads in [1, 2] {
+        let fast = Executor::new(&m, Mode::Fast { threads });
+        for round in 0..3 {
+            let x = eight_bit_input(&m, &mut g);
+            let want = Executor::new(&m, Mode::Reference)
+                .run(vec![x.clone()])
+                .unwrap();
+            let before = crate::large_allocs();
+            let got = fast.run(vec![x]).unwrap();
+            let made = crate::large_allocs() - before;
+            assert_eq!(got, want, "round {round}, {threads} threads");
+            if round > 0 && threads == 1 {
+                assert!(made <= 1, "{made} large allocations in round {round}");
+            }
+        }
+    }
+}
+
 /// A fused binary step whose chain value is the *second* operand (`c − chain`, not `chain − c`), at
 /// equal scales (no alignment shift) and with the chain first, for every binary op: the fast executor
 /// (which fuses them into the convolution) equals the reference.
