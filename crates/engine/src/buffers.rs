@@ -10,8 +10,8 @@
 //!
 //! Only where a buffer's memory comes from changes, never what a kernel reads: [`take`] hands out
 //! `len` copies of the value asked for, like `vec![value; len]`. Buffers below [`MIN_BYTES`] are left to
-//! the allocator, and a pool keeps at most [`MAX_KEPT`] buffers of each element type (the longest
-//! unused go back to the allocator), so what it holds is bounded by what one run had freed at once.
+//! the allocator, and a pool keeps at most [`MAX_KEPT`] buffers of each element type (beyond that the
+//! smallest go back to the allocator), so what it holds is bounded by what one run had freed at once.
 
 use std::cell::RefCell;
 use std::sync::{Arc, Mutex};
@@ -42,8 +42,13 @@ impl Pool {
         };
         list.push(v);
         if list.len() > MAX_KEPT {
-            // the longest unused goes back to the allocator
-            list.remove(0);
+            // the smallest (of those, the longest unused) goes back to the allocator: a stream of
+            // small buffers made outside the pool must not push out the large ones, which are the
+            // costly ones to map and zero again
+            let smallest = (0..list.len())
+                .min_by_key(|&i| list[i].capacity())
+                .unwrap_or(0);
+            list.remove(smallest);
         }
     }
 
@@ -110,8 +115,19 @@ pub fn scoped<R>(pool: &Arc<Pool>, f: impl FnOnce() -> R) -> R {
     f()
 }
 
-fn current() -> Option<Arc<Pool>> {
+/// The calling thread's current pool, to be carried into the parts a kernel splits off
+/// ([`within`]).
+pub(crate) fn current() -> Option<Arc<Pool>> {
     CURRENT.with(|c| c.borrow().clone())
+}
+
+/// Run `f` with `pool` current (as [`scoped`]), or as it is without one: a part of a split kernel,
+/// run by another worker, takes its buffers from the run's pool as the run's own thread does.
+pub(crate) fn within<R>(pool: Option<&Arc<Pool>>, f: impl FnOnce() -> R) -> R {
+    match pool {
+        Some(p) => scoped(p, f),
+        None => f(),
+    }
 }
 
 /// `len` copies of `value` in a buffer from the current pool (or a new one).
@@ -208,6 +224,24 @@ mod tests {
             }
             let kept = pool.u8s.lock().map(|l| l.len()).unwrap_or(0);
             assert_eq!(kept, MAX_KEPT);
+            // a stream of small buffers given later pushes out none of the large ones
+            let large: Vec<*const u8> = (0..4)
+                .map(|i| {
+                    let v = vec![0u8; 64 * MIN_BYTES + i];
+                    let p = v.as_ptr();
+                    give(v);
+                    p
+                })
+                .collect();
+            for _ in 0..3 * MAX_KEPT {
+                give(vec![0u8; MIN_BYTES]);
+            }
+            assert_eq!(pool.u8s.lock().map(|l| l.len()).unwrap_or(0), MAX_KEPT);
+            let mut got: Vec<*const u8> = (0..4)
+                .filter_map(|_| reuse::<u8>(64 * MIN_BYTES).map(|v| v.as_ptr()))
+                .collect();
+            got.reverse();
+            assert_eq!(got, large, "the large buffers, most recently given first");
         });
         // outside the scope nothing is pooled
         give(vec![0i32; MIN_BYTES]);

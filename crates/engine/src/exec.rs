@@ -316,19 +316,28 @@ fn axis_taps(
 }
 
 /// `x` rescaled by `k` like [`map_rescale`], kept as it is when `k` is 0.
-fn rescaled(x: Vec<i32>, k: i32) -> Result<Vec<i32>, ExecError> {
-    if k == 0 {
-        Ok(x)
-    } else {
-        map_rescale(&x, k)
+/// `x` rescaled by `k` in place (an error discards it).
+fn rescaled(mut x: Vec<i32>, k: i32) -> Result<Vec<i32>, ExecError> {
+    if k != 0 {
+        for v in x.iter_mut() {
+            *v = fit(rshift(*v as i128, k))?;
+        }
     }
+    Ok(x)
 }
 
+/// `x` rescaled by `k` into a buffer of the current pool.
 fn map_rescale(x: &[i32], k: i32) -> Result<Vec<i32>, ExecError> {
+    // every element is written below (an error discards the buffer)
+    let mut out = crate::buffers::take_overwritten(x.len());
     if k == 0 {
-        return Ok(x.to_vec());
+        out.copy_from_slice(x);
+        return Ok(out);
     }
-    x.iter().map(|&v| fit(rshift(v as i128, k))).collect()
+    for (o, &v) in out.iter_mut().zip(x) {
+        *o = fit(rshift(v as i128, k))?;
+    }
+    Ok(out)
 }
 
 /// The result of a traced run: every input and node output, in value order (constants excluded).
@@ -864,9 +873,23 @@ impl<M: Borrow<Model> + Sync> Executor<M> {
                         }
                     }
                     _ => {
-                        let mut out = self
-                            .eval_node(k, node, &vals, &mut None)
-                            .map_err(|e| at(node, e))?;
+                        // a reshape of a node's output read by no later node takes that buffer
+                        let moved = match (&node.op, last_use) {
+                            (Op::Reshape, Some(last)) => {
+                                let v = node.inputs[0] as usize;
+                                let own = v >= first && last.get(v) == Some(&k);
+                                own.then(|| vals[v].take()).flatten()
+                            }
+                            _ => None,
+                        };
+                        let out = match moved {
+                            Some(x) => {
+                                let sc = m.value(node.inputs[0]).map_or(0, |i| i.scale as i32);
+                                rescaled(x, sc - node.scale as i32)
+                            }
+                            None => self.eval_node(k, node, &vals, &mut None),
+                        };
+                        let mut out = out.map_err(|e| at(node, e))?;
                         if crate::cancel::requested() {
                             return Err(ExecError::Cancelled);
                         }
@@ -1319,7 +1342,9 @@ impl<M: Borrow<Model> + Sync> Executor<M> {
                 let inner: usize = s0[ax + 1..].iter().product();
                 let dim = s0[ax];
                 let table = m.const_of(node.inputs[0]);
-                let mut out = Vec::with_capacity(out_shape.iter().product());
+                // (every element is written below: the rows taken cover the output)
+                let mut out = crate::buffers::take_overwritten(out_shape.iter().product());
+                let mut filled = 0;
                 for o in 0..outer {
                     for &i in xs[1] {
                         let j = if i < 0 {
@@ -1334,10 +1359,12 @@ impl<M: Borrow<Model> + Sync> Executor<M> {
                             });
                         }
                         let at = (o * dim + j as usize) * inner;
+                        let dst = &mut out[filled..filled + inner];
                         match table {
-                            Some(c) => out.extend_from_slice(&c.data.range(at..at + inner)),
-                            None => out.extend_from_slice(&xs[0][at..at + inner]),
+                            Some(c) => dst.copy_from_slice(&c.data.range(at..at + inner)),
+                            None => dst.copy_from_slice(&xs[0][at..at + inner]),
                         }
+                        filled += inner;
                     }
                 }
                 rescaled(out, sc0 - so)
@@ -1450,10 +1477,14 @@ fn map_split(
     threads: usize,
     f: impl Fn(i32) -> Result<i32, ExecError> + Sync,
 ) -> Result<Vec<i32>, ExecError> {
+    // every element is written below (an error discards the buffer)
+    let mut out = crate::buffers::take_overwritten(x.len());
     if threads <= 1 || x.len() < PAR_ELEMENTS {
-        return x.iter().map(|&v| f(v)).collect();
+        for (o, &v) in out.iter_mut().zip(x) {
+            *o = f(v)?;
+        }
+        return Ok(out);
     }
-    let mut out = crate::buffers::take(x.len(), 0i32);
     let err = crate::par::FirstError::default();
     crate::par::rows(&mut out, 1, threads, 1 << 10, |start, part| {
         for (o, &v) in part.iter_mut().zip(&x[start..]) {

@@ -4127,9 +4127,12 @@ fn conv2d_panels(
                 part(0, parts.pop().unwrap_or_default());
             } else {
                 let part = &part;
+                // (each part drawing its buffers from the run's pool, as `par::rows` does)
+                let pool = crate::buffers::current();
+                let pool = pool.as_ref();
                 rayon::scope(|sc| {
                     for (t, segs) in parts.into_iter().enumerate() {
-                        sc.spawn(move |_| part(t, segs));
+                        sc.spawn(move |_| crate::buffers::within(pool, || part(t, segs)));
                     }
                 });
             }

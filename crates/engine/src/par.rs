@@ -73,9 +73,12 @@ pub(crate) fn rows<T: Send>(
         return;
     }
     let f = &f;
+    // every part draws its buffers from the run's pool, whichever worker runs it
+    let pool = crate::buffers::current();
+    let pool = pool.as_ref();
     rayon::scope(|s| {
         for (t, part) in data.chunks_mut(per * row_len).enumerate() {
-            s.spawn(move |_| f(t * per, part));
+            s.spawn(move |_| crate::buffers::within(pool, || f(t * per, part)));
         }
     });
 }
