@@ -2205,7 +2205,9 @@ fn conv2d_narrow(
     // their high bytes and one of their low bytes), panel by panel; as many groups as threads or
     // more run whole groups per thread, which pays when all of them together are enough work
     let groupwise = threads > 1 && s.groups >= threads && work * s.groups >= 1 << 21;
-    if !direct && panels_suit(s, if groupwise { 1 } else { th }) {
+    // (panels as for one thread when the threads take whole groups or split the channels)
+    let one = groupwise || channel_parts(s, th);
+    if !direct && panels_suit(s, if one { 1 } else { th }) {
         // every output row of every plane is requantized into below
         let mut out = crate::buffers::take_overwritten(n * o_ch * p);
         let act = (offset, split);
@@ -3989,6 +3991,20 @@ fn panel_rows(kk: usize, wp: usize, oh: usize, threads: usize) -> usize {
     (PANEL_BYTES / (kk * wp).max(1)).clamp(1, oh.div_ceil(threads.max(1)).max(1))
 }
 
+/// Whether the threads of [`conv2d_panels`] split a group's output channels rather than its output
+/// rows: when one thread would take the whole output in fewer panels than there are threads (a late
+/// layer: few output rows, many channels), splitting the rows would only make narrower panels (more
+/// columns rounded up to whole blocks), each multiplied by every channel's weights, widened again by
+/// every thread; split by channels, each thread packs the panels itself and multiplies only its own
+/// rows of weights. Needs at least two register tiles of channels per thread.
+fn channel_parts(s: &ConvSpec<'_>, threads: usize) -> bool {
+    let (og, oh) = (s.w[0] / s.groups.max(1), s.out[2]);
+    let wp = s.x[3] + (s.window.pads[1] + s.window.pads[3]) as usize;
+    let wq = wp.div_ceil(s.window.stride[1].max(1) as usize);
+    let kk = s.w[1] * s.w[2] * s.w[3];
+    threads > 1 && og >= 2 * qgemm::MR * threads && oh.div_ceil(panel_rows(kk, wq, oh, 1)) < threads
+}
+
 /// Whether [`conv2d_panels`] suits a convolution: its products run over whole rows of the padded
 /// image's stride phases (`⌈(iw + pad_l + pad_r) / sx⌉` columns, each panel rounded up to whole blocks
 /// of 16), which a patch matrix of the `ow` output columns does not. Panels save gathering the
@@ -4043,33 +4059,46 @@ fn conv2d_panels(
         let high = (if split { 8 } else { 0 }, add);
         let (image, starts, wq, plane) = padded_bytes(s, x, b, high);
         let low = split.then(|| padded_bytes(s, x, b, (0, 0)).0);
-        // group g's output planes, its panels split across `threads`
+        // group g's output planes, its panels (or its output channels) split across `threads`
         let one_group = |g: usize, qw: &Parts<PackedA>, out_g: &mut [i32], threads: usize| {
             let group = g * plane;
             // every window of every output row lies in the image, and so do the columns that round a
             // panel up to whole blocks (`padded_bytes` sizes it so)
             let last = (oh * wq).div_ceil(qgemm::NR) * qgemm::NR;
             debug_assert!(starts.iter().all(|&s0| group + s0 + last <= image.len()));
-            // output rows per panel (at least one panel per thread), and per part (whole panels)
-            let rows = panel_rows(kk, wq, oh, threads);
+            let by_channels = channel_parts(s, threads);
+            // output rows per panel (but for parts by channels, at least one panel per thread), and
+            // per part (whole panels)
+            let rows = panel_rows(kk, wq, oh, if by_channels { 1 } else { threads });
             let panels = oh.div_ceil(rows);
-            let per = panels.div_ceil(threads.clamp(1, panels.max(1))) * rows;
             let first = (b * o_ch + g * og) * p;
-            // part t writes output rows t·per.. of every channel's plane
-            let mut parts: Vec<Vec<&mut [i32]>> = Vec::new();
-            for plane in out_g.chunks_mut(p.max(1)) {
-                for (t, seg) in plane.chunks_mut((per * ow).max(1)).enumerate() {
-                    if parts.len() <= t {
-                        parts.push(Vec::with_capacity(og));
+            // part t: output rows `y0..y1` of channels `o0..`, one segment of rows per channel
+            type Part<'o> = (usize, usize, usize, Vec<&'o mut [i32]>);
+            let mut parts: Vec<Part<'_>> = Vec::new();
+            if by_channels {
+                // every output row of a run of channels (whole register tiles of them)
+                let per = og.div_ceil(threads).div_ceil(qgemm::MR) * qgemm::MR;
+                for (t, planes) in out_g.chunks_mut((per * p).max(1)).enumerate() {
+                    parts.push((0, oh, t * per, planes.chunks_mut(p.max(1)).collect()));
+                }
+            } else {
+                // part t writes output rows t·per.. of every channel's plane
+                let per = panels.div_ceil(threads.clamp(1, panels.max(1))) * rows;
+                for plane in out_g.chunks_mut(p.max(1)) {
+                    for (t, seg) in plane.chunks_mut((per * ow).max(1)).enumerate() {
+                        if parts.len() <= t {
+                            let y0 = t * per;
+                            parts.push((y0, (y0 + per).min(oh), 0, Vec::with_capacity(og)));
+                        }
+                        parts[t].3.push(seg);
                     }
-                    parts[t].push(seg);
                 }
             }
             let err = crate::par::FirstError::default();
-            let part = |t: usize, mut segs: Vec<&mut [i32]>| {
-                let (y0, y1) = (t * per, ((t + 1) * per).min(oh));
+            let part = |(y0, y1, o0, mut segs): Part<'_>| {
+                let n_o = segs.len();
                 // the i32 sums of whole weights and inputs (split ones are joined into i64 sums)
-                let whole = if qw.lo.is_none() && !split { og } else { 0 };
+                let whole = if qw.lo.is_none() && !split { n_o } else { 0 };
                 // the product stores every sum it is given room for
                 let mut acc =
                     crate::buffers::take_overwritten(whole * (rows * wq).div_ceil(16) * 16);
@@ -4093,16 +4122,18 @@ fn conv2d_panels(
                     // 16-bit weights or inputs: their two parts' products joined in i64
                     let wide = match (&qw.lo, &low) {
                         (None, None) => {
-                            qgemm::product(&qw.hi, &cols, 0, acc, level, &tokens);
+                            qgemm::product(&qw.hi, &cols, o0, acc, level, &tokens);
                             None
                         }
                         // (row stride `ldc` either way)
-                        _ => Some(
-                            joined_parts(qw, (&cols, low.as_ref()), (0, og, ldc), level, &tokens).0,
-                        ),
+                        _ => {
+                            let at = (o0, n_o, ldc);
+                            Some(joined_parts(qw, (&cols, low.as_ref()), at, level, &tokens).0)
+                        }
                     };
                     for (o, seg) in segs.iter_mut().enumerate() {
-                        let bv = bias.map_or(0i128, |(d, sh)| (d[g * og + o] as i128) << sh);
+                        let oc = g * og + o0 + o;
+                        let bv = bias.map_or(0i128, |(d, sh)| (d[oc] as i128) << sh);
                         let dst = &mut seg[(oy0 - y0) * ow..(oy1 - y0) * ow];
                         // the channel's output rows, `wq` apart in its sums
                         let from = o * ldc;
@@ -4114,7 +4145,7 @@ fn conv2d_panels(
                             return err.set(e);
                         }
                         if let Some(h) = hook {
-                            h(first + o * p + oy0 * ow, dst);
+                            h(first + (o0 + o) * p + oy0 * ow, dst);
                         }
                     }
                     if let Some(c) = wide {
@@ -4124,15 +4155,17 @@ fn conv2d_panels(
                 crate::buffers::give(acc);
             };
             if parts.len() <= 1 {
-                part(0, parts.pop().unwrap_or_default());
+                if let Some(one) = parts.pop() {
+                    part(one);
+                }
             } else {
                 let part = &part;
                 // (each part drawing its buffers from the run's pool, as `par::rows` does)
                 let pool = crate::buffers::current();
                 let pool = pool.as_ref();
                 rayon::scope(|sc| {
-                    for (t, segs) in parts.into_iter().enumerate() {
-                        sc.spawn(move |_| crate::buffers::within(pool, || part(t, segs)));
+                    for one in parts {
+                        sc.spawn(move |_| crate::buffers::within(pool, || part(one)));
                     }
                 });
             }
@@ -5245,6 +5278,51 @@ pub(crate) mod tests {
                 o * xs[0] * kern * kern * (oh * ow) as usize >= 1 << 23,
                 "above the split"
             );
+            narrow_conv_matches_reference(&mut next, xs, (o, 1), &win, range);
+        }
+    }
+
+    /// Late layers (few output rows, many channels: one panel on one thread) split their output
+    /// channels among the threads — a part of a channel count that is no multiple of the register
+    /// tile, 16-bit inputs at stride 2, an unpadded window — and give the reference's integers, each
+    /// element handed to the chain's hook once.
+    #[test]
+    fn late_convolutions_split_by_channels_are_exact() {
+        let mut bits = xorshift(0x2545_f491_4f6c_dd1d);
+        let mut next = move |m: i64| (bits() % m as u64) as i64;
+        // (input [c, h, w], output channels, stride, pads, input range as in the tests above)
+        let cases: [([usize; 3], usize, u32, u32, i64); 3] = [
+            ([128, 7, 7], 100, 1, 1, 256),
+            ([96, 14, 14], 72, 2, 1, 40_000),
+            ([256, 9, 9], 64, 1, 0, -256),
+        ];
+        for (xs, o, stride, pad) in cases.map(|c| (c.0, c.1, c.2, c.3)) {
+            let win = Window {
+                kernel: [3, 3],
+                stride: [stride; 2],
+                dilation: [1, 1],
+                pads: [pad; 4],
+            };
+            let (oh, ow) = win.output_hw(xs[1] as u32, xs[2] as u32).expect("fits");
+            let (xsh, wsh) = ([1, xs[0], xs[1], xs[2]], [o, xs[0], 3, 3]);
+            let osh = [1, o, oh as usize, ow as usize];
+            let cs = ConvSpec {
+                x: &xsh,
+                w: &wsh,
+                window: &win,
+                groups: 1,
+                out: &osh,
+            };
+            assert!(!channel_parts(&cs, 1));
+            assert!(channel_parts(&cs, 2) && channel_parts(&cs, 3), "{xs:?}");
+        }
+        for (xs, o, stride, pad, range) in cases {
+            let win = Window {
+                kernel: [3, 3],
+                stride: [stride; 2],
+                dilation: [1, 1],
+                pads: [pad; 4],
+            };
             narrow_conv_matches_reference(&mut next, xs, (o, 1), &win, range);
         }
     }
