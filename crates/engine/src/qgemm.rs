@@ -730,10 +730,73 @@ pub fn gemm(a: &PackedA, b: &PackedB, threads: usize, level: Level) -> Vec<i32> 
         Level::Portable
     };
     let tokens = crate::cancel::current();
+    #[cfg(target_arch = "x86_64")]
+    if level == Level::Avx2 && a.kq > 0 && by_columns(a.m, a.kq * 4, ldc / NR, threads) {
+        by_column_parts(a, b, threads, (&mut c, ldc), &tokens);
+        return c;
+    }
     crate::par::rows(&mut c, ldc, threads, MR, |r0, part| {
         product(a, b, r0, part, level, &tokens)
     });
     c
+}
+
+/// Whether the AVX2 product of `m` rows by `nb` blocks of columns over a reduction of `k` splits its
+/// columns among `threads` rather than its rows: when the rows are fewer than the columns and than the
+/// reduction (a 1×1 convolution to few channels over a large map), every thread of a split by rows
+/// would widen all of `B`'s bytes (`k` per column, more than the `m` sums a part copies out per column
+/// when split by columns), and the rows would divide unevenly into register tiles (24 rows: 16 and 8);
+/// split by columns each widens its own columns, and only the smaller `A` again. Needs at least two
+/// blocks per thread.
+#[cfg(target_arch = "x86_64")]
+fn by_columns(m: usize, k: usize, nb: usize, threads: usize) -> bool {
+    threads > 1 && nb >= 2 * threads && nb * NR > m && k > m
+}
+
+/// [`gemm`] on AVX2 with its column blocks split among `threads`: each part multiplies every row by its
+/// blocks into a buffer of its own (whole tiles, the kernel's layout), then copies each row's stretch
+/// into `c` (`ldc` apart), which the parts hold as disjoint row segments.
+#[cfg(target_arch = "x86_64")]
+fn by_column_parts(
+    a: &PackedA,
+    b: &PackedB,
+    threads: usize,
+    (c, ldc): (&mut [i32], usize),
+    tokens: &[crate::cancel::Cancel],
+) {
+    let nb = ldc / NR;
+    let per = nb.div_ceil(threads.max(1));
+    let mut parts: Vec<Vec<&mut [i32]>> = (0..nb.div_ceil(per))
+        .map(|_| Vec::with_capacity(a.m))
+        .collect();
+    for row in c.chunks_mut(ldc) {
+        let mut rest = row;
+        for p in parts.iter_mut() {
+            let (seg, tail) = rest.split_at_mut((per * NR).min(rest.len()));
+            p.push(seg);
+            rest = tail;
+        }
+    }
+    let pool = crate::buffers::current();
+    let pool = pool.as_ref();
+    rayon::scope(|s| {
+        for (t, segs) in parts.into_iter().enumerate() {
+            s.spawn(move |_| {
+                crate::buffers::within(pool, || {
+                    let blocks = t * per..((t + 1) * per).min(nb);
+                    let w = blocks.len() * NR;
+                    // (every element written by the kernel)
+                    let mut sums = crate::buffers::take_overwritten(a.m * w);
+                    let (pa, pb) = (Parts { hi: a, lo: None }, Parts { hi: b, lo: None });
+                    gemm_rows_avx2(pa, pb, (0, blocks), Sums::Narrow(&mut sums), tokens);
+                    for (seg, row) in segs.into_iter().zip(sums.chunks_exact(w)) {
+                        seg.copy_from_slice(row);
+                    }
+                    crate::buffers::give(sums);
+                })
+            });
+        }
+    });
 }
 
 /// Rows `r0..` of `a · b` into `c` (whole rows of [`PackedB::ldc`] elements, every one stored: the
@@ -772,7 +835,8 @@ fn gemm_rows(
     #[cfg(target_arch = "x86_64")]
     if level == Level::Avx2 {
         let (a, b) = (Parts { hi: a, lo: None }, Parts { hi: b, lo: None });
-        return gemm_rows_avx2(a, b, r0, Sums::Narrow(c), tokens);
+        let blocks = 0..b.hi.ldc() / NR;
+        return gemm_rows_avx2(a, b, (r0, blocks), Sums::Narrow(c), tokens);
     }
     // a short reduction's tile takes about as long as its call: the VNNI kernel sweeps every column
     // block of a band of rows in one call instead (its sums start from the offsets: one block of `k`)
@@ -935,17 +999,18 @@ enum Out<'c, 'o> {
 fn gemm_rows_avx2(
     a: Parts<&PackedA>,
     b: Parts<&PackedB>,
-    r0: usize,
+    (r0, blocks): (usize, std::ops::Range<usize>),
     mut sums: Sums<'_, '_>,
     tokens: &[crate::cancel::Cancel],
 ) {
-    let ldc = b.hi.ldc();
+    // the sums hold the blocks' columns only (rows `ldc` apart)
+    let nb = blocks.len();
+    let ldc = nb * NR;
     let len = match &sums {
         Sums::Narrow(c) => c.len(),
         Sums::Wide(c, _) => c.len(),
     };
-    let rows = len / ldc;
-    let nb = ldc / NR;
+    let rows = len.checked_div(ldc).unwrap_or(0);
     let kq = a.hi.kq;
     // the products to add: each side whole or widened from its two parts, but the weights' parts one
     // at a time when the activations are split too (a 16-bit by 16-bit product would not fit a pair)
@@ -976,7 +1041,7 @@ fn gemm_rows_avx2(
             let mb = Widen::of(pb.hi.weights, pb.lo.is_some());
             let ma = Widen::of(pa.hi.weights, pa.lo.is_some());
             // SAFETY: `gemm` runs this level only where the CPU supports AVX2
-            unsafe { widen_pairs(pb, mb, q0, qn, bw) };
+            unsafe { widen_pairs(pb, mb, (q0, qn), blocks.clone(), bw) };
             for m0 in (0..rows).step_by(MC2) {
                 if crate::cancel::any(tokens) {
                     return;
@@ -999,13 +1064,13 @@ fn gemm_rows_avx2(
                         aw
                     }
                 };
-                for blk in 0..nb {
-                    let bq = &bw[blk * qn * NR * 4..(blk + 1) * qn * NR * 4];
+                for (j, blk) in blocks.clone().enumerate() {
+                    let bq = &bw[j * qn * NR * 4..(j + 1) * qn * NR * 4];
                     let mut i = 0;
                     while i < mrows {
                         let r = MR2.min(mrows - i);
                         let at = &aw[i * qn * 4..(i + r) * qn * 4];
-                        let from = (m0 + i) * ldc + blk * NR;
+                        let from = (m0 + i) * ldc + j * NR;
                         let out = match &mut sums {
                             Sums::Narrow(c) => Out::Narrow {
                                 c: &mut c[from..],
@@ -1114,15 +1179,21 @@ unsafe fn widen16(
 /// The CPU must support AVX2; `dst` holds `nb·qn·64` values; a low part is laid out like the high one.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn widen_pairs(b: Parts<&PackedB>, mode: Widen, q0: usize, qn: usize, dst: &mut [i16]) {
+unsafe fn widen_pairs(
+    b: Parts<&PackedB>,
+    mode: Widen,
+    (q0, qn): (usize, usize),
+    blocks: std::ops::Range<usize>,
+    dst: &mut [i16],
+) {
     use std::arch::x86_64::*;
     let (h, kq) = (b.hi, b.hi.kq);
-    let nb = h.ldc() / NR;
     let l = b.lo.unwrap_or(h);
-    assert!(dst.len() >= nb * qn * NR * 4 && q0 + qn <= kq);
-    assert!(h.data.len() >= nb * kq * NR * 4 && l.data.len() >= nb * kq * NR * 4);
+    assert!(dst.len() >= blocks.len() * qn * NR * 4 && q0 + qn <= kq);
+    assert!(blocks.end * NR <= h.ldc());
+    assert!(h.data.len() >= blocks.end * kq * NR * 4 && l.data.len() >= h.data.len());
     let (hp, lp, dp) = (h.data.as_ptr(), l.data.as_ptr(), dst.as_mut_ptr());
-    for blk in 0..nb {
+    for (j, blk) in blocks.enumerate() {
         for q in 0..qn {
             let at = (blk * kq + q0 + q) * NR * 4;
             let hv = quad_pairs(hp.add(at));
@@ -1131,7 +1202,7 @@ unsafe fn widen_pairs(b: Parts<&PackedB>, mode: Widen, q0: usize, qn: usize, dst
             } else {
                 hv
             };
-            let out = dp.add((blk * qn + q) * NR * 4);
+            let out = dp.add((j * qn + q) * NR * 4);
             for i in 0..4 {
                 _mm256_storeu_si256(out.add(16 * i) as *mut __m256i, widen16(mode, hv[i], lv[i]));
             }
@@ -1384,7 +1455,7 @@ pub(crate) fn product_joined(
         Starts::Cols(&starts)
     };
     #[cfg(target_arch = "x86_64")]
-    gemm_rows_avx2(a, b, r0, Sums::Wide(c, starts), tokens);
+    gemm_rows_avx2(a, b, (r0, 0..ldc / NR), Sums::Wide(c, starts), tokens);
     true
 }
 
@@ -1771,6 +1842,30 @@ mod tests {
                 k,
                 few,
                 1,
+            );
+        }
+        // few rows, many columns (a 1×1 convolution to few channels): the AVX2 product splits its
+        // columns among the threads, the last part shorter (45 blocks: 23 and 22, 15 each); weights
+        // or activations on the row side, offset activations on the row side
+        let (rows, cols): (usize, usize) = (24, 709);
+        #[cfg(target_arch = "x86_64")]
+        assert!((2..4).all(|t| by_columns(rows, k, cols.div_ceil(NR), t)));
+        for threads in [2, 3] {
+            check_swapped(
+                &gen(rows * k, 7919, -128),
+                &gen(k * cols, 104729, 0),
+                rows,
+                k,
+                cols,
+                threads,
+            );
+            check(
+                &gen(rows * k, 104729, -128),
+                &gen(k * cols, 7919, -128),
+                rows,
+                k,
+                cols,
+                threads,
             );
         }
         for threads in [1, 2, 3] {
