@@ -198,7 +198,7 @@ impl MatVec {
                 let per =
                     (((1u64 << 31) - 1) / (128 * mx.max(1) as u64)).clamp(1, g as u64) as usize;
                 // a row of weights is read once per vector: split the rows, not the vectors
-                let th = if o * g >= 1 << 21 { threads } else { 1 };
+                let th = if o * g >= 1 << 19 { threads } else { 1 };
                 for (xr, yr) in x.chunks_exact(g).zip(out.chunks_exact_mut(o)) {
                     let xs: Vec<i16> = xr.iter().map(|&v| v as i16).collect();
                     crate::par::rows(yr, 1, th, 16, |first, part| {
@@ -292,6 +292,38 @@ crate::multiversion! {
 }
 
 /// Whether an `EinSum` is `{og, g → o}` or `{og, mg → mo}`: a matrix times a vector (or a few).
+/// Whether an `EinSum` multiplies a constant matrix `b = [o, g]` (its second input) by a vector `a`
+/// laid out as `g` among axes of length one (`a_shape`), into `o` among axes of length one: a
+/// classifier's `Gemm` after a global pooling (`{g,1,1}, {o,g} → {1,o}`) is a matrix times a vector.
+fn matvec_second(a: &[u8], b: &[u8], out: &[u8], a_shape: &[usize], out_shape: &[usize]) -> bool {
+    let ([o, g], true) = (b, a.len() == a_shape.len() && out.len() == out_shape.len()) else {
+        return false;
+    };
+    let once = |labels: &[u8], l: &u8| labels.iter().filter(|&x| x == l).count() == 1;
+    let unit_else = |labels: &[u8], shape: &[usize], keep: &u8| {
+        labels.iter().zip(shape).all(|(l, &d)| l == keep || d == 1)
+    };
+    o != g
+        && once(a, g)
+        && !a.contains(o)
+        && once(out, o)
+        && !out.contains(g)
+        && unit_else(a, a_shape, g)
+        && unit_else(out, out_shape, o)
+}
+
+/// Which input of a two-input `EinSum` is a matrix applied to a vector ([`MatVec`]): the first
+/// (`{og, g → o}`, `{og, mg → mo}`), or the second when it is a constant ([`matvec_second`]).
+fn matvec_at(model: &Model, node: &Node, (a, b, out): (&[u8], &[u8], &[u8])) -> Option<usize> {
+    if matvec(a, b, out) {
+        return Some(0);
+    }
+    let a_shape = us(model.value(node.inputs[0])?.shape);
+    let second = model.const_of(node.inputs[1]).is_some()
+        && matvec_second(a, b, out, &a_shape, &us(&node.shape));
+    second.then_some(1)
+}
+
 fn matvec(a: &[u8], b: &[u8], out: &[u8]) -> bool {
     match (a, b, out) {
         ([o, g], [g2], [o2]) => g2 == g && o2 == o && o != g,
@@ -355,8 +387,9 @@ enum Prepared {
         Option<kernels::Packed>,
         Option<kernels::Packed>,
     ),
-    /// A constant matrix times a few vectors (`EinSum {og, g → o}` or `{og, mg → mo}`).
-    MatVec(Arc<MatVec>),
+    /// A constant matrix times a few vectors (`EinSum {og, g → o}` or `{og, mg → mo}`, or a vector
+    /// times a constant `{og}`, see [`matvec_second`]), with which input is the vector.
+    MatVec(Arc<MatVec>, usize),
     /// A convolution's weights in 8-bit form, one matrix per group.
     Conv(Vec<crate::qgemm::Parts<crate::qgemm::PackedA>>),
     /// A constant matrix with few nonzeros per column applied along one axis (a linear resize).
@@ -499,14 +532,19 @@ impl<M: Borrow<Model> + Sync> Executor<M> {
                     {
                         Prepared::Taps(Box::new(t))
                     }
-                    Op::EinSum { a, b, out } if node.inputs.len() == 2 && matvec(a, b, out) => {
-                        match model.const_of(node.inputs[0]) {
+                    Op::EinSum { a, b, out }
+                        if node.inputs.len() == 2
+                            && let Some(at) = matvec_at(model, node, (a, b, out)) =>
+                    {
+                        // the constant matrix is input `at`, the vector the other one
+                        match model.const_of(node.inputs[at]) {
                             Some(c) => {
-                                let key = (const_id(node.inputs[0]), (c.shape[1] as usize).max(1));
-                                match keyed(&shared.matvecs, key) {
-                                    Some(p) => Prepared::MatVec(p.clone()),
-                                    None => Prepared::MatVec(Arc::new(MatVec::new(&c.data, key.1))),
-                                }
+                                let key = (const_id(node.inputs[at]), (c.shape[1] as usize).max(1));
+                                let mv = match keyed(&shared.matvecs, key) {
+                                    Some(p) => p.clone(),
+                                    None => Arc::new(MatVec::new(&c.data, key.1)),
+                                };
+                                Prepared::MatVec(mv, 1 - at)
                             }
                             None => Prepared::None,
                         }
@@ -576,10 +614,10 @@ impl<M: Borrow<Model> + Sync> Executor<M> {
                     let (w, m) = pack_key(k, node);
                     packs.blocks.push((w, m, p.clone()));
                 }
-                Prepared::MatVec(p) => {
+                Prepared::MatVec(p, vector) => {
                     packs
                         .matvecs
-                        .push((const_id(node.inputs[0]), p.g, p.clone()));
+                        .push((const_id(node.inputs[1 - vector]), p.g, p.clone()));
                 }
                 _ => {}
             }
@@ -989,7 +1027,7 @@ impl<M: Borrow<Model> + Sync> Executor<M> {
         // path without that form: through `lazy`; a gather reads the rows it takes of a constant
         let packed_input = |i: usize| match self.prepared.get(k) {
             _ if matches!(node.op, Op::Gather { .. }) => i == 0,
-            Some(Prepared::MatVec(_)) => i == 0,
+            Some(Prepared::MatVec(_, vector)) => i != *vector,
             Some(Prepared::Blocks(_) | Prepared::Conv(_) | Prepared::Taps(_)) => i == 1,
             Some(Prepared::Ein(_, pa, pb)) => (i == 0 && pa.is_some()) || (i == 1 && pb.is_some()),
             _ => false,
@@ -1039,10 +1077,10 @@ impl<M: Borrow<Model> + Sync> Executor<M> {
                     out_shape: &out_shape,
                 };
                 let shift = acc - so;
-                if let (Some(threads), None, Some(Prepared::MatVec(mv))) =
+                if let (Some(threads), None, Some(Prepared::MatVec(mv, vector))) =
                     (fast, bias, self.prepared.get(k))
                 {
-                    return mv.run(xs[1], shift, threads);
+                    return mv.run(xs[*vector], shift, threads);
                 }
                 if let (Some(threads), None, Some(Prepared::Taps(t))) =
                     (fast, bias, self.prepared.get(k))
@@ -2288,7 +2326,7 @@ mod tests {
         let beside = Executor::new_sharing(&m, fast, first.shared_packs());
         let alone = Executor::new(&m, fast);
         match (&first.prepared[0], &beside.prepared[0], &alone.prepared[0]) {
-            (Prepared::MatVec(a), Prepared::MatVec(b), Prepared::MatVec(c)) => {
+            (Prepared::MatVec(a, 1), Prepared::MatVec(b, 1), Prepared::MatVec(c, 1)) => {
                 assert!(
                     Arc::ptr_eq(a, b),
                     "the executor beside takes the first one's matrix"
@@ -2302,6 +2340,60 @@ mod tests {
         assert_eq!(first.run(x.clone()).unwrap(), want);
         assert_eq!(beside.run(x.clone()).unwrap(), want);
         assert_eq!(alone.run(x).unwrap(), want);
+    }
+
+    /// A vector times a constant matrix given second — a classifier after global pooling,
+    /// `{g,1,1}, {o,g} → {1,o}`, and `{g}, {o,g} → {1,o}` — is prepared as a matrix-vector product
+    /// (the vector the first input) and gives the reference's integers on one and two threads (split
+    /// by rows); a vector with an axis longer than one, or a matrix that is no constant, is not.
+    #[test]
+    fn vectors_times_a_second_constant_matrix_are_matrix_vector_products() {
+        let (o, g) = (600u32, 1000u32);
+        let w: Vec<i32> = (0..o * g).map(|i| (i * 37 % 251) as i32 - 125).collect();
+        // (vector shape, its labels, the output's labels, the output shape, a matrix-vector product)
+        type Case = (Vec<u32>, Vec<u8>, Vec<u8>, Vec<u32>, bool);
+        let cases: [Case; 3] = [
+            (vec![g, 1, 1], vec![0, 1, 2], vec![4, 3], vec![1, o], true),
+            (vec![g], vec![0], vec![2, 1], vec![1, o], true),
+            (vec![g, 2], vec![0, 1], vec![1, 3], vec![2, o], false),
+        ];
+        for (xs, a, out, ys, expect) in cases {
+            let b = vec![if a.len() == 1 { 1 } else { 3 }, 0];
+            let m = Model::one_node(
+                vec![crate::ir::Input {
+                    name: "x".into(),
+                    shape: xs.clone(),
+                    scale: 4,
+                    kind: crate::ir::InputKind::Fixed,
+                }],
+                vec![Const {
+                    shape: vec![o, g],
+                    scale: 6,
+                    data: w.clone().into(),
+                }],
+                Op::EinSum { a, b, out },
+                vec![0, 1],
+                ys,
+                3,
+            );
+            m.validate().expect("valid");
+            let n: u32 = xs.iter().product();
+            let x = vec![(0..n as i32)
+                .map(|i| i * 11 % 256 - 128)
+                .collect::<Vec<_>>()];
+            let want = Executor::new(&m, Mode::Reference).run(x.clone()).unwrap();
+            for threads in [1, 2] {
+                let fast = Executor::new(&m, Mode::Fast { threads });
+                let prepared = matches!(fast.prepared[0], Prepared::MatVec(_, 0));
+                assert_eq!(prepared, expect, "{xs:?}");
+                assert_eq!(
+                    fast.run(x.clone()).unwrap(),
+                    want,
+                    "{xs:?}, {threads} threads"
+                );
+            }
+        }
+        assert!(!matvec_second(&[0], &[1, 0], &[2, 1], &[1000], &[3, 600]));
     }
 
     /// The row-wise strided copy (Slice, Broadcast, Transpose) equals the element-wise odometer it

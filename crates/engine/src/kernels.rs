@@ -54,14 +54,60 @@ pub(crate) fn max_abs_of<T: Copy + Into<i32>>(x: &[T]) -> u128 {
     x.iter().fold(0u32, |m, &v| m.max(v.into().unsigned_abs())) as u128
 }
 
-crate::multiversion! {
-    pub(crate) fn dot8(w: &[i8], x: &[i16]) -> i32 = dot8_body
+/// `Σ w[j]·x[j]` over the common length in wrapping `i32` (see [`dot8_body`]); on a CPU with AVX2, 16
+/// products a `vpmaddwd` (the weights sign-extended to 16 bits; a pair of products of an 8-bit and a
+/// 16-bit value never leaves `i32`), the same integers.
+pub(crate) fn dot8(w: &[i8], x: &[i16]) -> i32 {
+    #[cfg(target_arch = "x86_64")]
+    if crate::simd::Isa::detect() != crate::simd::Isa::Base {
+        // SAFETY: every level above `Base` has AVX2 (`Isa::detect`)
+        return unsafe { dot8_avx2(w, x) };
+    }
+    dot8_body(w, x)
+}
+
+/// [`dot8`] on AVX2: 32 products per step into two registers of `i32` lanes, the tail one by one.
+///
+/// # Safety
+/// The CPU must support AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn dot8_avx2(w: &[i8], x: &[i16]) -> i32 {
+    use std::arch::x86_64::*;
+    let n = w.len().min(x.len());
+    let (wp, xp) = (w.as_ptr(), x.as_ptr());
+    let (mut a0, mut a1) = (_mm256_setzero_si256(), _mm256_setzero_si256());
+    let mut j = 0;
+    while j + 32 <= n {
+        // SAFETY: `j + 32 ≤ n` elements of both are readable
+        let (w0, w1, x0, x1) = unsafe {
+            (
+                _mm256_cvtepi8_epi16(_mm_loadu_si128(wp.add(j) as *const __m128i)),
+                _mm256_cvtepi8_epi16(_mm_loadu_si128(wp.add(j + 16) as *const __m128i)),
+                _mm256_loadu_si256(xp.add(j) as *const __m256i),
+                _mm256_loadu_si256(xp.add(j + 16) as *const __m256i),
+            )
+        };
+        a0 = _mm256_add_epi32(a0, _mm256_madd_epi16(w0, x0));
+        a1 = _mm256_add_epi32(a1, _mm256_madd_epi16(w1, x1));
+        j += 32;
+    }
+    let mut lanes = [0i32; 8];
+    // SAFETY: `lanes` holds 8 `i32`
+    unsafe { _mm256_storeu_si256(lanes.as_mut_ptr() as *mut __m256i, _mm256_add_epi32(a0, a1)) };
+    let tail = w[j..n]
+        .iter()
+        .zip(&x[j..n])
+        .fold(0i32, |s, (&a, &b)| s.wrapping_add(a as i32 * b as i32));
+    lanes.iter().fold(tail, |s, &v| s.wrapping_add(v))
 }
 
 /// `Σ w[j]·x[j]` over the common length, in `i32` lanes (the caller keeps the sum inside `i32`, so the
 /// order of the additions does not matter): pairs of 16-bit products add into 32-bit lanes.
 #[inline(always)]
 fn dot8_body(w: &[i8], x: &[i16]) -> i32 {
+    let n = w.len().min(x.len());
+    let (w, x) = (&w[..n], &x[..n]);
     let mut lanes = [0i32; 32];
     let (wc, xc) = (w.chunks_exact(32), x.chunks_exact(32));
     let (wr, xr) = (wc.remainder(), xc.remainder());
@@ -5279,6 +5325,27 @@ pub(crate) mod tests {
                 "above the split"
             );
             narrow_conv_matches_reference(&mut next, xs, (o, 1), &win, range);
+        }
+    }
+
+    /// The 8-bit by 16-bit dot product (a matrix-vector product's rows) equals the exact sum at
+    /// every length up to the longest run its callers give it (511: `128 · 2^15 · 511 < 2^31`),
+    /// over the full ranges (−128 and −32768 included), also when one side is longer.
+    #[test]
+    fn eight_by_sixteen_bit_dot_products_are_exact() {
+        let mut bits = xorshift(0x6a09_e667_f3bc_c908);
+        for len in (0..70).chain([255, 256, 257, 500, 511]) {
+            for extreme in [false, true] {
+                let w: Vec<i8> = (0..len + 3)
+                    .map(|_| if extreme { -128 } else { bits() as i8 })
+                    .collect();
+                let x: Vec<i16> = (0..len)
+                    .map(|_| if extreme { -32768 } else { bits() as i16 })
+                    .collect();
+                let want: i64 = w.iter().zip(&x).map(|(&a, &b)| a as i64 * b as i64).sum();
+                assert_eq!(dot8(&w, &x) as i64, want, "length {len}");
+                assert_eq!(dot8_body(&w, &x) as i64, want, "length {len}");
+            }
         }
     }
 
