@@ -131,6 +131,47 @@ pub(crate) fn filled<T: crate::buffers::Pooled>(len: usize, value: T, threads: u
 
 #[cfg(test)]
 mod tests {
+    /// A part of a split kernel draws its buffers from the run's pool whichever worker runs it: on a
+    /// pool of two workers, each of eight parts (long enough that the second worker takes some) finds
+    /// one of the buffers the run's pool holds.
+    #[test]
+    fn parts_on_other_workers_draw_from_the_runs_pool() {
+        // (a pool of its own: the shared one may be busy with other tests' parts)
+        let workers = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .expect("two threads");
+        let pool = std::sync::Arc::new(crate::buffers::Pool::default());
+        let (me, found) = workers.install(|| {
+            crate::buffers::scoped(&pool, || {
+                for _ in 0..8 {
+                    crate::buffers::give(vec![0i32; 1 << 12]);
+                }
+                let found = std::sync::Mutex::new(Vec::new());
+                let mut rows = [0u8; 8];
+                super::rows(&mut rows, 1, 8, 1, |r0, _| {
+                    let got = crate::buffers::reuse::<i32>(1 << 12).is_some();
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                    let at = rayon::current_thread_index();
+                    found.lock().expect("not poisoned").push((r0, at, got));
+                });
+                (
+                    rayon::current_thread_index(),
+                    found.into_inner().expect("not poisoned"),
+                )
+            })
+        });
+        assert_eq!(found.len(), 8);
+        assert!(
+            found.iter().any(|f| f.1 != me),
+            "no part left the run's thread: {found:?}"
+        );
+        assert!(
+            found.iter().all(|f| f.2),
+            "a part found no pooled buffer: {found:?}"
+        );
+    }
+
     /// Every element of a buffer filled in parts holds the value, whatever the split.
     #[test]
     fn filled_buffers_hold_the_value_everywhere() {
