@@ -4037,6 +4037,17 @@ fn panel_rows(kk: usize, wp: usize, oh: usize, threads: usize) -> usize {
     (PANEL_BYTES / (kk * wp).max(1)).clamp(1, oh.div_ceil(threads.max(1)).max(1))
 }
 
+/// The reduction of [`conv2d_panels`]' products (a group's patch rows `cg·kh·kw`) and the columns of a
+/// row of the padded image's stride phases (`⌈(iw + pad_l + pad_r) / sx⌉`, as [`padded_bytes`] lays
+/// them out): what [`panel_rows`] sizes panels by.
+fn panel_shape(s: &ConvSpec<'_>) -> (usize, usize) {
+    let wp = s.x[3] + (s.window.pads[1] + s.window.pads[3]) as usize;
+    (
+        s.w[1] * s.w[2] * s.w[3],
+        wp.div_ceil(s.window.stride[1].max(1) as usize),
+    )
+}
+
 /// Whether the threads of [`conv2d_panels`] split a group's output channels rather than its output
 /// rows: when one thread would take the whole output in fewer panels than there are threads (a late
 /// layer: few output rows, many channels), splitting the rows would only make narrower panels (more
@@ -4045,9 +4056,7 @@ fn panel_rows(kk: usize, wp: usize, oh: usize, threads: usize) -> usize {
 /// rows of weights. Needs at least two register tiles of channels per thread.
 fn channel_parts(s: &ConvSpec<'_>, threads: usize) -> bool {
     let (og, oh) = (s.w[0] / s.groups.max(1), s.out[2]);
-    let wp = s.x[3] + (s.window.pads[1] + s.window.pads[3]) as usize;
-    let wq = wp.div_ceil(s.window.stride[1].max(1) as usize);
-    let kk = s.w[1] * s.w[2] * s.w[3];
+    let (kk, wq) = panel_shape(s);
     threads > 1 && og >= 2 * qgemm::MR * threads && oh.div_ceil(panel_rows(kk, wq, oh, 1)) < threads
 }
 
@@ -4060,10 +4069,7 @@ fn channel_parts(s: &ConvSpec<'_>, threads: usize) -> bool {
 /// 24 of padding — would multiply three times the columns).
 fn panels_suit(s: &ConvSpec<'_>, threads: usize) -> bool {
     let (oh, ow) = (s.out[2], s.out[3]);
-    // the columns of a row of the padded image's stride phases (`padded_bytes`)
-    let wp = s.x[3] + (s.window.pads[1] + s.window.pads[3]) as usize;
-    let wq = wp.div_ceil(s.window.stride[1].max(1) as usize);
-    let kk = s.w[1] * s.w[2] * s.w[3];
+    let (kk, wq) = panel_shape(s);
     let rows = panel_rows(kk, wq, oh, threads);
     let whole = |cols: usize| cols.div_ceil(16) * 16;
     let panels: usize = (0..oh)
@@ -4205,15 +4211,7 @@ fn conv2d_panels(
                     part(one);
                 }
             } else {
-                let part = &part;
-                // (each part drawing its buffers from the run's pool, as `par::rows` does)
-                let pool = crate::buffers::current();
-                let pool = pool.as_ref();
-                rayon::scope(|sc| {
-                    for one in parts {
-                        sc.spawn(move |_| crate::buffers::within(pool, || part(one)));
-                    }
-                });
+                crate::par::each(parts, part);
             }
             err.into_result()
         };

@@ -72,13 +72,20 @@ pub(crate) fn rows<T: Send>(
         f(0, data);
         return;
     }
+    each(data.chunks_mut(per * row_len).enumerate(), |(t, part)| {
+        f(t * per, part)
+    });
+}
+
+/// Run `f` on every one of `parts` in parallel, as tasks of the current pool; every part draws its
+/// buffers from the run's pool (see [`crate::buffers`]), whichever worker runs it.
+pub(crate) fn each<P: Send>(parts: impl IntoIterator<Item = P> + Send, f: impl Fn(P) + Sync) {
     let f = &f;
-    // every part draws its buffers from the run's pool, whichever worker runs it
     let pool = crate::buffers::current();
     let pool = pool.as_ref();
     rayon::scope(|s| {
-        for (t, part) in data.chunks_mut(per * row_len).enumerate() {
-            s.spawn(move |_| crate::buffers::within(pool, || f(t * per, part)));
+        for part in parts {
+            s.spawn(move |_| crate::buffers::within(pool, || f(part)));
         }
     });
 }

@@ -777,25 +777,17 @@ fn by_column_parts(
             rest = tail;
         }
     }
-    let pool = crate::buffers::current();
-    let pool = pool.as_ref();
-    rayon::scope(|s| {
-        for (t, segs) in parts.into_iter().enumerate() {
-            s.spawn(move |_| {
-                crate::buffers::within(pool, || {
-                    let blocks = t * per..((t + 1) * per).min(nb);
-                    let w = blocks.len() * NR;
-                    // (every element written by the kernel)
-                    let mut sums = crate::buffers::take_overwritten(a.m * w);
-                    let (pa, pb) = (Parts { hi: a, lo: None }, Parts { hi: b, lo: None });
-                    gemm_rows_avx2(pa, pb, (0, blocks), Sums::Narrow(&mut sums), tokens);
-                    for (seg, row) in segs.into_iter().zip(sums.chunks_exact(w)) {
-                        seg.copy_from_slice(row);
-                    }
-                    crate::buffers::give(sums);
-                })
-            });
+    crate::par::each(parts.into_iter().enumerate(), |(t, segs)| {
+        let blocks = t * per..((t + 1) * per).min(nb);
+        let w = blocks.len() * NR;
+        // (every element written by the kernel)
+        let mut sums = crate::buffers::take_overwritten(a.m * w);
+        let (pa, pb) = (Parts { hi: a, lo: None }, Parts { hi: b, lo: None });
+        gemm_rows_avx2(pa, pb, (0, blocks), Sums::Narrow(&mut sums), tokens);
+        for (seg, row) in segs.into_iter().zip(sums.chunks_exact(w)) {
+            seg.copy_from_slice(row);
         }
+        crate::buffers::give(sums);
     });
 }
 
