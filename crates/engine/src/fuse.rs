@@ -627,6 +627,9 @@ fn mul_clamp_runs(
     c: ComposedClamp,
     then: Option<&Step>,
 ) -> bool {
+    if mul_clamp_lanes(x, start, other, (o, shift), c) {
+        return true;
+    }
     let mut j = 0;
     while j < x.len() {
         let i = start + j;
@@ -650,6 +653,123 @@ fn mul_clamp_runs(
         j += run;
     }
     true
+}
+
+/// Runs of fewer elements than this go to [`mul_clamp_lanes`] (a 7×7 or 5×5 plane per channel), whose
+/// registers may span two runs, instead of one call of [`composed_run`] per run.
+const SHORT_RUN: usize = 64;
+
+/// [`mul_clamp_runs`] over short runs of at least 8 elements ([`SHORT_RUN`]) on AVX2: every register's
+/// lanes take their own run's multiplier (two runs' meet inside a register), the product and the
+/// composed shift and clamp `c` as [`composed_run`] takes them — when the block's largest magnitude
+/// times the largest multiplier of the runs it touches keeps every product's shifted result inside
+/// `i32` (so the product step, alone or composed, cannot fail, and each lane's `i64` result fits its
+/// low word). `false`, with nothing written, where it does not apply.
+#[inline(always)]
+fn mul_clamp_lanes(
+    x: &mut [i32],
+    start: usize,
+    other: &[i32],
+    (o, shift): (Operand, Shift),
+    c: ComposedClamp,
+) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if crate::simd::Isa::detect() != crate::simd::Isa::Base
+        && (8..SHORT_RUN).contains(&o.inner)
+        && o.period > 0
+        && !x.is_empty()
+    {
+        // (the runs' multipliers from the first one's, wrapping at the period: no division per run)
+        let (first, last) = (start / o.inner, (start + x.len() - 1) / o.inner);
+        let at = first % o.period;
+        let mw = (other[at..o.period].iter())
+            .chain(other[..o.period].iter().cycle())
+            .take(last - first + 1)
+            .fold(0u32, |a, w| a.max(w.unsigned_abs())) as u128;
+        let mx = x.iter().fold(0u32, |a, v| a.max(v.unsigned_abs())) as u128;
+        // |x·w| ≤ mx·mw: (mx·mw + half) >> right below i32::MAX bounds every result from above,
+        // and the floor of a negative product's from below (at most one under its negation)
+        if shift.left == 0
+            && (mx * mw + shift.half.unsigned_abs() as u128) >> shift.right < i32::MAX as u128
+        {
+            // SAFETY: AVX2 (or AVX-512, which includes it) is present and allowed (`Isa::detect`)
+            unsafe { composed_lanes_avx2(x, start, other, o, c) };
+            return true;
+        }
+    }
+    false
+}
+
+/// [`composed_run_avx2`] over runs of at least 8 elements, each register's multipliers those of its
+/// lanes' runs (element `start + j` in run `(start + j) / o.inner`, whose multiplier is
+/// `other[run mod o.period]`); the last `len mod 8` elements one by one. The caller has checked that
+/// every product's shifted result fits `i32`.
+///
+/// # Safety
+/// The CPU must support AVX2; `o.inner ≥ 8`, `o.period > 0` and `other` holds `o.period` values.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn composed_lanes_avx2(
+    x: &mut [i32],
+    start: usize,
+    other: &[i32],
+    o: Operand,
+    c: ComposedClamp,
+) {
+    use std::arch::x86_64::*;
+    debug_assert!(o.inner >= 8 && other.len() >= o.period);
+    let half = _mm256_set1_epi64x(c.half);
+    let high = c.right >= 32;
+    let count = _mm_cvtsi64_si128(if high { c.right - 32 } else { c.right } as i64);
+    let (lo, hi) = (
+        _mm256_set1_epi32(c.lo.max(i32::MIN as i64) as i32),
+        _mm256_set1_epi32(c.hi.min(i32::MAX as i64) as i32),
+    );
+    let lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    // the multiplier of element j = 0's run (at `run` in `other`), the first element (from j = 0)
+    // of the next run, whose multiplier follows (wrapping at the period)
+    let (mut run, mut next) = ((start / o.inner) % o.period, o.inner - start % o.inner);
+    let after = |run: usize| if run + 1 == o.period { 0 } else { run + 1 };
+    let mut chunks = x.chunks_exact_mut(8);
+    let mut j = 0;
+    for ch in &mut chunks {
+        // lanes before the next run's first element take this run's multiplier, the rest the next's
+        // (runs of 8 or more: one meeting at most)
+        let wv = if j + 8 <= next {
+            _mm256_set1_epi32(other[run])
+        } else {
+            let this = _mm256_cmpgt_epi32(_mm256_set1_epi32((next - j) as i32), lane);
+            _mm256_blendv_epi8(
+                _mm256_set1_epi32(other[after(run)]),
+                _mm256_set1_epi32(other[run]),
+                this,
+            )
+        };
+        let p = ch.as_mut_ptr() as *mut __m256i;
+        let v = _mm256_loadu_si256(p);
+        // vpmuldq reads each 64-bit lane's low word: the even lanes' values and multipliers, then
+        // the odd ones moved down
+        let even = _mm256_add_epi64(_mm256_mul_epi32(v, wv), half);
+        let odd = _mm256_add_epi64(
+            _mm256_mul_epi32(_mm256_srli_epi64::<32>(v), _mm256_srli_epi64::<32>(wv)),
+            half,
+        );
+        let r = join_shifted(even, odd, high, count);
+        _mm256_storeu_si256(p, _mm256_min_epi32(_mm256_max_epi32(r, lo), hi));
+        j += 8;
+        if j >= next {
+            run = after(run);
+            next += o.inner;
+        }
+    }
+    for v in chunks.into_remainder() {
+        if j == next {
+            run = after(run);
+            next += o.inner;
+        }
+        *v = ((*v as i64 * other[run] as i64 + c.half) >> c.right).clamp(c.lo, c.hi) as i32;
+        j += 1;
+    }
 }
 
 /// `x[j] = clamp((x[j]·w + c.half) >> c.right, c.lo, c.hi)`, taken in `i32` — exact wherever the
@@ -1498,6 +1618,79 @@ mod tests {
         }
         if std::arch::is_x86_feature_detected!("avx2") {
             assert!(taken > 500, "{taken}");
+        }
+    }
+
+    /// Per-channel products over short runs (a 7×7 plane per channel), composed with a clamp or alone,
+    /// with registers spanning two runs: the lanes give the product step's and then the clamp step's
+    /// integers (blocks starting anywhere in a run, runs of 8 to 63 elements, channels restarting
+    /// mid-block, multipliers of both signs below and above 2^16, shifts below, at and above 32, every
+    /// tail length); where a product's result could leave `i32` they decline and write nothing.
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn products_over_short_runs_in_lanes_equal_the_steps() {
+        let mut next = crate::kernels::tests::xorshift(0x6a09_e667_f3bc_c908);
+        let (mut taken, mut declined) = (0, 0);
+        for case in 0..3000 {
+            let right = 1 + (next() % 45) as u32;
+            let mul = Shift::new(right as i32).expect("in range");
+            let inner = 8 + (next() % 56) as usize;
+            let period = 1 + (next() % 12) as usize;
+            let start = (next() % 400) as usize;
+            let len = (next() % 300) as usize;
+            let (mx, mw) = (1i64 << (next() % 20), 1i64 << (next() % 28));
+            let draw = |m: i64, r: u64| ((r % (2 * m as u64 + 1)) as i64 - m) as i32;
+            let x: Vec<i32> = (0..len).map(|_| draw(mx, next())).collect();
+            let w: Vec<i32> = (0..period).map(|_| draw(mw, next())).collect();
+            let o = Operand {
+                value: 0,
+                inner,
+                period,
+            };
+            // the clamp step after the product (a requantization to 8 bits, a ReLU) or none
+            let clamp = match case % 3 {
+                0 => None,
+                1 => Some((
+                    Shift::new((next() % 20) as i32).expect("in range"),
+                    -128,
+                    127,
+                )),
+                _ => Some((Shift::new(0).expect("in range"), 0, i32::MAX as i64)),
+            };
+            let c = match clamp {
+                Some((s, lo, hi)) => match ComposedClamp::new(mul, s, lo, hi) {
+                    Some(c) => c,
+                    None => continue,
+                },
+                None => ComposedClamp::alone(mul),
+            };
+            let results: Vec<i64> = x
+                .iter()
+                .enumerate()
+                .map(|(j, &v)| mul.apply(v as i64 * w[((start + j) / inner) % period] as i64))
+                .collect();
+            let fits = results
+                .iter()
+                .all(|r| (i32::MIN as i64..=i32::MAX as i64).contains(r));
+            let want: Vec<i32> = results
+                .iter()
+                .map(|&r| match clamp {
+                    Some((s, lo, hi)) => s.apply(r).clamp(lo, hi) as i32,
+                    None => r as i32,
+                })
+                .collect();
+            let mut got = x.clone();
+            if mul_clamp_lanes(&mut got, start, &w, (o, mul), c) {
+                assert!(fits, "case {case}: taken where a product leaves i32");
+                assert_eq!(got, want, "case {case}: runs of {inner} from {start}");
+                taken += 1;
+            } else {
+                assert_eq!(got, x, "declined, nothing written");
+                declined += 1;
+            }
+        }
+        if std::arch::is_x86_feature_detected!("avx2") {
+            assert!(taken > 1000 && declined > 50, "{taken} {declined}");
         }
     }
 
