@@ -62,6 +62,20 @@ enum Step {
         /// [`lookup_mul_run`]'s 32-bit products need).
         top: Option<u32>,
     },
+    /// The `Add` of a constant to the chain's value, a `Clamp` of that sum and the `Mul` of the value
+    /// by the clamped sum (the value's two readers, as in a hard swish `x · clamp(x + 3, 0, 6)`):
+    /// `t = add(x << la + c)` (which must fit `i32`), `g = clamp(shift(t), lo, hi)`,
+    /// `mul(x · g)` (which must fit `i32`).
+    GateMul {
+        la: u32,
+        /// The constant, aligned (`c << lb`).
+        c: i64,
+        add: Shift,
+        shift: Shift,
+        lo: i64,
+        hi: i64,
+        mul: Shift,
+    },
     /// A binary op with `other` (the chain's value is operand `a` when `chain_is_a`), operands
     /// aligned by `la`/`lb`, then rescaled.
     Binary {
@@ -249,14 +263,25 @@ pub(crate) fn plan(m: &Model) -> Vec<Role> {
             } else if reads[v] == 2 {
                 let (l, j) = (first_reader[v], reader[v]);
                 let only = |w: usize, by: usize| reads[w] == 1 && reader[w] == by;
-                let Some(step) = (l != j && only(first + l, j))
+                if let Some(step) = (l != j && only(first + l, j))
                     .then(|| lookup_mul(m, l, j, v as ValueId, first + h))
                     .flatten()
-                else {
-                    break;
-                };
-                chain.push(Fused { node: j, step });
-                nodes.extend([l, j]);
+                {
+                    chain.push(Fused { node: j, step });
+                    nodes.extend([l, j]);
+                } else {
+                    // the sum's only reader is the clamp, the clamp's only reader the product
+                    let k = reader[first + l];
+                    let Some(step) =
+                        (l != j && reads[first + l] == 1 && k < j && only(first + k, j))
+                            .then(|| gate_mul(m, [l, k, j], v as ValueId))
+                            .flatten()
+                    else {
+                        break;
+                    };
+                    chain.push(Fused { node: j, step });
+                    nodes.extend([l, k, j]);
+                }
                 v = first + j;
             } else {
                 break;
@@ -407,6 +432,52 @@ fn step_of(m: &Model, node: &Node, v: ValueId, head: usize) -> Option<Step> {
         }
         _ => None,
     }
+}
+
+/// Nodes `l`, `k`, `j` as one [`Step::GateMul`] on value `v`, which `l` and `j` alone read: `l` the `Add`
+/// of `v` and a one-element constant, `k` a `Clamp` of `l`'s result (its only reader), `j` the `Mul`
+/// of `v` by `k`'s result (either order, `k`'s only reader); all of `v`'s shape.
+fn gate_mul(m: &Model, [l, k, j]: [usize; 3], v: ValueId) -> Option<Step> {
+    let first = m.first_node_value();
+    let (nl, nk, nj) = (&m.nodes[l], &m.nodes[k], &m.nodes[j]);
+    let info = m.value(v)?;
+    let same = |n: &Node| info.shape == n.shape.as_slice();
+    let (lv, kv) = ((first + l) as ValueId, (first + k) as ValueId);
+    let by_k = nj.inputs[..] == [v, kv] || nj.inputs[..] == [kv, v];
+    if !(same(nl) && same(nk) && same(nj) && nk.inputs[..] == [lv] && nj.op == Op::Mul && by_k) {
+        return None;
+    }
+    // the sum as `step_of` takes an `Add` of the value and a constant (aligned, then rescaled)
+    let Step::Binary {
+        op: BinOp::Add,
+        la,
+        lb,
+        shift: add,
+        other,
+        ..
+    } = step_of(m, nl, v, first)?
+    else {
+        return None;
+    };
+    let c = m.const_of(other.value)?;
+    let c = match c.data.transient()[..] {
+        [c] => (c as i64) << lb,
+        _ => return None,
+    };
+    let Step::Clamp { shift, lo, hi } = step_of(m, nk, lv, first)? else {
+        return None;
+    };
+    let k = info.scale as i32 + nk.scale as i32 - nj.scale as i32;
+    (0..62).contains(&k).then_some(())?;
+    Some(Step::GateMul {
+        la,
+        c,
+        add,
+        shift,
+        lo,
+        hi,
+        mul: Shift::new(k)?,
+    })
 }
 
 /// Nodes `l` and `j` as one [`Step::LookupMul`] on value `v`, which they alone read: `l` a `Lookup` of
@@ -1118,6 +1189,15 @@ fn step(x: &mut [i32], start: usize, st: &Step, other: &[i32]) -> bool {
             }
             fits(l, h)
         }
+        Step::GateMul {
+            la,
+            c,
+            add,
+            shift,
+            lo,
+            hi,
+            mul,
+        } => gate_mul_run(x, (la, c, add), (shift, lo, hi), mul),
         Step::Binary {
             op,
             la,
@@ -1126,8 +1206,7 @@ fn step(x: &mut [i32], start: usize, st: &Step, other: &[i32]) -> bool {
             chain_is_a,
             other: o,
         } => {
-            // an element-wise product (x · clamp(x + 3, 0, 6) in a HardSwish, a gated unit's
-            // product) in 32-bit lanes where it can
+            // an element-wise product (a gated unit's product) in 32-bit lanes where it can
             if op == BinOp::Mul && la == 0 && lb == 0 && mul_pair_runs(x, start, other, o, shift) {
                 return true;
             }
@@ -1154,6 +1233,113 @@ fn step(x: &mut [i32], start: usize, st: &Step, other: &[i32]) -> bool {
                 BinOp::Mul => go!(|a: i64, b: i64| a * b),
             }
         }
+    }
+}
+
+/// A [`Step::GateMul`] over `x`: in 32-bit lanes on AVX2 where the sum and the clamp do not rescale and
+/// the block's largest magnitude keeps every sum and every product's shifted result inside `i32`;
+/// else element by element in `i64`. `false` if a sum or a product left `i32` (then `x` is partly
+/// transformed, as a failed step leaves it).
+#[inline(always)]
+fn gate_mul_run(
+    x: &mut [i32],
+    (la, c, add): (u32, i64, Shift),
+    (shift, lo, hi): (Shift, i64, i64),
+    mul: Shift,
+) -> bool {
+    let right = |s: Shift| s.left == 0 && s.right <= 31;
+    #[cfg(target_arch = "x86_64")]
+    if crate::simd::Isa::detect() != crate::simd::Isa::Base
+        && la == 0
+        && right(add)
+        && right(shift)
+        && mul.left == 0
+        && lo <= hi
+    {
+        let mx = x.iter().fold(0u32, |a, v| a.max(v.unsigned_abs())) as u128;
+        let mg = lo.unsigned_abs().max(hi.unsigned_abs()) as u128;
+        // |x + c + half| ≤ mx + |c| + half; the sum shifted and its rounding term added again, at
+        // most that shifted plus the clamp's half; |x·g| ≤ mx·mg, whose shifted results (the floor
+        // of a negative one at most one under its negation) stay inside i32 below i32::MAX
+        let (ha, hs) = (add.half as u128, shift.half as u128);
+        let sum = mx + c.unsigned_abs() as u128 + ha;
+        let sums = sum <= i32::MAX as u128 && (sum >> add.right) + hs <= i32::MAX as u128;
+        let products = (mx * mg + mul.half.unsigned_abs() as u128) >> mul.right < i32::MAX as u128;
+        if sums && products {
+            // SAFETY: AVX2 (or AVX-512, which includes it) is present and allowed (`Isa::detect`);
+            // `c` and the halves lie inside i32 (the sums' bound), `lo`, `hi` are a clamp's (i32)
+            unsafe {
+                gate_mul_avx2(
+                    x,
+                    (c as i32 + add.half as i32, add.right),
+                    (shift.half as i32, shift.right),
+                    (lo as i32, hi as i32),
+                    mul,
+                )
+            };
+            return true;
+        }
+    }
+    let (mut l, mut h) = (0i64, 0i64);
+    for v in x.iter_mut() {
+        let t = add.apply(((*v as i64) << la) + c);
+        if t < i32::MIN as i64 || t > i32::MAX as i64 {
+            return false;
+        }
+        let g = shift.apply(t).clamp(lo, hi);
+        let r = mul.apply(*v as i64 * g);
+        l = l.min(r);
+        h = h.max(r);
+        *v = r as i32;
+    }
+    fits(l, h)
+}
+
+/// `x[j] = mul(x[j] · clamp((((x[j] + c) >> ra) + hs) >> rs, lo, hi))` 8 lanes at a time (`c` with
+/// the sum's rounding term, `hs` the clamp's): the sum, its shifts and the clamp in `i32` lanes, the
+/// product as [`composed_run_avx2`] takes it (the even and the odd lanes' 64-bit products by one
+/// `vpmuldq` each, shifted and joined); the last `len mod 8` elements one by one.
+///
+/// # Safety
+/// The CPU must support AVX2; the caller has checked that no sum or shifted sum with its rounding
+/// term leaves `i32`, that every product's shifted result fits `i32`, `ra, rs ≤ 31`, `mul.right ≤ 62`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn gate_mul_avx2(
+    x: &mut [i32],
+    (c, ra): (i32, u32),
+    (hs, rs): (i32, u32),
+    (lo, hi): (i32, i32),
+    mul: Shift,
+) {
+    use std::arch::x86_64::*;
+    let half = _mm256_set1_epi64x(mul.half);
+    let high = mul.right >= 32;
+    let count = _mm_cvtsi64_si128(if high { mul.right - 32 } else { mul.right } as i64);
+    let (cv, hsv, lv, hv) = (
+        _mm256_set1_epi32(c),
+        _mm256_set1_epi32(hs),
+        _mm256_set1_epi32(lo),
+        _mm256_set1_epi32(hi),
+    );
+    let (ca, cs) = (_mm_cvtsi32_si128(ra as i32), _mm_cvtsi32_si128(rs as i32));
+    let mut chunks = x.chunks_exact_mut(8);
+    for ch in &mut chunks {
+        let p = ch.as_mut_ptr() as *mut __m256i;
+        let v = _mm256_loadu_si256(p);
+        let t = _mm256_sra_epi32(_mm256_add_epi32(v, cv), ca);
+        let t = _mm256_sra_epi32(_mm256_add_epi32(t, hsv), cs);
+        let g = _mm256_min_epi32(_mm256_max_epi32(t, lv), hv);
+        let even = _mm256_add_epi64(_mm256_mul_epi32(v, g), half);
+        let odd = _mm256_add_epi64(
+            _mm256_mul_epi32(_mm256_srli_epi64::<32>(v), _mm256_srli_epi64::<32>(g)),
+            half,
+        );
+        _mm256_storeu_si256(p, join_shifted(even, odd, high, count));
+    }
+    for v in chunks.into_remainder() {
+        let g = ((((*v + c) >> ra) + hs) >> rs).clamp(lo, hi) as i64;
+        *v = ((*v as i64 * g + mul.half) >> mul.right) as i32;
     }
 }
 
@@ -2061,6 +2247,178 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A hard swish's `x · clamp(x + 3, 0, 6)` (the sum, the clamp and the product, `x` read twice) is
+    /// one step of the chain of the node that makes `x`: the same integers as node by node on every
+    /// instruction set, with the sum rescaled or not, the constant at a finer scale than `x` (the
+    /// loop in `i64`), the product's operands in either order; a sum or a product past `i32` is the
+    /// reference's error.
+    #[test]
+    fn a_hard_swish_is_one_step_of_the_chain() {
+        // (a length past whole vector registers: the last elements go one by one)
+        let n = 5003u32;
+        let node = |name: &str, op: Op, inputs: Vec<ValueId>, scale: i8| Node {
+            name: name.into(),
+            op,
+            inputs,
+            shape: vec![n],
+            scale,
+        };
+        let mut errors = 0;
+        // (scale of x, of the constant, of the sum, of the clamp, of the product; the product's
+        // operands swapped): as a compiled hard swish has them, all at one scale, the constant finer
+        // than x, the clamp rescaling the sum, the sum rescaled far enough that a product of the
+        // largest x fits where the sum does not
+        for (sx, sc, sa, sr, sg, swap) in [
+            (20, 20, 16, 16, 19, false),
+            (16, 16, 16, 16, 16, true),
+            (12, 16, 14, 14, 13, false),
+            (20, 20, 18, 15, 17, false),
+            (20, 20, 4, 4, 0, false),
+        ] {
+            let m = Model {
+                inputs: vec![Input {
+                    name: "x".into(),
+                    shape: vec![n],
+                    scale: sx,
+                    kind: InputKind::Fixed,
+                }],
+                consts: vec![Const {
+                    shape: vec![],
+                    scale: sc,
+                    data: vec![3 << sc].into(),
+                }],
+                nodes: vec![
+                    node("acc", Op::Rescale, vec![0], sx),
+                    node("shift", Op::Add, vec![2, 1], sa),
+                    node("relu6", Op::Clamp { lo: 0, hi: 6 << sr }, vec![3], sr),
+                    node(
+                        "gate",
+                        Op::Mul,
+                        if swap { vec![4, 2] } else { vec![2, 4] },
+                        sg,
+                    ),
+                    node(
+                        "clip",
+                        Op::Clamp {
+                            lo: -(1 << 28),
+                            hi: 1 << 28,
+                        },
+                        vec![5],
+                        sg,
+                    ),
+                ],
+                outputs: vec![Output {
+                    name: "y".into(),
+                    value: 6,
+                }],
+            };
+            m.validate().expect("valid");
+            match &plan(&m)[0] {
+                Role::Head(c) => {
+                    assert_eq!(c.nodes, vec![1, 2, 3, 4]);
+                    assert!(matches!(c.steps[0].step, Step::GateMul { .. }), "{c:?}");
+                }
+                r => panic!("not a head: {r:?}"),
+            }
+            let run = |x: &[i32], mode| {
+                crate::exec::Executor::new(&m, mode)
+                    .run(vec![x.to_vec()])
+                    .map_err(|e| e.to_string())
+            };
+            let mut r = 0x9e37_79b9_7f4a_7c15u64;
+            let x: Vec<i32> = (0..n)
+                .map(|_| {
+                    r ^= r << 13;
+                    r ^= r >> 7;
+                    r ^= r << 17;
+                    // values from −8 to 8, at the input's scale
+                    ((r >> 40) as i32 - (1 << 23)) >> (20 - sx)
+                })
+                .collect();
+            let want = run(&x, crate::exec::Mode::Reference).expect("runs");
+            // gated below −3, passed above 3, a curve between: all three met
+            let one = 1 << sg;
+            let y = &want[0];
+            assert!(y.contains(&0) && y.iter().any(|&v| v > 4 * one));
+            assert!(y.iter().any(|&v| v < 0));
+            use crate::simd::Isa;
+            for isa in [Isa::Avx512, Isa::Avx2, Isa::Base] {
+                Isa::cap(isa);
+                let got = run(&x, crate::exec::Mode::Fast { threads: 1 });
+                Isa::cap(Isa::Avx512);
+                let got = got.expect("runs");
+                let wrong = y.iter().zip(&got[0]).filter(|(a, b)| a != b).count();
+                assert_eq!(
+                    wrong,
+                    0,
+                    "{wrong} of {} elements differ ({isa:?}, x at {sx})",
+                    y.len()
+                );
+                // a sum or a product past i32 (a sum past it gated to 0 too), in an odd lane, an
+                // even one and the last one
+                for (at, v) in [4321, 4322, n as usize - 1]
+                    .into_iter()
+                    .flat_map(|at| [(at, i32::MAX - 1), (at, i32::MIN + 1)])
+                {
+                    let mut x = x.clone();
+                    x[at] = v;
+                    let want = run(&x, crate::exec::Mode::Reference);
+                    errors += want.is_err() as usize;
+                    Isa::cap(isa);
+                    let got = run(&x, crate::exec::Mode::Fast { threads: 1 });
+                    Isa::cap(Isa::Avx512);
+                    assert!(
+                        got == want,
+                        "{isa:?}, x at {sx}, {v} at {at}: {:?}",
+                        got.err()
+                    );
+                }
+            }
+        }
+        // the largest x leaves i32 in its sum or its product but where the sum is rescaled far
+        // (the large negative one is gated to 0): on every instruction set
+        assert_eq!(errors, 4 * 3 * 3);
+    }
+
+    /// The gate's lanes against its definition over short blocks (every tail length), sums and clamps
+    /// rescaled or not, clamps of either sign, products shifted below, at and above 32.
+    #[test]
+    fn gate_lanes_equal_the_definition() {
+        let mut next = crate::kernels::tests::xorshift(0xbb67_ae85_84ca_a73b);
+        let mut compared = 0;
+        for case in 0..4000 {
+            let len = (next() % 40) as usize;
+            let mx = 1i64 << (8 + next() % 16);
+            let x: Vec<i32> = (0..len)
+                .map(|_| ((next() % (2 * mx as u64 + 1)) as i64 - mx) as i32)
+                .collect();
+            let sh = |k: u64| Shift::new(k as i32).expect("in range");
+            let (add, shift, mul) = (sh(next() % 6), sh(next() % 4), sh(next() % 40));
+            let c = (next() % (1 << 20)) as i64 - (1 << 19);
+            let lo = -((next() % (1 << 12)) as i64) * (case % 2);
+            let hi = lo + (next() % (1 << 14)) as i64;
+            let want: Option<Vec<i32>> = x
+                .iter()
+                .map(|&v| {
+                    let t = add.apply(v as i64 + c);
+                    let g = shift.apply(t).clamp(lo, hi);
+                    i32::try_from(mul.apply(v as i64 * g)).ok()
+                })
+                .collect();
+            let mut got = x.clone();
+            let ok = gate_mul_run(&mut got, (0, c, add), (shift, lo, hi), mul);
+            match want {
+                Some(want) => {
+                    assert!(ok, "case {case}");
+                    assert_eq!(got, want, "case {case}");
+                    compared += 1;
+                }
+                None => assert!(!ok, "case {case}"),
+            }
+        }
+        assert!(compared > 2000, "{compared}");
     }
 
     #[test]
