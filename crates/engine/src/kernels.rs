@@ -941,38 +941,50 @@ impl EinPlan {
         &self,
         ap: &[i32],
         bp: &[i32],
-        pa: Option<&Packed>,
-        pb: Option<&Packed>,
+        (pa, pb): (Option<&Packed>, Option<&Packed>),
         rb: Range,
         threads: usize,
-    ) -> Option<Acc> {
+        requant: Option<qgemm::Requant<'_>>,
+    ) -> Option<(Acc, bool)> {
         let (bt, m, k, n) = (self.bt, self.m, self.k, self.n);
         let level = Level::detect();
+        // (the rows' requantization: one batch of weights times whole activations)
+        let requant = requant.filter(|_| bt == 1);
         if let (Some(Narrow::A(qa)), None) = (pa.and_then(|p| p.narrow.as_ref()), pb) {
             // constant a (weights) times 8- or 16-bit activations b, packed on every thread of the
             // run when the product is split too
             let batch = |bi: usize| &bp[bi * k * n..(bi + 1) * k * n];
             let th = if m * k * n >= 1 << 21 { threads } else { 1 };
-            return self.by_parts(
-                |bi, part| {
-                    let x = batch(bi);
-                    match part {
-                        Part::Whole => {
-                            let (lo, hi) = min_max_in(x, rb);
-                            let offset = PackedA::offset_for(lo, hi)?;
-                            PackedB::shifted_par(x, 0, k, n, offset, th)
+            // (sums in the whole form requantized when asked: its `whole` closure)
+            return self
+                .by_parts(
+                    |bi, part| {
+                        let x = batch(bi);
+                        match part {
+                            Part::Whole => {
+                                let (lo, hi) = min_max_in(x, rb);
+                                let offset = PackedA::offset_for(lo, hi)?;
+                                PackedB::shifted_par(x, 0, k, n, offset, th)
+                            }
+                            Part::High => PackedB::shifted_par(x, 8, k, n, halves(x)?, th),
+                            Part::Low => PackedB::shifted_par(x, 0, k, n, false, th),
                         }
-                        Part::High => PackedB::shifted_par(x, 8, k, n, halves(x)?, th),
-                        Part::Low => PackedB::shifted_par(x, 0, k, n, false, th),
-                    }
-                },
-                |bi| &qa[bi],
-                |w, act| (qgemm::gemm(w, act, threads, level), act.ldc()),
-                |w, act| {
-                    qgemm::gemm_joined(w.as_ref(), act.as_ref(), threads, level)
-                        .map(|c| (c, act.hi.ldc()))
-                },
-            );
+                    },
+                    |bi| &qa[bi],
+                    |w, act| {
+                        let c = qgemm::gemm_requant(w, act, threads, level, requant);
+                        (c, act.ldc())
+                    },
+                    |w, act| (qgemm::gemm(w, act, threads, level), act.ldc()),
+                    |w, act| {
+                        qgemm::gemm_joined(w.as_ref(), act.as_ref(), threads, level)
+                            .map(|c| (c, act.hi.ldc()))
+                    },
+                )
+                .map(|acc| {
+                    let done = requant.is_some() && matches!(acc, Acc::Narrow(_));
+                    (acc, done)
+                });
         }
         let built: Vec<Parts<PackedB>>;
         let qb = match pb.and_then(|p| p.narrow.as_ref()) {
@@ -1004,16 +1016,19 @@ impl EinPlan {
             },
             |bi| &qb[bi],
             |w, act| (qgemm::gemm(act, w, threads, level), w.ldc()),
+            |w, act| (qgemm::gemm(act, w, threads, level), w.ldc()),
             |w, act| {
                 qgemm::gemm_joined(act.as_ref(), w.as_ref(), threads, level)
                     .map(|c| (c, w.hi.ldc()))
             },
         )
+        .map(|acc| (acc, false))
     }
 
     /// The product of every batch's activations (packed by `pack`) by its weights (`weights`; `mul`
     /// gives the `i32` product of one part of them and one packing of activations, with its row
-    /// stride): 8-bit activations whole when every batch's are, else each batch's 16-bit values as
+    /// stride; `mul_whole` the product of whole weights and activations, requantized where the caller
+    /// asked): 8-bit activations whole when every batch's are, else each batch's 16-bit values as
     /// their two [`halves`]; with whole activations and whole weights the one product as it is, else
     /// every pair of parts' products joined in `i64` (`256·high + low` on each side), or the joined
     /// product `joined` gives at once (`i64`, with its row stride) where it can. `None` if a batch
@@ -1022,6 +1037,7 @@ impl EinPlan {
         &self,
         pack: impl Fn(usize, Part) -> Option<P>,
         weights: impl Fn(usize) -> &'w Parts<W>,
+        mul_whole: impl Fn(&W, &P) -> (Vec<i32>, usize),
         mul: impl Fn(&W, &P) -> (Vec<i32>, usize),
         joined: impl Fn(&Parts<W>, &Parts<P>) -> Option<(Vec<i64>, usize)>,
     ) -> Option<Acc> {
@@ -1035,7 +1051,7 @@ impl EinPlan {
             return Some(Acc::Narrow(
                 acts.iter()
                     .enumerate()
-                    .map(|(bi, a)| mul(&weights(bi).hi, a))
+                    .map(|(bi, a)| mul_whole(&weights(bi).hi, a))
                     .collect(),
             ));
         }
@@ -1132,23 +1148,7 @@ impl EinPlan {
             if a8 { Cow::Borrowed(&[][..]) } else { ap_of() },
             if b8 { Cow::Borrowed(&[][..]) } else { bp_of() },
         );
-        let (mut c, ap, bp) = match self.narrow_product(&ap, &bp, pa, pb, rb, threads) {
-            Some(c) => (c, ap, bp),
-            None => {
-                let ap = if a8 { ap_of() } else { ap };
-                let bp = if b8 { bp_of() } else { bp };
-                let (bt, m, k, n) = (self.bt, self.m, self.k, self.n);
-                let c = batched_gemm(&ap, &bp, bt, m, k, n, bound, threads);
-                (Acc::Wide(c), ap, bp)
-            }
-        };
-        // the operands' packed copies are not read again
-        for p in [ap, bp] {
-            if let Cow::Owned(p) = p {
-                crate::buffers::give(p);
-            }
-        }
-        // scatter C (labels batch, m, n) into the output order, adding the bias
+        // where C's rows (labels batch, m) and columns (n) go in the output, with the bias
         let places = self.places(s, bias.map(|(_, bshape, _)| bshape));
         let (row_out, col_out) = (&places.row_out, &places.col_out);
         let bias_offs = places.bias.as_ref();
@@ -1164,6 +1164,48 @@ impl EinPlan {
             && row_out.iter().enumerate().all(|(r, &o)| o == r * n);
         // requantization and the chain cost a few nanoseconds per element: 16 K elements or more
         let th = if rows * n >= 1 << 14 { threads } else { 1 };
+        // one batch in order, one bias per row (or none): the product's kernel adds the bias and the
+        // rounding term and shifts as it stores the sums, where no sum with its add can leave i32
+        let row_bias = |r: usize| match (bias, &bias_offs) {
+            (Some((bd, _, sh)), Some((brow, bcol))) => (bd[brow[r] + bcol[0]] as i128) << sh,
+            _ => 0,
+        };
+        let half = Shift::new(shift)
+            .filter(|_| (0..=31).contains(&shift))
+            .map(|s| s.half);
+        let adds: Option<Vec<i32>> = match half {
+            Some(h) if self.bt == 1 && in_order && layout.bias_row_const && rows * n == out_len => {
+                (0..rows)
+                    .map(|r| i32::try_from(row_bias(r) + h as i128).ok())
+                    .collect::<Option<Vec<i32>>>()
+                    .filter(|adds| {
+                        let top = adds.iter().map(|a| a.unsigned_abs()).max().unwrap_or(0);
+                        bound.saturating_add(top as u128) < 1 << 31
+                    })
+            }
+            _ => None,
+        };
+        let requant = adds.as_deref().map(|adds| qgemm::Requant {
+            adds,
+            shift: shift as u32,
+        });
+        let (mut c, requantized, ap, bp) =
+            match self.narrow_product(&ap, &bp, (pa, pb), rb, threads, requant) {
+                Some((c, done)) => (c, done, ap, bp),
+                None => {
+                    let ap = if a8 { ap_of() } else { ap };
+                    let bp = if b8 { bp_of() } else { bp };
+                    let (bt, m, k, n) = (self.bt, self.m, self.k, self.n);
+                    let c = batched_gemm(&ap, &bp, bt, m, k, n, bound, threads);
+                    (Acc::Wide(c), false, ap, bp)
+                }
+            };
+        // the operands' packed copies are not read again
+        for p in [ap, bp] {
+            if let Cow::Owned(p) = p {
+                crate::buffers::give(p);
+            }
+        }
         // one batch of `i32` sums laid out as the output (rows `ldc ≥ n` apart), with one bias per
         // row or one per column for every row: requantized in place, then the rows moved together
         if let Acc::Narrow(cs) = &mut c {
@@ -1184,12 +1226,6 @@ impl EinPlan {
             if fits && cs.len() == 1 && n > 0 && ldc >= n && cs[0].0.len() == rows * ldc {
                 let (mut out, _) = cs.remove(0);
                 let hook = hook.take();
-                let bias_of = |r: usize| match (bias, &bias_offs) {
-                    (Some((bd, _, sh)), Some((brow, bcol))) => {
-                        (bd[brow[r] + bcol[0]] as i128) << sh
-                    }
-                    _ => 0,
-                };
                 let err = crate::par::FirstError::default();
                 // short rows lying end to end go to the chain several at a time (a call per row
                 // would cost more than the row)
@@ -1197,9 +1233,11 @@ impl EinPlan {
                     true => REQUANT_PART / n,
                     false => 1,
                 };
+                // (the product's kernel requantized the sums already where `requantized`)
                 let row_then = |row: &mut [i32], r: usize, start: usize, hook| match &col_bias {
                     Some(cols) => requantize_cols_then(row, start, cols, shift, hook),
-                    None => requantize_then(row, start, bias_of(r), shift, hook),
+                    None if requantized => requantize_then(row, start, 0, 0, hook),
+                    None => requantize_then(row, start, row_bias(r), shift, hook),
                 };
                 crate::par::rows(&mut out, ldc, th, 1, |r0, part| {
                     for (g, group) in part.chunks_mut(per * ldc).enumerate() {
@@ -2135,7 +2173,7 @@ fn joined_parts(
     let mut c = sums_buffer(rows * n);
     join_parts(&mut c, w, &acts, (rows, n), |wp, xp| {
         let mut acc = crate::buffers::take(rows * ldc, 0i32);
-        qgemm::product(wp, xp, r0, &mut acc, level, tokens);
+        qgemm::product(wp, xp, r0, &mut acc, level, None, tokens);
         (acc, ldc)
     });
     (c, n)
@@ -2307,7 +2345,7 @@ fn conv2d_narrow(
                 if low.is_none() && qw.lo.is_none() && ldc == p {
                     // unpadded rows: the product's sums go straight into the output planes, then
                     // are requantized there
-                    qgemm::product(&qw.hi, &cols, o0, part, level, &tokens);
+                    qgemm::product(&qw.hi, &cols, o0, part, level, None, &tokens);
                     for (o, plane) in part.chunks_mut(p).enumerate() {
                         let oc = g * og + o0 + o;
                         let bv = bias.map_or(0i128, |(d, sh)| (d[oc] as i128) << sh);
@@ -2322,7 +2360,7 @@ fn conv2d_narrow(
                 let (acc, wide) = if low.is_none() && qw.lo.is_none() {
                     // the product stores every sum
                     let mut acc = crate::buffers::take_overwritten(rows * ldc);
-                    qgemm::product(&qw.hi, &cols, o0, &mut acc, level, &tokens);
+                    qgemm::product(&qw.hi, &cols, o0, &mut acc, level, None, &tokens);
                     (acc, None)
                 } else {
                     let c = joined_parts(qw, (&cols, low.as_ref()), (o0, rows, p), level, &tokens);
@@ -4174,7 +4212,7 @@ fn conv2d_panels(
                     // 16-bit weights or inputs: their two parts' products joined in i64
                     let wide = match (&qw.lo, &low) {
                         (None, None) => {
-                            qgemm::product(&qw.hi, &cols, o0, acc, level, &tokens);
+                            qgemm::product(&qw.hi, &cols, o0, acc, level, None, &tokens);
                             None
                         }
                         // (row stride `ldc` either way)
@@ -5030,7 +5068,8 @@ pub(crate) mod tests {
         let pb = plan.pack_b(&spec, &b).expect("packable");
         assert!(matches!(pb.narrow, Some(Narrow::B(_))));
         assert!(matches!(
-            plan.narrow_product(&a, &b, None, Some(&pb), None, 1),
+            plan.narrow_product(&a, &b, (None, Some(&pb)), None, 1, None)
+                .map(|p| p.0),
             Some(Acc::Narrow(_))
         ));
         // 16-bit activations, unsigned or signed, are multiplied as two 8-bit halves
@@ -5038,7 +5077,8 @@ pub(crate) mod tests {
             let mut a16 = a.clone();
             a16[at] = v;
             assert!(matches!(
-                plan.narrow_product(&a16, &b, None, Some(&pb), None, 1),
+                plan.narrow_product(&a16, &b, (None, Some(&pb)), None, 1, None)
+                    .map(|p| p.0),
                 Some(Acc::Wide(_))
             ));
         }
@@ -5047,13 +5087,13 @@ pub(crate) mod tests {
             let mut wide = a.clone();
             wide[at] = v;
             assert!(plan
-                .narrow_product(&wide, &b, None, Some(&pb), None, 1)
+                .narrow_product(&wide, &b, (None, Some(&pb)), None, 1, None)
                 .is_none());
         }
         let mut mixed = a.clone();
         (mixed[2], mixed[3]) = (-1, 40000);
         assert!(plan
-            .narrow_product(&mixed, &b, None, Some(&pb), None, 1)
+            .narrow_product(&mixed, &b, (None, Some(&pb)), None, 1, None)
             .is_none());
         // the 8-bit form keeps no i32 copy: the wide product packs the constant again, same integers
         assert!(pb.data.is_none());

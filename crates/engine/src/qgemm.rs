@@ -709,6 +709,43 @@ impl PackedA {
 /// `C = A · B` exactly, as `i32` with row stride [`PackedB::ldc`], on up to `threads` threads.
 /// `A` and `B` must agree on `k`, and exactly one of them must hold the weights.
 pub fn gemm(a: &PackedA, b: &PackedB, threads: usize, level: Level) -> Vec<i32> {
+    gemm_requant(a, b, threads, level, None)
+}
+
+/// A requantization of finished `i32` sums: row `r`'s become `(s + adds[r]) >> shift` (an arithmetic
+/// shift), which the caller has checked cannot leave `i32` (`|s| + |adds[r]| < 2^31`). The AVX2
+/// kernel applies it as it stores a tile's last sums; the other levels to each part's rows after
+/// its product.
+#[derive(Clone, Copy)]
+pub(crate) struct Requant<'a> {
+    /// One per row of `A`.
+    pub adds: &'a [i32],
+    /// At most 31.
+    pub shift: u32,
+}
+
+impl Requant<'_> {
+    /// Rows `r0 ..` of `c` (`ldc` apart, their first `n` elements) requantized.
+    fn rows(self, r0: usize, c: &mut [i32], (n, ldc): (usize, usize)) {
+        for (i, row) in c.chunks_mut(ldc).enumerate() {
+            let add = self.adds[r0 + i];
+            let n = n.min(row.len());
+            for v in &mut row[..n] {
+                *v = v.wrapping_add(add) >> self.shift;
+            }
+        }
+    }
+}
+
+/// [`gemm`] with the sums requantized ([`Requant`]) where `requant` is given.
+pub(crate) fn gemm_requant(
+    a: &PackedA,
+    b: &PackedB,
+    threads: usize,
+    level: Level,
+    requant: Option<Requant<'_>>,
+) -> Vec<i32> {
+    assert!(requant.is_none_or(|q| q.adds.len() >= a.m && q.shift <= 31));
     assert_eq!(a.kq, b.kq, "operands disagree on k");
     assert!(
         a.weights != b.weights,
@@ -732,11 +769,11 @@ pub fn gemm(a: &PackedA, b: &PackedB, threads: usize, level: Level) -> Vec<i32> 
     let tokens = crate::cancel::current();
     #[cfg(target_arch = "x86_64")]
     if level == Level::Avx2 && a.kq > 0 && by_columns(a.m, a.kq * 4, ldc / NR, threads) {
-        by_column_parts(a, b, threads, (&mut c, ldc), &tokens);
+        by_column_parts(a, b, threads, (&mut c, ldc), requant, &tokens);
         return c;
     }
     crate::par::rows(&mut c, ldc, threads, MR, |r0, part| {
-        product(a, b, r0, part, level, &tokens)
+        product(a, b, r0, part, level, requant, &tokens)
     });
     c
 }
@@ -762,6 +799,7 @@ fn by_column_parts(
     b: &PackedB,
     threads: usize,
     (c, ldc): (&mut [i32], usize),
+    requant: Option<Requant<'_>>,
     tokens: &[crate::cancel::Cancel],
 ) {
     let nb = ldc / NR;
@@ -783,7 +821,13 @@ fn by_column_parts(
         // (every element written by the kernel)
         let mut sums = crate::buffers::take_overwritten(a.m * w);
         let (pa, pb) = (Parts { hi: a, lo: None }, Parts { hi: b, lo: None });
-        gemm_rows_avx2(pa, pb, (0, blocks), Sums::Narrow(&mut sums), tokens);
+        gemm_rows_avx2(
+            pa,
+            pb,
+            (0, blocks),
+            Sums::Narrow(&mut sums, requant),
+            tokens,
+        );
         for (seg, row) in segs.into_iter().zip(sums.chunks_exact(w)) {
             seg.copy_from_slice(row);
         }
@@ -801,13 +845,24 @@ pub(crate) fn product(
     r0: usize,
     c: &mut [i32],
     level: Level,
+    requant: Option<Requant<'_>>,
     tokens: &[crate::cancel::Cancel],
 ) {
     if a.kq == 0 {
         c.fill(0);
     }
-    // every kernel starts the first block of its sums from the offsets' negation ([`Offsets`])
+    // every kernel starts the first block of its sums from the offsets' negation ([`Offsets`]);
+    // the AVX2 kernel requantizes as it stores the last
+    #[cfg(target_arch = "x86_64")]
+    if level == Level::Avx2 && a.kq > 0 {
+        let (pa, pb) = (Parts { hi: a, lo: None }, Parts { hi: b, lo: None });
+        let blocks = 0..b.ldc() / NR;
+        return gemm_rows_avx2(pa, pb, (r0, blocks), Sums::Narrow(c, requant), tokens);
+    }
     gemm_rows(a, b, r0, c, level, tokens);
+    if let Some(q) = requant {
+        q.rows(r0, c, (b.ldc(), b.ldc()));
+    }
 }
 
 /// Rows `r0 .. r0 + c.len() / ldc` of the product into `c` (stopping early, between blocks of rows, when
@@ -828,7 +883,7 @@ fn gemm_rows(
     if level == Level::Avx2 {
         let (a, b) = (Parts { hi: a, lo: None }, Parts { hi: b, lo: None });
         let blocks = 0..b.hi.ldc() / NR;
-        return gemm_rows_avx2(a, b, (r0, blocks), Sums::Narrow(c), tokens);
+        return gemm_rows_avx2(a, b, (r0, blocks), Sums::Narrow(c, None), tokens);
     }
     // a short reduction's tile takes about as long as its call: the VNNI kernel sweeps every column
     // block of a band of rows in one call instead (its sums start from the offsets: one block of `k`)
@@ -953,7 +1008,8 @@ impl Widen {
 /// from the offsets' negation ([`Offsets`]), or in `i64` (each product shifted left by its part's
 /// shift), the first block starting from the given per-row or per-column values.
 enum Sums<'c, 's> {
-    Narrow(&'c mut [i32]),
+    /// Requantized as the last block of the reduction stores them, when given.
+    Narrow(&'c mut [i32], Option<Requant<'s>>),
     Wide(&'c mut [i64], Starts<'s>),
 }
 
@@ -970,6 +1026,8 @@ enum Out<'c, 'o> {
         c: &'c mut [i32],
         ldc: usize,
         first: Option<Offsets<'o>>,
+        /// The reduction's last block: the tile's rows' requantization (its adds from its first row).
+        last: Option<Requant<'o>>,
     },
     Wide {
         c: &'c mut [i64],
@@ -999,7 +1057,7 @@ fn gemm_rows_avx2(
     let nb = blocks.len();
     let ldc = nb * NR;
     let len = match &sums {
-        Sums::Narrow(c) => c.len(),
+        Sums::Narrow(c, _) => c.len(),
         Sums::Wide(c, _) => c.len(),
     };
     let rows = len.checked_div(ldc).unwrap_or(0);
@@ -1019,7 +1077,7 @@ fn gemm_rows_avx2(
             .collect()
     };
     let kcq = match sums {
-        Sums::Narrow(_) => KCQ2,
+        Sums::Narrow(..) => KCQ2,
         Sums::Wide(..) => KCQS,
     };
     let kc = kcq.min(kq);
@@ -1042,7 +1100,7 @@ fn gemm_rows_avx2(
                 // all rows of whole weights in blocks of KCQ2: their kept tiles (the same tiles,
                 // from the same rows), else widened here
                 let kept = match (pa.lo, &sums) {
-                    (None, Sums::Narrow(_)) if r0 == 0 && rows == pa.hi.m && ldc <= TILED_COLS => {
+                    (None, Sums::Narrow(..)) if r0 == 0 && rows == pa.hi.m && ldc <= TILED_COLS => {
                         pa.hi.tiled()
                     }
                     _ => None,
@@ -1064,12 +1122,18 @@ fn gemm_rows_avx2(
                         let at = &aw[i * qn * 4..(i + r) * qn * 4];
                         let from = (m0 + i) * ldc + j * NR;
                         let out = match &mut sums {
-                            Sums::Narrow(c) => Out::Narrow {
+                            Sums::Narrow(c, requant) => Out::Narrow {
                                 c: &mut c[from..],
                                 ldc,
                                 first: (q0 == 0).then(|| {
                                     Offsets::of(pa.hi, pb.hi, (r0 + m0 + i, r), (blk * NR, NR))
                                 }),
+                                last: requant.filter(|_| q0 + qn == kq && passes.len() == 1).map(
+                                    |q| Requant {
+                                        adds: &q.adds[r0 + m0 + i..],
+                                        shift: q.shift,
+                                    },
+                                ),
                             },
                             Sums::Wide(c, starts) => Out::Wide {
                                 c: &mut c[from..],
@@ -1280,9 +1344,16 @@ unsafe fn avx2<const R: usize>(a: &[i16], b: &[i16], pairs: usize, out: Out<'_, 
         }
     }
     match out {
-        Out::Narrow { c, ldc, first } => {
+        Out::Narrow {
+            c,
+            ldc,
+            first,
+            last,
+        } => {
             assert!(c.len() >= (R - 1) * ldc + NR);
+            assert!(last.is_none_or(|q| q.adds.len() >= R));
             let cp = c.as_mut_ptr();
+            let count = _mm_cvtsi32_si128(last.map_or(0, |q| q.shift as i32));
             for (i, accr) in acc.iter().enumerate() {
                 for (h, &s) in accr.iter().enumerate() {
                     let dst = cp.add(i * ldc + 8 * h) as *mut __m256i;
@@ -1304,6 +1375,14 @@ unsafe fn avx2<const R: usize>(a: &[i16], b: &[i16], pairs: usize, out: Out<'_, 
                             s
                         }
                         None => _mm256_add_epi32(_mm256_loadu_si256(dst as *const _), s),
+                    };
+                    // the finished sums requantized (the caller's bound: no add wraps)
+                    let v = match last {
+                        Some(q) => _mm256_sra_epi32(
+                            _mm256_add_epi32(v, _mm256_set1_epi32(q.adds[i])),
+                            count,
+                        ),
+                        None => v,
                     };
                     _mm256_storeu_si256(dst, v);
                 }
@@ -1762,15 +1841,24 @@ mod tests {
         threads: usize,
     ) {
         let want = naive(a, b, m, k, n);
+        // the sums requantized as they are stored: a bias and rounding term per row (any sign, up
+        // to 2^29 or what the largest sum leaves of i32, the caller's bound), a shift from 0 to 31
+        let top = want.iter().map(|v| v.abs()).max().unwrap_or(0);
+        let room = (i32::MAX as i64 - top).min(1 << 29);
+        let adds: Vec<i32> = (0..m)
+            .map(|i| ((i as i64 * 2_654_435_761 + k as i64) % (2 * room + 1) - room) as i32)
+            .collect();
+        let shift = ((m + 3 * k + 7 * n) % 32) as u32;
+        let requant = Requant { adds: &adds, shift };
         for level in [Level::Portable, Level::Avx2, Level::Avx512Vnni] {
             let c = gemm(&pa, &pb, threads, level);
+            let q = gemm_requant(&pa, &pb, threads, level, Some(requant));
             for i in 0..m {
                 for j in 0..n {
-                    assert_eq!(
-                        c[i * pb.ldc() + j] as i64,
-                        want[i * n + j],
-                        "{level:?} ({i},{j})"
-                    );
+                    let at = i * pb.ldc() + j;
+                    assert_eq!(c[at] as i64, want[i * n + j], "{level:?} ({i},{j})");
+                    let r = (want[i * n + j] + adds[i] as i64) >> shift;
+                    assert_eq!(q[at] as i64, r, "{level:?} ({i},{j}) requantized");
                 }
             }
         }
