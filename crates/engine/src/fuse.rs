@@ -2148,6 +2148,34 @@ mod tests {
     /// `x · sigmoid(x)` as the compiler writes it (a `Lookup` of `x` and a `Mul` of `x` by it, `x` read by
     /// both) joins the chain of the node that computes `x` as one step, with the nodes after it; the
     /// fused run gives the reference's integers and, where a product leaves `i32`, its error at the `Mul`.
+    /// The chain of node 0 of `m`, which must be a chain's head.
+    fn head_chain(m: &Model) -> Chain {
+        match &plan(m)[0] {
+            Role::Head(c) => c.clone(),
+            r => panic!("not a head: {r:?}"),
+        }
+    }
+
+    /// `m` run on `x` in `mode`, an error as its message.
+    fn run_on(m: &Model, x: &[i32], mode: crate::exec::Mode) -> Result<Vec<Vec<i32>>, String> {
+        crate::exec::Executor::new(m, mode)
+            .run(vec![x.to_vec()])
+            .map_err(|e| e.to_string())
+    }
+
+    /// `n` values `f(r)` of the successive states `r` of a xorshift generator from `seed`.
+    fn draws(seed: u64, n: usize, f: impl Fn(u64) -> i32) -> Vec<i32> {
+        let mut r = seed;
+        (0..n)
+            .map(|_| {
+                r ^= r << 13;
+                r ^= r >> 7;
+                r ^= r << 17;
+                f(r)
+            })
+            .collect()
+    }
+
     #[test]
     fn a_lookup_times_its_own_input_is_one_step_of_the_chain() {
         let table: Vec<i32> = (0..64).map(|i| (i * i * 37) % 1000 - 300).collect();
@@ -2197,28 +2225,13 @@ mod tests {
                 }],
             };
             m.validate().expect("valid");
-            let roles = plan(&m);
-            match &roles[0] {
-                Role::Head(c) => {
-                    assert_eq!(c.nodes, vec![1, 2, 3]);
-                    assert!(matches!(c.steps[0].step, Step::LookupMul { .. }), "{c:?}");
-                }
-                r => panic!("not a head: {r:?}"),
-            }
-            let run = |x: &[i32], mode| {
-                crate::exec::Executor::new(&m, mode)
-                    .run(vec![x.to_vec()])
-                    .map_err(|e| e.to_string())
-            };
-            let mut r = 0x2545_f491_4f6c_dd1du64;
-            let x: Vec<i32> = (0..n)
-                .map(|_| {
-                    r ^= r << 13;
-                    r ^= r >> 7;
-                    r ^= r << 17;
-                    ((r >> 40) as i32 - (1 << 23)) >> (r % 16)
-                })
-                .collect();
+            let c = head_chain(&m);
+            assert_eq!(c.nodes, vec![1, 2, 3]);
+            assert!(matches!(c.steps[0].step, Step::LookupMul { .. }), "{c:?}");
+            let run = |x: &[i32], mode| run_on(&m, x, mode);
+            let x = draws(0x2545_f491_4f6c_dd1d, n as usize, |r| {
+                ((r >> 40) as i32 - (1 << 23)) >> (r % 16)
+            });
             let want = run(&x, crate::exec::Mode::Reference).expect("runs");
             // products of every sign, some clipped, most not
             let y = &want[0];
@@ -2315,28 +2328,14 @@ mod tests {
                 }],
             };
             m.validate().expect("valid");
-            match &plan(&m)[0] {
-                Role::Head(c) => {
-                    assert_eq!(c.nodes, vec![1, 2, 3, 4]);
-                    assert!(matches!(c.steps[0].step, Step::GateMul { .. }), "{c:?}");
-                }
-                r => panic!("not a head: {r:?}"),
-            }
-            let run = |x: &[i32], mode| {
-                crate::exec::Executor::new(&m, mode)
-                    .run(vec![x.to_vec()])
-                    .map_err(|e| e.to_string())
-            };
-            let mut r = 0x9e37_79b9_7f4a_7c15u64;
-            let x: Vec<i32> = (0..n)
-                .map(|_| {
-                    r ^= r << 13;
-                    r ^= r >> 7;
-                    r ^= r << 17;
-                    // values from −8 to 8, at the input's scale
-                    ((r >> 40) as i32 - (1 << 23)) >> (20 - sx)
-                })
-                .collect();
+            let c = head_chain(&m);
+            assert_eq!(c.nodes, vec![1, 2, 3, 4]);
+            assert!(matches!(c.steps[0].step, Step::GateMul { .. }), "{c:?}");
+            let run = |x: &[i32], mode| run_on(&m, x, mode);
+            // values from −8 to 8, at the input's scale
+            let x = draws(0x9e37_79b9_7f4a_7c15, n as usize, |r| {
+                ((r >> 40) as i32 - (1 << 23)) >> (20 - sx)
+            });
             let want = run(&x, crate::exec::Mode::Reference).expect("runs");
             // gated below −3, passed above 3, a curve between: all three met
             let one = 1 << sg;
