@@ -1227,12 +1227,14 @@ impl EinPlan {
                 let (mut out, _) = cs.remove(0);
                 let hook = hook.take();
                 let err = crate::par::FirstError::default();
-                // short rows lying end to end go to the chain several at a time (a call per row
-                // would cost more than the row)
-                let per = match ldc == n && n < REQUANT_PART {
+                // short rows go to the chain several at a time (a call per row would cost more than
+                // the row): end to end as they lie, or padded rows once moved together
+                let per = match n < REQUANT_PART {
                     true => REQUANT_PART / n,
                     false => 1,
                 };
+                let gather = ldc > n && per > 1 && hook.is_some();
+                let per = if ldc == n || gather { per } else { 1 };
                 // (the product's kernel requantized the sums already where `requantized`)
                 let row_then = |row: &mut [i32], r: usize, start: usize, hook| match &col_bias {
                     Some(cols) => requantize_cols_then(row, start, cols, shift, hook),
@@ -1248,12 +1250,12 @@ impl EinPlan {
                             }
                             continue;
                         }
-                        for (j, row) in group.chunks_mut(n).enumerate() {
-                            if let Err(e) = row_then(row, r + j, 0, None) {
+                        for (j, row) in group.chunks_mut(ldc).enumerate() {
+                            if let Err(e) = row_then(&mut row[..n], r + j, 0, None) {
                                 return err.set(e);
                             }
                         }
-                        if let Some(h) = hook {
+                        if let (Some(h), false) = (hook, gather) {
                             h(r * n, group);
                         }
                     }
@@ -1265,6 +1267,14 @@ impl EinPlan {
                         out.copy_within(r * ldc..r * ldc + n, r * n);
                     }
                     out.truncate(out_len);
+                }
+                if let (Some(h), true) = (hook, gather) {
+                    // the moved rows to the chain a part of whole rows at a time
+                    crate::par::rows(&mut out, n, th, per, |r0, part| {
+                        for (g, group) in part.chunks_mut(per * n).enumerate() {
+                            h((r0 + g * per) * n, group);
+                        }
+                    });
                 }
                 return Ok(out);
             }

@@ -775,6 +775,48 @@ fn chained_eight_bit_models(g: &mut impl FnMut(usize) -> Vec<i32>) -> Vec<Model>
             vec![64, 32],
             64,
         ),
+        // the same over maps whose rows the product pads (7·7 of 64 columns, 14·14 of 208, 50·50
+        // of 2512): the rows moved together, then to the chain a part of several rows at a time;
+        // rows too long for two to a part, one at a time
+        (
+            node(
+                Op::EinSum {
+                    a: vec![0, 1, 2],
+                    b: vec![3, 0],
+                    out: vec![3, 1, 2],
+                },
+                vec![400, 7, 7],
+            ),
+            vec![32, 7, 7],
+            vec![400, 32],
+            400,
+        ),
+        (
+            node(
+                Op::EinSum {
+                    a: vec![0, 1, 2],
+                    b: vec![3, 0],
+                    out: vec![3, 1, 2],
+                },
+                vec![96, 14, 14],
+            ),
+            vec![24, 14, 14],
+            vec![96, 24],
+            96,
+        ),
+        (
+            node(
+                Op::EinSum {
+                    a: vec![0, 1, 2],
+                    b: vec![3, 0],
+                    out: vec![3, 1, 2],
+                },
+                vec![16, 50, 50],
+            ),
+            vec![24, 50, 50],
+            vec![16, 24],
+            16,
+        ),
     ];
     [false, true]
         .into_iter()
