@@ -789,9 +789,7 @@ unsafe fn composed_lanes_avx2(
 ) {
     use std::arch::x86_64::*;
     debug_assert!(o.inner >= 8 && other.len() >= o.period);
-    let half = _mm256_set1_epi64x(c.half);
-    let high = c.right >= 32;
-    let count = _mm_cvtsi64_si128(if high { c.right - 32 } else { c.right } as i64);
+    let rounding = Rounding::new(c.half, c.right);
     let (lo, hi) = (
         _mm256_set1_epi32(c.lo.max(i32::MIN as i64) as i32),
         _mm256_set1_epi32(c.hi.min(i32::MAX as i64) as i32),
@@ -817,15 +815,7 @@ unsafe fn composed_lanes_avx2(
             )
         };
         let p = ch.as_mut_ptr() as *mut __m256i;
-        let v = _mm256_loadu_si256(p);
-        // vpmuldq reads each 64-bit lane's low word: the even lanes' values and multipliers, then
-        // the odd ones moved down
-        let even = _mm256_add_epi64(_mm256_mul_epi32(v, wv), half);
-        let odd = _mm256_add_epi64(
-            _mm256_mul_epi32(_mm256_srli_epi64::<32>(v), _mm256_srli_epi64::<32>(wv)),
-            half,
-        );
-        let r = join_shifted(even, odd, high, count);
+        let r = rounding.products(_mm256_loadu_si256(p), wv);
         _mm256_storeu_si256(p, _mm256_min_epi32(_mm256_max_epi32(r, lo), hi));
         j += 8;
         if j >= next {
@@ -977,9 +967,7 @@ unsafe fn composed_run_avx512(x: &mut [i32], w: i32, c: ComposedClamp) -> (i32, 
 unsafe fn composed_run_avx2(x: &mut [i32], w: i32, c: ComposedClamp) -> (i32, i32) {
     use std::arch::x86_64::*;
     let wv = _mm256_set1_epi64x(w as i64);
-    let half = _mm256_set1_epi64x(c.half);
-    let high = c.right >= 32;
-    let count = _mm_cvtsi64_si128(if high { c.right - 32 } else { c.right } as i64);
+    let Rounding { half, high, count } = Rounding::new(c.half, c.right);
     let (lo, hi) = (
         _mm256_set1_epi32(c.lo.max(i32::MIN as i64) as i32),
         _mm256_set1_epi32(c.hi.min(i32::MAX as i64) as i32),
@@ -1068,9 +1056,7 @@ unsafe fn pair_runs(x: &mut [i32], start: usize, other: &[i32], o: Operand, shif
 unsafe fn mul_pairs_avx2(x: &mut [i32], w: &[i32], shift: Shift) {
     use std::arch::x86_64::*;
     assert!(w.len() >= x.len());
-    let half = _mm256_set1_epi64x(shift.half);
-    let high = shift.right >= 32;
-    let count = _mm_cvtsi64_si128(if high { shift.right - 32 } else { shift.right } as i64);
+    let rounding = Rounding::new(shift.half, shift.right);
     let mut chunks = x.chunks_exact_mut(8);
     let mut k = 0;
     for ch in &mut chunks {
@@ -1079,16 +1065,62 @@ unsafe fn mul_pairs_avx2(x: &mut [i32], w: &[i32], shift: Shift) {
             _mm256_loadu_si256(p),
             _mm256_loadu_si256(w.as_ptr().add(k) as *const __m256i),
         );
-        let even = _mm256_add_epi64(_mm256_mul_epi32(v, wv), half);
-        let odd = _mm256_add_epi64(
-            _mm256_mul_epi32(_mm256_srli_epi64::<32>(v), _mm256_srli_epi64::<32>(wv)),
-            half,
-        );
-        _mm256_storeu_si256(p, join_shifted(even, odd, high, count));
+        _mm256_storeu_si256(p, rounding.products(v, wv));
         k += 8;
     }
     for (v, &m) in chunks.into_remainder().iter_mut().zip(&w[k..]) {
         *v = ((*v as i64 * m as i64 + shift.half) >> shift.right) as i32;
+    }
+}
+
+/// A rounding right shift of 64-bit products as AVX2 registers: the rounding term in each 64-bit lane,
+/// and the shift as [`join_shifted`] takes it (`high` for 32 or more, `count` the rest).
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy)]
+struct Rounding {
+    half: std::arch::x86_64::__m256i,
+    high: bool,
+    count: std::arch::x86_64::__m128i,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Rounding {
+    /// `(p + half) >> right` for `right ≤ 62`.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2.
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    unsafe fn new(half: i64, right: u32) -> Rounding {
+        use std::arch::x86_64::*;
+        let high = right >= 32;
+        Rounding {
+            half: _mm256_set1_epi64x(half),
+            high,
+            count: _mm_cvtsi64_si128(if high { right - 32 } else { right } as i64),
+        }
+    }
+
+    /// `(v[l]·w[l] + half) >> right` in each of 8 lanes: the even lanes' and the odd lanes' (moved
+    /// down) 64-bit products by one `vpmuldq` each, the rounding term added, shifted and joined back —
+    /// the arithmetic shift's low words, exact where the results fit `i32`.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2.
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    unsafe fn products(
+        self,
+        v: std::arch::x86_64::__m256i,
+        w: std::arch::x86_64::__m256i,
+    ) -> std::arch::x86_64::__m256i {
+        use std::arch::x86_64::*;
+        let even = _mm256_add_epi64(_mm256_mul_epi32(v, w), self.half);
+        let odd = _mm256_add_epi64(
+            _mm256_mul_epi32(_mm256_srli_epi64::<32>(v), _mm256_srli_epi64::<32>(w)),
+            self.half,
+        );
+        join_shifted(even, odd, self.high, self.count)
     }
 }
 
@@ -1313,9 +1345,7 @@ unsafe fn gate_mul_avx2(
     mul: Shift,
 ) {
     use std::arch::x86_64::*;
-    let half = _mm256_set1_epi64x(mul.half);
-    let high = mul.right >= 32;
-    let count = _mm_cvtsi64_si128(if high { mul.right - 32 } else { mul.right } as i64);
+    let rounding = Rounding::new(mul.half, mul.right);
     let (cv, hsv, lv, hv) = (
         _mm256_set1_epi32(c),
         _mm256_set1_epi32(hs),
@@ -1330,12 +1360,7 @@ unsafe fn gate_mul_avx2(
         let t = _mm256_sra_epi32(_mm256_add_epi32(v, cv), ca);
         let t = _mm256_sra_epi32(_mm256_add_epi32(t, hsv), cs);
         let g = _mm256_min_epi32(_mm256_max_epi32(t, lv), hv);
-        let even = _mm256_add_epi64(_mm256_mul_epi32(v, g), half);
-        let odd = _mm256_add_epi64(
-            _mm256_mul_epi32(_mm256_srli_epi64::<32>(v), _mm256_srli_epi64::<32>(g)),
-            half,
-        );
-        _mm256_storeu_si256(p, join_shifted(even, odd, high, count));
+        _mm256_storeu_si256(p, rounding.products(v, g));
     }
     for v in chunks.into_remainder() {
         let g = ((((*v + c) >> ra) + hs) >> rs).clamp(lo, hi) as i64;
