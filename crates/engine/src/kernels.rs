@@ -1002,6 +1002,8 @@ impl EinPlan {
         };
         debug_assert_eq!(qb.len(), bt);
         let batch = |bi: usize| &ap[bi * m * k..(bi + 1) * m * k];
+        // (activations on the row side: no per-row requantization, whole or in parts alike)
+        let mul = |w: &PackedB, act: &PackedA| (qgemm::gemm(act, w, threads, level), w.ldc());
         self.by_parts(
             |bi, part| {
                 let x = batch(bi);
@@ -1015,8 +1017,8 @@ impl EinPlan {
                 }
             },
             |bi| &qb[bi],
-            |w, act| (qgemm::gemm(act, w, threads, level), w.ldc()),
-            |w, act| (qgemm::gemm(act, w, threads, level), w.ldc()),
+            mul,
+            mul,
             |w, act| {
                 qgemm::gemm_joined(act.as_ref(), w.as_ref(), threads, level)
                     .map(|c| (c, w.hi.ldc()))

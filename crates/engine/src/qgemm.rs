@@ -851,30 +851,27 @@ pub(crate) fn product(
     if a.kq == 0 {
         c.fill(0);
     }
-    // every kernel starts the first block of its sums from the offsets' negation ([`Offsets`]);
-    // the AVX2 kernel requantizes as it stores the last
-    #[cfg(target_arch = "x86_64")]
-    if level == Level::Avx2 && a.kq > 0 {
-        let (pa, pb) = (Parts { hi: a, lo: None }, Parts { hi: b, lo: None });
-        let blocks = 0..b.ldc() / NR;
-        return gemm_rows_avx2(pa, pb, (r0, blocks), Sums::Narrow(c, requant), tokens);
-    }
-    gemm_rows(a, b, r0, c, level, tokens);
-    if let Some(q) = requant {
-        q.rows(r0, c, (b.ldc(), b.ldc()));
+    // every kernel starts the first block of its sums from the offsets' negation ([`Offsets`]); the
+    // AVX2 kernel requantizes as it stores the last, the other levels' rows are requantized after
+    if !gemm_rows(a, b, r0, c, level, requant, tokens) {
+        if let Some(q) = requant {
+            q.rows(r0, c, (b.ldc(), b.ldc()));
+        }
     }
 }
 
 /// Rows `r0 .. r0 + c.len() / ldc` of the product into `c` (stopping early, between blocks of rows, when
-/// the run is cancelled: the executor then discards the product).
+/// the run is cancelled: the executor then discards the product); `true` where the kernel has applied
+/// `requant` as it stored the sums (AVX2), `false` where the caller still has to.
 fn gemm_rows(
     a: &PackedA,
     b: &PackedB,
     r0: usize,
     c: &mut [i32],
     level: Level,
+    requant: Option<Requant<'_>>,
     tokens: &[crate::cancel::Cancel],
-) {
+) -> bool {
     let ldc = b.ldc();
     let rows = c.len() / ldc;
     let nb = ldc / NR;
@@ -883,7 +880,9 @@ fn gemm_rows(
     if level == Level::Avx2 {
         let (a, b) = (Parts { hi: a, lo: None }, Parts { hi: b, lo: None });
         let blocks = 0..b.hi.ldc() / NR;
-        return gemm_rows_avx2(a, b, (r0, blocks), Sums::Narrow(c, None), tokens);
+        gemm_rows_avx2(a, b, (r0, blocks), Sums::Narrow(c, requant), tokens);
+        // (an empty reduction has no last block to requantize in)
+        return a.hi.kq > 0;
     }
     // a short reduction's tile takes about as long as its call: the VNNI kernel sweeps every column
     // block of a band of rows in one call instead (its sums start from the offsets: one block of `k`)
@@ -892,7 +891,7 @@ fn gemm_rows(
         let mut i = 0;
         while i < rows {
             if crate::cancel::any(tokens) {
-                return;
+                return false;
             }
             let r = MR.min(rows - i);
             let offsets = Offsets::of(a, b, (r0 + i, r), (0, nb * NR));
@@ -910,14 +909,14 @@ fn gemm_rows(
             );
             i += r;
         }
-        return;
+        return false;
     }
     for q0 in (0..a.kq).step_by(KCQ) {
         let qn = KCQ.min(a.kq - q0);
         let first = q0 == 0;
         for m0 in (0..rows).step_by(MC) {
             if crate::cancel::any(tokens) {
-                return;
+                return false;
             }
             let mrows = MC.min(rows - m0);
             let mut blk = 0;
@@ -952,6 +951,7 @@ fn gemm_rows(
             }
         }
     }
+    false
 }
 
 /// Rows per AVX2 register tile.
