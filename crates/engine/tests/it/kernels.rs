@@ -717,6 +717,15 @@ fn chained_eight_bit_models(g: &mut impl FnMut(usize) -> Vec<i32>) -> Vec<Model>
         shape,
         scale: 8,
     };
+    // (the head, the input's shape, the weights' shape, the channels)
+    let conv1x1 = |ci: u32, co: u32, h: u32, w: u32| {
+        let op = Op::EinSum {
+            a: vec![0, 1, 2],
+            b: vec![3, 0],
+            out: vec![3, 1, 2],
+        };
+        (node(op, vec![co, h, w]), vec![ci, h, w], vec![co, ci], co)
+    };
     let cases = [
         // convolution: 64 output channels × 16·9 × 32·32
         (
@@ -762,61 +771,13 @@ fn chained_eight_bit_models(g: &mut impl FnMut(usize) -> Vec<i32>) -> Vec<Model>
             400,
         ),
         // a 1×1 convolution as EinSum over CHW (weights first), 64 × 32 × 1024
-        (
-            node(
-                Op::EinSum {
-                    a: vec![0, 1, 2],
-                    b: vec![3, 0],
-                    out: vec![3, 1, 2],
-                },
-                vec![64, 32, 32],
-            ),
-            vec![32, 32, 32],
-            vec![64, 32],
-            64,
-        ),
+        conv1x1(32, 64, 32, 32),
         // the same over maps whose rows the product pads (7·7 of 64 columns, 14·14 of 208, 50·50
         // of 2512): the rows moved together, then to the chain a part of several rows at a time;
         // rows too long for two to a part, one at a time
-        (
-            node(
-                Op::EinSum {
-                    a: vec![0, 1, 2],
-                    b: vec![3, 0],
-                    out: vec![3, 1, 2],
-                },
-                vec![400, 7, 7],
-            ),
-            vec![32, 7, 7],
-            vec![400, 32],
-            400,
-        ),
-        (
-            node(
-                Op::EinSum {
-                    a: vec![0, 1, 2],
-                    b: vec![3, 0],
-                    out: vec![3, 1, 2],
-                },
-                vec![96, 14, 14],
-            ),
-            vec![24, 14, 14],
-            vec![96, 24],
-            96,
-        ),
-        (
-            node(
-                Op::EinSum {
-                    a: vec![0, 1, 2],
-                    b: vec![3, 0],
-                    out: vec![3, 1, 2],
-                },
-                vec![16, 50, 50],
-            ),
-            vec![24, 50, 50],
-            vec![16, 24],
-            16,
-        ),
+        conv1x1(32, 400, 7, 7),
+        conv1x1(24, 96, 14, 14),
+        conv1x1(24, 16, 50, 50),
     ];
     [false, true]
         .into_iter()
