@@ -2550,6 +2550,8 @@ impl PairPlan {
     const BLOCK2: usize = 16;
     /// The most pairs of taps a plane's weights may take (a 7×14 kernel).
     const MAX_PAIRS: usize = 49;
+    /// The widest image rows narrowed to `i16` 16 values at a time on AVX2.
+    const NARROW_ROWS: usize = 32;
 
     fn new(s: &ConvSpec<'_>, mx: u128, mw: u128) -> Option<PairPlan> {
         // AVX-512, or AVX2's half-width registers (the same pairs and products, 16 and 8 columns
@@ -2643,8 +2645,10 @@ impl PairPlan {
             .map(move |(iy, src)| (src, (pt + iy) * width + pl))
     }
 
-    /// [`PairPlan::products`] on AVX2: the plane narrowed to `i16` by a plain loop, then
-    /// [`pair_blocks_avx2`].
+    /// [`PairPlan::products`] on AVX2: the plane narrowed to `i16` — rows of up to
+    /// [`PairPlan::NARROW_ROWS`] 16 values at a time (a row's last ones loaded under a mask, and
+    /// stored with zeros past the row, over its right padding, where the padded row has room), others
+    /// by a plain loop —, then [`pair_blocks_avx2`].
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2")]
     unsafe fn products_avx2(
@@ -2656,13 +2660,49 @@ impl PairPlan {
         bias: i32,
         dst: &mut [i32],
     ) {
-        // the caller checked that the inputs fit i16
+        use std::arch::x86_64::*;
+        // the caller checked that the inputs fit i16 (the saturating pack changes none of them)
+        let wd = s.x[3];
+        let whole = wd.div_ceil(16) * 16;
+        // (wider rows: the compiler's own vector loop, whose stores are narrower and its
+        // remainders a small part of the row)
+        let vector = wd <= Self::NARROW_ROWS && s.window.pads[1] as usize + whole <= self.width;
+        let lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        let (base, len) = (rows.as_mut_ptr(), rows.len());
         for (src, at) in self.image_rows(s, plane) {
-            let Some(mid) = rows.get_mut(at..at + src.len()) else {
+            if at + src.len() > len {
                 break;
-            };
-            for (d, &v) in mid.iter_mut().zip(src) {
-                *d = v as i16;
+            }
+            if !vector || at + whole > len {
+                // SAFETY: `at + src.len() ≤ len` (above)
+                let mid = unsafe { std::slice::from_raw_parts_mut(base.add(at), src.len()) };
+                for (d, &v) in mid.iter_mut().zip(src) {
+                    *d = v as i16;
+                }
+                continue;
+            }
+            // the row's columns `at..at + whole` lie in its padded row (`vector`): those past the
+            // image's own are its right padding, stored as the zeros it holds
+            // SAFETY: `at + whole ≤ len`
+            let to = unsafe { base.add(at) };
+            for j in (0..wd).step_by(16) {
+                let load = |o: usize| {
+                    let (from, n) = ((j + o).min(wd), wd - (j + o).min(wd));
+                    // SAFETY: 8 lanes from `from` where they lie inside `src`, else only the `n` that do
+                    unsafe {
+                        let at = src.as_ptr().add(from);
+                        if n >= 8 {
+                            _mm256_loadu_si256(at as *const __m256i)
+                        } else {
+                            let m = _mm256_cmpgt_epi32(_mm256_set1_epi32(n as i32), lane);
+                            _mm256_maskload_epi32(at, m)
+                        }
+                    }
+                };
+                let v =
+                    _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_packs_epi32(load(0), load(8)));
+                // SAFETY: `j + 16 ≤ whole`: inside the padded row and `rows` (see above)
+                unsafe { _mm256_storeu_si256(to.add(j) as *mut __m256i, v) };
             }
         }
         let words = Self::words(s, taps);
@@ -2886,12 +2926,13 @@ macro_rules! store_first8 {
 
 /// [`pair_blocks`] on AVX2: 8 lanes per register, each pair of taps by one `vpmaddwd` and an add;
 /// blocks of 16 output columns at stride 1 (even and odd columns in two registers, interleaved back
-/// by unpacking), of 8 at stride 2; a block's last columns stored under a mask.
+/// by unpacking), of 8 at stride 2; a register whose lanes pass the plane's end stored under a mask.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn pair_blocks_avx2<const KH: usize, const NP: usize>(g: &PairBlocks<'_>, dst: &mut [i32]) {
     use std::arch::x86_64::*;
     let [oh, ow] = g.out;
+    assert!(dst.len() >= oh * ow);
     let [sy, sx] = g.stride;
     let (kh, np) = if KH > 0 {
         (KH, NP)
@@ -2922,12 +2963,17 @@ unsafe fn pair_blocks_avx2<const KH: usize, const NP: usize>(g: &PairBlocks<'_>,
             _mm256_add_epi32($acc, _mm256_madd_epi16($x, $w))
         };
     }
+    // a block's lanes past its row's end fall on the next rows' first columns, which later blocks
+    // store over: a whole register is stored wherever its 8 lanes lie in `dst`, and only the plane's
+    // last lanes under a mask (a masked store costs about as much as a block's products on some CPUs)
+    let (start, end) = (dst.as_mut_ptr(), dst.len());
     macro_rules! store {
         ($to:expr, $n:expr, $v:expr) => {{
-            let (to, n, v) = ($to, $n, $v);
-            // SAFETY: the first `n` lanes lie inside `dst` (the caller's block bounds)
+            let (to, n, v): (*mut i32, usize, __m256i) = ($to, $n, $v);
+            // SAFETY: the first `n` lanes lie inside `dst` (the caller's block bounds), and all 8
+            // where the register is stored whole
             unsafe {
-                if n >= 8 {
+                if n >= 8 || to.offset_from(start) as usize + 8 <= end {
                     _mm256_storeu_si256(to as *mut __m256i, v);
                 } else {
                     _mm256_maskstore_epi32(to, mask(n), v);
@@ -2936,7 +2982,8 @@ unsafe fn pair_blocks_avx2<const KH: usize, const NP: usize>(g: &PairBlocks<'_>,
         }};
     }
     for oy in 0..oh {
-        let out = &mut dst[oy * ow..(oy + 1) * ow];
+        // (a raw pointer: stores may pass the row's end, see `store`)
+        let out = unsafe { start.add(oy * ow) };
         let row0 = oy * sy * g.width;
         if sx == 1 {
             // lane l of the even register is column j0 + 2l, of the odd one j0 + 2l + 1
@@ -2958,10 +3005,11 @@ unsafe fn pair_blocks_avx2<const KH: usize, const NP: usize>(g: &PairBlocks<'_>,
                 let first = _mm256_permute2x128_si256::<0x20>(lo, hi);
                 let second = _mm256_permute2x128_si256::<0x31>(lo, hi);
                 let n = (ow - j0).min(16);
-                let to = out[j0..j0 + n].as_mut_ptr();
+                // SAFETY: the block's first column lies in the row (`j0 < ow`), and its columns 8..
+                // where `n > 8`
+                let to = unsafe { out.add(j0) };
                 store!(to, n, first);
                 if n > 8 {
-                    // SAFETY: columns 8.. of the block lie inside `out`
                     store!(unsafe { to.add(8) }, n - 8, second);
                 }
             }
@@ -2975,7 +3023,8 @@ unsafe fn pair_blocks_avx2<const KH: usize, const NP: usize>(g: &PairBlocks<'_>,
                     }
                 }
                 let n = (ow - j0).min(8);
-                store!(out[j0..j0 + n].as_mut_ptr(), n, acc);
+                // SAFETY: the block's first column lies in the row (`j0 < ow`)
+                store!(unsafe { out.add(j0) }, n, acc);
             }
         }
     }
@@ -3236,6 +3285,11 @@ struct ChannelLanes {
     hp: usize,
     /// Positions per padded row.
     wp: usize,
+    /// Where each image position goes in the padded rows (the AVX2 copy's; see
+    /// [`ChannelLanes::image_places`]), found once for every block of channels.
+    places: Vec<Option<usize>>,
+    /// Where each output position's first tap reads ([`ChannelLanes::output_reads`]), likewise.
+    reads: Vec<usize>,
 }
 
 impl ChannelLanes {
@@ -3276,10 +3330,17 @@ impl ChannelLanes {
         }
         let (sy, sx) = (win.stride[0] as usize, win.stride[1] as usize);
         let (dy, dx) = (win.dilation[0] as usize, win.dilation[1] as usize);
-        Some(ChannelLanes {
+        let mut plan = ChannelLanes {
             hp: (oh - 1) * sy + (kh - 1) * dy + 1,
             wp: (ow - 1) * sx + (kw - 1) * dx + 1,
-        })
+            places: Vec::new(),
+            reads: Vec::new(),
+        };
+        if isa == crate::simd::Isa::Avx2 {
+            plan.places = plan.image_places(s);
+            plan.reads = plan.output_reads(s);
+        }
+        Some(plan)
     }
 
     /// `i32` elements of the padded rows.
@@ -3511,7 +3572,8 @@ unsafe fn lane_block_avx2<const KK: usize>(
             _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
         )
     };
-    let (put, read) = (plan.image_places(s), plan.output_reads(s));
+    let (put, read) = (&plan.places, &plan.reads);
+    assert!(put.len() == hw && read.len() == p);
     // the image's positions, 8 at a time, 8 planes at a time, into the padded rows read
     for f0 in (0..hw).step_by(8) {
         let m = mask(hw - f0);
