@@ -966,6 +966,10 @@ const KCQS: usize = 64;
 /// Rows per cache block of `A` in the AVX2 kernel (whole tiles).
 const MC2: usize = 16 * MR2;
 
+/// About how many bytes of widened columns [`gemm_rows_avx2`] multiplies by one block of rows before
+/// widening the next stretch of them (the stretch stays in the L2 cache, not in memory).
+const BW_BYTES: usize = 64 << 10;
+
 /// How one side's stored bytes become the AVX2 kernel's `i16` operand.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Widen {
@@ -1081,90 +1085,108 @@ fn gemm_rows_avx2(
         Sums::Wide(..) => KCQS,
     };
     let kc = kcq.min(kq);
+    // with one block of rows, the columns are widened a stretch at a time (about `BW_BYTES`), each
+    // multiplied by every row while it sits in the cache, the rows widened once per block of `k`;
+    // with several, all columns at once, each block of rows widened in turn
+    let chunk = match rows <= MC2 {
+        true => (BW_BYTES / (kc * NR * 4 * 2).max(1)).clamp(1, nb.max(1)),
+        false => nb.max(1),
+    };
     // (from the executor's pool: every element is written before it is read)
     let mut aw = crate::buffers::take_overwritten::<i16>(MC2.min(rows) * kc * 4);
-    let mut bw = crate::buffers::take_overwritten::<i16>(nb * kc * NR * 4);
+    let mut bw = crate::buffers::take_overwritten::<i16>(chunk.min(nb) * kc * NR * 4);
     for q0 in (0..kq).step_by(kcq) {
         let qn = kcq.min(kq - q0);
         for (pass, &(pa, pb, shift)) in passes.iter().enumerate() {
-            let bw = &mut bw[..nb * qn * NR * 4];
             let mb = Widen::of(pb.hi.weights, pb.lo.is_some());
             let ma = Widen::of(pa.hi.weights, pa.lo.is_some());
-            // SAFETY: `gemm` runs this level only where the CPU supports AVX2
-            unsafe { widen_pairs(pb, mb, (q0, qn), blocks.clone(), bw) };
-            for m0 in (0..rows).step_by(MC2) {
-                if crate::cancel::any(tokens) {
-                    return;
-                }
-                let mrows = MC2.min(rows - m0);
-                // all rows of whole weights in blocks of KCQ2: their kept tiles (the same tiles,
-                // from the same rows), else widened here
-                let kept = match (pa.lo, &sums) {
-                    (None, Sums::Narrow(..)) if r0 == 0 && rows == pa.hi.m && ldc <= TILED_COLS => {
-                        pa.hi.tiled()
+            for c0 in (0..nb).step_by(chunk) {
+                let stretch = blocks.start + c0..blocks.start + (c0 + chunk).min(nb);
+                let bw = &mut bw[..stretch.len() * qn * NR * 4];
+                // SAFETY: `gemm` runs this level only where the CPU supports AVX2
+                unsafe { widen_pairs(pb, mb, (q0, qn), stretch.clone(), bw) };
+                for m0 in (0..rows).step_by(MC2) {
+                    if crate::cancel::any(tokens) {
+                        return;
                     }
-                    _ => None,
-                };
-                let aw: &[i16] = match kept {
-                    Some(t) => &t[4 * q0 * pa.hi.m + m0 * qn * 4..][..mrows * qn * 4],
-                    None => {
-                        let aw = &mut aw[..mrows * qn * 4];
-                        // SAFETY: as above
-                        unsafe { widen_tiles(pa, ma, r0 + m0, mrows, q0, qn, aw) };
-                        aw
-                    }
-                };
-                for (j, blk) in blocks.clone().enumerate() {
-                    let bq = &bw[j * qn * NR * 4..(j + 1) * qn * NR * 4];
-                    let mut i = 0;
-                    while i < mrows {
-                        let r = MR2.min(mrows - i);
-                        let at = &aw[i * qn * 4..(i + r) * qn * 4];
-                        let from = (m0 + i) * ldc + j * NR;
-                        let out = match &mut sums {
-                            Sums::Narrow(c, requant) => Out::Narrow {
-                                c: &mut c[from..],
-                                ldc,
-                                first: (q0 == 0).then(|| {
-                                    Offsets::of(pa.hi, pb.hi, (r0 + m0 + i, r), (blk * NR, NR))
-                                }),
-                                last: requant.filter(|_| q0 + qn == kq && passes.len() == 1).map(
-                                    |q| Requant {
-                                        adds: &q.adds[r0 + m0 + i..],
-                                        shift: q.shift,
-                                    },
-                                ),
-                            },
-                            Sums::Wide(c, starts) => Out::Wide {
-                                c: &mut c[from..],
-                                ldc,
-                                shift,
-                                first: (q0 == 0 && pass == 0).then_some(match *starts {
-                                    Starts::Rows(s) => Starts::Rows(&s[m0 + i..]),
-                                    Starts::Cols(s) => Starts::Cols(&s[blk * NR..]),
-                                }),
-                            },
-                        };
-                        // SAFETY: as above; `at` holds `r` rows' `2·qn` pairs, `bq` `2·qn` pairs of
-                        // 16 columns, the kernel checks `out` holds `r` rows of 16
-                        unsafe {
-                            match r {
-                                1 => avx2::<1>(at, bq, 2 * qn, out),
-                                2 => avx2::<2>(at, bq, 2 * qn, out),
-                                3 => avx2::<3>(at, bq, 2 * qn, out),
-                                4 => avx2::<4>(at, bq, 2 * qn, out),
-                                5 => avx2::<5>(at, bq, 2 * qn, out),
-                                _ => avx2::<6>(at, bq, 2 * qn, out),
-                            }
+                    let mrows = MC2.min(rows - m0);
+                    // all rows of whole weights in blocks of KCQ2: their kept tiles (the same
+                    // tiles, from the same rows), else widened here (once per block of `k` with
+                    // one block of rows: the first stretch's)
+                    let kept = match (pa.lo, &sums) {
+                        (None, Sums::Narrow(..))
+                            if r0 == 0 && rows == pa.hi.m && ldc <= TILED_COLS =>
+                        {
+                            pa.hi.tiled()
                         }
-                        i += r;
+                        _ => None,
+                    };
+                    let aw: &[i16] = match kept {
+                        Some(t) => &t[4 * q0 * pa.hi.m + m0 * qn * 4..][..mrows * qn * 4],
+                        None => {
+                            let aw = &mut aw[..mrows * qn * 4];
+                            if c0 == 0 {
+                                // SAFETY: as above
+                                unsafe { widen_tiles(pa, ma, r0 + m0, mrows, q0, qn, aw) };
+                            }
+                            aw
+                        }
+                    };
+                    for (jj, blk) in stretch.clone().enumerate() {
+                        let j = c0 + jj;
+                        let bq = &bw[jj * qn * NR * 4..(jj + 1) * qn * NR * 4];
+                        let mut i = 0;
+                        while i < mrows {
+                            let r = MR2.min(mrows - i);
+                            let at = &aw[i * qn * 4..(i + r) * qn * 4];
+                            let from = (m0 + i) * ldc + j * NR;
+                            let out = match &mut sums {
+                                Sums::Narrow(c, requant) => Out::Narrow {
+                                    c: &mut c[from..],
+                                    ldc,
+                                    first: (q0 == 0).then(|| {
+                                        Offsets::of(pa.hi, pb.hi, (r0 + m0 + i, r), (blk * NR, NR))
+                                    }),
+                                    last: requant
+                                        .filter(|_| q0 + qn == kq && passes.len() == 1)
+                                        .map(|q| Requant {
+                                            adds: &q.adds[r0 + m0 + i..],
+                                            shift: q.shift,
+                                        }),
+                                },
+                                Sums::Wide(c, starts) => Out::Wide {
+                                    c: &mut c[from..],
+                                    ldc,
+                                    shift,
+                                    first: (q0 == 0 && pass == 0).then_some(match *starts {
+                                        Starts::Rows(s) => Starts::Rows(&s[m0 + i..]),
+                                        Starts::Cols(s) => Starts::Cols(&s[blk * NR..]),
+                                    }),
+                                },
+                            };
+                            // SAFETY: as above; `at` holds `r` rows' `2·qn` pairs, `bq` `2·qn` pairs of
+                            // 16 columns, the kernel checks `out` holds `r` rows of 16
+                            unsafe {
+                                match r {
+                                    1 => avx2::<1>(at, bq, 2 * qn, out),
+                                    2 => avx2::<2>(at, bq, 2 * qn, out),
+                                    3 => avx2::<3>(at, bq, 2 * qn, out),
+                                    4 => avx2::<4>(at, bq, 2 * qn, out),
+                                    5 => avx2::<5>(at, bq, 2 * qn, out),
+                                    _ => avx2::<6>(at, bq, 2 * qn, out),
+                                }
+                            }
+                            i += r;
+                        }
                     }
                 }
             }
         }
     }
-    crate::buffers::give(aw);
+    // (given back in the reverse of the order taken: the next call's first request, the rows',
+    // finds its own buffer first, as the pool hands out the most recently given that fits)
     crate::buffers::give(bw);
+    crate::buffers::give(aw);
 }
 
 /// A quad's 64 bytes (16 columns × 4 values of `k`) as four registers of 16 bytes, each 8 columns'
@@ -1966,6 +1988,54 @@ mod tests {
                 m,
                 threads,
             );
+        }
+    }
+
+    /// One block of rows by many columns (a 1×1 convolution over a large map): the AVX2 product
+    /// widens the columns a stretch at a time and multiplies every row by each stretch, the rows
+    /// widened once per block of the reduction. Short reductions (one stretch of 2,048 columns, the
+    /// last one partial), a reduction of several blocks (stretches of 64 columns, the rows widened
+    /// again for each block), activations or weights on the row side, 96 rows (one block) and 97
+    /// (two blocks: the columns at once), one to three threads: the exact products.
+    #[test]
+    fn columns_widened_a_stretch_at_a_time_are_exact() {
+        let gen = |len: usize, mul: usize, lo: i32| -> Vec<i32> {
+            (0..len).map(|i| (i * mul % 256) as i32 + lo).collect()
+        };
+        let shapes: [(usize, usize, usize); 4] = [
+            (16, 16, 4133),
+            (96, 8, 4200),
+            (24, 700, 300),
+            (97, 16, 2100),
+        ];
+        for (m, k, n) in shapes {
+            #[cfg(target_arch = "x86_64")]
+            {
+                let kc = KCQ2.min(k.div_ceil(4));
+                let stretch = BW_BYTES / (kc * NR * 4 * 2);
+                assert!(
+                    m > MC2 || n.div_ceil(NR) > stretch,
+                    "{m}×{k}×{n}: one stretch"
+                );
+            }
+            for threads in [1, 2, 3] {
+                check(
+                    &gen(m * k, 7919, -128),
+                    &gen(k * n, 104729, -128),
+                    m,
+                    k,
+                    n,
+                    threads,
+                );
+                check_swapped(
+                    &gen(m * k, 104729, -128),
+                    &gen(k * n, 7919, 0),
+                    m,
+                    k,
+                    n,
+                    threads,
+                );
+            }
         }
     }
 
