@@ -2306,7 +2306,9 @@ fn conv2d_narrow(
     if !direct && panels_suit(s, if one { 1 } else { th }) {
         // every output row of every plane is requantized into below
         let mut out = crate::buffers::take_overwritten(n * o_ch * p);
-        let act = (offset, split);
+        // every sum's magnitude at most kk · max|x| · 128 (8-bit weights)
+        let mx = lo.unsigned_abs().max(hi.unsigned_abs()) as u128;
+        let act = (offset, split, kk as u128 * mx * 128);
         let th = if groupwise { threads } else { th };
         let done = conv2d_panels(s, x, qw, bias, shift, (act, level, th), hook, &mut out);
         return Some(done.map(|()| out));
@@ -4208,12 +4210,31 @@ fn conv2d_panels(
     qw: &[Parts<PackedA>],
     bias: Option<(&[i32], i32)>,
     shift: i32,
-    ((offset, split), level, threads): ((bool, bool), Level, usize),
+    ((offset, split, bound), level, threads): ((bool, bool, u128), Level, usize),
     hook: Option<RowHook<'_>>,
     out: &mut [i32],
 ) -> Result<(), ExecError> {
     let (o_ch, kk) = (s.w[0], s.w[1] * s.w[2] * s.w[3]);
     let og = o_ch / s.groups;
+    // 8-bit weights and inputs, a right shift: the product's kernel adds each channel's bias and
+    // rounding term and shifts as it stores the sums, where no sum with its add can leave i32 (the
+    // panel's rows are then only moved into the output)
+    let half = Shift::new(shift)
+        .filter(|_| (0..=31).contains(&shift) && !split)
+        .map(|s| s.half);
+    let adds_of = |g: usize, qw: &Parts<PackedA>| -> Option<Vec<i32>> {
+        let h = half.filter(|_| qw.lo.is_none())?;
+        (0..og)
+            .map(|o| {
+                let bv = bias.map_or(0i128, |(d, sh)| (d[g * og + o] as i128) << sh);
+                i32::try_from(bv + h as i128).ok()
+            })
+            .collect::<Option<Vec<i32>>>()
+            .filter(|adds| {
+                let top = adds.iter().map(|a| a.unsigned_abs()).max().unwrap_or(0);
+                bound.saturating_add(top as u128) < 1 << 31
+            })
+    };
     let (oh, ow) = (s.out[2], s.out[3]);
     let p = oh * ow;
     let add = if offset { 128 } else { 0 };
@@ -4226,6 +4247,11 @@ fn conv2d_panels(
         // group g's output planes, its panels (or its output channels) split across `threads`
         let one_group = |g: usize, qw: &Parts<PackedA>, out_g: &mut [i32], threads: usize| {
             let group = g * plane;
+            let adds = adds_of(g, qw);
+            let requant = adds.as_deref().map(|adds| qgemm::Requant {
+                adds,
+                shift: shift as u32,
+            });
             // every window of every output row lies in the image, and so do the columns that round a
             // panel up to whole blocks (`padded_bytes` sizes it so)
             let last = (oh * wq).div_ceil(qgemm::NR) * qgemm::NR;
@@ -4286,7 +4312,7 @@ fn conv2d_panels(
                     // 16-bit weights or inputs: their two parts' products joined in i64
                     let wide = match (&qw.lo, &low) {
                         (None, None) => {
-                            qgemm::product(&qw.hi, &cols, o0, acc, level, None, &tokens);
+                            qgemm::product(&qw.hi, &cols, o0, acc, level, requant, &tokens);
                             None
                         }
                         // (row stride `ldc` either way)
@@ -4301,9 +4327,16 @@ fn conv2d_panels(
                         let dst = &mut seg[(oy0 - y0) * ow..(oy1 - y0) * ow];
                         // the channel's output rows, `wq` apart in its sums
                         let from = o * ldc;
-                        let done = match &wide {
-                            Some(c) => requantize_rows(dst, &c[from..], (ow, wq), bv, shift),
-                            None => requantize_rows(dst, &acc[from..], (ow, wq), bv, shift),
+                        let done = match (&wide, requant) {
+                            (Some(c), _) => requantize_rows(dst, &c[from..], (ow, wq), bv, shift),
+                            // requantized by the product: the rows moved into place
+                            (None, Some(_)) => {
+                                for (y, d) in dst.chunks_mut(ow.max(1)).enumerate() {
+                                    d.copy_from_slice(&acc[from + y * wq..][..d.len()]);
+                                }
+                                Ok(())
+                            }
+                            (None, None) => requantize_rows(dst, &acc[from..], (ow, wq), bv, shift),
                         };
                         if let Err(e) = done {
                             return err.set(e);
