@@ -520,6 +520,23 @@ fn interleave_with<T: Copy>(
                             byte(r[3][l]),
                         ]);
                     }
+                } else if len == NR {
+                    // the last group of a reduction not a multiple of 4 (a 3-channel stem's 27):
+                    // its rows (the last repeated) through `quads`, then the missing rows' bytes
+                    // put back from what the buffer holds there, the padding
+                    let r: [&[T; NR]; 4] = std::array::from_fn(|i| {
+                        let at = start(4 * g + i.min(rows - 1)) + j0;
+                        x[at..at + NR].try_into().expect("NR values")
+                    });
+                    let mut pad = [0u8; NR * 4];
+                    pad.copy_from_slice(dst);
+                    quads(r, dst);
+                    // (word l's byte i is row i's)
+                    let keep = u32::MAX >> (8 * (4 - rows));
+                    for (d, p) in dst.chunks_exact_mut(4).zip(pad.chunks_exact(4)) {
+                        let word = |b: &[u8]| u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+                        d.copy_from_slice(&(word(d) & keep | word(p) & !keep).to_le_bytes());
+                    }
                 } else {
                     for i in 0..rows {
                         let at = start(4 * g + i) + j0;
@@ -1988,6 +2005,54 @@ mod tests {
                 m,
                 threads,
             );
+        }
+    }
+
+    /// Packed activations hold each value's byte at its place — block of 16 columns, group of 4 rows
+    /// of the reduction, column, row — and the offset's zero (128 for offset bytes, else 0) wherever
+    /// the reduction or the columns are padded: reductions of 1 to 9, 27 (a 3-channel stem) and 30
+    /// rows, whole and partial blocks of columns, offset or not, from `i32` values and from rows of
+    /// an image's bytes.
+    #[test]
+    fn packed_activations_hold_each_value_and_the_offsets_zero() {
+        for k in (1..=9).chain([27, 30]) {
+            for n in [16, 33, 50] {
+                for offset in [false, true] {
+                    let x: Vec<i32> = (0..k * n)
+                        .map(|i| ((i * 7919 + k) % 256) as i32 - if offset { 128 } else { 0 })
+                        .collect();
+                    let zero = if offset { 128u8 } else { 0 };
+                    let byte = |v: i32| (v + if offset { 128 } else { 0 }) as u8;
+                    // the same values as an image's bytes, row r from its own start
+                    let image: Vec<u8> = x.iter().map(|&v| byte(v)).collect();
+                    let starts: Vec<usize> = (0..k).map(|r| r * n).collect();
+                    let packs = [
+                        PackedB::activations_in(&x, k, n, offset).expect("8-bit values"),
+                        PackedB::rows_of(&image, &starts, n, offset).expect("rows in the image"),
+                    ];
+                    for (which, p) in packs.iter().enumerate() {
+                        for blk in 0..n.div_ceil(NR) {
+                            for g in 0..p.kq {
+                                for l in 0..NR {
+                                    for i in 0..4 {
+                                        let (r, c) = (4 * g + i, blk * NR + l);
+                                        let want = match r < k && c < n {
+                                            true => byte(x[r * n + c]),
+                                            false => zero,
+                                        };
+                                        let at = ((blk * p.kq + g) * NR + l) * 4 + i;
+                                        assert_eq!(
+                                            p.data[at], want,
+                                            "packing {which}, k {k}, n {n}, offset {offset}: \
+                                             row {r}, column {c}"
+                                        );
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
         }
     }
 
