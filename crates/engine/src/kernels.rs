@@ -3289,7 +3289,7 @@ struct ChannelLanes {
     wp: usize,
     /// Where each image position goes in the padded rows (the AVX2 copy's; see
     /// [`ChannelLanes::image_places`]), found once for every block of channels.
-    places: Vec<Option<usize>>,
+    places: Vec<usize>,
     /// Where each output position's first tap reads ([`ChannelLanes::output_reads`]), likewise.
     reads: Vec<usize>,
 }
@@ -3345,9 +3345,10 @@ impl ChannelLanes {
         Some(plan)
     }
 
-    /// `i32` elements of the padded rows.
+    /// `i32` elements of the padded rows, and one position more: where the AVX2 copy puts the image
+    /// positions no tap reads ([`ChannelLanes::image_places`]).
     fn len(&self) -> usize {
-        self.hp * self.wp * Self::LANES
+        (self.hp * self.wp + 1) * Self::LANES
     }
 
     /// Where each tap reads in the padded rows (in `i32` elements), from an output position's first.
@@ -3362,14 +3363,18 @@ impl ChannelLanes {
     }
 
     /// Where each image position goes in the padded rows (none for those below the last row read).
-    fn image_places(&self, s: &ConvSpec<'_>) -> Vec<Option<usize>> {
+    fn image_places(&self, s: &ConvSpec<'_>) -> Vec<usize> {
         let (h, wd) = (s.x[2], s.x[3]);
         let (pt, pl) = (s.window.pads[0] as usize, s.window.pads[1] as usize);
         let inside = |iy: usize, ix: usize| pt + iy < self.hp && pl + ix < self.wp;
+        let unread = self.hp * self.wp * Self::LANES;
         (0..h * wd)
             .map(|f| {
                 let (iy, ix) = (f / wd, f % wd);
-                inside(iy, ix).then_some(((pt + iy) * self.wp + pl + ix) * Self::LANES)
+                match inside(iy, ix) {
+                    true => ((pt + iy) * self.wp + pl + ix) * Self::LANES,
+                    false => unread,
+                }
             })
             .collect()
     }
@@ -3577,22 +3582,29 @@ unsafe fn lane_block_avx2<const KK: usize>(
     let (put, read) = (&plan.places, &plan.reads);
     assert!(put.len() == hw && read.len() == p);
     // the image's positions, 8 at a time, 8 planes at a time, into the padded rows read
+    // (every position is stored: those no tap reads in the one past the padded rows)
     for f0 in (0..hw).step_by(8) {
         let m = mask(hw - f0);
         for half in 0..2 {
             let mut r = [zero; 8];
-            for (l, v) in r.iter_mut().enumerate() {
-                let plane = 8 * half + l;
-                if plane < g.n {
-                    *v = unsafe { _mm256_maskload_epi32(x.as_ptr().add(plane * hw + f0), m) };
+            if 8 * half + 8 <= g.n && f0 + 8 <= hw {
+                // eight whole planes' eight positions
+                for (l, v) in r.iter_mut().enumerate() {
+                    let at = (8 * half + l) * hw + f0;
+                    *v = unsafe { _mm256_loadu_si256(x.as_ptr().add(at) as *const __m256i) };
+                }
+            } else {
+                for (l, v) in r.iter_mut().enumerate() {
+                    let plane = 8 * half + l;
+                    if plane < g.n {
+                        *v = unsafe { _mm256_maskload_epi32(x.as_ptr().add(plane * hw + f0), m) };
+                    }
                 }
             }
             let cols = unsafe { transpose8(r) };
-            for (col, at) in cols.iter().zip(&put[f0..]) {
-                if let Some(at) = at {
-                    let to = unsafe { rows.add(at + 8 * half) };
-                    unsafe { _mm256_storeu_si256(to as *mut __m256i, *col) };
-                }
+            for (col, &at) in cols.iter().zip(&put[f0..]) {
+                let to = unsafe { rows.add(at + 8 * half) };
+                unsafe { _mm256_storeu_si256(to as *mut __m256i, *col) };
             }
         }
     }

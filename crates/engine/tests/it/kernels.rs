@@ -1761,7 +1761,8 @@ fn depthwise_equals_reference(
 /// Depthwise convolutions on small planes, which the fast executor takes sixteen channels per register
 /// (an AVX-512 register per image position): full and partial blocks of 16 channels, blocks that cross
 /// from one batch element into the next, strides 1 and 2 (and 2 along rows only), kernels of 1×1 to
-/// 7×7 (one larger than the image), asymmetric and missing padding, a dilation the pairs down a column
+/// 7×7 (one larger than the image), asymmetric and missing padding (an image row and column no tap
+/// reads), a dilation the pairs down a column
 /// refuse (column stride 2), 8- and 16-bit inputs and weights, a value past 16 bits (another kernel),
 /// a bias, with and without a requantizing shift, outputs large enough to split across threads: the
 /// reference integers at every instruction-set level and thread count.
@@ -1770,8 +1771,10 @@ fn small_plane_depthwise_convolutions_equal_reference() {
     let mut g = crate::gen(29, 1 << 20);
     // (kernel, stride, dilation, pads [top, left, bottom, right], input h × w)
     type Geometry = ([u32; 2], [u32; 2], [u32; 2], [u32; 4], [u32; 2]);
-    let geometries: [Geometry; 10] = [
+    let geometries: [Geometry; 11] = [
         ([3, 3], [1, 1], [1, 1], [1, 1, 1, 1], [7, 7]),
+        // no padding at stride 2 over an even image: its last row and column are read by no tap
+        ([3, 3], [2, 2], [1, 1], [0, 0, 0, 0], [8, 8]),
         ([3, 3], [1, 1], [1, 1], [1, 1, 1, 1], [16, 16]),
         ([3, 3], [2, 2], [1, 1], [1, 1, 1, 1], [14, 14]),
         ([5, 5], [1, 1], [1, 1], [2, 2, 2, 2], [14, 14]),
