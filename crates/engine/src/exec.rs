@@ -1302,6 +1302,27 @@ impl<M: Borrow<Model> + Sync> Executor<M> {
             Op::AvgPool2d {
                 window,
                 count_include_pad,
+            } if fast.is_some() && s0[2] * s0[3] > 0 => kernels::avg_pool(
+                xs[0],
+                s0,
+                window,
+                &out_shape,
+                (*count_include_pad, sc0 - so),
+                fast.unwrap_or(1),
+            )
+            .unwrap_or_else(|| {
+                pool(
+                    xs[0],
+                    s0,
+                    window,
+                    &out_shape,
+                    Some(*count_include_pad),
+                    sc0 - so,
+                )
+            }),
+            Op::AvgPool2d {
+                window,
+                count_include_pad,
             } => pool(
                 xs[0],
                 s0,

@@ -1773,6 +1773,133 @@ fn split_phases<'a, const S: usize>(row: &[i32], phases: &'a mut [i32], pw: usiz
     phases
 }
 
+/// The fast executor's `AvgPool2d` without dilation: each window's sum from the sums along every
+/// input row of each output column's taps, then those of each output row's rows (taps in the padding
+/// add nothing), and the reference's rounding `div_round(sum · 2^e, count)` (`e = −k`; a negative `e`
+/// multiplies the count instead), the count the window's area or its valid taps — taken exactly: the
+/// truncated `f64` quotient, corrected by its integer remainder (for a numerator below 2^52 it lies
+/// within one of the floor). `None` where a numerator could reach 2^52 (the reference's loop runs).
+/// Planes split across up to `threads` threads; a result past `i32` fails as the reference does.
+pub(crate) fn avg_pool(
+    x: &[i32],
+    xs: &[usize],
+    w: &crate::ir::Window,
+    out_shape: &[usize],
+    (include_pad, k): (bool, i32),
+    threads: usize,
+) -> Option<Result<Vec<i32>, ExecError>> {
+    let (planes, h, wd) = (xs[0] * xs[1], xs[2], xs[3]);
+    let (oh, ow) = (out_shape[2], out_shape[3]);
+    let area = w.kernel[0] as u128 * w.kernel[1] as u128;
+    let e = -(k as i64);
+    if w.dilation != [1, 1] || area == 0 || !(-24..=24).contains(&e) {
+        return None;
+    }
+    let mx = x.iter().map(|v| v.unsigned_abs()).max().unwrap_or(0) as u128;
+    // |sum| ≤ area · max|x|: the rounding's numerator `2·(sum·2^e) + count·2^(−e)` and its
+    // denominator below 2^52
+    let (num, den) = ((area * mx) << e.max(0), area << (-e).max(0));
+    if 2 * num + den >= 1 << 52 || 2 * den >= 1 << 52 {
+        return None;
+    }
+    let rows = PoolAxis::new(h, oh, w.kernel[0], w.stride[0], 1, w.pads[0]);
+    let cols = PoolAxis::new(wd, ow, w.kernel[1], w.stride[1], 1, w.pads[1]);
+    // each output position's valid input range along the axis (empty in the padding)
+    let ranges = |a: &PoolAxis, outs: usize| -> Vec<(usize, usize)> {
+        (0..outs)
+            .map(|o| match a.first[o] < a.last[o] {
+                true => (
+                    o * a.stride + a.first[o] - a.pad,
+                    o * a.stride + a.last[o] - a.pad,
+                ),
+                false => (0, 0),
+            })
+            .collect()
+    };
+    let (rr, cr) = (ranges(&rows, oh), ranges(&cols, ow));
+    // per tap of a row, the output columns whose tap lies in the row (`o0..o1`) and the input column
+    // the first of them reads
+    let taps: Vec<(usize, usize, usize)> = (0..w.kernel[1] as usize)
+        .filter_map(|t| {
+            let at = |o: usize| {
+                (o * cols.stride + t)
+                    .checked_sub(cols.pad)
+                    .filter(|&i| i < wd)
+            };
+            let o0 = (0..ow).find(|&o| at(o).is_some())?;
+            let o1 = (o0..ow).take_while(|&o| at(o).is_some()).last()? + 1;
+            Some((o0, o1, at(o0)?))
+        })
+        .collect();
+    let mut out = crate::buffers::take_overwritten(planes * oh * ow);
+    let err = crate::par::FirstError::default();
+    let th = if x.len() >= 1 << 16 { threads } else { 1 };
+    crate::par::rows(&mut out, oh * ow, th, 1, |c0, part| {
+        // the row sums of a plane (input row by output column), an output row's sums
+        let (mut hs, mut acc) = (vec![0i64; h * ow], vec![0i64; ow]);
+        for (j, dst) in part.chunks_mut((oh * ow).max(1)).enumerate() {
+            let plane = &x[(c0 + j) * h * wd..(c0 + j + 1) * h * wd];
+            for (row, hrow) in plane
+                .chunks_exact(wd.max(1))
+                .zip(hs.chunks_exact_mut(ow.max(1)))
+            {
+                hrow.fill(0);
+                // tap by tap, over the output columns whose tap lies in the row: at stride 1 a
+                // slice of the row added to a slice of the sums
+                for &(o0, o1, i0) in &taps {
+                    match cols.stride {
+                        1 => {
+                            let src = &row[i0..i0 + (o1 - o0)];
+                            for (d, &v) in hrow[o0..o1].iter_mut().zip(src) {
+                                *d += v as i64;
+                            }
+                        }
+                        st => {
+                            for (d, ix) in hrow[o0..o1].iter_mut().zip((i0..).step_by(st)) {
+                                *d += row[ix] as i64;
+                            }
+                        }
+                    }
+                }
+            }
+            for (drow, &(a, b)) in dst.chunks_mut(ow.max(1)).zip(&rr) {
+                acc.fill(0);
+                for hrow in hs.chunks_exact(ow.max(1)).take(b).skip(a) {
+                    for (s, &v) in acc.iter_mut().zip(hrow) {
+                        *s += v;
+                    }
+                }
+                for ((d, &s), &(ca, cb)) in drow.iter_mut().zip(&acc).zip(&cr) {
+                    let count = match include_pad {
+                        true => area as i64,
+                        false => ((b - a) * (cb - ca)) as i64,
+                    };
+                    if count == 0 {
+                        *d = 0;
+                        continue;
+                    }
+                    let (n, dn) = match e >= 0 {
+                        true => (s << e, count),
+                        false => (s, count << -e),
+                    };
+                    // floor((2n + dn) / 2dn), the rounding of `div_round`: the truncated `f64`
+                    // quotient lies within one of it (truncation, not `floor`, which would call
+                    // into the C library here)
+                    let (a2, b2) = (2 * n + dn, 2 * dn);
+                    let mut q = (a2 as f64 / b2 as f64) as i64;
+                    let r = a2 - q * b2;
+                    q += (r >= b2) as i64 - (r < 0) as i64;
+                    match i32::try_from(q) {
+                        Ok(v) => *d = v,
+                        Err(_) => return err.set(ExecError::Overflow),
+                    }
+                }
+            }
+        }
+    });
+    Some(err.into_result().map(|()| out))
+}
+
 /// The fast executor's `MaxPool2d` without rescaling (input and output at one scale): planes split
 /// across up to `threads` threads; the same integers as the reference's loop over the taps.
 pub(crate) fn max_pool(

@@ -369,6 +369,67 @@ fn max_pools_equal_the_reference() {
     }
 }
 
+/// Average pooling (the fast executor's kernel: sums along rows then down columns, the rounding
+/// division by an `f64` estimate corrected by its remainder) gives the reference's integers — windows
+/// counting their padding or only their valid taps, Inception's 3×3 at stride 1 with padding over
+/// 35×35 and 17×17, strides, windows wider than the plane, a window wholly in the padding, rescales
+/// up and down (`e` from −9 to 12), values near `i32`'s extremes (where a sum rescaled up leaves
+/// `i32`: the reference's error) — on one and three threads and every instruction-set level.
+#[test]
+fn average_pools_equal_the_reference() {
+    let mut g = crate::gen(0xa7e, 1 << 12);
+    for (h, w) in [(35u32, 35u32), (17, 17), (8, 3), (1, 9)] {
+        let small = g((2 * 3 * h * w) as usize);
+        let mut large: Vec<i32> = small.iter().map(|v| v << 18).collect();
+        large[1] = i32::MIN;
+        large[7] = i32::MAX;
+        for (k, s, p) in [
+            ([3, 3], [1, 1], [1, 1, 1, 1]),
+            ([3, 3], [2, 2], [0, 0, 1, 1]),
+            ([2, 5], [1, 2], [1, 2, 0, 2]),
+            ([5, 5], [3, 3], [2, 2, 2, 2]),
+            ([1, 1], [1, 1], [0, 0, 0, 0]),
+            ([9, 9], [1, 1], [4, 4, 4, 4]),
+            ([4, 4], [4, 4], [3, 3, 3, 3]),
+        ] {
+            let window = Window {
+                kernel: k,
+                stride: s,
+                dilation: [1, 1],
+                pads: p,
+            };
+            let Some((oh, ow)) = window.output_hw(h, w) else {
+                continue;
+            };
+            for count_include_pad in [true, false] {
+                for (si, so) in [(8, 8), (8, 17), (14, 2), (3, 12)] {
+                    for x in [&small, &large] {
+                        let m = Model::one_node(
+                            vec![input("x", vec![2, 3, h, w], si)],
+                            vec![],
+                            Op::AvgPool2d {
+                                window,
+                                count_include_pad,
+                            },
+                            vec![0],
+                            vec![2, 3, oh, ow],
+                            so,
+                        );
+                        let r = run_all(&m, vec![x.clone()]);
+                        let what = format!(
+                            "{h}×{w}, kernel {k:?}, stride {s:?}, pads {p:?}, \
+                             include pad {count_include_pad}, scales {si} → {so}"
+                        );
+                        for y in &r[1..] {
+                            assert_eq!(&r[0], y, "{what}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn gather_rejects_out_of_range_indices() {
     let m = Model::one_node(
