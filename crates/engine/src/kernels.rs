@@ -1832,8 +1832,27 @@ pub(crate) fn avg_pool(
         })
         .collect();
     let mut out = crate::buffers::take_overwritten(planes * oh * ow);
-    let err = crate::par::FirstError::default();
     let th = if x.len() >= 1 << 16 { threads } else { 1 };
+    // every numerator and denominator inside i32, and so every quotient times its denominator (at
+    // most the numerator plus the denominator): the planes in 32-bit lanes
+    if 2 * num + 3 * den < 1 << 31 {
+        let kernel = [w.kernel[0] as usize, w.kernel[1] as usize];
+        let plan = AvgPlan::new(
+            (h, ow, cols.stride, kernel),
+            (rr, &cr),
+            taps,
+            (include_pad, e),
+        );
+        crate::par::rows(&mut out, oh * ow, th, 1, |c0, part| {
+            let mut scratch = vec![0i32; (h + 2) * ow];
+            for (j, dst) in part.chunks_mut((oh * ow).max(1)).enumerate() {
+                let plane = &x[(c0 + j) * h * wd..(c0 + j + 1) * h * wd];
+                avg_plane_narrow(plane, dst, &plan, &mut scratch);
+            }
+        });
+        return Some(Ok(out));
+    }
+    let err = crate::par::FirstError::default();
     crate::par::rows(&mut out, oh * ow, th, 1, |c0, part| {
         // the row sums of a plane (input row by output column), an output row's sums
         let (mut hs, mut acc) = (vec![0i64; h * ow], vec![0i64; ow]);
@@ -1898,6 +1917,123 @@ pub(crate) fn avg_pool(
         }
     });
     Some(err.into_result().map(|()| out))
+}
+
+/// Valid input ranges, one per output row or column.
+type Ranges = Vec<(usize, usize)>;
+
+/// The geometry and divisors of [`avg_pool`]'s planes in 32-bit lanes.
+struct AvgPlan {
+    /// Input rows, output columns, the column stride.
+    h: usize,
+    ow: usize,
+    stride: usize,
+    /// Each output row's valid input range; per tap of a row, the output columns whose tap lies in
+    /// the row and the input column the first of them reads.
+    rr: Vec<(usize, usize)>,
+    taps: Vec<(usize, usize, usize)>,
+    /// The rescale `e` (the sum times `2^e`, or the count times `2^−e`).
+    e: i64,
+    /// Per count of valid rows `rc` (0 to the kernel's height) and output column: the rounding's
+    /// `den = count·2^(−e)` (`count` the area, or `rc` times the column's valid taps), `2·den` and
+    /// `1 / (2·den)` (for no valid tap: 0, 2 and ½, so the result is 0).
+    den: Vec<i32>,
+    den2: Vec<i32>,
+    inv: Vec<f64>,
+}
+
+impl AvgPlan {
+    fn new(
+        (h, ow, stride, [kh, kw]): (usize, usize, usize, [usize; 2]),
+        (rr, cr): (Ranges, &[(usize, usize)]),
+        taps: Vec<(usize, usize, usize)>,
+        (include_pad, e): (bool, i64),
+    ) -> AvgPlan {
+        let area = kh * kw;
+        let (mut den, mut den2, mut inv) = (Vec::new(), Vec::new(), Vec::new());
+        for rc in 0..=kh {
+            for &(ca, cb) in cr {
+                let count = match include_pad {
+                    true if rc > 0 && cb > ca => area,
+                    true => 0,
+                    false => rc * (cb - ca),
+                } as i64;
+                let d = count << (-e).max(0);
+                let (d, d2) = if count == 0 { (0, 2) } else { (d, 2 * d) };
+                den.push(d as i32);
+                den2.push(d2 as i32);
+                inv.push(1.0 / d2 as f64);
+            }
+        }
+        AvgPlan {
+            h,
+            ow,
+            stride,
+            rr,
+            taps,
+            e,
+            den,
+            den2,
+            inv,
+        }
+    }
+}
+
+crate::multiversion! {
+    fn avg_plane_narrow(plane: &[i32], dst: &mut [i32], g: &AvgPlan, scratch: &mut [i32]) -> () = avg_plane_narrow_body
+}
+
+/// One plane of [`avg_pool`] in 32-bit lanes (the caller's bound keeps every sum, numerator and
+/// denominator inside `i32`): the row sums tap by tap, an output row's sums down its rows, then
+/// `⌊(2·(sum·2^e) + den) / 2·den⌋` as the truncated product by `1 / (2·den)` in `f64` (within one of
+/// the floor: a relative error below 2^−51 on a quotient below 2^31), corrected by the remainder.
+/// `scratch` holds `(h + 2) · ow` values.
+#[inline(always)]
+fn avg_plane_narrow_body(plane: &[i32], dst: &mut [i32], g: &AvgPlan, scratch: &mut [i32]) {
+    let (h, ow) = (g.h, g.ow.max(1));
+    let wd = plane.len() / h.max(1);
+    let (hs, rest) = scratch.split_at_mut(h * ow);
+    let (acc, num) = rest.split_at_mut(ow);
+    for (row, hrow) in plane.chunks_exact(wd.max(1)).zip(hs.chunks_exact_mut(ow)) {
+        hrow.fill(0);
+        for &(o0, o1, i0) in &g.taps {
+            match g.stride {
+                1 => {
+                    for (d, &v) in hrow[o0..o1].iter_mut().zip(&row[i0..i0 + (o1 - o0)]) {
+                        *d += v;
+                    }
+                }
+                st => {
+                    for (d, ix) in hrow[o0..o1].iter_mut().zip((i0..).step_by(st)) {
+                        *d += row[ix];
+                    }
+                }
+            }
+        }
+    }
+    let up = g.e.max(0) as u32;
+    for (drow, &(a, b)) in dst.chunks_mut(ow).zip(&g.rr) {
+        acc.fill(0);
+        for hrow in hs.chunks_exact(ow).take(b).skip(a) {
+            for (s, &v) in acc.iter_mut().zip(hrow) {
+                *s += v;
+            }
+        }
+        let at = (b - a) * ow;
+        let (den, den2, inv) = (
+            &g.den[at..at + ow],
+            &g.den2[at..at + ow],
+            &g.inv[at..at + ow],
+        );
+        for ((n, &s), &d) in num[..ow].iter_mut().zip(acc.iter()).zip(den) {
+            *n = 2 * (s << up) + d;
+        }
+        for (((q, &n), &d2), &r) in drow.iter_mut().zip(&num[..ow]).zip(den2).zip(inv) {
+            let t = (n as f64 * r) as i32;
+            let rem = n - t * d2;
+            *q = t + (rem >= d2) as i32 - (rem < 0) as i32;
+        }
+    }
 }
 
 /// The fast executor's `MaxPool2d` without rescaling (input and output at one scale): planes split

@@ -374,7 +374,8 @@ fn max_pools_equal_the_reference() {
 /// counting their padding or only their valid taps, Inception's 3×3 at stride 1 with padding over
 /// 35×35 and 17×17, strides, windows wider than the plane, a window wholly in the padding, rescales
 /// up and down (`e` from −9 to 12), values near `i32`'s extremes (where a sum rescaled up leaves
-/// `i32`: the reference's error) — on one and three threads and every instruction-set level.
+/// `i32`: the reference's error), averages exactly halfway between two integers — on one and three
+/// threads and every instruction-set level.
 #[test]
 fn average_pools_equal_the_reference() {
     let mut g = crate::gen(0xa7e, 1 << 12);
@@ -383,6 +384,11 @@ fn average_pools_equal_the_reference() {
         let mut large: Vec<i32> = small.iter().map(|v| v << 18).collect();
         large[1] = i32::MIN;
         large[7] = i32::MAX;
+        // each plane one odd multiple of 2^11: rescaled down by 2^12, whole windows' averages lie
+        // exactly halfway, the rounding's quotient an integer (its estimate on either side)
+        let halves: Vec<i32> = (0..2 * 3 * h * w)
+            .map(|i| [3, -5, 7, -1, 1, -9][(i / (h * w)) as usize] << 11)
+            .collect();
         for (k, s, p) in [
             ([3, 3], [1, 1], [1, 1, 1, 1]),
             ([3, 3], [2, 2], [0, 0, 1, 1]),
@@ -403,7 +409,7 @@ fn average_pools_equal_the_reference() {
             };
             for count_include_pad in [true, false] {
                 for (si, so) in [(8, 8), (8, 17), (14, 2), (3, 12)] {
-                    for x in [&small, &large] {
+                    for x in [&small, &large, &halves] {
                         let m = Model::one_node(
                             vec![input("x", vec![2, 3, h, w], si)],
                             vec![],
