@@ -1708,10 +1708,11 @@ fn binary(
     let s = sa.max(sb);
     let (la, lb) = (s - sa, s - sb);
     // i64 fast paths, exact under the stated bounds: |x << l| < 2^59, sums < 2^60, products < 2^62;
-    // a left shift at the end only when operands were not shifted (|v| < 2^33, shift <= 29).
+    // no shift at the end, or a right one, whatever the operands' shifts; a left shift at the end
+    // only when operands were not shifted (|v| < 2^33, shift <= 29).
     let k_add = s - so;
     let add_ok =
-        la <= 28 && lb <= 28 && (k_add > 0 || (la == 0 && lb == 0 && k_add >= -29)) && k_add < 62;
+        la <= 28 && lb <= 28 && (k_add >= 0 || (la == 0 && lb == 0 && k_add >= -29)) && k_add < 62;
     let k_mul = sa + sb - so;
     match op {
         Op::Add if add_ok => {
