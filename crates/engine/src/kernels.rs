@@ -1619,7 +1619,7 @@ fn max_pool_plane_body(
     let s = cols.stride;
     let (a, b, taps) = cols.interior();
     if s == 1 && rows.stride == 1 && ow == width && a < b {
-        return max_pool_plane_same(plane, dst, width, rows, cols, (a, b, taps));
+        return max_pool_plane_same(plane, dst, width, (rows, cols), (a, b, taps), tmp);
     }
     let pw = width.div_ceil(s);
     let (row, phases) = tmp.split_at_mut(width);
@@ -1689,9 +1689,9 @@ fn max_pool_plane_same(
     plane: &[i32],
     dst: &mut [i32],
     width: usize,
-    rows: &PoolAxis,
-    cols: &PoolAxis,
+    (rows, cols): (&PoolAxis, &PoolAxis),
     (a, b, taps): (usize, usize, usize),
+    tmp: &mut [i32],
 ) {
     let (ra, rb, rtaps) = rows.interior();
     let oh = rows.first.len();
@@ -1724,7 +1724,8 @@ fn max_pool_plane_same(
             }
         }
     }
-    let mut vert = crate::buffers::take_overwritten::<i32>(oh * width);
+    // (the caller's scratch: a buffer per plane costs about as much as a small plane's maxima)
+    let vert = &mut tmp[..oh * width];
     vert.copy_from_slice(&dst[..oh * width]);
     // interior columns over the flattened rows: elements a .. (oh − 1)·width + b
     let (lo, hi) = (a, (oh - 1) * width + b);
@@ -1753,7 +1754,6 @@ fn max_pool_plane_same(
             orow[ox] = (f..l).map(|t| vrow[cols.at(ox, t)]).max().unwrap_or(0);
         }
     }
-    crate::buffers::give(vert);
 }
 
 /// `row` split into its `S` phases, phase `r` (positions `i·S + r`) from `phases[r·pw]` on (`pw =
@@ -2054,8 +2054,8 @@ pub(crate) fn max_pool(
     let mut out = crate::buffers::take_overwritten(planes * oh * ow);
     let th = if x.len() >= 1 << 16 { threads } else { 1 };
     crate::par::rows(&mut out, oh * ow, th, 1, |c0, part| {
-        // the row's maxima and its phases
-        let mut tmp = vec![0i32; wd + wd.div_ceil(cols.stride) * cols.stride];
+        // the row's maxima and its phases, or (a "same" pooling) the plane's vertical maxima
+        let mut tmp = vec![0i32; (wd + wd.div_ceil(cols.stride) * cols.stride).max(oh * wd)];
         for (j, dst) in part.chunks_mut(oh * ow).enumerate() {
             let plane = &x[(c0 + j) * h * wd..(c0 + j + 1) * h * wd];
             max_pool_plane(plane, dst, wd, &rows, &cols, &mut tmp);
