@@ -1839,10 +1839,29 @@ fn reduce(
         .iter()
         .enumerate()
         .all(|(i, &a)| a as usize == r - axes.len() + i);
+    // the reduced axes one block `first..first + axes.len()` in order (a normalization over the
+    // channels of `[N, C, H, W]`): each output row of `inner` elements folds `count` input rows
+    let first = axes.first().map_or(0, |&a| a as usize);
+    let block = axes
+        .iter()
+        .enumerate()
+        .all(|(i, &a)| a as usize == first + i);
     if trailing && count > 0 {
         // the reduced elements of each output are one contiguous run
         for (a, run) in acc.iter_mut().zip(x.chunks_exact(count)) {
             *a = run.iter().fold(init, |a, &v| step(a, v as i64));
+        }
+    } else if block && count > 0 && n_out > 0 {
+        let inner: usize = shape[first + axes.len()..].iter().product();
+        for (out_row, rows) in acc
+            .chunks_exact_mut(inner.max(1))
+            .zip(x.chunks_exact((count * inner).max(1)))
+        {
+            for row in rows.chunks_exact(inner.max(1)) {
+                for (a, &v) in out_row.iter_mut().zip(row) {
+                    *a = step(*a, v as i64);
+                }
+            }
         }
     } else {
         let ost = strides(&out_shape);

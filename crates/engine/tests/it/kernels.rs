@@ -436,6 +436,64 @@ fn average_pools_equal_the_reference() {
     }
 }
 
+/// Reductions over a block of middle axes (a layer normalization's sums over the channels of
+/// `[N, C, H, W]`, one output row of `H·W` folding `C` input rows), over leading, trailing and
+/// scattered axes: sums, means (rescaled both ways) and extremes give the single-step evaluator's
+/// integers in the reference and the fast executors, values near `i32`'s extremes included.
+#[test]
+fn reductions_over_middle_axes_equal_the_definition() {
+    let mut g = crate::gen(0x5ed, i32::MAX);
+    let shape = vec![2u32, 5, 3, 4];
+    let x = g(120);
+    for axes in [
+        vec![1],
+        vec![1, 2],
+        vec![0],
+        vec![2],
+        vec![3],
+        vec![0, 1],
+        vec![0, 2],
+        vec![1, 3],
+    ] {
+        let out: Vec<u32> = (0..4)
+            .map(|i| {
+                if axes.contains(&i) {
+                    1
+                } else {
+                    shape[i as usize]
+                }
+            })
+            .collect();
+        for kind in [
+            ReduceKind::Sum,
+            ReduceKind::Mean,
+            ReduceKind::Max,
+            ReduceKind::Min,
+        ] {
+            for (si, so) in [(4, 4), (6, 2), (2, 9)] {
+                let m = Model::one_node(
+                    vec![input("x", shape.clone(), si)],
+                    vec![],
+                    Op::Reduce {
+                        kind,
+                        axes: axes.clone(),
+                    },
+                    vec![0],
+                    out.clone(),
+                    so,
+                );
+                let small: Vec<i32> = x.iter().map(|v| v >> 8).collect();
+                for x in [&small, &x] {
+                    let r = run_all(&m, vec![x.clone()]);
+                    for y in &r[1..] {
+                        assert_eq!(&r[0], y, "axes {axes:?}, {kind:?}, scales {si} → {so}");
+                    }
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn gather_rejects_out_of_range_indices() {
     let m = Model::one_node(
