@@ -1302,35 +1302,15 @@ impl<M: Borrow<Model> + Sync> Executor<M> {
             Op::AvgPool2d {
                 window,
                 count_include_pad,
-            } if fast.is_some() && s0[2] * s0[3] > 0 => kernels::avg_pool(
-                xs[0],
-                s0,
-                window,
-                &out_shape,
-                (*count_include_pad, sc0 - so),
-                fast.unwrap_or(1),
-            )
-            .unwrap_or_else(|| {
-                pool(
-                    xs[0],
-                    s0,
-                    window,
-                    &out_shape,
-                    Some(*count_include_pad),
-                    sc0 - so,
-                )
-            }),
-            Op::AvgPool2d {
-                window,
-                count_include_pad,
-            } => pool(
-                xs[0],
-                s0,
-                window,
-                &out_shape,
-                Some(*count_include_pad),
-                sc0 - so,
-            ),
+            } => {
+                // the fast executor's kernel where its bounds hold, else the definition's loop
+                let include = (*count_include_pad, sc0 - so);
+                fast.filter(|_| s0[2] * s0[3] > 0)
+                    .and_then(|th| kernels::avg_pool(xs[0], s0, window, &out_shape, include, th))
+                    .unwrap_or_else(|| {
+                        pool(xs[0], s0, window, &out_shape, Some(include.0), include.1)
+                    })
+            }
             Op::Reshape => map_rescale(xs[0], sc0 - so),
             Op::Transpose { perm } => {
                 let st = strides(s0);
