@@ -1832,7 +1832,8 @@ pub(crate) fn avg_pool(
         })
         .collect();
     let mut out = crate::buffers::take_overwritten(planes * oh * ow);
-    let th = if x.len() >= 1 << 16 { threads } else { 1 };
+    // (split from 8 K input elements: a small plane's rows cost far more than their taps)
+    let th = if x.len() >= 1 << 13 { threads } else { 1 };
     // every numerator and denominator inside i32, and so every quotient times its denominator (at
     // most the numerator plus the denominator): the planes in 32-bit lanes
     if 2 * num + 3 * den < 1 << 31 {

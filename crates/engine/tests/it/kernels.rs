@@ -379,7 +379,8 @@ fn max_pools_equal_the_reference() {
 #[test]
 fn average_pools_equal_the_reference() {
     let mut g = crate::gen(0xa7e, 1 << 12);
-    for (h, w) in [(35u32, 35u32), (17, 17), (8, 3), (1, 9)] {
+    // (40×37: enough planes' elements to split across threads)
+    for (h, w) in [(35u32, 35u32), (17, 17), (8, 3), (1, 9), (40, 37)] {
         let small = g((2 * 3 * h * w) as usize);
         let mut large: Vec<i32> = small.iter().map(|v| v << 18).collect();
         large[1] = i32::MIN;
