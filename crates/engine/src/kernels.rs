@@ -1172,20 +1172,9 @@ impl EinPlan {
             (Some((bd, _, sh)), Some((brow, bcol))) => (bd[brow[r] + bcol[0]] as i128) << sh,
             _ => 0,
         };
-        let half = Shift::new(shift)
-            .filter(|_| (0..=31).contains(&shift))
-            .map(|s| s.half);
-        let adds: Option<Vec<i32>> = match half {
-            Some(h) if self.bt == 1 && in_order && layout.bias_row_const && rows * n == out_len => {
-                (0..rows)
-                    .map(|r| i32::try_from(row_bias(r) + h as i128).ok())
-                    .collect::<Option<Vec<i32>>>()
-                    .filter(|adds| {
-                        let top = adds.iter().map(|a| a.unsigned_abs()).max().unwrap_or(0);
-                        bound.saturating_add(top as u128) < 1 << 31
-                    })
-            }
-            _ => None,
+        let adds = match self.bt == 1 && in_order && layout.bias_row_const && rows * n == out_len {
+            true => kernel_adds((0..rows).map(row_bias), shift, bound),
+            false => None,
         };
         let requant = adds.as_deref().map(|adds| qgemm::Requant {
             adds,
@@ -4417,6 +4406,22 @@ fn requantize_rows<T: RowAcc>(
     Ok(())
 }
 
+/// Each row's `bias + 2^(shift−1)`, which a product's kernel adds to its sums before shifting them
+/// right by `shift` as it stores them ([`qgemm::Requant`]): `None` unless the shift is 0–31, every add
+/// fits `i32` and no sum of magnitude at most `bound` with its add can leave `i32`.
+fn kernel_adds(biases: impl Iterator<Item = i128>, shift: i32, bound: u128) -> Option<Vec<i32>> {
+    let h = Shift::new(shift)
+        .filter(|_| (0..=31).contains(&shift))?
+        .half;
+    biases
+        .map(|b| i32::try_from(b + h as i128).ok())
+        .collect::<Option<Vec<i32>>>()
+        .filter(|adds| {
+            let top = adds.iter().map(|a| a.unsigned_abs()).max().unwrap_or(0);
+            bound.saturating_add(top as u128) < 1 << 31
+        })
+}
+
 /// Bytes of packed activations per panel of [`conv2d_panels`] (the panel stays in the L2 cache while
 /// every output channel's row is multiplied by it).
 const PANEL_BYTES: usize = 1 << 19;
@@ -4495,21 +4500,11 @@ fn conv2d_panels(
     // 8-bit weights and inputs, a right shift: the product's kernel adds each channel's bias and
     // rounding term and shifts as it stores the sums, where no sum with its add can leave i32 (the
     // panel's rows are then only moved into the output)
-    let half = Shift::new(shift)
-        .filter(|_| (0..=31).contains(&shift) && !split)
-        .map(|s| s.half);
     let adds_of = |g: usize, qw: &Parts<PackedA>| -> Option<Vec<i32>> {
-        let h = half.filter(|_| qw.lo.is_none())?;
-        (0..og)
-            .map(|o| {
-                let bv = bias.map_or(0i128, |(d, sh)| (d[g * og + o] as i128) << sh);
-                i32::try_from(bv + h as i128).ok()
-            })
-            .collect::<Option<Vec<i32>>>()
-            .filter(|adds| {
-                let top = adds.iter().map(|a| a.unsigned_abs()).max().unwrap_or(0);
-                bound.saturating_add(top as u128) < 1 << 31
-            })
+        let biases = (0..og).map(|o| bias.map_or(0i128, |(d, sh)| (d[g * og + o] as i128) << sh));
+        (!split && qw.lo.is_none())
+            .then(|| kernel_adds(biases, shift, bound))
+            .flatten()
     };
     let (oh, ow) = (s.out[2], s.out[3]);
     let p = oh * ow;
