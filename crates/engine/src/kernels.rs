@@ -1764,11 +1764,12 @@ fn split_phases<'a, const S: usize>(row: &[i32], phases: &'a mut [i32], pw: usiz
 
 /// The fast executor's `AvgPool2d` without dilation: each window's sum from the sums along every
 /// input row of each output column's taps, then those of each output row's rows (taps in the padding
-/// add nothing), and the reference's rounding `div_round(sum · 2^e, count)` (`e = −k`; a negative `e`
-/// multiplies the count instead), the count the window's area or its valid taps — taken exactly: the
-/// truncated `f64` quotient, corrected by its integer remainder (for a numerator below 2^52 it lies
-/// within one of the floor). `None` where a numerator could reach 2^52 (the reference's loop runs).
-/// Planes split across up to `threads` threads; a result past `i32` fails as the reference does.
+/// add nothing, [`row_sums`], [`column_sums`]), and the reference's rounding `div_round(sum · 2^e, count)` (`e = −k`;
+/// a negative `e` multiplies the count instead), the count the window's area or its valid taps —
+/// taken exactly: the truncated `f64` quotient, corrected by its integer remainder (for a numerator
+/// below 2^52 it lies within one of the floor). `None` where a numerator could reach 2^52 (the
+/// reference's loop runs). Planes split across up to `threads` threads; a result past `i32` fails as
+/// the reference does.
 pub(crate) fn avg_pool(
     x: &[i32],
     xs: &[usize],
@@ -1791,98 +1792,33 @@ pub(crate) fn avg_pool(
     if 2 * num + den >= 1 << 52 || 2 * den >= 1 << 52 {
         return None;
     }
-    let rows = PoolAxis::new(h, oh, w.kernel[0], w.stride[0], 1, w.pads[0]);
-    let cols = PoolAxis::new(wd, ow, w.kernel[1], w.stride[1], 1, w.pads[1]);
-    // each output position's valid input range along the axis (empty in the padding)
-    let ranges = |a: &PoolAxis, outs: usize| -> Vec<(usize, usize)> {
-        (0..outs)
-            .map(|o| match a.first[o] < a.last[o] {
-                true => (
-                    o * a.stride + a.first[o] - a.pad,
-                    o * a.stride + a.last[o] - a.pad,
-                ),
-                false => (0, 0),
-            })
-            .collect()
-    };
-    let (rr, cr) = (ranges(&rows, oh), ranges(&cols, ow));
-    // per tap of a row, the output columns whose tap lies in the row (`o0..o1`) and the input column
-    // the first of them reads
-    let taps: Vec<(usize, usize, usize)> = (0..w.kernel[1] as usize)
-        .filter_map(|t| {
-            let at = |o: usize| {
-                (o * cols.stride + t)
-                    .checked_sub(cols.pad)
-                    .filter(|&i| i < wd)
-            };
-            let o0 = (0..ow).find(|&o| at(o).is_some())?;
-            let o1 = (o0..ow).take_while(|&o| at(o).is_some()).last()? + 1;
-            Some((o0, o1, at(o0)?))
-        })
-        .collect();
+    let g = AvgPlan::new(w, (h, wd), (oh, ow), (include_pad, e));
     let mut out = crate::buffers::take_overwritten(planes * oh * ow);
     // (split from 8 K input elements: a small plane's rows cost far more than their taps)
     let th = if x.len() >= 1 << 13 { threads } else { 1 };
+    let plane = |q: usize| &x[q * h * wd..(q + 1) * h * wd];
     // every numerator and denominator inside i32, and so every quotient times its denominator (at
     // most the numerator plus the denominator): the planes in 32-bit lanes
     if 2 * num + 3 * den < 1 << 31 {
-        let kernel = [w.kernel[0] as usize, w.kernel[1] as usize];
-        let plan = AvgPlan::new(
-            (h, ow, cols.stride, kernel),
-            (rr, &cr),
-            taps,
-            (include_pad, e),
-        );
+        let d = Divisors32::new(&g);
         crate::par::rows(&mut out, oh * ow, th, 1, |c0, part| {
             let mut scratch = vec![0i32; (h + 2) * ow];
             for (j, dst) in part.chunks_mut((oh * ow).max(1)).enumerate() {
-                let plane = &x[(c0 + j) * h * wd..(c0 + j + 1) * h * wd];
-                avg_plane_narrow(plane, dst, &plan, &mut scratch);
+                avg_plane_narrow(plane(c0 + j), dst, (&g, &d), &mut scratch);
             }
         });
         return Some(Ok(out));
     }
     let err = crate::par::FirstError::default();
     crate::par::rows(&mut out, oh * ow, th, 1, |c0, part| {
-        // the row sums of a plane (input row by output column), an output row's sums
         let (mut hs, mut acc) = (vec![0i64; h * ow], vec![0i64; ow]);
         for (j, dst) in part.chunks_mut((oh * ow).max(1)).enumerate() {
-            let plane = &x[(c0 + j) * h * wd..(c0 + j + 1) * h * wd];
-            for (row, hrow) in plane
-                .chunks_exact(wd.max(1))
-                .zip(hs.chunks_exact_mut(ow.max(1)))
-            {
-                hrow.fill(0);
-                // tap by tap, over the output columns whose tap lies in the row: at stride 1 a
-                // slice of the row added to a slice of the sums
-                for &(o0, o1, i0) in &taps {
-                    match cols.stride {
-                        1 => {
-                            let src = &row[i0..i0 + (o1 - o0)];
-                            for (d, &v) in hrow[o0..o1].iter_mut().zip(src) {
-                                *d += v as i64;
-                            }
-                        }
-                        st => {
-                            for (d, ix) in hrow[o0..o1].iter_mut().zip((i0..).step_by(st)) {
-                                *d += row[ix] as i64;
-                            }
-                        }
-                    }
-                }
-            }
-            for (drow, &(a, b)) in dst.chunks_mut(ow.max(1)).zip(&rr) {
-                acc.fill(0);
-                for hrow in hs.chunks_exact(ow.max(1)).take(b).skip(a) {
-                    for (s, &v) in acc.iter_mut().zip(hrow) {
-                        *s += v;
-                    }
-                }
-                for ((d, &s), &(ca, cb)) in drow.iter_mut().zip(&acc).zip(&cr) {
-                    let count = match include_pad {
-                        true => area as i64,
-                        false => ((b - a) * (cb - ca)) as i64,
-                    };
+            let mut fit = true;
+            row_sums(plane(c0 + j), &g, &mut hs);
+            for (drow, &(a, b)) in dst.chunks_mut(ow.max(1)).zip(&g.rr) {
+                column_sums(&hs, (a, b), &mut acc);
+                for ((d, &s), &(ca, cb)) in drow.iter_mut().zip(&acc).zip(&g.cr) {
+                    let count = g.count(b - a, cb - ca) as i64;
                     if count == 0 {
                         *d = 0;
                         continue;
@@ -1900,9 +1836,12 @@ pub(crate) fn avg_pool(
                     q += (r >= b2) as i64 - (r < 0) as i64;
                     match i32::try_from(q) {
                         Ok(v) => *d = v,
-                        Err(_) => return err.set(ExecError::Overflow),
+                        Err(_) => fit = false,
                     }
                 }
+            }
+            if !fit {
+                return err.set(ExecError::Overflow);
             }
         }
     });
@@ -1912,111 +1851,187 @@ pub(crate) fn avg_pool(
 /// Valid input ranges, one per output row or column.
 type Ranges = Vec<(usize, usize)>;
 
-/// The geometry and divisors of [`avg_pool`]'s planes in 32-bit lanes.
+/// The geometry of [`avg_pool`]'s planes.
 struct AvgPlan {
     /// Input rows, output columns, the column stride.
     h: usize,
     ow: usize,
     stride: usize,
-    /// Each output row's valid input range; per tap of a row, the output columns whose tap lies in
-    /// the row and the input column the first of them reads.
-    rr: Vec<(usize, usize)>,
+    /// Each output row's and column's valid input range (empty in the padding).
+    rr: Ranges,
+    cr: Ranges,
+    /// Per tap of a row, the output columns whose tap lies in the row (`o0..o1`) and the input column
+    /// the first of them reads.
     taps: Vec<(usize, usize, usize)>,
+    /// Whether a window counts its padding, and its area.
+    include_pad: bool,
+    area: usize,
     /// The rescale `e` (the sum times `2^e`, or the count times `2^−e`).
     e: i64,
-    /// Per count of valid rows `rc` (0 to the kernel's height) and output column: the rounding's
-    /// `den = count·2^(−e)` (`count` the area, or `rc` times the column's valid taps), `2·den` and
-    /// `1 / (2·den)` (for no valid tap: 0, 2 and ½, so the result is 0).
+}
+
+impl AvgPlan {
+    fn new(
+        w: &crate::ir::Window,
+        (h, wd): (usize, usize),
+        (oh, ow): (usize, usize),
+        (include_pad, e): (bool, i64),
+    ) -> AvgPlan {
+        let rows = PoolAxis::new(h, oh, w.kernel[0], w.stride[0], 1, w.pads[0]);
+        let cols = PoolAxis::new(wd, ow, w.kernel[1], w.stride[1], 1, w.pads[1]);
+        let ranges = |a: &PoolAxis, outs: usize| -> Ranges {
+            (0..outs)
+                .map(|o| match a.first[o] < a.last[o] {
+                    true => (
+                        o * a.stride + a.first[o] - a.pad,
+                        o * a.stride + a.last[o] - a.pad,
+                    ),
+                    false => (0, 0),
+                })
+                .collect()
+        };
+        let taps = (0..w.kernel[1] as usize)
+            .filter_map(|t| {
+                let at = |o: usize| {
+                    (o * cols.stride + t)
+                        .checked_sub(cols.pad)
+                        .filter(|&i| i < wd)
+                };
+                let o0 = (0..ow).find(|&o| at(o).is_some())?;
+                let o1 = (o0..ow).take_while(|&o| at(o).is_some()).last()? + 1;
+                Some((o0, o1, at(o0)?))
+            })
+            .collect();
+        AvgPlan {
+            h,
+            ow,
+            stride: cols.stride,
+            rr: ranges(&rows, oh),
+            cr: ranges(&cols, ow),
+            taps,
+            include_pad,
+            area: w.kernel[0] as usize * w.kernel[1] as usize,
+            e,
+        }
+    }
+
+    /// The count a window of `rows` valid rows and `cols` valid columns divides by (0 for none: its
+    /// average is 0).
+    fn count(&self, rows: usize, cols: usize) -> usize {
+        match self.include_pad {
+            true if rows > 0 && cols > 0 => self.area,
+            true => 0,
+            false => rows * cols,
+        }
+    }
+}
+
+/// One plane's sums along its rows ([`avg_pool`]): `hs` (`h · ow` values) takes each input row's sums
+/// of every output column's taps — tap by tap, at stride 1 a slice of the row added to a slice of the
+/// sums. (Functions, not closures, so that they take the caller's target features when inlined.)
+#[inline(always)]
+fn row_sums<T: Copy + Default + std::ops::AddAssign + From<i32>>(
+    plane: &[i32],
+    g: &AvgPlan,
+    hs: &mut [T],
+) {
+    let (h, ow) = (g.h, g.ow.max(1));
+    let wd = plane.len() / h.max(1);
+    for (src, hrow) in plane.chunks_exact(wd.max(1)).zip(hs.chunks_exact_mut(ow)) {
+        hrow.fill(T::default());
+        for &(o0, o1, i0) in &g.taps {
+            match g.stride {
+                1 => {
+                    for (d, &v) in hrow[o0..o1].iter_mut().zip(&src[i0..i0 + (o1 - o0)]) {
+                        *d += T::from(v);
+                    }
+                }
+                st => {
+                    for (d, ix) in hrow[o0..o1].iter_mut().zip((i0..).step_by(st)) {
+                        *d += T::from(src[ix]);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// An output row's window sums ([`avg_pool`]) into `acc`: the row sums `hs` of its valid input rows
+/// `a..b`, added.
+#[inline(always)]
+fn column_sums<T: Copy + Default + std::ops::AddAssign>(
+    hs: &[T],
+    (a, b): (usize, usize),
+    acc: &mut [T],
+) {
+    acc.fill(T::default());
+    for hrow in hs.chunks_exact(acc.len().max(1)).take(b).skip(a) {
+        for (s, &v) in acc.iter_mut().zip(hrow) {
+            *s += v;
+        }
+    }
+}
+
+/// [`avg_pool`]'s divisors in 32-bit lanes: per count of valid rows `rc` (0 to the kernel's height)
+/// and output column, the rounding's `den = count·2^(−e)`, `2·den` and `1 / (2·den)` (for no valid
+/// tap: 0, 2 and ½, so the result is 0). The caller's bound keeps them inside `i32`.
+struct Divisors32 {
     den: Vec<i32>,
     den2: Vec<i32>,
     inv: Vec<f64>,
 }
 
-impl AvgPlan {
-    fn new(
-        (h, ow, stride, [kh, kw]): (usize, usize, usize, [usize; 2]),
-        (rr, cr): (Ranges, &[(usize, usize)]),
-        taps: Vec<(usize, usize, usize)>,
-        (include_pad, e): (bool, i64),
-    ) -> AvgPlan {
-        let area = kh * kw;
+impl Divisors32 {
+    fn new(g: &AvgPlan) -> Divisors32 {
+        let kh = g.rr.iter().map(|&(a, b)| b - a).max().unwrap_or(0);
         let (mut den, mut den2, mut inv) = (Vec::new(), Vec::new(), Vec::new());
         for rc in 0..=kh {
-            for &(ca, cb) in cr {
-                let count = match include_pad {
-                    true if rc > 0 && cb > ca => area,
-                    true => 0,
-                    false => rc * (cb - ca),
-                } as i64;
-                let d = count << (-e).max(0);
-                let (d, d2) = if count == 0 { (0, 2) } else { (d, 2 * d) };
+            for &(ca, cb) in &g.cr {
+                let count = g.count(rc, cb - ca) as i64;
+                let (d, d2) = match count {
+                    0 => (0, 2),
+                    _ => (count << (-g.e).max(0), 2 * (count << (-g.e).max(0))),
+                };
                 den.push(d as i32);
                 den2.push(d2 as i32);
                 inv.push(1.0 / d2 as f64);
             }
         }
-        AvgPlan {
-            h,
-            ow,
-            stride,
-            rr,
-            taps,
-            e,
-            den,
-            den2,
-            inv,
-        }
+        Divisors32 { den, den2, inv }
     }
 }
 
 crate::multiversion! {
-    fn avg_plane_narrow(plane: &[i32], dst: &mut [i32], g: &AvgPlan, scratch: &mut [i32]) -> () = avg_plane_narrow_body
+    fn avg_plane_narrow(plane: &[i32], dst: &mut [i32], gd: (&AvgPlan, &Divisors32), scratch: &mut [i32]) -> () = avg_plane_narrow_body
 }
 
 /// One plane of [`avg_pool`] in 32-bit lanes (the caller's bound keeps every sum, numerator and
-/// denominator inside `i32`): the row sums tap by tap, an output row's sums down its rows, then
+/// denominator inside `i32`): the window sums ([`row_sums`], [`column_sums`]), then
 /// `⌊(2·(sum·2^e) + den) / 2·den⌋` as the truncated product by `1 / (2·den)` in `f64` (within one of
 /// the floor: a relative error below 2^−51 on a quotient below 2^31), corrected by the remainder.
 /// `scratch` holds `(h + 2) · ow` values.
 #[inline(always)]
-fn avg_plane_narrow_body(plane: &[i32], dst: &mut [i32], g: &AvgPlan, scratch: &mut [i32]) {
-    let (h, ow) = (g.h, g.ow.max(1));
-    let wd = plane.len() / h.max(1);
-    let (hs, rest) = scratch.split_at_mut(h * ow);
+fn avg_plane_narrow_body(
+    plane: &[i32],
+    dst: &mut [i32],
+    (g, d): (&AvgPlan, &Divisors32),
+    scratch: &mut [i32],
+) {
+    let ow = g.ow.max(1);
+    let (hs, rest) = scratch.split_at_mut(g.h * ow);
     let (acc, num) = rest.split_at_mut(ow);
-    for (row, hrow) in plane.chunks_exact(wd.max(1)).zip(hs.chunks_exact_mut(ow)) {
-        hrow.fill(0);
-        for &(o0, o1, i0) in &g.taps {
-            match g.stride {
-                1 => {
-                    for (d, &v) in hrow[o0..o1].iter_mut().zip(&row[i0..i0 + (o1 - o0)]) {
-                        *d += v;
-                    }
-                }
-                st => {
-                    for (d, ix) in hrow[o0..o1].iter_mut().zip((i0..).step_by(st)) {
-                        *d += row[ix];
-                    }
-                }
-            }
-        }
-    }
     let up = g.e.max(0) as u32;
+    row_sums(plane, g, hs);
     for (drow, &(a, b)) in dst.chunks_mut(ow).zip(&g.rr) {
-        acc.fill(0);
-        for hrow in hs.chunks_exact(ow).take(b).skip(a) {
-            for (s, &v) in acc.iter_mut().zip(hrow) {
-                *s += v;
-            }
-        }
+        column_sums(hs, (a, b), acc);
         let at = (b - a) * ow;
         let (den, den2, inv) = (
-            &g.den[at..at + ow],
-            &g.den2[at..at + ow],
-            &g.inv[at..at + ow],
+            &d.den[at..at + ow],
+            &d.den2[at..at + ow],
+            &d.inv[at..at + ow],
         );
-        for ((n, &s), &d) in num[..ow].iter_mut().zip(acc.iter()).zip(den) {
-            *n = 2 * (s << up) + d;
+        for ((n, &s), &dn) in num[..ow].iter_mut().zip(acc.iter()).zip(den) {
+            *n = 2 * (s << up) + dn;
         }
         for (((q, &n), &d2), &r) in drow.iter_mut().zip(&num[..ow]).zip(den2).zip(inv) {
             let t = (n as f64 * r) as i32;
