@@ -1815,17 +1815,15 @@ fn reduce(
     };
     let mut acc = vec![init; n_out];
     let r = shape.len();
-    let trailing = axes
-        .iter()
-        .enumerate()
-        .all(|(i, &a)| a as usize == r - axes.len() + i);
     // the reduced axes one block `first..first + axes.len()` in order (a normalization over the
-    // channels of `[N, C, H, W]`): each output row of `inner` elements folds `count` input rows
-    let first = axes.first().map_or(0, |&a| a as usize);
+    // channels of `[N, C, H, W]`): each output row of `inner` elements folds `count` input rows; the
+    // block at the end (or no axis) leaves one contiguous run per output
+    let first = axes.first().map_or(r, |&a| a as usize);
     let block = axes
         .iter()
         .enumerate()
         .all(|(i, &a)| a as usize == first + i);
+    let trailing = block && first + axes.len() == r;
     if trailing && count > 0 {
         // the reduced elements of each output are one contiguous run
         for (a, run) in acc.iter_mut().zip(x.chunks_exact(count)) {
