@@ -62,10 +62,14 @@ fn matmul() -> Op {
 /// One element broadcast to `n × n`, multiplied by itself, and the first row (or, `reduce`, everything)
 /// kept: a few hundred bytes describing `n³` multiply-accumulates.
 fn square_model(n: u32, reduce: bool) -> Vec<u8> {
-    let mut nodes = vec![
-        node("b", Op::Broadcast, vec![0], vec![n, n]),
-        node("mm", matmul(), vec![1, 1], vec![n, n]),
-    ];
+    square_model_at(n, reduce, 0)
+}
+
+/// [`square_model`] with its product at scale `scale`.
+fn square_model_at(n: u32, reduce: bool, scale: i8) -> Vec<u8> {
+    let mut mm = node("mm", matmul(), vec![1, 1], vec![n, n]);
+    mm.scale = scale;
+    let mut nodes = vec![node("b", Op::Broadcast, vec![0], vec![n, n]), mm];
     nodes.push(if reduce {
         node(
             "sum",
@@ -89,6 +93,7 @@ fn square_model(n: u32, reduce: bool) -> Vec<u8> {
             vec![1, n],
         )
     });
+    nodes[2].scale = scale;
     let m = Model {
         inputs: vec![input("x", vec![1, 1])],
         consts: vec![],
@@ -100,6 +105,16 @@ fn square_model(n: u32, reduce: bool) -> Vec<u8> {
     };
     m.validate().unwrap();
     verity_engine::vty::encode(&m)
+}
+
+/// A model that runs for many seconds on any CPU, and the body of a request for it: [`square_model`]
+/// at 4096 over an input of 10⁷, whose products (10¹⁴, summed to 4·10¹⁷) only the 64-bit integer
+/// kernels take — neither the 8-bit ones (whatever their instruction set) nor the exact `f64` ones
+/// (sums past 2⁵³) —, scaled by 2⁻²⁹ back into `i32`. (The 3072³ of 16-bit values it replaces took
+/// the 8-bit kernels as two halves on AVX-512 VNNI and finished inside the tests' 3 s timeout.)
+fn slow_model() -> (Vec<u8>, String) {
+    let body = json!({"inputs": {"x": {"shape": [1, 1], "data": [1.0e7]}}});
+    (square_model_at(4096, false, -29), body.to_string())
 }
 
 /// One intermediate of 2³¹ − 2¹⁶ elements (8 GiB as i32).
@@ -338,11 +353,10 @@ fn abandoned_and_timed_out_inferences_free_their_worker() {
         dir.path(),
         "workers = 1\n[limits]\nassumed_ops_per_sec = 1000000000000\n[timeouts]\nrequest_secs = 3\ncompile_secs = 1\n",
     );
-    // 3072³ products on values too wide for the 8-bit kernels: far longer than 3 s on this machine
-    let slow = square_model(3072, false);
+    // 4096³ products on the 64-bit kernels: far longer than 3 s
+    let (slow, slow_body) = slow_model();
     let slow_id = id_of(&slow);
     assert_eq!(publish(&n.url, &key, slow, "slow").status().as_u16(), 201);
-    let slow_body = json!({"inputs": {"x": {"shape": [1, 1], "data": [-200.0]}}}).to_string();
 
     // timed out: 408 at the deadline; the worker is free right after
     let t = Instant::now();
@@ -576,7 +590,7 @@ fn sigterm_under_load_exits_in_time_and_kill9_loses_no_acknowledged_receipt() {
     let dir = tempfile::tempdir().unwrap();
     let config = "workers = 2\n[limits]\nassumed_ops_per_sec = 1000000000000\n[timeouts]\nshutdown_secs = 3\n";
     let (mut n, key, tiny_id) = start_with_tiny(dir.path(), config);
-    let slow = square_model(3072, false);
+    let (slow, slow_body) = slow_model();
     let slow_id = id_of(&slow);
     assert_eq!(publish(&n.url, &key, slow, "slow").status().as_u16(), 201);
 
@@ -585,7 +599,8 @@ fn sigterm_under_load_exits_in_time_and_kill9_loses_no_acknowledged_receipt() {
     let long = std::thread::spawn(move || {
         http()
             .post(format!("{url}/v1/models/{slow_id}/infer"))
-            .json(&json!({"inputs": {"x": {"shape": [1, 1], "data": [-200.0]}}}))
+            .header("content-type", "application/json")
+            .body(slow_body)
             .send()
             .map(|r| r.status().as_u16())
     });
