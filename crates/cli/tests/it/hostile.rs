@@ -60,17 +60,10 @@ fn matmul() -> Op {
 }
 
 /// One element broadcast to `n × n`, multiplied by itself, and the first row (or, `reduce`, everything)
-/// kept: a few hundred bytes describing `n³` multiply-accumulates.
-fn square_model(n: u32, reduce: bool) -> Vec<u8> {
-    square_model_at(n, reduce, 0)
-}
-
-/// [`square_model`] with its product at scale `scale`.
-fn square_model_at(n: u32, reduce: bool, scale: i8) -> Vec<u8> {
-    let mut mm = node("mm", matmul(), vec![1, 1], vec![n, n]);
-    mm.scale = scale;
-    let mut nodes = vec![node("b", Op::Broadcast, vec![0], vec![n, n]), mm];
-    nodes.push(if reduce {
+/// kept, the product and what is kept at scale `scale`: a few hundred bytes describing `n³`
+/// multiply-accumulates.
+fn square_model(n: u32, reduce: bool, scale: i8) -> Vec<u8> {
+    let kept = if reduce {
         node(
             "sum",
             Op::Reduce {
@@ -92,8 +85,15 @@ fn square_model_at(n: u32, reduce: bool, scale: i8) -> Vec<u8> {
             vec![2],
             vec![1, n],
         )
-    });
-    nodes[2].scale = scale;
+    };
+    let mut nodes = vec![
+        node("b", Op::Broadcast, vec![0], vec![n, n]),
+        node("mm", matmul(), vec![1, 1], vec![n, n]),
+        kept,
+    ];
+    for later in &mut nodes[1..] {
+        later.scale = scale;
+    }
     let m = Model {
         inputs: vec![input("x", vec![1, 1])],
         consts: vec![],
@@ -110,11 +110,11 @@ fn square_model_at(n: u32, reduce: bool, scale: i8) -> Vec<u8> {
 /// A model that runs for many seconds on any CPU, and the body of a request for it: [`square_model`]
 /// at 4096 over an input of 10⁷, whose products (10¹⁴, summed to 4·10¹⁷) only the 64-bit integer
 /// kernels take — neither the 8-bit ones (whatever their instruction set) nor the exact `f64` ones
-/// (sums past 2⁵³) —, scaled by 2⁻²⁹ back into `i32`. (The 3072³ of 16-bit values it replaces took
-/// the 8-bit kernels as two halves on AVX-512 VNNI and finished inside the tests' 3 s timeout.)
+/// (sums past 2⁵³) —, scaled by 2⁻²⁹ back into `i32`. (16-bit values would not do: AVX-512 VNNI
+/// multiplies them as two 8-bit halves, and 3072³ of them finish inside the tests' 3 s timeout.)
 fn slow_model() -> (Vec<u8>, String) {
     let body = json!({"inputs": {"x": {"shape": [1, 1], "data": [1.0e7]}}});
-    (square_model_at(4096, false, -29), body.to_string())
+    (square_model(4096, false, -29), body.to_string())
 }
 
 /// One intermediate of 2³¹ − 2¹⁶ elements (8 GiB as i32).
@@ -243,7 +243,7 @@ fn model_bombs_are_refused_at_publish_and_the_node_keeps_serving() {
     valid_inference(&n.url, &tiny_id);
 
     // CPU: 16384³ multiply-accumulates in 200-odd bytes
-    let cpu = square_model(16384, true);
+    let cpu = square_model(16384, true, 0);
     assert!(cpu.len() < 400, "{} bytes", cpu.len());
     let t = Instant::now();
     let (status, code, msg) = error_of(publish(&n.url, &key, cpu.clone(), "cpu"));
