@@ -791,14 +791,18 @@ impl<M: Borrow<Model> + Sync> Executor<M> {
     }
 
     /// Run `f` on a worker of the shared pool of this executor's thread count (fast mode with several
-    /// threads), carrying the calling thread's cancellation tokens along; else on the calling thread.
+    /// threads), carrying the calling thread's cancellation tokens and instruction-set cap along; else
+    /// on the calling thread.
     fn on_pool<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
         match self.mode {
             Mode::Fast { threads } if threads > 1 => match crate::par::pool(threads) {
                 Some(pool) => {
                     let tokens = crate::cancel::current();
+                    let cap = crate::simd::Isa::current_cap();
                     pool.install(|| {
-                        crate::par::awake(threads, || crate::cancel::with_tokens(tokens, f))
+                        crate::simd::Isa::within_cap(cap, || {
+                            crate::par::awake(threads, || crate::cancel::with_tokens(tokens, f))
+                        })
                     })
                 }
                 None => f(),

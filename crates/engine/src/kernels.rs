@@ -3560,6 +3560,9 @@ struct ChannelLanes {
     places: Vec<usize>,
     /// Where each output position's first tap reads ([`ChannelLanes::output_reads`]), likewise.
     reads: Vec<usize>,
+    /// The level the layout is for (AVX-512, or AVX2 with `places` and `reads`): decided once, so
+    /// every block runs the kernels the layout was made for.
+    isa: crate::simd::Isa,
 }
 
 impl ChannelLanes {
@@ -3605,6 +3608,7 @@ impl ChannelLanes {
             wp: (ow - 1) * sx + (kw - 1) * dx + 1,
             places: Vec::new(),
             reads: Vec::new(),
+            isa,
         };
         if isa == crate::simd::Isa::Avx2 {
             plan.places = plan.image_places(s);
@@ -3686,8 +3690,8 @@ impl ChannelLanes {
         }
         let vnni = crate::qgemm::Level::detect() == crate::qgemm::Level::Avx512Vnni;
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: `new` checked that the CPU has AVX-512 (F, BW) or AVX2 (the latter taken only where
-        // the former is missing), and VNNI is taken only where the CPU has it; the assertions above
+        // SAFETY: `new` checked that the CPU has AVX-512 (F, BW) or AVX2 (the level it recorded in
+        // `isa`), and VNNI is taken only where the CPU has it; the assertions above
         // keep the loads of the planes inside `x` (planes below `n`, positions below `h·w` under a
         // mask), the copy and the taps' loads inside `rows` (positions below `hp·wp`, as `new` sized
         // them) and the stores inside `dst` (planes below `n`, positions below `oh·ow` under a mask)
@@ -3698,7 +3702,7 @@ impl ChannelLanes {
                 biases: &biases,
                 n,
             };
-            if crate::simd::Isa::detect() != crate::simd::Isa::Avx512 {
+            if self.isa != crate::simd::Isa::Avx512 {
                 return match kk {
                     9 => lane_block_avx2::<9>(self, s, x, g, dst),
                     25 => lane_block_avx2::<25>(self, s, x, g, dst),

@@ -78,14 +78,18 @@ pub(crate) fn rows<T: Send>(
 }
 
 /// Run `f` on every one of `parts` in parallel, as tasks of the current pool; every part draws its
-/// buffers from the run's pool (see [`crate::buffers`]), whichever worker runs it.
+/// buffers from the run's pool (see [`crate::buffers`]) and takes the caller's instruction-set cap
+/// (see [`crate::simd::Isa::cap`]), whichever worker runs it.
 pub(crate) fn each<P: Send>(parts: impl IntoIterator<Item = P> + Send, f: impl Fn(P) + Sync) {
     let f = &f;
     let pool = crate::buffers::current();
     let pool = pool.as_ref();
+    let cap = crate::simd::Isa::current_cap();
     rayon::scope(|s| {
         for part in parts {
-            s.spawn(move |_| crate::buffers::within(pool, || f(part)));
+            s.spawn(move |_| {
+                crate::simd::Isa::within_cap(cap, || crate::buffers::within(pool, || f(part)))
+            });
         }
     });
 }
@@ -177,6 +181,55 @@ mod tests {
                 "a part found no pooled buffer: {found:?}"
             );
             if found.iter().any(|f| f.1 != me) {
+                return;
+            }
+        }
+        panic!("in 20 attempts no part ran on the pool's other worker");
+    }
+
+    /// A run's instruction-set cap is its thread's and goes with its parts: parts of a run capped at
+    /// the baseline see the baseline on every worker (eight parts on two workers, tried until one ran
+    /// on the other worker), a thread that caps itself changes no other thread's level, and a worker
+    /// that ran capped parts is back at the CPU's level afterwards.
+    #[test]
+    fn parts_take_their_runs_instruction_set_cap_and_no_other_thread_does() {
+        use crate::simd::Isa;
+        let full = std::thread::spawn(Isa::detect).join().expect("a thread");
+        let capped = std::thread::spawn(|| {
+            Isa::cap(Isa::Base);
+            Isa::detect()
+        });
+        assert_eq!(capped.join().expect("a thread"), Isa::Base);
+        assert_eq!(
+            Isa::detect(),
+            full,
+            "another thread's cap leaked into this one"
+        );
+        let workers = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .expect("two threads");
+        let seen = |cap: u8| {
+            workers.install(|| {
+                Isa::within_cap(cap, || {
+                    let seen = std::sync::Mutex::new(Vec::new());
+                    super::rows(&mut [0u8; 8], 1, 8, 1, |_, _| {
+                        std::thread::sleep(std::time::Duration::from_millis(5));
+                        let at = rayon::current_thread_index();
+                        seen.lock().expect("not poisoned").push((at, Isa::detect()));
+                    });
+                    let me = rayon::current_thread_index();
+                    (me, seen.into_inner().expect("not poisoned"))
+                })
+            })
+        };
+        for _ in 0..20 {
+            let (me, parts) = seen(0);
+            assert_eq!(parts.len(), 8);
+            assert!(parts.iter().all(|p| p.1 == Isa::Base), "{parts:?}");
+            let (_, after) = seen(2);
+            assert!(after.iter().all(|p| p.1 == full), "{after:?}");
+            if parts.iter().any(|p| p.0 != me) {
                 return;
             }
         }

@@ -15,13 +15,18 @@ pub enum Isa {
     Base,
 }
 
-/// The most a caller allows (tests lower it to run every level on one machine): 0 = baseline only,
-/// 1 = up to AVX2, 2 = any.
-static CAP: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(2);
+thread_local! {
+    /// The most a caller allows on this thread (tests lower it to run every level on one machine):
+    /// 0 = baseline only, 1 = up to AVX2, 2 = any. Per thread, and carried into the threads a run
+    /// splits across ([`Isa::within_cap`]), so one test's level never leaks into another test's run
+    /// midway (a kernel that lays its data out for one level and then computes at another).
+    static CAP: std::cell::Cell<u8> = const { std::cell::Cell::new(2) };
+}
 
 impl Isa {
-    /// Limit the plain loops to `max` and below from now on (for tests that compare the levels: the
-    /// results are the same integers at every level).
+    /// Limit the plain loops to `max` and below on this thread (and the threads its runs split
+    /// across) from now on, for tests that compare the levels: the results are the same integers at
+    /// every level.
     #[doc(hidden)]
     pub fn cap(max: Isa) {
         let v = match max {
@@ -29,7 +34,25 @@ impl Isa {
             Isa::Avx2 => 1,
             Isa::Avx512 => 2,
         };
-        CAP.store(v, std::sync::atomic::Ordering::Relaxed);
+        CAP.with(|c| c.set(v));
+    }
+
+    /// This thread's cap (to carry into the threads a kernel's parts run on).
+    pub(crate) fn current_cap() -> u8 {
+        CAP.with(|c| c.get())
+    }
+
+    /// Run `f` under the cap `cap` (one [`Isa::current_cap`] gave), then put this thread's back (a
+    /// pool worker may run parts of several runs, one inside another's wait).
+    pub(crate) fn within_cap<R>(cap: u8, f: impl FnOnce() -> R) -> R {
+        struct Restore(u8);
+        impl Drop for Restore {
+            fn drop(&mut self) {
+                CAP.with(|c| c.set(self.0));
+            }
+        }
+        let _restore = Restore(CAP.with(|c| c.replace(cap)));
+        f()
     }
 
     /// The CPU's level (detected once per process), within the cap.
@@ -41,7 +64,7 @@ impl Isa {
             level = Isa::probe();
             DETECTED.store(level, std::sync::atomic::Ordering::Relaxed);
         }
-        match level.min(CAP.load(std::sync::atomic::Ordering::Relaxed)) {
+        match level.min(CAP.with(|c| c.get())) {
             2 => Isa::Avx512,
             1 => Isa::Avx2,
             _ => Isa::Base,

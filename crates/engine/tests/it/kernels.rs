@@ -21,8 +21,8 @@ fn run_all(
     .into_iter()
     .map(|mode| Executor::new(m, mode).run(inputs.clone()))
     .collect();
-    // the plain loops compiled for AVX2 and for the baseline (a process-wide cap: a test running
-    // meanwhile only takes another level, which gives the same integers)
+    // the plain loops compiled for AVX2 and for the baseline (a cap of this thread's, carried into
+    // the threads its runs split across: other tests running meanwhile keep theirs)
     for isa in [Isa::Avx2, Isa::Base] {
         Isa::cap(isa);
         runs.push(Executor::new(m, Mode::Fast { threads: 1 }).run(inputs.clone()));
@@ -1207,8 +1207,8 @@ fn fused_binary_steps_keep_their_operand_order() {
 }
 
 /// The fast executor on `inputs` gives `want` (outputs, or the error's text) at every instruction-set
-/// level (a cap shared by the process: a test running meanwhile only takes another level, which gives
-/// the same integers) and at one and two threads.
+/// level (a cap of this thread's and its runs' threads: other tests running meanwhile keep theirs)
+/// and at one and two threads.
 fn fast_at_every_level_gives(
     m: &Model,
     inputs: &[Vec<i32>],

@@ -226,8 +226,8 @@ proptest! {
         }
         let xs = vec![g(24), g(24)];
         let r = Executor::new(&m, Mode::Reference).run(xs.clone());
-        // each instruction-set level of the fused loops (a cap shared by the process: a test running
-        // meanwhile only takes another level, which gives the same integers)
+        // each instruction-set level of the fused loops (a cap of this thread's, carried into the
+        // threads its runs split across: other tests running meanwhile keep theirs)
         for (threads, isa) in [(1, Isa::Base), (1, Isa::Avx2), (1, Isa::Avx512), (2, Isa::Avx512)] {
             Isa::cap(isa);
             let f = Executor::new(&m, Mode::Fast { threads }).run(xs.clone());
