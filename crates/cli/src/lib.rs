@@ -419,7 +419,7 @@ fn write_compiled(
     }
     if let Some(m) = &report.mixed {
         println!(
-            "auto         {} of {} contractions with a 16-bit operand; calibration error {:.3e} \
+            "auto         {} of {} contractions with a 12-bit operand; calibration error {:.3e} \
              (int8 {:.3e}, target {:.3e}{}), {} models measured",
             m.wide.len(),
             m.contractions,

@@ -1,5 +1,5 @@
-//! Mixed precision chosen by measurement (`--precision auto[:<percent>]`): 16-bit operands only where
-//! accuracy needs them (spec §5).
+//! Mixed precision chosen by measurement (`--precision auto[:<percent>]`): 12-bit operands
+//! ([`WIDE_BITS`]) only where accuracy needs them (spec §5).
 //!
 //! Every contraction is first lowered at `int8`, and the lowering reports how much quantization noise
 //! each one's 8-bit weights and 8-bit activation add, relative to their power ([`Narrowed`]: per output
@@ -8,10 +8,10 @@
 //! (the report's metric: largest error over the largest magnitude, the worst output). The two kinds of
 //! operand do not hurt alike (an activation's rounding is independent from position to position and later
 //! pooling averages it away; a weight's error is the same everywhere), so the models with every weight,
-//! then every activation, at 16 bits are measured first and each kind's figures are scaled to the share
+//! then every activation, at 12 bits are measured first and each kind's figures are scaled to the share
 //! of the error it removed. The operands are ranked by the scaled figures (a kind whose widening alone
 //! removed nothing, drowned by the other's noise, after the rest by its raw figures); while the error is above the
-//! target, the first 1, 2, 4, … of them get 16 bits; once a count meets it, a bisection between the last
+//! target, the first 1, 2, 4, … of them get 12 bits; once a count meets it, a bisection between the last
 //! two counts finds the smallest count that does. When none meets it, the model with the smallest error
 //! measured is kept. Everything is deterministic: the ranking breaks ties by node, and the canonical
 //! executor gives the same bits on every machine and thread count.
@@ -20,21 +20,21 @@ use verity_engine::io::FloatTensor;
 use verity_engine::ir::Model;
 
 use crate::fgraph::FGraph;
-use crate::narrow::{Narrowed, Plan, Widths};
+use crate::narrow::{Narrowed, Plan, Widths, WIDE_BITS};
 use crate::quantize::{validated, Stats};
 use crate::CompileError;
 
 /// Most models measured in one search.
 const MAX_ROUNDS: usize = 16;
 
-/// Which operand of a contraction gets 16 bits.
+/// Which operand of a contraction gets [`WIDE_BITS`] bits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Operand {
     Weights,
     Activations,
 }
 
-/// `base` everywhere but the operands listed (contraction, operand), which get 16 bits.
+/// `base` everywhere but the operands listed (contraction, operand), which get [`WIDE_BITS`] bits.
 fn widened(base: Widths, operands: impl Iterator<Item = (usize, Operand)>) -> Plan {
     let mut p = Plan::uniform(base);
     for (node, op) in operands {
@@ -61,11 +61,11 @@ pub struct MixedPrecision {
     pub rounds: usize,
     /// Contractions lowered at `int8`.
     pub contractions: usize,
-    /// The contractions given a 16-bit operand, in graph order.
+    /// The contractions given a [`WIDE_BITS`]-bit operand, in graph order.
     pub wide: Vec<WideContraction>,
 }
 
-/// One contraction with a 16-bit operand.
+/// One contraction with a [`WIDE_BITS`]-bit operand.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct WideContraction {
     /// The contraction's node name.
@@ -117,7 +117,7 @@ fn rank(narrowed: &[Narrowed], kw: f64, ka: f64) -> Vec<(usize, Operand)> {
     ranked.into_iter().map(|r| (r.2, r.3)).collect()
 }
 
-/// Lower `base` (the 32-bit model of [`crate::quantize::lower`]) with 16-bit operands where the
+/// Lower `base` (the 32-bit model of [`crate::quantize::lower`]) with [`WIDE_BITS`]-bit operands where the
 /// calibration samples show accuracy needs them (module doc), for an error of at most `target`.
 pub fn choose(
     g: &FGraph,
@@ -153,7 +153,7 @@ pub fn choose(
         };
         Ok((e, m))
     };
-    // the best so far: among the models that meet the target the one with the fewest 16-bit
+    // the best so far: among the models that meet the target the one with the fewest widened
     // operands, else the most accurate
     let mut best = (int8_error, 0usize, Plan::uniform(int8), first);
     let consider = |best: &mut (f64, usize, Plan, Model), e: f64, p: Plan, m: Model| {
@@ -169,7 +169,7 @@ pub fn choose(
         }
     };
     if int8_error > target && !narrowed.is_empty() {
-        // how much of the error each kind of operand causes, measured: every weight at 16 bits,
+        // how much of the error each kind of operand causes, measured: every weight at 12 bits,
         // then every activation (errors add in power). The noise estimates of each kind are scaled
         // so they sum to its share: activation noise independent between positions is averaged away
         // by later pooling where a weight's error, the same at every position, is not.
@@ -233,12 +233,12 @@ pub fn choose(
         .map(|n| WideContraction {
             name: base.nodes[n.node].name.clone(),
             weight_bits: if chosen.wide_weights.contains(&n.node) {
-                16
+                WIDE_BITS
             } else {
                 8
             },
             activation_bits: if chosen.wide_acts.contains(&n.node) {
-                16
+                WIDE_BITS
             } else {
                 8
             },

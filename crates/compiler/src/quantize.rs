@@ -123,8 +123,8 @@ impl std::str::FromStr for Precision {
         let bad = || {
             format!(
                 "precision '{s}' must be i32, int8, int4, auto, auto:<percent> (a target error in \
-                 (0, 100]) or wXaY[d] with X (weight bits) 4, 8 or 16, Y (activation bits) 8 or 16, \
-                 and d for activations quantized per row at run time, e.g. w8a16 or w4a8d"
+                 (0, 100]) or wXaY[d] with X (weight bits) 4, 8, 12 or 16, Y (activation bits) 8, \
+                 12 or 16, and d for activations quantized per row at run time, e.g. w8a16 or w4a8d"
             )
         };
         if let Some(t) = s.strip_prefix("auto:") {
@@ -163,7 +163,7 @@ impl std::str::FromStr for Precision {
                 }
                 let (weights, acts): (u8, u8) =
                     (w.parse().map_err(|_| bad())?, a.parse().map_err(|_| bad())?);
-                if ![4, 8, 16].contains(&weights) || ![8, 16].contains(&acts) {
+                if ![4, 8, 12, 16].contains(&weights) || ![8, 12, 16].contains(&acts) {
                     return Err(bad());
                 }
                 Ok(Precision::Narrow {

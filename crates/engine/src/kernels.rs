@@ -2444,10 +2444,10 @@ fn joined_parts(
 ) -> (Vec<i64>, usize) {
     let ldc = x.ldc();
     let acts = Parts { hi: x, lo: low };
-    if qgemm::joins(&w.as_ref(), &acts, level) {
+    if let Some(plan) = qgemm::join_plan(&w.as_ref(), &acts, level) {
         // (every element written)
         let mut c = crate::buffers::take_overwritten(rows * ldc);
-        qgemm::product_joined(w.as_ref(), acts, r0, &mut c, level, tokens);
+        qgemm::product_joined(w.as_ref(), acts, r0, &mut c, plan, tokens);
         return (c, ldc);
     }
     let mut c = sums_buffer(rows * n);

@@ -843,6 +843,7 @@ fn by_column_parts(
             pb,
             (0, blocks),
             Sums::Narrow(&mut sums, requant),
+            None,
             tokens,
         );
         for (seg, row) in segs.into_iter().zip(sums.chunks_exact(w)) {
@@ -897,7 +898,7 @@ fn gemm_rows(
     if level == Level::Avx2 {
         let (a, b) = (Parts { hi: a, lo: None }, Parts { hi: b, lo: None });
         let blocks = 0..b.hi.ldc() / NR;
-        gemm_rows_avx2(a, b, (r0, blocks), Sums::Narrow(c, requant), tokens);
+        gemm_rows_avx2(a, b, (r0, blocks), Sums::Narrow(c, requant), None, tokens);
         // (an empty reduction has no last block to requantize in)
         return a.hi.kq > 0;
     }
@@ -1000,15 +1001,19 @@ enum Widen {
     /// The two `i8` parts of 16-bit weights as one `i16`, `256·hi + lo` (a weight in `−32768..=32639`,
     /// as [`Parts::weights`] admits).
     Weight16,
+    /// The high and low bytes of unsigned 16-bit activations below 32768 as one `i16`, `256·hi + lo`:
+    /// the value itself (a [`JoinPlan::single`] product's activations, whose high bytes are at most 127).
+    Plain16,
 }
 
 impl Widen {
     /// How a side of weights (or activations) widens: split into two parts, as one 16-bit value;
     /// whole, byte by byte.
-    fn of(weights: bool, split: bool) -> Widen {
+    fn of(weights: bool, split: bool, plain: bool) -> Widen {
         match (weights, split) {
             (true, true) => Widen::Weight16,
             (true, false) => Widen::Signed,
+            (false, true) if plain => Widen::Plain16,
             (false, true) => Widen::Act16,
             (false, false) => Widen::Unsigned,
         }
@@ -1021,6 +1026,7 @@ impl Widen {
             Widen::Signed => h as i8 as i16,
             Widen::Act16 => (((h as u16) << 8 | l as u16) ^ 0x8000) as i16,
             Widen::Weight16 => ((h as i8 as i16) << 8).wrapping_add(l as i8 as i16),
+            Widen::Plain16 => ((h as u16) << 8 | l as u16) as i16,
         }
     }
 }
@@ -1065,13 +1071,16 @@ enum Out<'c, 'o> {
 /// after the other); then register tiles of up to 6 rows × 16 columns ([`avx2`]). Whole activations
 /// are zero-extended, whole weights sign-extended; a side given as two parts is widened to its 16-bit
 /// values ([`Widen`]). With both sides split, the weights' parts run one after the other, each a
-/// product of 8-bit weights by the 16-bit activations, added `256·high + low`.
+/// product of 8-bit weights by the 16-bit activations, added `256·high + low` — or, where `join`
+/// says their magnitudes allow ([`JoinPlan::single`]), both sides' 16-bit values in one pass over
+/// blocks short enough that no `i32` sum wraps, on AVX-512 VNNI's `vpdpwssd` where `join` asks.
 #[cfg(target_arch = "x86_64")]
 fn gemm_rows_avx2(
     a: Parts<&PackedA>,
     b: Parts<&PackedB>,
     (r0, blocks): (usize, std::ops::Range<usize>),
     mut sums: Sums<'_, '_>,
+    join: Option<JoinPlan>,
     tokens: &[crate::cancel::Cancel],
 ) {
     // the sums hold the blocks' columns only (rows `ldc` apart)
@@ -1083,9 +1092,14 @@ fn gemm_rows_avx2(
     };
     let rows = len.checked_div(ldc).unwrap_or(0);
     let kq = a.hi.kq;
+    let plan = join.unwrap_or(JoinPlan {
+        single: None,
+        avx512: false,
+    });
     // the products to add: each side whole or widened from its two parts, but the weights' parts one
-    // at a time when the activations are split too (a 16-bit by 16-bit product would not fit a pair)
-    let both = a.lo.is_some() && b.lo.is_some();
+    // at a time when the activations are split too (a 16-bit by 16-bit product would not fit a pair
+    // over a whole block) unless the plan has both sides in one pass
+    let both = a.lo.is_some() && b.lo.is_some() && plan.single.is_none();
     let passes: Vec<(Parts<&PackedA>, Parts<&PackedB>, u32)> = if !both {
         vec![(a, b, 0)]
     } else if a.hi.weights {
@@ -1097,10 +1111,12 @@ fn gemm_rows_avx2(
             .map(|(w, sh)| (a, Parts { hi: *w, lo: None }, sh))
             .collect()
     };
-    let kcq = match sums {
-        Sums::Narrow(..) => KCQ2,
-        Sums::Wide(..) => KCQS,
+    let kcq = match (&sums, plan.single) {
+        (Sums::Narrow(..), _) => KCQ2,
+        (Sums::Wide(..), Some(kcq)) => kcq,
+        (Sums::Wide(..), None) => KCQS,
     };
+    let plain = plan.single.is_some();
     let kc = kcq.min(kq);
     // with one block of rows, the columns are widened a stretch at a time (about `BW_BYTES`), each
     // multiplied by every row while it sits in the cache, the rows widened once per block of `k`;
@@ -1115,8 +1131,8 @@ fn gemm_rows_avx2(
     for q0 in (0..kq).step_by(kcq) {
         let qn = kcq.min(kq - q0);
         for (pass, &(pa, pb, shift)) in passes.iter().enumerate() {
-            let mb = Widen::of(pb.hi.weights, pb.lo.is_some());
-            let ma = Widen::of(pa.hi.weights, pa.lo.is_some());
+            let mb = Widen::of(pb.hi.weights, pb.lo.is_some(), plain && !pb.hi.offset);
+            let ma = Widen::of(pa.hi.weights, pa.lo.is_some(), plain && !pa.hi.offset);
             for c0 in (0..nb).step_by(chunk) {
                 let stretch = blocks.start + c0..blocks.start + (c0 + chunk).min(nb);
                 let bw = &mut bw[..stretch.len() * qn * NR * 4];
@@ -1182,15 +1198,27 @@ fn gemm_rows_avx2(
                                 },
                             };
                             // SAFETY: as above; `at` holds `r` rows' `2·qn` pairs, `bq` `2·qn` pairs of
-                            // 16 columns, the kernel checks `out` holds `r` rows of 16
+                            // 16 columns, the kernel checks `out` holds `r` rows of 16; the AVX-512
+                            // kernel is asked for only where `join_plan` found VNNI (and `i64` sums)
                             unsafe {
-                                match r {
-                                    1 => avx2::<1>(at, bq, 2 * qn, out),
-                                    2 => avx2::<2>(at, bq, 2 * qn, out),
-                                    3 => avx2::<3>(at, bq, 2 * qn, out),
-                                    4 => avx2::<4>(at, bq, 2 * qn, out),
-                                    5 => avx2::<5>(at, bq, 2 * qn, out),
-                                    _ => avx2::<6>(at, bq, 2 * qn, out),
+                                if plan.avx512 {
+                                    match r {
+                                        1 => vnni16::<1>(at, bq, 2 * qn, out),
+                                        2 => vnni16::<2>(at, bq, 2 * qn, out),
+                                        3 => vnni16::<3>(at, bq, 2 * qn, out),
+                                        4 => vnni16::<4>(at, bq, 2 * qn, out),
+                                        5 => vnni16::<5>(at, bq, 2 * qn, out),
+                                        _ => vnni16::<6>(at, bq, 2 * qn, out),
+                                    }
+                                } else {
+                                    match r {
+                                        1 => avx2::<1>(at, bq, 2 * qn, out),
+                                        2 => avx2::<2>(at, bq, 2 * qn, out),
+                                        3 => avx2::<3>(at, bq, 2 * qn, out),
+                                        4 => avx2::<4>(at, bq, 2 * qn, out),
+                                        5 => avx2::<5>(at, bq, 2 * qn, out),
+                                        _ => avx2::<6>(at, bq, 2 * qn, out),
+                                    }
                                 }
                             }
                             i += r;
@@ -1263,6 +1291,10 @@ unsafe fn widen16(
         Widen::Weight16 => _mm256_add_epi16(
             _mm256_slli_epi16::<8>(_mm256_cvtepi8_epi16(h)),
             _mm256_cvtepi8_epi16(l),
+        ),
+        Widen::Plain16 => _mm256_or_si256(
+            _mm256_slli_epi16::<8>(_mm256_cvtepu8_epi16(h)),
+            _mm256_cvtepu8_epi16(l),
         ),
     }
 }
@@ -1464,36 +1496,184 @@ unsafe fn avx2<const R: usize>(a: &[i16], b: &[i16], pairs: usize, out: Out<'_, 
     }
 }
 
-/// Whether [`gemm_joined`] runs `a · b`: on AVX2, one side the weights, the other the activations, at
-/// least one of them in two parts, every part of a side shaped alike.
-pub(crate) fn joins(a: &Parts<&PackedA>, b: &Parts<&PackedB>, level: Level) -> bool {
+/// [`avx2`]'s register tile on AVX-512 VNNI for `i64` sums ([`Out::Wide`]): `R` rows × 16 columns,
+/// per pair of `k` values each row's pair broadcast and multiplied by the 16 columns' pairs, two
+/// products added into each `i32` lane (`vpdpwssd`, one 512-bit register per row; [`widen_pairs`]
+/// lays a pair's 16 columns out as one). Exact over the blocks [`JoinPlan::single`] sizes; the sums
+/// are widened to `i64`, shifted and added to `out` (or to its first block's starting values).
+///
+/// # Safety
+/// The CPU must support AVX-512 F and VNNI; `a` must hold `pairs` pairs of `R` rows (`2R` values
+/// each), `b` `pairs` pairs of 16 columns (32 values each); `out` must be [`Out::Wide`].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn vnni16<const R: usize>(a: &[i16], b: &[i16], pairs: usize, out: Out<'_, '_>) {
+    use std::arch::x86_64::*;
+    assert!(a.len() >= pairs * 2 * R && b.len() >= pairs * 32);
+    let Out::Wide {
+        c,
+        ldc,
+        shift,
+        first,
+    } = out
+    else {
+        unreachable!("single passes keep i64 sums");
+    };
+    let mut acc = [_mm512_setzero_si512(); R];
+    let (ap, bp) = (a.as_ptr(), b.as_ptr());
+    for p in 0..pairs {
+        let bv = _mm512_loadu_si512(bp.add(p * 32) as *const _);
+        for (i, s) in acc.iter_mut().enumerate() {
+            let va = _mm512_set1_epi32((ap.add(p * 2 * R + 2 * i) as *const i32).read_unaligned());
+            *s = _mm512_dpwssd_epi32(*s, va, bv);
+        }
+    }
+    assert!(c.len() >= (R - 1) * ldc + NR);
+    match first {
+        Some(Starts::Rows(s)) => assert!(s.len() >= R),
+        Some(Starts::Cols(s)) => assert!(s.len() >= NR),
+        None => {}
+    }
+    let cp = c.as_mut_ptr();
+    let count = _mm_cvtsi32_si128(shift as i32);
+    for (i, &s) in acc.iter().enumerate() {
+        for (h, half) in [_mm512_castsi512_si256(s), _mm512_extracti64x4_epi64::<1>(s)]
+            .into_iter()
+            .enumerate()
+        {
+            let dst = cp.add(i * ldc + 8 * h) as *mut __m512i;
+            let v = _mm512_sll_epi64(_mm512_cvtepi32_epi64(half), count);
+            let base = match first {
+                Some(Starts::Rows(s)) => _mm512_set1_epi64(s[i]),
+                Some(Starts::Cols(s)) => _mm512_loadu_si512(s.as_ptr().add(8 * h) as *const _),
+                None => _mm512_loadu_si512(dst as *const _),
+            };
+            _mm512_storeu_si512(dst as *mut _, _mm512_add_epi64(base, v));
+        }
+    }
+}
+
+/// How [`gemm_joined`] runs a product with a 16-bit side.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct JoinPlan {
+    /// Both sides split and small enough to multiply as 16-bit values in one pass: the quads of `k`
+    /// per block (each block's `i32` sums added to the `i64` ones), at most [`KCQS`]. `None`: the
+    /// weights' parts one pass each where both sides are split.
+    pub single: Option<usize>,
+    /// The products on AVX-512 VNNI (`vpdpwssd`) rather than AVX2 (single passes only).
+    pub avx512: bool,
+}
+
+/// Fewest quads of `k` per block a single pass takes: below it, adding the blocks' sums to the `i64`
+/// ones would cost more than a second pass saves.
+const SINGLE_MIN_KCQ: usize = 16;
+
+/// The largest magnitude of `|byte − centre|` over `bytes` (`centre` 128 for offset bytes, else 0;
+/// signed bytes as `i8`).
+fn high_magnitude(bytes: &[u8], signed: bool, centre: i32) -> u32 {
+    high_magnitude_run(bytes, signed, centre)
+}
+
+crate::multiversion! {
+    fn high_magnitude_run(bytes: &[u8], signed: bool, centre: i32) -> u32 = high_magnitude_body
+}
+
+#[inline(always)]
+fn high_magnitude_body(bytes: &[u8], signed: bool, centre: i32) -> u32 {
+    let (mut lo, mut hi) = (i32::MAX, i32::MIN);
+    if signed {
+        for &b in bytes {
+            lo = lo.min(b as i8 as i32);
+            hi = hi.max(b as i8 as i32);
+        }
+    } else {
+        let (mut l, mut h) = (u8::MAX, 0u8);
+        for &b in bytes {
+            l = l.min(b);
+            h = h.max(b);
+        }
+        (lo, hi) = (l as i32, h as i32);
+    }
+    if bytes.is_empty() {
+        return 0;
+    }
+    (lo - centre)
+        .unsigned_abs()
+        .max((hi - centre).unsigned_abs())
+}
+
+/// How [`gemm_joined`] multiplies `a · b`, or `None` where it does not (the caller joins 8-bit
+/// products): one side the weights, the other the activations, at least one of them in two parts,
+/// every part of a side shaped alike; on AVX2 always, on AVX-512 VNNI only as a single pass (where
+/// two 8-bit products cost what one pass of 16-bit values does, a weights' part by the activations'
+/// 16-bit values gains nothing, but one pass of both sides' 16-bit values halves four 8-bit products).
+///
+/// A single pass needs both sides split, the activations signed or below 32768 (so a value is its own
+/// `i16`: high bytes at most 127), and magnitudes `A` (activations) and `W` (weights), bounded from the
+/// high bytes (`256·|high| + 255` and `256·|high| + 128`), small enough that a block of at least
+/// [`SINGLE_MIN_KCQ`] quads keeps every `i32` sum exact: `4·kcq·A·W < 2^31`.
+pub(crate) fn join_plan(
+    a: &Parts<&PackedA>,
+    b: &Parts<&PackedB>,
+    level: Level,
+) -> Option<JoinPlan> {
     let alike_a = a.lo.is_none_or(|l| l.m == a.hi.m && l.kq == a.hi.kq);
     let alike_b =
         b.lo.is_none_or(|l| l.kq == b.hi.kq && l.ldc() == b.hi.ldc());
-    cfg!(target_arch = "x86_64")
-        && level == Level::Avx2
-        && level.supported()
-        && (a.lo.is_some() || b.lo.is_some())
+    let shaped = (a.lo.is_some() || b.lo.is_some())
         && a.hi.kq == b.hi.kq
         && a.hi.weights != b.hi.weights
         && alike_a
-        && alike_b
+        && alike_b;
+    #[cfg(target_arch = "x86_64")]
+    let avx2 = std::arch::is_x86_feature_detected!("avx2");
+    #[cfg(not(target_arch = "x86_64"))]
+    let avx2 = false;
+    if !(shaped && avx2 && level.supported()) {
+        return None;
+    }
+    let single = (a.lo.is_some() && b.lo.is_some())
+        .then(|| {
+            let (w, act) = if a.hi.weights {
+                (&a.hi.data, (&b.hi.data, b.hi.offset))
+            } else {
+                (&b.hi.data, (&a.hi.data, a.hi.offset))
+            };
+            let ah = high_magnitude(act.0, false, if act.1 { 128 } else { 0 });
+            if !act.1 && ah > 127 {
+                return None;
+            }
+            let big_a = 256 * ah as u64 + 255;
+            let big_w = 256 * high_magnitude(w, true, 0) as u64 + 128;
+            let kcq = (((1u64 << 31) - 1) / (4 * big_a * big_w)).min(KCQS as u64) as usize;
+            (kcq >= SINGLE_MIN_KCQ).then_some(kcq)
+        })
+        .flatten();
+    match level {
+        Level::Avx2 => Some(JoinPlan {
+            single,
+            avx512: false,
+        }),
+        Level::Avx512Vnni if single.is_some() => Some(JoinPlan {
+            single,
+            avx512: true,
+        }),
+        _ => None,
+    }
 }
 
 /// `C = A · B` exactly, as `i64` with row stride [`PackedB::ldc`], where a side may be given as the
-/// two 8-bit parts of 16-bit values ([`Parts`]: `256·high + low`), on up to `threads` threads: on
-/// AVX2 the split side is multiplied as its 16-bit values, so a product costs about what an 8-bit one
-/// does ([`gemm_rows_avx2`]). `None` at other levels (where the caller joins 8-bit products) or when
-/// no side is split.
+/// two 8-bit parts of 16-bit values ([`Parts`]: `256·high + low`), on up to `threads` threads: the
+/// split side is multiplied as its 16-bit values, so a product costs about what an 8-bit one does
+/// ([`gemm_rows_avx2`], [`join_plan`]). `None` where [`join_plan`] declines (the caller joins 8-bit
+/// products).
 pub(crate) fn gemm_joined(
     a: Parts<&PackedA>,
     b: Parts<&PackedB>,
     threads: usize,
     level: Level,
 ) -> Option<Vec<i64>> {
-    if !joins(&a, &b, level) {
-        return None;
-    }
+    let plan = join_plan(&a, &b, level)?;
     let ldc = b.hi.ldc();
     let work = a.hi.m * a.hi.kq * 4 * ldc;
     let threads = if work >= 1 << 21 { threads } else { 1 };
@@ -1501,29 +1681,27 @@ pub(crate) fn gemm_joined(
     let mut c = crate::buffers::take_overwritten(a.hi.m * ldc);
     let tokens = crate::cancel::current();
     crate::par::rows(&mut c, ldc, threads, MR, |r0, part| {
-        product_joined(a, b, r0, part, level, &tokens);
+        product_joined(a, b, r0, part, plan, &tokens);
     });
     Some(c)
 }
 
 /// Rows `r0..` of [`gemm_joined`]'s product into `c` (whole rows of [`PackedB::ldc`] elements, every
-/// one written) on the calling thread; `false` (nothing written) where [`gemm_joined`] would give
-/// `None`. A cancelled run stops between row blocks.
+/// one written) on the calling thread, as `plan` ([`join_plan`] of these operands) has it. A
+/// cancelled run stops between row blocks.
 pub(crate) fn product_joined(
     a: Parts<&PackedA>,
     b: Parts<&PackedB>,
     r0: usize,
     c: &mut [i64],
-    level: Level,
+    plan: JoinPlan,
     tokens: &[crate::cancel::Cancel],
-) -> bool {
-    if !joins(&a, &b, level) {
-        return false;
-    }
+) {
     let ldc = b.hi.ldc();
     // the sums start from what the activations' stored form leaves out: their widened value is the
-    // value less `delta` (128 for offset bytes, −32768 for unsigned 16-bit values), so every sum
-    // starts from `delta` times the weights' sum over `k` (`256·high + low` for split weights)
+    // value less `delta` (128 for offset bytes, −32768 for unsigned 16-bit values but in a single
+    // pass, which takes them as they are), so every sum starts from `delta` times the weights' sum
+    // over `k` (`256·high + low` for split weights)
     let (acts_split, acts_offset) = if a.hi.weights {
         (b.lo.is_some(), b.hi.offset)
     } else {
@@ -1531,13 +1709,13 @@ pub(crate) fn product_joined(
     };
     let delta: i64 = match (acts_split, acts_offset) {
         (false, true) => -128,
-        (true, false) => 32768,
+        (true, false) if plan.single.is_none() => 32768,
         _ => 0,
     };
     if a.hi.kq == 0 {
         // no block of the reduction: every sum (and the weights' sums) is zero
         c.fill(0);
-        return true;
+        return;
     }
     let rows = c.len() / ldc;
     let starts: Vec<i64> = if a.hi.weights {
@@ -1565,8 +1743,14 @@ pub(crate) fn product_joined(
         Starts::Cols(&starts)
     };
     #[cfg(target_arch = "x86_64")]
-    gemm_rows_avx2(a, b, (r0, 0..ldc / NR), Sums::Wide(c, starts), tokens);
-    true
+    gemm_rows_avx2(
+        a,
+        b,
+        (r0, 0..ldc / NR),
+        Sums::Wide(c, starts),
+        Some(plan),
+        tokens,
+    );
 }
 
 /// What the first block of a tile's sums starts from: `−128 · rowsum` of each row when the activations
@@ -2130,6 +2314,8 @@ mod tests {
             (8, false) => (0, 255),
             (16, true) => (i16::MIN as i32, i16::MAX as i32),
             (16, false) => (0, 65535),
+            (12 | 13, true) => (-(1 << (bits - 1)), (1 << (bits - 1)) - 1),
+            (12 | 13, false) => (0, (1 << bits) - 1),
             // 16-bit weights: as far as they split
             _ => (i16::MIN as i32, WEIGHT16_MAX),
         };
@@ -2278,6 +2464,102 @@ mod tests {
         let px = acts_b(&[3000, 4], 2, 1);
         assert!(gemm_joined(pw.as_ref(), px.as_ref(), 1, Level::Portable).is_none());
         assert!(gemm_joined(pw.as_ref(), px.as_ref(), 1, Level::Avx512Vnni).is_none());
+    }
+
+    /// Both sides split but small (12-bit weights, 12- or 13-bit activations, signed or not, weights
+    /// on either side, over several blocks of the reduction and past them, split across threads or
+    /// not) multiply as 16-bit values in one pass, on AVX2 and on AVX-512 VNNI: the exact product.
+    /// Every product at its extreme over a whole block stays exact (the block sized for four
+    /// products per pair of lanes' sums); full 16-bit operands take no single pass (AVX2 joins the
+    /// weights' parts, VNNI declines).
+    #[test]
+    fn small_sixteen_bit_operands_on_both_sides_multiply_in_one_pass() {
+        let mut compared = 0;
+        for level in [Level::Avx2, Level::Avx512Vnni] {
+            if !level.supported() {
+                continue;
+            }
+            for (case, &(m, k, n)) in [(1, 1, 1), (7, 255, 17), (13, 1000, 33), (6, 4100, 16)]
+                .iter()
+                .enumerate()
+            {
+                for (f, &(xb, signed)) in [(12, true), (12, false), (13, true), (13, false)]
+                    .iter()
+                    .enumerate()
+                {
+                    let seed = (case * 17 + f) as u64;
+                    for weights_left in [true, false] {
+                        for threads in [1, 3] {
+                            let (c, plan, want, ldc) = if weights_left {
+                                let w = values(m * k, 12, true, seed);
+                                let x = values(k * n, xb, signed, seed + 3);
+                                let pw = Parts::<PackedA>::weights(&w, m, k).expect("splits");
+                                let px = acts_b(&x, k, n);
+                                let plan = join_plan(&pw.as_ref(), &px.as_ref(), level);
+                                let c = gemm_joined(pw.as_ref(), px.as_ref(), threads, level);
+                                (c, plan, naive(&w, &x, m, k, n), px.hi.ldc())
+                            } else {
+                                let x = values(m * k, xb, signed, seed + 3);
+                                let w = values(k * n, 12, true, seed);
+                                let px = acts_a(&x, m, k);
+                                let pw = Parts::<PackedB>::weights(&w, k, n).expect("splits");
+                                let plan = join_plan(&px.as_ref(), &pw.as_ref(), level);
+                                let c = gemm_joined(px.as_ref(), pw.as_ref(), threads, level);
+                                (c, plan, naive(&x, &w, m, k, n), pw.hi.ldc())
+                            };
+                            let what = format!(
+                                "{level:?} {m}×{k}×{n} x{xb} signed {signed} left {weights_left}"
+                            );
+                            let plan = plan.expect("joined");
+                            assert!(plan.single.is_some_and(|q| q >= SINGLE_MIN_KCQ), "{what}");
+                            assert_eq!(plan.avx512, level == Level::Avx512Vnni);
+                            let c = c.expect("joined");
+                            for i in 0..m {
+                                for j in 0..n {
+                                    assert_eq!(c[i * ldc + j], want[i * n + j], "{what} ({i},{j})");
+                                }
+                            }
+                            compared += 1;
+                        }
+                    }
+                }
+            }
+            // every product at its extreme, over whole blocks and past them
+            for (w, x) in [
+                (-2048, 8191),
+                (2047, 8191),
+                (-2048, -8192),
+                (2047, -8192),
+                (-2048, 4095),
+            ] {
+                let (m, k, n) = (2, 1024, 17);
+                let (wv, xv) = (vec![w; m * k], vec![x; k * n]);
+                let pw = Parts::<PackedA>::weights(&wv, m, k).expect("splits");
+                let px = acts_b(&xv, k, n);
+                let plan = join_plan(&pw.as_ref(), &px.as_ref(), level).expect("joined");
+                assert!(plan.single.is_some(), "{w} · {x}");
+                let c = gemm_joined(pw.as_ref(), px.as_ref(), 1, level).expect("joined");
+                for at in [0, px.hi.ldc() + 16] {
+                    assert_eq!(c[at], w as i64 * x as i64 * k as i64, "{level:?} {w} · {x}");
+                }
+            }
+            // full 16-bit values: the weights' parts one pass each on AVX2, declined on VNNI
+            let pw = Parts::<PackedA>::weights(&[-32768, 32639], 1, 2).expect("splits");
+            let px = acts_b(&[30000, -30000], 2, 1);
+            let plan = join_plan(&pw.as_ref(), &px.as_ref(), level);
+            match level {
+                Level::Avx2 => assert_eq!(plan.map(|p| p.single), Some(None)),
+                _ => assert_eq!(plan, None),
+            }
+            // unsigned activations from 32768: no single pass either
+            let px = acts_b(&[40000, 3], 2, 1);
+            let pw = Parts::<PackedA>::weights(&[300, 2], 1, 2).expect("splits");
+            let plan = join_plan(&pw.as_ref(), &px.as_ref(), level);
+            assert!(plan.is_none_or(|p| p.single.is_none()));
+        }
+        if Level::Avx2.supported() {
+            assert!(compared >= 4 * 4 * 2 * 2);
+        }
     }
 
     #[test]

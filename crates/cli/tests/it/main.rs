@@ -535,7 +535,7 @@ fn the_default_int8_precision_compiles_smaller_models_that_run_on_both_executors
     );
     assert!(printed.contains("precision auto:0.2"), "{printed}");
     assert!(
-        printed.contains("contractions with a 16-bit operand"),
+        printed.contains("contractions with a 12-bit operand"),
         "{printed}"
     );
     let mixed = &json_file(&report)["report"]["mixed"];
@@ -543,7 +543,7 @@ fn the_default_int8_precision_compiles_smaller_models_that_run_on_both_executors
     assert!(!wide.is_empty(), "{mixed}");
     assert!(wide
         .iter()
-        .all(|w| w["weight_bits"] == 16 || w["activation_bits"] == 16));
+        .all(|w| w["weight_bits"] == 12 || w["activation_bits"] == 12));
     assert!(mixed["int8_error"].as_f64().unwrap() > 0.002, "{mixed}");
     let (fast, reference) = (
         ok(&[
