@@ -2622,7 +2622,12 @@ fn conv2d_narrow(
             let err = crate::par::FirstError::default();
             let tokens = crate::cancel::current();
             let planes = &mut out[first..first + og * p];
-            crate::par::rows(planes, p, th, qgemm::MR, |o0, part| {
+            // (split weights: parts aligned to the kept single-pass tiles)
+            let align = match qw.lo {
+                Some(_) => qgemm::JOINED_ROWS,
+                None => qgemm::MR,
+            };
+            crate::par::rows(planes, p, th, align, |o0, part| {
                 let rows = part.len() / p;
                 if low.is_none() && qw.lo.is_none() && ldc == p {
                     // unpadded rows: the product's sums go straight into the output planes, then

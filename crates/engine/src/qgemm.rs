@@ -566,7 +566,19 @@ pub struct PackedA {
     /// Weights of at most [`TILED_MAX`] values multiplied by at most [`TILED_COLS`] columns: the AVX2
     /// kernel's `i16` tiles of every row, widened on first use and kept ([`PackedA::tiled`]).
     tiles: std::sync::OnceLock<Vec<i16>>,
+    /// The high parts of split weights: the single pass's `i16` tiles of the whole weights
+    /// ([`PackedA::joined_tiles`]), widened on first use and kept.
+    joined: std::sync::OnceLock<Vec<i16>>,
 }
+
+/// Most weights whose single-pass tiles a [`PackedA`] keeps (8 MiB of them, a 3×3 convolution from 512
+/// to 512 channels fits): widening the weights costs a pass over them per product, which a product
+/// over few columns (a late convolution's 7×7 plane) feels as much as a sixth of its time.
+const JOINED_MAX: usize = 1 << 22;
+
+/// Rows a split product's parts are aligned to (a multiple of both kernels' tiles, [`MR`] and
+/// [`MR2`]): a part then starts and ends on the kept single-pass tiles' boundaries.
+pub(crate) const JOINED_ROWS: usize = 24;
 
 /// Most weights whose AVX2 tiles a [`PackedA`] keeps (2 MiB of them): widening costs a pass over the
 /// weights per product, which a product over few columns (a grouped or late convolution) feels.
@@ -662,6 +674,30 @@ impl PackedA {
         Some(t)
     }
 
+    /// Split 16-bit weights' tiles as a single pass reads them (`self` the high parts, `lo` the low
+    /// ones): [`widen_tiles`] of every row from row 0 over the whole reduction ([`Widen::Weight16`]:
+    /// the tile from row `i` at `i·kq·4`, in it pair `p` of row `t` at `2(p·r + t)`, so a block of
+    /// the reduction from quad `q0` is the stretch from `4·q0·r`), widened on first use and kept;
+    /// `None` for activations, or weights of more than [`JOINED_MAX`] values.
+    #[cfg(target_arch = "x86_64")]
+    fn joined_tiles(&self, lo: &PackedA) -> Option<&[i16]> {
+        if !self.weights || self.m * self.kq * 4 > JOINED_MAX || lo.m != self.m || lo.kq != self.kq
+        {
+            return None;
+        }
+        let t = self.joined.get_or_init(|| {
+            let mut t = vec![0i16; self.m * self.kq * 4];
+            let me = Parts {
+                hi: self,
+                lo: Some(lo),
+            };
+            // SAFETY: only the single pass asks for the tiles, on a CPU that has AVX2
+            unsafe { widen_tiles(me, Widen::Weight16, 0, self.m, 0, self.kq, &mut t) };
+            t
+        });
+        Some(t)
+    }
+
     /// `m×k` zeros (values 0) to be filled row by row with [`PackedA::row_mut`] and [`PackedA::encode`].
     /// `None` if `k` exceeds [`MAX_K`].
     fn zeros(m: usize, k: usize, offset: bool) -> Option<PackedA> {
@@ -678,6 +714,7 @@ impl PackedA {
             offset,
             rowsum: Vec::new(),
             tiles: std::sync::OnceLock::new(),
+            joined: std::sync::OnceLock::new(),
         })
     }
 
@@ -1117,6 +1154,18 @@ fn gemm_rows_avx2(
         (Sums::Wide(..), None) => KCQS,
     };
     let plain = plan.single.is_some();
+    // a single pass's split weights on the left: their kept tiles, where this part's tiles are
+    // theirs (it starts on a tile's first row and ends on a tile's last, or at the last row)
+    let kept16 = match (a.lo, plan.single) {
+        (Some(lo), Some(_))
+            if a.hi.weights
+                && r0.is_multiple_of(MR2)
+                && ((r0 + rows).is_multiple_of(MR2) || r0 + rows == a.hi.m) =>
+        {
+            a.hi.joined_tiles(lo)
+        }
+        _ => None,
+    };
     let kc = kcq.min(kq);
     // with one block of rows, the columns are widened a stretch at a time (about `BW_BYTES`), each
     // multiplied by every row while it sits in the cache, the rows widened once per block of `k`;
@@ -1158,20 +1207,33 @@ fn gemm_rows_avx2(
                         Some(t) => &t[4 * q0 * pa.hi.m + m0 * qn * 4..][..mrows * qn * 4],
                         None => {
                             let aw = &mut aw[..mrows * qn * 4];
-                            if c0 == 0 {
+                            if c0 == 0 && kept16.is_none() {
                                 // SAFETY: as above
                                 unsafe { widen_tiles(pa, ma, r0 + m0, mrows, q0, qn, aw) };
                             }
                             aw
                         }
                     };
-                    for (jj, blk) in stretch.clone().enumerate() {
-                        let j = c0 + jj;
-                        let bq = &bw[jj * qn * NR * 4..(jj + 1) * qn * NR * 4];
+                    // (the AVX-512 single pass takes two blocks of columns at a time where there are)
+                    let mut jj = 0;
+                    while jj < stretch.len() {
+                        let (blk, j) = (stretch.start + jj, c0 + jj);
+                        let nbk = if plan.avx512 && jj + 1 < stretch.len() {
+                            2
+                        } else {
+                            1
+                        };
+                        let bq = &bw[jj * qn * NR * 4..(jj + nbk) * qn * NR * 4];
                         let mut i = 0;
                         while i < mrows {
                             let r = MR2.min(mrows - i);
-                            let at = &aw[i * qn * 4..(i + r) * qn * 4];
+                            let at = match kept16 {
+                                Some(t) => {
+                                    let from = (r0 + m0 + i) * kq * 4 + 4 * q0 * r;
+                                    &t[from..from + 4 * qn * r]
+                                }
+                                None => &aw[i * qn * 4..(i + r) * qn * 4],
+                            };
                             let from = (m0 + i) * ldc + j * NR;
                             let out = match &mut sums {
                                 Sums::Narrow(c, requant) => Out::Narrow {
@@ -1201,14 +1263,23 @@ fn gemm_rows_avx2(
                             // 16 columns, the kernel checks `out` holds `r` rows of 16; the AVX-512
                             // kernel is asked for only where `join_plan` found VNNI (and `i64` sums)
                             unsafe {
-                                if plan.avx512 {
+                                if plan.avx512 && nbk == 2 {
                                     match r {
-                                        1 => vnni16::<1>(at, bq, 2 * qn, out),
-                                        2 => vnni16::<2>(at, bq, 2 * qn, out),
-                                        3 => vnni16::<3>(at, bq, 2 * qn, out),
-                                        4 => vnni16::<4>(at, bq, 2 * qn, out),
-                                        5 => vnni16::<5>(at, bq, 2 * qn, out),
-                                        _ => vnni16::<6>(at, bq, 2 * qn, out),
+                                        1 => vnni16::<1, 2>(at, bq, 2 * qn, out),
+                                        2 => vnni16::<2, 2>(at, bq, 2 * qn, out),
+                                        3 => vnni16::<3, 2>(at, bq, 2 * qn, out),
+                                        4 => vnni16::<4, 2>(at, bq, 2 * qn, out),
+                                        5 => vnni16::<5, 2>(at, bq, 2 * qn, out),
+                                        _ => vnni16::<6, 2>(at, bq, 2 * qn, out),
+                                    }
+                                } else if plan.avx512 {
+                                    match r {
+                                        1 => vnni16::<1, 1>(at, bq, 2 * qn, out),
+                                        2 => vnni16::<2, 1>(at, bq, 2 * qn, out),
+                                        3 => vnni16::<3, 1>(at, bq, 2 * qn, out),
+                                        4 => vnni16::<4, 1>(at, bq, 2 * qn, out),
+                                        5 => vnni16::<5, 1>(at, bq, 2 * qn, out),
+                                        _ => vnni16::<6, 1>(at, bq, 2 * qn, out),
                                     }
                                 } else {
                                     match r {
@@ -1223,6 +1294,7 @@ fn gemm_rows_avx2(
                             }
                             i += r;
                         }
+                        jj += nbk;
                     }
                 }
             }
@@ -1496,20 +1568,27 @@ unsafe fn avx2<const R: usize>(a: &[i16], b: &[i16], pairs: usize, out: Out<'_, 
     }
 }
 
-/// [`avx2`]'s register tile on AVX-512 VNNI for `i64` sums ([`Out::Wide`]): `R` rows × 16 columns,
-/// per pair of `k` values each row's pair broadcast and multiplied by the 16 columns' pairs, two
-/// products added into each `i32` lane (`vpdpwssd`, one 512-bit register per row; [`widen_pairs`]
-/// lays a pair's 16 columns out as one). Exact over the blocks [`JoinPlan::single`] sizes; the sums
-/// are widened to `i64`, shifted and added to `out` (or to its first block's starting values).
+/// [`avx2`]'s register tile on AVX-512 VNNI for `i64` sums ([`Out::Wide`]): `R` rows × `16·NB`
+/// columns (`NB` blocks of 16, one after the other in `b`, `pairs` pairs each), per pair of `k` values
+/// each row's pair broadcast and multiplied by each block's 16 columns' pairs, two products added into
+/// each `i32` lane (`vpdpwssd`, one 512-bit register per row and block; [`widen_pairs`] lays a pair's
+/// 16 columns out as one). Exact over the blocks [`JoinPlan::single`] sizes; the sums are widened to
+/// `i64`, shifted and added to `out` (or to its first block's starting values).
 ///
 /// # Safety
 /// The CPU must support AVX-512 F and VNNI; `a` must hold `pairs` pairs of `R` rows (`2R` values
-/// each), `b` `pairs` pairs of 16 columns (32 values each); `out` must be [`Out::Wide`].
+/// each), `b` `NB` blocks of `pairs` pairs of 16 columns (32 values each); `out` must be
+/// [`Out::Wide`].
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-unsafe fn vnni16<const R: usize>(a: &[i16], b: &[i16], pairs: usize, out: Out<'_, '_>) {
+unsafe fn vnni16<const R: usize, const NB: usize>(
+    a: &[i16],
+    b: &[i16],
+    pairs: usize,
+    out: Out<'_, '_>,
+) {
     use std::arch::x86_64::*;
-    assert!(a.len() >= pairs * 2 * R && b.len() >= pairs * 32);
+    assert!(a.len() >= pairs * 2 * R && b.len() >= NB * pairs * 32);
     let Out::Wide {
         c,
         ldc,
@@ -1519,36 +1598,44 @@ unsafe fn vnni16<const R: usize>(a: &[i16], b: &[i16], pairs: usize, out: Out<'_
     else {
         unreachable!("single passes keep i64 sums");
     };
-    let mut acc = [_mm512_setzero_si512(); R];
+    let mut acc = [[_mm512_setzero_si512(); NB]; R];
     let (ap, bp) = (a.as_ptr(), b.as_ptr());
     for p in 0..pairs {
-        let bv = _mm512_loadu_si512(bp.add(p * 32) as *const _);
-        for (i, s) in acc.iter_mut().enumerate() {
+        let mut bv = [_mm512_setzero_si512(); NB];
+        for (h, v) in bv.iter_mut().enumerate() {
+            *v = _mm512_loadu_si512(bp.add(h * pairs * 32 + p * 32) as *const _);
+        }
+        for (i, row) in acc.iter_mut().enumerate() {
             let va = _mm512_set1_epi32((ap.add(p * 2 * R + 2 * i) as *const i32).read_unaligned());
-            *s = _mm512_dpwssd_epi32(*s, va, bv);
+            for (s, &v) in row.iter_mut().zip(&bv) {
+                *s = _mm512_dpwssd_epi32(*s, va, v);
+            }
         }
     }
-    assert!(c.len() >= (R - 1) * ldc + NR);
+    assert!(c.len() >= (R - 1) * ldc + NB * NR);
     match first {
         Some(Starts::Rows(s)) => assert!(s.len() >= R),
-        Some(Starts::Cols(s)) => assert!(s.len() >= NR),
+        Some(Starts::Cols(s)) => assert!(s.len() >= NB * NR),
         None => {}
     }
     let cp = c.as_mut_ptr();
     let count = _mm_cvtsi32_si128(shift as i32);
-    for (i, &s) in acc.iter().enumerate() {
-        for (h, half) in [_mm512_castsi512_si256(s), _mm512_extracti64x4_epi64::<1>(s)]
-            .into_iter()
-            .enumerate()
-        {
-            let dst = cp.add(i * ldc + 8 * h) as *mut __m512i;
-            let v = _mm512_sll_epi64(_mm512_cvtepi32_epi64(half), count);
-            let base = match first {
-                Some(Starts::Rows(s)) => _mm512_set1_epi64(s[i]),
-                Some(Starts::Cols(s)) => _mm512_loadu_si512(s.as_ptr().add(8 * h) as *const _),
-                None => _mm512_loadu_si512(dst as *const _),
-            };
-            _mm512_storeu_si512(dst as *mut _, _mm512_add_epi64(base, v));
+    for (i, row) in acc.iter().enumerate() {
+        for (blk, &s) in row.iter().enumerate() {
+            for (h, half) in [_mm512_castsi512_si256(s), _mm512_extracti64x4_epi64::<1>(s)]
+                .into_iter()
+                .enumerate()
+            {
+                let col = blk * NR + 8 * h;
+                let dst = cp.add(i * ldc + col) as *mut __m512i;
+                let v = _mm512_sll_epi64(_mm512_cvtepi32_epi64(half), count);
+                let base = match first {
+                    Some(Starts::Rows(s)) => _mm512_set1_epi64(s[i]),
+                    Some(Starts::Cols(s)) => _mm512_loadu_si512(s.as_ptr().add(col) as *const _),
+                    None => _mm512_loadu_si512(dst as *const _),
+                };
+                _mm512_storeu_si512(dst as *mut _, _mm512_add_epi64(base, v));
+            }
         }
     }
 }
@@ -1680,7 +1767,7 @@ pub(crate) fn gemm_joined(
     // every element is started before any is added to
     let mut c = crate::buffers::take_overwritten(a.hi.m * ldc);
     let tokens = crate::cancel::current();
-    crate::par::rows(&mut c, ldc, threads, MR, |r0, part| {
+    crate::par::rows(&mut c, ldc, threads, JOINED_ROWS, |r0, part| {
         product_joined(a, b, r0, part, plan, &tokens);
     });
     Some(c)
@@ -2479,9 +2566,15 @@ mod tests {
             if !level.supported() {
                 continue;
             }
-            for (case, &(m, k, n)) in [(1, 1, 1), (7, 255, 17), (13, 1000, 33), (6, 4100, 16)]
-                .iter()
-                .enumerate()
+            for (case, &(m, k, n)) in [
+                (1, 1, 1),
+                (7, 255, 17),
+                (13, 1000, 33),
+                (6, 4100, 16),
+                (50, 1000, 33),
+            ]
+            .iter()
+            .enumerate()
             {
                 for (f, &(xb, signed)) in [(12, true), (12, false), (13, true), (13, false)]
                     .iter()
@@ -2521,6 +2614,29 @@ mod tests {
                             }
                             compared += 1;
                         }
+                    }
+                }
+            }
+            // rows from a part that does not start on a kept tile's first row (widened as they
+            // come) and from one that does (the kept tiles), twice each (the tiles kept by then)
+            let (m, k, n) = (40, 700, 20);
+            let w = values(m * k, 12, true, 5);
+            let x = values(k * n, 12, false, 6);
+            let want = naive(&w, &x, m, k, n);
+            let pw = Parts::<PackedA>::weights(&w, m, k).expect("splits");
+            let px = acts_b(&x, k, n);
+            let plan = join_plan(&pw.as_ref(), &px.as_ref(), level).expect("joined");
+            let ldc = px.hi.ldc();
+            for (r0, rows) in [(8, 20), (6, 30), (8, 20), (24, 16), (0, 40)] {
+                let mut c = vec![7i64; rows * ldc];
+                product_joined(pw.as_ref(), px.as_ref(), r0, &mut c, plan, &[]);
+                for i in 0..rows {
+                    for j in 0..n {
+                        assert_eq!(
+                            c[i * ldc + j],
+                            want[(r0 + i) * n + j],
+                            "{level:?} from row {r0}: ({i},{j})"
+                        );
                     }
                 }
             }
