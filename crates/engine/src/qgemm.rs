@@ -1084,6 +1084,16 @@ enum Starts<'s> {
     Cols(&'s [i64]),
 }
 
+impl Starts<'_> {
+    /// Whether there are values for a tile of `rows` rows by `cols` columns.
+    fn covers(&self, rows: usize, cols: usize) -> bool {
+        match self {
+            Starts::Rows(s) => s.len() >= rows,
+            Starts::Cols(s) => s.len() >= cols,
+        }
+    }
+}
+
 /// One register tile's destination (see [`Sums`]).
 enum Out<'c, 'o> {
     Narrow {
@@ -1537,12 +1547,7 @@ unsafe fn avx2<const R: usize>(a: &[i16], b: &[i16], pairs: usize, out: Out<'_, 
             shift,
             first,
         } => {
-            assert!(c.len() >= (R - 1) * ldc + NR);
-            match first {
-                Some(Starts::Rows(s)) => assert!(s.len() >= R),
-                Some(Starts::Cols(s)) => assert!(s.len() >= NR),
-                None => {}
-            }
+            assert!(c.len() >= (R - 1) * ldc + NR && first.is_none_or(|f| f.covers(R, NR)));
             let cp = c.as_mut_ptr();
             let count = _mm_cvtsi32_si128(shift as i32);
             for (i, accr) in acc.iter().enumerate() {
@@ -1612,12 +1617,7 @@ unsafe fn vnni16<const R: usize, const NB: usize>(
             }
         }
     }
-    assert!(c.len() >= (R - 1) * ldc + NB * NR);
-    match first {
-        Some(Starts::Rows(s)) => assert!(s.len() >= R),
-        Some(Starts::Cols(s)) => assert!(s.len() >= NB * NR),
-        None => {}
-    }
+    assert!(c.len() >= (R - 1) * ldc + NB * NR && first.is_none_or(|f| f.covers(R, NB * NR)));
     let cp = c.as_mut_ptr();
     let count = _mm_cvtsi32_si128(shift as i32);
     for (i, row) in acc.iter().enumerate() {
