@@ -2434,7 +2434,7 @@ pub fn conv_weights<T: Copy + Into<i32>>(
 /// Rows `r0..r0 + rows` of the product of `w` by the activations `x` (whole, or the high and low
 /// [`halves`] of 16-bit ones) when some side has two parts: every pair of parts' products joined in
 /// `i64`, `rows × n` with the row stride returned beside them (`n`, or the product's
-/// [`PackedB::ldc`] when AVX2 multiplies the 16-bit side as it is).
+/// [`PackedB::ldc`] when the joined kernels multiply the 16-bit side as it is, [`qgemm::join_plan`]).
 fn joined_parts(
     w: &Parts<PackedA>,
     (x, low): (&PackedB, Option<&PackedB>),

@@ -9,6 +9,11 @@
 //! contribution (128 times the weights' sum over `k`) is subtracted per row or column (again exact). Which instruction set runs
 //! (AVX-512 VNNI `vpdpbusd`, AVX2 `vpmaddwd` on bytes widened to `i16`, or portable Rust) is chosen at
 //! run time and cannot change a bit.
+//!
+//! A side of 16-bit values comes as two 8-bit parts ([`Parts`]); the caller adds the parts' products,
+//! or [`gemm_joined`] multiplies the 16-bit values as they are ([`join_plan`]: on AVX2, and on AVX-512
+//! VNNI where both sides are split but small enough for one pass of `vpdpwssd` over blocks of `k` whose
+//! `i32` sums cannot wrap), accumulating the blocks in `i64`.
 
 /// Largest reduction length for which the `i32` accumulator is exact: `k · 255 · 128 < 2^31`.
 pub const MAX_K: usize = 65_536;
