@@ -11,7 +11,7 @@
 //! run time and cannot change a bit.
 //!
 //! A side of 16-bit values comes as two 8-bit parts ([`Parts`]); the caller adds the parts' products,
-//! or [`gemm_joined`] multiplies the 16-bit values as they are ([`join_plan`]: on AVX2, and on AVX-512
+//! or `gemm_joined` multiplies the 16-bit values as they are (`join_plan`: on AVX2, and on AVX-512
 //! VNNI where both sides are split but small enough for one pass of `vpdpwssd` over blocks of `k` whose
 //! `i32` sums cannot wrap), accumulating the blocks in `i64`.
 
