@@ -2434,17 +2434,18 @@ pub fn conv_weights<T: Copy + Into<i32>>(
 /// Rows `r0..r0 + rows` of the product of `w` by the activations `x` (whole, or the high and low
 /// [`halves`] of 16-bit ones) when some side has two parts: every pair of parts' products joined in
 /// `i64`, `rows × n` with the row stride returned beside them (`n`, or the product's
-/// [`PackedB::ldc`] when the joined kernels multiply the 16-bit side as it is, [`qgemm::join_plan`]).
+/// [`PackedB::ldc`] when the joined kernels multiply the 16-bit side as it is: `join`, the caller's
+/// [`qgemm::join_plan`] of these operands).
 fn joined_parts(
     w: &Parts<PackedA>,
     (x, low): (&PackedB, Option<&PackedB>),
     (r0, rows, n): (usize, usize, usize),
-    level: Level,
+    (level, join): (Level, Option<qgemm::JoinPlan>),
     tokens: &[crate::cancel::Cancel],
 ) -> (Vec<i64>, usize) {
     let ldc = x.ldc();
     let acts = Parts { hi: x, lo: low };
-    if let Some(plan) = qgemm::join_plan(&w.as_ref(), &acts, level) {
+    if let Some(plan) = join {
         // (every element written)
         let mut c = crate::buffers::take_overwritten(rows * ldc);
         qgemm::product_joined(w.as_ref(), acts, r0, &mut c, plan, tokens);
@@ -2622,12 +2623,13 @@ fn conv2d_narrow(
             let err = crate::par::FirstError::default();
             let tokens = crate::cancel::current();
             let planes = &mut out[first..first + og * p];
-            // (split weights: parts aligned to the kept single-pass tiles)
-            let align = match qw.lo {
-                Some(_) => qgemm::JOINED_ROWS,
-                None => qgemm::MR,
+            // (how a product with a 16-bit side runs: found once for every part)
+            let acts = Parts {
+                hi: &cols,
+                lo: low.as_ref(),
             };
-            crate::par::rows(planes, p, th, align, |o0, part| {
+            let join = qgemm::join_plan(&qw.as_ref(), &acts, level);
+            crate::par::rows(planes, p, th, qgemm::part_rows(qw), |o0, part| {
                 let rows = part.len() / p;
                 if low.is_none() && qw.lo.is_none() && ldc == p {
                     // unpadded rows: the product's sums go straight into the output planes, then
@@ -2650,7 +2652,8 @@ fn conv2d_narrow(
                     qgemm::product(&qw.hi, &cols, o0, &mut acc, level, None, &tokens);
                     (acc, None)
                 } else {
-                    let c = joined_parts(qw, (&cols, low.as_ref()), (o0, rows, p), level, &tokens);
+                    let at = (o0, rows, p);
+                    let c = joined_parts(qw, (&cols, low.as_ref()), at, (level, join), &tokens);
                     (Vec::new(), Some(c))
                 };
                 for (o, plane) in part.chunks_mut(p).enumerate() {
@@ -4561,8 +4564,10 @@ fn conv2d_panels(
             type Part<'o> = (usize, usize, usize, Vec<&'o mut [i32]>);
             let mut parts: Vec<Part<'_>> = Vec::new();
             if by_channels {
-                // every output row of a run of channels (whole register tiles of them)
-                let per = og.div_ceil(threads).div_ceil(qgemm::MR) * qgemm::MR;
+                // every output row of a run of channels (whole register tiles of them, and whole
+                // kept single-pass tiles of split weights)
+                let align = qgemm::part_rows(qw);
+                let per = og.div_ceil(threads).div_ceil(align) * align;
                 for (t, planes) in out_g.chunks_mut((per * p).max(1)).enumerate() {
                     parts.push((0, oh, t * per, planes.chunks_mut(p.max(1)).collect()));
                 }
@@ -4613,7 +4618,13 @@ fn conv2d_panels(
                         // (row stride `ldc` either way)
                         _ => {
                             let at = (o0, n_o, ldc);
-                            Some(joined_parts(qw, (&cols, low.as_ref()), at, level, &tokens).0)
+                            let acts = Parts {
+                                hi: &cols,
+                                lo: low.as_ref(),
+                            };
+                            let join = qgemm::join_plan(&qw.as_ref(), &acts, level);
+                            let how = (level, join);
+                            Some(joined_parts(qw, (&cols, low.as_ref()), at, how, &tokens).0)
                         }
                     };
                     for (o, seg) in segs.iter_mut().enumerate() {

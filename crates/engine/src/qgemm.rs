@@ -164,6 +164,8 @@ pub struct PackedB {
     offset: bool,
     /// Weights: `Σ_k B[k][j]` per (padded) column, for an offset on the other side.
     colsum: Vec<i32>,
+    /// Weights: their largest magnitude, found as they are packed (0 for activations).
+    magnitude: u32,
 }
 
 impl PackedB {
@@ -181,6 +183,7 @@ impl PackedB {
                 let v = i8::try_from(f(kk, j)).ok()?;
                 p.put(kk, j, v as u8);
                 p.colsum[j] += v as i32;
+                p.magnitude = p.magnitude.max(v.unsigned_abs() as u32);
             }
         }
         Some(p)
@@ -283,6 +286,7 @@ impl PackedB {
                 weights: false,
                 offset,
                 colsum: vec![0; nb * NR],
+                magnitude: 0,
             }
         } else {
             PackedB::empty_par(k, n, false, offset, threads)?
@@ -319,6 +323,7 @@ impl PackedB {
             weights,
             offset,
             colsum: vec![0; nb * NR],
+            magnitude: 0,
         })
     }
 
@@ -568,6 +573,8 @@ pub struct PackedA {
     offset: bool,
     /// Weights: `Σ_k A[i][k]` per row, for an offset on the other side.
     rowsum: Vec<i32>,
+    /// Weights: their largest magnitude, found as they are packed (0 for activations).
+    magnitude: u32,
     /// Weights of at most [`TILED_MAX`] values multiplied by at most [`TILED_COLS`] columns: the AVX2
     /// kernel's `i16` tiles of every row, widened on first use and kept ([`PackedA::tiled`]).
     tiles: std::sync::OnceLock<Vec<i16>>,
@@ -583,7 +590,16 @@ const JOINED_MAX: usize = 1 << 22;
 
 /// Rows a split product's parts are aligned to (a multiple of both kernels' tiles, [`MR`] and
 /// [`MR2`]): a part then starts and ends on the kept single-pass tiles' boundaries.
-pub(crate) const JOINED_ROWS: usize = 24;
+const JOINED_ROWS: usize = 24;
+
+/// Rows the parts of a product by `w` split across threads are aligned to: whole register tiles
+/// ([`MR`]), and for split weights whole kept single-pass tiles too ([`JOINED_ROWS`]).
+pub(crate) fn part_rows(w: &Parts<PackedA>) -> usize {
+    match w.lo {
+        Some(_) => JOINED_ROWS,
+        None => MR,
+    }
+}
 
 /// Most weights whose AVX2 tiles a [`PackedA`] keeps (2 MiB of them): widening costs a pass over the
 /// weights per product, which a product over few columns (a grouped or late convolution) feels.
@@ -718,6 +734,7 @@ impl PackedA {
             weights: false,
             offset,
             rowsum: Vec::new(),
+            magnitude: 0,
             tiles: std::sync::OnceLock::new(),
             joined: std::sync::OnceLock::new(),
         })
@@ -738,6 +755,7 @@ impl PackedA {
                 let v = i8::try_from(f(i, kk)).ok()?;
                 p.row_mut(i)[kk] = v as u8;
                 p.rowsum[i] += v as i32;
+                p.magnitude = p.magnitude.max(v.unsigned_abs() as u32);
             }
         }
         Some(p)
@@ -1274,37 +1292,28 @@ fn gemm_rows_avx2(
                                     }),
                                 },
                             };
-                            // SAFETY: as above; `at` holds `r` rows' `2·qn` pairs, `bq` `2·qn` pairs of
-                            // 16 columns, the kernel checks `out` holds `r` rows of 16; the AVX-512
-                            // kernel is asked for only where `join_plan` found VNNI (and `i64` sums)
+                            // the register tile of `r` rows
+                            macro_rules! by_rows {
+                                ($kernel:ident $(, $nb:literal)?) => {
+                                    match r {
+                                        1 => $kernel::<1 $(, $nb)?>(at, bq, 2 * qn, out),
+                                        2 => $kernel::<2 $(, $nb)?>(at, bq, 2 * qn, out),
+                                        3 => $kernel::<3 $(, $nb)?>(at, bq, 2 * qn, out),
+                                        4 => $kernel::<4 $(, $nb)?>(at, bq, 2 * qn, out),
+                                        5 => $kernel::<5 $(, $nb)?>(at, bq, 2 * qn, out),
+                                        _ => $kernel::<6 $(, $nb)?>(at, bq, 2 * qn, out),
+                                    }
+                                };
+                            }
+                            // SAFETY: as above; `at` holds `r` rows' `2·qn` pairs, `bq` `nbk` blocks of
+                            // `2·qn` pairs of 16 columns, the kernel checks `out` holds `r` rows of
+                            // `16·nbk`; the AVX-512 kernel is asked for only where `join_plan` found
+                            // VNNI (and `i64` sums)
                             unsafe {
-                                if plan.avx512 && nbk == 2 {
-                                    match r {
-                                        1 => vnni16::<1, 2>(at, bq, 2 * qn, out),
-                                        2 => vnni16::<2, 2>(at, bq, 2 * qn, out),
-                                        3 => vnni16::<3, 2>(at, bq, 2 * qn, out),
-                                        4 => vnni16::<4, 2>(at, bq, 2 * qn, out),
-                                        5 => vnni16::<5, 2>(at, bq, 2 * qn, out),
-                                        _ => vnni16::<6, 2>(at, bq, 2 * qn, out),
-                                    }
-                                } else if plan.avx512 {
-                                    match r {
-                                        1 => vnni16::<1, 1>(at, bq, 2 * qn, out),
-                                        2 => vnni16::<2, 1>(at, bq, 2 * qn, out),
-                                        3 => vnni16::<3, 1>(at, bq, 2 * qn, out),
-                                        4 => vnni16::<4, 1>(at, bq, 2 * qn, out),
-                                        5 => vnni16::<5, 1>(at, bq, 2 * qn, out),
-                                        _ => vnni16::<6, 1>(at, bq, 2 * qn, out),
-                                    }
-                                } else {
-                                    match r {
-                                        1 => avx2::<1>(at, bq, 2 * qn, out),
-                                        2 => avx2::<2>(at, bq, 2 * qn, out),
-                                        3 => avx2::<3>(at, bq, 2 * qn, out),
-                                        4 => avx2::<4>(at, bq, 2 * qn, out),
-                                        5 => avx2::<5>(at, bq, 2 * qn, out),
-                                        _ => avx2::<6>(at, bq, 2 * qn, out),
-                                    }
+                                match (plan.avx512, nbk) {
+                                    (true, 2) => by_rows!(vnni16, 2),
+                                    (true, _) => by_rows!(vnni16, 1),
+                                    (false, _) => by_rows!(avx2),
                                 }
                             }
                             i += r;
@@ -1660,38 +1669,21 @@ pub(crate) struct JoinPlan {
 /// ones would cost more than a second pass saves.
 const SINGLE_MIN_KCQ: usize = 16;
 
-/// The largest magnitude of `|byte − centre|` over `bytes` (`centre` 128 for offset bytes, else 0;
-/// signed bytes as `i8`).
-fn high_magnitude(bytes: &[u8], signed: bool, centre: i32) -> u32 {
-    high_magnitude_run(bytes, signed, centre)
+/// The largest `|byte − centre|` over `bytes` (`centre` 128 for offset bytes, else 0).
+fn high_magnitude(bytes: &[u8], centre: u8) -> u32 {
+    high_magnitude_run(bytes, centre)
 }
 
 crate::multiversion! {
-    fn high_magnitude_run(bytes: &[u8], signed: bool, centre: i32) -> u32 = high_magnitude_body
+    fn high_magnitude_run(bytes: &[u8], centre: u8) -> u32 = high_magnitude_body
 }
 
 #[inline(always)]
-fn high_magnitude_body(bytes: &[u8], signed: bool, centre: i32) -> u32 {
-    let (mut lo, mut hi) = (i32::MAX, i32::MIN);
-    if signed {
-        for &b in bytes {
-            lo = lo.min(b as i8 as i32);
-            hi = hi.max(b as i8 as i32);
-        }
-    } else {
-        let (mut l, mut h) = (u8::MAX, 0u8);
-        for &b in bytes {
-            l = l.min(b);
-            h = h.max(b);
-        }
-        (lo, hi) = (l as i32, h as i32);
-    }
-    if bytes.is_empty() {
-        return 0;
-    }
-    (lo - centre)
-        .unsigned_abs()
-        .max((hi - centre).unsigned_abs())
+fn high_magnitude_body(bytes: &[u8], centre: u8) -> u32 {
+    let (lo, hi) = bytes
+        .iter()
+        .fold((centre, centre), |(l, h), &b| (l.min(b), h.max(b)));
+    (centre - lo).max(hi - centre) as u32
 }
 
 /// How [`gemm_joined`] multiplies `a · b`, or `None` where it does not (the caller joins 8-bit
@@ -1702,7 +1694,8 @@ fn high_magnitude_body(bytes: &[u8], signed: bool, centre: i32) -> u32 {
 ///
 /// A single pass needs both sides split, the activations signed or below 32768 (so a value is its own
 /// `i16`: high bytes at most 127), and magnitudes `A` (activations) and `W` (weights), bounded from the
-/// high bytes (`256·|high| + 255` and `256·|high| + 128`), small enough that a block of at least
+/// high bytes (`256·|high| + 255` and `256·|high| + 128`; the weights' found as they were packed, the
+/// activations' scanned here), small enough that a block of at least
 /// [`SINGLE_MIN_KCQ`] quads keeps every `i32` sum exact: `4·kcq·A·W < 2^31`.
 pub(crate) fn join_plan(
     a: &Parts<&PackedA>,
@@ -1726,17 +1719,17 @@ pub(crate) fn join_plan(
     }
     let single = (a.lo.is_some() && b.lo.is_some())
         .then(|| {
-            let (w, act) = if a.hi.weights {
-                (&a.hi.data, (&b.hi.data, b.hi.offset))
+            let (w, (act, offset)) = if a.hi.weights {
+                (a.hi.magnitude, (&b.hi.data, b.hi.offset))
             } else {
-                (&b.hi.data, (&a.hi.data, a.hi.offset))
+                (b.hi.magnitude, (&a.hi.data, a.hi.offset))
             };
-            let ah = high_magnitude(act.0, false, if act.1 { 128 } else { 0 });
-            if !act.1 && ah > 127 {
+            let ah = high_magnitude(act, if offset { 128 } else { 0 });
+            if !offset && ah > 127 {
                 return None;
             }
             let big_a = 256 * ah as u64 + 255;
-            let big_w = 256 * high_magnitude(w, true, 0) as u64 + 128;
+            let big_w = 256 * w as u64 + 128;
             let kcq = (((1u64 << 31) - 1) / (4 * big_a * big_w)).min(KCQS as u64) as usize;
             (kcq >= SINGLE_MIN_KCQ).then_some(kcq)
         })
