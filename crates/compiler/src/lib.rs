@@ -105,6 +105,9 @@ pub struct CompileOptions {
     /// Refuse a graph with a tensor of more elements than this, before evaluating any of it (a node that
     /// compiles uploads from strangers sets it; `None`: no bound).
     pub max_elements: Option<u64>,
+    /// Correct each narrowed contraction's bias for the rounding of its weights, from the
+    /// activation's calibrated means (spec §5). On by default; off only to measure what it removes.
+    pub bias_correction: bool,
 }
 
 impl Default for CompileOptions {
@@ -120,6 +123,7 @@ impl Default for CompileOptions {
             import: ImportOptions::default(),
             precision: Precision::default(),
             max_elements: None,
+            bias_correction: true,
         }
     }
 }
@@ -337,7 +341,11 @@ fn compile_imported(
         Precision::Auto { target_ppm } => Some(target_ppm as f64 / 1e6),
         _ => None,
     };
-    let (stats, floats) = quantize::calibrate_keeping(g, &calib_flat, auto.is_some())?;
+    let (mut stats, floats) = quantize::calibrate_keeping(g, &calib_flat, auto.is_some())?;
+    if !opts.bias_correction {
+        // without the activations' means, no contraction's bias is corrected
+        stats.iter_mut().for_each(|s| s.sums.clear());
+    }
     cancelled()?;
     let (eval, eval_flat) = match &opts.eval {
         Some(e) if !e.is_empty() => (e.clone(), flatten_samples(g, e, "evaluation")?),

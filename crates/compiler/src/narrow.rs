@@ -588,7 +588,7 @@ fn narrow_node(
     if g.is_int(float_of[x as usize]? as u32) {
         return None;
     }
-    let bias = match node.inputs.get(2) {
+    let given = match node.inputs.get(2) {
         Some(&v) => Some(fconst(v)?),
         None => None,
     };
@@ -626,6 +626,11 @@ fn narrow_node(
     // the largest real value of the quantized activation (relative to the row's maximum if dynamic)
     let amax_int = (-xq.lo).max(xq.hi) as f64;
     let amax = amax_int / libm::ldexp(1.0, xq.scale as i32);
+    let bias = Bias {
+        given,
+        fix: bias_fix(node, &ws, chan, &reduced, xs, xi),
+    };
+    let bias = &bias;
     let y = match block_axis {
         None if xq.rows.is_none() => per_channel(b, node, wf, bias, &xq, chan, terms, qmax, wi),
         None => dynamic_per_channel(b, node, wf, bias, &xq, chan, terms, qmax, wi),
@@ -650,6 +655,177 @@ fn narrow_node(
         });
     }
     Some(y)
+}
+
+/// A contraction's bias and what correcting it for the weights' rounding needs.
+struct Bias<'a> {
+    /// The model's bias, if any.
+    given: Option<&'a FConst>,
+    /// The activation's calibrated means along the reduced axis, if the correction applies.
+    fix: Option<BiasFix>,
+}
+
+/// The calibrated mean of the activation at each position of the reduced axis, and how a weight
+/// element's index maps to it.
+struct BiasFix {
+    mean: Vec<f64>,
+    at: MeanIndex,
+}
+
+/// A weight element index → the position of the activation's mean it multiplies.
+#[derive(Clone, Copy)]
+enum MeanIndex {
+    /// `[O, C/G, kh, kw]` convolution weights with `G` groups: element `i` reads input channel
+    /// `(o / (O/G)) · (C/G) + ci`.
+    Conv {
+        taps: usize,
+        cg: usize,
+        per_group: usize,
+    },
+    /// One reduced axis of `dim` positions at stride `stride` in the weights.
+    Axis { stride: usize, dim: usize },
+}
+
+impl MeanIndex {
+    fn at(self, i: usize) -> usize {
+        match self {
+            MeanIndex::Conv {
+                taps,
+                cg,
+                per_group,
+            } => {
+                let o = i / (taps * cg);
+                (o / per_group) * cg + (i / taps) % cg
+            }
+            MeanIndex::Axis { stride, dim } => (i / stride) % dim,
+        }
+    }
+}
+
+/// What [`Bias::fix`] needs for `node`, when its weights (shape `ws`) have only an output-channel
+/// axis and reduced axes and the activation's marginal means along the reduced axis were calibrated:
+/// a convolution's input channels, or the one reduced axis of an `EinSum`.
+fn bias_fix(
+    node: &Node,
+    ws: &[usize],
+    chan: Option<(usize, usize)>,
+    reduced: &[usize],
+    xs: &Stats,
+    xi: usize,
+) -> Option<BiasFix> {
+    let only = (0..ws.len())
+        .all(|i| reduced.contains(&i) || chan.is_some_and(|(c, _)| c == i) || ws[i] == 1);
+    if !only {
+        return None;
+    }
+    let (mean, at) = match &node.op {
+        Op::Conv2d { groups, .. } => {
+            let [o, cg, kh, kw] = ws[..] else {
+                return None;
+            };
+            let g = *groups as usize;
+            let mean = xs.axis_mean(1)?;
+            (mean.len() == cg * g && o % g == 0).then_some(())?;
+            let at = MeanIndex::Conv {
+                taps: kh * kw,
+                cg,
+                per_group: o / g,
+            };
+            (mean, at)
+        }
+        Op::EinSum { a, b: bl, .. } => {
+            let &[r] = reduced else {
+                return None;
+            };
+            let (xl, wl) = if xi == 0 { (a, bl) } else { (bl, a) };
+            let mut axes = xl.iter().enumerate().filter(|(_, &l)| l == wl[r]);
+            let (axis, _) = axes.next()?;
+            if axes.next().is_some() {
+                return None;
+            }
+            let mean = xs.axis_mean(axis)?;
+            (mean.len() == ws[r]).then_some(())?;
+            let at = MeanIndex::Axis {
+                stride: ws[r + 1..].iter().product(),
+                dim: ws[r],
+            };
+            (mean, at)
+        }
+        _ => return None,
+    };
+    Some(BiasFix { mean, at })
+}
+
+/// Per channel, `Σ (q · step − w) · mean(x)` over the channel's weights `data` (see
+/// [`Bias::corrected`]).
+fn rounding_offsets<T: Copy + Into<f64>>(
+    data: &[T],
+    fix: &BiasFix,
+    (mult, smf): (&[i32], f64),
+    group_of: &impl Fn(usize) -> usize,
+    chan_of: &impl Fn(usize) -> usize,
+    chans: usize,
+    qmax: f64,
+) -> Vec<f64> {
+    let mut corr = vec![0f64; chans];
+    for (i, &w) in data.iter().enumerate() {
+        let w = w.into();
+        let step = mult[group_of(i)] as f64 / smf;
+        let q = round(w / step).clamp(-qmax, qmax);
+        corr[chan_of(i)] += (q * step - w) * fix.mean[fix.at.at(i)];
+    }
+    corr
+}
+
+impl Bias<'_> {
+    /// The bias corrected for the weights' rounding (spec §5): with `step_g = m_g · 2^−s_m` and
+    /// `q = clamp(round(w / step_g), ±qmax)` as the weights are quantized, each output channel's
+    /// expected error `Σ (q · step_g − w) · mean(x)` over its weights is subtracted from its bias
+    /// (which is created, one per channel, when the model has none). Laid out as `index` (the
+    /// multipliers' shape against the output; a convolution's `[O]`); `None` when nothing applies.
+    #[allow(clippy::too_many_arguments)]
+    fn corrected(
+        &self,
+        wf: &FConst,
+        (mult, s_m): (&[i32], i32),
+        group_of: impl Fn(usize) -> usize,
+        chan_of: impl Fn(usize) -> usize,
+        chans: usize,
+        qmax: f64,
+        index: &[u32],
+    ) -> Option<FConst> {
+        let fix = self.fix.as_ref()?;
+        let smf = libm::ldexp(1.0, s_m);
+        let corr = on_slice!(wf.data.view(), |d| rounding_offsets(
+            d,
+            fix,
+            (mult, smf),
+            &group_of,
+            &chan_of,
+            chans,
+            qmax
+        ));
+        let us = |s: &[u32]| s.iter().map(|&d| d as usize).collect::<Vec<_>>();
+        let (shape, data): (Vec<u32>, Vec<f64>) = match self.given {
+            Some(bc) => {
+                let bshape = verity_engine::ir::broadcast_shapes(&bc.shape, index)?;
+                let bs = us(&bshape);
+                let st_b = broadcast_strides(&bs, &us(&bc.shape));
+                let st_m = broadcast_strides(&bs, &us(index));
+                let mut data = vec![0f64; bs.iter().product()];
+                for_each_index(&bs, &[st_b, st_m], |flat, offs| {
+                    data[flat] = bc.data.get(offs[0]) - corr[offs[1]];
+                });
+                (bshape, data)
+            }
+            None => (index.to_vec(), corr.iter().map(|c| -c).collect()),
+        };
+        Some(FConst {
+            shape,
+            data: data.into(),
+            int: false,
+        })
+    }
 }
 
 /// [`Narrowed::weight_noise`] of weights laid out as `[…, chans, inner]`-periodic channels.
@@ -782,7 +958,7 @@ fn per_channel(
     b: &mut Builder<'_>,
     node: &Node,
     wf: &FConst,
-    bias: Option<&FConst>,
+    bias: &Bias<'_>,
     xq: &Quantized,
     chan: Option<(usize, usize)>,
     terms: f64,
@@ -803,11 +979,10 @@ fn per_channel(
         Op::Conv2d { .. } => vec![chans as u32],
         _ => m_shape.clone(),
     };
-    let bias_plan = bias.map(|bc| {
-        let bshape: Vec<u32> =
-            verity_engine::ir::broadcast_shapes(&bc.shape, &m_index).unwrap_or(bc.shape.clone());
-        (bc, bshape)
-    });
+    let plan = |bc: &FConst| -> Vec<u32> {
+        verity_engine::ir::broadcast_shapes(&bc.shape, &m_index).unwrap_or(bc.shape.clone())
+    };
+    let bias_plan = bias.given.map(|bc| (bc, plan(bc)));
     let s8f = libm::ldexp(1.0, s8 as i32);
     let us = |s: &[u32]| s.iter().map(|&d| d as usize).collect::<Vec<_>>();
     if let Some((bc, bshape)) = &bias_plan {
@@ -821,6 +996,11 @@ fn per_channel(
     }
     let (mult, s_m) = multipliers(&need, MULT_BITS)?;
     let smf = libm::ldexp(1.0, s_m);
+    let fixed = bias.corrected(wf, (&mult, s_m), chan_of, chan_of, chans, qmax, &m_index);
+    let bias_plan = match &fixed {
+        Some(bc) => Some((bc, plan(bc))),
+        None => bias_plan,
+    };
     let (q, _) = on_slice!(wf.data.view(), |d| quantize_groups(
         d, &mult, s_m, chan_of, 1, qmax
     ));
@@ -972,7 +1152,7 @@ fn dynamic_per_channel(
     b: &mut Builder<'_>,
     node: &Node,
     wf: &FConst,
-    bias: Option<&FConst>,
+    bias: &Bias<'_>,
     xq: &Quantized,
     chan: Option<(usize, usize)>,
     terms: f64,
@@ -984,6 +1164,8 @@ fn dynamic_per_channel(
     let chan_of = |i: usize| (i / inner) % chans;
     let need = on_slice!(wf.data.view(), |d| group_need(d, chans, chan_of, qmax));
     let (mult, s_m) = multipliers(&need, MULT_BITS)?;
+    let m_index = mult_shape(chans, chan, node.shape.len(), &[]);
+    let fixed = bias.corrected(wf, (&mult, s_m), chan_of, chan_of, chans, qmax, &m_index);
     let (q, l1) = on_slice!(wf.data.view(), |d| quantize_groups(
         d, &mult, s_m, chan_of, 1, qmax
     ));
@@ -1020,7 +1202,7 @@ fn dynamic_per_channel(
         node.shape.clone(),
         s_u as i8,
     );
-    finish(b, node, u, xq.rows, bias)
+    finish(b, node, u, xq.rows, fixed.as_ref().or(bias.given))
 }
 
 /// 4-bit weights in blocks of [`BLOCK`] along reduced weight axis `k` of an `EinSum`, one multiplier
@@ -1036,7 +1218,7 @@ fn blocked(
     b: &mut Builder<'_>,
     node: &Node,
     wf: &FConst,
-    bias: Option<&FConst>,
+    bias: &Bias<'_>,
     xq: &Quantized,
     chan: Option<(usize, usize)>,
     k: usize,
@@ -1060,6 +1242,10 @@ fn blocked(
         qmax
     ));
     let (mult, s_m) = multipliers(&need, MULT_BITS)?;
+    let m_index = mult_shape(chans, chan, node.shape.len(), &[]);
+    let chan_of = |i: usize| (i / inner) % chans;
+    let fixed = bias.corrected(wf, (&mult, s_m), group_of, chan_of, chans, qmax, &m_index);
+    let bias = fixed.as_ref().or(bias.given);
     let smf = libm::ldexp(1.0, s_m);
     let (q, l1) = on_slice!(wf.data.view(), |d| quantize_groups(
         d, &mult, s_m, group_of, groups, qmax

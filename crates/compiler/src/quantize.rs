@@ -187,6 +187,10 @@ pub struct Stats {
     pub sum_sq: f64,
     /// Number of finite values seen.
     pub count: u64,
+    /// Per axis of the value (inputs and nodes; none for constants), the sum of its finite values at
+    /// each position of that axis over every other axis and every sample: the marginal means that bias
+    /// correction needs ([`Stats::axis_mean`]).
+    pub sums: Vec<Vec<f64>>,
 }
 
 impl Stats {
@@ -200,6 +204,36 @@ impl Stats {
             0.0
         } else {
             self.sum_sq / self.count as f64
+        }
+    }
+
+    /// The mean of the values at each position of `axis` (over every other axis and every sample),
+    /// or `None` when calibration did not record it or saw a non-finite value.
+    pub fn axis_mean(&self, axis: usize) -> Option<Vec<f64>> {
+        let s = self.sums.get(axis)?;
+        let total: u64 = self.sums.iter().map(|a| a.len() as u64).product();
+        // every value finite: each position of the axis saw `count / d` of them
+        if total == 0 || self.count == 0 || !self.count.is_multiple_of(total) {
+            return None;
+        }
+        let per = (self.count / s.len() as u64) as f64;
+        Some(s.iter().map(|v| v / per).collect())
+    }
+}
+
+/// Add `data` (laid out as `shape`) to the marginal sums `sums` (one vector per axis).
+fn add_marginals(shape: &[u32], data: &[f64], sums: &mut Vec<Vec<f64>>) {
+    if sums.is_empty() {
+        *sums = shape.iter().map(|&d| vec![0.0; d as usize]).collect();
+    }
+    for (a, s) in sums.iter_mut().enumerate() {
+        let d = s.len();
+        let inner: usize = shape[a + 1..].iter().map(|&x| x as usize).product();
+        if d == 0 || inner == 0 {
+            continue;
+        }
+        for (i, run) in data.chunks(inner).enumerate() {
+            s[i % d] += run.iter().filter(|x| x.is_finite()).sum::<f64>();
         }
     }
 }
@@ -225,6 +259,7 @@ pub fn calibrate_keeping(
             max: f64::NEG_INFINITY,
             sum_sq: 0.0,
             count: 0,
+            sums: Vec::new(),
         };
         n
     ];
@@ -249,6 +284,7 @@ pub fn calibrate_keeping(
         let mut bad = None;
         let outs = g.eval_visit(s, |v, data| {
             widen(&mut stats[v], data.iter().copied());
+            add_marginals(g.shape(v as u32), data, &mut stats[v].sums);
             if bad.is_none() && v >= ni + nc && data.iter().any(|x| !x.is_finite()) {
                 bad = Some(v - ni - nc);
             }

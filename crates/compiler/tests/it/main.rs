@@ -499,3 +499,94 @@ fn auto_precision_widens_only_what_the_target_needs() {
         assert_eq!(good.parse::<Precision>().unwrap().to_string(), good);
     }
 }
+
+/// Outputs of `model` on every sample, dequantized.
+fn outputs(model: &verity_engine::ir::Model, samples: &[Vec<FloatTensor>]) -> Vec<Vec<f64>> {
+    samples
+        .iter()
+        .map(|x| {
+            let q = quantize_inputs(model, x).unwrap();
+            let out = Executor::new(model, Mode::Fast { threads: 1 })
+                .run(q)
+                .unwrap();
+            let scale = model.value(model.outputs[0].value).unwrap().scale;
+            dequantize(&out[0], scale)
+        })
+        .collect()
+}
+
+#[test]
+fn bias_correction_removes_the_weights_systematic_error() {
+    use verity_compiler::Precision;
+    // inputs with a clear mean (pixels, or uniform in [0, 1]): each weight's rounding error times that
+    // mean is an offset every sample shares, which the corrected bias cancels
+    let digits_calib = rows(
+        tensor_from_npy(&read("digits.calibration.npy")).unwrap(),
+        &[1, 64],
+    );
+    let digits_eval = rows(tensor_from_npy(&read("digits.eval.npy")).unwrap(), &[1, 64]);
+    let uniform = |shape: &[usize], n: usize, seed: usize| -> Vec<Vec<FloatTensor>> {
+        let len: usize = shape.iter().product();
+        (0..n)
+            .map(|s| {
+                let data = (0..len)
+                    .map(|i| ((i * 37 + (s + seed) * 7919) % 1009) as f64 / 1009.0)
+                    .collect();
+                vec![FloatTensor {
+                    shape: shape.to_vec(),
+                    data,
+                }]
+            })
+            .collect()
+    };
+    let cases = [
+        ("digits.onnx", digits_calib, digits_eval),
+        (
+            "mlp.onnx",
+            uniform(&[1, 784], 32, 0),
+            uniform(&[1, 784], 32, 1000),
+        ),
+        (
+            "cnn.onnx",
+            uniform(&[1, 1, 28, 28], 32, 0),
+            uniform(&[1, 1, 28, 28], 32, 1000),
+        ),
+    ];
+    for (name, calib, eval) in cases {
+        for precision in [Precision::INT8, "int4".parse().unwrap()] {
+            let opts = |precision, bias_correction| CompileOptions {
+                calibration: Some(calib.clone()),
+                eval: Some(eval.clone()),
+                precision,
+                bias_correction,
+                ..Default::default()
+            };
+            let reference = outputs(
+                &compile(&read(name), &opts(Precision::I32, true)).unwrap().0,
+                &eval,
+            );
+            let top = reference.iter().flatten().fold(0f64, |m, v| m.max(v.abs()));
+            // the largest offset shared by the samples: the mean error of each output, relative to
+            // the outputs' magnitude
+            let offset = |corrected: bool| -> f64 {
+                let model = compile(&read(name), &opts(precision, corrected)).unwrap().0;
+                let got = outputs(&model, &eval);
+                (0..reference[0].len())
+                    .map(|j| {
+                        let e: f64 = got.iter().zip(&reference).map(|(g, r)| g[j] - r[j]).sum();
+                        (e / eval.len() as f64).abs() / top
+                    })
+                    .fold(0.0, f64::max)
+            };
+            let (with, without) = (offset(true), offset(false));
+            eprintln!("{name} {precision:?}: offset {with:.2e} corrected, {without:.2e} not");
+            // the digits' own offsets are small already (much of what is left comes from the
+            // activations' rounding); inputs uniform in [0, 1] leave a large one to remove
+            let most = if name == "digits.onnx" { 0.8 } else { 0.25 };
+            assert!(
+                with < most * without,
+                "{name} {precision:?}: {with} vs {without}"
+            );
+        }
+    }
+}
