@@ -46,6 +46,10 @@ use crate::quantize::{ceil_log2, Stats};
 const MULT_BITS: i32 = 24;
 /// Largest activation scale the lowering picks (a value range of zero would otherwise ask for any).
 const MAX_ACT_SCALE: i32 = 24;
+/// Fractional bits of an activation's exact factor ([`exact_factor`]).
+const FACTOR_BITS: i32 = 14;
+/// Factors below this are not applied (they would gain less than 1/64 of a step).
+const FACTOR_MIN: f64 = 1.0 + 1.0 / 64.0;
 
 /// A value of the model being built: a model input, a new constant, or a new node.
 #[derive(Clone, Copy, Debug)]
@@ -68,6 +72,22 @@ struct Builder<'a> {
     narrowed: BTreeMap<(ValueId, i32, Vec<u32>), Quantized>,
     /// The contractions narrowed so far (the last one's node index is set by [`narrow`]).
     done: Vec<Narrowed>,
+    /// Old value id → the indices of the old nodes reading it.
+    readers: Vec<Vec<usize>>,
+    /// Whether the old node at each index is a contraction its plan narrows with a calibrated
+    /// (static) activation, read at that input.
+    static_reader: Vec<Option<ValueId>>,
+    /// New node index of a narrowed contraction's output `Mul` → its multipliers' constant.
+    out_mults: BTreeMap<usize, usize>,
+    /// Old values whose new form was multiplied by a factor (folded into their producer's
+    /// multipliers): the factor.
+    folded: BTreeMap<ValueId, f64>,
+    /// Old value → its new form times its exact factor (a `Mul` by a constant), and the factor.
+    scaled: BTreeMap<ValueId, (R, f64)>,
+    /// Old value → its folded form divided back by its factor, for a reader that needs the value.
+    restored: BTreeMap<ValueId, R>,
+    /// (table constant, factor in quarters) → its scaled copy.
+    tables: BTreeMap<(usize, u32), R>,
 }
 
 impl Builder<'_> {
@@ -92,6 +112,32 @@ impl Builder<'_> {
         let r = self.push_const(c);
         self.map[v as usize] = Some(r);
         r
+    }
+
+    /// The new form of old value `v` as its readers outside the narrow contractions need it: divided
+    /// back by the factor folded into it, if any (a `Mul` by `1/f`, shared).
+    fn plain(&mut self, v: ValueId) -> R {
+        let r = self.value(v);
+        let Some(&f) = self.folded.get(&v) else {
+            return r;
+        };
+        if let Some(&p) = self.restored.get(&v) {
+            return p;
+        }
+        let old = self.old.value(v).expect("a folded value is a node");
+        let (shape, scale) = (old.shape.to_vec(), old.scale);
+        let inv = self.push_const(Const {
+            shape: vec![1],
+            scale: 24,
+            data: vec![round(libm::ldexp(1.0 / f, 24)) as i32].into(),
+        });
+        let name = format!(
+            "{}/unscaled",
+            self.old.nodes[v as usize - self.old.first_node_value()].name
+        );
+        let p = self.push_node(name, Op::Mul, vec![r, inv], shape, scale);
+        self.restored.insert(v, p);
+        p
     }
 
     fn push_const(&mut self, c: Const) -> R {
@@ -179,7 +225,20 @@ pub fn narrow(
         map: vec![None; model.value_count()],
         narrowed: BTreeMap::new(),
         done: Vec::new(),
+        readers: vec![Vec::new(); model.value_count()],
+        static_reader: vec![None; model.nodes.len()],
+        out_mults: BTreeMap::new(),
+        folded: BTreeMap::new(),
+        scaled: BTreeMap::new(),
+        restored: BTreeMap::new(),
+        tables: BTreeMap::new(),
     };
+    for (k, node) in model.nodes.iter().enumerate() {
+        for &v in &node.inputs {
+            b.readers[v as usize].push(k);
+        }
+        b.static_reader[k] = static_activation(g, float_of, node, plan.widths(k).0);
+    }
     for i in 0..model.inputs.len() {
         b.map[i] = Some(R::In(i as u32));
     }
@@ -188,7 +247,7 @@ pub fn narrow(
         let r = match narrow_node(&mut b, g, stats, float_of, node, plan.widths(k)) {
             Some(r) => r,
             None => {
-                let ins = node.inputs.iter().map(|&v| b.value(v)).collect();
+                let ins = node.inputs.iter().map(|&v| b.plain(v)).collect();
                 b.push_node(
                     node.name.clone(),
                     node.op.clone(),
@@ -334,6 +393,9 @@ struct Quantized {
     /// Their range.
     lo: i32,
     hi: i32,
+    /// The factor `f` (at least 1, below 2) the values were multiplied by before their scale: a
+    /// value's real magnitude is `q · 2^−scale / f` (see [`exact_factor`]).
+    factor: f64,
     /// Per-row quantization: the rows' largest magnitudes (at the activation's scale), laid out to
     /// broadcast against the contraction's output.
     rows: Option<R>,
@@ -351,10 +413,52 @@ fn act_bits(unsigned: bool, abits: i32) -> i32 {
     }
 }
 
-/// The scale of an activation requantized to `abits` bits (unsigned when its calibrated values are
-/// non-negative): the finest at which its calibrated range fits.
-fn act_scale(xs: &Stats, abits: i32) -> i32 {
+/// The factor `f = ⌊2^(⌈log₂ M⌉ + 14) / M⌋ · 2^−14` (`M` the calibrated largest magnitude) that brings
+/// an activation's range up to just below the next power of two, so its narrow values use their full
+/// range (a power-of-two scale alone leaves up to half of it unused: about half a bit on average);
+/// 1 when it would gain less than 1/64 of a step or `M` is 0.
+fn exact_factor(xs: &Stats) -> f64 {
     let m = xs.min.abs().max(xs.max.abs());
+    if !(m > 0.0 && m.is_finite()) {
+        return 1.0;
+    }
+    let f = libm::ldexp(
+        (libm::ldexp(1.0, ceil_log2(m) + FACTOR_BITS) / m).floor(),
+        -FACTOR_BITS,
+    );
+    if f >= FACTOR_MIN {
+        f
+    } else {
+        1.0
+    }
+}
+
+/// The activation input of `node` when its plan narrows it with a calibrated (not per-row) activation
+/// read from a node: a `Conv2d`, or an `EinSum` without dynamic activations, with a constant real weight.
+fn static_activation(
+    g: &FGraph,
+    float_of: &[Option<usize>],
+    node: &Node,
+    widths: Widths,
+) -> Option<ValueId> {
+    let fconst = |v: ValueId| {
+        let f = float_of[v as usize]?;
+        g.const_of(f as u32).filter(|c| !c.int)
+    };
+    if widths.dynamic && matches!(node.op, Op::EinSum { .. }) {
+        return None;
+    }
+    let weight_is_b = node.inputs.len() > 1 && fconst(node.inputs[1]).is_some();
+    let Roles { wi, .. } = roles(node, weight_is_b)?;
+    fconst(node.inputs[wi])?;
+    let x = *node.inputs.get(1 - wi)?;
+    (fconst(x).is_none() && !g.is_int(float_of[x as usize]? as u32)).then_some(x)
+}
+
+/// The scale of an activation requantized to `abits` bits (unsigned when its calibrated values are
+/// non-negative): the finest at which its calibrated range, times `factor`, fits.
+fn act_scale(xs: &Stats, abits: i32, factor: f64) -> i32 {
+    let m = xs.min.abs().max(xs.max.abs()) * factor;
     let bits = act_bits(xs.min >= 0.0, abits);
     if m > 0.0 {
         (bits - ceil_log2(m)).clamp(-30, MAX_ACT_SCALE)
@@ -381,13 +485,19 @@ fn quantize_static(
     if let Some(q) = b.narrowed.get(&(x, abits, Vec::new())) {
         return Some(q.clone());
     }
-    let s8 = act_scale(xs, abits) as i8;
+    let factor = b
+        .folded
+        .get(&x)
+        .or(b.scaled.get(&x).map(|s| &s.1))
+        .copied()
+        .unwrap_or_else(|| exact_factor(xs));
+    let s8 = act_scale(xs, abits, factor) as i8;
     let old = b.old.value(x)?;
     if (old.scale as i32 - s8 as i32).abs() > verity_engine::arith::MAX_SHIFT {
         return None;
     }
     let shape = old.shape.to_vec();
-    let src = b.value(x);
+    let (src, factor) = scaled(b, x, factor);
     let q = b.push_node(
         format!("{}/q{abits}", node.name),
         Op::Clamp { lo, hi },
@@ -400,10 +510,235 @@ fn quantize_static(
         scale: s8,
         lo,
         hi,
+        factor,
         rows: None,
     };
     b.narrowed.insert((x, abits, Vec::new()), out.clone());
     Some(out)
+}
+
+/// Old value `x`'s new form multiplied by `factor` (exactly 1 or an [`exact_factor`]), and the
+/// factor applied: itself when 1; else, when every reader of `x` is a narrow contraction with a
+/// calibrated activation (which divides the factor back out of its own multipliers), folded into what
+/// makes it ([`fold`]); else `Mul(x, ⌊f · 2^14⌋)` at `x`'s scale (shared by its readers).
+fn scaled(b: &mut Builder<'_>, x: ValueId, factor: f64) -> (R, f64) {
+    if factor == 1.0 {
+        return (b.value(x), 1.0);
+    }
+    if let Some(&f) = b.folded.get(&x) {
+        return (b.value(x), f);
+    }
+    if let Some(&(r, f)) = b.scaled.get(&x) {
+        return (r, f);
+    }
+    if let Some(f) = fold(b, x, factor) {
+        b.folded.insert(x, f);
+        return (b.value(x), f);
+    }
+    let old = b
+        .old
+        .value(x)
+        .expect("a narrow activation is an input or a node");
+    let (shape, scale) = (old.shape.to_vec(), old.scale);
+    let src = b.value(x);
+    let f = b.push_const(Const {
+        shape: vec![1],
+        scale: FACTOR_BITS as i8,
+        data: vec![libm::ldexp(factor, FACTOR_BITS) as i32].into(),
+    });
+    let name = match (x as usize).checked_sub(b.old.first_node_value()) {
+        Some(k) => format!("{}/scaled", b.old.nodes[k].name),
+        None => format!("{}/scaled", b.old.inputs[x as usize].name),
+    };
+    let r = b.push_node(name, Op::Mul, vec![src, f], shape, scale);
+    b.scaled.insert(x, (r, factor));
+    (r, factor)
+}
+
+/// Where a factor folds into a `Mul` making a value.
+enum FoldAt {
+    /// A narrow contraction's output multipliers (scaled in place).
+    Multipliers(usize),
+    /// A constant operand (input `i` of new node `n`), replaced by a scaled copy.
+    Constant { n: usize, i: usize },
+    /// The table of a `Lookup` (new node `n`) read by nothing but the `Mul`, replaced by a scaled
+    /// copy; the factor is rounded down to quarters, so a shared table has at most three copies.
+    Table { n: usize },
+}
+
+/// Multiply old value `x`'s new form by `factor` (or a little less: the factor applied is returned)
+/// where it is made, if that changes nothing else (see [`scaled`]): `x` is not an output, every reader
+/// narrows it as a calibrated activation, and it is made by a `Mul` — of a narrow contraction's
+/// accumulator by its multipliers, of anything by a constant, or of anything by a `Lookup` read by
+/// nothing else (`x · sigmoid(x)`, a squeeze-excitation gate) — possibly followed by a chain of ops
+/// that commute with a positive factor (`Clamp` with `lo ≤ 0 ≤ hi`, whose bounds are scaled alike;
+/// `Reshape`, `Transpose`, `MaxPool2d`), each value of the chain read by nothing else.
+fn fold(b: &mut Builder<'_>, x: ValueId, factor: f64) -> Option<f64> {
+    let old = b.old;
+    let first = old.first_node_value();
+    let output = |v: ValueId| old.outputs.iter().any(|o| o.value == v);
+    let only_reader =
+        |b: &Builder<'_>, v: ValueId, k: usize| b.readers[v as usize] == [k] && !output(v);
+    if (x as usize) < first
+        || output(x)
+        || !b.readers[x as usize]
+            .iter()
+            .all(|&k| b.static_reader[k] == Some(x))
+    {
+        return None;
+    }
+    // walk back to the Mul, noting the clamps to scale
+    let (mut v, mut clamps) = (x, Vec::new());
+    let (at, mul) = loop {
+        let Some(R::N(n)) = b.map[v as usize] else {
+            return None;
+        };
+        if b.out_mults.contains_key(&n) {
+            break (FoldAt::Multipliers(b.out_mults[&n]), n);
+        }
+        let k = (v as usize).checked_sub(first)?;
+        let node = &old.nodes[k];
+        match (&node.op, &b.nodes[n].0.op) {
+            (Op::Clamp { lo, hi }, Op::Clamp { .. }) if *lo <= 0 && *hi >= 0 => clamps.push(n),
+            (Op::Reshape, Op::Reshape)
+            | (Op::Transpose { .. }, Op::Transpose { .. })
+            | (Op::MaxPool2d { .. }, Op::MaxPool2d { .. }) => {}
+            (Op::Mul, Op::Mul) if node.inputs.len() == 2 => {
+                let ins = &b.nodes[n].1;
+                if let Some(i) = (0..2).find(|&i| matches!(ins[i], R::C(_))) {
+                    break (FoldAt::Constant { n, i }, n);
+                }
+                let table = (0..2).find_map(|i| {
+                    let t = node.inputs[i];
+                    let kt = (t as usize).checked_sub(first)?;
+                    let R::N(nt) = b.map[t as usize]? else {
+                        return None;
+                    };
+                    let lookup = matches!(old.nodes[kt].op, Op::Lookup { .. })
+                        && matches!(b.nodes[nt].0.op, Op::Lookup { .. })
+                        && matches!(b.nodes[nt].1.get(1), Some(R::C(_)));
+                    (lookup && only_reader(b, t, k)).then_some(nt)
+                });
+                match table {
+                    Some(nt) => break (FoldAt::Table { n: nt }, n),
+                    None => return None,
+                }
+            }
+            _ => return None,
+        }
+        let y = node.inputs[0];
+        if !only_reader(b, y, k) {
+            return None;
+        }
+        v = y;
+    };
+    let factor = match at {
+        FoldAt::Table { .. } => (factor * 4.0).floor() / 4.0,
+        _ => factor,
+    };
+    if factor < FACTOR_MIN {
+        return None;
+    }
+    let scale = |v: i32| -> i32 {
+        if v == i32::MIN || v == i32::MAX {
+            v
+        } else {
+            round(v as f64 * factor).clamp(i32::MIN as f64, i32::MAX as f64) as i32
+        }
+    };
+    match at {
+        FoldAt::Multipliers(c) => {
+            let orig: Vec<i32> = b.consts[c].data.iter().copied().collect();
+            let mut m: Vec<i32> = orig.iter().map(|&m| scale(m)).collect();
+            if m.iter().any(|v| v.unsigned_abs() >= 1 << MULT_BITS) {
+                // one bit coarser, so the multipliers keep MULT_BITS bits: the Mul's shift is one less
+                let s_m = b.consts[c].scale as i32 - 1;
+                let (acc, out) = (b.nodes[mul].1[0], b.nodes[mul].0.scale as i32);
+                if !legal(b.scale_of(acc) as i32 + s_m - out) || s_m < -128 {
+                    return None;
+                }
+                m = orig
+                    .iter()
+                    .map(|&v| round(v as f64 * factor / 2.0).max(1.0) as i32)
+                    .collect();
+                b.consts[c].scale = s_m as i8;
+            }
+            b.consts[c].data = m.into();
+        }
+        FoldAt::Constant { n, i } => {
+            let R::C(c) = b.nodes[n].1[i] else {
+                return None;
+            };
+            // the copy keeps at least MULT_BITS significant bits (a few more fractional bits if the
+            // constant's values are small), which the Mul's shift absorbs
+            let top = b.consts[c]
+                .data
+                .iter()
+                .fold(0u32, |m, v| m.max(v.unsigned_abs()));
+            if top == 0 {
+                return None;
+            }
+            let extra = (MULT_BITS - (32 - top.leading_zeros() as i32)).max(0);
+            let s_c = b.consts[c].scale as i32 + extra;
+            let other = b.scale_of(b.nodes[n].1[1 - i]) as i32;
+            if !legal(other + s_c - b.nodes[n].0.scale as i32) || s_c > 127 {
+                return None;
+            }
+            let data: Vec<i32> = b.consts[c]
+                .data
+                .iter()
+                .map(|&v| round(libm::ldexp(v as f64 * factor, extra)) as i32)
+                .collect();
+            let shape = b.consts[c].shape.clone();
+            let copy = b.push_const(Const {
+                shape,
+                scale: s_c as i8,
+                data: data.into(),
+            });
+            b.nodes[n].1[i] = copy;
+        }
+        FoldAt::Table { n } => {
+            let R::C(c) = b.nodes[n].1[1] else {
+                return None;
+            };
+            let key = (c, (factor * 4.0) as u32);
+            let copy = match b.tables.get(&key) {
+                Some(&t) => t,
+                None => {
+                    let top = b.consts[c]
+                        .data
+                        .iter()
+                        .fold(0u32, |m, v| m.max(v.unsigned_abs()));
+                    // a table of i16 entries stays one (the fast lookups need it)
+                    let room = if top <= i16::MAX as u32 {
+                        i16::MAX as f64
+                    } else {
+                        i32::MAX as f64
+                    };
+                    if top as f64 * factor > room {
+                        return None;
+                    }
+                    let data: Vec<i32> = b.consts[c].data.iter().map(|&v| scale(v)).collect();
+                    let t = b.consts[c].clone();
+                    b.push_const(Const {
+                        data: data.into(),
+                        ..t
+                    })
+                }
+            };
+            b.tables.insert(key, copy);
+            b.nodes[n].1[1] = copy;
+        }
+    }
+    for n in clamps {
+        if let Op::Clamp { lo, hi } = b.nodes[n].0.op {
+            b.nodes[n].0.op = Op::Clamp {
+                lo: scale(lo),
+                hi: scale(hi),
+            };
+        }
+    }
+    Some(factor)
 }
 
 /// Requantize activation `x` of `EinSum` `node` (operand labels `xl`) per row at run time: a row is
@@ -502,6 +837,7 @@ fn quantize_dynamic(
                 scale: sq,
                 lo: -top,
                 hi: top,
+                factor: 1.0,
                 rows: Some(m),
             };
             b.narrowed.insert(key, out.clone());
@@ -625,7 +961,7 @@ fn narrow_node(
     };
     // the largest real value of the quantized activation (relative to the row's maximum if dynamic)
     let amax_int = (-xq.lo).max(xq.hi) as f64;
-    let amax = amax_int / libm::ldexp(1.0, xq.scale as i32);
+    let amax = amax_int / libm::ldexp(1.0, xq.scale as i32) / xq.factor;
     let bias = Bias {
         given,
         fix: bias_fix(node, &ws, chan, &reduced, xs, xi),
@@ -640,7 +976,8 @@ fn narrow_node(
         let (chans, inner) = channels(&ws, chan);
         let weight_noise = on_slice!(wf.data.view(), |d| weight_noise8(d, chans, inner));
         let act_noise = xq.rows.is_none().then(|| {
-            let step = libm::ldexp(1.0, -act_scale(xs, 8));
+            let f = exact_factor(xs);
+            let step = libm::ldexp(1.0, -act_scale(xs, 8, f)) / f;
             let ms = xs.mean_sq();
             if ms > 0.0 {
                 step * step / 12.0 / ms
@@ -983,7 +1320,8 @@ fn per_channel(
         verity_engine::ir::broadcast_shapes(&bc.shape, &m_index).unwrap_or(bc.shape.clone())
     };
     let bias_plan = bias.given.map(|bc| (bc, plan(bc)));
-    let s8f = libm::ldexp(1.0, s8 as i32);
+    // the activation's unit is `2^−s8 / f`
+    let s8f = libm::ldexp(1.0, s8 as i32) * xq.factor;
     let us = |s: &[u32]| s.iter().map(|&d| d as usize).collect::<Vec<_>>();
     if let Some((bc, bshape)) = &bias_plan {
         let (bs, ms) = (us(bshape), us(&m_index));
@@ -1052,19 +1390,23 @@ fn per_channel(
         Const {
             shape: m_shape,
             scale: s_m as i8,
-            data: mult.into(),
+            data: out_mults(&mult, xq.factor).into(),
         },
         bias_c,
         node.shape.clone(),
         s_acc,
     );
-    Some(b.push_node(
+    let y = b.push_node(
         node.name.clone(),
         Op::Mul,
         vec![acc, mr],
         node.shape.clone(),
         node.scale,
-    ))
+    );
+    if let (R::N(n), R::C(c)) = (y, mr) {
+        b.out_mults.insert(n, c);
+    }
+    Some(y)
 }
 
 /// The last steps of a contraction whose bias could not be folded into its accumulator: `u` (at
@@ -1321,7 +1663,7 @@ fn blocked(
         Const {
             shape: mult_shape(chans, chan, node.shape.len(), &[groups as u32]),
             scale: s_m as i8,
-            data: mult.into(),
+            data: out_mults(&mult, xq.factor).into(),
         },
         None,
         acc_shape.clone(),
@@ -1359,6 +1701,17 @@ fn blocked(
         s_u as i8,
     );
     finish(b, node, u, xq.rows, bias)
+}
+
+/// A contraction's multipliers for an activation multiplied by `factor` (see [`Quantized::factor`]):
+/// each divided by it, at least 1.
+fn out_mults(mult: &[i32], factor: f64) -> Vec<i32> {
+    if factor == 1.0 {
+        return mult.to_vec();
+    }
+    mult.iter()
+        .map(|&m| round(m as f64 / factor).max(1.0) as i32)
+        .collect()
 }
 
 fn need_top(mult: &[i32]) -> f64 {

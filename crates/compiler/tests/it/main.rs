@@ -410,7 +410,9 @@ fn narrow_precisions_keep_saturating_tables_small() {
             "{name}: {}",
             t.len()
         );
-        assert!(t.iter().all(|v| v.abs() <= 1 << 14), "{name}");
+        // entries at most 2^14, times the factor below 2 a narrow activation's exact scale may fold
+        // into the table (spec §5): `i16` values
+        assert!(t.iter().all(|v| v.abs() <= i16::MAX as i32), "{name}");
         assert!(w.len() > entries, "{name}: {}", w.len());
     }
 }
@@ -589,4 +591,103 @@ fn bias_correction_removes_the_weights_systematic_error() {
             );
         }
     }
+}
+
+/// `n` inputs for `model`: real values spread over [0, 1), integers (token ids) in 0…3.
+fn spread(model: &verity_engine::ir::Model, n: usize) -> Vec<Vec<FloatTensor>> {
+    (0..n)
+        .map(|s| {
+            model
+                .inputs
+                .iter()
+                .map(|m| {
+                    let len: usize = m.shape.iter().map(|&d| d as usize).product();
+                    let int = m.kind == verity_engine::ir::InputKind::Int;
+                    let data = (0..len)
+                        .map(|i| {
+                            let v = (i * 37 + s * 7919) % 1009;
+                            if int {
+                                (v % 4) as f64
+                            } else {
+                                v as f64 / 1009.0
+                            }
+                        })
+                        .collect();
+                    FloatTensor {
+                        shape: m.shape.iter().map(|&d| d as usize).collect(),
+                        data,
+                    }
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// Every calibrated 8-bit activation uses (nearly) its whole range on the calibration samples: its
+/// scale is exact (a power of two times a factor folded into what makes it, or a `Mul` by the factor,
+/// spec §5), not only a power of two, which leaves up to half the range unused.
+#[test]
+fn narrow_activations_use_their_whole_range() {
+    use verity_engine::ir::Op;
+    let digits = rows(
+        tensor_from_npy(&read("digits.calibration.npy")).unwrap(),
+        &[1, 64],
+    );
+    let cases = [
+        ("digits.onnx", Some(digits)),
+        ("mlp.onnx", None),
+        ("cnn.onnx", None),
+        ("transformer.onnx", None),
+    ];
+    let (mut scaled, mut folded) = (0, 0);
+    for (name, calibration) in cases {
+        // the fixtures' own inputs, or 16 spread over [0, 1) (token ids: 0…3)
+        let samples = calibration.unwrap_or_else(|| {
+            let wide = compile(&read(name), &CompileOptions::default()).unwrap().0;
+            spread(&wide, 16)
+        });
+        let opts = CompileOptions {
+            calibration: Some(samples.clone()),
+            ..Default::default()
+        };
+        let (model, _) = compile(&read(name), &opts).unwrap();
+        let ni = model.inputs.len();
+        let mut top = vec![0i32; model.nodes.len()];
+        for x in &samples {
+            let q = quantize_inputs(&model, x).unwrap();
+            let (_, trace) = Executor::new(&model, Mode::Reference).run_trace(q).unwrap();
+            for (k, t) in trace.tensors[ni..].iter().enumerate() {
+                top[k] = top[k].max(t.iter().map(|v| v.abs()).max().unwrap_or(0));
+            }
+        }
+        for (k, node) in model.nodes.iter().enumerate() {
+            if node.name.ends_with("/scaled") {
+                scaled += 1;
+            }
+            let Op::Clamp { lo, hi } = node.op else {
+                continue;
+            };
+            if !node.name.ends_with("/q8") || top[k] == 0 {
+                continue;
+            }
+            let full = hi.max(-lo) as f64;
+            let used = top[k] as f64 / full;
+            eprintln!("{name} {}: {used:.3}", node.name);
+            assert!(
+                used >= 0.8,
+                "{name}: {} uses {used:.3} of its range",
+                node.name
+            );
+            let read = node.inputs[0] as usize;
+            if read >= model.first_node_value()
+                && !model.nodes[read - model.first_node_value()]
+                    .name
+                    .ends_with("/scaled")
+            {
+                folded += 1;
+            }
+        }
+    }
+    // both ways of applying the factor occur in the fixtures
+    assert!(scaled > 0 && folded > 0, "{scaled} scaled, {folded} folded");
 }
