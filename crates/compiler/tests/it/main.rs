@@ -527,31 +527,24 @@ fn bias_correction_removes_the_weights_systematic_error() {
         &[1, 64],
     );
     let digits_eval = rows(tensor_from_npy(&read("digits.eval.npy")).unwrap(), &[1, 64]);
-    let uniform = |shape: &[usize], n: usize, seed: usize| -> Vec<Vec<FloatTensor>> {
-        let len: usize = shape.iter().product();
-        (0..n)
-            .map(|s| {
-                let data = (0..len)
-                    .map(|i| ((i * 37 + (s + seed) * 7919) % 1009) as f64 / 1009.0)
-                    .collect();
-                vec![FloatTensor {
-                    shape: shape.to_vec(),
-                    data,
-                }]
-            })
-            .collect()
+    let spread_for = |name: &str, n: usize, seed: usize| {
+        spread(
+            &compile(&read(name), &CompileOptions::default()).unwrap().0,
+            n,
+            seed,
+        )
     };
     let cases = [
         ("digits.onnx", digits_calib, digits_eval),
         (
             "mlp.onnx",
-            uniform(&[1, 784], 32, 0),
-            uniform(&[1, 784], 32, 1000),
+            spread_for("mlp.onnx", 32, 0),
+            spread_for("mlp.onnx", 32, 1000),
         ),
         (
             "cnn.onnx",
-            uniform(&[1, 1, 28, 28], 32, 0),
-            uniform(&[1, 1, 28, 28], 32, 1000),
+            spread_for("cnn.onnx", 32, 0),
+            spread_for("cnn.onnx", 32, 1000),
         ),
     ];
     for (name, calib, eval) in cases {
@@ -593,8 +586,9 @@ fn bias_correction_removes_the_weights_systematic_error() {
     }
 }
 
-/// `n` inputs for `model`: real values spread over [0, 1), integers (token ids) in 0…3.
-fn spread(model: &verity_engine::ir::Model, n: usize) -> Vec<Vec<FloatTensor>> {
+/// `n` inputs for `model` (the `seed`-th on): real values spread over [0, 1), integers (token ids) in
+/// 0…3.
+fn spread(model: &verity_engine::ir::Model, n: usize, seed: usize) -> Vec<Vec<FloatTensor>> {
     (0..n)
         .map(|s| {
             model
@@ -605,7 +599,7 @@ fn spread(model: &verity_engine::ir::Model, n: usize) -> Vec<Vec<FloatTensor>> {
                     let int = m.kind == verity_engine::ir::InputKind::Int;
                     let data = (0..len)
                         .map(|i| {
-                            let v = (i * 37 + s * 7919) % 1009;
+                            let v = (i * 37 + (s + seed) * 7919) % 1009;
                             if int {
                                 (v % 4) as f64
                             } else {
@@ -644,7 +638,7 @@ fn narrow_activations_use_their_whole_range() {
         // the fixtures' own inputs, or 16 spread over [0, 1) (token ids: 0…3)
         let samples = calibration.unwrap_or_else(|| {
             let wide = compile(&read(name), &CompileOptions::default()).unwrap().0;
-            spread(&wide, 16)
+            spread(&wide, 16, 0)
         });
         let opts = CompileOptions {
             calibration: Some(samples.clone()),
