@@ -1717,3 +1717,139 @@ fn out_mults(mult: &[i32], factor: f64) -> Vec<i32> {
 fn need_top(mult: &[i32]) -> f64 {
     mult.iter().fold(0f64, |m, &v| m.max(v as f64))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fgraph::{FData, FInput, FNode, FOp};
+    use crate::quantize::{calibrate, lower};
+    use crate::Precision;
+    use verity_engine::ir::{InputKind, Window};
+    use verity_engine::{Executor, Mode};
+
+    /// A factor folded into a value whose reader then keeps its 32-bit form (here: all-zero weights
+    /// and bias, which have no multiplier) reaches that reader divided back out (`<value>/unscaled`): the reader
+    /// sees the value the 32-bit model computes, to the rounding of the factor's inverse.
+    #[test]
+    fn a_reader_left_at_32_bits_reads_the_value_without_its_factor() {
+        let wave = |k: usize, f: f64| (0..k).map(|i| ((i as f64) * f).sin()).collect::<Vec<f64>>();
+        let window = |k: u32, p: u32| Window {
+            kernel: [k, k],
+            stride: [1, 1],
+            dilation: [1, 1],
+            pads: [p; 4],
+        };
+        let conv = |name: &str, k: u32, p: u32, inputs: Vec<u32>| FNode {
+            name: name.into(),
+            origin: String::new(),
+            op: FOp::Canon(Op::Conv2d {
+                window: window(k, p),
+                groups: 1,
+            }),
+            inputs,
+            shape: vec![1, 4, 6, 6],
+        };
+        let g = FGraph {
+            inputs: vec![FInput {
+                name: "x".into(),
+                shape: vec![1, 4, 6, 6],
+                kind: InputKind::Fixed,
+            }],
+            consts: vec![
+                FConst {
+                    shape: vec![4, 4, 3, 3],
+                    data: FData::F64(wave(144, 0.37)),
+                    int: false,
+                },
+                FConst {
+                    shape: vec![4, 4, 1, 1],
+                    data: FData::F64(vec![0.0; 16]),
+                    int: false,
+                },
+                FConst {
+                    shape: vec![4],
+                    data: FData::F64(vec![0.0; 4]),
+                    int: false,
+                },
+            ],
+            nodes: vec![
+                conv("conv1", 3, 1, vec![0, 1]),
+                FNode {
+                    name: "relu".into(),
+                    origin: String::new(),
+                    op: FOp::Clamp {
+                        lo: 0.0,
+                        hi: f64::INFINITY,
+                    },
+                    inputs: vec![4],
+                    shape: vec![1, 4, 6, 6],
+                },
+                conv("conv2", 1, 0, vec![5, 2, 3]),
+            ],
+            outputs: vec![("y".into(), 6)],
+        };
+        // calibrated so that the ReLU's range is far from a power of two: a factor well above 1
+        let samples: Vec<Vec<Vec<f64>>> = (0..3)
+            .map(|s| vec![wave(144, 0.05 + s as f64).iter().map(|v| 0.7 * v).collect()])
+            .collect();
+        let stats = calibrate(&g, &samples).expect("calibrates");
+        let (wide, float_of) = lower(&g, &stats, 16, Precision::INT8).expect("lowers");
+        let (m, _) = narrow(
+            &g,
+            &stats,
+            &wide,
+            &float_of,
+            &Plan::uniform(Widths::new(8, 8, false)),
+        );
+        m.validate().expect("valid");
+        let relu = m.nodes.iter().position(|n| n.name == "relu").unwrap();
+        let unscaled = m
+            .nodes
+            .iter()
+            .position(|n| n.name == "relu/unscaled")
+            .expect("the 32-bit reader reads the value without its factor");
+        assert_eq!(
+            m.nodes[unscaled].inputs[0],
+            (m.first_node_value() + relu) as u32
+        );
+        let f = exact_factor(&stats[5]);
+        assert!(f > 1.1, "factor {f}");
+        // the first convolution's multipliers carry the factor; the second stays 32-bit
+        assert!(m.nodes.iter().any(|n| n.name == "conv1/acc"));
+        assert!(!m.nodes.iter().any(|n| n.name == "conv2/acc"));
+        let x = verity_engine::io::quantize_inputs(
+            &m,
+            &[verity_engine::io::FloatTensor {
+                shape: vec![1, 4, 6, 6],
+                data: samples[1][0].clone(),
+            }],
+        )
+        .unwrap();
+        let (_, t) = Executor::new(&m, Mode::Reference)
+            .run_trace(x.clone())
+            .unwrap();
+        let xw = verity_engine::io::quantize_inputs(
+            &wide,
+            &[verity_engine::io::FloatTensor {
+                shape: vec![1, 4, 6, 6],
+                data: samples[1][0].clone(),
+            }],
+        )
+        .unwrap();
+        let (_, tw) = Executor::new(&wide, Mode::Reference).run_trace(xw).unwrap();
+        let ni = m.inputs.len();
+        let (got, scaled) = (&t.tensors[ni + unscaled], &t.tensors[ni + relu]);
+        let want = &tw.tensors[ni + wide.nodes.iter().position(|n| n.name == "relu").unwrap()];
+        let top = want.iter().map(|v| v.abs()).max().unwrap() as f64;
+        assert!(top > 1000.0);
+        // the folded value is f times the 32-bit one, the restored one equal to it (8-bit input,
+        // so to a few units at this scale)
+        // the folded value is f times the 32-bit one (to the 8-bit operands' error), and the restored
+        // one is it divided by f (to one unit)
+        for ((g, s), w) in got.iter().zip(scaled).zip(want) {
+            let (g, s, w) = (*g as f64, *s as f64, *w as f64);
+            assert!((s - f * w).abs() <= 0.05 * f * top, "{s} vs {f} × {w}");
+            assert!((g - s / f).abs() <= 1.0, "{g} vs {s} / {f}");
+        }
+    }
+}
