@@ -3,13 +3,14 @@
 //!
 //! Every contraction is first lowered at `int8`, and the lowering reports how much quantization noise
 //! each one's 8-bit weights and 8-bit activation add, relative to their power ([`Narrowed`]: per output
-//! channel `(max/127)²/12` against the weights' mean square; `(2^−s)²/12` against the activation's
+//! channel `(max/127)²/12` against the weights' mean square; `(2^−s/f)²/12` against the activation's
 //! calibrated mean square). Each model is measured against the float graph on the calibration samples
 //! (the report's metric: largest error over the largest magnitude, the worst output). The two kinds of
 //! operand do not hurt alike (an activation's rounding is independent from position to position and later
 //! pooling averages it away; a weight's error is the same everywhere), so the models with every weight,
 //! then every activation, at 12 bits are measured first and each kind's figures are scaled to the share
-//! of the error it removed. The operands are ranked by the scaled figures (a kind whose widening alone
+//! of the error it removed. The operands are ranked by the scaled figures per multiply-accumulate of
+//! their contraction, what widening them costs (a kind whose widening alone
 //! removed nothing, drowned by the other's noise, after the rest by its raw figures); while the error is above the
 //! target, the first 1, 2, 4, … of them get 12 bits; once a count meets it, a bisection between the last
 //! two counts finds the smallest count that does. When none meets it, the model with the smallest error
@@ -92,7 +93,9 @@ fn error(
 }
 
 /// The operands in the order the search widens them: by their share of the error (noise figure ×
-/// their kind's scale `kw` or `ka`), largest first (ties: graph order, weights first); then the
+/// their kind's scale `kw` or `ka`) per multiply-accumulate of their contraction (widening one side
+/// doubles the contraction's 8-bit products: the share bought per unit of time), largest first (ties:
+/// graph order, weights first); then the
 /// operands of a kind whose widening alone removed none of the error (scale 0: the other kind's noise
 /// drowned it, as the activations' do a ViT's weights), by their own noise figures — once the other
 /// kind is widened they are what remains. Operands without noise are left out.
@@ -100,11 +103,13 @@ fn rank(narrowed: &[Narrowed], kw: f64, ka: f64) -> Vec<(usize, Operand)> {
     // (after the others, figure, node, operand)
     let mut ranked: Vec<(bool, f64, usize, Operand)> = Vec::new();
     let scaled = |noise: f64, k: f64| (k == 0.0, if k > 0.0 { noise * k } else { noise });
+    // what widening an operand costs: its contraction's products, about doubled
+    let cost = |n: &Narrowed| n.macs.max(1.0);
     for n in narrowed {
-        let (later, f) = scaled(n.weight_noise, kw);
+        let (later, f) = scaled(n.weight_noise / cost(n), kw);
         ranked.push((later, f, n.node, Operand::Weights));
         if let Some(a) = n.act_noise {
-            let (later, f) = scaled(a, ka);
+            let (later, f) = scaled(a / cost(n), ka);
             ranked.push((later, f, n.node, Operand::Activations));
         }
     }
@@ -267,6 +272,7 @@ mod tests {
             node,
             weight_noise: w,
             act_noise: a,
+            macs: 1.0,
         }
     }
 
@@ -302,5 +308,27 @@ mod tests {
             rank(&ns, 1.0, 0.0),
             vec![(0, W), (2, W), (1, W), (1, A), (0, A), (3, A)]
         );
+    }
+
+    /// A figure counts per multiply-accumulate: a small contraction's operand comes before a larger
+    /// figure in a contraction 10 times its size (its share of the error costs less time to remove).
+    #[test]
+    fn operands_rank_by_their_share_per_multiply_accumulate() {
+        use Operand::{Activations as A, Weights as W};
+        let sized = |node, w, a, macs| Narrowed {
+            macs,
+            ..n(node, w, a)
+        };
+        let ns = [
+            sized(0, 4.0, Some(2.0), 1000.0),
+            sized(1, 1.0, Some(0.5), 100.0),
+        ];
+        assert_eq!(rank(&ns, 1.0, 1.0), vec![(1, W), (1, A), (0, W), (0, A)]);
+        // at equal sizes the larger figures first again
+        let ns = [
+            sized(0, 4.0, Some(2.0), 100.0),
+            sized(1, 1.0, Some(0.5), 100.0),
+        ];
+        assert_eq!(rank(&ns, 1.0, 1.0), vec![(0, W), (0, A), (1, W), (1, A)]);
     }
 }

@@ -319,8 +319,10 @@ pub struct Narrowed {
     /// `Σ_c n_c · (max_c / 127)² / 12 / Σ w²`.
     pub weight_noise: f64,
     /// The activation's at 8 bits at its calibrated scale, relative to its calibrated mean square:
-    /// `(2^−s)² / 12 / mean(x²)`; `None` when it is quantized per row at run time.
+    /// `(2^−s / f)² / 12 / mean(x²)`; `None` when it is quantized per row at run time.
     pub act_noise: Option<f64>,
+    /// Its multiply-accumulates: output elements times the reduction length.
+    pub macs: f64,
 }
 
 /// Elements per block of 4-bit weights along the reduced axis of a matrix product (as in GGUF's 4-bit
@@ -989,6 +991,7 @@ fn narrow_node(
             node: usize::MAX,
             weight_noise,
             act_noise,
+            macs: node.shape.iter().map(|&d| d as f64).product::<f64>() * terms,
         });
     }
     Some(y)
