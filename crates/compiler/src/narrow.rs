@@ -74,8 +74,8 @@ struct Builder<'a> {
     done: Vec<Narrowed>,
     /// Old value id → the indices of the old nodes reading it.
     readers: Vec<Vec<usize>>,
-    /// Whether the old node at each index is a contraction its plan narrows with a calibrated
-    /// (static) activation, read at that input.
+    /// Per old node, its activation input when it is a contraction its plan narrows with a
+    /// calibrated (static) activation ([`static_activation`]).
     static_reader: Vec<Option<ValueId>>,
     /// New node index of a narrowed contraction's output `Mul` → its multipliers' constant.
     out_mults: BTreeMap<usize, usize>,
@@ -131,13 +131,18 @@ impl Builder<'_> {
             scale: 24,
             data: vec![round(libm::ldexp(1.0 / f, 24)) as i32].into(),
         });
-        let name = format!(
-            "{}/unscaled",
-            self.old.nodes[v as usize - self.old.first_node_value()].name
-        );
+        let name = format!("{}/unscaled", self.name_of(v));
         let p = self.push_node(name, Op::Mul, vec![r, inv], shape, scale);
         self.restored.insert(v, p);
         p
+    }
+
+    /// The name of old value `v`: its input's or its node's.
+    fn name_of(&self, v: ValueId) -> &str {
+        match (v as usize).checked_sub(self.old.first_node_value()) {
+            Some(k) => &self.old.nodes[k].name,
+            None => &self.old.inputs[v as usize].name,
+        }
     }
 
     fn push_const(&mut self, c: Const) -> R {
@@ -487,12 +492,9 @@ fn quantize_static(
     if let Some(q) = b.narrowed.get(&(x, abits, Vec::new())) {
         return Some(q.clone());
     }
-    let factor = b
-        .folded
-        .get(&x)
-        .or(b.scaled.get(&x).map(|s| &s.1))
-        .copied()
-        .unwrap_or_else(|| exact_factor(xs));
+    // the factor applied may be rounded down (a table's quarters), never below the same power of two:
+    // the scale is the one of the exact factor
+    let factor = exact_factor(xs);
     let s8 = act_scale(xs, abits, factor) as i8;
     let old = b.old.value(x)?;
     if (old.scale as i32 - s8 as i32).abs() > verity_engine::arith::MAX_SHIFT {
@@ -548,10 +550,7 @@ fn scaled(b: &mut Builder<'_>, x: ValueId, factor: f64) -> (R, f64) {
         scale: FACTOR_BITS as i8,
         data: vec![libm::ldexp(factor, FACTOR_BITS) as i32].into(),
     });
-    let name = match (x as usize).checked_sub(b.old.first_node_value()) {
-        Some(k) => format!("{}/scaled", b.old.nodes[k].name),
-        None => format!("{}/scaled", b.old.inputs[x as usize].name),
-    };
+    let name = format!("{}/scaled", b.name_of(x));
     let r = b.push_node(name, Op::Mul, vec![src, f], shape, scale);
     b.scaled.insert(x, (r, factor));
     (r, factor)
@@ -673,10 +672,7 @@ fn fold(b: &mut Builder<'_>, x: ValueId, factor: f64) -> Option<f64> {
             };
             // the copy keeps at least MULT_BITS significant bits (a few more fractional bits if the
             // constant's values are small), which the Mul's shift absorbs
-            let top = b.consts[c]
-                .data
-                .iter()
-                .fold(0u32, |m, v| m.max(v.unsigned_abs()));
+            let top = top_of(&b.consts[c]);
             if top == 0 {
                 return None;
             }
@@ -707,10 +703,7 @@ fn fold(b: &mut Builder<'_>, x: ValueId, factor: f64) -> Option<f64> {
             let copy = match b.tables.get(&key) {
                 Some(&t) => t,
                 None => {
-                    let top = b.consts[c]
-                        .data
-                        .iter()
-                        .fold(0u32, |m, v| m.max(v.unsigned_abs()));
+                    let top = top_of(&b.consts[c]);
                     // a table of i16 entries stays one (the fast lookups need it)
                     let room = if top <= i16::MAX as u32 {
                         i16::MAX as f64
@@ -741,6 +734,11 @@ fn fold(b: &mut Builder<'_>, x: ValueId, factor: f64) -> Option<f64> {
         }
     }
     Some(factor)
+}
+
+/// The largest magnitude of a constant's values.
+fn top_of(c: &Const) -> u32 {
+    c.data.iter().fold(0u32, |m, v| m.max(v.unsigned_abs()))
 }
 
 /// Requantize activation `x` of `EinSum` `node` (operand labels `xl`) per row at run time: a row is
@@ -1731,8 +1729,9 @@ mod tests {
     use verity_engine::{Executor, Mode};
 
     /// A factor folded into a value whose reader then keeps its 32-bit form (here: all-zero weights
-    /// and bias, which have no multiplier) reaches that reader divided back out (`<value>/unscaled`): the reader
-    /// sees the value the 32-bit model computes, to the rounding of the factor's inverse.
+    /// and bias, which have no multiplier) reaches that reader divided back out
+    /// (`<value>/unscaled`): the reader sees the value the 32-bit model computes, to the rounding of
+    /// the factor's inverse.
     #[test]
     fn a_reader_left_at_32_bits_reads_the_value_without_its_factor() {
         let wave = |k: usize, f: f64| (0..k).map(|i| ((i as f64) * f).sin()).collect::<Vec<f64>>();
@@ -1820,33 +1819,24 @@ mod tests {
         // the first convolution's multipliers carry the factor; the second stays 32-bit
         assert!(m.nodes.iter().any(|n| n.name == "conv1/acc"));
         assert!(!m.nodes.iter().any(|n| n.name == "conv2/acc"));
-        let x = verity_engine::io::quantize_inputs(
-            &m,
-            &[verity_engine::io::FloatTensor {
+        // both models' every value on one calibration sample
+        let trace = |model: &Model| {
+            let x = verity_engine::io::FloatTensor {
                 shape: vec![1, 4, 6, 6],
                 data: samples[1][0].clone(),
-            }],
-        )
-        .unwrap();
-        let (_, t) = Executor::new(&m, Mode::Reference)
-            .run_trace(x.clone())
-            .unwrap();
-        let xw = verity_engine::io::quantize_inputs(
-            &wide,
-            &[verity_engine::io::FloatTensor {
-                shape: vec![1, 4, 6, 6],
-                data: samples[1][0].clone(),
-            }],
-        )
-        .unwrap();
-        let (_, tw) = Executor::new(&wide, Mode::Reference).run_trace(xw).unwrap();
+            };
+            let q = verity_engine::io::quantize_inputs(model, &[x]).unwrap();
+            Executor::new(model, Mode::Reference)
+                .run_trace(q)
+                .unwrap()
+                .1
+        };
+        let (t, tw) = (trace(&m), trace(&wide));
         let ni = m.inputs.len();
         let (got, scaled) = (&t.tensors[ni + unscaled], &t.tensors[ni + relu]);
         let want = &tw.tensors[ni + wide.nodes.iter().position(|n| n.name == "relu").unwrap()];
         let top = want.iter().map(|v| v.abs()).max().unwrap() as f64;
         assert!(top > 1000.0);
-        // the folded value is f times the 32-bit one, the restored one equal to it (8-bit input,
-        // so to a few units at this scale)
         // the folded value is f times the 32-bit one (to the 8-bit operands' error), and the restored
         // one is it divided by f (to one unit)
         for ((g, s), w) in got.iter().zip(scaled).zip(want) {
