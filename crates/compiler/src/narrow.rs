@@ -713,7 +713,15 @@ fn fold(b: &mut Builder<'_>, x: ValueId, factor: f64) -> Option<f64> {
                     if top as f64 * factor > room {
                         return None;
                     }
-                    let data: Vec<i32> = b.consts[c].data.iter().map(|&v| scale(v)).collect();
+                    // a table interpolated between knots stays one: its knots are scaled
+                    let d = &b.consts[c].data;
+                    let data: Vec<i32> = match verity_engine::segments::knots(d) {
+                        Some((g, k)) => {
+                            let k: Vec<i32> = k.iter().map(|&v| scale(v)).collect();
+                            verity_engine::segments::interpolated(&k, g, d.len())
+                        }
+                        None => d.iter().map(|&v| scale(v)).collect(),
+                    };
                     let t = b.consts[c].clone();
                     b.push_const(Const {
                         data: data.into(),

@@ -6,6 +6,7 @@
 use verity_engine::elements::Elements;
 use verity_engine::io::quantize_value;
 use verity_engine::ir::{Const, Input, InputKind, Model, Node, Op, Output};
+use verity_engine::segments::{interpolated, KNOTS};
 
 use crate::fgraph::{FConst, FGraph, FOp, Func};
 use crate::CompileError;
@@ -385,11 +386,7 @@ fn build_table(
     scale_bits: i8,
     entries: f64,
 ) -> Table {
-    let width = (b - a).max(libm::ldexp(1.0, -20));
-    let mut t = (s_in as i32).min(max_index_bits);
-    while t > -20 && width * libm::ldexp(1.0, t) > entries {
-        t -= 1;
-    }
+    let t = index_bits(a, b, s_in, max_index_bits, entries);
     let step = libm::ldexp(1.0, -t);
     let lo = (a * libm::ldexp(1.0, t)).floor() as i32;
     // never more than `entries` + 1 entries, even for a domain too wide for the coarsest index (inputs
@@ -407,6 +404,66 @@ fn build_table(
         scale,
         data,
     }
+}
+
+/// The finest index step `2^-t` (`t ≤ min(s_in, max_index_bits)`) at which a table over `[a, b]` has
+/// at most `entries` intervals.
+fn index_bits(a: f64, b: f64, s_in: i8, max_index_bits: i32, entries: f64) -> i32 {
+    let width = (b - a).max(libm::ldexp(1.0, -20));
+    let mut t = (s_in as i32).min(max_index_bits);
+    while t > -20 && width * libm::ldexp(1.0, t) > entries {
+        t -= 1;
+    }
+    t
+}
+
+/// The table of a saturating function `f` of a narrow model, at entry scale `scale`, interpolated in
+/// integers between at most [`KNOTS`] knots: entry `j·2^g + l` is
+/// `k_j + ⌊((k_{j+1} − k_j)·l + 2^(g−1)) / 2^g⌋`, `k_j` the function's rounded value at knot `j`.
+/// The domain `[a, b]` is first trimmed to where the rounded function still changes (inputs past
+/// either end read its end value, as they would from the whole domain), then indexed at the finest
+/// step of at most [`NARROW_TABLE`] intervals, with the fewest entries per segment (`2^g`) that
+/// keep the knots within [`KNOTS`]. An engine reads such a table from its knots in registers
+/// instead of gathering its entries (the same integers: they are the entries). `None` when the
+/// trimmed table has no more entries than knots would (the exact table is then as small).
+fn knotted_table(
+    f: impl Fn(f64) -> f64,
+    (a, b): (f64, f64),
+    s_in: i8,
+    max_index_bits: i32,
+    scale: i8,
+) -> Option<Table> {
+    let q = |x: f64| clamp_bound(f(x), scale);
+    let t = index_bits(a, b, s_in, max_index_bits, NARROW_TABLE);
+    let step = libm::ldexp(1.0, -t);
+    let (lo, hi) = (
+        (a * libm::ldexp(1.0, t)).floor() as i64,
+        (b * libm::ldexp(1.0, t)).ceil() as i64,
+    );
+    let at = |i: i64| q(i as f64 * step);
+    let (q_lo, q_hi) = (at(lo), at(hi));
+    let first = (lo..=hi).find(|&i| at(i) != q_lo)? - 1;
+    let last = (lo..=hi).rev().find(|&i| at(i) != q_hi)? + 1;
+    let (a, b) = (first as f64 * step, last as f64 * step);
+    let t = index_bits(a, b, s_in, max_index_bits, NARROW_TABLE);
+    let lo = (a * libm::ldexp(1.0, t)).floor() as i64;
+    let n = (b * libm::ldexp(1.0, t)).ceil() as i64 - lo;
+    let most = KNOTS as i64;
+    if n < most {
+        return None;
+    }
+    let g = (1..=15).find(|&g| (n + (1 << g) - 1) >> g < most)?;
+    let segments = (n + (1 << g) - 1) >> g;
+    let step = libm::ldexp(1.0, -t);
+    let knots: Vec<i32> = (0..=segments)
+        .map(|j| q((lo + (j << g)) as f64 * step))
+        .collect();
+    Some(Table {
+        shift: s_in as i32 - t,
+        lo: i32::try_from(lo).ok()?,
+        scale,
+        data: interpolated(&knots, g, ((segments as usize) << g) + 1),
+    })
 }
 
 /// Quantize the float graph with the calibrated statistics, at the given precision (`auto` lowers
@@ -693,7 +750,10 @@ fn lower_node(
                 (MAX_TABLE, None)
             };
             let floor_f = |x: f64| f.eval(x.max(floor));
-            let t = build_table(floor_f, a, b, s_in, 16, out_scale, scale_bits, entries);
+            let knotted = out_scale.and_then(|s| knotted_table(floor_f, (a, b), s_in, 16, s));
+            let t = knotted.unwrap_or_else(|| {
+                build_table(floor_f, a, b, s_in, 16, out_scale, scale_bits, entries)
+            });
             (
                 Op::Lookup {
                     shift: t.shift,

@@ -16,6 +16,7 @@
 
 use crate::arith::Shift;
 use crate::ir::{Model, Node, Op, ValueId};
+use crate::segments::Segments;
 
 /// Elements per block: every step runs over one block before the next block is touched.
 const BLOCK: usize = 4096;
@@ -50,6 +51,8 @@ enum Step {
         shift: Shift,
         lo: i64,
         table: ValueId,
+        /// The table's knots when it is a constant interpolated between them ([`Segments::of`]).
+        segments: Option<Box<Segments>>,
     },
     /// A `Lookup` of the chain's value followed by the `Mul` of that value by the looked-up one (the
     /// value's two readers, as in `x · sigmoid(x)`): `mul(x · table[clamp(shift(x) − lo, 0, len − 1)])`.
@@ -61,6 +64,8 @@ enum Step {
         /// The largest magnitude of the table's entries when it is a constant (which
         /// [`lookup_mul_run`]'s 32-bit products need).
         top: Option<u32>,
+        /// The table's knots when it is a constant interpolated between them ([`Segments::of`]).
+        segments: Option<Box<Segments>>,
     },
     /// The `Add` of a constant to the chain's value, a `Clamp` of that sum and the `Mul` of the value
     /// by the clamped sum (the value's two readers, as in a hard swish `x · clamp(x + 3, 0, 6)`):
@@ -385,6 +390,7 @@ fn step_of(m: &Model, node: &Node, v: ValueId, head: usize) -> Option<Step> {
                 shift: Shift::new(*shift)?,
                 lo: *lo as i64,
                 table,
+                segments: segments_of(m, table),
             })
         }
         Op::Add | Op::Sub | Op::Max | Op::Min | Op::Mul if shape_v == node.shape.as_slice() => {
@@ -516,7 +522,14 @@ fn lookup_mul(m: &Model, l: usize, j: usize, v: ValueId, head: usize) -> Option<
         table,
         mul: Shift::new(k)?,
         top,
+        segments: segments_of(m, table),
     })
+}
+
+/// The knots of `table` if it is a constant interpolated between them.
+fn segments_of(m: &Model, table: ValueId) -> Option<Box<Segments>> {
+    let c = m.const_of(table)?;
+    Segments::of(&c.data.transient()).map(Box::new)
 }
 
 /// The `(inner, period)` indexing of an operand of shape `w` broadcast to `out`, if its non-broadcast
@@ -1190,8 +1203,13 @@ fn step(x: &mut [i32], start: usize, st: &Step, other: &[i32]) -> bool {
             }
             fits(l, h)
         }
-        Step::Lookup { shift, lo, .. } => {
-            lookup(x, shift, lo, other);
+        Step::Lookup {
+            shift,
+            lo,
+            ref segments,
+            ..
+        } => {
+            lookup(x, shift, lo, (other, segments.as_deref()));
             true
         }
         Step::LookupMul {
@@ -1199,10 +1217,15 @@ fn step(x: &mut [i32], start: usize, st: &Step, other: &[i32]) -> bool {
             lo,
             mul,
             top,
+            ref segments,
             ..
-        } if lookup_mul_fast(shift, lo, other, mul) => {
-            lookup_mul_run(x, shift.right, lo as i32, (other, top), mul)
-        }
+        } if lookup_mul_fast(shift, lo, other, mul) => lookup_mul_run(
+            x,
+            shift.right,
+            lo as i32,
+            (other, top, segments.as_deref()),
+            mul,
+        ),
         Step::LookupMul { shift, lo, mul, .. } => {
             // the looked-up values of a part of the block, then their products with the part
             const PART: usize = 256;
@@ -1211,7 +1234,7 @@ fn step(x: &mut [i32], start: usize, st: &Step, other: &[i32]) -> bool {
             for part in x.chunks_mut(PART) {
                 let t = &mut t[..part.len()];
                 t.copy_from_slice(part);
-                lookup(t, shift, lo, other);
+                lookup(t, shift, lo, (other, None));
                 for (v, &w) in part.iter_mut().zip(t.iter()) {
                     let r = mul.apply(*v as i64 * w as i64);
                     l = l.min(r);
@@ -1393,15 +1416,20 @@ fn lookup_mul_run(
     x: &mut [i32],
     k: u32,
     lo: i32,
-    (table, top): (&[i32], Option<u32>),
+    (table, top, segments): (&[i32], Option<u32>, Option<&Segments>),
     mul: Shift,
 ) -> bool {
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: `lookup_mul_fast` checked that the CPU has AVX-512 F, or else AVX2; every gathered index
-    // lies in `0..table.len()` (clamped to `lo..=hi`, then `lo` subtracted, all in `i32`)
+    // SAFETY: `lookup_mul_fast` checked that the CPU has AVX-512 F and BW, or else AVX2; every
+    // gathered index lies in `0..table.len()` (clamped to `lo..=hi`, then `lo` subtracted, all in
+    // `i32`), and `segments` are `table`'s
     unsafe {
         if crate::simd::Isa::detect() == crate::simd::Isa::Avx512 {
-            let (l, h) = lookup_mul_avx512(x, k, lo, table, mul);
+            if let Some(sp) = top.and_then(|t| Split32::new(x, t, mul)) {
+                lookup_mul_split512(x, k, lo, (table, segments), sp);
+                return true;
+            }
+            let (l, h) = lookup_mul_avx512(x, k, lo, (table, segments), mul);
             fits(l, h)
         } else {
             lookup_mul_avx2(x, k, lo, (table, top), mul)
@@ -1409,21 +1437,22 @@ fn lookup_mul_run(
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = (x, k, lo, table, top, mul);
+        let _ = (x, k, lo, table, top, segments, mul);
         unreachable!("lookup_mul_fast is false off x86-64")
     }
 }
 
 /// [`lookup_mul_run`] 16 lanes at a time: the index by the rounding shift of [`crate::arith::rshift32`],
-/// one gather, then the even and odd lanes' 64-bit products (the odd ones moved down by a shuffle)
-/// shifted and their low words joined back, the results' extremes kept in 64-bit lanes.
+/// the entries by one gather (or from the table's knots, [`crate::segments::SegmentLanes`]), then
+/// the even and odd lanes' 64-bit products (the odd ones moved down by a shuffle) shifted and their
+/// low words joined back, the results' extremes kept in 64-bit lanes.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
+#[target_feature(enable = "avx512f,avx512bw")]
 unsafe fn lookup_mul_avx512(
     x: &mut [i32],
     k: u32,
     lo: i32,
-    table: &[i32],
+    (table, segments): (&[i32], Option<&Segments>),
     mul: Shift,
 ) -> (i64, i64) {
     use std::arch::x86_64::*;
@@ -1437,9 +1466,10 @@ unsafe fn lookup_mul_avx512(
     let (mut mn, mut mx) = (_mm512_setzero_si512(), _mm512_setzero_si512());
     // (a macro, not a closure: a closure would not inherit this function's target features)
     macro_rules! sixteen {
-        ($v:expr) => {{
+        ($v:expr, $i:ident => $entries:expr) => {{
             let v = $v;
-            let t = _mm512_i32gather_epi32::<4>(index.of(v), table.as_ptr().cast());
+            let $i = index.of(v);
+            let t = $entries;
             let even = _mm512_add_epi64(_mm512_mul_epi32(v, t), half);
             let odd = _mm512_mul_epi32(
                 _mm512_shuffle_epi32::<0xF5>(v),
@@ -1452,9 +1482,72 @@ unsafe fn lookup_mul_avx512(
             _mm512_permutex2var_epi32(e, pick, o)
         }};
     }
-    // (the gather's indices lie in the table, those of a last part's masked-off lanes too)
-    sixteen_lanes!(x, |v| sixteen!(v));
+    // (the positions lie in the table, those of a last part's masked-off lanes too)
+    match segments {
+        Some(s) => {
+            // SAFETY: the CPU has AVX-512 F and BW (this function's features)
+            let lanes = unsafe { crate::segments::SegmentLanes::new(s) };
+            sixteen_lanes!(x, |v| sixteen!(v, i => lanes.at(i)))
+        }
+        None => sixteen_lanes!(x, |v| sixteen!(v, i => _mm512_i32gather_epi32::<4>(
+            i,
+            table.as_ptr().cast()
+        ))),
+    }
     (_mm512_reduce_min_epi64(mn), _mm512_reduce_max_epi64(mx))
+}
+
+/// [`lookup_mul_avx512`] by [`Split32`] (a run whose bound keeps every partial result inside `i32`,
+/// so every result fits): two 32-bit products (`vpmulld`) and shifts instead of the even and odd
+/// lanes' 64-bit ones, no extremes kept.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn lookup_mul_split512(
+    x: &mut [i32],
+    k: u32,
+    lo: i32,
+    (table, segments): (&[i32], Option<&Segments>),
+    sp: Split32,
+) {
+    use std::arch::x86_64::*;
+    // SAFETY: the CPU has AVX-512 F (this function's features)
+    let index = unsafe { crate::kernels::TableIndex::new(k, lo, lo + (table.len() - 1) as i32) };
+    let (s, rest) = (
+        _mm_cvtsi32_si128(sp.s as i32),
+        _mm_cvtsi32_si128(sp.rest as i32),
+    );
+    let low = _mm512_set1_epi32(((1u32 << sp.s) - 1) as i32);
+    let half = _mm512_set1_epi32(sp.half);
+    // (a macro, not a closure: a closure would not inherit this function's target features)
+    macro_rules! sixteen {
+        ($v:expr, $i:ident => $entries:expr) => {{
+            let v = $v;
+            let $i = index.of(v);
+            let t = $entries;
+            let hi = _mm512_mullo_epi32(_mm512_sra_epi32(v, s), t);
+            let lo = _mm512_mullo_epi32(_mm512_and_si512(v, low), t);
+            if sp.rest == 0 {
+                // r ≤ 15: xh·t + ((xl·t + 2^(r−1)) >> r)
+                _mm512_add_epi32(hi, _mm512_sra_epi32(_mm512_add_epi32(lo, half), s))
+            } else {
+                // r > 15: (xh·t + (xl·t >> 15) + 2^(r−16)) >> (r − 15)
+                let sum = _mm512_add_epi32(_mm512_add_epi32(hi, _mm512_sra_epi32(lo, s)), half);
+                _mm512_sra_epi32(sum, rest)
+            }
+        }};
+    }
+    // (the positions lie in the table, those of a last part's masked-off lanes too)
+    match segments {
+        Some(sg) => {
+            // SAFETY: the CPU has AVX-512 F and BW (this function's features)
+            let lanes = unsafe { crate::segments::SegmentLanes::new(sg) };
+            sixteen_lanes!(x, |v| sixteen!(v, i => lanes.at(i)))
+        }
+        None => sixteen_lanes!(x, |v| sixteen!(v, i => _mm512_i32gather_epi32::<4>(
+            i,
+            table.as_ptr().cast()
+        ))),
+    }
 }
 
 /// [`lookup_mul_run`] 8 lanes at a time on AVX2: the index and gather of
@@ -1614,10 +1707,16 @@ unsafe fn lookup_mul_split(
     }
 }
 
-/// `x[j] = table[clamp(shift(x[j]) − lo, 0, len − 1)]` (`table` not empty).
+/// `x[j] = table[clamp(shift(x[j]) − lo, 0, len − 1)]` (`table` not empty; `segments` its knots, if
+/// it has them).
 #[inline(always)]
-fn lookup(x: &mut [i32], shift: Shift, lo: i64, table: &[i32]) {
+fn lookup(x: &mut [i32], shift: Shift, lo: i64, (table, segments): (&[i32], Option<&Segments>)) {
     if shift.left == 0 && shift.right <= 31 {
+        if let Some(s) = segments {
+            if crate::kernels::lookup_segments(x, (table, s), shift.right, lo) {
+                return;
+            }
+        }
         // the index's rounding shift in i32 lanes, as the unfused `Lookup` takes it
         crate::kernels::lookup_in_place(x, table, shift.right, lo);
         return;
@@ -2115,14 +2214,29 @@ mod tests {
             r ^= r << 17;
             r
         };
-        let mut split = 0;
+        let (mut split, mut knotted) = (0, 0);
         for case in 0..3000 {
             let len = 1 + (next() % 70) as usize;
             let bits = [8, 14, 15, 16][(next() % 4) as usize];
             let n = 1 + (next() % 300) as usize;
-            let table: Vec<i32> = (0..n)
-                .map(|_| (next() % (1 << bits)) as i32 - (1 << (bits - 1)))
-                .collect();
+            let mut entry = || (next() % (1 << bits)) as i32 - (1 << (bits - 1));
+            // every third table interpolated between knots (read from them where they fit i16)
+            let table: Vec<i32> = if case % 3 == 0 {
+                let (k, g) = (2 + n % 63, 1 + (case / 3) % 6);
+                let knots: Vec<i32> = (0..k).map(|_| entry()).collect();
+                let mut t: Vec<i32> = knots
+                    .windows(2)
+                    .flat_map(|w| {
+                        (0..1 << g).map(move |l| w[0] + (((w[1] - w[0]) * l + (1 << (g - 1))) >> g))
+                    })
+                    .collect();
+                t.push(knots[k - 1]);
+                t
+            } else {
+                (0..n).map(|_| entry()).collect()
+            };
+            let segments = Segments::of(&table);
+            knotted += segments.is_some() as usize;
             let top = table.iter().map(|v| v.unsigned_abs()).max();
             let (k, lo) = ((next() % 12) as u32, (next() % 200) as i32 - 100);
             let mul = Shift::new((next() % 51) as i32).expect("a right shift");
@@ -2144,7 +2258,7 @@ mod tests {
                 assert!(fits, "case {case}: the split took a run that leaves i32");
             }
             let mut got = x.clone();
-            let ok = lookup_mul_run(&mut got, k, lo, (&table, top), mul);
+            let ok = lookup_mul_run(&mut got, k, lo, (&table, top, segments.as_ref()), mul);
             assert_eq!(ok, fits, "case {case}");
             if fits {
                 let got: Vec<i64> = got.iter().map(|&v| v as i64).collect();
@@ -2155,6 +2269,7 @@ mod tests {
             }
         }
         assert!(split > 600, "only {split} runs took the split");
+        assert!(knotted > 500, "only {knotted} tables had knots");
         // runs at the edge of i32: one entry ±(2^15 − 1), elements whose high part times it is just
         // below or past 2^31, with low parts that push the sum over
         for r in 0..=20 {
@@ -2169,7 +2284,7 @@ mod tests {
                         let x = vec![v as i32; 9];
                         let want = mul.apply(v * t as i64);
                         let mut got = x.clone();
-                        let ok = lookup_mul_run(&mut got, 0, 0, (&table, Some(32767)), mul);
+                        let ok = lookup_mul_run(&mut got, 0, 0, (&table, Some(32767), None), mul);
                         assert_eq!(ok, i32::try_from(want).is_ok(), "r {r}, t {t}, x {v}");
                         if ok {
                             assert!(got.iter().all(|&g| g as i64 == want), "r {r}, t {t}, x {v}");
@@ -2211,8 +2326,80 @@ mod tests {
             .collect()
     }
 
+    /// A table of `65` entries interpolated between 9 knots of a sigmoid (entries up to `top`) every
+    /// 8 entries, as a compiler builds the tables of saturating functions: a table with
+    /// [`Segments`].
+    fn knotted_table(top: f64) -> Vec<i32> {
+        let knots: Vec<i32> = (0..9)
+            .map(|j| (top / (1.0 + (-(j as f64 - 4.0)).exp())).round() as i32)
+            .collect();
+        let mut t: Vec<i32> = knots
+            .windows(2)
+            .flat_map(|w| (0..8).map(move |l| w[0] + (((w[1] - w[0]) * l + 4) >> 3)))
+            .collect();
+        t.push(knots[8]);
+        t
+    }
+
+    /// A `Lookup` alone in a chain reads the same entries from a table's knots as by a gather.
+    #[test]
+    fn a_lookup_reads_a_knotted_table_as_its_entries() {
+        let table = knotted_table(8192.0);
+        let n = 4099u32;
+        let node = |name: &str, op: Op, inputs: Vec<ValueId>, scale: i8| Node {
+            name: name.into(),
+            op,
+            inputs,
+            shape: vec![n],
+            scale,
+        };
+        let m = Model {
+            inputs: vec![Input {
+                name: "x".into(),
+                shape: vec![n],
+                scale: 4,
+                kind: InputKind::Fixed,
+            }],
+            consts: vec![Const {
+                shape: vec![table.len() as u32],
+                scale: 13,
+                data: table.clone().into(),
+            }],
+            nodes: vec![
+                node("acc", Op::Rescale, vec![0], 3),
+                node("sigmoid", Op::Lookup { shift: 5, lo: -40 }, vec![2, 1], 13),
+                node("q", Op::Clamp { lo: 100, hi: 8000 }, vec![3], 13),
+            ],
+            outputs: vec![Output {
+                name: "y".into(),
+                value: 4,
+            }],
+        };
+        m.validate().expect("valid");
+        let c = head_chain(&m);
+        let Step::Lookup { segments, .. } = &c.steps[0].step else {
+            panic!("{c:?}")
+        };
+        assert!(segments.is_some(), "the table's knots are found");
+        // positions before, across and past the table
+        let x = draws(0x9e37_79b9_7f4a_7c15, n as usize, |r| {
+            ((r >> 48) as i32 - (1 << 15)) >> (r % 4)
+        });
+        let want = run_on(&m, &x, crate::exec::Mode::Reference).expect("runs");
+        let distinct: std::collections::BTreeSet<i32> = want[0].iter().copied().collect();
+        assert!(distinct.len() > 50, "{} distinct results", distinct.len());
+        use crate::simd::Isa;
+        for isa in [Isa::Avx512, Isa::Avx2, Isa::Base] {
+            Isa::cap(isa);
+            let got = run_on(&m, &x, crate::exec::Mode::Fast { threads: 1 });
+            Isa::cap(Isa::Avx512);
+            assert_eq!(got.expect("runs"), want, "{isa:?}");
+        }
+    }
+
     #[test]
     fn a_lookup_times_its_own_input_is_one_step_of_the_chain() {
+        let knotted = knotted_table(1000.0);
         let table: Vec<i32> = (0..64).map(|i| (i * i * 37) % 1000 - 300).collect();
         // (a length past whole vector registers: the last elements go one by one)
         let n = 6003u32;
@@ -2224,9 +2411,17 @@ mod tests {
             scale,
         };
         // the table as it is (its largest entries positive) and negated, whose products leave i32
-        // on the other side
-        for (table_first, sign) in [(false, 1), (true, 1), (false, -1)] {
-            let table: Vec<i32> = table.iter().map(|&t| sign * t).collect();
+        // on the other side; a table interpolated between knots (read from them, not gathered)
+        for (table_first, sign, knots) in [
+            (false, 1, false),
+            (true, 1, false),
+            (false, -1, false),
+            (false, 1, true),
+        ] {
+            let table: Vec<i32> = match knots {
+                true => knotted.clone(),
+                false => table.iter().map(|&t| sign * t).collect(),
+            };
             let mul_inputs = if table_first { vec![3, 2] } else { vec![2, 3] };
             let m = Model {
                 inputs: vec![Input {
@@ -2236,7 +2431,7 @@ mod tests {
                     kind: InputKind::Fixed,
                 }],
                 consts: vec![Const {
-                    shape: vec![64],
+                    shape: vec![table.len() as u32],
                     scale: 5,
                     data: table.clone().into(),
                 }],
@@ -2262,7 +2457,10 @@ mod tests {
             m.validate().expect("valid");
             let c = head_chain(&m);
             assert_eq!(c.nodes, vec![1, 2, 3]);
-            assert!(matches!(c.steps[0].step, Step::LookupMul { .. }), "{c:?}");
+            let Step::LookupMul { segments, .. } = &c.steps[0].step else {
+                panic!("{c:?}")
+            };
+            assert_eq!(segments.is_some(), knots, "{c:?}");
             let run = |x: &[i32], mode| run_on(&m, x, mode);
             let x = draws(0x2545_f491_4f6c_dd1d, n as usize, |r| {
                 ((r >> 40) as i32 - (1 << 23)) >> (r % 16)

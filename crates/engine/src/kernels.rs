@@ -2139,6 +2139,58 @@ unsafe fn lookup_gather_avx2(x: &mut [i32], table: &[i32], k: u32, lo: i32, hi: 
     lookup_run(chunks.into_remainder(), table, k, lo as i64);
 }
 
+/// [`lookup_in_place`] with the entries computed from the table's knots, on AVX-512 (when the
+/// positions' range `lo..=lo + len − 1` lies in `i32`); `false` (nothing done) elsewhere.
+pub(crate) fn lookup_segments(
+    x: &mut [i32],
+    (table, segments): (&[i32], &crate::segments::Segments),
+    k: u32,
+    lo: i64,
+) -> bool {
+    let hi = lo + table.len() as i64 - 1;
+    #[cfg(target_arch = "x86_64")]
+    if crate::simd::Isa::detect() == crate::simd::Isa::Avx512
+        && i32::try_from(lo).is_ok()
+        && i32::try_from(hi).is_ok()
+    {
+        // SAFETY: the CPU has AVX-512 F and BW (checked above); every position lies in
+        // 0..table.len() (clamped to lo..=hi, then lo subtracted, all in i32), the segments' range
+        unsafe { lookup_knots(x, (table, segments), k, lo as i32, hi as i32) };
+        return true;
+    }
+    let _ = (x, table, segments, k, hi);
+    false
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn lookup_knots(
+    x: &mut [i32],
+    (table, segments): (&[i32], &crate::segments::Segments),
+    k: u32,
+    lo: i32,
+    hi: i32,
+) {
+    use std::arch::x86_64::*;
+    // SAFETY: the CPU has AVX-512 F and BW (this function's features)
+    let (index, lanes) = unsafe {
+        (
+            TableIndex::new(k, lo, hi),
+            crate::segments::SegmentLanes::new(segments),
+        )
+    };
+    let mut chunks = x.chunks_exact_mut(16);
+    for c in &mut chunks {
+        // SAFETY: as above; the chunk holds 16 elements
+        unsafe {
+            let v = _mm512_loadu_si512(c.as_ptr().cast());
+            let t = lanes.at(index.of(v));
+            _mm512_storeu_si512(c.as_mut_ptr().cast(), t);
+        }
+    }
+    lookup_run(chunks.into_remainder(), table, k, lo as i64);
+}
+
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn lookup_gather(x: &mut [i32], table: &[i32], k: u32, lo: i32, hi: i32) {
@@ -2158,15 +2210,26 @@ unsafe fn lookup_gather(x: &mut [i32], table: &[i32], k: u32, lo: i32, hi: i32) 
 
 /// The table positions `clamp(rshift(v, k), lo, hi) − lo` of 16 `i32` lanes (`k ≤ 31`, the rounding
 /// shift taken in `i32` lanes as [`rshift32`] takes it), from registers set once.
+///
+/// The rounding shift `(v + h) >> k` (`h = 2^(k−1)`, or `0` for `k = 0`) is monotone, so clamping
+/// its result to `lo..=hi` is clamping `v` to the inputs that reach those ends,
+/// `lo·2^k − h ..= hi·2^k + 2^k − 1 − h`; and `lo` is a multiple of `2^k` there, so the position is
+/// `(clamp(v) + h − lo·2^k) >> k`: four instructions, when those bounds and the largest sum lie in
+/// `i32`. Otherwise the shift's rounding bit is added and the result clamped (seven).
 #[cfg(target_arch = "x86_64")]
 #[derive(Clone, Copy)]
 pub(crate) struct TableIndex {
     k: u32,
+    /// Whether the input is clamped (the four-instruction form).
+    inputs: bool,
     right: std::arch::x86_64::__m128i,
     bit: std::arch::x86_64::__m128i,
     one: std::arch::x86_64::__m512i,
+    /// The clamp's bounds (on the input or on its shift).
     lo: std::arch::x86_64::__m512i,
     hi: std::arch::x86_64::__m512i,
+    /// What is added before the shift (`h − lo·2^k`), or subtracted after it (`lo`).
+    offset: std::arch::x86_64::__m512i,
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -2176,14 +2239,28 @@ impl TableIndex {
     #[inline(always)]
     pub(crate) unsafe fn new(k: u32, lo: i32, hi: i32) -> TableIndex {
         use std::arch::x86_64::*;
+        let h = if k == 0 { 0 } else { 1i64 << (k - 1) };
+        let (l, u) = (
+            ((lo as i64) << k) - h,
+            ((hi as i64) << k) + (1i64 << k) - 1 - h,
+        );
+        let offset = h - ((lo as i64) << k);
+        let fits = |v: i64| i32::try_from(v).is_ok();
+        let inputs = fits(l) && fits(u) && fits(offset) && fits(u + offset);
+        let (b_lo, b_hi, off) = match inputs {
+            true => (l as i32, u as i32, offset as i32),
+            false => (lo, hi, lo),
+        };
         unsafe {
             TableIndex {
                 k,
+                inputs,
                 right: _mm_cvtsi32_si128(k as i32),
                 bit: _mm_cvtsi32_si128(k.max(1) as i32 - 1),
                 one: _mm512_set1_epi32(1),
-                lo: _mm512_set1_epi32(lo),
-                hi: _mm512_set1_epi32(hi),
+                lo: _mm512_set1_epi32(b_lo),
+                hi: _mm512_set1_epi32(b_hi),
+                offset: _mm512_set1_epi32(off),
             }
         }
     }
@@ -2194,6 +2271,10 @@ impl TableIndex {
     pub(crate) unsafe fn of(&self, v: std::arch::x86_64::__m512i) -> std::arch::x86_64::__m512i {
         use std::arch::x86_64::*;
         unsafe {
+            if self.inputs {
+                let c = _mm512_min_epi32(_mm512_max_epi32(v, self.lo), self.hi);
+                return _mm512_sra_epi32(_mm512_add_epi32(c, self.offset), self.right);
+            }
             let s = if self.k == 0 {
                 v
             } else {
@@ -2202,7 +2283,7 @@ impl TableIndex {
             };
             _mm512_sub_epi32(
                 _mm512_min_epi32(_mm512_max_epi32(s, self.lo), self.hi),
-                self.lo,
+                self.offset,
             )
         }
     }
@@ -4976,6 +5057,57 @@ pub(crate) mod tests {
             v ^= v << 17;
             v
         }
+    }
+
+    /// The vector table positions ([`TableIndex`], both its forms) equal the definition
+    /// `clamp(rshift32(v, k) − lo, 0, hi − lo)` for every shift, tables anywhere in `i32` (so that the
+    /// clamped-input form's bounds leave `i32` for some) and inputs at and near `i32`'s ends.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn table_positions_equal_the_definition() {
+        if crate::simd::Isa::detect() != crate::simd::Isa::Avx512 {
+            return;
+        }
+        #[target_feature(enable = "avx512f")]
+        unsafe fn positions(v: &[i32; 16], k: u32, lo: i32, hi: i32) -> [i32; 16] {
+            use std::arch::x86_64::*;
+            let mut out = [0i32; 16];
+            // SAFETY: the CPU has AVX-512 F (this function's feature)
+            unsafe {
+                let index = TableIndex::new(k, lo, hi);
+                let p = index.of(_mm512_loadu_si512(v.as_ptr().cast()));
+                _mm512_storeu_si512(out.as_mut_ptr().cast(), p);
+            }
+            out
+        }
+        let mut next = xorshift(0x9e37_79b9_7f4a_7c15);
+        let mut clamped = [0usize; 2];
+        for case in 0..20_000 {
+            let k = (next() % 32) as u32;
+            let lo = match case % 3 {
+                0 => (next() % 20_000) as i32 - 10_000,
+                1 => next() as i32 >> (next() % 32),
+                _ => [i32::MIN, i32::MAX - 40_000, -1 << 20][(next() % 3) as usize],
+            };
+            let len = 1 + (next() % 30_000) as i64;
+            let hi = (lo as i64 + len - 1).min(i32::MAX as i64) as i32;
+            let v: [i32; 16] = std::array::from_fn(|j| match j {
+                0 => i32::MIN,
+                1 => i32::MAX,
+                2 => i32::MAX - 1,
+                3 => i32::MIN + 1,
+                _ => (next() as i32) >> (next() % 32),
+            });
+            // SAFETY: the CPU has AVX-512 F (checked above)
+            let got = unsafe { positions(&v, k, lo, hi) };
+            for (j, &x) in v.iter().enumerate() {
+                let want = (rshift32(x, k) as i64 - lo as i64).clamp(0, hi as i64 - lo as i64);
+                assert_eq!(got[j] as i64, want, "k {k}, lo {lo}, hi {hi}, v {x}");
+            }
+            // SAFETY: as above
+            clamped[unsafe { TableIndex::new(k, lo, hi) }.inputs as usize] += 1;
+        }
+        assert!(clamped.iter().all(|&n| n > 1000), "{clamped:?}");
     }
 
     /// The `i32`-lane requantization (whole, by rows, in place) equals the `i64` loop on every sum and

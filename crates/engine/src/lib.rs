@@ -20,6 +20,7 @@ mod kernels;
 pub mod onestep;
 mod par;
 pub mod qgemm;
+pub mod segments;
 pub mod simd;
 mod taps;
 pub mod vty;
