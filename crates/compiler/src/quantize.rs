@@ -3,6 +3,8 @@
 //! ranges come from the `f64` evaluator, exponents are found with exact power-of-two arithmetic, and
 //! tables are filled with `libm`.
 
+use std::collections::BTreeMap;
+
 use verity_engine::elements::Elements;
 use verity_engine::io::quantize_value;
 use verity_engine::ir::{Const, Input, InputKind, Model, Node, Op, Output};
@@ -419,7 +421,7 @@ fn index_bits(a: f64, b: f64, s_in: i8, max_index_bits: i32, entries: f64) -> i3
 
 /// The table of a saturating function `f` of a narrow model, at entry scale `scale`, interpolated in
 /// integers between at most [`KNOTS`] knots: entry `j·2^g + l` is
-/// `k_j + ⌊((k_{j+1} − k_j)·l + 2^(g−1)) / 2^g⌋`, `k_j` the function's rounded value at knot `j`.
+/// `k_j + ⌊((k_{j+1} − k_j)·l + 2^(g−1)) / 2^g⌋` ([`fitted_knots`] chooses the `k_j`).
 /// The domain `[a, b]` is first trimmed to where the rounded function still changes (inputs past
 /// either end read its end value, as they would from the whole domain), then indexed at the finest
 /// step of at most [`NARROW_TABLE`] intervals, with the fewest entries per segment (`2^g`) that
@@ -452,18 +454,73 @@ fn knotted_table(
     if n < most {
         return None;
     }
-    let g = (1..=15).find(|&g| (n + (1 << g) - 1) >> g < most)?;
+    let g = (1..=14).find(|&g| (n + (1 << g) - 1) >> g < most)?;
     let segments = (n + (1 << g) - 1) >> g;
     let step = libm::ldexp(1.0, -t);
-    let knots: Vec<i32> = (0..=segments)
-        .map(|j| q((lo + (j << g)) as f64 * step))
+    let y: Vec<f64> = (0..=segments << g)
+        .map(|i| f((lo + i) as f64 * step) * libm::ldexp(1.0, scale as i32))
         .collect();
+    let ends = (q(lo as f64 * step), q((lo + (segments << g)) as f64 * step));
+    let knots = fitted_knots(&y, g, ends);
     Some(Table {
         shift: s_in as i32 - t,
         lo: i32::try_from(lo).ok()?,
         scale,
         data: interpolated(&knots, g, ((segments as usize) << g) + 1),
     })
+}
+
+/// The knots `k_0 ..= k_S` (`S = (y.len() − 1) / 2^g`) whose linear interpolation, `k_j·(1 − u) +
+/// k_{j+1}·u` at point `j·2^g + l` (`u = l / 2^g`), is nearest the values `y` in the least-squares
+/// sense, the end knots pinned to `ends` (the function's rounded values there, which inputs past the
+/// table read), each rounded to an integer. The normal equations are tridiagonal (each point weighs
+/// on its segment's two knots), solved by elimination in `f64` (deterministic: no library functions).
+/// Unlike the function's own values at the knots, whose chords lie on one side of a convex stretch,
+/// the fitted line crosses the function in every segment: about half the largest error, and none on
+/// average.
+fn fitted_knots(y: &[f64], g: u32, ends: (i32, i32)) -> Vec<i32> {
+    let m = 1usize << g;
+    let s = (y.len() - 1) / m;
+    // the sums over one segment's points of (1 − u)², u(1 − u) and u²
+    let (mut s00, mut s01, mut s11) = (0.0, 0.0, 0.0);
+    for l in 0..m {
+        let u = l as f64 / m as f64;
+        s00 += (1.0 - u) * (1.0 - u);
+        s01 += u * (1.0 - u);
+        s11 += u * u;
+    }
+    // the right-hand sides: knot j gathers (1 − u)·y over segment j and u·y over segment j − 1
+    let mut rhs = vec![0.0f64; s + 1];
+    for (i, &v) in y.iter().enumerate().take(s * m) {
+        let (j, u) = (i / m, (i % m) as f64 / m as f64);
+        rhs[j] += (1.0 - u) * v;
+        rhs[j + 1] += u * v;
+    }
+    let mut k = vec![ends.0 as f64; s + 1];
+    k[s] = ends.1 as f64;
+    if s >= 2 {
+        // unknowns 1..s−1: diagonal s11 + s00, neighbours s01; the pinned ends move to the right
+        let n = s - 1;
+        let diag = s11 + s00;
+        let mut r: Vec<f64> = (1..s).map(|j| rhs[j]).collect();
+        r[0] -= s01 * k[0];
+        r[n - 1] -= s01 * k[s];
+        // forward elimination (the matrix is diagonally dominant: no pivoting)
+        let mut c = vec![0.0f64; n];
+        let mut d = diag;
+        c[0] = s01 / d;
+        r[0] /= d;
+        for i in 1..n {
+            d = diag - s01 * c[i - 1];
+            c[i] = s01 / d;
+            r[i] = (r[i] - s01 * r[i - 1]) / d;
+        }
+        for i in (0..n - 1).rev() {
+            r[i] -= c[i] * r[i + 1];
+        }
+        k[1..s].copy_from_slice(&r);
+    }
+    k.iter().map(|&v| (v + 0.5).floor() as i32).collect()
 }
 
 /// Quantize the float graph with the calibrated statistics, at the given precision (`auto` lowers
@@ -571,20 +628,28 @@ pub(crate) fn lower(
         });
     }
     // Pass 2: build the canonical nodes. Tables become constants after the graph's own constants.
+    // Identical tables (a function at one index step and entry scale, as most sigmoids of a network
+    // are) are one constant.
     let mut tables: Vec<Const> = Vec::new();
+    let mut table_ids: BTreeMap<(i8, Vec<i32>), u32> = BTreeMap::new();
     let mut nodes: Vec<Node> = Vec::with_capacity(g.nodes.len());
     for (k, n) in g.nodes.iter().enumerate() {
         let (op, scale, extra) = lower_node(g, stats, &scales, k, scale_bits, precision);
         scales[node_base + k] = scale;
         let mut inputs = n.inputs.clone();
         if let Some(t) = extra {
-            tables.push(Const {
-                shape: vec![t.data.len() as u32],
-                scale: t.scale,
-                data: t.data.into(),
-            });
-            // placeholder id, renumbered below
-            inputs.push(u32::MAX - (tables.len() as u32 - 1));
+            let id = *table_ids
+                .entry((t.scale, t.data))
+                .or_insert_with_key(|(s, d)| {
+                    tables.push(Const {
+                        shape: vec![d.len() as u32],
+                        scale: *s,
+                        data: d.clone().into(),
+                    });
+                    // placeholder id, renumbered below
+                    u32::MAX - (tables.len() as u32 - 1)
+                });
+            inputs.push(id);
         }
         nodes.push(Node {
             name: n.name.clone(),
@@ -904,5 +969,194 @@ mod tests {
         .expect("fits");
         let y = verity_engine::Executor::new(&narrow, verity_engine::Mode::default()).run(x);
         assert_eq!(y.expect("runs")[0].len(), n);
+    }
+
+    /// A narrow model's sigmoid and tanh tables are interpolated between knots an engine holds in
+    /// registers, their entries within a small error of the functions (least-squares knots: about
+    /// as often above as below), trimmed to where the rounded function changes; two reads of one
+    /// function at one scale share one table at either precision, and the model gives the same
+    /// integers as the tables read entry by entry.
+    #[test]
+    fn saturating_tables_are_knotted_and_shared() {
+        let n = 512usize;
+        let node = |name: &str, f: Func| FNode {
+            name: name.into(),
+            origin: String::new(),
+            op: FOp::Func(f),
+            inputs: vec![0],
+            shape: vec![n as u32],
+        };
+        let g = FGraph {
+            inputs: vec![FInput {
+                name: "x".into(),
+                shape: vec![n as u32],
+                kind: InputKind::Fixed,
+            }],
+            consts: vec![],
+            nodes: vec![
+                node("a", Func::Sigmoid),
+                node("b", Func::Sigmoid),
+                node("c", Func::Tanh),
+            ],
+            outputs: vec![("a".into(), 1), ("b".into(), 2), ("c".into(), 3)],
+        };
+        let x = |s: f64| {
+            (0..n)
+                .map(|i| (i as f64 - 256.0) / 20.0 + s)
+                .collect::<Vec<_>>()
+        };
+        let samples: Vec<Vec<Vec<f64>>> = (0..2).map(|s| vec![x(s as f64 * 0.01)]).collect();
+        let stats = calibrate(&g, &samples).expect("calibrates");
+        for precision in [Precision::I32, Precision::INT8] {
+            let m = quantize(&g, &stats, 16, precision).expect("quantizes");
+            let tables: Vec<u32> = m.nodes.iter().map(|k| k.inputs[1]).collect();
+            assert_eq!(tables[0], tables[1], "{precision:?}: one sigmoid table");
+            assert_ne!(tables[0], tables[2], "{precision:?}");
+            assert_eq!(m.consts.len(), 2, "{precision:?}");
+            if precision == Precision::I32 {
+                continue;
+            }
+            for (k, f) in [(0, Func::Sigmoid), (2, Func::Tanh)] {
+                let node = &m.nodes[k];
+                let Op::Lookup { shift, lo } = node.op else {
+                    panic!("{node:?}")
+                };
+                let t = &m.const_of(tables[k]).expect("a table").data;
+                let (gbits, knots) = verity_engine::segments::knots(t).expect("knots");
+                assert!(
+                    knots.len() > 64 && gbits >= 5,
+                    "{f:?}: {} knots",
+                    knots.len()
+                );
+                // the grid: entry i at input (lo + i)·2^(shift − s_x)
+                let step = libm::ldexp(1.0, shift - m.inputs[0].scale as i32);
+                let unit = libm::ldexp(1.0, m.consts[0].scale as i32);
+                let errors: Vec<f64> = t
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &e)| e as f64 - f.eval((lo as f64 + i as f64) * step) * unit)
+                    .collect();
+                let worst = errors.iter().fold(0.0f64, |w, e| w.max(e.abs()));
+                let mean = errors.iter().sum::<f64>() / errors.len() as f64;
+                // at most 2^-9 of the function's range (the entries of a table of the function's own
+                // values every 2^-9, 2^-10 at these slopes), and unbiased
+                assert!(worst < unit / 512.0, "{f:?}: largest error {worst}");
+                assert!(mean.abs() < 1.0, "{f:?}: mean error {mean}");
+                let above = errors.iter().filter(|&&e| e > 0.5).count();
+                let below = errors.iter().filter(|&&e| e < -0.5).count();
+                assert!(
+                    above * 3 > below && below * 3 > above,
+                    "{above} above, {below} below"
+                );
+                // the ends saturate: the first and last entries are the rounded function there
+                let end = |i: usize| {
+                    clamp_bound(f.eval((lo as f64 + i as f64) * step), m.consts[0].scale)
+                };
+                assert_eq!((t[0], t[t.len() - 1]), (end(0), end(t.len() - 1)));
+            }
+            let q = verity_engine::io::quantize_inputs(
+                &m,
+                &[verity_engine::io::FloatTensor {
+                    shape: vec![n],
+                    data: x(0.003),
+                }],
+            )
+            .expect("fits");
+            let fast =
+                verity_engine::Executor::new(&m, verity_engine::Mode::default()).run(q.clone());
+            let reference = verity_engine::Executor::new(&m, verity_engine::Mode::Reference).run(q);
+            assert_eq!(fast.expect("runs"), reference.expect("runs"));
+        }
+    }
+
+    /// An 8-bit activation's exact factor folded into a table of knots (`x · sigmoid(x)` read by a
+    /// narrowed product) scales the knots: the copy is again a table of knots, its entries the
+    /// scaled function's within the same small error, and the model gives the same integers fast and
+    /// by reference.
+    #[test]
+    fn a_folded_factor_keeps_a_table_of_knots() {
+        let (m, k, n) = (4usize, 32usize, 16usize);
+        let g = FGraph {
+            inputs: vec![FInput {
+                name: "x".into(),
+                shape: vec![m as u32, k as u32],
+                kind: InputKind::Fixed,
+            }],
+            consts: vec![FConst {
+                shape: vec![k as u32, n as u32],
+                data: FData::F64((0..k * n).map(|i| ((i as f64) * 0.37).sin()).collect()),
+                int: false,
+            }],
+            nodes: vec![
+                FNode {
+                    name: "sigmoid".into(),
+                    origin: String::new(),
+                    op: FOp::Func(Func::Sigmoid),
+                    inputs: vec![0],
+                    shape: vec![m as u32, k as u32],
+                },
+                FNode {
+                    name: "silu".into(),
+                    origin: String::new(),
+                    op: FOp::Canon(Op::Mul),
+                    inputs: vec![0, 2],
+                    shape: vec![m as u32, k as u32],
+                },
+                FNode {
+                    name: "fc".into(),
+                    origin: String::new(),
+                    op: FOp::Canon(Op::EinSum {
+                        a: b"mk".to_vec(),
+                        b: b"kn".to_vec(),
+                        out: b"mn".to_vec(),
+                    }),
+                    inputs: vec![3, 1],
+                    shape: vec![m as u32, n as u32],
+                },
+            ],
+            outputs: vec![("y".into(), 4)],
+        };
+        // x in [−3, 3]: x · sigmoid(x) up to 2.86, a factor of 4 / 2.86 (1.25 in quarters)
+        let x = |s: f64| {
+            (0..m * k)
+                .map(|i| ((i as f64 * 0.61 + s).sin()) * 3.0)
+                .collect::<Vec<_>>()
+        };
+        let samples: Vec<Vec<Vec<f64>>> = (0..4).map(|s| vec![x(s as f64)]).collect();
+        let stats = calibrate(&g, &samples).expect("calibrates");
+        let model = quantize(&g, &stats, 16, Precision::INT8).expect("quantizes");
+        let lookup = model
+            .nodes
+            .iter()
+            .find(|k| matches!(k.op, Op::Lookup { .. }))
+            .expect("the sigmoid");
+        let t = &model.const_of(lookup.inputs[1]).expect("a table").data;
+        let top = t.iter().map(|v| v.abs()).max().unwrap_or(0);
+        assert!(top > 1 << 14, "the factor is folded into the table ({top})");
+        let (_, knots) = verity_engine::segments::knots(t).expect("a table of knots");
+        assert!(knots.len() > 64);
+        // the entries against the scaled function
+        let Op::Lookup { shift, lo } = lookup.op else {
+            unreachable!()
+        };
+        let factor = top as f64 / 16384.0;
+        let step = libm::ldexp(1.0, shift - model.inputs[0].scale as i32);
+        let worst = t.iter().enumerate().fold(0.0f64, |w, (i, &e)| {
+            let want = Func::Sigmoid.eval((lo as f64 + i as f64) * step) * 16384.0 * factor;
+            w.max((e as f64 - want).abs())
+        });
+        assert!(worst < 48.0, "largest error {worst}");
+        let q = verity_engine::io::quantize_inputs(
+            &model,
+            &[verity_engine::io::FloatTensor {
+                shape: vec![m, k],
+                data: x(0.5),
+            }],
+        )
+        .expect("fits");
+        let fast =
+            verity_engine::Executor::new(&model, verity_engine::Mode::default()).run(q.clone());
+        let reference = verity_engine::Executor::new(&model, verity_engine::Mode::Reference).run(q);
+        assert_eq!(fast.expect("runs"), reference.expect("runs"));
     }
 }

@@ -8,15 +8,16 @@
 //! `p_j = table[j·2^g]`, `d_j = table[(j+1)·2^g] − p_j` (`0` for the last knot),
 //!
 //! for at most [`KNOTS`] knots whose `p_j` and `d_j` fit `i16`, the entries are computed from the
-//! knots held in four registers (two permutes and a blend per 16 elements, a multiply-add, a shift).
+//! knots held in registers (two permutes and a blend per 16 elements for up to 64 knots, four and
+//! three for up to 128; a multiply-add, a shift).
 //! [`Segments::of`] checks every entry of the table against that formula, so the result is the
 //! table's own entry, bit for bit: nothing in the canonical semantics changes, and a table of any
 //! other shape is simply gathered as before. The compiler builds the tables of saturating functions
 //! of narrow models this way (see `docs/spec/canonical.md`, §5).
 
 /// The most knots a table is read from ([`knots`]): `(d_j << 16) | (p_j & 0xFFFF)`, one `i32` word
-/// each, in four AVX-512 registers.
-pub const KNOTS: usize = 64;
+/// each, in eight AVX-512 registers (four when there are at most 64).
+pub const KNOTS: usize = 128;
 
 /// Entry `i` of a table interpolated between `knots` every `2^g` entries (`g ≥ 1`; `d_j = 0` past
 /// the last knot), in `i64` (the result lies between two knots, so in `i32`).
@@ -61,6 +62,8 @@ pub(crate) struct Segments {
     bits: u32,
     /// The knots' words, zero past the last knot.
     words: [i32; KNOTS],
+    /// Whether there are more than 64 knots.
+    wide: bool,
 }
 
 impl Segments {
@@ -72,7 +75,11 @@ impl Segments {
             let d = k.get(j + 1).map_or(0, |&q| q - k[j]);
             *w = (d << 16) | (k[j] as u16 as i32);
         }
-        Some(Segments { bits: g, words })
+        Some(Segments {
+            bits: g,
+            words,
+            wide: k.len() > 64,
+        })
     }
 
     /// Entry `i` from the words (in `i32`: `|d_j · l| < 2^15 · 2^15`).
@@ -90,7 +97,8 @@ impl Segments {
 #[cfg(target_arch = "x86_64")]
 #[derive(Clone, Copy)]
 pub(crate) struct SegmentLanes {
-    words: [std::arch::x86_64::__m512i; 4],
+    words: [std::arch::x86_64::__m512i; 8],
+    wide: bool,
     bits: std::arch::x86_64::__m128i,
     /// `(2^g − 1) << 16`: a position's low `g` bits once moved to the high half.
     low: std::arch::x86_64::__m512i,
@@ -98,6 +106,7 @@ pub(crate) struct SegmentLanes {
     unit: std::arch::x86_64::__m512i,
     half: std::arch::x86_64::__m512i,
     upper: std::arch::x86_64::__m512i,
+    top: std::arch::x86_64::__m512i,
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -107,7 +116,7 @@ impl SegmentLanes {
     #[inline(always)]
     pub(crate) unsafe fn new(s: &Segments) -> SegmentLanes {
         use std::arch::x86_64::*;
-        // SAFETY: the CPU has AVX-512 F (the caller's promise); each load reads 16 of the 64 words
+        // SAFETY: the CPU has AVX-512 F (the caller's promise); each load reads 16 of the 128 words
         unsafe {
             SegmentLanes {
                 words: std::array::from_fn(|r| {
@@ -118,12 +127,15 @@ impl SegmentLanes {
                 unit: _mm512_set1_epi32(1 << s.bits),
                 half: _mm512_set1_epi32(1 << (s.bits - 1)),
                 upper: _mm512_set1_epi32(32),
+                top: _mm512_set1_epi32(64),
+                wide: s.wide,
             }
         }
     }
 
     /// The entries at 16 table positions (each in `0..len`): the knot's word by two permutes of 32
-    /// words and a blend on the knot's bit 5; then, as `p_j` is a multiple of `2^g` apart,
+    /// words and a blend on the knot's bit 5 (for more than 64 knots, the same for knots 64.. and a
+    /// blend on bit 6); then, as `p_j` is a multiple of `2^g` apart,
     /// `(p_j·2^g + d_j·l + 2^(g−1)) >> g` with `p_j·2^g + d_j·l` one `vpmaddwd` of the word and
     /// `(l << 16) | 2^g` (each product below `2^29` in magnitude, as `g ≤ 14`).
     ///
@@ -135,9 +147,16 @@ impl SegmentLanes {
         // SAFETY: the CPU has AVX-512 F and BW (the caller's promise)
         unsafe {
             let j = _mm512_srl_epi32(i, self.bits);
+            let upper = _mm512_test_epi32_mask(j, self.upper);
             let a = _mm512_permutex2var_epi32(self.words[0], j, self.words[1]);
             let b = _mm512_permutex2var_epi32(self.words[2], j, self.words[3]);
-            let w = _mm512_mask_blend_epi32(_mm512_test_epi32_mask(j, self.upper), a, b);
+            let mut w = _mm512_mask_blend_epi32(upper, a, b);
+            if self.wide {
+                let c = _mm512_permutex2var_epi32(self.words[4], j, self.words[5]);
+                let d = _mm512_permutex2var_epi32(self.words[6], j, self.words[7]);
+                let v = _mm512_mask_blend_epi32(upper, c, d);
+                w = _mm512_mask_blend_epi32(_mm512_test_epi32_mask(j, self.top), w, v);
+            }
             // (i << 16) & low | unit
             let m =
                 _mm512_ternarylogic_epi32::<0xEA>(_mm512_slli_epi32::<16>(i), self.low, self.unit);
@@ -161,8 +180,16 @@ mod tests {
 
     #[test]
     fn interpolated_tables_are_found_and_reproduced() {
-        // a sigmoid-like curve of 64 knots at 14 bits, and shorter ones, at several segment lengths
-        for (n, g) in [(64usize, 7u32), (64, 1), (40, 5), (2, 3), (33, 12)] {
+        // a sigmoid-like curve of up to 128 knots at 14 bits at several segment lengths
+        for (n, g) in [
+            (64usize, 7u32),
+            (64, 1),
+            (128, 6),
+            (100, 2),
+            (40, 5),
+            (2, 3),
+            (33, 12),
+        ] {
             let knots: Vec<i32> = (0..n)
                 .map(|j| {
                     let x = (j as f64 - n as f64 / 2.0) / 4.0;
@@ -203,9 +230,13 @@ mod tests {
             u[i] += 1;
             assert_eq!(Segments::of(&u), None, "entry {i} changed");
         }
-        // too many knots, an entry or a step past i16, too short
+        // entries past the last knot repeat it
         t.extend([t[t.len() - 1]; 64]);
-        assert_eq!(Segments::of(&t), None);
+        assert!(Segments::of(&t).is_some());
+        // too many knots, an entry or a step past i16, too short
+        let many: Vec<i32> = (0..KNOTS as i32 + 1).map(|j| j * j - 100).collect();
+        assert_eq!(Segments::of(&interpolated(&many, 1)), None);
+        assert!(Segments::of(&interpolated(&many[..KNOTS], 1)).is_some());
         let long: Vec<i32> = (0..4 * KNOTS as i32 * 8)
             .map(|i| (i * 7919) % 1000)
             .collect();
@@ -236,15 +267,18 @@ mod tests {
             return;
         }
         // knots anywhere in ±8000, and steps of ±32000 between knots at i16's ends
-        let knots: Vec<i32> = (0..64).map(|j| (j * 523) % 16000 - 8000).collect();
-        let steep: Vec<i32> = (0..64).map(|j| [-16000, 16000][j % 2]).collect();
+        let knots: Vec<i32> = (0..128).map(|j| (j * 523) % 16000 - 8000).collect();
+        let steep: Vec<i32> = (0..128).map(|j| [-16000, 16000][j % 2]).collect();
         for (g, knots) in [
-            (1u32, &knots[..]),
-            (4, &knots[..]),
+            (2u32, &knots[..]),
+            (14, &knots[..70]),
+            (5, &steep[..]),
+            (1, &knots[..64]),
+            (4, &knots[..64]),
             (9, &knots[..20]),
             (14, &knots[..33]),
-            (3, &steep[..]),
-            (14, &steep[..33]),
+            (3, &steep[..100]),
+            (14, &steep[..70]),
         ] {
             let t = interpolated(knots, g);
             let s = Segments::of(&t).expect("interpolated");

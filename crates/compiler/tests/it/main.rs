@@ -375,8 +375,9 @@ fn named_outputs_keep_only_what_they_need() {
 }
 
 /// At a narrow precision the tables of saturating functions (the normal CDF of the transformer's
-/// GELU) take at most `NARROW_TABLE` + 1 entries of 14 bits, stored as `i16`; at `i32` they keep the
-/// finer grid. The accuracy at each precision is held by
+/// GELU) take at most `NARROW_TABLE` + 1 entries of 14 bits, stored as `i16`, interpolated between
+/// knots an engine can hold in registers (`verity_engine::segments::knots`); at `i32` they keep the
+/// finer grid of exact values. The accuracy at each precision is held by
 /// `narrow_precisions_narrow_contractions_and_keep_accuracy`.
 #[test]
 fn narrow_precisions_keep_saturating_tables_small() {
@@ -404,6 +405,13 @@ fn narrow_precisions_keep_saturating_tables_small() {
     assert!(!narrow.is_empty(), "the fixture's GELU has a CDF table");
     for ((name, t), (wide_name, w)) in narrow.iter().zip(&wide) {
         assert_eq!(name, wide_name);
+        let (g, knots) = verity_engine::segments::knots(t).expect("a table of knots");
+        assert!(
+            g >= 5 && knots.len() > 64,
+            "{name}: {} knots, g = {g}",
+            knots.len()
+        );
+        assert!(verity_engine::segments::knots(w).is_none(), "{wide_name}");
         let entries = verity_compiler::quantize::NARROW_TABLE as usize + 1;
         assert!(
             t.len() <= entries && t.len() >= entries / 2,
@@ -657,6 +665,11 @@ fn narrow_activations_use_their_whole_range() {
         for (k, node) in model.nodes.iter().enumerate() {
             if node.name.ends_with("/scaled") {
                 scaled += 1;
+            }
+            // a saturating function's table is one of knots
+            if matches!(node.op, Op::Lookup { .. }) && node.name.ends_with(".cdf") {
+                let t = &model.const_of(node.inputs[1]).unwrap().data;
+                assert!(verity_engine::segments::knots(t).is_some(), "{}", node.name);
             }
             let Op::Clamp { lo, hi } = node.op else {
                 continue;
