@@ -2341,18 +2341,13 @@ mod tests {
         t
     }
 
-    /// A `Lookup` alone in a chain reads the same entries from a table's knots as by a gather.
-    #[test]
-    fn a_lookup_reads_a_knotted_table_as_its_entries() {
-        let table = knotted_table(8192.0);
-        let n = 4099u32;
-        let node = |name: &str, op: Op, inputs: Vec<ValueId>, scale: i8| Node {
-            name: name.into(),
-            op,
-            inputs,
-            shape: vec![n],
-            scale,
-        };
+    /// A model of one input `x` of `n` elements at scale 4, one constant `table` at `scale` (value 1),
+    /// and `nodes` of `n` elements each (`(name, op, inputs, scale)`), the last one its output.
+    fn table_model(
+        n: u32,
+        (table, scale): (&[i32], i8),
+        nodes: &[(&str, Op, &[ValueId], i8)],
+    ) -> Model {
         let m = Model {
             inputs: vec![Input {
                 name: "x".into(),
@@ -2362,20 +2357,42 @@ mod tests {
             }],
             consts: vec![Const {
                 shape: vec![table.len() as u32],
-                scale: 13,
-                data: table.clone().into(),
+                scale,
+                data: table.to_vec().into(),
             }],
-            nodes: vec![
-                node("acc", Op::Rescale, vec![0], 3),
-                node("sigmoid", Op::Lookup { shift: 5, lo: -40 }, vec![2, 1], 13),
-                node("q", Op::Clamp { lo: 100, hi: 8000 }, vec![3], 13),
-            ],
+            nodes: nodes
+                .iter()
+                .map(|(name, op, inputs, scale)| Node {
+                    name: (*name).into(),
+                    op: op.clone(),
+                    inputs: inputs.to_vec(),
+                    shape: vec![n],
+                    scale: *scale,
+                })
+                .collect(),
             outputs: vec![Output {
                 name: "y".into(),
-                value: 4,
+                value: 1 + nodes.len() as ValueId,
             }],
         };
         m.validate().expect("valid");
+        m
+    }
+
+    /// A `Lookup` alone in a chain reads the same entries from a table's knots as by a gather.
+    #[test]
+    fn a_lookup_reads_a_knotted_table_as_its_entries() {
+        let table = knotted_table(8192.0);
+        let n = 4099u32;
+        let m = table_model(
+            n,
+            (&table, 13),
+            &[
+                ("acc", Op::Rescale, &[0], 3),
+                ("sigmoid", Op::Lookup { shift: 5, lo: -40 }, &[2, 1], 13),
+                ("q", Op::Clamp { lo: 100, hi: 8000 }, &[3], 13),
+            ],
+        );
         let c = head_chain(&m);
         let Step::Lookup { segments, .. } = &c.steps[0].step else {
             panic!("{c:?}")
@@ -2403,13 +2420,6 @@ mod tests {
         let table: Vec<i32> = (0..64).map(|i| (i * i * 37) % 1000 - 300).collect();
         // (a length past whole vector registers: the last elements go one by one)
         let n = 6003u32;
-        let node = |name: &str, op: Op, inputs: Vec<ValueId>, scale: i8| Node {
-            name: name.into(),
-            op,
-            inputs,
-            shape: vec![n],
-            scale,
-        };
         // the table as it is (its largest entries positive) and negated, whose products leave i32
         // on the other side; a table interpolated between knots (read from them, not gathered)
         for (table_first, sign, knots) in [
@@ -2422,39 +2432,21 @@ mod tests {
                 true => knotted.clone(),
                 false => table.iter().map(|&t| sign * t).collect(),
             };
-            let mul_inputs = if table_first { vec![3, 2] } else { vec![2, 3] };
-            let m = Model {
-                inputs: vec![Input {
-                    name: "x".into(),
-                    shape: vec![n],
-                    scale: 4,
-                    kind: InputKind::Fixed,
-                }],
-                consts: vec![Const {
-                    shape: vec![table.len() as u32],
-                    scale: 5,
-                    data: table.clone().into(),
-                }],
-                nodes: vec![
-                    node("acc", Op::Rescale, vec![0], 3),
-                    node("sigmoid", Op::Lookup { shift: 2, lo: -30 }, vec![2, 1], 5),
-                    node("silu", Op::Mul, mul_inputs, 6),
-                    node(
-                        "clip",
-                        Op::Clamp {
-                            lo: -(1 << 28),
-                            hi: 1 << 28,
-                        },
-                        vec![4],
-                        6,
-                    ),
-                ],
-                outputs: vec![Output {
-                    name: "y".into(),
-                    value: 5,
-                }],
+            let mul_inputs: &[ValueId] = if table_first { &[3, 2] } else { &[2, 3] };
+            let clip = Op::Clamp {
+                lo: -(1 << 28),
+                hi: 1 << 28,
             };
-            m.validate().expect("valid");
+            let m = table_model(
+                n,
+                (&table, 5),
+                &[
+                    ("acc", Op::Rescale, &[0], 3),
+                    ("sigmoid", Op::Lookup { shift: 2, lo: -30 }, &[2, 1], 5),
+                    ("silu", Op::Mul, mul_inputs, 6),
+                    ("clip", clip, &[4], 6),
+                ],
+            );
             let c = head_chain(&m);
             assert_eq!(c.nodes, vec![1, 2, 3]);
             let Step::LookupMul { segments, .. } = &c.steps[0].step else {
