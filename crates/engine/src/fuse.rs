@@ -1611,8 +1611,9 @@ unsafe fn lookup_mul_avx2(
     fit
 }
 
-/// The rounded product `(x·t + 2^(r−1)) >> r` of [`lookup_mul_avx2`] in 32-bit lanes, for entries
-/// `|t| < 2^15` and a run whose largest `|x|` keeps every partial result inside `i32`. With
+/// The rounded product `(x·t + 2^(r−1)) >> r` of [`lookup_mul_avx2`] (and of [`lookup_mul_avx512`],
+/// as [`lookup_mul_split512`]) in 32-bit lanes, for entries `|t| < 2^15` and a run whose largest
+/// `|x|` keeps every partial result inside `i32`. With
 /// `s = min(r, 15)`, `x = xh·2^s + xl` (`xh = x >> s`, `0 ≤ xl < 2^s`), so `|xl·t| < 2^30`:
 /// - `r ≤ 15`: `x·t + 2^(r−1) = xh·t·2^r + (xl·t + 2^(r−1))`, whose floor by `2^r` is
 ///   `xh·t + ((xl·t + 2^(r−1)) >> r)` (`xh·t·2^r` is a multiple of `2^r`);

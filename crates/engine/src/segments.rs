@@ -10,7 +10,7 @@
 //! for at most [`KNOTS`] knots whose `p_j` and `d_j` fit `i16`, the entries are computed from the
 //! knots held in registers (two permutes and a blend per 16 elements for up to 64 knots, four and
 //! three for up to 128; a multiply-add, a shift).
-//! [`Segments::of`] checks every entry of the table against that formula, so the result is the
+//! [`knots`] checks every entry of the table against that formula, so the result is the
 //! table's own entry, bit for bit: nothing in the canonical semantics changes, and a table of any
 //! other shape is simply gathered as before. The compiler builds the tables of saturating functions
 //! of narrow models this way (see `docs/spec/canonical.md`, §5).
