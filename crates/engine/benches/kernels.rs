@@ -398,9 +398,64 @@ fn bench_blockdot(c: &mut Criterion) {
     }
 }
 
+/// `x · sigmoid(x)` requantized to 8 bits over one EfficientNet-B0 expand output (96×112×112), one
+/// thread: a table of the function's own values (gathered) against one interpolated between 128
+/// knots (read from the knots in registers), both at 2^−8 steps over ±10.5 with 14-bit entries.
+fn bench_silu(c: &mut Criterion) {
+    let n = 96 * 112 * 112;
+    let (t, lo) = (8, -(21 << 7));
+    let len = 21 * 256 + 1;
+    let sigmoid = |i: usize| {
+        let x = (lo + i as i32) as f64 / (1 << t) as f64;
+        (16384.0 / (1.0 + (-x).exp())).round() as i32
+    };
+    let exact: Vec<i32> = (0..len).map(sigmoid).collect();
+    let g = 6;
+    let knots: Vec<i32> = (0..=(len - 1) >> g).map(|j| sigmoid(j << g)).collect();
+    let knotted = verity_engine::segments::interpolated(&knots, g, len);
+    let x = values(n, 7, 1 << 21);
+    for (label, table) in [("gathered", exact), ("knots", knotted)] {
+        let node = |name: &str, op: Op, inputs: Vec<u32>, scale: i8| Node {
+            name: name.into(),
+            op,
+            inputs,
+            shape: vec![n as u32],
+            scale,
+        };
+        let m = Model {
+            inputs: vec![Input {
+                name: "x".into(),
+                shape: vec![n as u32],
+                scale: 17,
+                kind: InputKind::Fixed,
+            }],
+            consts: vec![Const {
+                shape: vec![len as u32],
+                scale: 14,
+                data: table.into(),
+            }],
+            nodes: vec![
+                node("acc", Op::Rescale, vec![0], 17),
+                node("sigmoid", Op::Lookup { shift: 17 - t, lo }, vec![2, 1], 14),
+                node("silu", Op::Mul, vec![2, 3], 18),
+                node("q8", Op::Clamp { lo: -128, hi: 127 }, vec![4], 3),
+            ],
+            outputs: vec![Output {
+                name: "y".into(),
+                value: 5,
+            }],
+        };
+        m.validate().expect("valid");
+        let exec = Executor::new(&m, Mode::Fast { threads: 1 });
+        c.bench_function(&format!("silu/n={n},table={label}"), |b| {
+            b.iter(|| black_box(exec.run(vec![x.clone()]).unwrap()))
+        });
+    }
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(20);
-    targets = bench, bench_qgemm, bench_blockdot, bench_attention_and_pools
+    targets = bench, bench_qgemm, bench_blockdot, bench_attention_and_pools, bench_silu
 }
 criterion_main!(benches);
