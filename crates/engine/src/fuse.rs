@@ -1713,13 +1713,8 @@ unsafe fn lookup_mul_split(
 #[inline(always)]
 fn lookup(x: &mut [i32], shift: Shift, lo: i64, (table, segments): (&[i32], Option<&Segments>)) {
     if shift.left == 0 && shift.right <= 31 {
-        if let Some(s) = segments {
-            if crate::kernels::lookup_segments(x, (table, s), shift.right, lo) {
-                return;
-            }
-        }
         // the index's rounding shift in i32 lanes, as the unfused `Lookup` takes it
-        crate::kernels::lookup_in_place(x, table, shift.right, lo);
+        crate::kernels::lookup_in_place(x, (table, segments), shift.right, lo);
         return;
     }
     let last = table.len() as i64 - 1;

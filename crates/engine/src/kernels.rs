@@ -2087,15 +2087,20 @@ fn lookup_body(x: &mut [i32], table: &[i32], k: u32, lo: i64) {
 pub(crate) fn lookup(x: &[i32], table: &[i32], k: u32, lo: i32, threads: usize) -> Vec<i32> {
     map_elements(x, threads, |dst, src| {
         dst.copy_from_slice(src);
-        lookup_in_place(dst, table, k, lo as i64)
+        lookup_in_place(dst, (table, None), k, lo as i64)
     })
 }
 
-/// `x[j] = table[clamp(rshift(x[j], k) − lo, 0, len − 1)]` for `k` in `0..=31` and a non-empty table:
-/// with AVX-512 (AVX2), 16 (8) lanes at a time by a gather (the index clamped in `i32` lanes to
-/// `lo..=lo + len − 1` before `lo` is subtracted, which is the same index when that range lies in
-/// `i32`), else [`lookup_run`].
-pub(crate) fn lookup_in_place(x: &mut [i32], table: &[i32], k: u32, lo: i64) {
+/// `x[j] = table[clamp(rshift(x[j], k) − lo, 0, len − 1)]` for `k` in `0..=31` and a non-empty table
+/// (`segments` its knots, if it has them): with AVX-512 (AVX2), 16 (8) lanes at a time by a gather
+/// or from the knots (the index clamped in `i32` lanes to `lo..=lo + len − 1` before `lo` is
+/// subtracted, which is the same index when that range lies in `i32`), else [`lookup_run`].
+pub(crate) fn lookup_in_place(
+    x: &mut [i32],
+    (table, segments): (&[i32], Option<&crate::segments::Segments>),
+    k: u32,
+    lo: i64,
+) {
     let hi = lo + table.len() as i64 - 1;
     #[cfg(target_arch = "x86_64")]
     if crate::simd::Isa::detect() == crate::simd::Isa::Avx512
@@ -2103,9 +2108,10 @@ pub(crate) fn lookup_in_place(x: &mut [i32], table: &[i32], k: u32, lo: i64) {
         && i32::try_from(hi).is_ok()
         && table.len() <= i32::MAX as usize / 4
     {
-        // SAFETY: the CPU has AVX-512 F (checked above); every gathered index lies in 0..table.len()
-        // (clamped to lo..=hi, then lo subtracted, all in i32), and every load and store is inside `x`.
-        unsafe { lookup_gather(x, table, k, lo as i32, hi as i32) };
+        // SAFETY: the CPU has AVX-512 F and BW (checked above); every position lies in
+        // 0..table.len() (clamped to lo..=hi, then lo subtracted, all in i32), `segments` are
+        // `table`'s, and every load and store is inside `x`.
+        unsafe { lookup_gather(x, (table, segments), k, lo as i32, hi as i32) };
         return;
     }
     #[cfg(target_arch = "x86_64")]
@@ -2139,73 +2145,42 @@ unsafe fn lookup_gather_avx2(x: &mut [i32], table: &[i32], k: u32, lo: i32, hi: 
     lookup_run(chunks.into_remainder(), table, k, lo as i64);
 }
 
-/// [`lookup_in_place`] with the entries computed from the table's knots, on AVX-512 (when the
-/// positions' range `lo..=lo + len − 1` lies in `i32`); `false` (nothing done) elsewhere.
-pub(crate) fn lookup_segments(
-    x: &mut [i32],
-    (table, segments): (&[i32], &crate::segments::Segments),
-    k: u32,
-    lo: i64,
-) -> bool {
-    let hi = lo + table.len() as i64 - 1;
-    #[cfg(target_arch = "x86_64")]
-    if crate::simd::Isa::detect() == crate::simd::Isa::Avx512
-        && i32::try_from(lo).is_ok()
-        && i32::try_from(hi).is_ok()
-    {
-        // SAFETY: the CPU has AVX-512 F and BW (checked above); every position lies in
-        // 0..table.len() (clamped to lo..=hi, then lo subtracted, all in i32), the segments' range
-        unsafe { lookup_knots(x, (table, segments), k, lo as i32, hi as i32) };
-        return true;
-    }
-    let _ = (x, table, segments, k, hi);
-    false
-}
-
+/// [`lookup_in_place`] 16 lanes at a time on AVX-512: the positions of [`TableIndex`], the entries by
+/// one gather, or from the table's knots ([`crate::segments::SegmentLanes`]) when it has them.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw")]
-unsafe fn lookup_knots(
+unsafe fn lookup_gather(
     x: &mut [i32],
-    (table, segments): (&[i32], &crate::segments::Segments),
+    (table, segments): (&[i32], Option<&crate::segments::Segments>),
     k: u32,
     lo: i32,
     hi: i32,
 ) {
     use std::arch::x86_64::*;
-    // SAFETY: the CPU has AVX-512 F and BW (this function's features)
-    let (index, lanes) = unsafe {
-        (
-            TableIndex::new(k, lo, hi),
-            crate::segments::SegmentLanes::new(segments),
-        )
-    };
-    let mut chunks = x.chunks_exact_mut(16);
-    for c in &mut chunks {
-        // SAFETY: as above; the chunk holds 16 elements
-        unsafe {
-            let v = _mm512_loadu_si512(c.as_ptr().cast());
-            let t = lanes.at(index.of(v));
-            _mm512_storeu_si512(c.as_mut_ptr().cast(), t);
-        }
-    }
-    lookup_run(chunks.into_remainder(), table, k, lo as i64);
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn lookup_gather(x: &mut [i32], table: &[i32], k: u32, lo: i32, hi: i32) {
-    use std::arch::x86_64::*;
     // SAFETY: the CPU has AVX-512 F (this function's features)
     let index = unsafe { TableIndex::new(k, lo, hi) };
-    let mut chunks = x.chunks_exact_mut(16);
-    for c in &mut chunks {
-        let v = _mm512_loadu_si512(c.as_ptr().cast());
-        // SAFETY: as above
-        let idx = unsafe { index.of(v) };
-        let g = _mm512_i32gather_epi32::<4>(idx, table.as_ptr().cast());
-        _mm512_storeu_si512(c.as_mut_ptr().cast(), g);
+    // (a macro, not a closure: a closure would not inherit this function's target features)
+    macro_rules! each {
+        ($i:ident => $entries:expr) => {{
+            let mut chunks = x.chunks_exact_mut(16);
+            for c in &mut chunks {
+                let v = _mm512_loadu_si512(c.as_ptr().cast());
+                // SAFETY: as above; the chunk holds 16 elements
+                let $i = unsafe { index.of(v) };
+                _mm512_storeu_si512(c.as_mut_ptr().cast(), $entries);
+            }
+            lookup_run(chunks.into_remainder(), table, k, lo as i64);
+        }};
     }
-    lookup_run(chunks.into_remainder(), table, k, lo as i64);
+    match segments {
+        Some(s) => {
+            // SAFETY: the CPU has AVX-512 F and BW (this function's features)
+            let lanes = unsafe { crate::segments::SegmentLanes::new(s) };
+            // SAFETY: as above
+            each!(i => unsafe { lanes.at(i) })
+        }
+        None => each!(i => _mm512_i32gather_epi32::<4>(i, table.as_ptr().cast())),
+    }
 }
 
 /// The table positions `clamp(rshift(v, k), lo, hi) − lo` of 16 `i32` lanes (`k ≤ 31`, the rounding
@@ -5807,7 +5782,7 @@ pub(crate) mod tests {
                     ] {
                         crate::simd::Isa::cap(isa);
                         let mut got = x.clone();
-                        lookup_in_place(&mut got, &table, k, lo);
+                        lookup_in_place(&mut got, (&table, None), k, lo);
                         crate::simd::Isa::cap(crate::simd::Isa::Avx512);
                         assert_eq!(got, want, "len {len}, k {k}, lo {lo}, {isa:?}");
                     }
