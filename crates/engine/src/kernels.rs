@@ -10,7 +10,7 @@ use crate::arith::{fit, rshift, rshift32, Shift};
 use crate::elements::Elements;
 use crate::error::ExecError;
 use crate::exec::{label_strides, ConvSpec, EinSpec};
-use crate::qgemm::{self, Level, PackedA, PackedB, Parts};
+use crate::qgemm::{self, Level, PackedA, PackedB, Part, Parts};
 
 const I64_SAFE: u128 = 1 << 62;
 
@@ -1005,17 +1005,7 @@ impl EinPlan {
         // (activations on the row side: no per-row requantization, whole or in parts alike)
         let mul = |w: &PackedB, act: &PackedA| (qgemm::gemm(act, w, threads, level), w.ldc());
         self.by_parts(
-            |bi, part| {
-                let x = batch(bi);
-                match part {
-                    Part::Whole => PackedA::new(x, m, k),
-                    Part::High => {
-                        halves(x)?;
-                        PackedA::from_fn(m, k, |i, kk| x[i * k + kk] >> 8)
-                    }
-                    Part::Low => PackedA::from_fn(m, k, |i, kk| x[i * k + kk] & 255),
-                }
-            },
+            |bi, part| PackedA::part(batch(bi), m, k, part),
             |bi| &qb[bi],
             mul,
             mul,
@@ -1281,27 +1271,11 @@ impl EinPlan {
                 .map(|(brow, bcol)| (brow[r], bcol.as_slice()));
             let place = (&mut *dst, row_out[r] - base, col_out.as_slice());
             match &c {
-                Acc::Wide(c) => epilogue(
-                    &c[r * n..(r + 1) * n],
-                    place,
-                    bias,
-                    bo,
-                    shift,
-                    layout,
-                    add_shift_i64,
-                )?,
+                Acc::Wide(c) => epilogue(&c[r * n..(r + 1) * n], place, bias, bo, shift, layout)?,
                 Acc::Narrow(c) => {
                     let (cb, ldc) = &c[r / self.m];
                     let i = r % self.m;
-                    epilogue(
-                        &cb[i * ldc..i * ldc + n],
-                        place,
-                        bias,
-                        bo,
-                        shift,
-                        layout,
-                        add_shift_i32,
-                    )?
+                    epilogue(&cb[i * ldc..i * ldc + n], place, bias, bo, shift, layout)?
                 }
             }
             if let Some(h) = hook {
@@ -1351,15 +1325,6 @@ fn halves(x: &[i32]) -> Option<bool> {
     PackedA::offset_for(lo >> 8, hi >> 8)
 }
 
-/// Which activations a packing holds: all of them (8-bit values), or the high or low [`halves`] of
-/// 16-bit ones.
-#[derive(Clone, Copy)]
-enum Part {
-    Whole,
-    High,
-    Low,
-}
-
 crate::multiversion! {
     fn add_shifted_row(c: &mut [i64], p: &[i32], sh: u32) -> () = add_shifted_row_body
 }
@@ -1387,27 +1352,30 @@ struct RowLayout {
     contiguous: bool,
     /// The bias is constant along a row (per output channel, the usual case).
     bias_row_const: bool,
+    /// A row's bias elements are consecutive (a bias per output column, or one per element).
+    bias_contiguous: bool,
 }
 
 impl RowLayout {
     fn new(col_off: &[usize], bias_col: Option<&[usize]>) -> RowLayout {
+        let consecutive = |o: &[usize]| !o.is_empty() && o.windows(2).all(|w| w[1] == w[0] + 1);
         RowLayout {
-            contiguous: !col_off.is_empty() && col_off.windows(2).all(|w| w[1] == w[0] + 1),
+            contiguous: consecutive(col_off),
             bias_row_const: bias_col.is_none_or(|b| b.iter().all(|&c| c == b[0])),
+            bias_contiguous: bias_col.is_some_and(consecutive),
         }
     }
 }
 
 /// One row of accumulators into the output: `out[row_off + col_off[j]] = requantize(acc[j] + bias)`,
 /// with the bias element at `bias_offs.0 + bias_offs.1[j]`.
-fn epilogue<T: Copy + Into<i64>>(
+fn epilogue<T: RowAcc>(
     acc: &[T],
     (out, row_off, col_off): (&mut [i32], usize, &[usize]),
     bias: Option<(&[i32], &[usize], i32)>,
     bias_offs: Option<(usize, &[usize])>,
     shift: i32,
     layout: RowLayout,
-    add_shift: AddShift<T>,
 ) -> Result<(), ExecError> {
     let bias_at = |j: usize| -> i64 {
         match (bias, bias_offs) {
@@ -1421,7 +1389,15 @@ fn epilogue<T: Copy + Into<i64>>(
         let dst = &mut out[row_off + col_off[0]..row_off + col_off[0] + acc.len()];
         if layout.bias_row_const {
             let b = if acc.is_empty() { 0 } else { bias_at(0) };
-            return shift_row(dst, acc, b, sh, add_shift);
+            return shift_row(dst, acc, b, sh, T::ADD_SHIFT);
+        }
+        // a row of bias elements one after another, in accumulator units `b << bsh` (fits i64)
+        if let (Some((bd, _, bsh @ 0..=31)), Some((bo, bcol)), true) =
+            (bias, bias_offs, layout.bias_contiguous)
+        {
+            let b = &bd[bo + bcol[0]..bo + bcol[0] + acc.len()];
+            let (lo, hi) = T::ADD_BIAS_SHIFT(dst, acc, b, bsh as u32, sh.half, sh.right, sh.left);
+            return check_row(lo, hi, sh.left);
         }
         let (mut lo, mut hi) = (0i64, 0i64);
         for (j, (d, &a)) in dst.iter_mut().zip(acc).enumerate() {
@@ -4455,6 +4431,40 @@ crate::multiversion! {
 pub(crate) trait RowAcc: Copy + Into<i64> {
     const ADD_SHIFT: AddShift<Self>;
     const ADD_SHIFT_ROWS: AddShiftRows<Self>;
+    const ADD_BIAS_SHIFT: AddBiasShift<Self>;
+}
+
+/// One of the multiversioned `add_bias_shift_*` loops.
+type AddBiasShift<T> = fn(&mut [i32], &[T], &[i32], u32, i64, u32, u32) -> (i64, i64);
+
+/// `dst[j] = ((acc[j] + (bias[j] << bsh) + half) >> right) << left` (wrapping to `i32`); returns the
+/// least and greatest `(acc[j] + (bias[j] << bsh) + half) >> right` (0 included), for one range
+/// check per row. `bsh ≤ 31` and `|acc[j]| + |bias[j] << bsh| + half < 2^63`.
+#[inline(always)]
+fn add_bias_shift_body<T: Copy + Into<i64>>(
+    dst: &mut [i32],
+    acc: &[T],
+    bias: &[i32],
+    bsh: u32,
+    half: i64,
+    right: u32,
+    left: u32,
+) -> (i64, i64) {
+    let (mut lo, mut hi) = (0i64, 0i64);
+    for ((d, &a), &b) in dst.iter_mut().zip(acc).zip(bias) {
+        let v = (a.into() + ((b as i64) << bsh) + half) >> right;
+        lo = lo.min(v);
+        hi = hi.max(v);
+        *d = (v as i32).wrapping_shl(left);
+    }
+    (lo, hi)
+}
+
+crate::multiversion! {
+    fn add_bias_shift_i32(dst: &mut [i32], acc: &[i32], bias: &[i32], bsh: u32, half: i64, right: u32, left: u32) -> (i64, i64) = add_bias_shift_body::<i32>
+}
+crate::multiversion! {
+    fn add_bias_shift_i64(dst: &mut [i32], acc: &[i64], bias: &[i32], bsh: u32, half: i64, right: u32, left: u32) -> (i64, i64) = add_bias_shift_body::<i64>
 }
 
 /// One of the multiversioned `add_shift_rows_*` loops.
@@ -4463,11 +4473,13 @@ type AddShiftRows<T> = fn(&mut [i32], &[T], (usize, usize), i64, u32, u32) -> (i
 impl RowAcc for i32 {
     const ADD_SHIFT: AddShift<i32> = add_shift_i32;
     const ADD_SHIFT_ROWS: AddShiftRows<i32> = add_shift_rows_i32;
+    const ADD_BIAS_SHIFT: AddBiasShift<i32> = add_bias_shift_i32;
 }
 
 impl RowAcc for i64 {
     const ADD_SHIFT: AddShift<i64> = add_shift_i64;
     const ADD_SHIFT_ROWS: AddShiftRows<i64> = add_shift_rows_i64;
+    const ADD_BIAS_SHIFT: AddBiasShift<i64> = add_bias_shift_i64;
 }
 
 /// [`requantize_row`] over the rows of `dst` (`w` elements each), read from `acc` rows `stride` apart

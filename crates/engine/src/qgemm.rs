@@ -636,7 +636,66 @@ fn min_max_body(x: &[i32]) -> (i32, i32) {
         .fold((0i32, 0i32), |(l, h), &v| (l.min(v), h.max(v)))
 }
 
+/// Which activations a packing holds: all of them (8-bit values), or the high (`v >> 8`) or low
+/// (`v & 255`) halves of 16-bit ones.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Part {
+    Whole,
+    High,
+    Low,
+}
+
+impl Part {
+    /// The value this part holds of `v`.
+    fn of(self, v: i32) -> i32 {
+        match self {
+            Part::Whole => v,
+            Part::High => v >> 8,
+            Part::Low => v & 255,
+        }
+    }
+}
+
+crate::multiversion! {
+    fn encode_run(dst: &mut [u8], src: &[i32], right: u32, mask: i32, add: i32) -> () = encode_run_body
+}
+
+/// `dst[j] = ((src[j] >> right) & mask) + add`, as a byte.
+#[inline(always)]
+fn encode_run_body(dst: &mut [u8], src: &[i32], right: u32, mask: i32, add: i32) {
+    for (d, &v) in dst.iter_mut().zip(src) {
+        *d = (((v >> right) & mask) + add) as u8;
+    }
+}
+
 impl PackedA {
+    /// Activations: the `part` of every value of the row-major `m×k` matrix `a`, if every such value
+    /// lies in `0..=255` or every one in `-128..=127` ([`PackedA::from_fn`] of `part.of(a[i·k + kk])`).
+    pub(crate) fn part(a: &[i32], m: usize, k: usize, part: Part) -> Option<PackedA> {
+        let a = &a[..m * k];
+        // (`v >> 8` is monotone: the range of the high halves is the halves of the range)
+        let (lo, hi) = match part {
+            Part::Low => (0, 255),
+            _ => {
+                let (lo, hi) = min_max(a);
+                (part.of(lo), part.of(hi))
+            }
+        };
+        let mut p = PackedA::zeros(m, k, PackedA::offset_for(lo, hi)?)?;
+        let (right, mask) = match part {
+            Part::Whole => (0, -1),
+            Part::High => (8, -1),
+            Part::Low => (0, 255),
+        };
+        let add = if p.offset { 128 } else { 0 };
+        if k > 0 {
+            for (i, row) in a.chunks_exact(k).enumerate() {
+                encode_run(&mut p.row_mut(i)[..k], row, right, mask, add);
+            }
+        }
+        Some(p)
+    }
+
     /// Rows of `A[i][kk] = f(i, kk)` (`m×k`), if every value lies in `0..=255` or every value in
     /// `-128..=127`; `None` otherwise (the caller takes a wider path).
     pub fn from_fn(m: usize, k: usize, f: impl Fn(usize, usize) -> i32) -> Option<PackedA> {
@@ -779,7 +838,7 @@ impl PackedA {
 
     /// A row-major `m×k` matrix.
     pub fn new(a: &[i32], m: usize, k: usize) -> Option<PackedA> {
-        Self::from_fn(m, k, |i, kk| a[i * k + kk])
+        Self::part(a, m, k, Part::Whole)
     }
 }
 
