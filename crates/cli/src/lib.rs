@@ -420,12 +420,13 @@ fn write_compiled(
     if let Some(m) = &report.mixed {
         println!(
             "auto         {} of {} contractions with a 12-bit operand; calibration error {:.3e} \
-             (int8 {:.3e}, target {:.3e}{}), {} models measured",
+             (int8 {:.3e}, target {:.3e}, aimed at {:.3e}{}), {} models measured",
             m.wide.len(),
             m.contractions,
             m.calibration_error,
             m.int8_error,
             m.target,
+            m.aim,
             if m.met {
                 ""
             } else {

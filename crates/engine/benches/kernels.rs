@@ -220,6 +220,93 @@ fn bench_attention_and_pools(c: &mut Criterion) {
     }
 }
 
+/// Products whose rows are finished outside the 8-bit kernels, on one thread: a transformer's linear
+/// layer with 12-bit activations and weights and a bias per output column (ViT-B/16's MLP input, 197
+/// tokens of 768 into 768; `i64` sums from one pass of 16-bit products), and windowed attention scores
+/// with a bias per head and position (MaxViT-T's first stage: 64 windows of 49 tokens, 2 heads of 32;
+/// the exact `f64` product).
+fn bench_widened(c: &mut Criterion) {
+    let input = |name: &str, shape: Vec<u32>| Input {
+        name: name.into(),
+        shape,
+        scale: 8,
+        kind: InputKind::Fixed,
+    };
+    let model = |inputs: Vec<Input>, consts: Vec<Const>, op: Op, shape: Vec<u32>| {
+        let n = (inputs.len() + consts.len()) as u32;
+        Model {
+            inputs,
+            consts,
+            nodes: vec![Node {
+                name: "n".into(),
+                op,
+                inputs: (0..n).collect(),
+                shape,
+                scale: 10,
+            }],
+            outputs: vec![Output {
+                name: "y".into(),
+                value: n,
+            }],
+        }
+    };
+    let constant = |shape: Vec<u32>, scale: i8, seed: u64, mag: i32| Const {
+        data: values(shape.iter().product::<u32>() as usize, seed, mag).into(),
+        shape,
+        scale,
+    };
+    let linear = model(
+        vec![input("x", vec![197, 768])],
+        vec![
+            constant(vec![768, 768], 8, 21, 2047),
+            constant(vec![768], 16, 22, 1 << 20),
+        ],
+        Op::EinSum {
+            a: vec![0, 1],
+            b: vec![1, 2],
+            out: vec![0, 2],
+        },
+        vec![197, 768],
+    );
+    let scores = model(
+        vec![
+            input("q", vec![64, 2, 49, 32]),
+            input("k", vec![64, 2, 49, 32]),
+        ],
+        vec![constant(vec![2, 49, 49], 16, 23, 1 << 20)],
+        Op::EinSum {
+            a: vec![0, 1, 2, 3],
+            b: vec![0, 1, 4, 3],
+            out: vec![0, 1, 2, 4],
+        },
+        vec![64, 2, 49, 49],
+    );
+    for (name, m, mag) in [
+        (
+            "kernels::einsum/w12a12+bias,m=197,k=768,n=768",
+            &linear,
+            2047,
+        ),
+        (
+            "kernels::einsum/window-scores+bias,b=64,h=2,t=49,d=32",
+            &scores,
+            1 << 12,
+        ),
+    ] {
+        m.validate().expect("valid bench model");
+        let xs: Vec<Vec<i32>> = m
+            .inputs
+            .iter()
+            .enumerate()
+            .map(|(i, x)| values(x.shape.iter().product::<u32>() as usize, 31 + i as u64, mag))
+            .collect();
+        let exec = Executor::new(m, Mode::Fast { threads: 1 });
+        c.bench_function(name, |b| {
+            b.iter(|| black_box(exec.run(xs.clone()).unwrap()))
+        });
+    }
+}
+
 /// The 8-bit GEMM alone, on each instruction-set level this CPU has, and an 8-bit convolution through the
 /// fast executor.
 fn bench_qgemm(c: &mut Criterion) {
@@ -456,6 +543,6 @@ fn bench_silu(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(20);
-    targets = bench, bench_qgemm, bench_blockdot, bench_attention_and_pools, bench_silu
+    targets = bench, bench_qgemm, bench_blockdot, bench_attention_and_pools, bench_silu, bench_widened
 }
 criterion_main!(benches);
