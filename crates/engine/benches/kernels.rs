@@ -188,36 +188,18 @@ fn bench_attention_and_pools(c: &mut Criterion) {
             }],
         }
     };
-    for (name, m, mag) in [
+    let pools = [pool(64, 112, 3, 2, 0), pool(256, 28, 3, 1, 1)];
+    let models = [
         (
             "kernels::einsum/attention-scores,h=12,t=197,d=64",
             &scores,
             1 << 19,
         ),
         ("kernels::softmax/12x197x197", &softmax, 1 << 20),
-        (
-            "kernels::max_pool/c=64,hw=112,k=3,s=2",
-            &pool(64, 112, 3, 2, 0),
-            1 << 20,
-        ),
-        (
-            "kernels::max_pool/c=256,hw=28,k=3,s=1",
-            &pool(256, 28, 3, 1, 1),
-            1 << 20,
-        ),
-    ] {
-        m.validate().expect("valid bench model");
-        let xs: Vec<Vec<i32>> = m
-            .inputs
-            .iter()
-            .enumerate()
-            .map(|(i, x)| values(x.shape.iter().product::<u32>() as usize, 11 + i as u64, mag))
-            .collect();
-        let exec = Executor::new(m, Mode::Fast { threads: 1 });
-        c.bench_function(name, |b| {
-            b.iter(|| black_box(exec.run(xs.clone()).unwrap()))
-        });
-    }
+        ("kernels::max_pool/c=64,hw=112,k=3,s=2", &pools[0], 1 << 20),
+        ("kernels::max_pool/c=256,hw=28,k=3,s=1", &pools[1], 1 << 20),
+    ];
+    one_thread(c, &models, 11);
 }
 
 /// Products whose rows are finished outside the 8-bit kernels, on one thread: a transformer's linear
@@ -233,22 +215,8 @@ fn bench_widened(c: &mut Criterion) {
         kind: InputKind::Fixed,
     };
     let model = |inputs: Vec<Input>, consts: Vec<Const>, op: Op, shape: Vec<u32>| {
-        let n = (inputs.len() + consts.len()) as u32;
-        Model {
-            inputs,
-            consts,
-            nodes: vec![Node {
-                name: "n".into(),
-                op,
-                inputs: (0..n).collect(),
-                shape,
-                scale: 10,
-            }],
-            outputs: vec![Output {
-                name: "y".into(),
-                value: n,
-            }],
-        }
+        let values = (0..(inputs.len() + consts.len()) as u32).collect();
+        Model::one_node(inputs, consts, op, values, shape, 10)
     };
     let constant = |shape: Vec<u32>, scale: i8, seed: u64, mag: i32| Const {
         data: values(shape.iter().product::<u32>() as usize, seed, mag).into(),
@@ -281,7 +249,7 @@ fn bench_widened(c: &mut Criterion) {
         },
         vec![64, 2, 49, 49],
     );
-    for (name, m, mag) in [
+    let models = [
         (
             "kernels::einsum/w12a12+bias,m=197,k=768,n=768",
             &linear,
@@ -292,13 +260,25 @@ fn bench_widened(c: &mut Criterion) {
             &scores,
             1 << 12,
         ),
-    ] {
+    ];
+    one_thread(c, &models, 31);
+}
+
+/// Each model on one thread, its inputs drawn from `seed` on (`values` of the magnitude given).
+fn one_thread(c: &mut Criterion, models: &[(&str, &Model, i32)], seed: u64) {
+    for &(name, m, mag) in models {
         m.validate().expect("valid bench model");
         let xs: Vec<Vec<i32>> = m
             .inputs
             .iter()
             .enumerate()
-            .map(|(i, x)| values(x.shape.iter().product::<u32>() as usize, 31 + i as u64, mag))
+            .map(|(i, x)| {
+                values(
+                    x.shape.iter().product::<u32>() as usize,
+                    seed + i as u64,
+                    mag,
+                )
+            })
             .collect();
         let exec = Executor::new(m, Mode::Fast { threads: 1 });
         c.bench_function(name, |b| {
