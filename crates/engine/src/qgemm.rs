@@ -2258,6 +2258,31 @@ mod tests {
             check_swapped(&w, &x, m, k, n, threads);
         }
 
+        /// Activations or their halves packed by the vector pass hold what the per-element form
+        /// holds, and refuse what it refuses: 8-bit values either way, 16-bit values only as halves,
+        /// values past 16 bits (high halves past a byte) never as high halves.
+        #[test]
+        fn parts_pack_as_the_per_element_form(
+            m in 1usize..12, k in 0usize..70, bits in prop::sample::select(vec![7u32, 8, 15, 16, 20]),
+            signed in any::<bool>(), seed in any::<u64>(),
+        ) {
+            let mut s = seed;
+            let mut next = || { s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407); (s >> 33) as i32 };
+            let span = 1i32 << bits;
+            let a: Vec<i32> = (0..m * k)
+                .map(|_| if signed { next().rem_euclid(span) - span / 2 } else { next().rem_euclid(span) })
+                .collect();
+            for part in [Part::Whole, Part::High, Part::Low] {
+                let fast = PackedA::part(&a, m, k, part);
+                let slow = PackedA::from_fn(m, k, |i, kk| part.of(a[i * k + kk]));
+                prop_assert_eq!(fast.is_some(), slow.is_some(), "{:?} bits {} signed {}", part, bits, signed);
+                if let (Some(f), Some(p)) = (fast, slow) {
+                    prop_assert_eq!((f.offset, f.m, f.kq), (p.offset, p.m, p.kq));
+                    prop_assert_eq!(&f.data[..], &p.data[..], "{:?}", part);
+                }
+            }
+        }
+
         #[test]
         fn equals_the_exact_product(
             m in 1usize..40, k in 1usize..300, n in 1usize..70, signed in any::<bool>(),
@@ -2268,6 +2293,30 @@ mod tests {
             let a: Vec<i32> = (0..m * k).map(|_| if signed { next().rem_euclid(256) - 128 } else { next().rem_euclid(256) }).collect();
             let b: Vec<i32> = (0..k * n).map(|_| next().rem_euclid(256) - 128).collect();
             check(&a, &b, m, k, n, threads);
+        }
+    }
+
+    /// At the edges of the ranges: the largest values a part holds, and one past them.
+    #[test]
+    fn parts_refuse_one_past_their_range() {
+        let cases: [(&[i32], Part, Option<bool>); 10] = [
+            (&[0, 255], Part::Whole, Some(false)),
+            (&[0, 256], Part::Whole, None),
+            (&[-128, 127], Part::Whole, Some(true)),
+            (&[-129, 0], Part::Whole, None),
+            (&[-128, 128], Part::Whole, None),
+            (&[0, 65535], Part::High, Some(false)),
+            (&[0, 65536], Part::High, None),
+            (&[-32768, 32767], Part::High, Some(true)),
+            (&[-32769, 0], Part::High, None),
+            (&[-32769, 65536], Part::Low, Some(false)),
+        ];
+        for (a, part, offset) in cases {
+            let p = PackedA::part(a, 1, 2, part);
+            assert_eq!(p.as_ref().map(|p| p.offset), offset, "{a:?} {part:?}");
+            let slow = PackedA::from_fn(1, 2, |_, kk| part.of(a[kk]));
+            let bytes = |p: &Option<PackedA>| p.as_ref().map(|p| p.data.to_vec());
+            assert_eq!(bytes(&p), bytes(&slow), "{a:?} {part:?}");
         }
     }
 
