@@ -143,7 +143,7 @@ pub fn choose(
     floats: &[Vec<Vec<f64>>],
     target: f64,
 ) -> Result<(Model, MixedPrecision), CompileError> {
-    let (goal, target) = (target, target * AIM);
+    let aim = target * AIM;
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let cancelled = || {
         if verity_engine::cancel::requested() {
@@ -170,12 +170,12 @@ pub fn choose(
         };
         Ok((e, m))
     };
-    // the best so far: among the models that meet the target the one with the fewest widened
+    // the best so far: among the models that meet the aim the one with the fewest widened
     // operands, else the most accurate
     let mut best = (int8_error, 0usize, Plan::uniform(int8), first);
     let consider = |best: &mut (f64, usize, Plan, Model), e: f64, p: Plan, m: Model| {
         let wide = p.wide_weights.len() + p.wide_acts.len();
-        let better = match (e <= target, best.0 <= target) {
+        let better = match (e <= aim, best.0 <= aim) {
             (true, true) => wide < best.1,
             (true, false) => true,
             (false, true) => false,
@@ -185,7 +185,7 @@ pub fn choose(
             *best = (e, wide, p, m);
         }
     };
-    if int8_error > target && !narrowed.is_empty() {
+    if int8_error > aim && !narrowed.is_empty() {
         // how much of the error each kind of operand causes, measured: every weight at 12 bits,
         // then every activation (errors add in power). The noise estimates of each kind are scaled
         // so they sum to its share: activation noise independent between positions is averaged away
@@ -211,7 +211,7 @@ pub fn choose(
         let ranked = rank(&narrowed, kw, ka);
         let plan_of = |count: usize| widened(int8, ranked[..count].iter().copied());
         // doubling: the first 1, 2, 4, … operands, then all of them; then a bisection between the
-        // last count that missed the target and the first that met it
+        // last count that missed the aim and the first that met it
         let (mut missed, mut met) = (0usize, None);
         let mut count = 1;
         while !ranked.is_empty() && rounds < MAX_ROUNDS {
@@ -219,7 +219,7 @@ pub fn choose(
             let p = plan_of(c);
             let (e, m) = measure(&p, &mut rounds)?;
             consider(&mut best, e, p, m);
-            if e <= target {
+            if e <= aim {
                 met = Some(c);
                 break;
             }
@@ -235,7 +235,7 @@ pub fn choose(
                 let p = plan_of(mid);
                 let (e, m) = measure(&p, &mut rounds)?;
                 consider(&mut best, e, p, m);
-                if e <= target {
+                if e <= aim {
                     hi = mid;
                 } else {
                     missed = mid;
@@ -264,11 +264,11 @@ pub fn choose(
     Ok((
         model,
         MixedPrecision {
-            target: goal,
-            aim: target,
+            target,
+            aim,
             calibration_error,
             int8_error,
-            met: calibration_error <= target,
+            met: calibration_error <= aim,
             rounds,
             contractions: narrowed.len(),
             wide,

@@ -646,13 +646,19 @@ pub(crate) enum Part {
 }
 
 impl Part {
+    /// The part of `v` is `(v >> right) & mask`: `(right, mask)`.
+    fn bits(self) -> (u32, i32) {
+        match self {
+            Part::Whole => (0, -1),
+            Part::High => (8, -1),
+            Part::Low => (0, 255),
+        }
+    }
+
     /// The value this part holds of `v`.
     fn of(self, v: i32) -> i32 {
-        match self {
-            Part::Whole => v,
-            Part::High => v >> 8,
-            Part::Low => v & 255,
-        }
+        let (right, mask) = self.bits();
+        (v >> right) & mask
     }
 }
 
@@ -682,11 +688,7 @@ impl PackedA {
             }
         };
         let mut p = PackedA::zeros(m, k, PackedA::offset_for(lo, hi)?)?;
-        let (right, mask) = match part {
-            Part::Whole => (0, -1),
-            Part::High => (8, -1),
-            Part::Low => (0, 255),
-        };
+        let (right, mask) = part.bits();
         let add = if p.offset { 128 } else { 0 };
         if k > 0 {
             for (i, row) in a.chunks_exact(k).enumerate() {
