@@ -165,7 +165,7 @@ fn bench_attention_and_pools(c: &mut Criterion) {
             value: 2,
         }],
     };
-    let pool = |c: u32, hw: u32, k: u32, stride: u32, pad: u32| {
+    let pool = |c: u32, hw: u32, k: u32, stride: u32, pad: u32, avg: bool| {
         let window = Window {
             kernel: [k, k],
             stride: [stride, stride],
@@ -177,7 +177,13 @@ fn bench_attention_and_pools(c: &mut Criterion) {
             inputs: vec![input("x", vec![1, c, hw, hw])],
             consts: vec![],
             nodes: vec![node(
-                Op::MaxPool2d { window },
+                match avg {
+                    true => Op::AvgPool2d {
+                        window,
+                        count_include_pad: true,
+                    },
+                    false => Op::MaxPool2d { window },
+                },
                 vec![0],
                 vec![1, c, oh, ow],
                 16,
@@ -188,7 +194,13 @@ fn bench_attention_and_pools(c: &mut Criterion) {
             }],
         }
     };
-    let pools = [pool(64, 112, 3, 2, 0), pool(256, 28, 3, 1, 1)];
+    // (with Inception-v3's 3×3 "same" average pools over 17×17 and 8×8 planes)
+    let pools = [
+        pool(64, 112, 3, 2, 0, false),
+        pool(256, 28, 3, 1, 1, false),
+        pool(768, 17, 3, 1, 1, true),
+        pool(2048, 8, 3, 1, 1, true),
+    ];
     let models = [
         (
             "kernels::einsum/attention-scores,h=12,t=197,d=64",
@@ -198,6 +210,8 @@ fn bench_attention_and_pools(c: &mut Criterion) {
         ("kernels::softmax/12x197x197", &softmax, 1 << 20),
         ("kernels::max_pool/c=64,hw=112,k=3,s=2", &pools[0], 1 << 20),
         ("kernels::max_pool/c=256,hw=28,k=3,s=1", &pools[1], 1 << 20),
+        ("kernels::avg_pool/c=768,hw=17,k=3,s=1", &pools[2], 1 << 20),
+        ("kernels::avg_pool/c=2048,hw=8,k=3,s=1", &pools[3], 1 << 20),
     ];
     one_thread(c, &models, 11);
 }

@@ -1761,7 +1761,7 @@ pub(crate) fn avg_pool(
     if w.dilation != [1, 1] || area == 0 || !(-24..=24).contains(&e) {
         return None;
     }
-    let mx = x.iter().map(|v| v.unsigned_abs()).max().unwrap_or(0) as u128;
+    let mx = max_abs(x);
     // |sum| ≤ area · max|x|: the rounding's numerator `2·(sum·2^e) + count·2^(−e)` and its
     // denominator below 2^52
     let (num, den) = ((area * mx) << e.max(0), area << (-e).max(0));
@@ -1777,6 +1777,21 @@ pub(crate) fn avg_pool(
     // most the numerator plus the denominator): the planes in 32-bit lanes
     if 2 * num + 3 * den < 1 << 31 {
         let d = Divisors32::new(&g);
+        if g.same.is_some() {
+            // blocks of whole planes of about 16 K elements, so that a block, its row sums and its
+            // output stay in the second-level cache between the passes
+            let (d, pl) = (d.plane(&g), h * wd);
+            let per = ((1 << 14) / pl).max(1);
+            crate::par::rows(&mut out, pl, th, 1, |c0, part| {
+                let mut sums = crate::buffers::take_overwritten(part.len().min(per * pl));
+                for (j, dst) in part.chunks_mut(per * pl).enumerate() {
+                    let at = (c0 + j * per) * pl;
+                    avg_same(&x[at..at + dst.len()], dst, (&g, &d), &mut sums);
+                }
+                crate::buffers::give(sums);
+            });
+            return Some(Ok(out));
+        }
         crate::par::rows(&mut out, oh * ow, th, 1, |c0, part| {
             let mut scratch = vec![0i32; (h + 2) * ow];
             for (j, dst) in part.chunks_mut((oh * ow).max(1)).enumerate() {
@@ -1844,6 +1859,9 @@ struct AvgPlan {
     area: usize,
     /// The rescale `e` (the sum times `2^e`, or the count times `2^−e`).
     e: i64,
+    /// For a "same" pooling (stride 1, the output as large as the input, as in an inception block),
+    /// the kernel's extent and its leading padding along the rows and along the columns.
+    same: Option<[(usize, usize); 2]>,
 }
 
 impl AvgPlan {
@@ -1888,6 +1906,9 @@ impl AvgPlan {
             include_pad,
             area: w.kernel[0] as usize * w.kernel[1] as usize,
             e,
+            same: (w.stride == [1, 1] && (oh, ow) == (h, wd))
+                .then_some([0, 1].map(|a| (w.kernel[a] as usize, w.pads[a] as usize)))
+                .filter(|axes| axes.iter().all(|&(k, p)| p < k)),
         }
     }
 
@@ -1977,6 +1998,109 @@ impl Divisors32 {
     }
 }
 
+impl Divisors32 {
+    /// The divisors of each position of a plane (`oh · ow`), in the plane's order.
+    fn plane(&self, g: &AvgPlan) -> Divisors32 {
+        fn rows<T: Copy>(v: &[T], g: &AvgPlan) -> Vec<T> {
+            let ow = g.ow;
+            g.rr.iter()
+                .flat_map(|&(a, b)| v[(b - a) * ow..(b - a + 1) * ow].iter().copied())
+                .collect()
+        }
+        Divisors32 {
+            den: rows(&self.den, g),
+            den2: rows(&self.den2, g),
+            inv: rows(&self.inv, g),
+        }
+    }
+}
+
+crate::multiversion! {
+    fn avg_same(x: &[i32], dst: &mut [i32], gd: (&AvgPlan, &Divisors32), sums: &mut [i32]) -> () = avg_same_body
+}
+
+/// Whole planes of a "same" [`avg_pool`] in 32-bit lanes (`x` and `dst` the same number of planes, `d`
+/// a plane's divisors, [`Divisors32::plane`], `sums` at least as long as `x`), in long vector runs
+/// over the flattened planes instead of row by row (a 17-wide row pays a loop's setup per pass): each
+/// element's sum of `x[i − p + t]` over the kernel's columns `t` (its row's taps, for every column
+/// whose taps all lie in its row), then each of those sums' over the kernel's rows, `w` apart (its
+/// plane's rows, for every row whose taps all lie in its plane); the edge columns and rows, which
+/// those runs gave a neighbouring row's or plane's elements, are then summed again from their valid
+/// taps alone. Every partial sum is a sum of at most a window's elements: inside the caller's bound.
+/// Then the rounding of [`avg_plane_narrow_body`].
+#[inline(always)]
+fn avg_same_body(x: &[i32], dst: &mut [i32], (g, d): (&AvgPlan, &Divisors32), sums: &mut [i32]) {
+    let Some([(kh, ph), (kw, pw)]) = g.same else {
+        return;
+    };
+    let (h, w) = (g.h, g.ow);
+    let (rs, up) = (&mut sums[..x.len()], g.e.max(0) as u32);
+    sum_shifted(x, rs, pw, kw, 1);
+    let right = kw - 1 - pw;
+    let edges = |n: usize, lead: usize, trail: usize| {
+        (0..lead.min(n)).chain(n.saturating_sub(trail).max(lead.min(n))..n)
+    };
+    // (an edge column's taps one at a time down all its rows: short loops, no per-element setup)
+    for ox in edges(w, pw, right) {
+        let (a, b) = (ox.saturating_sub(pw), (ox + right + 1).min(w));
+        for (i, &v) in (ox..).step_by(w).zip(x[a..].iter().step_by(w)) {
+            rs[i] = v;
+        }
+        for c in a + 1..b {
+            for (i, &v) in (ox..).step_by(w).zip(x[c..].iter().step_by(w)) {
+                rs[i] += v;
+            }
+        }
+    }
+    sum_shifted(rs, dst, ph * w, kh, w);
+    let below = kh - 1 - ph;
+    for (src, out) in rs.chunks_exact(h * w).zip(dst.chunks_exact_mut(h * w)) {
+        for oy in edges(h, ph, below) {
+            let orow = &mut out[oy * w..(oy + 1) * w];
+            let a = oy.saturating_sub(ph);
+            orow.copy_from_slice(&src[a * w..(a + 1) * w]);
+            for r in a + 1..(oy + below + 1).min(h) {
+                for (s, &v) in orow.iter_mut().zip(&src[r * w..(r + 1) * w]) {
+                    *s += v;
+                }
+            }
+        }
+        for (((q, &dn), &d2), &r) in out.iter_mut().zip(&d.den).zip(&d.den2).zip(&d.inv) {
+            *q = round_quotient(2 * (*q << up) + dn, d2, r);
+        }
+    }
+}
+
+/// `⌊n / d2⌋` for `|n| < 2^31` and `0 < d2 < 2^31`, `inv` being `1 / d2` rounded: the truncated
+/// product `n · inv` in `f64` (a relative error below 2^−51 on a quotient below 2^31: within one of
+/// the floor), corrected by the remainder.
+#[inline(always)]
+fn round_quotient(n: i32, d2: i32, inv: f64) -> i32 {
+    let p = n as f64 * inv;
+    // SAFETY: `p` is finite and |p| ≤ |n| < 2^31 (`inv` ≤ 1), so it truncates to an `i32`; the
+    // unchecked form is one vector instruction where `as` clamps lane by lane
+    let t: i32 = unsafe { p.to_int_unchecked() };
+    let rem = n - t * d2;
+    t + (rem >= d2) as i32 - (rem < 0) as i32
+}
+
+/// `out[i] = Σ_{t < k} src[i − lead + t·step]` for every `i` whose terms all lie in `src` (`lead ..
+/// lead + len − (k − 1)·step`); the rest of `out` is left as it was.
+#[inline(always)]
+fn sum_shifted(src: &[i32], out: &mut [i32], lead: usize, k: usize, step: usize) {
+    let span = (k - 1) * step;
+    let Some(len) = src.len().checked_sub(span).filter(|&l| l > 0) else {
+        return;
+    };
+    let out = &mut out[lead..lead + len];
+    out.copy_from_slice(&src[..len]);
+    for t in 1..k {
+        for (o, &v) in out.iter_mut().zip(&src[t * step..t * step + len]) {
+            *o += v;
+        }
+    }
+}
+
 crate::multiversion! {
     fn avg_plane_narrow(plane: &[i32], dst: &mut [i32], gd: (&AvgPlan, &Divisors32), scratch: &mut [i32]) -> () = avg_plane_narrow_body
 }
@@ -2010,9 +2134,7 @@ fn avg_plane_narrow_body(
             *n = 2 * (s << up) + dn;
         }
         for (((q, &n), &d2), &r) in drow.iter_mut().zip(&num[..ow]).zip(den2).zip(inv) {
-            let t = (n as f64 * r) as i32;
-            let rem = n - t * d2;
-            *q = t + (rem >= d2) as i32 - (rem < 0) as i32;
+            *q = round_quotient(n, d2, r);
         }
     }
 }

@@ -437,6 +437,70 @@ fn average_pools_equal_the_reference() {
     }
 }
 
+/// "Same" average pools (stride 1, the output as large as the input: the fast executor's kernel sums
+/// whole blocks of planes as flat runs, then sums each edge column and row again from its valid taps)
+/// give the reference's integers: square and oblong kernels, padding only before, only after or on
+/// both sides, kernels taller or wider than the plane, one-row planes, planes spread over several
+/// blocks (260 planes of 8×8) and threads, windows counting their padding or not, rescales both ways.
+#[test]
+fn same_average_pools_equal_the_reference() {
+    let mut g = crate::gen(0x5a3e, 1 << 14);
+    for shape in [
+        [1u32, 260, 8, 8],
+        [2, 5, 17, 17],
+        [1, 2, 35, 35],
+        [1, 40, 1, 5],
+        [1, 9, 6, 2],
+    ] {
+        let x = g(shape.iter().product::<u32>() as usize);
+        for (k, p) in [
+            ([3, 3], [1, 1, 1, 1]),
+            ([2, 2], [0, 0, 1, 1]),
+            ([3, 3], [2, 2, 0, 0]),
+            ([3, 5], [1, 2, 1, 2]),
+            ([1, 3], [0, 1, 0, 1]),
+            ([5, 5], [2, 2, 2, 2]),
+            ([7, 1], [3, 0, 3, 0]),
+            ([4, 3], [3, 0, 0, 2]),
+        ] {
+            let window = Window {
+                kernel: k,
+                stride: [1, 1],
+                dilation: [1, 1],
+                pads: p,
+            };
+            assert_eq!(
+                window.output_hw(shape[2], shape[3]),
+                Some((shape[2], shape[3]))
+            );
+            for count_include_pad in [true, false] {
+                for (si, so) in [(8, 11), (12, 4)] {
+                    let m = Model::one_node(
+                        vec![input("x", shape.to_vec(), si)],
+                        vec![],
+                        Op::AvgPool2d {
+                            window,
+                            count_include_pad,
+                        },
+                        vec![0],
+                        shape.to_vec(),
+                        so,
+                    );
+                    let r = run_all(&m, vec![x.clone()]);
+                    assert!(r[0].is_ok(), "{:?}", r[0]);
+                    for y in &r[1..] {
+                        assert_eq!(
+                            &r[0], y,
+                            "{shape:?}, kernel {k:?}, pads {p:?}, include pad {count_include_pad}, \
+                             scales {si} → {so}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Reductions over a block of middle axes (a layer normalization's sums over the channels of
 /// `[N, C, H, W]`, one output row of `H·W` folding `C` input rows), over leading, trailing and
 /// scattered axes: sums, means (rescaled both ways) and extremes give the single-step evaluator's
