@@ -1,12 +1,10 @@
-//! Print the decluttered tract graph of an ONNX model (a debugging aid for the importer).
+//! Print the decluttered tract graph of an ONNX model as the importer sees it (a debugging aid).
 use tract_onnx::prelude::*;
 
 fn main() -> TractResult<()> {
     let path = std::env::args().nth(1).expect("usage: dump model.onnx");
-    let model = tract_onnx::onnx()
-        .model_for_path(&path)?
-        .into_typed()?
-        .into_decluttered()?;
+    let mut model = tract_onnx::onnx().model_for_path(&path)?.into_typed()?;
+    verity_compiler::import::declutter(&mut model)?;
     for id in model.eval_order()? {
         let node = model.node(id);
         let facts: Vec<String> = model

@@ -633,4 +633,46 @@ mod tap_tests {
             }
         }
     }
+    /// A 1×1 convolution over a concatenation (an inception block's, a fire module's) stays one
+    /// contraction over the concatenated tensor: no product per part, no sum of their results.
+    #[test]
+    fn a_contraction_over_a_concatenation_stays_one() {
+        let mut m = conv(&[1, 8, 6, 6], 4, &[1, 1], (&[1, 1], &[0; 4], &[1, 1]));
+        let g = m.graph.as_mut().expect("a graph");
+        g.input = vec![value("xa", &[1, 3, 6, 6]), value("xb", &[1, 5, 6, 6])];
+        g.node.insert(
+            0,
+            pb::NodeProto {
+                input: vec!["xa".into(), "xb".into()],
+                output: vec!["x".into()],
+                name: "concat".into(),
+                op_type: "Concat".into(),
+                attribute: vec![pb::AttributeProto {
+                    name: "axis".into(),
+                    r#type: 2,
+                    i: 1,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            },
+        );
+        for precision in [Precision::I32, Precision::INT8] {
+            let opts = CompileOptions {
+                precision,
+                ..Default::default()
+            };
+            let imported = import::import_proto(m.clone(), &opts.import).unwrap();
+            let (model, report) = compile_imported(imported, &opts).unwrap();
+            let ops: Vec<&str> = model.nodes.iter().map(|n| n.op.name()).collect();
+            let products = ops
+                .iter()
+                .filter(|o| ["EinSum", "Conv2d"].contains(o))
+                .count();
+            assert_eq!(products, 1, "{precision}: {ops:?}");
+            assert!(!ops.contains(&"Add"), "{precision}: {ops:?}");
+            assert!(ops.contains(&"Concat"), "{precision}: {ops:?}");
+            let err = report.outputs[0].max_relative_error;
+            assert!(err < 0.03, "{precision}: error {err}");
+        }
+    }
 }
