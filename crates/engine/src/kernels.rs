@@ -955,6 +955,21 @@ impl EinPlan {
             // run when the product is split too
             let batch = |bi: usize| &bp[bi * k * n..(bi + 1) * k * n];
             let th = if m * k * n >= 1 << 21 { threads } else { 1 };
+            // one batch of 16-bit activations by split weights: one pass over the values' pairs
+            // where the sums allow it, packed straight from the activations
+            if let (1, Some(_)) = (bt, qa[0].lo.as_ref()) {
+                let (lo, hi) = min_max_in(batch(0), rb);
+                let high = PackedA::offset_for(lo >> 8, hi >> 8);
+                if let (None, Some(offset)) = (PackedA::offset_for(lo, hi), high) {
+                    let range = (lo, hi, offset);
+                    let w = qa[0].as_ref();
+                    if let Some((c, ldc)) =
+                        qgemm::gemm_pairs(w, batch(0), (k, n), range, threads, level)
+                    {
+                        return Some((Acc::Wide(c, ldc), false));
+                    }
+                }
+            }
             // (sums in the whole form requantized when asked: its `whole` closure)
             return self
                 .by_parts(
@@ -1047,8 +1062,24 @@ impl EinPlan {
                     .collect(),
             ));
         }
-        let mut c = sums_buffer(bt * m * n);
         let mut whole = whole.map(|w| w.into_iter());
+        if bt == 1 {
+            // one batch's joined product read where it lies, its rows `ldc` apart
+            let acts = match whole.as_mut().and_then(|w| w.next()) {
+                Some(a) => Parts { hi: a, lo: None },
+                None => Parts {
+                    hi: pack(0, Part::High)?,
+                    lo: Some(pack(0, Part::Low)?),
+                },
+            };
+            if let Some((p, ldc)) = joined(weights(0), &acts) {
+                return Some(Acc::Wide(p, ldc));
+            }
+            let mut c = sums_buffer(m * n);
+            join_parts(&mut c, weights(0), &acts, (m, n), &mul);
+            return Some(Acc::Wide(c, n));
+        }
+        let mut c = sums_buffer(bt * m * n);
         for bi in 0..bt {
             let acts = match whole.as_mut().and_then(|w| w.next()) {
                 Some(a) => Parts { hi: a, lo: None },
@@ -1067,7 +1098,7 @@ impl EinPlan {
                 None => join_parts(&mut c, weights(bi), &acts, (m, n), &mul),
             }
         }
-        Some(Acc::Wide(c))
+        Some(Acc::Wide(c, n))
     }
 
     /// Run; `pa`/`pb` are the node's pre-packed operands when constant (`a`/`b` then give the operand's
@@ -1178,7 +1209,7 @@ impl EinPlan {
                     let bp = if b8 { bp_of() } else { bp };
                     let (bt, m, k, n) = (self.bt, self.m, self.k, self.n);
                     let c = batched_gemm(&ap, &bp, bt, m, k, n, bound, threads);
-                    (Acc::Wide(c), false, ap, bp)
+                    (Acc::Wide(c, n), false, ap, bp)
                 }
             };
         // the operands' packed copies are not read again
@@ -1260,8 +1291,14 @@ impl EinPlan {
                 return Ok(out);
             }
         }
-        let mut out =
-            crate::par::filled(out_len, 0i32, if out_len >= 1 << 16 { threads } else { 1 });
+        // rows in order that cover the output write every element of it; otherwise the elements no
+        // row reaches stay zero
+        let mut out = match in_order && rows * n == out_len {
+            true => crate::buffers::take_overwritten(out_len),
+            false => {
+                crate::par::filled(out_len, 0i32, if out_len >= 1 << 16 { threads } else { 1 })
+            }
+        };
         // a row's output is one slice only when the layout is contiguous
         let hook = if layout.contiguous { hook.take() } else { None };
         // row r of C into its place in `dst` (the output from element `base` on)
@@ -1271,7 +1308,9 @@ impl EinPlan {
                 .map(|(brow, bcol)| (brow[r], bcol.as_slice()));
             let place = (&mut *dst, row_out[r] - base, col_out.as_slice());
             match &c {
-                Acc::Wide(c) => epilogue(&c[r * n..(r + 1) * n], place, bias, bo, shift, layout)?,
+                Acc::Wide(c, ldc) => {
+                    epilogue(&c[r * ldc..r * ldc + n], place, bias, bo, shift, layout)?
+                }
                 Acc::Narrow(c) => {
                     let (cb, ldc) = &c[r / self.m];
                     let i = r % self.m;
@@ -1301,7 +1340,7 @@ impl EinPlan {
         }
         match c {
             Acc::Narrow(c) => c.into_iter().for_each(|(c, _)| crate::buffers::give(c)),
-            Acc::Wide(c) => crate::buffers::give(c),
+            Acc::Wide(c, _) => crate::buffers::give(c),
         }
         Ok(out)
     }
@@ -1336,9 +1375,10 @@ fn add_shifted_row_body(c: &mut [i64], p: &[i32], sh: u32) {
     }
 }
 
-/// The accumulators of an `EinSum`: `[batch·m × n]` in `i64`, or per batch in `i32` with a row stride.
+/// The accumulators of an `EinSum`: `[batch·m × n]` in `i64`, rows the stride given apart (`n`, or
+/// for one batch the joined product's padded row), or per batch in `i32` with a row stride.
 enum Acc {
-    Wide(Vec<i64>),
+    Wide(Vec<i64>, usize),
     Narrow(Vec<(Vec<i32>, usize)>),
 }
 
@@ -2602,7 +2642,7 @@ fn joined_parts(
     if let Some(plan) = join {
         // (every element written)
         let mut c = crate::buffers::take_overwritten(rows * ldc);
-        qgemm::product_joined(w.as_ref(), acts, r0, &mut c, plan, tokens);
+        qgemm::product_joined(w.as_ref(), acts, r0, &mut c, (plan, None), tokens);
         return (c, ldc);
     }
     let mut c = sums_buffer(rows * n);
@@ -2731,7 +2771,7 @@ fn conv2d_narrow(
         let mut out = crate::buffers::take_overwritten(n * o_ch * p);
         // every sum's magnitude at most kk · max|x| · 128 (8-bit weights)
         let mx = lo.unsigned_abs().max(hi.unsigned_abs()) as u128;
-        let act = (offset, split, kk as u128 * mx * 128);
+        let act = (offset, split, kk as u128 * mx * 128, (lo, hi));
         let th = if groupwise { threads } else { th };
         let done = conv2d_panels(s, x, qw, bias, shift, (act, level, th), hook, &mut out);
         return Some(done.map(|()| out));
@@ -4691,6 +4731,10 @@ fn panels_suit(s: &ConvSpec<'_>, threads: usize) -> bool {
     4 * panels <= 5 * whole(oh * ow)
 }
 
+/// What [`conv2d_panels`] knows of its activations: whether their bytes are offset, whether they
+/// are split into halves, the bound on a sum's magnitude, and their range.
+type PanelActs = (bool, bool, u128, (i32, i32));
+
 /// An 8-bit convolution read in place from the padded byte image of [`padded_bytes`] (16-bit inputs:
 /// from an image of their high bytes, `offset` as [`halves`] found, and one of their low bytes, whose
 /// products are joined in `i64` as the other paths join them): the product
@@ -4700,6 +4744,10 @@ fn panels_suit(s: &ConvSpec<'_>, threads: usize) -> bool {
 /// requantized and handed to `hook` (as those channels' output rows) while it sits in the cache. With
 /// several threads the panels are split among them, each writing its output rows of every channel —
 /// or, with at least as many groups as threads, whole groups are (each group's panels on its thread).
+/// 16-bit inputs by split weights that one pass multiplies as 16-bit values ([`qgemm::pairs_plan`],
+/// their values in `range`) are read instead from one image of their `i16` values
+/// ([`padded_i16`]), each panel's patches laid out as that pass reads them ([`qgemm::pairs16`]): no
+/// byte images, no widening in the product.
 /// The same sums as [`conv2d_narrow`]'s other paths, in the same integers.
 #[allow(clippy::too_many_arguments)]
 fn conv2d_panels(
@@ -4708,7 +4756,7 @@ fn conv2d_panels(
     qw: &[Parts<PackedA>],
     bias: Option<(&[i32], i32)>,
     shift: i32,
-    ((offset, split, bound), level, threads): ((bool, bool, u128), Level, usize),
+    ((offset, split, bound, range), level, threads): (PanelActs, Level, usize),
     hook: Option<RowHook<'_>>,
     out: &mut [i32],
 ) -> Result<(), ExecError> {
@@ -4727,11 +4775,31 @@ fn conv2d_panels(
     let p = oh * ow;
     let add = if offset { 128 } else { 0 };
     let tokens = crate::cancel::current();
+    // every group's single pass over 16-bit pairs, where each group has one
+    let pairs: Option<Vec<qgemm::JoinPlan>> = split
+        .then(|| {
+            let (lo, hi) = range;
+            qw.iter()
+                .map(|q| qgemm::pairs_plan(&q.as_ref(), (kk, qgemm::NR), (lo, hi, offset), level))
+                .map(|p| p.map(|(plan, _)| plan))
+                .collect()
+        })
+        .flatten();
     for b in 0..s.x[0] {
         // every group's planes padded at once; group g's windows start `g · plane` further
         let high = (if split { 8 } else { 0 }, add);
-        let (image, starts, wq, plane) = padded_bytes(s, x, b, high);
-        let low = split.then(|| padded_bytes(s, x, b, (0, 0)).0);
+        let (image, image16, starts, wq, plane, low) = match pairs {
+            Some(_) => {
+                let (image16, starts, wq, plane) = padded_i16(s, x, b);
+                (Vec::new(), image16, starts, wq, plane, None)
+            }
+            None => {
+                let (image, starts, wq, plane) = padded_bytes(s, x, b, high);
+                let low = split.then(|| padded_bytes(s, x, b, (0, 0)).0);
+                (image, Vec::new(), starts, wq, plane, low)
+            }
+        };
+        let image_len = image.len().max(image16.len());
         // group g's output planes, its panels (or its output channels) split across `threads`
         let one_group = |g: usize, qw: &Parts<PackedA>, out_g: &mut [i32], threads: usize| {
             let group = g * plane;
@@ -4743,7 +4811,7 @@ fn conv2d_panels(
             // every window of every output row lies in the image, and so do the columns that round a
             // panel up to whole blocks (`padded_bytes` sizes it so)
             let last = (oh * wq).div_ceil(qgemm::NR) * qgemm::NR;
-            debug_assert!(starts.iter().all(|&s0| group + s0 + last <= image.len()));
+            debug_assert!(starts.iter().all(|&s0| group + s0 + last <= image_len));
             let by_channels = channel_parts(s, threads);
             // output rows per panel (but for parts by channels, at least one panel per thread), and
             // per part (whole panels)
@@ -4791,6 +4859,38 @@ fn conv2d_panels(
                     // whole blocks of columns: those past the panel's rows are read from the image
                     // like the others and their sums never requantized (no partial block to pack)
                     let n = ((oy1 - oy0) * wq).div_ceil(qgemm::NR) * qgemm::NR;
+                    if let (Some(plans), Some(_)) = (&pairs, &qw.lo) {
+                        // the patches as the single pass's pairs, multiplied where they lie
+                        let plan = plans[g];
+                        let kcq = plan.single.expect("a single pass");
+                        let p16 = qgemm::pairs16(&image16, &at, n, kcq)
+                            .expect("the windows lie in the image");
+                        let shape = PackedB::pairs_shape(kk, n, offset)
+                            .expect("the caller checked the reduction");
+                        let acts = Parts {
+                            hi: &shape,
+                            lo: Some(&shape),
+                        };
+                        // (every element written)
+                        let mut c = crate::buffers::take_overwritten(n_o * n);
+                        let how = (plan, Some(&p16[..]));
+                        qgemm::product_joined(qw.as_ref(), acts, o0, &mut c, how, &tokens);
+                        crate::buffers::give(p16);
+                        for (o, seg) in segs.iter_mut().enumerate() {
+                            let oc = g * og + o0 + o;
+                            let bv = bias.map_or(0i128, |(d, sh)| (d[oc] as i128) << sh);
+                            let dst = &mut seg[(oy0 - y0) * ow..(oy1 - y0) * ow];
+                            let done = requantize_rows(dst, &c[o * n..], (ow, wq), bv, shift);
+                            if let Err(e) = done {
+                                return err.set(e);
+                            }
+                            if let Some(h) = hook {
+                                h(first + (o0 + o) * p + oy0 * ow, dst);
+                            }
+                        }
+                        crate::buffers::give(c);
+                        continue;
+                    }
                     let cols = PackedB::rows_of(&image, &at, n, offset).expect(
                         "the windows lie in the image and the caller checked the reduction",
                     );
@@ -4875,6 +4975,7 @@ fn conv2d_panels(
             }
         }
         crate::buffers::give(image);
+        crate::buffers::give(image16);
         if let Some(l) = low {
             crate::buffers::give(l);
         }
@@ -4899,6 +5000,24 @@ fn padded_bytes(
     b: usize,
     byte: (u32, i32),
 ) -> (Vec<u8>, Vec<usize>, usize, usize) {
+    padded_image(s, x, b, byte.1 as u8, |plane, map, dst| {
+        plane_bytes(plane, map, dst, byte)
+    })
+}
+
+/// [`padded_bytes`] of 16-bit values, each stored as its `i16` (the padding 0).
+fn padded_i16(s: &ConvSpec<'_>, x: &[i32], b: usize) -> (Vec<i16>, Vec<usize>, usize, usize) {
+    padded_image(s, x, b, 0i16, plane_i16)
+}
+
+/// [`padded_bytes`]' layout of elements of any type: the padding `zero`, each plane written by `fill`.
+fn padded_image<T: crate::buffers::Pooled>(
+    s: &ConvSpec<'_>,
+    x: &[i32],
+    b: usize,
+    zero: T,
+    fill: impl Fn(&[i32], PhaseMap<'_>, &mut [T]),
+) -> (Vec<T>, Vec<usize>, usize, usize) {
     let (c, h, wd) = (s.x[1], s.x[2], s.x[3]);
     let (cg, kh, kw) = (s.w[1], s.w[2], s.w[3]);
     let [pt, pl, pb, pr] = s.window.pads.map(|v| v as usize);
@@ -4910,7 +5029,7 @@ fn padded_bytes(
     let chan = sy * sx * phase;
     // (and room for the last window's row to be read on to a whole block of columns)
     let tail = (kw - 1) * dx / sx + qgemm::NR - 1;
-    let mut image = crate::buffers::take(c * chan + tail, byte.1 as u8);
+    let mut image = crate::buffers::take(c * chan + tail, zero);
     // per column phase: the first input column it holds (input column `j` is padded column
     // `j + pl`), where that column sits in a row of the phase image, and how many it holds
     let cols: Vec<(usize, usize, usize)> = (0..sx)
@@ -4926,7 +5045,7 @@ fn padded_bytes(
     for ci in 0..c {
         let plane = &x[(b * c + ci) * h * wd..][..h * wd];
         let phases = &mut image[ci * chan..(ci + 1) * chan];
-        plane_bytes(plane, (&rows, &cols, sx), phases, byte);
+        fill(plane, (&rows, &cols, sx), phases);
     }
     let starts = (0..cg * kh * kw)
         .map(|r| {
@@ -4949,11 +5068,27 @@ crate::multiversion! {
 /// One input plane (rows of `plane.len() / rows.len()` values) into its phase images in `dst`, each
 /// value `v` as the byte `(v >> shift) + add` (see [`padded_bytes`]).
 #[inline(always)]
-fn plane_bytes_body(
+fn plane_bytes_body(plane: &[i32], map: PhaseMap<'_>, dst: &mut [u8], (shift, add): (u32, i32)) {
+    plane_into(plane, map, dst, |v| ((v >> shift) + add) as u8)
+}
+
+crate::multiversion! {
+    fn plane_i16(plane: &[i32], map: PhaseMap<'_>, dst: &mut [i16]) -> () = plane_i16_body
+}
+
+/// [`plane_bytes_body`] of 16-bit values as their `i16`.
+#[inline(always)]
+fn plane_i16_body(plane: &[i32], map: PhaseMap<'_>, dst: &mut [i16]) {
+    plane_into(plane, map, dst, |v| v as i16)
+}
+
+/// [`plane_bytes_body`]'s loop, each value stored as `elem(v)`.
+#[inline(always)]
+fn plane_into<T: Copy>(
     plane: &[i32],
     (rows, cols, sx): PhaseMap<'_>,
-    dst: &mut [u8],
-    (shift, add): (u32, i32),
+    dst: &mut [T],
+    elem: impl Fn(i32) -> T,
 ) {
     let wd = plane.len() / rows.len().max(1);
     for (src, &row) in plane.chunks_exact(wd.max(1)).zip(rows) {
@@ -4974,11 +5109,11 @@ fn plane_bytes_body(
             };
             let pairs = src.chunks_exact(2);
             if let [last] = *pairs.remainder() {
-                even[ne - 1] = ((last >> shift) + add) as u8;
+                even[ne - 1] = elem(last);
             }
             for ((e, o), p) in even.iter_mut().zip(odd.iter_mut()).zip(pairs) {
-                *e = ((p[0] >> shift) + add) as u8;
-                *o = ((p[1] >> shift) + add) as u8;
+                *e = elem(p[0]);
+                *o = elem(p[1]);
             }
             continue;
         }
@@ -4986,11 +5121,11 @@ fn plane_bytes_body(
             let out = &mut dst[row + at..row + at + n];
             if sx == 1 {
                 for (d, &v) in out.iter_mut().zip(&src[j0..]) {
-                    *d = ((v >> shift) + add) as u8;
+                    *d = elem(v);
                 }
             } else {
                 for (d, &v) in out.iter_mut().zip(src[j0..].iter().step_by(sx)) {
-                    *d = ((v >> shift) + add) as u8;
+                    *d = elem(v);
                 }
             }
         }
@@ -5733,7 +5868,7 @@ pub(crate) mod tests {
             assert!(matches!(
                 plan.narrow_product(&a16, &b, (None, Some(&pb)), None, 1, None)
                     .map(|p| p.0),
-                Some(Acc::Wide(_))
+                Some(Acc::Wide(..))
             ));
         }
         // wider ones (or 16-bit values mixing signs across the halves' forms) take the wide path

@@ -351,6 +351,25 @@ impl PackedB {
         (&mut self.data, if self.offset { 128 } else { 0 })
     }
 
+    /// The shape of `k×n` split activations (`offset` as their high bytes are stored) given as
+    /// [`pairs16`] instead of bytes: no bytes, the sums of columns zero (a single pass starts its sums
+    /// from zero); `None` when `k > MAX_K`.
+    pub(crate) fn pairs_shape(k: usize, n: usize, offset: bool) -> Option<PackedB> {
+        if k > MAX_K {
+            return None;
+        }
+        Some(PackedB {
+            k,
+            n,
+            kq: k.div_ceil(4),
+            data: Vec::new(),
+            weights: false,
+            offset,
+            colsum: vec![0; n.div_ceil(NR) * NR],
+            magnitude: 0,
+        })
+    }
+
     /// Zero 8-bit activations of shape `k×n`, stored with a +128 offset when `offset` (signed values),
     /// to be filled through [`PackedB::bytes_mut`]; `None` if `k > MAX_K`.
     pub fn activation_zeros(k: usize, n: usize, offset: bool) -> Option<PackedB> {
@@ -964,7 +983,7 @@ fn by_column_parts(
             pb,
             (0, blocks),
             Sums::Narrow(&mut sums, requant),
-            None,
+            (None, None),
             tokens,
         );
         for (seg, row) in segs.into_iter().zip(sums.chunks_exact(w)) {
@@ -1019,7 +1038,14 @@ fn gemm_rows(
     if level == Level::Avx2 {
         let (a, b) = (Parts { hi: a, lo: None }, Parts { hi: b, lo: None });
         let blocks = 0..b.hi.ldc() / NR;
-        gemm_rows_avx2(a, b, (r0, blocks), Sums::Narrow(c, requant), None, tokens);
+        gemm_rows_avx2(
+            a,
+            b,
+            (r0, blocks),
+            Sums::Narrow(c, requant),
+            (None, None),
+            tokens,
+        );
         // (an empty reduction has no last block to requantize in)
         return a.hi.kq > 0;
     }
@@ -1205,13 +1231,15 @@ enum Out<'c, 'o> {
 /// product of 8-bit weights by the 16-bit activations, added `256·high + low` — or, where `join`
 /// says their magnitudes allow ([`JoinPlan::single`]), both sides' 16-bit values in one pass over
 /// blocks short enough that no `i32` sum wraps, on AVX-512 VNNI's `vpdpwssd` where `join` asks.
+/// `pairs`: a single pass's activations already as those pairs ([`pairs16`], laid out for the plan's
+/// blocks; `b` then gives their shape only), read where they lie instead of widened here.
 #[cfg(target_arch = "x86_64")]
 fn gemm_rows_avx2(
     a: Parts<&PackedA>,
     b: Parts<&PackedB>,
     (r0, blocks): (usize, std::ops::Range<usize>),
     mut sums: Sums<'_, '_>,
-    join: Option<JoinPlan>,
+    (join, pairs): (Option<JoinPlan>, Option<&[i16]>),
     tokens: &[crate::cancel::Cancel],
 ) {
     // the sums hold the blocks' columns only (rows `ldc` apart)
@@ -1270,7 +1298,12 @@ fn gemm_rows_avx2(
     };
     // (from the executor's pool: every element is written before it is read)
     let mut aw = crate::buffers::take_overwritten::<i16>(MC2.min(rows) * kc * 4);
-    let mut bw = crate::buffers::take_overwritten::<i16>(chunk.min(nb) * kc * NR * 4);
+    let widened = if pairs.is_some() && plain {
+        0
+    } else {
+        chunk.min(nb) * kc * NR * 4
+    };
+    let mut bw = crate::buffers::take_overwritten::<i16>(widened);
     for q0 in (0..kq).step_by(kcq) {
         let qn = kcq.min(kq - q0);
         for (pass, &(pa, pb, shift)) in passes.iter().enumerate() {
@@ -1278,9 +1311,17 @@ fn gemm_rows_avx2(
             let ma = Widen::of(pa.hi.weights, pa.lo.is_some(), plain && !pa.hi.offset);
             for c0 in (0..nb).step_by(chunk) {
                 let stretch = blocks.start + c0..blocks.start + (c0 + chunk).min(nb);
-                let bw = &mut bw[..stretch.len() * qn * NR * 4];
-                // SAFETY: `gemm` runs this level only where the CPU supports AVX2
-                unsafe { widen_pairs(pb, mb, (q0, qn), stretch.clone(), bw) };
+                let len = stretch.len() * qn * NR * 4;
+                let bw: &[i16] = match pairs.filter(|_| plain) {
+                    // (the plan's block from `q0` on: every block of columns' `qn` quads)
+                    Some(p) => &p[(q0 * b.hi.ldc() + stretch.start * qn * NR) * 4..][..len],
+                    None => {
+                        let bw = &mut bw[..len];
+                        // SAFETY: `gemm` runs this level only where the CPU supports AVX2
+                        unsafe { widen_pairs(pb, mb, (q0, qn), stretch.clone(), bw) };
+                        bw
+                    }
+                };
                 for m0 in (0..rows).step_by(MC2) {
                     if crate::cancel::any(tokens) {
                         return;
@@ -1785,16 +1826,27 @@ pub(crate) fn join_plan(
             } else {
                 (b.hi.magnitude, (&a.hi.data, a.hi.offset))
             };
-            let ah = high_magnitude(act, if offset { 128 } else { 0 });
-            if !offset && ah > 127 {
-                return None;
-            }
-            let big_a = 256 * ah as u64 + 255;
-            let big_w = 256 * w as u64 + 128;
-            let kcq = (((1u64 << 31) - 1) / (4 * big_a * big_w)).min(KCQS as u64) as usize;
-            (kcq >= SINGLE_MIN_KCQ).then_some(kcq)
+            single_kcq(w, high_magnitude(act, if offset { 128 } else { 0 }), offset)
         })
         .flatten();
+    plan_at(single, level)
+}
+
+/// A single pass's quads of `k` per block ([`join_plan`]) for split weights whose high bytes reach
+/// `w` in magnitude and split activations whose high bytes lie within `ah` of their zero (`offset`:
+/// signed values; unsigned ones must stay below 32768), if at least [`SINGLE_MIN_KCQ`].
+fn single_kcq(w: u32, ah: u32, offset: bool) -> Option<usize> {
+    if !offset && ah > 127 {
+        return None;
+    }
+    let big_a = 256 * ah as u64 + 255;
+    let big_w = 256 * w as u64 + 128;
+    let kcq = (((1u64 << 31) - 1) / (4 * big_a * big_w)).min(KCQS as u64) as usize;
+    (kcq >= SINGLE_MIN_KCQ).then_some(kcq)
+}
+
+/// The plan for a single pass of `single` quads per block (or none) at `level`.
+fn plan_at(single: Option<usize>, level: Level) -> Option<JoinPlan> {
     match level {
         Level::Avx2 => Some(JoinPlan {
             single,
@@ -1806,6 +1858,161 @@ pub(crate) fn join_plan(
         }),
         _ => None,
     }
+}
+
+/// The single pass of split weights `a` by the activations of a `k × n` matrix (`n` a whole number of
+/// blocks of [`NR`] columns) whose 16-bit values lie in `lo..=hi` (as two halves, `offset` as
+/// [`PackedB`] stores their high bytes), multiplied from the pairs [`pairs16`] lays out: the plan and
+/// the activations' shape ([`PackedB::pairs_shape`]); `None` where no single pass holds ([`join_plan`]:
+/// on AVX2 and AVX-512 VNNI, the same bound on the sums, from the activations' range instead of their
+/// packed bytes).
+pub(crate) fn pairs_plan(
+    a: &Parts<&PackedA>,
+    (k, n): (usize, usize),
+    (lo, hi, offset): (i32, i32, bool),
+    level: Level,
+) -> Option<(JoinPlan, PackedB)> {
+    #[cfg(target_arch = "x86_64")]
+    let avx2 = std::arch::is_x86_feature_detected!("avx2");
+    #[cfg(not(target_arch = "x86_64"))]
+    let avx2 = false;
+    let lo_part = a.lo?;
+    let shaped = a.hi.weights && lo_part.m == a.hi.m && lo_part.kq == a.hi.kq;
+    if !(shaped && avx2 && level.supported() && n.is_multiple_of(NR) && k.div_ceil(4) == a.hi.kq) {
+        return None;
+    }
+    // the high bytes' distance from their zero, as `high_magnitude` finds it in the packed bytes
+    let ah = (hi >> 8).max(0).max(-(lo >> 8)) as u32;
+    let plan = plan_at(single_kcq(a.hi.magnitude, ah, offset), level)?;
+    plan.single?;
+    Some((plan, PackedB::pairs_shape(k, n, offset)?))
+}
+
+/// The rows of a `k × n` matrix (`n` a whole number of blocks of [`NR`] columns), row `r` the `n`
+/// values from `x[starts[r]]` on, as a single pass of `kcq` quads per block reads its 16-bit
+/// activations: per block of `k` (`kcq` quads, the last what is left), per block of columns, per pair
+/// of `k` values, the 16 columns' pairs one after the other — what [`widen_pairs`] would make of the
+/// values' two halves, for every block at once; rows past `k` up to a whole quad are zero. `None` if a
+/// row runs past `x`.
+pub(crate) fn pairs16(x: &[i16], starts: &[usize], n: usize, kcq: usize) -> Option<Vec<i16>> {
+    if starts
+        .iter()
+        .any(|&s| s.checked_add(n).is_none_or(|e| e > x.len()))
+        || !n.is_multiple_of(NR)
+        || kcq == 0
+    {
+        return None;
+    }
+    let (k, nb) = (starts.len(), n / NR);
+    let kq = k.div_ceil(4);
+    // (every element written: the pairs of rows past `k` as zeros)
+    let mut out = crate::buffers::take_overwritten::<i16>(kq * 4 * n);
+    pairs16_into(x, starts, (nb, kq, kcq), &mut out);
+    Some(out)
+}
+
+crate::multiversion! {
+    fn pairs16_into(x: &[i16], starts: &[usize], shape: (usize, usize, usize), out: &mut [i16]) -> () = pairs16_body
+}
+
+/// [`pairs16`]'s loop: `shape` is (blocks of columns, quads of `k`, quads per block of `k`).
+#[inline(always)]
+fn pairs16_body(x: &[i16], starts: &[usize], shape: (usize, usize, usize), out: &mut [i16]) {
+    let n = shape.0 * NR;
+    pairs_body(
+        |r| &x[starts[r]..starts[r] + n],
+        starts.len(),
+        shape,
+        out,
+        |v| v,
+    )
+}
+
+crate::multiversion! {
+    fn pairs32_into(x: &[i32], kn: (usize, usize), shape: (usize, usize, usize), out: &mut [i16]) -> () = pairs32_body
+}
+
+/// [`pairs16`] of a row-major `k×n` matrix of 16-bit values held as `i32`, its columns past `n` (to a
+/// whole block) zero.
+#[inline(always)]
+fn pairs32_body(x: &[i32], (k, n): (usize, usize), shape: (usize, usize, usize), out: &mut [i16]) {
+    pairs_body(|r| &x[r * n..(r + 1) * n], k, shape, out, |v| v as i16)
+}
+
+/// The pairs of [`pairs16`] from `k` rows (`row(r)`, each as long as the matrix is wide), each value
+/// as `elem(v)`; the columns of a last, partial block past the rows' end and the rows past `k` zero.
+#[inline(always)]
+fn pairs_body<'x, T: Copy + 'x>(
+    row: impl Fn(usize) -> &'x [T],
+    k: usize,
+    (nb, kq, kcq): (usize, usize, usize),
+    out: &mut [i16],
+    elem: impl Fn(T) -> i16,
+) {
+    let mut at = 0;
+    for q0 in (0..kq).step_by(kcq) {
+        let qn = kcq.min(kq - q0);
+        for blk in 0..nb {
+            let j0 = blk * NR;
+            for p in 2 * q0..2 * (q0 + qn) {
+                let dst = &mut out[at..at + 2 * NR];
+                at += 2 * NR;
+                let part = |r: usize| (r < k).then(|| &row(r)[j0..(j0 + NR).min(row(r).len())]);
+                match (part(2 * p), part(2 * p + 1)) {
+                    (Some(a), Some(b)) if a.len() == NR => {
+                        for ((d, &u), &v) in dst.chunks_exact_mut(2).zip(a).zip(b) {
+                            d[0] = elem(u);
+                            d[1] = elem(v);
+                        }
+                    }
+                    (Some(a), b) => {
+                        dst.fill(0);
+                        for (j, (d, &u)) in dst.chunks_exact_mut(2).zip(a).enumerate() {
+                            d[0] = elem(u);
+                            d[1] = b.map_or(0, |b| elem(b[j]));
+                        }
+                    }
+                    _ => dst.fill(0),
+                }
+            }
+        }
+    }
+}
+
+/// [`gemm_joined`] of split weights `a` by the row-major `k×n` activations `x`, 16-bit values in
+/// `lo..=hi` (`offset` as their halves' high bytes would be stored), as one pass over the pairs
+/// [`pairs16`] lays out, packed here from `x` (no bytes, no widening in the product): the sums with
+/// their row stride, or `None` where [`pairs_plan`] finds no single pass.
+pub(crate) fn gemm_pairs(
+    a: Parts<&PackedA>,
+    x: &[i32],
+    (k, n): (usize, usize),
+    (lo, hi, offset): (i32, i32, bool),
+    threads: usize,
+    level: Level,
+) -> Option<(Vec<i64>, usize)> {
+    let ldc = n.div_ceil(NR) * NR;
+    if x.len() < k * n {
+        return None;
+    }
+    let (plan, shape) = pairs_plan(&a, (k, ldc), (lo, hi, offset), level)?;
+    let (kq, nb) = (k.div_ceil(4), ldc / NR);
+    // (every element written)
+    let mut pairs = crate::buffers::take_overwritten::<i16>(kq * 4 * ldc);
+    pairs32_into(x, (k, n), (nb, kq, plan.single?), &mut pairs);
+    let work = a.hi.m * kq * 4 * ldc;
+    let threads = if work >= 1 << 21 { threads } else { 1 };
+    let mut c = crate::buffers::take_overwritten(a.hi.m * ldc);
+    let tokens = crate::cancel::current();
+    let b = Parts {
+        hi: &shape,
+        lo: Some(&shape),
+    };
+    crate::par::rows(&mut c, ldc, threads, JOINED_ROWS, |r0, part| {
+        product_joined(a, b, r0, part, (plan, Some(&pairs)), &tokens);
+    });
+    crate::buffers::give(pairs);
+    Some((c, ldc))
 }
 
 /// `C = A · B` exactly, as `i64` with row stride [`PackedB::ldc`], where a side may be given as the
@@ -1827,20 +2034,21 @@ pub(crate) fn gemm_joined(
     let mut c = crate::buffers::take_overwritten(a.hi.m * ldc);
     let tokens = crate::cancel::current();
     crate::par::rows(&mut c, ldc, threads, JOINED_ROWS, |r0, part| {
-        product_joined(a, b, r0, part, plan, &tokens);
+        product_joined(a, b, r0, part, (plan, None), &tokens);
     });
     Some(c)
 }
 
 /// Rows `r0..` of [`gemm_joined`]'s product into `c` (whole rows of [`PackedB::ldc`] elements, every
-/// one written) on the calling thread, as `plan` ([`join_plan`] of these operands) has it. A
-/// cancelled run stops between row blocks.
+/// one written) on the calling thread, as `plan` ([`join_plan`] of these operands) has it; with
+/// `pairs`, a single pass's activations as [`pairs16`] laid them out for the plan (`b` their shape,
+/// [`PackedB::pairs_shape`]). A cancelled run stops between row blocks.
 pub(crate) fn product_joined(
     a: Parts<&PackedA>,
     b: Parts<&PackedB>,
     r0: usize,
     c: &mut [i64],
-    plan: JoinPlan,
+    (plan, pairs): (JoinPlan, Option<&[i16]>),
     tokens: &[crate::cancel::Cancel],
 ) {
     let ldc = b.hi.ldc();
@@ -1848,6 +2056,7 @@ pub(crate) fn product_joined(
     // value less `delta` (128 for offset bytes, −32768 for unsigned 16-bit values but in a single
     // pass, which takes them as they are), so every sum starts from `delta` times the weights' sum
     // over `k` (`256·high + low` for split weights)
+    assert!(pairs.is_none() || (plan.single.is_some() && b.lo.is_some()));
     let (acts_split, acts_offset) = if a.hi.weights {
         (b.lo.is_some(), b.hi.offset)
     } else {
@@ -1894,7 +2103,7 @@ pub(crate) fn product_joined(
         b,
         (r0, 0..ldc / NR),
         Sums::Wide(c, starts),
-        Some(plan),
+        (Some(plan), pairs),
         tokens,
     );
 }
@@ -2661,6 +2870,92 @@ mod tests {
         assert!(gemm_joined(pw.as_ref(), px.as_ref(), 1, Level::Avx512Vnni).is_none());
     }
 
+    /// Split weights by 16-bit activations packed straight into the single pass's pairs (from a
+    /// matrix, [`gemm_pairs`], and from rows read at arbitrary starts, [`pairs16`]) give the exact
+    /// product and the same sums as the same activations packed as two halves and widened by the
+    /// product ([`gemm_joined`]): widths past a whole block of columns and short of one, reductions
+    /// that are not whole quads and that span several blocks of the plan (a short last one, over
+    /// columns widened a stretch at a time), signed and unsigned activations, one and three threads,
+    /// on AVX2 and AVX-512 VNNI. Activations too wide for one pass
+    /// are declined (the caller packs their halves).
+    #[test]
+    fn activations_packed_as_pairs_give_the_joined_product() {
+        let mut compared = 0;
+        for level in [Level::Avx2, Level::Avx512Vnni] {
+            if !level.supported() {
+                continue;
+            }
+            for (case, &(m, k, n)) in [
+                (1, 1, 1),
+                (7, 255, 17),
+                (13, 1001, 33),
+                (6, 130, 16),
+                (30, 70, 50),
+                (5, 300, 300),
+            ]
+            .iter()
+            .enumerate()
+            {
+                for (f, &(xb, signed)) in [(12, true), (12, false), (13, true)].iter().enumerate() {
+                    let seed = (case * 7 + f) as u64;
+                    let w = values(m * k, 12, true, seed);
+                    let x = values(k * n, xb, signed, seed + 1);
+                    let pw = Parts::<PackedA>::weights(&w, m, k).expect("splits");
+                    let want = naive(&w, &x, m, k, n);
+                    let (lo, hi) = min_max(&x);
+                    let offset = PackedA::offset_for(lo >> 8, hi >> 8).expect("16-bit");
+                    let what = format!("{level:?} {m}×{k}×{n} x{xb} signed {signed}");
+                    for threads in [1, 3] {
+                        let range = (lo, hi, offset);
+                        let (c, ldc) = gemm_pairs(pw.as_ref(), &x, (k, n), range, threads, level)
+                            .expect("one pass");
+                        let px = acts_b(&x, k, n);
+                        let joined = gemm_joined(pw.as_ref(), px.as_ref(), threads, level);
+                        assert_eq!(ldc, px.hi.ldc(), "{what}");
+                        assert_eq!(Some(&c), joined.as_ref(), "{what}");
+                        for i in 0..m {
+                            for j in 0..n {
+                                assert_eq!(c[i * ldc + j], want[i * n + j], "{what} ({i},{j})");
+                            }
+                        }
+                    }
+                    // the same matrix as rows of an image, each at its own start (overlapping)
+                    let ldc = n.div_ceil(NR) * NR;
+                    let image: Vec<i16> = (0..k * 3 + ldc)
+                        .map(|i| x[(i * 7) % x.len()] as i16)
+                        .collect();
+                    let starts: Vec<usize> = (0..k).map(|r| r * 3).collect();
+                    let xr: Vec<i32> = (0..k * ldc)
+                        .map(|i| image[starts[i / ldc] + i % ldc] as i32)
+                        .collect();
+                    let (plan, shape) =
+                        pairs_plan(&pw.as_ref(), (k, ldc), (lo, hi, offset), level).expect("plan");
+                    let pairs = pairs16(&image, &starts, ldc, plan.single.expect("one pass"))
+                        .expect("rows in the image");
+                    let mut c = vec![7i64; m * ldc];
+                    let acts = Parts {
+                        hi: &shape,
+                        lo: Some(&shape),
+                    };
+                    product_joined(pw.as_ref(), acts, 0, &mut c, (plan, Some(&pairs)), &[]);
+                    let want = naive(&w, &xr, m, k, ldc);
+                    assert_eq!(c, want, "{what}: rows at starts");
+                    compared += 1;
+                }
+            }
+            // full 16-bit activations: no single pass
+            let (m, k, n) = (3, 64, 16);
+            let w = values(m * k, 12, true, 9);
+            let x = values(k * n, 16, true, 10);
+            let pw = Parts::<PackedA>::weights(&w, m, k).expect("splits");
+            let (lo, hi) = min_max(&x);
+            assert!(gemm_pairs(pw.as_ref(), &x, (k, n), (lo, hi, true), 1, level).is_none());
+            // a row past the image's end is refused
+            assert!(pairs16(&[0i16; 20], &[0, 8], 16, 16).is_none());
+        }
+        assert!(!Level::Avx2.supported() || compared > 0);
+    }
+
     /// Both sides split but small (12-bit weights, 12- or 13-bit activations, signed or not, weights
     /// on either side, over several blocks of the reduction and past them, split across threads or
     /// not) multiply as 16-bit values in one pass, on AVX2 and on AVX-512 VNNI: the exact product.
@@ -2737,7 +3032,7 @@ mod tests {
             let ldc = px.hi.ldc();
             for (r0, rows) in [(8, 20), (6, 30), (8, 20), (24, 16), (0, 40)] {
                 let mut c = vec![7i64; rows * ldc];
-                product_joined(pw.as_ref(), px.as_ref(), r0, &mut c, plan, &[]);
+                product_joined(pw.as_ref(), px.as_ref(), r0, &mut c, (plan, None), &[]);
                 for i in 0..rows {
                     for j in 0..n {
                         assert_eq!(
