@@ -2870,6 +2870,20 @@ mod tests {
         assert!(gemm_joined(pw.as_ref(), px.as_ref(), 1, Level::Avx512Vnni).is_none());
     }
 
+    /// Every shape `(m, k, n)` of `cases` with every activation format `(bits, signed)` of `formats`,
+    /// each with its own seed.
+    fn each_case(
+        cases: &[(usize, usize, usize)],
+        formats: &[(u32, bool)],
+        mut f: impl FnMut((usize, usize, usize), (u32, bool), u64),
+    ) {
+        for (c, &shape) in cases.iter().enumerate() {
+            for (i, &format) in formats.iter().enumerate() {
+                f(shape, format, (c * 17 + i) as u64);
+            }
+        }
+    }
+
     /// Split weights by 16-bit activations packed straight into the single pass's pairs (from a
     /// matrix, [`gemm_pairs`], and from rows read at arbitrary starts, [`pairs16`]) give the exact
     /// product and the same sums as the same activations packed as two halves and widened by the
@@ -2885,64 +2899,60 @@ mod tests {
             if !level.supported() {
                 continue;
             }
-            for (case, &(m, k, n)) in [
+            let cases = [
                 (1, 1, 1),
                 (7, 255, 17),
                 (13, 1001, 33),
                 (6, 130, 16),
                 (30, 70, 50),
                 (5, 300, 300),
-            ]
-            .iter()
-            .enumerate()
-            {
-                for (f, &(xb, signed)) in [(12, true), (12, false), (13, true)].iter().enumerate() {
-                    let seed = (case * 7 + f) as u64;
-                    let w = values(m * k, 12, true, seed);
-                    let x = values(k * n, xb, signed, seed + 1);
-                    let pw = Parts::<PackedA>::weights(&w, m, k).expect("splits");
-                    let want = naive(&w, &x, m, k, n);
-                    let (lo, hi) = min_max(&x);
-                    let offset = PackedA::offset_for(lo >> 8, hi >> 8).expect("16-bit");
-                    let what = format!("{level:?} {m}×{k}×{n} x{xb} signed {signed}");
-                    for threads in [1, 3] {
-                        let range = (lo, hi, offset);
-                        let (c, ldc) = gemm_pairs(pw.as_ref(), &x, (k, n), range, threads, level)
-                            .expect("one pass");
-                        let px = acts_b(&x, k, n);
-                        let joined = gemm_joined(pw.as_ref(), px.as_ref(), threads, level);
-                        assert_eq!(ldc, px.hi.ldc(), "{what}");
-                        assert_eq!(Some(&c), joined.as_ref(), "{what}");
-                        for i in 0..m {
-                            for j in 0..n {
-                                assert_eq!(c[i * ldc + j], want[i * n + j], "{what} ({i},{j})");
-                            }
+            ];
+            let formats = [(12, true), (12, false), (13, true)];
+            each_case(&cases, &formats, |(m, k, n), (xb, signed), seed| {
+                let w = values(m * k, 12, true, seed);
+                let x = values(k * n, xb, signed, seed + 1);
+                let pw = Parts::<PackedA>::weights(&w, m, k).expect("splits");
+                let want = naive(&w, &x, m, k, n);
+                let (lo, hi) = min_max(&x);
+                let offset = PackedA::offset_for(lo >> 8, hi >> 8).expect("16-bit");
+                let what = format!("{level:?} {m}×{k}×{n} x{xb} signed {signed}");
+                for threads in [1, 3] {
+                    let range = (lo, hi, offset);
+                    let (c, ldc) = gemm_pairs(pw.as_ref(), &x, (k, n), range, threads, level)
+                        .expect("one pass");
+                    let px = acts_b(&x, k, n);
+                    let joined = gemm_joined(pw.as_ref(), px.as_ref(), threads, level);
+                    assert_eq!(ldc, px.hi.ldc(), "{what}");
+                    assert_eq!(Some(&c), joined.as_ref(), "{what}");
+                    for i in 0..m {
+                        for j in 0..n {
+                            assert_eq!(c[i * ldc + j], want[i * n + j], "{what} ({i},{j})");
                         }
                     }
-                    // the same matrix as rows of an image, each at its own start (overlapping)
-                    let ldc = n.div_ceil(NR) * NR;
-                    let image: Vec<i16> = (0..k * 3 + ldc)
-                        .map(|i| x[(i * 7) % x.len()] as i16)
-                        .collect();
-                    let starts: Vec<usize> = (0..k).map(|r| r * 3).collect();
-                    let xr: Vec<i32> = (0..k * ldc)
-                        .map(|i| image[starts[i / ldc] + i % ldc] as i32)
-                        .collect();
-                    let (plan, shape) =
-                        pairs_plan(&pw.as_ref(), (k, ldc), (lo, hi, offset), level).expect("plan");
-                    let pairs = pairs16(&image, &starts, ldc, plan.single.expect("one pass"))
-                        .expect("rows in the image");
-                    let mut c = vec![7i64; m * ldc];
-                    let acts = Parts {
-                        hi: &shape,
-                        lo: Some(&shape),
-                    };
-                    product_joined(pw.as_ref(), acts, 0, &mut c, (plan, Some(&pairs)), &[]);
-                    let want = naive(&w, &xr, m, k, ldc);
-                    assert_eq!(c, want, "{what}: rows at starts");
-                    compared += 1;
                 }
-            }
+                // the same matrix as rows of an image, each at its own start (overlapping)
+                let ldc = n.div_ceil(NR) * NR;
+                let image: Vec<i16> = (0..k * 3 + ldc)
+                    .map(|i| x[(i * 7) % x.len()] as i16)
+                    .collect();
+                let starts: Vec<usize> = (0..k).map(|r| r * 3).collect();
+                let xr: Vec<i32> = (0..k * ldc)
+                    .map(|i| image[starts[i / ldc] + i % ldc] as i32)
+                    .collect();
+                let (plan, shape) =
+                    pairs_plan(&pw.as_ref(), (k, ldc), (lo, hi, offset), level).expect("plan");
+                let pairs = pairs16(&image, &starts, ldc, plan.single.expect("one pass"))
+                    .expect("rows in the image");
+                let mut c = vec![7i64; m * ldc];
+                let acts = Parts {
+                    hi: &shape,
+                    lo: Some(&shape),
+                };
+                product_joined(pw.as_ref(), acts, 0, &mut c, (plan, Some(&pairs)), &[]);
+                let want = naive(&w, &xr, m, k, ldc);
+                assert_eq!(c, want, "{what}: rows at starts");
+                compared += 1;
+            });
             // full 16-bit activations: no single pass
             let (m, k, n) = (3, 64, 16);
             let w = values(m * k, 12, true, 9);
@@ -2969,57 +2979,50 @@ mod tests {
             if !level.supported() {
                 continue;
             }
-            for (case, &(m, k, n)) in [
+            let cases = [
                 (1, 1, 1),
                 (7, 255, 17),
                 (13, 1000, 33),
                 (6, 4100, 16),
                 (50, 1000, 33),
-            ]
-            .iter()
-            .enumerate()
-            {
-                for (f, &(xb, signed)) in [(12, true), (12, false), (13, true), (13, false)]
-                    .iter()
-                    .enumerate()
-                {
-                    let seed = (case * 17 + f) as u64;
-                    for weights_left in [true, false] {
-                        for threads in [1, 3] {
-                            let (c, plan, want, ldc) = if weights_left {
-                                let w = values(m * k, 12, true, seed);
-                                let x = values(k * n, xb, signed, seed + 3);
-                                let pw = Parts::<PackedA>::weights(&w, m, k).expect("splits");
-                                let px = acts_b(&x, k, n);
-                                let plan = join_plan(&pw.as_ref(), &px.as_ref(), level);
-                                let c = gemm_joined(pw.as_ref(), px.as_ref(), threads, level);
-                                (c, plan, naive(&w, &x, m, k, n), px.hi.ldc())
-                            } else {
-                                let x = values(m * k, xb, signed, seed + 3);
-                                let w = values(k * n, 12, true, seed);
-                                let px = acts_a(&x, m, k);
-                                let pw = Parts::<PackedB>::weights(&w, k, n).expect("splits");
-                                let plan = join_plan(&px.as_ref(), &pw.as_ref(), level);
-                                let c = gemm_joined(px.as_ref(), pw.as_ref(), threads, level);
-                                (c, plan, naive(&x, &w, m, k, n), pw.hi.ldc())
-                            };
-                            let what = format!(
-                                "{level:?} {m}×{k}×{n} x{xb} signed {signed} left {weights_left}"
-                            );
-                            let plan = plan.expect("joined");
-                            assert!(plan.single.is_some_and(|q| q >= SINGLE_MIN_KCQ), "{what}");
-                            assert_eq!(plan.avx512, level == Level::Avx512Vnni);
-                            let c = c.expect("joined");
-                            for i in 0..m {
-                                for j in 0..n {
-                                    assert_eq!(c[i * ldc + j], want[i * n + j], "{what} ({i},{j})");
-                                }
+            ];
+            let formats = [(12, true), (12, false), (13, true), (13, false)];
+            each_case(&cases, &formats, |(m, k, n), (xb, signed), seed| {
+                for weights_left in [true, false] {
+                    for threads in [1, 3] {
+                        let (c, plan, want, ldc) = if weights_left {
+                            let w = values(m * k, 12, true, seed);
+                            let x = values(k * n, xb, signed, seed + 3);
+                            let pw = Parts::<PackedA>::weights(&w, m, k).expect("splits");
+                            let px = acts_b(&x, k, n);
+                            let plan = join_plan(&pw.as_ref(), &px.as_ref(), level);
+                            let c = gemm_joined(pw.as_ref(), px.as_ref(), threads, level);
+                            (c, plan, naive(&w, &x, m, k, n), px.hi.ldc())
+                        } else {
+                            let x = values(m * k, xb, signed, seed + 3);
+                            let w = values(k * n, 12, true, seed);
+                            let px = acts_a(&x, m, k);
+                            let pw = Parts::<PackedB>::weights(&w, k, n).expect("splits");
+                            let plan = join_plan(&px.as_ref(), &pw.as_ref(), level);
+                            let c = gemm_joined(px.as_ref(), pw.as_ref(), threads, level);
+                            (c, plan, naive(&x, &w, m, k, n), pw.hi.ldc())
+                        };
+                        let what = format!(
+                            "{level:?} {m}×{k}×{n} x{xb} signed {signed} left {weights_left}"
+                        );
+                        let plan = plan.expect("joined");
+                        assert!(plan.single.is_some_and(|q| q >= SINGLE_MIN_KCQ), "{what}");
+                        assert_eq!(plan.avx512, level == Level::Avx512Vnni);
+                        let c = c.expect("joined");
+                        for i in 0..m {
+                            for j in 0..n {
+                                assert_eq!(c[i * ldc + j], want[i * n + j], "{what} ({i},{j})");
                             }
-                            compared += 1;
                         }
+                        compared += 1;
                     }
                 }
-            }
+            });
             // rows from a part that does not start on a kept tile's first row (widened as they
             // come) and from one that does (the kept tiles), twice each (the tiles kept by then)
             let (m, k, n) = (40, 700, 20);
