@@ -2870,6 +2870,13 @@ mod tests {
         assert!(gemm_joined(pw.as_ref(), px.as_ref(), 1, Level::Avx512Vnni).is_none());
     }
 
+    /// The levels with a joined product that this CPU supports.
+    fn joined_levels() -> impl Iterator<Item = Level> {
+        [Level::Avx2, Level::Avx512Vnni]
+            .into_iter()
+            .filter(|l| l.supported())
+    }
+
     /// Every shape `(m, k, n)` of `cases` with every activation format `(bits, signed)` of `formats`,
     /// each with its own seed.
     fn each_case(
@@ -2895,10 +2902,7 @@ mod tests {
     #[test]
     fn activations_packed_as_pairs_give_the_joined_product() {
         let mut compared = 0;
-        for level in [Level::Avx2, Level::Avx512Vnni] {
-            if !level.supported() {
-                continue;
-            }
+        for level in joined_levels() {
             let cases = [
                 (1, 1, 1),
                 (7, 255, 17),
@@ -2975,10 +2979,7 @@ mod tests {
     #[test]
     fn small_sixteen_bit_operands_on_both_sides_multiply_in_one_pass() {
         let mut compared = 0;
-        for level in [Level::Avx2, Level::Avx512Vnni] {
-            if !level.supported() {
-                continue;
-            }
+        for level in joined_levels() {
             let cases = [
                 (1, 1, 1),
                 (7, 255, 17),
