@@ -2634,7 +2634,7 @@ fn joined_parts(
     w: &Parts<PackedA>,
     (x, low): (&PackedB, Option<&PackedB>),
     (r0, rows, n): (usize, usize, usize),
-    (level, join): (Level, Option<qgemm::JoinPlan>),
+    (level, join, pairs): (Level, Option<qgemm::JoinPlan>, Option<&[i16]>),
     tokens: &[crate::cancel::Cancel],
 ) -> (Vec<i64>, usize) {
     let ldc = x.ldc();
@@ -2642,7 +2642,7 @@ fn joined_parts(
     if let Some(plan) = join {
         // (every element written)
         let mut c = crate::buffers::take_overwritten(rows * ldc);
-        qgemm::product_joined(w.as_ref(), acts, r0, &mut c, (plan, None), tokens);
+        qgemm::product_joined(w.as_ref(), acts, r0, &mut c, (plan, pairs), tokens);
         return (c, ldc);
     }
     let mut c = sums_buffer(rows * n);
@@ -2784,6 +2784,8 @@ fn conv2d_narrow(
     let add = if offset { 128 } else { 0 };
     for b in 0..n {
         for (g, qw) in qw.iter().enumerate() {
+            // 16-bit patches by split weights in a single pass: the patches as its pairs
+            let mut pairs: Option<(qgemm::JoinPlan, Vec<i16>)> = None;
             // rows of whole input channels per part
             let (cols, low) = if bytes {
                 crate::par::rows(&mut im8, p, th, 1, |r0, part| {
@@ -2800,8 +2802,16 @@ fn conv2d_narrow(
                     });
                     &im
                 };
-                // 16-bit patches: their high halves here, their low bytes beside
-                if split {
+                let n16 = p.div_ceil(qgemm::NR) * qgemm::NR;
+                let single = qw.lo.as_ref().and_then(|_| {
+                    qgemm::pairs_plan(&qw.as_ref(), (kk, n16), (lo, hi, offset), level)
+                });
+                if let (true, Some((plan, shape))) = (split, single) {
+                    let kcq = plan.single.expect("a single pass");
+                    pairs = Some((plan, qgemm::matrix_pairs(patches, (kk, p), kcq)));
+                    (shape.clone(), Some(shape))
+                } else if split {
+                    // 16-bit patches: their high halves here, their low bytes beside
                     (
                         PackedB::shifted_par(patches, 8, kk, p, offset, th)?,
                         Some(PackedB::shifted_par(patches, 0, kk, p, false, th)?),
@@ -2822,7 +2832,11 @@ fn conv2d_narrow(
                 hi: &cols,
                 lo: low.as_ref(),
             };
-            let join = qgemm::join_plan(&qw.as_ref(), &acts, level);
+            let join = match &pairs {
+                Some((plan, _)) => Some(*plan),
+                None => qgemm::join_plan(&qw.as_ref(), &acts, level),
+            };
+            let p16 = pairs.as_ref().map(|(_, v)| &v[..]);
             crate::par::rows(planes, p, th, qgemm::part_rows(qw), |o0, part| {
                 let rows = part.len() / p;
                 if low.is_none() && qw.lo.is_none() && ldc == p {
@@ -2847,7 +2861,8 @@ fn conv2d_narrow(
                     (acc, None)
                 } else {
                     let at = (o0, rows, p);
-                    let c = joined_parts(qw, (&cols, low.as_ref()), at, (level, join), &tokens);
+                    let how = (level, join, p16);
+                    let c = joined_parts(qw, (&cols, low.as_ref()), at, how, &tokens);
                     (Vec::new(), Some(c))
                 };
                 for (o, plane) in part.chunks_mut(p).enumerate() {
@@ -2873,6 +2888,9 @@ fn conv2d_narrow(
             });
             if let Err(e) = err.into_result() {
                 return Some(Err(e));
+            }
+            if let Some((_, v)) = pairs {
+                crate::buffers::give(v);
             }
         }
     }
@@ -4913,7 +4931,7 @@ fn conv2d_panels(
                                 lo: low.as_ref(),
                             };
                             let join = qgemm::join_plan(&qw.as_ref(), &acts, level);
-                            let how = (level, join);
+                            let how = (level, join, None);
                             Some(joined_parts(qw, (&cols, low.as_ref()), at, how, &tokens).0)
                         }
                     };

@@ -1979,6 +1979,17 @@ fn pairs_body<'x, T: Copy + 'x>(
     }
 }
 
+/// The pairs [`pairs16`] lays out for a single pass of `kcq` quads per block, of the row-major `k×n`
+/// matrix `x` of 16-bit values (at least `k·n` of them), its columns past `n` (to a whole block) zero.
+pub(crate) fn matrix_pairs(x: &[i32], (k, n): (usize, usize), kcq: usize) -> Vec<i16> {
+    let ldc = n.div_ceil(NR) * NR;
+    let kq = k.div_ceil(4);
+    // (every element written)
+    let mut pairs = crate::buffers::take_overwritten::<i16>(kq * 4 * ldc);
+    pairs32_into(x, (k, n), (ldc / NR, kq, kcq.max(1)), &mut pairs);
+    pairs
+}
+
 /// [`gemm_joined`] of split weights `a` by the row-major `k×n` activations `x`, 16-bit values in
 /// `lo..=hi` (`offset` as their halves' high bytes would be stored), as one pass over the pairs
 /// [`pairs16`] lays out, packed here from `x` (no bytes, no widening in the product): the sums with
@@ -1996,11 +2007,8 @@ pub(crate) fn gemm_pairs(
         return None;
     }
     let (plan, shape) = pairs_plan(&a, (k, ldc), (lo, hi, offset), level)?;
-    let (kq, nb) = (k.div_ceil(4), ldc / NR);
-    // (every element written)
-    let mut pairs = crate::buffers::take_overwritten::<i16>(kq * 4 * ldc);
-    pairs32_into(x, (k, n), (nb, kq, plan.single?), &mut pairs);
-    let work = a.hi.m * kq * 4 * ldc;
+    let pairs = matrix_pairs(x, (k, n), plan.single?);
+    let work = a.hi.m * k.div_ceil(4) * 4 * ldc;
     let threads = if work >= 1 << 21 { threads } else { 1 };
     let mut c = crate::buffers::take_overwritten(a.hi.m * ldc);
     let tokens = crate::cancel::current();

@@ -758,6 +758,81 @@ proptest! {
     }
 }
 
+/// Convolutions and a 1×1 `EinSum` of 12-bit activations by 12-bit (split) weights over reductions
+/// longer than one block of the single 16-bit pass (the activations packed straight into its pairs):
+/// Inception's 1×7 and 7×1 convolutions (their patches gathered), a 3×3 one (read from the padded
+/// image in panels), a 1×1 one read in place, 64-channel inputs (448 to 576 values of `k`), and a
+/// 1×1 `EinSum` over 300 channels, signed and unsigned activations — the reference's integers on
+/// every thread count and instruction-set level.
+#[test]
+fn widened_products_over_long_reductions_equal_the_reference() {
+    let mut g = crate::gen(0x12ab, 1 << 11);
+    let (c, o, h, w) = (64u32, 24u32, 9u32, 13u32);
+    for signed in [true, false] {
+        let x: Vec<i32> = g((c * h * w) as usize)
+            .into_iter()
+            .map(|v| if signed { v } else { v.abs() + 1500 })
+            .collect();
+        for (k, pads) in [
+            ([1, 7], [0, 3, 0, 3]),
+            ([7, 1], [3, 0, 3, 0]),
+            ([3, 3], [1, 1, 1, 1]),
+            ([1, 1], [0, 0, 0, 0]),
+        ] {
+            let window = Window {
+                kernel: k,
+                stride: [1, 1],
+                dilation: [1, 1],
+                pads,
+            };
+            let (oh, ow) = window.output_hw(h, w).expect("fits");
+            let wts: Vec<i32> = g((o * c * k[0] * k[1]) as usize);
+            let m = Model::one_node(
+                vec![input("x", vec![1, c, h, w], 6)],
+                vec![Const {
+                    shape: vec![o, c, k[0], k[1]],
+                    scale: 0,
+                    data: wts.clone().into(),
+                }],
+                Op::Conv2d { window, groups: 1 },
+                vec![0, 1],
+                vec![1, o, oh, ow],
+                0,
+            );
+            let r = run_all(&m, vec![x.clone()]);
+            assert!(r[0].is_ok(), "{:?}", r[0]);
+            for y in &r[1..] {
+                assert_eq!(&r[0], y, "kernel {k:?}, signed {signed}");
+            }
+        }
+        // a 1×1 convolution over 300 channels as a contraction over them (a short last block)
+        let c = 300;
+        let x: Vec<i32> = (0..c * h * w).map(|i| x[i as usize % x.len()]).collect();
+        let wts = g((o * c) as usize);
+        let m = Model::one_node(
+            vec![input("x", vec![c, h * w], 6)],
+            vec![Const {
+                shape: vec![o, c],
+                scale: 0,
+                data: wts.into(),
+            }],
+            Op::EinSum {
+                a: b"oc".to_vec(),
+                b: b"cp".to_vec(),
+                out: b"op".to_vec(),
+            },
+            vec![1, 0],
+            vec![o, h * w],
+            0,
+        );
+        let r = run_all(&m, vec![x.clone()]);
+        assert!(r[0].is_ok(), "{:?}", r[0]);
+        for y in &r[1..] {
+            assert_eq!(&r[0], y, "EinSum, signed {signed}");
+        }
+    }
+}
+
 /// `a · b` for two `n × n` inputs.
 fn square_matmul(n: u32) -> Model {
     Model::one_node(
