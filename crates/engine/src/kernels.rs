@@ -955,10 +955,11 @@ impl EinPlan {
             // run when the product is split too
             let batch = |bi: usize| &bp[bi * k * n..(bi + 1) * k * n];
             let th = if m * k * n >= 1 << 21 { threads } else { 1 };
+            // the first batch's range, found once for whichever packing reads it
+            let first = (bt > 0).then(|| min_max_in(batch(0), rb));
             // one batch of 16-bit activations by split weights: one pass over the values' pairs
             // where the sums allow it, packed straight from the activations
-            if let (1, Some(_)) = (bt, qa[0].lo.as_ref()) {
-                let (lo, hi) = min_max_in(batch(0), rb);
+            if let (1, Some(_), Some((lo, hi))) = (bt, qa[0].lo.as_ref(), first) {
                 let high = PackedA::offset_for(lo >> 8, hi >> 8);
                 if let (None, Some(offset)) = (PackedA::offset_for(lo, hi), high) {
                     let range = (lo, hi, offset);
@@ -977,7 +978,10 @@ impl EinPlan {
                         let x = batch(bi);
                         match part {
                             Part::Whole => {
-                                let (lo, hi) = min_max_in(x, rb);
+                                let (lo, hi) = match (bi, first) {
+                                    (0, Some(r)) => r,
+                                    _ => min_max_in(x, rb),
+                                };
                                 let offset = PackedA::offset_for(lo, hi)?;
                                 PackedB::shifted_par(x, 0, k, n, offset, th)
                             }
@@ -1063,22 +1067,6 @@ impl EinPlan {
             ));
         }
         let mut whole = whole.map(|w| w.into_iter());
-        if bt == 1 {
-            // one batch's joined product read where it lies, its rows `ldc` apart
-            let acts = match whole.as_mut().and_then(|w| w.next()) {
-                Some(a) => Parts { hi: a, lo: None },
-                None => Parts {
-                    hi: pack(0, Part::High)?,
-                    lo: Some(pack(0, Part::Low)?),
-                },
-            };
-            if let Some((p, ldc)) = joined(weights(0), &acts) {
-                return Some(Acc::Wide(p, ldc));
-            }
-            let mut c = sums_buffer(m * n);
-            join_parts(&mut c, weights(0), &acts, (m, n), &mul);
-            return Some(Acc::Wide(c, n));
-        }
         let mut c = sums_buffer(bt * m * n);
         for bi in 0..bt {
             let acts = match whole.as_mut().and_then(|w| w.next()) {
@@ -1089,6 +1077,11 @@ impl EinPlan {
                 },
             };
             match joined(weights(bi), &acts) {
+                // one batch's product read where it lies, its rows `ldc` apart
+                Some((p, ldc)) if bt == 1 => {
+                    crate::buffers::give(c);
+                    return Some(Acc::Wide(p, ldc));
+                }
                 Some((p, ldc)) => {
                     for row in p.chunks_exact(ldc).take(m) {
                         c.extend_from_slice(&row[..n]);
@@ -4877,7 +4870,9 @@ fn conv2d_panels(
                     // whole blocks of columns: those past the panel's rows are read from the image
                     // like the others and their sums never requantized (no partial block to pack)
                     let n = ((oy1 - oy0) * wq).div_ceil(qgemm::NR) * qgemm::NR;
-                    if let (Some(plans), Some(_)) = (&pairs, &qw.lo) {
+                    // 16-bit weights or inputs: their two parts' products joined in i64 (row
+                    // stride `ldc` either way)
+                    let (wide, ldc) = if let (Some(plans), Some(_)) = (&pairs, &qw.lo) {
                         // the patches as the single pass's pairs, multiplied where they lie
                         let plan = plans[g];
                         let kcq = plan.single.expect("a single pass");
@@ -4894,47 +4889,35 @@ fn conv2d_panels(
                         let how = (plan, Some(&p16[..]));
                         qgemm::product_joined(qw.as_ref(), acts, o0, &mut c, how, &tokens);
                         crate::buffers::give(p16);
-                        for (o, seg) in segs.iter_mut().enumerate() {
-                            let oc = g * og + o0 + o;
-                            let bv = bias.map_or(0i128, |(d, sh)| (d[oc] as i128) << sh);
-                            let dst = &mut seg[(oy0 - y0) * ow..(oy1 - y0) * ow];
-                            let done = requantize_rows(dst, &c[o * n..], (ow, wq), bv, shift);
-                            if let Err(e) = done {
-                                return err.set(e);
+                        (Some(c), n)
+                    } else {
+                        let cols = PackedB::rows_of(&image, &at, n, offset).expect(
+                            "the windows lie in the image and the caller checked the reduction",
+                        );
+                        let low = low.as_ref().map(|l| {
+                            PackedB::rows_of(l, &at, n, false).expect("as the high bytes' image")
+                        });
+                        let ldc = cols.ldc();
+                        let wide = match (&qw.lo, &low) {
+                            (None, None) => {
+                                let acc = &mut acc[..whole * ldc];
+                                qgemm::product(&qw.hi, &cols, o0, acc, level, requant, &tokens);
+                                None
                             }
-                            if let Some(h) = hook {
-                                h(first + (o0 + o) * p + oy0 * ow, dst);
+                            _ => {
+                                let at = (o0, n_o, ldc);
+                                let acts = Parts {
+                                    hi: &cols,
+                                    lo: low.as_ref(),
+                                };
+                                let join = qgemm::join_plan(&qw.as_ref(), &acts, level);
+                                let how = (level, join, None);
+                                Some(joined_parts(qw, (&cols, low.as_ref()), at, how, &tokens).0)
                             }
-                        }
-                        crate::buffers::give(c);
-                        continue;
-                    }
-                    let cols = PackedB::rows_of(&image, &at, n, offset).expect(
-                        "the windows lie in the image and the caller checked the reduction",
-                    );
-                    let low = low.as_ref().map(|l| {
-                        PackedB::rows_of(l, &at, n, false).expect("as the high bytes' image")
-                    });
-                    let ldc = cols.ldc();
-                    let acc = &mut acc[..whole * ldc];
-                    // 16-bit weights or inputs: their two parts' products joined in i64
-                    let wide = match (&qw.lo, &low) {
-                        (None, None) => {
-                            qgemm::product(&qw.hi, &cols, o0, acc, level, requant, &tokens);
-                            None
-                        }
-                        // (row stride `ldc` either way)
-                        _ => {
-                            let at = (o0, n_o, ldc);
-                            let acts = Parts {
-                                hi: &cols,
-                                lo: low.as_ref(),
-                            };
-                            let join = qgemm::join_plan(&qw.as_ref(), &acts, level);
-                            let how = (level, join, None);
-                            Some(joined_parts(qw, (&cols, low.as_ref()), at, how, &tokens).0)
-                        }
+                        };
+                        (wide, ldc)
                     };
+                    let acc = &acc[..whole * ldc];
                     for (o, seg) in segs.iter_mut().enumerate() {
                         let oc = g * og + o0 + o;
                         let bv = bias.map_or(0i128, |(d, sh)| (d[oc] as i128) << sh);

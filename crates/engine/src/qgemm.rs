@@ -1298,7 +1298,9 @@ fn gemm_rows_avx2(
     };
     // (from the executor's pool: every element is written before it is read)
     let mut aw = crate::buffers::take_overwritten::<i16>(MC2.min(rows) * kc * 4);
-    let widened = if pairs.is_some() && plain {
+    // (pairs are read only by a single pass)
+    let pairs = pairs.filter(|_| plain);
+    let widened = if pairs.is_some() {
         0
     } else {
         chunk.min(nb) * kc * NR * 4
@@ -1312,7 +1314,7 @@ fn gemm_rows_avx2(
             for c0 in (0..nb).step_by(chunk) {
                 let stretch = blocks.start + c0..blocks.start + (c0 + chunk).min(nb);
                 let len = stretch.len() * qn * NR * 4;
-                let bw: &[i16] = match pairs.filter(|_| plain) {
+                let bw: &[i16] = match pairs {
                     // (the plan's block from `q0` on: every block of columns' `qn` quads)
                     Some(p) => &p[(q0 * b.hi.ldc() + stretch.start * qn * NR) * 4..][..len],
                     None => {
@@ -1812,11 +1814,7 @@ pub(crate) fn join_plan(
         && a.hi.weights != b.hi.weights
         && alike_a
         && alike_b;
-    #[cfg(target_arch = "x86_64")]
-    let avx2 = std::arch::is_x86_feature_detected!("avx2");
-    #[cfg(not(target_arch = "x86_64"))]
-    let avx2 = false;
-    if !(shaped && avx2 && level.supported()) {
+    if !(shaped && has_avx2() && level.supported()) {
         return None;
     }
     let single = (a.lo.is_some() && b.lo.is_some())
@@ -1830,6 +1828,18 @@ pub(crate) fn join_plan(
         })
         .flatten();
     plan_at(single, level)
+}
+
+/// Whether the CPU has AVX2, which every joined product runs on.
+fn has_avx2() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx2")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
 }
 
 /// A single pass's quads of `k` per block ([`join_plan`]) for split weights whose high bytes reach
@@ -1872,13 +1882,14 @@ pub(crate) fn pairs_plan(
     (lo, hi, offset): (i32, i32, bool),
     level: Level,
 ) -> Option<(JoinPlan, PackedB)> {
-    #[cfg(target_arch = "x86_64")]
-    let avx2 = std::arch::is_x86_feature_detected!("avx2");
-    #[cfg(not(target_arch = "x86_64"))]
-    let avx2 = false;
     let lo_part = a.lo?;
     let shaped = a.hi.weights && lo_part.m == a.hi.m && lo_part.kq == a.hi.kq;
-    if !(shaped && avx2 && level.supported() && n.is_multiple_of(NR) && k.div_ceil(4) == a.hi.kq) {
+    if !(shaped
+        && has_avx2()
+        && level.supported()
+        && n.is_multiple_of(NR)
+        && k.div_ceil(4) == a.hi.kq)
+    {
         return None;
     }
     // the high bytes' distance from their zero, as `high_magnitude` finds it in the packed bytes
@@ -2008,17 +2019,11 @@ pub(crate) fn gemm_pairs(
     }
     let (plan, shape) = pairs_plan(&a, (k, ldc), (lo, hi, offset), level)?;
     let pairs = matrix_pairs(x, (k, n), plan.single?);
-    let work = a.hi.m * k.div_ceil(4) * 4 * ldc;
-    let threads = if work >= 1 << 21 { threads } else { 1 };
-    let mut c = crate::buffers::take_overwritten(a.hi.m * ldc);
-    let tokens = crate::cancel::current();
     let b = Parts {
         hi: &shape,
         lo: Some(&shape),
     };
-    crate::par::rows(&mut c, ldc, threads, JOINED_ROWS, |r0, part| {
-        product_joined(a, b, r0, part, (plan, Some(&pairs)), &tokens);
-    });
+    let c = joined_rows(a, b, (plan, Some(&pairs)), threads);
     crate::buffers::give(pairs);
     Some((c, ldc))
 }
@@ -2035,6 +2040,17 @@ pub(crate) fn gemm_joined(
     level: Level,
 ) -> Option<Vec<i64>> {
     let plan = join_plan(&a, &b, level)?;
+    Some(joined_rows(a, b, (plan, None), threads))
+}
+
+/// Every row of [`product_joined`]'s product, split across up to `threads` threads where the work
+/// pays for them.
+fn joined_rows(
+    a: Parts<&PackedA>,
+    b: Parts<&PackedB>,
+    how: (JoinPlan, Option<&[i16]>),
+    threads: usize,
+) -> Vec<i64> {
     let ldc = b.hi.ldc();
     let work = a.hi.m * a.hi.kq * 4 * ldc;
     let threads = if work >= 1 << 21 { threads } else { 1 };
@@ -2042,9 +2058,9 @@ pub(crate) fn gemm_joined(
     let mut c = crate::buffers::take_overwritten(a.hi.m * ldc);
     let tokens = crate::cancel::current();
     crate::par::rows(&mut c, ldc, threads, JOINED_ROWS, |r0, part| {
-        product_joined(a, b, r0, part, (plan, None), &tokens);
+        product_joined(a, b, r0, part, how, &tokens);
     });
-    Some(c)
+    c
 }
 
 /// Rows `r0..` of [`gemm_joined`]'s product into `c` (whole rows of [`PackedB::ldc`] elements, every

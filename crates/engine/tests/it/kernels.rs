@@ -7,6 +7,16 @@ use verity_engine::{Executor, Mode};
 
 use crate::input;
 
+/// A window of stride 1 without dilation.
+fn stride_one(kernel: [u32; 2], pads: [u32; 4]) -> Window {
+    Window {
+        kernel,
+        stride: [1, 1],
+        dilation: [1, 1],
+        pads,
+    }
+}
+
 fn run_all(
     m: &Model,
     inputs: Vec<Vec<i32>>,
@@ -463,12 +473,7 @@ fn same_average_pools_equal_the_reference() {
             ([7, 1], [3, 0, 3, 0]),
             ([4, 3], [3, 0, 0, 2]),
         ] {
-            let window = Window {
-                kernel: k,
-                stride: [1, 1],
-                dilation: [1, 1],
-                pads: p,
-            };
+            let window = stride_one(k, p);
             assert_eq!(
                 window.output_hw(shape[2], shape[3]),
                 Some((shape[2], shape[3]))
@@ -779,12 +784,7 @@ fn widened_products_over_long_reductions_equal_the_reference() {
             ([3, 3], [1, 1, 1, 1]),
             ([1, 1], [0, 0, 0, 0]),
         ] {
-            let window = Window {
-                kernel: k,
-                stride: [1, 1],
-                dilation: [1, 1],
-                pads,
-            };
+            let window = stride_one(k, pads);
             let (oh, ow) = window.output_hw(h, w).expect("fits");
             let wts: Vec<i32> = g((o * c * k[0] * k[1]) as usize);
             let m = Model::one_node(
@@ -969,12 +969,7 @@ fn with_chain(
 /// the chain the fast executor fuses into it, big enough for every kernel to split its output (and
 /// run the chain) across threads; 8-bit weights, then the same kernels with 16-bit ones (two parts).
 fn chained_eight_bit_models(g: &mut impl FnMut(usize) -> Vec<i32>) -> Vec<Model> {
-    let window = Window {
-        kernel: [3, 3],
-        stride: [1, 1],
-        dilation: [1, 1],
-        pads: [1, 1, 1, 1],
-    };
+    let window = stride_one([3, 3], [1, 1, 1, 1]);
     let node = |op: Op, shape: Vec<u32>| Node {
         name: "head".into(),
         op,
@@ -1230,12 +1225,7 @@ fn strided_slices_and_reshapes_reuse_their_buffers() {
             Node {
                 name: "conv".into(),
                 op: Op::Conv2d {
-                    window: Window {
-                        kernel: [1, 1],
-                        stride: [1, 1],
-                        dilation: [1, 1],
-                        pads: [0; 4],
-                    },
+                    window: stride_one([1, 1], [0; 4]),
                     groups: 1,
                 },
                 inputs: vec![5, 1],
@@ -1279,12 +1269,7 @@ fn strided_slices_and_reshapes_reuse_their_buffers() {
 #[test]
 fn fused_binary_steps_keep_their_operand_order() {
     let mut g = crate::gen(11, 1 << 10);
-    let window = Window {
-        kernel: [1, 1],
-        stride: [1, 1],
-        dilation: [1, 1],
-        pads: [0; 4],
-    };
+    let window = stride_one([1, 1], [0; 4]);
     let shape = vec![1, 8, 16, 16];
     for op in [Op::Sub, Op::Add, Op::Mul, Op::Max, Op::Min] {
         for chain_first in [false, true] {
@@ -1760,12 +1745,7 @@ fn large_element_wise_kernels_split_across_threads() {
 /// A 3×3 convolution with padding 1 over one `[c_in, hw, hw]` input: `[c_in, c_out, hw]`, the weights
 /// and the `[input, weight, output]` scales.
 fn same_conv3x3([c_in, c_out, hw]: [u32; 3], w: Vec<i32>, [sx, sw, so]: [i8; 3]) -> Model {
-    let window = Window {
-        kernel: [3, 3],
-        stride: [1, 1],
-        dilation: [1, 1],
-        pads: [1, 1, 1, 1],
-    };
+    let window = stride_one([3, 3], [1, 1, 1, 1]);
     Model::one_node(
         vec![input("x", vec![1, c_in, hw, hw], sx)],
         vec![Const {
