@@ -1151,6 +1151,10 @@ impl Bias<'_> {
             chans,
             qmax
         ));
+        if self.given.is_none() && corr.iter().all(|&c| c == 0.0) {
+            // exact weights: no bias to add (and a product without one keeps its sparse forms)
+            return None;
+        }
         let us = |s: &[u32]| s.iter().map(|&d| d as usize).collect::<Vec<_>>();
         let (shape, data): (Vec<u32>, Vec<f64>) = match self.given {
             Some(bc) => {
@@ -1174,20 +1178,21 @@ impl Bias<'_> {
     }
 }
 
-/// [`Narrowed::weight_noise`] of weights laid out as `[…, chans, inner]`-periodic channels.
+/// [`Narrowed::weight_noise`] of weights laid out as `[…, chans, inner]`-periodic channels (a channel
+/// its 8-bit form holds exactly, [`group_scales`], adds none).
 fn weight_noise8<T: Copy + Into<f64>>(data: &[T], chans: usize, inner: usize) -> f64 {
-    let (mut amax, mut n) = (vec![0f64; chans], vec![0f64; chans]);
+    let chan_of = |i: usize| (i / inner) % chans;
+    let (need, exact) = group_scales(data, chans, chan_of, 127.0);
+    let mut n = vec![0f64; chans];
     let mut power = 0.0;
     for (i, &v) in data.iter().enumerate() {
-        let (c, v) = ((i / inner) % chans, v.into());
-        amax[c] = amax[c].max(v.abs());
-        n[c] += 1.0;
+        let v: f64 = v.into();
+        n[chan_of(i)] += 1.0;
         power += v * v;
     }
-    let noise: f64 = amax
-        .iter()
-        .zip(&n)
-        .map(|(a, n)| n * (a / 127.0) * (a / 127.0) / 12.0)
+    let noise: f64 = (0..chans)
+        .filter(|&c| !exact[c])
+        .map(|c| n[c] * need[c] * need[c] / 12.0)
         .sum();
     if power > 0.0 {
         noise / power
@@ -1223,20 +1228,57 @@ fn channels(ws: &[usize], chan: Option<(usize, usize)>) -> (usize, usize) {
     }
 }
 
-/// Each weight group's need: its largest magnitude over `qmax` (`group_of` maps an element's index to
-/// one of `n` groups).
+/// Each weight group's need ([`group_scales`]).
 fn group_need<T: Copy + Into<f64>>(
     data: &[T],
     n: usize,
     group_of: impl Fn(usize) -> usize,
     qmax: f64,
 ) -> Vec<f64> {
+    group_scales(data, n, group_of, qmax).0
+}
+
+/// Each weight group's need — its largest magnitude over `qmax`, or, when every value of the group
+/// is an integer multiple of the power of two just above that (an interpolation's coefficients, a
+/// mask, small integers), that power of two, so its quantized values are exact — and whether it is
+/// exact (`group_of` maps an element's index to one of `n` groups; an all-zero group is exact).
+fn group_scales<T: Copy + Into<f64>>(
+    data: &[T],
+    n: usize,
+    group_of: impl Fn(usize) -> usize,
+    qmax: f64,
+) -> (Vec<f64>, Vec<bool>) {
     let mut amax = vec![0f64; n];
     for (i, &v) in data.iter().enumerate() {
         let g = group_of(i);
         amax[g] = amax[g].max(v.into().abs());
     }
-    amax.into_iter().map(|a| a / qmax).collect()
+    let mut need: Vec<f64> = amax.into_iter().map(|a| a / qmax).collect();
+    let step: Vec<f64> = need
+        .iter()
+        .map(|&v| {
+            if v > 0.0 {
+                libm::ldexp(1.0, ceil_log2(v))
+            } else {
+                0.0
+            }
+        })
+        .collect();
+    // a power-of-two step divides exactly in f64
+    let mut exact = vec![true; n];
+    for (i, &v) in data.iter().enumerate() {
+        let g = group_of(i);
+        if exact[g] && step[g] > 0.0 {
+            let q = v.into() / step[g];
+            exact[g] = q == q.trunc();
+        }
+    }
+    for g in 0..n {
+        if exact[g] && step[g] > 0.0 {
+            need[g] = step[g];
+        }
+    }
+    (need, exact)
 }
 
 /// The weights quantized by their group's multiplier (`mult` at scale `s_m`):
@@ -1852,5 +1894,162 @@ mod tests {
             assert!((s - f * w).abs() <= 0.05 * f * top, "{s} vs {f} × {w}");
             assert!((g - s / f).abs() <= 1.0, "{g} vs {s} / {f}");
         }
+    }
+
+    /// Weight groups on a power-of-two grid of at most `qmax` steps (an interpolation's coefficients,
+    /// small integers, zeros) are quantized exactly and count no noise; any other keeps its largest
+    /// magnitude over `qmax`.
+    #[test]
+    fn weights_on_a_power_of_two_grid_are_held_exactly() {
+        // groups: quarters; a group needing a finer grid than 127 steps; zeros; integers; thirds
+        let data = [
+            0.25,
+            0.75,
+            0.5,
+            1.0,
+            1.0 / 1024.0,
+            0.0,
+            0.0,
+            0.0,
+            3.0,
+            -5.0,
+            1.0 / 3.0,
+            2.0 / 3.0,
+        ];
+        let group = |i: usize| [0, 0, 0, 1, 1, 2, 2, 2, 3, 3, 4, 4][i];
+        let (need, exact) = group_scales(&data, 5, group, 127.0);
+        assert_eq!(exact, vec![true, false, true, true, false]);
+        assert_eq!(need[0], 1.0 / 128.0);
+        assert_eq!(need[1], 1.0 / 127.0);
+        assert_eq!(need[3], 1.0 / 16.0);
+        assert_eq!(need[4], (2.0 / 3.0) / 127.0);
+        let (mult, s_m) = multipliers(&need, MULT_BITS).expect("multipliers");
+        let (q, _) = quantize_groups(&data, &mult, s_m, group, 1, 127.0);
+        let q = q.transient();
+        for (i, &w) in data.iter().enumerate() {
+            let back = q[i] as f64 * mult[group(i)] as f64 / libm::ldexp(1.0, s_m);
+            assert_eq!(back == w, exact[group(i)], "{i}: {w} → {}", q[i]);
+        }
+        // the noise figure counts only the inexact channels (one channel per group here)
+        let (chans, inner) = (2, 3);
+        let grid = [0.25, -0.75, 0.5, 0.125, 0.0, 1.0];
+        assert_eq!(weight_noise8(&grid, chans, inner), 0.0);
+        let mut off = grid;
+        off[4] = 0.1;
+        assert!(weight_noise8(&off, chans, inner) > 0.0);
+    }
+
+    /// A linear resize after a convolution, at `int8`: the interpolation's 8-bit weights are its
+    /// coefficients exactly (a power of two times them, per output column), it adds no weight noise
+    /// to the search's figures, and, having no rounding to correct, its product gets no bias (so the
+    /// engine's sparse form of it applies); fast and reference executors agree.
+    #[test]
+    fn an_interpolation_is_narrowed_exactly() {
+        let (k, n) = (7usize, 14usize);
+        let mut interp = vec![0.0f64; k * n];
+        for o in 0..n {
+            let c = ((o as f64 + 0.5) * k as f64 / n as f64 - 0.5).clamp(0.0, (k - 1) as f64);
+            let i0 = c.floor() as usize;
+            let f = c - i0 as f64;
+            interp[i0 * n + o] += 1.0 - f;
+            if f > 0.0 {
+                interp[(i0 + 1) * n + o] += f;
+            }
+        }
+        let wave = |k: usize, f: f64| (0..k).map(|i| ((i as f64) * f).sin()).collect::<Vec<f64>>();
+        let g = FGraph {
+            inputs: vec![FInput {
+                name: "x".into(),
+                shape: vec![1, 2, 5, 7],
+                kind: InputKind::Fixed,
+            }],
+            consts: vec![
+                FConst {
+                    shape: vec![3, 2, 3, 3],
+                    data: FData::F64(wave(54, 0.41)),
+                    int: false,
+                },
+                FConst {
+                    shape: vec![k as u32, n as u32],
+                    data: FData::F64(interp.clone()),
+                    int: false,
+                },
+            ],
+            nodes: vec![
+                FNode {
+                    name: "conv".into(),
+                    origin: String::new(),
+                    op: FOp::Canon(Op::Conv2d {
+                        window: Window {
+                            kernel: [3, 3],
+                            stride: [1, 1],
+                            dilation: [1, 1],
+                            pads: [1; 4],
+                        },
+                        groups: 1,
+                    }),
+                    inputs: vec![0, 1],
+                    shape: vec![1, 3, 5, 7],
+                },
+                FNode {
+                    name: "resize".into(),
+                    origin: String::new(),
+                    op: FOp::Canon(Op::EinSum {
+                        a: vec![0, 1, 2, 3],
+                        b: vec![3, 4],
+                        out: vec![0, 1, 2, 4],
+                    }),
+                    inputs: vec![3, 2],
+                    shape: vec![1, 3, 5, n as u32],
+                },
+            ],
+            outputs: vec![("y".into(), 4)],
+        };
+        let samples: Vec<Vec<Vec<f64>>> = (0..3).map(|s| vec![wave(70, 0.13 + s as f64)]).collect();
+        let stats = calibrate(&g, &samples).expect("calibrates");
+        let (wide, float_of) = lower(&g, &stats, 16, Precision::INT8).expect("lowers");
+        let mut plan = Plan::uniform(Widths::new(8, 8, false));
+        plan.measure = true;
+        let (m, narrowed) = narrow(&g, &stats, &wide, &float_of, &plan);
+        m.validate().expect("valid");
+        assert_eq!(narrowed.len(), 2);
+        assert!(
+            narrowed[0].weight_noise > 0.0,
+            "the convolution's weights are rounded"
+        );
+        assert_eq!(narrowed[1].weight_noise, 0.0, "the interpolation's are not");
+        let acc = m
+            .nodes
+            .iter()
+            .find(|x| x.name == "resize/acc")
+            .expect("narrowed");
+        assert_eq!(acc.inputs.len(), 2, "no bias");
+        let q = m
+            .const_of(acc.inputs[1])
+            .expect("the weights")
+            .data
+            .transient();
+        assert!(q.iter().all(|v| v.abs() <= 127));
+        for o in 0..n {
+            // one power of two per column takes every coefficient to its 8-bit value
+            let col: Vec<(f64, i32)> = (0..k).map(|i| (interp[i * n + o], q[i * n + o])).collect();
+            let (w, v) = col.iter().copied().find(|c| c.0 != 0.0).unwrap();
+            let ratio = v as f64 / w;
+            assert_eq!(ratio, libm::ldexp(1.0, ceil_log2(ratio)), "column {o}");
+            assert!(
+                col.iter().all(|&(w, v)| w * ratio == v as f64),
+                "column {o}: {col:?}"
+            );
+        }
+        let x = verity_engine::io::FloatTensor {
+            shape: vec![1, 2, 5, 7],
+            data: samples[2][0].clone(),
+        };
+        let q = verity_engine::io::quantize_inputs(&m, &[x]).unwrap();
+        let fast = Executor::new(&m, Mode::Fast { threads: 2 })
+            .run(q.clone())
+            .unwrap();
+        let reference = Executor::new(&m, Mode::Reference).run(q).unwrap();
+        assert_eq!(fast, reference);
     }
 }
