@@ -1770,7 +1770,7 @@ fn need_top(mult: &[i32]) -> f64 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::fgraph::{FData, FInput, FNode, FOp};
     use crate::quantize::{calibrate, lower};
@@ -1778,29 +1778,36 @@ mod tests {
     use verity_engine::ir::{InputKind, Window};
     use verity_engine::{Executor, Mode};
 
+    /// `k` samples of a sine of frequency `f`: deterministic test data.
+    pub(crate) fn wave(k: usize, f: f64) -> Vec<f64> {
+        (0..k).map(|i| ((i as f64) * f).sin()).collect()
+    }
+
+    /// A `k`×`k` convolution, stride 1, padded by `p` on every side.
+    pub(crate) fn conv(name: &str, k: u32, p: u32, inputs: Vec<u32>, shape: Vec<u32>) -> FNode {
+        FNode {
+            name: name.into(),
+            origin: String::new(),
+            op: FOp::Canon(Op::Conv2d {
+                window: Window {
+                    kernel: [k, k],
+                    stride: [1, 1],
+                    dilation: [1, 1],
+                    pads: [p; 4],
+                },
+                groups: 1,
+            }),
+            inputs,
+            shape,
+        }
+    }
+
     /// A factor folded into a value whose reader then keeps its 32-bit form (here: all-zero weights
     /// and bias, which have no multiplier) reaches that reader divided back out
     /// (`<value>/unscaled`): the reader sees the value the 32-bit model computes, to the rounding of
     /// the factor's inverse.
     #[test]
     fn a_reader_left_at_32_bits_reads_the_value_without_its_factor() {
-        let wave = |k: usize, f: f64| (0..k).map(|i| ((i as f64) * f).sin()).collect::<Vec<f64>>();
-        let window = |k: u32, p: u32| Window {
-            kernel: [k, k],
-            stride: [1, 1],
-            dilation: [1, 1],
-            pads: [p; 4],
-        };
-        let conv = |name: &str, k: u32, p: u32, inputs: Vec<u32>| FNode {
-            name: name.into(),
-            origin: String::new(),
-            op: FOp::Canon(Op::Conv2d {
-                window: window(k, p),
-                groups: 1,
-            }),
-            inputs,
-            shape: vec![1, 4, 6, 6],
-        };
         let g = FGraph {
             inputs: vec![FInput {
                 name: "x".into(),
@@ -1825,7 +1832,7 @@ mod tests {
                 },
             ],
             nodes: vec![
-                conv("conv1", 3, 1, vec![0, 1]),
+                conv("conv1", 3, 1, vec![0, 1], vec![1, 4, 6, 6]),
                 FNode {
                     name: "relu".into(),
                     origin: String::new(),
@@ -1836,7 +1843,7 @@ mod tests {
                     inputs: vec![4],
                     shape: vec![1, 4, 6, 6],
                 },
-                conv("conv2", 1, 0, vec![5, 2, 3]),
+                conv("conv2", 1, 0, vec![5, 2, 3], vec![1, 4, 6, 6]),
             ],
             outputs: vec![("y".into(), 6)],
         };
@@ -1946,17 +1953,7 @@ mod tests {
     #[test]
     fn an_interpolation_is_narrowed_exactly() {
         let (k, n) = (7usize, 14usize);
-        let mut interp = vec![0.0f64; k * n];
-        for o in 0..n {
-            let c = ((o as f64 + 0.5) * k as f64 / n as f64 - 0.5).clamp(0.0, (k - 1) as f64);
-            let i0 = c.floor() as usize;
-            let f = c - i0 as f64;
-            interp[i0 * n + o] += 1.0 - f;
-            if f > 0.0 {
-                interp[(i0 + 1) * n + o] += f;
-            }
-        }
-        let wave = |k: usize, f: f64| (0..k).map(|i| ((i as f64) * f).sin()).collect::<Vec<f64>>();
+        let interp = crate::mixed::tests::interpolation(k, n);
         let g = FGraph {
             inputs: vec![FInput {
                 name: "x".into(),
@@ -1976,21 +1973,7 @@ mod tests {
                 },
             ],
             nodes: vec![
-                FNode {
-                    name: "conv".into(),
-                    origin: String::new(),
-                    op: FOp::Canon(Op::Conv2d {
-                        window: Window {
-                            kernel: [3, 3],
-                            stride: [1, 1],
-                            dilation: [1, 1],
-                            pads: [1; 4],
-                        },
-                        groups: 1,
-                    }),
-                    inputs: vec![0, 1],
-                    shape: vec![1, 3, 5, 7],
-                },
+                conv("conv", 3, 1, vec![0, 1], vec![1, 3, 5, 7]),
                 FNode {
                     name: "resize".into(),
                     origin: String::new(),
