@@ -8,6 +8,12 @@ the median latencies and their ratio. The two engines alternate for several roun
 best median, which damps interference from other work on the machine. Usage:
 
     python bench/compare_onnxruntime.py [--runs 2000] [--verity target/release/verity]
+
+Real architectures (exported here from torchvision and a BERT-family encoder; onnxruntime f32 and its own
+int8, one thread and all threads, ratios printed) are `bench/real_models.py`; `--real MODELS` runs it on
+those models, every other argument passed through:
+
+    python bench/compare_onnxruntime.py --real resnet50,mobilenet_v2,densenet121,vgg19,encoder,vit_b_16 --precision auto
 """
 import argparse
 import json
@@ -40,6 +46,16 @@ def ort_median_us(path, feeds, runs):
 
 
 def main():
+    if "--real" in sys.argv:
+        # the real architectures: bench/real_models.py with the remaining arguments
+        i = sys.argv.index("--real")
+        if i + 1 >= len(sys.argv):
+            sys.exit("--real needs a comma-separated list of models (bench/real_models.py)")
+        rest = sys.argv[1:i] + sys.argv[i + 2:]
+        sys.argv = [os.path.join(ROOT, "bench", "real_models.py"), "--models", sys.argv[i + 1]] + rest
+        sys.path.insert(0, os.path.join(ROOT, "bench"))
+        import real_models
+        return real_models.main()
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=1000)
     ap.add_argument("--rounds", type=int, default=5,
