@@ -147,9 +147,10 @@ pub(crate) struct CompileFlags {
     /// others 8) and Y-bit activations (8 or 16), with `d` quantizing a matrix product's activations
     /// per row at run time instead of at a calibrated scale (`w8a16`, `w16a16`, `w4a8`, `w8a8d`;
     /// `w8a8` is `int8`, `int4` is `w4a8`), or `auto[:<percent>]`: `int8`, with 12-bit weights or
-    /// activations for the contractions whose 8-bit operands are noisiest, as many as the calibration
-    /// samples show are needed for an error of at most the target (1% without one) on new inputs
-    /// (0.9 of it on the samples).
+    /// activations where the calibration samples show they are needed for an error of at most the
+    /// target (1% without one) on new inputs (0.9 of it on the samples) — the cheapest such plan the
+    /// search finds, ranking the operands by their noise per multiply-accumulate, then from the
+    /// output back.
     /// Default: `int8`; `i32` for a sentence-encoder directory.
     #[arg(long)]
     precision: Option<verity_compiler::Precision>,
