@@ -109,6 +109,12 @@ fn error(
         .fold(0.0, f64::max))
 }
 
+/// What widening one operand of a contraction costs: its multiply-accumulates (widening one side about
+/// doubles its 8-bit products), at least 1.
+fn widening_cost(n: &Narrowed) -> f64 {
+    n.macs.max(1.0)
+}
+
 /// The operands in the order the search widens them: by their share of the error (noise figure ×
 /// their kind's scale `kw` or `ka`) per multiply-accumulate of their contraction (widening one side
 /// doubles the contraction's 8-bit products: the share bought per unit of time), largest first (ties:
@@ -120,13 +126,11 @@ fn rank(narrowed: &[Narrowed], kw: f64, ka: f64) -> Vec<(usize, Operand)> {
     // (after the others, figure, node, operand)
     let mut ranked: Vec<(bool, f64, usize, Operand)> = Vec::new();
     let scaled = |noise: f64, k: f64| (k == 0.0, if k > 0.0 { noise * k } else { noise });
-    // what widening an operand costs: its contraction's products, about doubled
-    let cost = |n: &Narrowed| n.macs.max(1.0);
     for n in narrowed {
-        let (later, f) = scaled(n.weight_noise / cost(n), kw);
+        let (later, f) = scaled(n.weight_noise / widening_cost(n), kw);
         ranked.push((later, f, n.node, Operand::Weights));
         if let Some(a) = n.act_noise {
-            let (later, f) = scaled(a / cost(n), ka);
+            let (later, f) = scaled(a / widening_cost(n), ka);
             ranked.push((later, f, n.node, Operand::Activations));
         }
     }
@@ -147,12 +151,13 @@ fn rank(narrowed: &[Narrowed], kw: f64, ka: f64) -> Vec<(usize, Operand)> {
 fn tail(narrowed: &[Narrowed], kw: f64, ka: f64) -> Vec<(usize, Operand)> {
     let mut order = Vec::new();
     for n in narrowed.iter().rev() {
-        let mut ops: Vec<(f64, Operand)> = vec![(n.weight_noise * kw, Operand::Weights)];
-        ops.extend(n.act_noise.map(|a| (a * ka, Operand::Activations)));
-        ops.retain(|&(_, o)| match o {
-            Operand::Weights => n.weight_noise > 0.0,
-            Operand::Activations => n.act_noise.is_some_and(|a| a > 0.0),
-        });
+        let mut ops: Vec<(f64, Operand)> = Vec::new();
+        if n.weight_noise > 0.0 {
+            ops.push((n.weight_noise * kw, Operand::Weights));
+        }
+        if let Some(a) = n.act_noise.filter(|&a| a > 0.0) {
+            ops.push((a * ka, Operand::Activations));
+        }
         ops.sort_by(|x, y| y.0.total_cmp(&x.0).then(x.1.cmp(&y.1)));
         order.extend(ops.into_iter().map(|(_, o)| (n.node, o)));
     }
@@ -250,8 +255,10 @@ fn search(
     };
     // what a plan costs: the multiply-accumulates of the contractions of its widened operands (each
     // about doubles its contraction's products)
-    let macs: std::collections::BTreeMap<usize, f64> =
-        narrowed.iter().map(|n| (n.node, n.macs.max(1.0))).collect();
+    let macs: std::collections::BTreeMap<usize, f64> = narrowed
+        .iter()
+        .map(|n| (n.node, widening_cost(n)))
+        .collect();
     let cost = |p: &Plan| -> f64 {
         let of = |n: &usize| macs.get(n).copied().unwrap_or(0.0);
         p.wide_weights.iter().map(of).sum::<f64>() + p.wide_acts.iter().map(of).sum::<f64>()

@@ -1181,18 +1181,13 @@ impl Bias<'_> {
 /// [`Narrowed::weight_noise`] of weights laid out as `[…, chans, inner]`-periodic channels (a channel
 /// its 8-bit form holds exactly, [`group_scales`], adds none).
 fn weight_noise8<T: Copy + Into<f64>>(data: &[T], chans: usize, inner: usize) -> f64 {
-    let chan_of = |i: usize| (i / inner) % chans;
-    let (need, exact) = group_scales(data, chans, chan_of, 127.0);
-    let mut n = vec![0f64; chans];
-    let mut power = 0.0;
-    for (i, &v) in data.iter().enumerate() {
-        let v: f64 = v.into();
-        n[chan_of(i)] += 1.0;
-        power += v * v;
-    }
+    let (need, exact) = group_scales(data, chans, |i| (i / inner) % chans, 127.0);
+    let power: f64 = data.iter().map(|&v| v.into() * v.into()).sum();
+    // every channel holds `len / chans` weights
+    let per = (data.len() / chans) as f64;
     let noise: f64 = (0..chans)
         .filter(|&c| !exact[c])
-        .map(|c| n[c] * need[c] * need[c] / 12.0)
+        .map(|c| per * need[c] * need[c] / 12.0)
         .sum();
     if power > 0.0 {
         noise / power
